@@ -1,0 +1,27 @@
+"""The one `postoffice` command: a click group per service, plus `up` and `sysinfo`."""
+
+from __future__ import annotations
+
+import click
+
+from postoffice import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="postoffice")
+def main() -> None:
+    """Post Office: five network services on one shared core.
+
+    Run everything with `postoffice up`; run one service with
+    `postoffice <service> serve`. Every command explains itself with --help.
+    """
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(), default=None, help="Directory to report on.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def sysinfo(data_dir: str | None, as_json: bool) -> None:
+    """Print a snapshot of this machine: CPUs, caches, RAM, huge pages, disk and limits."""
+    from postoffice.core import sysinfo as _sysinfo
+
+    _sysinfo.print_snapshot(data_dir=data_dir, as_json=as_json)

@@ -1,0 +1,51 @@
+"""The one error hierarchy: every error the project raises derives from PostOfficeError."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class PostOfficeError(Exception):
+    """Root of every error Post Office raises on purpose.
+
+    `wire_code` is the code an error carries when it reaches a peer: the RESP error
+    prefix for the command protocol, a status name for the binary protocols.
+    """
+
+    wire_code: ClassVar[str] = "ERR"
+
+
+class ConfigError(PostOfficeError):
+    """A setting is missing, malformed or out of range; the message names the key."""
+
+    wire_code = "ERR"
+
+
+class ProtocolError(PostOfficeError):
+    """The peer sent bytes that break the protocol."""
+
+    wire_code = "PROTO"
+
+
+class LimitExceeded(PostOfficeError):
+    """A request, a connection count or a rate went over a configured limit."""
+
+    wire_code = "LIMIT"
+
+
+class ClosedError(PostOfficeError):
+    """We closed the resource (shutdown, idle timeout) and it can no longer be used."""
+
+    wire_code = "CLOSED"
+
+
+class BrokenError(PostOfficeError):
+    """The peer or the operating system broke the resource (reset, EPIPE, lost child)."""
+
+    wire_code = "BROKEN"
+
+
+class StorageError(PostOfficeError):
+    """Persistent state could not be read or written."""
+
+    wire_code = "STORAGE"
