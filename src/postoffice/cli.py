@@ -25,3 +25,12 @@ def sysinfo(data_dir: str | None, as_json: bool) -> None:
     from postoffice.core import sysinfo as _sysinfo
 
     _sysinfo.print_snapshot(data_dir=data_dir, as_json=as_json)
+
+
+def _add_services() -> None:
+    from postoffice.command.cli import command
+
+    main.add_command(command)
+
+
+_add_services()

@@ -1,0 +1,133 @@
+"""`postoffice command ...`: parse flags, build the config, run the server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+import click
+
+from postoffice.core import config as core_config
+from postoffice.core import logs
+from postoffice.core.errors import ConfigError
+from postoffice.core.runtime import raise_fd_limit, run
+
+log = logging.getLogger(__name__)
+
+
+@click.group()
+def command() -> None:
+    """The command server (seed 001): PING/PONG text lines and the Redis protocol."""
+
+
+@command.command()
+@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="TCP port.  [default: 6380]")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="HTTP port for /metrics, /healthz, /readyz.  [default: 6381]",
+)
+@click.option("--no-metrics", is_flag=True, help="Do not serve HTTP metrics.")
+@click.option(
+    "--threads", type=int, default=None, help="Worker threads for blocking commands.  [default: 4]"
+)
+@click.option(
+    "--max-connections",
+    type=int,
+    default=None,
+    help="Clients served at once; more are refused.  [default: 10000]",
+)
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=float,
+    default=None,
+    help="Close a client idle this many seconds (0: never).  [default: 300]",
+)
+@click.option(
+    "--rate-limit",
+    "rate_limit_per_s",
+    type=float,
+    default=None,
+    help="Commands per second per client (0: unlimited).  [default: 0]",
+)
+@click.option(
+    "--rate-limit-burst",
+    type=int,
+    default=None,
+    help="Commands a client may send at once.  [default: the rate]",
+)
+@click.option("--max-bulk-bytes", type=int, default=None, help="Largest argument accepted.")
+@click.option("--requirepass", default=None, help="Password clients must AUTH with.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate: serve TLS instead of plain TCP.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    default=None,
+    help="Set SO_REUSEPORT so several processes can share the port.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML or INI file with a [command] section.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the bound addresses here as JSON once listening.",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+def serve(
+    config_path: str | None,
+    ready_file: str | None,
+    log_level: str,
+    log_json: bool,
+    no_metrics: bool,
+    **flags: object,
+) -> None:
+    """Run the command server until SIGINT, SIGTERM or SHUTDOWN.
+
+    Settings come from defaults < --config file < POSTOFFICE_COMMAND_* environment <
+    these flags. Try it: `redis-cli -p 6380 ping` or `printf 'PING\\n' | nc 127.0.0.1 6380`.
+    """
+    from postoffice.command.config import CommandConfig
+    from postoffice.command.server import CommandServer
+
+    logs.setup(level=log_level, json=log_json, service="command")
+    try:
+        config = core_config.load(
+            CommandConfig, section="command", path=config_path, overrides=flags
+        )
+        if no_metrics:
+            config = dataclasses.replace(config, metrics_port=None)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    raise_fd_limit()
+
+    async def main(stop: asyncio.Event) -> None:
+        server = CommandServer(config)
+        await server.serve(stop, ready_file=ready_file)
+
+    try:
+        run(main)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc

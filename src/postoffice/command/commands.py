@@ -1,0 +1,486 @@
+"""The command table of the command server: names, arities, flags and handlers.
+
+Handlers are plain functions `(server, client, args) -> Reply` over two seams, ServerView
+and ClientView, so they are tested without sockets. A handler flagged `blocking` runs in
+the worker pool; every other one runs on the event loop and pays no thread hand-off.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from postoffice import __version__
+from postoffice.command.errors import CommandError, NoAuthError, NoProtoError, WrongPassError
+from postoffice.command.resp import (
+    EMPTY_ARRAY,
+    NIL,
+    OK,
+    PONG,
+    Array,
+    Integer,
+    Reply,
+    SimpleString,
+    bulk,
+)
+
+REDIS_COMPAT_VERSION: Final = "7.0.0"  # what INFO reports as redis_version, for clients that ask
+MAX_DEBUG_SLEEP_S: Final = 60.0  # DEBUG SLEEP holds a worker thread; keep it bounded
+
+
+class ClientView(Protocol):
+    """What a handler may see and change of the calling connection."""
+
+    conn_id: int
+    name: bytes
+    lib_name: bytes
+    lib_ver: bytes
+    authenticated: bool
+    close_after_reply: bool
+
+    def describe(self) -> str: ...
+
+
+class ServerView(Protocol):
+    """What a handler may ask of the server."""
+
+    @property
+    def requirepass(self) -> str | None: ...
+
+    def clients(self) -> Iterable[ClientView]: ...
+
+    def kill_clients(
+        self, *, conn_id: int | None, addr: str | None, skip_me: ClientView | None
+    ) -> int: ...
+
+    def config_items(self) -> Mapping[str, str]: ...
+
+    def config_set(self, pairs: list[tuple[str, str]]) -> None: ...
+
+    def info(self) -> dict[str, dict[str, object]]: ...
+
+    def reset_stats(self) -> None: ...
+
+    def request_shutdown(self) -> None: ...
+
+
+Handler = Callable[[ServerView, ClientView, list[bytes]], Reply]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandSpec:
+    """One command: `arity` counts the name; a negative arity means at least -arity."""
+
+    name: str
+    arity: int
+    handler: Handler
+    summary: str
+    group: str
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def blocking(self) -> bool:
+        """Runs in the worker pool."""
+        return "blocking" in self.flags
+
+    @property
+    def noauth(self) -> bool:
+        """Allowed before AUTH."""
+        return "noauth" in self.flags
+
+    def arity_ok(self, argc: int) -> bool:
+        """Whether `argc` arguments (the name included) suit this command."""
+        return argc == self.arity if self.arity >= 0 else argc >= -self.arity
+
+
+def _text(arg: bytes) -> str:
+    return arg.decode("utf-8", "replace")
+
+
+def _int(arg: bytes, what: str = "value") -> int:
+    try:
+        return int(arg)
+    except ValueError:
+        raise CommandError(f"{what} is not an integer or out of range") from None
+
+
+# -- connection commands ------------------------------------------------------------------
+
+
+def cmd_ping(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """PING [message]."""
+    if len(args) == 1:
+        return PONG
+    return bulk(args[1])
+
+
+def cmd_echo(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """ECHO message."""
+    return bulk(args[1])
+
+
+def cmd_time(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """TIME: seconds and microseconds since the epoch."""
+    now_ns = time.time_ns()
+    return Array(items=(bulk(str(now_ns // 1_000_000_000)), bulk(str(now_ns // 1000 % 1_000_000))))
+
+
+def cmd_quit(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """QUIT: reply OK, then close."""
+    client.close_after_reply = True
+    return OK
+
+
+def cmd_select(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """SELECT 0: the only database there is."""
+    if _int(args[1]) != 0:
+        raise CommandError("DB index is out of range")
+    return OK
+
+
+def cmd_auth(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """AUTH [username] password."""
+    if server.requirepass is None:
+        raise CommandError(
+            "AUTH <password> called without any password configured for the default user. "
+            "Are you sure your configuration is correct?"
+        )
+    if len(args) > 3:
+        raise CommandError("syntax error")
+    user = args[1] if len(args) == 3 else b"default"
+    if user != b"default" or _text(args[-1]) != server.requirepass:
+        client.authenticated = False
+        raise WrongPassError("invalid username-password pair or user is disabled.")
+    client.authenticated = True
+    return OK
+
+
+def cmd_hello(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """HELLO [2 [AUTH user pass] [SETNAME name]]: RESP2 only."""
+    rest = args[1:]
+    if rest:
+        if rest[0] != b"2":
+            raise NoProtoError("unsupported protocol version")
+        rest = rest[1:]
+    while rest:
+        option = rest[0].upper()
+        if option == b"AUTH" and len(rest) >= 3:
+            cmd_auth(server, client, [b"AUTH", rest[1], rest[2]])
+            rest = rest[3:]
+        elif option == b"SETNAME" and len(rest) >= 2:
+            client.name = _client_name(rest[1])
+            rest = rest[2:]
+        else:
+            raise CommandError(f"syntax error in HELLO option {_text(rest[0])!r}")
+    if server.requirepass is not None and not client.authenticated:
+        raise NoAuthError("HELLO must be called with the client already authenticated")
+    return Array(
+        items=(
+            bulk("server"),
+            bulk("postoffice"),
+            bulk("version"),
+            bulk(__version__),
+            bulk("proto"),
+            Integer(value=2),
+            bulk("id"),
+            Integer(value=client.conn_id),
+            bulk("mode"),
+            bulk("standalone"),
+            bulk("role"),
+            bulk("master"),
+            bulk("modules"),
+            EMPTY_ARRAY,
+        )
+    )
+
+
+def _client_name(raw: bytes) -> bytes:
+    if any(ch <= 0x20 or ch > 0x7E for ch in raw):
+        raise CommandError("Client names cannot contain spaces, newlines or special characters.")
+    return raw
+
+
+def cmd_client(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """CLIENT LIST | ID | INFO | SETNAME | GETNAME | SETINFO | KILL | HELP."""
+    sub = args[1].upper()
+    argc = len(args)
+    if sub == b"ID" and argc == 2:
+        return Integer(value=client.conn_id)
+    if sub == b"GETNAME" and argc == 2:
+        return bulk(client.name) if client.name else NIL
+    if sub == b"SETNAME" and argc == 3:
+        client.name = _client_name(args[2])
+        return OK
+    if sub == b"SETINFO" and argc == 4:
+        attr = args[2].upper()
+        if attr == b"LIB-NAME":
+            client.lib_name = _client_name(args[3])
+        elif attr == b"LIB-VER":
+            client.lib_ver = _client_name(args[3])
+        else:
+            raise CommandError(f"Unrecognized option '{_text(args[2])}'")
+        return OK
+    if sub == b"INFO" and argc == 2:
+        return bulk(client.describe() + "\n")
+    if sub == b"LIST":
+        if argc == 4 and args[2].upper() == b"ID":
+            wanted = {_int(arg, "client id") for arg in args[3].split()}
+            chosen = [c for c in server.clients() if c.conn_id in wanted]
+        elif argc == 2:
+            chosen = list(server.clients())
+        else:
+            raise CommandError("syntax error")
+        return bulk("".join(c.describe() + "\n" for c in chosen))
+    if sub == b"KILL" and argc >= 3:
+        return _client_kill(server, client, args)
+    if sub == b"HELP" and argc == 2:
+        return Array(items=tuple(bulk(line) for line in _CLIENT_HELP))
+    raise CommandError(
+        f"unknown subcommand or wrong number of arguments for '{_text(args[1])}'. Try CLIENT HELP."
+    )
+
+
+_CLIENT_HELP: Final = (
+    "CLIENT <subcommand> [<arg> ...]. Subcommands are:",
+    "ID -- the id of this connection.",
+    "INFO -- a line describing this connection.",
+    "LIST [ID id ...] -- a line per connection.",
+    "SETNAME name | GETNAME -- name this connection, or read its name.",
+    "SETINFO LIB-NAME|LIB-VER value -- record the client library.",
+    "KILL ip:port | KILL ID id | KILL ADDR ip:port [SKIPME yes|no] -- close connections.",
+)
+
+
+def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    if len(args) == 3:  # old form: CLIENT KILL addr, answering OK or an error
+        killed = server.kill_clients(conn_id=None, addr=_text(args[2]), skip_me=None)
+        if not killed:
+            raise CommandError("No such client")
+        return OK
+    conn_id: int | None = None
+    addr: str | None = None
+    skip_me = True
+    rest = args[2:]
+    if len(rest) % 2:
+        raise CommandError("syntax error")
+    for key, value in zip(rest[::2], rest[1::2], strict=True):
+        match key.upper():
+            case b"ID":
+                conn_id = _int(value, "client-id")
+            case b"ADDR":
+                addr = _text(value)
+            case b"SKIPME":
+                skip_me = value.lower() == b"yes"
+            case _:
+                raise CommandError("syntax error")
+    count = server.kill_clients(conn_id=conn_id, addr=addr, skip_me=client if skip_me else None)
+    return Integer(value=count)
+
+
+def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """CONFIG GET pattern... | SET name value ... | RESETSTAT | HELP."""
+    sub = args[1].upper()
+    if sub == b"GET" and len(args) >= 3:
+        items = server.config_items()
+        found: dict[str, str] = {}
+        for pattern in args[2:]:
+            glob = _text(pattern).lower()
+            found.update({k: v for k, v in items.items() if fnmatch.fnmatchcase(k, glob)})
+        flat: list[Reply] = []
+        for key, value in found.items():
+            flat.extend((bulk(key), bulk(value)))
+        return Array(items=flat)
+    if sub == b"SET" and len(args) >= 4 and len(args) % 2 == 0:
+        pairs = [(_text(k).lower(), _text(v)) for k, v in zip(args[2::2], args[3::2], strict=True)]
+        server.config_set(pairs)
+        return OK
+    if sub == b"RESETSTAT" and len(args) == 2:
+        server.reset_stats()
+        return OK
+    if sub == b"HELP" and len(args) == 2:
+        return Array(
+            items=tuple(
+                bulk(line)
+                for line in (
+                    "CONFIG <subcommand> [<arg> ...]. Subcommands are:",
+                    "GET <pattern> [<pattern> ...] -- settings whose names match the patterns.",
+                    "SET <name> <value> [<name> <value> ...] -- change settings at run time.",
+                    "RESETSTAT -- zero the statistics INFO reports.",
+                )
+            )
+        )
+    raise CommandError(
+        f"unknown subcommand or wrong number of arguments for '{_text(args[1])}'. Try CONFIG HELP."
+    )
+
+
+def cmd_info(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """INFO [section ...]: server, clients, memory, stats, threads, commandstats."""
+    sections = server.info()
+    wanted = [_text(a).lower() for a in args[1:]] or ["default"]
+    if "all" in wanted or "everything" in wanted:
+        names = list(sections)
+    elif "default" in wanted:
+        names = [n for n in sections if n != "commandstats"]
+    else:
+        names = [n for n in sections if n in wanted]
+    out: list[str] = []
+    for name in names:
+        if out:
+            out.append("")
+        out.append(f"# {name.capitalize()}")
+        out.extend(f"{key}:{value}" for key, value in sections[name].items())
+    return bulk("\r\n".join(out) + "\r\n" if out else "")
+
+
+def cmd_shutdown(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """SHUTDOWN [NOSAVE|SAVE|NOW|FORCE|ABORT]: stop the server gracefully."""
+    options = {a.upper() for a in args[1:]}
+    if b"ABORT" in options:
+        raise CommandError("there is no shutdown in progress to abort")
+    if not options <= {b"NOSAVE", b"SAVE", b"NOW", b"FORCE"}:
+        raise CommandError("syntax error")
+    server.request_shutdown()
+    client.close_after_reply = True
+    return OK
+
+
+def cmd_debug(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """DEBUG SLEEP seconds: hold one worker thread (shows the pool at work)."""
+    if args[1].upper() != b"SLEEP" or len(args) != 3:
+        raise CommandError("DEBUG supports only SLEEP <seconds>")
+    try:
+        seconds = float(args[2])
+    except ValueError:
+        raise CommandError("value is not a valid float") from None
+    if not 0 <= seconds <= MAX_DEBUG_SLEEP_S:
+        raise CommandError(f"sleep of {seconds} s is outside 0..{MAX_DEBUG_SLEEP_S:g}")
+    time.sleep(seconds)
+    return OK
+
+
+def cmd_command(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """COMMAND [COUNT | LIST | INFO name... | DOCS [name...]]."""
+    if len(args) == 1:
+        return Array(items=tuple(_command_info(spec) for spec in TABLE.values()))
+    sub = args[1].upper()
+    if sub == b"COUNT" and len(args) == 2:
+        return Integer(value=len(TABLE))
+    if sub == b"LIST" and len(args) == 2:
+        return Array(items=tuple(bulk(spec.name) for spec in TABLE.values()))
+    if sub in (b"INFO", b"DOCS"):
+        names = [a.upper() for a in args[2:]] or list(TABLE)
+        if sub == b"INFO":
+            return Array(items=tuple(_command_info(TABLE[n]) if n in TABLE else NIL for n in names))
+        docs: list[Reply] = []
+        for n in names:
+            spec = TABLE.get(n)
+            if spec is not None:
+                docs.extend(
+                    (
+                        bulk(spec.name),
+                        Array(
+                            items=(
+                                bulk("summary"),
+                                bulk(spec.summary),
+                                bulk("since"),
+                                bulk("1.0.0"),
+                                bulk("group"),
+                                bulk(spec.group),
+                            )
+                        ),
+                    )
+                )
+        return Array(items=docs)
+    raise CommandError(
+        f"unknown subcommand or wrong number of arguments for '{_text(args[1])}'. Try COMMAND HELP."
+    )
+
+
+def _command_info(spec: CommandSpec) -> Reply:
+    flags = [SimpleString(text=f) for f in sorted(spec.flags)]
+    return Array(
+        items=(
+            bulk(spec.name),
+            Integer(value=spec.arity),
+            Array(items=flags),
+            Integer(value=0),
+            Integer(value=0),
+            Integer(value=0),
+        )
+    )
+
+
+def cmd_help(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """HELP: one line per command."""
+    return Array(
+        items=tuple(bulk(f"{spec.name.upper()} -- {spec.summary}") for spec in TABLE.values())
+    )
+
+
+def _spec(
+    name: str, arity: int, handler: Handler, summary: str, group: str, *flags: str
+) -> CommandSpec:
+    return CommandSpec(
+        name=name,
+        arity=arity,
+        handler=handler,
+        summary=summary,
+        group=group,
+        flags=frozenset(flags),
+    )
+
+
+#: Keyed by the upper-cased name as it arrives on the wire.
+TABLE: Final[dict[bytes, CommandSpec]] = {
+    spec.name.upper().encode(): spec
+    for spec in (
+        _spec("ping", -1, cmd_ping, "PONG, or the message given", "connection", "fast"),
+        _spec("echo", 2, cmd_echo, "the message given", "connection", "fast"),
+        _spec("time", 1, cmd_time, "the server's time: seconds and microseconds", "server", "fast"),
+        _spec("quit", -1, cmd_quit, "reply OK and close the connection", "connection", "noauth"),
+        _spec("select", 2, cmd_select, "select database 0 (the only one)", "connection"),
+        _spec(
+            "auth", -2, cmd_auth, "authenticate with the server's password", "connection", "noauth"
+        ),
+        _spec("hello", -1, cmd_hello, "handshake (RESP2 only)", "connection", "noauth"),
+        _spec("client", -2, cmd_client, "list, name, inspect and kill connections", "connection"),
+        _spec("config", -2, cmd_config, "read and change settings at run time", "server", "admin"),
+        _spec(
+            "info", -1, cmd_info, "statistics: server, clients, memory, stats, threads", "server"
+        ),
+        _spec("command", -1, cmd_command, "describe the commands", "server"),
+        _spec("help", 1, cmd_help, "this list", "server"),
+        _spec(
+            "debug",
+            -2,
+            cmd_debug,
+            "DEBUG SLEEP seconds, run in the worker pool",
+            "server",
+            "blocking",
+        ),
+        _spec("shutdown", -1, cmd_shutdown, "stop the server gracefully", "server", "admin"),
+    )
+}
+
+
+def server_facts(port: int, started: float) -> dict[str, object]:
+    """The INFO server section's static part."""
+    uptime = int(time.time() - started)
+    return {
+        "postoffice_version": __version__,
+        "redis_version": REDIS_COMPAT_VERSION,
+        "redis_mode": "standalone",
+        "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "arch_bits": 64 if platform.architecture()[0] == "64bit" else 32,
+        "python_version": platform.python_version(),
+        "process_id": os.getpid(),
+        "tcp_port": port,
+        "uptime_in_seconds": uptime,
+        "uptime_in_days": uptime // 86400,
+    }

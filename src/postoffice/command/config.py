@@ -1,0 +1,60 @@
+"""Settings of the command server, with their defaults and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from postoffice.command.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
+from postoffice.core.config import check_port, check_range
+from postoffice.core.errors import ConfigError
+from postoffice.core.workers import MAX_THREADS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandConfig:
+    """Everything `postoffice command serve` can be told; see README for each flag.
+
+    `idle_timeout_s` and `rate_limit_per_s` of 0 disable them; `metrics_port` of None
+    disables the HTTP metrics listener. Raises ConfigError naming the bad field.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6380
+    metrics_port: int | None = 6381
+    threads: int = 4
+    max_connections: int = 10_000
+    idle_timeout_s: float = 300.0
+    max_inline_bytes: int = MAX_INLINE_BYTES
+    max_bulk_bytes: int = MAX_BULK_BYTES
+    max_array_items: int = MAX_ARRAY_ITEMS
+    rate_limit_per_s: float = 0.0
+    rate_limit_burst: int = 0
+    requirepass: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    reuse_port: bool = False
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_port("port", self.port)
+        if self.metrics_port is not None:
+            check_port("metrics_port", self.metrics_port)
+        check_range("threads", self.threads, 1, MAX_THREADS)
+        check_range("max_connections", self.max_connections, 1, 1_000_000)
+        check_range("idle_timeout_s", self.idle_timeout_s, 0, 365 * 86400)
+        check_range("max_inline_bytes", self.max_inline_bytes, 64, 1 << 30)
+        check_range("max_bulk_bytes", self.max_bulk_bytes, 1, 1 << 30)
+        check_range("max_array_items", self.max_array_items, 1, 1 << 24)
+        check_range("rate_limit_per_s", self.rate_limit_per_s, 0, 1e9)
+        check_range("rate_limit_burst", self.rate_limit_burst, 0, 1 << 30)
+        check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("settings 'tls_cert' and 'tls_key' must be given together")
+        if self.requirepass == "":
+            raise ConfigError("setting 'requirepass' must not be empty (leave it unset instead)")
+
+    @property
+    def burst(self) -> int:
+        """Commands a client may send at once before the rate limit applies."""
+        return self.rate_limit_burst or max(1, int(self.rate_limit_per_s))

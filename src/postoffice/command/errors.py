@@ -1,0 +1,45 @@
+"""Errors of the command server; `wire_code` is the RESP error prefix a client sees."""
+
+from __future__ import annotations
+
+from postoffice.core.errors import LimitExceeded, PostOfficeError, ProtocolError
+
+
+class CommandError(PostOfficeError):
+    """A command was refused; the connection stays usable. The reply is `-ERR <message>`."""
+
+    wire_code = "ERR"
+
+
+class RespProtocolError(ProtocolError):
+    """The bytes break RESP or the text protocol: framing is lost, so the connection closes."""
+
+    wire_code = "ERR"
+
+
+class RespLimitError(RespProtocolError, LimitExceeded):
+    """A line, bulk string or array went over its limit (then the connection closes)."""
+
+
+class NoAuthError(CommandError):
+    """A command arrived before AUTH on a server with a password."""
+
+    wire_code = "NOAUTH"
+
+
+class WrongPassError(CommandError):
+    """AUTH was given a wrong password."""
+
+    wire_code = "WRONGPASS"
+
+
+class NoProtoError(CommandError):
+    """HELLO asked for a protocol version other than RESP2."""
+
+    wire_code = "NOPROTO"
+
+
+class RateLimitedError(CommandError, LimitExceeded):
+    """The client sent commands faster than its rate limit allows."""
+
+    wire_code = "RATELIMIT"

@@ -1,0 +1,374 @@
+"""Pure RESP2 and text-line codec for the command server: bytes in, commands out, replies out.
+
+Design: one parser serves both of the port's dialects. A request starting with `*` is a
+RESP array of bulk strings (redis-cli, redis-py). Anything else is an inline line, split on
+whitespace. The first request fixes the connection's dialect: a RESP array, or a line
+ending in CRLF (redis-benchmark's PING_INLINE, telnet), means RESP replies; a line ending
+in a bare LF (`printf 'PING\n' | nc`) means seed 001's text replies (`PONG\n`).
+
+The parser is resumable: a partial array keeps its parsed arguments and the position of
+the next one, a partial line keeps how far it was scanned, and a large bulk string is
+collected as a list of chunks and joined once, so no byte is scanned twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, final
+
+from postoffice.command.errors import RespLimitError, RespProtocolError
+
+MAX_INLINE_BYTES: Final = 64 * 1024  # one inline line, as Redis allows
+MAX_BULK_BYTES: Final = 8 * 1024 * 1024  # one argument; far above any command of ours
+MAX_ARRAY_ITEMS: Final = 64 * 1024  # arguments in one command
+MAX_HEADER_BYTES: Final = 32  # "*<n>\r\n" or "$<n>\r\n": 20 digits of a u64 fit easily
+
+
+class Dialect(enum.Enum):
+    """How a connection wants its replies; fixed by its first request."""
+
+    UNKNOWN = "unknown"
+    RESP = "resp"
+    TEXT = "text"
+
+
+@final
+class NeedData(enum.Enum):
+    """The sentinel type of `NEED_DATA`."""
+
+    NEED_DATA = "need_data"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    """One request: its arguments (the name first) and whether it came as an inline line."""
+
+    args: list[bytes]
+    inline: bool
+
+
+# -- replies -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimpleString:
+    """`+text`: a short status such as OK or PONG."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Error:
+    """`-CODE message`: a refused command."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Integer:
+    """`:n`."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bulk:
+    """`$len` and bytes; `None` is the nil bulk."""
+
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Array:
+    """`*n` and n replies; `None` is the nil array."""
+
+    items: Sequence[Reply] | None
+
+
+Reply = SimpleString | Error | Integer | Bulk | Array
+
+OK: Final = SimpleString(text="OK")
+PONG: Final = SimpleString(text="PONG")
+NIL: Final = Bulk(data=None)
+EMPTY_ARRAY: Final = Array(items=())
+
+
+def bulk(data: bytes | str) -> Bulk:
+    """A bulk reply from bytes or UTF-8 text."""
+    return Bulk(data=data.encode() if isinstance(data, str) else data)
+
+
+def encode_resp(reply: Reply) -> bytes:
+    """RESP2 bytes for `reply`."""
+    if isinstance(reply, SimpleString):
+        return b"+" + reply.text.encode() + b"\r\n"
+    if isinstance(reply, Bulk):
+        data = reply.data
+        return b"$-1\r\n" if data is None else b"$%d\r\n%b\r\n" % (len(data), data)
+    if isinstance(reply, Integer):
+        return b":%d\r\n" % reply.value
+    if isinstance(reply, Error):
+        return b"-" + _one_line(f"{reply.code} {reply.message}") + b"\r\n"
+    items = reply.items
+    if items is None:
+        return b"*-1\r\n"
+    return b"*%d\r\n" % len(items) + b"".join([encode_resp(item) for item in items])
+
+
+def encode_text(reply: Reply, indent: bytes = b"") -> bytes:
+    """Seed 001's text rendering: one line per value, errors as `CODE message`."""
+    if isinstance(reply, SimpleString):
+        return indent + reply.text.encode() + b"\n"
+    if isinstance(reply, Bulk):
+        data = reply.data
+        if data is None:
+            return indent + b"(nil)\n"
+        return indent + data.rstrip(b"\r\n").replace(b"\r\n", b"\n") + b"\n"
+    if isinstance(reply, Integer):
+        return indent + b"%d\n" % reply.value
+    if isinstance(reply, Error):
+        return indent + _one_line(f"{reply.code} {reply.message}") + b"\n"
+    items = reply.items
+    if items is None:
+        return indent + b"(nil)\n"
+    if not items:
+        return indent + b"(empty)\n"
+    deeper = indent + b"  "
+    return b"".join(
+        [encode_text(item, deeper if isinstance(item, Array) else indent) for item in items]
+    )
+
+
+def encode_command(args: Sequence[bytes]) -> bytes:
+    """A request as a RESP array of bulk strings, as clients send it."""
+    parts = [b"*%d\r\n" % len(args)]
+    parts.extend(b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args)
+    return b"".join(parts)
+
+
+def _one_line(text: str) -> bytes:
+    # A RESP simple string or error cannot hold CR or LF.
+    return text.replace("\r", " ").replace("\n", " ").encode()
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+@final
+class RespParser:
+    """Turns the bytes of one connection into Commands.
+
+    `next_event()` returns a Command or NEED_DATA, and raises RespProtocolError (or its
+    RespLimitError) on malformed or oversized input; after that the parser is poisoned,
+    because the framing is lost.
+    """
+
+    __slots__ = (
+        "_args",
+        "_buf",
+        "_bulk_len",
+        "_chunked",
+        "_chunks",
+        "_error",
+        "_need",
+        "_pos",
+        "_remaining",
+        "_scan",
+        "dialect",
+        "max_array_items",
+        "max_bulk_bytes",
+        "max_inline_bytes",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_inline_bytes: int = MAX_INLINE_BYTES,
+        max_bulk_bytes: int = MAX_BULK_BYTES,
+        max_array_items: int = MAX_ARRAY_ITEMS,
+    ) -> None:
+        self.max_inline_bytes = max_inline_bytes
+        self.max_bulk_bytes = max_bulk_bytes
+        self.max_array_items = max_array_items
+        self.dialect = Dialect.UNKNOWN
+        self._buf = b""
+        self._pos = 0
+        self._chunks: list[bytes] = []
+        self._chunked = 0
+        self._need = 0  # bytes (from _pos) needed before parsing can move on
+        self._scan = 0  # how far (from _pos) an inline line was scanned without a LF
+        self._remaining = 0  # arguments still to read in the current array
+        self._args: list[bytes] = []
+        self._bulk_len = -1  # length of the bulk whose header was read, else -1
+        self._error: RespProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet turned into a command."""
+        return len(self._buf) - self._pos + self._chunked
+
+    def has_partial(self) -> bool:
+        """Whether part of a request is buffered."""
+        return self.buffered > 0 or self._remaining > 0
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes from the peer."""
+        if self._chunks or self._need > len(self._buf) - self._pos + len(data):
+            self._chunks.append(data)
+            self._chunked += len(data)
+            if len(self._buf) - self._pos + self._chunked >= self._need:
+                self._merge()
+        elif self._pos >= len(self._buf):
+            self._buf = data
+            self._pos = 0
+        else:
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
+
+    def _merge(self) -> None:
+        self._buf = self._buf[self._pos :] + b"".join(self._chunks)
+        self._pos = 0
+        self._chunks.clear()
+        self._chunked = 0
+
+    def next_event(self) -> Command | NeedData:
+        """The next complete command, or NEED_DATA."""
+        if self._error is not None:
+            raise self._error
+        if self._chunks:
+            return NEED_DATA
+        try:
+            if self._remaining:
+                return self._array_items()
+            buf = self._buf
+            while self._pos < len(buf):
+                if buf[self._pos] == 0x2A:  # "*"
+                    return self._array_header()
+                command = self._inline()
+                if command is not None:
+                    return command
+                if self._need:
+                    return NEED_DATA
+            return NEED_DATA
+        except RespProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _line_end(self, what: str) -> int:
+        """Index of the CR of the next CRLF-terminated header, or -1 when not all here."""
+        buf, pos = self._buf, self._pos
+        eol = buf.find(b"\r\n", pos, pos + MAX_HEADER_BYTES)
+        if eol < 0:
+            if len(buf) - pos >= MAX_HEADER_BYTES:
+                raise RespProtocolError(
+                    f"Protocol error: {what} line longer than {MAX_HEADER_BYTES} bytes"
+                )
+            self._need = len(buf) - pos + 1
+        return eol
+
+    def _array_header(self) -> Command | NeedData:
+        eol = self._line_end("multibulk length")
+        if eol < 0:
+            return NEED_DATA
+        raw = self._buf[self._pos + 1 : eol]
+        try:
+            count = int(raw)
+        except ValueError:
+            raise RespProtocolError(f"Protocol error: invalid multibulk length {raw!r}") from None
+        if count > self.max_array_items:
+            raise RespLimitError(
+                f"Protocol error: multibulk length {count} exceeds limit {self.max_array_items}"
+            )
+        self._pos = eol + 2
+        self._need = 0
+        if self.dialect is Dialect.UNKNOWN:
+            self.dialect = Dialect.RESP
+        if count <= 0:  # Redis treats "*0" and "*-1" as an empty request
+            return self.next_event()
+        self._remaining = count
+        self._args = []
+        return self._array_items()
+
+    def _array_items(self) -> Command | NeedData:
+        buf = self._buf
+        args = self._args
+        while self._remaining:
+            length = self._bulk_len
+            if length < 0:
+                pos = self._pos
+                if pos >= len(buf):
+                    self._need = 1
+                    return NEED_DATA
+                if buf[pos] != 0x24:  # "$"
+                    raise RespProtocolError(f"Protocol error: expected '$', got {chr(buf[pos])!r}")
+                eol = self._line_end("bulk length")
+                if eol < 0:
+                    return NEED_DATA
+                raw = buf[pos + 1 : eol]
+                try:
+                    length = int(raw)
+                except ValueError:
+                    raise RespProtocolError(
+                        f"Protocol error: invalid bulk length {raw!r}"
+                    ) from None
+                if length < 0:
+                    raise RespProtocolError(f"Protocol error: invalid bulk length {length}")
+                if length > self.max_bulk_bytes:
+                    raise RespLimitError(
+                        f"Protocol error: bulk length {length} exceeds limit {self.max_bulk_bytes}"
+                    )
+                self._pos = eol + 2
+                self._bulk_len = length
+            start = self._pos
+            end = start + length
+            if end + 2 > len(buf):
+                self._need = length + 2
+                return NEED_DATA
+            if buf[end : end + 2] != b"\r\n":
+                raise RespProtocolError("Protocol error: bulk string not followed by CRLF")
+            args.append(buf[start:end])
+            self._pos = end + 2
+            self._bulk_len = -1
+            self._remaining -= 1
+        self._need = 0
+        self._args = []
+        return Command(args=args, inline=False)
+
+    def _inline(self) -> Command | None:
+        """One inline line as a Command; None for a blank line or when more bytes are needed."""
+        buf, pos = self._buf, self._pos
+        eol = buf.find(b"\n", pos + self._scan)
+        if eol < 0:
+            size = len(buf) - pos
+            if size > self.max_inline_bytes:
+                raise RespLimitError(
+                    f"Protocol error: inline request of {size} bytes exceeds limit "
+                    f"{self.max_inline_bytes}"
+                )
+            self._scan = size
+            self._need = size + 1
+            return None
+        if eol - pos > self.max_inline_bytes:
+            raise RespLimitError(
+                f"Protocol error: inline request of {eol - pos} bytes exceeds limit "
+                f"{self.max_inline_bytes}"
+            )
+        crlf = eol > pos and buf[eol - 1] == 0x0D
+        args = buf[pos : eol - 1 if crlf else eol].split()
+        self._pos = eol + 1
+        self._scan = 0
+        self._need = 0
+        if not args:
+            return None
+        if self.dialect is Dialect.UNKNOWN:
+            self.dialect = Dialect.RESP if crlf else Dialect.TEXT
+        return Command(args=args, inline=True)
+
+    def __repr__(self) -> str:
+        return f"<RespParser {self.dialect.value} buffered={self.buffered}>"

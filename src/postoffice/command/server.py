@@ -1,0 +1,512 @@
+"""The command server's I/O shell: one asyncio Protocol per client, the server that owns them.
+
+Bytes go to the pure RespParser; each command goes through the table in `commands`;
+replies of one batch of pipelined commands leave in one write. A `blocking` command runs
+in the worker pool while the connection stops reading, so replies keep request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import resource
+import ssl
+import time
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import Final, final
+
+from postoffice.command.commands import TABLE, CommandSpec, server_facts
+from postoffice.command.config import CommandConfig
+from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
+from postoffice.command.resp import (
+    NEED_DATA,
+    Dialect,
+    Error,
+    Reply,
+    RespParser,
+    encode_resp,
+    encode_text,
+)
+from postoffice.core import metrics
+from postoffice.core.clock import MONOTONIC, Clock
+from postoffice.core.connections import ConnectionLimits, ConnectionManager
+from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
+from postoffice.core.http import health_routes, metrics_route, serve_http
+from postoffice.core.listeners import bound_address, listen
+from postoffice.core.runtime import announce
+from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
+from postoffice.core.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+_PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never sent
+
+
+@final
+class CommandConnection(BaseProtocol):
+    """One client of the command server, in either dialect."""
+
+    def __init__(self, server: CommandServer) -> None:
+        super().__init__(server.manager)
+        self.server = server
+        config = server.config
+        self.parser = RespParser(
+            max_inline_bytes=config.max_inline_bytes,
+            max_bulk_bytes=config.max_bulk_bytes,
+            max_array_items=config.max_array_items,
+        )
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.authenticated = config.requirepass is None
+        self.close_after_reply = False
+        self.last_command = "NULL"
+        self._busy = False
+        self._stop_after_reply = False
+        self._tokens = float(config.burst)
+        self._refilled = self.created
+
+    # -- BaseProtocol hooks ------------------------------------------------------------
+
+    def reject(self, reason: str) -> None:
+        self.write(b"-ERR " + reason.encode() + b"\r\n")
+        self.close(reason)
+
+    def on_data(self, data: bytes) -> ConnInput | None:
+        self.parser.feed(data)
+        if self._busy:
+            return None
+        return self._run_buffered()
+
+    def can_idle_close(self) -> bool:
+        return not self._busy and super().can_idle_close()
+
+    def shutdown_requested(self) -> None:
+        if self._busy:
+            self._stop_after_reply = True
+        else:
+            self.close("server shutdown")
+
+    def on_close(self) -> None:
+        self.server.closed_bytes_in += self.bytes_in
+        self.server.closed_bytes_out += self.bytes_out
+        log.debug("closed conn=%s reason=%s", self, self.close_reason)
+
+    # -- the request loop --------------------------------------------------------------
+
+    def _run_buffered(self) -> ConnInput | None:
+        """Run every complete command buffered; None when one went to the worker pool."""
+        parser = self.parser
+        out: list[bytes] = []
+        try:
+            while self.state is not ConnState.CLOSING:
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                reply = self._execute(event.args)
+                if reply is _PENDING:
+                    self._send(out)
+                    return None
+                out.append(self._encode(reply))
+                if self.close_after_reply:
+                    self._send(out)
+                    self.close("client quit")
+                    return ConnInput.IDLE
+        except RespProtocolError as exc:
+            self.server.protocol_errors += 1
+            out.append(self._encode(Error(code=exc.wire_code, message=str(exc))))
+            self._send(out)
+            log.info("protocol error conn=%s error=%r", self, str(exc))
+            self.close("protocol error")
+            return ConnInput.IDLE
+        self._send(out)
+        return ConnInput.PARTIAL if parser.has_partial() else ConnInput.IDLE
+
+    def _send(self, out: list[bytes]) -> None:
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _encode(self, reply: Reply) -> bytes:
+        if self.parser.dialect is Dialect.TEXT:
+            return encode_text(reply)
+        return encode_resp(reply)
+
+    def _execute(self, args: list[bytes]) -> Reply:
+        server = self.server
+        self.requests += 1
+        server.commands += 1
+        spec = TABLE.get(args[0].upper())
+        if not self.authenticated and (spec is None or not spec.noauth):
+            server.auth_refusals += 1
+            return Error(code="NOAUTH", message="Authentication required.")
+        if spec is None:
+            server.unknown_commands += 1
+            shown = " ".join(f"'{a.decode('utf-8', 'replace')[:64]}'" for a in args[1:4])
+            return Error(
+                code="ERR",
+                message=f"unknown command '{args[0].decode('utf-8', 'replace')[:64]}', "
+                f"with args beginning with: {shown}",
+            )
+        self.last_command = spec.name
+        server.calls[spec.name] = server.calls.get(spec.name, 0) + 1
+        if server.config.rate_limit_per_s and not self._take_token():
+            server.rate_limited += 1
+            err = RateLimitedError(
+                f"rate limit of {server.config.rate_limit_per_s:g} commands/s exceeded"
+            )
+            return Error(code=err.wire_code, message=str(err))
+        if not spec.arity_ok(len(args)):
+            return Error(code="ERR", message=f"wrong number of arguments for '{spec.name}' command")
+        if spec.blocking:
+            return self._offload(spec, args)
+        try:
+            return spec.handler(server, self, args)
+        except (CommandError, ConfigError) as exc:
+            return Error(code=exc.wire_code, message=str(exc))
+
+    def _take_token(self) -> bool:
+        config = self.server.config
+        now = self.manager.clock()
+        burst = config.burst
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * config.rate_limit_per_s)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _offload(self, spec: CommandSpec, args: list[bytes]) -> Reply:
+        try:
+            future = self.server.pool.submit(partial(spec.handler, self.server, self, args))
+        except ClosedError as exc:
+            return Error(code="ERR", message=str(exc))
+        self._busy = True
+        self.pause_reading()
+        future.add_done_callback(self._offload_done)
+        return _PENDING
+
+    def _offload_done(self, future: asyncio.Future[Reply]) -> None:
+        self._busy = False
+        if self.transport is None:
+            return
+        exc = future.exception()
+        if exc is None:
+            reply = future.result()
+        elif isinstance(exc, PostOfficeError):
+            reply = Error(code=exc.wire_code, message=str(exc))
+        else:
+            log.error("command failed in worker conn=%s", self, exc_info=exc)
+            reply = Error(code="ERR", message=f"internal error: {exc!r}")
+        self.write(self._encode(reply))
+        if self.close_after_reply or self._stop_after_reply:
+            self.close("client quit" if self.close_after_reply else "server shutdown")
+            return
+        self.resume_reading()
+        outcome = self._run_buffered()
+        if outcome is not None:
+            self.batch_done(outcome)
+
+    # -- ClientView --------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """A CLIENT LIST line."""
+        now = self.manager.clock()
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        fd = sock.fileno() if sock is not None else -1
+        return (
+            f"id={self.conn_id} addr={self.peer} laddr={self.local} fd={fd}"
+            f" name={self.name.decode()} age={int(now - self.created)}"
+            f" idle={int(now - self.last_active)} flags=N db=0"
+            f" proto={self.parser.dialect.value} qbuf={self.parser.buffered}"
+            f" tot-net-in={self.bytes_in} tot-net-out={self.bytes_out}"
+            f" tot-cmds={self.requests} cmd={self.last_command} user=default"
+            f" lib-name={self.lib_name.decode()} lib-ver={self.lib_ver.decode()}"
+        )
+
+
+#: CONFIG GET/SET names -> CommandConfig fields; the Redis names where Redis has one.
+CONFIG_NAMES: Final[dict[str, str]] = {
+    "maxclients": "max_connections",
+    "timeout": "idle_timeout_s",
+    "worker-threads": "threads",
+    "rate-limit": "rate_limit_per_s",
+    "rate-limit-burst": "rate_limit_burst",
+    "requirepass": "requirepass",
+    "proto-max-bulk-len": "max_bulk_bytes",
+    "proto-inline-max-size": "max_inline_bytes",
+    "proto-max-multibulk-len": "max_array_items",
+}
+#: Answered for clients (redis-benchmark asks for save and appendonly) but never changed.
+READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
+
+
+@final
+class CommandServer:
+    """The command server: connections, worker pool, settings, statistics and listeners.
+
+    Two-phase init: the constructor allocates memory only; `startup()` starts the pool,
+    the idle sweeper and the listeners. `serve(stop)` runs until `stop` is set or a
+    client sends SHUTDOWN, then drains and closes.
+    """
+
+    def __init__(self, config: CommandConfig, *, clock: Clock = MONOTONIC) -> None:
+        self.config = config
+        self.manager = ConnectionManager(self._limits(config), clock=clock)
+        self.pool = WorkerPool(config.threads, name="command-worker")
+        self.started = time.time()
+        self.commands = 0
+        self.protocol_errors = 0
+        self.unknown_commands = 0
+        self.auth_refusals = 0
+        self.rate_limited = 0
+        self.calls: dict[str, int] = {}
+        self.closed_bytes_in = 0  # traffic of connections already gone
+        self.closed_bytes_out = 0
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.registry = metrics.new_registry()
+        self.registry.register(
+            metrics.StatsCollector(
+                "postoffice_command",
+                self.stats,
+                counters=(
+                    "connections_accepted",
+                    "connections_rejected",
+                    "connections_timed_out",
+                    "connections_closed",
+                    "commands",
+                    "protocol_errors",
+                    "unknown_commands",
+                    "auth_refusals",
+                    "rate_limited",
+                    "bytes_in",
+                    "bytes_out",
+                ),
+            )
+        )
+        self._listeners: list[asyncio.Server] = []
+        self._shutdown = asyncio.Event()
+        self._ready = False
+
+    @staticmethod
+    def _limits(config: CommandConfig) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=config.max_connections,
+            idle_timeout_s=config.idle_timeout_s,
+            max_request_bytes=max(config.max_bulk_bytes, config.max_inline_bytes),
+        )
+
+    def __repr__(self) -> str:
+        return f"<CommandServer {self.addresses.get('command')} clients={self.manager.active}>"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert is None or self.config.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load tls_cert/tls_key: {exc}") from exc
+        return context
+
+    async def startup(self) -> None:
+        """Start the pool, the sweeper and the listeners (phase two of init)."""
+        context = self._ssl_context()
+        self.pool.start()
+        self.manager.startup()
+        config = self.config
+        server = await listen(
+            lambda: CommandConnection(self),
+            host=config.host,
+            port=config.port,
+            name="command",
+            reuse_port=config.reuse_port,
+            ssl_context=context,
+        )
+        self._listeners.append(server)
+        self.addresses["command"] = bound_address(server)
+        if config.metrics_port is not None:
+            routes = {
+                "/metrics": metrics_route(self.registry),
+                **health_routes(lambda: self._ready),
+            }
+            http = await serve_http(routes, host=config.host, port=config.metrics_port)
+            self._listeners.append(http)
+            self.addresses["metrics"] = bound_address(http)
+        self._ready = True
+
+    async def serve(self, stop: asyncio.Event, *, ready_file: str | None = None) -> None:
+        """Start, announce the listeners, run until `stop` or SHUTDOWN, then drain."""
+        await self.startup()
+        if ready_file:
+            announce(ready_file, service="command", addresses=self.addresses)
+        stopper = asyncio.ensure_future(stop.wait())
+        shutdown = asyncio.ensure_future(self._shutdown.wait())
+        await asyncio.wait((stopper, shutdown), return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        shutdown.cancel()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight commands finish (within the deadline), close all."""
+        self._ready = False
+        for listener in self._listeners:
+            listener.close()
+        await self.manager.shutdown(deadline_s=self.config.shutdown_timeout_s)
+        self.pool.close()
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners.clear()
+        log.info("command server stopped commands=%d", self.commands)
+
+    # -- ServerView --------------------------------------------------------------------
+
+    @property
+    def requirepass(self) -> str | None:
+        return self.config.requirepass
+
+    def clients(self) -> Iterable[CommandConnection]:
+        return [c for c in self.manager if isinstance(c, CommandConnection)]
+
+    def kill_clients(self, *, conn_id: int | None, addr: str | None, skip_me: object | None) -> int:
+        killed = 0
+        for conn in self.clients():
+            if conn is skip_me:
+                continue
+            if conn_id is not None and conn.conn_id != conn_id:
+                continue
+            if addr is not None and conn.peer != addr:
+                continue
+            conn.close("killed by CLIENT KILL")
+            killed += 1
+        return killed
+
+    def config_items(self) -> Mapping[str, str]:
+        items = {
+            "bind": self.config.host,
+            "port": str(self.addresses.get("command", (self.config.host, self.config.port))[1]),
+            **READ_ONLY_CONFIG,
+        }
+        for name, field in CONFIG_NAMES.items():
+            value = getattr(self.config, field)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            items[name] = "" if value is None else str(value)
+        return items
+
+    def config_set(self, pairs: list[tuple[str, str]]) -> None:
+        changes: dict[str, object] = {}
+        for name, raw in pairs:
+            field = CONFIG_NAMES.get(name)
+            if field is None:
+                raise CommandError(
+                    f"Unknown option or number of arguments for CONFIG SET - '{name}'"
+                )
+            changes[field] = _convert(name, field, raw)
+        new = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]  # fields checked above
+        self.pool.resize(new.threads)
+        self.manager.limits = self._limits(new)
+        for conn in self.clients():
+            conn.parser.max_bulk_bytes = new.max_bulk_bytes
+            conn.parser.max_inline_bytes = new.max_inline_bytes
+            conn.parser.max_array_items = new.max_array_items
+        self.config = new
+        log.info("config changed %s", " ".join(f"{k}={v}" for k, v in pairs if k != "requirepass"))
+
+    def info(self) -> dict[str, dict[str, object]]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        rss = _rss_bytes()
+        stats = self.stats()
+        return {
+            "server": server_facts(
+                self.addresses.get("command", ("", self.config.port))[1], self.started
+            ),
+            "clients": {
+                "connected_clients": stats["connections_active"],
+                "maxclients": self.config.max_connections,
+                "blocked_clients": self.pool.busy,
+            },
+            "memory": {
+                "used_memory_rss": rss,
+                "used_memory_rss_human": f"{rss / 1048576:.2f}M",
+                "used_memory_peak": usage.ru_maxrss * 1024,
+            },
+            "stats": {
+                "total_connections_received": stats["connections_accepted"],
+                "total_commands_processed": self.commands,
+                "total_net_input_bytes": stats["bytes_in"],
+                "total_net_output_bytes": stats["bytes_out"],
+                "rejected_connections": stats["connections_rejected"],
+                "timed_out_connections": stats["connections_timed_out"],
+                "protocol_errors": self.protocol_errors,
+                "unknown_commands": self.unknown_commands,
+                "auth_refusals": self.auth_refusals,
+                "rate_limited_commands": self.rate_limited,
+                "used_cpu_sys": f"{usage.ru_stime:.6f}",
+                "used_cpu_user": f"{usage.ru_utime:.6f}",
+            },
+            "threads": {
+                "worker_threads": self.pool.size,
+                "worker_busy": self.pool.busy,
+                "worker_queued": self.pool.queued,
+                "worker_completed": self.pool.completed,
+            },
+            "commandstats": {
+                f"cmdstat_{name}": f"calls={count}" for name, count in sorted(self.calls.items())
+            },
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Counters for INFO and /metrics."""
+        bytes_in = self.closed_bytes_in
+        bytes_out = self.closed_bytes_out
+        for conn in self.manager:
+            bytes_in += conn.bytes_in
+            bytes_out += conn.bytes_out
+        return {
+            **self.manager.stats(),
+            "commands": self.commands,
+            "protocol_errors": self.protocol_errors,
+            "unknown_commands": self.unknown_commands,
+            "auth_refusals": self.auth_refusals,
+            "rate_limited": self.rate_limited,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "worker_threads": self.pool.size,
+            "worker_busy": self.pool.busy,
+        }
+
+    def reset_stats(self) -> None:
+        self.commands = self.protocol_errors = self.unknown_commands = 0
+        self.auth_refusals = self.rate_limited = 0
+        self.calls.clear()
+
+    def request_shutdown(self) -> None:
+        log.info("shutdown requested by a client")
+        self._shutdown.set()
+
+
+def _convert(name: str, field: str, raw: str) -> object:
+    if field == "requirepass":
+        return raw or None
+    try:
+        return float(raw) if field.endswith("_s") else int(raw)
+    except ValueError:
+        raise CommandError(
+            f"CONFIG SET failed (possibly related to argument '{name}') - "
+            f"expected a number, got {raw!r}"
+        ) from None
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

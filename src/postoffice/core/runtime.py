@@ -1,0 +1,164 @@
+"""The process runtime: uvloop, signals to a graceful shutdown, backoff, and supervision."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar, final
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_NOFILE: Final = 65536  # enough descriptors for the 1000s of clients the seeds ask for
+
+
+@dataclass(slots=True, kw_only=True)
+class Backoff:
+    """Exponential backoff: `initial_s`, doubling up to `max_s`; `reset()` after success."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    factor: float = 2.0
+    _next: float = field(default=0.0, init=False)
+
+    def next_delay(self) -> float:
+        """The delay to wait before the next attempt."""
+        delay = self._next or self.initial_s
+        self._next = min(self.max_s, delay * self.factor)
+        return delay
+
+    def reset(self) -> None:
+        """Start again from `initial_s`."""
+        self._next = 0.0
+
+
+def raise_fd_limit(wanted: int = DEFAULT_NOFILE) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` (capped by the hard limit); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
+def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
+    """Run `main(stop)` on uvloop; SIGINT and SIGTERM set `stop` (a second one is fatal).
+
+    `main` is expected to return once it has shut down gracefully after `stop` is set.
+    """
+    import uvloop
+
+    async def _wrapper() -> T:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        hits = 0
+
+        def _on_signal(signum: int) -> None:
+            nonlocal hits
+            hits += 1
+            if hits > 1:
+                log.warning("second signal=%s, exiting at once", signal.Signals(signum).name)
+                raise SystemExit(1)
+            log.info("signal=%s received, shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, _on_signal, signum)
+        return await main(stop)
+
+    return uvloop.run(_wrapper())
+
+
+@final
+class Supervisor:
+    """Runs named components as tasks and restarts one that crashes, with backoff.
+
+    A component is a coroutine factory. A crash (any exception) is logged with its reason
+    and the component is started again after the next backoff delay; the process goes on.
+    A component that runs for `healthy_after_s` resets its backoff.
+    """
+
+    def __init__(self, *, healthy_after_s: float = 10.0) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.restarts: dict[str, int] = {}
+        self._healthy_after_s = healthy_after_s
+        self._stopping = False
+
+    def start(
+        self, name: str, factory: Callable[[], Awaitable[None]], *, backoff: Backoff | None = None
+    ) -> None:
+        """Start supervising `factory()` under `name`."""
+        self.restarts.setdefault(name, 0)
+        self._tasks[name] = asyncio.get_running_loop().create_task(
+            self._keep(name, factory, backoff or Backoff()), name=f"supervised:{name}"
+        )
+
+    async def _keep(
+        self, name: str, factory: Callable[[], Awaitable[None]], backoff: Backoff
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            began = loop.time()
+            try:
+                await factory()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if loop.time() - began >= self._healthy_after_s:
+                    backoff.reset()
+                delay = backoff.next_delay()
+                self.restarts[name] += 1
+                log.error(
+                    "component crashed component=%s reason=%r restart_in_s=%.2f restarts=%d",
+                    name,
+                    exc,
+                    delay,
+                    self.restarts[name],
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)
+            else:
+                return
+
+    async def stop(self) -> None:
+        """Cancel every component and wait for them to finish."""
+        self._stopping = True
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def __repr__(self) -> str:
+        return f"<Supervisor components={sorted(self._tasks)} restarts={self.restarts}>"
+
+
+def announce(
+    path: str | os.PathLike[str], *, service: str, addresses: Mapping[str, tuple[str, int]]
+) -> None:
+    """Write where a service listens as JSON, atomically (the director and tests read it).
+
+    The file holds {"service", "pid", "listeners": {name: [host, port]}}.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    body = {
+        "service": service,
+        "pid": os.getpid(),
+        "listeners": {k: list(v) for k, v in addresses.items()},
+    }
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, target)
