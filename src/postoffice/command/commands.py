@@ -24,6 +24,7 @@ from postoffice.command.resp import (
     PONG,
     Array,
     Integer,
+    Map,
     Reply,
     SimpleString,
     bulk,
@@ -42,6 +43,7 @@ class ClientView(Protocol):
     lib_ver: bytes
     authenticated: bool
     close_after_reply: bool
+    protocol: int  # 2 or 3: the RESP version of replies, set by HELLO
 
     def describe(self) -> str: ...
 
@@ -161,11 +163,13 @@ def cmd_auth(server: ServerView, client: ClientView, args: list[bytes]) -> Reply
 
 
 def cmd_hello(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
-    """HELLO [2 [AUTH user pass] [SETNAME name]]: RESP2 only."""
+    """HELLO [2|3 [AUTH user pass] [SETNAME name]]: pick the RESP version of the replies."""
     rest = args[1:]
+    protocol = client.protocol
     if rest:
-        if rest[0] != b"2":
+        if rest[0] not in (b"2", b"3"):
             raise NoProtoError("unsupported protocol version")
+        protocol = int(rest[0])
         rest = rest[1:]
     while rest:
         option = rest[0].upper()
@@ -179,22 +183,17 @@ def cmd_hello(server: ServerView, client: ClientView, args: list[bytes]) -> Repl
             raise CommandError(f"syntax error in HELLO option {_text(rest[0])!r}")
     if server.requirepass is not None and not client.authenticated:
         raise NoAuthError("HELLO must be called with the client already authenticated")
-    return Array(
-        items=(
-            bulk("server"),
-            bulk("postoffice"),
-            bulk("version"),
-            bulk(__version__),
-            bulk("proto"),
-            Integer(value=2),
-            bulk("id"),
-            Integer(value=client.conn_id),
-            bulk("mode"),
-            bulk("standalone"),
-            bulk("role"),
-            bulk("master"),
-            bulk("modules"),
-            EMPTY_ARRAY,
+    client.protocol = protocol
+    return Map(
+        pairs=(
+            (bulk("server"), bulk("redis")),
+            (bulk("version"), bulk(REDIS_COMPAT_VERSION)),
+            (bulk("postoffice"), bulk(__version__)),
+            (bulk("proto"), Integer(value=protocol)),
+            (bulk("id"), Integer(value=client.conn_id)),
+            (bulk("mode"), bulk("standalone")),
+            (bulk("role"), bulk("master")),
+            (bulk("modules"), EMPTY_ARRAY),
         )
     )
 
@@ -291,10 +290,7 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Rep
         for pattern in args[2:]:
             glob = _text(pattern).lower()
             found.update({k: v for k, v in items.items() if fnmatch.fnmatchcase(k, glob)})
-        flat: list[Reply] = []
-        for key, value in found.items():
-            flat.extend((bulk(key), bulk(value)))
-        return Array(items=flat)
+        return Map(pairs=[(bulk(key), bulk(value)) for key, value in found.items()])
     if sub == b"SET" and len(args) >= 4 and len(args) % 2 == 0:
         pairs = [(_text(k).lower(), _text(v)) for k, v in zip(args[2::2], args[3::2], strict=True)]
         server.config_set(pairs)
@@ -377,26 +373,21 @@ def cmd_command(server: ServerView, client: ClientView, args: list[bytes]) -> Re
         names = [a.upper() for a in args[2:]] or list(TABLE)
         if sub == b"INFO":
             return Array(items=tuple(_command_info(TABLE[n]) if n in TABLE else NIL for n in names))
-        docs: list[Reply] = []
-        for n in names:
-            spec = TABLE.get(n)
-            if spec is not None:
-                docs.extend(
-                    (
-                        bulk(spec.name),
-                        Array(
-                            items=(
-                                bulk("summary"),
-                                bulk(spec.summary),
-                                bulk("since"),
-                                bulk("1.0.0"),
-                                bulk("group"),
-                                bulk(spec.group),
-                            )
-                        ),
+        docs = [
+            (
+                bulk(spec.name),
+                Map(
+                    pairs=(
+                        (bulk("summary"), bulk(spec.summary)),
+                        (bulk("since"), bulk("1.0.0")),
+                        (bulk("group"), bulk(spec.group)),
                     )
-                )
-        return Array(items=docs)
+                ),
+            )
+            for spec in (TABLE.get(n) for n in names)
+            if spec is not None
+        ]
+        return Map(pairs=docs)
     raise CommandError(
         f"unknown subcommand or wrong number of arguments for '{_text(args[1])}'. Try COMMAND HELP."
     )

@@ -27,7 +27,11 @@ MAX_HEADER_BYTES: Final = 32  # "*<n>\r\n" or "$<n>\r\n": 20 digits of a u64 fit
 
 
 class Dialect(enum.Enum):
-    """How a connection wants its replies; fixed by its first request."""
+    """How a connection frames its requests and wants its replies; fixed by its first request.
+
+    A RESP connection starts with RESP2 replies; HELLO 3 switches it to RESP3 (the
+    connection's business, not the parser's).
+    """
 
     UNKNOWN = "unknown"
     RESP = "resp"
@@ -91,7 +95,14 @@ class Array:
     items: Sequence[Reply] | None
 
 
-Reply = SimpleString | Error | Integer | Bulk | Array
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Map:
+    """Key-value pairs: `%n` in RESP3, a flat array of 2n items in RESP2."""
+
+    pairs: Sequence[tuple[Reply, Reply]]
+
+
+Reply = SimpleString | Error | Integer | Bulk | Array | Map
 
 OK: Final = SimpleString(text="OK")
 PONG: Final = SimpleString(text="PONG")
@@ -115,10 +126,28 @@ def encode_resp(reply: Reply) -> bytes:
         return b":%d\r\n" % reply.value
     if isinstance(reply, Error):
         return b"-" + _one_line(f"{reply.code} {reply.message}") + b"\r\n"
+    if isinstance(reply, Map):
+        flat = [encode_resp(part) for pair in reply.pairs for part in pair]
+        return b"*%d\r\n" % len(flat) + b"".join(flat)
     items = reply.items
     if items is None:
         return b"*-1\r\n"
     return b"*%d\r\n" % len(items) + b"".join([encode_resp(item) for item in items])
+
+
+def encode_resp3(reply: Reply) -> bytes:
+    """RESP3 bytes for `reply`: as RESP2, but with a real null and real maps."""
+    if isinstance(reply, Map):
+        parts = [encode_resp3(part) for pair in reply.pairs for part in pair]
+        return b"%%%d\r\n" % len(reply.pairs) + b"".join(parts)
+    if isinstance(reply, Array):
+        items = reply.items
+        if items is None:
+            return b"_\r\n"
+        return b"*%d\r\n" % len(items) + b"".join([encode_resp3(item) for item in items])
+    if isinstance(reply, Bulk) and reply.data is None:
+        return b"_\r\n"
+    return encode_resp(reply)
 
 
 def encode_text(reply: Reply, indent: bytes = b"") -> bytes:
@@ -134,6 +163,11 @@ def encode_text(reply: Reply, indent: bytes = b"") -> bytes:
         return indent + b"%d\n" % reply.value
     if isinstance(reply, Error):
         return indent + _one_line(f"{reply.code} {reply.message}") + b"\n"
+    if isinstance(reply, Map):
+        return (
+            b"".join([encode_text(Array(items=pair), indent) for pair in reply.pairs])
+            or indent + b"(empty)\n"
+        )
     items = reply.items
     if items is None:
         return indent + b"(nil)\n"

@@ -28,6 +28,7 @@ from postoffice.command.resp import (
     Reply,
     RespParser,
     encode_resp,
+    encode_resp3,
     encode_text,
 )
 from postoffice.core import metrics
@@ -63,6 +64,7 @@ class CommandConnection(BaseProtocol):
         self.lib_ver = b""
         self.authenticated = config.requirepass is None
         self.close_after_reply = False
+        self.protocol = 2
         self.last_command = "NULL"
         self._busy = False
         self._stop_after_reply = False
@@ -133,6 +135,8 @@ class CommandConnection(BaseProtocol):
     def _encode(self, reply: Reply) -> bytes:
         if self.parser.dialect is Dialect.TEXT:
             return encode_text(reply)
+        if self.protocol == 3:
+            return encode_resp3(reply)
         return encode_resp(reply)
 
     def _execute(self, args: list[bytes]) -> Reply:
@@ -222,7 +226,7 @@ class CommandConnection(BaseProtocol):
             f"id={self.conn_id} addr={self.peer} laddr={self.local} fd={fd}"
             f" name={self.name.decode()} age={int(now - self.created)}"
             f" idle={int(now - self.last_active)} flags=N db=0"
-            f" proto={self.parser.dialect.value} qbuf={self.parser.buffered}"
+            f" proto={self.parser.dialect.value}{self.protocol} qbuf={self.parser.buffered}"
             f" tot-net-in={self.bytes_in} tot-net-out={self.bytes_out}"
             f" tot-cmds={self.requests} cmd={self.last_command} user=default"
             f" lib-name={self.lib_name.decode()} lib-ver={self.lib_ver.decode()}"
@@ -383,7 +387,7 @@ class CommandServer:
                 continue
             if addr is not None and conn.peer != addr:
                 continue
-            conn.close("killed by CLIENT KILL")
+            conn.close("killed by CLIENT KILL", linger=False)
             killed += 1
         return killed
 

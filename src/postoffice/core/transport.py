@@ -11,6 +11,15 @@ Design (seed 003): a connection moves through explicit states.
 
 Only the moves in `_NEXT` are legal; anything else is a bug and raises. States change per
 batch of bytes, not per request, so pipelined requests cost no extra transitions.
+
+WRITING_RESPONSE sits on top of the request cycle rather than in it: while the peer is not
+reading, bytes and finished batches still move the state the connection blocked in (kept
+in `_resume_state`, moved by the same table), and DRAINED returns there. Otherwise a
+request still in the pool when the peer caught up would look idle, and an idle timeout or
+a shutdown would cut it off.
+
+Reading is paused for two independent reasons, write backpressure and the service's own
+queue (`pause_reading`); it resumes only when neither holds.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ log = logging.getLogger(__name__)
 #: its requests (backpressure) until the buffer drains below LOW.
 WRITE_HIGH_WATER_BYTES: Final = 256 * 1024
 WRITE_LOW_WATER_BYTES: Final = 64 * 1024
+#: How long a closing connection waits for the peer's FIN before closing outright.
+LINGER_S: Final = 2.0
 
 
 class ConnState(enum.Enum):
@@ -66,7 +77,7 @@ _NEXT: Final[dict[tuple[ConnState, ConnInput], ConnState]] = {
     (S.PROCESSING, I.BLOCKED): S.WRITING_RESPONSE,
     (S.READING_HEADER, I.BLOCKED): S.WRITING_RESPONSE,
     (S.READING_PAYLOAD, I.BLOCKED): S.WRITING_RESPONSE,
-    (S.WRITING_RESPONSE, I.DRAINED): S.READING_HEADER,
+    (S.WRITING_RESPONSE, I.DRAINED): S.READING_HEADER,  # or the state it blocked in: see above
     (S.WRITING_RESPONSE, I.BYTES): S.WRITING_RESPONSE,  # bytes already in flight when paused
     (S.WRITING_RESPONSE, I.IDLE): S.WRITING_RESPONSE,
     (S.WRITING_RESPONSE, I.PARTIAL): S.WRITING_RESPONSE,
@@ -122,9 +133,13 @@ class BaseProtocol(asyncio.Protocol):
         self.bytes_out = 0
         self.requests = 0
         self.close_reason = ""
-        self._write_paused = False
-        self._read_paused = False
+        self._write_paused = False  # the transport's buffer is past its high-water mark
+        self._hold_reading = False  # the service asked to stop reading (`pause_reading`)
+        self._read_paused = False  # what the transport was last told
+        self._resume_state = ConnState.READING_HEADER  # where DRAINED goes; see the design
+        self._close_after_batch = False  # shutdown came while a request was in flight
         self._drained: asyncio.Event | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -144,38 +159,47 @@ class BaseProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_active = self.manager.clock()
         self.bytes_in += len(data)
-        state = _NEXT[(self.state, ConnInput.BYTES)]
+        state = next_state(self.state, ConnInput.BYTES)
         if state is ConnState.CLOSING:
             return
+        if state is ConnState.WRITING_RESPONSE:
+            self._resume_state = next_state(self._resume_state, ConnInput.BYTES)
         self.state = state
         outcome = self.on_data(data)
         if outcome is not None:
             self.batch_done(outcome)
 
     def eof_received(self) -> bool | None:
-        # A half-closed peer sends no more requests; replies already queued still go out.
+        # A half-closed peer sends no more requests; replies already queued still go out
+        # (returning False makes the transport close once its buffer is flushed).
         return False
 
     def pause_writing(self) -> None:
         self._write_paused = True
         if self._drained is not None:
             self._drained.clear()
-        if self.state is not ConnState.CLOSING:
+        if self.state not in (ConnState.CLOSING, ConnState.CLOSED):
+            if self.state is not ConnState.WRITING_RESPONSE:
+                self._resume_state = self.state
             self.state = next_state(self.state, ConnInput.BLOCKED)
-            self.pause_reading()
+        self._sync_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._drained is not None:
             self._drained.set()
         if self.state is ConnState.WRITING_RESPONSE:
-            self.state = next_state(self.state, ConnInput.DRAINED)
-            self.resume_reading()
+            self.state = self._resume_state
+            self.last_active = self.manager.clock()  # a slow reader was busy, not idle
+        self._sync_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is not ConnState.CLOSING and not self.close_reason:
             self.close_reason = "peer closed" if exc is None else f"broken: {exc}"
         self.state = next_state(self.state, ConnInput.LOST)
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self.manager.release(self)
         if self._drained is not None:
             self._drained.set()
@@ -201,28 +225,56 @@ class BaseProtocol(asyncio.Protocol):
 
     def on_idle_timeout(self) -> None:
         """Called by the manager when the connection sat idle too long: close it."""
-        self.close("idle timeout")
+        self.close("idle timeout", linger=False)
 
     def shutdown_requested(self) -> None:
-        """The server is stopping: by default finish nothing more and close after flushing."""
-        if self.state is not ConnState.PROCESSING:
+        """The server is stopping: finish the request in flight, then close after flushing."""
+        if self.in_flight:
+            self._close_after_batch = True
+        else:
             self.close("server shutdown")
 
     def can_idle_close(self) -> bool:
         """Whether an idle timeout may close this connection now (not mid-request)."""
         return self.state in (ConnState.READING_HEADER, ConnState.READING_PAYLOAD)
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a batch of requests is still being handled (even with writes blocked)."""
+        return self.state is ConnState.PROCESSING or (
+            self.state is ConnState.WRITING_RESPONSE and self._resume_state is ConnState.PROCESSING
+        )
+
     # -- helpers for subclasses --------------------------------------------------------
 
     def batch_done(self, outcome: ConnInput) -> None:
-        """Record that every complete request is handled; `outcome` is IDLE or PARTIAL."""
+        """Record that every complete request is handled; `outcome` is IDLE or PARTIAL.
+
+        Raises ClosedError for any other outcome.
+        """
+        if outcome not in (ConnInput.IDLE, ConnInput.PARTIAL):
+            raise ClosedError(f"batch outcome must be idle or partial, got {outcome.value}")
         if self.state is ConnState.PROCESSING:
-            self.state = _NEXT[(ConnState.PROCESSING, outcome)]
+            self.state = next_state(self.state, outcome)
+        elif self.in_flight:  # writes blocked while the batch ran
+            self._resume_state = next_state(self._resume_state, outcome)
+        else:
+            return
+        # Idle time counts from the last reply, not from the request that started a slow one.
+        self.last_active = self.manager.clock()
+        if self._close_after_batch and not self.in_flight:
+            self.close("server shutdown")
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer; dropped silently once the connection is closed."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        # The state, not only is_closing(): a lingering close has sent FIN with write_eof
+        # and the transport is not closing yet, but it raises RuntimeError on write.
+        if (
+            transport is not None
+            and self.state not in (ConnState.CLOSING, ConnState.CLOSED)
+            and not transport.is_closing()
+        ):
             self.bytes_out += len(data)
             transport.write(data)
 
@@ -235,23 +287,45 @@ class BaseProtocol(asyncio.Protocol):
         await self._drained.wait()
 
     def pause_reading(self) -> None:
-        if not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
+        """Stop reading requests (the service's queue is full) until `resume_reading`."""
+        self._hold_reading = True
+        self._sync_reading()
 
     def resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None and not self._write_paused:
-            self._read_paused = False
-            self.transport.resume_reading()
+        """Read requests again, unless the peer is still not reading our replies."""
+        self._hold_reading = False
+        self._sync_reading()
 
-    def close(self, reason: str) -> None:
-        """Flush what is queued, then close; idempotent."""
+    def _sync_reading(self) -> None:
+        paused = self._hold_reading or self._write_paused
+        if paused is not self._read_paused and self.transport is not None:
+            self._read_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def close(self, reason: str, *, linger: bool = True) -> None:
+        """Flush what is queued, then close; idempotent.
+
+        With `linger`, where the transport allows it, we send FIN after the last reply
+        and drop whatever the peer still sends until it closes too (or LINGER_S passes).
+        Closing outright while unread requests sit in our receive buffer would make the
+        kernel send RST, and an RST can destroy the very error reply we just wrote.
+        """
         if self.state in (ConnState.CLOSING, ConnState.CLOSED):
             return
         self.close_reason = reason
         self.state = next_state(self.state, ConnInput.CLOSE)
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if linger and transport.can_write_eof():
+            transport.write_eof()
+            self.resume_reading()  # read (and drop) until the peer's FIN
+            self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
     def abort(self, reason: str) -> None:
         """Close at once, dropping what is queued (shutdown deadline, broken peer)."""

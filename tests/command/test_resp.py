@@ -1,0 +1,215 @@
+"""The pure RESP and text-line codec: table tests, split feeds, round trips, robustness."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from postoffice.command.errors import RespLimitError, RespProtocolError
+from postoffice.command.resp import (
+    NEED_DATA,
+    NIL,
+    OK,
+    PONG,
+    Array,
+    Bulk,
+    Command,
+    Dialect,
+    Error,
+    Integer,
+    Reply,
+    RespParser,
+    SimpleString,
+    bulk,
+    encode_command,
+    encode_resp,
+    encode_text,
+)
+from tests.strategies import command_args, cut_points, inline_word
+
+
+def parse_all(data: bytes, parser: RespParser | None = None) -> list[Command]:
+    parser = parser or RespParser()
+    parser.feed(data)
+    out: list[Command] = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        assert isinstance(event, Command)
+        out.append(event)
+    return out
+
+
+def parse_split(chunks: list[bytes], parser: RespParser | None = None) -> list[Command]:
+    parser = parser or RespParser()
+    out: list[Command] = []
+    for chunk in chunks:
+        parser.feed(chunk)
+        while (event := parser.next_event()) is not NEED_DATA:
+            assert isinstance(event, Command)
+            out.append(event)
+    return out
+
+
+GOOD = [
+    (b"*1\r\n$4\r\nPING\r\n", [[b"PING"]], Dialect.RESP),
+    (b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n", [[b"ECHO", b""]], Dialect.RESP),
+    (b"*2\r\n$3\r\nSET\r\n$5\r\na\r\nb\n\r\n", [[b"SET", b"a\r\nb\n"]], Dialect.RESP),
+    (b"PING\r\n", [[b"PING"]], Dialect.RESP),
+    (b"PING\n", [[b"PING"]], Dialect.TEXT),
+    (b"  echo   hello  world \n", [[b"echo", b"hello", b"world"]], Dialect.TEXT),
+    (b"\n\r\nPING\n", [[b"PING"]], Dialect.TEXT),
+    (b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n", [[b"PING"]], Dialect.RESP),
+    (b"PING\nPING\r\n*1\r\n$4\r\nPING\r\n", [[b"PING"]] * 3, Dialect.TEXT),
+]
+
+
+@pytest.mark.parametrize(("wire", "expected", "dialect"), GOOD)
+def test_parses_table(wire: bytes, expected: list[list[bytes]], dialect: Dialect) -> None:
+    parser = RespParser()
+    assert [c.args for c in parse_all(wire, parser)] == expected
+    assert parser.dialect is dialect
+    assert not parser.has_partial()
+
+
+@pytest.mark.parametrize(("wire", "expected", "dialect"), GOOD)
+def test_every_cut_point_gives_the_same_commands(
+    wire: bytes, expected: list[list[bytes]], dialect: Dialect
+) -> None:
+    for head, tail in cut_points(wire):
+        assert [c.args for c in parse_split([head, tail])] == expected
+
+
+@pytest.mark.parametrize(("wire", "expected", "dialect"), GOOD)
+def test_one_byte_at_a_time(wire: bytes, expected: list[list[bytes]], dialect: Dialect) -> None:
+    chunks = [wire[i : i + 1] for i in range(len(wire))]
+    assert [c.args for c in parse_split(chunks)] == expected
+
+
+BAD = [
+    (b"*x\r\n", RespProtocolError, r"^Protocol error: invalid multibulk length b'x'$"),
+    (b"*1\r\n+PING\r\n", RespProtocolError, r"^Protocol error: expected '\$', got '\+'$"),
+    (b"*1\r\n$x\r\n", RespProtocolError, r"^Protocol error: invalid bulk length b'x'$"),
+    (b"*1\r\n$-3\r\n", RespProtocolError, r"^Protocol error: invalid bulk length -3$"),
+    (b"*1\r\n$2\r\nabcd\r\n", RespProtocolError, r"^Protocol error: bulk string not followed"),
+    (b"*" + b"9" * 40, RespProtocolError, r"^Protocol error: multibulk length line longer"),
+    (b"*1\r\n$" + b"9" * 40, RespProtocolError, r"^Protocol error: bulk length line longer"),
+]
+
+
+@pytest.mark.parametrize(("wire", "error", "message"), BAD)
+def test_malformed_input_raises(wire: bytes, error: type[Exception], message: str) -> None:
+    parser = RespParser()
+    with pytest.raises(error, match=message):
+        parse_all(wire, parser)
+    # Framing is lost: the parser stays failed.
+    with pytest.raises(error, match=message):
+        parser.next_event()
+
+
+def test_array_over_limit_is_refused_before_reading_items() -> None:
+    parser = RespParser(max_array_items=4)
+    with pytest.raises(
+        RespLimitError, match=r"^Protocol error: multibulk length 5 exceeds limit 4$"
+    ):
+        parse_all(b"*5\r\n", parser)
+
+
+def test_bulk_over_limit_is_refused_from_its_header() -> None:
+    parser = RespParser(max_bulk_bytes=10)
+    with pytest.raises(RespLimitError, match=r"^Protocol error: bulk length 11 exceeds limit 10$"):
+        parse_all(b"*1\r\n$11\r\n", parser)
+
+
+def test_inline_over_limit_without_newline() -> None:
+    parser = RespParser(max_inline_bytes=100)
+    with pytest.raises(
+        RespLimitError, match=r"^Protocol error: inline request of 101 bytes exceeds limit 100$"
+    ):
+        parse_all(b"A" * 101, parser)
+
+
+def test_inline_over_limit_with_newline() -> None:
+    parser = RespParser(max_inline_bytes=100)
+    with pytest.raises(RespLimitError, match=r"inline request of 150 bytes exceeds limit 100$"):
+        parse_all(b"A" * 150 + b"\n", parser)
+
+
+def test_inline_at_limit_is_accepted() -> None:
+    assert parse_all(b"A" * 100 + b"\n", RespParser(max_inline_bytes=100))[0].args == [b"A" * 100]
+
+
+def test_large_bulk_in_many_chunks_is_joined_once() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    wire = encode_command([b"ECHO", payload])
+    chunks = [wire[i : i + 1000] for i in range(0, len(wire), 1000)]
+    parser = RespParser(max_bulk_bytes=2 * len(payload))
+    commands = parse_split(chunks, parser)
+    assert [c.args for c in commands] == [[b"ECHO", payload]]
+    assert parser.buffered == 0
+
+
+def test_partial_request_is_reported() -> None:
+    parser = RespParser()
+    parser.feed(b"*2\r\n$4\r\nECHO\r\n$3\r\nab")
+    assert parser.next_event() is NEED_DATA
+    assert parser.has_partial()
+    parser.feed(b"c\r\n")
+    event = parser.next_event()
+    assert isinstance(event, Command)
+    assert event.args == [b"ECHO", b"abc"]
+    assert not parser.has_partial()
+
+
+@given(st.lists(command_args, min_size=1, max_size=5), st.data())
+@settings(max_examples=200)
+def test_encode_then_parse_round_trip(commands: list[list[bytes]], data: st.DataObject) -> None:
+    wire = b"".join(encode_command(args) for args in commands)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    assert [c.args for c in parse_split(chunks)] == commands
+
+
+@given(st.lists(st.lists(inline_word, min_size=1, max_size=5), min_size=1, max_size=5))
+def test_inline_round_trip(commands: list[list[bytes]]) -> None:
+    wire = b"".join(b" ".join(args) + b"\n" for args in commands)
+    assert [c.args for c in parse_all(wire)] == commands
+
+
+@given(st.lists(st.binary(max_size=40), max_size=10))
+@settings(max_examples=500)
+def test_any_bytes_give_commands_or_protocol_error(chunks: list[bytes]) -> None:
+    parser = RespParser(max_inline_bytes=64, max_bulk_bytes=64, max_array_items=8)
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            while (event := parser.next_event()) is not NEED_DATA:
+                assert isinstance(event, Command)
+                assert event.args
+    except RespProtocolError:
+        pass
+
+
+REPLIES: list[tuple[Reply, bytes, bytes]] = [
+    (OK, b"+OK\r\n", b"OK\n"),
+    (PONG, b"+PONG\r\n", b"PONG\n"),
+    (NIL, b"$-1\r\n", b"(nil)\n"),
+    (bulk("hi"), b"$2\r\nhi\r\n", b"hi\n"),
+    (bulk(b""), b"$0\r\n\r\n", b"\n"),
+    (Integer(value=-7), b":-7\r\n", b"-7\n"),
+    (Error(code="ERR", message="bad\r\nthing"), b"-ERR bad  thing\r\n", b"ERR bad  thing\n"),
+    (Array(items=None), b"*-1\r\n", b"(nil)\n"),
+    (Array(items=()), b"*0\r\n", b"(empty)\n"),
+    (
+        Array(items=(bulk("a"), Integer(value=1), Array(items=(bulk("b"),)))),
+        b"*3\r\n$1\r\na\r\n:1\r\n*1\r\n$1\r\nb\r\n",
+        b"a\n1\n  b\n",
+    ),
+    (SimpleString(text="QUEUED"), b"+QUEUED\r\n", b"QUEUED\n"),
+    (Bulk(data=b"line1\r\nline2\r\n"), b"$14\r\nline1\r\nline2\r\n\r\n", b"line1\nline2\n"),
+]
+
+
+@pytest.mark.parametrize(("reply", "resp", "text"), REPLIES)
+def test_reply_encodings(reply: Reply, resp: bytes, text: bytes) -> None:
+    assert encode_resp(reply) == resp
+    assert encode_text(reply) == text

@@ -1,0 +1,305 @@
+"""The command server's shell over in-memory transports: dispatch, auth, limits, dialects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from postoffice.command.config import CommandConfig
+from postoffice.command.resp import encode_command
+from postoffice.command.server import CommandConnection, CommandServer
+from postoffice.core.clock import FakeClock
+from postoffice.core.errors import ConfigError
+from postoffice.core.transport import ConnState
+from tests.fakes import FakeTransport
+
+
+class Harness:
+    """A CommandServer (not started: no sockets) and helpers to attach fake clients."""
+
+    def __init__(self, **settings: object) -> None:
+        self.clock = FakeClock()
+        self.server = CommandServer(
+            CommandConfig(metrics_port=None, **settings),  # type: ignore[arg-type]  # test knobs
+            clock=self.clock,
+        )
+        self.server.pool.start()
+
+    def connect(self, port: int = 50000) -> tuple[CommandConnection, FakeTransport]:
+        conn = CommandConnection(self.server)
+        transport = FakeTransport(conn, peer=("127.0.0.1", port))
+        conn.connection_made(transport)
+        return conn, transport
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = Harness()
+    yield h
+    h.server.pool.close()
+
+
+def state(conn: CommandConnection) -> ConnState:
+    """The connection's state, read afresh (mypy would otherwise keep an old narrowing)."""
+    return conn.state
+
+
+def send(conn: CommandConnection, transport: FakeTransport, *args: bytes) -> bytes:
+    conn.data_received(encode_command(list(args)))
+    return transport.take()
+
+
+async def test_ping_and_echo_in_resp(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, b"PING") == b"+PONG\r\n"
+    assert send(conn, t, b"ping", b"hello") == b"$5\r\nhello\r\n"
+    assert send(conn, t, b"ECHO", b"x\r\ny") == b"$4\r\nx\r\ny\r\n"
+    assert state(conn) is ConnState.READING_HEADER
+
+
+async def test_text_dialect_speaks_plain_lines(harness: Harness) -> None:
+    conn, t = harness.connect()
+    conn.data_received(b"PING\nNOPE a b\nECHO hi\n")
+    assert t.take() == (
+        b"PONG\nERR unknown command 'NOPE', with args beginning with: 'a' 'b'\nhi\n"
+    )
+    assert not t.closed
+
+
+async def test_inline_with_crlf_answers_in_resp(harness: Harness) -> None:
+    conn, t = harness.connect()
+    conn.data_received(b"PING\r\n")
+    assert t.take() == b"+PONG\r\n"
+
+
+async def test_pipelined_commands_leave_in_one_write(harness: Harness) -> None:
+    conn, t = harness.connect()
+    conn.data_received(encode_command([b"PING"]) * 3 + encode_command([b"ECHO", b"z"]))
+    assert t.take() == b"+PONG\r\n" * 3 + b"$1\r\nz\r\n"
+    assert conn.requests == 4
+
+
+async def test_partial_request_waits_for_the_rest(harness: Harness) -> None:
+    conn, t = harness.connect()
+    wire = encode_command([b"ECHO", b"abcdef"])
+    conn.data_received(wire[:10])
+    assert t.take() == b""
+    assert state(conn) is ConnState.READING_PAYLOAD
+    conn.data_received(wire[10:])
+    assert t.take() == b"$6\r\nabcdef\r\n"
+    assert state(conn) is ConnState.READING_HEADER
+
+
+async def test_unknown_command_and_wrong_arity_keep_the_connection(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, b"FLY", b"away") == (
+        b"-ERR unknown command 'FLY', with args beginning with: 'away'\r\n"
+    )
+    assert send(conn, t, b"ECHO") == b"-ERR wrong number of arguments for 'echo' command\r\n"
+    assert send(conn, t, b"PING") == b"+PONG\r\n"
+    assert harness.server.unknown_commands == 1
+
+
+async def test_protocol_error_replies_then_closes(harness: Harness) -> None:
+    conn, t = harness.connect()
+    conn.data_received(b"*1\r\n$x\r\n")
+    assert t.take() == b"-ERR Protocol error: invalid bulk length b'x'\r\n"
+    assert t.closed
+    assert harness.server.protocol_errors == 1
+
+
+async def test_oversized_bulk_is_refused_with_a_clear_error() -> None:
+    h = Harness(max_bulk_bytes=100)
+    conn, t = h.connect()
+    conn.data_received(b"*2\r\n$4\r\nECHO\r\n$101\r\n")
+    assert t.take() == b"-ERR Protocol error: bulk length 101 exceeds limit 100\r\n"
+    assert t.closed
+    h.server.pool.close()
+
+
+async def test_quit_replies_then_closes(harness: Harness) -> None:
+    conn, t = harness.connect()
+    conn.data_received(encode_command([b"QUIT"]) + encode_command([b"PING"]))
+    assert t.take() == b"+OK\r\n"
+    assert t.closed
+    await asyncio.sleep(0)  # connection_lost runs on the next loop turn
+    assert state(conn) is ConnState.CLOSED
+    assert harness.server.manager.active == 0
+
+
+async def test_auth_required_before_other_commands() -> None:
+    h = Harness(requirepass="s3cret")
+    conn, t = h.connect()
+    assert send(conn, t, b"PING") == b"-NOAUTH Authentication required.\r\n"
+    assert send(conn, t, b"AUTH", b"wrong") == (
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    )
+    assert send(conn, t, b"AUTH", b"s3cret") == b"+OK\r\n"
+    assert send(conn, t, b"PING") == b"+PONG\r\n"
+    assert send(conn, t, b"AUTH", b"someone", b"s3cret") == (
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    )
+    assert send(conn, t, b"PING") == b"-NOAUTH Authentication required.\r\n"
+    assert send(conn, t, b"AUTH", b"default", b"s3cret") == b"+OK\r\n"
+    h.server.pool.close()
+
+
+async def test_auth_without_password_configured(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, b"AUTH", b"x").startswith(b"-ERR AUTH <password> called without")
+
+
+async def test_rate_limit_refuses_then_refills() -> None:
+    h = Harness(rate_limit_per_s=10.0, rate_limit_burst=3)
+    conn, t = h.connect()
+    conn.data_received(encode_command([b"PING"]) * 5)
+    refusal = b"-RATELIMIT rate limit of 10 commands/s exceeded\r\n"
+    assert t.take() == b"+PONG\r\n" * 3 + refusal * 2
+    h.clock.advance(0.1)  # one token back
+    assert send(conn, t, b"PING") == b"+PONG\r\n"
+    assert send(conn, t, b"PING") == refusal
+    assert h.server.rate_limited == 3
+    h.server.pool.close()
+
+
+async def test_over_max_connections_is_refused_with_a_message() -> None:
+    h = Harness(max_connections=2)
+    h.connect(1)
+    h.connect(2)
+    _, t = h.connect(3)
+    assert t.take() == b"-ERR max number of clients reached\r\n"
+    assert t.closed
+    assert h.server.manager.rejected == 1
+    h.server.pool.close()
+
+
+async def test_client_commands(harness: Harness) -> None:
+    conn, t = harness.connect(1111)
+    other, t2 = harness.connect(2222)
+    assert send(conn, t, b"CLIENT", b"ID") == b":%d\r\n" % conn.conn_id
+    assert send(conn, t, b"CLIENT", b"GETNAME") == b"$-1\r\n"
+    assert send(conn, t, b"CLIENT", b"SETNAME", b"alice") == b"+OK\r\n"
+    assert send(conn, t, b"CLIENT", b"GETNAME") == b"$5\r\nalice\r\n"
+    assert send(conn, t, b"CLIENT", b"SETNAME", b"bad name").startswith(b"-ERR Client names")
+    listing = send(conn, t, b"CLIENT", b"LIST")
+    assert b"addr=127.0.0.1:1111" in listing
+    assert b"name=alice" in listing
+    assert b"addr=127.0.0.1:2222" in listing
+    assert send(conn, t, b"CLIENT", b"KILL", b"ID", str(other.conn_id).encode()) == b":1\r\n"
+    assert t2.closed
+    assert send(conn, t, b"CLIENT", b"KILL", b"127.0.0.1:9") == b"-ERR No such client\r\n"
+    assert send(conn, t, b"CLIENT", b"NOPE").startswith(b"-ERR unknown subcommand")
+
+
+async def test_config_get_and_set_apply_at_run_time(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert (
+        send(conn, t, b"CONFIG", b"GET", b"maxclients")
+        == b"*2\r\n$10\r\nmaxclients\r\n$5\r\n10000\r\n"
+    )
+    assert send(conn, t, b"CONFIG", b"SET", b"maxclients", b"5", b"timeout", b"7") == b"+OK\r\n"
+    assert harness.server.manager.limits.max_connections == 5
+    assert harness.server.manager.limits.idle_timeout_s == 7.0
+    assert send(conn, t, b"CONFIG", b"SET", b"worker-threads", b"2") == b"+OK\r\n"
+    assert harness.server.pool.size == 2
+    assert send(conn, t, b"CONFIG", b"SET", b"worker-threads", b"0") == (
+        b"-ERR setting 'threads' must be between 1 and 256, got 0\r\n"
+    )
+    assert harness.server.pool.size == 2
+    assert send(conn, t, b"CONFIG", b"SET", b"nope", b"1").startswith(b"-ERR Unknown option")
+    assert send(conn, t, b"CONFIG", b"SET", b"timeout", b"soon").startswith(
+        b"-ERR CONFIG SET failed"
+    )
+    assert send(conn, t, b"CONFIG", b"GET", b"save") == b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+
+
+async def test_config_set_requirepass_locks_new_clients(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, b"CONFIG", b"SET", b"requirepass", b"pw") == b"+OK\r\n"
+    assert send(conn, t, b"PING") == b"+PONG\r\n"  # already connected: stays authenticated
+    newcomer, t2 = harness.connect()
+    assert send(newcomer, t2, b"PING") == b"-NOAUTH Authentication required.\r\n"
+
+
+async def test_info_sections(harness: Harness) -> None:
+    conn, t = harness.connect()
+    send(conn, t, b"PING")
+    reply = send(conn, t, b"INFO").decode()
+    for section in ("# Server", "# Clients", "# Memory", "# Stats", "# Threads"):
+        assert section in reply
+    assert "connected_clients:1" in reply
+    assert "total_commands_processed:2" in reply
+    only = send(conn, t, b"INFO", b"clients").decode()
+    assert "# Clients" in only
+    assert "# Server" not in only
+    assert "cmdstat_ping:calls=1" in send(conn, t, b"INFO", b"commandstats").decode()
+
+
+async def test_command_count_docs_and_help(harness: Harness) -> None:
+    conn, t = harness.connect()
+    count = int(send(conn, t, b"COMMAND", b"COUNT")[1:-2])
+    assert count >= 14
+    docs = send(conn, t, b"COMMAND", b"DOCS", b"ping")
+    assert docs.startswith(b"*2\r\n$4\r\nping\r\n*6\r\n$7\r\nsummary\r\n")
+    assert b"PING -- " in send(conn, t, b"HELP")
+
+
+async def test_time_is_two_numbers(harness: Harness) -> None:
+    conn, t = harness.connect()
+    reply = send(conn, t, b"TIME").split(b"\r\n")
+    assert reply[0] == b"*2"
+    assert int(reply[2]) > 1_700_000_000
+    assert 0 <= int(reply[4]) < 1_000_000
+
+
+async def test_blocking_command_keeps_order_and_frees_the_loop(harness: Harness) -> None:
+    conn, t = harness.connect()
+    conn.data_received(
+        encode_command([b"PING"])
+        + encode_command([b"DEBUG", b"SLEEP", b"0.05"])
+        + encode_command([b"ECHO", b"after"])
+    )
+    assert t.take() == b"+PONG\r\n"  # the sleep runs in the pool
+    assert state(conn) is ConnState.PROCESSING
+    assert not t.reading
+    other, t2 = harness.connect()
+    assert send(other, t2, b"PING") == b"+PONG\r\n"  # the loop is free meanwhile
+    for _ in range(200):
+        if t.written:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    assert t.take() == b"+OK\r\n$5\r\nafter\r\n"
+    assert t.reading
+    assert state(conn) is ConnState.READING_HEADER
+
+
+async def test_shutdown_command_asks_the_server_to_stop(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, b"SHUTDOWN", b"NOSAVE") == b"+OK\r\n"
+    assert harness.server._shutdown.is_set()
+    assert t.closed
+
+
+async def test_idle_timeout_closes_idle_clients_only() -> None:
+    h = Harness(idle_timeout_s=10.0)
+    _, t_idle = h.connect(1)
+    busy, t_busy = h.connect(2)
+    h.clock.advance(6)
+    send(busy, t_busy, b"PING")
+    h.clock.advance(6)
+    assert h.server.manager.sweep() == 1
+    assert t_idle.closed
+    assert not t_busy.closed
+    h.server.pool.close()
+
+
+def test_bad_settings_name_the_field() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^setting 'port' must be between 0 and 65535, got 70000$"
+    ):
+        CommandConfig(port=70000)
+    with pytest.raises(ConfigError, match=r"^settings 'tls_cert' and 'tls_key' must be given"):
+        CommandConfig(tls_cert=__import__("pathlib").Path("x.pem"))

@@ -1,0 +1,99 @@
+"""Fixtures that run real server processes on 127.0.0.1 with ephemeral ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from postoffice.core.runtime import raise_fd_limit
+
+POSTOFFICE = [sys.executable, "-c", "from postoffice.cli import main; main()"]
+READY_TIMEOUT_S = 20.0
+
+
+@dataclass
+class ServerProcess:
+    """A running `postoffice ... serve` child and where it listens."""
+
+    proc: subprocess.Popen[bytes]
+    listeners: dict[str, tuple[str, int]]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.listeners.values()))[1]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, wait, and return the exit code (SIGKILL if it hangs)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(tmp_path: Path, service: str, *args: str) -> ServerProcess:
+    """Start `postoffice <service> serve ARGS` and wait until its ready file appears."""
+    ready = tmp_path / f"{service}-{time.monotonic_ns()}.ready.json"
+    log_path = ready.with_suffix(".log")
+    argv = [*POSTOFFICE, service, "serve", "--ready-file", str(ready), *args]
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env_without_postoffice(),
+        )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {log_path.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server not ready in time: {log_path.read_text()}")
+        time.sleep(0.02)
+    info = json.loads(ready.read_text())
+    listeners = {k: (v[0], int(v[1])) for k, v in info["listeners"].items()}
+    return ServerProcess(proc=proc, listeners=listeners, log_path=log_path, args=list(args))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _enough_descriptors() -> None:
+    raise_fd_limit()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers on demand; every one is stopped when the test ends."""
+    started: list[ServerProcess] = []
+
+    def _serve(service: str, *args: str) -> ServerProcess:
+        server = start_server(tmp_path, service, *args)
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in started:
+        server.stop()
+
+
+def env_without_postoffice() -> dict[str, str]:
+    """The environment minus POSTOFFICE_* settings, so a developer's shell cannot leak in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("POSTOFFICE_")}
