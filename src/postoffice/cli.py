@@ -29,8 +29,10 @@ def sysinfo(data_dir: str | None, as_json: bool) -> None:
 
 def _add_services() -> None:
     from postoffice.command.cli import command
+    from postoffice.office.cli import up
 
     main.add_command(command)
+    main.add_command(up)
 
 
 _add_services()

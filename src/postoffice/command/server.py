@@ -347,7 +347,16 @@ class CommandServer:
 
     async def serve(self, stop: asyncio.Event, *, ready_file: str | None = None) -> None:
         """Start, announce the listeners, run until `stop` or SHUTDOWN, then drain."""
-        await self.startup()
+        starting = asyncio.ensure_future(self.startup())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while a bind was still being retried
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self.shutdown()
+            return
+        stopped.cancel()
+        starting.result()
         if ready_file:
             announce(ready_file, service="command", addresses=self.addresses)
         stopper = asyncio.ensure_future(stop.wait())

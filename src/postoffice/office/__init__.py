@@ -1,0 +1,31 @@
+"""The office: the director behind `postoffice up` (and, later, the simulation and dashboard)."""
+
+from __future__ import annotations
+
+from postoffice.office.director import (
+    SERVICES,
+    ChildState,
+    ChildStatus,
+    Director,
+    DirectorError,
+    Launch,
+    ServiceSpec,
+    ServiceStartError,
+    describe_exit,
+    select_services,
+    serve_argv,
+)
+
+__all__ = [
+    "SERVICES",
+    "ChildState",
+    "ChildStatus",
+    "Director",
+    "DirectorError",
+    "Launch",
+    "ServiceSpec",
+    "ServiceStartError",
+    "describe_exit",
+    "select_services",
+    "serve_argv",
+]

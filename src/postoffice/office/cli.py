@@ -1,0 +1,118 @@
+"""`postoffice up`: parse flags, run the director, print where every service listens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from postoffice.core import config as core_config
+from postoffice.core import logs
+from postoffice.core.errors import PostOfficeError
+from postoffice.core.runtime import run
+from postoffice.office.director import (
+    DEFAULT_STOP_TIMEOUT_S,
+    SERVICES,
+    STATUS_FILE,
+    ChildStatus,
+    Director,
+    run_dir,
+    select_services,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = ["restart_line", "services_table", "up"]
+
+
+def services_table(statuses: Sequence[ChildStatus]) -> Table:
+    """A rich table with one row per listener: service, pid, listener name, address."""
+    from rich.table import Table
+
+    table = Table(title="postoffice up", title_justify="left")
+    for column in ("service", "pid", "listener", "address"):
+        table.add_column(column)
+    for status in statuses:
+        pid = "-" if status.pid is None else str(status.pid)
+        listeners = list(status.listeners.items()) or [("-", ("-", 0))]
+        for index, (name, (host, port)) in enumerate(listeners):
+            first = index == 0
+            address = "-" if name == "-" else f"{host}:{port}"
+            table.add_row(status.name if first else "", pid if first else "", name, address)
+    return table
+
+
+def restart_line(status: ChildStatus) -> str:
+    """One line announcing a restarted service, its new pid and its addresses."""
+    addresses = ", ".join(
+        f"{name} {host}:{port}" for name, (host, port) in status.listeners.items()
+    )
+    return (
+        f"{status.name} restarted (restart {status.restarts}, after it {status.last_exit}):"
+        f" pid {status.pid}, {addresses or 'no listeners'}"
+    )
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where all state lives.  [default: $POSTOFFICE_DATA_DIR or ./var]",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice([spec.name for spec in SERVICES]),
+    help="Start only this service; repeat for several.  [default: all]",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line (children too).")
+def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: bool) -> None:
+    """Start every service as a supervised child process and print where each listens.
+
+    A child that exits is restarted after a growing delay. Ctrl-C or SIGTERM stops them
+    all (SIGKILL after 10 s) and exits 0. Children log to stderr; the table of services
+    goes to stdout, and `<data-dir>/run/director.json` holds the same as JSON.
+    """
+    try:
+        logs.setup(level=log_level, json=log_json, service="director")
+        services = select_services(only)
+    except PostOfficeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    directory = data_dir if data_dir is not None else core_config.data_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create data dir {directory}: {exc}") from exc
+
+    from rich.console import Console
+
+    console = Console()
+
+    def started(statuses: Sequence[ChildStatus]) -> None:
+        console.print(services_table(statuses))
+        console.print(
+            f"status: {run_dir(directory.absolute()) / STATUS_FILE}; Ctrl-C stops all"
+            f" (SIGKILL after {DEFAULT_STOP_TIMEOUT_S:g} s)",
+            highlight=False,
+        )
+
+    def restarted(status: ChildStatus) -> None:
+        console.print(restart_line(status), highlight=False, soft_wrap=True)
+
+    director = Director(
+        services,
+        data_dir=directory,
+        log_level=log_level,
+        log_json=log_json,
+        on_started=started,
+        on_restarted=restarted,
+    )
+    try:
+        run(director.run)
+    except PostOfficeError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,189 @@
+"""`postoffice up` as a real process: it starts, restarts and stops the command server.
+
+Every service listens on port 0 (through POSTOFFICE_COMMAND_*_PORT), state lives in
+tmp_path, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from postoffice.office.director import DEFAULT_STOP_TIMEOUT_S, STATUS_FILE
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+_READY_WITHIN_S = 30.0  # a cold start of two interpreters on a loaded CI machine
+_POLL_S = 0.05
+
+Status = dict[str, Any]
+
+
+def _env() -> dict[str, str]:
+    """This environment without our settings, plus port 0 for every command listener."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTOFFICE_")}
+    env["POSTOFFICE_COMMAND_PORT"] = "0"
+    env["POSTOFFICE_COMMAND_METRICS_PORT"] = "0"
+    return env
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie nobody reaped yet counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_until(what: str, check: Callable[[], bool], timeout_s: float = _READY_WITHIN_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(_POLL_S)
+
+
+@dataclass
+class _Up:
+    """A running `postoffice up` and the files it reports through."""
+
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    stdout: Path
+    stderr: Path
+    seen_pids: set[int] = field(default_factory=set)
+
+    @property
+    def status_file(self) -> Path:
+        return self.data_dir / "run" / STATUS_FILE
+
+    def status(self) -> Status | None:
+        try:
+            body: Status = json.loads(self.status_file.read_text())
+        except FileNotFoundError:
+            return None
+        for service in body["services"].values():
+            if service["pid"] is not None:
+                self.seen_pids.add(service["pid"])
+        return body
+
+    def wait_ready(self, *, not_pid: int | None = None) -> Status:
+        """The command service's entry once it is ready (under a pid other than `not_pid`)."""
+        found: list[Status] = []
+
+        def ready() -> bool:
+            assert self.process.poll() is None, f"director exited: {self.stderr.read_text()}"
+            body = self.status()
+            entry = None if body is None else body["services"].get("command")
+            if entry is None or entry["state"] != "ready" or entry["pid"] == not_pid:
+                return False
+            found.append(entry)
+            return True
+
+        _wait_until("the command service to be ready", ready)
+        return found[-1]
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[_Up]:
+    data_dir = tmp_path / "data"
+    stdout, stderr = tmp_path / "up.out", tmp_path / "up.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "postoffice", "up", "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=_env(),
+        )
+    handle = _Up(process=process, data_dir=data_dir, stdout=stdout, stderr=stderr)
+    try:
+        yield handle
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=DEFAULT_STOP_TIMEOUT_S + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        for pid in handle.seen_pids - {process.pid}:  # never leave a server behind
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _ping(entry: Status) -> bool:
+    host, port = entry["listeners"]["command"]
+    with redis.Redis(host=host, port=port, socket_timeout=5) as client:
+        return bool(client.ping())
+
+
+def test_up_serves_and_stops_cleanly_on_sigterm(up: _Up) -> None:
+    entry = up.wait_ready()
+    assert _ping(entry)
+    assert set(entry["listeners"]) == {"command", "metrics"}
+    assert "command" in up.stdout.read_text()
+
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(timeout=DEFAULT_STOP_TIMEOUT_S + 5) == 0
+    assert _gone(entry["pid"])
+    assert not up.status_file.exists()
+    assert not (up.data_dir / "run" / "command.ready.json").exists()
+
+
+def test_up_restarts_a_killed_child(up: _Up) -> None:
+    first = up.wait_ready()
+    os.kill(first["pid"], signal.SIGKILL)
+
+    second = up.wait_ready(not_pid=first["pid"])
+    assert second["restarts"] == 1
+    assert second["last_exit"] == "killed by SIGKILL"
+    assert _ping(second)
+    assert "killed by SIGKILL" in up.stderr.read_text()
+    _wait_until("the restart line", lambda: "command restarted" in up.stdout.read_text(), 5.0)
+
+
+def test_children_die_with_the_director(up: _Up) -> None:
+    """PR_SET_PDEATHSIG: a director killed with SIGKILL takes its children with it."""
+    entry = up.wait_ready()
+    up.process.kill()
+    up.process.wait(timeout=5)
+    _wait_until("the orphaned child to exit", lambda: _gone(entry["pid"]))
+
+
+def test_a_second_director_on_the_same_data_dir_is_refused(up: _Up) -> None:
+    up.wait_ready()
+    second = subprocess.run(
+        [sys.executable, "-m", "postoffice", "up", "--data-dir", str(up.data_dir)],
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 1
+    assert b"another director is running on data dir" in second.stderr
+    assert _ping(up.wait_ready())
+
+
+def test_unknown_service_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "postoffice", "up", "--data-dir", str(tmp_path), "--only", "nope"],
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"Invalid value for '--only': 'nope'" in result.stderr
