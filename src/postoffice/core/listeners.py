@@ -57,6 +57,15 @@ async def listen(
     while True:
         try:
             sock = make_socket(host, port, reuse_port=reuse_port)
+            try:
+                # listen() can fail too (EADDRINUSE when another SO_REUSEADDR socket got
+                # there between our bind and our listen): retry that like a failed bind.
+                server = await loop.create_server(
+                    factory, sock=sock, backlog=backlog, ssl=ssl_context
+                )
+            except BaseException:
+                sock.close()
+                raise
         except OSError as exc:
             delay = backoff.next_delay()
             log.warning(
@@ -69,7 +78,6 @@ async def listen(
             )
             await asyncio.sleep(delay)
             continue
-        server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=ssl_context)
         bound = bound_address(server)
         log.info("listening listener=%s host=%s port=%d", name, bound[0], bound[1])
         return server

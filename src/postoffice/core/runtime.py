@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
 
+from postoffice.core.errors import ClosedError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -32,7 +34,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay to wait before the next attempt."""
-        delay = self._next or self.initial_s
+        delay = min(self.max_s, self._next or self.initial_s)
         self._next = min(self.max_s, delay * self.factor)
         return delay
 
@@ -73,9 +75,16 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
             log.info("signal=%s received, shutting down", signal.Signals(signum).name)
             stop.set()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        signums = (signal.SIGINT, signal.SIGTERM)
+        for signum in signums:
             loop.add_signal_handler(signum, _on_signal, signum)
-        return await main(stop)
+        try:
+            return await main(stop)
+        finally:
+            # Left installed, the handlers outlive the loop and swallow every later
+            # SIGINT/SIGTERM: the process could no longer be interrupted after run().
+            for signum in signums:
+                loop.remove_signal_handler(signum)
 
     return uvloop.run(_wrapper())
 
@@ -98,7 +107,16 @@ class Supervisor:
     def start(
         self, name: str, factory: Callable[[], Awaitable[None]], *, backoff: Backoff | None = None
     ) -> None:
-        """Start supervising `factory()` under `name`."""
+        """Start supervising `factory()` under `name`.
+
+        Raises ClosedError after `stop`, and ValueError when `name` is still running.
+        """
+        if self._stopping:
+            raise ClosedError(f"supervisor is stopped, cannot start component {name!r}")
+        running = self._tasks.get(name)
+        if running is not None and not running.done():
+            # Replacing it would orphan the old task: `stop` could no longer cancel it.
+            raise ValueError(f"component {name!r} is already running")
         self.restarts.setdefault(name, 0)
         self._tasks[name] = asyncio.get_running_loop().create_task(
             self._keep(name, factory, backoff or Backoff()), name=f"supervised:{name}"

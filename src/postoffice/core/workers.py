@@ -98,17 +98,34 @@ class WorkerPool:
         return future
 
     def close(self, *, wait: bool = False, timeout_s: float = 5.0) -> None:
-        """Stop every thread after the tasks already queued; optionally join them."""
+        """Stop every thread after the tasks already queued; optionally join them.
+
+        Tasks queued on a pool that has no threads (never started) fail with ClosedError.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             threads = list(self._threads)
             for _ in threads:
+                self._pending_stops += 1
                 self._queue.put(None)  # a worker that dequeues None exits
+            if not threads:
+                self._fail_queued()
         if wait:
             for thread in threads:
                 thread.join(timeout_s)
+
+    def _fail_queued(self) -> None:
+        # No thread will ever dequeue these: settle them rather than leave awaiters hanging.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                _, future, loop = item
+                _hand_back(loop, _settle_error, future, ClosedError("worker pool is closed"))
 
     def _run(self) -> None:
         me = threading.current_thread()
@@ -126,17 +143,16 @@ class WorkerPool:
             try:
                 result = fn()
             except BaseException as exc:  # handed to the awaiting coroutine, not swallowed
-                outcome = False
+                # Count before handing back, so an awaiter that wakes sees its own task.
+                with self._lock:
+                    self.busy -= 1
+                    self.failed += 1
                 _hand_back(loop, _settle_error, future, exc)
             else:
-                outcome = True
-                _hand_back(loop, _settle, future, result)
-            with self._lock:
-                self.busy -= 1
-                if outcome:
+                with self._lock:
+                    self.busy -= 1
                     self.completed += 1
-                else:
-                    self.failed += 1
+                _hand_back(loop, _settle, future, result)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -161,6 +177,12 @@ def _settle(future: asyncio.Future[T], result: T) -> None:
 
 
 def _settle_error(future: asyncio.Future[object], exc: BaseException) -> None:
+    if isinstance(exc, StopIteration):
+        # A future refuses StopIteration (TypeError in the loop, and the awaiter would
+        # hang forever); wrap it the way Python 3.12 does.
+        wrapped = RuntimeError("StopIteration raised in a worker pool task")
+        wrapped.__cause__ = exc
+        exc = wrapped
     if not future.done():
         future.set_exception(exc)
 
