@@ -134,7 +134,8 @@ def test_up_serves_and_stops_cleanly_on_sigterm(up: _Up) -> None:
     entry = up.wait_ready()
     assert _ping(entry)
     assert set(entry["listeners"]) == {"command", "metrics"}
-    assert "command" in up.stdout.read_text()
+    # The status file can land a moment before the table is flushed to stdout.
+    _wait_until("the listener table", lambda: "command" in up.stdout.read_text(), 5.0)
 
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(timeout=DEFAULT_STOP_TIMEOUT_S + 5) == 0
