@@ -711,3 +711,13 @@ ConnectionMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=30, deadline=None
 )
 TestConnectionMachine = ConnectionMachine.TestCase
+
+
+def test_hot_path_shortcuts_agree_with_the_table() -> None:
+    """data_received and batch_done skip the table for their common moves; same answers."""
+    from postoffice.core.transport import _NEXT
+
+    for state in (ConnState.READING_HEADER, ConnState.READING_PAYLOAD):
+        assert _NEXT[(state, ConnInput.BYTES)] is ConnState.PROCESSING
+    assert _NEXT[(ConnState.PROCESSING, ConnInput.IDLE)] is ConnState.READING_HEADER
+    assert _NEXT[(ConnState.PROCESSING, ConnInput.PARTIAL)] is ConnState.READING_PAYLOAD

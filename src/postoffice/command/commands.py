@@ -12,7 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from postoffice import __version__
@@ -31,6 +31,7 @@ from postoffice.command.resp import (
 )
 
 REDIS_COMPAT_VERSION: Final = "7.0.0"  # what INFO reports as redis_version, for clients that ask
+MAX_ARGS: Final = 1 << 31  # "no upper bound" for commands of variable arity
 MAX_DEBUG_SLEEP_S: Final = 60.0  # DEBUG SLEEP holds a worker thread; keep it bounded
 
 
@@ -84,20 +85,22 @@ class CommandSpec:
     summary: str
     group: str
     flags: frozenset[str] = frozenset()
+    # Derived once, so the per-request checks are plain attribute reads.
+    min_args: int = field(init=False)
+    max_args: int = field(init=False)
+    blocking: bool = field(init=False)  # runs in the worker pool
+    noauth: bool = field(init=False)  # allowed before AUTH
 
-    @property
-    def blocking(self) -> bool:
-        """Runs in the worker pool."""
-        return "blocking" in self.flags
-
-    @property
-    def noauth(self) -> bool:
-        """Allowed before AUTH."""
-        return "noauth" in self.flags
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # the dataclass is frozen
+        set_(self, "min_args", abs(self.arity))
+        set_(self, "max_args", self.arity if self.arity >= 0 else MAX_ARGS)
+        set_(self, "blocking", "blocking" in self.flags)
+        set_(self, "noauth", "noauth" in self.flags)
 
     def arity_ok(self, argc: int) -> bool:
         """Whether `argc` arguments (the name included) suit this command."""
-        return argc == self.arity if self.arity >= 0 else argc >= -self.arity
+        return self.min_args <= argc <= self.max_args
 
 
 def _text(arg: bytes) -> str:
@@ -475,3 +478,10 @@ def server_facts(port: int, started: float) -> dict[str, object]:
         "uptime_in_seconds": uptime,
         "uptime_in_days": uptime // 86400,
     }
+
+
+#: TABLE plus the lower-case spellings, so most lookups need no upper() call.
+LOOKUP: Final[dict[bytes, CommandSpec]] = {
+    **{name.lower(): spec for name, spec in TABLE.items()},
+    **TABLE,
+}

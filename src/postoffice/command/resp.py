@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, final
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple, final
 
 from postoffice.command.errors import RespLimitError, RespProtocolError
 
@@ -48,24 +48,38 @@ class NeedData(enum.Enum):
 NEED_DATA: Final = NeedData.NEED_DATA
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Command:
-    """One request: its arguments (the name first) and whether it came as an inline line."""
+class Command(NamedTuple):
+    """One request: its arguments (the name first) and whether it came as an inline line.
+
+    A NamedTuple rather than a frozen dataclass: one is built per request, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) cost more than parsing the request.
+    """
 
     args: list[bytes]
     inline: bool
 
 
+def _one_line(text: str) -> bytes:
+    # A RESP simple string or error cannot hold CR or LF.
+    return text.replace("\r", " ").replace("\n", " ").encode()
+
+
 # -- replies -----------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimpleString:
-    """`+text`: a short status such as OK or PONG."""
+    """`+text`: a short status such as OK or PONG. Its RESP bytes are made once."""
 
     text: str
+    wire: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", b"+" + _one_line(self.text) + b"\r\n")
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Error:
     """`-CODE message`: a refused command."""
@@ -74,6 +88,7 @@ class Error:
     message: str
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Integer:
     """`:n`."""
@@ -81,6 +96,7 @@ class Integer:
     value: int
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Bulk:
     """`$len` and bytes; `None` is the nil bulk."""
@@ -88,6 +104,7 @@ class Bulk:
     data: bytes | None
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Array:
     """`*n` and n replies; `None` is the nil array."""
@@ -95,6 +112,7 @@ class Array:
     items: Sequence[Reply] | None
 
 
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Map:
     """Key-value pairs: `%n` in RESP3, a flat array of 2n items in RESP2."""
@@ -117,8 +135,8 @@ def bulk(data: bytes | str) -> Bulk:
 
 def encode_resp(reply: Reply) -> bytes:
     """RESP2 bytes for `reply`."""
-    if isinstance(reply, SimpleString):
-        return b"+" + reply.text.encode() + b"\r\n"
+    if type(reply) is SimpleString:
+        return reply.wire
     if isinstance(reply, Bulk):
         data = reply.data
         return b"$-1\r\n" if data is None else b"$%d\r\n%b\r\n" % (len(data), data)
@@ -186,11 +204,6 @@ def encode_command(args: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _one_line(text: str) -> bytes:
-    # A RESP simple string or error cannot hold CR or LF.
-    return text.replace("\r", " ").replace("\n", " ").encode()
-
-
 # -- the parser ---------------------------------------------------------------------------
 
 
@@ -249,7 +262,7 @@ class RespParser:
 
     def has_partial(self) -> bool:
         """Whether part of a request is buffered."""
-        return self.buffered > 0 or self._remaining > 0
+        return self._pos < len(self._buf) or self._chunked > 0 or self._remaining > 0
 
     def feed(self, data: bytes) -> None:
         """Append bytes from the peer."""
@@ -283,7 +296,7 @@ class RespParser:
             buf = self._buf
             while self._pos < len(buf):
                 if buf[self._pos] == 0x2A:  # "*"
-                    return self._array_header()
+                    return self._whole_array() or self._array_header()
                 command = self._inline()
                 if command is not None:
                     return command
@@ -293,6 +306,48 @@ class RespParser:
         except RespProtocolError as exc:
             self._error = exc
             raise
+
+    def _whole_array(self) -> Command | None:
+        """The fast path: a well-formed array that is all in the buffer, else None.
+
+        Anything else (a partial array, a bad header, a limit) is left to the resumable
+        path, which starts again from the array's first byte; only a request split across
+        reads pays that second look at its headers.
+        """
+        buf, pos = self._buf, self._pos
+        size = len(buf)
+        eol = buf.find(b"\r\n", pos, pos + MAX_HEADER_BYTES)
+        if eol < 0:
+            return None
+        try:
+            count = int(buf[pos + 1 : eol])
+        except ValueError:
+            return None
+        if not 0 < count <= self.max_array_items:
+            return None
+        max_bulk = self.max_bulk_bytes
+        args: list[bytes] = []
+        p = eol + 2
+        for _ in range(count):
+            if p >= size or buf[p] != 0x24:  # "$"
+                return None
+            eol = buf.find(b"\r\n", p, p + MAX_HEADER_BYTES)
+            if eol < 0:
+                return None
+            try:
+                length = int(buf[p + 1 : eol])
+            except ValueError:
+                return None
+            start = eol + 2
+            end = start + length
+            if not 0 <= length <= max_bulk or end + 2 > size or buf[end : end + 2] != b"\r\n":
+                return None
+            args.append(buf[start:end])
+            p = end + 2
+        self._pos = p
+        if self.dialect is Dialect.UNKNOWN:
+            self.dialect = Dialect.RESP
+        return Command(args, False)
 
     def _line_end(self, what: str) -> int:
         """Index of the CR of the next CRLF-terminated header, or -1 when not all here."""
@@ -372,7 +427,7 @@ class RespParser:
             self._remaining -= 1
         self._need = 0
         self._args = []
-        return Command(args=args, inline=False)
+        return Command(args, False)
 
     def _inline(self) -> Command | None:
         """One inline line as a Command; None for a blank line or when more bytes are needed."""
@@ -402,7 +457,7 @@ class RespParser:
             return None
         if self.dialect is Dialect.UNKNOWN:
             self.dialect = Dialect.RESP if crlf else Dialect.TEXT
-        return Command(args=args, inline=True)
+        return Command(args, True)
 
     def __repr__(self) -> str:
         return f"<RespParser {self.dialect.value} buffered={self.buffered}>"

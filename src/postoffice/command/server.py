@@ -14,11 +14,12 @@ import os
 import resource
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Final, final
 
-from postoffice.command.commands import TABLE, CommandSpec, server_facts
+from postoffice.command.commands import LOOKUP, CommandSpec, server_facts
 from postoffice.command.config import CommandConfig
 from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
 from postoffice.command.resp import (
@@ -100,31 +101,45 @@ class CommandConnection(BaseProtocol):
     # -- the request loop --------------------------------------------------------------
 
     def _run_buffered(self) -> ConnInput | None:
-        """Run every complete command buffered; None when one went to the worker pool."""
+        """Run every complete command buffered; None when one went to the worker pool.
+
+        This is the hot path: bound methods are hoisted into locals, and the encoder is
+        picked once per batch (again only if HELLO changes the RESP version mid-batch).
+        """
         parser = self.parser
+        next_event = parser.next_event
+        execute = self._execute
         out: list[bytes] = []
+        encode: Callable[[Reply], bytes] | None = None
+        protocol = 0
         try:
-            while self.state is not ConnState.CLOSING:
-                event = parser.next_event()
+            while True:
+                event = next_event()
                 if event is NEED_DATA:
                     break
-                reply = self._execute(event.args)
+                reply = execute(event[0])
                 if reply is _PENDING:
                     self._send(out)
                     return None
-                out.append(self._encode(reply))
+                if encode is None or protocol != self.protocol:
+                    protocol = self.protocol
+                    encode = self._encoder()
+                out.append(encode(reply))
                 if self.close_after_reply:
                     self._send(out)
                     self.close("client quit")
                     return ConnInput.IDLE
+                if self.state is ConnState.CLOSING:  # killed by its own CLIENT KILL
+                    return ConnInput.IDLE
         except RespProtocolError as exc:
             self.server.protocol_errors += 1
-            out.append(self._encode(Error(code=exc.wire_code, message=str(exc))))
+            out.append(self._encoder()(Error(code=exc.wire_code, message=str(exc))))
             self._send(out)
             log.info("protocol error conn=%s error=%r", self, str(exc))
             self.close("protocol error")
             return ConnInput.IDLE
-        self._send(out)
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
         return ConnInput.PARTIAL if parser.has_partial() else ConnInput.IDLE
 
     def _send(self, out: list[bytes]) -> None:
@@ -132,18 +147,16 @@ class CommandConnection(BaseProtocol):
             self.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
-    def _encode(self, reply: Reply) -> bytes:
+    def _encoder(self) -> Callable[[Reply], bytes]:
         if self.parser.dialect is Dialect.TEXT:
-            return encode_text(reply)
-        if self.protocol == 3:
-            return encode_resp3(reply)
-        return encode_resp(reply)
+            return encode_text
+        return encode_resp3 if self.protocol == 3 else encode_resp
 
     def _execute(self, args: list[bytes]) -> Reply:
         server = self.server
         self.requests += 1
         server.commands += 1
-        spec = TABLE.get(args[0].upper())
+        spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
         if not self.authenticated and (spec is None or not spec.noauth):
             server.auth_refusals += 1
             return Error(code="NOAUTH", message="Authentication required.")
@@ -155,16 +168,17 @@ class CommandConnection(BaseProtocol):
                 message=f"unknown command '{args[0].decode('utf-8', 'replace')[:64]}', "
                 f"with args beginning with: {shown}",
             )
-        self.last_command = spec.name
-        server.calls[spec.name] = server.calls.get(spec.name, 0) + 1
+        name = self.last_command = spec.name
+        server.calls[name] += 1
         if server.config.rate_limit_per_s and not self._take_token():
             server.rate_limited += 1
             err = RateLimitedError(
                 f"rate limit of {server.config.rate_limit_per_s:g} commands/s exceeded"
             )
             return Error(code=err.wire_code, message=str(err))
-        if not spec.arity_ok(len(args)):
-            return Error(code="ERR", message=f"wrong number of arguments for '{spec.name}' command")
+        argc = len(args)
+        if argc < spec.min_args or argc > spec.max_args:
+            return Error(code="ERR", message=f"wrong number of arguments for '{name}' command")
         if spec.blocking:
             return self._offload(spec, args)
         try:
@@ -205,7 +219,7 @@ class CommandConnection(BaseProtocol):
         else:
             log.error("command failed in worker conn=%s", self, exc_info=exc)
             reply = Error(code="ERR", message=f"internal error: {exc!r}")
-        self.write(self._encode(reply))
+        self.write(self._encoder()(reply))
         if self.close_after_reply or self._stop_after_reply:
             self.close("client quit" if self.close_after_reply else "server shutdown")
             return
@@ -268,7 +282,7 @@ class CommandServer:
         self.unknown_commands = 0
         self.auth_refusals = 0
         self.rate_limited = 0
-        self.calls: dict[str, int] = {}
+        self.calls: defaultdict[str, int] = defaultdict(int)
         self.closed_bytes_in = 0  # traffic of connections already gone
         self.closed_bytes_out = 0
         self.addresses: dict[str, tuple[str, int]] = {}

@@ -18,6 +18,10 @@ in `_resume_state`, moved by the same table), and DRAINED returns there. Otherwi
 request still in the pool when the peer caught up would look idle, and an idle timeout or
 a shutdown would cut it off.
 
+The hot path (`data_received`, `batch_done`, `write`) takes the table's common moves with
+identity checks on module-level aliases instead of hashing enum pairs;
+`tests/core/test_transport.py` checks that those shortcuts agree with the table.
+
 Reading is paused for two independent reasons, write backpressure and the service's own
 queue (`pause_reading`); it resumes only when neither holds.
 """
@@ -101,6 +105,16 @@ for _state in (S.READING_HEADER, S.READING_PAYLOAD, S.PROCESSING, S.WRITING_RESP
 del S, I, _state
 
 
+# Module-level aliases: a global load is cheaper than an attribute of the enum class.
+_READING_HEADER: Final = ConnState.READING_HEADER
+_READING_PAYLOAD: Final = ConnState.READING_PAYLOAD
+_PROCESSING: Final = ConnState.PROCESSING
+_CLOSING: Final = ConnState.CLOSING
+_CLOSED: Final = ConnState.CLOSED
+_IDLE: Final = ConnInput.IDLE
+_PARTIAL: Final = ConnInput.PARTIAL
+
+
 def next_state(state: ConnState, event: ConnInput) -> ConnState:
     """The state after `event` in `state`; raises ClosedError for a move the table forbids."""
     try:
@@ -157,14 +171,18 @@ class BaseProtocol(asyncio.Protocol):
         self.on_connect()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.manager.clock()
         self.bytes_in += len(data)
-        state = next_state(self.state, ConnInput.BYTES)
-        if state is ConnState.CLOSING:
-            return
-        if state is ConnState.WRITING_RESPONSE:
-            self._resume_state = next_state(self._resume_state, ConnInput.BYTES)
-        self.state = state
+        state = self.state
+        if state is _READING_HEADER or state is _READING_PAYLOAD:  # the table's common move
+            self.state = _PROCESSING
+        else:
+            self.last_active = self.manager.clock()
+            state = next_state(state, ConnInput.BYTES)
+            if state is _CLOSING:
+                return
+            if state is ConnState.WRITING_RESPONSE:
+                self._resume_state = next_state(self._resume_state, ConnInput.BYTES)
+            self.state = state
         outcome = self.on_data(data)
         if outcome is not None:
             self.batch_done(outcome)
@@ -252,10 +270,10 @@ class BaseProtocol(asyncio.Protocol):
 
         Raises ClosedError for any other outcome.
         """
-        if outcome not in (ConnInput.IDLE, ConnInput.PARTIAL):
+        if outcome is not _IDLE and outcome is not _PARTIAL:
             raise ClosedError(f"batch outcome must be idle or partial, got {outcome.value}")
-        if self.state is ConnState.PROCESSING:
-            self.state = next_state(self.state, outcome)
+        if self.state is _PROCESSING:  # the table's common moves
+            self.state = _READING_HEADER if outcome is _IDLE else _READING_PAYLOAD
         elif self.in_flight:  # writes blocked while the batch ran
             self._resume_state = next_state(self._resume_state, outcome)
         else:
@@ -268,11 +286,13 @@ class BaseProtocol(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer; dropped silently once the connection is closed."""
         transport = self.transport
+        state = self.state
         # The state, not only is_closing(): a lingering close has sent FIN with write_eof
         # and the transport is not closing yet, but it raises RuntimeError on write.
         if (
             transport is not None
-            and self.state not in (ConnState.CLOSING, ConnState.CLOSED)
+            and state is not _CLOSING
+            and state is not _CLOSED
             and not transport.is_closing()
         ):
             self.bytes_out += len(data)
