@@ -343,7 +343,9 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "setting 'threads' must be between 1 and 256, got 0" in done.stderr
 
 
-def test_busy_port_is_retried_and_sigterm_still_stops_it(tmp_path: Path) -> None:
+def _serve_on_busy_port(tmp_path: Path) -> tuple[socket.socket, subprocess.Popen[bytes], Path]:
+    """A listening socket holding a port, and a command server told to use that port,
+    returned once the server has logged its first failed bind."""
     from tests.integration.conftest import POSTOFFICE, env_without_postoffice
 
     blocker = socket.socket()
@@ -358,13 +360,20 @@ def test_busy_port_is_retried_and_sigterm_still_stops_it(tmp_path: Path) -> None
             stderr=subprocess.STDOUT,
             env=env_without_postoffice(),
         )
+    deadline = time.monotonic() + 20
+    while "bind failed" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "bind failed listener=command" in log.read_text()
+    assert proc.poll() is None  # still alive, retrying
+    return blocker, proc, log
+
+
+def test_busy_port_is_retried_until_it_frees(tmp_path: Path) -> None:
+    blocker, proc, log = _serve_on_busy_port(tmp_path)
+    port = blocker.getsockname()[1]
     try:
-        deadline = time.monotonic() + 20
-        while "bind failed" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "bind failed listener=command" in log.read_text()
-        assert proc.poll() is None  # still alive, retrying
         blocker.close()  # the port frees up: the retry succeeds
+        deadline = time.monotonic() + 20
         while "listening listener=command" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert raw(port, b"PING\r\n", expect=7) == b"+PONG\r\n"
@@ -374,22 +383,7 @@ def test_busy_port_is_retried_and_sigterm_still_stops_it(tmp_path: Path) -> None
 
 
 def test_sigterm_while_waiting_for_a_busy_port_exits_cleanly(tmp_path: Path) -> None:
-    from tests.integration.conftest import POSTOFFICE, env_without_postoffice
-
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        log = tmp_path / "busy.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [*POSTOFFICE, "command", "serve", "--port", str(port), "--no-metrics"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env_without_postoffice(),
-            )
-        deadline = time.monotonic() + 20
-        while "bind failed" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    blocker, proc, _ = _serve_on_busy_port(tmp_path)
+    with blocker:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
