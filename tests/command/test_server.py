@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from postoffice.command.config import CommandConfig
-from postoffice.command.resp import encode_command
 from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
 from postoffice.core.errors import ConfigError
+from postoffice.core.resp import encode_command
 from postoffice.core.transport import ConnState
 from tests.fakes import FakeTransport
 

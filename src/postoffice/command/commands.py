@@ -17,7 +17,7 @@ from typing import Final, Protocol
 
 from postoffice import __version__
 from postoffice.command.errors import CommandError, NoAuthError, NoProtoError, WrongPassError
-from postoffice.command.resp import (
+from postoffice.core.resp import (
     EMPTY_ARRAY,
     NIL,
     OK,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from postoffice.command.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.config import check_port, check_range
 from postoffice.core.errors import ConfigError
+from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
 
 

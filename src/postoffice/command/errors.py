@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from postoffice.core.errors import LimitExceeded, PostOfficeError, ProtocolError
+from postoffice.core.errors import LimitExceeded, PostOfficeError
+from postoffice.core.resp import RespLimitError, RespProtocolError
+
+__all__ = [
+    "CommandError",
+    "NoAuthError",
+    "NoProtoError",
+    "RateLimitedError",
+    "RespLimitError",
+    "RespProtocolError",
+    "WrongPassError",
+]
 
 
 class CommandError(PostOfficeError):
     """A command was refused; the connection stays usable. The reply is `-ERR <message>`."""
 
     wire_code = "ERR"
-
-
-class RespProtocolError(ProtocolError):
-    """The bytes break RESP or the text protocol: framing is lost, so the connection closes."""
-
-    wire_code = "ERR"
-
-
-class RespLimitError(RespProtocolError, LimitExceeded):
-    """A line, bulk string or array went over its limit (then the connection closes)."""
 
 
 class NoAuthError(CommandError):

@@ -22,7 +22,13 @@ from typing import Final, final
 from postoffice.command.commands import LOOKUP, CommandSpec, server_facts
 from postoffice.command.config import CommandConfig
 from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
-from postoffice.command.resp import (
+from postoffice.core import metrics
+from postoffice.core.clock import MONOTONIC, Clock
+from postoffice.core.connections import ConnectionLimits, ConnectionManager
+from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
+from postoffice.core.http import health_routes, metrics_route, serve_http
+from postoffice.core.listeners import bound_address, listen
+from postoffice.core.resp import (
     NEED_DATA,
     Dialect,
     Error,
@@ -32,12 +38,6 @@ from postoffice.command.resp import (
     encode_resp3,
     encode_text,
 )
-from postoffice.core import metrics
-from postoffice.core.clock import MONOTONIC, Clock
-from postoffice.core.connections import ConnectionLimits, ConnectionManager
-from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
-from postoffice.core.http import health_routes, metrics_route, serve_http
-from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
 from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
 from postoffice.core.workers import WorkerPool

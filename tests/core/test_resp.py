@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postoffice.command.errors import RespLimitError, RespProtocolError
-from postoffice.command.resp import (
+from postoffice.core.resp import (
     NEED_DATA,
     NIL,
     OK,
@@ -19,7 +18,9 @@ from postoffice.command.resp import (
     Error,
     Integer,
     Reply,
+    RespLimitError,
     RespParser,
+    RespProtocolError,
     SimpleString,
     bulk,
     encode_command,

@@ -1,4 +1,6 @@
-"""Pure RESP2 and text-line codec for the command server: bytes in, commands out, replies out.
+"""Pure RESP2/RESP3 and text-line codec of the command protocol: bytes in, commands out.
+
+Shared by the command server and every control port (ingest's among them).
 
 Design: one parser serves both of the port's dialects. A request starting with `*` is a
 RESP array of bulk strings (redis-cli, redis-py). Anything else is an inline line, split on
@@ -18,7 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, final
 
-from postoffice.command.errors import RespLimitError, RespProtocolError
+from postoffice.core.errors import LimitExceeded, ProtocolError
+
+
+class RespProtocolError(ProtocolError):
+    """The bytes break RESP or the text protocol: framing is lost, so the connection closes."""
+
+    wire_code = "ERR"
+
+
+class RespLimitError(RespProtocolError, LimitExceeded):
+    """A line, bulk string or array went over its limit (then the connection closes)."""
+
 
 MAX_INLINE_BYTES: Final = 64 * 1024  # one inline line, as Redis allows
 MAX_BULK_BYTES: Final = 8 * 1024 * 1024  # one argument; far above any command of ours
