@@ -29,9 +29,11 @@ def sysinfo(data_dir: str | None, as_json: bool) -> None:
 
 def _add_services() -> None:
     from postoffice.command.cli import command
+    from postoffice.ingest.cli import ingest
     from postoffice.office.cli import up
 
     main.add_command(command)
+    main.add_command(ingest)
     main.add_command(up)
 
 

@@ -97,3 +97,26 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def env_without_postoffice() -> dict[str, str]:
     """The environment minus POSTOFFICE_* settings, so a developer's shell cannot leak in."""
     return {k: v for k, v in os.environ.items() if not k.startswith("POSTOFFICE_")}
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are free right now."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - count)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError(f"no block of {count} free ports found")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final, TypeAlias, cast, final
@@ -49,7 +49,19 @@ class Response:
     content_type: str = _TEXT
 
 
-Route: TypeAlias = Callable[[], Response | Awaitable[Response]]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stream:
+    """An endless or long response: its chunks are sent as they come (chunked encoding).
+
+    The connection closes when the iterator ends or the client goes away (the iterator is
+    then closed, so a subscriber can unsubscribe in its `finally`).
+    """
+
+    chunks: AsyncIterator[bytes]
+    content_type: str = _TEXT
+
+
+Route: TypeAlias = Callable[[], Response | Stream | Awaitable[Response]]
 
 _NOT_FOUND: Final = Response(status=404, body=b"not found\n")
 _NOT_ALLOWED: Final = Response(status=405, body=b"method not allowed\n")
@@ -207,6 +219,10 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(result, Response):
             self._respond(result, head_only=head_only)
             return
+        if isinstance(result, Stream):
+            self._busy = True
+            self._task = asyncio.ensure_future(self._stream(result, head_only=head_only))
+            return
         # One request at a time: stop reading until the route has answered.
         self._busy = True
         assert self._transport is not None
@@ -228,6 +244,27 @@ class HttpProtocol(asyncio.Protocol):
             assert self._transport is not None
             self._transport.resume_reading()
             self._drain()
+
+    async def _stream(self, stream: Stream, *, head_only: bool) -> None:
+        """Send a Stream's chunks as they come; close the connection when it ends."""
+        transport = self._transport
+        assert transport is not None
+        headers = [(b"content-type", stream.content_type.encode("latin-1"))]
+        transport.write(self._send(h11.Response(status_code=200, headers=headers)))
+        try:
+            if not head_only:
+                async for chunk in stream.chunks:
+                    if self._closed:
+                        break
+                    if chunk:
+                        transport.write(self._send(h11.Data(data=chunk)))
+            if not self._closed:
+                transport.write(self._send(h11.EndOfMessage()))
+        finally:
+            aclose = getattr(stream.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._close()
 
     def _respond(
         self,

@@ -1,0 +1,490 @@
+"""Assembly of complete ingest payloads: stream the patches through zstd into files_dir.
+
+I/O layer, blocking: the server runs it in a worker thread.
+"""
+
+# Design
+# ------
+# Input is the patches in index order, read in 1 MiB blocks (with via_part, first
+# concatenated into files_dir/.<name>.<id>.part, fsynced, and read back from there).
+# Each block goes through two readers:
+#   - _FrameWalker, a small state machine over the zstd frame format (RFC 8878) that
+#     reads frame and block headers and skips block contents. zstandard's stream_reader
+#     returns a short output without complaint when the input ends inside a frame; the
+#     walker catches that, names bytes after the last frame that are not a frame, and
+#     checks each frame's window against the limit before zstd allocates it;
+#   - zstandard's stream_reader(read_across_frames=True), which decodes every frame (as
+#     `zstd -d` does) into output blocks of at most 1 MiB, so memory stays bounded and a
+#     bomb costs one block, not its decompressed size.
+# Output goes to the hidden staging file files_dir/.<name>.<id>.tmp, counted (a block
+# that would pass max_output_bytes stops the assembly before it is written) and hashed,
+# both alongside zstd in two threads (_Sink); then fsync, os.replace onto
+# files_dir/<name> (the last publish of a name wins), fsync files_dir. Upload names never
+# start with ".", so staging files never clash with a published file, and a file under
+# an upload name is never partial. On any failure the .tmp and the .part are removed and
+# the patches are left as they were.
+#
+# Walker states (the table is _FrameWalker._on_field):
+#   MAGIC --zstd magic--> DESCRIPTOR --> HEADER_REST --> BLOCK_HEADER --(skip content)-->
+#     BLOCK_HEADER ... --last block--> CHECKSUM (when flagged) --> MAGIC
+#   MAGIC --skippable magic--> SKIPPABLE_SIZE --(skip content)--> MAGIC
+# The input may end only in MAGIC with nothing pending, after at least one zstd frame.
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final, final
+
+import zstandard
+
+from postoffice.ingest.errors import AssemblyError, IngestStorageError
+from postoffice.ingest.protocol import FileId, check_name, file_id_hex
+from postoffice.ingest.storage import PayloadInfo, PublishedInfo
+
+#: Read and write size: large enough that per-block Python overhead vanishes next to
+#: zstd's work, small enough that a bomb or a huge patch costs little memory.
+BLOCK_BYTES: Final = 1024 * 1024
+#: Output blocks that may wait for the writer and hasher threads: bounds memory (4 MiB).
+PIPELINE_BLOCKS: Final = 4
+#: NAME_MAX of common file systems: a staging name must fit it too.
+MAX_FILE_NAME_BYTES: Final = 255
+
+_ZSTD_MAGIC: Final = 0xFD2FB528
+_SKIPPABLE_MAGIC: Final = 0x184D2A50  # the 16 values 0x184D2A50..0x184D2A5F
+_SKIPPABLE_MASK: Final = 0xFFFFFFF0
+_DICT_ID_BYTES: Final = (0, 1, 2, 4)
+_BLOCK_RLE: Final = 1
+_BLOCK_RESERVED: Final = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssemblyStats:
+    """What one assembly cost: compressed bytes read, bytes written, zstd frames, seconds."""
+
+    bytes_in: int
+    bytes_out: int
+    frames: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssemblyResult:
+    """The publish record of an assembly and its figures."""
+
+    published: PublishedInfo
+    stats: AssemblyStats
+
+
+def staging_path(files_dir: Path, name: str, file_id: FileId, suffix: str) -> Path:
+    """files_dir/.<name>.<file id hex>.<suffix> (suffix "tmp" or "part").
+
+    A name too long for the staging name to fit NAME_MAX is cut on a character
+    boundary (and right-stripped), so the staging name stays a valid hidden name.
+    """
+    tail = f".{file_id_hex(file_id)}.{suffix}"
+    budget = MAX_FILE_NAME_BYTES - 1 - len(tail)
+    encoded = name.encode()
+    if len(encoded) > budget:
+        name = encoded[:budget].decode(errors="ignore").rstrip()
+    return files_dir / f".{name}{tail}"
+
+
+def assemble(
+    *,
+    info: PayloadInfo,
+    patches: Sequence[Path],
+    files_dir: Path,
+    max_output_bytes: int,
+    max_window_log: int,
+    via_part: bool = False,
+    fsync: bool = True,
+    now: float | None = None,
+) -> PublishedInfo:
+    """Decompress a complete payload into files_dir/<info.name>; see assemble_with_stats."""
+    return assemble_with_stats(
+        info=info,
+        patches=patches,
+        files_dir=files_dir,
+        max_output_bytes=max_output_bytes,
+        max_window_log=max_window_log,
+        via_part=via_part,
+        fsync=fsync,
+        now=now,
+    ).published
+
+
+def assemble_with_stats(
+    *,
+    info: PayloadInfo,
+    patches: Sequence[Path],
+    files_dir: Path,
+    max_output_bytes: int,
+    max_window_log: int,
+    via_part: bool = False,
+    fsync: bool = True,
+    now: float | None = None,
+) -> AssemblyResult:
+    """Join the patches in order, zstd-decompress them and publish files_dir/<info.name>.
+
+    Concatenated frames and skippable frames are accepted, as `zstd -d` does. `now` is
+    the wall-clock publish time (default: time.time()). The file appears whole or not
+    at all; an existing file of that name is replaced (`replaced=True`).
+    Raises AssemblyError for a payload that will never decompress (patch count or sizes
+    that disagree with `info`, not zstd, truncated, trailing bytes, a window over
+    2**max_window_log, output over max_output_bytes), BadNameError for a bad name, and
+    IngestStorageError when the disk fails (the patches are intact: retry later).
+    """
+    began = time.monotonic()
+    name = check_name(info.name)
+    hex_id = file_id_hex(info.file_id)
+    _check_patches(info, patches, hex_id)
+    final_path = files_dir / name
+    tmp = staging_path(files_dir, name, info.file_id, "tmp")
+    part = staging_path(files_dir, name, info.file_id, "part")
+    try:
+        with _os_errors("create", files_dir):
+            files_dir.mkdir(parents=True, exist_ok=True)
+        sources: Sequence[Path] = patches
+        if via_part:
+            _concatenate(patches, part, fsync=fsync)
+            sources = [part]
+        walker = _FrameWalker(max_window_size=1 << max_window_log, hex_id=hex_id)
+        source = _ChainedReader(sources, walker)
+        with _os_errors("assemble", tmp), open(tmp, "wb", buffering=0) as out:
+            with _Sink(out) as sink:
+                bytes_out = _decompress(
+                    source,
+                    sink,
+                    max_window_log=max_window_log,
+                    max_output_bytes=max_output_bytes,
+                    hex_id=hex_id,
+                )
+            walker.finish()
+            if fsync:
+                os.fsync(out.fileno())
+        with _os_errors("publish", final_path):
+            replaced = os.path.lexists(final_path)
+            os.replace(tmp, final_path)
+        if fsync:
+            _fsync_dir(files_dir)
+    finally:
+        for leftover in (tmp, part):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+    published = PublishedInfo(
+        file_id=info.file_id,
+        name=name,
+        size=bytes_out,
+        sha256=sink.digest.digest(),
+        published_at=time.time() if now is None else now,
+        replaced=replaced,
+    )
+    stats = AssemblyStats(
+        bytes_in=source.bytes_read,
+        bytes_out=bytes_out,
+        frames=walker.frames,
+        seconds=time.monotonic() - began,
+    )
+    return AssemblyResult(published=published, stats=stats)
+
+
+def _decompress(
+    source: _ChainedReader,
+    sink: _Sink,
+    *,
+    max_window_log: int,
+    max_output_bytes: int,
+    hex_id: str,
+) -> int:
+    """Decode every frame of `source` into `sink`; returns the bytes written."""
+    decompressor = zstandard.ZstdDecompressor(max_window_size=1 << max_window_log)
+    bytes_out = 0
+    try:
+        with decompressor.stream_reader(
+            source,  # type: ignore[arg-type]  # zstandard needs only read(), not IO
+            read_size=BLOCK_BYTES,
+            read_across_frames=True,
+            closefd=False,
+        ) as reader:
+            while block := reader.read(BLOCK_BYTES):
+                bytes_out += len(block)
+                if bytes_out > max_output_bytes:
+                    raise AssemblyError(
+                        f"payload {hex_id}: decompressed output exceeds limit {max_output_bytes}"
+                    )
+                sink.put(block)
+    except zstandard.ZstdError as exc:
+        raise AssemblyError(f"payload {hex_id} is not valid zstandard: {exc}") from exc
+    finally:
+        source.close()
+    return bytes_out
+
+
+def _check_patches(info: PayloadInfo, patches: Sequence[Path], hex_id: str) -> None:
+    """The patches must be the payload's: one per index, adding up to its size."""
+    if len(patches) != info.total:
+        raise AssemblyError(
+            f"payload {hex_id} has total {info.total}, assembly was given {len(patches)} patches"
+        )
+    found = 0
+    for path in patches:
+        with _os_errors("stat", path):
+            found += os.stat(path).st_size
+    if found != info.size:
+        raise AssemblyError(
+            f"payload {hex_id} has size {info.size}, its patches hold {found} bytes"
+        )
+
+
+def _concatenate(patches: Sequence[Path], part: Path, *, fsync: bool) -> None:
+    with _os_errors("write", part), open(part, "wb") as out:
+        for path in patches:
+            with open(path, "rb") as patch:
+                shutil.copyfileobj(patch, out, BLOCK_BYTES)
+        if fsync:
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def _write_all(out: BinaryIO, block: bytes) -> None:
+    view = memoryview(block)
+    while view:
+        view = view[out.write(view) :]
+
+
+@contextlib.contextmanager
+def _os_errors(action: str, path: Path) -> Iterator[None]:
+    """Translate OSError into IngestStorageError naming the path and the OS's reason."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else path
+        raise IngestStorageError(f"cannot {action} {where}: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    with _os_errors("fsync", path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@final
+class _Sink:
+    """Writes and hashes output blocks in order, overlapping both with decompression.
+
+    The first block is handled inline (most files fit in one, and need no thread); from
+    the second on, writing and SHA-256 run in one worker thread each, at most
+    PIPELINE_BLOCKS blocks behind. zstd, hashlib and file writes all release the GIL, so
+    this is about 1.7x faster than doing the three in turn, measured on 2 cores.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+        self._pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._pending: deque[tuple[Future[None], Future[None]]] = deque()
+        self._started = False
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            while exc_type is None and self._pending:
+                self._settle_oldest()
+        finally:
+            for pool in self._pools or ():
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def put(self, block: bytes) -> None:
+        if not self._started:
+            self._started = True
+            _write_all(self._out, block)
+            self.digest.update(block)
+            return
+        if self._pools is None:
+            self._pools = (
+                ThreadPoolExecutor(1, thread_name_prefix="assembly-write"),
+                ThreadPoolExecutor(1, thread_name_prefix="assembly-hash"),
+            )
+        writer, hasher = self._pools
+        self._pending.append(
+            (writer.submit(_write_all, self._out, block), hasher.submit(self.digest.update, block))
+        )
+        if len(self._pending) > PIPELINE_BLOCKS:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        wrote, hashed = self._pending.popleft()
+        wrote.result()
+        hashed.result()
+
+
+@final
+class _ChainedReader:
+    """A read() over several files in turn, feeding every block to the frame walker."""
+
+    def __init__(self, paths: Sequence[Path], walker: _FrameWalker) -> None:
+        self._paths = list(paths)
+        self._next = 0
+        self._file: BinaryIO | None = None
+        self._walker = walker
+        self.bytes_read = 0
+
+    def read(self, size: int = BLOCK_BYTES) -> bytes:
+        while True:
+            if self._file is None:
+                if self._next == len(self._paths):
+                    return b""
+                # Not a `with`: the file stays open across read() calls; closed below or in close().
+                self._file = open(self._paths[self._next], "rb", buffering=0)  # noqa: SIM115
+                self._next += 1
+            data = self._file.read(size)
+            if data:
+                self.bytes_read += len(data)
+                self._walker.feed(data)
+                return data
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _State(enum.Enum):
+    MAGIC = enum.auto()  # 4 bytes: which kind of frame comes next
+    SKIPPABLE_SIZE = enum.auto()  # 4 bytes: length of a skippable frame's content
+    DESCRIPTOR = enum.auto()  # 1 byte: Frame_Header_Descriptor
+    HEADER_REST = enum.auto()  # window, dictionary id and content size fields
+    BLOCK_HEADER = enum.auto()  # 3 bytes: last flag, type, size
+    CHECKSUM = enum.auto()  # 4 bytes after the last block when the frame has one
+
+
+@final
+class _FrameWalker:
+    """Follows zstd frame boundaries without decoding; raises AssemblyError on bad framing."""
+
+    def __init__(self, *, max_window_size: int, hex_id: str) -> None:
+        self._max_window = max_window_size
+        self._hex_id = hex_id
+        self._state = _State.MAGIC
+        self._need = 4
+        self._field = bytearray()
+        self._skip = 0
+        self._descriptor = 0
+        self._frame_start = 0
+        self.offset = 0  # bytes fed so far
+        self.frames = 0  # zstd frames fully walked (skippable frames not counted)
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._field), end - pos)
+            self._field += view[pos : pos + take]
+            pos += take
+            if len(self._field) == self._need:
+                field = bytes(self._field)
+                self._field.clear()
+                self._on_field(field, self.offset + pos - len(field))
+        self.offset += end
+
+    def finish(self) -> None:
+        """Call at the end of input: it must not end inside a frame."""
+        if self._state is not _State.MAGIC or self._field or self._skip:
+            raise AssemblyError(
+                f"payload {self._hex_id} ends inside a zstd frame after {self.offset} bytes"
+                f" (truncated)"
+            )
+        if self.frames == 0:
+            raise AssemblyError(f"payload {self._hex_id} holds no zstd frame")
+
+    def _expect(self, state: _State, need: int) -> None:
+        self._state, self._need = state, need
+
+    def _on_field(self, field: bytes, at: int) -> None:
+        value = int.from_bytes(field, "little")
+        match self._state:
+            case _State.MAGIC:
+                if value == _ZSTD_MAGIC:
+                    self._frame_start = at
+                    self._expect(_State.DESCRIPTOR, 1)
+                elif value & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
+                    self._expect(_State.SKIPPABLE_SIZE, 4)
+                else:
+                    what = "trailing bytes" if self.frames else "bytes"
+                    raise AssemblyError(
+                        f"payload {self._hex_id}: {what} at offset {at} are not a zstd frame"
+                        f" (magic 0x{value:08x})"
+                    )
+            case _State.SKIPPABLE_SIZE:
+                self._skip = value
+                self._expect(_State.MAGIC, 4)
+            case _State.DESCRIPTOR:
+                if value & 0x08:
+                    raise AssemblyError(
+                        f"payload {self._hex_id}: frame at offset {self._frame_start}"
+                        f" has a reserved header bit set"
+                    )
+                self._descriptor = value
+                single_segment = value >> 5 & 1
+                content_size_bytes = (single_segment, 2, 4, 8)[value >> 6]
+                rest = (1 - single_segment) + _DICT_ID_BYTES[value & 3] + content_size_bytes
+                self._expect(_State.HEADER_REST, rest)
+            case _State.HEADER_REST:
+                self._check_window(field)
+                self._expect(_State.BLOCK_HEADER, 3)
+            case _State.BLOCK_HEADER:
+                block_type, block_size = value >> 1 & 3, value >> 3
+                if block_type == _BLOCK_RESERVED:
+                    raise AssemblyError(
+                        f"payload {self._hex_id}: block at offset {at} has the reserved type"
+                    )
+                self._skip = 1 if block_type == _BLOCK_RLE else block_size
+                if not value & 1:
+                    self._expect(_State.BLOCK_HEADER, 3)
+                elif self._descriptor & 0x04:
+                    self._expect(_State.CHECKSUM, 4)
+                else:
+                    self.frames += 1
+                    self._expect(_State.MAGIC, 4)
+            case _State.CHECKSUM:
+                self.frames += 1
+                self._expect(_State.MAGIC, 4)
+
+    def _check_window(self, header: bytes) -> None:
+        descriptor = self._descriptor
+        if descriptor >> 5 & 1:  # single segment: the window is the content size
+            size_bytes = (1, 2, 4, 8)[descriptor >> 6]
+            window = int.from_bytes(header[-size_bytes:], "little")
+            if size_bytes == 2:
+                window += 256  # RFC 8878: the 2-byte field is offset by 256
+        else:
+            exponent, mantissa = header[0] >> 3, header[0] & 7
+            base = 1 << (10 + exponent)
+            window = base + (base >> 3) * mantissa
+        if window > self._max_window:
+            raise AssemblyError(
+                f"payload {self._hex_id}: frame at offset {self._frame_start} needs a window"
+                f" of {window} bytes, over the limit {self._max_window}"
+            )

@@ -1,0 +1,229 @@
+"""`postoffice ingest ...`: run the server, or upload files to one."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from postoffice.core import config as core_config
+from postoffice.core import logs
+from postoffice.core.errors import ConfigError, PostOfficeError
+from postoffice.core.runtime import raise_fd_limit, run
+
+
+@click.group()
+def ingest() -> None:
+    """The ingest server (seed 000): compressed chunks in over X data ports, files out."""
+
+
+@ingest.command()
+@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
+@click.option(
+    "--sys-base",
+    type=int,
+    default=None,
+    help="First system port: +0 health, +1 telemetry, +2 control, +3 ack. [default: 7000]",
+)
+@click.option("--data-base", type=int, default=None, help="First data port.  [default: 7100]")
+@click.option("--x", type=int, default=None, help="Number of data ports.  [default: 4]")
+@click.option(
+    "--ttl",
+    "ttl_s",
+    type=float,
+    default=None,
+    help="Seconds before idle uploads and published files are removed.  [default: 86400]",
+)
+@click.option(
+    "--files-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where published files appear.  [default: <data-dir>/files]",
+)
+@click.option(
+    "--patches-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where chunks wait for assembly.  [default: <data-dir>/ingest/patches]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory.  [default: var, or POSTOFFICE_DATA_DIR]",
+)
+@click.option(
+    "--cleanup-interval",
+    "cleanup_interval_s",
+    type=float,
+    default=None,
+    help="Seconds between TTL cleanup passes.  [default: 60]",
+)
+@click.option("--control-token", default=None, help="Token the control port requires (AUTH).")
+@click.option(
+    "--max-output-bytes",
+    type=int,
+    default=None,
+    help="Largest decompressed file accepted (bombs are refused).",
+)
+@click.option(
+    "--no-fsync",
+    "fsync",
+    flag_value=False,
+    default=None,
+    help="Skip fsync (faster, not durable: tests and benchmarks only).",
+)
+@click.option(
+    "--via-part",
+    "assemble_via_part",
+    flag_value=True,
+    default=None,
+    help="Assemble through a .part file instead of streaming from the patches.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML or INI file with an [ingest] section.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the bound addresses here as JSON once listening.",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+def serve(
+    config_path: str | None,
+    ready_file: str | None,
+    log_level: str,
+    log_json: bool,
+    **flags: object,
+) -> None:
+    """Run the ingest server until SIGINT or SIGTERM (then drain and exit 0).
+
+    Settings come from defaults < --config file < POSTOFFICE_INGEST_* environment <
+    these flags. Upload with `postoffice ingest send FILE`.
+    """
+    from postoffice.ingest.config import IngestConfig
+    from postoffice.ingest.server import IngestServer
+
+    logs.setup(level=log_level, json=log_json, service="ingest")
+    if flags.get("data_dir") is None:
+        flags["data_dir"] = core_config.data_dir()
+    try:
+        config = core_config.load(IngestConfig, section="ingest", path=config_path, overrides=flags)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    raise_fd_limit()
+
+    async def main(stop: asyncio.Event) -> None:
+        await IngestServer(config).serve(stop, ready_file=ready_file)
+
+    try:
+        run(main)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@ingest.command()
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Ingest server address.")
+@click.option("--sys-base", type=int, default=7000, show_default=True, help="Its first port.")
+@click.option(
+    "--data-base",
+    type=int,
+    default=None,
+    help="Its first data port (default: asked from the health port).",
+)
+@click.option("--ports", type=int, default=None, help="How many data ports (with --data-base).")
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=4 * 1024 * 1024,
+    show_default=True,
+    help="Bytes per chunk (at most 8 MiB).",
+)
+@click.option(
+    "--parallel",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Connections used at once, spread over the data ports.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the server's publish event.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def send(
+    files: tuple[Path, ...],
+    host: str,
+    sys_base: int,
+    data_base: int | None,
+    ports: int | None,
+    chunk_size: int,
+    parallel: int,
+    timeout_s: float,
+    quiet: bool,
+) -> None:
+    """Upload FILES: compress (an existing .zst goes as it is), chunk, send, verify.
+
+    An interrupted upload resumes: sending the same file again sends only the chunks the
+    server does not have.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from postoffice.ingest.client import IngestClient
+
+    console = Console(stderr=True)
+
+    async def main() -> int:
+        async with IngestClient(
+            host,
+            sys_base,
+            data_base if data_base is not None else 0,
+            ports=ports if data_base is not None else None,
+            chunk_size=chunk_size,
+            parallel=parallel,
+            timeout_s=timeout_s,
+        ) as client:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=console,
+                disable=quiet,
+            ) as bar:
+                for path in files:
+                    task = bar.add_task(path.name, total=None)
+
+                    def advance(done: int, total: int, task: object = task) -> None:
+                        bar.update(task, completed=done, total=total)  # type: ignore[arg-type]  # rich TaskID
+
+                    result = await client.send(path, progress=advance)
+                    click.echo(
+                        f"{path}: published as {result.name} ({result.size} bytes, sha256 "
+                        f"{result.sha256.hex()}, {result.sent_chunks} chunks sent, "
+                        f"{result.skipped_chunks} already there)"
+                    )
+        return 0
+
+    try:
+        sys.exit(asyncio.run(main()))
+    except PostOfficeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the ingest server at {host}: {exc}") from exc

@@ -1,0 +1,1157 @@
+"""The ingest client: compress a file, upload its chunks over the data ports, verify the publish.
+
+Ingest layer, I/O shell (asyncio streams) around the pure protocol module. `IngestClient`
+is the Python API; `postoffice ingest send` is built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, TypedDict, TypeVar, Unpack, final
+
+import zstandard
+
+from postoffice.core.config import check_port, check_range
+from postoffice.core.errors import BrokenError, ClosedError, PostOfficeError, StorageError
+from postoffice.core.framing import MAX_REQUEST_ID, FrameError
+from postoffice.ingest.errors import (
+    AssemblyError,
+    BadNameError,
+    ChecksumError,
+    ConflictError,
+    ErrorCode,
+    IngestError,
+    IngestLimitError,
+    IngestProtocolError,
+    IngestStorageError,
+    OutOfRangeError,
+    UnknownFileError,
+)
+from postoffice.ingest.protocol import (
+    FILE_ID_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
+    MAX_STATUS_RANGES,
+    MAX_SUBSCRIBE_IDS,
+    Ack,
+    ErrorReply,
+    Failed,
+    FileId,
+    Message,
+    MessageDecoder,
+    NeedData,
+    Ping,
+    Pong,
+    Published,
+    Query,
+    Status,
+    Subscribe,
+    Subscribed,
+    UploadState,
+    check_name,
+    encode,
+    encode_chunk,
+    file_id_hex,
+)
+
+# Design
+# ------
+# `send(path)` runs five steps, each resumable by simply calling it again:
+#
+#   prepare    (thread) detect Zstandard by its magic; hash the original content; derive
+#              the file id from name, content hash and chunk size, so a restarted client
+#              finds its earlier upload; compress into the work dir, or reuse the copy an
+#              earlier run left there. The hash comes first, in a pass of its own: it is
+#              the cache key, and ~5x cheaper than the compression it may save. The
+#              compression pass hashes again, so a file changed in between is caught.
+#   subscribe  SUBSCRIBE on the ack port, then PING. The server replays PUBLISHED or
+#              FAILED to a late subscriber, so the events that arrive before the PONG tell
+#              how an *earlier* attempt ended; they are kept apart from this attempt's.
+#   plan       QUERY on a data link; STATUS's missing ranges say which chunks to send.
+#   send       parallel * PIPELINE_DEPTH workers take indexes from one queue; worker w
+#              uses link w % parallel (links go round-robin over the data ports), so a
+#              link has at most PIPELINE_DEPTH chunks in flight and memory holds at most
+#              that many chunk frames. Replies are matched to requests by request id.
+#   wait       the final event for the id: FAILED raises, PUBLISHED is checked against
+#              our own size and sha256.
+#
+# A link that drops is reconnected by the next request that needs it; a chunk is tried
+# 1 + MAX_RETRIES times in all (drops, timeouts, and the retryable error codes).
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "PIPELINE_DEPTH",
+    "ClientOptions",
+    "Connector",
+    "IngestClient",
+    "PreparedFile",
+    "SendResult",
+    "chunk_count",
+    "derive_file_id",
+    "error_for",
+    "is_zstd",
+    "parse_info_response",
+    "plan_chunks",
+    "prepare",
+    "send_files",
+    "upload_name",
+    "work_root",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_CHUNK_SIZE: Final = 4 * 1024 * 1024
+PIPELINE_DEPTH: Final = 4
+"""Chunks in flight per connection: hides the server's fsync latency without letting one
+connection pin more than PIPELINE_DEPTH chunks of memory on either side."""
+MAX_PARALLEL: Final = 256  # connections per client; each is a socket on both ends
+MAX_RETRIES: Final = 3
+RETRY_BACKOFF_S: Final = (0.1, 0.2, 0.4)  # before retry 1, 2, 3
+RETRYABLE: Final = frozenset({ErrorCode.CHECKSUM, ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN})
+"""Error codes that say "this attempt failed", not "this chunk is wrong": sent again."""
+
+MAX_INFO_BYTES: Final = 64 * 1024
+"""Largest /info response read, in bytes: a few hundred in practice; bounds what a wrong
+or hostile peer on the health port can make us buffer."""
+# A STATUS with MAX_STATUS_RANGES ranges is 512 KiB; nothing else a server sends is large.
+MAX_REPLY_BYTES: Final = MAX_STATUS_RANGES * 8 + 64 * 1024
+
+ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+ZSTD_LEVEL: Final = 3
+FILE_ID_DOMAIN: Final = b"postoffice-ingest-v1\0"
+WORK_SUBDIR: Final = "postoffice-ingest"
+SUFFIX: Final = ".zst"
+
+_IO_BYTES: Final = 1024 * 1024  # block size for hashing and compressing
+_RECV_BYTES: Final = 256 * 1024
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] (\d{3})(?: .*)?")
+
+ProgressFn = Callable[[int, int], None]
+Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+"""Opens a stream pair to (host, port): asyncio.open_connection, or an in-memory fake."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendResult:
+    """What one `send` did: `size` and `sha256` are of the original (decompressed) file,
+    `compressed_size` of what went over the wire; `skipped_chunks` were already on the
+    server (a resumed upload); `replaced` says the server replaced a file of that name."""
+
+    path: Path
+    name: str
+    file_id: FileId
+    size: int
+    sha256: bytes
+    compressed_size: int
+    chunks: int
+    sent_chunks: int
+    skipped_chunks: int
+    seconds: float
+    replaced: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedFile:
+    """A file ready to upload: its identity and the Zstandard payload to send.
+
+    `payload` is the user's own .zst (`owned` False) or our copy in the work dir (`owned`
+    True: removed after the publish); `reused` says that copy was left by an earlier run.
+    """
+
+    path: Path
+    name: str
+    file_id: FileId
+    size: int
+    sha256: bytes
+    payload: Path
+    payload_size: int
+    chunk_size: int
+    owned: bool
+    reused: bool = False
+
+    @property
+    def total(self) -> int:
+        """Number of chunks."""
+        return chunk_count(self.payload_size, self.chunk_size)
+
+    def chunk_length(self, index: int) -> int:
+        """Bytes in chunk `index` (the last one may be short, or empty for an empty payload)."""
+        start = index * self.chunk_size
+        return max(0, min(self.chunk_size, self.payload_size - start))
+
+
+# --- pure helpers -------------------------------------------------------------------------
+
+
+def derive_file_id(name: str, sha256: bytes, chunk_size: int) -> FileId:
+    """The upload's id: the same file, name and chunk size always give the same id, so an
+    interrupted upload is found again after a client restart."""
+    material = b"".join(
+        (FILE_ID_DOMAIN, name.encode("utf-8"), b"\0", sha256, chunk_size.to_bytes(8, "big"))
+    )
+    return FileId(hashlib.sha256(material).digest()[:FILE_ID_BYTES])
+
+
+def upload_name(path: Path, *, zstd: bool) -> str:
+    """The name the file is published under: its own, minus `.zst` when it is Zstandard.
+
+    Raises BadNameError for a name the server would refuse.
+    """
+    name = path.name
+    if zstd and name.endswith(SUFFIX):
+        name = name[: -len(SUFFIX)]
+    return check_name(name)
+
+
+def chunk_count(payload_size: int, chunk_size: int) -> int:
+    """Chunks needed for `payload_size` bytes (at least one: an empty payload is one empty
+    chunk). Raises IngestLimitError past the protocol's MAX_CHUNKS."""
+    total = max(1, -(-payload_size // chunk_size))
+    if total > MAX_CHUNKS:
+        raise IngestLimitError(
+            f"payload of {payload_size} bytes needs {total} chunks of {chunk_size}, "
+            f"limit {MAX_CHUNKS}: use a larger chunk size"
+        )
+    return total
+
+
+def plan_chunks(status: Status, *, total: int, size: int) -> tuple[int, ...]:
+    """The indexes to send, given the server's STATUS for our upload.
+
+    UNKNOWN or FAILED (the server dropped a failed upload's chunks): everything.
+    ASSEMBLING or PUBLISHED: nothing. UPLOADING: the missing ranges; when none are
+    missing, the last chunk again, as a nudge (the server answers a duplicate of a
+    complete upload by starting its assembly, which helps one whose assembly was lost).
+    Raises ConflictError when the server holds a different payload under our id, and
+    IngestProtocolError for ranges outside 0..total-1.
+    """
+    match status.state:
+        case UploadState.UNKNOWN | UploadState.FAILED:
+            return tuple(range(total))
+        case UploadState.ASSEMBLING | UploadState.PUBLISHED:
+            return ()
+        case UploadState.UPLOADING:
+            pass
+    if status.total != total or status.size != size:
+        raise ConflictError(
+            f"server holds upload {file_id_hex(status.file_id)} as {status.total} chunks of "
+            f"{status.size} bytes in all, ours is {total} chunks of {size} bytes "
+            "(another zstd build or .zst file? abort it on the control port)"
+        )
+    indexes: list[int] = []
+    for first, last in status.missing:
+        if not 0 <= first <= last < total:
+            raise IngestProtocolError(f"status range {first}-{last} is outside 0..{total - 1}")
+        indexes.extend(range(first, last + 1))
+    return tuple(indexes) if indexes else (total - 1,)
+
+
+_ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
+    ErrorCode.BAD_FRAME: IngestProtocolError,
+    ErrorCode.BAD_MESSAGE: IngestProtocolError,
+    ErrorCode.CHECKSUM: ChecksumError,
+    ErrorCode.CONFLICT: ConflictError,
+    ErrorCode.BAD_NAME: BadNameError,
+    ErrorCode.TOO_LARGE: IngestLimitError,
+    ErrorCode.OUT_OF_RANGE: OutOfRangeError,
+    ErrorCode.STORAGE: IngestStorageError,
+    ErrorCode.SHUTTING_DOWN: IngestError,  # errors.py has no class of its own for these two
+    ErrorCode.UNKNOWN_FILE: UnknownFileError,
+    ErrorCode.ASSEMBLY: AssemblyError,
+    ErrorCode.ABORTED: IngestError,
+}
+
+
+def error_for(code: ErrorCode, message: str) -> IngestError:
+    """The exception that stands for a server's ERROR reply or FAILED event."""
+    return _ERRORS.get(code, IngestError)(message)
+
+
+def parse_info_response(data: bytes) -> tuple[int, ...]:
+    """The data ports listed by a whole HTTP response to `GET /info`.
+
+    Raises IngestLimitError past MAX_INFO_BYTES, IngestProtocolError for a status other
+    than 200, a malformed response, or a body without a non-empty `data_ports` list.
+    """
+    if len(data) > MAX_INFO_BYTES:
+        raise IngestLimitError(
+            f"/info response of {len(data)} bytes exceeds limit {MAX_INFO_BYTES}"
+        )
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise IngestProtocolError("/info response ends before its blank line")
+    status_line, *header_lines = head.split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(status_line)
+    if match is None:
+        raise IngestProtocolError(
+            f"/info response starts with {status_line[:60]!r}, expected an HTTP/1.x status line"
+        )
+    if match.group(1) != b"200":
+        raise IngestProtocolError(f"/info answered status {match.group(1).decode()}, expected 200")
+    length = _content_length(header_lines)
+    if length is not None:
+        if len(body) < length:
+            raise IngestProtocolError(f"/info body of {len(body)} bytes, expected {length}")
+        body = body[:length]
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise IngestProtocolError(f"/info body is not json: {exc}") from exc
+    ports = doc.get("data_ports") if isinstance(doc, dict) else None
+    if (
+        not isinstance(ports, list)
+        or not ports
+        or not all(type(p) is int and 0 < p <= 65535 for p in ports)
+    ):
+        raise IngestProtocolError(f"/info data_ports is {ports!r}, expected a list of ports")
+    return tuple(ports)
+
+
+def _content_length(header_lines: list[bytes]) -> int | None:
+    """The Content-Length header's value, if any; refuses chunked bodies (we ask HTTP/1.0)."""
+    length = None
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        key = name.strip().lower()
+        if key == b"transfer-encoding" and value.strip().lower() != b"identity":
+            raise IngestProtocolError(f"/info uses transfer-encoding {value.strip()!r}")
+        if key == b"content-length":
+            text = value.strip()
+            if not text.isdigit():
+                raise IngestProtocolError(f"/info content-length {text[:20]!r} is not a number")
+            length = int(text)
+    return length
+
+
+def _response_complete(data: bytes) -> bool:
+    """True once `data` holds a head with Content-Length and that many body bytes."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    try:
+        length = _content_length(head.split(b"\r\n")[1:])
+    except IngestProtocolError:
+        return True  # parse_info_response reports it
+    return length is not None and len(body) >= length
+
+
+# --- preparing a file (blocking: run in a thread) -----------------------------------------
+
+
+def work_root(work_dir: Path | None = None) -> Path:
+    """Where compressed copies wait for their upload: `<work_dir or tmp>/postoffice-ingest`."""
+    return (work_dir if work_dir is not None else Path(tempfile.gettempdir())) / WORK_SUBDIR
+
+
+def is_zstd(path: Path) -> bool:
+    """True if the file starts with the Zstandard frame magic. Raises OSError."""
+    with path.open("rb") as fh:
+        return fh.read(len(ZSTD_MAGIC)) == ZSTD_MAGIC
+
+
+def prepare(
+    path: Path, *, chunk_size: int, work_dir: Path | None = None, name: str | None = None
+) -> PreparedFile:
+    """Hash `path`, derive its upload id, and find or make its Zstandard payload. Blocking.
+
+    `name` overrides the name derived from the path (see upload_name).
+
+    Raises BadNameError for a name the server would refuse, AssemblyError for a .zst that
+    does not decompress, StorageError when a file cannot be read or written (or changed
+    while it was read).
+    """
+    try:
+        if is_zstd(path):
+            name = check_name(name) if name is not None else upload_name(path, zstd=True)
+            size, digest = _hash_zstd(path)
+            file_id = derive_file_id(name, digest, chunk_size)
+            return PreparedFile(
+                path=path,
+                name=name,
+                file_id=file_id,
+                size=size,
+                sha256=digest,
+                payload=path,
+                payload_size=path.stat().st_size,
+                chunk_size=chunk_size,
+                owned=False,
+            )
+        name = check_name(name) if name is not None else upload_name(path, zstd=False)
+        size, digest = _hash_plain(path)
+        file_id = derive_file_id(name, digest, chunk_size)
+        folder = work_root(work_dir)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = folder / f"{file_id_hex(file_id)}{SUFFIX}"
+        sidecar = target.with_suffix(".json")
+        payload_size = _cached_size(target, sidecar, digest)
+        reused = payload_size is not None
+        if payload_size is None:
+            payload_size = _compress(path, target, sidecar, size=size, sha256=digest)
+        return PreparedFile(
+            path=path,
+            name=name,
+            file_id=file_id,
+            size=size,
+            sha256=digest,
+            payload=target,
+            payload_size=payload_size,
+            chunk_size=chunk_size,
+            owned=True,
+            reused=reused,
+        )
+    except OSError as exc:
+        raise StorageError(f"cannot prepare {path}: {exc.strerror or exc}") from exc
+
+
+def _hash_plain(path: Path) -> tuple[int, bytes]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(_IO_BYTES):
+            digest.update(block)
+            size += len(block)
+    return size, digest.digest()
+
+
+def _hash_zstd(path: Path) -> tuple[int, bytes]:
+    """Size and sha256 of the decompressed content, as the server will publish it (it too
+    decodes every frame of a multi-frame file)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with (
+            path.open("rb") as fh,
+            zstandard.ZstdDecompressor().stream_reader(
+                fh, read_size=_IO_BYTES, read_across_frames=True, closefd=False
+            ) as reader,
+        ):
+            while block := reader.read(_IO_BYTES):
+                digest.update(block)
+                size += len(block)
+    except zstandard.ZstdError as exc:
+        raise AssemblyError(f"{path} is not valid zstandard: {exc}") from exc
+    return size, digest.digest()
+
+
+def _cached_size(target: Path, sidecar: Path, sha256: bytes) -> int | None:
+    """The size of a compressed copy an earlier run left, if its sidecar vouches for it."""
+    try:
+        meta = json.loads(sidecar.read_text())
+        actual = target.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if (
+        isinstance(meta, dict)
+        and meta.get("sha256_original") == sha256.hex()
+        and meta.get("size") == actual
+    ):
+        return actual
+    return None
+
+
+def _compress(src: Path, target: Path, sidecar: Path, *, size: int, sha256: bytes) -> int:
+    """Compress `src` into `target` (through a private temp name), then write the sidecar.
+
+    Single-threaded level 3 with the content size pledged: the same input and library
+    version always give the same bytes, which lets a restarted client resume.
+    """
+    compressor = zstandard.ZstdCompressor(
+        level=ZSTD_LEVEL, write_checksum=True, write_content_size=True, threads=0
+    )
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    digest = hashlib.sha256()
+    seen = 0
+    try:
+        with (
+            src.open("rb") as fin,
+            tmp.open("wb") as fout,
+            compressor.stream_writer(fout, size=size, closefd=False) as writer,
+        ):
+            while block := fin.read(_IO_BYTES):
+                digest.update(block)
+                seen += len(block)
+                writer.write(block)
+        if seen != size or digest.digest() != sha256:
+            raise StorageError(f"{src} changed while it was read: restart the upload")
+        payload_size = tmp.stat().st_size
+        os.replace(tmp, target)
+    except zstandard.ZstdError as exc:
+        # The pledged size no longer matches: the file grew or shrank under us.
+        raise StorageError(f"{src} changed while it was compressed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {"size": payload_size, "sha256_original": sha256.hex(), "original_size": size}
+    side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    side_tmp.write_text(json.dumps(meta))
+    os.replace(side_tmp, sidecar)
+    return payload_size
+
+
+def _discard_work_copy(prepared: PreparedFile) -> None:
+    if prepared.owned:
+        prepared.payload.unlink(missing_ok=True)
+        prepared.payload.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _chunk_frame(prepared: PreparedFile, fd: int, index: int, request_id: int) -> bytes:
+    """Read, hash and frame chunk `index`. Blocking; raises StorageError."""
+    length = prepared.chunk_length(index)
+    offset = index * prepared.chunk_size
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < length:
+            block = os.pread(fd, length - got, offset + got)
+            if not block:
+                raise StorageError(
+                    f"{prepared.payload} ended at {offset + got} bytes, "
+                    f"expected {prepared.payload_size}"
+                )
+            parts.append(block)
+            got += len(block)
+    except OSError as exc:
+        raise StorageError(f"cannot read {prepared.payload}: {exc.strerror or exc}") from exc
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return encode_chunk(
+        file_id=prepared.file_id,
+        index=index,
+        total=prepared.total,
+        size=prepared.payload_size,
+        name=prepared.name,
+        sha256=hashlib.sha256(data).digest(),
+        data=data,
+        request_id=request_id,
+    )
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+async def _open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(host, port)
+
+
+async def fetch_data_ports(
+    host: str, port: int, *, timeout_s: float, connect: Connector = _open_tcp
+) -> tuple[int, ...]:
+    """GET http://host:port/info and return its data ports (see parse_info_response).
+
+    Raises BrokenError when the health port cannot be reached or does not answer in time.
+    """
+    where = f"http://{host}:{port}/info"
+    host_header = f"[{host}]" if ":" in host else host
+    request = (
+        f"GET /info HTTP/1.0\r\nHost: {host_header}:{port}\r\nAccept: application/json\r\n\r\n"
+    )
+    data = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await connect(host, port)
+            try:
+                writer.write(request.encode("ascii"))
+                await writer.drain()
+                while not _response_complete(bytes(data)):
+                    block = await reader.read(8192)
+                    if not block:
+                        break
+                    data += block
+                    if len(data) > MAX_INFO_BYTES:
+                        break  # parse_info_response refuses it
+            finally:
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except OSError:
+                    pass
+    except (OSError, TimeoutError) as exc:
+        raise BrokenError(f"cannot read {where}: {exc or 'timed out'}") from exc
+    return parse_info_response(bytes(data))
+
+
+@final
+class _Link:
+    """One binary connection (a data port or the ack port) that reconnects on demand.
+
+    `call` writes a request and waits for the reply carrying its request id. Events
+    (request id 0) go to `on_event`; an ERROR with request id 0 (the server could not
+    tell which request it answers) goes to every request in flight, each of which then
+    acts on its code. Losing the connection fails every request in flight with
+    BrokenError and calls `on_lost`. A failed connect moves on to the next of `ports`
+    (a data port may be gone: the server scaled X down), so the retry tries another.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        ports: tuple[int, ...],
+        *,
+        connect: Connector,
+        timeout_s: float,
+        on_event: Callable[[Message], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.ports = ports
+        self.port = ports[0]
+        self._connect = connect
+        self._timeout_s = timeout_s
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._next_id = 0
+        self._lock = asyncio.Lock()  # one connect at a time; one frame written at a time
+        self.in_flight = asyncio.Semaphore(PIPELINE_DEPTH)
+        self.connects = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        state = "CLOSED" if self.closed else "CONNECTED" if self._writer else "IDLE"
+        return (
+            f"<_Link {self.host}:{self.port} {state} pending={len(self._pending)} "
+            f"connects={self.connects}>"
+        )
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        return self._writer is not None
+
+    async def ensure(self) -> None:
+        """Connect unless connected. Raises BrokenError, ClosedError after `close`."""
+        if self._writer is not None:
+            return
+        async with self._lock:
+            if self.closed:
+                raise ClosedError(f"connection to {self.host}:{self.port} was closed")
+            if self._writer is not None:
+                return
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    reader, writer = await self._connect(self.host, self.port)
+            except (OSError, TimeoutError) as exc:
+                failed = self.port
+                self.port = self.ports[(self.ports.index(failed) + 1) % len(self.ports)]
+                raise BrokenError(
+                    f"cannot connect to {self.host}:{failed}: {exc or 'timed out'}"
+                ) from exc
+            self._writer = writer
+            self.connects += 1
+            self._reader_task = asyncio.create_task(self._read(reader, writer))
+
+    def next_id(self) -> int:
+        """A fresh request id (never 0: that marks events)."""
+        self._next_id = self._next_id % MAX_REQUEST_ID + 1
+        return self._next_id
+
+    async def call(self, frame: bytes, request_id: int) -> Message:
+        """Send one request frame and return the reply with its id.
+
+        Raises BrokenError if the connection is lost or no reply comes within timeout_s.
+        """
+        writer = self._writer
+        if writer is None:
+            raise BrokenError(f"connection to {self.host}:{self.port} is not open")
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            async with self._lock:
+                if writer is not self._writer:
+                    raise BrokenError(f"connection to {self.host}:{self.port} was reset")
+                try:
+                    writer.write(frame)
+                    await writer.drain()
+                except OSError as exc:
+                    error = BrokenError(f"cannot write to {self.host}:{self.port}: {exc}")
+                    self._drop(error, writer)
+                    raise error from exc
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return await future
+            except TimeoutError as exc:
+                error = BrokenError(
+                    f"no reply from {self.host}:{self.port} within {self._timeout_s} s"
+                )
+                self._drop(error, writer)
+                raise error from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = MessageDecoder(max_payload_bytes=MAX_REPLY_BYTES, max_chunk_bytes=0)
+        where = f"{self.host}:{self.port}"
+        try:
+            while True:
+                data = await reader.read(_RECV_BYTES)
+                if not data:
+                    error: PostOfficeError = BrokenError(f"{where} closed the connection")
+                    break
+                decoder.feed(data)
+                while not isinstance(event := decoder.next_event(), NeedData):
+                    self._dispatch(*event)
+        except (FrameError, IngestError) as exc:
+            error = BrokenError(f"bad reply from {where}: {exc}")
+        except OSError as exc:
+            error = BrokenError(f"connection to {where} lost: {exc}")
+        self._drop(error, writer)
+
+    def _dispatch(self, request_id: int, message: Message) -> None:
+        if request_id:
+            future = self._pending.get(request_id)
+            # No waiter: a reply to a request that timed out or was cancelled.
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif isinstance(message, ErrorReply):
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_result(message)
+        elif self._on_event is not None:
+            self._on_event(message)
+
+    def _drop(self, error: PostOfficeError, writer: asyncio.StreamWriter) -> None:
+        """Close `writer`; if it is the current connection, fail its requests in flight."""
+        writer.close()
+        if writer is not self._writer:
+            return
+        self._writer = None
+        task, self._reader_task = self._reader_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if self._on_lost is not None and not self.closed:
+            self._on_lost()
+
+    async def close(self) -> None:
+        """Close the connection for good."""
+        self.closed = True
+        writer, task = self._writer, self._reader_task
+        if writer is None:
+            return
+        self._drop(ClosedError(f"connection to {self.host}:{self.port} closed"), writer)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+@final
+class _Watch:
+    """One send's interest in its file id's final event on the ack port."""
+
+    __slots__ = ("file_id", "final", "wakeup")
+
+    def __init__(self, file_id: FileId) -> None:
+        self.file_id = file_id
+        self.final: Published | Failed | None = None
+        self.wakeup = asyncio.Event()  # set on a final event and when the ack link drops
+
+
+@dataclass(slots=True, kw_only=True)
+class _Run:
+    """Shared state of one send's workers."""
+
+    prepared: PreparedFile
+    fd: int
+    progress: ProgressFn | None
+    done_bytes: int
+    sent: int = 0
+    stop: bool = False  # an ACK said the upload is already published
+
+    def acked(self, index: int) -> None:
+        self.sent += 1
+        total = self.prepared.payload_size
+        self.done_bytes = min(total, self.done_bytes + self.prepared.chunk_length(index))
+        if self.progress is not None:
+            self.progress(self.done_bytes, total)
+
+
+class ClientOptions(TypedDict, total=False):
+    """IngestClient's arguments, for `send_files`."""
+
+    host: str
+    sys_base: int
+    data_base: int
+    ports: int | None
+    chunk_size: int
+    parallel: int
+    timeout_s: float
+    work_dir: Path | None
+    connect: Connector | None
+
+
+@final
+class IngestClient:
+    """Uploads files to an ingest server; use as `async with IngestClient(...) as client`.
+
+    Entering discovers the data ports (GET /info on the health port, sys_base) unless
+    `ports` is given (then data_base .. data_base+ports-1), and opens the ack connection
+    (sys_base+3). `parallel` connections in all are spread round-robin over the data
+    ports. `timeout_s` bounds a connect, each reply, and the wait for the publish.
+    `connect` replaces asyncio.open_connection (tests). Raises ConfigError for bad
+    arguments; entering raises BrokenError when the server cannot be reached.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        sys_base: int = 7000,
+        data_base: int = 7100,
+        *,
+        ports: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        parallel: int = 4,
+        timeout_s: float = 60.0,
+        work_dir: Path | None = None,
+        connect: Connector | None = None,
+    ) -> None:
+        check_port("sys_base", sys_base)
+        check_port("sys_base", sys_base + 3)
+        if ports is not None:
+            check_range("ports", ports, 1, 1024)
+            check_range("data_base", data_base, 1, 65535)
+            check_port("data_base", data_base + ports - 1)
+        check_range("chunk_size", chunk_size, 1, MAX_CHUNK_BYTES)
+        check_range("parallel", parallel, 1, MAX_PARALLEL)
+        check_range("timeout_s", timeout_s, 0.001, None)
+        self.host = host
+        self.sys_base = sys_base
+        self.data_base = data_base
+        self.chunk_size = chunk_size
+        self.parallel = parallel
+        self.timeout_s = timeout_s
+        self.work_dir = work_dir
+        self.data_ports: tuple[int, ...] = (
+            tuple(range(data_base, data_base + ports)) if ports is not None else ()
+        )
+        self._connect: Connector = connect if connect is not None else _open_tcp
+        self._links: list[_Link] = []
+        self._ack = _Link(
+            host,
+            (sys_base + 3,),
+            connect=self._connect,
+            timeout_s=timeout_s,
+            on_event=self._on_ack_event,
+            on_lost=self._on_ack_lost,
+        )
+        self._watches: dict[FileId, set[_Watch]] = {}
+        self.files_sent = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<IngestClient {self.host}:{self.sys_base} data_ports={list(self.data_ports)} "
+            f"parallel={self.parallel} files_sent={self.files_sent}>"
+        )
+
+    async def __aenter__(self) -> IngestClient:
+        if not self.data_ports:
+            self.data_ports = await fetch_data_ports(
+                self.host, self.sys_base, timeout_s=self.timeout_s, connect=self._connect
+            )
+        ports = self.data_ports
+        self._links = [
+            _Link(
+                self.host,
+                ports[i % len(ports) :] + ports[: i % len(ports)],  # round-robin start
+                connect=self._connect,
+                timeout_s=self.timeout_s,
+            )
+            for i in range(self.parallel)
+        ]
+        await self._ack.ensure()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await asyncio.gather(self._ack.close(), *(link.close() for link in self._links))
+
+    async def send(
+        self, path: Path, *, name: str | None = None, progress: ProgressFn | None = None
+    ) -> SendResult:
+        """Upload one file and return once the server has published it and we checked it.
+
+        Sending the same file again resumes: only the chunks the server lacks are sent.
+        `name` overrides the published name; `progress(done, total)` gets compressed bytes
+        after each acknowledged chunk. Raises BadNameError, StorageError (local files),
+        AssemblyError (the server could not publish it), the IngestError subclass of a
+        refused chunk, IngestError when the published checksum is not ours or no publish
+        came within timeout_s, BrokenError when the server stays unreachable.
+        """
+        began = time.monotonic()
+        path = Path(path)
+        prepared = await asyncio.to_thread(
+            prepare, path, chunk_size=self.chunk_size, work_dir=self.work_dir, name=name
+        )
+        hex_id = file_id_hex(prepared.file_id)
+        watch = _Watch(prepared.file_id)
+        self._watches.setdefault(prepared.file_id, set()).add(watch)
+        try:
+            await self._retrying(f"subscribe {hex_id}", lambda: self._subscribe(prepared.file_id))
+            earlier, watch.final = watch.final, None
+            if isinstance(earlier, Published):
+                published, sent = earlier, 0  # an earlier attempt finished the job
+            else:
+                sent = await self._upload(prepared, progress)
+                published = await self._wait_published(watch, prepared)
+        finally:
+            watchers = self._watches.get(prepared.file_id, set())
+            watchers.discard(watch)
+            if not watchers:
+                self._watches.pop(prepared.file_id, None)
+        if published.size != prepared.size or published.sha256 != prepared.sha256:
+            raise IngestError(
+                f"published sha256 {published.sha256.hex()} ({published.size} bytes) of "
+                f"{prepared.name} does not match ours {prepared.sha256.hex()} "
+                f"({prepared.size} bytes)"
+            )
+        await asyncio.to_thread(_discard_work_copy, prepared)
+        total = prepared.total
+        result = SendResult(
+            path=path,
+            name=published.name,
+            file_id=prepared.file_id,
+            size=prepared.size,
+            sha256=prepared.sha256,
+            compressed_size=prepared.payload_size,
+            chunks=total,
+            sent_chunks=sent,
+            skipped_chunks=max(0, total - sent),
+            seconds=time.monotonic() - began,
+            replaced=published.replaced,
+        )
+        self.files_sent += 1
+        log.info(
+            "published file=%s file_id=%s bytes=%d chunks=%d sent=%d skipped=%d seconds=%.3f",
+            result.name,
+            hex_id,
+            result.size,
+            total,
+            sent,
+            result.skipped_chunks,
+            result.seconds,
+        )
+        return result
+
+    # -- steps of send ---------------------------------------------------------------------
+
+    async def _upload(self, prepared: PreparedFile, progress: ProgressFn | None) -> int:
+        """Send what the server lacks; return how many chunks were sent."""
+        fd = await asyncio.to_thread(_open_payload, prepared.payload)
+        try:
+            status = await self._retrying("query", lambda: self._query(prepared.file_id))
+            indexes = plan_chunks(status, total=prepared.total, size=prepared.payload_size)
+            pending = sum(prepared.chunk_length(i) for i in indexes)
+            run = _Run(
+                prepared=prepared,
+                fd=fd,
+                progress=progress,
+                done_bytes=max(0, prepared.payload_size - pending),
+            )
+            if progress is not None:
+                progress(run.done_bytes, prepared.payload_size)
+            while True:
+                if indexes:
+                    await self._send_chunks(run, indexes)
+                # A STATUS lists at most MAX_STATUS_RANGES ranges: ask again for the rest.
+                if run.stop or len(status.missing) < MAX_STATUS_RANGES:
+                    return run.sent
+                status = await self._retrying("query", lambda: self._query(prepared.file_id))
+                if status.state is not UploadState.UPLOADING:
+                    return run.sent
+                indexes = plan_chunks(status, total=prepared.total, size=prepared.payload_size)
+        finally:
+            os.close(fd)
+
+    async def _send_chunks(self, run: _Run, indexes: tuple[int, ...]) -> None:
+        queue = collections.deque(indexes)
+        workers = min(len(indexes), self.parallel * PIPELINE_DEPTH)
+        await _all_or_nothing(
+            self._worker(self._links[w % self.parallel], queue, run) for w in range(workers)
+        )
+
+    async def _worker(self, link: _Link, queue: collections.deque[int], run: _Run) -> None:
+        while queue and not run.stop:
+            await self._send_chunk(link, queue.popleft(), run)
+
+    async def _send_chunk(self, link: _Link, index: int, run: _Run) -> None:
+        prepared = run.prepared
+        what = f"chunk {index} of {prepared.name} ({file_id_hex(prepared.file_id)})"
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                async with link.in_flight:
+                    await link.ensure()
+                    request_id = link.next_id()
+                    frame = await asyncio.to_thread(
+                        _chunk_frame, prepared, run.fd, index, request_id
+                    )
+                    reply = await link.call(frame, request_id)
+            except BrokenError as exc:
+                failure: PostOfficeError = exc
+            else:
+                match reply:
+                    case Ack(file_id=file_id, index=acked) if (
+                        file_id == prepared.file_id and acked == index
+                    ):
+                        run.stop = run.stop or reply.published
+                        run.acked(index)
+                        return
+                    case ErrorReply(code=code, message=message) if code in RETRYABLE:
+                        failure = error_for(code, f"{what}: {message}")
+                    case ErrorReply(code=code, message=message):
+                        raise error_for(code, f"{what}: {message}")
+                    case _:
+                        raise IngestProtocolError(f"{what}: expected its ack, got {reply!r}")
+            if attempt == MAX_RETRIES:
+                raise failure
+            log.info("retrying %s attempt=%d error=%r", what, attempt + 1, str(failure))
+            await asyncio.sleep(RETRY_BACKOFF_S[attempt])
+        raise AssertionError("unreachable")
+
+    async def _query(self, file_id: FileId) -> Status:
+        link = self._links[0]
+        await link.ensure()
+        request_id = link.next_id()
+        reply = await link.call(encode(Query(file_id=file_id), request_id), request_id)
+        match reply:
+            case Status(file_id=fid) if fid == file_id:
+                return reply
+            case ErrorReply(code=code, message=message):
+                raise error_for(code, f"query of {file_id_hex(file_id)}: {message}")
+            case _:
+                raise IngestProtocolError(
+                    f"expected status of {file_id_hex(file_id)}, got {reply!r}"
+                )
+
+    async def _subscribe(self, file_id: FileId) -> None:
+        """Watch `file_id` on the ack port; return once the replayed events are in."""
+        await self._ack_ready()
+        await self._ack_call(Subscribe(file_ids=(file_id,)), Subscribed)
+        # Replies come in order: once the PONG is here, every replayed event is too.
+        await self._ack_call(Ping(), Pong)
+
+    async def _ack_ready(self) -> None:
+        """Connect the ack link if it dropped, subscribing again to every watched id."""
+        if self._ack.connected:
+            return
+        await self._ack.ensure()
+        watched = tuple(self._watches)
+        for start in range(0, len(watched), MAX_SUBSCRIBE_IDS):
+            batch = watched[start : start + MAX_SUBSCRIBE_IDS]
+            await self._ack_call(Subscribe(file_ids=batch), Subscribed)
+
+    async def _ack_call(self, message: Subscribe | Ping, expected: type[Message]) -> None:
+        request_id = self._ack.next_id()
+        reply = await self._ack.call(encode(message, request_id), request_id)
+        if isinstance(reply, ErrorReply):
+            raise error_for(
+                reply.code, f"ack port refused {type(message).__name__}: {reply.message}"
+            )
+        if not isinstance(reply, expected):
+            raise IngestProtocolError(
+                f"expected {expected.__name__} on the ack port, got {reply!r}"
+            )
+
+    async def _wait_published(self, watch: _Watch, prepared: PreparedFile) -> Published:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            watch.wakeup.clear()
+            final = watch.final
+            if isinstance(final, Published):
+                return final
+            if isinstance(final, Failed):
+                raise error_for(final.code, f"{prepared.name} not published: {final.message}")
+            if not self._ack.connected:
+                await self._retrying("reconnect to the ack port", self._ack_ready)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise IngestError(
+                    f"{prepared.name} ({file_id_hex(prepared.file_id)}) not published "
+                    f"within {self.timeout_s} s"
+                )
+            try:
+                async with asyncio.timeout(remaining):
+                    await watch.wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _on_ack_event(self, message: Message) -> None:
+        if isinstance(message, Published | Failed):
+            for watch in self._watches.get(message.file_id, ()):
+                watch.final = message
+                watch.wakeup.set()
+
+    def _on_ack_lost(self) -> None:
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.wakeup.set()
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run `op`, again after a BrokenError, up to MAX_RETRIES times with backoff."""
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                return await op()
+            except BrokenError as exc:
+                if attempt == MAX_RETRIES:
+                    raise
+                log.info("retrying %s attempt=%d error=%r", what, attempt + 1, str(exc))
+                await asyncio.sleep(RETRY_BACKOFF_S[attempt])
+        raise AssertionError("unreachable")
+
+
+def _open_payload(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}: {exc.strerror or exc}") from exc
+
+
+async def _all_or_nothing(coros: Iterable[Awaitable[None]]) -> None:
+    """Run `coros` together; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def send_files(
+    paths: Iterable[Path | str], **client_kwargs: Unpack[ClientOptions]
+) -> list[SendResult]:
+    """Upload `paths` one after the other through one IngestClient(**client_kwargs)."""
+    async with IngestClient(**client_kwargs) as client:
+        return [await client.send(Path(p)) for p in paths]

@@ -1,0 +1,236 @@
+"""The ingest server's binary connections: data ports (chunks in, acks out) and the ack port.
+
+Both feed the pure MessageDecoder and hand each message to the server. A data connection
+keeps up to `max_in_flight` chunks being stored at once (their ACKs carry the request id,
+so they may leave in any order); past that it stops reading until one finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final, final
+
+from postoffice.core.framing import FrameError
+from postoffice.core.transport import BaseProtocol, ConnInput
+from postoffice.ingest.errors import ErrorCode, IngestError
+from postoffice.ingest.protocol import (
+    NEED_DATA,
+    Chunk,
+    ErrorReply,
+    FileId,
+    Message,
+    MessageDecoder,
+    Ping,
+    Pong,
+    Query,
+    Subscribe,
+    Subscribed,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from postoffice.ingest.server import IngestServer
+
+log = logging.getLogger(__name__)
+
+#: Past this many bytes queued for a slow ack subscriber, it is dropped: events must not
+#: pile up in memory for a client that stopped reading.
+MAX_SUBSCRIBER_BACKLOG_BYTES: Final = 8 * 1024 * 1024
+
+
+class _FramedConnection(BaseProtocol):
+    """Shared shell: decode frames, answer bad messages with ERROR, close on bad framing."""
+
+    def __init__(self, server: IngestServer) -> None:
+        super().__init__(server.data_manager)
+        self.server = server
+        self.decoder = MessageDecoder(max_chunk_bytes=server.config.max_chunk_bytes)
+
+    def reject(self, reason: str) -> None:
+        self.send(ErrorReply(code=ErrorCode.TOO_LARGE, message=reason), 0)
+        self.close(reason)
+
+    def send(self, message: Message, request_id: int) -> None:
+        """Encode and queue one message."""
+        self.write(encode(message, request_id))
+
+    def _drain_messages(self) -> bool:
+        """Handle every complete message; False once the connection is closing."""
+        decoder = self.decoder
+        while True:
+            try:
+                event = decoder.next_event()
+            except FrameError as exc:
+                self.server.protocol_errors += 1
+                log.info("bad frame conn=%s error=%r", self, str(exc))
+                self.send(ErrorReply(code=ErrorCode.BAD_FRAME, message=str(exc)), 0)
+                self.close("bad frame")
+                return False
+            except IngestError as exc:
+                # The frame was whole, so framing holds: refuse this message, keep going.
+                self.server.protocol_errors += 1
+                self.send(ErrorReply(code=exc.code, message=str(exc)), decoder.last_request_id or 0)
+                continue
+            if event is NEED_DATA:
+                return True
+            request_id, message = event
+            self.requests += 1
+            self.handle(request_id, message)
+            if self.transport is None or self.close_reason:
+                return False
+
+    def handle(self, request_id: int, message: Message) -> None:
+        raise NotImplementedError
+
+
+@final
+class DataConnection(_FramedConnection):
+    """A data port client: CHUNK, QUERY and PING."""
+
+    def __init__(self, server: IngestServer, port_index: int) -> None:
+        super().__init__(server)
+        self.port_index = port_index
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_connect(self) -> None:
+        self.server.data_connections[self.port_index].add(self)
+
+    def on_close(self) -> None:
+        self.server.data_connections[self.port_index].discard(self)
+        for task in self._tasks:
+            task.cancel()
+
+    def on_data(self, data: bytes) -> ConnInput | None:
+        self.decoder.feed(data)
+        if not self._drain_messages():
+            return ConnInput.IDLE
+        return self._outcome()
+
+    def _outcome(self) -> ConnInput | None:
+        if self._in_flight:
+            return None
+        return ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE
+
+    def can_idle_close(self) -> bool:
+        return not self._in_flight and super().can_idle_close()
+
+    def handle(self, request_id: int, message: Message) -> None:
+        match message:
+            case Chunk():
+                self._in_flight += 1
+                if self._in_flight >= self.server.config.max_in_flight:
+                    self.pause_reading()
+                task = asyncio.ensure_future(self._store(request_id, message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            case Query(file_id=file_id):
+                self.send(self.server.query(file_id), request_id)
+            case Ping():
+                self.send(Pong(), request_id)
+            case _:
+                self.send(
+                    ErrorReply(
+                        code=ErrorCode.BAD_MESSAGE,
+                        message=f"{type(message).__name__.lower()} is not accepted on a data port",
+                    ),
+                    request_id,
+                )
+
+    async def _store(self, request_id: int, chunk: Chunk) -> None:
+        try:
+            reply: Message = await self.server.accept_chunk(chunk)
+        except IngestError as exc:
+            reply = ErrorReply(code=exc.code, message=str(exc))
+        except Exception as exc:
+            log.exception("chunk failed conn=%s file_id=%s", self, chunk.file_id.hex())
+            reply = ErrorReply(code=ErrorCode.STORAGE, message=f"internal error: {exc!r}")
+        self._in_flight -= 1
+        self.send(reply, request_id)
+        if self._in_flight < self.server.config.max_in_flight:
+            self.resume_reading()
+        if not self._in_flight and self.transport is not None:
+            self.batch_done(ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE)
+
+
+@final
+class AckConnection(_FramedConnection):
+    """An ack port client: SUBSCRIBE to file ids, then receive their events."""
+
+    def __init__(self, server: IngestServer) -> None:
+        super().__init__(server)
+        self.watching: set[FileId] = set()
+
+    def on_data(self, data: bytes) -> ConnInput | None:
+        self.decoder.feed(data)
+        self._drain_messages()
+        return ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE
+
+    def on_close(self) -> None:
+        self.server.acks.unsubscribe(self)
+
+    def can_idle_close(self) -> bool:
+        return False  # a subscriber waits quietly for its PUBLISHED event
+
+    def handle(self, request_id: int, message: Message) -> None:
+        match message:
+            case Subscribe(file_ids=file_ids):
+                self.watching.update(file_ids)
+                self.server.acks.subscribe(self, file_ids)
+                self.send(Subscribed(file_ids=file_ids), request_id)
+                for file_id in file_ids:
+                    done = self.server.published_message(file_id)
+                    if done is not None:
+                        self.send(done, 0)
+            case Ping():
+                self.send(Pong(), request_id)
+            case _:
+                self.send(
+                    ErrorReply(
+                        code=ErrorCode.BAD_MESSAGE,
+                        message=f"{type(message).__name__.lower()} is not accepted on the ack port",
+                    ),
+                    request_id,
+                )
+
+    def push(self, message: Message) -> None:
+        """Send an event, dropping a subscriber that stopped reading."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > MAX_SUBSCRIBER_BACKLOG_BYTES:
+            log.warning("ack subscriber too slow, dropped conn=%s", self)
+            self.abort("subscriber too slow")
+            return
+        self.send(message, 0)
+
+
+@final
+class AckHub:
+    """Which ack connections watch which file ids."""
+
+    def __init__(self) -> None:
+        self._by_file: dict[FileId, set[AckConnection]] = {}
+
+    def subscribe(self, conn: AckConnection, file_ids: tuple[FileId, ...]) -> None:
+        for file_id in file_ids:
+            self._by_file.setdefault(file_id, set()).add(conn)
+
+    def unsubscribe(self, conn: AckConnection) -> None:
+        for file_id in conn.watching:
+            watchers = self._by_file.get(file_id)
+            if watchers is not None:
+                watchers.discard(conn)
+                if not watchers:
+                    del self._by_file[file_id]
+
+    def publish(self, file_id: FileId, message: Message) -> None:
+        """Send `message` to every connection watching `file_id`."""
+        for conn in list(self._by_file.get(file_id, ())):
+            conn.push(message)
+
+    @property
+    def subscriptions(self) -> int:
+        """File ids watched by at least one connection."""
+        return len(self._by_file)

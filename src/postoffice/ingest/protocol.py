@@ -1,0 +1,811 @@
+"""The ingest wire messages (data and ack ports): typed messages, their encoder and decoder.
+
+Ingest layer, pure sans-I/O, on top of core.framing. Wire format: docs/protocols/ingest.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final, NewType, TypeAlias, TypeVar, assert_never, cast, final
+
+from postoffice.core import framing
+from postoffice.core.errors import ConfigError
+from postoffice.core.framing import NEED_DATA, Frame, NeedData
+from postoffice.ingest.errors import (
+    BadNameError,
+    ChecksumError,
+    ErrorCode,
+    IngestError,
+    IngestLimitError,
+    IngestProtocolError,
+    OutOfRangeError,
+)
+
+# Design
+# ------
+# Every message is one core frame: the frame type is the message type, the frame flags
+# are always 0, and the payload layout is fixed per type (struct formats below). There
+# is no state machine here: `MessageDecoder` is `FrameDecoder` plus `decode`, and the
+# two failure kinds stay apart on purpose. A FrameError means framing is lost and the
+# connection must close; an IngestError means one well-framed message was bad, so the
+# caller replies ERROR to `last_request_id` and keeps reading.
+#
+# `encode` checks only what the layout can carry (field widths, fixed-size ids); it
+# does not apply decode's rules (names, index < total, sha256), so tools and tests can
+# build invalid-but-framed messages to probe a server. Clients call `check_name` first.
+
+__all__ = [
+    "CHUNK_OVERHEAD_BYTES",
+    "FILE_ID_BYTES",
+    "MAX_CHUNKS",
+    "MAX_CHUNK_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_STATUS_RANGES",
+    "MAX_SUBSCRIBE_IDS",
+    "NEED_DATA",
+    "Ack",
+    "Chunk",
+    "ChunkStored",
+    "ErrorReply",
+    "Failed",
+    "FileId",
+    "Message",
+    "MessageDecoder",
+    "MsgType",
+    "NeedData",
+    "Ping",
+    "Pong",
+    "Published",
+    "Query",
+    "Reply",
+    "Request",
+    "Status",
+    "Subscribe",
+    "Subscribed",
+    "UploadState",
+    "check_name",
+    "decode",
+    "encode",
+    "encode_chunk",
+    "file_id_hex",
+    "missing_ranges",
+    "parse_file_id",
+    "ranges",
+]
+
+FileId = NewType("FileId", bytes)
+"""The client's 16 opaque bytes naming one upload; shown as 32 lowercase hex chars."""
+
+FILE_ID_BYTES: Final = 16
+
+MAX_NAME_BYTES: Final = 255
+"""Longest file name, in UTF-8 bytes: the usual file system NAME_MAX."""
+
+MAX_CHUNK_BYTES: Final = 8 * 1024 * 1024
+"""Default limit on one chunk's data, in bytes: a server buffers a whole chunk per
+connection before it is durable, so this bounds that memory."""
+
+MAX_CHUNKS: Final = 2**24
+"""Most chunks in one upload: bounds the committed-index set a server keeps per upload
+(16 Mi chunks of 8 MiB is 128 TiB, far past any real file)."""
+
+MAX_SUBSCRIBE_IDS: Final = 1024
+"""Most file ids in one SUBSCRIBE or SUBSCRIBED: keeps the message at 16 KiB."""
+
+MAX_STATUS_RANGES: Final = 65536
+"""Most missing ranges in one STATUS (512 KiB): a server lists the first ones, the
+client sends those and queries again."""
+
+_CHUNK: Final = struct.Struct(">16sIIQH32s")
+_ACK: Final = struct.Struct(">16sIIIB")
+_STATUS: Final = struct.Struct(">16sBIIQH")
+_CHUNK_STORED: Final = struct.Struct(">16sIII")
+_PUBLISHED: Final = struct.Struct(">16sQ32sB")
+_FAILED: Final = struct.Struct(">16sH")
+_U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
+_RANGE: Final = struct.Struct(">II")
+_SHA256_BYTES: Final = 32
+
+CHUNK_OVERHEAD_BYTES: Final = _CHUNK.size + MAX_NAME_BYTES
+"""Largest CHUNK payload minus its data: header (66 bytes) plus the longest name."""
+
+MAX_MESSAGE_BYTES: Final = MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
+"""Default frame payload limit of a MessageDecoder: the largest valid CHUNK."""
+
+# ACK flag bits, and PUBLISHED's.
+_ACK_DUPLICATE: Final = 0x01
+_ACK_COMPLETE: Final = 0x02
+_ACK_PUBLISHED: Final = 0x04
+_PUBLISHED_REPLACED: Final = 0x01
+
+# Path separators and control characters (C0, DEL and C1: Unicode category Cc).
+_NAME_FORBIDDEN: Final = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
+_HEX_ID: Final = re.compile(r"[0-9a-fA-F]{32}")
+# Error messages show at most this many hex chars of a digest.
+_DIGEST_SHOWN: Final = 12
+
+
+class MsgType(enum.IntEnum):
+    """The frame `type` of each ingest message."""
+
+    CHUNK = 0x01
+    QUERY = 0x02
+    PING = 0x03
+    ACK = 0x11
+    STATUS = 0x12
+    PONG = 0x13
+    ERROR = 0x1F
+    SUBSCRIBE = 0x21
+    SUBSCRIBED = 0x31
+    CHUNK_STORED = 0x32
+    PUBLISHED = 0x33
+    FAILED = 0x34
+
+
+class UploadState(enum.IntEnum):
+    """Where an upload stands, as a STATUS reply reports it."""
+
+    UNKNOWN = 0
+    UPLOADING = 1
+    ASSEMBLING = 2
+    PUBLISHED = 3
+    FAILED = 4
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Chunk:
+    """One piece of an upload's compressed payload (client -> data port).
+
+    `size` is the whole compressed payload's length (the sum of all chunk lengths) and
+    `sha256` the digest of this chunk's `data`.
+    """
+
+    file_id: FileId
+    index: int
+    total: int
+    size: int
+    name: str
+    sha256: bytes
+    data: bytes
+
+    def __repr__(self) -> str:
+        # Never print up to 8 MiB of data into a log line.
+        return (
+            f"Chunk(file_id={self.file_id.hex()}, index={self.index}, total={self.total}, "
+            f"size={self.size}, name={self.name!r}, sha256={self.sha256.hex()[:_DIGEST_SHOWN]}"
+            f"..., data=<{len(self.data)} bytes>)"
+        )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Query:
+    """Ask for an upload's state and missing chunks (client -> data port)."""
+
+    file_id: FileId
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    """Liveness probe on a data or ack port; answered with Pong."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscribe:
+    """Watch these uploads' events on the ack port (at most MAX_SUBSCRIBE_IDS)."""
+
+    file_ids: tuple[FileId, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    """A chunk is durable. `committed` counts the upload's committed chunks now."""
+
+    file_id: FileId
+    index: int
+    committed: int
+    total: int
+    duplicate: bool = False
+    complete: bool = False
+    published: bool = False
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """Reply to Query: state, counts and the missing indexes as inclusive ranges."""
+
+    file_id: FileId
+    state: UploadState
+    total: int
+    committed: int
+    size: int
+    name: str
+    missing: tuple[tuple[int, int], ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    """Reply to Ping."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReply:
+    """A request was refused; the connection stays open unless code is BAD_FRAME."""
+
+    code: ErrorCode
+    message: str
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscribed:
+    """Reply to Subscribe: the ids now watched."""
+
+    file_ids: tuple[FileId, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkStored:
+    """Ack-port event: a chunk of a watched upload is durable (from any data port)."""
+
+    file_id: FileId
+    index: int
+    committed: int
+    total: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Published:
+    """Ack-port event: the upload is in files/ under `name`; `size` and `sha256` are of
+    the decompressed file; `replaced` says a file of that name was replaced."""
+
+    file_id: FileId
+    name: str
+    size: int
+    sha256: bytes
+    replaced: bool = False
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed:
+    """Ack-port event: the upload will not be published (assembly failed, aborted)."""
+
+    file_id: FileId
+    code: ErrorCode
+    message: str
+
+
+Request: TypeAlias = Chunk | Query | Ping | Subscribe
+Reply: TypeAlias = Ack | Status | Pong | ErrorReply | Subscribed | ChunkStored | Published | Failed
+Message: TypeAlias = Request | Reply
+
+_TYPES: Final[dict[type, MsgType]] = {
+    Chunk: MsgType.CHUNK,
+    Query: MsgType.QUERY,
+    Ping: MsgType.PING,
+    Subscribe: MsgType.SUBSCRIBE,
+    Ack: MsgType.ACK,
+    Status: MsgType.STATUS,
+    Pong: MsgType.PONG,
+    ErrorReply: MsgType.ERROR,
+    Subscribed: MsgType.SUBSCRIBED,
+    ChunkStored: MsgType.CHUNK_STORED,
+    Published: MsgType.PUBLISHED,
+    Failed: MsgType.FAILED,
+}
+
+
+def file_id_hex(fid: bytes) -> str:
+    """Return the 32 lowercase hex chars that show a file id in paths, logs and control."""
+    return fid.hex()
+
+
+def parse_file_id(text: str) -> FileId:
+    """Parse 32 hex chars (either case) into a FileId.
+
+    Raises IngestProtocolError if `text` is anything else.
+    """
+    if _HEX_ID.fullmatch(text) is None:
+        raise IngestProtocolError(f"file id {text[:40]!r} is not 32 hex characters")
+    return FileId(bytes.fromhex(text))
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is an acceptable upload file name, see docs/protocols/ingest.md.
+
+    Raises BadNameError naming the rule it breaks.
+    """
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise BadNameError(f"name {name!r} is not encodable as utf-8") from exc
+    if size == 0:
+        raise BadNameError("name is empty")
+    if size > MAX_NAME_BYTES:
+        raise BadNameError(f"name of {size} bytes exceeds limit {MAX_NAME_BYTES}")
+    if name in (".", ".."):
+        raise BadNameError(f"name {name!r} is reserved")
+    bad = _NAME_FORBIDDEN.search(name)
+    if bad is not None:
+        char = bad.group()
+        if char in "/\\":
+            raise BadNameError(f"name {name!r} contains path separator {char!r}")
+        raise BadNameError(f"name {name!r} contains control character 0x{ord(char):02x}")
+    if name[0] == ".":
+        raise BadNameError(f"name {name!r} starts with '.'")
+    if name[0].isspace() or name[-1].isspace():
+        raise BadNameError(f"name {name!r} has leading or trailing whitespace")
+    return name
+
+
+def ranges(indexes: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Collapse indexes (any order, duplicates allowed) into sorted inclusive ranges."""
+    out: list[tuple[int, int]] = []
+    for index in sorted(set(indexes)):
+        if out and index == out[-1][1] + 1:
+            out[-1] = (out[-1][0], index)
+        else:
+            out.append((index, index))
+    return tuple(out)
+
+
+def missing_ranges(committed: Iterable[int], total: int) -> tuple[tuple[int, int], ...]:
+    """Return the inclusive ranges of indexes in 0..total-1 that are not in `committed`.
+
+    Costs O(k log k) for k committed indexes, never O(total).
+    """
+    out: list[tuple[int, int]] = []
+    expected = 0
+    for index in sorted(set(committed)):
+        if index >= total:
+            break
+        if index > expected:
+            out.append((expected, index - 1))
+        expected = max(expected, index + 1)
+    if expected < total:
+        out.append((expected, total - 1))
+    return tuple(out)
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def _sized(what: str, value: bytes, size: int) -> bytes:
+    # struct's "16s" pads or truncates silently; a wrong-sized id must fail instead.
+    if len(value) != size:
+        raise IngestProtocolError(f"{what} of {len(value)} bytes, expected {size}")
+    return value
+
+
+def _fid(value: bytes) -> bytes:
+    return _sized("file id", value, FILE_ID_BYTES)
+
+
+def _utf8(name: str) -> bytes:
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadNameError(f"name {name!r} is not encodable as utf-8") from exc
+
+
+def _ids(file_ids: tuple[FileId, ...]) -> bytes:
+    return _U16.pack(len(file_ids)) + b"".join([_fid(fid) for fid in file_ids])
+
+
+def encode_chunk(
+    *,
+    file_id: bytes,
+    index: int,
+    total: int,
+    size: int,
+    name: str,
+    sha256: bytes,
+    data: bytes | bytearray | memoryview,
+    request_id: int,
+) -> bytes:
+    """Return one CHUNK frame without building a Chunk; `data` is copied exactly once.
+
+    Checks only what the layout can carry, not decode's rules. Raises
+    IngestProtocolError for a field out of range or a wrong-sized id or digest,
+    BadNameError for a name UTF-8 cannot encode, FrameError for a request id out of
+    range, FrameTooLarge past 16 MiB.
+    """
+    name_bytes = _utf8(name)
+    try:
+        head = _CHUNK.pack(
+            _fid(file_id),
+            index,
+            total,
+            size,
+            len(name_bytes),
+            _sized("sha256", sha256, _SHA256_BYTES),
+        )
+    except struct.error as exc:
+        raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
+    length = len(head) + len(name_bytes) + len(data)
+    if length > framing.MAX_PAYLOAD_BYTES:
+        raise framing.FrameTooLarge(length, framing.MAX_PAYLOAD_BYTES, request_id=request_id)
+    if not 0 <= request_id <= framing.MAX_REQUEST_ID:
+        raise framing.FrameError(
+            f"frame request id {request_id} out of range 0..{framing.MAX_REQUEST_ID}"
+        )
+    # The frame header needs the payload's CRC: chain it over the parts instead of
+    # joining them first, so the data is copied once, into the frame.
+    crc = zlib.crc32(data, zlib.crc32(name_bytes, zlib.crc32(head)))
+    header = framing.HEADER.pack(
+        framing.MAGIC, framing.VERSION, MsgType.CHUNK, 0, 0, request_id, length, crc
+    )
+    return b"".join((header, head, name_bytes, data))
+
+
+def encode(msg: Message, request_id: int = 0) -> bytes:
+    """Return the whole frame for `msg`; replies echo their request's id, events use 0.
+
+    Checks only what the layout can carry, not decode's rules. Raises
+    IngestProtocolError for a field out of range or a wrong-sized id or digest,
+    BadNameError for a name UTF-8 cannot encode, FrameError/FrameTooLarge from the
+    frame layer (request id out of range, payload past 16 MiB).
+    """
+    payload: bytes
+    try:
+        match msg:
+            case Chunk():
+                return encode_chunk(
+                    file_id=msg.file_id,
+                    index=msg.index,
+                    total=msg.total,
+                    size=msg.size,
+                    name=msg.name,
+                    sha256=msg.sha256,
+                    data=msg.data,
+                    request_id=request_id,
+                )
+            case Query():
+                payload = _fid(msg.file_id)
+            case Ping() | Pong():
+                payload = b""
+            case Subscribe() | Subscribed():
+                payload = _ids(msg.file_ids)
+            case Ack():
+                flags = (
+                    (_ACK_DUPLICATE if msg.duplicate else 0)
+                    | (_ACK_COMPLETE if msg.complete else 0)
+                    | (_ACK_PUBLISHED if msg.published else 0)
+                )
+                payload = _ACK.pack(_fid(msg.file_id), msg.index, msg.committed, msg.total, flags)
+            case Status():
+                name = _utf8(msg.name)
+                head = _STATUS.pack(
+                    _fid(msg.file_id), msg.state, msg.total, msg.committed, msg.size, len(name)
+                )
+                spans = [_RANGE.pack(first, last) for first, last in msg.missing]
+                payload = b"".join((head, name, _U32.pack(len(spans)), *spans))
+            case ErrorReply():
+                payload = _U16.pack(msg.code) + msg.message.encode("utf-8", "replace")
+            case ChunkStored():
+                payload = _CHUNK_STORED.pack(_fid(msg.file_id), msg.index, msg.committed, msg.total)
+            case Published():
+                flags = _PUBLISHED_REPLACED if msg.replaced else 0
+                digest = _sized("sha256", msg.sha256, _SHA256_BYTES)
+                payload = _PUBLISHED.pack(_fid(msg.file_id), msg.size, digest, flags)
+                payload += _utf8(msg.name)
+            case Failed():
+                payload = _FAILED.pack(_fid(msg.file_id), msg.code)
+                payload += msg.message.encode("utf-8", "replace")
+            case _:
+                assert_never(msg)
+    except struct.error as exc:
+        raise IngestProtocolError(f"cannot encode {type(msg).__name__.lower()}: {exc}") from exc
+    return framing.encode_parts(_TYPES[type(msg)], 0, request_id, payload)
+
+
+# --- decoding -------------------------------------------------------------------------
+
+_M = TypeVar("_M")
+
+
+def _exact(kind: str, payload: bytes, size: int) -> bytes:
+    if len(payload) != size:
+        raise IngestProtocolError(f"{kind} payload of {len(payload)} bytes, expected {size}")
+    return payload
+
+
+def _at_least(kind: str, payload: bytes, size: int) -> None:
+    if len(payload) < size:
+        raise IngestProtocolError(
+            f"{kind} payload of {len(payload)} bytes, expected at least {size}"
+        )
+
+
+def _empty(kind: str, payload: bytes, msg: _M) -> _M:
+    _exact(kind, payload, 0)
+    return msg
+
+
+def _text(what: str, raw: bytes, error: type[IngestError] = IngestProtocolError) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not valid utf-8 at byte {exc.start}") from exc
+
+
+def _code(value: int) -> ErrorCode:
+    try:
+        return ErrorCode(value)
+    except ValueError as exc:
+        raise IngestProtocolError(f"unknown error code {value}") from exc
+
+
+def _flags(kind: str, flags: int, known: int) -> int:
+    if flags & ~known:
+        raise IngestProtocolError(
+            f"{kind} flags 0x{flags:02x} has unknown bits, known 0x{known:02x}"
+        )
+    return flags
+
+
+def _decode_chunk(payload: bytes, max_chunk_bytes: int) -> Chunk:
+    _at_least("chunk", payload, _CHUNK.size)
+    fid, index, total, size, name_len, digest = cast(
+        "tuple[bytes, int, int, int, int, bytes]", _CHUNK.unpack_from(payload)
+    )
+    if not 1 <= total <= MAX_CHUNKS:
+        raise OutOfRangeError(f"chunk total {total} out of range 1..{MAX_CHUNKS}")
+    if index >= total:
+        raise OutOfRangeError(f"chunk index {index} out of range for total {total}")
+    if name_len == 0:
+        raise BadNameError("name is empty")
+    if name_len > MAX_NAME_BYTES:
+        raise BadNameError(f"name of {name_len} bytes exceeds limit {MAX_NAME_BYTES}")
+    start = _CHUNK.size + name_len
+    if start > len(payload):
+        raise IngestProtocolError(
+            f"chunk name of {name_len} bytes overruns the payload of {len(payload)} bytes"
+        )
+    name = check_name(_text("name", payload[_CHUNK.size : start], BadNameError))
+    if len(payload) - start > max_chunk_bytes:
+        raise IngestLimitError(
+            f"chunk data of {len(payload) - start} bytes exceeds limit {max_chunk_bytes}"
+        )
+    data = payload[start:]  # the one copy: a Chunk holds bytes
+    actual = hashlib.sha256(data).digest()
+    if actual != digest:
+        raise ChecksumError(
+            f"chunk sha256 mismatch: header {digest.hex()[:_DIGEST_SHOWN]}..., "
+            f"data {actual.hex()[:_DIGEST_SHOWN]}..."
+        )
+    return Chunk(
+        file_id=FileId(fid),
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        sha256=digest,
+        data=data,
+    )
+
+
+def _decode_ids(kind: str, payload: bytes) -> tuple[FileId, ...]:
+    _at_least(kind, payload, _U16.size)
+    (count,) = cast("tuple[int]", _U16.unpack_from(payload))
+    if count > MAX_SUBSCRIBE_IDS:
+        raise IngestLimitError(f"{kind} of {count} file ids exceeds limit {MAX_SUBSCRIBE_IDS}")
+    _exact(kind, payload, _U16.size + FILE_ID_BYTES * count)
+    return tuple(
+        FileId(payload[at : at + FILE_ID_BYTES])
+        for at in range(_U16.size, len(payload), FILE_ID_BYTES)
+    )
+
+
+def _decode_ack(payload: bytes) -> Ack:
+    fid, index, committed, total, flags = cast(
+        "tuple[bytes, int, int, int, int]", _ACK.unpack(_exact("ack", payload, _ACK.size))
+    )
+    _flags("ack", flags, _ACK_DUPLICATE | _ACK_COMPLETE | _ACK_PUBLISHED)
+    return Ack(
+        file_id=FileId(fid),
+        index=index,
+        committed=committed,
+        total=total,
+        duplicate=bool(flags & _ACK_DUPLICATE),
+        complete=bool(flags & _ACK_COMPLETE),
+        published=bool(flags & _ACK_PUBLISHED),
+    )
+
+
+def _decode_status(payload: bytes) -> Status:
+    _at_least("status", payload, _STATUS.size)
+    fid, state, total, committed, size, name_len = cast(
+        "tuple[bytes, int, int, int, int, int]", _STATUS.unpack_from(payload)
+    )
+    if state not in UploadState.__members__.values():
+        raise IngestProtocolError(f"unknown upload state {state}")
+    name_end = _STATUS.size + name_len
+    at = name_end + _U32.size
+    if at > len(payload):
+        raise IngestProtocolError(
+            f"status name of {name_len} bytes overruns the payload of {len(payload)} bytes"
+        )
+    (count,) = cast("tuple[int]", _U32.unpack_from(payload, name_end))
+    if count > MAX_STATUS_RANGES:
+        raise IngestLimitError(f"status of {count} ranges exceeds limit {MAX_STATUS_RANGES}")
+    if len(payload) != at + _RANGE.size * count:
+        raise IngestProtocolError(
+            f"status payload of {len(payload)} bytes, "
+            f"expected {at + _RANGE.size * count} for {count} ranges"
+        )
+    missing = cast("list[tuple[int, int]]", list(_RANGE.iter_unpack(payload[at:])))
+    previous = -1
+    for first, last in missing:
+        if not previous < first <= last < total:
+            raise IngestProtocolError(
+                f"status range {first}-{last} is not ascending, disjoint and below total {total}"
+            )
+        previous = last
+    return Status(
+        file_id=FileId(fid),
+        state=UploadState(state),
+        total=total,
+        committed=committed,
+        size=size,
+        name=_text("status name", payload[_STATUS.size : name_end]),
+        missing=tuple(missing),
+    )
+
+
+def _decode_error(payload: bytes) -> ErrorReply:
+    _at_least("error", payload, _U16.size)
+    (code,) = cast("tuple[int]", _U16.unpack_from(payload))
+    return ErrorReply(code=_code(code), message=_text("error message", payload[_U16.size :]))
+
+
+def _decode_chunk_stored(payload: bytes) -> ChunkStored:
+    fid, index, committed, total = cast(
+        "tuple[bytes, int, int, int]",
+        _CHUNK_STORED.unpack(_exact("chunk stored", payload, _CHUNK_STORED.size)),
+    )
+    return ChunkStored(file_id=FileId(fid), index=index, committed=committed, total=total)
+
+
+def _decode_published(payload: bytes) -> Published:
+    _at_least("published", payload, _PUBLISHED.size)
+    fid, size, digest, flags = cast(
+        "tuple[bytes, int, bytes, int]", _PUBLISHED.unpack_from(payload)
+    )
+    _flags("published", flags, _PUBLISHED_REPLACED)
+    return Published(
+        file_id=FileId(fid),
+        name=check_name(_text("name", payload[_PUBLISHED.size :], BadNameError)),
+        size=size,
+        sha256=digest,
+        replaced=bool(flags & _PUBLISHED_REPLACED),
+    )
+
+
+def _decode_failed(payload: bytes) -> Failed:
+    _at_least("failed", payload, _FAILED.size)
+    fid, code = cast("tuple[bytes, int]", _FAILED.unpack_from(payload))
+    return Failed(
+        file_id=FileId(fid),
+        code=_code(code),
+        message=_text("failed message", payload[_FAILED.size :]),
+    )
+
+
+# Every type but CHUNK, which alone needs the chunk limit.
+_DECODERS: Final[dict[int, Callable[[bytes], Message]]] = {
+    MsgType.QUERY: lambda p: Query(file_id=FileId(_exact("query", p, FILE_ID_BYTES))),
+    MsgType.PING: lambda p: _empty("ping", p, Ping()),
+    MsgType.ACK: _decode_ack,
+    MsgType.STATUS: _decode_status,
+    MsgType.PONG: lambda p: _empty("pong", p, Pong()),
+    MsgType.ERROR: _decode_error,
+    MsgType.SUBSCRIBE: lambda p: Subscribe(file_ids=_decode_ids("subscribe", p)),
+    MsgType.SUBSCRIBED: lambda p: Subscribed(file_ids=_decode_ids("subscribed", p)),
+    MsgType.CHUNK_STORED: _decode_chunk_stored,
+    MsgType.PUBLISHED: _decode_published,
+    MsgType.FAILED: _decode_failed,
+}
+
+
+def decode(frame: Frame, *, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> Message:
+    """Return the message a well-formed frame carries, whichever direction it goes.
+
+    Raises IngestProtocolError (unknown type, frame flags set, malformed payload),
+    OutOfRangeError (chunk index or total), BadNameError, IngestLimitError (chunk data
+    over `max_chunk_bytes`, too many ids or ranges) and ChecksumError (chunk sha256).
+    """
+    kind = frame.type
+    if kind != MsgType.CHUNK and kind not in _DECODERS:
+        raise IngestProtocolError(f"unknown message type 0x{kind:02x}")
+    if frame.flags:
+        raise IngestProtocolError(f"frame flags 0x{frame.flags:04x} set, expected 0")
+    if kind == MsgType.CHUNK:
+        return _decode_chunk(frame.payload, max_chunk_bytes)
+    return _DECODERS[kind](frame.payload)
+
+
+@final
+class MessageDecoder:
+    """Incremental decoder for one connection: `feed` bytes, then call `next_event`
+    until it returns NEED_DATA.
+
+    `max_chunk_bytes` is the chunk data limit; `max_payload_bytes` the frame payload
+    limit, by default `max_chunk_bytes + CHUNK_OVERHEAD_BYTES`. Raises ConfigError if
+    either is out of range.
+    """
+
+    __slots__ = ("_frames", "_last_request_id", "_max_chunk_bytes")
+
+    def __init__(
+        self, *, max_payload_bytes: int | None = None, max_chunk_bytes: int = MAX_CHUNK_BYTES
+    ) -> None:
+        if not 0 <= max_chunk_bytes <= framing.MAX_PAYLOAD_BYTES - CHUNK_OVERHEAD_BYTES:
+            raise ConfigError(
+                f"max_chunk_bytes {max_chunk_bytes} out of range "
+                f"0..{framing.MAX_PAYLOAD_BYTES - CHUNK_OVERHEAD_BYTES}"
+            )
+        if max_payload_bytes is None:
+            max_payload_bytes = max_chunk_bytes + CHUNK_OVERHEAD_BYTES
+        self._frames = framing.FrameDecoder(max_payload_bytes)
+        self._max_chunk_bytes = max_chunk_bytes
+        self._last_request_id: int | None = None
+
+    @property
+    def last_request_id(self) -> int | None:
+        """Request id of the last frame read: where to address the ERROR reply after
+        `next_event` raised an IngestError. None before the first frame."""
+        return self._last_request_id
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes fed but not yet decoded; non-zero at end of stream means a cut frame."""
+        return self._frames.buffered_bytes
+
+    @property
+    def failed(self) -> bool:
+        """True once a FrameError was raised: framing is lost and the connection must close."""
+        return self._frames.failed
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (discarded once framing is lost)."""
+        self._frames.feed(data)
+
+    def next_event(self) -> tuple[int, Message] | NeedData:
+        """Return `(request_id, message)` for the next frame, or NEED_DATA.
+
+        Raises FrameError (or FrameTooLarge) when framing is lost: it is raised again on
+        every later call, so reply BAD_FRAME and close. Raises the IngestError subclasses
+        of `decode` for a bad message in an intact frame: the frame is consumed, so reply
+        ERROR to `last_request_id` and call again.
+        """
+        frame = self._frames.next_event()
+        if frame is NEED_DATA:
+            return NEED_DATA
+        self._last_request_id = frame.request_id
+        return frame.request_id, decode(frame, max_chunk_bytes=self._max_chunk_bytes)
+
+    def __repr__(self) -> str:
+        state = "FAILED" if self.failed else "OK"
+        return (
+            f"<MessageDecoder at 0x{id(self):x} {state} buffered={self.buffered_bytes} "
+            f"last_request_id={self._last_request_id} max_chunk={self._max_chunk_bytes}>"
+        )

@@ -1,0 +1,563 @@
+"""The ingest server of seed 000: listeners, chunk intake, assembly, control and cleanup.
+
+Design: one process, one event loop. Acceptors never wait on handlers: each accepted
+socket gets its own Protocol. Blocking work (fsync'd chunk writes, zstd, cleanup) runs on
+an I/O thread pool. Exactly one assembly runs per payload: the chunk that completes the
+set starts it, recovery starts it for payloads found complete at startup, and a set of
+payloads being assembled guards both. Components (cleanup loop, assemblies) run under a
+Supervisor-like guard that logs a crash and carries on; listeners retry binds with
+backoff (core.listeners).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar, final
+
+from postoffice.core import metrics
+from postoffice.core.clock import MONOTONIC, Clock
+from postoffice.core.connections import ConnectionLimits, ConnectionManager
+from postoffice.core.http import (
+    Response,
+    Route,
+    Stream,
+    health_routes,
+    metrics_route,
+    serve_http,
+)
+from postoffice.core.listeners import bound_address, listen
+from postoffice.core.runtime import Supervisor, announce
+from postoffice.core.workers import WorkerPool
+from postoffice.ingest.assembly import assemble
+from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
+from postoffice.ingest.connections import AckConnection, AckHub, DataConnection
+from postoffice.ingest.control import ControlConnection
+from postoffice.ingest.errors import AssemblyError, ErrorCode, IngestError, UnknownFileError
+from postoffice.ingest.events import EventHub
+from postoffice.ingest.protocol import (
+    CHUNK_OVERHEAD_BYTES,
+    Ack,
+    Chunk,
+    ChunkStored,
+    Failed,
+    FileId,
+    Published,
+    Status,
+    UploadState,
+    file_id_hex,
+    ranges,
+)
+from postoffice.ingest.storage import ChunkStore, PayloadInfo, PublishedInfo
+from postoffice.ingest.ttl import CleanupReport, cleanup_pass
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ShuttingDownError(IngestError):
+    """The server is draining and takes no new chunks."""
+
+    code = ErrorCode.SHUTTING_DOWN
+
+
+@final
+class IngestServer:
+    """Owns the store, the listeners, the assemblies and the cleanup loop.
+
+    Two-phase init: the constructor only sets memory up; `startup()` opens the store,
+    binds every port and starts the background work. `serve(stop)` runs until `stop` is
+    set, then drains: acceptors stop, chunks in flight and assemblies in progress finish.
+    """
+
+    def __init__(self, config: IngestConfig, *, clock: Clock = MONOTONIC) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = ChunkStore(config.patches_path, config.published_path, fsync=config.fsync)
+        limits = ConnectionLimits(
+            max_connections=config.max_connections,
+            idle_timeout_s=config.idle_timeout_s,
+            max_request_bytes=self.max_frame_payload,
+        )
+        self.data_manager = ConnectionManager(limits, clock=clock)
+        self.sys_manager = ConnectionManager(
+            dataclasses.replace(limits, idle_timeout_s=0), clock=clock
+        )
+        self.pool = WorkerPool(config.io_threads, name="ingest-io")
+        self.events = EventHub()
+        self.acks = AckHub()
+        self.supervisor = Supervisor()
+        self.data_connections: dict[int, set[DataConnection]] = {}
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._data_listeners: dict[int, asyncio.Server] = {}
+        self._sys_listeners: list[asyncio.Server] = []
+        self._assembling: dict[FileId, asyncio.Task[None]] = {}
+        self._failed: dict[FileId, Failed] = {}
+        self._accepting = False
+        self._ready = False
+        self._scale_lock = asyncio.Lock()
+        self.chunks_total = 0
+        self.duplicates_total = 0
+        self.bytes_in = 0
+        self.published_total = 0
+        self.assembly_failures = 0
+        self.protocol_errors = 0
+        self.cleanup_removed = 0
+        self.registry = metrics.new_registry()
+        self.registry.register(
+            metrics.StatsCollector(
+                "postoffice_ingest",
+                self.stats,
+                counters=(
+                    "chunks",
+                    "duplicates",
+                    "chunk_bytes",
+                    "published",
+                    "assembly_failures",
+                    "protocol_errors",
+                    "cleanup_removed",
+                    "connections_accepted",
+                    "connections_rejected",
+                    "events",
+                ),
+            )
+        )
+
+    @property
+    def max_frame_payload(self) -> int:
+        """The largest frame payload a data port accepts: one full chunk."""
+        return self.config.max_chunk_bytes + CHUNK_OVERHEAD_BYTES
+
+    def __repr__(self) -> str:
+        return (
+            f"<IngestServer x={len(self._data_listeners)} uploads={len(self.store.payloads())}"
+            f" assembling={len(self._assembling)}>"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Open the store (recovering what a crash left), bind every port, start cleanup."""
+        config = self.config
+        self.pool.start()
+        recovered = await self._blocking(self.store.open)
+        config.files_path.mkdir(parents=True, exist_ok=True)
+        self.data_manager.startup()
+        self.sys_manager.startup()
+        for name, offset, factory in (
+            ("health", 0, None),
+            ("telemetry", 1, None),
+            ("control", 2, lambda: ControlConnection(self.sys_manager, self, config.control_token)),
+            ("ack", 3, lambda: AckConnection(self)),
+        ):
+            port = config.sys_base + offset if config.sys_base else 0
+            if name == "health":
+                server = await serve_http(self._health_routes(), host=config.host, port=port)
+            elif name == "telemetry":
+                server = await serve_http(self._telemetry_routes(), host=config.host, port=port)
+            else:
+                assert factory is not None
+                server = await listen(factory, host=config.host, port=port, name=name)
+            self._sys_listeners.append(server)
+            self.addresses[name] = bound_address(server)
+        for index in range(config.x):
+            await self._open_data_port(index)
+        self._accepting = True
+        self.supervisor.start("cleanup", self._cleanup_forever)
+        for info in recovered:
+            if info.complete:
+                self._start_assembly(info.file_id)
+        log.info(
+            "ingest ready uploads_recovered=%d data_ports=%s",
+            len(recovered),
+            [a[1] for k, a in sorted(self.addresses.items()) if k.startswith("data")],
+        )
+        self._ready = True
+
+    async def serve(self, stop: asyncio.Event, *, ready_file: str | None = None) -> None:
+        """Start, announce, run until `stop`, then drain and close."""
+        starting = asyncio.ensure_future(self.startup())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        else:
+            starting.result()
+            if ready_file:
+                announce(ready_file, service="ingest", addresses=self.addresses)
+            await stopped
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop acceptors, finish chunks in flight and assemblies in progress, close."""
+        self._ready = False
+        self._accepting = False
+        for server in [*self._data_listeners.values(), *self._sys_listeners]:
+            server.close()
+        deadline = self.config.shutdown_timeout_s
+        await self.data_manager.shutdown(deadline_s=deadline)
+        if self._assembling:
+            log.info("waiting for assemblies count=%d", len(self._assembling))
+            await asyncio.wait(list(self._assembling.values()), timeout=deadline)
+        await self.sys_manager.shutdown(deadline_s=1.0)
+        await self.supervisor.stop()
+        self.pool.close()
+        self._data_listeners.clear()
+        self._sys_listeners.clear()
+        log.info("ingest stopped chunks=%d published=%d", self.chunks_total, self.published_total)
+
+    # -- data ports --------------------------------------------------------------------
+
+    async def _open_data_port(self, index: int) -> None:
+        config = self.config
+        port = config.data_base + index if config.data_base else 0
+        self.data_connections.setdefault(index, set())
+        server = await listen(
+            lambda: DataConnection(self, index), host=config.host, port=port, name=f"data{index}"
+        )
+        self._data_listeners[index] = server
+        self.addresses[f"data{index}"] = bound_address(server)
+
+    async def set_x(self, x: int) -> None:
+        """Scale the data ports: bind new ones, or drain and close the highest.
+
+        Closing a port stops its acceptor; its connections finish the chunks in flight,
+        then close. Raises ConfigError for an x outside 1..MAX_DATA_PORTS.
+        """
+        new = dataclasses.replace(self.config, x=x)
+        async with self._scale_lock:
+            before = len(self._data_listeners)
+            for index in range(before, x):
+                await self._open_data_port(index)
+            for index in range(before - 1, x - 1, -1):
+                server = self._data_listeners.pop(index)
+                server.close()
+                self.addresses.pop(f"data{index}", None)
+                for conn in list(self.data_connections.get(index, ())):
+                    conn.shutdown_requested()
+            self.config = new
+        self.events.emit("listener_scaled", x_before=before, x=x, data_ports=self.data_ports())
+        log.info("data ports scaled x_before=%d x=%d", before, x)
+
+    def set_ttl(self, ttl_s: float) -> None:
+        """Use `ttl_s` from the next cleanup pass on; raises ConfigError when out of range."""
+        self.config = dataclasses.replace(self.config, ttl_s=ttl_s)
+        self.events.emit("ttl_changed", ttl_s=ttl_s)
+
+    def data_ports(self) -> list[int]:
+        """The data ports listening now, in order."""
+        return [self.addresses[f"data{i}"][1] for i in sorted(self._data_listeners)]
+
+    # -- chunks ------------------------------------------------------------------------
+
+    async def accept_chunk(self, chunk: Chunk) -> Ack:
+        """Persist one chunk durably, then acknowledge it; start assembly when complete.
+
+        Raises IngestError subclasses (conflict, storage, shutting down...).
+        """
+        if not self._accepting:
+            raise ShuttingDownError("server is shutting down, chunk not stored")
+        file_id = chunk.file_id
+        if self.store.published(file_id) is not None:
+            return Ack(
+                file_id=file_id,
+                index=chunk.index,
+                committed=chunk.total,
+                total=chunk.total,
+                published=True,
+            )
+        now = time.time()
+        result = await self._blocking(
+            lambda: self.store.store_chunk(
+                file_id=file_id,
+                index=chunk.index,
+                total=chunk.total,
+                size=chunk.size,
+                name=chunk.name,
+                sha256=chunk.sha256,
+                data=chunk.data,
+                now=now,
+            )
+        )
+        self._failed.pop(file_id, None)
+        if result.duplicate:
+            self.duplicates_total += 1
+        else:
+            self.chunks_total += 1
+            self.bytes_in += len(chunk.data)
+            self.events.emit(
+                "chunk_stored",
+                file_id=file_id_hex(file_id),
+                index=chunk.index,
+                committed=result.committed,
+                total=result.total,
+                bytes=len(chunk.data),
+            )
+        self.acks.publish(
+            file_id,
+            ChunkStored(
+                file_id=file_id, index=chunk.index, committed=result.committed, total=result.total
+            ),
+        )
+        if result.complete:
+            self.events.emit("payload_complete", file_id=file_id_hex(file_id), name=chunk.name)
+            self._start_assembly(file_id)
+        return Ack(
+            file_id=file_id,
+            index=chunk.index,
+            committed=result.committed,
+            total=result.total,
+            duplicate=result.duplicate,
+            complete=result.complete,
+        )
+
+    def query(self, file_id: FileId) -> Status:
+        """What the server knows of an upload: state, progress and missing ranges."""
+        done = self.store.published(file_id)
+        if done is not None:
+            return Status(
+                file_id=file_id,
+                state=UploadState.PUBLISHED,
+                total=0,
+                committed=0,
+                size=done.size,
+                name=done.name,
+                missing=(),
+            )
+        info = self.store.info(file_id)
+        if info is None:
+            state = UploadState.FAILED if file_id in self._failed else UploadState.UNKNOWN
+            return Status(
+                file_id=file_id, state=state, total=0, committed=0, size=0, name="", missing=()
+            )
+        state = UploadState.ASSEMBLING if file_id in self._assembling else UploadState.UPLOADING
+        return Status(
+            file_id=file_id,
+            state=state,
+            total=info.total,
+            committed=len(info.committed),
+            size=info.size,
+            name=info.name,
+            missing=_missing(info),
+        )
+
+    def published_message(self, file_id: FileId) -> Published | Failed | None:
+        """The final event of an upload that already ended, for late subscribers."""
+        done = self.store.published(file_id)
+        if done is not None:
+            return _published(done)
+        return self._failed.get(file_id)
+
+    # -- assembly ----------------------------------------------------------------------
+
+    def _start_assembly(self, file_id: FileId) -> None:
+        if file_id in self._assembling:
+            return
+        task = asyncio.ensure_future(self._assemble(file_id))
+        self._assembling[file_id] = task
+        task.add_done_callback(lambda _: self._assembling.pop(file_id, None))
+
+    async def _assemble(self, file_id: FileId) -> None:
+        hex_id = file_id_hex(file_id)
+        info = self.store.info(file_id)
+        if info is None:
+            return
+        config = self.config
+        began = time.monotonic()
+        try:
+            patches = self.store.patch_paths(file_id)
+            done = await self._blocking(
+                lambda: assemble(
+                    info=info,
+                    patches=patches,
+                    files_dir=config.files_path,
+                    max_output_bytes=config.max_output_bytes,
+                    max_window_log=config.max_window_log,
+                    via_part=config.assemble_via_part,
+                    fsync=config.fsync,
+                )
+            )
+            await self._blocking(lambda: self.store.mark_published(done))
+        except IngestError as exc:
+            self.assembly_failures += 1
+            failed = Failed(file_id=file_id, code=exc.code, message=str(exc))
+            self._failed[file_id] = failed
+            log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, info.name, str(exc))
+            if isinstance(exc, AssemblyError):
+                # The bytes will never decompress: drop them so the upload can start over.
+                await self._blocking(lambda: self.store.remove(file_id))
+            self.events.emit(
+                "assembly_failed",
+                file_id=hex_id,
+                name=info.name,
+                code=exc.code.name,
+                error=str(exc),
+            )
+            self.acks.publish(file_id, failed)
+            return
+        except Exception:
+            self.assembly_failures += 1
+            log.exception("assembly crashed file_id=%s", hex_id)
+            return
+        self.published_total += 1
+        seconds = time.monotonic() - began
+        log.info(
+            "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
+            hex_id,
+            done.name,
+            done.size,
+            seconds,
+            done.replaced,
+        )
+        self.events.emit(
+            "published",
+            file_id=hex_id,
+            name=done.name,
+            size=done.size,
+            sha256=done.sha256.hex(),
+            replaced=done.replaced,
+            seconds=round(seconds, 6),
+        )
+        self.acks.publish(file_id, _published(done))
+
+    # -- control -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """The STATUS reply and /info: listeners, uploads in progress, totals."""
+        return {
+            "x": len(self._data_listeners),
+            "ttl_s": self.config.ttl_s,
+            "data_ports": self.data_ports(),
+            "sys_ports": {k: v[1] for k, v in self.addresses.items() if not k.startswith("data")},
+            "uploads_in_progress": len(self.store.payloads()),
+            "assembling": len(self._assembling),
+            "uploads_total": len(self.store.payloads()) + self.published_total,
+            "chunks_total": self.chunks_total,
+            "published_total": self.published_total,
+            "bytes_in": self.bytes_in,
+            "connections": self.data_manager.active,
+        }
+
+    def uploads(self) -> list[PayloadInfo]:
+        """Uploads not yet published."""
+        return self.store.payloads()
+
+    def missing(self, file_id: bytes) -> tuple[tuple[int, int], ...]:
+        """Missing index ranges of an upload; raises UnknownFileError."""
+        info = self.store.info(FileId(file_id))
+        if info is None:
+            raise UnknownFileError(f"unknown upload {file_id.hex()}")
+        return _missing(info)
+
+    async def abort(self, file_id: bytes) -> bool:
+        """Drop an upload's chunks; False when there is no such upload."""
+        fid = FileId(file_id)
+        if self.store.info(fid) is None:
+            return False
+        removed = await self._blocking(lambda: self.store.remove(fid))
+        if removed:
+            failed = Failed(file_id=fid, code=ErrorCode.ABORTED, message="upload aborted")
+            self._failed[fid] = failed
+            self.acks.publish(fid, failed)
+            self.events.emit("upload_aborted", file_id=file_id_hex(fid))
+        return removed
+
+    async def cleanup_now(self) -> CleanupReport:
+        """Run one TTL cleanup pass now and report what it removed."""
+        config = self.config
+        report = await self._blocking(
+            lambda: cleanup_pass(
+                store=self.store,
+                files_dir=config.files_path,
+                ttl_s=config.ttl_s,
+                now=time.time(),
+                busy=set(self._assembling),
+            )
+        )
+        self.cleanup_removed += report.total
+        if report.total or report.errors:
+            self.events.emit(
+                "cleanup",
+                expired_uploads=list(report.expired_uploads),
+                expired_files=list(report.expired_files),
+                expired_records=report.expired_records,
+                stray_files=list(report.stray_files),
+                errors=list(report.errors),
+            )
+            log.info("cleanup removed=%d errors=%d", report.total, len(report.errors))
+        return report
+
+    async def _cleanup_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cleanup_interval_s)
+            await self.cleanup_now()
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def _health_routes(self) -> dict[str, Route]:
+        routes = health_routes(lambda: self._ready)
+
+        def info() -> Response:
+            return Response(
+                status=200,
+                body=json.dumps(self.status()).encode() + b"\n",
+                content_type="application/json",
+            )
+
+        routes["/info"] = info
+        return routes
+
+    def _telemetry_routes(self) -> dict[str, Route]:
+        return {
+            "/metrics": metrics_route(self.registry),
+            "/events": lambda: Stream(
+                chunks=self.events.stream(), content_type="application/x-ndjson"
+            ),
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics."""
+        return {
+            **self.data_manager.stats(),
+            "chunks": self.chunks_total,
+            "duplicates": self.duplicates_total,
+            "chunk_bytes": self.bytes_in,
+            "published": self.published_total,
+            "assembly_failures": self.assembly_failures,
+            "protocol_errors": self.protocol_errors,
+            "cleanup_removed": self.cleanup_removed,
+            "uploads_in_progress": len(self.store.payloads()),
+            "assembling": len(self._assembling),
+            "data_ports": len(self._data_listeners),
+            "ack_subscriptions": self.acks.subscriptions,
+            "event_streams": self.events.streams,
+            "events": self.events.emitted,
+        }
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _blocking(self, fn: Callable[[], T]) -> T:
+        return await self.pool.submit(fn)
+
+
+def _missing(info: PayloadInfo) -> tuple[tuple[int, int], ...]:
+    return ranges(i for i in range(info.total) if i not in info.committed)
+
+
+def _published(done: PublishedInfo) -> Published:
+    return Published(
+        file_id=FileId(done.file_id),
+        name=done.name,
+        size=done.size,
+        sha256=done.sha256,
+        replaced=done.replaced,
+    )
+
+
+__all__ = ["MAX_DATA_PORTS", "IngestConfig", "IngestServer", "ShuttingDownError"]

@@ -1,0 +1,947 @@
+"""Unit tests of the ingest client: file ids, names, compression, chunk planning, the /info
+parser, and the send pipeline against an in-memory fake server (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from postoffice.core.errors import BrokenError, ConfigError, StorageError
+from postoffice.ingest import client as client_module
+from postoffice.ingest.client import (
+    FILE_ID_DOMAIN,
+    MAX_INFO_BYTES,
+    PIPELINE_DEPTH,
+    IngestClient,
+    PreparedFile,
+    chunk_count,
+    derive_file_id,
+    error_for,
+    is_zstd,
+    parse_info_response,
+    plan_chunks,
+    prepare,
+    send_files,
+    upload_name,
+    work_root,
+)
+from postoffice.ingest.errors import (
+    AssemblyError,
+    BadNameError,
+    ChecksumError,
+    ConflictError,
+    ErrorCode,
+    IngestError,
+    IngestLimitError,
+    IngestProtocolError,
+    IngestStorageError,
+    OutOfRangeError,
+    UnknownFileError,
+)
+from postoffice.ingest.protocol import (
+    MAX_CHUNKS,
+    Ack,
+    Chunk,
+    ErrorReply,
+    Failed,
+    FileId,
+    Message,
+    MessageDecoder,
+    NeedData,
+    Ping,
+    Pong,
+    Published,
+    Query,
+    Status,
+    Subscribe,
+    Subscribed,
+    UploadState,
+    encode,
+    missing_ranges,
+)
+
+SEED = 20240611
+SHA = hashlib.sha256(b"content").digest()
+FID = FileId(bytes(range(16)))
+
+
+def random_bytes(size: int, seed: int = SEED) -> bytes:
+    """Incompressible bytes, so a small chunk size gives many chunks."""
+    return random.Random(seed).randbytes(size)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# --- file id ------------------------------------------------------------------------------
+
+
+class TestFileId:
+    def test_is_the_documented_derivation(self) -> None:
+        material = FILE_ID_DOMAIN + b"a.log\0" + SHA + (4 << 20).to_bytes(8, "big")
+        assert derive_file_id("a.log", SHA, 4 << 20) == hashlib.sha256(material).digest()[:16]
+
+    def test_is_pinned_across_versions(self) -> None:
+        """Resume after a client upgrade depends on this value never changing."""
+        assert derive_file_id("a.log", SHA, 4 << 20).hex() == GOLDEN_FILE_ID
+
+    def test_is_deterministic(self) -> None:
+        assert derive_file_id("a.log", SHA, 1024) == derive_file_id("a.log", SHA, 1024)
+
+    @pytest.mark.parametrize(
+        ("name", "sha", "chunk_size"),
+        [
+            ("b.log", SHA, 1024),
+            ("a.log", hashlib.sha256(b"other").digest(), 1024),
+            ("a.log", SHA, 2048),
+        ],
+    )
+    def test_changes_with_name_content_and_chunk_size(
+        self, name: str, sha: bytes, chunk_size: int
+    ) -> None:
+        assert derive_file_id(name, sha, chunk_size) != derive_file_id("a.log", SHA, 1024)
+
+    def test_same_content_gets_same_id_from_plain_and_zst(self, tmp_path: Path) -> None:
+        data = b"hello " * 1000
+        plain = prepare(write(tmp_path / "a.txt", data), chunk_size=1024, work_dir=tmp_path)
+        zst = write(tmp_path / "a.txt.zst", zstandard.ZstdCompressor(level=19).compress(data))
+        packed = prepare(zst, chunk_size=1024, work_dir=tmp_path)
+        assert packed.file_id == plain.file_id
+        assert (packed.size, packed.sha256) == (plain.size, plain.sha256)
+
+
+GOLDEN_FILE_ID = (
+    hashlib.sha256(b"postoffice-ingest-v1\0a.log\0" + SHA + bytes([0, 0, 0, 0, 0, 0x40, 0, 0]))
+    .digest()[:16]
+    .hex()
+)
+
+
+# --- names --------------------------------------------------------------------------------
+
+
+class TestNames:
+    def test_plain_file_keeps_its_name(self, tmp_path: Path) -> None:
+        path = write(tmp_path / "report.csv", b"a,b\n")
+        assert not is_zstd(path)
+        assert prepare(path, chunk_size=1024, work_dir=tmp_path).name == "report.csv"
+
+    def test_zstd_file_loses_its_suffix(self, tmp_path: Path) -> None:
+        path = write(tmp_path / "report.csv.zst", zstandard.compress(b"a,b\n"))
+        assert is_zstd(path)
+        prepared = prepare(path, chunk_size=1024, work_dir=tmp_path)
+        assert prepared.name == "report.csv"
+        assert not prepared.owned
+        assert prepared.payload == path
+
+    def test_zstd_is_detected_by_magic_not_suffix(self, tmp_path: Path) -> None:
+        path = write(tmp_path / "data.bin", zstandard.compress(b"payload"))
+        prepared = prepare(path, chunk_size=1024, work_dir=tmp_path)
+        assert (prepared.name, prepared.payload, prepared.size) == ("data.bin", path, 7)
+
+    def test_fake_zst_suffix_is_compressed_and_keeps_its_name(self, tmp_path: Path) -> None:
+        path = write(tmp_path / "notes.zst", b"not zstandard at all")
+        prepared = prepare(path, chunk_size=1024, work_dir=tmp_path)
+        assert prepared.name == "notes.zst"
+        assert prepared.owned
+        assert prepared.payload != path
+
+    @pytest.mark.parametrize(
+        ("filename", "zstd", "message"),
+        [
+            (".hidden", False, r"^name '\.hidden' starts with '\.'$"),
+            (" lead", False, r"^name ' lead' has leading or trailing whitespace$"),
+            ("tab\there", False, r"^name 'tab\\there' contains control character 0x09$"),
+            ("back\\slash", False, r"contains path separator"),
+            (".zst", True, r"^name is empty$"),
+            ("...zst", True, r"^name '\.\.' is reserved$"),
+            ("x" * 256, False, r"^name of 256 bytes exceeds limit 255$"),
+        ],
+    )
+    def test_hostile_names_are_refused(self, filename: str, zstd: bool, message: str) -> None:
+        with pytest.raises(BadNameError, match=message):
+            upload_name(Path("/tmp") / filename, zstd=zstd)
+
+    @pytest.mark.parametrize("name", ["../etc/passwd", "a/b", "..", "", "nul\0"])
+    def test_hostile_name_override_is_refused_before_any_work(
+        self, tmp_path: Path, name: str
+    ) -> None:
+        path = write(tmp_path / "ok.txt", b"x")
+        with pytest.raises(BadNameError):
+            prepare(path, chunk_size=1024, work_dir=tmp_path, name=name)
+        assert not work_root(tmp_path).exists()
+
+
+# --- compression to the work dir ------------------------------------------------------------
+
+
+class TestPrepare:
+    def test_compresses_into_the_work_dir_with_a_sidecar(self, tmp_path: Path) -> None:
+        data = b"line of a log file\n" * 5000
+        prepared = prepare(write(tmp_path / "app.log", data), chunk_size=4096, work_dir=tmp_path)
+        hex_id = prepared.file_id.hex()
+        assert prepared.payload == tmp_path / "postoffice-ingest" / f"{hex_id}.zst"
+        assert prepared.owned
+        assert not prepared.reused
+        payload = prepared.payload.read_bytes()
+        assert len(payload) == prepared.payload_size < len(data)
+        assert zstandard.ZstdDecompressor().decompress(payload) == data
+        params = zstandard.get_frame_parameters(payload)
+        assert params.content_size == len(data)
+        assert params.has_checksum
+        assert (prepared.size, prepared.sha256) == (len(data), hashlib.sha256(data).digest())
+        sidecar = json.loads((prepared.payload.with_suffix(".json")).read_text())
+        assert sidecar["size"] == prepared.payload_size
+        assert sidecar["sha256_original"] == hashlib.sha256(data).hexdigest()
+        assert sorted(p.name for p in prepared.payload.parent.iterdir()) == [
+            f"{hex_id}.json",
+            f"{hex_id}.zst",
+        ]
+
+    def test_compression_is_deterministic(self, tmp_path: Path) -> None:
+        data = random_bytes(300_000) + b"repetitive " * 50_000
+        src = write(tmp_path / "mixed.bin", data)
+        first = prepare(src, chunk_size=65536, work_dir=tmp_path / "one")
+        second = prepare(src, chunk_size=65536, work_dir=tmp_path / "two")
+        assert first.payload != second.payload
+        assert first.payload.read_bytes() == second.payload.read_bytes()
+        assert first.file_id == second.file_id
+
+    def test_an_earlier_copy_is_reused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        src = write(tmp_path / "a.txt", b"abc" * 1000)
+        first = prepare(src, chunk_size=1024, work_dir=tmp_path)
+
+        def no_compress(*args: object, **kwargs: object) -> int:
+            raise AssertionError("compressed again")
+
+        monkeypatch.setattr(client_module, "_compress", no_compress)
+        second = prepare(src, chunk_size=1024, work_dir=tmp_path)
+        assert second.reused
+        assert second == PreparedFile(**{**_fields(first), "reused": True})
+
+    def test_a_copy_the_sidecar_does_not_vouch_for_is_redone(self, tmp_path: Path) -> None:
+        src = write(tmp_path / "a.txt", b"abc" * 1000)
+        first = prepare(src, chunk_size=1024, work_dir=tmp_path)
+        good = first.payload.read_bytes()
+        first.payload.write_bytes(good[:-3])  # a copy cut short, sidecar says otherwise
+        second = prepare(src, chunk_size=1024, work_dir=tmp_path)
+        assert not second.reused
+        assert second.payload.read_bytes() == good
+
+    def test_empty_file_is_one_non_empty_chunk(self, tmp_path: Path) -> None:
+        prepared = prepare(write(tmp_path / "empty", b""), chunk_size=1024, work_dir=tmp_path)
+        assert prepared.size == 0
+        assert prepared.sha256 == hashlib.sha256(b"").digest()
+        assert prepared.payload_size > 0
+        assert prepared.total == 1
+        assert zstandard.ZstdDecompressor().decompress(prepared.payload.read_bytes()) == b""
+
+    def test_multi_frame_zst_is_hashed_across_frames(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path / "two.zst", zstandard.compress(b"first ") + zstandard.compress(b"second")
+        )
+        prepared = prepare(path, chunk_size=1024, work_dir=tmp_path)
+        assert prepared.size == len(b"first second")
+        assert prepared.sha256 == hashlib.sha256(b"first second").digest()
+
+    def test_corrupt_zst_is_refused(self, tmp_path: Path) -> None:
+        path = write(tmp_path / "bad.zst", b"\x28\xb5\x2f\xfd" + b"\xff" * 64)
+        with pytest.raises(AssemblyError, match=r"bad\.zst is not valid zstandard"):
+            prepare(path, chunk_size=1024, work_dir=tmp_path)
+
+    def test_unreadable_file_is_a_storage_error(self, tmp_path: Path) -> None:
+        with pytest.raises(StorageError, match=r"^cannot prepare .*missing\.txt"):
+            prepare(tmp_path / "missing.txt", chunk_size=1024, work_dir=tmp_path)
+
+
+def _fields(prepared: PreparedFile) -> dict[str, Any]:
+    return {name: getattr(prepared, name) for name in PreparedFile.__dataclass_fields__}
+
+
+# --- chunk planning ------------------------------------------------------------------------
+
+
+def status(
+    state: UploadState,
+    *,
+    total: int = 10,
+    size: int = 10_000,
+    missing: tuple[tuple[int, int], ...] = (),
+) -> Status:
+    return Status(
+        file_id=FID, state=state, total=total, committed=0, size=size, name="a", missing=missing
+    )
+
+
+class TestPlanning:
+    @pytest.mark.parametrize(
+        ("size", "chunk_size", "total", "last"),
+        [(0, 4, 1, 0), (1, 4, 1, 1), (4, 4, 1, 4), (5, 4, 2, 1), (8, 4, 2, 4), (9, 4, 3, 1)],
+    )
+    def test_chunk_count_and_lengths(
+        self, size: int, chunk_size: int, total: int, last: int
+    ) -> None:
+        assert chunk_count(size, chunk_size) == total
+        prepared = PreparedFile(
+            path=Path("p"),
+            name="p",
+            file_id=FID,
+            size=0,
+            sha256=SHA,
+            payload=Path("p"),
+            payload_size=size,
+            chunk_size=chunk_size,
+            owned=False,
+        )
+        lengths = [prepared.chunk_length(i) for i in range(total)]
+        assert lengths[-1] == last
+        assert sum(lengths) == size
+
+    def test_too_many_chunks_is_refused(self) -> None:
+        with pytest.raises(IngestLimitError, match=rf"needs {MAX_CHUNKS + 1} chunks"):
+            chunk_count(MAX_CHUNKS + 1, 1)
+
+    @pytest.mark.parametrize("state", [UploadState.UNKNOWN, UploadState.FAILED])
+    def test_unknown_or_failed_sends_everything(self, state: UploadState) -> None:
+        assert plan_chunks(status(state, total=0, size=0), total=4, size=99) == (0, 1, 2, 3)
+
+    @pytest.mark.parametrize("state", [UploadState.ASSEMBLING, UploadState.PUBLISHED])
+    def test_assembling_or_published_sends_nothing(self, state: UploadState) -> None:
+        assert plan_chunks(status(state, total=0, size=0), total=4, size=99) == ()
+
+    def test_uploading_sends_the_missing_ranges(self) -> None:
+        st = status(UploadState.UPLOADING, missing=((0, 0), (3, 5), (9, 9)))
+        assert plan_chunks(st, total=10, size=10_000) == (0, 3, 4, 5, 9)
+
+    def test_complete_but_unassembled_upload_gets_a_nudge(self) -> None:
+        st = status(UploadState.UPLOADING, missing=())
+        assert plan_chunks(st, total=10, size=10_000) == (9,)
+
+    @pytest.mark.parametrize(("total", "size"), [(11, 10_000), (10, 10_001)])
+    def test_another_payload_under_our_id_is_a_conflict(self, total: int, size: int) -> None:
+        st = status(UploadState.UPLOADING, missing=((0, 9),))
+        with pytest.raises(ConflictError, match=r"as 10 chunks of 10000 bytes in all, ours is"):
+            plan_chunks(st, total=total, size=size)
+
+    @pytest.mark.parametrize("missing", [((5, 10),), ((3, 2),)])
+    def test_ranges_outside_the_upload_are_refused(
+        self, missing: tuple[tuple[int, int], ...]
+    ) -> None:
+        with pytest.raises(IngestProtocolError, match=r"^status range .* is outside 0\.\.9$"):
+            plan_chunks(status(UploadState.UPLOADING, missing=missing), total=10, size=10_000)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (ErrorCode.BAD_FRAME, IngestProtocolError),
+        (ErrorCode.BAD_MESSAGE, IngestProtocolError),
+        (ErrorCode.CHECKSUM, ChecksumError),
+        (ErrorCode.CONFLICT, ConflictError),
+        (ErrorCode.BAD_NAME, BadNameError),
+        (ErrorCode.TOO_LARGE, IngestLimitError),
+        (ErrorCode.OUT_OF_RANGE, OutOfRangeError),
+        (ErrorCode.STORAGE, IngestStorageError),
+        (ErrorCode.SHUTTING_DOWN, IngestError),
+        (ErrorCode.UNKNOWN_FILE, UnknownFileError),
+        (ErrorCode.ASSEMBLY, AssemblyError),
+        (ErrorCode.ABORTED, IngestError),
+    ],
+)
+def test_error_code_maps_to_its_exception(code: ErrorCode, cls: type[IngestError]) -> None:
+    error = error_for(code, "the server's words")
+    assert type(error) is cls
+    assert str(error) == "the server's words"
+
+
+def test_every_error_code_is_mapped() -> None:
+    assert set(client_module._ERRORS) == set(ErrorCode)
+
+
+# --- /info ------------------------------------------------------------------------------------
+
+
+def http(body: bytes, *, status: str = "200 OK", headers: str | None = None) -> bytes:
+    if headers is None:
+        headers = f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return f"HTTP/1.1 {status}\r\n{headers}\r\n".encode() + body
+
+
+INFO = json.dumps({"x": 2, "ttl_s": 86400, "data_ports": [7100, 7101]}).encode()
+
+
+class TestInfoResponse:
+    def test_good_response(self) -> None:
+        assert parse_info_response(http(INFO)) == (7100, 7101)
+
+    def test_body_ends_at_content_length(self) -> None:
+        assert parse_info_response(http(INFO) + b"trailing junk") == (7100, 7101)
+
+    def test_close_delimited_body(self) -> None:
+        assert parse_info_response(http(INFO, headers="")) == (7100, 7101)
+
+    def test_oversize_response_is_refused(self) -> None:
+        big = http(json.dumps({"data_ports": [7100], "pad": "x" * MAX_INFO_BYTES}).encode())
+        with pytest.raises(IngestLimitError, match=rf"exceeds limit {MAX_INFO_BYTES}$"):
+            parse_info_response(big)
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            (
+                http(b"not ready\n", status="503 Service Unavailable"),
+                r"^/info answered status 503, expected 200$",
+            ),
+            (http(b"", status="404 Not Found"), r"^/info answered status 404, expected 200$"),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", r"expected an HTTP/1\.x status line$"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", r"ends before its blank line$"),
+            (http(b"{", headers="content-length: 1\r\n"), r"^/info body is not json"),
+            (http(b"{}", headers="content-length: 9\r\n"), r"^/info body of 2 bytes, expected 9$"),
+            (http(b"{}", headers="content-length: -1\r\n"), r"is not a number$"),
+            (http(b"{}", headers="transfer-encoding: chunked\r\n"), r"transfer-encoding"),
+            (http(b"{}"), r"^/info data_ports is None"),
+            (http(b"[7100]"), r"^/info data_ports is None"),
+            (http(b'{"data_ports": []}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": [0]}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": [70000]}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": ["7100"]}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": [true]}'), r"expected a list of ports$"),
+        ],
+    )
+    def test_bad_responses_are_refused(self, data: bytes, message: str) -> None:
+        with pytest.raises(IngestProtocolError, match=message):
+            parse_info_response(data)
+
+
+# --- client arguments and chunk frames ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"chunk_size": 0}, r"'chunk_size' must be between 1 and 8388608, got 0"),
+        ({"chunk_size": 8 * 1024 * 1024 + 1}, r"'chunk_size' must be between"),
+        ({"parallel": 0}, r"'parallel' must be between 1 and 256, got 0"),
+        ({"timeout_s": 0}, r"'timeout_s' must be at least"),
+        ({"sys_base": 65533}, r"'sys_base' must be between 0 and 65535, got 65536"),
+        ({"ports": 0}, r"'ports' must be between"),
+        ({"ports": 2, "data_base": 65535}, r"'data_base' must be between 0 and 65535, got 65536"),
+    ],
+)
+def test_bad_client_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        IngestClient(**kwargs)
+
+
+def test_chunk_frames_decode_to_the_file_slices(tmp_path: Path) -> None:
+    data = random_bytes(10_000)
+    prepared = prepare(write(tmp_path / "r.bin", data), chunk_size=4096, work_dir=tmp_path)
+    payload = prepared.payload.read_bytes()
+    decoder = MessageDecoder()
+    fd = client_module._open_payload(prepared.payload)
+    try:
+        for index in range(prepared.total):
+            decoder.feed(client_module._chunk_frame(prepared, fd, index, index + 1))
+    finally:
+        os.close(fd)
+    chunks = []
+    while not isinstance(event := decoder.next_event(), NeedData):
+        request_id, message = event
+        assert isinstance(message, Chunk)
+        assert request_id == message.index + 1
+        chunks.append(message)
+    assert b"".join(c.data for c in chunks) == payload
+    assert {(c.total, c.size, c.name, c.file_id) for c in chunks} == {
+        (prepared.total, len(payload), "r.bin", prepared.file_id)
+    }
+
+
+# --- the send pipeline against an in-memory server ------------------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    """Hands what the client writes to the fake server, synchronously."""
+
+    def __init__(self, conn: FakeConn, protocol: asyncio.StreamReaderProtocol) -> None:
+        super().__init__()
+        self.conn = conn
+        self.protocol = protocol
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closed:
+            self.conn.received(bytes(data))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class FakeConn:
+    """One client connection as the fake server sees it."""
+
+    def __init__(self, server: FakeServer, port: int, reader: asyncio.StreamReader) -> None:
+        self.server = server
+        self.port = port
+        self.reader = reader
+        self.decoder = MessageDecoder()
+        self.http = bytearray()
+        self.closed = False
+        self.held: list[tuple[Message, int]] = []
+        self.flush_timer: asyncio.TimerHandle | None = None
+
+    def reply(self, message: Message, request_id: int) -> None:
+        if not self.closed:
+            self.reader.feed_data(encode(message, request_id))
+
+    def hold(self, message: Message, request_id: int) -> None:
+        """Answer chunks only once PIPELINE_DEPTH wait (or, for the tail, a moment later)."""
+        self.held.append((message, request_id))
+        self.server.max_in_flight = max(self.server.max_in_flight, len(self.held))
+        if len(self.held) >= PIPELINE_DEPTH:
+            self.flush()
+        elif self.flush_timer is None:
+            self.flush_timer = asyncio.get_running_loop().call_later(0.05, self.flush)
+
+    def flush(self) -> None:
+        if self.flush_timer is not None:
+            self.flush_timer.cancel()
+            self.flush_timer = None
+        held, self.held = self.held, []
+        for message, request_id in held:
+            self.reply(message, request_id)
+
+    def hang_up(self) -> None:
+        """The server closes the connection."""
+        if not self.closed:
+            self.closed = True
+            self.reader.feed_eof()
+
+    def received(self, data: bytes) -> None:
+        if self.port == self.server.sys_base:
+            self.http += data
+            if b"\r\n\r\n" in self.http:
+                self.reader.feed_data(self.server.info_response)
+                self.hang_up()
+            return
+        self.decoder.feed(data)
+        while not isinstance(event := self.decoder.next_event(), NeedData):
+            self.server.handle(self, *event)
+
+
+class FakeServer:
+    """Just enough of the ingest server: chunks, QUERY, SUBSCRIBE, PUBLISHED and FAILED."""
+
+    def __init__(self, *, data_ports: tuple[int, ...] = (7100, 7101), sys_base: int = 7000) -> None:
+        self.sys_base = sys_base
+        self.data_ports = data_ports
+        self.info_response = http(json.dumps({"data_ports": list(data_ports)}).encode())
+        self.chunks: dict[bytes, dict[int, bytes]] = {}
+        self.meta: dict[bytes, tuple[int, int, str]] = {}
+        self.published: dict[bytes, Published] = {}
+        self.failed: dict[bytes, Failed] = {}
+        self.subscribers: dict[bytes, list[FakeConn]] = {}
+        self.received: list[tuple[int, int]] = []  # (port, index) of every CHUNK
+        self.connects: list[int] = []
+        self.inject: dict[int, list[ErrorCode]] = {}  # index -> error codes to answer first
+        self.inject_request_id_zero = False  # as the real server answers decode errors
+        self.hang_up_at: set[int] = set()  # close the connection when these chunks arrive
+        self.wrong_sha = False
+        self.fail_assembly: str | None = None
+        self.hang_up_acks_at_publish = False
+        self.hold_replies = False
+        self.assemble_delay_s = 0.0  # lets a client reach its wait before the publish
+        self.max_in_flight = 0
+        self.tasks: list[asyncio.TimerHandle] = []
+
+    async def connect(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if port not in (*self.data_ports, self.sys_base, self.sys_base + 3):
+            raise ConnectionRefusedError(111, "Connection refused")
+        self.connects.append(port)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport = FakeTransport(FakeConn(self, port, reader), protocol)
+        protocol.connection_made(transport)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    def handle(self, conn: FakeConn, request_id: int, message: Message) -> None:
+        match message:
+            case Chunk():
+                self.chunk(conn, request_id, message)
+            case Query(file_id=fid):
+                conn.reply(self.status(fid), request_id)
+            case Subscribe(file_ids=ids):
+                conn.reply(Subscribed(file_ids=ids), request_id)
+                for fid in ids:
+                    self.subscribers.setdefault(fid, []).append(conn)
+                    done = self.published.get(fid) or self.failed.get(fid)
+                    if done is not None:
+                        conn.reply(done, 0)
+            case Ping():
+                conn.reply(Pong(), request_id)
+            case _:
+                raise AssertionError(f"unexpected {message!r}")
+
+    def status(self, fid: FileId) -> Status:
+        if fid in self.published:
+            return Status(
+                file_id=fid,
+                state=UploadState.PUBLISHED,
+                total=0,
+                committed=0,
+                size=0,
+                name="",
+                missing=(),
+            )
+        if fid not in self.meta:
+            state = UploadState.FAILED if fid in self.failed else UploadState.UNKNOWN
+            return Status(
+                file_id=fid, state=state, total=0, committed=0, size=0, name="", missing=()
+            )
+        total, size, name = self.meta[fid]
+        have = self.chunks[fid]
+        missing = missing_ranges(have, total)
+        return Status(
+            file_id=fid,
+            state=UploadState.UPLOADING,
+            total=total,
+            committed=len(have),
+            size=size,
+            name=name,
+            missing=missing,
+        )
+
+    def chunk(self, conn: FakeConn, request_id: int, chunk: Chunk) -> None:
+        self.received.append((conn.port, chunk.index))
+        if chunk.index in self.hang_up_at:
+            self.hang_up_at.discard(chunk.index)
+            conn.hang_up()
+            return
+        codes = self.inject.get(chunk.index)
+        if codes:
+            code = codes.pop(0)
+            rid = 0 if self.inject_request_id_zero else request_id
+            conn.reply(ErrorReply(code=code, message=f"injected {code.name.lower()}"), rid)
+            return
+        fid = chunk.file_id
+        if fid in self.published:
+            conn.reply(
+                Ack(
+                    file_id=fid,
+                    index=chunk.index,
+                    committed=chunk.total,
+                    total=chunk.total,
+                    published=True,
+                ),
+                request_id,
+            )
+            return
+        meta = self.meta.setdefault(fid, (chunk.total, chunk.size, chunk.name))
+        if meta != (chunk.total, chunk.size, chunk.name):
+            conn.reply(ErrorReply(code=ErrorCode.CONFLICT, message="total changed"), request_id)
+            return
+        have = self.chunks.setdefault(fid, {})
+        duplicate = chunk.index in have
+        have[chunk.index] = chunk.data
+        self.failed.pop(fid, None)
+        complete = len(have) == chunk.total
+        (conn.hold if self.hold_replies else conn.reply)(
+            Ack(
+                file_id=fid,
+                index=chunk.index,
+                committed=len(have),
+                total=chunk.total,
+                duplicate=duplicate,
+                complete=complete,
+            ),
+            request_id,
+        )
+        if complete:
+            loop = asyncio.get_running_loop()
+            self.tasks.append(loop.call_later(self.assemble_delay_s, self.assemble, fid))
+
+    def assemble(self, fid: FileId) -> None:
+        total, _, name = self.meta.pop(fid)
+        have = self.chunks.pop(fid)
+        payload = b"".join(have[i] for i in range(total))
+        final: Published | Failed
+        if self.fail_assembly is not None:
+            final = Failed(file_id=fid, code=ErrorCode.ASSEMBLY, message=self.fail_assembly)
+            self.failed[fid] = final
+        else:
+            reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=True)
+            output = reader.read()
+            digest = hashlib.sha256(output + (b"!" if self.wrong_sha else b"")).digest()
+            final = Published(file_id=fid, name=name, size=len(output), sha256=digest)
+            self.published[fid] = final
+            self.output = output
+        if self.hang_up_acks_at_publish:  # the event is lost; a resubscribe replays it
+            for conn in self.subscribers.pop(fid, []):
+                conn.hang_up()
+        for conn in self.subscribers.get(fid, []):
+            conn.reply(final, 0)
+
+
+@pytest.fixture
+def server() -> FakeServer:
+    return FakeServer()
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries happen at once: tests never sleep."""
+    monkeypatch.setattr(client_module, "RETRY_BACKOFF_S", (0.0, 0.0, 0.0))
+
+
+def make_client(server: FakeServer, tmp_path: Path, **kwargs: Any) -> IngestClient:
+    options: dict[str, Any] = {
+        "ports": len(server.data_ports),
+        "data_base": server.data_ports[0],
+        "chunk_size": 1024,
+        "parallel": 2,
+        "timeout_s": 5.0,
+        "work_dir": tmp_path / "work",
+        "connect": server.connect,
+    }
+    options.update(kwargs)
+    return IngestClient("127.0.0.1", server.sys_base, **options)
+
+
+class TestSend:
+    async def test_upload_is_published_and_verified(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        data = random_bytes(20_000)
+        src = write(tmp_path / "r.bin", data)
+        seen: list[tuple[int, int]] = []
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(src, progress=lambda d, t: seen.append((d, t)))
+        assert server.output == data
+        assert result.name == "r.bin"
+        assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).digest())
+        assert result.chunks == chunk_count(result.compressed_size, 1024) == result.sent_chunks
+        assert result.skipped_chunks == 0
+        assert not result.replaced
+        assert seen[0] == (0, result.compressed_size)
+        assert seen[-1] == (result.compressed_size, result.compressed_size)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+        assert {port for port, _ in server.received} == {7100, 7101}
+        assert list(work_root(tmp_path / "work").iterdir()) == []
+
+    async def test_ports_are_discovered_from_info(self, server: FakeServer, tmp_path: Path) -> None:
+        client = IngestClient(
+            "127.0.0.1", 7000, 0, connect=server.connect, chunk_size=1024, work_dir=tmp_path
+        )
+        async with client:
+            assert client.data_ports == (7100, 7101)
+            await client.send(write(tmp_path / "a.txt", random_bytes(5000)))
+        assert server.connects[0] == 7000
+
+    async def test_unreachable_health_port_is_a_broken_error(self, tmp_path: Path) -> None:
+        server = FakeServer(sys_base=7000)
+        client = IngestClient("127.0.0.1", 8000, 0, connect=server.connect)
+        with pytest.raises(BrokenError, match=r"^cannot read http://127\.0\.0\.1:8000/info"):
+            await client.__aenter__()
+
+    async def test_interrupted_upload_resumes_with_the_missing_chunks(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        data = random_bytes(30_000)
+        src = write(tmp_path / "big.bin", data)
+        server.inject = {5: [ErrorCode.CONFLICT]}
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(ConflictError, match=r"^chunk 5 of big\.bin \([0-9a-f]{32}\): "):
+                await client.send(src)
+        stored = set(next(iter(server.chunks.values())))
+        assert 5 not in stored
+        assert len(list(work_root(tmp_path / "work").iterdir())) == 2  # kept for the resume
+        server.received.clear()
+        async with make_client(server, tmp_path) as client:  # a restarted client
+            result = await client.send(src)
+        assert server.output == data
+        assert sorted(i for _, i in server.received) == sorted(set(range(result.chunks)) - stored)
+        assert result.skipped_chunks == len(stored)
+        assert result.sent_chunks == result.chunks - len(stored)
+
+    async def test_sending_a_published_file_again_sends_nothing(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        src = write(tmp_path / "a.txt", b"hello\n" * 1000)
+        async with make_client(server, tmp_path) as client:
+            first = await client.send(src)
+            server.received.clear()
+            again = await client.send(src)
+        assert server.received == []
+        assert (again.sent_chunks, again.skipped_chunks) == (0, first.chunks)
+        assert again.sha256 == first.sha256
+
+    @pytest.mark.parametrize("request_id_zero", [False, True])
+    async def test_retryable_errors_are_retried(
+        self, server: FakeServer, tmp_path: Path, request_id_zero: bool
+    ) -> None:
+        data = random_bytes(8000)
+        server.inject = {1: [ErrorCode.CHECKSUM, ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN]}
+        server.inject_request_id_zero = request_id_zero
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(write(tmp_path / "a.bin", data))
+        assert server.output == data
+        assert [i for _, i in server.received].count(1) == 4
+        assert result.sent_chunks >= result.chunks
+
+    async def test_retries_give_up_after_three(self, server: FakeServer, tmp_path: Path) -> None:
+        server.inject = {0: [ErrorCode.CHECKSUM] * 4}
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(ChecksumError, match=r"^chunk 0 of a\.bin .*: injected checksum$"):
+                await client.send(write(tmp_path / "a.bin", random_bytes(3000)))
+        assert [i for _, i in server.received].count(0) == 4
+
+    async def test_a_dropped_connection_is_reconnected(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        data = random_bytes(20_000)
+        server.hang_up_at = {3, 11}
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(write(tmp_path / "a.bin", data))
+        assert server.output == data
+        assert result.skipped_chunks == 0
+        assert len([p for p in server.connects if p != 7003]) > 2
+
+    async def test_a_gone_data_port_is_skipped(self, tmp_path: Path) -> None:
+        server = FakeServer(data_ports=(7100,))
+        data = random_bytes(6000)
+        client = make_client(server, tmp_path, ports=2, data_base=7100)  # 7101 is gone
+        async with client:
+            await client.send(write(tmp_path / "a.bin", data))
+        assert server.output == data
+        assert {p for p, _ in server.received} == {7100}
+
+    async def test_failed_assembly_raises(self, server: FakeServer, tmp_path: Path) -> None:
+        server.fail_assembly = "decompressed output exceeds limit 10"
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(
+                AssemblyError, match=r"^bomb not published: decompressed output exceeds limit 10$"
+            ):
+                await client.send(write(tmp_path / "bomb", b"\0" * 100_000))
+
+    async def test_published_checksum_must_be_ours(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        server.wrong_sha = True
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(
+                IngestError,
+                match=r"^published sha256 [0-9a-f]{64} \(5 bytes\) "
+                r"of a\.txt does not match ours [0-9a-f]{64} \(5 bytes\)$",
+            ):
+                await client.send(write(tmp_path / "a.txt", b"hello"))
+
+    async def test_zst_file_goes_as_it_is_and_is_kept(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        data = b"already compressed " * 500
+        packed = zstandard.ZstdCompressor(level=19).compress(data)
+        src = write(tmp_path / "doc.txt.zst", packed)
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(src)
+        assert result.name == "doc.txt"
+        assert result.compressed_size == len(packed)
+        assert server.output == data
+        assert src.read_bytes() == packed
+
+    async def test_name_override(self, server: FakeServer, tmp_path: Path) -> None:
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(write(tmp_path / "a.txt", b"x"), name="renamed.txt")
+        assert result.name == "renamed.txt"
+
+    async def test_send_files(self, server: FakeServer, tmp_path: Path) -> None:
+        paths = [write(tmp_path / f"f{i}.txt", f"file {i}\n".encode() * 300) for i in range(3)]
+        results = await send_files(
+            paths,
+            sys_base=7000,
+            data_base=7100,
+            ports=2,
+            chunk_size=1024,
+            work_dir=tmp_path / "work",
+            connect=server.connect,
+        )
+        assert [r.name for r in results] == ["f0.txt", "f1.txt", "f2.txt"]
+        assert len(server.published) == 3
+
+    async def test_an_upload_that_failed_before_is_sent_again(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        """The server replays the old FAILED to a new subscriber; that is not this attempt's."""
+        data = random_bytes(5000)
+        src = write(tmp_path / "a.bin", data)
+        server.fail_assembly = "output exceeds limit"
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(AssemblyError):
+                await client.send(src)
+            server.fail_assembly = None  # the operator raised the limit
+            server.assemble_delay_s = 0.02  # so the stale FAILED is seen while waiting
+            result = await client.send(src)
+        assert server.output == data
+        assert result.sent_chunks == result.chunks
+
+    async def test_a_complete_but_unassembled_upload_is_nudged(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        data = random_bytes(5000)
+        src = write(tmp_path / "a.bin", data)
+        prepared = prepare(src, chunk_size=1024, work_dir=tmp_path / "work")
+        payload = prepared.payload.read_bytes()
+        server.meta[prepared.file_id] = (prepared.total, len(payload), "a.bin")
+        server.chunks[prepared.file_id] = {
+            i: payload[i * 1024 : (i + 1) * 1024] for i in range(prepared.total)
+        }
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(src)
+        assert [i for _, i in server.received] == [prepared.total - 1]
+        assert server.output == data
+        assert (result.sent_chunks, result.skipped_chunks) == (1, prepared.total - 1)
+
+    async def test_publish_is_found_again_after_the_ack_port_drops(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        server.hang_up_acks_at_publish = True
+        data = random_bytes(3000)
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(write(tmp_path / "a.bin", data))
+        assert result.sha256 == hashlib.sha256(data).digest()
+        assert server.connects.count(7003) == 2
+
+    async def test_each_connection_pipelines_up_to_the_depth(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        server.hold_replies = True
+        data = random_bytes(40_000)
+        async with make_client(server, tmp_path, parallel=2) as client:
+            await client.send(write(tmp_path / "a.bin", data))
+        assert server.output == data
+        assert server.max_in_flight == PIPELINE_DEPTH

@@ -1,0 +1,935 @@
+"""Tests for postoffice.ingest.protocol: the ingest wire messages, bytes only."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from postoffice.core.errors import ConfigError
+from postoffice.core.framing import (
+    NEED_DATA,
+    Frame,
+    FrameError,
+    FrameTooLarge,
+    encode_parts,
+)
+from postoffice.ingest.errors import (
+    BadNameError,
+    ChecksumError,
+    ErrorCode,
+    IngestError,
+    IngestLimitError,
+    IngestProtocolError,
+    OutOfRangeError,
+)
+from postoffice.ingest.protocol import (
+    CHUNK_OVERHEAD_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+    MAX_STATUS_RANGES,
+    MAX_SUBSCRIBE_IDS,
+    Ack,
+    Chunk,
+    ChunkStored,
+    ErrorReply,
+    Failed,
+    FileId,
+    Message,
+    MessageDecoder,
+    MsgType,
+    Ping,
+    Pong,
+    Published,
+    Query,
+    Status,
+    Subscribe,
+    Subscribed,
+    UploadState,
+    check_name,
+    decode,
+    encode,
+    encode_chunk,
+    file_id_hex,
+    missing_ranges,
+    parse_file_id,
+    ranges,
+)
+from tests.strategies import cut_points
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocols" / "ingest.md"
+
+# The frame header spelled out independently of the code under test.
+_WIRE_HEADER = struct.Struct(">2sBBHHQII")
+
+FID_HEX = "00112233445566778899aabbccddeeff"
+FID = FileId(bytes.fromhex(FID_HEX))
+FID2 = FileId(bytes(range(0xF0, 0x100)))
+NAME_HEX = "68656c6c6f2e747874"  # "hello.txt"
+
+# The example upload of docs/protocols/ingest.md: "hello, post office\n" twice (38
+# bytes), zstd level 3 (34 bytes), sent as two chunks of 17 bytes.
+ZST = bytes.fromhex("28b52ffd2026cd00009868656c6c6f2c20706f7374206f66666963650a01002d9961")
+CHUNK1_DATA = ZST[17:]
+CHUNK1_SHA_HEX = "647424d5cf649bee98e7508df989c88b7b01d4ec8af2dbca273c30aef69751e6"
+TEXT_SHA_HEX = "636665ce18aebbf54b3d7918853cb0505f8791763c005da4c6cd85eaf3fd9ef2"
+
+# Chunk 1 of 2 and its ack, request id 2, byte for byte as the doc shows them.
+CHUNK_WIRE = bytes.fromhex(
+    "504f 01 01 0000 0000 0000000000000002 0000005c f08058f3"  # frame header
+    f"{FID_HEX} 00000001 00000002 0000000000000022 0009 {CHUNK1_SHA_HEX}"
+    f"{NAME_HEX} 706f7374206f66666963650a01002d9961"
+)
+ACK_WIRE = bytes.fromhex(
+    "504f 01 11 0000 0000 0000000000000002 0000001d f8def96b"
+    f"{FID_HEX} 00000001 00000002 00000002 02"
+)
+CHUNK_MSG = Chunk(
+    file_id=FID,
+    index=1,
+    total=2,
+    size=34,
+    name="hello.txt",
+    sha256=bytes.fromhex(CHUNK1_SHA_HEX),
+    data=CHUNK1_DATA,
+)
+ACK_MSG = Ack(file_id=FID, index=1, committed=2, total=2, complete=True)
+
+
+def _wire(type: int, payload: bytes | str, request_id: int = 0, flags: int = 0) -> bytes:
+    """A frame built by hand; `payload` may be hex with spaces."""
+    data = bytes.fromhex(payload) if isinstance(payload, str) else payload
+    header = _WIRE_HEADER.pack(b"PO", 1, type, flags, 0, request_id, len(data), zlib.crc32(data))
+    return header + data
+
+
+def _frame(type: int, payload: bytes | str, flags: int = 0) -> Frame:
+    data = bytes.fromhex(payload) if isinstance(payload, str) else payload
+    return Frame(type=type, flags=flags, request_id=0, payload=data)
+
+
+def _hex(text: str) -> str:
+    return text.encode().hex()
+
+
+def _decode_all(chunks: list[bytes]) -> list[tuple[int, Message]]:
+    """Feed each piece in turn, draining after each; assert nothing is left over."""
+    decoder = MessageDecoder()
+    out: list[tuple[int, Message]] = []
+    for piece in chunks:
+        decoder.feed(piece)
+        while (event := decoder.next_event()) is not NEED_DATA:
+            out.append(event)
+    assert decoder.buffered_bytes == 0
+    return out
+
+
+# --- wire table -----------------------------------------------------------------------
+
+WIRE_TABLE: list[tuple[bytes, int, Message]] = [
+    (CHUNK_WIRE, 2, CHUNK_MSG),
+    (_wire(0x02, FID_HEX, 3), 3, Query(file_id=FID)),
+    (_wire(0x03, "", 4), 4, Ping()),
+    (_wire(0x21, f"0002 {FID_HEX} {FID2.hex()}", 1), 1, Subscribe(file_ids=(FID, FID2))),
+    (_wire(0x21, "0000", 1), 1, Subscribe(file_ids=())),
+    (ACK_WIRE, 2, ACK_MSG),
+    (
+        _wire(0x11, f"{FID_HEX} 00000000 00000001 00000002 05", 9),
+        9,
+        Ack(file_id=FID, index=0, committed=1, total=2, duplicate=True, published=True),
+    ),
+    (
+        _wire(
+            0x12,
+            f"{FID_HEX} 01 00000005 00000002 0000000000001000 0009 {NAME_HEX}"
+            "00000002 00000000 00000001 00000004 00000004",
+            5,
+        ),
+        5,
+        Status(
+            file_id=FID,
+            state=UploadState.UPLOADING,
+            total=5,
+            committed=2,
+            size=4096,
+            name="hello.txt",
+            missing=((0, 1), (4, 4)),
+        ),
+    ),
+    (
+        _wire(0x12, f"{FID_HEX} 00 00000000 00000000 0000000000000000 0000 00000000", 6),
+        6,
+        Status(
+            file_id=FID,
+            state=UploadState.UNKNOWN,
+            total=0,
+            committed=0,
+            size=0,
+            name="",
+            missing=(),
+        ),
+    ),
+    (_wire(0x13, "", 4), 4, Pong()),
+    (
+        _wire(0x1F, "0007" + _hex("chunk index 7 out of range for total 5"), 8),
+        8,
+        ErrorReply(code=ErrorCode.OUT_OF_RANGE, message="chunk index 7 out of range for total 5"),
+    ),
+    (_wire(0x31, f"0001 {FID_HEX}", 1), 1, Subscribed(file_ids=(FID,))),
+    (
+        _wire(0x32, f"{FID_HEX} 00000001 00000002 00000002"),
+        0,
+        ChunkStored(file_id=FID, index=1, committed=2, total=2),
+    ),
+    (
+        _wire(0x33, f"{FID_HEX} 0000000000000026 {TEXT_SHA_HEX} 01 {NAME_HEX}"),
+        0,
+        Published(
+            file_id=FID,
+            name="hello.txt",
+            size=38,
+            sha256=bytes.fromhex(TEXT_SHA_HEX),
+            replaced=True,
+        ),
+    ),
+    (
+        _wire(0x34, f"{FID_HEX} 000b" + _hex("not zstd")),
+        0,
+        Failed(file_id=FID, code=ErrorCode.ASSEMBLY, message="not zstd"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("wire", "request_id", "message"), WIRE_TABLE)
+def test_wire_bytes_decode_to_message(wire: bytes, request_id: int, message: Message) -> None:
+    assert _decode_all([wire]) == [(request_id, message)]
+
+
+@pytest.mark.parametrize(("wire", "request_id", "message"), WIRE_TABLE)
+def test_message_encodes_to_wire_bytes(wire: bytes, request_id: int, message: Message) -> None:
+    assert encode(message, request_id) == wire
+
+
+def test_wire_table_covers_every_message_type() -> None:
+    assert {wire[3] for wire, _, _ in WIRE_TABLE} == set(MsgType)
+
+
+DOC_EXAMPLES = [
+    ("subscribe", encode(Subscribe(file_ids=(FID,)), 1)),
+    ("chunk", CHUNK_WIRE),
+    ("ack", ACK_WIRE),
+    (
+        "published",
+        encode(
+            Published(file_id=FID, name="hello.txt", size=38, sha256=bytes.fromhex(TEXT_SHA_HEX))
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("marker", "wire"), DOC_EXAMPLES)
+def test_doc_example_matches_the_codec(marker: str, wire: bytes) -> None:
+    """docs/protocols/ingest.md shows these exact frames; keep doc and code in step."""
+    found = re.search(rf"<!-- wire: {marker} -->\s*```text\n([0-9a-f\n]+)```", DOC.read_text())
+    assert found is not None, f"no '<!-- wire: {marker} -->' hex block in {DOC.name}"
+    assert bytes.fromhex(found.group(1)) == wire
+
+
+@pytest.mark.parametrize("data", [CHUNK1_DATA, bytearray(CHUNK1_DATA), memoryview(CHUNK1_DATA)])
+def test_encode_chunk_matches_the_doc_and_takes_buffers(
+    data: bytes | bytearray | memoryview,
+) -> None:
+    wire = encode_chunk(
+        file_id=FID,
+        index=1,
+        total=2,
+        size=34,
+        name="hello.txt",
+        sha256=bytes.fromhex(CHUNK1_SHA_HEX),
+        data=data,
+        request_id=2,
+    )
+    assert wire == CHUNK_WIRE
+
+
+def test_chunk_repr_shows_data_length_not_bytes() -> None:
+    assert repr(CHUNK_MSG) == (
+        f"Chunk(file_id={FID_HEX}, index=1, total=2, size=34, name='hello.txt', "
+        "sha256=647424d5cf64..., data=<17 bytes>)"
+    )
+
+
+# --- decode errors --------------------------------------------------------------------
+
+_SHA0 = hashlib.sha256(b"").hexdigest()
+
+
+def _chunk_payload(
+    *, index: int = 0, total: int = 1, name: bytes = b"a", data: bytes = b"", sha: str | None = None
+) -> bytes:
+    """A CHUNK payload by hand: size 0, and the data's own sha256 unless `sha` is given."""
+    digest = hashlib.sha256(data).hexdigest() if sha is None else sha
+    head = f"{FID_HEX} {index:08x} {total:08x} 0000000000000000 {len(name):04x} {digest}"
+    return bytes.fromhex(head) + name + data
+
+
+DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
+    (_frame(0x07, ""), IngestProtocolError, r"^unknown message type 0x07$"),
+    (_frame(0xFF, ""), IngestProtocolError, r"^unknown message type 0xff$"),
+    (_frame(0x03, "", flags=1), IngestProtocolError, r"^frame flags 0x0001 set, expected 0$"),
+    (
+        _frame(0x01, FID_HEX),
+        IngestProtocolError,
+        r"^chunk payload of 16 bytes, expected at least 66$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(total=0)),
+        OutOfRangeError,
+        rf"^chunk total 0 out of range 1\.\.{MAX_CHUNKS}$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(total=MAX_CHUNKS + 1)),
+        OutOfRangeError,
+        r"^chunk total 16777217 out of range 1\.\.16777216$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(index=7, total=5)),
+        OutOfRangeError,
+        r"^chunk index 7 out of range for total 5$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(index=5, total=5)),
+        OutOfRangeError,
+        r"^chunk index 5 out of range for total 5$",
+    ),
+    (_frame(0x01, _chunk_payload(name=b"")), BadNameError, r"^name is empty$"),
+    (
+        _frame(0x01, _chunk_payload(name=b"n" * 256)),
+        BadNameError,
+        r"^name of 256 bytes exceeds limit 255$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(name=b"abc")[:-1]),
+        IngestProtocolError,
+        r"^chunk name of 3 bytes overruns the payload of 68 bytes$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(name=b"ab\xffc")),
+        BadNameError,
+        r"^name is not valid utf-8 at byte 2$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(name=b"../etc")),
+        BadNameError,
+        r"^name '\.\./etc' contains path separator '/'$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(data=b"x" * 9, sha=_SHA0)),
+        ChecksumError,
+        r"^chunk sha256 mismatch: header e3b0c44298fc\.\.\., data a73add1aecea\.\.\.$",
+    ),
+    (
+        _frame(0x02, FID_HEX + "00"),
+        IngestProtocolError,
+        r"^query payload of 17 bytes, expected 16$",
+    ),
+    (_frame(0x02, ""), IngestProtocolError, r"^query payload of 0 bytes, expected 16$"),
+    (_frame(0x03, "00"), IngestProtocolError, r"^ping payload of 1 bytes, expected 0$"),
+    (_frame(0x13, "0000"), IngestProtocolError, r"^pong payload of 2 bytes, expected 0$"),
+    (
+        _frame(0x21, "00"),
+        IngestProtocolError,
+        r"^subscribe payload of 1 bytes, expected at least 2$",
+    ),
+    (
+        _frame(0x21, "0401" + FID_HEX),
+        IngestLimitError,
+        r"^subscribe of 1025 file ids exceeds limit 1024$",
+    ),
+    (
+        _frame(0x21, "0002" + FID_HEX),
+        IngestProtocolError,
+        r"^subscribe payload of 18 bytes, expected 34$",
+    ),
+    (
+        _frame(0x31, "0000" + FID_HEX),
+        IngestProtocolError,
+        r"^subscribed payload of 18 bytes, expected 2$",
+    ),
+    (_frame(0x11, FID_HEX), IngestProtocolError, r"^ack payload of 16 bytes, expected 29$"),
+    (
+        _frame(0x11, f"{FID_HEX} 00000000 00000001 00000001 08"),
+        IngestProtocolError,
+        r"^ack flags 0x08 has unknown bits, known 0x07$",
+    ),
+    (
+        _frame(0x12, FID_HEX),
+        IngestProtocolError,
+        r"^status payload of 16 bytes, expected at least 35$",
+    ),
+    (
+        _frame(0x12, f"{FID_HEX} 05 00000000 00000000 0000000000000000 0000 00000000"),
+        IngestProtocolError,
+        r"^unknown upload state 5$",
+    ),
+    (
+        _frame(0x12, f"{FID_HEX} 01 00000001 00000000 0000000000000000 0009 6869 00000000"),
+        IngestProtocolError,
+        r"^status name of 9 bytes overruns the payload of 41 bytes$",
+    ),
+    (
+        _frame(0x12, f"{FID_HEX} 01 00000001 00000000 0000000000000000 0001 ff 00000000"),
+        IngestProtocolError,
+        r"^status name is not valid utf-8 at byte 0$",
+    ),
+    (
+        _frame(0x12, f"{FID_HEX} 01 00000001 00000000 0000000000000000 0000 00010001"),
+        IngestLimitError,
+        rf"^status of 65537 ranges exceeds limit {MAX_STATUS_RANGES}$",
+    ),
+    (
+        _frame(0x12, f"{FID_HEX} 01 00000001 00000000 0000000000000000 0000 00000001"),
+        IngestProtocolError,
+        r"^status payload of 39 bytes, expected 47 for 1 ranges$",
+    ),
+    (
+        _frame(
+            0x12,
+            f"{FID_HEX} 01 0000000a 00000000 0000000000000000 0000 00000002"
+            "00000004 00000005 00000002 00000003",
+        ),
+        IngestProtocolError,
+        r"^status range 2-3 is not ascending, disjoint and below total 10$",
+    ),
+    (
+        _frame(
+            0x12,
+            f"{FID_HEX} 01 0000000a 00000000 0000000000000000 0000 00000002"
+            "00000000 00000004 00000004 00000005",
+        ),
+        IngestProtocolError,
+        r"^status range 4-5 is not ascending, disjoint and below total 10$",
+    ),
+    (
+        _frame(
+            0x12, f"{FID_HEX} 01 0000000a 00000000 0000000000000000 0000 00000001 00000003 00000002"
+        ),
+        IngestProtocolError,
+        r"^status range 3-2 is not ascending, disjoint and below total 10$",
+    ),
+    (
+        _frame(
+            0x12, f"{FID_HEX} 01 0000000a 00000000 0000000000000000 0000 00000001 00000009 0000000a"
+        ),
+        IngestProtocolError,
+        r"^status range 9-10 is not ascending, disjoint and below total 10$",
+    ),
+    (_frame(0x1F, "00"), IngestProtocolError, r"^error payload of 1 bytes, expected at least 2$"),
+    (_frame(0x1F, "0063"), IngestProtocolError, r"^unknown error code 99$"),
+    (
+        _frame(0x1F, "0002 c328"),
+        IngestProtocolError,
+        r"^error message is not valid utf-8 at byte 0$",
+    ),
+    (
+        _frame(0x32, FID_HEX),
+        IngestProtocolError,
+        r"^chunk stored payload of 16 bytes, expected 28$",
+    ),
+    (
+        _frame(0x33, FID_HEX),
+        IngestProtocolError,
+        r"^published payload of 16 bytes, expected at least 57$",
+    ),
+    (
+        _frame(0x33, f"{FID_HEX} 0000000000000001 {_SHA0} 02 {NAME_HEX}"),
+        IngestProtocolError,
+        r"^published flags 0x02 has unknown bits, known 0x01$",
+    ),
+    (_frame(0x33, f"{FID_HEX} 0000000000000001 {_SHA0} 00"), BadNameError, r"^name is empty$"),
+    (
+        _frame(0x33, f"{FID_HEX} 0000000000000001 {_SHA0} 00 2e2e"),
+        BadNameError,
+        r"^name '\.\.' is reserved$",
+    ),
+    (
+        _frame(0x34, FID_HEX),
+        IngestProtocolError,
+        r"^failed payload of 16 bytes, expected at least 18$",
+    ),
+    (_frame(0x34, f"{FID_HEX} 0000"), IngestProtocolError, r"^unknown error code 0$"),
+    (
+        _frame(0x34, f"{FID_HEX} 000b ff"),
+        IngestProtocolError,
+        r"^failed message is not valid utf-8 at byte 0$",
+    ),
+]
+
+
+@pytest.mark.parametrize(("frame", "error", "message"), DECODE_ERRORS)
+def test_decode_error(frame: Frame, error: type[IngestError], message: str) -> None:
+    with pytest.raises(error, match=message):
+        decode(frame)
+
+
+def test_chunk_data_over_the_limit_is_refused_before_hashing() -> None:
+    wrong_digest = _frame(0x01, _chunk_payload(data=b"x" * 9, sha=_SHA0))
+    with pytest.raises(IngestLimitError, match=r"^chunk data of 9 bytes exceeds limit 8$"):
+        decode(wrong_digest, max_chunk_bytes=8)
+    assert isinstance(decode(_frame(0x01, _chunk_payload(data=b"x" * 9)), max_chunk_bytes=9), Chunk)
+
+
+def test_chunk_data_limit_default_is_8_mib() -> None:
+    data = bytes(MAX_CHUNK_BYTES + 1)
+    with pytest.raises(
+        IngestLimitError, match=r"^chunk data of 8388609 bytes exceeds limit 8388608$"
+    ):
+        decode(_frame(0x01, _chunk_payload(data=data)))
+    assert decode(_frame(0x01, _chunk_payload(data=data[1:]))) == Chunk(
+        file_id=FID,
+        index=0,
+        total=1,
+        size=0,
+        name="a",
+        sha256=hashlib.sha256(data[1:]).digest(),
+        data=data[1:],
+    )
+
+
+# --- MessageDecoder -------------------------------------------------------------------
+
+
+def test_bad_message_keeps_the_stream_and_names_its_request_id() -> None:
+    decoder = MessageDecoder()
+    assert decoder.last_request_id is None
+    decoder.feed(_wire(0x02, "00", 41) + _wire(0x03, "", 42))
+    with pytest.raises(IngestProtocolError, match=r"^query payload of 1 bytes, expected 16$"):
+        decoder.next_event()
+    assert decoder.last_request_id == 41
+    assert not decoder.failed
+    assert decoder.next_event() == (42, Ping())
+    assert decoder.next_event() is NEED_DATA
+
+
+def test_bad_frame_poisons_the_decoder() -> None:
+    decoder = MessageDecoder()
+    decoder.feed(b"GET / HTTP/1.1\r\n")
+    for _ in range(2):
+        with pytest.raises(FrameError, match=r"^bad frame magic b'GE', expected b'PO'$"):
+            decoder.next_event()
+    assert decoder.failed
+    assert "FAILED" in repr(decoder)
+
+
+def test_oversized_frame_is_refused_from_its_header() -> None:
+    decoder = MessageDecoder(max_chunk_bytes=100)
+    decoder.feed(_wire(0x01, bytes(100 + CHUNK_OVERHEAD_BYTES + 1), 7)[:24])
+    with pytest.raises(FrameTooLarge, match=r"^frame payload length 422 exceeds limit 421$"):
+        decoder.next_event()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "limit"),
+    [
+        ({}, MAX_CHUNK_BYTES + 66 + MAX_NAME_BYTES),
+        ({"max_chunk_bytes": 0}, CHUNK_OVERHEAD_BYTES),
+        ({"max_payload_bytes": 1000}, 1000),
+    ],
+)
+def test_frame_payload_limit(kwargs: dict[str, int], limit: int) -> None:
+    """The default limit fits the largest valid chunk: 66-byte header, longest name, data."""
+    assert MAX_MESSAGE_BYTES == MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
+    at_limit = MessageDecoder(**kwargs)
+    at_limit.feed(_WIRE_HEADER.pack(b"PO", 1, 1, 0, 0, 0, limit, 0))
+    assert at_limit.next_event() is NEED_DATA
+    over = MessageDecoder(**kwargs)
+    over.feed(_WIRE_HEADER.pack(b"PO", 1, 1, 0, 0, 0, limit + 1, 0))
+    with pytest.raises(
+        FrameTooLarge, match=rf"^frame payload length {limit + 1} exceeds limit {limit}$"
+    ):
+        over.next_event()
+
+
+@pytest.mark.parametrize("limit", [-1, 16 * 1024 * 1024 - CHUNK_OVERHEAD_BYTES + 1])
+def test_chunk_limit_out_of_range_is_a_config_error(limit: int) -> None:
+    with pytest.raises(ConfigError, match=rf"^max_chunk_bytes {limit} out of range 0\.\.16776895$"):
+        MessageDecoder(max_chunk_bytes=limit)
+
+
+# The three-message stream of the split-feed tests.
+STREAM = CHUNK_WIRE + _wire(0x02, FID_HEX, 3) + _wire(0x03, "", 4)
+STREAM_EVENTS = [(2, CHUNK_MSG), (3, Query(file_id=FID)), (4, Ping())]
+
+
+@pytest.mark.parametrize(("head", "tail"), cut_points(STREAM))
+def test_stream_split_at_every_cut_point(head: bytes, tail: bytes) -> None:
+    assert _decode_all([head, tail]) == STREAM_EVENTS
+
+
+def test_stream_fed_one_byte_at_a_time() -> None:
+    assert _decode_all([STREAM[i : i + 1] for i in range(len(STREAM))]) == STREAM_EVENTS
+
+
+# --- names and ids --------------------------------------------------------------------
+
+GOOD_NAMES = [
+    "a",
+    "report.csv",
+    "archive.tar.zst",
+    "two words.txt",
+    "tr\u00e8s-bien \u6587\u4ef6.log",
+    "a.",
+    "x" * 255,
+    "\u00e9" * 127,  # 254 bytes
+    "-rf",
+    "file..name",
+    "\U0001f4e6.bin",
+]
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_good_name_is_returned(name: str) -> None:
+    assert check_name(name) == name
+
+
+HOSTILE_NAMES = [
+    ("", r"^name is empty$"),
+    ("x" * 256, r"^name of 256 bytes exceeds limit 255$"),
+    ("\u00e9" * 128, r"^name of 256 bytes exceeds limit 255$"),
+    (".", r"^name '\.' is reserved$"),
+    ("..", r"^name '\.\.' is reserved$"),
+    ("../../etc/passwd", r"^name '\.\./\.\./etc/passwd' contains path separator '/'$"),
+    ("/etc/passwd", r"^name '/etc/passwd' contains path separator '/'$"),
+    ("a/b", r"^name 'a/b' contains path separator '/'$"),
+    ("..\\boot.ini", r"^name '\.\.\\\\boot\.ini' contains path separator '\\\\'$"),
+    ("a\x00b", r"^name 'a\\x00b' contains control character 0x00$"),
+    ("a\nb", r"^name 'a\\nb' contains control character 0x0a$"),
+    ("a\x1fb", r"^name 'a\\x1fb' contains control character 0x1f$"),
+    ("a\x7fb", r"^name 'a\\x7fb' contains control character 0x7f$"),
+    ("a\x9bb", r"^name 'a\\x9bb' contains control character 0x9b$"),
+    (".bashrc", r"^name '\.bashrc' starts with '\.'$"),
+    (".a.b.tmp", r"^name '\.a\.b\.tmp' starts with '\.'$"),
+    (" a", r"^name ' a' has leading or trailing whitespace$"),
+    ("a ", r"^name 'a ' has leading or trailing whitespace$"),
+    ("\u3000a", r"^name '\\u3000a' has leading or trailing whitespace$"),
+    ("a\udcff", r"^name 'a\\udcff' is not encodable as utf-8$"),
+]
+
+
+@pytest.mark.parametrize(("name", "message"), HOSTILE_NAMES)
+def test_hostile_name_is_refused(name: str, message: str) -> None:
+    with pytest.raises(BadNameError, match=message):
+        check_name(name)
+
+
+@pytest.mark.parametrize(("name", "message"), HOSTILE_NAMES[:-1])
+def test_hostile_name_in_a_chunk_is_refused(name: str, message: str) -> None:
+    frame = _frame(0x01, _chunk_payload(name=name.encode()))
+    with pytest.raises(BadNameError, match=message):
+        decode(frame)
+
+
+def test_file_id_hex_round_trip() -> None:
+    assert file_id_hex(FID) == FID_HEX
+    assert parse_file_id(FID_HEX) == FID
+    assert parse_file_id(FID_HEX.upper()) == FID
+
+
+@pytest.mark.parametrize("text", ["", FID_HEX[:-1], FID_HEX + "0", "g" * 32, " " + FID_HEX[1:]])
+def test_bad_file_id_text_is_refused(text: str) -> None:
+    with pytest.raises(IngestProtocolError, match=r"^file id '.*' is not 32 hex characters$"):
+        parse_file_id(text)
+
+
+# --- encode errors --------------------------------------------------------------------
+
+ENCODE_ERRORS: list[tuple[Message, type[Exception], str]] = [
+    (Query(file_id=FileId(b"short")), IngestProtocolError, r"^file id of 5 bytes, expected 16$"),
+    (
+        Subscribe(file_ids=(FID, FileId(bytes(17)))),
+        IngestProtocolError,
+        r"^file id of 17 bytes, expected 16$",
+    ),
+    (
+        Published(file_id=FID, name="a", size=1, sha256=b"x"),
+        IngestProtocolError,
+        r"^sha256 of 1 bytes, expected 32$",
+    ),
+    (
+        Ack(file_id=FID, index=-1, committed=0, total=1),
+        IngestProtocolError,
+        r"^cannot encode ack: .*$",
+    ),
+    (
+        Chunk(file_id=FID, index=2**32, total=1, size=0, name="a", sha256=bytes(32), data=b""),
+        IngestProtocolError,
+        r"^cannot encode chunk: .*$",
+    ),
+    (
+        Chunk(file_id=FID, index=0, total=1, size=0, name="a", sha256=bytes(31), data=b""),
+        IngestProtocolError,
+        r"^sha256 of 31 bytes, expected 32$",
+    ),
+    (
+        Chunk(file_id=FID, index=0, total=1, size=0, name="\ud800", sha256=bytes(32), data=b""),
+        BadNameError,
+        r"^name '\\ud800' is not encodable as utf-8$",
+    ),
+    (
+        Chunk(file_id=FID, index=0, total=1, size=0, name="a", sha256=bytes(32), data=bytes(2**24)),
+        FrameTooLarge,
+        r"^frame payload length 16777283 exceeds limit 16777216$",
+    ),
+    (
+        Subscribe(file_ids=(FID,) * 65536),
+        IngestProtocolError,
+        r"^cannot encode subscribe: .*$",
+    ),
+]
+
+
+@pytest.mark.parametrize(("message", "error", "text"), ENCODE_ERRORS)
+def test_encode_error(message: Message, error: type[Exception], text: str) -> None:
+    with pytest.raises(error, match=text):
+        encode(message, 1)
+
+
+@pytest.mark.parametrize("message", [CHUNK_MSG, Ping()])
+def test_request_id_out_of_range_is_a_frame_error(message: Message) -> None:
+    with pytest.raises(FrameError, match=r"^frame request id -1 out of range 0\.\.\d+$"):
+        encode(message, -1)
+
+
+def test_encode_does_not_apply_decode_rules() -> None:
+    """Tools build bad-but-framed chunks to probe a server; decode is the gate."""
+    bad = Chunk(file_id=FID, index=9, total=3, size=0, name="../x", sha256=bytes(32), data=b"")
+    with pytest.raises(OutOfRangeError):
+        _decode_all([encode(bad, 1)])
+
+
+# --- ranges ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("indexes", "expected"),
+    [
+        ([], ()),
+        ([0], ((0, 0),)),
+        ([0, 1, 2], ((0, 2),)),
+        ([0, 2, 4], ((0, 0), (2, 2), (4, 4))),
+        ([5, 3, 4, 9, 3], ((3, 5), (9, 9))),
+        (range(10, 20), ((10, 19),)),
+        ([7, 1, 2, 8, 3], ((1, 3), (7, 8))),
+    ],
+)
+def test_ranges(indexes: list[int], expected: tuple[tuple[int, int], ...]) -> None:
+    assert ranges(indexes) == expected
+
+
+@pytest.mark.parametrize(
+    ("committed", "total", "expected"),
+    [
+        ([], 0, ()),
+        ([], 1, ((0, 0),)),
+        ([], 5, ((0, 4),)),
+        ([0, 1, 2, 3, 4], 5, ()),
+        ([1, 3], 5, ((0, 0), (2, 2), (4, 4))),
+        ([0, 4], 5, ((1, 3),)),
+        ([2, 2, 0], 4, ((1, 1), (3, 3))),
+        ([4, 9], 5, ((0, 3),)),
+        ([MAX_CHUNKS - 1], MAX_CHUNKS, ((0, MAX_CHUNKS - 2),)),
+    ],
+)
+def test_missing_ranges(
+    committed: list[int], total: int, expected: tuple[tuple[int, int], ...]
+) -> None:
+    assert missing_ranges(committed, total) == expected
+
+
+@given(st.sets(st.integers(0, 200)), st.integers(0, 200))
+def test_missing_ranges_agree_with_ranges_of_the_complement(
+    committed: set[int], total: int
+) -> None:
+    assert missing_ranges(committed, total) == ranges(set(range(total)) - committed)
+
+
+# --- hypothesis -----------------------------------------------------------------------
+
+u16 = st.integers(0, 2**16 - 1)
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+file_ids = st.binary(min_size=16, max_size=16).map(FileId)
+digests = st.binary(min_size=32, max_size=32)
+texts = st.text(max_size=40)
+codes = st.sampled_from(ErrorCode)
+
+
+def _is_good_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except BadNameError:
+        return False
+    return True
+
+
+names = st.text(
+    st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="/\\"),
+    min_size=1,
+    max_size=40,
+).filter(_is_good_name)
+
+
+@st.composite
+def chunks(draw: st.DrawFn) -> Chunk:
+    total = draw(st.integers(1, MAX_CHUNKS))
+    data = draw(st.binary(max_size=300))
+    return Chunk(
+        file_id=draw(file_ids),
+        index=draw(st.integers(0, total - 1)),
+        total=total,
+        size=draw(u64),
+        name=draw(names),
+        sha256=hashlib.sha256(data).digest(),
+        data=data,
+    )
+
+
+@st.composite
+def statuses(draw: st.DrawFn) -> Status:
+    total = draw(u32)
+    indexes = draw(st.lists(st.integers(0, total - 1), max_size=30)) if total else []
+    return Status(
+        file_id=draw(file_ids),
+        state=draw(st.sampled_from(UploadState)),
+        total=total,
+        committed=draw(u32),
+        size=draw(u64),
+        name=draw(texts),
+        missing=ranges(indexes),
+    )
+
+
+id_tuples = st.lists(file_ids, max_size=MAX_SUBSCRIBE_IDS // 64).map(tuple)
+
+MESSAGE_STRATEGIES: dict[str, st.SearchStrategy[Message]] = {
+    "chunk": chunks(),
+    "query": st.builds(Query, file_id=file_ids),
+    "ping": st.just(Ping()),
+    "subscribe": st.builds(Subscribe, file_ids=id_tuples),
+    "ack": st.builds(
+        Ack,
+        file_id=file_ids,
+        index=u32,
+        committed=u32,
+        total=u32,
+        duplicate=st.booleans(),
+        complete=st.booleans(),
+        published=st.booleans(),
+    ),
+    "status": statuses(),
+    "pong": st.just(Pong()),
+    "error": st.builds(ErrorReply, code=codes, message=texts),
+    "subscribed": st.builds(Subscribed, file_ids=id_tuples),
+    "chunk_stored": st.builds(ChunkStored, file_id=file_ids, index=u32, committed=u32, total=u32),
+    "published": st.builds(
+        Published, file_id=file_ids, name=names, size=u64, sha256=digests, replaced=st.booleans()
+    ),
+    "failed": st.builds(Failed, file_id=file_ids, code=codes, message=texts),
+}
+messages = st.one_of(*MESSAGE_STRATEGIES.values())
+# Mostly our types, so payload decoders see random bytes, plus any other type.
+frame_types = st.one_of(st.sampled_from([int(t) for t in MsgType]), st.integers(0, 255))
+request_ids = u64
+
+
+def test_strategies_cover_every_message_type() -> None:
+    assert {name.upper() for name in MESSAGE_STRATEGIES} == {t.name for t in MsgType}
+
+
+@pytest.mark.parametrize("kind", sorted(MESSAGE_STRATEGIES))
+@given(data=st.data(), request_id=request_ids)
+def test_round_trip(kind: str, data: st.DataObject, request_id: int) -> None:
+    message = data.draw(MESSAGE_STRATEGIES[kind])
+    assert _decode_all([encode(message, request_id)]) == [(request_id, message)]
+
+
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_arbitrary_bytes_give_messages_or_our_errors(pieces: list[bytes]) -> None:
+    _feed_tolerantly(pieces)
+
+
+@given(st.lists(st.tuples(frame_types, u16, request_ids, st.binary(max_size=120)), max_size=4))
+def test_arbitrary_frames_give_messages_or_our_errors(
+    frames: list[tuple[int, int, int, bytes]],
+) -> None:
+    wire = b"".join(encode_parts(t, f & 1, rid, payload) for t, f, rid, payload in frames)
+    _feed_tolerantly([wire])
+
+
+@given(messages, st.data())
+def test_mutated_payloads_decode_canonically_or_fail_cleanly(
+    message: Message, data: st.DataObject
+) -> None:
+    """Flip, cut or extend a valid payload: any frame that still decodes re-encodes to
+    the same bytes, and anything else is one of our errors."""
+    wire = encode(message, 5)
+    payload = bytearray(wire[24:])
+    action = data.draw(st.sampled_from(["flip", "cut", "extend"]))
+    if action == "flip" and payload:
+        at = data.draw(st.integers(0, len(payload) - 1))
+        payload[at] ^= data.draw(st.integers(1, 255))
+    elif action == "cut":
+        del payload[data.draw(st.integers(0, len(payload))) :]
+    else:
+        payload += data.draw(st.binary(min_size=1, max_size=8))
+    frame = encode_parts(wire[3], 0, 5, bytes(payload))
+    try:
+        events = _decode_all([frame])
+    except IngestError:
+        return
+    assert [encode(msg, rid) for rid, msg in events] == [frame]
+
+
+def _feed_tolerantly(pieces: list[bytes]) -> None:
+    """Feed and drain, accepting only messages, FrameError (then stop) or IngestError."""
+    decoder = MessageDecoder()
+    for piece in pieces:
+        decoder.feed(piece)
+        while True:
+            try:
+                event = decoder.next_event()
+            except FrameError:
+                assert decoder.failed
+                return
+            except IngestError:
+                assert not decoder.failed
+                continue
+            if event is NEED_DATA:
+                break
+            request_id, message = event
+            assert isinstance(request_id, int)
+            assert isinstance(message, _MESSAGE_TYPES)
+
+
+_MESSAGE_TYPES = (
+    Chunk,
+    Query,
+    Ping,
+    Subscribe,
+    Ack,
+    Status,
+    Pong,
+    ErrorReply,
+    Subscribed,
+    ChunkStored,
+    Published,
+    Failed,
+)

@@ -1,0 +1,555 @@
+"""ChunkStore on real files: durable chunks, idempotency, concurrency and crash recovery."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from postoffice.ingest.errors import (
+    BadNameError,
+    ConflictError,
+    IngestStorageError,
+    OutOfRangeError,
+    UnknownFileError,
+)
+from postoffice.ingest.protocol import MAX_CHUNKS, FileId
+from postoffice.ingest.storage import ChunkStore, PublishedInfo, StoreResult
+
+FID = FileId(bytes.fromhex("00112233445566778899aabbccddeeff"))
+HEX = FID.hex()
+OTHER = FileId(bytes(range(16)))
+NOW = 1_700_000_000.5  # exactly representable, so mtimes round-trip exactly
+
+
+def chunk_data(index: int, length: int = 100) -> bytes:
+    return bytes([index % 251]) * length
+
+
+def new_store(root: Path, *, fsync: bool = True) -> ChunkStore:
+    store = ChunkStore(root / "patches", root / "published", fsync=fsync)
+    store.open()
+    return store
+
+
+def put(
+    store: ChunkStore,
+    index: int,
+    *,
+    total: int = 4,
+    data: bytes | None = None,
+    file_id: FileId = FID,
+    size: int | None = None,
+    name: str = "report.log",
+    now: float = NOW,
+) -> StoreResult:
+    data = chunk_data(index) if data is None else data
+    return store.store_chunk(
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=total * 100 if size is None else size,
+        name=name,
+        sha256=hashlib.sha256(data).digest(),
+        data=data,
+        now=now,
+    )
+
+
+def payload_dir(root: Path, file_id: FileId = FID) -> Path:
+    return root / "patches" / file_id.hex()
+
+
+def ids_lines(root: Path) -> list[str]:
+    return (payload_dir(root) / "ids.list").read_text().splitlines()
+
+
+class TestStoreChunk:
+    def test_chunk_is_written_with_meta_and_ids_line(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        result = put(store, 2, now=NOW)
+        assert result == StoreResult(committed=1, total=4, duplicate=False, complete=False)
+        folder = payload_dir(tmp_path)
+        assert (folder / "patch_2.bin").read_bytes() == chunk_data(2)
+        assert ids_lines(tmp_path) == [f"2 {hashlib.sha256(chunk_data(2)).hexdigest()}"]
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta == {
+            "file_id": HEX,
+            "name": "report.log",
+            "total": 4,
+            "size": 400,
+            "created": NOW,
+        }
+        assert sorted(p.name for p in folder.iterdir()) == ["ids.list", "meta.json", "patch_2.bin"]
+
+    def test_out_of_order_chunks_complete_on_the_last_missing_one(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        results = [put(store, index) for index in (3, 1, 0)]
+        assert [r.complete for r in results] == [False, False, False]
+        info = store.info(FID)
+        assert info is not None
+        assert info.missing == ((2, 2),)
+        assert not info.complete
+        last = put(store, 2)
+        assert last == StoreResult(committed=4, total=4, duplicate=False, complete=True)
+        info = store.info(FID)
+        assert info is not None
+        assert info.complete
+        assert info.missing == ()
+
+    def test_missing_ranges(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        for index in (0, 3, 4, 9):
+            put(store, index, total=10)
+        info = store.info(FID)
+        assert info is not None
+        assert info.missing == ((1, 2), (5, 8))
+        assert info.committed == frozenset({0, 3, 4, 9})
+
+    def test_same_bytes_again_is_a_duplicate_and_nothing_is_rewritten(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 1)
+        patch = payload_dir(tmp_path) / "patch_1.bin"
+        before = (patch.stat().st_ino, (payload_dir(tmp_path) / "ids.list").read_bytes())
+        again = put(store, 1, now=NOW + 50)
+        assert again == StoreResult(committed=1, total=4, duplicate=True, complete=False)
+        assert (patch.stat().st_ino, (payload_dir(tmp_path) / "ids.list").read_bytes()) == before
+
+    def test_duplicate_of_the_last_chunk_does_not_complete_again(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        for index in range(4):
+            put(store, index)
+        again = put(store, 3)
+        assert again == StoreResult(committed=4, total=4, duplicate=True, complete=False)
+
+    def test_other_bytes_for_a_committed_index_conflict(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 3)
+        with pytest.raises(
+            ConflictError, match=rf"^chunk 3 of {HEX} already committed with other bytes$"
+        ):
+            put(store, 3, data=b"x" * 100)
+        assert (payload_dir(tmp_path) / "patch_3.bin").read_bytes() == chunk_data(3)
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"total": 5, "size": 400}, r"has total 5, the payload has total 4"),
+            ({"size": 401}, r"has size 401, the payload has size 400"),
+            ({"name": "other.log"}, r"has name 'other.log', the payload has name 'report.log'"),
+        ],
+    )
+    def test_fields_that_differ_from_the_first_chunk_conflict(
+        self, tmp_path: Path, change: dict[str, object], message: str
+    ) -> None:
+        store = new_store(tmp_path, fsync=False)
+        put(store, 0)
+        with pytest.raises(ConflictError, match=rf"^chunk 1 of {HEX} {message}$"):
+            put(store, 1, **change)  # type: ignore[arg-type]  # fields vary per case
+        assert not (payload_dir(tmp_path) / "patch_1.bin").exists()
+
+    def test_chunks_over_the_declared_size_conflict(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        put(store, 0, total=2, size=150)
+        with pytest.raises(
+            ConflictError,
+            match=rf"^chunk 1 of {HEX} brings the payload to 200 bytes, over its size 150$",
+        ):
+            put(store, 1, total=2, size=150)
+
+    def test_a_first_chunk_over_the_size_leaves_nothing_on_disk(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        with pytest.raises(ConflictError, match=r"over its size 10$"):
+            put(store, 0, total=2, size=10)
+        assert store.info(FID) is None
+        assert not payload_dir(tmp_path).exists()
+        assert "payloads=0" in repr(store)  # no placeholder left behind
+
+    @pytest.mark.parametrize(
+        ("index", "total", "message"),
+        [
+            (4, 4, r"^chunk index 4 is not below total 4$"),
+            (0, 0, r"^total 0 is below 1$"),
+            (0, MAX_CHUNKS + 1, rf"^total {MAX_CHUNKS + 1} exceeds limit {MAX_CHUNKS}$"),
+        ],
+    )
+    def test_out_of_range(self, tmp_path: Path, index: int, total: int, message: str) -> None:
+        store = new_store(tmp_path, fsync=False)
+        with pytest.raises(OutOfRangeError, match=message):
+            put(store, index, total=total, size=100)
+        assert list((tmp_path / "patches").iterdir()) == []
+
+    @pytest.mark.parametrize("name", ["../evil", ".hidden", "a/b", "nul\x00", " pad", "..", ""])
+    def test_bad_names_are_refused_before_any_write(self, tmp_path: Path, name: str) -> None:
+        store = new_store(tmp_path, fsync=False)
+        with pytest.raises(BadNameError):
+            put(store, 0, name=name)
+        assert list((tmp_path / "patches").iterdir()) == []
+
+
+class TestReopen:
+    def test_round_trip_keeps_chunks_metadata_and_last_update(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 0, now=NOW)
+        put(store, 2, now=NOW + 30)
+        put(store, 0, file_id=OTHER, total=1, size=100, name="b.bin", now=NOW + 7)
+        before = sorted(store.payloads(), key=lambda p: p.file_id)
+
+        again = ChunkStore(tmp_path / "patches", tmp_path / "published")
+        recovered = sorted(again.open(), key=lambda p: p.file_id)
+        assert recovered == before
+        assert sorted(again.payloads(), key=lambda p: p.file_id) == before
+        info = again.info(FID)
+        assert info is not None
+        assert (info.created, info.updated, info.committed) == (NOW, NOW + 30, frozenset({0, 2}))
+
+    def test_store_continues_after_reopen(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        for index in (0, 1):
+            put(store, index)
+        again = new_store(tmp_path)
+        assert put(again, 1).duplicate
+        with pytest.raises(ConflictError):
+            put(again, 0, data=b"y" * 100)
+        assert not put(again, 2).complete
+        assert put(again, 3).complete
+        assert len(ids_lines(tmp_path)) == 4
+
+    def test_patch_without_an_ids_line_is_deleted(self, tmp_path: Path) -> None:
+        """A crash between the patch's rename and the ids.list append."""
+        store = new_store(tmp_path)
+        put(store, 0)
+        (payload_dir(tmp_path) / "patch_1.bin").write_bytes(chunk_data(1))
+        again = new_store(tmp_path)
+        info = again.info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0})
+        assert not (payload_dir(tmp_path) / "patch_1.bin").exists()
+        assert not put(again, 1).duplicate
+
+    def test_torn_last_line_is_dropped_and_the_file_repaired(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        put(store, 1)
+        ids = payload_dir(tmp_path) / "ids.list"
+        whole = ids.read_bytes()
+        ids.write_bytes(whole[: len(whole) - 10])  # the second line lost its tail
+        with caplog.at_level(logging.WARNING, logger="postoffice.ingest.storage"):
+            again = new_store(tmp_path)
+        assert f"file_id={HEX}" in caplog.text
+        assert "torn last line" in caplog.text
+        info = again.info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0})
+        assert not (payload_dir(tmp_path) / "patch_1.bin").exists()
+        put(again, 1)
+        put(again, 2)
+        assert [line.split()[0] for line in ids_lines(tmp_path)] == ["0", "1", "2"]
+        assert ids.read_bytes().endswith(b"\n")
+
+    def test_ids_line_without_its_patch_is_dropped(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        store = new_store(tmp_path)
+        for index in range(3):
+            put(store, index)
+        (payload_dir(tmp_path) / "patch_1.bin").unlink()
+        with caplog.at_level(logging.WARNING, logger="postoffice.ingest.storage"):
+            again = new_store(tmp_path)
+        assert f"file_id={HEX}" in caplog.text
+        assert "patch_1.bin is missing" in caplog.text
+        info = again.info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0, 2})
+        assert [line.split()[0] for line in ids_lines(tmp_path)] == ["0", "2"]
+        assert not put(again, 1).duplicate
+
+    def test_garbage_and_repeated_lines_are_dropped(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        ids = payload_dir(tmp_path) / "ids.list"
+        first = ids.read_bytes()
+        ids.write_bytes(first + b"not a line\n" + first + b"99 " + b"0" * 64 + b"\n")
+        again = new_store(tmp_path)
+        info = again.info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0})
+        assert ids.read_bytes() == first
+
+    def test_stray_tmp_files_are_deleted(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        strays = [
+            payload_dir(tmp_path) / "patch_1.bin.0a1b2c3d4e5f.tmp",
+            payload_dir(tmp_path) / "meta.json.0a1b2c3d4e5f.tmp",
+            tmp_path / "published" / f"{HEX}.json.0a1b2c3d4e5f.tmp",
+            tmp_path / "patches" / "junk.tmp",
+        ]
+        for stray in strays:
+            stray.write_bytes(b"half")
+        again = new_store(tmp_path)
+        assert [stray for stray in strays if stray.exists()] == []
+        info = again.info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0})
+
+    def test_directory_with_only_tmp_files_is_removed(self, tmp_path: Path) -> None:
+        """A crash before the first meta.json was durable."""
+        folder = payload_dir(tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "meta.json.0123456789ab.tmp").write_bytes(b"{")
+        store = new_store(tmp_path)
+        assert store.payloads() == []
+        assert not folder.exists()
+
+    @pytest.mark.parametrize("meta", [b"{not json", b"[]", b'{"name": "x"}', None])
+    def test_unreadable_meta_is_reported_and_left_alone(
+        self, tmp_path: Path, meta: bytes | None, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        meta_path = payload_dir(tmp_path) / "meta.json"
+        if meta is None:
+            meta_path.unlink()
+        else:
+            meta_path.write_bytes(meta)
+        with caplog.at_level(logging.WARNING, logger="postoffice.ingest.storage"):
+            again = new_store(tmp_path)
+        assert f"file_id={HEX}" in caplog.text
+        assert again.payloads() == []
+        assert again.unreadable == (payload_dir(tmp_path),)
+        assert (payload_dir(tmp_path) / "patch_0.bin").exists()
+        with pytest.raises(
+            IngestStorageError, match=rf"^payload {HEX} has an unreadable directory"
+        ):
+            put(again, 1)
+        assert again.remove(FID)
+        assert not payload_dir(tmp_path).exists()
+        assert not again.unreadable
+        assert not put(again, 1).duplicate
+
+    def test_patches_of_a_published_payload_are_deleted(self, tmp_path: Path) -> None:
+        """A crash after the published record was written, before the patches went."""
+        store = new_store(tmp_path)
+        put(store, 0, total=1)
+        shutil.copytree(payload_dir(tmp_path), tmp_path / "saved")
+        record = published_info()
+        store.mark_published(record)
+        shutil.copytree(tmp_path / "saved", payload_dir(tmp_path))  # as if never removed
+        again = new_store(tmp_path)
+        assert not payload_dir(tmp_path).exists()
+        assert again.published(FID) == record
+
+
+def published_info(file_id: FileId = FID, published_at: float = NOW) -> PublishedInfo:
+    return PublishedInfo(
+        file_id=file_id,
+        name="report.log",
+        size=12345,
+        sha256=hashlib.sha256(b"out").digest(),
+        published_at=published_at,
+        replaced=False,
+    )
+
+
+class TestPublishAndRemove:
+    def test_mark_published_removes_patches_and_the_record_survives_reopen(
+        self, tmp_path: Path
+    ) -> None:
+        store = new_store(tmp_path)
+        for index in range(4):
+            put(store, index)
+        record = published_info()
+        store.mark_published(record)
+        assert not payload_dir(tmp_path).exists()
+        assert store.info(FID) is None
+        assert store.published(FID) == record
+        again = new_store(tmp_path)
+        assert again.payloads() == []
+        assert again.published(FID) == record
+        assert again.published_records() == [record]
+
+    def test_a_chunk_after_publish_stores_nothing(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        put(store, 0, total=1, size=100)
+        store.mark_published(published_info())
+        result = put(store, 0, total=1, size=100)
+        assert result == StoreResult(
+            committed=1, total=1, duplicate=True, complete=False, published=True
+        )
+        assert not payload_dir(tmp_path).exists()
+        assert store.payloads() == []
+
+    def test_forget_published_deletes_the_record(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        store.mark_published(published_info())
+        store.forget_published(FID)
+        assert store.published(FID) is None
+        assert list((tmp_path / "published").iterdir()) == []
+        assert new_store(tmp_path).published_records() == []
+
+    def test_published_records_are_oldest_first(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        late, early = published_info(FID, NOW + 10), published_info(OTHER, NOW)
+        store.mark_published(late)
+        store.mark_published(early)
+        assert store.published_records() == [early, late]
+
+    def test_remove(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        assert store.remove(FID)
+        assert not payload_dir(tmp_path).exists()
+        assert store.info(FID) is None
+        assert not store.remove(FID)
+        assert not put(store, 0).duplicate  # the file id starts over
+
+    def test_patch_paths_in_index_order(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        for index in (2, 0, 3, 1):
+            put(store, index)
+        paths = store.patch_paths(FID)
+        assert [p.name for p in paths] == [f"patch_{i}.bin" for i in range(4)]
+        assert [p.read_bytes() for p in paths] == [chunk_data(i) for i in range(4)]
+
+    def test_patch_paths_of_incomplete_or_unknown_payloads(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        put(store, 0)
+        with pytest.raises(UnknownFileError, match=rf"^upload {HEX} is not complete: 1 of 4"):
+            store.patch_paths(FID)
+        with pytest.raises(UnknownFileError, match=rf"^no upload {OTHER.hex()}$"):
+            store.patch_paths(OTHER)
+
+
+class TestStorageErrors:
+    def test_a_failed_patch_write_commits_nothing(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        real_replace = os.replace
+
+        def full_disk(src: str, dst: str) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src)
+
+        monkeypatch.setattr(os, "replace", full_disk)
+        with pytest.raises(
+            IngestStorageError, match=r"^cannot write .*patch_1\.bin.*: No space left on device$"
+        ):
+            put(store, 1)
+        monkeypatch.setattr(os, "replace", real_replace)
+        info = store.info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0})
+        assert sorted(p.name for p in payload_dir(tmp_path).iterdir()) == [
+            "ids.list",
+            "meta.json",
+            "patch_0.bin",
+        ]
+        assert not put(store, 1).duplicate
+
+    def test_a_torn_append_is_cut_off_by_the_next_one(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        real_pwrite = os.pwrite
+
+        def half_then_eio(fd: int, data: bytes, offset: int) -> int:
+            real_pwrite(fd, bytes(data)[:20], offset)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "pwrite", half_then_eio)
+        with pytest.raises(
+            IngestStorageError, match=r"^cannot append to .*ids\.list: Input/output error$"
+        ):
+            put(store, 1)
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        put(store, 2)
+        put(store, 1)
+        assert [line.split()[0] for line in ids_lines(tmp_path)] == ["0", "2", "1"]
+        info = new_store(tmp_path).info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0, 1, 2})
+
+    def test_a_failed_meta_write_forgets_the_payload(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = new_store(tmp_path)
+
+        def broken_fsync(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "fsync", broken_fsync)
+        with pytest.raises(IngestStorageError, match=r"meta\.json: Input/output error$"):
+            put(store, 0)
+        assert store.info(FID) is None
+        assert store.payloads() == []
+        assert "payloads=0" in repr(store)
+
+
+class TestConcurrency:
+    def test_eight_threads_storing_one_payload_commit_each_chunk_once(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        total, threads = 48, 8
+        results: list[list[tuple[int, StoreResult]]] = [[] for _ in range(threads)]
+        errors: list[BaseException] = []
+        start = threading.Barrier(threads)
+
+        def worker(slot: int) -> None:
+            order = list(range(total))
+            random.Random(slot).shuffle(order)  # seeded: every run races the same way
+            start.wait()
+            try:
+                for index in order:
+                    results[slot].append((index, put(store, index, total=total)))
+            except BaseException as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+        pool = [threading.Thread(target=worker, args=(slot,)) for slot in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        assert errors == []
+        flat = [item for per_thread in results for item in per_thread]
+        fresh = sorted(index for index, result in flat if not result.duplicate)
+        assert fresh == list(range(total))
+        assert sum(result.complete for _, result in flat) == 1
+        lines = ids_lines(tmp_path)
+        assert sorted(int(line.split()[0]) for line in lines) == list(range(total))
+        info = new_store(tmp_path).info(FID)
+        assert info is not None
+        assert info.complete
+
+    def test_threads_storing_different_payloads(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, fsync=False)
+        ids = [FileId(bytes([n]) * 16) for n in range(8)]
+
+        def worker(file_id: FileId) -> None:
+            for index in range(10):
+                put(store, index, total=10, file_id=file_id)
+
+        pool = [threading.Thread(target=worker, args=(fid,)) for fid in ids]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        assert sorted(info.file_id for info in store.payloads()) == sorted(ids)
+        assert all(info.complete for info in store.payloads())
+
+
+def test_repr_shows_counts(tmp_path: Path) -> None:
+    store = new_store(tmp_path, fsync=False)
+    put(store, 0)
+    assert repr(store) == f"<ChunkStore {tmp_path / 'patches'} payloads=1 published=0 unreadable=0>"

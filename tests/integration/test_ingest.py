@@ -1,0 +1,376 @@
+"""The ingest server as a real process: uploads with the real client, hostile input, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+import zstandard
+
+from postoffice.core.framing import encode_parts
+from postoffice.ingest.client import IngestClient, SendResult
+from postoffice.ingest.errors import AssemblyError, BadNameError, ErrorCode
+from postoffice.ingest.protocol import (
+    NEED_DATA,
+    Ack,
+    ErrorReply,
+    FileId,
+    MessageDecoder,
+    encode_chunk,
+)
+from tests.integration.conftest import ServerProcess, free_port_block
+
+pytestmark = pytest.mark.integration
+
+Serve = Callable[..., ServerProcess]
+
+
+class Ingest:
+    """Where one ingest server under test lives."""
+
+    def __init__(self, tmp_path: Path, x: int = 3) -> None:
+        self.tmp = tmp_path
+        self.sys_base = free_port_block(4)
+        self.data_base = free_port_block(8)
+        self.x = x
+        self.data_dir = tmp_path / "var"
+        self.files = self.data_dir / "files"
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "--sys-base",
+            str(self.sys_base),
+            "--data-base",
+            str(self.data_base),
+            "--x",
+            str(self.x),
+            "--data-dir",
+            str(self.data_dir),
+            "--cleanup-interval",
+            "3600",
+            *extra,
+        ]
+
+    def client(self, **kwargs: object) -> IngestClient:
+        return IngestClient(
+            "127.0.0.1",
+            self.sys_base,
+            work_dir=self.tmp / "work",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def control(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(port=self.sys_base + 2, socket_timeout=10, protocol=2, **kwargs)  # type: ignore[arg-type]
+
+
+def make_file(path: Path, size: int, *, text: bool = False) -> Path:
+    if text:
+        lines = (
+            f"2026-11-22T04:{i % 60:02d}:00Z INFO request id={i} path=/x/{i % 97} ok\n"
+            for i in range(size // 50 + 1)
+        )
+        path.write_bytes("".join(lines).encode()[:size])
+    else:
+        path.write_bytes(os.urandom(size))
+    return path
+
+
+async def send(ingest: Ingest, path: Path, **kwargs: object) -> SendResult:
+    async with ingest.client(**kwargs) as client:
+        return await client.send(path)
+
+
+def raw_chunk(
+    file_id: bytes,
+    index: int,
+    total: int,
+    data: bytes,
+    *,
+    name: str = "raw.bin",
+    size: int | None = None,
+    request_id: int = 1,
+) -> bytes:
+    return encode_chunk(
+        file_id=FileId(file_id),
+        index=index,
+        total=total,
+        size=size if size is not None else len(data) * total,
+        name=name,
+        sha256=hashlib.sha256(data).digest(),
+        data=data,
+        request_id=request_id,
+    )
+
+
+def exchange(port: int, wire: bytes, replies: int) -> list[tuple[int, object]]:
+    """Send raw frames to a data port and read `replies` messages back."""
+    decoder = MessageDecoder()
+    got: list[tuple[int, object]] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(wire)
+        while len(got) < replies:
+            block = sock.recv(65536)
+            if not block:
+                break
+            decoder.feed(block)
+            while (event := decoder.next_event()) is not NEED_DATA:
+                got.append(event)
+    return got
+
+
+def test_round_trip_byte_for_byte(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    for name, size, text in (
+        ("random.bin", 3_000_000, False),
+        ("app.log", 2_000_000, True),
+        ("tiny.txt", 10, True),
+    ):
+        source = make_file(tmp_path / name, size, text=text)
+        result = asyncio.run(send(ingest, source, chunk_size=256 * 1024))
+        assert (ingest.files / name).read_bytes() == source.read_bytes()
+        assert result.sha256 == hashlib.sha256(source.read_bytes()).digest()
+        assert result.size == size
+    assert sorted(p.name for p in ingest.files.iterdir()) == ["app.log", "random.bin", "tiny.txt"]
+
+
+def test_existing_zst_goes_as_it_is(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    original = make_file(tmp_path / "data.csv", 500_000, text=True)
+    packed = tmp_path / "data.csv.zst"
+    packed.write_bytes(zstandard.ZstdCompressor(level=9).compress(original.read_bytes()))
+    result = asyncio.run(send(ingest, packed, chunk_size=64 * 1024))
+    assert result.name == "data.csv"
+    assert (ingest.files / "data.csv").read_bytes() == original.read_bytes()
+
+
+def test_out_of_order_duplicates_and_several_ports(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    payload = zstandard.ZstdCompressor().compress(b"hello ingest " * 10_000)
+    pieces = [payload[i : i + 1000] for i in range(0, len(payload), 1000)]
+    total = len(pieces)
+    file_id = os.urandom(16)
+    ports = [ingest.data_base + i for i in range(ingest.x)]
+    order = list(reversed(range(total)))
+    for n, index in enumerate(order):
+        wire = raw_chunk(
+            file_id,
+            index,
+            total,
+            pieces[index],
+            name="hello.txt",
+            size=len(payload),
+            request_id=n + 1,
+        )
+        reply = exchange(ports[n % len(ports)], wire + wire, 2)  # every chunk twice
+        assert isinstance(reply[0][1], Ack)
+        assert isinstance(reply[1][1], Ack)
+        assert reply[1][1].duplicate
+    deadline = time.monotonic() + 20
+    while not (ingest.files / "hello.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (ingest.files / "hello.txt").read_bytes() == b"hello ingest " * 10_000
+
+
+def test_conflicting_bytes_and_corrupt_chunks_are_refused(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    file_id = os.urandom(16)
+    port = ingest.data_base
+    first = exchange(port, raw_chunk(file_id, 0, 2, b"A" * 100, size=200), 1)
+    assert isinstance(first[0][1], Ack)
+    other = exchange(port, raw_chunk(file_id, 0, 2, b"B" * 100, size=200, request_id=7), 1)
+    assert other[0][0] == 7
+    reply = other[0][1]
+    assert isinstance(reply, ErrorReply)
+    assert reply.code is ErrorCode.CONFLICT
+    # A chunk whose bytes do not match its SHA-256: refused, the connection stays usable.
+    good = raw_chunk(file_id, 1, 2, b"C" * 100, size=200, request_id=9)
+    bad = bytearray(raw_chunk(file_id, 1, 2, b"C" * 100, size=200, request_id=8))
+    bad[-1] ^= 0xFF  # breaks the frame CRC too: re-encode the frame around the bad payload
+    payload = bytes(bad[24:])
+    corrupt = encode_parts(0x01, 0, 8, payload)
+    replies = exchange(port, corrupt + good, 2)
+    assert isinstance(replies[0][1], ErrorReply)
+    assert replies[0][1].code is ErrorCode.CHECKSUM
+    assert isinstance(replies[1][1], Ack)
+
+
+def test_garbage_and_oversized_frames_do_not_stop_other_uploads(
+    serve: Serve, tmp_path: Path
+) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    port = ingest.data_base
+    garbage = exchange(port, b"GET / HTTP/1.1\r\n\r\n", 1)
+    assert isinstance(garbage[0][1], ErrorReply)
+    assert garbage[0][1].code is ErrorCode.BAD_FRAME
+    huge = encode_parts(0x01, 0, 1, b"")[:16] + (64 * 1024 * 1024).to_bytes(4, "big") + b"\0" * 4
+    refused = exchange(port, huge, 1)
+    assert isinstance(refused[0][1], ErrorReply)
+    assert "exceeds limit" in refused[0][1].message
+    source = make_file(tmp_path / "still.bin", 300_000)
+    asyncio.run(send(ingest, source, chunk_size=64 * 1024))
+    assert (ingest.files / "still.bin").read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "nul\0byte", "x" * 300, " pad"])
+def test_hostile_names_are_refused(serve: Serve, tmp_path: Path, name: str) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    wire = raw_chunk(os.urandom(16), 0, 1, b"x", name=name)
+    reply = exchange(ingest.data_base, wire, 1)[0][1]
+    assert isinstance(reply, ErrorReply)
+    assert reply.code in (ErrorCode.BAD_NAME, ErrorCode.BAD_FRAME, ErrorCode.BAD_MESSAGE)
+    assert not any(tmp_path.rglob("escape"))
+    assert list(ingest.files.iterdir()) == []
+
+
+def test_client_refuses_a_hostile_name_before_sending(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    source = make_file(tmp_path / "ok.bin", 10)
+    async def go() -> None:
+        async with ingest.client() as client:
+            await client.send(source, name="../../etc/passwd")
+
+    with pytest.raises(BadNameError):
+        asyncio.run(go())
+
+
+def test_decompression_bomb_is_refused(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args("--max-output-bytes", str(10 * 1024 * 1024)))
+    bomb = tmp_path / "bomb.bin.zst"
+    compressor = zstandard.ZstdCompressor(level=19)
+    bomb.write_bytes(compressor.compress(b"\0" * (200 * 1024 * 1024)))
+    assert bomb.stat().st_size < 1024 * 1024
+    with pytest.raises(AssemblyError, match="exceeds limit"):
+        asyncio.run(send(ingest, bomb, chunk_size=64 * 1024))
+    assert list(ingest.files.iterdir()) == []
+
+
+def test_many_concurrent_uploads(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    sources = [make_file(tmp_path / f"f{i}.bin", 50_000 + i * 997) for i in range(20)]
+
+    async def go() -> list[SendResult]:
+        return await asyncio.gather(*(send(ingest, s, chunk_size=16 * 1024) for s in sources))
+
+    results = asyncio.run(go())
+    assert len(results) == 20
+    for source in sources:
+        assert (ingest.files / source.name).read_bytes() == source.read_bytes()
+
+
+def test_resume_after_the_server_is_killed(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    first = serve("ingest", *ingest.args())
+    source = make_file(tmp_path / "big.bin", 4_000_000)
+    payload = zstandard.ZstdCompressor(level=1).compress(source.read_bytes())
+    packed = tmp_path / "big.bin.zst"
+    packed.write_bytes(payload)
+
+    # Send half the chunks by hand, then kill -9 the server in the middle of the upload.
+    async def half() -> None:
+        async with ingest.client(chunk_size=256 * 1024) as client:
+            task = asyncio.ensure_future(client.send(packed))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+                listing = list((ingest.data_dir / "ingest" / "patches").rglob("patch_*.bin"))
+                if len(listing) >= 4:
+                    break
+            first.proc.send_signal(signal.SIGKILL)
+            with pytest.raises(Exception):  # noqa: B017,PT011  (the client sees the server die)
+                await task
+
+    asyncio.run(half())
+    first.proc.wait(10)
+    serve("ingest", *ingest.args())
+    result = asyncio.run(send(ingest, packed, chunk_size=256 * 1024))
+    assert result.skipped_chunks >= 4
+    assert (ingest.files / "big.bin").read_bytes() == source.read_bytes()
+
+
+def test_control_port_with_redis_py(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args("--control-token", "s3cret"))
+    with pytest.raises(redis.AuthenticationError):
+        ingest.control().ping()
+    control = ingest.control(password="s3cret")
+    assert control.ping() is True
+    status = control.execute_command("STATUS")  # type: ignore[no-untyped-call]
+    assert status[status.index(b"x") + 1] == 3
+    file_id = os.urandom(16)
+    exchange(ingest.data_base, raw_chunk(file_id, 0, 3, b"abc", size=9), 1)
+    uploads = control.execute_command("UPLOADS")  # type: ignore[no-untyped-call]
+    assert any(file_id.hex().encode() in line for line in uploads)
+    missing = control.execute_command("MISSING", file_id.hex())  # type: ignore[no-untyped-call]
+    assert missing == [b"1-2"]
+    assert control.execute_command("ABORT", file_id.hex()) == b"OK"  # type: ignore[no-untyped-call]
+    with pytest.raises(redis.ResponseError, match="unknown upload"):
+        control.execute_command("ABORT", file_id.hex())  # type: ignore[no-untyped-call]
+    assert control.execute_command("CONFIG", "SET", "ttl", "120") == b"OK"  # type: ignore[no-untyped-call]
+    with pytest.raises(redis.ResponseError, match="setting 'x' must be between 1 and 64, got 0"):
+        control.execute_command("CONFIG", "SET", "x", "0")  # type: ignore[no-untyped-call]
+
+
+def test_scale_x_up_and_down_under_load(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path, x=2)
+    serve("ingest", *ingest.args())
+    control = ingest.control()
+    sources = [make_file(tmp_path / f"s{i}.bin", 400_000) for i in range(6)]
+
+    async def go() -> list[SendResult]:
+        uploads = [asyncio.ensure_future(send(ingest, s, chunk_size=32 * 1024)) for s in sources]
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(control.execute_command, "CONFIG", "SET", "x", "5")
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(control.execute_command, "CONFIG", "SET", "x", "1")
+        return await asyncio.gather(*uploads)
+
+    asyncio.run(go())
+    for source in sources:
+        assert (ingest.files / source.name).read_bytes() == source.read_bytes()
+    with urllib.request.urlopen(f"http://127.0.0.1:{ingest.sys_base}/info", timeout=5) as resp:
+        assert b'"x": 1' in resp.read()
+
+
+def test_ttl_cleanup_with_a_short_ttl(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args("--ttl", "1", "--cleanup-interval", "0.2"))  # the last flag wins
+    exchange(ingest.data_base, raw_chunk(os.urandom(16), 0, 2, b"stale", size=10), 1)
+    source = make_file(tmp_path / "old.bin", 1000)
+    asyncio.run(send(ingest, source))
+    assert (ingest.files / "old.bin").exists()
+    deadline = time.monotonic() + 15
+    patches = ingest.data_dir / "ingest" / "patches"
+    while time.monotonic() < deadline and (
+        (ingest.files / "old.bin").exists() or any(patches.iterdir())
+    ):
+        time.sleep(0.1)
+    assert not (ingest.files / "old.bin").exists()
+    assert not any(patches.iterdir())
+
+
+def test_sigterm_drains_and_exits_zero(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    server = serve("ingest", *ingest.args())
+    source = make_file(tmp_path / "last.bin", 200_000)
+    asyncio.run(send(ingest, source))
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(20) == 0
+    assert (ingest.files / "last.bin").read_bytes() == source.read_bytes()
