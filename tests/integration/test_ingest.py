@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -241,6 +242,7 @@ def test_client_refuses_a_hostile_name_before_sending(serve: Serve, tmp_path: Pa
     ingest = Ingest(tmp_path)
     serve("ingest", *ingest.args())
     source = make_file(tmp_path / "ok.bin", 10)
+
     async def go() -> None:
         async with ingest.client() as client:
             await client.send(source, name="../../etc/passwd")
@@ -374,3 +376,94 @@ def test_sigterm_drains_and_exits_zero(serve: Serve, tmp_path: Path) -> None:
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(20) == 0
     assert (ingest.files / "last.bin").read_bytes() == source.read_bytes()
+
+
+def test_resume_after_the_client_is_killed(serve: Serve, tmp_path: Path) -> None:
+    from tests.integration.conftest import POSTOFFICE, env_without_postoffice
+
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    source = make_file(tmp_path / "resume.bin", 6_000_000)
+    env = env_without_postoffice() | {"TMPDIR": str(tmp_path / "work")}
+    (tmp_path / "work").mkdir()
+    patches = ingest.data_dir / "ingest" / "patches"
+    client = subprocess.Popen(
+        [
+            *POSTOFFICE,
+            "ingest",
+            "send",
+            str(source),
+            "--sys-base",
+            str(ingest.sys_base),
+            "--chunk-size",
+            "65536",
+            "--parallel",
+            "1",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while len(list(patches.rglob("patch_*.bin"))) < 10 and time.monotonic() < deadline:
+        assert client.poll() is None, "the client finished before it could be killed"
+        time.sleep(0.01)
+    client.kill()
+    client.wait(10)
+    stored = len(list(patches.rglob("patch_*.bin")))
+    assert stored >= 10
+    result = asyncio.run(send(ingest, source, chunk_size=65536, parallel=2))
+    assert result.skipped_chunks >= stored
+    assert result.sent_chunks + result.skipped_chunks == result.chunks
+    assert (ingest.files / "resume.bin").read_bytes() == source.read_bytes()
+
+
+def test_telemetry_streams_events(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    serve("ingest", *ingest.args())
+    with socket.create_connection(("127.0.0.1", ingest.sys_base + 1), timeout=10) as sock:
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b'"hello"' not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"application/x-ndjson" in head
+        source = make_file(tmp_path / "watched.bin", 100_000)
+        asyncio.run(send(ingest, source, chunk_size=32 * 1024))
+        seen = head
+        deadline = time.monotonic() + 10
+        while b'"published"' not in seen and time.monotonic() < deadline:
+            seen += sock.recv(65536)
+    for event in (b'"chunk_stored"', b'"payload_complete"', b'"published"'):
+        assert event in seen
+    assert b'"name": "watched.bin"' in seen
+    with urllib.request.urlopen(f"http://127.0.0.1:{ingest.sys_base + 1}/metrics") as resp:
+        metrics = resp.read().decode()
+    assert "postoffice_ingest_published_total 1.0" in metrics
+
+
+def test_sigterm_mid_upload_drains_then_resume_completes(serve: Serve, tmp_path: Path) -> None:
+    ingest = Ingest(tmp_path)
+    server = serve("ingest", *ingest.args())
+    source = make_file(tmp_path / "drain.bin", 8_000_000)
+    patches = ingest.data_dir / "ingest" / "patches"
+
+    async def interrupted() -> None:
+        async with ingest.client(chunk_size=65536, parallel=4) as client:
+            task = asyncio.ensure_future(client.send(source))
+            deadline = time.monotonic() + 30
+            while len(list(patches.rglob("patch_*.bin"))) < 8 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            server.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(Exception):  # noqa: B017,PT011  (the server went away)
+                await task
+
+    asyncio.run(interrupted())
+    assert server.proc.wait(30) == 0
+    assert "ingest stopped" in server.log()
+    assert not (ingest.files / "drain.bin").exists()  # never a partial file
+    serve("ingest", *ingest.args())
+    result = asyncio.run(send(ingest, source, chunk_size=65536))
+    assert result.skipped_chunks >= 8
+    assert (ingest.files / "drain.bin").read_bytes() == source.read_bytes()

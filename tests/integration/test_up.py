@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTOFFICE_")}
     env["POSTOFFICE_COMMAND_PORT"] = "0"
     env["POSTOFFICE_COMMAND_METRICS_PORT"] = "0"
+    env["POSTOFFICE_INGEST_SYS_BASE"] = "0"  # 0: every ingest port picked by the kernel
+    env["POSTOFFICE_INGEST_DATA_BASE"] = "0"
     return env
 
 
@@ -188,3 +191,22 @@ def test_unknown_service_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"Invalid value for '--only': 'nope'" in result.stderr
+
+
+def test_up_starts_the_ingest_server_too(up: _Up) -> None:
+    up.wait_ready()
+
+    def ingest_ready() -> bool:
+        body = up.status()
+        return body is not None and body["services"]["ingest"]["state"] == "ready"
+
+    _wait_until("the ingest service to be ready", ingest_ready)
+    body = up.status()
+    assert body is not None
+    ingest = body["services"]["ingest"]
+    assert {"health", "telemetry", "control", "ack", "data0"} <= set(ingest["listeners"])
+    host, port = ingest["listeners"]["health"]
+    with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as resp:
+        assert resp.read() == b"ok\n"
+    # Its state lives under the director's data directory.
+    assert (up.data_dir / "files").is_dir()

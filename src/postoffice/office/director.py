@@ -130,10 +130,14 @@ def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = Non
 
 
 #: Every service `postoffice up` starts, in start order (a service may rely on earlier
-#: ones). The command server keeps its defaults: port 6380, metrics on 6381; the
-#: environment (`POSTOFFICE_COMMAND_PORT=0`, ...) reaches it unchanged.
+#: ones). Each keeps its own defaults (command 6380/6381, ingest 7000-7003 and 7100+);
+#: the environment (`POSTOFFICE_COMMAND_PORT=0`, ...) reaches them unchanged.
 SERVICES: Final[tuple[ServiceSpec, ...]] = (
     ServiceSpec(name="command", argv=serve_argv("command")),
+    ServiceSpec(
+        name="ingest",
+        argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
+    ),
 )
 
 
