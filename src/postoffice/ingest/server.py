@@ -31,7 +31,7 @@ from postoffice.core.http import (
     serve_http,
 )
 from postoffice.core.listeners import bound_address, listen
-from postoffice.core.runtime import Supervisor, announce
+from postoffice.core.runtime import Backoff, Supervisor, announce
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembly import assemble
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
@@ -98,6 +98,7 @@ class IngestServer:
         self._sys_listeners: list[asyncio.Server] = []
         self._assembling: dict[FileId, asyncio.Task[None]] = {}
         self._failed: dict[FileId, Failed] = {}
+        self._assembly_backoff: dict[FileId, Backoff] = {}
         self._accepting = False
         self._ready = False
         self._scale_lock = asyncio.Lock()
@@ -356,6 +357,10 @@ class IngestServer:
 
     # -- assembly ----------------------------------------------------------------------
 
+    def _retry_assembly(self, file_id: FileId) -> None:
+        if self._accepting and self.store.info(file_id) is not None:
+            self._start_assembly(file_id)
+
     def _start_assembly(self, file_id: FileId) -> None:
         if file_id in self._assembling:
             return
@@ -384,14 +389,13 @@ class IngestServer:
                 )
             )
             await self._blocking(lambda: self.store.mark_published(done))
-        except IngestError as exc:
+        except AssemblyError as exc:
+            # The bytes will never decompress: drop them so the upload can start over.
             self.assembly_failures += 1
             failed = Failed(file_id=file_id, code=exc.code, message=str(exc))
             self._failed[file_id] = failed
             log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, info.name, str(exc))
-            if isinstance(exc, AssemblyError):
-                # The bytes will never decompress: drop them so the upload can start over.
-                await self._blocking(lambda: self.store.remove(file_id))
+            await self._blocking(lambda: self.store.remove(file_id))
             self.events.emit(
                 "assembly_failed",
                 file_id=hex_id,
@@ -401,10 +405,24 @@ class IngestServer:
             )
             self.acks.publish(file_id, failed)
             return
-        except Exception:
+        except Exception as exc:
+            # A disk error or a bug, not the payload's fault: the patches are intact, so
+            # the assembler is restarted for this payload after a backoff delay.
             self.assembly_failures += 1
-            log.exception("assembly crashed file_id=%s", hex_id)
+            backoff = self._assembly_backoff.setdefault(file_id, Backoff(initial_s=0.5, max_s=30))
+            delay = backoff.next_delay()
+            log.error(
+                "assembly crashed file_id=%s reason=%r restart_in_s=%.2f",
+                hex_id,
+                exc,
+                delay,
+                exc_info=exc,
+            )
+            self.events.emit("assembly_retry", file_id=hex_id, error=repr(exc), retry_in_s=delay)
+            loop = asyncio.get_running_loop()
+            loop.call_later(delay, self._retry_assembly, file_id)
             return
+        self._assembly_backoff.pop(file_id, None)
         self.published_total += 1
         seconds = time.monotonic() - began
         log.info(
