@@ -64,12 +64,16 @@ class _FramedConnection(BaseProtocol):
             except FrameError as exc:
                 self.server.protocol_errors += 1
                 log.info("bad frame conn=%s error=%r", self, str(exc))
+                self.server.events.emit("protocol_error", peer=self.peer, error=str(exc))
                 self.send(ErrorReply(code=ErrorCode.BAD_FRAME, message=str(exc)), 0)
                 self.close("bad frame")
                 return False
             except IngestError as exc:
                 # The frame was whole, so framing holds: refuse this message, keep going.
                 self.server.protocol_errors += 1
+                self.server.events.emit(
+                    "message_refused", peer=self.peer, code=exc.code.name, error=str(exc)
+                )
                 self.send(ErrorReply(code=exc.code, message=str(exc)), decoder.last_request_id or 0)
                 continue
             if event is NEED_DATA:
@@ -143,6 +147,13 @@ class DataConnection(_FramedConnection):
             reply: Message = await self.server.accept_chunk(chunk)
         except IngestError as exc:
             reply = ErrorReply(code=exc.code, message=str(exc))
+            self.server.events.emit(
+                "chunk_refused",
+                file_id=chunk.file_id.hex(),
+                index=chunk.index,
+                code=exc.code.name,
+                error=str(exc),
+            )
         except Exception as exc:
             log.exception("chunk failed conn=%s file_id=%s", self, chunk.file_id.hex())
             reply = ErrorReply(code=ErrorCode.STORAGE, message=f"internal error: {exc!r}")
