@@ -9,10 +9,7 @@ from pathlib import Path
 
 import click
 
-from postoffice.core import config as core_config
-from postoffice.core import logs
-from postoffice.core.errors import ConfigError
-from postoffice.core.runtime import raise_fd_limit, run
+from postoffice.core.launch import serve_options, serve_service
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +78,7 @@ def command() -> None:
     default=None,
     help="Set SO_REUSEPORT so several processes can share the port.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="TOML or INI file with a [command] section.",
-)
-@click.option(
-    "--ready-file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the bound addresses here as JSON once listening.",
-)
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
-@click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+@serve_options("command")
 def serve(
     config_path: str | None,
     ready_file: str | None,
@@ -112,22 +95,17 @@ def serve(
     from postoffice.command.config import CommandConfig
     from postoffice.command.server import CommandServer
 
-    logs.setup(level=log_level, json=log_json, service="command")
-    try:
-        config = core_config.load(
-            CommandConfig, section="command", path=config_path, overrides=flags
-        )
-        if no_metrics:
-            config = dataclasses.replace(config, metrics_port=None)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    raise_fd_limit()
+    async def start(config: CommandConfig, stop: asyncio.Event, ready: str | None) -> None:
+        await CommandServer(config).serve(stop, ready_file=ready)
 
-    async def main(stop: asyncio.Event) -> None:
-        server = CommandServer(config)
-        await server.serve(stop, ready_file=ready_file)
-
-    try:
-        run(main)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    serve_service(
+        section="command",
+        config_cls=CommandConfig,
+        flags=flags,
+        config_path=config_path,
+        ready_file=ready_file,
+        log_level=log_level,
+        log_json=log_json,
+        serve=start,
+        adjust=(lambda c: dataclasses.replace(c, metrics_port=None)) if no_metrics else None,
+    )

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
-from postoffice.core import config as core_config
-from postoffice.core import logs
-from postoffice.core.errors import ConfigError, PostOfficeError
-from postoffice.core.runtime import raise_fd_limit, run
+from postoffice.core.errors import PostOfficeError
+from postoffice.core.launch import serve_options, serve_service
 
 
 @click.group()
@@ -82,21 +80,7 @@ def ingest() -> None:
     default=None,
     help="Assemble through a .part file instead of streaming from the patches.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="TOML or INI file with an [ingest] section.",
-)
-@click.option(
-    "--ready-file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the bound addresses here as JSON once listening.",
-)
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
-@click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+@serve_options("ingest")
 def serve(
     config_path: str | None,
     ready_file: str | None,
@@ -109,25 +93,26 @@ def serve(
     Settings come from defaults < --config file < POSTOFFICE_INGEST_* environment <
     these flags. Upload with `postoffice ingest send FILE`.
     """
+    from postoffice.core.config import data_dir
     from postoffice.ingest.config import IngestConfig
     from postoffice.ingest.server import IngestServer
 
-    logs.setup(level=log_level, json=log_json, service="ingest")
     if flags.get("data_dir") is None:
-        flags["data_dir"] = core_config.data_dir()
-    try:
-        config = core_config.load(IngestConfig, section="ingest", path=config_path, overrides=flags)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    raise_fd_limit()
+        flags["data_dir"] = data_dir()
 
-    async def main(stop: asyncio.Event) -> None:
-        await IngestServer(config).serve(stop, ready_file=ready_file)
+    async def start(config: IngestConfig, stop: asyncio.Event, ready: str | None) -> None:
+        await IngestServer(config).serve(stop, ready_file=ready)
 
-    try:
-        run(main)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    serve_service(
+        section="ingest",
+        config_cls=IngestConfig,
+        flags=flags,
+        config_path=config_path,
+        ready_file=ready_file,
+        log_level=log_level,
+        log_json=log_json,
+        serve=start,
+    )
 
 
 @ingest.command()
