@@ -23,7 +23,8 @@ from postoffice.ingest.assembly import (
 )
 from postoffice.ingest.errors import AssemblyError, IngestStorageError
 from postoffice.ingest.protocol import FileId
-from postoffice.ingest.storage import ChunkStore, PayloadInfo, PublishedInfo
+from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.storage import ChunkStore, PayloadInfo
 
 FID = FileId(bytes.fromhex("0123456789abcdef0123456789abcdef"))
 HEX = FID.hex()

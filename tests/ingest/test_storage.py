@@ -22,7 +22,8 @@ from postoffice.ingest.errors import (
     UnknownFileError,
 )
 from postoffice.ingest.protocol import MAX_CHUNKS, FileId
-from postoffice.ingest.storage import ChunkStore, PublishedInfo, StoreResult
+from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.storage import ChunkStore, StoreResult
 
 FID = FileId(bytes.fromhex("00112233445566778899aabbccddeeff"))
 HEX = FID.hex()

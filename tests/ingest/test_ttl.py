@@ -12,7 +12,8 @@ import pytest
 
 from postoffice.ingest.errors import IngestStorageError
 from postoffice.ingest.protocol import FileId, file_id_hex
-from postoffice.ingest.storage import ChunkStore, PublishedInfo
+from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.storage import ChunkStore
 from postoffice.ingest.ttl import STRAY_GRACE_S, CleanupReport, cleanup_pass, is_expired
 
 NOW = 1_700_000_000.0

@@ -49,7 +49,8 @@ import zstandard
 
 from postoffice.ingest.errors import AssemblyError, IngestStorageError
 from postoffice.ingest.protocol import FileId, check_name, file_id_hex
-from postoffice.ingest.storage import PayloadInfo, PublishedInfo
+from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.storage import PayloadInfo
 
 #: Read and write size: large enough that per-block Python overhead vanishes next to
 #: zstd's work, small enough that a bomb or a huge patch costs little memory.

@@ -1,7 +1,8 @@
 """The ingest client: compress a file, upload its chunks over the data ports, verify the publish.
 
 Ingest layer, I/O shell (asyncio streams) around the pure protocol module. `IngestClient`
-is the Python API; `postoffice ingest send` is built on it.
+is the Python API; `postoffice ingest send` is built on it. Preparing the payload (hash,
+file id, Zstandard copy, chunk plan) lives in payload.py.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ import json
 import logging
 import os
 import re
-import secrets
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, TypedDict, TypeVar, Unpack, final
-
-import zstandard
 
 from postoffice.core.config import check_port, check_range
 from postoffice.core.errors import BrokenError, ClosedError, PostOfficeError, StorageError
@@ -40,10 +37,9 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
+from postoffice.ingest.payload import PreparedFile, discard_work_copy, plan_chunks, prepare
 from postoffice.ingest.protocol import (
-    FILE_ID_BYTES,
     MAX_CHUNK_BYTES,
-    MAX_CHUNKS,
     MAX_STATUS_RANGES,
     MAX_SUBSCRIBE_IDS,
     Ack,
@@ -61,7 +57,6 @@ from postoffice.ingest.protocol import (
     Subscribe,
     Subscribed,
     UploadState,
-    check_name,
     encode,
     encode_chunk,
     file_id_hex,
@@ -71,12 +66,9 @@ from postoffice.ingest.protocol import (
 # ------
 # `send(path)` runs five steps, each resumable by simply calling it again:
 #
-#   prepare    (thread) detect Zstandard by its magic; hash the original content; derive
-#              the file id from name, content hash and chunk size, so a restarted client
-#              finds its earlier upload; compress into the work dir, or reuse the copy an
-#              earlier run left there. The hash comes first, in a pass of its own: it is
-#              the cache key, and ~5x cheaper than the compression it may save. The
-#              compression pass hashes again, so a file changed in between is caught.
+#   prepare    (thread) payload.prepare: hash the file, derive its file id (so a
+#              restarted client finds its earlier upload), and compress it into the work
+#              dir or reuse the copy an earlier run left there. See payload.py.
 #   subscribe  SUBSCRIBE on the ack port, then PING. The server replays PUBLISHED or
 #              FAILED to a late subscriber, so the events that arrive before the PONG tell
 #              how an *earlier* attempt ended; they are kept apart from this attempt's.
@@ -97,18 +89,10 @@ __all__ = [
     "ClientOptions",
     "Connector",
     "IngestClient",
-    "PreparedFile",
     "SendResult",
-    "chunk_count",
-    "derive_file_id",
     "error_for",
-    "is_zstd",
     "parse_info_response",
-    "plan_chunks",
-    "prepare",
     "send_files",
-    "upload_name",
-    "work_root",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,13 +115,6 @@ or hostile peer on the health port can make us buffer."""
 # A STATUS with MAX_STATUS_RANGES ranges is 512 KiB; nothing else a server sends is large.
 MAX_REPLY_BYTES: Final = MAX_STATUS_RANGES * 8 + 64 * 1024
 
-ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
-ZSTD_LEVEL: Final = 3
-FILE_ID_DOMAIN: Final = b"postoffice-ingest-v1\0"
-WORK_SUBDIR: Final = "postoffice-ingest"
-SUFFIX: Final = ".zst"
-
-_IO_BYTES: Final = 1024 * 1024  # block size for hashing and compressing
 _RECV_BYTES: Final = 256 * 1024
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] (\d{3})(?: .*)?")
 
@@ -165,100 +142,7 @@ class SendResult:
     replaced: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PreparedFile:
-    """A file ready to upload: its identity and the Zstandard payload to send.
-
-    `payload` is the user's own .zst (`owned` False) or our copy in the work dir (`owned`
-    True: removed after the publish); `reused` says that copy was left by an earlier run.
-    """
-
-    path: Path
-    name: str
-    file_id: FileId
-    size: int
-    sha256: bytes
-    payload: Path
-    payload_size: int
-    chunk_size: int
-    owned: bool
-    reused: bool = False
-
-    @property
-    def total(self) -> int:
-        """Number of chunks."""
-        return chunk_count(self.payload_size, self.chunk_size)
-
-    def chunk_length(self, index: int) -> int:
-        """Bytes in chunk `index` (the last one may be short, or empty for an empty payload)."""
-        start = index * self.chunk_size
-        return max(0, min(self.chunk_size, self.payload_size - start))
-
-
 # --- pure helpers -------------------------------------------------------------------------
-
-
-def derive_file_id(name: str, sha256: bytes, chunk_size: int) -> FileId:
-    """The upload's id: the same file, name and chunk size always give the same id, so an
-    interrupted upload is found again after a client restart."""
-    material = b"".join(
-        (FILE_ID_DOMAIN, name.encode("utf-8"), b"\0", sha256, chunk_size.to_bytes(8, "big"))
-    )
-    return FileId(hashlib.sha256(material).digest()[:FILE_ID_BYTES])
-
-
-def upload_name(path: Path, *, zstd: bool) -> str:
-    """The name the file is published under: its own, minus `.zst` when it is Zstandard.
-
-    Raises BadNameError for a name the server would refuse.
-    """
-    name = path.name
-    if zstd and name.endswith(SUFFIX):
-        name = name[: -len(SUFFIX)]
-    return check_name(name)
-
-
-def chunk_count(payload_size: int, chunk_size: int) -> int:
-    """Chunks needed for `payload_size` bytes (at least one: an empty payload is one empty
-    chunk). Raises IngestLimitError past the protocol's MAX_CHUNKS."""
-    total = max(1, -(-payload_size // chunk_size))
-    if total > MAX_CHUNKS:
-        raise IngestLimitError(
-            f"payload of {payload_size} bytes needs {total} chunks of {chunk_size}, "
-            f"limit {MAX_CHUNKS}: use a larger chunk size"
-        )
-    return total
-
-
-def plan_chunks(status: Status, *, total: int, size: int) -> tuple[int, ...]:
-    """The indexes to send, given the server's STATUS for our upload.
-
-    UNKNOWN or FAILED (the server dropped a failed upload's chunks): everything.
-    ASSEMBLING or PUBLISHED: nothing. UPLOADING: the missing ranges; when none are
-    missing, the last chunk again, as a nudge (the server answers a duplicate of a
-    complete upload by starting its assembly, which helps one whose assembly was lost).
-    Raises ConflictError when the server holds a different payload under our id, and
-    IngestProtocolError for ranges outside 0..total-1.
-    """
-    match status.state:
-        case UploadState.UNKNOWN | UploadState.FAILED:
-            return tuple(range(total))
-        case UploadState.ASSEMBLING | UploadState.PUBLISHED:
-            return ()
-        case UploadState.UPLOADING:
-            pass
-    if status.total != total or status.size != size:
-        raise ConflictError(
-            f"server holds upload {file_id_hex(status.file_id)} as {status.total} chunks of "
-            f"{status.size} bytes in all, ours is {total} chunks of {size} bytes "
-            "(another zstd build or .zst file? abort it on the control port)"
-        )
-    indexes: list[int] = []
-    for first, last in status.missing:
-        if not 0 <= first <= last < total:
-            raise IngestProtocolError(f"status range {first}-{last} is outside 0..{total - 1}")
-        indexes.extend(range(first, last + 1))
-    return tuple(indexes) if indexes else (total - 1,)
 
 
 _ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
@@ -350,162 +234,7 @@ def _response_complete(data: bytes) -> bool:
     return length is not None and len(body) >= length
 
 
-# --- preparing a file (blocking: run in a thread) -----------------------------------------
-
-
-def work_root(work_dir: Path | None = None) -> Path:
-    """Where compressed copies wait for their upload: `<work_dir or tmp>/postoffice-ingest`."""
-    return (work_dir if work_dir is not None else Path(tempfile.gettempdir())) / WORK_SUBDIR
-
-
-def is_zstd(path: Path) -> bool:
-    """True if the file starts with the Zstandard frame magic. Raises OSError."""
-    with path.open("rb") as fh:
-        return fh.read(len(ZSTD_MAGIC)) == ZSTD_MAGIC
-
-
-def prepare(
-    path: Path, *, chunk_size: int, work_dir: Path | None = None, name: str | None = None
-) -> PreparedFile:
-    """Hash `path`, derive its upload id, and find or make its Zstandard payload. Blocking.
-
-    `name` overrides the name derived from the path (see upload_name).
-
-    Raises BadNameError for a name the server would refuse, AssemblyError for a .zst that
-    does not decompress, StorageError when a file cannot be read or written (or changed
-    while it was read).
-    """
-    try:
-        if is_zstd(path):
-            name = check_name(name) if name is not None else upload_name(path, zstd=True)
-            size, digest = _hash_zstd(path)
-            file_id = derive_file_id(name, digest, chunk_size)
-            return PreparedFile(
-                path=path,
-                name=name,
-                file_id=file_id,
-                size=size,
-                sha256=digest,
-                payload=path,
-                payload_size=path.stat().st_size,
-                chunk_size=chunk_size,
-                owned=False,
-            )
-        name = check_name(name) if name is not None else upload_name(path, zstd=False)
-        size, digest = _hash_plain(path)
-        file_id = derive_file_id(name, digest, chunk_size)
-        folder = work_root(work_dir)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = folder / f"{file_id_hex(file_id)}{SUFFIX}"
-        sidecar = target.with_suffix(".json")
-        payload_size = _cached_size(target, sidecar, digest)
-        reused = payload_size is not None
-        if payload_size is None:
-            payload_size = _compress(path, target, sidecar, size=size, sha256=digest)
-        return PreparedFile(
-            path=path,
-            name=name,
-            file_id=file_id,
-            size=size,
-            sha256=digest,
-            payload=target,
-            payload_size=payload_size,
-            chunk_size=chunk_size,
-            owned=True,
-            reused=reused,
-        )
-    except OSError as exc:
-        raise StorageError(f"cannot prepare {path}: {exc.strerror or exc}") from exc
-
-
-def _hash_plain(path: Path) -> tuple[int, bytes]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while block := fh.read(_IO_BYTES):
-            digest.update(block)
-            size += len(block)
-    return size, digest.digest()
-
-
-def _hash_zstd(path: Path) -> tuple[int, bytes]:
-    """Size and sha256 of the decompressed content, as the server will publish it (it too
-    decodes every frame of a multi-frame file)."""
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with (
-            path.open("rb") as fh,
-            zstandard.ZstdDecompressor().stream_reader(
-                fh, read_size=_IO_BYTES, read_across_frames=True, closefd=False
-            ) as reader,
-        ):
-            while block := reader.read(_IO_BYTES):
-                digest.update(block)
-                size += len(block)
-    except zstandard.ZstdError as exc:
-        raise AssemblyError(f"{path} is not valid zstandard: {exc}") from exc
-    return size, digest.digest()
-
-
-def _cached_size(target: Path, sidecar: Path, sha256: bytes) -> int | None:
-    """The size of a compressed copy an earlier run left, if its sidecar vouches for it."""
-    try:
-        meta = json.loads(sidecar.read_text())
-        actual = target.stat().st_size
-    except (OSError, ValueError):
-        return None
-    if (
-        isinstance(meta, dict)
-        and meta.get("sha256_original") == sha256.hex()
-        and meta.get("size") == actual
-    ):
-        return actual
-    return None
-
-
-def _compress(src: Path, target: Path, sidecar: Path, *, size: int, sha256: bytes) -> int:
-    """Compress `src` into `target` (through a private temp name), then write the sidecar.
-
-    Single-threaded level 3 with the content size pledged: the same input and library
-    version always give the same bytes, which lets a restarted client resume.
-    """
-    compressor = zstandard.ZstdCompressor(
-        level=ZSTD_LEVEL, write_checksum=True, write_content_size=True, threads=0
-    )
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    digest = hashlib.sha256()
-    seen = 0
-    try:
-        with (
-            src.open("rb") as fin,
-            tmp.open("wb") as fout,
-            compressor.stream_writer(fout, size=size, closefd=False) as writer,
-        ):
-            while block := fin.read(_IO_BYTES):
-                digest.update(block)
-                seen += len(block)
-                writer.write(block)
-        if seen != size or digest.digest() != sha256:
-            raise StorageError(f"{src} changed while it was read: restart the upload")
-        payload_size = tmp.stat().st_size
-        os.replace(tmp, target)
-    except zstandard.ZstdError as exc:
-        # The pledged size no longer matches: the file grew or shrank under us.
-        raise StorageError(f"{src} changed while it was compressed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta = {"size": payload_size, "sha256_original": sha256.hex(), "original_size": size}
-    side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    side_tmp.write_text(json.dumps(meta))
-    os.replace(side_tmp, sidecar)
-    return payload_size
-
-
-def _discard_work_copy(prepared: PreparedFile) -> None:
-    if prepared.owned:
-        prepared.payload.unlink(missing_ok=True)
-        prepared.payload.with_suffix(".json").unlink(missing_ok=True)
+# --- chunk frames (blocking: run in a thread) ---------------------------------------------
 
 
 def _chunk_frame(prepared: PreparedFile, fd: int, index: int, request_id: int) -> bytes:
@@ -931,7 +660,7 @@ class IngestClient:
                 f"{prepared.name} does not match ours {prepared.sha256.hex()} "
                 f"({prepared.size} bytes)"
             )
-        await asyncio.to_thread(_discard_work_copy, prepared)
+        await asyncio.to_thread(discard_work_copy, prepared)
         total = prepared.total
         result = SendResult(
             path=path,

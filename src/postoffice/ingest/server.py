@@ -52,7 +52,8 @@ from postoffice.ingest.protocol import (
     file_id_hex,
     ranges,
 )
-from postoffice.ingest.storage import ChunkStore, PayloadInfo, PublishedInfo
+from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.storage import ChunkStore, PayloadInfo
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 
 log = logging.getLogger(__name__)

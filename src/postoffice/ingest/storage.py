@@ -1,6 +1,7 @@
 """Durable chunk storage of the ingest service: patch files, ids.list and meta.json.
 
-I/O layer, blocking: the server calls it from worker threads.
+I/O layer, blocking: the server calls it from worker threads. The records of published
+payloads are published.py's; ChunkStore holds them and answers for them.
 """
 
 # Design
@@ -43,7 +44,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, final
 
@@ -63,6 +64,7 @@ from postoffice.ingest.protocol import (
     file_id_hex,
     missing_ranges,
 )
+from postoffice.ingest.published import PublishedInfo, PublishedRecords
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +114,6 @@ class StoreResult:
     duplicate: bool
     complete: bool
     published: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PublishedInfo:
-    """The record of a published payload: `size` and `sha256` describe the decompressed file."""
-
-    file_id: FileId
-    name: str
-    size: int
-    sha256: bytes
-    published_at: float
-    replaced: bool
 
 
 @dataclass(slots=True, eq=False)
@@ -183,7 +173,7 @@ class ChunkStore:
         self.fsync = fsync
         self._lock = threading.RLock()
         self._payloads: dict[bytes, _Payload] = {}
-        self._published: dict[bytes, PublishedInfo] = {}
+        self._published = PublishedRecords(self.published_dir, fsync=fsync)
         self._unreadable: dict[bytes, Path] = {}
 
     def __repr__(self) -> str:
@@ -211,7 +201,7 @@ class ChunkStore:
         for folder in (self.patches_dir, self.published_dir):
             with _os_errors("create", folder):
                 folder.mkdir(parents=True, exist_ok=True)
-        published = self._load_published()
+        published = self._published.load()
         payloads: dict[bytes, _Payload] = {}
         unreadable: dict[bytes, Path] = {}
         with _os_errors("list", self.patches_dir):
@@ -240,7 +230,7 @@ class ChunkStore:
         self._sync_dir(self.patches_dir)
         with self._lock:
             self._payloads = payloads
-            self._published = published
+            self._published.reset(published)
             self._unreadable = unreadable
             recovered = [p.snapshot() for p in payloads.values()]
         log.info(
@@ -250,26 +240,6 @@ class ChunkStore:
             len(unreadable),
         )
         return recovered
-
-    def _load_published(self) -> dict[bytes, PublishedInfo]:
-        records: dict[bytes, PublishedInfo] = {}
-        with _os_errors("list", self.published_dir):
-            entries = sorted(os.scandir(self.published_dir), key=lambda e: e.name)
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.endswith(".tmp"):
-                self._discard(path)
-            elif entry.name.endswith(".json"):
-                try:
-                    record = _parse_record(path.read_bytes())
-                except (OSError, ValueError, KeyError, TypeError, BadNameError) as exc:
-                    log.warning("published record skipped path=%s reason=%r", path, exc)
-                    continue
-                if f"{file_id_hex(record.file_id)}.json" != entry.name:
-                    log.warning("published record skipped path=%s reason=file id mismatch", path)
-                    continue
-                records[record.file_id] = record
-        return records
 
     def _recover(self, file_id: FileId, path: Path) -> _Payload | None:
         names = []
@@ -560,11 +530,9 @@ class ChunkStore:
         hex_id = file_id_hex(info.file_id)
         path = self.patches_dir / hex_id
         with self._exclusive(info.file_id) as payload:
-            _atomic_write(
-                self.published_dir / f"{hex_id}.json", _format_record(info), fsync=self.fsync
-            )
+            self._published.write(info)
             with self._lock:
-                self._published[info.file_id] = info
+                self._published.add(info)
             self._forget(payload)
             try:
                 if path.exists():
@@ -581,19 +549,16 @@ class ChunkStore:
     def published_records(self) -> list[PublishedInfo]:
         """Every published record, oldest first."""
         with self._lock:
-            return sorted(self._published.values(), key=lambda r: r.published_at)
+            return self._published.oldest_first()
 
     def forget_published(self, file_id: FileId) -> None:
         """Delete a published record (its TTL passed); the file id may then be reused.
 
         Raises IngestStorageError.
         """
-        path = self.published_dir / f"{file_id_hex(file_id)}.json"
-        with _os_errors("remove", path):
-            path.unlink(missing_ok=True)
-        self._sync_dir(self.published_dir)
+        self._published.delete(file_id)
         with self._lock:
-            self._published.pop(file_id, None)
+            self._published.discard(file_id)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -705,28 +670,3 @@ def _read_meta(payload: _Payload, path: Path) -> None:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _format_record(info: PublishedInfo) -> bytes:
-    record = {**asdict(info), "file_id": info.file_id.hex(), "sha256": info.sha256.hex()}
-    return json.dumps(record, ensure_ascii=False).encode()
-
-
-def _parse_record(raw: bytes) -> PublishedInfo:
-    """A PublishedInfo from its JSON; raises ValueError, KeyError, TypeError, BadNameError."""
-    record = json.loads(raw)
-    file_id = bytes.fromhex(record["file_id"])
-    sha256 = bytes.fromhex(record["sha256"])
-    if len(file_id) != FILE_ID_BYTES or len(sha256) != SHA256_BYTES:
-        raise ValueError("file id or sha256 of the wrong length")
-    size, published_at, replaced = record["size"], record["published_at"], record["replaced"]
-    if not isinstance(size, int) or not isinstance(published_at, int | float):
-        raise TypeError("size or published_at is not a number")
-    return PublishedInfo(
-        file_id=FileId(file_id),
-        name=check_name(record["name"]),
-        size=size,
-        sha256=sha256,
-        published_at=float(published_at),
-        replaced=bool(replaced),
-    )

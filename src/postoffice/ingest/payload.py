@@ -1,0 +1,320 @@
+"""Local payload preparation for the ingest client: name, hash, file id and Zstandard copy.
+
+Ingest layer, blocking: the client runs `prepare` in a thread. Nothing here touches the
+network; `plan_chunks` turns the server's STATUS into the indexes still to send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import zstandard
+
+from postoffice.core.errors import StorageError
+from postoffice.ingest.errors import (
+    AssemblyError,
+    ConflictError,
+    IngestLimitError,
+    IngestProtocolError,
+)
+from postoffice.ingest.protocol import (
+    FILE_ID_BYTES,
+    MAX_CHUNKS,
+    FileId,
+    Status,
+    UploadState,
+    check_name,
+    file_id_hex,
+)
+
+# Design
+# ------
+# `prepare(path)` (blocking) detects Zstandard by its magic; hashes the original content;
+# derives the file id from name, content hash and chunk size, so a restarted client finds
+# its earlier upload; compresses into the work dir, or reuses the copy an earlier run left
+# there. The hash comes first, in a pass of its own: it is the cache key, and ~5x cheaper
+# than the compression it may save. The compression pass hashes again, so a file changed
+# in between is caught. Compression is deterministic (see _compress): the same file gives
+# the same payload, hence the same chunks, after a restart.
+
+__all__ = [
+    "PreparedFile",
+    "chunk_count",
+    "derive_file_id",
+    "discard_work_copy",
+    "is_zstd",
+    "plan_chunks",
+    "prepare",
+    "upload_name",
+    "work_root",
+]
+
+ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+ZSTD_LEVEL: Final = 3
+FILE_ID_DOMAIN: Final = b"postoffice-ingest-v1\0"
+WORK_SUBDIR: Final = "postoffice-ingest"
+SUFFIX: Final = ".zst"
+
+_IO_BYTES: Final = 1024 * 1024  # block size for hashing and compressing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedFile:
+    """A file ready to upload: its identity and the Zstandard payload to send.
+
+    `payload` is the user's own .zst (`owned` False) or our copy in the work dir (`owned`
+    True: removed after the publish); `reused` says that copy was left by an earlier run.
+    """
+
+    path: Path
+    name: str
+    file_id: FileId
+    size: int
+    sha256: bytes
+    payload: Path
+    payload_size: int
+    chunk_size: int
+    owned: bool
+    reused: bool = False
+
+    @property
+    def total(self) -> int:
+        """Number of chunks."""
+        return chunk_count(self.payload_size, self.chunk_size)
+
+    def chunk_length(self, index: int) -> int:
+        """Bytes in chunk `index` (the last one may be short, or empty for an empty payload)."""
+        start = index * self.chunk_size
+        return max(0, min(self.chunk_size, self.payload_size - start))
+
+
+# --- pure helpers -------------------------------------------------------------------------
+
+
+def derive_file_id(name: str, sha256: bytes, chunk_size: int) -> FileId:
+    """The upload's id: the same file, name and chunk size always give the same id, so an
+    interrupted upload is found again after a client restart."""
+    material = b"".join(
+        (FILE_ID_DOMAIN, name.encode("utf-8"), b"\0", sha256, chunk_size.to_bytes(8, "big"))
+    )
+    return FileId(hashlib.sha256(material).digest()[:FILE_ID_BYTES])
+
+
+def upload_name(path: Path, *, zstd: bool) -> str:
+    """The name the file is published under: its own, minus `.zst` when it is Zstandard.
+
+    Raises BadNameError for a name the server would refuse.
+    """
+    name = path.name
+    if zstd and name.endswith(SUFFIX):
+        name = name[: -len(SUFFIX)]
+    return check_name(name)
+
+
+def chunk_count(payload_size: int, chunk_size: int) -> int:
+    """Chunks needed for `payload_size` bytes (at least one: an empty payload is one empty
+    chunk). Raises IngestLimitError past the protocol's MAX_CHUNKS."""
+    total = max(1, -(-payload_size // chunk_size))
+    if total > MAX_CHUNKS:
+        raise IngestLimitError(
+            f"payload of {payload_size} bytes needs {total} chunks of {chunk_size}, "
+            f"limit {MAX_CHUNKS}: use a larger chunk size"
+        )
+    return total
+
+
+def plan_chunks(status: Status, *, total: int, size: int) -> tuple[int, ...]:
+    """The indexes to send, given the server's STATUS for our upload.
+
+    UNKNOWN or FAILED (the server dropped a failed upload's chunks): everything.
+    ASSEMBLING or PUBLISHED: nothing. UPLOADING: the missing ranges; when none are
+    missing, the last chunk again, as a nudge (the server answers a duplicate of a
+    complete upload by starting its assembly, which helps one whose assembly was lost).
+    Raises ConflictError when the server holds a different payload under our id, and
+    IngestProtocolError for ranges outside 0..total-1.
+    """
+    match status.state:
+        case UploadState.UNKNOWN | UploadState.FAILED:
+            return tuple(range(total))
+        case UploadState.ASSEMBLING | UploadState.PUBLISHED:
+            return ()
+        case UploadState.UPLOADING:
+            pass
+    if status.total != total or status.size != size:
+        raise ConflictError(
+            f"server holds upload {file_id_hex(status.file_id)} as {status.total} chunks of "
+            f"{status.size} bytes in all, ours is {total} chunks of {size} bytes "
+            "(another zstd build or .zst file? abort it on the control port)"
+        )
+    indexes: list[int] = []
+    for first, last in status.missing:
+        if not 0 <= first <= last < total:
+            raise IngestProtocolError(f"status range {first}-{last} is outside 0..{total - 1}")
+        indexes.extend(range(first, last + 1))
+    return tuple(indexes) if indexes else (total - 1,)
+
+
+# --- preparing a file (blocking: run in a thread) -----------------------------------------
+
+
+def work_root(work_dir: Path | None = None) -> Path:
+    """Where compressed copies wait for their upload: `<work_dir or tmp>/postoffice-ingest`."""
+    return (work_dir if work_dir is not None else Path(tempfile.gettempdir())) / WORK_SUBDIR
+
+
+def is_zstd(path: Path) -> bool:
+    """True if the file starts with the Zstandard frame magic. Raises OSError."""
+    with path.open("rb") as fh:
+        return fh.read(len(ZSTD_MAGIC)) == ZSTD_MAGIC
+
+
+def prepare(
+    path: Path, *, chunk_size: int, work_dir: Path | None = None, name: str | None = None
+) -> PreparedFile:
+    """Hash `path`, derive its upload id, and find or make its Zstandard payload. Blocking.
+
+    `name` overrides the name derived from the path (see upload_name).
+
+    Raises BadNameError for a name the server would refuse, AssemblyError for a .zst that
+    does not decompress, StorageError when a file cannot be read or written (or changed
+    while it was read).
+    """
+    try:
+        if is_zstd(path):
+            name = check_name(name) if name is not None else upload_name(path, zstd=True)
+            size, digest = _hash_zstd(path)
+            file_id = derive_file_id(name, digest, chunk_size)
+            return PreparedFile(
+                path=path,
+                name=name,
+                file_id=file_id,
+                size=size,
+                sha256=digest,
+                payload=path,
+                payload_size=path.stat().st_size,
+                chunk_size=chunk_size,
+                owned=False,
+            )
+        name = check_name(name) if name is not None else upload_name(path, zstd=False)
+        size, digest = _hash_plain(path)
+        file_id = derive_file_id(name, digest, chunk_size)
+        folder = work_root(work_dir)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = folder / f"{file_id_hex(file_id)}{SUFFIX}"
+        sidecar = target.with_suffix(".json")
+        payload_size = _cached_size(target, sidecar, digest)
+        reused = payload_size is not None
+        if payload_size is None:
+            payload_size = _compress(path, target, sidecar, size=size, sha256=digest)
+        return PreparedFile(
+            path=path,
+            name=name,
+            file_id=file_id,
+            size=size,
+            sha256=digest,
+            payload=target,
+            payload_size=payload_size,
+            chunk_size=chunk_size,
+            owned=True,
+            reused=reused,
+        )
+    except OSError as exc:
+        raise StorageError(f"cannot prepare {path}: {exc.strerror or exc}") from exc
+
+
+def _hash_plain(path: Path) -> tuple[int, bytes]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(_IO_BYTES):
+            digest.update(block)
+            size += len(block)
+    return size, digest.digest()
+
+
+def _hash_zstd(path: Path) -> tuple[int, bytes]:
+    """Size and sha256 of the decompressed content, as the server will publish it (it too
+    decodes every frame of a multi-frame file)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with (
+            path.open("rb") as fh,
+            zstandard.ZstdDecompressor().stream_reader(
+                fh, read_size=_IO_BYTES, read_across_frames=True, closefd=False
+            ) as reader,
+        ):
+            while block := reader.read(_IO_BYTES):
+                digest.update(block)
+                size += len(block)
+    except zstandard.ZstdError as exc:
+        raise AssemblyError(f"{path} is not valid zstandard: {exc}") from exc
+    return size, digest.digest()
+
+
+def _cached_size(target: Path, sidecar: Path, sha256: bytes) -> int | None:
+    """The size of a compressed copy an earlier run left, if its sidecar vouches for it."""
+    try:
+        meta = json.loads(sidecar.read_text())
+        actual = target.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if (
+        isinstance(meta, dict)
+        and meta.get("sha256_original") == sha256.hex()
+        and meta.get("size") == actual
+    ):
+        return actual
+    return None
+
+
+def _compress(src: Path, target: Path, sidecar: Path, *, size: int, sha256: bytes) -> int:
+    """Compress `src` into `target` (through a private temp name), then write the sidecar.
+
+    Single-threaded level 3 with the content size pledged: the same input and library
+    version always give the same bytes, which lets a restarted client resume.
+    """
+    compressor = zstandard.ZstdCompressor(
+        level=ZSTD_LEVEL, write_checksum=True, write_content_size=True, threads=0
+    )
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    digest = hashlib.sha256()
+    seen = 0
+    try:
+        with (
+            src.open("rb") as fin,
+            tmp.open("wb") as fout,
+            compressor.stream_writer(fout, size=size, closefd=False) as writer,
+        ):
+            while block := fin.read(_IO_BYTES):
+                digest.update(block)
+                seen += len(block)
+                writer.write(block)
+        if seen != size or digest.digest() != sha256:
+            raise StorageError(f"{src} changed while it was read: restart the upload")
+        payload_size = tmp.stat().st_size
+        os.replace(tmp, target)
+    except zstandard.ZstdError as exc:
+        # The pledged size no longer matches: the file grew or shrank under us.
+        raise StorageError(f"{src} changed while it was compressed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {"size": payload_size, "sha256_original": sha256.hex(), "original_size": size}
+    side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    side_tmp.write_text(json.dumps(meta))
+    os.replace(side_tmp, sidecar)
+    return payload_size
+
+
+def discard_work_copy(prepared: PreparedFile) -> None:
+    """Remove our compressed copy and its sidecar after the publish; a user's .zst stays."""
+    if prepared.owned:
+        prepared.payload.unlink(missing_ok=True)
+        prepared.payload.with_suffix(".json").unlink(missing_ok=True)
