@@ -39,7 +39,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,8 @@ from typing import BinaryIO, Final, final
 
 import zstandard
 
-from postoffice.ingest.errors import AssemblyError, IngestStorageError
+from postoffice.ingest.durable import fsync_dir, os_errors
+from postoffice.ingest.errors import AssemblyError
 from postoffice.ingest.protocol import FileId, check_name, file_id_hex
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import PayloadInfo
@@ -153,7 +154,7 @@ def assemble_with_stats(
     tmp = staging_path(files_dir, name, info.file_id, "tmp")
     part = staging_path(files_dir, name, info.file_id, "part")
     try:
-        with _os_errors("create", files_dir):
+        with os_errors("create", files_dir):
             files_dir.mkdir(parents=True, exist_ok=True)
         sources: Sequence[Path] = patches
         if via_part:
@@ -161,7 +162,7 @@ def assemble_with_stats(
             sources = [part]
         walker = _FrameWalker(max_window_size=1 << max_window_log, hex_id=hex_id)
         source = _ChainedReader(sources, walker)
-        with _os_errors("assemble", tmp), open(tmp, "wb", buffering=0) as out:
+        with os_errors("assemble", tmp), open(tmp, "wb", buffering=0) as out:
             with _Sink(out) as sink:
                 bytes_out = _decompress(
                     source,
@@ -173,11 +174,11 @@ def assemble_with_stats(
             walker.finish()
             if fsync:
                 os.fsync(out.fileno())
-        with _os_errors("publish", final_path):
+        with os_errors("publish", final_path):
             replaced = os.path.lexists(final_path)
             os.replace(tmp, final_path)
         if fsync:
-            _fsync_dir(files_dir)
+            fsync_dir(files_dir)
     finally:
         for leftover in (tmp, part):
             with contextlib.suppress(OSError):
@@ -239,7 +240,7 @@ def _check_patches(info: PayloadInfo, patches: Sequence[Path], hex_id: str) -> N
         )
     found = 0
     for path in patches:
-        with _os_errors("stat", path):
+        with os_errors("stat", path):
             found += os.stat(path).st_size
     if found != info.size:
         raise AssemblyError(
@@ -248,7 +249,7 @@ def _check_patches(info: PayloadInfo, patches: Sequence[Path], hex_id: str) -> N
 
 
 def _concatenate(patches: Sequence[Path], part: Path, *, fsync: bool) -> None:
-    with _os_errors("write", part), open(part, "wb") as out:
+    with os_errors("write", part), open(part, "wb") as out:
         for path in patches:
             with open(path, "rb") as patch:
                 shutil.copyfileobj(patch, out, BLOCK_BYTES)
@@ -261,25 +262,6 @@ def _write_all(out: BinaryIO, block: bytes) -> None:
     view = memoryview(block)
     while view:
         view = view[out.write(view) :]
-
-
-@contextlib.contextmanager
-def _os_errors(action: str, path: Path) -> Iterator[None]:
-    """Translate OSError into IngestStorageError naming the path and the OS's reason."""
-    try:
-        yield
-    except OSError as exc:
-        where = exc.filename if exc.filename is not None else path
-        raise IngestStorageError(f"cannot {action} {where}: {exc.strerror or exc}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    with _os_errors("fsync", path):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @final

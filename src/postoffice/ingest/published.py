@@ -18,18 +18,15 @@ threads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import secrets
-import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, final
 
-from postoffice.ingest.errors import BadNameError, IngestStorageError
+from postoffice.ingest.durable import atomic_write, discard, fsync_dir, os_errors
+from postoffice.ingest.errors import BadNameError
 from postoffice.ingest.protocol import FILE_ID_BYTES, FileId, check_name, file_id_hex
 
 __all__ = ["PublishedInfo", "PublishedRecords"]
@@ -97,12 +94,12 @@ class PublishedRecords:
         """Read every record in the folder, deleting *.tmp leftovers. Raises IngestStorageError
         when the folder cannot be listed; a bad record is logged and skipped."""
         records: dict[bytes, PublishedInfo] = {}
-        with _os_errors("list", self.folder):
+        with os_errors("list", self.folder):
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
         for entry in entries:
             path = Path(entry.path)
             if entry.name.endswith(".tmp"):
-                _discard(path)
+                discard(path)
             elif entry.name.endswith(".json"):
                 try:
                     record = _parse_record(path.read_bytes())
@@ -117,7 +114,7 @@ class PublishedRecords:
 
     def write(self, info: PublishedInfo) -> None:
         """Write the record durably. Raises IngestStorageError."""
-        _atomic_write(
+        atomic_write(
             self.folder / f"{file_id_hex(info.file_id)}.json",
             _format_record(info),
             fsync=self.fsync,
@@ -126,67 +123,10 @@ class PublishedRecords:
     def delete(self, file_id: FileId) -> None:
         """Delete the record's file, if any. Raises IngestStorageError."""
         path = self.folder / f"{file_id_hex(file_id)}.json"
-        with _os_errors("remove", path):
+        with os_errors("remove", path):
             path.unlink(missing_ok=True)
         if self.fsync:
-            _fsync_dir(self.folder)
-
-
-# -- module helpers ------------------------------------------------------------------------
-# _os_errors, _fsync_dir, _atomic_write and _discard are storage.py's, kept private here as
-# assembly.py keeps its own copies.
-
-
-@contextlib.contextmanager
-def _os_errors(action: str, path: Path) -> Iterator[None]:
-    """Translate OSError into IngestStorageError naming the path and the OS's reason."""
-    try:
-        yield
-    except OSError as exc:
-        raise IngestStorageError(f"cannot {action} {path}: {exc.strerror or exc}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename or a new entry in it survives a crash."""
-    with _os_errors("fsync", path):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
-    """Write `data` to `path` all or nothing: a unique tmp, fsync, rename, fsync the dir.
-
-    Raises IngestStorageError; the tmp file is removed on failure.
-    """
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
-    with _os_errors("write", path):
-        try:
-            with open(tmp, "xb") as out:
-                out.write(data)
-                if fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-    if fsync:
-        _fsync_dir(path.parent)
-
-
-def _discard(path: Path) -> None:
-    """Delete a leftover file or directory; failures are only logged."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("cannot remove path=%s error=%r", path, exc.strerror or str(exc))
+            fsync_dir(self.folder)
 
 
 def _format_record(info: PublishedInfo) -> bytes:

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, final
 
+from postoffice.ingest.durable import atomic_write, discard, fsync_dir, os_errors
 from postoffice.ingest.errors import (
     BadNameError,
     ConflictError,
@@ -199,17 +199,17 @@ class ChunkStore:
         a directory cannot be created or listed; a single bad payload is logged and skipped.
         """
         for folder in (self.patches_dir, self.published_dir):
-            with _os_errors("create", folder):
+            with os_errors("create", folder):
                 folder.mkdir(parents=True, exist_ok=True)
         published = self._published.load()
         payloads: dict[bytes, _Payload] = {}
         unreadable: dict[bytes, Path] = {}
-        with _os_errors("list", self.patches_dir):
+        with os_errors("list", self.patches_dir):
             entries = sorted(os.scandir(self.patches_dir), key=lambda e: e.name)
         for entry in entries:
             path = Path(entry.path)
             if entry.name.endswith(".tmp"):
-                self._discard(path)
+                discard(path)
                 continue
             if not entry.is_dir(follow_symlinks=False) or not _HEX_ID.fullmatch(entry.name):
                 log.warning("not a payload directory, left alone path=%s", path)
@@ -217,7 +217,7 @@ class ChunkStore:
             file_id = FileId(bytes.fromhex(entry.name))
             if file_id in published:
                 log.info("removing patches of a published payload file_id=%s", entry.name)
-                self._discard(path)
+                discard(path)
                 continue
             try:
                 payload = self._recover(file_id, path)
@@ -264,7 +264,7 @@ class ChunkStore:
             with open(ids_path, "rb") as lines:
                 dropped = [line for line in lines if not _accept_line(payload, line, patches, kept)]
             if dropped:
-                _atomic_write(ids_path, b"".join(kept), fsync=self.fsync)
+                atomic_write(ids_path, b"".join(kept), fsync=self.fsync)
                 os.utime(ids_path, (mtime, mtime))
         for index in sorted(patches - payload.chunks.keys()):
             log.info("uncommitted patch removed file_id=%s index=%d", payload.hex_id, index)
@@ -380,7 +380,7 @@ class ChunkStore:
             )
         if not payload.meta_written:
             self._create(payload, total=total, size=size, name=name, now=now)
-        _atomic_write(payload.path / f"patch_{index}.bin", data, fsync=self.fsync)
+        atomic_write(payload.path / f"patch_{index}.bin", data, fsync=self.fsync)
         self._append_id(payload, index, sha256, now)
         with self._lock:
             payload.chunks[index] = sha256
@@ -400,9 +400,9 @@ class ChunkStore:
             "size": size,
             "created": now,
         }
-        with _os_errors("create", payload.path):
+        with os_errors("create", payload.path):
             payload.path.mkdir(exist_ok=True)
-        _atomic_write(
+        atomic_write(
             payload.path / META_JSON,
             json.dumps(meta, ensure_ascii=False).encode(),
             fsync=self.fsync,
@@ -418,7 +418,7 @@ class ChunkStore:
         path = payload.path / IDS_LIST
         line = f"{index} {sha256.hex()}\n".encode()
         first = payload.ids_bytes == 0
-        with _os_errors("append to", path):
+        with os_errors("append to", path):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 if payload.ids_dirty:
@@ -508,7 +508,7 @@ class ChunkStore:
         path = self.patches_dir / file_id_hex(file_id)
         with self._exclusive(file_id) as payload:
             existed = payload is not None and payload.meta_written
-            with _os_errors("remove", path):
+            with os_errors("remove", path):
                 if path.exists():
                     existed = True
                     shutil.rmtree(path)
@@ -564,61 +564,10 @@ class ChunkStore:
 
     def _sync_dir(self, path: Path) -> None:
         if self.fsync:
-            _fsync_dir(path)
-
-    def _discard(self, path: Path) -> None:
-        """Delete a file or directory open() does not keep; failures are only logged."""
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("cannot remove path=%s error=%r", path, exc.strerror or str(exc))
+            fsync_dir(path)
 
 
 # -- module helpers ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _os_errors(action: str, path: Path) -> Iterator[None]:
-    """Translate OSError into IngestStorageError naming the path and the OS's reason."""
-    try:
-        yield
-    except OSError as exc:
-        raise IngestStorageError(f"cannot {action} {path}: {exc.strerror or exc}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename or a new entry in it survives a crash."""
-    with _os_errors("fsync", path):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
-    """Write `data` to `path` all or nothing: a unique tmp, fsync, rename, fsync the dir.
-
-    Raises IngestStorageError; the tmp file is removed on failure.
-    """
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
-    with _os_errors("write", path):
-        try:
-            with open(tmp, "xb") as out:
-                out.write(data)
-                if fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-    if fsync:
-        _fsync_dir(path.parent)
 
 
 def _accept_line(payload: _Payload, line: bytes, patches: set[int], kept: list[bytes]) -> bool:
