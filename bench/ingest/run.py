@@ -24,11 +24,16 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
+import importlib
+import importlib.util
 import json
+import linecache
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import signal
@@ -38,11 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import Final, final
+from typing import Final, Generic, TypeVar, final
 
 import zstandard
 
@@ -302,19 +307,18 @@ def make_small_inputs(work: Path, count: int) -> tuple[list[Path], dict[str, int
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{SEED}-small")
     blocks = _log_blocks(rng)
-    text = b""
     compressor = zstandard.ZstdCompressor(
         level=ZSTD_LEVEL, write_checksum=True, write_content_size=True
     )
     paths: list[Path] = []
     zst_bytes = 0
+    text = b""
+    offset = 0
     for index in range(count):
-        offset = index * SMALL_FILE_BYTES
-        while len(text) < offset + SMALL_FILE_BYTES:
-            text = text[offset:] + next(blocks)
-            offset = 0
+        if offset + SMALL_FILE_BYTES > len(text):
+            text, offset = next(blocks), 0
         data = text[offset : offset + SMALL_FILE_BYTES]
-        text = text[offset + SMALL_FILE_BYTES :]
+        offset += SMALL_FILE_BYTES
         packed = compressor.compress(data)
         path = folder / f"f{index:05d}.log.zst"
         path.write_bytes(packed)
@@ -572,7 +576,7 @@ def tus_server_main(argv: Sequence[str]) -> int:
 @final
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Run:
-    """One timed publish of one input by one contender."""
+    """One timed publish of one workload by one contender."""
 
     workload: str  # "log", "random" or "small"
     contender: str
@@ -582,19 +586,74 @@ class Run:
     files: int
     mb_per_s: float
     files_per_s: float
+    server_cpu_s: float | None  # the server process, all threads
+    bench_cpu_s: float  # this script (the clients) and zstd
+    other_cpu_s: float  # machine busy time minus both: noise from anything else
+    assembly_s: float | None  # ours: the server's own assembly time (from its log)
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all CPUs spent busy since boot (from /proc/stat), in seconds."""
+    try:
+        with open("/proc/stat") as stat:
+            first = stat.readline().split()
+    except OSError as exc:
+        raise BenchError(f"cannot read /proc/stat: {exc}") from exc
+    ticks = [int(field) for field in first[1:9]]  # all but idle (3) and iowait (4)
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+T = TypeVar("T")
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Measured(Generic[T]):
+    """What `measured` saw around one body."""
+
+    value: T
+    seconds: float
     server_cpu_s: float | None
-    bench_cpu_s: float  # this script and zstd: the client side
+    bench_cpu_s: float
+    other_cpu_s: float
+
+
+def measured(server: Server | None, body: Callable[[], T]) -> Measured[T]:
+    """Run `body` after an os.sync() (so earlier writes are not flushed inside the timed
+    part), with wall time and the CPU time of the server, this script and the rest."""
+    if server is not None:
+        server.check_alive()
+    os.sync()
+    server_cpu0 = cpu_seconds(server.pid) if server is not None else 0.0
+    cpu0 = own_cpu_seconds()
+    busy0 = machine_busy_seconds()
+    began = time.monotonic()
+    value = body()
+    seconds = time.monotonic() - began
+    busy = machine_busy_seconds() - busy0
+    cpu = own_cpu_seconds() - cpu0
+    server_cpu = cpu_seconds(server.pid) - server_cpu0 if server is not None else None
+    if server is not None:
+        server.check_alive()
+    return Measured(
+        value=value,
+        seconds=seconds,
+        server_cpu_s=server_cpu,
+        bench_cpu_s=cpu,
+        other_cpu_s=max(0.0, busy - cpu - (server_cpu or 0.0)),
+    )
 
 
 def _make_run(
     workload: str,
     contender: str,
     round_no: int,
+    seen: Measured[T],
+    *,
     seconds: float,
     output_bytes: int,
     files: int,
-    server_cpu_s: float | None,
-    bench_cpu_s: float,
+    assembly_s: float | None = None,
 ) -> Run:
     return Run(
         workload=workload,
@@ -605,8 +664,10 @@ def _make_run(
         files=files,
         mb_per_s=round(output_bytes / MB / seconds, 1),
         files_per_s=round(files / seconds, 1),
-        server_cpu_s=None if server_cpu_s is None else round(server_cpu_s, 2),
-        bench_cpu_s=round(bench_cpu_s, 2),
+        server_cpu_s=None if seen.server_cpu_s is None else round(seen.server_cpu_s, 2),
+        bench_cpu_s=round(seen.bench_cpu_s, 2),
+        other_cpu_s=round(seen.other_cpu_s, 2),
+        assembly_s=assembly_s,
     )
 
 
@@ -620,18 +681,10 @@ def _check_output(path: Path, expected: Input) -> None:
         raise BenchError(f"{path} differs from {expected.plain} ({size} bytes)")
 
 
-def run_limit(zstd_cli: str | None, work: Path, item: Input, round_no: int) -> Run:
-    """`zstd -d -f -o OUT IN`, then fsync OUT (and its directory, as the servers do)."""
-    if zstd_cli is None:
-        raise BenchError("no zstd program")
-    out_dir = work / "limit"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / item.plain.name
-    os.sync()
-    cpu0 = own_cpu_seconds()
-    began = time.monotonic()
+def _zstd_decompress(zstd_cli: str, src: Path, out: Path) -> None:
+    """`zstd -d -f -o OUT IN`, then fsync OUT and its directory (as the servers do)."""
     done = subprocess.run(
-        [zstd_cli, "-q", "-d", "-f", "-o", str(out), str(item.zst)],
+        [zstd_cli, "-q", "-d", "-f", "-o", str(out), str(src)],
         capture_output=True,
         timeout=RUN_TIMEOUT_S,
         check=False,
@@ -639,28 +692,31 @@ def run_limit(zstd_cli: str | None, work: Path, item: Input, round_no: int) -> R
     if done.returncode != 0:
         raise BenchError(f"zstd -d exited {done.returncode}: {done.stderr.decode()[-300:]}")
     fsync_path(out)
-    fsync_path(out_dir, directory=True)
-    seconds = time.monotonic() - began
-    cpu = own_cpu_seconds() - cpu0
+    fsync_path(out.parent, directory=True)
+
+
+def run_limit(zstd_cli: str, work: Path, item: Input, round_no: int) -> Run:
+    """This machine's limit: the zstd program decompresses to the same disk, then fsync."""
+    out = work / "limit" / item.plain.name
+    out.parent.mkdir(exist_ok=True)
+    seen = measured(None, lambda: _zstd_decompress(zstd_cli, item.zst, out))
     _check_output(out, item)
     out.unlink()
-    return _make_run(item.kind, "limit", round_no, seconds, item.size, 1, None, cpu)
+    return _make_run(
+        item.kind, "limit", round_no, seen, seconds=seen.seconds, output_bytes=item.size, files=1
+    )
 
 
 def run_limit_py(work: Path, item: Input, round_no: int) -> Run:
     """python-zstandard streaming decompression, fsync, rename: the peer's end work alone."""
-    out_dir = work / "limit_py"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / item.plain.name
-    os.sync()
-    cpu0 = own_cpu_seconds()
-    began = time.monotonic()
-    decompress_publish(item.zst, out)
-    seconds = time.monotonic() - began
-    cpu = own_cpu_seconds() - cpu0
+    out = work / "limit_py" / item.plain.name
+    out.parent.mkdir(exist_ok=True)
+    seen = measured(None, lambda: decompress_publish(item.zst, out))
     _check_output(out, item)
     out.unlink()
-    return _make_run(item.kind, "limit_py", round_no, seconds, item.size, 1, None, cpu)
+    return _make_run(
+        item.kind, "limit_py", round_no, seen, seconds=seen.seconds, output_bytes=item.size, files=1
+    )
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -672,7 +728,14 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _run_async(coro: Coroutine[object, object, T]) -> T:
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(coro)
+
+
 async def _ours_send(server: Server, path: Path, name: str, work: Path) -> tuple[float, int]:
+    """One send() through a fresh client; its seconds (from the start of send() until the
+    PUBLISHED event is checked) and the published size."""
     from postoffice.ingest.client import IngestClient
 
     async with IngestClient(
@@ -688,24 +751,39 @@ async def _ours_send(server: Server, path: Path, name: str, work: Path) -> tuple
         return time.monotonic() - began, result.size
 
 
+_PUBLISHED_LOG: Final = re.compile(r"published file_id=\S+ name=(\S+) bytes=\d+ seconds=([\d.]+)")
+
+
+def assembly_seconds(server: Server, name: str) -> float | None:
+    """The server's own assembly time for `name`, from its `published ...` log line."""
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = [float(m[2]) for m in _PUBLISHED_LOG.finditer(text) if m[1] == name]
+    return found[-1] if found else None
+
+
 def run_ours(server: Server, work: Path, item: Input, round_no: int) -> Run:
     """Upload the .zst with IngestClient; time send() until PUBLISHED is verified."""
-    server.check_alive()
     name = f"{item.kind}-r{round_no}.out"
-    os.sync()
-    server_cpu0 = cpu_seconds(server.pid)
-    cpu0 = own_cpu_seconds()
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
-        seconds, size = runner.run(_ours_send(server, item.zst, name, work))
-    cpu = own_cpu_seconds() - cpu0
-    server_cpu = cpu_seconds(server.pid) - server_cpu0
-    server.check_alive()
+    seen = measured(server, lambda: _run_async(_ours_send(server, item.zst, name, work)))
+    seconds, size = seen.value
     if size != item.size:
         raise BenchError(f"{server.name} published {size} bytes, expected {item.size}")
     out = server.files_dir / name
     _check_output(out, item)
     out.unlink()
-    return _make_run(item.kind, server.name, round_no, seconds, item.size, 1, server_cpu, cpu)
+    return _make_run(
+        item.kind,
+        server.name,
+        round_no,
+        seen,
+        seconds=seconds,
+        output_bytes=item.size,
+        files=1,
+        assembly_s=assembly_seconds(server, name),
+    )
 
 
 def _tus_upload(url: str, path: Path, upload_name: str) -> None:
@@ -718,24 +796,17 @@ def _tus_upload(url: str, path: Path, upload_name: str) -> None:
 
 
 def run_peer(server: Server, work: Path, item: Input, round_no: int) -> Run:
-    """Upload the .zst with tuspy; time until the last PATCH (which waits for the
-    decompressed file to be durable) is answered."""
-    server.check_alive()
+    """Upload the .zst with tuspy; time until the last PATCH is answered (the server
+    answers it once the decompressed file is durable)."""
     name = f"{item.kind}-r{round_no}.out"
     url = f"http://{LOOPBACK}:{server.port}{TUS_PATH}"
-    os.sync()
-    server_cpu0 = cpu_seconds(server.pid)
-    cpu0 = own_cpu_seconds()
-    began = time.monotonic()
-    _tus_upload(url, item.zst, name + ".zst")
-    seconds = time.monotonic() - began
-    cpu = own_cpu_seconds() - cpu0
-    server_cpu = cpu_seconds(server.pid) - server_cpu0
-    server.check_alive()
+    seen = measured(server, lambda: _tus_upload(url, item.zst, name + ".zst"))
     out = server.files_dir / name
     _check_output(out, item)
     out.unlink()
-    return _make_run(item.kind, "peer", round_no, seconds, item.size, 1, server_cpu, cpu)
+    return _make_run(
+        item.kind, "peer", round_no, seen, seconds=seen.seconds, output_bytes=item.size, files=1
+    )
 
 
 def _small_name(round_no: int, path: Path) -> str:
@@ -743,6 +814,7 @@ def _small_name(round_no: int, path: Path) -> str:
 
 
 async def _ours_send_many(server: Server, paths: Sequence[Path], round_no: int) -> float:
+    """All files through one client, SMALL_CONCURRENCY sends at a time; their seconds."""
     from postoffice.ingest.client import IngestClient
 
     async with IngestClient(
@@ -756,6 +828,7 @@ async def _ours_send_many(server: Server, paths: Sequence[Path], round_no: int) 
 
 
 def _check_small(files_dir: Path, paths: Sequence[Path], round_no: int) -> None:
+    """Every output is there with 4 KiB, every 97th has the right bytes; then remove them."""
     for path in paths:
         out = files_dir / _small_name(round_no, path)
         try:
@@ -764,7 +837,6 @@ def _check_small(files_dir: Path, paths: Sequence[Path], round_no: int) -> None:
             raise BenchError(f"no output at {out}: {exc}") from exc
         if size != SMALL_FILE_BYTES:
             raise BenchError(f"{out} has {size} bytes, expected {SMALL_FILE_BYTES}")
-    # Content of a sample: every 97th file.
     decompressor = zstandard.ZstdDecompressor()
     for path in paths[::97]:
         out = files_dir / _small_name(round_no, path)
@@ -775,44 +847,204 @@ def _check_small(files_dir: Path, paths: Sequence[Path], round_no: int) -> None:
 
 
 def run_ours_small(server: Server, paths: Sequence[Path], round_no: int) -> Run:
-    server.check_alive()
-    os.sync()
-    server_cpu0 = cpu_seconds(server.pid)
-    cpu0 = own_cpu_seconds()
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
-        seconds = runner.run(_ours_send_many(server, paths, round_no))
-    cpu = own_cpu_seconds() - cpu0
-    server_cpu = cpu_seconds(server.pid) - server_cpu0
-    server.check_alive()
+    seen = measured(server, lambda: _run_async(_ours_send_many(server, paths, round_no)))
     _check_small(server.files_dir, paths, round_no)
     count = len(paths)
     return _make_run(
-        "small", "ours", round_no, seconds, count * SMALL_FILE_BYTES, count, server_cpu, cpu
+        "small",
+        "ours",
+        round_no,
+        seen,
+        seconds=seen.value,
+        output_bytes=count * SMALL_FILE_BYTES,
+        files=count,
     )
 
 
-def run_peer_small(server: Server, paths: Sequence[Path], round_no: int) -> Run:
-    server.check_alive()
-    url = f"http://{LOOPBACK}:{server.port}{TUS_PATH}"
-    os.sync()
-    server_cpu0 = cpu_seconds(server.pid)
-    cpu0 = own_cpu_seconds()
-    began = time.monotonic()
+def _tus_upload_many(url: str, paths: Sequence[Path], round_no: int) -> None:
     with concurrent.futures.ThreadPoolExecutor(SMALL_CONCURRENCY) as pool:
         futures = [
             pool.submit(_tus_upload, url, p, _small_name(round_no, p) + ".zst") for p in paths
         ]
         for future in futures:
             future.result()
-    seconds = time.monotonic() - began
-    cpu = own_cpu_seconds() - cpu0
-    server_cpu = cpu_seconds(server.pid) - server_cpu0
-    server.check_alive()
+
+
+def run_peer_small(server: Server, paths: Sequence[Path], round_no: int) -> Run:
+    url = f"http://{LOOPBACK}:{server.port}{TUS_PATH}"
+    seen = measured(server, lambda: _tus_upload_many(url, paths, round_no))
     _check_small(server.files_dir, paths, round_no)
     count = len(paths)
     return _make_run(
-        "small", "peer", round_no, seconds, count * SMALL_FILE_BYTES, count, server_cpu, cpu
+        "small",
+        "peer",
+        round_no,
+        seen,
+        seconds=seen.seconds,
+        output_bytes=count * SMALL_FILE_BYTES,
+        files=count,
     )
+
+
+def measure_prepare(item: Input) -> float | None:
+    """Seconds of IngestClient's own first step for this .zst (it decompresses the file to
+    hash it, so it can check the server's PUBLISHED event): part of every `ours` time.
+    None if this postoffice has no `prepare` where we look."""
+    for module_name in ("postoffice.ingest.payload", "postoffice.ingest.client"):
+        try:
+            prepare = vars(importlib.import_module(module_name))["prepare"]
+        except (ImportError, KeyError):
+            continue
+        began = time.monotonic()
+        prepare(item.zst, chunk_size=CHUNK_BYTES, name="prepare-probe")
+        return round(time.monotonic() - began, 3)
+    return None
+
+
+# --- profiling (optional, untimed) --------------------------------------------------------
+
+
+def _py_spy(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes]:
+    beside = Path(sys.executable).parent / "py-spy"
+    program = str(beside) if beside.exists() else shutil.which("py-spy")
+    if program is None:
+        raise BenchError("--profile-dir needs py-spy (.venv/bin/pip install py-spy)")
+    argv = [program, "record", "--format", "raw", "-d", str(seconds), "-p", str(pid)]
+    argv += ["-o", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+#: Leaf source lines where an idle thread waits for work (a queue get, select): not work.
+_IDLE_CALLS: Final = re.compile(r"\.get\(|\.wait\(|select\(")
+#: Leaf source lines that take a lock: a thread there is stalled behind another one.
+_LOCK_CALLS: Final = re.compile(r"\bwith\b.*lock\b|\.acquire\(")
+#: Frames every stack shares (thread and event-loop plumbing, the CLI): left out of the
+#: inclusive ranking, where they would only say "100 %".
+_PLUMBING_FILES: Final = frozenset(
+    {
+        "threading.py",
+        "thread.py",
+        "runners.py",
+        "__init__.py",
+        "core.py",
+        "cli.py",
+        "launch.py",
+        "runtime.py",
+        "postoffice",
+        "run.py",
+    }
+)
+
+
+def _source_line(where: str) -> str:
+    """The source text at `path/to/module.py:123` as py-spy prints it (the path relative
+    to a sys.path entry), or "" when it cannot be found."""
+    file_name, _, line_text = where.rpartition(":")
+    if not line_text.isdigit():
+        return ""
+    for root in (Path(__file__).resolve().parents[2] / "src", *map(Path, sys.path)):
+        candidate = root / file_name
+        if candidate.is_file():
+            return linecache.getline(str(candidate), int(line_text))
+    return ""
+
+
+def summarise_profile(path: Path, top: int = 12) -> dict[str, object]:
+    """Top functions of a py-spy raw (collapsed) profile.
+
+    `top_own_pct`: the innermost frame (function and line; C calls count for the line that
+    makes them) as a share of the busy samples; a line that takes a lock is tagged
+    `[lock]` (threads stalled behind another one; `lock_pct` sums them). Samples whose
+    innermost line is an idle wait (queue get, select) are `waiting_pct` of all samples and
+    left out of the busy ones. `top_inclusive_pct`: functions anywhere on the stack, per
+    busy sample, without the thread and CLI plumbing.
+    """
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = waiting = locked = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return {"error": str(exc)}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        name, _, where = frames[-1].partition(" (")
+        where = where.rstrip(")")
+        source = _source_line(where)
+        if _IDLE_CALLS.search(source):
+            waiting += count
+            continue
+        leaf = f"{name} ({Path(where).name})"
+        if _LOCK_CALLS.search(source):
+            leaf += " [lock]"
+            locked += count
+        own[leaf] = own.get(leaf, 0) + count
+        seen: set[str] = set()
+        for frame in frames:
+            function, _, place = frame.partition(" (")
+            file_name = Path(place.rsplit(":", 1)[0]).name
+            if file_name not in _PLUMBING_FILES and function != "<module>":
+                seen.add(f"{function} ({file_name})")
+        for function in seen:
+            inclusive[function] = inclusive.get(function, 0) + count
+    busy = total - waiting
+
+    def ranked(table: dict[str, int]) -> list[list[object]]:
+        best = sorted(table.items(), key=lambda kv: -kv[1])[:top]
+        return [[name, round(100 * n / busy, 1)] for name, n in best] if busy else []
+
+    return {
+        "samples": total,
+        "waiting_pct": round(100 * waiting / total, 1) if total else None,
+        "lock_pct": round(100 * locked / busy, 1) if busy else None,
+        "top_own_pct": ranked(own),
+        "top_inclusive_pct": ranked(inclusive),
+    }
+
+
+def profile_ours(
+    servers: dict[str, Server],
+    work: Path,
+    large: Sequence[Input],
+    small_paths: Sequence[Path],
+    out_dir: Path,
+    seconds: int,
+) -> dict[str, object]:
+    """One extra, untimed upload per workload with py-spy on our server and on this
+    script (the client); the raw profiles go to out_dir, their top functions to the JSON."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    server = servers["ours"]
+    found: dict[str, object] = {}
+    jobs: list[tuple[str, Callable[[], Run]]] = [
+        (item.kind, functools.partial(run_ours, server, work, item, 0)) for item in large
+    ]
+    if small_paths:
+        jobs.append(("small", functools.partial(run_ours_small, server, small_paths, 0)))
+    for workload, job in jobs:
+        spies = {
+            "server": _py_spy(server.pid, out_dir / f"ingest-{workload}-server.txt", seconds),
+            "client": _py_spy(os.getpid(), out_dir / f"ingest-{workload}-client.txt", seconds),
+        }
+        time.sleep(1.0)  # py-spy attaches
+        job()
+        for side, spy in spies.items():
+            try:
+                _, err = spy.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, err = spy.communicate()
+            path = out_dir / f"ingest-{workload}-{side}.txt"
+            summary = summarise_profile(path)
+            if spy.returncode != 0:
+                summary["py_spy_error"] = err.decode(errors="replace")[-300:]
+            found[f"{workload}/{side}"] = summary
+        _say(f"profiled {workload}: {out_dir}")
+    return found
 
 
 # --- summary ------------------------------------------------------------------------------
@@ -856,6 +1088,10 @@ def summarise(runs: Sequence[Run], workloads: Sequence[str]) -> dict[str, object
                     [run.server_cpu_s for run in picked if run.server_cpu_s is not None]
                 ),
                 "bench_cpu_s": _median([run.bench_cpu_s for run in picked]),
+                "assembly_s": _median(
+                    [run.assembly_s for run in picked if run.assembly_s is not None]
+                ),
+                "max_other_cpu_s": max(run.other_cpu_s for run in picked),
                 "rounds": len(picked),
             }
         ratios = {
@@ -1010,6 +1246,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "/tmp, deleted at the end); a given dir is kept, only its contents made here go",
     )
     parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=None,
+        help="after the rounds, upload each workload once more to our server (untimed) "
+        "with py-spy on the server and on this script; raw profiles and the server logs "
+        "go here, the top functions into the JSON",
+    )
+    parser.add_argument(
+        "--profile-seconds",
+        type=int,
+        default=10,
+        help="py-spy record -d for --profile-dir (default %(default)s)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=[*LARGE_KINDS, "small"],
@@ -1044,8 +1294,6 @@ def find_tools() -> tuple[str | None, str]:
 
 
 def _importable(module: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(module) is not None
 
 
@@ -1059,10 +1307,12 @@ def human_line(run: Run, rounds: int) -> str:
         if run.workload == "small"
         else f"{run.mb_per_s:>8,.1f} MB/s"
     )
-    server = "" if run.server_cpu_s is None else f" server cpu {run.server_cpu_s:.1f} s"
+    server = "" if run.server_cpu_s is None else f", server cpu {run.server_cpu_s:.1f} s"
+    assembly = "" if run.assembly_s is None else f", assembly {run.assembly_s:.2f} s"
     return (
         f"[{run.workload:<6} round {run.round}/{rounds}] {run.contender:<13} {figure} "
-        f"({run.seconds:.2f} s; bench cpu {run.bench_cpu_s:.1f} s{server})"
+        f"({run.seconds:.2f} s{assembly}; bench cpu {run.bench_cpu_s:.1f} s{server}, "
+        f"other {run.other_cpu_s:.1f} s)"
     )
 
 
@@ -1104,8 +1354,11 @@ def work_directory(given: Path | None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def started_servers(work: Path, postoffice: str) -> Iterator[dict[str, Server]]:
-    """Ours (streaming), ours (--via-part) and the peer, stopped by pid at the end."""
+def started_servers(
+    work: Path, postoffice: str, keep_logs: Path | None
+) -> Iterator[dict[str, Server]]:
+    """Ours (streaming), ours (--via-part) and the peer, stopped by pid at the end; their
+    logs are copied to `keep_logs` if given."""
     started: dict[str, Server] = {}
     try:
         started["ours"] = start_ours(work, postoffice, "ours", via_part=False)
@@ -1115,6 +1368,11 @@ def started_servers(work: Path, postoffice: str) -> Iterator[dict[str, Server]]:
     finally:
         for server in reversed(list(started.values())):
             stop(server)
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for server in started.values():
+                with contextlib.suppress(OSError):
+                    shutil.copy(server.log_path, keep_logs / server.log_path.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1128,9 +1386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = [w for w in (*LARGE_KINDS, "small") if args.only is None or w in args.only]
     if args.small_count == 0 and "small" in workloads:
         workloads.remove("small")
+    # Imported now, so that the first timed run does not pay for it.
+    importlib.import_module("postoffice.ingest.client")
+
     started_at = datetime.datetime.now(datetime.UTC)
     runs: list[Run] = []
     inputs: dict[str, object] = {}
+    profiles: dict[str, object] = {}
     with work_directory(args.work_dir) as work:
         machine = machine_facts(zstd_cli, work)
         _say(f"work dir {work}")
@@ -1140,8 +1402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind in (k for k in LARGE_KINDS if k in workloads):
                 item = make_large_input(work, kind, args.size_mib * MIB)
                 large.append(item)
-                inputs[kind] = _describe(item)
-                _say(f"input {kind}: {_describe(item)}")
+                inputs[kind] = {**_describe(item), "ours_client_prepare_s": measure_prepare(item)}
+                _say(f"input {kind}: {inputs[kind]}")
                 if args.peer_size_mib is not None and args.peer_size_mib < args.size_mib:
                     small_item = make_large_input(work / "peer", kind, args.peer_size_mib * MIB)
                     peer_inputs[kind] = small_item
@@ -1151,7 +1413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 small_paths, inputs["small"] = make_small_inputs(work, args.small_count)
                 _say(f"input small: {inputs['small']}")
             os.sync()
-            with started_servers(work, postoffice) as servers:
+            with started_servers(work, postoffice, args.profile_dir) as servers:
                 _say("started " + ", ".join(repr(s) for s in servers.values()))
                 for round_no in range(1, args.rounds + 1):
                     for run in run_round(
@@ -1159,6 +1421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ):
                         runs.append(run)
                         _say(human_line(run, args.rounds))
+                if args.profile_dir is not None:
+                    profiles = profile_ours(
+                        servers, work, large, small_paths, args.profile_dir, args.profile_seconds
+                    )
         except BenchError as exc:
             _say(f"error: {exc}")
             return EXIT_RUN_FAILED
@@ -1196,6 +1462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inputs": inputs,
         "results": summary,
         "goals": goals(summary),
+        "profiles": profiles,
         "runs": [dataclasses.asdict(run) for run in runs],
     }
     print(json.dumps(result, indent=2))
