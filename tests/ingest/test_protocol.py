@@ -7,6 +7,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -544,7 +545,7 @@ def test_oversized_frame_is_refused_from_its_header() -> None:
         ({"max_payload_bytes": 1000}, 1000),
     ],
 )
-def test_frame_payload_limit(kwargs: dict[str, int], limit: int) -> None:
+def test_frame_payload_limit(kwargs: dict[str, Any], limit: int) -> None:
     """The default limit fits the largest valid chunk: 66-byte header, longest name, data."""
     assert MAX_MESSAGE_BYTES == MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
     at_limit = MessageDecoder(**kwargs)
@@ -933,3 +934,33 @@ _MESSAGE_TYPES = (
     Published,
     Failed,
 )
+
+
+def test_chunk_hash_check_can_be_left_to_the_caller() -> None:
+    """A server decodes on its loop and hashes on its I/O threads: decode can skip the hash."""
+    from postoffice.core.framing import FrameDecoder
+    from postoffice.ingest.errors import ChecksumError
+    from postoffice.ingest.protocol import Chunk, decode, encode_chunk, verify_chunk
+
+    wire = bytearray(
+        encode_chunk(
+            file_id=FileId(b"\x01" * 16),
+            index=0,
+            total=1,
+            size=3,
+            name="a.bin",
+            sha256=hashlib.sha256(b"abc").digest(),
+            data=b"abd",
+            request_id=1,
+        )
+    )
+    frames = FrameDecoder()
+    frames.feed(bytes(wire))
+    frame = frames.next_event()
+    assert not isinstance(frame, type(NEED_DATA))
+    with pytest.raises(ChecksumError, match=r"^chunk sha256 mismatch: header "):
+        decode(frame)
+    chunk = decode(frame, verify_chunks=False)
+    assert isinstance(chunk, Chunk)
+    with pytest.raises(ChecksumError, match=r"^chunk sha256 mismatch: header "):
+        verify_chunk(chunk)

@@ -45,7 +45,10 @@ class _FramedConnection(BaseProtocol):
     def __init__(self, server: IngestServer) -> None:
         super().__init__(server.data_manager)
         self.server = server
-        self.decoder = MessageDecoder(max_chunk_bytes=server.config.max_chunk_bytes)
+        # Chunk hashes are checked on the I/O threads (IngestServer.accept_chunk), not here.
+        self.decoder = MessageDecoder(
+            max_chunk_bytes=server.config.max_chunk_bytes, verify_chunks=False
+        )
 
     def reject(self, reason: str) -> None:
         self.send(ErrorReply(code=ErrorCode.TOO_LARGE, message=reason), 0)

@@ -78,6 +78,7 @@ __all__ = [
     "missing_ranges",
     "parse_file_id",
     "ranges",
+    "verify_chunk",
 ]
 
 FileId = NewType("FileId", bytes)
@@ -562,7 +563,7 @@ def _flags(kind: str, flags: int, known: int) -> int:
     return flags
 
 
-def _decode_chunk(payload: bytes, max_chunk_bytes: int) -> Chunk:
+def _decode_chunk(payload: bytes, max_chunk_bytes: int, verify: bool = True) -> Chunk:
     _at_least("chunk", payload, _CHUNK.size)
     fid, index, total, size, name_len, digest = cast(
         "tuple[bytes, int, int, int, int, bytes]", _CHUNK.unpack_from(payload)
@@ -586,13 +587,7 @@ def _decode_chunk(payload: bytes, max_chunk_bytes: int) -> Chunk:
             f"chunk data of {len(payload) - start} bytes exceeds limit {max_chunk_bytes}"
         )
     data = payload[start:]  # the one copy: a Chunk holds bytes
-    actual = hashlib.sha256(data).digest()
-    if actual != digest:
-        raise ChecksumError(
-            f"chunk sha256 mismatch: header {digest.hex()[:_DIGEST_SHOWN]}..., "
-            f"data {actual.hex()[:_DIGEST_SHOWN]}..."
-        )
-    return Chunk(
+    chunk = Chunk(
         file_id=FileId(fid),
         index=index,
         total=total,
@@ -601,6 +596,23 @@ def _decode_chunk(payload: bytes, max_chunk_bytes: int) -> Chunk:
         sha256=digest,
         data=data,
     )
+    if verify:
+        verify_chunk(chunk)
+    return chunk
+
+
+def verify_chunk(chunk: Chunk) -> None:
+    """Check that a chunk's data hashes to the SHA-256 it names; raises ChecksumError.
+
+    decode() does it unless told not to: a server decodes on its event loop and verifies
+    on its I/O threads, where hashing megabytes neither blocks the loop nor holds the GIL.
+    """
+    actual = hashlib.sha256(chunk.data).digest()
+    if actual != chunk.sha256:
+        raise ChecksumError(
+            f"chunk sha256 mismatch: header {chunk.sha256.hex()[:_DIGEST_SHOWN]}..., "
+            f"data {actual.hex()[:_DIGEST_SHOWN]}..."
+        )
 
 
 def _decode_ids(kind: str, payload: bytes) -> tuple[FileId, ...]:
@@ -726,7 +738,9 @@ _DECODERS: Final[dict[int, Callable[[bytes], Message]]] = {
 }
 
 
-def decode(frame: Frame, *, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> Message:
+def decode(
+    frame: Frame, *, max_chunk_bytes: int = MAX_CHUNK_BYTES, verify_chunks: bool = True
+) -> Message:
     """Return the message a well-formed frame carries, whichever direction it goes.
 
     Raises IngestProtocolError (unknown type, frame flags set, malformed payload),
@@ -739,7 +753,7 @@ def decode(frame: Frame, *, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> Message:
     if frame.flags:
         raise IngestProtocolError(f"frame flags 0x{frame.flags:04x} set, expected 0")
     if kind == MsgType.CHUNK:
-        return _decode_chunk(frame.payload, max_chunk_bytes)
+        return _decode_chunk(frame.payload, max_chunk_bytes, verify_chunks)
     return _DECODERS[kind](frame.payload)
 
 
@@ -753,10 +767,14 @@ class MessageDecoder:
     either is out of range.
     """
 
-    __slots__ = ("_frames", "_last_request_id", "_max_chunk_bytes")
+    __slots__ = ("_frames", "_last_request_id", "_max_chunk_bytes", "_verify_chunks")
 
     def __init__(
-        self, *, max_payload_bytes: int | None = None, max_chunk_bytes: int = MAX_CHUNK_BYTES
+        self,
+        *,
+        max_payload_bytes: int | None = None,
+        max_chunk_bytes: int = MAX_CHUNK_BYTES,
+        verify_chunks: bool = True,
     ) -> None:
         if not 0 <= max_chunk_bytes <= framing.MAX_PAYLOAD_BYTES - CHUNK_OVERHEAD_BYTES:
             raise ConfigError(
@@ -767,6 +785,7 @@ class MessageDecoder:
             max_payload_bytes = max_chunk_bytes + CHUNK_OVERHEAD_BYTES
         self._frames = framing.FrameDecoder(max_payload_bytes)
         self._max_chunk_bytes = max_chunk_bytes
+        self._verify_chunks = verify_chunks
         self._last_request_id: int | None = None
 
     @property
@@ -801,7 +820,9 @@ class MessageDecoder:
         if frame is NEED_DATA:
             return NEED_DATA
         self._last_request_id = frame.request_id
-        return frame.request_id, decode(frame, max_chunk_bytes=self._max_chunk_bytes)
+        return frame.request_id, decode(
+            frame, max_chunk_bytes=self._max_chunk_bytes, verify_chunks=self._verify_chunks
+        )
 
     def __repr__(self) -> str:
         state = "FAILED" if self.failed else "OK"

@@ -51,9 +51,10 @@ from postoffice.ingest.protocol import (
     UploadState,
     file_id_hex,
     ranges,
+    verify_chunk,
 )
 from postoffice.ingest.published import PublishedInfo
-from postoffice.ingest.storage import ChunkStore, PayloadInfo
+from postoffice.ingest.storage import ChunkStore, PayloadInfo, StoreResult
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 
 log = logging.getLogger(__name__)
@@ -275,8 +276,10 @@ class IngestServer:
                 published=True,
             )
         now = time.time()
-        result = await self._blocking(
-            lambda: self.store.store_chunk(
+
+        def verify_and_store() -> StoreResult:
+            verify_chunk(chunk)
+            return self.store.store_chunk(
                 file_id=file_id,
                 index=chunk.index,
                 total=chunk.total,
@@ -286,7 +289,8 @@ class IngestServer:
                 data=chunk.data,
                 now=now,
             )
-        )
+
+        result = await self._blocking(verify_and_store)
         self._failed.pop(file_id, None)
         if result.duplicate:
             self.duplicates_total += 1

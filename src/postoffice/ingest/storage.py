@@ -133,6 +133,8 @@ class _Payload:
     updated: float = 0.0
     chunks: dict[int, bytes] = field(default_factory=dict)  # index -> sha256 of the patch
     received: int = 0  # bytes in committed patches
+    reserved: int = 0  # bytes of patches being written right now
+    writing: dict[int, tuple[bytes, threading.Event]] = field(default_factory=dict)
     ids_bytes: int = 0  # length of ids.list's valid content
     ids_dirty: bool = False  # a failed append may have left bytes past ids_bytes
     meta_written: bool = False
@@ -320,10 +322,57 @@ class ChunkStore:
                 if payload.removed:
                     continue  # removed or published while we waited: look again
                 try:
-                    return self._store_locked(payload, index, total, size, name, sha256, data, now)
+                    plan = self._reserve(payload, index, total, size, name, sha256, data, now)
                 finally:
                     if not payload.meta_written:
                         self._forget(payload)  # a refused first chunk leaves no placeholder
+            if isinstance(plan, StoreResult):
+                return plan
+            if plan is not None:  # the same bytes are being written by another thread
+                plan.wait()
+                continue
+            return self._write_and_commit(payload, index, total, sha256, data, now)
+
+    def _write_and_commit(
+        self, payload: _Payload, index: int, total: int, sha256: bytes, data: bytes, now: float
+    ) -> StoreResult:
+        """Write the patch outside the payload's lock, then commit it under the lock.
+
+        Patches of one payload are written (and fsynced) in parallel; only the short
+        ids.list append is serialised. The ids.list line is the commit point, so a patch
+        written without its line is not committed (open() drops it).
+        """
+        try:
+            atomic_write(payload.path / f"patch_{index}.bin", data, fsync=self.fsync)
+        except BaseException:
+            with payload.op_lock:
+                self._release(payload, index, len(data))
+            raise
+        with payload.op_lock:
+            try:
+                if payload.removed:
+                    raise IngestStorageError(
+                        f"upload {payload.hex_id} was removed while chunk {index} was stored"
+                    )
+                self._append_id(payload, index, sha256, now)
+            finally:
+                self._release(payload, index, len(data))
+            with self._lock:
+                payload.chunks[index] = sha256
+                payload.received += len(data)
+                payload.updated = now
+                committed = len(payload.chunks)
+        return StoreResult(
+            committed=committed, total=total, duplicate=False, complete=committed == total
+        )
+
+    @staticmethod
+    def _release(payload: _Payload, index: int, size: int) -> None:
+        """Drop a write's reservation and wake anyone waiting on the same index."""
+        pending = payload.writing.pop(index, None)
+        payload.reserved -= size
+        if pending is not None:
+            pending[1].set()
 
     def _payload_for(self, file_id: FileId) -> _Payload | None:
         with self._lock:
@@ -340,7 +389,7 @@ class ChunkStore:
                 self._payloads[file_id] = payload
             return payload
 
-    def _store_locked(
+    def _reserve(
         self,
         payload: _Payload,
         index: int,
@@ -350,7 +399,12 @@ class ChunkStore:
         sha256: bytes,
         data: bytes,
         now: float,
-    ) -> StoreResult:
+    ) -> StoreResult | threading.Event | None:
+        """Check a chunk against the payload and reserve its index (under op_lock).
+
+        Returns a StoreResult for a duplicate, an Event to wait on when the same bytes are
+        being written by another thread, or None: the caller now owns the index.
+        """
         hex_id = payload.hex_id
         received = payload.received
         if payload.meta_written:
@@ -373,23 +427,23 @@ class ChunkStore:
                 return StoreResult(
                     committed=len(payload.chunks), total=total, duplicate=True, complete=False
                 )
-        if received + len(data) > size:
+            pending = payload.writing.get(index)
+            if pending is not None:
+                if pending[0] != sha256:
+                    raise ConflictError(
+                        f"chunk {index} of {hex_id} is being stored with other bytes"
+                    )
+                return pending[1]
+        if received + payload.reserved + len(data) > size:
             raise ConflictError(
                 f"chunk {index} of {hex_id} brings the payload to "
-                f"{received + len(data)} bytes, over its size {size}"
+                f"{received + payload.reserved + len(data)} bytes, over its size {size}"
             )
         if not payload.meta_written:
             self._create(payload, total=total, size=size, name=name, now=now)
-        atomic_write(payload.path / f"patch_{index}.bin", data, fsync=self.fsync)
-        self._append_id(payload, index, sha256, now)
-        with self._lock:
-            payload.chunks[index] = sha256
-            payload.received += len(data)
-            payload.updated = now
-            committed = len(payload.chunks)
-        return StoreResult(
-            committed=committed, total=total, duplicate=False, complete=committed == total
-        )
+        payload.writing[index] = (sha256, threading.Event())
+        payload.reserved += len(data)
+        return None
 
     def _create(self, payload: _Payload, *, total: int, size: int, name: str, now: float) -> None:
         """Write a new payload's directory and meta.json."""
