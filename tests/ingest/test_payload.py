@@ -27,6 +27,7 @@ from postoffice.ingest.payload import (
     chunk_count,
     derive_file_id,
     is_zstd,
+    original_digest,
     plan_chunks,
     prepare,
     upload_name,
@@ -77,13 +78,18 @@ class TestFileId:
     ) -> None:
         assert derive_file_id(name, sha, chunk_size) != derive_file_id("a.log", SHA, 1024)
 
-    def test_same_content_gets_same_id_from_plain_and_zst(self, tmp_path: Path) -> None:
+    def test_a_zst_gets_a_stable_id_from_its_compressed_bytes(self, tmp_path: Path) -> None:
+        """A .zst's id hashes what is sent (cheap); its content hash comes later, the same."""
         data = b"hello " * 1000
         plain = prepare(write(tmp_path / "a.txt", data), chunk_size=1024, work_dir=tmp_path)
         zst = write(tmp_path / "a.txt.zst", zstandard.ZstdCompressor(level=19).compress(data))
         packed = prepare(zst, chunk_size=1024, work_dir=tmp_path)
-        assert packed.file_id == plain.file_id
-        assert (packed.size, packed.sha256) == (plain.size, plain.sha256)
+        assert packed.deferred
+        assert packed.file_id == prepare(zst, chunk_size=1024, work_dir=tmp_path).file_id
+        assert packed.file_id == derive_file_id(
+            "a.txt", hashlib.sha256(zst.read_bytes()).digest(), 1024
+        )
+        assert original_digest(zst) == (plain.size, plain.sha256)
 
 
 GOLDEN_FILE_ID = (
@@ -113,7 +119,8 @@ class TestNames:
     def test_zstd_is_detected_by_magic_not_suffix(self, tmp_path: Path) -> None:
         path = write(tmp_path / "data.bin", zstandard.compress(b"payload"))
         prepared = prepare(path, chunk_size=1024, work_dir=tmp_path)
-        assert (prepared.name, prepared.payload, prepared.size) == ("data.bin", path, 7)
+        assert (prepared.name, prepared.payload, prepared.deferred) == ("data.bin", path, True)
+        assert original_digest(path)[0] == 7
 
     def test_fake_zst_suffix_is_compressed_and_keeps_its_name(self, tmp_path: Path) -> None:
         path = write(tmp_path / "notes.zst", b"not zstandard at all")
@@ -218,14 +225,15 @@ class TestPrepare:
         path = write(
             tmp_path / "two.zst", zstandard.compress(b"first ") + zstandard.compress(b"second")
         )
-        prepared = prepare(path, chunk_size=1024, work_dir=tmp_path)
-        assert prepared.size == len(b"first second")
-        assert prepared.sha256 == hashlib.sha256(b"first second").digest()
+        assert original_digest(path) == (
+            len(b"first second"),
+            hashlib.sha256(b"first second").digest(),
+        )
 
     def test_corrupt_zst_is_refused(self, tmp_path: Path) -> None:
         path = write(tmp_path / "bad.zst", b"\x28\xb5\x2f\xfd" + b"\xff" * 64)
         with pytest.raises(AssemblyError, match=r"bad\.zst is not valid zstandard"):
-            prepare(path, chunk_size=1024, work_dir=tmp_path)
+            original_digest(path)
 
     def test_unreadable_file_is_a_storage_error(self, tmp_path: Path) -> None:
         with pytest.raises(StorageError, match=r"^cannot prepare .*missing\.txt"):

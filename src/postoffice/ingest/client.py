@@ -37,7 +37,13 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
-from postoffice.ingest.payload import PreparedFile, discard_work_copy, plan_chunks, prepare
+from postoffice.ingest.payload import (
+    PreparedFile,
+    discard_work_copy,
+    original_digest,
+    plan_chunks,
+    prepare,
+)
 from postoffice.ingest.protocol import (
     MAX_CHUNK_BYTES,
     MAX_STATUS_RANGES,
@@ -639,6 +645,15 @@ class IngestClient:
             prepare, path, chunk_size=self.chunk_size, work_dir=self.work_dir, name=name
         )
         hex_id = file_id_hex(prepared.file_id)
+        # A user's .zst is hashed (decompressed) while its chunks travel, not before.
+        original = (
+            asyncio.ensure_future(asyncio.to_thread(original_digest, prepared.payload))
+            if prepared.deferred
+            else None
+        )
+        if original is not None:
+            # If the upload fails first nobody awaits the hash: mark its outcome as seen.
+            original.add_done_callback(lambda f: f.cancelled() or f.exception())
         watch = _Watch(prepared.file_id)
         self._watches.setdefault(prepared.file_id, set()).add(watch)
         try:
@@ -654,11 +669,11 @@ class IngestClient:
             watchers.discard(watch)
             if not watchers:
                 self._watches.pop(prepared.file_id, None)
-        if published.size != prepared.size or published.sha256 != prepared.sha256:
+        size, sha256 = (prepared.size, prepared.sha256) if original is None else await original
+        if published.size != size or published.sha256 != sha256:
             raise IngestError(
                 f"published sha256 {published.sha256.hex()} ({published.size} bytes) of "
-                f"{prepared.name} does not match ours {prepared.sha256.hex()} "
-                f"({prepared.size} bytes)"
+                f"{prepared.name} does not match ours {sha256.hex()} ({size} bytes)"
             )
         await asyncio.to_thread(discard_work_copy, prepared)
         total = prepared.total
@@ -666,8 +681,8 @@ class IngestClient:
             path=path,
             name=published.name,
             file_id=prepared.file_id,
-            size=prepared.size,
-            sha256=prepared.sha256,
+            size=size,
+            sha256=sha256,
             compressed_size=prepared.payload_size,
             chunks=total,
             sent_chunks=sent,

@@ -50,6 +50,7 @@ __all__ = [
     "derive_file_id",
     "discard_work_copy",
     "is_zstd",
+    "original_digest",
     "plan_chunks",
     "prepare",
     "upload_name",
@@ -71,6 +72,9 @@ class PreparedFile:
 
     `payload` is the user's own .zst (`owned` False) or our copy in the work dir (`owned`
     True: removed after the publish); `reused` says that copy was left by an earlier run.
+    For a user's .zst, `deferred` is True and `size`/`sha256` (of the decompressed
+    content) are not known yet: `original_digest(payload)` computes them, and the client
+    runs it while the chunks are on their way rather than before.
     """
 
     path: Path
@@ -83,6 +87,7 @@ class PreparedFile:
     chunk_size: int
     owned: bool
     reused: bool = False
+    deferred: bool = False
 
     @property
     def total(self) -> int:
@@ -182,25 +187,28 @@ def prepare(
 
     `name` overrides the name derived from the path (see upload_name).
 
-    Raises BadNameError for a name the server would refuse, AssemblyError for a .zst that
-    does not decompress, StorageError when a file cannot be read or written (or changed
-    while it was read).
+    Raises BadNameError for a name the server would refuse, StorageError when a file
+    cannot be read or written (or changed while it was read).
     """
     try:
         if is_zstd(path):
             name = check_name(name) if name is not None else upload_name(path, zstd=True)
-            size, digest = _hash_zstd(path)
+            # The id comes from the compressed bytes, which are what is sent: hashing them
+            # is far cheaper than decompressing, and just as stable across restarts.
+            with path.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").digest()
             file_id = derive_file_id(name, digest, chunk_size)
             return PreparedFile(
                 path=path,
                 name=name,
                 file_id=file_id,
-                size=size,
-                sha256=digest,
+                size=0,
+                sha256=b"",
                 payload=path,
                 payload_size=path.stat().st_size,
                 chunk_size=chunk_size,
                 owned=False,
+                deferred=True,
             )
         name = check_name(name) if name is not None else upload_name(path, zstd=False)
         size, digest = _hash_plain(path)
@@ -239,9 +247,21 @@ def _hash_plain(path: Path) -> tuple[int, bytes]:
     return size, digest.digest()
 
 
+def original_digest(path: Path) -> tuple[int, bytes]:
+    """Size and sha256 of a .zst's decompressed content, as the server will publish it (it
+    too decodes every frame of a multi-frame file). Blocking.
+
+    Raises AssemblyError when the file is not valid Zstandard, StorageError when it
+    cannot be read.
+    """
+    try:
+        return _hash_zstd(path)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _hash_zstd(path: Path) -> tuple[int, bytes]:
-    """Size and sha256 of the decompressed content, as the server will publish it (it too
-    decodes every frame of a multi-frame file)."""
+    """Size and sha256 of the decompressed content."""
     digest = hashlib.sha256()
     size = 0
     try:
