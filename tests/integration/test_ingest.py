@@ -285,25 +285,33 @@ def test_resume_after_the_server_is_killed(serve: Serve, tmp_path: Path) -> None
     packed = tmp_path / "big.bin.zst"
     packed.write_bytes(payload)
 
-    # Send half the chunks by hand, then kill -9 the server in the middle of the upload.
-    async def half() -> None:
-        async with ingest.client(chunk_size=256 * 1024) as client:
-            task = asyncio.ensure_future(client.send(packed))
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-                listing = list((ingest.data_dir / "ingest" / "patches").rglob("patch_*.bin"))
-                if len(listing) >= 4:
-                    break
+    # kill -9 the server once at least 4 chunks are acknowledged: every acknowledged chunk
+    # must be there after the restart, so the resumed upload skips at least those.
+    acked: list[int] = []
+
+    async def interrupted() -> int:
+        got_four = asyncio.Event()
+
+        def progress(done: int, total: int) -> None:
+            acked.append(done)
+            if done >= 4 * 256 * 1024:
+                got_four.set()
+
+        async with ingest.client(chunk_size=256 * 1024, parallel=2) as client:
+            task = asyncio.ensure_future(client.send(packed, progress=progress))
+            await asyncio.wait_for(got_four.wait(), 20)
+            at_kill = max(acked) // (256 * 1024)
             first.proc.send_signal(signal.SIGKILL)
             with pytest.raises(Exception):  # noqa: B017,PT011  (the client sees the server die)
                 await task
+        return at_kill
 
-    asyncio.run(half())
+    acknowledged = asyncio.run(interrupted())
     first.proc.wait(10)
     serve("ingest", *ingest.args())
     result = asyncio.run(send(ingest, packed, chunk_size=256 * 1024))
-    assert result.skipped_chunks >= 4
+    assert acknowledged >= 4
+    assert result.skipped_chunks >= acknowledged
     assert (ingest.files / "big.bin").read_bytes() == source.read_bytes()
 
 

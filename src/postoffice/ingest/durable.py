@@ -38,10 +38,11 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
+def atomic_write(path: Path, data: bytes, *, fsync: bool, sync_dir: bool = True) -> None:
     """Write `data` to `path` all or nothing: a unique tmp, fsync, rename, fsync the dir.
 
-    Raises IngestStorageError; the tmp file is removed on failure.
+    `sync_dir=False` leaves the directory fsync to the caller, who may cover several
+    renames with one. Raises IngestStorageError; the tmp file is removed on failure.
     """
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
     with os_errors("write", path):
@@ -56,7 +57,7 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
-    if fsync:
+    if fsync and sync_dir:
         fsync_dir(path.parent)
 
 

@@ -343,20 +343,24 @@ class ChunkStore:
         written without its line is not committed (open() drops it).
         """
         try:
-            atomic_write(payload.path / f"patch_{index}.bin", data, fsync=self.fsync)
-        except BaseException:
+            atomic_write(
+                payload.path / f"patch_{index}.bin", data, fsync=self.fsync, sync_dir=False
+            )
             with payload.op_lock:
-                self._release(payload, index, len(data))
-            raise
-        with payload.op_lock:
-            try:
                 if payload.removed:
                     raise IngestStorageError(
                         f"upload {payload.hex_id} was removed while chunk {index} was stored"
                     )
                 self._append_id(payload, index, sha256, now)
-            finally:
+            # One directory fsync makes the patch's rename durable, and with the first
+            # chunk also meta.json's and ids.list's entries; the ACK waits for it.
+            self._sync_dir(payload.path)
+        except BaseException:
+            with payload.op_lock:
                 self._release(payload, index, len(data))
+            raise
+        with payload.op_lock:
+            self._release(payload, index, len(data))
             with self._lock:
                 payload.chunks[index] = sha256
                 payload.received += len(data)
@@ -460,6 +464,7 @@ class ChunkStore:
             payload.path / META_JSON,
             json.dumps(meta, ensure_ascii=False).encode(),
             fsync=self.fsync,
+            sync_dir=False,  # the first chunk's commit fsyncs this directory
         )
         self._sync_dir(self.patches_dir)
         with self._lock:
@@ -471,7 +476,6 @@ class ChunkStore:
         """Append and fsync the commit line; a failed append is truncated away next time."""
         path = payload.path / IDS_LIST
         line = f"{index} {sha256.hex()}\n".encode()
-        first = payload.ids_bytes == 0
         with os_errors("append to", path):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
@@ -488,8 +492,6 @@ class ChunkStore:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        if first:
-            self._sync_dir(payload.path)
         payload.ids_dirty = False
         payload.ids_bytes += len(line)
 
@@ -590,8 +592,7 @@ class ChunkStore:
             self._forget(payload)
             try:
                 if path.exists():
-                    shutil.rmtree(path)
-                self._sync_dir(self.patches_dir)
+                    shutil.rmtree(path)  # no fsync: a removal lost to a crash, open() redoes
             except (OSError, IngestStorageError) as exc:
                 log.warning("patches not removed after publish file_id=%s error=%r", hex_id, exc)
 
