@@ -180,3 +180,12 @@ def test_make_socket_refuses_a_busy_port() -> None:
             make_socket("127.0.0.1", holder.getsockname()[1])
     finally:
         holder.close()
+
+
+async def test_a_host_that_does_not_resolve_is_a_config_error() -> None:
+    """Retrying cannot fix a typo in the address: fail at once, naming it."""
+    from postoffice.core.errors import ConfigError
+    from postoffice.core.listeners import listen
+
+    with pytest.raises(ConfigError, match=r"^cannot listen on host 'no-such-host\.invalid': "):
+        await listen(asyncio.Protocol, host="no-such-host.invalid", port=0, name="typo")

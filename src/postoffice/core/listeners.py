@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Callable
 from typing import Final
 
+from postoffice.core.errors import ConfigError
 from postoffice.core.runtime import Backoff
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,14 @@ DEFAULT_BACKLOG: Final = 4096
 
 
 def make_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A bound, non-blocking TCP socket; raises OSError when the bind fails."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    """A bound, non-blocking TCP socket; raises OSError when the bind fails.
+
+    An address that does not resolve is a ConfigError: retrying cannot fix a typo.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on host {host!r}: {exc.strerror or exc}") from exc
     family, kind, proto, _, addr = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
