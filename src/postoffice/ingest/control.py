@@ -53,7 +53,14 @@ from postoffice.core.resp import (
 )
 from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
-from postoffice.ingest.errors import IngestProtocolError, UnknownFileError
+from postoffice.ingest.errors import (
+    ControlAuthError,
+    ControlError,
+    IngestProtocolError,
+    NoProtoError,
+    UnknownFileError,
+    WrongTokenError,
+)
 from postoffice.ingest.protocol import MAX_STATUS_RANGES, FileId, file_id_hex, parse_file_id
 from postoffice.ingest.storage import PayloadInfo
 from postoffice.ingest.ttl import CleanupReport
@@ -107,33 +114,6 @@ class IngestControl(Protocol):
     async def cleanup_now(self) -> CleanupReport:
         """Run one TTL cleanup pass now."""
         ...
-
-
-# -- errors that reach the wire -------------------------------------------------------------
-
-
-class ControlError(PostOfficeError):
-    """A control command was refused; the connection stays usable (`-ERR message`)."""
-
-    wire_code = "ERR"
-
-
-class ControlAuthError(ControlError):
-    """A command other than AUTH, HELLO, QUIT or HELP before AUTH, when a token is set."""
-
-    wire_code = "NOAUTH"
-
-
-class WrongTokenError(ControlError):
-    """AUTH was given a wrong token (or a user other than `default`)."""
-
-    wire_code = "WRONGPASS"
-
-
-class NoProtoError(ControlError):
-    """HELLO asked for a RESP version other than 2 or 3."""
-
-    wire_code = "NOPROTO"
 
 
 _NOAUTH: Final = Error(code=ControlAuthError.wire_code, message="authentication required")

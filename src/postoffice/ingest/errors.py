@@ -84,3 +84,30 @@ class AssemblyError(IngestError):
     """The complete payload could not be decompressed and published."""
 
     code = ErrorCode.ASSEMBLY
+
+
+# -- the control port's refusals (RESP error replies; `wire_code` is the prefix) -----------
+
+
+class ControlError(PostOfficeError):
+    """A control command was refused; the connection stays usable (`-ERR message`)."""
+
+    wire_code = "ERR"
+
+
+class ControlAuthError(ControlError):
+    """A command other than AUTH, HELLO, QUIT or HELP before AUTH, when a token is set."""
+
+    wire_code = "NOAUTH"
+
+
+class WrongTokenError(ControlError):
+    """AUTH was given a wrong token (or a user other than `default`)."""
+
+    wire_code = "WRONGPASS"
+
+
+class NoProtoError(ControlError):
+    """HELLO asked for a RESP version other than 2 or 3."""
+
+    wire_code = "NOPROTO"
