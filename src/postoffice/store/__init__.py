@@ -1,0 +1,31 @@
+"""The store service: an embedded key-value engine (append-only log + LMDB index)."""
+
+from __future__ import annotations
+
+from postoffice.store.engine import BatchOp, Delete, Put, RecoveryReport, Store, StoreStats
+from postoffice.store.errors import (
+    KeySizeError,
+    LogCorruptError,
+    StoreClosedError,
+    StoreLockedError,
+    StoreStorageError,
+    ValueSizeError,
+)
+from postoffice.store.logstore import Damage, Durability
+
+__all__ = [
+    "BatchOp",
+    "Damage",
+    "Delete",
+    "Durability",
+    "KeySizeError",
+    "LogCorruptError",
+    "Put",
+    "RecoveryReport",
+    "Store",
+    "StoreClosedError",
+    "StoreLockedError",
+    "StoreStats",
+    "StoreStorageError",
+    "ValueSizeError",
+]

@@ -1,0 +1,501 @@
+"""The embedded key-value store: `Store` ties the segment log and the LMDB index together.
+
+Blocking library layer; thread-safe. Servers call it through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, final
+
+from postoffice.core.errors import ConfigError
+from postoffice.store.errors import (
+    KeySizeError,
+    StoreClosedError,
+    StoreLockedError,
+    StoreStorageError,
+    ValueSizeError,
+)
+from postoffice.store.index import Index, Location, Meta
+from postoffice.store.logstore import (
+    FLAG_BATCH,
+    Damage,
+    Durability,
+    Kind,
+    LogStore,
+    Record,
+    count_value,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_BYTES: Final = 64 * 1024 * 1024  # big enough that rolls are rare
+DEFAULT_MAX_KEY_BYTES: Final = 1024  # keys are names, not payloads
+DEFAULT_MAX_VALUE_BYTES: Final = 16 * 1024 * 1024  # one pread, one allocation per get
+DEFAULT_INTERVAL_MS: Final = 100  # `interval` durability: the most a crash may lose
+DEFAULT_INDEX_MAP_BYTES: Final = 1 << 32  # LMDB's map is sparse: this is address space only
+DEFAULT_FLUSH_ENTRIES: Final = 4096  # memory-layer entries written to LMDB per transaction
+_LOCK_NAME: Final = "LOCK"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put:
+    """A batch operation: set `key` to `value`."""
+
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
+    """A batch operation: remove `key` (absent keys are fine)."""
+
+    key: bytes
+
+
+BatchOp = Put | Delete
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryReport:
+    """What `Store.open` found and repaired."""
+
+    index_rebuilt: bool = False
+    reason: str | None = None
+    replayed_records: int = 0
+    truncated: Damage | None = None
+    corrupt: tuple[Damage, ...] = ()
+    dropped_batches: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStats:
+    """A snapshot of a Store's counters."""
+
+    keys: int
+    segments: int
+    log_bytes: int
+    last_seq: int
+    durability: str
+    memory_entries: int
+    puts: int
+    deletes: int
+    batches: int
+    gets: int
+    fsyncs: int
+    compactions: int
+    recovery: RecoveryReport = field(default_factory=RecoveryReport)
+
+
+def _lock_dir(path: Path) -> int:
+    lock_path = path / _LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StoreStorageError(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise StoreLockedError(f"store {path} is already open in another process") from exc
+    except OSError as exc:
+        os.close(fd)
+        raise StoreStorageError(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
+    return fd
+
+
+@final
+class Store:
+    """An embedded, durable, ordered key-value store in one directory.
+
+    Writes go to an append-only log, reads through an LMDB index. Use `Store.open`.
+    Every method raises StoreClosedError after `close`, and StoreStorageError when the disk
+    or the index fails.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        lock_fd: int,
+        log_store: LogStore,
+        index: Index,
+        durability: Durability,
+        max_key_bytes: int,
+        max_value_bytes: int,
+        flush_entries: int,
+        live_keys: int,
+        recovery: RecoveryReport,
+    ) -> None:
+        self._path = path
+        self._lock_fd = lock_fd
+        self._log = log_store
+        self._index = index
+        self._durability = durability
+        self._max_key = max_key_bytes
+        self._max_value = max_value_bytes
+        self._flush_entries = flush_entries
+        self._live = live_keys
+        self._lock = threading.RLock()
+        self._closed = False
+        self._counts = {"puts": 0, "deletes": 0, "batches": 0, "gets": 0, "compactions": 0}
+        self.recovery = recovery
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["always", "interval", "never"] | Durability = "always",
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        interval_ms: int = DEFAULT_INTERVAL_MS,
+        index_map_bytes: int = DEFAULT_INDEX_MAP_BYTES,
+        flush_entries: int = DEFAULT_FLUSH_ENTRIES,
+    ) -> Store:
+        """Open (creating if needed) the store at `path` and recover it from its log.
+
+        A torn or corrupt log tail is cut at the last good record; a lost or damaged index
+        is rebuilt from the log; both are reported in `recovery`. Raises ConfigError for bad
+        settings, StoreLockedError if another process has the store open, StoreStorageError.
+        """
+        try:
+            mode = Durability(durability)
+        except ValueError as exc:
+            raise ConfigError(
+                f"durability must be always, interval or never, not {durability!r}"
+            ) from exc
+        for name, value in (
+            ("segment_bytes", segment_bytes),
+            ("max_key_bytes", max_key_bytes),
+            ("max_value_bytes", max_value_bytes),
+            ("interval_ms", interval_ms),
+            ("index_map_bytes", index_map_bytes),
+            ("flush_entries", flush_entries),
+        ):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}")
+        if max_key_bytes > 0xFFFF:
+            raise ConfigError(f"max_key_bytes must be at most 65535, not {max_key_bytes}")
+        root = Path(path)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreStorageError(f"cannot create {root}: {exc.strerror or exc}") from exc
+        lock_fd = _lock_dir(root)
+        try:
+            log_store = LogStore(
+                root / "log", segment_bytes=segment_bytes, durability=mode, interval_ms=interval_ms
+            )
+            try:
+                index, reason = Index.open_or_reset(root / "index", map_bytes=index_map_bytes)
+                try:
+                    store = cls._recover(
+                        root, lock_fd, log_store, index, mode, reason,
+                        max_key_bytes, max_value_bytes, flush_entries,
+                    )  # fmt: skip
+                except BaseException:
+                    index.close()
+                    raise
+            except BaseException:
+                log_store.close()
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return store
+
+    @classmethod
+    def _recover(
+        cls,
+        root: Path,
+        lock_fd: int,
+        log_store: LogStore,
+        index: Index,
+        mode: Durability,
+        reason: str | None,
+        max_key_bytes: int,
+        max_value_bytes: int,
+        flush_entries: int,
+    ) -> Store:
+        meta = index.meta()
+        segments = log_store.segments()
+        if meta is not None and (
+            meta.position.segment not in segments
+            or meta.position.offset > log_store.segment_size(meta.position.segment)
+        ):
+            reason = "index is ahead of the log"
+            meta = None
+        if meta is None and reason is None and log_store.total_bytes() > 0:
+            reason = "index missing"
+        if meta is None:
+            index.reset()
+            meta = Meta(position=log_store.first_position(), last_seq=0, live_keys=0)
+        live = meta.live_keys
+
+        def apply(rec: Record) -> None:
+            nonlocal live
+            old = index.get(rec.key)
+            if rec.kind is Kind.PUT:
+                live += old is None
+                index.set(
+                    rec.key,
+                    Location(
+                        segment=rec.segment, offset=rec.offset, length=rec.length, seq=rec.seq
+                    ),
+                )
+            elif old is not None:
+                live -= 1
+                index.set(rec.key, None)
+
+        report = log_store.scan(meta.position, apply)
+        last_seq = max(meta.last_seq, report.last_seq)
+        log_store.start(last_seq)
+        index.flush(Meta(position=log_store.tail(), last_seq=last_seq, live_keys=live))
+        recovery = RecoveryReport(
+            index_rebuilt=reason is not None,
+            reason=reason,
+            replayed_records=report.records,
+            truncated=report.truncated,
+            corrupt=tuple(report.corrupt),
+            dropped_batches=report.dropped_batches,
+        )
+        if reason is not None:
+            log.warning("index rebuilt from log path=%s reason=%r", root, reason)
+        return cls(
+            path=root,
+            lock_fd=lock_fd,
+            log_store=log_store,
+            index=index,
+            durability=mode,
+            max_key_bytes=max_key_bytes,
+            max_value_bytes=max_value_bytes,
+            flush_entries=flush_entries,
+            live_keys=live,
+            recovery=recovery,
+        )
+
+    def __repr__(self) -> str:
+        state = "CLOSED" if self._closed else "OPEN"
+        return f"<Store {self._path} {state} keys={self._live} {self._durability.value}>"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _check_key(self, key: bytes) -> None:
+        if not key:
+            raise KeySizeError("key of 0 bytes is empty")
+        if len(key) > self._max_key:
+            raise KeySizeError(f"key of {len(key)} bytes exceeds limit {self._max_key}")
+
+    def _check_value(self, value: bytes) -> None:
+        if len(value) > self._max_value:
+            raise ValueSizeError(f"value of {len(value)} bytes exceeds limit {self._max_value}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"store {self._path} is closed")
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _write(self, items: list[tuple[Kind, bytes, bytes, int]], counter: str) -> None:
+        """Append and index records, then (outside the lock) wait for durability."""
+        with self._lock:
+            self._check_open()
+            ticket = self._append_locked(items, counter)
+        self._wait_durable(ticket)
+
+    def _wait_durable(self, ticket: int) -> None:
+        if self._durability is Durability.ALWAYS:
+            self._log.sync(ticket)
+
+    def _append_locked(self, items: list[tuple[Kind, bytes, bytes, int]], counter: str) -> int:
+        """Append records and index them in log order; the caller holds `_lock`."""
+        self._counts[counter] += 1
+        locs, ticket = self._log.append(items)
+        for (kind, key, _, _), (seg, off, length, seq) in zip(items, locs, strict=True):
+            if kind is Kind.BATCH_END:
+                continue
+            old = self._index.get(key)
+            if kind is Kind.PUT:
+                self._live += old is None
+                self._index.set(key, Location(segment=seg, offset=off, length=length, seq=seq))
+            elif old is not None:
+                self._live -= 1
+                self._index.set(key, None)
+        if len(self._index.memory) >= self._flush_entries:
+            self._flush()
+        return ticket
+
+    def _flush(self) -> None:
+        """Move the memory layer into LMDB; the log is fsynced first so LMDB never leads it."""
+        self._log.sync(self._log.last_seq)
+        self._index.flush(
+            Meta(position=self._log.tail(), last_seq=self._log.last_seq, live_keys=self._live)
+        )
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Set `key` to `value`; under `always` it is on disk when this returns.
+
+        Raises KeySizeError, ValueSizeError, StoreClosedError, StoreStorageError.
+        """
+        self._check_key(key)
+        self._check_value(value)
+        self._write([(Kind.PUT, bytes(key), bytes(value), 0)], "puts")
+
+    def delete(self, key: bytes) -> bool:
+        """Remove `key` (a tombstone in the log); return whether it was present.
+
+        Raises KeySizeError, StoreClosedError, StoreStorageError.
+        """
+        self._check_key(key)
+        with self._lock:
+            self._check_open()
+            if self._index.get(key) is None:
+                return False
+            ticket = self._append_locked([(Kind.DELETE, bytes(key), b"", 0)], "deletes")
+        self._wait_durable(ticket)
+        return True
+
+    def batch(self, ops: Sequence[BatchOp]) -> None:
+        """Apply puts and deletes atomically: after any crash, all or none of them are there.
+
+        Every op is checked before anything is written. Raises KeySizeError,
+        ValueSizeError, StoreClosedError, StoreStorageError.
+        """
+        items: list[tuple[Kind, bytes, bytes, int]] = []
+        for op in ops:
+            self._check_key(op.key)
+            if isinstance(op, Put):
+                self._check_value(op.value)
+                items.append((Kind.PUT, bytes(op.key), bytes(op.value), FLAG_BATCH))
+            else:
+                items.append((Kind.DELETE, bytes(op.key), b"", FLAG_BATCH))
+        if not items:
+            self._check_open()
+            return
+        items.append((Kind.BATCH_END, b"", count_value(len(items)), 0))
+        self._write(items, "batches")
+
+    def compact(self) -> int:
+        """Rewrite the live records into new segments, delete the old ones; return bytes freed.
+
+        Stop-the-world for now: reads and writes wait until it finishes. A crash midway
+        loses nothing (the copies equal the live values). Raises LogCorruptError if a live
+        record is damaged (the store stays usable), StoreClosedError, StoreStorageError.
+        """
+        with self._lock:
+            self._check_open()
+            self._flush()
+            self._log.roll()
+            boundary = self._log.tail().segment
+            pending: list[tuple[Kind, bytes, bytes, int]] = []
+            for key, loc in self._index.scan(b"", None, b"", self._live + 1):
+                rec = self._log.read(loc.segment, loc.offset, loc.length)
+                pending.append((Kind.PUT, key, rec.value, 0))
+                if len(pending) >= 256:
+                    self._copy(pending)
+                    pending = []
+            self._copy(pending)
+            self._flush()
+            freed = self._log.remove_segments_before(boundary)
+            self._counts["compactions"] += 1
+        log.info("compacted path=%s freed_bytes=%d", self._path, freed)
+        return freed
+
+    def _copy(self, items: list[tuple[Kind, bytes, bytes, int]]) -> None:
+        if not items:
+            return
+        locs, _ = self._log.append(items)
+        for (_, key, _, _), (seg, off, length, seq) in zip(items, locs, strict=True):
+            self._index.set(key, Location(segment=seg, offset=off, length=length, seq=seq))
+        if len(self._index.memory) >= self._flush_entries:
+            self._flush()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None. Raises KeySizeError, LogCorruptError, StoreStorageError."""
+        self._check_key(key)
+        with self._lock:
+            self._check_open()
+            loc = self._index.get(key)
+            self._counts["gets"] += 1
+            if loc is None:
+                return None
+            # Read under the lock: close() must not close the segment fds mid-read.
+            rec = self._log.read(loc.segment, loc.offset, loc.length)
+        return rec.value
+
+    def scan(
+        self,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 100,
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, value) pairs in key order, with start <= key < end and the prefix.
+
+        Raises LogCorruptError, StoreClosedError, StoreStorageError.
+        """
+        pre = prefix or b""
+        lo = max(pre, start or b"")
+        with self._lock:
+            self._check_open()
+            found = self._index.scan(lo, end, pre, limit)
+            return [
+                (key, self._log.read(loc.segment, loc.offset, loc.length).value)
+                for key, loc in found
+            ]
+
+    def __len__(self) -> int:
+        return self._live
+
+    def stats(self) -> StoreStats:
+        """Counters, sizes and the recovery report. Raises StoreClosedError."""
+        with self._lock:
+            self._check_open()
+            return StoreStats(
+                keys=self._live,
+                segments=len(self._log.segments()),
+                log_bytes=self._log.total_bytes(),
+                last_seq=self._log.last_seq,
+                durability=self._durability.value,
+                memory_entries=len(self._index.memory),
+                fsyncs=self._log.fsyncs,
+                recovery=self.recovery,
+                **self._counts,
+            )
+
+    def close(self) -> None:
+        """Flush the index, fsync the log and release the lock. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._flush()
+            finally:
+                try:
+                    self._log.close()
+                finally:
+                    self._index.close()
+                    os.close(self._lock_fd)

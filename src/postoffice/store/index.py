@@ -1,0 +1,224 @@
+"""The store's key index: LMDB on disk with an in-memory layer of recent writes in front.
+
+Blocking I/O layer; not thread-safe on its own: the engine serialises every call.
+"""
+
+# Design
+# ------
+# LMDB refuses keys over 511 bytes but the store allows longer ones, so LMDB holds buckets:
+# the LMDB key is the store key's first BUCKET_KEY_BYTES bytes and the value lists every store
+# key sharing that prefix as [u16 key_len][key][location], sorted. Truncation keeps order
+# (if a[:n] < b[:n] then a < b), so a cursor walk over buckets yields keys in order.
+# Recent writes live in `memory` (key -> location, or None for a tombstone) and reach LMDB in
+# one write transaction per `flush`, together with the meta record: the log position every
+# indexed record lies before, the last sequence number and the live key count.
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, final
+
+import lmdb
+
+from postoffice.store.errors import StoreStorageError
+from postoffice.store.logstore import Position
+
+BUCKET_KEY_BYTES: Final = 448  # under LMDB's compiled-in 511-byte key limit
+_LOC: Final = struct.Struct("<IQIQ")
+_KLEN: Final = struct.Struct("<H")
+_META: Final = struct.Struct("<IQQQ")
+_META_KEY: Final = b"position"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Location:
+    """Where a key's current record lies in the log."""
+
+    segment: int
+    offset: int
+    length: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Meta:
+    """The index's persisted progress through the log."""
+
+    position: Position
+    last_seq: int
+    live_keys: int
+
+
+def _pack_loc(loc: Location) -> bytes:
+    return _LOC.pack(loc.segment, loc.offset, loc.length, loc.seq)
+
+
+def _decode_bucket(raw: bytes) -> list[tuple[bytes, Location]]:
+    out: list[tuple[bytes, Location]] = []
+    pos = 0
+    while pos < len(raw):
+        (klen,) = _KLEN.unpack_from(raw, pos)
+        pos += _KLEN.size
+        key = bytes(raw[pos : pos + klen])
+        pos += klen
+        seg, off, length, seq = _LOC.unpack_from(raw, pos)
+        pos += _LOC.size
+        out.append((key, Location(segment=seg, offset=off, length=length, seq=seq)))
+    return out
+
+
+def _encode_bucket(entries: list[tuple[bytes, Location]]) -> bytes:
+    return b"".join(_KLEN.pack(len(k)) + k + _pack_loc(loc) for k, loc in sorted(entries))
+
+
+@contextlib.contextmanager
+def _lmdb_errors(action: str, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise StoreStorageError(f"cannot {action} index {path}: {exc}") from exc
+
+
+@final
+class Index:
+    """Key -> Location, persisted in LMDB, with a write-back memory layer.
+
+    Raises StoreStorageError when LMDB fails.
+    """
+
+    def __init__(self, directory: Path, *, map_bytes: int) -> None:
+        self._dir = directory
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreStorageError(f"cannot create {directory}: {exc.strerror or exc}") from exc
+        with _lmdb_errors("open", directory):
+            self._env = lmdb.open(str(directory), map_size=map_bytes, max_dbs=2, subdir=True)
+            self._keys = self._env.open_db(b"keys")
+            self._meta = self._env.open_db(b"meta")
+        self.memory: dict[bytes, Location | None] = {}
+
+    @classmethod
+    def open_or_reset(cls, directory: Path, *, map_bytes: int) -> tuple[Index, str | None]:
+        """Open the index; a damaged one is deleted and created empty, with the reason."""
+        try:
+            index = cls(directory, map_bytes=map_bytes)
+            index.meta()  # a damaged file may only fail on first read
+        except StoreStorageError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            return cls(directory, map_bytes=map_bytes), f"index damaged: {exc}"
+        return index, None
+
+    def __repr__(self) -> str:
+        return f"<Index {self._dir} memory={len(self.memory)}>"
+
+    def meta(self) -> Meta | None:
+        """The persisted progress, or None for a new (or reset) index."""
+        with _lmdb_errors("read", self._dir), self._env.begin(db=self._meta) as txn:
+            raw = txn.get(_META_KEY)
+        if raw is None or len(raw) != _META.size:
+            return None
+        seg, off, seq, live = _META.unpack(raw)
+        return Meta(position=Position(seg, off), last_seq=seq, live_keys=live)
+
+    def reset(self) -> None:
+        """Forget every key and the meta record (before a rebuild)."""
+        self.memory.clear()
+        with _lmdb_errors("reset", self._dir), self._env.begin(write=True) as txn:
+            txn.drop(self._keys, delete=False)
+            txn.drop(self._meta, delete=False)
+
+    def get(self, key: bytes) -> Location | None:
+        """The key's location, or None if it is absent or deleted."""
+        if key in self.memory:
+            return self.memory[key]
+        with _lmdb_errors("read", self._dir), self._env.begin(db=self._keys) as txn:
+            raw = txn.get(key[:BUCKET_KEY_BYTES])
+        if raw is None:
+            return None
+        for k, loc in _decode_bucket(raw):
+            if k == key:
+                return loc
+        return None
+
+    def set(self, key: bytes, loc: Location | None) -> None:
+        """Record a key's new location, or a tombstone (None)."""
+        self.memory[key] = loc
+
+    def flush(self, meta: Meta) -> None:
+        """Write the memory layer and `meta` to LMDB in one transaction, then clear it."""
+        with _lmdb_errors("write", self._dir), self._env.begin(write=True) as txn:
+            for key, loc in self.memory.items():
+                bkey = key[:BUCKET_KEY_BYTES]
+                raw = txn.get(bkey, db=self._keys)
+                entries = [] if raw is None else [e for e in _decode_bucket(raw) if e[0] != key]
+                if loc is not None:
+                    entries.append((key, loc))
+                if entries:
+                    txn.put(bkey, _encode_bucket(entries), db=self._keys)
+                elif raw is not None:
+                    txn.delete(bkey, db=self._keys)
+            txn.put(
+                _META_KEY,
+                _META.pack(
+                    meta.position.segment, meta.position.offset, meta.last_seq, meta.live_keys
+                ),
+                db=self._meta,
+            )
+        self.memory.clear()
+
+    def scan(
+        self, lo: bytes, hi: bytes | None, prefix: bytes, limit: int
+    ) -> list[tuple[bytes, Location]]:
+        """Up to `limit` live keys k with lo <= k < hi and k starting with `prefix`, in order."""
+        if limit <= 0:
+            return []
+
+        def wanted(k: bytes) -> bool:
+            return k >= lo and (hi is None or k < hi) and k.startswith(prefix)
+
+        mem = sorted((k, v) for k, v in self.memory.items() if wanted(k))
+        out: list[tuple[bytes, Location]] = []
+        mi = 0
+        with _lmdb_errors("scan", self._dir), self._env.begin(db=self._keys) as txn:
+            cur = txn.cursor()
+            more = cur.set_range(lo[:BUCKET_KEY_BYTES])
+            while more and len(out) < limit:
+                bkey = bytes(cur.key())
+                if (hi is not None and bkey >= hi) or (bkey[: len(prefix)] > prefix[: len(bkey)]):
+                    break
+                for key, loc in _decode_bucket(cur.value()):
+                    if not wanted(key):
+                        continue
+                    while mi < len(mem) and mem[mi][0] < key and len(out) < limit:
+                        mk, mloc = mem[mi]
+                        if mloc is not None:
+                            out.append((mk, mloc))
+                        mi += 1
+                    if len(out) >= limit:
+                        break
+                    if mi < len(mem) and mem[mi][0] == key:
+                        mk, mloc = mem[mi]
+                        mi += 1
+                        if mloc is not None:
+                            out.append((mk, mloc))
+                    else:
+                        out.append((key, loc))
+                    if len(out) >= limit:
+                        break
+                more = cur.next()
+        while mi < len(mem) and len(out) < limit:
+            mk, mloc = mem[mi]
+            if mloc is not None:
+                out.append((mk, mloc))
+            mi += 1
+        return out
+
+    def close(self) -> None:
+        """Close the LMDB environment (the memory layer must have been flushed)."""
+        self._env.close()

@@ -1,0 +1,505 @@
+"""Append-only segment files of the store engine: record framing, group commit, recovery scan.
+
+Blocking I/O layer: the engine calls it under its own lock; nothing here runs on an event loop.
+"""
+
+# Design
+# ------
+# A segment is a file `NNNNNNNN.seg` of back-to-back records:
+#     header "<HBBQIII": magic u16, kind u8, flags u8, seq u64, key_len u32, value_len u32,
+#                        crc u32 (CRC-32 of the header's first 20 bytes + key + value)
+#     key, value
+# Kinds are PUT, DELETE and BATCH_END. The members of a batch carry FLAG_BATCH and are
+# written together with their BATCH_END (whose value is the u32 member count) in one write
+# into one segment; the recovery scan applies members only when their BATCH_END arrives, so a
+# batch is all or nothing. A segment rolls when the next write would pass `segment_bytes`;
+# the old segment is fsynced first, so only the last segment can end in a torn record.
+# Group commit: writers append under `_lock` and get their record's sequence number as a
+# ticket; `sync(ticket)` lets one thread fsync for everyone whose ticket it covers, while the
+# others wait on a condition variable.
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import mmap
+import os
+import re
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, final
+
+from postoffice.store.errors import LogCorruptError, StoreStorageError
+
+log = logging.getLogger(__name__)
+
+HEADER: Final = struct.Struct("<HBBQIII")
+HEADER_BYTES: Final = HEADER.size
+_CRC_COVERS: Final = HEADER_BYTES - 4  # the crc field itself is not covered
+MAGIC: Final = 0x504F
+_MAGIC_BYTES: Final = struct.pack("<H", MAGIC)
+FLAG_BATCH: Final = 0x01
+_COUNT: Final = struct.Struct("<I")
+_SEGMENT_NAME: Final = re.compile(r"^(\d{8})\.seg$")
+# A record longer than this is treated as corrupt framing: no legal record comes close
+# (keys and values are limited far below it), and it stops a flipped length bit from
+# making the scan read gigabytes.
+MAX_RECORD_BYTES: Final = 1 << 31
+
+
+class Kind(enum.IntEnum):
+    """What a record does."""
+
+    PUT = 1
+    DELETE = 2
+    BATCH_END = 3
+
+
+class Durability(enum.StrEnum):
+    """When an appended record reaches the disk."""
+
+    ALWAYS = "always"  # fsync before the write is acknowledged (group commit)
+    INTERVAL = "interval"  # a background thread fsyncs every `interval_ms`
+    NEVER = "never"  # the OS decides; close still fsyncs
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """A byte position in the log: segment id and offset inside it."""
+
+    segment: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One decoded record and where it lies."""
+
+    kind: Kind
+    flags: int
+    seq: int
+    key: bytes
+    value: bytes
+    segment: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Damage:
+    """A byte range the scan could not read as records."""
+
+    segment: int
+    offset: int
+    length: int
+
+
+@dataclass(slots=True, kw_only=True)
+class ScanReport:
+    """What a recovery scan found: applied records, skipped damage and a cut tail."""
+
+    records: int = 0
+    last_seq: int = 0
+    corrupt: list[Damage] = field(default_factory=list)
+    truncated: Damage | None = None
+    dropped_batches: int = 0
+
+
+def encode_record(kind: Kind, seq: int, key: bytes, value: bytes, flags: int = 0) -> bytes:
+    """Frame one record: header with its CRC-32, then key and value."""
+    head = HEADER.pack(MAGIC, kind, flags, seq, len(key), len(value), 0)[:_CRC_COVERS]
+    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
+    return head + struct.pack("<I", crc) + key + value
+
+
+def _parse(buf: bytes | mmap.mmap, pos: int, size: int) -> tuple[Kind, int, int, int, int] | None:
+    """Check the record at `pos`; return (kind, flags, seq, key_len, value_len) or None."""
+    if size - pos < HEADER_BYTES:
+        return None
+    magic, kind, flags, seq, key_len, value_len, crc = HEADER.unpack_from(buf, pos)
+    end = pos + HEADER_BYTES + key_len + value_len
+    if magic != MAGIC or end > size or end - pos > MAX_RECORD_BYTES:
+        return None
+    if kind not in (Kind.PUT, Kind.DELETE, Kind.BATCH_END) or flags & ~FLAG_BATCH:
+        return None
+    if zlib.crc32(buf[pos + HEADER_BYTES : end], zlib.crc32(buf[pos : pos + _CRC_COVERS])) != crc:
+        return None
+    return Kind(kind), flags, seq, key_len, value_len
+
+
+@contextlib.contextmanager
+def _os_errors(action: str, path: Path) -> Iterator[None]:
+    """Translate OSError into StoreStorageError naming the path and the OS's reason."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreStorageError(f"cannot {action} {path}: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    with _os_errors("fsync", path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@final
+class LogStore:
+    """The segment files of one store: append, read by position, fsync, recovery scan.
+
+    Thread-safe. Raises StoreStorageError on OS errors and LogCorruptError on bad records.
+    """
+
+    def __init__(
+        self, directory: Path, *, segment_bytes: int, durability: Durability, interval_ms: int
+    ) -> None:
+        self._dir = directory
+        self._segment_bytes = segment_bytes
+        self._durability = durability
+        self._interval_s = interval_ms / 1000
+        self._lock = threading.Lock()
+        self._sync_cond = threading.Condition()
+        self._syncing = False
+        self._synced_seq = 0
+        self._written_seq = 0
+        self._fds: dict[int, int] = {}
+        self._closed = False
+        self.fsyncs = 0
+        with _os_errors("create", directory):
+            directory.mkdir(parents=True, exist_ok=True)
+        ids = sorted(
+            int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT_NAME.match(p.name))
+        )
+        for sid in ids:
+            with _os_errors("open", self._path(sid)):
+                self._fds[sid] = os.open(self._path(sid), os.O_RDWR | os.O_CLOEXEC)
+        if not ids:
+            self._create_segment(1)
+        self._current = max(self._fds)
+        with _os_errors("stat", self._path(self._current)):
+            self._tail = os.fstat(self._fds[self._current]).st_size
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<LogStore {self._dir} segment={self._current} tail={self._tail} "
+            f"seq={self._written_seq} {self._durability.value}>"
+        )
+
+    def _path(self, sid: int) -> Path:
+        return self._dir / f"{sid:08d}.seg"
+
+    def _create_segment(self, sid: int) -> None:
+        path = self._path(sid)
+        with _os_errors("create", path):
+            self._fds[sid] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        if self._durability is not Durability.NEVER:
+            _fsync_dir(self._dir)
+
+    # -- positions -------------------------------------------------------------------------
+
+    def segments(self) -> list[int]:
+        """Segment ids, oldest first."""
+        return sorted(self._fds)
+
+    def first_position(self) -> Position:
+        """The start of the oldest segment."""
+        return Position(min(self._fds), 0)
+
+    def tail(self) -> Position:
+        """The position just past the last appended record."""
+        return Position(self._current, self._tail)
+
+    def segment_size(self, sid: int) -> int:
+        """The size in bytes of segment `sid`."""
+        with _os_errors("stat", self._path(sid)):
+            return os.fstat(self._fds[sid]).st_size
+
+    def total_bytes(self) -> int:
+        """The size of all segments together."""
+        return sum(self.segment_size(sid) for sid in self._fds)
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last appended record."""
+        return self._written_seq
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def start(self, last_seq: int) -> None:
+        """Begin appending after recovery: sequence numbers continue after `last_seq`."""
+        self._written_seq = self._synced_seq = last_seq
+        if self._durability is Durability.INTERVAL:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name=f"logstore-fsync {self._dir}", daemon=True
+            )
+            self._flusher.start()
+
+    def append(
+        self, items: Sequence[tuple[Kind, bytes, bytes, int]]
+    ) -> tuple[list[tuple[int, int, int, int]], int]:
+        """Append records (kind, key, value, flags) in one write to one segment.
+
+        Returns each record's (segment, offset, length, seq) and the ticket for `sync`.
+        Raises StoreStorageError.
+        """
+        with self._lock:
+            parts: list[bytes] = []
+            spans: list[tuple[int, int, int]] = []  # offset within blob, length, seq
+            at = 0
+            seq = self._written_seq
+            for kind, key, value, flags in items:
+                seq += 1
+                rec = encode_record(kind, seq, key, value, flags)
+                parts.append(rec)
+                spans.append((at, len(rec), seq))
+                at += len(rec)
+            blob = b"".join(parts)
+            if self._tail > 0 and self._tail + len(blob) > self._segment_bytes:
+                self._roll()
+            fd = self._fds[self._current]
+            with _os_errors("write", self._path(self._current)):
+                view = memoryview(blob)
+                done = 0
+                while done < len(blob):
+                    done += os.pwrite(fd, view[done:], self._tail + done)
+            base = self._tail
+            self._tail += len(blob)
+            self._written_seq = seq
+            return [(self._current, base + off, n, s) for off, n, s in spans], seq
+
+    def roll(self) -> None:
+        """Seal the current segment, if it holds anything, and start a new one."""
+        with self._lock:
+            if self._tail > 0:
+                self._roll()
+
+    def remove_segments_before(self, sid: int) -> int:
+        """Delete every segment older than `sid`, oldest first; return the bytes freed.
+
+        Oldest first keeps the remaining log a suffix, so a crash midway still replays to the
+        same state. Raises StoreStorageError.
+        """
+        freed = 0
+        with self._lock:
+            for old in sorted(s for s in self._fds if s < sid):
+                path = self._path(old)
+                with _os_errors("remove", path):
+                    freed += os.fstat(self._fds[old]).st_size
+                    path.unlink()
+                    os.close(self._fds.pop(old))
+        if freed and self._durability is not Durability.NEVER:
+            _fsync_dir(self._dir)
+        return freed
+
+    def _roll(self) -> None:
+        """Start a new segment; the old one is fsynced first so it can never be torn."""
+        if self._durability is not Durability.NEVER:
+            with _os_errors("fsync", self._path(self._current)):
+                os.fsync(self._fds[self._current])
+            self.fsyncs += 1
+        self._current += 1
+        self._create_segment(self._current)
+        self._tail = 0
+
+    def sync(self, ticket: int) -> None:
+        """Return once every record up to sequence `ticket` is on disk (group commit).
+
+        One caller fsyncs on behalf of all waiting callers. Raises StoreStorageError.
+        """
+        with self._sync_cond:
+            while self._synced_seq < ticket:
+                if not self._syncing:
+                    self._syncing = True
+                    break
+                self._sync_cond.wait()
+            else:
+                return
+        target = 0
+        try:
+            with self._lock:
+                target = self._written_seq
+                sid = self._current
+                fd = self._fds[sid]
+            with _os_errors("fsync", self._path(sid)):
+                os.fsync(fd)
+            self.fsyncs += 1
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                self._synced_seq = max(self._synced_seq, target)
+                self._sync_cond.notify_all()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.sync(self._written_seq)
+            except StoreStorageError as exc:
+                log.error("interval fsync failed dir=%s error=%s", self._dir, exc)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, segment: int, offset: int, length: int) -> Record:
+        """Read and verify the record at a position. Raises LogCorruptError, StoreStorageError."""
+        fd = self._fds.get(segment)
+        if fd is None:
+            raise LogCorruptError(f"segment {segment} does not exist")
+        with _os_errors("read", self._path(segment)):
+            buf = os.pread(fd, length, offset)
+        parsed = _parse(buf, 0, len(buf))
+        if parsed is None or HEADER_BYTES + parsed[3] + parsed[4] != length:
+            raise LogCorruptError(
+                f"record at segment {segment} offset {offset} length {length} is corrupt"
+            )
+        kind, flags, seq, key_len, _ = parsed
+        return Record(
+            kind=kind,
+            flags=flags,
+            seq=seq,
+            key=buf[HEADER_BYTES : HEADER_BYTES + key_len],
+            value=buf[HEADER_BYTES + key_len :],
+            segment=segment,
+            offset=offset,
+            length=length,
+        )
+
+    def scan(self, start: Position, apply: Callable[[Record], None]) -> ScanReport:
+        """Replay committed records from `start` in log order into `apply`.
+
+        Corrupt ranges are skipped and reported (a batch touching one is dropped whole); a
+        torn or corrupt tail of the last segment is cut at the last good record. Call before
+        `start()`. Raises StoreStorageError.
+        """
+        report = ScanReport()
+        ids = [sid for sid in self.segments() if sid >= start.segment]
+        for sid in ids:
+            last = sid == ids[-1]
+            size = self.segment_size(sid)
+            pos = start.offset if sid == start.segment else 0
+            if size == 0 or pos >= size:
+                continue
+            with _os_errors("map", self._path(sid)):
+                buf = mmap.mmap(self._fds[sid], size, prot=mmap.PROT_READ)
+            try:
+                cut = self._scan_segment(sid, buf, pos, size, last, apply, report)
+            finally:
+                buf.close()
+            if cut is not None:
+                report.truncated = Damage(segment=sid, offset=cut, length=size - cut)
+                log.warning(
+                    "cutting torn log tail segment=%d offset=%d bytes=%d", sid, cut, size - cut
+                )
+                with _os_errors("truncate", self._path(sid)):
+                    os.ftruncate(self._fds[sid], cut)
+                    os.fsync(self._fds[sid])
+        self._tail = self.segment_size(self._current)
+        return report
+
+    def _scan_segment(
+        self,
+        sid: int,
+        buf: mmap.mmap,
+        pos: int,
+        size: int,
+        last: bool,
+        apply: Callable[[Record], None],
+        report: ScanReport,
+    ) -> int | None:
+        """Scan one segment; return the offset to cut the file at, or None."""
+        pending: list[Record] = []
+        while pos < size:
+            parsed = _parse(buf, pos, size)
+            if parsed is None:
+                nxt = self._resync(buf, pos + 1, size)
+                if pending:
+                    report.dropped_batches += 1
+                if nxt is None and last:
+                    return pending[0].offset if pending else pos
+                end = size if nxt is None else nxt
+                report.corrupt.append(Damage(segment=sid, offset=pos, length=end - pos))
+                log.warning("corrupt log range segment=%d offset=%d bytes=%d", sid, pos, end - pos)
+                pending = []
+                if nxt is None:
+                    return None
+                pos = nxt
+                continue
+            kind, flags, seq, key_len, value_len = parsed
+            length = HEADER_BYTES + key_len + value_len
+            body = pos + HEADER_BYTES
+            rec = Record(
+                kind=kind,
+                flags=flags,
+                seq=seq,
+                key=buf[body : body + key_len],
+                value=buf[body + key_len : body + key_len + value_len],
+                segment=sid,
+                offset=pos,
+                length=length,
+            )
+            pos += length
+            report.last_seq = max(report.last_seq, seq)
+            if flags & FLAG_BATCH:
+                pending.append(rec)
+                continue
+            if kind is Kind.BATCH_END:
+                if len(rec.value) == 4 and _COUNT.unpack(rec.value)[0] == len(pending):
+                    for member in pending:
+                        apply(member)
+                        report.records += 1
+                else:
+                    report.dropped_batches += 1
+                pending = []
+                continue
+            if pending:  # a batch without its end: it never committed
+                report.dropped_batches += 1
+                pending = []
+            apply(rec)
+            report.records += 1
+        if pending:
+            report.dropped_batches += 1
+            if last:
+                return pending[0].offset
+        return None
+
+    @staticmethod
+    def _resync(buf: mmap.mmap, pos: int, size: int) -> int | None:
+        """Find the next offset holding a valid record, or None."""
+        while True:
+            pos = buf.find(_MAGIC_BYTES, pos, size)
+            if pos < 0:
+                return None
+            if _parse(buf, pos, size) is not None:
+                return pos
+            pos += 1
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the fsync thread, fsync the last segment and close every file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        try:
+            self.sync(self._written_seq)
+            with _os_errors("fsync", self._path(self._current)):
+                os.fsync(self._fds[self._current])
+        finally:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def count_value(count: int) -> bytes:
+    """The value of a BATCH_END record: its member count."""
+    return _COUNT.pack(count)

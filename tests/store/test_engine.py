@@ -1,0 +1,481 @@
+"""Tests of the Store engine: API behaviour, limits, recovery, locking, threads and crashes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from postoffice.core.errors import ConfigError, LimitExceeded
+from postoffice.store import (
+    Delete,
+    KeySizeError,
+    LogCorruptError,
+    Put,
+    Store,
+    StoreClosedError,
+    StoreLockedError,
+    ValueSizeError,
+)
+from postoffice.store.logstore import HEADER_BYTES
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _open(path: Path, **kw: object) -> Store:
+    return Store.open(path, **kw)  # type: ignore[arg-type]
+
+
+def test_put_get_round_trip(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"k", b"v")
+        s.put(b"empty", b"")
+        assert s.get(b"k") == b"v"
+        assert s.get(b"empty") == b""
+        assert s.get(b"missing") is None
+
+
+def test_overwrite_keeps_last_value(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"k", b"1")
+        s.put(b"k", b"2")
+        assert s.get(b"k") == b"2"
+        assert s.stats().keys == 1
+
+
+def test_delete_writes_tombstone(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"k", b"v")
+        assert s.delete(b"k") is True
+        assert s.delete(b"k") is False
+        assert s.get(b"k") is None
+    with Store.open(tmp_path) as s:
+        assert s.get(b"k") is None
+        assert s.stats().keys == 0
+
+
+def test_scan_order_prefix_range_and_limit(tmp_path: Path) -> None:
+    with Store.open(tmp_path, flush_entries=3) as s:
+        for key in [b"b2", b"a1", b"c3", b"b1", b"a2", b"b3"]:
+            s.put(key, key.upper())
+        s.delete(b"b2")
+        assert [k for k, _ in s.scan()] == [b"a1", b"a2", b"b1", b"b3", b"c3"]
+        assert s.scan(prefix=b"b") == [(b"b1", b"B1"), (b"b3", b"B3")]
+        assert [k for k, _ in s.scan(start=b"a2", end=b"c3")] == [b"a2", b"b1", b"b3"]
+        assert [k for k, _ in s.scan(limit=2)] == [b"a1", b"a2"]
+        assert s.scan(limit=0) == []
+
+
+def test_scan_orders_long_keys(tmp_path: Path) -> None:
+    """Keys past LMDB's 511-byte limit share buckets yet still scan in order."""
+    base = b"x" * 600
+    keys = [base + b"b", base + b"a", base[:448], base + b"c" * 300, b"y"]
+    with Store.open(tmp_path, flush_entries=1) as s:
+        for key in keys:
+            s.put(key, key[-3:])
+        assert [k for k, _ in s.scan()] == sorted(keys)
+        assert s.get(base + b"a") == (base + b"a")[-3:]
+        s.delete(base + b"a")
+        assert [k for k, _ in s.scan(prefix=base)] == sorted(keys[:2] + keys[3:4])[1:]
+
+
+def test_batch_applies_all(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"gone", b"x")
+        s.batch([Put(key=b"a", value=b"1"), Put(key=b"b", value=b"2"), Delete(key=b"gone")])
+        assert s.scan() == [(b"a", b"1"), (b"b", b"2")]
+
+
+def test_batch_with_bad_op_writes_nothing(tmp_path: Path) -> None:
+    with Store.open(tmp_path, max_value_bytes=10) as s:
+        with pytest.raises(ValueSizeError, match=r"^value of 11 bytes exceeds limit 10$"):
+            s.batch([Put(key=b"a", value=b"1"), Put(key=b"b", value=b"x" * 11)])
+        assert s.scan() == []
+
+
+def test_torn_batch_is_dropped_whole(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"before", b"1")
+        s.batch([Put(key=b"a", value=b"1" * 100), Put(key=b"b", value=b"2" * 100)])
+    seg = tmp_path / "log" / "00000001.seg"
+    seg.write_bytes(seg.read_bytes()[: -(HEADER_BYTES + 4 + 10)])  # cut the end record and more
+    with Store.open(tmp_path) as s:
+        assert s.scan() == [(b"before", b"1")]
+        assert s.recovery.dropped_batches == 1
+        assert s.recovery.truncated is not None
+
+
+def test_value_limit_message(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        with pytest.raises(
+            ValueSizeError, match=r"^value of 17000000 bytes exceeds limit 16777216$"
+        ):
+            s.put(b"k", b"x" * 17_000_000)
+        assert isinstance(ValueSizeError("x"), LimitExceeded)
+
+
+def test_key_limit_messages(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        with pytest.raises(KeySizeError, match=r"^key of 1025 bytes exceeds limit 1024$"):
+            s.put(b"k" * 1025, b"v")
+        with pytest.raises(KeySizeError, match=r"^key of 0 bytes is empty$"):
+            s.get(b"")
+        s.put(b"k" * 1024, b"v")
+        assert s.get(b"k" * 1024) == b"v"
+
+
+def test_bad_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"^durability must be always, interval or never, not 'x'$"
+    ):
+        _open(tmp_path, durability="x")
+    with pytest.raises(ConfigError, match=r"^segment_bytes must be at least 1, not 0$"):
+        _open(tmp_path, segment_bytes=0)
+
+
+def test_closed_store_refuses_calls(tmp_path: Path) -> None:
+    s = Store.open(tmp_path)
+    s.close()
+    s.close()
+    with pytest.raises(StoreClosedError, match=r"is closed$"):
+        s.get(b"k")
+
+
+def test_reopen_keeps_data_across_segments(tmp_path: Path) -> None:
+    with Store.open(tmp_path, segment_bytes=200, flush_entries=7) as s:
+        for i in range(100):
+            s.put(b"k%03d" % i, b"v%d" % i)
+        assert s.stats().segments > 10
+    with Store.open(tmp_path, segment_bytes=200) as s:
+        assert s.get(b"k042") == b"v42"
+        assert len(s.scan(limit=1000)) == 100
+        assert not s.recovery.index_rebuilt
+
+
+def test_torn_tail_is_cut_and_reported(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"a", b"1" * 50)
+        s.put(b"b", b"2" * 50)
+    shutil.rmtree(tmp_path / "index")  # force a replay over the tail
+    seg = tmp_path / "log" / "00000001.seg"
+    size = seg.stat().st_size
+    os.truncate(seg, size - 20)
+    with Store.open(tmp_path) as s:
+        assert s.get(b"a") == b"1" * 50
+        assert s.get(b"b") is None
+        rec = s.recovery
+        assert rec.truncated is not None
+        assert rec.truncated.offset == HEADER_BYTES + 51
+        assert s.stats().recovery == rec
+        s.put(b"c", b"3")
+    with Store.open(tmp_path) as s:
+        assert [k for k, _ in s.scan()] == [b"a", b"c"]
+        assert s.recovery.truncated is None
+
+
+def test_torn_tail_after_indexed_position_is_cut(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"a", b"1")
+    seg = tmp_path / "log" / "00000001.seg"
+    with open(seg, "ab") as f:
+        f.write(b"\x4f\x50garbage")
+    with Store.open(tmp_path) as s:
+        assert s.recovery.truncated is not None
+        assert s.recovery.truncated.length == 9
+        assert s.get(b"a") == b"1"
+
+
+def test_flipped_bit_is_reported_never_returned(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        for key in (b"a", b"b", b"c"):
+            s.put(key, key * 20)
+    seg = tmp_path / "log" / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[(HEADER_BYTES + 21) + HEADER_BYTES + 10] ^= 0x04  # in b's value
+    seg.write_bytes(bytes(data))
+    with Store.open(tmp_path) as s:  # index still points at b: the read checks the CRC
+        with pytest.raises(LogCorruptError, match=r"^record at segment 1 offset 45 length 45"):
+            s.get(b"b")
+        assert s.get(b"a") == b"a" * 20
+    shutil.rmtree(tmp_path / "index")
+    with Store.open(tmp_path) as s:  # a rebuild reports it and skips it
+        assert [d.offset for d in s.recovery.corrupt] == [HEADER_BYTES + 21]
+        assert s.recovery.index_rebuilt
+        assert s.get(b"b") is None
+        assert s.scan() == [(b"a", b"a" * 20), (b"c", b"c" * 20)]
+
+
+def test_lost_index_is_rebuilt(tmp_path: Path) -> None:
+    with Store.open(tmp_path, segment_bytes=300) as s:
+        for i in range(50):
+            s.put(b"k%02d" % i, b"v%d" % i)
+        s.delete(b"k07")
+    shutil.rmtree(tmp_path / "index")
+    with Store.open(tmp_path) as s:
+        assert s.recovery.index_rebuilt
+        assert s.recovery.reason == "index missing"
+        assert s.get(b"k07") is None
+        assert s.get(b"k08") == b"v8"
+        assert s.stats().keys == 49
+
+
+def test_damaged_index_is_rebuilt(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"k", b"v")
+    (tmp_path / "index" / "data.mdb").write_bytes(b"\x00garbage" * 1000)
+    with Store.open(tmp_path) as s:
+        assert s.recovery.index_rebuilt
+        assert s.recovery.reason is not None
+        assert s.recovery.reason.startswith("index damaged")
+        assert s.get(b"k") == b"v"
+
+
+@pytest.mark.integration
+def test_second_opener_is_refused(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {SRC!r})\n"
+        "from postoffice.store import Store, StoreLockedError\n"
+        "try:\n"
+        f"    Store.open({str(tmp_path)!r})\n"
+        "except StoreLockedError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    with Store.open(tmp_path):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 3, done.stderr
+        assert done.stdout.strip() == f"store {tmp_path} is already open in another process"
+        with pytest.raises(StoreLockedError):
+            Store.open(tmp_path)
+    Store.open(tmp_path).close()
+
+
+def test_concurrent_puts_under_always(tmp_path: Path) -> None:
+    s = Store.open(tmp_path, durability="always", flush_entries=100)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(100):
+                s.put(b"t%d-%03d" % (n, i), b"%d" % i)
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    fsyncs = s.stats().fsyncs
+    s.close()
+    assert fsyncs <= 800
+    with Store.open(tmp_path) as again:
+        assert again.stats().keys == 800
+        assert all(
+            again.get(b"t%d-%03d" % (n, i)) == b"%d" % i for n in range(8) for i in range(100)
+        )
+
+
+@pytest.mark.parametrize("durability", ["interval", "never"])
+def test_other_durabilities_round_trip(tmp_path: Path, durability: str) -> None:
+    with _open(tmp_path, durability=durability, interval_ms=5) as s:
+        s.put(b"k", b"v")
+    with Store.open(tmp_path) as s:
+        assert s.get(b"k") == b"v"
+
+
+def test_compact_reclaims_space_and_keeps_values(tmp_path: Path) -> None:
+    with Store.open(tmp_path, segment_bytes=1000, flush_entries=10) as s:
+        for rnd in range(5):
+            for i in range(40):
+                s.put(b"k%02d" % i, b"%d-%d" % (rnd, i))
+        for i in range(0, 40, 4):
+            s.delete(b"k%02d" % i)
+        before = s.stats().log_bytes
+        freed = s.compact()
+        after = s.stats()
+        assert freed > 0
+        assert after.log_bytes < before / 3
+        assert after.compactions == 1
+        expected = [(b"k%02d" % i, b"4-%d" % i) for i in range(40) if i % 4]
+        assert s.scan(limit=100) == expected
+        s.put(b"new", b"n")
+    with Store.open(tmp_path, segment_bytes=1000) as s:
+        assert s.scan(limit=100) == [*expected, (b"new", b"n")]
+    shutil.rmtree(tmp_path / "index")
+    with Store.open(tmp_path, segment_bytes=1000) as s:
+        assert s.recovery.index_rebuilt
+        assert s.scan(limit=100) == [*expected, (b"new", b"n")]
+
+
+def test_compact_under_concurrent_writes(tmp_path: Path) -> None:
+    s = Store.open(tmp_path, segment_bytes=2000, flush_entries=50)
+    for i in range(200):
+        s.put(b"base%03d" % i, b"old")
+    stop = threading.Event()
+    written: list[bytes] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set() and i < 2000:
+            key = b"w%05d" % i
+            s.put(key, key)
+            s.put(b"base%03d" % (i % 200), b"new")
+            written.append(key)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    for _ in range(3):
+        s.compact()
+    stop.set()
+    t.join()
+    s.close()
+    with Store.open(tmp_path, segment_bytes=2000) as again:
+        assert all(again.get(k) == k for k in written)
+        assert again.stats().keys == 200 + len(written)
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {src!r})
+from postoffice.store import Store
+s = Store.open({path!r}, durability="always", segment_bytes=4096, flush_entries=16)
+i = 0
+while True:
+    key = b"key-%06d" % i
+    s.put(key, key * 3)
+    s.batch([])
+    print(key.decode(), flush=True)
+    i += 1
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("round_", range(20))
+def test_kill_9_keeps_acknowledged_writes(tmp_path: Path, round_: int) -> None:
+    """A writer killed mid-load, 20 times: every acknowledged write survives, whole."""
+    path = tmp_path / "db"
+    acked: list[str] = []
+    for _ in range(2):  # two crashes in a row: the second recovers a recovered store
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD.format(src=SRC, path=str(path))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        deadline = time.monotonic() + 60
+        target = len(acked) + 50 + round_ * 7
+        while len(acked) < target and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            acked.append(line.strip())
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+        assert len(acked) >= target
+        with Store.open(path) as s:
+            for key in acked:
+                assert s.get(key.encode()) == key.encode() * 3
+            # the child restarts numbering, so later rounds overwrite: values stay whole
+            assert all(v == k * 3 for k, v in s.scan(limit=100_000))
+        acked = sorted(set(acked))
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """The store against a dict, with reopen; small segments and flushes stress recovery."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="store-sm-"))
+        self.model: dict[bytes, bytes] = {}
+        self.store = self._open()
+
+    def _open(self) -> Store:
+        return Store.open(self.dir, durability="never", segment_bytes=256, flush_entries=4)
+
+    keys = st.text(alphabet="abc", min_size=1, max_size=3).map(str.encode) | st.binary(
+        min_size=1, max_size=2
+    )
+
+    @rule(key=keys, value=st.binary(max_size=40))
+    def put(self, key: bytes, value: bytes) -> None:
+        self.store.put(key, value)
+        self.model[key] = value
+
+    @rule(key=keys)
+    def delete(self, key: bytes) -> None:
+        assert self.store.delete(key) == (key in self.model)
+        self.model.pop(key, None)
+
+    @rule(key=keys)
+    def get(self, key: bytes) -> None:
+        assert self.store.get(key) == self.model.get(key)
+
+    @rule(ops=st.lists(st.tuples(keys, st.none() | st.binary(max_size=10)), max_size=5))
+    def batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        self.store.batch([Delete(key=k) if v is None else Put(key=k, value=v) for k, v in ops])
+        for k, v in ops:
+            if v is None:
+                self.model.pop(k, None)
+            else:
+                self.model[k] = v
+
+    @rule(prefix=st.none() | keys, start=st.none() | keys, limit=st.integers(0, 10))
+    def scan(self, prefix: bytes | None, start: bytes | None, limit: int) -> None:
+        want = sorted(
+            (k, v)
+            for k, v in self.model.items()
+            if (prefix is None or k.startswith(prefix)) and (start is None or k >= start)
+        )[:limit]
+        assert self.store.scan(prefix=prefix, start=start, limit=limit) == want
+
+    @rule()
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = self._open()
+
+    @rule()
+    def compact(self) -> None:
+        self.store.compact()
+
+    @rule()
+    def lose_index(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.dir / "index")
+        self.store = self._open()
+        assert self.store.recovery.index_rebuilt == (self.store.stats().log_bytes > 0)
+
+    @invariant()
+    def counts_match(self) -> None:
+        assert self.store.stats().keys == len(self.model)
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(
+    max_examples=30,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

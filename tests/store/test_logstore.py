@@ -1,0 +1,166 @@
+"""Tests of the segment log: framing, reads, rolls, group commit and the recovery scan."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from postoffice.store.errors import LogCorruptError
+from postoffice.store.logstore import (
+    FLAG_BATCH,
+    HEADER_BYTES,
+    Durability,
+    Kind,
+    LogStore,
+    Position,
+    Record,
+    ScanReport,
+    count_value,
+    encode_record,
+)
+
+
+def _open(path: Path, segment_bytes: int = 1 << 20) -> LogStore:
+    return LogStore(path, segment_bytes=segment_bytes, durability=Durability.ALWAYS, interval_ms=10)
+
+
+def _replay(path: Path, segment_bytes: int = 1 << 20) -> tuple[list[Record], LogStore, ScanReport]:
+    store = _open(path, segment_bytes)
+    seen: list[Record] = []
+    report = store.scan(Position(1, 0), seen.append)
+    return seen, store, report
+
+
+def test_encode_record_layout() -> None:
+    rec = encode_record(Kind.PUT, 7, b"k", b"vv")
+    assert len(rec) == HEADER_BYTES + 3
+    assert rec[:2] == b"PO"[::-1]
+    assert rec.endswith(b"kvv")
+
+
+def test_append_read_round_trip(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    locs, ticket = store.append([(Kind.PUT, b"a", b"1", 0), (Kind.PUT, b"b", b"22", 0)])
+    store.sync(ticket)
+    assert ticket == 2
+    rec = store.read(*locs[1][:3])
+    assert (rec.key, rec.value, rec.seq) == (b"b", b"22", 2)
+    store.close()
+
+
+def test_segments_roll_at_size(tmp_path: Path) -> None:
+    store = _open(tmp_path, segment_bytes=100)
+    store.start(0)
+    for i in range(10):
+        store.append([(Kind.PUT, b"k%d" % i, b"x" * 40, 0)])
+    assert len(store.segments()) == 10
+    store.close()
+    seen, again, _ = _replay(tmp_path, 100)
+    assert [r.key for r in seen] == [b"k%d" % i for i in range(10)]
+    again.close()
+
+
+def test_read_of_flipped_bit_raises(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    locs, _ = store.append([(Kind.PUT, b"key", b"value", 0)])
+    store.close()
+    seg = tmp_path / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[-2] ^= 0x10
+    seg.write_bytes(bytes(data))
+    store = _open(tmp_path)
+    with pytest.raises(
+        LogCorruptError, match=r"^record at segment 1 offset 0 length 32 is corrupt$"
+    ):
+        store.read(*locs[0][:3])
+    store.close()
+
+
+def test_scan_cuts_torn_tail(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    for i in range(5):
+        store.append([(Kind.PUT, b"k%d" % i, b"v" * 10, 0)])
+    store.close()
+    seg = tmp_path / "00000001.seg"
+    good = seg.stat().st_size
+    seg.write_bytes(seg.read_bytes()[: good - 5])
+    seen, again, report = _replay(tmp_path)
+    assert [r.key for r in seen] == [b"k0", b"k1", b"k2", b"k3"]
+    assert report.truncated is not None
+    assert report.truncated.offset == 4 * (HEADER_BYTES + 12)
+    assert seg.stat().st_size == report.truncated.offset
+    again.close()
+
+
+def test_scan_skips_corrupt_record_mid_log(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    for i in range(3):
+        store.append([(Kind.PUT, b"k%d" % i, b"v" * 10, 0)])
+    store.close()
+    seg = tmp_path / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[HEADER_BYTES + 12 + HEADER_BYTES + 5] ^= 0x01  # inside k1's value
+    seg.write_bytes(bytes(data))
+    seen, again, report = _replay(tmp_path)
+    assert [r.key for r in seen] == [b"k0", b"k2"]
+    assert len(report.corrupt) == 1
+    assert report.corrupt[0].offset == HEADER_BYTES + 12
+    assert report.truncated is None
+    again.close()
+
+
+def test_scan_drops_batch_without_end(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    store.append([(Kind.PUT, b"solo", b"1", 0)])
+    store.append([(Kind.PUT, b"a", b"1", FLAG_BATCH), (Kind.PUT, b"b", b"2", FLAG_BATCH)])
+    store.close()
+    seen, again, report = _replay(tmp_path)
+    assert [r.key for r in seen] == [b"solo"]
+    assert report.dropped_batches == 1
+    assert report.truncated is not None
+    again.close()
+
+
+def test_scan_applies_committed_batch(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    store.append(
+        [
+            (Kind.PUT, b"a", b"1", FLAG_BATCH),
+            (Kind.DELETE, b"b", b"", FLAG_BATCH),
+            (Kind.BATCH_END, b"", count_value(2), 0),
+        ]
+    )
+    store.close()
+    seen, again, _ = _replay(tmp_path)
+    assert [(r.kind, r.key) for r in seen] == [(Kind.PUT, b"a"), (Kind.DELETE, b"b")]
+    again.close()
+
+
+def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            _, ticket = store.append([(Kind.PUT, b"%d-%d" % (n, i), b"v", 0)])
+            store.sync(ticket)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.last_seq == 400
+    assert store.fsyncs <= 400
+    store.close()
+    seen, again, _ = _replay(tmp_path)
+    assert len(seen) == 400
+    again.close()
