@@ -31,9 +31,11 @@ def _add_services() -> None:
     from postoffice.command.cli import command
     from postoffice.ingest.cli import ingest
     from postoffice.office.cli import up
+    from postoffice.store.cli import store
 
     main.add_command(command)
     main.add_command(ingest)
+    main.add_command(store)
     main.add_command(up)
 
 

@@ -39,6 +39,8 @@ def _env() -> dict[str, str]:
     env["POSTOFFICE_COMMAND_METRICS_PORT"] = "0"
     env["POSTOFFICE_INGEST_SYS_BASE"] = "0"  # 0: every ingest port picked by the kernel
     env["POSTOFFICE_INGEST_DATA_BASE"] = "0"
+    env["POSTOFFICE_STORE_PORT"] = "0"
+    env["POSTOFFICE_STORE_METRICS_PORT"] = "0"
     return env
 
 

@@ -130,13 +130,18 @@ def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = Non
 
 
 #: Every service `postoffice up` starts, in start order (a service may rely on earlier
-#: ones). Each keeps its own defaults (command 6380/6381, ingest 7000-7003 and 7100+);
+#: ones). Each keeps its own defaults (command 6380/6381, ingest 7000-7003 and 7100+,
+#: store 7400/7401);
 #: the environment (`POSTOFFICE_COMMAND_PORT=0`, ...) reaches them unchanged.
 SERVICES: Final[tuple[ServiceSpec, ...]] = (
     ServiceSpec(name="command", argv=serve_argv("command")),
     ServiceSpec(
         name="ingest",
         argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
+    ),
+    ServiceSpec(
+        name="store",
+        argv=serve_argv("store", lambda launch: ["--data-dir", str(launch.data_dir)]),
     ),
 )
 

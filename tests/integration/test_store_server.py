@@ -1,0 +1,182 @@
+"""The store server as a real process, driven over its binary protocol on 127.0.0.1."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from postoffice.core.framing import FrameDecoder, encode_parts
+from postoffice.store.wire import (
+    NEED_DATA,
+    BatchRequest,
+    DeleteRequest,
+    GetRequest,
+    PingRequest,
+    PutRequest,
+    Request,
+    Response,
+    ScanRequest,
+    StatsRequest,
+    Status,
+    decode_delete_body,
+    decode_response,
+    decode_scan_body,
+    decode_stats_body,
+    encode_request,
+)
+from tests.integration.conftest import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+Serve = Callable[..., ServerProcess]
+
+
+_OPEN: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+class Conn:
+    """A raw protocol connection: send requests, read responses in order."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        _OPEN.append(self.sock)
+        self.frames = FrameDecoder()
+        self.next_id = 0
+
+    def send(self, *requests: Request) -> list[int]:
+        ids = []
+        wire = b""
+        for request in requests:
+            self.next_id += 1
+            ids.append(self.next_id)
+            wire += encode_request(request, self.next_id)
+        self.sock.sendall(wire)
+        return ids
+
+    def read(self, count: int) -> list[Response]:
+        out: list[Response] = []
+        while len(out) < count:
+            event = self.frames.next_event()
+            if event is NEED_DATA:
+                block = self.sock.recv(1 << 20)
+                if not block:
+                    break
+                self.frames.feed(block)
+                continue
+            out.append(decode_response(event))
+        return out
+
+    def call(self, request: Request) -> Response:
+        self.send(request)
+        return self.read(1)[0]
+
+
+def args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path / "var"), *extra]
+
+
+def test_every_request_type(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path))
+    c = Conn(server.port)
+    assert c.call(PingRequest()).status is Status.OK
+    assert c.call(PutRequest(key=b"a", value=b"1")).status is Status.OK
+    got = c.call(GetRequest(key=b"a"))
+    assert (got.status, got.body) == (Status.OK, b"1")
+    assert c.call(GetRequest(key=b"zz")).status is Status.NOT_FOUND
+    ops = (
+        PutRequest(key=b"b", value=b"2"),
+        PutRequest(key=b"c", value=b"3"),
+        DeleteRequest(key=b"a"),
+    )
+    assert c.call(BatchRequest(ops=ops)).status is Status.OK
+    deleted = c.call(DeleteRequest(key=b"b"))
+    assert decode_delete_body(deleted.body) is True
+    page = decode_scan_body(c.call(ScanRequest(limit=10)).body)
+    assert page.items == ((b"c", b"3"),)
+    assert not page.more
+    stats = decode_stats_body(c.call(StatsRequest()).body)
+    assert stats["requests"] >= 8  # type: ignore[operator]
+
+
+def test_pipelined_requests_are_answered_in_order(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path))
+    c = Conn(server.port)
+    puts = [PutRequest(key=b"k%05d" % i, value=b"v%d" % i) for i in range(500)]
+    ids = c.send(*puts)
+    replies = c.read(len(ids))
+    assert [r.request_id for r in replies] == ids
+    assert all(r.status is Status.OK for r in replies)
+    gets = c.send(*(GetRequest(key=p.key) for p in puts))
+    assert [r.body for r in c.read(len(gets))] == [p.value for p in puts]
+    page = decode_scan_body(c.call(ScanRequest(prefix=b"k000", limit=5)).body)
+    assert [k for k, _ in page.items] == [b"k%05d" % i for i in range(5)]
+    assert page.more
+
+
+def test_acknowledged_writes_survive_kill_9(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path))
+    c = Conn(server.port)
+    ids = c.send(*(PutRequest(key=b"d%03d" % i, value=b"x" * 100) for i in range(200)))
+    assert all(r.status is Status.OK for r in c.read(len(ids)))
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    again = serve("store", *args(tmp_path))
+    c2 = Conn(again.port)
+    ids = c2.send(*(GetRequest(key=b"d%03d" % i) for i in range(200)))
+    assert all(r.body == b"x" * 100 for r in c2.read(len(ids)))
+
+
+def test_garbage_and_oversize_keep_others_served(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path, "--max-request-size", "4096"))
+    good = Conn(server.port)
+    bad = Conn(server.port)
+    bad.sock.sendall(b"HELLO, IS THIS REDIS?\r\n")
+    reply = bad.read(1)
+    assert reply[0].status is Status.BAD_REQUEST
+    assert bad.sock.recv(10) == b""  # closed after the error
+    big = Conn(server.port)
+    big.sock.sendall(encode_parts(0x03, 0, 5, b"\0\x01k" + b"v" * 10_000)[:200])
+    assert big.read(1)[0].status is Status.TOO_LARGE
+    # A well-framed but malformed request: an error reply, the connection stays.
+    weird = Conn(server.port)
+    weird.sock.sendall(encode_parts(0x02, 0, 9, b""))  # GET with an empty key
+    assert weird.read(1)[0].status is Status.BAD_REQUEST
+    assert weird.call(PingRequest()).status is Status.OK
+    assert good.call(PutRequest(key=b"ok", value=b"yes")).status is Status.OK
+
+
+def test_over_the_connection_limit_gets_busy(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path, "--max-connections", "2"))
+    held = [Conn(server.port) for _ in range(2)]
+    for c in held:
+        assert c.call(PingRequest()).status is Status.OK
+    refused = Conn(server.port)
+    assert refused.read(1)[0].status is Status.BUSY
+
+
+def test_idle_clients_are_closed(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path, "--idle-timeout", "0.3"))
+    c = Conn(server.port)
+    assert c.call(PingRequest()).status is Status.OK
+    assert c.sock.recv(10) == b""
+
+
+def test_sigterm_drains_and_exits_zero(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path))
+    c = Conn(server.port)
+    ids = c.send(*(PutRequest(key=b"t%03d" % i, value=b"v") for i in range(100)))
+    server.proc.send_signal(signal.SIGTERM)
+    replies = c.read(len(ids))
+    assert len(replies) == len(ids)
+    assert server.proc.wait(15) == 0
