@@ -180,3 +180,66 @@ def test_sigterm_drains_and_exits_zero(serve: Serve, tmp_path: Path) -> None:
     replies = c.read(len(ids))
     assert len(replies) == len(ids)
     assert server.proc.wait(15) == 0
+
+
+def test_blocking_client(serve: Serve, tmp_path: Path) -> None:
+    from postoffice.store.client import Client
+    from postoffice.store.wire import StoreProtocolError
+
+    server = serve("store", *args(tmp_path))
+    with Client("127.0.0.1", server.port) as client:
+        client.ping()
+        client.put(b"user:1", b"ada")
+        client.put(b"user:2", b"grace")
+        assert client.get(b"user:1") == b"ada"
+        assert client.get(b"missing") is None
+        client.batch([PutRequest(key=b"user:3", value=b"linus"), DeleteRequest(key=b"user:1")])
+        assert [k for k, _ in client.scan(prefix=b"user:").items] == [b"user:2", b"user:3"]
+        assert client.delete(b"user:2") is True
+        assert client.delete(b"user:2") is False
+        assert client.stats()["requests"] >= 8  # type: ignore[operator]
+        with pytest.raises(StoreProtocolError, match=r"^scan limit 0 out of range 1\.\.10000$"):
+            client.call(ScanRequest(limit=0))  # refused before it is sent
+        assert client.get(b"user:3") == b"linus"  # the connection is still usable
+
+
+def test_async_client_pipelines(serve: Serve, tmp_path: Path) -> None:
+    import asyncio
+
+    from postoffice.store.client import AsyncClient
+
+    server = serve("store", *args(tmp_path))
+
+    async def go() -> list[bytes | None]:
+        async with await AsyncClient.connect("127.0.0.1", server.port) as client:
+            await asyncio.gather(*(client.put(b"a%03d" % i, b"%d" % i) for i in range(300)))
+            return await asyncio.gather(*(client.get(b"a%03d" % i) for i in range(300)))
+
+    assert asyncio.run(go()) == [b"%d" % i for i in range(300)]
+
+
+def test_command_line(serve: Serve, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.integration.conftest import POSTOFFICE
+
+    server = serve("store", *args(tmp_path))
+    port = str(server.port)
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*POSTOFFICE, "store", *argv, "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    assert run("put", "greeting", "hello").stdout.strip() == "OK"
+    assert run("get", "greeting").stdout.strip() == "hello"
+    assert run("scan", "--prefix", "greet").stdout.strip() == "greeting\thello"
+    assert '"requests"' in run("stats").stdout
+    assert run("del", "greeting").stdout.strip() == "1"
+    missing = run("get", "greeting")
+    assert missing.returncode == 1
+    assert "no such key 'greeting'" in missing.stderr

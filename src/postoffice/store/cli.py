@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from postoffice.core.launch import serve_options, serve_service
+from postoffice.store.client import Client
 
 
 @click.group()
@@ -84,3 +85,86 @@ def serve(
         log_json=log_json,
         serve=start,
     )
+
+
+_host = click.option("--host", default="127.0.0.1", show_default=True, help="Store address.")
+_port = click.option("--port", type=int, default=7400, show_default=True, help="Store port.")
+
+
+def _client(host: str, port: int) -> Client:
+    from postoffice.core.errors import BrokenError
+
+    try:
+        return Client(host, port)
+    except BrokenError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@store.command()
+@click.argument("key")
+@_host
+@_port
+def get(key: str, host: str, port: int) -> None:
+    """Print the value of KEY (exit 1 when there is none)."""
+    with _client(host, port) as client:
+        value = client.get(key.encode())
+    if value is None:
+        raise click.ClickException(f"no such key {key!r}")
+    click.echo(value.decode("utf-8", "replace"))
+
+
+@store.command()
+@click.argument("key")
+@click.argument("value")
+@_host
+@_port
+def put(key: str, value: str, host: str, port: int) -> None:
+    """Store VALUE under KEY."""
+    with _client(host, port) as client:
+        client.put(key.encode(), value.encode())
+    click.echo("OK")
+
+
+@store.command(name="del")
+@click.argument("key")
+@_host
+@_port
+def delete(key: str, host: str, port: int) -> None:
+    """Delete KEY; prints 1 when it existed, 0 otherwise."""
+    with _client(host, port) as client:
+        click.echo("1" if client.delete(key.encode()) else "0")
+
+
+@store.command()
+@click.option("--prefix", default=None, help="Only keys starting with this.")
+@click.option("--start", default=None, help="First key (inclusive).")
+@click.option("--end", default=None, help="Last key (exclusive).")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@_host
+@_port
+def scan(
+    prefix: str | None, start: str | None, end: str | None, limit: int, host: str, port: int
+) -> None:
+    """Print keys and values in key order, one `key<TAB>value` per line."""
+    with _client(host, port) as client:
+        page = client.scan(
+            prefix=prefix.encode() if prefix is not None else None,
+            start=start.encode() if start is not None else None,
+            end=end.encode() if end is not None else None,
+            limit=limit,
+        )
+    for key, value in page.items:
+        click.echo(f"{key.decode('utf-8', 'replace')}\t{value.decode('utf-8', 'replace')}")
+    if page.more:
+        click.echo("(more: raise --limit or continue with --start)", err=True)
+
+
+@store.command()
+@_host
+@_port
+def stats(host: str, port: int) -> None:
+    """Print the server's statistics as JSON."""
+    import json
+
+    with _client(host, port) as client:
+        click.echo(json.dumps(client.stats(), indent=2, sort_keys=True))

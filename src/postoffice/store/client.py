@@ -1,0 +1,242 @@
+"""Clients of the store server: `Client` (blocking sockets) and `AsyncClient` (asyncio).
+
+Both speak docs/protocols/store.md through the pure `wire` codec. A non-OK status other
+than NOT_FOUND raises StoreRequestError carrying the status; a broken response closes
+the connection and raises BrokenError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from types import TracebackType
+from typing import final
+
+from postoffice.core.errors import BrokenError, PostOfficeError
+from postoffice.core.framing import FrameDecoder, FrameError
+from postoffice.store.wire import (
+    NEED_DATA,
+    BatchOp,
+    BatchRequest,
+    DeleteRequest,
+    GetRequest,
+    PingRequest,
+    PutRequest,
+    Request,
+    Response,
+    ScanPage,
+    ScanRequest,
+    StatsRequest,
+    Status,
+    StoreProtocolError,
+    decode_delete_body,
+    decode_error_body,
+    decode_response,
+    decode_scan_body,
+    decode_stats_body,
+    encode_request,
+)
+
+DEFAULT_PORT = 7400
+
+
+class StoreRequestError(PostOfficeError):
+    """The server refused a request; `status` says how."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(f"{status.name}: {message}")
+        self.status = status
+        self.wire_code = status.name  # type: ignore[misc]  # per-instance code of the reply
+
+
+def _checked(response: Response) -> Response:
+    if response.status is Status.OK or response.status is Status.NOT_FOUND:
+        return response
+    raise StoreRequestError(response.status, decode_error_body(response.body))
+
+
+@final
+class Client:
+    """A blocking client: one request at a time on one connection (a context manager)."""
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, timeout_s: float = 30.0
+    ):
+        try:
+            self._sock = socket.create_connection((host, port), timeout=timeout_s)
+        except OSError as exc:
+            raise BrokenError(f"cannot connect to the store at {host}:{port}: {exc}") from exc
+        self._frames = FrameDecoder()
+        self._next_id = 0
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._sock.close()
+
+    def call(self, request: Request) -> Response:
+        """Send one request and return its response (errors raise StoreRequestError).
+
+        A request the protocol cannot carry raises StoreProtocolError before anything is
+        sent; the connection stays usable.
+        """
+        self._next_id += 1
+        wire = encode_request(request, self._next_id)
+        try:
+            self._sock.sendall(wire)
+            while True:
+                event = self._frames.next_event()
+                if event is not NEED_DATA:
+                    return _checked(decode_response(event))
+                block = self._sock.recv(1 << 20)
+                if not block:
+                    raise BrokenError("the store closed the connection")
+                self._frames.feed(block)
+        except (OSError, FrameError, StoreProtocolError) as exc:
+            self.close()
+            raise BrokenError(f"store connection broken: {exc}") from exc
+
+    def ping(self) -> None:
+        """Round trip to the server."""
+        self.call(PingRequest())
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None."""
+        response = self.call(GetRequest(key=key))
+        return None if response.status is Status.NOT_FOUND else response.body
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store `value` under `key` (durable when the server's durability is always)."""
+        self.call(PutRequest(key=key, value=value))
+
+    def delete(self, key: bytes) -> bool:
+        """Delete `key`; whether it existed."""
+        return decode_delete_body(self.call(DeleteRequest(key=key)).body)
+
+    def batch(self, ops: Sequence[BatchOp]) -> None:
+        """Apply puts and deletes all or nothing."""
+        self.call(BatchRequest(ops=tuple(ops)))
+
+    def scan(
+        self,
+        *,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 100,
+    ) -> ScanPage:
+        """Keys in order (start inclusive, end exclusive), at most `limit`."""
+        request = ScanRequest(prefix=prefix, start=start, end=end, limit=limit)
+        return decode_scan_body(self.call(request).body)
+
+    def stats(self) -> dict[str, object]:
+        """The server's statistics."""
+        return decode_stats_body(self.call(StatsRequest()).body)
+
+
+@final
+class AsyncClient:
+    """An asyncio client; requests may be issued concurrently (they are pipelined)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._frames = FrameDecoder()
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future[Response]] = {}
+        self._pump = asyncio.ensure_future(self._read_forever())
+
+    @classmethod
+    async def connect(cls, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> AsyncClient:
+        """Open a connection; raises BrokenError when the server cannot be reached."""
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            raise BrokenError(f"cannot connect to the store at {host}:{port}: {exc}") from exc
+        return cls(reader, writer)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; pending requests fail with BrokenError."""
+        self._pump.cancel()
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass
+        self._fail(BrokenError("client closed"))
+
+    async def call(self, request: Request) -> Response:
+        """Send one request and await its response (errors raise StoreRequestError)."""
+        self._next_id += 1
+        request_id = self._next_id
+        wire = encode_request(request, request_id)  # may raise StoreProtocolError: not sent
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        self._writer.write(wire)
+        return _checked(await future)
+
+    async def _read_forever(self) -> None:
+        try:
+            while True:
+                block = await self._reader.read(1 << 20)
+                if not block:
+                    raise BrokenError("the store closed the connection")
+                self._frames.feed(block)
+                while (event := self._frames.next_event()) is not NEED_DATA:
+                    response = decode_response(event)
+                    future = self._waiting.pop(response.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(response)
+        except (OSError, FrameError, StoreProtocolError, BrokenError) as exc:
+            self._fail(BrokenError(f"store connection broken: {exc}"))
+
+    def _fail(self, exc: BrokenError) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._waiting.clear()
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None."""
+        response = await self.call(GetRequest(key=key))
+        return None if response.status is Status.NOT_FOUND else response.body
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        """Store `value` under `key`."""
+        await self.call(PutRequest(key=key, value=value))
+
+    async def delete(self, key: bytes) -> bool:
+        """Delete `key`; whether it existed."""
+        return decode_delete_body((await self.call(DeleteRequest(key=key))).body)
+
+    async def scan(
+        self,
+        *,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 100,
+    ) -> ScanPage:
+        """Keys in order, at most `limit`."""
+        request = ScanRequest(prefix=prefix, start=start, end=end, limit=limit)
+        return decode_scan_body((await self.call(request)).body)
+
+    async def stats(self) -> dict[str, object]:
+        """The server's statistics."""
+        return decode_stats_body((await self.call(StatsRequest())).body)
