@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from postoffice.store.client import AsyncClient, Client, StoreRequestError
 from postoffice.store.engine import BatchOp, Delete, Put, RecoveryReport, Store, StoreStats
 from postoffice.store.errors import (
     KeySizeError,
@@ -14,7 +15,9 @@ from postoffice.store.errors import (
 from postoffice.store.logstore import Damage, Durability
 
 __all__ = [
+    "AsyncClient",
     "BatchOp",
+    "Client",
     "Damage",
     "Delete",
     "Durability",
@@ -25,6 +28,7 @@ __all__ = [
     "Store",
     "StoreClosedError",
     "StoreLockedError",
+    "StoreRequestError",
     "StoreStats",
     "StoreStorageError",
     "ValueSizeError",
