@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -243,3 +244,29 @@ def test_command_line(serve: Serve, tmp_path: Path) -> None:
     missing = run("get", "greeting")
     assert missing.returncode == 1
     assert "no such key 'greeting'" in missing.stderr
+
+
+def test_a_client_vanishing_mid_request_costs_nothing(serve: Serve, tmp_path: Path) -> None:
+    server = serve("store", *args(tmp_path))
+    for cut in (10, 30, 60):  # inside the header, inside the key, inside the value
+        ghost = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        ghost.sendall(encode_request(PutRequest(key=b"ghost", value=b"v" * 100), 1)[:cut])
+        ghost.close()
+    # Many requests in flight, then the client disappears without reading a reply.
+    flood = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    flood.sendall(
+        b"".join(
+            encode_request(PutRequest(key=b"f%04d" % i, value=b"x" * 1000), i + 1)
+            for i in range(500)
+        )
+    )
+    flood.close()
+    c = Conn(server.port)
+    assert c.call(GetRequest(key=b"ghost")).status is Status.NOT_FOUND  # never half there
+    assert c.call(PutRequest(key=b"alive", value=b"yes")).status is Status.OK
+    deadline = time.monotonic() + 10  # the vanished clients are noticed and released
+    while time.monotonic() < deadline:
+        stats = decode_stats_body(c.call(StatsRequest()).body)
+        if stats["connections_active"] == 1:
+            break
+    assert stats["connections_active"] == 1
