@@ -546,3 +546,24 @@ def test_corrupted_streams_give_frames_or_frame_error(
 def test_encode_rejects_non_integer_fields() -> None:
     with pytest.raises(FrameError, match=r"^frame fields type=1 flags=1\.5 request_id=0 cannot"):
         encode_parts(1, 1.5, 0, b"")  # type: ignore[arg-type]  # a caller bypassing types
+
+
+def test_message_stream_decodes_and_survives_a_bad_message() -> None:
+    """A decode error consumes its frame only: the next frame still decodes, and
+    last_request_id says where the error reply goes."""
+    from postoffice.core.framing import MessageStream
+
+    def decode_upper(frame: Frame) -> bytes:
+        if not frame.payload.isascii():
+            raise ProtocolError(f"payload of request {frame.request_id} is not ascii")
+        return frame.payload.upper()
+
+    stream = MessageStream(decode_upper, max_payload_bytes=64)
+    stream.feed(encode_parts(1, 0, 7, "é".encode()) + encode_parts(1, 0, 8, b"ok"))
+    with pytest.raises(ProtocolError, match=r"^payload of request 7 is not ascii$"):
+        stream.next_event()
+    assert stream.last_request_id == 7
+    assert stream.next_event() == (8, b"OK")
+    assert stream.next_event() is NEED_DATA
+    assert not stream.failed
+    assert "MessageStream" in repr(stream)

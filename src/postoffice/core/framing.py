@@ -8,10 +8,13 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, NoReturn, final
+from typing import Final, Generic, NoReturn, TypeVar, final
 
 from postoffice.core.errors import ConfigError, LimitExceeded, ProtocolError
+
+M = TypeVar("M")
 
 # Design
 # ------
@@ -352,3 +355,61 @@ class FrameDecoder:
 
 def _bad_magic(found: bytes) -> FrameError:
     return FrameError(f"bad frame magic {found!r}, expected {MAGIC!r}")
+
+
+class MessageStream(Generic[M]):
+    """Frames to a service's typed messages: a FrameDecoder plus its `decode` function.
+
+    `next_event()` returns `(request_id, message)` or NEED_DATA. A FrameError means
+    framing is lost (it is raised again on every later call: reply if you can, then
+    close). Any error `decode` raises leaves the frame consumed and framing intact: answer
+    `last_request_id` and call again. Raises ConfigError for an out-of-range limit.
+    """
+
+    __slots__ = ("_decode", "_frames", "_last_request_id")
+
+    def __init__(
+        self, decode: Callable[[Frame], M], max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    ) -> None:
+        self._decode = decode
+        self._frames = FrameDecoder(max_payload_bytes)
+        self._last_request_id: int | None = None
+
+    @property
+    def last_request_id(self) -> int | None:
+        """Request id of the last frame read (where an error reply goes); None before any."""
+        return self._last_request_id
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes fed but not yet decoded; non-zero at end of stream means a cut frame."""
+        return self._frames.buffered_bytes
+
+    @property
+    def failed(self) -> bool:
+        """True once a FrameError was raised: framing is lost and the connection must close."""
+        return self._frames.failed
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest frame payload accepted."""
+        return self._frames.max_payload_bytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (discarded once framing is lost)."""
+        self._frames.feed(data)
+
+    def next_event(self) -> tuple[int, M] | NeedData:
+        """The next `(request_id, message)`, or NEED_DATA."""
+        frame = self._frames.next_event()
+        if frame is NEED_DATA:
+            return NEED_DATA
+        self._last_request_id = frame.request_id
+        return frame.request_id, self._decode(frame)
+
+    def __repr__(self) -> str:
+        state = "FAILED" if self.failed else "OK"
+        return (
+            f"<{type(self).__name__} at 0x{id(self):x} {state} buffered={self.buffered_bytes}"
+            f" last_request_id={self._last_request_id} limit={self.max_payload_bytes}>"
+        )

@@ -758,16 +758,18 @@ def decode(
 
 
 @final
-class MessageDecoder:
+class MessageDecoder(framing.MessageStream[Message]):
     """Incremental decoder for one connection: `feed` bytes, then call `next_event`
-    until it returns NEED_DATA.
+    until it returns NEED_DATA (see core.framing.MessageStream).
 
     `max_chunk_bytes` is the chunk data limit; `max_payload_bytes` the frame payload
-    limit, by default `max_chunk_bytes + CHUNK_OVERHEAD_BYTES`. Raises ConfigError if
-    either is out of range.
+    limit, by default `max_chunk_bytes + CHUNK_OVERHEAD_BYTES`. With `verify_chunks`
+    off, the caller checks chunk hashes (verify_chunk). Raises ConfigError if a limit
+    is out of range; `next_event` raises FrameError or the IngestError subclasses of
+    `decode`.
     """
 
-    __slots__ = ("_frames", "_last_request_id", "_max_chunk_bytes", "_verify_chunks")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -783,50 +785,9 @@ class MessageDecoder:
             )
         if max_payload_bytes is None:
             max_payload_bytes = max_chunk_bytes + CHUNK_OVERHEAD_BYTES
-        self._frames = framing.FrameDecoder(max_payload_bytes)
-        self._max_chunk_bytes = max_chunk_bytes
-        self._verify_chunks = verify_chunks
-        self._last_request_id: int | None = None
-
-    @property
-    def last_request_id(self) -> int | None:
-        """Request id of the last frame read: where to address the ERROR reply after
-        `next_event` raised an IngestError. None before the first frame."""
-        return self._last_request_id
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes fed but not yet decoded; non-zero at end of stream means a cut frame."""
-        return self._frames.buffered_bytes
-
-    @property
-    def failed(self) -> bool:
-        """True once a FrameError was raised: framing is lost and the connection must close."""
-        return self._frames.failed
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes (discarded once framing is lost)."""
-        self._frames.feed(data)
-
-    def next_event(self) -> tuple[int, Message] | NeedData:
-        """Return `(request_id, message)` for the next frame, or NEED_DATA.
-
-        Raises FrameError (or FrameTooLarge) when framing is lost: it is raised again on
-        every later call, so reply BAD_FRAME and close. Raises the IngestError subclasses
-        of `decode` for a bad message in an intact frame: the frame is consumed, so reply
-        ERROR to `last_request_id` and call again.
-        """
-        frame = self._frames.next_event()
-        if frame is NEED_DATA:
-            return NEED_DATA
-        self._last_request_id = frame.request_id
-        return frame.request_id, decode(
-            frame, max_chunk_bytes=self._max_chunk_bytes, verify_chunks=self._verify_chunks
-        )
-
-    def __repr__(self) -> str:
-        state = "FAILED" if self.failed else "OK"
-        return (
-            f"<MessageDecoder at 0x{id(self):x} {state} buffered={self.buffered_bytes} "
-            f"last_request_id={self._last_request_id} max_chunk={self._max_chunk_bytes}>"
+        super().__init__(
+            lambda frame: decode(
+                frame, max_chunk_bytes=max_chunk_bytes, verify_chunks=verify_chunks
+            ),
+            max_payload_bytes,
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias, assert_never, cast, final
 
 from postoffice.core import framing
-from postoffice.core.errors import ConfigError, LimitExceeded, ProtocolError
+from postoffice.core.errors import LimitExceeded, ProtocolError
 from postoffice.core.framing import NEED_DATA, Frame, NeedData
 
 # Design
@@ -647,69 +647,20 @@ def decode_error_body(body: bytes) -> str:
 # --- incremental decoders -------------------------------------------------------------
 
 
-def _frames(max_payload_bytes: int) -> framing.FrameDecoder:
-    if not 0 <= max_payload_bytes <= framing.MAX_PAYLOAD_BYTES:
-        raise ConfigError(
-            f"max_payload_bytes {max_payload_bytes} out of range 0..{framing.MAX_PAYLOAD_BYTES}"
-        )
-    return framing.FrameDecoder(max_payload_bytes)
-
-
 @final
-class RequestDecoder:
+class RequestDecoder(framing.MessageStream[Request]):
     """Server side: `feed` bytes, then call `next_event` until it returns NEED_DATA.
 
     `max_payload_bytes` (at most framing.MAX_PAYLOAD_BYTES) is the largest request
-    frame accepted. Raises ConfigError if it is out of range.
+    frame accepted; ConfigError if it is out of range. `next_event` raises FrameError
+    (framing lost: answer if the error has a request id, then close) or
+    StoreProtocolError (answer `last_request_id` with the error's `status`, go on).
     """
 
-    __slots__ = ("_frames", "_last_request_id")
+    __slots__ = ()
 
     def __init__(self, max_payload_bytes: int = framing.MAX_PAYLOAD_BYTES) -> None:
-        self._frames = _frames(max_payload_bytes)
-        self._last_request_id: int | None = None
-
-    @property
-    def last_request_id(self) -> int | None:
-        """Request id of the last frame read: where to address the error response after
-        `next_event` raised a StoreProtocolError. None before the first frame."""
-        return self._last_request_id
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes fed but not yet decoded; non-zero at end of stream means a cut frame."""
-        return self._frames.buffered_bytes
-
-    @property
-    def failed(self) -> bool:
-        """True once a FrameError was raised: framing is lost and the connection must close."""
-        return self._frames.failed
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes (discarded once framing is lost)."""
-        self._frames.feed(data)
-
-    def next_event(self) -> tuple[int, Request] | NeedData:
-        """Return `(request_id, request)` for the next frame, or NEED_DATA.
-
-        Raises FrameError (or FrameTooLarge) when framing is lost: it is raised again on
-        every later call, so answer if the error has a request id, then close. Raises
-        StoreProtocolError for a bad request in an intact frame: the frame is consumed,
-        so answer `last_request_id` with the error's `status` and call again.
-        """
-        frame = self._frames.next_event()
-        if frame is NEED_DATA:
-            return NEED_DATA
-        self._last_request_id = frame.request_id
-        return frame.request_id, decode_request(frame)
-
-    def __repr__(self) -> str:
-        state = "FAILED" if self.failed else "OK"
-        return (
-            f"<RequestDecoder at 0x{id(self):x} {state} buffered={self.buffered_bytes} "
-            f"last_request_id={self._last_request_id} "
-            f"limit={self._frames.max_payload_bytes}>"
-        )
+        super().__init__(decode_request, max_payload_bytes)
 
 
 @final
@@ -724,7 +675,7 @@ class ResponseDecoder:
     __slots__ = ("_frames",)
 
     def __init__(self, max_payload_bytes: int = framing.MAX_PAYLOAD_BYTES) -> None:
-        self._frames = _frames(max_payload_bytes)
+        self._frames = framing.FrameDecoder(max_payload_bytes)
 
     @property
     def buffered_bytes(self) -> int:
