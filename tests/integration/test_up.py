@@ -139,6 +139,13 @@ def test_up_serves_and_stops_cleanly_on_sigterm(up: _Up) -> None:
     entry = up.wait_ready()
     assert _ping(entry)
     assert set(entry["listeners"]) == {"command", "metrics"}
+    host, port = entry["listeners"]["command"]
+    with redis.Redis(host=host, port=port, socket_timeout=5) as client:
+        # Under the director the command server's keys live in the store service.
+        _wait_until("the store link", lambda: client.info("keyspace")["store_connected"] == 1)
+        assert client.set("up:key", b"v") is True
+        assert client.get("up:key") == b"v"
+        assert client.dbsize() == 1
     # The status file can land a moment before the table is flushed to stdout.
     _wait_until("the listener table", lambda: "command" in up.stdout.read_text(), 5.0)
 

@@ -61,6 +61,16 @@ class TestArgv:
             *("--ready-file", str(_READY), "--log-level", "INFO"),
         ]
 
+    def test_command_is_pointed_at_a_running_store(self) -> None:
+        (spec,) = (s for s in SERVICES if s.name == "command")
+        peers = {"store": {"store": ("127.0.0.1", 7411), "metrics": ("127.0.0.1", 7412)}}
+        argv = spec.argv(Launch(data_dir=_DATA, ready_file=_READY, peers=peers))
+        assert argv[-2:] == ["--store", "127.0.0.1:7411"]
+
+    def test_the_store_starts_before_the_command_server(self) -> None:
+        names = [spec.name for spec in SERVICES]
+        assert names.index("store") < names.index("command")
+
     def test_log_settings_are_passed_on(self) -> None:
         build = serve_argv("command")
         argv = build(Launch(data_dir=_DATA, ready_file=_READY, log_level="DEBUG", log_json=True))
@@ -75,7 +85,8 @@ class TestArgv:
     @pytest.mark.parametrize("spec", SERVICES, ids=lambda spec: spec.name)
     def test_every_argv_names_a_real_serve_command_and_its_flags(self, spec: ServiceSpec) -> None:
         """The table and the CLI must not drift apart: each flag used must exist."""
-        argv = spec.argv(Launch(data_dir=_DATA, ready_file=_READY, log_json=True))
+        peers = {"store": {"store": ("127.0.0.1", 7400)}}
+        argv = spec.argv(Launch(data_dir=_DATA, ready_file=_READY, log_json=True, peers=peers))
         assert argv[:3] == [sys.executable, "-m", "postoffice"]
         group = cli_main.commands[argv[3]]
         assert isinstance(group, click.Group)

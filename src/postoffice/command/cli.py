@@ -78,6 +78,12 @@ def command() -> None:
     default=None,
     help="Set SO_REUSEPORT so several processes can share the port.",
 )
+@click.option(
+    "--store",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve GET/SET/DEL/MGET/MSET/EXISTS/SCAN/DBSIZE from the store server there.",
+)
 @serve_options("command")
 def serve(
     config_path: str | None,

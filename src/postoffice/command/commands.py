@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from postoffice import __version__
+from postoffice.command import keyspace
 from postoffice.command.errors import CommandError, NoAuthError, NoProtoError, WrongPassError
+from postoffice.command.keyspace import Deferred, Keyspace
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     NIL,
@@ -71,8 +73,12 @@ class ServerView(Protocol):
 
     def request_shutdown(self) -> None: ...
 
+    @property
+    def keyspace(self) -> Keyspace | None: ...
 
-Handler = Callable[[ServerView, ClientView, list[bytes]], Reply]
+
+#: A handler answers at once, or with a Deferred when the store has to answer first.
+Handler = Callable[[ServerView, ClientView, list[bytes]], Reply | Deferred]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +96,7 @@ class CommandSpec:
     max_args: int = field(init=False)
     blocking: bool = field(init=False)  # runs in the worker pool
     noauth: bool = field(init=False)  # allowed before AUTH
+    store: bool = field(init=False)  # answered by the store (a Deferred); pipelines freely
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen
@@ -97,6 +104,7 @@ class CommandSpec:
         set_(self, "max_args", self.arity if self.arity >= 0 else MAX_ARGS)
         set_(self, "blocking", "blocking" in self.flags)
         set_(self, "noauth", "noauth" in self.flags)
+        set_(self, "store", "store" in self.flags)
 
     def arity_ok(self, argc: int) -> bool:
         """Whether `argc` arguments (the name included) suit this command."""
@@ -459,6 +467,16 @@ TABLE: Final[dict[bytes, CommandSpec]] = {
             "blocking",
         ),
         _spec("shutdown", -1, cmd_shutdown, "stop the server gracefully", "server", "admin"),
+        _spec("get", 2, keyspace.cmd_get, "the value of a key, or nil", "string", "store"),
+        _spec("set", -3, keyspace.cmd_set, "store a value under a key", "string", "store"),
+        _spec("del", -2, keyspace.cmd_del, "delete keys; how many existed", "keyspace", "store"),
+        _spec("exists", -2, keyspace.cmd_exists, "how many keys exist", "keyspace", "store"),
+        _spec("mget", -2, keyspace.cmd_mget, "the values of keys", "string", "store"),
+        _spec("mset", -3, keyspace.cmd_mset, "store several values atomically", "string", "store"),
+        _spec(
+            "scan", -2, keyspace.cmd_scan, "a page of keys and the next cursor", "keyspace", "store"
+        ),
+        _spec("dbsize", 1, keyspace.cmd_dbsize, "how many keys the store holds", "server", "store"),
     )
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from postoffice.command.keyspace import parse_address
 from postoffice.core.config import check_port, check_range
 from postoffice.core.errors import ConfigError
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
@@ -34,6 +35,7 @@ class CommandConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     reuse_port: bool = False
+    store: str | None = None  # HOST:PORT of a store server for GET/SET/DEL/SCAN/DBSIZE
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -51,6 +53,11 @@ class CommandConfig:
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("settings 'tls_cert' and 'tls_key' must be given together")
+        if self.store is not None:
+            try:
+                parse_address(self.store)
+            except ValueError as exc:
+                raise ConfigError(f"setting 'store': {exc}") from None
         if self.requirepass == "":
             raise ConfigError("setting 'requirepass' must not be empty (leave it unset instead)")
 

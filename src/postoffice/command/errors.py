@@ -12,6 +12,7 @@ __all__ = [
     "RateLimitedError",
     "RespLimitError",
     "RespProtocolError",
+    "StoreUnavailableError",
     "WrongPassError",
 ]
 
@@ -44,3 +45,9 @@ class RateLimitedError(CommandError, LimitExceeded):
     """The client sent commands faster than its rate limit allows."""
 
     wire_code = "RATELIMIT"
+
+
+class StoreUnavailableError(CommandError):
+    """The store behind the keyspace commands cannot be reached; try again later."""
+
+    wire_code = "TRYAGAIN"

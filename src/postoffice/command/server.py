@@ -8,6 +8,7 @@ in the worker pool while the connection stops reading, so replies keep request o
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Final, final
 from postoffice.command.commands import LOOKUP, CommandSpec, server_facts
 from postoffice.command.config import CommandConfig
 from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
+from postoffice.command.keyspace import Deferred, Keyspace, parse_address, settle
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
@@ -45,6 +47,13 @@ from postoffice.core.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 _PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never sent
+MAX_STORE_IN_FLIGHT: Final = 1024  # store commands of one client awaiting the store
+
+
+def _pipelines(args: list[bytes]) -> bool:
+    """Whether a command may run while store commands are in flight (it is one itself)."""
+    spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
+    return spec is not None and spec.store
 
 
 @final
@@ -69,6 +78,12 @@ class CommandConnection(BaseProtocol):
         self.last_command = "NULL"
         self._busy = False
         self._stop_after_reply = False
+        # Store commands in flight: a Deferred each, or the encoded reply of a command
+        # that was answered at once while earlier ones were still with the store.
+        self._queue: collections.deque[Deferred | bytes] = collections.deque()
+        self._held: list[bytes] | None = None  # a command waiting for the queue to empty
+        self._stalled = False  # reading paused until the store has answered
+        self._closing_error = False  # close once the queued replies are out
         self._tokens = float(config.burst)
         self._refilled = self.created
 
@@ -80,20 +95,21 @@ class CommandConnection(BaseProtocol):
 
     def on_data(self, data: bytes) -> ConnInput | None:
         self.parser.feed(data)
-        if self._busy:
+        if self._busy or self._stalled:
             return None
         return self._run_buffered()
 
     def can_idle_close(self) -> bool:
-        return not self._busy and super().can_idle_close()
+        return not self._busy and not self._queue and super().can_idle_close()
 
     def shutdown_requested(self) -> None:
-        if self._busy:
+        if self._busy or self._queue:
             self._stop_after_reply = True
         else:
             self.close("server shutdown")
 
     def on_close(self) -> None:
+        self._queue.clear()
         self.server.closed_bytes_in += self.bytes_in
         self.server.closed_bytes_out += self.bytes_out
         log.debug("closed conn=%s reason=%s", self, self.close_reason)
@@ -101,29 +117,53 @@ class CommandConnection(BaseProtocol):
     # -- the request loop --------------------------------------------------------------
 
     def _run_buffered(self) -> ConnInput | None:
-        """Run every complete command buffered; None when one went to the worker pool.
+        """Run every complete command buffered; None while replies are still to come.
 
         This is the hot path: bound methods are hoisted into locals, and the encoder is
         picked once per batch (again only if HELLO changes the RESP version mid-batch).
+        Store commands pipeline: their Deferred replies queue up in request order, and
+        any other command waits (is held) until that queue is empty, so it never
+        overtakes, and a HELLO or QUIT applies exactly where it was sent.
         """
         parser = self.parser
         next_event = parser.next_event
         execute = self._execute
+        queue = self._queue
         out: list[bytes] = []
         encode: Callable[[Reply], bytes] | None = None
         protocol = 0
         try:
             while True:
-                event = next_event()
-                if event is NEED_DATA:
-                    break
-                reply = execute(event[0])
+                if self._held is not None:
+                    args, self._held = self._held, None
+                else:
+                    event = next_event()
+                    if event is NEED_DATA:
+                        break
+                    args = event[0]
+                if queue and not _pipelines(args):
+                    self._held = args
+                    self._send(out)
+                    self._stall()
+                    return None
+                reply = execute(args)
                 if reply is _PENDING:
                     self._send(out)
                     return None
                 if encode is None or protocol != self.protocol:
                     protocol = self.protocol
                     encode = self._encoder()
+                if type(reply) is Deferred:
+                    self._send(out)
+                    queue.append(reply)
+                    reply.future.add_done_callback(self._store_replied)
+                    if len(queue) >= MAX_STORE_IN_FLIGHT:
+                        self._stall()
+                        return None
+                    continue
+                if queue:  # an immediate reply (an error) to a store command: wait in line
+                    queue.append(encode(reply))
+                    continue
                 out.append(encode(reply))
                 if self.close_after_reply:
                     self._send(out)
@@ -133,14 +173,68 @@ class CommandConnection(BaseProtocol):
                     return ConnInput.IDLE
         except RespProtocolError as exc:
             self.server.protocol_errors += 1
-            out.append(self._encoder()(Error(code=exc.wire_code, message=str(exc))))
-            self._send(out)
+            error = self._encoder()(Error(code=exc.wire_code, message=str(exc)))
             log.info("protocol error conn=%s error=%r", self, str(exc))
+            if queue:  # the replies owed come first; the store's answers close the door
+                queue.append(error)
+                self._closing_error = True
+                self._send(out)
+                self._stall()
+                return None
+            out.append(error)
+            self._send(out)
             self.close("protocol error")
             return ConnInput.IDLE
         if out:
             self.write(out[0] if len(out) == 1 else b"".join(out))
+        if queue:
+            return None
         return ConnInput.PARTIAL if parser.has_partial() else ConnInput.IDLE
+
+    def _stall(self) -> None:
+        """Stop reading until the store has answered what this connection sent."""
+        if not self._stalled:
+            self._stalled = True
+            self.pause_reading()
+
+    def _store_replied(self, _: object) -> None:
+        """Write the replies now complete at the head of the queue, in request order."""
+        if self.transport is None:
+            return
+        queue = self._queue
+        out: list[bytes] = []
+        encode = self._encoder()
+        while queue:
+            head = queue[0]
+            if isinstance(head, bytes):
+                out.append(head)
+            elif head.future.done():
+                out.append(encode(settle(head)))
+            else:
+                break
+            queue.popleft()
+        self._send(out)
+        if queue:
+            if self._stalled and self._held is None and len(queue) < MAX_STORE_IN_FLIGHT:
+                self._resume()
+            return
+        if self._closing_error:
+            self.close("protocol error")
+            return
+        if self._stop_after_reply:
+            self.close("server shutdown")
+            return
+        if self._stalled:
+            self._resume()
+        else:
+            self.batch_done(ConnInput.PARTIAL if self.parser.has_partial() else ConnInput.IDLE)
+
+    def _resume(self) -> None:
+        self._stalled = False
+        self.resume_reading()
+        outcome = self._run_buffered()
+        if outcome is not None:
+            self.batch_done(outcome)
 
     def _send(self, out: list[bytes]) -> None:
         if out:
@@ -152,7 +246,7 @@ class CommandConnection(BaseProtocol):
             return encode_text
         return encode_resp3 if self.protocol == 3 else encode_resp
 
-    def _execute(self, args: list[bytes]) -> Reply:
+    def _execute(self, args: list[bytes]) -> Reply | Deferred:
         server = self.server
         self.requests += 1
         server.commands += 1
@@ -207,13 +301,15 @@ class CommandConnection(BaseProtocol):
         future.add_done_callback(self._offload_done)
         return _PENDING
 
-    def _offload_done(self, future: asyncio.Future[Reply]) -> None:
+    def _offload_done(self, future: asyncio.Future[Reply | Deferred]) -> None:
         self._busy = False
         if self.transport is None:
             return
         exc = future.exception()
         if exc is None:
-            reply = future.result()
+            result = future.result()
+            # A blocking handler answers in its thread; it has no store reply to wait for.
+            reply = settle(result) if isinstance(result, Deferred) else result
         elif isinstance(exc, PostOfficeError):
             reply = Error(code=exc.wire_code, message=str(exc))
         else:
@@ -276,6 +372,9 @@ class CommandServer:
         self.config = config
         self.manager = ConnectionManager(self._limits(config), clock=clock)
         self.pool = WorkerPool(config.threads, name="command-worker")
+        self.keyspace: Keyspace | None = None
+        if config.store is not None:
+            self.keyspace = Keyspace(*parse_address(config.store))
         self.started = time.time()
         self.commands = 0
         self.protocol_errors = 0
@@ -338,6 +437,8 @@ class CommandServer:
         context = self._ssl_context()
         self.pool.start()
         self.manager.startup()
+        if self.keyspace is not None:
+            self.keyspace.start()
         config = self.config
         server = await listen(
             lambda: CommandConnection(self),
@@ -387,6 +488,8 @@ class CommandServer:
             listener.close()
         await self.manager.shutdown(deadline_s=self.config.shutdown_timeout_s)
         self.pool.close()
+        if self.keyspace is not None:
+            await self.keyspace.close()
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
@@ -484,9 +587,22 @@ class CommandServer:
                 "worker_queued": self.pool.queued,
                 "worker_completed": self.pool.completed,
             },
+            "keyspace": self._keyspace_info(),
             "commandstats": {
                 f"cmdstat_{name}": f"calls={count}" for name, count in sorted(self.calls.items())
             },
+        }
+
+    def _keyspace_info(self) -> dict[str, object]:
+        keyspace = self.keyspace
+        if keyspace is None:
+            return {"store": "none"}
+        return {
+            "store": keyspace.address,
+            "store_connected": int(keyspace.connected),
+            "store_requests": keyspace.requests,
+            "store_unavailable": keyspace.unavailable,
+            "store_reconnects": keyspace.reconnects,
         }
 
     def stats(self) -> dict[str, int]:

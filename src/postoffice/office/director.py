@@ -40,7 +40,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, final
 
@@ -96,6 +96,8 @@ class Launch:
     ready_file: Path
     log_level: str = "INFO"
     log_json: bool = False
+    #: Where the services already ready listen: {service: {listener: (host, port)}}.
+    peers: Mapping[str, Mapping[str, tuple[str, int]]] = field(default_factory=dict)
 
 
 ArgvBuilder = Callable[[Launch], list[str]]
@@ -134,16 +136,22 @@ def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = Non
 #: store 7400/7401);
 #: the environment (`POSTOFFICE_COMMAND_PORT=0`, ...) reaches them unchanged.
 SERVICES: Final[tuple[ServiceSpec, ...]] = (
-    ServiceSpec(name="command", argv=serve_argv("command")),
-    ServiceSpec(
-        name="ingest",
-        argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
-    ),
     ServiceSpec(
         name="store",
         argv=serve_argv("store", lambda launch: ["--data-dir", str(launch.data_dir)]),
     ),
+    ServiceSpec(name="command", argv=serve_argv("command", lambda launch: _store_flag(launch))),
+    ServiceSpec(
+        name="ingest",
+        argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
+    ),
 )
+
+
+def _store_flag(launch: Launch) -> list[str]:
+    """The command server's keys live in the store when the store runs too."""
+    address = launch.peers.get("store", {}).get("store")
+    return [] if address is None else ["--store", f"{address[0]}:{address[1]}"]
 
 
 def select_services(
@@ -503,6 +511,7 @@ class Director:
             ready_file=ready,
             log_level=self._log_level,
             log_json=self._log_json,
+            peers={c.spec.name: dict(c.listeners) for c in self._children if c.listeners},
         )
         argv = child.spec.argv(launch)
         child.state = ChildState.STARTING

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from postoffice.store.client import AsyncClient, Client, StoreRequestError
+from postoffice.core.storeclient import AsyncClient, Client, StoreRequestError
 from postoffice.store.engine import BatchOp, Delete, Put, RecoveryReport, Store, StoreStats
 from postoffice.store.errors import (
     KeySizeError,

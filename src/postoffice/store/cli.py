@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from postoffice.core.launch import serve_options, serve_service
-from postoffice.store.client import Client
+from postoffice.core.storeclient import Client
 
 
 @click.group()

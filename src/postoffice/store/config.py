@@ -25,7 +25,7 @@ class StoreConfig:
     max_connections: int = 10_000
     idle_timeout_s: float = 300.0
     max_request_bytes: int = MAX_PAYLOAD_BYTES
-    max_in_flight: int = 64  # requests per connection being served at once
+    max_in_flight: int = 1024  # replies owed per connection before it stops reading
     io_threads: int = 8
     shutdown_timeout_s: float = 10.0
 

@@ -3,13 +3,36 @@
 Blocking library layer; thread-safe. Servers call it through `asyncio.to_thread`.
 """
 
+# Design
+# ------
+# One RLock (`_lock`) serialises the index and the log's tail: every get, scan, write and
+# batch holds it briefly, and a get reads its record under it, so the location it found and
+# the segment file it names stay valid for the read (segment removal and close take the same
+# lock). That is simpler than reference counts, and reads are short.
+# Compaction runs beside them (one at a time, `_compacting`), holding the lock only in steps:
+#   begin   roll the log; every segment before the new one (the boundary) is to be rewritten,
+#           and every write from now on lands at or after the boundary;
+#   pick    take the next few index entries that still point before the boundary;
+#   read    read their records without the lock: sealed segments never change, only this
+#           compaction removes them, and close() waits for it (it sets `_closing` first, which
+#           makes the compaction stop at its next step);
+#   commit  under the lock, copy each record to the log's tail and re-point its key, but only
+#           if the key still points where the record was read: a key written or deleted
+#           meanwhile already has a newer record, and a copy after it would bring the old value
+#           back on replay. So the log's order stays the truth: a key's last record is its state;
+#   end     flush the index (LMDB then points past the old segments, and the copies are on disk),
+#           then delete the old segments oldest first.
+# A crash at any point leaves either all old segments (nothing was deleted; copies are just
+# later records of the same values) or a suffix of the log in which every live key has its last
+# record; a tombstone is only deleted together with, or after, every older segment.
+
 from __future__ import annotations
 
 import fcntl
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +66,13 @@ DEFAULT_INTERVAL_MS: Final = 100  # `interval` durability: the most a crash may 
 DEFAULT_INDEX_MAP_BYTES: Final = 1 << 32  # LMDB's map is sparse: this is address space only
 DEFAULT_FLUSH_ENTRIES: Final = 4096  # memory-layer entries written to LMDB per transaction
 _LOCK_NAME: Final = "LOCK"
+# One compaction step copies at most this many records and bytes (a larger value goes alone):
+# it bounds the time the lock is held and the memory the step holds.
+_COMPACT_STEP_RECORDS: Final = 256
+_COMPACT_STEP_BYTES: Final = 1 << 20
+
+# The live records of one compaction step: key, where its record was read, its value.
+_Copies = list[tuple[bytes, Location, bytes]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +145,8 @@ def _lock_dir(path: Path) -> int:
 class Store:
     """An embedded, durable, ordered key-value store in one directory.
 
-    Writes go to an append-only log, reads through an LMDB index. Use `Store.open`.
+    Writes go to an append-only log, reads through an LMDB index; compaction runs alongside
+    both. Use `Store.open`.
     Every method raises StoreClosedError after `close`, and StoreStorageError when the disk
     or the index fails.
     """
@@ -144,6 +175,8 @@ class Store:
         self._flush_entries = flush_entries
         self._live = live_keys
         self._lock = threading.RLock()
+        self._compacting = threading.Lock()  # held for a whole compaction; see the design note
+        self._closing = threading.Event()  # set first by close(): stops a running compaction
         self._closed = False
         self._counts = {"puts": 0, "deletes": 0, "batches": 0, "gets": 0, "compactions": 0}
         self.recovery = recovery
@@ -284,7 +317,7 @@ class Store:
         )
 
     def __repr__(self) -> str:
-        state = "CLOSED" if self._closed else "OPEN"
+        state = "CLOSED" if self._closed else "COMPACTING" if self._compacting.locked() else "OPEN"
         return f"<Store {self._path} {state} keys={self._live} {self._durability.value}>"
 
     def __enter__(self) -> Store:
@@ -311,17 +344,19 @@ class Store:
             raise ValueSizeError(f"value of {len(value)} bytes exceeds limit {self._max_value}")
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closing.is_set():
             raise StoreClosedError(f"store {self._path} is closed")
 
     # -- writes ----------------------------------------------------------------------------
 
     def _write(self, items: list[tuple[Kind, bytes, bytes, int]], counter: str) -> None:
         """Append and index records, then (outside the lock) wait for durability."""
+        self._wait_durable(self._append(items, counter))
+
+    def _append(self, items: list[tuple[Kind, bytes, bytes, int]], counter: str) -> int:
         with self._lock:
             self._check_open()
-            ticket = self._append_locked(items, counter)
-        self._wait_durable(ticket)
+            return self._append_locked(items, counter)
 
     def _wait_durable(self, ticket: int) -> None:
         if self._durability is Durability.ALWAYS:
@@ -366,14 +401,9 @@ class Store:
 
         Raises KeySizeError, StoreClosedError, StoreStorageError.
         """
-        self._check_key(key)
-        with self._lock:
-            self._check_open()
-            if self._index.get(key) is None:
-                return False
-            ticket = self._append_locked([(Kind.DELETE, bytes(key), b"", 0)], "deletes")
+        existed, ticket = self.delete_nowait(key)
         self._wait_durable(ticket)
-        return True
+        return existed
 
     def batch(self, ops: Sequence[BatchOp]) -> None:
         """Apply puts and deletes atomically: after any crash, all or none of them are there.
@@ -381,6 +411,29 @@ class Store:
         Every op is checked before anything is written. Raises KeySizeError,
         ValueSizeError, StoreClosedError, StoreStorageError.
         """
+        self._wait_durable(self.batch_nowait(ops))
+
+    # The *_nowait writes apply at once (a later get sees them) and return a ticket
+    # instead of waiting for the disk: `sync(ticket)` waits. A server uses them to apply
+    # requests in order on its event loop and leave only the fsync to a thread.
+
+    def put_nowait(self, key: bytes, value: bytes) -> int:
+        """`put` without waiting for durability; returns the ticket for `sync`."""
+        self._check_key(key)
+        self._check_value(value)
+        return self._append([(Kind.PUT, bytes(key), bytes(value), 0)], "puts")
+
+    def delete_nowait(self, key: bytes) -> tuple[bool, int]:
+        """`delete` without waiting for durability: (whether it was present, ticket)."""
+        self._check_key(key)
+        with self._lock:
+            self._check_open()
+            if self._index.get(key) is None:
+                return False, 0  # nothing written: ticket 0 is always durable
+            return True, self._append_locked([(Kind.DELETE, bytes(key), b"", 0)], "deletes")
+
+    def batch_nowait(self, ops: Sequence[BatchOp]) -> int:
+        """`batch` without waiting for durability; returns the ticket for `sync`."""
         items: list[tuple[Kind, bytes, bytes, int]] = []
         for op in ops:
             self._check_key(op.key)
@@ -391,44 +444,108 @@ class Store:
                 items.append((Kind.DELETE, bytes(op.key), b"", FLAG_BATCH))
         if not items:
             self._check_open()
-            return
+            return 0
         items.append((Kind.BATCH_END, b"", count_value(len(items)), 0))
-        self._write(items, "batches")
+        return self._append(items, "batches")
 
-    def compact(self) -> int:
+    def sync(self, ticket: int) -> None:
+        """Return once the write that gave `ticket` (and all before it) is on disk.
+
+        Under `interval` and `never` this fsyncs too: the caller asked for it.
+        Raises StoreStorageError.
+        """
+        self._log.sync(ticket)
+
+    @property
+    def durability(self) -> Durability:
+        """When acknowledged writes reach the disk."""
+        return self._durability
+
+    def compact(self, *, on_step: Callable[[Sequence[bytes]], None] | None = None) -> int:
         """Rewrite the live records into new segments, delete the old ones; return bytes freed.
 
-        Stop-the-world for now: reads and writes wait until it finishes. A crash midway
-        loses nothing (the copies equal the live values). Raises LogCorruptError if a live
-        record is damaged (the store stays usable), StoreClosedError, StoreStorageError.
+        Reads and writes go on meanwhile (see the design note). One compaction runs at a
+        time: a second call waits for the running one, then compacts what is left. `on_step`,
+        if given, is called on the compacting thread without the lock, with each step's keys
+        after their records were read and before they are re-pointed (progress, tests); it
+        must not call `compact` or `close`. A crash at any point loses nothing. Raises
+        LogCorruptError if a live record is damaged (nothing is deleted; the store stays
+        usable), StoreClosedError (also when `close` is called meanwhile), StoreStorageError.
+        """
+        with self._compacting:
+            boundary = self._compact_begin()
+            copied = 0
+            lo: bytes | None = b""
+            while lo is not None:
+                step, lo = self._compact_pick(boundary, lo)
+                if not step:
+                    continue
+                copies = [
+                    (key, loc, self._log.read(loc.segment, loc.offset, loc.length).value)
+                    for key, loc in step
+                ]
+                if on_step is not None:
+                    on_step([key for key, _, _ in copies])
+                copied += self._compact_commit(copies)
+            freed = self._compact_end(boundary)
+        log.info("compacted path=%s copied=%d freed_bytes=%d", self._path, copied, freed)
+        return freed
+
+    def _compact_begin(self) -> int:
+        """Seal the current segment; return the boundary: segments before it get rewritten."""
+        with self._lock:
+            self._check_open()
+            self._log.roll()
+            return self._log.tail().segment
+
+    def _compact_pick(
+        self, boundary: int, lo: bytes
+    ) -> tuple[list[tuple[bytes, Location]], bytes | None]:
+        """The next entries from key `lo` on still pointing before `boundary`, and where to go on.
+
+        Keys written since the compaction began point at or after the boundary and are skipped.
         """
         with self._lock:
             self._check_open()
-            self._flush()
-            self._log.roll()
-            boundary = self._log.tail().segment
-            pending: list[tuple[Kind, bytes, bytes, int]] = []
-            for key, loc in self._index.scan(b"", None, b"", self._live + 1):
-                rec = self._log.read(loc.segment, loc.offset, loc.length)
-                pending.append((Kind.PUT, key, rec.value, 0))
-                if len(pending) >= 256:
-                    self._copy(pending)
-                    pending = []
-            self._copy(pending)
+            found = self._index.scan(lo, None, b"", _COMPACT_STEP_RECORDS)
+        step: list[tuple[bytes, Location]] = []
+        size = 0
+        for key, loc in found:
+            if loc.segment >= boundary:
+                continue
+            if step and size + loc.length > _COMPACT_STEP_BYTES:
+                return step, key
+            step.append((key, loc))
+            size += loc.length
+        if len(found) < _COMPACT_STEP_RECORDS:
+            return step, None
+        return step, found[-1][0] + b"\x00"  # the smallest key after the last one seen
+
+    def _compact_commit(self, copies: _Copies) -> int:
+        """Append and re-point the copies whose key is unchanged since the read; return how many."""
+        with self._lock:
+            self._check_open()
+            # A key re-pointed since the read holds a newer record (or a tombstone) already.
+            live = [(key, value) for key, loc, value in copies if self._index.get(key) == loc]
+            if not live:
+                return 0
+            locs, _ = self._log.append([(Kind.PUT, key, value, 0) for key, value in live])
+            for (key, _), (seg, off, length, seq) in zip(live, locs, strict=True):
+                self._index.set(key, Location(segment=seg, offset=off, length=length, seq=seq))
+            if len(self._index.memory) >= self._flush_entries:
+                self._flush()
+            return len(live)
+
+    def _compact_end(self, boundary: int) -> int:
+        """Flush the index past the old segments, then delete them; return the bytes freed."""
+        with self._lock:
+            self._check_open()
+            # Before any old segment goes, LMDB must stop pointing into it and its position must
+            # pass it (or a reopen would rebuild); the flush also fsyncs the copies.
             self._flush()
             freed = self._log.remove_segments_before(boundary)
             self._counts["compactions"] += 1
-        log.info("compacted path=%s freed_bytes=%d", self._path, freed)
-        return freed
-
-    def _copy(self, items: list[tuple[Kind, bytes, bytes, int]]) -> None:
-        if not items:
-            return
-        locs, _ = self._log.append(items)
-        for (_, key, _, _), (seg, off, length, seq) in zip(items, locs, strict=True):
-            self._index.set(key, Location(segment=seg, offset=off, length=length, seq=seq))
-        if len(self._index.memory) >= self._flush_entries:
-            self._flush()
+            return freed
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -441,7 +558,8 @@ class Store:
             self._counts["gets"] += 1
             if loc is None:
                 return None
-            # Read under the lock: close() must not close the segment fds mid-read.
+            # Read under the lock: neither close() nor compaction's segment removal can then
+            # close the file between the index lookup and the read.
             rec = self._log.read(loc.segment, loc.offset, loc.length)
         return rec.value
 
@@ -486,8 +604,13 @@ class Store:
             )
 
     def close(self) -> None:
-        """Flush the index, fsync the log and release the lock. Idempotent."""
-        with self._lock:
+        """Flush the index, fsync the log and release the lock. Idempotent.
+
+        A running compaction stops at its next step (raising StoreClosedError); close waits
+        for it, since it reads segment files without the lock.
+        """
+        self._closing.set()
+        with self._compacting, self._lock:
             if self._closed:
                 return
             self._closed = True

@@ -1,6 +1,7 @@
 """Append-only segment files of the store engine: record framing, group commit, recovery scan.
 
-Blocking I/O layer: the engine calls it under its own lock; nothing here runs on an event loop.
+Blocking I/O layer: the engine calls it under its own lock (compaction reads sealed segments
+without it); nothing here runs on an event loop.
 """
 
 # Design
@@ -326,11 +327,17 @@ class LogStore:
         target = 0
         try:
             with self._lock:
-                target = self._written_seq
                 sid = self._current
-                fd = self._fds[sid]
-            with _os_errors("fsync", self._path(sid)):
-                os.fsync(fd)
+                # A duplicate: once the lock is released the segment may roll and a compaction
+                # may remove it, closing its fd (or reusing the number) before this fsync.
+                with _os_errors("dup", self._path(sid)):
+                    fd = os.dup(self._fds[sid])
+                target = self._written_seq
+            try:
+                with _os_errors("fsync", self._path(sid)):
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             self.fsyncs += 1
         finally:
             with self._sync_cond:

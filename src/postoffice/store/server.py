@@ -1,11 +1,12 @@
 """The store server (seed 003): the core connection manager in front of the engine.
 
-Design: each connection decodes requests with the pure `wire` codec and runs them on the
-I/O pool (a durable PUT waits for its fsync there, and concurrent PUTs share one fsync
-through the engine's group commit). Replies leave in request order: a connection keeps
-its requests' futures in a queue and writes the head as soon as it is done. Past
-`max_in_flight` queued requests it stops reading (backpressure). A bad frame gets an
-error reply and closes the connection; a bad request inside a good frame gets an error
+Design: each connection decodes requests with the pure `storewire` codec and executes
+them on the event loop, in order (reads and appends are quick; see
+`StoreServer.execute`). Only the fsync of a durable write leaves the loop: it runs on the
+I/O pool, one fsync for every write appended meanwhile (group commit). Replies leave in
+request order: a reply still waiting for its fsync holds back the ones behind it. Past
+`max_in_flight` owed replies a connection stops reading (backpressure). A bad frame gets
+an error reply and closes the connection; a bad request inside a good frame gets an error
 reply and the connection goes on.
 """
 
@@ -26,13 +27,7 @@ from postoffice.core.framing import FrameError
 from postoffice.core.http import health_routes, metrics_route, serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
-from postoffice.core.transport import BaseProtocol, ConnInput
-from postoffice.core.workers import WorkerPool
-from postoffice.store.config import StoreConfig
-from postoffice.store.engine import BatchOp, Delete, Put, Store
-from postoffice.store.errors import StoreClosedError
-from postoffice.store.logstore import Durability
-from postoffice.store.wire import (
+from postoffice.core.storewire import (
     NEED_DATA,
     BatchRequest,
     DeleteRequest,
@@ -51,11 +46,18 @@ from postoffice.store.wire import (
     encode_scan_body,
     encode_stats_body,
 )
+from postoffice.core.transport import BaseProtocol, ConnInput
+from postoffice.core.workers import WorkerPool
+from postoffice.store.config import StoreConfig
+from postoffice.store.engine import BatchOp, Delete, Put, Store
+from postoffice.store.errors import StoreClosedError
+from postoffice.store.logstore import Durability
 
 log = logging.getLogger(__name__)
 
 _Reply = tuple[Status, bytes]
-_PING: Final[_Reply] = (Status.OK, b"")
+_OK: Final[_Reply] = (Status.OK, b"")
+_NOT_FOUND: Final[_Reply] = (Status.NOT_FOUND, b"no such key")
 
 
 @final
@@ -66,38 +68,64 @@ class StoreConnection(BaseProtocol):
         super().__init__(server.manager)
         self.server = server
         self.decoder = RequestDecoder(server.config.max_request_bytes)
-        self._queue: collections.deque[tuple[int, asyncio.Future[_Reply]]] = collections.deque()
+        # Replies owed, in request order: ready (status, body) pairs queued behind a
+        # durable write still waiting for its fsync, or that write's future.
+        self._queue: collections.deque[tuple[int, _Reply | asyncio.Future[_Reply]]] = (
+            collections.deque()
+        )
 
     def reject(self, reason: str) -> None:
         self.write(encode_error(0, Status.BUSY, reason))
         self.close(reason)
 
     def on_data(self, data: bytes) -> ConnInput | None:
-        self.decoder.feed(data)
         decoder = self.decoder
+        decoder.feed(data)
+        server = self.server
+        queue = self._queue
+        out: list[bytes] = []
         while self.transport is not None and not self.close_reason:
             try:
                 event = decoder.next_event()
             except FrameError as exc:
-                self.server.errors += 1
+                server.errors += 1
                 status = Status.TOO_LARGE if isinstance(exc, LimitExceeded) else Status.BAD_REQUEST
-                self._enqueue(decoder.last_request_id or 0, _done((status, str(exc).encode())))
-                self._flush()
+                self._answer(out, decoder.last_request_id or 0, (status, str(exc).encode()))
+                self._send(out)
                 log.info("bad frame conn=%s error=%r", self, str(exc))
                 self.close("bad frame")
                 return ConnInput.IDLE
             except StoreProtocolError as exc:
-                self.server.errors += 1
-                reply = (exc.status, str(exc).encode())
-                self._enqueue(decoder.last_request_id or 0, _done(reply))
+                server.errors += 1
+                self._answer(out, decoder.last_request_id or 0, (exc.status, str(exc).encode()))
                 continue
             if event is NEED_DATA:
                 break
             request_id, request = event
             self.requests += 1
-            self._enqueue(request_id, self.server.execute(request))
-        self._flush()
+            self._answer(out, request_id, server.execute(request))
+            if len(queue) >= server.config.max_in_flight:
+                self.pause_reading()
+                break
+        self._send(out)
         return self._outcome()
+
+    def _answer(
+        self, out: list[bytes], request_id: int, reply: _Reply | asyncio.Future[_Reply]
+    ) -> None:
+        """Queue `reply` behind the replies still owed, or encode it now if none are."""
+        if isinstance(reply, tuple):
+            if not self._queue:
+                out.append(encode_response(request_id, reply[0], reply[1]))
+                return
+        else:
+            reply.add_done_callback(self._on_done)
+        self._queue.append((request_id, reply))
+
+    def _send(self, out: list[bytes]) -> None:
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def _outcome(self) -> ConnInput | None:
         if self._queue:
@@ -107,13 +135,6 @@ class StoreConnection(BaseProtocol):
     def can_idle_close(self) -> bool:
         return not self._queue and super().can_idle_close()
 
-    def _enqueue(self, request_id: int, future: asyncio.Future[_Reply]) -> None:
-        self._queue.append((request_id, future))
-        if not future.done():
-            future.add_done_callback(self._on_done)
-        if len(self._queue) >= self.server.config.max_in_flight:
-            self.pause_reading()
-
     def _on_done(self, _: asyncio.Future[_Reply]) -> None:
         if self.transport is None:
             return
@@ -121,27 +142,26 @@ class StoreConnection(BaseProtocol):
         if len(self._queue) < self.server.config.max_in_flight:
             self.resume_reading()
         if not self._queue:
-            self.batch_done(ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE)
+            outcome = self.on_data(b"") if self.decoder.buffered_bytes else ConnInput.IDLE
+            if outcome is not None:
+                self.batch_done(outcome)
 
     def _flush(self) -> None:
         """Write every finished reply at the head of the queue, in request order."""
         out: list[bytes] = []
         queue = self._queue
-        while queue and queue[0][1].done():
-            request_id, future = queue.popleft()
-            status, body = future.result()
-            out.append(encode_response(request_id, status, body))
-        if out:
-            self.write(b"".join(out))
+        while queue:
+            request_id, reply = queue[0]
+            if not isinstance(reply, tuple):
+                if not reply.done():
+                    break
+                reply = reply.result()
+            queue.popleft()
+            out.append(encode_response(request_id, reply[0], reply[1]))
+        self._send(out)
 
     def on_close(self) -> None:
         self._queue.clear()
-
-
-def _done(reply: _Reply) -> asyncio.Future[_Reply]:
-    future: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
-    future.set_result(reply)
-    return future
 
 
 @final
@@ -180,6 +200,12 @@ class StoreServer:
         )
         self._listeners: list[asyncio.Server] = []
         self._ready = False
+        self._durable = Durability(config.durability) is Durability.ALWAYS
+        self._waiting: collections.deque[tuple[int, float, asyncio.Future[_Reply]]] = (
+            collections.deque()
+        )
+        self._delete_results: dict[int, bool] = {}  # ticket -> existed, for DELETE replies
+        self._syncing = False
 
     def __repr__(self) -> str:
         return f"<StoreServer {self.addresses.get('store')} clients={self.manager.active}>"
@@ -232,58 +258,123 @@ class StoreServer:
 
     # -- requests ------------------------------------------------------------------------
 
-    def execute(self, request: Request) -> asyncio.Future[_Reply]:
-        """Start serving `request`; the future holds (status, body)."""
+    def execute(self, request: Request) -> _Reply | asyncio.Future[_Reply]:
+        """Serve `request` on the loop; a durable write's reply waits for its fsync.
+
+        Reads and the appends of writes run right here, one request after another, so a
+        connection's requests take effect in the order they were sent (a pipelined PUT
+        then GET reads the new value). They are quick: an append is a write(2) into the
+        page cache, a read is a dict or LMDB lookup and a pread. Only the fsync of
+        `always` durability is slow, and it runs on the I/O pool, one fsync for every
+        write appended meanwhile (group commit).
+        """
         self.requests += 1
         self.by_type[type(request).__name__] += 1
-        if isinstance(request, PingRequest):
-            return _done(_PING)
-        if isinstance(request, StatsRequest):
-            return _done((Status.OK, encode_stats_body(self.stats())))
         began = time.monotonic()
-        future = self.pool.submit(lambda: self._run(request))
-        future.add_done_callback(lambda _: self.latency.observe(time.monotonic() - began))
-        return future
+        reply = self._run(request)
+        if isinstance(reply, int):  # a durable write: the ticket to wait for
+            return self._when_durable(reply, began)
+        self.latency.observe(time.monotonic() - began)
+        return reply
 
-    def _run(self, request: Request) -> _Reply:
-        """Serve one request on an I/O thread; every error becomes a status."""
+    def _run(self, request: Request) -> _Reply | int:
+        """Serve one request; every error becomes a status. An int is a write's ticket."""
         store = self.store
         if store is None:
             return (Status.SHUTTING_DOWN, b"store is not open")
+        durable = self._durable
         try:
             match request:
                 case GetRequest(key=key):
                     value = store.get(key)
                     if value is None:
-                        return (Status.NOT_FOUND, b"no such key")
+                        return _NOT_FOUND
                     return (Status.OK, value)
                 case PutRequest(key=key, value=value):
-                    store.put(key, value)
-                    return (Status.OK, b"")
+                    ticket = store.put_nowait(key, value)
+                    return ticket if durable else _OK
                 case DeleteRequest(key=key):
-                    return (Status.OK, encode_delete_body(store.delete(key)))
+                    existed, ticket = store.delete_nowait(key)
+                    if durable:
+                        self._delete_results[ticket] = existed
+                        return ticket
+                    return (Status.OK, encode_delete_body(existed))
                 case BatchRequest(ops=ops):
-                    store.batch([_op(op) for op in ops])
-                    return (Status.OK, b"")
+                    ticket = store.batch_nowait([_op(op) for op in ops])
+                    return ticket if durable else _OK
                 case ScanRequest(prefix=prefix, start=start, end=end, limit=limit):
                     items = store.scan(prefix=prefix, start=start, end=end, limit=limit + 1)
                     more = len(items) > limit
                     return (Status.OK, encode_scan_body(items[:limit], more))
+                case PingRequest():
+                    return _OK
+                case StatsRequest():
+                    return (Status.OK, encode_stats_body(self.stats()))
                 case _:
                     return (Status.BAD_REQUEST, f"unexpected {type(request).__name__}".encode())
-        except StoreClosedError as exc:
-            return (Status.SHUTTING_DOWN, str(exc).encode())
-        except LimitExceeded as exc:
-            self.errors += 1
-            return (Status.TOO_LARGE, str(exc).encode())
         except PostOfficeError as exc:
-            self.errors += 1
-            log.warning("request failed error=%r", str(exc))
-            return (Status.STORAGE, str(exc).encode())
+            return self._failure(exc)
         except Exception as exc:
             self.errors += 1
             log.exception("request crashed")
             return (Status.INTERNAL, f"internal error: {exc!r}".encode())
+
+    def _failure(self, exc: PostOfficeError) -> _Reply:
+        if isinstance(exc, StoreClosedError):
+            return (Status.SHUTTING_DOWN, str(exc).encode())
+        self.errors += 1
+        if isinstance(exc, LimitExceeded):
+            return (Status.TOO_LARGE, str(exc).encode())
+        log.warning("request failed error=%r", str(exc))
+        return (Status.STORAGE, str(exc).encode())
+
+    # -- group commit ----------------------------------------------------------------------
+    # Writes wait in `_waiting` (ticket order) for the fsync that covers them. One sync
+    # job at a time runs on the I/O pool and makes everything appended before it started
+    # durable; writes arriving meanwhile wait for the next one. So the fsync rate, not
+    # the thread count, bounds durable writes, and each fsync answers a whole batch.
+
+    def _when_durable(self, ticket: int, began: float) -> asyncio.Future[_Reply]:
+        future: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
+        self._waiting.append((ticket, began, future))
+        if not self._syncing:
+            self._start_sync()
+        return future
+
+    def _start_sync(self) -> None:
+        store = self.store
+        assert store is not None  # writes only wait when the store is open
+        target = self._waiting[-1][0]
+        self._syncing = True
+        job = self.pool.submit(lambda: store.sync(target))
+        job.add_done_callback(lambda done: self._synced(target, done))
+
+    def _synced(self, target: int, job: asyncio.Future[None]) -> None:
+        self._syncing = False
+        failure: _Reply | None = None
+        exc = job.exception()
+        if isinstance(exc, PostOfficeError):
+            failure = self._failure(exc)
+        elif exc is not None:
+            log.error("fsync crashed", exc_info=exc)
+            failure = (Status.INTERNAL, f"internal error: {exc!r}".encode())
+        waiting = self._waiting
+        observe = self.latency.observe
+        now = time.monotonic()
+        while waiting and waiting[0][0] <= target:
+            ticket, began, future = waiting.popleft()
+            existed = self._delete_results.pop(ticket, None)
+            if failure is not None:
+                reply = failure
+            elif existed is not None:
+                reply = (Status.OK, encode_delete_body(existed))
+            else:
+                reply = _OK
+            observe(now - began)
+            if not future.done():
+                future.set_result(reply)
+        if waiting:
+            self._start_sync()
 
     def stats(self) -> dict[str, int | float]:
         """STATS body and /metrics: connections, requests, errors, latency, the engine."""

@@ -1,4 +1,4 @@
-"""Tests for postoffice.store.wire: the store's binary request/response codec."""
+"""Tests for postoffice.core.storewire: the store's binary request/response codec."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from postoffice.core.errors import ConfigError, LimitExceeded, ProtocolError
 from postoffice.core.framing import NEED_DATA, Frame, FrameDecoder, FrameError, encode_parts
-from postoffice.store.wire import (
+from postoffice.core.storewire import (
     MAX_BATCH_OPS,
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,

@@ -1,8 +1,9 @@
 """Clients of the store server: `Client` (blocking sockets) and `AsyncClient` (asyncio).
 
-Both speak docs/protocols/store.md through the pure `wire` codec. A non-OK status other
-than NOT_FOUND raises StoreRequestError carrying the status; a broken response closes
-the connection and raises BrokenError.
+Both speak docs/protocols/store.md through the pure `storewire` codec; they live in core
+so that any service (the command server's store backend, the office) can use them. A
+non-OK status other than NOT_FOUND raises StoreRequestError carrying the status; a
+broken response closes the connection and raises BrokenError.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import asyncio
 import socket
 from collections.abc import Sequence
 from types import TracebackType
-from typing import final
+from typing import cast, final
 
 from postoffice.core.errors import BrokenError, PostOfficeError
 from postoffice.core.framing import FrameDecoder, FrameError
-from postoffice.store.wire import (
+from postoffice.core.storewire import (
     NEED_DATA,
     BatchOp,
     BatchRequest,
@@ -143,25 +144,32 @@ class Client:
 
 
 @final
-class AsyncClient:
-    """An asyncio client; requests may be issued concurrently (they are pipelined)."""
+class AsyncClient(asyncio.Protocol):
+    """An asyncio client; requests may be issued concurrently (they are pipelined).
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    An asyncio Protocol, not a stream pair: responses are matched to their futures in
+    `data_received`, with no reader task and no coroutine per response. `submit` is the
+    allocation-light primitive for proxies (the command server's store backend): it
+    returns the future of the raw Response without checking its status.
+    """
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
         self._frames = FrameDecoder()
         self._next_id = 0
         self._waiting: dict[int, asyncio.Future[Response]] = {}
-        self._pump = asyncio.ensure_future(self._read_forever())
+        self._broken: BrokenError | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> AsyncClient:
         """Open a connection; raises BrokenError when the server cannot be reached."""
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(host, port)
+            _, client = await loop.create_connection(cls, host, port)
         except OSError as exc:
             raise BrokenError(f"cannot connect to the store at {host}:{port}: {exc}") from exc
-        return cls(reader, writer)
+        return client
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -171,46 +179,89 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
+    @property
+    def is_open(self) -> bool:
+        """Whether requests can still be sent."""
+        return self._broken is None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._waiting)
+
     async def close(self) -> None:
         """Close the connection; pending requests fail with BrokenError."""
-        self._pump.cancel()
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except OSError:
-            pass
         self._fail(BrokenError("client closed"))
+        await asyncio.shield(self.closed)
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        frames = self._frames
+        waiting = self._waiting
+        try:
+            frames.feed(data)
+            while (event := frames.next_event()) is not NEED_DATA:
+                response = decode_response(event)
+                future = waiting.pop(response.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+        except (FrameError, StoreProtocolError) as exc:
+            self._fail(BrokenError(f"store connection broken: {exc}"))
+
+    def eof_received(self) -> bool:
+        self._fail(BrokenError("the store closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc is not None else ""
+        self._fail(BrokenError(f"the store connection was lost{reason}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _fail(self, exc: BrokenError) -> None:
+        if self._broken is None:
+            self._broken = exc
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(exc)
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> asyncio.Future[Response]:
+        """Send `request` now; the future holds its Response, whatever the status.
+
+        Raises StoreProtocolError (nothing sent) for a request the protocol cannot carry
+        and BrokenError when the connection is gone.
+        """
+        if self._broken is not None or self._transport is None:
+            raise self._broken or BrokenError("not connected")
+        self._next_id += 1
+        request_id = self._next_id
+        wire = encode_request(request, request_id)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        self._transport.write(wire)
+        return future
 
     async def call(self, request: Request) -> Response:
         """Send one request and await its response (errors raise StoreRequestError)."""
-        self._next_id += 1
-        request_id = self._next_id
-        wire = encode_request(request, request_id)  # may raise StoreProtocolError: not sent
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
-        self._writer.write(wire)
-        return _checked(await future)
+        return _checked(await self.submit(request))
 
-    async def _read_forever(self) -> None:
-        try:
-            while True:
-                block = await self._reader.read(1 << 20)
-                if not block:
-                    raise BrokenError("the store closed the connection")
-                self._frames.feed(block)
-                while (event := self._frames.next_event()) is not NEED_DATA:
-                    response = decode_response(event)
-                    future = self._waiting.pop(response.request_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(response)
-        except (OSError, FrameError, StoreProtocolError, BrokenError) as exc:
-            self._fail(BrokenError(f"store connection broken: {exc}"))
-
-    def _fail(self, exc: BrokenError) -> None:
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(exc)
-        self._waiting.clear()
+    async def ping(self) -> None:
+        """Round trip to the server."""
+        await self.call(PingRequest())
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None."""
@@ -224,6 +275,10 @@ class AsyncClient:
     async def delete(self, key: bytes) -> bool:
         """Delete `key`; whether it existed."""
         return decode_delete_body((await self.call(DeleteRequest(key=key))).body)
+
+    async def batch(self, ops: Sequence[BatchOp]) -> None:
+        """Apply puts and deletes all or nothing."""
+        await self.call(BatchRequest(ops=tuple(ops)))
 
     async def scan(
         self,

@@ -1,6 +1,9 @@
 """The store's binary protocol (port 7400): typed requests and responses on core frames.
 
-Store layer, pure sans-I/O, on top of core.framing. Wire format: docs/protocols/store.md.
+Core layer, pure sans-I/O, on top of core.framing. Wire format: docs/protocols/store.md.
+It lives in core, not in the store service, because more than the store speaks it: the
+command server forwards GET/SET/DEL/SCAN/DBSIZE to a store, and services never import
+one another.
 """
 
 from __future__ import annotations

@@ -1,0 +1,94 @@
+"""Tests for the pure parts of postoffice.command.keyspace: addresses, cursors, globs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from postoffice.command.errors import CommandError
+from postoffice.command.keyspace import Cursors, glob_matcher, literal_prefix, parse_address
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:7400", ("127.0.0.1", 7400)),
+        ("localhost:1", ("localhost", 1)),
+        ("[::1]:7400", ("::1", 7400)),
+    ],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["7400", ":7400", "host:", "host:0", "host:65536", "host:x"])
+def test_parse_address_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        parse_address(text)
+
+
+class TestCursors:
+    def test_zero_starts_and_none_ends(self) -> None:
+        cursors = Cursors()
+        assert cursors.resolve(b"0") is None
+        assert cursors.issue(None) == b"0"
+        assert len(cursors) == 0
+
+    def test_a_cursor_stands_for_its_start_key(self) -> None:
+        cursors = Cursors()
+        first = cursors.issue(b"user:\x00")
+        second = cursors.issue(b"\xff" * 1025)
+        assert first != second
+        assert first.isdigit()
+        assert int(second) < 2**64
+        assert cursors.resolve(first) == b"user:\x00"
+        assert cursors.resolve(second) == b"\xff" * 1025
+
+    def test_oldest_cursors_are_forgotten_with_a_clear_error(self) -> None:
+        cursors = Cursors(capacity=3)
+        issued = [cursors.issue(bytes([i])) for i in range(5)]
+        assert len(cursors) == 3
+        with pytest.raises(CommandError, match="expired cursor"):
+            cursors.resolve(issued[0])
+        assert cursors.resolve(issued[4]) == b"\x04"
+
+    @pytest.mark.parametrize("raw", [b"-1", b"abc", b"1" * 21, b"", b"99"])
+    def test_garbage_cursors_are_refused(self, raw: bytes) -> None:
+        with pytest.raises(CommandError, match="invalid"):
+            Cursors().resolve(raw)
+
+    @given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=20))
+    def test_round_trip(self, starts: list[bytes]) -> None:
+        cursors = Cursors()
+        for start, cursor in [(s, cursors.issue(s)) for s in starts]:
+            assert cursors.resolve(cursor) == start
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [(b"user:*", b"user:"), (b"*", b""), (b"a?c", b"a"), (b"x[ab]", b"x"), (b"a\\*b", b"a")],
+)
+def test_literal_prefix(pattern: bytes, prefix: bytes) -> None:
+    assert literal_prefix(pattern) == prefix
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "matches"),
+    [
+        (b"user:*", b"user:1", True),
+        (b"user:*", b"users", False),
+        (b"h?llo", b"hello", True),
+        (b"h?llo", b"hllo", False),
+        (b"h[ae]llo", b"hallo", True),
+        (b"h[ae]llo", b"hillo", False),
+        (b"h[^e]llo", b"hallo", True),
+        (b"h[^e]llo", b"hello", False),
+        (b"h[a-b]llo", b"hbllo", True),
+        (b"a\\*b", b"a*b", True),
+        (b"a\\*b", b"axb", False),
+        (b"*", b"\x00\xff", True),
+    ],
+)
+def test_glob_matcher_follows_redis_globs(pattern: bytes, key: bytes, matches: bool) -> None:
+    assert glob_matcher(pattern)(key) is matches
