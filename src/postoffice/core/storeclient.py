@@ -159,6 +159,7 @@ class AsyncClient(asyncio.Protocol):
         self._next_id = 0
         self._waiting: dict[int, asyncio.Future[Response]] = {}
         self._broken: BrokenError | None = None
+        self._outbox: list[bytes] = []  # requests of this loop iteration, sent together
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -250,10 +251,21 @@ class AsyncClient(asyncio.Protocol):
         self._next_id += 1
         request_id = self._next_id
         wire = encode_request(request, request_id)
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
         self._waiting[request_id] = future
-        self._transport.write(wire)
+        # Corked: requests made in one loop iteration (a proxy's many clients, a gather)
+        # leave in one send instead of a syscall each.
+        if not self._outbox:
+            loop.call_soon(self._send_outbox)
+        self._outbox.append(wire)
         return future
+
+    def _send_outbox(self) -> None:
+        outbox = self._outbox
+        if self._transport is not None and self._broken is None and outbox:
+            self._transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        outbox.clear()
 
     async def call(self, request: Request) -> Response:
         """Send one request and await its response (errors raise StoreRequestError)."""

@@ -377,8 +377,35 @@ class Store:
                 self._live -= 1
                 self._index.set(key, None)
         if len(self._index.memory) >= self._flush_entries:
-            self._flush()
+            self._flush_soon()
         return ticket
+
+    def _flush_soon(self) -> None:
+        """Start moving the memory layer into LMDB on a thread; the caller holds `_lock`.
+
+        A writer (often a server's event loop) must not wait for an LMDB transaction of
+        thousands of entries, so the layer is frozen (still read) and written by a
+        background thread. If one is still running, the layer just grows until it is done.
+        """
+        if self._index.frozen is not None:
+            return
+        snapshot = self._index.freeze()
+        meta = Meta(position=self._log.tail(), last_seq=self._log.last_seq, live_keys=self._live)
+        threading.Thread(
+            target=self._flush_frozen, args=(snapshot, meta), name="store-flush", daemon=True
+        ).start()
+
+    def _flush_frozen(self, snapshot: dict[bytes, Location | None], meta: Meta) -> None:
+        written = False
+        try:
+            self._log.sync(meta.last_seq)  # LMDB must never lead the log
+            written = self._index.write_frozen(snapshot, meta)
+        except Exception as exc:  # the layer goes back into memory: nothing is lost
+            if not self._closing.is_set():
+                log.error("index flush failed path=%s error=%s", self._path, exc)
+        with self._lock:
+            if not self._closed:
+                self._index.thaw(snapshot, written=written)
 
     def _flush(self) -> None:
         """Move the memory layer into LMDB; the log is fsynced first so LMDB never leads it."""
@@ -533,7 +560,7 @@ class Store:
             for (key, _), (seg, off, length, seq) in zip(live, locs, strict=True):
                 self._index.set(key, Location(segment=seg, offset=off, length=length, seq=seq))
             if len(self._index.memory) >= self._flush_entries:
-                self._flush()
+                self._flush_soon()
             return len(live)
 
     def _compact_end(self, boundary: int) -> int:
@@ -560,8 +587,7 @@ class Store:
                 return None
             # Read under the lock: neither close() nor compaction's segment removal can then
             # close the file between the index lookup and the read.
-            rec = self._log.read(loc.segment, loc.offset, loc.length)
-        return rec.value
+            return self._log.read_value(loc.segment, loc.offset, loc.length)
 
     def scan(
         self,
@@ -580,7 +606,7 @@ class Store:
             self._check_open()
             found = self._index.scan(lo, end, pre, limit)
             return [
-                (key, self._log.read(loc.segment, loc.offset, loc.length).value)
+                (key, self._log.read_value(loc.segment, loc.offset, loc.length))
                 for key, loc in found
             ]
 

@@ -12,12 +12,20 @@ Blocking I/O layer; not thread-safe on its own: the engine serialises every call
 # Recent writes live in `memory` (key -> location, or None for a tombstone) and reach LMDB in
 # one write transaction per `flush`, together with the meta record: the log position every
 # indexed record lies before, the last sequence number and the live key count.
+#
+# A flush can also run in the background, so writers never wait for LMDB: `freeze` moves
+# `memory` aside into `frozen` (still read, below `memory`), `write_frozen` commits it
+# without the engine's lock, and `thaw` drops it. `_txn_lock` orders LMDB write
+# transactions: a foreground `flush` (which writes frozen and memory together) and a
+# background one never commit out of order, and a background commit that finds its
+# snapshot already written by a foreground flush does nothing.
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +41,7 @@ _LOC: Final = struct.Struct("<IQIQ")
 _KLEN: Final = struct.Struct("<H")
 _META: Final = struct.Struct("<IQQQ")
 _META_KEY: Final = b"position"
+DEFAULT_CACHE_ENTRIES: Final = 1 << 18  # ~60 MB of cached locations at most
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +81,21 @@ def _decode_bucket(raw: bytes) -> list[tuple[bytes, Location]]:
     return out
 
 
+def _find_in_bucket(raw: bytes, key: bytes) -> Location | None:
+    """The location of `key` in a bucket, decoding only that entry."""
+    pos = 0
+    end = len(raw)
+    klen_size = _KLEN.size
+    while pos < end:
+        (klen,) = _KLEN.unpack_from(raw, pos)
+        pos += klen_size
+        if raw[pos : pos + klen] == key:
+            seg, off, length, seq = _LOC.unpack_from(raw, pos + klen)
+            return Location(segment=seg, offset=off, length=length, seq=seq)
+        pos += klen + _LOC.size
+    return None
+
+
 def _encode_bucket(entries: list[tuple[bytes, Location]]) -> bytes:
     return b"".join(_KLEN.pack(len(k)) + k + _pack_loc(loc) for k, loc in sorted(entries))
 
@@ -91,7 +115,9 @@ class Index:
     Raises StoreStorageError when LMDB fails.
     """
 
-    def __init__(self, directory: Path, *, map_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, *, map_bytes: int, cache_entries: int = DEFAULT_CACHE_ENTRIES
+    ) -> None:
         self._dir = directory
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -102,6 +128,12 @@ class Index:
             self._keys = self._env.open_db(b"keys")
             self._meta = self._env.open_db(b"meta")
         self.memory: dict[bytes, Location | None] = {}
+        self.frozen: dict[bytes, Location | None] | None = None  # being written in the background
+        self._txn_lock = threading.Lock()
+        # Locations read from LMDB (None: absent), so a hot key costs a dict lookup instead
+        # of a read transaction. Emptied when full: cheaper than tracking recency per read.
+        self._cache: dict[bytes, Location | None] = {}
+        self.cache_entries = cache_entries
 
     @classmethod
     def open_or_reset(cls, directory: Path, *, map_bytes: int) -> tuple[Index, str | None]:
@@ -129,31 +161,78 @@ class Index:
     def reset(self) -> None:
         """Forget every key and the meta record (before a rebuild)."""
         self.memory.clear()
+        self._cache.clear()
         with _lmdb_errors("reset", self._dir), self._env.begin(write=True) as txn:
             txn.drop(self._keys, delete=False)
             txn.drop(self._meta, delete=False)
 
     def get(self, key: bytes) -> Location | None:
         """The key's location, or None if it is absent or deleted."""
-        if key in self.memory:
-            return self.memory[key]
-        with _lmdb_errors("read", self._dir), self._env.begin(db=self._keys) as txn:
-            raw = txn.get(key[:BUCKET_KEY_BYTES])
-        if raw is None:
-            return None
-        for k, loc in _decode_bucket(raw):
-            if k == key:
-                return loc
-        return None
+        # The hot path of every read and write: no context-manager helpers, and only the
+        # matching bucket entry is decoded.
+        memory = self.memory
+        if key in memory:
+            return memory[key]
+        frozen = self.frozen
+        if frozen is not None and key in frozen:
+            return frozen[key]
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        try:
+            with self._env.begin(db=self._keys) as txn:
+                raw = txn.get(key[:BUCKET_KEY_BYTES])
+        except lmdb.Error as exc:
+            raise StoreStorageError(f"cannot read index {self._dir}: {exc}") from exc
+        loc = None if raw is None else _find_in_bucket(raw, key)
+        if len(cache) >= self.cache_entries:
+            cache.clear()
+        cache[key] = loc
+        return loc
 
     def set(self, key: bytes, loc: Location | None) -> None:
         """Record a key's new location, or a tombstone (None)."""
         self.memory[key] = loc
+        self._cache.pop(key, None)  # the memory layer answers for it from now on
 
     def flush(self, meta: Meta) -> None:
-        """Write the memory layer and `meta` to LMDB in one transaction, then clear it."""
+        """Write the frozen and memory layers and `meta` to LMDB in one transaction, then
+        clear both."""
+        with self._txn_lock:
+            entries = self.memory if self.frozen is None else {**self.frozen, **self.memory}
+            self._write(entries, meta)
+            self.frozen = None
+            self.memory = {}
+
+    def freeze(self) -> dict[bytes, Location | None]:
+        """Move the memory layer aside for a background `write_frozen`; it stays readable."""
+        if self.frozen is not None:
+            raise StoreStorageError("index: a background flush is already in progress")
+        self.frozen, self.memory = self.memory, {}
+        return self.frozen
+
+    def write_frozen(self, snapshot: dict[bytes, Location | None], meta: Meta) -> bool:
+        """Commit `snapshot` (from `freeze`) and `meta`; False if a `flush` got there first.
+
+        Called without the engine's lock; raises StoreStorageError.
+        """
+        with self._txn_lock:
+            if self.frozen is not snapshot:
+                return False
+            self._write(snapshot, meta)
+            return True
+
+    def thaw(self, snapshot: dict[bytes, Location | None], *, written: bool) -> None:
+        """Drop the frozen layer once written; if the write failed, fold it back into memory."""
+        if self.frozen is not snapshot:
+            return
+        if not written:
+            self.memory = {**snapshot, **self.memory}
+        self.frozen = None
+
+    def _write(self, layer: dict[bytes, Location | None], meta: Meta) -> None:
         with _lmdb_errors("write", self._dir), self._env.begin(write=True) as txn:
-            for key, loc in self.memory.items():
+            for key, loc in layer.items():
                 bkey = key[:BUCKET_KEY_BYTES]
                 raw = txn.get(bkey, db=self._keys)
                 entries = [] if raw is None else [e for e in _decode_bucket(raw) if e[0] != key]
@@ -170,7 +249,6 @@ class Index:
                 ),
                 db=self._meta,
             )
-        self.memory.clear()
 
     def scan(
         self, lo: bytes, hi: bytes | None, prefix: bytes, limit: int
@@ -182,7 +260,8 @@ class Index:
         def wanted(k: bytes) -> bool:
             return k >= lo and (hi is None or k < hi) and k.startswith(prefix)
 
-        mem = sorted((k, v) for k, v in self.memory.items() if wanted(k))
+        layers = self.memory if self.frozen is None else {**self.frozen, **self.memory}
+        mem = sorted((k, v) for k, v in layers.items() if wanted(k))
         out: list[tuple[bytes, Location]] = []
         mi = 0
         with _lmdb_errors("scan", self._dir), self._env.begin(db=self._keys) as txn:
