@@ -355,6 +355,7 @@ import sys
 sys.path.insert(0, {src!r})
 from postoffice.store import Store
 s = Store.open({path!r}, durability="always", segment_bytes=4096, flush_entries=16)
+s.flush_in_background = {background}
 i = 0
 while True:
     key = b"key-%06d" % i
@@ -368,12 +369,19 @@ while True:
 @pytest.mark.integration
 @pytest.mark.parametrize("round_", range(20))
 def test_kill_9_keeps_acknowledged_writes(tmp_path: Path, round_: int) -> None:
-    """A writer killed mid-load, 20 times: every acknowledged write survives, whole."""
+    """A writer killed mid-load, 20 times: every acknowledged write survives, whole.
+
+    Odd rounds move the index into LMDB on a background thread, as the server does.
+    """
     path = tmp_path / "db"
     acked: list[str] = []
     for _ in range(2):  # two crashes in a row: the second recovers a recovered store
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD.format(src=SRC, path=str(path))],
+            [
+                sys.executable,
+                "-c",
+                _CHILD.format(src=SRC, path=str(path), background=bool(round_ % 2)),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -473,9 +481,60 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 TestStoreMachine = StoreMachine.TestCase
+
+
+class BackgroundFlushMachine(StoreMachine):
+    """The same model, with index flushes on a background thread racing every rule."""
+
+    def _open(self) -> Store:
+        store = super()._open()
+        store.flush_in_background = True
+        return store
+
+
+TestBackgroundFlushMachine = BackgroundFlushMachine.TestCase
 TestStoreMachine.settings = settings(
     max_examples=30,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+TestBackgroundFlushMachine.settings = TestStoreMachine.settings
+
+
+def test_background_flushes_race_readers_and_writers(tmp_path: Path) -> None:
+    """Threads write and read while full memory layers move to LMDB on another thread."""
+    s = Store.open(tmp_path, durability="never", flush_entries=16)
+    s.flush_in_background = True
+    models: list[dict[bytes, bytes]] = [{}, {}]
+    errors: list[str] = []
+
+    def writer(tid: int) -> None:  # each thread owns its keys, so its model is exact
+        model = models[tid]
+        for i in range(1500):
+            key = b"t%d-k%03d" % (tid, (i * 7) % 150)
+            if i % 5 == 4:
+                s.delete(key)
+                model.pop(key, None)
+            else:
+                model[key] = b"%d" % i
+                s.put(key, model[key])
+            other = b"t%d-k%03d" % (tid, (i * 11) % 150)
+            if s.get(key) != model.get(key) or s.get(other) != model.get(other):
+                errors.append(f"thread {tid} step {i} read a stale value")
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    final = {**models[0], **models[1]}
+    assert dict(s.scan(limit=10_000)) == final
+    assert s.stats().keys == len(final)
+    s.close()
+    with Store.open(tmp_path) as again:  # everything reached LMDB or the replayed log
+        assert dict(again.scan(limit=10_000)) == final
+    shutil.rmtree(tmp_path / "index")
+    with Store.open(tmp_path) as rebuilt:
+        assert dict(rebuilt.scan(limit=10_000)) == final

@@ -217,6 +217,7 @@ class StoreServer:
         config.store_path.mkdir(parents=True, exist_ok=True)
         durability = Durability(config.durability)
         store = await self.pool.submit(lambda: Store.open(config.store_path, durability=durability))
+        store.flush_in_background = True  # the event loop must not wait for LMDB
         self.store = store
         log.info("store opened path=%s recovery=%s", config.store_path, store.recovery)
         self.manager.startup()
