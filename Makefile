@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup up test check lint typecheck unit integration tools bench-command clean
+.PHONY: setup up test check lint typecheck unit integration tools bench-command bench-store clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ test check: lint typecheck unit integration
 
 bench-command: setup
 	$(BIN)/python bench/command/run.py
+
+bench-store: setup
+	$(BIN)/python bench/store/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
