@@ -56,6 +56,7 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 
+from postoffice.core import sysinfo
 from postoffice.core.errors import PostOfficeError
 from postoffice.store import AsyncClient, Client, Put, Store
 
@@ -1280,17 +1281,6 @@ def _command_output(argv: Sequence[str]) -> str | None:
     return done.stdout.decode(errors="replace").strip()
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _version(package: str) -> str:
     from importlib import metadata
 
@@ -1359,7 +1349,7 @@ def machine_facts(redis_server: str, work: Path) -> dict[str, object]:
         "src_changes_sha256": _src_fingerprint(repo) if changes else None,
         "nproc": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": _cpu_model(),
+        "cpu_model": sysinfo.snapshot(root="/").cpu.model or platform.processor() or "unknown",
         "kernel": platform.release(),
         "python": platform.python_version(),
         "redis": _command_output([redis_server, "--version"]) or "unknown",

@@ -308,8 +308,10 @@ class CommandConnection(BaseProtocol):
         exc = future.exception()
         if exc is None:
             result = future.result()
-            # A blocking handler answers in its thread; it has no store reply to wait for.
-            reply = settle(result) if isinstance(result, Deferred) else result
+            # A blocking handler answers in its thread; it cannot wait for the store.
+            if isinstance(result, Deferred):
+                result = Error(code="ERR", message="internal error: deferred blocking reply")
+            reply = result
         elif isinstance(exc, PostOfficeError):
             reply = Error(code=exc.wire_code, message=str(exc))
         else:
