@@ -38,6 +38,7 @@ from postoffice.core.storewire import (
     decode_error_body,
     decode_get_body,
     decode_request,
+    decode_request_parts,
     decode_response,
     decode_scan_body,
     decode_stats_body,
@@ -48,6 +49,8 @@ from postoffice.core.storewire import (
     encode_scan_body,
     encode_stats_body,
     next_start,
+    response_head,
+    split_put,
 )
 from tests.strategies import cut_points
 
@@ -702,3 +705,63 @@ def test_documented_put_example_matches_the_codec() -> None:
     assert encode_response(42, Status.OK).hex() == (
         "504f018000000000000000000000002a00000001d202ef8d00"
     )
+
+
+# --- the server's hot-path helpers ------------------------------------------------------------
+
+
+@given(st.sampled_from(Status), st.binary(max_size=300), request_ids)
+def test_response_head_then_body_is_the_response(
+    status: Status, body: bytes, request_id: int
+) -> None:
+    head = response_head(request_id, status, body)
+    assert len(head) == 25
+    assert head + body == encode_response(request_id, status, body)
+    assert decode_response(FrameDecoderHelper.one(head + body)).body == body
+
+
+def test_response_head_refuses_what_a_frame_cannot_carry() -> None:
+    with pytest.raises(FrameError, match=r"^frame request id -1 out of range"):
+        response_head(-1, Status.OK)
+    with pytest.raises(FrameError, match=r"^frame payload length 16777217 exceeds limit"):
+        response_head(1, Status.OK, b"v" * (16 * 1024 * 1024))
+
+
+def _outcome(call: object, *args: object) -> object:
+    try:
+        return call(*args)  # type: ignore[operator]
+    except StoreProtocolError as exc:
+        return (type(exc), str(exc))
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.builds(lambda k, v: u16(len(k)) + k + v, st.binary(max_size=40), st.binary(max_size=40)),
+        st.builds(lambda n, rest: u16(n) + rest, st.integers(0, 0xFFFF), st.binary(max_size=40)),
+    )
+)
+def test_split_put_agrees_with_decode_request(payload: bytes) -> None:
+    """The same key and value, or the same error, for any payload."""
+
+    def via_request(raw: bytes) -> tuple[bytes, bytes]:
+        req = decode_request(frame(RequestType.PUT, raw))
+        assert isinstance(req, PutRequest)
+        return req.key, req.value
+
+    assert _outcome(split_put, payload) == _outcome(via_request, payload)
+
+
+def test_split_put_limits() -> None:
+    key = b"k" * MAX_KEY_BYTES
+    assert split_put(u16(len(key)) + key + b"v") == (key, b"v")
+    with pytest.raises(StoreLimitError, match=r"^put key of 1025 bytes exceeds limit 1024$"):
+        split_put(u16(MAX_KEY_BYTES + 1) + b"k" * (MAX_KEY_BYTES + 1))
+    with pytest.raises(StoreProtocolError, match=r"^put key is empty$"):
+        split_put(u16(0) + b"value")
+
+
+@given(st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.binary(max_size=60))
+def test_decode_request_parts_is_decode_request(kind: int, flags: int, payload: bytes) -> None:
+    framed = frame(kind, payload, flags=flags)
+    assert _outcome(decode_request_parts, kind, flags, payload) == _outcome(decode_request, framed)

@@ -356,10 +356,14 @@ sys.path.insert(0, {src!r})
 from postoffice.store import Store
 s = Store.open({path!r}, durability="always", segment_bytes=4096, flush_entries=16)
 s.flush_in_background = {background}
+s.write_behind = {behind}
 i = 0
 while True:
     key = b"key-%06d" % i
-    s.put(key, key * 3)
+    if {behind}:  # as the server writes: apply, then one sync covers it
+        s.sync(s.put_nowait(key, key * 3))
+    else:
+        s.put(key, key * 3)
     s.batch([])
     print(key.decode(), flush=True)
     i += 1
@@ -371,7 +375,8 @@ while True:
 def test_kill_9_keeps_acknowledged_writes(tmp_path: Path, round_: int) -> None:
     """A writer killed mid-load, 20 times: every acknowledged write survives, whole.
 
-    Odd rounds move the index into LMDB on a background thread, as the server does.
+    Odd rounds move the index into LMDB on a background thread, as the server does;
+    rounds 2 and 3 of every 4 leave appends in memory until the sync (write-behind).
     """
     path = tmp_path / "db"
     acked: list[str] = []
@@ -380,7 +385,9 @@ def test_kill_9_keeps_acknowledged_writes(tmp_path: Path, round_: int) -> None:
             [
                 sys.executable,
                 "-c",
-                _CHILD.format(src=SRC, path=str(path), background=bool(round_ % 2)),
+                _CHILD.format(
+                    src=SRC, path=str(path), background=bool(round_ % 2), behind=round_ % 4 >= 2
+                ),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -493,6 +500,51 @@ class BackgroundFlushMachine(StoreMachine):
 
 
 TestBackgroundFlushMachine = BackgroundFlushMachine.TestCase
+
+
+class WriteBehindMachine(BackgroundFlushMachine):
+    """The same model through the server's calls: *_nowait writes left in memory
+    (write-behind) until a `write_pending` or `sync` rule, read back before and after."""
+
+    def _open(self) -> Store:
+        store = super()._open()
+        store.write_behind = True
+        return store
+
+    @rule(key=StoreMachine.keys, value=st.binary(max_size=40))
+    def put(self, key: bytes, value: bytes) -> None:
+        self.store.put_nowait(key, value)
+        self.model[key] = value
+
+    @rule(key=StoreMachine.keys)
+    def delete(self, key: bytes) -> None:
+        existed, _ = self.store.delete_nowait(key)
+        assert existed == (key in self.model)
+        self.model.pop(key, None)
+
+    @rule(
+        ops=st.lists(st.tuples(StoreMachine.keys, st.none() | st.binary(max_size=10)), max_size=5)
+    )
+    def batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        self.store.batch_nowait(
+            [Delete(key=k) if v is None else Put(key=k, value=v) for k, v in ops]
+        )
+        for k, v in ops:
+            if v is None:
+                self.model.pop(k, None)
+            else:
+                self.model[k] = v
+
+    @rule()
+    def write_pending(self) -> None:
+        self.store.write_pending()
+
+    @rule()
+    def sync(self) -> None:
+        self.store.sync(self.store.stats().last_seq)
+
+
+TestWriteBehindMachine = WriteBehindMachine.TestCase
 TestStoreMachine.settings = settings(
     max_examples=30,
     stateful_step_count=30,
@@ -500,6 +552,7 @@ TestStoreMachine.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestBackgroundFlushMachine.settings = TestStoreMachine.settings
+TestWriteBehindMachine.settings = TestStoreMachine.settings
 
 
 def test_background_flushes_race_readers_and_writers(tmp_path: Path) -> None:

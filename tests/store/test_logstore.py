@@ -164,3 +164,104 @@ def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
     seen, again, _ = _replay(tmp_path)
     assert len(seen) == 400
     again.close()
+
+
+def test_append_one_matches_append(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    seg, off, length, seq = store.append_one(Kind.PUT, b"k", b"value")
+    assert (seg, off, length, seq) == (1, 0, HEADER_BYTES + 6, 1)
+    (loc,), ticket = store.append([(Kind.PUT, b"k", b"value", 0)])
+    assert ticket == 2
+    raw = (tmp_path / "00000001.seg").read_bytes()
+    assert raw[:length] == encode_record(Kind.PUT, 1, b"k", b"value")
+    assert raw[length:] == encode_record(Kind.PUT, 2, b"k", b"value")
+    assert store.read_value(*loc[:3]) == b"value"
+    store.close()
+
+
+def test_deferred_appends_are_read_from_memory_until_written(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    seg_file = tmp_path / "00000001.seg"
+    first = store.append_one(Kind.PUT, b"a", b"1" * 50, defer=True)
+    (second,), ticket = store.append([(Kind.PUT, b"b", b"2" * 50, 0)], defer=True)
+    assert seg_file.stat().st_size == 0  # nothing written yet
+    assert store.read_value(*first[:3]) == b"1" * 50  # readers see them at once
+    assert store.read_value(*second[:3]) == b"2" * 50
+    assert store.tail() == Position(1, 2 * (HEADER_BYTES + 51))
+    assert store.total_bytes() == 2 * (HEADER_BYTES + 51)
+    store.write_pending()
+    assert seg_file.stat().st_size == 2 * (HEADER_BYTES + 51)
+    assert store.read_value(*first[:3]) == b"1" * 50  # now from the file
+    third = store.append_one(Kind.PUT, b"c", b"3", defer=True)
+    store.sync(third[3])  # sync writes what is pending before the fsync
+    assert ticket == 2
+    assert seg_file.stat().st_size == third[1] + third[2]
+    store.close()
+    seen, again, report = _replay(tmp_path)
+    assert [(r.key, r.value) for r in seen] == [(b"a", b"1" * 50), (b"b", b"2" * 50), (b"c", b"3")]
+    assert report.truncated is None
+    again.close()
+
+
+def test_deferred_appends_are_written_before_a_roll(tmp_path: Path) -> None:
+    store = _open(tmp_path, segment_bytes=200)
+    store.start(0)
+    locs = [store.append_one(Kind.PUT, b"k%d" % i, b"x" * 60, defer=True) for i in range(6)]
+    assert len(store.segments()) == 3  # two records per segment
+    assert [loc[0] for loc in locs] == [1, 1, 2, 2, 3, 3]
+    store.roll()  # writes the pending records of segment 3, then seals it
+    assert (tmp_path / "00000003.seg").stat().st_size == 2 * (HEADER_BYTES + 62)
+    assert [store.read_value(*loc[:3]) for loc in locs] == [b"x" * 60] * 6
+    store.close()
+    seen, again, _ = _replay(tmp_path, 200)
+    assert [r.key for r in seen] == [b"k%d" % i for i in range(6)]
+    again.close()
+
+
+def test_reads_of_a_growing_segment_follow_it(tmp_path: Path) -> None:
+    """The current segment's map is made again as it grows; bytes past it are preads."""
+    store = _open(tmp_path, segment_bytes=64 << 20)
+    store.start(0)
+    value = bytes(range(256)) * 16  # 4 KiB
+    locs = []
+    for i in range(600):  # 2.4 MiB: past the remap step twice
+        locs.append(store.append_one(Kind.PUT, b"k%04d" % i, value))
+        if i % 7 == 0:  # read the newest and an old one while the file grows
+            assert store.read_value(*locs[-1][:3]) == value
+            assert store.read_value(*locs[i // 2][:3]) == value
+    assert all(store.read_value(*loc[:3]) == value for loc in locs)
+    store.close()
+
+
+def test_mapped_read_of_flipped_bit_raises(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    loc = store.append_one(Kind.PUT, b"key", b"value" * 20)
+    store.close()
+    seg = tmp_path / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[-3] ^= 0x04
+    seg.write_bytes(bytes(data))
+    store = _open(tmp_path)
+    store.start(1)
+    for _ in range(2):  # the first read maps the segment, the second reads the map
+        with pytest.raises(LogCorruptError, match=r"^record at segment 1 offset 0 length 127"):
+            store.read_value(*loc[:3])
+    with pytest.raises(LogCorruptError, match=r"^segment 9 does not exist$"):
+        store.read_value(9, 0, 10)
+    store.close()
+
+
+def test_removed_segments_are_unmapped(tmp_path: Path) -> None:
+    store = _open(tmp_path, segment_bytes=100)
+    store.start(0)
+    locs = [store.append_one(Kind.PUT, b"k%d" % i, b"x" * 40) for i in range(4)]
+    assert [store.read_value(*loc[:3]) for loc in locs] == [b"x" * 40] * 4  # all mapped
+    freed = store.remove_segments_before(3)
+    assert freed == 2 * (HEADER_BYTES + 42)
+    with pytest.raises(LogCorruptError, match=r"^segment 1 does not exist$"):
+        store.read_value(*locs[0][:3])
+    assert store.read_value(*locs[3][:3]) == b"x" * 40
+    store.close()

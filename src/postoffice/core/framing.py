@@ -309,6 +309,63 @@ class FrameDecoder:
             self._pos = end
         return Frame(type=type_, flags=flags, request_id=request_id, payload=payload)
 
+    def read_frames(self, out: list[tuple[int, int, int, bytes]], limit: int) -> int:
+        """Append up to `limit` whole frames to `out` as (type, flags, request_id, payload)
+        tuples; return how many. The batch form of `next_event`, for a server that handles
+        every frame of a read in one pass: no Frame objects, one call per read.
+
+        Raises FrameError (and FrameTooLarge) as `next_event` does, after appending the
+        good frames before the bad one: handle those, then answer the error.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        pending = self._pending
+        unpack = HEADER.unpack_from
+        crc32 = zlib.crc32
+        limit_bytes = self._max_payload_bytes
+        count = 0
+        verdict = False  # stopped at bytes `next_event` must judge (a bad header or CRC)
+        with memoryview(buf) as view:
+            while count < limit:
+                if pending is None:
+                    if size - pos < HEADER_BYTES:
+                        verdict = size - pos >= _MAGIC_BYTES  # a wrong magic fails early
+                        break
+                    magic, version, type_, flags, reserved, request_id, length, crc = unpack(
+                        buf, pos
+                    )
+                    if magic != MAGIC or version != VERSION or reserved or length > limit_bytes:
+                        verdict = True
+                        break
+                    pos += HEADER_BYTES
+                else:
+                    type_, flags, request_id, length, crc = pending
+                    pending = None
+                end = pos + length
+                if end > size:
+                    pending = (type_, flags, request_id, length, crc)
+                    break
+                payload = view[pos:end].tobytes()
+                if crc32(payload) != crc:
+                    pending = (type_, flags, request_id, length, crc)
+                    verdict = True
+                    break
+                out.append((type_, flags, request_id, payload))
+                pos = end
+                count += 1
+        self._pending = pending
+        if pos == size:
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = pos
+        if verdict:
+            self.next_event()  # raises the error, or NEED_DATA for a good partial header
+        return count
+
     def _read_header(self, buf: bytearray, pos: int) -> tuple[int, int, int, int, int]:
         """Unpack and validate the header at `pos`; raise (and poison) if it is bad."""
         magic: bytes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias, assert_never, cast, final
@@ -65,6 +66,7 @@ __all__ = [
     "decode_error_body",
     "decode_get_body",
     "decode_request",
+    "decode_request_parts",
     "decode_response",
     "decode_scan_body",
     "decode_stats_body",
@@ -75,6 +77,8 @@ __all__ = [
     "encode_scan_body",
     "encode_stats_body",
     "next_start",
+    "response_head",
+    "split_put",
 ]
 
 MAX_KEY_BYTES: Final = 1024
@@ -104,6 +108,11 @@ _OP_HEAD: Final = struct.Struct(">BHI")  # batch op: kind, key len, value len
 _SCAN_HEAD: Final = struct.Struct(">BI")  # scan: flags, limit
 _ITEM_HEAD: Final = struct.Struct(">HI")  # scan item: key len, value len
 _PAGE_HEAD: Final = struct.Struct(">IB")  # scan body: count, more
+
+# A response frame's header with its status byte, and the CRC-32 of each status byte
+# alone (a response's CRC continues from it over the body).
+_RESPONSE_HEAD: Final = struct.Struct(framing.HEADER.format + "B")
+_STATUS_CRC: Final = tuple(zlib.crc32(bytes([code])) for code in range(8))
 
 _OP_PUT: Final = 1
 _OP_DELETE: Final = 2
@@ -366,12 +375,39 @@ def encode_request(req: Request, request_id: int) -> bytes:
     return framing.encode_parts(kind, 0, request_id, payload)
 
 
+def response_head(request_id: int, status: Status, body: bytes = b"") -> bytes:
+    """The first 25 bytes of a RESPONSE frame: its header and the status byte.
+
+    `response_head(...) + body` is `encode_response(...)`; a server writes the two parts
+    without joining them, so a value is never copied to prepend 25 bytes.
+    Raises FrameError (request id out of range), FrameTooLarge (body too long).
+    """
+    if len(body) < framing.MAX_PAYLOAD_BYTES and 0 <= status < len(_STATUS_CRC):
+        try:
+            return _RESPONSE_HEAD.pack(
+                framing.MAGIC,
+                framing.VERSION,
+                RESPONSE_TYPE,
+                0,
+                0,
+                request_id,
+                len(body) + 1,
+                zlib.crc32(body, _STATUS_CRC[status]),
+                status,
+            )
+        except struct.error:
+            pass
+    # The slow path: the frame encoder says which field is wrong.
+    frame = framing.encode_parts(RESPONSE_TYPE, 0, request_id, _U8.pack(status) + body)
+    return frame[: _RESPONSE_HEAD.size]
+
+
 def encode_response(request_id: int, status: Status, body: bytes = b"") -> bytes:
     """Return the wire bytes of one RESPONSE frame: `status` then `body`.
 
     Raises FrameError (request id out of range), FrameTooLarge (body too long).
     """
-    return framing.encode_parts(RESPONSE_TYPE, 0, request_id, _U8.pack(status) + body)
+    return response_head(request_id, status, body) + body
 
 
 def encode_error(request_id: int, status: Status, message: str) -> bytes:
@@ -438,6 +474,21 @@ def _overrun(what: str, end: int, payload: bytes) -> None:
         raise StoreProtocolError(
             f"{what} ends at byte {end}, past the payload of {len(payload)} bytes"
         )
+
+
+def split_put(payload: bytes) -> tuple[bytes, bytes]:
+    """The key and value of a PUT payload, without making a PutRequest (a server's hot path).
+
+    Raises StoreProtocolError (truncated, empty key) and StoreLimitError (key or value
+    over its limit), as decode_request does.
+    """
+    size = len(payload)
+    if size >= 3:
+        start = 2 + ((payload[0] << 8) | payload[1])
+        if 2 < start <= size and start <= 2 + MAX_KEY_BYTES and size - start <= MAX_VALUE_BYTES:
+            return payload[2:start], payload[start:]
+    request = _decode_put(payload)  # raises the precise error
+    return request.key, request.value
 
 
 def _decode_put(payload: bytes) -> PutRequest:
@@ -537,12 +588,17 @@ def decode_request(frame: Frame) -> Request:
     key, scan limit out of range) and StoreLimitError (a key, value, bound or op count
     over its limit). Both leave the connection usable: answer with the error's status.
     """
-    decoder = _DECODERS.get(frame.type)
+    return decode_request_parts(frame.type, frame.flags, frame.payload)
+
+
+def decode_request_parts(type_: int, flags: int, payload: bytes) -> Request:
+    """`decode_request` of a frame's fields (as `FrameDecoder.read_frames` gives them)."""
+    decoder = _DECODERS.get(type_)
     if decoder is None:
-        raise StoreProtocolError(f"unknown request type 0x{frame.type:02x}")
-    if frame.flags:
-        raise StoreProtocolError(f"frame flags 0x{frame.flags:04x} set, expected 0")
-    return decoder(frame.payload)
+        raise StoreProtocolError(f"unknown request type 0x{type_:02x}")
+    if flags:
+        raise StoreProtocolError(f"frame flags 0x{flags:04x} set, expected 0")
+    return decoder(payload)
 
 
 def decode_response(frame: Frame) -> Response:

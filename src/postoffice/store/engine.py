@@ -177,6 +177,7 @@ class Store:
         self._lock = threading.RLock()
         self._compacting = threading.Lock()  # held for a whole compaction; see the design note
         self._closing = threading.Event()  # set first by close(): stops a running compaction
+        self._shut = False  # the same as `_closing.is_set()`, for the hot paths
         self._closed = False
         self._counts = {"puts": 0, "deletes": 0, "batches": 0, "gets": 0, "compactions": 0}
         self.recovery = recovery
@@ -184,6 +185,11 @@ class Store:
         #: filled it. A server wants this (no write waits tens of ms for LMDB); a
         #: single-threaded batch job does not (the thread costs it a third more CPU).
         self.flush_in_background = False
+        #: The *_nowait writes leave their bytes in memory (readers see them at once) until
+        #: `write_pending` or `sync`: a server that applies many requests per event-loop
+        #: iteration then pays one write(2) for all of them. It must call `write_pending`
+        #: before it acknowledges a write it does not `sync`.
+        self.write_behind = False
 
     @classmethod
     def open(
@@ -348,7 +354,7 @@ class Store:
             raise ValueSizeError(f"value of {len(value)} bytes exceeds limit {self._max_value}")
 
     def _check_open(self) -> None:
-        if self._closing.is_set():
+        if self._shut:
             raise StoreClosedError(f"store {self._path} is closed")
 
     # -- writes ----------------------------------------------------------------------------
@@ -357,26 +363,30 @@ class Store:
         """Append and index records, then (outside the lock) wait for durability."""
         self._wait_durable(self._append(items, counter))
 
-    def _append(self, items: list[tuple[Kind, bytes, bytes, int]], counter: str) -> int:
+    def _append(
+        self, items: list[tuple[Kind, bytes, bytes, int]], counter: str, *, defer: bool = False
+    ) -> int:
         with self._lock:
             self._check_open()
-            return self._append_locked(items, counter)
+            return self._append_locked(items, counter, defer=defer)
 
     def _wait_durable(self, ticket: int) -> None:
         if self._durability is Durability.ALWAYS:
             self._log.sync(ticket)
 
-    def _append_locked(self, items: list[tuple[Kind, bytes, bytes, int]], counter: str) -> int:
+    def _append_locked(
+        self, items: list[tuple[Kind, bytes, bytes, int]], counter: str, *, defer: bool = False
+    ) -> int:
         """Append records and index them in log order; the caller holds `_lock`."""
         self._counts[counter] += 1
-        locs, ticket = self._log.append(items)
-        for (kind, key, _, _), (seg, off, length, seq) in zip(items, locs, strict=True):
+        locs, ticket = self._log.append(items, defer=defer)
+        for (kind, key, _, _), loc in zip(items, locs, strict=True):
             if kind is Kind.BATCH_END:
                 continue
             old = self._index.get(key)
             if kind is Kind.PUT:
                 self._live += old is None
-                self._index.set(key, Location(segment=seg, offset=off, length=length, seq=seq))
+                self._index.set(key, Location._make(loc))
             elif old is not None:
                 self._live -= 1
                 self._index.set(key, None)
@@ -455,10 +465,32 @@ class Store:
     # requests in order on its event loop and leave only the fsync to a thread.
 
     def put_nowait(self, key: bytes, value: bytes) -> int:
-        """`put` without waiting for durability; returns the ticket for `sync`."""
-        self._check_key(key)
-        self._check_value(value)
-        return self._append([(Kind.PUT, bytes(key), bytes(value), 0)], "puts")
+        """`put` without waiting for durability; returns the ticket for `sync`.
+
+        The hot path of a server's writes: one record, no lists, no dataclasses.
+        """
+        if not key or len(key) > self._max_key:
+            self._check_key(key)
+        if len(value) > self._max_value:
+            self._check_value(value)
+        if type(key) is not bytes:
+            key = bytes(key)
+        if type(value) is not bytes:
+            value = bytes(value)
+        with self._lock:
+            if self._shut:
+                self._check_open()
+            self._counts["puts"] += 1
+            loc = Location._make(
+                self._log.append_one(Kind.PUT, key, value, defer=self.write_behind)
+            )
+            index = self._index
+            if index.get(key) is None:
+                self._live += 1
+            index.set(key, loc)
+            if len(index.memory) >= self._flush_entries:
+                self._flush_due()
+            return loc.seq
 
     def delete_nowait(self, key: bytes) -> tuple[bool, int]:
         """`delete` without waiting for durability: (whether it was present, ticket)."""
@@ -467,7 +499,8 @@ class Store:
             self._check_open()
             if self._index.get(key) is None:
                 return False, 0  # nothing written: ticket 0 is always durable
-            return True, self._append_locked([(Kind.DELETE, bytes(key), b"", 0)], "deletes")
+            item = (Kind.DELETE, bytes(key), b"", 0)
+            return True, self._append_locked([item], "deletes", defer=self.write_behind)
 
     def batch_nowait(self, ops: Sequence[BatchOp]) -> int:
         """`batch` without waiting for durability; returns the ticket for `sync`."""
@@ -483,7 +516,7 @@ class Store:
             self._check_open()
             return 0
         items.append((Kind.BATCH_END, b"", count_value(len(items)), 0))
-        return self._append(items, "batches")
+        return self._append(items, "batches", defer=self.write_behind)
 
     def sync(self, ticket: int) -> None:
         """Return once the write that gave `ticket` (and all before it) is on disk.
@@ -492,6 +525,10 @@ class Store:
         Raises StoreStorageError.
         """
         self._log.sync(ticket)
+
+    def write_pending(self) -> None:
+        """Write what `write_behind` left in memory (not fsynced). Raises StoreStorageError."""
+        self._log.write_pending()
 
     @property
     def durability(self) -> Durability:
@@ -567,8 +604,8 @@ class Store:
             if not live:
                 return 0
             locs, _ = self._log.append([(Kind.PUT, key, value, 0) for key, value in live])
-            for (key, _), (seg, off, length, seq) in zip(live, locs, strict=True):
-                self._index.set(key, Location(segment=seg, offset=off, length=length, seq=seq))
+            for (key, _), loc in zip(live, locs, strict=True):
+                self._index.set(key, Location._make(loc))
             if len(self._index.memory) >= self._flush_entries:
                 self._flush_due()
             return len(live)
@@ -588,16 +625,18 @@ class Store:
 
     def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None. Raises KeySizeError, LogCorruptError, StoreStorageError."""
-        self._check_key(key)
+        if not key or len(key) > self._max_key:
+            self._check_key(key)
         with self._lock:
-            self._check_open()
+            if self._shut:
+                self._check_open()
             loc = self._index.get(key)
             self._counts["gets"] += 1
             if loc is None:
                 return None
             # Read under the lock: neither close() nor compaction's segment removal can then
-            # close the file between the index lookup and the read.
-            return self._log.read_value(loc.segment, loc.offset, loc.length)
+            # close the file (or its map) between the index lookup and the read.
+            return self._log.read_value(loc[0], loc[1], loc[2])
 
     def scan(
         self,
@@ -646,6 +685,7 @@ class Store:
         for it, since it reads segment files without the lock.
         """
         self._closing.set()
+        self._shut = True
         with self._compacting, self._lock:
             if self._closed:
                 return

@@ -18,6 +18,15 @@ without it); nothing here runs on an event loop.
 # Group commit: writers append under `_lock` and get their record's sequence number as a
 # ticket; `sync(ticket)` lets one thread fsync for everyone whose ticket it covers, while the
 # others wait on a condition variable.
+# Write-behind: an append with `defer` leaves its bytes in `_pending` (they are already
+# placed: offsets and tickets are final) until `write_pending` or the next `sync`, which
+# writes them first. So a server appending many requests in one event-loop iteration pays
+# one write(2) for all of them. Readers of pending bytes get them from memory under
+# `_lock`. Nothing is acknowledged as durable before `sync`, and a server that does not
+# fsync writes them before it answers.
+# Reads slice a read-only map of the segment instead of a pread. Sealed segments never
+# change; the current one grows, so its map covers what was written when it was made and
+# is made again after `_REMAP_BYTES` more (a pread in between).
 
 from __future__ import annotations
 
@@ -42,6 +51,8 @@ log = logging.getLogger(__name__)
 HEADER: Final = struct.Struct("<HBBQIII")
 HEADER_BYTES: Final = HEADER.size
 _CRC_COVERS: Final = HEADER_BYTES - 4  # the crc field itself is not covered
+_HEAD: Final = struct.Struct("<HBBQII")  # the header without its crc
+_CRC: Final = struct.Struct("<I")
 MAGIC: Final = 0x504F
 _MAGIC_BYTES: Final = struct.pack("<H", MAGIC)
 FLAG_BATCH: Final = 0x01
@@ -51,6 +62,9 @@ _SEGMENT_NAME: Final = re.compile(r"^(\d{8})\.seg$")
 # (keys and values are limited far below it), and it stops a flipped length bit from
 # making the scan read gigabytes.
 MAX_RECORD_BYTES: Final = 1 << 31
+# The current segment is mapped again for reads once it has grown this much past its map;
+# reads of the bytes in between are a pread each.
+_REMAP_BYTES: Final = 1 << 20
 
 
 class Kind(enum.IntEnum):
@@ -113,9 +127,9 @@ class ScanReport:
 
 def encode_record(kind: Kind, seq: int, key: bytes, value: bytes, flags: int = 0) -> bytes:
     """Frame one record: header with its CRC-32, then key and value."""
-    head = HEADER.pack(MAGIC, kind, flags, seq, len(key), len(value), 0)[:_CRC_COVERS]
+    head = _HEAD.pack(MAGIC, kind, flags, seq, len(key), len(value))
     crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
-    return head + struct.pack("<I", crc) + key + value
+    return b"".join((head, _CRC.pack(crc), key, value))
 
 
 def _parse(buf: bytes | mmap.mmap, pos: int, size: int) -> tuple[Kind, int, int, int, int] | None:
@@ -186,6 +200,13 @@ class LogStore:
         self._current = max(self._fds)
         with _os_errors("stat", self._path(self._current)):
             self._tail = os.fstat(self._fds[self._current]).st_size
+        # Write-behind (see the design note): records appended to the current segment but
+        # not written yet, and the file offset they start at (the written tail).
+        self._pending = bytearray()
+        self._written_tail = self._tail
+        # Read-only maps of the segments, for reads without a syscall; the current
+        # segment's map covers what was written when it was made (see `read_value`).
+        self._maps: dict[int, mmap.mmap] = {}
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -225,8 +246,8 @@ class LogStore:
             return os.fstat(self._fds[sid]).st_size
 
     def total_bytes(self) -> int:
-        """The size of all segments together."""
-        return sum(self.segment_size(sid) for sid in self._fds)
+        """The size of all segments together, records not written yet included."""
+        return sum(self.segment_size(sid) for sid in self._fds) + len(self._pending)
 
     @property
     def last_seq(self) -> int:
@@ -245,12 +266,13 @@ class LogStore:
             self._flusher.start()
 
     def append(
-        self, items: Sequence[tuple[Kind, bytes, bytes, int]]
+        self, items: Sequence[tuple[Kind, bytes, bytes, int]], *, defer: bool = False
     ) -> tuple[list[tuple[int, int, int, int]], int]:
-        """Append records (kind, key, value, flags) in one write to one segment.
+        """Append records (kind, key, value, flags) together, into one segment.
 
         Returns each record's (segment, offset, length, seq) and the ticket for `sync`.
-        Raises StoreStorageError.
+        With `defer` the bytes stay in memory until `write_pending` or `sync` (readers see
+        them at once). Raises StoreStorageError.
         """
         with self._lock:
             parts: list[bytes] = []
@@ -264,22 +286,77 @@ class LogStore:
                 spans.append((at, len(rec), seq))
                 at += len(rec)
             blob = b"".join(parts)
-            if self._tail > 0 and self._tail + len(blob) > self._segment_bytes:
-                self._roll()
-            fd = self._fds[self._current]
-            with _os_errors("write", self._path(self._current)):
-                view = memoryview(blob)
-                done = 0
-                while done < len(blob):
-                    done += os.pwrite(fd, view[done:], self._tail + done)
-            base = self._tail
-            self._tail += len(blob)
+            base = self._place(len(blob))
+            self._pending += blob
             self._written_seq = seq
-            return [(self._current, base + off, n, s) for off, n, s in spans], seq
+            if not defer:
+                self._write_pending()
+            sid = self._current
+            return [(sid, base + off, n, s) for off, n, s in spans], seq
+
+    def append_one(
+        self, kind: Kind, key: bytes, value: bytes, *, defer: bool = False
+    ) -> tuple[int, int, int, int]:
+        """`append` of one record without a batch flag: (segment, offset, length, seq).
+
+        The hot path of every put. Raises StoreStorageError.
+        """
+        with self._lock:
+            seq = self._written_seq + 1
+            head = _HEAD.pack(MAGIC, kind, 0, seq, len(key), len(value))
+            crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
+            length = HEADER_BYTES + len(key) + len(value)
+            base = self._place(length)
+            pending = self._pending
+            pending += head
+            pending += _CRC.pack(crc)
+            pending += key
+            pending += value
+            self._written_seq = seq
+            if not defer:
+                self._write_pending()
+            return self._current, base, length, seq
+
+    def _place(self, size: int) -> int:
+        """The offset `size` appended bytes start at, rolling first if they do not fit."""
+        if self._tail > 0 and self._tail + size > self._segment_bytes:
+            self._write_pending()
+            self._roll()
+        base = self._tail
+        self._tail = base + size
+        return base
+
+    def write_pending(self) -> None:
+        """Write the records appended with `defer` (still not fsynced). Raises StoreStorageError."""
+        if self._pending:
+            with self._lock:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        # The caller holds `_lock`.
+        pending = self._pending
+        if not pending:
+            return
+        fd = self._fds[self._current]
+        at = self._written_tail
+        try:
+            done = os.pwrite(fd, pending, at)
+            if done < len(pending):
+                with memoryview(pending) as view:
+                    while done < len(pending):
+                        done += os.pwrite(fd, view[done:], at + done)
+        except OSError as exc:
+            path = self._path(self._current)
+            raise StoreStorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        # Only now are the bytes the file's: a reader of a pending record (read_value) takes
+        # `_lock` and finds them either here or in the file.
+        self._written_tail = at + len(pending)
+        pending.clear()
 
     def roll(self) -> None:
         """Seal the current segment, if it holds anything, and start a new one."""
         with self._lock:
+            self._write_pending()
             if self._tail > 0:
                 self._roll()
 
@@ -296,20 +373,25 @@ class LogStore:
                 with _os_errors("remove", path):
                     freed += os.fstat(self._fds[old]).st_size
                     path.unlink()
+                    mapped = self._maps.pop(old, None)
+                    if mapped is not None:
+                        mapped.close()
                     os.close(self._fds.pop(old))
         if freed and self._durability is not Durability.NEVER:
             _fsync_dir(self._dir)
         return freed
 
     def _roll(self) -> None:
-        """Start a new segment; the old one is fsynced first so it can never be torn."""
+        """Start a new segment; the old one is fsynced first so it can never be torn.
+
+        The caller holds `_lock` and has written the pending records."""
         if self._durability is not Durability.NEVER:
             with _os_errors("fsync", self._path(self._current)):
                 os.fsync(self._fds[self._current])
             self.fsyncs += 1
         self._current += 1
         self._create_segment(self._current)
-        self._tail = 0
+        self._tail = self._written_tail = 0
 
     def sync(self, ticket: int) -> None:
         """Return once every record up to sequence `ticket` is on disk (group commit).
@@ -327,6 +409,7 @@ class LogStore:
         target = 0
         try:
             with self._lock:
+                self._write_pending()
                 sid = self._current
                 # A duplicate: once the lock is released the segment may roll and a compaction
                 # may remove it, closing its fd (or reusing the number) before this fsync.
@@ -357,17 +440,16 @@ class LogStore:
     def read_value(self, segment: int, offset: int, length: int) -> bytes:
         """The value of the PUT record at a position, verified.
 
-        The hot path of every get: one pread, one header unpack, one CRC over the record,
-        and no objects besides the value. Raises LogCorruptError, StoreStorageError.
+        The hot path of every get: a slice of the segment's map (a pread for bytes past
+        it), one header unpack, one CRC over the record, and no objects besides the value.
+        Raises LogCorruptError, StoreStorageError.
         """
-        fd = self._fds.get(segment)
-        if fd is None:
-            raise LogCorruptError(f"segment {segment} does not exist")
-        try:
-            buf = os.pread(fd, length, offset)
-        except OSError as exc:
-            path = self._path(segment)
-            raise StoreStorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        mapped = self._maps.get(segment)
+        end = offset + length
+        if mapped is not None and end <= len(mapped):
+            buf = mapped[offset:end]
+        else:
+            buf = self._read_unmapped(segment, offset, length)
         if len(buf) == length and length >= HEADER_BYTES:
             magic, kind, _, _, key_len, value_len, crc = HEADER.unpack_from(buf)
             start = HEADER_BYTES + key_len
@@ -381,6 +463,32 @@ class LogStore:
         raise LogCorruptError(
             f"record at segment {segment} offset {offset} length {length} is corrupt"
         )
+
+    def _read_unmapped(self, segment: int, offset: int, length: int) -> bytes:
+        """Bytes past a segment's map: from the pending records, or the file (re)mapped."""
+        with self._lock:
+            if segment == self._current and offset >= self._written_tail:
+                at = offset - self._written_tail
+                return bytes(self._pending[at : at + length])
+            fd = self._fds.get(segment)
+            if fd is None:
+                raise LogCorruptError(f"segment {segment} does not exist")
+            try:
+                size = os.fstat(fd).st_size
+                mapped = self._maps.get(segment)
+                # The current segment grows: map it again once it has grown by _REMAP_BYTES,
+                # and pread what lies past the map in between.
+                if offset + length <= size and (
+                    mapped is None or size - len(mapped) >= _REMAP_BYTES or segment != self._current
+                ):
+                    if mapped is not None:
+                        mapped.close()
+                    mapped = self._maps[segment] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                    return mapped[offset : offset + length]
+                return os.pread(fd, length, offset)
+            except OSError as exc:
+                path = self._path(segment)
+                raise StoreStorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
     def read(self, segment: int, offset: int, length: int) -> Record:
         """Read and verify the record at a position. Raises LogCorruptError, StoreStorageError."""
@@ -435,7 +543,7 @@ class LogStore:
                 with _os_errors("truncate", self._path(sid)):
                     os.ftruncate(self._fds[sid], cut)
                     os.fsync(self._fds[sid])
-        self._tail = self.segment_size(self._current)
+        self._tail = self._written_tail = self.segment_size(self._current)
         return report
 
     def _scan_segment(
@@ -530,6 +638,9 @@ class LogStore:
             with _os_errors("fsync", self._path(self._current)):
                 os.fsync(self._fds[self._current])
         finally:
+            for mapped in self._maps.values():
+                mapped.close()
+            self._maps.clear()
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()

@@ -1,0 +1,234 @@
+"""The store server in-process, on a real socket and a real engine: when replies leave.
+
+The real-process tests (tests/integration/test_store_server.py) cover the protocol; these
+look inside, at the group commit: a durable write is answered only once an fsync covers
+it, replies keep request order behind it, and one fsync answers every connection's writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from postoffice.core.framing import FrameDecoder, encode_parts
+from postoffice.core.storewire import (
+    NEED_DATA,
+    GetRequest,
+    PingRequest,
+    PutRequest,
+    Request,
+    Response,
+    StatsRequest,
+    Status,
+    decode_response,
+    decode_stats_body,
+    encode_request,
+)
+from postoffice.store.config import StoreConfig
+from postoffice.store.server import StoreServer
+
+
+class Gate:
+    """Holds the engine's sync calls until opened; counts them."""
+
+    def __init__(self, server: StoreServer) -> None:
+        assert server.store is not None
+        self.calls: list[int] = []
+        self.opened = threading.Event()
+        self._sync = server.store.sync
+        server.store.sync = self._held  # type: ignore[method-assign]
+
+    def _held(self, ticket: int) -> None:
+        self.calls.append(ticket)
+        assert self.opened.wait(10), "the gate was never opened"
+        self._sync(ticket)
+
+
+class Peer:
+    """A raw connection to the server."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.frames = FrameDecoder()
+        self.next_id = 0
+
+    @classmethod
+    async def open(cls, server: StoreServer) -> Peer:
+        host, port = server.addresses["store"]
+        return cls(*await asyncio.open_connection(host, port))
+
+    def send(self, *requests: Request, extra: bytes = b"") -> None:
+        wire = b""
+        for request in requests:
+            self.next_id += 1
+            wire += encode_request(request, self.next_id)
+        self.writer.write(wire + extra)
+
+    async def read(self, count: int, timeout_s: float = 10) -> list[Response]:
+        out: list[Response] = []
+        async with asyncio.timeout(timeout_s):
+            while len(out) < count:
+                event = self.frames.next_event()
+                if event is NEED_DATA:
+                    block = await self.reader.read(1 << 16)
+                    if not block:
+                        break
+                    self.frames.feed(block)
+                    continue
+                out.append(decode_response(event))
+        return out
+
+    async def nothing_within(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                return not await self.reader.read(1)
+        except TimeoutError:
+            return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[StoreServer]:
+    config = StoreConfig(port=0, metrics_port=None, data_dir=tmp_path, durability="always")
+    srv = StoreServer(config)
+    await srv.startup()
+    try:
+        yield srv
+    finally:
+        await srv.shutdown()
+
+
+async def test_a_durable_put_is_answered_only_after_its_fsync(server: StoreServer) -> None:
+    gate = Gate(server)
+    peer = await Peer.open(server)
+    peer.send(PutRequest(key=b"k", value=b"v"), GetRequest(key=b"k"), PingRequest())
+    assert await peer.nothing_within(0.3)  # the fsync is held: no reply, not even the GET's
+    assert gate.calls
+    gate.opened.set()
+    replies = await peer.read(3)
+    assert [(r.request_id, r.status) for r in replies] == [
+        (1, Status.OK),
+        (2, Status.OK),
+        (3, Status.OK),
+    ]
+    assert replies[1].body == b"v"  # the GET behind the PUT read the new value
+    await peer.close()
+
+
+async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
+    gate = Gate(server)
+    first = await Peer.open(server)
+    first.send(PutRequest(key=b"first", value=b"1"))
+    while not gate.calls:  # the first sync is running (held)
+        await asyncio.sleep(0.01)
+    peers = [await Peer.open(server) for _ in range(20)]
+    for i, peer in enumerate(peers):
+        peer.send(*(PutRequest(key=b"p%d-%d" % (i, n), value=b"x" * 100) for n in range(5)))
+    await asyncio.sleep(0.3)  # every write is appended while the first sync is held
+    gate.opened.set()
+    assert [r.status for r in await first.read(1)] == [Status.OK]
+    for peer in peers:
+        assert [r.status for r in await peer.read(5)] == [Status.OK] * 5
+    # One sync for the first write, one for the 100 that came while it ran.
+    assert len(gate.calls) == 2
+    assert gate.calls[1] == 101
+    stats = decode_stats_body((await _call(first, StatsRequest())).body)
+    assert stats["requests_PutRequest"] == 101
+    for peer in (first, *peers):
+        await peer.close()
+
+
+async def _call(peer: Peer, request: Request) -> Response:
+    peer.send(request)
+    return (await peer.read(1))[0]
+
+
+async def test_a_bad_frame_behind_owed_replies_waits_for_them(server: StoreServer) -> None:
+    gate = Gate(server)
+    peer = await Peer.open(server)
+    peer.send(PutRequest(key=b"a", value=b"1"), extra=b"NOT A FRAME AT ALL, SORRY")
+    assert await peer.nothing_within(0.3)
+    gate.opened.set()
+    replies = await peer.read(3)
+    assert [r.status for r in replies] == [Status.OK, Status.BAD_REQUEST]
+    assert "bad frame magic" in replies[1].body.decode()
+    assert await peer.reader.read(1) == b""  # then closed
+    await peer.close()
+    other = await Peer.open(server)
+    assert (await _call(other, GetRequest(key=b"a"))).body == b"1"
+    await other.close()
+
+
+async def test_a_failed_fsync_fails_the_writes_it_covers(server: StoreServer) -> None:
+    from postoffice.store.errors import StoreStorageError
+
+    assert server.store is not None
+    real_sync = server.store.sync
+    failures = [StoreStorageError("cannot fsync the log: disk on fire")]
+
+    def sync(ticket: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_sync(ticket)
+
+    server.store.sync = sync  # type: ignore[method-assign]
+    peer = await Peer.open(server)
+    peer.send(PutRequest(key=b"a", value=b"1"), GetRequest(key=b"a"))
+    failed, read = await peer.read(2)
+    assert failed.status is Status.STORAGE
+    assert failed.body == b"cannot fsync the log: disk on fire"
+    assert read.status is Status.OK  # not a write: only the writes fail
+    assert (await _call(peer, PutRequest(key=b"b", value=b"2"))).status is Status.OK
+    await peer.close()
+
+
+async def test_replies_wait_in_order_up_to_the_in_flight_limit(tmp_path: Path) -> None:
+    config = StoreConfig(
+        port=0, metrics_port=None, data_dir=tmp_path, durability="always", max_in_flight=8
+    )
+    srv = StoreServer(config)
+    await srv.startup()
+    try:
+        gate = Gate(srv)
+        peer = await Peer.open(srv)
+        puts = [PutRequest(key=b"k%02d" % i, value=b"%d" % i) for i in range(30)]
+        peer.send(*puts, *(GetRequest(key=p.key) for p in puts))
+        assert await peer.nothing_within(0.3)
+        (conn,) = list(srv.manager)  # stopped reading at 8 owed replies
+        assert len(conn.owed) == 8  # type: ignore[attr-defined]
+        gate.opened.set()
+        replies = await peer.read(60)
+        assert [r.request_id for r in replies] == list(range(1, 61))
+        assert [r.body for r in replies[30:]] == [p.value for p in puts]
+        await peer.close()
+    finally:
+        await srv.shutdown()
+
+
+async def test_garbage_in_a_good_frame_keeps_the_connection(server: StoreServer) -> None:
+    peer = await Peer.open(server)
+    peer.writer.write(encode_parts(0x03, 0, 5, b"\x00"))  # PUT payload too short
+    peer.writer.write(encode_parts(0x02, 1, 6, b"key"))  # GET with a flag set
+    peer.writer.write(encode_parts(0x02, 0, 7, b"k" * 1025))  # GET key over the limit
+    peer.writer.write(encode_parts(0x7F, 0, 8, b""))  # unknown type
+    replies = await peer.read(4)
+    assert [(r.request_id, r.status) for r in replies] == [
+        (5, Status.BAD_REQUEST),
+        (6, Status.BAD_REQUEST),
+        (7, Status.TOO_LARGE),
+        (8, Status.BAD_REQUEST),
+    ]
+    assert replies[0].body == b"put payload of 1 bytes, expected at least 2"
+    assert replies[2].body == b"get key of 1025 bytes exceeds limit 1024"
+    assert (await _call(peer, PingRequest())).status is Status.OK
+    await peer.close()
