@@ -567,3 +567,37 @@ def test_message_stream_decodes_and_survives_a_bad_message() -> None:
     assert stream.next_event() is NEED_DATA
     assert not stream.failed
     assert "MessageStream" in repr(stream)
+
+
+# --- self-checked frames -----------------------------------------------------------------
+
+
+def test_self_checked_flag_skips_the_crc_only_when_the_field_is_zero() -> None:
+    decoder = FrameDecoder(self_checked_flag=0x0001)
+    payload = b"carries its own checksum"
+    # Flag set, CRC field 0: handed on unchecked.
+    decoder.feed(_wire(payload, flags=0x0001, crc=0))
+    frame = decoder.next_event()
+    assert isinstance(frame, Frame)
+    assert (frame.flags, frame.payload) == (0x0001, payload)
+    # Flag set and a real CRC: checked as usual, and accepted.
+    decoder.feed(_wire(payload, flags=0x0003))
+    assert isinstance(decoder.next_event(), Frame)
+    # Flag set and a wrong non-zero CRC: still a checksum error.
+    decoder.feed(_wire(payload, flags=0x0001, crc=1))
+    with pytest.raises(FrameError, match=r"^payload checksum 0x[0-9a-f]{8} does not match"):
+        decoder.next_event()
+
+
+def test_without_the_self_checked_flag_a_zero_crc_is_an_error() -> None:
+    # The default decoder (what the store uses) checks every frame, whatever its flags.
+    for decoder in (FrameDecoder(), FrameDecoder(self_checked_flag=0x0002)):
+        decoder.feed(_wire(b"abc", flags=0x0001, crc=0))
+        with pytest.raises(FrameError, match=r"does not match header 0x00000000$"):
+            decoder.next_event()
+
+
+@pytest.mark.parametrize("flag", [3, 0x10000, -1])
+def test_self_checked_flag_must_be_one_bit(flag: int) -> None:
+    with pytest.raises(ConfigError, match=r"^self_checked_flag .* is not one flag bit$"):
+        FrameDecoder(self_checked_flag=flag)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import hashlib
 import os
 import random
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import xxhash
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -61,7 +64,7 @@ def stored(
             total=len(pieces),
             size=size,
             name=name,
-            sha256=hashlib.sha256(pieces[index]).digest(),
+            digest=xxhash.xxh3_128_digest(pieces[index]),
             data=pieces[index],
             now=NOW,
         )
@@ -143,7 +146,8 @@ class TestRoundTrip:
             file_id=FID,
             name="out.bin",
             size=len(original),
-            sha256=hashlib.sha256(original).digest(),
+            digest=xxhash.xxh3_128_digest(original),
+            payload_digest=xxhash.xxh3_128_digest(b"".join(pieces)),
             published_at=NOW,
             replaced=False,
         )
@@ -330,9 +334,9 @@ class TestPublish:
         seen: list[list[str]] = []
         real_write = assembly._write_all
 
-        def watching(out: object, block: bytes) -> None:
+        def watching(fd: int, block: memoryview, before: int) -> None:
             seen.append(sorted(p.name for p in files.iterdir()))
-            real_write(out, block)  # type: ignore[arg-type]  # the real file object
+            real_write(fd, block, before)
 
         monkeypatch.setattr(assembly, "_write_all", watching)
         original = random_bytes(5 * MIB)
@@ -351,12 +355,12 @@ class TestPublish:
         blocks = 0
         real_write = assembly._write_all
 
-        def disk_full_on_the_third_block(out: object, block: bytes) -> None:
+        def disk_full_on_the_third_block(fd: int, block: memoryview, before: int) -> None:
             nonlocal blocks
             blocks += 1
             if blocks == 3:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            real_write(out, block)  # type: ignore[arg-type]  # the real file object
+            real_write(fd, block, before)
 
         monkeypatch.setattr(assembly, "_write_all", disk_full_on_the_third_block)
         pieces = [compress(random_bytes(6 * MIB), level=1)]
@@ -402,3 +406,90 @@ class TestFrameWalker:
             walker.finish()
             assert walker.frames == 2
             assert walker.offset == len(blob)
+
+
+class TestPieces:
+    """next_piece: the streaming assembler's source, asked for each piece in order."""
+
+    def test_pieces_handed_over_one_by_one_from_another_thread(self, tmp_path: Path) -> None:
+        original = text_bytes(30_000)
+        info, patches = stored(tmp_path, split(compress(original), [4096] * 20))
+        ready = [threading.Event() for _ in patches]
+        asked: list[int] = []
+
+        def next_piece(index: int) -> Path:
+            asked.append(index)
+            assert ready[index].wait(10)
+            return patches[index]
+
+        def feeder() -> None:
+            for event in ready:
+                time.sleep(0.002)
+                event.set()
+
+        thread = threading.Thread(target=feeder)
+        thread.start()
+        done = assemble(
+            info=info,
+            next_piece=next_piece,
+            files_dir=tmp_path / "files",
+            max_output_bytes=64 * MIB,
+            max_window_log=27,
+            now=NOW,
+        )
+        thread.join()
+        assert asked == list(range(len(patches)))
+        assert (tmp_path / "files" / "out.bin").read_bytes() == original
+        assert done.payload_digest == xxhash.xxh3_128_digest(
+            b"".join(p.read_bytes() for p in patches)
+        )
+
+    def test_pieces_in_memory(self, tmp_path: Path) -> None:
+        original = random_bytes(3 * MIB + 17)
+        blob = compress(original, level=1)
+        info, _ = stored(tmp_path, [blob])
+        done = assemble(
+            info=info,
+            patches=[memoryview(blob)],
+            files_dir=tmp_path / "files",
+            max_output_bytes=64 * MIB,
+            max_window_log=27,
+        )
+        assert (tmp_path / "files" / "out.bin").read_bytes() == original
+        assert done.digest == xxhash.xxh3_128_digest(original)
+
+    def test_what_next_piece_raises_ends_the_assembly_and_leaves_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        info, patches = stored(tmp_path, split(compress(random_bytes(2 * MIB), level=1), [MIB]))
+
+        def next_piece(index: int) -> Path:
+            if index == 1:
+                raise LookupError("chunk 1 never came")
+            return patches[index]
+
+        with pytest.raises(LookupError, match=r"^chunk 1 never came$"):
+            assemble(
+                info=info,
+                next_piece=next_piece,
+                files_dir=tmp_path / "files",
+                max_output_bytes=64 * MIB,
+                max_window_log=27,
+            )
+        assert files_in(tmp_path) == []
+
+    def test_pieces_that_add_up_to_another_size_fail(self, tmp_path: Path) -> None:
+        blob = compress(b"abc" * 1000)
+        info, patches = stored(tmp_path, split(blob, [10]))
+        short = dataclasses.replace(info, size=info.size + 1)
+        with pytest.raises(
+            AssemblyError, match=rf"has size {info.size + 1}, its patches hold {info.size} bytes$"
+        ):
+            assemble(
+                info=short,
+                next_piece=patches.__getitem__,
+                files_dir=tmp_path / "files",
+                max_output_bytes=MIB,
+                max_window_log=27,
+            )
+        assert files_in(tmp_path) == []

@@ -5,7 +5,6 @@ test_payload.py."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 import zstandard
 
 from postoffice.core.errors import BrokenError, ConfigError
@@ -186,7 +186,9 @@ def test_chunk_frames_decode_to_the_file_slices(tmp_path: Path) -> None:
     fd = client_module._open_payload(prepared.payload)
     try:
         for index in range(prepared.total):
-            decoder.feed(client_module._chunk_frame(prepared, fd, index, index + 1))
+            head, data = client_module._chunk_frame(prepared, fd, index, index + 1)
+            decoder.feed(head)
+            decoder.feed(data)
     finally:
         os.close(fd)
     chunks = []
@@ -299,7 +301,8 @@ class FakeServer:
         self.inject: dict[int, list[ErrorCode]] = {}  # index -> error codes to answer first
         self.inject_request_id_zero = False  # as the real server answers decode errors
         self.hang_up_at: set[int] = set()  # close the connection when these chunks arrive
-        self.wrong_sha = False
+        self.wrong_digest = False
+        self.wrong_payload_digest = False
         self.fail_assembly: str | None = None
         self.hang_up_acks_at_publish = False
         self.hold_replies = False
@@ -398,7 +401,7 @@ class FakeServer:
             return
         have = self.chunks.setdefault(fid, {})
         duplicate = chunk.index in have
-        have[chunk.index] = chunk.data
+        have[chunk.index] = bytes(chunk.data)
         self.failed.pop(fid, None)
         complete = len(have) == chunk.total
         (conn.hold if self.hold_replies else conn.reply)(
@@ -427,8 +430,17 @@ class FakeServer:
         else:
             reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=True)
             output = reader.read()
-            digest = hashlib.sha256(output + (b"!" if self.wrong_sha else b"")).digest()
-            final = Published(file_id=fid, name=name, size=len(output), sha256=digest)
+            digest = xxhash.xxh3_128_digest(output + (b"!" if self.wrong_digest else b""))
+            payload_digest = xxhash.xxh3_128_digest(
+                payload + (b"!" if self.wrong_payload_digest else b"")
+            )
+            final = Published(
+                file_id=fid,
+                name=name,
+                size=len(output),
+                digest=digest,
+                payload_digest=payload_digest,
+            )
             self.published[fid] = final
             self.output = output
         if self.hang_up_acks_at_publish:  # the event is lost; a resubscribe replays it
@@ -474,7 +486,7 @@ class TestSend:
             result = await client.send(src, progress=lambda d, t: seen.append((d, t)))
         assert server.output == data
         assert result.name == "r.bin"
-        assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).digest())
+        assert (result.size, result.digest) == (len(data), xxhash.xxh3_128_digest(data))
         assert result.chunks == chunk_count(result.compressed_size, 1024) == result.sent_chunks
         assert result.skipped_chunks == 0
         assert not result.replaced
@@ -529,7 +541,7 @@ class TestSend:
             again = await client.send(src)
         assert server.received == []
         assert (again.sent_chunks, again.skipped_chunks) == (0, first.chunks)
-        assert again.sha256 == first.sha256
+        assert again.digest == first.digest
 
     @pytest.mark.parametrize("request_id_zero", [False, True])
     async def test_retryable_errors_are_retried(
@@ -582,14 +594,32 @@ class TestSend:
     async def test_published_checksum_must_be_ours(
         self, server: FakeServer, tmp_path: Path
     ) -> None:
-        server.wrong_sha = True
+        server.wrong_digest = True
         async with make_client(server, tmp_path) as client:
             with pytest.raises(
                 IngestError,
-                match=r"^published sha256 [0-9a-f]{64} \(5 bytes\) "
-                r"of a\.txt does not match ours [0-9a-f]{64} \(5 bytes\)$",
+                match=r"^published digest [0-9a-f]{32} \(5 bytes\) "
+                r"of a\.txt does not match ours [0-9a-f]{32} \(5 bytes\)$",
             ):
                 await client.send(write(tmp_path / "a.txt", b"hello"))
+
+    @pytest.mark.parametrize("zst", [False, True])
+    async def test_published_payload_digest_must_be_ours(
+        self, server: FakeServer, tmp_path: Path, zst: bool
+    ) -> None:
+        server.wrong_payload_digest = True
+        src = (
+            write(tmp_path / "a.txt.zst", zstandard.compress(b"hello"))
+            if zst
+            else write(tmp_path / "a.txt", b"hello")
+        )
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(
+                IngestError,
+                match=r"^published payload digest [0-9a-f]{32} of a\.txt does not match ours "
+                r"[0-9a-f]{32}: the server decompressed other bytes than we sent$",
+            ):
+                await client.send(src)
 
     async def test_zst_file_goes_as_it_is_and_is_kept(
         self, server: FakeServer, tmp_path: Path
@@ -601,6 +631,8 @@ class TestSend:
             result = await client.send(src)
         assert result.name == "doc.txt"
         assert result.compressed_size == len(packed)
+        assert result.payload_digest == xxhash.xxh3_128_digest(packed)
+        assert (result.size, result.digest) == (len(data), xxhash.xxh3_128_digest(data))
         assert server.output == data
         assert src.read_bytes() == packed
 
@@ -663,7 +695,7 @@ class TestSend:
         data = random_bytes(3000)
         async with make_client(server, tmp_path) as client:
             result = await client.send(write(tmp_path / "a.bin", data))
-        assert result.sha256 == hashlib.sha256(data).digest()
+        assert result.digest == xxhash.xxh3_128_digest(data)
         assert server.connects.count(7003) == 2
 
     async def test_each_connection_pipelines_up_to_the_depth(

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 import zstandard
 
 from postoffice.core.errors import StorageError
 from postoffice.ingest import payload as payload_module
 from postoffice.ingest.errors import (
-    AssemblyError,
     BadNameError,
     ConflictError,
     IngestLimitError,
@@ -27,7 +27,6 @@ from postoffice.ingest.payload import (
     chunk_count,
     derive_file_id,
     is_zstd,
-    original_digest,
     plan_chunks,
     prepare,
     upload_name,
@@ -36,7 +35,7 @@ from postoffice.ingest.payload import (
 from postoffice.ingest.protocol import MAX_CHUNKS, FileId, Status, UploadState
 
 SEED = 20240611
-SHA = hashlib.sha256(b"content").digest()
+SHA = xxhash.xxh3_128_digest(b"content")
 FID = FileId(bytes(range(16)))
 
 
@@ -69,7 +68,7 @@ class TestFileId:
         ("name", "sha", "chunk_size"),
         [
             ("b.log", SHA, 1024),
-            ("a.log", hashlib.sha256(b"other").digest(), 1024),
+            ("a.log", xxhash.xxh3_128_digest(b"other"), 1024),
             ("a.log", SHA, 2048),
         ],
     )
@@ -79,21 +78,19 @@ class TestFileId:
         assert derive_file_id(name, sha, chunk_size) != derive_file_id("a.log", SHA, 1024)
 
     def test_a_zst_gets_a_stable_id_from_its_compressed_bytes(self, tmp_path: Path) -> None:
-        """A .zst's id hashes what is sent (cheap); its content hash comes later, the same."""
+        """A .zst is hashed, never decompressed: its bytes give the id and payload digest."""
         data = b"hello " * 1000
-        plain = prepare(write(tmp_path / "a.txt", data), chunk_size=1024, work_dir=tmp_path)
         zst = write(tmp_path / "a.txt.zst", zstandard.ZstdCompressor(level=19).compress(data))
         packed = prepare(zst, chunk_size=1024, work_dir=tmp_path)
-        assert packed.deferred
+        assert (packed.size, packed.digest) == (None, None)
+        assert packed.payload_digest == xxhash.xxh3_128_digest(zst.read_bytes())
+        assert packed.payload_size == zst.stat().st_size
         assert packed.file_id == prepare(zst, chunk_size=1024, work_dir=tmp_path).file_id
-        assert packed.file_id == derive_file_id(
-            "a.txt", hashlib.sha256(zst.read_bytes()).digest(), 1024
-        )
-        assert original_digest(zst) == (plain.size, plain.sha256)
+        assert packed.file_id == derive_file_id("a.txt", packed.payload_digest, 1024)
 
 
 GOLDEN_FILE_ID = (
-    hashlib.sha256(b"postoffice-ingest-v1\0a.log\0" + SHA + bytes([0, 0, 0, 0, 0, 0x40, 0, 0]))
+    hashlib.sha256(b"postoffice-ingest-v2\0a.log\0" + SHA + bytes([0, 0, 0, 0, 0, 0x40, 0, 0]))
     .digest()[:16]
     .hex()
 )
@@ -119,8 +116,8 @@ class TestNames:
     def test_zstd_is_detected_by_magic_not_suffix(self, tmp_path: Path) -> None:
         path = write(tmp_path / "data.bin", zstandard.compress(b"payload"))
         prepared = prepare(path, chunk_size=1024, work_dir=tmp_path)
-        assert (prepared.name, prepared.payload, prepared.deferred) == ("data.bin", path, True)
-        assert original_digest(path)[0] == 7
+        assert (prepared.name, prepared.payload, prepared.owned) == ("data.bin", path, False)
+        assert prepared.digest is None
 
     def test_fake_zst_suffix_is_compressed_and_keeps_its_name(self, tmp_path: Path) -> None:
         path = write(tmp_path / "notes.zst", b"not zstandard at all")
@@ -172,10 +169,12 @@ class TestPrepare:
         params = zstandard.get_frame_parameters(payload)
         assert params.content_size == len(data)
         assert params.has_checksum
-        assert (prepared.size, prepared.sha256) == (len(data), hashlib.sha256(data).digest())
+        assert (prepared.size, prepared.digest) == (len(data), xxhash.xxh3_128_digest(data))
+        assert prepared.payload_digest == xxhash.xxh3_128_digest(payload)
         sidecar = json.loads((prepared.payload.with_suffix(".json")).read_text())
         assert sidecar["size"] == prepared.payload_size
-        assert sidecar["sha256_original"] == hashlib.sha256(data).hexdigest()
+        assert sidecar["digest_original"] == xxhash.xxh3_128_hexdigest(data)
+        assert sidecar["payload_digest"] == xxhash.xxh3_128_hexdigest(payload)
         assert sorted(p.name for p in prepared.payload.parent.iterdir()) == [
             f"{hex_id}.json",
             f"{hex_id}.zst",
@@ -216,24 +215,17 @@ class TestPrepare:
     def test_empty_file_is_one_non_empty_chunk(self, tmp_path: Path) -> None:
         prepared = prepare(write(tmp_path / "empty", b""), chunk_size=1024, work_dir=tmp_path)
         assert prepared.size == 0
-        assert prepared.sha256 == hashlib.sha256(b"").digest()
+        assert prepared.digest == xxhash.xxh3_128_digest(b"")
         assert prepared.payload_size > 0
         assert prepared.total == 1
         assert zstandard.ZstdDecompressor().decompress(prepared.payload.read_bytes()) == b""
 
-    def test_multi_frame_zst_is_hashed_across_frames(self, tmp_path: Path) -> None:
-        path = write(
-            tmp_path / "two.zst", zstandard.compress(b"first ") + zstandard.compress(b"second")
-        )
-        assert original_digest(path) == (
-            len(b"first second"),
-            hashlib.sha256(b"first second").digest(),
-        )
-
-    def test_corrupt_zst_is_refused(self, tmp_path: Path) -> None:
-        path = write(tmp_path / "bad.zst", b"\x28\xb5\x2f\xfd" + b"\xff" * 64)
-        with pytest.raises(AssemblyError, match=r"bad\.zst is not valid zstandard"):
-            original_digest(path)
+    def test_a_multi_megabyte_zst_is_hashed_in_blocks(self, tmp_path: Path) -> None:
+        blob = zstandard.compress(random_bytes(3 * 1024 * 1024 + 5))
+        path = write(tmp_path / "big.zst", blob)
+        prepared = prepare(path, chunk_size=1 << 20, work_dir=tmp_path)
+        assert prepared.payload_digest == xxhash.xxh3_128_digest(blob)
+        assert prepared.total == 4
 
     def test_unreadable_file_is_a_storage_error(self, tmp_path: Path) -> None:
         with pytest.raises(StorageError, match=r"^cannot prepare .*missing\.txt"):
@@ -273,9 +265,10 @@ class TestPlanning:
             name="p",
             file_id=FID,
             size=0,
-            sha256=SHA,
+            digest=SHA,
             payload=Path("p"),
             payload_size=size,
+            payload_digest=SHA,
             chunk_size=chunk_size,
             owned=False,
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import zlib
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -57,10 +57,12 @@ from postoffice.ingest.protocol import (
     UploadState,
     check_name,
     decode,
+    digest_for,
     encode,
     encode_chunk,
     file_id_hex,
     missing_ranges,
+    new_chunk,
     parse_file_id,
     ranges,
 )
@@ -80,13 +82,21 @@ NAME_HEX = "68656c6c6f2e747874"  # "hello.txt"
 # bytes), zstd level 3 (34 bytes), sent as two chunks of 17 bytes.
 ZST = bytes.fromhex("28b52ffd2026cd00009868656c6c6f2c20706f7374206f66666963650a01002d9961")
 CHUNK1_DATA = ZST[17:]
-CHUNK1_SHA_HEX = "647424d5cf649bee98e7508df989c88b7b01d4ec8af2dbca273c30aef69751e6"
-TEXT_SHA_HEX = "636665ce18aebbf54b3d7918853cb0505f8791763c005da4c6cd85eaf3fd9ef2"
+# XXH3-128 of chunk 1's 34 field bytes, name and data: computed here straight from the
+# xxhash library, so a change to what the digest covers fails these tests.
+CHUNK1_FIELDS_HEX = f"{FID_HEX} 00000001 00000002 0000000000000022 0009"
+CHUNK1_DIGEST_HEX = xxhash.xxh3_128_hexdigest(
+    bytes.fromhex(CHUNK1_FIELDS_HEX) + b"hello.txt" + CHUNK1_DATA
+)
+TEXT_DIGEST_HEX = xxhash.xxh3_128_hexdigest(b"hello, post office\n" * 2)
+ZST_DIGEST_HEX = xxhash.xxh3_128_hexdigest(ZST)
+DIGEST0_HEX = "00" * 16
 
-# Chunk 1 of 2 and its ack, request id 2, byte for byte as the doc shows them.
+# Chunk 1 of 2 and its ack, request id 2, byte for byte as the doc shows them: the
+# SELF_CHECKED flag, so the frame CRC-32 is 0.
 CHUNK_WIRE = bytes.fromhex(
-    "504f 01 01 0000 0000 0000000000000002 0000005c f08058f3"  # frame header
-    f"{FID_HEX} 00000001 00000002 0000000000000022 0009 {CHUNK1_SHA_HEX}"
+    "504f 01 01 0001 0000 0000000000000002 0000004c 00000000"  # frame header
+    f"{CHUNK1_FIELDS_HEX} {CHUNK1_DIGEST_HEX}"
     f"{NAME_HEX} 706f7374206f66666963650a01002d9961"
 )
 ACK_WIRE = bytes.fromhex(
@@ -99,7 +109,7 @@ CHUNK_MSG = Chunk(
     total=2,
     size=34,
     name="hello.txt",
-    sha256=bytes.fromhex(CHUNK1_SHA_HEX),
+    digest=bytes.fromhex(CHUNK1_DIGEST_HEX),
     data=CHUNK1_DATA,
 )
 ACK_MSG = Ack(file_id=FID, index=1, committed=2, total=2, complete=True)
@@ -191,13 +201,14 @@ WIRE_TABLE: list[tuple[bytes, int, Message]] = [
         ChunkStored(file_id=FID, index=1, committed=2, total=2),
     ),
     (
-        _wire(0x33, f"{FID_HEX} 0000000000000026 {TEXT_SHA_HEX} 01 {NAME_HEX}"),
+        _wire(0x33, f"{FID_HEX} 0000000000000026 {TEXT_DIGEST_HEX} {ZST_DIGEST_HEX} 01 {NAME_HEX}"),
         0,
         Published(
             file_id=FID,
             name="hello.txt",
             size=38,
-            sha256=bytes.fromhex(TEXT_SHA_HEX),
+            digest=bytes.fromhex(TEXT_DIGEST_HEX),
+            payload_digest=bytes.fromhex(ZST_DIGEST_HEX),
             replaced=True,
         ),
     ),
@@ -230,7 +241,13 @@ DOC_EXAMPLES = [
     (
         "published",
         encode(
-            Published(file_id=FID, name="hello.txt", size=38, sha256=bytes.fromhex(TEXT_SHA_HEX))
+            Published(
+                file_id=FID,
+                name="hello.txt",
+                size=38,
+                digest=bytes.fromhex(TEXT_DIGEST_HEX),
+                payload_digest=bytes.fromhex(ZST_DIGEST_HEX),
+            )
         ),
     ),
 ]
@@ -254,32 +271,63 @@ def test_encode_chunk_matches_the_doc_and_takes_buffers(
         total=2,
         size=34,
         name="hello.txt",
-        sha256=bytes.fromhex(CHUNK1_SHA_HEX),
         data=data,
         request_id=2,
     )
     assert wire == CHUNK_WIRE
 
 
+def test_a_chunk_without_self_checked_carries_a_crc_and_decodes_the_same() -> None:
+    wire = encode_chunk(
+        file_id=FID,
+        index=1,
+        total=2,
+        size=34,
+        name="hello.txt",
+        data=CHUNK1_DATA,
+        request_id=2,
+        self_checked=False,
+    )
+    payload = CHUNK_WIRE[24:]
+    assert wire == _wire(0x01, payload, 2)
+    assert _decode_all([wire]) == [(2, CHUNK_MSG)]
+
+
+def test_a_self_checked_chunk_with_a_bit_flipped_is_a_checksum_error_not_lost_framing() -> None:
+    """No frame CRC: the chunk digest catches the flip, and the connection goes on."""
+    for at in (24 + 20, 24 + 50, len(CHUNK_WIRE) - 1):  # total, name, data
+        wire = bytearray(CHUNK_WIRE)
+        wire[at] ^= 0x01
+        decoder = MessageDecoder()
+        decoder.feed(bytes(wire) + _wire(0x03, "", 9))
+        with pytest.raises((ChecksumError, OutOfRangeError, BadNameError)):
+            decoder.next_event()
+        assert decoder.next_event() == (9, Ping())
+
+
 def test_chunk_repr_shows_data_length_not_bytes() -> None:
     assert repr(CHUNK_MSG) == (
         f"Chunk(file_id={FID_HEX}, index=1, total=2, size=34, name='hello.txt', "
-        "sha256=647424d5cf64..., data=<17 bytes>)"
+        f"digest={CHUNK1_DIGEST_HEX[:12]}..., data=<17 bytes>)"
     )
 
 
 # --- decode errors --------------------------------------------------------------------
 
-_SHA0 = hashlib.sha256(b"").hexdigest()
-
 
 def _chunk_payload(
-    *, index: int = 0, total: int = 1, name: bytes = b"a", data: bytes = b"", sha: str | None = None
+    *,
+    index: int = 0,
+    total: int = 1,
+    name: bytes = b"a",
+    data: bytes = b"",
+    digest: str | None = None,
 ) -> bytes:
-    """A CHUNK payload by hand: size 0, and the data's own sha256 unless `sha` is given."""
-    digest = hashlib.sha256(data).hexdigest() if sha is None else sha
-    head = f"{FID_HEX} {index:08x} {total:08x} 0000000000000000 {len(name):04x} {digest}"
-    return bytes.fromhex(head) + name + data
+    """A CHUNK payload by hand: size 0, and the right digest unless `digest` is given."""
+    fields = bytes.fromhex(f"{FID_HEX} {index:08x} {total:08x} 0000000000000000 {len(name):04x}")
+    if digest is None:
+        digest = xxhash.xxh3_128_hexdigest(fields + name + data)
+    return fields + bytes.fromhex(digest) + name + data
 
 
 DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
@@ -287,9 +335,14 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
     (_frame(0xFF, ""), IngestProtocolError, r"^unknown message type 0xff$"),
     (_frame(0x03, "", flags=1), IngestProtocolError, r"^frame flags 0x0001 set, expected 0$"),
     (
+        _frame(0x01, _chunk_payload(), flags=2),
+        IngestProtocolError,
+        r"^chunk frame flags 0x0002 set, expected 0x0000 or 0x0001$",
+    ),
+    (
         _frame(0x01, FID_HEX),
         IngestProtocolError,
-        r"^chunk payload of 16 bytes, expected at least 66$",
+        r"^chunk payload of 16 bytes, expected at least 50$",
     ),
     (
         _frame(0x01, _chunk_payload(total=0)),
@@ -320,7 +373,7 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
     (
         _frame(0x01, _chunk_payload(name=b"abc")[:-1]),
         IngestProtocolError,
-        r"^chunk name of 3 bytes overruns the payload of 68 bytes$",
+        r"^chunk name of 3 bytes overruns the payload of 52 bytes$",
     ),
     (
         _frame(0x01, _chunk_payload(name=b"ab\xffc")),
@@ -333,9 +386,9 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
         r"^name '\.\./etc' contains path separator '/'$",
     ),
     (
-        _frame(0x01, _chunk_payload(data=b"x" * 9, sha=_SHA0)),
+        _frame(0x01, _chunk_payload(data=b"x" * 9, digest=DIGEST0_HEX)),
         ChecksumError,
-        r"^chunk sha256 mismatch: header e3b0c44298fc\.\.\., data a73add1aecea\.\.\.$",
+        r"^chunk digest mismatch: header 000000000000\.\.\., payload [0-9a-f]{12}\.\.\.$",
     ),
     (
         _frame(0x02, FID_HEX + "00"),
@@ -451,13 +504,17 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
         r"^published payload of 16 bytes, expected at least 57$",
     ),
     (
-        _frame(0x33, f"{FID_HEX} 0000000000000001 {_SHA0} 02 {NAME_HEX}"),
+        _frame(0x33, f"{FID_HEX} 0000000000000001 {DIGEST0_HEX} {DIGEST0_HEX} 02 {NAME_HEX}"),
         IngestProtocolError,
         r"^published flags 0x02 has unknown bits, known 0x01$",
     ),
-    (_frame(0x33, f"{FID_HEX} 0000000000000001 {_SHA0} 00"), BadNameError, r"^name is empty$"),
     (
-        _frame(0x33, f"{FID_HEX} 0000000000000001 {_SHA0} 00 2e2e"),
+        _frame(0x33, f"{FID_HEX} 0000000000000001 {DIGEST0_HEX} {DIGEST0_HEX} 00"),
+        BadNameError,
+        r"^name is empty$",
+    ),
+    (
+        _frame(0x33, f"{FID_HEX} 0000000000000001 {DIGEST0_HEX} {DIGEST0_HEX} 00 2e2e"),
         BadNameError,
         r"^name '\.\.' is reserved$",
     ),
@@ -482,7 +539,7 @@ def test_decode_error(frame: Frame, error: type[IngestError], message: str) -> N
 
 
 def test_chunk_data_over_the_limit_is_refused_before_hashing() -> None:
-    wrong_digest = _frame(0x01, _chunk_payload(data=b"x" * 9, sha=_SHA0))
+    wrong_digest = _frame(0x01, _chunk_payload(data=b"x" * 9, digest=DIGEST0_HEX))
     with pytest.raises(IngestLimitError, match=r"^chunk data of 9 bytes exceeds limit 8$"):
         decode(wrong_digest, max_chunk_bytes=8)
     assert isinstance(decode(_frame(0x01, _chunk_payload(data=b"x" * 9)), max_chunk_bytes=9), Chunk)
@@ -494,13 +551,14 @@ def test_chunk_data_limit_default_is_8_mib() -> None:
         IngestLimitError, match=r"^chunk data of 8388609 bytes exceeds limit 8388608$"
     ):
         decode(_frame(0x01, _chunk_payload(data=data)))
-    assert decode(_frame(0x01, _chunk_payload(data=data[1:]))) == Chunk(
+    payload = _chunk_payload(data=data[1:])
+    assert decode(_frame(0x01, payload)) == Chunk(
         file_id=FID,
         index=0,
         total=1,
         size=0,
         name="a",
-        sha256=hashlib.sha256(data[1:]).digest(),
+        digest=payload[34:50],
         data=data[1:],
     )
 
@@ -533,20 +591,20 @@ def test_bad_frame_poisons_the_decoder() -> None:
 def test_oversized_frame_is_refused_from_its_header() -> None:
     decoder = MessageDecoder(max_chunk_bytes=100)
     decoder.feed(_wire(0x01, bytes(100 + CHUNK_OVERHEAD_BYTES + 1), 7)[:24])
-    with pytest.raises(FrameTooLarge, match=r"^frame payload length 422 exceeds limit 421$"):
+    with pytest.raises(FrameTooLarge, match=r"^frame payload length 406 exceeds limit 405$"):
         decoder.next_event()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "limit"),
     [
-        ({}, MAX_CHUNK_BYTES + 66 + MAX_NAME_BYTES),
+        ({}, MAX_CHUNK_BYTES + 50 + MAX_NAME_BYTES),
         ({"max_chunk_bytes": 0}, CHUNK_OVERHEAD_BYTES),
         ({"max_payload_bytes": 1000}, 1000),
     ],
 )
 def test_frame_payload_limit(kwargs: dict[str, Any], limit: int) -> None:
-    """The default limit fits the largest valid chunk: 66-byte header, longest name, data."""
+    """The default limit fits the largest valid chunk: 50-byte header, longest name, data."""
     assert MAX_MESSAGE_BYTES == MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
     at_limit = MessageDecoder(**kwargs)
     at_limit.feed(_WIRE_HEADER.pack(b"PO", 1, 1, 0, 0, 0, limit, 0))
@@ -561,7 +619,7 @@ def test_frame_payload_limit(kwargs: dict[str, Any], limit: int) -> None:
 
 @pytest.mark.parametrize("limit", [-1, 16 * 1024 * 1024 - CHUNK_OVERHEAD_BYTES + 1])
 def test_chunk_limit_out_of_range_is_a_config_error(limit: int) -> None:
-    with pytest.raises(ConfigError, match=rf"^max_chunk_bytes {limit} out of range 0\.\.16776895$"):
+    with pytest.raises(ConfigError, match=rf"^max_chunk_bytes {limit} out of range 0\.\.16776911$"):
         MessageDecoder(max_chunk_bytes=limit)
 
 
@@ -660,9 +718,14 @@ ENCODE_ERRORS: list[tuple[Message, type[Exception], str]] = [
         r"^file id of 17 bytes, expected 16$",
     ),
     (
-        Published(file_id=FID, name="a", size=1, sha256=b"x"),
+        Published(file_id=FID, name="a", size=1, digest=b"x", payload_digest=bytes(16)),
         IngestProtocolError,
-        r"^sha256 of 1 bytes, expected 32$",
+        r"^digest of 1 bytes, expected 16$",
+    ),
+    (
+        Published(file_id=FID, name="a", size=1, digest=bytes(16), payload_digest=bytes(32)),
+        IngestProtocolError,
+        r"^payload digest of 32 bytes, expected 16$",
     ),
     (
         Ack(file_id=FID, index=-1, committed=0, total=1),
@@ -670,24 +733,24 @@ ENCODE_ERRORS: list[tuple[Message, type[Exception], str]] = [
         r"^cannot encode ack: .*$",
     ),
     (
-        Chunk(file_id=FID, index=2**32, total=1, size=0, name="a", sha256=bytes(32), data=b""),
+        Chunk(file_id=FID, index=2**32, total=1, size=0, name="a", digest=bytes(16), data=b""),
         IngestProtocolError,
         r"^cannot encode chunk: .*$",
     ),
     (
-        Chunk(file_id=FID, index=0, total=1, size=0, name="a", sha256=bytes(31), data=b""),
+        Chunk(file_id=FID, index=0, total=1, size=0, name="a", digest=bytes(15), data=b""),
         IngestProtocolError,
-        r"^sha256 of 31 bytes, expected 32$",
+        r"^digest of 15 bytes, expected 16$",
     ),
     (
-        Chunk(file_id=FID, index=0, total=1, size=0, name="\ud800", sha256=bytes(32), data=b""),
+        Chunk(file_id=FID, index=0, total=1, size=0, name="\ud800", digest=bytes(16), data=b""),
         BadNameError,
         r"^name '\\ud800' is not encodable as utf-8$",
     ),
     (
-        Chunk(file_id=FID, index=0, total=1, size=0, name="a", sha256=bytes(32), data=bytes(2**24)),
+        Chunk(file_id=FID, index=0, total=1, size=0, name="a", digest=bytes(16), data=bytes(2**24)),
         FrameTooLarge,
-        r"^frame payload length 16777283 exceeds limit 16777216$",
+        r"^frame payload length 16777267 exceeds limit 16777216$",
     ),
     (
         Subscribe(file_ids=(FID,) * 65536),
@@ -711,7 +774,7 @@ def test_request_id_out_of_range_is_a_frame_error(message: Message) -> None:
 
 def test_encode_does_not_apply_decode_rules() -> None:
     """Tools build bad-but-framed chunks to probe a server; decode is the gate."""
-    bad = Chunk(file_id=FID, index=9, total=3, size=0, name="../x", sha256=bytes(32), data=b"")
+    bad = Chunk(file_id=FID, index=9, total=3, size=0, name="../x", digest=bytes(16), data=b"")
     with pytest.raises(OutOfRangeError):
         _decode_all([encode(bad, 1)])
 
@@ -768,7 +831,7 @@ u16 = st.integers(0, 2**16 - 1)
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 file_ids = st.binary(min_size=16, max_size=16).map(FileId)
-digests = st.binary(min_size=32, max_size=32)
+digests = st.binary(min_size=16, max_size=16)
 texts = st.text(max_size=40)
 codes = st.sampled_from(ErrorCode)
 
@@ -792,13 +855,12 @@ names = st.text(
 def chunks(draw: st.DrawFn) -> Chunk:
     total = draw(st.integers(1, MAX_CHUNKS))
     data = draw(st.binary(max_size=300))
-    return Chunk(
+    return new_chunk(
         file_id=draw(file_ids),
         index=draw(st.integers(0, total - 1)),
         total=total,
         size=draw(u64),
         name=draw(names),
-        sha256=hashlib.sha256(data).digest(),
         data=data,
     )
 
@@ -841,7 +903,13 @@ MESSAGE_STRATEGIES: dict[str, st.SearchStrategy[Message]] = {
     "subscribed": st.builds(Subscribed, file_ids=id_tuples),
     "chunk_stored": st.builds(ChunkStored, file_id=file_ids, index=u32, committed=u32, total=u32),
     "published": st.builds(
-        Published, file_id=file_ids, name=names, size=u64, sha256=digests, replaced=st.booleans()
+        Published,
+        file_id=file_ids,
+        name=names,
+        size=u64,
+        digest=digests,
+        payload_digest=digests,
+        replaced=st.booleans(),
     ),
     "failed": st.builds(Failed, file_id=file_ids, code=codes, message=texts),
 }
@@ -940,27 +1008,30 @@ def test_chunk_hash_check_can_be_left_to_the_caller() -> None:
     """A server decodes on its loop and hashes on its I/O threads: decode can skip the hash."""
     from postoffice.core.framing import FrameDecoder
     from postoffice.ingest.errors import ChecksumError
-    from postoffice.ingest.protocol import Chunk, decode, encode_chunk, verify_chunk
+    from postoffice.ingest.protocol import (
+        SELF_CHECKED,
+        Chunk,
+        decode,
+        encode_chunk,
+        verify_chunk,
+    )
 
+    fields = {"file_id": FileId(b"\x01" * 16), "index": 0, "total": 1, "size": 3, "name": "a.bin"}
     wire = bytearray(
         encode_chunk(
-            file_id=FileId(b"\x01" * 16),
-            index=0,
-            total=1,
-            size=3,
-            name="a.bin",
-            sha256=hashlib.sha256(b"abc").digest(),
+            **fields,  # type: ignore[arg-type]  # the literal dict's values
+            digest=digest_for(**fields, data=b"abc"),  # type: ignore[arg-type]
             data=b"abd",
             request_id=1,
         )
     )
-    frames = FrameDecoder()
+    frames = FrameDecoder(self_checked_flag=SELF_CHECKED)
     frames.feed(bytes(wire))
     frame = frames.next_event()
     assert not isinstance(frame, type(NEED_DATA))
-    with pytest.raises(ChecksumError, match=r"^chunk sha256 mismatch: header "):
+    with pytest.raises(ChecksumError, match=r"^chunk digest mismatch: header "):
         decode(frame)
     chunk = decode(frame, verify_chunks=False)
     assert isinstance(chunk, Chunk)
-    with pytest.raises(ChecksumError, match=r"^chunk sha256 mismatch: header "):
+    with pytest.raises(ChecksumError, match=r"^chunk digest mismatch: header "):
         verify_chunk(chunk)

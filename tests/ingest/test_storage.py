@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from postoffice.ingest.errors import (
     BadNameError,
@@ -59,7 +59,7 @@ def put(
         total=total,
         size=total * 100 if size is None else size,
         name=name,
-        sha256=hashlib.sha256(data).digest(),
+        digest=xxhash.xxh3_128_digest(data),
         data=data,
         now=now,
     )
@@ -80,7 +80,7 @@ class TestStoreChunk:
         assert result == StoreResult(committed=1, total=4, duplicate=False, complete=False)
         folder = payload_dir(tmp_path)
         assert (folder / "patch_2.bin").read_bytes() == chunk_data(2)
-        assert ids_lines(tmp_path) == [f"2 {hashlib.sha256(chunk_data(2)).hexdigest()}"]
+        assert ids_lines(tmp_path) == [f"2 {xxhash.xxh3_128_hexdigest(chunk_data(2))}"]
         meta = json.loads((folder / "meta.json").read_text())
         assert meta == {
             "file_id": HEX,
@@ -346,6 +346,7 @@ class TestReopen:
         shutil.copytree(payload_dir(tmp_path), tmp_path / "saved")
         record = published_info()
         store.mark_published(record)
+        store.remove_patches(FID)
         shutil.copytree(tmp_path / "saved", payload_dir(tmp_path))  # as if never removed
         again = new_store(tmp_path)
         assert not payload_dir(tmp_path).exists()
@@ -357,14 +358,15 @@ def published_info(file_id: FileId = FID, published_at: float = NOW) -> Publishe
         file_id=file_id,
         name="report.log",
         size=12345,
-        sha256=hashlib.sha256(b"out").digest(),
+        digest=xxhash.xxh3_128_digest(b"out"),
+        payload_digest=xxhash.xxh3_128_digest(b"in"),
         published_at=published_at,
         replaced=False,
     )
 
 
 class TestPublishAndRemove:
-    def test_mark_published_removes_patches_and_the_record_survives_reopen(
+    def test_mark_published_then_remove_patches_and_the_record_survives_reopen(
         self, tmp_path: Path
     ) -> None:
         store = new_store(tmp_path)
@@ -372,8 +374,11 @@ class TestPublishAndRemove:
             put(store, index)
         record = published_info()
         store.mark_published(record)
-        assert not payload_dir(tmp_path).exists()
+        # The record is the commit: the payload is gone, its patches wait for removal.
         assert store.info(FID) is None
+        assert payload_dir(tmp_path).exists()
+        store.remove_patches(FID)
+        assert not payload_dir(tmp_path).exists()
         assert store.published(FID) == record
         again = new_store(tmp_path)
         assert again.payloads() == []
@@ -384,6 +389,7 @@ class TestPublishAndRemove:
         store = new_store(tmp_path, fsync=False)
         put(store, 0, total=1, size=100)
         store.mark_published(published_info())
+        store.remove_patches(FID)
         result = put(store, 0, total=1, size=100)
         assert result == StoreResult(
             committed=1, total=1, duplicate=True, complete=False, published=True
@@ -438,17 +444,17 @@ class TestStorageErrors:
     ) -> None:
         store = new_store(tmp_path)
         put(store, 0)
-        real_replace = os.replace
+        real_write = os.write
 
-        def full_disk(src: str, dst: str) -> None:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src)
+        def full_disk(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr(os, "replace", full_disk)
+        monkeypatch.setattr(os, "write", full_disk)
         with pytest.raises(
-            IngestStorageError, match=r"^cannot write .*patch_1\.bin.*: No space left on device$"
+            IngestStorageError, match=r"^cannot write .*patch_1\.bin: No space left on device$"
         ):
             put(store, 1)
-        monkeypatch.setattr(os, "replace", real_replace)
+        monkeypatch.setattr(os, "write", real_write)
         info = store.info(FID)
         assert info is not None
         assert info.committed == frozenset({0})
@@ -554,3 +560,28 @@ def test_repr_shows_counts(tmp_path: Path) -> None:
     store = new_store(tmp_path, fsync=False)
     put(store, 0)
     assert repr(store) == f"<ChunkStore {tmp_path / 'patches'} payloads=1 published=0 unreadable=0>"
+
+
+class TestWaitChunk:
+    def test_returns_the_patch_once_another_thread_commits_it(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        assert store.wait_chunk(FID, 0, 0.01) == payload_dir(tmp_path) / "patch_0.bin"
+        assert store.wait_chunk(FID, 1, 0.05) is None  # not committed: times out
+        later = threading.Timer(0.05, lambda: put(store, 1))
+        later.start()
+        path = store.wait_chunk(FID, 1, 10)
+        later.join()
+        assert path == payload_dir(tmp_path) / "patch_1.bin"
+        assert path.read_bytes() == chunk_data(1)
+
+    def test_a_removed_or_unknown_payload_raises(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        with pytest.raises(UnknownFileError, match=rf"^no upload {FID.hex()}$"):
+            store.wait_chunk(FID, 0, 0.01)
+        put(store, 0)
+        later = threading.Timer(0.05, lambda: store.remove(FID))
+        later.start()
+        with pytest.raises(UnknownFileError):
+            store.wait_chunk(FID, 3, 10)
+        later.join()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Collection
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from postoffice.ingest.errors import IngestStorageError
 from postoffice.ingest.protocol import FileId, file_id_hex
@@ -52,7 +52,7 @@ def upload(
             total=2,
             size=100,
             name=name,
-            sha256=hashlib.sha256(data).digest(),
+            digest=xxhash.xxh3_128_digest(data),
             data=data,
             now=at,
         )
@@ -61,7 +61,13 @@ def upload(
 def publish_record(store: ChunkStore, file_id: FileId, *, name: str, at: float) -> None:
     store.mark_published(
         PublishedInfo(
-            file_id=file_id, name=name, size=1, sha256=b"\0" * 32, published_at=at, replaced=False
+            file_id=file_id,
+            name=name,
+            size=1,
+            digest=bytes(16),
+            payload_digest=bytes(16),
+            published_at=at,
+            replaced=False,
         )
     )
 

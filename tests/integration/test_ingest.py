@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import xxhash
 import zstandard
 
 from postoffice.core.framing import encode_parts
@@ -106,7 +106,6 @@ def raw_chunk(
         total=total,
         size=size if size is not None else len(data) * total,
         name=name,
-        sha256=hashlib.sha256(data).digest(),
         data=data,
         request_id=request_id,
     )
@@ -139,7 +138,7 @@ def test_round_trip_byte_for_byte(serve: Serve, tmp_path: Path) -> None:
         source = make_file(tmp_path / name, size, text=text)
         result = asyncio.run(send(ingest, source, chunk_size=256 * 1024))
         assert (ingest.files / name).read_bytes() == source.read_bytes()
-        assert result.sha256 == hashlib.sha256(source.read_bytes()).digest()
+        assert result.digest == xxhash.xxh3_128_digest(source.read_bytes())
         assert result.size == size
     assert sorted(p.name for p in ingest.files.iterdir()) == ["app.log", "random.bin", "tiny.txt"]
 
@@ -189,23 +188,30 @@ def test_conflicting_bytes_and_corrupt_chunks_are_refused(serve: Serve, tmp_path
     serve("ingest", *ingest.args())
     file_id = os.urandom(16)
     port = ingest.data_base
-    first = exchange(port, raw_chunk(file_id, 0, 2, b"A" * 100, size=200), 1)
+    payload = zstandard.ZstdCompressor(level=1).compress(os.urandom(300))
+    half = len(payload) // 2
+    pieces = [payload[:half], payload[half:]]
+    size = len(payload)
+    first = exchange(port, raw_chunk(file_id, 0, 2, pieces[0], size=size), 1)
     assert isinstance(first[0][1], Ack)
-    other = exchange(port, raw_chunk(file_id, 0, 2, b"B" * 100, size=200, request_id=7), 1)
+    other_bytes = bytes([pieces[0][0] ^ 1]) + pieces[0][1:]
+    other = exchange(port, raw_chunk(file_id, 0, 2, other_bytes, size=size, request_id=7), 1)
     assert other[0][0] == 7
     reply = other[0][1]
     assert isinstance(reply, ErrorReply)
     assert reply.code is ErrorCode.CONFLICT
-    # A chunk whose bytes do not match its SHA-256: refused, the connection stays usable.
-    good = raw_chunk(file_id, 1, 2, b"C" * 100, size=200, request_id=9)
-    bad = bytearray(raw_chunk(file_id, 1, 2, b"C" * 100, size=200, request_id=8))
-    bad[-1] ^= 0xFF  # breaks the frame CRC too: re-encode the frame around the bad payload
-    payload = bytes(bad[24:])
-    corrupt = encode_parts(0x01, 0, 8, payload)
-    replies = exchange(port, corrupt + good, 2)
-    assert isinstance(replies[0][1], ErrorReply)
-    assert replies[0][1].code is ErrorCode.CHECKSUM
-    assert isinstance(replies[1][1], Ack)
+    # A chunk whose bytes do not match its digest: refused, the connection stays usable.
+    # Self-checked (no frame CRC), then with a frame CRC that matches the corrupt payload.
+    bad = bytearray(raw_chunk(file_id, 1, 2, pieces[1], size=size, request_id=8))
+    bad[-1] ^= 0xFF
+    crc_framed = encode_parts(0x01, 0, 6, bytes(bad[24:]))
+    good = raw_chunk(file_id, 1, 2, pieces[1], size=size, request_id=9)
+    replies = exchange(port, bytes(bad) + crc_framed + good, 3)
+    assert [r[0] for r in replies] == [8, 6, 9]
+    for _, reply in replies[:2]:
+        assert isinstance(reply, ErrorReply)
+        assert reply.code is ErrorCode.CHECKSUM
+    assert isinstance(replies[2][1], Ack)
 
 
 def test_garbage_and_oversized_frames_do_not_stop_other_uploads(
@@ -308,11 +314,14 @@ def test_resume_after_the_server_is_killed(serve: Serve, tmp_path: Path) -> None
 
     acknowledged = asyncio.run(interrupted())
     first.proc.wait(10)
+    # The assembly was streaming when the server died: at most a hidden staging file.
+    assert [p.name for p in ingest.files.iterdir() if not p.name.startswith(".")] == []
     serve("ingest", *ingest.args())
     result = asyncio.run(send(ingest, packed, chunk_size=256 * 1024))
     assert acknowledged >= 4
     assert result.skipped_chunks >= acknowledged
     assert (ingest.files / "big.bin").read_bytes() == source.read_bytes()
+    assert [p.name for p in ingest.files.iterdir()] == ["big.bin"]
 
 
 def test_control_port_with_redis_py(serve: Serve, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,8 @@ import zstandard
 from postoffice.ingest import assembly
 from postoffice.ingest import server as server_module
 from postoffice.ingest.config import IngestConfig
-from postoffice.ingest.protocol import Chunk, FileId, UploadState
+from postoffice.ingest.errors import AssemblyError
+from postoffice.ingest.protocol import Chunk, FileId, UploadState, new_chunk
 from postoffice.ingest.server import IngestServer
 
 pytestmark = pytest.mark.integration
@@ -34,15 +34,11 @@ async def server(tmp_path: Path) -> AsyncIterator[IngestServer]:
 
 def one_chunk(name: str, content: bytes) -> Chunk:
     data = zstandard.ZstdCompressor().compress(content)
-    return Chunk(
-        file_id=FileId(os.urandom(16)),
-        index=0,
-        total=1,
-        size=len(data),
-        name=name,
-        sha256=hashlib.sha256(data).digest(),
-        data=data,
-    )
+    return make_chunk(FileId(os.urandom(16)), 0, 1, len(data), name, data)
+
+
+def make_chunk(file_id: FileId, index: int, total: int, size: int, name: str, data: bytes) -> Chunk:
+    return new_chunk(file_id=file_id, index=index, total=total, size=size, name=name, data=data)
 
 
 async def wait_for(path: Path, timeout_s: float = 10.0) -> None:
@@ -110,15 +106,7 @@ async def test_one_assembly_even_when_the_last_chunks_land_together(
     pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
     file_id = FileId(os.urandom(16))
     chunks = [
-        Chunk(
-            file_id=file_id,
-            index=i,
-            total=len(pieces),
-            size=len(data),
-            name="race.bin",
-            sha256=hashlib.sha256(piece).digest(),
-            data=piece,
-        )
+        make_chunk(file_id, i, len(pieces), len(data), "race.bin", piece)
         for i, piece in enumerate(pieces)
     ]
     # Every chunk at once, twice: duplicates race the completing chunk.
@@ -127,3 +115,111 @@ async def test_one_assembly_even_when_the_last_chunks_land_together(
     await wait_for(tmp_path / "files" / "race.bin")
     await asyncio.sleep(0.1)  # give a second (wrong) assembly the chance to start
     assert len(calls) == 1
+
+
+def text_payload(lines: int) -> bytes:
+    return b"".join(
+        b"2026-12-01T06:%02d:00Z GET /item/%d 200 ms=%d\n" % (i % 60, i, i % 97)
+        for i in range(lines)
+    )
+
+
+def pieces_of(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+async def test_assembly_streams_while_chunks_arrive(
+    server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = assembly.assemble
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append(1)
+        return real(**kwargs)
+
+    monkeypatch.setattr(server_module, "assemble", counting)
+    original = text_payload(200_000)
+    data = zstandard.ZstdCompressor(level=1).compress(original)
+    pieces = pieces_of(data, 64 * 1024)
+    file_id = FileId(os.urandom(16))
+    files = tmp_path / "files"
+    staging = assembly.staging_path(files, "stream.log", file_id, "tmp")
+    for index, piece in enumerate(pieces[:-1]):
+        ack = await server.accept_chunk(
+            make_chunk(file_id, index, len(pieces), len(data), "stream.log", piece)
+        )
+        assert not ack.complete
+    # Every chunk but the last is in: the output is being written already.
+    async with asyncio.timeout(10):
+        while not (staging.exists() and staging.stat().st_size > len(original) // 2):
+            await asyncio.sleep(0.01)
+    assert not (files / "stream.log").exists()
+    assert server.query(file_id).state is UploadState.UPLOADING
+    last = make_chunk(file_id, len(pieces) - 1, len(pieces), len(data), "stream.log", pieces[-1])
+    assert (await server.accept_chunk(last)).complete
+    await wait_for(files / "stream.log")
+    assert (files / "stream.log").read_bytes() == original
+    await asyncio.sleep(0.1)
+    assert len(calls) == 1
+    assert sorted(p.name for p in files.iterdir()) == ["stream.log"]
+
+
+async def test_a_bad_payload_fails_before_its_last_chunk(server: IngestServer) -> None:
+    file_id = FileId(os.urandom(16))
+    garbage = b"PK\x03\x04 not zstandard at all"
+    await server.accept_chunk(make_chunk(file_id, 0, 2, 2 * len(garbage), "bad.bin", garbage))
+    async with asyncio.timeout(10):
+        while server.query(file_id).state is not UploadState.FAILED:
+            await asyncio.sleep(0.01)
+    failed = server.published_message(file_id)
+    assert failed is not None
+    assert "not a zstd frame" in getattr(failed, "message", "")
+    with pytest.raises(AssemblyError, match=r"failed: .*not a zstd frame"):
+        await server.accept_chunk(make_chunk(file_id, 1, 2, 2 * len(garbage), "bad.bin", garbage))
+    assert server.store.info(file_id) is None
+
+
+async def test_a_stalled_streaming_assembly_gives_up_and_the_last_chunk_restarts_it(
+    server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "STREAM_IDLE_S", 0.3)
+    monkeypatch.setattr(server_module, "_STREAM_POLL_S", 0.05)
+    original = text_payload(20_000)
+    data = zstandard.ZstdCompressor(level=1).compress(original)
+    half = len(data) // 2
+    file_id = FileId(os.urandom(16))
+    await server.accept_chunk(make_chunk(file_id, 0, 2, len(data), "slow.log", data[:half]))
+    assert file_id in server._assembling
+    async with asyncio.timeout(10):
+        while file_id in server._assembling:  # the streaming assembly gives up
+            await asyncio.sleep(0.02)
+    files = tmp_path / "files"
+    assert [p.name for p in files.iterdir()] == []  # its staging file went with it
+    assert (
+        await server.accept_chunk(make_chunk(file_id, 1, 2, len(data), "slow.log", data[half:]))
+    ).complete
+    await wait_for(files / "slow.log")
+    assert (files / "slow.log").read_bytes() == original
+
+
+async def test_abort_while_streaming_leaves_nothing(server: IngestServer, tmp_path: Path) -> None:
+    original = text_payload(100_000)
+    data = zstandard.ZstdCompressor(level=1).compress(original)
+    pieces = pieces_of(data, 32 * 1024)
+    file_id = FileId(os.urandom(16))
+    files = tmp_path / "files"
+    staging = assembly.staging_path(files, "gone.log", file_id, "tmp")
+    for index, piece in enumerate(pieces[:2]):
+        await server.accept_chunk(
+            make_chunk(file_id, index, len(pieces), len(data), "gone.log", piece)
+        )
+    async with asyncio.timeout(10):
+        while not staging.exists():
+            await asyncio.sleep(0.01)
+    assert await server.abort(file_id)
+    async with asyncio.timeout(10):
+        while file_id in server._assembling:
+            await asyncio.sleep(0.02)
+    assert list(files.iterdir()) == []
+    assert server.query(file_id).state is UploadState.FAILED

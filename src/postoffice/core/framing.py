@@ -216,17 +216,26 @@ class FrameDecoder:
     `next_event` until it returns NEED_DATA.
 
     `max_payload_bytes` (at most MAX_PAYLOAD_BYTES) lets a service accept less than the
-    hard ceiling. Raises ConfigError if it is out of range.
+    hard ceiling. `self_checked_flag` (default 0: none) is the one flag bit, if any, by
+    which the service says "this payload carries its own checksum": a frame with that
+    bit set and a CRC-32 field of 0 is handed on without computing its CRC (the service
+    must check the payload itself); any other frame is checked as usual. Raises
+    ConfigError if a value is out of range.
     """
 
-    __slots__ = ("_buf", "_error", "_max_payload_bytes", "_pending", "_pos")
+    __slots__ = ("_buf", "_error", "_max_payload_bytes", "_pending", "_pos", "_self_checked")
 
-    def __init__(self, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+    def __init__(
+        self, max_payload_bytes: int = MAX_PAYLOAD_BYTES, self_checked_flag: int = 0
+    ) -> None:
         if not 0 <= max_payload_bytes <= MAX_PAYLOAD_BYTES:
             raise ConfigError(
                 f"max_payload_bytes {max_payload_bytes} out of range 0..{MAX_PAYLOAD_BYTES}"
             )
+        if self_checked_flag not in (0, *(1 << bit for bit in range(16))):
+            raise ConfigError(f"self_checked_flag 0x{self_checked_flag:x} is not one flag bit")
         self._max_payload_bytes = max_payload_bytes
+        self._self_checked = self_checked_flag
         self._buf = bytearray()
         self._pos = 0
         # (type, flags, request_id, length, crc) of the frame whose payload is awaited.
@@ -293,14 +302,15 @@ class FrameDecoder:
         else:
             with memoryview(buf) as view:
                 payload = view[pos:end].tobytes()
-        actual = zlib.crc32(payload)
-        if actual != crc:
-            self._fail(
-                FrameError(
-                    f"payload checksum 0x{actual:08x} does not match header 0x{crc:08x}",
-                    request_id=request_id,
+        if crc or not flags & self._self_checked:
+            actual = zlib.crc32(payload)
+            if actual != crc:
+                self._fail(
+                    FrameError(
+                        f"payload checksum 0x{actual:08x} does not match header 0x{crc:08x}",
+                        request_id=request_id,
+                    )
                 )
-            )
         self._pending = None
         if end == len(buf):
             buf.clear()
@@ -420,16 +430,20 @@ class MessageStream(Generic[M]):
     `next_event()` returns `(request_id, message)` or NEED_DATA. A FrameError means
     framing is lost (it is raised again on every later call: reply if you can, then
     close). Any error `decode` raises leaves the frame consumed and framing intact: answer
-    `last_request_id` and call again. Raises ConfigError for an out-of-range limit.
+    `last_request_id` and call again. `self_checked_flag` is FrameDecoder's. Raises
+    ConfigError for an out-of-range limit.
     """
 
     __slots__ = ("_decode", "_frames", "_last_request_id")
 
     def __init__(
-        self, decode: Callable[[Frame], M], max_payload_bytes: int = MAX_PAYLOAD_BYTES
+        self,
+        decode: Callable[[Frame], M],
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        self_checked_flag: int = 0,
     ) -> None:
         self._decode = decode
-        self._frames = FrameDecoder(max_payload_bytes)
+        self._frames = FrameDecoder(max_payload_bytes, self_checked_flag)
         self._last_request_id: int | None = None
 
     @property

@@ -80,6 +80,13 @@ def ingest() -> None:
     default=None,
     help="Assemble through a .part file instead of streaming from the patches.",
 )
+@click.option(
+    "--stream-assemblies",
+    type=int,
+    default=None,
+    help="Uploads decompressed while their chunks arrive, at most (0: only once complete)."
+    "  [default: 4]",
+)
 @serve_options("ingest")
 def serve(
     config_path: str | None,
@@ -200,8 +207,8 @@ def send(
 
                     result = await client.send(path, progress=advance)
                     click.echo(
-                        f"{path}: published as {result.name} ({result.size} bytes, sha256 "
-                        f"{result.sha256.hex()}, {result.sent_chunks} chunks sent, "
+                        f"{path}: published as {result.name} ({result.size} bytes, xxh3-128 "
+                        f"{result.digest.hex()}, {result.sent_chunks} chunks sent, "
                         f"{result.skipped_chunks} already there)"
                     )
         return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,6 @@ from postoffice.ingest.errors import (
 from postoffice.ingest.payload import (
     PreparedFile,
     discard_work_copy,
-    original_digest,
     plan_chunks,
     prepare,
 )
@@ -63,8 +61,8 @@ from postoffice.ingest.protocol import (
     Subscribe,
     Subscribed,
     UploadState,
+    chunk_frame_parts,
     encode,
-    encode_chunk,
     file_id_hex,
 )
 
@@ -74,7 +72,8 @@ from postoffice.ingest.protocol import (
 #
 #   prepare    (thread) payload.prepare: hash the file, derive its file id (so a
 #              restarted client finds its earlier upload), and compress it into the work
-#              dir or reuse the copy an earlier run left there. See payload.py.
+#              dir or reuse the copy an earlier run left there (a .zst is only hashed).
+#              See payload.py.
 #   subscribe  SUBSCRIBE on the ack port, then PING. The server replays PUBLISHED or
 #              FAILED to a late subscriber, so the events that arrive before the PONG tell
 #              how an *earlier* attempt ended; they are kept apart from this attempt's.
@@ -84,7 +83,8 @@ from postoffice.ingest.protocol import (
 #              link has at most PIPELINE_DEPTH chunks in flight and memory holds at most
 #              that many chunk frames. Replies are matched to requests by request id.
 #   wait       the final event for the id: FAILED raises, PUBLISHED is checked against
-#              our own size and sha256.
+#              our own payload digest (the server decompressed exactly what we sent) and,
+#              for a file we compressed, our own content size and digest.
 #
 # A link that drops is reconnected by the next request that needs it; a chunk is tried
 # 1 + MAX_RETRIES times in all (drops, timeouts, and the retryable error codes).
@@ -131,15 +131,17 @@ Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.S
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendResult:
-    """What one `send` did: `size` and `sha256` are of the original (decompressed) file,
-    `compressed_size` of what went over the wire; `skipped_chunks` were already on the
-    server (a resumed upload); `replaced` says the server replaced a file of that name."""
+    """What one `send` did: `size` and `digest` (XXH3-128) are of the published
+    (decompressed) file, `compressed_size` and `payload_digest` of what went over the
+    wire; `skipped_chunks` were already on the server (a resumed upload); `replaced` says
+    the server replaced a file of that name."""
 
     path: Path
     name: str
     file_id: FileId
     size: int
-    sha256: bytes
+    digest: bytes
+    payload_digest: bytes
     compressed_size: int
     chunks: int
     sent_chunks: int
@@ -243,8 +245,11 @@ def _response_complete(data: bytes) -> bool:
 # --- chunk frames (blocking: run in a thread) ---------------------------------------------
 
 
-def _chunk_frame(prepared: PreparedFile, fd: int, index: int, request_id: int) -> bytes:
-    """Read, hash and frame chunk `index`. Blocking; raises StorageError."""
+def _chunk_frame(
+    prepared: PreparedFile, fd: int, index: int, request_id: int
+) -> tuple[bytes, bytes]:
+    """Read chunk `index` and frame it: (frame head, data), written one after the other
+    so the data is never copied. Blocking; raises StorageError."""
     length = prepared.chunk_length(index)
     offset = index * prepared.chunk_size
     parts: list[bytes] = []
@@ -261,17 +266,17 @@ def _chunk_frame(prepared: PreparedFile, fd: int, index: int, request_id: int) -
             got += len(block)
     except OSError as exc:
         raise StorageError(f"cannot read {prepared.payload}: {exc.strerror or exc}") from exc
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
-    return encode_chunk(
+    data = parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
+    head, _ = chunk_frame_parts(
         file_id=prepared.file_id,
         index=index,
         total=prepared.total,
         size=prepared.payload_size,
         name=prepared.name,
-        sha256=hashlib.sha256(data).digest(),
         data=data,
         request_id=request_id,
     )
+    return head, data
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -395,8 +400,8 @@ class _Link:
         self._next_id = self._next_id % MAX_REQUEST_ID + 1
         return self._next_id
 
-    async def call(self, frame: bytes, request_id: int) -> Message:
-        """Send one request frame and return the reply with its id.
+    async def call(self, frame: bytes | tuple[bytes, ...], request_id: int) -> Message:
+        """Send one request frame (or its parts, in order) and return the reply with its id.
 
         Raises BrokenError if the connection is lost or no reply comes within timeout_s.
         """
@@ -410,7 +415,11 @@ class _Link:
                 if writer is not self._writer:
                     raise BrokenError(f"connection to {self.host}:{self.port} was reset")
                 try:
-                    writer.write(frame)
+                    if isinstance(frame, bytes):
+                        writer.write(frame)
+                    else:
+                        for part in frame:
+                            writer.write(part)
                     await writer.drain()
                 except OSError as exc:
                     error = BrokenError(f"cannot write to {self.host}:{self.port}: {exc}")
@@ -645,15 +654,6 @@ class IngestClient:
             prepare, path, chunk_size=self.chunk_size, work_dir=self.work_dir, name=name
         )
         hex_id = file_id_hex(prepared.file_id)
-        # A user's .zst is hashed (decompressed) while its chunks travel, not before.
-        original = (
-            asyncio.ensure_future(asyncio.to_thread(original_digest, prepared.payload))
-            if prepared.deferred
-            else None
-        )
-        if original is not None:
-            # If the upload fails first nobody awaits the hash: mark its outcome as seen.
-            original.add_done_callback(lambda f: f.cancelled() or f.exception())
         watch = _Watch(prepared.file_id)
         self._watches.setdefault(prepared.file_id, set()).add(watch)
         try:
@@ -669,11 +669,19 @@ class IngestClient:
             watchers.discard(watch)
             if not watchers:
                 self._watches.pop(prepared.file_id, None)
-        size, sha256 = (prepared.size, prepared.sha256) if original is None else await original
-        if published.size != size or published.sha256 != sha256:
+        if published.payload_digest != prepared.payload_digest:
             raise IngestError(
-                f"published sha256 {published.sha256.hex()} ({published.size} bytes) of "
-                f"{prepared.name} does not match ours {sha256.hex()} ({size} bytes)"
+                f"published payload digest {published.payload_digest.hex()} of {prepared.name}"
+                f" does not match ours {prepared.payload_digest.hex()}: the server "
+                "decompressed other bytes than we sent"
+            )
+        if prepared.digest is not None and (
+            published.size != prepared.size or published.digest != prepared.digest
+        ):
+            raise IngestError(
+                f"published digest {published.digest.hex()} ({published.size} bytes) of "
+                f"{prepared.name} does not match ours {prepared.digest.hex()} "
+                f"({prepared.size} bytes)"
             )
         await asyncio.to_thread(discard_work_copy, prepared)
         total = prepared.total
@@ -681,8 +689,9 @@ class IngestClient:
             path=path,
             name=published.name,
             file_id=prepared.file_id,
-            size=size,
-            sha256=sha256,
+            size=published.size,
+            digest=published.digest,
+            payload_digest=published.payload_digest,
             compressed_size=prepared.payload_size,
             chunks=total,
             sent_chunks=sent,

@@ -40,6 +40,7 @@ class IngestConfig:
     io_threads: int = 8
     fsync: bool = True
     assemble_via_part: bool = False
+    stream_assemblies: int = 4  # uploads decompressed while their chunks arrive, at most
     control_token: str | None = None
     shutdown_timeout_s: float = 30.0
 
@@ -60,6 +61,7 @@ class IngestConfig:
         check_range("idle_timeout_s", self.idle_timeout_s, 0, 86400)
         check_range("max_in_flight", self.max_in_flight, 1, 1024)
         check_range("io_threads", self.io_threads, 1, 256)
+        check_range("stream_assemblies", self.stream_assemblies, 0, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
         if self.control_token == "":
             raise ConfigError("setting 'control_token' must not be empty (leave it unset instead)")

@@ -13,13 +13,13 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
+import xxhash
 import zstandard
 
 from postoffice.core.errors import StorageError
 from postoffice.ingest.errors import (
-    AssemblyError,
     ConflictError,
     IngestLimitError,
     IngestProtocolError,
@@ -36,13 +36,17 @@ from postoffice.ingest.protocol import (
 
 # Design
 # ------
-# `prepare(path)` (blocking) detects Zstandard by its magic; hashes the original content;
-# derives the file id from name, content hash and chunk size, so a restarted client finds
-# its earlier upload; compresses into the work dir, or reuses the copy an earlier run left
-# there. The hash comes first, in a pass of its own: it is the cache key, and ~5x cheaper
+# `prepare(path)` (blocking) detects Zstandard by its magic. A plain file: hash its
+# content (XXH3-128), derive the file id from name, content digest and chunk size, so a
+# restarted client finds its earlier upload; compress into the work dir (hashing the
+# output as it is written: the payload digest), or reuse the copy an earlier run left
+# there. The hash comes first, in a pass of its own: it is the cache key, and far cheaper
 # than the compression it may save. The compression pass hashes again, so a file changed
 # in between is caught. Compression is deterministic (see _compress): the same file gives
-# the same payload, hence the same chunks, after a restart.
+# the same payload, hence the same chunks, after a restart. A .zst: hash its bytes (the
+# payload digest, and the id's material); its content is not decompressed here, so its
+# size and content digest are only known from the server's PUBLISHED (zstd's own frame
+# checksum, when the file has one, vouches for the content there).
 
 __all__ = [
     "PreparedFile",
@@ -50,7 +54,6 @@ __all__ = [
     "derive_file_id",
     "discard_work_copy",
     "is_zstd",
-    "original_digest",
     "plan_chunks",
     "prepare",
     "upload_name",
@@ -59,7 +62,7 @@ __all__ = [
 
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 ZSTD_LEVEL: Final = 3
-FILE_ID_DOMAIN: Final = b"postoffice-ingest-v1\0"
+FILE_ID_DOMAIN: Final = b"postoffice-ingest-v2\0"
 WORK_SUBDIR: Final = "postoffice-ingest"
 SUFFIX: Final = ".zst"
 
@@ -72,22 +75,22 @@ class PreparedFile:
 
     `payload` is the user's own .zst (`owned` False) or our copy in the work dir (`owned`
     True: removed after the publish); `reused` says that copy was left by an earlier run.
-    For a user's .zst, `deferred` is True and `size`/`sha256` (of the decompressed
-    content) are not known yet: `original_digest(payload)` computes them, and the client
-    runs it while the chunks are on their way rather than before.
+    `payload_digest` is the XXH3-128 of the payload's bytes. `size` and `digest`
+    (XXH3-128) are of the original content, known for a plain file; for a user's .zst
+    they are None (the content is never decompressed on this side).
     """
 
     path: Path
     name: str
     file_id: FileId
-    size: int
-    sha256: bytes
+    size: int | None
+    digest: bytes | None
     payload: Path
     payload_size: int
+    payload_digest: bytes
     chunk_size: int
     owned: bool
     reused: bool = False
-    deferred: bool = False
 
     @property
     def total(self) -> int:
@@ -103,11 +106,12 @@ class PreparedFile:
 # --- pure helpers -------------------------------------------------------------------------
 
 
-def derive_file_id(name: str, sha256: bytes, chunk_size: int) -> FileId:
-    """The upload's id: the same file, name and chunk size always give the same id, so an
-    interrupted upload is found again after a client restart."""
+def derive_file_id(name: str, digest: bytes, chunk_size: int) -> FileId:
+    """The upload's id: the same file (`digest` of its content, or of a .zst's bytes),
+    name and chunk size always give the same id, so an interrupted upload is found again
+    after a client restart."""
     material = b"".join(
-        (FILE_ID_DOMAIN, name.encode("utf-8"), b"\0", sha256, chunk_size.to_bytes(8, "big"))
+        (FILE_ID_DOMAIN, name.encode("utf-8"), b"\0", digest, chunk_size.to_bytes(8, "big"))
     )
     return FileId(hashlib.sha256(material).digest()[:FILE_ID_BYTES])
 
@@ -195,40 +199,40 @@ def prepare(
             name = check_name(name) if name is not None else upload_name(path, zstd=True)
             # The id comes from the compressed bytes, which are what is sent: hashing them
             # is far cheaper than decompressing, and just as stable across restarts.
-            with path.open("rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").digest()
-            file_id = derive_file_id(name, digest, chunk_size)
+            payload_size, payload_digest = _hash_file(path)
             return PreparedFile(
                 path=path,
                 name=name,
-                file_id=file_id,
-                size=0,
-                sha256=b"",
+                file_id=derive_file_id(name, payload_digest, chunk_size),
+                size=None,
+                digest=None,
                 payload=path,
-                payload_size=path.stat().st_size,
+                payload_size=payload_size,
+                payload_digest=payload_digest,
                 chunk_size=chunk_size,
                 owned=False,
-                deferred=True,
             )
         name = check_name(name) if name is not None else upload_name(path, zstd=False)
-        size, digest = _hash_plain(path)
+        size, digest = _hash_file(path)
         file_id = derive_file_id(name, digest, chunk_size)
         folder = work_root(work_dir)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = folder / f"{file_id_hex(file_id)}{SUFFIX}"
         sidecar = target.with_suffix(".json")
-        payload_size = _cached_size(target, sidecar, digest)
-        reused = payload_size is not None
-        if payload_size is None:
-            payload_size = _compress(path, target, sidecar, size=size, sha256=digest)
+        cached = _cached(target, sidecar, digest)
+        reused = cached is not None
+        if cached is None:
+            cached = _compress(path, target, sidecar, size=size, digest=digest)
+        payload_size, payload_digest = cached
         return PreparedFile(
             path=path,
             name=name,
             file_id=file_id,
             size=size,
-            sha256=digest,
+            digest=digest,
             payload=target,
             payload_size=payload_size,
+            payload_digest=payload_digest,
             chunk_size=chunk_size,
             owned=True,
             reused=reused,
@@ -237,50 +241,21 @@ def prepare(
         raise StorageError(f"cannot prepare {path}: {exc.strerror or exc}") from exc
 
 
-def _hash_plain(path: Path) -> tuple[int, bytes]:
-    digest = hashlib.sha256()
+def _hash_file(path: Path) -> tuple[int, bytes]:
+    """Size and XXH3-128 of a file's bytes."""
+    digest = xxhash.xxh3_128()
     size = 0
-    with path.open("rb") as fh:
-        while block := fh.read(_IO_BYTES):
-            digest.update(block)
-            size += len(block)
+    with path.open("rb", buffering=0) as fh:
+        block = bytearray(_IO_BYTES)
+        while got := fh.readinto(block):
+            digest.update(memoryview(block)[:got])
+            size += got
     return size, digest.digest()
 
 
-def original_digest(path: Path) -> tuple[int, bytes]:
-    """Size and sha256 of a .zst's decompressed content, as the server will publish it (it
-    too decodes every frame of a multi-frame file). Blocking.
-
-    Raises AssemblyError when the file is not valid Zstandard, StorageError when it
-    cannot be read.
-    """
-    try:
-        return _hash_zstd(path)
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _hash_zstd(path: Path) -> tuple[int, bytes]:
-    """Size and sha256 of the decompressed content."""
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with (
-            path.open("rb") as fh,
-            zstandard.ZstdDecompressor().stream_reader(
-                fh, read_size=_IO_BYTES, read_across_frames=True, closefd=False
-            ) as reader,
-        ):
-            while block := reader.read(_IO_BYTES):
-                digest.update(block)
-                size += len(block)
-    except zstandard.ZstdError as exc:
-        raise AssemblyError(f"{path} is not valid zstandard: {exc}") from exc
-    return size, digest.digest()
-
-
-def _cached_size(target: Path, sidecar: Path, sha256: bytes) -> int | None:
-    """The size of a compressed copy an earlier run left, if its sidecar vouches for it."""
+def _cached(target: Path, sidecar: Path, digest: bytes) -> tuple[int, bytes] | None:
+    """Size and digest of a compressed copy an earlier run left, if its sidecar vouches
+    for it."""
     try:
         meta = json.loads(sidecar.read_text())
         actual = target.stat().st_size
@@ -288,15 +263,34 @@ def _cached_size(target: Path, sidecar: Path, sha256: bytes) -> int | None:
         return None
     if (
         isinstance(meta, dict)
-        and meta.get("sha256_original") == sha256.hex()
+        and meta.get("digest_original") == digest.hex()
         and meta.get("size") == actual
+        and isinstance(meta.get("payload_digest"), str)
     ):
-        return actual
+        try:
+            return actual, bytes.fromhex(meta["payload_digest"])
+        except ValueError:
+            return None
     return None
 
 
-def _compress(src: Path, target: Path, sidecar: Path, *, size: int, sha256: bytes) -> int:
-    """Compress `src` into `target` (through a private temp name), then write the sidecar.
+class _HashingWriter:
+    """A write() that hashes what it passes on: the compressed payload's digest."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.digest = xxhash.xxh3_128()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self._out.write(data)
+
+
+def _compress(
+    src: Path, target: Path, sidecar: Path, *, size: int, digest: bytes
+) -> tuple[int, bytes]:
+    """Compress `src` into `target` (through a private temp name), then write the sidecar;
+    returns the payload's size and digest.
 
     Single-threaded level 3 with the content size pledged: the same input and library
     version always give the same bytes, which lets a restarted client resume.
@@ -305,19 +299,21 @@ def _compress(src: Path, target: Path, sidecar: Path, *, size: int, sha256: byte
         level=ZSTD_LEVEL, write_checksum=True, write_content_size=True, threads=0
     )
     tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    digest = hashlib.sha256()
+    content = xxhash.xxh3_128()
     seen = 0
     try:
-        with (
-            src.open("rb") as fin,
-            tmp.open("wb") as fout,
-            compressor.stream_writer(fout, size=size, closefd=False) as writer,
-        ):
-            while block := fin.read(_IO_BYTES):
-                digest.update(block)
-                seen += len(block)
-                writer.write(block)
-        if seen != size or digest.digest() != sha256:
+        with src.open("rb") as fin, tmp.open("wb") as fout:
+            hashing = _HashingWriter(fout)
+            with compressor.stream_writer(
+                hashing,  # type: ignore[arg-type]  # zstandard needs only write()
+                size=size,
+                closefd=False,
+            ) as writer:
+                while block := fin.read(_IO_BYTES):
+                    content.update(block)
+                    seen += len(block)
+                    writer.write(block)
+        if seen != size or content.digest() != digest:
             raise StorageError(f"{src} changed while it was read: restart the upload")
         payload_size = tmp.stat().st_size
         os.replace(tmp, target)
@@ -326,11 +322,17 @@ def _compress(src: Path, target: Path, sidecar: Path, *, size: int, sha256: byte
         raise StorageError(f"{src} changed while it was compressed: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
-    meta = {"size": payload_size, "sha256_original": sha256.hex(), "original_size": size}
+    payload_digest = hashing.digest.digest()
+    meta = {
+        "size": payload_size,
+        "payload_digest": payload_digest.hex(),
+        "digest_original": digest.hex(),
+        "original_size": size,
+    }
     side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     side_tmp.write_text(json.dumps(meta))
     os.replace(side_tmp, sidecar)
-    return payload_size
+    return payload_size, payload_digest
 
 
 def discard_work_copy(prepared: PreparedFile) -> None:

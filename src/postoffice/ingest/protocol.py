@@ -6,13 +6,14 @@ Ingest layer, pure sans-I/O, on top of core.framing. Wire format: docs/protocols
 from __future__ import annotations
 
 import enum
-import hashlib
 import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, NewType, TypeAlias, TypeVar, assert_never, cast, final
+
+import xxhash
 
 from postoffice.core import framing
 from postoffice.core.errors import ConfigError
@@ -30,18 +31,24 @@ from postoffice.ingest.errors import (
 # Design
 # ------
 # Every message is one core frame: the frame type is the message type, the frame flags
-# are always 0, and the payload layout is fixed per type (struct formats below). There
+# are 0 except CHUNK's SELF_CHECKED bit, and the payload layout is fixed per type
+# (struct formats below). A CHUNK carries the XXH3-128 digest of its own payload (all of
+# it but the digest field), which is both its corruption check and the key that tells
+# an idempotent re-send from a conflicting one; with SELF_CHECKED its frame CRC-32 is 0
+# and not computed, so each byte is hashed once on each side. There
 # is no state machine here: `MessageDecoder` is `FrameDecoder` plus `decode`, and the
 # two failure kinds stay apart on purpose. A FrameError means framing is lost and the
 # connection must close; an IngestError means one well-framed message was bad, so the
 # caller replies ERROR to `last_request_id` and keeps reading.
 #
 # `encode` checks only what the layout can carry (field widths, fixed-size ids); it
-# does not apply decode's rules (names, index < total, sha256), so tools and tests can
+# does not apply decode's rules (names, index < total, the digest), so tools and tests can
 # build invalid-but-framed messages to probe a server. Clients call `check_name` first.
+# A decoded CHUNK's data is a memoryview into the frame's payload: no copy is made.
 
 __all__ = [
     "CHUNK_OVERHEAD_BYTES",
+    "DIGEST_BYTES",
     "FILE_ID_BYTES",
     "MAX_CHUNKS",
     "MAX_CHUNK_BYTES",
@@ -50,6 +57,7 @@ __all__ = [
     "MAX_STATUS_RANGES",
     "MAX_SUBSCRIBE_IDS",
     "NEED_DATA",
+    "SELF_CHECKED",
     "Ack",
     "Chunk",
     "ChunkStored",
@@ -71,11 +79,15 @@ __all__ = [
     "Subscribed",
     "UploadState",
     "check_name",
+    "chunk_digest",
+    "chunk_frame_parts",
     "decode",
+    "digest_for",
     "encode",
     "encode_chunk",
     "file_id_hex",
     "missing_ranges",
+    "new_chunk",
     "parse_file_id",
     "ranges",
     "verify_chunk",
@@ -104,19 +116,25 @@ MAX_STATUS_RANGES: Final = 65536
 """Most missing ranges in one STATUS (512 KiB): a server lists the first ones, the
 client sends those and queries again."""
 
-_CHUNK: Final = struct.Struct(">16sIIQH32s")
+_CHUNK_FIELDS: Final = struct.Struct(">16sIIQH")  # what the chunk digest covers first
+_CHUNK: Final = struct.Struct(">16sIIQH16s")
 _ACK: Final = struct.Struct(">16sIIIB")
 _STATUS: Final = struct.Struct(">16sBIIQH")
 _CHUNK_STORED: Final = struct.Struct(">16sIII")
-_PUBLISHED: Final = struct.Struct(">16sQ32sB")
+_PUBLISHED: Final = struct.Struct(">16sQ16s16sB")
 _FAILED: Final = struct.Struct(">16sH")
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 _RANGE: Final = struct.Struct(">II")
-_SHA256_BYTES: Final = 32
+
+DIGEST_BYTES: Final = 16
+"""An XXH3-128 digest, in its canonical (big-endian) byte order."""
+
+SELF_CHECKED: Final = 0x0001
+"""CHUNK frame flag: the frame CRC-32 is 0 and not checked; the chunk digest covers it."""
 
 CHUNK_OVERHEAD_BYTES: Final = _CHUNK.size + MAX_NAME_BYTES
-"""Largest CHUNK payload minus its data: header (66 bytes) plus the longest name."""
+"""Largest CHUNK payload minus its data: header (50 bytes) plus the longest name."""
 
 MAX_MESSAGE_BYTES: Final = MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
 """Default frame payload limit of a MessageDecoder: the largest valid CHUNK."""
@@ -167,7 +185,7 @@ class Chunk:
     """One piece of an upload's compressed payload (client -> data port).
 
     `size` is the whole compressed payload's length (the sum of all chunk lengths) and
-    `sha256` the digest of this chunk's `data`.
+    `digest` the chunk digest (chunk_digest) of this chunk's fields and `data`.
     """
 
     file_id: FileId
@@ -175,14 +193,14 @@ class Chunk:
     total: int
     size: int
     name: str
-    sha256: bytes
-    data: bytes
+    digest: bytes
+    data: bytes | memoryview
 
     def __repr__(self) -> str:
         # Never print up to 8 MiB of data into a log line.
         return (
             f"Chunk(file_id={self.file_id.hex()}, index={self.index}, total={self.total}, "
-            f"size={self.size}, name={self.name!r}, sha256={self.sha256.hex()[:_DIGEST_SHOWN]}"
+            f"size={self.size}, name={self.name!r}, digest={self.digest.hex()[:_DIGEST_SHOWN]}"
             f"..., data=<{len(self.data)} bytes>)"
         )
 
@@ -274,13 +292,15 @@ class ChunkStored:
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Published:
-    """Ack-port event: the upload is in files/ under `name`; `size` and `sha256` are of
-    the decompressed file; `replaced` says a file of that name was replaced."""
+    """Ack-port event: the upload is in files/ under `name`; `size` and `digest` (XXH3-128)
+    are of the decompressed file, `payload_digest` (XXH3-128) of the compressed payload
+    the server decompressed; `replaced` says a file of that name was replaced."""
 
     file_id: FileId
     name: str
     size: int
-    sha256: bytes
+    digest: bytes
+    payload_digest: bytes
     replaced: bool = False
 
 
@@ -411,6 +431,90 @@ def _ids(file_ids: tuple[FileId, ...]) -> bytes:
     return _U16.pack(len(file_ids)) + b"".join([_fid(fid) for fid in file_ids])
 
 
+def chunk_digest(fields: bytes, name: bytes, data: bytes | bytearray | memoryview) -> bytes:
+    """XXH3-128 (seed 0, canonical bytes) of a CHUNK payload without its digest field:
+    the 34 bytes of file id, index, total, size and name length, the name, the data."""
+    hasher = xxhash.xxh3_128(fields)
+    hasher.update(name)
+    hasher.update(data)
+    return hasher.digest()
+
+
+def digest_for(
+    *, file_id: bytes, index: int, total: int, size: int, name: str, data: bytes | memoryview
+) -> bytes:
+    """The chunk digest a CHUNK with these fields and data must carry."""
+    name_bytes = _utf8(name)
+    try:
+        fields = _CHUNK_FIELDS.pack(_fid(file_id), index, total, size, len(name_bytes))
+    except struct.error as exc:
+        raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
+    return chunk_digest(fields, name_bytes, data)
+
+
+def new_chunk(
+    *,
+    file_id: FileId,
+    index: int,
+    total: int,
+    size: int,
+    name: str,
+    data: bytes | memoryview,
+) -> Chunk:
+    """A Chunk with the digest its fields and data call for."""
+    digest = digest_for(file_id=file_id, index=index, total=total, size=size, name=name, data=data)
+    return Chunk(
+        file_id=file_id, index=index, total=total, size=size, name=name, digest=digest, data=data
+    )
+
+
+def chunk_frame_parts(
+    *,
+    file_id: bytes,
+    index: int,
+    total: int,
+    size: int,
+    name: str,
+    data: bytes | bytearray | memoryview,
+    request_id: int,
+    digest: bytes | None = None,
+    self_checked: bool = True,
+) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """Return one CHUNK frame as (everything before the data, the data itself), so a
+    sender can write both without joining them; `data` is not copied.
+
+    `digest` defaults to the correct chunk_digest (give another to probe a server).
+    With `self_checked` the frame has the SELF_CHECKED flag and a CRC-32 of 0; without
+    it, flags 0 and a computed CRC-32. Checks only what the layout can carry, not
+    decode's rules. Raises IngestProtocolError for a field out of range or a wrong-sized
+    id or digest, BadNameError for a name UTF-8 cannot encode, FrameError for a request
+    id out of range, FrameTooLarge past 16 MiB.
+    """
+    name_bytes = _utf8(name)
+    try:
+        fields = _CHUNK_FIELDS.pack(_fid(file_id), index, total, size, len(name_bytes))
+    except struct.error as exc:
+        raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
+    if digest is None:
+        digest = chunk_digest(fields, name_bytes, data)
+    head = fields + _sized("digest", digest, DIGEST_BYTES) + name_bytes
+    length = len(head) + len(data)
+    if length > framing.MAX_PAYLOAD_BYTES:
+        raise framing.FrameTooLarge(length, framing.MAX_PAYLOAD_BYTES, request_id=request_id)
+    if not 0 <= request_id <= framing.MAX_REQUEST_ID:
+        raise framing.FrameError(
+            f"frame request id {request_id} out of range 0..{framing.MAX_REQUEST_ID}"
+        )
+    if self_checked:
+        flags, crc = SELF_CHECKED, 0
+    else:
+        flags, crc = 0, zlib.crc32(data, zlib.crc32(head))
+    header = framing.HEADER.pack(
+        framing.MAGIC, framing.VERSION, MsgType.CHUNK, flags, 0, request_id, length, crc
+    )
+    return header + head, data
+
+
 def encode_chunk(
     *,
     file_id: bytes,
@@ -418,43 +522,24 @@ def encode_chunk(
     total: int,
     size: int,
     name: str,
-    sha256: bytes,
     data: bytes | bytearray | memoryview,
     request_id: int,
+    digest: bytes | None = None,
+    self_checked: bool = True,
 ) -> bytes:
-    """Return one CHUNK frame without building a Chunk; `data` is copied exactly once.
-
-    Checks only what the layout can carry, not decode's rules. Raises
-    IngestProtocolError for a field out of range or a wrong-sized id or digest,
-    BadNameError for a name UTF-8 cannot encode, FrameError for a request id out of
-    range, FrameTooLarge past 16 MiB.
-    """
-    name_bytes = _utf8(name)
-    try:
-        head = _CHUNK.pack(
-            _fid(file_id),
-            index,
-            total,
-            size,
-            len(name_bytes),
-            _sized("sha256", sha256, _SHA256_BYTES),
-        )
-    except struct.error as exc:
-        raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
-    length = len(head) + len(name_bytes) + len(data)
-    if length > framing.MAX_PAYLOAD_BYTES:
-        raise framing.FrameTooLarge(length, framing.MAX_PAYLOAD_BYTES, request_id=request_id)
-    if not 0 <= request_id <= framing.MAX_REQUEST_ID:
-        raise framing.FrameError(
-            f"frame request id {request_id} out of range 0..{framing.MAX_REQUEST_ID}"
-        )
-    # The frame header needs the payload's CRC: chain it over the parts instead of
-    # joining them first, so the data is copied once, into the frame.
-    crc = zlib.crc32(data, zlib.crc32(name_bytes, zlib.crc32(head)))
-    header = framing.HEADER.pack(
-        framing.MAGIC, framing.VERSION, MsgType.CHUNK, 0, 0, request_id, length, crc
+    """Return one CHUNK frame as one bytes object; see chunk_frame_parts."""
+    head, body = chunk_frame_parts(
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        data=data,
+        request_id=request_id,
+        digest=digest,
+        self_checked=self_checked,
     )
-    return b"".join((header, head, name_bytes, data))
+    return b"".join((head, body))
 
 
 def encode(msg: Message, request_id: int = 0) -> bytes:
@@ -475,7 +560,7 @@ def encode(msg: Message, request_id: int = 0) -> bytes:
                     total=msg.total,
                     size=msg.size,
                     name=msg.name,
-                    sha256=msg.sha256,
+                    digest=msg.digest,
                     data=msg.data,
                     request_id=request_id,
                 )
@@ -505,8 +590,11 @@ def encode(msg: Message, request_id: int = 0) -> bytes:
                 payload = _CHUNK_STORED.pack(_fid(msg.file_id), msg.index, msg.committed, msg.total)
             case Published():
                 flags = _PUBLISHED_REPLACED if msg.replaced else 0
-                digest = _sized("sha256", msg.sha256, _SHA256_BYTES)
-                payload = _PUBLISHED.pack(_fid(msg.file_id), msg.size, digest, flags)
+                digest = _sized("digest", msg.digest, DIGEST_BYTES)
+                payload_digest = _sized("payload digest", msg.payload_digest, DIGEST_BYTES)
+                payload = _PUBLISHED.pack(
+                    _fid(msg.file_id), msg.size, digest, payload_digest, flags
+                )
                 payload += _utf8(msg.name)
             case Failed():
                 payload = _FAILED.pack(_fid(msg.file_id), msg.code)
@@ -586,15 +674,14 @@ def _decode_chunk(payload: bytes, max_chunk_bytes: int, verify: bool = True) -> 
         raise IngestLimitError(
             f"chunk data of {len(payload) - start} bytes exceeds limit {max_chunk_bytes}"
         )
-    data = payload[start:]  # the one copy: a Chunk holds bytes
     chunk = Chunk(
         file_id=FileId(fid),
         index=index,
         total=total,
         size=size,
         name=name,
-        sha256=digest,
-        data=data,
+        digest=digest,
+        data=memoryview(payload)[start:],  # no copy
     )
     if verify:
         verify_chunk(chunk)
@@ -602,16 +689,24 @@ def _decode_chunk(payload: bytes, max_chunk_bytes: int, verify: bool = True) -> 
 
 
 def verify_chunk(chunk: Chunk) -> None:
-    """Check that a chunk's data hashes to the SHA-256 it names; raises ChecksumError.
+    """Check that a chunk's fields and data hash to the digest it names; raises
+    ChecksumError.
 
     decode() does it unless told not to: a server decodes on its event loop and verifies
     on its I/O threads, where hashing megabytes neither blocks the loop nor holds the GIL.
     """
-    actual = hashlib.sha256(chunk.data).digest()
-    if actual != chunk.sha256:
+    actual = digest_for(
+        file_id=chunk.file_id,
+        index=chunk.index,
+        total=chunk.total,
+        size=chunk.size,
+        name=chunk.name,
+        data=chunk.data,
+    )
+    if actual != chunk.digest:
         raise ChecksumError(
-            f"chunk sha256 mismatch: header {chunk.sha256.hex()[:_DIGEST_SHOWN]}..., "
-            f"data {actual.hex()[:_DIGEST_SHOWN]}..."
+            f"chunk digest mismatch: header {chunk.digest.hex()[:_DIGEST_SHOWN]}..., "
+            f"payload {actual.hex()[:_DIGEST_SHOWN]}..."
         )
 
 
@@ -699,15 +794,16 @@ def _decode_chunk_stored(payload: bytes) -> ChunkStored:
 
 def _decode_published(payload: bytes) -> Published:
     _at_least("published", payload, _PUBLISHED.size)
-    fid, size, digest, flags = cast(
-        "tuple[bytes, int, bytes, int]", _PUBLISHED.unpack_from(payload)
+    fid, size, digest, payload_digest, flags = cast(
+        "tuple[bytes, int, bytes, bytes, int]", _PUBLISHED.unpack_from(payload)
     )
     _flags("published", flags, _PUBLISHED_REPLACED)
     return Published(
         file_id=FileId(fid),
         name=check_name(_text("name", payload[_PUBLISHED.size :], BadNameError)),
         size=size,
-        sha256=digest,
+        digest=digest,
+        payload_digest=payload_digest,
         replaced=bool(flags & _PUBLISHED_REPLACED),
     )
 
@@ -743,17 +839,22 @@ def decode(
 ) -> Message:
     """Return the message a well-formed frame carries, whichever direction it goes.
 
-    Raises IngestProtocolError (unknown type, frame flags set, malformed payload),
-    OutOfRangeError (chunk index or total), BadNameError, IngestLimitError (chunk data
-    over `max_chunk_bytes`, too many ids or ranges) and ChecksumError (chunk sha256).
+    Raises IngestProtocolError (unknown type, frame flags other than CHUNK's
+    SELF_CHECKED set, malformed payload), OutOfRangeError (chunk index or total),
+    BadNameError, IngestLimitError (chunk data over `max_chunk_bytes`, too many ids or
+    ranges) and ChecksumError (chunk digest).
     """
     kind = frame.type
     if kind != MsgType.CHUNK and kind not in _DECODERS:
         raise IngestProtocolError(f"unknown message type 0x{kind:02x}")
+    if kind == MsgType.CHUNK:
+        if frame.flags & ~SELF_CHECKED:
+            raise IngestProtocolError(
+                f"chunk frame flags 0x{frame.flags:04x} set, expected 0x0000 or 0x0001"
+            )
+        return _decode_chunk(frame.payload, max_chunk_bytes, verify_chunks)
     if frame.flags:
         raise IngestProtocolError(f"frame flags 0x{frame.flags:04x} set, expected 0")
-    if kind == MsgType.CHUNK:
-        return _decode_chunk(frame.payload, max_chunk_bytes, verify_chunks)
     return _DECODERS[kind](frame.payload)
 
 
@@ -763,10 +864,11 @@ class MessageDecoder(framing.MessageStream[Message]):
     until it returns NEED_DATA (see core.framing.MessageStream).
 
     `max_chunk_bytes` is the chunk data limit; `max_payload_bytes` the frame payload
-    limit, by default `max_chunk_bytes + CHUNK_OVERHEAD_BYTES`. With `verify_chunks`
-    off, the caller checks chunk hashes (verify_chunk). Raises ConfigError if a limit
-    is out of range; `next_event` raises FrameError or the IngestError subclasses of
-    `decode`.
+    limit, by default `max_chunk_bytes + CHUNK_OVERHEAD_BYTES`. A CHUNK frame with the
+    SELF_CHECKED flag and a CRC-32 of 0 skips the frame CRC: its digest is checked
+    instead (here, or with `verify_chunks` off by the caller, with verify_chunk).
+    Raises ConfigError if a limit is out of range; `next_event` raises FrameError or the
+    IngestError subclasses of `decode`.
     """
 
     __slots__ = ()
@@ -790,4 +892,5 @@ class MessageDecoder(framing.MessageStream[Message]):
                 frame, max_chunk_bytes=max_chunk_bytes, verify_chunks=verify_chunks
             ),
             max_payload_bytes,
+            SELF_CHECKED,
         )

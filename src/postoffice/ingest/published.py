@@ -23,27 +23,27 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final, final
+from typing import final
 
-from postoffice.ingest.durable import atomic_write, discard, fsync_dir, os_errors
+from postoffice.ingest.durable import GroupSync, atomic_write, discard, os_errors
 from postoffice.ingest.errors import BadNameError
-from postoffice.ingest.protocol import FILE_ID_BYTES, FileId, check_name, file_id_hex
+from postoffice.ingest.protocol import DIGEST_BYTES, FILE_ID_BYTES, FileId, check_name, file_id_hex
 
 __all__ = ["PublishedInfo", "PublishedRecords"]
 
 log = logging.getLogger(__name__)
 
-_SHA256_BYTES: Final = 32
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublishedInfo:
-    """The record of a published payload: `size` and `sha256` describe the decompressed file."""
+    """The record of a published payload: `size` and `digest` (XXH3-128) describe the
+    decompressed file, `payload_digest` (XXH3-128) the compressed payload it came from."""
 
     file_id: FileId
     name: str
     size: int
-    sha256: bytes
+    digest: bytes
+    payload_digest: bytes
     published_at: float
     replaced: bool
 
@@ -52,9 +52,11 @@ class PublishedInfo:
 class PublishedRecords:
     """The published records in `folder`, and their index in memory (see the design note)."""
 
-    def __init__(self, folder: Path, *, fsync: bool) -> None:
+    def __init__(self, folder: Path, *, fsync: bool, syncer: GroupSync | None = None) -> None:
         self.folder = Path(folder)
         self.fsync = fsync
+        # Directory fsyncs are shared by the records written at the same time.
+        self._syncer = syncer if syncer is not None else GroupSync()
         self._records: dict[bytes, PublishedInfo] = {}
 
     def __repr__(self) -> str:
@@ -118,7 +120,10 @@ class PublishedRecords:
             self.folder / f"{file_id_hex(info.file_id)}.json",
             _format_record(info),
             fsync=self.fsync,
+            sync_dir=False,
         )
+        if self.fsync:
+            self._syncer.sync(self.folder)
 
     def delete(self, file_id: FileId) -> None:
         """Delete the record's file, if any. Raises IngestStorageError."""
@@ -126,11 +131,16 @@ class PublishedRecords:
         with os_errors("remove", path):
             path.unlink(missing_ok=True)
         if self.fsync:
-            fsync_dir(self.folder)
+            self._syncer.sync(self.folder)
 
 
 def _format_record(info: PublishedInfo) -> bytes:
-    record = {**asdict(info), "file_id": info.file_id.hex(), "sha256": info.sha256.hex()}
+    record = {
+        **asdict(info),
+        "file_id": info.file_id.hex(),
+        "digest": info.digest.hex(),
+        "payload_digest": info.payload_digest.hex(),
+    }
     return json.dumps(record, ensure_ascii=False).encode()
 
 
@@ -138,9 +148,10 @@ def _parse_record(raw: bytes) -> PublishedInfo:
     """A PublishedInfo from its JSON; raises ValueError, KeyError, TypeError, BadNameError."""
     record = json.loads(raw)
     file_id = bytes.fromhex(record["file_id"])
-    sha256 = bytes.fromhex(record["sha256"])
-    if len(file_id) != FILE_ID_BYTES or len(sha256) != _SHA256_BYTES:
-        raise ValueError("file id or sha256 of the wrong length")
+    digest = bytes.fromhex(record["digest"])
+    payload_digest = bytes.fromhex(record["payload_digest"])
+    if len(file_id) != FILE_ID_BYTES or {len(digest), len(payload_digest)} != {DIGEST_BYTES}:
+        raise ValueError("file id or digest of the wrong length")
     size, published_at, replaced = record["size"], record["published_at"], record["replaced"]
     if not isinstance(size, int) or not isinstance(published_at, int | float):
         raise TypeError("size or published_at is not a number")
@@ -148,7 +159,8 @@ def _parse_record(raw: bytes) -> PublishedInfo:
         file_id=FileId(file_id),
         name=check_name(record["name"]),
         size=size,
-        sha256=sha256,
+        digest=digest,
+        payload_digest=payload_digest,
         published_at=float(published_at),
         replaced=bool(replaced),
     )

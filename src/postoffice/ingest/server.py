@@ -2,9 +2,14 @@
 
 Design: one process, one event loop. Acceptors never wait on handlers: each accepted
 socket gets its own Protocol. Blocking work (fsync'd chunk writes, zstd, cleanup) runs on
-an I/O thread pool. Exactly one assembly runs per payload: the chunk that completes the
-set starts it, recovery starts it for payloads found complete at startup, and a set of
-payloads being assembled guards both. Components (cleanup loop, assemblies) run under a
+an I/O thread pool. Exactly one assembly runs per payload, guarded by the dict of
+payloads being assembled: an upload's first committed chunk starts a *streaming*
+assembly (on its own threads, at most `stream_assemblies` at once), which decompresses
+each next index as soon as it is committed, so the assembly runs while the upload does;
+the chunk that completes the set starts one if none runs, and so does recovery for
+payloads found complete at startup. A streaming assembly that waits longer than
+STREAM_IDLE_S for its next chunk (or whose server drains) gives up without a trace, and
+the completing chunk starts a fresh one. Components (cleanup loop, assemblies) run under a
 Supervisor-like guard that logs a crash and carries on; listeners retry binds with
 backoff (core.listeners).
 """
@@ -13,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar, final
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, TypeVar, final
 
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
@@ -33,11 +41,17 @@ from postoffice.core.http import (
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import Backoff, Supervisor, announce
 from postoffice.core.workers import WorkerPool
-from postoffice.ingest.assembly import assemble
+from postoffice.ingest.assembly import Piece, assemble
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
 from postoffice.ingest.connections import AckConnection, AckHub, DataConnection
 from postoffice.ingest.control import ControlConnection
-from postoffice.ingest.errors import AssemblyError, ErrorCode, IngestError, UnknownFileError
+from postoffice.ingest.errors import (
+    AssemblyError,
+    ErrorCode,
+    IngestError,
+    IngestStorageError,
+    UnknownFileError,
+)
 from postoffice.ingest.events import EventHub
 from postoffice.ingest.protocol import (
     CHUNK_OVERHEAD_BYTES,
@@ -60,6 +74,24 @@ from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: A streaming assembly waits this long for its next chunk, then gives up (the upload
+#: stalled: its completing chunk starts a fresh assembly).
+STREAM_IDLE_S: Final = 10.0
+#: How often a waiting streaming assembly looks whether the server is draining.
+_STREAM_POLL_S: Final = 0.5
+
+
+class _Outcome(enum.Enum):
+    PUBLISHED = "published"
+    FAILED = "failed"  # the payload is bad for good
+    RETRY = "retry"  # a disk error or a bug: restarted after a backoff
+    GAVE_UP = "gave up"  # streaming only: the upload stalled, or the server drains
+    GONE = "gone"  # the upload was aborted or expired meanwhile
+
+
+class _StreamStalled(Exception):
+    """A streaming assembly stopped waiting for its next chunk."""
 
 
 class ShuttingDownError(IngestError):
@@ -91,6 +123,8 @@ class IngestServer:
             dataclasses.replace(limits, idle_timeout_s=0), clock=clock
         )
         self.pool = WorkerPool(config.io_threads, name="ingest-io")
+        self._stream_pool: ThreadPoolExecutor | None = None
+        self._streaming = 0
         self.events = EventHub()
         self.acks = AckHub()
         self.supervisor = Supervisor()
@@ -98,7 +132,7 @@ class IngestServer:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._data_listeners: dict[int, asyncio.Server] = {}
         self._sys_listeners: list[asyncio.Server] = []
-        self._assembling: dict[FileId, asyncio.Task[None]] = {}
+        self._assembling: dict[FileId, asyncio.Task[_Outcome]] = {}
         self._failed: dict[FileId, Failed] = {}
         self._assembly_backoff: dict[FileId, Backoff] = {}
         self._accepting = False
@@ -211,6 +245,8 @@ class IngestServer:
         await self.sys_manager.shutdown(deadline_s=1.0)
         await self.supervisor.stop()
         self.pool.close()
+        if self._stream_pool is not None:
+            self._stream_pool.shutdown(wait=False)
         self._data_listeners.clear()
         self._sys_listeners.clear()
         log.info("ingest stopped chunks=%d published=%d", self.chunks_total, self.published_total)
@@ -267,6 +303,9 @@ class IngestServer:
         if not self._accepting:
             raise ShuttingDownError("server is shutting down, chunk not stored")
         file_id = chunk.file_id
+        failed = self._failed.get(file_id)
+        if failed is not None and failed.code is ErrorCode.ASSEMBLY:
+            raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {failed.message}")
         if self.store.published(file_id) is not None:
             return Ack(
                 file_id=file_id,
@@ -285,12 +324,21 @@ class IngestServer:
                 total=chunk.total,
                 size=chunk.size,
                 name=chunk.name,
-                sha256=chunk.sha256,
+                digest=chunk.digest,
                 data=chunk.data,
                 now=now,
             )
 
-        result = await self._blocking(verify_and_store)
+        try:
+            result = await self._blocking(verify_and_store)
+        except IngestStorageError:
+            failed = self._failed.get(file_id)
+            if failed is not None and failed.code is ErrorCode.ASSEMBLY:
+                # Its streaming assembly failed and dropped the upload meanwhile.
+                raise AssemblyError(
+                    f"upload {file_id_hex(file_id)} failed: {failed.message}"
+                ) from None
+            raise
         self._failed.pop(file_id, None)
         if result.duplicate:
             self.duplicates_total += 1
@@ -314,6 +362,13 @@ class IngestServer:
         if result.complete:
             self.events.emit("payload_complete", file_id=file_id_hex(file_id), name=chunk.name)
             self._start_assembly(file_id)
+        elif (
+            not result.duplicate
+            and file_id not in self._assembling
+            and self._streaming < self.config.stream_assemblies
+            and not self.config.assemble_via_part
+        ):
+            self._start_assembly(file_id, streaming=True)
         return Ack(
             file_id=file_id,
             index=chunk.index,
@@ -342,7 +397,11 @@ class IngestServer:
             return Status(
                 file_id=file_id, state=state, total=0, committed=0, size=0, name="", missing=()
             )
-        state = UploadState.ASSEMBLING if file_id in self._assembling else UploadState.UPLOADING
+        state = (
+            UploadState.ASSEMBLING
+            if info.complete and file_id in self._assembling
+            else UploadState.UPLOADING
+        )
         return Status(
             file_id=file_id,
             state=state,
@@ -366,34 +425,92 @@ class IngestServer:
         if self._accepting and self.store.info(file_id) is not None:
             self._start_assembly(file_id)
 
-    def _start_assembly(self, file_id: FileId) -> None:
+    def _start_assembly(self, file_id: FileId, *, streaming: bool = False) -> None:
         if file_id in self._assembling:
             return
-        task = asyncio.ensure_future(self._assemble(file_id))
+        if streaming:
+            self._streaming += 1
+        task = asyncio.ensure_future(self._assemble(file_id, streaming))
         self._assembling[file_id] = task
-        task.add_done_callback(lambda _: self._assembling.pop(file_id, None))
 
-    async def _assemble(self, file_id: FileId) -> None:
+        def done(task: asyncio.Task[_Outcome]) -> None:
+            if self._assembling.get(file_id) is task:
+                del self._assembling[file_id]
+            if streaming:
+                self._streaming -= 1
+            outcome = None if task.cancelled() else task.result()
+            if outcome is _Outcome.GAVE_UP and self._accepting:
+                info = self.store.info(file_id)
+                if info is not None and info.complete:
+                    self._start_assembly(file_id)  # completed while we were giving up
+
+        task.add_done_callback(done)
+
+    def _run_streaming(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run a streaming assembly on its own threads: it may wait for chunks, and must
+        not hold an I/O thread meanwhile."""
+        if self._stream_pool is None:
+            self._stream_pool = ThreadPoolExecutor(
+                max(1, self.config.stream_assemblies), thread_name_prefix="ingest-stream"
+            )
+        return asyncio.get_running_loop().run_in_executor(self._stream_pool, fn)
+
+    def _piece_waiter(self, file_id: FileId) -> Callable[[int], Piece]:
+        """next_piece for a streaming assembly: the patch once committed, or give up."""
+
+        def next_piece(index: int) -> Piece:
+            idle = 0.0
+            while True:
+                path: Path | None = self.store.wait_chunk(file_id, index, _STREAM_POLL_S)
+                if path is not None:
+                    return path
+                idle += _STREAM_POLL_S
+                if idle >= STREAM_IDLE_S or not self._accepting:
+                    raise _StreamStalled(f"chunk {index} not committed within {idle:.1f} s")
+
+        return next_piece
+
+    async def _assemble(self, file_id: FileId, streaming: bool) -> _Outcome:
         hex_id = file_id_hex(file_id)
         info = self.store.info(file_id)
         if info is None:
-            return
+            return _Outcome.GONE
         config = self.config
         began = time.monotonic()
         try:
-            patches = self.store.patch_paths(file_id)
-            done = await self._blocking(
-                lambda: assemble(
-                    info=info,
-                    patches=patches,
-                    files_dir=config.files_path,
-                    max_output_bytes=config.max_output_bytes,
-                    max_window_log=config.max_window_log,
-                    via_part=config.assemble_via_part,
-                    fsync=config.fsync,
+            if streaming:
+                waiter = self._piece_waiter(file_id)
+                done = await self._run_streaming(
+                    lambda: assemble(
+                        info=info,
+                        next_piece=waiter,
+                        files_dir=config.files_path,
+                        max_output_bytes=config.max_output_bytes,
+                        max_window_log=config.max_window_log,
+                        fsync=config.fsync,
+                        syncer=self.store.syncer,
+                    )
                 )
-            )
+            else:
+                patches = self.store.patch_paths(file_id)
+                done = await self._blocking(
+                    lambda: assemble(
+                        info=info,
+                        patches=patches,
+                        files_dir=config.files_path,
+                        max_output_bytes=config.max_output_bytes,
+                        max_window_log=config.max_window_log,
+                        via_part=config.assemble_via_part,
+                        fsync=config.fsync,
+                        syncer=self.store.syncer,
+                    )
+                )
             await self._blocking(lambda: self.store.mark_published(done))
+        except _StreamStalled as exc:
+            log.info("streaming assembly gave up file_id=%s reason=%s", hex_id, exc)
+            return _Outcome.GAVE_UP
+        except UnknownFileError:
+            return _Outcome.GONE  # aborted or expired while it was being assembled
         except AssemblyError as exc:
             # The bytes will never decompress: drop them so the upload can start over.
             self.assembly_failures += 1
@@ -409,7 +526,7 @@ class IngestServer:
                 error=str(exc),
             )
             self.acks.publish(file_id, failed)
-            return
+            return _Outcome.FAILED
         except Exception as exc:
             # A disk error or a bug, not the payload's fault: the patches are intact, so
             # the assembler is restarted for this payload after a backoff delay.
@@ -426,10 +543,18 @@ class IngestServer:
             self.events.emit("assembly_retry", file_id=hex_id, error=repr(exc), retry_in_s=delay)
             loop = asyncio.get_running_loop()
             loop.call_later(delay, self._retry_assembly, file_id)
-            return
+            return _Outcome.RETRY
+        self._published_done(done, time.monotonic() - began)
+        # The record is the commit point: the patches can go after the event, off the path.
+        await self._blocking(lambda: self.store.remove_patches(file_id))
+        return _Outcome.PUBLISHED
+
+    def _published_done(self, done: PublishedInfo, seconds: float) -> None:
+        """Count a publish and tell telemetry and the ack subscribers."""
+        file_id = done.file_id
+        hex_id = file_id_hex(file_id)
         self._assembly_backoff.pop(file_id, None)
         self.published_total += 1
-        seconds = time.monotonic() - began
         log.info(
             "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
             hex_id,
@@ -443,7 +568,8 @@ class IngestServer:
             file_id=hex_id,
             name=done.name,
             size=done.size,
-            sha256=done.sha256.hex(),
+            digest=done.digest.hex(),
+            payload_digest=done.payload_digest.hex(),
             replaced=done.replaced,
             seconds=round(seconds, 6),
         )
@@ -578,7 +704,8 @@ def _published(done: PublishedInfo) -> Published:
         file_id=FileId(done.file_id),
         name=done.name,
         size=done.size,
-        sha256=done.sha256,
+        digest=done.digest,
+        payload_digest=done.payload_digest,
         replaced=done.replaced,
     )
 
