@@ -111,6 +111,14 @@ def raw_chunk(
     )
 
 
+def zstd_pieces(count: int) -> tuple[list[bytes], int]:
+    """A real zstd payload cut into `count` pieces, and its size: a first piece alone keeps
+    a streaming assembly waiting for the next, instead of failing it as garbage would."""
+    payload = zstandard.ZstdCompressor(level=1).compress(os.urandom(100 * count))
+    step = -(-len(payload) // count)
+    return [payload[i : i + step] for i in range(0, len(payload), step)], len(payload)
+
+
 def exchange(port: int, wire: bytes, replies: int) -> list[tuple[int, object]]:
     """Send raw frames to a data port and read `replies` messages back."""
     decoder = MessageDecoder()
@@ -334,7 +342,8 @@ def test_control_port_with_redis_py(serve: Serve, tmp_path: Path) -> None:
     status = control.execute_command("STATUS")  # type: ignore[no-untyped-call]
     assert status[status.index(b"x") + 1] == 3
     file_id = os.urandom(16)
-    exchange(ingest.data_base, raw_chunk(file_id, 0, 3, b"abc", size=9), 1)
+    pieces, size = zstd_pieces(3)
+    exchange(ingest.data_base, raw_chunk(file_id, 0, 3, pieces[0], size=size), 1)
     uploads = control.execute_command("UPLOADS")  # type: ignore[no-untyped-call]
     assert any(file_id.hex().encode() in line for line in uploads)
     missing = control.execute_command("MISSING", file_id.hex())  # type: ignore[no-untyped-call]
@@ -371,7 +380,8 @@ def test_scale_x_up_and_down_under_load(serve: Serve, tmp_path: Path) -> None:
 def test_ttl_cleanup_with_a_short_ttl(serve: Serve, tmp_path: Path) -> None:
     ingest = Ingest(tmp_path)
     serve("ingest", *ingest.args("--ttl", "1", "--cleanup-interval", "0.2"))  # the last flag wins
-    exchange(ingest.data_base, raw_chunk(os.urandom(16), 0, 2, b"stale", size=10), 1)
+    pieces, size = zstd_pieces(2)
+    exchange(ingest.data_base, raw_chunk(os.urandom(16), 0, 2, pieces[0], size=size), 1)
     source = make_file(tmp_path / "old.bin", 1000)
     asyncio.run(send(ingest, source))
     assert (ingest.files / "old.bin").exists()
