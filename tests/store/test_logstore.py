@@ -265,3 +265,30 @@ def test_removed_segments_are_unmapped(tmp_path: Path) -> None:
         store.read_value(*locs[0][:3])
     assert store.read_value(*locs[3][:3]) == b"x" * 40
     store.close()
+
+
+def test_a_failed_fsync_makes_nothing_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from postoffice.store.errors import StoreStorageError
+
+    store = _open(tmp_path)
+    store.start(0)
+    _, ticket = store.append([(Kind.PUT, b"a", b"1", 0)], defer=True)
+    real_fsync = os.fsync
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(StoreStorageError, match=r"^cannot fsync .*00000001\.seg: Input/output"):
+        store.sync(ticket)
+    assert store.fsyncs == 0
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert store.sync(ticket) == ticket  # not taken as done: this one fsyncs
+    assert store.fsyncs == 1
+    assert store.sync(ticket) == ticket  # now it is
+    assert store.fsyncs == 1
+    store.close()

@@ -518,13 +518,14 @@ class Store:
         items.append((Kind.BATCH_END, b"", count_value(len(items)), 0))
         return self._append(items, "batches", defer=self.write_behind)
 
-    def sync(self, ticket: int) -> None:
+    def sync(self, ticket: int) -> int:
         """Return once the write that gave `ticket` (and all before it) is on disk.
 
-        Under `interval` and `never` this fsyncs too: the caller asked for it.
-        Raises StoreStorageError.
+        Returns the newest ticket now on disk (at least `ticket`): one fsync covers every
+        write appended before it began. Under `interval` and `never` this fsyncs too: the
+        caller asked for it. Raises StoreStorageError.
         """
-        self._log.sync(ticket)
+        return self._log.sync(ticket)
 
     def write_pending(self) -> None:
         """Write what `write_behind` left in memory (not fsynced). Raises StoreStorageError."""

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple, final
+from typing import Final, NamedTuple, cast, final
 
 import lmdb
 
@@ -136,18 +136,27 @@ class Index:
         self.memory: dict[bytes, Location | None] = {}
         self.frozen: dict[bytes, Location | None] | None = None  # being written in the background
         self._txn_lock = threading.Lock()
-        # Locations read from LMDB (None: absent), so a hot key costs a dict lookup instead
-        # of a read transaction. Emptied when full: cheaper than tracking recency per read.
+        # Locations as LMDB holds them (None: absent): read from it, or just written to it
+        # by a flush, so a hot key costs a dict lookup instead of an LMDB read, and a put
+        # of a recently written key too. Emptied when full: cheaper than tracking recency.
         self._cache: dict[bytes, Location | None] = {}
         self.cache_entries = cache_entries
+        # One read transaction for `get`, begun again after every commit: beginning one per
+        # lookup costs more than the lookup. Between a background commit and `thaw` it is
+        # older than LMDB, but every key that commit wrote is still in `frozen`, read first.
+        self._reader = self._begin_reader()
 
     @classmethod
     def open_or_reset(cls, directory: Path, *, map_bytes: int) -> tuple[Index, str | None]:
         """Open the index; a damaged one is deleted and created empty, with the reason."""
+        index: Index | None = None
         try:
             index = cls(directory, map_bytes=map_bytes)
             index.meta()  # a damaged file may only fail on first read
         except StoreStorageError as exc:
+            if index is not None:
+                with contextlib.suppress(lmdb.Error):
+                    index.close()
             shutil.rmtree(directory, ignore_errors=True)
             return cls(directory, map_bytes=map_bytes), f"index damaged: {exc}"
         return index, None
@@ -171,6 +180,24 @@ class Index:
         with _lmdb_errors("reset", self._dir), self._env.begin(write=True) as txn:
             txn.drop(self._keys, delete=False)
             txn.drop(self._meta, delete=False)
+        self._renew_reader()
+
+    def _begin_reader(self) -> lmdb.Transaction:
+        with _lmdb_errors("read", self._dir):
+            return self._env.begin(db=self._keys)
+
+    def _renew_reader(self) -> None:
+        """See the latest commit (and let LMDB reuse the pages the old view pinned)."""
+        self._reader.abort()
+        self._reader = self._begin_reader()
+
+    def _written(self, entries: dict[bytes, Location | None]) -> None:
+        """After a commit of `entries`: the reader sees it, the cache holds what it wrote."""
+        self._renew_reader()
+        cache = self._cache
+        if len(cache) + len(entries) > self.cache_entries:
+            cache.clear()
+        cache.update(entries)
 
     def get(self, key: bytes) -> Location | None:
         """The key's location, or None if it is absent or deleted."""
@@ -186,20 +213,27 @@ class Index:
         if key in cache:
             return cache[key]
         try:
-            with self._env.begin(db=self._keys) as txn:
-                raw = txn.get(key[:BUCKET_KEY_BYTES])
+            raw = cast("bytes | None", self._reader.get(key[:BUCKET_KEY_BYTES]))
         except lmdb.Error as exc:
             raise StoreStorageError(f"cannot read index {self._dir}: {exc}") from exc
-        loc = None if raw is None else _find_in_bucket(raw, key)
+        if raw is None:
+            loc = None
+        elif _only_entry(raw, key):
+            loc = Location._make(_LOC.unpack_from(raw, _KLEN.size + len(key)))
+        else:
+            loc = _find_in_bucket(raw, key)
         if len(cache) >= self.cache_entries:
             cache.clear()
         cache[key] = loc
         return loc
 
     def set(self, key: bytes, loc: Location | None) -> None:
-        """Record a key's new location, or a tombstone (None)."""
+        """Record a key's new location, or a tombstone (None).
+
+        The cache may keep the key's older location: the memory layer is read first, and
+        the flush that writes the key puts its new location in the cache.
+        """
         self.memory[key] = loc
-        self._cache.pop(key, None)  # the memory layer answers for it from now on
 
     def flush(self, meta: Meta) -> None:
         """Write the frozen and memory layers and `meta` to LMDB in one transaction, then
@@ -209,6 +243,7 @@ class Index:
             self._write(entries, meta)
             self.frozen = None
             self.memory = {}
+            self._written(entries)
 
     def freeze(self) -> dict[bytes, Location | None]:
         """Move the memory layer aside for a background `write_frozen`; it stays readable."""
@@ -232,7 +267,9 @@ class Index:
         """Drop the frozen layer once written; if the write failed, fold it back into memory."""
         if self.frozen is not snapshot:
             return
-        if not written:
+        if written:
+            self._written(snapshot)
+        else:
             self.memory = {**snapshot, **self.memory}
         self.frozen = None
 
@@ -315,4 +352,5 @@ class Index:
 
     def close(self) -> None:
         """Close the LMDB environment (the memory layer must have been flushed)."""
+        self._reader.abort()
         self._env.close()

@@ -393,10 +393,12 @@ class LogStore:
         self._create_segment(self._current)
         self._tail = self._written_tail = 0
 
-    def sync(self, ticket: int) -> None:
+    def sync(self, ticket: int) -> int:
         """Return once every record up to sequence `ticket` is on disk (group commit).
 
-        One caller fsyncs on behalf of all waiting callers. Raises StoreStorageError.
+        One caller fsyncs on behalf of all waiting callers. Returns the sequence number
+        now known durable (at least `ticket`): everything appended before the fsync
+        began. Raises StoreStorageError.
         """
         with self._sync_cond:
             while self._synced_seq < ticket:
@@ -405,28 +407,37 @@ class LogStore:
                     break
                 self._sync_cond.wait()
             else:
-                return
-        target = 0
+                return self._synced_seq
+        covered = 0
         try:
             with self._lock:
                 self._write_pending()
                 sid = self._current
+                seq = self._written_seq
                 # A duplicate: once the lock is released the segment may roll and a compaction
                 # may remove it, closing its fd (or reusing the number) before this fsync.
-                with _os_errors("dup", self._path(sid)):
+                try:
                     fd = os.dup(self._fds[sid])
-                target = self._written_seq
+                except OSError as exc:
+                    raise StoreStorageError(
+                        f"cannot dup {self._path(sid)}: {exc.strerror or exc}"
+                    ) from exc
             try:
-                with _os_errors("fsync", self._path(sid)):
-                    os.fsync(fd)
+                os.fsync(fd)
+            except OSError as exc:
+                raise StoreStorageError(
+                    f"cannot fsync {self._path(sid)}: {exc.strerror or exc}"
+                ) from exc
             finally:
                 os.close(fd)
+            covered = seq  # only a successful fsync makes anything durable
             self.fsyncs += 1
         finally:
             with self._sync_cond:
                 self._syncing = False
-                self._synced_seq = max(self._synced_seq, target)
+                self._synced_seq = max(self._synced_seq, covered)
                 self._sync_cond.notify_all()
+        return max(covered, ticket)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self._interval_s):

@@ -11,12 +11,13 @@ write.
 Durable writes (`--durability always`): the engine appends without writing
 (write-behind), and the reply waits in the connection's `owed` queue with the write's
 ticket; replies behind it wait too, so replies keep request order. At the end of the
-event-loop iteration (a `call_soon` from the first such write) one sync job goes to the
-I/O pool: it writes everything appended so far in one write(2) and fsyncs once for all of
-it, like Redis's one fsync per loop iteration. When it is done each waiting connection
-sends what it owes up to that ticket, in one write; writes appended meanwhile go to the
-next sync, started at once. So the fsync rate, not a request, paces durable writes, and
-no reply claims more than the disk holds. Past `max_in_flight` owed replies a
+event-loop iteration (a `call_soon` from the first such write) the committer thread
+(store/commit.py) is asked for the newest ticket: it writes everything appended so far in
+one write(2) and fsyncs once for all of it, like Redis's one fsync per loop iteration.
+When it is done each waiting connection sends what it owes up to the covered ticket, in
+one write; writes appended meanwhile go to the next sync, which the committer starts at
+once. So the fsync rate, not a request, paces durable writes, and no reply claims more
+than the disk holds. Past `max_in_flight` owed replies a
 connection stops reading (backpressure). A bad frame gets an error reply (after the
 replies owed before it) and closes the connection; a bad request inside a good frame gets
 an error reply and the connection goes on.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import functools
 import logging
 import time
 from typing import Final, final
@@ -64,6 +64,7 @@ from postoffice.core.storewire import (
 )
 from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
+from postoffice.store.commit import Committer
 from postoffice.store.config import StoreConfig
 from postoffice.store.engine import BatchOp, Delete, Put, Store
 from postoffice.store.errors import StoreClosedError
@@ -299,12 +300,12 @@ class StoreServer:
         #: Requests by frame type (one list index per request: cheaper than a Counter).
         self.counts = [0] * 256
         # Group commit, see the module's design note: connections owed a durable reply,
-        # the newest ticket handed out, whether a sync is running or due this iteration.
+        # the newest ticket handed out, whether a sync request is due this iteration.
         self._syncers: dict[StoreConnection, None] = {}
         self._last_ticket = 0
-        self._syncing = False
         self._sync_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._committer: Committer | None = None
 
     def __repr__(self) -> str:
         return f"<StoreServer {self.addresses.get('store')} clients={self.manager.active}>"
@@ -317,8 +318,11 @@ class StoreServer:
         durability = Durability(config.durability)
         store = await self.pool.submit(lambda: Store.open(config.store_path, durability=durability))
         store.flush_in_background = True  # the event loop must not wait for LMDB
-        store.write_behind = self.durable  # the sync job writes, off the loop
+        store.write_behind = self.durable  # the committer writes, off the loop
         self._loop = asyncio.get_running_loop()
+        if self.durable:
+            self._committer = Committer(store, self._loop, self._synced)
+            self._committer.start()
         self.store = store
         log.info("store opened path=%s recovery=%s", config.store_path, store.recovery)
         self.manager.startup()
@@ -351,6 +355,9 @@ class StoreServer:
         for listener in self._listeners:
             listener.close()
         await self.manager.shutdown(deadline_s=self.config.shutdown_timeout_s)
+        if self._committer is not None:
+            await asyncio.to_thread(self._committer.stop)
+            self._committer = None
         if self.store is not None:
             store = self.store
             await self.pool.submit(store.close)
@@ -428,32 +435,26 @@ class StoreServer:
     # -- group commit ----------------------------------------------------------------------
 
     def wait_for_sync(self, conn: StoreConnection, ticket: int) -> None:
-        """`conn` owes the reply of a durable write with `ticket`: get a sync going.
+        """`conn` owes the reply of a durable write with `ticket`: ask for its sync.
 
-        The sync starts at the end of this loop iteration, so it covers every write the
-        iteration appended (all connections' reads of it), not just the first.
+        The request goes to the committer at the end of this loop iteration, so one sync
+        covers every write the iteration appended (all connections' reads of it).
         """
         self._last_ticket = ticket
         self._syncers[conn] = None
-        if not self._syncing and not self._sync_due:
+        if not self._sync_due:
             self._sync_due = True
             assert self._loop is not None  # set by startup, before any connection
-            self._loop.call_soon(self._start_sync)
+            self._loop.call_soon(self._request_sync)
 
-    def _start_sync(self) -> None:
+    def _request_sync(self) -> None:
         self._sync_due = False
-        store = self.store
-        if self._syncing or store is None:
-            return
-        target = self._last_ticket
-        self._syncing = True
-        job = self.pool.submit(functools.partial(store.sync, target))
-        job.add_done_callback(functools.partial(self._synced, target))
+        if self._committer is not None:
+            self._committer.request(self._last_ticket)
 
-    def _synced(self, target: int, job: asyncio.Future[None]) -> None:
-        self._syncing = False
+    def _synced(self, covered: int, exc: BaseException | None) -> None:
+        """The committer's answer: every write up to `covered` is durable (or failed)."""
         failure: tuple[Status, bytes] | None = None
-        exc = job.exception()
         if isinstance(exc, PostOfficeError):
             failure = self.failure(exc)
         elif exc is not None:
@@ -462,10 +463,8 @@ class StoreServer:
         waiting, self._syncers = self._syncers, {}
         now = time.monotonic()
         for conn in waiting:
-            if conn.pay(target, failure, now):
+            if conn.pay(covered, failure, now):
                 self._syncers[conn] = None
-        if self._syncers and self._last_ticket > target:
-            self._start_sync()
 
     def stats(self) -> dict[str, int | float]:
         """STATS body and /metrics: connections, requests, errors, latency, the engine."""
