@@ -9,8 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postoffice.core.framing import (
+    HEADER,
     HEADER_BYTES,
+    MAGIC,
     NEED_DATA,
+    VERSION,
     Frame,
     FrameDecoder,
     FrameError,
@@ -26,9 +29,11 @@ def _fields(frame: Frame) -> _Fields:
     return (frame.type, frame.flags, frame.request_id, frame.payload)
 
 
-def _by_events(chunks: list[bytes], limit: int) -> tuple[list[_Fields], str | None, int]:
+def _by_events(
+    chunks: list[bytes], limit: int, self_checked: int = 0
+) -> tuple[list[_Fields], str | None, int]:
     """What next_event makes of the chunks: frames, the error message, bytes left."""
-    decoder = FrameDecoder(limit)
+    decoder = FrameDecoder(limit, self_checked)
     out: list[_Fields] = []
     try:
         for chunk in chunks:
@@ -41,10 +46,10 @@ def _by_events(chunks: list[bytes], limit: int) -> tuple[list[_Fields], str | No
 
 
 def _by_batches(
-    chunks: list[bytes], limit: int, per_call: int
+    chunks: list[bytes], limit: int, per_call: int, self_checked: int = 0
 ) -> tuple[list[_Fields], str | None, int]:
     """The same through read_frames, at most `per_call` frames per call."""
-    decoder = FrameDecoder(limit)
+    decoder = FrameDecoder(limit, self_checked)
     out: list[_Fields] = []
     try:
         for chunk in chunks:
@@ -161,3 +166,18 @@ def test_batches_agree_with_events(
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     assert _by_batches(chunks, 4096, per_call) == _by_events(chunks, 4096)
+
+
+def test_self_checked_frames_skip_the_crc_as_next_event_does() -> None:
+    flag = 0x0100
+    unchecked = HEADER.pack(MAGIC, VERSION, 4, flag, 0, 1, 3, 0) + b"abc"  # CRC 0: skipped
+    checked = encode_parts(4, flag, 2, b"def")  # a CRC given: checked as usual
+    wrong = HEADER.pack(MAGIC, VERSION, 4, 0, 0, 3, 3, 0) + b"ghi"  # no flag: CRC 0 is wrong
+    stream = unchecked + checked + wrong
+    for cut in range(len(stream) + 1):
+        chunks = [stream[:cut], stream[cut:]]
+        got = _by_batches(chunks, 4096, 8, flag)
+        assert got == _by_events(chunks, 4096, flag)
+        assert [rid for _, _, rid, _ in got[0]] == [1, 2]
+        assert got[1] is not None
+        assert got[1].startswith("payload checksum")

@@ -336,6 +336,7 @@ class FrameDecoder:
         unpack = HEADER.unpack_from
         crc32 = zlib.crc32
         limit_bytes = self._max_payload_bytes
+        self_checked = self._self_checked
         count = 0
         verdict = False  # stopped at bytes `next_event` must judge (a bad header or CRC)
         with memoryview(buf) as view:
@@ -359,7 +360,7 @@ class FrameDecoder:
                     pending = (type_, flags, request_id, length, crc)
                     break
                 payload = view[pos:end].tobytes()
-                if crc32(payload) != crc:
+                if (crc or not flags & self_checked) and crc32(payload) != crc:
                     pending = (type_, flags, request_id, length, crc)
                     verdict = True
                     break
