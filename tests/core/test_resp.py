@@ -61,6 +61,15 @@ GOOD = [
     (b"\n\r\nPING\n", [[b"PING"]], Dialect.TEXT),
     (b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n", [[b"PING"]], Dialect.RESP),
     (b"PING\nPING\r\n*1\r\n$4\r\nPING\r\n", [[b"PING"]] * 3, Dialect.TEXT),
+    # Whole reads of several commands (the C reader's path), odd ones among them.
+    (
+        b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$4\r\n\r\n\r\r\r\n*1\r\n$4\r\nPING\r\n",
+        [[b"PING"], [b"ECHO", b"\r\n\r\r"], [b"PING"]],
+        Dialect.RESP,
+    ),
+    (b"*1\r\n$4\r\nPING\r\nPING\r\n", [[b"PING"], [b"PING"]], Dialect.RESP),
+    (b"*1\r\n$4\r\nPING\r\n*0\r\n*1\r\n$1\r\nx\r\n", [[b"PING"], [b"x"]], Dialect.RESP),
+    (b"*1\r\n$04\r\nPING\r\n*1\r\n$4\r\nPING\r\n", [[b"PING"]] * 2, Dialect.RESP),
 ]
 
 
@@ -94,6 +103,23 @@ BAD = [
     (b"*1\r\n$2\r\nabcd\r\n", RespProtocolError, r"^Protocol error: bulk string not followed"),
     (b"*" + b"9" * 40, RespProtocolError, r"^Protocol error: multibulk length line longer"),
     (b"*1\r\n$" + b"9" * 40, RespProtocolError, r"^Protocol error: bulk length line longer"),
+    # Whole reads that the C reader would take, or take wrongly, were it not checked.
+    (b"*1\r\n$2\r\nabXY", RespProtocolError, r"^Protocol error: bulk string not followed"),
+    (b"*1\r\n$2\r\na\r\n\n", RespProtocolError, r"^Protocol error: bulk string not followed"),
+    (
+        b"*1\r\n$4\r\nPING\r\n*1\r\n$2\r\nabXY*1\r\n$4\r\nPING\r\n",
+        RespProtocolError,
+        r"^Protocol error: bulk string not followed",
+    ),
+    (
+        b"*1\r\n$4\r\nPING\r\n*1\r\n$2\r\na\r\n\n*1\r\n$4\r\nPING\r\n",
+        RespProtocolError,
+        r"^Protocol error: bulk string not followed",
+    ),
+    (b"*1\r\n$4\r\nPING\r\n*1\r\n+PING\r\n", RespProtocolError, r"^Protocol error: expected '\$'"),
+    (b"*1\r\n*1\r\n$1\r\nx\r\n", RespProtocolError, r"^Protocol error: expected '\$', got '\*'$"),
+    (b"*2\r\n$3\r\nGET\r\n:1\r\n", RespProtocolError, r"^Protocol error: expected '\$', got ':'$"),
+    (b"*1\r\n$-1\r\n", RespProtocolError, r"^Protocol error: invalid bulk length -1$"),
 ]
 
 
@@ -119,6 +145,29 @@ def test_bulk_over_limit_is_refused_from_its_header() -> None:
     parser = RespParser(max_bulk_bytes=10)
     with pytest.raises(RespLimitError, match=r"^Protocol error: bulk length 11 exceeds limit 10$"):
         parse_all(b"*1\r\n$11\r\n", parser)
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_limits_hold_for_whole_reads(pipelined: bool) -> None:
+    """A request that arrives whole is held to the same limits as one that trickles in."""
+    head = b"*1\r\n$4\r\nPING\r\n" if pipelined else b""
+    with pytest.raises(RespLimitError, match=r"^Protocol error: bulk length 5 exceeds limit 4$"):
+        parse_all(head + b"*1\r\n$5\r\nHELLO\r\n", RespParser(max_bulk_bytes=4))
+    with pytest.raises(
+        RespLimitError, match=r"^Protocol error: multibulk length 3 exceeds limit 2$"
+    ):
+        parse_all(head + encode_command([b"SET", b"k", b"v"]), RespParser(max_array_items=2))
+
+
+def test_a_read_ending_inside_a_command_keeps_its_tail() -> None:
+    """The commands before the cut come out at once; the rest when its bytes arrive."""
+    wire = b"*1\r\n$4\r\nPING\r\n" * 3 + encode_command([b"ECHO", b"hello"])
+    for cut in range(3 * 14 + 1, len(wire)):
+        parser = RespParser()
+        assert [c.args for c in parse_all(wire[:cut], parser)] == [[b"PING"]] * 3
+        assert parser.has_partial()
+        assert [c.args for c in parse_all(wire[cut:], parser)] == [[b"ECHO", b"hello"]]
+        assert not parser.has_partial()
 
 
 def test_inline_over_limit_without_newline() -> None:
@@ -188,6 +237,34 @@ def test_any_bytes_give_commands_or_protocol_error(chunks: list[bytes]) -> None:
                 assert event.args
     except RespProtocolError:
         pass
+
+
+@given(st.lists(command_args, min_size=1, max_size=6), st.data())
+@settings(max_examples=400, derandomize=True)
+def test_whole_reads_parse_as_byte_by_byte_reads_do(
+    commands: list[list[bytes]], data: st.DataObject
+) -> None:
+    """Whole reads go through the C reader, single bytes through the Python parser; a
+    pipeline with any one byte changed gives both the same commands or the same error."""
+    wire = bytearray(b"".join(encode_command(args) for args in commands))
+    if data.draw(st.booleans()):
+        wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+
+    def outcome(chunks: list[bytes]) -> tuple[list[list[bytes]], str]:
+        parser = RespParser(max_inline_bytes=64, max_bulk_bytes=64, max_array_items=8)
+        out: list[list[bytes]] = []
+        try:
+            for chunk in chunks:
+                parser.feed(chunk)
+                while (event := parser.next_event()) is not NEED_DATA:
+                    assert isinstance(event, Command)
+                    out.append(event.args)
+        except RespProtocolError as exc:
+            return out, str(exc)
+        return out, "partial" if parser.has_partial() else ""
+
+    sent = bytes(wire)
+    assert outcome([sent]) == outcome([sent[i : i + 1] for i in range(len(sent))])
 
 
 REPLIES: list[tuple[Reply, bytes, bytes]] = [
