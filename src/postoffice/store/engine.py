@@ -64,7 +64,10 @@ DEFAULT_MAX_KEY_BYTES: Final = 1024  # keys are names, not payloads
 DEFAULT_MAX_VALUE_BYTES: Final = 16 * 1024 * 1024  # one pread, one allocation per get
 DEFAULT_INTERVAL_MS: Final = 100  # `interval` durability: the most a crash may lose
 DEFAULT_INDEX_MAP_BYTES: Final = 1 << 32  # LMDB's map is sparse: this is address space only
-DEFAULT_FLUSH_ENTRIES: Final = 4096  # memory-layer entries written to LMDB per transaction
+# Memory-layer entries written to LMDB per transaction. LMDB copies every page a
+# transaction touches, so random keys cost less per entry in bigger transactions (16384:
+# a third of 4096's cost); the layer is a few MB, and scans sort its matching keys.
+DEFAULT_FLUSH_ENTRIES: Final = 16384
 _LOCK_NAME: Final = "LOCK"
 # One compaction step copies at most this many records and bytes (a larger value goes alone):
 # it bounds the time the lock is held and the memory the step holds.
@@ -439,9 +442,9 @@ class Store:
 
         Raises KeySizeError, ValueSizeError, StoreClosedError, StoreStorageError.
         """
-        self._check_key(key)
-        self._check_value(value)
-        self._write([(Kind.PUT, bytes(key), bytes(value), 0)], "puts")
+        ticket = self._put(key, value, defer=False)
+        if self._durability is Durability.ALWAYS:
+            self._log.sync(ticket)
 
     def delete(self, key: bytes) -> bool:
         """Remove `key` (a tombstone in the log); return whether it was present.
@@ -469,6 +472,9 @@ class Store:
 
         The hot path of a server's writes: one record, no lists, no dataclasses.
         """
+        return self._put(key, value, defer=self.write_behind)
+
+    def _put(self, key: bytes, value: bytes, *, defer: bool) -> int:
         if not key or len(key) > self._max_key:
             self._check_key(key)
         if len(value) > self._max_value:
@@ -481,9 +487,7 @@ class Store:
             if self._shut:
                 self._check_open()
             self._counts["puts"] += 1
-            loc = Location._make(
-                self._log.append_one(Kind.PUT, key, value, defer=self.write_behind)
-            )
+            loc = Location._make(self._log.append_one(Kind.PUT, key, value, defer=defer))
             index = self._index
             if index.get(key) is None:
                 self._live += 1

@@ -130,7 +130,11 @@ class Index:
         except OSError as exc:
             raise StoreStorageError(f"cannot create {directory}: {exc.strerror or exc}") from exc
         with _lmdb_errors("open", directory):
-            self._env = lmdb.open(str(directory), map_size=map_bytes, max_dbs=2, subdir=True)
+            # No fsync of the meta page: a crash may undo the last commits, never break the
+            # file, and an index that lags the log is caught up by replaying the log.
+            self._env = lmdb.open(
+                str(directory), map_size=map_bytes, max_dbs=2, subdir=True, metasync=False
+            )
             self._keys = self._env.open_db(b"keys")
             self._meta = self._env.open_db(b"meta")
         self.memory: dict[bytes, Location | None] = {}
@@ -278,7 +282,9 @@ class Index:
             keys = self._keys
             get = txn.get
             put = txn.put
-            for key, loc in layer.items():
+            # In key order: LMDB's B-tree takes sorted puts a quarter faster.
+            for key in sorted(layer):
+                loc = layer[key]
                 bkey = key[:BUCKET_KEY_BYTES]
                 raw = get(bkey, db=keys)
                 if raw is None or _only_entry(raw, key):  # no other key in the bucket
@@ -313,7 +319,12 @@ class Index:
             return k >= lo and (hi is None or k < hi) and k.startswith(prefix)
 
         layers = self.memory if self.frozen is None else {**self.frozen, **self.memory}
-        mem = sorted((k, v) for k, v in layers.items() if wanted(k))
+        # The memory layer is unordered: its matching keys, sorted (no call per key).
+        found = [k for k in layers if k >= lo and k.startswith(prefix)]
+        if hi is not None:
+            found = [k for k in found if k < hi]
+        found.sort()
+        mem = [(k, layers[k]) for k in found]
         out: list[tuple[bytes, Location]] = []
         mi = 0
         with _lmdb_errors("scan", self._dir), self._env.begin(db=self._keys) as txn:
