@@ -601,3 +601,70 @@ def test_without_the_self_checked_flag_a_zero_crc_is_an_error() -> None:
 def test_self_checked_flag_must_be_one_bit(flag: int) -> None:
     with pytest.raises(ConfigError, match=r"^self_checked_flag .* is not one flag bit$"):
         FrameDecoder(self_checked_flag=flag)
+
+
+# --- large payloads gathered block by block -------------------------------------------------
+
+
+_BIG = bytes(range(256)) * 1200  # 300 KiB: past the size gathered as a list of blocks
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(1, 120_000), min_size=1, max_size=20))
+def test_large_payloads_split_anywhere_come_back_whole(cuts: list[int]) -> None:
+    frames = [
+        Frame(type=1, flags=0, request_id=1, payload=_BIG),
+        Frame(type=2, flags=0, request_id=2, payload=b"small"),
+        Frame(type=3, flags=0, request_id=3, payload=_BIG[::-1]),
+        Frame(type=4, flags=0, request_id=4, payload=b""),
+    ]
+    wire = b"".join(encode(f) for f in frames)
+    decoder = FrameDecoder()
+    got: list[Frame] = []
+    at = 0
+    for cut in [*cuts, len(wire)]:
+        piece = wire[at : at + cut]
+        at += len(piece)
+        decoder.feed(memoryview(piece))  # a view: the decoder must not keep the caller's buffer
+        got.extend(_drain(decoder))
+        if at >= len(wire):
+            break
+    decoder.feed(wire[at:])
+    got.extend(_drain(decoder))
+    assert got == frames
+    assert decoder.buffered_bytes == 0
+
+
+def test_a_gathered_payload_counts_as_buffered_and_its_crc_is_checked() -> None:
+    wire = _wire(_BIG, type=5, request_id=9, crc=zlib.crc32(_BIG) ^ 1)
+    decoder = FrameDecoder()
+    decoder.feed(wire[:100_000])
+    assert decoder.next_event() is NEED_DATA
+    decoder.feed(wire[100_000:200_000])
+    assert decoder.next_event() is NEED_DATA
+    assert decoder.buffered_bytes == 200_000
+    decoder.feed(wire[200_000:])
+    with pytest.raises(FrameError, match=r"does not match header") as caught:
+        decoder.next_event()
+    assert caught.value.request_id == 9
+    assert decoder.failed
+
+
+def test_read_frames_finishes_a_payload_next_event_started_gathering() -> None:
+    big = encode(Frame(type=1, flags=0, request_id=1, payload=_BIG))
+    small = encode(Frame(type=2, flags=0, request_id=2, payload=b"after"))
+    decoder = FrameDecoder()
+    decoder.feed(big[:50_000])
+    assert decoder.next_event() is NEED_DATA
+    decoder.feed(big[50_000:] + small)
+    out: list[tuple[int, int, int, bytes]] = []
+    assert decoder.read_frames(out, 10) == 2
+    assert out == [(1, 0, 1, _BIG), (2, 0, 2, b"after")]
+
+
+def test_read_frames_honours_the_self_checked_flag() -> None:
+    decoder = FrameDecoder(self_checked_flag=0x0001)
+    decoder.feed(_wire(b"own checksum", type=1, flags=0x0001, request_id=3, crc=0))
+    out: list[tuple[int, int, int, bytes]] = []
+    assert decoder.read_frames(out, 10) == 1
+    assert out == [(1, 0x0001, 3, b"own checksum")]

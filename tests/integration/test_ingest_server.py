@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import zstandard
 
+from postoffice.ingest import assembler as assembler_module
 from postoffice.ingest import assembly
-from postoffice.ingest import server as server_module
 from postoffice.ingest.config import IngestConfig
-from postoffice.ingest.errors import AssemblyError
+from postoffice.ingest.errors import AssemblyError, ConflictError
 from postoffice.ingest.protocol import Chunk, FileId, UploadState, new_chunk
 from postoffice.ingest.server import IngestServer
 
@@ -59,7 +59,7 @@ async def test_a_crashed_assembly_is_restarted(
             raise OSError(28, "No space left on device")
         return real(**kwargs)
 
-    monkeypatch.setattr(server_module, "assemble", flaky)
+    monkeypatch.setattr(assembler_module, "assemble", flaky)
     chunk = one_chunk("retry.txt", b"survives a crash\n")
     ack = await server.accept_chunk(chunk)
     assert ack.complete
@@ -78,10 +78,12 @@ async def test_a_bomb_fails_for_good_and_frees_the_upload(tmp_path: Path) -> Non
     await srv.startup()
     try:
         chunk = one_chunk("bomb.bin", b"\0" * 100_000)
-        await srv.accept_chunk(chunk)
-        async with asyncio.timeout(10):
-            while srv.query(chunk.file_id).state is not UploadState.FAILED:
-                await asyncio.sleep(0.02)
+        # One chunk is published before its ACK, so the chunk itself is refused.
+        with pytest.raises(AssemblyError, match=r"exceeds limit 1000"):
+            await srv.accept_chunk(chunk)
+        assert srv.query(chunk.file_id).state is UploadState.FAILED
+        with pytest.raises(AssemblyError, match=r"failed: .*exceeds limit 1000"):
+            await srv.accept_chunk(chunk)  # a re-send is refused too
         assert srv.store.info(chunk.file_id) is None  # patches dropped
         assert list((tmp_path / "files").iterdir()) == []
         failed = srv.published_message(chunk.file_id)
@@ -101,7 +103,7 @@ async def test_one_assembly_even_when_the_last_chunks_land_together(
         calls.append(1)
         return real(**kwargs)
 
-    monkeypatch.setattr(server_module, "assemble", counting)
+    monkeypatch.setattr(assembler_module, "assemble", counting)
     data = zstandard.ZstdCompressor().compress(os.urandom(50_000))
     pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
     file_id = FileId(os.urandom(16))
@@ -138,7 +140,7 @@ async def test_assembly_streams_while_chunks_arrive(
         calls.append(1)
         return real(**kwargs)
 
-    monkeypatch.setattr(server_module, "assemble", counting)
+    monkeypatch.setattr(assembler_module, "assemble", counting)
     original = text_payload(200_000)
     data = zstandard.ZstdCompressor(level=1).compress(original)
     pieces = pieces_of(data, 64 * 1024)
@@ -183,16 +185,16 @@ async def test_a_bad_payload_fails_before_its_last_chunk(server: IngestServer) -
 async def test_a_stalled_streaming_assembly_gives_up_and_the_last_chunk_restarts_it(
     server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "STREAM_IDLE_S", 0.3)
-    monkeypatch.setattr(server_module, "_STREAM_POLL_S", 0.05)
+    monkeypatch.setattr(assembler_module, "STREAM_IDLE_S", 0.3)
+    monkeypatch.setattr(assembler_module, "STREAM_POLL_S", 0.05)
     original = text_payload(20_000)
     data = zstandard.ZstdCompressor(level=1).compress(original)
     half = len(data) // 2
     file_id = FileId(os.urandom(16))
     await server.accept_chunk(make_chunk(file_id, 0, 2, len(data), "slow.log", data[:half]))
-    assert file_id in server._assembling
+    assert file_id in server.assembler.running
     async with asyncio.timeout(10):
-        while file_id in server._assembling:  # the streaming assembly gives up
+        while file_id in server.assembler.running:  # the streaming assembly gives up
             await asyncio.sleep(0.02)
     files = tmp_path / "files"
     assert [p.name for p in files.iterdir()] == []  # its staging file went with it
@@ -219,7 +221,53 @@ async def test_abort_while_streaming_leaves_nothing(server: IngestServer, tmp_pa
             await asyncio.sleep(0.01)
     assert await server.abort(file_id)
     async with asyncio.timeout(10):
-        while file_id in server._assembling:
+        while file_id in server.assembler.running:
             await asyncio.sleep(0.02)
     assert list(files.iterdir()) == []
     assert server.query(file_id).state is UploadState.FAILED
+
+
+async def test_a_one_chunk_upload_is_published_before_its_ack(
+    server: IngestServer, tmp_path: Path
+) -> None:
+    chunk = one_chunk("small.txt", b"four kilobytes or so\n" * 200)
+    ack = await server.accept_chunk(chunk)
+    assert (ack.complete, ack.committed, ack.total, ack.duplicate) == (True, 1, 1, False)
+    # Durable in its published form already: the file and its record, and no patches.
+    assert (tmp_path / "files" / "small.txt").read_bytes() == b"four kilobytes or so\n" * 200
+    assert server.query(chunk.file_id).state is UploadState.PUBLISHED
+    assert list(server.store.patches_dir.iterdir()) == []
+    assert [p.name for p in server.store.published_dir.iterdir()] == [f"{chunk.file_id.hex()}.json"]
+    again = await server.accept_chunk(chunk)
+    assert again.published
+
+
+async def test_the_same_one_chunk_upload_sent_twice_at_once_is_published_once(
+    server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = assembly.assemble
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append(1)
+        return real(**kwargs)
+
+    monkeypatch.setattr(assembler_module, "assemble", counting)
+    chunk = one_chunk("twice.txt", os.urandom(5000))
+    acks = await asyncio.gather(*(server.accept_chunk(chunk) for _ in range(4)))
+    assert sum(a.complete for a in acks) == 1
+    assert all(a.complete or a.published for a in acks)
+    assert len(calls) == 1
+    assert server.published_total == 1
+
+
+async def test_one_chunk_uploads_of_one_id_with_other_bytes_conflict(server: IngestServer) -> None:
+    first = one_chunk("same.txt", b"one version")
+    data = zstandard.ZstdCompressor().compress(b"another version")
+    other = make_chunk(first.file_id, 0, 1, len(data), "same.txt", data)
+    results = await asyncio.gather(
+        server.accept_chunk(first), server.accept_chunk(other), return_exceptions=True
+    )
+    assert not isinstance(results[0], BaseException)
+    assert results[0].complete
+    assert isinstance(results[1], ConflictError)

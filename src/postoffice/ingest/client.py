@@ -122,6 +122,9 @@ or hostile peer on the health port can make us buffer."""
 MAX_REPLY_BYTES: Final = MAX_STATUS_RANGES * 8 + 64 * 1024
 
 _RECV_BYTES: Final = 256 * 1024
+# Reading and framing a chunk up to this size (or opening and removing a payload this
+# small) costs less than handing it to a thread.
+_INLINE_BYTES: Final = 256 * 1024
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] (\d{3})(?: .*)?")
 
 ProgressFn = Callable[[int, int], None]
@@ -683,7 +686,10 @@ class IngestClient:
                 f"{prepared.name} does not match ours {prepared.digest.hex()} "
                 f"({prepared.size} bytes)"
             )
-        await asyncio.to_thread(discard_work_copy, prepared)
+        if prepared.payload_size <= _INLINE_BYTES:
+            discard_work_copy(prepared)
+        else:
+            await asyncio.to_thread(discard_work_copy, prepared)
         total = prepared.total
         result = SendResult(
             path=path,
@@ -716,10 +722,19 @@ class IngestClient:
 
     async def _upload(self, prepared: PreparedFile, progress: ProgressFn | None) -> int:
         """Send what the server lacks; return how many chunks were sent."""
-        fd = await asyncio.to_thread(_open_payload, prepared.payload)
+        if prepared.payload_size <= _INLINE_BYTES:
+            fd = _open_payload(prepared.payload)
+        else:
+            fd = await asyncio.to_thread(_open_payload, prepared.payload)
         try:
-            status = await self._retrying("query", lambda: self._query(prepared.file_id))
-            indexes = plan_chunks(status, total=prepared.total, size=prepared.payload_size)
+            if prepared.total == 1:
+                # One chunk: no need to ask what is missing. A chunk the server already
+                # has is answered DUPLICATE or PUBLISHED, which ends the upload as well.
+                status = None
+                indexes: tuple[int, ...] = (0,)
+            else:
+                status = await self._retrying("query", lambda: self._query(prepared.file_id))
+                indexes = plan_chunks(status, total=prepared.total, size=prepared.payload_size)
             pending = sum(prepared.chunk_length(i) for i in indexes)
             run = _Run(
                 prepared=prepared,
@@ -733,7 +748,7 @@ class IngestClient:
                 if indexes:
                     await self._send_chunks(run, indexes)
                 # A STATUS lists at most MAX_STATUS_RANGES ranges: ask again for the rest.
-                if run.stop or len(status.missing) < MAX_STATUS_RANGES:
+                if run.stop or status is None or len(status.missing) < MAX_STATUS_RANGES:
                     return run.sent
                 status = await self._retrying("query", lambda: self._query(prepared.file_id))
                 if status.state is not UploadState.UPLOADING:
@@ -761,9 +776,12 @@ class IngestClient:
                 async with link.in_flight:
                     await link.ensure()
                     request_id = link.next_id()
-                    frame = await asyncio.to_thread(
-                        _chunk_frame, prepared, run.fd, index, request_id
-                    )
+                    if prepared.chunk_length(index) <= _INLINE_BYTES:
+                        frame = _chunk_frame(prepared, run.fd, index, request_id)
+                    else:
+                        frame = await asyncio.to_thread(
+                            _chunk_frame, prepared, run.fd, index, request_id
+                        )
                     reply = await link.call(frame, request_id)
             except BrokenError as exc:
                 failure: PostOfficeError = exc
@@ -805,9 +823,12 @@ class IngestClient:
     async def _subscribe(self, file_id: FileId) -> None:
         """Watch `file_id` on the ack port; return once the replayed events are in."""
         await self._ack_ready()
-        await self._ack_call(Subscribe(file_ids=(file_id,)), Subscribed)
-        # Replies come in order: once the PONG is here, every replayed event is too.
-        await self._ack_call(Ping(), Pong)
+        # Both at once (written in this order): replies come in order, so once the PONG
+        # is here, every replayed event is too.
+        await asyncio.gather(
+            self._ack_call(Subscribe(file_ids=(file_id,)), Subscribed),
+            self._ack_call(Ping(), Pong),
+        )
 
     async def _ack_ready(self) -> None:
         """Connect the ack link if it dropped, subscribing again to every watched id."""

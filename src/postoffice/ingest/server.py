@@ -2,14 +2,9 @@
 
 Design: one process, one event loop. Acceptors never wait on handlers: each accepted
 socket gets its own Protocol. Blocking work (fsync'd chunk writes, zstd, cleanup) runs on
-an I/O thread pool. Exactly one assembly runs per payload, guarded by the dict of
-payloads being assembled: an upload's first committed chunk starts a *streaming*
-assembly (on its own threads, at most `stream_assemblies` at once), which decompresses
-each next index as soon as it is committed, so the assembly runs while the upload does;
-the chunk that completes the set starts one if none runs, and so does recovery for
-payloads found complete at startup. A streaming assembly that waits longer than
-STREAM_IDLE_S for its next chunk (or whose server drains) gives up without a trace, and
-the completing chunk starts a fresh one. Components (cleanup loop, assemblies) run under a
+an I/O thread pool. Which assemblies run, and when, is assembler.Assemblies' business:
+one per payload, streaming while the chunks arrive; a one-chunk upload is published
+before its ACK. Components (cleanup loop, assemblies) run under a
 Supervisor-like guard that logs a crash and carries on; listeners retry binds with
 backoff (core.listeners).
 """
@@ -18,14 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Final, TypeVar, final
+from typing import TypeVar, final
 
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
@@ -39,9 +31,9 @@ from postoffice.core.http import (
     serve_http,
 )
 from postoffice.core.listeners import bound_address, listen
-from postoffice.core.runtime import Backoff, Supervisor, announce
+from postoffice.core.runtime import Supervisor, announce
 from postoffice.core.workers import WorkerPool
-from postoffice.ingest.assembly import Piece, assemble
+from postoffice.ingest.assembler import Assemblies, published_message
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
 from postoffice.ingest.connections import AckConnection, AckHub, DataConnection
 from postoffice.ingest.control import ControlConnection
@@ -67,31 +59,12 @@ from postoffice.ingest.protocol import (
     ranges,
     verify_chunk,
 )
-from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import ChunkStore, PayloadInfo, StoreResult
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: A streaming assembly waits this long for its next chunk, then gives up (the upload
-#: stalled: its completing chunk starts a fresh assembly).
-STREAM_IDLE_S: Final = 10.0
-#: How often a waiting streaming assembly looks whether the server is draining.
-_STREAM_POLL_S: Final = 0.5
-
-
-class _Outcome(enum.Enum):
-    PUBLISHED = "published"
-    FAILED = "failed"  # the payload is bad for good
-    RETRY = "retry"  # a disk error or a bug: restarted after a backoff
-    GAVE_UP = "gave up"  # streaming only: the upload stalled, or the server drains
-    GONE = "gone"  # the upload was aborted or expired meanwhile
-
-
-class _StreamStalled(Exception):
-    """A streaming assembly stopped waiting for its next chunk."""
 
 
 class ShuttingDownError(IngestError):
@@ -123,8 +96,6 @@ class IngestServer:
             dataclasses.replace(limits, idle_timeout_s=0), clock=clock
         )
         self.pool = WorkerPool(config.io_threads, name="ingest-io")
-        self._stream_pool: ThreadPoolExecutor | None = None
-        self._streaming = 0
         self.events = EventHub()
         self.acks = AckHub()
         self.supervisor = Supervisor()
@@ -132,9 +103,8 @@ class IngestServer:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._data_listeners: dict[int, asyncio.Server] = {}
         self._sys_listeners: list[asyncio.Server] = []
-        self._assembling: dict[FileId, asyncio.Task[_Outcome]] = {}
-        self._failed: dict[FileId, Failed] = {}
-        self._assembly_backoff: dict[FileId, Backoff] = {}
+        self.assembler = Assemblies(self)
+        self.failed: dict[FileId, Failed] = {}  # uploads that ended without a publish
         self._accepting = False
         self._ready = False
         self._scale_lock = asyncio.Lock()
@@ -166,6 +136,11 @@ class IngestServer:
         )
 
     @property
+    def accepting(self) -> bool:
+        """Whether chunks are taken: False while starting and once draining."""
+        return self._accepting
+
+    @property
     def max_frame_payload(self) -> int:
         """The largest frame payload a data port accepts: one full chunk."""
         return self.config.max_chunk_bytes + CHUNK_OVERHEAD_BYTES
@@ -173,7 +148,7 @@ class IngestServer:
     def __repr__(self) -> str:
         return (
             f"<IngestServer x={len(self._data_listeners)} uploads={len(self.store.payloads())}"
-            f" assembling={len(self._assembling)}>"
+            f" assembling={len(self.assembler.running)}>"
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -182,7 +157,7 @@ class IngestServer:
         """Open the store (recovering what a crash left), bind every port, start cleanup."""
         config = self.config
         self.pool.start()
-        recovered = await self._blocking(self.store.open)
+        recovered = await self.blocking(self.store.open)
         config.files_path.mkdir(parents=True, exist_ok=True)
         self.data_manager.startup()
         self.sys_manager.startup()
@@ -208,7 +183,7 @@ class IngestServer:
         self.supervisor.start("cleanup", self._cleanup_forever)
         for info in recovered:
             if info.complete:
-                self._start_assembly(info.file_id)
+                self.assembler.start(info.file_id)
         log.info(
             "ingest ready uploads_recovered=%d data_ports=%s",
             len(recovered),
@@ -239,14 +214,14 @@ class IngestServer:
             server.close()
         deadline = self.config.shutdown_timeout_s
         await self.data_manager.shutdown(deadline_s=deadline)
-        if self._assembling:
-            log.info("waiting for assemblies count=%d", len(self._assembling))
-            await asyncio.wait(list(self._assembling.values()), timeout=deadline)
+        running = self.assembler.running
+        if running:
+            log.info("waiting for assemblies count=%d", len(running))
+            await asyncio.wait(list(running.values()), timeout=deadline)
         await self.sys_manager.shutdown(deadline_s=1.0)
         await self.supervisor.stop()
         self.pool.close()
-        if self._stream_pool is not None:
-            self._stream_pool.shutdown(wait=False)
+        self.assembler.close()
         self._data_listeners.clear()
         self._sys_listeners.clear()
         log.info("ingest stopped chunks=%d published=%d", self.chunks_total, self.published_total)
@@ -303,7 +278,7 @@ class IngestServer:
         if not self._accepting:
             raise ShuttingDownError("server is shutting down, chunk not stored")
         file_id = chunk.file_id
-        failed = self._failed.get(file_id)
+        failed = self.failed.get(file_id)
         if failed is not None and failed.code is ErrorCode.ASSEMBLY:
             raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {failed.message}")
         if self.store.published(file_id) is not None:
@@ -314,6 +289,17 @@ class IngestServer:
                 total=chunk.total,
                 published=True,
             )
+        if (
+            chunk.total == 1
+            and not self.config.assemble_via_part
+            and self.store.info(file_id) is None
+        ):
+            published = await self.assembler.publish_single(chunk)
+            if published is None:
+                return await self.accept_chunk(chunk)  # another sender's publish ended: look again
+            if published:
+                self.failed.pop(file_id, None)
+                return Ack(file_id=file_id, index=0, committed=1, total=1, complete=True)
         now = time.time()
 
         def verify_and_store() -> StoreResult:
@@ -330,16 +316,16 @@ class IngestServer:
             )
 
         try:
-            result = await self._blocking(verify_and_store)
+            result = await self.blocking(verify_and_store)
         except IngestStorageError:
-            failed = self._failed.get(file_id)
+            failed = self.failed.get(file_id)
             if failed is not None and failed.code is ErrorCode.ASSEMBLY:
                 # Its streaming assembly failed and dropped the upload meanwhile.
                 raise AssemblyError(
                     f"upload {file_id_hex(file_id)} failed: {failed.message}"
                 ) from None
             raise
-        self._failed.pop(file_id, None)
+        self.failed.pop(file_id, None)
         if result.duplicate:
             self.duplicates_total += 1
         else:
@@ -361,14 +347,8 @@ class IngestServer:
         )
         if result.complete:
             self.events.emit("payload_complete", file_id=file_id_hex(file_id), name=chunk.name)
-            self._start_assembly(file_id)
-        elif (
-            not result.duplicate
-            and file_id not in self._assembling
-            and self._streaming < self.config.stream_assemblies
-            and not self.config.assemble_via_part
-        ):
-            self._start_assembly(file_id, streaming=True)
+        if not result.duplicate:
+            self.assembler.on_committed(file_id, complete=result.complete)
         return Ack(
             file_id=file_id,
             index=chunk.index,
@@ -393,13 +373,13 @@ class IngestServer:
             )
         info = self.store.info(file_id)
         if info is None:
-            state = UploadState.FAILED if file_id in self._failed else UploadState.UNKNOWN
+            state = UploadState.FAILED if file_id in self.failed else UploadState.UNKNOWN
             return Status(
                 file_id=file_id, state=state, total=0, committed=0, size=0, name="", missing=()
             )
         state = (
             UploadState.ASSEMBLING
-            if info.complete and file_id in self._assembling
+            if info.complete and file_id in self.assembler.running
             else UploadState.UPLOADING
         )
         return Status(
@@ -416,164 +396,10 @@ class IngestServer:
         """The final event of an upload that already ended, for late subscribers."""
         done = self.store.published(file_id)
         if done is not None:
-            return _published(done)
-        return self._failed.get(file_id)
+            return published_message(done)
+        return self.failed.get(file_id)
 
     # -- assembly ----------------------------------------------------------------------
-
-    def _retry_assembly(self, file_id: FileId) -> None:
-        if self._accepting and self.store.info(file_id) is not None:
-            self._start_assembly(file_id)
-
-    def _start_assembly(self, file_id: FileId, *, streaming: bool = False) -> None:
-        if file_id in self._assembling:
-            return
-        if streaming:
-            self._streaming += 1
-        task = asyncio.ensure_future(self._assemble(file_id, streaming))
-        self._assembling[file_id] = task
-
-        def done(task: asyncio.Task[_Outcome]) -> None:
-            if self._assembling.get(file_id) is task:
-                del self._assembling[file_id]
-            if streaming:
-                self._streaming -= 1
-            outcome = None if task.cancelled() else task.result()
-            if outcome is _Outcome.GAVE_UP and self._accepting:
-                info = self.store.info(file_id)
-                if info is not None and info.complete:
-                    self._start_assembly(file_id)  # completed while we were giving up
-
-        task.add_done_callback(done)
-
-    def _run_streaming(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Run a streaming assembly on its own threads: it may wait for chunks, and must
-        not hold an I/O thread meanwhile."""
-        if self._stream_pool is None:
-            self._stream_pool = ThreadPoolExecutor(
-                max(1, self.config.stream_assemblies), thread_name_prefix="ingest-stream"
-            )
-        return asyncio.get_running_loop().run_in_executor(self._stream_pool, fn)
-
-    def _piece_waiter(self, file_id: FileId) -> Callable[[int], Piece]:
-        """next_piece for a streaming assembly: the patch once committed, or give up."""
-
-        def next_piece(index: int) -> Piece:
-            idle = 0.0
-            while True:
-                path: Path | None = self.store.wait_chunk(file_id, index, _STREAM_POLL_S)
-                if path is not None:
-                    return path
-                idle += _STREAM_POLL_S
-                if idle >= STREAM_IDLE_S or not self._accepting:
-                    raise _StreamStalled(f"chunk {index} not committed within {idle:.1f} s")
-
-        return next_piece
-
-    async def _assemble(self, file_id: FileId, streaming: bool) -> _Outcome:
-        hex_id = file_id_hex(file_id)
-        info = self.store.info(file_id)
-        if info is None:
-            return _Outcome.GONE
-        config = self.config
-        began = time.monotonic()
-        try:
-            if streaming:
-                waiter = self._piece_waiter(file_id)
-                done = await self._run_streaming(
-                    lambda: assemble(
-                        info=info,
-                        next_piece=waiter,
-                        files_dir=config.files_path,
-                        max_output_bytes=config.max_output_bytes,
-                        max_window_log=config.max_window_log,
-                        fsync=config.fsync,
-                        syncer=self.store.syncer,
-                    )
-                )
-            else:
-                patches = self.store.patch_paths(file_id)
-                done = await self._blocking(
-                    lambda: assemble(
-                        info=info,
-                        patches=patches,
-                        files_dir=config.files_path,
-                        max_output_bytes=config.max_output_bytes,
-                        max_window_log=config.max_window_log,
-                        via_part=config.assemble_via_part,
-                        fsync=config.fsync,
-                        syncer=self.store.syncer,
-                    )
-                )
-            await self._blocking(lambda: self.store.mark_published(done))
-        except _StreamStalled as exc:
-            log.info("streaming assembly gave up file_id=%s reason=%s", hex_id, exc)
-            return _Outcome.GAVE_UP
-        except UnknownFileError:
-            return _Outcome.GONE  # aborted or expired while it was being assembled
-        except AssemblyError as exc:
-            # The bytes will never decompress: drop them so the upload can start over.
-            self.assembly_failures += 1
-            failed = Failed(file_id=file_id, code=exc.code, message=str(exc))
-            self._failed[file_id] = failed
-            log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, info.name, str(exc))
-            await self._blocking(lambda: self.store.remove(file_id))
-            self.events.emit(
-                "assembly_failed",
-                file_id=hex_id,
-                name=info.name,
-                code=exc.code.name,
-                error=str(exc),
-            )
-            self.acks.publish(file_id, failed)
-            return _Outcome.FAILED
-        except Exception as exc:
-            # A disk error or a bug, not the payload's fault: the patches are intact, so
-            # the assembler is restarted for this payload after a backoff delay.
-            self.assembly_failures += 1
-            backoff = self._assembly_backoff.setdefault(file_id, Backoff(initial_s=0.5, max_s=30))
-            delay = backoff.next_delay()
-            log.error(
-                "assembly crashed file_id=%s reason=%r restart_in_s=%.2f",
-                hex_id,
-                exc,
-                delay,
-                exc_info=exc,
-            )
-            self.events.emit("assembly_retry", file_id=hex_id, error=repr(exc), retry_in_s=delay)
-            loop = asyncio.get_running_loop()
-            loop.call_later(delay, self._retry_assembly, file_id)
-            return _Outcome.RETRY
-        self._published_done(done, time.monotonic() - began)
-        # The record is the commit point: the patches can go after the event, off the path.
-        await self._blocking(lambda: self.store.remove_patches(file_id))
-        return _Outcome.PUBLISHED
-
-    def _published_done(self, done: PublishedInfo, seconds: float) -> None:
-        """Count a publish and tell telemetry and the ack subscribers."""
-        file_id = done.file_id
-        hex_id = file_id_hex(file_id)
-        self._assembly_backoff.pop(file_id, None)
-        self.published_total += 1
-        log.info(
-            "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
-            hex_id,
-            done.name,
-            done.size,
-            seconds,
-            done.replaced,
-        )
-        self.events.emit(
-            "published",
-            file_id=hex_id,
-            name=done.name,
-            size=done.size,
-            digest=done.digest.hex(),
-            payload_digest=done.payload_digest.hex(),
-            replaced=done.replaced,
-            seconds=round(seconds, 6),
-        )
-        self.acks.publish(file_id, _published(done))
 
     # -- control -----------------------------------------------------------------------
 
@@ -585,7 +411,7 @@ class IngestServer:
             "data_ports": self.data_ports(),
             "sys_ports": {k: v[1] for k, v in self.addresses.items() if not k.startswith("data")},
             "uploads_in_progress": len(self.store.payloads()),
-            "assembling": len(self._assembling),
+            "assembling": len(self.assembler.busy),
             "uploads_total": len(self.store.payloads()) + self.published_total,
             "chunks_total": self.chunks_total,
             "published_total": self.published_total,
@@ -609,10 +435,10 @@ class IngestServer:
         fid = FileId(file_id)
         if self.store.info(fid) is None:
             return False
-        removed = await self._blocking(lambda: self.store.remove(fid))
+        removed = await self.blocking(lambda: self.store.remove(fid))
         if removed:
             failed = Failed(file_id=fid, code=ErrorCode.ABORTED, message="upload aborted")
-            self._failed[fid] = failed
+            self.failed[fid] = failed
             self.acks.publish(fid, failed)
             self.events.emit("upload_aborted", file_id=file_id_hex(fid))
         return removed
@@ -620,13 +446,13 @@ class IngestServer:
     async def cleanup_now(self) -> CleanupReport:
         """Run one TTL cleanup pass now and report what it removed."""
         config = self.config
-        report = await self._blocking(
+        report = await self.blocking(
             lambda: cleanup_pass(
                 store=self.store,
                 files_dir=config.files_path,
                 ttl_s=config.ttl_s,
                 now=time.time(),
-                busy=set(self._assembling),
+                busy=self.assembler.busy,
             )
         )
         self.cleanup_removed += report.total
@@ -682,7 +508,7 @@ class IngestServer:
             "protocol_errors": self.protocol_errors,
             "cleanup_removed": self.cleanup_removed,
             "uploads_in_progress": len(self.store.payloads()),
-            "assembling": len(self._assembling),
+            "assembling": len(self.assembler.busy),
             "data_ports": len(self._data_listeners),
             "ack_subscriptions": self.acks.subscriptions,
             "event_streams": self.events.streams,
@@ -691,23 +517,13 @@ class IngestServer:
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _blocking(self, fn: Callable[[], T]) -> T:
+    async def blocking(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the I/O pool."""
         return await self.pool.submit(fn)
 
 
 def _missing(info: PayloadInfo) -> tuple[tuple[int, int], ...]:
     return ranges(i for i in range(info.total) if i not in info.committed)
-
-
-def _published(done: PublishedInfo) -> Published:
-    return Published(
-        file_id=FileId(done.file_id),
-        name=done.name,
-        size=done.size,
-        digest=done.digest,
-        payload_digest=done.payload_digest,
-        replaced=done.replaced,
-    )
 
 
 __all__ = ["MAX_DATA_PORTS", "IngestConfig", "IngestServer", "ShuttingDownError"]

@@ -1,0 +1,399 @@
+"""The ingest server's assemblies: which run, on which threads, and what they report.
+
+I/O shell around assembly.py, on the server's event loop; the decompression itself runs
+on threads.
+"""
+
+# Design
+# ------
+# Exactly one assembly runs per payload, guarded by `running` (file id -> task), which
+# only the event loop touches:
+#   - an upload's first committed chunk starts a *streaming* assembly (on threads of its
+#     own, at most `stream_assemblies` at once), which asks the store for each next index
+#     and waits until it is committed, so the decompression runs while the upload does;
+#   - the chunk that completes the set starts one if none runs, and so does recovery for
+#     payloads found complete at startup (these never wait, and run on the I/O pool);
+#   - a streaming assembly that waits STREAM_IDLE_S for its next chunk (or whose server
+#     drains) gives up without a trace (its staging file goes), and if the upload is
+#     complete by then, a fresh one starts at once.
+# A one-chunk upload (total 1) takes a shorter road, `publish_single`: the chunk is
+# decompressed from memory and published before it is acknowledged, so its durable form
+# is the published file plus its record, with no patch, meta.json or ids.list at all
+# (2 fsyncs of its own plus 2 shared, against 4 plus 4 shared). If that fails for a
+# reason other than the payload (a disk error), the chunk goes the usual way instead:
+# stored, acknowledged, assembled with retries.
+#
+# Outcomes: PUBLISHED (the record is durable: PUBLISHED goes out, then the patches are
+# removed), FAILED (the payload is bad for good: dropped, FAILED goes out, and later
+# chunks of that id are refused), RETRY (a disk error or a bug: restarted after a
+# backoff), GAVE_UP, GONE (aborted or expired meanwhile).
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypeVar, final
+
+from postoffice.core.runtime import Backoff
+from postoffice.ingest.assembly import Piece, assemble
+from postoffice.ingest.errors import (
+    AssemblyError,
+    ConflictError,
+    IngestError,
+    IngestStorageError,
+    UnknownFileError,
+)
+from postoffice.ingest.protocol import (
+    Chunk,
+    ChunkStored,
+    Failed,
+    FileId,
+    Published,
+    file_id_hex,
+    verify_chunk,
+)
+from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.storage import PayloadInfo
+
+if TYPE_CHECKING:
+    from postoffice.ingest.server import IngestServer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: A streaming assembly waits this long for its next chunk, then gives up (the upload
+#: stalled: its completing chunk starts a fresh assembly).
+STREAM_IDLE_S: Final = 10.0
+#: How often a waiting streaming assembly looks whether the server is draining.
+STREAM_POLL_S: Final = 0.5
+
+__all__ = ["STREAM_IDLE_S", "STREAM_POLL_S", "Assemblies", "published_message"]
+
+
+class _Outcome(enum.Enum):
+    PUBLISHED = "published"
+    FAILED = "failed"
+    RETRY = "retry"
+    GAVE_UP = "gave up"
+    GONE = "gone"
+
+
+class _StreamStalled(Exception):
+    """A streaming assembly stopped waiting for its next chunk."""
+
+
+@final
+class Assemblies:
+    """The assemblies of one IngestServer (see the design note)."""
+
+    def __init__(self, server: IngestServer) -> None:
+        self.server = server
+        self.running: dict[FileId, asyncio.Task[_Outcome]] = {}
+        # One-chunk uploads being published: file id -> (chunk digest, their outcome).
+        self.singles: dict[FileId, tuple[bytes, asyncio.Future[bool]]] = {}
+        self._streaming = 0
+        self._stream_pool: ThreadPoolExecutor | None = None
+        self._backoff: dict[FileId, Backoff] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Assemblies running={len(self.running)} streaming={self._streaming}"
+            f" singles={len(self.singles)}>"
+        )
+
+    @property
+    def busy(self) -> set[FileId]:
+        """File ids being assembled now, one-chunk publishes included."""
+        return set(self.running) | set(self.singles)
+
+    def close(self) -> None:
+        """Let the streaming threads go (they end within STREAM_POLL_S of the drain)."""
+        if self._stream_pool is not None:
+            self._stream_pool.shutdown(wait=False)
+
+    # -- starting ----------------------------------------------------------------------
+
+    def on_committed(self, file_id: FileId, *, complete: bool) -> None:
+        """A new chunk of `file_id` is committed: make sure an assembly follows it."""
+        if file_id in self.running:
+            return
+        config = self.server.config
+        if complete:
+            self.start(file_id)
+        elif self._streaming < config.stream_assemblies and not config.assemble_via_part:
+            self.start(file_id, streaming=True)
+
+    def retry(self, file_id: FileId) -> None:
+        server = self.server
+        if server.accepting and server.store.info(file_id) is not None:
+            self.start(file_id)
+
+    def start(self, file_id: FileId, *, streaming: bool = False) -> None:
+        if file_id in self.running:
+            return
+        if streaming:
+            self._streaming += 1
+        task = asyncio.ensure_future(self._assemble(file_id, streaming))
+        self.running[file_id] = task
+
+        def done(task: asyncio.Task[_Outcome]) -> None:
+            if self.running.get(file_id) is task:
+                del self.running[file_id]
+            if streaming:
+                self._streaming -= 1
+            outcome = None if task.cancelled() else task.result()
+            if outcome is _Outcome.GAVE_UP and self.server.accepting:
+                info = self.server.store.info(file_id)
+                if info is not None and info.complete:
+                    self.start(file_id)  # completed while we were giving up
+
+        task.add_done_callback(done)
+
+    # -- the assembly ------------------------------------------------------------------
+
+    def _run_streaming(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run a streaming assembly on its own threads: it may wait for chunks, and must
+        not hold an I/O thread meanwhile."""
+        if self._stream_pool is None:
+            self._stream_pool = ThreadPoolExecutor(
+                max(1, self.server.config.stream_assemblies), thread_name_prefix="ingest-stream"
+            )
+        return asyncio.get_running_loop().run_in_executor(self._stream_pool, fn)
+
+    def _piece_waiter(self, file_id: FileId) -> Callable[[int], Piece]:
+        """next_piece for a streaming assembly: the patch once committed, or give up."""
+        store = self.server.store
+
+        def next_piece(index: int) -> Piece:
+            idle = 0.0
+            while True:
+                path: Path | None = store.wait_chunk(file_id, index, STREAM_POLL_S)
+                if path is not None:
+                    return path
+                idle += STREAM_POLL_S
+                if idle >= STREAM_IDLE_S or not self.server.accepting:
+                    raise _StreamStalled(f"chunk {index} not committed within {idle:.1f} s")
+
+        return next_piece
+
+    async def _assemble(self, file_id: FileId, streaming: bool) -> _Outcome:
+        server = self.server
+        hex_id = file_id_hex(file_id)
+        info = server.store.info(file_id)
+        if info is None:
+            return _Outcome.GONE
+        config = server.config
+        began = time.monotonic()
+        try:
+            if streaming:
+                waiter = self._piece_waiter(file_id)
+                done = await self._run_streaming(
+                    lambda: assemble(
+                        info=info,
+                        next_piece=waiter,
+                        files_dir=config.files_path,
+                        max_output_bytes=config.max_output_bytes,
+                        max_window_log=config.max_window_log,
+                        fsync=config.fsync,
+                        syncer=server.store.syncer,
+                    )
+                )
+            else:
+                patches = server.store.patch_paths(file_id)
+                done = await server.blocking(
+                    lambda: assemble(
+                        info=info,
+                        patches=patches,
+                        files_dir=config.files_path,
+                        max_output_bytes=config.max_output_bytes,
+                        max_window_log=config.max_window_log,
+                        via_part=config.assemble_via_part,
+                        fsync=config.fsync,
+                        syncer=server.store.syncer,
+                    )
+                )
+            await server.blocking(lambda: server.store.mark_published(done))
+        except _StreamStalled as exc:
+            log.info("streaming assembly gave up file_id=%s reason=%s", hex_id, exc)
+            return _Outcome.GAVE_UP
+        except UnknownFileError:
+            return _Outcome.GONE  # aborted or expired while it was being assembled
+        except AssemblyError as exc:
+            await self._failed(file_id, info.name, exc, drop=True)
+            return _Outcome.FAILED
+        except Exception as exc:
+            # A disk error or a bug, not the payload's fault: the patches are intact, so
+            # the assembler is restarted for this payload after a backoff delay.
+            server.assembly_failures += 1
+            backoff = self._backoff.setdefault(file_id, Backoff(initial_s=0.5, max_s=30))
+            delay = backoff.next_delay()
+            log.error(
+                "assembly crashed file_id=%s reason=%r restart_in_s=%.2f",
+                hex_id,
+                exc,
+                delay,
+                exc_info=exc,
+            )
+            server.events.emit("assembly_retry", file_id=hex_id, error=repr(exc), retry_in_s=delay)
+            asyncio.get_running_loop().call_later(delay, self.retry, file_id)
+            return _Outcome.RETRY
+        self._published(done, time.monotonic() - began)
+        # The record is the commit point: the patches can go after the event, off the path.
+        await server.blocking(lambda: server.store.remove_patches(file_id))
+        return _Outcome.PUBLISHED
+
+    async def _failed(self, file_id: FileId, name: str, exc: AssemblyError, *, drop: bool) -> None:
+        """The payload will never decompress: drop its chunks, say so, refuse its id."""
+        server = self.server
+        hex_id = file_id_hex(file_id)
+        server.assembly_failures += 1
+        failed = Failed(file_id=file_id, code=exc.code, message=str(exc))
+        server.failed[file_id] = failed
+        log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, name, str(exc))
+        if drop:
+            await server.blocking(lambda: server.store.remove(file_id))
+        server.events.emit(
+            "assembly_failed", file_id=hex_id, name=name, code=exc.code.name, error=str(exc)
+        )
+        server.acks.publish(file_id, failed)
+
+    def _published(self, done: PublishedInfo, seconds: float) -> None:
+        """Count a publish and tell telemetry and the ack subscribers."""
+        server = self.server
+        file_id = done.file_id
+        hex_id = file_id_hex(file_id)
+        self._backoff.pop(file_id, None)
+        server.published_total += 1
+        log.info(
+            "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
+            hex_id,
+            done.name,
+            done.size,
+            seconds,
+            done.replaced,
+        )
+        server.events.emit(
+            "published",
+            file_id=hex_id,
+            name=done.name,
+            size=done.size,
+            digest=done.digest.hex(),
+            payload_digest=done.payload_digest.hex(),
+            replaced=done.replaced,
+            seconds=round(seconds, 6),
+        )
+        server.acks.publish(file_id, published_message(done))
+
+    # -- one-chunk uploads -------------------------------------------------------------
+
+    async def publish_single(self, chunk: Chunk) -> bool | None:
+        """Publish a one-chunk upload before acknowledging it; see the design note.
+
+        Returns True once it is published (the caller acks it COMPLETE); False when the
+        caller must store it the usual way (a disk error here); None when the same chunk
+        was being published by another sender, now done: the caller looks again (it is
+        published, failed or stored by now). Cancelling the caller does not stop the
+        publish. Raises ChecksumError and BadNameError (the chunk is wrong), ConflictError
+        (the id is being published with other bytes), AssemblyError (the payload will
+        never decompress: nothing is stored, and the upload fails).
+        """
+        file_id = chunk.file_id
+        pending = self.singles.get(file_id)
+        if pending is not None:
+            digest, running = pending
+            if digest != chunk.digest:
+                raise ConflictError(
+                    f"chunk 0 of {file_id_hex(file_id)} is being published with other bytes"
+                )
+            await asyncio.wait([running])
+            return None
+        task = asyncio.ensure_future(self._publish_single(chunk))
+        self.singles[file_id] = (chunk.digest, task)
+
+        def done(task: asyncio.Task[bool]) -> None:
+            if self.singles.get(file_id, (b"", None))[1] is task:
+                del self.singles[file_id]
+            if not task.cancelled():
+                task.exception()  # seen here even when the caller went away
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _publish_single(self, chunk: Chunk) -> bool:
+        server = self.server
+        file_id = chunk.file_id
+        config = server.config
+        began = time.monotonic()
+        now = time.time()
+        info = PayloadInfo(
+            file_id=file_id,
+            name=chunk.name,
+            total=1,
+            size=chunk.size,
+            committed=frozenset({0}),
+            created=now,
+            updated=now,
+        )
+
+        def publish() -> PublishedInfo:
+            verify_chunk(chunk)
+            done = assemble(
+                info=info,
+                patches=[chunk.data],
+                files_dir=config.files_path,
+                max_output_bytes=config.max_output_bytes,
+                max_window_log=config.max_window_log,
+                fsync=config.fsync,
+                syncer=server.store.syncer,
+            )
+            server.store.mark_published(done)
+            return done
+
+        try:
+            done = await server.blocking(publish)
+        except AssemblyError as exc:
+            await self._failed(file_id, chunk.name, exc, drop=False)
+            raise
+        except IngestStorageError as exc:
+            return self._fall_back(file_id, exc)
+        except IngestError:
+            raise  # the chunk itself is wrong (checksum, name)
+        except Exception as exc:
+            return self._fall_back(file_id, exc)
+        server.chunks_total += 1
+        server.bytes_in += len(chunk.data)
+        hex_id = file_id_hex(file_id)
+        server.events.emit(
+            "chunk_stored", file_id=hex_id, index=0, committed=1, total=1, bytes=len(chunk.data)
+        )
+        server.acks.publish(file_id, ChunkStored(file_id=file_id, index=0, committed=1, total=1))
+        server.events.emit("payload_complete", file_id=hex_id, name=chunk.name)
+        self._published(done, time.monotonic() - began)
+        return True
+
+    def _fall_back(self, file_id: FileId, exc: BaseException) -> bool:
+        self.server.assembly_failures += 1
+        log.warning(
+            "one-chunk publish failed, storing the chunk instead file_id=%s error=%r",
+            file_id_hex(file_id),
+            exc,
+        )
+        return False
+
+
+def published_message(done: PublishedInfo) -> Published:
+    """The PUBLISHED event of a publish record."""
+    return Published(
+        file_id=FileId(done.file_id),
+        name=done.name,
+        size=done.size,
+        digest=done.digest,
+        payload_digest=done.payload_digest,
+        replaced=done.replaced,
+    )
