@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup up test check lint typecheck unit integration tools bench-command bench-store clean
+.PHONY: setup up test check lint typecheck unit integration tools bench-tools bench-command bench-store clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,17 @@ integration: setup tools
 # The order the style guide fixes: format, lint, types, unit tests, integration tests.
 test check: lint typecheck unit integration
 
-bench-command: setup
+# The benchmarks' peer, redis-server, and its load generator, redis-benchmark, from Debian.
+bench-tools:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	  else echo "bench-tools: install redis-server and redis-tools (as root: apt-get install redis-server redis-tools)"; exit 2; fi; }
+
+bench-command: setup bench-tools
 	$(BIN)/python bench/command/run.py
 
-bench-store: setup
+bench-store: setup bench-tools
 	$(BIN)/python bench/store/run.py
 
 clean:
