@@ -127,6 +127,8 @@ class CommandConnection(BaseProtocol):
         """
         parser = self.parser
         next_event = parser.next_event
+        ready = parser.ready
+        take = ready.popleft
         execute = self._execute
         queue = self._queue
         out: list[bytes] = []
@@ -136,6 +138,8 @@ class CommandConnection(BaseProtocol):
             while True:
                 if self._held is not None:
                     args, self._held = self._held, None
+                elif ready:  # split off by the C reader: no event object needed
+                    args = take()
                 else:
                     event = next_event()
                     if event is NEED_DATA:

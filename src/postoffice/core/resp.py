@@ -258,13 +258,13 @@ class RespParser:
         "_need",
         "_pos",
         "_reader",
-        "_ready",
         "_remaining",
         "_scan",
         "dialect",
         "max_array_items",
         "max_bulk_bytes",
         "max_inline_bytes",
+        "ready",
     )
 
     def __init__(
@@ -289,7 +289,9 @@ class RespParser:
         self._bulk_len = -1  # length of the bulk whose header was read, else -1
         self._error: RespProtocolError | None = None
         self._reader = hiredis.Reader()
-        self._ready: collections.deque[list[bytes]] = collections.deque()  # split off by C
+        #: Commands the C reader split off and nobody took yet, in order. `next_event`
+        #: hands them out first; a hot loop may pop them here itself.
+        self.ready: collections.deque[list[bytes]] = collections.deque()
 
     @property
     def buffered(self) -> int:
@@ -302,7 +304,7 @@ class RespParser:
             self._pos < len(self._buf)
             or self._chunked > 0
             or self._remaining > 0
-            or bool(self._ready)
+            or bool(self.ready)
         )
 
     def feed(self, data: bytes) -> None:
@@ -355,7 +357,7 @@ class RespParser:
                 second = gets()
                 if second is False and not reader.has_data():  # one request, whole
                     if self._one_size(first, data) == len(data):
-                        self._ready.append(first)
+                        self.ready.append(first)
                         if self.dialect is Dialect.UNKNOWN:
                             self.dialect = Dialect.RESP
                         return len(data)
@@ -379,7 +381,7 @@ class RespParser:
             return 0
         if tail:
             self._reader = hiredis.Reader()  # the tail's start is in it: the Python parser has it
-        self._ready.extend(cast(list[list[bytes]], cmds))  # _checked_size proved the type
+        self.ready.extend(cast(list[list[bytes]], cmds))  # _checked_size proved the type
         if self.dialect is Dialect.UNKNOWN:
             self.dialect = Dialect.RESP
         return taken
@@ -440,8 +442,8 @@ class RespParser:
 
     def next_event(self) -> Command | NeedData:
         """The next complete command, or NEED_DATA."""
-        if self._ready:
-            return Command(self._ready.popleft(), False)
+        if self.ready:
+            return Command(self.ready.popleft(), False)
         if self._error is not None:
             raise self._error
         if self._chunks:
