@@ -765,3 +765,56 @@ def test_split_put_limits() -> None:
 def test_decode_request_parts_is_decode_request(kind: int, flags: int, payload: bytes) -> None:
     framed = frame(kind, payload, flags=flags)
     assert _outcome(decode_request_parts, kind, flags, payload) == _outcome(decode_request, framed)
+
+
+def test_statuses_are_numbered_without_gaps() -> None:
+    assert [status.value for status in Status] == list(range(len(Status)))
+
+
+@given(keys, request_ids)
+def test_encode_get_is_encode_request(key: bytes, request_id: int) -> None:
+    from postoffice.core.storewire import encode_get
+
+    assert encode_get(key, request_id) == encode_request(GetRequest(key=key), request_id)
+
+
+@given(keys, values, request_ids)
+def test_encode_put_is_encode_request(key: bytes, value: bytes, request_id: int) -> None:
+    from postoffice.core.storewire import encode_put
+
+    wire = encode_put(key, value, request_id)
+    assert wire == encode_request(PutRequest(key=key, value=value), request_id)
+
+
+def test_encode_get_and_put_refuse_what_encode_request_refuses() -> None:
+    from postoffice.core.storewire import encode_get, encode_put
+
+    with pytest.raises(StoreProtocolError, match=r"^get key is empty$"):
+        encode_get(b"", 1)
+    with pytest.raises(StoreLimitError, match=r"^put key of 1025 bytes exceeds limit 1024$"):
+        encode_put(b"k" * 1025, b"v", 1)
+    with pytest.raises(StoreLimitError, match=r"^put value of 16777217 bytes exceeds limit"):
+        encode_put(b"k", b"v" * (16 * 1024 * 1024 + 1), 1)
+
+
+@given(st.integers(0, 0xFF), st.integers(0, 0xFFFF), request_ids, st.binary(max_size=40))
+def test_decode_response_parts_is_decode_response(
+    kind: int, flags: int, request_id: int, payload: bytes
+) -> None:
+    from postoffice.core.storewire import decode_response_parts
+
+    framed = frame(kind, payload, flags=flags, request_id=request_id)
+    assert _outcome(decode_response_parts, kind, flags, request_id, payload) == _outcome(
+        decode_response, framed
+    )
+
+
+def test_decode_response_parts_of_each_status() -> None:
+    from postoffice.core.storewire import decode_response_parts
+
+    for status in Status:
+        response = decode_response_parts(RESPONSE_TYPE, 0, 9, bytes([status]) + b"body")
+        assert response == Response(request_id=9, status=status, body=b"body")
+        assert response.status is status
+    with pytest.raises(StoreProtocolError, match=r"^unknown response status 8$"):
+        decode_response_parts(RESPONSE_TYPE, 0, 9, b"\x08")

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SCAN_COUNT: Final = 10  # Redis's default COUNT
 _GLOB_CHARS: Final = b"*?[\\"
+_OK: Final = Status.OK
+_NOT_FOUND: Final = Status.NOT_FOUND
 
 
 @final
@@ -159,6 +161,36 @@ class Keyspace:
             self.unavailable += 1
             raise StoreUnavailableError(f"store at {self.address} unavailable: {exc}") from None
 
+    def submit_get(self, key: bytes) -> asyncio.Future[Response]:
+        """`submit(GetRequest(key=key))`, without making the request (GET's hot path)."""
+        client = self._client
+        if client is None or not client.is_open:
+            self.unavailable += 1
+            raise StoreUnavailableError(f"store at {self.address} unavailable: {self._last_error}")
+        self.requests += 1
+        try:
+            return client.submit_get(key)
+        except StoreProtocolError as exc:
+            raise CommandError(str(exc)) from None
+        except BrokenError as exc:
+            self.unavailable += 1
+            raise StoreUnavailableError(f"store at {self.address} unavailable: {exc}") from None
+
+    def submit_put(self, key: bytes, value: bytes) -> asyncio.Future[Response]:
+        """`submit(PutRequest(key=key, value=value))`, without making the request."""
+        client = self._client
+        if client is None or not client.is_open:
+            self.unavailable += 1
+            raise StoreUnavailableError(f"store at {self.address} unavailable: {self._last_error}")
+        self.requests += 1
+        try:
+            return client.submit_put(key, value)
+        except StoreProtocolError as exc:
+            raise CommandError(str(exc)) from None
+        except BrokenError as exc:
+            self.unavailable += 1
+            raise StoreUnavailableError(f"store at {self.address} unavailable: {exc}") from None
+
     def submit_all(self, requests: Sequence[Request]) -> asyncio.Future[list[Response]]:
         """Send several requests; one future for all their responses, in order."""
         futures = [self.submit(request) for request in requests]
@@ -189,13 +221,18 @@ def _ok_or_raise(response: Response) -> Response:
 
 
 def _value(response: Response) -> Reply:
-    if _ok_or_raise(response).status is Status.NOT_FOUND:
+    status = response.status
+    if status is _OK:
+        return bulk(response.body)
+    if status is _NOT_FOUND:
         return NIL
+    _ok_or_raise(response)  # a refusal: raises
     return bulk(response.body)
 
 
 def _stored(response: Response) -> Reply:
-    _ok_or_raise(response)
+    if response.status is not _OK:
+        _ok_or_raise(response)
     return OK
 
 
@@ -204,7 +241,7 @@ def _stored(response: Response) -> Reply:
 
 def cmd_get(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
     """GET key: the value, or nil."""
-    return Deferred(_keyspace(server).submit(GetRequest(key=args[1])), _value)
+    return Deferred(_keyspace(server).submit_get(args[1]), _value)
 
 
 def cmd_set(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
@@ -214,7 +251,7 @@ def cmd_set(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply 
             "SET options (EX, PX, EXAT, PXAT, NX, XX, KEEPTTL, GET) are not supported: "
             "the store keeps values without expiry"
         )
-    return Deferred(_keyspace(server).submit(PutRequest(key=args[1], value=args[2])), _stored)
+    return Deferred(_keyspace(server).submit_put(args[1], args[2]), _stored)
 
 
 def _count_deleted(responses: list[Response]) -> Reply:

@@ -34,12 +34,16 @@ from postoffice.core.storewire import (
     decode_delete_body,
     decode_error_body,
     decode_response,
+    decode_response_parts,
     decode_scan_body,
     decode_stats_body,
+    encode_get,
+    encode_put,
     encode_request,
 )
 
 DEFAULT_PORT = 7400
+_FRAMES_PER_PASS = 4096  # responses decoded per read_frames call
 
 
 class StoreRequestError(PostOfficeError):
@@ -160,7 +164,9 @@ class AsyncClient(asyncio.Protocol):
         self._waiting: dict[int, asyncio.Future[Response]] = {}
         self._broken: BrokenError | None = None
         self._outbox: list[bytes] = []  # requests of this loop iteration, sent together
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch: list[tuple[int, int, int, bytes]] = []  # frames of one read
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
 
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> AsyncClient:
@@ -205,17 +211,29 @@ class AsyncClient(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        # Every whole frame of the read in one pass, no Frame objects (read_frames).
         frames = self._frames
         waiting = self._waiting
-        try:
-            frames.feed(data)
-            while (event := frames.next_event()) is not NEED_DATA:
-                response = decode_response(event)
-                future = waiting.pop(response.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(response)
-        except (FrameError, StoreProtocolError) as exc:
-            self._fail(BrokenError(f"store connection broken: {exc}"))
+        batch = self._batch
+        frames.feed(data)
+        broken: Exception | None = None
+        more = True
+        while more and broken is None:
+            try:
+                more = frames.read_frames(batch, _FRAMES_PER_PASS) == _FRAMES_PER_PASS
+            except FrameError as exc:  # the frames before it are still answers
+                broken = exc
+            try:
+                for type_, flags, request_id, payload in batch:
+                    response = decode_response_parts(type_, flags, request_id, payload)
+                    future = waiting.pop(request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(response)
+            except StoreProtocolError as exc:
+                broken = exc
+            batch.clear()
+        if broken is not None:
+            self._fail(BrokenError(f"store connection broken: {broken}"))
 
     def eof_received(self) -> bool:
         self._fail(BrokenError("the store closed the connection"))
@@ -248,10 +266,26 @@ class AsyncClient(asyncio.Protocol):
         """
         if self._broken is not None or self._transport is None:
             raise self._broken or BrokenError("not connected")
-        self._next_id += 1
-        request_id = self._next_id
-        wire = encode_request(request, request_id)
-        loop = asyncio.get_running_loop()
+        request_id = self._next_id + 1
+        return self._enqueue(request_id, encode_request(request, request_id))
+
+    def submit_get(self, key: bytes) -> asyncio.Future[Response]:
+        """`submit(GetRequest(key=key))` without making the request (a proxy's hot path)."""
+        if self._broken is not None or self._transport is None:
+            raise self._broken or BrokenError("not connected")
+        request_id = self._next_id + 1
+        return self._enqueue(request_id, encode_get(key, request_id))
+
+    def submit_put(self, key: bytes, value: bytes) -> asyncio.Future[Response]:
+        """`submit(PutRequest(key=key, value=value))` without making the request."""
+        if self._broken is not None or self._transport is None:
+            raise self._broken or BrokenError("not connected")
+        request_id = self._next_id + 1
+        return self._enqueue(request_id, encode_put(key, value, request_id))
+
+    def _enqueue(self, request_id: int, wire: bytes) -> asyncio.Future[Response]:
+        self._next_id = request_id
+        loop = self._loop
         future: asyncio.Future[Response] = loop.create_future()
         self._waiting[request_id] = future
         # Corked: requests made in one loop iteration (a proxy's many clients, a gather)
@@ -277,12 +311,12 @@ class AsyncClient(asyncio.Protocol):
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None."""
-        response = await self.call(GetRequest(key=key))
+        response = _checked(await self.submit_get(key))
         return None if response.status is Status.NOT_FOUND else response.body
 
     async def put(self, key: bytes, value: bytes) -> None:
         """Store `value` under `key`."""
-        await self.call(PutRequest(key=key, value=value))
+        _checked(await self.submit_put(key, value))
 
     async def delete(self, key: bytes) -> bool:
         """Delete `key`; whether it existed."""

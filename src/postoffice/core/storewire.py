@@ -14,7 +14,7 @@ import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final, TypeAlias, assert_never, cast, final
+from typing import ClassVar, Final, NamedTuple, TypeAlias, assert_never, cast, final
 
 from postoffice.core import framing
 from postoffice.core.errors import LimitExceeded, ProtocolError
@@ -68,10 +68,13 @@ __all__ = [
     "decode_request",
     "decode_request_parts",
     "decode_response",
+    "decode_response_parts",
     "decode_scan_body",
     "decode_stats_body",
     "encode_delete_body",
     "encode_error",
+    "encode_get",
+    "encode_put",
     "encode_request",
     "encode_response",
     "encode_scan_body",
@@ -245,12 +248,12 @@ Request: TypeAlias = (
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class Response:
+class Response(NamedTuple):
     """One response: the request id it answers, its status, and the raw body.
 
     Read the body with the decoder for the request kind (decode_get_body, ...) when
-    the status is OK, and with decode_error_body otherwise.
+    the status is OK, and with decode_error_body otherwise. A named tuple: a client
+    makes one per response, and a tuple costs a fifth of a frozen dataclass.
     """
 
     request_id: int
@@ -340,6 +343,23 @@ def _encode_scan(req: ScanRequest) -> bytes:
             flags |= bit
             bounds += (_U16.pack(len(bound)), bound)
     return b"".join((_SCAN_HEAD.pack(flags, req.limit), *bounds))
+
+
+def encode_get(key: bytes, request_id: int) -> bytes:
+    """`encode_request(GetRequest(key=key), request_id)` without making the request."""
+    if not key or len(key) > MAX_KEY_BYTES:
+        _check_key("get key", key)
+    return framing.encode_parts(RequestType.GET, 0, request_id, key)
+
+
+def encode_put(key: bytes, value: bytes, request_id: int) -> bytes:
+    """`encode_request(PutRequest(key=key, value=value), request_id)` without the request."""
+    if not key or len(key) > MAX_KEY_BYTES:
+        _check_key("put key", key)
+    if len(value) > MAX_VALUE_BYTES:
+        _check_value("put value", len(value))
+    payload = b"".join((_U16.pack(len(key)), key, value))
+    return framing.encode_parts(RequestType.PUT, 0, request_id, payload)
 
 
 def encode_request(req: Request, request_id: int) -> bytes:
@@ -607,19 +627,26 @@ def decode_response(frame: Frame) -> Response:
     Raises StoreProtocolError (not a RESPONSE frame, flags set, empty payload, unknown
     status).
     """
-    if frame.type != RESPONSE_TYPE:
+    return decode_response_parts(frame.type, frame.flags, frame.request_id, frame.payload)
+
+
+_STATUSES: Final = tuple(Status)  # by code: the codes are 0..7 without gaps
+_new_response: Final = tuple.__new__  # Response(...) without the keyword-argument parsing
+
+
+def decode_response_parts(type_: int, flags: int, request_id: int, payload: bytes) -> Response:
+    """`decode_response` of a frame's fields (as `FrameDecoder.read_frames` gives them)."""
+    if type_ == RESPONSE_TYPE and not flags and payload and payload[0] < len(_STATUSES):
+        return _new_response(Response, (request_id, _STATUSES[payload[0]], payload[1:]))
+    if type_ != RESPONSE_TYPE:
         raise StoreProtocolError(
-            f"response frame type 0x{frame.type:02x}, expected 0x{RESPONSE_TYPE:02x}"
+            f"response frame type 0x{type_:02x}, expected 0x{RESPONSE_TYPE:02x}"
         )
-    if frame.flags:
-        raise StoreProtocolError(f"frame flags 0x{frame.flags:04x} set, expected 0")
-    payload = frame.payload
+    if flags:
+        raise StoreProtocolError(f"frame flags 0x{flags:04x} set, expected 0")
     if not payload:
         raise StoreProtocolError("response payload is empty, expected a status byte")
-    code = payload[0]
-    if code not in Status.__members__.values():
-        raise StoreProtocolError(f"unknown response status {code}")
-    return Response(request_id=frame.request_id, status=Status(code), body=payload[1:])
+    raise StoreProtocolError(f"unknown response status {payload[0]}")
 
 
 def decode_empty_body(body: bytes) -> None:
