@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from postoffice.office.director import (
+from postoffice.office.director import Director
+from postoffice.office.services import (
     SERVICES,
     ChildState,
     ChildStatus,
-    Director,
     DirectorError,
     Launch,
     ServiceSpec,

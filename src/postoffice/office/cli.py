@@ -12,15 +12,8 @@ from postoffice.core import config as core_config
 from postoffice.core import logs
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.runtime import run
-from postoffice.office.director import (
-    DEFAULT_STOP_TIMEOUT_S,
-    SERVICES,
-    STATUS_FILE,
-    ChildStatus,
-    Director,
-    run_dir,
-    select_services,
-)
+from postoffice.office.director import DEFAULT_STOP_TIMEOUT_S, STATUS_FILE, Director
+from postoffice.office.services import SERVICES, ChildStatus, run_dir, select_services
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import enum
 import fcntl
 import json
 import logging
@@ -39,36 +38,33 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Final, final
 
-from postoffice.core.errors import BrokenError, ConfigError, PostOfficeError
 from postoffice.core.logs import kv
 from postoffice.core.runtime import Backoff
+from postoffice.office.services import (
+    ChildState,
+    ChildStatus,
+    DirectorError,
+    Launch,
+    ServiceSpec,
+    ServiceStartError,
+    describe_exit,
+    next_restart_delay,
+    parse_ready,
+    ready_path,
+    run_dir,
+    status_document,
+)
 
 __all__ = [
     "DEFAULT_HEALTHY_AFTER_S",
     "DEFAULT_READY_TIMEOUT_S",
     "DEFAULT_STOP_TIMEOUT_S",
-    "SERVICES",
     "STATUS_FILE",
-    "ChildState",
-    "ChildStatus",
     "Director",
-    "DirectorError",
-    "Launch",
-    "ServiceSpec",
-    "ServiceStartError",
-    "describe_exit",
-    "next_restart_delay",
-    "parse_ready",
-    "ready_path",
-    "run_dir",
-    "select_services",
-    "serve_argv",
-    "status_document",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,208 +79,6 @@ _STDERR_FD: Final = 2
 
 # prctl(2) option number from <linux/prctl.h>.
 _PR_SET_PDEATHSIG: Final = 1
-
-
-# -- the service table ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Launch:
-    """What the director hands a service's argv builder for one start of its child."""
-
-    data_dir: Path
-    ready_file: Path
-    log_level: str = "INFO"
-    log_json: bool = False
-    #: Where the services already ready listen: {service: {listener: (host, port)}}.
-    peers: Mapping[str, Mapping[str, tuple[str, int]]] = field(default_factory=dict)
-
-
-ArgvBuilder = Callable[[Launch], list[str]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceSpec:
-    """One service the director runs: its name and how to build its command line."""
-
-    name: str
-    argv: ArgvBuilder
-
-
-def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = None) -> ArgvBuilder:
-    """An argv builder for `python -m postoffice <group> serve --ready-file ...`.
-
-    The child runs with this interpreter, so the director and its children always share
-    one installation. `extra` adds service-specific flags (a socket path under the data
-    dir, say); settings not given keep the service's own defaults from its config.py.
-    """
-
-    def build(launch: Launch) -> list[str]:
-        argv = [sys.executable, "-m", "postoffice", group, "serve"]
-        argv += ["--ready-file", str(launch.ready_file), "--log-level", launch.log_level]
-        if launch.log_json:
-            argv.append("--log-json")
-        if extra is not None:
-            argv += extra(launch)
-        return argv
-
-    return build
-
-
-#: Every service `postoffice up` starts, in start order (a service may rely on earlier
-#: ones). Each keeps its own defaults (command 6380/6381, ingest 7000-7003 and 7100+,
-#: store 7400/7401);
-#: the environment (`POSTOFFICE_COMMAND_PORT=0`, ...) reaches them unchanged.
-SERVICES: Final[tuple[ServiceSpec, ...]] = (
-    ServiceSpec(
-        name="store",
-        argv=serve_argv("store", lambda launch: ["--data-dir", str(launch.data_dir)]),
-    ),
-    ServiceSpec(name="command", argv=serve_argv("command", lambda launch: _store_flag(launch))),
-    ServiceSpec(
-        name="ingest",
-        argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
-    ),
-)
-
-
-def _store_flag(launch: Launch) -> list[str]:
-    """The command server's keys live in the store when the store runs too."""
-    address = launch.peers.get("store", {}).get("store")
-    return [] if address is None else ["--store", f"{address[0]}:{address[1]}"]
-
-
-def select_services(
-    names: Sequence[str], services: Sequence[ServiceSpec] = SERVICES
-) -> tuple[ServiceSpec, ...]:
-    """The services named in `names` (all of them when empty), in table order.
-
-    Raises ConfigError naming an unknown service.
-    """
-    known = {spec.name for spec in services}
-    for name in names:
-        if name not in known:
-            listed = ", ".join(repr(spec.name) for spec in services)
-            raise ConfigError(f"unknown service {name!r}, expected one of {listed}")
-    if not names:
-        return tuple(services)
-    return tuple(spec for spec in services if spec.name in names)
-
-
-# -- pure helpers -----------------------------------------------------------------------
-
-
-class DirectorError(PostOfficeError):
-    """The director itself cannot run (another director owns the data dir, say)."""
-
-
-class ServiceStartError(BrokenError):
-    """A child died, could not be spawned, or stayed silent before it was ready."""
-
-
-def run_dir(data_dir: Path) -> Path:
-    """Where the director keeps ready files, its lock and its status file."""
-    return data_dir / "run"
-
-
-def ready_path(data_dir: Path, name: str) -> Path:
-    """The ready file the child for service `name` announces its listeners in."""
-    return run_dir(data_dir) / f"{name}.ready.json"
-
-
-def describe_exit(returncode: int) -> str:
-    """Say why a child ended: `exited with code 3` or `killed by SIGKILL`.
-
-    A negative return code is asyncio's way of saying the child died of that signal.
-    """
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"killed by {name}"
-
-
-def next_restart_delay(
-    backoff: Backoff, *, uptime_s: float | None, healthy_after_s: float
-) -> float:
-    """The delay before restarting a child that ran `uptime_s` after it was ready.
-
-    `uptime_s` is None when the child never got ready. A child that stayed up at least
-    `healthy_after_s` starts the backoff over; quick crashes make the delay grow.
-    """
-    if uptime_s is not None and uptime_s >= healthy_after_s:
-        backoff.reset()
-    return backoff.next_delay()
-
-
-def parse_ready(text: str, *, pid: int) -> dict[str, tuple[str, int]] | None:
-    """The listeners announced in ready-file `text`, or None if another pid wrote it.
-
-    The file is what `core.runtime.announce` writes: {"service", "pid", "listeners":
-    {name: [host, port]}}. Raises ServiceStartError if it is not of that shape.
-    """
-    try:
-        body: object = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ServiceStartError(f"ready file is not JSON: {exc}") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("listeners"), dict):
-        raise ServiceStartError(f"ready file has no 'listeners' object: {text[:200]!r}")
-    if body.get("pid") != pid:
-        return None
-    listeners: dict[str, tuple[str, int]] = {}
-    for name, address in body["listeners"].items():
-        match address:
-            case [str() as host, int() as port] if not isinstance(port, bool):
-                listeners[str(name)] = (host, port)
-            case _:
-                raise ServiceStartError(
-                    f"ready file listener {name!r} must be [host, port], got {address!r}"
-                )
-    return listeners
-
-
-class ChildState(enum.Enum):
-    """Where one supervised child is in its life."""
-
-    STARTING = "starting"  # spawned, ready file not yet written
-    READY = "ready"  # listening and announced
-    BACKOFF = "backoff"  # exited unexpectedly; waiting to restart
-    STOPPING = "stopping"  # sent SIGTERM by the director
-    STOPPED = "stopped"  # exited on the director's request
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChildStatus:
-    """A snapshot of one child: what the status file and the CLI show."""
-
-    name: str
-    pid: int | None
-    state: ChildState
-    restarts: int
-    listeners: Mapping[str, tuple[str, int]]
-    last_exit: str | None
-
-
-def status_document(
-    *, director_pid: int, data_dir: Path, children: Sequence[ChildStatus]
-) -> dict[str, object]:
-    """The JSON body of `director.json` for these children."""
-    return {
-        "pid": director_pid,
-        "data_dir": str(data_dir),
-        "services": {
-            child.name: {
-                "pid": child.pid,
-                "state": child.state.value,
-                "restarts": child.restarts,
-                "listeners": {k: [host, port] for k, (host, port) in child.listeners.items()},
-                "last_exit": child.last_exit,
-            }
-            for child in children
-        },
-    }
 
 
 # -- the process side -------------------------------------------------------------------

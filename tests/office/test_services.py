@@ -1,4 +1,4 @@
-"""Tests for office.director's pure parts: exit reasons, argv builders, backoff, files."""
+"""office.services, the director's pure parts: exit reasons, argv builders, backoff, files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from postoffice.cli import main as cli_main
 from postoffice.core.errors import ConfigError
 from postoffice.core.runtime import Backoff
 from postoffice.office.cli import restart_line, services_table
-from postoffice.office.director import (
+from postoffice.office.services import (
     SERVICES,
     ChildState,
     ChildStatus,
