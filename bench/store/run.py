@@ -87,7 +87,7 @@ RB_PIPELINED_FACTOR: Final = 5
 #: since each raw LMDB commit is an fsync.
 DEFAULT_ENGINE_KEYS: Final = 50_000
 DEFAULT_ENGINE_DURABLE_KEYS: Final = 4_000
-#: Writer threads for the durable engine puts: the store server's default I/O pool.
+#: Writer threads for the durable engine puts (they share fsyncs: group commit).
 DEFAULT_ENGINE_THREADS: Final = 8
 #: Keys per prefill batch: one log append and one LMDB flush at most per batch.
 PREFILL_BATCH: Final = 1_000

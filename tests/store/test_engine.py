@@ -27,7 +27,7 @@ from postoffice.store import (
     StoreLockedError,
     ValueSizeError,
 )
-from postoffice.store.logstore import HEADER_BYTES
+from postoffice.store.records import HEADER_BYTES
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

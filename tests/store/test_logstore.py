@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 
 from postoffice.store.errors import LogCorruptError
-from postoffice.store.logstore import (
+from postoffice.store.logstore import Durability, LogStore, Position
+from postoffice.store.records import (
     FLAG_BATCH,
     HEADER_BYTES,
-    Durability,
     Kind,
-    LogStore,
-    Position,
     Record,
     ScanReport,
     count_value,

@@ -12,7 +12,8 @@ from postoffice.store.errors import (
     StoreStorageError,
     ValueSizeError,
 )
-from postoffice.store.logstore import Damage, Durability
+from postoffice.store.logstore import Durability
+from postoffice.store.records import Damage
 
 __all__ = [
     "AsyncClient",

@@ -47,15 +47,8 @@ from postoffice.store.errors import (
     ValueSizeError,
 )
 from postoffice.store.index import Index, Location, Meta
-from postoffice.store.logstore import (
-    FLAG_BATCH,
-    Damage,
-    Durability,
-    Kind,
-    LogStore,
-    Record,
-    count_value,
-)
+from postoffice.store.logstore import Durability, LogStore
+from postoffice.store.records import FLAG_BATCH, Damage, Kind, Record, count_value
 
 log = logging.getLogger(__name__)
 

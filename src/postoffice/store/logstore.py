@@ -6,10 +6,7 @@ without it); nothing here runs on an event loop.
 
 # Design
 # ------
-# A segment is a file `NNNNNNNN.seg` of back-to-back records:
-#     header "<HBBQIII": magic u16, kind u8, flags u8, seq u64, key_len u32, value_len u32,
-#                        crc u32 (CRC-32 of the header's first 20 bytes + key + value)
-#     key, value
+# A segment is a file `NNNNNNNN.seg` of back-to-back records (their format: records.py).
 # Kinds are PUT, DELETE and BATCH_END. The members of a batch carry FLAG_BATCH and are
 # written together with their BATCH_END (whose value is the u32 member count) in one write
 # into one segment; the recovery scan applies members only when their BATCH_END arrives, so a
@@ -36,49 +33,40 @@ import logging
 import mmap
 import os
 import re
-import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
 from postoffice.store.errors import LogCorruptError, StoreStorageError
+from postoffice.store.records import (
+    CRC,
+    CRC_COVERS,
+    HEAD_NO_CRC,
+    HEADER,
+    HEADER_BYTES,
+    MAGIC,
+    Damage,
+    Kind,
+    Record,
+    ScanReport,
+    encode_record,
+    parse_record,
+    scan_segment,
+)
 
 log = logging.getLogger(__name__)
 
-HEADER: Final = struct.Struct("<HBBQIII")
-HEADER_BYTES: Final = HEADER.size
-_CRC_COVERS: Final = HEADER_BYTES - 4  # the crc field itself is not covered
-_HEAD: Final = struct.Struct("<HBBQII")  # the header without its crc
-_CRC: Final = struct.Struct("<I")
-MAGIC: Final = 0x504F
-_MAGIC_BYTES: Final = struct.pack("<H", MAGIC)
-FLAG_BATCH: Final = 0x01
-_COUNT: Final = struct.Struct("<I")
 _SEGMENT_NAME: Final = re.compile(r"^(\d{8})\.seg$")
-# A record longer than this is treated as corrupt framing: no legal record comes close
-# (keys and values are limited far below it), and it stops a flipped length bit from
-# making the scan read gigabytes.
-MAX_RECORD_BYTES: Final = 1 << 31
 # The current segment is mapped again for reads once it has grown this much past its map;
 # reads of the bytes in between are a pread each.
 _REMAP_BYTES: Final = 1 << 20
 # Hot-path aliases (a global load instead of an attribute lookup).
 _UNPACK: Final = HEADER.unpack_from
 _CRC32: Final = zlib.crc32
-
-
-class Kind(enum.IntEnum):
-    """What a record does."""
-
-    PUT = 1
-    DELETE = 2
-    BATCH_END = 3
-
-
-_PUT: Final = int(Kind.PUT)  # for the hot path: an int compares faster than an enum
+_PUT: Final = int(Kind.PUT)  # an int compares faster than an enum member
 
 
 class Durability(enum.StrEnum):
@@ -95,62 +83,6 @@ class Position:
 
     segment: int
     offset: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Record:
-    """One decoded record and where it lies."""
-
-    kind: Kind
-    flags: int
-    seq: int
-    key: bytes
-    value: bytes
-    segment: int
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Damage:
-    """A byte range the scan could not read as records."""
-
-    segment: int
-    offset: int
-    length: int
-
-
-@dataclass(slots=True, kw_only=True)
-class ScanReport:
-    """What a recovery scan found: applied records, skipped damage and a cut tail."""
-
-    records: int = 0
-    last_seq: int = 0
-    corrupt: list[Damage] = field(default_factory=list)
-    truncated: Damage | None = None
-    dropped_batches: int = 0
-
-
-def encode_record(kind: Kind, seq: int, key: bytes, value: bytes, flags: int = 0) -> bytes:
-    """Frame one record: header with its CRC-32, then key and value."""
-    head = _HEAD.pack(MAGIC, kind, flags, seq, len(key), len(value))
-    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
-    return b"".join((head, _CRC.pack(crc), key, value))
-
-
-def _parse(buf: bytes | mmap.mmap, pos: int, size: int) -> tuple[Kind, int, int, int, int] | None:
-    """Check the record at `pos`; return (kind, flags, seq, key_len, value_len) or None."""
-    if size - pos < HEADER_BYTES:
-        return None
-    magic, kind, flags, seq, key_len, value_len, crc = HEADER.unpack_from(buf, pos)
-    end = pos + HEADER_BYTES + key_len + value_len
-    if magic != MAGIC or end > size or end - pos > MAX_RECORD_BYTES:
-        return None
-    if kind not in (Kind.PUT, Kind.DELETE, Kind.BATCH_END) or flags & ~FLAG_BATCH:
-        return None
-    if zlib.crc32(buf[pos + HEADER_BYTES : end], zlib.crc32(buf[pos : pos + _CRC_COVERS])) != crc:
-        return None
-    return Kind(kind), flags, seq, key_len, value_len
 
 
 @contextlib.contextmanager
@@ -312,13 +244,13 @@ class LogStore:
         """
         with self._lock:
             seq = self._written_seq + 1
-            head = _HEAD.pack(MAGIC, kind, 0, seq, len(key), len(value))
+            head = HEAD_NO_CRC.pack(MAGIC, kind, 0, seq, len(key), len(value))
             crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
             length = HEADER_BYTES + len(key) + len(value)
             base = self._place(length)
             pending = self._pending
             pending += head
-            pending += _CRC.pack(crc)
+            pending += CRC.pack(crc)
             pending += key
             pending += value
             self._written_seq = seq
@@ -473,7 +405,7 @@ class LogStore:
             and kind == _PUT
             and start + value_len == end
             and _CRC32(
-                view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + _CRC_COVERS])
+                view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + CRC_COVERS])
             )
             == crc
         ):
@@ -489,7 +421,7 @@ class LogStore:
                 magic == MAGIC
                 and kind == Kind.PUT
                 and start + value_len == length
-                and zlib.crc32(buf[HEADER_BYTES:], zlib.crc32(buf[:_CRC_COVERS])) == crc
+                and zlib.crc32(buf[HEADER_BYTES:], zlib.crc32(buf[:CRC_COVERS])) == crc
             ):
                 return buf[start:]
         raise _corrupt(segment, offset, length)
@@ -535,7 +467,7 @@ class LogStore:
             raise LogCorruptError(f"segment {segment} does not exist")
         with _os_errors("read", self._path(segment)):
             buf = os.pread(fd, length, offset)
-        parsed = _parse(buf, 0, len(buf))
+        parsed = parse_record(buf, 0, len(buf))
         if parsed is None or HEADER_BYTES + parsed[3] + parsed[4] != length:
             raise LogCorruptError(
                 f"record at segment {segment} offset {offset} length {length} is corrupt"
@@ -570,7 +502,7 @@ class LogStore:
             with _os_errors("map", self._path(sid)):
                 buf = mmap.mmap(self._fds[sid], size, prot=mmap.PROT_READ)
             try:
-                cut = self._scan_segment(sid, buf, pos, size, last, apply, report)
+                cut = scan_segment(sid, buf, pos, size, last, apply, report)
             finally:
                 buf.close()
             if cut is not None:
@@ -583,83 +515,6 @@ class LogStore:
                     os.fsync(self._fds[sid])
         self._tail = self._written_tail = self.segment_size(self._current)
         return report
-
-    def _scan_segment(
-        self,
-        sid: int,
-        buf: mmap.mmap,
-        pos: int,
-        size: int,
-        last: bool,
-        apply: Callable[[Record], None],
-        report: ScanReport,
-    ) -> int | None:
-        """Scan one segment; return the offset to cut the file at, or None."""
-        pending: list[Record] = []
-        while pos < size:
-            parsed = _parse(buf, pos, size)
-            if parsed is None:
-                nxt = self._resync(buf, pos + 1, size)
-                if pending:
-                    report.dropped_batches += 1
-                if nxt is None and last:
-                    return pending[0].offset if pending else pos
-                end = size if nxt is None else nxt
-                report.corrupt.append(Damage(segment=sid, offset=pos, length=end - pos))
-                log.warning("corrupt log range segment=%d offset=%d bytes=%d", sid, pos, end - pos)
-                pending = []
-                if nxt is None:
-                    return None
-                pos = nxt
-                continue
-            kind, flags, seq, key_len, value_len = parsed
-            length = HEADER_BYTES + key_len + value_len
-            body = pos + HEADER_BYTES
-            rec = Record(
-                kind=kind,
-                flags=flags,
-                seq=seq,
-                key=buf[body : body + key_len],
-                value=buf[body + key_len : body + key_len + value_len],
-                segment=sid,
-                offset=pos,
-                length=length,
-            )
-            pos += length
-            report.last_seq = max(report.last_seq, seq)
-            if flags & FLAG_BATCH:
-                pending.append(rec)
-                continue
-            if kind is Kind.BATCH_END:
-                if len(rec.value) == 4 and _COUNT.unpack(rec.value)[0] == len(pending):
-                    for member in pending:
-                        apply(member)
-                        report.records += 1
-                else:
-                    report.dropped_batches += 1
-                pending = []
-                continue
-            if pending:  # a batch without its end: it never committed
-                report.dropped_batches += 1
-                pending = []
-            apply(rec)
-            report.records += 1
-        if pending:
-            report.dropped_batches += 1
-            if last:
-                return pending[0].offset
-        return None
-
-    @staticmethod
-    def _resync(buf: mmap.mmap, pos: int, size: int) -> int | None:
-        """Find the next offset holding a valid record, or None."""
-        while True:
-            pos = buf.find(_MAGIC_BYTES, pos, size)
-            if pos < 0:
-                return None
-            if _parse(buf, pos, size) is not None:
-                return pos
-            pos += 1
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -681,11 +536,6 @@ class LogStore:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-
-
-def count_value(count: int) -> bytes:
-    """The value of a BATCH_END record: its member count."""
-    return _COUNT.pack(count)
 
 
 def _corrupt(segment: int, offset: int, length: int) -> LogCorruptError:
