@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from postoffice.ingest import published as published_module
 from postoffice.ingest.errors import (
     BadNameError,
     ConflictError,
@@ -402,7 +403,7 @@ class TestPublishAndRemove:
         store.mark_published(published_info())
         store.forget_published(FID)
         assert store.published(FID) is None
-        assert list((tmp_path / "published").iterdir()) == []
+        assert [p.name for p in (tmp_path / "published").iterdir()] == ["published.log"]
         assert new_store(tmp_path).published_records() == []
 
     def test_published_records_are_oldest_first(self, tmp_path: Path) -> None:
@@ -585,3 +586,68 @@ class TestWaitChunk:
         with pytest.raises(UnknownFileError):
             store.wait_chunk(FID, 3, 10)
         later.join()
+
+
+class TestPublishedLog:
+    """published/published.log: records appended, forgets replayed, tails repaired."""
+
+    def log_path(self, root: Path) -> Path:
+        return root / "published" / "published.log"
+
+    def test_records_and_forgets_replay_in_order(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        first, second = published_info(FID), published_info(OTHER, NOW + 1)
+        store.mark_published(first)
+        store.mark_published(second)
+        store.forget_published(FID)
+        store.mark_published(published_info(FID, NOW + 2))  # the id published again
+        lines = self.log_path(tmp_path).read_bytes().splitlines()
+        assert len(lines) == 4
+        assert json.loads(lines[2]) == {"forget": FID.hex()}
+        again = new_store(tmp_path)
+        assert again.published_records() == [second, published_info(FID, NOW + 2)]
+
+    @pytest.mark.parametrize("tail", [b'{"file_id": "00112233', b"not json at all\n"])
+    def test_a_torn_or_bad_tail_is_cut_and_appends_go_on(self, tmp_path: Path, tail: bytes) -> None:
+        store = new_store(tmp_path)
+        store.mark_published(published_info(FID))
+        good = self.log_path(tmp_path).read_bytes()
+        with open(self.log_path(tmp_path), "ab") as out:
+            out.write(tail)  # a crash mid-append (never acknowledged), or garbage
+        again = new_store(tmp_path)
+        assert again.published_records() == [published_info(FID)]
+        assert self.log_path(tmp_path).read_bytes() == good
+        again.mark_published(published_info(OTHER, NOW + 1))
+        assert [r.file_id for r in new_store(tmp_path).published_records()] == [FID, OTHER]
+
+    def test_a_log_mostly_dead_is_compacted(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(published_module, "COMPACT_MIN_LINES", 10)
+        store = new_store(tmp_path, fsync=False)
+        for n in range(8):
+            fid = FileId(bytes([n]) * 16)
+            store.mark_published(published_info(fid, NOW + n))
+            if n < 6:
+                store.forget_published(fid)
+        assert len(self.log_path(tmp_path).read_bytes().splitlines()) == 14
+        again = new_store(tmp_path)
+        assert len(self.log_path(tmp_path).read_bytes().splitlines()) == 2
+        assert [r.published_at for r in again.published_records()] == [NOW + 6, NOW + 7]
+        assert [r.published_at for r in new_store(tmp_path).published_records()] == [
+            NOW + 6,
+            NOW + 7,
+        ]
+
+    def test_per_id_records_of_earlier_versions_are_read_and_forgotten(
+        self, tmp_path: Path
+    ) -> None:
+        record = published_info(FID)
+        (tmp_path / "published").mkdir(parents=True)
+        legacy = tmp_path / "published" / f"{FID.hex()}.json"
+        legacy.write_bytes(published_module._format_record(record))
+        store = new_store(tmp_path)
+        assert store.published(FID) == record
+        store.forget_published(FID)
+        assert not legacy.exists()
+        assert new_store(tmp_path).published(FID) is None

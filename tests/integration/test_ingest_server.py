@@ -237,7 +237,8 @@ async def test_a_one_chunk_upload_is_published_before_its_ack(
     assert (tmp_path / "files" / "small.txt").read_bytes() == b"four kilobytes or so\n" * 200
     assert server.query(chunk.file_id).state is UploadState.PUBLISHED
     assert list(server.store.patches_dir.iterdir()) == []
-    assert [p.name for p in server.store.published_dir.iterdir()] == [f"{chunk.file_id.hex()}.json"]
+    assert [p.name for p in server.store.published_dir.iterdir()] == ["published.log"]
+    assert chunk.file_id.hex() in (server.store.published_dir / "published.log").read_text()
     again = await server.accept_chunk(chunk)
     assert again.published
 

@@ -68,6 +68,9 @@ PIPELINE_BLOCKS: Final = 8
 #: The writer asks the kernel to start writing back the output after this many bytes,
 #: without waiting for it (posix_fadvise DONTNEED on the written range).
 WRITEBACK_BYTES: Final = 16 * 1024 * 1024
+#: The first output buffer: most uploads are small files, which need no more (a larger
+#: one costs its allocation and page faults for every small file).
+FIRST_BLOCK_BYTES: Final = 64 * 1024
 #: NAME_MAX of common file systems: a staging name must fit it too.
 MAX_FILE_NAME_BYTES: Final = 255
 
@@ -198,6 +201,7 @@ def assemble_with_stats(
                     max_window_log=max_window_log,
                     max_output_bytes=max_output_bytes,
                     hex_id=hex_id,
+                    read_size=max(4096, min(BLOCK_BYTES, info.size)),
                 )
             walker.finish()
             if source.bytes_read != info.size:
@@ -244,6 +248,7 @@ def _decompress(
     max_window_log: int,
     max_output_bytes: int,
     hex_id: str,
+    read_size: int = BLOCK_BYTES,
 ) -> int:
     """Decode every frame of `source` into `sink`; returns the bytes written."""
     decompressor = zstandard.ZstdDecompressor(max_window_size=1 << max_window_log)
@@ -251,7 +256,7 @@ def _decompress(
     try:
         with decompressor.stream_reader(
             source,  # type: ignore[arg-type]  # zstandard needs only read(), not IO
-            read_size=BLOCK_BYTES,
+            read_size=read_size,
             read_across_frames=True,
             closefd=False,
         ) as reader:
@@ -348,9 +353,10 @@ class _Sink:
                 self._pool.shutdown(wait=True, cancel_futures=True)
 
     def buffer(self) -> memoryview:
-        """A free output buffer of BLOCK_BYTES: the ring's next one, once its write is done."""
+        """A free output buffer (FIRST_BLOCK_BYTES, then BLOCK_BYTES): the ring's next one,
+        once its write is done."""
         if len(self._buffers) < PIPELINE_BLOCKS + 1:
-            self._buffers.append(bytearray(BLOCK_BYTES))
+            self._buffers.append(bytearray(FIRST_BLOCK_BYTES if not self._buffers else BLOCK_BYTES))
             self._next = len(self._buffers) - 1
         index = self._next
         self._next = (index + 1) % (PIPELINE_BLOCKS + 1)

@@ -1,4 +1,4 @@
-"""The records of published ingest payloads: published_dir/<file id hex>.json.
+"""The records of published ingest payloads: published_dir/published.log.
 
 I/O layer, blocking: the ChunkStore owns one PublishedRecords and calls it from worker
 threads.
@@ -6,32 +6,45 @@ threads.
 
 # Design
 # ------
-# A record is written atomically (unique tmp, fsync, rename, fsync the directory): it is
-# the commit point of a publish. `load()` reads every record from disk, skipping (with a
-# warning) one that is unreadable or whose file name is not its file id, and deleting
-# *.tmp leftovers; it does not touch the index, which the owner sets with `reset()`.
+# The records are lines of one append-only log, published.log: a JSON object per publish
+# ({"file_id": ..., "name": ..., "size": ..., "digest": ..., ...}) and {"forget": id} when
+# a record expires. A line is durable once the log is fsynced, and that fsync is a group
+# commit: publishes at the same moment share it, and no file is created per publish (a
+# file and a directory entry per small file cost an inode allocation and an fsync each).
+# The line is the commit point of a publish. `load()` replays the log: the last line for
+# an id wins, a forget drops it; a torn or unreadable line (a crash mid-append: never
+# acknowledged) is dropped with a warning and the log cut back to the lines before it.
+# When dead lines outnumber live ones (and pass COMPACT_MIN_LINES) load() rewrites the
+# log atomically with the live records only. Per-id <file id>.json records of earlier
+# versions are read as well, and *.tmp leftovers deleted. load() does not touch the
+# index, which the owner sets with `reset()`.
 #
-# Locking: PublishedRecords holds no lock. The in-memory index (`get`, `add`, `discard`,
-# `reset`, `oldest_first`, `in`, `len`) is guarded by the owning ChunkStore's `_lock`, so
-# "is this id published?" and "create its payload" stay one atomic step there; the file
-# methods (`load`, `write`, `delete`) run outside that lock.
+# Locking: the in-memory index (`get`, `add`, `discard`, `reset`, `oldest_first`, `in`,
+# `len`) is guarded by the owning ChunkStore's `_lock`, so "is this id published?" and
+# "create its payload" stay one atomic step there; the file methods (`load`, `write`,
+# `delete`) run outside that lock, and `_append_lock` orders the appends to the log.
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import final
+from typing import Final, final
 
 from postoffice.ingest.durable import GroupSync, atomic_write, discard, os_errors
-from postoffice.ingest.errors import BadNameError
+from postoffice.ingest.errors import BadNameError, IngestStorageError
 from postoffice.ingest.protocol import DIGEST_BYTES, FILE_ID_BYTES, FileId, check_name, file_id_hex
 
 __all__ = ["PublishedInfo", "PublishedRecords"]
 
 log = logging.getLogger(__name__)
+
+LOG_NAME: Final = "published.log"
+#: load() compacts the log once it holds this many lines and more dead than live ones.
+COMPACT_MIN_LINES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,10 +67,14 @@ class PublishedRecords:
 
     def __init__(self, folder: Path, *, fsync: bool, syncer: GroupSync | None = None) -> None:
         self.folder = Path(folder)
+        self.path = self.folder / LOG_NAME
         self.fsync = fsync
-        # Directory fsyncs are shared by the records written at the same time.
+        # The log's fsyncs are shared by the records written at the same time.
         self._syncer = syncer if syncer is not None else GroupSync()
         self._records: dict[bytes, PublishedInfo] = {}
+        self._append_lock = threading.Lock()
+        self._fd: int | None = None  # the log, open for appending once load() ran
+        self._synced_dir = False  # the log's directory entry is durable
 
     def __repr__(self) -> str:
         return f"<PublishedRecords {self.folder} records={len(self._records)}>"
@@ -93,8 +110,9 @@ class PublishedRecords:
     # -- the files -------------------------------------------------------------------------
 
     def load(self) -> dict[bytes, PublishedInfo]:
-        """Read every record in the folder, deleting *.tmp leftovers. Raises IngestStorageError
-        when the folder cannot be listed; a bad record is logged and skipped."""
+        """Read every record (the log, and per-id files of earlier versions), repairing a
+        torn log tail and compacting; see the design note. Raises IngestStorageError when
+        the folder cannot be read; a bad record is logged and skipped."""
         records: dict[bytes, PublishedInfo] = {}
         with os_errors("list", self.folder):
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
@@ -112,26 +130,87 @@ class PublishedRecords:
                     log.warning("published record skipped path=%s reason=file id mismatch", path)
                     continue
                 records[record.file_id] = record
+        lines, good_bytes = self._replay(records)
+        with os_errors("open", self.path):
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if lines >= COMPACT_MIN_LINES and lines > 2 * len(records):
+                atomic_write(self.path, _log_bytes(records), fsync=self.fsync)
+                log.info("published log compacted lines=%d records=%d", lines, len(records))
+            elif good_bytes is not None:
+                os.truncate(self.path, good_bytes)  # cut a torn tail: the next line is whole
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
         return records
 
+    def _replay(self, records: dict[bytes, PublishedInfo]) -> tuple[int, int | None]:
+        """Apply the log's lines to `records`; return the line count and, if the tail is
+        torn or bad, the length of the good lines before it."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0, None
+        except OSError as exc:
+            raise IngestStorageError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        lines = 0
+        at = 0
+        while at < len(raw):
+            end = raw.find(b"\n", at)
+            if end < 0:
+                log.warning("published log: torn last line dropped path=%s", self.path)
+                return lines, at
+            line = raw[at:end]
+            try:
+                doc = json.loads(line)
+                if isinstance(doc, dict) and set(doc) == {"forget"}:
+                    records.pop(bytes.fromhex(doc["forget"]), None)
+                else:
+                    record = _parse_record(line)
+                    records[record.file_id] = record
+            except (ValueError, KeyError, TypeError, BadNameError) as exc:
+                log.warning("published log: bad line dropped path=%s reason=%r", self.path, exc)
+                return lines, at
+            lines += 1
+            at = end + 1
+        return lines, None
+
     def write(self, info: PublishedInfo) -> None:
-        """Write the record durably. Raises IngestStorageError."""
-        atomic_write(
-            self.folder / f"{file_id_hex(info.file_id)}.json",
-            _format_record(info),
-            fsync=self.fsync,
-            sync_dir=False,
-        )
-        if self.fsync:
-            self._syncer.sync(self.folder)
+        """Append the record and make it durable. Raises IngestStorageError."""
+        self._append(_format_record(info) + b"\n")
 
     def delete(self, file_id: FileId) -> None:
-        """Delete the record's file, if any. Raises IngestStorageError."""
-        path = self.folder / f"{file_id_hex(file_id)}.json"
-        with os_errors("remove", path):
-            path.unlink(missing_ok=True)
+        """Forget a record durably (and its per-id file of an earlier version, if any).
+        Raises IngestStorageError."""
+        old = self.folder / f"{file_id_hex(file_id)}.json"
+        with os_errors("remove", old):
+            old.unlink(missing_ok=True)
+        self._append(json.dumps({"forget": file_id_hex(file_id)}).encode() + b"\n")
+
+    def _append(self, line: bytes) -> None:
+        with self._append_lock, os_errors("append to", self.path):
+            if self._fd is None:
+                raise IngestStorageError(f"{self.path} is not open: load() first")
+            written = os.write(self._fd, line)  # O_APPEND: one write, one line
+            if written != len(line):
+                raise IngestStorageError(f"short append to {self.path}: {written} bytes")
         if self.fsync:
-            self._syncer.sync(self.folder)
+            self._syncer.sync(self.path)  # the file and, for a new log, its entry
+            if not self._synced_dir:
+                self._syncer.sync(self.folder)
+                self._synced_dir = True
+
+    def close(self) -> None:
+        """Close the log."""
+        with self._append_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _log_bytes(records: dict[bytes, PublishedInfo]) -> bytes:
+    return b"".join(_format_record(r) + b"\n" for r in records.values())
 
 
 def _format_record(info: PublishedInfo) -> bytes:

@@ -623,11 +623,26 @@ class ChunkStore:
         The record is the commit point. Raises IngestStorageError when the record cannot
         be written.
         """
-        with self._exclusive(info.file_id) as payload:
-            self._published.write(info)
-            with self._lock:
-                self._published.add(info)
-            self._forget(payload)
+        with self._lock:
+            stored = info.file_id in self._payloads
+        if stored:
+            with self._exclusive(info.file_id) as payload:
+                self._published.write(info)
+                with self._lock:
+                    self._published.add(info)
+                self._forget(payload)
+            return
+        # A one-chunk upload, never stored: no lock is held across the record's fsyncs, so
+        # concurrent publishes share them. A payload that a conflicting chunk created
+        # meanwhile is forgotten like any other.
+        self._published.write(info)
+        with self._lock:
+            self._published.add(info)
+            late = self._payloads.get(info.file_id)
+        if late is not None:
+            with late.op_lock:
+                self._forget(late)
+            self.remove_patches(info.file_id)
 
     def remove_patches(self, file_id: FileId) -> None:
         """Delete a published payload's patch directory. A failure is logged, not raised,
