@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,10 +151,14 @@ def test_up_serves_and_stops_cleanly_on_sigterm(up: _Up) -> None:
     _wait_until("the listener table", lambda: "command" in up.stdout.read_text(), 5.0)
 
     up.process.send_signal(signal.SIGTERM)
-    assert up.process.wait(timeout=DEFAULT_STOP_TIMEOUT_S + 5) == 0
+    assert up.process.wait(timeout=3 * DEFAULT_STOP_TIMEOUT_S + 5) == 0
     assert _gone(entry["pid"])
     assert not up.status_file.exists()
     assert not (up.data_dir / "run" / "command.ready.json").exists()
+    # Last started, first stopped: the store outlives the command server that uses it.
+    stopped = re.findall(r"service stopped child=(\w+)", up.stderr.read_text())
+    assert stopped == ["ingest", "command", "store"]
+    assert "store connection lost" not in up.stderr.read_text()
 
 
 def test_up_restarts_a_killed_child(up: _Up) -> None:

@@ -89,8 +89,8 @@ def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: b
     def started(statuses: Sequence[ChildStatus]) -> None:
         console.print(services_table(statuses))
         console.print(
-            f"status: {run_dir(directory.absolute()) / STATUS_FILE}; Ctrl-C stops all"
-            f" (SIGKILL after {DEFAULT_STOP_TIMEOUT_S:g} s)",
+            f"status: {run_dir(directory.absolute()) / STATUS_FILE}; Ctrl-C stops all,"
+            f" last started first (each gets SIGKILL after {DEFAULT_STOP_TIMEOUT_S:g} s)",
             highlight=False,
         )
 

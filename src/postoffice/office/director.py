@@ -19,9 +19,11 @@ the backoff starts over once a child has stayed up `healthy_after_s`. A relaunch
 fails is treated like another crash. Every change of state rewrites
 `<data-dir>/run/director.json` atomically, for tests and the dashboard.
 
-On stop, every live child gets SIGTERM, then SIGKILL if it is still running after
-`stop_timeout_s`. Children run in their own session, so a Ctrl-C in the terminal reaches
-only the director, which then stops them in order; and on Linux each child asks the
+On stop, the live children are stopped in reverse start order, so a service is still
+there while those that rely on it drain (the command server's keys live in the store):
+each gets SIGTERM, then SIGKILL if it is still running after `stop_timeout_s`. Children
+run in their own session, so a Ctrl-C in the terminal reaches only the director, which
+then stops them in that order; and on Linux each child asks the
 kernel for SIGTERM when the director dies (PR_SET_PDEATHSIG), so a director killed with
 SIGKILL leaves no orphan holding a port.
 """
@@ -226,7 +228,7 @@ class Director:
         return True
 
     async def shutdown(self) -> None:
-        """SIGTERM every live child, SIGKILL those still alive after the deadline."""
+        """Stop every live child, last started first: SIGTERM, then SIGKILL after the deadline."""
         self._stopping.set()
         for task in self._tasks:
             task.cancel()
@@ -240,7 +242,8 @@ class Director:
         for child in live:
             child.state = ChildState.STOPPING
         self._publish()
-        await asyncio.gather(*(self._terminate(child) for child in live))
+        for child in reversed(live):
+            await self._terminate(child)
         for child in self._children:
             # A ready file outlives its process; nobody should mistake it for a live one.
             with contextlib.suppress(OSError):
