@@ -308,3 +308,20 @@ class TestPlanning:
     ) -> None:
         with pytest.raises(IngestProtocolError, match=r"^status range .* is outside 0\.\.9$"):
             plan_chunks(status(UploadState.UPLOADING, missing=missing), total=10, size=10_000)
+
+
+class TestKeptInMemory:
+    def test_a_small_zst_is_read_once_and_kept(self, tmp_path: Path) -> None:
+        blob = zstandard.compress(b"small file\n" * 100)
+        prepared = prepare(write(tmp_path / "s.log.zst", blob), chunk_size=1024, work_dir=tmp_path)
+        assert prepared.data == blob
+        assert prepared.payload_digest == xxhash.xxh3_128_digest(blob)
+
+    @pytest.mark.parametrize("extra", [0, 1])
+    def test_a_zst_past_the_limit_is_not_kept(self, tmp_path: Path, extra: int) -> None:
+        size = payload_module.KEEP_BYTES + extra
+        blob = zstandard.compress(b"") + bytes(size - len(zstandard.compress(b"")))
+        prepared = prepare(write(tmp_path / "b.zst", blob), chunk_size=1 << 20, work_dir=tmp_path)
+        assert prepared.payload_size == size
+        assert prepared.payload_digest == xxhash.xxh3_128_digest(blob)
+        assert (prepared.data is None) == bool(extra)

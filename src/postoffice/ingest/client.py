@@ -255,6 +255,17 @@ def _chunk_frame(
     so the data is never copied. Blocking; raises StorageError."""
     length = prepared.chunk_length(index)
     offset = index * prepared.chunk_size
+    if prepared.data is not None:  # kept in memory by prepare()
+        head, _ = chunk_frame_parts(
+            file_id=prepared.file_id,
+            index=index,
+            total=prepared.total,
+            size=prepared.payload_size,
+            name=prepared.name,
+            data=prepared.data[offset : offset + length],
+            request_id=request_id,
+        )
+        return head, prepared.data[offset : offset + length]
     parts: list[bytes] = []
     got = 0
     try:
@@ -722,7 +733,9 @@ class IngestClient:
 
     async def _upload(self, prepared: PreparedFile, progress: ProgressFn | None) -> int:
         """Send what the server lacks; return how many chunks were sent."""
-        if prepared.payload_size <= _INLINE_BYTES:
+        if prepared.data is not None:
+            fd = -1  # the payload is in memory
+        elif prepared.payload_size <= _INLINE_BYTES:
             fd = _open_payload(prepared.payload)
         else:
             fd = await asyncio.to_thread(_open_payload, prepared.payload)
@@ -755,7 +768,8 @@ class IngestClient:
                     return run.sent
                 indexes = plan_chunks(status, total=prepared.total, size=prepared.payload_size)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     async def _send_chunks(self, run: _Run, indexes: tuple[int, ...]) -> None:
         queue = collections.deque(indexes)

@@ -7,6 +7,7 @@ network; `plan_chunks` turns the server's STATUS into the indexes still to send.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -67,6 +68,9 @@ WORK_SUBDIR: Final = "postoffice-ingest"
 SUFFIX: Final = ".zst"
 
 _IO_BYTES: Final = 1024 * 1024  # block size for hashing and compressing
+#: A .zst payload up to this size is kept in memory by prepare(), so the upload does
+#: not open and read the file again (small files are mostly that cost).
+KEEP_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,7 +81,8 @@ class PreparedFile:
     True: removed after the publish); `reused` says that copy was left by an earlier run.
     `payload_digest` is the XXH3-128 of the payload's bytes. `size` and `digest`
     (XXH3-128) are of the original content, known for a plain file; for a user's .zst
-    they are None (the content is never decompressed on this side).
+    they are None (the content is never decompressed on this side). `data` holds the
+    payload's bytes when prepare() kept them (a small .zst), else None.
     """
 
     path: Path
@@ -91,6 +96,7 @@ class PreparedFile:
     chunk_size: int
     owned: bool
     reused: bool = False
+    data: bytes | None = None
 
     @property
     def total(self) -> int:
@@ -195,15 +201,19 @@ def prepare(
     cannot be read or written (or changed while it was read).
     """
     try:
-        if is_zstd(path):
-            name = check_name(name) if name is not None else upload_name(path, zstd=True)
-            # The id comes from the compressed bytes, which are what is sent: hashing them
-            # is far cheaper than decompressing, and just as stable across restarts.
-            payload_size, payload_digest = _hash_file(path)
+        with path.open("rb", buffering=0) as fh:
+            zstd = fh.read(len(ZSTD_MAGIC)) == ZSTD_MAGIC
+            if zstd:
+                # The id comes from the compressed bytes, which are what is sent: hashing
+                # them is far cheaper than decompressing, and as stable across restarts.
+                fh.seek(0)
+                payload_size, payload_digest, kept = _hash_open(fh)
+        if zstd:
+            zst_name = check_name(name) if name is not None else upload_name(path, zstd=True)
             return PreparedFile(
                 path=path,
-                name=name,
-                file_id=derive_file_id(name, payload_digest, chunk_size),
+                name=zst_name,
+                file_id=derive_file_id(zst_name, payload_digest, chunk_size),
                 size=None,
                 digest=None,
                 payload=path,
@@ -211,6 +221,7 @@ def prepare(
                 payload_digest=payload_digest,
                 chunk_size=chunk_size,
                 owned=False,
+                data=kept,
             )
         name = check_name(name) if name is not None else upload_name(path, zstd=False)
         size, digest = _hash_file(path)
@@ -243,14 +254,26 @@ def prepare(
 
 def _hash_file(path: Path) -> tuple[int, bytes]:
     """Size and XXH3-128 of a file's bytes."""
-    digest = xxhash.xxh3_128()
-    size = 0
     with path.open("rb", buffering=0) as fh:
-        block = bytearray(_IO_BYTES)
-        while got := fh.readinto(block):
-            digest.update(memoryview(block)[:got])
-            size += got
-    return size, digest.digest()
+        size, digest, _ = _hash_open(fh)
+    return size, digest
+
+
+def _hash_open(fh: io.RawIOBase) -> tuple[int, bytes, bytes | None]:
+    """Size and XXH3-128 of what is left to read in `fh`, and those bytes if they are at
+    most KEEP_BYTES."""
+    first = b""
+    while len(first) <= KEEP_BYTES and (more := fh.read(KEEP_BYTES + 1 - len(first))):
+        first += more
+    if len(first) <= KEEP_BYTES:
+        return len(first), xxhash.xxh3_128_digest(first), first
+    digest = xxhash.xxh3_128(first)
+    size = len(first)
+    block = bytearray(_IO_BYTES)
+    while got := fh.readinto(block):
+        digest.update(memoryview(block)[:got])
+        size += got
+    return size, digest.digest(), None
 
 
 def _cached(target: Path, sidecar: Path, digest: bytes) -> tuple[int, bytes] | None:
