@@ -58,6 +58,7 @@ import uvloop
 
 from postoffice.core import sysinfo
 from postoffice.core.errors import PostOfficeError
+from postoffice.core.storewire import Status
 from postoffice.store import AsyncClient, Client, Put, Store
 
 #: Exit status when a needed program is missing (the usage-error convention).
@@ -429,7 +430,9 @@ class Conn(Protocol):
 
 @final
 class OursConn:
-    """Our AsyncClient: several requests in flight are simply concurrent calls."""
+    """Our AsyncClient. Several requests in flight are a pipeline: submitted together
+    (`submit_get` / `submit_put`, which return futures), then awaited together, as
+    redis-py's pipeline collects its commands and reads all the replies."""
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
@@ -445,15 +448,21 @@ class OursConn:
         client = self._client
         if len(keys) == 1:
             return int(await client.get(keys[0]) is None)
-        values = await asyncio.gather(*[client.get(key) for key in keys])
-        return sum(value is None for value in values)
+        replies = await asyncio.gather(*[client.submit_get(key) for key in keys])
+        for reply in replies:
+            if reply.status is not Status.OK and reply.status is not Status.NOT_FOUND:
+                raise BenchError(f"our GET failed: {reply.status.name} {reply.body[:200]!r}")
+        return sum(reply.status is Status.NOT_FOUND for reply in replies)
 
     async def put(self, keys: Sequence[bytes]) -> None:
         client = self._client
         if len(keys) == 1:
             await client.put(keys[0], VALUE)
             return
-        await asyncio.gather(*[client.put(key, VALUE) for key in keys])
+        replies = await asyncio.gather(*[client.submit_put(key, VALUE) for key in keys])
+        for reply in replies:
+            if reply.status is not Status.OK:
+                raise BenchError(f"our PUT failed: {reply.status.name} {reply.body[:200]!r}")
 
     async def close(self) -> None:
         await self._client.close()

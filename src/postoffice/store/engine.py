@@ -46,7 +46,7 @@ from postoffice.store.errors import (
     StoreStorageError,
     ValueSizeError,
 )
-from postoffice.store.index import Index, Location, Meta
+from postoffice.store.index import Index, Location, Meta, new_location
 from postoffice.store.logstore import Durability, LogStore
 from postoffice.store.records import FLAG_BATCH, Damage, Kind, Record, count_value
 
@@ -382,7 +382,7 @@ class Store:
             old = self._index.get(key)
             if kind is Kind.PUT:
                 self._live += old is None
-                self._index.set(key, Location._make(loc))
+                self._index.set(key, new_location(Location, loc))
             elif old is not None:
                 self._live -= 1
                 self._index.set(key, None)
@@ -480,7 +480,7 @@ class Store:
             if self._shut:
                 self._check_open()
             self._counts["puts"] += 1
-            loc = Location._make(self._log.append_one(Kind.PUT, key, value, defer=defer))
+            loc = new_location(Location, self._log.append_one(Kind.PUT, key, value, defer=defer))
             index = self._index
             if index.get(key) is None:
                 self._live += 1
@@ -603,7 +603,7 @@ class Store:
                 return 0
             locs, _ = self._log.append([(Kind.PUT, key, value, 0) for key, value in live])
             for (key, _), loc in zip(live, locs, strict=True):
-                self._index.set(key, Location._make(loc))
+                self._index.set(key, new_location(Location, loc))
             if len(self._index.memory) >= self._flush_entries:
                 self._flush_due()
             return len(live)

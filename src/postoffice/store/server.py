@@ -151,6 +151,7 @@ class StoreConnection(BaseProtocol):
         counts = server.counts
         out: list[bytes] = []
         answered = 0
+        newest = 0  # the last durable write's ticket
         began = time.monotonic()
         for type_, flags, request_id, payload in batch:
             counts[type_] += 1
@@ -193,12 +194,14 @@ class StoreConnection(BaseProtocol):
                 wire = encode_response(request_id, status, body)
             if ticket:
                 owed.append((ticket, request_id, wire, began))
-                server.wait_for_sync(self, ticket)
+                newest = ticket
             elif owed:
                 owed.append((0, request_id, wire, began))
             else:
                 out.append(wire)
                 answered += 1
+        if newest:
+            server.wait_for_sync(self, newest)
         if answered:
             observe = server.latency.observe
             elapsed = time.monotonic() - began
