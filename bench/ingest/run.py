@@ -887,8 +887,8 @@ def run_peer_small(server: Server, paths: Sequence[Path], round_no: int) -> Run:
 
 
 def measure_prepare(item: Input) -> float | None:
-    """Seconds of IngestClient's own first step for this .zst (it decompresses the file to
-    hash it, so it can check the server's PUBLISHED event): part of every `ours` time.
+    """Seconds of IngestClient's own first step for this .zst (it hashes the file, for its
+    file id and to check the server's PUBLISHED event): part of every `ours` time.
     None if this postoffice has no `prepare` where we look."""
     for module_name in ("postoffice.ingest.payload", "postoffice.ingest.client"):
         try:

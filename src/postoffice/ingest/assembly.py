@@ -186,7 +186,8 @@ def assemble_with_stats(
     part = staging_path(files_dir, name, info.file_id, "part")
     try:
         with os_errors("create", files_dir):
-            files_dir.mkdir(parents=True, exist_ok=True)
+            if not os.path.isdir(files_dir):  # one stat, not a raised and caught EEXIST
+                files_dir.mkdir(parents=True, exist_ok=True)
         walker = _FrameWalker(max_window_size=1 << max_window_log, hex_id=hex_id)
         if via_part:
             _concatenate([next_piece(i) for i in range(info.total)], part, fsync=fsync)
