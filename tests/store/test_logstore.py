@@ -290,3 +290,21 @@ def test_a_failed_fsync_makes_nothing_durable(
     assert store.sync(ticket) == ticket  # now it is
     assert store.fsyncs == 1
     store.close()
+
+
+def test_a_sync_writes_only_what_its_ticket_needs(tmp_path: Path) -> None:
+    """A server writes once per loop iteration, then asks for the fsync: records appended
+    in between stay in memory for the next write, and the sync reports what it covered."""
+    store = _open(tmp_path)
+    store.start(0)
+    seg_file = tmp_path / "00000001.seg"
+    first = store.append_one(Kind.PUT, b"a", b"1", defer=True)
+    store.write_pending()
+    second = store.append_one(Kind.PUT, b"b", b"2", defer=True)
+    assert store.sync(first[3]) == 1  # the fsync covered record 1, not the pending 2
+    assert seg_file.stat().st_size == first[2]
+    assert store.read_value(*second[:3]) == b"2"  # from memory
+    assert store.sync(second[3]) == 2  # needs record 2: written, then fsynced
+    assert seg_file.stat().st_size == first[2] + second[2]
+    assert store.fsyncs == 2
+    store.close()

@@ -1,13 +1,13 @@
 """The store server's committer: one thread that makes appended writes durable.
 
-Design: the event loop appends durable writes (write-behind: nothing written yet) and
-asks for a ticket with `request`, once per loop iteration; the thread writes and fsyncs
-everything appended so far (`Store.sync`) and hands the covered ticket back to the loop
-with `call_soon_threadsafe`. While it fsyncs, the loop goes on serving and appending; the
-thread then starts the next sync at once if more was asked for, without being woken. So
-under load there is one thread hop per fsync, not per request, and the fsync rate alone
-paces durable writes. A failed sync hands back its error with the ticket it was for:
-those writes are answered with it.
+Design: the event loop appends durable writes (write-behind), writes them to the file
+once per loop iteration and asks for the newest ticket with `request`; the thread fsyncs
+(`Store.sync`, which also writes anything the ticket needs that is still in memory) and
+hands the covered ticket back to the loop with `call_soon_threadsafe`. While it fsyncs,
+the loop goes on serving and appending; the thread then starts the next sync at once if
+more was asked for, without being woken. So under load there is one thread hop per
+fsync, not per request, and the fsync rate alone paces durable writes. A failed sync
+hands back its error with the ticket it was for: those writes are answered with it.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ without it); nothing here runs on an event loop.
 # ticket; `sync(ticket)` lets one thread fsync for everyone whose ticket it covers, while the
 # others wait on a condition variable.
 # Write-behind: an append with `defer` leaves its bytes in `_pending` (they are already
-# placed: offsets and tickets are final) until `write_pending` or the next `sync`, which
-# writes them first. So a server appending many requests in one event-loop iteration pays
-# one write(2) for all of them. Readers of pending bytes get them from memory under
-# `_lock`. Nothing is acknowledged as durable before `sync`, and a server that does not
-# fsync writes them before it answers.
+# placed: offsets and tickets are final) until `write_pending` or a `sync` whose ticket
+# needs them, which writes them first. So a server appending many requests in one
+# event-loop iteration pays one write(2) for all of them. Readers of pending bytes get
+# them from memory under `_lock`. Nothing is acknowledged as durable before `sync`, and a
+# server that does not fsync writes them before it answers.
 # Reads slice a read-only map of the segment instead of a pread. Sealed segments never
 # change; the current one grows, so its map covers what was written when it was made and
 # is made again after `_REMAP_BYTES` more (a pread in between).
@@ -142,6 +142,7 @@ class LogStore:
         # not written yet, and the file offset they start at (the written tail).
         self._pending = bytearray()
         self._written_tail = self._tail
+        self._file_seq = 0  # the last record written to a file (pending ones come after it)
         # Read-only maps of the segments, for reads without a syscall; the current
         # segment's map covers what was written when it was made (see `read_value`).
         # Reads go through a memoryview of each map (slices of it copy nothing); it is
@@ -199,7 +200,7 @@ class LogStore:
 
     def start(self, last_seq: int) -> None:
         """Begin appending after recovery: sequence numbers continue after `last_seq`."""
-        self._written_seq = self._synced_seq = last_seq
+        self._written_seq = self._synced_seq = self._file_seq = last_seq
         if self._durability is Durability.INTERVAL:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name=f"logstore-fsync {self._dir}", daemon=True
@@ -292,6 +293,7 @@ class LogStore:
         # Only now are the bytes the file's: a reader of a pending record (read_value) takes
         # `_lock` and finds them either here or in the file.
         self._written_tail = at + len(pending)
+        self._file_seq = self._written_seq
         pending.clear()
 
     def roll(self) -> None:
@@ -350,9 +352,12 @@ class LogStore:
         covered = 0
         try:
             with self._lock:
-                self._write_pending()
+                # Written already (a server writes once per loop iteration, then asks for
+                # the fsync): then leave what was appended since for the next write.
+                if self._file_seq < ticket:
+                    self._write_pending()
                 sid = self._current
-                seq = self._written_seq
+                seq = self._file_seq
                 # A duplicate: once the lock is released the segment may roll and a compaction
                 # may remove it, closing its fd (or reusing the number) before this fsync.
                 try:

@@ -12,8 +12,9 @@ Durable writes (`--durability always`): the engine appends without writing
 (write-behind), and the reply waits in the connection's `owed` queue with the write's
 ticket; replies behind it wait too, so replies keep request order. At the end of the
 event-loop iteration (a `call_soon` from the first such write) the committer thread
-(store/commit.py) is asked for the newest ticket: it writes everything appended so far in
-one write(2) and fsyncs once for all of it, like Redis's one fsync per loop iteration.
+(store/commit.py) is asked for the newest ticket, once everything appended so far went to
+the file in one write(2): it fsyncs once for all of it, like Redis's one fsync per loop
+iteration.
 When it is done each waiting connection sends what it owes up to the covered ticket, in
 one write; writes appended meanwhile go to the next sync, which the committer starts at
 once. So the fsync rate, not a request, paces durable writes, and no reply claims more
@@ -452,8 +453,18 @@ class StoreServer:
 
     def _request_sync(self) -> None:
         self._sync_due = False
-        if self._committer is not None:
-            self._committer.request(self._last_ticket)
+        store = self.store
+        if self._committer is None or store is None:
+            return
+        # The iteration's appends go to the file in one write from here, and the committer
+        # only fsyncs: it then never holds the log's lock through a write while this loop
+        # waits for it to append. Should the write fail, the committer's sync writes again
+        # and reports the error to the writes it covers.
+        try:
+            store.write_pending()
+        except PostOfficeError as exc:
+            log.warning("write of appended records failed error=%r", str(exc))
+        self._committer.request(self._last_ticket)
 
     def _synced(self, covered: int, exc: BaseException | None) -> None:
         """The committer's answer: every write up to `covered` is durable (or failed)."""
