@@ -42,6 +42,9 @@ class Ingest:
         self.tmp = tmp_path
         self.sys_base = free_port_block(4)
         self.data_base = free_port_block(8)
+        # The server refuses a sys range inside the 64 ports data ports may grow to.
+        while self.sys_base <= self.data_base + 63 and self.data_base <= self.sys_base + 3:
+            self.data_base = free_port_block(8)
         self.x = x
         self.data_dir = tmp_path / "var"
         self.files = self.data_dir / "files"
