@@ -272,3 +272,27 @@ async def test_one_chunk_uploads_of_one_id_with_other_bytes_conflict(server: Ing
     assert not isinstance(results[0], BaseException)
     assert results[0].complete
     assert isinstance(results[1], ConflictError)
+
+
+async def test_a_one_chunk_upload_that_fell_back_is_assembled_once(
+    server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = assembly.assemble
+
+    def disk_error_first(**kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return real(**kwargs)
+
+    monkeypatch.setattr(assembler_module, "assemble", disk_error_first)
+    chunk = one_chunk("fallback.txt", b"stored the usual way\n" * 50)
+    # The second sender waits for the first, whose publish fails and goes the usual way.
+    acks = await asyncio.gather(server.accept_chunk(chunk), server.accept_chunk(chunk))
+    assert all(a.complete or a.duplicate or a.published for a in acks)
+    await wait_for(tmp_path / "files" / "fallback.txt")
+    assert (tmp_path / "files" / "fallback.txt").read_bytes() == b"stored the usual way\n" * 50
+    await asyncio.sleep(0.2)
+    assert len(calls) == 2  # the failed one-chunk publish, then one assembly
+    assert server.published_total == 1

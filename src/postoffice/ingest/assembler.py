@@ -97,6 +97,9 @@ class Assemblies:
         self.running: dict[FileId, asyncio.Task[_Outcome]] = {}
         # One-chunk uploads being published: file id -> (chunk digest, their outcome).
         self.singles: dict[FileId, tuple[bytes, asyncio.Future[bool]]] = {}
+        # One-chunk uploads whose publish failed and went the usual way: they stay on it,
+        # so a re-send cannot publish them a second time beside their assembly.
+        self.fallen_back: set[FileId] = set()
         self._streaming = 0
         self._stream_pool: ThreadPoolExecutor | None = None
         self._backoff: dict[FileId, Backoff] = {}
@@ -269,6 +272,7 @@ class Assemblies:
         file_id = done.file_id
         hex_id = file_id_hex(file_id)
         self._backoff.pop(file_id, None)
+        self.fallen_back.discard(file_id)
         server.published_total += 1
         log.info(
             "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
@@ -378,6 +382,7 @@ class Assemblies:
         return True
 
     def _fall_back(self, file_id: FileId, exc: BaseException) -> bool:
+        self.fallen_back.add(file_id)
         self.server.assembly_failures += 1
         log.warning(
             "one-chunk publish failed, storing the chunk instead file_id=%s error=%r",

@@ -292,6 +292,7 @@ class IngestServer:
         if (
             chunk.total == 1
             and not self.config.assemble_via_part
+            and file_id not in self.assembler.fallen_back
             and self.store.info(file_id) is None
         ):
             published = await self.assembler.publish_single(chunk)
