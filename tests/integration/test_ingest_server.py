@@ -296,3 +296,34 @@ async def test_a_one_chunk_upload_that_fell_back_is_assembled_once(
     await asyncio.sleep(0.2)
     assert len(calls) == 2  # the failed one-chunk publish, then one assembly
     assert server.published_total == 1
+
+
+async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
+    server: IngestServer, tmp_path: Path
+) -> None:
+    original = text_payload(5000)
+    data = zstandard.ZstdCompressor().compress(original)
+    pieces = pieces_of(data, 4096)
+    file_id = FileId(os.urandom(16))
+    chunks = [
+        make_chunk(file_id, i, len(pieces), len(data), "nudged.log", p)
+        for i, p in enumerate(pieces)
+    ]
+    # Stored behind the server's back: complete, and no assembly ever started.
+    for chunk in chunks:
+        await asyncio.to_thread(
+            server.store.store_chunk,
+            file_id=file_id,
+            index=chunk.index,
+            total=chunk.total,
+            size=chunk.size,
+            name=chunk.name,
+            digest=chunk.digest,
+            data=chunk.data,
+            now=0.0,
+        )
+    assert server.query(file_id).state is UploadState.UPLOADING
+    ack = await server.accept_chunk(chunks[-1])
+    assert ack.duplicate
+    await wait_for(tmp_path / "files" / "nudged.log")
+    assert (tmp_path / "files" / "nudged.log").read_bytes() == original

@@ -350,6 +350,10 @@ class IngestServer:
             self.events.emit("payload_complete", file_id=file_id_hex(file_id), name=chunk.name)
         if not result.duplicate:
             self.assembler.on_committed(file_id, complete=result.complete)
+        elif result.committed == result.total:
+            # A re-sent chunk of a complete upload (a resuming client's nudge): make sure
+            # its assembly runs, should it have been lost.
+            self.assembler.on_committed(file_id, complete=True)
         return Ack(
             file_id=file_id,
             index=chunk.index,
