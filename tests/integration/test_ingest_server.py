@@ -67,7 +67,11 @@ async def test_a_crashed_assembly_is_restarted(
     assert (tmp_path / "files" / "retry.txt").read_bytes() == b"survives a crash\n"
     assert len(calls) == 2
     assert server.assembly_failures == 1
-    assert server.query(chunk.file_id).state is UploadState.PUBLISHED
+    # The file is renamed into place before the published record is written and the
+    # upload's state moves on, so the state may trail the file by a moment.
+    async with asyncio.timeout(10):
+        while server.query(chunk.file_id).state is not UploadState.PUBLISHED:
+            await asyncio.sleep(0.02)
 
 
 async def test_a_bomb_fails_for_good_and_frees_the_upload(tmp_path: Path) -> None:
