@@ -17,7 +17,8 @@ payloads are published.py's; ChunkStore holds them and answers for them.
 # fsynced; those two fsyncs are group commits (durable.GroupSync): chunks of one payload
 # committing at once share them, so 16 chunks in flight cost about 2 + 2 fsyncs, not
 # 2 x 16. "Last update" is ids.list's mtime, set to the chunk's `now` on each append, so
-# it survives restarts without rewriting meta.json.
+# it survives restarts without rewriting meta.json. (Lines of the first version carried
+# a 64-hex SHA-256: open() drops them as unparsable, and their chunks are sent again.)
 #
 # open() rebuilds the in-memory index, the truth from then on (the disk is not rescanned),
 # and repairs what a crash leaves: a patch without an ids.list line (crash between rename
