@@ -22,6 +22,7 @@ from postoffice.core.storewire import (
     PingRequest,
     PutRequest,
     Request,
+    RequestType,
     Response,
     StatsRequest,
     Status,
@@ -134,7 +135,10 @@ async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
     peers = [await Peer.open(server) for _ in range(20)]
     for i, peer in enumerate(peers):
         peer.send(*(PutRequest(key=b"p%d-%d" % (i, n), value=b"x" * 100) for n in range(5)))
-    await asyncio.sleep(0.3)  # every write is appended while the first sync is held
+    async with asyncio.timeout(10):  # every write is appended while the first sync is held
+        while server.counts[RequestType.PUT] < 101:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # and the loop iteration that appended the last one is over
     gate.opened.set()
     assert [r.status for r in await first.read(1)] == [Status.OK]
     for peer in peers:
