@@ -25,7 +25,7 @@ from postoffice.ingest.assembly import (
     staging_path,
 )
 from postoffice.ingest.errors import AssemblyError, IngestStorageError
-from postoffice.ingest.protocol import FileId
+from postoffice.ingest.messages import FileId
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import ChunkStore, PayloadInfo
 

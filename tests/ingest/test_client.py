@@ -38,16 +38,13 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
-from postoffice.ingest.payload import chunk_count, prepare, work_root
-from postoffice.ingest.protocol import (
+from postoffice.ingest.messages import (
     Ack,
     Chunk,
     ErrorReply,
     Failed,
     FileId,
     Message,
-    MessageDecoder,
-    NeedData,
     Ping,
     Pong,
     Published,
@@ -56,9 +53,10 @@ from postoffice.ingest.protocol import (
     Subscribe,
     Subscribed,
     UploadState,
-    encode,
     missing_ranges,
 )
+from postoffice.ingest.payload import chunk_count, prepare, work_root
+from postoffice.ingest.protocol import MessageDecoder, NeedData, encode
 
 SEED = 20240611
 

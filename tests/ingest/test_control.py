@@ -33,7 +33,7 @@ from postoffice.ingest.control import (
     upload_line,
 )
 from postoffice.ingest.errors import UnknownFileError
-from postoffice.ingest.protocol import MAX_STATUS_RANGES, FileId, file_id_hex
+from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex
 from postoffice.ingest.storage import PayloadInfo
 from postoffice.ingest.ttl import CleanupReport
 from tests.fakes import FakeTransport

@@ -21,6 +21,7 @@ from postoffice.ingest.errors import (
     IngestLimitError,
     IngestProtocolError,
 )
+from postoffice.ingest.messages import MAX_CHUNKS, FileId, Status, UploadState
 from postoffice.ingest.payload import (
     FILE_ID_DOMAIN,
     PreparedFile,
@@ -32,7 +33,6 @@ from postoffice.ingest.payload import (
     upload_name,
     work_root,
 )
-from postoffice.ingest.protocol import MAX_CHUNKS, FileId, Status, UploadState
 
 SEED = 20240611
 SHA = xxhash.xxh3_128_digest(b"content")

@@ -22,7 +22,7 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
-from postoffice.ingest.protocol import MAX_CHUNKS, FileId
+from postoffice.ingest.messages import MAX_CHUNKS, FileId
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import ChunkStore, StoreResult
 

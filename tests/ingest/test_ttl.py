@@ -11,7 +11,7 @@ import pytest
 import xxhash
 
 from postoffice.ingest.errors import IngestStorageError
-from postoffice.ingest.protocol import FileId, file_id_hex
+from postoffice.ingest.messages import FileId, file_id_hex
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import ChunkStore
 from postoffice.ingest.ttl import STRAY_GRACE_S, CleanupReport, cleanup_pass, is_expired

@@ -20,14 +20,8 @@ import zstandard
 from postoffice.core.framing import encode_parts
 from postoffice.ingest.client import IngestClient, SendResult
 from postoffice.ingest.errors import AssemblyError, BadNameError, ErrorCode
-from postoffice.ingest.protocol import (
-    NEED_DATA,
-    Ack,
-    ErrorReply,
-    FileId,
-    MessageDecoder,
-    encode_chunk,
-)
+from postoffice.ingest.messages import Ack, ErrorReply, FileId
+from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode_chunk
 from tests.integration.conftest import ServerProcess, free_port_block
 
 pytestmark = pytest.mark.integration

@@ -48,15 +48,8 @@ from postoffice.ingest.errors import (
     IngestStorageError,
     UnknownFileError,
 )
-from postoffice.ingest.protocol import (
-    Chunk,
-    ChunkStored,
-    Failed,
-    FileId,
-    Published,
-    file_id_hex,
-    verify_chunk,
-)
+from postoffice.ingest.messages import Chunk, ChunkStored, Failed, FileId, Published, file_id_hex
+from postoffice.ingest.protocol import verify_chunk
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import PayloadInfo
 

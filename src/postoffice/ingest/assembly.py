@@ -57,7 +57,7 @@ import zstandard
 
 from postoffice.ingest.durable import GroupSync, fsync_dir, os_errors
 from postoffice.ingest.errors import AssemblyError
-from postoffice.ingest.protocol import FileId, check_name, file_id_hex
+from postoffice.ingest.messages import FileId, check_name, file_id_hex
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import PayloadInfo
 

@@ -36,13 +36,7 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
-from postoffice.ingest.payload import (
-    PreparedFile,
-    discard_work_copy,
-    plan_chunks,
-    prepare,
-)
-from postoffice.ingest.protocol import (
+from postoffice.ingest.messages import (
     MAX_CHUNK_BYTES,
     MAX_STATUS_RANGES,
     MAX_SUBSCRIBE_IDS,
@@ -51,8 +45,6 @@ from postoffice.ingest.protocol import (
     Failed,
     FileId,
     Message,
-    MessageDecoder,
-    NeedData,
     Ping,
     Pong,
     Published,
@@ -61,10 +53,15 @@ from postoffice.ingest.protocol import (
     Subscribe,
     Subscribed,
     UploadState,
-    chunk_frame_parts,
-    encode,
     file_id_hex,
 )
+from postoffice.ingest.payload import (
+    PreparedFile,
+    discard_work_copy,
+    plan_chunks,
+    prepare,
+)
+from postoffice.ingest.protocol import MessageDecoder, NeedData, chunk_frame_parts, encode
 
 # Design
 # ------

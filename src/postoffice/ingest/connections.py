@@ -14,20 +14,18 @@ from typing import TYPE_CHECKING, Final, final
 from postoffice.core.framing import FrameError
 from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.ingest.errors import ErrorCode, IngestError
-from postoffice.ingest.protocol import (
-    NEED_DATA,
+from postoffice.ingest.messages import (
     Chunk,
     ErrorReply,
     FileId,
     Message,
-    MessageDecoder,
     Ping,
     Pong,
     Query,
     Subscribe,
     Subscribed,
-    encode,
 )
+from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode
 
 if TYPE_CHECKING:
     from postoffice.ingest.server import IngestServer

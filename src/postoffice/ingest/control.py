@@ -61,7 +61,7 @@ from postoffice.ingest.errors import (
     UnknownFileError,
     WrongTokenError,
 )
-from postoffice.ingest.protocol import MAX_STATUS_RANGES, FileId, file_id_hex, parse_file_id
+from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex, parse_file_id
 from postoffice.ingest.storage import PayloadInfo
 from postoffice.ingest.ttl import CleanupReport
 

@@ -25,7 +25,7 @@ from postoffice.ingest.errors import (
     IngestLimitError,
     IngestProtocolError,
 )
-from postoffice.ingest.protocol import (
+from postoffice.ingest.messages import (
     FILE_ID_BYTES,
     MAX_CHUNKS,
     FileId,

@@ -36,7 +36,7 @@ from typing import Final, final
 
 from postoffice.ingest.durable import GroupSync, atomic_write, discard, os_errors
 from postoffice.ingest.errors import BadNameError, IngestStorageError
-from postoffice.ingest.protocol import DIGEST_BYTES, FILE_ID_BYTES, FileId, check_name, file_id_hex
+from postoffice.ingest.messages import DIGEST_BYTES, FILE_ID_BYTES, FileId, check_name, file_id_hex
 
 __all__ = ["PublishedInfo", "PublishedRecords"]
 

@@ -45,8 +45,7 @@ from postoffice.ingest.errors import (
     UnknownFileError,
 )
 from postoffice.ingest.events import EventHub
-from postoffice.ingest.protocol import (
-    CHUNK_OVERHEAD_BYTES,
+from postoffice.ingest.messages import (
     Ack,
     Chunk,
     ChunkStored,
@@ -57,8 +56,8 @@ from postoffice.ingest.protocol import (
     UploadState,
     file_id_hex,
     ranges,
-    verify_chunk,
 )
+from postoffice.ingest.protocol import CHUNK_OVERHEAD_BYTES, verify_chunk
 from postoffice.ingest.storage import ChunkStore, PayloadInfo, StoreResult
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 

@@ -63,7 +63,7 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
-from postoffice.ingest.protocol import (
+from postoffice.ingest.messages import (
     DIGEST_BYTES,
     FILE_ID_BYTES,
     MAX_CHUNKS,

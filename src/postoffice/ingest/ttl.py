@@ -32,7 +32,7 @@ from typing import Final
 
 from postoffice.core.errors import StorageError
 from postoffice.ingest.errors import BadNameError
-from postoffice.ingest.protocol import FileId, check_name, file_id_hex
+from postoffice.ingest.messages import FileId, check_name, file_id_hex
 from postoffice.ingest.storage import ChunkStore
 
 log = logging.getLogger(__name__)
