@@ -1,12 +1,11 @@
-"""Unit tests of the ingest client: error mapping, the /info parser, chunk frames, and the
-send pipeline against an in-memory fake server (no sockets). Payload preparation is in
-test_payload.py."""
+"""Unit tests of the ingest client: error mapping and the send pipeline against an
+in-memory fake server (no sockets). Payload preparation and chunk frames are in
+test_payload.py, the /info parser in test_links.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,7 @@ import zstandard
 
 from postoffice.core.errors import BrokenError, ConfigError
 from postoffice.ingest import client as client_module
-from postoffice.ingest.client import (
-    MAX_INFO_BYTES,
-    PIPELINE_DEPTH,
-    IngestClient,
-    error_for,
-    parse_info_response,
-    send_files,
-)
+from postoffice.ingest.client import IngestClient, error_for, send_files
 from postoffice.ingest.errors import (
     AssemblyError,
     BadNameError,
@@ -38,6 +30,7 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
+from postoffice.ingest.links import PIPELINE_DEPTH
 from postoffice.ingest.messages import (
     Ack,
     Chunk,
@@ -57,6 +50,7 @@ from postoffice.ingest.messages import (
 )
 from postoffice.ingest.payload import chunk_count, prepare, work_root
 from postoffice.ingest.protocol import MessageDecoder, NeedData, encode
+from tests.ingest.test_links import http
 
 SEED = 20240611
 
@@ -101,62 +95,7 @@ def test_every_error_code_is_mapped() -> None:
     assert set(client_module._ERRORS) == set(ErrorCode)
 
 
-# --- /info ------------------------------------------------------------------------------------
-
-
-def http(body: bytes, *, status: str = "200 OK", headers: str | None = None) -> bytes:
-    if headers is None:
-        headers = f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-    return f"HTTP/1.1 {status}\r\n{headers}\r\n".encode() + body
-
-
-INFO = json.dumps({"x": 2, "ttl_s": 86400, "data_ports": [7100, 7101]}).encode()
-
-
-class TestInfoResponse:
-    def test_good_response(self) -> None:
-        assert parse_info_response(http(INFO)) == (7100, 7101)
-
-    def test_body_ends_at_content_length(self) -> None:
-        assert parse_info_response(http(INFO) + b"trailing junk") == (7100, 7101)
-
-    def test_close_delimited_body(self) -> None:
-        assert parse_info_response(http(INFO, headers="")) == (7100, 7101)
-
-    def test_oversize_response_is_refused(self) -> None:
-        big = http(json.dumps({"data_ports": [7100], "pad": "x" * MAX_INFO_BYTES}).encode())
-        with pytest.raises(IngestLimitError, match=rf"exceeds limit {MAX_INFO_BYTES}$"):
-            parse_info_response(big)
-
-    @pytest.mark.parametrize(
-        ("data", "message"),
-        [
-            (
-                http(b"not ready\n", status="503 Service Unavailable"),
-                r"^/info answered status 503, expected 200$",
-            ),
-            (http(b"", status="404 Not Found"), r"^/info answered status 404, expected 200$"),
-            (b"SSH-2.0-OpenSSH\r\n\r\n", r"expected an HTTP/1\.x status line$"),
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", r"ends before its blank line$"),
-            (http(b"{", headers="content-length: 1\r\n"), r"^/info body is not json"),
-            (http(b"{}", headers="content-length: 9\r\n"), r"^/info body of 2 bytes, expected 9$"),
-            (http(b"{}", headers="content-length: -1\r\n"), r"is not a number$"),
-            (http(b"{}", headers="transfer-encoding: chunked\r\n"), r"transfer-encoding"),
-            (http(b"{}"), r"^/info data_ports is None"),
-            (http(b"[7100]"), r"^/info data_ports is None"),
-            (http(b'{"data_ports": []}'), r"expected a list of ports$"),
-            (http(b'{"data_ports": [0]}'), r"expected a list of ports$"),
-            (http(b'{"data_ports": [70000]}'), r"expected a list of ports$"),
-            (http(b'{"data_ports": ["7100"]}'), r"expected a list of ports$"),
-            (http(b'{"data_ports": [true]}'), r"expected a list of ports$"),
-        ],
-    )
-    def test_bad_responses_are_refused(self, data: bytes, message: str) -> None:
-        with pytest.raises(IngestProtocolError, match=message):
-            parse_info_response(data)
-
-
-# --- client arguments and chunk frames ----------------------------------------------------------
+# --- client arguments ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -174,31 +113,6 @@ class TestInfoResponse:
 def test_bad_client_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         IngestClient(**kwargs)
-
-
-def test_chunk_frames_decode_to_the_file_slices(tmp_path: Path) -> None:
-    data = random_bytes(10_000)
-    prepared = prepare(write(tmp_path / "r.bin", data), chunk_size=4096, work_dir=tmp_path)
-    payload = prepared.payload.read_bytes()
-    decoder = MessageDecoder()
-    fd = client_module._open_payload(prepared.payload)
-    try:
-        for index in range(prepared.total):
-            head, data = client_module._chunk_frame(prepared, fd, index, index + 1)
-            decoder.feed(head)
-            decoder.feed(data)
-    finally:
-        os.close(fd)
-    chunks = []
-    while not isinstance(event := decoder.next_event(), NeedData):
-        request_id, message = event
-        assert isinstance(message, Chunk)
-        assert request_id == message.index + 1
-        chunks.append(message)
-    assert b"".join(c.data for c in chunks) == payload
-    assert {(c.total, c.size, c.name, c.file_id) for c in chunks} == {
-        (prepared.total, len(payload), "r.bin", prepared.file_id)
-    }
 
 
 # --- the send pipeline against an in-memory server ------------------------------------------------

@@ -1,10 +1,11 @@
 """Unit tests of the ingest client's payload preparation: file ids, names, compression to
-the work dir, and chunk planning."""
+the work dir, chunk planning, and chunk frames read from the payload."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -21,18 +22,21 @@ from postoffice.ingest.errors import (
     IngestLimitError,
     IngestProtocolError,
 )
-from postoffice.ingest.messages import MAX_CHUNKS, FileId, Status, UploadState
+from postoffice.ingest.messages import MAX_CHUNKS, Chunk, FileId, Status, UploadState
 from postoffice.ingest.payload import (
     FILE_ID_DOMAIN,
     PreparedFile,
     chunk_count,
     derive_file_id,
     is_zstd,
+    open_payload,
     plan_chunks,
     prepare,
+    read_chunk_frame,
     upload_name,
     work_root,
 )
+from postoffice.ingest.protocol import MessageDecoder, NeedData
 
 SEED = 20240611
 SHA = xxhash.xxh3_128_digest(b"content")
@@ -325,3 +329,31 @@ class TestKeptInMemory:
         assert prepared.payload_size == size
         assert prepared.payload_digest == xxhash.xxh3_128_digest(blob)
         assert (prepared.data is None) == bool(extra)
+
+
+# --- chunk frames --------------------------------------------------------------------------
+
+
+def test_chunk_frames_decode_to_the_file_slices(tmp_path: Path) -> None:
+    data = random_bytes(10_000)
+    prepared = prepare(write(tmp_path / "r.bin", data), chunk_size=4096, work_dir=tmp_path)
+    payload = prepared.payload.read_bytes()
+    decoder = MessageDecoder()
+    fd = open_payload(prepared.payload)
+    try:
+        for index in range(prepared.total):
+            head, data = read_chunk_frame(prepared, fd, index, index + 1)
+            decoder.feed(head)
+            decoder.feed(data)
+    finally:
+        os.close(fd)
+    chunks = []
+    while not isinstance(event := decoder.next_event(), NeedData):
+        request_id, message = event
+        assert isinstance(message, Chunk)
+        assert request_id == message.index + 1
+        chunks.append(message)
+    assert b"".join(c.data for c in chunks) == payload
+    assert {(c.total, c.size, c.name, c.file_id) for c in chunks} == {
+        (prepared.total, len(payload), "r.bin", prepared.file_id)
+    }

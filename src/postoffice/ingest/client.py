@@ -2,17 +2,15 @@
 
 Ingest layer, I/O shell (asyncio streams) around the pure protocol module. `IngestClient`
 is the Python API; `postoffice ingest send` is built on it. Preparing the payload (hash,
-file id, Zstandard copy, chunk plan) lives in payload.py.
+file id, Zstandard copy, chunk plan) lives in payload.py, the connections in links.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -21,8 +19,7 @@ from types import TracebackType
 from typing import Final, TypedDict, TypeVar, Unpack, final
 
 from postoffice.core.config import check_port, check_range
-from postoffice.core.errors import BrokenError, ClosedError, PostOfficeError, StorageError
-from postoffice.core.framing import MAX_REQUEST_ID, FrameError
+from postoffice.core.errors import BrokenError, PostOfficeError
 from postoffice.ingest.errors import (
     AssemblyError,
     BadNameError,
@@ -36,6 +33,7 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
+from postoffice.ingest.links import PIPELINE_DEPTH, Connector, Link, fetch_data_ports, open_tcp
 from postoffice.ingest.messages import (
     MAX_CHUNK_BYTES,
     MAX_STATUS_RANGES,
@@ -58,10 +56,12 @@ from postoffice.ingest.messages import (
 from postoffice.ingest.payload import (
     PreparedFile,
     discard_work_copy,
+    open_payload,
     plan_chunks,
     prepare,
+    read_chunk_frame,
 )
-from postoffice.ingest.protocol import MessageDecoder, NeedData, chunk_frame_parts, encode
+from postoffice.ingest.protocol import encode
 
 # Design
 # ------
@@ -88,13 +88,10 @@ from postoffice.ingest.protocol import MessageDecoder, NeedData, chunk_frame_par
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
-    "PIPELINE_DEPTH",
     "ClientOptions",
-    "Connector",
     "IngestClient",
     "SendResult",
     "error_for",
-    "parse_info_response",
     "send_files",
 ]
 
@@ -103,30 +100,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_CHUNK_SIZE: Final = 4 * 1024 * 1024
-PIPELINE_DEPTH: Final = 4
-"""Chunks in flight per connection: hides the server's fsync latency without letting one
-connection pin more than PIPELINE_DEPTH chunks of memory on either side."""
 MAX_PARALLEL: Final = 256  # connections per client; each is a socket on both ends
 MAX_RETRIES: Final = 3
 RETRY_BACKOFF_S: Final = (0.1, 0.2, 0.4)  # before retry 1, 2, 3
 RETRYABLE: Final = frozenset({ErrorCode.CHECKSUM, ErrorCode.STORAGE, ErrorCode.SHUTTING_DOWN})
 """Error codes that say "this attempt failed", not "this chunk is wrong": sent again."""
 
-MAX_INFO_BYTES: Final = 64 * 1024
-"""Largest /info response read, in bytes: a few hundred in practice; bounds what a wrong
-or hostile peer on the health port can make us buffer."""
-# A STATUS with MAX_STATUS_RANGES ranges is 512 KiB; nothing else a server sends is large.
-MAX_REPLY_BYTES: Final = MAX_STATUS_RANGES * 8 + 64 * 1024
-
-_RECV_BYTES: Final = 256 * 1024
 # Reading and framing a chunk up to this size (or opening and removing a payload this
 # small) costs less than handing it to a thread.
 _INLINE_BYTES: Final = 256 * 1024
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] (\d{3})(?: .*)?")
 
 ProgressFn = Callable[[int, int], None]
-Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-"""Opens a stream pair to (host, port): asyncio.open_connection, or an in-memory fake."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,7 +134,7 @@ class SendResult:
     replaced: bool
 
 
-# --- pure helpers -------------------------------------------------------------------------
+# --- server errors ------------------------------------------------------------------------
 
 
 _ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
@@ -172,341 +156,6 @@ _ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
 def error_for(code: ErrorCode, message: str) -> IngestError:
     """The exception that stands for a server's ERROR reply or FAILED event."""
     return _ERRORS.get(code, IngestError)(message)
-
-
-def parse_info_response(data: bytes) -> tuple[int, ...]:
-    """The data ports listed by a whole HTTP response to `GET /info`.
-
-    Raises IngestLimitError past MAX_INFO_BYTES, IngestProtocolError for a status other
-    than 200, a malformed response, or a body without a non-empty `data_ports` list.
-    """
-    if len(data) > MAX_INFO_BYTES:
-        raise IngestLimitError(
-            f"/info response of {len(data)} bytes exceeds limit {MAX_INFO_BYTES}"
-        )
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise IngestProtocolError("/info response ends before its blank line")
-    status_line, *header_lines = head.split(b"\r\n")
-    match = _STATUS_LINE.fullmatch(status_line)
-    if match is None:
-        raise IngestProtocolError(
-            f"/info response starts with {status_line[:60]!r}, expected an HTTP/1.x status line"
-        )
-    if match.group(1) != b"200":
-        raise IngestProtocolError(f"/info answered status {match.group(1).decode()}, expected 200")
-    length = _content_length(header_lines)
-    if length is not None:
-        if len(body) < length:
-            raise IngestProtocolError(f"/info body of {len(body)} bytes, expected {length}")
-        body = body[:length]
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise IngestProtocolError(f"/info body is not json: {exc}") from exc
-    ports = doc.get("data_ports") if isinstance(doc, dict) else None
-    if (
-        not isinstance(ports, list)
-        or not ports
-        or not all(type(p) is int and 0 < p <= 65535 for p in ports)
-    ):
-        raise IngestProtocolError(f"/info data_ports is {ports!r}, expected a list of ports")
-    return tuple(ports)
-
-
-def _content_length(header_lines: list[bytes]) -> int | None:
-    """The Content-Length header's value, if any; refuses chunked bodies (we ask HTTP/1.0)."""
-    length = None
-    for line in header_lines:
-        name, _, value = line.partition(b":")
-        key = name.strip().lower()
-        if key == b"transfer-encoding" and value.strip().lower() != b"identity":
-            raise IngestProtocolError(f"/info uses transfer-encoding {value.strip()!r}")
-        if key == b"content-length":
-            text = value.strip()
-            if not text.isdigit():
-                raise IngestProtocolError(f"/info content-length {text[:20]!r} is not a number")
-            length = int(text)
-    return length
-
-
-def _response_complete(data: bytes) -> bool:
-    """True once `data` holds a head with Content-Length and that many body bytes."""
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    try:
-        length = _content_length(head.split(b"\r\n")[1:])
-    except IngestProtocolError:
-        return True  # parse_info_response reports it
-    return length is not None and len(body) >= length
-
-
-# --- chunk frames (blocking: run in a thread) ---------------------------------------------
-
-
-def _chunk_frame(
-    prepared: PreparedFile, fd: int, index: int, request_id: int
-) -> tuple[bytes, bytes]:
-    """Read chunk `index` and frame it: (frame head, data), written one after the other
-    so the data is never copied. Blocking; raises StorageError."""
-    length = prepared.chunk_length(index)
-    offset = index * prepared.chunk_size
-    if prepared.data is not None:  # kept in memory by prepare()
-        head, _ = chunk_frame_parts(
-            file_id=prepared.file_id,
-            index=index,
-            total=prepared.total,
-            size=prepared.payload_size,
-            name=prepared.name,
-            data=prepared.data[offset : offset + length],
-            request_id=request_id,
-        )
-        return head, prepared.data[offset : offset + length]
-    parts: list[bytes] = []
-    got = 0
-    try:
-        while got < length:
-            block = os.pread(fd, length - got, offset + got)
-            if not block:
-                raise StorageError(
-                    f"{prepared.payload} ended at {offset + got} bytes, "
-                    f"expected {prepared.payload_size}"
-                )
-            parts.append(block)
-            got += len(block)
-    except OSError as exc:
-        raise StorageError(f"cannot read {prepared.payload}: {exc.strerror or exc}") from exc
-    data = parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
-    head, _ = chunk_frame_parts(
-        file_id=prepared.file_id,
-        index=index,
-        total=prepared.total,
-        size=prepared.payload_size,
-        name=prepared.name,
-        data=data,
-        request_id=request_id,
-    )
-    return head, data
-
-
-# --- connections ---------------------------------------------------------------------------
-
-
-async def _open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(host, port)
-
-
-async def fetch_data_ports(
-    host: str, port: int, *, timeout_s: float, connect: Connector = _open_tcp
-) -> tuple[int, ...]:
-    """GET http://host:port/info and return its data ports (see parse_info_response).
-
-    Raises BrokenError when the health port cannot be reached or does not answer in time.
-    """
-    where = f"http://{host}:{port}/info"
-    host_header = f"[{host}]" if ":" in host else host
-    request = (
-        f"GET /info HTTP/1.0\r\nHost: {host_header}:{port}\r\nAccept: application/json\r\n\r\n"
-    )
-    data = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await connect(host, port)
-            try:
-                writer.write(request.encode("ascii"))
-                await writer.drain()
-                while not _response_complete(bytes(data)):
-                    block = await reader.read(8192)
-                    if not block:
-                        break
-                    data += block
-                    if len(data) > MAX_INFO_BYTES:
-                        break  # parse_info_response refuses it
-            finally:
-                writer.close()
-                try:
-                    await writer.wait_closed()
-                except OSError:
-                    pass
-    except (OSError, TimeoutError) as exc:
-        raise BrokenError(f"cannot read {where}: {exc or 'timed out'}") from exc
-    return parse_info_response(bytes(data))
-
-
-@final
-class _Link:
-    """One binary connection (a data port or the ack port) that reconnects on demand.
-
-    `call` writes a request and waits for the reply carrying its request id. Events
-    (request id 0) go to `on_event`; an ERROR with request id 0 (the server could not
-    tell which request it answers) goes to every request in flight, each of which then
-    acts on its code. Losing the connection fails every request in flight with
-    BrokenError and calls `on_lost`. A failed connect moves on to the next of `ports`
-    (a data port may be gone: the server scaled X down), so the retry tries another.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        ports: tuple[int, ...],
-        *,
-        connect: Connector,
-        timeout_s: float,
-        on_event: Callable[[Message], None] | None = None,
-        on_lost: Callable[[], None] | None = None,
-    ) -> None:
-        self.host = host
-        self.ports = ports
-        self.port = ports[0]
-        self._connect = connect
-        self._timeout_s = timeout_s
-        self._on_event = on_event
-        self._on_lost = on_lost
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._next_id = 0
-        self._lock = asyncio.Lock()  # one connect at a time; one frame written at a time
-        self.in_flight = asyncio.Semaphore(PIPELINE_DEPTH)
-        self.connects = 0
-        self.closed = False
-
-    def __repr__(self) -> str:
-        state = "CLOSED" if self.closed else "CONNECTED" if self._writer else "IDLE"
-        return (
-            f"<_Link {self.host}:{self.port} {state} pending={len(self._pending)} "
-            f"connects={self.connects}>"
-        )
-
-    @property
-    def connected(self) -> bool:
-        """True while a connection is open."""
-        return self._writer is not None
-
-    async def ensure(self) -> None:
-        """Connect unless connected. Raises BrokenError, ClosedError after `close`."""
-        if self._writer is not None:
-            return
-        async with self._lock:
-            if self.closed:
-                raise ClosedError(f"connection to {self.host}:{self.port} was closed")
-            if self._writer is not None:
-                return
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    reader, writer = await self._connect(self.host, self.port)
-            except (OSError, TimeoutError) as exc:
-                failed = self.port
-                self.port = self.ports[(self.ports.index(failed) + 1) % len(self.ports)]
-                raise BrokenError(
-                    f"cannot connect to {self.host}:{failed}: {exc or 'timed out'}"
-                ) from exc
-            self._writer = writer
-            self.connects += 1
-            self._reader_task = asyncio.create_task(self._read(reader, writer))
-
-    def next_id(self) -> int:
-        """A fresh request id (never 0: that marks events)."""
-        self._next_id = self._next_id % MAX_REQUEST_ID + 1
-        return self._next_id
-
-    async def call(self, frame: bytes | tuple[bytes, ...], request_id: int) -> Message:
-        """Send one request frame (or its parts, in order) and return the reply with its id.
-
-        Raises BrokenError if the connection is lost or no reply comes within timeout_s.
-        """
-        writer = self._writer
-        if writer is None:
-            raise BrokenError(f"connection to {self.host}:{self.port} is not open")
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            async with self._lock:
-                if writer is not self._writer:
-                    raise BrokenError(f"connection to {self.host}:{self.port} was reset")
-                try:
-                    if isinstance(frame, bytes):
-                        writer.write(frame)
-                    else:
-                        for part in frame:
-                            writer.write(part)
-                    await writer.drain()
-                except OSError as exc:
-                    error = BrokenError(f"cannot write to {self.host}:{self.port}: {exc}")
-                    self._drop(error, writer)
-                    raise error from exc
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    return await future
-            except TimeoutError as exc:
-                error = BrokenError(
-                    f"no reply from {self.host}:{self.port} within {self._timeout_s} s"
-                )
-                self._drop(error, writer)
-                raise error from exc
-        finally:
-            self._pending.pop(request_id, None)
-
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = MessageDecoder(max_payload_bytes=MAX_REPLY_BYTES, max_chunk_bytes=0)
-        where = f"{self.host}:{self.port}"
-        try:
-            while True:
-                data = await reader.read(_RECV_BYTES)
-                if not data:
-                    error: PostOfficeError = BrokenError(f"{where} closed the connection")
-                    break
-                decoder.feed(data)
-                while not isinstance(event := decoder.next_event(), NeedData):
-                    self._dispatch(*event)
-        except (FrameError, IngestError) as exc:
-            error = BrokenError(f"bad reply from {where}: {exc}")
-        except OSError as exc:
-            error = BrokenError(f"connection to {where} lost: {exc}")
-        self._drop(error, writer)
-
-    def _dispatch(self, request_id: int, message: Message) -> None:
-        if request_id:
-            future = self._pending.get(request_id)
-            # No waiter: a reply to a request that timed out or was cancelled.
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif isinstance(message, ErrorReply):
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_result(message)
-        elif self._on_event is not None:
-            self._on_event(message)
-
-    def _drop(self, error: PostOfficeError, writer: asyncio.StreamWriter) -> None:
-        """Close `writer`; if it is the current connection, fail its requests in flight."""
-        writer.close()
-        if writer is not self._writer:
-            return
-        self._writer = None
-        task, self._reader_task = self._reader_task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        if self._on_lost is not None and not self.closed:
-            self._on_lost()
-
-    async def close(self) -> None:
-        """Close the connection for good."""
-        self.closed = True
-        writer, task = self._writer, self._reader_task
-        if writer is None:
-            return
-        self._drop(ClosedError(f"connection to {self.host}:{self.port} closed"), writer)
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
 
 
 @final
@@ -598,9 +247,9 @@ class IngestClient:
         self.data_ports: tuple[int, ...] = (
             tuple(range(data_base, data_base + ports)) if ports is not None else ()
         )
-        self._connect: Connector = connect if connect is not None else _open_tcp
-        self._links: list[_Link] = []
-        self._ack = _Link(
+        self._connect: Connector = connect if connect is not None else open_tcp
+        self._links: list[Link] = []
+        self._ack = Link(
             host,
             (sys_base + 3,),
             connect=self._connect,
@@ -624,7 +273,7 @@ class IngestClient:
             )
         ports = self.data_ports
         self._links = [
-            _Link(
+            Link(
                 self.host,
                 ports[i % len(ports) :] + ports[: i % len(ports)],  # round-robin start
                 connect=self._connect,
@@ -733,9 +382,9 @@ class IngestClient:
         if prepared.data is not None:
             fd = -1  # the payload is in memory
         elif prepared.payload_size <= _INLINE_BYTES:
-            fd = _open_payload(prepared.payload)
+            fd = open_payload(prepared.payload)
         else:
-            fd = await asyncio.to_thread(_open_payload, prepared.payload)
+            fd = await asyncio.to_thread(open_payload, prepared.payload)
         try:
             if prepared.total == 1:
                 # One chunk: no need to ask what is missing. A chunk the server already
@@ -775,11 +424,11 @@ class IngestClient:
             self._worker(self._links[w % self.parallel], queue, run) for w in range(workers)
         )
 
-    async def _worker(self, link: _Link, queue: collections.deque[int], run: _Run) -> None:
+    async def _worker(self, link: Link, queue: collections.deque[int], run: _Run) -> None:
         while queue and not run.stop:
             await self._send_chunk(link, queue.popleft(), run)
 
-    async def _send_chunk(self, link: _Link, index: int, run: _Run) -> None:
+    async def _send_chunk(self, link: Link, index: int, run: _Run) -> None:
         prepared = run.prepared
         what = f"chunk {index} of {prepared.name} ({file_id_hex(prepared.file_id)})"
         for attempt in range(MAX_RETRIES + 1):
@@ -788,10 +437,10 @@ class IngestClient:
                     await link.ensure()
                     request_id = link.next_id()
                     if prepared.chunk_length(index) <= _INLINE_BYTES:
-                        frame = _chunk_frame(prepared, run.fd, index, request_id)
+                        frame = read_chunk_frame(prepared, run.fd, index, request_id)
                     else:
                         frame = await asyncio.to_thread(
-                            _chunk_frame, prepared, run.fd, index, request_id
+                            read_chunk_frame, prepared, run.fd, index, request_id
                         )
                     reply = await link.call(frame, request_id)
             except BrokenError as exc:
@@ -910,13 +559,6 @@ class IngestClient:
                 log.info("retrying %s attempt=%d error=%r", what, attempt + 1, str(exc))
                 await asyncio.sleep(RETRY_BACKOFF_S[attempt])
         raise AssertionError("unreachable")
-
-
-def _open_payload(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise StorageError(f"cannot open {path}: {exc.strerror or exc}") from exc
 
 
 async def _all_or_nothing(coros: Iterable[Awaitable[None]]) -> None:

@@ -1,4 +1,5 @@
-"""Local payload preparation for the ingest client: name, hash, file id and Zstandard copy.
+"""Local payload preparation for the ingest client: name, hash, file id, Zstandard copy,
+chunk plan, and reading each chunk's frame from it.
 
 Ingest layer, blocking: the client runs `prepare` in a thread. Nothing here touches the
 network; `plan_chunks` turns the server's STATUS into the indexes still to send.
@@ -34,6 +35,7 @@ from postoffice.ingest.messages import (
     check_name,
     file_id_hex,
 )
+from postoffice.ingest.protocol import chunk_frame_parts
 
 # Design
 # ------
@@ -55,8 +57,10 @@ __all__ = [
     "derive_file_id",
     "discard_work_copy",
     "is_zstd",
+    "open_payload",
     "plan_chunks",
     "prepare",
+    "read_chunk_frame",
     "upload_name",
     "work_root",
 ]
@@ -363,3 +367,59 @@ def discard_work_copy(prepared: PreparedFile) -> None:
     if prepared.owned:
         prepared.payload.unlink(missing_ok=True)
         prepared.payload.with_suffix(".json").unlink(missing_ok=True)
+
+
+# --- chunk frames (blocking: the client runs them in a thread) ---------------------------
+
+
+def open_payload(path: Path) -> int:
+    """Open the payload for reading chunks with read_chunk_frame; raises StorageError."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}: {exc.strerror or exc}") from exc
+
+
+def read_chunk_frame(
+    prepared: PreparedFile, fd: int, index: int, request_id: int
+) -> tuple[bytes, bytes]:
+    """Read chunk `index` and frame it: (frame head, data), written one after the other
+    so the data is never copied. Blocking; raises StorageError."""
+    length = prepared.chunk_length(index)
+    offset = index * prepared.chunk_size
+    if prepared.data is not None:  # kept in memory by prepare()
+        head, _ = chunk_frame_parts(
+            file_id=prepared.file_id,
+            index=index,
+            total=prepared.total,
+            size=prepared.payload_size,
+            name=prepared.name,
+            data=prepared.data[offset : offset + length],
+            request_id=request_id,
+        )
+        return head, prepared.data[offset : offset + length]
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < length:
+            block = os.pread(fd, length - got, offset + got)
+            if not block:
+                raise StorageError(
+                    f"{prepared.payload} ended at {offset + got} bytes, "
+                    f"expected {prepared.payload_size}"
+                )
+            parts.append(block)
+            got += len(block)
+    except OSError as exc:
+        raise StorageError(f"cannot read {prepared.payload}: {exc.strerror or exc}") from exc
+    data = parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
+    head, _ = chunk_frame_parts(
+        file_id=prepared.file_id,
+        index=index,
+        total=prepared.total,
+        size=prepared.payload_size,
+        name=prepared.name,
+        data=data,
+        request_id=request_id,
+    )
+    return head, data

@@ -1,0 +1,330 @@
+"""The ingest client's connections: Link (one binary connection that reconnects and
+matches replies to requests) and data-port discovery over the health port's GET /info.
+
+Ingest layer, I/O shell (asyncio streams) around the pure protocol module; client.py uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Final, final
+
+from postoffice.core.errors import BrokenError, ClosedError, PostOfficeError
+from postoffice.core.framing import MAX_REQUEST_ID, FrameError
+from postoffice.ingest.errors import IngestError, IngestLimitError, IngestProtocolError
+from postoffice.ingest.messages import MAX_STATUS_RANGES, ErrorReply, Message
+from postoffice.ingest.protocol import MessageDecoder, NeedData
+
+__all__ = [
+    "MAX_INFO_BYTES",
+    "MAX_REPLY_BYTES",
+    "PIPELINE_DEPTH",
+    "Connector",
+    "Link",
+    "fetch_data_ports",
+    "open_tcp",
+    "parse_info_response",
+]
+
+PIPELINE_DEPTH: Final = 4
+"""Chunks in flight per connection: hides the server's fsync latency without letting one
+connection pin more than PIPELINE_DEPTH chunks of memory on either side."""
+MAX_INFO_BYTES: Final = 64 * 1024
+"""Largest /info response read, in bytes: a few hundred in practice; bounds what a wrong
+or hostile peer on the health port can make us buffer."""
+# A STATUS with MAX_STATUS_RANGES ranges is 512 KiB; nothing else a server sends is large.
+MAX_REPLY_BYTES: Final = MAX_STATUS_RANGES * 8 + 64 * 1024
+
+_RECV_BYTES: Final = 256 * 1024
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] (\d{3})(?: .*)?")
+
+Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+"""Opens a stream pair to (host, port): asyncio.open_connection, or an in-memory fake."""
+
+
+def parse_info_response(data: bytes) -> tuple[int, ...]:
+    """The data ports listed by a whole HTTP response to `GET /info`.
+
+    Raises IngestLimitError past MAX_INFO_BYTES, IngestProtocolError for a status other
+    than 200, a malformed response, or a body without a non-empty `data_ports` list.
+    """
+    if len(data) > MAX_INFO_BYTES:
+        raise IngestLimitError(
+            f"/info response of {len(data)} bytes exceeds limit {MAX_INFO_BYTES}"
+        )
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise IngestProtocolError("/info response ends before its blank line")
+    status_line, *header_lines = head.split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(status_line)
+    if match is None:
+        raise IngestProtocolError(
+            f"/info response starts with {status_line[:60]!r}, expected an HTTP/1.x status line"
+        )
+    if match.group(1) != b"200":
+        raise IngestProtocolError(f"/info answered status {match.group(1).decode()}, expected 200")
+    length = _content_length(header_lines)
+    if length is not None:
+        if len(body) < length:
+            raise IngestProtocolError(f"/info body of {len(body)} bytes, expected {length}")
+        body = body[:length]
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise IngestProtocolError(f"/info body is not json: {exc}") from exc
+    ports = doc.get("data_ports") if isinstance(doc, dict) else None
+    if (
+        not isinstance(ports, list)
+        or not ports
+        or not all(type(p) is int and 0 < p <= 65535 for p in ports)
+    ):
+        raise IngestProtocolError(f"/info data_ports is {ports!r}, expected a list of ports")
+    return tuple(ports)
+
+
+def _content_length(header_lines: list[bytes]) -> int | None:
+    """The Content-Length header's value, if any; refuses chunked bodies (we ask HTTP/1.0)."""
+    length = None
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        key = name.strip().lower()
+        if key == b"transfer-encoding" and value.strip().lower() != b"identity":
+            raise IngestProtocolError(f"/info uses transfer-encoding {value.strip()!r}")
+        if key == b"content-length":
+            text = value.strip()
+            if not text.isdigit():
+                raise IngestProtocolError(f"/info content-length {text[:20]!r} is not a number")
+            length = int(text)
+    return length
+
+
+def _response_complete(data: bytes) -> bool:
+    """True once `data` holds a head with Content-Length and that many body bytes."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    try:
+        length = _content_length(head.split(b"\r\n")[1:])
+    except IngestProtocolError:
+        return True  # parse_info_response reports it
+    return length is not None and len(body) >= length
+
+
+async def open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The default Connector: asyncio.open_connection."""
+    return await asyncio.open_connection(host, port)
+
+
+async def fetch_data_ports(
+    host: str, port: int, *, timeout_s: float, connect: Connector = open_tcp
+) -> tuple[int, ...]:
+    """GET http://host:port/info and return its data ports (see parse_info_response).
+
+    Raises BrokenError when the health port cannot be reached or does not answer in time.
+    """
+    where = f"http://{host}:{port}/info"
+    host_header = f"[{host}]" if ":" in host else host
+    request = (
+        f"GET /info HTTP/1.0\r\nHost: {host_header}:{port}\r\nAccept: application/json\r\n\r\n"
+    )
+    data = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await connect(host, port)
+            try:
+                writer.write(request.encode("ascii"))
+                await writer.drain()
+                while not _response_complete(bytes(data)):
+                    block = await reader.read(8192)
+                    if not block:
+                        break
+                    data += block
+                    if len(data) > MAX_INFO_BYTES:
+                        break  # parse_info_response refuses it
+            finally:
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except OSError:
+                    pass
+    except (OSError, TimeoutError) as exc:
+        raise BrokenError(f"cannot read {where}: {exc or 'timed out'}") from exc
+    return parse_info_response(bytes(data))
+
+
+@final
+class Link:
+    """One binary connection (a data port or the ack port) that reconnects on demand.
+
+    `call` writes a request and waits for the reply carrying its request id. Events
+    (request id 0) go to `on_event`; an ERROR with request id 0 (the server could not
+    tell which request it answers) goes to every request in flight, each of which then
+    acts on its code. Losing the connection fails every request in flight with
+    BrokenError and calls `on_lost`. A failed connect moves on to the next of `ports`
+    (a data port may be gone: the server scaled X down), so the retry tries another.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        ports: tuple[int, ...],
+        *,
+        connect: Connector,
+        timeout_s: float,
+        on_event: Callable[[Message], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.ports = ports
+        self.port = ports[0]
+        self._connect = connect
+        self._timeout_s = timeout_s
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._next_id = 0
+        self._lock = asyncio.Lock()  # one connect at a time; one frame written at a time
+        self.in_flight = asyncio.Semaphore(PIPELINE_DEPTH)
+        self.connects = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        state = "CLOSED" if self.closed else "CONNECTED" if self._writer else "IDLE"
+        return (
+            f"<Link {self.host}:{self.port} {state} pending={len(self._pending)} "
+            f"connects={self.connects}>"
+        )
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        return self._writer is not None
+
+    async def ensure(self) -> None:
+        """Connect unless connected. Raises BrokenError, ClosedError after `close`."""
+        if self._writer is not None:
+            return
+        async with self._lock:
+            if self.closed:
+                raise ClosedError(f"connection to {self.host}:{self.port} was closed")
+            if self._writer is not None:
+                return
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    reader, writer = await self._connect(self.host, self.port)
+            except (OSError, TimeoutError) as exc:
+                failed = self.port
+                self.port = self.ports[(self.ports.index(failed) + 1) % len(self.ports)]
+                raise BrokenError(
+                    f"cannot connect to {self.host}:{failed}: {exc or 'timed out'}"
+                ) from exc
+            self._writer = writer
+            self.connects += 1
+            self._reader_task = asyncio.create_task(self._read(reader, writer))
+
+    def next_id(self) -> int:
+        """A fresh request id (never 0: that marks events)."""
+        self._next_id = self._next_id % MAX_REQUEST_ID + 1
+        return self._next_id
+
+    async def call(self, frame: bytes | tuple[bytes, ...], request_id: int) -> Message:
+        """Send one request frame (or its parts, in order) and return the reply with its id.
+
+        Raises BrokenError if the connection is lost or no reply comes within timeout_s.
+        """
+        writer = self._writer
+        if writer is None:
+            raise BrokenError(f"connection to {self.host}:{self.port} is not open")
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            async with self._lock:
+                if writer is not self._writer:
+                    raise BrokenError(f"connection to {self.host}:{self.port} was reset")
+                try:
+                    if isinstance(frame, bytes):
+                        writer.write(frame)
+                    else:
+                        for part in frame:
+                            writer.write(part)
+                    await writer.drain()
+                except OSError as exc:
+                    error = BrokenError(f"cannot write to {self.host}:{self.port}: {exc}")
+                    self._drop(error, writer)
+                    raise error from exc
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return await future
+            except TimeoutError as exc:
+                error = BrokenError(
+                    f"no reply from {self.host}:{self.port} within {self._timeout_s} s"
+                )
+                self._drop(error, writer)
+                raise error from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = MessageDecoder(max_payload_bytes=MAX_REPLY_BYTES, max_chunk_bytes=0)
+        where = f"{self.host}:{self.port}"
+        try:
+            while True:
+                data = await reader.read(_RECV_BYTES)
+                if not data:
+                    error: PostOfficeError = BrokenError(f"{where} closed the connection")
+                    break
+                decoder.feed(data)
+                while not isinstance(event := decoder.next_event(), NeedData):
+                    self._dispatch(*event)
+        except (FrameError, IngestError) as exc:
+            error = BrokenError(f"bad reply from {where}: {exc}")
+        except OSError as exc:
+            error = BrokenError(f"connection to {where} lost: {exc}")
+        self._drop(error, writer)
+
+    def _dispatch(self, request_id: int, message: Message) -> None:
+        if request_id:
+            future = self._pending.get(request_id)
+            # No waiter: a reply to a request that timed out or was cancelled.
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif isinstance(message, ErrorReply):
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_result(message)
+        elif self._on_event is not None:
+            self._on_event(message)
+
+    def _drop(self, error: PostOfficeError, writer: asyncio.StreamWriter) -> None:
+        """Close `writer`; if it is the current connection, fail its requests in flight."""
+        writer.close()
+        if writer is not self._writer:
+            return
+        self._writer = None
+        task, self._reader_task = self._reader_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if self._on_lost is not None and not self.closed:
+            self._on_lost()
+
+    async def close(self) -> None:
+        """Close the connection for good."""
+        self.closed = True
+        writer, task = self._writer, self._reader_task
+        if writer is None:
+            return
+        self._drop(ClosedError(f"connection to {self.host}:{self.port} closed"), writer)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass

@@ -1,0 +1,62 @@
+"""Unit tests of the ingest client's connections: the /info response parser, bytes only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from postoffice.ingest.errors import IngestLimitError, IngestProtocolError
+from postoffice.ingest.links import MAX_INFO_BYTES, parse_info_response
+
+
+def http(body: bytes, *, status: str = "200 OK", headers: str | None = None) -> bytes:
+    if headers is None:
+        headers = f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return f"HTTP/1.1 {status}\r\n{headers}\r\n".encode() + body
+
+
+INFO = json.dumps({"x": 2, "ttl_s": 86400, "data_ports": [7100, 7101]}).encode()
+
+
+class TestInfoResponse:
+    def test_good_response(self) -> None:
+        assert parse_info_response(http(INFO)) == (7100, 7101)
+
+    def test_body_ends_at_content_length(self) -> None:
+        assert parse_info_response(http(INFO) + b"trailing junk") == (7100, 7101)
+
+    def test_close_delimited_body(self) -> None:
+        assert parse_info_response(http(INFO, headers="")) == (7100, 7101)
+
+    def test_oversize_response_is_refused(self) -> None:
+        big = http(json.dumps({"data_ports": [7100], "pad": "x" * MAX_INFO_BYTES}).encode())
+        with pytest.raises(IngestLimitError, match=rf"exceeds limit {MAX_INFO_BYTES}$"):
+            parse_info_response(big)
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            (
+                http(b"not ready\n", status="503 Service Unavailable"),
+                r"^/info answered status 503, expected 200$",
+            ),
+            (http(b"", status="404 Not Found"), r"^/info answered status 404, expected 200$"),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", r"expected an HTTP/1\.x status line$"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", r"ends before its blank line$"),
+            (http(b"{", headers="content-length: 1\r\n"), r"^/info body is not json"),
+            (http(b"{}", headers="content-length: 9\r\n"), r"^/info body of 2 bytes, expected 9$"),
+            (http(b"{}", headers="content-length: -1\r\n"), r"is not a number$"),
+            (http(b"{}", headers="transfer-encoding: chunked\r\n"), r"transfer-encoding"),
+            (http(b"{}"), r"^/info data_ports is None"),
+            (http(b"[7100]"), r"^/info data_ports is None"),
+            (http(b'{"data_ports": []}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": [0]}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": [70000]}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": ["7100"]}'), r"expected a list of ports$"),
+            (http(b'{"data_ports": [true]}'), r"expected a list of ports$"),
+        ],
+    )
+    def test_bad_responses_are_refused(self, data: bytes, message: str) -> None:
+        with pytest.raises(IngestProtocolError, match=message):
+            parse_info_response(data)
