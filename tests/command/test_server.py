@@ -12,6 +12,7 @@ from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
 from postoffice.core.errors import ConfigError
 from postoffice.core.resp import encode_command
+from postoffice.core.storewire import Response, Status
 from postoffice.core.transport import ConnState
 from tests.fakes import FakeTransport
 
@@ -303,3 +304,41 @@ def test_bad_settings_name_the_field() -> None:
         CommandConfig(port=70000)
     with pytest.raises(ConfigError, match=r"^settings 'tls_cert' and 'tls_key' must be given"):
         CommandConfig(tls_cert=__import__("pathlib").Path("x.pem"))
+
+
+class _HeldStore:
+    """A keyspace whose answers the test hands out itself, in any order."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Response]] = []
+
+    def submit_get(self, key: bytes) -> asyncio.Future[Response]:
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+
+async def test_store_replies_keep_request_order_whatever_order_they_settle_in(
+    harness: Harness,
+) -> None:
+    store = _HeldStore()
+    harness.server.keyspace = store  # type: ignore[assignment]  # the fake has what GET uses
+    conn, t = harness.connect()
+    conn.data_received(b"".join(encode_command([b"GET", k]) for k in (b"a", b"b", b"c")))
+    conn.data_received(encode_command([b"PING"]))  # not a store command: waits its turn
+    assert len(store.futures) == 3
+    assert t.take() == b""
+
+    def answer(index: int, value: bytes) -> None:
+        store.futures[index].set_result(Response(request_id=index, status=Status.OK, body=value))
+
+    answer(2, b"C")
+    await asyncio.sleep(0)
+    assert t.take() == b""  # the first two are still owed
+    answer(0, b"A")
+    await asyncio.sleep(0)
+    assert t.take() == b"$1\r\nA\r\n"
+    answer(1, b"B")
+    await asyncio.sleep(0)
+    assert t.take() == b"$1\r\nB\r\n$1\r\nC\r\n+PONG\r\n"
+    assert state(conn) is ConnState.READING_HEADER

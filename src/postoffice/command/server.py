@@ -83,6 +83,7 @@ class CommandConnection(BaseProtocol):
         self._queue: collections.deque[Deferred | bytes] = collections.deque()
         self._held: list[bytes] | None = None  # a command waiting for the queue to empty
         self._stalled = False  # reading paused until the store has answered
+        self._watching = False  # one queued store command has _store_replied as callback
         self._closing_error = False  # close once the queued replies are out
         self._tokens = float(config.burst)
         self._refilled = self.created
@@ -160,7 +161,9 @@ class CommandConnection(BaseProtocol):
                 if type(reply) is Deferred:
                     self._send(out)
                     queue.append(reply)
-                    reply.future.add_done_callback(self._store_replied)
+                    if not self._watching:  # the oldest unanswered: see _store_replied
+                        self._watching = True
+                        reply.future.add_done_callback(self._store_replied)
                     if len(queue) >= MAX_STORE_IN_FLIGHT:
                         self._stall()
                         return None
@@ -202,7 +205,14 @@ class CommandConnection(BaseProtocol):
             self.pause_reading()
 
     def _store_replied(self, _: object) -> None:
-        """Write the replies now complete at the head of the queue, in request order."""
+        """Write the replies now complete at the head of the queue, in request order.
+
+        Only the oldest unanswered store command has this as its done callback, not each
+        one: the store answers one connection in order, and all the answers of one read
+        are settled before the first callback runs, so one call writes them all. What is
+        left unanswered then gets the callback next.
+        """
+        self._watching = False
         if self.transport is None:
             return
         queue = self._queue
@@ -215,6 +225,8 @@ class CommandConnection(BaseProtocol):
             elif head.future.done():
                 out.append(encode(settle(head)))
             else:
+                self._watching = True
+                head.future.add_done_callback(self._store_replied)
                 break
             queue.popleft()
         self._send(out)
