@@ -26,8 +26,9 @@ from postoffice.ingest.assembly import (
 )
 from postoffice.ingest.errors import AssemblyError, IngestStorageError
 from postoffice.ingest.messages import FileId
+from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
-from postoffice.ingest.storage import ChunkStore, PayloadInfo
+from postoffice.ingest.storage import ChunkStore
 
 FID = FileId(bytes.fromhex("0123456789abcdef0123456789abcdef"))
 HEX = FID.hex()

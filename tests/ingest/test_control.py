@@ -34,7 +34,7 @@ from postoffice.ingest.control import (
 )
 from postoffice.ingest.errors import UnknownFileError
 from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex
-from postoffice.ingest.storage import PayloadInfo
+from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.ttl import CleanupReport
 from tests.fakes import FakeTransport
 

@@ -49,9 +49,9 @@ from postoffice.ingest.errors import (
     UnknownFileError,
 )
 from postoffice.ingest.messages import Chunk, ChunkStored, Failed, FileId, Published, file_id_hex
+from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.protocol import verify_chunk
 from postoffice.ingest.published import PublishedInfo
-from postoffice.ingest.storage import PayloadInfo
 
 if TYPE_CHECKING:
     from postoffice.ingest.server import IngestServer

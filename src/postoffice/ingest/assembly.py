@@ -58,8 +58,8 @@ import zstandard
 from postoffice.ingest.durable import GroupSync, fsync_dir, os_errors
 from postoffice.ingest.errors import AssemblyError
 from postoffice.ingest.messages import FileId, check_name, file_id_hex
+from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
-from postoffice.ingest.storage import PayloadInfo
 
 #: Read and write size: large enough that per-block Python overhead vanishes next to
 #: zstd's work, small enough that a bomb or a huge patch costs little memory.

@@ -62,7 +62,7 @@ from postoffice.ingest.errors import (
     WrongTokenError,
 )
 from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex, parse_file_id
-from postoffice.ingest.storage import PayloadInfo
+from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.ttl import CleanupReport
 
 log = logging.getLogger(__name__)

@@ -57,8 +57,9 @@ from postoffice.ingest.messages import (
     file_id_hex,
     ranges,
 )
+from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.protocol import CHUNK_OVERHEAD_BYTES, verify_chunk
-from postoffice.ingest.storage import ChunkStore, PayloadInfo, StoreResult
+from postoffice.ingest.storage import ChunkStore, StoreResult
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 
 log = logging.getLogger(__name__)

@@ -1,34 +1,22 @@
-"""Durable chunk storage of the ingest service: patch files, ids.list and meta.json.
+"""Durable chunk storage of the ingest service: ChunkStore, the live patch directories.
 
-I/O layer, blocking: the server calls it from worker threads. The records of published
-payloads are published.py's; ChunkStore holds them and answers for them.
+I/O layer, blocking: the server calls it from worker threads. A directory's layout and
+recovery are patches.py's; the records of published payloads are published.py's.
 """
 
 # Design
 # ------
-# Layout (docs/protocols/ingest.md): patches_dir/<file id hex>/ holds meta.json (name,
-# total, size, created: written once, by the first chunk), patch_<i>.bin (chunk i as
-# received) and ids.list ("<index> <digest hex>\n" per committed chunk, the chunk's
-# XXH3-128 digest); published_dir/<file id hex>.json records a published payload.
-# meta.json and records are written atomically (unique tmp, fsync, rename, fsync the
-# directory). A patch is written in place and fsynced, then its ids.list line appended:
-# the line is the commit, so a patch torn by a crash has no line and is dropped, and
-# needs no tmp name. The chunk is acknowledged once ids.list and the directory are
-# fsynced; those two fsyncs are group commits (durable.GroupSync): chunks of one payload
-# committing at once share them, so 16 chunks in flight cost about 2 + 2 fsyncs, not
-# 2 x 16. "Last update" is ids.list's mtime, set to the chunk's `now` on each append, so
-# it survives restarts without rewriting meta.json. (Lines of the first version carried
-# a 64-hex SHA-256: open() drops them as unparsable, and their chunks are sent again.)
+# Layout and crash repair of one payload's directory: patches.py. Published payloads are
+# recorded in published_dir (published.py). The chunk is acknowledged once ids.list and
+# the directory are fsynced; those two fsyncs are group commits (durable.GroupSync):
+# chunks of one payload committing at once share them, so 16 chunks in flight cost about
+# 2 + 2 fsyncs, not 2 x 16.
 #
-# open() rebuilds the in-memory index, the truth from then on (the disk is not rescanned),
-# and repairs what a crash leaves: a patch without an ids.list line (crash between rename
-# and append; never acknowledged) is deleted and the client re-sends it; an ids.list line
-# that is torn, unparsable, out of range, repeated or without its patch is dropped with a
-# warning and ids.list rewritten, so the next append starts on a clean line; *.tmp files
-# are deleted, and so is a directory holding nothing else; a directory whose meta.json is
-# missing or unreadable is logged, listed in `unreadable` and left for an operator
-# (store_chunk refuses its id, remove() deletes it); the patches of a payload that has a
-# published record are deleted (crash between the record and the removal).
+# open() rebuilds the in-memory index, the truth from then on (the disk is not rescanned):
+# it recovers each directory (patches.recover), deletes stray *.tmp entries, lists a
+# directory recover() cannot read in `unreadable` and leaves it for an operator
+# (store_chunk refuses its id, remove() deletes it), and deletes the patches of a payload
+# that has a published record (crash between the record and the removal).
 #
 # Locking: `_lock` guards the dicts and the fields snapshots read, and is held across I/O
 # only to remove or publish an id with no payload in memory (so no first chunk can create
@@ -43,20 +31,18 @@ payloads are published.py's; ChunkStore holds them and answers for them.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
 from postoffice.ingest.durable import GroupSync, atomic_write, discard, os_errors, write_file
 from postoffice.ingest.errors import (
-    BadNameError,
     ConflictError,
     IngestProtocolError,
     IngestStorageError,
@@ -70,41 +56,23 @@ from postoffice.ingest.messages import (
     FileId,
     check_name,
     file_id_hex,
-    missing_ranges,
+)
+from postoffice.ingest.patches import (
+    IDS_LIST,
+    META_JSON,
+    Payload,
+    PayloadInfo,
+    append_id,
+    encode_meta,
+    recover,
 )
 from postoffice.ingest.published import PublishedInfo, PublishedRecords
 
+__all__ = ["ChunkStore", "StoreResult"]
+
 log = logging.getLogger(__name__)
 
-META_JSON: Final = "meta.json"
-IDS_LIST: Final = "ids.list"
-
 _HEX_ID: Final = re.compile(r"[0-9a-f]{32}")
-_PATCH: Final = re.compile(r"patch_(0|[1-9][0-9]{0,9})\.bin")
-_ID_LINE: Final = re.compile(rb"(0|[1-9][0-9]{0,9}) ([0-9a-f]{32})\n")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PayloadInfo:
-    """A snapshot of one payload being uploaded; `created`/`updated` are wall-clock seconds."""
-
-    file_id: FileId
-    name: str
-    total: int
-    size: int
-    committed: frozenset[int]
-    created: float
-    updated: float
-
-    @property
-    def missing(self) -> tuple[tuple[int, int], ...]:
-        """Inclusive (first, last) ranges of the indexes not yet committed, in order."""
-        return missing_ranges(self.committed, self.total)
-
-    @property
-    def complete(self) -> bool:
-        """Whether every index 0..total-1 is committed."""
-        return len(self.committed) == self.total
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,52 +91,6 @@ class StoreResult:
     published: bool = False
 
 
-@dataclass(slots=True, eq=False)
-class _Payload:
-    """The mutable state of one payload.
-
-    Fields that snapshots read change only under the store's `_lock`; `ids_bytes` and
-    `ids_dirty` belong to the holder of `op_lock`.
-    """
-
-    file_id: FileId
-    path: Path
-    name: str = ""
-    total: int = 0
-    size: int = 0
-    created: float = 0.0
-    updated: float = 0.0
-    chunks: dict[int, bytes] = field(default_factory=dict)  # index -> digest of the chunk
-    received: int = 0  # bytes in committed patches
-    reserved: int = 0  # bytes of patches being written right now
-    writing: dict[int, tuple[bytes, threading.Event]] = field(default_factory=dict)
-    ids_bytes: int = 0  # length of ids.list's valid content
-    ids_dirty: bool = False  # a failed append may have left bytes past ids_bytes
-    ids_broken: str = ""  # an ids.list fsync failed: why; no more commits until a restart
-    meta_written: bool = False
-    removed: bool = False
-    op_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def hex_id(self) -> str:
-        return file_id_hex(self.file_id)
-
-    def snapshot(self) -> PayloadInfo:
-        return PayloadInfo(
-            file_id=self.file_id,
-            name=self.name,
-            total=self.total,
-            size=self.size,
-            committed=frozenset(self.chunks),
-            created=self.created,
-            updated=self.updated,
-        )
-
-
-class _Unreadable(Exception):
-    """A payload directory open() cannot use; the message says why."""
-
-
 @final
 class ChunkStore:
     """The patches of payloads being uploaded and the records of published ones.
@@ -184,7 +106,7 @@ class ChunkStore:
         self.syncer = GroupSync()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._payloads: dict[bytes, _Payload] = {}
+        self._payloads: dict[bytes, Payload] = {}
         self._published = PublishedRecords(self.published_dir, fsync=fsync, syncer=self.syncer)
         self._unreadable: dict[bytes, Path] = {}
 
@@ -214,7 +136,7 @@ class ChunkStore:
             with os_errors("create", folder):
                 folder.mkdir(parents=True, exist_ok=True)
         published = self._published.load()
-        payloads: dict[bytes, _Payload] = {}
+        payloads: dict[bytes, Payload] = {}
         unreadable: dict[bytes, Path] = {}
         with os_errors("list", self.patches_dir):
             entries = sorted(os.scandir(self.patches_dir), key=lambda e: e.name)
@@ -232,8 +154,8 @@ class ChunkStore:
                 discard(path)
                 continue
             try:
-                payload = self._recover(file_id, path)
-            except (_Unreadable, OSError, IngestStorageError) as exc:
+                payload = recover(file_id, path, fsync=self.fsync)
+            except (OSError, IngestStorageError) as exc:  # UnreadablePayloadError among them
                 log.warning("payload skipped file_id=%s path=%s reason=%r", entry.name, path, exc)
                 unreadable[file_id] = path
                 continue
@@ -252,38 +174,6 @@ class ChunkStore:
             len(unreadable),
         )
         return recovered
-
-    def _recover(self, file_id: FileId, path: Path) -> _Payload | None:
-        names = []
-        for name in os.listdir(path):
-            if name.endswith(".tmp"):
-                os.unlink(path / name)
-            else:
-                names.append(name)
-        if not names:
-            log.info("removing an empty payload directory path=%s", path)
-            os.rmdir(path)
-            return None
-        if META_JSON not in names:
-            raise _Unreadable("meta.json is missing")
-        payload = _Payload(file_id, path)
-        _read_meta(payload, path / META_JSON)
-        patches = {int(m[1]) for n in names if (m := _PATCH.fullmatch(n))}
-        ids_path = path / IDS_LIST
-        kept: list[bytes] = []
-        if IDS_LIST in names:
-            payload.updated = mtime = os.stat(ids_path).st_mtime
-            with open(ids_path, "rb") as lines:
-                dropped = [line for line in lines if not _accept_line(payload, line, patches, kept)]
-            if dropped:
-                atomic_write(ids_path, b"".join(kept), fsync=self.fsync)
-                os.utime(ids_path, (mtime, mtime))
-        for index in sorted(patches - payload.chunks.keys()):
-            log.info("uncommitted patch removed file_id=%s index=%d", payload.hex_id, index)
-            os.unlink(path / f"patch_{index}.bin")
-        payload.ids_bytes = sum(len(line) for line in kept)
-        payload.meta_written = True
-        return payload
 
     # -- chunks ------------------------------------------------------------------------
 
@@ -345,7 +235,7 @@ class ChunkStore:
 
     def _write_and_commit(
         self,
-        payload: _Payload,
+        payload: Payload,
         index: int,
         total: int,
         digest: bytes,
@@ -368,7 +258,7 @@ class ChunkStore:
                     )
                 if payload.ids_broken:
                     raise IngestStorageError(payload.ids_broken)
-                self._append_id(payload, index, digest, now)
+                append_id(payload, index, digest, now)
             if self.fsync:
                 try:
                     self.syncer.sync(payload.path / IDS_LIST)
@@ -396,14 +286,14 @@ class ChunkStore:
         )
 
     @staticmethod
-    def _release(payload: _Payload, index: int, size: int) -> None:
+    def _release(payload: Payload, index: int, size: int) -> None:
         """Drop a write's reservation and wake anyone waiting on the same index."""
         pending = payload.writing.pop(index, None)
         payload.reserved -= size
         if pending is not None:
             pending[1].set()
 
-    def _payload_for(self, file_id: FileId) -> _Payload | None:
+    def _payload_for(self, file_id: FileId) -> Payload | None:
         with self._lock:
             if file_id in self._published:
                 return None
@@ -414,13 +304,13 @@ class ChunkStore:
                 )
             payload = self._payloads.get(file_id)
             if payload is None:
-                payload = _Payload(file_id, self.patches_dir / file_id_hex(file_id))
+                payload = Payload(file_id, self.patches_dir / file_id_hex(file_id))
                 self._payloads[file_id] = payload
             return payload
 
     def _reserve(
         self,
-        payload: _Payload,
+        payload: Payload,
         index: int,
         total: int,
         size: int,
@@ -474,20 +364,14 @@ class ChunkStore:
         payload.reserved += len(data)
         return None
 
-    def _create(self, payload: _Payload, *, total: int, size: int, name: str, now: float) -> None:
+    def _create(self, payload: Payload, *, total: int, size: int, name: str, now: float) -> None:
         """Write a new payload's directory and meta.json."""
-        meta = {
-            "file_id": payload.hex_id,
-            "name": name,
-            "total": total,
-            "size": size,
-            "created": now,
-        }
+        meta = encode_meta(hex_id=payload.hex_id, name=name, total=total, size=size, created=now)
         with os_errors("create", payload.path):
             payload.path.mkdir(exist_ok=True)
         atomic_write(
             payload.path / META_JSON,
-            json.dumps(meta, ensure_ascii=False).encode(),
+            meta,
             fsync=self.fsync,
             sync_dir=False,  # the first chunk's commit fsyncs this directory
         )
@@ -496,28 +380,6 @@ class ChunkStore:
             payload.name, payload.total, payload.size = name, total, size
             payload.created = payload.updated = now
             payload.meta_written = True
-
-    def _append_id(self, payload: _Payload, index: int, digest: bytes, now: float) -> None:
-        """Append the commit line (the caller fsyncs it); a failed append is truncated
-        away next time."""
-        path = payload.path / IDS_LIST
-        line = f"{index} {digest.hex()}\n".encode()
-        with os_errors("append to", path):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                if payload.ids_dirty:
-                    os.ftruncate(fd, payload.ids_bytes)
-                payload.ids_dirty = True
-                view = memoryview(line)
-                offset = payload.ids_bytes
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    view, offset = view[written:], offset + written
-                os.utime(fd, (now, now))  # "last update", read back by open()
-            finally:
-                os.close(fd)
-        payload.ids_dirty = False
-        payload.ids_bytes += len(line)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -555,7 +417,7 @@ class ChunkStore:
     # -- removal and publishing --------------------------------------------------------
 
     @contextlib.contextmanager
-    def _exclusive(self, file_id: FileId) -> Iterator[_Payload | None]:
+    def _exclusive(self, file_id: FileId) -> Iterator[Payload | None]:
         """Hold the payload's op_lock, or `_lock` when there is no payload to lock.
 
         Holding `_lock` in the second case stops a first chunk from creating the payload
@@ -573,7 +435,7 @@ class ChunkStore:
                 yield payload
                 return
 
-    def _forget(self, payload: _Payload | None) -> None:
+    def _forget(self, payload: Payload | None) -> None:
         if payload is not None:
             with self._lock:
                 payload.removed = True
@@ -681,57 +543,3 @@ class ChunkStore:
     def _sync_dir(self, path: Path) -> None:
         if self.fsync:
             self.syncer.sync(path)
-
-
-# -- module helpers ------------------------------------------------------------------------
-
-
-def _accept_line(payload: _Payload, line: bytes, patches: set[int], kept: list[bytes]) -> bool:
-    """Commit one ids.list line into `payload` and `kept`, or log why it is dropped."""
-    match = _ID_LINE.fullmatch(line)
-    index = int(match[1]) if match else -1
-    if not line.endswith(b"\n"):
-        reason = "torn last line"
-    elif match is None:
-        reason = "unparsable"
-    elif index >= payload.total:
-        reason = f"index {index} is not below total {payload.total}"
-    elif index in payload.chunks:
-        reason = "repeated index"
-    elif index not in patches:
-        reason = f"patch_{index}.bin is missing"
-    else:
-        payload.chunks[index] = bytes.fromhex(match[2].decode())
-        payload.received += os.stat(payload.path / f"patch_{index}.bin").st_size
-        kept.append(line)
-        return True
-    log.warning(
-        "ids.list line dropped file_id=%s line=%r reason=%s", payload.hex_id, line[:80], reason
-    )
-    return False
-
-
-def _read_meta(payload: _Payload, path: Path) -> None:
-    """Fill `payload` from its meta.json; raise _Unreadable when it does not hold one."""
-    try:
-        meta = json.loads(path.read_bytes())
-        name, total, size, created = (meta[key] for key in ("name", "total", "size", "created"))
-        if not (
-            meta["file_id"] == payload.hex_id
-            and isinstance(name, str)
-            and _is_int(total)
-            and _is_int(size)
-            and 1 <= total <= MAX_CHUNKS
-            and size >= 0
-            and (_is_int(created) or isinstance(created, float))
-        ):
-            raise _Unreadable(f"meta.json holds {meta!r}")
-        check_name(name)
-    except (OSError, ValueError, KeyError, TypeError, BadNameError) as exc:
-        raise _Unreadable(f"meta.json unreadable: {exc!r}") from exc
-    payload.name, payload.total, payload.size = name, total, size
-    payload.created = payload.updated = float(created)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
