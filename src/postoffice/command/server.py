@@ -50,12 +50,6 @@ _PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never s
 MAX_STORE_IN_FLIGHT: Final = 1024  # store commands of one client awaiting the store
 
 
-def _pipelines(args: list[bytes]) -> bool:
-    """Whether a command may run while store commands are in flight (it is one itself)."""
-    spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
-    return spec is not None and spec.store
-
-
 @final
 class CommandConnection(BaseProtocol):
     """One client of the command server, in either dialect."""
@@ -146,12 +140,15 @@ class CommandConnection(BaseProtocol):
                     if event is NEED_DATA:
                         break
                     args = event[0]
-                if queue and not _pipelines(args):
+                spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
+                # While store commands are in flight only more of them may run: anything
+                # else could overtake their replies or effects.
+                if queue and (spec is None or not spec.store):
                     self._held = args
                     self._send(out)
                     self._stall()
                     return None
-                reply = execute(args)
+                reply = execute(args, spec)
                 if reply is _PENDING:
                     self._send(out)
                     return None
@@ -262,11 +259,11 @@ class CommandConnection(BaseProtocol):
             return encode_text
         return encode_resp3 if self.protocol == 3 else encode_resp
 
-    def _execute(self, args: list[bytes]) -> Reply | Deferred:
+    def _execute(self, args: list[bytes], spec: CommandSpec | None) -> Reply | Deferred:
+        """Run one command; `spec` is its entry in the table (None: unknown)."""
         server = self.server
         self.requests += 1
         server.commands += 1
-        spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
         if not self.authenticated and (spec is None or not spec.noauth):
             server.auth_refusals += 1
             return Error(code="NOAUTH", message="Authentication required.")
