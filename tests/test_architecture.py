@@ -14,6 +14,7 @@ PURE_MODULES = [
     "core/framing.py",
     "core/resp.py",
     "ingest/messages.py",
+    "ingest/chunkdigest.py",
     "ingest/protocol.py",
     "core/storewire.py",
 ]

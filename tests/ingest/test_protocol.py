@@ -21,6 +21,7 @@ from postoffice.core.framing import (
     FrameTooLarge,
     encode_parts,
 )
+from postoffice.ingest.chunkdigest import digest_for, new_chunk
 from postoffice.ingest.errors import (
     BadNameError,
     ChecksumError,
@@ -60,10 +61,8 @@ from postoffice.ingest.protocol import (
     MessageDecoder,
     MsgType,
     decode,
-    digest_for,
     encode,
     encode_chunk,
-    new_chunk,
 )
 from tests.ingest.test_messages import HOSTILE_NAMES
 from tests.strategies import cut_points
@@ -894,9 +893,10 @@ _MESSAGE_TYPES = (
 def test_chunk_hash_check_can_be_left_to_the_caller() -> None:
     """A server decodes on its loop and hashes on its I/O threads: decode can skip the hash."""
     from postoffice.core.framing import FrameDecoder
+    from postoffice.ingest.chunkdigest import verify_chunk
     from postoffice.ingest.errors import ChecksumError
     from postoffice.ingest.messages import Chunk
-    from postoffice.ingest.protocol import SELF_CHECKED, decode, encode_chunk, verify_chunk
+    from postoffice.ingest.protocol import SELF_CHECKED, decode, encode_chunk
 
     fields = {"file_id": FileId(b"\x01" * 16), "index": 0, "total": 1, "size": 3, "name": "a.bin"}
     wire = bytearray(

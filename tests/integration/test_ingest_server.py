@@ -13,10 +13,10 @@ import zstandard
 
 from postoffice.ingest import assembler as assembler_module
 from postoffice.ingest import assembly
+from postoffice.ingest.chunkdigest import new_chunk
 from postoffice.ingest.config import IngestConfig
 from postoffice.ingest.errors import AssemblyError, ConflictError
 from postoffice.ingest.messages import Chunk, FileId, UploadState
-from postoffice.ingest.protocol import new_chunk
 from postoffice.ingest.server import IngestServer
 
 pytestmark = pytest.mark.integration

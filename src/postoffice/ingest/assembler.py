@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from postoffice.core.runtime import Backoff
 from postoffice.ingest.assembly import Piece, assemble
+from postoffice.ingest.chunkdigest import verify_chunk
 from postoffice.ingest.errors import (
     AssemblyError,
     ConflictError,
@@ -50,7 +51,6 @@ from postoffice.ingest.errors import (
 )
 from postoffice.ingest.messages import Chunk, ChunkStored, Failed, FileId, Published, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
-from postoffice.ingest.protocol import verify_chunk
 from postoffice.ingest.published import PublishedInfo
 
 if TYPE_CHECKING:

@@ -11,14 +11,12 @@ import zlib
 from collections.abc import Callable
 from typing import Final, TypeVar, assert_never, cast, final
 
-import xxhash
-
 from postoffice.core import framing
 from postoffice.core.errors import ConfigError
 from postoffice.core.framing import NEED_DATA, Frame, NeedData
+from postoffice.ingest.chunkdigest import chunk_digest, chunk_fields, verify_chunk
 from postoffice.ingest.errors import (
     BadNameError,
-    ChecksumError,
     ErrorCode,
     IngestError,
     IngestLimitError,
@@ -27,7 +25,6 @@ from postoffice.ingest.errors import (
 )
 from postoffice.ingest.messages import (
     DIGEST_BYTES,
-    DIGEST_SHOWN,
     FILE_ID_BYTES,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
@@ -78,17 +75,12 @@ __all__ = [
     "MessageDecoder",
     "MsgType",
     "NeedData",
-    "chunk_digest",
     "chunk_frame_parts",
     "decode",
-    "digest_for",
     "encode",
     "encode_chunk",
-    "new_chunk",
-    "verify_chunk",
 ]
 
-_CHUNK_FIELDS: Final = struct.Struct(">16sIIQH")  # what the chunk digest covers first
 _CHUNK: Final = struct.Struct(">16sIIQH16s")
 _ACK: Final = struct.Struct(">16sIIIB")
 _STATUS: Final = struct.Struct(">16sBIIQH")
@@ -173,43 +165,6 @@ def _ids(file_ids: tuple[FileId, ...]) -> bytes:
     return _U16.pack(len(file_ids)) + b"".join([_fid(fid) for fid in file_ids])
 
 
-def chunk_digest(fields: bytes, name: bytes, data: bytes | bytearray | memoryview) -> bytes:
-    """XXH3-128 (seed 0, canonical bytes) of a CHUNK payload without its digest field:
-    the 34 bytes of file id, index, total, size and name length, the name, the data."""
-    hasher = xxhash.xxh3_128(fields)
-    hasher.update(name)
-    hasher.update(data)
-    return hasher.digest()
-
-
-def digest_for(
-    *, file_id: bytes, index: int, total: int, size: int, name: str, data: bytes | memoryview
-) -> bytes:
-    """The chunk digest a CHUNK with these fields and data must carry."""
-    name_bytes = _utf8(name)
-    try:
-        fields = _CHUNK_FIELDS.pack(_fid(file_id), index, total, size, len(name_bytes))
-    except struct.error as exc:
-        raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
-    return chunk_digest(fields, name_bytes, data)
-
-
-def new_chunk(
-    *,
-    file_id: FileId,
-    index: int,
-    total: int,
-    size: int,
-    name: str,
-    data: bytes | memoryview,
-) -> Chunk:
-    """A Chunk with the digest its fields and data call for."""
-    digest = digest_for(file_id=file_id, index=index, total=total, size=size, name=name, data=data)
-    return Chunk(
-        file_id=file_id, index=index, total=total, size=size, name=name, digest=digest, data=data
-    )
-
-
 def chunk_frame_parts(
     *,
     file_id: bytes,
@@ -232,11 +187,9 @@ def chunk_frame_parts(
     id or digest, BadNameError for a name UTF-8 cannot encode, FrameError for a request
     id out of range, FrameTooLarge past 16 MiB.
     """
-    name_bytes = _utf8(name)
-    try:
-        fields = _CHUNK_FIELDS.pack(_fid(file_id), index, total, size, len(name_bytes))
-    except struct.error as exc:
-        raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
+    fields, name_bytes = chunk_fields(
+        file_id=file_id, index=index, total=total, size=size, name=name
+    )
     if digest is None:
         digest = chunk_digest(fields, name_bytes, data)
     head = fields + _sized("digest", digest, DIGEST_BYTES) + name_bytes
@@ -428,28 +381,6 @@ def _decode_chunk(payload: bytes, max_chunk_bytes: int, verify: bool = True) -> 
     if verify:
         verify_chunk(chunk)
     return chunk
-
-
-def verify_chunk(chunk: Chunk) -> None:
-    """Check that a chunk's fields and data hash to the digest it names; raises
-    ChecksumError.
-
-    decode() does it unless told not to: a server decodes on its event loop and verifies
-    on its I/O threads, where hashing megabytes neither blocks the loop nor holds the GIL.
-    """
-    actual = digest_for(
-        file_id=chunk.file_id,
-        index=chunk.index,
-        total=chunk.total,
-        size=chunk.size,
-        name=chunk.name,
-        data=chunk.data,
-    )
-    if actual != chunk.digest:
-        raise ChecksumError(
-            f"chunk digest mismatch: header {chunk.digest.hex()[:DIGEST_SHOWN]}..., "
-            f"payload {actual.hex()[:DIGEST_SHOWN]}..."
-        )
 
 
 def _decode_ids(kind: str, payload: bytes) -> tuple[FileId, ...]:

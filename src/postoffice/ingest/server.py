@@ -34,6 +34,7 @@ from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import Supervisor, announce
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies, published_message
+from postoffice.ingest.chunkdigest import verify_chunk
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
 from postoffice.ingest.connections import AckConnection, AckHub, DataConnection
 from postoffice.ingest.control import ControlConnection
@@ -58,7 +59,7 @@ from postoffice.ingest.messages import (
     ranges,
 )
 from postoffice.ingest.patches import PayloadInfo
-from postoffice.ingest.protocol import CHUNK_OVERHEAD_BYTES, verify_chunk
+from postoffice.ingest.protocol import CHUNK_OVERHEAD_BYTES
 from postoffice.ingest.storage import ChunkStore, StoreResult
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 
