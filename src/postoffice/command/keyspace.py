@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol, final
 
 from postoffice.command.errors import CommandError, StoreUnavailableError
 from postoffice.core.errors import BrokenError, PostOfficeError
-from postoffice.core.resp import NIL, OK, Array, Error, Integer, Reply, bulk
+from postoffice.core.resp import NIL, OK, Array, Bulk, Error, Integer, Reply, bulk
 from postoffice.core.runtime import Backoff
 from postoffice.core.storeclient import AsyncClient
 from postoffice.core.storewire import (
@@ -223,7 +223,7 @@ def _ok_or_raise(response: Response) -> Response:
 def _value(response: Response) -> Reply:
     status = response.status
     if status is _OK:
-        return bulk(response.body)
+        return Bulk(data=response.body)  # the body is bytes: no need for bulk()'s check
     if status is _NOT_FOUND:
         return NIL
     _ok_or_raise(response)  # a refusal: raises
