@@ -23,15 +23,9 @@ from postoffice.core.resp import (
     encode_resp3,
 )
 from postoffice.core.transport import ConnState
+from postoffice.ingest.commands import TABLE, IngestControl, config_items, to_reply, upload_line
 from postoffice.ingest.config import IngestConfig
-from postoffice.ingest.control import (
-    TABLE,
-    ControlConnection,
-    IngestControl,
-    config_items,
-    to_reply,
-    upload_line,
-)
+from postoffice.ingest.control import ControlConnection
 from postoffice.ingest.errors import UnknownFileError
 from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex
 from postoffice.ingest.patches import PayloadInfo

@@ -1,6 +1,7 @@
 """The ingest control port's I/O shell: operator commands over the command protocol.
 
-Parsing and encoding are core.resp's; the server is reached only through IngestControl.
+Parsing and encoding are core.resp's; the commands are `commands`' table, and the server
+is reached only through its IngestControl seam.
 """
 
 # Design
@@ -20,50 +21,24 @@ Parsing and encoding are core.resp's; the server is reached only through IngestC
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import hmac
 import logging
-import re
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Final, Protocol, final
+from typing import Final, final
 
-from postoffice import __version__
 from postoffice.core.connections import ConnectionManager
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.resp import (
-    EMPTY_ARRAY,
     NEED_DATA,
-    NIL,
-    OK,
-    PONG,
-    Array,
     Dialect,
     Error,
-    Integer,
-    Map,
     Reply,
     RespParser,
     RespProtocolError,
-    bulk,
     encode_resp,
     encode_resp3,
     encode_text,
 )
 from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
-from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
-from postoffice.ingest.errors import (
-    ControlAuthError,
-    ControlError,
-    IngestProtocolError,
-    NoProtoError,
-    UnknownFileError,
-    WrongTokenError,
-)
-from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex, parse_file_id
-from postoffice.ingest.patches import PayloadInfo
-from postoffice.ingest.ttl import CleanupReport
+from postoffice.ingest.commands import NOAUTH, TABLE, Deferred, IngestControl, arity_error, shown
 
 log = logging.getLogger(__name__)
 
@@ -71,435 +46,6 @@ log = logging.getLogger(__name__)
 MAX_CONTROL_INLINE_BYTES: Final = 4096  # the longest command (CONFIG SET, ABORT) is ~60 bytes
 MAX_CONTROL_BULK_BYTES: Final = 64 * 1024  # one argument, e.g. an ECHO or PING message
 MAX_CONTROL_ARGS: Final = 64  # arguments in one command; CONFIG GET takes a few patterns
-MAX_ARGS: Final = 1 << 31  # "no upper bound" for commands of variable arity
-MAX_SHOWN_CHARS: Final = 64  # of a client's argument quoted back in an error
-MAX_LINE_RANGES: Final = 16  # missing ranges on one UPLOADS line; MISSING lists more
-
-
-# -- the seam to the server ---------------------------------------------------------------
-
-
-class IngestControl(Protocol):
-    """What the control port may ask of the ingest server."""
-
-    @property
-    def config(self) -> IngestConfig:
-        """The settings now in force: `x` and `ttl_s` reflect run-time changes."""
-        ...
-
-    async def set_x(self, x: int) -> None:
-        """Scale the data listeners to `x`; raises ConfigError for a bad value."""
-        ...
-
-    def set_ttl(self, ttl_s: float) -> None:
-        """Use a new retention time; raises ConfigError for a bad value."""
-        ...
-
-    def status(self) -> dict[str, object]:
-        """x, ttl_s, data_ports, uploads_in_progress, uploads_total, chunks_total, ..."""
-        ...
-
-    def uploads(self) -> list[PayloadInfo]:
-        """Uploads not yet published."""
-        ...
-
-    def missing(self, file_id: bytes) -> tuple[tuple[int, int], ...]:
-        """Inclusive ranges of an upload's missing indexes; raises UnknownFileError."""
-        ...
-
-    async def abort(self, file_id: bytes) -> bool:
-        """Drop an upload's chunks; False when there is no such upload."""
-        ...
-
-    async def cleanup_now(self) -> CleanupReport:
-        """Run one TTL cleanup pass now."""
-        ...
-
-
-_NOAUTH: Final = Error(code=ControlAuthError.wire_code, message="authentication required")
-
-
-# -- the command table ----------------------------------------------------------------------
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Deferred:
-    """A handler's answer when its work is asynchronous: `work()` makes the reply later."""
-
-    name: str
-    work: Callable[[], Awaitable[Reply]]
-
-
-Handler = Callable[["ControlConnection", list[bytes]], Reply | Deferred]
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommandSpec:
-    """One control command: `arity` counts the name; a negative arity means at least -arity.
-
-    Flags: `noauth` (allowed before AUTH), `async` (may answer with a Deferred).
-    """
-
-    name: str
-    arity: int
-    handler: Handler
-    usage: str
-    summary: str
-    flags: frozenset[str] = frozenset()
-    max_args: int = MAX_ARGS  # only for a negative arity
-    min_args: int = field(init=False)
-    noauth: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__  # the dataclass is frozen
-        set_(self, "min_args", abs(self.arity))
-        if self.arity >= 0:
-            set_(self, "max_args", self.arity)
-        set_(self, "noauth", "noauth" in self.flags)
-
-    def arity_ok(self, argc: int) -> bool:
-        """Whether `argc` arguments (the name included) suit this command."""
-        return self.min_args <= argc <= self.max_args
-
-
-def _text(arg: bytes) -> str:
-    return arg.decode("utf-8", "replace")[:MAX_SHOWN_CHARS]
-
-
-def _arity_error(name: str) -> ControlError:
-    return ControlError(f"wrong number of arguments for '{name}' command")
-
-
-def _file_id(arg: bytes) -> FileId:
-    try:
-        return parse_file_id(arg.decode("ascii"))
-    except (UnicodeDecodeError, IngestProtocolError):
-        raise ControlError(f"invalid file id '{_text(arg)}': expected 32 hex digits") from None
-
-
-def _ranges_text(ranges: tuple[tuple[int, int], ...]) -> list[str]:
-    return [f"{first}-{last}" for first, last in ranges]
-
-
-def _number(value: float) -> str:
-    """86400.0 as `86400`, 0.5 as `0.5`: what an operator would type."""
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def to_reply(value: object) -> Reply:
-    """A reply for a STATUS value: numbers, text, None, and lists and maps of them."""
-    match value:
-        case bool():
-            return Integer(value=int(value))
-        case int():
-            return Integer(value=value)
-        case float():
-            return bulk(_number(value))
-        case str() | bytes():
-            return bulk(value)
-        case None:
-            return NIL
-        case Mapping():
-            return Map(pairs=[(bulk(str(k)), to_reply(v)) for k, v in value.items()])
-        case list() | tuple() | set() | frozenset():
-            return Array(items=[to_reply(item) for item in value])
-        case _:
-            return bulk(str(value))
-
-
-def upload_line(info: PayloadInfo) -> str:
-    """`<file id hex> <name> <committed>/<total> missing=<a-b,c-d>` (`missing=none` if none).
-
-    The name may hold spaces; the id is the first field and the counts the last two.
-    Past MAX_LINE_RANGES ranges the list ends with `...(+N)`, N the ranges left out.
-    """
-    ranges = info.missing
-    missing = ",".join(_ranges_text(ranges[:MAX_LINE_RANGES])) or "none"
-    if len(ranges) > MAX_LINE_RANGES:
-        missing += f",...(+{len(ranges) - MAX_LINE_RANGES})"
-    return (
-        f"{file_id_hex(info.file_id)} {info.name} {len(info.committed)}/{info.total}"
-        f" missing={missing}"
-    )
-
-
-def cmd_ping(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """PING [message]."""
-    return PONG if len(args) == 1 else bulk(args[1])
-
-
-def cmd_echo(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """ECHO message."""
-    return bulk(args[1])
-
-
-def cmd_quit(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """QUIT: reply OK, then close."""
-    conn.close_after_reply = True
-    return OK
-
-
-def cmd_help(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """HELP: one line per command."""
-    return Array(items=[bulk(f"{spec.usage} -- {spec.summary}") for spec in TABLE.values()])
-
-
-def cmd_auth(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """AUTH [user] token: the user, if given, must be `default` (what redis-cli sends)."""
-    if conn.token is None:
-        raise ControlError("AUTH called but no control token is configured")
-    user_ok = len(args) == 2 or args[1] == b"default"
-    # Compare in constant time, and always, so a wrong user costs what a wrong token does.
-    token_ok = hmac.compare_digest(args[-1], conn.token.encode())
-    if not (user_ok and token_ok):
-        log.warning("control auth failed conn=%s", conn)
-        raise WrongTokenError("invalid username-token pair")
-    conn.authenticated = True
-    return OK
-
-
-def cmd_hello(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """HELLO [2|3 [AUTH user token] [SETNAME name]]: pick the RESP version of the replies."""
-    rest = args[1:]
-    protocol = conn.protocol
-    if rest:
-        if rest[0] not in (b"2", b"3"):
-            raise NoProtoError(f"unsupported protocol version '{_text(rest[0])}', expected 2 or 3")
-        protocol = int(rest[0])
-        rest = rest[1:]
-    while rest:
-        option = rest[0].upper()
-        if option == b"AUTH" and len(rest) >= 3:
-            cmd_auth(conn, [b"AUTH", rest[1], rest[2]])
-            rest = rest[3:]
-        elif option == b"SETNAME" and len(rest) >= 2:
-            conn.name = _text(rest[1])
-            rest = rest[2:]
-        else:
-            raise ControlError(f"syntax error in HELLO option '{_text(rest[0])}'")
-    if not conn.authenticated:
-        raise ControlAuthError(
-            "HELLO must be called with the client already authenticated, "
-            "or with HELLO <proto> AUTH <user> <token>"
-        )
-    conn.protocol = protocol
-    return Map(
-        pairs=(
-            (bulk("server"), bulk("postoffice-ingest")),
-            (bulk("version"), bulk(__version__)),
-            (bulk("proto"), Integer(value=protocol)),
-            (bulk("id"), Integer(value=conn.conn_id)),
-            (bulk("mode"), bulk("standalone")),
-            (bulk("role"), bulk("master")),
-            (bulk("modules"), EMPTY_ARRAY),
-        )
-    )
-
-
-def cmd_status(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """STATUS: the server's counters and settings as a map."""
-    return to_reply(conn.control.status())
-
-
-def cmd_uploads(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """UPLOADS: one line per upload not yet published, oldest first."""
-    infos = sorted(conn.control.uploads(), key=lambda info: (info.created, info.file_id))
-    return Array(items=[bulk(upload_line(info)) for info in infos])
-
-
-def cmd_missing(conn: ControlConnection, args: list[bytes]) -> Reply:
-    """MISSING file_id: the inclusive ranges of indexes not yet committed.
-
-    Like the binary STATUS, at most MAX_STATUS_RANGES (the first ones): send those and ask
-    again.
-    """
-    file_id = _file_id(args[1])
-    try:
-        ranges = conn.control.missing(file_id)
-    except UnknownFileError:
-        raise ControlError(f"unknown upload {file_id_hex(file_id)}") from None
-    return Array(items=[bulk(text) for text in _ranges_text(ranges[:MAX_STATUS_RANGES])])
-
-
-async def _abort(control: IngestControl, file_id: FileId) -> Reply:
-    if not await control.abort(file_id):
-        raise ControlError(f"unknown upload {file_id_hex(file_id)}")
-    return OK
-
-
-def cmd_abort(conn: ControlConnection, args: list[bytes]) -> Reply | Deferred:
-    """ABORT file_id: drop an upload's chunks (its subscribers get FAILED)."""
-    file_id = _file_id(args[1])
-    log.info("control abort conn=%s file_id=%s", conn, file_id_hex(file_id))
-    return Deferred("abort", partial(_abort, conn.control, file_id))
-
-
-async def _cleanup(control: IngestControl) -> Reply:
-    report = await control.cleanup_now()
-    return Integer(value=report.total)
-
-
-def cmd_cleanup(conn: ControlConnection, args: list[bytes]) -> Reply | Deferred:
-    """CLEANUP: run a TTL cleanup pass now; the reply counts what it removed."""
-    log.info("control cleanup conn=%s", conn)
-    return Deferred("cleanup", partial(_cleanup, conn.control))
-
-
-#: CONFIG SET names.
-SETTABLE: Final = ("x", "ttl")
-#: CONFIG GET names, read-only ones included.
-READ_ONLY: Final = ("sys-base", "data-base", "files-dir")
-
-_INTEGER: Final = re.compile(rb"[+-]?[0-9]{1,18}")
-
-
-def config_items(config: IngestConfig) -> dict[str, str]:
-    """What CONFIG GET can show, by name."""
-    return {
-        "x": str(config.x),
-        "ttl": _number(config.ttl_s),
-        "sys-base": str(config.sys_base),
-        "data-base": str(config.data_base),
-        "files-dir": str(config.files_path),
-    }
-
-
-async def _set_x(control: IngestControl, x: int) -> Reply:
-    await control.set_x(x)
-    return OK
-
-
-def _config_set(conn: ControlConnection, name: str, raw: bytes) -> Reply | Deferred:
-    if name == "x":
-        if not _INTEGER.fullmatch(raw):
-            raise ControlError(f"setting 'x' must be an integer, got '{_text(raw)}'")
-        x = int(raw)
-        log.info("control config set conn=%s x=%d", conn, x)
-        return Deferred("config set x", partial(_set_x, conn.control, x))
-    if name == "ttl":
-        try:
-            ttl_s = float(raw)
-        except ValueError:
-            raise ControlError(
-                f"setting 'ttl' must be a number of seconds, got '{_text(raw)}'"
-            ) from None
-        conn.control.set_ttl(ttl_s)
-        log.info("control config set conn=%s ttl_s=%s", conn, _number(ttl_s))
-        return OK
-    if name in READ_ONLY:
-        raise ControlError(f"setting '{name}' is read-only")
-    raise ControlError(f"unknown setting '{name}', expected one of: {', '.join(SETTABLE)}")
-
-
-_CONFIG_HELP: Final = (
-    "CONFIG <subcommand> [<arg> ...]. Subcommands are:",
-    "GET <pattern> [<pattern> ...] -- settings whose names match: "
-    + ", ".join(SETTABLE + READ_ONLY),
-    f"SET x <n> -- run n data ports (1..{MAX_DATA_PORTS}), draining the ones that close",
-    "SET ttl <seconds> -- keep uploads, files and records this long",
-)
-
-
-def cmd_config(conn: ControlConnection, args: list[bytes]) -> Reply | Deferred:
-    """CONFIG GET pattern... | SET name value | HELP."""
-    sub = args[1].upper()
-    if sub == b"GET":
-        if len(args) < 3:
-            raise _arity_error("config|get")
-        items = config_items(conn.control.config)
-        found: dict[str, str] = {}
-        for pattern in args[2:]:
-            glob = pattern.decode("utf-8", "replace").lower()
-            found.update({k: v for k, v in items.items() if fnmatch.fnmatchcase(k, glob)})
-        return Map(pairs=[(bulk(key), bulk(value)) for key, value in found.items()])
-    if sub == b"SET":
-        if len(args) != 4:
-            raise _arity_error("config|set")
-        return _config_set(conn, args[2].decode("utf-8", "replace").lower(), args[3])
-    if sub == b"HELP" and len(args) == 2:
-        return Array(items=[bulk(line) for line in _CONFIG_HELP])
-    raise ControlError(
-        f"unknown subcommand or wrong number of arguments for '{_text(args[1])}'. Try CONFIG HELP."
-    )
-
-
-def _spec(
-    name: str,
-    arity: int,
-    handler: Handler,
-    usage: str,
-    summary: str,
-    *flags: str,
-    max_args: int = MAX_ARGS,
-) -> CommandSpec:
-    return CommandSpec(
-        name=name,
-        arity=arity,
-        handler=handler,
-        usage=usage,
-        summary=summary,
-        flags=frozenset(flags),
-        max_args=max_args,
-    )
-
-
-#: Keyed by the upper-cased name; the order is HELP's.
-TABLE: Final[dict[bytes, CommandSpec]] = {
-    spec.name.upper().encode(): spec
-    for spec in (
-        _spec("ping", -1, cmd_ping, "PING [message]", "PONG, or the message", max_args=2),
-        _spec("echo", 2, cmd_echo, "ECHO message", "the message"),
-        _spec("quit", -1, cmd_quit, "QUIT", "reply OK and close the connection", "noauth"),
-        _spec("help", 1, cmd_help, "HELP", "this list", "noauth"),
-        _spec(
-            "hello",
-            -1,
-            cmd_hello,
-            "HELLO [2|3 [AUTH user token] [SETNAME name]]",
-            "handshake: RESP2 or RESP3 replies",
-            "noauth",
-        ),
-        _spec(
-            "auth",
-            -2,
-            cmd_auth,
-            "AUTH [user] token",
-            "authenticate with the control token",
-            "noauth",
-            max_args=3,
-        ),
-        _spec("status", 1, cmd_status, "STATUS", "settings, ports, uploads and totals"),
-        _spec(
-            "uploads",
-            1,
-            cmd_uploads,
-            "UPLOADS",
-            "uploads not yet published: id, name, committed/total, missing ranges",
-        ),
-        _spec("missing", 2, cmd_missing, "MISSING file_id", "an upload's missing index ranges"),
-        _spec("abort", 2, cmd_abort, "ABORT file_id", "drop an upload's chunks", "async"),
-        _spec(
-            "config",
-            -2,
-            cmd_config,
-            "CONFIG GET pattern | SET x n | SET ttl seconds",
-            "read and change settings at run time",
-            "async",
-        ),
-        _spec(
-            "cleanup",
-            1,
-            cmd_cleanup,
-            "CLEANUP",
-            "run a TTL cleanup pass now; replies how many things it removed",
-            "async",
-        ),
-    )
-}
-
-
 # -- the connection -------------------------------------------------------------------------
 
 #: Tasks of deferred commands, held so none is garbage-collected while it runs.
@@ -599,11 +145,11 @@ class ControlConnection(BaseProtocol):
         self.requests += 1
         spec = TABLE.get(args[0].upper())
         if not self.authenticated and (spec is None or not spec.noauth):
-            return _NOAUTH
+            return NOAUTH
         if spec is None:
-            return Error(code="ERR", message=f"unknown command '{_text(args[0])}'")
+            return Error(code="ERR", message=f"unknown command '{shown(args[0])}'")
         if not spec.arity_ok(len(args)):
-            return Error(code="ERR", message=str(_arity_error(spec.name)))
+            return Error(code="ERR", message=str(arity_error(spec.name)))
         try:
             return spec.handler(self, args)
         except PostOfficeError as exc:
@@ -652,16 +198,8 @@ class ControlConnection(BaseProtocol):
 
 
 __all__ = [
-    "TABLE",
-    "CommandSpec",
-    "ControlAuthError",
+    "MAX_CONTROL_ARGS",
+    "MAX_CONTROL_BULK_BYTES",
+    "MAX_CONTROL_INLINE_BYTES",
     "ControlConnection",
-    "ControlError",
-    "Deferred",
-    "IngestControl",
-    "NoProtoError",
-    "WrongTokenError",
-    "config_items",
-    "to_reply",
-    "upload_line",
 ]
