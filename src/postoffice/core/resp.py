@@ -318,11 +318,11 @@ class RespParser:
             and self._error is None
         ):
             taken = self._split(data)
-            if taken == len(data):
-                return
-            data = data[taken:] if taken else data
-            self._buf = data
-            self._pos = 0
+            if taken and self.dialect is Dialect.UNKNOWN:
+                self.dialect = Dialect.RESP
+            if taken < len(data):
+                self._buf = data[taken:]  # the Python parser's (all of it when taken is 0)
+                self._pos = 0
             return
         if self._chunks or self._need > len(self._buf) - self._pos + len(data):
             self._chunks.append(data)
@@ -350,26 +350,25 @@ class RespParser:
         """
         reader = self._reader
         gets = reader.gets
+        cmds: list[object]
         try:
             reader.feed(data)
             first = gets()
-            if first is not False:
-                second = gets()
-                if second is False and not reader.has_data():  # one request, whole
-                    if self._one_size(first, data) == len(data):
-                        self.ready.append(first)
-                        if self.dialect is Dialect.UNKNOWN:
-                            self.dialect = Dialect.RESP
-                        return len(data)
-                    first = False  # not a request within limits: the Python parser says why
-                    second = False
-                cmds: list[object] = [first]
-                while second is not False:
-                    cmds.append(second)
-                    second = gets()
+            if first is False:
+                taken, cmds = -1, []
+            elif (second := gets()) is False:  # one request: an unpipelined client's
+                taken = self._one_size(first, data)
+                if taken == len(data) and not reader.has_data():  # the common case, at once
+                    self.ready.append(first)
+                    return taken
+                cmds = [first]
+            else:
+                cmds = [first, second]
+                while (cmd := gets()) is not False:
+                    cmds.append(cmd)
+                taken = self._checked_size(cmds, data)
         except hiredis.HiredisError:
-            first = False
-        taken = -1 if first is False else self._checked_size(cmds, data)
+            taken, cmds = -1, []
         tail = len(data) - taken
         if (
             taken < 0
@@ -381,13 +380,11 @@ class RespParser:
             return 0
         if tail:
             self._reader = hiredis.Reader()  # the tail's start is in it: the Python parser has it
-        self.ready.extend(cast(list[list[bytes]], cmds))  # _checked_size proved the type
-        if self.dialect is Dialect.UNKNOWN:
-            self.dialect = Dialect.RESP
+        self.ready.extend(cast(list[list[bytes]], cmds))  # the size checks proved the type
         return taken
 
     def _one_size(self, cmd: object, data: bytes) -> int:
-        """`_checked_size` of one command, unrolled: the request of an unpipelined client."""
+        """`_checked_size` of one command, unrolled, with each terminator checked in place."""
         if type(cmd) is not list or not 0 < (count := len(cmd)) <= self.max_array_items:
             return -1
         end = 3 + (_DIGITS[count] if count < _DIGITS_BELOW else len(str(count)))
