@@ -146,50 +146,45 @@ class Keyspace:
             self._last_error = "connection lost"
             log.warning("store connection lost store=%s; reconnecting", self.address)
 
-    def submit(self, request: Request) -> asyncio.Future[Response]:
-        """Send `request`; StoreUnavailableError when there is no connection."""
+    def _open_client(self) -> AsyncClient:
+        """The live store connection, counting the request; StoreUnavailableError if none."""
         client = self._client
         if client is None or not client.is_open:
             self.unavailable += 1
             raise StoreUnavailableError(f"store at {self.address} unavailable: {self._last_error}")
         self.requests += 1
+        return client
+
+    def _refusal(self, exc: StoreProtocolError | BrokenError) -> CommandError:
+        """What a failed submit means to the client: a bad request, or the store gone."""
+        if isinstance(exc, StoreProtocolError):
+            return CommandError(str(exc))
+        self.unavailable += 1
+        return StoreUnavailableError(f"store at {self.address} unavailable: {exc}")
+
+    def submit(self, request: Request) -> asyncio.Future[Response]:
+        """Send `request`; StoreUnavailableError when there is no connection."""
+        client = self._open_client()
         try:
             return client.submit(request)
-        except StoreProtocolError as exc:
-            raise CommandError(str(exc)) from None
-        except BrokenError as exc:
-            self.unavailable += 1
-            raise StoreUnavailableError(f"store at {self.address} unavailable: {exc}") from None
+        except (StoreProtocolError, BrokenError) as exc:
+            raise self._refusal(exc) from None
 
     def submit_get(self, key: bytes) -> asyncio.Future[Response]:
         """`submit(GetRequest(key=key))`, without making the request (GET's hot path)."""
-        client = self._client
-        if client is None or not client.is_open:
-            self.unavailable += 1
-            raise StoreUnavailableError(f"store at {self.address} unavailable: {self._last_error}")
-        self.requests += 1
+        client = self._open_client()
         try:
             return client.submit_get(key)
-        except StoreProtocolError as exc:
-            raise CommandError(str(exc)) from None
-        except BrokenError as exc:
-            self.unavailable += 1
-            raise StoreUnavailableError(f"store at {self.address} unavailable: {exc}") from None
+        except (StoreProtocolError, BrokenError) as exc:
+            raise self._refusal(exc) from None
 
     def submit_put(self, key: bytes, value: bytes) -> asyncio.Future[Response]:
         """`submit(PutRequest(key=key, value=value))`, without making the request."""
-        client = self._client
-        if client is None or not client.is_open:
-            self.unavailable += 1
-            raise StoreUnavailableError(f"store at {self.address} unavailable: {self._last_error}")
-        self.requests += 1
+        client = self._open_client()
         try:
             return client.submit_put(key, value)
-        except StoreProtocolError as exc:
-            raise CommandError(str(exc)) from None
-        except BrokenError as exc:
-            self.unavailable += 1
-            raise StoreUnavailableError(f"store at {self.address} unavailable: {exc}") from None
+        except (StoreProtocolError, BrokenError) as exc:
+            raise self._refusal(exc) from None
 
     def submit_all(self, requests: Sequence[Request]) -> asyncio.Future[list[Response]]:
         """Send several requests; one future for all their responses, in order."""
