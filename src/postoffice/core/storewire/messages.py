@@ -1,0 +1,233 @@
+"""The store protocol's vocabulary: limits, request kinds, statuses, errors, messages.
+
+Pure data and the checks both codecs apply, so an encoder and a decoder can never
+disagree about what is valid. Wire format: docs/protocols/store.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar, Final, NamedTuple, TypeAlias, final
+
+from postoffice.core.errors import LimitExceeded, ProtocolError
+
+MAX_KEY_BYTES: Final = 1024
+"""Longest key, in bytes: keys are names, not payloads (the engine's default limit)."""
+
+MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
+"""Longest value, in bytes (the engine's default). One frame carries at most
+framing.MAX_PAYLOAD_BYTES, so a PUT's value is in practice 2 + key bytes shorter."""
+
+MAX_BATCH_OPS: Final = 10_000
+"""Most operations in one BATCH: bounds the work one atomic request can pin."""
+
+MAX_SCAN_LIMIT: Final = 10_000
+"""Most items one SCAN may ask for: bounds one response's size and the index walk."""
+
+MAX_BOUND_BYTES: Final = MAX_KEY_BYTES + 1
+"""Longest scan bound, in bytes: one more than a key, so the continuation of a page
+ending at a longest key (that key + b"\\0") is still a valid start."""
+
+RESPONSE_TYPE: Final = 0x80
+"""Frame type of every response."""
+
+
+class RequestType(enum.IntEnum):
+    """The frame `type` of each request."""
+
+    PING = 0x01
+    GET = 0x02
+    PUT = 0x03
+    DELETE = 0x04
+    BATCH = 0x05
+    SCAN = 0x06
+    STATS = 0x07
+
+
+class Status(enum.IntEnum):
+    """The first byte of every response. All but a broken frame keep the connection."""
+
+    OK = 0
+    NOT_FOUND = 1
+    BAD_REQUEST = 2
+    TOO_LARGE = 3
+    STORAGE = 4
+    BUSY = 5
+    SHUTTING_DOWN = 6
+    INTERNAL = 7
+
+
+class StoreProtocolError(ProtocolError):
+    """A well-framed store request or response is malformed; answer with `status`."""
+
+    wire_code = "BAD_REQUEST"
+    status: ClassVar[Status] = Status.BAD_REQUEST
+
+
+@final
+class StoreLimitError(StoreProtocolError, LimitExceeded):
+    """A key, value, bound or batch is over its limit; answer with TOO_LARGE."""
+
+    wire_code = "TOO_LARGE"
+    status: ClassVar[Status] = Status.TOO_LARGE
+
+
+# --- messages -------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingRequest:
+    """Liveness probe; answered OK with an empty body."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetRequest:
+    """Read one key; answered OK with the value, or NOT_FOUND."""
+
+    key: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PutRequest:
+    """Set `key` to `value`; answered OK with an empty body. Also a batch operation."""
+
+    key: bytes
+    value: bytes
+
+    def __repr__(self) -> str:
+        # Never print up to 16 MiB of value into a log line.
+        return f"PutRequest(key={self.key!r}, value=<{len(self.value)} bytes>)"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteRequest:
+    """Remove one key; answered OK with `existed`. Also a batch operation."""
+
+    key: bytes
+
+
+BatchOp: TypeAlias = PutRequest | DeleteRequest
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchRequest:
+    """Apply all `ops` atomically, in order; answered OK with an empty body."""
+
+    ops: tuple[BatchOp, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanRequest:
+    """Up to `limit` items in key order with start <= key < end and the prefix.
+
+    A bound that is None is absent (an empty bytes bound is present and empty). The
+    next page starts at `next_start(page)`: the last key returned + b"\\0".
+    """
+
+    prefix: bytes | None = None
+    start: bytes | None = None
+    end: bytes | None = None
+    limit: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsRequest:
+    """Ask for the server's statistics; answered OK with a JSON object."""
+
+
+Request: TypeAlias = (
+    PingRequest
+    | GetRequest
+    | PutRequest
+    | DeleteRequest
+    | BatchRequest
+    | ScanRequest
+    | StatsRequest
+)
+
+
+@final
+class Response(NamedTuple):
+    """One response: the request id it answers, its status, and the raw body.
+
+    Read the body with the decoder for the request kind (decode_get_body, ...) when
+    the status is OK, and with decode_error_body otherwise. A named tuple: a client
+    makes one per response, and a tuple costs a fifth of a frozen dataclass.
+    """
+
+    request_id: int
+    status: Status
+    body: bytes
+
+    def __repr__(self) -> str:
+        body = self.body
+        shown = repr(body) if len(body) <= 32 else f"{body[:32]!r}...<{len(body)} bytes>"
+        return f"Response(request_id={self.request_id}, status={self.status.name}, body={shown})"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanPage:
+    """A SCAN's OK body: the items in key order, and `more` when the limit was hit."""
+
+    items: tuple[tuple[bytes, bytes], ...]
+    more: bool
+
+
+def next_start(page: ScanPage) -> bytes | None:
+    """The `start` of the next page (the last key + b"\\0"), or None when done."""
+    if not page.more or not page.items:
+        return None
+    return page.items[-1][0] + b"\0"
+
+
+# --- checks shared by encoders and decoders -------------------------------------------
+
+
+def check_key(what: str, key: bytes) -> bytes:
+    """`key` if it is a valid key; StoreProtocolError (empty) or StoreLimitError."""
+    if not key:
+        raise StoreProtocolError(f"{what} is empty")
+    if len(key) > MAX_KEY_BYTES:
+        raise StoreLimitError(f"{what} of {len(key)} bytes exceeds limit {MAX_KEY_BYTES}")
+    return key
+
+
+def check_value(what: str, length: int) -> None:
+    """StoreLimitError if a value of `length` bytes is over MAX_VALUE_BYTES."""
+    if length > MAX_VALUE_BYTES:
+        raise StoreLimitError(f"{what} of {length} bytes exceeds limit {MAX_VALUE_BYTES}")
+
+
+def check_bound(what: str, bound: bytes) -> None:
+    """StoreLimitError if a scan bound is over MAX_BOUND_BYTES."""
+    if len(bound) > MAX_BOUND_BYTES:
+        raise StoreLimitError(f"{what} of {len(bound)} bytes exceeds limit {MAX_BOUND_BYTES}")
+
+
+def check_limit(limit: int) -> None:
+    """StoreProtocolError if a scan limit is outside 1..MAX_SCAN_LIMIT."""
+    if not 1 <= limit <= MAX_SCAN_LIMIT:
+        raise StoreProtocolError(f"scan limit {limit} out of range 1..{MAX_SCAN_LIMIT}")
+
+
+def check_ops(count: int) -> None:
+    """StoreLimitError if a batch of `count` ops is over MAX_BATCH_OPS."""
+    if count > MAX_BATCH_OPS:
+        raise StoreLimitError(f"batch of {count} ops exceeds limit {MAX_BATCH_OPS}")
+
+
+def check_overrun(what: str, end: int, payload: bytes) -> None:
+    """StoreProtocolError if `what`, ending at byte `end`, runs past `payload`."""
+    if end > len(payload):
+        raise StoreProtocolError(
+            f"{what} ends at byte {end}, past the payload of {len(payload)} bytes"
+        )
