@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from postoffice.command.errors import CommandError
-from postoffice.command.keyspace import Cursors, glob_matcher, literal_prefix, parse_address
+from postoffice.command.keyspace import Cursors, glob_matcher, literal_prefix
+from postoffice.command.remote import parse_address
 
 
 @pytest.mark.parametrize(

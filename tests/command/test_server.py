@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from postoffice.command.config import CommandConfig
+from postoffice.command.keyspace import Deferred, Durable, SyncWaiter
 from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
-from postoffice.core.errors import ConfigError
-from postoffice.core.resp import encode_command
+from postoffice.core.errors import ConfigError, StorageError
+from postoffice.core.resp import NIL, OK, Bulk, Reply, encode_command
 from postoffice.core.storewire import Response, Status
 from postoffice.core.transport import ConnState
 from tests.fakes import FakeTransport
@@ -312,10 +313,10 @@ class _HeldStore:
     def __init__(self) -> None:
         self.futures: list[asyncio.Future[Response]] = []
 
-    def submit_get(self, key: bytes) -> asyncio.Future[Response]:
+    def get(self, key: bytes) -> Deferred:
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.futures.append(future)
-        return future
+        return Deferred(future, lambda response: Bulk(data=response.body))
 
 
 async def test_store_replies_keep_request_order_whatever_order_they_settle_in(
@@ -342,3 +343,65 @@ async def test_store_replies_keep_request_order_whatever_order_they_settle_in(
     await asyncio.sleep(0)
     assert t.take() == b"$1\r\nB\r\n$1\r\nC\r\n+PONG\r\n"
     assert state(conn) is ConnState.READING_HEADER
+
+
+class _HeldSync:
+    """A keyspace whose writes are durable when the test says so (a fake group commit)."""
+
+    def __init__(self) -> None:
+        self.ticket = 0
+        self.waiting: dict[SyncWaiter, int] = {}
+        self.values: dict[bytes, bytes] = {}
+
+    def wait(self, waiter: SyncWaiter, ticket: int) -> None:
+        self.waiting[waiter] = ticket
+
+    def sync(self, covered: int, error: BaseException | None = None) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for waiter in waiting:
+            if waiter.synced(covered, error):
+                self.waiting[waiter] = covered + 1
+
+    def set(self, key: bytes, value: bytes) -> Durable:
+        self.ticket += 1
+        self.values[key] = value
+        return Durable(self.ticket, OK, self)
+
+    def get(self, key: bytes) -> Reply:
+        value = self.values.get(key)
+        return NIL if value is None else Bulk(data=value)
+
+
+def test_durable_replies_wait_for_their_sync_and_hold_the_replies_behind(
+    harness: Harness,
+) -> None:
+    store = _HeldSync()
+    harness.server.keyspace = store  # type: ignore[assignment]  # the fake has what GET/SET use
+    conn, t = harness.connect()
+    conn.data_received(
+        encode_command([b"SET", b"k", b"1"])
+        + encode_command([b"GET", b"k"])
+        + encode_command([b"SET", b"k", b"2"])
+        + encode_command([b"PING"])  # not a keyspace command: held until the queue is empty
+    )
+    assert t.take() == b""  # nothing leaves before the first write is durable
+    assert store.waiting == {conn: 2}
+    store.sync(1)
+    assert t.take() == b"+OK\r\n$1\r\n1\r\n"  # the GET behind it read the write
+    store.sync(2, StorageError("cannot fsync the log: disk on fire"))
+    assert t.take() == (
+        b"-ERR store refused the request (STORAGE): cannot fsync the log: disk on fire\r\n+PONG\r\n"
+    )
+    assert not store.waiting
+    assert state(conn) is ConnState.READING_HEADER
+
+
+def test_a_durable_reply_for_a_closed_connection_is_dropped(harness: Harness) -> None:
+    store = _HeldSync()
+    harness.server.keyspace = store  # type: ignore[assignment]  # the fake has what SET uses
+    conn, t = harness.connect()
+    conn.data_received(encode_command([b"SET", b"k", b"1"]))
+    conn.connection_lost(None)
+    store.sync(1)
+    assert t.take() == b""
+    assert not store.waiting

@@ -84,6 +84,23 @@ def command() -> None:
     metavar="HOST:PORT",
     help="Serve GET/SET/DEL/MGET/MSET/EXISTS/SCAN/DBSIZE from the store server there.",
 )
+@click.option(
+    "--store-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Serve those keys from the store in DIR, opened in this process (no store "
+    "server; DIR is a store server's <data-dir>/store). Not with --store.",
+)
+@click.option(
+    "store_durability",
+    "--durability",
+    type=click.Choice(["always", "interval", "never"]),
+    default=None,
+    help="With --store-dir, as `store serve --durability`: always: an OK for SET, MSET "
+    "or DEL leaves only after the fsync that covers it (group commit); interval: fsync "
+    "every 100 ms.  [default: always]",
+)
 @serve_options("command")
 def serve(
     config_path: str | None,
@@ -97,12 +114,27 @@ def serve(
 
     Settings come from defaults < --config file < POSTOFFICE_COMMAND_* environment <
     these flags. Try it: `redis-cli -p 6380 ping` or `printf 'PING\\n' | nc 127.0.0.1 6380`.
+
+    The keyspace commands (GET, SET, DEL, MGET, MSET, EXISTS, SCAN, DBSIZE) need a
+    store: a store server (--store HOST:PORT) or a store directory this process opens
+    itself (--store-dir DIR, faster: one process, no second hop). A directory is open in
+    one process at a time: a store server and a command server cannot share it.
     """
+    if flags.get("store") is not None and flags.get("store_dir") is not None:
+        raise click.UsageError("--store and --store-dir are mutually exclusive (pick one)")
+    if flags.get("store_durability") is not None and flags.get("store") is not None:
+        raise click.UsageError(
+            "--durability applies only with --store-dir (a store server has its own)"
+        )
     from postoffice.command.config import CommandConfig
     from postoffice.command.server import CommandServer
+    from postoffice.core.errors import StorageError
 
     async def start(config: CommandConfig, stop: asyncio.Event, ready: str | None) -> None:
-        await CommandServer(config).serve(stop, ready_file=ready)
+        try:
+            await CommandServer(config).serve(stop, ready_file=ready)
+        except StorageError as exc:  # the store directory is locked or unreadable
+            raise click.ClickException(f"cannot open the store: {exc}") from exc
 
     serve_service(
         section="command",

@@ -18,7 +18,7 @@ from typing import Final, Protocol
 from postoffice import __version__
 from postoffice.command import keyspace
 from postoffice.command.errors import CommandError, NoAuthError, NoProtoError, WrongPassError
-from postoffice.command.keyspace import Deferred, Keyspace
+from postoffice.command.keyspace import Answer, Keyspace
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     NIL,
@@ -77,8 +77,9 @@ class ServerView(Protocol):
     def keyspace(self) -> Keyspace | None: ...
 
 
-#: A handler answers at once, or with a Deferred when the store has to answer first.
-Handler = Callable[[ServerView, ClientView, list[bytes]], Reply | Deferred]
+#: A handler answers at once, or later: a Deferred when a store server has to answer
+#: first, a Durable when an embedded write waits for its fsync.
+Handler = Callable[[ServerView, ClientView, list[bytes]], Answer]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,7 +97,7 @@ class CommandSpec:
     max_args: int = field(init=False)
     blocking: bool = field(init=False)  # runs in the worker pool
     noauth: bool = field(init=False)  # allowed before AUTH
-    store: bool = field(init=False)  # answered by the store (a Deferred); pipelines freely
+    store: bool = field(init=False)  # answered by the keyspace (maybe later); pipelines freely
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-from postoffice.command.keyspace import parse_address
-from postoffice.core.config import check_port, check_range
+from postoffice.command.remote import parse_address
+from postoffice.core.config import check_choice, check_port, check_range
 from postoffice.core.errors import ConfigError
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
+from postoffice.store.config import StoreConfig
+from postoffice.store.logstore import Durability
+
+#: The store server's durability default: an embedded store acknowledges alike.
+_STORE_DURABILITY: Final = StoreConfig().durability
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +42,8 @@ class CommandConfig:
     tls_key: Path | None = None
     reuse_port: bool = False
     store: str | None = None  # HOST:PORT of a store server for GET/SET/DEL/SCAN/DBSIZE
+    store_dir: Path | None = None  # or a store directory to open in this process
+    store_durability: str = _STORE_DURABILITY  # that store's durability
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -58,6 +66,12 @@ class CommandConfig:
                 parse_address(self.store)
             except ValueError as exc:
                 raise ConfigError(f"setting 'store': {exc}") from None
+        if self.store is not None and self.store_dir is not None:
+            raise ConfigError(
+                "settings 'store' and 'store_dir' are mutually exclusive: serve the keys "
+                "from a store server or from a store directory, not both"
+            )
+        check_choice("store_durability", self.store_durability, [d.value for d in Durability])
         if self.requirepass == "":
             raise ConfigError("setting 'requirepass' must not be empty (leave it unset instead)")
 

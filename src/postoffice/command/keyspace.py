@@ -1,22 +1,19 @@
 """The store-backed keys of the command server: GET, SET, DEL, MGET, MSET, EXISTS, SCAN, DBSIZE.
 
-With `--store HOST:PORT` the command server forwards these commands to a store server
-over one pipelined connection (`core.storeclient.AsyncClient`), so redis-cli, redis-py
-and redis-benchmark read and write the store. One connection keeps every client's
-requests in the order they were sent, which is what makes a pipelined SET then GET see
-its own write. A handler here does not wait: it returns a `Deferred` (the store's future
-and how to turn its response into a reply) and the connection writes the reply when it is
-done, in request order.
-
-While the store is unreachable, these commands fail at once with `-TRYAGAIN` and a
-background task reconnects with backoff.
+The handlers here parse a command's arguments and call the server's `Keyspace`, the seam
+between them and where the keys live. It has two implementations: `RemoteKeyspace`
+(command/remote.py, `--store HOST:PORT`) forwards each command to a store server over one
+pipelined connection and answers with a `Deferred` (the store's future and how to turn its
+response into a reply); `EmbeddedKeyspace` (command/embedded.py, `--store-dir DIR`) opens
+the store engine in this process, answers reads at once, and answers a durable write with
+a `Durable` (its reply and the ticket whose fsync it waits for). The connection keeps
+every reply in request order either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import fnmatch
 import logging
 from collections.abc import Callable, Sequence
@@ -24,35 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
 from postoffice.command.errors import CommandError, StoreUnavailableError
-from postoffice.core.errors import BrokenError, PostOfficeError
-from postoffice.core.resp import NIL, OK, Array, Bulk, Error, Integer, Reply, bulk
-from postoffice.core.runtime import Backoff
-from postoffice.core.storeclient import AsyncClient
-from postoffice.core.storewire import (
-    MAX_SCAN_LIMIT,
-    BatchRequest,
-    DeleteRequest,
-    GetRequest,
-    PutRequest,
-    Request,
-    Response,
-    ScanRequest,
-    StatsRequest,
-    Status,
-    StoreProtocolError,
-    decode_delete_body,
-    decode_error_body,
-    decode_scan_body,
-    decode_stats_body,
-    next_start,
-)
+from postoffice.core.errors import BrokenError, ClosedError, LimitExceeded, PostOfficeError
+from postoffice.core.resp import Array, Error, Reply, bulk
+from postoffice.core.storewire import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCAN_COUNT: Final = 10  # Redis's default COUNT
 _GLOB_CHARS: Final = b"*?[\\"
-_OK: Final = Status.OK
-_NOT_FOUND: Final = Status.NOT_FOUND
 
 
 @final
@@ -67,129 +43,98 @@ class Deferred:
     finish: Callable[[Any], Reply]
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """'HOST:PORT' (or '[v6]:PORT') to a pair; ValueError when it is not one."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+class SyncWaiter(Protocol):
+    """A connection holding the replies of durable writes."""
+
+    def synced(self, covered: int, error: BaseException | None) -> bool:
+        """Writes up to ticket `covered` are durable (or failed): send what is owed up to
+        it; return whether a later write is still owed."""
+        ...
+
+
+class SyncQueue(Protocol):
+    """Where a connection waits for the fsync of a durable write (store.commit.GroupCommit)."""
+
+    def wait(self, waiter: SyncWaiter, ticket: int) -> None:
+        """Call `waiter.synced(covered, error)` once the write with `ticket` is durable."""
+        ...
 
 
 @final
-class Keyspace:
-    """One pipelined connection to a store server, kept open by a reconnect loop."""
+@dataclass(slots=True)
+class Durable:
+    """The reply of a write that may leave only once the fsync covering `ticket` is done.
 
-    def __init__(self, host: str, port: int, *, backoff: Backoff | None = None) -> None:
-        self.host = host
-        self.port = port
-        self.requests = 0
-        self.unavailable = 0
-        self.reconnects = 0
-        self.cursors = Cursors()
-        self._client: AsyncClient | None = None
-        self._backoff = backoff or Backoff(initial_s=0.05, max_s=2.0)
-        self._last_error = "not connected yet"
-        self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
+    The connection holds it (and every reply behind it) in its queue and waits in `commit`.
+    """
 
-    def __repr__(self) -> str:
-        state = "up" if self.connected else "down"
-        return f"<Keyspace store={self.host}:{self.port} {state}>"
+    ticket: int
+    reply: Reply
+    commit: SyncQueue
+
+
+#: What a keyspace method (and so a keyspace handler) answers with.
+Answer = Reply | Deferred | Durable
+#: Makes a SCAN reply from the page's keys and where the next page starts (None: done).
+PageMaker = Callable[[Sequence[bytes], "bytes | None"], Reply]
+
+
+class Keyspace(Protocol):
+    """Where the keys live; what the handlers call. Methods raise CommandError.
+
+    A method answers at once (a Reply), later (a Deferred), or once durable (a Durable).
+    """
 
     @property
-    def address(self) -> str:
-        """HOST:PORT of the store."""
-        return f"{self.host}:{self.port}"
+    def cursors(self) -> Cursors:
+        """The SCAN cursors handed out."""
+        ...
 
-    @property
-    def connected(self) -> bool:
-        """Whether requests can be sent now."""
-        return self._client is not None and self._client.is_open
-
-    def start(self) -> None:
-        """Start the connect/reconnect loop (on the running loop)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._maintain())
-
-    async def wait_connected(self, timeout_s: float) -> bool:
-        """Wait until connected, at most `timeout_s`; whether it is."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
-        return self.connected
+    async def start(self) -> None:
+        """Open it (phase two of the server's init). Raises PostOfficeError."""
+        ...
 
     async def close(self) -> None:
-        """Stop reconnecting and close the connection (requests in flight fail)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        """Close it; waits for the syncs asked for."""
+        ...
 
-    async def _maintain(self) -> None:
-        while True:
-            try:
-                client = await AsyncClient.connect(self.host, self.port)
-            except BrokenError as exc:
-                self._last_error = str(exc)
-                await asyncio.sleep(self._backoff.next_delay())
-                continue
-            self._client = client
-            self._connected.set()
-            self._backoff.reset()
-            log.info("store connected store=%s", self.address)
-            await asyncio.shield(client.closed)
-            self._connected.clear()
-            self.reconnects += 1
-            self._last_error = "connection lost"
-            log.warning("store connection lost store=%s; reconnecting", self.address)
+    def info(self) -> dict[str, object]:
+        """The INFO keyspace section."""
+        ...
 
-    def _open_client(self) -> AsyncClient:
-        """The live store connection, counting the request; StoreUnavailableError if none."""
-        client = self._client
-        if client is None or not client.is_open:
-            self.unavailable += 1
-            raise StoreUnavailableError(f"store at {self.address} unavailable: {self._last_error}")
-        self.requests += 1
-        return client
+    def get(self, key: bytes) -> Answer:
+        """The value of `key`, or nil."""
+        ...
 
-    def _refusal(self, exc: StoreProtocolError | BrokenError) -> CommandError:
-        """What a failed submit means to the client: a bad request, or the store gone."""
-        if isinstance(exc, StoreProtocolError):
-            return CommandError(str(exc))
-        self.unavailable += 1
-        return StoreUnavailableError(f"store at {self.address} unavailable: {exc}")
+    def set(self, key: bytes, value: bytes) -> Answer:
+        """Store `value` under `key`: OK."""
+        ...
 
-    def submit(self, request: Request) -> asyncio.Future[Response]:
-        """Send `request`; StoreUnavailableError when there is no connection."""
-        client = self._open_client()
-        try:
-            return client.submit(request)
-        except (StoreProtocolError, BrokenError) as exc:
-            raise self._refusal(exc) from None
+    def delete(self, keys: Sequence[bytes]) -> Answer:
+        """Delete `keys`: how many existed."""
+        ...
 
-    def submit_get(self, key: bytes) -> asyncio.Future[Response]:
-        """`submit(GetRequest(key=key))`, without making the request (GET's hot path)."""
-        client = self._open_client()
-        try:
-            return client.submit_get(key)
-        except (StoreProtocolError, BrokenError) as exc:
-            raise self._refusal(exc) from None
+    def exists(self, keys: Sequence[bytes]) -> Answer:
+        """How many of `keys` exist (a key named twice counts twice)."""
+        ...
 
-    def submit_put(self, key: bytes, value: bytes) -> asyncio.Future[Response]:
-        """`submit(PutRequest(key=key, value=value))`, without making the request."""
-        client = self._open_client()
-        try:
-            return client.submit_put(key, value)
-        except (StoreProtocolError, BrokenError) as exc:
-            raise self._refusal(exc) from None
+    def mget(self, keys: Sequence[bytes]) -> Answer:
+        """The values of `keys`, nil for each missing one."""
+        ...
 
-    def submit_all(self, requests: Sequence[Request]) -> asyncio.Future[list[Response]]:
-        """Send several requests; one future for all their responses, in order."""
-        futures = [self.submit(request) for request in requests]
-        return asyncio.gather(*futures)
+    def mset(self, pairs: Sequence[tuple[bytes, bytes]]) -> Answer:
+        """Store all `pairs` in one atomic batch: OK."""
+        ...
+
+    def dbsize(self) -> Answer:
+        """How many keys there are."""
+        ...
+
+    def scan(
+        self, prefix: bytes | None, start: bytes | None, limit: int, page: PageMaker
+    ) -> Answer:
+        """Look at up to `limit` keys from `start` on, with `prefix`: `page(keys, next)`."""
+        ...
 
 
 class KeyspaceServer(Protocol):
@@ -202,100 +147,55 @@ class KeyspaceServer(Protocol):
 def _keyspace(server: KeyspaceServer) -> Keyspace:
     keyspace = server.keyspace
     if keyspace is None:
-        raise CommandError("no store is configured (start the server with --store HOST:PORT)")
+        raise CommandError(
+            "no store is configured (start the server with --store HOST:PORT or --store-dir DIR)"
+        )
     return keyspace
-
-
-def _ok_or_raise(response: Response) -> Response:
-    if response.status is Status.OK or response.status is Status.NOT_FOUND:
-        return response
-    message = decode_error_body(response.body)
-    if response.status is Status.SHUTTING_DOWN or response.status is Status.BUSY:
-        raise StoreUnavailableError(f"store {response.status.name.lower()}: {message}")
-    raise CommandError(f"store refused the request ({response.status.name}): {message}")
-
-
-def _value(response: Response) -> Reply:
-    status = response.status
-    if status is _OK:
-        return Bulk(data=response.body)  # the body is bytes: no need for bulk()'s check
-    if status is _NOT_FOUND:
-        return NIL
-    _ok_or_raise(response)  # a refusal: raises
-    return bulk(response.body)
-
-
-def _stored(response: Response) -> Reply:
-    if response.status is not _OK:
-        _ok_or_raise(response)
-    return OK
 
 
 # -- handlers ------------------------------------------------------------------------------
 
 
-def cmd_get(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_get(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """GET key: the value, or nil."""
-    return Deferred(_keyspace(server).submit_get(args[1]), _value)
+    return _keyspace(server).get(args[1])
 
 
-def cmd_set(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_set(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """SET key value: stored (durably when the store's durability is `always`)."""
     if len(args) > 3:
         raise CommandError(
             "SET options (EX, PX, EXAT, PXAT, NX, XX, KEEPTTL, GET) are not supported: "
             "the store keeps values without expiry"
         )
-    return Deferred(_keyspace(server).submit_put(args[1], args[2]), _stored)
+    return _keyspace(server).set(args[1], args[2])
 
 
-def _count_deleted(responses: list[Response]) -> Reply:
-    return Integer(value=sum(decode_delete_body(_ok_or_raise(r).body) for r in responses))
-
-
-def cmd_del(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_del(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """DEL key [key ...]: how many of the keys existed."""
-    requests = [DeleteRequest(key=key) for key in args[1:]]
-    return Deferred(_keyspace(server).submit_all(requests), _count_deleted)
+    return _keyspace(server).delete(args[1:])
 
 
-def _count_found(responses: list[Response]) -> Reply:
-    return Integer(value=sum(_ok_or_raise(r).status is Status.OK for r in responses))
-
-
-def cmd_exists(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_exists(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """EXISTS key [key ...]: how many of the keys exist (a key named twice counts twice)."""
-    requests = [GetRequest(key=key) for key in args[1:]]
-    return Deferred(_keyspace(server).submit_all(requests), _count_found)
+    return _keyspace(server).exists(args[1:])
 
 
-def _values(responses: list[Response]) -> Reply:
-    return Array(items=tuple(_value(r) for r in responses))
-
-
-def cmd_mget(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_mget(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """MGET key [key ...]: the values, nil for a missing key."""
-    requests = [GetRequest(key=key) for key in args[1:]]
-    return Deferred(_keyspace(server).submit_all(requests), _values)
+    return _keyspace(server).mget(args[1:])
 
 
-def cmd_mset(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_mset(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """MSET key value [key value ...]: all stored at once, in one atomic batch."""
     if len(args) % 2 == 0:
         raise CommandError("wrong number of arguments for 'mset' command")
-    ops = tuple(PutRequest(key=args[i], value=args[i + 1]) for i in range(1, len(args), 2))
-    return Deferred(_keyspace(server).submit(BatchRequest(ops=ops)), _stored)
+    return _keyspace(server).mset([(args[i], args[i + 1]) for i in range(1, len(args), 2)])
 
 
-def _dbsize(response: Response) -> Reply:
-    stats = decode_stats_body(_ok_or_raise(response).body)
-    keys = stats.get("engine_keys", 0)
-    return Integer(value=keys if isinstance(keys, int) else 0)
-
-
-def cmd_dbsize(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_dbsize(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """DBSIZE: how many keys the store holds."""
-    return Deferred(_keyspace(server).submit(StatsRequest()), _dbsize)
+    return _keyspace(server).dbsize()
 
 
 # -- SCAN ------------------------------------------------------------------------------------
@@ -391,7 +291,7 @@ def _scan_options(args: list[bytes]) -> tuple[bytes | None, int]:
     return pattern, count
 
 
-def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply | Deferred:
+def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """SCAN cursor [MATCH pattern] [COUNT n] [TYPE string]: a page of keys and the next cursor.
 
     As in Redis, COUNT is how many keys to look at, so a page filtered by MATCH may be
@@ -408,16 +308,24 @@ def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Reply
     if pattern is not None:
         # Without glob characters the pattern names one key; else filter the page.
         matches = pattern.__eq__ if prefix == pattern else glob_matcher(pattern)
-    request = ScanRequest(prefix=prefix or None, start=start, limit=count)
 
-    def page(response: Response) -> Reply:
-        scanned = decode_scan_body(_ok_or_raise(response).body)
-        keys = [key for key, _ in scanned.items if matches is None or matches(key)]
-        return Array(
-            items=(bulk(cursors.issue(next_start(scanned))), Array(items=tuple(map(bulk, keys))))
-        )
+    def page(keys: Sequence[bytes], resume: bytes | None) -> Reply:
+        shown = [key for key in keys if matches is None or matches(key)]
+        return Array(items=(bulk(cursors.issue(resume)), Array(items=tuple(map(bulk, shown)))))
 
-    return Deferred(keyspace.submit(request), page)
+    return keyspace.scan(prefix or None, start, count, page)
+
+
+def engine_refusal(exc: BaseException) -> CommandError:
+    """What an error of the store engine means to a client, worded as a store server's
+    refusal of the same request is (so both modes answer alike)."""
+    if isinstance(exc, ClosedError):
+        return StoreUnavailableError(f"store shutting_down: {exc}")
+    if isinstance(exc, LimitExceeded):
+        return CommandError(f"store refused the request (TOO_LARGE): {exc}")
+    if isinstance(exc, PostOfficeError):
+        return CommandError(f"store refused the request (STORAGE): {exc}")
+    return CommandError(f"store refused the request (INTERNAL): internal error: {exc!r}")
 
 
 def settle(deferred: Deferred) -> Reply:
@@ -440,8 +348,10 @@ def settle(deferred: Deferred) -> Reply:
 
 
 __all__ = [
+    "Answer",
     "Cursors",
     "Deferred",
+    "Durable",
     "Keyspace",
     "cmd_dbsize",
     "cmd_del",
@@ -451,8 +361,8 @@ __all__ = [
     "cmd_mset",
     "cmd_scan",
     "cmd_set",
+    "engine_refusal",
     "glob_matcher",
     "literal_prefix",
-    "parse_address",
     "settle",
 ]

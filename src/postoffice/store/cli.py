@@ -67,13 +67,19 @@ def serve(
     """
     from postoffice.core.config import data_dir
     from postoffice.store.config import StoreConfig
+    from postoffice.store.errors import StoreLockedError
     from postoffice.store.server import StoreServer
 
     if flags.get("data_dir") is None:
         flags["data_dir"] = data_dir()
 
     async def start(config: StoreConfig, stop: asyncio.Event, ready: str | None) -> None:
-        await StoreServer(config).serve(stop, ready_file=ready)
+        server = StoreServer(config)
+        try:
+            await server.serve(stop, ready_file=ready)
+        except StoreLockedError as exc:  # a command server with --store-dir, or another store
+            server.pool.close()
+            raise click.ClickException(f"cannot open the store: {exc}") from exc
 
     serve_service(
         section="store",

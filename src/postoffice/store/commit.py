@@ -1,4 +1,4 @@
-"""The store server's committer: one thread that makes appended writes durable.
+"""Group commit: one thread that makes appended writes durable, and its loop-side half.
 
 Design: the event loop appends durable writes (write-behind), writes them to the file
 once per loop iteration and asks for the newest ticket with `request`; the thread fsyncs
@@ -8,6 +8,8 @@ the loop goes on serving and appending; the thread then starts the next sync at 
 more was asked for, without being woken. So under load there is one thread hop per
 fsync, not per request, and the fsync rate alone paces durable writes. A failed sync
 hands back its error with the ticket it was for: those writes are answered with it.
+`GroupCommit` is the loop's half; the store server and the command server's embedded
+keyspace both use it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import final
+from typing import Protocol, final
 
+from postoffice.core.errors import PostOfficeError
 from postoffice.store.engine import Store
 
 log = logging.getLogger(__name__)
@@ -80,3 +83,78 @@ class Committer:
             except RuntimeError:  # the loop is gone: nobody is waiting any more
                 log.debug("sync result dropped: event loop closed")
                 return
+
+
+class SyncWaiter(Protocol):
+    """Something that owes replies to durable writes (a server's connection)."""
+
+    def synced(self, covered: int, error: BaseException | None) -> bool:
+        """Every write up to ticket `covered` is durable (or failed with `error`): send the
+        replies owed up to it; return whether a later write is still owed."""
+        ...
+
+
+@final
+class GroupCommit:
+    """The loop's side of group commit: who waits for which ticket, and when to sync.
+
+    A server that appends durable writes with write-behind calls `wait(waiter, ticket)` for
+    each reply it holds back. At the end of the loop iteration (a `call_soon` from the
+    first such call) everything appended so far goes to the file in one write(2) and the
+    committer is asked to fsync up to the newest ticket; when it has, every waiter hears
+    `synced(covered, error)` once. Writes appended meanwhile go to the next sync, which the
+    committer starts at once. So one fsync answers every connection's writes of an
+    iteration, and no reply claims more than the disk holds.
+    """
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self._store = store
+        self._loop = loop
+        self._waiters: dict[SyncWaiter, None] = {}
+        self._last_ticket = 0
+        self._due = False
+        self._committer: Committer | None = Committer(store, loop, self._synced)
+
+    def __repr__(self) -> str:
+        return f"<GroupCommit waiters={len(self._waiters)} last={self._last_ticket}>"
+
+    def start(self) -> None:
+        """Start the committer thread."""
+        assert self._committer is not None
+        self._committer.start()
+
+    async def stop(self) -> None:
+        """Finish the syncs asked for, then end the committer (off the loop)."""
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            await asyncio.to_thread(committer.stop)
+
+    def wait(self, waiter: SyncWaiter, ticket: int) -> None:
+        """`waiter` holds the reply of a durable write with `ticket`: sync it soon."""
+        self._last_ticket = ticket
+        self._waiters[waiter] = None
+        if not self._due:
+            self._due = True
+            self._loop.call_soon(self._request)
+
+    def _request(self) -> None:
+        self._due = False
+        if self._committer is None:
+            return
+        # The iteration's appends go to the file in one write from here, and the committer
+        # only fsyncs: it then never holds the log's lock through a write while this loop
+        # waits for it to append. Should the write fail, the committer's sync writes again
+        # and reports the error to the writes it covers.
+        try:
+            self._store.write_pending()
+        except PostOfficeError as exc:
+            log.warning("write of appended records failed error=%r", str(exc))
+        self._committer.request(self._last_ticket)
+
+    def _synced(self, covered: int, error: BaseException | None) -> None:
+        if error is not None and not isinstance(error, PostOfficeError):
+            log.error("fsync crashed", exc_info=error)
+        waiting, self._waiters = self._waiters, {}
+        for waiter in waiting:
+            if waiter.synced(covered, error):
+                self._waiters[waiter] = None

@@ -28,7 +28,6 @@ Blocking library layer; thread-safe. Servers call it through `asyncio.to_thread`
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -42,13 +41,15 @@ from postoffice.core.errors import ConfigError
 from postoffice.store.errors import (
     KeySizeError,
     StoreClosedError,
-    StoreLockedError,
     StoreStorageError,
     ValueSizeError,
 )
 from postoffice.store.index import Index, Location, Meta, new_location
 from postoffice.store.logstore import Durability, LogStore
-from postoffice.store.records import FLAG_BATCH, Damage, Kind, Record, count_value
+from postoffice.store.records import FLAG_BATCH, Kind, count_value
+from postoffice.store.recovery import RecoveryReport, lock_dir, recover
+
+__all__ = ["BatchOp", "Delete", "Put", "RecoveryReport", "Store", "StoreStats"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ DEFAULT_INDEX_MAP_BYTES: Final = 1 << 32  # LMDB's map is sparse: this is addres
 # transaction touches, so random keys cost less per entry in bigger transactions (16384:
 # a third of 4096's cost); the layer is a few MB, and scans sort its matching keys.
 DEFAULT_FLUSH_ENTRIES: Final = 16384
-_LOCK_NAME: Final = "LOCK"
 # One compaction step copies at most this many records and bytes (a larger value goes alone):
 # it bounds the time the lock is held and the memory the step holds.
 _COMPACT_STEP_RECORDS: Final = 256
@@ -90,18 +90,6 @@ BatchOp = Put | Delete
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RecoveryReport:
-    """What `Store.open` found and repaired."""
-
-    index_rebuilt: bool = False
-    reason: str | None = None
-    replayed_records: int = 0
-    truncated: Damage | None = None
-    corrupt: tuple[Damage, ...] = ()
-    dropped_batches: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class StoreStats:
     """A snapshot of a Store's counters."""
 
@@ -118,23 +106,6 @@ class StoreStats:
     fsyncs: int
     compactions: int
     recovery: RecoveryReport = field(default_factory=RecoveryReport)
-
-
-def _lock_dir(path: Path) -> int:
-    lock_path = path / _LOCK_NAME
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise StoreStorageError(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise StoreLockedError(f"store {path} is already open in another process") from exc
-    except OSError as exc:
-        os.close(fd)
-        raise StoreStorageError(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
-    return fd
 
 
 @final
@@ -229,7 +200,7 @@ class Store:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreStorageError(f"cannot create {root}: {exc.strerror or exc}") from exc
-        lock_fd = _lock_dir(root)
+        lock_fd = lock_dir(root)
         try:
             log_store = LogStore(
                 root / "log", segment_bytes=segment_bytes, durability=mode, interval_ms=interval_ms
@@ -237,10 +208,19 @@ class Store:
             try:
                 index, reason = Index.open_or_reset(root / "index", map_bytes=index_map_bytes)
                 try:
-                    store = cls._recover(
-                        root, lock_fd, log_store, index, mode, reason,
-                        max_key_bytes, max_value_bytes, flush_entries,
-                    )  # fmt: skip
+                    live, recovery = recover(root, log_store, index, reason)
+                    store = cls(
+                        path=root,
+                        lock_fd=lock_fd,
+                        log_store=log_store,
+                        index=index,
+                        durability=mode,
+                        max_key_bytes=max_key_bytes,
+                        max_value_bytes=max_value_bytes,
+                        flush_entries=flush_entries,
+                        live_keys=live,
+                        recovery=recovery,
+                    )
                 except BaseException:
                     index.close()
                     raise
@@ -251,76 +231,6 @@ class Store:
             os.close(lock_fd)
             raise
         return store
-
-    @classmethod
-    def _recover(
-        cls,
-        root: Path,
-        lock_fd: int,
-        log_store: LogStore,
-        index: Index,
-        mode: Durability,
-        reason: str | None,
-        max_key_bytes: int,
-        max_value_bytes: int,
-        flush_entries: int,
-    ) -> Store:
-        meta = index.meta()
-        segments = log_store.segments()
-        if meta is not None and (
-            meta.position.segment not in segments
-            or meta.position.offset > log_store.segment_size(meta.position.segment)
-        ):
-            reason = "index is ahead of the log"
-            meta = None
-        if meta is None and reason is None and log_store.total_bytes() > 0:
-            reason = "index missing"
-        if meta is None:
-            index.reset()
-            meta = Meta(position=log_store.first_position(), last_seq=0, live_keys=0)
-        live = meta.live_keys
-
-        def apply(rec: Record) -> None:
-            nonlocal live
-            old = index.get(rec.key)
-            if rec.kind is Kind.PUT:
-                live += old is None
-                index.set(
-                    rec.key,
-                    Location(
-                        segment=rec.segment, offset=rec.offset, length=rec.length, seq=rec.seq
-                    ),
-                )
-            elif old is not None:
-                live -= 1
-                index.set(rec.key, None)
-
-        report = log_store.scan(meta.position, apply)
-        last_seq = max(meta.last_seq, report.last_seq)
-        log_store.start(last_seq)
-        index.flush(Meta(position=log_store.tail(), last_seq=last_seq, live_keys=live))
-        recovery = RecoveryReport(
-            index_rebuilt=reason is not None,
-            reason=reason,
-            replayed_records=report.records,
-            truncated=report.truncated,
-            corrupt=tuple(report.corrupt),
-            dropped_batches=report.dropped_batches,
-        )
-        if reason is not None:
-            log.warning("index rebuilt from log path=%s reason=%r", root, reason)
-        return cls(
-            path=root,
-            lock_fd=lock_fd,
-            log_store=log_store,
-            index=index,
-            durability=mode,
-            max_key_bytes=max_key_bytes,
-            max_value_bytes=max_value_bytes,
-            flush_entries=flush_entries,
-            live_keys=live,
-            recovery=recovery,
-        )
 
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else "COMPACTING" if self._compacting.locked() else "OPEN"
@@ -354,10 +264,6 @@ class Store:
             raise StoreClosedError(f"store {self._path} is closed")
 
     # -- writes ----------------------------------------------------------------------------
-
-    def _write(self, items: list[tuple[Kind, bytes, bytes, int]], counter: str) -> None:
-        """Append and index records, then (outside the lock) wait for durability."""
-        self._wait_durable(self._append(items, counter))
 
     def _append(
         self, items: list[tuple[Kind, bytes, bytes, int]], counter: str, *, defer: bool = False
@@ -656,6 +562,22 @@ class Store:
                 (key, self._log.read_value(loc.segment, loc.offset, loc.length))
                 for key, loc in found
             ]
+
+    def scan_keys(
+        self,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 100,
+    ) -> list[bytes]:
+        """The keys `scan` would return, without reading their values.
+
+        Raises StoreClosedError, StoreStorageError.
+        """
+        pre = prefix or b""
+        with self._lock:
+            self._check_open()
+            return [key for key, _ in self._index.scan(max(pre, start or b""), end, pre, limit)]
 
     def __len__(self) -> int:
         return self._live

@@ -14,14 +14,13 @@ ticket; replies behind it wait too, so replies keep request order. At the end of
 event-loop iteration (a `call_soon` from the first such write) the committer thread
 (store/commit.py) is asked for the newest ticket, once everything appended so far went to
 the file in one write(2): it fsyncs once for all of it, like Redis's one fsync per loop
-iteration.
-When it is done each waiting connection sends what it owes up to the covered ticket, in
-one write; writes appended meanwhile go to the next sync, which the committer starts at
-once. So the fsync rate, not a request, paces durable writes, and no reply claims more
-than the disk holds. Past `max_in_flight` owed replies a
-connection stops reading (backpressure). A bad frame gets an error reply (after the
-replies owed before it) and closes the connection; a bad request inside a good frame gets
-an error reply and the connection goes on.
+iteration. When it is done each waiting connection sends what it owes up to the covered
+ticket, in one write (store/commit.py's `GroupCommit` keeps the waiting connections);
+writes appended meanwhile go to the next sync, which the committer starts at once. So the
+fsync rate, not a request, paces durable writes, and no reply claims more than the disk
+holds. Past `max_in_flight` owed replies a connection stops reading (backpressure). A bad
+frame gets an error reply (after the replies owed before it) and closes the connection; a
+bad request inside a good frame gets an error reply and the connection goes on.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ from postoffice.core.storewire import (
 )
 from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
-from postoffice.store.commit import Committer
+from postoffice.store.commit import GroupCommit
 from postoffice.store.config import StoreConfig
 from postoffice.store.engine import BatchOp, Delete, Put, Store
 from postoffice.store.errors import StoreClosedError
@@ -225,18 +224,20 @@ class StoreConnection(BaseProtocol):
         self.close("bad frame")
         return ConnInput.IDLE
 
-    def pay(self, synced: int, failure: tuple[Status, bytes] | None, now: float) -> bool:
-        """Send the replies owed up to ticket `synced` (writes get `failure` if the fsync
-        failed); return whether a later write is still owed."""
+    def synced(self, covered: int, error: BaseException | None) -> bool:
+        """Send the replies owed up to ticket `covered` (writes get the error reply if the
+        fsync failed with `error`); return whether a later write is still owed."""
         owed = self.owed
         if self.transport is None:
             owed.clear()
             return False
+        failure = None if error is None else self.server.sync_failure(error)
+        now = time.monotonic()
         out: list[bytes] = []
         observe = self.server.latency.observe
         while owed:
             ticket, request_id, wire, began = owed[0]
-            if ticket > synced:
+            if ticket > covered:
                 break
             owed.popleft()
             if ticket and failure is not None:
@@ -303,13 +304,8 @@ class StoreServer:
         self.durable = Durability(config.durability) is Durability.ALWAYS
         #: Requests by frame type (one list index per request: cheaper than a Counter).
         self.counts = [0] * 256
-        # Group commit, see the module's design note: connections owed a durable reply,
-        # the newest ticket handed out, whether a sync request is due this iteration.
-        self._syncers: dict[StoreConnection, None] = {}
-        self._last_ticket = 0
-        self._sync_due = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._committer: Committer | None = None
+        #: Group commit (see the module's design note); only under `always`.
+        self.commit: GroupCommit | None = None
 
     def __repr__(self) -> str:
         return f"<StoreServer {self.addresses.get('store')} clients={self.manager.active}>"
@@ -323,10 +319,9 @@ class StoreServer:
         store = await self.pool.submit(lambda: Store.open(config.store_path, durability=durability))
         store.flush_in_background = True  # the event loop must not wait for LMDB
         store.write_behind = self.durable  # the committer writes, off the loop
-        self._loop = asyncio.get_running_loop()
         if self.durable:
-            self._committer = Committer(store, self._loop, self._synced)
-            self._committer.start()
+            self.commit = GroupCommit(store, asyncio.get_running_loop())
+            self.commit.start()
         self.store = store
         log.info("store opened path=%s recovery=%s", config.store_path, store.recovery)
         self.manager.startup()
@@ -359,9 +354,8 @@ class StoreServer:
         for listener in self._listeners:
             listener.close()
         await self.manager.shutdown(deadline_s=self.config.shutdown_timeout_s)
-        if self._committer is not None:
-            await asyncio.to_thread(self._committer.stop)
-            self._committer = None
+        if self.commit is not None:
+            await self.commit.stop()
         if self.store is not None:
             store = self.store
             await self.pool.submit(store.close)
@@ -444,41 +438,14 @@ class StoreServer:
         The request goes to the committer at the end of this loop iteration, so one sync
         covers every write the iteration appended (all connections' reads of it).
         """
-        self._last_ticket = ticket
-        self._syncers[conn] = None
-        if not self._sync_due:
-            self._sync_due = True
-            assert self._loop is not None  # set by startup, before any connection
-            self._loop.call_soon(self._request_sync)
+        assert self.commit is not None  # a write has a ticket only under `always`
+        self.commit.wait(conn, ticket)
 
-    def _request_sync(self) -> None:
-        self._sync_due = False
-        store = self.store
-        if self._committer is None or store is None:
-            return
-        # The iteration's appends go to the file in one write from here, and the committer
-        # only fsyncs: it then never holds the log's lock through a write while this loop
-        # waits for it to append. Should the write fail, the committer's sync writes again
-        # and reports the error to the writes it covers.
-        try:
-            store.write_pending()
-        except PostOfficeError as exc:
-            log.warning("write of appended records failed error=%r", str(exc))
-        self._committer.request(self._last_ticket)
-
-    def _synced(self, covered: int, exc: BaseException | None) -> None:
-        """The committer's answer: every write up to `covered` is durable (or failed)."""
-        failure: tuple[Status, bytes] | None = None
+    def sync_failure(self, exc: BaseException) -> tuple[Status, bytes]:
+        """The status and body that answer the writes a failed fsync covered."""
         if isinstance(exc, PostOfficeError):
-            failure = self.failure(exc)
-        elif exc is not None:
-            log.error("fsync crashed", exc_info=exc)
-            failure = (Status.INTERNAL, f"internal error: {exc!r}".encode())
-        waiting, self._syncers = self._syncers, {}
-        now = time.monotonic()
-        for conn in waiting:
-            if conn.pay(covered, failure, now):
-                self._syncers[conn] = None
+            return self.failure(exc)
+        return Status.INTERNAL, f"internal error: {exc!r}".encode()
 
     def stats(self) -> dict[str, int | float]:
         """STATS body and /metrics: connections, requests, errors, latency, the engine."""

@@ -1,0 +1,392 @@
+"""The command server's connection: one asyncio Protocol per client, in either dialect.
+
+Bytes go to the pure RespParser; each command goes through the table in `commands`;
+replies of one batch of pipelined commands leave in one write. A `blocking` command runs
+in the worker pool while the connection stops reading, so replies keep request order.
+Keyspace commands answered later (a `Deferred` of the remote keyspace, a `Durable` write
+of the embedded one) wait in a queue with every reply behind them, in request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Final, final
+
+from postoffice.command.commands import LOOKUP, CommandSpec
+from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
+from postoffice.command.keyspace import Answer, Deferred, Durable, engine_refusal, settle
+from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
+from postoffice.core.resp import (
+    NEED_DATA,
+    Dialect,
+    Error,
+    Reply,
+    RespParser,
+    encode_resp,
+    encode_resp3,
+    encode_text,
+)
+from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
+
+if TYPE_CHECKING:
+    from postoffice.command.server import CommandServer
+
+log = logging.getLogger(__name__)
+
+_PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never sent
+MAX_STORE_IN_FLIGHT: Final = 1024  # store commands of one client awaiting the store
+
+
+@final
+class CommandConnection(BaseProtocol):
+    """One client of the command server, in either dialect."""
+
+    def __init__(self, server: CommandServer) -> None:
+        super().__init__(server.manager)
+        self.server = server
+        config = server.config
+        self.parser = RespParser(
+            max_inline_bytes=config.max_inline_bytes,
+            max_bulk_bytes=config.max_bulk_bytes,
+            max_array_items=config.max_array_items,
+        )
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.authenticated = config.requirepass is None
+        self.close_after_reply = False
+        self.protocol = 2
+        self.last_command = "NULL"
+        self._busy = False
+        self._stop_after_reply = False
+        # Store commands in flight: a Deferred or a Durable each, or the encoded reply of a
+        # command that was answered at once while earlier ones were still owed.
+        self._queue: collections.deque[Deferred | Durable | bytes] = collections.deque()
+        self._covered = 0  # the newest durable write's ticket known to be synced
+        self._owed_ticket = 0  # the newest durable write's ticket this connection holds
+        self._held: list[bytes] | None = None  # a command waiting for the queue to empty
+        self._stalled = False  # reading paused until the store has answered
+        self._watching = False  # one queued store command has _store_replied as callback
+        self._closing_error = False  # close once the queued replies are out
+        self._tokens = float(config.burst)
+        self._refilled = self.created
+
+    # -- BaseProtocol hooks ------------------------------------------------------------
+
+    def reject(self, reason: str) -> None:
+        self.write(b"-ERR " + reason.encode() + b"\r\n")
+        self.close(reason)
+
+    def on_data(self, data: bytes) -> ConnInput | None:
+        self.parser.feed(data)
+        if self._busy or self._stalled:
+            return None
+        return self._run_buffered()
+
+    def can_idle_close(self) -> bool:
+        return not self._busy and not self._queue and super().can_idle_close()
+
+    def shutdown_requested(self) -> None:
+        if self._busy or self._queue:
+            self._stop_after_reply = True
+        else:
+            self.close("server shutdown")
+
+    def on_close(self) -> None:
+        self._queue.clear()
+        self.server.closed_bytes_in += self.bytes_in
+        self.server.closed_bytes_out += self.bytes_out
+        log.debug("closed conn=%s reason=%s", self, self.close_reason)
+
+    # -- the request loop --------------------------------------------------------------
+
+    def _run_buffered(self) -> ConnInput | None:
+        """Run every complete command buffered; None while replies are still to come.
+
+        This is the hot path: bound methods are hoisted into locals, and the encoder is
+        picked once per batch (again only if HELLO changes the RESP version mid-batch).
+        Store commands pipeline: their Deferred and Durable replies queue up in request
+        order, and
+        any other command waits (is held) until that queue is empty, so it never
+        overtakes, and a HELLO or QUIT applies exactly where it was sent.
+        """
+        parser = self.parser
+        next_event = parser.next_event
+        ready = parser.ready
+        take = ready.popleft
+        execute = self._execute
+        queue = self._queue
+        out: list[bytes] = []
+        encode: Callable[[Reply], bytes] | None = None
+        protocol = 0
+        try:
+            while True:
+                if self._held is not None:
+                    args, self._held = self._held, None
+                elif ready:  # split off by the C reader: no event object needed
+                    args = take()
+                else:
+                    event = next_event()
+                    if event is NEED_DATA:
+                        break
+                    args = event[0]
+                spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
+                # While store commands are in flight only more of them may run: anything
+                # else could overtake their replies or effects.
+                if queue and (spec is None or not spec.store):
+                    self._held = args
+                    self._send(out)
+                    self._stall()
+                    return None
+                reply = execute(args, spec)
+                if reply is _PENDING:
+                    self._send(out)
+                    return None
+                if encode is None or protocol != self.protocol:
+                    protocol = self.protocol
+                    encode = self._encoder()
+                if type(reply) is Durable:  # an embedded write: its OK waits for the fsync
+                    self._send(out)
+                    queue.append(reply)
+                    self._owed_ticket = reply.ticket
+                    reply.commit.wait(self, reply.ticket)
+                    if len(queue) >= MAX_STORE_IN_FLIGHT:
+                        self._stall()
+                        return None
+                    continue
+                if type(reply) is Deferred:
+                    self._send(out)
+                    queue.append(reply)
+                    if not self._watching:  # the oldest unanswered: see _store_replied
+                        self._watching = True
+                        reply.future.add_done_callback(self._store_replied)
+                    if len(queue) >= MAX_STORE_IN_FLIGHT:
+                        self._stall()
+                        return None
+                    continue
+                if queue:  # an immediate reply behind replies still owed: wait in line
+                    queue.append(encode(reply))
+                    continue
+                out.append(encode(reply))
+                if self.close_after_reply:
+                    self._send(out)
+                    self.close("client quit")
+                    return ConnInput.IDLE
+                if self.state is ConnState.CLOSING:  # killed by its own CLIENT KILL
+                    return ConnInput.IDLE
+        except RespProtocolError as exc:
+            self.server.protocol_errors += 1
+            error = self._encoder()(Error(code=exc.wire_code, message=str(exc)))
+            log.info("protocol error conn=%s error=%r", self, str(exc))
+            if queue:  # the replies owed come first; the store's answers close the door
+                queue.append(error)
+                self._closing_error = True
+                self._send(out)
+                self._stall()
+                return None
+            out.append(error)
+            self._send(out)
+            self.close("protocol error")
+            return ConnInput.IDLE
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
+        if queue:
+            return None
+        return ConnInput.PARTIAL if parser.has_partial() else ConnInput.IDLE
+
+    def _stall(self) -> None:
+        """Stop reading until the store has answered what this connection sent."""
+        if not self._stalled:
+            self._stalled = True
+            self.pause_reading()
+
+    def _store_replied(self, _: object) -> None:
+        """A store future is done: write the replies now complete at the head of the queue.
+
+        Only the oldest unanswered store command has this as its done callback, not each
+        one: the store answers one connection in order, and all the answers of one read
+        are settled before the first callback runs, so one call writes them all. What is
+        left unanswered then gets the callback next.
+        """
+        self._watching = False
+        if self.transport is not None:
+            self._drain(None)
+
+    def synced(self, covered: int, error: BaseException | None) -> bool:
+        """Group commit's answer: the writes up to ticket `covered` are durable (or failed
+        with `error`); send what is owed up to there. Whether a later write is still owed."""
+        if self.transport is None:
+            self._queue.clear()
+            return False
+        if covered > self._covered:
+            self._covered = covered
+        failure = None
+        if error is not None:
+            exc = engine_refusal(error)
+            failure = Error(code=exc.wire_code, message=str(exc))
+        self._drain(failure)
+        return self._owed_ticket > self._covered and self.transport is not None
+
+    def _drain(self, failure: Error | None) -> None:
+        """Write the replies at the head of the queue that are ready, in request order.
+
+        A Durable is ready once its ticket is covered (its reply is `failure` when the
+        fsync that covered it failed); a Deferred once its future is done.
+        """
+        queue = self._queue
+        covered = self._covered
+        out: list[bytes] = []
+        encode = self._encoder()
+        while queue:
+            head = queue[0]
+            if type(head) is bytes:
+                out.append(head)
+            elif type(head) is Durable:
+                if head.ticket > covered:
+                    break  # group commit calls `synced` again
+                out.append(encode(failure or head.reply))
+            elif type(head) is Deferred and head.future.done():
+                out.append(encode(settle(head)))
+            else:
+                if not self._watching and type(head) is Deferred:
+                    self._watching = True
+                    head.future.add_done_callback(self._store_replied)
+                break
+            queue.popleft()
+        self._send(out)
+        if queue:
+            if self._stalled and self._held is None and len(queue) < MAX_STORE_IN_FLIGHT:
+                self._resume()
+            return
+        if self._closing_error:
+            self.close("protocol error")
+            return
+        if self._stop_after_reply:
+            self.close("server shutdown")
+            return
+        if self._stalled:
+            self._resume()
+        else:
+            self.batch_done(ConnInput.PARTIAL if self.parser.has_partial() else ConnInput.IDLE)
+
+    def _resume(self) -> None:
+        self._stalled = False
+        self.resume_reading()
+        outcome = self._run_buffered()
+        if outcome is not None:
+            self.batch_done(outcome)
+
+    def _send(self, out: list[bytes]) -> None:
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _encoder(self) -> Callable[[Reply], bytes]:
+        if self.parser.dialect is Dialect.TEXT:
+            return encode_text
+        return encode_resp3 if self.protocol == 3 else encode_resp
+
+    def _execute(self, args: list[bytes], spec: CommandSpec | None) -> Answer:
+        """Run one command; `spec` is its entry in the table (None: unknown)."""
+        server = self.server
+        self.requests += 1
+        server.commands += 1
+        if not self.authenticated and (spec is None or not spec.noauth):
+            server.auth_refusals += 1
+            return Error(code="NOAUTH", message="Authentication required.")
+        if spec is None:
+            server.unknown_commands += 1
+            shown = " ".join(f"'{a.decode('utf-8', 'replace')[:64]}'" for a in args[1:4])
+            return Error(
+                code="ERR",
+                message=f"unknown command '{args[0].decode('utf-8', 'replace')[:64]}', "
+                f"with args beginning with: {shown}",
+            )
+        name = self.last_command = spec.name
+        server.calls[name] += 1
+        if server.config.rate_limit_per_s and not self._take_token():
+            server.rate_limited += 1
+            err = RateLimitedError(
+                f"rate limit of {server.config.rate_limit_per_s:g} commands/s exceeded"
+            )
+            return Error(code=err.wire_code, message=str(err))
+        argc = len(args)
+        if argc < spec.min_args or argc > spec.max_args:
+            return Error(code="ERR", message=f"wrong number of arguments for '{name}' command")
+        if spec.blocking:
+            return self._offload(spec, args)
+        try:
+            return spec.handler(server, self, args)
+        except (CommandError, ConfigError) as exc:
+            return Error(code=exc.wire_code, message=str(exc))
+
+    def _take_token(self) -> bool:
+        config = self.server.config
+        now = self.manager.clock()
+        burst = config.burst
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * config.rate_limit_per_s)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _offload(self, spec: CommandSpec, args: list[bytes]) -> Reply:
+        try:
+            future = self.server.pool.submit(partial(spec.handler, self.server, self, args))
+        except ClosedError as exc:
+            return Error(code="ERR", message=str(exc))
+        self._busy = True
+        self.pause_reading()
+        future.add_done_callback(self._offload_done)
+        return _PENDING
+
+    def _offload_done(self, future: asyncio.Future[Answer]) -> None:
+        self._busy = False
+        if self.transport is None:
+            return
+        exc = future.exception()
+        if exc is None:
+            result = future.result()
+            # A blocking handler answers in its thread; it cannot wait for the store.
+            if isinstance(result, Deferred | Durable):
+                result = Error(code="ERR", message="internal error: deferred blocking reply")
+            reply = result
+        elif isinstance(exc, PostOfficeError):
+            reply = Error(code=exc.wire_code, message=str(exc))
+        else:
+            log.error("command failed in worker conn=%s", self, exc_info=exc)
+            reply = Error(code="ERR", message=f"internal error: {exc!r}")
+        self.write(self._encoder()(reply))
+        if self.close_after_reply or self._stop_after_reply:
+            self.close("client quit" if self.close_after_reply else "server shutdown")
+            return
+        self.resume_reading()
+        outcome = self._run_buffered()
+        if outcome is not None:
+            self.batch_done(outcome)
+
+    # -- ClientView --------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """A CLIENT LIST line."""
+        now = self.manager.clock()
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        fd = sock.fileno() if sock is not None else -1
+        return (
+            f"id={self.conn_id} addr={self.peer} laddr={self.local} fd={fd}"
+            f" name={self.name.decode()} age={int(now - self.created)}"
+            f" idle={int(now - self.last_active)} flags=N db=0"
+            f" proto={self.parser.dialect.value}{self.protocol} qbuf={self.parser.buffered}"
+            f" tot-net-in={self.bytes_in} tot-net-out={self.bytes_out}"
+            f" tot-cmds={self.requests} cmd={self.last_command} user=default"
+            f" lib-name={self.lib_name.decode()} lib-ver={self.lib_ver.decode()}"
+        )
+
+
+__all__ = ["MAX_STORE_IN_FLIGHT", "CommandConnection"]
