@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Final, final
+from typing import Final, cast, final
 
 #: Exit status when a needed program is missing (the usage-error convention).
 EXIT_MISSING_TOOL: Final = 2
@@ -55,6 +55,8 @@ STOP_TIMEOUT_S: Final = 10.0
 OUR_MAX_CONNECTIONS: Final = 20_000
 REDIS_MAX_CLIENTS: Final = 10_000
 LOOPBACK: Final = "127.0.0.1"
+#: The contenders in run order; "floor" only with --floor.
+SERVER_NAMES: Final = ("redis", "ours", "floor")
 
 INSTALL_HINT: Final = (
     "install them with: apt-get install redis-server redis-tools "
@@ -291,6 +293,18 @@ def start_ours(tmp: Path, postoffice: str) -> Server:
     return server
 
 
+def start_floor(tmp: Path) -> Server:
+    """Start floor.py (a bare uvloop server that answers +PONG unparsed) on a free port."""
+    port = free_port()
+    log_path = tmp / "floor.log"
+    argv = [sys.executable, str(Path(__file__).with_name("floor.py")), str(port)]
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
+    server = Server(name="floor", proc=proc, pid=proc.pid, port=port, log_path=log_path)
+    wait_ready(server)
+    return server
+
+
 def stop(server: Server) -> None:
     """SIGTERM the server by pid, then SIGKILL it if it lingers."""
     if server.proc.poll() is not None:
@@ -436,7 +450,10 @@ def summarise(scenarios: Sequence[Scenario], runs: Sequence[RunResult]) -> list[
         tests: dict[str, object] = {}
         for test in EXPECTED_TESTS:
             per_server: dict[str, object] = {}
-            for name in ("redis", "ours"):
+            for name in SERVER_NAMES:
+                picked = [run for run in mine if run.server == name]
+                if not picked:
+                    continue
                 picked = [run for run in mine if run.server == name]
                 per_server[name] = {
                     "rps": _median([run.tests[test].rps for run in picked]),
@@ -455,6 +472,18 @@ def summarise(scenarios: Sequence[Scenario], runs: Sequence[RunResult]) -> list[
                     [ours.cpu_us_per_req / redis.cpu_us_per_req for redis, ours in pairs]
                 ),
             }
+            floors = [
+                (pair["redis"], pair["floor"])
+                for _, pair in sorted(by_round.items())
+                if "redis" in pair and "floor" in pair
+            ]
+            if floors:
+                tests[test] = {
+                    **cast("dict[str, object]", tests[test]),
+                    "ratio_cpu_per_req_floor_over_redis": _median(
+                        [floor.cpu_us_per_req / redis.cpu_us_per_req for redis, floor in floors]
+                    ),
+                }
         summary.append(
             {
                 "scenario": scenario.name,
@@ -557,6 +586,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="paired runs (redis, then ours) per scenario (default %(default)s)",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run floor.py (a bare uvloop server, no parsing) after ours in each round",
+    )
+    parser.add_argument(
         "--scenario",
         action="append",
         choices=[s.name for s in build_scenarios(1, 1)],
@@ -599,13 +633,17 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def servers(tmp: Path, redis_server: str, postoffice: str) -> Iterator[tuple[Server, Server]]:
-    """Both servers, started and stopped (SIGTERM by pid) around the body."""
+def servers(
+    tmp: Path, redis_server: str, postoffice: str, *, floor: bool
+) -> Iterator[list[Server]]:
+    """The servers (redis, ours, and the floor if asked), stopped by pid after the body."""
     started: list[Server] = []
     try:
         started.append(start_redis(tmp, redis_server))
         started.append(start_ours(tmp, postoffice))
-        yield started[0], started[1]
+        if floor:
+            started.append(start_floor(tmp))
+        yield list(started)
     finally:
         for server in reversed(started):
             stop(server)
@@ -627,11 +665,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-command-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            with servers(tmp, redis_server, postoffice) as (redis, ours):
-                _say(f"started {redis!r} and {ours!r}")
+            with servers(tmp, redis_server, postoffice, floor=args.floor) as started:
+                _say("started " + ", ".join(repr(server) for server in started))
                 for scenario in scenarios:
                     for round_no in range(1, args.rounds + 1):
-                        for server in (redis, ours):
+                        for server in started:
                             run = run_once(redis_benchmark, server, scenario, round_no)
                             runs.append(run)
                             _say(human_line(run, args.rounds))
@@ -647,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": args.rounds,
             "requests": args.requests,
             "pipelined_requests": args.pipelined_requests,
-            "order": "per scenario, per round: redis then ours",
+            "order": "per scenario, per round: redis, ours, then the floor if --floor",
             "cpu_us_per_req": "server utime+stime over the whole run (both tests) / "
             "(N x tests); the same figure is repeated under each test; "
             "user_us_per_req and sys_us_per_req split it",
