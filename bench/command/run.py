@@ -14,9 +14,6 @@ import dataclasses
 import datetime
 import io
 import json
-import os
-import platform
-import resource
 import shutil
 import signal
 import socket
@@ -27,13 +24,25 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Final, cast, final
 
-#: Exit status when a needed program is missing (the usage-error convention).
-EXIT_MISSING_TOOL: Final = 2
-#: Exit status when a server or redis-benchmark misbehaves during the run.
-EXIT_RUN_FAILED: Final = 1
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for benchkit
+
+import benchkit
+from benchkit import (
+    EXIT_MISSING_TOOL,
+    EXIT_RUN_FAILED,
+    LOOPBACK,
+    BenchError,
+    children_cpu_seconds,
+    command_output,
+    free_port,
+    machine_busy_seconds,
+    process_cpu_seconds,
+    raise_on_sigterm,
+    say,
+    tail,
+)
 
 #: Non-pipelined requests per test: about 2-5 s per test on a 2-core machine.
 DEFAULT_REQUESTS: Final = 200_000
@@ -54,7 +63,6 @@ STOP_TIMEOUT_S: Final = 10.0
 #: Our server refuses clients past this; well above the 1000 of the largest scenario.
 OUR_MAX_CONNECTIONS: Final = 20_000
 REDIS_MAX_CLIENTS: Final = 10_000
-LOOPBACK: Final = "127.0.0.1"
 #: The contenders in run order; "floor" only with --floor.
 SERVER_NAMES: Final = ("redis", "ours", "floor")
 
@@ -62,10 +70,6 @@ INSTALL_HINT: Final = (
     "install them with: apt-get install redis-server redis-tools "
     "(as root, or with sudo, on Debian/Ubuntu)"
 )
-
-
-class BenchError(Exception):
-    """A server or redis-benchmark did not behave; the message says how."""
 
 
 @final
@@ -139,28 +143,8 @@ class Server:
         if self.proc.poll() is not None:
             raise BenchError(
                 f"{self.name} exited with status {self.proc.returncode}; "
-                f"log tail:\n{_tail(self.log_path)}"
+                f"log tail:\n{tail(self.log_path)}"
             )
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the server binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def answers_ping(port: int) -> bool:
@@ -197,46 +181,8 @@ def wait_ready(server: Server, ready_file: Path | None = None) -> None:
         time.sleep(0.05)
     raise BenchError(
         f"{server.name} did not answer PING on port {server.port} within "
-        f"{STARTUP_TIMEOUT_S} s; log tail:\n{_tail(server.log_path)}"
+        f"{STARTUP_TIMEOUT_S} s; log tail:\n{tail(server.log_path)}"
     )
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU time of a whole process (all its threads), in seconds.
-
-    Raises BenchError when the process is gone.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError as exc:
-        raise BenchError(f"cannot read /proc/{pid}/stat: {exc}") from exc
-    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # Fields 14 and 15 of proc(5) are utime and stime; field 3 is fields[0] here.
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all CPUs spent busy since boot (from /proc/stat), in seconds.
-
-    Raises BenchError when /proc/stat cannot be read.
-    """
-    try:
-        with open("/proc/stat") as stat:
-            first = stat.readline().split()
-    except OSError as exc:
-        raise BenchError(f"cannot read /proc/stat: {exc}") from exc
-    # cpu user nice system idle iowait irq softirq steal ...: all but idle and iowait.
-    ticks = [int(field) for field in first[1:9]]
-    busy = sum(ticks) - ticks[3] - ticks[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    """User plus system CPU time of this script's reaped children, in seconds."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def start_redis(tmp: Path, redis_server: str) -> Server:
@@ -313,7 +259,7 @@ def stop(server: Server) -> None:
     try:
         server.proc.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _say(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; sending SIGKILL")
+        say(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; sending SIGKILL")
         server.proc.kill()
         server.proc.wait()
 
@@ -372,7 +318,7 @@ def run_once(redis_benchmark: str, server: Server, scenario: Scenario, round_no:
     """One redis-benchmark run, bracketed by the server's CPU time."""
     server.check_alive()
     argv = benchmark_argv(redis_benchmark, server.port, scenario)
-    cpu_before = cpu_seconds(server.pid)
+    cpu_before = process_cpu_seconds(server.pid)
     # The servers are reaped only at the end, so during the run the children's CPU
     # time grows by redis-benchmark's alone.
     bench_before = children_cpu_seconds()
@@ -384,7 +330,7 @@ def run_once(redis_benchmark: str, server: Server, scenario: Scenario, round_no:
         raise BenchError(f"{' '.join(argv)} ran past {RUN_TIMEOUT_S} s") from exc
     wall_s = time.monotonic() - started
     busy_after = machine_busy_seconds()
-    cpu_after = cpu_seconds(server.pid)
+    cpu_after = process_cpu_seconds(server.pid)
     bench_after = children_cpu_seconds()
     server.check_alive()
     stdout = done.stdout.decode(errors="replace")
@@ -498,56 +444,11 @@ def summarise(scenarios: Sequence[Scenario], runs: Sequence[RunResult]) -> list[
     return summary
 
 
-def _command_output(argv: Sequence[str]) -> str | None:
-    """The stripped stdout of a short command, or None if it fails."""
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode(errors="replace").strip()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _postoffice_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("postoffice")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def machine_facts(redis_server: str) -> dict[str, object]:
-    """What the figures depend on: cores, CPU, kernel, Python, Redis, our commit."""
-    repo = Path(__file__).resolve().parents[2]
-    commit = _command_output(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    changes = _command_output(["git", "-C", str(repo), "status", "--porcelain"])
-    if commit and changes:
-        commit += "+dirty"
+    """The shared machine facts plus the Redis version."""
     return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": _cpu_model(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "redis": _command_output([redis_server, "--version"]) or "unknown",
-        "postoffice": _postoffice_version(),
-        "git_commit": commit or "unknown",
-        "loadavg_at_start": os.getloadavg(),
-        "clk_tck": os.sysconf("SC_CLK_TCK"),
+        **benchkit.machine_facts(),
+        "redis": command_output([redis_server, "--version"]) or "unknown",
     }
 
 
@@ -616,20 +517,15 @@ def find_tools() -> tuple[str, str, str]:
             for name, path in (("redis-server", redis_server), ("redis-benchmark", redis_benchmark))
             if path is None
         ]
-        _say(f"error: {' and '.join(missing)} not found on PATH; {INSTALL_HINT}")
+        say(f"error: {' and '.join(missing)} not found on PATH; {INSTALL_HINT}")
         sys.exit(EXIT_MISSING_TOOL)
     # The console script next to this interpreter, so `.venv/bin/python` uses the venv's.
     beside = Path(sys.executable).parent / "postoffice"
     postoffice = str(beside) if beside.exists() else shutil.which("postoffice")
     if postoffice is None:
-        _say("error: the postoffice command was not found; run `make setup` first")
+        say("error: the postoffice command was not found; run `make setup` first")
         sys.exit(EXIT_MISSING_TOOL)
     return redis_server, redis_benchmark, postoffice
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turn SIGTERM into SystemExit so the finally block stops both servers.
-    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
@@ -653,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print progress to stderr and one JSON object to stdout."""
     args = parse_args(argv)
     redis_server, redis_benchmark, postoffice = find_tools()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     scenarios = [
         s
         for s in build_scenarios(args.requests, args.pipelined_requests)
@@ -666,15 +562,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_name)
         try:
             with servers(tmp, redis_server, postoffice, floor=args.floor) as started:
-                _say("started " + ", ".join(repr(server) for server in started))
+                say("started " + ", ".join(repr(server) for server in started))
                 for scenario in scenarios:
                     for round_no in range(1, args.rounds + 1):
                         for server in started:
                             run = run_once(redis_benchmark, server, scenario, round_no)
                             runs.append(run)
-                            _say(human_line(run, args.rounds))
+                            say(human_line(run, args.rounds))
         except BenchError as exc:
-            _say(f"error: {exc}")
+            say(f"error: {exc}")
             return EXIT_RUN_FAILED
     result = {
         "benchmark": "command",
