@@ -17,7 +17,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from postoffice.ingest import assembly
+from postoffice.ingest import assembly, zstdframes
 from postoffice.ingest.assembly import (
     AssemblyStats,
     assemble,
@@ -391,7 +391,7 @@ class TestPublish:
 class TestFrameWalker:
     @given(data=st.binary(max_size=300))
     def test_arbitrary_bytes_raise_only_assembly_error(self, data: bytes) -> None:
-        walker = assembly._FrameWalker(max_window_size=1 << 27, hex_id=HEX)
+        walker = zstdframes.FrameWalker(max_window_size=1 << 27, hex_id=HEX)
         try:
             walker.feed(data)
             walker.finish()
@@ -401,7 +401,7 @@ class TestFrameWalker:
     def test_every_cut_point_gives_the_same_verdict(self) -> None:
         blob = compress(text_bytes(50)) + compress(random_bytes(64), checksum=False)
         for cut in range(len(blob) + 1):
-            walker = assembly._FrameWalker(max_window_size=1 << 27, hex_id=HEX)
+            walker = zstdframes.FrameWalker(max_window_size=1 << 27, hex_id=HEX)
             walker.feed(blob[:cut])
             walker.feed(blob[cut:])
             walker.finish()

@@ -20,8 +20,8 @@ import zstandard
 from postoffice.core.framing import encode_parts
 from postoffice.ingest.client import IngestClient, SendResult
 from postoffice.ingest.errors import AssemblyError, BadNameError, ErrorCode
-from postoffice.ingest.messages import Ack, ErrorReply, FileId
-from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode_chunk
+from postoffice.ingest.messages import Ack, ErrorReply, FileId, Query, Status, UploadState
+from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode, encode_chunk
 from tests.integration.conftest import ServerProcess, free_port_block
 
 pytestmark = pytest.mark.integration
@@ -539,3 +539,76 @@ def test_kill_9_among_one_chunk_uploads_loses_no_acknowledged_file(
     assert sorted(p.name for p in ingest.files.iterdir()) == sorted(p.name for p in sources)
     for path in sources:
         assert (ingest.files / path.name).read_bytes() == path.read_bytes()
+
+
+def test_bad_one_chunk_uploads_fail_alone_among_concurrent_good_ones(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """One-chunk uploads are published in batches: a corrupt chunk, a payload that is not
+    zstd, a bomb and a large output sent among good uploads each get their own answer, the
+    good ones are published, and all of them survive a kill -9."""
+    ingest = Ingest(tmp_path)
+    limit = 16 * 1024 * 1024
+    server = serve("ingest", *ingest.args("--max-output-bytes", str(limit)))
+    sources = [make_file(tmp_path / f"g{i:02d}.log", 4096, text=True) for i in range(60)]
+    compressor = zstandard.ZstdCompressor(level=3)
+    corrupt = bytearray(
+        raw_chunk(os.urandom(16), 0, 1, compressor.compress(b"x" * 500), request_id=1)
+    )
+    corrupt[-1] ^= 0xFF
+    not_zstd = raw_chunk(os.urandom(16), 0, 1, b"PK\x03\x04 not zstd", name="zip.bin", request_id=2)
+    bomb = raw_chunk(
+        os.urandom(16),
+        0,
+        1,
+        compressor.compress(b"\0" * (limit * 4)),
+        name="bomb.bin",
+        request_id=3,
+    )
+    large_content = b"\0" * (8 * 1024 * 1024)
+    large_id = os.urandom(16)
+    large = raw_chunk(
+        large_id, 0, 1, compressor.compress(large_content), name="large.bin", request_id=4
+    )
+
+    async def go() -> tuple[list[SendResult], list[tuple[int, object]]]:
+        async with ingest.client(parallel=4) as client:
+            sends = asyncio.gather(*(client.send(p) for p in sources))
+            raw = asyncio.to_thread(
+                exchange, ingest.data_base, bytes(corrupt) + not_zstd + bomb + large, 4
+            )
+            return await asyncio.gather(sends, raw)
+
+    results, replies = asyncio.run(go())
+    by_id = dict(replies)
+    assert isinstance(by_id[1], ErrorReply)
+    assert by_id[1].code is ErrorCode.CHECKSUM
+    assert isinstance(by_id[2], ErrorReply)
+    assert by_id[2].code is ErrorCode.ASSEMBLY
+    assert "not a zstd frame" in by_id[2].message
+    assert isinstance(by_id[3], ErrorReply)
+    assert by_id[3].code is ErrorCode.ASSEMBLY
+    assert f"exceeds limit {limit}" in by_id[3].message
+    assert isinstance(by_id[4], Ack)
+    assert by_id[4].complete
+    assert len(results) == len(sources)
+    expected = {p.name: p.read_bytes() for p in sources} | {"large.bin": large_content}
+    visible = sorted(p.name for p in ingest.files.iterdir())
+    assert visible == sorted(expected)
+    for name, content in expected.items():
+        assert (ingest.files / name).read_bytes() == content
+    # Every acknowledged publish is durable: after a kill -9 the restarted server knows
+    # them all and re-sending one transfers nothing.
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    serve("ingest", *ingest.args("--max-output-bytes", str(limit)))
+
+    async def again() -> list[SendResult]:
+        async with ingest.client(parallel=2) as client:
+            return list(await asyncio.gather(*(client.send(p) for p in sources[:10])))
+
+    assert all(r.sent_chunks == 0 for r in asyncio.run(again()))
+    assert sorted(p.name for p in ingest.files.iterdir()) == sorted(expected)
+    status = exchange(ingest.data_base, encode(Query(file_id=FileId(large_id)), 5), 1)[0][1]
+    assert isinstance(status, Status)
+    assert status.state is UploadState.PUBLISHED

@@ -13,9 +13,10 @@ import zstandard
 
 from postoffice.ingest import assembler as assembler_module
 from postoffice.ingest import assembly
+from postoffice.ingest import singles as singles_module
 from postoffice.ingest.chunkdigest import new_chunk
 from postoffice.ingest.config import IngestConfig
-from postoffice.ingest.errors import AssemblyError, ConflictError
+from postoffice.ingest.errors import AssemblyError, ConflictError, IngestStorageError
 from postoffice.ingest.messages import Chunk, FileId, UploadState
 from postoffice.ingest.server import IngestServer
 
@@ -42,6 +43,27 @@ def make_chunk(file_id: FileId, index: int, total: int, size: int, name: str, da
     return new_chunk(file_id=file_id, index=index, total=total, size=size, name=name, data=data)
 
 
+def count_decompressions(monkeypatch: pytest.MonkeyPatch, *, fail_first: bool) -> list[int]:
+    """Count the assemblies and the batched one-chunk decompressions (both roads); with
+    `fail_first` the first of them raises a disk error."""
+    calls: list[int] = []
+    real_assemble, real_stage = assembly.assemble, assembly.stage
+
+    def counted(real: Any) -> Any:
+        def run(**kwargs: Any) -> Any:
+            calls.append(1)
+            if fail_first and len(calls) == 1:
+                raise OSError(28, "No space left on device")
+            return real(**kwargs)
+
+        return run
+
+    monkeypatch.setattr(assembler_module, "assemble", counted(real_assemble))
+    monkeypatch.setattr(singles_module, "assemble", counted(real_assemble))
+    monkeypatch.setattr(singles_module, "stage", counted(real_stage))
+    return calls
+
+
 async def wait_for(path: Path, timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not await asyncio.to_thread(path.exists):
@@ -51,16 +73,7 @@ async def wait_for(path: Path, timeout_s: float = 10.0) -> None:
 async def test_a_crashed_assembly_is_restarted(
     server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real = assembly.assemble
-
-    def flaky(**kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError(28, "No space left on device")
-        return real(**kwargs)
-
-    monkeypatch.setattr(assembler_module, "assemble", flaky)
+    calls = count_decompressions(monkeypatch, fail_first=True)
     chunk = one_chunk("retry.txt", b"survives a crash\n")
     ack = await server.accept_chunk(chunk)
     assert ack.complete
@@ -251,14 +264,7 @@ async def test_a_one_chunk_upload_is_published_before_its_ack(
 async def test_the_same_one_chunk_upload_sent_twice_at_once_is_published_once(
     server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real = assembly.assemble
-
-    def counting(**kwargs: Any) -> Any:
-        calls.append(1)
-        return real(**kwargs)
-
-    monkeypatch.setattr(assembler_module, "assemble", counting)
+    calls = count_decompressions(monkeypatch, fail_first=False)
     chunk = one_chunk("twice.txt", os.urandom(5000))
     acks = await asyncio.gather(*(server.accept_chunk(chunk) for _ in range(4)))
     assert sum(a.complete for a in acks) == 1
@@ -282,16 +288,7 @@ async def test_one_chunk_uploads_of_one_id_with_other_bytes_conflict(server: Ing
 async def test_a_one_chunk_upload_that_fell_back_is_assembled_once(
     server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real = assembly.assemble
-
-    def disk_error_first(**kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError(5, "Input/output error")
-        return real(**kwargs)
-
-    monkeypatch.setattr(assembler_module, "assemble", disk_error_first)
+    calls = count_decompressions(monkeypatch, fail_first=True)
     chunk = one_chunk("fallback.txt", b"stored the usual way\n" * 50)
     # The second sender waits for the first, whose publish fails and goes the usual way.
     acks = await asyncio.gather(server.accept_chunk(chunk), server.accept_chunk(chunk))
@@ -332,3 +329,49 @@ async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
     assert ack.duplicate
     await wait_for(tmp_path / "files" / "nudged.log")
     assert (tmp_path / "files" / "nudged.log").read_bytes() == original
+
+
+async def test_a_one_chunk_upload_whose_fsync_fails_goes_the_usual_road_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Among one-chunk uploads published together, the one whose output fsync fails is
+    stored as a patch and assembled later; the others are published before their ACK."""
+    config = IngestConfig(
+        sys_base=0, data_base=0, x=1, data_dir=tmp_path, fsync=True, cleanup_interval_s=3600
+    )
+    srv = IngestServer(config)
+    await srv.startup()
+    real_sync = assembly.Staged.sync
+    failures: list[str] = []
+
+    def sync(self: assembly.Staged) -> None:
+        if self.info.name == "sick.txt" and not failures:
+            failures.append(self.info.name)
+            raise IngestStorageError(f"cannot fsync {self.tmp}: Input/output error")
+        real_sync(self)
+
+    monkeypatch.setattr(assembly.Staged, "sync", sync)
+    try:
+        names = (
+            [f"ok{i}.txt" for i in range(10)] + ["sick.txt"] + [f"ok{i}.txt" for i in range(10, 20)]
+        )
+        chunks = [one_chunk(name, name.encode() * 300) for name in names]
+        acks = await asyncio.gather(*(srv.accept_chunk(c) for c in chunks))
+        assert srv.assembler.singles.batches < len(chunks)  # they went in batches
+        for name, chunk, ack in zip(names, chunks, acks, strict=True):
+            if name == "sick.txt":
+                assert (ack.complete, ack.committed, ack.total) == (True, 1, 1)
+                assert srv.query(chunk.file_id).state is not UploadState.UNKNOWN
+            else:
+                assert ack.complete
+                assert srv.query(chunk.file_id).state is UploadState.PUBLISHED
+                assert (tmp_path / "files" / name).read_bytes() == name.encode() * 300
+        assert failures == ["sick.txt"]
+        assert srv.assembly_failures == 1
+        sick = chunks[names.index("sick.txt")]
+        async with asyncio.timeout(10):
+            while srv.query(sick.file_id).state is not UploadState.PUBLISHED:
+                await asyncio.sleep(0.02)
+        assert (tmp_path / "files" / "sick.txt").read_bytes() == b"sick.txt" * 300
+    finally:
+        await srv.shutdown()

@@ -19,9 +19,9 @@ on threads.
 # A one-chunk upload (total 1) takes a shorter road, `publish_single`: the chunk is
 # decompressed from memory and published before it is acknowledged, so its durable form
 # is the published file plus its record, with no patch, meta.json or ids.list at all
-# (2 fsyncs of its own plus 2 shared, against 4 plus 4 shared). If that fails for a
-# reason other than the payload (a disk error), the chunk goes the usual way instead:
-# stored, acknowledged, assembled with retries.
+# (1 fsync of its own plus 2 shared, against 4 plus 4 shared). singles.py publishes
+# those in batches. If that fails for a reason other than the payload (a disk error),
+# the chunk goes the usual way instead: stored, acknowledged, assembled with retries.
 #
 # Outcomes: PUBLISHED (the record is durable: PUBLISHED goes out, then the patches are
 # removed), FAILED (the payload is bad for good: dropped, FAILED goes out, and later
@@ -41,17 +41,13 @@ from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from postoffice.core.runtime import Backoff
 from postoffice.ingest.assembly import Piece, assemble
-from postoffice.ingest.chunkdigest import verify_chunk
 from postoffice.ingest.errors import (
     AssemblyError,
-    ConflictError,
-    IngestError,
-    IngestStorageError,
     UnknownFileError,
 )
-from postoffice.ingest.messages import Chunk, ChunkStored, Failed, FileId, Published, file_id_hex
-from postoffice.ingest.patches import PayloadInfo
+from postoffice.ingest.messages import Chunk, Failed, FileId, Published, file_id_hex
 from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.singles import SinglePublishes
 
 if TYPE_CHECKING:
     from postoffice.ingest.server import IngestServer
@@ -88,8 +84,8 @@ class Assemblies:
     def __init__(self, server: IngestServer) -> None:
         self.server = server
         self.running: dict[FileId, asyncio.Task[_Outcome]] = {}
-        # One-chunk uploads being published: file id -> (chunk digest, their outcome).
-        self.singles: dict[FileId, tuple[bytes, asyncio.Future[bool]]] = {}
+        # One-chunk uploads being published.
+        self.singles = SinglePublishes(self)
         # One-chunk uploads whose publish failed and went the usual way: they stay on it,
         # so a re-send cannot publish them a second time beside their assembly.
         self.fallen_back: set[FileId] = set()
@@ -100,18 +96,19 @@ class Assemblies:
     def __repr__(self) -> str:
         return (
             f"<Assemblies running={len(self.running)} streaming={self._streaming}"
-            f" singles={len(self.singles)}>"
+            f" singles={len(self.singles.pending)}>"
         )
 
     @property
     def busy(self) -> set[FileId]:
         """File ids being assembled now, one-chunk publishes included."""
-        return set(self.running) | set(self.singles)
+        return set(self.running) | set(self.singles.pending)
 
     def close(self) -> None:
         """Let the streaming threads go (they end within STREAM_POLL_S of the drain)."""
         if self._stream_pool is not None:
             self._stream_pool.shutdown(wait=False)
+        self.singles.close()
 
     # -- starting ----------------------------------------------------------------------
 
@@ -239,7 +236,7 @@ class Assemblies:
             server.events.emit("assembly_retry", file_id=hex_id, error=repr(exc), retry_in_s=delay)
             asyncio.get_running_loop().call_later(delay, self.retry, file_id)
             return _Outcome.RETRY
-        self._published(done, time.monotonic() - began)
+        self.published(done, time.monotonic() - began)
         # The record is the commit point: the patches can go after the event, off the path.
         await server.blocking(lambda: server.store.remove_patches(file_id))
         return _Outcome.PUBLISHED
@@ -259,7 +256,7 @@ class Assemblies:
         )
         server.acks.publish(file_id, failed)
 
-    def _published(self, done: PublishedInfo, seconds: float) -> None:
+    def published(self, done: PublishedInfo, seconds: float) -> None:
         """Count a publish and tell telemetry and the ack subscribers."""
         server = self.server
         file_id = done.file_id
@@ -287,10 +284,10 @@ class Assemblies:
         )
         server.acks.publish(file_id, published_message(done))
 
-    # -- one-chunk uploads -------------------------------------------------------------
+    # -- one-chunk uploads (singles.py publishes them) -----------------------------------
 
     async def publish_single(self, chunk: Chunk) -> bool | None:
-        """Publish a one-chunk upload before acknowledging it; see the design note.
+        """Publish a one-chunk upload before acknowledging it; see SinglePublishes.
 
         Returns True once it is published (the caller acks it COMPLETE); False when the
         caller must store it the usual way (a disk error here); None when the same chunk
@@ -300,81 +297,24 @@ class Assemblies:
         (the id is being published with other bytes), AssemblyError (the payload will
         never decompress: nothing is stored, and the upload fails).
         """
-        file_id = chunk.file_id
-        pending = self.singles.get(file_id)
-        if pending is not None:
-            digest, running = pending
-            if digest != chunk.digest:
-                raise ConflictError(
-                    f"chunk 0 of {file_id_hex(file_id)} is being published with other bytes"
-                )
-            await asyncio.wait([running])
-            return None
-        task = asyncio.ensure_future(self._publish_single(chunk))
-        self.singles[file_id] = (chunk.digest, task)
+        return await self.singles.publish(chunk)
 
-        def done(task: asyncio.Task[bool]) -> None:
-            if self.singles.get(file_id, (b"", None))[1] is task:
-                del self.singles[file_id]
-            if not task.cancelled():
-                task.exception()  # seen here even when the caller went away
-
-        task.add_done_callback(done)
-        return await asyncio.shield(task)
-
-    async def _publish_single(self, chunk: Chunk) -> bool:
+    def single_failed(self, file_id: FileId, name: str, exc: AssemblyError) -> None:
+        """A one-chunk upload will never decompress: say so, refuse its id (nothing was
+        stored, so nothing is dropped)."""
         server = self.server
-        file_id = chunk.file_id
-        config = server.config
-        began = time.monotonic()
-        now = time.time()
-        info = PayloadInfo(
-            file_id=file_id,
-            name=chunk.name,
-            total=1,
-            size=chunk.size,
-            committed=frozenset({0}),
-            created=now,
-            updated=now,
-        )
-
-        def publish() -> PublishedInfo:
-            verify_chunk(chunk)
-            done = assemble(
-                info=info,
-                patches=[chunk.data],
-                files_dir=config.files_path,
-                max_output_bytes=config.max_output_bytes,
-                max_window_log=config.max_window_log,
-                fsync=config.fsync,
-                syncer=server.store.syncer,
-            )
-            server.store.mark_published(done)
-            return done
-
-        try:
-            done = await server.blocking(publish)
-        except AssemblyError as exc:
-            await self._failed(file_id, chunk.name, exc, drop=False)
-            raise
-        except IngestStorageError as exc:
-            return self._fall_back(file_id, exc)
-        except IngestError:
-            raise  # the chunk itself is wrong (checksum, name)
-        except Exception as exc:
-            return self._fall_back(file_id, exc)
-        server.chunks_total += 1
-        server.bytes_in += len(chunk.data)
         hex_id = file_id_hex(file_id)
+        server.assembly_failures += 1
+        failed = Failed(file_id=file_id, code=exc.code, message=str(exc))
+        server.failed[file_id] = failed
+        log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, name, str(exc))
         server.events.emit(
-            "chunk_stored", file_id=hex_id, index=0, committed=1, total=1, bytes=len(chunk.data)
+            "assembly_failed", file_id=hex_id, name=name, code=exc.code.name, error=str(exc)
         )
-        server.acks.publish(file_id, ChunkStored(file_id=file_id, index=0, committed=1, total=1))
-        server.events.emit("payload_complete", file_id=hex_id, name=chunk.name)
-        self._published(done, time.monotonic() - began)
-        return True
+        server.acks.publish(file_id, failed)
 
-    def _fall_back(self, file_id: FileId, exc: BaseException) -> bool:
+    def fall_back(self, file_id: FileId, exc: BaseException) -> bool:
+        """A one-chunk publish met a disk error: the chunk goes the usual road for good."""
         self.fallen_back.add(file_id)
         self.server.assembly_failures += 1
         log.warning(

@@ -12,7 +12,7 @@ I/O layer, blocking: the server runs it in a worker thread.
 # the server's streaming assembler starts on an upload's first chunk and waits for each
 # next index to be committed, so decompression runs while later chunks arrive.
 # Each block goes through two readers:
-#   - _FrameWalker, a small state machine over the zstd frame format (RFC 8878) that
+#   - FrameWalker, a small state machine over the zstd frame format (RFC 8878) that
 #     reads frame and block headers and skips block contents. zstandard's stream_reader
 #     returns a short output without complaint when the input ends inside a frame; the
 #     walker catches that, names bytes after the last frame that are not a frame, and
@@ -31,17 +31,10 @@ I/O layer, blocking: the server runs it in a worker thread.
 # concurrent publishes). Upload names never start with ".", so staging files never clash
 # with a published file, and a file under an upload name is never partial. On any
 # failure the .tmp and the .part are removed and the patches are left as they were.
-#
-# Walker states (the table is _FrameWalker._on_field):
-#   MAGIC --zstd magic--> DESCRIPTOR --> HEADER_REST --> BLOCK_HEADER --(skip content)-->
-#     BLOCK_HEADER ... --last block--> CHECKSUM (when flagged) --> MAGIC
-#   MAGIC --skippable magic--> SKIPPABLE_SIZE --(skip content)--> MAGIC
-# The input may end only in MAGIC with nothing pending, after at least one zstd frame.
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import shutil
 import time
@@ -56,10 +49,11 @@ import xxhash
 import zstandard
 
 from postoffice.ingest.durable import GroupSync, fsync_dir, os_errors
-from postoffice.ingest.errors import AssemblyError
+from postoffice.ingest.errors import AssemblyError, OutputLimitError
 from postoffice.ingest.messages import FileId, check_name, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.zstdframes import FrameWalker
 
 #: Read and write size: large enough that per-block Python overhead vanishes next to
 #: zstd's work, small enough that a bomb or a huge patch costs little memory.
@@ -75,12 +69,6 @@ FIRST_BLOCK_BYTES: Final = 64 * 1024
 #: NAME_MAX of common file systems: a staging name must fit it too.
 MAX_FILE_NAME_BYTES: Final = 255
 
-_ZSTD_MAGIC: Final = 0xFD2FB528
-_SKIPPABLE_MAGIC: Final = 0x184D2A50  # the 16 values 0x184D2A50..0x184D2A5F
-_SKIPPABLE_MASK: Final = 0xFFFFFFF0
-_DICT_ID_BYTES: Final = (0, 1, 2, 4)
-_BLOCK_RLE: Final = 1
-_BLOCK_RESERVED: Final = 3
 
 Piece: TypeAlias = Path | bytes | memoryview
 """One chunk of a payload: its patch file, or its bytes."""
@@ -174,6 +162,131 @@ def assemble_with_stats(
     IngestStorageError when the disk fails (the patches are intact: retry later).
     """
     began = time.monotonic()
+    staged = stage(
+        info=info,
+        patches=patches,
+        next_piece=next_piece,
+        files_dir=files_dir,
+        max_output_bytes=max_output_bytes,
+        max_window_log=max_window_log,
+        via_part=via_part,
+        fsync=fsync,
+    )
+    try:
+        if fsync:
+            staged.sync()
+        replaced = staged.place()
+        if fsync:
+            if syncer is not None:
+                syncer.sync(files_dir)
+            else:
+                fsync_dir(files_dir)
+    finally:
+        staged.discard()
+    stats = AssemblyStats(
+        bytes_in=staged.bytes_in,
+        bytes_out=staged.size,
+        frames=staged.frames,
+        seconds=time.monotonic() - began,
+    )
+    return AssemblyResult(published=staged.published(replaced=replaced, now=now), stats=stats)
+
+
+@final
+class Staged:
+    """A payload decompressed into its hidden staging file, still open and not durable.
+
+    `sync()` fsyncs it, `place()` renames it onto its final name; `discard()` (safe at any
+    point, and again) closes the file and removes the staging file unless it was placed.
+    """
+
+    __slots__ = (
+        "_fd",
+        "bytes_in",
+        "digest",
+        "final_path",
+        "frames",
+        "info",
+        "payload_digest",
+        "placed",
+        "size",
+        "tmp",
+    )
+
+    def __init__(self, *, info: PayloadInfo, final_path: Path, tmp: Path, fd: int) -> None:
+        self.info = info
+        self.final_path = final_path
+        self.tmp = tmp
+        self._fd = fd
+        self.placed = False
+        self.size = 0
+        self.bytes_in = 0
+        self.frames = 0
+        self.digest = b""
+        self.payload_digest = b""
+
+    def __repr__(self) -> str:
+        return f"<Staged {self.tmp.name} size={self.size} placed={self.placed}>"
+
+    def sync(self) -> None:
+        """fsync the staging file. Raises IngestStorageError."""
+        with os_errors("fsync", self.tmp):
+            os.fsync(self._fd)
+
+    def place(self) -> bool:
+        """Rename the staging file onto the final name; True if that replaced a file.
+
+        Raises IngestStorageError.
+        """
+        self._close()
+        with os_errors("publish", self.final_path):
+            replaced = os.path.lexists(self.final_path)
+            os.replace(self.tmp, self.final_path)
+        self.placed = True
+        return replaced
+
+    def discard(self) -> None:
+        """Close the file and remove the staging file if it was not placed."""
+        self._close()
+        if not self.placed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+
+    def published(self, *, replaced: bool, now: float | None = None) -> PublishedInfo:
+        """The publish record of this payload (`now`: wall-clock time, default now)."""
+        return PublishedInfo(
+            file_id=self.info.file_id,
+            name=self.info.name,
+            size=self.size,
+            digest=self.digest,
+            payload_digest=self.payload_digest,
+            published_at=time.time() if now is None else now,
+            replaced=replaced,
+        )
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+def stage(
+    *,
+    info: PayloadInfo,
+    patches: Sequence[Piece] | None = None,
+    next_piece: Callable[[int], Piece] | None = None,
+    files_dir: Path,
+    max_output_bytes: int,
+    max_window_log: int,
+    via_part: bool = False,
+    fsync: bool = True,
+) -> Staged:
+    """Decompress the pieces into the staging file of files_dir/<info.name>, unsynced.
+
+    The pieces and the errors are as for assemble_with_stats (`fsync` only concerns the
+    `.part` of via_part). On an error nothing is left behind; otherwise the caller
+    publishes the result with Staged.sync and Staged.place, and calls Staged.discard.
+    """
     name = check_name(info.name)
     hex_id = file_id_hex(info.file_id)
     if (patches is None) == (next_piece is None):
@@ -182,22 +295,24 @@ def assemble_with_stats(
         _check_patches(info, patches, hex_id)
         next_piece = patches.__getitem__
     assert next_piece is not None
-    final_path = files_dir / name
     tmp = staging_path(files_dir, name, info.file_id, "tmp")
     part = staging_path(files_dir, name, info.file_id, "part")
+    staged: Staged | None = None
     try:
         with os_errors("create", files_dir):
             if not os.path.isdir(files_dir):  # one stat, not a raised and caught EEXIST
                 files_dir.mkdir(parents=True, exist_ok=True)
-        walker = _FrameWalker(max_window_size=1 << max_window_log, hex_id=hex_id)
+        walker = FrameWalker(max_window_size=1 << max_window_log, hex_id=hex_id)
         if via_part:
             _concatenate([next_piece(i) for i in range(info.total)], part, fsync=fsync)
             source = _ChainedReader([part].__getitem__, 1, walker)
         else:
             source = _ChainedReader(next_piece, info.total, walker)
-        with os_errors("assemble", tmp), open(tmp, "wb", buffering=0) as out:
-            with _Sink(out) as sink:
-                bytes_out = _decompress(
+        with os_errors("assemble", tmp):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            staged = Staged(info=info, final_path=files_dir / name, tmp=tmp, fd=fd)
+            with _Sink(fd) as sink:
+                staged.size = _decompress(
                     source,
                     sink,
                     max_window_log=max_window_log,
@@ -205,42 +320,24 @@ def assemble_with_stats(
                     hex_id=hex_id,
                     read_size=max(4096, min(BLOCK_BYTES, info.size)),
                 )
-            walker.finish()
-            if source.bytes_read != info.size:
-                raise AssemblyError(
-                    f"payload {hex_id} has size {info.size}, its patches hold "
-                    f"{source.bytes_read} bytes"
-                )
-            if fsync:
-                os.fsync(out.fileno())
-        with os_errors("publish", final_path):
-            replaced = os.path.lexists(final_path)
-            os.replace(tmp, final_path)
-        if fsync:
-            if syncer is not None:
-                syncer.sync(files_dir)
-            else:
-                fsync_dir(files_dir)
+        walker.finish()
+        if source.bytes_read != info.size:
+            raise AssemblyError(
+                f"payload {hex_id} has size {info.size}, its patches hold {source.bytes_read} bytes"
+            )
+    except BaseException:
+        if staged is not None:
+            staged.discard()
+        raise
     finally:
-        for leftover in (tmp, part):
+        if via_part:
             with contextlib.suppress(OSError):
-                leftover.unlink(missing_ok=True)
-    published = PublishedInfo(
-        file_id=info.file_id,
-        name=name,
-        size=bytes_out,
-        digest=sink.digest.digest(),
-        payload_digest=source.digest.digest(),
-        published_at=time.time() if now is None else now,
-        replaced=replaced,
-    )
-    stats = AssemblyStats(
-        bytes_in=source.bytes_read,
-        bytes_out=bytes_out,
-        frames=walker.frames,
-        seconds=time.monotonic() - began,
-    )
-    return AssemblyResult(published=published, stats=stats)
+                part.unlink(missing_ok=True)
+    staged.digest = sink.digest.digest()
+    staged.payload_digest = source.digest.digest()
+    staged.bytes_in = source.bytes_read
+    staged.frames = walker.frames
+    return staged
 
 
 def _decompress(
@@ -269,7 +366,7 @@ def _decompress(
                     break
                 bytes_out += size
                 if bytes_out > max_output_bytes:
-                    raise AssemblyError(
+                    raise OutputLimitError(
                         f"payload {hex_id}: decompressed output exceeds limit {max_output_bytes}"
                     )
                 sink.put(block[:size])
@@ -334,8 +431,8 @@ class _Sink:
     file writes release the GIL, so they run at the same time on 2 cores.
     """
 
-    def __init__(self, out: BinaryIO) -> None:
-        self._fd = out.fileno()
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self.digest = xxhash.xxh3_128()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[Future[None], int]] = deque()  # (write, buffer index)
@@ -384,9 +481,7 @@ class _ChainedReader:
     """A read() over the pieces in turn, feeding every block to the frame walker and the
     payload digest. `next_piece(i)` is asked for each piece once, in order."""
 
-    def __init__(
-        self, next_piece: Callable[[int], Piece], total: int, walker: _FrameWalker
-    ) -> None:
+    def __init__(self, next_piece: Callable[[int], Piece], total: int, walker: FrameWalker) -> None:
         self._next_piece = next_piece
         self._total = total
         self._next = 0
@@ -431,127 +526,3 @@ class _ChainedReader:
             self._file.close()
             self._file = None
         self._memory = None
-
-
-class _State(enum.Enum):
-    MAGIC = enum.auto()  # 4 bytes: which kind of frame comes next
-    SKIPPABLE_SIZE = enum.auto()  # 4 bytes: length of a skippable frame's content
-    DESCRIPTOR = enum.auto()  # 1 byte: Frame_Header_Descriptor
-    HEADER_REST = enum.auto()  # window, dictionary id and content size fields
-    BLOCK_HEADER = enum.auto()  # 3 bytes: last flag, type, size
-    CHECKSUM = enum.auto()  # 4 bytes after the last block when the frame has one
-
-
-@final
-class _FrameWalker:
-    """Follows zstd frame boundaries without decoding; raises AssemblyError on bad framing."""
-
-    def __init__(self, *, max_window_size: int, hex_id: str) -> None:
-        self._max_window = max_window_size
-        self._hex_id = hex_id
-        self._state = _State.MAGIC
-        self._need = 4
-        self._field = bytearray()
-        self._skip = 0
-        self._descriptor = 0
-        self._frame_start = 0
-        self.offset = 0  # bytes fed so far
-        self.frames = 0  # zstd frames fully walked (skippable frames not counted)
-
-    def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        pos, end = 0, len(data)
-        while pos < end:
-            if self._skip:
-                step = min(self._skip, end - pos)
-                self._skip -= step
-                pos += step
-                continue
-            take = min(self._need - len(self._field), end - pos)
-            self._field += view[pos : pos + take]
-            pos += take
-            if len(self._field) == self._need:
-                field = bytes(self._field)
-                self._field.clear()
-                self._on_field(field, self.offset + pos - len(field))
-        self.offset += end
-
-    def finish(self) -> None:
-        """Call at the end of input: it must not end inside a frame."""
-        if self._state is not _State.MAGIC or self._field or self._skip:
-            raise AssemblyError(
-                f"payload {self._hex_id} ends inside a zstd frame after {self.offset} bytes"
-                f" (truncated)"
-            )
-        if self.frames == 0:
-            raise AssemblyError(f"payload {self._hex_id} holds no zstd frame")
-
-    def _expect(self, state: _State, need: int) -> None:
-        self._state, self._need = state, need
-
-    def _on_field(self, field: bytes, at: int) -> None:
-        value = int.from_bytes(field, "little")
-        match self._state:
-            case _State.MAGIC:
-                if value == _ZSTD_MAGIC:
-                    self._frame_start = at
-                    self._expect(_State.DESCRIPTOR, 1)
-                elif value & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
-                    self._expect(_State.SKIPPABLE_SIZE, 4)
-                else:
-                    what = "trailing bytes" if self.frames else "bytes"
-                    raise AssemblyError(
-                        f"payload {self._hex_id}: {what} at offset {at} are not a zstd frame"
-                        f" (magic 0x{value:08x})"
-                    )
-            case _State.SKIPPABLE_SIZE:
-                self._skip = value
-                self._expect(_State.MAGIC, 4)
-            case _State.DESCRIPTOR:
-                if value & 0x08:
-                    raise AssemblyError(
-                        f"payload {self._hex_id}: frame at offset {self._frame_start}"
-                        f" has a reserved header bit set"
-                    )
-                self._descriptor = value
-                single_segment = value >> 5 & 1
-                content_size_bytes = (single_segment, 2, 4, 8)[value >> 6]
-                rest = (1 - single_segment) + _DICT_ID_BYTES[value & 3] + content_size_bytes
-                self._expect(_State.HEADER_REST, rest)
-            case _State.HEADER_REST:
-                self._check_window(field)
-                self._expect(_State.BLOCK_HEADER, 3)
-            case _State.BLOCK_HEADER:
-                block_type, block_size = value >> 1 & 3, value >> 3
-                if block_type == _BLOCK_RESERVED:
-                    raise AssemblyError(
-                        f"payload {self._hex_id}: block at offset {at} has the reserved type"
-                    )
-                self._skip = 1 if block_type == _BLOCK_RLE else block_size
-                if not value & 1:
-                    self._expect(_State.BLOCK_HEADER, 3)
-                elif self._descriptor & 0x04:
-                    self._expect(_State.CHECKSUM, 4)
-                else:
-                    self.frames += 1
-                    self._expect(_State.MAGIC, 4)
-            case _State.CHECKSUM:
-                self.frames += 1
-                self._expect(_State.MAGIC, 4)
-
-    def _check_window(self, header: bytes) -> None:
-        descriptor = self._descriptor
-        if descriptor >> 5 & 1:  # single segment: the window is the content size
-            size_bytes = (1, 2, 4, 8)[descriptor >> 6]
-            window = int.from_bytes(header[-size_bytes:], "little")
-            if size_bytes == 2:
-                window += 256  # RFC 8878: the 2-byte field is offset by 256
-        else:
-            exponent, mantissa = header[0] >> 3, header[0] & 7
-            base = 1 << (10 + exponent)
-            window = base + (base >> 3) * mantissa
-        if window > self._max_window:
-            raise AssemblyError(
-                f"payload {self._hex_id}: frame at offset {self._frame_start} needs a window"
-                f" of {window} bytes, over the limit {self._max_window}"
-            )

@@ -86,6 +86,10 @@ class AssemblyError(IngestError):
     code = ErrorCode.ASSEMBLY
 
 
+class OutputLimitError(AssemblyError):
+    """The decompressed output would pass its size limit (a bomb, or too large a file)."""
+
+
 # -- the control port's refusals (RESP error replies; `wire_code` is the prefix) -----------
 
 

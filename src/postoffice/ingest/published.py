@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, final
@@ -180,6 +181,15 @@ class PublishedRecords:
         """Append the record and make it durable. Raises IngestStorageError."""
         self._append(_format_record(info) + b"\n")
 
+    def write_many(self, infos: Sequence[PublishedInfo]) -> None:
+        """Append the records in one write and make them durable with one shared fsync.
+
+        All or none are durable when it returns: an error (IngestStorageError) leaves
+        them unacknowledged, and load() drops a torn last line.
+        """
+        if infos:
+            self._append(b"".join(_format_record(info) + b"\n" for info in infos))
+
     def delete(self, file_id: FileId) -> None:
         """Forget a record durably (and its per-id file of an earlier version, if any).
         Raises IngestStorageError."""
@@ -192,7 +202,7 @@ class PublishedRecords:
         with self._append_lock, os_errors("append to", self.path):
             if self._fd is None:
                 raise IngestStorageError(f"{self.path} is not open: load() first")
-            written = os.write(self._fd, line)  # O_APPEND: one write, one line
+            written = os.write(self._fd, line)  # O_APPEND: one write, whole lines
             if written != len(line):
                 raise IngestStorageError(f"short append to {self.path}: {written} bytes")
         if self.fsync:

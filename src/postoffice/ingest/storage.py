@@ -36,7 +36,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
@@ -506,6 +506,33 @@ class ChunkStore:
             with late.op_lock:
                 self._forget(late)
             self.remove_patches(info.file_id)
+
+    def mark_published_many(self, infos: Sequence[PublishedInfo]) -> None:
+        """mark_published for one-chunk uploads published together: their records share
+        one append and one fsync, so they are durable together or not at all.
+
+        Raises IngestStorageError when the records cannot be written (none is then
+        published).
+        """
+        with self._lock:
+            stored = [info for info in infos if info.file_id in self._payloads]
+        if stored:
+            # A payload that a conflicting chunk created meanwhile: the locked road.
+            for info in stored:
+                self.mark_published(info)
+            infos = [info for info in infos if info not in stored]
+        self._published.write_many(infos)
+        with self._lock:
+            late = []
+            for info in infos:
+                self._published.add(info)
+                payload = self._payloads.get(info.file_id)
+                if payload is not None:
+                    late.append(payload)
+        for payload in late:
+            with payload.op_lock:
+                self._forget(payload)
+            self.remove_patches(payload.file_id)
 
     def remove_patches(self, file_id: FileId) -> None:
         """Delete a published payload's patch directory. A failure is logged, not raised,

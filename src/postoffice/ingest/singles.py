@@ -1,0 +1,425 @@
+"""One-chunk uploads of the ingest server, published before their ACK, in batches.
+
+I/O shell on the server's event loop (SinglePublishes) around a blocking batch publish
+(publish_batch) that runs on one I/O thread per batch.
+"""
+
+# Design
+# ------
+# A one-chunk upload (most small files) is never stored as a patch: its chunk is
+# decompressed from memory and published, and only then acknowledged (see assembler.py).
+# Publishing them one pool job each cost a thread hop, a contended GIL hand-over and a
+# chain of 3 fsyncs per file, each file's own. So the loop queues them, and one I/O
+# thread publishes a whole batch:
+#   1. each chunk: digest check, decompression into its staging file (not yet synced);
+#   2. each staging file: fsync (its own: nothing vouches for a file but its fsync);
+#   3. each: rename onto its final name, in queue order (the last publish of a name wins);
+#   4. one fsync of files/ for the batch (GroupSync: shared with other publishes);
+#   5. the batch's records in one append to published.log and one fsync (the commit
+#      point, after the files and their entries are durable).
+# Then one hop back to the loop settles every chunk of the batch. Nothing is acked before
+# step 5 returns, so what is acknowledged is durable, as with a publish of its own.
+#
+# Failures stay with their chunks. A chunk that fails steps 1-3 (bad digest, bad name,
+# not zstd, a disk error on its file) gets its own outcome and leaves nothing behind; the
+# others go on. Steps 4 and 5 are shared, so their failure is the failure of every chunk
+# that reached them. A disk error sends a chunk the usual road (stored as a patch,
+# assembled with retries: Assemblies' fall-back), a bad payload fails its upload.
+#
+# Bounds: a batch takes at most BATCH_FILES chunks, each at most BATCH_CHUNK_BYTES
+# compressed (larger ones are published alone, a pool job each, as before), and a batched
+# chunk may decompress to at most BATCH_OUTPUT_BYTES: one that goes past it is published
+# alone afterwards, under the real limit. So a bomb or a large file costs a batch a few
+# milliseconds, not the others' durability. At most BATCHES batches run at once; the
+# first chunk after a quiet spell goes at once (a batch of one), and the chunks arriving
+# while batches run wait for the next (group commit).
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypeAlias, final
+
+from postoffice.ingest.assembly import Staged, assemble, stage
+from postoffice.ingest.chunkdigest import verify_chunk
+from postoffice.ingest.errors import (
+    AssemblyError,
+    ConflictError,
+    IngestError,
+    IngestStorageError,
+    OutputLimitError,
+)
+from postoffice.ingest.messages import Chunk, ChunkStored, FileId, file_id_hex
+from postoffice.ingest.patches import PayloadInfo
+from postoffice.ingest.published import PublishedInfo
+
+if TYPE_CHECKING:
+    from postoffice.ingest.assembler import Assemblies
+    from postoffice.ingest.storage import ChunkStore
+
+__all__ = [
+    "ALONE",
+    "BATCHES",
+    "BATCH_CHUNK_BYTES",
+    "BATCH_FILES",
+    "BATCH_OUTPUT_BYTES",
+    "BatchLimits",
+    "SinglePublishes",
+    "publish_batch",
+    "single_info",
+]
+
+log = logging.getLogger(__name__)
+
+#: Chunks published together, at most.
+BATCH_FILES: Final = 64
+#: A one-chunk upload larger than this (compressed) is published alone.
+BATCH_CHUNK_BYTES: Final = 256 * 1024
+#: A batched chunk that decompresses past this is taken out and published alone.
+BATCH_OUTPUT_BYTES: Final = 4 * 1024 * 1024
+#: Batches publishing at once.
+BATCHES: Final = 2
+#: Threads that fsync one batch's files at once (the batch's own thread among them).
+SYNC_THREADS: Final = 8
+
+
+@final
+class _Alone:
+    """The outcome of a batched chunk that must be published alone (its output is large)."""
+
+    def __repr__(self) -> str:
+        return "ALONE"
+
+
+ALONE: Final = _Alone()
+
+Outcome: TypeAlias = PublishedInfo | _Alone | Exception
+"""What a batch did with one chunk: its durable record, ALONE, or the error it met."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchLimits:
+    """Where and under which limits a batch publishes."""
+
+    files_dir: Path
+    max_output_bytes: int
+    max_window_log: int
+    fsync: bool
+
+
+def publish_batch(
+    chunks: Sequence[Chunk],
+    *,
+    limits: BatchLimits,
+    store: ChunkStore,
+    now: float,
+    sync_pool: Executor | None = None,
+) -> list[Outcome]:
+    """Publish one-chunk uploads together (see the design note); blocking.
+
+    Returns one outcome per chunk, in order: the PublishedInfo of a chunk now durably
+    published, ALONE for one whose output passes BATCH_OUTPUT_BYTES (nothing was
+    published), or the exception that stopped it (ChecksumError, BadNameError,
+    AssemblyError, IngestStorageError, ...). Never raises for a single chunk's failure.
+    `sync_pool` runs some of the staging files' fsyncs (see _sync_all).
+    """
+    outcomes: list[Outcome | None] = [None] * len(chunks)
+    cap = min(limits.max_output_bytes, BATCH_OUTPUT_BYTES)
+    staged: list[tuple[int, Staged]] = []
+    try:
+        for at, chunk in enumerate(chunks):
+            try:
+                verify_chunk(chunk)
+                staged.append(
+                    (
+                        at,
+                        stage(
+                            info=single_info(chunk, now),
+                            patches=[chunk.data],
+                            files_dir=limits.files_dir,
+                            max_output_bytes=cap,
+                            max_window_log=limits.max_window_log,
+                        ),
+                    )
+                )
+            except OutputLimitError as exc:
+                outcomes[at] = ALONE if cap < limits.max_output_bytes else exc
+            except Exception as exc:
+                outcomes[at] = exc
+        synced = _sync_all(staged, sync_pool) if limits.fsync else [None] * len(staged)
+        placed: list[tuple[int, Staged, bool]] = []
+        for (at, item), failure in zip(staged, synced, strict=True):
+            try:
+                if failure is not None:
+                    raise failure
+                placed.append((at, item, item.place()))
+            except Exception as exc:
+                outcomes[at] = exc
+            finally:
+                item.discard()
+        if not placed:
+            return _settled(outcomes)
+        records = [item.published(replaced=replaced, now=now) for _, item, replaced in placed]
+        try:
+            if limits.fsync:
+                store.syncer.sync(limits.files_dir)
+            store.mark_published_many(records)
+        except Exception as exc:
+            for at, _, _ in placed:
+                outcomes[at] = exc
+        else:
+            for (at, _, _), record in zip(placed, records, strict=True):
+                outcomes[at] = record
+    finally:
+        for _, item in staged:
+            item.discard()
+    return _settled(outcomes)
+
+
+def _sync_all(
+    staged: Sequence[tuple[int, Staged]], pool: Executor | None
+) -> list[Exception | None]:
+    """fsync every staging file; the error of each that failed, else None, in order.
+
+    With a pool, SYNC_THREADS slices are synced at once (this thread takes one): the
+    disk's flushes overlap, where one after the other each waits for the last.
+    """
+
+    def sync_slice(items: Sequence[tuple[int, Staged]]) -> list[Exception | None]:
+        failures: list[Exception | None] = []
+        for _, item in items:
+            try:
+                item.sync()
+            except Exception as exc:
+                failures.append(exc)
+            else:
+                failures.append(None)
+        return failures
+
+    ways = min(SYNC_THREADS, len(staged))
+    if pool is None or ways <= 1:
+        return sync_slice(staged)
+    slices = [staged[way::ways] for way in range(ways)]
+    others = [pool.submit(sync_slice, part) for part in slices[1:]]
+    results = [sync_slice(slices[0]), *(future.result() for future in others)]
+    failures: list[Exception | None] = [None] * len(staged)
+    for way, result in enumerate(results):
+        failures[way::ways] = result
+    return failures
+
+
+def _settled(outcomes: list[Outcome | None]) -> list[Outcome]:
+    settled: list[Outcome] = []
+    for outcome in outcomes:
+        assert outcome is not None, "every chunk of a batch gets an outcome"
+        settled.append(outcome)
+    return settled
+
+
+def single_info(chunk: Chunk, now: float) -> PayloadInfo:
+    """The PayloadInfo of a one-chunk upload that was never stored."""
+    return PayloadInfo(
+        file_id=chunk.file_id,
+        name=chunk.name,
+        total=1,
+        size=chunk.size,
+        committed=frozenset({0}),
+        created=now,
+        updated=now,
+    )
+
+
+@final
+class SinglePublishes:
+    """The one-chunk publishes of one server: queued on the loop, published in batches.
+
+    `publish(chunk)` answers True once the chunk is published, False when it must go the
+    usual road (a disk error), None when the same chunk was being published by another
+    sender (look again); it raises what the chunk is wrong with.
+    """
+
+    def __init__(self, assemblies: Assemblies) -> None:
+        self.assemblies = assemblies
+        self.server = assemblies.server
+        # File id -> (chunk digest, outcome) of every publish queued or running.
+        self.pending: dict[FileId, tuple[bytes, asyncio.Future[bool]]] = {}
+        self._queue: list[tuple[Chunk, float]] = []  # (chunk, monotonic time queued)
+        self._running = 0
+        self._kick_scheduled = False
+        self._sync_pool: ThreadPoolExecutor | None = None
+        self.batches = 0  # batches run, for tests and status
+
+    def __repr__(self) -> str:
+        return (
+            f"<SinglePublishes pending={len(self.pending)} queued={len(self._queue)}"
+            f" running={self._running} batches={self.batches}>"
+        )
+
+    def close(self) -> None:
+        """Let the fsync threads go (after the batches running now)."""
+        if self._sync_pool is not None:
+            self._sync_pool.shutdown(wait=False)
+
+    async def publish(self, chunk: Chunk) -> bool | None:
+        """See the class docstring. Cancelling the caller does not stop the publish.
+
+        Raises ChecksumError and BadNameError (the chunk is wrong), ConflictError (the id
+        is being published with other bytes), AssemblyError (the payload will never
+        decompress: nothing is stored, and the upload fails).
+        """
+        file_id = chunk.file_id
+        pending = self.pending.get(file_id)
+        if pending is not None:
+            digest, running = pending
+            if digest != chunk.digest:
+                raise ConflictError(
+                    f"chunk 0 of {file_id_hex(file_id)} is being published with other bytes"
+                )
+            await asyncio.wait([running])
+            return None
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        outcome.add_done_callback(_observe)
+        self.pending[file_id] = (chunk.digest, outcome)
+        if len(chunk.data) > BATCH_CHUNK_BYTES:
+            self._alone(chunk, time.monotonic())
+        else:
+            self._queue.append((chunk, time.monotonic()))
+            if not self._kick_scheduled:
+                # Chunks decoded from the same read join this batch.
+                self._kick_scheduled = True
+                asyncio.get_running_loop().call_soon(self._kick)
+        return await asyncio.shield(outcome)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        while self._queue and self._running < BATCHES:
+            batch, self._queue = self._queue[:BATCH_FILES], self._queue[BATCH_FILES:]
+            self._start(batch)
+
+    def _start(self, batch: list[tuple[Chunk, float]]) -> None:
+        server = self.server
+        config = server.config
+        limits = BatchLimits(
+            files_dir=config.files_path,
+            max_output_bytes=config.max_output_bytes,
+            max_window_log=config.max_window_log,
+            fsync=config.fsync,
+        )
+        chunks = [chunk for chunk, _ in batch]
+        now = time.time()
+        if self._sync_pool is None:
+            self._sync_pool = ThreadPoolExecutor(
+                BATCHES * (SYNC_THREADS - 1), thread_name_prefix="ingest-fsync"
+            )
+        pool = self._sync_pool
+        self._running += 1
+        self.batches += 1
+        job = server.pool.submit(
+            lambda: publish_batch(
+                chunks, limits=limits, store=server.store, now=now, sync_pool=pool
+            )
+        )
+        job.add_done_callback(lambda done: self._finished(batch, done))
+
+    def _finished(
+        self, batch: list[tuple[Chunk, float]], done: asyncio.Future[list[Outcome]]
+    ) -> None:
+        self._running -= 1
+        try:
+            outcomes: list[Outcome] = done.result()
+        except Exception as exc:  # the pool is closed, or a bug: every chunk gets it
+            outcomes = [exc] * len(batch)
+        ended = time.monotonic()
+        log.info(
+            len(batch),
+            ended - batch[-1][1],
+            ended - batch[0][1],
+        )
+        for (chunk, queued), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, _Alone):
+                self._alone(chunk, queued)
+            else:
+                self._settle(chunk, outcome, ended - queued)
+        self._kick()
+
+    def _alone(self, chunk: Chunk, queued: float) -> None:
+        """Publish one chunk in a pool job of its own, under the real output limit."""
+        server = self.server
+        config = server.config
+        now = time.time()
+
+        def publish() -> PublishedInfo:
+            verify_chunk(chunk)
+            done = assemble(
+                info=single_info(chunk, now),
+                patches=[chunk.data],
+                files_dir=config.files_path,
+                max_output_bytes=config.max_output_bytes,
+                max_window_log=config.max_window_log,
+                fsync=config.fsync,
+                now=now,
+                syncer=server.store.syncer,
+            )
+            server.store.mark_published(done)
+            return done
+
+        def finished(job: asyncio.Future[PublishedInfo]) -> None:
+            try:
+                outcome: Outcome = job.result()
+            except Exception as exc:
+                outcome = exc
+            self._settle(chunk, outcome, time.monotonic() - queued)
+
+        server.pool.submit(publish).add_done_callback(finished)
+
+    def _settle(self, chunk: Chunk, outcome: Outcome, seconds: float) -> None:
+        """Report a chunk's outcome (events, ack subscribers) and answer its senders."""
+        file_id = chunk.file_id
+        entry = self.pending.pop(file_id, None)
+        waiter = entry[1] if entry is not None else None
+        try:
+            answer = self._report(chunk, outcome, seconds)
+        except BaseException as exc:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def _report(self, chunk: Chunk, outcome: Outcome, seconds: float) -> bool:
+        assemblies = self.assemblies
+        server = self.server
+        file_id = chunk.file_id
+        if isinstance(outcome, PublishedInfo):
+            server.chunks_total += 1
+            server.bytes_in += len(chunk.data)
+            hex_id = file_id_hex(file_id)
+            server.events.emit(
+                "chunk_stored", file_id=hex_id, index=0, committed=1, total=1, bytes=len(chunk.data)
+            )
+            server.acks.publish(
+                file_id, ChunkStored(file_id=file_id, index=0, committed=1, total=1)
+            )
+            server.events.emit("payload_complete", file_id=hex_id, name=chunk.name)
+            assemblies.published(outcome, seconds)
+            return True
+        if isinstance(outcome, AssemblyError):
+            assemblies.single_failed(file_id, chunk.name, outcome)
+            raise outcome
+        if isinstance(outcome, IngestStorageError):
+            return assemblies.fall_back(file_id, outcome)
+        if isinstance(outcome, IngestError):
+            raise outcome  # the chunk itself is wrong (checksum, name)
+        assert isinstance(outcome, Exception)
+        return assemblies.fall_back(file_id, outcome)
+
+
+def _observe(future: asyncio.Future[bool]) -> None:
+    """Retrieve an outcome's exception even when its sender went away."""
+    if not future.cancelled():
+        future.exception()
