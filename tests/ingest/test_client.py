@@ -129,6 +129,8 @@ class FakeTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closed:
+            writes = self.conn.server.writes
+            writes[self.conn.port] = writes.get(self.conn.port, 0) + 1
             self.conn.received(bytes(data))
 
     def close(self) -> None:
@@ -221,6 +223,9 @@ class FakeServer:
         self.assemble_delay_s = 0.0  # lets a client reach its wait before the publish
         self.max_in_flight = 0
         self.tasks: list[asyncio.TimerHandle] = []
+        self.writes: dict[int, int] = {}  # port -> write calls the client made on it
+        self.subscribes: list[tuple[FileId, ...]] = []
+        self.hang_up_at_subscribe = 0  # close the ack connection at the next N SUBSCRIBEs
 
     async def connect(
         self, host: str, port: int
@@ -242,6 +247,11 @@ class FakeServer:
             case Query(file_id=fid):
                 conn.reply(self.status(fid), request_id)
             case Subscribe(file_ids=ids):
+                self.subscribes.append(ids)
+                if self.hang_up_at_subscribe:
+                    self.hang_up_at_subscribe -= 1
+                    conn.hang_up()
+                    return
                 conn.reply(Subscribed(file_ids=ids), request_id)
                 for fid in ids:
                     self.subscribers.setdefault(fid, []).append(conn)
@@ -619,3 +629,55 @@ class TestSend:
             await client.send(write(tmp_path / "a.bin", data))
         assert server.output == data
         assert server.max_in_flight == PIPELINE_DEPTH
+
+
+class TestSmallFiles:
+    """Many one-chunk uploads at once: shared SUBSCRIBEs, frames gathered, links in turn."""
+
+    async def test_concurrent_sends_share_one_subscribe_and_gather_their_frames(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        sources = [write(tmp_path / f"s{i}.txt", random_bytes(300, seed=i)) for i in range(12)]
+        async with make_client(server, tmp_path, parallel=2) as client:
+            results = await asyncio.gather(*(client.send(p) for p in sources))
+        assert [r.name for r in results] == [p.name for p in sources]
+        assert all(r.sent_chunks == 1 for r in results)
+        # One SUBSCRIBE for all twelve (and its PING), in one write.
+        assert len(server.subscribes) == 1
+        assert set(server.subscribes[0]) == {r.file_id for r in results}
+        assert server.writes[7003] == 1
+        # The chunks went over both links, far fewer writes than chunks.
+        ports = [port for port, _ in server.received]
+        assert sorted(set(ports)) == [7100, 7101]
+        assert len(ports) == 12
+        assert server.writes[7100] + server.writes[7101] < 12
+        for path, result in zip(sources, results, strict=True):
+            assert server.published[result.file_id].digest == xxhash.xxh3_128_digest(
+                path.read_bytes()
+            )
+
+    async def test_a_shared_subscribe_that_drops_is_retried_by_every_send(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        sources = [write(tmp_path / f"d{i}.txt", random_bytes(200, seed=i)) for i in range(5)]
+        async with make_client(server, tmp_path, parallel=2) as client:
+            server.hang_up_at_subscribe = 1
+            results = await asyncio.gather(*(client.send(p) for p in sources))
+        assert all(r.sent_chunks == 1 for r in results)
+        assert set(server.subscribes[0]) == {r.file_id for r in results}
+        assert len(server.subscribes) >= 2  # the dropped one, then again
+        assert server.connects.count(7003) == 2
+
+    async def test_a_send_that_is_cancelled_while_subscribing_does_not_stall_the_others(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        sources = [write(tmp_path / f"c{i}.txt", random_bytes(200, seed=i)) for i in range(4)]
+        async with make_client(server, tmp_path, parallel=2) as client:
+            first = asyncio.ensure_future(client.send(sources[0]))
+            others = [asyncio.ensure_future(client.send(p)) for p in sources[1:]]
+            await asyncio.sleep(0)  # every send has joined the first one's SUBSCRIBE
+            first.cancel()
+            results = await asyncio.gather(*others)
+        assert [r.name for r in results] == [p.name for p in sources[1:]]
+        with pytest.raises(asyncio.CancelledError):
+            await first

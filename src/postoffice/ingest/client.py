@@ -67,18 +67,24 @@ from postoffice.ingest.protocol import encode
 # ------
 # `send(path)` runs five steps, each resumable by simply calling it again:
 #
-#   prepare    (thread) payload.prepare: hash the file, derive its file id (so a
-#              restarted client finds its earlier upload), and compress it into the work
-#              dir or reuse the copy an earlier run left there (a .zst is only hashed).
-#              See payload.py.
+#   prepare    (thread, or inline for a file up to 256 KiB) payload.prepare: hash the
+#              file, derive its file id (so a restarted client finds its earlier upload),
+#              and compress it into the work dir or reuse the copy an earlier run left
+#              there (a .zst is only hashed). See payload.py.
 #   subscribe  SUBSCRIBE on the ack port, then PING. The server replays PUBLISHED or
 #              FAILED to a late subscriber, so the events that arrive before the PONG tell
 #              how an *earlier* attempt ended; they are kept apart from this attempt's.
+#              Sends that subscribe in the same loop iteration share one SUBSCRIBE (up to
+#              MAX_SUBSCRIBE_IDS ids) and one PING.
 #   plan       QUERY on a data link; STATUS's missing ranges say which chunks to send.
 #   send       parallel * PIPELINE_DEPTH workers take indexes from one queue; worker w
 #              uses link w % parallel (links go round-robin over the data ports), so a
 #              link has at most PIPELINE_DEPTH chunks in flight and memory holds at most
-#              that many chunk frames. Replies are matched to requests by request id.
+#              that many chunk frames. A one-chunk upload needs no workers: it goes over
+#              the next link in turn, where up to SMALL_PIPELINE_DEPTH small chunks (of
+#              any sends) may be in flight besides the large ones, and small frames
+#              written in one loop iteration leave in one write (links.py). Replies are
+#              matched to requests by request id.
 #   wait       the final event for the id: FAILED raises, PUBLISHED is checked against
 #              our own payload digest (the server decompressed exactly what we sent) and,
 #              for a file we compressed, our own content size and digest.
@@ -170,6 +176,35 @@ class _Watch:
         self.wakeup = asyncio.Event()  # set on a final event and when the ack link drops
 
 
+@final
+class _Subscription:
+    """File ids that subscribe together, and the outcome they share."""
+
+    __slots__ = ("done", "file_ids")
+
+    def __init__(self, file_id: FileId) -> None:
+        self.file_ids = [file_id]
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a shared outcome's exception as seen: its waiters may all be gone."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _is_small(path: Path) -> bool:
+    """Whether `path` is small enough to prepare on the loop (a thread hop costs more).
+
+    A file that cannot be stat'ed is prepared on a thread, which reports the error.
+    """
+    try:
+        return os.stat(path).st_size <= _INLINE_BYTES
+    except OSError:
+        return False
+
+
 @dataclass(slots=True, kw_only=True)
 class _Run:
     """Shared state of one send's workers."""
@@ -258,6 +293,8 @@ class IngestClient:
             on_lost=self._on_ack_lost,
         )
         self._watches: dict[FileId, set[_Watch]] = {}
+        self._subscribing: _Subscription | None = None  # ids gathered for one SUBSCRIBE
+        self._next_link = 0  # the link the next one-chunk upload goes over
         self.files_sent = 0
 
     def __repr__(self) -> str:
@@ -310,9 +347,12 @@ class IngestClient:
         """
         began = time.monotonic()
         path = Path(path)
-        prepared = await asyncio.to_thread(
-            prepare, path, chunk_size=self.chunk_size, work_dir=self.work_dir, name=name
-        )
+        if _is_small(path):
+            prepared = prepare(path, chunk_size=self.chunk_size, work_dir=self.work_dir, name=name)
+        else:
+            prepared = await asyncio.to_thread(
+                prepare, path, chunk_size=self.chunk_size, work_dir=self.work_dir, name=name
+            )
         hex_id = file_id_hex(prepared.file_id)
         watch = _Watch(prepared.file_id)
         self._watches.setdefault(prepared.file_id, set()).add(watch)
@@ -420,6 +460,10 @@ class IngestClient:
     async def _send_chunks(self, run: _Run, indexes: tuple[int, ...]) -> None:
         queue = collections.deque(indexes)
         workers = min(len(indexes), self.parallel * PIPELINE_DEPTH)
+        if workers == 1:  # one chunk (a small file): no tasks to spread it over
+            self._next_link = (self._next_link + 1) % self.parallel
+            await self._worker(self._links[self._next_link], queue, run)
+            return
         await _all_or_nothing(
             self._worker(self._links[w % self.parallel], queue, run) for w in range(workers)
         )
@@ -432,11 +476,12 @@ class IngestClient:
         prepared = run.prepared
         what = f"chunk {index} of {prepared.name} ({file_id_hex(prepared.file_id)})"
         for attempt in range(MAX_RETRIES + 1):
+            small = prepared.chunk_length(index) <= _INLINE_BYTES
             try:
-                async with link.in_flight:
+                async with link.small_in_flight if small else link.in_flight:
                     await link.ensure()
                     request_id = link.next_id()
-                    if prepared.chunk_length(index) <= _INLINE_BYTES:
+                    if small:
                         frame = read_chunk_frame(prepared, run.fd, index, request_id)
                     else:
                         frame = await asyncio.to_thread(
@@ -481,14 +526,37 @@ class IngestClient:
                 )
 
     async def _subscribe(self, file_id: FileId) -> None:
-        """Watch `file_id` on the ack port; return once the replayed events are in."""
+        """Watch `file_id` on the ack port; return once the replayed events are in.
+
+        The sends that subscribe in the same loop iteration share one SUBSCRIBE and one
+        PING: the first waits one iteration for the others to join, then sends them.
+        """
         await self._ack_ready()
-        # Both at once (written in this order): replies come in order, so once the PONG
-        # is here, every replayed event is too.
-        await asyncio.gather(
-            self._ack_call(Subscribe(file_ids=(file_id,)), Subscribed),
-            self._ack_call(Ping(), Pong),
-        )
+        joining = self._subscribing
+        if joining is not None and len(joining.file_ids) < MAX_SUBSCRIBE_IDS:
+            joining.file_ids.append(file_id)
+            await asyncio.shield(joining.done)
+            return
+        batch = _Subscription(file_id)
+        self._subscribing = batch
+        try:
+            await asyncio.sleep(0)
+            if self._subscribing is batch:
+                self._subscribing = None
+            # Both at once (written in this order): replies come in order, so once the
+            # PONG is here, every replayed event is too.
+            await asyncio.gather(
+                self._ack_call(Subscribe(file_ids=tuple(batch.file_ids)), Subscribed),
+                self._ack_call(Ping(), Pong),
+            )
+        except BaseException as exc:
+            if self._subscribing is batch:
+                self._subscribing = None
+            # The others retry a BrokenError; an interrupted leader is one for them.
+            shared = exc if isinstance(exc, Exception) else BrokenError("subscribe interrupted")
+            batch.done.set_exception(shared)
+            raise
+        batch.done.set_result(None)
 
     async def _ack_ready(self) -> None:
         """Connect the ack link if it dropped, subscribing again to every watched id."""

@@ -22,6 +22,8 @@ __all__ = [
     "MAX_INFO_BYTES",
     "MAX_REPLY_BYTES",
     "PIPELINE_DEPTH",
+    "SMALL_FRAME_BYTES",
+    "SMALL_PIPELINE_DEPTH",
     "Connector",
     "Link",
     "fetch_data_ports",
@@ -32,6 +34,13 @@ __all__ = [
 PIPELINE_DEPTH: Final = 4
 """Chunks in flight per connection: hides the server's fsync latency without letting one
 connection pin more than PIPELINE_DEPTH chunks of memory on either side."""
+SMALL_PIPELINE_DEPTH: Final = 8
+"""Small chunks (up to SMALL_FRAME_BYTES) in flight per connection, besides the large
+ones: they cost little memory, and the server publishes small files in batches, which
+fill only if many are in flight (its default max_in_flight per connection is 8 too)."""
+SMALL_FRAME_BYTES: Final = 256 * 1024
+"""Frames up to this size are gathered: those written in the same loop iteration leave
+in one write (one send system call, not one per frame and part)."""
 MAX_INFO_BYTES: Final = 64 * 1024
 """Largest /info response read, in bytes: a few hundred in practice; bounds what a wrong
 or hostile peer on the health port can make us buffer."""
@@ -190,6 +199,10 @@ class Link:
         self._next_id = 0
         self._lock = asyncio.Lock()  # one connect at a time; one frame written at a time
         self.in_flight = asyncio.Semaphore(PIPELINE_DEPTH)
+        self.small_in_flight = asyncio.Semaphore(SMALL_PIPELINE_DEPTH)
+        # Small frames waiting for the end of this loop iteration, to leave in one write.
+        self._gathered: list[bytes] = []
+        self._gathered_for: asyncio.StreamWriter | None = None
         self.connects = 0
         self.closed = False
 
@@ -247,11 +260,7 @@ class Link:
                 if writer is not self._writer:
                     raise BrokenError(f"connection to {self.host}:{self.port} was reset")
                 try:
-                    if isinstance(frame, bytes):
-                        writer.write(frame)
-                    else:
-                        for part in frame:
-                            writer.write(part)
+                    self._write(writer, frame)
                     await writer.drain()
                 except OSError as exc:
                     error = BrokenError(f"cannot write to {self.host}:{self.port}: {exc}")
@@ -268,6 +277,33 @@ class Link:
                 raise error from exc
         finally:
             self._pending.pop(request_id, None)
+
+    def _write(self, writer: asyncio.StreamWriter, frame: bytes | tuple[bytes, ...]) -> None:
+        """Write a frame: a small one is gathered with the others of this loop iteration;
+        a large one is written at once (after what is gathered), part by part, uncopied."""
+        parts = (frame,) if isinstance(frame, bytes) else frame
+        if sum(len(part) for part in parts) <= SMALL_FRAME_BYTES:
+            if not self._gathered:
+                self._gathered_for = writer
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._gathered.extend(parts)
+            return
+        self._flush()
+        for part in parts:
+            writer.write(part)
+
+    def _flush(self) -> None:
+        """Write the gathered frames in one write, to the connection they were meant for."""
+        gathered, writer = self._gathered, self._gathered_for
+        if not gathered:
+            return
+        self._gathered, self._gathered_for = [], None
+        if writer is None or writer is not self._writer:
+            return  # that connection is gone: its requests failed with it
+        try:
+            writer.write(b"".join(gathered))
+        except (OSError, RuntimeError) as exc:
+            self._drop(BrokenError(f"cannot write to {self.host}:{self.port}: {exc}"), writer)
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = MessageDecoder(max_payload_bytes=MAX_REPLY_BYTES, max_chunk_bytes=0)
@@ -303,6 +339,8 @@ class Link:
     def _drop(self, error: PostOfficeError, writer: asyncio.StreamWriter) -> None:
         """Close `writer`; if it is the current connection, fail its requests in flight."""
         writer.close()
+        if self._gathered_for is writer:
+            self._gathered, self._gathered_for = [], None
         if writer is not self._writer:
             return
         self._writer = None
