@@ -15,6 +15,9 @@ JSON object (parameters, machine, results, goals) to stdout. See bench/store/REA
 #   rb:      redis-benchmark -t set,get against the command server backed by the store
 #            server (`postoffice command serve --store HOST:PORT`) and against redis-server;
 #            skipped when the command server has no --store flag;
+#   rb-embedded: the same against the command server with the store engine in its own
+#            process (`postoffice command serve --store-dir DIR`), on the same data dir
+#            once the store server is stopped; skipped without --store-dir;
 #   engine:  postoffice.store.Store in this process against the `lmdb` package alone.
 # The servers run in two phases: durable (our `always`, redis `appendfsync always`) and
 # interval (our `interval`, redis `appendfsync everysec`). In each phase both stores are
@@ -110,7 +113,7 @@ INSTALL_HINT: Final = (
     "(as root, or with sudo, on Debian/Ubuntu)"
 )
 
-PARTS: Final = ("client", "rb", "engine")
+PARTS: Final = ("client", "rb", "rb-embedded", "engine")
 #: Event loops the client part can run on; both clients always get the same one.
 LOOPS: Final[dict[str, Callable[[], asyncio.AbstractEventLoop]]] = {
     "uvloop": uvloop.new_event_loop,
@@ -303,10 +306,24 @@ def start_store(work: Path, postoffice: str, durability: str) -> Server:
     return server
 
 
-def start_command(work: Path, postoffice: str, store: Server, durability: str) -> Server:
-    """Start `postoffice command serve --store` in front of the store server."""
+def start_command(
+    work: Path,
+    postoffice: str,
+    durability: str,
+    *,
+    store: Server | None = None,
+    store_dir: Path | None = None,
+) -> Server:
+    """Start `postoffice command serve`, with `--store` in front of the store server, or
+    with `--store-dir` (and our `--durability`) on the store server's data dir."""
     port = free_port()
-    ready = work / f"command-{durability}.ready.json"
+    mode = "remote" if store is not None else "embedded"
+    ready = work / f"command-{mode}-{durability}.ready.json"
+    if store is not None:
+        backend = ["--store", f"{LOOPBACK}:{store.port}"]
+    else:
+        assert store_dir is not None
+        backend = ["--store-dir", str(store_dir), "--durability", durability]
     argv = [
         postoffice,
         "command",
@@ -318,14 +335,13 @@ def start_command(work: Path, postoffice: str, store: Server, durability: str) -
         "--no-metrics",
         "--max-connections",
         str(MAX_CONNECTIONS),
-        "--store",
-        f"{LOOPBACK}:{store.port}",
+        *backend,
         "--ready-file",
         str(ready),
         "--log-level",
         "WARNING",
     ]
-    server = _spawn("command", argv, port, work / f"command-{durability}.log", work)
+    server = _spawn("command", argv, port, work / f"command-{mode}-{durability}.log", work)
     wait_ready(server, ready)
     return server
 
@@ -729,15 +745,16 @@ def client_run(
 # --- part "rb": redis-benchmark against the store-backed command server -------------------
 
 
-def command_has_store_flag(postoffice: str) -> bool:
-    """Whether `postoffice command serve` accepts --store (the store-backed GET/SET)."""
+def command_has_store_flag(postoffice: str, flag: str = "--store") -> bool:
+    """Whether `postoffice command serve` accepts `flag` (--store: GET/SET on a store
+    server; --store-dir: on a store engine in its own process)."""
     try:
         done = subprocess.run(
             [postoffice, "command", "serve", "--help"], capture_output=True, timeout=30, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return re.search(rb"(^|\s)--store\b", done.stdout) is not None
+    return re.search(rb"(^|\s)" + re.escape(flag.encode()) + rb"(\s|$)", done.stdout) is not None
 
 
 def check_command_store(command: Server, key: bytes, deadline_s: float = 10.0) -> None:
@@ -772,14 +789,19 @@ def check_command_store(command: Server, key: bytes, deadline_s: float = 10.0) -
 
 
 def rb_argv(
-    redis_benchmark: str, port: int, scenario: Scenario, requests: int, keyspace: int
+    redis_benchmark: str,
+    port: int,
+    scenario: Scenario,
+    requests: int,
+    keyspace: int,
+    tests: str = "set,get",
 ) -> list[str]:
     """The redis-benchmark command line for one run."""
     argv = [redis_benchmark, "-h", LOOPBACK, "-p", str(port), "-c", str(scenario.clients)]
     if scenario.pipeline > 1:
         argv += ["-P", str(scenario.pipeline)]
     argv += ["-n", str(requests), "-r", str(keyspace), "-d", str(VALUE_BYTES)]
-    return [*argv, "-t", "set,get", "--csv"]
+    return [*argv, "-t", tests, "--csv"]
 
 
 def parse_rb_csv(text: str) -> dict[str, tuple[float, float, float]]:
@@ -810,6 +832,7 @@ def parse_rb_csv(text: str) -> dict[str, tuple[float, float, float]]:
 
 def rb_run(
     *,
+    part: str = "rb",
     contender: str,
     servers: Sequence[Server],
     phase: str,
@@ -848,7 +871,7 @@ def rb_run(
     }
     return [
         Run(
-            part="rb",
+            part=part,
             phase=phase,
             test=test,
             scenario=scenario.name,
@@ -1227,6 +1250,10 @@ def table(rows: Sequence[dict[str, object]]) -> str:
         ("rb", "durable", "SET"): "SET durable (always vs appendfsync always)",
         ("rb", "interval", "GET"): "GET (interval servers)",
         ("rb", "interval", "SET"): "SET interval (interval vs appendfsync everysec)",
+        ("rb-embedded", "durable", "GET"): "GET",
+        ("rb-embedded", "durable", "SET"): "SET durable (always vs appendfsync always)",
+        ("rb-embedded", "interval", "GET"): "GET (interval servers)",
+        ("rb-embedded", "interval", "SET"): "SET interval (interval vs appendfsync everysec)",
     }
     head = (
         "| part | test | load | peer ops/s | ours ops/s | ours/peer | peer p50 / p99 ms "
@@ -1247,7 +1274,8 @@ def table(rows: Sequence[dict[str, object]]) -> str:
         label = labels.get((part, phase, test), test)
         driver = {
             "client": "AsyncClient vs redis-py",
-            "rb": "redis-benchmark",
+            "rb": "redis-benchmark, --store",
+            "rb-embedded": "redis-benchmark, --store-dir",
             "engine": "Store vs raw LMDB",
         }[part]
         peer_ops = peer.get("ops_s") if isinstance(peer, dict) else None
@@ -1503,6 +1531,7 @@ def run_phase(
     appendfsync: str,
     keys: Sequence[bytes],
     with_rb: bool,
+    with_rbe: bool,
 ) -> tuple[list[Run], dict[str, object]]:
     """Start one phase's servers, prefill them, run the client and redis-benchmark parts."""
     redis_server, redis_benchmark, postoffice = tools
@@ -1553,28 +1582,94 @@ def run_phase(
                         )
                     )
         if with_rb:
-            servers.append(start_command(work, postoffice, store, durability))
-            command = servers[-1]
-            for scenario in scenarios:
-                requests = args.rb_requests * (RB_PIPELINED_FACTOR if scenario.pipeline > 1 else 1)
-                for round_no in range(1, args.rounds + 1):
-                    for contender, port, measured in (
-                        ("redis", redis_srv.port, [redis_srv]),
-                        ("ours", command.port, [command, store]),
-                    ):
-                        argv = rb_argv(redis_benchmark, port, scenario, requests, len(keys))
-                        for run in rb_run(
-                            contender=contender,
-                            servers=measured,
-                            phase=phase,
-                            argv=argv,
-                            scenario=scenario,
-                            requests=requests,
-                            round_no=round_no,
-                        ):
-                            runs.append(run)
-                            _say(human_line(run))
+            command = start_command(work, postoffice, durability, store=store)
+            servers.append(command)
+            runs += rb_rounds(args, "rb", phase, redis_benchmark, redis_srv, [command, store], keys)
+        if with_rbe:
+            # The store directory is open in one process at a time: the store server and
+            # the command server in front of it go first.
+            for server in servers[1:]:
+                stop(server)
+            del servers[1:]
+            store_dir = work / f"store-{durability}" / "store"
+            command = start_command(work, postoffice, durability, store_dir=store_dir)
+            servers.append(command)
+            runs += rb_rounds(
+                args, "rb-embedded", phase, redis_benchmark, redis_srv, [command], keys
+            )
+            if args.profile_dir is not None:
+                profiles.update(
+                    profile_rb(command, redis_benchmark, scenarios, args, phase, len(keys))
+                )
     return runs, profiles
+
+
+def rb_rounds(
+    args: argparse.Namespace,
+    part: str,
+    phase: str,
+    redis_benchmark: str,
+    redis_srv: Server,
+    ours: Sequence[Server],
+    keys: Sequence[bytes],
+) -> list[Run]:
+    """redis-benchmark against redis, then against `ours[0]` (CPU summed over `ours`), for
+    each scenario and round."""
+    runs: list[Run] = []
+    for scenario in build_scenarios(args.clients, args.pipeline):
+        requests = args.rb_requests * (RB_PIPELINED_FACTOR if scenario.pipeline > 1 else 1)
+        for round_no in range(1, args.rounds + 1):
+            for contender, measured in (("redis", [redis_srv]), ("ours", list(ours))):
+                argv = rb_argv(redis_benchmark, measured[0].port, scenario, requests, len(keys))
+                for run in rb_run(
+                    part=part,
+                    contender=contender,
+                    servers=measured,
+                    phase=phase,
+                    argv=argv,
+                    scenario=scenario,
+                    requests=requests,
+                    round_no=round_no,
+                ):
+                    runs.append(run)
+                    _say(human_line(run))
+    return runs
+
+
+def profile_rb(
+    command: Server,
+    redis_benchmark: str,
+    scenarios: Sequence[Scenario],
+    args: argparse.Namespace,
+    phase: str,
+    keyspace: int,
+) -> dict[str, object]:
+    """One extra, untimed redis-benchmark run per test (-t get, -t set) and scenario
+    against the embedded command server, with py-spy attached to it."""
+    out_dir: Path = args.profile_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found: dict[str, object] = {}
+    for scenario in scenarios:
+        requests = args.rb_requests * (RB_PIPELINED_FACTOR if scenario.pipeline > 1 else 1)
+        for test in ("get", "set"):
+            out = out_dir / f"command-embedded-{phase}-{test}-{scenario.name}.txt"
+            argv = rb_argv(redis_benchmark, command.port, scenario, requests, keyspace, test)
+            spy = _py_spy(command.pid, out, args.seconds)
+            time.sleep(1.0)  # py-spy attaches
+            deadline = time.monotonic() + args.seconds
+            while time.monotonic() < deadline:  # keep the load on for py-spy's whole window
+                subprocess.run(argv, capture_output=True, timeout=RB_TIMEOUT_S, check=True)
+            try:
+                _, err = spy.communicate(timeout=args.seconds + 31)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, err = spy.communicate()
+            summary = summarise_profile(out)
+            if spy.returncode != 0:
+                summary["py_spy_error"] = err.decode(errors="replace")[-300:]
+            found[f"command-embedded/{phase}/{test}/{scenario.name}"] = summary
+            _say(f"profiled embedded command server {phase} {test} {scenario.name}: {out}")
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1595,15 +1690,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "(the store-backed command server is not there yet)"
             )
     with_rb = rb_status == "ran"
+    rbe_status = "not asked for"
+    if "rb-embedded" in parts:
+        rbe_status = "ran" if command_has_store_flag(tools[2], "--store-dir") else "skipped"
+        if rbe_status == "skipped":
+            _say("part rb-embedded skipped: `postoffice command serve --help` has no --store-dir")
+    with_rbe = rbe_status == "ran"
     keys = make_keys(args.keys)
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.work_dir) as tmp_name:
         work = Path(tmp_name)
         machine = machine_facts(tools[0], work)
         try:
-            if "client" in parts or with_rb:
+            if "client" in parts or with_rb or with_rbe:
                 for phase, durability, appendfsync in PHASES:
                     found, profiled = run_phase(
-                        args, tools, work, phase, durability, appendfsync, keys, with_rb
+                        args, tools, work, phase, durability, appendfsync, keys, with_rb, with_rbe
                     )
                     runs += found
                     profiles.update(profiled)
@@ -1631,6 +1732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else list(argv),
             "parts": list(parts),
             "rb": rb_status,
+            "rb_embedded": rbe_status,
             "rounds": args.rounds,
             "keys": args.keys,
             "value_bytes": VALUE_BYTES,
@@ -1650,6 +1752,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--auto-aof-rewrite-percentage 0 --save '' --maxclients {MAX_CONNECTIONS}",
             "store_server_flags": "--durability always|interval "
             f"--max-connections {MAX_CONNECTIONS} --log-level WARNING",
+            "command_server_flags": "--no-metrics "
+            f"--max-connections {MAX_CONNECTIONS} --log-level WARNING, then --store "
+            "127.0.0.1:P (rb) or --store-dir D/store --durability always|interval "
+            "(rb-embedded, on the store server's data dir once it is stopped)",
             "order": "per test, scenario and round: redis (or lmdb) then ours",
             "cpu_us_per_op": "server: utime+stime of the server process(es) over the timed "
             "window / ops; client: this process (client parts) or redis-benchmark; "
