@@ -154,9 +154,12 @@ async def test_one_fsync_answers_every_connection(server: CommandServer) -> None
     assert await first.read_exactly(b"+OK\r\n") == b"+OK\r\n"
     for peer in peers:
         assert await peer.read_exactly(b"+OK\r\n" * 5) == b"+OK\r\n" * 5
-    # The first sync was asked for ticket 1, the next for all 100 that came while it was
-    # held: two fsyncs for 101 writes on 21 connections.
-    assert gate.calls == [1, 101]
+    # The first sync was asked for ticket 1, and covers all that was written when it ran:
+    # every reply may leave after it. The committer then syncs for the newest ticket
+    # asked for, 101, at most once more: two fsyncs at most for 101 writes on 21
+    # connections (the second may not have started yet when the replies are read).
+    assert gate.calls[0] == 1
+    assert gate.calls[1:] in ([], [101])
     for peer in (first, *peers):
         await peer.close()
 
