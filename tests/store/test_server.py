@@ -239,3 +239,27 @@ async def test_garbage_in_a_good_frame_keeps_the_connection(server: StoreServer)
     assert replies[2].body == b"get key of 1025 bytes exceeds limit 1024"
     assert (await _call(peer, PingRequest())).status is Status.OK
     await peer.close()
+
+
+async def test_a_scan_page_is_cut_to_fit_one_frame(server: StoreServer) -> None:
+    from postoffice.core.storewire import ScanRequest, decode_scan_body, next_start
+
+    peer = await Peer.open(server)
+    big = 7 * 1024 * 1024  # two fit one 16 MiB frame, three do not
+    for key in (b"a", b"b", b"c"):
+        assert (await _call(peer, PutRequest(key=key, value=key * big))).status is Status.OK
+    first = decode_scan_body((await _call(peer, ScanRequest(limit=10))).body)
+    assert [key for key, _ in first.items] == [b"a", b"b"]
+    assert first.more
+    start = next_start(first)
+    assert start == b"b\0"
+    rest = decode_scan_body((await _call(peer, ScanRequest(start=start, limit=10))).body)
+    assert [(key, len(value)) for key, value in rest.items] == [(b"c", big)]
+    assert not rest.more
+    huge = b"h" * (16 * 1024 * 1024 - 8)  # fits a PUT frame, not a page with its head
+    assert (await _call(peer, PutRequest(key=b"h", value=huge))).status is Status.OK
+    refused = await _call(peer, ScanRequest(start=b"h", limit=1))
+    assert refused.status is Status.TOO_LARGE
+    assert refused.body == b"scan item b'h' of 16777208 bytes does not fit one response frame"
+    assert (await _call(peer, GetRequest(key=b"c"))).body == b"c" * big  # still served
+    await peer.close()

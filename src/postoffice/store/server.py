@@ -36,7 +36,7 @@ from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import LimitExceeded, PostOfficeError
-from postoffice.core.framing import FrameDecoder, FrameError
+from postoffice.core.framing import MAX_PAYLOAD_BYTES, FrameDecoder, FrameError
 from postoffice.core.http import health_routes, metrics_route, serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
@@ -79,6 +79,10 @@ _Outcome = tuple[int, Status, bytes]
 # bytes, and when its read began (for the latency histogram).
 _Owed = tuple[int, int, bytes, float]
 
+#: A SCAN page's items must fit one frame with the status byte and the page head, and
+#: each item costs its head plus its key and value.
+_SCAN_BODY_ROOM: Final = MAX_PAYLOAD_BYTES - 1 - 5
+_SCAN_ITEM_HEAD: Final = 6
 _GET: Final = int(RequestType.GET)
 _PUT: Final = int(RequestType.PUT)
 _OK: Final = Status.OK
@@ -405,8 +409,7 @@ class StoreServer:
                     return (ticket if durable else 0), _OK, b""
                 case ScanRequest(prefix=prefix, start=start, end=end, limit=limit):
                     items = store.scan(prefix=prefix, start=start, end=end, limit=limit + 1)
-                    more = len(items) > limit
-                    return 0, _OK, encode_scan_body(items[:limit], more)
+                    return _scan_page(items, limit)
                 case PingRequest():
                     return 0, _OK, b""
                 case StatsRequest():
@@ -470,6 +473,28 @@ class StoreServer:
             },
             **{f"engine_{k}": v for k, v in engine.items() if isinstance(v, int | float)},
         }
+
+
+def _scan_page(items: list[tuple[bytes, bytes]], limit: int) -> _Outcome:
+    """A SCAN reply of up to `limit` of `items` (one more was asked for, to know whether
+    there are more), cut short (more = 1) where the next item would not fit one frame."""
+    room = _SCAN_BODY_ROOM
+    count = 0
+    for key, value in items[:limit]:
+        room -= _SCAN_ITEM_HEAD + len(key) + len(value)
+        if room < 0:
+            break
+        count += 1
+    if count == 0 and items:
+        key, value = items[0]
+        return (
+            0,
+            Status.TOO_LARGE,
+            (
+                f"scan item {key[:64]!r} of {len(value)} bytes does not fit one response frame"
+            ).encode(),
+        )
+    return 0, _OK, encode_scan_body(items[:count], len(items) > count)
 
 
 def _op(op: PutRequest | DeleteRequest) -> BatchOp:
