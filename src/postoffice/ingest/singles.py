@@ -335,11 +335,6 @@ class SinglePublishes:
         except Exception as exc:  # the pool is closed, or a bug: every chunk gets it
             outcomes = [exc] * len(batch)
         ended = time.monotonic()
-        log.info(
-            len(batch),
-            ended - batch[-1][1],
-            ended - batch[0][1],
-        )
         for (chunk, queued), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, _Alone):
                 self._alone(chunk, queued)
