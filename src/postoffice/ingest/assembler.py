@@ -256,22 +256,26 @@ class Assemblies:
         )
         server.acks.publish(file_id, failed)
 
-    def published(self, done: PublishedInfo, seconds: float) -> None:
-        """Count a publish and tell telemetry and the ack subscribers."""
+    def published(self, done: PublishedInfo, seconds: float, *, level: int = logging.INFO) -> None:
+        """Count a publish and tell telemetry and the ack subscribers; the log line goes
+        at `level` (batched one-chunk publishes log theirs at DEBUG, and a line per batch
+        at INFO)."""
         server = self.server
         file_id = done.file_id
         hex_id = file_id_hex(file_id)
         self._backoff.pop(file_id, None)
         self.fallen_back.discard(file_id)
         server.published_total += 1
-        log.info(
-            "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
-            hex_id,
-            done.name,
-            done.size,
-            seconds,
-            done.replaced,
-        )
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
+                hex_id,
+                done.name,
+                done.size,
+                seconds,
+                done.replaced,
+            )
         server.events.emit(
             "published",
             file_id=hex_id,

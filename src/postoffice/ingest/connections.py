@@ -47,14 +47,34 @@ class _FramedConnection(BaseProtocol):
         self.decoder = MessageDecoder(
             max_chunk_bytes=server.config.max_chunk_bytes, verify_chunks=False
         )
+        # Messages sent in this loop iteration, written together at its end: a batch of
+        # publishes answers many chunks and events at once, and each write is a syscall.
+        self._outbox: list[bytes] | None = None
 
     def reject(self, reason: str) -> None:
         self.send(ErrorReply(code=ErrorCode.TOO_LARGE, message=reason), 0)
         self.close(reason)
 
     def send(self, message: Message, request_id: int) -> None:
-        """Encode and queue one message."""
-        self.write(encode(message, request_id))
+        """Encode and queue one message; it leaves with the others sent in this loop
+        iteration, in order, in one write."""
+        data = encode(message, request_id)
+        outbox = self._outbox
+        if outbox is None:
+            self._outbox = [data]
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            outbox.append(data)
+
+    def flush(self) -> None:
+        """Write the queued messages now."""
+        outbox, self._outbox = self._outbox, None
+        if outbox:
+            self.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+
+    def close(self, reason: str, *, linger: bool = True) -> None:
+        self.flush()  # the replies queued so far (an ERROR saying why, often) go first
+        super().close(reason, linger=linger)
 
     def _drain_messages(self) -> bool:
         """Handle every complete message; False once the connection is closing."""

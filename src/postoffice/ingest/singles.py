@@ -335,11 +335,20 @@ class SinglePublishes:
         except Exception as exc:  # the pool is closed, or a bug: every chunk gets it
             outcomes = [exc] * len(batch)
         ended = time.monotonic()
+        published = 0
         for (chunk, queued), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, _Alone):
                 self._alone(chunk, queued)
             else:
-                self._settle(chunk, outcome, ended - queued)
+                published += isinstance(outcome, PublishedInfo)
+                self._settle(chunk, outcome, ended - queued, level=logging.DEBUG)
+        if published:
+            log.info(
+                "published batch files=%d of=%d seconds=%.3f",
+                published,
+                len(batch),
+                ended - batch[0][1],
+            )
         self._kick()
 
     def _alone(self, chunk: Chunk, queued: float) -> None:
@@ -372,13 +381,16 @@ class SinglePublishes:
 
         server.pool.submit(publish).add_done_callback(finished)
 
-    def _settle(self, chunk: Chunk, outcome: Outcome, seconds: float) -> None:
-        """Report a chunk's outcome (events, ack subscribers) and answer its senders."""
+    def _settle(
+        self, chunk: Chunk, outcome: Outcome, seconds: float, *, level: int = logging.INFO
+    ) -> None:
+        """Report a chunk's outcome (events, ack subscribers; its publish's log line at
+        `level`) and answer its senders."""
         file_id = chunk.file_id
         entry = self.pending.pop(file_id, None)
         waiter = entry[1] if entry is not None else None
         try:
-            answer = self._report(chunk, outcome, seconds)
+            answer = self._report(chunk, outcome, seconds, level)
         except BaseException as exc:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
@@ -386,7 +398,7 @@ class SinglePublishes:
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
 
-    def _report(self, chunk: Chunk, outcome: Outcome, seconds: float) -> bool:
+    def _report(self, chunk: Chunk, outcome: Outcome, seconds: float, level: int) -> bool:
         assemblies = self.assemblies
         server = self.server
         file_id = chunk.file_id
@@ -401,7 +413,7 @@ class SinglePublishes:
                 file_id, ChunkStored(file_id=file_id, index=0, committed=1, total=1)
             )
             server.events.emit("payload_complete", file_id=hex_id, name=chunk.name)
-            assemblies.published(outcome, seconds)
+            assemblies.published(outcome, seconds, level=level)
             return True
         if isinstance(outcome, AssemblyError):
             assemblies.single_failed(file_id, chunk.name, outcome)
