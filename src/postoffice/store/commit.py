@@ -5,17 +5,18 @@ once per loop iteration and asks for the newest ticket with `request`; the threa
 (`Store.sync`, which also writes anything the ticket needs that is still in memory) and
 hands the covered ticket back to the loop with `call_soon_threadsafe`. While it fsyncs,
 the loop goes on serving and appending; the thread then starts the next sync at once if
-more was asked for, without being woken. So under load there is one thread hop per
-fsync, not per request, and the fsync rate alone paces durable writes. A failed sync
-hands back its error with the ticket it was for: those writes are answered with it.
-`GroupCommit` is the loop's half; the store server and the command server's embedded
-keyspace both use it.
+more was asked for (it takes every ticket queued meanwhile and syncs for the newest). So
+under load there is one thread hop per fsync, not per request, and the fsync rate alone
+paces durable writes. A failed sync hands back its error with the ticket it was for:
+those writes are answered with it. `GroupCommit` is the loop's half; the store server and
+the command server's embedded keyspace both use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from typing import Protocol, final
@@ -37,9 +38,10 @@ class Committer:
         self._store = store
         self._loop = loop
         self._done = done
-        self._cond = threading.Condition()
-        self._wanted = 0  # the newest ticket asked for
-        self._stopping = False
+        # Tickets asked for, newest last; None asks the thread to end. A SimpleQueue (C
+        # code, no Python-level condition) because the loop asks once per iteration.
+        self._asks: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._wanted = 0  # the newest ticket asked for (written by the loop only)
         self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
 
     def __repr__(self) -> str:
@@ -51,27 +53,34 @@ class Committer:
 
     def request(self, ticket: int) -> None:
         """Make every write up to `ticket` durable soon; `done` says when."""
-        with self._cond:
-            if ticket > self._wanted:
-                self._wanted = ticket
-                self._cond.notify()
+        if ticket > self._wanted:
+            self._wanted = ticket
+            self._asks.put(ticket)
 
     def stop(self) -> None:
         """Finish what was asked for, then end the thread (waits for it)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self._asks.put(None)
         self._thread.join()
 
     def _run(self) -> None:
+        asks = self._asks
         finished = 0
+        stopping = False
         while True:
-            with self._cond:
-                while self._wanted <= finished and not self._stopping:
-                    self._cond.wait()
-                if self._wanted <= finished:
-                    return
-                target = self._wanted
+            if stopping and asks.empty():
+                return
+            ask = asks.get()
+            target = finished
+            while True:  # everything asked for meanwhile: one sync for the newest
+                if ask is None:
+                    stopping = True
+                elif ask > target:
+                    target = ask
+                if asks.empty():
+                    break
+                ask = asks.get()
+            if target <= finished:
+                continue
             error: BaseException | None = None
             try:
                 covered = self._store.sync(target)
