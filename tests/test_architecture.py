@@ -16,7 +16,10 @@ PURE_MODULES = [
     "ingest/messages.py",
     "ingest/chunkdigest.py",
     "ingest/protocol.py",
-    "core/storewire.py",
+    "core/storewire/__init__.py",
+    "core/storewire/messages.py",
+    "core/storewire/requests.py",
+    "core/storewire/responses.py",
 ]
 FORBIDDEN_IN_PURE = {"asyncio", "socket", "selectors", "time", "os", "io", "pathlib", "ssl"}
 SERVICES = {"command", "ingest", "store", "bus", "office"}
