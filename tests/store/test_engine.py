@@ -143,6 +143,46 @@ def test_bad_config_is_refused(tmp_path: Path) -> None:
         _open(tmp_path, segment_bytes=0)
 
 
+def test_cached_values_follow_every_write(tmp_path: Path) -> None:
+    """A get keeps the value in memory; every later write of the key is seen."""
+    with _open(tmp_path) as s:
+        s.put(b"k", b"1")
+        assert s.get(b"k") == b"1"  # read from the log, then cached
+        assert s.get(b"k") == b"1"  # from the cache
+        s.put(b"k", b"2")
+        assert s.get(b"k") == b"2"
+        assert s.put_nowait(b"k", b"3") > 0
+        assert s.get(b"k") == b"3"
+        s.batch([Put(key=b"k", value=b"4"), Put(key=b"j", value=b"x")])
+        assert s.get(b"k") == b"4"
+        assert s.delete(b"k") is True
+        assert s.get(b"k") is None
+        s.batch([Put(key=b"k", value=b"5")])
+        assert s.get(b"k") == b"5"
+        s.batch([Delete(key=b"k")])
+        assert s.get(b"k") is None
+        assert s.get(b"j") == b"x"
+        s.put(b"j", b"y")
+        assert s.compact() >= 0  # copies keep their values
+        assert s.get(b"j") == b"y"
+
+
+def test_the_value_cache_is_bounded(tmp_path: Path) -> None:
+    with _open(tmp_path, value_cache_bytes=50) as s:
+        for i in range(20):
+            s.put(b"k%02d" % i, b"v" * 20)
+        assert [s.get(b"k%02d" % i) for i in range(20)] == [b"v" * 20] * 20
+        assert s._values_bytes <= 50
+        s.put(b"big", b"b" * 5000)  # over the per-value bound: never kept
+        assert s.get(b"big") == b"b" * 5000
+        assert b"big" not in s._values
+    with _open(tmp_path, value_cache_bytes=0) as s:
+        assert s.get(b"k00") == b"v" * 20
+        assert not s._values
+    with pytest.raises(ConfigError, match=r"^value_cache_bytes must be at least 0, not -1$"):
+        _open(tmp_path, value_cache_bytes=-1)
+
+
 def test_closed_store_refuses_calls(tmp_path: Path) -> None:
     s = Store.open(tmp_path)
     s.close()
@@ -424,7 +464,10 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = self._open()
 
     def _open(self) -> Store:
-        return Store.open(self.dir, durability="never", segment_bytes=256, flush_entries=4)
+        # A value cache of 100 bytes: gets fill it and empty it all the time.
+        return Store.open(
+            self.dir, durability="never", segment_bytes=256, flush_entries=4, value_cache_bytes=100
+        )
 
     keys = st.text(alphabet="abc", min_size=1, max_size=3).map(str.encode) | st.binary(
         min_size=1, max_size=2
