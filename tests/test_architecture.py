@@ -50,26 +50,16 @@ def test_core_imports_no_service() -> None:
                 assert parts[1] not in SERVICES, f"{path.name} imports {name}"
 
 
-#: The one exception, and only in these modules: the command server can open the store
-#: engine in its own process (`--store-dir`), and takes the store's durability default.
-#: The store never imports the command server.
-CROSS_SERVICE_IMPORTS = {
-    ("command", "embedded.py"): "store",
-    ("command", "config.py"): "store",
-}
-
-
 def test_services_import_no_other_service() -> None:
     for service in SERVICES - {"office"}:
         folder = SRC / service
         if not folder.exists():
             continue
         for path in sorted(folder.rglob("*.py")):
-            allowed = {service, CROSS_SERVICE_IMPORTS.get((service, path.name), service)}
             for name in imported_modules(path):
                 parts = name.split(".")
                 if parts[0] == "postoffice" and len(parts) > 1 and parts[1] in SERVICES:
-                    assert parts[1] in allowed, f"{service}/{path.name} imports {name}"
+                    assert parts[1] == service, f"{service}/{path.name} imports {name}"
 
 
 def test_every_module_has_a_docstring_and_future_annotations() -> None:

@@ -177,7 +177,7 @@ async def test_a_bad_frame_behind_owed_replies_waits_for_them(server: StoreServe
 
 
 async def test_a_failed_fsync_fails_the_writes_it_covers(server: StoreServer) -> None:
-    from postoffice.store.errors import StoreStorageError
+    from postoffice.core.kv.errors import StoreStorageError
 
     assert server.store is not None
     real_sync = server.store.sync

@@ -9,13 +9,12 @@ from typing import Final
 from postoffice.command.remote import parse_address
 from postoffice.core.config import check_choice, check_port, check_range
 from postoffice.core.errors import ConfigError
+from postoffice.core.kv import DEFAULT_DURABILITY, Durability
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
-from postoffice.store.config import StoreConfig
-from postoffice.store.logstore import Durability
 
 #: The store server's durability default: an embedded store acknowledges alike.
-_STORE_DURABILITY: Final = StoreConfig().durability
+_STORE_DURABILITY: Final = DEFAULT_DURABILITY.value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,19 +1,26 @@
-"""The store service: an embedded key-value engine (append-only log + LMDB index)."""
+"""The store service: the key-value engine of `postoffice.core.kv`, served over the store's
+binary protocol (seed 003). The engine and the clients are re-exported here, so a user of
+the store imports one package."""
 
 from __future__ import annotations
 
-from postoffice.core.storeclient import AsyncClient, Client, StoreRequestError
-from postoffice.store.engine import BatchOp, Delete, Put, RecoveryReport, Store, StoreStats
-from postoffice.store.errors import (
+from postoffice.core.kv import (
+    BatchOp,
+    Damage,
+    Delete,
+    Durability,
     KeySizeError,
     LogCorruptError,
+    Put,
+    RecoveryReport,
+    Store,
     StoreClosedError,
     StoreLockedError,
+    StoreStats,
     StoreStorageError,
     ValueSizeError,
 )
-from postoffice.store.logstore import Durability
-from postoffice.store.records import Damage
+from postoffice.core.storeclient import AsyncClient, Client, StoreRequestError
 
 __all__ = [
     "AsyncClient",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from postoffice.core.config import check_choice, check_port, check_range
 from postoffice.core.framing import MAX_PAYLOAD_BYTES
+from postoffice.core.kv import DEFAULT_DURABILITY, Durability
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,7 +22,7 @@ class StoreConfig:
     port: int = 7400
     metrics_port: int | None = 7401
     data_dir: Path = Path("var")
-    durability: str = "always"
+    durability: str = DEFAULT_DURABILITY.value
     max_connections: int = 10_000
     idle_timeout_s: float = 300.0
     max_request_bytes: int = MAX_PAYLOAD_BYTES
@@ -33,7 +34,7 @@ class StoreConfig:
         check_port("port", self.port)
         if self.metrics_port is not None:
             check_port("metrics_port", self.metrics_port)
-        check_choice("durability", self.durability, ("always", "interval", "never"))
+        check_choice("durability", self.durability, [d.value for d in Durability])
         check_range("max_connections", self.max_connections, 1, 1_000_000)
         check_range("idle_timeout_s", self.idle_timeout_s, 0, 86400)
         check_range("max_request_bytes", self.max_request_bytes, 1024, MAX_PAYLOAD_BYTES)

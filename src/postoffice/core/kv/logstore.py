@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
-from postoffice.store.errors import LogCorruptError, StoreStorageError
-from postoffice.store.records import (
+from postoffice.core.kv.errors import LogCorruptError, StoreStorageError
+from postoffice.core.kv.records import (
     CRC,
     CRC_COVERS,
     HEAD_NO_CRC,
@@ -75,6 +75,10 @@ class Durability(enum.StrEnum):
     ALWAYS = "always"  # fsync before the write is acknowledged (group commit)
     INTERVAL = "interval"  # a background thread fsyncs every `interval_ms`
     NEVER = "never"  # the OS decides; close still fsyncs
+
+
+DEFAULT_DURABILITY: Final = Durability.ALWAYS
+"""What a server opens the engine with unless told: no acknowledged write is lost."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

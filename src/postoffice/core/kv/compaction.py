@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from postoffice.store.index import Index, Location, new_location
-from postoffice.store.logstore import LogStore
-from postoffice.store.records import Kind
+from postoffice.core.kv.index import Index, Location, new_location
+from postoffice.core.kv.logstore import LogStore
+from postoffice.core.kv.records import Kind
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from postoffice.core.errors import ConfigError, LimitExceeded
-from postoffice.store import (
+from postoffice.core.kv import (
     Delete,
     KeySizeError,
     LogCorruptError,
@@ -27,7 +27,7 @@ from postoffice.store import (
     StoreLockedError,
     ValueSizeError,
 )
-from postoffice.store.records import HEADER_BYTES
+from postoffice.core.kv.records import HEADER_BYTES
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -285,7 +285,7 @@ def test_second_opener_is_refused(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {SRC!r})\n"
-        "from postoffice.store import Store, StoreLockedError\n"
+        "from postoffice.core.kv import Store, StoreLockedError\n"
         "try:\n"
         f"    Store.open({str(tmp_path)!r})\n"
         "except StoreLockedError as exc:\n"
@@ -393,7 +393,7 @@ def test_compact_under_concurrent_writes(tmp_path: Path) -> None:
 _CHILD = """
 import sys
 sys.path.insert(0, {src!r})
-from postoffice.store import Store
+from postoffice.core.kv import Store
 s = Store.open({path!r}, durability="always", segment_bytes=4096, flush_entries=16)
 s.flush_in_background = {background}
 s.write_behind = {behind}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.store.errors import LogCorruptError
-from postoffice.store.logstore import Durability, LogStore, Position
-from postoffice.store.records import (
+from postoffice.core.kv.errors import LogCorruptError
+from postoffice.core.kv.logstore import Durability, LogStore, Position
+from postoffice.core.kv.records import (
     FLAG_BATCH,
     HEADER_BYTES,
     Kind,
@@ -270,7 +270,7 @@ def test_a_failed_fsync_makes_nothing_durable(
 ) -> None:
     import os
 
-    from postoffice.store.errors import StoreStorageError
+    from postoffice.core.kv.errors import StoreStorageError
 
     store = _open(tmp_path)
     store.start(0)

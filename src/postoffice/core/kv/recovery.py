@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from postoffice.store.errors import StoreLockedError, StoreStorageError
-from postoffice.store.index import Index, Location, Meta
-from postoffice.store.logstore import LogStore
-from postoffice.store.records import Damage, Kind, Record
+from postoffice.core.kv.errors import StoreLockedError, StoreStorageError
+from postoffice.core.kv.index import Index, Location, Meta
+from postoffice.core.kv.logstore import LogStore
+from postoffice.core.kv.records import Damage, Kind, Record
 
 log = logging.getLogger(__name__)
 

@@ -23,17 +23,17 @@ from types import TracebackType
 from typing import Final, Literal, final
 
 from postoffice.core.errors import ConfigError
-from postoffice.store.compaction import Compaction
-from postoffice.store.errors import (
+from postoffice.core.kv.compaction import Compaction
+from postoffice.core.kv.errors import (
     KeySizeError,
     StoreClosedError,
     StoreStorageError,
     ValueSizeError,
 )
-from postoffice.store.index import Index, Location, Meta, new_location
-from postoffice.store.logstore import Durability, LogStore
-from postoffice.store.records import FLAG_BATCH, Kind, count_value
-from postoffice.store.recovery import RecoveryReport, lock_dir, recover
+from postoffice.core.kv.index import Index, Location, Meta, new_location
+from postoffice.core.kv.logstore import Durability, LogStore
+from postoffice.core.kv.records import FLAG_BATCH, Kind, count_value
+from postoffice.core.kv.recovery import RecoveryReport, lock_dir, recover
 
 __all__ = ["BatchOp", "Delete", "Put", "RecoveryReport", "Store", "StoreStats"]
 
