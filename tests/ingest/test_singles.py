@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,16 @@ def raw_one_chunk(name: str, data: bytes) -> Chunk:
     )
 
 
+@pytest.fixture(params=["one thread", "three threads"])
+def pool(request: pytest.FixtureRequest) -> Iterator[ThreadPoolExecutor | None]:
+    """publish_batch on its own thread, and with a pool that stages beside it."""
+    if request.param == "one thread":
+        yield None
+        return
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> ChunkStore:
     store = ChunkStore(tmp_path / "patches", tmp_path / "published", fsync=True)
@@ -79,11 +91,11 @@ def entries(folder: Path) -> list[str]:
 
 
 def test_a_batch_publishes_every_file_with_one_record_append(
-    store: ChunkStore, tmp_path: Path
+    store: ChunkStore, tmp_path: Path, pool: ThreadPoolExecutor | None
 ) -> None:
     contents = {f"f{i}.log": f"line {i}\n".encode() * (100 + i) for i in range(20)}
     chunks = [one_chunk(name, content) for name, content in contents.items()]
-    outcomes = publish_batch(chunks, limits=limits(tmp_path), store=store, now=NOW)
+    outcomes = publish_batch(chunks, limits=limits(tmp_path), store=store, now=NOW, pool=pool)
     assert all(isinstance(o, PublishedInfo) for o in outcomes)
     files = tmp_path / "files"
     assert entries(files) == sorted(contents)
@@ -102,7 +114,9 @@ def test_a_batch_publishes_every_file_with_one_record_append(
         assert fresh.published(chunk.file_id) is not None
 
 
-def test_bad_chunks_fail_alone_and_leave_nothing(store: ChunkStore, tmp_path: Path) -> None:
+def test_bad_chunks_fail_alone_and_leave_nothing(
+    store: ChunkStore, tmp_path: Path, pool: ThreadPoolExecutor | None
+) -> None:
     good = [one_chunk(f"good{i}.txt", b"fine\n" * (i + 1)) for i in range(3)]
     corrupt = dataclasses.replace(one_chunk("corrupt.txt", b"flipped\n"), digest=bytes(16))
     hostile = one_chunk("../escape.txt", b"outside\n")
@@ -110,7 +124,7 @@ def test_bad_chunks_fail_alone_and_leave_nothing(store: ChunkStore, tmp_path: Pa
     truncated_data = zstandard.ZstdCompressor().compress(os.urandom(5000))[:-7]
     truncated = raw_one_chunk("short.bin", truncated_data)
     batch = [good[0], corrupt, hostile, good[1], garbage, truncated, good[2]]
-    outcomes = publish_batch(batch, limits=limits(tmp_path), store=store, now=NOW)
+    outcomes = publish_batch(batch, limits=limits(tmp_path), store=store, now=NOW, pool=pool)
     assert isinstance(outcomes[1], ChecksumError)
     assert isinstance(outcomes[2], BadNameError)
     assert isinstance(outcomes[4], AssemblyError)
@@ -135,22 +149,30 @@ def test_bad_chunks_fail_alone_and_leave_nothing(store: ChunkStore, tmp_path: Pa
 
 
 def test_a_large_output_is_handed_back_to_be_published_alone(
-    store: ChunkStore, tmp_path: Path
+    store: ChunkStore, tmp_path: Path, pool: ThreadPoolExecutor | None
 ) -> None:
     small = one_chunk("small.txt", b"small\n")
     large = one_chunk("zeros.bin", b"\0" * (BATCH_OUTPUT_BYTES + 1))
-    outcomes = publish_batch([large, small], limits=limits(tmp_path), store=store, now=NOW)
+    outcomes = publish_batch(
+        [large, small], limits=limits(tmp_path), store=store, now=NOW, pool=pool
+    )
     assert outcomes[0] is ALONE
     assert isinstance(outcomes[1], PublishedInfo)
     assert entries(tmp_path / "files") == ["small.txt"]
     assert store.published(large.file_id) is None
 
 
-def test_an_output_over_the_real_limit_fails(store: ChunkStore, tmp_path: Path) -> None:
+def test_an_output_over_the_real_limit_fails(
+    store: ChunkStore, tmp_path: Path, pool: ThreadPoolExecutor | None
+) -> None:
     bomb = one_chunk("bomb.bin", b"\0" * 100_000)
     fine = one_chunk("fine.txt", b"fine\n")
     outcomes = publish_batch(
-        [bomb, fine], limits=limits(tmp_path, max_output_bytes=1000), store=store, now=NOW
+        [bomb, fine],
+        limits=limits(tmp_path, max_output_bytes=1000),
+        store=store,
+        now=NOW,
+        pool=pool,
     )
     assert isinstance(outcomes[0], OutputLimitError)
     assert "exceeds limit 1000" in str(outcomes[0])
@@ -159,7 +181,10 @@ def test_an_output_over_the_real_limit_fails(store: ChunkStore, tmp_path: Path) 
 
 
 def test_a_failing_fsync_fails_only_its_file(
-    store: ChunkStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: ChunkStore,
+    tmp_path: Path,
+    pool: ThreadPoolExecutor | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real_sync = assembly.Staged.sync
 
@@ -170,7 +195,7 @@ def test_a_failing_fsync_fails_only_its_file(
 
     monkeypatch.setattr(assembly.Staged, "sync", sync)
     batch = [one_chunk(name, name.encode() * 50) for name in ("a.txt", "sick.txt", "b.txt")]
-    outcomes = publish_batch(batch, limits=limits(tmp_path), store=store, now=NOW)
+    outcomes = publish_batch(batch, limits=limits(tmp_path), store=store, now=NOW, pool=pool)
     assert isinstance(outcomes[1], IngestStorageError)
     assert "cannot fsync" in str(outcomes[1])
     assert ".sick.txt." in str(outcomes[1])
@@ -181,7 +206,10 @@ def test_a_failing_fsync_fails_only_its_file(
 
 
 def test_a_failing_record_append_fails_every_file_that_reached_it(
-    store: ChunkStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: ChunkStore,
+    tmp_path: Path,
+    pool: ThreadPoolExecutor | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def broken(self: PublishedRecords, infos: object) -> None:
         raise IngestStorageError(f"cannot append to {self.path}: No space left on device")
@@ -189,7 +217,7 @@ def test_a_failing_record_append_fails_every_file_that_reached_it(
     monkeypatch.setattr(PublishedRecords, "write_many", broken)
     corrupt = dataclasses.replace(one_chunk("corrupt.txt", b"x"), digest=bytes(16))
     batch = [one_chunk("a.txt", b"a"), corrupt, one_chunk("b.txt", b"b")]
-    outcomes = publish_batch(batch, limits=limits(tmp_path), store=store, now=NOW)
+    outcomes = publish_batch(batch, limits=limits(tmp_path), store=store, now=NOW, pool=pool)
     assert isinstance(outcomes[1], ChecksumError)
     for at in (0, 2):
         assert isinstance(outcomes[at], IngestStorageError)
@@ -198,11 +226,13 @@ def test_a_failing_record_append_fails_every_file_that_reached_it(
 
 
 def test_two_uploads_of_one_name_in_a_batch_the_last_wins(
-    store: ChunkStore, tmp_path: Path
+    store: ChunkStore, tmp_path: Path, pool: ThreadPoolExecutor | None
 ) -> None:
     first = one_chunk("same.txt", b"first\n")
     second = one_chunk("same.txt", b"second\n")
-    outcomes = publish_batch([first, second], limits=limits(tmp_path), store=store, now=NOW)
+    outcomes = publish_batch(
+        [first, second], limits=limits(tmp_path), store=store, now=NOW, pool=pool
+    )
     assert isinstance(outcomes[0], PublishedInfo)
     assert isinstance(outcomes[1], PublishedInfo)
     assert (outcomes[0].replaced, outcomes[1].replaced) == (False, True)

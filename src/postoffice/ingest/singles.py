@@ -11,8 +11,11 @@ I/O shell on the server's event loop (SinglePublishes) around a blocking batch p
 # Publishing them one pool job each cost a thread hop, a contended GIL hand-over and a
 # chain of 3 fsyncs per file, each file's own. So the loop queues them, and one I/O
 # thread publishes a whole batch:
-#   1. each chunk: digest check, decompression into its staging file (not yet synced);
+#   1. each chunk: digest check, decompression into its staging file;
 #   2. each staging file: fsync (its own: nothing vouches for a file but its fsync);
+#      steps 1-2 run on STAGE_THREADS threads at once, each taking every n-th chunk:
+#      creating a file (ext4's inode allocation) and its fsync wait on the kernel and
+#      the disk, so they overlap;
 #   3. each: rename onto its final name, in queue order (the last publish of a name wins);
 #   4. one fsync of files/ for the batch (GroupSync: shared with other publishes);
 #   5. the batch's records in one append to published.log and one fsync (the commit
@@ -84,8 +87,8 @@ BATCH_CHUNK_BYTES: Final = 256 * 1024
 BATCH_OUTPUT_BYTES: Final = 4 * 1024 * 1024
 #: Batches publishing at once.
 BATCHES: Final = 2
-#: Threads that fsync one batch's files at once (the batch's own thread among them).
-SYNC_THREADS: Final = 8
+#: Threads that stage and fsync one batch's files at once (its own thread among them).
+STAGE_THREADS: Final = 8
 
 
 @final
@@ -118,7 +121,7 @@ def publish_batch(
     limits: BatchLimits,
     store: ChunkStore,
     now: float,
-    sync_pool: Executor | None = None,
+    pool: Executor | None = None,
 ) -> list[Outcome]:
     """Publish one-chunk uploads together (see the design note); blocking.
 
@@ -126,38 +129,32 @@ def publish_batch(
     published, ALONE for one whose output passes BATCH_OUTPUT_BYTES (nothing was
     published), or the exception that stopped it (ChecksumError, BadNameError,
     AssemblyError, IngestStorageError, ...). Never raises for a single chunk's failure.
-    `sync_pool` runs some of the staging files' fsyncs (see _sync_all).
+    With a `pool`, the files are staged and fsynced on up to STAGE_THREADS threads at once
+    (this one among them): creating a file and its fsync mostly wait on the kernel and
+    the disk, so they overlap; one after the other, each waits for the last.
     """
     outcomes: list[Outcome | None] = [None] * len(chunks)
-    cap = min(limits.max_output_bytes, BATCH_OUTPUT_BYTES)
-    staged: list[tuple[int, Staged]] = []
+    ways = 1 if pool is None else max(1, min(STAGE_THREADS, len(chunks)))
+    work = [range(way, len(chunks), ways) for way in range(ways)]
+    staged: list[Staged | None] = [None] * len(chunks)
+
+    def stage_some(indexes: range) -> None:
+        for at in indexes:
+            staged[at], outcomes[at] = _stage_one(chunks[at], limits=limits, now=now)
+
     try:
-        for at, chunk in enumerate(chunks):
-            try:
-                verify_chunk(chunk)
-                staged.append(
-                    (
-                        at,
-                        stage(
-                            info=single_info(chunk, now),
-                            patches=[chunk.data],
-                            files_dir=limits.files_dir,
-                            max_output_bytes=cap,
-                            max_window_log=limits.max_window_log,
-                        ),
-                    )
-                )
-            except OutputLimitError as exc:
-                outcomes[at] = ALONE if cap < limits.max_output_bytes else exc
-            except Exception as exc:
-                outcomes[at] = exc
-        synced = _sync_all(staged, sync_pool) if limits.fsync else [None] * len(staged)
+        others = [] if pool is None else [pool.submit(stage_some, part) for part in work[1:]]
+        try:
+            stage_some(work[0])
+        finally:
+            for job in others:
+                job.result()
         placed: list[tuple[int, Staged, bool]] = []
-        for (at, item), failure in zip(staged, synced, strict=True):
+        for at, item in enumerate(staged):
+            if item is None:
+                continue
             try:
-                if failure is not None:
-                    raise failure
-                placed.append((at, item, item.place()))
+                placed.append((at, item, item.place()))  # in queue order: the last name wins
             except Exception as exc:
                 outcomes[at] = exc
             finally:
@@ -176,41 +173,38 @@ def publish_batch(
             for (at, _, _), record in zip(placed, records, strict=True):
                 outcomes[at] = record
     finally:
-        for _, item in staged:
-            item.discard()
+        for item in staged:
+            if item is not None:
+                item.discard()
     return _settled(outcomes)
 
 
-def _sync_all(
-    staged: Sequence[tuple[int, Staged]], pool: Executor | None
-) -> list[Exception | None]:
-    """fsync every staging file; the error of each that failed, else None, in order.
-
-    With a pool, SYNC_THREADS slices are synced at once (this thread takes one): the
-    disk's flushes overlap, where one after the other each waits for the last.
-    """
-
-    def sync_slice(items: Sequence[tuple[int, Staged]]) -> list[Exception | None]:
-        failures: list[Exception | None] = []
-        for _, item in items:
-            try:
-                item.sync()
-            except Exception as exc:
-                failures.append(exc)
-            else:
-                failures.append(None)
-        return failures
-
-    ways = min(SYNC_THREADS, len(staged))
-    if pool is None or ways <= 1:
-        return sync_slice(staged)
-    slices = [staged[way::ways] for way in range(ways)]
-    others = [pool.submit(sync_slice, part) for part in slices[1:]]
-    results = [sync_slice(slices[0]), *(future.result() for future in others)]
-    failures: list[Exception | None] = [None] * len(staged)
-    for way, result in enumerate(results):
-        failures[way::ways] = result
-    return failures
+def _stage_one(
+    chunk: Chunk, *, limits: BatchLimits, now: float
+) -> tuple[Staged | None, Outcome | None]:
+    """Check, decompress and fsync one chunk's staging file: (the staged file, None), or
+    (None, the outcome that stopped it)."""
+    cap = min(limits.max_output_bytes, BATCH_OUTPUT_BYTES)
+    try:
+        verify_chunk(chunk)
+        staged = stage(
+            info=single_info(chunk, now),
+            patches=[chunk.data],
+            files_dir=limits.files_dir,
+            max_output_bytes=cap,
+            max_window_log=limits.max_window_log,
+        )
+    except OutputLimitError as exc:
+        return None, ALONE if cap < limits.max_output_bytes else exc
+    except Exception as exc:
+        return None, exc
+    if limits.fsync:
+        try:
+            staged.sync()
+        except Exception as exc:
+            staged.discard()
+            return None, exc
+    return staged, None
 
 
 def _settled(outcomes: list[Outcome | None]) -> list[Outcome]:
@@ -251,7 +245,7 @@ class SinglePublishes:
         self._queue: list[tuple[Chunk, float]] = []  # (chunk, monotonic time queued)
         self._running = 0
         self._kick_scheduled = False
-        self._sync_pool: ThreadPoolExecutor | None = None
+        self._stage_pool: ThreadPoolExecutor | None = None
         self.batches = 0  # batches run, for tests and status
 
     def __repr__(self) -> str:
@@ -262,8 +256,8 @@ class SinglePublishes:
 
     def close(self) -> None:
         """Let the fsync threads go (after the batches running now)."""
-        if self._sync_pool is not None:
-            self._sync_pool.shutdown(wait=False)
+        if self._stage_pool is not None:
+            self._stage_pool.shutdown(wait=False)
 
     async def publish(self, chunk: Chunk) -> bool | None:
         """See the class docstring. Cancelling the caller does not stop the publish.
@@ -312,17 +306,15 @@ class SinglePublishes:
         )
         chunks = [chunk for chunk, _ in batch]
         now = time.time()
-        if self._sync_pool is None:
-            self._sync_pool = ThreadPoolExecutor(
-                BATCHES * (SYNC_THREADS - 1), thread_name_prefix="ingest-fsync"
+        if self._stage_pool is None:
+            self._stage_pool = ThreadPoolExecutor(
+                BATCHES * (STAGE_THREADS - 1), thread_name_prefix="ingest-stage"
             )
-        pool = self._sync_pool
+        pool = self._stage_pool
         self._running += 1
         self.batches += 1
         job = server.pool.submit(
-            lambda: publish_batch(
-                chunks, limits=limits, store=server.store, now=now, sync_pool=pool
-            )
+            lambda: publish_batch(chunks, limits=limits, store=server.store, now=now, pool=pool)
         )
         job.add_done_callback(lambda done: self._finished(batch, done))
 
