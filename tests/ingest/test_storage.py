@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -579,3 +580,18 @@ class TestPublishedLog:
         store.forget_published(FID)
         assert not legacy.exists()
         assert new_store(tmp_path).published(FID) is None
+
+
+def test_a_published_record_holds_every_field_and_reads_back() -> None:
+    info = PublishedInfo(
+        file_id=FID,
+        name="report.log",
+        size=123,
+        digest=bytes(range(16)),
+        payload_digest=bytes(range(16, 32)),
+        published_at=NOW,
+        replaced=True,
+    )
+    line = published_module._format_record(info)
+    assert list(json.loads(line)) == [f.name for f in dataclasses.fields(PublishedInfo)]
+    assert published_module._parse_record(line) == info

@@ -296,7 +296,7 @@ def stage(
         next_piece = patches.__getitem__
     assert next_piece is not None
     tmp = staging_path(files_dir, name, info.file_id, "tmp")
-    part = staging_path(files_dir, name, info.file_id, "part")
+    part = staging_path(files_dir, name, info.file_id, "part") if via_part else tmp
     staged: Staged | None = None
     try:
         with os_errors("create", files_dir):
@@ -453,7 +453,14 @@ class _Sink:
 
     def buffer(self) -> memoryview:
         """A free output buffer (FIRST_BLOCK_BYTES, then BLOCK_BYTES): the ring's next one,
-        once its write is done."""
+        once its write is done.
+
+        While the output so far fits the first buffer (written inline, so free again), that
+        one comes back: a small file's last read, which finds the end, costs no new
+        megabyte buffer.
+        """
+        if self._pool is None and len(self._buffers) == 1 and self._written < FIRST_BLOCK_BYTES:
+            return memoryview(self._buffers[0])
         if len(self._buffers) < PIPELINE_BLOCKS + 1:
             self._buffers.append(bytearray(FIRST_BLOCK_BYTES if not self._buffers else BLOCK_BYTES))
             self._next = len(self._buffers) - 1

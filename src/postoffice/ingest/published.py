@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
@@ -224,11 +224,14 @@ def _log_bytes(records: dict[bytes, PublishedInfo]) -> bytes:
 
 
 def _format_record(info: PublishedInfo) -> bytes:
-    record = {
-        **asdict(info),
+    record = {  # every field, in declaration order
         "file_id": info.file_id.hex(),
+        "name": info.name,
+        "size": info.size,
         "digest": info.digest.hex(),
         "payload_digest": info.payload_digest.hex(),
+        "published_at": info.published_at,
+        "replaced": info.replaced,
     }
     return json.dumps(record, ensure_ascii=False).encode()
 
