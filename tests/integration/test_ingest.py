@@ -437,7 +437,14 @@ def test_resume_after_the_client_is_killed(serve: Serve, tmp_path: Path) -> None
         time.sleep(0.01)
     client.kill()
     client.wait(10)
-    stored = len(list(patches.rglob("patch_*.bin")))
+    # Chunks the server was storing when the client died still commit: count the
+    # committed ones (ids.list lines) once that count has settled.
+    stored, settled = -1, time.monotonic()
+    while time.monotonic() - settled < 0.5 and time.monotonic() < deadline + 10:
+        count = sum(len(f.read_bytes().splitlines()) for f in patches.rglob("ids.list"))
+        if count != stored:
+            stored, settled = count, time.monotonic()
+        time.sleep(0.05)
     assert stored >= 10
     result = asyncio.run(send(ingest, source, chunk_size=65536, parallel=2))
     assert result.skipped_chunks >= stored
