@@ -539,6 +539,9 @@ class IngestClient:
             return
         batch = _Subscription(file_id)
         self._subscribing = batch
+        # The first goes on the way the others do, in the same loop iteration, so their
+        # chunks leave together (a first chunk alone would be published in a batch alone).
+        together = asyncio.shield(batch.done)
         try:
             await asyncio.sleep(0)
             if self._subscribing is batch:
@@ -555,8 +558,10 @@ class IngestClient:
             # The others retry a BrokenError; an interrupted leader is one for them.
             shared = exc if isinstance(exc, Exception) else BrokenError("subscribe interrupted")
             batch.done.set_exception(shared)
+            together.cancel()
             raise
         batch.done.set_result(None)
+        await together
 
     async def _ack_ready(self) -> None:
         """Connect the ack link if it dropped, subscribing again to every watched id."""
