@@ -53,7 +53,7 @@ class SyncWaiter(Protocol):
 
 
 class SyncQueue(Protocol):
-    """Where a connection waits for the fsync of a durable write (store.commit.GroupCommit)."""
+    """Where a connection waits for the fsync of a durable write (core.kv.commit.GroupCommit)."""
 
     def wait(self, waiter: SyncWaiter, ticket: int) -> None:
         """Call `waiter.synced(covered, error)` once the write with `ticket` is durable."""

@@ -9,7 +9,7 @@ Blocking library layer; thread-safe. Servers call it through `asyncio.to_thread`
 # batch holds it briefly, and a get reads its record under it, so the location it found and
 # the segment file it names stay valid for the read (segment removal and close take the same
 # lock). That is simpler than reference counts, and reads are short.
-# Compaction (store/compaction.py) runs beside them, taking the same lock in short steps.
+# Compaction (core/kv/compaction.py) runs beside them, taking the same lock in short steps.
 
 from __future__ import annotations
 
