@@ -143,9 +143,12 @@ async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
     assert [r.status for r in await first.read(1)] == [Status.OK]
     for peer in peers:
         assert [r.status for r in await peer.read(5)] == [Status.OK] * 5
-    # The first sync was asked for ticket 1; the next one for all 100 that came while it
-    # was held (the first may cover them already: it writes all that is appended).
-    assert gate.calls == [1, 101]
+    # The first sync was asked for ticket 1 and covers all that was written when it ran,
+    # so every reply may leave after it. The committer then syncs for the newest ticket
+    # asked for, 101, at most once more (that sync may not have started yet when the
+    # replies are read): two fsyncs at most for 101 writes on 21 connections.
+    assert gate.calls[0] == 1
+    assert gate.calls[1:] in ([], [101])
     stats = decode_stats_body((await _call(first, StatsRequest())).body)
     assert stats["requests_PutRequest"] == 101
     fsyncs = stats["engine_fsyncs"]
