@@ -16,6 +16,7 @@ import zstandard
 
 from postoffice.core.errors import BrokenError, ConfigError
 from postoffice.ingest import client as client_module
+from postoffice.ingest import errors as errors_module
 from postoffice.ingest.client import IngestClient, error_for, send_files
 from postoffice.ingest.errors import (
     AssemblyError,
@@ -92,7 +93,7 @@ def test_error_code_maps_to_its_exception(code: ErrorCode, cls: type[IngestError
 
 
 def test_every_error_code_is_mapped() -> None:
-    assert set(client_module._ERRORS) == set(ErrorCode)
+    assert set(errors_module._ERRORS) == set(ErrorCode)
 
 
 # --- client arguments ----------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Ingest layer, I/O shell (asyncio streams) around the pure protocol module. `IngestClient`
 is the Python API; `postoffice ingest send` is built on it. Preparing the payload (hash,
-file id, Zstandard copy, chunk plan) lives in payload.py, the connections in links.py.
+file id, Zstandard copy, chunk plan) lives in payload.py, the connections in links.py,
+the ack port's side in watches.py.
 """
 
 from __future__ import annotations
@@ -21,35 +22,21 @@ from typing import Final, TypedDict, TypeVar, Unpack, final
 from postoffice.core.config import check_port, check_range
 from postoffice.core.errors import BrokenError, PostOfficeError
 from postoffice.ingest.errors import (
-    AssemblyError,
-    BadNameError,
-    ChecksumError,
-    ConflictError,
     ErrorCode,
     IngestError,
-    IngestLimitError,
     IngestProtocolError,
-    IngestStorageError,
-    OutOfRangeError,
-    UnknownFileError,
+    error_for,
 )
 from postoffice.ingest.links import PIPELINE_DEPTH, Connector, Link, fetch_data_ports, open_tcp
 from postoffice.ingest.messages import (
     MAX_CHUNK_BYTES,
     MAX_STATUS_RANGES,
-    MAX_SUBSCRIBE_IDS,
     Ack,
     ErrorReply,
-    Failed,
     FileId,
-    Message,
-    Ping,
-    Pong,
     Published,
     Query,
     Status,
-    Subscribe,
-    Subscribed,
     UploadState,
     file_id_hex,
 )
@@ -62,6 +49,7 @@ from postoffice.ingest.payload import (
     read_chunk_frame,
 )
 from postoffice.ingest.protocol import encode
+from postoffice.ingest.watches import AckWatches
 
 # Design
 # ------
@@ -75,7 +63,7 @@ from postoffice.ingest.protocol import encode
 #              FAILED to a late subscriber, so the events that arrive before the PONG tell
 #              how an *earlier* attempt ended; they are kept apart from this attempt's.
 #              Sends that subscribe in the same loop iteration share one SUBSCRIBE (up to
-#              MAX_SUBSCRIBE_IDS ids) and one PING.
+#              MAX_SUBSCRIBE_IDS ids) and one PING (watches.py).
 #   plan       QUERY on a data link; STATUS's missing ranges say which chunks to send.
 #   send       parallel * PIPELINE_DEPTH workers take indexes from one queue; worker w
 #              uses link w % parallel (links go round-robin over the data ports), so a
@@ -138,60 +126,6 @@ class SendResult:
     skipped_chunks: int
     seconds: float
     replaced: bool
-
-
-# --- server errors ------------------------------------------------------------------------
-
-
-_ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
-    ErrorCode.BAD_FRAME: IngestProtocolError,
-    ErrorCode.BAD_MESSAGE: IngestProtocolError,
-    ErrorCode.CHECKSUM: ChecksumError,
-    ErrorCode.CONFLICT: ConflictError,
-    ErrorCode.BAD_NAME: BadNameError,
-    ErrorCode.TOO_LARGE: IngestLimitError,
-    ErrorCode.OUT_OF_RANGE: OutOfRangeError,
-    ErrorCode.STORAGE: IngestStorageError,
-    ErrorCode.SHUTTING_DOWN: IngestError,  # errors.py has no class of its own for these two
-    ErrorCode.UNKNOWN_FILE: UnknownFileError,
-    ErrorCode.ASSEMBLY: AssemblyError,
-    ErrorCode.ABORTED: IngestError,
-}
-
-
-def error_for(code: ErrorCode, message: str) -> IngestError:
-    """The exception that stands for a server's ERROR reply or FAILED event."""
-    return _ERRORS.get(code, IngestError)(message)
-
-
-@final
-class _Watch:
-    """One send's interest in its file id's final event on the ack port."""
-
-    __slots__ = ("file_id", "final", "wakeup")
-
-    def __init__(self, file_id: FileId) -> None:
-        self.file_id = file_id
-        self.final: Published | Failed | None = None
-        self.wakeup = asyncio.Event()  # set on a final event and when the ack link drops
-
-
-@final
-class _Subscription:
-    """File ids that subscribe together, and the outcome they share."""
-
-    __slots__ = ("done", "file_ids")
-
-    def __init__(self, file_id: FileId) -> None:
-        self.file_ids = [file_id]
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.done.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a shared outcome's exception as seen: its waiters may all be gone."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _is_small(path: Path) -> bool:
@@ -284,16 +218,7 @@ class IngestClient:
         )
         self._connect: Connector = connect if connect is not None else open_tcp
         self._links: list[Link] = []
-        self._ack = Link(
-            host,
-            (sys_base + 3,),
-            connect=self._connect,
-            timeout_s=timeout_s,
-            on_event=self._on_ack_event,
-            on_lost=self._on_ack_lost,
-        )
-        self._watches: dict[FileId, set[_Watch]] = {}
-        self._subscribing: _Subscription | None = None  # ids gathered for one SUBSCRIBE
+        self._acks = AckWatches(host, sys_base + 3, connect=self._connect, timeout_s=timeout_s)
         self._next_link = 0  # the link the next one-chunk upload goes over
         self.files_sent = 0
 
@@ -318,7 +243,7 @@ class IngestClient:
             )
             for i in range(self.parallel)
         ]
-        await self._ack.ensure()
+        await self._acks.link.ensure()
         return self
 
     async def __aexit__(
@@ -331,7 +256,7 @@ class IngestClient:
 
     async def close(self) -> None:
         """Close every connection."""
-        await asyncio.gather(self._ack.close(), *(link.close() for link in self._links))
+        await asyncio.gather(self._acks.link.close(), *(link.close() for link in self._links))
 
     async def send(
         self, path: Path, *, name: str | None = None, progress: ProgressFn | None = None
@@ -354,21 +279,23 @@ class IngestClient:
                 prepare, path, chunk_size=self.chunk_size, work_dir=self.work_dir, name=name
             )
         hex_id = file_id_hex(prepared.file_id)
-        watch = _Watch(prepared.file_id)
-        self._watches.setdefault(prepared.file_id, set()).add(watch)
+        acks = self._acks
+        watch = acks.watch(prepared.file_id)
         try:
-            await self._retrying(f"subscribe {hex_id}", lambda: self._subscribe(prepared.file_id))
+            await self._retrying(f"subscribe {hex_id}", lambda: acks.subscribe(prepared.file_id))
             earlier, watch.final = watch.final, None
             if isinstance(earlier, Published):
                 published, sent = earlier, 0  # an earlier attempt finished the job
             else:
                 sent = await self._upload(prepared, progress)
-                published = await self._wait_published(watch, prepared)
+                published = await acks.wait_published(
+                    watch,
+                    prepared.name,
+                    timeout_s=self.timeout_s,
+                    reconnect=lambda: self._retrying("reconnect to the ack port", acks.ready),
+                )
         finally:
-            watchers = self._watches.get(prepared.file_id, set())
-            watchers.discard(watch)
-            if not watchers:
-                self._watches.pop(prepared.file_id, None)
+            acks.unwatch(watch)
         if published.payload_digest != prepared.payload_digest:
             raise IngestError(
                 f"published payload digest {published.payload_digest.hex()} of {prepared.name}"
@@ -524,102 +451,6 @@ class IngestClient:
                 raise IngestProtocolError(
                     f"expected status of {file_id_hex(file_id)}, got {reply!r}"
                 )
-
-    async def _subscribe(self, file_id: FileId) -> None:
-        """Watch `file_id` on the ack port; return once the replayed events are in.
-
-        The sends that subscribe in the same loop iteration share one SUBSCRIBE and one
-        PING: the first waits one iteration for the others to join, then sends them.
-        """
-        await self._ack_ready()
-        joining = self._subscribing
-        if joining is not None and len(joining.file_ids) < MAX_SUBSCRIBE_IDS:
-            joining.file_ids.append(file_id)
-            await asyncio.shield(joining.done)
-            return
-        batch = _Subscription(file_id)
-        self._subscribing = batch
-        # The first goes on the way the others do, in the same loop iteration, so their
-        # chunks leave together (a first chunk alone would be published in a batch alone).
-        together = asyncio.shield(batch.done)
-        try:
-            await asyncio.sleep(0)
-            if self._subscribing is batch:
-                self._subscribing = None
-            # Both at once (written in this order): replies come in order, so once the
-            # PONG is here, every replayed event is too.
-            await asyncio.gather(
-                self._ack_call(Subscribe(file_ids=tuple(batch.file_ids)), Subscribed),
-                self._ack_call(Ping(), Pong),
-            )
-        except BaseException as exc:
-            if self._subscribing is batch:
-                self._subscribing = None
-            # The others retry a BrokenError; an interrupted leader is one for them.
-            shared = exc if isinstance(exc, Exception) else BrokenError("subscribe interrupted")
-            batch.done.set_exception(shared)
-            together.cancel()
-            raise
-        batch.done.set_result(None)
-        await together
-
-    async def _ack_ready(self) -> None:
-        """Connect the ack link if it dropped, subscribing again to every watched id."""
-        if self._ack.connected:
-            return
-        await self._ack.ensure()
-        watched = tuple(self._watches)
-        for start in range(0, len(watched), MAX_SUBSCRIBE_IDS):
-            batch = watched[start : start + MAX_SUBSCRIBE_IDS]
-            await self._ack_call(Subscribe(file_ids=batch), Subscribed)
-
-    async def _ack_call(self, message: Subscribe | Ping, expected: type[Message]) -> None:
-        request_id = self._ack.next_id()
-        reply = await self._ack.call(encode(message, request_id), request_id)
-        if isinstance(reply, ErrorReply):
-            raise error_for(
-                reply.code, f"ack port refused {type(message).__name__}: {reply.message}"
-            )
-        if not isinstance(reply, expected):
-            raise IngestProtocolError(
-                f"expected {expected.__name__} on the ack port, got {reply!r}"
-            )
-
-    async def _wait_published(self, watch: _Watch, prepared: PreparedFile) -> Published:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        while True:
-            watch.wakeup.clear()
-            final = watch.final
-            if isinstance(final, Published):
-                return final
-            if isinstance(final, Failed):
-                raise error_for(final.code, f"{prepared.name} not published: {final.message}")
-            if not self._ack.connected:
-                await self._retrying("reconnect to the ack port", self._ack_ready)
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise IngestError(
-                    f"{prepared.name} ({file_id_hex(prepared.file_id)}) not published "
-                    f"within {self.timeout_s} s"
-                )
-            try:
-                async with asyncio.timeout(remaining):
-                    await watch.wakeup.wait()
-            except TimeoutError:
-                pass
-
-    def _on_ack_event(self, message: Message) -> None:
-        if isinstance(message, Published | Failed):
-            for watch in self._watches.get(message.file_id, ()):
-                watch.final = message
-                watch.wakeup.set()
-
-    def _on_ack_lost(self) -> None:
-        for watches in self._watches.values():
-            for watch in watches:
-                watch.wakeup.set()
 
     async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run `op`, again after a BrokenError, up to MAX_RETRIES times with backoff."""

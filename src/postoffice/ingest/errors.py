@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from postoffice.core.errors import LimitExceeded, PostOfficeError, ProtocolError, StorageError
 
@@ -115,3 +115,26 @@ class NoProtoError(ControlError):
     """HELLO asked for a RESP version other than 2 or 3."""
 
     wire_code = "NOPROTO"
+
+
+# -- a client's view of the server's error codes ----------------------------------------
+
+_ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
+    ErrorCode.BAD_FRAME: IngestProtocolError,
+    ErrorCode.BAD_MESSAGE: IngestProtocolError,
+    ErrorCode.CHECKSUM: ChecksumError,
+    ErrorCode.CONFLICT: ConflictError,
+    ErrorCode.BAD_NAME: BadNameError,
+    ErrorCode.TOO_LARGE: IngestLimitError,
+    ErrorCode.OUT_OF_RANGE: OutOfRangeError,
+    ErrorCode.STORAGE: IngestStorageError,
+    ErrorCode.SHUTTING_DOWN: IngestError,  # no class of their own for these two
+    ErrorCode.UNKNOWN_FILE: UnknownFileError,
+    ErrorCode.ASSEMBLY: AssemblyError,
+    ErrorCode.ABORTED: IngestError,
+}
+
+
+def error_for(code: ErrorCode, message: str) -> IngestError:
+    """The exception that stands for a server's ERROR reply or FAILED event."""
+    return _ERRORS.get(code, IngestError)(message)
