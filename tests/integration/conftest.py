@@ -99,14 +99,27 @@ def env_without_postoffice() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("POSTOFFICE_")}
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(count: int) -> int:
-    """The first of `count` consecutive loopback ports that are free right now."""
+    """The first of `count` consecutive loopback ports that are free right now.
+
+    The block lies below the kernel's ephemeral range, so the clients' own outgoing
+    connections can never take a port a server binds later (a growing data-port range).
+    """
     import random
     import socket
 
     rng = random.Random()
+    high = max(_ephemeral_low(), 12000)
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(10000, high - count)
         socks: list[socket.socket] = []
         try:
             for port in range(base, base + count):
