@@ -12,7 +12,9 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "postoffice"
 #: Protocol modules are pure: bytes in, events out, no I/O and no clock.
 PURE_MODULES = [
     "core/framing.py",
-    "core/resp.py",
+    "core/resp/__init__.py",
+    "core/resp/parser.py",
+    "core/resp/replies.py",
     "ingest/messages.py",
     "ingest/chunkdigest.py",
     "ingest/protocol.py",

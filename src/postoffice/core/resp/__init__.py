@@ -1,0 +1,70 @@
+"""The command protocol's codec (RESP2, RESP3 and seed 001's text lines), pure sans-I/O.
+
+Shared by the command server and every control port (ingest's among them). `parser`
+turns a connection's bytes into commands; `replies` holds the reply types and encodes
+them. Import the public names from here.
+"""
+
+from __future__ import annotations
+
+from postoffice.core.resp.parser import (
+    MAX_ARRAY_ITEMS,
+    MAX_BULK_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_INLINE_BYTES,
+    NEED_DATA,
+    Command,
+    Dialect,
+    NeedData,
+    RespLimitError,
+    RespParser,
+    RespProtocolError,
+)
+from postoffice.core.resp.replies import (
+    EMPTY_ARRAY,
+    NIL,
+    OK,
+    PONG,
+    Array,
+    Bulk,
+    Error,
+    Integer,
+    Map,
+    Reply,
+    SimpleString,
+    bulk,
+    encode_command,
+    encode_resp,
+    encode_resp3,
+    encode_text,
+)
+
+__all__ = [
+    "EMPTY_ARRAY",
+    "MAX_ARRAY_ITEMS",
+    "MAX_BULK_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_INLINE_BYTES",
+    "NEED_DATA",
+    "NIL",
+    "OK",
+    "PONG",
+    "Array",
+    "Bulk",
+    "Command",
+    "Dialect",
+    "Error",
+    "Integer",
+    "Map",
+    "NeedData",
+    "Reply",
+    "RespLimitError",
+    "RespParser",
+    "RespProtocolError",
+    "SimpleString",
+    "bulk",
+    "encode_command",
+    "encode_resp",
+    "encode_resp3",
+    "encode_text",
+]
