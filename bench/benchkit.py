@@ -7,8 +7,10 @@ package or by pytest.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -149,3 +151,55 @@ def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """A SIGTERM handler that turns the signal into SystemExit, so `finally` blocks run
     (and stop the servers the script started)."""
     raise SystemExit(128 + signum)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Server:
+    """A server subprocess a benchmark started, with the pid whose CPU time is measured."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    pid: int
+    port: int
+    log_path: Path
+
+    def __repr__(self) -> str:
+        state = "running" if self.proc.poll() is None else f"exited({self.proc.returncode})"
+        return f"<Server {self.name} pid={self.pid} {LOOPBACK}:{self.port} {state}>"
+
+    def check_alive(self) -> None:
+        """Raise BenchError, with the tail of its log, if the server has exited."""
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"{self.name} exited with status {self.proc.returncode}; "
+                f"log tail:\n{tail(self.log_path)}"
+            )
+
+
+def stop(server: Server, timeout_s: float) -> None:
+    """SIGTERM the server by pid, then SIGKILL it if it lingers past `timeout_s`."""
+    if server.proc.poll() is not None:
+        return
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        server.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        say(f"{server.name} ignored SIGTERM for {timeout_s} s; sending SIGKILL")
+        server.proc.kill()
+        server.proc.wait()
+
+
+def answers_ping(port: int) -> bool:
+    """True when a RESP server on the port answers an inline PING with +PONG."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply == b"+PONG\r\n"
+    except OSError:
+        return False

@@ -16,7 +16,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from benchkit import (
     EXIT_RUN_FAILED,
     LOOPBACK,
     BenchError,
+    Server,
+    answers_ping,
     children_cpu_seconds,
     command_output,
     free_port,
@@ -121,46 +122,6 @@ class RunResult:
     benchmark_cpu_s: float
     other_cpu_s: float
     tests: dict[str, TestResult]
-
-
-@final
-@dataclasses.dataclass(slots=True, kw_only=True)
-class Server:
-    """A server subprocess under test, with the pid whose CPU time is measured."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    pid: int
-    port: int
-    log_path: Path
-
-    def __repr__(self) -> str:
-        state = "running" if self.proc.poll() is None else f"exited({self.proc.returncode})"
-        return f"<Server {self.name} pid={self.pid} {LOOPBACK}:{self.port} {state}>"
-
-    def check_alive(self) -> None:
-        """Raise BenchError, with the tail of its log, if the server has exited."""
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"{self.name} exited with status {self.proc.returncode}; "
-                f"log tail:\n{tail(self.log_path)}"
-            )
-
-
-def answers_ping(port: int) -> bool:
-    """True when a RESP server on the port answers an inline PING with +PONG."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(64)
-                if not chunk:
-                    return False
-                reply += chunk
-            return reply == b"+PONG\r\n"
-    except OSError:
-        return False
 
 
 def wait_ready(server: Server, ready_file: Path | None = None) -> None:
@@ -252,16 +213,8 @@ def start_floor(tmp: Path) -> Server:
 
 
 def stop(server: Server) -> None:
-    """SIGTERM the server by pid, then SIGKILL it if it lingers."""
-    if server.proc.poll() is not None:
-        return
-    server.proc.send_signal(signal.SIGTERM)
-    try:
-        server.proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        say(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; sending SIGKILL")
-        server.proc.kill()
-        server.proc.wait()
+    """SIGTERM the server by pid, then SIGKILL it after STOP_TIMEOUT_S."""
+    benchkit.stop(server, STOP_TIMEOUT_S)
 
 
 def benchmark_argv(redis_benchmark: str, port: int, scenario: Scenario) -> list[str]:

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import random
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -18,11 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import final
 
+import benchkit
 from benchkit import (
     LOOPBACK,
     BenchError,
     process_cpu_seconds,
-    say,
     tail,
 )
 from common import PEER_SUBCOMMAND, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, TUS_MAX_BODY, TUS_PATH
@@ -72,27 +71,11 @@ def accepts(port: int) -> bool:
 
 @final
 @dataclasses.dataclass(slots=True, kw_only=True)
-class Server:
-    """A server subprocess under test."""
+class Server(benchkit.Server):
+    """A server subprocess under test; `port` is ours' sys-base or the peer's HTTP port."""
 
-    name: str
-    proc: subprocess.Popen[bytes]
-    pid: int
-    port: int  # ours: sys-base; peer: its HTTP port
     data_dir: Path
     files_dir: Path
-    log_path: Path
-
-    def __repr__(self) -> str:
-        state = "running" if self.proc.poll() is None else f"exited({self.proc.returncode})"
-        return f"<Server {self.name} pid={self.pid} {LOOPBACK}:{self.port} {state}>"
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"{self.name} exited with status {self.proc.returncode}; "
-                f"log tail:\n{tail(self.log_path)}"
-            )
 
 
 def _wait(server: Server, ready: Callable[[], bool]) -> None:
@@ -188,16 +171,8 @@ def start_peer(work: Path) -> Server:
 
 
 def stop(server: Server) -> None:
-    """SIGTERM the server by pid, then SIGKILL it if it lingers."""
-    if server.proc.poll() is not None:
-        return
-    server.proc.send_signal(signal.SIGTERM)
-    try:
-        server.proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        say(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; sending SIGKILL")
-        server.proc.kill()
-        server.proc.wait()
+    """SIGTERM the server by pid, then SIGKILL it after STOP_TIMEOUT_S."""
+    benchkit.stop(server, STOP_TIMEOUT_S)
 
 
 # --- the peer server (runs in its own process) --------------------------------------------

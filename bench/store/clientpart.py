@@ -15,9 +15,10 @@ import redis.asyncio as aioredis
 from benchkit import (
     LOOPBACK,
     BenchError,
+    Server,
 )
 from common import LOOPS, RUN_GRACE_S, VALUE, Run, Scenario
-from servers import CpuWindow, Server
+from servers import CpuWindow
 
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.storewire import Status

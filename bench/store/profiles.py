@@ -12,11 +12,11 @@ from typing import Final
 
 from benchkit import (
     BenchError,
+    Server,
     say,
 )
 from clientpart import client_run
 from common import Scenario
-from servers import Server
 
 #: py-spy samples per second: ~5 ms apart, enough for a few thousand samples per run.
 PROFILE_RATE: Final = 200

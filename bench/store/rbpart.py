@@ -13,11 +13,12 @@ import redis
 from benchkit import (
     LOOPBACK,
     BenchError,
+    Server,
     children_cpu_seconds,
     tail,
 )
 from common import KEY_FORMAT, RB_TIMEOUT_S, VALUE_BYTES, Run, Scenario
-from servers import CpuWindow, Server
+from servers import CpuWindow
 
 
 def command_has_store_flag(postoffice: str, flag: str = "--store") -> bool:

@@ -49,6 +49,7 @@ from benchkit import (
     EXIT_MISSING_TOOL,
     EXIT_RUN_FAILED,
     BenchError,
+    Server,
     raise_on_sigterm,
     say,
 )
@@ -80,7 +81,6 @@ from profiles import profile_store, py_spy, summarise_profile
 from rbpart import command_has_store_flag, rb_argv, rb_run
 from report import goals, human_line, machine_facts, python_loop_ms, summarise, table
 from servers import (
-    Server,
     prefill_redis,
     prefill_store,
     start_command,

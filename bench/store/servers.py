@@ -6,22 +6,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import final
 
+import benchkit
 import redis
 from benchkit import (
     LOOPBACK,
     BenchError,
+    Server,
+    answers_ping,
     free_port,
     machine_busy_seconds,
     process_cpu_seconds,
-    say,
     tail,
 )
 from common import (
@@ -34,46 +34,6 @@ from common import (
 )
 
 from postoffice.store import Put, Store
-
-
-@final
-@dataclasses.dataclass(slots=True, kw_only=True)
-class Server:
-    """A server subprocess this script started, with the pid whose CPU time is measured."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    pid: int
-    port: int
-    log_path: Path
-
-    def __repr__(self) -> str:
-        state = "running" if self.proc.poll() is None else f"exited({self.proc.returncode})"
-        return f"<Server {self.name} pid={self.pid} {LOOPBACK}:{self.port} {state}>"
-
-    def check_alive(self) -> None:
-        """Raise BenchError, with the tail of its log, if the server has exited."""
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"{self.name} exited with status {self.proc.returncode}; "
-                f"log tail:\n{tail(self.log_path)}"
-            )
-
-
-def answers_ping(port: int) -> bool:
-    """True when a RESP server on the port answers an inline PING with +PONG."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(64)
-                if not chunk:
-                    return False
-                reply += chunk
-            return reply == b"+PONG\r\n"
-    except OSError:
-        return False
 
 
 def _spawn(name: str, argv: Sequence[str], port: int, log_path: Path, cwd: Path) -> Server:
@@ -218,16 +178,8 @@ def start_command(
 
 
 def stop(server: Server) -> None:
-    """SIGTERM the server by pid, then SIGKILL it if it lingers."""
-    if server.proc.poll() is not None:
-        return
-    server.proc.send_signal(signal.SIGTERM)
-    try:
-        server.proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        say(f"{server.name} ignored SIGTERM for {STOP_TIMEOUT_S} s; sending SIGKILL")
-        server.proc.kill()
-        server.proc.wait()
+    """SIGTERM the server by pid, then SIGKILL it after STOP_TIMEOUT_S."""
+    benchkit.stop(server, STOP_TIMEOUT_S)
 
 
 def cpu_seconds(pid: int) -> float:
