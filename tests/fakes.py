@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
+
+from postoffice.core.kv import Store
 
 
 class FakeTransport(asyncio.Transport):
@@ -60,3 +63,19 @@ class FakeTransport(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": self.peer, "sockname": ("127.0.0.1", 6380)}.get(name, default)
+
+
+class SyncGate:
+    """Holds a store engine's sync calls until `opened` is set, and records their tickets."""
+
+    def __init__(self, store: Store | None) -> None:
+        assert store is not None
+        self.calls: list[int] = []
+        self.opened = threading.Event()
+        self._sync = store.sync
+        store.sync = self._held  # type: ignore[method-assign]
+
+    def _held(self, ticket: int) -> int:
+        self.calls.append(ticket)
+        assert self.opened.wait(10), "the gate was never opened"
+        return self._sync(ticket)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,22 +16,7 @@ from postoffice.command.embedded import EmbeddedKeyspace
 from postoffice.command.server import CommandServer
 from postoffice.core.kv.errors import StoreStorageError
 from postoffice.core.resp import encode_command
-
-
-class Gate:
-    """Holds the engine's sync calls until opened; counts them."""
-
-    def __init__(self, keyspace: EmbeddedKeyspace) -> None:
-        assert keyspace.store is not None
-        self.calls: list[int] = []
-        self.opened = threading.Event()
-        self._sync = keyspace.store.sync
-        keyspace.store.sync = self._held  # type: ignore[method-assign]
-
-    def _held(self, ticket: int) -> int:
-        self.calls.append(ticket)
-        assert self.opened.wait(10), "the gate was never opened"
-        return self._sync(ticket)
+from tests.fakes import SyncGate
 
 
 class Peer:
@@ -85,7 +69,7 @@ def keyspace_of(server: CommandServer) -> EmbeddedKeyspace:
 
 
 async def test_an_ok_for_set_leaves_only_after_its_fsync(server: CommandServer) -> None:
-    gate = Gate(keyspace_of(server))
+    gate = SyncGate(keyspace_of(server).store)
     peer = await Peer.open(server)
     peer.send([b"SET", b"k", b"v"], [b"GET", b"k"], [b"PING"])
     assert await peer.nothing_within(0.3)  # the fsync is held: no reply, not even the GET's
@@ -108,7 +92,7 @@ async def test_mset_and_del_wait_for_their_fsync_too(
     peer = await Peer.open(server)
     peer.send([b"SET", b"there", b"1"])
     assert await peer.read_exactly(b"+OK\r\n") == b"+OK\r\n"
-    gate = Gate(keyspace_of(server))
+    gate = SyncGate(keyspace_of(server).store)
     peer.send(command)
     assert await peer.nothing_within(0.3)
     assert gate.calls
@@ -120,7 +104,7 @@ async def test_mset_and_del_wait_for_their_fsync_too(
 async def test_reads_are_answered_at_once_while_another_connection_waits(
     server: CommandServer,
 ) -> None:
-    gate = Gate(keyspace_of(server))
+    gate = SyncGate(keyspace_of(server).store)
     writer = await Peer.open(server)
     reader = await Peer.open(server)
     writer.send([b"SET", b"k", b"v"])
@@ -138,7 +122,7 @@ async def test_reads_are_answered_at_once_while_another_connection_waits(
 
 async def test_one_fsync_answers_every_connection(server: CommandServer) -> None:
     keyspace = keyspace_of(server)
-    gate = Gate(keyspace)
+    gate = SyncGate(keyspace.store)
     first = await Peer.open(server)
     first.send([b"SET", b"first", b"1"])
     while not gate.calls:  # the first sync is running (held)

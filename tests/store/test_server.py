@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,22 +31,7 @@ from postoffice.core.storewire import (
 )
 from postoffice.store.config import StoreConfig
 from postoffice.store.server import StoreServer
-
-
-class Gate:
-    """Holds the engine's sync calls until opened; counts them."""
-
-    def __init__(self, server: StoreServer) -> None:
-        assert server.store is not None
-        self.calls: list[int] = []
-        self.opened = threading.Event()
-        self._sync = server.store.sync
-        server.store.sync = self._held  # type: ignore[method-assign]
-
-    def _held(self, ticket: int) -> int:
-        self.calls.append(ticket)
-        assert self.opened.wait(10), "the gate was never opened"
-        return self._sync(ticket)
+from tests.fakes import SyncGate
 
 
 class Peer:
@@ -110,7 +94,7 @@ async def server(tmp_path: Path) -> AsyncIterator[StoreServer]:
 
 
 async def test_a_durable_put_is_answered_only_after_its_fsync(server: StoreServer) -> None:
-    gate = Gate(server)
+    gate = SyncGate(server.store)
     peer = await Peer.open(server)
     peer.send(PutRequest(key=b"k", value=b"v"), GetRequest(key=b"k"), PingRequest())
     assert await peer.nothing_within(0.3)  # the fsync is held: no reply, not even the GET's
@@ -127,7 +111,7 @@ async def test_a_durable_put_is_answered_only_after_its_fsync(server: StoreServe
 
 
 async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
-    gate = Gate(server)
+    gate = SyncGate(server.store)
     first = await Peer.open(server)
     first.send(PutRequest(key=b"first", value=b"1"))
     while not gate.calls:  # the first sync is running (held)
@@ -164,7 +148,7 @@ async def _call(peer: Peer, request: Request) -> Response:
 
 
 async def test_a_bad_frame_behind_owed_replies_waits_for_them(server: StoreServer) -> None:
-    gate = Gate(server)
+    gate = SyncGate(server.store)
     peer = await Peer.open(server)
     peer.send(PutRequest(key=b"a", value=b"1"), extra=b"NOT A FRAME AT ALL, SORRY")
     assert await peer.nothing_within(0.3)
@@ -209,7 +193,7 @@ async def test_replies_wait_in_order_up_to_the_in_flight_limit(tmp_path: Path) -
     srv = StoreServer(config)
     await srv.startup()
     try:
-        gate = Gate(srv)
+        gate = SyncGate(srv.store)
         peer = await Peer.open(srv)
         puts = [PutRequest(key=b"k%02d" % i, value=b"%d" % i) for i in range(30)]
         peer.send(*puts, *(GetRequest(key=p.key) for p in puts))
