@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 
 from postoffice.core.runtime import raise_fd_limit
 
@@ -133,3 +134,27 @@ def free_port_block(count: int) -> int:
             for sock in socks:
                 sock.close()
     raise AssertionError(f"no block of {count} free ports found")
+
+
+def run_redis_benchmark_set_get(port: int, r: redis.Redis) -> None:
+    """Drive a keyspace-backed command server with redis-benchmark SET/GET (20 clients,
+    pipelined by 4, 500 keys of 100 bytes) and check it answered without errors and kept
+    the values; `r` is a redis-py client of the same server."""
+    done = subprocess.run(
+        [
+            "redis-benchmark",
+            *("-p", str(port), "-t", "set,get", "-n", "4000", "-c", "20", "-r", "500"),
+            *("-d", "100", "-q", "-P", "4"),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    out = done.stdout.decode()
+    assert "SET:" in out, out
+    assert "GET:" in out, out
+    assert "ERR" not in out
+    assert "error" not in done.stderr.decode().lower()
+    assert 0 < r.dbsize() <= 500
+    key = next(iter(r.scan_iter(match="key:*")))
+    assert len(r.get(key) or b"") == 100

@@ -17,7 +17,12 @@ import redis
 
 from postoffice.core.resp import encode_command
 from postoffice.store import Client, Store
-from tests.integration.conftest import POSTOFFICE, ServerProcess, env_without_postoffice
+from tests.integration.conftest import (
+    POSTOFFICE,
+    ServerProcess,
+    env_without_postoffice,
+    run_redis_benchmark_set_get,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -367,21 +372,4 @@ def test_redis_benchmark_set_get_drives_the_embedded_store(
 ) -> None:
     command, r = embedded(serve, tmp_path / "store", "--durability", durability)
     _, port = command.listeners["command"]
-    done = subprocess.run(
-        [
-            "redis-benchmark",
-            *("-p", str(port), "-t", "set,get", "-n", "4000", "-c", "20", "-r", "500"),
-            *("-d", "100", "-q", "-P", "4"),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    out = done.stdout.decode()
-    assert "SET:" in out, out
-    assert "GET:" in out, out
-    assert "ERR" not in out
-    assert "error" not in done.stderr.decode().lower()
-    assert 0 < r.dbsize() <= 500
-    key = next(iter(r.scan_iter(match="key:*")))
-    assert len(r.get(key) or b"") == 100
+    run_redis_benchmark_set_get(port, r)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.conftest import ServerProcess, free_port_block
+from tests.integration.conftest import ServerProcess, free_port_block, run_redis_benchmark_set_get
 
 pytestmark = pytest.mark.integration
 
@@ -233,21 +233,4 @@ def test_redis_cli_sets_gets_and_scans(serve: Serve, tmp_path: Path) -> None:
 def test_redis_benchmark_set_get_drives_the_store(serve: Serve, tmp_path: Path) -> None:
     _, command, r = pair(serve, tmp_path)
     _, port = command.listeners["command"]
-    done = subprocess.run(
-        [
-            "redis-benchmark",
-            *("-p", str(port), "-t", "set,get", "-n", "4000", "-c", "20", "-r", "500"),
-            *("-d", "100", "-q", "-P", "4"),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    out = done.stdout.decode()
-    assert "SET:" in out, out
-    assert "GET:" in out, out
-    assert "ERR" not in out
-    assert "error" not in done.stderr.decode().lower()
-    assert 0 < r.dbsize() <= 500
-    key = next(iter(r.scan_iter(match="key:*")))
-    assert len(r.get(key) or b"") == 100
+    run_redis_benchmark_set_get(port, r)
