@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 _NOT_OPEN: Final = "store is not open"
 
 
+def _not_open() -> StoreUnavailableError:
+    return StoreUnavailableError(f"store shutting_down: {_NOT_OPEN}")
+
+
 def _bad_key(what: str, key: bytes) -> CommandError:
     if not key:
         return CommandError(f"{what} is empty")
@@ -114,7 +118,7 @@ class EmbeddedKeyspace:
     def _open(self) -> Store:
         store = self.store
         if store is None:
-            raise StoreUnavailableError(f"store shutting_down: {_NOT_OPEN}")
+            raise _not_open()
         self.requests += 1
         return store
 
@@ -129,11 +133,10 @@ class EmbeddedKeyspace:
 
     def get(self, key: bytes) -> Answer:
         """GET: the value or nil, read now (the hot path: no future, no thread)."""
-        store = self.store
+        store = self.store  # _open inlined: this is the hot path
         if store is None:
-            store = self._open()
-        else:
-            self.requests += 1
+            raise _not_open()
+        self.requests += 1
         if not key or len(key) > MAX_KEY_BYTES:
             raise _bad_key("get key", key)
         try:
@@ -144,11 +147,10 @@ class EmbeddedKeyspace:
 
     def set(self, key: bytes, value: bytes) -> Answer:
         """SET: appended now; OK once durable under `always`."""
-        store = self.store
+        store = self.store  # _open inlined: this is the hot path
         if store is None:
-            store = self._open()
-        else:
-            self.requests += 1
+            raise _not_open()
+        self.requests += 1
         if not key or len(key) > MAX_KEY_BYTES:
             raise _bad_key("put key", key)
         if len(value) > MAX_VALUE_BYTES:
