@@ -101,6 +101,14 @@ def command() -> None:
     "or DEL leaves only after the fsync that covers it (group commit); interval: fsync "
     "every 100 ms.  [default: always]",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Processes serving the port (SO_REUSEPORT), for more than one core; CLIENT, "
+    "INFO, CONFIG and SHUTDOWN see all of them. Not with --store-dir.  [default: 1]",
+)
+@click.option("--worker-channel", type=int, default=None, hidden=True)
 @serve_options("command")
 def serve(
     config_path: str | None,
@@ -108,6 +116,7 @@ def serve(
     log_level: str,
     log_json: bool,
     no_metrics: bool,
+    worker_channel: int | None,
     **flags: object,
 ) -> None:
     """Run the command server until SIGINT, SIGTERM or SHUTDOWN.
@@ -119,7 +128,16 @@ def serve(
     store: a store server (--store HOST:PORT) or a store directory this process opens
     itself (--store-dir DIR, faster: one process, no second hop). A directory is open in
     one process at a time: a store server and a command server cannot share it.
+
+    With --workers N (N > 1) this process is the primary: it starts N worker processes
+    on the same port and supervises them; it serves /metrics, and stops them all on
+    SIGTERM, SIGINT or SHUTDOWN.
     """
+    if worker_channel is not None:  # started by a primary: settings come over the channel
+        from postoffice.command.worker import serve_worker
+
+        serve_worker(worker_channel, log_level=log_level, log_json=log_json)
+        return
     if flags.get("store") is not None and flags.get("store_dir") is not None:
         raise click.UsageError("--store and --store-dir are mutually exclusive (pick one)")
     if flags.get("store_durability") is not None and flags.get("store") is not None:
@@ -131,6 +149,12 @@ def serve(
     from postoffice.core.errors import StorageError
 
     async def start(config: CommandConfig, stop: asyncio.Event, ready: str | None) -> None:
+        if config.workers > 1:
+            from postoffice.command.primary import Primary
+
+            primary = Primary(config, log_level=log_level, log_json=log_json)
+            await primary.serve(stop, ready_file=ready)
+            return
         try:
             await CommandServer(config).serve(stop, ready_file=ready)
         except StorageError as exc:  # the store directory is locked or unreadable

@@ -3,10 +3,14 @@
 Handlers are plain functions `(server, client, args) -> Reply` over two seams, ServerView
 and ClientView, so they are tested without sockets. A handler flagged `blocking` runs in
 the worker pool; every other one runs on the event loop and pays no thread hand-off.
+With `--workers N` the commands that concern the whole server (CLIENT LIST and KILL,
+INFO, CONFIG SET and RESETSTAT) ask the other workers through `ServerView.cluster` and
+answer with a Deferred, so the loop never waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
 import platform
@@ -18,7 +22,7 @@ from typing import Final, Protocol
 from postoffice import __version__
 from postoffice.command import keyspace
 from postoffice.command.errors import CommandError, NoAuthError, NoProtoError, WrongPassError
-from postoffice.command.keyspace import Answer, Keyspace
+from postoffice.command.keyspace import Answer, Deferred, Keyspace
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     NIL,
@@ -51,6 +55,37 @@ class ClientView(Protocol):
     def describe(self) -> str: ...
 
 
+class Cluster(Protocol):
+    """With --workers N > 1: the server-wide commands, asked of every worker.
+
+    Each method sends the question on its way and returns a future of the JSON answer
+    (merged from every worker); the future fails with a CommandError when a worker does
+    not answer in time.
+    """
+
+    def client_lines(self, ids: list[int] | None) -> asyncio.Future[object]:
+        """Every worker's CLIENT LIST lines (only those of `ids` when given)."""
+        ...
+
+    def kill_clients(
+        self, *, conn_id: int | None, addr: str | None, skip_id: int | None
+    ) -> asyncio.Future[object]:
+        """Close the matching clients wherever they are: how many."""
+        ...
+
+    def info(self) -> asyncio.Future[object]:
+        """The INFO sections, summed over the workers."""
+        ...
+
+    def config_set(self, pairs: list[tuple[str, str]]) -> asyncio.Future[object]:
+        """Apply settings (already applied in this worker) in every other one."""
+        ...
+
+    def reset_stats(self) -> asyncio.Future[object]:
+        """Zero the statistics of every other worker."""
+        ...
+
+
 class ServerView(Protocol):
     """What a handler may ask of the server."""
 
@@ -75,6 +110,11 @@ class ServerView(Protocol):
 
     @property
     def keyspace(self) -> Keyspace | None: ...
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """The other workers, with --workers N > 1; None for a server of one process."""
+        ...
 
 
 #: A handler answers at once, or later: a Deferred when a store server has to answer
@@ -216,7 +256,7 @@ def _client_name(raw: bytes) -> bytes:
     return raw
 
 
-def cmd_client(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+def cmd_client(server: ServerView, client: ClientView, args: list[bytes]) -> Answer:
     """CLIENT LIST | ID | INFO | SETNAME | GETNAME | SETINFO | KILL | HELP."""
     sub = args[1].upper()
     argc = len(args)
@@ -239,13 +279,15 @@ def cmd_client(server: ServerView, client: ClientView, args: list[bytes]) -> Rep
     if sub == b"INFO" and argc == 2:
         return bulk(client.describe() + "\n")
     if sub == b"LIST":
-        if argc == 4 and args[2].upper() == b"ID":
-            wanted = {_int(arg, "client id") for arg in args[3].split()}
-            chosen = [c for c in server.clients() if c.conn_id in wanted]
-        elif argc == 2:
-            chosen = list(server.clients())
-        else:
+        wanted: set[int] | None = None
+        if argc >= 4 and args[2].upper() == b"ID":
+            wanted = {_int(arg, "client id") for part in args[3:] for arg in part.split()}
+        elif argc != 2:
             raise CommandError("syntax error")
+        if server.cluster is not None:
+            ids = None if wanted is None else sorted(wanted)
+            return Deferred(server.cluster.client_lines(ids), _client_list_reply)
+        chosen = [c for c in server.clients() if wanted is None or c.conn_id in wanted]
         return bulk("".join(c.describe() + "\n" for c in chosen))
     if sub == b"KILL" and argc >= 3:
         return _client_kill(server, client, args)
@@ -267,8 +309,43 @@ _CLIENT_HELP: Final = (
 )
 
 
-def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+def _client_list_reply(value: object) -> Reply:
+    lines = _strings(value)
+    return bulk("".join(line + "\n" for line in lines))
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CommandError(f"bad answer from the other workers: {value!r:.100}")
+    return value
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int):
+        raise CommandError(f"bad answer from the other workers: {value!r:.100}")
+    return value
+
+
+def _killed_one(value: object) -> Reply:
+    if not _count(value):
+        raise CommandError("No such client")
+    return OK
+
+
+def _killed(value: object) -> Reply:
+    return Integer(value=_count(value))
+
+
+def _done(value: object) -> Reply:
+    return OK
+
+
+def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> Answer:
+    cluster = server.cluster
     if len(args) == 3:  # old form: CLIENT KILL addr, answering OK or an error
+        if cluster is not None:
+            future = cluster.kill_clients(conn_id=None, addr=_text(args[2]), skip_id=None)
+            return Deferred(future, _killed_one)
         killed = server.kill_clients(conn_id=None, addr=_text(args[2]), skip_me=None)
         if not killed:
             raise CommandError("No such client")
@@ -289,11 +366,15 @@ def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> R
                 skip_me = value.lower() == b"yes"
             case _:
                 raise CommandError("syntax error")
+    if cluster is not None:
+        skip_id = client.conn_id if skip_me else None
+        future = cluster.kill_clients(conn_id=conn_id, addr=addr, skip_id=skip_id)
+        return Deferred(future, _killed)
     count = server.kill_clients(conn_id=conn_id, addr=addr, skip_me=client if skip_me else None)
     return Integer(value=count)
 
 
-def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Answer:
     """CONFIG GET pattern... | SET name value ... | RESETSTAT | HELP."""
     sub = args[1].upper()
     if sub == b"GET" and len(args) >= 3:
@@ -305,10 +386,14 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Rep
         return Map(pairs=[(bulk(key), bulk(value)) for key, value in found.items()])
     if sub == b"SET" and len(args) >= 4 and len(args) % 2 == 0:
         pairs = [(_text(k).lower(), _text(v)) for k, v in zip(args[2::2], args[3::2], strict=True)]
-        server.config_set(pairs)
+        server.config_set(pairs)  # checked and applied here first: raises CommandError
+        if server.cluster is not None:
+            return Deferred(server.cluster.config_set(pairs), _done)
         return OK
     if sub == b"RESETSTAT" and len(args) == 2:
         server.reset_stats()
+        if server.cluster is not None:
+            return Deferred(server.cluster.reset_stats(), _done)
         return OK
     if sub == b"HELP" and len(args) == 2:
         return Array(
@@ -327,10 +412,21 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Rep
     )
 
 
-def cmd_info(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+def cmd_info(server: ServerView, client: ClientView, args: list[bytes]) -> Answer:
     """INFO [section ...]: server, clients, memory, stats, threads, commandstats."""
-    sections = server.info()
     wanted = [_text(a).lower() for a in args[1:]] or ["default"]
+    if server.cluster is not None:
+        return Deferred(server.cluster.info(), lambda value: _info_reply(_sections(value), wanted))
+    return _info_reply(server.info(), wanted)
+
+
+def _sections(value: object) -> dict[str, dict[str, object]]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise CommandError(f"bad answer from the other workers: {value!r:.100}")
+    return value
+
+
+def _info_reply(sections: Mapping[str, Mapping[str, object]], wanted: list[str]) -> Reply:
     if "all" in wanted or "everything" in wanted:
         names = list(sections)
     elif "default" in wanted:

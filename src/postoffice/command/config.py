@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from postoffice.command.remote import parse_address
-from postoffice.core.config import check_choice, check_port, check_range
+from postoffice.core.config import check_choice, check_port, check_range, load
 from postoffice.core.errors import ConfigError
 from postoffice.core.kv import DEFAULT_DURABILITY, Durability
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
+
+#: Worker processes at most: far more than cores on any machine this serves.
+MAX_WORKERS: Final = 64
 
 #: The store server's durability default: an embedded store acknowledges alike.
 _STORE_DURABILITY: Final = DEFAULT_DURABILITY.value
@@ -44,6 +48,7 @@ class CommandConfig:
     store_dir: Path | None = None  # or a store directory to open in this process
     store_durability: str = _STORE_DURABILITY  # that store's durability
     shutdown_timeout_s: float = 10.0
+    workers: int = 1  # processes serving the port (SO_REUSEPORT); 1: this process alone
 
     def __post_init__(self) -> None:
         check_port("port", self.port)
@@ -58,6 +63,14 @@ class CommandConfig:
         check_range("rate_limit_per_s", self.rate_limit_per_s, 0, 1e9)
         check_range("rate_limit_burst", self.rate_limit_burst, 0, 1 << 30)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
+        check_range("workers", self.workers, 1, MAX_WORKERS)
+        if self.workers > 1 and self.store_dir is not None:
+            raise ConfigError(
+                f"settings 'workers' ({self.workers}) and 'store_dir' cannot be combined: "
+                "a store directory is opened by one process only; give --workers with "
+                "--store HOST:PORT (each worker links to the store server), or drop "
+                "--workers to use --store-dir"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("settings 'tls_cert' and 'tls_key' must be given together")
         if self.store is not None:
@@ -75,6 +88,34 @@ class CommandConfig:
             raise ConfigError("setting 'requirepass' must not be empty (leave it unset instead)")
 
     @property
+    def clients_per_worker(self) -> int:
+        """The connections one worker admits: an equal share of `max_connections`.
+
+        Rounded up, so the server as a whole admits at most `workers - 1` more than the
+        setting and never fewer when the clients spread evenly.
+        """
+        return -(-self.max_connections // self.workers)
+
+    @property
     def burst(self) -> int:
         """Commands a client may send at once before the rate limit applies."""
         return self.rate_limit_burst or max(1, int(self.rate_limit_per_s))
+
+
+def settings_json(config: CommandConfig) -> dict[str, object]:
+    """`config` as a JSON object (paths as strings), for a worker process to rebuild."""
+    return {
+        f.name: str(value) if isinstance(value := getattr(config, f.name), Path) else value
+        for f in dataclasses.fields(config)
+    }
+
+
+def settings_from_json(values: dict[str, object]) -> CommandConfig:
+    """The config `settings_json` made; raises ConfigError for a bad or unknown field.
+
+    Only these values count (no file, no environment). A None value falls back to the
+    default, which is None for every optional field but `metrics_port`: a worker serves
+    no metrics of its own, so its metrics port is None whatever the object said.
+    """
+    config = load(CommandConfig, section="command", env={}, overrides=values)
+    return dataclasses.replace(config, metrics_port=None)

@@ -13,6 +13,7 @@ __all__ = [
     "RespLimitError",
     "RespProtocolError",
     "StoreUnavailableError",
+    "WorkerUnavailableError",
     "WrongPassError",
 ]
 
@@ -51,3 +52,8 @@ class StoreUnavailableError(CommandError):
     """The store behind the keyspace commands cannot be reached; try again later."""
 
     wire_code = "TRYAGAIN"
+
+
+class WorkerUnavailableError(CommandError):
+    """With --workers: a worker (or the primary) did not answer a cross-worker command in
+    time, or went away before answering; the reply names which and the deadline."""

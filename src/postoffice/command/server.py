@@ -15,10 +15,10 @@ import resource
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final, final
 
-from postoffice.command.commands import server_facts
+from postoffice.command.commands import Cluster, server_facts
 from postoffice.command.config import CommandConfig
 from postoffice.command.connection import CommandConnection
 from postoffice.command.errors import CommandError
@@ -50,6 +50,22 @@ CONFIG_NAMES: Final[dict[str, str]] = {
 }
 #: Answered for clients (redis-benchmark asks for save and appendonly) but never changed.
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
+#: Shown by CONFIG GET, set only at start: CONFIG SET refuses them as Redis does.
+IMMUTABLE_CONFIG: Final = frozenset({"bind", "port", "workers", *READ_ONLY_CONFIG})
+#: The statistics that only grow (Prometheus counters); the rest of `stats()` are gauges.
+STATS_COUNTERS: Final = (
+    "connections_accepted",
+    "connections_rejected",
+    "connections_timed_out",
+    "connections_closed",
+    "commands",
+    "protocol_errors",
+    "unknown_commands",
+    "auth_refusals",
+    "rate_limited",
+    "bytes_in",
+    "bytes_out",
+)
 
 
 @final
@@ -59,11 +75,27 @@ class CommandServer:
     Two-phase init: the constructor allocates memory only; `startup()` starts the pool,
     the idle sweeper and the listeners. `serve(stop)` runs until `stop` is set or a
     client sends SHUTDOWN, then drains and closes.
+
+    As one worker of several (command/worker.py), `first_id` and `id_step` keep its
+    connection ids apart from the other workers', `cluster` answers the server-wide
+    commands, and `shutdown_hook` hands SHUTDOWN to the primary.
     """
 
-    def __init__(self, config: CommandConfig, *, clock: Clock = MONOTONIC) -> None:
+    def __init__(
+        self,
+        config: CommandConfig,
+        *,
+        clock: Clock = MONOTONIC,
+        first_id: int = 1,
+        id_step: int = 1,
+    ) -> None:
         self.config = config
-        self.manager = ConnectionManager(self._limits(config), clock=clock)
+        self.manager = ConnectionManager(
+            self._limits(config), clock=clock, first_id=first_id, id_step=id_step
+        )
+        self.cluster: Cluster | None = None
+        #: Called on SHUTDOWN; True when it took the shutdown over (the primary stops all).
+        self.shutdown_hook: Callable[[], bool] | None = None
         self.pool = WorkerPool(config.threads, name="command-worker")
         self.keyspace: Keyspace | None = _keyspace(config)
         self.started = time.time()
@@ -81,19 +113,7 @@ class CommandServer:
             metrics.StatsCollector(
                 "postoffice_command",
                 self.stats,
-                counters=(
-                    "connections_accepted",
-                    "connections_rejected",
-                    "connections_timed_out",
-                    "connections_closed",
-                    "commands",
-                    "protocol_errors",
-                    "unknown_commands",
-                    "auth_refusals",
-                    "rate_limited",
-                    "bytes_in",
-                    "bytes_out",
-                ),
+                counters=STATS_COUNTERS,
             )
         )
         self._listeners: list[asyncio.Server] = []
@@ -103,7 +123,7 @@ class CommandServer:
     @staticmethod
     def _limits(config: CommandConfig) -> ConnectionLimits:
         return ConnectionLimits(
-            max_connections=config.max_connections,
+            max_connections=config.clients_per_worker,
             idle_timeout_s=config.idle_timeout_s,
             max_request_bytes=max(config.max_bulk_bytes, config.max_inline_bytes),
         )
@@ -151,8 +171,17 @@ class CommandServer:
             self.addresses["metrics"] = bound_address(http)
         self._ready = True
 
-    async def serve(self, stop: asyncio.Event, *, ready_file: str | None = None) -> None:
-        """Start, announce the listeners, run until `stop` or SHUTDOWN, then drain."""
+    async def serve(
+        self,
+        stop: asyncio.Event,
+        *,
+        ready_file: str | None = None,
+        on_listening: Callable[[], None] | None = None,
+    ) -> None:
+        """Start, announce the listeners, run until `stop` or SHUTDOWN, then drain.
+
+        `on_listening` runs once every listener is up (a worker tells its primary).
+        """
         starting = asyncio.ensure_future(self.startup())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -165,6 +194,8 @@ class CommandServer:
         starting.result()
         if ready_file:
             announce(ready_file, service="command", addresses=self.addresses)
+        if on_listening is not None:
+            on_listening()
         stopper = asyncio.ensure_future(stop.wait())
         shutdown = asyncio.ensure_future(self._shutdown.wait())
         await asyncio.wait((stopper, shutdown), return_when=asyncio.FIRST_COMPLETED)
@@ -212,25 +243,14 @@ class CommandServer:
         items = {
             "bind": self.config.host,
             "port": str(self.addresses.get("command", (self.config.host, self.config.port))[1]),
+            "workers": str(self.config.workers),
             **READ_ONLY_CONFIG,
         }
-        for name, field in CONFIG_NAMES.items():
-            value = getattr(self.config, field)
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            items[name] = "" if value is None else str(value)
+        items.update(config_pairs(self.config))
         return items
 
     def config_set(self, pairs: list[tuple[str, str]]) -> None:
-        changes: dict[str, object] = {}
-        for name, raw in pairs:
-            field = CONFIG_NAMES.get(name)
-            if field is None:
-                raise CommandError(
-                    f"Unknown option or number of arguments for CONFIG SET - '{name}'"
-                )
-            changes[field] = _convert(name, field, raw)
-        new = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]  # fields checked above
+        new = changed_config(self.config, pairs)
         self.pool.resize(new.threads)
         self.manager.limits = self._limits(new)
         for conn in self.clients():
@@ -242,7 +262,7 @@ class CommandServer:
 
     def info(self) -> dict[str, dict[str, object]]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        rss = _rss_bytes()
+        rss = rss_bytes()
         stats = self.stats()
         return {
             "server": server_facts(
@@ -316,7 +336,37 @@ class CommandServer:
 
     def request_shutdown(self) -> None:
         log.info("shutdown requested by a client")
+        if self.shutdown_hook is not None and self.shutdown_hook():
+            return
         self._shutdown.set()
+
+
+def config_pairs(config: CommandConfig) -> list[tuple[str, str]]:
+    """The run-time settings of `config` as CONFIG SET would take them back."""
+    pairs: list[tuple[str, str]] = []
+    for name, field in CONFIG_NAMES.items():
+        value = getattr(config, field)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        pairs.append((name, "" if value is None else str(value)))
+    return pairs
+
+
+def changed_config(config: CommandConfig, pairs: list[tuple[str, str]]) -> CommandConfig:
+    """`config` with CONFIG SET's (name, value) pairs applied; raises CommandError for an
+    unknown or immutable name or a bad value, ConfigError for a value out of range."""
+    changes: dict[str, object] = {}
+    for name, raw in pairs:
+        if name in IMMUTABLE_CONFIG:
+            raise CommandError(
+                f"CONFIG SET failed (possibly related to argument '{name}') - "
+                "can't set immutable config"
+            )
+        field = CONFIG_NAMES.get(name)
+        if field is None:
+            raise CommandError(f"Unknown option or number of arguments for CONFIG SET - '{name}'")
+        changes[field] = _convert(name, field, raw)
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]  # fields checked above
 
 
 def _keyspace(config: CommandConfig) -> Keyspace | None:
@@ -343,7 +393,8 @@ def _convert(name: str, field: str, raw: str) -> object:
         ) from None
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """This process's resident memory in bytes (0 where /proc cannot tell)."""
     try:
         with open("/proc/self/statm", "rb") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -351,4 +402,4 @@ def _rss_bytes() -> int:
         return 0
 
 
-__all__ = ["CommandConnection", "CommandServer"]
+__all__ = ["CommandConnection", "CommandServer", "changed_config", "config_pairs", "rss_bytes"]

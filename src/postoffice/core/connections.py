@@ -46,13 +46,27 @@ class ConnectionManager:
 
     Limits may be replaced at run time (`limits = ...`): a lower maximum refuses new
     connections only; a new idle timeout applies at the next sweep.
+
+    Connection ids are `first_id`, `first_id + id_step`, ...: several processes serving
+    one port hand out disjoint ids that way (process i of N: first_id i + 1, id_step N).
+    Raises ConfigError when either is below 1.
     """
 
-    def __init__(self, limits: ConnectionLimits, *, clock: Clock = MONOTONIC) -> None:
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        *,
+        clock: Clock = MONOTONIC,
+        first_id: int = 1,
+        id_step: int = 1,
+    ) -> None:
+        check_range("first_id", first_id, 1, None)
+        check_range("id_step", id_step, 1, None)
         self.limits = limits
         self.clock = clock
         self._conns: dict[int, BaseProtocol] = {}
-        self._next_id = 0
+        self._next_id = first_id
+        self._id_step = id_step
         self._sweeper: asyncio.Task[None] | None = None
         self._empty: asyncio.Event | None = None
         self.accepting = True
@@ -101,8 +115,8 @@ class ConnectionManager:
         if len(self._conns) >= self.limits.max_connections:
             self.rejected += 1
             return "max number of clients reached"
-        self._next_id += 1
         conn.conn_id = self._next_id
+        self._next_id += self._id_step
         self._conns[conn.conn_id] = conn
         self.accepted += 1
         return None
