@@ -174,8 +174,10 @@ def start_redis(tmp: Path, redis_server: str) -> Server:
     return server
 
 
-def start_ours(tmp: Path, postoffice: str) -> Server:
-    """Start `postoffice command serve` on a free loopback port, metrics off."""
+def start_ours(tmp: Path, postoffice: str, workers: int = 1) -> Server:
+    """Start `postoffice command serve` on a free loopback port, metrics off; with
+    `workers` > 1 as a primary and that many worker processes (the ready file, which
+    `wait_ready` waits for, appears once every worker listens)."""
     port = free_port()
     log_path = tmp / "postoffice-command.log"
     ready_file = tmp / "command.ready.json"
@@ -193,6 +195,8 @@ def start_ours(tmp: Path, postoffice: str) -> Server:
         "--ready-file",
         str(ready_file),
     ]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
     server = Server(name="ours", proc=proc, pid=proc.pid, port=port, log_path=log_path)
@@ -210,6 +214,30 @@ def start_floor(tmp: Path) -> Server:
     server = Server(name="floor", proc=proc, pid=proc.pid, port=port, log_path=log_path)
     wait_ready(server)
     return server
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid`'s children, their children, and so on (from /proc/PID/task/*/children)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(word) for word in (task / "children").read_text().split()]
+                found.extend(kids)
+                todo.extend(kids)
+    return found
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU time of these processes together (a primary and its workers)."""
+    user = system = 0.0
+    for pid in pids:
+        one = process_cpu_seconds(pid)
+        user += one[0]
+        system += one[1]
+    return user, system
 
 
 def stop(server: Server) -> None:
@@ -271,7 +299,9 @@ def run_once(redis_benchmark: str, server: Server, scenario: Scenario, round_no:
     """One redis-benchmark run, bracketed by the server's CPU time."""
     server.check_alive()
     argv = benchmark_argv(redis_benchmark, server.port, scenario)
-    cpu_before = process_cpu_seconds(server.pid)
+    # A server with worker processes is measured as a whole: the primary and every worker.
+    pids = [server.pid, *descendants(server.pid)]
+    cpu_before = tree_cpu_seconds(pids)
     # The servers are reaped only at the end, so during the run the children's CPU
     # time grows by redis-benchmark's alone.
     bench_before = children_cpu_seconds()
@@ -283,7 +313,7 @@ def run_once(redis_benchmark: str, server: Server, scenario: Scenario, round_no:
         raise BenchError(f"{' '.join(argv)} ran past {RUN_TIMEOUT_S} s") from exc
     wall_s = time.monotonic() - started
     busy_after = machine_busy_seconds()
-    cpu_after = process_cpu_seconds(server.pid)
+    cpu_after = tree_cpu_seconds(pids)
     bench_after = children_cpu_seconds()
     server.check_alive()
     stdout = done.stdout.decode(errors="replace")
@@ -445,14 +475,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run floor.py (a bare uvloop server, no parsing) after ours in each round",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run ours as `command serve --workers N` (a primary and N worker processes; "
+        "their CPU is summed) (default %(default)s: one process)",
+    )
+    parser.add_argument(
         "--scenario",
         action="append",
         choices=[s.name for s in build_scenarios(1, 1)],
         help="run only this scenario (repeatable; default: all)",
     )
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.rounds < 1:
-        parser.error("--requests and --rounds must be at least 1")
+    if args.requests < 1 or args.rounds < 1 or args.workers < 1:
+        parser.error("--requests, --rounds and --workers must be at least 1")
     if args.pipelined_requests is None:
         args.pipelined_requests = args.requests * PIPELINED_FACTOR
     elif args.pipelined_requests < 1:
@@ -483,13 +520,13 @@ def find_tools() -> tuple[str, str, str]:
 
 @contextlib.contextmanager
 def servers(
-    tmp: Path, redis_server: str, postoffice: str, *, floor: bool
+    tmp: Path, redis_server: str, postoffice: str, *, floor: bool, workers: int = 1
 ) -> Iterator[list[Server]]:
     """The servers (redis, ours, and the floor if asked), stopped by pid after the body."""
     started: list[Server] = []
     try:
         started.append(start_redis(tmp, redis_server))
-        started.append(start_ours(tmp, postoffice))
+        started.append(start_ours(tmp, postoffice, workers))
         if floor:
             started.append(start_floor(tmp))
         yield list(started)
@@ -514,7 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-command-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            with servers(tmp, redis_server, postoffice, floor=args.floor) as started:
+            with servers(
+                tmp, redis_server, postoffice, floor=args.floor, workers=args.workers
+            ) as started:
                 say("started " + ", ".join(repr(server) for server in started))
                 for scenario in scenarios:
                     for round_no in range(1, args.rounds + 1):
@@ -543,7 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "scenarios": [{**dataclasses.asdict(s), "flags": s.describe()} for s in scenarios],
             "redis_server_flags": "--save '' --appendonly no --daemonize no "
             f"--maxclients {REDIS_MAX_CLIENTS}",
-            "ours_flags": f"--no-metrics --max-connections {OUR_MAX_CONNECTIONS}",
+            "ours_flags": f"--no-metrics --max-connections {OUR_MAX_CONNECTIONS}"
+            + (f" --workers {args.workers}" if args.workers > 1 else ""),
+            "workers": args.workers,
         },
         "machine": machine,
         "results": summarise(scenarios, runs),
