@@ -21,6 +21,7 @@ from postoffice.command.channel import (
     decode_message,
     encode_message,
 )
+from postoffice.core.errors import ProtocolError
 from postoffice.core.framing import NEED_DATA, Frame, FrameDecoder, encode_parts
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "postoffice" / "command" / "channel.py"
@@ -132,6 +133,20 @@ def test_any_frame_is_a_message_or_a_channel_error(type_: int, payload: bytes) -
     except ChannelError:
         return
     assert isinstance(message, Call | Result | Failure | Notice)
+
+
+@given(data=st.binary(max_size=200))
+def test_any_bytes_give_messages_or_protocol_errors(data: bytes) -> None:
+    stream = channel_stream()
+    stream.feed(encode_message(1, Call(op="info")) + data)
+    assert stream.next_event() == (1, Call(op="info"))
+    for _ in range(len(data) + 1):
+        try:
+            if stream.next_event() is NEED_DATA:
+                return
+        except ProtocolError:
+            if stream.failed:
+                return
 
 
 def test_channel_module_does_no_io() -> None:

@@ -100,6 +100,8 @@ class Pair:
                 raise CommandError("refused here")
             if op == "later":
                 return self._later(args)
+            if op == "setty":
+                return {1, 2}
             return {"op": op, "args": args}
 
         self.left = Link("worker 1", on_call=on_call, on_notice=self._note, on_lost=self._lost)
@@ -133,6 +135,17 @@ async def test_a_call_is_answered_by_request_id() -> None:
     await pair.pump()
     assert await first == {"op": "info", "args": {"a": 1}}
     assert await second == ["late", {"b": 2}]
+
+
+async def test_an_answer_json_cannot_hold_becomes_a_failure() -> None:
+    pair = Pair()
+    future = pair.left.call("setty", {}, timeout_s=5, label="INFO")
+    await pair.pump()
+    with pytest.raises(CommandError, match=r"^channel message cannot be encoded as JSON: "):
+        await future
+    bad = pair.left.call("info", {"x": {1, 2}}, timeout_s=5, label="INFO")
+    with pytest.raises(CommandError, match=r"^INFO cannot be asked of worker 1: channel message"):
+        await bad
 
 
 async def test_a_refusal_arrives_as_a_command_error() -> None:

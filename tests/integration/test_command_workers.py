@@ -303,6 +303,18 @@ def test_stop_drains_every_worker_and_exits_zero(serve: Serve, how: str) -> None
         socket.create_connection(server.listeners["command"], timeout=1)
 
 
+def test_workers_stop_when_the_primary_is_killed(serve: Serve) -> None:
+    server = serve("command", *BASE, "--workers", "2")
+    per_worker = one_per_worker(server.port, 2)
+    pids = [int(str(w["pid"])) for w in roster(per_worker[0]).values()]
+    server.proc.kill()
+    server.proc.wait(10)
+    # Each worker sees its channel close and drains like a SIGTERM'ed server.
+    wait_for("the workers to stop", lambda: all(gone(pid) for pid in pids))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(server.listeners["command"], timeout=1)
+
+
 def test_tls_rate_limit_and_max_clients_in_every_worker(serve: Serve, tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")

@@ -110,19 +110,25 @@ class Link(asyncio.Protocol):
         The future fails with WorkerUnavailableError naming the peer and `label` (what
         the client asked, such as "CLIENT LIST") when the peer does not answer within
         `timeout_s`, goes away first, or the channel is closed already; with CommandError
-        when the peer refuses (its message is kept).
+        when the peer refuses (its message is kept) or the call cannot be encoded.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        if not self.connected:
+        transport = self._transport
+        if transport is None or self._lost or transport.is_closing():
             future.set_exception(WorkerUnavailableError(f"{self.peer} is not running ({label})"))
             return future
         self._next_id = self._next_id % MAX_REQUEST_ID + 1
         request_id = self._next_id
+        try:
+            wire = encode_message(request_id, Call(op=op, args=args))
+        except PostOfficeError as exc:
+            future.set_exception(CommandError(f"{label} cannot be asked of {self.peer}: {exc}"))
+            return future
         self._pending[request_id] = (future, label)
         timer = loop.call_later(timeout_s, self._expire, request_id, timeout_s)
         future.add_done_callback(lambda _: timer.cancel())
-        self._send(request_id, Call(op=op, args=args))
+        transport.write(wire)
         return future
 
     def notify(self, event: str, args: dict[str, object] | None = None) -> bool:
@@ -148,7 +154,7 @@ class Link(asyncio.Protocol):
             transport.write(encode_message(request_id, message))
         except PostOfficeError as exc:  # an answer too large or not JSON: say so instead
             log.error("control message not sent peer=%s error=%r", self.peer, str(exc))
-            if request_id and not isinstance(message, Call | Notice):
+            if request_id and isinstance(message, Result):
                 transport.write(encode_message(request_id, Failure(message=str(exc))))
 
     def _dispatch(self, request_id: int, message: Message) -> None:
