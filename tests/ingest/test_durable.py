@@ -1,4 +1,5 @@
-"""durable.py: the in-place patch write and the group fsync, on real files."""
+"""durable.py: the in-place patch write (buffered and O_DIRECT) and the group fsync, on real
+files."""
 
 from __future__ import annotations
 
@@ -121,3 +122,111 @@ def test_real_fsync_of_a_file_and_a_directory(tmp_path: Path) -> None:
     syncer.sync(tmp_path)
     with pytest.raises(IngestStorageError, match=r"^cannot fsync .*missing"):
         syncer.sync(tmp_path / "missing")
+
+
+class _OpenFlags:
+    """Wraps os.open, recording the flags of every call; refuses O_DIRECT if told to."""
+
+    def __init__(self, refuse_direct: bool = False) -> None:
+        self.flags: list[int] = []
+        self.refuse_direct = refuse_direct
+        self.real = os.open
+
+    def __call__(self, path: object, flags: int, mode: int = 0o777) -> int:
+        self.flags.append(flags)
+        if self.refuse_direct and flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return self.real(path, flags, mode)  # type: ignore[arg-type]
+
+
+def _has_o_direct(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(folder / "probe")
+    return True
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        durable.DIRECT_ALIGN_BYTES,
+        3 * durable.DIRECT_ALIGN_BYTES + 17,  # an unaligned tail, written buffered
+        2 * durable.DIRECT_BUFFER_BYTES + 5000,  # more than one pass through the buffer
+    ],
+)
+def test_a_direct_write_holds_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    if not _has_o_direct(tmp_path):
+        pytest.skip("the temp dir's file system has no O_DIRECT")
+    opened = _OpenFlags()
+    monkeypatch.setattr(os, "open", opened)
+    data = os.urandom(size)
+    path = tmp_path / "patch_0.bin"
+    write_file(path, b"old bytes, longer than nothing" * 1000, fsync=False)
+    write_file(path, data, fsync=True, direct=True)
+    assert opened.flags[-1] & os.O_DIRECT
+    assert path.read_bytes() == data
+
+
+def test_a_write_shorter_than_a_block_is_never_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = _OpenFlags()
+    monkeypatch.setattr(os, "open", opened)
+    path = tmp_path / "patch_0.bin"
+    write_file(path, b"y" * 100, fsync=True, direct=True)
+    assert not opened.flags[-1] & os.O_DIRECT
+    assert path.read_bytes() == b"y" * 100
+
+
+def test_a_file_system_without_o_direct_gets_a_buffered_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = _OpenFlags(refuse_direct=True)
+    monkeypatch.setattr(os, "open", opened)
+    data = os.urandom(5 * durable.DIRECT_ALIGN_BYTES)
+    path = tmp_path / "patch_0.bin"
+    write_file(path, data, fsync=True, direct=True)
+    assert [bool(flags & os.O_DIRECT) for flags in opened.flags] == [True, False]
+    assert path.read_bytes() == data
+
+
+def test_a_refused_direct_write_goes_on_buffered_from_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+    calls: list[int] = []
+
+    def refuse_the_second(fd: int, data: memoryview, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_pwrite(fd, data, offset)
+
+    if not _has_o_direct(tmp_path):
+        pytest.skip("the temp dir's file system has no O_DIRECT")
+    monkeypatch.setattr(os, "pwrite", refuse_the_second)
+    data = os.urandom(3 * durable.DIRECT_BUFFER_BYTES + 123)
+    path = tmp_path / "patch_0.bin"
+    write_file(path, data, fsync=True, direct=True)
+    assert calls == [0, durable.DIRECT_BUFFER_BYTES]
+    assert path.read_bytes() == data
+
+
+def test_a_failed_direct_write_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: memoryview, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if not _has_o_direct(tmp_path):
+        pytest.skip("the temp dir's file system has no O_DIRECT")
+    monkeypatch.setattr(os, "pwrite", full)
+    path = tmp_path / "patch_2.bin"
+    with pytest.raises(IngestStorageError, match=r"^cannot write .*patch_2\.bin: No space left"):
+        write_file(path, os.urandom(8 * durable.DIRECT_ALIGN_BYTES), fsync=True, direct=True)
+    assert not path.exists()

@@ -37,8 +37,10 @@ def chunk_data(index: int, length: int = 100) -> bytes:
     return bytes([index % 251]) * length
 
 
-def new_store(root: Path, *, fsync: bool = True) -> ChunkStore:
-    store = ChunkStore(root / "patches", root / "published", fsync=fsync)
+def new_store(root: Path, *, fsync: bool = True, resident_bytes: int = 0) -> ChunkStore:
+    store = ChunkStore(
+        root / "patches", root / "published", fsync=fsync, resident_bytes=resident_bytes
+    )
     store.open()
     return store
 
@@ -515,6 +517,73 @@ class TestWaitChunk:
         with pytest.raises(UnknownFileError):
             store.wait_chunk(FID, 3, 10)
         later.join()
+
+
+class TestResidentChunks:
+    def test_a_committed_chunk_is_handed_over_once_from_memory(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, resident_bytes=1000)
+        put(store, 0)
+        assert store.resident_used == 100
+        assert store.wait_piece(FID, 0, 0.01) == chunk_data(0)
+        assert store.resident_used == 0
+        assert store.wait_piece(FID, 0, 0.01) == payload_dir(tmp_path) / "patch_0.bin"
+        assert store.wait_piece(FID, 1, 0.05) is None  # not committed: times out
+        assert (payload_dir(tmp_path) / "patch_0.bin").read_bytes() == chunk_data(0)
+
+    def test_chunks_past_the_budget_are_read_from_their_patch(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, resident_bytes=250)
+        for index in range(4):
+            put(store, index)
+        assert store.resident_used == 200
+        pieces = [store.wait_piece(FID, index, 0.01) for index in range(4)]
+        assert pieces[:2] == [chunk_data(0), chunk_data(1)]
+        assert pieces[2:] == [payload_dir(tmp_path) / f"patch_{i}.bin" for i in (2, 3)]
+        assert store.resident_used == 0
+
+    def test_without_a_budget_every_piece_is_a_patch(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        put(store, 0)
+        assert store.resident_used == 0
+        assert store.wait_piece(FID, 0, 0.01) == payload_dir(tmp_path) / "patch_0.bin"
+
+    def test_a_removed_or_published_payload_gives_its_bytes_back(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path, resident_bytes=10_000)
+        put(store, 0)
+        put(store, 1)
+        put(store, 0, file_id=OTHER, total=1, size=100)
+        assert store.resident_used == 300
+        store.remove(FID)
+        assert store.resident_used == 100
+        store.mark_published(published_info(OTHER))
+        assert store.resident_used == 0
+        with pytest.raises(UnknownFileError):
+            store.wait_piece(FID, 0, 0.01)
+
+    def test_a_failed_write_gives_its_claim_back(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = new_store(tmp_path, resident_bytes=10_000)
+        put(store, 0)
+        real_write = os.write
+
+        def full_disk(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "write", full_disk)
+        with pytest.raises(IngestStorageError, match=r"No space left on device$"):
+            put(store, 1)
+        monkeypatch.setattr(os, "write", real_write)
+        assert store.resident_used == 100
+
+    def test_a_large_resident_chunk_is_durable_on_disk_too(self, tmp_path: Path) -> None:
+        data = os.urandom(3 * 4096 + 77)
+        store = new_store(tmp_path, resident_bytes=1 << 20)
+        put(store, 0, total=1, data=data, size=len(data))
+        assert store.wait_piece(FID, 0, 0.01) == data
+        assert (payload_dir(tmp_path) / "patch_0.bin").read_bytes() == data
+        info = new_store(tmp_path).info(FID)  # what a restart finds
+        assert info is not None
+        assert info.complete
 
 
 class TestPublishedLog:

@@ -36,7 +36,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from postoffice.core.runtime import Backoff
@@ -160,15 +159,16 @@ class Assemblies:
         return asyncio.get_running_loop().run_in_executor(self._stream_pool, fn)
 
     def _piece_waiter(self, file_id: FileId) -> Callable[[int], Piece]:
-        """next_piece for a streaming assembly: the patch once committed, or give up."""
+        """next_piece for a streaming assembly: the chunk once committed (its bytes if the
+        store kept them, else its patch), or give up."""
         store = self.server.store
 
         def next_piece(index: int) -> Piece:
             idle = 0.0
             while True:
-                path: Path | None = store.wait_chunk(file_id, index, STREAM_POLL_S)
-                if path is not None:
-                    return path
+                piece = store.wait_piece(file_id, index, STREAM_POLL_S)
+                if piece is not None:
+                    return piece
                 idle += STREAM_POLL_S
                 if idle >= STREAM_IDLE_S or not self.server.accepting:
                     raise _StreamStalled(f"chunk {index} not committed within {idle:.1f} s")

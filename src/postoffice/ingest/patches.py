@@ -108,6 +108,9 @@ class Payload:
     meta_written: bool = False
     removed: bool = False
     op_lock: threading.Lock = field(default_factory=threading.Lock)
+    # index -> the bytes of a committed chunk kept for the streaming assembler (under
+    # ChunkStore's `_lock`; see its design note)
+    resident: dict[int, bytes | memoryview] = field(default_factory=dict)
 
     @property
     def hex_id(self) -> str:

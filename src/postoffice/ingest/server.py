@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar, final
+from typing import Final, TypeVar, final
 
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
@@ -65,6 +65,11 @@ from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 
 log = logging.getLogger(__name__)
 
+#: Committed chunks the store keeps in memory for the streaming assemblies, in bytes
+#: (storage.py's design note): about what the data connections have in flight at once,
+#: so an assembly that keeps up with its upload never reads a patch back.
+RESIDENT_CHUNK_BYTES: Final = 64 * 1024 * 1024
+
 T = TypeVar("T")
 
 
@@ -86,7 +91,13 @@ class IngestServer:
     def __init__(self, config: IngestConfig, *, clock: Clock = MONOTONIC) -> None:
         self.config = config
         self.clock = clock
-        self.store = ChunkStore(config.patches_path, config.published_path, fsync=config.fsync)
+        streams = config.stream_assemblies > 0 and not config.assemble_via_part
+        self.store = ChunkStore(
+            config.patches_path,
+            config.published_path,
+            fsync=config.fsync,
+            resident_bytes=RESIDENT_CHUNK_BYTES if streams else 0,
+        )
         limits = ConnectionLimits(
             max_connections=config.max_connections,
             idle_timeout_s=config.idle_timeout_s,

@@ -27,6 +27,15 @@ recovery are patches.py's; the records of published payloads are published.py's.
 # parallel. Order: op_lock, then _lock. A payload removed while
 # a thread waited for its op_lock is flagged `removed`; the waiter looks again.
 # One process owns a patches_dir.
+#
+# Resident chunks: with `resident_bytes`, a committed chunk's bytes stay in memory until
+# the streaming assembler takes them (`wait_piece`), up to that many bytes for the whole
+# store; such a patch is written with O_DIRECT (durable.write_file), so its bytes are not
+# copied into the page cache as well, where they would only be read back once. A chunk
+# that finds the budget full is written through the page cache as before, and the
+# assembler reads its patch file, which is where every other reader (recovery, --via-part,
+# a restarted assembly) always reads. A payload that goes (published, removed) gives its
+# resident bytes back. This changes no durability: the patch is fsynced either way.
 
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
+from postoffice.ingest.assembly import Piece
 from postoffice.ingest.durable import GroupSync, atomic_write, discard, os_errors, write_file
 from postoffice.ingest.errors import (
     ConflictError,
@@ -99,10 +109,19 @@ class ChunkStore:
     method is blocking and thread-safe.
     """
 
-    def __init__(self, patches_dir: Path, published_dir: Path, *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        patches_dir: Path,
+        published_dir: Path,
+        *,
+        fsync: bool = True,
+        resident_bytes: int = 0,
+    ) -> None:
         self.patches_dir = Path(patches_dir)
         self.published_dir = Path(published_dir)
         self.fsync = fsync
+        self.resident_limit = resident_bytes
+        self._resident_used = 0  # bytes claimed for resident chunks (under `_lock`)
         self.syncer = GroupSync()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -249,8 +268,14 @@ class ChunkStore:
         commit point, so a patch written without its line is not committed (open() drops
         it).
         """
+        keep = self._claim_resident(len(data))
         try:
-            write_file(payload.path / f"patch_{index}.bin", data, fsync=self.fsync)
+            write_file(
+                payload.path / f"patch_{index}.bin",
+                data,
+                fsync=self.fsync,
+                direct=keep and self.fsync,
+            )
             with payload.op_lock:
                 if payload.removed:
                     raise IngestStorageError(
@@ -272,10 +297,16 @@ class ChunkStore:
         except BaseException:
             with payload.op_lock:
                 self._release(payload, index, len(data))
+                if keep:
+                    self._unclaim_resident(len(data))
             raise
         with payload.op_lock:
             self._release(payload, index, len(data))
             with self._lock:
+                if keep and not payload.removed:
+                    payload.resident[index] = data
+                elif keep:
+                    self._unclaim_resident(len(data))
                 payload.chunks[index] = digest
                 payload.received += len(data)
                 payload.updated = now
@@ -284,6 +315,24 @@ class ChunkStore:
         return StoreResult(
             committed=committed, total=total, duplicate=False, complete=committed == total
         )
+
+    def _claim_resident(self, size: int) -> bool:
+        """Reserve `size` bytes of the resident budget; False when it is full (or off)."""
+        with self._lock:
+            if self._resident_used + size > self.resident_limit:
+                return False
+            self._resident_used += size
+            return True
+
+    def _unclaim_resident(self, size: int) -> None:
+        with self._lock:
+            self._resident_used -= size
+
+    @property
+    def resident_used(self) -> int:
+        """Bytes of committed chunks held in memory for the streaming assembler."""
+        with self._lock:
+            return self._resident_used
 
     @staticmethod
     def _release(payload: Payload, index: int, size: int) -> None:
@@ -439,6 +488,8 @@ class ChunkStore:
         if payload is not None:
             with self._lock:
                 payload.removed = True
+                self._resident_used -= sum(len(data) for data in payload.resident.values())
+                payload.resident.clear()
                 if self._payloads.get(payload.file_id) is payload:
                     del self._payloads[payload.file_id]
                 self._changed.notify_all()
@@ -459,6 +510,21 @@ class ChunkStore:
                     return payload.path / f"patch_{index}.bin"
                 if not self._changed.wait(timeout_s):
                     return None
+
+    def wait_piece(self, file_id: FileId, index: int, timeout_s: float) -> Piece | None:
+        """wait_chunk for the streaming assembler: the chunk's bytes when they are
+        resident (handed over once: they leave the store's memory), else its patch path.
+        Raises UnknownFileError as wait_chunk does."""
+        with self._lock:
+            path = self.wait_chunk(file_id, index, timeout_s)
+            if path is None:
+                return None
+            payload = self._payloads[file_id]
+            data = payload.resident.pop(index, None)
+            if data is None:
+                return path
+            self._resident_used -= len(data)
+            return data
 
     def remove(self, file_id: FileId) -> bool:
         """Delete a payload's patch directory (abort, expiry, failed assembly).
