@@ -459,6 +459,26 @@ class TestPieces:
         assert (tmp_path / "files" / "out.bin").read_bytes() == original
         assert done.digest == xxhash.xxh3_128_digest(original)
 
+    def test_pieces_from_memory_and_from_patches_mixed(self, tmp_path: Path) -> None:
+        original = random_bytes(5 * MIB + 321)
+        blob = compress(original, level=1)
+        info, patches = stored(tmp_path, split(blob, [MIB + 5, 2 * MIB, 7, MIB]))
+        # What a streaming assembly gets from the store: the chunks it kept, as bytes,
+        # and the patch files of the others.
+        pieces: list[Path | bytes] = [
+            p.read_bytes() if i % 2 == 0 else p for i, p in enumerate(patches)
+        ]
+        done = assemble(
+            info=info,
+            next_piece=pieces.__getitem__,
+            files_dir=tmp_path / "files",
+            max_output_bytes=64 * MIB,
+            max_window_log=27,
+        )
+        assert (tmp_path / "files" / "out.bin").read_bytes() == original
+        assert done.digest == xxhash.xxh3_128_digest(original)
+        assert done.payload_digest == xxhash.xxh3_128_digest(blob)
+
     def test_what_next_piece_raises_ends_the_assembly_and_leaves_nothing(
         self, tmp_path: Path
     ) -> None:

@@ -498,7 +498,9 @@ class _ChainedReader:
         self.digest = xxhash.xxh3_128()
         self.bytes_read = 0
 
-    def read(self, size: int = BLOCK_BYTES) -> bytes:
+    def read(self, size: int = BLOCK_BYTES) -> bytes | memoryview:
+        """The next block of at most `size` bytes (b"" at the end). A piece in memory is
+        handed out as views of it, not copies: zstd reads them before the next read."""
         while True:
             if self._file is None and self._memory is None:
                 if self._next == self._total:
@@ -510,7 +512,7 @@ class _ChainedReader:
                     self._file = open(piece, "rb", buffering=0)  # noqa: SIM115
                 else:
                     self._memory = memoryview(piece)
-            data: bytes
+            data: bytes | memoryview
             if self._file is not None:
                 data = self._file.read(size)
                 if not data:
@@ -519,7 +521,7 @@ class _ChainedReader:
                     continue
             else:
                 assert self._memory is not None
-                data = bytes(self._memory[:size])
+                data = self._memory[:size]
                 self._memory = self._memory[size:] or None
                 if not data:
                     continue

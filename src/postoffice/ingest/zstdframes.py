@@ -56,7 +56,7 @@ class FrameWalker:
         self.offset = 0  # bytes fed so far
         self.frames = 0  # zstd frames fully walked (skippable frames not counted)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         pos, end = 0, len(data)
         while pos < end:
