@@ -257,6 +257,8 @@ class Primary:
         worker.pid = process.pid
         worker.link = link
         link.peer = f"worker {worker.index} (pid {process.pid})"
+        if self._stopping.is_set():  # the stop came while it was being spawned
+            _signal(worker, signal.SIGTERM)
         code = await process.wait()
         link.close()
         worker.link = None
