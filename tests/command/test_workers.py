@@ -4,10 +4,17 @@ server-wide commands over a fake cluster, and a worker's answers to its primary.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from postoffice.command.cluster import (
+    client_list_reply,
+    info_sections,
+    killed_one_reply,
+    killed_reply,
+)
 from postoffice.command.commands import cmd_client, cmd_config, cmd_info
 from postoffice.command.config import CommandConfig, settings_from_json, settings_json
 from postoffice.command.errors import CommandError, WorkerUnavailableError
@@ -274,6 +281,23 @@ async def test_info_renders_the_merged_sections(clustered: tuple[Harness, FakeCl
     conn, _ = harness.connect()
     reply = settled(cmd_info(harness.server, conn, [b"INFO", b"server"]))
     assert reply == Bulk(data=b"# Server\r\nworkers:2\r\n")
+
+
+@pytest.mark.parametrize(
+    ("make", "answer"),
+    [
+        (client_list_reply, {"not": "lines"}),
+        (client_list_reply, [1]),
+        (killed_reply, "3"),
+        (killed_one_reply, None),
+        (info_sections, {"server": 1}),
+    ],
+)
+def test_answers_of_the_wrong_shape_are_refused(
+    make: Callable[[object], object], answer: object
+) -> None:
+    with pytest.raises(CommandError, match=r"^bad answer from the other workers: "):
+        make(answer)
 
 
 # -- a worker's answers to its primary ----------------------------------------------------

@@ -10,7 +10,6 @@ answer with a Deferred, so the loop never waits for them.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import os
 import platform
@@ -21,6 +20,14 @@ from typing import Final, Protocol
 
 from postoffice import __version__
 from postoffice.command import keyspace
+from postoffice.command.cluster import (
+    Cluster,
+    client_list_reply,
+    done_reply,
+    info_sections,
+    killed_one_reply,
+    killed_reply,
+)
 from postoffice.command.errors import CommandError, NoAuthError, NoProtoError, WrongPassError
 from postoffice.command.keyspace import Answer, Deferred, Keyspace
 from postoffice.core.resp import (
@@ -53,37 +60,6 @@ class ClientView(Protocol):
     protocol: int  # 2 or 3: the RESP version of replies, set by HELLO
 
     def describe(self) -> str: ...
-
-
-class Cluster(Protocol):
-    """With --workers N > 1: the server-wide commands, asked of every worker.
-
-    Each method sends the question on its way and returns a future of the JSON answer
-    (merged from every worker); the future fails with a CommandError when a worker does
-    not answer in time.
-    """
-
-    def client_lines(self, ids: list[int] | None) -> asyncio.Future[object]:
-        """Every worker's CLIENT LIST lines (only those of `ids` when given)."""
-        ...
-
-    def kill_clients(
-        self, *, conn_id: int | None, addr: str | None, skip_id: int | None
-    ) -> asyncio.Future[object]:
-        """Close the matching clients wherever they are: how many."""
-        ...
-
-    def info(self) -> asyncio.Future[object]:
-        """The INFO sections, summed over the workers."""
-        ...
-
-    def config_set(self, pairs: list[tuple[str, str]]) -> asyncio.Future[object]:
-        """Apply settings (already applied in this worker) in every other one."""
-        ...
-
-    def reset_stats(self) -> asyncio.Future[object]:
-        """Zero the statistics of every other worker."""
-        ...
 
 
 class ServerView(Protocol):
@@ -286,7 +262,7 @@ def cmd_client(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
             raise CommandError("syntax error")
         if server.cluster is not None:
             ids = None if wanted is None else sorted(wanted)
-            return Deferred(server.cluster.client_lines(ids), _client_list_reply)
+            return Deferred(server.cluster.client_lines(ids), client_list_reply)
         chosen = [c for c in server.clients() if wanted is None or c.conn_id in wanted]
         return bulk("".join(c.describe() + "\n" for c in chosen))
     if sub == b"KILL" and argc >= 3:
@@ -309,43 +285,12 @@ _CLIENT_HELP: Final = (
 )
 
 
-def _client_list_reply(value: object) -> Reply:
-    lines = _strings(value)
-    return bulk("".join(line + "\n" for line in lines))
-
-
-def _strings(value: object) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CommandError(f"bad answer from the other workers: {value!r:.100}")
-    return value
-
-
-def _count(value: object) -> int:
-    if not isinstance(value, int):
-        raise CommandError(f"bad answer from the other workers: {value!r:.100}")
-    return value
-
-
-def _killed_one(value: object) -> Reply:
-    if not _count(value):
-        raise CommandError("No such client")
-    return OK
-
-
-def _killed(value: object) -> Reply:
-    return Integer(value=_count(value))
-
-
-def _done(value: object) -> Reply:
-    return OK
-
-
 def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> Answer:
     cluster = server.cluster
     if len(args) == 3:  # old form: CLIENT KILL addr, answering OK or an error
         if cluster is not None:
             future = cluster.kill_clients(conn_id=None, addr=_text(args[2]), skip_id=None)
-            return Deferred(future, _killed_one)
+            return Deferred(future, killed_one_reply)
         killed = server.kill_clients(conn_id=None, addr=_text(args[2]), skip_me=None)
         if not killed:
             raise CommandError("No such client")
@@ -369,7 +314,7 @@ def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> A
     if cluster is not None:
         skip_id = client.conn_id if skip_me else None
         future = cluster.kill_clients(conn_id=conn_id, addr=addr, skip_id=skip_id)
-        return Deferred(future, _killed)
+        return Deferred(future, killed_reply)
     count = server.kill_clients(conn_id=conn_id, addr=addr, skip_me=client if skip_me else None)
     return Integer(value=count)
 
@@ -388,12 +333,12 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
         pairs = [(_text(k).lower(), _text(v)) for k, v in zip(args[2::2], args[3::2], strict=True)]
         server.config_set(pairs)  # checked and applied here first: raises CommandError
         if server.cluster is not None:
-            return Deferred(server.cluster.config_set(pairs), _done)
+            return Deferred(server.cluster.config_set(pairs), done_reply)
         return OK
     if sub == b"RESETSTAT" and len(args) == 2:
         server.reset_stats()
         if server.cluster is not None:
-            return Deferred(server.cluster.reset_stats(), _done)
+            return Deferred(server.cluster.reset_stats(), done_reply)
         return OK
     if sub == b"HELP" and len(args) == 2:
         return Array(
@@ -416,14 +361,10 @@ def cmd_info(server: ServerView, client: ClientView, args: list[bytes]) -> Answe
     """INFO [section ...]: server, clients, memory, stats, threads, commandstats."""
     wanted = [_text(a).lower() for a in args[1:]] or ["default"]
     if server.cluster is not None:
-        return Deferred(server.cluster.info(), lambda value: _info_reply(_sections(value), wanted))
+        return Deferred(
+            server.cluster.info(), lambda value: _info_reply(info_sections(value), wanted)
+        )
     return _info_reply(server.info(), wanted)
-
-
-def _sections(value: object) -> dict[str, dict[str, object]]:
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise CommandError(f"bad answer from the other workers: {value!r:.100}")
-    return value
 
 
 def _info_reply(sections: Mapping[str, Mapping[str, object]], wanted: list[str]) -> Reply:

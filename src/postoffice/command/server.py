@@ -18,7 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, final
 
-from postoffice.command.commands import Cluster, server_facts
+from postoffice.command.cluster import Cluster
+from postoffice.command.commands import server_facts
 from postoffice.command.config import CommandConfig
 from postoffice.command.connection import CommandConnection
 from postoffice.command.errors import CommandError
