@@ -345,6 +345,47 @@ async def test_store_replies_keep_request_order_whatever_order_they_settle_in(
     assert state(conn) is ConnState.READING_HEADER
 
 
+async def test_lone_commands_that_are_not_answered_at_once_go_through_the_batch_loop(
+    harness: Harness,
+) -> None:
+    """One command per read takes the hot path; each kind of answer that is not an
+    immediate reply (pool, store, quit, a kill of itself) ends as the batch loop ends it."""
+    store = _HeldStore()
+    harness.server.keyspace = store  # type: ignore[assignment]  # the fake has what GET uses
+    conn, t = harness.connect()
+    conn.data_received(encode_command([b"GET", b"a"]))  # a store answer: owed
+    assert state(conn) is ConnState.PROCESSING
+    conn.data_received(encode_command([b"ECHO", b"behind"]))  # waits its turn
+    store.futures[0].set_result(Response(request_id=0, status=Status.OK, body=b"A"))
+    await asyncio.sleep(0)
+    assert t.take() == b"$1\r\nA\r\n$6\r\nbehind\r\n"
+    assert state(conn) is ConnState.READING_HEADER
+
+    conn.data_received(encode_command([b"DEBUG", b"SLEEP", b"0.01"]))  # the pool
+    assert state(conn) is ConnState.PROCESSING
+    for _ in range(200):
+        if t.written:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    assert t.take() == b"+OK\r\n"
+    assert state(conn) is ConnState.READING_HEADER
+
+    conn.data_received(b"PING\r\n")  # inline, alone in its read
+    assert t.take() == b"+PONG\r\n"
+
+    me = conn.conn_id
+    kill = [b"CLIENT", b"KILL", b"ID", str(me).encode(), b"SKIPME", b"no"]
+    conn.data_received(encode_command(kill))
+    assert state(conn) is ConnState.CLOSING
+    assert t.closed
+
+    other, t2 = harness.connect(50001)
+    other.data_received(encode_command([b"QUIT"]))
+    assert t2.take() == b"+OK\r\n"
+    assert t2.closed
+
+
 class _HeldSync:
     """A keyspace whose writes are durable when the test says so (a fake group commit)."""
 

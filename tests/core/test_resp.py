@@ -267,6 +267,150 @@ def test_whole_reads_parse_as_byte_by_byte_reads_do(
     assert outcome([sent]) == outcome([sent[i : i + 1] for i in range(len(sent))])
 
 
+def parse_reads_one_by_one(chunks: list[bytes], parser: RespParser) -> list[list[bytes]]:
+    """What a connection sees feeding each read with `feed_one`: the command it returns
+    at once, else the commands `next_event` gives."""
+    out: list[list[bytes]] = []
+    for chunk in chunks:
+        args = parser.feed_one(chunk)
+        if args is not None:
+            out.append(args)
+            continue
+        while (event := parser.next_event()) is not NEED_DATA:
+            assert isinstance(event, Command)
+            out.append(event.args)
+    return out
+
+
+FEED_ONE = [
+    (b"*1\r\n$4\r\nPING\r\n", [b"PING"], Dialect.RESP),
+    (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\nv\r\n\r\r\n", [b"SET", b"k", b"v\r\n\r"], Dialect.RESP),
+    (b"PING\r\n", [b"PING"], Dialect.RESP),
+    (b"PING\n", [b"PING"], Dialect.TEXT),
+    (b"  echo  hi \n", [b"echo", b"hi"], Dialect.TEXT),
+]
+
+
+@pytest.mark.parametrize(("wire", "expected", "dialect"), FEED_ONE)
+def test_feed_one_returns_a_whole_lone_command(
+    wire: bytes, expected: list[bytes], dialect: Dialect
+) -> None:
+    parser = RespParser()
+    assert parser.feed_one(wire) == expected
+    assert parser.dialect is dialect
+    assert not parser.has_partial()
+    assert parser.next_event() is NEED_DATA
+    assert parser.feed_one(wire) == expected  # and again: nothing was left behind
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n",  # two commands
+        b"PING\nPING\n",
+        b"*1\r\n$4\r\nPING\r\n*1\r\n",  # one and a part
+        b"PING\n*1\r\n$4\r\nPING\r\n",
+        b"*2\r\n$4\r\nECHO\r\n$5\r\nhe",  # a part
+        b"PING",
+        b"\r\n",  # a blank line: no command at all
+    ],
+)
+def test_feed_one_leaves_anything_else_to_next_event(wire: bytes) -> None:
+    parser = RespParser()
+    assert parser.feed_one(wire) is None
+    plain = RespParser()
+    expected = [c.args for c in parse_all(wire, plain)]
+    assert parse_reads_one_by_one([], parser) == []
+    assert [c.args for c in parse_all(b"", parser)] == expected  # nothing lost or doubled
+    assert parser.has_partial() is plain.has_partial()
+
+
+def test_feed_one_after_a_buffered_part_completes_it_through_next_event() -> None:
+    parser = RespParser()
+    assert parser.feed_one(b"*2\r\n$4\r\nECHO\r\n$2\r\nh") is None
+    assert parser.next_event() is NEED_DATA
+    assert parser.feed_one(b"i\r\n") is None  # bytes were buffered before it
+    event = parser.next_event()
+    assert isinstance(event, Command)
+    assert event.args == [b"ECHO", b"hi"]
+    assert parser.feed_one(b"*1\r\n$4\r\nPING\r\n") == [b"PING"]
+
+
+@pytest.mark.parametrize(("wire", "error", "message"), BAD)
+def test_feed_one_refuses_what_feed_refuses(
+    wire: bytes, error: type[Exception], message: str
+) -> None:
+    parser = RespParser()
+    assert parser.feed_one(wire) is None
+    with pytest.raises(error, match=message):
+        parse_all(b"", parser)  # the good commands before the error come out first
+
+
+def test_feed_one_keeps_the_limits() -> None:
+    parser = RespParser(max_inline_bytes=8, max_bulk_bytes=4, max_array_items=2)
+    assert parser.feed_one(b"PING abc\n") == [b"PING", b"abc"]  # 8 bytes: at the limit
+    assert parser.feed_one(b"PING abcd\n") is None
+    with pytest.raises(RespLimitError, match="inline request of 9 bytes exceeds limit 8"):
+        parser.next_event()
+    for wire, message in [
+        (b"*1\r\n$5\r\nHELLO\r\n", "bulk length 5 exceeds limit 4"),
+        (b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n", "multibulk length 3 exceeds limit 2"),
+    ]:
+        parser = RespParser(max_inline_bytes=8, max_bulk_bytes=4, max_array_items=2)
+        assert parser.feed_one(wire) is None
+        with pytest.raises(RespLimitError, match=message):
+            parser.next_event()
+
+
+@given(st.lists(st.binary(max_size=40), max_size=10))
+@settings(max_examples=500)
+def test_feed_one_gives_what_feed_gives(chunks: list[bytes]) -> None:
+    """Any reads give the same commands (or the same error) through `feed_one` as
+    through `feed` and `next_event`."""
+
+    def outcome(one: bool) -> tuple[list[list[bytes]], str]:
+        parser = RespParser(max_inline_bytes=16, max_bulk_bytes=16, max_array_items=4)
+        out: list[list[bytes]] = []
+        try:
+            for chunk in chunks:
+                if one:
+                    out.extend(parse_reads_one_by_one([chunk], parser))
+                else:
+                    out.extend(c.args for c in parse_all(chunk, parser))
+        except RespProtocolError as exc:
+            return out, str(exc)
+        return out, "partial" if parser.has_partial() else ""
+
+    assert outcome(True) == outcome(False)
+
+
+@given(st.lists(command_args, min_size=1, max_size=4), st.data())
+@settings(max_examples=300, derandomize=True)
+def test_feed_one_on_one_command_per_read(commands: list[list[bytes]], data: st.DataObject) -> None:
+    """An unpipelined client's reads, each one command, some with a byte changed."""
+    reads = []
+    for args in commands:
+        wire = bytearray(encode_command(args))
+        if data.draw(st.booleans()):
+            wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+        reads.append(bytes(wire))
+
+    def outcome(one: bool) -> tuple[list[list[bytes]], str]:
+        parser = RespParser(max_inline_bytes=64, max_bulk_bytes=64, max_array_items=8)
+        out: list[list[bytes]] = []
+        try:
+            for read in reads:
+                if one:
+                    out.extend(parse_reads_one_by_one([read], parser))
+                else:
+                    out.extend(c.args for c in parse_all(read, parser))
+        except RespProtocolError as exc:
+            return out, str(exc)
+        return out, "partial" if parser.has_partial() else ""
+
+    assert outcome(True) == outcome(False)
+
+
 REPLIES: list[tuple[Reply, bytes, bytes]] = [
     (OK, b"+OK\r\n", b"OK\n"),
     (PONG, b"+PONG\r\n", b"PONG\n"),

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 _PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never sent
 MAX_STORE_IN_FLIGHT: Final = 1024  # store commands of one client awaiting the store
+_READING_HEADER: Final = ConnState.READING_HEADER
+_PROCESSING: Final = ConnState.PROCESSING
+_IDLE: Final = ConnInput.IDLE
 
 
 @final
@@ -81,6 +84,35 @@ class CommandConnection(BaseProtocol):
         self.write(b"-ERR " + reason.encode() + b"\r\n")
         self.close(reason)
 
+    def data_received(self, data: bytes) -> None:
+        """The hot path: a read that is one whole command, with nothing buffered or owed
+        before it (every unpipelined client's), is run here without the batch loop, and
+        its reply written at once unless it is anything but an immediate reply."""
+        if self.state is not _READING_HEADER or self._busy or self._stalled or self._queue:
+            super().data_received(data)  # the general path: `on_data`
+            return
+        self.bytes_in += len(data)
+        self.state = _PROCESSING
+        args = self.parser.feed_one(data)
+        if args is None:
+            outcome = self._run_buffered()
+        else:
+            spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
+            reply = self._execute(args, spec)
+            if (
+                type(reply) is Durable
+                or type(reply) is Deferred
+                or reply is _PENDING
+                or self.close_after_reply
+                or self.state is not _PROCESSING
+            ):
+                outcome = self._run_buffered(reply)  # it goes on as if it had run it
+            else:
+                self.write(self._encoder()(reply))
+                outcome = _IDLE
+        if outcome is not None:
+            self.batch_done(outcome)
+
     def on_data(self, data: bytes) -> ConnInput | None:
         self.parser.feed(data)
         if self._busy or self._stalled:
@@ -104,15 +136,15 @@ class CommandConnection(BaseProtocol):
 
     # -- the request loop --------------------------------------------------------------
 
-    def _run_buffered(self) -> ConnInput | None:
+    def _run_buffered(self, answered: Answer | None = None) -> ConnInput | None:
         """Run every complete command buffered; None while replies are still to come.
 
         This is the hot path: bound methods are hoisted into locals, and the encoder is
         picked once per batch (again only if HELLO changes the RESP version mid-batch).
         Store commands pipeline: their Deferred and Durable replies queue up in request
-        order, and
-        any other command waits (is held) until that queue is empty, so it never
-        overtakes, and a HELLO or QUIT applies exactly where it was sent.
+        order, and any other command waits (is held) until that queue is empty, so it
+        never overtakes, and a HELLO or QUIT applies exactly where it was sent.
+        `answered` is the answer of a command `data_received` ran (nothing was owed before it).
         """
         parser = self.parser
         next_event = parser.next_event
@@ -125,24 +157,27 @@ class CommandConnection(BaseProtocol):
         protocol = 0
         try:
             while True:
-                if self._held is not None:
-                    args, self._held = self._held, None
-                elif ready:  # split off by the C reader: no event object needed
-                    args = take()
+                if answered is not None:
+                    reply, answered = answered, None
                 else:
-                    event = next_event()
-                    if event is NEED_DATA:
-                        break
-                    args = event[0]
-                spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
-                # While store commands are in flight only more of them may run: anything
-                # else could overtake their replies or effects.
-                if queue and (spec is None or not spec.store):
-                    self._held = args
-                    self._send(out)
-                    self._stall()
-                    return None
-                reply = execute(args, spec)
+                    if self._held is not None:
+                        args, self._held = self._held, None
+                    elif ready:  # split off by the C reader: no event object needed
+                        args = take()
+                    else:
+                        event = next_event()
+                        if event is NEED_DATA:
+                            break
+                        args = event[0]
+                    spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
+                    # While store commands are in flight only more of them may run:
+                    # anything else could overtake their replies or effects.
+                    if queue and (spec is None or not spec.store):
+                        self._held = args
+                        self._send(out)
+                        self._stall()
+                        return None
+                    reply = execute(args, spec)
                 if reply is _PENDING:
                     self._send(out)
                     return None

@@ -53,6 +53,7 @@ MAX_HEADER_BYTES: Final = 32  # "*<n>\r\n" or "$<n>\r\n": 20 digits of a u64 fit
 
 # Decimal digits of every length below 10,000, for the encoded-size check of the C path.
 _DIGITS_BELOW: Final = 10_000
+_JOIN_TO_COUNT_BYTES: Final = 65_536  # see _checked_size
 _DIGITS: Final = bytes(len(str(n)) for n in range(_DIGITS_BELOW))
 
 
@@ -186,6 +187,42 @@ class RespParser:
             self._buf = self._buf[self._pos :] + data
             self._pos = 0
 
+    def feed_one(self, data: bytes) -> list[bytes] | None:
+        """Feed `data`, and when it is exactly one whole command with nothing buffered
+        before it (an unpipelined client's read), return its arguments at once.
+
+        None: `data` was fed as by `feed`; its commands, if any, come from `next_event`.
+        The command returned is checked as `feed` checks it; it never joins `ready`.
+        """
+        if (
+            data
+            and self._pos >= len(self._buf)
+            and not self._chunks
+            and not self._remaining
+            and self._error is None
+            and not self.ready
+        ):
+            if data[0] == 0x2A:  # "*"
+                taken = self._split(data)
+                if taken and self.dialect is Dialect.UNKNOWN:
+                    self.dialect = Dialect.RESP
+                if taken == len(data):
+                    ready = self.ready
+                    return ready.pop() if len(ready) == 1 else None
+                self._buf = data[taken:]  # the Python parser's (all of it when taken is 0)
+                self._pos = 0
+                return None
+            end = len(data) - 1
+            if 0 < end <= self.max_inline_bytes and data.find(b"\n") == end:
+                crlf = data[end - 1] == 0x0D
+                args = data[: end - 1 if crlf else end].split()
+                if args:
+                    if self.dialect is Dialect.UNKNOWN:
+                        self.dialect = Dialect.RESP if crlf else Dialect.TEXT
+                    return args
+        self.feed(data)
+        return None
+
     def _merge(self) -> None:
         self._buf = self._buf[self._pos :] + b"".join(self._chunks)
         self._pos = 0
@@ -206,14 +243,14 @@ class RespParser:
             first = gets()
             if first is False:
                 taken, cmds = -1, []
-            elif (second := gets()) is False:  # one request: an unpipelined client's
+            elif not reader.has_data():  # it took the whole read: an unpipelined client's
                 taken = self._one_size(first, data)
-                if taken == len(data) and not reader.has_data():  # the common case, at once
+                if taken == len(data):  # the common case, at once
                     self.ready.append(first)
                     return taken
                 cmds = [first]
             else:
-                cmds = [first, second]
+                cmds = [first]
                 while (cmd := gets()) is not False:
                     cmds.append(cmd)
                 taken = self._checked_size(cmds, data)
@@ -281,9 +318,16 @@ class RespParser:
         # per header, one per terminator, and the data's own) and CRs likewise. A changed
         # terminator byte leaves one count short, even where the data ends in CR.
         lines = len(counts) + 2 * len(lengths)
-        if data.count(b"\r\n", 0, size) != lines + sum(map(bytes.count, args, repeat(b"\r\n"))):
+        if size <= _JOIN_TO_COUNT_BYTES:  # one copy of small arguments beats a call per one
+            joined = b"\0".join(args)  # NUL between them: no CRLF made across two
+            own_crlfs = joined.count(b"\r\n")
+            own_crs = joined.count(b"\r")
+        else:
+            own_crlfs = sum(map(bytes.count, args, repeat(b"\r\n")))
+            own_crs = sum(map(bytes.count, args, repeat(b"\r")))
+        if data.count(b"\r\n", 0, size) != lines + own_crlfs:
             return -1
-        if data.count(b"\r", 0, size) != lines + sum(map(bytes.count, args, repeat(b"\r"))):
+        if data.count(b"\r", 0, size) != lines + own_crs:
             return -1
         return size
 
