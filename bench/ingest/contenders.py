@@ -30,6 +30,7 @@ from common import (
     SMALL_FILE_BYTES,
     TUS_PATH,
 )
+from disk import DiskCounters, disk_of, read_counters
 from inputs import Input, decompress_publish, fsync_path, sha256_file
 from servers import Server, cpu_seconds, own_cpu_seconds
 
@@ -51,6 +52,11 @@ class Run:
     bench_cpu_s: float  # this script (the clients) and zstd
     other_cpu_s: float  # machine busy time minus both: noise from anything else
     assembly_s: float | None  # ours: the server's own assembly time (from its log)
+    # The work dir's disk during the run (None: not a block device): bytes written by
+    # anyone, time busy, cache flushes.
+    disk_written_mb: float | None = None
+    disk_busy_s: float | None = None
+    disk_flushes: int | None = None
 
 
 T = TypeVar("T")
@@ -66,31 +72,56 @@ class Measured(Generic[T]):
     server_cpu_s: float | None
     bench_cpu_s: float
     other_cpu_s: float
+    disk: DiskCounters | None  # the work dir's disk counters' growth during the body
+
+
+#: The work dir's disk (set once by watch_disk): measured() reads its counters.
+_watched_disk: list[str | None] = [None]
+
+
+def watch_disk(work: Path) -> str | None:
+    """Make measured() record the counters of the disk holding `work`; its name, or None
+    when `work` is on no block device."""
+    _watched_disk[0] = disk_of(work)
+    return _watched_disk[0]
 
 
 def measured(server: Server | None, body: Callable[[], T]) -> Measured[T]:
     """Run `body` after an os.sync() (so earlier writes are not flushed inside the timed
-    part), with wall time and the CPU time of the server, this script and the rest."""
+    part), with wall time, the CPU time of the server, this script and the rest, and the
+    work dir's disk counters."""
     if server is not None:
         server.check_alive()
     os.sync()
     server_cpu0 = cpu_seconds(server.pid) if server is not None else 0.0
     cpu0 = own_cpu_seconds()
     busy0 = machine_busy_seconds()
+    disk0 = read_counters(_watched_disk[0])
     began = time.monotonic()
     value = body()
     seconds = time.monotonic() - began
+    disk1 = read_counters(_watched_disk[0])
     busy = machine_busy_seconds() - busy0
     cpu = own_cpu_seconds() - cpu0
     server_cpu = cpu_seconds(server.pid) - server_cpu0 if server is not None else None
     if server is not None:
         server.check_alive()
+    disk = (
+        None
+        if disk0 is None or disk1 is None
+        else DiskCounters(
+            written_bytes=disk1.written_bytes - disk0.written_bytes,
+            busy_ms=disk1.busy_ms - disk0.busy_ms,
+            flushes=disk1.flushes - disk0.flushes,
+        )
+    )
     return Measured(
         value=value,
         seconds=seconds,
         server_cpu_s=server_cpu,
         bench_cpu_s=cpu,
         other_cpu_s=max(0.0, busy - cpu - (server_cpu or 0.0)),
+        disk=disk,
     )
 
 
@@ -118,6 +149,9 @@ def _make_run(
         bench_cpu_s=round(seen.bench_cpu_s, 2),
         other_cpu_s=round(seen.other_cpu_s, 2),
         assembly_s=assembly_s,
+        disk_written_mb=None if seen.disk is None else round(seen.disk.written_bytes / MB, 1),
+        disk_busy_s=None if seen.disk is None else round(seen.disk.busy_ms / 1000, 2),
+        disk_flushes=None if seen.disk is None else seen.disk.flushes,
     )
 
 

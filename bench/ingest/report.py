@@ -59,6 +59,15 @@ def summarise(runs: Sequence[Run], workloads: Sequence[str]) -> dict[str, object
                     [run.assembly_s for run in picked if run.assembly_s is not None]
                 ),
                 "max_other_cpu_s": max(run.other_cpu_s for run in picked),
+                "disk_written_mb": _median(
+                    [run.disk_written_mb for run in picked if run.disk_written_mb is not None]
+                ),
+                "disk_busy_s": _median(
+                    [run.disk_busy_s for run in picked if run.disk_busy_s is not None]
+                ),
+                "disk_flushes": _median(
+                    [run.disk_flushes for run in picked if run.disk_flushes is not None]
+                ),
                 "rounds": len(picked),
             }
         ratios = {

@@ -64,6 +64,7 @@ from contenders import (
     run_ours_small,
     run_peer,
     run_peer_small,
+    watch_disk,
 )
 from inputs import Input, make_large_input, make_small_inputs
 from profiles import profile_ours
@@ -170,10 +171,16 @@ def human_line(run: Run, rounds: int) -> str:
     )
     server = "" if run.server_cpu_s is None else f", server cpu {run.server_cpu_s:.1f} s"
     assembly = "" if run.assembly_s is None else f", assembly {run.assembly_s:.2f} s"
+    disk = (
+        ""
+        if run.disk_written_mb is None
+        else f"; disk {run.disk_written_mb:,.0f} MB written, busy {run.disk_busy_s:.1f} s, "
+        f"{run.disk_flushes} flushes"
+    )
     return (
         f"[{run.workload:<6} round {run.round}/{rounds}] {run.contender:<13} {figure} "
         f"({run.seconds:.2f} s{assembly}; bench cpu {run.bench_cpu_s:.1f} s{server}, "
-        f"other {run.other_cpu_s:.1f} s)"
+        f"other {run.other_cpu_s:.1f} s{disk})"
     )
 
 
@@ -256,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profiles: dict[str, object] = {}
     with work_directory(args.work_dir) as work:
         machine = machine_facts(zstd_cli, work)
+        machine["work_dir_disk"] = watch_disk(work)
         say(f"work dir {work}")
         try:
             large: list[Input] = []
