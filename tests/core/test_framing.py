@@ -668,3 +668,48 @@ def test_read_frames_honours_the_self_checked_flag() -> None:
     out: list[tuple[int, int, int, bytes]] = []
     assert decoder.read_frames(out, 10) == 1
     assert out == [(1, 0x0001, 3, b"own checksum")]
+
+
+def test_detach_payload_hands_over_a_self_checked_payload_being_gathered() -> None:
+    decoder = FrameDecoder(self_checked_flag=0x0001)
+    assert decoder.detach_payload() is None  # nothing gathered
+    wire = _wire(_BIG, type=7, flags=0x0001, request_id=11, crc=0)
+    decoder.feed(wire[:1000])
+    assert decoder.next_event() is NEED_DATA
+    decoder.feed(wire[1000:5000])
+    assert decoder.next_event() is NEED_DATA
+    detached = decoder.detach_payload()
+    assert detached is not None
+    type_, flags, request_id, length, blocks = detached
+    assert (type_, flags, request_id, length) == (7, 0x0001, 11, len(_BIG))
+    assert b"".join(bytes(block) for block in blocks) == _BIG[: 5000 - 24]
+    assert decoder.buffered_bytes == 0
+    assert decoder.detach_payload() is None
+    # The caller took the rest of the payload; the decoder reads the next frame.
+    decoder.feed(_wire(b"next", type=2, request_id=12))
+    frame = decoder.next_event()
+    assert isinstance(frame, Frame)
+    assert (frame.type, frame.request_id, frame.payload) == (2, 12, b"next")
+
+
+def test_detach_payload_keeps_a_frame_whose_crc_must_be_checked() -> None:
+    for flags, crc in ((0x0001, zlib.crc32(_BIG)), (0x0000, zlib.crc32(_BIG))):
+        decoder = FrameDecoder(self_checked_flag=0x0001)
+        wire = _wire(_BIG, type=7, flags=flags, request_id=11, crc=crc)
+        decoder.feed(wire[:5000])
+        assert decoder.next_event() is NEED_DATA
+        assert decoder.detach_payload() is None
+        decoder.feed(wire[5000:])
+        frame = decoder.next_event()
+        assert isinstance(frame, Frame)
+        assert frame.payload == _BIG
+
+
+def test_a_small_pending_payload_is_not_detached() -> None:
+    decoder = FrameDecoder(self_checked_flag=0x0001)
+    wire = _wire(b"x" * 1000, flags=0x0001, crc=0)
+    decoder.feed(wire[:500])
+    assert decoder.next_event() is NEED_DATA
+    assert decoder.detach_payload() is None
+    decoder.feed(wire[500:])
+    assert isinstance(decoder.next_event(), Frame)

@@ -44,7 +44,7 @@ def make_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
 
 
 async def listen(
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], asyncio.BaseProtocol],
     *,
     host: str,
     port: int,

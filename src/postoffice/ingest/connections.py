@@ -26,6 +26,7 @@ from postoffice.ingest.messages import (
     Subscribed,
 )
 from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode
+from postoffice.ingest.receive import ReceivingDecoder, ReceivingProtocol
 
 if TYPE_CHECKING:
     from postoffice.ingest.server import IngestServer
@@ -118,6 +119,12 @@ class DataConnection(_FramedConnection):
         self.port_index = port_index
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Large chunk payloads are received straight into their own buffer (receive.py).
+        self.decoder = self.receiver = ReceivingDecoder(
+            max_chunk_bytes=server.config.max_chunk_bytes, verify_chunks=False
+        )
+        #: What the listener hands the transport: it reads into the receiver's buffers.
+        self.protocol = ReceivingProtocol(self, self.receiver)
 
     def on_connect(self) -> None:
         self.server.data_connections[self.port_index].add(self)
@@ -131,7 +138,17 @@ class DataConnection(_FramedConnection):
         self.decoder.feed(data)
         if not self._drain_messages():
             return ConnInput.IDLE
+        self.receiver.take_over()
         return self._outcome()
+
+    def payload_received(self, nbytes: int) -> None:
+        """`nbytes` more of a large payload arrived in its own buffer (receive.py)."""
+        if not self.receiver.payload_complete:
+            self.bytes_in += nbytes
+            self.last_active = self.manager.clock()
+            return
+        self.data_received(b"")  # the chunk is whole: handle it as bytes are handled
+        self.bytes_in += nbytes
 
     def _outcome(self) -> ConnInput | None:
         if self._in_flight:

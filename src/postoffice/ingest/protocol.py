@@ -9,7 +9,7 @@ import enum
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Final, TypeVar, assert_never, cast, final
+from typing import Final, TypeVar, assert_never, cast
 
 from postoffice.core import framing
 from postoffice.core.errors import ConfigError
@@ -77,6 +77,7 @@ __all__ = [
     "NeedData",
     "chunk_frame_parts",
     "decode",
+    "decode_parts",
     "encode",
     "encode_chunk",
 ]
@@ -312,7 +313,7 @@ def _exact(kind: str, payload: bytes, size: int) -> bytes:
     return payload
 
 
-def _at_least(kind: str, payload: bytes, size: int) -> None:
+def _at_least(kind: str, payload: bytes | bytearray, size: int) -> None:
     if len(payload) < size:
         raise IngestProtocolError(
             f"{kind} payload of {len(payload)} bytes, expected at least {size}"
@@ -324,7 +325,7 @@ def _empty(kind: str, payload: bytes, msg: _M) -> _M:
     return msg
 
 
-def _text(what: str, raw: bytes, error: type[IngestError] = IngestProtocolError) -> str:
+def _text(what: str, raw: bytes | bytearray, error: type[IngestError] = IngestProtocolError) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -346,7 +347,7 @@ def _flags(kind: str, flags: int, known: int) -> int:
     return flags
 
 
-def _decode_chunk(payload: bytes, max_chunk_bytes: int, verify: bool = True) -> Chunk:
+def _decode_chunk(payload: bytes | bytearray, max_chunk_bytes: int, verify: bool = True) -> Chunk:
     _at_least("chunk", payload, _CHUNK.size)
     fid, index, total, size, name_len, digest = cast(
         "tuple[bytes, int, int, int, int, bytes]", _CHUNK.unpack_from(payload)
@@ -517,21 +518,38 @@ def decode(
     BadNameError, IngestLimitError (chunk data over `max_chunk_bytes`, too many ids or
     ranges) and ChecksumError (chunk digest).
     """
-    kind = frame.type
+    return decode_parts(
+        frame.type,
+        frame.flags,
+        frame.payload,
+        max_chunk_bytes=max_chunk_bytes,
+        verify_chunks=verify_chunks,
+    )
+
+
+def decode_parts(
+    kind: int,
+    flags: int,
+    payload: bytes | bytearray,
+    *,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
+    verify_chunks: bool = True,
+) -> Message:
+    """decode() from a frame's fields, for a payload received into a buffer of its own
+    (a CHUNK's data is then a view of that bytearray). Raises as decode() does."""
     if kind != MsgType.CHUNK and kind not in _DECODERS:
         raise IngestProtocolError(f"unknown message type 0x{kind:02x}")
     if kind == MsgType.CHUNK:
-        if frame.flags & ~SELF_CHECKED:
+        if flags & ~SELF_CHECKED:
             raise IngestProtocolError(
-                f"chunk frame flags 0x{frame.flags:04x} set, expected 0x0000 or 0x0001"
+                f"chunk frame flags 0x{flags:04x} set, expected 0x0000 or 0x0001"
             )
-        return _decode_chunk(frame.payload, max_chunk_bytes, verify_chunks)
-    if frame.flags:
-        raise IngestProtocolError(f"frame flags 0x{frame.flags:04x} set, expected 0")
-    return _DECODERS[kind](frame.payload)
+        return _decode_chunk(payload, max_chunk_bytes, verify_chunks)
+    if flags:
+        raise IngestProtocolError(f"frame flags 0x{flags:04x} set, expected 0")
+    return _DECODERS[kind](payload if isinstance(payload, bytes) else bytes(payload))
 
 
-@final
 class MessageDecoder(framing.MessageStream[Message]):
     """Incremental decoder for one connection: `feed` bytes, then call `next_event`
     until it returns NEED_DATA (see core.framing.MessageStream).

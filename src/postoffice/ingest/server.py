@@ -245,7 +245,10 @@ class IngestServer:
         port = config.data_base + index if config.data_base else 0
         self.data_connections.setdefault(index, set())
         server = await listen(
-            lambda: DataConnection(self, index), host=config.host, port=port, name=f"data{index}"
+            lambda: DataConnection(self, index).protocol,
+            host=config.host,
+            port=port,
+            name=f"data{index}",
         )
         self._data_listeners[index] = server
         self.addresses[f"data{index}"] = bound_address(server)
