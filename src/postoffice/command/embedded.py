@@ -143,7 +143,7 @@ class EmbeddedKeyspace:
             value = store.get(key)
         except PostOfficeError as exc:
             raise engine_refusal(exc) from None
-        return NIL if value is None else Bulk(data=value)
+        return NIL if value is None else Bulk(value)
 
     def set(self, key: bytes, value: bytes) -> Answer:
         """SET: appended now; OK once durable under `always`."""

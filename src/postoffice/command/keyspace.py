@@ -158,7 +158,10 @@ def _keyspace(server: KeyspaceServer) -> Keyspace:
 
 def cmd_get(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """GET key: the value, or nil."""
-    return _keyspace(server).get(args[1])
+    keyspace = server.keyspace  # _keyspace inlined: this is the hot path
+    if keyspace is None:
+        keyspace = _keyspace(server)  # raises
+    return keyspace.get(args[1])
 
 
 def cmd_set(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:

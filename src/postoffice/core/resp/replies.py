@@ -46,9 +46,14 @@ class Integer:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True)
 class Bulk:
-    """`$len` and bytes; `None` is the nil bulk."""
+    """`$len` and bytes; `None` is the nil bulk.
+
+    Unlike the other replies not frozen, and positional: one is built for every GET's
+    value, and a frozen dataclass's __init__ with a keyword costs twice as much. Treat
+    it as frozen all the same (replies such as NIL are shared).
+    """
 
     data: bytes | None
 
@@ -79,7 +84,7 @@ EMPTY_ARRAY: Final = Array(items=())
 
 def bulk(data: bytes | str) -> Bulk:
     """A bulk reply from bytes or UTF-8 text."""
-    return Bulk(data=data.encode() if isinstance(data, str) else data)
+    return Bulk(data.encode() if isinstance(data, str) else data)
 
 
 def encode_resp(reply: Reply) -> bytes:
