@@ -41,6 +41,7 @@ _PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never s
 MAX_STORE_IN_FLIGHT: Final = 1024  # store commands of one client awaiting the store
 _READING_HEADER: Final = ConnState.READING_HEADER
 _PROCESSING: Final = ConnState.PROCESSING
+_CLOSING: Final = ConnState.CLOSING
 _IDLE: Final = ConnInput.IDLE
 
 
@@ -211,7 +212,7 @@ class CommandConnection(BaseProtocol):
                     self._send(out)
                     self.close("client quit")
                     return ConnInput.IDLE
-                if self.state is ConnState.CLOSING:  # killed by its own CLIENT KILL
+                if self.state is _CLOSING:  # killed by its own CLIENT KILL
                     return ConnInput.IDLE
         except RespProtocolError as exc:
             self.server.protocol_errors += 1
