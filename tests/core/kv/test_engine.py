@@ -89,6 +89,39 @@ def test_scan_orders_long_keys(tmp_path: Path) -> None:
         assert [k for k, _ in s.scan(prefix=base)] == sorted(keys[:2] + keys[3:4])[1:]
 
 
+def test_one_flush_of_short_shared_and_deleted_keys_reads_back_from_lmdb(tmp_path: Path) -> None:
+    """Short keys (their own bucket), a 448-byte key and longer ones sharing its bucket,
+    and tombstones of both kinds, all in one index flush, then read from LMDB alone."""
+    bucket = b"b" * 448
+    shared = [bucket, bucket + b"1", bucket + b"2" * 200, bucket + b"3"]
+    short = [b"s%03d" % i for i in range(50)]
+    with Store.open(tmp_path) as s:  # the default flush size: one flush, at close
+        for key in short + shared:
+            s.put(key, b"first " + key[-4:])
+    with Store.open(tmp_path) as s:
+        assert s.recovery.replayed_records == 0  # what follows is LMDB's
+        for key in short[::2] + shared[1:2]:
+            s.put(key, b"second " + key[-4:])
+        for key in short[1::10] + shared[2:3] + [b"never-there"]:
+            s.delete(key)
+    with Store.open(tmp_path) as s:
+        assert s.recovery.replayed_records == 0
+        assert not s.recovery.index_rebuilt
+        gone = set(short[1::10] + shared[2:3])
+        second = set(short[::2] + shared[1:2])
+        expect = {
+            key: (b"second " if key in second else b"first ") + key[-4:]
+            for key in short + shared
+            if key not in gone
+        }
+        assert {key: s.get(key) for key in short + shared} == {
+            key: expect.get(key) for key in short + shared
+        }
+        assert s.scan(limit=1000) == sorted(expect.items())
+        assert s.scan_keys(prefix=bucket) == sorted(k for k in expect if k.startswith(bucket))
+        assert len(s) == len(expect) == s.stats().keys
+
+
 def test_batch_applies_all(tmp_path: Path) -> None:
     with Store.open(tmp_path) as s:
         s.put(b"gone", b"x")

@@ -236,6 +236,23 @@ class Index:
         cache[key] = loc
         return loc
 
+    def replace(self, key: bytes, loc: Location) -> Location | None:
+        """`set` the key's new location and return what `get` would have: the put path's
+        live-key count and its index entry in one call."""
+        memory = self.memory
+        frozen = self.frozen
+        cache = self._cache
+        if key in memory:
+            old = memory[key]
+        elif frozen is not None and key in frozen:
+            old = frozen[key]
+        elif key in cache:
+            old = cache[key]
+        else:
+            old = self.get(key)  # from LMDB
+        memory[key] = loc
+        return old
+
     def set(self, key: bytes, loc: Location | None) -> None:
         """Record a key's new location, or a tombstone (None).
 
@@ -283,28 +300,32 @@ class Index:
         self.frozen = None
 
     def _write(self, layer: dict[bytes, Location | None], meta: Meta) -> None:
+        # In key order: LMDB's B-tree takes sorted puts a quarter faster. A key shorter than
+        # a bucket key is its bucket's only key (a longer key's bucket key is longer), so
+        # its bucket is written without reading it first, all of them by one `putmulti`:
+        # the loop over them runs in C and lets go of the GIL around each LMDB put.
+        klen = _KLEN.pack
+        pack_loc = _LOC.pack
+        short: list[tuple[bytes, bytes]] = []
+        gone: list[bytes] = []
+        shared: list[bytes] = []
+        for key in sorted(layer):
+            if len(key) >= BUCKET_KEY_BYTES:
+                shared.append(key)
+                continue
+            loc = layer[key]
+            if loc is None:
+                gone.append(key)
+            else:
+                short.append((key, klen(len(key)) + key + pack_loc(*loc)))
         with _lmdb_errors("write", self._dir), self._env.begin(write=True) as txn:
             keys = self._keys
-            get = txn.get
-            put = txn.put
-            # In key order: LMDB's B-tree takes sorted puts a quarter faster.
-            for key in sorted(layer):
-                loc = layer[key]
-                bkey = key[:BUCKET_KEY_BYTES]
-                raw = get(bkey, db=keys)
-                if raw is None or _only_entry(raw, key):  # no other key in the bucket
-                    if loc is not None:
-                        put(bkey, _KLEN.pack(len(key)) + key + _LOC.pack(*loc), db=keys)
-                    elif raw is not None:
-                        txn.delete(bkey, db=keys)
-                    continue
-                entries = [e for e in _decode_bucket(raw) if e[0] != key]
-                if loc is not None:
-                    entries.append((key, loc))
-                if entries:
-                    put(bkey, _encode_bucket(entries), db=keys)
-                else:
-                    txn.delete(bkey, db=keys)
+            if short:
+                txn.cursor(db=keys).putmulti(short)
+            for key in gone:
+                txn.delete(key, db=keys)
+            for key in shared:
+                self._write_shared(txn, key, layer[key])
             txn.put(
                 _META_KEY,
                 _META.pack(
@@ -312,6 +333,25 @@ class Index:
                 ),
                 db=self._meta,
             )
+
+    def _write_shared(self, txn: lmdb.Transaction, key: bytes, loc: Location | None) -> None:
+        """Write one key that may share its bucket with longer keys: read, edit, put back."""
+        keys = self._keys
+        bkey = key[:BUCKET_KEY_BYTES]
+        raw = cast("bytes | None", txn.get(bkey, db=keys))
+        if raw is None or _only_entry(raw, key):  # no other key in the bucket
+            if loc is not None:
+                txn.put(bkey, _KLEN.pack(len(key)) + key + _LOC.pack(*loc), db=keys)
+            elif raw is not None:
+                txn.delete(bkey, db=keys)
+            return
+        entries = [e for e in _decode_bucket(raw) if e[0] != key]
+        if loc is not None:
+            entries.append((key, loc))
+        if entries:
+            txn.put(bkey, _encode_bucket(entries), db=keys)
+        else:
+            txn.delete(bkey, db=keys)
 
     def scan(
         self, lo: bytes, hi: bytes | None, prefix: bytes, limit: int

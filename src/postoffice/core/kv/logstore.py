@@ -66,6 +66,8 @@ _REMAP_BYTES: Final = 1 << 20
 # Hot-path aliases (a global load instead of an attribute lookup).
 _UNPACK: Final = HEADER.unpack_from
 _CRC32: Final = zlib.crc32
+_PACK_HEAD: Final = HEAD_NO_CRC.pack
+_PACK_CRC: Final = CRC.pack
 _PUT: Final = int(Kind.PUT)  # an int compares faster than an enum member
 
 
@@ -241,21 +243,27 @@ class LogStore:
             return [(sid, base + off, n, s) for off, n, s in spans], seq
 
     def append_one(
-        self, kind: Kind, key: bytes, value: bytes, *, defer: bool = False
+        self, kind: int, key: bytes, value: bytes, defer: bool = False
     ) -> tuple[int, int, int, int]:
         """`append` of one record without a batch flag: (segment, offset, length, seq).
 
-        The hot path of every put. Raises StoreStorageError.
+        The hot path of every put (`kind` a plain int there: an IntEnum packs slower). Raises
+        StoreStorageError.
         """
         with self._lock:
             seq = self._written_seq + 1
-            head = HEAD_NO_CRC.pack(MAGIC, kind, 0, seq, len(key), len(value))
-            crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
-            length = HEADER_BYTES + len(key) + len(value)
-            base = self._place(length)
+            key_len = len(key)
+            value_len = len(value)
+            head = _PACK_HEAD(MAGIC, kind, 0, seq, key_len, value_len)
+            length = HEADER_BYTES + key_len + value_len
+            base = self._tail
+            if base > 0 and base + length > self._segment_bytes:
+                base = self._place(length)  # rolls to a new segment first
+            else:
+                self._tail = base + length
             pending = self._pending
             pending += head
-            pending += CRC.pack(crc)
+            pending += _PACK_CRC(_CRC32(value, _CRC32(key, _CRC32(head))))
             pending += key
             pending += value
             self._written_seq = seq

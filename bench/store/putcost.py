@@ -1,0 +1,87 @@
+"""The engine's CPU per put, in instructions: run it under callgrind for two counts.
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python bench/store/putcost.py --mode always --puts 20000
+    (the same with --puts 60000; the difference of the two "Collected" totals over
+    40000 is the cost of one put, start-up and the key list cancelling out)
+
+Modes: `never` is `Store.put` with durability never (the engine part's PUT); `always` is
+what the command server's embedded mode does under durable SETs: `put_nowait` with
+write-behind and the index flush on a thread, `write_pending` once every `--per-write`
+puts (one event-loop iteration's worth), and with `--sync` a `sync` there too (the
+committer thread's part; an fsync each, so slow on a busy disk). Keys are 16 bytes, in a fixed
+shuffled order; values 100 bytes. The key list is always made for the largest count, so
+its cost is the same in both runs. With `--keyspace K` the store is first filled with K
+keys, closed, opened again and every key read once (the benchmark's warm-up), and the
+puts overwrite keys drawn from them at random (as
+redis-benchmark -r K does against a prefilled server); without it every put is a new key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+
+from postoffice.core.kv import Store
+
+_MAX_PUTS = 200_000
+_VALUE = b"v" * 100
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Open a store in a temp dir, do the puts, close it; print the wall time."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("never", "always"), default="always")
+    parser.add_argument("--puts", type=int, default=20_000)
+    parser.add_argument("--per-write", type=int, default=20)
+    parser.add_argument("--sync", action="store_true")
+    parser.add_argument("--keyspace", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not 0 < args.puts <= _MAX_PUTS:
+        parser.error(f"--puts must be 1..{_MAX_PUTS}")
+    rng = random.Random(7)
+    if args.keyspace:
+        every_key = [b"key:%012d" % i for i in range(args.keyspace)]
+        keys = [every_key[i] for i in rng.choices(range(args.keyspace), k=_MAX_PUTS)]
+    else:
+        keys = [b"key:%012d" % i for i in range(_MAX_PUTS)]
+        rng.shuffle(keys)
+    keys = keys[: args.puts]
+    with tempfile.TemporaryDirectory(prefix="putcost-") as tmp:
+        if args.keyspace:
+            with Store.open(tmp, durability="never") as filling:
+                for key in every_key:
+                    filling.put(key, _VALUE)
+        store = Store.open(tmp, durability=args.mode)
+        if args.keyspace:
+            for key in every_key:
+                store.get(key)
+        started = time.perf_counter()
+        if args.mode == "never":
+            put = store.put
+            for key in keys:
+                put(key, _VALUE)
+        else:
+            store.flush_in_background = True
+            store.write_behind = True
+            put_nowait = store.put_nowait
+            every = args.per_write
+            ticket = 0
+            for i, key in enumerate(keys, 1):
+                ticket = put_nowait(key, _VALUE)
+                if i % every == 0:
+                    store.write_pending()
+                    if args.sync:
+                        store.sync(ticket)
+            store.sync(ticket)
+        elapsed = time.perf_counter() - started
+        store.close()
+    print(f"{args.mode} puts={args.puts} {elapsed * 1e6 / args.puts:.2f} us/put", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
