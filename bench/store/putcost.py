@@ -20,6 +20,7 @@ redis-benchmark -r K does against a prefilled server); without it every put is a
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import sys
 import tempfile
@@ -79,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             store.sync(ticket)
         elapsed = time.perf_counter() - started
         store.close()
-    print(f"{args.mode} puts={args.puts} {elapsed * 1e6 / args.puts:.2f} us/put", file=sys.stderr)
+    collections = "/".join(str(gen["collections"]) for gen in gc.get_stats())
+    print(
+        f"{args.mode} puts={args.puts} {elapsed * 1e6 / args.puts:.2f} us/put "
+        f"gc collections by generation {collections}",
+        file=sys.stderr,
+    )
     return 0
 
 

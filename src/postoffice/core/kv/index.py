@@ -26,7 +26,7 @@ import contextlib
 import shutil
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, cast, final
@@ -42,6 +42,8 @@ _KLEN: Final = struct.Struct("<H")
 _META: Final = struct.Struct("<IQQQ")
 _META_KEY: Final = b"position"
 DEFAULT_CACHE_ENTRIES: Final = 1 << 18  # ~60 MB of cached locations at most
+# A bucket of one key in one pack call, [u16 key_len][key][location], by key length.
+_ENTRY_PACKERS: Final[dict[int, Callable[..., bytes]]] = {}
 
 
 class Location(NamedTuple):
@@ -304,20 +306,23 @@ class Index:
         # a bucket key is its bucket's only key (a longer key's bucket key is longer), so
         # its bucket is written without reading it first, all of them by one `putmulti`:
         # the loop over them runs in C and lets go of the GIL around each LMDB put.
-        klen = _KLEN.pack
-        pack_loc = _LOC.pack
+        packers = _ENTRY_PACKERS
         short: list[tuple[bytes, bytes]] = []
         gone: list[bytes] = []
         shared: list[bytes] = []
         for key in sorted(layer):
-            if len(key) >= BUCKET_KEY_BYTES:
+            size = len(key)
+            if size >= BUCKET_KEY_BYTES:
                 shared.append(key)
                 continue
             loc = layer[key]
             if loc is None:
                 gone.append(key)
-            else:
-                short.append((key, klen(len(key)) + key + pack_loc(*loc)))
+                continue
+            pack = packers.get(size)
+            if pack is None:
+                pack = packers[size] = struct.Struct(f"<H{size}s{_LOC.format[1:]}").pack
+            short.append((key, pack(size, key, *loc)))
         with _lmdb_errors("write", self._dir), self._env.begin(write=True) as txn:
             keys = self._keys
             if short:
