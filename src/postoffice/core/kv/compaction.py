@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from postoffice.core.kv.index import Index, Location, new_location
+from postoffice.core.kv.index import Index, Location
 from postoffice.core.kv.logstore import LogStore
 from postoffice.core.kv.records import Kind
 
@@ -86,8 +86,7 @@ class Compaction:
                 if not step:
                     continue
                 copies = [
-                    (key, loc, self._log.read(loc.segment, loc.offset, loc.length).value)
-                    for key, loc in step
+                    (key, loc, self._log.read(loc[0], loc[1], loc[2]).value) for key, loc in step
                 ]
                 if on_step is not None:
                     on_step([key for key, _, _ in copies])
@@ -116,12 +115,13 @@ class Compaction:
         step: list[tuple[bytes, Location]] = []
         size = 0
         for key, loc in found:
-            if loc.segment >= boundary:
+            segment, _, length, _ = loc
+            if segment >= boundary:
                 continue
-            if step and size + loc.length > _COMPACT_STEP_BYTES:
+            if step and size + length > _COMPACT_STEP_BYTES:
                 return step, key
             step.append((key, loc))
-            size += loc.length
+            size += length
         if len(found) < _COMPACT_STEP_RECORDS:
             return step, None
         return step, found[-1][0] + b"\x00"  # the smallest key after the last one seen
@@ -136,7 +136,7 @@ class Compaction:
                 return 0
             locs, _ = self._log.append([(Kind.PUT, key, value, 0) for key, value in live])
             for (key, _), loc in zip(live, locs, strict=True):
-                self._index.set(key, new_location(Location, loc))
+                self._index.set(key, loc)
             if len(self._index.memory) >= self._flush_entries:
                 self._flush_due()
             return len(live)

@@ -30,7 +30,7 @@ from postoffice.core.kv.errors import (
     StoreStorageError,
     ValueSizeError,
 )
-from postoffice.core.kv.index import Index, Location, Meta, new_location
+from postoffice.core.kv.index import Index, Location, Meta
 from postoffice.core.kv.logstore import Durability, LogStore
 from postoffice.core.kv.records import FLAG_BATCH, Kind, count_value
 from postoffice.core.kv.recovery import RecoveryReport, lock_dir, recover
@@ -286,7 +286,7 @@ class Store(Compaction):
             old = self._index.get(key)
             if kind is Kind.PUT:
                 self._live += old is None
-                self._index.set(key, new_location(Location, loc))
+                self._index.set(key, loc)
             elif old is not None:
                 self._live -= 1
                 self._index.set(key, None)
@@ -386,7 +386,7 @@ class Store(Compaction):
             if self._shut:
                 self._check_open()
             self._puts += 1
-            loc = new_location(Location, self._log.append_one(_PUT, key, value, defer))
+            loc = self._log.append_one(_PUT, key, value, defer)
             index = self._index
             if index.replace(key, loc) is None:
                 self._live += 1
@@ -395,7 +395,7 @@ class Store(Compaction):
                 self._values_bytes -= len(key) + len(cached)
             if len(index.memory) >= self._flush_entries:
                 self._flush_due()
-            return loc[3]  # its seq: an index reads faster than the field's name
+            return loc[3]  # its seq
 
     def _uncache(self, key: bytes) -> None:
         """Forget the cached value of `key`; the caller holds `_lock`."""
@@ -490,10 +490,7 @@ class Store(Compaction):
         with self._lock:
             self._check_open()
             found = self._index.scan(lo, end, pre, limit)
-            return [
-                (key, self._log.read_value(loc.segment, loc.offset, loc.length))
-                for key, loc in found
-            ]
+            return [(key, self._log.read_value(loc[0], loc[1], loc[2])) for key, loc in found]
 
     def scan_keys(
         self,

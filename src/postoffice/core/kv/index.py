@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple, cast, final
+from typing import Final, cast, final
 
 import lmdb
 
@@ -46,22 +46,12 @@ DEFAULT_CACHE_ENTRIES: Final = 1 << 18  # ~60 MB of cached locations at most
 _ENTRY_PACKERS: Final[dict[int, Callable[..., bytes]]] = {}
 
 
-class Location(NamedTuple):
-    """Where a key's current record lies in the log.
-
-    A named tuple, not a dataclass: one is made per write and per index read, and a tuple
-    costs a third as much to make.
-    """
-
-    segment: int
-    offset: int
-    length: int
-    seq: int
-
-
-#: `new_location(Location, (segment, offset, length, seq))`: a Location from a 4-tuple at
-#: C speed (`Location._make` and `Location(...)` run Python code to build one).
-new_location: Final = tuple.__new__
+#: Where a key's current record lies in the log: (segment, offset, length, seq).
+#: A plain tuple, not a named tuple or a dataclass: one is made per write and per index
+#: read, the log's append returns it as it is, and the garbage collector stops tracking
+#: a tuple of ints after its first pass (a named tuple it tracks, and walks on every full
+#: collection, for as long as the memory layer or the cache holds it).
+Location = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,7 +75,7 @@ def _decode_bucket(raw: bytes) -> list[tuple[bytes, Location]]:
         pos += _KLEN.size
         key = bytes(raw[pos : pos + klen])
         pos += klen
-        out.append((key, new_location(Location, _LOC.unpack_from(raw, pos))))
+        out.append((key, cast(Location, _LOC.unpack_from(raw, pos))))
         pos += _LOC.size
     return out
 
@@ -104,7 +94,7 @@ def _find_in_bucket(raw: bytes, key: bytes) -> Location | None:
         (klen,) = _KLEN.unpack_from(raw, pos)
         pos += klen_size
         if raw[pos : pos + klen] == key:
-            return new_location(Location, _LOC.unpack_from(raw, pos + klen))
+            return cast(Location, _LOC.unpack_from(raw, pos + klen))
         pos += klen + _LOC.size
     return None
 
@@ -230,7 +220,7 @@ class Index:
         if raw is None:
             loc = None
         elif _only_entry(raw, key):
-            loc = new_location(Location, _LOC.unpack_from(raw, _KLEN.size + len(key)))
+            loc = cast(Location, _LOC.unpack_from(raw, _KLEN.size + len(key)))
         else:
             loc = _find_in_bucket(raw, key)
         if len(cache) >= self.cache_entries:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from postoffice.core.kv.errors import StoreLockedError, StoreStorageError
-from postoffice.core.kv.index import Index, Location, Meta
+from postoffice.core.kv.index import Index, Meta
 from postoffice.core.kv.logstore import LogStore
 from postoffice.core.kv.records import Damage, Kind, Record
 
@@ -89,7 +89,7 @@ def recover(
             live += old is None
             index.set(
                 rec.key,
-                Location(segment=rec.segment, offset=rec.offset, length=rec.length, seq=rec.seq),
+                (rec.segment, rec.offset, rec.length, rec.seq),
             )
         elif old is not None:
             live -= 1
