@@ -1,20 +1,21 @@
 """The engine's CPU per put, in instructions: run it under callgrind for two counts.
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        .venv/bin/python bench/store/putcost.py --mode always --puts 20000
-    (the same with --puts 60000; the difference of the two "Collected" totals over
-    40000 is the cost of one put, start-up and the key list cancelling out)
+        .venv/bin/python bench/store/putcost.py --mode always --keyspace 100000 --puts 16384
+    (the same with --puts 49152; the difference of the two "Collected" totals over 32768
+    is the cost of one put, two index flushes included; start-up, the key list and the
+    prefill cancel out)
 
 Modes: `never` is `Store.put` with durability never (the engine part's PUT); `always` is
 what the command server's embedded mode does under durable SETs: `put_nowait` with
-write-behind and the index flush on a thread, `write_pending` once every `--per-write`
-puts (one event-loop iteration's worth), and with `--sync` a `sync` there too (the
-committer thread's part; an fsync each, so slow on a busy disk). Keys are 16 bytes, in a fixed
-shuffled order; values 100 bytes. The key list is always made for the largest count, so
-its cost is the same in both runs. With `--keyspace K` the store is first filled with K
-keys, closed, opened again and every key read once (the benchmark's warm-up), and the
-puts overwrite keys drawn from them at random (as
-redis-benchmark -r K does against a prefilled server); without it every put is a new key.
+write-behind and the index flush on a thread, and `write_pending` once every
+`--per-write` puts (one event-loop iteration's worth); with `--sync` a `sync` there too
+(the committer thread's part: an fsync each, slow on a busy disk). Keys are 16 bytes,
+values 100. Without `--keyspace` every put is a new key, in a fixed shuffled order; with
+`--keyspace K` the store is first filled with K keys, closed, opened again and every key
+read once (the benchmark's warm-up), and the puts overwrite keys drawn from them at
+random, as `redis-benchmark -r K` does against a prefilled server. The key list is made
+for the largest count every time, so its cost is the same in both runs.
 """
 
 from __future__ import annotations
