@@ -53,6 +53,16 @@ def send(conn: CommandConnection, transport: FakeTransport, *args: bytes) -> byt
     return transport.take()
 
 
+async def pool_reply(transport: FakeTransport) -> bytes:
+    """What was written once a command in the worker pool answered (waits 2 s at most)."""
+    for _ in range(200):
+        if transport.written:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    return transport.take()
+
+
 async def test_ping_and_echo_in_resp(harness: Harness) -> None:
     conn, t = harness.connect()
     assert send(conn, t, b"PING") == b"+PONG\r\n"
@@ -268,12 +278,7 @@ async def test_blocking_command_keeps_order_and_frees_the_loop(harness: Harness)
     assert not t.reading
     other, t2 = harness.connect()
     assert send(other, t2, b"PING") == b"+PONG\r\n"  # the loop is free meanwhile
-    for _ in range(200):
-        if t.written:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0)
-    assert t.take() == b"+OK\r\n$5\r\nafter\r\n"
+    assert await pool_reply(t) == b"+OK\r\n$5\r\nafter\r\n"
     assert t.reading
     assert state(conn) is ConnState.READING_HEADER
 
@@ -363,12 +368,7 @@ async def test_lone_commands_that_are_not_answered_at_once_go_through_the_batch_
 
     conn.data_received(encode_command([b"DEBUG", b"SLEEP", b"0.01"]))  # the pool
     assert state(conn) is ConnState.PROCESSING
-    for _ in range(200):
-        if t.written:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0)
-    assert t.take() == b"+OK\r\n"
+    assert await pool_reply(t) == b"+OK\r\n"
     assert state(conn) is ConnState.READING_HEADER
 
     conn.data_received(b"PING\r\n")  # inline, alone in its read

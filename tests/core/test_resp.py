@@ -362,26 +362,28 @@ def test_feed_one_keeps_the_limits() -> None:
             parser.next_event()
 
 
+def reads_outcome(reads: list[bytes], *, one: bool, limit: int) -> tuple[list[list[bytes]], str]:
+    """The commands of `reads` fed with `feed_one` (`one`) or with `feed`, and how they
+    end: the protocol error's text, "partial", or ""."""
+    parser = RespParser(max_inline_bytes=limit, max_bulk_bytes=limit, max_array_items=limit // 8)
+    out: list[list[bytes]] = []
+    try:
+        for read in reads:
+            if one:
+                out.extend(parse_reads_one_by_one([read], parser))
+            else:
+                out.extend(c.args for c in parse_all(read, parser))
+    except RespProtocolError as exc:
+        return out, str(exc)
+    return out, "partial" if parser.has_partial() else ""
+
+
 @given(st.lists(st.binary(max_size=40), max_size=10))
 @settings(max_examples=500)
 def test_feed_one_gives_what_feed_gives(chunks: list[bytes]) -> None:
     """Any reads give the same commands (or the same error) through `feed_one` as
     through `feed` and `next_event`."""
-
-    def outcome(one: bool) -> tuple[list[list[bytes]], str]:
-        parser = RespParser(max_inline_bytes=16, max_bulk_bytes=16, max_array_items=4)
-        out: list[list[bytes]] = []
-        try:
-            for chunk in chunks:
-                if one:
-                    out.extend(parse_reads_one_by_one([chunk], parser))
-                else:
-                    out.extend(c.args for c in parse_all(chunk, parser))
-        except RespProtocolError as exc:
-            return out, str(exc)
-        return out, "partial" if parser.has_partial() else ""
-
-    assert outcome(True) == outcome(False)
+    assert reads_outcome(chunks, one=True, limit=32) == reads_outcome(chunks, one=False, limit=32)
 
 
 @given(st.lists(command_args, min_size=1, max_size=4), st.data())
@@ -394,21 +396,7 @@ def test_feed_one_on_one_command_per_read(commands: list[list[bytes]], data: st.
         if data.draw(st.booleans()):
             wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
         reads.append(bytes(wire))
-
-    def outcome(one: bool) -> tuple[list[list[bytes]], str]:
-        parser = RespParser(max_inline_bytes=64, max_bulk_bytes=64, max_array_items=8)
-        out: list[list[bytes]] = []
-        try:
-            for read in reads:
-                if one:
-                    out.extend(parse_reads_one_by_one([read], parser))
-                else:
-                    out.extend(c.args for c in parse_all(read, parser))
-        except RespProtocolError as exc:
-            return out, str(exc)
-        return out, "partial" if parser.has_partial() else ""
-
-    assert outcome(True) == outcome(False)
+    assert reads_outcome(reads, one=True, limit=64) == reads_outcome(reads, one=False, limit=64)
 
 
 REPLIES: list[tuple[Reply, bytes, bytes]] = [
