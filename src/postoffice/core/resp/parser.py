@@ -168,12 +168,7 @@ class RespParser:
             and not self._remaining
             and self._error is None
         ):
-            taken = self._split(data)
-            if taken and self.dialect is Dialect.UNKNOWN:
-                self.dialect = Dialect.RESP
-            if taken < len(data):
-                self._buf = data[taken:]  # the Python parser's (all of it when taken is 0)
-                self._pos = 0
+            self._take_arrays(data)
             return
         if self._chunks or self._need > len(self._buf) - self._pos + len(data):
             self._chunks.append(data)
@@ -203,15 +198,8 @@ class RespParser:
             and not self.ready
         ):
             if data[0] == 0x2A:  # "*"
-                taken = self._split(data)
-                if taken and self.dialect is Dialect.UNKNOWN:
-                    self.dialect = Dialect.RESP
-                if taken == len(data):
-                    ready = self.ready
-                    return ready.pop() if len(ready) == 1 else None
-                self._buf = data[taken:]  # the Python parser's (all of it when taken is 0)
-                self._pos = 0
-                return None
+                ready = self.ready
+                return ready.pop() if self._take_arrays(data) and len(ready) == 1 else None
             end = len(data) - 1
             if 0 < end <= self.max_inline_bytes and data.find(b"\n") == end:
                 crlf = data[end - 1] == 0x0D
@@ -222,6 +210,19 @@ class RespParser:
                     return args
         self.feed(data)
         return None
+
+    def _take_arrays(self, data: bytes) -> bool:
+        """`feed` of a read starting with `*` while nothing is buffered: the whole commands
+        the C reader splits off join `ready`, the Python parser keeps the rest (all of it
+        when none could be trusted). Whether the commands took the whole read."""
+        taken = self._split(data)
+        if taken and self.dialect is Dialect.UNKNOWN:
+            self.dialect = Dialect.RESP
+        if taken == len(data):
+            return True
+        self._buf = data[taken:]
+        self._pos = 0
+        return False
 
     def _merge(self) -> None:
         self._buf = self._buf[self._pos :] + b"".join(self._chunks)
