@@ -202,6 +202,12 @@ async def test_client_commands(harness: Harness) -> None:
     assert send(conn, t, b"CLIENT", b"KILL", b"ID", str(other.conn_id).encode()) == b":1\r\n"
     assert t2.closed
     assert send(conn, t, b"CLIENT", b"KILL", b"127.0.0.1:9") == b"-ERR No such client\r\n"
+    third, t3 = harness.connect(3333)
+    kill_self = encode_command([b"CLIENT", b"KILL", b"127.0.0.1:3333"])
+    third.data_received(kill_self + encode_command([b"PING"]))  # old form, itself, pipelined
+    assert t3.take() == b"+OK\r\n"  # answered, then closed before the PING
+    assert t3.closed
+    assert third.close_reason == "killed by CLIENT KILL"
     assert send(conn, t, b"CLIENT", b"NOPE").startswith(b"-ERR unknown subcommand")
 
 
@@ -377,6 +383,7 @@ async def test_lone_commands_that_are_not_answered_at_once_go_through_the_batch_
     me = conn.conn_id
     kill = [b"CLIENT", b"KILL", b"ID", str(me).encode(), b"SKIPME", b"no"]
     conn.data_received(encode_command(kill))
+    assert t.take() == b":1\r\n"  # its answer, then the close
     assert state(conn) is ConnState.CLOSING
     assert t.closed
 

@@ -24,7 +24,7 @@ from postoffice.command.server import changed_config
 from postoffice.command.worker import WorkerCalls
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import ConfigError
-from postoffice.core.resp import OK, Bulk, Error, Integer, Reply
+from postoffice.core.resp import OK, Bulk, Error, Integer, Reply, encode_command
 from tests.command.test_server import Harness
 from tests.fakes import FakeTransport
 
@@ -221,9 +221,9 @@ class FakeCluster:
         return self._done("clients", ids, ["id=1 addr=a", "id=2 addr=b"])
 
     def kill_clients(
-        self, *, conn_id: int | None, addr: str | None, skip_id: int | None
+        self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
     ) -> asyncio.Future[object]:
-        return self._done("kill", (conn_id, addr, skip_id), self.killed)
+        return self._done("kill", (conn_id, addr, skip_id, caller_id), self.killed)
 
     def info(self) -> asyncio.Future[object]:
         return self._done("info", None, {"server": {"workers": 2}, "stats": {"x": 1}})
@@ -255,7 +255,10 @@ async def test_client_list_and_kill_ask_the_cluster(clustered: tuple[Harness, Fa
     reply = settled(cmd_client(server, conn, [b"CLIENT", b"LIST", b"ID", b"2", b"1 3"]))
     assert reply == Bulk(data=b"id=1 addr=a\nid=2 addr=b\n")
     assert settled(cmd_client(server, conn, [b"CLIENT", b"KILL", b"ID", b"9"])) == Integer(value=1)
-    assert cluster.asked == [("clients", [1, 2, 3]), ("kill", (9, None, conn.conn_id))]
+    assert cluster.asked == [
+        ("clients", [1, 2, 3]),
+        ("kill", (9, None, conn.conn_id, conn.conn_id)),
+    ]
     cluster.killed = 0
     old_form = settled(cmd_client(server, conn, [b"CLIENT", b"KILL", b"1.2.3.4:5"]))
     assert old_form == Error(code="ERR", message="No such client")
@@ -328,3 +331,52 @@ async def test_a_worker_answers_about_its_own_clients() -> None:
     with pytest.raises(CommandError, match=r"^unknown worker call 'nope'$"):
         calls.answer("nope", {})
     harness.server.pool.close()
+
+
+class PendingCluster(FakeCluster):
+    """A fake cluster whose CLIENT KILL stays unanswered until the test answers it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[asyncio.Future[object]] = []
+
+    def kill_clients(
+        self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
+    ) -> asyncio.Future[object]:
+        self.asked.append(("kill", (conn_id, addr, skip_id, caller_id)))
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return future
+
+
+async def test_a_client_killing_itself_across_workers_gets_its_answer_then_closes() -> None:
+    harness = Harness(workers=2)
+    cluster = PendingCluster()
+    harness.server.cluster = cluster
+    calls = WorkerCalls()
+    calls.server = harness.server
+    conn, t = harness.connect(50001)
+    me = str(conn.conn_id).encode()
+    kill = encode_command([b"CLIENT", b"KILL", b"ID", me, b"SKIPME", b"no"])
+    conn.data_received(kill + encode_command([b"PING"]))
+    assert cluster.asked == [("kill", (conn.conn_id, None, None, conn.conn_id))]
+    # The primary asks this worker (the caller's) too: it counts it, but closes it only
+    # once the answer gathered from every worker is out.
+    assert calls.answer("kill", {"conn_id": conn.conn_id, "caller_id": conn.conn_id}) == 1
+    assert not t.closed
+    cluster.pending[0].set_result(1)
+    await asyncio.sleep(0)
+    assert t.take() == b":1\r\n"  # and not the PING's reply
+    assert t.closed
+    assert conn.close_reason == "killed by CLIENT KILL"
+
+
+async def test_a_kill_of_the_caller_arriving_after_its_answer_closes_it_at_once() -> None:
+    harness = Harness(workers=2)
+    calls = WorkerCalls()
+    calls.server = harness.server
+    conn, t = harness.connect(50001)
+    conn.data_received(encode_command([b"PING"]))
+    assert t.take() == b"+PONG\r\n"  # idle again: no reply of its own to wait for
+    assert calls.answer("kill", {"conn_id": conn.conn_id, "caller_id": conn.conn_id}) == 1
+    assert t.closed

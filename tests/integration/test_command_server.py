@@ -95,6 +95,20 @@ def test_redis_py_drives_every_command(serve: Serve) -> None:
     victim_id = victim.client_id()
     assert r.client_kill_filter(_id=str(victim_id)) == 1
     assert all(c["id"] != str(victim_id) for c in r.client_list())
+    loner = client(server)
+    loner_id = loner.client_id()
+    assert loner.client_kill_filter(_id=str(loner_id), skipme=False) == 1  # its answer first
+    loner.close()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"CLIENT ID\r\n")
+        host, own_port = sock.getsockname()
+        own_addr = f"{host}:{own_port}"
+        got = b""
+        while not got.endswith(b"\r\n"):
+            got += sock.recv(100)
+        assert got.startswith(b":")
+        sock.sendall(b"CLIENT KILL " + own_addr.encode() + b"\r\nPING\r\n")
+        assert read_until(sock, None) == b"+OK\r\n"  # then closed: the PING is not run
     assert call(r, "HELP")
     r.close()
 

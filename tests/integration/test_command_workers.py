@@ -185,6 +185,12 @@ def test_server_wide_commands_see_every_worker(serve: Serve) -> None:
     assert call(admin, "CLIENT", "KILL", addr) == b"OK"
     with pytest.raises(redis.ResponseError, match="No such client"):
         call(admin, "CLIENT", "KILL", "127.0.0.1:1")
+    # A client killing itself gets its answer through the primary, then is closed.
+    me, my_id = raw_on(port, 3, other)
+    me.sendall(b"CLIENT KILL ID %d SKIPME no\r\nPING\r\n" % my_id)
+    assert me.recv(100) == b":1\r\n"
+    assert me.recv(100) == b""  # closed after the reply; the PING behind it is not run
+    me.close()
 
     assert admin.config_get("workers") == {"workers": "3"}
     with pytest.raises(redis.ResponseError, match="can't set immutable config"):

@@ -26,9 +26,10 @@ class Cluster(Protocol):
         ...
 
     def kill_clients(
-        self, *, conn_id: int | None, addr: str | None, skip_id: int | None
+        self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
     ) -> asyncio.Future[object]:
-        """Close the matching clients wherever they are: how many."""
+        """Close the matching clients wherever they are (the caller after its reply):
+        how many."""
         ...
 
     def info(self) -> asyncio.Future[object]:

@@ -71,7 +71,7 @@ class ServerView(Protocol):
     def clients(self) -> Iterable[ClientView]: ...
 
     def kill_clients(
-        self, *, conn_id: int | None, addr: str | None, skip_me: ClientView | None
+        self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
     ) -> int: ...
 
     def config_items(self) -> Mapping[str, str]: ...
@@ -289,9 +289,13 @@ def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> A
     cluster = server.cluster
     if len(args) == 3:  # old form: CLIENT KILL addr, answering OK or an error
         if cluster is not None:
-            future = cluster.kill_clients(conn_id=None, addr=_text(args[2]), skip_id=None)
+            future = cluster.kill_clients(
+                conn_id=None, addr=_text(args[2]), skip_id=None, caller_id=client.conn_id
+            )
             return Deferred(future, killed_one_reply)
-        killed = server.kill_clients(conn_id=None, addr=_text(args[2]), skip_me=None)
+        killed = server.kill_clients(
+            conn_id=None, addr=_text(args[2]), skip_id=None, caller_id=client.conn_id
+        )
         if not killed:
             raise CommandError("No such client")
         return OK
@@ -311,11 +315,15 @@ def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> A
                 skip_me = value.lower() == b"yes"
             case _:
                 raise CommandError("syntax error")
+    skip_id = client.conn_id if skip_me else None
     if cluster is not None:
-        skip_id = client.conn_id if skip_me else None
-        future = cluster.kill_clients(conn_id=conn_id, addr=addr, skip_id=skip_id)
+        future = cluster.kill_clients(
+            conn_id=conn_id, addr=addr, skip_id=skip_id, caller_id=client.conn_id
+        )
         return Deferred(future, killed_reply)
-    count = server.kill_clients(conn_id=conn_id, addr=addr, skip_me=client if skip_me else None)
+    count = server.kill_clients(
+        conn_id=conn_id, addr=addr, skip_id=skip_id, caller_id=client.conn_id
+    )
     return Integer(value=count)
 
 

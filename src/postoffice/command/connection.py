@@ -63,6 +63,7 @@ class CommandConnection(BaseProtocol):
         self.lib_ver = b""
         self.authenticated = config.requirepass is None
         self.close_after_reply = False
+        self.quit_reason = "client quit"  # why it closes once close_after_reply is set
         self.protocol = 2
         self.last_command = "NULL"
         self._busy = False
@@ -119,6 +120,15 @@ class CommandConnection(BaseProtocol):
         if self._busy or self._stalled:
             return None
         return self._run_buffered()
+
+    def close_after_this_reply(self, reason: str) -> None:
+        """Close once the reply to the command running now is out (a client killing
+        itself gets its answer first, as from Redis); at once if none is running."""
+        if self.in_flight:
+            self.quit_reason = reason
+            self.close_after_reply = True
+        else:
+            self.close(reason, linger=False)
 
     def can_idle_close(self) -> bool:
         return not self._busy and not self._queue and super().can_idle_close()
@@ -210,7 +220,7 @@ class CommandConnection(BaseProtocol):
                 out.append(encode(reply))
                 if self.close_after_reply:
                     self._send(out)
-                    self.close("client quit")
+                    self.close(self.quit_reason)
                     return ConnInput.IDLE
                 if self.state is _CLOSING:  # killed by its own CLIENT KILL
                     return ConnInput.IDLE
@@ -300,6 +310,9 @@ class CommandConnection(BaseProtocol):
             return
         if self._closing_error:
             self.close("protocol error")
+            return
+        if self.close_after_reply:  # a CLIENT KILL of itself answered through the primary
+            self.close(self.quit_reason)
             return
         if self._stop_after_reply:
             self.close("server shutdown")
@@ -399,7 +412,7 @@ class CommandConnection(BaseProtocol):
             reply = Error(code="ERR", message=f"internal error: {exc!r}")
         self.write(self._encoder()(reply))
         if self.close_after_reply or self._stop_after_reply:
-            self.close("client quit" if self.close_after_reply else "server shutdown")
+            self.close(self.quit_reason if self.close_after_reply else "server shutdown")
             return
         self.resume_reading()
         outcome = self._run_buffered()

@@ -227,16 +227,23 @@ class CommandServer:
     def clients(self) -> Iterable[CommandConnection]:
         return [c for c in self.manager if isinstance(c, CommandConnection)]
 
-    def kill_clients(self, *, conn_id: int | None, addr: str | None, skip_me: object | None) -> int:
+    def kill_clients(
+        self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
+    ) -> int:
+        """Close the matching clients but `skip_id`'s; the caller (`caller_id`), when it
+        matches, gets its reply first and is closed after it, as Redis does."""
         killed = 0
         for conn in self.clients():
-            if conn is skip_me:
+            if conn.conn_id == skip_id:
                 continue
             if conn_id is not None and conn.conn_id != conn_id:
                 continue
             if addr is not None and conn.peer != addr:
                 continue
-            conn.close("killed by CLIENT KILL", linger=False)
+            if conn.conn_id == caller_id:
+                conn.close_after_this_reply("killed by CLIENT KILL")
+            else:
+                conn.close("killed by CLIENT KILL", linger=False)
             killed += 1
         return killed
 

@@ -48,9 +48,14 @@ class WorkerCluster:
         return self._ask("clients", {"ids": ids}, "CLIENT LIST")
 
     def kill_clients(
-        self, *, conn_id: int | None, addr: str | None, skip_id: int | None
+        self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
     ) -> asyncio.Future[object]:
-        args: dict[str, object] = {"conn_id": conn_id, "addr": addr, "skip_id": skip_id}
+        args: dict[str, object] = {
+            "conn_id": conn_id,
+            "addr": addr,
+            "skip_id": skip_id,
+            "caller_id": caller_id,
+        }
         return self._ask("kill", args, "CLIENT KILL")
 
     def info(self) -> asyncio.Future[object]:
@@ -83,12 +88,11 @@ class WorkerCalls:
                 ids = _optional_ids(args.get("ids"))
                 return [c.describe() for c in server.clients() if ids is None or c.conn_id in ids]
             case "kill":
-                skip_id = _optional_int(args.get("skip_id"), "skip_id")
-                skip = server.manager.get(skip_id) if skip_id is not None else None
                 return server.kill_clients(
                     conn_id=_optional_int(args.get("conn_id"), "conn_id"),
                     addr=_optional_str(args.get("addr"), "addr"),
-                    skip_me=skip,
+                    skip_id=_optional_int(args.get("skip_id"), "skip_id"),
+                    caller_id=_optional_int(args.get("caller_id"), "caller_id"),
                 )
             case "info":
                 return server.info()
