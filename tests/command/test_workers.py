@@ -37,6 +37,16 @@ def test_workers_default_to_one_and_are_range_checked() -> None:
         CommandConfig(workers=0)
 
 
+def test_the_worker_timeout_is_off_or_at_least_a_second() -> None:
+    assert CommandConfig().worker_timeout_s == 30.0
+    assert CommandConfig(worker_timeout_s=0).worker_timeout_s == 0  # no heartbeat
+    assert CommandConfig(worker_timeout_s=1).worker_timeout_s == 1
+    with pytest.raises(ConfigError, match=r"^setting 'worker_timeout_s' must be 0 \(off\)"):
+        CommandConfig(worker_timeout_s=0.5)
+    with pytest.raises(ConfigError, match="worker_timeout_s"):
+        CommandConfig(worker_timeout_s=-1)
+
+
 def test_workers_with_a_store_directory_is_refused_naming_both() -> None:
     with pytest.raises(
         ConfigError, match=r"^settings 'workers' \(2\) and 'store_dir' cannot be combined: "

@@ -286,6 +286,31 @@ def test_a_worker_that_does_not_answer_costs_an_error_not_a_hang(
     wait_for("worker 1 to answer again", lambda: len(asker.client_list()) == 2)
 
 
+def test_a_hung_worker_is_killed_and_restarted(serve: Serve, stopped_worker: list[int]) -> None:
+    server = serve("command", *BASE, "--workers", "2", "--worker-timeout", "2")
+    per_worker = one_per_worker(server.port, 2)
+    watcher = per_worker[0]
+    pid = int(str(roster(watcher)["worker1"]["pid"]))
+    stopped_worker.append(pid)
+    os.kill(pid, signal.SIGSTOP)  # hung: alive, but its loop answers nothing
+
+    def replaced() -> bool:
+        try:
+            entry = roster(watcher)["worker1"]
+        except redis.ResponseError:  # INFO asks the hung worker too, until it is gone
+            return False
+        return entry["state"] == "listening" and entry["pid"] not in (0, pid)
+
+    wait_for("the hung worker to be replaced", replaced)
+    assert gone(pid)
+    entry = roster(watcher)["worker1"]
+    assert entry["restarts"] == 1
+    assert str(entry["last_exit"]).startswith("hung_for_")
+    assert f"worker hung, killing it worker=1 pid={pid}" in server.log()
+    assert len(one_per_worker(server.port, 2)) == 2  # both halves of the port serve again
+    assert watcher.ping() is True
+
+
 @pytest.mark.parametrize("how", ["sigterm", "shutdown"])
 def test_stop_drains_every_worker_and_exits_zero(serve: Serve, how: str) -> None:
     server = serve("command", *BASE, "--workers", "2", "--threads", "2")

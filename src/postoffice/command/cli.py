@@ -108,6 +108,15 @@ def command() -> None:
     help="Processes serving the port (SO_REUSEPORT), for more than one core; CLIENT, "
     "INFO, CONFIG and SHUTDOWN see all of them. Not with --store-dir.  [default: 1]",
 )
+@click.option(
+    "worker_timeout_s",
+    "--worker-timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="With --workers: a worker that answers none of the primary's heartbeats (one a "
+    "second) for this long is killed and restarted; 0: never.  [default: 30]",
+)
 @click.option("--worker-channel", type=int, default=None, hidden=True)
 @serve_options("command")
 def serve(

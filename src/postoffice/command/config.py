@@ -49,6 +49,9 @@ class CommandConfig:
     store_durability: str = _STORE_DURABILITY  # that store's durability
     shutdown_timeout_s: float = 10.0
     workers: int = 1  # processes serving the port (SO_REUSEPORT); 1: this process alone
+    # With workers > 1: a worker that answers none of the primary's heartbeats for this
+    # long is taken for hung, killed and started again; 0 turns the heartbeat off.
+    worker_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         check_port("port", self.port)
@@ -64,6 +67,12 @@ class CommandConfig:
         check_range("rate_limit_burst", self.rate_limit_burst, 0, 1 << 30)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
         check_range("workers", self.workers, 1, MAX_WORKERS)
+        check_range("worker_timeout_s", self.worker_timeout_s, 0, 3600)
+        if 0 < self.worker_timeout_s < 1:
+            raise ConfigError(
+                f"setting 'worker_timeout_s' must be 0 (off) or at least 1, "
+                f"got {self.worker_timeout_s}"
+            )
         if self.workers > 1 and self.store_dir is not None:
             raise ConfigError(
                 f"settings 'workers' ({self.workers}) and 'store_dir' cannot be combined: "

@@ -50,6 +50,8 @@ WORKER_TIMEOUT_S: Final = 2.0
 HEALTHY_AFTER_S: Final = 10.0
 #: Past a worker's own drain deadline (shutdown_timeout_s), how long before SIGKILL.
 STOP_GRACE_S: Final = 5.0
+#: The most time between two of the primary's heartbeats to a worker.
+HEARTBEAT_EVERY_S: Final = 1.0
 #: Connection ids of one worker start (generation * this * N) apart at each restart, so
 #: a restarted worker never hands out an id its previous process gave a client.
 ID_GENERATION_SPAN: Final = 1_000_000_000
@@ -69,6 +71,7 @@ class _Worker:
     link: Link | None = None
     process: asyncio.subprocess.Process | None = None
     sent_config: CommandConfig | None = None  # the settings its hello carried
+    hung_s: float = 0.0  # > 0: the heartbeat found it hung this long and killed it
 
     def roster(self) -> WorkerState:
         return WorkerState(
@@ -259,12 +262,56 @@ class Primary:
         link.peer = f"worker {worker.index} (pid {process.pid})"
         if self._stopping.is_set():  # the stop came while it was being spawned
             _signal(worker, signal.SIGTERM)
-        code = await process.wait()
+        worker.hung_s = 0.0
+        watchdog = asyncio.get_running_loop().create_task(self._watch(worker, link))
+        try:
+            code = await process.wait()
+        finally:
+            watchdog.cancel()
         link.close()
         worker.link = None
         worker.process = None
         worker.pid = 0
+        if worker.hung_s:
+            return f"hung for {worker.hung_s:.1f} s (no heartbeat answered); killed"
         return _exit_reason(code)
+
+    async def _watch(self, worker: _Worker, link: Link) -> None:
+        """The heartbeat: ask the worker for its statistics every second or so; one that
+        answers nothing (not even a refusal) for `worker_timeout_s` is killed, so its
+        share of the port's new connections is not lost to a stuck process.
+
+        It also covers the start: a worker that never gets its loop going is hung too.
+        During a stop the primary's own deadline applies instead.
+        """
+        timeout = self.config.worker_timeout_s
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        every = min(HEARTBEAT_EVERY_S, timeout / 3)
+        answered = loop.time()
+        while True:
+            await asyncio.sleep(every)
+            if self._stopping.is_set():
+                return
+            try:
+                await link.call("stats", {}, timeout_s=every, label="heartbeat")
+                answered = loop.time()
+            except WorkerUnavailableError:
+                pass  # no answer in time, or no channel yet
+            except CommandError:
+                answered = loop.time()  # a refusal ("still starting") is an answer too
+            silent = loop.time() - answered
+            if silent >= timeout and not self._stopping.is_set():
+                worker.hung_s = silent
+                log.error(
+                    "worker hung, killing it worker=%d pid=%d silent_s=%.1f",
+                    worker.index,
+                    worker.pid,
+                    silent,
+                )
+                _signal(worker, signal.SIGKILL)
+                return
 
     # -- the workers' calls and notices ------------------------------------------------
 
@@ -454,4 +501,10 @@ def _log_failure(future: asyncio.Future[object]) -> None:
         log.error("settings not applied in a restarted worker error=%r", str(future.exception()))
 
 
-__all__ = ["HEALTHY_AFTER_S", "ID_GENERATION_SPAN", "WORKER_TIMEOUT_S", "Primary"]
+__all__ = [
+    "HEALTHY_AFTER_S",
+    "HEARTBEAT_EVERY_S",
+    "ID_GENERATION_SPAN",
+    "WORKER_TIMEOUT_S",
+    "Primary",
+]
