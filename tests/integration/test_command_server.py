@@ -98,6 +98,7 @@ def test_redis_py_drives_every_command(serve: Serve) -> None:
     loner = client(server)
     loner_id = loner.client_id()
     assert loner.client_kill_filter(_id=str(loner_id), skipme=False) == 1  # its answer first
+    assert all(c["id"] != str(loner_id) for c in r.client_list())
     loner.close()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"CLIENT ID\r\n")

@@ -32,6 +32,7 @@ from postoffice.core.errors import ConfigError
 from postoffice.core.http import health_routes, metrics_route, serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
+from postoffice.core.transport import ConnState
 from postoffice.core.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,13 @@ class CommandServer:
         return self.config.requirepass
 
     def clients(self) -> Iterable[CommandConnection]:
-        return [c for c in self.manager if isinstance(c, CommandConnection)]
+        """The connections still served: one closing (after QUIT or a kill, its last
+        reply flushing) is gone for CLIENT LIST and KILL, as in Redis."""
+        return [
+            c
+            for c in self.manager
+            if isinstance(c, CommandConnection) and c.state is not ConnState.CLOSING
+        ]
 
     def kill_clients(
         self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
