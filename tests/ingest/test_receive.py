@@ -109,6 +109,31 @@ def test_receive_buffers_never_reach_past_the_payload() -> None:
     assert len(decoder.get_buffer()) == SCRATCH_BYTES  # the next frame: scratch again
 
 
+def test_connections_share_one_scratch_buffer_and_each_gets_its_own_bytes() -> None:
+    """Reads of many connections interleave, one read at a time as on the event loop:
+    the scratch buffer is shared (no 256 KiB per connection), and what one read brought
+    is copied out before the next connection's read overwrites it."""
+    wires = [encode(Ping(), request_id=i + 1) * 50 for i in range(3)]
+    decoders = [ReceivingDecoder(max_chunk_bytes=LIMIT) for _ in wires]
+    buffers = [d.get_buffer() for d in decoders]
+    assert all(b.obj is buffers[0].obj for b in buffers)
+    got: list[list[int]] = [[] for _ in wires]
+    step = 7
+    for at in range(0, max(len(w) for w in wires), step):
+        for i, (decoder, wire) in enumerate(zip(decoders, wires, strict=True)):
+            piece = wire[at : at + step]
+            if not piece:
+                continue
+            buffer = decoder.get_buffer()
+            buffer[: len(piece)] = piece
+            data = decoder.buffer_updated(len(piece))
+            assert data == piece
+            decoder.feed(data)
+            while (event := decoder.next_event()) is not NEED_DATA:
+                got[i].append(event[0])
+    assert got == [[i + 1] * 50 for i in range(3)]
+
+
 def test_a_frame_with_a_crc_to_check_takes_the_usual_road() -> None:
     data = os.urandom(1024 * 1024)
     wire = chunk_wire(data, checked=False)

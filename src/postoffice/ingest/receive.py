@@ -7,8 +7,9 @@ DataConnection.
 
 # Design
 # ------
-# Between large frames the socket is read into one reused scratch buffer, and those
-# bytes go to the MessageDecoder as they did through data_received. When the frame
+# Between large frames the socket is read into a scratch buffer that every connection
+# of the process shares, and those bytes (copied out) go to the MessageDecoder as they
+# did through data_received. When the frame
 # decoder starts gathering a large payload of a self-checked frame (its header has
 # arrived, most of its payload has not), ReceivingDecoder takes the payload over
 # (FrameDecoder.detach_payload): it allocates one bytearray of the payload's length,
@@ -41,6 +42,13 @@ __all__ = ["SCRATCH_BYTES", "ReceivingDecoder", "ReceivingProtocol"]
 
 #: The receive buffer between large payloads: as much as one read usually brings.
 SCRATCH_BYTES: Final = 256 * 1024
+#: One scratch buffer for every connection of the process: uvloop reads a socket into
+#: get_buffer()'s memory and calls buffer_updated() before it reads any other socket,
+#: and buffer_updated() copies out what arrived, so no connection's bytes are still in
+#: it when the next read begins. (One per connection cost 256 KiB of resident memory
+#: each: a quarter of a gigabyte for a thousand idle uploaders.) The process runs one
+#: event loop (DESIGN.md), so no two threads read into it.
+_SCRATCH: Final = bytearray(SCRATCH_BYTES)
 
 
 @final
@@ -78,7 +86,7 @@ class ReceivingDecoder(MessageDecoder):
         )
         self._max_chunk_bytes = max_chunk_bytes
         self._verify_chunks = verify_chunks
-        self._scratch = bytearray(SCRATCH_BYTES)
+        self._scratch = _SCRATCH
         self._scratch_out = True  # the last buffer handed out was the scratch buffer
         self._into: bytearray | None = None  # the payload being received directly
         self._filled = 0
