@@ -355,6 +355,7 @@ def human_line(run: RunResult, rounds: int) -> str:
         + " | ".join(parts)
         + f" | cpu {run.cpu_us_per_req:6.2f} us/req"
         + f" (user {run.user_us_per_req:.2f} sys {run.sys_us_per_req:.2f})"
+        + f" | client {run.benchmark_cpu_s / run.wall_s:.0%} of a core"
         + f" ({run.wall_s:.1f} s, other load {run.other_cpu_s:.1f} cpu-s)"
     )
 
@@ -391,6 +392,11 @@ def summarise(scenarios: Sequence[Scenario], runs: Sequence[RunResult]) -> list[
                     "cpu_us_per_req": _median([run.cpu_us_per_req for run in picked]),
                     "user_us_per_req": _median([run.user_us_per_req for run in picked]),
                     "sys_us_per_req": _median([run.sys_us_per_req for run in picked]),
+                    # How busy the load generator was: near 1.0, redis-benchmark's own
+                    # core is the bound, and no server can be measured past it.
+                    "client_core_share": round(
+                        _median([run.benchmark_cpu_s / run.wall_s for run in picked]), 2
+                    ),
                 }
             tests[test] = {
                 **per_server,
@@ -579,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "user_us_per_req and sys_us_per_req split it",
             "other_cpu_s": "machine busy time during a run minus the server's and "
             "redis-benchmark's: CPU used by anything else (noise)",
+            "client_core_share": "redis-benchmark's CPU time / wall time: 1.0 means the "
+            "load generator used a whole core, so the run measured it, not the server",
             "scenarios": [{**dataclasses.asdict(s), "flags": s.describe()} for s in scenarios],
             "redis_server_flags": "--save '' --appendonly no --daemonize no "
             f"--maxclients {REDIS_MAX_CLIENTS}",
