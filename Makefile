@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup up test check lint typecheck unit integration tools bench-tools bench-command bench-store clean
+.PHONY: setup up test check lint typecheck unit integration tools bench-tools bench-command bench-store compiled test-compiled clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +54,26 @@ bench-command: setup bench-tools
 bench-store: setup bench-tools
 	$(BIN)/python bench/store/run.py
 
+# Opt-in: the command server's per-command path compiled with mypyc, in a virtualenv of
+# its own (.venv-compiled), installed from an sdist so no .so lands beside the sources.
+# Rebuild after editing a compiled module (the list is in pyproject.toml); `make setup`
+# and `make test` never use it. Needs a C compiler and the Python headers.
+COMPILED := .venv-compiled
+compiled:
+	rm -rf $(COMPILED)
+	$(PYTHON) -m venv $(COMPILED)
+	$(COMPILED)/bin/pip install --quiet --upgrade pip hatchling
+	$(COMPILED)/bin/hatchling build -t sdist -d $(COMPILED)/sdist
+	HATCH_BUILD_HOOK_ENABLE_MYPYC=true $(COMPILED)/bin/pip install --quiet \
+	  "$$(ls $(COMPILED)/sdist/postoffice-*.tar.gz)[dev]"
+	$(COMPILED)/bin/python -c "import postoffice.command.connection as m; \
+	  assert m.__file__.endswith('.so'), m.__file__; print('compiled:', m.__file__)"
+
+# The whole suite against the compiled build (run `make compiled` first).
+test-compiled: tools
+	$(COMPILED)/bin/python -c "import postoffice.command.connection as m; \
+	  assert m.__file__.endswith('.so'), 'run make compiled first'"
+	$(COMPILED)/bin/pytest -q
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPILED) .mypy_cache .pytest_cache .ruff_cache

@@ -33,6 +33,8 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Final, cast
 
+from mypy_extensions import mypyc_attr
+
 from postoffice.core.errors import ClosedError
 
 if TYPE_CHECKING:
@@ -123,6 +125,9 @@ def next_state(state: ConnState, event: ConnInput) -> ConnState:
         raise ClosedError(f"illegal connection move {state.value} --{event.value}-->") from None
 
 
+# Under the opt-in compiled build (mypyc) this is a native class; the other services'
+# connections, still interpreted, derive from it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BaseProtocol(asyncio.Protocol):
     """Common shell of every server connection.
 
