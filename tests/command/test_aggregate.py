@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from postoffice.command.aggregate import (
     PrimaryUsage,
+    Retired,
     WorkerReport,
     WorkerState,
     merge_commandstats,
@@ -127,3 +128,30 @@ def test_metrics_counters_are_summed() -> None:
         "bytes_in": 5,
     }
     assert merge_stats([]) == {}
+
+
+def test_what_dead_workers_counted_stays_in_the_totals() -> None:
+    retired = Retired(counters=("commands", "bytes_in"))
+    retired.add({"commands": 40, "bytes_in": 900, "connections_active": 7, "calls": {"ping": 40}})
+    retired.add({"commands": 2, "bytes_in": "bad", "calls": {"ping": 1, "echo": 1, "x": "y"}})
+    assert retired.totals == {"commands": 42, "bytes_in": 900}  # no gauge, nothing not an int
+    assert retired.calls == {"ping": 41, "echo": 1}
+    kept = retired.report((("total_commands_processed", "commands"), ("never_counted", "zz")))
+    assert kept.sections == {
+        "stats": {"total_commands_processed": 42, "never_counted": 0},
+        "commandstats": {"cmdstat_ping": "calls=41", "cmdstat_echo": "calls=1"},
+    }
+    info = merge_info(
+        [report(0, 10, 3, 30, 5), report(1, 11, 4, 40, 6), kept],
+        origin=1,
+        server={"process_id": 1},
+        primary=PRIMARY,
+        roster=states(),
+    )
+    assert info["stats"]["total_commands_processed"] == 30 + 40 + 42
+    assert info["commandstats"]["cmdstat_ping"] == "calls=52"  # 5 + 6 from the live ones
+    assert info["clients"]["connected_clients"] == 7  # the live workers' alone
+    assert set(info["workers"]) == {"worker0", "worker1", "worker2"}  # the roster's lines
+    assert merge_stats([{"commands": 5}, retired.totals]) == {"commands": 47, "bytes_in": 900}
+    retired.clear()
+    assert (retired.totals, retired.calls) == ({}, {})

@@ -235,6 +235,17 @@ def test_killed_worker_is_restarted_with_the_current_settings(serve: Serve) -> N
     doomed, _ = raw_on(port, 2, 0)
     assert survivor.config_set("requirepass", "s3cret")
     assert survivor.config_set("timeout", 77)
+    doomed.sendall(b"ECHO counted\r\n" * 300)  # worker 0 counts these before it dies
+    assert read_lines(doomed, 600)[-2:] == [b"$7", b"counted"]
+
+    def counted() -> tuple[int, int]:
+        total = int(survivor.info("stats")["total_commands_processed"])
+        echoes = int(survivor.info("commandstats")["cmdstat_echo"]["calls"])
+        return total, echoes
+
+    time.sleep(1.5)  # a heartbeat or more: the primary has worker 0's counts
+    total_before, echoes_before = counted()
+    assert echoes_before == 300
     pid = int(str(roster(survivor)["worker0"]["pid"]))
     os.kill(pid, signal.SIGKILL)
     wait_for("worker 0 to die", lambda: gone(pid))
@@ -260,6 +271,12 @@ def test_killed_worker_is_restarted_with_the_current_settings(serve: Serve) -> N
     assert entry["restarts"] == 1
     assert entry["last_exit"] == "signal_SIGKILL"
     assert "worker exited worker=0 reason='signal SIGKILL'" in server.log()
+    # What the dead worker had counted is still in the totals.
+    total_after, echoes_after = counted()
+    assert total_after >= total_before
+    assert echoes_after == echoes_before
+    assert survivor.config_resetstat()
+    assert "cmdstat_echo" not in survivor.info("commandstats")  # RESETSTAT zeroes it too
     sock, conn_id = raw_on(port, 2, 0, hello=b"AUTH s3cret\r\n")  # the new process
     assert conn_id > 1_000_000_000  # a new id range: ids are never handed out twice
     sock.sendall(b"CONFIG GET timeout\r\n")

@@ -9,13 +9,15 @@ server's facts and the keyspace section come once; commandstats add up per comma
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 #: Sections taken once, from the worker that asked: the same for every worker.
 SINGLE_SECTIONS: Final = frozenset({"keyspace"})
 #: Keys that hold a setting, not a count: the same in every worker, never summed.
 SETTING_KEYS: Final = frozenset({"maxclients"})
+#: The index of Retired's report: no worker has it.
+RETIRED_INDEX: Final = -1
 #: CPU seconds INFO shows as decimal strings, summed and shown alike.
 CPU_KEYS: Final = ("used_cpu_sys", "used_cpu_user")
 
@@ -50,6 +52,50 @@ class PrimaryUsage:
     peak_bytes: int
     cpu_sys_s: float
     cpu_user_s: float
+
+
+@dataclass(slots=True, kw_only=True)
+class Retired:
+    """What the workers that have exited had counted, by their last heartbeat answer, so
+    the server's totals do not fall back when a worker dies and is started again (only
+    what it counted in its last second is lost). Zeroed by CONFIG RESETSTAT.
+
+    `counters` names the cumulative entries of a worker's `stats` answer; gauges (active
+    connections, busy threads) die with the worker and are never kept.
+    """
+
+    counters: tuple[str, ...]
+    totals: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # per command name
+
+    def add(self, stats: Mapping[str, object]) -> None:
+        """Keep a dead worker's last `stats` answer (its counters and `calls`)."""
+        for name in self.counters:
+            value = stats.get(name)
+            if type(value) is int:
+                self.totals[name] = self.totals.get(name, 0) + value
+        calls = stats.get("calls")
+        if isinstance(calls, Mapping):
+            for command, count in calls.items():
+                if isinstance(command, str) and type(count) is int:
+                    self.calls[command] = self.calls.get(command, 0) + count
+
+    def clear(self) -> None:
+        self.totals.clear()
+        self.calls.clear()
+
+    def report(self, shown_as: Sequence[tuple[str, str]]) -> WorkerReport:
+        """The kept counts as one more report for merge_info: its `stats` section under
+        INFO's names (`shown_as`: (INFO name, counter) pairs), and its commandstats."""
+        stats: dict[str, object] = {shown: self.totals.get(name, 0) for shown, name in shown_as}
+        commandstats: dict[str, object] = {
+            f"cmdstat_{command}": f"calls={count}" for command, count in self.calls.items()
+        }
+        return WorkerReport(
+            index=RETIRED_INDEX,
+            pid=0,
+            sections={"stats": stats, "commandstats": commandstats},
+        )
 
 
 def merge_info(
@@ -189,7 +235,9 @@ def _calls(value: object) -> int:
 
 
 __all__ = [
+    "RETIRED_INDEX",
     "PrimaryUsage",
+    "Retired",
     "WorkerReport",
     "WorkerState",
     "merge_commandstats",

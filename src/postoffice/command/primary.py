@@ -26,6 +26,7 @@ from typing import Final, final
 
 from postoffice.command.aggregate import (
     PrimaryUsage,
+    Retired,
     WorkerReport,
     WorkerState,
     merge_info,
@@ -35,7 +36,13 @@ from postoffice.command.commands import server_facts
 from postoffice.command.config import CommandConfig, settings_json
 from postoffice.command.errors import CommandError, WorkerUnavailableError
 from postoffice.command.link import Link
-from postoffice.command.server import STATS_COUNTERS, changed_config, config_pairs, rss_bytes
+from postoffice.command.server import (
+    INFO_COUNTERS,
+    STATS_COUNTERS,
+    changed_config,
+    config_pairs,
+    rss_bytes,
+)
 from postoffice.core import metrics
 from postoffice.core.errors import ConfigError
 from postoffice.core.http import Response, health_routes, serve_http
@@ -72,6 +79,7 @@ class _Worker:
     process: asyncio.subprocess.Process | None = None
     sent_config: CommandConfig | None = None  # the settings its hello carried
     hung_s: float = 0.0  # > 0: the heartbeat found it hung this long and killed it
+    last_stats: dict[str, object] | None = None  # its newest heartbeat answer
 
     def roster(self) -> WorkerState:
         return WorkerState(
@@ -105,6 +113,7 @@ class Primary:
         self._shutdown = asyncio.Event()  # a client's SHUTDOWN
         self._listened = asyncio.Event()  # a worker said it listens
         self._scraped: dict[str, int] = {}
+        self._retired = Retired(counters=STATS_COUNTERS)  # what dead workers had counted
         self.registry = metrics.new_registry()
         self.registry.register(
             metrics.StatsCollector(
@@ -272,6 +281,9 @@ class Primary:
         worker.link = None
         worker.process = None
         worker.pid = 0
+        if worker.last_stats is not None:
+            self._retired.add(worker.last_stats)
+            worker.last_stats = None
         if worker.hung_s:
             return f"hung for {worker.hung_s:.1f} s (no heartbeat answered); killed"
         return _exit_reason(code)
@@ -295,8 +307,10 @@ class Primary:
             if self._stopping.is_set():
                 return
             try:
-                await link.call("stats", {}, timeout_s=every, label="heartbeat")
+                answer = await link.call("stats", {}, timeout_s=every, label="heartbeat")
                 answered = loop.time()
+                if isinstance(answer, dict):
+                    worker.last_stats = answer
             except WorkerUnavailableError:
                 pass  # no answer in time, or no channel yet
             except CommandError:
@@ -329,6 +343,9 @@ class Primary:
             case "config_set":
                 return self._config_set(worker, args)
             case "reset_stats":
+                self._retired.clear()
+                for each in self.workers:
+                    each.last_stats = None  # counted before the reset
                 return self._each("reset_stats", {}, "CONFIG RESETSTAT", skip=worker)
             case _:
                 raise CommandError(f"unknown primary call {op!r}")
@@ -420,6 +437,7 @@ class Primary:
             for w, answer in answers
             if isinstance(answer, dict)
         ]
+        reports.append(self._retired.report(INFO_COUNTERS))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         primary = PrimaryUsage(
             rss_bytes=rss_bytes(),
@@ -459,7 +477,7 @@ class Primary:
             for _, answer in answers
             if isinstance(answer, dict)
         ]
-        merged = merge_stats(parts)
+        merged = merge_stats([*parts, self._retired.totals])
         merged["workers"] = len(self.workers)
         merged["workers_listening"] = sum(w.state == "listening" for w in self.workers)
         merged["worker_restarts"] = sum(w.restarts for w in self.workers)

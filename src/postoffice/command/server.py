@@ -55,6 +55,19 @@ READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "data
 #: Shown by CONFIG GET, set only at start: CONFIG SET refuses them as Redis does.
 IMMUTABLE_CONFIG: Final = frozenset({"bind", "port", "workers", *READ_ONLY_CONFIG})
 #: The statistics that only grow (Prometheus counters); the rest of `stats()` are gauges.
+#: INFO's `stats` counters and the stats() counter each one shows.
+INFO_COUNTERS: Final = (
+    ("total_connections_received", "connections_accepted"),
+    ("total_commands_processed", "commands"),
+    ("total_net_input_bytes", "bytes_in"),
+    ("total_net_output_bytes", "bytes_out"),
+    ("rejected_connections", "connections_rejected"),
+    ("timed_out_connections", "connections_timed_out"),
+    ("protocol_errors", "protocol_errors"),
+    ("unknown_commands", "unknown_commands"),
+    ("auth_refusals", "auth_refusals"),
+    ("rate_limited_commands", "rate_limited"),
+)
 STATS_COUNTERS: Final = (
     "connections_accepted",
     "connections_rejected",
@@ -294,16 +307,7 @@ class CommandServer:
                 "used_memory_peak": usage.ru_maxrss * 1024,
             },
             "stats": {
-                "total_connections_received": stats["connections_accepted"],
-                "total_commands_processed": self.commands,
-                "total_net_input_bytes": stats["bytes_in"],
-                "total_net_output_bytes": stats["bytes_out"],
-                "rejected_connections": stats["connections_rejected"],
-                "timed_out_connections": stats["connections_timed_out"],
-                "protocol_errors": self.protocol_errors,
-                "unknown_commands": self.unknown_commands,
-                "auth_refusals": self.auth_refusals,
-                "rate_limited_commands": self.rate_limited,
+                **{shown: stats[name] for shown, name in INFO_COUNTERS},
                 "used_cpu_sys": f"{usage.ru_stime:.6f}",
                 "used_cpu_user": f"{usage.ru_utime:.6f}",
             },
