@@ -222,7 +222,7 @@ class CommandConnection(BaseProtocol):
                     self._send(out)
                     self.close(self.quit_reason)
                     return ConnInput.IDLE
-                if self.state is _CLOSING:  # killed by its own CLIENT KILL
+                if self.state is _CLOSING:  # closed while its command ran
                     return ConnInput.IDLE
         except RespProtocolError as exc:
             self.server.protocol_errors += 1

@@ -54,7 +54,6 @@ CONFIG_NAMES: Final[dict[str, str]] = {
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
 #: Shown by CONFIG GET, set only at start: CONFIG SET refuses them as Redis does.
 IMMUTABLE_CONFIG: Final = frozenset({"bind", "port", "workers", *READ_ONLY_CONFIG})
-#: The statistics that only grow (Prometheus counters); the rest of `stats()` are gauges.
 #: INFO's `stats` counters and the stats() counter each one shows.
 INFO_COUNTERS: Final = (
     ("total_connections_received", "connections_accepted"),
@@ -68,6 +67,7 @@ INFO_COUNTERS: Final = (
     ("auth_refusals", "auth_refusals"),
     ("rate_limited_commands", "rate_limited"),
 )
+#: The statistics that only grow (Prometheus counters); the rest of `stats()` are gauges.
 STATS_COUNTERS: Final = (
     "connections_accepted",
     "connections_rejected",

@@ -9,17 +9,17 @@ DataConnection.
 # ------
 # Between large frames the socket is read into a scratch buffer that every connection
 # of the process shares, and those bytes (copied out) go to the MessageDecoder as they
-# did through data_received. When the frame
-# decoder starts gathering a large payload of a self-checked frame (its header has
-# arrived, most of its payload has not), ReceivingDecoder takes the payload over
-# (FrameDecoder.detach_payload): it allocates one bytearray of the payload's length,
-# copies in what came so far, and hands out the rest of that bytearray as the next
-# receive buffers, so the kernel writes the payload where it stays: no bytes object per
-# read and no join. A receive buffer never reaches past the payload, so the bytes after
-# it come through the scratch buffer again. The complete payload is decoded like any
-# frame (protocol.decode_parts: the chunk's data is a view of the bytearray) and comes
-# out of next_event before anything else, which is right because nothing after it has
-# been read yet. Frames with a CRC-32 to check, and small frames, take the usual road.
+# did through data_received. When the frame decoder starts gathering a large payload
+# of a self-checked frame (its header has arrived, most of its payload has not),
+# ReceivingDecoder takes the payload over (FrameDecoder.detach_payload): it allocates
+# one bytearray of the payload's length, copies in what came so far, and hands out the
+# rest of that bytearray as the next receive buffers, so the kernel writes the payload
+# where it stays: no bytes object per read and no join. A receive buffer never reaches
+# past the payload, so the bytes after it come through the scratch buffer again. The
+# complete payload is decoded like any frame (protocol.decode_parts: the chunk's data is
+# a view of the bytearray) and comes out of next_event before anything else, which is
+# right because nothing after it has been read yet. Frames with a CRC-32 to check, and
+# small frames, take the usual road.
 #
 # uvloop reads into get_buffer() only for a protocol that is not an asyncio.Protocol,
 # and every connection here is one (core.transport.BaseProtocol), so ReceivingProtocol
