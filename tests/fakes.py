@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from postoffice.core.kv import Store
+from postoffice.store.engine import Store
 
 
 class FakeTransport(asyncio.Transport):

@@ -378,7 +378,7 @@ def measure_prepare(item: Input) -> float | None:
     """Seconds of IngestClient's own first step for this .zst (it hashes the file, for its
     file id and to check the server's PUBLISHED event): part of every `ours` time.
     None if this postoffice has no `prepare` where we look."""
-    for module_name in ("postoffice.ingest.payload", "postoffice.ingest.client"):
+    for module_name in ("postoffice.ingest.client.payload", "postoffice.ingest.client.sender"):
         try:
             prepare = vars(importlib.import_module(module_name))["prepare"]
         except (ImportError, KeyError):

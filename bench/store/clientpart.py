@@ -21,8 +21,8 @@ from common import LOOPS, RUN_GRACE_S, VALUE, Run, Scenario
 from servers import CpuWindow
 
 from postoffice.core.errors import PostOfficeError
-from postoffice.core.storewire import Status
 from postoffice.store import AsyncClient, Client
+from postoffice.store.wire import Status
 
 
 class Conn(Protocol):

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from postoffice.core.kv import Store
+from postoffice.store.engine import Store
 
 _MAX_PUTS = 200_000
 _VALUE = b"v" * 100

@@ -18,7 +18,7 @@ JSON object (parameters, machine, results, goals) to stdout. See bench/store/REA
 #   rb-embedded: the same against the command server with the store engine in its own
 #            process (`postoffice command serve --store-dir DIR`), on the same data dir
 #            once the store server is stopped; skipped without --store-dir;
-#   engine:  postoffice.core.kv.Store in this process against the `lmdb` package alone.
+#   engine:  postoffice.store.engine.Store in this process against the `lmdb` package alone.
 # The servers run in two phases: durable (our `always`, redis `appendfsync always`) and
 # interval (our `interval`, redis `appendfsync everysec`). In each phase both stores are
 # prefilled with the same keys, so every GET hits. Every run against redis is paired with

@@ -15,8 +15,8 @@ from postoffice.command.config import CommandConfig
 from postoffice.command.embedded import EmbeddedKeyspace
 from postoffice.command.errors import StoreUnavailableError
 from postoffice.command.server import CommandServer
-from postoffice.core.kv.errors import StoreStorageError
 from postoffice.core.resp import encode_command
+from postoffice.store.errors import StoreStorageError
 from tests.fakes import SyncGate
 
 

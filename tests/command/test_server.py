@@ -13,8 +13,8 @@ from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
 from postoffice.core.errors import ConfigError, StorageError
 from postoffice.core.resp import NIL, OK, Bulk, Reply, encode_command
-from postoffice.core.storewire import Response, Status
 from postoffice.core.transport import ConnState
+from postoffice.store.wire import Response, Status
 from tests.fakes import FakeTransport
 
 

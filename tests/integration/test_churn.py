@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from postoffice.core.framing import FrameDecoder
-from postoffice.core.storewire import (
+from postoffice.ingest.messages import Ack
+from postoffice.ingest.protocol import NEED_DATA as INGEST_NEED_DATA
+from postoffice.ingest.protocol import MessageDecoder
+from postoffice.store.wire import (
     NEED_DATA,
     GetRequest,
     PutRequest,
@@ -27,9 +30,6 @@ from postoffice.core.storewire import (
     decode_response,
     encode_request,
 )
-from postoffice.ingest.messages import Ack
-from postoffice.ingest.protocol import NEED_DATA as INGEST_NEED_DATA
-from postoffice.ingest.protocol import MessageDecoder
 from tests.integration.conftest import ServerProcess
 from tests.integration.test_ingest import Ingest, exchange, raw_chunk, zstd_pieces
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from postoffice.core.framing import FrameDecoder, encode_parts
-from postoffice.core.storewire import (
+from postoffice.store.wire import (
     NEED_DATA,
     BatchRequest,
     DeleteRequest,
@@ -184,8 +184,8 @@ def test_sigterm_drains_and_exits_zero(serve: Serve, tmp_path: Path) -> None:
 
 
 def test_blocking_client(serve: Serve, tmp_path: Path) -> None:
-    from postoffice.core.storeclient import Client
-    from postoffice.core.storewire import StoreProtocolError
+    from postoffice.store.client import Client
+    from postoffice.store.wire import StoreProtocolError
 
     server = serve("store", *args(tmp_path))
     with Client("127.0.0.1", server.port) as client:
@@ -207,7 +207,7 @@ def test_blocking_client(serve: Serve, tmp_path: Path) -> None:
 def test_async_client_pipelines(serve: Serve, tmp_path: Path) -> None:
     import asyncio
 
-    from postoffice.core.storeclient import AsyncClient
+    from postoffice.store.client import AsyncClient
 
     server = serve("store", *args(tmp_path))
 

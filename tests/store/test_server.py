@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from postoffice.core.framing import FrameDecoder, encode_parts
-from postoffice.core.storewire import (
+from postoffice.store.config import StoreConfig
+from postoffice.store.server import StoreServer
+from postoffice.store.wire import (
     NEED_DATA,
     GetRequest,
     PingRequest,
@@ -29,8 +31,6 @@ from postoffice.core.storewire import (
     decode_stats_body,
     encode_request,
 )
-from postoffice.store.config import StoreConfig
-from postoffice.store.server import StoreServer
 from tests.fakes import SyncGate
 
 
@@ -164,7 +164,7 @@ async def test_a_bad_frame_behind_owed_replies_waits_for_them(server: StoreServe
 
 
 async def test_a_failed_fsync_fails_the_writes_it_covers(server: StoreServer) -> None:
-    from postoffice.core.kv.errors import StoreStorageError
+    from postoffice.store.errors import StoreStorageError
 
     assert server.store is not None
     real_sync = server.store.sync
@@ -229,7 +229,7 @@ async def test_garbage_in_a_good_frame_keeps_the_connection(server: StoreServer)
 
 
 async def test_a_scan_page_is_cut_to_fit_one_frame(server: StoreServer) -> None:
-    from postoffice.core.storewire import ScanRequest, decode_scan_body, next_start
+    from postoffice.store.wire import ScanRequest, decode_scan_body, next_start
 
     peer = await Peer.open(server)
     big = 7 * 1024 * 1024  # two fit one 16 MiB frame, three do not

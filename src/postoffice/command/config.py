@@ -10,9 +10,9 @@ from typing import Final
 from postoffice.command.remote import parse_address
 from postoffice.core.config import check_choice, check_port, check_range, load
 from postoffice.core.errors import ConfigError
-from postoffice.core.kv import DEFAULT_DURABILITY, Durability
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
+from postoffice.store import DEFAULT_DURABILITY, Durability
 
 #: Worker processes at most: far more than cores on any machine this serves.
 MAX_WORKERS: Final = 64

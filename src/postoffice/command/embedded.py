@@ -1,6 +1,6 @@
 """The embedded keyspace: the command server's keys in a store engine it opens itself.
 
-With `--store-dir DIR` the command server opens the key-value engine of `postoffice.core.kv`
+With `--store-dir DIR` the command server opens the key-value engine of `postoffice.store.engine`
 on DIR in its own process (the same log and LMDB index a store server keeps, behind the
 same LOCK file, so a store server and a command server can never open one directory at
 once) and answers the keyspace commands from it on the event loop, with no second process
@@ -8,7 +8,7 @@ and no future.
 
 Durability is the store server's: under `always` the engine appends with write-behind, and
 a write's reply is a `Durable` that the connection holds until the fsync covering its
-ticket is done (core/kv/commit.py's `GroupCommit`: one write(2) per loop iteration, one
+ticket is done (store/engine/commit.py's `GroupCommit`: one write(2) per loop iteration, one
 fsync for every connection's writes of it). Reads answer at once, but never overtake a
 reply still owed on their connection. Limits and errors are worded as the store server's
 client words them, so both modes answer alike.
@@ -25,10 +25,17 @@ from typing import Final, final
 from postoffice.command.errors import CommandError, StoreUnavailableError
 from postoffice.command.keyspace import Answer, Cursors, Durable, PageMaker, engine_refusal
 from postoffice.core.errors import PostOfficeError
-from postoffice.core.kv import Durability, Put, Store
-from postoffice.core.kv.commit import GroupCommit
 from postoffice.core.resp import NIL, OK, Array, Bulk, Integer, Reply
-from postoffice.core.storewire import MAX_BATCH_OPS, MAX_BOUND_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
+from postoffice.store import (
+    MAX_BATCH_OPS,
+    MAX_BOUND_BYTES,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    Durability,
+    GroupCommit,
+    Put,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol, final
 from postoffice.command.errors import CommandError, StoreUnavailableError
 from postoffice.core.errors import BrokenError, ClosedError, LimitExceeded, PostOfficeError
 from postoffice.core.resp import Array, Error, Reply, bulk
-from postoffice.core.storewire import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
+from postoffice.store import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class SyncWaiter(Protocol):
 
 
 class SyncQueue(Protocol):
-    """Where a connection waits for the fsync of a durable write (core.kv.commit.GroupCommit)."""
+    """Where a connection waits for the fsync of a durable write (store.GroupCommit)."""
 
     def wait(self, waiter: SyncWaiter, ticket: int) -> None:
         """Call `waiter.synced(covered, error)` once the write with `ticket` is durable."""

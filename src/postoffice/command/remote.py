@@ -1,6 +1,6 @@
 """The remote keyspace: the command server's keys on a store server (`--store HOST:PORT`).
 
-Every command is forwarded over one pipelined connection (`core.storeclient.AsyncClient`),
+Every command is forwarded over one pipelined connection (`store.client.AsyncClient`),
 which keeps every client's requests in the order they were sent: that is what makes a
 pipelined SET then GET see its own write. A method here does not wait: it returns a
 `Deferred` (the store's future and how to turn its response into a reply) and the
@@ -24,8 +24,8 @@ from postoffice.core.errors import BrokenError
 from postoffice.core.framing import FrameError
 from postoffice.core.resp import NIL, OK, Array, Bulk, Integer, Reply, bulk
 from postoffice.core.runtime import Backoff
-from postoffice.core.storeclient import AsyncClient
-from postoffice.core.storewire import (
+from postoffice.store import (
+    AsyncClient,
     BatchRequest,
     DeleteRequest,
     GetRequest,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from postoffice.core.launch import serve_options, serve_service
-from postoffice.core.storeclient import Client
+from postoffice.store.client import Client
 
 
 @click.group()
@@ -66,8 +66,8 @@ def serve(
     The protocol is in docs/protocols/store.md.
     """
     from postoffice.core.config import data_dir
-    from postoffice.core.kv.errors import StoreLockedError
     from postoffice.store.config import StoreConfig
+    from postoffice.store.errors import StoreLockedError
     from postoffice.store.server import StoreServer
 
     if flags.get("data_dir") is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from postoffice.core.config import check_choice, check_port, check_range
 from postoffice.core.framing import MAX_PAYLOAD_BYTES
-from postoffice.core.kv import DEFAULT_DURABILITY, Durability
+from postoffice.store.engine import DEFAULT_DURABILITY, Durability
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

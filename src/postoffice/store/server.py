@@ -12,10 +12,10 @@ Durable writes (`--durability always`): the engine appends without writing
 (write-behind), and the reply waits in the connection's `owed` queue with the write's
 ticket; replies behind it wait too, so replies keep request order. At the end of the
 event-loop iteration (a `call_soon` from the first such write) the committer thread
-(core/kv/commit.py) is asked for the newest ticket, once everything appended so far went to
+(store/engine/commit.py) is asked for the newest ticket, once everything appended so far went to
 the file in one write(2): it fsyncs once for all of it, like Redis's one fsync per loop
 iteration. When it is done each waiting connection sends what it owes up to the covered
-ticket, in one write (core/kv/commit.py's `GroupCommit` keeps the waiting connections);
+ticket, in one write (store/engine/commit.py's `GroupCommit` keeps the waiting connections);
 writes appended meanwhile go to the next sync, which the committer starts at once. So the
 fsync rate, not a request, paces durable writes, and no reply claims more than the disk
 holds. Past `max_in_flight` owed replies a connection stops reading (backpressure). A bad
@@ -38,13 +38,16 @@ from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import LimitExceeded, PostOfficeError
 from postoffice.core.framing import MAX_PAYLOAD_BYTES, FrameDecoder, FrameError
 from postoffice.core.http import health_routes, metrics_route, serve_http
-from postoffice.core.kv.commit import GroupCommit
-from postoffice.core.kv.engine import BatchOp, Delete, Put, Store
-from postoffice.core.kv.errors import StoreClosedError
-from postoffice.core.kv.logstore import Durability
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
-from postoffice.core.storewire import (
+from postoffice.core.transport import BaseProtocol, ConnInput
+from postoffice.core.workers import WorkerPool
+from postoffice.store.config import StoreConfig
+from postoffice.store.engine.commit import GroupCommit
+from postoffice.store.engine.engine import BatchOp, Delete, Put, Store
+from postoffice.store.engine.logstore import Durability
+from postoffice.store.errors import StoreClosedError
+from postoffice.store.wire import (
     MAX_KEY_BYTES,
     BatchRequest,
     DeleteRequest,
@@ -66,9 +69,6 @@ from postoffice.core.storewire import (
     response_head,
     split_put,
 )
-from postoffice.core.transport import BaseProtocol, ConnInput
-from postoffice.core.workers import WorkerPool
-from postoffice.store.config import StoreConfig
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from postoffice.core.kv.index import Index, Location
-from postoffice.core.kv.logstore import LogStore
-from postoffice.core.kv.records import Kind
+from postoffice.store.engine.index import Index, Location
+from postoffice.store.engine.logstore import LogStore
+from postoffice.store.engine.records import Kind
 
 log = logging.getLogger(__name__)
 

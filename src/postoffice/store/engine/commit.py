@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Protocol, final
 
 from postoffice.core.errors import PostOfficeError
-from postoffice.core.kv.engine import Store
+from postoffice.store.engine.engine import Store
 
 log = logging.getLogger(__name__)
 

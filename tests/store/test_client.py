@@ -9,8 +9,9 @@ import pytest
 
 from postoffice.core.errors import BrokenError
 from postoffice.core.framing import FrameDecoder
-from postoffice.core.storeclient import AsyncClient, StoreRequestError
-from postoffice.core.storewire import Status, encode_response
+from postoffice.store.client import AsyncClient
+from postoffice.store.errors import StoreRequestError
+from postoffice.store.wire import Status, encode_response
 
 # What the scripted server answers to the request ids it read (in the order read).
 Script = Callable[[list[int]], bytes]
@@ -92,7 +93,7 @@ async def test_a_bad_status_byte_breaks_the_connection(
 ) -> None:
     def bad_status(ids: list[int]) -> bytes:
         from postoffice.core.framing import encode_parts
-        from postoffice.core.storewire import RESPONSE_TYPE
+        from postoffice.store.wire import RESPONSE_TYPE
 
         return encode_response(ids[0], Status.BUSY, b"too many") + encode_parts(
             RESPONSE_TYPE, 0, ids[1], b"\x63"

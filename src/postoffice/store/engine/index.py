@@ -33,8 +33,8 @@ from typing import Final, cast, final
 
 import lmdb
 
-from postoffice.core.kv.errors import StoreStorageError
-from postoffice.core.kv.logstore import Position
+from postoffice.store.engine.logstore import Position
+from postoffice.store.errors import StoreStorageError
 
 BUCKET_KEY_BYTES: Final = 448  # under LMDB's compiled-in 511-byte key limit
 _LOC: Final = struct.Struct("<IQIQ")

@@ -11,7 +11,8 @@ from typing import Final, assert_never, cast, final
 
 from postoffice.core import framing
 from postoffice.core.framing import Frame
-from postoffice.core.storewire.messages import (
+from postoffice.store.errors import StoreLimitError, StoreProtocolError
+from postoffice.store.wire.messages import (
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -25,8 +26,6 @@ from postoffice.core.storewire.messages import (
     RequestType,
     ScanRequest,
     StatsRequest,
-    StoreLimitError,
-    StoreProtocolError,
     check_bound,
     check_key,
     check_limit,

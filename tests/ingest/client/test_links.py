@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from postoffice.ingest.client.links import MAX_INFO_BYTES, parse_info_response
 from postoffice.ingest.errors import IngestLimitError, IngestProtocolError
-from postoffice.ingest.links import MAX_INFO_BYTES, parse_info_response
 
 
 def http(body: bytes, *, status: str = "200 OK", headers: str | None = None) -> bytes:

@@ -21,13 +21,28 @@ from typing import Final, TypedDict, TypeVar, Unpack, final
 
 from postoffice.core.config import check_port, check_range
 from postoffice.core.errors import BrokenError, PostOfficeError
+from postoffice.ingest.client.links import (
+    PIPELINE_DEPTH,
+    Connector,
+    Link,
+    fetch_data_ports,
+    open_tcp,
+)
+from postoffice.ingest.client.payload import (
+    PreparedFile,
+    discard_work_copy,
+    open_payload,
+    plan_chunks,
+    prepare,
+    read_chunk_frame,
+)
+from postoffice.ingest.client.watches import AckWatches
 from postoffice.ingest.errors import (
     ErrorCode,
     IngestError,
     IngestProtocolError,
     error_for,
 )
-from postoffice.ingest.links import PIPELINE_DEPTH, Connector, Link, fetch_data_ports, open_tcp
 from postoffice.ingest.messages import (
     MAX_CHUNK_BYTES,
     MAX_STATUS_RANGES,
@@ -40,16 +55,7 @@ from postoffice.ingest.messages import (
     UploadState,
     file_id_hex,
 )
-from postoffice.ingest.payload import (
-    PreparedFile,
-    discard_work_copy,
-    open_payload,
-    plan_chunks,
-    prepare,
-    read_chunk_frame,
-)
 from postoffice.ingest.protocol import encode
-from postoffice.ingest.watches import AckWatches
 
 # Design
 # ------

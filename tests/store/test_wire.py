@@ -1,4 +1,4 @@
-"""Tests for postoffice.core.storewire: the store's binary request/response codec."""
+"""Tests for postoffice.store.wire: the store's binary request/response codec."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from postoffice.core.errors import ConfigError, LimitExceeded, ProtocolError
 from postoffice.core.framing import NEED_DATA, Frame, FrameDecoder, FrameError, encode_parts
-from postoffice.core.storewire import (
+from postoffice.store.wire import (
     MAX_BATCH_OPS,
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,
@@ -773,21 +773,21 @@ def test_statuses_are_numbered_without_gaps() -> None:
 
 @given(keys, request_ids)
 def test_encode_get_is_encode_request(key: bytes, request_id: int) -> None:
-    from postoffice.core.storewire import encode_get
+    from postoffice.store.wire import encode_get
 
     assert encode_get(key, request_id) == encode_request(GetRequest(key=key), request_id)
 
 
 @given(keys, values, request_ids)
 def test_encode_put_is_encode_request(key: bytes, value: bytes, request_id: int) -> None:
-    from postoffice.core.storewire import encode_put
+    from postoffice.store.wire import encode_put
 
     wire = encode_put(key, value, request_id)
     assert wire == encode_request(PutRequest(key=key, value=value), request_id)
 
 
 def test_encode_get_and_put_refuse_what_encode_request_refuses() -> None:
-    from postoffice.core.storewire import encode_get, encode_put
+    from postoffice.store.wire import encode_get, encode_put
 
     with pytest.raises(StoreProtocolError, match=r"^get key is empty$"):
         encode_get(b"", 1)
@@ -801,7 +801,7 @@ def test_encode_get_and_put_refuse_what_encode_request_refuses() -> None:
 def test_decode_response_parts_is_decode_response(
     kind: int, flags: int, request_id: int, payload: bytes
 ) -> None:
-    from postoffice.core.storewire import decode_response_parts
+    from postoffice.store.wire import decode_response_parts
 
     framed = frame(kind, payload, flags=flags, request_id=request_id)
     assert _outcome(decode_response_parts, kind, flags, request_id, payload) == _outcome(
@@ -810,7 +810,7 @@ def test_decode_response_parts_is_decode_response(
 
 
 def test_decode_response_parts_of_each_status() -> None:
-    from postoffice.core.storewire import decode_response_parts
+    from postoffice.store.wire import decode_response_parts
 
     for status in Status:
         response = decode_response_parts(RESPONSE_TYPE, 0, 9, bytes([status]) + b"body")

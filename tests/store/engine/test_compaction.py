@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
-from postoffice.core.kv import Delete, Put, Store, StoreClosedError
+from postoffice.store.engine import Delete, Put, Store, StoreClosedError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 WAIT_S = 10.0  # how long a test waits for another thread before it calls that a hang
@@ -327,7 +327,7 @@ def test_close_during_compaction_stops_it_and_keeps_data(tmp_path: Path) -> None
 _CHILD = """
 import sys, threading
 sys.path.insert(0, {src!r})
-from postoffice.core.kv import Store
+from postoffice.store.engine import Store
 s = Store.open({path!r}, durability="always", segment_bytes=2048, flush_entries={flush_entries})
 out = threading.Lock()
 

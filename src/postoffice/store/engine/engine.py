@@ -9,7 +9,7 @@ Blocking library layer; thread-safe. Servers call it through `asyncio.to_thread`
 # batch holds it briefly, and a get reads its record under it, so the location it found and
 # the segment file it names stay valid for the read (segment removal and close take the same
 # lock). That is simpler than reference counts, and reads are short.
-# Compaction (core/kv/compaction.py) runs beside them, taking the same lock in short steps.
+# Compaction (store/engine/compaction.py) runs beside them, taking the same lock in short steps.
 
 from __future__ import annotations
 
@@ -23,17 +23,17 @@ from types import TracebackType
 from typing import Final, Literal, final
 
 from postoffice.core.errors import ConfigError
-from postoffice.core.kv.compaction import Compaction
-from postoffice.core.kv.errors import (
+from postoffice.store.engine.compaction import Compaction
+from postoffice.store.engine.index import Index, Location, Meta
+from postoffice.store.engine.logstore import Durability, LogStore
+from postoffice.store.engine.records import FLAG_BATCH, Kind, count_value
+from postoffice.store.engine.recovery import RecoveryReport, lock_dir, recover
+from postoffice.store.errors import (
     KeySizeError,
     StoreClosedError,
     StoreStorageError,
     ValueSizeError,
 )
-from postoffice.core.kv.index import Index, Location, Meta
-from postoffice.core.kv.logstore import Durability, LogStore
-from postoffice.core.kv.records import FLAG_BATCH, Kind, count_value
-from postoffice.core.kv.recovery import RecoveryReport, lock_dir, recover
 
 __all__ = ["BatchOp", "Delete", "Put", "RecoveryReport", "Store", "StoreStats"]
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from postoffice.core.errors import ConfigError, LimitExceeded
-from postoffice.core.kv import (
+from postoffice.store.engine import (
     Delete,
     KeySizeError,
     LogCorruptError,
@@ -27,7 +27,7 @@ from postoffice.core.kv import (
     StoreLockedError,
     ValueSizeError,
 )
-from postoffice.core.kv.records import HEADER_BYTES
+from postoffice.store.engine.records import HEADER_BYTES
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -318,7 +318,7 @@ def test_second_opener_is_refused(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {SRC!r})\n"
-        "from postoffice.core.kv import Store, StoreLockedError\n"
+        "from postoffice.store.engine import Store, StoreLockedError\n"
         "try:\n"
         f"    Store.open({str(tmp_path)!r})\n"
         "except StoreLockedError as exc:\n"
@@ -426,7 +426,7 @@ def test_compact_under_concurrent_writes(tmp_path: Path) -> None:
 _CHILD = """
 import sys
 sys.path.insert(0, {src!r})
-from postoffice.core.kv import Store
+from postoffice.store.engine import Store
 s = Store.open({path!r}, durability="always", segment_bytes=4096, flush_entries=16)
 s.flush_in_background = {background}
 s.write_behind = {behind}

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from postoffice.core.kv.errors import StoreLockedError, StoreStorageError
-from postoffice.core.kv.index import Index, Meta
-from postoffice.core.kv.logstore import LogStore
-from postoffice.core.kv.records import Damage, Kind, Record
+from postoffice.store.engine.index import Index, Meta
+from postoffice.store.engine.logstore import LogStore
+from postoffice.store.engine.records import Damage, Kind, Record
+from postoffice.store.errors import StoreLockedError, StoreStorageError
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,13 @@ from typing import Final, cast, final
 
 from postoffice.core import framing
 from postoffice.core.framing import NEED_DATA, Frame, NeedData
-from postoffice.core.storewire.messages import (
+from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
+from postoffice.store.wire.messages import (
     MAX_KEY_BYTES,
     MAX_SCAN_LIMIT,
     RESPONSE_TYPE,
     Response,
     ScanPage,
-    Status,
-    StoreLimitError,
-    StoreProtocolError,
     check_key,
     check_overrun,
     check_value,

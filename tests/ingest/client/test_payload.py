@@ -15,15 +15,8 @@ import xxhash
 import zstandard
 
 from postoffice.core.errors import StorageError
-from postoffice.ingest import payload as payload_module
-from postoffice.ingest.errors import (
-    BadNameError,
-    ConflictError,
-    IngestLimitError,
-    IngestProtocolError,
-)
-from postoffice.ingest.messages import MAX_CHUNKS, Chunk, FileId, Status, UploadState
-from postoffice.ingest.payload import (
+from postoffice.ingest.client import payload as payload_module
+from postoffice.ingest.client.payload import (
     FILE_ID_DOMAIN,
     PreparedFile,
     chunk_count,
@@ -36,6 +29,13 @@ from postoffice.ingest.payload import (
     upload_name,
     work_root,
 )
+from postoffice.ingest.errors import (
+    BadNameError,
+    ConflictError,
+    IngestLimitError,
+    IngestProtocolError,
+)
+from postoffice.ingest.messages import MAX_CHUNKS, Chunk, FileId, Status, UploadState
 from postoffice.ingest.protocol import MessageDecoder, NeedData
 
 SEED = 20240611

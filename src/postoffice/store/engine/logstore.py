@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
-from postoffice.core.kv.errors import LogCorruptError, StoreStorageError
-from postoffice.core.kv.records import (
+from postoffice.store.engine.records import (
     CRC,
     CRC_COVERS,
     HEAD_NO_CRC,
@@ -56,6 +55,7 @@ from postoffice.core.kv.records import (
     parse_record,
     scan_segment,
 )
+from postoffice.store.errors import LogCorruptError, StoreStorageError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,11 @@ import xxhash
 import zstandard
 
 from postoffice.core.errors import BrokenError, ConfigError
-from postoffice.ingest import client as client_module
 from postoffice.ingest import errors as errors_module
-from postoffice.ingest.client import IngestClient, error_for, send_files
+from postoffice.ingest.client import sender as client_module
+from postoffice.ingest.client.links import PIPELINE_DEPTH
+from postoffice.ingest.client.payload import chunk_count, prepare, work_root
+from postoffice.ingest.client.sender import IngestClient, error_for, send_files
 from postoffice.ingest.errors import (
     AssemblyError,
     BadNameError,
@@ -31,7 +33,6 @@ from postoffice.ingest.errors import (
     OutOfRangeError,
     UnknownFileError,
 )
-from postoffice.ingest.links import PIPELINE_DEPTH
 from postoffice.ingest.messages import (
     Ack,
     Chunk,
@@ -49,9 +50,8 @@ from postoffice.ingest.messages import (
     UploadState,
     missing_ranges,
 )
-from postoffice.ingest.payload import chunk_count, prepare, work_root
 from postoffice.ingest.protocol import MessageDecoder, NeedData, encode
-from tests.ingest.test_links import http
+from tests.ingest.client.test_links import http
 
 SEED = 20240611
 

@@ -1,9 +1,8 @@
 """The store's binary protocol (port 7400): typed requests and responses on core frames.
 
-Core layer, pure sans-I/O, on top of core.framing. Wire format: docs/protocols/store.md.
-It lives in core, not in the store service, because more than the store speaks it: the
-command server forwards GET/SET/DEL/SCAN/DBSIZE to a store, and services never import
-one another.
+Pure sans-I/O, on top of core.framing. Wire format: docs/protocols/store.md. The command
+server, which forwards GET/SET/DEL/SCAN/DBSIZE to a store, uses it through
+`postoffice.store`.
 
 The package splits along the protocol: `messages` (limits, kinds, statuses, errors,
 messages, and the checks both codecs share), `requests` and `responses` (their codecs).
@@ -13,7 +12,8 @@ Import the public names from here.
 from __future__ import annotations
 
 from postoffice.core.framing import NEED_DATA, NeedData
-from postoffice.core.storewire.messages import (
+from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
+from postoffice.store.wire.messages import (
     MAX_BATCH_OPS,
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,
@@ -32,12 +32,9 @@ from postoffice.core.storewire.messages import (
     ScanPage,
     ScanRequest,
     StatsRequest,
-    Status,
-    StoreLimitError,
-    StoreProtocolError,
     next_start,
 )
-from postoffice.core.storewire.requests import (
+from postoffice.store.wire.requests import (
     RequestDecoder,
     decode_request,
     decode_request_parts,
@@ -46,7 +43,7 @@ from postoffice.core.storewire.requests import (
     encode_request,
     split_put,
 )
-from postoffice.core.storewire.responses import (
+from postoffice.store.wire.responses import (
     ResponseDecoder,
     decode_delete_body,
     decode_empty_body,

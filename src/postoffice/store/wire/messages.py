@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import ClassVar, Final, NamedTuple, TypeAlias, final
+from typing import Final, NamedTuple, TypeAlias, final
 
-from postoffice.core.errors import LimitExceeded, ProtocolError
+from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
 
 MAX_KEY_BYTES: Final = 1024
 """Longest key, in bytes: keys are names, not payloads (the engine's default limit)."""
@@ -43,34 +43,6 @@ class RequestType(enum.IntEnum):
     BATCH = 0x05
     SCAN = 0x06
     STATS = 0x07
-
-
-class Status(enum.IntEnum):
-    """The first byte of every response. All but a broken frame keep the connection."""
-
-    OK = 0
-    NOT_FOUND = 1
-    BAD_REQUEST = 2
-    TOO_LARGE = 3
-    STORAGE = 4
-    BUSY = 5
-    SHUTTING_DOWN = 6
-    INTERNAL = 7
-
-
-class StoreProtocolError(ProtocolError):
-    """A well-framed store request or response is malformed; answer with `status`."""
-
-    wire_code = "BAD_REQUEST"
-    status: ClassVar[Status] = Status.BAD_REQUEST
-
-
-@final
-class StoreLimitError(StoreProtocolError, LimitExceeded):
-    """A key, value, bound or batch is over its limit; answer with TOO_LARGE."""
-
-    wire_code = "TOO_LARGE"
-    status: ClassVar[Status] = Status.TOO_LARGE
 
 
 # --- messages -------------------------------------------------------------------------

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.core.kv.errors import LogCorruptError
-from postoffice.core.kv.logstore import Durability, LogStore, Position
-from postoffice.core.kv.records import (
+from postoffice.store.engine.logstore import Durability, LogStore, Position
+from postoffice.store.engine.records import (
     FLAG_BATCH,
     HEADER_BYTES,
     Kind,
@@ -18,6 +17,7 @@ from postoffice.core.kv.records import (
     count_value,
     encode_record,
 )
+from postoffice.store.errors import LogCorruptError
 
 
 def _open(path: Path, segment_bytes: int = 1 << 20) -> LogStore:
@@ -270,7 +270,7 @@ def test_a_failed_fsync_makes_nothing_durable(
 ) -> None:
     import os
 
-    from postoffice.core.kv.errors import StoreStorageError
+    from postoffice.store.errors import StoreStorageError
 
     store = _open(tmp_path)
     store.start(0)

@@ -1,7 +1,7 @@
 """Clients of the store server: `Client` (blocking sockets) and `AsyncClient` (asyncio).
 
-Both speak docs/protocols/store.md through the pure `storewire` codec; they live in core
-so that any service (the command server's store backend, the office) can use them. A
+Both speak docs/protocols/store.md through the pure `wire` codec; other services (the
+command server's store backend, the office) use them through `postoffice.store`. A
 non-OK status other than NOT_FOUND raises StoreRequestError carrying the status; a
 broken response closes the connection and raises BrokenError.
 """
@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import cast, final
 
-from postoffice.core.errors import BrokenError, PostOfficeError
+from postoffice.core.errors import BrokenError
 from postoffice.core.framing import FrameDecoder, FrameError
-from postoffice.core.storewire import (
+from postoffice.store.errors import StoreRequestError
+from postoffice.store.wire import (
     NEED_DATA,
     BatchOp,
     BatchRequest,
@@ -44,15 +45,6 @@ from postoffice.core.storewire import (
 
 DEFAULT_PORT = 7400
 _FRAMES_PER_PASS = 4096  # responses decoded per read_frames call
-
-
-class StoreRequestError(PostOfficeError):
-    """The server refused a request; `status` says how."""
-
-    def __init__(self, status: Status, message: str) -> None:
-        super().__init__(f"{status.name}: {message}")
-        self.status = status
-        self.wire_code = status.name  # type: ignore[misc]  # per-instance code of the reply
 
 
 def _checked(response: Response) -> Response:

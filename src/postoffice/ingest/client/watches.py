@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import final
 
 from postoffice.core.errors import BrokenError
+from postoffice.ingest.client.links import Connector, Link
 from postoffice.ingest.errors import IngestError, IngestProtocolError, error_for
-from postoffice.ingest.links import Connector, Link
 from postoffice.ingest.messages import (
     MAX_SUBSCRIBE_IDS,
     ErrorReply,

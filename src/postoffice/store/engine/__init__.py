@@ -1,0 +1,41 @@
+"""The key-value engine: an append-only log of CRC'd records with an LMDB index (seed 002).
+
+The store server serves it over the binary protocol, and the command server can open it
+in its own process (`--store-dir`) through `postoffice.store`. Open a directory with
+`Store.open`; `GroupCommit` (commit.py) is the event loop's half of group-committed
+fsyncs, shared by both servers.
+"""
+
+from __future__ import annotations
+
+from postoffice.store.engine.commit import GroupCommit
+from postoffice.store.engine.engine import BatchOp, Delete, Put, RecoveryReport, Store, StoreStats
+from postoffice.store.engine.logstore import DEFAULT_DURABILITY, Durability
+from postoffice.store.engine.records import Damage
+from postoffice.store.errors import (
+    KeySizeError,
+    LogCorruptError,
+    StoreClosedError,
+    StoreLockedError,
+    StoreStorageError,
+    ValueSizeError,
+)
+
+__all__ = [
+    "DEFAULT_DURABILITY",
+    "BatchOp",
+    "Damage",
+    "Delete",
+    "Durability",
+    "GroupCommit",
+    "KeySizeError",
+    "LogCorruptError",
+    "Put",
+    "RecoveryReport",
+    "Store",
+    "StoreClosedError",
+    "StoreLockedError",
+    "StoreStats",
+    "StoreStorageError",
+    "ValueSizeError",
+]
