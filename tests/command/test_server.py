@@ -111,7 +111,7 @@ async def test_unknown_command_and_wrong_arity_keep_the_connection(harness: Harn
     )
     assert send(conn, t, b"ECHO") == b"-ERR wrong number of arguments for 'echo' command\r\n"
     assert send(conn, t, b"PING") == b"+PONG\r\n"
-    assert harness.server.unknown_commands == 1
+    assert harness.server.counts.unknown_commands == 1
 
 
 async def test_protocol_error_replies_then_closes(harness: Harness) -> None:
@@ -119,7 +119,7 @@ async def test_protocol_error_replies_then_closes(harness: Harness) -> None:
     conn.data_received(b"*1\r\n$x\r\n")
     assert t.take() == b"-ERR Protocol error: invalid bulk length b'x'\r\n"
     assert t.closed
-    assert harness.server.protocol_errors == 1
+    assert harness.server.counts.protocol_errors == 1
 
 
 async def test_oversized_bulk_is_refused_with_a_clear_error() -> None:
@@ -172,7 +172,7 @@ async def test_rate_limit_refuses_then_refills() -> None:
     h.clock.advance(0.1)  # one token back
     assert send(conn, t, b"PING") == b"+PONG\r\n"
     assert send(conn, t, b"PING") == refusal
-    assert h.server.rate_limited == 3
+    assert h.server.counts.rate_limited == 3
     h.server.pool.close()
 
 

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from postoffice.core.clock import FakeClock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
-from postoffice.core.errors import ClosedError
+from postoffice.core.errors import PostOfficeError, StateMachineError
 from postoffice.core.transport import (
     WRITE_HIGH_WATER_BYTES,
     WRITE_LOW_WATER_BYTES,
@@ -23,7 +23,8 @@ from postoffice.core.transport import (
 )
 
 S, I = ConnState, ConnInput  # noqa: E741  (short names keep the tables readable)
-LIVE = (S.READING_HEADER, S.READING_PAYLOAD, S.PROCESSING, S.WRITING_RESPONSE)
+#: The request cycle's live states (WRITING_RESPONSE is the write side's, never the cycle's).
+LIVE = (S.READING_HEADER, S.READING_PAYLOAD, S.PROCESSING)
 
 
 class FakeTransport(asyncio.Transport):
@@ -179,9 +180,6 @@ class TestNextState:
             (S.PROCESSING, I.BYTES, S.PROCESSING),
             (S.PROCESSING, I.IDLE, S.READING_HEADER),
             (S.PROCESSING, I.PARTIAL, S.READING_PAYLOAD),
-            (S.PROCESSING, I.BLOCKED, S.WRITING_RESPONSE),
-            (S.WRITING_RESPONSE, I.DRAINED, S.READING_HEADER),
-            (S.WRITING_RESPONSE, I.BYTES, S.WRITING_RESPONSE),
             (S.CLOSING, I.BYTES, S.CLOSING),
             (S.CLOSING, I.LOST, S.CLOSED),
             (S.CLOSED, I.CLOSE, S.CLOSED),
@@ -203,23 +201,36 @@ class TestNextState:
             (S.READING_HEADER, I.PARTIAL),
             (S.READING_PAYLOAD, I.IDLE),
             (S.CLOSED, I.BYTES),
-            (S.CLOSED, I.BLOCKED),
-            (S.CLOSED, I.DRAINED),
             (S.CLOSED, I.IDLE),
+            (S.CLOSED, I.PARTIAL),
+            (S.WRITING_RESPONSE, I.BYTES),  # a reported state, never the cycle's
         ],
     )
     def test_illegal_move_raises(self, before: ConnState, event: ConnInput) -> None:
         with pytest.raises(
-            ClosedError, match=rf"^illegal connection move {before.value} --{event.value}-->$"
+            StateMachineError, match=rf"^illegal connection move {before.value} --{event.value}-->$"
         ):
             next_state(before, event)
 
+    def test_an_illegal_move_is_a_bug_not_a_peer_error(self) -> None:
+        """No handler that turns PostOfficeErrors into replies may swallow it."""
+        assert not issubclass(StateMachineError, PostOfficeError)
+
     def test_closed_is_terminal(self) -> None:
+        """From CLOSED every event either stays CLOSED or is refused: nothing reopens."""
+        moves: dict[ConnInput, ConnState | None] = {}
         for event in ConnInput:
             try:
-                assert next_state(S.CLOSED, event) is S.CLOSED
-            except ClosedError:
-                pass
+                moves[event] = next_state(S.CLOSED, event)
+            except StateMachineError:
+                moves[event] = None
+        assert moves == {
+            I.BYTES: None,
+            I.IDLE: None,
+            I.PARTIAL: None,
+            I.CLOSE: S.CLOSED,
+            I.LOST: S.CLOSED,
+        }
 
     def test_closing_only_ends_in_closed(self) -> None:
         assert {next_state(S.CLOSING, event) for event in ConnInput} == {S.CLOSING, S.CLOSED}
@@ -293,7 +304,7 @@ class TestLifecycle:
     def test_bytes_after_lost_are_an_illegal_move(self) -> None:
         conn, _ = connect(new_manager())
         conn.connection_lost(None)
-        with pytest.raises(ClosedError, match=r"^illegal connection move closed --bytes-->$"):
+        with pytest.raises(StateMachineError, match=r"^illegal connection move closed --bytes-->$"):
             conn.data_received(b"late\n")
 
     def test_eof_lets_the_transport_close(self) -> None:
@@ -347,12 +358,13 @@ class TestRequests:
         conn.batch_done(I.PARTIAL)
         assert state(conn) is S.READING_HEADER
 
-    @pytest.mark.parametrize("outcome", [I.BYTES, I.BLOCKED, I.CLOSE, I.LOST, I.DRAINED])
+    @pytest.mark.parametrize("outcome", [I.BYTES, I.CLOSE, I.LOST])
     def test_batch_done_refuses_other_outcomes(self, outcome: ConnInput) -> None:
         conn, _ = connect(new_manager(), defer=True)
         conn.data_received(b"x\n")
         with pytest.raises(
-            ClosedError, match=rf"^batch outcome must be idle or partial, got {outcome.value}$"
+            StateMachineError,
+            match=rf"^batch outcome must be idle or partial, got {outcome.value}$",
         ):
             conn.batch_done(outcome)
         assert state(conn) is S.PROCESSING

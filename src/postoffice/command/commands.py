@@ -56,10 +56,13 @@ class ClientView(Protocol):
     lib_name: bytes
     lib_ver: bytes
     authenticated: bool
-    close_after_reply: bool
     protocol: int  # 2 or 3: the RESP version of replies, set by HELLO
 
     def describe(self) -> str: ...
+
+    def close_when_done(self, reason: str, *, linger: bool = True) -> None:
+        """Close once the reply to the command running now is out."""
+        ...
 
 
 class ServerView(Protocol):
@@ -162,7 +165,7 @@ def cmd_time(server: ServerView, client: ClientView, args: list[bytes]) -> Reply
 
 def cmd_quit(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
     """QUIT: reply OK, then close."""
-    client.close_after_reply = True
+    client.close_when_done("client quit")
     return OK
 
 
@@ -399,7 +402,7 @@ def cmd_shutdown(server: ServerView, client: ClientView, args: list[bytes]) -> R
     if not options <= {b"NOSAVE", b"SAVE", b"NOW", b"FORCE"}:
         raise CommandError("syntax error")
     server.request_shutdown()
-    client.close_after_reply = True
+    client.close_when_done("client quit")
     return OK
 
 

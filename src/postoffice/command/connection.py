@@ -10,15 +10,16 @@ of the embedded one) wait in a queue with every reply behind them, in request or
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, Protocol, final
 
-from postoffice.command.commands import LOOKUP, CommandSpec
+from postoffice.command.commands import LOOKUP, CommandSpec, ServerView
+from postoffice.command.config import CommandConfig
 from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
 from postoffice.command.keyspace import Answer, Deferred, Durable, engine_refusal, settle
+from postoffice.command.stats import CommandStats
 from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
 from postoffice.core.resp import (
     NEED_DATA,
@@ -30,26 +31,43 @@ from postoffice.core.resp import (
     encode_resp3,
     encode_text,
 )
-from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
-
-if TYPE_CHECKING:
-    from postoffice.command.server import CommandServer
+from postoffice.core.transport import Admission, BaseProtocol, ConnInput
+from postoffice.core.workers import WorkerPool
+from postoffice.store import OwedReplies
 
 log = logging.getLogger(__name__)
 
 _PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never sent
 MAX_STORE_IN_FLIGHT: Final = 1024  # store commands of one client awaiting the store
-_READING_HEADER: Final = ConnState.READING_HEADER
-_PROCESSING: Final = ConnState.PROCESSING
-_CLOSING: Final = ConnState.CLOSING
 _IDLE: Final = ConnInput.IDLE
+
+
+class ConnectionHost(ServerView, Protocol):
+    """What a connection needs of its server (CommandServer), beyond the handlers' view."""
+
+    @property
+    def manager(self) -> Admission: ...
+
+    @property
+    def config(self) -> CommandConfig: ...
+
+    @property
+    def pool(self) -> WorkerPool: ...
+
+    @property
+    def counts(self) -> CommandStats: ...
+
+
+#: What a connection may owe: a reply ready but queued behind others (its wire bytes), a
+#: store server's answer to come (Deferred), or a durable write's OK (Durable).
+_Owed = Deferred | Durable | bytes
 
 
 @final
 class CommandConnection(BaseProtocol):
     """One client of the command server, in either dialect."""
 
-    def __init__(self, server: CommandServer) -> None:
+    def __init__(self, server: ConnectionHost) -> None:
         super().__init__(server.manager)
         self.server = server
         config = server.config
@@ -62,21 +80,14 @@ class CommandConnection(BaseProtocol):
         self.lib_name = b""
         self.lib_ver = b""
         self.authenticated = config.requirepass is None
-        self.close_after_reply = False
-        self.quit_reason = "client quit"  # why it closes once close_after_reply is set
         self.protocol = 2
         self.last_command = "NULL"
-        self._busy = False
-        self._stop_after_reply = False
-        # Store commands in flight: a Deferred or a Durable each, or the encoded reply of a
-        # command that was answered at once while earlier ones were still owed.
-        self._queue: collections.deque[Deferred | Durable | bytes] = collections.deque()
-        self._covered = 0  # the newest durable write's ticket known to be synced
-        self._owed_ticket = 0  # the newest durable write's ticket this connection holds
-        self._held: list[bytes] | None = None  # a command waiting for the queue to empty
-        self._stalled = False  # reading paused until the store has answered
-        self._watching = False  # one queued store command has _store_replied as callback
-        self._closing_error = False  # close once the queued replies are out
+        self._busy = False  # a command is in the worker pool
+        # Keyspace replies still owed, with every reply behind them, in request order.
+        self._owed: OwedReplies[_Owed] = OwedReplies()
+        self._held: list[bytes] | None = None  # a command waiting for the owed replies
+        self._stalled = False  # reading paused until the owed replies are out
+        self._watching = False  # the oldest owed Deferred has _store_replied as callback
         self._tokens = float(config.burst)
         self._refilled = self.created
 
@@ -86,63 +97,39 @@ class CommandConnection(BaseProtocol):
         self.write(b"-ERR " + reason.encode() + b"\r\n")
         self.close(reason)
 
-    def data_received(self, data: bytes) -> None:
-        """The hot path: a read that is one whole command, with nothing buffered or owed
-        before it (every unpipelined client's), is run here without the batch loop, and
-        its reply written at once unless it is anything but an immediate reply."""
-        if self.state is not _READING_HEADER or self._busy or self._stalled or self._queue:
-            super().data_received(data)  # the general path: `on_data`
-            return
-        self.bytes_in += len(data)
-        self.state = _PROCESSING
-        args = self.parser.feed_one(data)
-        if args is None:
-            outcome = self._run_buffered()
-        else:
-            spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
-            reply = self._execute(args, spec)
-            if (
-                type(reply) is Durable
-                or type(reply) is Deferred
-                or reply is _PENDING
-                or self.close_after_reply
-                or self.state is not _PROCESSING
-            ):
-                outcome = self._run_buffered(reply)  # it goes on as if it had run it
-            else:
-                self.write(self._encoder()(reply))
-                outcome = _IDLE
-        if outcome is not None:
-            self.batch_done(outcome)
-
     def on_data(self, data: bytes) -> ConnInput | None:
-        self.parser.feed(data)
+        """Feed the parser and run what is complete.
+
+        The hot path: a read that is one whole command with nothing buffered, owed or
+        running before it (every unpipelined client's) is run without the batch loop,
+        and its reply written at once unless it is anything but an immediate reply.
+        """
+        parser = self.parser
         if self._busy or self._stalled:
+            parser.feed(data)
             return None
-        return self._run_buffered()
+        if self._owed:
+            parser.feed(data)
+            return self._run_buffered()
+        args = parser.feed_one(data)
+        if args is None:
+            return self._run_buffered()
+        reply = self._execute(args, LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper()))
+        if type(reply) is Durable or type(reply) is Deferred or reply is _PENDING:
+            return self._run_buffered(reply)  # it goes on as if it had run it
+        self.write(self._encoder()(reply))
+        return _IDLE
 
     def close_after_this_reply(self, reason: str) -> None:
         """Close once the reply to the command running now is out (a client killing
         itself gets its answer first, as from Redis); at once if none is running."""
-        if self.in_flight:
-            self.quit_reason = reason
-            self.close_after_reply = True
-        else:
-            self.close(reason, linger=False)
-
-    def can_idle_close(self) -> bool:
-        return not self._busy and not self._queue and super().can_idle_close()
-
-    def shutdown_requested(self) -> None:
-        if self._busy or self._queue:
-            self._stop_after_reply = True
-        else:
-            self.close("server shutdown")
+        self.close_when_done(reason, linger=False)
 
     def on_close(self) -> None:
-        self._queue.clear()
-        self.server.closed_bytes_in += self.bytes_in
-        self.server.closed_bytes_out += self.bytes_out
+        self._owed.clear()
+        counts = self.server.counts
+        counts.closed_bytes_in += self.bytes_in
+        counts.closed_bytes_out += self.bytes_out
         log.debug("closed conn=%s reason=%s", self, self.close_reason)
 
     # -- the request loop --------------------------------------------------------------
@@ -152,17 +139,18 @@ class CommandConnection(BaseProtocol):
 
         This is the hot path: bound methods are hoisted into locals, and the encoder is
         picked once per batch (again only if HELLO changes the RESP version mid-batch).
-        Store commands pipeline: their Deferred and Durable replies queue up in request
-        order, and any other command waits (is held) until that queue is empty, so it
-        never overtakes, and a HELLO or QUIT applies exactly where it was sent.
-        `answered` is the answer of a command `data_received` ran (nothing was owed before it).
+        Keyspace commands pipeline: their Deferred and Durable replies are owed in request
+        order, and any other command waits (is held) until nothing is owed, so it never
+        overtakes, and a HELLO or QUIT applies exactly where it was sent. Once the
+        connection is to close, no further command starts. `answered` is the answer of
+        a command `on_data` ran (nothing was owed before it).
         """
         parser = self.parser
         next_event = parser.next_event
         ready = parser.ready
         take = ready.popleft
         execute = self._execute
-        queue = self._queue
+        owed = self._owed
         out: list[bytes] = []
         encode: Callable[[Reply], bytes] | None = None
         protocol = 0
@@ -171,6 +159,8 @@ class CommandConnection(BaseProtocol):
                 if answered is not None:
                     reply, answered = answered, None
                 else:
+                    if self.closing:
+                        break
                     if self._held is not None:
                         args, self._held = self._held, None
                     elif ready:  # split off by the C reader: no event object needed
@@ -181,9 +171,9 @@ class CommandConnection(BaseProtocol):
                             break
                         args = event[0]
                     spec = LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper())
-                    # While store commands are in flight only more of them may run:
+                    # While keyspace replies are owed only more keyspace commands may run:
                     # anything else could overtake their replies or effects.
-                    if queue and (spec is None or not spec.store):
+                    if owed and (spec is None or not spec.store):
                         self._held = args
                         self._send(out)
                         self._stall()
@@ -197,55 +187,44 @@ class CommandConnection(BaseProtocol):
                     encode = self._encoder()
                 if type(reply) is Durable:  # an embedded write: its OK waits for the fsync
                     self._send(out)
-                    queue.append(reply)
-                    self._owed_ticket = reply.ticket
+                    owed.owe(reply, ticket=reply.ticket)
                     reply.commit.wait(self, reply.ticket)
-                    if len(queue) >= MAX_STORE_IN_FLIGHT:
+                    if len(owed) >= MAX_STORE_IN_FLIGHT:
                         self._stall()
                         return None
                     continue
                 if type(reply) is Deferred:
                     self._send(out)
-                    queue.append(reply)
+                    owed.owe(reply, future=reply.future)
                     if not self._watching:  # the oldest unanswered: see _store_replied
                         self._watching = True
                         reply.future.add_done_callback(self._store_replied)
-                    if len(queue) >= MAX_STORE_IN_FLIGHT:
+                    if len(owed) >= MAX_STORE_IN_FLIGHT:
                         self._stall()
                         return None
                     continue
-                if queue:  # an immediate reply behind replies still owed: wait in line
-                    queue.append(encode(reply))
+                if owed:  # an immediate reply behind replies still owed: wait in line
+                    owed.owe(encode(reply))
                     continue
                 out.append(encode(reply))
-                if self.close_after_reply:
-                    self._send(out)
-                    self.close(self.quit_reason)
-                    return ConnInput.IDLE
-                if self.state is _CLOSING:  # closed while its command ran
-                    return ConnInput.IDLE
         except RespProtocolError as exc:
-            self.server.protocol_errors += 1
+            self.server.counts.protocol_errors += 1
             error = self._encoder()(Error(code=exc.wire_code, message=str(exc)))
             log.info("protocol error conn=%s error=%r", self, str(exc))
-            if queue:  # the replies owed come first; the store's answers close the door
-                queue.append(error)
-                self._closing_error = True
+            self.close_when_done("protocol error")
+            if owed:  # the replies owed come first, then the error, then the close
+                owed.owe(error)
                 self._send(out)
                 self._stall()
                 return None
             out.append(error)
-            self._send(out)
-            self.close("protocol error")
-            return ConnInput.IDLE
-        if out:
-            self.write(out[0] if len(out) == 1 else b"".join(out))
-        if queue:
+        self._send(out)
+        if owed:
             return None
-        return ConnInput.PARTIAL if parser.has_partial() else ConnInput.IDLE
+        return ConnInput.PARTIAL if parser.has_partial() else _IDLE
 
     def _stall(self) -> None:
-        """Stop reading until the store has answered what this connection sent."""
+        """Stop reading until the owed replies are out."""
         if not self._stalled:
             self._stalled = True
             self.pause_reading()
@@ -265,66 +244,53 @@ class CommandConnection(BaseProtocol):
     def synced(self, covered: int, error: BaseException | None) -> bool:
         """Group commit's answer: the writes up to ticket `covered` are durable (or failed
         with `error`); send what is owed up to there. Whether a later write is still owed."""
+        owed = self._owed
         if self.transport is None:
-            self._queue.clear()
+            owed.clear()
             return False
-        if covered > self._covered:
-            self._covered = covered
+        owed.synced(covered)
         failure = None
         if error is not None:
             exc = engine_refusal(error)
             failure = Error(code=exc.wire_code, message=str(exc))
         self._drain(failure)
-        return self._owed_ticket > self._covered and self.transport is not None
+        return owed.waiting_for_sync and self.transport is not None
 
     def _drain(self, failure: Error | None) -> None:
-        """Write the replies at the head of the queue that are ready, in request order.
+        """Write the owed replies now ready, in request order; once none is owed, go on
+        with what was read meanwhile.
 
-        A Durable is ready once its ticket is covered (its reply is `failure` when the
-        fsync that covered it failed); a Deferred once its future is done.
+        A Durable's reply is `failure` when the fsync that covered it failed.
         """
-        queue = self._queue
-        covered = self._covered
-        out: list[bytes] = []
-        encode = self._encoder()
-        while queue:
-            head = queue[0]
-            if type(head) is bytes:
-                out.append(head)
-            elif type(head) is Durable:
-                if head.ticket > covered:
-                    break  # group commit calls `synced` again
-                out.append(encode(failure or head.reply))
-            elif type(head) is Deferred and head.future.done():
-                out.append(encode(settle(head)))
-            else:
-                if not self._watching and type(head) is Deferred:
-                    self._watching = True
-                    head.future.add_done_callback(self._store_replied)
-                break
-            queue.popleft()
-        self._send(out)
-        if queue:
-            if self._stalled and self._held is None and len(queue) < MAX_STORE_IN_FLIGHT:
+        owed = self._owed
+        ready: list[_Owed] = []
+        owed.pop_ready(ready)
+        if ready:
+            encode = self._encoder()
+            out: list[bytes] = []
+            for item in ready:
+                if type(item) is bytes:
+                    out.append(item)
+                elif type(item) is Durable:
+                    out.append(encode(failure or item.reply))
+                elif type(item) is Deferred:
+                    out.append(encode(settle(item)))
+            self._send(out)
+        if owed:
+            future = owed.head_future()
+            if future is not None and not self._watching:
+                self._watching = True
+                future.add_done_callback(self._store_replied)
+            if self._stalled and self._held is None and len(owed) < MAX_STORE_IN_FLIGHT:
                 self._resume()
             return
-        if self._closing_error:
-            self.close("protocol error")
-            return
-        if self.close_after_reply:  # a CLIENT KILL of itself answered through the primary
-            self.close(self.quit_reason)
-            return
-        if self._stop_after_reply:
-            self.close("server shutdown")
-            return
-        if self._stalled:
-            self._resume()
-        else:
-            self.batch_done(ConnInput.PARTIAL if self.parser.has_partial() else ConnInput.IDLE)
+        self._resume()
 
     def _resume(self) -> None:
-        self._stalled = False
-        self.resume_reading()
+        """Read again and run what was read meanwhile (nothing new once closing)."""
+        if self._stalled:
+            self._stalled = False
+            self.resume_reading()
         outcome = self._run_buffered()
         if outcome is not None:
             self.batch_done(outcome)
@@ -342,13 +308,14 @@ class CommandConnection(BaseProtocol):
     def _execute(self, args: list[bytes], spec: CommandSpec | None) -> Answer:
         """Run one command; `spec` is its entry in the table (None: unknown)."""
         server = self.server
+        counts = server.counts
         self.requests += 1
-        server.commands += 1
+        counts.commands += 1
         if not self.authenticated and (spec is None or not spec.noauth):
-            server.auth_refusals += 1
+            counts.auth_refusals += 1
             return Error(code="NOAUTH", message="Authentication required.")
         if spec is None:
-            server.unknown_commands += 1
+            counts.unknown_commands += 1
             shown = " ".join(f"'{a.decode('utf-8', 'replace')[:64]}'" for a in args[1:4])
             return Error(
                 code="ERR",
@@ -356,9 +323,9 @@ class CommandConnection(BaseProtocol):
                 f"with args beginning with: {shown}",
             )
         name = self.last_command = spec.name
-        server.calls[name] += 1
+        counts.calls[name] += 1
         if server.config.rate_limit_per_s and not self._take_token():
-            server.rate_limited += 1
+            counts.rate_limited += 1
             err = RateLimitedError(
                 f"rate limit of {server.config.rate_limit_per_s:g} commands/s exceeded"
             )
@@ -411,9 +378,6 @@ class CommandConnection(BaseProtocol):
             log.error("command failed in worker conn=%s", self, exc_info=exc)
             reply = Error(code="ERR", message=f"internal error: {exc!r}")
         self.write(self._encoder()(reply))
-        if self.close_after_reply or self._stop_after_reply:
-            self.close(self.quit_reason if self.close_after_reply else "server shutdown")
-            return
         self.resume_reading()
         outcome = self._run_buffered()
         if outcome is not None:
@@ -438,4 +402,4 @@ class CommandConnection(BaseProtocol):
         )
 
 
-__all__ = ["MAX_STORE_IN_FLIGHT", "CommandConnection"]
+__all__ = ["MAX_STORE_IN_FLIGHT", "CommandConnection", "ConnectionHost"]

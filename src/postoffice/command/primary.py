@@ -36,13 +36,8 @@ from postoffice.command.commands import server_facts
 from postoffice.command.config import CommandConfig, settings_json
 from postoffice.command.errors import CommandError, WorkerUnavailableError
 from postoffice.command.link import Link
-from postoffice.command.server import (
-    INFO_COUNTERS,
-    STATS_COUNTERS,
-    changed_config,
-    config_pairs,
-    rss_bytes,
-)
+from postoffice.command.server import changed_config, config_pairs, rss_bytes
+from postoffice.command.stats import INFO_COUNTERS, STATS_COUNTERS
 from postoffice.core import metrics
 from postoffice.core.errors import ConfigError
 from postoffice.core.http import Response, health_routes, serve_http

@@ -14,7 +14,6 @@ import os
 import resource
 import ssl
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, final
 
@@ -25,6 +24,7 @@ from postoffice.command.connection import CommandConnection
 from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Keyspace
 from postoffice.command.remote import RemoteKeyspace, parse_address
+from postoffice.command.stats import INFO_COUNTERS, STATS_COUNTERS, CommandStats
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
@@ -32,7 +32,6 @@ from postoffice.core.errors import ConfigError
 from postoffice.core.http import health_routes, metrics_route, serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
-from postoffice.core.transport import ConnState
 from postoffice.core.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -54,33 +53,6 @@ CONFIG_NAMES: Final[dict[str, str]] = {
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
 #: Shown by CONFIG GET, set only at start: CONFIG SET refuses them as Redis does.
 IMMUTABLE_CONFIG: Final = frozenset({"bind", "port", "workers", *READ_ONLY_CONFIG})
-#: INFO's `stats` counters and the stats() counter each one shows.
-INFO_COUNTERS: Final = (
-    ("total_connections_received", "connections_accepted"),
-    ("total_commands_processed", "commands"),
-    ("total_net_input_bytes", "bytes_in"),
-    ("total_net_output_bytes", "bytes_out"),
-    ("rejected_connections", "connections_rejected"),
-    ("timed_out_connections", "connections_timed_out"),
-    ("protocol_errors", "protocol_errors"),
-    ("unknown_commands", "unknown_commands"),
-    ("auth_refusals", "auth_refusals"),
-    ("rate_limited_commands", "rate_limited"),
-)
-#: The statistics that only grow (Prometheus counters); the rest of `stats()` are gauges.
-STATS_COUNTERS: Final = (
-    "connections_accepted",
-    "connections_rejected",
-    "connections_timed_out",
-    "connections_closed",
-    "commands",
-    "protocol_errors",
-    "unknown_commands",
-    "auth_refusals",
-    "rate_limited",
-    "bytes_in",
-    "bytes_out",
-)
 
 
 @final
@@ -114,14 +86,7 @@ class CommandServer:
         self.pool = WorkerPool(config.threads, name="command-worker")
         self.keyspace: Keyspace | None = _keyspace(config)
         self.started = time.time()
-        self.commands = 0
-        self.protocol_errors = 0
-        self.unknown_commands = 0
-        self.auth_refusals = 0
-        self.rate_limited = 0
-        self.calls: defaultdict[str, int] = defaultdict(int)
-        self.closed_bytes_in = 0  # traffic of connections already gone
-        self.closed_bytes_out = 0
+        self.counts = CommandStats()
         self.addresses: dict[str, tuple[str, int]] = {}
         self.registry = metrics.new_registry()
         self.registry.register(
@@ -230,7 +195,7 @@ class CommandServer:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
-        log.info("command server stopped commands=%d", self.commands)
+        log.info("command server stopped commands=%d", self.counts.commands)
 
     # -- ServerView --------------------------------------------------------------------
 
@@ -241,11 +206,7 @@ class CommandServer:
     def clients(self) -> Iterable[CommandConnection]:
         """The connections still served: one closing (after QUIT or a kill, its last
         reply flushing) is gone for CLIENT LIST and KILL, as in Redis."""
-        return [
-            c
-            for c in self.manager
-            if isinstance(c, CommandConnection) and c.state is not ConnState.CLOSING
-        ]
+        return [c for c in self.manager if isinstance(c, CommandConnection) and not c.closing]
 
     def kill_clients(
         self, *, conn_id: int | None, addr: str | None, skip_id: int | None, caller_id: int | None
@@ -319,7 +280,8 @@ class CommandServer:
             },
             "keyspace": self._keyspace_info(),
             "commandstats": {
-                f"cmdstat_{name}": f"calls={count}" for name, count in sorted(self.calls.items())
+                f"cmdstat_{name}": f"calls={count}"
+                for name, count in sorted(self.counts.calls.items())
             },
         }
 
@@ -330,18 +292,15 @@ class CommandServer:
 
     def stats(self) -> dict[str, int]:
         """Counters for INFO and /metrics."""
-        bytes_in = self.closed_bytes_in
-        bytes_out = self.closed_bytes_out
+        counts = self.counts
+        bytes_in = counts.closed_bytes_in
+        bytes_out = counts.closed_bytes_out
         for conn in self.manager:
             bytes_in += conn.bytes_in
             bytes_out += conn.bytes_out
         return {
             **self.manager.stats(),
-            "commands": self.commands,
-            "protocol_errors": self.protocol_errors,
-            "unknown_commands": self.unknown_commands,
-            "auth_refusals": self.auth_refusals,
-            "rate_limited": self.rate_limited,
+            **counts.counters(),
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
             "worker_threads": self.pool.size,
@@ -349,9 +308,7 @@ class CommandServer:
         }
 
     def reset_stats(self) -> None:
-        self.commands = self.protocol_errors = self.unknown_commands = 0
-        self.auth_refusals = self.rate_limited = 0
-        self.calls.clear()
+        self.counts.reset()
 
     def request_shutdown(self) -> None:
         log.info("shutdown requested by a client")

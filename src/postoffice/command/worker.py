@@ -97,7 +97,7 @@ class WorkerCalls:
             case "info":
                 return server.info()
             case "stats":  # also the primary's heartbeat, which keeps the last answer
-                return {**server.stats(), "calls": dict(server.calls)}
+                return {**server.stats(), "calls": dict(server.counts.calls)}
             case "config_set":
                 server.config_set(_pairs(args.get("pairs")))
                 return None

@@ -12,11 +12,10 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, final
+from typing import Final, Protocol, final
 
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.config import check_range
-from postoffice.core.transport import BaseProtocol, ConnState
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,31 @@ class ConnectionLimits:
         check_range("max_connections", self.max_connections, 1, 1_000_000)
         check_range("idle_timeout_s", self.idle_timeout_s, 0, 365 * 86400)
         check_range("max_request_bytes", self.max_request_bytes, 64, 1 << 31)
+
+
+class Managed(Protocol):
+    """What the manager needs of a connection (core.transport.BaseProtocol has it all)."""
+
+    conn_id: int
+    last_active: float
+    bytes_in: int
+    bytes_out: int
+
+    def can_idle_close(self) -> bool:
+        """Whether an idle timeout may close it now."""
+        ...
+
+    def on_idle_timeout(self) -> None:
+        """It sat idle past the timeout: close it."""
+        ...
+
+    def shutdown_requested(self) -> None:
+        """The server is stopping: finish what is in flight, then close."""
+        ...
+
+    def abort(self, reason: str) -> None:
+        """Close at once, dropping what is queued."""
+        ...
 
 
 @final
@@ -64,7 +88,7 @@ class ConnectionManager:
         check_range("id_step", id_step, 1, None)
         self.limits = limits
         self.clock = clock
-        self._conns: dict[int, BaseProtocol] = {}
+        self._conns: dict[int, Managed] = {}
         self._next_id = first_id
         self._id_step = id_step
         self._sweeper: asyncio.Task[None] | None = None
@@ -107,7 +131,7 @@ class ConnectionManager:
 
     # -- registration ------------------------------------------------------------------
 
-    def admit(self, conn: BaseProtocol) -> str | None:
+    def admit(self, conn: Managed) -> str | None:
         """Register `conn`; return a refusal reason when it must be turned away."""
         if not self.accepting:
             self.rejected += 1
@@ -121,7 +145,7 @@ class ConnectionManager:
         self.accepted += 1
         return None
 
-    def release(self, conn: BaseProtocol) -> None:
+    def release(self, conn: Managed) -> None:
         """Forget `conn` (called from connection_lost)."""
         if self._conns.pop(conn.conn_id, None) is not None:
             self.closed += 1
@@ -133,10 +157,10 @@ class ConnectionManager:
         """Connections currently admitted."""
         return len(self._conns)
 
-    def __iter__(self) -> Iterator[BaseProtocol]:
+    def __iter__(self) -> Iterator[Managed]:
         return iter(list(self._conns.values()))
 
-    def get(self, conn_id: int) -> BaseProtocol | None:
+    def get(self, conn_id: int) -> Managed | None:
         """The admitted connection with this id, if any."""
         return self._conns.get(conn_id)
 
@@ -186,4 +210,4 @@ class ConnectionManager:
         )
 
 
-__all__ = ["ConnState", "ConnectionLimits", "ConnectionManager"]
+__all__ = ["ConnectionLimits", "ConnectionManager", "Managed"]

@@ -49,3 +49,10 @@ class StorageError(PostOfficeError):
     """Persistent state could not be read or written."""
 
     wire_code = "STORAGE"
+
+
+class StateMachineError(RuntimeError):
+    """A bug, not a peer's fault: code asked a state machine for a move its table forbids.
+
+    Deliberately outside PostOfficeError, so no handler turns it into a reply to a peer.
+    """

@@ -1,29 +1,7 @@
-"""The asyncio.Protocol base every server connection derives from: state, flow control, close.
+"""The asyncio.Protocol base every server connection derives from: its lifecycle, in one place.
 
-Design (seed 003): a connection moves through explicit states.
-
-    READING_HEADER   waiting for the first byte of a request (idle between requests)
-    READING_PAYLOAD  part of a request is buffered; the rest has not arrived
-    PROCESSING       a request is being handled (on the loop, or in the worker pool)
-    WRITING_RESPONSE replies are queued faster than the peer reads them: reading paused
-    CLOSING          we decided to close (QUIT, error, timeout, shutdown); flushing
-    CLOSED           the transport is gone; everything the connection owned is released
-
-Only the moves in `_NEXT` are legal; anything else is a bug and raises. States change per
-batch of bytes, not per request, so pipelined requests cost no extra transitions.
-
-WRITING_RESPONSE sits on top of the request cycle rather than in it: while the peer is not
-reading, bytes and finished batches still move the state the connection blocked in (kept
-in `_resume_state`, moved by the same table), and DRAINED returns there. Otherwise a
-request still in the pool when the peer caught up would look idle, and an idle timeout or
-a shutdown would cut it off.
-
-The hot path (`data_received`, `batch_done`, `write`) takes the table's common moves with
-identity checks on module-level aliases instead of hashing enum pairs;
-`tests/core/test_transport.py` checks that those shortcuts agree with the table.
-
-Reading is paused for two independent reasons, write backpressure and the service's own
-queue (`pause_reading`); it resumes only when neither holds.
+Core layer. Subclasses report what happened (`on_data`'s outcome, `batch_done`,
+`close_when_done`) and never assign a state: every move goes through this module.
 """
 
 from __future__ import annotations
@@ -31,14 +9,44 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
-from postoffice.core.errors import ClosedError
+from postoffice.core.clock import Clock
+from postoffice.core.errors import StateMachineError
 
-if TYPE_CHECKING:
-    from postoffice.core.connections import ConnectionManager
+# Design
+# ------
+# A connection has two independent sides, and each is kept once.
+#
+# The request cycle (`cycle`), moved only by the table `_NEXT`:
+#
+#     READING_HEADER   waiting for the first byte of a request (idle between requests)
+#     READING_PAYLOAD  part of a request is buffered; the rest has not arrived
+#     PROCESSING       requests are being handled (on the loop, in a pool, or replies are
+#                      owed: a store's answer, an fsync)
+#     CLOSING          we decided to close (QUIT, error, timeout, shutdown); flushing
+#     CLOSED           the transport is gone; everything the connection owned is released
+#
+# The write side: `pause_writing` and `resume_writing` (the peer stopped reading our
+# replies, then caught up). `state`, the seed's one state, reads WRITING_RESPONSE while the
+# write side is blocked and the cycle is live: blocking does not move the cycle, so a
+# request still in a pool when the peer catches up is still PROCESSING, and an idle timeout
+# or a shutdown cannot cut it off.
+#
+# Closing once what is in flight is done has one reason, `_close_pending`, set by
+# `close_when_done` (QUIT, a client killing itself, a bad frame whose error reply is owed,
+# shutdown) and honoured by `batch_done`: the subclass stops starting requests once it is
+# set, and the cycle's end closes the connection.
+#
+# Reading is paused for two independent reasons, the write side and the service's own
+# queue (`pause_reading`); it resumes only when neither holds.
+#
+# States change per batch of bytes, not per request, so pipelined requests cost no extra
+# moves. The hot path (`data_received`, `batch_done`) takes the table's common moves with
+# identity checks on module-level aliases instead of hashing enum pairs;
+# tests/core/test_transport.py checks that those shortcuts agree with the table.
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +70,11 @@ class ConnState(enum.Enum):
 
 
 class ConnInput(enum.Enum):
-    """What happened to a connection."""
+    """What happened to a connection's request cycle."""
 
     BYTES = "bytes"  # a batch of bytes arrived: handle the requests in it
     IDLE = "idle"  # every complete request is handled, no partial one buffered
     PARTIAL = "partial"  # a partial request remains buffered
-    BLOCKED = "blocked"  # the peer stopped reading our replies
-    DRAINED = "drained"  # the peer caught up
     CLOSE = "close"  # we decided to close
     LOST = "lost"  # the transport is gone
 
@@ -80,28 +86,15 @@ _NEXT: Final[dict[tuple[ConnState, ConnInput], ConnState]] = {
     (S.PROCESSING, I.BYTES): S.PROCESSING,  # bytes in flight while a request is in the pool
     (S.PROCESSING, I.IDLE): S.READING_HEADER,
     (S.PROCESSING, I.PARTIAL): S.READING_PAYLOAD,
-    (S.PROCESSING, I.BLOCKED): S.WRITING_RESPONSE,
-    (S.READING_HEADER, I.BLOCKED): S.WRITING_RESPONSE,
-    (S.READING_PAYLOAD, I.BLOCKED): S.WRITING_RESPONSE,
-    (S.WRITING_RESPONSE, I.DRAINED): S.READING_HEADER,  # or the state it blocked in: see above
-    (S.WRITING_RESPONSE, I.BYTES): S.WRITING_RESPONSE,  # bytes already in flight when paused
-    (S.WRITING_RESPONSE, I.IDLE): S.WRITING_RESPONSE,
-    (S.WRITING_RESPONSE, I.PARTIAL): S.WRITING_RESPONSE,
-    (S.WRITING_RESPONSE, I.BLOCKED): S.WRITING_RESPONSE,
-    (S.READING_HEADER, I.DRAINED): S.READING_HEADER,
-    (S.READING_PAYLOAD, I.DRAINED): S.READING_PAYLOAD,
-    (S.PROCESSING, I.DRAINED): S.PROCESSING,
     (S.CLOSING, I.BYTES): S.CLOSING,  # bytes after QUIT are ignored
     (S.CLOSING, I.IDLE): S.CLOSING,
     (S.CLOSING, I.PARTIAL): S.CLOSING,
-    (S.CLOSING, I.BLOCKED): S.CLOSING,
-    (S.CLOSING, I.DRAINED): S.CLOSING,
     (S.CLOSING, I.CLOSE): S.CLOSING,
     (S.CLOSING, I.LOST): S.CLOSED,
     (S.CLOSED, I.CLOSE): S.CLOSED,
     (S.CLOSED, I.LOST): S.CLOSED,
 }
-for _state in (S.READING_HEADER, S.READING_PAYLOAD, S.PROCESSING, S.WRITING_RESPONSE):
+for _state in (S.READING_HEADER, S.READING_PAYLOAD, S.PROCESSING):
     _NEXT[(_state, I.CLOSE)] = S.CLOSING
     _NEXT[(_state, I.LOST)] = S.CLOSED
 del S, I, _state
@@ -111,6 +104,7 @@ del S, I, _state
 _READING_HEADER: Final = ConnState.READING_HEADER
 _READING_PAYLOAD: Final = ConnState.READING_PAYLOAD
 _PROCESSING: Final = ConnState.PROCESSING
+_WRITING_RESPONSE: Final = ConnState.WRITING_RESPONSE
 _CLOSING: Final = ConnState.CLOSING
 _CLOSED: Final = ConnState.CLOSED
 _IDLE: Final = ConnInput.IDLE
@@ -118,11 +112,31 @@ _PARTIAL: Final = ConnInput.PARTIAL
 
 
 def next_state(state: ConnState, event: ConnInput) -> ConnState:
-    """The state after `event` in `state`; raises ClosedError for a move the table forbids."""
+    """The cycle's state after `event` in `state`.
+
+    Raises StateMachineError (a bug in the caller, not a peer's fault) for a move the
+    table forbids.
+    """
     try:
         return _NEXT[(state, event)]
     except KeyError:
-        raise ClosedError(f"illegal connection move {state.value} --{event.value}-->") from None
+        raise StateMachineError(
+            f"illegal connection move {state.value} --{event.value}-->"
+        ) from None
+
+
+class Admission(Protocol):
+    """What a connection needs from whoever admits it (core.connections.ConnectionManager)."""
+
+    clock: Clock
+
+    def admit(self, conn: BaseProtocol) -> str | None:
+        """Register `conn` and give it an id; a refusal reason when it must be turned away."""
+        ...
+
+    def release(self, conn: BaseProtocol) -> None:
+        """Forget `conn`: its transport is gone."""
+        ...
 
 
 # Under the opt-in compiled build (mypyc) this is a native class; the other services'
@@ -132,17 +146,18 @@ class BaseProtocol(asyncio.Protocol):
     """Common shell of every server connection.
 
     Subclasses implement `on_data(data)` (feed the parser, handle every complete request,
-    and say what remains; see its docstring) and may override
-    `on_connect`, `on_close`, `reject(reason)` and `can_idle_close`.
+    and say what remains; see its docstring) and may override `on_connect`, `on_close`,
+    `reject(reason)`, `can_idle_close` and `shutdown_requested`. They read `cycle` and
+    `state` but never assign them.
     """
 
     transport: asyncio.Transport | None
     peer: str
 
-    def __init__(self, manager: ConnectionManager) -> None:
+    def __init__(self, manager: Admission) -> None:
         self.manager = manager
         self.transport = None
-        self.state = ConnState.READING_HEADER
+        self.cycle = ConnState.READING_HEADER  # the request cycle; see the design note
         self.peer = "?"
         self.local = "?"
         self.conn_id = 0
@@ -154,11 +169,24 @@ class BaseProtocol(asyncio.Protocol):
         self.close_reason = ""
         self._write_paused = False  # the transport's buffer is past its high-water mark
         self._hold_reading = False  # the service asked to stop reading (`pause_reading`)
-        self._read_paused = False  # what the transport was last told
-        self._resume_state = ConnState.READING_HEADER  # where DRAINED goes; see the design
-        self._close_after_batch = False  # shutdown came while a request was in flight
+        self._close_pending: str | None = None  # close, for this reason, once the cycle ends
         self._drained: asyncio.Event | None = None
         self._linger: asyncio.TimerHandle | None = None
+
+    @property
+    def state(self) -> ConnState:
+        """The seed's one state: the cycle, or WRITING_RESPONSE while the peer is not
+        reading our replies and the connection is live."""
+        cycle = self.cycle
+        if self._write_paused and cycle is not _CLOSING and cycle is not _CLOSED:
+            return _WRITING_RESPONSE
+        return cycle
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing or closed, or will close once the cycle ends."""
+        cycle = self.cycle
+        return cycle is _CLOSING or cycle is _CLOSED or self._close_pending is not None
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -177,17 +205,13 @@ class BaseProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        state = self.state
-        if state is _READING_HEADER or state is _READING_PAYLOAD:  # the table's common move
-            self.state = _PROCESSING
+        cycle = self.cycle
+        if cycle is _READING_HEADER or cycle is _READING_PAYLOAD:  # the table's common move
+            self.cycle = _PROCESSING
         else:
             self.last_active = self.manager.clock()
-            state = next_state(state, ConnInput.BYTES)
-            if state is _CLOSING:
-                return
-            if state is ConnState.WRITING_RESPONSE:
-                self._resume_state = next_state(self._resume_state, ConnInput.BYTES)
-            self.state = state
+            if next_state(cycle, ConnInput.BYTES) is _CLOSING:
+                return  # bytes after we decided to close are dropped
         outcome = self.on_data(data)
         if outcome is not None:
             self.batch_done(outcome)
@@ -198,28 +222,24 @@ class BaseProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        was_paused = self._write_paused or self._hold_reading
         self._write_paused = True
         if self._drained is not None:
             self._drained.clear()
-        if self.state not in (ConnState.CLOSING, ConnState.CLOSED):
-            if self.state is not ConnState.WRITING_RESPONSE:
-                self._resume_state = self.state
-            self.state = next_state(self.state, ConnInput.BLOCKED)
-        self._sync_reading()
+        self._sync_reading(was_paused=was_paused)
 
     def resume_writing(self) -> None:
+        was_paused = self._write_paused or self._hold_reading
         self._write_paused = False
         if self._drained is not None:
             self._drained.set()
-        if self.state is ConnState.WRITING_RESPONSE:
-            self.state = self._resume_state
-            self.last_active = self.manager.clock()  # a slow reader was busy, not idle
-        self._sync_reading()
+        self.last_active = self.manager.clock()  # a slow reader was busy, not idle
+        self._sync_reading(was_paused=was_paused)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is not ConnState.CLOSING and not self.close_reason:
+        if self.cycle is not _CLOSING and not self.close_reason:
             self.close_reason = "peer closed" if exc is None else f"broken: {exc}"
-        self.state = next_state(self.state, ConnInput.LOST)
+        self.cycle = next_state(self.cycle, ConnInput.LOST)
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -251,53 +271,57 @@ class BaseProtocol(asyncio.Protocol):
         self.close("idle timeout", linger=False)
 
     def shutdown_requested(self) -> None:
-        """The server is stopping: finish the request in flight, then close after flushing."""
-        if self.in_flight:
-            self._close_after_batch = True
-        else:
-            self.close("server shutdown")
+        """The server is stopping: finish the requests in flight, then close after flushing."""
+        self.close_when_done("server shutdown")
 
     def can_idle_close(self) -> bool:
-        """Whether an idle timeout may close this connection now (not mid-request)."""
-        return self.state in (ConnState.READING_HEADER, ConnState.READING_PAYLOAD)
+        """Whether an idle timeout may close this connection now (not mid-request, and not
+        while the peer is slowly reading our replies)."""
+        cycle = self.cycle
+        return (cycle is _READING_HEADER or cycle is _READING_PAYLOAD) and not self._write_paused
 
     @property
     def in_flight(self) -> bool:
-        """Whether a batch of requests is still being handled (even with writes blocked)."""
-        return self.state is ConnState.PROCESSING or (
-            self.state is ConnState.WRITING_RESPONSE and self._resume_state is ConnState.PROCESSING
-        )
+        """Whether requests are still being handled (even with writes blocked)."""
+        return self.cycle is _PROCESSING
 
-    # -- helpers for subclasses --------------------------------------------------------
+    # -- what subclasses report --------------------------------------------------------
 
     def batch_done(self, outcome: ConnInput) -> None:
-        """Record that every complete request is handled; `outcome` is IDLE or PARTIAL.
+        """Record that every request started is handled; `outcome` is IDLE or PARTIAL.
 
-        Raises ClosedError for any other outcome.
+        Closes the connection now if `close_when_done` asked for it. Outside a batch it
+        changes nothing. Raises StateMachineError for any other outcome.
         """
         if outcome is not _IDLE and outcome is not _PARTIAL:
-            raise ClosedError(f"batch outcome must be idle or partial, got {outcome.value}")
-        if self.state is _PROCESSING:  # the table's common moves
-            self.state = _READING_HEADER if outcome is _IDLE else _READING_PAYLOAD
-        elif self.in_flight:  # writes blocked while the batch ran
-            self._resume_state = next_state(self._resume_state, outcome)
-        else:
+            raise StateMachineError(f"batch outcome must be idle or partial, got {outcome.value}")
+        if self.cycle is not _PROCESSING:
             return
+        self.cycle = _READING_HEADER if outcome is _IDLE else _READING_PAYLOAD
         # Idle time counts from the last reply, not from the request that started a slow one.
         self.last_active = self.manager.clock()
-        if self._close_after_batch and not self.in_flight:
-            self.close("server shutdown")
+        if self._close_pending is not None:
+            self.close(self._close_pending)
+
+    def close_when_done(self, reason: str, *, linger: bool = True) -> None:
+        """Close once the requests in flight are answered (at once if none is): from now
+        on the subclass starts no new request. The first reason given is kept."""
+        if self.cycle is _PROCESSING:
+            if self._close_pending is None:
+                self._close_pending = reason
+        else:
+            self.close(reason, linger=linger)
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer; dropped silently once the connection is closed."""
         transport = self.transport
-        state = self.state
+        cycle = self.cycle
         # The state, not only is_closing(): a lingering close has sent FIN with write_eof
         # and the transport is not closing yet, but it raises RuntimeError on write.
         if (
             transport is not None
-            and state is not _CLOSING
-            and state is not _CLOSED
+            and cycle is not _CLOSING
+            and cycle is not _CLOSED
             and not transport.is_closing()
         ):
             self.bytes_out += len(data)
@@ -313,22 +337,25 @@ class BaseProtocol(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Stop reading requests (the service's queue is full) until `resume_reading`."""
+        was_paused = self._hold_reading or self._write_paused
         self._hold_reading = True
-        self._sync_reading()
+        self._sync_reading(was_paused=was_paused)
 
     def resume_reading(self) -> None:
         """Read requests again, unless the peer is still not reading our replies."""
+        was_paused = self._hold_reading or self._write_paused
         self._hold_reading = False
-        self._sync_reading()
+        self._sync_reading(was_paused=was_paused)
 
-    def _sync_reading(self) -> None:
+    def _sync_reading(self, *, was_paused: bool) -> None:
+        """Tell the transport when the two reasons to pause, taken together, changed."""
         paused = self._hold_reading or self._write_paused
-        if paused is not self._read_paused and self.transport is not None:
-            self._read_paused = paused
+        transport = self.transport
+        if paused is not was_paused and transport is not None:
             if paused:
-                self.transport.pause_reading()
+                transport.pause_reading()
             else:
-                self.transport.resume_reading()
+                transport.resume_reading()
 
     def close(self, reason: str, *, linger: bool = True) -> None:
         """Flush what is queued, then close; idempotent.
@@ -338,26 +365,28 @@ class BaseProtocol(asyncio.Protocol):
         Closing outright while unread requests sit in our receive buffer would make the
         kernel send RST, and an RST can destroy the very error reply we just wrote.
         """
-        if self.state in (ConnState.CLOSING, ConnState.CLOSED):
+        cycle = self.cycle
+        if cycle is _CLOSING or cycle is _CLOSED:
             return
         self.close_reason = reason
-        self.state = next_state(self.state, ConnInput.CLOSE)
+        self.cycle = next_state(cycle, ConnInput.CLOSE)
         transport = self.transport
         if transport is None:
             return
         if linger and transport.can_write_eof():
             transport.write_eof()
-            self.resume_reading()  # read (and drop) until the peer's FIN
+            if self._hold_reading or self._write_paused:
+                transport.resume_reading()  # read (and drop) until the peer's FIN
             self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
         else:
             transport.close()
 
     def abort(self, reason: str) -> None:
         """Close at once, dropping what is queued (shutdown deadline, broken peer)."""
-        if self.state is not ConnState.CLOSED:
-            if self.state is not ConnState.CLOSING:
+        if self.cycle is not _CLOSED:
+            if self.cycle is not _CLOSING:
                 self.close_reason = reason
-                self.state = next_state(self.state, ConnInput.CLOSE)
+                self.cycle = next_state(self.cycle, ConnInput.CLOSE)
             if self.transport is not None:
                 self.transport.abort()
 

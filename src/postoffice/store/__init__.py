@@ -1,9 +1,9 @@
 """The store service: an append-only log with an LMDB index, served over a binary protocol.
 
 This package's `__all__` is its public API, what other services may use: the engine
-(`Store`, opened in-process), `GroupCommit` (the loop's half of its group-committed
-fsyncs), the clients (`Client`, `AsyncClient`) and the wire codec's messages and limits.
-The server (`postoffice.store.server`) and the CLI are the store's own.
+(`Store`, opened in-process), `GroupCommit` and `OwedReplies` (group-committed fsyncs,
+and a connection's replies waiting for them), the clients (`Client`, `AsyncClient`) and
+the wire codec's messages and limits. The server and the CLI are the store's own.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from postoffice.store.engine import (
     Delete,
     Durability,
     GroupCommit,
+    OwedReplies,
     Put,
     RecoveryReport,
     Store,
@@ -73,6 +74,7 @@ __all__ = [
     "GroupCommit",
     "KeySizeError",
     "LogCorruptError",
+    "OwedReplies",
     "Put",
     "PutRequest",
     "RecoveryReport",

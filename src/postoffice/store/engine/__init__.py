@@ -8,7 +8,7 @@ fsyncs, shared by both servers.
 
 from __future__ import annotations
 
-from postoffice.store.engine.commit import GroupCommit
+from postoffice.store.engine.commit import GroupCommit, OwedReplies
 from postoffice.store.engine.engine import BatchOp, Delete, Put, RecoveryReport, Store, StoreStats
 from postoffice.store.engine.logstore import DEFAULT_DURABILITY, Durability
 from postoffice.store.engine.records import Damage
@@ -30,6 +30,7 @@ __all__ = [
     "GroupCommit",
     "KeySizeError",
     "LogCorruptError",
+    "OwedReplies",
     "Put",
     "RecoveryReport",
     "Store",
