@@ -167,6 +167,8 @@ class BaseProtocol(asyncio.Protocol):
         self.bytes_out = 0
         self.requests = 0
         self.close_reason = ""
+        #: Closing, closed, or to close once the cycle ends: start no new request.
+        self.closing = False
         self._write_paused = False  # the transport's buffer is past its high-water mark
         self._hold_reading = False  # the service asked to stop reading (`pause_reading`)
         self._close_pending: str | None = None  # close, for this reason, once the cycle ends
@@ -181,12 +183,6 @@ class BaseProtocol(asyncio.Protocol):
         if self._write_paused and cycle is not _CLOSING and cycle is not _CLOSED:
             return _WRITING_RESPONSE
         return cycle
-
-    @property
-    def closing(self) -> bool:
-        """Whether the connection is closing or closed, or will close once the cycle ends."""
-        cycle = self.cycle
-        return cycle is _CLOSING or cycle is _CLOSED or self._close_pending is not None
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -240,6 +236,7 @@ class BaseProtocol(asyncio.Protocol):
         if self.cycle is not _CLOSING and not self.close_reason:
             self.close_reason = "peer closed" if exc is None else f"broken: {exc}"
         self.cycle = next_state(self.cycle, ConnInput.LOST)
+        self.closing = True
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -309,6 +306,7 @@ class BaseProtocol(asyncio.Protocol):
         if self.cycle is _PROCESSING:
             if self._close_pending is None:
                 self._close_pending = reason
+                self.closing = True
         else:
             self.close(reason, linger=linger)
 
@@ -370,6 +368,7 @@ class BaseProtocol(asyncio.Protocol):
             return
         self.close_reason = reason
         self.cycle = next_state(cycle, ConnInput.CLOSE)
+        self.closing = True
         transport = self.transport
         if transport is None:
             return
@@ -387,6 +386,7 @@ class BaseProtocol(asyncio.Protocol):
             if self.cycle is not _CLOSING:
                 self.close_reason = reason
                 self.cycle = next_state(self.cycle, ConnInput.CLOSE)
+                self.closing = True
             if self.transport is not None:
                 self.transport.abort()
 

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar, final
+from typing import Any, Protocol, TypeVar, final
 
 from postoffice.core.errors import PostOfficeError
 from postoffice.store.engine.engine import Store
@@ -172,8 +172,13 @@ class GroupCommit:
                 self._waiters[waiter] = None
 
 
+#: One owed reply: the ticket of the write it acknowledges (0: none), the future it waits
+#: for (None: none), and the item the connection makes its reply from.
+Owed = tuple[int, "asyncio.Future[Any] | None", T]
+
+
 @final
-class OwedReplies(Generic[T]):
+class OwedReplies(collections.deque[Owed[T]]):
     """The replies one connection still owes, in request order.
 
     A reply is owed for one of three reasons: it acknowledges a durable write whose fsync
@@ -181,32 +186,23 @@ class OwedReplies(Generic[T]):
     server's answer); or it is ready, but a reply before it is not. `pop_ready` hands back
     the ready ones at the head, in order, and stops at the first that is not: replies
     never overtake one another. What an item is (wire bytes, a reply to encode) is the
-    connection's business; this class only knows when each may leave.
+    connection's business; this class only knows when each may leave. It is a deque, so
+    `len` and truth, asked on every request, cost no Python call.
     """
 
-    __slots__ = ("_queue", "covered", "newest_ticket")
-
     def __init__(self) -> None:
-        self._queue: collections.deque[tuple[int, asyncio.Future[Any] | None, T]] = (
-            collections.deque()
-        )
+        super().__init__()
         self.covered = 0  # the newest ticket group commit reported (durable or failed)
         self.newest_ticket = 0  # the newest ticket owed
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def __bool__(self) -> bool:
-        return bool(self._queue)
-
     def __repr__(self) -> str:
-        return f"<OwedReplies owed={len(self._queue)} covered={self.covered}>"
+        return f"<OwedReplies owed={len(self)} covered={self.covered}>"
 
     def owe(self, item: T, *, ticket: int = 0, future: asyncio.Future[Any] | None = None) -> None:
         """Owe `item`, ready once `ticket` is covered (0: no write) and `future` is done."""
         if ticket:
             self.newest_ticket = ticket
-        self._queue.append((ticket, future, item))
+        self.append((ticket, future, item))
 
     def synced(self, covered: int) -> None:
         """Group commit covered every ticket up to `covered`."""
@@ -220,23 +216,18 @@ class OwedReplies(Generic[T]):
 
     def head_future(self) -> asyncio.Future[Any] | None:
         """The future the oldest reply waits for, if that is what holds the queue up."""
-        if self._queue:
-            _, future, _ = self._queue[0]
+        if self:
+            _, future, _ = self[0]
             if future is not None and not future.done():
                 return future
         return None
 
     def pop_ready(self, out: list[T]) -> None:
         """Move every ready reply at the head to `out`, in request order."""
-        queue = self._queue
         covered = self.covered
-        while queue:
-            ticket, future, item = queue[0]
+        while self:
+            ticket, future, item = self[0]
             if ticket > covered or (future is not None and not future.done()):
                 return
-            queue.popleft()
+            self.popleft()
             out.append(item)
-
-    def clear(self) -> None:
-        """Forget every reply owed (the connection is gone)."""
-        self._queue.clear()
