@@ -1,10 +1,6 @@
-"""Clients of the store server: `Client` (blocking sockets) and `AsyncClient` (asyncio).
-
-Both speak docs/protocols/store.md through the pure `wire` codec; other services (the
-command server's store backend, the office) use them through `postoffice.store`. A
-non-OK status other than NOT_FOUND raises StoreRequestError carrying the status; a
-broken response closes the connection and raises BrokenError.
-"""
+"""Clients of the store server: `Client` (blocking sockets) and `AsyncClient` (asyncio),
+both on the pure `wire` codec. A non-OK status other than NOT_FOUND raises
+StoreRequestError carrying it; a broken response closes the connection (BrokenError)."""
 
 from __future__ import annotations
 

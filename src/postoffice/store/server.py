@@ -1,26 +1,5 @@
-"""The store server (seed 003): the core connection manager in front of the engine.
-
-Design: a connection takes every whole frame of a read at once (`read_frames`) and
-executes the requests on the event loop, in order: reads and appends are quick, and in
-order is what makes a pipelined PUT then GET read the new value. GET and PUT, nearly all
-of the traffic, take a path with no request objects: the frame's fields go straight to
-the engine, and the reply is a 25-byte head plus the value. Every other request is
-decoded by `storewire` and run by `StoreServer.run`. One read's replies leave in one
-write.
-
-Durable writes (`--durability always`): the engine appends without writing
-(write-behind), and the reply waits in the connection's `owed` queue with the write's
-ticket; replies behind it wait too, so replies keep request order. At the end of the
-event-loop iteration (a `call_soon` from the first such write) the committer thread
-(store/engine/commit.py) is asked for the newest ticket, once everything appended so far went to
-the file in one write(2): it fsyncs once for all of it, like Redis's one fsync per loop
-iteration. When it is done each waiting connection sends what it owes up to the covered
-ticket, in one write (store/engine/commit.py's `GroupCommit` keeps the waiting connections);
-writes appended meanwhile go to the next sync, which the committer starts at once. So the
-fsync rate, not a request, paces durable writes, and no reply claims more than the disk
-holds. Past `max_in_flight` owed replies a connection stops reading (backpressure). A bad
-frame gets an error reply (after the replies owed before it) and closes the connection; a
-bad request inside a good frame gets an error reply and the connection goes on.
+"""The store server: `StoreConnection` (one client's frames in, replies out, in order) and
+`StoreServer` (the engine, the connection manager, statistics and listeners).
 """
 
 from __future__ import annotations
@@ -69,6 +48,25 @@ from postoffice.store.wire import (
     response_head,
     split_put,
 )
+
+# Design
+# ------
+# Requests run on the event loop, in the order they arrive: the engine's get and its
+# `_nowait` writes are quick, and order is what makes a pipelined PUT then GET read the
+# new value. A connection takes every whole frame of a read at once (`read_frames`); GET
+# and PUT, nearly all the traffic, go from the frame's fields straight to the engine
+# with no request objects, the others through `store.wire` and `StoreServer.run`.
+# Replies not held back leave in one write per read.
+# Under `--durability always` a write's reply is held in the connection's `owed` queue
+# with the write's ticket, and every reply behind it waits too. The first such write of
+# an event-loop iteration asks GroupCommit (store/engine/commit.py) to sync at the end of
+# the iteration: the appended writes go to the file in one write(2), the committer
+# thread fsyncs once for all of them, and then each waiting connection sends what it
+# owes up to the covered ticket. Past `max_in_flight` owed replies a connection stops
+# reading.
+# A broken frame loses framing: its error reply goes out after the replies owed before
+# it, then the connection closes. A bad request inside a good frame gets an error reply
+# and the connection goes on.
 
 log = logging.getLogger(__name__)
 

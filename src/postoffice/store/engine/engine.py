@@ -1,6 +1,7 @@
 """The embedded key-value store: `Store` ties the segment log and the LMDB index together.
 
-Blocking library layer; thread-safe. Servers call it through `asyncio.to_thread`.
+Library layer; thread-safe. A server calls the quick methods (get, scan, the `_nowait`
+writes) on its event loop and the blocking ones (open, sync, close) on threads.
 """
 
 # Design

@@ -1,13 +1,6 @@
-"""The store's binary protocol (port 7400): typed requests and responses on core frames.
-
-Pure sans-I/O, on top of core.framing. Wire format: docs/protocols/store.md. The command
-server, which forwards GET/SET/DEL/SCAN/DBSIZE to a store, uses it through
-`postoffice.store`.
-
-The package splits along the protocol: `messages` (limits, kinds, statuses, errors,
-messages, and the checks both codecs share), `requests` and `responses` (their codecs).
-Import the public names from here.
-"""
+"""The store's binary protocol (port 7400), pure sans-I/O on core frames: `messages`
+(limits, kinds, statuses, the shared checks), `requests` and `responses` (their codecs).
+Wire format: docs/protocols/store.md. Import the public names from here."""
 
 from __future__ import annotations
 
