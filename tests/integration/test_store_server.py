@@ -107,7 +107,18 @@ def test_every_request_type(serve: Serve, tmp_path: Path) -> None:
     assert page.items == ((b"c", b"3"),)
     assert not page.more
     stats = decode_stats_body(c.call(StatsRequest()).body)
-    assert stats["requests"] >= 8  # type: ignore[operator]
+    assert stats["requests"] == 8
+    counts = {key: value for key, value in stats.items() if key.startswith("requests_")}
+    assert counts == {
+        "requests_ping": 1,
+        "requests_get": 2,
+        "requests_put": 1,
+        "requests_delete": 1,
+        "requests_batch": 1,
+        "requests_scan": 1,
+        "requests_stats": 1,
+        "requests_unknown": 0,
+    }
 
 
 def test_pipelined_requests_are_answered_in_order(serve: Serve, tmp_path: Path) -> None:

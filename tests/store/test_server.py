@@ -120,7 +120,7 @@ async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
     for i, peer in enumerate(peers):
         peer.send(*(PutRequest(key=b"p%d-%d" % (i, n), value=b"x" * 100) for n in range(5)))
     async with asyncio.timeout(10):  # every write is appended while the first sync is held
-        while server.counts[RequestType.PUT] < 101:
+        while server.stats.by_type[RequestType.PUT] < 101:
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)  # and the loop iteration that appended the last one is over
     gate.opened.set()
@@ -134,7 +134,7 @@ async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
     assert gate.calls[0] == 1
     assert gate.calls[1:] in ([], [101])
     stats = decode_stats_body((await _call(first, StatsRequest())).body)
-    assert stats["requests_PutRequest"] == 101
+    assert stats["requests_put"] == 101
     fsyncs = stats["engine_fsyncs"]
     assert isinstance(fsyncs, int)
     assert fsyncs <= 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
+import contextlib
 import logging
 import time
 from typing import Final, final
@@ -23,9 +23,10 @@ from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.config import StoreConfig
 from postoffice.store.engine.commit import GroupCommit
-from postoffice.store.engine.engine import BatchOp, Delete, Put, Store
+from postoffice.store.engine.engine import BatchOp, Delete, Put, Store, StoreStats
 from postoffice.store.engine.logstore import Durability
 from postoffice.store.errors import StoreClosedError
+from postoffice.store.stats import COUNTER_KEYS, HELP, ServerStats
 from postoffice.store.wire import (
     MAX_KEY_BYTES,
     BatchRequest,
@@ -86,15 +87,6 @@ _PUT: Final = int(RequestType.PUT)
 _OK: Final = Status.OK
 _NOT_FOUND: Final = Status.NOT_FOUND
 _NO_SUCH_KEY: Final = b"no such key"
-_REQUEST_NAMES: Final = {
-    int(RequestType.PING): "PingRequest",
-    int(RequestType.GET): "GetRequest",
-    int(RequestType.PUT): "PutRequest",
-    int(RequestType.DELETE): "DeleteRequest",
-    int(RequestType.BATCH): "BatchRequest",
-    int(RequestType.SCAN): "ScanRequest",
-    int(RequestType.STATS): "StatsRequest",
-}
 
 
 @final
@@ -150,7 +142,8 @@ class StoreConnection(BaseProtocol):
         store = server.store
         owed = self.owed
         durable = server.durable
-        counts = server.counts
+        stats = server.stats
+        counts = stats.by_type
         out: list[bytes] = []
         answered = 0
         newest = 0  # the last durable write's ticket
@@ -181,7 +174,7 @@ class StoreConnection(BaseProtocol):
                     key, value = split_put(payload)
                     ticket = store.put_nowait(key, value)
                 except StoreProtocolError as exc:
-                    server.errors += 1
+                    stats.errors += 1
                     ticket = 0
                     wire = encode_response(request_id, exc.status, str(exc).encode())
                 except PostOfficeError as exc:
@@ -205,7 +198,7 @@ class StoreConnection(BaseProtocol):
         if newest:
             server.wait_for_sync(self, newest)
         if answered:
-            observe = server.latency.observe
+            observe = stats.latency.observe
             elapsed = time.monotonic() - began
             for _ in range(answered):
                 observe(elapsed)
@@ -214,7 +207,7 @@ class StoreConnection(BaseProtocol):
 
     def _bad_frame(self, exc: FrameError) -> ConnInput | None:
         """Answer a broken frame (after the replies owed before it), then close."""
-        self.server.errors += 1
+        self.server.stats.errors += 1
         status = Status.TOO_LARGE if isinstance(exc, LimitExceeded) else Status.BAD_REQUEST
         wire = encode_response(exc.request_id or 0, status, str(exc).encode())
         log.info("bad frame conn=%s error=%r", self, str(exc))
@@ -233,16 +226,18 @@ class StoreConnection(BaseProtocol):
         if self.transport is None:
             owed.clear()
             return False
+        stats = self.server.stats
         failure = None if error is None else self.server.sync_failure(error)
         now = time.monotonic()
         out: list[bytes] = []
-        observe = self.server.latency.observe
+        observe = stats.latency.observe
         while owed:
             ticket, request_id, wire, began = owed[0]
             if ticket > covered:
                 break
             owed.popleft()
             if ticket and failure is not None:
+                stats.errors += 1
                 wire = encode_response(request_id, *failure)
             out.append(wire)
             observe(now - began)
@@ -289,23 +284,22 @@ class StoreServer:
         self.pool = WorkerPool(config.io_threads, name="store-io")
         self.store: Store | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.errors = 0
-        self.latency = metrics.LatencyHistogram()
+        #: The server's own counters; `snapshot()` is what STATS and /metrics show.
+        self.stats = ServerStats()
         self.registry = metrics.new_registry()
         self.registry.register(
             metrics.StatsCollector(
                 "postoffice_store",
-                self.stats,
-                counters=("requests", "errors", "connections_accepted", "connections_rejected"),
-                histograms={"request_seconds": self.latency},
+                self.snapshot,
+                counters=COUNTER_KEYS,
+                help=HELP,
+                histograms={"request_seconds": self.stats.latency},
             )
         )
         self._listeners: list[asyncio.Server] = []
         self._ready = False
         #: Under `always` a write's reply waits for the fsync that covers it.
         self.durable = Durability(config.durability) is Durability.ALWAYS
-        #: Requests by frame type (one list index per request: cheaper than a Counter).
-        self.counts = [0] * 256
         #: Group commit (see the module's design note); only under `always`.
         self.commit: GroupCommit | None = None
 
@@ -363,12 +357,7 @@ class StoreServer:
             await self.pool.submit(store.close)
         self.pool.close()
         self._listeners.clear()
-        log.info("store stopped requests=%d", self.requests)
-
-    @property
-    def requests(self) -> int:
-        """Requests received (well framed), since the start."""
-        return sum(self.counts)
+        log.info("store stopped requests=%d", self.stats.requests)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -380,7 +369,7 @@ class StoreServer:
         try:
             request = decode_request_parts(type_, flags, payload)
         except StoreProtocolError as exc:
-            self.errors += 1
+            self.stats.errors += 1
             return 0, exc.status, str(exc).encode()
         return self._run(request)
 
@@ -411,25 +400,22 @@ class StoreServer:
                 case PingRequest():
                     return 0, _OK, b""
                 case StatsRequest():
-                    return 0, _OK, encode_stats_body(self.stats())
+                    return 0, _OK, encode_stats_body(self.snapshot())
                 case _:
                     return 0, Status.BAD_REQUEST, f"unexpected {type(request).__name__}".encode()
         except PostOfficeError as exc:
             return (0, *self.failure(exc))
         except Exception as exc:
-            self.errors += 1
+            self.stats.errors += 1
             log.exception("request crashed")
             return 0, Status.INTERNAL, f"internal error: {exc!r}".encode()
 
     def failure(self, exc: PostOfficeError) -> tuple[Status, bytes]:
-        """The status and body that answer a request the engine refused."""
-        if isinstance(exc, StoreClosedError):
-            return Status.SHUTTING_DOWN, str(exc).encode()
-        self.errors += 1
-        if isinstance(exc, LimitExceeded):
-            return Status.TOO_LARGE, str(exc).encode()
-        log.warning("request failed error=%r", str(exc))
-        return Status.STORAGE, str(exc).encode()
+        """The status and body that answer a request the engine refused (counted)."""
+        status, body = _refusal(exc)
+        if status is not Status.SHUTTING_DOWN:
+            self.stats.errors += 1
+        return status, body
 
     # -- group commit ----------------------------------------------------------------------
 
@@ -443,34 +429,29 @@ class StoreServer:
         self.commit.wait(conn, ticket)
 
     def sync_failure(self, exc: BaseException) -> tuple[Status, bytes]:
-        """The status and body that answer the writes a failed fsync covered."""
+        """The status and body that answer the writes a failed fsync covered (the caller
+        counts each such reply)."""
         if isinstance(exc, PostOfficeError):
-            return self.failure(exc)
+            return _refusal(exc)
         return Status.INTERNAL, f"internal error: {exc!r}".encode()
 
-    def stats(self) -> dict[str, int | float]:
-        """STATS body and /metrics: connections, requests, errors, latency, the engine."""
-        engine: dict[str, object] = {}
+    def snapshot(self) -> dict[str, int | float]:
+        """Every STATS key's value (stats.STAT_KEYS): what STATS replies and /metrics shows."""
+        engine: StoreStats | None = None
         if self.store is not None:
-            try:
-                snapshot = self.store.stats()
-            except StoreClosedError:
-                pass
-            else:
-                engine = {k: v for k, v in dataclasses.asdict(snapshot).items() if k != "recovery"}
-        return {
-            **self.manager.stats(),
-            "requests": self.requests,
-            "errors": self.errors,
-            "latency_p50_s": round(self.latency.quantile(0.5), 6),
-            "latency_p99_s": round(self.latency.quantile(0.99), 6),
-            **{
-                f"requests_{name}": self.counts[code]
-                for code, name in sorted(_REQUEST_NAMES.items(), key=lambda item: item[1])
-                if self.counts[code]
-            },
-            **{f"engine_{k}": v for k, v in engine.items() if isinstance(v, int | float)},
-        }
+            with contextlib.suppress(StoreClosedError):
+                engine = self.store.stats()
+        return self.stats.snapshot(self.manager.stats(), engine)
+
+
+def _refusal(exc: PostOfficeError) -> tuple[Status, bytes]:
+    """The status and body that answer a request the engine refused."""
+    if isinstance(exc, StoreClosedError):
+        return Status.SHUTTING_DOWN, str(exc).encode()
+    if isinstance(exc, LimitExceeded):
+        return Status.TOO_LARGE, str(exc).encode()
+    log.warning("request failed error=%r", str(exc))
+    return Status.STORAGE, str(exc).encode()
 
 
 def _scan_page(items: list[tuple[bytes, bytes]], limit: int) -> _Outcome:
