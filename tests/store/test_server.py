@@ -250,3 +250,25 @@ async def test_a_scan_page_is_cut_to_fit_one_frame(server: StoreServer) -> None:
     assert refused.body == b"scan item b'h' of 16777208 bytes does not fit one response frame"
     assert (await _call(peer, GetRequest(key=b"c"))).body == b"c" * big  # still served
     await peer.close()
+
+
+async def test_scan_more_is_zero_when_exactly_the_limit_remained(server: StoreServer) -> None:
+    """`more` is exact: the server looks one item ahead, so no page is empty with more."""
+    from postoffice.store.wire import ScanRequest, decode_scan_body, next_start
+
+    peer = await Peer.open(server)
+    for key in (b"k1", b"k2", b"k3", b"l1"):
+        assert (await _call(peer, PutRequest(key=key, value=key))).status is Status.OK
+    exact = decode_scan_body((await _call(peer, ScanRequest(prefix=b"k", limit=3))).body)
+    assert [key for key, _ in exact.items] == [b"k1", b"k2", b"k3"]
+    assert not exact.more
+    first = decode_scan_body((await _call(peer, ScanRequest(prefix=b"k", limit=2))).body)
+    assert [key for key, _ in first.items] == [b"k1", b"k2"]
+    assert first.more
+    start = next_start(first)
+    last = decode_scan_body(
+        (await _call(peer, ScanRequest(prefix=b"k", start=start, limit=2))).body
+    )
+    assert [key for key, _ in last.items] == [b"k3"]
+    assert not last.more
+    await peer.close()

@@ -148,7 +148,8 @@ class Response(NamedTuple):
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScanPage:
-    """A SCAN's OK body: the items in key order, and `more` when the limit was hit."""
+    """A SCAN's OK body: the items in key order, and `more` when at least one more item
+    matched after the last one (the server looks one item ahead, so never on a last page)."""
 
     items: tuple[tuple[bytes, bytes], ...]
     more: bool
