@@ -174,7 +174,9 @@ def test_over_the_connection_limit_gets_busy(serve: Serve, tmp_path: Path) -> No
     for c in held:
         assert c.call(PingRequest()).status is Status.OK
     refused = Conn(server.port)
-    assert refused.read(1)[0].status is Status.BUSY
+    (busy,) = refused.read(1)
+    assert (busy.request_id, busy.status) == (0, Status.BUSY)  # answers no request
+    assert refused.sock.recv(10) == b""  # then closed
 
 
 def test_idle_clients_are_closed(serve: Serve, tmp_path: Path) -> None:

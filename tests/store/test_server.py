@@ -272,3 +272,36 @@ async def test_scan_more_is_zero_when_exactly_the_limit_remained(server: StoreSe
     assert [key for key, _ in last.items] == [b"k3"]
     assert not last.more
     await peer.close()
+
+
+async def test_a_request_with_id_0_is_refused_with_id_0_and_closes(server: StoreServer) -> None:
+    """Id 0 is the server's, for replies that answer no request; each ends the connection."""
+    peer = await Peer.open(server)
+    peer.send(PutRequest(key=b"before", value=b"1"))
+    peer.writer.write(encode_parts(0x01, 0, 0, b""))  # PING with the reserved id
+    peer.send(PutRequest(key=b"after", value=b"2"))  # never read: the connection is lost
+    replies = await peer.read(3)
+    assert [(r.request_id, r.status) for r in replies] == [(1, Status.OK), (0, Status.BAD_REQUEST)]
+    assert replies[1].body == (
+        b"request id 0 is reserved for replies that answer no request, "
+        b"expected 1..18446744073709551615"
+    )
+    assert await peer.reader.read(1) == b""
+    await peer.close()
+    other = await Peer.open(server)
+    assert (await _call(other, GetRequest(key=b"after"))).status is Status.NOT_FOUND
+    await other.close()
+
+
+async def test_a_broken_frame_with_a_readable_header_is_answered_to_its_id(
+    server: StoreServer,
+) -> None:
+    peer = await Peer.open(server)
+    wire = bytearray(encode_parts(0x01, 0, 77, b""))
+    wire[7] = 1  # the reserved field
+    peer.writer.write(bytes(wire))
+    (reply,) = await peer.read(1)
+    assert (reply.request_id, reply.status) == (77, Status.BAD_REQUEST)
+    assert reply.body == b"frame reserved field 0x0001, expected 0"
+    assert await peer.reader.read(1) == b""
+    await peer.close()

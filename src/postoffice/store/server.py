@@ -15,7 +15,7 @@ from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import LimitExceeded, PostOfficeError
-from postoffice.core.framing import MAX_PAYLOAD_BYTES, FrameDecoder, FrameError
+from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDecoder, FrameError
 from postoffice.core.http import health_routes, metrics_route, serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
@@ -28,6 +28,7 @@ from postoffice.store.engine.logstore import Durability
 from postoffice.store.errors import StoreClosedError
 from postoffice.store.stats import COUNTER_KEYS, HELP, ServerStats
 from postoffice.store.wire import (
+    CONNECTION_REPLY_ID,
     MAX_KEY_BYTES,
     BatchRequest,
     DeleteRequest,
@@ -87,6 +88,10 @@ _PUT: Final = int(RequestType.PUT)
 _OK: Final = Status.OK
 _NOT_FOUND: Final = Status.NOT_FOUND
 _NO_SUCH_KEY: Final = b"no such key"
+_RESERVED_ID: Final = (
+    f"request id {CONNECTION_REPLY_ID} is reserved for replies that answer no request,"
+    f" expected 1..{MAX_REQUEST_ID}"
+)
 
 
 @final
@@ -104,7 +109,7 @@ class StoreConnection(BaseProtocol):
         self._close_when_paid = False  # a bad frame's error reply is owed: then close
 
     def reject(self, reason: str) -> None:
-        self.write(encode_error(0, Status.BUSY, reason))
+        self.write(encode_error(CONNECTION_REPLY_ID, Status.BUSY, reason))
         self.close(reason)
 
     def on_data(self, data: bytes) -> ConnInput | None:
@@ -126,8 +131,11 @@ class StoreConnection(BaseProtocol):
                 broken, got = exc, 0
             if batch:
                 self.requests += len(batch)
-                self._serve(batch)
+                reserved = self._serve(batch)
                 batch.clear()
+                if reserved:
+                    log.info("reserved request id conn=%s", self)
+                    return self._refuse(CONNECTION_REPLY_ID, Status.BAD_REQUEST, _RESERVED_ID)
             if broken is not None:
                 return self._bad_frame(broken)
             if got < room or self.transport is None:
@@ -136,8 +144,12 @@ class StoreConnection(BaseProtocol):
             return None
         return ConnInput.PARTIAL if frames.buffered_bytes else ConnInput.IDLE
 
-    def _serve(self, batch: list[tuple[int, int, int, bytes]]) -> None:
-        """Execute a read's requests in order; send the replies not owed behind a write."""
+    def _serve(self, batch: list[tuple[int, int, int, bytes]]) -> bool:
+        """Execute a read's requests in order; send the replies not owed behind a write.
+
+        Returns True when it stopped at a request carrying the reserved id 0: that one and
+        those after it are not served (the connection is to be refused).
+        """
         server = self.server
         store = server.store
         owed = self.owed
@@ -148,7 +160,11 @@ class StoreConnection(BaseProtocol):
         answered = 0
         newest = 0  # the last durable write's ticket
         began = time.monotonic()
+        reserved = False
         for type_, flags, request_id, payload in batch:
+            if not request_id:
+                reserved = True
+                break
             counts[type_] += 1
             ticket = 0
             if store is None:
@@ -204,19 +220,27 @@ class StoreConnection(BaseProtocol):
                 observe(elapsed)
         if out:
             self.write(out[0] if len(out) == 1 else b"".join(out))
+        return reserved
 
     def _bad_frame(self, exc: FrameError) -> ConnInput | None:
-        """Answer a broken frame (after the replies owed before it), then close."""
-        self.server.stats.errors += 1
+        """Answer a broken frame (after the replies owed before it), then close.
+
+        The reply carries the frame's request id when its header was read, else id 0.
+        """
         status = Status.TOO_LARGE if isinstance(exc, LimitExceeded) else Status.BAD_REQUEST
-        wire = encode_response(exc.request_id or 0, status, str(exc).encode())
         log.info("bad frame conn=%s error=%r", self, str(exc))
+        return self._refuse(exc.request_id or CONNECTION_REPLY_ID, status, str(exc))
+
+    def _refuse(self, request_id: int, status: Status, message: str) -> ConnInput | None:
+        """Send one last error reply (after the replies owed before it), then close."""
+        self.server.stats.errors += 1
+        wire = encode_response(request_id, status, message.encode())
         if self.owed:
-            self.owed.append((0, exc.request_id or 0, wire, time.monotonic()))
+            self.owed.append((0, request_id, wire, time.monotonic()))
             self._close_when_paid = True
             return None
         self.write(wire)
-        self.close("bad frame")
+        self.close(message)
         return ConnInput.IDLE
 
     def synced(self, covered: int, error: BaseException | None) -> bool:
@@ -248,7 +272,7 @@ class StoreConnection(BaseProtocol):
                 self.resume_reading()
             return True
         if self._close_when_paid:
-            self.close("bad frame")
+            self.close("refused after its last reply")
             return False
         self.resume_reading()
         outcome = self.on_data(b"") if self.frames.buffered_bytes else ConnInput.IDLE

@@ -7,6 +7,7 @@ from __future__ import annotations
 from postoffice.core.framing import NEED_DATA, NeedData
 from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
 from postoffice.store.wire.messages import (
+    CONNECTION_REPLY_ID,
     MAX_BATCH_OPS,
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,
@@ -70,6 +71,7 @@ from postoffice.store.wire.responses import (
 # want to probe a server with bad requests build frames with `framing.encode_parts`.
 
 __all__ = [
+    "CONNECTION_REPLY_ID",
     "MAX_BATCH_OPS",
     "MAX_BOUND_BYTES",
     "MAX_KEY_BYTES",

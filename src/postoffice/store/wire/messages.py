@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeAlias, final
 
+from postoffice.core.framing import MAX_REQUEST_ID
 from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
 
 MAX_KEY_BYTES: Final = 1024
@@ -31,6 +32,10 @@ ending at a longest key (that key + b"\\0") is still a valid start."""
 
 RESPONSE_TYPE: Final = 0x80
 """Frame type of every response."""
+
+CONNECTION_REPLY_ID: Final = 0
+"""The request id no request may carry: a response with it answers no request (BUSY for
+a refused connection, the error of an unreadable frame) and the connection then closes."""
 
 
 class RequestType(enum.IntEnum):
@@ -196,6 +201,15 @@ def check_ops(count: int) -> None:
     """StoreLimitError if a batch of `count` ops is over MAX_BATCH_OPS."""
     if count > MAX_BATCH_OPS:
         raise StoreLimitError(f"batch of {count} ops exceeds limit {MAX_BATCH_OPS}")
+
+
+def check_request_id(request_id: int) -> None:
+    """StoreProtocolError if `request_id` is CONNECTION_REPLY_ID, reserved for the server."""
+    if request_id == CONNECTION_REPLY_ID:
+        raise StoreProtocolError(
+            f"request id {CONNECTION_REPLY_ID} is reserved for replies that answer no request,"
+            f" expected 1..{MAX_REQUEST_ID}"
+        )
 
 
 def check_overrun(what: str, end: int, payload: bytes) -> None:

@@ -31,6 +31,7 @@ from postoffice.store.wire.messages import (
     check_limit,
     check_ops,
     check_overrun,
+    check_request_id,
     check_value,
 )
 
@@ -84,6 +85,8 @@ def encode_get(key: bytes, request_id: int) -> bytes:
     """`encode_request(GetRequest(key=key), request_id)` without making the request."""
     if not key or len(key) > MAX_KEY_BYTES:
         check_key("get key", key)
+    if not request_id:
+        check_request_id(request_id)
     return framing.encode_parts(RequestType.GET, 0, request_id, key)
 
 
@@ -93,6 +96,8 @@ def encode_put(key: bytes, value: bytes, request_id: int) -> bytes:
         check_key("put key", key)
     if len(value) > MAX_VALUE_BYTES:
         check_value("put value", len(value))
+    if not request_id:
+        check_request_id(request_id)
     payload = b"".join((_U16.pack(len(key)), key, value))
     return framing.encode_parts(RequestType.PUT, 0, request_id, payload)
 
@@ -100,10 +105,12 @@ def encode_put(key: bytes, value: bytes, request_id: int) -> bytes:
 def encode_request(req: Request, request_id: int) -> bytes:
     """Return the wire bytes of one request frame.
 
-    Raises StoreProtocolError (empty key, scan limit out of range), StoreLimitError (key,
-    value, bound or op count over its limit), FrameError (request id out of range) and
-    FrameTooLarge (the payload is over framing.MAX_PAYLOAD_BYTES).
+    Raises StoreProtocolError (empty key, scan limit out of range, request id 0, which
+    is reserved for the server), StoreLimitError (key, value, bound or op count over its
+    limit), FrameError (request id out of range) and FrameTooLarge (the payload is over
+    framing.MAX_PAYLOAD_BYTES).
     """
+    check_request_id(request_id)
     match req:
         case PingRequest():
             kind, payload = RequestType.PING, b""
