@@ -305,3 +305,43 @@ async def test_a_broken_frame_with_a_readable_header_is_answered_to_its_id(
     assert reply.body == b"frame reserved field 0x0001, expected 0"
     assert await peer.reader.read(1) == b""
     await peer.close()
+
+
+async def test_a_put_value_is_bounded_by_the_frame_and_over_it_closes(server: StoreServer) -> None:
+    """16 MiB - 3 is the largest value with a 1-byte key; one more is a broken frame."""
+    from postoffice.core.framing import HEADER, MAGIC, VERSION
+
+    limit = 16 * 1024 * 1024
+    peer = await Peer.open(server)
+    largest = b"v" * (limit - 3)
+    assert (await _call(peer, PutRequest(key=b"k", value=largest))).status is Status.OK
+    assert (await _call(peer, GetRequest(key=b"k"))).body == largest
+    payload_len = limit + 1  # key length, key, a value of 16 MiB - 2
+    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x03, 0, 0, 41, payload_len, 0) + b"\0\x01k")
+    (reply,) = await peer.read(1)
+    assert (reply.request_id, reply.status) == (41, Status.TOO_LARGE)
+    assert reply.body == b"frame payload length 16777217 exceeds limit 16777216"
+    assert await peer.reader.read(1) == b""
+    await peer.close()
+
+
+async def test_flags_with_a_right_crc_are_a_bad_request_a_wrong_crc_closes(
+    server: StoreServer,
+) -> None:
+    """The store names no self-checked flag: the CRC-32 is checked whatever the flags."""
+    from postoffice.core.framing import HEADER, MAGIC, VERSION
+
+    peer = await Peer.open(server)
+    peer.writer.write(encode_parts(0x02, 0x0001, 5, b"key"))  # flags set, CRC right
+    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x01, 0x0001, 0, 6, 0, 0))  # empty: CRC 0
+    flagged, empty = await peer.read(2)
+    assert (flagged.request_id, flagged.status) == (5, Status.BAD_REQUEST)
+    assert flagged.body == b"frame flags 0x0001 set, expected 0"
+    assert (empty.request_id, empty.status) == (6, Status.BAD_REQUEST)
+    assert (await _call(peer, PingRequest())).status is Status.OK  # still open
+    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x02, 0x0001, 0, 8, 3, 0) + b"key")
+    (broken,) = await peer.read(1)  # sent self-checked: CRC field 0 for a real payload
+    assert (broken.request_id, broken.status) == (8, Status.BAD_REQUEST)
+    assert broken.body.startswith(b"payload checksum 0x")
+    assert await peer.reader.read(1) == b""
+    await peer.close()

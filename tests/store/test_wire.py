@@ -834,3 +834,36 @@ def test_decode_response_parts_of_each_status() -> None:
         assert response.status is status
     with pytest.raises(StoreProtocolError, match=r"^unknown response status 8$"):
         decode_response_parts(RESPONSE_TYPE, 0, 9, b"\x08")
+
+
+# --- the frame binds a value before MAX_VALUE_BYTES does ------------------------------------
+
+_MIB16 = 16 * 1024 * 1024
+
+
+def test_the_largest_put_value_is_the_frame_payload_less_2_and_the_key() -> None:
+    wire = encode_put(b"k", b"v" * (_MIB16 - 3), 1)
+    assert len(wire) == 24 + _MIB16
+    assert len(encode_request(PutRequest(key=b"kk", value=b"v" * (_MIB16 - 4)), 1)) == len(wire)
+
+
+def test_a_put_value_one_byte_too_long_for_one_frame_is_a_store_limit_error() -> None:
+    value = b"v" * (_MIB16 - 2)
+    message = (
+        r"^put value of 16777214 bytes exceeds limit 16777213 for a key of 1 bytes "
+        r"\(a frame payload holds 16777216\)$"
+    )
+    with pytest.raises(StoreLimitError, match=message):
+        encode_put(b"k", value, 1)
+    with pytest.raises(StoreLimitError, match=message):
+        encode_request(PutRequest(key=b"k", value=value), 1)
+
+
+def test_the_largest_batch_value_is_the_frame_payload_less_12_and_the_key() -> None:
+    fits = BatchRequest(ops=(PutRequest(key=b"k", value=b"v" * (_MIB16 - 12)),))
+    assert len(encode_request(fits, 1)) == 24 + _MIB16
+    over = BatchRequest(ops=(PutRequest(key=b"k", value=b"v" * (_MIB16 - 11)),))
+    with pytest.raises(
+        StoreLimitError, match=r"^batch payload of 16777217 bytes exceeds limit 16777216$"
+    ):
+        encode_request(over, 1)

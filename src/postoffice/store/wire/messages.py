@@ -10,15 +10,24 @@ import enum
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeAlias, final
 
-from postoffice.core.framing import MAX_REQUEST_ID
+from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID
 from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
 
 MAX_KEY_BYTES: Final = 1024
 """Longest key, in bytes: keys are names, not payloads (the engine's default limit)."""
 
 MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
-"""Longest value, in bytes (the engine's default). One frame carries at most
-framing.MAX_PAYLOAD_BYTES, so a PUT's value is in practice 2 + key bytes shorter."""
+"""Longest value the engine keeps, in bytes (its default). A request's value shares one
+frame with its key and fields, so the frame's limit binds first: `check_put_fits`."""
+
+PUT_HEAD_BYTES: Final = 2
+"""Bytes of a PUT payload before its key: the u16 key length."""
+
+BATCH_HEAD_BYTES: Final = 4
+"""Bytes of a BATCH payload before its first op: the u32 op count."""
+
+BATCH_OP_HEAD_BYTES: Final = 7
+"""Bytes of a batch op before its key: kind u8, key length u16, value length u32."""
 
 MAX_BATCH_OPS: Final = 10_000
 """Most operations in one BATCH: bounds the work one atomic request can pin."""
@@ -209,6 +218,24 @@ def check_request_id(request_id: int) -> None:
         raise StoreProtocolError(
             f"request id {CONNECTION_REPLY_ID} is reserved for replies that answer no request,"
             f" expected 1..{MAX_REQUEST_ID}"
+        )
+
+
+def check_put_fits(key_len: int, value_len: int) -> None:
+    """StoreLimitError if a PUT of this key and value needs a payload over one frame's."""
+    room = MAX_PAYLOAD_BYTES - PUT_HEAD_BYTES - key_len
+    if value_len > room:
+        raise StoreLimitError(
+            f"put value of {value_len} bytes exceeds limit {room} for a key of {key_len}"
+            f" bytes (a frame payload holds {MAX_PAYLOAD_BYTES})"
+        )
+
+
+def check_batch_fits(payload_len: int) -> None:
+    """StoreLimitError if a BATCH payload is over one frame's."""
+    if payload_len > MAX_PAYLOAD_BYTES:
+        raise StoreLimitError(
+            f"batch payload of {payload_len} bytes exceeds limit {MAX_PAYLOAD_BYTES}"
         )
 
 
