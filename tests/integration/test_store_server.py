@@ -186,6 +186,33 @@ def test_idle_clients_are_closed(serve: Serve, tmp_path: Path) -> None:
     assert c.sock.recv(10) == b""
 
 
+def test_a_request_trickling_in_does_not_keep_a_connection_alive(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve("store", *args(tmp_path, "--idle-timeout", "0.5"))
+    c = Conn(server.port)
+    wire = encode_request(PutRequest(key=b"slow", value=b"v" * 100), 1)
+    deadline = time.monotonic() + 10
+    closed = False
+    for byte in wire:  # one byte every 0.2 s: never 0.5 s without a byte
+        try:
+            c.sock.sendall(bytes([byte]))
+        except OSError:  # reset: the server closed it
+            closed = True
+            break
+        c.sock.settimeout(0.2)
+        try:
+            closed = c.sock.recv(10) == b""
+        except TimeoutError:
+            pass
+        except OSError:  # reset: the server closed it
+            closed = True
+        if closed or time.monotonic() > deadline:
+            break
+    assert closed
+    assert Conn(server.port).call(GetRequest(key=b"slow")).status is Status.NOT_FOUND
+
+
 def test_sigterm_drains_and_exits_zero(serve: Serve, tmp_path: Path) -> None:
     server = serve("store", *args(tmp_path))
     c = Conn(server.port)

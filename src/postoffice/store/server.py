@@ -107,6 +107,8 @@ class StoreConnection(BaseProtocol):
         #: order; a reply goes out once everything before it has.
         self.owed: collections.deque[_Owed] = collections.deque()
         self._close_when_paid = False  # a bad frame's error reply is owed: then close
+        #: A whole request was read or a reply sent since the last `batch_done`.
+        self._progress = False
 
     def reject(self, reason: str) -> None:
         self.write(encode_error(CONNECTION_REPLY_ID, Status.BUSY, reason))
@@ -130,6 +132,7 @@ class StoreConnection(BaseProtocol):
             except FrameError as exc:
                 broken, got = exc, 0
             if batch:
+                self._progress = True
                 self.requests += len(batch)
                 reserved = self._serve(batch)
                 batch.clear()
@@ -266,6 +269,7 @@ class StoreConnection(BaseProtocol):
             out.append(wire)
             observe(now - began)
         if out:
+            self._progress = True
             self.write(out[0] if len(out) == 1 else b"".join(out))
         if owed:
             if len(owed) < self.server.config.max_in_flight:
@@ -279,6 +283,16 @@ class StoreConnection(BaseProtocol):
         if outcome is not None:
             self.batch_done(outcome)
         return bool(self.owed)
+
+    def batch_done(self, outcome: ConnInput) -> None:
+        # Idle means no whole request read and no reply sent: the bytes of a request that
+        # is still incomplete do not count, or a peer dripping a byte at a time would
+        # hold its connection (and its buffer) forever.
+        idle_since = self.last_active
+        super().batch_done(outcome)
+        if not self._progress:
+            self.last_active = idle_since
+        self._progress = False
 
     def can_idle_close(self) -> bool:
         return not self.owed and super().can_idle_close()
