@@ -301,6 +301,22 @@ def test_header_errors_carry_no_request_id() -> None:
     assert info.value.request_id is None
 
 
+def test_a_whole_header_with_a_bad_magic_carries_no_request_id() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(_wire(b"", request_id=5, magic=b"XY"))
+    with pytest.raises(FrameError, match=r"^bad frame magic b'XY', expected b'PO'$") as info:
+        decoder.next_event()
+    assert info.value.request_id is None
+
+
+def test_a_reserved_field_error_carries_the_request_id_of_its_version_1_header() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(_wire(b"abc", request_id=6, reserved=1))
+    with pytest.raises(FrameError, match=r"^frame reserved field 0x0001, expected 0$") as info:
+        decoder.next_event()
+    assert info.value.request_id == 6
+
+
 # --- poisoned after an error --------------------------------------------------------------
 
 

@@ -107,7 +107,18 @@ def test_every_request_type(serve: Serve, tmp_path: Path) -> None:
     assert page.items == ((b"c", b"3"),)
     assert not page.more
     stats = decode_stats_body(c.call(StatsRequest()).body)
-    assert stats["requests"] >= 8  # type: ignore[operator]
+    assert stats["requests"] == 8
+    counts = {key: value for key, value in stats.items() if key.startswith("requests_")}
+    assert counts == {
+        "requests_ping": 1,
+        "requests_get": 2,
+        "requests_put": 1,
+        "requests_delete": 1,
+        "requests_batch": 1,
+        "requests_scan": 1,
+        "requests_stats": 1,
+        "requests_unknown": 0,
+    }
 
 
 def test_pipelined_requests_are_answered_in_order(serve: Serve, tmp_path: Path) -> None:
@@ -163,7 +174,9 @@ def test_over_the_connection_limit_gets_busy(serve: Serve, tmp_path: Path) -> No
     for c in held:
         assert c.call(PingRequest()).status is Status.OK
     refused = Conn(server.port)
-    assert refused.read(1)[0].status is Status.BUSY
+    (busy,) = refused.read(1)
+    assert (busy.request_id, busy.status) == (0, Status.BUSY)  # answers no request
+    assert refused.sock.recv(10) == b""  # then closed
 
 
 def test_idle_clients_are_closed(serve: Serve, tmp_path: Path) -> None:
@@ -171,6 +184,33 @@ def test_idle_clients_are_closed(serve: Serve, tmp_path: Path) -> None:
     c = Conn(server.port)
     assert c.call(PingRequest()).status is Status.OK
     assert c.sock.recv(10) == b""
+
+
+def test_a_request_trickling_in_does_not_keep_a_connection_alive(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve("store", *args(tmp_path, "--idle-timeout", "0.5"))
+    c = Conn(server.port)
+    wire = encode_request(PutRequest(key=b"slow", value=b"v" * 100), 1)
+    deadline = time.monotonic() + 10
+    closed = False
+    for byte in wire:  # one byte every 0.2 s: never 0.5 s without a byte
+        try:
+            c.sock.sendall(bytes([byte]))
+        except OSError:  # reset: the server closed it
+            closed = True
+            break
+        c.sock.settimeout(0.2)
+        try:
+            closed = c.sock.recv(10) == b""
+        except TimeoutError:
+            pass
+        except OSError:  # reset: the server closed it
+            closed = True
+        if closed or time.monotonic() > deadline:
+            break
+    assert closed
+    assert Conn(server.port).call(GetRequest(key=b"slow")).status is Status.NOT_FOUND
 
 
 def test_sigterm_drains_and_exits_zero(serve: Serve, tmp_path: Path) -> None:

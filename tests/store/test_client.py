@@ -109,3 +109,22 @@ async def test_a_bad_status_byte_breaks_the_connection(
     assert isinstance(broken, BrokenError)
     assert "unknown response status 99" in str(broken)
     await client.close()
+
+
+async def test_a_reply_with_the_reserved_id_fails_every_request_with_its_message(
+    scripted: Callable[[Script], Awaitable[int]],
+) -> None:
+    def refused(ids: list[int]) -> bytes:
+        return encode_response(0, Status.BUSY, b"max number of clients reached")
+
+    port = await scripted(refused)
+    client = await AsyncClient.connect("127.0.0.1", port)
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(
+            client.get(b"a"), client.get(b"b"), client.get(b"c"), return_exceptions=True
+        )
+    for failed in results:
+        assert isinstance(failed, BrokenError)
+        assert str(failed) == "store connection broken: BUSY: max number of clients reached"
+    assert not client.is_open
+    await client.close()

@@ -120,7 +120,7 @@ async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
     for i, peer in enumerate(peers):
         peer.send(*(PutRequest(key=b"p%d-%d" % (i, n), value=b"x" * 100) for n in range(5)))
     async with asyncio.timeout(10):  # every write is appended while the first sync is held
-        while server.counts[RequestType.PUT] < 101:
+        while server.stats.by_type[RequestType.PUT] < 101:
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)  # and the loop iteration that appended the last one is over
     gate.opened.set()
@@ -134,7 +134,7 @@ async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
     assert gate.calls[0] == 1
     assert gate.calls[1:] in ([], [101])
     stats = decode_stats_body((await _call(first, StatsRequest())).body)
-    assert stats["requests_PutRequest"] == 101
+    assert stats["requests_put"] == 101
     fsyncs = stats["engine_fsyncs"]
     assert isinstance(fsyncs, int)
     assert fsyncs <= 2
@@ -249,4 +249,99 @@ async def test_a_scan_page_is_cut_to_fit_one_frame(server: StoreServer) -> None:
     assert refused.status is Status.TOO_LARGE
     assert refused.body == b"scan item b'h' of 16777208 bytes does not fit one response frame"
     assert (await _call(peer, GetRequest(key=b"c"))).body == b"c" * big  # still served
+    await peer.close()
+
+
+async def test_scan_more_is_zero_when_exactly_the_limit_remained(server: StoreServer) -> None:
+    """`more` is exact: the server looks one item ahead, so no page is empty with more."""
+    from postoffice.store.wire import ScanRequest, decode_scan_body, next_start
+
+    peer = await Peer.open(server)
+    for key in (b"k1", b"k2", b"k3", b"l1"):
+        assert (await _call(peer, PutRequest(key=key, value=key))).status is Status.OK
+    exact = decode_scan_body((await _call(peer, ScanRequest(prefix=b"k", limit=3))).body)
+    assert [key for key, _ in exact.items] == [b"k1", b"k2", b"k3"]
+    assert not exact.more
+    first = decode_scan_body((await _call(peer, ScanRequest(prefix=b"k", limit=2))).body)
+    assert [key for key, _ in first.items] == [b"k1", b"k2"]
+    assert first.more
+    start = next_start(first)
+    last = decode_scan_body(
+        (await _call(peer, ScanRequest(prefix=b"k", start=start, limit=2))).body
+    )
+    assert [key for key, _ in last.items] == [b"k3"]
+    assert not last.more
+    await peer.close()
+
+
+async def test_a_request_with_id_0_is_refused_with_id_0_and_closes(server: StoreServer) -> None:
+    """Id 0 is the server's, for replies that answer no request; each ends the connection."""
+    peer = await Peer.open(server)
+    peer.send(PutRequest(key=b"before", value=b"1"))
+    peer.writer.write(encode_parts(0x01, 0, 0, b""))  # PING with the reserved id
+    peer.send(PutRequest(key=b"after", value=b"2"))  # never read: the connection is lost
+    replies = await peer.read(3)
+    assert [(r.request_id, r.status) for r in replies] == [(1, Status.OK), (0, Status.BAD_REQUEST)]
+    assert replies[1].body == (
+        b"request id 0 is reserved for replies that answer no request, "
+        b"expected 1..18446744073709551615"
+    )
+    assert await peer.reader.read(1) == b""
+    await peer.close()
+    other = await Peer.open(server)
+    assert (await _call(other, GetRequest(key=b"after"))).status is Status.NOT_FOUND
+    await other.close()
+
+
+async def test_a_broken_frame_with_a_readable_header_is_answered_to_its_id(
+    server: StoreServer,
+) -> None:
+    peer = await Peer.open(server)
+    wire = bytearray(encode_parts(0x01, 0, 77, b""))
+    wire[7] = 1  # the reserved field
+    peer.writer.write(bytes(wire))
+    (reply,) = await peer.read(1)
+    assert (reply.request_id, reply.status) == (77, Status.BAD_REQUEST)
+    assert reply.body == b"frame reserved field 0x0001, expected 0"
+    assert await peer.reader.read(1) == b""
+    await peer.close()
+
+
+async def test_a_put_value_is_bounded_by_the_frame_and_over_it_closes(server: StoreServer) -> None:
+    """16 MiB - 3 is the largest value with a 1-byte key; one more is a broken frame."""
+    from postoffice.core.framing import HEADER, MAGIC, VERSION
+
+    limit = 16 * 1024 * 1024
+    peer = await Peer.open(server)
+    largest = b"v" * (limit - 3)
+    assert (await _call(peer, PutRequest(key=b"k", value=largest))).status is Status.OK
+    assert (await _call(peer, GetRequest(key=b"k"))).body == largest
+    payload_len = limit + 1  # key length, key, a value of 16 MiB - 2
+    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x03, 0, 0, 41, payload_len, 0) + b"\0\x01k")
+    (reply,) = await peer.read(1)
+    assert (reply.request_id, reply.status) == (41, Status.TOO_LARGE)
+    assert reply.body == b"frame payload length 16777217 exceeds limit 16777216"
+    assert await peer.reader.read(1) == b""
+    await peer.close()
+
+
+async def test_flags_with_a_right_crc_are_a_bad_request_a_wrong_crc_closes(
+    server: StoreServer,
+) -> None:
+    """The store names no self-checked flag: the CRC-32 is checked whatever the flags."""
+    from postoffice.core.framing import HEADER, MAGIC, VERSION
+
+    peer = await Peer.open(server)
+    peer.writer.write(encode_parts(0x02, 0x0001, 5, b"key"))  # flags set, CRC right
+    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x01, 0x0001, 0, 6, 0, 0))  # empty: CRC 0
+    flagged, empty = await peer.read(2)
+    assert (flagged.request_id, flagged.status) == (5, Status.BAD_REQUEST)
+    assert flagged.body == b"frame flags 0x0001 set, expected 0"
+    assert (empty.request_id, empty.status) == (6, Status.BAD_REQUEST)
+    assert (await _call(peer, PingRequest())).status is Status.OK  # still open
+    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x02, 0x0001, 0, 8, 3, 0) + b"key")
+    (broken,) = await peer.read(1)  # sent self-checked: CRC field 0 for a real payload
+    assert (broken.request_id, broken.status) == (8, Status.BAD_REQUEST)
+    assert broken.body.startswith(b"payload checksum 0x")
+    assert await peer.reader.read(1) == b""
     await peer.close()

@@ -44,6 +44,8 @@ from postoffice.store.wire import (
     decode_stats_body,
     encode_delete_body,
     encode_error,
+    encode_get,
+    encode_put,
     encode_request,
     encode_response,
     encode_scan_body,
@@ -308,6 +310,22 @@ def test_encode_request_id_out_of_range_is_a_frame_error() -> None:
         FrameError, match=r"^frame request id -1 out of range 0..18446744073709551615$"
     ):
         encode_request(PingRequest(), -1)
+
+
+_RESERVED = (
+    r"^request id 0 is reserved for replies that answer no request, "
+    r"expected 1\.\.18446744073709551615$"
+)
+
+
+def test_encoders_refuse_the_request_id_reserved_for_connection_replies() -> None:
+    with pytest.raises(StoreProtocolError, match=_RESERVED):
+        encode_request(PingRequest(), 0)
+    with pytest.raises(StoreProtocolError, match=_RESERVED):
+        encode_get(b"k", 0)
+    with pytest.raises(StoreProtocolError, match=_RESERVED):
+        encode_put(b"k", b"v", 0)
+    assert encode_response(0, Status.BUSY, b"full")  # the server's own use of it
 
 
 # --- responses ------------------------------------------------------------------------
@@ -590,7 +608,9 @@ def test_response_decoder_split_at_every_cut_point() -> None:
 
 # --- hypothesis -----------------------------------------------------------------------
 
+# Any id a response may carry; a request's id is never 0 (reserved for the server).
 request_ids = st.integers(0, 2**64 - 1)
+client_ids = st.integers(1, 2**64 - 1)
 keys = st.binary(min_size=1, max_size=40) | st.binary(
     min_size=MAX_KEY_BYTES, max_size=MAX_KEY_BYTES
 )
@@ -616,7 +636,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
 )
 
 
-@given(requests, request_ids)
+@given(requests, client_ids)
 def test_request_round_trip(req: Request, request_id: int) -> None:
     decoder = RequestDecoder()
     decoder.feed(encode_request(req, request_id))
@@ -771,17 +791,13 @@ def test_statuses_are_numbered_without_gaps() -> None:
     assert [status.value for status in Status] == list(range(len(Status)))
 
 
-@given(keys, request_ids)
+@given(keys, client_ids)
 def test_encode_get_is_encode_request(key: bytes, request_id: int) -> None:
-    from postoffice.store.wire import encode_get
-
     assert encode_get(key, request_id) == encode_request(GetRequest(key=key), request_id)
 
 
-@given(keys, values, request_ids)
+@given(keys, values, client_ids)
 def test_encode_put_is_encode_request(key: bytes, value: bytes, request_id: int) -> None:
-    from postoffice.store.wire import encode_put
-
     wire = encode_put(key, value, request_id)
     assert wire == encode_request(PutRequest(key=key, value=value), request_id)
 
@@ -818,3 +834,36 @@ def test_decode_response_parts_of_each_status() -> None:
         assert response.status is status
     with pytest.raises(StoreProtocolError, match=r"^unknown response status 8$"):
         decode_response_parts(RESPONSE_TYPE, 0, 9, b"\x08")
+
+
+# --- the frame binds a value before MAX_VALUE_BYTES does ------------------------------------
+
+_MIB16 = 16 * 1024 * 1024
+
+
+def test_the_largest_put_value_is_the_frame_payload_less_2_and_the_key() -> None:
+    wire = encode_put(b"k", b"v" * (_MIB16 - 3), 1)
+    assert len(wire) == 24 + _MIB16
+    assert len(encode_request(PutRequest(key=b"kk", value=b"v" * (_MIB16 - 4)), 1)) == len(wire)
+
+
+def test_a_put_value_one_byte_too_long_for_one_frame_is_a_store_limit_error() -> None:
+    value = b"v" * (_MIB16 - 2)
+    message = (
+        r"^put value of 16777214 bytes exceeds limit 16777213 for a key of 1 bytes "
+        r"\(a frame payload holds 16777216\)$"
+    )
+    with pytest.raises(StoreLimitError, match=message):
+        encode_put(b"k", value, 1)
+    with pytest.raises(StoreLimitError, match=message):
+        encode_request(PutRequest(key=b"k", value=value), 1)
+
+
+def test_the_largest_batch_value_is_the_frame_payload_less_12_and_the_key() -> None:
+    fits = BatchRequest(ops=(PutRequest(key=b"k", value=b"v" * (_MIB16 - 12)),))
+    assert len(encode_request(fits, 1)) == 24 + _MIB16
+    over = BatchRequest(ops=(PutRequest(key=b"k", value=b"v" * (_MIB16 - 11)),))
+    with pytest.raises(
+        StoreLimitError, match=r"^batch payload of 16777217 bytes exceeds limit 16777216$"
+    ):
+        encode_request(over, 1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+from collections.abc import Iterator
+from typing import ClassVar, TypeVar
 
 
 class PostOfficeError(Exception):
@@ -56,3 +58,25 @@ class StateMachineError(RuntimeError):
 
     Deliberately outside PostOfficeError, so no handler turns it into a reply to a peer.
     """
+
+
+_Error = TypeVar("_Error", bound=PostOfficeError)
+
+
+def translate_os_error(exc: OSError, error_class: type[_Error], what: str) -> _Error:
+    """The error of `error_class` that reports `exc` at a module's boundary.
+
+    Its message is `cannot <what>: <the OS's reason>` (`what` names the act and the path,
+    e.g. `fsync var/store/log/00000001.seg`); raise it `from exc`. For a hot path, where
+    a `try` costs less than a context manager; elsewhere use `os_errors`.
+    """
+    return error_class(f"cannot {what}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def os_errors(error_class: type[PostOfficeError], what: str) -> Iterator[None]:
+    """Raise `translate_os_error(exc, error_class, what)` from any OSError inside."""
+    try:
+        yield
+    except OSError as exc:
+        raise translate_os_error(exc, error_class, what) from exc

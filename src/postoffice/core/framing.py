@@ -97,9 +97,10 @@ assert HEADER.size == HEADER_BYTES
 class FrameError(ProtocolError):
     """The peer sent bytes that are not a valid frame, or a frame could not be encoded.
 
-    `request_id` is set when the error belongs to a frame whose header was readable
-    (an oversized payload, a checksum mismatch), so a service can address its error
-    reply; it is None otherwise.
+    `request_id` is set when the error belongs to a frame whose version-1 header was
+    read (a reserved field set, an oversized payload, a checksum mismatch), so a service
+    can address its error reply; it is None for a bad magic or an unknown version, where
+    the bytes are no frame this decoder can read, and for encoding errors.
     """
 
     def __init__(self, message: str, *, request_id: int | None = None) -> None:
@@ -485,7 +486,11 @@ class FrameDecoder:
         if version != VERSION:
             self._fail(FrameError(f"unsupported frame version {version}, expected {VERSION}"))
         if reserved != 0:
-            self._fail(FrameError(f"frame reserved field 0x{reserved:04x}, expected 0"))
+            self._fail(
+                FrameError(
+                    f"frame reserved field 0x{reserved:04x}, expected 0", request_id=request_id
+                )
+            )
         if length > self._max_payload_bytes:
             self._fail(FrameTooLarge(length, self._max_payload_bytes, request_id=request_id))
         return type_, flags, request_id, length, crc

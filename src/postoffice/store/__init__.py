@@ -1,10 +1,6 @@
-"""The store service: an append-only log with an LMDB index, served over a binary protocol.
-
-This package's `__all__` is its public API, what other services may use: the engine
-(`Store`, opened in-process), `GroupCommit` and `OwedReplies` (group-committed fsyncs,
-and a connection's replies waiting for them), the clients (`Client`, `AsyncClient`) and
-the wire codec's messages and limits. The server and the CLI are the store's own.
-"""
+"""The store service. Its `__all__` is what other services may use: the engine (`Store`,
+`GroupCommit`, `OwedReplies`), the clients (`Client`, `AsyncClient`) and the wire codec's
+messages and limits; the server and the CLI are the store's own."""
 
 from __future__ import annotations
 

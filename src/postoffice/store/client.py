@@ -1,10 +1,6 @@
-"""Clients of the store server: `Client` (blocking sockets) and `AsyncClient` (asyncio).
-
-Both speak docs/protocols/store.md through the pure `wire` codec; other services (the
-command server's store backend, the office) use them through `postoffice.store`. A
-non-OK status other than NOT_FOUND raises StoreRequestError carrying the status; a
-broken response closes the connection and raises BrokenError.
-"""
+"""Clients of the store server: `Client` (blocking sockets) and `AsyncClient` (asyncio),
+both on the pure `wire` codec. A non-OK status other than NOT_FOUND raises
+StoreRequestError carrying it; a broken response closes the connection (BrokenError)."""
 
 from __future__ import annotations
 
@@ -18,6 +14,7 @@ from postoffice.core.errors import BrokenError
 from postoffice.core.framing import FrameDecoder, FrameError
 from postoffice.store.errors import StoreRequestError
 from postoffice.store.wire import (
+    CONNECTION_REPLY_ID,
     NEED_DATA,
     BatchOp,
     BatchRequest,
@@ -51,6 +48,15 @@ def _checked(response: Response) -> Response:
     if response.status is Status.OK or response.status is Status.NOT_FOUND:
         return response
     raise StoreRequestError(response.status, decode_error_body(response.body))
+
+
+def _connection_reply(response: Response) -> StoreRequestError:
+    """The error a reply with the reserved request id carries (BUSY, a broken frame)."""
+    try:
+        message = decode_error_body(response.body)
+    except StoreProtocolError:
+        message = repr(response.body[:64])
+    return StoreRequestError(response.status, message)
 
 
 @final
@@ -218,6 +224,9 @@ class AsyncClient(asyncio.Protocol):
             try:
                 for type_, flags, request_id, payload in batch:
                     response = decode_response_parts(type_, flags, request_id, payload)
+                    if request_id == CONNECTION_REPLY_ID:  # answers none: the server closes
+                        broken = _connection_reply(response)
+                        break
                     future = waiting.pop(request_id, None)
                     if future is not None and not future.done():
                         future.set_result(response)

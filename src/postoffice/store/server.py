@@ -1,33 +1,12 @@
-"""The store server (seed 003): the core connection manager in front of the engine.
-
-Design: a connection takes every whole frame of a read at once (`read_frames`) and
-executes the requests on the event loop, in order: reads and appends are quick, and in
-order is what makes a pipelined PUT then GET read the new value. GET and PUT, nearly all
-of the traffic, take a path with no request objects: the frame's fields go straight to
-the engine, and the reply is a 25-byte head plus the value. Every other request is
-decoded by `storewire` and run by `StoreServer.run`. One read's replies leave in one
-write.
-
-Durable writes (`--durability always`): the engine appends without writing
-(write-behind), and the reply waits in the connection's `owed` queue with the write's
-ticket; replies behind it wait too, so replies keep request order. At the end of the
-event-loop iteration (a `call_soon` from the first such write) the committer thread
-(store/engine/commit.py) is asked for the newest ticket, once everything appended so far went to
-the file in one write(2): it fsyncs once for all of it, like Redis's one fsync per loop
-iteration. When it is done each waiting connection sends what it owes up to the covered
-ticket, in one write (store/engine/commit.py's `GroupCommit` keeps the waiting connections);
-writes appended meanwhile go to the next sync, which the committer starts at once. So the
-fsync rate, not a request, paces durable writes, and no reply claims more than the disk
-holds. Past `max_in_flight` owed replies a connection stops reading (backpressure). A bad
-frame gets an error reply (after the replies owed before it) and closes the connection; a
-bad request inside a good frame gets an error reply and the connection goes on.
+"""The store server: `StoreConnection` (one client's frames in, replies out, in order) and
+`StoreServer` (the engine, the connection manager, statistics and listeners).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
+import contextlib
 import logging
 import time
 from typing import Final, final
@@ -36,7 +15,7 @@ from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import LimitExceeded, PostOfficeError
-from postoffice.core.framing import MAX_PAYLOAD_BYTES, FrameDecoder, FrameError
+from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDecoder, FrameError
 from postoffice.core.http import health_routes, metrics_route, serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import announce
@@ -44,10 +23,12 @@ from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.config import StoreConfig
 from postoffice.store.engine.commit import GroupCommit
-from postoffice.store.engine.engine import BatchOp, Delete, Put, Store
+from postoffice.store.engine.engine import BatchOp, Delete, Put, Store, StoreStats
 from postoffice.store.engine.logstore import Durability
 from postoffice.store.errors import StoreClosedError
+from postoffice.store.stats import COUNTER_KEYS, HELP, ServerStats
 from postoffice.store.wire import (
+    CONNECTION_REPLY_ID,
     MAX_KEY_BYTES,
     BatchRequest,
     DeleteRequest,
@@ -70,6 +51,25 @@ from postoffice.store.wire import (
     split_put,
 )
 
+# Design
+# ------
+# Requests run on the event loop, in the order they arrive: the engine's get and its
+# `_nowait` writes are quick, and order is what makes a pipelined PUT then GET read the
+# new value. A connection takes every whole frame of a read at once (`read_frames`); GET
+# and PUT, nearly all the traffic, go from the frame's fields straight to the engine
+# with no request objects, the others through `store.wire` and `StoreServer.run`.
+# Replies not held back leave in one write per read.
+# Under `--durability always` a write's reply is held in the connection's `owed` queue
+# with the write's ticket, and every reply behind it waits too. The first such write of
+# an event-loop iteration asks GroupCommit (store/engine/commit.py) to sync at the end of
+# the iteration: the appended writes go to the file in one write(2), the committer
+# thread fsyncs once for all of them, and then each waiting connection sends what it
+# owes up to the covered ticket. Past `max_in_flight` owed replies a connection stops
+# reading.
+# A broken frame loses framing: its error reply goes out after the replies owed before
+# it, then the connection closes. A bad request inside a good frame gets an error reply
+# and the connection goes on.
+
 log = logging.getLogger(__name__)
 
 # What a request comes to: the ticket of a durable write to wait for (0: none), a status
@@ -88,15 +88,10 @@ _PUT: Final = int(RequestType.PUT)
 _OK: Final = Status.OK
 _NOT_FOUND: Final = Status.NOT_FOUND
 _NO_SUCH_KEY: Final = b"no such key"
-_REQUEST_NAMES: Final = {
-    int(RequestType.PING): "PingRequest",
-    int(RequestType.GET): "GetRequest",
-    int(RequestType.PUT): "PutRequest",
-    int(RequestType.DELETE): "DeleteRequest",
-    int(RequestType.BATCH): "BatchRequest",
-    int(RequestType.SCAN): "ScanRequest",
-    int(RequestType.STATS): "StatsRequest",
-}
+_RESERVED_ID: Final = (
+    f"request id {CONNECTION_REPLY_ID} is reserved for replies that answer no request,"
+    f" expected 1..{MAX_REQUEST_ID}"
+)
 
 
 @final
@@ -112,9 +107,11 @@ class StoreConnection(BaseProtocol):
         #: order; a reply goes out once everything before it has.
         self.owed: collections.deque[_Owed] = collections.deque()
         self._close_when_paid = False  # a bad frame's error reply is owed: then close
+        #: A whole request was read or a reply sent since the last `batch_done`.
+        self._progress = False
 
     def reject(self, reason: str) -> None:
-        self.write(encode_error(0, Status.BUSY, reason))
+        self.write(encode_error(CONNECTION_REPLY_ID, Status.BUSY, reason))
         self.close(reason)
 
     def on_data(self, data: bytes) -> ConnInput | None:
@@ -135,9 +132,13 @@ class StoreConnection(BaseProtocol):
             except FrameError as exc:
                 broken, got = exc, 0
             if batch:
+                self._progress = True
                 self.requests += len(batch)
-                self._serve(batch)
+                reserved = self._serve(batch)
                 batch.clear()
+                if reserved:
+                    log.info("reserved request id conn=%s", self)
+                    return self._refuse(CONNECTION_REPLY_ID, Status.BAD_REQUEST, _RESERVED_ID)
             if broken is not None:
                 return self._bad_frame(broken)
             if got < room or self.transport is None:
@@ -146,18 +147,27 @@ class StoreConnection(BaseProtocol):
             return None
         return ConnInput.PARTIAL if frames.buffered_bytes else ConnInput.IDLE
 
-    def _serve(self, batch: list[tuple[int, int, int, bytes]]) -> None:
-        """Execute a read's requests in order; send the replies not owed behind a write."""
+    def _serve(self, batch: list[tuple[int, int, int, bytes]]) -> bool:
+        """Execute a read's requests in order; send the replies not owed behind a write.
+
+        Returns True when it stopped at a request carrying the reserved id 0: that one and
+        those after it are not served (the connection is to be refused).
+        """
         server = self.server
         store = server.store
         owed = self.owed
         durable = server.durable
-        counts = server.counts
+        stats = server.stats
+        counts = stats.by_type
         out: list[bytes] = []
         answered = 0
         newest = 0  # the last durable write's ticket
         began = time.monotonic()
+        reserved = False
         for type_, flags, request_id, payload in batch:
+            if not request_id:
+                reserved = True
+                break
             counts[type_] += 1
             ticket = 0
             if store is None:
@@ -183,7 +193,7 @@ class StoreConnection(BaseProtocol):
                     key, value = split_put(payload)
                     ticket = store.put_nowait(key, value)
                 except StoreProtocolError as exc:
-                    server.errors += 1
+                    stats.errors += 1
                     ticket = 0
                     wire = encode_response(request_id, exc.status, str(exc).encode())
                 except PostOfficeError as exc:
@@ -207,25 +217,33 @@ class StoreConnection(BaseProtocol):
         if newest:
             server.wait_for_sync(self, newest)
         if answered:
-            observe = server.latency.observe
+            observe = stats.latency.observe
             elapsed = time.monotonic() - began
             for _ in range(answered):
                 observe(elapsed)
         if out:
             self.write(out[0] if len(out) == 1 else b"".join(out))
+        return reserved
 
     def _bad_frame(self, exc: FrameError) -> ConnInput | None:
-        """Answer a broken frame (after the replies owed before it), then close."""
-        self.server.errors += 1
+        """Answer a broken frame (after the replies owed before it), then close.
+
+        The reply carries the frame's request id when its header was read, else id 0.
+        """
         status = Status.TOO_LARGE if isinstance(exc, LimitExceeded) else Status.BAD_REQUEST
-        wire = encode_response(exc.request_id or 0, status, str(exc).encode())
         log.info("bad frame conn=%s error=%r", self, str(exc))
+        return self._refuse(exc.request_id or CONNECTION_REPLY_ID, status, str(exc))
+
+    def _refuse(self, request_id: int, status: Status, message: str) -> ConnInput | None:
+        """Send one last error reply (after the replies owed before it), then close."""
+        self.server.stats.errors += 1
+        wire = encode_response(request_id, status, message.encode())
         if self.owed:
-            self.owed.append((0, exc.request_id or 0, wire, time.monotonic()))
+            self.owed.append((0, request_id, wire, time.monotonic()))
             self._close_when_paid = True
             return None
         self.write(wire)
-        self.close("bad frame")
+        self.close(message)
         return ConnInput.IDLE
 
     def synced(self, covered: int, error: BaseException | None) -> bool:
@@ -235,33 +253,46 @@ class StoreConnection(BaseProtocol):
         if self.transport is None:
             owed.clear()
             return False
+        stats = self.server.stats
         failure = None if error is None else self.server.sync_failure(error)
         now = time.monotonic()
         out: list[bytes] = []
-        observe = self.server.latency.observe
+        observe = stats.latency.observe
         while owed:
             ticket, request_id, wire, began = owed[0]
             if ticket > covered:
                 break
             owed.popleft()
             if ticket and failure is not None:
+                stats.errors += 1
                 wire = encode_response(request_id, *failure)
             out.append(wire)
             observe(now - began)
         if out:
+            self._progress = True
             self.write(out[0] if len(out) == 1 else b"".join(out))
         if owed:
             if len(owed) < self.server.config.max_in_flight:
                 self.resume_reading()
             return True
         if self._close_when_paid:
-            self.close("bad frame")
+            self.close("refused after its last reply")
             return False
         self.resume_reading()
         outcome = self.on_data(b"") if self.frames.buffered_bytes else ConnInput.IDLE
         if outcome is not None:
             self.batch_done(outcome)
         return bool(self.owed)
+
+    def batch_done(self, outcome: ConnInput) -> None:
+        # Idle means no whole request read and no reply sent: the bytes of a request that
+        # is still incomplete do not count, or a peer dripping a byte at a time would
+        # hold its connection (and its buffer) forever.
+        idle_since = self.last_active
+        super().batch_done(outcome)
+        if not self._progress:
+            self.last_active = idle_since
+        self._progress = False
 
     def can_idle_close(self) -> bool:
         return not self.owed and super().can_idle_close()
@@ -291,23 +322,22 @@ class StoreServer:
         self.pool = WorkerPool(config.io_threads, name="store-io")
         self.store: Store | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.errors = 0
-        self.latency = metrics.LatencyHistogram()
+        #: The server's own counters; `snapshot()` is what STATS and /metrics show.
+        self.stats = ServerStats()
         self.registry = metrics.new_registry()
         self.registry.register(
             metrics.StatsCollector(
                 "postoffice_store",
-                self.stats,
-                counters=("requests", "errors", "connections_accepted", "connections_rejected"),
-                histograms={"request_seconds": self.latency},
+                self.snapshot,
+                counters=COUNTER_KEYS,
+                help=HELP,
+                histograms={"request_seconds": self.stats.latency},
             )
         )
         self._listeners: list[asyncio.Server] = []
         self._ready = False
         #: Under `always` a write's reply waits for the fsync that covers it.
         self.durable = Durability(config.durability) is Durability.ALWAYS
-        #: Requests by frame type (one list index per request: cheaper than a Counter).
-        self.counts = [0] * 256
         #: Group commit (see the module's design note); only under `always`.
         self.commit: GroupCommit | None = None
 
@@ -365,12 +395,7 @@ class StoreServer:
             await self.pool.submit(store.close)
         self.pool.close()
         self._listeners.clear()
-        log.info("store stopped requests=%d", self.requests)
-
-    @property
-    def requests(self) -> int:
-        """Requests received (well framed), since the start."""
-        return sum(self.counts)
+        log.info("store stopped requests=%d", self.stats.requests)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -382,7 +407,7 @@ class StoreServer:
         try:
             request = decode_request_parts(type_, flags, payload)
         except StoreProtocolError as exc:
-            self.errors += 1
+            self.stats.errors += 1
             return 0, exc.status, str(exc).encode()
         return self._run(request)
 
@@ -413,25 +438,22 @@ class StoreServer:
                 case PingRequest():
                     return 0, _OK, b""
                 case StatsRequest():
-                    return 0, _OK, encode_stats_body(self.stats())
+                    return 0, _OK, encode_stats_body(self.snapshot())
                 case _:
                     return 0, Status.BAD_REQUEST, f"unexpected {type(request).__name__}".encode()
         except PostOfficeError as exc:
             return (0, *self.failure(exc))
         except Exception as exc:
-            self.errors += 1
+            self.stats.errors += 1
             log.exception("request crashed")
             return 0, Status.INTERNAL, f"internal error: {exc!r}".encode()
 
     def failure(self, exc: PostOfficeError) -> tuple[Status, bytes]:
-        """The status and body that answer a request the engine refused."""
-        if isinstance(exc, StoreClosedError):
-            return Status.SHUTTING_DOWN, str(exc).encode()
-        self.errors += 1
-        if isinstance(exc, LimitExceeded):
-            return Status.TOO_LARGE, str(exc).encode()
-        log.warning("request failed error=%r", str(exc))
-        return Status.STORAGE, str(exc).encode()
+        """The status and body that answer a request the engine refused (counted)."""
+        status, body = _refusal(exc)
+        if status is not Status.SHUTTING_DOWN:
+            self.stats.errors += 1
+        return status, body
 
     # -- group commit ----------------------------------------------------------------------
 
@@ -445,34 +467,29 @@ class StoreServer:
         self.commit.wait(conn, ticket)
 
     def sync_failure(self, exc: BaseException) -> tuple[Status, bytes]:
-        """The status and body that answer the writes a failed fsync covered."""
+        """The status and body that answer the writes a failed fsync covered (the caller
+        counts each such reply)."""
         if isinstance(exc, PostOfficeError):
-            return self.failure(exc)
+            return _refusal(exc)
         return Status.INTERNAL, f"internal error: {exc!r}".encode()
 
-    def stats(self) -> dict[str, int | float]:
-        """STATS body and /metrics: connections, requests, errors, latency, the engine."""
-        engine: dict[str, object] = {}
+    def snapshot(self) -> dict[str, int | float]:
+        """Every STATS key's value (stats.STAT_KEYS): what STATS replies and /metrics shows."""
+        engine: StoreStats | None = None
         if self.store is not None:
-            try:
-                snapshot = self.store.stats()
-            except StoreClosedError:
-                pass
-            else:
-                engine = {k: v for k, v in dataclasses.asdict(snapshot).items() if k != "recovery"}
-        return {
-            **self.manager.stats(),
-            "requests": self.requests,
-            "errors": self.errors,
-            "latency_p50_s": round(self.latency.quantile(0.5), 6),
-            "latency_p99_s": round(self.latency.quantile(0.99), 6),
-            **{
-                f"requests_{name}": self.counts[code]
-                for code, name in sorted(_REQUEST_NAMES.items(), key=lambda item: item[1])
-                if self.counts[code]
-            },
-            **{f"engine_{k}": v for k, v in engine.items() if isinstance(v, int | float)},
-        }
+            with contextlib.suppress(StoreClosedError):
+                engine = self.store.stats()
+        return self.stats.snapshot(self.manager.stats(), engine)
+
+
+def _refusal(exc: PostOfficeError) -> tuple[Status, bytes]:
+    """The status and body that answer a request the engine refused."""
+    if isinstance(exc, StoreClosedError):
+        return Status.SHUTTING_DOWN, str(exc).encode()
+    if isinstance(exc, LimitExceeded):
+        return Status.TOO_LARGE, str(exc).encode()
+    log.warning("request failed error=%r", str(exc))
+    return Status.STORAGE, str(exc).encode()
 
 
 def _scan_page(items: list[tuple[bytes, bytes]], limit: int) -> _Outcome:

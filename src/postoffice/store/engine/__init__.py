@@ -1,9 +1,5 @@
-"""The key-value engine: an append-only log of CRC'd records with an LMDB index (seed 002).
-
-The store server serves it over the binary protocol, and the command server can open it
-in its own process (`--store-dir`) through `postoffice.store`. Open a directory with
-`Store.open`; `GroupCommit` (commit.py) is the event loop's half of group-committed
-fsyncs, shared by both servers.
+"""The key-value engine (an append-only log of CRC'd records with an LMDB index, opened
+with `Store.open`) and `GroupCommit`, the event loop's half of its group-committed fsyncs.
 """
 
 from __future__ import annotations

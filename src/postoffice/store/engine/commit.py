@@ -1,16 +1,5 @@
-"""Group commit: one thread that makes appended writes durable, and its loop-side half.
-
-Design: the event loop appends durable writes (write-behind), writes them to the file
-once per loop iteration and asks for the newest ticket with `request`; the thread fsyncs
-(`Store.sync`, which also writes anything the ticket needs that is still in memory) and
-hands the covered ticket back to the loop with `call_soon_threadsafe`. While it fsyncs,
-the loop goes on serving and appending; the thread then starts the next sync at once if
-more was asked for (it takes every ticket queued meanwhile and syncs for the newest). So
-under load there is one thread hop per fsync, not per request, and the fsync rate alone
-paces durable writes. A failed sync hands back its error with the ticket it was for:
-those writes are answered with it. `GroupCommit` is the loop's half; the store server and
-the command server's embedded keyspace both use it.
-"""
+"""Group commit: `Committer`, one thread that makes appended writes durable, and
+`GroupCommit`, its event-loop half, used by the store server and the embedded keyspace."""
 
 from __future__ import annotations
 
@@ -24,6 +13,18 @@ from typing import Any, Protocol, TypeVar, final
 
 from postoffice.core.errors import PostOfficeError
 from postoffice.store.engine.engine import Store
+
+# Design
+# ------
+# The event loop appends durable writes (write-behind), writes them to the file once per
+# loop iteration and asks for the newest ticket with `request`; the thread fsyncs
+# (`Store.sync`, which also writes anything the ticket needs that is still in memory)
+# and hands the covered ticket back to the loop with `call_soon_threadsafe`. While it
+# fsyncs, the loop goes on serving and appending; the thread then starts the next sync
+# at once if more was asked for (it takes every ticket queued meanwhile and syncs for
+# the newest). So under load there is one thread hop per fsync, not per request, and
+# the fsync rate alone paces durable writes. A failed sync hands back its error with the
+# ticket it was for: those writes are answered with it.
 
 log = logging.getLogger(__name__)
 

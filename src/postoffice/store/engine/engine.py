@@ -1,6 +1,7 @@
 """The embedded key-value store: `Store` ties the segment log and the LMDB index together.
 
-Blocking library layer; thread-safe. Servers call it through `asyncio.to_thread`.
+Library layer; thread-safe. A server calls the quick methods (get, scan, the `_nowait`
+writes) on its event loop and the blocking ones (open, sync, close) on threads.
 """
 
 # Design
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, final
 
-from postoffice.core.errors import ConfigError
+from postoffice.core.errors import ConfigError, os_errors
 from postoffice.store.engine.compaction import Compaction
 from postoffice.store.engine.index import Index, Location, Meta
 from postoffice.store.engine.logstore import Durability, LogStore
@@ -190,10 +191,8 @@ class Store(Compaction):
         if max_key_bytes > 0xFFFF:
             raise ConfigError(f"max_key_bytes must be at most 65535, not {max_key_bytes}")
         root = Path(path)
-        try:
+        with os_errors(StoreStorageError, f"create {root}"):
             root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreStorageError(f"cannot create {root}: {exc.strerror or exc}") from exc
         lock_fd = lock_dir(root)
         try:
             log_store = LogStore(

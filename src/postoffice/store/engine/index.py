@@ -33,6 +33,7 @@ from typing import Final, cast, final
 
 import lmdb
 
+from postoffice.core.errors import os_errors
 from postoffice.store.engine.logstore import Position
 from postoffice.store.errors import StoreStorageError
 
@@ -122,10 +123,8 @@ class Index:
         self, directory: Path, *, map_bytes: int, cache_entries: int = DEFAULT_CACHE_ENTRIES
     ) -> None:
         self._dir = directory
-        try:
+        with os_errors(StoreStorageError, f"create {directory}"):
             directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreStorageError(f"cannot create {directory}: {exc.strerror or exc}") from exc
         with _lmdb_errors("open", directory):
             # No fsync of the meta page: a crash may undo the last commits, never break the
             # file, and an index that lags the log is caught up by replaying the log.

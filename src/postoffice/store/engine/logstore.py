@@ -27,7 +27,6 @@ without it); nothing here runs on an event loop.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import mmap
@@ -35,11 +34,12 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
+from postoffice.core.errors import os_errors, translate_os_error
 from postoffice.store.engine.records import (
     CRC,
     CRC_COVERS,
@@ -91,17 +91,8 @@ class Position:
     offset: int
 
 
-@contextlib.contextmanager
-def _os_errors(action: str, path: Path) -> Iterator[None]:
-    """Translate OSError into StoreStorageError naming the path and the OS's reason."""
-    try:
-        yield
-    except OSError as exc:
-        raise StoreStorageError(f"cannot {action} {path}: {exc.strerror or exc}") from exc
-
-
 def _fsync_dir(path: Path) -> None:
-    with _os_errors("fsync", path):
+    with os_errors(StoreStorageError, f"fsync {path}"):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
@@ -131,18 +122,18 @@ class LogStore:
         self._fds: dict[int, int] = {}
         self._closed = False
         self.fsyncs = 0
-        with _os_errors("create", directory):
+        with os_errors(StoreStorageError, f"create {directory}"):
             directory.mkdir(parents=True, exist_ok=True)
         ids = sorted(
             int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT_NAME.match(p.name))
         )
         for sid in ids:
-            with _os_errors("open", self._path(sid)):
+            with os_errors(StoreStorageError, f"open {self._path(sid)}"):
                 self._fds[sid] = os.open(self._path(sid), os.O_RDWR | os.O_CLOEXEC)
         if not ids:
             self._create_segment(1)
         self._current = max(self._fds)
-        with _os_errors("stat", self._path(self._current)):
+        with os_errors(StoreStorageError, f"stat {self._path(self._current)}"):
             self._tail = os.fstat(self._fds[self._current]).st_size
         # Write-behind (see the design note): records appended to the current segment but
         # not written yet, and the file offset they start at (the written tail).
@@ -169,7 +160,7 @@ class LogStore:
 
     def _create_segment(self, sid: int) -> None:
         path = self._path(sid)
-        with _os_errors("create", path):
+        with os_errors(StoreStorageError, f"create {path}"):
             self._fds[sid] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         if self._durability is not Durability.NEVER:
             _fsync_dir(self._dir)
@@ -190,7 +181,7 @@ class LogStore:
 
     def segment_size(self, sid: int) -> int:
         """The size in bytes of segment `sid`."""
-        with _os_errors("stat", self._path(sid)):
+        with os_errors(StoreStorageError, f"stat {self._path(sid)}"):
             return os.fstat(self._fds[sid]).st_size
 
     def total_bytes(self) -> int:
@@ -301,7 +292,7 @@ class LogStore:
                         done += os.pwrite(fd, view[done:], at + done)
         except OSError as exc:
             path = self._path(self._current)
-            raise StoreStorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise translate_os_error(exc, StoreStorageError, f"write {path}") from exc
         # Only now are the bytes the file's: a reader of a pending record (read_value) takes
         # `_lock` and finds them either here or in the file.
         self._written_tail = at + len(pending)
@@ -325,7 +316,7 @@ class LogStore:
         with self._lock:
             for old in sorted(s for s in self._fds if s < sid):
                 path = self._path(old)
-                with _os_errors("remove", path):
+                with os_errors(StoreStorageError, f"remove {path}"):
                     freed += os.fstat(self._fds[old]).st_size
                     path.unlink()
                     self._unmap(old)
@@ -339,7 +330,7 @@ class LogStore:
 
         The caller holds `_lock` and has written the pending records."""
         if self._durability is not Durability.NEVER:
-            with _os_errors("fsync", self._path(self._current)):
+            with os_errors(StoreStorageError, f"fsync {self._path(self._current)}"):
                 os.fsync(self._fds[self._current])
             self.fsyncs += 1
         self._current += 1
@@ -375,15 +366,13 @@ class LogStore:
                 try:
                     fd = os.dup(self._fds[sid])
                 except OSError as exc:
-                    raise StoreStorageError(
-                        f"cannot dup {self._path(sid)}: {exc.strerror or exc}"
-                    ) from exc
+                    what = f"dup {self._path(sid)}"
+                    raise translate_os_error(exc, StoreStorageError, what) from exc
             try:
                 os.fsync(fd)
             except OSError as exc:
-                raise StoreStorageError(
-                    f"cannot fsync {self._path(sid)}: {exc.strerror or exc}"
-                ) from exc
+                what = f"fsync {self._path(sid)}"
+                raise translate_os_error(exc, StoreStorageError, what) from exc
             finally:
                 os.close(fd)
             covered = seq  # only a successful fsync makes anything durable
@@ -467,7 +456,7 @@ class LogStore:
                 return os.pread(fd, length, offset)
             except OSError as exc:
                 path = self._path(segment)
-                raise StoreStorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+                raise translate_os_error(exc, StoreStorageError, f"read {path}") from exc
 
     def _unmap(self, segment: int) -> None:
         view = self._views.pop(segment, None)
@@ -482,7 +471,7 @@ class LogStore:
         fd = self._fds.get(segment)
         if fd is None:
             raise LogCorruptError(f"segment {segment} does not exist")
-        with _os_errors("read", self._path(segment)):
+        with os_errors(StoreStorageError, f"read {self._path(segment)}"):
             buf = os.pread(fd, length, offset)
         parsed = parse_record(buf, 0, len(buf))
         if parsed is None or HEADER_BYTES + parsed[3] + parsed[4] != length:
@@ -516,7 +505,7 @@ class LogStore:
             pos = start.offset if sid == start.segment else 0
             if size == 0 or pos >= size:
                 continue
-            with _os_errors("map", self._path(sid)):
+            with os_errors(StoreStorageError, f"map {self._path(sid)}"):
                 buf = mmap.mmap(self._fds[sid], size, prot=mmap.PROT_READ)
             try:
                 cut = scan_segment(sid, buf, pos, size, last, apply, report)
@@ -527,7 +516,7 @@ class LogStore:
                 log.warning(
                     "cutting torn log tail segment=%d offset=%d bytes=%d", sid, cut, size - cut
                 )
-                with _os_errors("truncate", self._path(sid)):
+                with os_errors(StoreStorageError, f"truncate {self._path(sid)}"):
                     os.ftruncate(self._fds[sid], cut)
                     os.fsync(self._fds[sid])
         self._tail = self._written_tail = self.segment_size(self._current)
@@ -545,7 +534,7 @@ class LogStore:
             self._flusher.join()
         try:
             self.sync(self._written_seq)
-            with _os_errors("fsync", self._path(self._current)):
+            with os_errors(StoreStorageError, f"fsync {self._path(self._current)}"):
                 os.fsync(self._fds[self._current])
         finally:
             for segment in list(self._maps):

@@ -1,13 +1,5 @@
 """The log's record format (one PUT, DELETE or BATCH_END, framed and checksummed), and
-the replay of one segment's bytes into records.
-
-No files here (logstore.py has them); only bytes in, records out, and a log line for
-each damaged range. The segment files are back-to-back records:
-    header "<HBBQIII": magic u16, kind u8, flags u8, seq u64, key_len u32, value_len u32,
-                       crc u32 (CRC-32 of the header's first 20 bytes + key + value)
-    key, value
-The members of a batch carry FLAG_BATCH; their BATCH_END's value is the u32 member count.
-"""
+the replay of one segment's bytes into records: bytes in, records out, no files."""
 
 from __future__ import annotations
 
@@ -19,6 +11,13 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+
+# The segment files (logstore.py) are back-to-back records:
+#     header "<HBBQIII": magic u16, kind u8, flags u8, seq u64, key_len u32, value_len u32,
+#                        crc u32 (CRC-32 of the header's first 20 bytes + key + value)
+#     key, value
+# The members of a batch carry FLAG_BATCH; their BATCH_END's value is the u32 member
+# count. Replay logs one line for each damaged range it skips.
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from postoffice.core.errors import os_errors, translate_os_error
 from postoffice.store.engine.index import Index, Meta
 from postoffice.store.engine.logstore import LogStore
 from postoffice.store.engine.records import Damage, Kind, Record
@@ -43,10 +44,8 @@ def lock_dir(path: Path) -> int:
     another process (or another open Store) holds it, StoreStorageError.
     """
     lock_path = path / LOCK_NAME
-    try:
+    with os_errors(StoreStorageError, f"open {lock_path}"):
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise StoreStorageError(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -54,7 +53,7 @@ def lock_dir(path: Path) -> int:
         raise StoreLockedError(f"store {path} is already open in another process") from exc
     except OSError as exc:
         os.close(fd)
-        raise StoreStorageError(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
+        raise translate_os_error(exc, StoreStorageError, f"lock {lock_path}") from exc
     return fd
 
 

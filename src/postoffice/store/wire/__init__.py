@@ -1,19 +1,13 @@
-"""The store's binary protocol (port 7400): typed requests and responses on core frames.
-
-Pure sans-I/O, on top of core.framing. Wire format: docs/protocols/store.md. The command
-server, which forwards GET/SET/DEL/SCAN/DBSIZE to a store, uses it through
-`postoffice.store`.
-
-The package splits along the protocol: `messages` (limits, kinds, statuses, errors,
-messages, and the checks both codecs share), `requests` and `responses` (their codecs).
-Import the public names from here.
-"""
+"""The store's binary protocol (port 7400), pure sans-I/O on core frames: `messages`
+(limits, kinds, statuses, the shared checks), `requests` and `responses` (their codecs).
+Wire format: docs/protocols/store.md. Import the public names from here."""
 
 from __future__ import annotations
 
 from postoffice.core.framing import NEED_DATA, NeedData
 from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
 from postoffice.store.wire.messages import (
+    CONNECTION_REPLY_ID,
     MAX_BATCH_OPS,
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,
@@ -77,6 +71,7 @@ from postoffice.store.wire.responses import (
 # want to probe a server with bad requests build frames with `framing.encode_parts`.
 
 __all__ = [
+    "CONNECTION_REPLY_ID",
     "MAX_BATCH_OPS",
     "MAX_BOUND_BYTES",
     "MAX_KEY_BYTES",

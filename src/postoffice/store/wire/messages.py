@@ -10,14 +10,24 @@ import enum
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeAlias, final
 
+from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID
 from postoffice.store.errors import Status, StoreLimitError, StoreProtocolError
 
 MAX_KEY_BYTES: Final = 1024
 """Longest key, in bytes: keys are names, not payloads (the engine's default limit)."""
 
 MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
-"""Longest value, in bytes (the engine's default). One frame carries at most
-framing.MAX_PAYLOAD_BYTES, so a PUT's value is in practice 2 + key bytes shorter."""
+"""Longest value the engine keeps, in bytes (its default). A request's value shares one
+frame with its key and fields, so the frame's limit binds first: `check_put_fits`."""
+
+PUT_HEAD_BYTES: Final = 2
+"""Bytes of a PUT payload before its key: the u16 key length."""
+
+BATCH_HEAD_BYTES: Final = 4
+"""Bytes of a BATCH payload before its first op: the u32 op count."""
+
+BATCH_OP_HEAD_BYTES: Final = 7
+"""Bytes of a batch op before its key: kind u8, key length u16, value length u32."""
 
 MAX_BATCH_OPS: Final = 10_000
 """Most operations in one BATCH: bounds the work one atomic request can pin."""
@@ -31,6 +41,10 @@ ending at a longest key (that key + b"\\0") is still a valid start."""
 
 RESPONSE_TYPE: Final = 0x80
 """Frame type of every response."""
+
+CONNECTION_REPLY_ID: Final = 0
+"""The request id no request may carry: a response with it answers no request (BUSY for
+a refused connection, the error of an unreadable frame) and the connection then closes."""
 
 
 class RequestType(enum.IntEnum):
@@ -148,7 +162,8 @@ class Response(NamedTuple):
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScanPage:
-    """A SCAN's OK body: the items in key order, and `more` when the limit was hit."""
+    """A SCAN's OK body: the items in key order, and `more` when at least one more item
+    matched after the last one (the server looks one item ahead, so never on a last page)."""
 
     items: tuple[tuple[bytes, bytes], ...]
     more: bool
@@ -195,6 +210,33 @@ def check_ops(count: int) -> None:
     """StoreLimitError if a batch of `count` ops is over MAX_BATCH_OPS."""
     if count > MAX_BATCH_OPS:
         raise StoreLimitError(f"batch of {count} ops exceeds limit {MAX_BATCH_OPS}")
+
+
+def check_request_id(request_id: int) -> None:
+    """StoreProtocolError if `request_id` is CONNECTION_REPLY_ID, reserved for the server."""
+    if request_id == CONNECTION_REPLY_ID:
+        raise StoreProtocolError(
+            f"request id {CONNECTION_REPLY_ID} is reserved for replies that answer no request,"
+            f" expected 1..{MAX_REQUEST_ID}"
+        )
+
+
+def check_put_fits(key_len: int, value_len: int) -> None:
+    """StoreLimitError if a PUT of this key and value needs a payload over one frame's."""
+    room = MAX_PAYLOAD_BYTES - PUT_HEAD_BYTES - key_len
+    if value_len > room:
+        raise StoreLimitError(
+            f"put value of {value_len} bytes exceeds limit {room} for a key of {key_len}"
+            f" bytes (a frame payload holds {MAX_PAYLOAD_BYTES})"
+        )
+
+
+def check_batch_fits(payload_len: int) -> None:
+    """StoreLimitError if a BATCH payload is over one frame's."""
+    if payload_len > MAX_PAYLOAD_BYTES:
+        raise StoreLimitError(
+            f"batch payload of {payload_len} bytes exceeds limit {MAX_PAYLOAD_BYTES}"
+        )
 
 
 def check_overrun(what: str, end: int, payload: bytes) -> None:

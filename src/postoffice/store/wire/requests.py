@@ -16,6 +16,7 @@ from postoffice.store.wire.messages import (
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
+    PUT_HEAD_BYTES,
     BatchOp,
     BatchRequest,
     DeleteRequest,
@@ -26,11 +27,14 @@ from postoffice.store.wire.messages import (
     RequestType,
     ScanRequest,
     StatsRequest,
+    check_batch_fits,
     check_bound,
     check_key,
     check_limit,
     check_ops,
     check_overrun,
+    check_put_fits,
+    check_request_id,
     check_value,
 )
 
@@ -39,6 +43,8 @@ _U32: Final = struct.Struct(">I")
 _OP_HEAD: Final = struct.Struct(">BHI")  # batch op: kind, key len, value len
 _SCAN_HEAD: Final = struct.Struct(">BI")  # scan: flags, limit
 
+# The longest key + value one PUT frame can carry.
+_PUT_ROOM: Final = framing.MAX_PAYLOAD_BYTES - PUT_HEAD_BYTES
 _OP_PUT: Final = 1
 _OP_DELETE: Final = 2
 
@@ -84,6 +90,8 @@ def encode_get(key: bytes, request_id: int) -> bytes:
     """`encode_request(GetRequest(key=key), request_id)` without making the request."""
     if not key or len(key) > MAX_KEY_BYTES:
         check_key("get key", key)
+    if not request_id:
+        check_request_id(request_id)
     return framing.encode_parts(RequestType.GET, 0, request_id, key)
 
 
@@ -91,8 +99,11 @@ def encode_put(key: bytes, value: bytes, request_id: int) -> bytes:
     """`encode_request(PutRequest(key=key, value=value), request_id)` without the request."""
     if not key or len(key) > MAX_KEY_BYTES:
         check_key("put key", key)
-    if len(value) > MAX_VALUE_BYTES:
+    if len(value) > _PUT_ROOM - len(key):  # the frame binds before MAX_VALUE_BYTES
         check_value("put value", len(value))
+        check_put_fits(len(key), len(value))
+    if not request_id:
+        check_request_id(request_id)
     payload = b"".join((_U16.pack(len(key)), key, value))
     return framing.encode_parts(RequestType.PUT, 0, request_id, payload)
 
@@ -100,10 +111,12 @@ def encode_put(key: bytes, value: bytes, request_id: int) -> bytes:
 def encode_request(req: Request, request_id: int) -> bytes:
     """Return the wire bytes of one request frame.
 
-    Raises StoreProtocolError (empty key, scan limit out of range), StoreLimitError (key,
-    value, bound or op count over its limit), FrameError (request id out of range) and
-    FrameTooLarge (the payload is over framing.MAX_PAYLOAD_BYTES).
+    Raises StoreProtocolError (empty key, scan limit out of range, request id 0, which
+    is reserved for the server), StoreLimitError (key, value, bound or op count over its
+    limit), FrameError (request id out of range) and FrameTooLarge (the payload is over
+    framing.MAX_PAYLOAD_BYTES).
     """
+    check_request_id(request_id)
     match req:
         case PingRequest():
             kind, payload = RequestType.PING, b""
@@ -112,6 +125,7 @@ def encode_request(req: Request, request_id: int) -> bytes:
         case PutRequest():
             check_key("put key", req.key)
             check_value("put value", len(req.value))
+            check_put_fits(len(req.key), len(req.value))
             kind = RequestType.PUT
             payload = b"".join((_U16.pack(len(req.key)), req.key, req.value))
         case DeleteRequest():
@@ -121,6 +135,7 @@ def encode_request(req: Request, request_id: int) -> bytes:
             kind = RequestType.BATCH
             parts = [_encode_op(i, op) for i, op in enumerate(req.ops)]
             payload = b"".join((_U32.pack(len(parts)), *parts))
+            check_batch_fits(len(payload))
         case ScanRequest():
             kind, payload = RequestType.SCAN, _encode_scan(req)
         case StatsRequest():
