@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.launch import serve_options, serve_service
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 @click.group()
@@ -175,7 +181,6 @@ def send(
     server does not have.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from postoffice.ingest.client import IngestClient
 
@@ -191,20 +196,9 @@ def send(
             parallel=parallel,
             timeout_s=timeout_s,
         ) as client:
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=console,
-                disable=quiet,
-            ) as bar:
+            with progress_bar(console, disable=quiet) as bar:
                 for path in files:
-                    task = bar.add_task(path.name, total=None)
-
-                    def advance(done: int, total: int, task: object = task) -> None:
-                        bar.update(task, completed=done, total=total)  # type: ignore[arg-type]  # rich TaskID
-
+                    advance = track_upload(bar, path.name, _file_size(path))
                     result = await client.send(path, progress=advance)
                     click.echo(
                         f"{path}: published as {result.name} ({result.size} bytes, xxh3-128 "
@@ -219,3 +213,59 @@ def send(
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot reach the ingest server at {host}: {exc}") from exc
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+
+
+def progress_bar(console: Console, *, disable: bool = False) -> Progress:
+    """The bar of `ingest send`: the file's bytes, then the compressed bytes beside them.
+
+    A task's `completed` and `total` count the file's own bytes, so the bar, the
+    `done/total` figure and the speed are what the user sent; the compressed bytes (what
+    crosses the wire, what the server acknowledged) are shown beside, from the task's
+    field `compressed`.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        "{task.fields[compressed]}",
+        TransferSpeedColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
+def track_upload(bar: Progress, description: str, size: int) -> Callable[[int, int], None]:
+    """Add a task of `size` file bytes to `bar`; return the `progress(done, total)` callback.
+
+    The client reports compressed bytes acknowledged of the compressed total; the file's
+    bytes done are taken in the same proportion (compression is not uniform across a
+    file, so mid-upload this is an estimate; at the end it is exact).
+    """
+    task = bar.add_task(description, total=size, compressed="")
+
+    def advance(done: int, total: int) -> None:
+        completed = size * done // total if total else size
+        bar.update(task, completed=completed, compressed=compressed_text(done, total))
+
+    return advance
+
+
+def compressed_text(sent: int, payload: int) -> str:
+    """`(compressed 1.2/4.9 kB)`, in the units of rich's DownloadColumn."""
+    from rich.filesize import pick_unit_and_suffix
+
+    unit, suffix = pick_unit_and_suffix(
+        payload, ["bytes", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"], 1000
+    )
+    if unit == 1:
+        return f"(compressed {sent}/{payload} {suffix})"
+    return f"(compressed {sent / unit:,.1f}/{payload / unit:,.1f} {suffix})"
