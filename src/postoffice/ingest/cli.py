@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import click
 
 from postoffice.core.errors import PostOfficeError
-from postoffice.core.launch import serve_options, serve_service
+from postoffice.core.launch import config_options, serve_options, serve_service
+from postoffice.ingest.config import IngestConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -24,75 +25,7 @@ def ingest() -> None:
 
 
 @ingest.command()
-@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
-@click.option(
-    "--sys-base",
-    type=int,
-    default=None,
-    help="First system port: +0 health, +1 telemetry, +2 control, +3 ack. [default: 7000]",
-)
-@click.option("--data-base", type=int, default=None, help="First data port.  [default: 7100]")
-@click.option("--x", type=int, default=None, help="Number of data ports.  [default: 4]")
-@click.option(
-    "--ttl",
-    "ttl_s",
-    type=float,
-    default=None,
-    help="Seconds before idle uploads and published files are removed.  [default: 86400]",
-)
-@click.option(
-    "--files-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where published files appear.  [default: <data-dir>/files]",
-)
-@click.option(
-    "--patches-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where chunks wait for assembly.  [default: <data-dir>/ingest/patches]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="State directory.  [default: var, or POSTOFFICE_DATA_DIR]",
-)
-@click.option(
-    "--cleanup-interval",
-    "cleanup_interval_s",
-    type=float,
-    default=None,
-    help="Seconds between TTL cleanup passes.  [default: 60]",
-)
-@click.option("--control-token", default=None, help="Token the control port requires (AUTH).")
-@click.option(
-    "--max-output-bytes",
-    type=int,
-    default=None,
-    help="Largest decompressed file accepted (bombs are refused).",
-)
-@click.option(
-    "--no-fsync",
-    "fsync",
-    flag_value=False,
-    default=None,
-    help="Skip fsync (faster, not durable: tests and benchmarks only).",
-)
-@click.option(
-    "--via-part",
-    "assemble_via_part",
-    flag_value=True,
-    default=None,
-    help="Assemble through a .part file instead of streaming from the patches.",
-)
-@click.option(
-    "--stream-assemblies",
-    type=int,
-    default=None,
-    help="Uploads decompressed while their chunks arrive, at most (0: only once complete)."
-    "  [default: 4]",
-)
+@config_options(IngestConfig)
 @serve_options("ingest")
 def serve(
     config_path: str | None,
@@ -107,7 +40,6 @@ def serve(
     these flags. Upload with `postoffice ingest send FILE`.
     """
     from postoffice.core.config import data_dir
-    from postoffice.ingest.config import IngestConfig
     from postoffice.ingest.server import IngestServer
 
     if flags.get("data_dir") is None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Final
 
 import click
 
-from postoffice.core.launch import serve_options, serve_service
+from postoffice.core.launch import config_options, serve_options, serve_service
 from postoffice.store.client import Client
+from postoffice.store.config import StoreConfig
 
 
 @click.group()
@@ -20,41 +20,7 @@ def store() -> None:
 
 
 @store.command()
-@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
-@click.option("--port", type=int, default=None, help="TCP port.  [default: 7400]")
-@click.option(
-    "--metrics-port",
-    type=int,
-    default=None,
-    help="HTTP port for /metrics, /healthz, /readyz.  [default: 7401]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="State directory; the store lives in <data-dir>/store.  [default: var]",
-)
-@click.option(
-    "--durability",
-    type=click.Choice(["always", "interval", "never"]),
-    default=None,
-    help="always: an acknowledged write is on disk (group commit).  [default: always]",
-)
-@click.option("--max-connections", type=int, default=None, help="Clients at once.")
-@click.option(
-    "--idle-timeout",
-    "idle_timeout_s",
-    type=float,
-    default=None,
-    help="Close a client idle this many seconds (0: never).  [default: 300]",
-)
-@click.option(
-    "--max-request-size",
-    "max_request_bytes",
-    type=int,
-    default=None,
-    help="Largest request frame payload, bytes.  [default: 16 MiB]",
-)
+@config_options(StoreConfig)
 @serve_options("store")
 def serve(
     config_path: str | None,
@@ -69,7 +35,6 @@ def serve(
     The protocol is in docs/protocols/store.md.
     """
     from postoffice.core.config import data_dir
-    from postoffice.store.config import StoreConfig
     from postoffice.store.errors import StoreLockedError
     from postoffice.store.server import StoreServer
 
