@@ -277,3 +277,24 @@ def test_flag_out_of_range_is_a_clear_error(loaded: list[object]) -> None:
         "Error: setting 'max_request_bytes' must be between 1024 and 16777216, got 100\n"
     )
     assert loaded == []
+
+
+@pytest.mark.parametrize("service", ["store", "ingest"])
+def test_data_dir_layers(service: str, tmp_path: Path, loaded: list[object]) -> None:
+    """The data dir layers like any setting; POSTOFFICE_DATA_DIR, shared by every
+    service, sits between the file and the service's own variable."""
+    conf = tmp_path / "po.toml"
+    conf.write_text(f'[{service}]\ndata_dir = "from-file"\n')
+    own = f"POSTOFFICE_{service.upper()}_DATA_DIR"
+    cases: list[tuple[list[str], dict[str, str], str]] = [
+        ([], {}, "var"),
+        ([], {"POSTOFFICE_DATA_DIR": "shared"}, "shared"),
+        (["--config", str(conf)], {}, "from-file"),
+        (["--config", str(conf)], {"POSTOFFICE_DATA_DIR": "shared"}, "shared"),
+        (["--config", str(conf)], {"POSTOFFICE_DATA_DIR": "shared", own: "own"}, "own"),
+        (["--data-dir", "flag"], {"POSTOFFICE_DATA_DIR": "shared", own: "own"}, "flag"),
+    ]
+    for args, env, _ in cases:
+        _invoke([service, "serve", *args], env)
+    got = [str(getattr(config, "data_dir")) for config in loaded]  # noqa: B009  # two types
+    assert got == [expected for _, _, expected in cases]

@@ -131,6 +131,21 @@ class TestSources:
         cfg = load(DemoConfig, section="demo", env={}, overrides={"port": "7003", "tags": "x,y"})
         assert (cfg.port, cfg.tags) == (7003, ("x", "y"))
 
+    def test_shared_env_sits_between_file_and_section_env(self, tmp_path: Path) -> None:
+        path = _write(tmp_path, "c.toml", '[demo]\nhost = "file"\nlabel = "file"\n')
+        shared = {"host": "SHARED_HOST", "label": "SHARED_LABEL"}
+        env = {"SHARED_HOST": "shared", "SHARED_LABEL": "shared", "POSTOFFICE_DEMO_LABEL": "own"}
+        config = load(DemoConfig, section="demo", path=path, env=env, shared_env=shared)
+        assert (config.host, config.label) == ("shared", "own")
+
+    def test_empty_shared_env_is_unset(self) -> None:
+        config = load(DemoConfig, section="demo", env={"X": ""}, shared_env={"host": "X"})
+        assert config.host == "127.0.0.1"
+
+    def test_shared_env_for_no_field_is_a_bug(self) -> None:
+        with pytest.raises(TypeError, match=r"^DemoConfig has no field 'nope' for X$"):
+            load(DemoConfig, section="demo", env={}, shared_env={"nope": "X"})
+
     def test_env_section_name_with_punctuation(self) -> None:
         env = {"POSTOFFICE_OFFICE_USERS_PORT": "9"}
         assert load(DemoConfig, section="office.users", env=env).port == 9

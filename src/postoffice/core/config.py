@@ -85,13 +85,16 @@ def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    shared_env: Mapping[str, str] | None = None,
 ) -> T:
     """Build the settings dataclass `cls` from defaults, a file, the environment and overrides.
 
     Later sources win: defaults < file `path` (TOML table or INI section named `section`;
-    a file without that section contributes nothing) < `POSTOFFICE_<SECTION>_<FIELD>`
-    variables in `env` (os.environ when None) < `overrides` (entries whose value is None
-    are skipped, so unset CLI options fall through). Strings are converted to each field's
+    a file without that section contributes nothing) < variables every service shares,
+    `shared_env` mapping a field to its variable (`{"data_dir": "POSTOFFICE_DATA_DIR"}`;
+    an empty one counts as unset) < `POSTOFFICE_<SECTION>_<FIELD>` variables < `overrides`
+    (entries whose value is None are skipped, so unset CLI options fall through); the
+    variables are read from `env` (os.environ when None). Strings are converted to each field's
     annotated type. Raises ConfigError for a missing or unparsable file, an unknown key, a
     value of the wrong type, a required setting given nowhere, or a value the dataclass's
     `__post_init__` rejects. Raises TypeError if `cls` is not a dataclass or a field has a
@@ -114,6 +117,12 @@ def load(
             values[key] = _convert(raw, fields[key], key, source)
 
     environ = os.environ if env is None else env
+    for key, var in (shared_env or {}).items():
+        if key not in fields:
+            raise TypeError(f"{cls.__name__} has no field {key!r} for {var}")
+        if environ.get(var, ""):
+            values[key] = _convert(environ[var], fields[key], key, f"environment {var}")
+
     env_prefix = f"{ENV_PREFIX}{_env_token(section)}_"
     for var in sorted(environ):
         if not var.startswith(env_prefix):

@@ -62,15 +62,23 @@ def serve_service(
     log_json: bool,
     serve: Callable[[C, asyncio.Event, str | None], Coroutine[Any, Any, None]],
     adjust: Callable[[C], C] | None = None,
+    shared_env: dict[str, str] | None = None,
 ) -> None:
     """Set up logging, load the layered config, and run `serve(config, stop, ready_file)`.
 
-    Settings come from defaults < the --config file < POSTOFFICE_<SECTION>_* < flags
-    (`None` flags fall through). A bad setting is a click error naming the key.
+    Settings come from defaults < the --config file < the variables of `shared_env`
+    (POSTOFFICE_DATA_DIR) < POSTOFFICE_<SECTION>_* < flags (`None` flags fall through).
+    A bad setting is a click error naming the key.
     """
     logs.setup(level=log_level, json=log_json, service=section)
     try:
-        config = core_config.load(config_cls, section=section, path=config_path, overrides=flags)
+        config = core_config.load(
+            config_cls,
+            section=section,
+            path=config_path,
+            overrides=flags,
+            shared_env=shared_env,
+        )
         if adjust is not None:
             config = adjust(config)
     except ConfigError as exc:

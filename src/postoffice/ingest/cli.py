@@ -39,11 +39,8 @@ def serve(
     Settings come from defaults < --config file < POSTOFFICE_INGEST_* environment <
     these flags. Upload with `postoffice ingest send FILE`.
     """
-    from postoffice.core.config import data_dir
+    from postoffice.core.config import DATA_DIR_ENV
     from postoffice.ingest.server import IngestServer
-
-    if flags.get("data_dir") is None:
-        flags["data_dir"] = data_dir()
 
     async def start(config: IngestConfig, stop: asyncio.Event, ready: str | None) -> None:
         await IngestServer(config).serve(stop, ready_file=ready)
@@ -57,6 +54,7 @@ def serve(
         log_level=log_level,
         log_json=log_json,
         serve=start,
+        shared_env={"data_dir": DATA_DIR_ENV},
     )
 
 

@@ -51,9 +51,7 @@ class IngestConfig:
         low=1,
         high=10 * 365 * 86400,
     )
-    data_dir: Path = setting(
-        DEFAULT_DATA_DIR, help=f"State directory (without the flag: ${DATA_DIR_ENV}, else this)."
-    )
+    data_dir: Path = setting(DEFAULT_DATA_DIR, help=f"State directory (also ${DATA_DIR_ENV}).")
     files_dir: Path | None = setting(
         None, help="Where published files appear.", default_text="<data-dir>/files"
     )

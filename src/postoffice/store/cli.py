@@ -34,12 +34,9 @@ def serve(
     Settings come from defaults < --config file < POSTOFFICE_STORE_* environment < flags.
     The protocol is in docs/protocols/store.md.
     """
-    from postoffice.core.config import data_dir
+    from postoffice.core.config import DATA_DIR_ENV
     from postoffice.store.errors import StoreLockedError
     from postoffice.store.server import StoreServer
-
-    if flags.get("data_dir") is None:
-        flags["data_dir"] = data_dir()
 
     async def start(config: StoreConfig, stop: asyncio.Event, ready: str | None) -> None:
         server = StoreServer(config)
@@ -58,6 +55,7 @@ def serve(
         log_level=log_level,
         log_json=log_json,
         serve=start,
+        shared_env={"data_dir": DATA_DIR_ENV},
     )
 
 

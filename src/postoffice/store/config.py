@@ -33,8 +33,7 @@ class StoreConfig:
     )
     data_dir: Path = setting(
         DEFAULT_DATA_DIR,
-        help="State directory; the store lives in <data-dir>/store "
-        f"(without the flag: ${DATA_DIR_ENV}, else this).",
+        help=f"State directory (also ${DATA_DIR_ENV}); the store lives in <data-dir>/store.",
     )
     durability: str = setting(
         DEFAULT_DURABILITY.value,
