@@ -298,3 +298,36 @@ def test_data_dir_layers(service: str, tmp_path: Path, loaded: list[object]) -> 
         _invoke([service, "serve", *args], env)
     got = [str(getattr(config, "data_dir")) for config in loaded]  # noqa: B009  # two types
     assert got == [expected for _, _, expected in cases]
+
+
+def _readme_table(service: str) -> list[tuple[list[str], str]]:
+    """The rows of README's `postoffice <service> serve` options table: flags, default."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index(f"`postoffice {service} serve` options")
+    rows: list[tuple[list[str], str]] = []
+    for line in text[start:].splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        if not line.startswith("| `--"):
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        rows.append((re.findall(r"--[a-z][a-z-]*", cells[0]), cells[1]))
+    return rows
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_readme_tables_show_the_dataclass_defaults(service: str) -> None:
+    """README's tables of flags name every setting's flag with the default --help shows."""
+    flags = {flag.name: flag for flag in core_config.flag_fields(SERVICES[service])}
+    documented: set[str] = set()
+    for names, default in _readme_table(service):
+        settings = [name for name in names if name in flags]
+        parts = default.split(", ")
+        parts = parts if len(parts) == len(names) else [default] * len(names)
+        for name, part in zip(names, parts, strict=True):
+            if name not in settings:
+                continue
+            documented.add(name)
+            shown = part.split(" (")[0].strip("`")
+            assert shown == core_config.shown_default(flags[name]), (service, name, default)
+    assert documented == set(flags)
