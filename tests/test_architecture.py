@@ -15,6 +15,7 @@ PURE_MODULES = [
     "core/framing.py",
     "core/resp/__init__.py",
     "core/resp/parser.py",
+    "core/resp/refusals.py",
     "core/resp/replies.py",
     "ingest/messages.py",
     "ingest/chunkdigest.py",

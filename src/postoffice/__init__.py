@@ -1,4 +1,4 @@
-"""Post Office: five network services on one shared asyncio core."""
+"""Post Office: three network services (command, ingest, store) on one shared asyncio core."""
 
 from __future__ import annotations
 

@@ -10,10 +10,12 @@ from postoffice import __version__
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="postoffice")
 def main() -> None:
-    """Post Office: five network services on one shared core.
+    """Post Office: three network services on one shared core.
 
-    Run everything with `postoffice up`; run one service with
-    `postoffice <service> serve`. Every command explains itself with --help.
+    command (a Redis-compatible command server), ingest (chunked, compressed file
+    uploads) and store (an append-only log with an LMDB index). Run all three,
+    supervised, with `postoffice up`; run one with `postoffice <service> serve`.
+    Every command explains itself with --help.
     """
 
 

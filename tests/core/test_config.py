@@ -9,7 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.core.config import check_choice, check_port, check_range, data_dir, load
+from postoffice.core.config import (
+    Unit,
+    check_choice,
+    check_port,
+    check_range,
+    check_settings,
+    data_dir,
+    flag_fields,
+    load,
+    setting,
+    shown_default,
+    shown_range,
+    shown_value,
+)
 from postoffice.core.errors import ConfigError
 
 
@@ -117,6 +130,21 @@ class TestSources:
     def test_string_overrides_are_converted(self) -> None:
         cfg = load(DemoConfig, section="demo", env={}, overrides={"port": "7003", "tags": "x,y"})
         assert (cfg.port, cfg.tags) == (7003, ("x", "y"))
+
+    def test_shared_env_sits_between_file_and_section_env(self, tmp_path: Path) -> None:
+        path = _write(tmp_path, "c.toml", '[demo]\nhost = "file"\nlabel = "file"\n')
+        shared = {"host": "SHARED_HOST", "label": "SHARED_LABEL"}
+        env = {"SHARED_HOST": "shared", "SHARED_LABEL": "shared", "POSTOFFICE_DEMO_LABEL": "own"}
+        config = load(DemoConfig, section="demo", path=path, env=env, shared_env=shared)
+        assert (config.host, config.label) == ("shared", "own")
+
+    def test_empty_shared_env_is_unset(self) -> None:
+        config = load(DemoConfig, section="demo", env={"X": ""}, shared_env={"host": "X"})
+        assert config.host == "127.0.0.1"
+
+    def test_shared_env_for_no_field_is_a_bug(self) -> None:
+        with pytest.raises(TypeError, match=r"^DemoConfig has no field 'nope' for X$"):
+            load(DemoConfig, section="demo", env={}, shared_env={"nope": "X"})
 
     def test_env_section_name_with_punctuation(self) -> None:
         env = {"POSTOFFICE_OFFICE_USERS_PORT": "9"}
@@ -386,3 +414,108 @@ class TestHelpers:
     def test_data_dir_reads_os_environ(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(os, "environ", {"POSTOFFICE_DATA_DIR": "/x"})
         assert data_dir() == Path("/x")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeclaredConfig:
+    """Settings declared with `setting()`: a flag, help, unit and range each."""
+
+    host: str = setting("127.0.0.1", help="Address.")
+    max_bytes: int = setting(2 << 20, help="Largest.", unit="bytes", low=1024, high=16 << 20)
+    wait_s: float = setting(0.5, help="Wait.", unit="seconds", low=0.01)
+    depth: int | None = setting(None, help="Depth.", high=9)
+    mode: str = setting("fast", help="Mode.", choices=("fast", "safe"))
+    durable: bool = setting(True, help="Skip it.", flag="--no-sync")
+    secret_bytes: int = setting(64, help="Not on the command line.", flag=None, low=1)
+    plain: int = 3
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+class TestDeclaredSettings:
+    def test_defaults_are_the_declared_ones(self) -> None:
+        config = DeclaredConfig()
+        assert (config.max_bytes, config.wait_s, config.depth, config.durable) == (
+            2 << 20,
+            0.5,
+            None,
+            True,
+        )
+
+    @pytest.mark.parametrize(
+        ("overrides", "message"),
+        [
+            (
+                {"max_bytes": 1023},
+                "setting 'max_bytes' must be between 1024 and 16777216, got 1023",
+            ),
+            ({"wait_s": 0.0}, "setting 'wait_s' must be at least 0.01, got 0.0"),
+            ({"depth": 10}, "setting 'depth' must be at most 9, got 10"),
+            ({"mode": "slow"}, "setting 'mode' must be one of 'fast', 'safe', got 'slow'"),
+            ({"secret_bytes": 0}, "setting 'secret_bytes' must be at least 1, got 0"),
+        ],
+    )
+    def test_check_settings_enforces_the_declared_bounds(
+        self, overrides: dict[str, object], message: str
+    ) -> None:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            load(DeclaredConfig, section="demo", env={}, overrides=overrides)
+
+    def test_check_settings_accepts_the_bounds_and_none(self) -> None:
+        DeclaredConfig(max_bytes=1024, wait_s=0.01, depth=9)
+        DeclaredConfig(max_bytes=16 << 20, depth=None)
+
+    def test_flag_fields_in_declaration_order_with_their_names(self) -> None:
+        flags = flag_fields(DeclaredConfig)
+        assert [(f.field.name, f.name, f.kind) for f in flags] == [
+            ("host", "--host", str),
+            ("max_bytes", "--max-bytes", int),
+            ("wait_s", "--wait", float),
+            ("depth", "--depth", int),
+            ("mode", "--mode", str),
+            ("durable", "--no-sync", bool),
+        ]
+        assert not flags[-1].sets
+
+    def test_flag_of_an_unparsable_type_is_refused(self) -> None:
+        @dataclass(frozen=True, slots=True, kw_only=True)
+        class Tagged:
+            tags: tuple[str, ...] = setting((), help="Tags.")
+
+        with pytest.raises(TypeError, match=r"^Tagged\.tags has type .* which no flag parses$"):
+            flag_fields(Tagged)
+
+    @pytest.mark.parametrize(
+        ("value", "unit", "shown"),
+        [
+            (None, "count", "none"),
+            (True, "count", "on"),
+            (300.0, "seconds", "300"),
+            (0.01, "seconds", "0.01"),
+            (1e9, "count", "1000000000"),
+            (1024, "bytes", "1 KiB"),
+            (1000, "bytes", "1000"),
+            (3 << 20, "bytes", "3 MiB"),
+            (1536, "bytes", "1536"),
+            (64 << 30, "bytes", "64 GiB"),
+            (1 << 50, "bytes", "1 PiB"),
+            (1024, "count", "1024"),
+            (Path("var"), "count", "var"),
+        ],
+    )
+    def test_shown_value(self, value: object, unit: Unit, shown: str) -> None:
+        assert shown_value(value, unit) == shown
+
+    def test_shown_default_and_range(self) -> None:
+        shown = {
+            f.name: (shown_default(f), shown_range(f.spec)) for f in flag_fields(DeclaredConfig)
+        }
+        assert shown == {
+            "--host": ("127.0.0.1", None),
+            "--max-bytes": ("2 MiB", "1 KiB..16 MiB"),
+            "--wait": ("0.5", "at least 0.01"),
+            "--depth": ("none", "at most 9"),
+            "--mode": ("fast", "fast|safe"),
+            "--no-sync": ("off", None),
+        }

@@ -7,25 +7,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postoffice.core.resp import (
+    HELLO_BEFORE_AUTH,
     NEED_DATA,
     NIL,
+    NOAUTH,
     OK,
     PONG,
+    PROTOCOL_VERSIONS,
     Array,
     Bulk,
     Command,
     Dialect,
     Error,
     Integer,
+    NoAuthError,
+    NoProtoError,
     Reply,
     RespLimitError,
     RespParser,
     RespProtocolError,
+    RespRefusal,
     SimpleString,
+    WrongPassError,
     bulk,
+    check_credentials,
     encode_command,
     encode_resp,
     encode_text,
+    hello_protocol,
 )
 from tests.strategies import command_args, cut_points, inline_word
 
@@ -423,3 +432,74 @@ REPLIES: list[tuple[Reply, bytes, bytes]] = [
 def test_reply_encodings(reply: Reply, resp: bytes, text: bytes) -> None:
     assert encode_resp(reply) == resp
     assert encode_text(reply) == text
+
+
+# -- refusals: AUTH and HELLO, as every port speaking the command protocol answers them ----
+
+
+def refusal_reply(exc: RespRefusal) -> Error:
+    return Error(code=exc.wire_code, message=str(exc))
+
+
+def test_noauth_reply_is_redis_wording_in_every_dialect() -> None:
+    assert encode_resp(NOAUTH) == b"-NOAUTH Authentication required.\r\n"
+    assert encode_text(NOAUTH) == b"NOAUTH Authentication required.\n"
+    assert refusal_reply(NoAuthError()) == NOAUTH
+
+
+@pytest.mark.parametrize(
+    ("user", "password"),
+    [(None, b"wrong"), (b"default", b"wrong"), (b"admin", b"s3cret"), (None, b""), (None, b"s3")],
+)
+def test_wrong_credentials_are_refused_with_wrongpass(user: bytes | None, password: bytes) -> None:
+    with pytest.raises(WrongPassError) as caught:
+        check_credentials(user, password, "s3cret")
+    assert encode_resp(refusal_reply(caught.value)) == (
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    )
+
+
+@pytest.mark.parametrize("user", [None, b"default"])
+def test_right_credentials_pass(user: bytes | None) -> None:
+    check_credentials(user, b"s3cret", "s3cret")
+
+
+def test_credentials_compare_bytes_not_replaced_text() -> None:
+    """A password that is not UTF-8 is not taken for the replacement character."""
+    with pytest.raises(WrongPassError):
+        check_credentials(None, b"\xff", "\ufffd")
+    check_credentials(None, "pässword".encode(), "pässword")
+
+
+@pytest.mark.parametrize(("arg", "version"), [(b"2", 2), (b"3", 3)])
+def test_hello_protocol_versions(arg: bytes, version: int) -> None:
+    assert hello_protocol(arg) == version
+    assert version in PROTOCOL_VERSIONS
+
+
+@pytest.mark.parametrize(
+    ("arg", "shown"),
+    [
+        (b"4", "4"),
+        (b"x", "x"),
+        (b"", ""),
+        (b"02", "02"),
+        (b" 3", " 3"),
+        (b"\xff", "\ufffd"),
+        (b"9" * 100, "9" * 64),
+    ],
+)
+def test_hello_protocol_refuses_other_versions_with_noproto(arg: bytes, shown: str) -> None:
+    with pytest.raises(
+        NoProtoError, match=rf"^unsupported protocol version '{shown}', expected 2 or 3$"
+    ) as caught:
+        hello_protocol(arg)
+    assert caught.value.wire_code == "NOPROTO"
+
+
+def test_hello_before_auth_is_a_noauth_naming_the_way_out() -> None:
+    reply = refusal_reply(NoAuthError(HELLO_BEFORE_AUTH))
+    assert encode_resp(reply) == (
+        b"-NOAUTH HELLO must be called with the client already authenticated, "
+        b"or with HELLO <proto> AUTH <user> <password>\r\n"
+    )

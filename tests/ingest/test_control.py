@@ -265,7 +265,7 @@ def secured() -> Harness:
 )
 async def test_commands_before_auth_get_noauth(secured: Harness, args: tuple[str, ...]) -> None:
     conn, t = secured.connect()
-    assert send(conn, t, *args) == err("authentication required", "NOAUTH")
+    assert send(conn, t, *args) == err("Authentication required.", "NOAUTH")
     assert secured.control.calls == []
     assert not t.closed
 
@@ -278,8 +278,10 @@ async def test_help_and_quit_need_no_auth(secured: Harness) -> None:
 
 async def test_auth_with_the_token_unlocks(secured: Harness) -> None:
     conn, t = secured.connect()
-    assert send(conn, t, "AUTH", "wrong") == err("invalid username-token pair", "WRONGPASS")
-    assert send(conn, t, "PING") == err("authentication required", "NOAUTH")
+    assert send(conn, t, "AUTH", "wrong") == err(
+        "invalid username-password pair or user is disabled.", "WRONGPASS"
+    )
+    assert send(conn, t, "PING") == err("Authentication required.", "NOAUTH")
     assert send(conn, t, "AUTH", "s3cret") == b"+OK\r\n"
     assert send(conn, t, "PING") == b"+PONG\r\n"
 
@@ -287,7 +289,7 @@ async def test_auth_with_the_token_unlocks(secured: Harness) -> None:
 async def test_auth_with_user_default_only(secured: Harness) -> None:
     conn, t = secured.connect()
     assert send(conn, t, "AUTH", "admin", "s3cret") == err(
-        "invalid username-token pair", "WRONGPASS"
+        "invalid username-password pair or user is disabled.", "WRONGPASS"
     )
     assert send(conn, t, "AUTH", "default", "s3cret") == b"+OK\r\n"
     assert conn.authenticated
@@ -311,7 +313,7 @@ async def test_hello_before_auth_is_refused(secured: Harness) -> None:
     conn, t = secured.connect()
     assert send(conn, t, "HELLO", "3") == err(
         "HELLO must be called with the client already authenticated, "
-        "or with HELLO <proto> AUTH <user> <token>",
+        "or with HELLO <proto> AUTH <user> <password>",
         "NOAUTH",
     )
     assert conn.protocol == 2
@@ -325,7 +327,7 @@ async def test_auth_without_a_token_configured(harness: Harness) -> None:
 async def test_text_dialect_auth(secured: Harness) -> None:
     conn, t = secured.connect()
     conn.data_received(b"STATUS\nAUTH s3cret\nPING\n")
-    assert t.take() == b"NOAUTH authentication required\nOK\nPONG\n"
+    assert t.take() == b"NOAUTH Authentication required.\nOK\nPONG\n"
 
 
 # -- ingest commands ------------------------------------------------------------------------

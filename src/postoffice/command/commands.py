@@ -28,19 +28,24 @@ from postoffice.command.cluster import (
     killed_one_reply,
     killed_reply,
 )
-from postoffice.command.errors import CommandError, NoAuthError, NoProtoError, WrongPassError
+from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Answer, Deferred, Keyspace
 from postoffice.core.resp import (
     EMPTY_ARRAY,
+    HELLO_BEFORE_AUTH,
     NIL,
     OK,
     PONG,
     Array,
     Integer,
     Map,
+    NoAuthError,
     Reply,
     SimpleString,
+    WrongPassError,
     bulk,
+    check_credentials,
+    hello_protocol,
 )
 
 REDIS_COMPAT_VERSION: Final = "7.0.0"  # what INFO reports as redis_version, for clients that ask
@@ -185,10 +190,11 @@ def cmd_auth(server: ServerView, client: ClientView, args: list[bytes]) -> Reply
         )
     if len(args) > 3:
         raise CommandError("syntax error")
-    user = args[1] if len(args) == 3 else b"default"
-    if user != b"default" or _text(args[-1]) != server.requirepass:
+    try:
+        check_credentials(args[1] if len(args) == 3 else None, args[-1], server.requirepass)
+    except WrongPassError:
         client.authenticated = False
-        raise WrongPassError("invalid username-password pair or user is disabled.")
+        raise
     client.authenticated = True
     return OK
 
@@ -198,9 +204,7 @@ def cmd_hello(server: ServerView, client: ClientView, args: list[bytes]) -> Repl
     rest = args[1:]
     protocol = client.protocol
     if rest:
-        if rest[0] not in (b"2", b"3"):
-            raise NoProtoError("unsupported protocol version")
-        protocol = int(rest[0])
+        protocol = hello_protocol(rest[0])
         rest = rest[1:]
     while rest:
         option = rest[0].upper()
@@ -213,7 +217,7 @@ def cmd_hello(server: ServerView, client: ClientView, args: list[bytes]) -> Repl
         else:
             raise CommandError(f"syntax error in HELLO option {_text(rest[0])!r}")
     if server.requirepass is not None and not client.authenticated:
-        raise NoAuthError("HELLO must be called with the client already authenticated")
+        raise NoAuthError(HELLO_BEFORE_AUTH)
     client.protocol = protocol
     return Map(
         pairs=(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from postoffice.command.remote import parse_address
-from postoffice.core.config import check_choice, check_port, check_range, load
+from postoffice.core.config import check_range, check_settings, load, setting
 from postoffice.core.errors import ConfigError
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
@@ -26,48 +26,96 @@ class CommandConfig:
     """Everything `postoffice command serve` can be told; see README for each flag.
 
     `idle_timeout_s` and `rate_limit_per_s` of 0 disable them; `metrics_port` of None
-    disables the HTTP metrics listener. Raises ConfigError naming the bad field.
+    disables the HTTP metrics listener. A field declared with `setting()` has a flag of
+    `command serve`, its help, default and range made from the declaration. Raises
+    ConfigError naming the bad field.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 6380
-    metrics_port: int | None = 6381
-    threads: int = 4
-    max_connections: int = 10_000
-    idle_timeout_s: float = 300.0
+    host: str = setting("127.0.0.1", help="Address to listen on.")
+    port: int = setting(6380, help="TCP port (0: any free one).", low=0, high=65535)
+    metrics_port: int | None = setting(
+        6381, help="HTTP port for /metrics, /healthz, /readyz.", low=0, high=65535
+    )
+    threads: int = setting(4, help="Worker threads for blocking commands.", low=1, high=MAX_THREADS)
+    max_connections: int = setting(
+        10_000, help="Clients served at once; more are refused.", low=1, high=1_000_000
+    )
+    idle_timeout_s: float = setting(
+        300.0,
+        help="Close a client idle this many seconds (0: never).",
+        unit="seconds",
+        low=0,
+        high=365 * 86400,
+    )
     max_inline_bytes: int = MAX_INLINE_BYTES
-    max_bulk_bytes: int = MAX_BULK_BYTES
+    max_bulk_bytes: int = setting(
+        MAX_BULK_BYTES, help="Largest argument accepted.", unit="bytes", low=1, high=1 << 30
+    )
     max_array_items: int = MAX_ARRAY_ITEMS
-    rate_limit_per_s: float = 0.0
-    rate_limit_burst: int = 0
-    requirepass: str | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    reuse_port: bool = False
-    store: str | None = None  # HOST:PORT of a store server for GET/SET/DEL/SCAN/DBSIZE
-    store_dir: Path | None = None  # or a store directory to open in this process
-    store_durability: str = _STORE_DURABILITY  # that store's durability
+    rate_limit_per_s: float = setting(
+        0.0,
+        help="Commands per second per client (0: unlimited).",
+        flag="--rate-limit",
+        low=0,
+        high=1e9,
+    )
+    rate_limit_burst: int = setting(
+        0, help="Commands a client may send at once (0: as many as the rate).", low=0, high=1 << 30
+    )
+    requirepass: str | None = setting(None, help="Password clients must AUTH with.")
+    tls_cert: Path | None = setting(
+        None, help="PEM certificate: serve TLS instead of plain TCP.", path="existing-file"
+    )
+    tls_key: Path | None = setting(
+        None, help="PEM private key of --tls-cert.", path="existing-file"
+    )
+    reuse_port: bool = setting(
+        False, help="Set SO_REUSEPORT so several processes can share the port."
+    )
+    store: str | None = setting(
+        None,
+        help="Serve GET/SET/DEL/MGET/MSET/EXISTS/SCAN/DBSIZE from the store server there.",
+        metavar="HOST:PORT",
+    )
+    store_dir: Path | None = setting(
+        None,
+        help="Serve those keys from the store in DIR, opened in this process (no store "
+        "server; DIR is a store server's <data-dir>/store). Not with --store.",
+        metavar="DIR",
+    )
+    store_durability: str = setting(
+        _STORE_DURABILITY,
+        help="With --store-dir, as `store serve --durability`: always: an OK for SET, MSET "
+        "or DEL leaves only after the fsync that covers it (group commit); interval: fsync "
+        "every 100 ms.",
+        flag="--durability",
+        choices=[d.value for d in Durability],
+    )
     shutdown_timeout_s: float = 10.0
-    workers: int = 1  # processes serving the port (SO_REUSEPORT); 1: this process alone
+    workers: int = setting(
+        1,
+        help="Processes serving the port (SO_REUSEPORT), for more than one core; CLIENT, "
+        "INFO, CONFIG and SHUTDOWN see all of them. Not with --store-dir.",
+        low=1,
+        high=MAX_WORKERS,
+    )
     # With workers > 1: a worker that answers none of the primary's heartbeats for this
     # long is taken for hung, killed and started again; 0 turns the heartbeat off.
-    worker_timeout_s: float = 30.0
+    worker_timeout_s: float = setting(
+        30.0,
+        help="With --workers: a worker that answers none of the primary's heartbeats (one a "
+        "second) for this long is killed and restarted; 0: never, else at least 1.",
+        unit="seconds",
+        low=0,
+        high=3600,
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
-        check_port("port", self.port)
-        if self.metrics_port is not None:
-            check_port("metrics_port", self.metrics_port)
-        check_range("threads", self.threads, 1, MAX_THREADS)
-        check_range("max_connections", self.max_connections, 1, 1_000_000)
-        check_range("idle_timeout_s", self.idle_timeout_s, 0, 365 * 86400)
+        check_settings(self)  # the ranges and choices declared above
         check_range("max_inline_bytes", self.max_inline_bytes, 64, 1 << 30)
-        check_range("max_bulk_bytes", self.max_bulk_bytes, 1, 1 << 30)
         check_range("max_array_items", self.max_array_items, 1, 1 << 24)
-        check_range("rate_limit_per_s", self.rate_limit_per_s, 0, 1e9)
-        check_range("rate_limit_burst", self.rate_limit_burst, 0, 1 << 30)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
-        check_range("workers", self.workers, 1, MAX_WORKERS)
-        check_range("worker_timeout_s", self.worker_timeout_s, 0, 3600)
         if 0 < self.worker_timeout_s < 1:
             raise ConfigError(
                 f"setting 'worker_timeout_s' must be 0 (off) or at least 1, "
@@ -92,7 +140,6 @@ class CommandConfig:
                 "settings 'store' and 'store_dir' are mutually exclusive: serve the keys "
                 "from a store server or from a store directory, not both"
             )
-        check_choice("store_durability", self.store_durability, [d.value for d in Durability])
         if self.requirepass == "":
             raise ConfigError("setting 'requirepass' must not be empty (leave it unset instead)")
 

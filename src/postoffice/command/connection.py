@@ -23,10 +23,12 @@ from postoffice.command.stats import CommandStats
 from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
 from postoffice.core.resp import (
     NEED_DATA,
+    NOAUTH,
     Dialect,
     Error,
     Reply,
     RespParser,
+    RespRefusal,
     encode_resp,
     encode_resp3,
     encode_text,
@@ -313,7 +315,7 @@ class CommandConnection(BaseProtocol):
         counts.commands += 1
         if not self.authenticated and (spec is None or not spec.noauth):
             counts.auth_refusals += 1
-            return Error(code="NOAUTH", message="Authentication required.")
+            return NOAUTH
         if spec is None:
             counts.unknown_commands += 1
             shown = " ".join(f"'{a.decode('utf-8', 'replace')[:64]}'" for a in args[1:4])
@@ -337,7 +339,7 @@ class CommandConnection(BaseProtocol):
             return self._offload(spec, args)
         try:
             return spec.handler(server, self, args)
-        except (CommandError, ConfigError) as exc:
+        except (CommandError, ConfigError, RespRefusal) as exc:
             return Error(code=exc.wire_code, message=str(exc))
 
     def _take_token(self) -> bool:

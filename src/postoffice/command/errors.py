@@ -7,14 +7,11 @@ from postoffice.core.resp import RespLimitError, RespProtocolError
 
 __all__ = [
     "CommandError",
-    "NoAuthError",
-    "NoProtoError",
     "RateLimitedError",
     "RespLimitError",
     "RespProtocolError",
     "StoreUnavailableError",
     "WorkerUnavailableError",
-    "WrongPassError",
 ]
 
 
@@ -22,24 +19,6 @@ class CommandError(PostOfficeError):
     """A command was refused; the connection stays usable. The reply is `-ERR <message>`."""
 
     wire_code = "ERR"
-
-
-class NoAuthError(CommandError):
-    """A command arrived before AUTH on a server with a password."""
-
-    wire_code = "NOAUTH"
-
-
-class WrongPassError(CommandError):
-    """AUTH was given a wrong password."""
-
-    wire_code = "WRONGPASS"
-
-
-class NoProtoError(CommandError):
-    """HELLO asked for a protocol version other than RESP2."""
-
-    wire_code = "NOPROTO"
 
 
 class RateLimitedError(CommandError, LimitExceeded):

@@ -1,6 +1,7 @@
-"""Typed settings loading for every service: defaults < TOML/INI file < environment < CLI.
+"""Typed settings for every service: declared once, loaded from defaults < file < env < CLI.
 
-Core layer: the one module that reads config files, `POSTOFFICE_*` variables and overrides.
+Core layer: the one module that reads config files, `POSTOFFICE_*` variables and overrides,
+and that says what a setting declared with `setting()` shows on the command line.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
-from typing import Final, TypeVar
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
 
 from postoffice.core.errors import ConfigError
 
@@ -21,11 +23,23 @@ __all__ = [
     "DATA_DIR_ENV",
     "DEFAULT_DATA_DIR",
     "ENV_PREFIX",
+    "SETTING",
+    "Flag",
+    "PathKind",
+    "Setting",
+    "Unit",
     "check_choice",
     "check_port",
     "check_range",
+    "check_settings",
     "data_dir",
+    "declared",
+    "flag_fields",
     "load",
+    "setting",
+    "shown_default",
+    "shown_range",
+    "shown_value",
 ]
 
 T = TypeVar("T")
@@ -71,13 +85,16 @@ def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    shared_env: Mapping[str, str] | None = None,
 ) -> T:
     """Build the settings dataclass `cls` from defaults, a file, the environment and overrides.
 
     Later sources win: defaults < file `path` (TOML table or INI section named `section`;
-    a file without that section contributes nothing) < `POSTOFFICE_<SECTION>_<FIELD>`
-    variables in `env` (os.environ when None) < `overrides` (entries whose value is None
-    are skipped, so unset CLI options fall through). Strings are converted to each field's
+    a file without that section contributes nothing) < variables every service shares,
+    `shared_env` mapping a field to its variable (`{"data_dir": "POSTOFFICE_DATA_DIR"}`;
+    an empty one counts as unset) < `POSTOFFICE_<SECTION>_<FIELD>` variables < `overrides`
+    (entries whose value is None are skipped, so unset CLI options fall through); the
+    variables are read from `env` (os.environ when None). Strings are converted to each field's
     annotated type. Raises ConfigError for a missing or unparsable file, an unknown key, a
     value of the wrong type, a required setting given nowhere, or a value the dataclass's
     `__post_init__` rejects. Raises TypeError if `cls` is not a dataclass or a field has a
@@ -100,6 +117,12 @@ def load(
             values[key] = _convert(raw, fields[key], key, source)
 
     environ = os.environ if env is None else env
+    for key, var in (shared_env or {}).items():
+        if key not in fields:
+            raise TypeError(f"{cls.__name__} has no field {key!r} for {var}")
+        if environ.get(var, ""):
+            values[key] = _convert(environ[var], fields[key], key, f"environment {var}")
+
     env_prefix = f"{ENV_PREFIX}{_env_token(section)}_"
     for var in sorted(environ):
         if not var.startswith(env_prefix):
@@ -152,6 +175,194 @@ def check_choice(name: str, value: str, choices: Collection[str]) -> None:
     ordered = sorted(choices) if isinstance(choices, (set, frozenset)) else list(choices)
     listed = ", ".join(repr(c) for c in ordered)
     raise ConfigError(f"setting {name!r} must be one of {listed}, got {value!r}")
+
+
+# -- settings declared once: their help, flag and range, for the checks and the CLI --------
+
+#: The key under which a field's `Setting` sits in its dataclass field's metadata.
+SETTING: Final = "postoffice.setting"
+
+Unit = Literal["bytes", "seconds", "count"]
+PathKind = Literal["dir", "file", "existing-file"]
+
+_IEC_UNITS: Final = (
+    ("PiB", 1 << 50),
+    ("TiB", 1 << 40),
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setting:
+    """What a config field declares besides its default: help, flag, unit and range.
+
+    `flag` is the option's name (`--idle-timeout`); "" derives it from the field's name
+    without a `_s` unit suffix, and None gives the field no flag (file and environment
+    only). A bool field's flag sets the field to False when it starts with `--no-`, else
+    True. `low`/`high` bound the value (inclusive; None: open), `choices` list the allowed
+    strings: `check_settings` enforces both, and the help shows them. `default_text`
+    says what a None default stands for (`<data-dir>/files`); `path` is how a Path field's
+    flag checks its argument; `metavar` names the argument in --help.
+    """
+
+    help: str
+    flag: str | None = ""
+    unit: Unit = "count"
+    low: int | float | None = None
+    high: int | float | None = None
+    choices: tuple[str, ...] = ()
+    default_text: str | None = None
+    path: PathKind = "dir"
+    metavar: str | None = None
+
+
+def setting(
+    default: T,
+    *,
+    help: str,  # the name click and argparse give it
+    flag: str | None = "",
+    unit: Unit = "count",
+    low: int | float | None = None,
+    high: int | float | None = None,
+    choices: Collection[str] = (),
+    default_text: str | None = None,
+    path: PathKind = "dir",
+    metavar: str | None = None,
+) -> T:
+    """A dataclass field with `default` that declares its Setting (see there) in metadata.
+
+    Use as `idle_timeout_s: float = setting(300.0, help=..., unit="seconds", low=0,
+    high=86400)`, and call `check_settings(self)` first in `__post_init__`.
+    """
+    declared = Setting(
+        help=help,
+        flag=flag,
+        unit=unit,
+        low=low,
+        high=high,
+        choices=tuple(choices),
+        default_text=default_text,
+        path=path,
+        metavar=metavar,
+    )
+    field: T = dataclasses.field(default=default, metadata={SETTING: declared})
+    return field
+
+
+def declared(field: dataclasses.Field[object]) -> Setting | None:
+    """The Setting a field was declared with, or None for a plain field."""
+    value = field.metadata.get(SETTING)
+    return value if isinstance(value, Setting) else None
+
+
+def check_settings(config: object) -> None:
+    """Check every field of the dataclass `config` against its declared range and choices.
+
+    A None value (an optional setting left unset) is not checked. Raises ConfigError
+    naming the first field out of bounds.
+    """
+    for field in dataclasses.fields(config):  # type: ignore[arg-type]  # any dataclass
+        spec = declared(field)
+        if spec is None:
+            continue
+        value = getattr(config, field.name)
+        if value is None:
+            continue
+        if spec.low is not None or spec.high is not None:
+            check_range(field.name, value, spec.low, spec.high)
+        if spec.choices:
+            check_choice(field.name, value, spec.choices)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flag:
+    """A setting with a command-line flag: its field, its Setting, the flag and the scalar
+    type the flag parses (`int` for `int | None`)."""
+
+    field: dataclasses.Field[object]
+    spec: Setting
+    name: str
+    kind: type
+
+    @property
+    def sets(self) -> bool:
+        """For a bool setting: the value the flag sets (False for `--no-...`)."""
+        return not self.name.startswith("--no-")
+
+
+def flag_fields(cls: type) -> list[Flag]:
+    """The fields of dataclass `cls` that have a command-line flag, in declaration order.
+
+    Raises TypeError for a flagged field of a type no flag can parse.
+    """
+    hints = typing.get_type_hints(cls)
+    out = []
+    for field in dataclasses.fields(cls):
+        spec = declared(field)
+        if spec is None or spec.flag is None:
+            continue
+        hint = hints[field.name]
+        kind = _optional_inner(hint) or hint
+        if not (isinstance(kind, type) and kind in _SCALAR_NOUNS):
+            raise TypeError(f"{cls.__name__}.{field.name} has type {hint!r}, which no flag parses")
+        out.append(
+            Flag(field=field, spec=spec, name=spec.flag or _derived_flag(field.name), kind=kind)
+        )
+    return out
+
+
+def _derived_flag(name: str) -> str:
+    base = name.removesuffix("_s")
+    return "--" + base.replace("_", "-")
+
+
+def shown_value(value: object, unit: Unit = "count") -> str:
+    """A setting's value as --help shows it: `16 MiB`, `300`, `0.01`, `none`, `var`."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int) and unit == "bytes":
+        for suffix, size in _IEC_UNITS:
+            if value >= size and value % size == 0:
+                return f"{value // size} {suffix}"
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def shown_default(flag: Flag) -> str:
+    """The default of a flagged setting as --help shows it.
+
+    A bool shows whether its flag is in effect by default (`--no-fsync`: off), a None
+    default its `default_text` when it has one.
+    """
+    default = flag.field.default
+    if default is dataclasses.MISSING:
+        return "required"
+    if isinstance(default, bool):
+        return "on" if default == flag.sets else "off"
+    if default is None and flag.spec.default_text is not None:
+        return flag.spec.default_text
+    return shown_value(default, flag.spec.unit)
+
+
+def shown_range(spec: Setting) -> str | None:
+    """The allowed values as --help shows them (`0..86400`, `at least 1`), or None."""
+    if spec.choices:
+        return "|".join(spec.choices)
+    low = None if spec.low is None else shown_value(spec.low, spec.unit)
+    high = None if spec.high is None else shown_value(spec.high, spec.unit)
+    if low is not None and high is not None:
+        return f"{low}..{high}"
+    if low is not None:
+        return f"at least {low}"
+    if high is not None:
+        return f"at most {high}"
+    return None
 
 
 def data_dir(env: Mapping[str, str] | None = None) -> pathlib.Path:

@@ -1,8 +1,12 @@
-"""What every `postoffice <service> serve` command shares: its common flags and its start-up."""
+"""What every `postoffice <service> serve` command shares: its flags and its start-up.
+
+The flags of a service's settings are made from its config dataclass (`config_options`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -58,15 +62,23 @@ def serve_service(
     log_json: bool,
     serve: Callable[[C, asyncio.Event, str | None], Coroutine[Any, Any, None]],
     adjust: Callable[[C], C] | None = None,
+    shared_env: dict[str, str] | None = None,
 ) -> None:
     """Set up logging, load the layered config, and run `serve(config, stop, ready_file)`.
 
-    Settings come from defaults < the --config file < POSTOFFICE_<SECTION>_* < flags
-    (`None` flags fall through). A bad setting is a click error naming the key.
+    Settings come from defaults < the --config file < the variables of `shared_env`
+    (POSTOFFICE_DATA_DIR) < POSTOFFICE_<SECTION>_* < flags (`None` flags fall through).
+    A bad setting is a click error naming the key.
     """
     logs.setup(level=log_level, json=log_json, service=section)
     try:
-        config = core_config.load(config_cls, section=section, path=config_path, overrides=flags)
+        config = core_config.load(
+            config_cls,
+            section=section,
+            path=config_path,
+            overrides=flags,
+            shared_env=shared_env,
+        )
         if adjust is not None:
             config = adjust(config)
     except ConfigError as exc:
@@ -80,3 +92,56 @@ def serve_service(
         run(main)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def config_options(config_cls: type) -> Callable[[F], F]:
+    """Add one click option per field of the dataclass `config_cls` that declares a flag.
+
+    Each option is named for its field (so the command gets `**flags` that `load` takes as
+    overrides) and defaults to None, so a flag not given falls through to the environment,
+    the file and the dataclass default. Its help is the field's, then the default and the
+    allowed values as the dataclass declares them: `[default: 300; 0..86400]`. Raises
+    TypeError for a flagged field of a type no flag parses.
+    """
+    options = [_option(flag) for flag in core_config.flag_fields(config_cls)]
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def option_help(flag: core_config.Flag) -> str:
+    """The --help text of a setting's flag: its help, its default, its allowed values."""
+    shown = [f"default: {core_config.shown_default(flag)}"]
+    allowed = core_config.shown_range(flag.spec)
+    if allowed is not None and not flag.spec.choices:  # click lists a Choice's values itself
+        shown.append(allowed)
+    return f"{flag.spec.help}  [{'; '.join(shown)}]"
+
+
+def _option(flag: core_config.Flag) -> Callable[[F], F]:
+    spec, name = flag.spec, flag.field.name
+    if flag.kind is bool:
+        return click.option(
+            flag.name, name, flag_value=flag.sets, default=None, help=option_help(flag)
+        )
+    click_type: click.ParamType[object] | type | None
+    if spec.choices:
+        click_type = click.Choice(spec.choices)
+    elif flag.kind is pathlib.Path:
+        click_type = click.Path(
+            exists=spec.path == "existing-file",
+            file_okay=spec.path != "dir",
+            dir_okay=spec.path == "dir",
+            path_type=pathlib.Path,
+        )
+    elif flag.kind is str:
+        click_type = None
+    else:
+        click_type = flag.kind
+    return click.option(
+        flag.name, name, type=click_type, default=None, metavar=spec.metavar, help=option_help(flag)
+    )

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from postoffice.core.errors import PostOfficeError
-from postoffice.core.launch import serve_options, serve_service
+from postoffice.core.launch import config_options, serve_options, serve_service
+from postoffice.ingest.config import IngestConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 @click.group()
@@ -18,75 +25,7 @@ def ingest() -> None:
 
 
 @ingest.command()
-@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
-@click.option(
-    "--sys-base",
-    type=int,
-    default=None,
-    help="First system port: +0 health, +1 telemetry, +2 control, +3 ack. [default: 7000]",
-)
-@click.option("--data-base", type=int, default=None, help="First data port.  [default: 7100]")
-@click.option("--x", type=int, default=None, help="Number of data ports.  [default: 4]")
-@click.option(
-    "--ttl",
-    "ttl_s",
-    type=float,
-    default=None,
-    help="Seconds before idle uploads and published files are removed.  [default: 86400]",
-)
-@click.option(
-    "--files-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where published files appear.  [default: <data-dir>/files]",
-)
-@click.option(
-    "--patches-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where chunks wait for assembly.  [default: <data-dir>/ingest/patches]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="State directory.  [default: var, or POSTOFFICE_DATA_DIR]",
-)
-@click.option(
-    "--cleanup-interval",
-    "cleanup_interval_s",
-    type=float,
-    default=None,
-    help="Seconds between TTL cleanup passes.  [default: 60]",
-)
-@click.option("--control-token", default=None, help="Token the control port requires (AUTH).")
-@click.option(
-    "--max-output-bytes",
-    type=int,
-    default=None,
-    help="Largest decompressed file accepted (bombs are refused).",
-)
-@click.option(
-    "--no-fsync",
-    "fsync",
-    flag_value=False,
-    default=None,
-    help="Skip fsync (faster, not durable: tests and benchmarks only).",
-)
-@click.option(
-    "--via-part",
-    "assemble_via_part",
-    flag_value=True,
-    default=None,
-    help="Assemble through a .part file instead of streaming from the patches.",
-)
-@click.option(
-    "--stream-assemblies",
-    type=int,
-    default=None,
-    help="Uploads decompressed while their chunks arrive, at most (0: only once complete)."
-    "  [default: 4]",
-)
+@config_options(IngestConfig)
 @serve_options("ingest")
 def serve(
     config_path: str | None,
@@ -100,12 +39,8 @@ def serve(
     Settings come from defaults < --config file < POSTOFFICE_INGEST_* environment <
     these flags. Upload with `postoffice ingest send FILE`.
     """
-    from postoffice.core.config import data_dir
-    from postoffice.ingest.config import IngestConfig
+    from postoffice.core.config import DATA_DIR_ENV
     from postoffice.ingest.server import IngestServer
-
-    if flags.get("data_dir") is None:
-        flags["data_dir"] = data_dir()
 
     async def start(config: IngestConfig, stop: asyncio.Event, ready: str | None) -> None:
         await IngestServer(config).serve(stop, ready_file=ready)
@@ -119,6 +54,7 @@ def serve(
         log_level=log_level,
         log_json=log_json,
         serve=start,
+        shared_env={"data_dir": DATA_DIR_ENV},
     )
 
 
@@ -175,7 +111,6 @@ def send(
     server does not have.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from postoffice.ingest.client import IngestClient
 
@@ -191,20 +126,9 @@ def send(
             parallel=parallel,
             timeout_s=timeout_s,
         ) as client:
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=console,
-                disable=quiet,
-            ) as bar:
+            with progress_bar(console, disable=quiet) as bar:
                 for path in files:
-                    task = bar.add_task(path.name, total=None)
-
-                    def advance(done: int, total: int, task: object = task) -> None:
-                        bar.update(task, completed=done, total=total)  # type: ignore[arg-type]  # rich TaskID
-
+                    advance = track_upload(bar, path.name, _file_size(path))
                     result = await client.send(path, progress=advance)
                     click.echo(
                         f"{path}: published as {result.name} ({result.size} bytes, xxh3-128 "
@@ -219,3 +143,59 @@ def send(
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot reach the ingest server at {host}: {exc}") from exc
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+
+
+def progress_bar(console: Console, *, disable: bool = False) -> Progress:
+    """The bar of `ingest send`: the file's bytes, then the compressed bytes beside them.
+
+    A task's `completed` and `total` count the file's own bytes, so the bar, the
+    `done/total` figure and the speed are what the user sent; the compressed bytes (what
+    crosses the wire, what the server acknowledged) are shown beside, from the task's
+    field `compressed`.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        "{task.fields[compressed]}",
+        TransferSpeedColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
+def track_upload(bar: Progress, description: str, size: int) -> Callable[[int, int], None]:
+    """Add a task of `size` file bytes to `bar`; return the `progress(done, total)` callback.
+
+    The client reports compressed bytes acknowledged of the compressed total; the file's
+    bytes done are taken in the same proportion (compression is not uniform across a
+    file, so mid-upload this is an estimate; at the end it is exact).
+    """
+    task = bar.add_task(description, total=size, compressed="")
+
+    def advance(done: int, total: int) -> None:
+        completed = size * done // total if total else size
+        bar.update(task, completed=completed, compressed=compressed_text(done, total))
+
+    return advance
+
+
+def compressed_text(sent: int, payload: int) -> str:
+    """`(compressed 1.2/4.9 kB)`, in the units of rich's DownloadColumn."""
+    from rich.filesize import pick_unit_and_suffix
+
+    unit, suffix = pick_unit_and_suffix(
+        payload, ["bytes", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"], 1000
+    )
+    if unit == 1:
+        return f"(compressed {sent}/{payload} {suffix})"
+    return f"(compressed {sent / unit:,.1f}/{payload / unit:,.1f} {suffix})"

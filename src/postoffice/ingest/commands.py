@@ -7,7 +7,6 @@ the connection itself (the I/O shell) is control.ControlConnection.
 from __future__ import annotations
 
 import fnmatch
-import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,25 +17,22 @@ from typing import TYPE_CHECKING, Final, Protocol, final
 from postoffice import __version__
 from postoffice.core.resp import (
     EMPTY_ARRAY,
+    HELLO_BEFORE_AUTH,
     NIL,
     OK,
     PONG,
     Array,
-    Error,
     Integer,
     Map,
+    NoAuthError,
     Reply,
+    WrongPassError,
     bulk,
+    check_credentials,
+    hello_protocol,
 )
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
-from postoffice.ingest.errors import (
-    ControlAuthError,
-    ControlError,
-    IngestProtocolError,
-    NoProtoError,
-    UnknownFileError,
-    WrongTokenError,
-)
+from postoffice.ingest.errors import ControlError, IngestProtocolError, UnknownFileError
 from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex, parse_file_id
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.ttl import CleanupReport
@@ -89,9 +85,6 @@ class IngestControl(Protocol):
     async def cleanup_now(self) -> CleanupReport:
         """Run one TTL cleanup pass now."""
         ...
-
-
-NOAUTH: Final = Error(code=ControlAuthError.wire_code, message="authentication required")
 
 
 # -- the command table ----------------------------------------------------------------------
@@ -225,12 +218,11 @@ def cmd_auth(conn: ControlConnection, args: list[bytes]) -> Reply:
     """AUTH [user] token: the user, if given, must be `default` (what redis-cli sends)."""
     if conn.token is None:
         raise ControlError("AUTH called but no control token is configured")
-    user_ok = len(args) == 2 or args[1] == b"default"
-    # Compare in constant time, and always, so a wrong user costs what a wrong token does.
-    token_ok = hmac.compare_digest(args[-1], conn.token.encode())
-    if not (user_ok and token_ok):
+    try:
+        check_credentials(args[1] if len(args) == 3 else None, args[-1], conn.token)
+    except WrongPassError:
         log.warning("control auth failed conn=%s", conn)
-        raise WrongTokenError("invalid username-token pair")
+        raise
     conn.authenticated = True
     return OK
 
@@ -240,9 +232,7 @@ def cmd_hello(conn: ControlConnection, args: list[bytes]) -> Reply:
     rest = args[1:]
     protocol = conn.protocol
     if rest:
-        if rest[0] not in (b"2", b"3"):
-            raise NoProtoError(f"unsupported protocol version '{shown(rest[0])}', expected 2 or 3")
-        protocol = int(rest[0])
+        protocol = hello_protocol(rest[0])
         rest = rest[1:]
     while rest:
         option = rest[0].upper()
@@ -255,10 +245,7 @@ def cmd_hello(conn: ControlConnection, args: list[bytes]) -> Reply:
         else:
             raise ControlError(f"syntax error in HELLO option '{shown(rest[0])}'")
     if not conn.authenticated:
-        raise ControlAuthError(
-            "HELLO must be called with the client already authenticated, "
-            "or with HELLO <proto> AUTH <user> <token>"
-        )
+        raise NoAuthError(HELLO_BEFORE_AUTH)
     conn.protocol = protocol
     return Map(
         pairs=(

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from postoffice.core.config import check_port, check_range
+from postoffice.core.config import (
+    DATA_DIR_ENV,
+    DEFAULT_DATA_DIR,
+    check_port,
+    check_range,
+    check_settings,
+    setting,
+)
 from postoffice.core.errors import ConfigError
 
 MAX_DATA_PORTS: Final = 64  # X: one listener each; far past what one process can feed
@@ -18,50 +25,86 @@ class IngestConfig:
     """Everything `postoffice ingest serve` can be told; see README and docs/protocols/ingest.md.
 
     `files_dir` of None means `<data_dir>/files`, `patches_dir` of None means
-    `<data_dir>/ingest/patches`; port bases of 0 pick free
-    ports (for tests). Raises ConfigError naming the bad field.
+    `<data_dir>/ingest/patches`; port bases of 0 pick free ports (for tests). A field
+    declared with `setting()` has a flag of `ingest serve`, its help, default and range
+    made from the declaration. Raises ConfigError naming the bad field.
     """
 
-    host: str = "127.0.0.1"
-    sys_base: int = 7000
-    data_base: int = 7100
-    x: int = 4
-    ttl_s: float = 86400.0
-    data_dir: Path = Path("var")
-    files_dir: Path | None = None
-    patches_dir: Path | None = None
-    cleanup_interval_s: float = 60.0
+    host: str = setting("127.0.0.1", help="Address to listen on.")
+    sys_base: int = setting(
+        7000,
+        help="First system port: +0 health, +1 telemetry, +2 control, +3 ack (0: any free ones).",
+        low=0,
+        high=65535 - SYS_PORTS + 1,
+    )
+    data_base: int = setting(
+        7100,
+        help="First data port; the last, data-base + x - 1, must be a port too (0: any free ones).",
+        low=0,
+        high=65535,
+    )
+    x: int = setting(4, help="Number of data ports.", low=1, high=MAX_DATA_PORTS)
+    ttl_s: float = setting(
+        86400.0,
+        help="Seconds before idle uploads and published files are removed.",
+        unit="seconds",
+        low=1,
+        high=10 * 365 * 86400,
+    )
+    data_dir: Path = setting(DEFAULT_DATA_DIR, help=f"State directory (also ${DATA_DIR_ENV}).")
+    files_dir: Path | None = setting(
+        None, help="Where published files appear.", default_text="<data-dir>/files"
+    )
+    patches_dir: Path | None = setting(
+        None,
+        help="Where chunks wait for assembly.",
+        default_text="<data-dir>/ingest/patches",
+    )
+    cleanup_interval_s: float = setting(
+        60.0, help="Seconds between TTL cleanup passes.", unit="seconds", low=0.01, high=86400
+    )
     max_chunk_bytes: int = 8 * 1024 * 1024
-    max_output_bytes: int = 64 * 1024**3
+    max_output_bytes: int = setting(
+        64 * 1024**3,
+        help="Largest decompressed file accepted (bombs are refused).",
+        unit="bytes",
+        low=1,
+        high=1 << 50,
+    )
     max_window_log: int = 27  # 128 MiB: zstd's own default ceiling for decompression
     max_connections: int = 1000
     idle_timeout_s: float = 300.0
     max_in_flight: int = 8  # chunks per data connection being stored at once
     io_threads: int = 8
-    fsync: bool = True
-    assemble_via_part: bool = False
-    stream_assemblies: int = 4  # uploads decompressed while their chunks arrive, at most
-    control_token: str | None = None
+    fsync: bool = setting(
+        True,
+        help="Skip fsync (faster, not durable: tests and benchmarks only).",
+        flag="--no-fsync",
+    )
+    assemble_via_part: bool = setting(
+        False,
+        help="Assemble through a .part file instead of streaming from the patches.",
+        flag="--via-part",
+    )
+    stream_assemblies: int = setting(
+        4,
+        help="Uploads decompressed while their chunks arrive, at most (0: only once complete).",
+        low=0,
+        high=256,
+    )
+    control_token: str | None = setting(None, help="Token the control port requires (AUTH).")
     shutdown_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.sys_base:
-            check_port("sys_base", self.sys_base)
-            check_port("sys_base", self.sys_base + SYS_PORTS - 1)
+        check_settings(self)  # the ranges declared above
         if self.data_base:
-            check_port("data_base", self.data_base)
             check_port("data_base", self.data_base + self.x - 1)
-        check_range("x", self.x, 1, MAX_DATA_PORTS)
-        check_range("ttl_s", self.ttl_s, 1, 10 * 365 * 86400)
-        check_range("cleanup_interval_s", self.cleanup_interval_s, 0.01, 86400)
         check_range("max_chunk_bytes", self.max_chunk_bytes, 1024, 8 * 1024 * 1024)
-        check_range("max_output_bytes", self.max_output_bytes, 1, 1 << 50)
         check_range("max_window_log", self.max_window_log, 10, 31)
         check_range("max_connections", self.max_connections, 1, 1_000_000)
         check_range("idle_timeout_s", self.idle_timeout_s, 0, 86400)
         check_range("max_in_flight", self.max_in_flight, 1, 1024)
         check_range("io_threads", self.io_threads, 1, 256)
-        check_range("stream_assemblies", self.stream_assemblies, 0, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
         if self.control_token == "":
             raise ConfigError("setting 'control_token' must not be empty (leave it unset instead)")

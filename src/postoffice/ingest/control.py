@@ -28,6 +28,7 @@ from postoffice.core.connections import ConnectionManager
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.resp import (
     NEED_DATA,
+    NOAUTH,
     Dialect,
     Error,
     Reply,
@@ -38,7 +39,7 @@ from postoffice.core.resp import (
     encode_text,
 )
 from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
-from postoffice.ingest.commands import NOAUTH, TABLE, Deferred, IngestControl, arity_error, shown
+from postoffice.ingest.commands import TABLE, Deferred, IngestControl, arity_error, shown
 
 log = logging.getLogger(__name__)
 

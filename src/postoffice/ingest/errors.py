@@ -99,24 +99,6 @@ class ControlError(PostOfficeError):
     wire_code = "ERR"
 
 
-class ControlAuthError(ControlError):
-    """A command other than AUTH, HELLO, QUIT or HELP before AUTH, when a token is set."""
-
-    wire_code = "NOAUTH"
-
-
-class WrongTokenError(ControlError):
-    """AUTH was given a wrong token (or a user other than `default`)."""
-
-    wire_code = "WRONGPASS"
-
-
-class NoProtoError(ControlError):
-    """HELLO asked for a RESP version other than 2 or 3."""
-
-    wire_code = "NOPROTO"
-
-
 # -- a client's view of the server's error codes ----------------------------------------
 
 _ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {

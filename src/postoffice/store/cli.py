@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
 
 import click
 
-from postoffice.core.launch import serve_options, serve_service
+from postoffice.core.launch import config_options, serve_options, serve_service
 from postoffice.store.client import Client
+from postoffice.store.config import StoreConfig
 
 
 @click.group()
@@ -17,41 +20,7 @@ def store() -> None:
 
 
 @store.command()
-@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
-@click.option("--port", type=int, default=None, help="TCP port.  [default: 7400]")
-@click.option(
-    "--metrics-port",
-    type=int,
-    default=None,
-    help="HTTP port for /metrics, /healthz, /readyz.  [default: 7401]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="State directory; the store lives in <data-dir>/store.  [default: var]",
-)
-@click.option(
-    "--durability",
-    type=click.Choice(["always", "interval", "never"]),
-    default=None,
-    help="always: an acknowledged write is on disk (group commit).  [default: always]",
-)
-@click.option("--max-connections", type=int, default=None, help="Clients at once.")
-@click.option(
-    "--idle-timeout",
-    "idle_timeout_s",
-    type=float,
-    default=None,
-    help="Close a client idle this many seconds (0: never).  [default: 300]",
-)
-@click.option(
-    "--max-request-size",
-    "max_request_bytes",
-    type=int,
-    default=None,
-    help="Largest request frame payload, bytes.  [default: 16 MiB]",
-)
+@config_options(StoreConfig)
 @serve_options("store")
 def serve(
     config_path: str | None,
@@ -65,13 +34,9 @@ def serve(
     Settings come from defaults < --config file < POSTOFFICE_STORE_* environment < flags.
     The protocol is in docs/protocols/store.md.
     """
-    from postoffice.core.config import data_dir
-    from postoffice.store.config import StoreConfig
+    from postoffice.core.config import DATA_DIR_ENV
     from postoffice.store.errors import StoreLockedError
     from postoffice.store.server import StoreServer
-
-    if flags.get("data_dir") is None:
-        flags["data_dir"] = data_dir()
 
     async def start(config: StoreConfig, stop: asyncio.Event, ready: str | None) -> None:
         server = StoreServer(config)
@@ -90,6 +55,31 @@ def serve(
         log_level=log_level,
         log_json=log_json,
         serve=start,
+        shared_env={"data_dir": DATA_DIR_ENV},
+    )
+
+
+#: `postoffice store get`: the key has no value.
+EXIT_NOT_FOUND: Final = 1
+#: Bad usage (click's own code), or a key, value or bound over the protocol's limits.
+EXIT_USAGE: Final = 2
+#: The store cannot be reached, broke the connection, or refused the request.
+EXIT_UNAVAILABLE: Final = 3
+
+
+def _exit_status(*codes: str) -> str:
+    """The `Exit status:` paragraph of a client command's --help, `codes` first."""
+    return (
+        "Exit status: "
+        + "; ".join(
+            [
+                *codes,
+                f"{EXIT_USAGE} bad usage, or an argument over the protocol's limits",
+                f"{EXIT_UNAVAILABLE} the store cannot be reached, broke the connection or "
+                "refused the request",
+            ]
+        )
+        + "."
     )
 
 
@@ -97,29 +87,47 @@ _host = click.option("--host", default="127.0.0.1", show_default=True, help="Sto
 _port = click.option("--port", type=int, default=7400, show_default=True, help="Store port.")
 
 
-def _client(host: str, port: int) -> Client:
-    from postoffice.core.errors import BrokenError
+class _NotFound(click.ClickException):
+    """Printed as `Error: ...`, exit status EXIT_NOT_FOUND."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class _StoreUnavailable(click.ClickException):
+    """Printed as `Error: ...`, exit status EXIT_UNAVAILABLE."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+@contextmanager
+def _client(host: str, port: int) -> Iterator[Client]:
+    """A connected client; store errors inside become click errors with their exit status."""
+    from postoffice.core.errors import PostOfficeError
+    from postoffice.store.errors import StoreProtocolError
 
     try:
-        return Client(host, port)
-    except BrokenError as exc:
-        raise click.ClickException(str(exc)) from exc
+        with Client(host, port) as client:
+            yield client
+    except StoreProtocolError as exc:  # refused by our own encoder: nothing was sent
+        raise click.UsageError(str(exc)) from exc
+    except PostOfficeError as exc:
+        raise _StoreUnavailable(str(exc)) from exc
 
 
-@store.command()
+@store.command(epilog=_exit_status("0 found", f"{EXIT_NOT_FOUND} no such key"))
 @click.argument("key")
 @_host
 @_port
 def get(key: str, host: str, port: int) -> None:
-    """Print the value of KEY (exit 1 when there is none)."""
+    """Print the value of KEY (exit 1 when there is none, 3 when the store cannot answer)."""
     with _client(host, port) as client:
         value = client.get(key.encode())
     if value is None:
-        raise click.ClickException(f"no such key {key!r}")
+        raise _NotFound(f"no such key {key!r}")
     click.echo(value.decode("utf-8", "replace"))
 
 
-@store.command()
+@store.command(epilog=_exit_status("0 stored"))
 @click.argument("key")
 @click.argument("value")
 @_host
@@ -131,7 +139,7 @@ def put(key: str, value: str, host: str, port: int) -> None:
     click.echo("OK")
 
 
-@store.command(name="del")
+@store.command(name="del", epilog=_exit_status("0 done"))
 @click.argument("key")
 @_host
 @_port
@@ -141,7 +149,7 @@ def delete(key: str, host: str, port: int) -> None:
         click.echo("1" if client.delete(key.encode()) else "0")
 
 
-@store.command()
+@store.command(epilog=_exit_status("0 done"))
 @click.option("--prefix", default=None, help="Only keys starting with this.")
 @click.option("--start", default=None, help="First key (inclusive).")
 @click.option("--end", default=None, help="Last key (exclusive).")
@@ -165,7 +173,7 @@ def scan(
         click.echo("(more: raise --limit or continue with --start)", err=True)
 
 
-@store.command()
+@store.command(epilog=_exit_status("0 done"))
 @_host
 @_port
 def stats(host: str, port: int) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from postoffice.core.config import check_choice, check_port, check_range
+from postoffice.core.config import (
+    DATA_DIR_ENV,
+    DEFAULT_DATA_DIR,
+    check_range,
+    check_settings,
+    setting,
+)
 from postoffice.core.framing import MAX_PAYLOAD_BYTES
 from postoffice.store.engine import DEFAULT_DURABILITY, Durability
 
@@ -15,29 +21,50 @@ class StoreConfig:
     """Everything `postoffice store serve` can be told; see README and docs/protocols/store.md.
 
     The store lives in `<data_dir>/store`. `idle_timeout_s` of 0 disables the idle
-    timeout; `metrics_port` of None disables HTTP metrics. Raises ConfigError.
+    timeout; `metrics_port` of None disables HTTP metrics. A field declared with
+    `setting()` has a flag of `store serve`, its help, default and range made from the
+    declaration. Raises ConfigError naming the bad field.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 7400
-    metrics_port: int | None = 7401
-    data_dir: Path = Path("var")
-    durability: str = DEFAULT_DURABILITY.value
-    max_connections: int = 10_000
-    idle_timeout_s: float = 300.0
-    max_request_bytes: int = MAX_PAYLOAD_BYTES
+    host: str = setting("127.0.0.1", help="Address to listen on.")
+    port: int = setting(7400, help="TCP port (0: any free one).", low=0, high=65535)
+    metrics_port: int | None = setting(
+        7401, help="HTTP port for /metrics, /healthz, /readyz.", low=0, high=65535
+    )
+    data_dir: Path = setting(
+        DEFAULT_DATA_DIR,
+        help=f"State directory (also ${DATA_DIR_ENV}); the store lives in <data-dir>/store.",
+    )
+    durability: str = setting(
+        DEFAULT_DURABILITY.value,
+        help="always: an acknowledged write is on disk (group commit); interval: fsync "
+        "every 100 ms; never: leave it to the OS.",
+        choices=[d.value for d in Durability],
+    )
+    max_connections: int = setting(
+        10_000, help="Clients served at once; more are refused.", low=1, high=1_000_000
+    )
+    idle_timeout_s: float = setting(
+        300.0,
+        help="Close a client idle this many seconds (0: never).",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
+    max_request_bytes: int = setting(
+        MAX_PAYLOAD_BYTES,
+        help="Largest request frame payload, bytes.",
+        flag="--max-request-size",
+        unit="bytes",
+        low=1024,
+        high=MAX_PAYLOAD_BYTES,
+    )
     max_in_flight: int = 1024  # replies owed per connection before it stops reading
     io_threads: int = 8
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        check_port("port", self.port)
-        if self.metrics_port is not None:
-            check_port("metrics_port", self.metrics_port)
-        check_choice("durability", self.durability, [d.value for d in Durability])
-        check_range("max_connections", self.max_connections, 1, 1_000_000)
-        check_range("idle_timeout_s", self.idle_timeout_s, 0, 86400)
-        check_range("max_request_bytes", self.max_request_bytes, 1024, MAX_PAYLOAD_BYTES)
+        check_settings(self)  # the ranges and choices declared above
         check_range("max_in_flight", self.max_in_flight, 1, 100_000)
         check_range("io_threads", self.io_threads, 1, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)

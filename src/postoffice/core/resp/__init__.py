@@ -2,7 +2,8 @@
 
 Shared by the command server and every control port (ingest's among them). `parser`
 turns a connection's bytes into commands; `replies` holds the reply types and encodes
-them. Import the public names from here.
+them; `refusals` the AUTH and HELLO checks and their errors. Import the public names
+from here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ from postoffice.core.resp.parser import (
     RespLimitError,
     RespParser,
     RespProtocolError,
+)
+from postoffice.core.resp.refusals import (
+    HELLO_BEFORE_AUTH,
+    NOAUTH,
+    PROTOCOL_VERSIONS,
+    NoAuthError,
+    NoProtoError,
+    RespRefusal,
+    WrongPassError,
+    check_credentials,
+    hello_protocol,
 )
 from postoffice.core.resp.replies import (
     EMPTY_ARRAY,
@@ -41,14 +53,17 @@ from postoffice.core.resp.replies import (
 
 __all__ = [
     "EMPTY_ARRAY",
+    "HELLO_BEFORE_AUTH",
     "MAX_ARRAY_ITEMS",
     "MAX_BULK_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_INLINE_BYTES",
     "NEED_DATA",
     "NIL",
+    "NOAUTH",
     "OK",
     "PONG",
+    "PROTOCOL_VERSIONS",
     "Array",
     "Bulk",
     "Command",
@@ -57,14 +72,20 @@ __all__ = [
     "Integer",
     "Map",
     "NeedData",
+    "NoAuthError",
+    "NoProtoError",
     "Reply",
     "RespLimitError",
     "RespParser",
     "RespProtocolError",
+    "RespRefusal",
     "SimpleString",
+    "WrongPassError",
     "bulk",
+    "check_credentials",
     "encode_command",
     "encode_resp",
     "encode_resp3",
     "encode_text",
+    "hello_protocol",
 ]
