@@ -87,7 +87,10 @@ class _FramedConnection(BaseProtocol):
                 self.server.protocol_errors += 1
                 log.info("bad frame conn=%s error=%r", self, str(exc))
                 self.server.events.emit("protocol_error", peer=self.peer, error=str(exc))
-                self.send(ErrorReply(code=ErrorCode.BAD_FRAME, message=str(exc)), 0)
+                # The request id is known when the header was readable (a length or
+                # CRC-32 error); a bad magic, version or reserved field leaves it unknown.
+                request_id = 0 if exc.request_id is None else exc.request_id
+                self.send(ErrorReply(code=ErrorCode.BAD_FRAME, message=str(exc)), request_id)
                 self.close("bad frame")
                 return False
             except IngestError as exc:

@@ -1,0 +1,242 @@
+"""IngestServer in-process, spoken to over real sockets as docs/protocols/ingest.md says:
+what a client written from the docs alone sees on the data and ack ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import struct
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from postoffice.ingest.config import IngestConfig
+from postoffice.ingest.errors import ErrorCode
+from postoffice.ingest.messages import (
+    ErrorReply,
+    FileId,
+    Message,
+    Ping,
+    Pong,
+    Query,
+    Subscribe,
+    Subscribed,
+)
+from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode, encode_chunk
+from postoffice.ingest.server import IngestServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+#: How long a test waits for one message before it calls the server silent.
+REPLY_TIMEOUT_S = 5.0
+
+
+def config(tmp_path: Path, **changes: Any) -> IngestConfig:
+    settings: dict[str, Any] = {
+        "sys_base": 0,
+        "data_base": 0,
+        "x": 1,
+        "data_dir": tmp_path,
+        "fsync": False,
+        "cleanup_interval_s": 3600,
+    }
+    return IngestConfig(**(settings | changes))
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[IngestServer]:
+    srv = IngestServer(config(tmp_path))
+    await srv.startup()
+    yield srv
+    await srv.shutdown()
+
+
+class Peer:
+    """A raw client of one binary port: frames out, the server's messages in."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = MessageDecoder()
+
+    @classmethod
+    async def open(cls, port: int) -> Peer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, wire: bytes) -> None:
+        self.writer.write(wire)
+        await self.writer.drain()
+
+    async def next(self) -> tuple[int, Message]:
+        """The next message, within REPLY_TIMEOUT_S."""
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            while (event := self.decoder.next_event()) is NEED_DATA:
+                block = await self.reader.read(65536)
+                assert block, "the server closed the connection"
+                self.decoder.feed(block)
+        return event
+
+    async def at_eof(self) -> bool:
+        """Whether the server closes the connection (within REPLY_TIMEOUT_S) with nothing
+        more to say."""
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            rest = await self.reader.read()
+        return rest == b""
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP reset, as a crashed client or a broken link does."""
+        sock: socket.socket = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass  # reset: closed all the same
+
+
+Connect = Callable[[int], Awaitable[Peer]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open raw connections to a port; all are closed when the test ends."""
+    peers: list[Peer] = []
+
+    async def open_peer(port: int) -> Peer:
+        peers.append(await Peer.open(port))
+        return peers[-1]
+
+    yield open_peer
+    for peer in peers:
+        await peer.close()
+
+
+def data_port(server: IngestServer, index: int = 0) -> int:
+    return server.addresses[f"data{index}"][1]
+
+
+def ack_port(server: IngestServer) -> int:
+    return server.addresses["ack"][1]
+
+
+def zstd_pieces(count: int) -> tuple[list[bytes], int]:
+    """A real zstd payload in `count` pieces and its size: a streaming assembly waits for
+    the pieces still missing instead of failing the upload."""
+    payload = zstandard.ZstdCompressor(level=1).compress(os.urandom(2000 * count))
+    step = -(-len(payload) // count)
+    pieces = [payload[i : i + step] for i in range(0, len(payload), step)]
+    assert len(pieces) == count
+    return pieces, len(payload)
+
+
+def chunk_wire(
+    file_id: bytes,
+    index: int,
+    pieces: list[bytes],
+    size: int,
+    request_id: int,
+    name: str = "up.bin",
+) -> bytes:
+    return encode_chunk(
+        file_id=FileId(file_id),
+        index=index,
+        total=len(pieces),
+        size=size,
+        name=name,
+        data=pieces[index],
+        request_id=request_id,
+    )
+
+
+async def subscribe(connect: Connect, server: IngestServer, file_id: bytes) -> Peer:
+    peer = await connect(ack_port(server))
+    await peer.send(encode(Subscribe(file_ids=(FileId(file_id),)), 1))
+    assert await peer.next() == (1, Subscribed(file_ids=(FileId(file_id),)))
+    return peer
+
+
+async def events_until_pong(peer: Peer) -> list[Message]:
+    """Every event the ack port has sent so far: a PING's PONG comes after them."""
+    await peer.send(encode(Ping(), 99))
+    events: list[Message] = []
+    while (event := await peer.next()) != (99, Pong()):
+        events.append(event[1])
+    return events
+
+
+class StoreGate:
+    """Holds every ChunkStore.store_chunk call on its thread until `opened` is set."""
+
+    def __init__(self, real: Callable[..., Any]) -> None:
+        self.real = real
+        self.entered = threading.Semaphore(0)
+        self.opened = threading.Event()
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.entered.release()
+        assert self.opened.wait(REPLY_TIMEOUT_S * 2), "the gate was never opened"
+        return self.real(**kwargs)
+
+    async def wait_entered(self, count: int) -> None:
+        for _ in range(count):
+            assert await asyncio.to_thread(self.entered.acquire, timeout=REPLY_TIMEOUT_S)
+
+
+def gate_store(server: IngestServer, monkeypatch: pytest.MonkeyPatch) -> StoreGate:
+    gate = StoreGate(server.store.store_chunk)
+    monkeypatch.setattr(server.store, "store_chunk", gate)
+    return gate
+
+
+# -- BAD_FRAME -----------------------------------------------------------------------------
+
+
+def _bad_crc(request_id: int) -> bytes:
+    wire = bytearray(encode(Query(file_id=FileId(bytes(16))), request_id))
+    wire[20:24] = b"\xde\xad\xbe\xef"  # not the payload's CRC-32
+    return bytes(wire)
+
+
+def _too_long(request_id: int) -> bytes:
+    # A header announcing 16 MiB: refused from the header alone.
+    return struct.pack(">2sBBHHQII", b"PO", 1, 0x02, 0, 0, request_id, 16 * 1024 * 1024, 0)
+
+
+def _bad_magic(request_id: int) -> bytes:
+    return b"XY" + encode(Ping(), request_id)[2:]
+
+
+@pytest.mark.parametrize(
+    ("make", "expected_id", "message"),
+    [
+        (_bad_crc, 7, r"^payload checksum 0x[0-9a-f]{8} does not match header 0xdeadbeef$"),
+        (_too_long, 9, r"^frame payload length 16777216 exceeds limit \d+$"),
+        (_bad_magic, 0, r"^bad frame magic b'XY', expected b'PO'$"),
+    ],
+    ids=["crc", "length", "magic"],
+)
+async def test_bad_frame_carries_the_request_id_when_the_header_was_readable(
+    server: IngestServer,
+    connect: Connect,
+    make: Callable[[int], bytes],
+    expected_id: int,
+    message: str,
+) -> None:
+    peer = await connect(data_port(server))
+    await peer.send(make(expected_id or 5))
+    request_id, reply = await peer.next()
+    assert isinstance(reply, ErrorReply)
+    assert reply.code is ErrorCode.BAD_FRAME
+    assert request_id == expected_id
+    assert re.match(message, reply.message)
+    assert await peer.at_eof()
