@@ -19,6 +19,7 @@ import zstandard
 from postoffice.ingest.config import IngestConfig
 from postoffice.ingest.errors import ErrorCode
 from postoffice.ingest.messages import (
+    ChunkStored,
     ErrorReply,
     FileId,
     Message,
@@ -174,6 +175,16 @@ async def events_until_pong(peer: Peer) -> list[Message]:
     return events
 
 
+async def committed(server: IngestServer, file_id: bytes, count: int) -> None:
+    """Wait until `count` chunks of the upload are committed."""
+    async with asyncio.timeout(REPLY_TIMEOUT_S):
+        while True:
+            info = server.store.info(FileId(file_id))
+            if info is not None and len(info.committed) >= count:
+                return
+            await asyncio.sleep(0.01)
+
+
 class StoreGate:
     """Holds every ChunkStore.store_chunk call on its thread until `opened` is set."""
 
@@ -240,3 +251,36 @@ async def test_bad_frame_carries_the_request_id_when_the_header_was_readable(
     assert request_id == expected_id
     assert re.match(message, reply.message)
     assert await peer.at_eof()
+
+
+# -- CHUNK_STORED: once per newly committed chunk ------------------------------------------
+
+
+async def test_chunks_committed_after_their_connection_was_reset_are_announced_once(
+    server: IngestServer, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ack port is the reliable channel: a chunk that commits after the connection it
+    came on broke is still announced there, and on /events, exactly once."""
+    records: list[dict[str, object]] = []
+    server.events.listeners.append(records.append)
+    file_id = os.urandom(16)
+    pieces, size = zstd_pieces(6)
+    watcher = await subscribe(connect, server, file_id)
+    gate = gate_store(server, monkeypatch)
+    uploader = await connect(data_port(server))
+    await uploader.send(b"".join(chunk_wire(file_id, i, pieces, size, i + 1) for i in range(4)))
+    await gate.wait_entered(4)  # all four are being stored
+    uploader.reset()
+    async with asyncio.timeout(REPLY_TIMEOUT_S):
+        while server.data_connections[0]:  # the server saw the reset
+            await asyncio.sleep(0.01)
+    gate.opened.set()
+    await committed(server, file_id, 4)
+    events = [await watcher.next() for _ in range(4)]
+    assert all(request_id == 0 for request_id, _ in events)
+    stored = [event for _, event in events if isinstance(event, ChunkStored)]
+    assert sorted(event.index for event in stored) == [0, 1, 2, 3]
+    assert sorted(event.committed for event in stored) == [1, 2, 3, 4]
+    assert await events_until_pong(watcher) == []  # no second announcement
+    telemetry = [r for r in records if r["event"] == "chunk_stored"]
+    assert sorted(r["index"] for r in telemetry) == [0, 1, 2, 3]  # type: ignore[type-var]

@@ -133,9 +133,10 @@ class DataConnection(_FramedConnection):
         self.server.data_connections[self.port_index].add(self)
 
     def on_close(self) -> None:
+        # Chunks being stored run to the end (their replies are dropped): one that commits
+        # must still be announced on the ack port and started on its assembly, and that
+        # happens after the store, in the task a cancel would cut short.
         self.server.data_connections[self.port_index].discard(self)
-        for task in self._tasks:
-            task.cancel()
 
     def on_data(self, data: bytes) -> ConnInput | None:
         self.decoder.feed(data)
