@@ -19,6 +19,7 @@ import zstandard
 from postoffice.ingest.config import IngestConfig
 from postoffice.ingest.errors import ErrorCode
 from postoffice.ingest.messages import (
+    Ack,
     ChunkStored,
     ErrorReply,
     FileId,
@@ -284,3 +285,29 @@ async def test_chunks_committed_after_their_connection_was_reset_are_announced_o
     assert await events_until_pong(watcher) == []  # no second announcement
     telemetry = [r for r in records if r["event"] == "chunk_stored"]
     assert sorted(r["index"] for r in telemetry) == [0, 1, 2, 3]  # type: ignore[type-var]
+
+
+async def test_a_duplicate_of_an_acknowledged_chunk_is_not_announced(
+    server: IngestServer, connect: Connect
+) -> None:
+    records: list[dict[str, object]] = []
+    server.events.listeners.append(records.append)
+    file_id = os.urandom(16)
+    pieces, size = zstd_pieces(3)
+    watcher = await subscribe(connect, server, file_id)
+    uploader = await connect(data_port(server))
+    await uploader.send(chunk_wire(file_id, 0, pieces, size, 1))
+    assert await uploader.next() == (
+        1,
+        Ack(file_id=FileId(file_id), index=0, committed=1, total=3),
+    )
+    assert await events_until_pong(watcher) == [
+        ChunkStored(file_id=FileId(file_id), index=0, committed=1, total=3)
+    ]
+    await uploader.send(chunk_wire(file_id, 0, pieces, size, 2))
+    assert await uploader.next() == (
+        2,
+        Ack(file_id=FileId(file_id), index=0, committed=1, total=3, duplicate=True),
+    )
+    assert await events_until_pong(watcher) == []
+    assert [r["event"] for r in records].count("chunk_stored") == 1

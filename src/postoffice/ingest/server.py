@@ -355,12 +355,15 @@ class IngestServer:
                 total=result.total,
                 bytes=len(chunk.data),
             )
-        self.acks.publish(
-            file_id,
-            ChunkStored(
-                file_id=file_id, index=chunk.index, committed=result.committed, total=result.total
-            ),
-        )
+            self.acks.publish(
+                file_id,
+                ChunkStored(
+                    file_id=file_id,
+                    index=chunk.index,
+                    committed=result.committed,
+                    total=result.total,
+                ),
+            )
         if result.complete:
             self.events.emit("payload_complete", file_id=file_id_hex(file_id), name=chunk.name)
         if not result.duplicate:
