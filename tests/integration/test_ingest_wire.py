@@ -22,13 +22,16 @@ from postoffice.ingest.messages import (
     Ack,
     ChunkStored,
     ErrorReply,
+    Failed,
     FileId,
     Message,
     Ping,
     Pong,
     Query,
+    Status,
     Subscribe,
     Subscribed,
+    UploadState,
 )
 from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode, encode_chunk
 from postoffice.ingest.server import IngestServer
@@ -311,3 +314,58 @@ async def test_a_duplicate_of_an_acknowledged_chunk_is_not_announced(
     )
     assert await events_until_pong(watcher) == []
     assert [r["event"] for r in records].count("chunk_stored") == 1
+
+
+# -- ABORT ---------------------------------------------------------------------------------
+
+
+async def control(connect: Connect, server: IngestServer, line: str) -> bytes:
+    """One inline command on the control port, and its reply line."""
+    peer = await connect(server.addresses["control"][1])
+    await peer.send(line.encode() + b"\r\n")
+    async with asyncio.timeout(REPLY_TIMEOUT_S):
+        return await peer.reader.readline()
+
+
+async def query(uploader: Peer, file_id: bytes, request_id: int) -> Status:
+    await uploader.send(encode(Query(file_id=FileId(file_id)), request_id))
+    got_id, status = await uploader.next()
+    assert got_id == request_id
+    assert isinstance(status, Status)
+    return status
+
+
+async def test_an_aborted_upload_is_forgotten_and_a_resend_starts_afresh(
+    server: IngestServer, connect: Connect
+) -> None:
+    file_id = os.urandom(16)
+    pieces, size = zstd_pieces(3)
+    watcher = await subscribe(connect, server, file_id)
+    uploader = await connect(data_port(server))
+    await uploader.send(chunk_wire(file_id, 0, pieces, size, 1))
+    await uploader.send(chunk_wire(file_id, 1, pieces, size, 2))
+    assert {(await uploader.next())[0] for _ in range(2)} == {1, 2}
+    assert await control(connect, server, f"ABORT {file_id.hex()}") == b"+OK\r\n"
+    events = await events_until_pong(watcher)
+    assert events[-1] == Failed(
+        file_id=FileId(file_id), code=ErrorCode.ABORTED, message="upload aborted"
+    )
+    assert await query(uploader, file_id, 3) == Status(
+        file_id=FileId(file_id),
+        state=UploadState.UNKNOWN,
+        total=0,
+        committed=0,
+        size=0,
+        name="",
+        missing=(),
+    )
+    latecomer = await subscribe(connect, server, file_id)
+    assert await events_until_pong(latecomer) == []  # nothing to replay: it is forgotten
+    await uploader.send(chunk_wire(file_id, 1, pieces, size, 4))
+    assert await uploader.next() == (4, Ack(file_id=FileId(file_id), index=1, committed=1, total=3))
+    status = await query(uploader, file_id, 5)
+    assert (status.state, status.committed, status.missing) == (
+        UploadState.UPLOADING,
+        1,
+        ((0, 0), (2, 2)),
+    )

@@ -454,15 +454,18 @@ class IngestServer:
         return _missing(info)
 
     async def abort(self, file_id: bytes) -> bool:
-        """Drop an upload's chunks; False when there is no such upload."""
+        """Drop an upload's chunks and forget it; False when there is no such upload.
+
+        Its subscribers get FAILED (ABORTED) now; afterwards the id is unknown, as if never
+        seen: QUERY answers UNKNOWN and a chunk sent again starts a fresh upload.
+        """
         fid = FileId(file_id)
         if self.store.info(fid) is None:
             return False
         removed = await self.blocking(lambda: self.store.remove(fid))
         if removed:
-            failed = Failed(file_id=fid, code=ErrorCode.ABORTED, message="upload aborted")
-            self.failed[fid] = failed
-            self.acks.publish(fid, failed)
+            aborted = Failed(file_id=fid, code=ErrorCode.ABORTED, message="upload aborted")
+            self.acks.publish(fid, aborted)
             self.events.emit("upload_aborted", file_id=file_id_hex(fid))
         return removed
 
