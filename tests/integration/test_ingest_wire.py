@@ -369,3 +369,51 @@ async def test_an_aborted_upload_is_forgotten_and_a_resend_starts_afresh(
         1,
         ((0, 0), (2, 2)),
     )
+
+
+# -- QUERY of a failed upload --------------------------------------------------------------
+
+
+async def test_a_failed_upload_answers_query_with_what_it_was(
+    server: IngestServer, connect: Connect
+) -> None:
+    """FAILED keeps the upload's total, size and name; its chunks were dropped."""
+    file_id = os.urandom(16)
+    garbage = [b"PK\x03\x04 not zstandard", b"at all"]
+    size = sum(map(len, garbage))
+    watcher = await subscribe(connect, server, file_id)
+    uploader = await connect(data_port(server))
+    await uploader.send(chunk_wire(file_id, 0, garbage, size, 1, name="bad.zip"))
+    assert (await uploader.next())[0] == 1
+    async with asyncio.timeout(REPLY_TIMEOUT_S):
+        while not any(isinstance(event, Failed) for event in await events_until_pong(watcher)):
+            pass
+    assert await query(uploader, file_id, 2) == Status(
+        file_id=FileId(file_id),
+        state=UploadState.FAILED,
+        total=2,
+        committed=0,
+        size=size,
+        name="bad.zip",
+        missing=(),
+    )
+
+
+async def test_a_failed_one_chunk_upload_answers_query_with_what_it_was(
+    server: IngestServer, connect: Connect
+) -> None:
+    file_id = os.urandom(16)
+    garbage = [b"not zstandard either"]
+    uploader = await connect(data_port(server))
+    await uploader.send(chunk_wire(file_id, 0, garbage, len(garbage[0]), 1, name="one.bin"))
+    request_id, reply = await uploader.next()
+    assert (request_id, getattr(reply, "code", None)) == (1, ErrorCode.ASSEMBLY)
+    assert await query(uploader, file_id, 2) == Status(
+        file_id=FileId(file_id),
+        state=UploadState.FAILED,
+        total=1,
+        committed=0,
+        size=len(garbage[0]),
+        name="one.bin",
+        missing=(),
+    )

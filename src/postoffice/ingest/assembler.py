@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from postoffice.core.runtime import Backoff
@@ -45,6 +46,7 @@ from postoffice.ingest.errors import (
     UnknownFileError,
 )
 from postoffice.ingest.messages import Chunk, Failed, FileId, Published, file_id_hex
+from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.singles import SinglePublishes
 
@@ -61,7 +63,7 @@ STREAM_IDLE_S: Final = 10.0
 #: How often a waiting streaming assembly looks whether the server is draining.
 STREAM_POLL_S: Final = 0.5
 
-__all__ = ["STREAM_IDLE_S", "STREAM_POLL_S", "Assemblies", "published_message"]
+__all__ = ["STREAM_IDLE_S", "STREAM_POLL_S", "Assemblies", "FailedUpload", "published_message"]
 
 
 class _Outcome(enum.Enum):
@@ -70,6 +72,17 @@ class _Outcome(enum.Enum):
     RETRY = "retry"
     GAVE_UP = "gave up"
     GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedUpload:
+    """An upload that will never be published: its FAILED event, and the total, size and
+    name QUERY still answers for it (its chunks are gone)."""
+
+    event: Failed
+    name: str
+    total: int
+    size: int
 
 
 class _StreamStalled(Exception):
@@ -218,7 +231,7 @@ class Assemblies:
         except UnknownFileError:
             return _Outcome.GONE  # aborted or expired while it was being assembled
         except AssemblyError as exc:
-            await self._failed(file_id, info.name, exc, drop=True)
+            await self._failed(info, exc)
             return _Outcome.FAILED
         except Exception as exc:
             # A disk error or a bug, not the payload's fault: the patches are intact, so
@@ -241,18 +254,20 @@ class Assemblies:
         await server.blocking(lambda: server.store.remove_patches(file_id))
         return _Outcome.PUBLISHED
 
-    async def _failed(self, file_id: FileId, name: str, exc: AssemblyError, *, drop: bool) -> None:
+    async def _failed(self, info: PayloadInfo, exc: AssemblyError) -> None:
         """The payload will never decompress: drop its chunks, say so, refuse its id."""
         server = self.server
+        file_id = info.file_id
         hex_id = file_id_hex(file_id)
         server.assembly_failures += 1
         failed = Failed(file_id=file_id, code=exc.code, message=str(exc))
-        server.failed[file_id] = failed
-        log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, name, str(exc))
-        if drop:
-            await server.blocking(lambda: server.store.remove(file_id))
+        server.failed[file_id] = FailedUpload(
+            event=failed, name=info.name, total=info.total, size=info.size
+        )
+        log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, info.name, str(exc))
+        await server.blocking(lambda: server.store.remove(file_id))
         server.events.emit(
-            "assembly_failed", file_id=hex_id, name=name, code=exc.code.name, error=str(exc)
+            "assembly_failed", file_id=hex_id, name=info.name, code=exc.code.name, error=str(exc)
         )
         server.acks.publish(file_id, failed)
 
@@ -303,17 +318,20 @@ class Assemblies:
         """
         return await self.singles.publish(chunk)
 
-    def single_failed(self, file_id: FileId, name: str, exc: AssemblyError) -> None:
+    def single_failed(self, chunk: Chunk, exc: AssemblyError) -> None:
         """A one-chunk upload will never decompress: say so, refuse its id (nothing was
         stored, so nothing is dropped)."""
         server = self.server
+        file_id = chunk.file_id
         hex_id = file_id_hex(file_id)
         server.assembly_failures += 1
         failed = Failed(file_id=file_id, code=exc.code, message=str(exc))
-        server.failed[file_id] = failed
-        log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, name, str(exc))
+        server.failed[file_id] = FailedUpload(
+            event=failed, name=chunk.name, total=chunk.total, size=chunk.size
+        )
+        log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, chunk.name, str(exc))
         server.events.emit(
-            "assembly_failed", file_id=hex_id, name=name, code=exc.code.name, error=str(exc)
+            "assembly_failed", file_id=hex_id, name=chunk.name, code=exc.code.name, error=str(exc)
         )
         server.acks.publish(file_id, failed)
 

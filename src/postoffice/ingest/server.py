@@ -33,7 +33,7 @@ from postoffice.core.http import (
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import Supervisor, announce
 from postoffice.core.workers import WorkerPool
-from postoffice.ingest.assembler import Assemblies, published_message
+from postoffice.ingest.assembler import Assemblies, FailedUpload, published_message
 from postoffice.ingest.chunkdigest import verify_chunk
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
 from postoffice.ingest.connections import AckConnection, AckHub, DataConnection
@@ -116,7 +116,7 @@ class IngestServer:
         self._data_listeners: dict[int, asyncio.Server] = {}
         self._sys_listeners: list[asyncio.Server] = []
         self.assembler = Assemblies(self)
-        self.failed: dict[FileId, Failed] = {}  # uploads that ended without a publish
+        self.failed: dict[FileId, FailedUpload] = {}  # uploads whose assembly failed
         self._accepting = False
         self._ready = False
         self._scale_lock = asyncio.Lock()
@@ -294,8 +294,8 @@ class IngestServer:
             raise ShuttingDownError("server is shutting down, chunk not stored")
         file_id = chunk.file_id
         failed = self.failed.get(file_id)
-        if failed is not None and failed.code is ErrorCode.ASSEMBLY:
-            raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {failed.message}")
+        if failed is not None:
+            raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {failed.event.message}")
         if self.store.published(file_id) is not None:
             return Ack(
                 file_id=file_id,
@@ -335,10 +335,10 @@ class IngestServer:
             result = await self.blocking(verify_and_store)
         except IngestStorageError:
             failed = self.failed.get(file_id)
-            if failed is not None and failed.code is ErrorCode.ASSEMBLY:
+            if failed is not None:
                 # Its streaming assembly failed and dropped the upload meanwhile.
                 raise AssemblyError(
-                    f"upload {file_id_hex(file_id)} failed: {failed.message}"
+                    f"upload {file_id_hex(file_id)} failed: {failed.event.message}"
                 ) from None
             raise
         self.failed.pop(file_id, None)
@@ -396,9 +396,25 @@ class IngestServer:
             )
         info = self.store.info(file_id)
         if info is None:
-            state = UploadState.FAILED if file_id in self.failed else UploadState.UNKNOWN
+            failed = self.failed.get(file_id)
+            if failed is None:
+                return Status(
+                    file_id=file_id,
+                    state=UploadState.UNKNOWN,
+                    total=0,
+                    committed=0,
+                    size=0,
+                    name="",
+                    missing=(),
+                )
             return Status(
-                file_id=file_id, state=state, total=0, committed=0, size=0, name="", missing=()
+                file_id=file_id,
+                state=UploadState.FAILED,
+                total=failed.total,
+                committed=0,  # its chunks were dropped
+                size=failed.size,
+                name=failed.name,
+                missing=(),
             )
         state = (
             UploadState.ASSEMBLING
@@ -420,7 +436,8 @@ class IngestServer:
         done = self.store.published(file_id)
         if done is not None:
             return published_message(done)
-        return self.failed.get(file_id)
+        failed = self.failed.get(file_id)
+        return None if failed is None else failed.event
 
     # -- assembly ----------------------------------------------------------------------
 

@@ -408,7 +408,7 @@ class SinglePublishes:
             assemblies.published(outcome, seconds, level=level)
             return True
         if isinstance(outcome, AssemblyError):
-            assemblies.single_failed(file_id, chunk.name, outcome)
+            assemblies.single_failed(chunk, outcome)
             raise outcome
         if isinstance(outcome, IngestStorageError):
             return assemblies.fall_back(file_id, outcome)
