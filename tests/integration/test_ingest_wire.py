@@ -50,6 +50,7 @@ def config(tmp_path: Path, **changes: Any) -> IngestConfig:
         "data_dir": tmp_path,
         "fsync": False,
         "cleanup_interval_s": 3600,
+        "shutdown_timeout_s": 5,
     }
     return IngestConfig(**(settings | changes))
 
@@ -417,3 +418,38 @@ async def test_a_failed_one_chunk_upload_answers_query_with_what_it_was(
         name="one.bin",
         missing=(),
     )
+
+
+# -- a data port that closes (CONFIG SET x lowered) ----------------------------------------
+
+
+async def test_a_draining_data_port_refuses_new_chunks_and_finishes_those_in_flight(
+    tmp_path: Path, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = IngestServer(config(tmp_path, x=2))
+    await srv.startup()
+    try:
+        file_id = os.urandom(16)
+        pieces, size = zstd_pieces(3)
+        gate = gate_store(srv, monkeypatch)
+        uploader = await connect(data_port(srv, 1))
+        await uploader.send(chunk_wire(file_id, 0, pieces, size, 1))
+        await gate.wait_entered(1)  # chunk 0 is in flight
+        assert await control(connect, srv, "CONFIG SET x 1") == b"+OK\r\n"
+        await uploader.send(chunk_wire(file_id, 1, pieces, size, 2))
+        request_id, reply = await uploader.next()  # at once: chunk 0 still waits
+        assert request_id == 2
+        assert isinstance(reply, ErrorReply)
+        assert reply.code is ErrorCode.SHUTTING_DOWN
+        assert reply.message == "data port is closing, chunk 1 not stored"
+        gate.opened.set()
+        assert await uploader.next() == (
+            1,
+            Ack(file_id=FileId(file_id), index=0, committed=1, total=3),
+        )
+        assert await uploader.at_eof()
+        info = srv.store.info(FileId(file_id))
+        assert info is not None
+        assert info.committed == {0}
+    finally:
+        await srv.shutdown()

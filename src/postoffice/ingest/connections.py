@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final, final
 
 from postoffice.core.framing import FrameError
 from postoffice.core.transport import BaseProtocol, ConnInput
-from postoffice.ingest.errors import ErrorCode, IngestError
+from postoffice.ingest.errors import ErrorCode, IngestError, ShuttingDownError
 from postoffice.ingest.messages import (
     Chunk,
     ErrorReply,
@@ -121,6 +121,9 @@ class DataConnection(_FramedConnection):
         super().__init__(server)
         self.port_index = port_index
         self._in_flight = 0
+        # Set when its port closes or the server drains: chunks in flight are finished
+        # and answered, new ones are refused, and the connection closes once none is left.
+        self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         # Large chunk payloads are received straight into their own buffer (receive.py).
         self.decoder = self.receiver = ReceivingDecoder(
@@ -162,8 +165,22 @@ class DataConnection(_FramedConnection):
     def can_idle_close(self) -> bool:
         return not self._in_flight and super().can_idle_close()
 
+    def shutdown_requested(self) -> None:
+        """The port closes (CONFIG SET x) or the server drains: "in flight" means the chunks
+        handed to the server before now; they finish and are answered, every chunk after
+        them is refused with SHUTTING_DOWN, and the connection closes once none is left.
+        (Closing only after a batch with nothing in flight, as the base class does, waits
+        for ever on a client that keeps sending.)"""
+        self.draining = True
+        if not self._in_flight:
+            self.close("server shutdown")
+
     def handle(self, request_id: int, message: Message) -> None:
         match message:
+            case Chunk() if self.draining:
+                error = ShuttingDownError(f"data port is closing, chunk {message.index} not stored")
+                self._refused(message, error)
+                self.send(ErrorReply(code=error.code, message=str(error)), request_id)
             case Chunk():
                 self._in_flight += 1
                 if self._in_flight >= self.server.config.max_in_flight:
@@ -184,18 +201,21 @@ class DataConnection(_FramedConnection):
                     request_id,
                 )
 
+    def _refused(self, chunk: Chunk, exc: IngestError) -> None:
+        self.server.events.emit(
+            "chunk_refused",
+            file_id=chunk.file_id.hex(),
+            index=chunk.index,
+            code=exc.code.name,
+            error=str(exc),
+        )
+
     async def _store(self, request_id: int, chunk: Chunk) -> None:
         try:
             reply: Message = await self.server.accept_chunk(chunk)
         except IngestError as exc:
             reply = ErrorReply(code=exc.code, message=str(exc))
-            self.server.events.emit(
-                "chunk_refused",
-                file_id=chunk.file_id.hex(),
-                index=chunk.index,
-                code=exc.code.name,
-                error=str(exc),
-            )
+            self._refused(chunk, exc)
         except Exception as exc:
             log.exception("chunk failed conn=%s file_id=%s", self, chunk.file_id.hex())
             reply = ErrorReply(code=ErrorCode.STORAGE, message=f"internal error: {exc!r}")
@@ -204,6 +224,9 @@ class DataConnection(_FramedConnection):
         if self._in_flight < self.server.config.max_in_flight:
             self.resume_reading()
         if not self._in_flight and self.transport is not None:
+            if self.draining:
+                self.close("server shutdown")
+                return
             self.batch_done(ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE)
 
 

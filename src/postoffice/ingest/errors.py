@@ -74,6 +74,12 @@ class IngestStorageError(IngestError, StorageError):
     code = ErrorCode.STORAGE
 
 
+class ShuttingDownError(IngestError):
+    """The server is draining, or the chunk's data port is closing: the chunk was not stored."""
+
+    code = ErrorCode.SHUTTING_DOWN
+
+
 class UnknownFileError(IngestError):
     """No upload is known under that file id."""
 

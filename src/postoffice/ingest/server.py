@@ -41,8 +41,8 @@ from postoffice.ingest.control import ControlConnection
 from postoffice.ingest.errors import (
     AssemblyError,
     ErrorCode,
-    IngestError,
     IngestStorageError,
+    ShuttingDownError,
     UnknownFileError,
 )
 from postoffice.ingest.events import EventHub
@@ -71,12 +71,6 @@ log = logging.getLogger(__name__)
 RESIDENT_CHUNK_BYTES: Final = 64 * 1024 * 1024
 
 T = TypeVar("T")
-
-
-class ShuttingDownError(IngestError):
-    """The server is draining and takes no new chunks."""
-
-    code = ErrorCode.SHUTTING_DOWN
 
 
 @final
