@@ -453,3 +453,51 @@ async def test_a_draining_data_port_refuses_new_chunks_and_finishes_those_in_fli
         assert info.committed == {0}
     finally:
         await srv.shutdown()
+
+
+# -- the size checks -----------------------------------------------------------------------
+
+
+async def test_a_one_chunk_upload_with_more_data_than_its_size_is_a_conflict(
+    server: IngestServer, connect: Connect
+) -> None:
+    """As for any chunk: data past the upload's size contradicts it (CONFLICT), whichever
+    road the chunk would take."""
+    file_id = os.urandom(16)
+    payload = zstandard.ZstdCompressor().compress(b"one chunk\n" * 100)
+    uploader = await connect(data_port(server))
+    await uploader.send(chunk_wire(file_id, 0, [payload], len(payload) - 1, 1))
+    request_id, reply = await uploader.next()
+    assert request_id == 1
+    assert isinstance(reply, ErrorReply)
+    assert reply.code is ErrorCode.CONFLICT
+    assert reply.message == (
+        f"chunk 0 of {file_id.hex()} brings the payload to {len(payload)} bytes,"
+        f" over its size {len(payload) - 1}"
+    )
+    assert (await query(uploader, file_id, 2)).state is UploadState.UNKNOWN
+
+
+async def test_an_upload_whose_chunks_fall_short_of_its_size_fails_in_assembly(
+    server: IngestServer, connect: Connect
+) -> None:
+    file_id = os.urandom(16)
+    payload = zstandard.ZstdCompressor().compress(b"short\n" * 100)
+    pieces = [payload[:10], payload[10:]]
+    watcher = await subscribe(connect, server, file_id)
+    uploader = await connect(data_port(server))
+    for index in (0, 1):
+        await uploader.send(chunk_wire(file_id, index, pieces, len(payload) + 5, index + 1))
+    acks = [await uploader.next() for _ in range(2)]
+    assert any(isinstance(ack, Ack) and ack.complete for _, ack in acks)
+    events: list[Message] = []
+    async with asyncio.timeout(REPLY_TIMEOUT_S):
+        while not any(isinstance(event, Failed) for event in events):
+            events += await events_until_pong(watcher)
+    failed = events[-1]
+    assert isinstance(failed, Failed)
+    assert failed.code is ErrorCode.ASSEMBLY
+    assert failed.message == (
+        f"payload {file_id.hex()} has size {len(payload) + 5},"
+        f" its patches hold {len(payload)} bytes"
+    )

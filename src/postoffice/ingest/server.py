@@ -40,6 +40,7 @@ from postoffice.ingest.connections import AckConnection, AckHub, DataConnection
 from postoffice.ingest.control import ControlConnection
 from postoffice.ingest.errors import (
     AssemblyError,
+    ConflictError,
     ErrorCode,
     IngestStorageError,
     ShuttingDownError,
@@ -287,6 +288,13 @@ class IngestServer:
         if not self._accepting:
             raise ShuttingDownError("server is shutting down, chunk not stored")
         file_id = chunk.file_id
+        if len(chunk.data) > chunk.size:
+            # What the store refuses for any chunk, checked here for the one-chunk road,
+            # which never reaches the store (the payload would fail its size in assembly).
+            raise ConflictError(
+                f"chunk {chunk.index} of {file_id_hex(file_id)} brings the payload to "
+                f"{len(chunk.data)} bytes, over its size {chunk.size}"
+            )
         failed = self.failed.get(file_id)
         if failed is not None:
             raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {failed.event.message}")
