@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from postoffice.ingest import assembler as assembler_module
 from postoffice.ingest.config import IngestConfig
 from postoffice.ingest.errors import ErrorCode
 from postoffice.ingest.messages import (
@@ -501,3 +502,34 @@ async def test_an_upload_whose_chunks_fall_short_of_its_size_fails_in_assembly(
         f"payload {file_id.hex()} has size {len(payload) + 5},"
         f" its patches hold {len(payload)} bytes"
     )
+
+
+# -- TTL cleanup ---------------------------------------------------------------------------
+
+
+async def test_an_idle_upload_outlives_its_ttl_while_its_streaming_assembly_waits(
+    tmp_path: Path, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doc's rule: a cleanup pass removes an upload idle past its TTL, but not while
+    its streaming assembly still waits (STREAM_IDLE_S) for the next chunk."""
+    monkeypatch.setattr(assembler_module, "STREAM_IDLE_S", 2.0)
+    monkeypatch.setattr(assembler_module, "STREAM_POLL_S", 0.05)
+    srv = IngestServer(config(tmp_path, ttl_s=1))
+    await srv.startup()
+    try:
+        file_id = os.urandom(16)
+        pieces, size = zstd_pieces(2)
+        uploader = await connect(data_port(srv))
+        await uploader.send(chunk_wire(file_id, 0, pieces, size, 1))
+        assert (await uploader.next())[0] == 1
+        assert FileId(file_id) in srv.assembler.running
+        await asyncio.sleep(1.2)  # past the TTL
+        assert await control(connect, srv, "CLEANUP") == b":0\r\n"
+        assert (await query(uploader, file_id, 2)).state is UploadState.UPLOADING
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            while FileId(file_id) in srv.assembler.running:  # it gives up
+                await asyncio.sleep(0.02)
+        assert await control(connect, srv, "CLEANUP") == b":1\r\n"
+        assert (await query(uploader, file_id, 3)).state is UploadState.UNKNOWN
+    finally:
+        await srv.shutdown()
