@@ -1,4 +1,5 @@
-"""Fan-out of ingest events: live telemetry streams (NDJSON) and per-file ack subscribers."""
+"""EventHub: the ingest server's telemetry events, fanned out to its live /events streams
+(NDJSON). The ack port's per-file subscribers are connections.AckHub's."""
 
 from __future__ import annotations
 

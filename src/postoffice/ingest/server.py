@@ -1,13 +1,16 @@
-"""The ingest server of seed 000: listeners, chunk intake, assembly, control and cleanup.
+"""IngestServer: the ingest server's listeners, chunk intake, control and cleanup.
 
-Design: one process, one event loop. Acceptors never wait on handlers: each accepted
-socket gets its own Protocol. Blocking work (fsync'd chunk writes, zstd, cleanup) runs on
-an I/O thread pool. Which assemblies run, and when, is assembler.Assemblies' business:
-one per payload, streaming while the chunks arrive; a one-chunk upload is published
-before its ACK. Components (cleanup loop, assemblies) run under a
-Supervisor-like guard that logs a crash and carries on; listeners retry binds with
-backoff (core.listeners).
+Ingest layer, the I/O shell on one event loop; blocking work runs on its I/O threads.
 """
+
+# Design
+# ------
+# One process, one event loop. Acceptors never wait on handlers: each accepted
+# socket gets its own Protocol. Blocking work (fsync'd chunk writes, zstd, cleanup) runs on
+# an I/O thread pool. Which assemblies run, and when, is assembler.Assemblies' business:
+# one per payload, streaming while the chunks arrive; a one-chunk upload is published
+# before its ACK. Components (cleanup loop, assemblies) run under a Supervisor-like guard
+# that logs a crash and carries on; listeners retry binds with backoff (core.listeners).
 
 from __future__ import annotations
 
