@@ -18,6 +18,7 @@ import zstandard
 
 from postoffice.ingest import assembler as assembler_module
 from postoffice.ingest.config import IngestConfig
+from postoffice.ingest.connections import DataConnection
 from postoffice.ingest.errors import ErrorCode
 from postoffice.ingest.messages import (
     Ack,
@@ -278,7 +279,7 @@ async def test_chunks_committed_after_their_connection_was_reset_are_announced_o
     await gate.wait_entered(4)  # all four are being stored
     uploader.reset()
     async with asyncio.timeout(REPLY_TIMEOUT_S):
-        while server.data_connections[0]:  # the server saw the reset
+        while any(isinstance(c, DataConnection) for c in server.data_manager):  # the reset
             await asyncio.sleep(0.01)
     gate.opened.set()
     await committed(server, file_id, 4)
