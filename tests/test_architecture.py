@@ -191,3 +191,14 @@ def test_every_module_has_a_docstring_and_future_annotations() -> None:
             n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"
         ]
         assert futures, f"{path.relative_to(SRC)} lacks from __future__ import annotations"
+
+
+def test_no_import_circles_in_ingest() -> None:
+    """No circle of imports among the ingest modules, not even under TYPE_CHECKING (the
+    check of every module lands once every area is clean)."""
+    found = [
+        circle
+        for circle in circles(import_graph())
+        if any(m == "postoffice.ingest" or m.startswith("postoffice.ingest.") for m in circle)
+    ]
+    assert not found, "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)

@@ -80,7 +80,7 @@ async def test_a_crashed_assembly_is_restarted(
     await wait_for(tmp_path / "files" / "retry.txt")
     assert (tmp_path / "files" / "retry.txt").read_bytes() == b"survives a crash\n"
     assert len(calls) == 2
-    assert server.assembly_failures == 1
+    assert server.stats.assembly_failures == 1
     # The file is renamed into place before the published record is written and the
     # upload's state moves on, so the state may trail the file by a moment.
     async with asyncio.timeout(10):
@@ -104,7 +104,7 @@ async def test_a_bomb_fails_for_good_and_frees_the_upload(tmp_path: Path) -> Non
             await srv.accept_chunk(chunk)  # a re-send is refused too
         assert srv.store.info(chunk.file_id) is None  # patches dropped
         assert list((tmp_path / "files").iterdir()) == []
-        failed = srv.published_message(chunk.file_id)
+        failed = srv.final_event(chunk.file_id)
         assert failed is not None
         assert "exceeds limit" in getattr(failed, "message", "")
     finally:
@@ -192,7 +192,7 @@ async def test_a_bad_payload_fails_before_its_last_chunk(server: IngestServer) -
     async with asyncio.timeout(10):
         while server.query(file_id).state is not UploadState.FAILED:
             await asyncio.sleep(0.01)
-    failed = server.published_message(file_id)
+    failed = server.final_event(file_id)
     assert failed is not None
     assert "not a zstd frame" in getattr(failed, "message", "")
     with pytest.raises(AssemblyError, match=r"failed: .*not a zstd frame"):
@@ -242,7 +242,7 @@ async def test_abort_while_streaming_leaves_nothing(server: IngestServer, tmp_pa
         while file_id in server.assembler.running:
             await asyncio.sleep(0.02)
     assert list(files.iterdir()) == []
-    assert server.query(file_id).state is UploadState.FAILED
+    assert server.query(file_id).state is UploadState.UNKNOWN  # forgotten
 
 
 async def test_a_one_chunk_upload_is_published_before_its_ack(
@@ -270,7 +270,7 @@ async def test_the_same_one_chunk_upload_sent_twice_at_once_is_published_once(
     assert sum(a.complete for a in acks) == 1
     assert all(a.complete or a.published for a in acks)
     assert len(calls) == 1
-    assert server.published_total == 1
+    assert server.stats.published == 1
 
 
 async def test_one_chunk_uploads_of_one_id_with_other_bytes_conflict(server: IngestServer) -> None:
@@ -297,7 +297,7 @@ async def test_a_one_chunk_upload_that_fell_back_is_assembled_once(
     assert (tmp_path / "files" / "fallback.txt").read_bytes() == b"stored the usual way\n" * 50
     await asyncio.sleep(0.2)
     assert len(calls) == 2  # the failed one-chunk publish, then one assembly
-    assert server.published_total == 1
+    assert server.stats.published == 1
 
 
 async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
@@ -357,7 +357,7 @@ async def test_a_one_chunk_upload_whose_fsync_fails_goes_the_usual_road_alone(
         )
         chunks = [one_chunk(name, name.encode() * 300) for name in names]
         acks = await asyncio.gather(*(srv.accept_chunk(c) for c in chunks))
-        assert srv.assembler.singles.batches < len(chunks)  # they went in batches
+        assert srv.singles.batches < len(chunks)  # they went in batches
         for name, chunk, ack in zip(names, chunks, acks, strict=True):
             if name == "sick.txt":
                 assert (ack.complete, ack.committed, ack.total) == (True, 1, 1)
@@ -367,7 +367,7 @@ async def test_a_one_chunk_upload_whose_fsync_fails_goes_the_usual_road_alone(
                 assert srv.query(chunk.file_id).state is UploadState.PUBLISHED
                 assert (tmp_path / "files" / name).read_bytes() == name.encode() * 300
         assert failures == ["sick.txt"]
-        assert srv.assembly_failures == 1
+        assert srv.stats.assembly_failures == 1
         sick = chunks[names.index("sick.txt")]
         async with asyncio.timeout(10):
             while srv.query(sick.file_id).state is not UploadState.PUBLISHED:

@@ -1,4 +1,5 @@
-"""The ingest service of seed 000: zstd-compressed chunks in over X data ports, files out."""
+"""The ingest service's public API: its server, its config and its client (zstd-compressed
+chunks in over X data ports, files out)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The ingest control port's commands: the table, the handlers, the seam to the server.
+"""The ingest control port's commands: the table, the handlers, and their two seams.
 
-Handlers answer at once, or with a Deferred whose work the connection runs as a task;
-the connection itself (the I/O shell) is control.ControlConnection.
+Handlers answer at once, or with a Deferred whose work the connection runs as a task. They
+see the connection as a ControlSession and the server as IngestControl; control.py is the
+connection itself (the I/O shell).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Final, Protocol, final
+from typing import Final, Protocol, final
 
 from postoffice import __version__
 from postoffice.core.resp import (
@@ -36,9 +37,6 @@ from postoffice.ingest.errors import ControlError, IngestProtocolError, UnknownF
 from postoffice.ingest.messages import MAX_STATUS_RANGES, FileId, file_id_hex, parse_file_id
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.ttl import CleanupReport
-
-if TYPE_CHECKING:
-    from postoffice.ingest.control import ControlConnection
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +85,22 @@ class IngestControl(Protocol):
         ...
 
 
+class ControlSession(Protocol):
+    """What a handler may read and change of the connection it answers."""
+
+    control: IngestControl
+    #: The token AUTH must match; None when the server needs none.
+    token: str | None
+    authenticated: bool
+    #: The RESP version of the replies (HELLO picks 2 or 3).
+    protocol: int
+    #: The name HELLO SETNAME gave the connection.
+    name: str
+    conn_id: int
+    #: Set by QUIT: the connection closes once this reply is written.
+    close_after_reply: bool
+
+
 # -- the command table ----------------------------------------------------------------------
 
 
@@ -99,7 +113,7 @@ class Deferred:
     work: Callable[[], Awaitable[Reply]]
 
 
-Handler = Callable[["ControlConnection", list[bytes]], Reply | Deferred]
+Handler = Callable[[ControlSession, list[bytes]], Reply | Deferred]
 
 
 @final
@@ -193,28 +207,28 @@ def upload_line(info: PayloadInfo) -> str:
     )
 
 
-def cmd_ping(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_ping(conn: ControlSession, args: list[bytes]) -> Reply:
     """PING [message]."""
     return PONG if len(args) == 1 else bulk(args[1])
 
 
-def cmd_echo(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_echo(conn: ControlSession, args: list[bytes]) -> Reply:
     """ECHO message."""
     return bulk(args[1])
 
 
-def cmd_quit(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_quit(conn: ControlSession, args: list[bytes]) -> Reply:
     """QUIT: reply OK, then close."""
     conn.close_after_reply = True
     return OK
 
 
-def cmd_help(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_help(conn: ControlSession, args: list[bytes]) -> Reply:
     """HELP: one line per command."""
     return Array(items=[bulk(f"{spec.usage} -- {spec.summary}") for spec in TABLE.values()])
 
 
-def cmd_auth(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_auth(conn: ControlSession, args: list[bytes]) -> Reply:
     """AUTH [user] token: the user, if given, must be `default` (what redis-cli sends)."""
     if conn.token is None:
         raise ControlError("AUTH called but no control token is configured")
@@ -227,7 +241,7 @@ def cmd_auth(conn: ControlConnection, args: list[bytes]) -> Reply:
     return OK
 
 
-def cmd_hello(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_hello(conn: ControlSession, args: list[bytes]) -> Reply:
     """HELLO [2|3 [AUTH user token] [SETNAME name]]: pick the RESP version of the replies."""
     rest = args[1:]
     protocol = conn.protocol
@@ -260,18 +274,18 @@ def cmd_hello(conn: ControlConnection, args: list[bytes]) -> Reply:
     )
 
 
-def cmd_status(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_status(conn: ControlSession, args: list[bytes]) -> Reply:
     """STATUS: the server's counters and settings as a map."""
     return to_reply(conn.control.status())
 
 
-def cmd_uploads(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_uploads(conn: ControlSession, args: list[bytes]) -> Reply:
     """UPLOADS: one line per upload not yet published, oldest first."""
     infos = sorted(conn.control.uploads(), key=lambda info: (info.created, info.file_id))
     return Array(items=[bulk(upload_line(info)) for info in infos])
 
 
-def cmd_missing(conn: ControlConnection, args: list[bytes]) -> Reply:
+def cmd_missing(conn: ControlSession, args: list[bytes]) -> Reply:
     """MISSING file_id: the inclusive ranges of indexes not yet committed.
 
     Like the binary STATUS, at most MAX_STATUS_RANGES (the first ones): send those and ask
@@ -291,7 +305,7 @@ async def _abort(control: IngestControl, file_id: FileId) -> Reply:
     return OK
 
 
-def cmd_abort(conn: ControlConnection, args: list[bytes]) -> Reply | Deferred:
+def cmd_abort(conn: ControlSession, args: list[bytes]) -> Reply | Deferred:
     """ABORT file_id: drop an upload's chunks (its subscribers get FAILED)."""
     file_id = _file_id(args[1])
     log.info("control abort conn=%s file_id=%s", conn, file_id_hex(file_id))
@@ -303,7 +317,7 @@ async def _cleanup(control: IngestControl) -> Reply:
     return Integer(value=report.total)
 
 
-def cmd_cleanup(conn: ControlConnection, args: list[bytes]) -> Reply | Deferred:
+def cmd_cleanup(conn: ControlSession, args: list[bytes]) -> Reply | Deferred:
     """CLEANUP: run a TTL cleanup pass now; the reply counts what it removed."""
     log.info("control cleanup conn=%s", conn)
     return Deferred("cleanup", partial(_cleanup, conn.control))
@@ -333,7 +347,7 @@ async def _set_x(control: IngestControl, x: int) -> Reply:
     return OK
 
 
-def _config_set(conn: ControlConnection, name: str, raw: bytes) -> Reply | Deferred:
+def _config_set(conn: ControlSession, name: str, raw: bytes) -> Reply | Deferred:
     if name == "x":
         if not _INTEGER.fullmatch(raw):
             raise ControlError(f"setting 'x' must be an integer, got '{shown(raw)}'")
@@ -364,7 +378,7 @@ _CONFIG_HELP: Final = (
 )
 
 
-def cmd_config(conn: ControlConnection, args: list[bytes]) -> Reply | Deferred:
+def cmd_config(conn: ControlSession, args: list[bytes]) -> Reply | Deferred:
     """CONFIG GET pattern... | SET name value | HELP."""
     sub = args[1].upper()
     if sub == b"GET":
@@ -468,6 +482,7 @@ __all__ = [
     "MAX_SHOWN_CHARS",
     "TABLE",
     "CommandSpec",
+    "ControlSession",
     "Deferred",
     "IngestControl",
     "arity_error",

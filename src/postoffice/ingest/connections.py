@@ -1,35 +1,59 @@
-"""The ingest server's binary connections: data ports (chunks in, acks out) and the ack port.
+"""The ingest server's binary connections: DataConnection (data ports: chunks in, acks
+out) and AckConnection (the ack port), and the seams they see their server through.
 
-Both feed the pure MessageDecoder and hand each message to the server. A data connection
-keeps up to `max_in_flight` chunks being stored at once (their ACKs carry the request id,
-so they may leave in any order); past that it stops reading until one finishes.
+I/O shells: both feed the pure MessageDecoder and hand each message to their server.
 """
+
+# Design
+# ------
+# A data connection keeps up to `max_in_flight` chunks being accepted at once (their ACKs
+# carry the request id, so they may leave in any order); past that it stops reading
+# until one finishes. A chunk handed to the server runs to its end even if the
+# connection breaks meanwhile: only its reply is lost (intake.py). When its port closes
+# or the server drains, the connection finishes the chunks in flight, refuses every
+# later one with SHUTTING_DOWN, and closes once none is left.
+#
+# The connections know their server only as DataPortHost or AckPortHost, the Protocols
+# below: what they ask of it and what they report to it (counted in its IngestStats).
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final, final
+from collections.abc import Awaitable
+from typing import Final, Generic, Protocol, TypeVar, final
 
+from postoffice.core.connections import ConnectionManager
 from postoffice.core.framing import FrameError
 from postoffice.core.transport import BaseProtocol, ConnInput
-from postoffice.ingest.errors import ErrorCode, IngestError
+from postoffice.ingest.errors import ErrorCode, IngestError, ShuttingDownError
+from postoffice.ingest.events import AckHub
 from postoffice.ingest.messages import (
+    Ack,
     Chunk,
     ErrorReply,
+    Failed,
     FileId,
     Message,
     Ping,
     Pong,
+    Published,
     Query,
+    Status,
     Subscribe,
     Subscribed,
 )
 from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode
 from postoffice.ingest.receive import ReceivingDecoder, ReceivingProtocol
 
-if TYPE_CHECKING:
-    from postoffice.ingest.server import IngestServer
+__all__ = [
+    "MAX_SUBSCRIBER_BACKLOG_BYTES",
+    "AckConnection",
+    "AckPortHost",
+    "DataConnection",
+    "DataPortHost",
+    "PortHost",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +62,73 @@ log = logging.getLogger(__name__)
 MAX_SUBSCRIBER_BACKLOG_BYTES: Final = 8 * 1024 * 1024
 
 
-class _FramedConnection(BaseProtocol):
+class PortHost(Protocol):
+    """What every binary connection needs of its server."""
+
+    @property
+    def data_manager(self) -> ConnectionManager:
+        """Admits and tracks the data and ack connections."""
+        ...
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        """The chunk data limit the decoders apply."""
+        ...
+
+    def bad_frame(self, peer: str, error: FrameError) -> None:
+        """Report a broken frame; the connection closes."""
+        ...
+
+    def message_refused(self, peer: str, error: IngestError) -> None:
+        """Report a well-framed message that did not parse; the connection goes on."""
+        ...
+
+
+class DataPortHost(PortHost, Protocol):
+    """What a data connection needs of its server."""
+
+    @property
+    def max_in_flight(self) -> int:
+        """Chunks per connection being accepted at once before it stops reading."""
+        ...
+
+    def accept_chunk(self, chunk: Chunk) -> Awaitable[Ack]:
+        """The chunk's ACK once durable; raises the IngestError its ERROR reply says."""
+        ...
+
+    def query(self, file_id: FileId) -> Status:
+        """The STATUS reply to a QUERY."""
+        ...
+
+    def chunk_refused(self, chunk: Chunk, error: IngestError) -> None:
+        """Report a chunk answered with ERROR."""
+        ...
+
+
+class AckPortHost(PortHost, Protocol):
+    """What an ack-port connection needs of its server."""
+
+    @property
+    def acks(self) -> AckHub:
+        """Who subscribed to which file ids."""
+        ...
+
+    def final_event(self, file_id: FileId) -> Published | Failed | None:
+        """The final event of an upload that already ended, for a late subscriber."""
+        ...
+
+
+H = TypeVar("H", bound=PortHost)
+
+
+class _FramedConnection(BaseProtocol, Generic[H]):
     """Shared shell: decode frames, answer bad messages with ERROR, close on bad framing."""
 
-    def __init__(self, server: IngestServer) -> None:
-        super().__init__(server.data_manager)
-        self.server = server
-        # Chunk hashes are checked on the I/O threads (IngestServer.accept_chunk), not here.
-        self.decoder = MessageDecoder(
-            max_chunk_bytes=server.config.max_chunk_bytes, verify_chunks=False
-        )
+    def __init__(self, host: H) -> None:
+        super().__init__(host.data_manager)
+        self.host = host
+        # Chunk digests are checked on the I/O threads (intake.py), not here.
+        self.decoder = MessageDecoder(max_chunk_bytes=host.max_chunk_bytes, verify_chunks=False)
         # Messages sent in this loop iteration, written together at its end: a batch of
         # publishes answers many chunks and events at once, and each write is a syscall.
         self._outbox: list[bytes] | None = None
@@ -84,18 +165,16 @@ class _FramedConnection(BaseProtocol):
             try:
                 event = decoder.next_event()
             except FrameError as exc:
-                self.server.protocol_errors += 1
-                log.info("bad frame conn=%s error=%r", self, str(exc))
-                self.server.events.emit("protocol_error", peer=self.peer, error=str(exc))
-                self.send(ErrorReply(code=ErrorCode.BAD_FRAME, message=str(exc)), 0)
+                self.host.bad_frame(self.peer, exc)
+                # The request id is known when the header was readable (a length or
+                # CRC-32 error); a bad magic, version or reserved field leaves it unknown.
+                request_id = 0 if exc.request_id is None else exc.request_id
+                self.send(ErrorReply(code=ErrorCode.BAD_FRAME, message=str(exc)), request_id)
                 self.close("bad frame")
                 return False
             except IngestError as exc:
                 # The frame was whole, so framing holds: refuse this message, keep going.
-                self.server.protocol_errors += 1
-                self.server.events.emit(
-                    "message_refused", peer=self.peer, code=exc.code.name, error=str(exc)
-                )
+                self.host.message_refused(self.peer, exc)
                 self.send(ErrorReply(code=exc.code, message=str(exc)), decoder.last_request_id or 0)
                 continue
             if event is NEED_DATA:
@@ -111,28 +190,23 @@ class _FramedConnection(BaseProtocol):
 
 
 @final
-class DataConnection(_FramedConnection):
+class DataConnection(_FramedConnection[DataPortHost]):
     """A data port client: CHUNK, QUERY and PING."""
 
-    def __init__(self, server: IngestServer, port_index: int) -> None:
-        super().__init__(server)
+    def __init__(self, host: DataPortHost, port_index: int) -> None:
+        super().__init__(host)
         self.port_index = port_index
         self._in_flight = 0
+        # Tasks of the chunks being accepted, held so none is garbage-collected early.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set when its port closes or the server drains (the design note).
+        self.draining = False
         # Large chunk payloads are received straight into their own buffer (receive.py).
         self.decoder = self.receiver = ReceivingDecoder(
-            max_chunk_bytes=server.config.max_chunk_bytes, verify_chunks=False
+            max_chunk_bytes=host.max_chunk_bytes, verify_chunks=False
         )
         #: What the listener hands the transport: it reads into the receiver's buffers.
         self.protocol = ReceivingProtocol(self, self.receiver)
-
-    def on_connect(self) -> None:
-        self.server.data_connections[self.port_index].add(self)
-
-    def on_close(self) -> None:
-        self.server.data_connections[self.port_index].discard(self)
-        for task in self._tasks:
-            task.cancel()
 
     def on_data(self, data: bytes) -> ConnInput | None:
         self.decoder.feed(data)
@@ -158,17 +232,31 @@ class DataConnection(_FramedConnection):
     def can_idle_close(self) -> bool:
         return not self._in_flight and super().can_idle_close()
 
+    def shutdown_requested(self) -> None:
+        """The port closes (CONFIG SET x) or the server drains: "in flight" means the chunks
+        handed to the server before now; they finish and are answered, every chunk after
+        them is refused with SHUTTING_DOWN, and the connection closes once none is left.
+        (Closing only after a batch with nothing in flight, as the base class does, waits
+        for ever on a client that keeps sending.)"""
+        self.draining = True
+        if not self._in_flight:
+            self.close("server shutdown")
+
     def handle(self, request_id: int, message: Message) -> None:
         match message:
+            case Chunk() if self.draining:
+                error = ShuttingDownError(f"data port is closing, chunk {message.index} not stored")
+                self.host.chunk_refused(message, error)
+                self.send(ErrorReply(code=error.code, message=str(error)), request_id)
             case Chunk():
                 self._in_flight += 1
-                if self._in_flight >= self.server.config.max_in_flight:
+                if self._in_flight >= self.host.max_in_flight:
                     self.pause_reading()
-                task = asyncio.ensure_future(self._store(request_id, message))
+                task = asyncio.ensure_future(self._accept(request_id, message))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             case Query(file_id=file_id):
-                self.send(self.server.query(file_id), request_id)
+                self.send(self.host.query(file_id), request_id)
             case Ping():
                 self.send(Pong(), request_id)
             case _:
@@ -180,35 +268,32 @@ class DataConnection(_FramedConnection):
                     request_id,
                 )
 
-    async def _store(self, request_id: int, chunk: Chunk) -> None:
+    async def _accept(self, request_id: int, chunk: Chunk) -> None:
         try:
-            reply: Message = await self.server.accept_chunk(chunk)
+            reply: Message = await self.host.accept_chunk(chunk)
         except IngestError as exc:
             reply = ErrorReply(code=exc.code, message=str(exc))
-            self.server.events.emit(
-                "chunk_refused",
-                file_id=chunk.file_id.hex(),
-                index=chunk.index,
-                code=exc.code.name,
-                error=str(exc),
-            )
+            self.host.chunk_refused(chunk, exc)
         except Exception as exc:
             log.exception("chunk failed conn=%s file_id=%s", self, chunk.file_id.hex())
             reply = ErrorReply(code=ErrorCode.STORAGE, message=f"internal error: {exc!r}")
         self._in_flight -= 1
         self.send(reply, request_id)
-        if self._in_flight < self.server.config.max_in_flight:
+        if self._in_flight < self.host.max_in_flight:
             self.resume_reading()
         if not self._in_flight and self.transport is not None:
+            if self.draining:
+                self.close("server shutdown")
+                return
             self.batch_done(ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE)
 
 
 @final
-class AckConnection(_FramedConnection):
+class AckConnection(_FramedConnection[AckPortHost]):
     """An ack port client: SUBSCRIBE to file ids, then receive their events."""
 
-    def __init__(self, server: IngestServer) -> None:
-        super().__init__(server)
+    def __init__(self, host: AckPortHost) -> None:
+        super().__init__(host)
         self.watching: set[FileId] = set()
 
     def on_data(self, data: bytes) -> ConnInput | None:
@@ -217,7 +302,7 @@ class AckConnection(_FramedConnection):
         return ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE
 
     def on_close(self) -> None:
-        self.server.acks.unsubscribe(self)
+        self.host.acks.unsubscribe(self)
 
     def can_idle_close(self) -> bool:
         return False  # a subscriber waits quietly for its PUBLISHED event
@@ -225,11 +310,10 @@ class AckConnection(_FramedConnection):
     def handle(self, request_id: int, message: Message) -> None:
         match message:
             case Subscribe(file_ids=file_ids):
-                self.watching.update(file_ids)
-                self.server.acks.subscribe(self, file_ids)
+                self.host.acks.subscribe(self, file_ids)
                 self.send(Subscribed(file_ids=file_ids), request_id)
                 for file_id in file_ids:
-                    done = self.server.published_message(file_id)
+                    done = self.host.final_event(file_id)
                     if done is not None:
                         self.send(done, 0)
             case Ping():
@@ -253,33 +337,3 @@ class AckConnection(_FramedConnection):
             self.abort("subscriber too slow")
             return
         self.send(message, 0)
-
-
-@final
-class AckHub:
-    """Which ack connections watch which file ids."""
-
-    def __init__(self) -> None:
-        self._by_file: dict[FileId, set[AckConnection]] = {}
-
-    def subscribe(self, conn: AckConnection, file_ids: tuple[FileId, ...]) -> None:
-        for file_id in file_ids:
-            self._by_file.setdefault(file_id, set()).add(conn)
-
-    def unsubscribe(self, conn: AckConnection) -> None:
-        for file_id in conn.watching:
-            watchers = self._by_file.get(file_id)
-            if watchers is not None:
-                watchers.discard(conn)
-                if not watchers:
-                    del self._by_file[file_id]
-
-    def publish(self, file_id: FileId, message: Message) -> None:
-        """Send `message` to every connection watching `file_id`."""
-        for conn in list(self._by_file.get(file_id, ())):
-            conn.push(message)
-
-    @property
-    def subscriptions(self) -> int:
-        """File ids watched by at least one connection."""
-        return len(self._by_file)

@@ -7,7 +7,7 @@ is reached only through its IngestControl seam.
 # Design
 # ------
 # One port, three reply styles, exactly as core.resp detects them: RESP2 (redis-cli,
-# redis-py), RESP3 after HELLO 3, and seed 001's text lines (`printf 'STATUS\n' | nc`).
+# redis-py), RESP3 after HELLO 3, and the text lines of command.md (`printf 'STATUS\n' | nc`).
 #
 # Commands run in arrival order and every one gets exactly one reply. Most are answered
 # on the spot; a handler whose work is asynchronous (CONFIG SET x, ABORT, CLEANUP)

@@ -13,7 +13,7 @@ class ErrorCode(enum.IntEnum):
 
     BAD_FRAME = 1  # the frame itself is broken: the server closes the connection
     BAD_MESSAGE = 2  # a well-framed message with a malformed payload
-    CHECKSUM = 3  # the chunk's bytes do not match its SHA-256
+    CHECKSUM = 3  # the chunk does not hash to the XXH3-128 digest it carries
     CONFLICT = 4  # a committed index re-sent with other bytes, or total/size/name changed
     BAD_NAME = 5  # the file name is not acceptable
     TOO_LARGE = 6  # a chunk, a name or an output over its limit
@@ -39,7 +39,7 @@ class IngestProtocolError(IngestError, ProtocolError):
 
 
 class ChecksumError(IngestError):
-    """Chunk bytes that do not hash to the SHA-256 the chunk names."""
+    """A chunk whose fields, name and data do not hash to the XXH3-128 digest it carries."""
 
     code = ErrorCode.CHECKSUM
 
@@ -72,6 +72,12 @@ class IngestStorageError(IngestError, StorageError):
     """The chunk could not be made durable."""
 
     code = ErrorCode.STORAGE
+
+
+class ShuttingDownError(IngestError):
+    """The server is draining, or the chunk's data port is closing: the chunk was not stored."""
+
+    code = ErrorCode.SHUTTING_DOWN
 
 
 class UnknownFileError(IngestError):

@@ -1,4 +1,5 @@
-"""Fan-out of ingest events: live telemetry streams (NDJSON) and per-file ack subscribers."""
+"""The ingest server's two fan-outs of events: EventHub (telemetry, the NDJSON /events
+streams) and AckHub (the ack port's subscribers, by file id)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Final, final
+from typing import Final, Protocol, final
+
+from postoffice.ingest.messages import FileId, Message
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +59,49 @@ class EventHub:
                 yield (json.dumps(record, default=str) + "\n").encode()
         finally:
             self._streams.discard(queue)
+
+
+class Subscriber(Protocol):
+    """An ack-port connection as AckHub sees it."""
+
+    #: The file ids it subscribed to.
+    watching: set[FileId]
+
+    def push(self, message: Message) -> None:
+        """Send an event (request id 0), or drop the subscriber if it stopped reading."""
+        ...
+
+
+@final
+class AckHub:
+    """Which ack-port subscribers watch which file ids."""
+
+    def __init__(self) -> None:
+        self._by_file: dict[FileId, set[Subscriber]] = {}
+
+    def subscribe(self, subscriber: Subscriber, file_ids: tuple[FileId, ...]) -> None:
+        """Send `subscriber` the events of `file_ids` from now on."""
+        subscriber.watching.update(file_ids)
+        for file_id in file_ids:
+            self._by_file.setdefault(file_id, set()).add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Forget every subscription of `subscriber` (its connection closed)."""
+        for file_id in subscriber.watching:
+            watchers = self._by_file.get(file_id)
+            if watchers is not None:
+                watchers.discard(subscriber)
+                if not watchers:
+                    del self._by_file[file_id]
+
+    def publish(self, file_id: FileId, message: Message) -> None:
+        """Send `message` to every subscriber watching `file_id`."""
+        watchers = self._by_file.get(file_id)
+        if watchers:
+            for subscriber in list(watchers):
+                subscriber.push(message)
+
+    @property
+    def subscriptions(self) -> int:
+        """File ids watched by at least one subscriber."""
+        return len(self._by_file)

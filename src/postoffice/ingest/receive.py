@@ -29,16 +29,13 @@ DataConnection.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, Protocol, final
 
 from postoffice.core.framing import HEADER_BYTES
 from postoffice.ingest.messages import Message
 from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, NeedData, decode_parts
 
-if TYPE_CHECKING:
-    from postoffice.ingest.connections import DataConnection
-
-__all__ = ["SCRATCH_BYTES", "ReceivingDecoder", "ReceivingProtocol"]
+__all__ = ["SCRATCH_BYTES", "ReceivingConnection", "ReceivingDecoder", "ReceivingProtocol"]
 
 #: The receive buffer between large payloads: as much as one read usually brings.
 SCRATCH_BYTES: Final = 256 * 1024
@@ -159,14 +156,35 @@ class ReceivingDecoder(MessageDecoder):
         return request_id, message
 
 
+class ReceivingConnection(Protocol):
+    """The connection behind a ReceivingProtocol (connections.DataConnection): the
+    transport's callbacks, and `payload_received` for bytes read straight into a payload."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+    def eof_received(self) -> bool | None: ...
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def payload_received(self, nbytes: int) -> None:
+        """`nbytes` more of a large payload arrived in the decoder's own buffer."""
+        ...
+
+
 @final
 class ReceivingProtocol(asyncio.BufferedProtocol):
-    """The transport's protocol for a DataConnection: reads into its decoder's buffers
+    """The transport's protocol for a data connection: reads into its decoder's buffers
     and forwards every other callback (see the design note)."""
 
     __slots__ = ("conn", "decoder")
 
-    def __init__(self, conn: DataConnection, decoder: ReceivingDecoder) -> None:
+    def __init__(self, conn: ReceivingConnection, decoder: ReceivingDecoder) -> None:
         self.conn = conn
         self.decoder = decoder
 

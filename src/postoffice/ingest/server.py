@@ -1,13 +1,25 @@
-"""The ingest server of seed 000: listeners, chunk intake, assembly, control and cleanup.
+"""IngestServer: the ingest server's parts put together, its listeners and lifecycle,
+and what its connections, control port and telemetry ask of it.
 
-Design: one process, one event loop. Acceptors never wait on handlers: each accepted
-socket gets its own Protocol. Blocking work (fsync'd chunk writes, zstd, cleanup) runs on
-an I/O thread pool. Which assemblies run, and when, is assembler.Assemblies' business:
-one per payload, streaming while the chunks arrive; a one-chunk upload is published
-before its ACK. Components (cleanup loop, assemblies) run under a
-Supervisor-like guard that logs a crash and carries on; listeners retry binds with
-backoff (core.listeners).
+Ingest layer, the I/O shell on one event loop; blocking work runs on its I/O threads.
 """
+
+# Design
+# ------
+# One process, one event loop. Acceptors never wait on handlers: each accepted socket
+# gets its own Protocol (connections.py, control.py). The server owns the parts and
+# wires them together, each seeing the others only through small Protocols:
+#
+#   ChunkStore (storage.py)        the durable patches and published records
+#   Intake (intake.py)             a chunk's pipeline: route, verify, store, ack, assemble
+#   SinglePublishes (singles.py)   one-chunk uploads, published before their ACK
+#   Assemblies (assembler.py)      one assembly per stored upload, streaming or not
+#   Reports (reports.py)           counts (IngestStats), telemetry, ack-port events
+#   EventHub, AckHub (events.py)   the /events streams and the ack-port subscribers
+#
+# Blocking work (fsync'd chunk writes, zstd, cleanup) runs on an I/O thread pool. The
+# cleanup loop runs under a Supervisor that logs a crash and carries on; listeners
+# retry binds with backoff (core.listeners).
 
 from __future__ import annotations
 
@@ -16,12 +28,13 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar, final
 
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
+from postoffice.core.framing import FrameError
 from postoffice.core.http import (
     Response,
     Route,
@@ -33,34 +46,28 @@ from postoffice.core.http import (
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import Supervisor, announce
 from postoffice.core.workers import WorkerPool
-from postoffice.ingest.assembler import Assemblies, published_message
-from postoffice.ingest.chunkdigest import verify_chunk
+from postoffice.ingest.assembler import Assemblies
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
-from postoffice.ingest.connections import AckConnection, AckHub, DataConnection
+from postoffice.ingest.connections import AckConnection, DataConnection
 from postoffice.ingest.control import ControlConnection
-from postoffice.ingest.errors import (
-    AssemblyError,
-    ErrorCode,
-    IngestError,
-    IngestStorageError,
-    UnknownFileError,
-)
-from postoffice.ingest.events import EventHub
+from postoffice.ingest.errors import IngestError, ShuttingDownError, UnknownFileError
+from postoffice.ingest.events import AckHub, EventHub
+from postoffice.ingest.intake import Intake
 from postoffice.ingest.messages import (
     Ack,
     Chunk,
-    ChunkStored,
     Failed,
     FileId,
     Published,
     Status,
     UploadState,
-    file_id_hex,
     ranges,
 )
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.protocol import CHUNK_OVERHEAD_BYTES
-from postoffice.ingest.storage import ChunkStore, StoreResult
+from postoffice.ingest.reports import IngestStats, Reports, published_message
+from postoffice.ingest.singles import SinglePublishes
+from postoffice.ingest.storage import ChunkStore
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
 
 log = logging.getLogger(__name__)
@@ -70,18 +77,20 @@ log = logging.getLogger(__name__)
 #: so an assembly that keeps up with its upload never reads a patch back.
 RESIDENT_CHUNK_BYTES: Final = 64 * 1024 * 1024
 
+#: IngestStats' fields that /metrics shows as counters (the rest of its keys are gauges).
+_COUNTERS: Final = (
+    *(field.name for field in dataclasses.fields(IngestStats)),
+    "connections_accepted",
+    "connections_rejected",
+    "events",
+)
+
 T = TypeVar("T")
-
-
-class ShuttingDownError(IngestError):
-    """The server is draining and takes no new chunks."""
-
-    code = ErrorCode.SHUTTING_DOWN
 
 
 @final
 class IngestServer:
-    """Owns the store, the listeners, the assemblies and the cleanup loop.
+    """Owns the store, the listeners, the intake, the assemblies and the cleanup loop.
 
     Two-phase init: the constructor only sets memory up; `startup()` opens the store,
     binds every port and starts the background work. `serve(stop)` runs until `stop` is
@@ -108,54 +117,49 @@ class IngestServer:
             dataclasses.replace(limits, idle_timeout_s=0), clock=clock
         )
         self.pool = WorkerPool(config.io_threads, name="ingest-io")
+        self.stats = IngestStats()
         self.events = EventHub()
         self.acks = AckHub()
+        self.reports = Reports(stats=self.stats, events=self.events, acks=self.acks)
+        self.assembler = Assemblies(
+            config=config, store=self.store, pool=self.pool, reports=self.reports
+        )
+        self.singles = SinglePublishes(
+            config=config, store=self.store, pool=self.pool, reports=self.reports
+        )
+        self.intake = Intake(
+            config=config,
+            store=self.store,
+            pool=self.pool,
+            singles=self.singles,
+            assemblies=self.assembler,
+            reports=self.reports,
+        )
         self.supervisor = Supervisor()
-        self.data_connections: dict[int, set[DataConnection]] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self._data_listeners: dict[int, asyncio.Server] = {}
         self._sys_listeners: list[asyncio.Server] = []
-        self.assembler = Assemblies(self)
-        self.failed: dict[FileId, Failed] = {}  # uploads that ended without a publish
-        self._accepting = False
         self._ready = False
         self._scale_lock = asyncio.Lock()
-        self.chunks_total = 0
-        self.duplicates_total = 0
-        self.bytes_in = 0
-        self.published_total = 0
-        self.assembly_failures = 0
-        self.protocol_errors = 0
-        self.cleanup_removed = 0
         self.registry = metrics.new_registry()
         self.registry.register(
-            metrics.StatsCollector(
-                "postoffice_ingest",
-                self.stats,
-                counters=(
-                    "chunks",
-                    "duplicates",
-                    "chunk_bytes",
-                    "published",
-                    "assembly_failures",
-                    "protocol_errors",
-                    "cleanup_removed",
-                    "connections_accepted",
-                    "connections_rejected",
-                    "events",
-                ),
-            )
+            metrics.StatsCollector("postoffice_ingest", self.metrics, counters=_COUNTERS)
         )
 
     @property
     def accepting(self) -> bool:
         """Whether chunks are taken: False while starting and once draining."""
-        return self._accepting
+        return self.intake.accepting
 
     @property
     def max_frame_payload(self) -> int:
         """The largest frame payload a data port accepts: one full chunk."""
         return self.config.max_chunk_bytes + CHUNK_OVERHEAD_BYTES
+
+    @property
+    def busy(self) -> set[FileId]:
+        """File ids being assembled now, one-chunk publishes included."""
+        return self.assembler.running.keys() | self.singles.pending.keys()
 
     def __repr__(self) -> str:
         return (
@@ -191,7 +195,7 @@ class IngestServer:
             self.addresses[name] = bound_address(server)
         for index in range(config.x):
             await self._open_data_port(index)
-        self._accepting = True
+        self.intake.open()
         self.supervisor.start("cleanup", self._cleanup_forever)
         for info in recovered:
             if info.complete:
@@ -221,7 +225,8 @@ class IngestServer:
     async def shutdown(self) -> None:
         """Stop acceptors, finish chunks in flight and assemblies in progress, close."""
         self._ready = False
-        self._accepting = False
+        self.intake.close()
+        self.assembler.drain()
         for server in [*self._data_listeners.values(), *self._sys_listeners]:
             server.close()
         deadline = self.config.shutdown_timeout_s
@@ -234,16 +239,16 @@ class IngestServer:
         await self.supervisor.stop()
         self.pool.close()
         self.assembler.close()
+        self.singles.close()
         self._data_listeners.clear()
         self._sys_listeners.clear()
-        log.info("ingest stopped chunks=%d published=%d", self.chunks_total, self.published_total)
+        log.info("ingest stopped chunks=%d published=%d", self.stats.chunks, self.stats.published)
 
     # -- data ports --------------------------------------------------------------------
 
     async def _open_data_port(self, index: int) -> None:
         config = self.config
         port = config.data_base + index if config.data_base else 0
-        self.data_connections.setdefault(index, set())
         server = await listen(
             lambda: DataConnection(self, index).protocol,
             host=config.host,
@@ -254,11 +259,9 @@ class IngestServer:
         self.addresses[f"data{index}"] = bound_address(server)
 
     async def set_x(self, x: int) -> None:
-        """Scale the data ports: bind new ones, or drain and close the highest.
-
-        Closing a port stops its acceptor; its connections finish the chunks in flight,
-        then close. Raises ConfigError for an x outside 1..MAX_DATA_PORTS.
-        """
+        """Scale the data ports: bind new ones, or close the highest, whose connections
+        drain (DataConnection.shutdown_requested). Raises ConfigError for an x outside
+        1..MAX_DATA_PORTS."""
         new = dataclasses.replace(self.config, x=x)
         async with self._scale_lock:
             before = len(self._data_listeners)
@@ -268,7 +271,8 @@ class IngestServer:
                 server = self._data_listeners.pop(index)
                 server.close()
                 self.addresses.pop(f"data{index}", None)
-                for conn in list(self.data_connections.get(index, ())):
+            for conn in self.data_manager:
+                if isinstance(conn, DataConnection) and conn.port_index >= x:
                     conn.shutdown_requested()
             self.config = new
         self.events.emit("listener_scaled", x_before=before, x=x, data_ports=self.data_ports())
@@ -283,100 +287,23 @@ class IngestServer:
         """The data ports listening now, in order."""
         return [self.addresses[f"data{i}"][1] for i in sorted(self._data_listeners)]
 
-    # -- chunks ------------------------------------------------------------------------
+    # -- what the connections ask (connections.DataPortHost, AckPortHost) --------------
 
-    async def accept_chunk(self, chunk: Chunk) -> Ack:
-        """Persist one chunk durably, then acknowledge it; start assembly when complete.
+    @property
+    def max_chunk_bytes(self) -> int:
+        """The chunk data limit."""
+        return self.config.max_chunk_bytes
 
-        Raises IngestError subclasses (conflict, storage, shutting down...).
-        """
-        if not self._accepting:
-            raise ShuttingDownError("server is shutting down, chunk not stored")
-        file_id = chunk.file_id
-        failed = self.failed.get(file_id)
-        if failed is not None and failed.code is ErrorCode.ASSEMBLY:
-            raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {failed.message}")
-        if self.store.published(file_id) is not None:
-            return Ack(
-                file_id=file_id,
-                index=chunk.index,
-                committed=chunk.total,
-                total=chunk.total,
-                published=True,
-            )
-        if (
-            chunk.total == 1
-            and not self.config.assemble_via_part
-            and file_id not in self.assembler.fallen_back
-            and self.store.info(file_id) is None
-        ):
-            published = await self.assembler.publish_single(chunk)
-            if published is None:
-                return await self.accept_chunk(chunk)  # another sender's publish ended: look again
-            if published:
-                self.failed.pop(file_id, None)
-                return Ack(file_id=file_id, index=0, committed=1, total=1, complete=True)
-        now = time.time()
+    @property
+    def max_in_flight(self) -> int:
+        """Chunks per data connection being accepted at once."""
+        return self.config.max_in_flight
 
-        def verify_and_store() -> StoreResult:
-            verify_chunk(chunk)
-            return self.store.store_chunk(
-                file_id=file_id,
-                index=chunk.index,
-                total=chunk.total,
-                size=chunk.size,
-                name=chunk.name,
-                digest=chunk.digest,
-                data=chunk.data,
-                now=now,
-            )
-
-        try:
-            result = await self.blocking(verify_and_store)
-        except IngestStorageError:
-            failed = self.failed.get(file_id)
-            if failed is not None and failed.code is ErrorCode.ASSEMBLY:
-                # Its streaming assembly failed and dropped the upload meanwhile.
-                raise AssemblyError(
-                    f"upload {file_id_hex(file_id)} failed: {failed.message}"
-                ) from None
-            raise
-        self.failed.pop(file_id, None)
-        if result.duplicate:
-            self.duplicates_total += 1
-        else:
-            self.chunks_total += 1
-            self.bytes_in += len(chunk.data)
-            self.events.emit(
-                "chunk_stored",
-                file_id=file_id_hex(file_id),
-                index=chunk.index,
-                committed=result.committed,
-                total=result.total,
-                bytes=len(chunk.data),
-            )
-        self.acks.publish(
-            file_id,
-            ChunkStored(
-                file_id=file_id, index=chunk.index, committed=result.committed, total=result.total
-            ),
-        )
-        if result.complete:
-            self.events.emit("payload_complete", file_id=file_id_hex(file_id), name=chunk.name)
-        if not result.duplicate:
-            self.assembler.on_committed(file_id, complete=result.complete)
-        elif result.committed == result.total:
-            # A re-sent chunk of a complete upload (a resuming client's nudge): make sure
-            # its assembly runs, should it have been lost.
-            self.assembler.on_committed(file_id, complete=True)
-        return Ack(
-            file_id=file_id,
-            index=chunk.index,
-            committed=result.committed,
-            total=result.total,
-            duplicate=result.duplicate,
-            complete=result.complete,
-        )
+    def accept_chunk(self, chunk: Chunk) -> Awaitable[Ack]:
+        """Take one chunk in: Intake.accept, whose awaitable is handed back as it is (no
+        coroutine of its own per chunk). It gives the ACK once the chunk is durable and
+        raises IngestError subclasses (conflict, storage, shutting down...)."""
+        return self.intake.accept(chunk)
 
     def query(self, file_id: FileId) -> Status:
         """What the server knows of an upload: state, progress and missing ranges."""
@@ -391,11 +318,27 @@ class IngestServer:
                 name=done.name,
                 missing=(),
             )
+        failed = self.reports.failure(file_id)
+        if failed is not None:
+            return Status(
+                file_id=file_id,
+                state=UploadState.FAILED,
+                total=failed.total,
+                committed=0,  # its chunks were dropped
+                size=failed.size,
+                name=failed.name,
+                missing=(),
+            )
         info = self.store.info(file_id)
         if info is None:
-            state = UploadState.FAILED if file_id in self.failed else UploadState.UNKNOWN
             return Status(
-                file_id=file_id, state=state, total=0, committed=0, size=0, name="", missing=()
+                file_id=file_id,
+                state=UploadState.UNKNOWN,
+                total=0,
+                committed=0,
+                size=0,
+                name="",
+                missing=(),
             )
         state = (
             UploadState.ASSEMBLING
@@ -412,30 +355,43 @@ class IngestServer:
             missing=_missing(info),
         )
 
-    def published_message(self, file_id: FileId) -> Published | Failed | None:
+    def final_event(self, file_id: FileId) -> Published | Failed | None:
         """The final event of an upload that already ended, for late subscribers."""
         done = self.store.published(file_id)
         if done is not None:
             return published_message(done)
-        return self.failed.get(file_id)
+        failed = self.reports.failure(file_id)
+        return None if failed is None else failed.event
 
-    # -- assembly ----------------------------------------------------------------------
+    def chunk_refused(self, chunk: Chunk, error: IngestError) -> None:
+        """A chunk was answered with ERROR."""
+        self.reports.chunk_refused(chunk, error)
 
-    # -- control -----------------------------------------------------------------------
+    def bad_frame(self, peer: str, error: FrameError) -> None:
+        """A connection sent a broken frame."""
+        self.reports.bad_frame(peer, error)
+
+    def message_refused(self, peer: str, error: IngestError) -> None:
+        """A connection sent a message that did not parse."""
+        self.reports.message_refused(peer, error)
+
+    # -- what the control port asks (commands.IngestControl) ---------------------------
 
     def status(self) -> dict[str, object]:
         """The STATUS reply and /info: listeners, uploads in progress, totals."""
+        stats = self.stats
+        uploads = len(self.store.payloads())
         return {
             "x": len(self._data_listeners),
             "ttl_s": self.config.ttl_s,
             "data_ports": self.data_ports(),
             "sys_ports": {k: v[1] for k, v in self.addresses.items() if not k.startswith("data")},
-            "uploads_in_progress": len(self.store.payloads()),
-            "assembling": len(self.assembler.busy),
-            "uploads_total": len(self.store.payloads()) + self.published_total,
-            "chunks_total": self.chunks_total,
-            "published_total": self.published_total,
-            "bytes_in": self.bytes_in,
+            "uploads_in_progress": uploads,
+            "assembling": len(self.busy),
+            "uploads_total": uploads + stats.published,
+            "chunks_total": stats.chunks,
+            "published_total": stats.published,
+            "bytes_in": stats.chunk_bytes,
             "connections": self.data_manager.active,
         }
 
@@ -451,31 +407,33 @@ class IngestServer:
         return _missing(info)
 
     async def abort(self, file_id: bytes) -> bool:
-        """Drop an upload's chunks; False when there is no such upload."""
+        """Drop an upload's chunks and forget it; False when there is no such upload.
+
+        Its subscribers get FAILED (ABORTED) now; afterwards the id is unknown, as if never
+        seen: QUERY answers UNKNOWN and a chunk sent again starts a fresh upload.
+        """
         fid = FileId(file_id)
         if self.store.info(fid) is None:
             return False
         removed = await self.blocking(lambda: self.store.remove(fid))
         if removed:
-            failed = Failed(file_id=fid, code=ErrorCode.ABORTED, message="upload aborted")
-            self.failed[fid] = failed
-            self.acks.publish(fid, failed)
-            self.events.emit("upload_aborted", file_id=file_id_hex(fid))
+            self.reports.aborted(fid)
         return removed
 
     async def cleanup_now(self) -> CleanupReport:
         """Run one TTL cleanup pass now and report what it removed."""
         config = self.config
+        busy = self.busy
         report = await self.blocking(
             lambda: cleanup_pass(
                 store=self.store,
                 files_dir=config.files_path,
                 ttl_s=config.ttl_s,
                 now=time.time(),
-                busy=self.assembler.busy,
+                busy=busy,
             )
         )
-        self.cleanup_removed += report.total
+        self.stats.cleanup_removed += report.total
         if report.total or report.errors:
             self.events.emit(
                 "cleanup",
@@ -516,19 +474,13 @@ class IngestServer:
             ),
         }
 
-    def stats(self) -> dict[str, int]:
-        """Counters for /metrics."""
+    def metrics(self) -> dict[str, int]:
+        """Counters and gauges for /metrics, read at scrape time."""
         return {
             **self.data_manager.stats(),
-            "chunks": self.chunks_total,
-            "duplicates": self.duplicates_total,
-            "chunk_bytes": self.bytes_in,
-            "published": self.published_total,
-            "assembly_failures": self.assembly_failures,
-            "protocol_errors": self.protocol_errors,
-            "cleanup_removed": self.cleanup_removed,
+            **self.stats.counters(),
             "uploads_in_progress": len(self.store.payloads()),
-            "assembling": len(self.assembler.busy),
+            "assembling": len(self.busy),
             "data_ports": len(self._data_listeners),
             "ack_subscriptions": self.acks.subscriptions,
             "event_streams": self.events.streams,

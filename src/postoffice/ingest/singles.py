@@ -7,7 +7,7 @@ I/O shell on the server's event loop (SinglePublishes) around a blocking batch p
 # Design
 # ------
 # A one-chunk upload (most small files) is never stored as a patch: its chunk is
-# decompressed from memory and published, and only then acknowledged (see assembler.py).
+# decompressed from memory and published, and only then acknowledged (intake.py).
 # Publishing them one pool job each cost a thread hop, a contended GIL hand-over and a
 # chain of 3 fsyncs per file, each file's own. So the loop queues them, and one I/O
 # thread publishes a whole batch:
@@ -26,8 +26,14 @@ I/O shell on the server's event loop (SinglePublishes) around a blocking batch p
 # Failures stay with their chunks. A chunk that fails steps 1-3 (bad digest, bad name,
 # not zstd, a disk error on its file) gets its own outcome and leaves nothing behind; the
 # others go on. Steps 4 and 5 are shared, so their failure is the failure of every chunk
-# that reached them. A disk error sends a chunk the usual road (stored as a patch,
-# assembled with retries: Assemblies' fall-back), a bad payload fails its upload.
+# that reached them. A disk error sends a chunk the patch road (STORE_INSTEAD: stored,
+# then assembled with retries), a bad payload fails its upload.
+#
+# Each chunk's outcome is reported once, when it is settled on the loop (the PUBLISHED
+# event and its kin, or FAILED), whoever waits for it; publish() then answers its sender
+# with a SingleOutcome. A second sender of the same chunk while it is being published
+# waits for that publish and is told what it did (ALREADY_PUBLISHED, STORE_INSTEAD, or
+# the upload's failure); only if that chunk was wrong in itself does it publish its own.
 #
 # Bounds: a batch takes at most BATCH_FILES chunks, each at most BATCH_CHUNK_BYTES
 # compressed (larger ones are published alone, a pool job each, as before), and a batched
@@ -46,10 +52,12 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeAlias, final
+from typing import Final, Protocol, TypeAlias, assert_never, final
 
+from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembly import Staged, assemble, stage
 from postoffice.ingest.chunkdigest import verify_chunk
+from postoffice.ingest.config import IngestConfig
 from postoffice.ingest.errors import (
     AssemblyError,
     ConflictError,
@@ -57,22 +65,26 @@ from postoffice.ingest.errors import (
     IngestStorageError,
     OutputLimitError,
 )
-from postoffice.ingest.messages import Chunk, ChunkStored, FileId, file_id_hex
+from postoffice.ingest.messages import Chunk, FileId, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
-
-if TYPE_CHECKING:
-    from postoffice.ingest.assembler import Assemblies
-    from postoffice.ingest.storage import ChunkStore
+from postoffice.ingest.storage import ChunkStore
 
 __all__ = [
     "ALONE",
+    "ALREADY_PUBLISHED",
     "BATCHES",
     "BATCH_CHUNK_BYTES",
     "BATCH_FILES",
     "BATCH_OUTPUT_BYTES",
+    "STORE_INSTEAD",
+    "AlreadyPublished",
     "BatchLimits",
+    "BatchOutcome",
+    "SingleOutcome",
     "SinglePublishes",
+    "SingleReports",
+    "StoreInstead",
     "publish_batch",
     "single_info",
 ]
@@ -101,7 +113,7 @@ class _Alone:
 
 ALONE: Final = _Alone()
 
-Outcome: TypeAlias = PublishedInfo | _Alone | Exception
+BatchOutcome: TypeAlias = PublishedInfo | _Alone | Exception
 """What a batch did with one chunk: its durable record, ALONE, or the error it met."""
 
 
@@ -122,7 +134,7 @@ def publish_batch(
     store: ChunkStore,
     now: float,
     pool: Executor | None = None,
-) -> list[Outcome]:
+) -> list[BatchOutcome]:
     """Publish one-chunk uploads together (see the design note); blocking.
 
     Returns one outcome per chunk, in order: the PublishedInfo of a chunk now durably
@@ -133,7 +145,7 @@ def publish_batch(
     (this one among them): creating a file and its fsync mostly wait on the kernel and
     the disk, so they overlap; one after the other, each waits for the last.
     """
-    outcomes: list[Outcome | None] = [None] * len(chunks)
+    outcomes: list[BatchOutcome | None] = [None] * len(chunks)
     ways = 1 if pool is None else max(1, min(STAGE_THREADS, len(chunks)))
     work = [range(way, len(chunks), ways) for way in range(ways)]
     staged: list[Staged | None] = [None] * len(chunks)
@@ -181,7 +193,7 @@ def publish_batch(
 
 def _stage_one(
     chunk: Chunk, *, limits: BatchLimits, now: float
-) -> tuple[Staged | None, Outcome | None]:
+) -> tuple[Staged | None, BatchOutcome | None]:
     """Check, decompress and fsync one chunk's staging file: (the staged file, None), or
     (None, the outcome that stopped it)."""
     cap = min(limits.max_output_bytes, BATCH_OUTPUT_BYTES)
@@ -207,8 +219,8 @@ def _stage_one(
     return staged, None
 
 
-def _settled(outcomes: list[Outcome | None]) -> list[Outcome]:
-    settled: list[Outcome] = []
+def _settled(outcomes: list[BatchOutcome | None]) -> list[BatchOutcome]:
+    settled: list[BatchOutcome] = []
     for outcome in outcomes:
         assert outcome is not None, "every chunk of a batch gets an outcome"
         settled.append(outcome)
@@ -229,19 +241,63 @@ def single_info(chunk: Chunk, now: float) -> PayloadInfo:
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class AlreadyPublished:
+    """The same chunk, sent by another sender at the same moment, published the upload."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StoreInstead:
+    """The publish met a disk error (or the same chunk's publish did): the chunk goes the
+    patch road, stored and then assembled with retries."""
+
+
+ALREADY_PUBLISHED: Final = AlreadyPublished()
+STORE_INSTEAD: Final = StoreInstead()
+
+SingleOutcome: TypeAlias = PublishedInfo | AlreadyPublished | StoreInstead
+"""What SinglePublishes.publish did with a chunk: published it (its durable record), found
+it published by another sender of the same chunk, or left it to the patch road."""
+
+
+class SingleReports(Protocol):
+    """What a one-chunk publish reports (reports.Reports), once per chunk."""
+
+    def chunk_stored(self, chunk: Chunk, committed: int, total: int) -> None: ...
+
+    def payload_complete(self, file_id: FileId, name: str) -> None: ...
+
+    def published(
+        self, done: PublishedInfo, seconds: float, *, level: int = logging.INFO
+    ) -> None: ...
+
+    def assembly_failed(
+        self, file_id: FileId, *, name: str, total: int, size: int, error: AssemblyError
+    ) -> None: ...
+
+    def fell_back(self, file_id: FileId, error: BaseException) -> None: ...
+
+
+@final
 class SinglePublishes:
-    """The one-chunk publishes of one server: queued on the loop, published in batches.
+    """The one-chunk publishes of one server: queued on the loop, published in batches on
+    `pool`, each outcome reported once through `reports` (see the design note)."""
 
-    `publish(chunk)` answers True once the chunk is published, False when it must go the
-    usual road (a disk error), None when the same chunk was being published by another
-    sender (look again); it raises what the chunk is wrong with.
-    """
-
-    def __init__(self, assemblies: Assemblies) -> None:
-        self.assemblies = assemblies
-        self.server = assemblies.server
+    def __init__(
+        self, *, config: IngestConfig, store: ChunkStore, pool: WorkerPool, reports: SingleReports
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.reports = reports
+        self.limits = BatchLimits(
+            files_dir=config.files_path,
+            max_output_bytes=config.max_output_bytes,
+            max_window_log=config.max_window_log,
+            fsync=config.fsync,
+        )
         # File id -> (chunk digest, outcome) of every publish queued or running.
-        self.pending: dict[FileId, tuple[bytes, asyncio.Future[bool]]] = {}
+        self.pending: dict[FileId, tuple[bytes, asyncio.Future[SingleOutcome]]] = {}
         self._queue: list[tuple[Chunk, float]] = []  # (chunk, monotonic time queued)
         self._running = 0
         self._kick_scheduled = False
@@ -259,24 +315,35 @@ class SinglePublishes:
         if self._stage_pool is not None:
             self._stage_pool.shutdown(wait=False)
 
-    async def publish(self, chunk: Chunk) -> bool | None:
-        """See the class docstring. Cancelling the caller does not stop the publish.
+    async def publish(self, chunk: Chunk) -> SingleOutcome:
+        """Publish a one-chunk upload before it is acknowledged; see SingleOutcome.
 
-        Raises ChecksumError and BadNameError (the chunk is wrong), ConflictError (the id
-        is being published with other bytes), AssemblyError (the payload will never
-        decompress: nothing is stored, and the upload fails).
+        Cancelling the caller does not stop the publish. Raises ChecksumError and
+        BadNameError (the chunk is wrong), ConflictError (the id is being published with
+        other bytes), AssemblyError (the payload will never decompress: nothing is stored,
+        and the upload fails).
         """
         file_id = chunk.file_id
-        pending = self.pending.get(file_id)
-        if pending is not None:
+        while (pending := self.pending.get(file_id)) is not None:
             digest, running = pending
             if digest != chunk.digest:
                 raise ConflictError(
                     f"chunk 0 of {file_id_hex(file_id)} is being published with other bytes"
                 )
             await asyncio.wait([running])
-            return None
-        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            error = running.exception()
+            if error is None:
+                match running.result():
+                    case PublishedInfo() | AlreadyPublished():
+                        return ALREADY_PUBLISHED
+                    case StoreInstead():
+                        return STORE_INSTEAD
+                    case never:
+                        assert_never(never)
+            if isinstance(error, AssemblyError):
+                raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {error}")
+            # That chunk itself was wrong (its digest, its name): this one may not be.
+        outcome: asyncio.Future[SingleOutcome] = asyncio.get_running_loop().create_future()
         outcome.add_done_callback(_observe)
         self.pending[file_id] = (chunk.digest, outcome)
         if len(chunk.data) > BATCH_CHUNK_BYTES:
@@ -296,34 +363,26 @@ class SinglePublishes:
             self._start(batch)
 
     def _start(self, batch: list[tuple[Chunk, float]]) -> None:
-        server = self.server
-        config = server.config
-        limits = BatchLimits(
-            files_dir=config.files_path,
-            max_output_bytes=config.max_output_bytes,
-            max_window_log=config.max_window_log,
-            fsync=config.fsync,
-        )
         chunks = [chunk for chunk, _ in batch]
         now = time.time()
         if self._stage_pool is None:
             self._stage_pool = ThreadPoolExecutor(
                 BATCHES * (STAGE_THREADS - 1), thread_name_prefix="ingest-stage"
             )
-        pool = self._stage_pool
+        pool, limits, store = self._stage_pool, self.limits, self.store
         self._running += 1
         self.batches += 1
-        job = server.pool.submit(
-            lambda: publish_batch(chunks, limits=limits, store=server.store, now=now, pool=pool)
+        job = self.pool.submit(
+            lambda: publish_batch(chunks, limits=limits, store=store, now=now, pool=pool)
         )
         job.add_done_callback(lambda done: self._finished(batch, done))
 
     def _finished(
-        self, batch: list[tuple[Chunk, float]], done: asyncio.Future[list[Outcome]]
+        self, batch: list[tuple[Chunk, float]], done: asyncio.Future[list[BatchOutcome]]
     ) -> None:
         self._running -= 1
         try:
-            outcomes: list[Outcome] = done.result()
+            outcomes: list[BatchOutcome] = done.result()
         except Exception as exc:  # the pool is closed, or a bug: every chunk gets it
             outcomes = [exc] * len(batch)
         ended = time.monotonic()
@@ -345,8 +404,7 @@ class SinglePublishes:
 
     def _alone(self, chunk: Chunk, queued: float) -> None:
         """Publish one chunk in a pool job of its own, under the real output limit."""
-        server = self.server
-        config = server.config
+        limits, store = self.limits, self.store
         now = time.time()
 
         def publish() -> PublishedInfo:
@@ -354,32 +412,36 @@ class SinglePublishes:
             done = assemble(
                 info=single_info(chunk, now),
                 patches=[chunk.data],
-                files_dir=config.files_path,
-                max_output_bytes=config.max_output_bytes,
-                max_window_log=config.max_window_log,
-                fsync=config.fsync,
+                files_dir=limits.files_dir,
+                max_output_bytes=limits.max_output_bytes,
+                max_window_log=limits.max_window_log,
+                fsync=limits.fsync,
                 now=now,
-                syncer=server.store.syncer,
+                syncer=store.syncer,
             )
-            server.store.mark_published(done)
+            store.mark_published(done)
             return done
 
         def finished(job: asyncio.Future[PublishedInfo]) -> None:
             try:
-                outcome: Outcome = job.result()
+                outcome: PublishedInfo | Exception = job.result()
             except Exception as exc:
                 outcome = exc
             self._settle(chunk, outcome, time.monotonic() - queued)
 
-        server.pool.submit(publish).add_done_callback(finished)
+        self.pool.submit(publish).add_done_callback(finished)
 
     def _settle(
-        self, chunk: Chunk, outcome: Outcome, seconds: float, *, level: int = logging.INFO
+        self,
+        chunk: Chunk,
+        outcome: PublishedInfo | Exception,
+        seconds: float,
+        *,
+        level: int = logging.INFO,
     ) -> None:
-        """Report a chunk's outcome (events, ack subscribers; its publish's log line at
-        `level`) and answer its senders."""
-        file_id = chunk.file_id
-        entry = self.pending.pop(file_id, None)
+        """Report a chunk's outcome, once (its publish's log line at `level`), and answer
+        its senders."""
+        entry = self.pending.pop(chunk.file_id, None)
         waiter = entry[1] if entry is not None else None
         try:
             answer = self._report(chunk, outcome, seconds, level)
@@ -390,35 +452,31 @@ class SinglePublishes:
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
 
-    def _report(self, chunk: Chunk, outcome: Outcome, seconds: float, level: int) -> bool:
-        assemblies = self.assemblies
-        server = self.server
+    def _report(
+        self, chunk: Chunk, outcome: PublishedInfo | Exception, seconds: float, level: int
+    ) -> SingleOutcome:
+        """Report what the publish did; the SingleOutcome for the sender, or raise what the
+        chunk is wrong with."""
+        reports = self.reports
         file_id = chunk.file_id
         if isinstance(outcome, PublishedInfo):
-            server.chunks_total += 1
-            server.bytes_in += len(chunk.data)
-            hex_id = file_id_hex(file_id)
-            server.events.emit(
-                "chunk_stored", file_id=hex_id, index=0, committed=1, total=1, bytes=len(chunk.data)
-            )
-            server.acks.publish(
-                file_id, ChunkStored(file_id=file_id, index=0, committed=1, total=1)
-            )
-            server.events.emit("payload_complete", file_id=hex_id, name=chunk.name)
-            assemblies.published(outcome, seconds, level=level)
-            return True
+            reports.chunk_stored(chunk, 1, 1)
+            reports.payload_complete(file_id, chunk.name)
+            reports.published(outcome, seconds, level=level)
+            return outcome
         if isinstance(outcome, AssemblyError):
-            assemblies.single_failed(file_id, chunk.name, outcome)
+            reports.assembly_failed(
+                file_id, name=chunk.name, total=chunk.total, size=chunk.size, error=outcome
+            )
             raise outcome
-        if isinstance(outcome, IngestStorageError):
-            return assemblies.fall_back(file_id, outcome)
-        if isinstance(outcome, IngestError):
+        if isinstance(outcome, IngestError) and not isinstance(outcome, IngestStorageError):
             raise outcome  # the chunk itself is wrong (checksum, name)
-        assert isinstance(outcome, Exception)
-        return assemblies.fall_back(file_id, outcome)
+        # A disk error, or a bug: not the payload's fault, so the patch road may succeed.
+        reports.fell_back(file_id, outcome)
+        return STORE_INSTEAD
 
 
-def _observe(future: asyncio.Future[bool]) -> None:
+def _observe(future: asyncio.Future[SingleOutcome]) -> None:
     """Retrieve an outcome's exception even when its sender went away."""
     if not future.cancelled():
         future.exception()

@@ -1,7 +1,7 @@
 """The ingest client's connections: Link (one binary connection that reconnects and
 matches replies to requests) and data-port discovery over the health port's GET /info.
 
-Ingest layer, I/O shell (asyncio streams) around the pure protocol module; client.py uses it.
+Ingest layer, I/O shell (asyncio streams) around the pure protocol module; sender.py uses it.
 """
 
 from __future__ import annotations

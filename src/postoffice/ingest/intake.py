@@ -1,0 +1,213 @@
+"""Intake: the way of one chunk through the ingest server, read top to bottom: route,
+verify, store durably, acknowledge, assemble (and publish, for a one-chunk upload).
+
+Ingest layer, on the server's event loop; the blocking stages run on its I/O threads.
+"""
+
+# Design
+# ------
+# A data connection has received the chunk (receive.py reads its bytes, connections.py
+# decodes it: its data is a view of the frame, never copied) and calls `accept`, which
+# is the pipeline. Each stage hands on to the next and none calls back:
+#
+#   1. route: refuse it (the server drains, its data is longer than its size, its
+#      upload failed), or answer at once (its upload is published), or choose a road:
+#      a one-chunk upload not stored yet takes the one-chunk road (2a), any other
+#      chunk the patch road (2b);
+#   2a. one-chunk road: SinglePublishes verifies the digest, decompresses the chunk into
+#      its file in files/ and publishes it, in a batch with others (singles.py), and
+#      reports the outcome; its SingleOutcome says what to acknowledge, or, after a
+#      disk error, sends the chunk on the patch road;
+#   2b. patch road, on an I/O thread: verify the digest (chunkdigest.py), then store it
+#      durably (ChunkStore.store_chunk: patch_<i>.bin written and fsynced, its line
+#      appended to ids.list and fsynced with the directory: the commit point);
+#   3. acknowledge: a new commit is reported once (CHUNK_STORED, chunk_stored) and the
+#      ACK built; a duplicate is only counted;
+#   4. assemble: the commit goes on to Assemblies.on_committed, which starts or feeds the
+#      upload's one assembly; that assembly publishes the file and reports it
+#      (assembler.py).
+#
+# `accept` must run to its end once it has begun: the report of a commit follows the
+# store, and a cancelled caller would lose it. Data connections never cancel it.
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, assert_never, final
+
+from postoffice.core.workers import WorkerPool
+from postoffice.ingest.assembler import Assemblies
+from postoffice.ingest.chunkdigest import verify_chunk
+from postoffice.ingest.config import IngestConfig
+from postoffice.ingest.errors import (
+    AssemblyError,
+    ConflictError,
+    IngestStorageError,
+    ShuttingDownError,
+)
+from postoffice.ingest.messages import Ack, Chunk, FileId, file_id_hex
+from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.reports import FailedUpload
+from postoffice.ingest.singles import AlreadyPublished, SinglePublishes, StoreInstead
+from postoffice.ingest.storage import ChunkStore, StoreResult
+
+__all__ = ["Intake", "IntakeReports"]
+
+
+class IntakeReports(Protocol):
+    """What the intake reports (reports.Reports), and the failures it refuses chunks of."""
+
+    def chunk_stored(self, chunk: Chunk, committed: int, total: int) -> None: ...
+
+    def duplicate(self) -> None: ...
+
+    def payload_complete(self, file_id: FileId, name: str) -> None: ...
+
+    def failure(self, file_id: FileId) -> FailedUpload | None: ...
+
+
+@final
+class Intake:
+    """Takes chunks in for one server: `accept(chunk)` is the pipeline of the design note.
+
+    Chunks are refused with SHUTTING_DOWN until `open()` and after `close()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: IngestConfig,
+        store: ChunkStore,
+        pool: WorkerPool,
+        singles: SinglePublishes,
+        assemblies: Assemblies,
+        reports: IntakeReports,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.singles = singles
+        self.assemblies = assemblies
+        self.reports = reports
+        self.one_chunk_road = not config.assemble_via_part
+        self.accepting = False
+        # One-chunk uploads whose publish fell back to the patch road: they stay on it, so
+        # a re-send cannot publish them a second time beside their assembly.
+        self.fell_back: set[FileId] = set()
+
+    def __repr__(self) -> str:
+        state = "accepting" if self.accepting else "closed"
+        return f"<Intake {state} fell_back={len(self.fell_back)}>"
+
+    def open(self) -> None:
+        """Take chunks from now on."""
+        self.accepting = True
+
+    def close(self) -> None:
+        """Refuse chunks from now on (the server drains)."""
+        self.accepting = False
+
+    async def accept(self, chunk: Chunk) -> Ack:
+        """Take one chunk through the pipeline: its ACK once it is durable (or published).
+
+        Raises ShuttingDownError, ConflictError, AssemblyError (its upload failed, or a
+        one-chunk upload's payload will not decompress), ChecksumError, BadNameError,
+        OutOfRangeError and IngestStorageError (nothing is committed).
+        """
+        # 1. route
+        file_id = chunk.file_id
+        if not self.accepting:
+            raise ShuttingDownError("server is shutting down, chunk not stored")
+        if len(chunk.data) > chunk.size:
+            # What the store refuses for any chunk, checked here for the one-chunk road,
+            # which never reaches the store (the payload would fail its size in assembly).
+            raise ConflictError(
+                f"chunk {chunk.index} of {file_id_hex(file_id)} brings the payload to "
+                f"{len(chunk.data)} bytes, over its size {chunk.size}"
+            )
+        failed = self.reports.failure(file_id)
+        if failed is not None:
+            raise _failed_upload(failed)
+        if self.store.published(file_id) is not None:
+            self.fell_back.discard(file_id)
+            return _already_published(chunk)
+        if (
+            chunk.total == 1
+            and self.one_chunk_road
+            and file_id not in self.fell_back
+            and self.store.info(file_id) is None
+        ):
+            # 2a. the one-chunk road: published before it is acknowledged
+            match await self.singles.publish(chunk):
+                case PublishedInfo():
+                    return Ack(file_id=file_id, index=0, committed=1, total=1, complete=True)
+                case AlreadyPublished():
+                    return _already_published(chunk)
+                case StoreInstead():
+                    self.fell_back.add(file_id)
+                case never:
+                    assert_never(never)
+        # 2b. the patch road: verify, then store durably, on an I/O thread
+        now = time.time()
+        store = self.store
+
+        def verify_and_store() -> StoreResult:
+            verify_chunk(chunk)
+            return store.store_chunk(
+                file_id=file_id,
+                index=chunk.index,
+                total=chunk.total,
+                size=chunk.size,
+                name=chunk.name,
+                digest=chunk.digest,
+                data=chunk.data,
+                now=now,
+            )
+
+        try:
+            result = await self.pool.submit(verify_and_store)
+        except IngestStorageError:
+            # Its assembly may have failed and dropped the upload meanwhile.
+            failed = self.reports.failure(file_id)
+            if failed is not None:
+                raise _failed_upload(failed) from None
+            raise
+        # 3. acknowledge
+        reports = self.reports
+        if result.duplicate:
+            reports.duplicate()
+        else:
+            reports.chunk_stored(chunk, result.committed, result.total)
+        if result.complete:
+            reports.payload_complete(file_id, chunk.name)
+        # 4. assemble
+        if not result.duplicate:
+            self.assemblies.on_committed(file_id, complete=result.complete)
+        elif result.committed == result.total and not result.published:
+            # A re-sent chunk of a complete upload (a resuming client's nudge): make sure
+            # its assembly runs, should it have been lost.
+            self.assemblies.on_committed(file_id, complete=True)
+        return Ack(
+            file_id=file_id,
+            index=chunk.index,
+            committed=result.committed,
+            total=result.total,
+            duplicate=result.duplicate,
+            complete=result.complete,
+        )
+
+
+def _failed_upload(failed: FailedUpload) -> AssemblyError:
+    """The error that refuses a chunk of an upload whose assembly failed."""
+    event = failed.event
+    return AssemblyError(f"upload {file_id_hex(event.file_id)} failed: {event.message}")
+
+
+def _already_published(chunk: Chunk) -> Ack:
+    """The ACK of a chunk whose upload is published: nothing was stored."""
+    return Ack(
+        file_id=chunk.file_id,
+        index=chunk.index,
+        committed=chunk.total,
+        total=chunk.total,
+        published=True,
+    )

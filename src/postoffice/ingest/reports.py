@@ -1,0 +1,218 @@
+"""What the ingest server reports of its chunks and uploads: IngestStats (its counters),
+Reports (counts, logs, telemetry and ack-port events of each outcome), FailedUpload."""
+
+# Design
+# ------
+# Every outcome a chunk or an upload can have is reported here, once, by the stage that
+# reached it: a newly committed chunk (intake.py), a publish or a failure (assembler.py,
+# singles.py), an abort or a cleanup pass (server.py), a refused message (connections.py).
+# Each report counts it in IngestStats, logs it, emits its telemetry event and sends its
+# ack-port event, in that order. Those stages see Reports through small Protocols of
+# their own, so none of them imports the server or the others.
+#
+# Uploads whose assembly failed are remembered here (`failure`) until the process ends:
+# their chunks are dropped, and QUERY, a late SUBSCRIBE and a re-sent chunk still learn
+# of the failure.
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import final
+
+from postoffice.core.framing import FrameError
+from postoffice.ingest.errors import AssemblyError, ErrorCode, IngestError
+from postoffice.ingest.events import AckHub, EventHub
+from postoffice.ingest.messages import Chunk, ChunkStored, Failed, FileId, Published, file_id_hex
+from postoffice.ingest.published import PublishedInfo
+
+__all__ = ["FailedUpload", "IngestStats", "Reports", "published_message"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class IngestStats:
+    """The ingest server's counters since it started: plain ints, bumped on the event loop
+    as things happen, read by STATUS, /info and /metrics (the field names are the
+    metrics' names)."""
+
+    chunks: int = 0  # newly committed chunks (one-chunk uploads once published)
+    duplicates: int = 0  # chunks acknowledged as DUPLICATE
+    chunk_bytes: int = 0  # the data bytes of those new chunks (compressed payload bytes)
+    published: int = 0  # uploads published
+    assembly_failures: int = 0  # failed, crashed and fallen-back assemblies
+    protocol_errors: int = 0  # broken frames and refused messages
+    cleanup_removed: int = 0  # uploads, files, records and staging files cleanup removed
+
+    def counters(self) -> dict[str, int]:
+        """Every counter by name."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedUpload:
+    """An upload that will never be published: its FAILED event, and the total, size and
+    name QUERY still answers for it (its chunks are gone)."""
+
+    event: Failed
+    name: str
+    total: int
+    size: int
+
+
+def published_message(done: PublishedInfo) -> Published:
+    """The PUBLISHED event of a publish record."""
+    return Published(
+        file_id=FileId(done.file_id),
+        name=done.name,
+        size=done.size,
+        digest=done.digest,
+        payload_digest=done.payload_digest,
+        replaced=done.replaced,
+    )
+
+
+@final
+class Reports:
+    """Reports every outcome once (see the design note); owns the failed uploads."""
+
+    def __init__(self, *, stats: IngestStats, events: EventHub, acks: AckHub) -> None:
+        self.stats = stats
+        self.events = events
+        self.acks = acks
+        self._failed: dict[FileId, FailedUpload] = {}
+
+    def __repr__(self) -> str:
+        return f"<Reports failed={len(self._failed)} {self.stats}>"
+
+    # -- chunks ------------------------------------------------------------------------
+
+    def chunk_stored(self, chunk: Chunk, committed: int, total: int) -> None:
+        """A chunk is newly committed (durable): count it, tell telemetry and subscribers."""
+        stats = self.stats
+        stats.chunks += 1
+        stats.chunk_bytes += len(chunk.data)
+        file_id = chunk.file_id
+        self.events.emit(
+            "chunk_stored",
+            file_id=file_id_hex(file_id),
+            index=chunk.index,
+            committed=committed,
+            total=total,
+            bytes=len(chunk.data),
+        )
+        self.acks.publish(
+            file_id,
+            ChunkStored(file_id=file_id, index=chunk.index, committed=committed, total=total),
+        )
+
+    def duplicate(self) -> None:
+        """A chunk was acknowledged as a DUPLICATE: nothing changed, nothing to announce."""
+        self.stats.duplicates += 1
+
+    def payload_complete(self, file_id: FileId, name: str) -> None:
+        """The upload's last chunk is committed; its assembly runs or starts."""
+        self.events.emit("payload_complete", file_id=file_id_hex(file_id), name=name)
+
+    def chunk_refused(self, chunk: Chunk, error: IngestError) -> None:
+        """A chunk got an ERROR reply."""
+        self.events.emit(
+            "chunk_refused",
+            file_id=file_id_hex(chunk.file_id),
+            index=chunk.index,
+            code=error.code.name,
+            error=str(error),
+        )
+
+    # -- connections -------------------------------------------------------------------
+
+    def bad_frame(self, peer: str, error: FrameError) -> None:
+        """A connection sent a broken frame and is being closed."""
+        self.stats.protocol_errors += 1
+        log.info("bad frame peer=%s error=%r", peer, str(error))
+        self.events.emit("protocol_error", peer=peer, error=str(error))
+
+    def message_refused(self, peer: str, error: IngestError) -> None:
+        """A well-framed message did not parse; its connection goes on."""
+        self.stats.protocol_errors += 1
+        self.events.emit("message_refused", peer=peer, code=error.code.name, error=str(error))
+
+    # -- uploads -----------------------------------------------------------------------
+
+    def published(self, done: PublishedInfo, seconds: float, *, level: int = logging.INFO) -> None:
+        """An upload is published (its record is durable): count it, log it at `level`,
+        tell telemetry and subscribers."""
+        self.stats.published += 1
+        file_id = done.file_id
+        hex_id = file_id_hex(file_id)
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "published file_id=%s name=%s bytes=%d seconds=%.3f replaced=%s",
+                hex_id,
+                done.name,
+                done.size,
+                seconds,
+                done.replaced,
+            )
+        self.events.emit(
+            "published",
+            file_id=hex_id,
+            name=done.name,
+            size=done.size,
+            digest=done.digest.hex(),
+            payload_digest=done.payload_digest.hex(),
+            replaced=done.replaced,
+            seconds=round(seconds, 6),
+        )
+        self.acks.publish(file_id, published_message(done))
+
+    def assembly_failed(
+        self, file_id: FileId, *, name: str, total: int, size: int, error: AssemblyError
+    ) -> None:
+        """The upload will never decompress: remember it, count it, tell telemetry and
+        subscribers. Its chunks are the caller's to drop."""
+        self.stats.assembly_failures += 1
+        failed = Failed(file_id=file_id, code=error.code, message=str(error))
+        self._failed[file_id] = FailedUpload(event=failed, name=name, total=total, size=size)
+        hex_id = file_id_hex(file_id)
+        log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, name, str(error))
+        self.events.emit(
+            "assembly_failed", file_id=hex_id, name=name, code=error.code.name, error=str(error)
+        )
+        self.acks.publish(file_id, failed)
+
+    def assembly_crashed(self, file_id: FileId, error: BaseException, retry_in_s: float) -> None:
+        """An assembly failed for a reason other than its payload; it runs again later."""
+        self.stats.assembly_failures += 1
+        hex_id = file_id_hex(file_id)
+        log.error(
+            "assembly crashed file_id=%s reason=%r restart_in_s=%.2f",
+            hex_id,
+            error,
+            retry_in_s,
+            exc_info=error,
+        )
+        self.events.emit("assembly_retry", file_id=hex_id, error=repr(error), retry_in_s=retry_in_s)
+
+    def fell_back(self, file_id: FileId, error: BaseException) -> None:
+        """A one-chunk publish met a disk error: the chunk goes the patch road instead."""
+        self.stats.assembly_failures += 1
+        log.warning(
+            "one-chunk publish failed, storing the chunk instead file_id=%s error=%r",
+            file_id_hex(file_id),
+            error,
+        )
+
+    def aborted(self, file_id: FileId) -> None:
+        """An operator aborted the upload, which is forgotten: tell its subscribers."""
+        self.acks.publish(
+            file_id, Failed(file_id=file_id, code=ErrorCode.ABORTED, message="upload aborted")
+        )
+        self.events.emit("upload_aborted", file_id=file_id_hex(file_id))
+
+    def failure(self, file_id: FileId) -> FailedUpload | None:
+        """The failed upload of this id, if its assembly failed."""
+        return self._failed.get(file_id)
