@@ -6,6 +6,7 @@ tmp_path, and every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import psutil
 import pytest
 import redis
 
+from postoffice.office import Director, ServiceSpec, ServiceStartError
 from postoffice.office.director import DEFAULT_STOP_TIMEOUT_S, STATUS_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -224,3 +226,16 @@ def test_up_starts_the_ingest_server_too(up: _Up) -> None:
         assert resp.read() == b"ok\n"
     # Its state lives under the director's data directory.
     assert (up.data_dir / "files").is_dir()
+
+
+async def test_a_child_killed_before_it_is_ready_is_reported_in_plain_words(
+    tmp_path: Path,
+) -> None:
+    """Regression: the reason was spliced into "service 'x' killed by SIGKILL before..."."""
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    doomed = ServiceSpec(name="doomed", argv=lambda launch: [sys.executable, "-c", suicide])
+    director = Director([doomed], data_dir=tmp_path, ready_timeout_s=_READY_WITHIN_S)
+    with pytest.raises(
+        ServiceStartError, match=r"^service 'doomed' ended before it was ready: killed by SIGKILL$"
+    ):
+        await asyncio.wait_for(director.run(asyncio.Event()), _READY_WITHIN_S)

@@ -214,6 +214,22 @@ def test_services_table_has_a_row_per_listener() -> None:
 
 def test_restart_line_names_pid_reason_and_addresses() -> None:
     assert restart_line(_STATUS) == (
-        "command restarted (restart 1, after it killed by SIGKILL): pid 1234,"
+        "command restarted (restart 1; last exit: killed by SIGKILL): pid 1234,"
         " command 127.0.0.1:6380, metrics 127.0.0.1:6381"
     )
+
+
+@pytest.mark.parametrize(
+    "last_exit",
+    [
+        describe_exit(-9),
+        describe_exit(3),
+        "service 'command' ended before it was ready: exited with code 1",
+        None,
+    ],
+)
+def test_restart_line_reads_well_whatever_the_last_exit(last_exit: str | None) -> None:
+    """Regression: the reason was spliced in after "after it", giving "after it killed by"."""
+    line = restart_line(dataclasses.replace(_STATUS, last_exit=last_exit))
+    assert "after it" not in line
+    assert f"; last exit: {last_exit or 'unknown'}): pid 1234, " in line

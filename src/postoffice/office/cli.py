@@ -39,12 +39,17 @@ def services_table(statuses: Sequence[ChildStatus]) -> Table:
 
 
 def restart_line(status: ChildStatus) -> str:
-    """One line announcing a restarted service, its new pid and its addresses."""
+    """One line announcing a restarted service, why it last ended, its new pid and addresses.
+
+    The reason stands after a colon, not inside a sentence: it is `describe_exit`'s
+    phrase (`killed by SIGKILL`) or, after a failed relaunch, that failure's message.
+    """
     addresses = ", ".join(
         f"{name} {host}:{port}" for name, (host, port) in status.listeners.items()
     )
+    reason = status.last_exit or "unknown"
     return (
-        f"{status.name} restarted (restart {status.restarts}, after it {status.last_exit}):"
+        f"{status.name} restarted (restart {status.restarts}; last exit: {reason}):"
         f" pid {status.pid}, {addresses or 'no listeners'}"
     )
 

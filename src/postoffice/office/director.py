@@ -365,7 +365,7 @@ class Director:
                 if exited.done():
                     reason = describe_exit(exited.result())
                     child.last_exit = reason
-                    raise ServiceStartError(f"service {name!r} {reason} before it was ready")
+                    raise ServiceStartError(f"service {name!r} ended before it was ready: {reason}")
                 if self._stopping.is_set():
                     return None
                 remaining = deadline - loop.time()
