@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.core.config import check_choice, check_port, check_range, data_dir, load
+from postoffice.core.config import (
+    bind_retry,
+    check_choice,
+    check_port,
+    check_range,
+    data_dir,
+    load,
+)
 from postoffice.core.errors import ConfigError
 
 
@@ -386,3 +393,25 @@ class TestHelpers:
     def test_data_dir_reads_os_environ(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(os, "environ", {"POSTOFFICE_DATA_DIR": "/x"})
         assert data_dir() == Path("/x")
+
+
+class TestBindRetry:
+    @pytest.mark.parametrize(
+        ("env", "expected"),
+        [
+            ({}, True),
+            ({"POSTOFFICE_BIND_RETRY": ""}, True),
+            ({"POSTOFFICE_BIND_RETRY": "1"}, True),
+            ({"POSTOFFICE_BIND_RETRY": "0"}, False),
+            ({"POSTOFFICE_BIND_RETRY": "no"}, False),
+        ],
+    )
+    def test_retry_unless_switched_off(self, env: dict[str, str], expected: bool) -> None:
+        assert bind_retry(env) is expected
+
+    def test_a_value_that_is_no_boolean_is_refused(self) -> None:
+        with pytest.raises(
+            ConfigError,
+            match=r"^environment POSTOFFICE_BIND_RETRY must be a boolean \(1/0/.*\), got 'maybe'$",
+        ):
+            bind_retry({"POSTOFFICE_BIND_RETRY": "maybe"})

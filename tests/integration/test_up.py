@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -239,3 +240,29 @@ async def test_a_child_killed_before_it_is_ready_is_reported_in_plain_words(
         ServiceStartError, match=r"^service 'doomed' ended before it was ready: killed by SIGKILL$"
     ):
         await asyncio.wait_for(director.run(asyncio.Event()), _READY_WITHIN_S)
+
+
+def test_a_busy_port_stops_the_start_at_once_naming_service_and_port(tmp_path: Path) -> None:
+    """Regression: ten bind warnings, then 26 s later a timeout that named no port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        began = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "postoffice", "up", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            env={**_env(), "POSTOFFICE_STORE_PORT": str(port)},
+            timeout=DEFAULT_STOP_TIMEOUT_S + 10,
+            check=False,
+        )
+        took_s = time.monotonic() - began
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.decode().splitlines()[-1] == (
+        f"Error: service 'store' could not start:"
+        f" cannot listen for store on 127.0.0.1:{port}: address already in use"
+    )
+    assert result.stderr.count(b" WARNING ") == 0
+    # No ready timeout and no SIGKILL deadline: a cold interpreter start, and out.
+    assert took_s < DEFAULT_STOP_TIMEOUT_S
+    assert not (tmp_path / "run" / STATUS_FILE).exists()

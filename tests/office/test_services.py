@@ -20,6 +20,7 @@ from postoffice.office.services import (
     ChildState,
     ChildStatus,
     Launch,
+    ServiceFailedError,
     ServiceSpec,
     ServiceStartError,
     describe_exit,
@@ -149,10 +150,21 @@ class TestParseReady:
     def test_a_file_written_by_another_pid_is_not_ready(self) -> None:
         assert parse_ready(self._TEXT, pid=43) is None
 
+    def test_a_child_that_could_not_start_says_why(self) -> None:
+        text = json.dumps({"service": "store", "pid": 42, "error": "cannot listen: busy"})
+        with pytest.raises(ServiceFailedError, match=r"^cannot listen: busy$") as failed:
+            parse_ready(text, pid=42)
+        assert failed.value.reason == "cannot listen: busy"
+
+    def test_another_pids_failure_is_not_ours(self) -> None:
+        text = json.dumps({"service": "store", "pid": 41, "error": "cannot listen: busy"})
+        assert parse_ready(text, pid=42) is None
+
     @pytest.mark.parametrize(
         ("text", "message"),
         [
             ("{", r"^ready file is not JSON: "),
+            ('{"pid": 42, "error": 7}', r"^ready file 'error' must be a string, got 7$"),
             ("[]", r"^ready file has no 'listeners' object: '\[\]'$"),
             ('{"pid": 42}', r"^ready file has no 'listeners' object: "),
             (

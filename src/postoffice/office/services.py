@@ -24,6 +24,7 @@ __all__ = [
     "ChildStatus",
     "DirectorError",
     "Launch",
+    "ServiceFailedError",
     "ServiceSpec",
     "ServiceStartError",
     "describe_exit",
@@ -134,6 +135,14 @@ class ServiceStartError(BrokenError):
     """A child died, could not be spawned, or stayed silent before it was ready."""
 
 
+class ServiceFailedError(ServiceStartError):
+    """The child said in its ready file why it could not start; `reason` is its message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def run_dir(data_dir: Path) -> Path:
     """Where the director keeps ready files, its lock and its status file."""
     return data_dir / "run"
@@ -175,12 +184,21 @@ def parse_ready(text: str, *, pid: int) -> dict[str, tuple[str, int]] | None:
     """The listeners announced in ready-file `text`, or None if another pid wrote it.
 
     The file is what `core.runtime.announce` writes: {"service", "pid", "listeners":
-    {name: [host, port]}}. Raises ServiceStartError if it is not of that shape.
+    {name: [host, port]}}, or what `announce_failure` writes when the child could not
+    start: {"service", "pid", "error"}, raised here as ServiceFailedError. Raises
+    ServiceStartError if it is of neither shape.
     """
     try:
         body: object = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ServiceStartError(f"ready file is not JSON: {exc}") from exc
+    if isinstance(body, dict) and "error" in body:
+        error = body["error"]
+        if not isinstance(error, str):
+            raise ServiceStartError(f"ready file 'error' must be a string, got {error!r}")
+        if body.get("pid") != pid:
+            return None
+        raise ServiceFailedError(error)
     if not isinstance(body, dict) or not isinstance(body.get("listeners"), dict):
         raise ServiceStartError(f"ready file has no 'listeners' object: {text[:200]!r}")
     if body.get("pid") != pid:
