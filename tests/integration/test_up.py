@@ -266,3 +266,43 @@ def test_a_busy_port_stops_the_start_at_once_naming_service_and_port(tmp_path: P
     # No ready timeout and no SIGKILL deadline: a cold interpreter start, and out.
     assert took_s < DEFAULT_STOP_TIMEOUT_S
     assert not (tmp_path / "run" / STATUS_FILE).exists()
+
+
+def test_only_command_starts_the_store_it_needs(tmp_path: Path) -> None:
+    """Regression: under `--only command` SET answered with a flag `up` does not have."""
+    stdout, stderr = tmp_path / "up.out", tmp_path / "up.err"
+    data_dir = tmp_path / "data"
+    argv = [sys.executable, "-m", "postoffice", "up", "--data-dir", str(data_dir)]
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [*argv, "--only", "command"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=_env(),
+        )
+    up = _Up(process=process, data_dir=data_dir, stdout=stdout, stderr=stderr)
+    try:
+        entry = up.wait_ready()
+        body = up.status()
+        assert body is not None
+        assert sorted(body["services"]) == ["command", "store"]
+        host, port = entry["listeners"]["command"]
+        with redis.Redis(host=host, port=port, socket_timeout=5) as client:
+            _wait_until("the store link", lambda: client.info("keyspace")["store_connected"] == 1)
+            assert client.set("only:key", b"v") is True
+            assert client.get("only:key") == b"v"
+        assert "starting a needed service too service=store needed_by=command" in (
+            stderr.read_text()
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(timeout=DEFAULT_STOP_TIMEOUT_S + 5) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=5)
+            for pid in up.seen_pids - {process.pid}:
+                if not _gone(pid):
+                    os.kill(pid, signal.SIGKILL)

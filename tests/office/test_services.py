@@ -113,6 +113,34 @@ class TestSelectServices:
         with pytest.raises(ConfigError, match=r"^unknown service 'nope', expected one of "):
             select_services(("nope",))
 
+    def test_the_command_server_brings_the_store_it_keeps_keys_in(self) -> None:
+        """Regression: `up --only command` ran a command server whose SET had no store."""
+        assert [s.name for s in select_services(("command",))] == ["store", "command"]
+
+    def test_needs_are_followed_through_and_keep_table_order(self) -> None:
+        table = (
+            ServiceSpec(name="a", argv=serve_argv("a")),
+            ServiceSpec(name="b", argv=serve_argv("b"), needs=("a",)),
+            ServiceSpec(name="c", argv=serve_argv("c"), needs=("b",)),
+            ServiceSpec(name="d", argv=serve_argv("d")),
+        )
+        assert [s.name for s in select_services(("c",), table)] == ["a", "b", "c"]
+        assert [s.name for s in select_services(("d", "b"), table)] == ["a", "b", "d"]
+
+    def test_a_need_that_is_no_service_is_refused(self) -> None:
+        table = (ServiceSpec(name="a", argv=serve_argv("a"), needs=("ghost",)),)
+        with pytest.raises(
+            ConfigError, match=r"^service 'a' needs 'ghost', which is not a service$"
+        ):
+            select_services(("a",), table)
+
+    def test_every_need_comes_earlier_in_the_table(self) -> None:
+        """The director starts in table order, so a service's needs must be up before it."""
+        seen: set[str] = set()
+        for spec in SERVICES:
+            assert set(spec.needs) <= seen, spec.name
+            seen.add(spec.name)
+
 
 class TestRestartDelay:
     def test_quick_crashes_double_the_delay_up_to_the_cap(self) -> None:

@@ -58,10 +58,12 @@ ArgvBuilder = Callable[[Launch], list[str]]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceSpec:
-    """One service the director runs: its name and how to build its command line."""
+    """One service the director runs: its name, how to build its command line, and the
+    services it needs running (started with it, and before it)."""
 
     name: str
     argv: ArgvBuilder
+    needs: tuple[str, ...] = ()
 
 
 def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = None) -> ArgvBuilder:
@@ -93,7 +95,12 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         name="store",
         argv=serve_argv("store", lambda launch: ["--data-dir", str(launch.data_dir)]),
     ),
-    ServiceSpec(name="command", argv=serve_argv("command", lambda launch: _store_flag(launch))),
+    # The command server keeps its keys in the store: without it, GET and SET would fail.
+    ServiceSpec(
+        name="command",
+        argv=serve_argv("command", lambda launch: _store_flag(launch)),
+        needs=("store",),
+    ),
     ServiceSpec(
         name="ingest",
         argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
@@ -110,18 +117,30 @@ def _store_flag(launch: Launch) -> list[str]:
 def select_services(
     names: Sequence[str], services: Sequence[ServiceSpec] = SERVICES
 ) -> tuple[ServiceSpec, ...]:
-    """The services named in `names` (all of them when empty), in table order.
+    """The services named in `names` (all of them when empty) and those they need, in
+    table order.
 
-    Raises ConfigError naming an unknown service.
+    Raises ConfigError naming an unknown service, or a need no service in the table meets.
     """
-    known = {spec.name for spec in services}
+    by_name = {spec.name: spec for spec in services}
     for name in names:
-        if name not in known:
+        if name not in by_name:
             listed = ", ".join(repr(spec.name) for spec in services)
             raise ConfigError(f"unknown service {name!r}, expected one of {listed}")
     if not names:
         return tuple(services)
-    return tuple(spec for spec in services if spec.name in names)
+    wanted: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in wanted:
+            continue
+        wanted.add(name)
+        for need in by_name[name].needs:
+            if need not in by_name:
+                raise ConfigError(f"service {name!r} needs {need!r}, which is not a service")
+            pending.append(need)
+    return tuple(spec for spec in services if spec.name in wanted)
 
 
 # -- pure helpers -----------------------------------------------------------------------
