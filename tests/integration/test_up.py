@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +29,7 @@ import redis
 
 from postoffice.office import Director, ServiceSpec, ServiceStartError
 from postoffice.office.director import DEFAULT_STOP_TIMEOUT_S, STATUS_FILE
+from tests.integration.conftest import free_port_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -306,3 +309,99 @@ def test_only_command_starts_the_store_it_needs(tmp_path: Path) -> None:
             for pid in up.seen_pids - {process.pid}:
                 if not _gone(pid):
                     os.kill(pid, signal.SIGKILL)
+
+
+_README = Path(__file__).resolve().parents[2] / "README.md"
+_CHECKOUT = _README.parent
+
+
+def _quick_start_commands() -> list[str]:
+    """The commands of the README's quick start that run beside `make up`, comments cut."""
+    text = _README.read_text()
+    section = text[text.index("## Quick start") : text.index("\n## ", text.index("## Quick start"))]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    lines = blocks[-1].splitlines()
+    return [line.split("  #", 1)[0].strip() for line in lines if line.strip()]
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-cli") is None or shutil.which("nc") is None,
+    reason="redis-cli or nc not installed (make tools)",
+)
+def test_the_quick_start_commands_work_as_written(tmp_path: Path) -> None:
+    """Each command the README shows, run by a shell, with only the ports made ours."""
+    base = free_port_block(8)
+    env = {**_env(), "POSTOFFICE_INGEST_SYS_BASE": str(base)}
+    env["POSTOFFICE_INGEST_DATA_BASE"] = str(base + 4)
+    env["POSTOFFICE_INGEST_X"] = "1"
+    data_dir = tmp_path / "data"
+    stdout, stderr = tmp_path / "up.out", tmp_path / "up.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "postoffice", "up", "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+        )
+    up = _Up(process=process, data_dir=data_dir, stdout=stdout, stderr=stderr)
+    # `postoffice` as the activated venv has it: this interpreter's package.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "postoffice"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m postoffice "$@"\n')
+    wrapper.chmod(0o755)
+    shell_env = {**env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        up.wait_ready()
+        _wait_until("every service ready", lambda: _all_ready(up))
+        body = up.status()
+        assert body is not None
+        services = body["services"]
+        ports = {
+            "6380": services["command"]["listeners"]["command"][1],
+            "7002": services["ingest"]["listeners"]["control"][1],
+        }
+        store_port = services["store"]["listeners"]["store"][1]
+        outputs: dict[str, str] = {}
+        commands = _quick_start_commands()
+        assert commands[0] == ". .venv/bin/activate"
+        for command in commands[1:]:
+            line = re.sub(r"\b(6380|7002)\b", lambda m: str(ports[m.group(1)]), command)
+            if line.startswith("postoffice store "):
+                line += f" --port {store_port}"
+            elif line.startswith("postoffice ingest send "):
+                line += f" --sys-base {base}"
+            result = subprocess.run(
+                ["/bin/sh", "-c", line],
+                capture_output=True,
+                cwd=_CHECKOUT,
+                env=shell_env,
+                timeout=30,
+                check=False,
+            )
+            assert result.returncode == 0, (command, result.stdout, result.stderr)
+            outputs[command] = result.stdout.decode()
+        assert outputs["redis-cli -p 6380 ping"] == "PONG\n"
+        assert outputs["printf 'PING\\nQUIT\\n' | nc 127.0.0.1 6380"] == "PONG\nOK\n"
+        assert outputs["redis-cli -p 6380 set greeting hello"] == "OK\n"
+        assert outputs["redis-cli -p 6380 get greeting"] == "hello\n"
+        assert outputs["postoffice store get greeting"] == "hello\n"
+        assert (data_dir / "files" / "README.md").read_bytes() == _README.read_bytes()
+        assert "uploads_total" in outputs["redis-cli -p 7002 status"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=DEFAULT_STOP_TIMEOUT_S + 5)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=5)
+            for pid in up.seen_pids - {process.pid}:
+                if not _gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _all_ready(up: _Up) -> bool:
+    body = up.status()
+    return body is not None and all(s["state"] == "ready" for s in body["services"].values())
