@@ -14,15 +14,27 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Real clients the tests drive (redis-cli) come from Debian when the machine lacks them.
-tools:
-	@command -v redis-cli >/dev/null 2>&1 || { \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq redis-tools >/dev/null) \
-	      || echo "warning: could not install redis-tools; redis-cli tests will be skipped"; \
-	  else echo "warning: redis-cli missing; redis-cli tests will be skipped"; fi; }
+# The real clients the README's quick start shows and the tests drive, as
+# command:Debian-package pairs. When one is missing they come from apt-get if we are
+# root; otherwise one line says what to install (the redis-cli tests are then skipped).
+CLIENTS := redis-cli:redis-tools nc:netcat-openbsd
 
-up: setup
+tools:
+	@missing=""; for pair in $(CLIENTS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing the clients:$$missing"; \
+	    (apt-get update -qq && apt-get install -y -qq$$missing >/dev/null) \
+	      || echo "warning: could not install$$missing (apt-get failed); install them yourself"; \
+	  else \
+	    echo "note: the quick start's clients are missing; install$$missing (Debian, Ubuntu: sudo apt-get install$$missing)"; \
+	  fi; \
+	fi
+
+up: setup tools
+	@echo "starting every service; in another terminal, in $(CURDIR): . $(VENV)/bin/activate, then redis-cli -p 6380 ping (README: Quick start)"
 	$(BIN)/postoffice up
 
 lint: setup

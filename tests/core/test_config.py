@@ -11,6 +11,7 @@ import pytest
 
 from postoffice.core.config import (
     Unit,
+    bind_retry,
     check_choice,
     check_port,
     check_range,
@@ -519,3 +520,25 @@ class TestDeclaredSettings:
             "--mode": ("fast", "fast|safe"),
             "--no-sync": ("off", None),
         }
+
+
+class TestBindRetry:
+    @pytest.mark.parametrize(
+        ("env", "expected"),
+        [
+            ({}, True),
+            ({"POSTOFFICE_BIND_RETRY": ""}, True),
+            ({"POSTOFFICE_BIND_RETRY": "1"}, True),
+            ({"POSTOFFICE_BIND_RETRY": "0"}, False),
+            ({"POSTOFFICE_BIND_RETRY": "no"}, False),
+        ],
+    )
+    def test_retry_unless_switched_off(self, env: dict[str, str], expected: bool) -> None:
+        assert bind_retry(env) is expected
+
+    def test_a_value_that_is_no_boolean_is_refused(self) -> None:
+        with pytest.raises(
+            ConfigError,
+            match=r"^environment POSTOFFICE_BIND_RETRY must be a boolean \(1/0/.*\), got 'maybe'$",
+        ):
+            bind_retry({"POSTOFFICE_BIND_RETRY": "maybe"})

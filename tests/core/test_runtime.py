@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from postoffice.core.errors import ClosedError
-from postoffice.core.runtime import Backoff, Supervisor, announce, raise_fd_limit, run
+from postoffice.core.runtime import (
+    Backoff,
+    Supervisor,
+    announce,
+    announce_failure,
+    raise_fd_limit,
+    run,
+    unless_stopped,
+)
 
 _WAIT_S = 5.0  # upper bound on waits that should end quickly
 
@@ -285,3 +293,51 @@ class TestAnnounce:
         body = json.loads(target.read_text())
         assert body["listeners"] == {"command": ["::1", 1], "metrics": ["127.0.0.1", 9100]}
         assert sorted(p.name for p in tmp_path.iterdir()) == ["command.json"]
+
+
+class TestAnnounceFailure:
+    def test_writes_the_reason_where_the_listeners_would_be(self, tmp_path: Path) -> None:
+        target = tmp_path / "run" / "store.ready.json"
+        announce_failure(target, service="store", error="cannot listen for store on h:1: x")
+        assert json.loads(target.read_text()) == {
+            "service": "store",
+            "pid": os.getpid(),
+            "error": "cannot listen for store on h:1: x",
+        }
+        assert [p.name for p in target.parent.iterdir()] == ["store.ready.json"]
+
+
+class TestUnlessStopped:
+    async def test_returns_the_result_when_the_work_ends_first(self) -> None:
+        async def work() -> int:
+            return 5
+
+        assert await unless_stopped(work(), asyncio.Event()) == (True, 5)
+
+    async def test_a_stop_cancels_work_that_waits(self) -> None:
+        """A start-up retrying a busy port must not hold a SIGTERM back."""
+        cancelled = asyncio.Event()
+        waiting = asyncio.Event()
+
+        async def work() -> int:
+            waiting.set()
+            try:
+                await asyncio.Event().wait()  # a bind that never succeeds
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return 5
+
+        stop = asyncio.Event()
+        outcome = asyncio.ensure_future(unless_stopped(work(), stop))
+        await asyncio.wait_for(waiting.wait(), _WAIT_S)
+        stop.set()
+        assert await asyncio.wait_for(outcome, _WAIT_S) == (False, None)
+        assert cancelled.is_set()
+
+    async def test_the_works_error_is_raised(self) -> None:
+        async def work() -> int:
+            raise ClosedError("boom")
+
+        with pytest.raises(ClosedError, match=r"^boom$"):
+            await unless_stopped(work(), asyncio.Event())

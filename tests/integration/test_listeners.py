@@ -1,17 +1,28 @@
-"""listen() on real loopback sockets: serving, bind retry with backoff, SO_REUSEPORT."""
+"""listen() on real loopback sockets: serving, bind retry with backoff, SO_REUSEPORT.
+
+Also each `serve` command with a busy port, as a real process: one line naming the port,
+a SIGTERM honoured while the bind is retried, a failure reported in the ready file.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from postoffice.core import listeners
+from postoffice.core.errors import BrokenError
 from postoffice.core.listeners import bound_address, listen, make_socket
 from postoffice.core.runtime import Backoff
+from tests.integration.conftest import POSTOFFICE, env_without_postoffice
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -189,3 +200,190 @@ async def test_a_host_that_does_not_resolve_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"^cannot listen on host 'no-such-host\.invalid': "):
         await listen(asyncio.Protocol, host="no-such-host.invalid", port=0, name="typo")
+
+
+async def test_without_retry_a_busy_port_fails_at_once_naming_it() -> None:
+    holder = blocker(listening=True)
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(
+            BrokenError,
+            match=rf"^cannot listen for test on 127\.0\.0\.1:{port}: address already in use$",
+        ):
+            await asyncio.wait_for(
+                listen(Echo, host="127.0.0.1", port=port, name="test", retry=False), _WAIT_S
+            )
+    finally:
+        holder.close()
+
+
+async def test_the_environment_can_switch_retrying_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`postoffice up` sets POSTOFFICE_BIND_RETRY=0 for its children."""
+    monkeypatch.setenv("POSTOFFICE_BIND_RETRY", "0")
+    holder = blocker(listening=True)
+    try:
+        with pytest.raises(BrokenError, match=r"^cannot listen for test on "):
+            await asyncio.wait_for(
+                listen(Echo, host="127.0.0.1", port=holder.getsockname()[1], name="test"), _WAIT_S
+            )
+    finally:
+        holder.close()
+
+
+class ListenerRecords(logging.Handler):
+    """Every record of postoffice.core.listeners; `retries` is set after the third retry."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.retries = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if sum(r.getMessage().startswith("bind retry failed") for r in self.records) >= 3:
+            self.retries.set()
+
+
+async def test_a_busy_port_is_one_warning_however_many_retries() -> None:
+    """Regression: every retry was a warning, ten of them before a start-up timed out."""
+    handler = ListenerRecords()
+    logger = logging.getLogger("postoffice.core.listeners")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    holder = blocker(listening=True)
+    port = holder.getsockname()[1]
+    starting = asyncio.create_task(
+        listen(Echo, host="127.0.0.1", port=port, name="test", backoff=_FAST, retry=True)
+    )
+    try:
+        await asyncio.wait_for(handler.retries.wait(), _WAIT_S)
+        holder.close()
+        server = await asyncio.wait_for(starting, _WAIT_S)
+        await stop(server)
+    finally:
+        starting.cancel()
+        holder.close()
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    warnings = [r.getMessage() for r in handler.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f'bind failed listener=test host=127.0.0.1 port={port} error="address already in use"'
+        " retry_max_s=0.01 (retrying until it succeeds; each retry logged at DEBUG)"
+    ]
+    assert (
+        handler.records[-1]
+        .getMessage()
+        .startswith(f"listening listener=test host=127.0.0.1 port={port} failed_attempts=")
+    )
+
+
+# -- the serve commands, as processes ---------------------------------------------------
+
+_EXIT_WITHIN_S = 10.0  # a stop or a failure takes well under a second; a cold start more
+
+
+def _serve_argv(service: str, port: int, data_dir: Path) -> list[str]:
+    """`postoffice SERVICE serve` with its first listener on `port`, the others on port 0."""
+    match service:
+        case "store":
+            flags = ["--port", str(port), "--metrics-port", "0", "--data-dir", str(data_dir)]
+        case "command":
+            flags = ["--port", str(port), "--metrics-port", "0"]
+        case "ingest":
+            flags = ["--sys-base", "0", "--data-base", str(port), "--x", "1"]
+            flags += ["--data-dir", str(data_dir)]
+        case _:
+            raise AssertionError(service)
+    return [*POSTOFFICE, service, "serve", *flags]
+
+
+_LISTENER = {"store": "store", "command": "command", "ingest": "data0"}
+
+
+def _wait_for_line(log_path: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + _EXIT_WITHIN_S * 2
+    while text not in log_path.read_text(errors="replace"):
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        assert time.monotonic() < deadline, f"no {text!r} in {log_path.read_text()}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("service", ["store", "command", "ingest"])
+def test_sigterm_stops_a_server_while_it_retries_a_busy_port(service: str, tmp_path: Path) -> None:
+    """Regression: the store kept retrying after SIGTERM, until the SIGKILL."""
+    holder = blocker(listening=True)
+    port = holder.getsockname()[1]
+    log_path = tmp_path / "serve.log"
+    try:
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [*_serve_argv(service, port, tmp_path), "--log-level", "DEBUG"],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env=env_without_postoffice(),
+            )
+        try:
+            _wait_for_line(log_path, "bind retry failed", process)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=_EXIT_WITHIN_S) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=_EXIT_WITHIN_S)
+    finally:
+        holder.close()
+    warnings = [line for line in log_path.read_text().splitlines() if " WARNING " in line]
+    assert len(warnings) == 1, warnings
+    assert f"service={service} bind failed listener={_LISTENER[service]}" in warnings[0]
+    assert f" port={port} " in warnings[0]
+
+
+@pytest.mark.parametrize("service", ["store", "command", "ingest"])
+def test_without_retry_a_busy_port_ends_the_server_saying_why(service: str, tmp_path: Path) -> None:
+    """Under `postoffice up`: one error line, and the same reason in the ready file."""
+    holder = blocker(listening=True)
+    port = holder.getsockname()[1]
+    ready = tmp_path / "ready.json"
+    try:
+        result = subprocess.run(
+            [*_serve_argv(service, port, tmp_path), "--ready-file", str(ready)],
+            capture_output=True,
+            cwd=tmp_path,
+            env={**env_without_postoffice(), "POSTOFFICE_BIND_RETRY": "0"},
+            timeout=_EXIT_WITHIN_S * 2,
+            check=False,
+        )
+    finally:
+        holder.close()
+    reason = f"cannot listen for {_LISTENER[service]} on 127.0.0.1:{port}: address already in use"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.decode().splitlines()[-1] == f"Error: {reason}"
+    assert b"Traceback" not in result.stderr
+    report = json.loads(ready.read_text())
+    assert report["service"] == service
+    assert report["error"] == reason
+    assert "listeners" not in report
+
+
+def test_a_busy_metrics_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """Regression: `command serve` whose metrics port was taken died with a traceback."""
+    holder = blocker(listening=True)
+    port = holder.getsockname()[1]
+    try:
+        result = subprocess.run(
+            [*POSTOFFICE, "command", "serve", "--port", "0", "--metrics-port", str(port)],
+            capture_output=True,
+            cwd=tmp_path,
+            env=env_without_postoffice(),
+            timeout=_EXIT_WITHIN_S * 2,
+            check=False,
+        )
+    finally:
+        holder.close()
+    assert result.returncode == 1, result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stderr.decode().splitlines()[-1] == (
+        f"Error: cannot listen for http on 127.0.0.1:{port}: address already in use"
+    )

@@ -20,6 +20,7 @@ from postoffice.office.services import (
     ChildState,
     ChildStatus,
     Launch,
+    ServiceFailedError,
     ServiceSpec,
     ServiceStartError,
     describe_exit,
@@ -112,6 +113,34 @@ class TestSelectServices:
         with pytest.raises(ConfigError, match=r"^unknown service 'nope', expected one of "):
             select_services(("nope",))
 
+    def test_the_command_server_brings_the_store_it_keeps_keys_in(self) -> None:
+        """Regression: `up --only command` ran a command server whose SET had no store."""
+        assert [s.name for s in select_services(("command",))] == ["store", "command"]
+
+    def test_needs_are_followed_through_and_keep_table_order(self) -> None:
+        table = (
+            ServiceSpec(name="a", argv=serve_argv("a")),
+            ServiceSpec(name="b", argv=serve_argv("b"), needs=("a",)),
+            ServiceSpec(name="c", argv=serve_argv("c"), needs=("b",)),
+            ServiceSpec(name="d", argv=serve_argv("d")),
+        )
+        assert [s.name for s in select_services(("c",), table)] == ["a", "b", "c"]
+        assert [s.name for s in select_services(("d", "b"), table)] == ["a", "b", "d"]
+
+    def test_a_need_that_is_no_service_is_refused(self) -> None:
+        table = (ServiceSpec(name="a", argv=serve_argv("a"), needs=("ghost",)),)
+        with pytest.raises(
+            ConfigError, match=r"^service 'a' needs 'ghost', which is not a service$"
+        ):
+            select_services(("a",), table)
+
+    def test_every_need_comes_earlier_in_the_table(self) -> None:
+        """The director starts in table order, so a service's needs must be up before it."""
+        seen: set[str] = set()
+        for spec in SERVICES:
+            assert set(spec.needs) <= seen, spec.name
+            seen.add(spec.name)
+
 
 class TestRestartDelay:
     def test_quick_crashes_double_the_delay_up_to_the_cap(self) -> None:
@@ -149,10 +178,21 @@ class TestParseReady:
     def test_a_file_written_by_another_pid_is_not_ready(self) -> None:
         assert parse_ready(self._TEXT, pid=43) is None
 
+    def test_a_child_that_could_not_start_says_why(self) -> None:
+        text = json.dumps({"service": "store", "pid": 42, "error": "cannot listen: busy"})
+        with pytest.raises(ServiceFailedError, match=r"^cannot listen: busy$") as failed:
+            parse_ready(text, pid=42)
+        assert failed.value.reason == "cannot listen: busy"
+
+    def test_another_pids_failure_is_not_ours(self) -> None:
+        text = json.dumps({"service": "store", "pid": 41, "error": "cannot listen: busy"})
+        assert parse_ready(text, pid=42) is None
+
     @pytest.mark.parametrize(
         ("text", "message"),
         [
             ("{", r"^ready file is not JSON: "),
+            ('{"pid": 42, "error": 7}', r"^ready file 'error' must be a string, got 7$"),
             ("[]", r"^ready file has no 'listeners' object: '\[\]'$"),
             ('{"pid": 42}', r"^ready file has no 'listeners' object: "),
             (
@@ -214,6 +254,22 @@ def test_services_table_has_a_row_per_listener() -> None:
 
 def test_restart_line_names_pid_reason_and_addresses() -> None:
     assert restart_line(_STATUS) == (
-        "command restarted (restart 1, after it killed by SIGKILL): pid 1234,"
+        "command restarted (restart 1; last exit: killed by SIGKILL): pid 1234,"
         " command 127.0.0.1:6380, metrics 127.0.0.1:6381"
     )
+
+
+@pytest.mark.parametrize(
+    "last_exit",
+    [
+        describe_exit(-9),
+        describe_exit(3),
+        "service 'command' ended before it was ready: exited with code 1",
+        None,
+    ],
+)
+def test_restart_line_reads_well_whatever_the_last_exit(last_exit: str | None) -> None:
+    """Regression: the reason was spliced in after "after it", giving "after it killed by"."""
+    line = restart_line(dataclasses.replace(_STATUS, last_exit=last_exit))
+    assert "after it" not in line
+    assert f"; last exit: {last_exit or 'unknown'}): pid 1234, " in line

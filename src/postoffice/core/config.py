@@ -20,6 +20,7 @@ from typing import Final, Literal, TypeVar
 from postoffice.core.errors import ConfigError
 
 __all__ = [
+    "BIND_RETRY_ENV",
     "DATA_DIR_ENV",
     "DEFAULT_DATA_DIR",
     "ENV_PREFIX",
@@ -28,6 +29,7 @@ __all__ = [
     "PathKind",
     "Setting",
     "Unit",
+    "bind_retry",
     "check_choice",
     "check_port",
     "check_range",
@@ -46,6 +48,9 @@ T = TypeVar("T")
 
 ENV_PREFIX: Final = "POSTOFFICE_"
 DATA_DIR_ENV: Final = "POSTOFFICE_DATA_DIR"
+#: 0 makes a busy port fail a server's start instead of being retried (`postoffice up`
+#: sets it for its children, so it can report the port and stop).
+BIND_RETRY_ENV: Final = "POSTOFFICE_BIND_RETRY"
 DEFAULT_DATA_DIR: Final = pathlib.Path("var")
 
 TOML_SUFFIXES: Final = frozenset({".toml"})
@@ -370,6 +375,23 @@ def data_dir(env: Mapping[str, str] | None = None) -> pathlib.Path:
     environ = os.environ if env is None else env
     value = environ.get(DATA_DIR_ENV, "")
     return pathlib.Path(value) if value else DEFAULT_DATA_DIR
+
+
+def bind_retry(env: Mapping[str, str] | None = None) -> bool:
+    """Whether listeners retry a failed bind: POSTOFFICE_BIND_RETRY from `env` (os.environ).
+
+    Unset or empty means yes. Raises ConfigError for a value that is not a boolean.
+    """
+    environ = os.environ if env is None else env
+    value = environ.get(BIND_RETRY_ENV, "")
+    if not value.strip():
+        return True
+    try:
+        return _to_bool(value)
+    except _BadValueError as exc:
+        raise ConfigError(
+            f"environment {BIND_RETRY_ENV} must be {_describe(bool)}, got {value!r}"
+        ) from exc
 
 
 def _env_token(section: str) -> str:

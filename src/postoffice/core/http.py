@@ -23,6 +23,7 @@ import h11
 from prometheus_client.registry import Collector
 
 from postoffice.core.errors import BrokenError
+from postoffice.core.listeners import describe_os_error
 from postoffice.core.logs import kv
 from postoffice.core.metrics import render
 
@@ -329,7 +330,8 @@ async def serve_http(routes: Mapping[str, Route], *, host: str, port: int) -> as
             lambda: HttpProtocol(routes), host, port, backlog=LISTEN_BACKLOG
         )
     except OSError as exc:
-        raise BrokenError(f"cannot listen for http on {host}:{port}: {exc}") from exc
+        reason = describe_os_error(exc)
+        raise BrokenError(f"cannot listen for http on {host}:{port}: {reason}") from exc
 
 
 def metrics_route(registry: Collector) -> Route:

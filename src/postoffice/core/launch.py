@@ -6,6 +6,7 @@ The flags of a service's settings are made from its config dataclass (`config_op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -14,8 +15,8 @@ import click
 
 from postoffice.core import config as core_config
 from postoffice.core import logs
-from postoffice.core.errors import ConfigError
-from postoffice.core.runtime import raise_fd_limit, run
+from postoffice.core.errors import ConfigError, PostOfficeError
+from postoffice.core.runtime import announce_failure, raise_fd_limit, run
 
 C = TypeVar("C")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,7 +69,9 @@ def serve_service(
 
     Settings come from defaults < the --config file < the variables of `shared_env`
     (POSTOFFICE_DATA_DIR) < POSTOFFICE_<SECTION>_* < flags (`None` flags fall through).
-    A bad setting is a click error naming the key.
+    A bad setting, or any PostOfficeError that ends the run (a port that cannot be
+    bound, say), is a one-line click error, also written to the ready file
+    (`runtime.announce_failure`) for whoever waits on it.
     """
     logs.setup(level=log_level, json=log_json, service=section)
     try:
@@ -82,7 +85,7 @@ def serve_service(
         if adjust is not None:
             config = adjust(config)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _failed(section, ready_file, exc) from exc
     raise_fd_limit()
 
     async def main(stop: asyncio.Event) -> None:
@@ -90,8 +93,17 @@ def serve_service(
 
     try:
         run(main)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except PostOfficeError as exc:
+        # A setting, a busy port, a locked store: one line, no traceback.
+        raise _failed(section, ready_file, exc) from exc
+
+
+def _failed(section: str, ready_file: str | None, exc: PostOfficeError) -> click.ClickException:
+    """The one-line error to exit with; the reason also goes to the ready file if there is one."""
+    if ready_file:
+        with contextlib.suppress(OSError):  # the exit and its message still happen
+            announce_failure(ready_file, service=section, error=str(exc))
+    return click.ClickException(str(exc))
 
 
 def config_options(config_cls: type) -> Callable[[F], F]:

@@ -1,15 +1,22 @@
-"""Listening sockets: bind with retry and backoff, deep backlogs, optional SO_REUSEPORT."""
+"""Listening sockets: bind with retry and backoff, deep backlogs, optional SO_REUSEPORT.
+
+Core layer. A busy port is retried quietly (one warning, then DEBUG lines), or, with
+POSTOFFICE_BIND_RETRY=0 (what `postoffice up` gives its children), fails the start at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Final
 
-from postoffice.core.errors import ConfigError
+from postoffice.core import config as core_config
+from postoffice.core.errors import BrokenError, ConfigError
+from postoffice.core.logs import kv
 from postoffice.core.runtime import Backoff
 
 log = logging.getLogger(__name__)
@@ -53,14 +60,23 @@ async def listen(
     reuse_port: bool = False,
     ssl_context: ssl.SSLContext | None = None,
     backoff: Backoff | None = None,
+    retry: bool | None = None,
 ) -> asyncio.Server:
-    """Serve `factory` on host:port, retrying a failed bind with backoff until it succeeds.
+    """Serve `factory` on host:port; a bind that fails is retried with backoff, or not.
 
-    The process never exits because a port is busy: it logs and tries again (cancel the
-    awaiting task to give up). Accept errors such as EMFILE are retried by the loop itself.
+    With `retry` (None: `core.config.bind_retry()`, true unless POSTOFFICE_BIND_RETRY
+    says otherwise) the process never exits because a port is busy: the first failure is
+    one warning naming the listener and the port, later ones are DEBUG lines, and the
+    call returns once the bind succeeds (cancel the awaiting task to give up). Without
+    it, raises BrokenError `cannot listen for NAME on HOST:PORT: REASON` at the first
+    failure. An address that does not resolve is a ConfigError either way. Accept errors
+    such as EMFILE are retried by the loop itself.
     """
+    if retry is None:
+        retry = core_config.bind_retry()
     backoff = backoff or Backoff(initial_s=0.1, max_s=5.0)
     loop = asyncio.get_running_loop()
+    failures = 0
     while True:
         try:
             sock = make_socket(host, port, reuse_port=reuse_port)
@@ -74,20 +90,41 @@ async def listen(
                 sock.close()
                 raise
         except OSError as exc:
+            reason = describe_os_error(exc)
+            if not retry:
+                raise BrokenError(f"cannot listen for {name} on {host}:{port}: {reason}") from exc
+            failures += 1
             delay = backoff.next_delay()
-            log.warning(
-                "bind failed listener=%s host=%s port=%d error=%r retry_in_s=%.2f",
-                name,
-                host,
-                port,
-                exc.strerror or exc,
-                delay,
-            )
+            if failures == 1:
+                # One line a person reads; a port held for an hour must not flood the log.
+                log.warning(
+                    "bind failed %s (retrying until it succeeds; each retry logged at DEBUG)",
+                    kv(
+                        listener=name, host=host, port=port, error=reason, retry_max_s=backoff.max_s
+                    ),
+                )
+            else:
+                log.debug(
+                    "bind retry failed %s",
+                    kv(listener=name, port=port, attempts=failures, retry_in_s=f"{delay:.2f}"),
+                )
             await asyncio.sleep(delay)
             continue
         bound = bound_address(server)
-        log.info("listening listener=%s host=%s port=%d", name, bound[0], bound[1])
+        after = f" failed_attempts={failures}" if failures else ""
+        log.info("listening %s%s", kv(listener=name, host=bound[0], port=bound[1]), after)
         return server
+
+
+def describe_os_error(exc: OSError) -> str:
+    """The plain reason of a socket error, `address already in use`, without errno or address.
+
+    uvloop's messages repeat the address and asyncio's wrap the errno; both read worse
+    than the C library's text for the code.
+    """
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
 
 
 def bound_address(server: asyncio.Server) -> tuple[str, int]:

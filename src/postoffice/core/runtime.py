@@ -163,6 +163,26 @@ class Supervisor:
         return f"<Supervisor components={sorted(self._tasks)} restarts={self.restarts}>"
 
 
+async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
+    """Await `work`, or cancel it as soon as `stop` is set: (True, its result) or (False, None).
+
+    A start-up that waits (a bind retried until a busy port frees) must not make a
+    SIGTERM wait with it. Raises whatever `work` raises.
+    """
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False, None
+    return True, task.result()
+
+
 def announce(
     path: str | os.PathLike[str], *, service: str, addresses: Mapping[str, tuple[str, int]]
 ) -> None:
@@ -170,13 +190,27 @@ def announce(
 
     The file holds {"service", "pid", "listeners": {name: [host, port]}}.
     """
-    target = Path(path)
+    _write_report(
+        Path(path),
+        {
+            "service": service,
+            "pid": os.getpid(),
+            "listeners": {k: list(v) for k, v in addresses.items()},
+        },
+    )
+
+
+def announce_failure(path: str | os.PathLike[str], *, service: str, error: str) -> None:
+    """Write why a service could not start into its ready file, atomically.
+
+    The file holds {"service", "pid", "error"}: whoever waits for the ready file (the
+    director) can then say why, instead of only that the child exited.
+    """
+    _write_report(Path(path), {"service": service, "pid": os.getpid(), "error": error})
+
+
+def _write_report(target: Path, body: Mapping[str, object]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    body = {
-        "service": service,
-        "pid": os.getpid(),
-        "listeners": {k: list(v) for k, v in addresses.items()},
-    }
     tmp.write_text(json.dumps(body))
     os.replace(tmp, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,12 +12,15 @@ import click
 from postoffice.core import config as core_config
 from postoffice.core import logs
 from postoffice.core.errors import PostOfficeError
+from postoffice.core.logs import kv
 from postoffice.core.runtime import run
 from postoffice.office.director import DEFAULT_STOP_TIMEOUT_S, STATUS_FILE, Director
 from postoffice.office.services import SERVICES, ChildStatus, run_dir, select_services
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+log = logging.getLogger(__name__)
 
 __all__ = ["restart_line", "services_table", "up"]
 
@@ -39,12 +43,17 @@ def services_table(statuses: Sequence[ChildStatus]) -> Table:
 
 
 def restart_line(status: ChildStatus) -> str:
-    """One line announcing a restarted service, its new pid and its addresses."""
+    """One line announcing a restarted service, why it last ended, its new pid and addresses.
+
+    The reason stands after a colon, not inside a sentence: it is `describe_exit`'s
+    phrase (`killed by SIGKILL`) or, after a failed relaunch, that failure's message.
+    """
     addresses = ", ".join(
         f"{name} {host}:{port}" for name, (host, port) in status.listeners.items()
     )
+    reason = status.last_exit or "unknown"
     return (
-        f"{status.name} restarted (restart {status.restarts}, after it {status.last_exit}):"
+        f"{status.name} restarted (restart {status.restarts}; last exit: {reason}):"
         f" pid {status.pid}, {addresses or 'no listeners'}"
     )
 
@@ -60,7 +69,10 @@ def restart_line(status: ChildStatus) -> str:
     "--only",
     multiple=True,
     type=click.Choice([spec.name for spec in SERVICES]),
-    help="Start only this service; repeat for several.  [default: all]",
+    help=(
+        "Start only this service, and those it needs (command needs store); repeat for"
+        " several.  [default: all]"
+    ),
 )
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line (children too).")
@@ -76,6 +88,11 @@ def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: b
         services = select_services(only)
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc
+    for added in (spec for spec in services if only and spec.name not in only):
+        needers = [spec.name for spec in services if added.name in spec.needs]
+        log.info(
+            "starting a needed service too %s", kv(service=added.name, needed_by=",".join(needers))
+        )
     directory = data_dir if data_dir is not None else core_config.data_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,10 @@ director deletes a stale `<data-dir>/run/<name>.ready.json`, spawns the child wi
 has written that file with its own pid. Services start one after another in table order,
 so a later service can rely on an earlier one; a child that dies or stays silent before
 it is ready fails the whole start, because a service that cannot start at all (a port in
-use, a bad setting) is better reported at once than retried forever.
+use, a bad setting) is better reported at once than retried forever. So children get
+POSTOFFICE_BIND_RETRY=0 (a busy port fails their start instead of being retried), and a
+child that cannot start writes why into its ready file (`{"pid", "error"}`), which the
+director repeats: `service 'store' could not start: cannot listen for store on ...`.
 
 Once all are ready, one task per child waits for it to exit. Any exit the director did
 not ask for is logged with its reason and followed by a restart after a `Backoff` delay;
@@ -44,6 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Final, final
 
+from postoffice.core.config import BIND_RETRY_ENV
 from postoffice.core.logs import kv
 from postoffice.core.runtime import Backoff
 from postoffice.office.services import (
@@ -51,6 +55,7 @@ from postoffice.office.services import (
     ChildStatus,
     DirectorError,
     Launch,
+    ServiceFailedError,
     ServiceSpec,
     ServiceStartError,
     describe_exit,
@@ -183,8 +188,14 @@ class Director:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock: IO[bytes] | None = None
         self._preexec = _death_signal_hook()
-        # Children see the same data dir whatever their own defaults say.
-        self._env = {**os.environ, "POSTOFFICE_DATA_DIR": str(self.data_dir)}
+        # Children see the same data dir whatever their own defaults say. A busy port
+        # fails a child's start at once, with the port in its ready file, instead of
+        # being retried until the ready timeout says nothing of why.
+        self._env = {
+            **os.environ,
+            "POSTOFFICE_DATA_DIR": str(self.data_dir),
+            BIND_RETRY_ENV: "0",
+        }
 
     def __repr__(self) -> str:
         children = " ".join(repr(child) for child in self._children)
@@ -333,6 +344,10 @@ class Director:
         try:
             listeners = await self._await_ready(child, child.process, ready)
         except ServiceStartError as exc:
+            if isinstance(exc.__cause__, ServiceFailedError):
+                # It reported its failure and is exiting: let it, rather than signal it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(child.process.wait(), timeout=self._stop_timeout_s)
             await self._terminate(child)  # alive if silent or its ready file was bad
             child.last_exit = str(exc)
             raise
@@ -365,7 +380,9 @@ class Director:
                 if exited.done():
                     reason = describe_exit(exited.result())
                     child.last_exit = reason
-                    raise ServiceStartError(f"service {name!r} {reason} before it was ready")
+                    # It may have said why just before it exited, after our last look.
+                    self._read_ready(name, ready, process.pid)
+                    raise ServiceStartError(f"service {name!r} ended before it was ready: {reason}")
                 if self._stopping.is_set():
                     return None
                 remaining = deadline - loop.time()
@@ -388,6 +405,8 @@ class Director:
             raise ServiceStartError(f"service {name!r}: cannot read {ready}: {exc}") from exc
         try:
             return parse_ready(text, pid=pid)
+        except ServiceFailedError as exc:
+            raise ServiceStartError(f"service {name!r} could not start: {exc.reason}") from exc
         except ServiceStartError as exc:
             raise ServiceStartError(f"service {name!r}: {ready}: {exc}") from exc
 

@@ -24,6 +24,7 @@ __all__ = [
     "ChildStatus",
     "DirectorError",
     "Launch",
+    "ServiceFailedError",
     "ServiceSpec",
     "ServiceStartError",
     "describe_exit",
@@ -57,10 +58,12 @@ ArgvBuilder = Callable[[Launch], list[str]]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceSpec:
-    """One service the director runs: its name and how to build its command line."""
+    """One service the director runs: its name, how to build its command line, and the
+    services it needs running (started with it, and before it)."""
 
     name: str
     argv: ArgvBuilder
+    needs: tuple[str, ...] = ()
 
 
 def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = None) -> ArgvBuilder:
@@ -92,7 +95,12 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         name="store",
         argv=serve_argv("store", lambda launch: ["--data-dir", str(launch.data_dir)]),
     ),
-    ServiceSpec(name="command", argv=serve_argv("command", lambda launch: _store_flag(launch))),
+    # The command server keeps its keys in the store: without it, GET and SET would fail.
+    ServiceSpec(
+        name="command",
+        argv=serve_argv("command", lambda launch: _store_flag(launch)),
+        needs=("store",),
+    ),
     ServiceSpec(
         name="ingest",
         argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
@@ -109,18 +117,30 @@ def _store_flag(launch: Launch) -> list[str]:
 def select_services(
     names: Sequence[str], services: Sequence[ServiceSpec] = SERVICES
 ) -> tuple[ServiceSpec, ...]:
-    """The services named in `names` (all of them when empty), in table order.
+    """The services named in `names` (all of them when empty) and those they need, in
+    table order.
 
-    Raises ConfigError naming an unknown service.
+    Raises ConfigError naming an unknown service, or a need no service in the table meets.
     """
-    known = {spec.name for spec in services}
+    by_name = {spec.name: spec for spec in services}
     for name in names:
-        if name not in known:
+        if name not in by_name:
             listed = ", ".join(repr(spec.name) for spec in services)
             raise ConfigError(f"unknown service {name!r}, expected one of {listed}")
     if not names:
         return tuple(services)
-    return tuple(spec for spec in services if spec.name in names)
+    wanted: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in wanted:
+            continue
+        wanted.add(name)
+        for need in by_name[name].needs:
+            if need not in by_name:
+                raise ConfigError(f"service {name!r} needs {need!r}, which is not a service")
+            pending.append(need)
+    return tuple(spec for spec in services if spec.name in wanted)
 
 
 # -- pure helpers -----------------------------------------------------------------------
@@ -132,6 +152,14 @@ class DirectorError(PostOfficeError):
 
 class ServiceStartError(BrokenError):
     """A child died, could not be spawned, or stayed silent before it was ready."""
+
+
+class ServiceFailedError(ServiceStartError):
+    """The child said in its ready file why it could not start; `reason` is its message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def run_dir(data_dir: Path) -> Path:
@@ -175,12 +203,21 @@ def parse_ready(text: str, *, pid: int) -> dict[str, tuple[str, int]] | None:
     """The listeners announced in ready-file `text`, or None if another pid wrote it.
 
     The file is what `core.runtime.announce` writes: {"service", "pid", "listeners":
-    {name: [host, port]}}. Raises ServiceStartError if it is not of that shape.
+    {name: [host, port]}}, or what `announce_failure` writes when the child could not
+    start: {"service", "pid", "error"}, raised here as ServiceFailedError. Raises
+    ServiceStartError if it is of neither shape.
     """
     try:
         body: object = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ServiceStartError(f"ready file is not JSON: {exc}") from exc
+    if isinstance(body, dict) and "error" in body:
+        error = body["error"]
+        if not isinstance(error, str):
+            raise ServiceStartError(f"ready file 'error' must be a string, got {error!r}")
+        if body.get("pid") != pid:
+            return None
+        raise ServiceFailedError(error)
     if not isinstance(body, dict) or not isinstance(body.get("listeners"), dict):
         raise ServiceStartError(f"ready file has no 'listeners' object: {text[:200]!r}")
     if body.get("pid") != pid:

@@ -18,7 +18,7 @@ from postoffice.core.errors import LimitExceeded, PostOfficeError
 from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDecoder, FrameError
 from postoffice.core.http import health_routes, metrics_route, serve_http
 from postoffice.core.listeners import bound_address, listen
-from postoffice.core.runtime import announce
+from postoffice.core.runtime import announce, unless_stopped
 from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.config import StoreConfig
@@ -375,12 +375,19 @@ class StoreServer:
         self._ready = True
 
     async def serve(self, stop: asyncio.Event, *, ready_file: str | None = None) -> None:
-        """Start, announce, run until `stop`, then drain and close."""
-        await self.startup()
-        if ready_file:
-            announce(ready_file, service="store", addresses=self.addresses)
-        await stop.wait()
-        await self.shutdown()
+        """Start, announce, run until `stop`, then drain and close.
+
+        A `stop` while the start-up still waits (a busy port being retried) ends it at
+        once; a start-up that fails closes what it opened, then raises.
+        """
+        try:
+            started, _ = await unless_stopped(self.startup(), stop)
+            if started:
+                if ready_file:
+                    announce(ready_file, service="store", addresses=self.addresses)
+                await stop.wait()
+        finally:
+            await self.shutdown()
 
     async def shutdown(self) -> None:
         """Stop accepting, let requests in flight finish, close the store."""
