@@ -97,8 +97,10 @@ class ControlSession(Protocol):
     #: The name HELLO SETNAME gave the connection.
     name: str
     conn_id: int
-    #: Set by QUIT: the connection closes once this reply is written.
-    close_after_reply: bool
+
+    def close_when_done(self, reason: str, *, linger: bool = True) -> None:
+        """Close once the reply being made now is written (QUIT)."""
+        ...
 
 
 # -- the command table ----------------------------------------------------------------------
@@ -219,7 +221,7 @@ def cmd_echo(conn: ControlSession, args: list[bytes]) -> Reply:
 
 def cmd_quit(conn: ControlSession, args: list[bytes]) -> Reply:
     """QUIT: reply OK, then close."""
-    conn.close_after_reply = True
+    conn.close_when_done("client quit")
     return OK
 
 

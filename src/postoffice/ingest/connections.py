@@ -199,8 +199,6 @@ class DataConnection(_FramedConnection[DataPortHost]):
         self._in_flight = 0
         # Tasks of the chunks being accepted, held so none is garbage-collected early.
         self._tasks: set[asyncio.Task[None]] = set()
-        # Set when its port closes or the server drains (the design note).
-        self.draining = False
         # Large chunk payloads are received straight into their own buffer (receive.py).
         self.decoder = self.receiver = ReceivingDecoder(
             max_chunk_bytes=host.max_chunk_bytes, verify_chunks=False
@@ -229,22 +227,17 @@ class DataConnection(_FramedConnection[DataPortHost]):
             return None
         return ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE
 
-    def can_idle_close(self) -> bool:
-        return not self._in_flight and super().can_idle_close()
-
     def shutdown_requested(self) -> None:
         """The port closes (CONFIG SET x) or the server drains: "in flight" means the chunks
         handed to the server before now; they finish and are answered, every chunk after
-        them is refused with SHUTTING_DOWN, and the connection closes once none is left.
-        (Closing only after a batch with nothing in flight, as the base class does, waits
-        for ever on a client that keeps sending.)"""
-        self.draining = True
-        if not self._in_flight:
-            self.close("server shutdown")
+        them is refused with SHUTTING_DOWN (`closing` is set), and the connection closes
+        once none is left. Refusing, rather than leaving the chunks unread, answers a client
+        that keeps sending instead of waiting for it for ever."""
+        self.close_when_done("server shutdown")
 
     def handle(self, request_id: int, message: Message) -> None:
         match message:
-            case Chunk() if self.draining:
+            case Chunk() if self.closing:
                 error = ShuttingDownError(f"data port is closing, chunk {message.index} not stored")
                 self.host.chunk_refused(message, error)
                 self.send(ErrorReply(code=error.code, message=str(error)), request_id)
@@ -282,9 +275,6 @@ class DataConnection(_FramedConnection[DataPortHost]):
         if self._in_flight < self.host.max_in_flight:
             self.resume_reading()
         if not self._in_flight and self.transport is not None:
-            if self.draining:
-                self.close("server shutdown")
-                return
             self.batch_done(ConnInput.PARTIAL if self.decoder.buffered_bytes else ConnInput.IDLE)
 
 

@@ -38,7 +38,7 @@ from postoffice.core.resp import (
     encode_resp3,
     encode_text,
 )
-from postoffice.core.transport import BaseProtocol, ConnInput, ConnState
+from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.ingest.commands import TABLE, Deferred, IngestControl, arity_error, shown
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,7 @@ class ControlConnection(BaseProtocol):
         self.authenticated = token is None
         self.protocol = 2  # RESP version of replies; HELLO 3 makes it 3
         self.name = ""
-        self.close_after_reply = False
         self.running: str | None = None  # the deferred command in progress, if any
-        self._stop_after_reply = False
 
     # -- BaseProtocol hooks ------------------------------------------------------------
 
@@ -90,15 +88,6 @@ class ControlConnection(BaseProtocol):
         if self.running is not None:
             return None  # bytes that were in flight when reading paused; run after the task
         return self._run_buffered()
-
-    def can_idle_close(self) -> bool:
-        return self.running is None and super().can_idle_close()
-
-    def shutdown_requested(self) -> None:
-        if self.running is not None:
-            self._stop_after_reply = True
-        else:
-            self.close("server shutdown")
 
     def on_close(self) -> None:
         log.debug("control closed conn=%s reason=%s", self, self.close_reason)
@@ -114,7 +103,7 @@ class ControlConnection(BaseProtocol):
         """Answer every complete command buffered; None when one started async work."""
         out: list[bytes] = []
         try:
-            while True:
+            while not self.closing:  # once QUIT or shutdown came, nothing new starts
                 event = self.parser.next_event()
                 if event is NEED_DATA:
                     break
@@ -124,16 +113,10 @@ class ControlConnection(BaseProtocol):
                     self._start(reply)
                     return None
                 out.append(self._encode(reply))
-                if self.close_after_reply:
-                    self._flush(out)
-                    self.close("client quit")
-                    return ConnInput.IDLE
         except RespProtocolError as exc:
             out.append(self._encode(Error(code=exc.wire_code, message=str(exc))))
-            self._flush(out)
             log.info("control protocol error conn=%s error=%r", self, str(exc))
-            self.close("protocol error")
-            return ConnInput.IDLE
+            self.close_when_done("protocol error")
         self._flush(out)
         return ConnInput.PARTIAL if self.parser.has_partial() else ConnInput.IDLE
 
@@ -178,12 +161,9 @@ class ControlConnection(BaseProtocol):
             log.exception("control command failed conn=%s command=%s", self, deferred.name)
             reply = Error(code="ERR", message=f"internal error: {exc!r}")
         self.running = None
-        if self.transport is None or self.state in (ConnState.CLOSING, ConnState.CLOSED):
-            return  # the client left or is being closed; the work is done all the same
+        if self.transport is None:
+            return  # the client left; the work is done all the same
         self.write(self._encode(reply))
-        if self._stop_after_reply:
-            self.close("server shutdown")
-            return
         self.resume_reading()
         outcome = self._run_buffered()
         if outcome is not None:

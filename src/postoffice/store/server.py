@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -22,7 +21,7 @@ from postoffice.core.runtime import announce, unless_stopped
 from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.config import StoreConfig
-from postoffice.store.engine.commit import GroupCommit
+from postoffice.store.engine.commit import GroupCommit, OwedReplies
 from postoffice.store.engine.engine import BatchOp, Delete, Put, Store, StoreStats
 from postoffice.store.engine.logstore import Durability
 from postoffice.store.errors import StoreClosedError
@@ -105,8 +104,7 @@ class StoreConnection(BaseProtocol):
         self._batch: list[tuple[int, int, int, bytes]] = []
         #: Replies owed behind a durable write still waiting for its fsync, in request
         #: order; a reply goes out once everything before it has.
-        self.owed: collections.deque[_Owed] = collections.deque()
-        self._close_when_paid = False  # a bad frame's error reply is owed: then close
+        self.owed: OwedReplies[_Owed] = OwedReplies()
         #: A whole request was read or a reply sent since the last `batch_done`.
         self._progress = False
 
@@ -115,13 +113,15 @@ class StoreConnection(BaseProtocol):
         self.close(reason)
 
     def on_data(self, data: bytes) -> ConnInput | None:
+        if self.closing:  # a last reply is owed: read nothing more, close once it is out
+            return None if self.owed else ConnInput.IDLE
         frames = self.frames
         if data:
             frames.feed(data)
         owed = self.owed
         batch = self._batch
         limit = self.server.config.max_in_flight
-        while not self._close_when_paid:
+        while not self.closing:
             room = limit - len(owed)
             if room <= 0:
                 self.pause_reading()
@@ -207,10 +207,10 @@ class StoreConnection(BaseProtocol):
                 ticket, status, body = server.run(type_, flags, payload)
                 wire = encode_response(request_id, status, body)
             if ticket:
-                owed.append((ticket, request_id, wire, began))
+                owed.owe((ticket, request_id, wire, began), ticket=ticket)
                 newest = ticket
             elif owed:
-                owed.append((0, request_id, wire, began))
+                owed.owe((0, request_id, wire, began))
             else:
                 out.append(wire)
                 answered += 1
@@ -238,12 +238,11 @@ class StoreConnection(BaseProtocol):
         """Send one last error reply (after the replies owed before it), then close."""
         self.server.stats.errors += 1
         wire = encode_response(request_id, status, message.encode())
+        self.close_when_done(message)
         if self.owed:
-            self.owed.append((0, request_id, wire, time.monotonic()))
-            self._close_when_paid = True
+            self.owed.owe((0, request_id, wire, time.monotonic()))
             return None
         self.write(wire)
-        self.close(message)
         return ConnInput.IDLE
 
     def synced(self, covered: int, error: BaseException | None) -> bool:
@@ -254,31 +253,28 @@ class StoreConnection(BaseProtocol):
             owed.clear()
             return False
         stats = self.server.stats
-        failure = None if error is None else self.server.sync_failure(error)
-        now = time.monotonic()
-        out: list[bytes] = []
-        observe = stats.latency.observe
-        while owed:
-            ticket, request_id, wire, began = owed[0]
-            if ticket > covered:
-                break
-            owed.popleft()
-            if ticket and failure is not None:
-                stats.errors += 1
-                wire = encode_response(request_id, *failure)
-            out.append(wire)
-            observe(now - began)
-        if out:
+        owed.synced(covered)
+        ready: list[_Owed] = []
+        owed.pop_ready(ready)
+        if ready:
+            failure = None if error is None else self.server.sync_failure(error)
+            now = time.monotonic()
+            out: list[bytes] = []
+            observe = stats.latency.observe
+            for ticket, request_id, wire, began in ready:
+                if ticket and failure is not None:
+                    stats.errors += 1
+                    wire = encode_response(request_id, *failure)
+                out.append(wire)
+                observe(now - began)
             self._progress = True
             self.write(out[0] if len(out) == 1 else b"".join(out))
         if owed:
             if len(owed) < self.server.config.max_in_flight:
                 self.resume_reading()
             return True
-        if self._close_when_paid:
-            self.close("refused after its last reply")
-            return False
         self.resume_reading()
+        # What was read meanwhile runs now; nothing new once the connection is to close.
         outcome = self.on_data(b"") if self.frames.buffered_bytes else ConnInput.IDLE
         if outcome is not None:
             self.batch_done(outcome)
@@ -293,9 +289,6 @@ class StoreConnection(BaseProtocol):
         if not self._progress:
             self.last_active = idle_since
         self._progress = False
-
-    def can_idle_close(self) -> bool:
-        return not self.owed and super().can_idle_close()
 
     def on_close(self) -> None:
         self.owed.clear()
