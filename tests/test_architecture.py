@@ -214,5 +214,5 @@ def test_only_the_transport_moves_a_connection() -> None:
                 targets = [node.target]
             for target in targets:
                 if isinstance(target, ast.Attribute) and target.attr in {"cycle", "state"}:
-                    wrong.append(f"{path.relative_to(SRC)}:{node.lineno} sets .{target.attr}")
+                    wrong.append(f"{path.relative_to(SRC)}:{target.lineno} sets .{target.attr}")
     assert not wrong, "\n".join(wrong)

@@ -29,9 +29,9 @@ from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import ConfigError
-from postoffice.core.http import health_routes, metrics_route, serve_http
+from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
-from postoffice.core.runtime import announce
+from postoffice.core.runtime import serve_until_stopped
 from postoffice.core.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -142,11 +142,9 @@ class CommandServer:
         self._listeners.append(server)
         self.addresses["command"] = bound_address(server)
         if config.metrics_port is not None:
-            routes = {
-                "/metrics": metrics_route(self.registry),
-                **health_routes(lambda: self._ready),
-            }
-            http = await serve_http(routes, host=config.host, port=config.metrics_port)
+            http = await serve_metrics(
+                self.registry, lambda: self._ready, host=config.host, port=config.metrics_port
+            )
             self._listeners.append(http)
             self.addresses["metrics"] = bound_address(http)
         self._ready = True
@@ -162,26 +160,14 @@ class CommandServer:
 
         `on_listening` runs once every listener is up (a worker tells its primary).
         """
-        starting = asyncio.ensure_future(self.startup())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # stopped while a bind was still being retried
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-            await self.shutdown()
-            return
-        stopped.cancel()
-        starting.result()
-        if ready_file:
-            announce(ready_file, service="command", addresses=self.addresses)
-        if on_listening is not None:
-            on_listening()
-        stopper = asyncio.ensure_future(stop.wait())
-        shutdown = asyncio.ensure_future(self._shutdown.wait())
-        await asyncio.wait((stopper, shutdown), return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        shutdown.cancel()
-        await self.shutdown()
+        await serve_until_stopped(
+            self,
+            stop,
+            service="command",
+            ready_file=ready_file,
+            also_stop=self._shutdown,
+            on_listening=on_listening,
+        )
 
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight commands finish (within the deadline), close all."""

@@ -318,6 +318,17 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
 
 
+async def serve_metrics(
+    registry: Collector, ready: Callable[[], bool], *, host: str, port: int
+) -> asyncio.Server:
+    """A service's HTTP port: /metrics from `registry`, /healthz, and /readyz from `ready`.
+
+    Raises what `serve_http` raises.
+    """
+    routes = {"/metrics": metrics_route(registry), **health_routes(ready)}
+    return await serve_http(routes, host=host, port=port)
+
+
 async def serve_http(routes: Mapping[str, Route], *, host: str, port: int) -> asyncio.Server:
     """Listen on `host:port` (port 0 picks a free one) and serve `routes` until closed.
 

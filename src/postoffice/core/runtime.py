@@ -12,7 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, Protocol, TypeVar, final
 
 from postoffice.core.errors import ClosedError
 
@@ -181,6 +181,65 @@ async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> tuple[bool,
     if task.cancelled():
         return False, None
     return True, task.result()
+
+
+class Servable(Protocol):
+    """A server as `serve_until_stopped` runs it (the command, ingest and store servers)."""
+
+    @property
+    def addresses(self) -> Mapping[str, tuple[str, int]]:
+        """Where it listens, by listener name, once started."""
+        ...
+
+    async def startup(self) -> None:
+        """Open what it serves and bind its listeners."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop accepting, finish what is in flight, close; safe after a failed start-up."""
+        ...
+
+
+async def serve_until_stopped(
+    server: Servable,
+    stop: asyncio.Event,
+    *,
+    service: str,
+    ready_file: str | None = None,
+    also_stop: asyncio.Event | None = None,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Start `server`, announce it, serve until `stop` (or `also_stop`) is set, shut down.
+
+    A `stop` while the start-up still waits (a busy port being retried) ends it at once.
+    The server is shut down whatever happens; a start-up that fails raises its error after
+    that (an error of the shutdown itself is then only logged). `on_listening` runs once
+    every listener is up, after the ready file is written.
+    """
+    try:
+        started, _ = await unless_stopped(server.startup(), stop)
+    except BaseException:
+        try:
+            await server.shutdown()
+        except Exception:
+            log.exception("shutdown after a failed start-up failed service=%s", service)
+        raise
+    try:
+        if started:
+            if ready_file:
+                announce(ready_file, service=service, addresses=server.addresses)
+            if on_listening is not None:
+                on_listening()
+            ends = [asyncio.ensure_future(stop.wait())]
+            if also_stop is not None:
+                ends.append(asyncio.ensure_future(also_stop.wait()))
+            try:
+                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for end in ends:
+                    end.cancel()
+    finally:
+        await server.shutdown()
 
 
 def announce(

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, final
 
+from postoffice.core.errors import translate_os_error
 from postoffice.ingest.errors import IngestStorageError
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def os_errors(action: str, path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         where = exc.filename if exc.filename is not None else path
-        raise IngestStorageError(f"cannot {action} {where}: {exc.strerror or exc}") from exc
+        raise translate_os_error(exc, IngestStorageError, f"{action} {where}") from exc
 
 
 def fsync_dir(path: Path) -> None:

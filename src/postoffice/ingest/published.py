@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
+from postoffice.core.errors import translate_os_error
 from postoffice.ingest.durable import GroupSync, atomic_write, discard, os_errors
 from postoffice.ingest.errors import BadNameError, IngestStorageError
 from postoffice.ingest.messages import DIGEST_BYTES, FILE_ID_BYTES, FileId, check_name, file_id_hex
@@ -154,7 +155,7 @@ class PublishedRecords:
         except FileNotFoundError:
             return 0, None
         except OSError as exc:
-            raise IngestStorageError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+            raise translate_os_error(exc, IngestStorageError, f"read {self.path}") from exc
         lines = 0
         at = 0
         while at < len(raw):

@@ -44,7 +44,7 @@ from postoffice.core.http import (
     serve_http,
 )
 from postoffice.core.listeners import bound_address, listen
-from postoffice.core.runtime import Supervisor, announce
+from postoffice.core.runtime import Supervisor, serve_until_stopped
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
@@ -209,18 +209,7 @@ class IngestServer:
 
     async def serve(self, stop: asyncio.Event, *, ready_file: str | None = None) -> None:
         """Start, announce, run until `stop`, then drain and close."""
-        starting = asyncio.ensure_future(self.startup())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-        else:
-            starting.result()
-            if ready_file:
-                announce(ready_file, service="ingest", addresses=self.addresses)
-            await stopped
-        await self.shutdown()
+        await serve_until_stopped(self, stop, service="ingest", ready_file=ready_file)
 
     async def shutdown(self) -> None:
         """Stop acceptors, finish chunks in flight and assemblies in progress, close."""

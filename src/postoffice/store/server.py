@@ -15,9 +15,9 @@ from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import LimitExceeded, PostOfficeError
 from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDecoder, FrameError
-from postoffice.core.http import health_routes, metrics_route, serve_http
+from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
-from postoffice.core.runtime import announce, unless_stopped
+from postoffice.core.runtime import serve_until_stopped
 from postoffice.core.transport import BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.config import StoreConfig
@@ -358,11 +358,9 @@ class StoreServer:
         self._listeners.append(server)
         self.addresses["store"] = bound_address(server)
         if config.metrics_port is not None:
-            routes = {
-                "/metrics": metrics_route(self.registry),
-                **health_routes(lambda: self._ready),
-            }
-            http = await serve_http(routes, host=config.host, port=config.metrics_port)
+            http = await serve_metrics(
+                self.registry, lambda: self._ready, host=config.host, port=config.metrics_port
+            )
             self._listeners.append(http)
             self.addresses["metrics"] = bound_address(http)
         self._ready = True
@@ -373,14 +371,7 @@ class StoreServer:
         A `stop` while the start-up still waits (a busy port being retried) ends it at
         once; a start-up that fails closes what it opened, then raises.
         """
-        try:
-            started, _ = await unless_stopped(self.startup(), stop)
-            if started:
-                if ready_file:
-                    announce(ready_file, service="store", addresses=self.addresses)
-                await stop.wait()
-        finally:
-            await self.shutdown()
+        await serve_until_stopped(self, stop, service="store", ready_file=ready_file)
 
     async def shutdown(self) -> None:
         """Stop accepting, let requests in flight finish, close the store."""

@@ -20,7 +20,7 @@ from typing import BinaryIO, Final
 import xxhash
 import zstandard
 
-from postoffice.core.errors import StorageError
+from postoffice.core.errors import StorageError, translate_os_error
 from postoffice.ingest.errors import (
     ConflictError,
     IngestLimitError,
@@ -253,7 +253,7 @@ def prepare(
             reused=reused,
         )
     except OSError as exc:
-        raise StorageError(f"cannot prepare {path}: {exc.strerror or exc}") from exc
+        raise translate_os_error(exc, StorageError, f"prepare {path}") from exc
 
 
 def _hash_file(path: Path) -> tuple[int, bytes]:
@@ -377,7 +377,7 @@ def open_payload(path: Path) -> int:
     try:
         return os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise StorageError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        raise translate_os_error(exc, StorageError, f"open {path}") from exc
 
 
 def read_chunk_frame(
@@ -411,7 +411,7 @@ def read_chunk_frame(
             parts.append(block)
             got += len(block)
     except OSError as exc:
-        raise StorageError(f"cannot read {prepared.payload}: {exc.strerror or exc}") from exc
+        raise translate_os_error(exc, StorageError, f"read {prepared.payload}") from exc
     data = parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
     head, _ = chunk_frame_parts(
         file_id=prepared.file_id,
