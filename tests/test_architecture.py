@@ -216,3 +216,24 @@ def test_only_the_transport_moves_a_connection() -> None:
                 if isinstance(target, ast.Attribute) and target.attr in {"cycle", "state"}:
                     wrong.append(f"{path.relative_to(SRC)}:{target.lineno} sets .{target.attr}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_error_class_lives_in_an_errors_module() -> None:
+    """A newcomer finds a package's errors in its errors.py: no public exception class is
+    defined anywhere else (a module-private one, named with an underscore, may be)."""
+    import importlib
+    import inspect
+
+    wrong: list[str] = []
+    for name in sorted(all_modules()):
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+                and not attr.startswith("_")
+                and not name.endswith(".errors")
+            ):
+                wrong.append(f"{name}.{attr}")
+    assert not wrong, "error classes outside errors.py:\n" + "\n".join(wrong)

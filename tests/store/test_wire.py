@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postoffice.core.errors import ConfigError, LimitExceeded, ProtocolError
+from postoffice.core.errors import ConfigError, LimitExceeded, PostOfficeError, ProtocolError
 from postoffice.core.framing import NEED_DATA, Frame, FrameDecoder, FrameError, encode_parts
+from postoffice.store.errors import StoreStorageError, status_of
 from postoffice.store.wire import (
     MAX_BATCH_OPS,
     MAX_BOUND_BYTES,
@@ -251,8 +252,10 @@ def test_bad_request_raises(
 
 
 def test_error_classes_carry_their_status() -> None:
-    assert StoreProtocolError.status is Status.BAD_REQUEST
-    assert StoreLimitError.status is Status.TOO_LARGE
+    assert status_of(StoreProtocolError("x")) is Status.BAD_REQUEST
+    assert status_of(StoreLimitError("x")) is Status.TOO_LARGE
+    assert status_of(StoreStorageError("x")) is Status.STORAGE
+    assert status_of(PostOfficeError("x")) is Status.INTERNAL  # a code the store lacks
     assert issubclass(StoreLimitError, LimitExceeded)
     assert StoreLimitError.wire_code == "TOO_LARGE"
 

@@ -12,17 +12,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Final
 
-from postoffice.core.errors import ProtocolError
+from postoffice.command.errors import ChannelError
 from postoffice.core.framing import Frame, MessageStream, encode_parts
 
 #: A CLIENT LIST of 10,000 clients is about 3 MB of JSON; the frame ceiling bounds it.
 MAX_CHANNEL_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
 #: Longest op or event name: they are short words; a longer one is a bug or garbage.
 MAX_NAME_CHARS: Final = 64
-
-
-class ChannelError(ProtocolError):
-    """A channel frame whose payload is not the JSON object its kind requires."""
 
 
 class Kind(enum.IntEnum):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from postoffice.core.errors import LimitExceeded, PostOfficeError
+from postoffice.core.errors import LimitExceeded, PostOfficeError, ProtocolError
 from postoffice.core.resp import RespLimitError, RespProtocolError
 
 __all__ = [
@@ -36,3 +36,7 @@ class StoreUnavailableError(CommandError):
 class WorkerUnavailableError(CommandError):
     """With --workers: a worker (or the primary) did not answer a cross-worker command in
     time, or went away before answering; the reply names which and the deadline."""
+
+
+class ChannelError(ProtocolError):
+    """A channel frame whose payload is not the JSON object its kind requires."""

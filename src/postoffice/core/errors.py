@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Final, TypeVar, final
 
 
 class PostOfficeError(Exception):
@@ -80,3 +80,76 @@ def os_errors(error_class: type[PostOfficeError], what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise translate_os_error(exc, error_class, what) from exc
+
+
+class FrameError(ProtocolError):
+    """The peer sent bytes that are not a valid frame, or a frame could not be encoded.
+
+    `request_id` is set when the error belongs to a frame whose version-1 header was
+    read (a reserved field set, an oversized payload, a checksum mismatch), so a service
+    can address its error reply; it is None for a bad magic or an unknown version, where
+    the bytes are no frame this decoder can read, and for encoding errors.
+    """
+
+    def __init__(self, message: str, *, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@final
+class FrameTooLarge(FrameError, LimitExceeded):
+    """A frame's payload length is over the limit; carries `length` and `limit`."""
+
+    wire_code = LimitExceeded.wire_code
+
+    def __init__(self, length: int, limit: int, *, request_id: int | None = None) -> None:
+        super().__init__(
+            f"frame payload length {length} exceeds limit {limit}", request_id=request_id
+        )
+        self.length = length
+        self.limit = limit
+
+
+class RespProtocolError(ProtocolError):
+    """The bytes break RESP or the text protocol: framing is lost, so the connection closes."""
+
+    wire_code = "ERR"
+
+
+class RespLimitError(RespProtocolError, LimitExceeded):
+    """A line, bulk string or array went over its limit (then the connection closes)."""
+
+
+# -- the command protocol's refusals (the connection stays) ---------------------------
+
+#: NOAUTH's message, as Redis words it.
+AUTH_REQUIRED: Final = "Authentication required."
+BAD_CREDENTIALS: Final = "invalid username-password pair or user is disabled."
+
+
+class RespRefusal(PostOfficeError):
+    """A command the port refuses with a code of the command protocol; the connection stays."""
+
+
+class NoAuthError(RespRefusal):
+    """A command other than AUTH, HELLO, QUIT or HELP before AUTH, on a port with a password."""
+
+    wire_code = "NOAUTH"
+
+    def __init__(self, message: str = AUTH_REQUIRED) -> None:
+        super().__init__(message)
+
+
+class WrongPassError(RespRefusal):
+    """AUTH (or HELLO's AUTH option) named a user other than `default` or a wrong password."""
+
+    wire_code = "WRONGPASS"
+
+    def __init__(self, message: str = BAD_CREDENTIALS) -> None:
+        super().__init__(message)
+
+
+class NoProtoError(RespRefusal):
+    """HELLO asked for a RESP version other than 2 or 3."""
+
+    wire_code = "NOPROTO"

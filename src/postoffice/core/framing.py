@@ -12,7 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic, NoReturn, TypeVar, final
 
-from postoffice.core.errors import ConfigError, LimitExceeded, ProtocolError
+from postoffice.core.errors import (
+    ConfigError,
+    FrameError,
+    FrameTooLarge,
+)
 
 M = TypeVar("M")
 
@@ -92,34 +96,6 @@ _COLLECT_MIN_BYTES: Final = 256 * 1024
 _REPR_PAYLOAD_BYTES: Final = 32
 
 assert HEADER.size == HEADER_BYTES
-
-
-class FrameError(ProtocolError):
-    """The peer sent bytes that are not a valid frame, or a frame could not be encoded.
-
-    `request_id` is set when the error belongs to a frame whose version-1 header was
-    read (a reserved field set, an oversized payload, a checksum mismatch), so a service
-    can address its error reply; it is None for a bad magic or an unknown version, where
-    the bytes are no frame this decoder can read, and for encoding errors.
-    """
-
-    def __init__(self, message: str, *, request_id: int | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-@final
-class FrameTooLarge(FrameError, LimitExceeded):
-    """A frame's payload length is over the limit; carries `length` and `limit`."""
-
-    wire_code = LimitExceeded.wire_code
-
-    def __init__(self, length: int, limit: int, *, request_id: int | None = None) -> None:
-        super().__init__(
-            f"frame payload length {length} exceeds limit {limit}", request_id=request_id
-        )
-        self.length = length
-        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)

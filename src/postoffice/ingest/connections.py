@@ -26,7 +26,7 @@ from typing import Final, Generic, Protocol, TypeVar, final
 from postoffice.core.connections import ConnectionManager
 from postoffice.core.framing import FrameError
 from postoffice.core.transport import BaseProtocol, ConnInput
-from postoffice.ingest.errors import ErrorCode, IngestError, ShuttingDownError
+from postoffice.ingest.errors import ErrorCode, IngestError, ShuttingDownError, error_code
 from postoffice.ingest.events import AckHub
 from postoffice.ingest.messages import (
     Ack,
@@ -175,7 +175,9 @@ class _FramedConnection(BaseProtocol, Generic[H]):
             except IngestError as exc:
                 # The frame was whole, so framing holds: refuse this message, keep going.
                 self.host.message_refused(self.peer, exc)
-                self.send(ErrorReply(code=exc.code, message=str(exc)), decoder.last_request_id or 0)
+                self.send(
+                    ErrorReply(code=error_code(exc), message=str(exc)), decoder.last_request_id or 0
+                )
                 continue
             if event is NEED_DATA:
                 return True
@@ -240,7 +242,7 @@ class DataConnection(_FramedConnection[DataPortHost]):
             case Chunk() if self.closing:
                 error = ShuttingDownError(f"data port is closing, chunk {message.index} not stored")
                 self.host.chunk_refused(message, error)
-                self.send(ErrorReply(code=error.code, message=str(error)), request_id)
+                self.send(ErrorReply(code=error_code(error), message=str(error)), request_id)
             case Chunk():
                 self._in_flight += 1
                 if self._in_flight >= self.host.max_in_flight:
@@ -265,7 +267,7 @@ class DataConnection(_FramedConnection[DataPortHost]):
         try:
             reply: Message = await self.host.accept_chunk(chunk)
         except IngestError as exc:
-            reply = ErrorReply(code=exc.code, message=str(exc))
+            reply = ErrorReply(code=error_code(exc), message=str(exc))
             self.host.chunk_refused(chunk, exc)
         except Exception as exc:
             log.exception("chunk failed conn=%s file_id=%s", self, chunk.file_id.hex())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, Final
+from typing import Final
 
 from postoffice.core.errors import LimitExceeded, PostOfficeError, ProtocolError, StorageError
 
@@ -26,70 +26,70 @@ class ErrorCode(enum.IntEnum):
 
 
 class IngestError(PostOfficeError):
-    """Root of the ingest errors; `code` is what goes on the wire."""
+    """Root of the ingest errors. `wire_code` names the ErrorCode an ERROR reply or a FAILED
+    event carries (`error_code` gives its number), and prefixes the control port's reply."""
 
-    code: ClassVar[ErrorCode] = ErrorCode.BAD_MESSAGE
-    wire_code = "INGEST"
+    wire_code = "BAD_MESSAGE"
 
 
 class IngestProtocolError(IngestError, ProtocolError):
     """A message payload that does not parse."""
 
-    code = ErrorCode.BAD_MESSAGE
+    wire_code = "BAD_MESSAGE"
 
 
 class ChecksumError(IngestError):
     """A chunk whose fields, name and data do not hash to the XXH3-128 digest it carries."""
 
-    code = ErrorCode.CHECKSUM
+    wire_code = "CHECKSUM"
 
 
 class ConflictError(IngestError):
     """A chunk that contradicts what is already committed for its payload."""
 
-    code = ErrorCode.CONFLICT
+    wire_code = "CONFLICT"
 
 
 class BadNameError(IngestError):
     """A file name that could escape files/ or is not a plain name."""
 
-    code = ErrorCode.BAD_NAME
+    wire_code = "BAD_NAME"
 
 
 class IngestLimitError(IngestError, LimitExceeded):
     """A chunk, name or decompressed output over its limit."""
 
-    code = ErrorCode.TOO_LARGE
+    wire_code = "TOO_LARGE"
 
 
 class OutOfRangeError(IngestError):
     """An index or total outside what the payload allows."""
 
-    code = ErrorCode.OUT_OF_RANGE
+    wire_code = "OUT_OF_RANGE"
 
 
 class IngestStorageError(IngestError, StorageError):
     """The chunk could not be made durable."""
 
-    code = ErrorCode.STORAGE
+    wire_code = "STORAGE"
 
 
 class ShuttingDownError(IngestError):
     """The server is draining, or the chunk's data port is closing: the chunk was not stored."""
 
-    code = ErrorCode.SHUTTING_DOWN
+    wire_code = "SHUTTING_DOWN"
 
 
 class UnknownFileError(IngestError):
     """No upload is known under that file id."""
 
-    code = ErrorCode.UNKNOWN_FILE
+    wire_code = "UNKNOWN_FILE"
 
 
 class AssemblyError(IngestError):
     """The complete payload could not be decompressed and published."""
 
-    code = ErrorCode.ASSEMBLY
+    wire_code = "ASSEMBLY"
 
 
 class OutputLimitError(AssemblyError):
@@ -123,6 +123,15 @@ _ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
 }
 
 
+def error_code(error: IngestError) -> ErrorCode:
+    """The numeric code `error` goes on the wire with."""
+    return ErrorCode[error.wire_code]
+
+
 def error_for(code: ErrorCode, message: str) -> IngestError:
     """The exception that stands for a server's ERROR reply or FAILED event."""
     return _ERRORS.get(code, IngestError)(message)
+
+
+class UnreadablePayloadError(IngestStorageError):
+    """A payload directory recover() cannot use; the message says why."""

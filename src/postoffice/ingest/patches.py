@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from postoffice.ingest.durable import atomic_write, os_errors
-from postoffice.ingest.errors import BadNameError, IngestStorageError
+from postoffice.ingest.errors import BadNameError, UnreadablePayloadError
 from postoffice.ingest.messages import MAX_CHUNKS, FileId, check_name, file_id_hex, missing_ranges
 
 __all__ = [
@@ -128,10 +128,6 @@ class Payload:
             created=self.created,
             updated=self.updated,
         )
-
-
-class UnreadablePayloadError(IngestStorageError):
-    """A payload directory recover() cannot use; the message says why."""
 
 
 def encode_meta(*, hex_id: str, name: str, total: int, size: int, created: float) -> bytes:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import final
 
 from postoffice.core.framing import FrameError
-from postoffice.ingest.errors import AssemblyError, ErrorCode, IngestError
+from postoffice.ingest.errors import AssemblyError, ErrorCode, IngestError, error_code
 from postoffice.ingest.events import AckHub, EventHub
 from postoffice.ingest.messages import Chunk, ChunkStored, Failed, FileId, Published, file_id_hex
 from postoffice.ingest.published import PublishedInfo
@@ -122,7 +122,7 @@ class Reports:
             "chunk_refused",
             file_id=file_id_hex(chunk.file_id),
             index=chunk.index,
-            code=error.code.name,
+            code=error.wire_code,
             error=str(error),
         )
 
@@ -137,7 +137,7 @@ class Reports:
     def message_refused(self, peer: str, error: IngestError) -> None:
         """A well-framed message did not parse; its connection goes on."""
         self.stats.protocol_errors += 1
-        self.events.emit("message_refused", peer=peer, code=error.code.name, error=str(error))
+        self.events.emit("message_refused", peer=peer, code=error.wire_code, error=str(error))
 
     # -- uploads -----------------------------------------------------------------------
 
@@ -175,12 +175,12 @@ class Reports:
         """The upload will never decompress: remember it, count it, tell telemetry and
         subscribers. Its chunks are the caller's to drop."""
         self.stats.assembly_failures += 1
-        failed = Failed(file_id=file_id, code=error.code, message=str(error))
+        failed = Failed(file_id=file_id, code=error_code(error), message=str(error))
         self._failed[file_id] = FailedUpload(event=failed, name=name, total=total, size=size)
         hex_id = file_id_hex(file_id)
         log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, name, str(error))
         self.events.emit(
-            "assembly_failed", file_id=hex_id, name=name, code=error.code.name, error=str(error)
+            "assembly_failed", file_id=hex_id, name=name, code=error.wire_code, error=str(error)
         )
         self.acks.publish(file_id, failed)
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from postoffice.core.errors import BrokenError, ConfigError, PostOfficeError
+from postoffice.core.errors import ConfigError
 from postoffice.core.runtime import Backoff
+from postoffice.office.errors import DirectorError, ServiceFailedError, ServiceStartError
 
 __all__ = [
     "SERVICES",
@@ -144,22 +145,6 @@ def select_services(
 
 
 # -- pure helpers -----------------------------------------------------------------------
-
-
-class DirectorError(PostOfficeError):
-    """The director itself cannot run (another director owns the data dir, say)."""
-
-
-class ServiceStartError(BrokenError):
-    """A child died, could not be spawned, or stayed silent before it was ready."""
-
-
-class ServiceFailedError(ServiceStartError):
-    """The child said in its ready file why it could not start; `reason` is its message."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def run_dir(data_dir: Path) -> Path:

@@ -4,7 +4,7 @@ on the wire (docs/protocols/store.md): engine errors, protocol errors and a refu
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, final
+from typing import final
 
 from postoffice.core.errors import (
     ClosedError,
@@ -53,10 +53,10 @@ class ValueSizeError(LimitExceeded):
 
 
 class StoreProtocolError(ProtocolError):
-    """A well-framed store request or response is malformed; answer with `status`."""
+    """A well-framed store request or response is malformed; answered with the Status its
+    `wire_code` names (`status_of`)."""
 
     wire_code = "BAD_REQUEST"
-    status: ClassVar[Status] = Status.BAD_REQUEST
 
 
 @final
@@ -64,7 +64,11 @@ class StoreLimitError(StoreProtocolError, LimitExceeded):
     """A key, value, bound or batch is over its limit; answer with TOO_LARGE."""
 
     wire_code = "TOO_LARGE"
-    status: ClassVar[Status] = Status.TOO_LARGE
+
+
+def status_of(error: PostOfficeError) -> Status:
+    """The Status an error is answered with: the one its `wire_code` names, else INTERNAL."""
+    return Status.__members__.get(error.wire_code, Status.INTERNAL)
 
 
 class StoreRequestError(PostOfficeError):

@@ -24,7 +24,7 @@ from postoffice.store.config import StoreConfig
 from postoffice.store.engine.commit import GroupCommit, OwedReplies
 from postoffice.store.engine.engine import BatchOp, Delete, Put, Store, StoreStats
 from postoffice.store.engine.logstore import Durability
-from postoffice.store.errors import StoreClosedError
+from postoffice.store.errors import StoreClosedError, status_of
 from postoffice.store.stats import COUNTER_KEYS, HELP, ServerStats
 from postoffice.store.wire import (
     CONNECTION_REPLY_ID,
@@ -195,7 +195,7 @@ class StoreConnection(BaseProtocol):
                 except StoreProtocolError as exc:
                     stats.errors += 1
                     ticket = 0
-                    wire = encode_response(request_id, exc.status, str(exc).encode())
+                    wire = encode_response(request_id, status_of(exc), str(exc).encode())
                 except PostOfficeError as exc:
                     ticket = 0
                     wire = encode_response(request_id, *server.failure(exc))
@@ -399,7 +399,7 @@ class StoreServer:
             request = decode_request_parts(type_, flags, payload)
         except StoreProtocolError as exc:
             self.stats.errors += 1
-            return 0, exc.status, str(exc).encode()
+            return 0, status_of(exc), str(exc).encode()
         return self._run(request)
 
     def _run(self, request: Request) -> _Outcome:

@@ -8,6 +8,14 @@ from here.
 
 from __future__ import annotations
 
+from postoffice.core.errors import (
+    NoAuthError,
+    NoProtoError,
+    RespLimitError,
+    RespProtocolError,
+    RespRefusal,
+    WrongPassError,
+)
 from postoffice.core.resp.parser import (
     MAX_ARRAY_ITEMS,
     MAX_BULK_BYTES,
@@ -17,18 +25,12 @@ from postoffice.core.resp.parser import (
     Command,
     Dialect,
     NeedData,
-    RespLimitError,
     RespParser,
-    RespProtocolError,
 )
 from postoffice.core.resp.refusals import (
     HELLO_BEFORE_AUTH,
     NOAUTH,
     PROTOCOL_VERSIONS,
-    NoAuthError,
-    NoProtoError,
-    RespRefusal,
-    WrongPassError,
     check_credentials,
     hello_protocol,
 )

@@ -33,18 +33,7 @@ from typing import Final, NamedTuple, cast, final
 
 import hiredis
 
-from postoffice.core.errors import LimitExceeded, ProtocolError
-
-
-class RespProtocolError(ProtocolError):
-    """The bytes break RESP or the text protocol: framing is lost, so the connection closes."""
-
-    wire_code = "ERR"
-
-
-class RespLimitError(RespProtocolError, LimitExceeded):
-    """A line, bulk string or array went over its limit (then the connection closes)."""
-
+from postoffice.core.errors import RespLimitError, RespProtocolError
 
 MAX_INLINE_BYTES: Final = 64 * 1024  # one inline line, as Redis allows
 MAX_BULK_BYTES: Final = 8 * 1024 * 1024  # one argument; far above any command of ours

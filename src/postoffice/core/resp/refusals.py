@@ -9,7 +9,12 @@ from __future__ import annotations
 import hmac
 from typing import Final
 
-from postoffice.core.errors import PostOfficeError
+from postoffice.core.errors import (
+    AUTH_REQUIRED,
+    NoAuthError,
+    NoProtoError,
+    WrongPassError,
+)
 from postoffice.core.resp.replies import Error
 
 #: The RESP versions HELLO may pick.
@@ -17,40 +22,10 @@ PROTOCOL_VERSIONS: Final = (2, 3)
 #: Of a client's argument quoted back in a refusal, at most this many characters.
 MAX_SHOWN_CHARS: Final = 64
 
-AUTH_REQUIRED: Final = "Authentication required."
-BAD_CREDENTIALS: Final = "invalid username-password pair or user is disabled."
 HELLO_BEFORE_AUTH: Final = (
     "HELLO must be called with the client already authenticated, "
     "or with HELLO <proto> AUTH <user> <password>"
 )
-
-
-class RespRefusal(PostOfficeError):
-    """A command the port refuses with a code of the command protocol; the connection stays."""
-
-
-class NoAuthError(RespRefusal):
-    """A command other than AUTH, HELLO, QUIT or HELP before AUTH, on a port with a password."""
-
-    wire_code = "NOAUTH"
-
-    def __init__(self, message: str = AUTH_REQUIRED) -> None:
-        super().__init__(message)
-
-
-class WrongPassError(RespRefusal):
-    """AUTH (or HELLO's AUTH option) named a user other than `default` or a wrong password."""
-
-    wire_code = "WRONGPASS"
-
-    def __init__(self, message: str = BAD_CREDENTIALS) -> None:
-        super().__init__(message)
-
-
-class NoProtoError(RespRefusal):
-    """HELLO asked for a RESP version other than 2 or 3."""
-
-    wire_code = "NOPROTO"
 
 
 #: The reply to any command but AUTH, HELLO, QUIT and HELP before AUTH.
