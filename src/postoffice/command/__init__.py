@@ -1,4 +1,4 @@
-"""The command server of seed 001: text lines and RESP2 on one port, a worker pool, limits."""
+"""The command server: text lines and the Redis protocol on one port, a worker pool, limits."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 @click.group()
 def command() -> None:
-    """The command server (seed 001): PING/PONG text lines and the Redis protocol."""
+    """The command server: PING/PONG text lines and the Redis protocol on one port."""
 
 
 @command.command()

@@ -61,7 +61,7 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _NONE: Final = frozenset({"", "none"})
 
 # configparser would copy every [DEFAULT] key into every section, so an INI file shared by
-# services would make each one see the others' keys as unknown; like inih (seed 002), we
+# services would make each one see the others' keys as unknown; like the C reader inih, we
 # treat [DEFAULT] as an ordinary section by naming a default section no file can contain.
 _NO_DEFAULT_SECTION: Final = "\x00no default section"
 

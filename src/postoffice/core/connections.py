@@ -1,4 +1,4 @@
-"""The connection manager of seed 003: limits, idle timeouts, statistics and orderly shutdown.
+"""The connection manager: limits, idle timeouts, statistics and orderly shutdown.
 
 Two-phase init: the constructor only sets memory up; `startup()` starts the idle sweeper
 on the running loop. Connections register on `connection_made` (`admit`) and leave on

@@ -1,4 +1,4 @@
-"""The binary frame codec shared by every binary protocol (ingest, store, office, bus).
+"""The binary frame codec every binary protocol shares: ingest, store, the command workers.
 
 Core layer, pure sans-I/O: bytes in, `Frame` events out. Wire format: docs/protocols/frame.md.
 """

@@ -1,4 +1,4 @@
-"""One-shot snapshot of the machine (seed 002 sysinfo): CPUs, caches, RAM, disk and limits.
+"""One-shot snapshot of the machine: CPUs, caches, RAM, disk and limits.
 
 Core layer: best-effort probes; a reading that cannot be taken is None, shown as "n/a".
 """

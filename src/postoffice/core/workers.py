@@ -1,6 +1,6 @@
 """A fixed-size, resizable pool of threads with a FIFO queue, for blocking work off the loop.
 
-Design: seed 001's pool (one queue guarded by a lock and a condition variable, N workers
+Design: a fixed pool (one queue guarded by a lock and a condition variable, N workers
 that wait, dequeue, run, repeat). `queue.SimpleQueue` is that queue in C. Results go back
 to the event loop with `call_soon_threadsafe`. The stdlib executor cannot shrink, and the
 command server resizes its pool at run time (CONFIG SET), so the pool is our own.

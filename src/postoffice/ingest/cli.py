@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def ingest() -> None:
-    """The ingest server (seed 000): compressed chunks in over X data ports, files out."""
+    """The ingest server: compressed chunks in over X data ports, files out."""
 
 
 @ingest.command()

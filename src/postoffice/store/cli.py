@@ -16,7 +16,7 @@ from postoffice.store.config import StoreConfig
 
 @click.group()
 def store() -> None:
-    """The store (seeds 002 + 003): an append-only log with an LMDB index, over TCP."""
+    """The store: an append-only log with an LMDB index, served over TCP."""
 
 
 @store.command()

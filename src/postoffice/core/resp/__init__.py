@@ -1,4 +1,4 @@
-"""The command protocol's codec (RESP2, RESP3 and seed 001's text lines), pure sans-I/O.
+"""The command protocol's codec (RESP2, RESP3 and plain text lines), pure sans-I/O.
 
 Shared by the command server and every control port (ingest's among them). `parser`
 turns a connection's bytes into commands; `replies` holds the reply types and encodes

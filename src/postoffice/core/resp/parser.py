@@ -6,7 +6,7 @@ Design: one parser serves both of the port's dialects. A request starting with `
 RESP array of bulk strings (redis-cli, redis-py). Anything else is an inline line, split on
 whitespace. The first request fixes the connection's dialect: a RESP array, or a line
 ending in CRLF (redis-benchmark's PING_INLINE, telnet), means RESP replies; a line ending
-in a bare LF (`printf 'PING\n' | nc`) means seed 001's text replies (`PONG\n`).
+in a bare LF (`printf 'PING\n' | nc`) means plain text replies (`PONG\n`).
 
 The parser is resumable: a partial array keeps its parsed arguments and the position of
 the next one, a partial line keeps how far it was scanned, and a large bulk string is
