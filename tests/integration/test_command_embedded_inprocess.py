@@ -13,11 +13,12 @@ import pytest
 
 from postoffice.command.config import CommandConfig
 from postoffice.command.embedded import EmbeddedKeyspace
-from postoffice.command.errors import StoreUnavailableError
 from postoffice.command.server import CommandServer
 from postoffice.core.resp import encode_command
 from postoffice.store.errors import StoreStorageError
 from tests.fakes import SyncGate
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 class Peer:
@@ -189,16 +190,3 @@ async def test_interval_durability_answers_writes_at_once(tmp_path: Path) -> Non
     finally:
         await srv.shutdown()
     assert keyspace.store is None  # closed by the shutdown
-
-
-async def test_a_closed_store_refuses_every_keyspace_command(tmp_path: Path) -> None:
-    keyspace = EmbeddedKeyspace(tmp_path / "store", "always")
-    await keyspace.start()
-    assert keyspace.set(b"k", b"v") is not None
-    await keyspace.close()
-    with pytest.raises(StoreUnavailableError, match="store is not open"):
-        keyspace.get(b"k")
-    with pytest.raises(StoreUnavailableError, match="store is not open"):
-        keyspace.set(b"k", b"w")
-    with pytest.raises(StoreUnavailableError, match="store is not open"):
-        keyspace.delete([b"k"])
