@@ -41,7 +41,8 @@ class CommandConnectionMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.server = CommandServer(CommandConfig(metrics_port=None), clock=self.clock)
         self.conn = CommandConnection(self.server)
-        self.transport = FakeTransport(self.conn)
+        # The loop never runs: the `lose` rule delivers connection_lost itself.
+        self.transport = FakeTransport(self.conn, auto_lost=False)
         self.conn.connection_made(self.transport)
         self.unsent = b""  # the rest of a command cut short, sent next
         self.pending = bytearray()  # sent but not yet a whole command

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+import time
+import types
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from postoffice.command import commands
 from postoffice.command.config import CommandConfig
 from postoffice.command.keyspace import Deferred, Durable, SyncWaiter
 from postoffice.command.server import CommandConnection, CommandServer
@@ -53,14 +57,26 @@ def send(conn: CommandConnection, transport: FakeTransport, *args: bytes) -> byt
     return transport.take()
 
 
-async def pool_reply(transport: FakeTransport) -> bytes:
-    """What was written once a command in the worker pool answered (waits 2 s at most)."""
-    for _ in range(200):
-        if transport.written:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0)
-    return transport.take()
+class HeldSleep:
+    """Stands in for the clock DEBUG SLEEP sleeps on: the pool thread that runs it waits
+    until `released` is set, so a test decides when the blocking command ends."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.asked: list[float] = []
+        self.released = threading.Event()
+        stand_in = types.SimpleNamespace(time=time.time, time_ns=time.time_ns, sleep=self.sleep)
+        monkeypatch.setattr(commands, "time", stand_in)
+
+    def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        assert self.released.wait(10), "the sleep was never released"
+
+
+@pytest.fixture
+def held_sleep(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldSleep]:
+    held = HeldSleep(monkeypatch)
+    yield held
+    held.released.set()  # never leave a pool thread waiting
 
 
 async def test_ping_and_echo_in_resp(harness: Harness) -> None:
@@ -272,7 +288,9 @@ async def test_time_is_two_numbers(harness: Harness) -> None:
     assert 0 <= int(reply[4]) < 1_000_000
 
 
-async def test_blocking_command_keeps_order_and_frees_the_loop(harness: Harness) -> None:
+async def test_blocking_command_keeps_order_and_frees_the_loop(
+    harness: Harness, held_sleep: HeldSleep
+) -> None:
     conn, t = harness.connect()
     conn.data_received(
         encode_command([b"PING"])
@@ -284,7 +302,11 @@ async def test_blocking_command_keeps_order_and_frees_the_loop(harness: Harness)
     assert not t.reading
     other, t2 = harness.connect()
     assert send(other, t2, b"PING") == b"+PONG\r\n"  # the loop is free meanwhile
-    assert await pool_reply(t) == b"+OK\r\n$5\r\nafter\r\n"
+    await asyncio.sleep(0)
+    assert t.take() == b""  # the sleep still holds its pool thread
+    held_sleep.released.set()
+    assert await t.next_write() == b"+OK\r\n$5\r\nafter\r\n"
+    assert held_sleep.asked == [0.05]
     assert t.reading
     assert state(conn) is ConnState.READING_HEADER
 
@@ -357,7 +379,7 @@ async def test_store_replies_keep_request_order_whatever_order_they_settle_in(
 
 
 async def test_lone_commands_that_are_not_answered_at_once_go_through_the_batch_loop(
-    harness: Harness,
+    harness: Harness, held_sleep: HeldSleep
 ) -> None:
     """One command per read takes the hot path; each kind of answer that is not an
     immediate reply (pool, store, quit, a kill of itself) ends as the batch loop ends it."""
@@ -372,9 +394,10 @@ async def test_lone_commands_that_are_not_answered_at_once_go_through_the_batch_
     assert t.take() == b"$1\r\nA\r\n$6\r\nbehind\r\n"
     assert state(conn) is ConnState.READING_HEADER
 
+    held_sleep.released.set()
     conn.data_received(encode_command([b"DEBUG", b"SLEEP", b"0.01"]))  # the pool
     assert state(conn) is ConnState.PROCESSING
-    assert await pool_reply(t) == b"+OK\r\n"
+    assert await t.next_write() == b"+OK\r\n"
     assert state(conn) is ConnState.READING_HEADER
 
     conn.data_received(b"PING\r\n")  # inline, alone in its read

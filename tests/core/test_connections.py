@@ -10,7 +10,8 @@ from postoffice.core.clock import FakeClock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import ConfigError
 from postoffice.core.transport import ConnState
-from tests.core.test_transport import EchoLines, FakeTransport, connect, state
+from tests.core.test_transport import EchoLines, connect, state
+from tests.fakes import FakeTransport
 
 _WAIT_S = 5.0  # upper bound on waits that should end at once
 

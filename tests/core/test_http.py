@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -20,42 +19,7 @@ from postoffice.core.http import (
     metrics_route,
 )
 from postoffice.core.metrics import StatsCollector
-
-
-class FakeTransport(asyncio.Transport):
-    """Records what the protocol writes and how it drives the transport."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-        self.paused = False
-        self.pauses = 0
-        self.resumed = asyncio.Event()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert not self.closed, "write after close"
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.paused = True
-        self.pauses += 1
-
-    def resume_reading(self) -> None:
-        self.paused = False
-        self.resumed.set()
-
-    def is_reading(self) -> bool:
-        return not self.paused
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 5012) if name == "peername" else default
+from tests.fakes import FakeTransport
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +57,7 @@ def get(path: str, *, method: str = "GET", extra: str = "") -> bytes:
 
 def connect(routes: Mapping[str, Route]) -> tuple[HttpProtocol, FakeTransport]:
     protocol = HttpProtocol(routes)
-    transport = FakeTransport()
+    transport = FakeTransport(protocol, peer=("127.0.0.1", 5012), auto_lost=False)
     protocol.connection_made(transport)
     return protocol, transport
 
@@ -317,7 +281,7 @@ class TestAsyncRoutes:
 
         protocol, transport = connect({"/slow": slow, "/hello": _hello})
         protocol.data_received(get("/slow") + get("/hello"))
-        assert transport.paused
+        assert not transport.reading
         assert transport.written == b""
         assert "BUSY" in repr(protocol)
         release.set()
@@ -325,8 +289,8 @@ class TestAsyncRoutes:
         first, second = parse_replies(transport.written)
         assert first.body == b"slow\n"
         assert second.body == b"hello\n"
-        assert not transport.paused
-        assert transport.pauses == 1
+        assert transport.reading
+        assert transport.calls.count("pause_reading") == 1
 
     async def test_async_route_exception_is_500(self, caplog: pytest.LogCaptureFixture) -> None:
         async def broken() -> Response:

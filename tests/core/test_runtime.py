@@ -86,28 +86,22 @@ class TestSupervisor:
         assert calls == 4
         assert supervisor.restarts == {"flaky": 3}  # stopping is not a crash
 
-    async def test_backoff_grows_between_crashes(self, crash_log: pytest.LogCaptureFixture) -> None:
-        supervisor = Supervisor()
-        done = asyncio.Event()
-        calls = 0
-
-        async def crashing() -> None:
-            nonlocal calls
-            calls += 1
-            if calls == 4:
-                done.set()
-                return
-            raise OSError("no route")
-
-        supervisor.start("c", crashing, backoff=Backoff(initial_s=0.001, max_s=0.004))
-        await asyncio.wait_for(done.wait(), _WAIT_S)
-        assert _restart_delays(crash_log) == [0.001, 0.002, 0.004]
-        await supervisor.stop()
-
-    async def test_healthy_run_resets_the_backoff(
-        self, crash_log: pytest.LogCaptureFixture
+    @pytest.mark.parametrize(
+        ("options", "max_s", "delays"),
+        [
+            ({}, 0.004, [0.001, 0.002, 0.004]),
+            ({"healthy_after_s": 0}, 10, [0.001, 0.001, 0.001]),  # every run counts as healthy
+        ],
+        ids=["backoff grows between crashes", "a healthy run resets the backoff"],
+    )
+    async def test_restart_delays(
+        self,
+        crash_log: pytest.LogCaptureFixture,
+        options: dict[str, float],
+        max_s: float,
+        delays: list[float],
     ) -> None:
-        supervisor = Supervisor(healthy_after_s=0)  # every run counts as healthy
+        supervisor = Supervisor(**options)
         done = asyncio.Event()
         calls = 0
 
@@ -119,9 +113,9 @@ class TestSupervisor:
                 return
             raise OSError("no route")
 
-        supervisor.start("c", crashing, backoff=Backoff(initial_s=0.001, max_s=10))
+        supervisor.start("c", crashing, backoff=Backoff(initial_s=0.001, max_s=max_s))
         await asyncio.wait_for(done.wait(), _WAIT_S)
-        assert _restart_delays(crash_log) == [0.001, 0.001, 0.001]
+        assert _restart_delays(crash_log) == delays
         await supervisor.stop()
 
     async def test_a_component_that_returns_is_not_restarted(self) -> None:
@@ -226,7 +220,8 @@ class TestRun:
             os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.wait_for(stop.wait(), _WAIT_S)
             os.kill(os.getpid(), signal.SIGINT)
-            await asyncio.sleep(_WAIT_S)
+            never = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(never, _WAIT_S)  # the second signal ends the run first
 
         with pytest.raises(SystemExit) as exited:
             run(main)

@@ -21,88 +21,11 @@ from postoffice.core.transport import (
     ConnState,
     next_state,
 )
+from tests.fakes import FakeTransport
 
 S, I = ConnState, ConnInput  # noqa: E741  (short names keep the tables readable)
 #: The request cycle's live states (WRITING_RESPONSE is the write side's, never the cycle's).
 LIVE = (S.READING_HEADER, S.READING_PAYLOAD, S.PROCESSING)
-
-
-class FakeTransport(asyncio.Transport):
-    """An in-memory transport that records every call a protocol makes on it.
-
-    `close` and `abort` only record; a test (or `auto_lost`) delivers connection_lost, as
-    the event loop would one iteration later. With `eof` the transport can half-close.
-    """
-
-    def __init__(
-        self,
-        *,
-        peer: object = ("127.0.0.1", 50000),
-        eof: bool = False,
-        auto_lost: bool = False,
-    ) -> None:
-        super().__init__()
-        self.protocol: asyncio.Protocol | None = None
-        self.calls: list[str] = []
-        self.written = bytearray()
-        self.reading = True
-        self.closing = False
-        self.aborted = False
-        self.eof_written = False
-        self.limits: tuple[int | None, int | None] | None = None
-        self._peer = peer
-        self._eof = eof
-        self._auto_lost = auto_lost
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closing or self.eof_written:
-            raise RuntimeError("write after close or write_eof")  # as asyncio does
-        self.calls.append("write")
-        self.written += data
-
-    def _lose(self) -> None:
-        if not self.closing and self._auto_lost and self.protocol is not None:
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
-        self.closing = True
-
-    def close(self) -> None:
-        self.calls.append("close")
-        self._lose()
-
-    def abort(self) -> None:
-        self.calls.append("abort")
-        self.aborted = True
-        self._lose()
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def can_write_eof(self) -> bool:
-        return self._eof
-
-    def write_eof(self) -> None:
-        self.calls.append("write_eof")
-        self.eof_written = True
-
-    def pause_reading(self) -> None:
-        self.calls.append("pause_reading")
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.calls.append("resume_reading")
-        self.reading = True
-
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self.limits = (high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": self._peer, "sockname": ("127.0.0.1", 7000)}.get(name, default)
 
 
 class EchoLines(BaseProtocol):
@@ -162,8 +85,8 @@ def connect(
     manager: ConnectionManager, *, defer: bool = False, **transport_options: Any
 ) -> tuple[EchoLines, FakeTransport]:
     conn = EchoLines(manager, defer=defer)
-    transport = FakeTransport(**transport_options)
-    transport.protocol = conn
+    options: dict[str, Any] = {"sockname": ("127.0.0.1", 7000), "auto_lost": False}
+    transport = FakeTransport(conn, **(options | transport_options))
     conn.connection_made(transport)
     return conn, transport
 
@@ -716,7 +639,7 @@ class ConnectionMachine(RuleBasedStateMachine):
         if self.closing:
             assert {"close", "abort"} & set(self.transport.calls)
         elif not self.lost:
-            assert not self.transport.closing
+            assert not self.transport.closed
 
 
 ConnectionMachine.TestCase.settings = settings(

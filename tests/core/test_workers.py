@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterable
 from functools import partial
 
 import pytest
@@ -22,11 +22,47 @@ def _threads(pool_name: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(f"{pool_name}-")]
 
 
-async def _until(predicate: Callable[[], bool]) -> None:
-    """Wait (bounded) for something other threads make true."""
+class _Started:
+    """Tasks in the pool call it as they begin; the loop awaits `count` of them (bounded).
+
+    A task that has begun counts as busy: the pool counts it before calling it.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._left = count
+        self._all = self._loop.create_future()
+
+    def __call__(self) -> None:
+        self._loop.call_soon_threadsafe(self._one)
+
+    def _one(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._all.set_result(None)
+
+    async def wait(self) -> None:
+        await asyncio.wait_for(self._all, _WAIT_S)
+
+
+async def _ended(threads: Iterable[threading.Thread], count: int) -> None:
+    """Wait (bounded) until `count` of `threads` have ended: a joiner thread per thread
+    tells the loop, so nothing polls."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Queue[threading.Thread] = asyncio.Queue()
+
+    def join(thread: threading.Thread) -> None:
+        thread.join()
+        try:
+            loop.call_soon_threadsafe(ended.put_nowait, thread)
+        except RuntimeError:
+            pass  # the test is over and its loop closed: a survivor of the pool ended
+
+    for thread in threads:
+        threading.Thread(target=join, args=(thread,), daemon=True).start()
     async with asyncio.timeout(_WAIT_S):
-        while not predicate():
-            await asyncio.sleep(0.001)
+        for _ in range(count):
+            await ended.get()
 
 
 @pytest.fixture
@@ -77,10 +113,17 @@ class TestResults:
 class TestOrder:
     async def test_fifo_with_one_thread(self, pool: WorkerPool) -> None:
         gate = threading.Event()
+        started = _Started(1)
         done: list[int] = []
-        blocker = pool.submit(lambda: gate.wait(_WAIT_S))
+
+        def block() -> bool:
+            started()
+            return gate.wait(_WAIT_S)
+
+        blocker = pool.submit(block)
         futures = [pool.submit(partial(done.append, i)) for i in range(20)]
-        await _until(lambda: pool.busy == 1)
+        await started.wait()
+        assert pool.busy == 1
         assert pool.queued == 20
         gate.set()
         await asyncio.wait_for(asyncio.gather(blocker, *futures), _WAIT_S)
@@ -106,31 +149,36 @@ class TestResize:
 
     async def test_shrink_lets_running_tasks_finish(self, pool: WorkerPool, name: str) -> None:
         pool.resize(3)
+        threads = _threads(name)
         gate = threading.Event()
-        started = threading.Semaphore(0)
+        started = _Started(3)
 
         def task(n: int) -> int:
-            started.release()
+            started()
             gate.wait(_WAIT_S)
             return n
 
         running = [pool.submit(partial(task, n)) for n in range(3)]
-        await _until(lambda: pool.busy == 3)
+        await started.wait()
+        assert pool.busy == 3
         pool.resize(1)
         assert pool.size == 1
         assert pool.queued == 0  # the stop markers are not tasks
         gate.set()
         assert await asyncio.wait_for(asyncio.gather(*running), _WAIT_S) == [0, 1, 2]
-        await _until(lambda: len(_threads(name)) == 1)
+        await _ended(threads, 2)
+        assert len(_threads(name)) == 1
         assert await asyncio.wait_for(pool.submit(lambda: "still serving"), _WAIT_S) == (
             "still serving"
         )
 
     async def test_shrink_then_grow(self, pool: WorkerPool, name: str) -> None:
         pool.resize(4)
+        threads = set(_threads(name))  # none can end before the stop markers below
         pool.resize(2)
         pool.resize(3)
-        await _until(lambda: len(_threads(name)) == 3)
+        await _ended(threads | set(_threads(name)), 2)
+        assert len(_threads(name)) == 3
         assert pool.size == 3
 
     def test_resize_before_start_sets_the_initial_size(self, name: str) -> None:
@@ -170,7 +218,7 @@ class TestClose:
 
         def slow(n: int) -> int:
             gate.wait(_WAIT_S)
-            time.sleep(0.001)  # give the other thread a chance to interleave
+            time.sleep(0)  # give the other thread a chance to interleave
             return n
 
         futures = [pool.submit(partial(slow, n)) for n in range(6)]

@@ -7,7 +7,6 @@ import errno
 import os
 import random
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -416,16 +415,19 @@ class TestPieces:
         original = text_bytes(30_000)
         info, patches = stored(tmp_path, split(compress(original), [4096] * 20))
         ready = [threading.Event() for _ in patches]
+        waiting = [threading.Event() for _ in patches]
         asked: list[int] = []
 
         def next_piece(index: int) -> Path:
             asked.append(index)
+            waiting[index].set()
             assert ready[index].wait(10)
             return patches[index]
 
         def feeder() -> None:
-            for event in ready:
-                time.sleep(0.002)
+            # Each piece is handed over only once the assembler waits for it.
+            for wanted, event in zip(waiting, ready, strict=True):
+                assert wanted.wait(10)
                 event.set()
 
         thread = threading.Thread(target=feeder)

@@ -4,9 +4,10 @@ files."""
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,68 +35,119 @@ def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert not path.exists()
 
 
-class _SlowFsync:
-    """Counts fsyncs and makes each take a while, so callers pile up behind one."""
+_WAIT_S = 10.0  # upper bound on waits for other threads
 
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-        self.lock = threading.Lock()
-        self.fail = False
+
+class _HeldFsync:
+    """Stands in for the fsync: numbers each call on `ticks`, holds the first one until
+    `released` is set, and fails every call while `fail` is set."""
+
+    def __init__(self, ticks: Callable[[], int], *, fail: bool = False) -> None:
+        self.ticks = ticks
+        self.calls: list[int] = []  # the tick at which each fsync started
+        self.started = threading.Event()  # the first fsync is running
+        self.released = threading.Event()
+        self.fail = fail
 
     def __call__(self, path: Path) -> None:
-        with self.lock:
-            self.calls.append(time.monotonic())
-        time.sleep(0.05)
+        self.calls.append(self.ticks())
+        if len(self.calls) == 1:
+            self.started.set()
+            assert self.released.wait(_WAIT_S), "the first fsync was never released"
         if self.fail:
             raise IngestStorageError(f"cannot fsync {path}: Input/output error")
 
 
-def test_concurrent_syncs_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    slow = _SlowFsync()
-    monkeypatch.setattr(durable, "_fsync_path", slow)
+class _WatchedCondition(threading.Condition):
+    """GroupSync's condition, counting the waits on it so a test knows who waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+        self._seen = threading.Condition()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._seen:
+            self.waits += 1
+            self._seen.notify_all()
+        return super().wait(timeout)
+
+    def until_waits(self, count: int) -> None:
+        """Return once `count` waits have begun (bounded)."""
+        with self._seen:
+            assert self._seen.wait_for(lambda: self.waits >= count, _WAIT_S)
+
+
+def _watched(
+    monkeypatch: pytest.MonkeyPatch, *, fail: bool = False
+) -> tuple[GroupSync, _HeldFsync, _WatchedCondition, Callable[[], int]]:
+    """A GroupSync over a held fsync, and a logical clock (a counter) both read."""
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def ticks() -> int:
+        with lock:
+            return next(counter)
+
+    held = _HeldFsync(ticks, fail=fail)
+    monkeypatch.setattr(durable, "_fsync_path", held)
     syncer = GroupSync()
-    called: dict[int, float] = {}
-    returned: dict[int, float] = {}
+    condition = _WatchedCondition()
+    syncer._cond = condition
+    return syncer, held, condition, ticks
+
+
+def test_concurrent_syncs_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The callers that arrive while an fsync runs share one more: 16 callers, 2 fsyncs."""
+    syncer, held, condition, ticks = _watched(monkeypatch)
+    called: dict[int, int] = {}
+    returned: dict[int, int] = {}
 
     def worker(i: int) -> None:
-        called[i] = time.monotonic()
+        called[i] = ticks()
         syncer.sync(tmp_path)
-        returned[i] = time.monotonic()
+        returned[i] = ticks()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
-    for thread in threads:
+    threads[0].start()
+    assert held.started.wait(_WAIT_S)
+    for thread in threads[1:]:
         thread.start()
+    condition.until_waits(15)  # every other caller waits behind the running fsync
+    held.released.set()
     for thread in threads:
-        thread.join()
+        thread.join(_WAIT_S)
     assert len(returned) == 16
-    assert len(slow.calls) <= 4  # 16 callers, a handful of fsyncs
+    assert len(held.calls) == 2
     # Each caller returned only after an fsync that started after it called.
     for i in range(16):
-        assert any(called[i] <= start <= returned[i] for start in slow.calls)
+        assert any(called[i] < start < returned[i] for start in held.calls)
 
 
 def test_a_sync_called_during_an_fsync_waits_for_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow = _SlowFsync()
-    monkeypatch.setattr(durable, "_fsync_path", slow)
-    syncer = GroupSync()
+    syncer, held, condition, _ = _watched(monkeypatch)
     first = threading.Thread(target=syncer.sync, args=(tmp_path,))
     first.start()
-    while not slow.calls:
-        time.sleep(0.001)
-    syncer.sync(tmp_path)  # the running fsync may predate our write: a new one is needed
-    first.join()
-    assert len(slow.calls) == 2
+    assert held.started.wait(_WAIT_S)
+    # The running fsync may predate the second caller's write: a new one is needed.
+    second = threading.Thread(target=syncer.sync, args=(tmp_path,))
+    second.start()
+    condition.until_waits(1)
+    assert len(held.calls) == 1
+    held.released.set()
+    first.join(_WAIT_S)
+    second.join(_WAIT_S)
+    assert not first.is_alive()
+    assert not second.is_alive()
+    assert len(held.calls) == 2
 
 
 def test_a_failed_fsync_fails_every_caller_counting_on_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow = _SlowFsync()
-    slow.fail = True
-    monkeypatch.setattr(durable, "_fsync_path", slow)
-    syncer = GroupSync()
+    syncer, held, condition, _ = _watched(monkeypatch, fail=True)
     errors: list[str] = []
 
     def worker() -> None:
@@ -105,13 +157,24 @@ def test_a_failed_fsync_fails_every_caller_counting_on_it(
             errors.append(str(exc))
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
+    threads[0].start()
+    assert held.started.wait(_WAIT_S)
+    for thread in threads[1:]:
         thread.start()
+    condition.until_waits(7)
+    held.released.set()  # the first fsync fails its caller; one waiter runs the next
     for thread in threads:
-        thread.join()
-    assert len(errors) == 8
-    slow.fail = False
+        thread.join(_WAIT_S)
+    assert len(held.calls) == 2
+    failed = f"cannot fsync {tmp_path}: Input/output error"
+    # The two that ran a failing fsync see its error; the six counting on the second, that
+    # it failed.
+    assert sorted(errors) == sorted(
+        [failed] * 2 + [f"cannot fsync {tmp_path}: the fsync failed"] * 6
+    )
+    held.fail = False
     syncer.sync(tmp_path)  # a later fsync that succeeds serves later callers
+    assert len(held.calls) == 3
 
 
 def test_real_fsync_of_a_file_and_a_directory(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from postoffice.store.wire import (
     encode_request,
 )
 from tests.integration.conftest import ServerProcess
+from tests.integration.rawclient import RawClient
 from tests.integration.test_ingest import Ingest, exchange, raw_chunk, zstd_pieces
 
 pytestmark = pytest.mark.integration
@@ -71,22 +72,18 @@ Answered = Callable[[bytes], bool]
 
 def one_client(port: int, n: int, request: bytes, answered: Answered) -> None:
     """One short connection; how it ends depends on `n`."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with RawClient.connect(port) as client:
         match n % 4:
             case 0:  # a whole exchange, then a polite close
-                sock.sendall(request)
-                got = b""
-                while not answered(got):
-                    block = sock.recv(65536)
-                    assert block, f"closed after {len(got)} bytes of the answer"
-                    got += block
+                client.send(request)
+                client.read_until_done(answered)
             case 1:  # gone mid-request
-                sock.sendall(request[: len(request) // 2])
+                client.send(request[: len(request) // 2])
             case 2:  # sends, never reads the answer
-                sock.sendall(request)
+                client.send(request)
             case _:  # reset: SO_LINGER 0 makes close() send RST
-                sock.sendall(request)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.send(request)
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def churn(port: int, request: bytes, answered: Answered, count: int) -> None:
@@ -128,9 +125,9 @@ COMMANDS = (
 def test_command_server_churn_and_load_leak_nothing(serve: Serve) -> None:
     server = serve("command", *BASE, "--max-connections", "5000")
     rounds_of_churn(server, COMMANDS, lambda got: got.endswith(b"$3\r\nend\r\n"))
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as after:
-        after.sendall(b"PING\r\n")
-        assert after.recv(100) == b"+PONG\r\n"  # and it goes on serving
+    with RawClient.connect(server.port) as after:
+        after.send(b"PING\r\n")
+        assert after.read_exactly(7) == b"+PONG\r\n"  # and it goes on serving
 
 
 def store_answered(count: int) -> Answered:
@@ -155,11 +152,9 @@ def test_store_server_churn_and_load_leak_nothing(serve: Serve, tmp_path: Path) 
         for i in range(5)
     )
     rounds_of_churn(server, request, store_answered(10))
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as after:
-        after.sendall(encode_request(GetRequest(key=b"churn:4"), 1))
-        got = b""
-        while not store_answered(1)(got):
-            got += after.recv(65536)
+    with RawClient.connect(server.port) as after:
+        after.send(encode_request(GetRequest(key=b"churn:4"), 1))
+        got = after.read_until_done(store_answered(1))
         frames = FrameDecoder()
         frames.feed(got)
         frame = frames.next_event()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from tests.integration.conftest import (
     env_without_postoffice,
     run_redis_benchmark_set_get,
 )
+from tests.integration.rawclient import RawClient
 
 pytestmark = pytest.mark.integration
 
@@ -119,22 +119,20 @@ TRANSCRIPT: list[list[bytes]] = [
 ]
 
 
+def _one_reply(got: bytes) -> bool:
+    """Whether `got` holds one whole RESP reply."""
+    reader = hiredis.Reader()
+    reader.feed(got)
+    return reader.gets() is not False
+
+
 def transcript(port: int) -> list[bytes]:
     """Each TRANSCRIPT command's raw reply, sent one at a time."""
     replies = []
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+    with RawClient.connect(port, timeout_s=20) as client:
         for args in TRANSCRIPT:
-            sock.sendall(encode_command(args))
-            reader = hiredis.Reader()
-            raw = bytearray()
-            while True:
-                chunk = sock.recv(1 << 20)
-                assert chunk, f"closed after {args[:2]!r}"
-                raw += chunk
-                reader.feed(chunk)
-                if reader.gets() is not False:
-                    break
-            replies.append(bytes(raw))
+            client.send(encode_command(args))
+            replies.append(client.read_until_done(_one_reply))
     return replies
 
 
@@ -257,15 +255,11 @@ def test_sigterm_drains_owed_replies_and_closes_the_store(serve: Serve, tmp_path
     _, port = command.listeners["command"]
     n = 3000
     burst = b"".join(encode_command([b"SET", b"k%05d" % i, b"v%d" % i]) for i in range(n))
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(burst)
-        got = sock.recv(5)  # the server is answering: the burst is in
+    with RawClient.connect(port, timeout_s=20) as client:
+        client.send(burst)
+        got = client.read_exactly(5)  # the server is answering: the burst is in
         command.proc.send_signal(signal.SIGTERM)
-        while True:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            got += chunk
+        got += client.read_until_eof()
     # Commands still unread when the drain began are not run; every one that ran is
     # answered, and only then does the connection close.
     answered, rest = divmod(len(got), len(b"+OK\r\n"))

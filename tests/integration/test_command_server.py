@@ -19,28 +19,12 @@ import redis
 import trustme
 
 from tests.integration.conftest import ServerProcess
+from tests.integration.rawclient import RawClient, exchange
 
 pytestmark = pytest.mark.integration
 
 Serve = Callable[..., ServerProcess]
 BASE = ("--port", "0", "--metrics-port", "0")
-
-
-def raw(port: int, data: bytes, *, expect: int | None = None, timeout: float = 5.0) -> bytes:
-    """Send `data` on a fresh socket and read until `expect` bytes arrive or the peer closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        return read_until(sock, expect)
-
-
-def read_until(sock: socket.socket, expect: int | None) -> bytes:
-    got = b""
-    while expect is None or len(got) < expect:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 def call(r: redis.Redis, *args: object) -> object:
@@ -56,13 +40,15 @@ def client(server: ServerProcess, **kwargs: object) -> redis.Redis:
 def test_text_protocol_ping_pong_and_errors(serve: Serve) -> None:
     server = serve("command", *BASE)
     expected = b"PONG\nERR unknown command 'HELLO?', with args beginning with: \nbye\nOK\n"
-    assert raw(server.port, b"PING\nHELLO?\nECHO bye\nQUIT\n", expect=len(expected)) == expected
+    assert (
+        exchange(server.port, b"PING\nHELLO?\nECHO bye\nQUIT\n", expect=len(expected)) == expected
+    )
 
 
 def test_quit_closes_the_connection(serve: Serve) -> None:
     server = serve("command", *BASE)
     # Read until the server closes: the reply to QUIT, then EOF; the PING after it is ignored.
-    assert raw(server.port, b"PING\r\nQUIT\r\nPING\r\n") == b"+PONG\r\n+OK\r\n"
+    assert exchange(server.port, b"PING\r\nQUIT\r\nPING\r\n") == b"+PONG\r\n+OK\r\n"
 
 
 def test_redis_py_drives_every_command(serve: Serve) -> None:
@@ -100,16 +86,13 @@ def test_redis_py_drives_every_command(serve: Serve) -> None:
     assert loner.client_kill_filter(_id=str(loner_id), skipme=False) == 1  # its answer first
     assert all(c["id"] != str(loner_id) for c in r.client_list())
     loner.close()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"CLIENT ID\r\n")
-        host, own_port = sock.getsockname()
+    with RawClient.connect(server.port, timeout_s=5) as raw:
+        raw.send(b"CLIENT ID\r\n")
+        host, own_port = raw.sock.getsockname()
         own_addr = f"{host}:{own_port}"
-        got = b""
-        while not got.endswith(b"\r\n"):
-            got += sock.recv(100)
-        assert got.startswith(b":")
-        sock.sendall(b"CLIENT KILL " + own_addr.encode() + b"\r\nPING\r\n")
-        assert read_until(sock, None) == b"+OK\r\n"  # then closed: the PING is not run
+        assert raw.read_until(b"\r\n").startswith(b":")
+        raw.send(b"CLIENT KILL " + own_addr.encode() + b"\r\nPING\r\n")
+        assert raw.read_until_eof() == b"+OK\r\n"  # then closed: the PING is not run
     assert call(r, "HELP")
     r.close()
 
@@ -176,29 +159,29 @@ def test_thousand_concurrent_clients(serve: Serve) -> None:
 
 def test_over_the_connection_limit_is_refused_with_a_message(serve: Serve) -> None:
     server = serve("command", *BASE, "--max-connections", "3")
-    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
-    for sock in held:
-        sock.sendall(b"PING\r\n")
-        assert sock.recv(100) == b"+PONG\r\n"
-    assert raw(server.port, b"PING\r\n") == b"-ERR max number of clients reached\r\n"
+    held = [RawClient.connect(server.port) for _ in range(3)]
+    for raw in held:
+        raw.send(b"PING\r\n")
+        assert raw.read_exactly(7) == b"+PONG\r\n"
+    assert exchange(server.port, b"PING\r\n") == b"-ERR max number of clients reached\r\n"
     held.pop().close()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the freed slot is usable once the close is seen
-        reply = raw(server.port, b"PING\r\n", expect=7)
+        reply = exchange(server.port, b"PING\r\n", expect=7)
         if reply == b"+PONG\r\n":
             break
     assert reply == b"+PONG\r\n"
-    for sock in held:
-        sock.close()
+    for raw in held:
+        raw.close()
 
 
 def test_idle_clients_are_closed(serve: Serve) -> None:
     server = serve("command", *BASE, "--idle-timeout", "0.3")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"PING\r\n")
-        assert sock.recv(100) == b"+PONG\r\n"
+    with RawClient.connect(server.port) as raw:
+        raw.send(b"PING\r\n")
+        assert raw.read_exactly(7) == b"+PONG\r\n"
         started = time.monotonic()
-        assert sock.recv(100) == b""  # closed by the server
+        assert raw.read_until_eof() == b""  # closed by the server
         assert time.monotonic() - started < 5
     assert client(server).info("stats")["timed_out_connections"] == 1
 
@@ -210,18 +193,15 @@ def test_auth_and_noauth(serve: Serve) -> None:
     with pytest.raises(redis.AuthenticationError):
         client(server, password="wrong").ping()
     assert client(server, password="hunter2").ping() is True
-    assert raw(server.port, b"PING\r\n", expect=34) == b"-NOAUTH Authentication required.\r\n"
+    assert exchange(server.port, b"PING\r\n", expect=34) == b"-NOAUTH Authentication required.\r\n"
 
 
 def test_rate_limit_gives_a_clear_error(serve: Serve) -> None:
     server = serve("command", *BASE, "--rate-limit", "5", "--rate-limit-burst", "5")
     pong, refusal = b"+PONG\r\n", b"-RATELIMIT rate limit of 5 commands/s exceeded\r\n"
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"PING\r\n" * 20)
-        got = b""
-        while got.count(b"\r\n") < 20:
-            got += sock.recv(65536)
-    lines = [line + b"\r\n" for line in got.split(b"\r\n")[:-1]]
+    with RawClient.connect(server.port) as raw:
+        raw.send(b"PING\r\n" * 20)
+        lines = [line + b"\r\n" for line in raw.read_lines(20)]
     assert lines[:5] == [pong] * 5
     assert lines.count(refusal) >= 13  # at 5/s, at most a token or two refill meanwhile
     assert client(server).ping() is True  # another client has its own budget
@@ -239,7 +219,7 @@ def test_tls(serve: Serve, tmp_path: Path) -> None:
     assert r.ping() is True
     assert r.echo("secret") == b"secret"
     # A plain-text client gets nothing useful from a TLS port, and the server keeps going.
-    raw(server.port, b"PING\r\n", timeout=5)
+    exchange(server.port, b"PING\r\n", timeout_s=5)
     context = ssl.create_default_context(cafile=str(ca_pem))
     with (
         socket.create_connection(server.listeners["command"]) as sock,
@@ -254,23 +234,20 @@ def test_garbage_and_oversize_do_not_hurt_other_clients(serve: Serve) -> None:
     r = client(server)
     assert r.ping() is True
     assert (
-        raw(server.port, b"*1\r\n$zz\r\n") == b"-ERR Protocol error: invalid bulk length b'zz'\r\n"
+        exchange(server.port, b"*1\r\n$zz\r\n")
+        == b"-ERR Protocol error: invalid bulk length b'zz'\r\n"
     )
-    assert raw(server.port, b"*2\r\n$4\r\nECHO\r\n$5000\r\n") == (
+    assert exchange(server.port, b"*2\r\n$4\r\nECHO\r\n$5000\r\n") == (
         b"-ERR Protocol error: bulk length 5000 exceeds limit 1000\r\n"
     )
-    assert raw(server.port, b"x" * 70000) == (
+    assert exchange(server.port, b"x" * 70000) == (
         b"-ERR Protocol error: inline request of 70000 bytes exceeds limit 65536\r\n"
     )
-    assert raw(server.port, b"*99999999999\r\n").startswith(b"-ERR Protocol error: multibulk")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+    assert exchange(server.port, b"*99999999999\r\n").startswith(b"-ERR Protocol error: multibulk")
+    with RawClient.connect(server.port) as raw:
         # Binary noise: its lines are unknown commands, each refused; the connection lives.
-        sock.sendall(bytes(range(256)) * 64 + b"\nPING\n")
-        got = b""
-        while not got.endswith(b"PONG\n"):
-            chunk = sock.recv(65536)
-            assert chunk, f"closed after {got[-200:]!r}"
-            got += chunk
+        raw.send(bytes(range(256)) * 64 + b"\nPING\n")
+        got = raw.read_until_done(lambda got: got.endswith(b"PONG\n"))
         assert b"ERR unknown command" in got
     assert r.ping() is True
     assert r.echo("still here") == b"still here"
@@ -391,7 +368,7 @@ def test_busy_port_is_retried_until_it_frees(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while "listening listener=command" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert raw(port, b"PING\r\n", expect=7) == b"+PONG\r\n"
+        assert exchange(port, b"PING\r\n", expect=7) == b"+PONG\r\n"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0

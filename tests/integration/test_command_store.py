@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import ServerProcess, free_port_block, run_redis_benchmark_set_get
+from tests.integration.rawclient import RawClient
 
 pytestmark = pytest.mark.integration
 
@@ -178,9 +179,9 @@ def test_a_client_vanishing_with_store_replies_in_flight(serve: Serve, tmp_path:
         b"*3\r\n$3\r\nSET\r\n$4\r\nk%03d\r\n$1\r\nv\r\n" % (i % 1000) for i in range(3000)
     )
     for _ in range(5):
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(burst)
-            sock.setsockopt(
+        with RawClient.connect(port) as client:
+            client.send(burst)
+            client.sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
     assert r.set("after", "ok") is True
@@ -196,17 +197,13 @@ def test_slow_reader_with_many_gets_in_flight_is_paused_not_dropped(
     r.set("big", value)
     _, port = command.listeners["command"]
     n = 2000  # 20 MB of replies, far beyond socket buffers
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * n)
+    with RawClient.connect(port, timeout_s=20) as client:
+        client.send(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * n)
         time.sleep(0.5)  # the server must stop reading, not buffer without bound
         assert r.ping() is True  # others are served meanwhile
         expected = (b"$10000\r\n" + value + b"\r\n") * n
-        got = bytearray()
-        while len(got) < len(expected):
-            chunk = sock.recv(1 << 20)
-            assert chunk, "connection closed early"
-            got += chunk
-    assert bytes(got) == expected
+        got = client.read_exactly(len(expected))
+    assert got == expected
 
 
 @pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed")

@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     env_without_postoffice,
     run_redis_benchmark_set_get,
 )
+from tests.integration.rawclient import RawClient
 
 pytestmark = pytest.mark.integration
 
@@ -63,28 +64,17 @@ def one_per_worker(port: int, workers: int, **kwargs: object) -> dict[int, redis
     raise AssertionError(f"connections reached only workers {sorted(found)} of {workers}")
 
 
-def raw_on(port: int, workers: int, index: int, hello: bytes = b"") -> tuple[socket.socket, int]:
-    """A raw socket whose connection worker `index` holds (`hello` sent first), and its id."""
+def raw_on(port: int, workers: int, index: int, hello: bytes = b"") -> tuple[RawClient, int]:
+    """A raw connection that worker `index` holds (`hello` sent first), and its id."""
     for _ in range(MAX_TRIES):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.sendall(hello + b"CLIENT ID\r\n")
-        reply = read_lines(sock, (2 if hello else 1))[-1]
+        raw = RawClient.connect(port)
+        raw.send(hello + b"CLIENT ID\r\n")
+        reply = raw.read_lines(2 if hello else 1)[-1]
         assert reply.startswith(b":"), reply
         if worker_of(int(reply[1:]), workers) == index:
-            return sock, int(reply[1:])
-        sock.close()
+            return raw, int(reply[1:])
+        raw.close()
     raise AssertionError(f"no connection reached worker {index}")
-
-
-def read_lines(sock: socket.socket, count: int) -> list[bytes]:
-    """The first `count` lines the peer sends, or fewer if it closes first."""
-    got = b""
-    while got.count(b"\r\n") < count:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got.split(b"\r\n")[:count]
 
 
 def password_asked_everywhere(port: int, workers: int, password: bytes) -> dict[int, int]:
@@ -92,9 +82,9 @@ def password_asked_everywhere(port: int, workers: int, password: bytes) -> dict[
     return the id each worker gave."""
     ids: dict[int, int] = {}
     for _ in range(MAX_TRIES):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"PING\r\nAUTH " + password + b"\r\nCLIENT ID\r\n")
-            first, ok, conn_id = read_lines(sock, 3)
+        with RawClient.connect(port) as raw:
+            raw.send(b"PING\r\nAUTH " + password + b"\r\nCLIENT ID\r\n")
+            first, ok, conn_id = raw.read_lines(3)
             assert (first, ok) == (b"-NOAUTH Authentication required.", b"+OK")
             ids.setdefault(worker_of(int(conn_id[1:]), workers), int(conn_id[1:]))
         if len(ids) == workers:
@@ -176,8 +166,7 @@ def test_server_wide_commands_see_every_worker(serve: Serve) -> None:
     other = next(i for i in range(3) if i != mine)
     victim, victim_id = raw_on(port, 3, other)
     assert admin.client_kill_filter(_id=str(victim_id)) == 1
-    victim.settimeout(10)
-    assert victim.recv(100) == b""  # closed by its worker
+    assert victim.read_until_eof() == b""  # closed by its worker
     victim.close()
     assert victim_id not in {int(c["id"]) for c in admin.client_list()}
     target = next(c for c in clients[1:] if worker_of(int(c.client_id()), 3) != mine)
@@ -187,9 +176,9 @@ def test_server_wide_commands_see_every_worker(serve: Serve) -> None:
         call(admin, "CLIENT", "KILL", "127.0.0.1:1")
     # A client killing itself gets its answer through the primary, then is closed.
     me, my_id = raw_on(port, 3, other)
-    me.sendall(b"CLIENT KILL ID %d SKIPME no\r\nPING\r\n" % my_id)
-    assert me.recv(100) == b":1\r\n"
-    assert me.recv(100) == b""  # closed after the reply; the PING behind it is not run
+    me.send(b"CLIENT KILL ID %d SKIPME no\r\nPING\r\n" % my_id)
+    # Closed after the reply; the PING behind it is not run.
+    assert me.read_until_eof() == b":1\r\n"
     me.close()
 
     assert admin.config_get("workers") == {"workers": "3"}
@@ -235,8 +224,8 @@ def test_killed_worker_is_restarted_with_the_current_settings(serve: Serve) -> N
     doomed, _ = raw_on(port, 2, 0)
     assert survivor.config_set("requirepass", "s3cret")
     assert survivor.config_set("timeout", 77)
-    doomed.sendall(b"ECHO counted\r\n" * 300)  # worker 0 counts these before it dies
-    assert read_lines(doomed, 600)[-2:] == [b"$7", b"counted"]
+    doomed.send(b"ECHO counted\r\n" * 300)  # worker 0 counts these before it dies
+    assert doomed.read_lines(600)[-2:] == [b"$7", b"counted"]
 
     def counted() -> tuple[int, int]:
         total = int(survivor.info("stats")["total_commands_processed"])
@@ -250,7 +239,7 @@ def test_killed_worker_is_restarted_with_the_current_settings(serve: Serve) -> N
     os.kill(pid, signal.SIGKILL)
     wait_for("worker 0 to die", lambda: gone(pid))
     try:
-        assert doomed.recv(100) == b""  # its clients' connections went with it
+        assert doomed.read_until_eof() == b""  # its clients' connections went with it
     except ConnectionResetError:
         pass
     doomed.close()
@@ -277,11 +266,11 @@ def test_killed_worker_is_restarted_with_the_current_settings(serve: Serve) -> N
     assert echoes_after == echoes_before
     assert survivor.config_resetstat()
     assert "cmdstat_echo" not in survivor.info("commandstats")  # RESETSTAT zeroes it too
-    sock, conn_id = raw_on(port, 2, 0, hello=b"AUTH s3cret\r\n")  # the new process
+    raw, conn_id = raw_on(port, 2, 0, hello=b"AUTH s3cret\r\n")  # the new process
     assert conn_id > 1_000_000_000  # a new id range: ids are never handed out twice
-    sock.sendall(b"CONFIG GET timeout\r\n")
-    assert read_lines(sock, 5) == [b"*2", b"$7", b"timeout", b"$2", b"77"]
-    sock.close()
+    raw.send(b"CONFIG GET timeout\r\n")
+    assert raw.read_lines(5) == [b"*2", b"$7", b"timeout", b"$2", b"77"]
+    raw.close()
     password_asked_everywhere(port, 2, b"s3cret")  # the restarted worker asks for it too
 
 
@@ -377,31 +366,34 @@ def test_tls_rate_limit_and_max_clients_in_every_worker(serve: Serve, tmp_path: 
         *("--rate-limit", "5", "--rate-limit-burst", "5", "--max-connections", "4"),
     )
     context = ssl.create_default_context(cafile=str(ca_pem))
-    held: list[ssl.SSLSocket] = []
+    held: list[RawClient] = []
     refused = 0
     seen: set[int] = set()
     for _ in range(16):
-        sock = context.wrap_socket(
-            socket.create_connection(server.listeners["command"], timeout=10),
-            server_hostname="127.0.0.1",
+        raw = RawClient(
+            context.wrap_socket(
+                socket.create_connection(server.listeners["command"], timeout=10),
+                server_hostname="127.0.0.1",
+            )
         )
-        sock.sendall(b"CLIENT ID\r\n" + b"PING\r\n" * 9)
-        more = read_lines(sock, 10)
-        if more[0] == b"-ERR max number of clients reached":
+        raw.send(b"CLIENT ID\r\n" + b"PING\r\n" * 9)
+        first = raw.read_lines(1)
+        if first == [b"-ERR max number of clients reached"]:
             refused += 1
-            sock.close()
+            raw.close()
             continue
+        more = first + raw.read_lines(9)
         assert more[1:5] == [b"+PONG"] * 4  # the burst of 5 (CLIENT ID took one)
         # At 5/s a token may refill between two TLS records, hardly more.
         assert more[5:].count(b"-RATELIMIT rate limit of 5 commands/s exceeded") >= 4
         seen.add(worker_of(int(more[0][1:]), 2))
-        held.append(sock)
+        held.append(raw)
     # Each worker admits its share, ceil(4 / 2) = 2: at most 4 in all.
     assert 2 <= len(held) <= 4
     assert refused == 16 - len(held)
     assert seen == {0, 1}
-    for sock in held:
-        sock.close()
+    for raw in held:
+        raw.close()
 
 
 def test_workers_with_a_store_directory_is_refused(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from postoffice.ingest.errors import AssemblyError, BadNameError, ErrorCode
 from postoffice.ingest.messages import Ack, ErrorReply, FileId, Query, Status, UploadState
 from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode, encode_chunk
 from tests.integration.conftest import ServerProcess, free_port_block
+from tests.integration.rawclient import RawClient
 
 pytestmark = pytest.mark.integration
 
@@ -120,10 +120,10 @@ def exchange(port: int, wire: bytes, replies: int) -> list[tuple[int, object]]:
     """Send raw frames to a data port and read `replies` messages back."""
     decoder = MessageDecoder()
     got: list[tuple[int, object]] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(wire)
+    with RawClient.connect(port) as raw:
+        raw.send(wire)
         while len(got) < replies:
-            block = sock.recv(65536)
+            block = raw.recv()
             if not block:
                 break
             decoder.feed(block)
@@ -466,19 +466,14 @@ def test_resume_after_the_client_is_killed(serve: Serve, tmp_path: Path) -> None
 def test_telemetry_streams_events(serve: Serve, tmp_path: Path) -> None:
     ingest = Ingest(tmp_path)
     serve("ingest", *ingest.args())
-    with socket.create_connection(("127.0.0.1", ingest.sys_base + 1), timeout=10) as sock:
-        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        head = b""
-        while b'"hello"' not in head:
-            head += sock.recv(4096)
+    with RawClient.connect(ingest.sys_base + 1) as raw:
+        raw.send(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = raw.read_until(b'"hello"')
         assert head.startswith(b"HTTP/1.1 200")
         assert b"application/x-ndjson" in head
         source = make_file(tmp_path / "watched.bin", 100_000)
         asyncio.run(send(ingest, source, chunk_size=32 * 1024))
-        seen = head
-        deadline = time.monotonic() + 10
-        while b'"published"' not in seen and time.monotonic() < deadline:
-            seen += sock.recv(65536)
+        seen = head + raw.read_until(b'"published"')
     for event in (b'"chunk_stored"', b'"payload_complete"', b'"published"'):
         assert event in seen
     assert b'"name": "watched.bin"' in seen

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,13 +29,14 @@ from postoffice.store.wire import (
     encode_request,
 )
 from tests.integration.conftest import ServerProcess
+from tests.integration.rawclient import RawClient
 
 pytestmark = pytest.mark.integration
 
 Serve = Callable[..., ServerProcess]
 
 
-_OPEN: list[socket.socket] = []
+_OPEN: list[RawClient] = []
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +50,8 @@ class Conn:
     """A raw protocol connection: send requests, read responses in order."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        _OPEN.append(self.sock)
+        self.raw = RawClient.connect(port)
+        _OPEN.append(self.raw)
         self.frames = FrameDecoder()
         self.next_id = 0
 
@@ -62,7 +62,7 @@ class Conn:
             self.next_id += 1
             ids.append(self.next_id)
             wire += encode_request(request, self.next_id)
-        self.sock.sendall(wire)
+        self.raw.send(wire)
         return ids
 
     def read(self, count: int) -> list[Response]:
@@ -70,7 +70,7 @@ class Conn:
         while len(out) < count:
             event = self.frames.next_event()
             if event is NEED_DATA:
-                block = self.sock.recv(1 << 20)
+                block = self.raw.recv()
                 if not block:
                     break
                 self.frames.feed(block)
@@ -153,16 +153,16 @@ def test_garbage_and_oversize_keep_others_served(serve: Serve, tmp_path: Path) -
     server = serve("store", *args(tmp_path, "--max-request-size", "4096"))
     good = Conn(server.port)
     bad = Conn(server.port)
-    bad.sock.sendall(b"HELLO, IS THIS REDIS?\r\n")
+    bad.raw.send(b"HELLO, IS THIS REDIS?\r\n")
     reply = bad.read(1)
     assert reply[0].status is Status.BAD_REQUEST
-    assert bad.sock.recv(10) == b""  # closed after the error
+    assert bad.raw.read_until_eof() == b""  # closed after the error
     big = Conn(server.port)
-    big.sock.sendall(encode_parts(0x03, 0, 5, b"\0\x01k" + b"v" * 10_000)[:200])
+    big.raw.send(encode_parts(0x03, 0, 5, b"\0\x01k" + b"v" * 10_000)[:200])
     assert big.read(1)[0].status is Status.TOO_LARGE
     # A well-framed but malformed request: an error reply, the connection stays.
     weird = Conn(server.port)
-    weird.sock.sendall(encode_parts(0x02, 0, 9, b""))  # GET with an empty key
+    weird.raw.send(encode_parts(0x02, 0, 9, b""))  # GET with an empty key
     assert weird.read(1)[0].status is Status.BAD_REQUEST
     assert weird.call(PingRequest()).status is Status.OK
     assert good.call(PutRequest(key=b"ok", value=b"yes")).status is Status.OK
@@ -176,14 +176,14 @@ def test_over_the_connection_limit_gets_busy(serve: Serve, tmp_path: Path) -> No
     refused = Conn(server.port)
     (busy,) = refused.read(1)
     assert (busy.request_id, busy.status) == (0, Status.BUSY)  # answers no request
-    assert refused.sock.recv(10) == b""  # then closed
+    assert refused.raw.read_until_eof() == b""  # then closed
 
 
 def test_idle_clients_are_closed(serve: Serve, tmp_path: Path) -> None:
     server = serve("store", *args(tmp_path, "--idle-timeout", "0.3"))
     c = Conn(server.port)
     assert c.call(PingRequest()).status is Status.OK
-    assert c.sock.recv(10) == b""
+    assert c.raw.read_until_eof() == b""
 
 
 def test_a_request_trickling_in_does_not_keep_a_connection_alive(
@@ -196,13 +196,12 @@ def test_a_request_trickling_in_does_not_keep_a_connection_alive(
     closed = False
     for byte in wire:  # one byte every 0.2 s: never 0.5 s without a byte
         try:
-            c.sock.sendall(bytes([byte]))
+            c.raw.send(bytes([byte]))
         except OSError:  # reset: the server closed it
             closed = True
             break
-        c.sock.settimeout(0.2)
         try:
-            closed = c.sock.recv(10) == b""
+            closed = c.raw.recv(timeout_s=0.2) == b""
         except TimeoutError:
             pass
         except OSError:  # reset: the server closed it
@@ -289,12 +288,12 @@ def test_command_line(serve: Serve, tmp_path: Path) -> None:
 def test_a_client_vanishing_mid_request_costs_nothing(serve: Serve, tmp_path: Path) -> None:
     server = serve("store", *args(tmp_path))
     for cut in (10, 30, 60):  # inside the header, inside the key, inside the value
-        ghost = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        ghost.sendall(encode_request(PutRequest(key=b"ghost", value=b"v" * 100), 1)[:cut])
+        ghost = RawClient.connect(server.port)
+        ghost.send(encode_request(PutRequest(key=b"ghost", value=b"v" * 100), 1)[:cut])
         ghost.close()
     # Many requests in flight, then the client disappears without reading a reply.
-    flood = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    flood.sendall(
+    flood = RawClient.connect(server.port)
+    flood.send(
         b"".join(
             encode_request(PutRequest(key=b"f%04d" % i, value=b"x" * 1000), i + 1)
             for i in range(500)

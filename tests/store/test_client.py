@@ -1,9 +1,10 @@
-"""AsyncClient against a scripted server on a real socket: matching, breaking, failing."""
+"""AsyncClient against a scripted server over an in-memory transport: matching, breaking,
+failing."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -12,45 +13,49 @@ from postoffice.core.framing import FrameDecoder
 from postoffice.store.client import AsyncClient
 from postoffice.store.errors import StoreRequestError
 from postoffice.store.wire import Status, encode_response
+from tests.fakes import FakeTransport
 
 # What the scripted server answers to the request ids it read (in the order read).
 Script = Callable[[list[int]], bytes]
+Connect = Callable[[Script], AsyncClient]
+
+
+class _ScriptedPeer:
+    """The server's end of a fake transport: once 3 requests are in, it answers with its
+    script on the next loop turn (as a reply arrives in a later read), then stays open."""
+
+    def __init__(self, client: AsyncClient, script: Script) -> None:
+        self.client = client
+        self.script = script
+        self.frames = FrameDecoder()
+        self.ids: list[int] = []
+
+    def received(self, data: bytes) -> None:
+        if len(self.ids) >= 3:
+            return
+        self.frames.feed(data)
+        batch: list[tuple[int, int, int, bytes]] = []
+        self.frames.read_frames(batch, 100)
+        self.ids += [request_id for _, _, request_id, _ in batch]
+        if len(self.ids) >= 3:
+            asyncio.get_running_loop().call_soon(self.client.data_received, self.script(self.ids))
 
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[int]]]:
-    servers: list[asyncio.Server] = []
+def scripted() -> Connect:
+    """Connect an AsyncClient to a scripted server over an in-memory transport."""
 
-    async def start(script: Script) -> int:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            frames = FrameDecoder()
-            ids: list[int] = []
-            while len(ids) < 3:
-                block = await reader.read(1 << 16)
-                if not block:
-                    break
-                frames.feed(block)
-                batch: list[tuple[int, int, int, bytes]] = []
-                frames.read_frames(batch, 100)
-                ids += [request_id for _, _, request_id, _ in batch]
-            writer.write(script(ids))
-            await writer.drain()
-            await reader.read()  # hold the connection until the client closes it
-            writer.close()
+    def connect(script: Script) -> AsyncClient:
+        client = AsyncClient()
+        peer = _ScriptedPeer(client, script)
+        client.connection_made(FakeTransport(client, on_write=peer.received))
+        return client
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    return connect
 
 
 async def test_responses_are_matched_by_request_id(
-    scripted: Callable[[Script], Awaitable[int]],
+    scripted: Connect,
 ) -> None:
     def backwards(ids: list[int]) -> bytes:
         a, b, c = ids
@@ -60,21 +65,19 @@ async def test_responses_are_matched_by_request_id(
             + encode_response(a, Status.OK, b"value-a")
         )
 
-    port = await scripted(backwards)
-    client = await AsyncClient.connect("127.0.0.1", port)
+    client = scripted(backwards)
     got = await asyncio.gather(client.get(b"a"), client.put(b"b", b"2"), client.get(b"c"))
     assert list(got) == [b"value-a", None, None]
     await client.close()
 
 
 async def test_a_broken_frame_fails_only_what_is_still_waiting(
-    scripted: Callable[[Script], Awaitable[int]],
+    scripted: Connect,
 ) -> None:
     def one_then_garbage(ids: list[int]) -> bytes:
         return encode_response(ids[0], Status.OK, b"first") + b"XX garbage, not a frame"
 
-    port = await scripted(one_then_garbage)
-    client = await AsyncClient.connect("127.0.0.1", port)
+    client = scripted(one_then_garbage)
     first, second, third = await asyncio.gather(
         client.get(b"a"), client.get(b"b"), client.get(b"c"), return_exceptions=True
     )
@@ -89,7 +92,7 @@ async def test_a_broken_frame_fails_only_what_is_still_waiting(
 
 
 async def test_a_bad_status_byte_breaks_the_connection(
-    scripted: Callable[[Script], Awaitable[int]],
+    scripted: Connect,
 ) -> None:
     def bad_status(ids: list[int]) -> bytes:
         from postoffice.core.framing import encode_parts
@@ -99,8 +102,7 @@ async def test_a_bad_status_byte_breaks_the_connection(
             RESPONSE_TYPE, 0, ids[1], b"\x63"
         )
 
-    port = await scripted(bad_status)
-    client = await AsyncClient.connect("127.0.0.1", port)
+    client = scripted(bad_status)
     busy, broken, _ = await asyncio.gather(
         client.put(b"a", b"1"), client.get(b"b"), client.get(b"c"), return_exceptions=True
     )
@@ -112,13 +114,12 @@ async def test_a_bad_status_byte_breaks_the_connection(
 
 
 async def test_a_reply_with_the_reserved_id_fails_every_request_with_its_message(
-    scripted: Callable[[Script], Awaitable[int]],
+    scripted: Connect,
 ) -> None:
     def refused(ids: list[int]) -> bytes:
         return encode_response(0, Status.BUSY, b"max number of clients reached")
 
-    port = await scripted(refused)
-    client = await AsyncClient.connect("127.0.0.1", port)
+    client = scripted(refused)
     async with asyncio.timeout(10):
         results = await asyncio.gather(
             client.get(b"a"), client.get(b"b"), client.get(b"c"), return_exceptions=True

@@ -51,6 +51,7 @@ from postoffice.ingest.messages import (
     missing_ranges,
 )
 from postoffice.ingest.protocol import MessageDecoder, NeedData, encode
+from tests.fakes import FakeTransport
 from tests.ingest.client.test_links import http
 
 SEED = 20240611
@@ -119,46 +120,27 @@ def test_bad_client_arguments_are_refused(kwargs: dict[str, Any], message: str) 
 # --- the send pipeline against an in-memory server ------------------------------------------------
 
 
-class FakeTransport(asyncio.Transport):
-    """Hands what the client writes to the fake server, synchronously."""
-
-    def __init__(self, conn: FakeConn, protocol: asyncio.StreamReaderProtocol) -> None:
-        super().__init__()
-        self.conn = conn
-        self.protocol = protocol
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self.closed:
-            writes = self.conn.server.writes
-            writes[self.conn.port] = writes.get(self.conn.port, 0) + 1
-            self.conn.received(bytes(data))
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.conn.closed = True
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 class FakeConn:
     """One client connection as the fake server sees it."""
 
-    def __init__(self, server: FakeServer, port: int, reader: asyncio.StreamReader) -> None:
+    def __init__(
+        self, server: FakeServer, port: int, reader: asyncio.StreamReader, client: asyncio.Protocol
+    ) -> None:
         self.server = server
         self.port = port
         self.reader = reader
         self.decoder = MessageDecoder()
         self.http = bytearray()
-        self.closed = False
+        self.hung_up = False
         self.held: list[tuple[Message, int]] = []
         self.flush_timer: asyncio.TimerHandle | None = None
+        # The client's side: what it writes reaches this fake server at once.
+        self.transport = FakeTransport(client, on_write=self.received, drop_after_close=True)
+
+    @property
+    def closed(self) -> bool:
+        """Closed by either side."""
+        return self.hung_up or self.transport.closed
 
     def reply(self, message: Message, request_id: int) -> None:
         if not self.closed:
@@ -184,10 +166,11 @@ class FakeConn:
     def hang_up(self) -> None:
         """The server closes the connection."""
         if not self.closed:
-            self.closed = True
+            self.hung_up = True
             self.reader.feed_eof()
 
     def received(self, data: bytes) -> None:
+        self.server.writes[self.port] = self.server.writes.get(self.port, 0) + 1
         if self.port == self.server.sys_base:
             self.http += data
             if b"\r\n\r\n" in self.http:
@@ -237,7 +220,7 @@ class FakeServer:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)
-        transport = FakeTransport(FakeConn(self, port, reader), protocol)
+        transport = FakeConn(self, port, reader, protocol).transport
         protocol.connection_made(transport)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
 from postoffice.store.engine import Delete, Put, Store, StoreClosedError
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 WAIT_S = 10.0  # how long a test waits for another thread before it calls that a hang
 
 
@@ -322,139 +315,3 @@ def test_close_during_compaction_stops_it_and_keeps_data(tmp_path: Path) -> None
     assert not closer.is_alive()
     assert repr(s).endswith("CLOSED keys=1500 always>")
     _assert_survives_reopen(tmp_path, model, [b"k%05d" % i for i in range(1500)])
-
-
-_CHILD = """
-import sys, threading
-sys.path.insert(0, {src!r})
-from postoffice.store.engine import Store
-s = Store.open({path!r}, durability="always", segment_bytes=2048, flush_entries={flush_entries})
-out = threading.Lock()
-
-def say(line):
-    with out:
-        sys.stdout.write(line + "\\n")
-        sys.stdout.flush()
-
-def compactor():
-    steps = 0
-    def on_step(keys):
-        nonlocal steps
-        steps += 1
-        if steps == {pause_at}:
-            say("paused")
-            threading.Event().wait()  # mid-compaction for good, while the writer goes on
-    while True:
-        s.compact(on_step=on_step)
-        say("compacted")
-
-threading.Thread(target=compactor, daemon=True).start()
-i = {first}
-{op_source}
-while True:
-    key, value, delete = _op(i)
-    if delete:
-        s.delete(key)
-    else:
-        s.put(key, value)
-    say(str(i))
-    i += 1
-"""
-
-
-def _op(i: int) -> tuple[bytes, bytes, bool]:
-    """The child's i-th write: which key, what value, or a delete (keys recur often)."""
-    key = b"key%02d" % (i * 7 % 40)
-    return key, key + b"=%d=" % i + b"v" * (i % 150), i % 4 == 3
-
-
-class _Case(NamedTuple):
-    """One kill -9 scenario."""
-
-    acks: int  # acknowledged writes before the kill
-    pause_at: int  # > 0: the compaction blocks at this step (counted over all of them) for good
-    flush_entries: int  # large: the index is flushed only by compaction's last step
-
-
-def _crash_child(path: Path, first: int, case: _Case) -> list[int]:
-    """Run the child until it acknowledged `acks` writes and compacted (or paused mid-step),
-    then kill -9 it. Returns the acknowledged op numbers.
-    """
-    op_source = inspect.getsource(_op)  # the child does the very ops the test replays
-    code = _CHILD.format(
-        src=SRC, path=str(path), first=first, op_source=op_source, **case._asdict()
-    )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    acked: list[int] = []
-    compacted = paused = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if len(acked) >= case.acks and (compacted if case.pause_at == 0 else paused):
-            break
-        line = child.stdout.readline().strip()
-        if not line:
-            break
-        if line == "compacted":
-            compacted += 1
-        elif line == "paused":
-            paused += 1
-        else:
-            acked.append(int(line))
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
-    acked += [int(line) for line in child.stdout.read().split() if line.isdigit()]
-    child.stdout.close()
-    assert len(acked) >= case.acks
-    assert compacted or paused
-    return acked
-
-
-def _check_after_crash(path: Path, model: dict[bytes, bytes], in_flight: int) -> dict[bytes, bytes]:
-    """Every acknowledged write is there and deletes stay deleted, with the index and rebuilt
-    from the log alone; the unacknowledged write may or may not be. Returns the state found.
-    """
-    key, value, delete = _op(in_flight)
-    others = {k: v for k, v in model.items() if k != key}
-    states: list[dict[bytes, bytes]] = []
-    for rebuild in (False, True):
-        if rebuild:
-            shutil.rmtree(path / "index")
-        with Store.open(path) as s:
-            assert s.recovery.index_rebuilt == rebuild  # the index never points past the log
-            found = dict(s.scan(limit=1000))
-            assert found.get(key) in (model.get(key), None if delete else value)
-            assert {k: v for k, v in found.items() if k != key} == others
-            assert all(s.get(k) == found.get(k) for k in (_op(i)[0] for i in range(40)))
-            states.append(found)
-    assert states[0] == states[1]
-    return states[0]
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize(
-    "case",
-    [
-        _Case(acks=40, pause_at=0, flush_entries=16),
-        _Case(acks=90, pause_at=0, flush_entries=10_000),
-        _Case(acks=150, pause_at=0, flush_entries=16),
-        _Case(acks=60, pause_at=3, flush_entries=10_000),
-    ],
-    ids=str,
-)
-def test_kill_9_during_compaction_loses_nothing(tmp_path: Path, case: _Case) -> None:
-    """A writer and a compaction loop killed twice in a row, at varied points of it."""
-    path = tmp_path / "db"
-    model: dict[bytes, bytes] = {}
-    first = 0
-    for _ in range(2):
-        acked = _crash_child(path, first, case)
-        assert acked == list(range(first, first + len(acked)))  # one writer: acks are in order
-        for i in acked:
-            key, value, delete = _op(i)
-            if delete:
-                model.pop(key, None)
-            else:
-                model[key] = value
-        model = _check_after_crash(path, model, first + len(acked))
-        first += len(acked) + 1

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,12 +20,9 @@ from postoffice.store.engine import (
     Put,
     Store,
     StoreClosedError,
-    StoreLockedError,
     ValueSizeError,
 )
 from postoffice.store.engine.records import HEADER_BYTES
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _open(path: Path, **kw: object) -> Store:
@@ -313,29 +306,6 @@ def test_damaged_index_is_rebuilt(tmp_path: Path) -> None:
         assert s.get(b"k") == b"v"
 
 
-@pytest.mark.integration
-def test_second_opener_is_refused(tmp_path: Path) -> None:
-    code = (
-        "import sys\n"
-        f"sys.path.insert(0, {SRC!r})\n"
-        "from postoffice.store.engine import Store, StoreLockedError\n"
-        "try:\n"
-        f"    Store.open({str(tmp_path)!r})\n"
-        "except StoreLockedError as exc:\n"
-        "    print(exc)\n"
-        "    sys.exit(3)\n"
-    )
-    with Store.open(tmp_path):
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 3, done.stderr
-        assert done.stdout.strip() == f"store {tmp_path} is already open in another process"
-        with pytest.raises(StoreLockedError):
-            Store.open(tmp_path)
-    Store.open(tmp_path).close()
-
-
 def test_concurrent_puts_under_always(tmp_path: Path) -> None:
     s = Store.open(tmp_path, durability="always", flush_entries=100)
     errors: list[BaseException] = []
@@ -421,68 +391,6 @@ def test_compact_under_concurrent_writes(tmp_path: Path) -> None:
     with Store.open(tmp_path, segment_bytes=2000) as again:
         assert all(again.get(k) == k for k in written)
         assert again.stats().keys == 200 + len(written)
-
-
-_CHILD = """
-import sys
-sys.path.insert(0, {src!r})
-from postoffice.store.engine import Store
-s = Store.open({path!r}, durability="always", segment_bytes=4096, flush_entries=16)
-s.flush_in_background = {background}
-s.write_behind = {behind}
-i = 0
-while True:
-    key = b"key-%06d" % i
-    if {behind}:  # as the server writes: apply, then one sync covers it
-        s.sync(s.put_nowait(key, key * 3))
-    else:
-        s.put(key, key * 3)
-    s.batch([])
-    print(key.decode(), flush=True)
-    i += 1
-"""
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("round_", range(20))
-def test_kill_9_keeps_acknowledged_writes(tmp_path: Path, round_: int) -> None:
-    """A writer killed mid-load, 20 times: every acknowledged write survives, whole.
-
-    Odd rounds move the index into LMDB on a background thread, as the server does;
-    rounds 2 and 3 of every 4 leave appends in memory until the sync (write-behind).
-    """
-    path = tmp_path / "db"
-    acked: list[str] = []
-    for _ in range(2):  # two crashes in a row: the second recovers a recovered store
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _CHILD.format(
-                    src=SRC, path=str(path), background=bool(round_ % 2), behind=round_ % 4 >= 2
-                ),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdout is not None
-        deadline = time.monotonic() + 60
-        target = len(acked) + 50 + round_ * 7
-        while len(acked) < target and time.monotonic() < deadline:
-            line = child.stdout.readline()
-            if not line:
-                break
-            acked.append(line.strip())
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-        child.stdout.close()
-        assert len(acked) >= target
-        with Store.open(path) as s:
-            for key in acked:
-                assert s.get(key.encode()) == key.encode() * 3
-            # the child restarts numbering, so later rounds overwrite: values stay whole
-            assert all(v == k * 3 for k, v in s.scan(limit=100_000))
-        acked = sorted(set(acked))
 
 
 class StoreMachine(RuleBasedStateMachine):

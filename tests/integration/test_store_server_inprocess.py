@@ -33,6 +33,8 @@ from postoffice.store.wire import (
 )
 from tests.fakes import SyncGate
 
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
 
 class Peer:
     """A raw connection to the server."""

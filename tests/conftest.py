@@ -1,0 +1,19 @@
+"""The map of the test helpers, and the home of fixtures more than one test package uses.
+
+- tests/fakes.py: `FakeTransport`, the one in-memory transport (for servers' connections
+  and for clients: records writes and calls, delivers connection_lost, can hand writes to
+  a fake peer); `FakeClock`, the core's clock that moves only when told to; `SyncGate`,
+  which holds a store engine's fsyncs until a test lets them through.
+- tests/strategies.py: the Hypothesis strategies and cut points shared by the codec tests.
+- tests/integration/conftest.py: real server processes on 127.0.0.1 port 0 (`serve`,
+  `start_server`, `ServerProcess`), free port blocks, and the redis-benchmark driver.
+- tests/integration/rawclient.py: `RawClient`, the one raw socket client (connect, send,
+  read exactly n bytes, up to a delimiter, until a parser is done, or until EOF, each
+  bounded by a timeout), and `exchange` for a one-shot request.
+- tests/test_hygiene.py keeps unit tests free of sleeps, sockets and processes; those
+  belong in tests/integration/, marked `integration`.
+
+No fixture is shared across packages yet: one that a second package needs moves here.
+"""
+
+from __future__ import annotations
