@@ -11,6 +11,9 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 INTEGRATION = TESTS / "integration"
+#: Attacks on the real servers: real sockets and processes, marked `integration` by the
+#: folder's conftest.py.
+ADVERSARIAL = TESTS / "adversarial"
 
 #: Modules a unit test must not import: each opens real sockets or starts processes.
 REAL_IO_MODULES = {"socket", "subprocess", "multiprocessing", "socketserver", "ssl"}
@@ -36,7 +39,11 @@ ALLOWED: dict[str, str] = {}
 
 
 def unit_test_modules() -> list[Path]:
-    return sorted(p for p in TESTS.rglob("*.py") if INTEGRATION not in p.parents)
+    return sorted(
+        p
+        for p in TESTS.rglob("*.py")
+        if INTEGRATION not in p.parents and ADVERSARIAL not in p.parents
+    )
 
 
 def _called_name(call: ast.Call) -> str | None:
