@@ -42,6 +42,7 @@ class Rig:
     subscriber_fds: dict[int, int] = field(default_factory=dict)
     publisher_fds: dict[int, int] = field(default_factory=dict)
     users: list[Publisher | Subscriber] = field(default_factory=list)
+    shared: Triggers | None = None
 
     @classmethod
     def make(cls, **spec: object) -> Rig:
@@ -54,8 +55,14 @@ class Rig:
         return cls(directory, location, fds, Channel.open(location, fds))
 
     def triggers(self, channel: Channel | None = None) -> Triggers:
-        """Triggers that know every user's eventfd registered so far."""
-        triggers = Triggers((channel or self.channel).ccb)
+        """The Triggers of this rig's channel, told of every user as it registers (as the
+        server will keep them), or for another mapping, Triggers that know every user
+        registered so far."""
+        if channel is None:
+            if self.shared is None:
+                self.shared = Triggers(self.channel.ccb)
+            return self.shared
+        triggers = Triggers(channel.ccb)
         for user, fd in self.subscriber_fds.items():
             triggers.set_subscriber(user, fd)
         for user, fd in self.publisher_fds.items():
@@ -66,11 +73,13 @@ class Rig:
         user = self.channel.add_publisher(reliable=reliable)
         if reliable:
             self.publisher_fds[user] = new_eventfd()
+            self.triggers().set_publisher(user, self.publisher_fds[user])
         return user
 
     def register_subscriber(self, *, reliable: bool = False, max_active: int = 1) -> int:
         user = self.channel.add_subscriber(reliable=reliable, max_active_messages=max_active)
         self.subscriber_fds[user] = new_eventfd()
+        self.triggers().set_subscriber(user, self.subscriber_fds[user])
         return user
 
     def publisher_for(self, user: int, channel: Channel | None = None) -> Publisher:

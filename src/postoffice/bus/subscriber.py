@@ -146,18 +146,12 @@ class Subscriber:
         if len(self._held) >= self.max_active_messages:
             self._release_oldest()
         if newest:
-            slot, ordinal = atomics.newest_message(
-                self._ccb, memory.CCB_SLOTS, self._num_slots, self.last_ordinal,
-                self.subscriber_id, self.reliable,
-            )  # fmt: skip
-            if self.reliable:
-                # Skipped messages were marked read: their slots are free for a publisher.
-                self._triggers.wake_publishers()
+            slot, ordinal = self._newest()
+            if slot < 0 and self._ask_to_be_woken():
+                slot, ordinal = self._newest()
             if slot < 0:
-                self._ask_to_be_woken()
                 return None
-            self._started = True
-            return self._message(slot, ordinal)
+            return self._message(slot, ordinal, skipping=True)
         status, slot, ordinal = self._scan(self.subscriber_id)
         if status != _FOUND and self._ask_to_be_woken():
             status, slot, ordinal = self._scan(self.subscriber_id)
@@ -173,6 +167,17 @@ class Subscriber:
         drain(self._eventfd)
         self._waiting.arm()
         return True
+
+    def _newest(self) -> tuple[int, int]:
+        found = atomics.newest_message(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self.last_ordinal,
+            self.subscriber_id, self.reliable,
+        )  # fmt: skip
+        if self.reliable:
+            # The skipped messages were marked read: their slots may be free for a
+            # reliable publisher now.
+            self._triggers.wake_publishers()
+        return found
 
     def _scan(self, user: int) -> tuple[int, int, int]:
         return _next(
@@ -212,7 +217,9 @@ class Subscriber:
             return None
         return self._message(slot, ordinal, advance=False)
 
-    def _message(self, slot: int, ordinal: int, *, advance: bool = True) -> Message:
+    def _message(
+        self, slot: int, ordinal: int, *, advance: bool = True, skipping: bool = False
+    ) -> Message:
         """Wrap a slot this subscriber holds; its fields are stable under the hold."""
         line = memory.slot_offset(slot)
         size, timestamp, index, vchan, _, flags, checksum = _unpack_fields(
@@ -231,7 +238,7 @@ class Subscriber:
             self._let_go(slot)
             raise
         if advance:
-            if self._started and ordinal > self.last_ordinal + 1:
+            if self._started and not skipping and ordinal > self.last_ordinal + 1:
                 self._dropped(ordinal - self.last_ordinal - 1)
             self._started = True
             self.last_ordinal = ordinal
