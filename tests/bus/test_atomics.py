@@ -118,28 +118,29 @@ class TestClaim:
         set_slot(buf, 0, 5)
         set_slot(buf, 1, 3)
         set_slot(buf, 3, 4)
-        assert atomics.claim_slot(buf, S, 4, BUSY | 2, False) == 2
+        assert atomics.claim_slot(buf, S, 4, BUSY | 2, 0) == 2
         assert words(buf, 2)[0] == BUSY | 2
-        assert atomics.claim_slot(buf, S, 4, BUSY | 2, False) == 1
+        assert atomics.claim_slot(buf, S, 4, BUSY | 2, 0) == 1
 
     def test_held_and_busy_slots_are_never_claimed(self) -> None:
         buf = block(3)
         set_slot(buf, 0, 1, holders=1)
         set_slot(buf, 1, BUSY | 7)
         set_slot(buf, 2, 2, holders=1 << 63)
-        assert atomics.claim_slot(buf, S, 3, BUSY | 0, False) == -1
+        assert atomics.claim_slot(buf, S, 3, BUSY | 0, 0) == -1
         assert words(buf, 0) == (1, 1, 0)
 
-    def test_only_a_reliable_claim_respects_unread(self) -> None:
+    def test_a_claim_respects_only_the_unread_bits_it_is_given(self) -> None:
         buf = block(2)
         set_slot(buf, 0, 1, unread=0b10)
         set_slot(buf, 1, 2, unread=0b01)
-        assert atomics.claim_slot(buf, S, 2, BUSY | 0, True) == -1
-        assert atomics.claim_slot(buf, S, 2, BUSY | 0, False) == 0
+        assert atomics.claim_slot(buf, S, 2, BUSY | 0, 0b11) == -1
+        assert atomics.claim_slot(buf, S, 2, BUSY | 0, 0b01) == 0
+        assert atomics.claim_slot(buf, S, 2, BUSY | 0, 0) == 1
 
     def test_the_owner_must_carry_the_busy_bit(self) -> None:
         with pytest.raises(ValueError, match=r"^owner must have the busy bit set$"):
-            atomics.claim_slot(block(), S, 4, 3, False)
+            atomics.claim_slot(block(), S, 4, 3, 0)
 
     @pytest.mark.parametrize(
         ("num_slots", "message"),
@@ -150,7 +151,7 @@ class TestClaim:
     )
     def test_the_slot_array_must_fit(self, num_slots: int, message: str) -> None:
         with pytest.raises(ValueError, match=message):
-            atomics.claim_slot(block(4), S, num_slots, BUSY, False)
+            atomics.claim_slot(block(4), S, num_slots, BUSY, 0)
 
 
 class TestScans:

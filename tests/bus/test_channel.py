@@ -406,6 +406,21 @@ def test_a_dead_subscribers_holds_are_released(make_rig: MakeRig) -> None:
     assert publisher.get_buffer(1) is not None
 
 
+def test_a_removed_subscribers_late_unread_bit_does_not_block_a_reliable_publisher(
+    make_rig: MakeRig,
+) -> None:
+    """A publish under way while a subscriber is removed may store its unread bit after
+    the cleanup cleared it; reliable publishers count only registered subscribers."""
+    rig = make_rig(num_slots=2)
+    publisher = rig.publisher(reliable=True)
+    gone = rig.register_subscriber(reliable=True)
+    rig.channel.remove_subscriber(gone)
+    for slot in range(2):
+        line = memory.slot_offset(slot) + memory.SLOT_UNREAD
+        atomics.fetch_or_u64(rig.channel.ccb, line, 1 << gone)
+    assert [publisher.publish_bytes(b"x") for _ in range(3)] == [1, 2, 3]
+
+
 def test_a_dead_publishers_busy_slot_is_freed(rig: Rig) -> None:
     user = rig.register_publisher()
     publisher = rig.publisher_for(user)

@@ -185,20 +185,21 @@ static int hold(char *base, Py_ssize_t line, uint64_t ordinal, uint64_t bit, int
     return 1;
 }
 
-/* claim_slot(buffer, slots, num_slots, owner, reliable) -> slot index or -1.
- * A slot is claimable when it is not being written and no subscriber holds it; for a
- * reliable publisher, also when no reliable subscriber has still to read it. Of the
+/* claim_slot(buffer, slots, num_slots, owner, unread_mask) -> slot index or -1.
+ * A slot is claimable when it is not being written and no subscriber holds it, and when
+ * no subscriber in unread_mask has still to read it: a reliable publisher passes the
+ * reliable subscribers registered now (so a bit left by one removed while a publish was
+ * under way does not block the slot forever), an unreliable one 0. Of the
  * claimable slots the oldest is taken (never published first, then the lowest ordinal).
  * The claim is a CAS of seq to `owner` (BUSY | publisher id), then a look at holders: a
  * subscriber that set its bit meanwhile wins, seq is put back, and the next is tried. */
 static PyObject *py_claim_slot(PyObject *self, PyObject *args) {
     PyObject *obj;
     Py_ssize_t slots, num_slots;
-    unsigned long long owner;
-    int reliable;
+    unsigned long long owner, unread_mask;
     Py_buffer view;
-    if (!PyArg_ParseTuple(args, "OnnO&p:claim_slot", &obj, &slots, &num_slots, u64_arg,
-                          &owner, &reliable)) {
+    if (!PyArg_ParseTuple(args, "OnnO&O&:claim_slot", &obj, &slots, &num_slots, u64_arg,
+                          &owner, u64_arg, &unread_mask)) {
         return NULL;
     }
     if (!((uint64_t)owner & BUSY_BIT)) {
@@ -223,7 +224,7 @@ static PyObject *py_claim_slot(PyObject *self, PyObject *args) {
             uint64_t seq = load(base, line + SLOT_SEQ);
             if (skip[i] || (seq & BUSY_BIT)) continue;
             if (load(base, line + SLOT_HOLDERS) != 0) continue;
-            if (reliable && load(base, line + SLOT_UNREAD) != 0) continue;
+            if (load(base, line + SLOT_UNREAD) & (uint64_t)unread_mask) continue;
             if (best < 0 || seq < best_seq) {
                 best = i;
                 best_seq = seq;

@@ -100,8 +100,16 @@ class Publisher:
         assert self._slot is not None
         return self._slot
 
+    def _unread_mask(self) -> int:
+        """The subscribers whose unread bits keep this publisher off a slot."""
+        if not self.reliable:
+            return 0
+        return _load(self._ccb, memory.CCB_RELIABLE_SUBSCRIBERS)
+
     def _claim(self) -> bool:
-        slot = _claim(self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self.reliable)
+        slot = _claim(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self._unread_mask()
+        )
         if slot < 0 and self.reliable and self._polled:
             # Polled from outside (fileno()): ask to be woken, then look once more, so a
             # slot freed between the look and the ask is not missed.
@@ -232,7 +240,9 @@ class Publisher:
         drain(self._eventfd)
         self._waiting.arm()
         self._check_open()
-        slot = _claim(self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, True)
+        slot = _claim(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self._unread_mask()
+        )
         if slot < 0:
             return False
         self._slot = slot
