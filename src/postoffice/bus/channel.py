@@ -434,8 +434,9 @@ class Channel:
             raise BusClosedError(f"channel {self.name!r} is closed")
 
     def close(self) -> None:
-        """Unmap everything. Raises BusClosedError-free BufferError translation: a
-        BusStorageError naming the buffer if a message's view is still exported."""
+        """Unmap everything. Raises BusStorageError if a view of the memory (a message's
+        data, a publisher's buffer, or a slice of one) is still exported; what it
+        covers stays mapped."""
         if self.closed:
             return
         self.closed = True
