@@ -4,15 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup up test check lint typecheck unit integration tools bench-tools bench-command bench-store compiled test-compiled clean
+.PHONY: setup bus-ext up test check lint typecheck unit integration tools bench-tools bench-command bench-store compiled test-compiled clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml hatch_build.py src/postoffice/bus/_atomics.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Rebuild the bus's C extension in place (make setup does it too, when the .c changes).
+bus-ext: setup
+	$(BIN)/python hatch_build.py
 
 # The real clients the README's quick start shows and the tests drive, as
 # command:Debian-package pairs. When one is missing they come from apt-get if we are

@@ -20,6 +20,7 @@ PURE_MODULES = [
     "ingest/messages.py",
     "ingest/chunkdigest.py",
     "ingest/protocol.py",
+    "bus/memory.py",
     "store/errors.py",
     "store/wire/__init__.py",
     "store/wire/messages.py",
@@ -129,6 +130,19 @@ def public_api(service: str) -> set[str]:
     return set()
 
 
+def import_unless_unbuilt(name: str) -> object | None:
+    """The module, or None for a bus module when the bus's C extension is not built:
+    `import postoffice.bus` then raises BusUnavailableError (the bus's own tests skip)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if type(exc).__name__ == "BusUnavailableError":
+            return None
+        raise
+
+
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_protocol_modules_do_no_io(module: str) -> None:
     roots = {name.split(".")[0] for name in imported_modules(SRC / module)}
@@ -173,12 +187,13 @@ def test_the_circle_finder_finds_a_circle() -> None:
 
 def test_every_public_name_exists() -> None:
     """What a service's `__all__` promises, its package really exports."""
-    import importlib
 
     for service in sorted(SERVICES):
         if not (SRC / service / "__init__.py").exists():
             continue
-        package = importlib.import_module(f"postoffice.{service}")
+        package = import_unless_unbuilt(f"postoffice.{service}")
+        if package is None:
+            continue
         missing = [name for name in public_api(service) if not hasattr(package, name)]
         assert not missing, f"postoffice.{service} lacks {missing}"
 
@@ -221,12 +236,13 @@ def test_only_the_transport_moves_a_connection() -> None:
 def test_every_error_class_lives_in_an_errors_module() -> None:
     """A newcomer finds a package's errors in its errors.py: no public exception class is
     defined anywhere else (a module-private one, named with an underscore, may be)."""
-    import importlib
     import inspect
 
     wrong: list[str] = []
     for name in sorted(all_modules()):
-        module = importlib.import_module(name)
+        module = import_unless_unbuilt(name)
+        if module is None:
+            continue
         for attr, value in vars(module).items():
             if (
                 inspect.isclass(value)

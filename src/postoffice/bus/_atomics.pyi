@@ -1,0 +1,55 @@
+"""Types of the bus's C extension (_atomics.c): u64 atomics and the slot scans."""
+
+from typing import Final
+
+from typing_extensions import Buffer
+
+SLOT_BYTES: Final[int]
+SLOT_SEQ: Final[int]
+SLOT_HOLDERS: Final[int]
+SLOT_UNREAD: Final[int]
+SLOT_TIMESTAMP: Final[int]
+MAX_USERS: Final[int]
+SCAN_NONE: Final[int]
+SCAN_FOUND: Final[int]
+SCAN_IN_FLIGHT: Final[int]
+BUSY_BIT: Final[int]
+
+def load_acquire_u64(buffer: Buffer, offset: int, /) -> int: ...
+def store_release_u64(buffer: Buffer, offset: int, value: int, /) -> None: ...
+def cas_u64(buffer: Buffer, offset: int, expected: int, desired: int, /) -> tuple[bool, int]: ...
+def fetch_add_u64(buffer: Buffer, offset: int, delta: int, /) -> int: ...
+def fetch_or_u64(buffer: Buffer, offset: int, bits: int, /) -> int: ...
+def fetch_and_u64(buffer: Buffer, offset: int, bits: int, /) -> int: ...
+def claim_slot(
+    buffer: Buffer, slots: int, num_slots: int, owner: int, unread_mask: int, /
+) -> int: ...
+def next_message(
+    buffer: Buffer,
+    slots: int,
+    num_slots: int,
+    pending: int,
+    last: int,
+    subscriber: int,
+    reliable: bool,
+    /,
+) -> tuple[int, int, int]: ...
+def collect(
+    buffer: Buffer,
+    slots: int,
+    num_slots: int,
+    pending: int,
+    last: int,
+    subscriber: int,
+    reliable: bool,
+    max_count: int,
+    /,
+) -> tuple[int, list[tuple[int, int]]]: ...
+def newest_message(
+    buffer: Buffer, slots: int, num_slots: int, last: int, subscriber: int, reliable: bool, /
+) -> tuple[int, int]: ...
+def find_timestamp(
+    buffer: Buffer, slots: int, num_slots: int, timestamp: int, subscriber: int, /
+) -> tuple[int, int]: ...
+def release_subscriber(buffer: Buffer, slots: int, num_slots: int, subscriber: int, /) -> int: ...
+def free_publisher(buffer: Buffer, slots: int, num_slots: int, owner: int, /) -> int: ...

@@ -1,0 +1,284 @@
+"""A channel's publisher: claim a slot, write its payload in place, publish it.
+
+Part of the bus's channel library; it moves only shared memory and eventfds, never the
+server's socket. The protocol's ordering argument is in docs/design/bus-memory.md.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Final, final
+
+from postoffice.bus import memory
+from postoffice.bus.channel import Channel, MappedBuffer
+from postoffice.bus.errors import (
+    BusClosedError,
+    BusConfigError,
+    BusUsageError,
+    CapacityError,
+    MessageSizeError,
+)
+from postoffice.bus.native import atomics
+from postoffice.bus.triggers import Triggers, WaitBit, drain, poll_readable, readable, remaining
+
+_load: Final = atomics.load_acquire_u64
+_store: Final = atomics.store_release_u64
+_cas: Final = atomics.cas_u64
+_fetch_add: Final = atomics.fetch_add_u64
+_claim: Final = atomics.claim_slot
+_pack_fields: Final = memory.SLOT_FIELDS.pack_into
+
+
+@final
+class Publisher:
+    """Publishes into one channel as user `publisher_id` (registered with
+    `Channel.add_publisher`, which says whether it is reliable).
+
+    `get_buffer(size)` claims a slot and returns a writable view of its payload;
+    `publish(length)` makes the first `length` bytes a message. A reliable publisher
+    never reuses a slot that a reliable subscriber has still to read or that anyone
+    holds: it gets None from `get_buffer` instead, and may `wait()` for a slot (its
+    `eventfd` is written when one frees up). An unreliable one reuses the oldest slot
+    nobody holds.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        publisher_id: int,
+        *,
+        triggers: Triggers,
+        eventfd: int | None = None,
+    ) -> None:
+        channel.check_publisher(publisher_id)
+        self.channel = channel
+        self.publisher_id = publisher_id
+        self.reliable = channel.is_reliable_publisher(publisher_id)
+        self._triggers = triggers
+        self._eventfd = eventfd
+        self._owner = memory.BUSY_BIT | publisher_id
+        self._pending = memory.pending_offset(publisher_id)
+        self._waiting = WaitBit(channel.ccb, memory.CCB_PUBLISHERS_WAITING, publisher_id)
+        self._ccb = channel.ccb
+        self._num_slots = channel.num_slots
+        newest = channel.newest_buffer()
+        if newest is None:
+            raise BusConfigError(f"channel {channel.name!r} has no buffer")
+        self._buffer: MappedBuffer = newest
+        self._slot: int | None = None
+        self._view: memoryview | None = None
+        self._polled = False
+        self.closed = False
+        self.published = 0
+
+    def get_buffer(self, size: int | None = None) -> memoryview | None:
+        """A writable view of the payload of a claimed slot: `size` bytes, or the whole
+        slot for None. A size over the slot size grows the channel (a new buffer with
+        larger slots). Returns None for a reliable publisher while every slot is unread
+        or held (then `wait()`). Raises MessageSizeError for a size under 1 or over the
+        limits, CapacityError for an unreliable publisher that finds every slot held
+        (the admission rule was broken) or a channel that cannot grow."""
+        self._check_open()
+        if size is not None and not 1 <= size <= memory.MAX_SLOT_BYTES:
+            raise MessageSizeError(
+                f"a message is 1..{memory.MAX_SLOT_BYTES} bytes, asked for {size}"
+            )
+        if self._slot is None and not self._claim():
+            return None
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if size is not None and size > self._buffer.slot_size:
+            self._use_buffer_of(size)
+        length = self._buffer.slot_size if size is None else size
+        start = self._slot_index() * self._buffer.slot_size
+        self._view = self._buffer.view[start : start + length]
+        return self._view
+
+    def _slot_index(self) -> int:
+        assert self._slot is not None
+        return self._slot
+
+    def _unread_mask(self) -> int:
+        """The subscribers whose unread bits keep this publisher off a slot."""
+        if not self.reliable:
+            return 0
+        return _load(self._ccb, memory.CCB_RELIABLE_SUBSCRIBERS)
+
+    def _claim(self) -> bool:
+        slot = _claim(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self._unread_mask()
+        )
+        if slot < 0 and self.reliable and self._polled:
+            # Polled from outside (fileno()): ask to be woken, then look once more, so a
+            # slot freed between the look and the ask is not missed.
+            if self._eventfd is not None:
+                drain(self._eventfd)
+            self._waiting.arm()
+            slot = _claim(self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self.reliable)
+        if slot < 0:
+            if self.reliable:
+                return False
+            raise CapacityError(
+                f"no slot of channel {self.channel.name!r} is free: all "
+                f"{self._num_slots} are held or being written (too many active messages "
+                "for the admission rule)"
+            )
+        self._slot = slot
+        return True
+
+    def _use_buffer_of(self, size: int) -> None:
+        if self.channel.fixed_size:
+            raise MessageSizeError(
+                f"message of {size} bytes exceeds the fixed slot size "
+                f"{self._buffer.slot_size} of channel {self.channel.name!r}"
+            )
+        newer = self.channel.newest_buffer(size)
+        self._buffer = newer if newer is not None else self.channel.grow(size)
+
+    def publish(self, length: int | None = None) -> int:
+        """Publish the first `length` bytes of the view `get_buffer` gave (all of it for
+        None) and return the message's ordinal; the view is released. Raises
+        BusUsageError without a buffer, MessageSizeError for 0 bytes or more than the
+        view holds."""
+        self._check_open()
+        view = self._view
+        if view is None or self._slot is None:
+            raise BusUsageError("publish without a buffer: call get_buffer first")
+        if length is None:
+            length = len(view)
+        if length < 1:
+            raise MessageSizeError("cannot publish an empty message: a message has 1 byte or more")
+        if length > len(view):
+            raise MessageSizeError(f"cannot publish {length} bytes from a buffer of {len(view)}")
+        ccb = self._ccb
+        checksum = 0
+        flags = 0
+        if self.channel.checksum:
+            checksum = zlib.crc32(view[:length])
+            flags = memory.SLOT_FLAG_CHECKSUM
+        view.release()
+        self._view = None
+        line = memory.slot_offset(self._slot)
+        _pack_fields(
+            ccb, line + memory.SLOT_SIZE, length, time.monotonic_ns(), self._buffer.index,
+            memory.NO_VCHAN, 0, flags, checksum,
+        )  # fmt: skip
+        # Who must read it before a reliable publisher may reuse the slot.
+        _store(ccb, line + memory.SLOT_UNREAD, _load(ccb, memory.CCB_RELIABLE_SUBSCRIBERS))
+        # The ordinal: announce it as pending before taking it, so a subscriber that sees
+        # a later ordinal published can tell this one is on its way, not dropped.
+        while True:
+            last = _load(ccb, memory.CCB_NEXT_ORDINAL)
+            _store(ccb, self._pending, last + 1)
+            taken, _ = _cas(ccb, memory.CCB_NEXT_ORDINAL, last, last + 1)
+            if taken:
+                break
+        ordinal = last + 1
+        _store(ccb, line + memory.SLOT_SEQ, ordinal)
+        _store(ccb, self._pending, 0)
+        self._slot = None
+        _fetch_add(ccb, memory.CCB_MESSAGES, 1)
+        _fetch_add(ccb, memory.CCB_BYTES_PUBLISHED, length)
+        largest = _load(ccb, memory.CCB_MAX_MESSAGE)
+        while length > largest:
+            done, largest = _cas(ccb, memory.CCB_MAX_MESSAGE, largest, length)
+            if done:
+                break
+        self.published += 1
+        self._triggers.wake_subscribers()
+        return ordinal
+
+    def publish_bytes(self, data: bytes | bytearray | memoryview) -> int | None:
+        """Copy `data` into a slot and publish it: its ordinal, or None when a reliable
+        publisher has no slot. Raises as get_buffer and publish do."""
+        view = self.get_buffer(len(data))
+        if view is None:
+            return None
+        view[:] = data
+        return self.publish(len(data))
+
+    def fileno(self) -> int:
+        """The eventfd to poll for a free slot (reliable publishers). From the first call
+        on, a `get_buffer` that returns None also asks to be woken through it."""
+        self._require_waitable()
+        assert self._eventfd is not None
+        self._polled = True
+        return self._eventfd
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until a slot can be claimed (and claim it) or `timeout_s` passes;
+        whether one was. Raises BusUsageError for an unreliable publisher."""
+        self._require_waitable()
+        assert self._eventfd is not None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while True:
+                if self._slot is not None or self._try_claim():
+                    return True
+                left = remaining(deadline)
+                if left == 0.0:
+                    return False
+                poll_readable(self._eventfd, left)
+        finally:
+            self._waiting.disarm()
+
+    async def wait_async(self) -> None:
+        """Wait on the running loop until a slot is claimed (wrap in asyncio.timeout for
+        a deadline). Raises BusUsageError for an unreliable publisher."""
+        self._require_waitable()
+        assert self._eventfd is not None
+        try:
+            while not (self._slot is not None or self._try_claim()):
+                await readable(self._eventfd)
+        finally:
+            self._waiting.disarm()
+
+    def _try_claim(self) -> bool:
+        assert self._eventfd is not None
+        drain(self._eventfd)
+        self._waiting.arm()
+        self._check_open()
+        slot = _claim(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self._unread_mask()
+        )
+        if slot < 0:
+            return False
+        self._slot = slot
+        return True
+
+    def _require_waitable(self) -> None:
+        if not self.reliable:
+            raise BusUsageError(
+                "only a reliable publisher waits: an unreliable one always gets a slot"
+            )
+        if self._eventfd is None:
+            raise BusUsageError("this publisher was made without an eventfd to wait on")
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise BusClosedError(f"publisher {self.publisher_id} is closed")
+
+    def close(self) -> None:
+        """Give back a slot claimed but not published (as never published) and stop."""
+        if self.closed:
+            return
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._slot is not None:
+            line = memory.slot_offset(self._slot)
+            _store(self._ccb, line + memory.SLOT_UNREAD, 0)
+            _store(self._ccb, line + memory.SLOT_SEQ, 0)
+            self._slot = None
+        self._waiting.disarm()
+        self.closed = True
+
+    def __repr__(self) -> str:
+        kind = "reliable" if self.reliable else "unreliable"
+        state = "closed" if self.closed else f"slot={self._slot}"
+        return (
+            f"<Publisher {self.publisher_id} {kind} channel={self.channel.name!r} {state} "
+            f"published={self.published}>"
+        )

@@ -1,0 +1,355 @@
+"""A channel's subscriber: read messages in ordinal order, zero-copy, and count drops.
+
+Part of the bus's channel library. A `Message`'s payload is a read-only view of the
+shared buffer, valid until the message is released (or dropped); holding it keeps any
+publisher from reusing its slot. The ordering argument is in docs/design/bus-memory.md.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+import zlib
+from collections.abc import Callable
+from typing import Final, final
+
+from postoffice.bus import memory
+from postoffice.bus.channel import Channel
+from postoffice.bus.errors import BusClosedError, ChecksumError
+from postoffice.bus.native import atomics
+from postoffice.bus.triggers import Triggers, WaitBit, drain, poll_readable, readable, remaining
+
+_load: Final = atomics.load_acquire_u64
+_fetch_add: Final = atomics.fetch_add_u64
+_fetch_and: Final = atomics.fetch_and_u64
+_next: Final = atomics.next_message
+_unpack_fields: Final = memory.SLOT_FIELDS.unpack_from
+_FOUND: Final = atomics.SCAN_FOUND
+
+#: Told how many messages were dropped before the one being read.
+DropCallback = Callable[[int], None]
+
+
+@final
+class Message:
+    """One message held by a subscriber. `data` is a read-only view of the payload in
+    shared memory, valid until `release()` (or until the Message is garbage): keep no
+    slice of it past that, since the slot is then reused."""
+
+    __slots__ = (
+        "__weakref__",
+        "_subscriber",
+        "buffer_index",
+        "data",
+        "ordinal",
+        "released",
+        "size",
+        "slot",
+        "timestamp_ns",
+        "vchan_id",
+    )
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        *,
+        slot: int,
+        ordinal: int,
+        size: int,
+        timestamp_ns: int,
+        buffer_index: int,
+        vchan_id: int,
+        data: memoryview,
+    ) -> None:
+        self._subscriber = subscriber
+        self.slot = slot
+        self.ordinal = ordinal
+        self.size = size
+        self.timestamp_ns = timestamp_ns
+        self.buffer_index = buffer_index
+        self.vchan_id = vchan_id
+        self.data = data
+        self.released = False
+
+    def release(self) -> None:
+        """Let the slot go (once): the view is released, and a reliable publisher that
+        waits for a slot is woken."""
+        if self.released:
+            return
+        self.released = True
+        self.data.release()
+        self._subscriber._let_go(self.slot)
+
+    def __enter__(self) -> Message:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if not self.released:
+            self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return f"<Message ordinal={self.ordinal} size={self.size} slot={self.slot} {state}>"
+
+
+@final
+class Subscriber:
+    """Reads one channel as user `subscriber_id` (registered with
+    `Channel.add_subscriber`, which fixes whether it is reliable and how many messages it
+    may hold). Messages come in ordinal order; an ordinal skipped because its slot was
+    reused is a drop, counted in `drops` and the channel's statistics, and told to
+    `on_drop`. `eventfd` is written by publishers when this subscriber waits.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        subscriber_id: int,
+        *,
+        triggers: Triggers,
+        eventfd: int,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        channel.check_subscriber(subscriber_id)
+        self.channel = channel
+        self.subscriber_id = subscriber_id
+        self.reliable = channel.is_reliable_subscriber(subscriber_id)
+        self.max_active_messages = channel.max_active_messages(subscriber_id)
+        self._triggers = triggers
+        self._eventfd = eventfd
+        self._on_drop = on_drop
+        self._ccb = channel.ccb
+        self._num_slots = channel.num_slots
+        self._bit = 1 << subscriber_id
+        self._keep = ~self._bit & memory.ALL_BITS
+        self._waiting = WaitBit(channel.ccb, memory.CCB_SUBSCRIBERS_WAITING, subscriber_id)
+        #: The ordinal last read (0: none yet; the first read takes the oldest there is).
+        self.last_ordinal = 0
+        self._started = False
+        self._held: dict[int, weakref.ref[Message]] = {}
+        self._polled = False
+        self.closed = False
+        self.drops = 0
+        self.received = 0
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, *, newest: bool = False) -> Message | None:
+        """The next message after the last one read, or with `newest` the newest one
+        (skipping the others on purpose: no drop is counted); None when there is none
+        yet. At its max_active_messages, the subscriber first releases the oldest message
+        it holds. Raises ChecksumError for a payload that fails its checksum."""
+        self._check_open()
+        if len(self._held) >= self.max_active_messages:
+            self._release_oldest()
+        if newest:
+            slot, ordinal = self._newest()
+            if slot < 0 and self._ask_to_be_woken():
+                slot, ordinal = self._newest()
+            if slot < 0:
+                return None
+            return self._message(slot, ordinal, skipping=True)
+        status, slot, ordinal = self._scan(self.subscriber_id)
+        if status != _FOUND and self._ask_to_be_woken():
+            status, slot, ordinal = self._scan(self.subscriber_id)
+        if status != _FOUND:
+            return None
+        return self._message(slot, ordinal)
+
+    def _ask_to_be_woken(self) -> bool:
+        """Polled from outside (fileno()), a read that finds nothing sets the waiting bit
+        before the caller's last look, so a publish after that look wakes the poller."""
+        if not self._polled:
+            return False
+        drain(self._eventfd)
+        self._waiting.arm()
+        return True
+
+    def _newest(self) -> tuple[int, int]:
+        found = atomics.newest_message(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self.last_ordinal,
+            self.subscriber_id, self.reliable,
+        )  # fmt: skip
+        if self.reliable:
+            # The skipped messages were marked read: their slots may be free for a
+            # reliable publisher now.
+            self._triggers.wake_publishers()
+        return found
+
+    def _scan(self, user: int) -> tuple[int, int, int]:
+        return _next(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, memory.CCB_PENDING,
+            self.last_ordinal, user, self.reliable,
+        )  # fmt: skip
+
+    def read_all(self) -> list[Message]:
+        """Release every message held, then return the messages ready after the last one
+        read, in order, up to max_active_messages of them (one scan in C)."""
+        self._check_open()
+        self.release_all()
+        _, batch = atomics.collect(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, memory.CCB_PENDING,
+            self.last_ordinal, self.subscriber_id, self.reliable, self.max_active_messages,
+        )  # fmt: skip
+        messages: list[Message] = []
+        try:
+            for slot, ordinal in batch:
+                messages.append(self._message(slot, ordinal))
+        except BaseException:
+            for message in messages:
+                message.release()
+            raise
+        return messages
+
+    def find(self, timestamp_ns: int) -> Message | None:
+        """The message stamped exactly `timestamp_ns` (a Message's `timestamp_ns`), if it
+        is still in the channel; the read position does not move."""
+        self._check_open()
+        if len(self._held) >= self.max_active_messages:
+            self._release_oldest()
+        slot, ordinal = atomics.find_timestamp(
+            self._ccb, memory.CCB_SLOTS, self._num_slots, timestamp_ns, self.subscriber_id
+        )
+        if slot < 0:
+            return None
+        return self._message(slot, ordinal, advance=False)
+
+    def _message(
+        self, slot: int, ordinal: int, *, advance: bool = True, skipping: bool = False
+    ) -> Message:
+        """Wrap a slot this subscriber holds; its fields are stable under the hold."""
+        line = memory.slot_offset(slot)
+        size, timestamp, index, vchan, _, flags, checksum = _unpack_fields(
+            self._ccb, line + memory.SLOT_SIZE
+        )
+        try:
+            mapped = self.channel.buffer(index)
+            start = slot * mapped.slot_size
+            data = mapped.readonly[start : start + size]
+            if flags & memory.SLOT_FLAG_CHECKSUM and zlib.crc32(data) != checksum:
+                data.release()
+                raise ChecksumError(
+                    f"message {ordinal} of channel {self.channel.name!r} fails its checksum"
+                )
+        except BaseException:
+            self._let_go(slot)
+            raise
+        if advance:
+            if self._started and not skipping and ordinal > self.last_ordinal + 1:
+                self._dropped(ordinal - self.last_ordinal - 1)
+            self._started = True
+            self.last_ordinal = ordinal
+        message = Message(
+            self, slot=slot, ordinal=ordinal, size=size, timestamp_ns=timestamp,
+            buffer_index=index, vchan_id=vchan, data=data,
+        )  # fmt: skip
+        self._held[slot] = weakref.ref(message)
+        self.received += 1
+        return message
+
+    def _dropped(self, count: int) -> None:
+        self.drops += count
+        _fetch_add(self._ccb, memory.CCB_DROPS, count)
+        if self._on_drop is not None:
+            self._on_drop(count)
+
+    # -- holding ---------------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """How many messages this subscriber holds."""
+        return len(self._held)
+
+    def _let_go(self, slot: int) -> None:
+        self._held.pop(slot, None)
+        if self.channel.closed:
+            return
+        _fetch_and(self._ccb, memory.slot_offset(slot) + memory.SLOT_HOLDERS, self._keep)
+        self._triggers.wake_publishers()
+
+    def _release_oldest(self) -> None:
+        slot, ref = next(iter(self._held.items()))
+        message = ref()
+        if message is not None:
+            message.release()
+        else:
+            self._let_go(slot)
+
+    def release_all(self) -> None:
+        """Release every message this subscriber holds."""
+        while self._held:
+            self._release_oldest()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Whether a message is ready to read (a look, no hold)."""
+        return self._scan(-1)[0] == _FOUND
+
+    def fileno(self) -> int:
+        """The eventfd to poll for messages. From the first call on, a `read()` that
+        finds nothing also asks to be woken through it, so a loop that polls it and
+        then reads until None never misses a message."""
+        self._polled = True
+        return self._eventfd
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until a message is ready or `timeout_s` passes; whether one is."""
+        self._check_open()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while True:
+                drain(self._eventfd)
+                self._waiting.arm()
+                if self.ready():
+                    return True
+                left = remaining(deadline)
+                if left == 0.0:
+                    return False
+                poll_readable(self._eventfd, left)
+        finally:
+            if not self._polled:
+                self._waiting.disarm()
+
+    async def wait_async(self) -> None:
+        """Wait on the running loop until a message is ready (wrap in asyncio.timeout
+        for a deadline)."""
+        self._check_open()
+        try:
+            while True:
+                drain(self._eventfd)
+                self._waiting.arm()
+                if self.ready():
+                    return
+                await readable(self._eventfd)
+        finally:
+            if not self._polled:
+                self._waiting.disarm()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise BusClosedError(f"subscriber {self.subscriber_id} is closed")
+        if self.channel.closed:
+            raise BusClosedError(f"channel {self.channel.name!r} is closed")
+
+    def close(self) -> None:
+        """Release every message held and stop waking (the registration stays: the
+        server removes it)."""
+        if self.closed:
+            return
+        self.release_all()
+        self._waiting.disarm()
+        self.closed = True
+
+    def __repr__(self) -> str:
+        kind = "reliable" if self.reliable else "unreliable"
+        state = "closed" if self.closed else f"last={self.last_ordinal} held={self.held}"
+        return (
+            f"<Subscriber {self.subscriber_id} {kind} channel={self.channel.name!r} {state} "
+            f"drops={self.drops}>"
+        )

@@ -1,0 +1,172 @@
+"""Wake-ups between a channel's users: eventfds, and the waiting masks that say who sleeps.
+
+A user about to sleep sets its bit in the channel's waiting mask, looks once more for
+what it waits for, and only then blocks on its eventfd; whoever makes progress for it
+(a publish, a release) takes the bits it can serve out of the mask and writes those
+eventfds. docs/design/bus-memory.md gives the ordering that makes a lost wake-up
+impossible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import select
+import time
+from typing import Final, final
+
+from postoffice.bus import memory
+from postoffice.bus.errors import BusConfigError, BusStorageError
+from postoffice.bus.native import atomics
+from postoffice.core.errors import translate_os_error
+
+_load: Final = atomics.load_acquire_u64
+_fetch_and: Final = atomics.fetch_and_u64
+_fetch_or: Final = atomics.fetch_or_u64
+
+
+def new_eventfd() -> int:
+    """A non-blocking, close-on-exec eventfd (pass it to a child with pass_fds)."""
+    try:
+        return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    except OSError as exc:
+        raise translate_os_error(exc, BusStorageError, "create an eventfd") from exc
+
+
+def drain(fd: int) -> bool:
+    """Reset an eventfd's counter; whether it had been written."""
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def poll_readable(fd: int, timeout_s: float | None) -> bool:
+    """Block until `fd` is readable or `timeout_s` passes (None: forever)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000 + 0.999))
+    return bool(poller.poll(timeout_ms))
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until `deadline` (time.monotonic), None for none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+async def readable(fd: int) -> None:
+    """Wait, on the running loop, until `fd` is readable."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _bits(mask: int) -> list[int]:
+    return [i for i in range(64) if mask >> i & 1]
+
+
+@final
+class Triggers:
+    """The eventfds of one channel's users that this process can wake, by user id.
+
+    The server hands them out (a subscriber's to every publisher, a reliable publisher's
+    to every subscriber) and updates them as users come and go. A waiting bit whose
+    eventfd is not known here is left in the mask for a process that knows it.
+    """
+
+    def __init__(self, ccb: mmap.mmap) -> None:
+        self._ccb = ccb
+        self._subscribers: dict[int, int] = {}
+        self._publishers: dict[int, int] = {}
+        self._subscriber_mask = 0
+        self._publisher_mask = 0
+
+    def set_subscriber(self, subscriber_id: int, fd: int) -> None:
+        """Wake subscriber `subscriber_id` through `fd` from now on."""
+        _check_id(subscriber_id)
+        self._subscribers[subscriber_id] = fd
+        self._subscriber_mask |= 1 << subscriber_id
+
+    def remove_subscriber(self, subscriber_id: int) -> None:
+        """Forget a subscriber's eventfd (the caller still owns and closes it)."""
+        self._subscribers.pop(subscriber_id, None)
+        self._subscriber_mask &= ~(1 << subscriber_id)
+
+    def set_publisher(self, publisher_id: int, fd: int) -> None:
+        """Wake reliable publisher `publisher_id` through `fd` from now on."""
+        _check_id(publisher_id)
+        self._publishers[publisher_id] = fd
+        self._publisher_mask |= 1 << publisher_id
+
+    def remove_publisher(self, publisher_id: int) -> None:
+        """Forget a publisher's eventfd (the caller still owns and closes it)."""
+        self._publishers.pop(publisher_id, None)
+        self._publisher_mask &= ~(1 << publisher_id)
+
+    def wake_subscribers(self) -> int:
+        """After a publish: wake every waiting subscriber known here; how many."""
+        return self._wake(memory.CCB_SUBSCRIBERS_WAITING, self._subscriber_mask, self._subscribers)
+
+    def wake_publishers(self) -> int:
+        """After a release: wake every waiting reliable publisher known here; how many."""
+        return self._wake(memory.CCB_PUBLISHERS_WAITING, self._publisher_mask, self._publishers)
+
+    def _wake(self, offset: int, known: int, fds: dict[int, int]) -> int:
+        # A load first: the mask is almost always empty, and a load does not take the
+        # cache line away from the sleepers the way an atomic write would.
+        waiting = _load(self._ccb, offset) & known
+        if not waiting:
+            return 0
+        taken = _fetch_and(self._ccb, offset, ~waiting & memory.ALL_BITS) & waiting
+        for user in _bits(taken):
+            try:
+                os.eventfd_write(fds[user], 1)
+            except BlockingIOError:
+                pass  # the counter is at its maximum: a wake-up is pending anyway
+            except OSError as exc:
+                raise translate_os_error(exc, BusStorageError, f"wake user {user}") from exc
+        return len(_bits(taken))
+
+    def __repr__(self) -> str:
+        return (
+            f"<Triggers subscribers={sorted(self._subscribers)} "
+            f"publishers={sorted(self._publishers)}>"
+        )
+
+
+def _check_id(user_id: int) -> None:
+    if not 0 <= user_id < memory.MAX_SUBSCRIBERS:
+        raise BusConfigError(f"user id {user_id} outside 0..{memory.MAX_SUBSCRIBERS - 1}")
+
+
+@final
+class WaitBit:
+    """One user's bit in a waiting mask: set before the last look, cleared after."""
+
+    def __init__(self, ccb: mmap.mmap, offset: int, user_id: int) -> None:
+        self._ccb = ccb
+        self._offset = offset
+        self._bit = 1 << user_id
+
+    def arm(self) -> None:
+        """Say that this user is about to sleep (a waker now writes its eventfd)."""
+        _fetch_or(self._ccb, self._offset, self._bit)
+
+    def disarm(self) -> None:
+        """Say that this user no longer sleeps."""
+        _fetch_and(self._ccb, self._offset, ~self._bit & memory.ALL_BITS)
+
+    def armed(self) -> bool:
+        """Whether the bit is set (a waker has not taken it yet)."""
+        return bool(_load(self._ccb, self._offset) & self._bit)
