@@ -13,7 +13,11 @@
 - tests/test_hygiene.py keeps unit tests free of sleeps, sockets and processes; those
   belong in tests/integration/, marked `integration`.
 
-No fixture is shared across packages yet: one that a second package needs moves here.
+Fixtures more than one package uses are registered here (`pytest_plugins`).
 """
 
 from __future__ import annotations
+
+#: The bus's channel fixtures (tests/bus/fixtures.py), used by its unit tests and by its
+#: real-process tests under tests/integration/.
+pytest_plugins = ("tests.bus.fixtures",)

@@ -28,7 +28,7 @@ from postoffice.bus import (
     memory,
     remove_session_files,
 )
-from tests.bus.conftest import MakeRig
+from tests.bus.fixtures import MakeRig
 from tests.bus.rig import Rig, shm_directory
 
 

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import Message, Subscriber
-from tests.bus.conftest import MakeRig
+from tests.bus.fixtures import MakeRig
 from tests.bus.rig import Rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -1,4 +1,4 @@
-"""Fixtures of the bus's tests: a channel in a private /dev/shm directory.
+"""Fixtures of the bus's tests (a channel in a private /dev/shm directory), a pytest plugin.
 
 Each test module starts with `pytest.importorskip("postoffice.bus", ...)`, so that
 without the C extension the bus's tests are skipped with the reason the import gives;
