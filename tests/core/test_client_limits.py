@@ -231,6 +231,15 @@ class TestRequestDeadline:
         manager.sweep()
         assert conn.refusals == []
 
+    async def test_no_deadline_while_the_peer_is_behind_on_our_replies(self) -> None:
+        manager, clock = new_manager(request_timeout_s=30, idle_timeout_s=0)
+        conn, _ = connect(manager)
+        conn.data_received(b"part")
+        conn.pause_writing()
+        clock.advance(100)
+        manager.sweep()
+        assert conn.refusals == []
+
     async def test_zero_turns_the_deadline_off(self) -> None:
         manager, clock = new_manager(request_timeout_s=0, idle_timeout_s=0)
         conn, _ = connect(manager)

@@ -56,7 +56,8 @@ from postoffice.core.errors import StateMachineError
 # meanwhile) and reserves the bytes the service holds for it (`partial_bytes`) from the
 # manager's budget for all partial requests; the connection whose partial request would
 # pass that budget is refused (`refuse`). The deadline runs only while the cycle is
-# READING_PAYLOAD: a request the peer is still sending, not one we are slow to handle.
+# READING_PAYLOAD and the write side flows: a request the peer is still sending, not one
+# we are slow to handle or one held up while the peer reads our replies.
 #
 # States change per batch of bytes, not per request, so pipelined requests cost no extra
 # moves. The hot path (`data_received`, `batch_done`) takes the table's common moves with
@@ -358,6 +359,7 @@ class BaseProtocol(asyncio.Protocol):
             and timeout > 0
             and now - since > timeout
             and self.cycle is _READING_PAYLOAD
+            and not self._write_paused  # the peer is behind on our replies: theirs to do
         ):
             self.manager.request_timeouts += 1
             log.info("request timeout conn=%s timeout_s=%s", self, timeout)
