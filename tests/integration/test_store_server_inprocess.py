@@ -230,10 +230,24 @@ async def test_garbage_in_a_good_frame_keeps_the_connection(server: StoreServer)
     await peer.close()
 
 
-async def test_a_scan_page_is_cut_to_fit_one_frame(server: StoreServer) -> None:
+@pytest.fixture
+async def frame_pages(tmp_path: Path) -> AsyncIterator[StoreServer]:
+    """A server whose SCAN page budget is a whole frame, so only the frame cuts a page."""
+    config = StoreConfig(
+        port=0, metrics_port=None, data_dir=tmp_path, max_scan_page_bytes=16 * 1024 * 1024
+    )
+    srv = StoreServer(config)
+    await srv.startup()
+    try:
+        yield srv
+    finally:
+        await srv.shutdown()
+
+
+async def test_a_scan_page_is_cut_to_fit_one_frame(frame_pages: StoreServer) -> None:
     from postoffice.store.wire import ScanRequest, decode_scan_body, next_start
 
-    peer = await Peer.open(server)
+    peer = await Peer.open(frame_pages)
     big = 7 * 1024 * 1024  # two fit one 16 MiB frame, three do not
     for key in (b"a", b"b", b"c"):
         assert (await _call(peer, PutRequest(key=key, value=key * big))).status is Status.OK

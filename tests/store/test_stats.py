@@ -20,6 +20,10 @@ CONNECTIONS = {
     "connections_rejected": 0,
     "connections_timed_out": 1,
     "connections_closed": 2,
+    "connections_request_timeout": 0,
+    "connections_output_limited": 0,
+    "connections_partial_refused": 0,
+    "partial_request_bytes": 0,
 }
 ENGINE = StoreStats(
     keys=5,

@@ -122,6 +122,9 @@ class CommandConnection(BaseProtocol):
         self.write(self._encoder()(reply))
         return _IDLE
 
+    def partial_bytes(self) -> int:
+        return self.parser.buffered
+
     def close_after_this_reply(self, reason: str) -> None:
         """Close once the reply to the command running now is out (a client killing
         itself gets its answer first, as from Redis); at once if none is running."""

@@ -1,7 +1,8 @@
-"""The connection manager: limits, idle timeouts, statistics and orderly shutdown.
+"""The connection manager: limits, idle timeouts, request deadlines, statistics and
+orderly shutdown.
 
-Two-phase init: the constructor only sets memory up; `startup()` starts the idle sweeper
-on the running loop. Connections register on `connection_made` (`admit`) and leave on
+Two-phase init: the constructor only sets memory up; `startup()` starts the sweeper on the
+running loop. Connections register on `connection_made` (`admit`) and leave on
 `connection_lost` (`release`); the manager never touches sockets itself.
 """
 
@@ -19,24 +20,48 @@ from postoffice.core.config import check_range
 
 log = logging.getLogger(__name__)
 
-MAX_SWEEP_INTERVAL_S: Final = 1.0  # an idle connection lives at most this long past its timeout
+#: A connection lives at most this long past its idle timeout or request deadline.
+MAX_SWEEP_INTERVAL_S: Final = 1.0
+#: The transport's write high-water mark (core.transport.WRITE_HIGH_WATER_BYTES): the
+#: output limits are checked only past it, so a lower limit could never be enforced.
+MIN_OUTPUT_LIMIT_BYTES: Final = 256 * 1024
+
+_MIB: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionLimits:
-    """Limits one listener's connections share.
+    """Limits one listener's connections share (docs/security.md says why each default).
 
-    `idle_timeout_s` of 0 disables the idle timeout.
+    A timeout of 0 disables it; an output limit of 0 disables it. The output limits work
+    as Redis's `client-output-buffer-limit`: a client whose unsent replies pass
+    `output_hard_limit_bytes`, or stay over `output_soft_limit_bytes` for more than
+    `output_soft_limit_s`, is closed and its replies dropped. `request_timeout_s` is how
+    long a request may take to arrive whole once its first byte came, and
+    `max_partial_bytes` what all partly received requests may hold together. Raises
+    ConfigError naming the field out of range.
     """
 
     max_connections: int = 10_000
     idle_timeout_s: float = 300.0
-    max_request_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = 16 * _MIB
+    output_hard_limit_bytes: int = 64 * _MIB
+    output_soft_limit_bytes: int = 16 * _MIB
+    output_soft_limit_s: float = 60.0
+    request_timeout_s: float = 60.0
+    max_partial_bytes: int = 256 * _MIB
 
     def __post_init__(self) -> None:
         check_range("max_connections", self.max_connections, 1, 1_000_000)
         check_range("idle_timeout_s", self.idle_timeout_s, 0, 365 * 86400)
         check_range("max_request_bytes", self.max_request_bytes, 64, 1 << 31)
+        for name in ("output_hard_limit_bytes", "output_soft_limit_bytes"):
+            value = getattr(self, name)
+            if value:
+                check_range(name, value, MIN_OUTPUT_LIMIT_BYTES, 1 << 40)
+        check_range("output_soft_limit_s", self.output_soft_limit_s, 0, 86400)
+        check_range("request_timeout_s", self.request_timeout_s, 0, 86400)
+        check_range("max_partial_bytes", self.max_partial_bytes, 0, 1 << 40)
 
 
 class Managed(Protocol):
@@ -61,6 +86,11 @@ class Managed(Protocol):
 
     def abort(self, reason: str) -> None:
         """Close at once, dropping what is queued."""
+        ...
+
+    def check_deadlines(self, now: float) -> None:
+        """Close it if a request has been arriving too long, or its unsent replies stayed
+        over the soft output limit too long (`limits` of its manager)."""
         ...
 
 
@@ -98,6 +128,14 @@ class ConnectionManager:
         self.rejected = 0
         self.timed_out = 0
         self.closed = 0
+        #: Connections closed because a request did not arrive whole in time.
+        self.request_timeouts = 0
+        #: Connections closed because their unsent replies passed an output limit.
+        self.output_limited = 0
+        #: Connections refused because their partial request would pass max_partial_bytes.
+        self.partial_refused = 0
+        #: Bytes all partly received requests hold now (`reserve_partial`).
+        self.partial_bytes = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -152,6 +190,20 @@ class ConnectionManager:
         if not self._conns and self._empty is not None:
             self._empty.set()
 
+    def reserve_partial(self, nbytes: int) -> bool:
+        """Count `nbytes` more held by a partly received request; False (and nothing
+        counted) when that would pass `limits.max_partial_bytes` (0: no limit)."""
+        cap = self.limits.max_partial_bytes
+        if cap and self.partial_bytes + nbytes > cap:
+            self.partial_refused += 1
+            return False
+        self.partial_bytes += nbytes
+        return True
+
+    def release_partial(self, nbytes: int) -> None:
+        """Forget `nbytes` a partly received request held (it completed, or went)."""
+        self.partial_bytes -= nbytes
+
     @property
     def active(self) -> int:
         """Connections currently admitted."""
@@ -167,27 +219,32 @@ class ConnectionManager:
     # -- idle timeouts -----------------------------------------------------------------
 
     def sweep(self) -> int:
-        """Close every connection idle past the timeout; return how many were closed."""
+        """Close every connection idle past the timeout, and let each other one check its
+        request deadline and output limit (`Managed.check_deadlines`); return how many the
+        idle timeout closed."""
+        now = self.clock()
         timeout = self.limits.idle_timeout_s
-        if timeout <= 0:
-            return 0
-        cutoff = self.clock() - timeout
+        cutoff = now - timeout if timeout > 0 else None
         closed = 0
         for conn in list(self._conns.values()):
-            if conn.last_active < cutoff and conn.can_idle_close():
+            if cutoff is not None and conn.last_active < cutoff and conn.can_idle_close():
                 self.timed_out += 1
                 closed += 1
-                log.info("idle timeout conn=%s idle_s=%.1f", conn, self.clock() - conn.last_active)
+                log.info("idle timeout conn=%s idle_s=%.1f", conn, now - conn.last_active)
                 conn.on_idle_timeout()
+            else:
+                conn.check_deadlines(now)
         return closed
+
+    def sweep_interval(self) -> float:
+        """Seconds between sweeps: a quarter of the shortest timeout, at most 1 s."""
+        limits = self.limits
+        shortest = [t / 4 for t in (limits.idle_timeout_s, limits.request_timeout_s) if t > 0]
+        return min([MAX_SWEEP_INTERVAL_S, *shortest])
 
     async def _sweep_forever(self) -> None:
         while True:
-            timeout = self.limits.idle_timeout_s
-            interval = (
-                MAX_SWEEP_INTERVAL_S if timeout <= 0 else min(MAX_SWEEP_INTERVAL_S, timeout / 4)
-            )
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.sweep_interval())
             try:
                 self.sweep()
             except Exception:
@@ -201,6 +258,16 @@ class ConnectionManager:
             "connections_rejected": self.rejected,
             "connections_timed_out": self.timed_out,
             "connections_closed": self.closed,
+        }
+
+    def limit_stats(self) -> dict[str, int]:
+        """Counters of the connections a limit closed or refused, and the bytes partial
+        requests hold now."""
+        return {
+            "connections_request_timeout": self.request_timeouts,
+            "connections_output_limited": self.output_limited,
+            "connections_partial_refused": self.partial_refused,
+            "partial_request_bytes": self.partial_bytes,
         }
 
     def __repr__(self) -> str:

@@ -8,6 +8,13 @@ a task while reading is paused, and pipelined requests wait in h11's buffer unti
 response is written and `start_next_cycle` rearms the parser. Requests with a body, an
 oversized head or broken syntax get one error response and then the connection closes,
 since the rest of the stream can no longer be trusted to line up with requests.
+
+Limits, as nginx keeps them (worker_connections, keepalive_timeout, client_header_timeout):
+a `ConnectionManager` per listener admits at most `max_connections` (one over it gets a
+503 and is closed at once, so a flood of idle connections cannot take every descriptor
+of the process and with it the service's own port), closes a connection with no request
+in progress after `idle_timeout_s`, and one whose request head has not arrived whole
+`request_timeout_s` after its first byte (a 408).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Final, TypeAlias, cast, final
 import h11
 from prometheus_client.registry import Collector
 
+from postoffice.core.clock import MONOTONIC, Clock
+from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import BrokenError
 from postoffice.core.listeners import describe_os_error
 from postoffice.core.logs import kv
@@ -35,6 +44,28 @@ MAX_HEAD_BYTES: Final = 16 * 1024
 
 #: Pending connections the kernel queues for us: a scrape storm must not see resets.
 LISTEN_BACKLOG: Final = 1024
+
+#: The HTTP ports' limits: probes and scrapers need a handful of connections, each
+#: sends its request head at once, and a keep-alive scraper comes back within a minute.
+HTTP_LIMITS: Final = ConnectionLimits(
+    max_connections=512,
+    idle_timeout_s=60.0,
+    request_timeout_s=10.0,
+    output_hard_limit_bytes=0,
+    output_soft_limit_bytes=0,
+    max_partial_bytes=0,
+)
+
+#: What a connection over the limit or past the request deadline gets before the close:
+#: written raw, since h11 answers only a request it has read.
+_FULL: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 20\r\nconnection: close\r\n\r\ntoo many connections\n"
+)
+_TIMED_OUT: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n"
+)
 
 _ALLOWED_METHODS: Final = (b"GET", b"HEAD")
 _ALLOW_HEADER: Final = b"GET, HEAD"
@@ -103,11 +134,25 @@ class HttpProtocol(asyncio.Protocol):
     Routing ignores the query string. Unknown paths get 404, other methods 405 with an
     Allow header, a route that raises gets 500 (logged with its traceback) and the
     connection stays open. A head over MAX_HEAD_BYTES gets 431, malformed syntax 400, a
-    request body 413; each of these closes the connection after the response.
+    request body 413; each of these closes the connection after the response. With a
+    `manager`, a connection over its limit gets 503 and one whose head is late 408, each
+    then closed, and one idle past its timeout is closed.
     """
 
-    def __init__(self, routes: Mapping[str, Route]) -> None:
+    def __init__(
+        self, routes: Mapping[str, Route], manager: ConnectionManager | None = None
+    ) -> None:
         self._routes: Final = routes
+        self._manager = manager
+        clock: Clock = MONOTONIC if manager is None else manager.clock
+        self._clock = clock
+        # What the manager reads (core.connections.Managed).
+        self.conn_id = 0
+        self.last_active = clock()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: When the request head now arriving began (None: no request is arriving).
+        self.partial_since: float | None = None
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
         self._peer = "-"
@@ -138,13 +183,25 @@ class HttpProtocol(asyncio.Protocol):
             self._peer = f"{peer[0]}:{peer[1]}"
         elif peer:
             self._peer = str(peer)
+        if self._manager is not None:
+            refusal = self._manager.admit(self)
+            if refusal is not None:
+                log.debug("http connection refused %s", kv(peer=self._peer, reason=refusal))
+                self._manager = None  # never admitted: nothing to release
+                self._transport.write(_FULL)
+                self._close()
 
     def data_received(self, data: bytes) -> None:
         """Feed h11 and answer every complete request, unless a route is still running."""
         if self._closed:
             return
+        self.bytes_in += len(data)
+        if self.partial_since is None and not self._busy:
+            self.partial_since = self._clock()
         self._conn.receive_data(data)
         self._drain()
+        if not self._busy and not self._conn.trailing_data[0]:
+            self.partial_since = None  # every byte read belonged to a request now answered
 
     def eof_received(self) -> bool:
         """Let h11 see the EOF; keep the socket open so a running route can still answer."""
@@ -156,11 +213,45 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the transport and cancel a route still running for this connection."""
         self._closed = True
+        if self._manager is not None:
+            self._manager.release(self)
         if self._task is not None:
             self._task.cancel()
             self._task = None
         if exc is not None:
             log.debug("http connection lost %s", kv(peer=self._peer, error=exc))
+
+    # what the connection manager asks (core.connections.Managed)
+
+    def can_idle_close(self) -> bool:
+        """Idle: no request arriving, none being answered."""
+        return not self._busy and self.partial_since is None and not self._closed
+
+    def on_idle_timeout(self) -> None:
+        self._close()
+
+    def shutdown_requested(self) -> None:
+        if not self._busy:
+            self._close()
+
+    def abort(self, reason: str) -> None:
+        if not self._closed and self._transport is not None:
+            self._closed = True
+            self._transport.abort()
+
+    def check_deadlines(self, now: float) -> None:
+        """Answer 408 and close when a request head is late (`request_timeout_s`)."""
+        manager = self._manager
+        since = self.partial_since
+        if manager is None or since is None or self._busy or self._closed:
+            return
+        timeout = manager.limits.request_timeout_s
+        if timeout > 0 and now - since > timeout:
+            manager.request_timeouts += 1
+            log.debug("http request timeout %s", kv(peer=self._peer, timeout_s=timeout))
+            assert self._transport is not None
+            self._transport.write(_TIMED_OUT)
+            self._close()
 
     # the shell
 
@@ -181,6 +272,7 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(event, h11.Request):
                 self._on_request(event)
             elif isinstance(event, h11.EndOfMessage):
+                self.partial_since = None
                 self._dispatch()
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
@@ -303,6 +395,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         assert self._transport is not None
         self._transport.write(out)
+        self.bytes_out += len(out)
+        self.last_active = self._clock()
         if close or self._conn.our_state is h11.MUST_CLOSE:
             self._close()
         elif self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
@@ -319,30 +413,64 @@ class HttpProtocol(asyncio.Protocol):
 
 
 async def serve_metrics(
-    registry: Collector, ready: Callable[[], bool], *, host: str, port: int
+    registry: Collector,
+    ready: Callable[[], bool],
+    *,
+    host: str,
+    port: int,
+    limits: ConnectionLimits = HTTP_LIMITS,
 ) -> asyncio.Server:
     """A service's HTTP port: /metrics from `registry`, /healthz, and /readyz from `ready`.
 
     Raises what `serve_http` raises.
     """
     routes = {"/metrics": metrics_route(registry), **health_routes(ready)}
-    return await serve_http(routes, host=host, port=port)
+    return await serve_http(routes, host=host, port=port, limits=limits)
 
 
-async def serve_http(routes: Mapping[str, Route], *, host: str, port: int) -> asyncio.Server:
-    """Listen on `host:port` (port 0 picks a free one) and serve `routes` until closed.
+async def serve_http(
+    routes: Mapping[str, Route],
+    *,
+    host: str,
+    port: int,
+    limits: ConnectionLimits = HTTP_LIMITS,
+    clock: Clock = MONOTONIC,
+) -> asyncio.Server:
+    """Listen on `host:port` (port 0 picks a free one) and serve `routes` until closed,
+    keeping `limits` (max_connections, idle_timeout_s, request_timeout_s).
 
     The bound address is `server.sockets[0].getsockname()`. Raises BrokenError when the
     operating system refuses the address (in use, not local, no permission).
     """
     loop = asyncio.get_running_loop()
+    manager = ConnectionManager(limits, clock=clock)
     try:
-        return await loop.create_server(
-            lambda: HttpProtocol(routes), host, port, backlog=LISTEN_BACKLOG
+        server = await loop.create_server(
+            lambda: HttpProtocol(routes, manager), host, port, backlog=LISTEN_BACKLOG
         )
     except OSError as exc:
         reason = describe_os_error(exc)
         raise BrokenError(f"cannot listen for http on {host}:{port}: {reason}") from exc
+    _sweep_while_serving(loop, server, manager)
+    return server
+
+
+def _sweep_while_serving(
+    loop: asyncio.AbstractEventLoop, server: asyncio.Server, manager: ConnectionManager
+) -> None:
+    """Sweep `manager` every sweep interval until `server` is closed: a timer, not a task,
+    so nothing is left to cancel when the listener or the loop goes."""
+
+    def tick() -> None:
+        if not server.is_serving():
+            return
+        try:
+            manager.sweep()
+        except Exception:
+            log.exception("http sweep failed")
+        loop.call_later(manager.sweep_interval(), tick)
+
+    loop.call_later(manager.sweep_interval(), tick)
 
 
 def metrics_route(registry: Collector) -> Route:

@@ -14,6 +14,7 @@ from typing import Final, Protocol, cast
 from mypy_extensions import mypyc_attr
 
 from postoffice.core.clock import Clock
+from postoffice.core.connections import ConnectionLimits
 from postoffice.core.errors import StateMachineError
 
 # Design
@@ -41,7 +42,22 @@ from postoffice.core.errors import StateMachineError
 # set, and the cycle's end closes the connection.
 #
 # Reading is paused for two independent reasons, the write side and the service's own
-# queue (`pause_reading`); it resumes only when neither holds.
+# queue (`pause_reading`); it resumes only when neither holds. While the write side is
+# blocked a service also starts no request it has already read (`write_blocked`), since
+# its reply could not be written either; `on_writable` tells it to go on.
+#
+# What a client may cost is bounded here, for every service alike (the manager's
+# ConnectionLimits). Output: once the write side is blocked, every write checks the
+# transport's buffer against the hard limit and the soft limit's timer (Redis's
+# client-output-buffer-limit), and the manager's sweep checks the timer too, so a client
+# that stops reading is closed even when nothing more is written; a closed client's
+# unsent replies are dropped at once (abort). Input: a batch that ends with a partial
+# request starts its deadline (`partial_since`; a new one once a whole request was read
+# meanwhile) and reserves the bytes the service holds for it (`partial_bytes`) from the
+# manager's budget for all partial requests; the connection whose partial request would
+# pass that budget is refused (`refuse`). The deadline runs only while the cycle is
+# READING_PAYLOAD and the write side flows: a request the peer is still sending, not one
+# we are slow to handle or one held up while the peer reads our replies.
 #
 # States change per batch of bytes, not per request, so pipelined requests cost no extra
 # moves. The hot path (`data_received`, `batch_done`) takes the table's common moves with
@@ -138,6 +154,22 @@ class Admission(Protocol):
         """Forget `conn`: its transport is gone."""
         ...
 
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The output limits, request deadline and partial-request budget to keep."""
+        ...
+
+    def reserve_partial(self, nbytes: int) -> bool:
+        """Count `nbytes` more held by a partial request; False when over the budget."""
+        ...
+
+    def release_partial(self, nbytes: int) -> None:
+        """Forget `nbytes` a partial request held."""
+        ...
+
+    request_timeouts: int
+    output_limited: int
+
 
 # Under the opt-in compiled build (mypyc) this is a native class; the other services'
 # connections, still interpreted, derive from it.
@@ -174,6 +206,11 @@ class BaseProtocol(asyncio.Protocol):
         self._close_pending: str | None = None  # close, for this reason, once the cycle ends
         self._drained: asyncio.Event | None = None
         self._linger: asyncio.TimerHandle | None = None
+        #: When the partial request now buffered began to arrive (None: none is).
+        self.partial_since: float | None = None
+        self._partial_mark = 0  # `requests` when that partial request began
+        self._partial_held = 0  # bytes reserved for it from the manager's budget
+        self._soft_since: float | None = None  # output over the soft limit since then
 
     @property
     def state(self) -> ConnState:
@@ -227,10 +264,13 @@ class BaseProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         was_paused = self._write_paused or self._hold_reading
         self._write_paused = False
+        self._soft_since = None  # below the low-water mark, so below any output limit
         if self._drained is not None:
             self._drained.set()
         self.last_active = self.manager.clock()  # a slow reader was busy, not idle
         self._sync_reading(was_paused=was_paused)
+        if self.cycle is _PROCESSING:
+            self.on_writable()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.cycle is not _CLOSING and not self.close_reason:
@@ -240,6 +280,10 @@ class BaseProtocol(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+        if self._partial_held:
+            self.manager.release_partial(self._partial_held)
+            self._partial_held = 0
+        self.partial_since = None
         self.manager.release(self)
         if self._drained is not None:
             self._drained.set()
@@ -267,6 +311,21 @@ class BaseProtocol(asyncio.Protocol):
         """Called by the manager when the connection sat idle too long: close it."""
         self.close("idle timeout", linger=False)
 
+    def on_writable(self) -> None:
+        """The peer caught up with our replies while requests are in flight: a service
+        that stopped starting requests because `write_blocked` goes on with them here."""
+
+    def partial_bytes(self) -> int:
+        """Bytes the partial request now buffered holds (what `on_data` left PARTIAL):
+        counted against the manager's budget for all partial requests. 0 by default."""
+        return 0
+
+    def refuse(self, reason: str) -> None:
+        """A request broke a limit of the connection layer (its deadline, the partial
+        request budget): answer as `reject` does, which says `reason` where the protocol
+        has a way to, and close."""
+        self.reject(reason)
+
     def shutdown_requested(self) -> None:
         """The server is stopping: finish the requests in flight, then close after flushing."""
         self.close_when_done("server shutdown")
@@ -282,6 +341,34 @@ class BaseProtocol(asyncio.Protocol):
         """Whether requests are still being handled (even with writes blocked)."""
         return self.cycle is _PROCESSING
 
+    @property
+    def write_blocked(self) -> bool:
+        """Whether the peer is not reading our replies (the transport's buffer is past
+        its high-water mark): start no request until `on_writable`."""
+        return self._write_paused
+
+    def check_deadlines(self, now: float) -> None:
+        """The manager's sweep: close the connection if its partial request has been
+        arriving longer than `request_timeout_s`, or its unsent replies stayed over the
+        soft output limit too long."""
+        limits = self.manager.limits
+        since = self.partial_since
+        timeout = limits.request_timeout_s
+        if (
+            since is not None
+            and timeout > 0
+            and now - since > timeout
+            and self.cycle is _READING_PAYLOAD
+            and not self._write_paused  # the peer is behind on our replies: theirs to do
+        ):
+            self.manager.request_timeouts += 1
+            log.info("request timeout conn=%s timeout_s=%s", self, timeout)
+            self.refuse(f"request not received whole within {timeout:g} s")
+            return
+        transport = self.transport
+        if self._write_paused and transport is not None and self.cycle is not _CLOSED:
+            self._check_output(transport, now)
+
     # -- what subclasses report --------------------------------------------------------
 
     def batch_done(self, outcome: ConnInput) -> None:
@@ -296,9 +383,44 @@ class BaseProtocol(asyncio.Protocol):
             return
         self.cycle = _READING_HEADER if outcome is _IDLE else _READING_PAYLOAD
         # Idle time counts from the last reply, not from the request that started a slow one.
-        self.last_active = self.manager.clock()
+        now = self.last_active = self.manager.clock()
+        if outcome is _PARTIAL:
+            if not self._hold_partial(now):
+                return
+        elif self.partial_since is not None:
+            self.partial_since = None
+            if self._partial_held:
+                self.manager.release_partial(self._partial_held)
+                self._partial_held = 0
         if self._close_pending is not None:
             self.close(self._close_pending)
+
+    def _hold_partial(self, now: float) -> bool:
+        """A batch left a partial request: start its deadline if it is a new one, and
+        reserve what it holds; refuse the connection (False) when over the budget."""
+        if self.partial_since is None or self.requests != self._partial_mark:
+            self.partial_since = now
+            self._partial_mark = self.requests
+        held = self.partial_bytes()
+        more = held - self._partial_held
+        manager = self.manager
+        if more > 0:
+            if not manager.reserve_partial(more):
+                log.info(
+                    "partial requests over budget conn=%s held=%d budget=%d",
+                    self,
+                    held,
+                    manager.limits.max_partial_bytes,
+                )
+                self.refuse(
+                    f"server busy: partial requests would hold more than"
+                    f" {manager.limits.max_partial_bytes} bytes"
+                )
+                return False
+        elif more < 0:
+            manager.release_partial(-more)
+        self._partial_held = held
+        return True
 
     def close_when_done(self, reason: str, *, linger: bool = True) -> None:
         """Close once the requests in flight are answered (at once if none is): from now
@@ -324,6 +446,36 @@ class BaseProtocol(asyncio.Protocol):
         ):
             self.bytes_out += len(data)
             transport.write(data)
+            if self._write_paused:  # past the high-water mark: are we past a limit?
+                self._check_output(transport, None)
+
+    def _check_output(self, transport: asyncio.Transport, now: float | None) -> None:
+        """Close the connection, dropping its unsent replies, once they pass the hard
+        output limit or have stayed over the soft one for longer than its seconds."""
+        limits = self.manager.limits
+        size = transport.get_write_buffer_size()
+        hard = limits.output_hard_limit_bytes
+        if hard and size > hard:
+            self._output_limited(f"output buffer of {size} bytes exceeds hard limit {hard}")
+            return
+        soft = limits.output_soft_limit_bytes
+        if not soft or size <= soft:
+            self._soft_since = None
+            return
+        if now is None:
+            now = self.manager.clock()
+        if self._soft_since is None:
+            self._soft_since = now
+        elif now - self._soft_since > limits.output_soft_limit_s:
+            self._output_limited(
+                f"output buffer of {size} bytes over soft limit {soft}"
+                f" for more than {limits.output_soft_limit_s:g} s"
+            )
+
+    def _output_limited(self, reason: str) -> None:
+        self.manager.output_limited += 1
+        log.info("output limit conn=%s reason=%r", self, reason)
+        self.abort(reason)
 
     async def drained(self) -> None:
         """Wait until the peer has read enough of our replies (or the connection is gone)."""

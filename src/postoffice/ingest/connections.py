@@ -190,6 +190,9 @@ class _FramedConnection(BaseProtocol, Generic[H]):
     def handle(self, request_id: int, message: Message) -> None:
         raise NotImplementedError
 
+    def partial_bytes(self) -> int:
+        return self.decoder.buffered_bytes
+
 
 @final
 class DataConnection(_FramedConnection[DataPortHost]):
@@ -214,6 +217,9 @@ class DataConnection(_FramedConnection[DataPortHost]):
             return ConnInput.IDLE
         self.receiver.take_over()
         return self._outcome()
+
+    def partial_bytes(self) -> int:
+        return self.receiver.held_bytes
 
     def payload_received(self, nbytes: int) -> None:
         """`nbytes` more of a large payload arrived in its own buffer (receive.py)."""

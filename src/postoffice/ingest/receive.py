@@ -96,6 +96,13 @@ class ReceivingDecoder(MessageDecoder):
         return super().buffered_bytes + into
 
     @property
+    def held_bytes(self) -> int:
+        """Memory the partial frame holds: the buffered bytes, and the whole buffer of a
+        payload being received directly (allocated at its full length)."""
+        into = 0 if self._into is None else len(self._into)
+        return super().buffered_bytes + into
+
+    @property
     def payload_complete(self) -> bool:
         """Whether a directly received payload is whole and waits for next_event."""
         return self._into is not None and self._filled == len(self._into)

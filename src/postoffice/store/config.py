@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from postoffice.core.config import (
     DATA_DIR_ENV,
@@ -12,8 +13,11 @@ from postoffice.core.config import (
     check_settings,
     setting,
 )
+from postoffice.core.connections import ConnectionLimits
 from postoffice.core.framing import MAX_PAYLOAD_BYTES
 from postoffice.store.engine import DEFAULT_DURABILITY, Durability
+
+_MIB: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,7 +25,9 @@ class StoreConfig:
     """Everything `postoffice store serve` can be told; see README and docs/protocols/store.md.
 
     The store lives in `<data_dir>/store`. `idle_timeout_s` of 0 disables the idle
-    timeout; `metrics_port` of None disables HTTP metrics. A field declared with
+    timeout; `metrics_port` of None disables HTTP metrics. The limits on what one client
+    may cost (output, request deadline, partial requests, SCAN page) are explained in
+    docs/security.md; 0 turns any of them off. A field declared with
     `setting()` has a flag of `store serve`, its help, default and range made from the
     declaration. Raises ConfigError naming the bad field.
     """
@@ -59,6 +65,56 @@ class StoreConfig:
         low=1024,
         high=MAX_PAYLOAD_BYTES,
     )
+    output_hard_limit_bytes: int = setting(
+        64 * _MIB,
+        help="Close a client whose unsent replies pass this many bytes (0: no limit).",
+        flag="--output-hard-limit",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    output_soft_limit_bytes: int = setting(
+        16 * _MIB,
+        help="Close a client whose unsent replies stay over this many bytes for "
+        "--output-soft-seconds (0: no limit).",
+        flag="--output-soft-limit",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    output_soft_limit_s: float = setting(
+        60.0,
+        help="How long a client's unsent replies may stay over --output-soft-limit.",
+        flag="--output-soft-seconds",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
+    request_timeout_s: float = setting(
+        60.0,
+        help="Close a client whose request has not arrived whole this many seconds after "
+        "its first byte (0: never).",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
+    max_partial_bytes: int = setting(
+        256 * _MIB,
+        help="Bytes all partly received requests may hold together; the client whose "
+        "request would pass it is refused (0: no limit).",
+        flag="--max-partial-size",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    max_scan_page_bytes: int = setting(
+        _MIB,
+        help="A SCAN page stops before its items pass this many bytes (it always holds one).",
+        flag="--max-scan-page-size",
+        unit="bytes",
+        low=1024,
+        high=MAX_PAYLOAD_BYTES,
+    )
     max_in_flight: int = 1024  # replies owed per connection before it stops reading
     io_threads: int = 8
     shutdown_timeout_s: float = 10.0
@@ -68,6 +124,20 @@ class StoreConfig:
         check_range("max_in_flight", self.max_in_flight, 1, 100_000)
         check_range("io_threads", self.io_threads, 1, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
+        self.connection_limits()  # the output limits are 0 or at least 256 KiB
+
+    def connection_limits(self) -> ConnectionLimits:
+        """What the connection layer keeps for each client. Raises ConfigError."""
+        return ConnectionLimits(
+            max_connections=self.max_connections,
+            idle_timeout_s=self.idle_timeout_s,
+            max_request_bytes=self.max_request_bytes,
+            output_hard_limit_bytes=self.output_hard_limit_bytes,
+            output_soft_limit_bytes=self.output_soft_limit_bytes,
+            output_soft_limit_s=self.output_soft_limit_s,
+            request_timeout_s=self.request_timeout_s,
+            max_partial_bytes=self.max_partial_bytes,
+        )
 
     @property
     def store_path(self) -> Path:

@@ -12,13 +12,13 @@ from typing import Final, final
 
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
-from postoffice.core.connections import ConnectionLimits, ConnectionManager
+from postoffice.core.connections import ConnectionManager
 from postoffice.core.errors import LimitExceeded, PostOfficeError
 from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDecoder, FrameError
 from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import serve_until_stopped
-from postoffice.core.transport import BaseProtocol, ConnInput
+from postoffice.core.transport import WRITE_HIGH_WATER_BYTES, BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.config import StoreConfig
 from postoffice.store.engine.commit import GroupCommit, OwedReplies
@@ -65,6 +65,13 @@ from postoffice.store.wire import (
 # thread fsyncs once for all of them, and then each waiting connection sends what it
 # owes up to the covered ticket. Past `max_in_flight` owed replies a connection stops
 # reading.
+# A request is executed only when its reply can go somewhere: while the peer is not
+# reading our replies (`write_blocked`), or the replies owed behind a write already hold
+# _OWED_HIGH_WATER_BYTES, the frames already read wait in `_batch`, unexecuted, and
+# `on_writable` or `synced` goes on with them. Replies leave in a write every
+# WRITE_HIGH_WATER_BYTES, so a read full of GETs of large values stops at the first write
+# the peer does not take, instead of building every reply first. What a client that
+# still does not read may hold is then the core's output limits' business.
 # A broken frame loses framing: its error reply goes out after the replies owed before
 # it, then the connection closes. A bad request inside a good frame gets an error reply
 # and the connection goes on.
@@ -82,6 +89,9 @@ _Owed = tuple[int, int, bytes, float]
 #: each item costs its head plus its key and value.
 _SCAN_BODY_ROOM: Final = MAX_PAYLOAD_BYTES - 1 - 5
 _SCAN_ITEM_HEAD: Final = 6
+#: Replies owed behind a durable write are held in memory until its fsync: past this many
+#: bytes of them, no further request is executed until they are sent.
+_OWED_HIGH_WATER_BYTES: Final = 1024 * 1024
 _GET: Final = int(RequestType.GET)
 _PUT: Final = int(RequestType.PUT)
 _OK: Final = Status.OK
@@ -105,6 +115,9 @@ class StoreConnection(BaseProtocol):
         #: Replies owed behind a durable write still waiting for its fsync, in request
         #: order; a reply goes out once everything before it has.
         self.owed: OwedReplies[_Owed] = OwedReplies()
+        self._owed_bytes = 0  # the wire bytes of the replies in `owed`
+        #: A broken frame met after the frames in `_batch`: answered once they are.
+        self._broken: FrameError | None = None
         #: A whole request was read or a reply sent since the last `batch_done`.
         self._progress = False
 
@@ -121,37 +134,59 @@ class StoreConnection(BaseProtocol):
         owed = self.owed
         batch = self._batch
         limit = self.server.config.max_in_flight
+        more = True  # whole frames may still be buffered
         while not self.closing:
-            room = limit - len(owed)
-            if room <= 0:
-                self.pause_reading()
-                return None
-            broken: FrameError | None = None
-            try:
-                got = frames.read_frames(batch, room)
-            except FrameError as exc:
-                broken, got = exc, 0
-            if batch:
+            if not batch:
+                broken = self._broken
+                if broken is not None:
+                    self._broken = None
+                    return self._bad_frame(broken)
+                if not more or self.transport is None:
+                    break
+                room = limit - len(owed)
+                if room <= 0:
+                    self.pause_reading()
+                    return None
+                try:
+                    got = frames.read_frames(batch, room)
+                except FrameError as exc:
+                    self._broken, got = exc, 0
+                more = got >= room
+                if not batch:
+                    continue
                 self._progress = True
                 self.requests += len(batch)
-                reserved = self._serve(batch)
+            if self.write_blocked or self._owed_bytes > _OWED_HIGH_WATER_BYTES:
+                return None  # their replies could not go out: on_writable or synced goes on
+            served, reserved = self._serve(batch)
+            del batch[:served]
+            if reserved:
                 batch.clear()
-                if reserved:
-                    log.info("reserved request id conn=%s", self)
-                    return self._refuse(CONNECTION_REPLY_ID, Status.BAD_REQUEST, _RESERVED_ID)
-            if broken is not None:
-                return self._bad_frame(broken)
-            if got < room or self.transport is None:
-                break
+                self._broken = None
+                log.info("reserved request id conn=%s", self)
+                return self._refuse(CONNECTION_REPLY_ID, Status.BAD_REQUEST, _RESERVED_ID)
         if owed:
             return None
         return ConnInput.PARTIAL if frames.buffered_bytes else ConnInput.IDLE
 
-    def _serve(self, batch: list[tuple[int, int, int, bytes]]) -> bool:
+    def on_writable(self) -> None:
+        """The peer read enough of our replies: execute the requests held back meanwhile."""
+        if self.closing or not (self._batch or self._broken or self.frames.buffered_bytes):
+            return
+        outcome = self.on_data(b"")
+        if outcome is not None:
+            self.batch_done(outcome)
+
+    def partial_bytes(self) -> int:
+        return self.frames.buffered_bytes
+
+    def _serve(self, batch: list[tuple[int, int, int, bytes]]) -> tuple[int, bool]:
         """Execute a read's requests in order; send the replies not owed behind a write.
 
-        Returns True when it stopped at a request carrying the reserved id 0: that one and
-        those after it are not served (the connection is to be refused).
+        Returns how many of `batch` were executed, and whether it stopped at a request
+        carrying the reserved id 0 (that one and those after it are not served: the
+        connection is to be refused). It stops early, leaving the rest for later, when a
+        write of its replies blocks or the replies owed pass _OWED_HIGH_WATER_BYTES.
         """
         server = self.server
         store = server.store
@@ -160,7 +195,9 @@ class StoreConnection(BaseProtocol):
         stats = server.stats
         counts = stats.by_type
         out: list[bytes] = []
+        pending = 0  # bytes in `out`
         answered = 0
+        served = 0
         newest = 0  # the last durable write's ticket
         began = time.monotonic()
         reserved = False
@@ -168,6 +205,7 @@ class StoreConnection(BaseProtocol):
             if not request_id:
                 reserved = True
                 break
+            served += 1
             counts[type_] += 1
             ticket = 0
             if store is None:
@@ -187,6 +225,13 @@ class StoreConnection(BaseProtocol):
                         out.append(response_head(request_id, _OK, value))
                         out.append(value)
                         answered += 1
+                        pending += len(value)
+                        if pending >= WRITE_HIGH_WATER_BYTES:
+                            self.write(b"".join(out))
+                            out.clear()
+                            pending = 0
+                            if self.write_blocked or self.closing:
+                                break
                         continue
             elif type_ == _PUT and not flags:
                 try:
@@ -209,11 +254,22 @@ class StoreConnection(BaseProtocol):
             if ticket:
                 owed.owe((ticket, request_id, wire, began), ticket=ticket)
                 newest = ticket
+                self._owed_bytes += len(wire)
             elif owed:
                 owed.owe((0, request_id, wire, began))
+                self._owed_bytes += len(wire)
             else:
                 out.append(wire)
                 answered += 1
+                pending += len(wire)
+                if pending >= WRITE_HIGH_WATER_BYTES:
+                    self.write(out[0] if len(out) == 1 else b"".join(out))
+                    out.clear()
+                    pending = 0
+                    if self.write_blocked or self.closing:
+                        break
+            if self._owed_bytes > _OWED_HIGH_WATER_BYTES:
+                break
         if newest:
             server.wait_for_sync(self, newest)
         if answered:
@@ -223,7 +279,7 @@ class StoreConnection(BaseProtocol):
                 observe(elapsed)
         if out:
             self.write(out[0] if len(out) == 1 else b"".join(out))
-        return reserved
+        return served, reserved
 
     def _bad_frame(self, exc: FrameError) -> ConnInput | None:
         """Answer a broken frame (after the replies owed before it), then close.
@@ -241,6 +297,7 @@ class StoreConnection(BaseProtocol):
         self.close_when_done(message)
         if self.owed:
             self.owed.owe((0, request_id, wire, time.monotonic()))
+            self._owed_bytes += len(wire)
             return None
         self.write(wire)
         return ConnInput.IDLE
@@ -251,6 +308,7 @@ class StoreConnection(BaseProtocol):
         owed = self.owed
         if self.transport is None:
             owed.clear()
+            self._owed_bytes = 0
             return False
         stats = self.server.stats
         owed.synced(covered)
@@ -262,6 +320,7 @@ class StoreConnection(BaseProtocol):
             out: list[bytes] = []
             observe = stats.latency.observe
             for ticket, request_id, wire, began in ready:
+                self._owed_bytes -= len(wire)
                 if ticket and failure is not None:
                     stats.errors += 1
                     wire = encode_response(request_id, *failure)
@@ -275,7 +334,8 @@ class StoreConnection(BaseProtocol):
             return True
         self.resume_reading()
         # What was read meanwhile runs now; nothing new once the connection is to close.
-        outcome = self.on_data(b"") if self.frames.buffered_bytes else ConnInput.IDLE
+        held = self._batch or self._broken or self.frames.buffered_bytes
+        outcome = self.on_data(b"") if held else ConnInput.IDLE
         if outcome is not None:
             self.batch_done(outcome)
         return bool(self.owed)
@@ -292,6 +352,8 @@ class StoreConnection(BaseProtocol):
 
     def on_close(self) -> None:
         self.owed.clear()
+        self._owed_bytes = 0
+        self._batch.clear()
 
 
 @final
@@ -304,14 +366,7 @@ class StoreServer:
 
     def __init__(self, config: StoreConfig, *, clock: Clock = MONOTONIC) -> None:
         self.config = config
-        self.manager = ConnectionManager(
-            ConnectionLimits(
-                max_connections=config.max_connections,
-                idle_timeout_s=config.idle_timeout_s,
-                max_request_bytes=config.max_request_bytes,
-            ),
-            clock=clock,
-        )
+        self.manager = ConnectionManager(config.connection_limits(), clock=clock)
         self.pool = WorkerPool(config.io_threads, name="store-io")
         self.store: Store | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
@@ -425,7 +480,7 @@ class StoreServer:
                     return (ticket if durable else 0), _OK, b""
                 case ScanRequest(prefix=prefix, start=start, end=end, limit=limit):
                     items = store.scan(prefix=prefix, start=start, end=end, limit=limit + 1)
-                    return _scan_page(items, limit)
+                    return _scan_page(items, limit, self.config.max_scan_page_bytes)
                 case PingRequest():
                     return 0, _OK, b""
                 case StatsRequest():
@@ -470,7 +525,8 @@ class StoreServer:
         if self.store is not None:
             with contextlib.suppress(StoreClosedError):
                 engine = self.store.stats()
-        return self.stats.snapshot(self.manager.stats(), engine)
+        manager = self.manager
+        return self.stats.snapshot({**manager.stats(), **manager.limit_stats()}, engine)
 
 
 def _refusal(exc: PostOfficeError) -> tuple[Status, bytes]:
@@ -483,14 +539,16 @@ def _refusal(exc: PostOfficeError) -> tuple[Status, bytes]:
     return Status.STORAGE, str(exc).encode()
 
 
-def _scan_page(items: list[tuple[bytes, bytes]], limit: int) -> _Outcome:
+def _scan_page(items: list[tuple[bytes, bytes]], limit: int, budget: int) -> _Outcome:
     """A SCAN reply of up to `limit` of `items` (one more was asked for, to know whether
-    there are more), cut short (more = 1) where the next item would not fit one frame."""
-    room = _SCAN_BODY_ROOM
+    there are more), cut short (more = 1) before its items pass `budget` bytes (the
+    first item always goes, if it fits one frame)."""
+    budget = min(budget, _SCAN_BODY_ROOM)
+    used = 0
     count = 0
     for key, value in items[:limit]:
-        room -= _SCAN_ITEM_HEAD + len(key) + len(value)
-        if room < 0:
+        used += _SCAN_ITEM_HEAD + len(key) + len(value)
+        if used > (budget if count else _SCAN_BODY_ROOM):
             break
         count += 1
     if count == 0 and items:

@@ -52,6 +52,19 @@ STAT_KEYS: Final[tuple[StatKey, ...]] = (
     ),
     _counter("connections_timed_out", "connections closed by the idle timeout"),
     _counter("connections_closed", "connections closed, for any reason"),
+    _counter(
+        "connections_request_timeout",
+        "connections refused with BUSY: a request not whole within --request-timeout",
+    ),
+    _counter(
+        "connections_output_limited",
+        "connections closed with their replies unsent: over an output limit",
+    ),
+    _counter(
+        "connections_partial_refused",
+        "connections refused with BUSY: partial requests over --max-partial-size",
+    ),
+    _gauge("partial_request_bytes", "bytes the partly received requests hold now"),
     _counter("requests", "request frames received whole, of every type"),
     _counter("requests_ping", "PING frames received"),
     _counter("requests_get", "GET frames received, malformed ones included"),
