@@ -86,7 +86,8 @@ class Compaction:
                 if not step:
                     continue
                 copies = [
-                    (key, loc, self._log.read(loc[0], loc[1], loc[2]).value) for key, loc in step
+                    (key, loc, self._log.read(loc[0], loc[1], loc[2], loc[3], key).value)
+                    for key, loc in step
                 ]
                 if on_step is not None:
                     on_step([key for key, _, _ in copies])

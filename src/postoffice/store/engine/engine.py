@@ -463,7 +463,7 @@ class Store(Compaction):
                 return None
             # Read under the lock: neither close() nor compaction's segment removal can then
             # close the file (or its map) between the index lookup and the read.
-            value = self._log.read_value(loc[0], loc[1], loc[2])
+            value = self._log.read_value(loc[0], loc[1], loc[2], loc[3], key)
             size = len(key) + len(value)
             if len(value) <= _CACHED_VALUE_MAX_BYTES and size <= self._value_cache_bytes:
                 if self._values_bytes + size > self._value_cache_bytes:
@@ -489,7 +489,8 @@ class Store(Compaction):
         with self._lock:
             self._check_open()
             found = self._index.scan(lo, end, pre, limit)
-            return [(key, self._log.read_value(loc[0], loc[1], loc[2])) for key, loc in found]
+            read = self._log.read_value
+            return [(key, read(loc[0], loc[1], loc[2], loc[3], key)) for key, loc in found]
 
     def scan_keys(
         self,

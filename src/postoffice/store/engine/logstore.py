@@ -47,6 +47,8 @@ from postoffice.store.engine.records import (
     HEADER,
     HEADER_BYTES,
     MAGIC,
+    MAX_RECORD_BYTES,
+    MAX_SEQ,
     Damage,
     Kind,
     Record,
@@ -60,6 +62,8 @@ from postoffice.store.errors import LogCorruptError, StoreStorageError
 log = logging.getLogger(__name__)
 
 _SEGMENT_NAME: Final = re.compile(r"^(\d{8})\.seg$")
+# Segment numbers are the 8 digits of the file names (and a u32 in the index).
+MAX_SEGMENT: Final = 99_999_999
 # The current segment is mapped again for reads once it has grown this much past its map;
 # reads of the bytes in between are a pread each.
 _REMAP_BYTES: Final = 1 << 20
@@ -196,7 +200,12 @@ class LogStore:
     # -- writing ---------------------------------------------------------------------------
 
     def start(self, last_seq: int) -> None:
-        """Begin appending after recovery: sequence numbers continue after `last_seq`."""
+        """Begin appending after recovery: sequence numbers continue after `last_seq`.
+
+        Raises StoreStorageError if `last_seq` leaves no room below MAX_SEQ.
+        """
+        if not 0 <= last_seq < MAX_SEQ:
+            raise StoreStorageError(f"sequence number {last_seq} is out of range 0..{MAX_SEQ - 1}")
         self._written_seq = self._synced_seq = self._file_seq = last_seq
         if self._durability is Durability.INTERVAL:
             self._flusher = threading.Thread(
@@ -333,6 +342,10 @@ class LogStore:
             with os_errors(StoreStorageError, f"fsync {self._path(self._current)}"):
                 os.fsync(self._fds[self._current])
             self.fsyncs += 1
+        if self._current >= MAX_SEGMENT:
+            raise StoreStorageError(
+                f"segment number {self._current + 1} exceeds limit {MAX_SEGMENT}"
+            )
         self._current += 1
         self._create_segment(self._current)
         self._tail = self._written_tail = 0
@@ -393,23 +406,27 @@ class LogStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read_value(self, segment: int, offset: int, length: int) -> bytes:
-        """The value of the PUT record at a position, verified.
+    def read_value(self, segment: int, offset: int, length: int, seq: int, key: bytes) -> bytes:
+        """The value of the PUT record of `key` with sequence number `seq` at a position.
 
         The hot path of every get: the header unpacked and the CRC computed straight from
-        the segment's map (a pread for bytes past it), and one copy, of the value.
-        Raises LogCorruptError, StoreStorageError.
+        the segment's map (a pread for bytes past it), and one copy, of the value. The
+        record must be whole, intact, and the very one the index names (its seq and key):
+        a position the log no longer holds, or holds another record at, is an error,
+        never bytes. Raises LogCorruptError, StoreStorageError.
         """
         view = self._views.get(segment)
         end = offset + length
         if view is None or end > len(view) or length < HEADER_BYTES:
-            return self._read_value_slow(segment, offset, length)
-        magic, kind, _, _, key_len, value_len, crc = _UNPACK(view, offset)
+            return self._read_value_slow(segment, offset, length, seq, key)
+        magic, kind, _, found_seq, key_len, value_len, crc = _UNPACK(view, offset)
         start = offset + HEADER_BYTES + key_len
         if (
             magic == MAGIC
             and kind == _PUT
+            and found_seq == seq
             and start + value_len == end
+            and view[offset + HEADER_BYTES : start] == key
             and _CRC32(
                 view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + CRC_COVERS])
             )
@@ -418,26 +435,20 @@ class LogStore:
             return view[start:end].tobytes()
         raise _corrupt(segment, offset, length)
 
-    def _read_value_slow(self, segment: int, offset: int, length: int) -> bytes:
-        buf = self._read_unmapped(segment, offset, length)
-        if len(buf) == length and length >= HEADER_BYTES:
-            magic, kind, _, _, key_len, value_len, crc = HEADER.unpack_from(buf)
-            start = HEADER_BYTES + key_len
-            if (
-                magic == MAGIC
-                and kind == Kind.PUT
-                and start + value_len == length
-                and zlib.crc32(buf[HEADER_BYTES:], zlib.crc32(buf[:CRC_COVERS])) == crc
-            ):
-                return buf[start:]
-        raise _corrupt(segment, offset, length)
+    def _read_value_slow(
+        self, segment: int, offset: int, length: int, seq: int, key: bytes
+    ) -> bytes:
+        rec = self.read(segment, offset, length, seq, key)
+        if rec.kind is not Kind.PUT:
+            raise _corrupt(segment, offset, length)
+        return rec.value
 
     def _read_unmapped(self, segment: int, offset: int, length: int) -> bytes:
         """Bytes past a segment's map: from the pending records, or the file (re)mapped."""
         with self._lock:
             if segment == self._current and offset >= self._written_tail:
                 at = offset - self._written_tail
-                return bytes(self._pending[at : at + length])
+                return bytes(self._pending[at : at + length])  # short if past the end
             fd = self._fds.get(segment)
             if fd is None:
                 raise LogCorruptError(f"segment {segment} does not exist")
@@ -446,9 +457,9 @@ class LogStore:
                 mapped = self._maps.get(segment)
                 # The current segment grows: map it again once it has grown by _REMAP_BYTES,
                 # and pread what lies past the map in between.
-                if offset + length <= size and (
-                    mapped is None or size - len(mapped) >= _REMAP_BYTES or segment != self._current
-                ):
+                if offset + length > size:  # never bytes from past a segment's end
+                    raise _corrupt(segment, offset, length)
+                if mapped is None or size - len(mapped) >= _REMAP_BYTES or segment != self._current:
                     self._unmap(segment)
                     mapped = self._maps[segment] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
                     self._views[segment] = memoryview(mapped)
@@ -466,19 +477,25 @@ class LogStore:
         if mapped is not None:
             mapped.close()
 
-    def read(self, segment: int, offset: int, length: int) -> Record:
-        """Read and verify the record at a position. Raises LogCorruptError, StoreStorageError."""
-        fd = self._fds.get(segment)
-        if fd is None:
+    def read(self, segment: int, offset: int, length: int, seq: int, key: bytes) -> Record:
+        """Read and verify the record of `key` with sequence number `seq` at a position.
+
+        Raises LogCorruptError (no such record there), StoreStorageError.
+        """
+        if segment not in self._fds:
             raise LogCorruptError(f"segment {segment} does not exist")
-        with os_errors(StoreStorageError, f"read {self._path(segment)}"):
-            buf = os.pread(fd, length, offset)
+        if length < HEADER_BYTES or length > MAX_RECORD_BYTES or offset < 0:
+            raise _corrupt(segment, offset, length)
+        buf = self._read_unmapped(segment, offset, length)
         parsed = parse_record(buf, 0, len(buf))
-        if parsed is None or HEADER_BYTES + parsed[3] + parsed[4] != length:
-            raise LogCorruptError(
-                f"record at segment {segment} offset {offset} length {length} is corrupt"
-            )
-        kind, flags, seq, key_len, _ = parsed
+        if (
+            parsed is None
+            or HEADER_BYTES + parsed[3] + parsed[4] != length
+            or parsed[2] != seq
+            or buf[HEADER_BYTES : HEADER_BYTES + parsed[3]] != key
+        ):
+            raise _corrupt(segment, offset, length)
+        kind, flags, _, key_len, _ = parsed
         return Record(
             kind=kind,
             flags=flags,
@@ -490,14 +507,38 @@ class LogStore:
             length=length,
         )
 
-    def scan(self, start: Position, apply: Callable[[Record], None]) -> ScanReport:
+    def seq_at(self, segment: int, offset: int) -> int | None:
+        """The sequence number of the intact record at a position, or None if there is none.
+
+        Raises StoreStorageError.
+        """
+        fd = self._fds.get(segment)
+        if fd is None:
+            return None
+        with os_errors(StoreStorageError, f"read {self._path(segment)}"):
+            head = os.pread(fd, HEADER_BYTES, offset)
+            if len(head) < HEADER_BYTES:
+                return None
+            length = HEADER_BYTES + sum(HEADER.unpack(head)[4:6])
+            if length > MAX_RECORD_BYTES or offset + length > os.fstat(fd).st_size:
+                return None
+            buf = os.pread(fd, length, offset)
+        parsed = parse_record(buf, 0, len(buf))
+        return None if parsed is None else parsed[2]
+
+    def scan(
+        self, start: Position, apply: Callable[[Record], None], *, after_seq: int = 0
+    ) -> ScanReport:
         """Replay committed records from `start` in log order into `apply`.
 
-        Corrupt ranges are skipped and reported (a batch touching one is dropped whole); a
-        torn or corrupt tail of the last segment is cut at the last good record. Call before
+        Every record must carry a sequence number above `after_seq` and above the one
+        before it. Damaged records are skipped and reported (a batch touching one is dropped
+        whole) where the log says where the next record starts; the rest of a sealed
+        segment that it does not is reported, and a torn or damaged tail of the last
+        segment is cut after the last good record (records.py explains why). Call before
         `start()`. Raises StoreStorageError.
         """
-        report = ScanReport()
+        report = ScanReport(last_seq=after_seq)
         ids = [sid for sid in self.segments() if sid >= start.segment]
         for sid in ids:
             last = sid == ids[-1]
