@@ -21,12 +21,24 @@ without it); nothing here runs on an event loop.
 # event-loop iteration pays one write(2) for all of them. Readers of pending bytes get
 # them from memory under `_lock`. Nothing is acknowledged as durable before `sync`, and a
 # server that does not fsync writes them before it answers.
+# Failure: a write(2) or an fsync that fails leaves the bytes after the last fsync in an
+# unknown state (a failed fsync may have dropped the dirty pages, and a later fsync that
+# succeeds would not write them again), so nothing after that point may ever be claimed
+# durable. The log is poisoned: it appends and syncs nothing until `roll_back` cuts it
+# back to the last durable position (segments made since deleted, the tail truncated
+# and fsynced) and records the rolled-back sequence numbers, whose tickets then fail.
+# The engine calls `roll_back` under its own lock and undoes those records in its index,
+# so an error means nothing changed, in memory or on disk. Sequence numbers are not
+# reused after a roll back: a ticket names one write forever. If the cut itself fails
+# (the disk refuses every fsync), the log refuses every write, and the next write tries
+# the cut again first.
 # Reads slice a read-only map of the segment instead of a pread. Sealed segments never
 # change; the current one grows, so its map covers what was written when it was made and
 # is made again after `_REMAP_BYTES` more (a pread in between).
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import mmap
@@ -67,6 +79,8 @@ MAX_SEGMENT: Final = 99_999_999
 # The current segment is mapped again for reads once it has grown this much past its map;
 # reads of the bytes in between are a pread each.
 _REMAP_BYTES: Final = 1 << 20
+# Rolled-back ranges of sequence numbers remembered, for the tickets in them.
+_FAILED_RANGES: Final = 64
 # Hot-path aliases (a global load instead of an attribute lookup).
 _UNPACK: Final = HEADER.unpack_from
 _CRC32: Final = zlib.crc32
@@ -125,6 +139,18 @@ class LogStore:
         self._written_seq = 0
         self._fds: dict[int, int] = {}
         self._closed = False
+        # The failure being handled (see the design note) and the one that broke the log.
+        self._poisoned: StoreStorageError | None = None
+        self._broken: StoreStorageError | None = None
+        #: A write or fsync failed and `roll_back` has not yet cut the log back.
+        self.needs_roll_back = False
+        # Sequence numbers rolled back, (after, through], with the error that did it: the
+        # tickets in them fail. The newest few are kept: a waiter asks within moments.
+        self._failed: collections.deque[tuple[int, int, StoreStorageError]] = collections.deque(
+            maxlen=_FAILED_RANGES
+        )
+        #: Called (on the fsync thread, no lock held) when an interval fsync fails.
+        self.on_sync_failure: Callable[[], None] | None = None
         self.fsyncs = 0
         with os_errors(StoreStorageError, f"create {directory}"):
             directory.mkdir(parents=True, exist_ok=True)
@@ -144,6 +170,8 @@ class LogStore:
         self._pending = bytearray()
         self._written_tail = self._tail
         self._file_seq = 0  # the last record written to a file (pending ones come after it)
+        # The last position an fsync covered, and the last sequence number before it.
+        self._durable = (self._current, self._tail, 0)
         # Read-only maps of the segments, for reads without a syscall; the current
         # segment's map covers what was written when it was made (see `read_value`).
         # Reads go through a memoryview of each map (slices of it copy nothing); it is
@@ -197,6 +225,103 @@ class LogStore:
         """The sequence number of the last appended record."""
         return self._written_seq
 
+    @property
+    def durable_seq(self) -> int:
+        """The sequence number of the last record an fsync covered: no roll back goes below."""
+        return self._durable[2]
+
+    def _check_writable(self) -> None:
+        # The caller holds `_lock`.
+        if self._broken is not None:
+            raise StoreStorageError(f"log {self._dir} cannot be cut back: {self._broken}")
+        if self._poisoned is not None:
+            raise StoreStorageError(f"log {self._dir} is being rolled back: {self._poisoned}")
+
+    def _poison(self, exc: StoreStorageError) -> StoreStorageError:
+        # The caller holds `_lock`.
+        if self._poisoned is None:
+            self._poisoned = exc
+            self.needs_roll_back = True
+        return exc
+
+    def failures(self, after: int, through: int) -> list[tuple[int, int, StoreStorageError]]:
+        """The rolled-back ranges of sequence numbers, (lo, hi] and their error, that meet
+        (after, through], oldest first."""
+        with self._lock:
+            return [f for f in self._failed if f[1] > after and f[0] < through]
+
+    def _failure_of(self, ticket: int) -> StoreStorageError | None:
+        for lo, hi, exc in self._failed:
+            if lo < ticket <= hi:
+                return exc
+        return None
+
+    def roll_back(self) -> int | None:
+        """Cut the log back to its last durable position after a failed write or fsync.
+
+        Waits for a running sync. Returns the last sequence number the log still holds
+        (every later one is rolled back and its ticket fails), or None if nothing failed.
+        Raises StoreStorageError if the cut itself fails: the log then refuses writes until
+        a later call succeeds.
+        """
+        with self._sync_cond:
+            while self._syncing:
+                self._sync_cond.wait()
+            self._syncing = True
+        try:
+            with self._lock:
+                failure = self._poisoned
+                if failure is None:
+                    return None
+                sid, offset, seq = self._durable
+                if not self._failed or self._failed[-1][2] is not failure:
+                    self._failed.append((seq, self._written_seq, failure))
+                self._pending.clear()
+                try:
+                    self._cut_back(sid, offset)
+                except StoreStorageError as exc:
+                    self._broken = exc
+                    log.error("log roll back failed dir=%s error=%s", self._dir, exc)
+                    raise
+                log.error(
+                    "log rolled back after a failed write dir=%s segment=%d offset=%d"
+                    " records=%d error=%s",
+                    self._dir,
+                    sid,
+                    offset,
+                    self._written_seq - seq,
+                    failure,
+                )
+                self._poisoned = self._broken = None
+                self.needs_roll_back = False
+                return seq
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                self._sync_cond.notify_all()
+
+    def _cut_back(self, sid: int, offset: int) -> None:
+        """Delete the segments after `sid`, truncate it at `offset` and fsync; the caller
+        holds `_lock` and has stopped syncs."""
+        removed = False
+        for later in sorted((s for s in self._fds if s > sid), reverse=True):
+            path = self._path(later)
+            with os_errors(StoreStorageError, f"remove {path}"):
+                self._unmap(later)
+                os.close(self._fds.pop(later))
+                path.unlink()
+                removed = True
+        path = self._path(sid)
+        self._unmap(sid)  # a map past the new end would fault on a read
+        with os_errors(StoreStorageError, f"truncate {path}"):
+            os.ftruncate(self._fds[sid], offset)
+            os.fsync(self._fds[sid])
+        if removed:
+            _fsync_dir(self._dir)
+        self._current = sid
+        self._tail = self._written_tail = offset
+        self._file_seq = self._synced_seq = self._durable[2]
+
     # -- writing ---------------------------------------------------------------------------
 
     def start(self, last_seq: int) -> None:
@@ -207,6 +332,7 @@ class LogStore:
         if not 0 <= last_seq < MAX_SEQ:
             raise StoreStorageError(f"sequence number {last_seq} is out of range 0..{MAX_SEQ - 1}")
         self._written_seq = self._synced_seq = self._file_seq = last_seq
+        self._durable = (self._current, self._tail, last_seq)
         if self._durability is Durability.INTERVAL:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name=f"logstore-fsync {self._dir}", daemon=True
@@ -223,6 +349,8 @@ class LogStore:
         them at once). Raises StoreStorageError.
         """
         with self._lock:
+            if self._poisoned is not None or self._broken is not None:
+                self._check_writable()
             parts: list[bytes] = []
             spans: list[tuple[int, int, int]] = []  # offset within blob, length, seq
             at = 0
@@ -251,6 +379,8 @@ class LogStore:
         StoreStorageError.
         """
         with self._lock:
+            if self._poisoned is not None or self._broken is not None:
+                self._check_writable()
             seq = self._written_seq + 1
             key_len = len(key)
             value_len = len(value)
@@ -301,7 +431,8 @@ class LogStore:
                         done += os.pwrite(fd, view[done:], at + done)
         except OSError as exc:
             path = self._path(self._current)
-            raise translate_os_error(exc, StoreStorageError, f"write {path}") from exc
+            err = translate_os_error(exc, StoreStorageError, f"write {path}")
+            raise self._poison(err) from exc
         # Only now are the bytes the file's: a reader of a pending record (read_value) takes
         # `_lock` and finds them either here or in the file.
         self._written_tail = at + len(pending)
@@ -311,6 +442,7 @@ class LogStore:
     def roll(self) -> None:
         """Seal the current segment, if it holds anything, and start a new one."""
         with self._lock:
+            self._check_writable()
             self._write_pending()
             if self._tail > 0:
                 self._roll()
@@ -338,16 +470,25 @@ class LogStore:
         """Start a new segment; the old one is fsynced first so it can never be torn.
 
         The caller holds `_lock` and has written the pending records."""
-        if self._durability is not Durability.NEVER:
-            with os_errors(StoreStorageError, f"fsync {self._path(self._current)}"):
-                os.fsync(self._fds[self._current])
-            self.fsyncs += 1
         if self._current >= MAX_SEGMENT:
             raise StoreStorageError(
                 f"segment number {self._current + 1} exceeds limit {MAX_SEGMENT}"
             )
+        if self._durability is not Durability.NEVER:
+            try:
+                os.fsync(self._fds[self._current])
+            except OSError as exc:
+                what = f"fsync {self._path(self._current)}"
+                err = translate_os_error(exc, StoreStorageError, what)
+                raise self._poison(err) from exc
+            self.fsyncs += 1
+            self._durable = (self._current, self._written_tail, self._file_seq)
+            self._synced_seq = max(self._synced_seq, self._file_seq)
+        try:
+            self._create_segment(self._current + 1)
+        except StoreStorageError as exc:
+            raise self._poison(exc) from exc
         self._current += 1
-        self._create_segment(self._current)
         self._tail = self._written_tail = 0
 
     def sync(self, ticket: int) -> int:
@@ -358,22 +499,28 @@ class LogStore:
         began. Raises StoreStorageError.
         """
         with self._sync_cond:
-            while self._synced_seq < ticket:
+            while True:
+                failed = self._failure_of(ticket)
+                if failed is not None:  # rolled back: it never reaches the disk
+                    raise failed
+                if self._synced_seq >= ticket:
+                    return self._synced_seq
                 if not self._syncing:
                     self._syncing = True
                     break
                 self._sync_cond.wait()
-            else:
-                return self._synced_seq
         covered = 0
+        durable = self._durable
         try:
             with self._lock:
+                self._check_writable()
                 # Written already (a server writes once per loop iteration, then asks for
                 # the fsync): then leave what was appended since for the next write.
                 if self._file_seq < ticket:
                     self._write_pending()
                 sid = self._current
                 seq = self._file_seq
+                durable = (sid, self._written_tail, seq)
                 # A duplicate: once the lock is released the segment may roll and a compaction
                 # may remove it, closing its fd (or reusing the number) before this fsync.
                 try:
@@ -385,11 +532,17 @@ class LogStore:
                 os.fsync(fd)
             except OSError as exc:
                 what = f"fsync {self._path(sid)}"
-                raise translate_os_error(exc, StoreStorageError, what) from exc
+                err = translate_os_error(exc, StoreStorageError, what)
+                with self._lock:
+                    self._poison(err)
+                raise err from exc
             finally:
                 os.close(fd)
             covered = seq  # only a successful fsync makes anything durable
             self.fsyncs += 1
+            with self._lock:
+                if seq > self._durable[2]:
+                    self._durable = durable
         finally:
             with self._sync_cond:
                 self._syncing = False
@@ -403,6 +556,8 @@ class LogStore:
                 self.sync(self._written_seq)
             except StoreStorageError as exc:
                 log.error("interval fsync failed dir=%s error=%s", self._dir, exc)
+                if self.on_sync_failure is not None:
+                    self.on_sync_failure()
 
     # -- reading ---------------------------------------------------------------------------
 
