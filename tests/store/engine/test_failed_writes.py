@@ -168,3 +168,12 @@ def test_the_committer_fails_exactly_the_rolled_back_tickets(tmp_path: Path, dis
         assert [k for k, _ in s.scan()] == [b"a", b"c"]
     with Store.open(tmp_path) as s:
         assert [k for k, _ in s.scan()] == [b"a", b"c"]
+
+
+def test_a_store_closes_and_reopens_right_after_a_failure(tmp_path: Path, disk: _Disk) -> None:
+    with Store.open(tmp_path) as s:
+        s.put(b"a", b"1")
+        with disk.failing("fsync"), pytest.raises(StoreStorageError, match=_STORAGE):
+            s.put(b"b", b"2")
+    with Store.open(tmp_path) as s:
+        assert s.scan() == [(b"a", b"1")]

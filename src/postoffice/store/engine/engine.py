@@ -435,7 +435,7 @@ class Store(Compaction):
         The caller holds `_lock`. Raises StoreStorageError (the log rolled back if its
         fsync failed).
         """
-        self._sync_locked(self._log.last_seq)
+        self._sync_locked(self._log.live_seq)
         self._index.flush(
             Meta(position=self._log.tail(), last_seq=self._log.last_seq, live_keys=self._live)
         )

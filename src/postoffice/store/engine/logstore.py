@@ -226,6 +226,16 @@ class LogStore:
         return self._written_seq
 
     @property
+    def live_seq(self) -> int:
+        """The sequence number of the last appended record that was not rolled back: what
+        a sync of everything asks for."""
+        with self._lock:
+            for lo, hi, _ in self._failed:
+                if lo < self._written_seq <= hi:
+                    return lo
+            return self._written_seq
+
+    @property
     def durable_seq(self) -> int:
         """The sequence number of the last record an fsync covered: no roll back goes below."""
         return self._durable[2]
@@ -553,7 +563,7 @@ class LogStore:
     def _flush_loop(self) -> None:
         while not self._stop.wait(self._interval_s):
             try:
-                self.sync(self._written_seq)
+                self.sync(self.live_seq)
             except StoreStorageError as exc:
                 log.error("interval fsync failed dir=%s error=%s", self._dir, exc)
                 if self.on_sync_failure is not None:
@@ -729,7 +739,7 @@ class LogStore:
         if self._flusher is not None:
             self._flusher.join()
         try:
-            self.sync(self._written_seq)
+            self.sync(self.live_seq)
             with os_errors(StoreStorageError, f"fsync {self._path(self._current)}"):
                 os.fsync(self._fds[self._current])
         finally:
