@@ -24,7 +24,11 @@ from postoffice.store.engine.engine import Store
 # at once if more was asked for (it takes every ticket queued meanwhile and syncs for
 # the newest). So under load there is one thread hop per fsync, not per request, and
 # the fsync rate alone paces durable writes. A failed sync hands back its error with the
-# ticket it was for: those writes are answered with it.
+# ticket it was for: those writes are answered with it. A failed write or fsync rolls
+# back every write not yet durable (engine.py), also ones appended after the ticket
+# being synced, and also when it failed on the loop's write: so after each sync the
+# committer asks the store which tickets were rolled back since the last one and hands
+# them back first, each range with its error after the durable tickets before it.
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +94,17 @@ class Committer:
                 covered = self._store.sync(target)
             except Exception as exc:  # handed to the loop: those writes fail with it
                 covered, error = target, exc
-            finished = target
+            results: list[tuple[int, BaseException | None]] = []
+            for lo, hi, failure in self._store.failures(finished, max(covered, target)):
+                if lo > finished:
+                    results.append((lo, None))  # durable: the roll back stopped there
+                results.append((hi, failure))
+                finished = max(finished, hi)
+            results.append((covered, error))
+            finished = max(finished, target)
             try:
-                self._loop.call_soon_threadsafe(self._done, covered, error)
+                for done in results:
+                    self._loop.call_soon_threadsafe(self._done, *done)
             except RuntimeError:  # the loop is gone: nobody is waiting any more
                 log.debug("sync result dropped: event loop closed")
                 return

@@ -34,6 +34,7 @@ from typing import Final
 from postoffice.store.engine.index import Index, Location
 from postoffice.store.engine.logstore import LogStore
 from postoffice.store.engine.records import Kind
+from postoffice.store.errors import StoreStorageError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,19 @@ class Compaction:
     def _flush_due(self) -> None:
         raise NotImplementedError
 
+    def _roll_back(self) -> None:
+        raise NotImplementedError
+
     def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _append_locked(
+        self,
+        items: list[tuple[Kind, bytes, bytes, int]],
+        counter: str | None,
+        *,
+        defer: bool = False,
+    ) -> int:
         raise NotImplementedError
 
     def compact(self, *, on_step: Callable[[Sequence[bytes]], None] | None = None) -> int:
@@ -86,7 +99,8 @@ class Compaction:
                 if not step:
                     continue
                 copies = [
-                    (key, loc, self._log.read(loc[0], loc[1], loc[2]).value) for key, loc in step
+                    (key, loc, self._log.read(loc[0], loc[1], loc[2], loc[3], key).value)
+                    for key, loc in step
                 ]
                 if on_step is not None:
                     on_step([key for key, _, _ in copies])
@@ -99,7 +113,11 @@ class Compaction:
         """Seal the current segment; return the boundary: segments before it get rewritten."""
         with self._lock:
             self._check_open()
-            self._log.roll()
+            try:
+                self._log.roll()
+            except StoreStorageError:
+                self._roll_back()
+                raise
             return self._log.tail().segment
 
     def _compact_pick(
@@ -134,11 +152,7 @@ class Compaction:
             live = [(key, value) for key, loc, value in copies if self._index.get(key) == loc]
             if not live:
                 return 0
-            locs, _ = self._log.append([(Kind.PUT, key, value, 0) for key, value in live])
-            for (key, _), loc in zip(live, locs, strict=True):
-                self._index.set(key, loc)
-            if len(self._index.memory) >= self._flush_entries:
-                self._flush_due()
+            self._append_locked([(Kind.PUT, key, value, 0) for key, value in live], None)
             return len(live)
 
     def _compact_end(self, boundary: int) -> int:

@@ -11,9 +11,18 @@ writes) on its event loop and the blocking ones (open, sync, close) on threads.
 # the segment file it names stay valid for the read (segment removal and close take the same
 # lock). That is simpler than reference counts, and reads are short.
 # Compaction (store/engine/compaction.py) runs beside them, taking the same lock in short steps.
+# An error means nothing changed: every index change a write makes is noted in `_undo`
+# (its record's seq, the key, the key's location before) until an fsync covers the record.
+# When the log fails a write or an fsync it rolls back to its last durable position
+# (logstore.py), and `_roll_back` undoes, newest first, every change past it, under the
+# lock, so no reader sees a write that failed once its failure is known. The notes are
+# dropped as fsyncs cover them; under `never`, where nothing fsyncs on its own, the log is
+# fsynced once they pass _UNDO_MAX_ENTRIES, which bounds both their memory and what a
+# failure rolls back.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -55,6 +64,8 @@ DEFAULT_FLUSH_ENTRIES: Final = 16384
 DEFAULT_VALUE_CACHE_BYTES: Final = 64 * 1024 * 1024
 _CACHED_VALUE_MAX_BYTES: Final = 4096
 _PUT: Final = int(Kind.PUT)  # a plain int: the log packs it faster than the IntEnum
+_UNDO_MAX_ENTRIES: Final = 1 << 16
+_UNDO_CHECK_EVERY: Final = 4096  # entries added between looks for fsynced ones to drop
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +150,10 @@ class Store(Compaction):
         self._closed = False
         self._counts = {"deletes": 0, "batches": 0, "gets": 0, "compactions": 0}
         self._puts = 0  # apart from `_counts`: an attribute adds faster than a dict entry
+        # (seq, key, location before) of every index change not yet fsynced; see the note.
+        self._undo: collections.deque[tuple[int, bytes, Location | None]] = collections.deque()
+        self._undo_check_at = _UNDO_CHECK_EVERY
+        log_store.on_sync_failure = self._background_failure
         self.recovery = recovery
         #: Move a full memory layer into LMDB on a thread instead of in the write that
         #: filled it. A server wants this (no write waits tens of ms for LMDB); a
@@ -268,36 +283,124 @@ class Store(Compaction):
 
     def _wait_durable(self, ticket: int) -> None:
         if self._durability is Durability.ALWAYS:
-            self._log.sync(ticket)
+            self.sync(ticket)
 
     def _append_locked(
-        self, items: list[tuple[Kind, bytes, bytes, int]], counter: str, *, defer: bool = False
+        self,
+        items: list[tuple[Kind, bytes, bytes, int]],
+        counter: str | None,
+        *,
+        defer: bool = False,
     ) -> int:
         """Append records and index them in log order; the caller holds `_lock`."""
-        self._counts[counter] += 1
-        locs, ticket = self._log.append(items, defer=defer)
+        if counter is not None:
+            self._counts[counter] += 1
+        if self._log.needs_roll_back:
+            self._roll_back()
+        try:
+            locs, ticket = self._log.append(items, defer=defer)
+        except StoreStorageError:
+            self._roll_back()
+            raise
         values = self._values
+        undo = self._undo
         for (kind, key, _, _), loc in zip(items, locs, strict=True):
             if kind is Kind.BATCH_END:
                 continue
             if key in values:
                 self._uncache(key)
             old = self._index.get(key)
+            undo.append((loc[3], key, old))
             if kind is Kind.PUT:
                 self._live += old is None
                 self._index.set(key, loc)
             elif old is not None:
                 self._live -= 1
                 self._index.set(key, None)
+        if len(undo) >= self._undo_check_at:
+            self._trim_undo()
         if len(self._index.memory) >= self._flush_entries:
             self._flush_due()
         return ticket
 
+    def _trim_undo(self) -> None:
+        """Drop the undo notes an fsync has covered; fsync if too many are left (under
+        `never`). The caller holds `_lock`."""
+        undo = self._undo
+        durable = self._log.durable_seq
+        while undo and undo[0][0] <= durable:
+            undo.popleft()
+        if len(undo) >= _UNDO_MAX_ENTRIES:
+            self._sync_locked(self._log.last_seq)
+            durable = self._log.durable_seq
+            while undo and undo[0][0] <= durable:
+                undo.popleft()
+        self._undo_check_at = len(undo) + _UNDO_CHECK_EVERY
+
+    def _roll_back(self) -> None:
+        """After a failed log write or fsync: cut the log back to its last durable position
+        and undo, newest first, every index change past it. The caller holds `_lock`.
+
+        Never raises: a cut that fails is logged, the changes are undone all the same (the
+        log refuses writes meanwhile), and the next write tries the cut again.
+        """
+        try:
+            kept = self._log.roll_back()
+        except StoreStorageError as exc:
+            log.error("log cannot be cut back path=%s error=%s", self._path, exc)
+            self._undo_past(self._log.durable_seq)
+            return
+        if kept is not None:
+            undone = self._undo_past(kept)
+            log.error(
+                "writes undone after a failed write path=%s changes=%d kept_seq=%d",
+                self._path,
+                undone,
+                kept,
+            )
+
+    def _undo_past(self, seq: int) -> int:
+        """Undo the index changes of records after `seq`, newest first; return how many."""
+        undo = self._undo
+        index = self._index
+        undone = 0
+        while undo and undo[-1][0] > seq:
+            _, key, old = undo.pop()
+            now = index.get(key)
+            index.set(key, old)
+            self._live += (old is not None) - (now is not None)
+            if key in self._values:
+                self._uncache(key)
+            undone += 1
+        self._undo_check_at = len(undo) + _UNDO_CHECK_EVERY
+        return undone
+
+    def _background_failure(self) -> None:
+        """An fsync on a background thread failed: roll back now (no lock is held)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._roll_back()
+
+    def _sync_locked(self, ticket: int) -> int:
+        """`sync` with `_lock` held (a flush, a close): roll back if it fails."""
+        try:
+            return self._log.sync(ticket)
+        except StoreStorageError:
+            self._roll_back()
+            raise
+
     def _flush_due(self) -> None:
         if self.flush_in_background:
             self._flush_soon()
-        else:
-            self._flush()
+            return
+        self._sync_locked(self._log.last_seq)  # a failure here fails (and undoes) the write
+        try:
+            self._index.flush(
+                Meta(position=self._log.tail(), last_seq=self._log.last_seq, live_keys=self._live)
+            )
+        except StoreStorageError as exc:  # the write is in the log: it stands
+            log.error("index flush failed path=%s error=%s", self._path, exc)
 
     def _flush_soon(self) -> None:
         """Start moving the memory layer into LMDB on a thread; the caller holds `_lock`.
@@ -317,7 +420,7 @@ class Store(Compaction):
     def _flush_frozen(self, snapshot: dict[bytes, Location | None], meta: Meta) -> None:
         written = False
         try:
-            self._log.sync(meta.last_seq)  # LMDB must never lead the log
+            self.sync(meta.last_seq)  # LMDB must never lead the log
             written = self._index.write_frozen(snapshot, meta)
         except Exception as exc:  # the layer goes back into memory: nothing is lost
             if not self._closing.is_set():
@@ -327,8 +430,12 @@ class Store(Compaction):
                 self._index.thaw(snapshot, written=written)
 
     def _flush(self) -> None:
-        """Move the memory layer into LMDB; the log is fsynced first so LMDB never leads it."""
-        self._log.sync(self._log.last_seq)
+        """Move the memory layer into LMDB; the log is fsynced first so LMDB never leads it.
+
+        The caller holds `_lock`. Raises StoreStorageError (the log rolled back if its
+        fsync failed).
+        """
+        self._sync_locked(self._log.live_seq)
         self._index.flush(
             Meta(position=self._log.tail(), last_seq=self._log.last_seq, live_keys=self._live)
         )
@@ -340,7 +447,7 @@ class Store(Compaction):
         """
         ticket = self._put(key, value, False)
         if self._durability is Durability.ALWAYS:
-            self._log.sync(ticket)
+            self.sync(ticket)
 
     def delete(self, key: bytes) -> bool:
         """Remove `key` (a tombstone in the log); return whether it was present.
@@ -385,13 +492,24 @@ class Store(Compaction):
             if self._shut:
                 self._check_open()
             self._puts += 1
-            loc = self._log.append_one(_PUT, key, value, defer)
+            if self._log.needs_roll_back:
+                self._roll_back()
+            try:
+                loc = self._log.append_one(_PUT, key, value, defer)
+            except StoreStorageError:
+                self._roll_back()
+                raise
             index = self._index
-            if index.replace(key, loc) is None:
+            old = index.replace(key, loc)
+            if old is None:
                 self._live += 1
+            undo = self._undo
+            undo.append((loc[3], key, old))
             cached = self._values.pop(key, None)
             if cached is not None:
                 self._values_bytes -= len(key) + len(cached)
+            if len(undo) >= self._undo_check_at:
+                self._trim_undo()
             if len(index.memory) >= self._flush_entries:
                 self._flush_due()
             return loc[3]  # its seq
@@ -432,13 +550,32 @@ class Store(Compaction):
 
         Returns the newest ticket now on disk (at least `ticket`): one fsync covers every
         write appended before it began. Under `interval` and `never` this fsyncs too: the
-        caller asked for it. Raises StoreStorageError.
+        caller asked for it. Raises StoreStorageError if the write was rolled back (the log
+        failed a write or an fsync: then every write not yet durable is undone, see the
+        design note).
         """
-        return self._log.sync(ticket)
+        try:
+            return self._log.sync(ticket)
+        except StoreStorageError:
+            with self._lock:
+                if not self._closed:
+                    self._roll_back()
+            raise
+
+    def failures(self, after: int, through: int) -> list[tuple[int, int, StoreStorageError]]:
+        """The tickets rolled back, as ranges (lo, hi] with their error, that meet
+        (after, through], oldest first: a group commit's waiters in them get the error."""
+        return self._log.failures(after, through)
 
     def write_pending(self) -> None:
-        """Write what `write_behind` left in memory (not fsynced). Raises StoreStorageError."""
-        self._log.write_pending()
+        """Write what `write_behind` left in memory (not fsynced). Raises StoreStorageError
+        (the writes not yet durable undone)."""
+        with self._lock:
+            try:
+                self._log.write_pending()
+            except StoreStorageError:
+                self._roll_back()
+                raise
 
     @property
     def durability(self) -> Durability:
@@ -463,7 +600,7 @@ class Store(Compaction):
                 return None
             # Read under the lock: neither close() nor compaction's segment removal can then
             # close the file (or its map) between the index lookup and the read.
-            value = self._log.read_value(loc[0], loc[1], loc[2])
+            value = self._log.read_value(loc[0], loc[1], loc[2], loc[3], key)
             size = len(key) + len(value)
             if len(value) <= _CACHED_VALUE_MAX_BYTES and size <= self._value_cache_bytes:
                 if self._values_bytes + size > self._value_cache_bytes:
@@ -489,7 +626,8 @@ class Store(Compaction):
         with self._lock:
             self._check_open()
             found = self._index.scan(lo, end, pre, limit)
-            return [(key, self._log.read_value(loc[0], loc[1], loc[2])) for key, loc in found]
+            read = self._log.read_value
+            return [(key, read(loc[0], loc[1], loc[2], loc[3], key)) for key, loc in found]
 
     def scan_keys(
         self,

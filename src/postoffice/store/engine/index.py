@@ -69,16 +69,24 @@ def _pack_loc(loc: Location) -> bytes:
 
 
 def _decode_bucket(raw: bytes) -> list[tuple[bytes, Location]]:
+    """A bucket's entries. Raises StoreStorageError if it is malformed."""
     out: list[tuple[bytes, Location]] = []
     pos = 0
-    while pos < len(raw):
-        (klen,) = _KLEN.unpack_from(raw, pos)
-        pos += _KLEN.size
-        key = bytes(raw[pos : pos + klen])
-        pos += klen
-        out.append((key, cast(Location, _LOC.unpack_from(raw, pos))))
-        pos += _LOC.size
+    try:
+        while pos < len(raw):
+            (klen,) = _KLEN.unpack_from(raw, pos)
+            pos += _KLEN.size
+            key = bytes(raw[pos : pos + klen])
+            pos += klen
+            out.append((key, cast(Location, _LOC.unpack_from(raw, pos))))
+            pos += _LOC.size
+    except struct.error as exc:
+        raise _damaged_bucket(raw) from exc
     return out
+
+
+def _damaged_bucket(raw: bytes) -> StoreStorageError:
+    return StoreStorageError(f"index bucket {bytes(raw[2:18])!r}... of {len(raw)} bytes is damaged")
 
 
 def _only_entry(raw: bytes, key: bytes) -> bool:
@@ -131,6 +139,11 @@ class Index:
             self._env = lmdb.open(
                 str(directory), map_size=map_bytes, max_dbs=2, subdir=True, metasync=False
             )
+            try:
+                self._check_file()  # before anything reads a page
+            except StoreStorageError:
+                self._env.close()
+                raise
             self._keys = self._env.open_db(b"keys")
             self._meta = self._env.open_db(b"meta")
         self.memory: dict[bytes, Location | None] = {}
@@ -163,6 +176,30 @@ class Index:
 
     def __repr__(self) -> str:
         return f"<Index {self._dir} memory={len(self.memory)}>"
+
+    def _check_file(self) -> None:
+        """Raise StoreStorageError if the data file is shorter than its pages say.
+
+        LMDB maps the file and trusts it: a page past a cut-short file is not an error but
+        a SIGBUS that kills the process on first touch, so the length is checked first.
+        """
+        path = self._dir / "data.mdb"
+        with _lmdb_errors("read", self._dir):
+            pages = self._env.info()["last_pgno"] + 1
+            page_bytes = self._env.stat()["psize"]
+        with os_errors(StoreStorageError, f"stat {path}"):
+            size = path.stat().st_size
+        if size < pages * page_bytes:
+            raise StoreStorageError(
+                f"index file {path} of {size} bytes is shorter than its {pages} pages of"
+                f" {page_bytes} bytes"
+            )
+
+    def entries(self) -> Iterator[tuple[bytes, Location]]:
+        """Every key LMDB holds and its location (the memory layers not included)."""
+        with _lmdb_errors("read", self._dir), self._env.begin(db=self._keys) as txn:
+            for _, raw in txn.cursor():
+                yield from _decode_bucket(raw)
 
     def meta(self) -> Meta | None:
         """The persisted progress, or None for a new (or reset) index."""
@@ -221,7 +258,10 @@ class Index:
         elif _only_entry(raw, key):
             loc = cast(Location, _LOC.unpack_from(raw, _KLEN.size + len(key)))
         else:
-            loc = _find_in_bucket(raw, key)
+            try:
+                loc = _find_in_bucket(raw, key)
+            except struct.error as exc:
+                raise _damaged_bucket(raw) from exc
         if len(cache) >= self.cache_entries:
             cache.clear()
         cache[key] = loc

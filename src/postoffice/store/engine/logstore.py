@@ -21,12 +21,24 @@ without it); nothing here runs on an event loop.
 # event-loop iteration pays one write(2) for all of them. Readers of pending bytes get
 # them from memory under `_lock`. Nothing is acknowledged as durable before `sync`, and a
 # server that does not fsync writes them before it answers.
+# Failure: a write(2) or an fsync that fails leaves the bytes after the last fsync in an
+# unknown state (a failed fsync may have dropped the dirty pages, and a later fsync that
+# succeeds would not write them again), so nothing after that point may ever be claimed
+# durable. The log is poisoned: it appends and syncs nothing until `roll_back` cuts it
+# back to the last durable position (segments made since deleted, the tail truncated
+# and fsynced) and records the rolled-back sequence numbers, whose tickets then fail.
+# The engine calls `roll_back` under its own lock and undoes those records in its index,
+# so an error means nothing changed, in memory or on disk. Sequence numbers are not
+# reused after a roll back: a ticket names one write forever. If the cut itself fails
+# (the disk refuses every fsync), the log refuses every write, and the next write tries
+# the cut again first.
 # Reads slice a read-only map of the segment instead of a pread. Sealed segments never
 # change; the current one grows, so its map covers what was written when it was made and
 # is made again after `_REMAP_BYTES` more (a pread in between).
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import mmap
@@ -47,6 +59,8 @@ from postoffice.store.engine.records import (
     HEADER,
     HEADER_BYTES,
     MAGIC,
+    MAX_RECORD_BYTES,
+    MAX_SEQ,
     Damage,
     Kind,
     Record,
@@ -60,9 +74,13 @@ from postoffice.store.errors import LogCorruptError, StoreStorageError
 log = logging.getLogger(__name__)
 
 _SEGMENT_NAME: Final = re.compile(r"^(\d{8})\.seg$")
+# Segment numbers are the 8 digits of the file names (and a u32 in the index).
+MAX_SEGMENT: Final = 99_999_999
 # The current segment is mapped again for reads once it has grown this much past its map;
 # reads of the bytes in between are a pread each.
 _REMAP_BYTES: Final = 1 << 20
+# Rolled-back ranges of sequence numbers remembered, for the tickets in them.
+_FAILED_RANGES: Final = 64
 # Hot-path aliases (a global load instead of an attribute lookup).
 _UNPACK: Final = HEADER.unpack_from
 _CRC32: Final = zlib.crc32
@@ -121,6 +139,18 @@ class LogStore:
         self._written_seq = 0
         self._fds: dict[int, int] = {}
         self._closed = False
+        # The failure being handled (see the design note) and the one that broke the log.
+        self._poisoned: StoreStorageError | None = None
+        self._broken: StoreStorageError | None = None
+        #: A write or fsync failed and `roll_back` has not yet cut the log back.
+        self.needs_roll_back = False
+        # Sequence numbers rolled back, (after, through], with the error that did it: the
+        # tickets in them fail. The newest few are kept: a waiter asks within moments.
+        self._failed: collections.deque[tuple[int, int, StoreStorageError]] = collections.deque(
+            maxlen=_FAILED_RANGES
+        )
+        #: Called (on the fsync thread, no lock held) when an interval fsync fails.
+        self.on_sync_failure: Callable[[], None] | None = None
         self.fsyncs = 0
         with os_errors(StoreStorageError, f"create {directory}"):
             directory.mkdir(parents=True, exist_ok=True)
@@ -140,6 +170,8 @@ class LogStore:
         self._pending = bytearray()
         self._written_tail = self._tail
         self._file_seq = 0  # the last record written to a file (pending ones come after it)
+        # The last position an fsync covered, and the last sequence number before it.
+        self._durable = (self._current, self._tail, 0)
         # Read-only maps of the segments, for reads without a syscall; the current
         # segment's map covers what was written when it was made (see `read_value`).
         # Reads go through a memoryview of each map (slices of it copy nothing); it is
@@ -193,11 +225,124 @@ class LogStore:
         """The sequence number of the last appended record."""
         return self._written_seq
 
+    @property
+    def live_seq(self) -> int:
+        """The sequence number of the last appended record that was not rolled back: what
+        a sync of everything asks for."""
+        with self._lock:
+            for lo, hi, _ in self._failed:
+                if lo < self._written_seq <= hi:
+                    return lo
+            return self._written_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """The sequence number of the last record an fsync covered: no roll back goes below."""
+        return self._durable[2]
+
+    def _check_writable(self) -> None:
+        # The caller holds `_lock`.
+        if self._broken is not None:
+            raise StoreStorageError(f"log {self._dir} cannot be cut back: {self._broken}")
+        if self._poisoned is not None:
+            raise StoreStorageError(f"log {self._dir} is being rolled back: {self._poisoned}")
+
+    def _poison(self, exc: StoreStorageError) -> StoreStorageError:
+        # The caller holds `_lock`.
+        if self._poisoned is None:
+            self._poisoned = exc
+            self.needs_roll_back = True
+        return exc
+
+    def failures(self, after: int, through: int) -> list[tuple[int, int, StoreStorageError]]:
+        """The rolled-back ranges of sequence numbers, (lo, hi] and their error, that meet
+        (after, through], oldest first."""
+        with self._lock:
+            return [f for f in self._failed if f[1] > after and f[0] < through]
+
+    def _failure_of(self, ticket: int) -> StoreStorageError | None:
+        for lo, hi, exc in self._failed:
+            if lo < ticket <= hi:
+                return exc
+        return None
+
+    def roll_back(self) -> int | None:
+        """Cut the log back to its last durable position after a failed write or fsync.
+
+        Waits for a running sync. Returns the last sequence number the log still holds
+        (every later one is rolled back and its ticket fails), or None if nothing failed.
+        Raises StoreStorageError if the cut itself fails: the log then refuses writes until
+        a later call succeeds.
+        """
+        with self._sync_cond:
+            while self._syncing:
+                self._sync_cond.wait()
+            self._syncing = True
+        try:
+            with self._lock:
+                failure = self._poisoned
+                if failure is None:
+                    return None
+                sid, offset, seq = self._durable
+                if not self._failed or self._failed[-1][2] is not failure:
+                    self._failed.append((seq, self._written_seq, failure))
+                self._pending.clear()
+                try:
+                    self._cut_back(sid, offset)
+                except StoreStorageError as exc:
+                    self._broken = exc
+                    log.error("log roll back failed dir=%s error=%s", self._dir, exc)
+                    raise
+                log.error(
+                    "log rolled back after a failed write dir=%s segment=%d offset=%d"
+                    " records=%d error=%s",
+                    self._dir,
+                    sid,
+                    offset,
+                    self._written_seq - seq,
+                    failure,
+                )
+                self._poisoned = self._broken = None
+                self.needs_roll_back = False
+                return seq
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                self._sync_cond.notify_all()
+
+    def _cut_back(self, sid: int, offset: int) -> None:
+        """Delete the segments after `sid`, truncate it at `offset` and fsync; the caller
+        holds `_lock` and has stopped syncs."""
+        removed = False
+        for later in sorted((s for s in self._fds if s > sid), reverse=True):
+            path = self._path(later)
+            with os_errors(StoreStorageError, f"remove {path}"):
+                self._unmap(later)
+                os.close(self._fds.pop(later))
+                path.unlink()
+                removed = True
+        path = self._path(sid)
+        self._unmap(sid)  # a map past the new end would fault on a read
+        with os_errors(StoreStorageError, f"truncate {path}"):
+            os.ftruncate(self._fds[sid], offset)
+            os.fsync(self._fds[sid])
+        if removed:
+            _fsync_dir(self._dir)
+        self._current = sid
+        self._tail = self._written_tail = offset
+        self._file_seq = self._synced_seq = self._durable[2]
+
     # -- writing ---------------------------------------------------------------------------
 
     def start(self, last_seq: int) -> None:
-        """Begin appending after recovery: sequence numbers continue after `last_seq`."""
+        """Begin appending after recovery: sequence numbers continue after `last_seq`.
+
+        Raises StoreStorageError if `last_seq` leaves no room below MAX_SEQ.
+        """
+        if not 0 <= last_seq < MAX_SEQ:
+            raise StoreStorageError(f"sequence number {last_seq} is out of range 0..{MAX_SEQ - 1}")
         self._written_seq = self._synced_seq = self._file_seq = last_seq
+        self._durable = (self._current, self._tail, last_seq)
         if self._durability is Durability.INTERVAL:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name=f"logstore-fsync {self._dir}", daemon=True
@@ -214,6 +359,8 @@ class LogStore:
         them at once). Raises StoreStorageError.
         """
         with self._lock:
+            if self._poisoned is not None or self._broken is not None:
+                self._check_writable()
             parts: list[bytes] = []
             spans: list[tuple[int, int, int]] = []  # offset within blob, length, seq
             at = 0
@@ -242,6 +389,8 @@ class LogStore:
         StoreStorageError.
         """
         with self._lock:
+            if self._poisoned is not None or self._broken is not None:
+                self._check_writable()
             seq = self._written_seq + 1
             key_len = len(key)
             value_len = len(value)
@@ -292,7 +441,8 @@ class LogStore:
                         done += os.pwrite(fd, view[done:], at + done)
         except OSError as exc:
             path = self._path(self._current)
-            raise translate_os_error(exc, StoreStorageError, f"write {path}") from exc
+            err = translate_os_error(exc, StoreStorageError, f"write {path}")
+            raise self._poison(err) from exc
         # Only now are the bytes the file's: a reader of a pending record (read_value) takes
         # `_lock` and finds them either here or in the file.
         self._written_tail = at + len(pending)
@@ -302,6 +452,7 @@ class LogStore:
     def roll(self) -> None:
         """Seal the current segment, if it holds anything, and start a new one."""
         with self._lock:
+            self._check_writable()
             self._write_pending()
             if self._tail > 0:
                 self._roll()
@@ -329,12 +480,25 @@ class LogStore:
         """Start a new segment; the old one is fsynced first so it can never be torn.
 
         The caller holds `_lock` and has written the pending records."""
+        if self._current >= MAX_SEGMENT:
+            raise StoreStorageError(
+                f"segment number {self._current + 1} exceeds limit {MAX_SEGMENT}"
+            )
         if self._durability is not Durability.NEVER:
-            with os_errors(StoreStorageError, f"fsync {self._path(self._current)}"):
+            try:
                 os.fsync(self._fds[self._current])
+            except OSError as exc:
+                what = f"fsync {self._path(self._current)}"
+                err = translate_os_error(exc, StoreStorageError, what)
+                raise self._poison(err) from exc
             self.fsyncs += 1
+            self._durable = (self._current, self._written_tail, self._file_seq)
+            self._synced_seq = max(self._synced_seq, self._file_seq)
+        try:
+            self._create_segment(self._current + 1)
+        except StoreStorageError as exc:
+            raise self._poison(exc) from exc
         self._current += 1
-        self._create_segment(self._current)
         self._tail = self._written_tail = 0
 
     def sync(self, ticket: int) -> int:
@@ -345,22 +509,28 @@ class LogStore:
         began. Raises StoreStorageError.
         """
         with self._sync_cond:
-            while self._synced_seq < ticket:
+            while True:
+                failed = self._failure_of(ticket)
+                if failed is not None:  # rolled back: it never reaches the disk
+                    raise failed
+                if self._synced_seq >= ticket:
+                    return self._synced_seq
                 if not self._syncing:
                     self._syncing = True
                     break
                 self._sync_cond.wait()
-            else:
-                return self._synced_seq
         covered = 0
+        durable = self._durable
         try:
             with self._lock:
+                self._check_writable()
                 # Written already (a server writes once per loop iteration, then asks for
                 # the fsync): then leave what was appended since for the next write.
                 if self._file_seq < ticket:
                     self._write_pending()
                 sid = self._current
                 seq = self._file_seq
+                durable = (sid, self._written_tail, seq)
                 # A duplicate: once the lock is released the segment may roll and a compaction
                 # may remove it, closing its fd (or reusing the number) before this fsync.
                 try:
@@ -372,11 +542,17 @@ class LogStore:
                 os.fsync(fd)
             except OSError as exc:
                 what = f"fsync {self._path(sid)}"
-                raise translate_os_error(exc, StoreStorageError, what) from exc
+                err = translate_os_error(exc, StoreStorageError, what)
+                with self._lock:
+                    self._poison(err)
+                raise err from exc
             finally:
                 os.close(fd)
             covered = seq  # only a successful fsync makes anything durable
             self.fsyncs += 1
+            with self._lock:
+                if seq > self._durable[2]:
+                    self._durable = durable
         finally:
             with self._sync_cond:
                 self._syncing = False
@@ -387,29 +563,35 @@ class LogStore:
     def _flush_loop(self) -> None:
         while not self._stop.wait(self._interval_s):
             try:
-                self.sync(self._written_seq)
+                self.sync(self.live_seq)
             except StoreStorageError as exc:
                 log.error("interval fsync failed dir=%s error=%s", self._dir, exc)
+                if self.on_sync_failure is not None:
+                    self.on_sync_failure()
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read_value(self, segment: int, offset: int, length: int) -> bytes:
-        """The value of the PUT record at a position, verified.
+    def read_value(self, segment: int, offset: int, length: int, seq: int, key: bytes) -> bytes:
+        """The value of the PUT record of `key` with sequence number `seq` at a position.
 
         The hot path of every get: the header unpacked and the CRC computed straight from
-        the segment's map (a pread for bytes past it), and one copy, of the value.
-        Raises LogCorruptError, StoreStorageError.
+        the segment's map (a pread for bytes past it), and one copy, of the value. The
+        record must be whole, intact, and the very one the index names (its seq and key):
+        a position the log no longer holds, or holds another record at, is an error,
+        never bytes. Raises LogCorruptError, StoreStorageError.
         """
         view = self._views.get(segment)
         end = offset + length
         if view is None or end > len(view) or length < HEADER_BYTES:
-            return self._read_value_slow(segment, offset, length)
-        magic, kind, _, _, key_len, value_len, crc = _UNPACK(view, offset)
+            return self._read_value_slow(segment, offset, length, seq, key)
+        magic, kind, _, found_seq, key_len, value_len, crc = _UNPACK(view, offset)
         start = offset + HEADER_BYTES + key_len
         if (
             magic == MAGIC
             and kind == _PUT
+            and found_seq == seq
             and start + value_len == end
+            and view[offset + HEADER_BYTES : start] == key
             and _CRC32(
                 view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + CRC_COVERS])
             )
@@ -418,26 +600,20 @@ class LogStore:
             return view[start:end].tobytes()
         raise _corrupt(segment, offset, length)
 
-    def _read_value_slow(self, segment: int, offset: int, length: int) -> bytes:
-        buf = self._read_unmapped(segment, offset, length)
-        if len(buf) == length and length >= HEADER_BYTES:
-            magic, kind, _, _, key_len, value_len, crc = HEADER.unpack_from(buf)
-            start = HEADER_BYTES + key_len
-            if (
-                magic == MAGIC
-                and kind == Kind.PUT
-                and start + value_len == length
-                and zlib.crc32(buf[HEADER_BYTES:], zlib.crc32(buf[:CRC_COVERS])) == crc
-            ):
-                return buf[start:]
-        raise _corrupt(segment, offset, length)
+    def _read_value_slow(
+        self, segment: int, offset: int, length: int, seq: int, key: bytes
+    ) -> bytes:
+        rec = self.read(segment, offset, length, seq, key)
+        if rec.kind is not Kind.PUT:
+            raise _corrupt(segment, offset, length)
+        return rec.value
 
     def _read_unmapped(self, segment: int, offset: int, length: int) -> bytes:
         """Bytes past a segment's map: from the pending records, or the file (re)mapped."""
         with self._lock:
             if segment == self._current and offset >= self._written_tail:
                 at = offset - self._written_tail
-                return bytes(self._pending[at : at + length])
+                return bytes(self._pending[at : at + length])  # short if past the end
             fd = self._fds.get(segment)
             if fd is None:
                 raise LogCorruptError(f"segment {segment} does not exist")
@@ -446,9 +622,9 @@ class LogStore:
                 mapped = self._maps.get(segment)
                 # The current segment grows: map it again once it has grown by _REMAP_BYTES,
                 # and pread what lies past the map in between.
-                if offset + length <= size and (
-                    mapped is None or size - len(mapped) >= _REMAP_BYTES or segment != self._current
-                ):
+                if offset + length > size:  # never bytes from past a segment's end
+                    raise _corrupt(segment, offset, length)
+                if mapped is None or size - len(mapped) >= _REMAP_BYTES or segment != self._current:
                     self._unmap(segment)
                     mapped = self._maps[segment] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
                     self._views[segment] = memoryview(mapped)
@@ -466,19 +642,25 @@ class LogStore:
         if mapped is not None:
             mapped.close()
 
-    def read(self, segment: int, offset: int, length: int) -> Record:
-        """Read and verify the record at a position. Raises LogCorruptError, StoreStorageError."""
-        fd = self._fds.get(segment)
-        if fd is None:
+    def read(self, segment: int, offset: int, length: int, seq: int, key: bytes) -> Record:
+        """Read and verify the record of `key` with sequence number `seq` at a position.
+
+        Raises LogCorruptError (no such record there), StoreStorageError.
+        """
+        if segment not in self._fds:
             raise LogCorruptError(f"segment {segment} does not exist")
-        with os_errors(StoreStorageError, f"read {self._path(segment)}"):
-            buf = os.pread(fd, length, offset)
+        if length < HEADER_BYTES or length > MAX_RECORD_BYTES or offset < 0:
+            raise _corrupt(segment, offset, length)
+        buf = self._read_unmapped(segment, offset, length)
         parsed = parse_record(buf, 0, len(buf))
-        if parsed is None or HEADER_BYTES + parsed[3] + parsed[4] != length:
-            raise LogCorruptError(
-                f"record at segment {segment} offset {offset} length {length} is corrupt"
-            )
-        kind, flags, seq, key_len, _ = parsed
+        if (
+            parsed is None
+            or HEADER_BYTES + parsed[3] + parsed[4] != length
+            or parsed[2] != seq
+            or buf[HEADER_BYTES : HEADER_BYTES + parsed[3]] != key
+        ):
+            raise _corrupt(segment, offset, length)
+        kind, flags, _, key_len, _ = parsed
         return Record(
             kind=kind,
             flags=flags,
@@ -490,14 +672,38 @@ class LogStore:
             length=length,
         )
 
-    def scan(self, start: Position, apply: Callable[[Record], None]) -> ScanReport:
+    def seq_at(self, segment: int, offset: int) -> int | None:
+        """The sequence number of the intact record at a position, or None if there is none.
+
+        Raises StoreStorageError.
+        """
+        fd = self._fds.get(segment)
+        if fd is None:
+            return None
+        with os_errors(StoreStorageError, f"read {self._path(segment)}"):
+            head = os.pread(fd, HEADER_BYTES, offset)
+            if len(head) < HEADER_BYTES:
+                return None
+            length = HEADER_BYTES + sum(HEADER.unpack(head)[4:6])
+            if length > MAX_RECORD_BYTES or offset + length > os.fstat(fd).st_size:
+                return None
+            buf = os.pread(fd, length, offset)
+        parsed = parse_record(buf, 0, len(buf))
+        return None if parsed is None else parsed[2]
+
+    def scan(
+        self, start: Position, apply: Callable[[Record], None], *, after_seq: int = 0
+    ) -> ScanReport:
         """Replay committed records from `start` in log order into `apply`.
 
-        Corrupt ranges are skipped and reported (a batch touching one is dropped whole); a
-        torn or corrupt tail of the last segment is cut at the last good record. Call before
+        Every record must carry a sequence number above `after_seq` and above the one
+        before it. Damaged records are skipped and reported (a batch touching one is dropped
+        whole) where the log says where the next record starts; the rest of a sealed
+        segment that it does not is reported, and a torn or damaged tail of the last
+        segment is cut after the last good record (records.py explains why). Call before
         `start()`. Raises StoreStorageError.
         """
-        report = ScanReport()
+        report = ScanReport(last_seq=after_seq)
         ids = [sid for sid in self.segments() if sid >= start.segment]
         for sid in ids:
             last = sid == ids[-1]
@@ -533,7 +739,7 @@ class LogStore:
         if self._flusher is not None:
             self._flusher.join()
         try:
-            self.sync(self._written_seq)
+            self.sync(self.live_seq)
             with os_errors(StoreStorageError, f"fsync {self._path(self._current)}"):
                 os.fsync(self._fds[self._current])
         finally:

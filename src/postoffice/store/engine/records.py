@@ -17,7 +17,21 @@ from typing import Final
 #                        crc u32 (CRC-32 of the header's first 20 bytes + key + value)
 #     key, value
 # The members of a batch carry FLAG_BATCH; their BATCH_END's value is the u32 member
-# count. Replay logs one line for each damaged range it skips.
+# count. Sequence numbers rise by at least one from each record to the next, across
+# segments too.
+#
+# Replay trusts a record only where the log itself puts one: at the start of a segment,
+# or just past a record it read. It never searches the bytes for something that looks
+# like a record, because a value may hold the bytes of a well-formed record (a client
+# can store anything), and a search after damage would find it and apply a write no
+# client made. So a damaged record whose header still reads sensibly (magic, kind,
+# flags, lengths that fit the segment) is skipped by the length that header gives,
+# and one whose header does not is the end of what can be read of its segment: the rest
+# of a sealed segment is reported as damaged, and the last segment is cut there (a torn
+# write). Damage at the end of the last segment with no good record after it is a torn
+# tail too, and cut. A record whose CRC holds but whose sequence number does not rise,
+# or passes MAX_SEQ, is damage as well (a copied segment, a number no writer could
+# reach). Replay logs one line for each damaged range it skips.
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,10 @@ COUNT: Final = struct.Struct("<I")
 # (keys and values are limited far below it), and it stops a flipped length bit from
 # making the scan read gigabytes.
 MAX_RECORD_BYTES: Final = 1 << 31
+# The highest sequence number a record may carry: the writer refuses to pass it, and
+# replay takes a record above it for damage (at a million writes a second, a log takes
+# 290,000 years to get there, so only a damaged or forged number ever does).
+MAX_SEQ: Final = (1 << 63) - 1
 
 
 class Kind(enum.IntEnum):
@@ -107,6 +125,62 @@ class ScanReport:
     dropped_batches: int = 0
 
 
+def _skip_length(buf: bytes | mmap.mmap, pos: int, size: int) -> int | None:
+    """The length of the damaged record at `pos` if its header reads sensibly, else None.
+
+    Sensibly: the right magic, a known kind, known flags, and lengths that end inside the
+    segment. Only then is the length taken as the way to the next record.
+    """
+    if size - pos < HEADER_BYTES:
+        return None
+    magic, kind, flags, _, key_len, value_len, _ = HEADER.unpack_from(buf, pos)
+    length: int = HEADER_BYTES + key_len + value_len
+    if magic != MAGIC or kind not in _KINDS or flags & ~FLAG_BATCH:
+        return None
+    if length > MAX_RECORD_BYTES or pos + length > size:
+        return None
+    return length
+
+
+_KINDS: Final = frozenset(int(k) for k in Kind)
+
+
+@dataclass(slots=True)
+class _Segment:
+    """One segment's replay: the batch being read and the damage not yet reported."""
+
+    sid: int
+    report: ScanReport
+    pending: list[Record] = field(default_factory=list)
+    # Damage seen since the last good record: reported once a good record follows it, or
+    # cut away (from `cut` on) as the torn tail of the last segment.
+    damage: list[Damage] = field(default_factory=list)
+    cut: int | None = None
+
+    def damaged(self, offset: int, length: int) -> None:
+        start = offset
+        if self.pending:  # the batch being read can no longer be whole
+            self.report.dropped_batches += 1
+            start = self.pending[0].offset
+            self.pending = []
+        if self.cut is None:
+            self.cut = start
+        if self.damage and self.damage[-1].offset + self.damage[-1].length == offset:
+            length += self.damage[-1].length
+            offset = self.damage.pop().offset
+        self.damage.append(Damage(segment=self.sid, offset=offset, length=length))
+
+    def confirm(self) -> None:
+        """A good record follows the damage seen: it is damage, not a torn tail."""
+        for d in self.damage:
+            self.report.corrupt.append(d)
+            log.warning(
+                "corrupt log range segment=%d offset=%d bytes=%d", d.segment, d.offset, d.length
+            )
+        self.damage = []
+        self.cut = None
+
+
 def scan_segment(
     sid: int,
     buf: mmap.mmap,
@@ -117,23 +191,21 @@ def scan_segment(
     report: ScanReport,
 ) -> int | None:
     """Replay one segment's committed records into `apply` (a batch only once its
-    BATCH_END is read); return the offset to cut a torn last segment at, or None."""
-    pending: list[Record] = []
+    BATCH_END is read); return the offset to cut a torn last segment at, or None.
+
+    `report.last_seq` is the sequence number the records must rise above (0 at the start
+    of the log); see the design note for what counts as damage and what is cut.
+    """
+    seg = _Segment(sid=sid, report=report)
     while pos < size:
         parsed = parse_record(buf, pos, size)
-        if parsed is None:
-            nxt = resync(buf, pos + 1, size)
-            if pending:
-                report.dropped_batches += 1
-            if nxt is None and last:
-                return pending[0].offset if pending else pos
-            end = size if nxt is None else nxt
-            report.corrupt.append(Damage(segment=sid, offset=pos, length=end - pos))
-            log.warning("corrupt log range segment=%d offset=%d bytes=%d", sid, pos, end - pos)
-            pending = []
-            if nxt is None:
-                return None
-            pos = nxt
+        if parsed is None or not report.last_seq < parsed[2] <= MAX_SEQ:
+            skip = _skip_length(buf, pos, size)
+            if skip is None:  # nothing past here can be found without searching
+                seg.damaged(pos, size - pos)
+                break
+            seg.damaged(pos, skip)
+            pos += skip
             continue
         kind, flags, seq, key_len, value_len = parsed
         length = HEADER_BYTES + key_len + value_len
@@ -149,37 +221,30 @@ def scan_segment(
             length=length,
         )
         pos += length
-        report.last_seq = max(report.last_seq, seq)
+        report.last_seq = seq
+        seg.confirm()
         if flags & FLAG_BATCH:
-            pending.append(rec)
+            seg.pending.append(rec)
             continue
         if kind is Kind.BATCH_END:
-            if len(rec.value) == 4 and COUNT.unpack(rec.value)[0] == len(pending):
-                for member in pending:
+            if len(rec.value) == 4 and COUNT.unpack(rec.value)[0] == len(seg.pending):
+                for member in seg.pending:
                     apply(member)
                     report.records += 1
             else:
                 report.dropped_batches += 1
-            pending = []
+            seg.pending = []
             continue
-        if pending:  # a batch without its end: it never committed
+        if seg.pending:  # a batch without its end: it never committed
             report.dropped_batches += 1
-            pending = []
+            seg.pending = []
         apply(rec)
         report.records += 1
-    if pending:
+    if seg.pending:  # a batch the segment ends inside of: it never committed
         report.dropped_batches += 1
-        if last:
-            return pending[0].offset
+        if seg.cut is None:
+            seg.cut = seg.pending[0].offset
+    if last and seg.cut is not None:
+        return seg.cut
+    seg.confirm()
     return None
-
-
-def resync(buf: mmap.mmap, pos: int, size: int) -> int | None:
-    """Find the next offset holding a valid record, or None."""
-    while True:
-        pos = buf.find(MAGIC_BYTES, pos, size)
-        if pos < 0:
-            return None
-        if parse_record(buf, pos, size) is not None:
-            return pos
-        pos += 1

@@ -15,7 +15,7 @@ from typing import Final
 from postoffice.core.errors import os_errors, translate_os_error
 from postoffice.store.engine.index import Index, Meta
 from postoffice.store.engine.logstore import LogStore
-from postoffice.store.engine.records import Damage, Kind, Record
+from postoffice.store.engine.records import MAX_SEQ, Damage, Kind, Record
 from postoffice.store.errors import StoreLockedError, StoreStorageError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,11 @@ class RecoveryReport:
     truncated: Damage | None = None
     corrupt: tuple[Damage, ...] = ()
     dropped_batches: int = 0
+    #: Keys the index had whose record the log no longer holds (a segment deleted, emptied
+    #: or cut short): each is now served as the log has it, by an older record or absent.
+    lost_keys: int = 0
+    #: The segments those records were in, in order.
+    lost_segments: tuple[int, ...] = ()
 
 
 def lock_dir(path: Path) -> int:
@@ -57,23 +62,66 @@ def lock_dir(path: Path) -> int:
     return fd
 
 
+def _check_meta(log_store: LogStore, meta: Meta) -> str | None:
+    """Why the index's meta record cannot be trusted against the log, or None.
+
+    Every number in it comes from disk: the replay starts at its position and above its
+    sequence number, so a wrong one would skip records or take good ones for damage.
+    """
+    pos = meta.position
+    if not 0 <= meta.last_seq < MAX_SEQ:
+        return f"index sequence number {meta.last_seq} is out of range"
+    if pos.segment not in log_store.segments() or pos.offset > log_store.segment_size(pos.segment):
+        return "index is ahead of the log"
+    # The record at the position (or the next segment's first) comes after the meta's
+    # last one, and the first record of the position's segment, if before it, does not.
+    nxt = log_store.seq_at(pos.segment, pos.offset)
+    if nxt is None and pos.offset == log_store.segment_size(pos.segment):
+        later = [sid for sid in log_store.segments() if sid > pos.segment]
+        nxt = log_store.seq_at(later[0], 0) if later else None
+    first = log_store.seq_at(pos.segment, 0) if pos.offset > 0 else None
+    if (nxt is not None and nxt <= meta.last_seq) or (first is not None and first > meta.last_seq):
+        return f"index sequence number {meta.last_seq} does not match the log"
+    return None
+
+
+def _count_lost(log_store: LogStore, index: Index) -> dict[int, int]:
+    """Per segment, how many of the index's keys point at a record the log does not hold."""
+    sizes = {sid: log_store.segment_size(sid) for sid in log_store.segments()}
+    lost: dict[int, int] = {}
+    for _, (segment, offset, length, _) in index.entries():
+        if offset + length > sizes.get(segment, -1):
+            lost[segment] = lost.get(segment, 0) + 1
+    return lost
+
+
 def recover(
     root: Path, log_store: LogStore, index: Index, reason: str | None
 ) -> tuple[int, RecoveryReport]:
     """Bring `index` up to the end of the log; return the live key count and the report.
 
     The log after the index's last position is replayed; an index that is missing
-    (`reason` says why when it was damaged) or ahead of the log is rebuilt from the whole
-    log. Raises StoreStorageError.
+    (`reason` says why when it was damaged), ahead of the log or out of step with it is
+    rebuilt from the whole log. Keys whose records the log lost are counted, logged at
+    ERROR and reported (`lost_keys`). Raises StoreStorageError.
     """
     meta = index.meta()
-    segments = log_store.segments()
-    if meta is not None and (
-        meta.position.segment not in segments
-        or meta.position.offset > log_store.segment_size(meta.position.segment)
-    ):
-        reason = "index is ahead of the log"
-        meta = None
+    lost: dict[int, int] = {}
+    if meta is not None:
+        doubt = _check_meta(log_store, meta)
+        if doubt is not None:
+            lost = _count_lost(log_store, index)
+        else:
+            # Compaction removes the oldest segments only, so a gap is a segment lost;
+            # once the index points into none (a rebuild has run), it is history.
+            ids = log_store.segments()
+            if ids != list(range(ids[0], ids[-1] + 1)):
+                lost = _count_lost(log_store, index)
+                if lost:
+                    doubt = "a log segment is missing"
+        if doubt is not None:
+            reason = doubt
+            meta = None
     if meta is None and reason is None and log_store.total_bytes() > 0:
         reason = "index missing"
     if meta is None:
@@ -94,7 +142,7 @@ def recover(
             live -= 1
             index.set(rec.key, None)
 
-    report = log_store.scan(meta.position, apply)
+    report = log_store.scan(meta.position, apply, after_seq=meta.last_seq)
     last_seq = max(meta.last_seq, report.last_seq)
     log_store.start(last_seq)
     index.flush(Meta(position=log_store.tail(), last_seq=last_seq, live_keys=live))
@@ -105,7 +153,11 @@ def recover(
         truncated=report.truncated,
         corrupt=tuple(report.corrupt),
         dropped_batches=report.dropped_batches,
+        lost_keys=sum(lost.values()),
+        lost_segments=tuple(sorted(lost)),
     )
     if reason is not None:
         log.warning("index rebuilt from log path=%s reason=%r", root, reason)
+    for segment, count in sorted(lost.items()):
+        log.error("log segment lost records path=%s segment=%d keys_lost=%d", root, segment, count)
     return live, recovery
