@@ -24,7 +24,7 @@ from postoffice.ingest.assembly import (
     assemble_with_stats,
     staging_path,
 )
-from postoffice.ingest.errors import AssemblyError, IngestStorageError
+from postoffice.ingest.errors import AssemblyError, IngestStorageError, OutputRatioError
 from postoffice.ingest.messages import FileId
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
@@ -81,6 +81,7 @@ def run(
     name: str = "out.bin",
     max_output_bytes: int = 64 * MIB,
     max_window_log: int = 27,
+    max_output_ratio: int = 0,
     via_part: bool = False,
 ) -> PublishedInfo:
     info, patches = stored(root, pieces, name=name)
@@ -90,6 +91,7 @@ def run(
         files_dir=root / "files",
         max_output_bytes=max_output_bytes,
         max_window_log=max_window_log,
+        max_output_ratio=max_output_ratio,
         via_part=via_part,
         now=NOW,
     )
@@ -222,6 +224,38 @@ class TestRefused:
         ):
             run(tmp_path, split(bomb, [len(bomb) // 3]), max_output_bytes=limit, via_part=via_part)
         assert files_in(tmp_path) == []
+
+    @pytest.mark.parametrize("via_part", [False, True])
+    def test_a_bomb_under_the_size_limit_stops_at_the_ratio_limit(
+        self, tmp_path: Path, bomb: bytes, via_part: bool
+    ) -> None:
+        """The absolute limit alone would let 1 GiB through; the ratio stops it at once."""
+        with pytest.raises(
+            OutputRatioError,
+            match=rf"^payload {HEX}: decompressed output exceeds ratio limit 100: \d+ bytes"
+            r" from \d+ compressed bytes$",
+        ) as refused:
+            run(
+                tmp_path,
+                split(bomb, [len(bomb) // 3]),
+                max_output_bytes=4 * 1024 * MIB,
+                max_output_ratio=100,
+                via_part=via_part,
+            )
+        written = int(str(refused.value).split(": ")[2].split()[0])
+        # At most one block past the ratio of all it read (zstd reads ahead of its output).
+        assert written <= max(assembly.RATIO_GRACE_BYTES, 100 * len(bomb)) + assembly.BLOCK_BYTES
+        assert files_in(tmp_path) == []
+
+    def test_the_ratio_limit_spares_small_outputs_and_ordinary_ratios(self, tmp_path: Path) -> None:
+        zeros = bytes(assembly.RATIO_GRACE_BYTES)  # compresses far past the ratio, but small
+        run(tmp_path / "small", [compress(zeros)], max_output_ratio=2)
+        assert (tmp_path / "small" / "files" / "out.bin").read_bytes() == zeros
+        text = text_bytes(450_000)  # log lines past the grace, about 10:1
+        blob = compress(text)
+        assert assembly.RATIO_GRACE_BYTES < len(text) < 20 * len(blob)
+        run(tmp_path / "text", split(blob, [len(blob) // 2]), max_output_ratio=20)
+        assert (tmp_path / "text" / "files" / "out.bin").read_bytes() == text
 
     def test_a_window_over_the_limit(self, tmp_path: Path) -> None:
         params = zstandard.ZstdCompressionParameters.from_level(3, window_log=24)

@@ -205,6 +205,7 @@ class Assemblies:
                         files_dir=config.files_path,
                         max_output_bytes=config.max_output_bytes,
                         max_window_log=config.max_window_log,
+                        max_output_ratio=config.max_output_ratio,
                         fsync=config.fsync,
                         syncer=store.syncer,
                     )
@@ -218,6 +219,7 @@ class Assemblies:
                         files_dir=config.files_path,
                         max_output_bytes=config.max_output_bytes,
                         max_window_log=config.max_window_log,
+                        max_output_ratio=config.max_output_ratio,
                         via_part=config.assemble_via_part,
                         fsync=config.fsync,
                         syncer=store.syncer,

@@ -49,7 +49,7 @@ import xxhash
 import zstandard
 
 from postoffice.ingest.durable import GroupSync, fsync_dir, os_errors
-from postoffice.ingest.errors import AssemblyError, OutputLimitError
+from postoffice.ingest.errors import AssemblyError, OutputLimitError, OutputRatioError
 from postoffice.ingest.messages import FileId, check_name, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
@@ -68,6 +68,11 @@ WRITEBACK_BYTES: Final = 16 * 1024 * 1024
 FIRST_BLOCK_BYTES: Final = 64 * 1024
 #: NAME_MAX of common file systems: a staging name must fit it too.
 MAX_FILE_NAME_BYTES: Final = 255
+#: The ratio limit (decompressed to compressed bytes) applies once the output passes this
+#: many bytes, as the ratio checks of archive readers (Apache Tika's, POI's) have a
+#: threshold: a file of a few megabytes may compress as well as it likes (a log of one
+#: repeated line does 10000:1), while a bomb costs at most this much disk, for a moment.
+RATIO_GRACE_BYTES: Final = 16 * 1024 * 1024
 
 
 Piece: TypeAlias = Path | bytes | memoryview
@@ -114,6 +119,7 @@ def assemble(
     files_dir: Path,
     max_output_bytes: int,
     max_window_log: int,
+    max_output_ratio: int = 0,
     via_part: bool = False,
     fsync: bool = True,
     now: float | None = None,
@@ -127,6 +133,7 @@ def assemble(
         files_dir=files_dir,
         max_output_bytes=max_output_bytes,
         max_window_log=max_window_log,
+        max_output_ratio=max_output_ratio,
         via_part=via_part,
         fsync=fsync,
         now=now,
@@ -142,6 +149,7 @@ def assemble_with_stats(
     files_dir: Path,
     max_output_bytes: int,
     max_window_log: int,
+    max_output_ratio: int = 0,
     via_part: bool = False,
     fsync: bool = True,
     now: float | None = None,
@@ -155,10 +163,12 @@ def assemble_with_stats(
     frames are accepted, as `zstd -d` does. `now` is the wall-clock publish time
     (default: time.time()); `syncer` shares the fsync of files_dir with concurrent
     publishes. The file appears whole or not at all; an existing file of that name is
-    replaced (`replaced=True`).
+    replaced (`replaced=True`). `max_output_ratio` (0: none) bounds the output, once past
+    RATIO_GRACE_BYTES, to that many times the compressed bytes read so far.
     Raises AssemblyError for a payload that will never decompress (piece count or sizes
     that disagree with `info`, not zstd, truncated, trailing bytes, a window over
-    2**max_window_log, output over max_output_bytes), BadNameError for a bad name, and
+    2**max_window_log, output over max_output_bytes or over the ratio: OutputLimitError,
+    OutputRatioError), BadNameError for a bad name, and
     IngestStorageError when the disk fails (the patches are intact: retry later).
     """
     began = time.monotonic()
@@ -169,6 +179,7 @@ def assemble_with_stats(
         files_dir=files_dir,
         max_output_bytes=max_output_bytes,
         max_window_log=max_window_log,
+        max_output_ratio=max_output_ratio,
         via_part=via_part,
         fsync=fsync,
     )
@@ -278,6 +289,7 @@ def stage(
     files_dir: Path,
     max_output_bytes: int,
     max_window_log: int,
+    max_output_ratio: int = 0,
     via_part: bool = False,
     fsync: bool = True,
 ) -> Staged:
@@ -317,6 +329,7 @@ def stage(
                     sink,
                     max_window_log=max_window_log,
                     max_output_bytes=max_output_bytes,
+                    max_output_ratio=max_output_ratio,
                     hex_id=hex_id,
                     read_size=max(4096, min(BLOCK_BYTES, info.size)),
                 )
@@ -346,10 +359,15 @@ def _decompress(
     *,
     max_window_log: int,
     max_output_bytes: int,
+    max_output_ratio: int,
     hex_id: str,
     read_size: int = BLOCK_BYTES,
 ) -> int:
-    """Decode every frame of `source` into `sink`; returns the bytes written."""
+    """Decode every frame of `source` into `sink`; returns the bytes written.
+
+    Each block is checked against the limits before it is written, so a bomb never puts
+    more than the limit on the disk (and the caller removes what it did put there).
+    """
     decompressor = zstandard.ZstdDecompressor(max_window_size=1 << max_window_log)
     bytes_out = 0
     try:
@@ -368,6 +386,16 @@ def _decompress(
                 if bytes_out > max_output_bytes:
                     raise OutputLimitError(
                         f"payload {hex_id}: decompressed output exceeds limit {max_output_bytes}"
+                    )
+                if (
+                    max_output_ratio
+                    and bytes_out > RATIO_GRACE_BYTES
+                    and bytes_out > max_output_ratio * source.bytes_read
+                ):
+                    raise OutputRatioError(
+                        f"payload {hex_id}: decompressed output exceeds ratio limit "
+                        f"{max_output_ratio}: {bytes_out} bytes from {source.bytes_read} "
+                        "compressed bytes"
                     )
                 sink.put(block[:size])
     except zstandard.ZstdError as exc:

@@ -272,6 +272,34 @@ class IngestServer:
         self.config = dataclasses.replace(self.config, ttl_s=ttl_s)
         self.events.emit("ttl_changed", ttl_s=ttl_s)
 
+    def set_output_limits(
+        self, *, max_output_bytes: int | None = None, max_output_ratio: int | None = None
+    ) -> None:
+        """Bound the assemblies and one-chunk publishes that start from now on (those
+        running keep the limits they started with); raises ConfigError when out of range."""
+        config = self.config
+        config = dataclasses.replace(
+            config,
+            max_output_bytes=config.max_output_bytes
+            if max_output_bytes is None
+            else max_output_bytes,
+            max_output_ratio=config.max_output_ratio
+            if max_output_ratio is None
+            else max_output_ratio,
+        )
+        self.config = config
+        self.assembler.config = config
+        self.singles.limits = dataclasses.replace(
+            self.singles.limits,
+            max_output_bytes=config.max_output_bytes,
+            max_output_ratio=config.max_output_ratio,
+        )
+        self.events.emit(
+            "output_limits_changed",
+            max_output_bytes=config.max_output_bytes,
+            max_output_ratio=config.max_output_ratio,
+        )
+
     def data_ports(self) -> list[int]:
         """The data ports listening now, in order."""
         return [self.addresses[f"data{i}"][1] for i in sorted(self._data_listeners)]

@@ -64,6 +64,7 @@ from postoffice.ingest.errors import (
     IngestError,
     IngestStorageError,
     OutputLimitError,
+    OutputRatioError,
 )
 from postoffice.ingest.messages import Chunk, FileId, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
@@ -125,6 +126,7 @@ class BatchLimits:
     max_output_bytes: int
     max_window_log: int
     fsync: bool
+    max_output_ratio: int = 0
 
 
 def publish_batch(
@@ -205,7 +207,10 @@ def _stage_one(
             files_dir=limits.files_dir,
             max_output_bytes=cap,
             max_window_log=limits.max_window_log,
+            max_output_ratio=limits.max_output_ratio,
         )
+    except OutputRatioError as exc:
+        return None, exc  # a bomb: no larger cap would let it through
     except OutputLimitError as exc:
         return None, ALONE if cap < limits.max_output_bytes else exc
     except Exception as exc:
@@ -295,6 +300,7 @@ class SinglePublishes:
             max_output_bytes=config.max_output_bytes,
             max_window_log=config.max_window_log,
             fsync=config.fsync,
+            max_output_ratio=config.max_output_ratio,
         )
         # File id -> (chunk digest, outcome) of every publish queued or running.
         self.pending: dict[FileId, tuple[bytes, asyncio.Future[SingleOutcome]]] = {}
@@ -415,6 +421,7 @@ class SinglePublishes:
                 files_dir=limits.files_dir,
                 max_output_bytes=limits.max_output_bytes,
                 max_window_log=limits.max_window_log,
+                max_output_ratio=limits.max_output_ratio,
                 fsync=limits.fsync,
                 now=now,
                 syncer=store.syncer,
