@@ -213,6 +213,56 @@ class TestRoundTrip:
         assert (root / "files" / "out.bin").read_bytes() == data
 
 
+class TestUnrecorded:
+    def test_a_publish_whose_record_fails_leaves_files_as_they_were(self, tmp_path: Path) -> None:
+        files = tmp_path / "files"
+        info, patches = stored(tmp_path / "new", [compress(b"new content\n")])
+        files.mkdir()
+        (files / "out.bin").write_bytes(b"old content\n")
+
+        def record(done: PublishedInfo) -> None:
+            assert (files / "out.bin").read_bytes() == b"new content\n"
+            raise IngestStorageError("cannot append to published.log: No space left on device")
+
+        for existing in (True, False):
+            with pytest.raises(IngestStorageError, match="No space left"):
+                assemble(
+                    info=info,
+                    patches=patches,
+                    files_dir=files,
+                    max_output_bytes=MIB,
+                    max_window_log=27,
+                    record=record,
+                )
+            if existing:
+                assert sorted(p.name for p in files.iterdir()) == ["out.bin"]
+                assert (files / "out.bin").read_bytes() == b"old content\n"
+                (files / "out.bin").unlink()
+            else:
+                assert list(files.iterdir()) == []
+
+    def test_a_recorded_publish_keeps_no_second_name_of_the_file_it_replaced(
+        self, tmp_path: Path
+    ) -> None:
+        info, patches = stored(tmp_path, [compress(b"new content\n")])
+        files = tmp_path / "files"
+        files.mkdir()
+        (files / "out.bin").write_bytes(b"old content\n")
+        recorded: list[PublishedInfo] = []
+        done = assemble(
+            info=info,
+            patches=patches,
+            files_dir=files,
+            max_output_bytes=MIB,
+            max_window_log=27,
+            record=recorded.append,
+        )
+        assert recorded == [done]
+        assert done.replaced
+        assert sorted(p.name for p in files.iterdir()) == ["out.bin"]
+        assert (files / "out.bin").read_bytes() == b"new content\n"
+
+
 class TestRefused:
     @pytest.mark.parametrize("via_part", [False, True])
     def test_a_decompression_bomb_stops_at_the_limit(

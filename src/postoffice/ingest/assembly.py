@@ -35,6 +35,7 @@ I/O layer, blocking: the server runs it in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -54,6 +55,8 @@ from postoffice.ingest.messages import FileId, check_name, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.zstdframes import FrameWalker
+
+log = logging.getLogger(__name__)
 
 #: Read and write size: large enough that per-block Python overhead vanishes next to
 #: zstd's work, small enough that a bomb or a huge patch costs little memory.
@@ -124,6 +127,7 @@ def assemble(
     fsync: bool = True,
     now: float | None = None,
     syncer: GroupSync | None = None,
+    record: Callable[[PublishedInfo], None] | None = None,
 ) -> PublishedInfo:
     """Decompress a payload into files_dir/<info.name>; see assemble_with_stats."""
     return assemble_with_stats(
@@ -138,6 +142,7 @@ def assemble(
         fsync=fsync,
         now=now,
         syncer=syncer,
+        record=record,
     ).published
 
 
@@ -154,6 +159,7 @@ def assemble_with_stats(
     fsync: bool = True,
     now: float | None = None,
     syncer: GroupSync | None = None,
+    record: Callable[[PublishedInfo], None] | None = None,
 ) -> AssemblyResult:
     """Join the pieces in order, zstd-decompress them and publish files_dir/<info.name>.
 
@@ -163,13 +169,18 @@ def assemble_with_stats(
     frames are accepted, as `zstd -d` does. `now` is the wall-clock publish time
     (default: time.time()); `syncer` shares the fsync of files_dir with concurrent
     publishes. The file appears whole or not at all; an existing file of that name is
-    replaced (`replaced=True`). `max_output_ratio` (0: none) bounds the output, once past
-    RATIO_GRACE_BYTES, to that many times the compressed bytes read so far.
+    replaced (`replaced=True`). `record` (the store's mark_published) is called once the
+    file and its directory entry are durable: the commit point. If it (or that fsync)
+    fails, the file is taken back out and a file it replaced is put back, so a publish
+    that is not recorded leaves nothing in files_dir. `max_output_ratio` (0: none)
+    bounds the output, once past RATIO_GRACE_BYTES, to that many times the compressed
+    bytes read so far.
     Raises AssemblyError for a payload that will never decompress (piece count or sizes
     that disagree with `info`, not zstd, truncated, trailing bytes, a window over
     2**max_window_log, output over max_output_bytes or over the ratio: OutputLimitError,
     OutputRatioError), BadNameError for a bad name, and
-    IngestStorageError when the disk fails (the patches are intact: retry later).
+    IngestStorageError when the disk fails (the patches are intact: retry later), and
+    whatever `record` raises.
     """
     began = time.monotonic()
     staged = stage(
@@ -187,11 +198,19 @@ def assemble_with_stats(
         if fsync:
             staged.sync()
         replaced = staged.place()
-        if fsync:
-            if syncer is not None:
-                syncer.sync(files_dir)
-            else:
-                fsync_dir(files_dir)
+        published = staged.published(replaced=replaced, now=now)
+        try:
+            if fsync:
+                if syncer is not None:
+                    syncer.sync(files_dir)
+                else:
+                    fsync_dir(files_dir)
+            if record is not None:
+                record(published)
+        except BaseException:
+            staged.unplace()
+            raise
+        staged.settle()
     finally:
         staged.discard()
     stats = AssemblyStats(
@@ -200,19 +219,22 @@ def assemble_with_stats(
         frames=staged.frames,
         seconds=time.monotonic() - began,
     )
-    return AssemblyResult(published=staged.published(replaced=replaced, now=now), stats=stats)
+    return AssemblyResult(published=published, stats=stats)
 
 
 @final
 class Staged:
     """A payload decompressed into its hidden staging file, still open and not durable.
 
-    `sync()` fsyncs it, `place()` renames it onto its final name; `discard()` (safe at any
+    `sync()` fsyncs it, `place()` renames it onto its final name; then either `settle()`
+    (the publish is recorded: forget the file it replaced) or `unplace()` (the publish
+    failed: take it back out, and put back the file it replaced). `discard()` (safe at any
     point, and again) closes the file and removes the staging file unless it was placed.
     """
 
     __slots__ = (
         "_fd",
+        "_previous",
         "bytes_in",
         "digest",
         "final_path",
@@ -235,6 +257,8 @@ class Staged:
         self.frames = 0
         self.digest = b""
         self.payload_digest = b""
+        # A second name of the file this publish replaces, until the publish is recorded.
+        self._previous: Path | None = None
 
     def __repr__(self) -> str:
         return f"<Staged {self.tmp.name} size={self.size} placed={self.placed}>"
@@ -247,14 +271,48 @@ class Staged:
     def place(self) -> bool:
         """Rename the staging file onto the final name; True if that replaced a file.
 
-        Raises IngestStorageError.
+        The replaced file keeps a hidden second name (a hard link, no copy) until
+        settle() or unplace(). Raises IngestStorageError.
         """
         self._close()
+        previous = staging_path(
+            self.final_path.parent, self.info.name, self.info.file_id, "previous"
+        )
         with os_errors("publish", self.final_path):
-            replaced = os.path.lexists(self.final_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(previous)  # a crash's leftover
+            try:
+                os.link(self.final_path, previous, follow_symlinks=False)
+            except FileNotFoundError:
+                replaced = False
+            else:
+                replaced = True
+                self._previous = previous
             os.replace(self.tmp, self.final_path)
         self.placed = True
         return replaced
+
+    def settle(self) -> None:
+        """The publish is recorded: drop the replaced file's second name."""
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(previous)
+
+    def unplace(self) -> None:
+        """The publish failed after place(): remove the file, and put back the one it
+        replaced. Best effort: a failure here is logged, the original error matters more."""
+        if not self.placed:
+            return
+        previous, self._previous = self._previous, None
+        self.placed = False
+        try:
+            if previous is not None:
+                os.replace(previous, self.final_path)
+            else:
+                os.unlink(self.final_path)
+        except OSError as exc:
+            log.warning("unpublish failed path=%s error=%r", self.final_path, exc)
 
     def discard(self) -> None:
         """Close the file and remove the staging file if it was not placed."""
