@@ -1,0 +1,196 @@
+"""Attacks on a real ingest server process: what a hostile client on loopback can try on
+its data, ack and control ports, and the refusals docs/security.md promises.
+
+Each test starts its own server (tests/integration/conftest.py's start_server), makes a
+bounded attack, checks the attacker's answer, and checks that an honest client is still
+served: a real IngestClient upload published byte for byte, or a control PING answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from postoffice.ingest.errors import ErrorCode
+from postoffice.ingest.messages import (
+    ErrorReply,
+    Failed,
+    FileId,
+    Message,
+    Subscribe,
+    Subscribed,
+)
+from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode, encode_chunk
+from tests.integration.conftest import ServerProcess, start_server
+from tests.integration.test_ingest import Ingest, send
+
+pytestmark = pytest.mark.timeout(60)
+
+#: How long an honest client waits for one answer before it calls the server stuck.
+ANSWER_S = 2.0
+
+
+@pytest.fixture
+def ingest(tmp_path: Path) -> Iterator[Ingest]:
+    """A running ingest server (one data port), stopped when the test ends."""
+    place = Ingest(tmp_path, x=1)
+    server = start_server(tmp_path, "ingest", *place.args())
+    try:
+        yield place
+    finally:
+        server.stop()
+
+
+def start(tmp_path: Path, place: Ingest, *extra: str) -> ServerProcess:
+    return start_server(tmp_path, "ingest", *place.args(*extra))
+
+
+class Raw:
+    """A blocking raw client of one binary port: frames out, the server's messages in."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_S * 5)
+        self.decoder = MessageDecoder()
+
+    def send(self, wire: bytes) -> None:
+        self.sock.sendall(wire)
+
+    def next(self) -> tuple[int, Message]:
+        while (event := self.decoder.next_event()) is NEED_DATA:
+            block = self.sock.recv(65536)
+            assert block, "the server closed the connection"
+            self.decoder.feed(block)
+        return event
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def honest_upload(place: Ingest, name: str, size: int = 300_000) -> None:
+    """An honest client uploads a file with the real client: it must be published whole."""
+    source = place.tmp / name
+    source.write_bytes(os.urandom(size))
+    asyncio.run(send(place, source, chunk_size=64 * 1024, timeout_s=20.0))
+    assert (place.files / name).read_bytes() == source.read_bytes()
+
+
+def hidden_files(place: Ingest) -> list[str]:
+    return sorted(p.name for p in place.files.iterdir() if p.name.startswith("."))
+
+
+# -- the control port -----------------------------------------------------------------------
+
+
+def test_control_port_answers_others_while_huge_multibulk_headers_arrive(
+    ingest: Ingest,
+) -> None:
+    """`*2147483647\\r\\n` announces two billion arguments; a parser that makes room for
+    them first stalls the process. Other control clients must go on being answered."""
+    stop = threading.Event()
+    sent = 0
+    refusals: list[bytes] = []
+
+    def attack() -> None:
+        nonlocal sent
+        deadline = time.monotonic() + 3.0
+        while not stop.is_set() and time.monotonic() < deadline and sent < 200:
+            try:
+                with socket.create_connection(
+                    ("127.0.0.1", ingest.sys_base + 2), timeout=ANSWER_S
+                ) as attacker:
+                    attacker.sendall(b"*2147483647\r\n")
+                    sent += 1
+                    refusals.append(attacker.recv(4096))
+            except OSError:
+                continue  # a stalled server: the honest client's check says so
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    try:
+        with socket.create_connection(("127.0.0.1", ingest.sys_base + 2), timeout=5) as honest:
+            honest.settimeout(ANSWER_S)
+            for _ in range(20):
+                honest.sendall(b"PING\r\n")
+                try:
+                    assert honest.recv(64) == b"+PONG\r\n"
+                except TimeoutError:
+                    pytest.fail(f"PING unanswered for {ANSWER_S} s during the attack")
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        attacker.join(timeout=10)
+    assert sent > 0
+    assert refusals
+    assert all(r.startswith(b"-ERR Protocol error") for r in refusals), refusals
+
+
+# -- decompression bombs --------------------------------------------------------------------
+
+
+def _bomb(output_bytes: int) -> bytes:
+    """Zeros compressed at about 30000:1, streamed so the output never exists here."""
+    compressor = zstandard.ZstdCompressor(level=1).compressobj()
+    zeros = bytes(1024 * 1024)
+    parts = [compressor.compress(zeros) for _ in range(output_bytes // len(zeros))]
+    return b"".join([*parts, compressor.flush()])
+
+
+def test_zstd_bombs_fail_at_once_and_leave_no_output(ingest: Ingest) -> None:
+    """A 2 GiB bomb of about 70 KB, as one chunk and as many: refused with ASSEMBLY well
+    before the size limit (the ratio), its partial output removed at once."""
+    bomb = _bomb(2 * 1024**3)
+    assert len(bomb) < 100_000
+    data = Raw(ingest.data_base)
+    acks = Raw(ingest.sys_base + 3)
+    try:
+        many = FileId(os.urandom(16))
+        acks.send(encode(Subscribe(file_ids=(many,)), 1))
+        assert isinstance(acks.next()[1], Subscribed)
+        began = time.monotonic()
+        one = FileId(os.urandom(16))
+        data.send(
+            encode_chunk(
+                file_id=one, index=0, total=1, size=len(bomb), name="bomb1", data=bomb, request_id=1
+            )
+        )
+        request_id, reply = data.next()
+        assert request_id == 1
+        assert isinstance(reply, ErrorReply)
+        assert reply.code is ErrorCode.ASSEMBLY
+        assert "exceeds ratio limit 100" in reply.message
+        step = 8 * 1024
+        pieces = [bomb[i : i + step] for i in range(0, len(bomb), step)]
+        for index, piece in enumerate(pieces):
+            data.send(
+                encode_chunk(
+                    file_id=many,
+                    index=index,
+                    total=len(pieces),
+                    size=len(bomb),
+                    name="bomb2",
+                    data=piece,
+                    request_id=10 + index,
+                )
+            )
+        while True:
+            _, event = acks.next()
+            if isinstance(event, Failed):
+                break
+        assert event.code is ErrorCode.ASSEMBLY
+        assert "exceeds ratio limit 100" in event.message
+        assert time.monotonic() - began < 10
+    finally:
+        data.close()
+        acks.close()
+    assert not (ingest.files / "bomb1").exists()
+    assert not (ingest.files / "bomb2").exists()
+    assert hidden_files(ingest) == []
+    honest_upload(ingest, "after-the-bombs.bin")
