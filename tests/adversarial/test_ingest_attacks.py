@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xxhash
 import zstandard
 
-from postoffice.ingest.errors import ErrorCode
+from postoffice.ingest.client import IngestClient, SendResult
+from postoffice.ingest.client import payload as payload_module
+from postoffice.ingest.errors import ConflictError, ErrorCode
 from postoffice.ingest.messages import (
     ErrorReply,
     Failed,
@@ -158,7 +161,14 @@ def test_zstd_bombs_fail_at_once_and_leave_no_output(ingest: Ingest) -> None:
         one = FileId(os.urandom(16))
         data.send(
             encode_chunk(
-                file_id=one, index=0, total=1, size=len(bomb), name="bomb1", data=bomb, request_id=1
+                file_id=one,
+                index=0,
+                total=1,
+                size=len(bomb),
+                name="bomb1",
+                payload_digest=xxhash.xxh3_128_digest(bomb),
+                data=bomb,
+                request_id=1,
             )
         )
         request_id, reply = data.next()
@@ -176,6 +186,7 @@ def test_zstd_bombs_fail_at_once_and_leave_no_output(ingest: Ingest) -> None:
                     total=len(pieces),
                     size=len(bomb),
                     name="bomb2",
+                    payload_digest=xxhash.xxh3_128_digest(bomb),
                     data=piece,
                     request_id=10 + index,
                 )
@@ -194,3 +205,69 @@ def test_zstd_bombs_fail_at_once_and_leave_no_output(ingest: Ingest) -> None:
     assert not (ingest.files / "bomb2").exists()
     assert hidden_files(ingest) == []
     honest_upload(ingest, "after-the-bombs.bin")
+
+
+# -- two contents under one file id -----------------------------------------------------------
+
+
+def test_two_clients_racing_with_one_file_id_publish_exactly_one_content(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two real clients upload different files under the same file id (forced, as a buggy
+    or hostile client would): in every round one of them gets CONFLICT and the file
+    published is the other's, byte for byte. The rounds: the second client starts once
+    the first has a chunk acknowledged (so its pipelined chunks land on indexes the first
+    has not sent yet), or both start at once; many chunks, or one."""
+    rounds = [("staggered", 400_000), ("staggered", 400_000), ("at once", 400_000)]
+    rounds.append(("at once", 3_000))
+    for number, (start, size) in enumerate(rounds):
+        file_id = FileId(os.urandom(16))
+        monkeypatch.setattr(payload_module, "derive_file_id", lambda *_, fid=file_id: fid)
+        name = f"contested-{number}.bin"
+        sources = []
+        for side in ("a", "b"):
+            source = ingest.tmp / side / name
+            source.parent.mkdir(exist_ok=True)
+            source.write_bytes(os.urandom(size))
+            sources.append(source)
+
+        async def race(sources: list[Path], staggered: bool) -> list[object]:
+            first_acked = asyncio.Event()
+            clients = [
+                IngestClient(
+                    "127.0.0.1",
+                    ingest.sys_base,
+                    chunk_size=16 * 1024,
+                    parallel=1 if side == "a" else 4,
+                    timeout_s=20.0,
+                    work_dir=ingest.tmp / f"work-{side}",
+                )
+                for side in ("a", "b")
+            ]
+
+            async def second(client: IngestClient) -> SendResult:
+                if staggered:
+                    async with asyncio.timeout(20):
+                        await first_acked.wait()
+                return await client.send(sources[1])
+
+            async with clients[0] as a, clients[1] as b:
+                return list(
+                    await asyncio.gather(
+                        a.send(sources[0], progress=lambda *_: first_acked.set()),
+                        second(b),
+                        return_exceptions=True,
+                    )
+                )
+
+        results = asyncio.run(race(sources, start == "staggered"))
+        won = [i for i, r in enumerate(results) if isinstance(r, SendResult)]
+        assert len(won) == 1, (start, size, results)
+        lost = results[1 - won[0]]
+        assert isinstance(lost, ConflictError), lost
+        published = (ingest.files / name).read_bytes()
+        assert xxhash.xxh3_128_digest(published) == xxhash.xxh3_128_digest(
+            sources[won[0]].read_bytes()
+        )
+    monkeypatch.undo()
+    honest_upload(ingest, "after-the-race.bin")

@@ -65,6 +65,7 @@ def stored(
             total=len(pieces),
             size=size,
             name=name,
+            payload_digest=xxhash.xxh3_128_digest(b"".join(pieces)),
             digest=xxhash.xxh3_128_digest(pieces[index]),
             data=pieces[index],
             now=NOW,
@@ -306,6 +307,26 @@ class TestRefused:
         assert assembly.RATIO_GRACE_BYTES < len(text) < 20 * len(blob)
         run(tmp_path / "text", split(blob, [len(blob) // 2]), max_output_ratio=20)
         assert (tmp_path / "text" / "files" / "out.bin").read_bytes() == text
+
+    def test_chunks_that_are_not_the_declared_payload_are_not_published(
+        self, tmp_path: Path
+    ) -> None:
+        blob = compress(b"the declared content\n" * 100)
+        info, patches = stored(tmp_path, [blob])
+        declared = xxhash.xxh3_128_digest(b"some other payload")
+        with pytest.raises(
+            AssemblyError,
+            match=rf"^payload {HEX} hashes to payload digest {xxhash.xxh3_128_hexdigest(blob)},"
+            rf" its chunks declared {declared.hex()}$",
+        ):
+            assemble(
+                info=dataclasses.replace(info, payload_digest=declared),
+                patches=patches,
+                files_dir=tmp_path / "files",
+                max_output_bytes=MIB,
+                max_window_log=27,
+            )
+        assert files_in(tmp_path) == []
 
     def test_a_window_over_the_limit(self, tmp_path: Path) -> None:
         params = zstandard.ZstdCompressionParameters.from_level(3, window_log=24)

@@ -43,13 +43,20 @@ def one_chunk(name: str, content: bytes, *, file_id: FileId | None = None) -> Ch
         total=1,
         size=len(data),
         name=name,
+        payload_digest=xxhash.xxh3_128_digest(data),
         data=data,
     )
 
 
 def raw_one_chunk(name: str, data: bytes) -> Chunk:
     return new_chunk(
-        file_id=FileId(os.urandom(16)), index=0, total=1, size=len(data), name=name, data=data
+        file_id=FileId(os.urandom(16)),
+        index=0,
+        total=1,
+        size=len(data),
+        name=name,
+        payload_digest=xxhash.xxh3_128_digest(data),
+        data=data,
     )
 
 

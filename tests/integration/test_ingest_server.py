@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 import zstandard
 
 from postoffice.ingest import assembler as assembler_module
@@ -39,8 +40,26 @@ def one_chunk(name: str, content: bytes) -> Chunk:
     return make_chunk(FileId(os.urandom(16)), 0, 1, len(data), name, data)
 
 
-def make_chunk(file_id: FileId, index: int, total: int, size: int, name: str, data: bytes) -> Chunk:
-    return new_chunk(file_id=file_id, index=index, total=total, size=size, name=name, data=data)
+def make_chunk(
+    file_id: FileId,
+    index: int,
+    total: int,
+    size: int,
+    name: str,
+    data: bytes,
+    *,
+    payload: bytes | None = None,
+) -> Chunk:
+    """Chunk `index` of `payload` (for a one-chunk upload, `data` is the payload)."""
+    return new_chunk(
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        payload_digest=xxhash.xxh3_128_digest(data if payload is None else payload),
+        data=data,
+    )
 
 
 def count_decompressions(monkeypatch: pytest.MonkeyPatch, *, fail_first: bool) -> list[int]:
@@ -78,7 +97,9 @@ async def test_a_crashed_assembly_is_restarted(
     file_id = FileId(os.urandom(16))
     half = len(data) // 2
     acks = [
-        await server.accept_chunk(make_chunk(file_id, i, 2, len(data), "retry.txt", piece))
+        await server.accept_chunk(
+            make_chunk(file_id, i, 2, len(data), "retry.txt", piece, payload=data)
+        )
         for i, piece in enumerate((data[:half], data[half:]))
     ]
     assert acks[-1].complete
@@ -131,7 +152,7 @@ async def test_one_assembly_even_when_the_last_chunks_land_together(
     pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
     file_id = FileId(os.urandom(16))
     chunks = [
-        make_chunk(file_id, i, len(pieces), len(data), "race.bin", piece)
+        make_chunk(file_id, i, len(pieces), len(data), "race.bin", piece, payload=data)
         for i, piece in enumerate(pieces)
     ]
     # Every chunk at once, twice: duplicates race the completing chunk.
@@ -172,7 +193,7 @@ async def test_assembly_streams_while_chunks_arrive(
     staging = assembly.staging_path(files, "stream.log", file_id, "tmp")
     for index, piece in enumerate(pieces[:-1]):
         ack = await server.accept_chunk(
-            make_chunk(file_id, index, len(pieces), len(data), "stream.log", piece)
+            make_chunk(file_id, index, len(pieces), len(data), "stream.log", piece, payload=data)
         )
         assert not ack.complete
     # Every chunk but the last is in: the output is being written already.
@@ -181,7 +202,9 @@ async def test_assembly_streams_while_chunks_arrive(
             await asyncio.sleep(0.01)
     assert not (files / "stream.log").exists()
     assert server.query(file_id).state is UploadState.UPLOADING
-    last = make_chunk(file_id, len(pieces) - 1, len(pieces), len(data), "stream.log", pieces[-1])
+    last = make_chunk(
+        file_id, len(pieces) - 1, len(pieces), len(data), "stream.log", pieces[-1], payload=data
+    )
     assert (await server.accept_chunk(last)).complete
     await wait_for(files / "stream.log")
     assert (files / "stream.log").read_bytes() == original
@@ -214,7 +237,9 @@ async def test_a_stalled_streaming_assembly_gives_up_and_the_last_chunk_restarts
     data = zstandard.ZstdCompressor(level=1).compress(original)
     half = len(data) // 2
     file_id = FileId(os.urandom(16))
-    await server.accept_chunk(make_chunk(file_id, 0, 2, len(data), "slow.log", data[:half]))
+    await server.accept_chunk(
+        make_chunk(file_id, 0, 2, len(data), "slow.log", data[:half], payload=data)
+    )
     assert file_id in server.assembler.running
     async with asyncio.timeout(10):
         while file_id in server.assembler.running:  # the streaming assembly gives up
@@ -222,7 +247,9 @@ async def test_a_stalled_streaming_assembly_gives_up_and_the_last_chunk_restarts
     files = tmp_path / "files"
     assert [p.name for p in files.iterdir()] == []  # its staging file went with it
     assert (
-        await server.accept_chunk(make_chunk(file_id, 1, 2, len(data), "slow.log", data[half:]))
+        await server.accept_chunk(
+            make_chunk(file_id, 1, 2, len(data), "slow.log", data[half:], payload=data)
+        )
     ).complete
     await wait_for(files / "slow.log")
     assert (files / "slow.log").read_bytes() == original
@@ -237,7 +264,7 @@ async def test_abort_while_streaming_leaves_nothing(server: IngestServer, tmp_pa
     staging = assembly.staging_path(files, "gone.log", file_id, "tmp")
     for index, piece in enumerate(pieces[:2]):
         await server.accept_chunk(
-            make_chunk(file_id, index, len(pieces), len(data), "gone.log", piece)
+            make_chunk(file_id, index, len(pieces), len(data), "gone.log", piece, payload=data)
         )
     async with asyncio.timeout(10):
         while not staging.exists():
@@ -281,7 +308,7 @@ async def test_the_same_one_chunk_upload_sent_twice_at_once_is_published_once(
 async def test_one_chunk_uploads_of_one_id_with_other_bytes_conflict(server: IngestServer) -> None:
     first = one_chunk("same.txt", b"one version")
     data = zstandard.ZstdCompressor().compress(b"another version")
-    other = make_chunk(first.file_id, 0, 1, len(data), "same.txt", data)
+    other = make_chunk(first.file_id, 0, 1, len(data), "same.txt", data, payload=data)
     results = await asyncio.gather(
         server.accept_chunk(first), server.accept_chunk(other), return_exceptions=True
     )
@@ -318,7 +345,7 @@ async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
     pieces = pieces_of(data, 4096)
     file_id = FileId(os.urandom(16))
     chunks = [
-        make_chunk(file_id, i, len(pieces), len(data), "nudged.log", p)
+        make_chunk(file_id, i, len(pieces), len(data), "nudged.log", p, payload=data)
         for i, p in enumerate(pieces)
     ]
     # Stored behind the server's back: complete, and no assembly ever started.
@@ -330,6 +357,7 @@ async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
             total=chunk.total,
             size=chunk.size,
             name=chunk.name,
+            payload_digest=chunk.payload_digest,
             digest=chunk.digest,
             data=chunk.data,
             now=0.0,

@@ -175,10 +175,11 @@ def assemble_with_stats(
     that is not recorded leaves nothing in files_dir. `max_output_ratio` (0: none)
     bounds the output, once past RATIO_GRACE_BYTES, to that many times the compressed
     bytes read so far.
-    Raises AssemblyError for a payload that will never decompress (piece count or sizes
-    that disagree with `info`, not zstd, truncated, trailing bytes, a window over
-    2**max_window_log, output over max_output_bytes or over the ratio: OutputLimitError,
-    OutputRatioError), BadNameError for a bad name, and
+    Raises AssemblyError for a payload that will never decompress or is not the one
+    declared (piece count, sizes or payload digest that disagree with `info`, not zstd,
+    truncated, trailing bytes, a window over 2**max_window_log, output over
+    max_output_bytes or over the ratio: OutputLimitError, OutputRatioError), BadNameError
+    for a bad name, and
     IngestStorageError when the disk fails (the patches are intact: retry later), and
     whatever `record` raises.
     """
@@ -404,8 +405,17 @@ def stage(
         if via_part:
             with contextlib.suppress(OSError):
                 part.unlink(missing_ok=True)
+    payload_digest = source.digest.digest()
+    if info.payload_digest is not None and payload_digest != info.payload_digest:
+        # The chunks are not the content the upload declared: a sender's bug, or two
+        # senders' chunks under one id. Neither is published.
+        staged.discard()
+        raise AssemblyError(
+            f"payload {hex_id} hashes to payload digest {payload_digest.hex()},"
+            f" its chunks declared {info.payload_digest.hex()}"
+        )
     staged.digest = sink.digest.digest()
-    staged.payload_digest = source.digest.digest()
+    staged.payload_digest = payload_digest
     staged.bytes_in = source.bytes_read
     staged.frames = walker.frames
     return staged

@@ -125,8 +125,21 @@ class Intake:
         failed = self.reports.failure(file_id)
         if failed is not None:
             raise _failed_upload(failed)
-        if self.store.published(file_id) is not None:
+        done = self.store.published(file_id)
+        if done is not None:
+            if (done.payload_digest, done.name) != (chunk.payload_digest, chunk.name):
+                raise ConflictError(
+                    f"chunk {chunk.index} of {file_id_hex(file_id)} is not of the payload "
+                    f"published under that id (another name or payload digest)"
+                )
             return _already_published(chunk)
+        pending = self.singles.pending.get(file_id)
+        if pending is not None and chunk.total != 1:
+            # Its one-chunk publish would drop what this chunk stored: another content.
+            raise ConflictError(
+                f"chunk {chunk.index} of {file_id_hex(file_id)} has total {chunk.total}, "
+                "the upload is being published as one chunk"
+            )
         if chunk.total == 1 and self.one_chunk_road and self.store.info(file_id) is None:
             # 2a. the one-chunk road: published before it is acknowledged
             match await self.singles.publish(chunk):
@@ -148,6 +161,7 @@ class Intake:
                 total=chunk.total,
                 size=chunk.size,
                 name=chunk.name,
+                payload_digest=chunk.payload_digest,
                 digest=chunk.digest,
                 data=chunk.data,
                 now=now,

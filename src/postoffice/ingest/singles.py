@@ -248,6 +248,7 @@ def single_info(chunk: Chunk, now: float) -> PayloadInfo:
         committed=frozenset({0}),
         created=now,
         updated=now,
+        payload_digest=chunk.payload_digest,
     )
 
 
