@@ -24,10 +24,15 @@ from postoffice.ingest.client import IngestClient, SendResult
 from postoffice.ingest.client import payload as payload_module
 from postoffice.ingest.errors import ConflictError, ErrorCode
 from postoffice.ingest.messages import (
+    Ack,
     ErrorReply,
     Failed,
     FileId,
     Message,
+    Ping,
+    Pong,
+    Query,
+    Status,
     Subscribe,
     Subscribed,
 )
@@ -271,3 +276,84 @@ def test_two_clients_racing_with_one_file_id_publish_exactly_one_content(
         )
     monkeypatch.undo()
     honest_upload(ingest, "after-the-race.bin")
+
+
+# -- huge totals, a QUERY flood, names at the limit ---------------------------------------------
+
+
+def test_a_query_flood_on_a_huge_sparse_upload_does_not_stall_the_server(ingest: Ingest) -> None:
+    """A CHUNK with total 2**32-1 is OUT_OF_RANGE; one with total 2**24 (the limit) is
+    taken, and then a flood of QUERY for it: each STATUS costs what was committed, not a
+    walk over 2**24 indexes, so another client's PING is answered all along."""
+    file_id = FileId(os.urandom(16))
+
+    def chunk(total: int, index: int, request_id: int) -> bytes:
+        return encode_chunk(
+            file_id=file_id,
+            index=index,
+            total=total,
+            size=total,
+            name="huge.bin",
+            payload_digest=bytes(16),
+            data=b"x",
+            request_id=request_id,
+        )
+
+    attacker = Raw(ingest.data_base)
+    honest = Raw(ingest.data_base)
+    try:
+        attacker.send(chunk(2**32 - 1, 5, 1))
+        refused = attacker.next()
+        assert refused[0] == 1
+        assert isinstance(refused[1], ErrorReply)
+        assert refused[1].code is ErrorCode.OUT_OF_RANGE
+        attacker.send(chunk(2**24, 5, 2))
+        assert isinstance(attacker.next()[1], Ack)
+        queries = 200
+        attacker.send(b"".join(encode(Query(file_id=file_id), 10 + n) for n in range(queries)))
+        honest.sock.settimeout(ANSWER_S)
+        for n in range(5):
+            honest.send(encode(Ping(), 100 + n))
+            try:
+                assert honest.next() == (100 + n, Pong())
+            except TimeoutError:
+                pytest.fail(f"PING unanswered for {ANSWER_S} s during the QUERY flood")
+        for _ in range(queries):
+            _, status = attacker.next()
+            assert isinstance(status, Status)
+            assert status.missing == ((0, 4), (6, 2**24 - 1))
+    finally:
+        attacker.close()
+        honest.close()
+
+
+def test_names_at_the_limit_are_published_and_one_byte_more_is_refused(ingest: Ingest) -> None:
+    """255 bytes of UTF-8 (three-byte characters, so the staging name is cut on a
+    character boundary) is published; 256 is BAD_NAME; the server goes on."""
+    content = zstandard.ZstdCompressor().compress(b"a name at the limit\n")
+    longest = "\u6587" * 85  # 255 bytes
+    data = Raw(ingest.data_base)
+    try:
+        for request_id, name in ((1, longest), (2, longest + "a")):
+            data.send(
+                encode_chunk(
+                    file_id=FileId(os.urandom(16)),
+                    index=0,
+                    total=1,
+                    size=len(content),
+                    name=name,
+                    payload_digest=xxhash.xxh3_128_digest(content),
+                    data=content,
+                    request_id=request_id,
+                )
+            )
+        replies = dict(data.next() for _ in range(2))
+    finally:
+        data.close()
+    assert isinstance(replies[1], Ack)
+    assert replies[1].complete
+    assert isinstance(replies[2], ErrorReply)
+    assert replies[2].code is ErrorCode.BAD_NAME
+    assert (ingest.files / longest).read_bytes() == b"a name at the limit\n"
+    assert hidden_files(ingest) == []
+    honest_upload(ingest, "after-the-names.bin")

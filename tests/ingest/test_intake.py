@@ -12,10 +12,13 @@ import pytest
 import xxhash
 import zstandard
 
+from postoffice.core.framing import Frame
 from postoffice.ingest.chunkdigest import new_chunk
 from postoffice.ingest.config import IngestConfig
 from postoffice.ingest.errors import ConflictError, IngestStorageError
-from postoffice.ingest.messages import Chunk, FileId, UploadState
+from postoffice.ingest.messages import MAX_CHUNKS, MAX_STATUS_RANGES, Chunk, FileId, UploadState
+from postoffice.ingest.patches import PayloadInfo
+from postoffice.ingest.protocol import decode, encode
 from postoffice.ingest.published import PublishedRecords
 from postoffice.ingest.server import IngestServer
 
@@ -187,3 +190,28 @@ async def test_a_multi_chunk_upload_conflicts_with_a_one_chunk_publish_in_flight
     assert results[0].complete
     assert isinstance(results[1], ConflictError)
     assert (tmp_path / "files" / "one.txt").read_bytes() == b"published as one chunk\n"
+
+
+async def test_query_of_a_sparse_huge_upload_lists_at_most_the_status_limit(
+    server: IngestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other index committed of 2**24: the STATUS lists the first MAX_STATUS_RANGES
+    missing ranges (a client decoder refuses more) and is built from the committed
+    indexes, not from a walk over all 2**24."""
+    file_id = FileId(os.urandom(16))
+    committed = frozenset(range(0, 2 * MAX_STATUS_RANGES + 10, 2))
+    info = PayloadInfo(
+        file_id=file_id,
+        name="sparse.bin",
+        total=MAX_CHUNKS,
+        size=MAX_CHUNKS,
+        committed=committed,
+        created=0.0,
+        updated=0.0,
+    )
+    monkeypatch.setattr(server.store, "info", lambda fid: info if fid == file_id else None)
+    status = server.query(file_id)
+    assert len(status.missing) == MAX_STATUS_RANGES
+    assert status.missing[:2] == ((1, 1), (3, 3))
+    decoded = decode(Frame(type=0x12, flags=0, request_id=1, payload=encode(status, 1)[24:]))
+    assert decoded == status

@@ -54,6 +54,7 @@ from postoffice.ingest.errors import IngestError, ShuttingDownError, UnknownFile
 from postoffice.ingest.events import AckHub, EventHub
 from postoffice.ingest.intake import Intake
 from postoffice.ingest.messages import (
+    MAX_STATUS_RANGES,
     Ack,
     Chunk,
     Failed,
@@ -61,7 +62,6 @@ from postoffice.ingest.messages import (
     Published,
     Status,
     UploadState,
-    ranges,
 )
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.protocol import CHUNK_OVERHEAD_BYTES
@@ -512,7 +512,9 @@ class IngestServer:
 
 
 def _missing(info: PayloadInfo) -> tuple[tuple[int, int], ...]:
-    return ranges(i for i in range(info.total) if i not in info.committed)
+    """The first MAX_STATUS_RANGES missing ranges, from the committed indexes: never a walk
+    over 0..total-1, which for a total of 2**24 took seconds of the loop per QUERY."""
+    return info.missing[:MAX_STATUS_RANGES]
 
 
 __all__ = ["MAX_DATA_PORTS", "IngestConfig", "IngestServer", "ShuttingDownError"]
