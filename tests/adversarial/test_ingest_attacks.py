@@ -357,3 +357,45 @@ def test_names_at_the_limit_are_published_and_one_byte_more_is_refused(ingest: I
     assert (ingest.files / longest).read_bytes() == b"a name at the limit\n"
     assert hidden_files(ingest) == []
     honest_upload(ingest, "after-the-names.bin")
+
+
+# -- the ack port -----------------------------------------------------------------------------
+
+
+def test_ack_port_bounds_subscriptions_and_a_client_that_never_reads(ingest: Ingest) -> None:
+    """One connection may watch 65,536 file ids: the SUBSCRIBE past that is TOO_LARGE and
+    the connection goes on. A client that sends PINGs and never reads the PONGs is slowed
+    by TCP (the server stops reading it), and an honest upload goes through meanwhile."""
+    greedy = Raw(ingest.sys_base + 3)
+    silent = socket.create_connection(("127.0.0.1", ingest.sys_base + 3), timeout=ANSWER_S)
+    try:
+        batches = [tuple(FileId(os.urandom(16)) for _ in range(1024)) for _ in range(65)]
+        greedy.send(
+            b"".join(encode(Subscribe(file_ids=ids), n + 1) for n, ids in enumerate(batches))
+        )
+        replies = [greedy.next() for _ in batches]
+        assert all(isinstance(message, Subscribed) for _, message in replies[:64])
+        request_id, refused = replies[64]
+        assert request_id == 65
+        assert isinstance(refused, ErrorReply)
+        assert refused.code is ErrorCode.TOO_LARGE
+        assert refused.message == (
+            "subscriptions of 66560 file ids on one connection exceed limit 65536"
+        )
+        greedy.send(encode(Ping(), 99))
+        assert greedy.next() == (99, Pong())
+
+        pings = encode(Ping(), 1) * 4096  # 96 KiB a write
+        written = 0
+        silent.setblocking(False)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and written < 64 * 1024 * 1024:
+            try:
+                written += silent.send(pings)
+            except BlockingIOError:
+                break  # the server stopped reading us: TCP holds the rest back
+        assert written < 64 * 1024 * 1024
+        honest_upload(ingest, "while-nobody-reads.bin")
+    finally:
+        greedy.close()
+        silent.close()
