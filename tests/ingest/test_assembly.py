@@ -23,7 +23,7 @@ from postoffice.ingest.assembly import (
     assemble_with_stats,
     staging_path,
 )
-from postoffice.ingest.errors import AssemblyError, IngestStorageError
+from postoffice.ingest.errors import AssemblyError, IngestStorageError, OutputRatioError
 from postoffice.ingest.messages import FileId
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
@@ -64,6 +64,7 @@ def stored(
             total=len(pieces),
             size=size,
             name=name,
+            payload_digest=xxhash.xxh3_128_digest(b"".join(pieces)),
             digest=xxhash.xxh3_128_digest(pieces[index]),
             data=pieces[index],
             now=NOW,
@@ -80,6 +81,7 @@ def run(
     name: str = "out.bin",
     max_output_bytes: int = 64 * MIB,
     max_window_log: int = 27,
+    max_output_ratio: int = 0,
     via_part: bool = False,
 ) -> PublishedInfo:
     info, patches = stored(root, pieces, name=name)
@@ -89,6 +91,7 @@ def run(
         files_dir=root / "files",
         max_output_bytes=max_output_bytes,
         max_window_log=max_window_log,
+        max_output_ratio=max_output_ratio,
         via_part=via_part,
         now=NOW,
     )
@@ -210,6 +213,56 @@ class TestRoundTrip:
         assert (root / "files" / "out.bin").read_bytes() == data
 
 
+class TestUnrecorded:
+    def test_a_publish_whose_record_fails_leaves_files_as_they_were(self, tmp_path: Path) -> None:
+        files = tmp_path / "files"
+        info, patches = stored(tmp_path / "new", [compress(b"new content\n")])
+        files.mkdir()
+        (files / "out.bin").write_bytes(b"old content\n")
+
+        def record(done: PublishedInfo) -> None:
+            assert (files / "out.bin").read_bytes() == b"new content\n"
+            raise IngestStorageError("cannot append to published.log: No space left on device")
+
+        for existing in (True, False):
+            with pytest.raises(IngestStorageError, match="No space left"):
+                assemble(
+                    info=info,
+                    patches=patches,
+                    files_dir=files,
+                    max_output_bytes=MIB,
+                    max_window_log=27,
+                    record=record,
+                )
+            if existing:
+                assert sorted(p.name for p in files.iterdir()) == ["out.bin"]
+                assert (files / "out.bin").read_bytes() == b"old content\n"
+                (files / "out.bin").unlink()
+            else:
+                assert list(files.iterdir()) == []
+
+    def test_a_recorded_publish_keeps_no_second_name_of_the_file_it_replaced(
+        self, tmp_path: Path
+    ) -> None:
+        info, patches = stored(tmp_path, [compress(b"new content\n")])
+        files = tmp_path / "files"
+        files.mkdir()
+        (files / "out.bin").write_bytes(b"old content\n")
+        recorded: list[PublishedInfo] = []
+        done = assemble(
+            info=info,
+            patches=patches,
+            files_dir=files,
+            max_output_bytes=MIB,
+            max_window_log=27,
+            record=recorded.append,
+        )
+        assert recorded == [done]
+        assert done.replaced
+        assert sorted(p.name for p in files.iterdir()) == ["out.bin"]
+        assert (files / "out.bin").read_bytes() == b"new content\n"
+
+
 class TestRefused:
     @pytest.mark.parametrize("via_part", [False, True])
     def test_a_decompression_bomb_stops_at_the_limit(
@@ -220,6 +273,58 @@ class TestRefused:
             AssemblyError, match=rf"^payload {HEX}: decompressed output exceeds limit {limit}$"
         ):
             run(tmp_path, split(bomb, [len(bomb) // 3]), max_output_bytes=limit, via_part=via_part)
+        assert files_in(tmp_path) == []
+
+    @pytest.mark.parametrize("via_part", [False, True])
+    def test_a_bomb_under_the_size_limit_stops_at_the_ratio_limit(
+        self, tmp_path: Path, bomb: bytes, via_part: bool
+    ) -> None:
+        """The absolute limit alone would let 1 GiB through; the ratio stops it at once."""
+        with pytest.raises(
+            OutputRatioError,
+            match=rf"^payload {HEX}: decompressed output exceeds ratio limit 100: \d+ bytes"
+            r" from \d+ compressed bytes$",
+        ) as refused:
+            run(
+                tmp_path,
+                split(bomb, [len(bomb) // 3]),
+                max_output_bytes=4 * 1024 * MIB,
+                max_output_ratio=100,
+                via_part=via_part,
+            )
+        written = int(str(refused.value).split(": ")[2].split()[0])
+        # At most one block past the ratio of all it read (zstd reads ahead of its output).
+        assert written <= max(assembly.RATIO_GRACE_BYTES, 100 * len(bomb)) + assembly.BLOCK_BYTES
+        assert files_in(tmp_path) == []
+
+    def test_the_ratio_limit_spares_small_outputs_and_ordinary_ratios(self, tmp_path: Path) -> None:
+        zeros = bytes(assembly.RATIO_GRACE_BYTES)  # compresses far past the ratio, but small
+        run(tmp_path / "small", [compress(zeros)], max_output_ratio=2)
+        assert (tmp_path / "small" / "files" / "out.bin").read_bytes() == zeros
+        text = text_bytes(450_000)  # log lines past the grace, about 10:1
+        blob = compress(text)
+        assert assembly.RATIO_GRACE_BYTES < len(text) < 20 * len(blob)
+        run(tmp_path / "text", split(blob, [len(blob) // 2]), max_output_ratio=20)
+        assert (tmp_path / "text" / "files" / "out.bin").read_bytes() == text
+
+    def test_chunks_that_are_not_the_declared_payload_are_not_published(
+        self, tmp_path: Path
+    ) -> None:
+        blob = compress(b"the declared content\n" * 100)
+        info, patches = stored(tmp_path, [blob])
+        declared = xxhash.xxh3_128_digest(b"some other payload")
+        with pytest.raises(
+            AssemblyError,
+            match=rf"^payload {HEX} hashes to payload digest {xxhash.xxh3_128_hexdigest(blob)},"
+            rf" its chunks declared {declared.hex()}$",
+        ):
+            assemble(
+                info=dataclasses.replace(info, payload_digest=declared),
+                patches=patches,
+                files_dir=tmp_path / "files",
+                max_output_bytes=MIB,
+                max_window_log=27,
+            )
         assert files_in(tmp_path) == []
 
     def test_a_window_over_the_limit(self, tmp_path: Path) -> None:

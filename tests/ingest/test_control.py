@@ -82,6 +82,21 @@ class FakeControl:
         self.calls.append(f"set_ttl {ttl_s}")
         self.config = dataclasses.replace(self.config, ttl_s=ttl_s)
 
+    def set_output_limits(
+        self, *, max_output_bytes: int | None = None, max_output_ratio: int | None = None
+    ) -> None:
+        self.calls.append(f"set_output_limits {max_output_bytes} {max_output_ratio}")
+        config = self.config
+        self.config = dataclasses.replace(
+            config,
+            max_output_bytes=config.max_output_bytes
+            if max_output_bytes is None
+            else max_output_bytes,
+            max_output_ratio=config.max_output_ratio
+            if max_output_ratio is None
+            else max_output_ratio,
+        )
+
     def status(self) -> dict[str, object]:
         if self.fail_with is not None:
             raise self.fail_with
@@ -455,6 +470,8 @@ async def test_config_get_all(harness: Harness) -> None:
             pairs=[
                 (bulk("x"), bulk("4")),
                 (bulk("ttl"), bulk("86400")),
+                (bulk("max-output-bytes"), bulk("4294967296")),
+                (bulk("max-output-ratio"), bulk("100")),
                 (bulk("sys-base"), bulk("7000")),
                 (bulk("data-base"), bulk("7100")),
                 (bulk("files-dir"), bulk("/srv/po/files")),
@@ -495,6 +512,28 @@ async def test_config_set_ttl(harness: Harness) -> None:
     assert harness.control.calls == ["set_ttl 90.5"]
 
 
+async def test_config_set_output_limits(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, "CONFIG", "SET", "max-output-bytes", "1048576") == b"+OK\r\n"
+    assert send(conn, t, "CONFIG", "SET", "MAX-OUTPUT-RATIO", "0") == b"+OK\r\n"
+    assert (harness.control.config.max_output_bytes, harness.control.config.max_output_ratio) == (
+        1048576,
+        0,
+    )
+    assert harness.control.calls == [
+        "set_output_limits 1048576 None",
+        "set_output_limits None 0",
+    ]
+    assert send(conn, t, "CONFIG", "GET", "max-output-*") == encode_resp(
+        Map(
+            pairs=[
+                (bulk("max-output-bytes"), bulk("1048576")),
+                (bulk("max-output-ratio"), bulk("0")),
+            ]
+        )
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "reply"),
     [
@@ -508,7 +547,25 @@ async def test_config_set_ttl(harness: Harness) -> None:
         (("SET", "ttl", "soon"), err("setting 'ttl' must be a number of seconds, got 'soon'")),
         (("SET", "sys-base", "1"), err("setting 'sys-base' is read-only")),
         (("SET", "files-dir", "/tmp"), err("setting 'files-dir' is read-only")),
-        (("SET", "colour", "red"), err("unknown setting 'colour', expected one of: x, ttl")),
+        (
+            ("SET", "max-output-bytes", "0"),
+            err("setting 'max_output_bytes' must be between 1 and 1125899906842624, got 0"),
+        ),
+        (
+            ("SET", "max-output-ratio", "-1"),
+            err("setting 'max_output_ratio' must be between 0 and 1000000, got -1"),
+        ),
+        (
+            ("SET", "max-output-ratio", "1e3"),
+            err("setting 'max-output-ratio' must be an integer, got '1e3'"),
+        ),
+        (
+            ("SET", "colour", "red"),
+            err(
+                "unknown setting 'colour', expected one of: x, ttl, max-output-bytes,"
+                " max-output-ratio"
+            ),
+        ),
         (("SET", "x"), err("wrong number of arguments for 'config|set' command")),
         (("SET", "x", "1", "ttl", "2"), err("wrong number of arguments for 'config|set' command")),
         (("GET",), err("wrong number of arguments for 'config|get' command")),
@@ -527,6 +584,8 @@ async def test_config_errors(harness: Harness, args: tuple[str, ...], reply: byt
     assert await call(conn, t, "CONFIG", *args) == reply
     assert harness.control.config.x == 4
     assert harness.control.config.ttl_s == 86400.0
+    assert harness.control.config.max_output_bytes == 4 * 1024**3
+    assert harness.control.config.max_output_ratio == 100
     assert not t.closed
 
 
@@ -535,7 +594,7 @@ async def test_config_help(harness: Harness) -> None:
     conn.data_received(b"CONFIG HELP\n")
     lines = t.take().decode().splitlines()
     assert lines[0] == "CONFIG <subcommand> [<arg> ...]. Subcommands are:"
-    assert len(lines) == 4
+    assert len(lines) == 6
 
 
 # -- dispatch errors ----------------------------------------------------------------------

@@ -25,11 +25,19 @@ DIGEST = bytes(range(16))
 
 def test_chunk_repr_shows_data_length_not_bytes() -> None:
     chunk = Chunk(
-        file_id=FID, index=1, total=2, size=34, name="hello.txt", digest=DIGEST, data=bytes(17)
+        file_id=FID,
+        index=1,
+        total=2,
+        size=34,
+        name="hello.txt",
+        payload_digest=DIGEST[::-1],
+        digest=DIGEST,
+        data=bytes(17),
     )
     assert repr(chunk) == (
         f"Chunk(file_id={FID_HEX}, index=1, total=2, size=34, name='hello.txt', "
-        f"digest={DIGEST.hex()[:12]}..., data=<17 bytes>)"
+        f"payload_digest={DIGEST[::-1].hex()[:12]}..., digest={DIGEST.hex()[:12]}..., "
+        "data=<17 bytes>)"
     )
 
 

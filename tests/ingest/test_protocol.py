@@ -81,20 +81,21 @@ NAME_HEX = "68656c6c6f2e747874"  # "hello.txt"
 # bytes), zstd level 3 (34 bytes), sent as two chunks of 17 bytes.
 ZST = bytes.fromhex("28b52ffd2026cd00009868656c6c6f2c20706f7374206f66666963650a01002d9961")
 CHUNK1_DATA = ZST[17:]
-# XXH3-128 of chunk 1's 34 field bytes, name and data: computed here straight from the
-# xxhash library, so a change to what the digest covers fails these tests.
-CHUNK1_FIELDS_HEX = f"{FID_HEX} 00000001 00000002 0000000000000022 0009"
+TEXT_DIGEST_HEX = xxhash.xxh3_128_hexdigest(b"hello, post office\n" * 2)
+ZST_DIGEST_HEX = xxhash.xxh3_128_hexdigest(ZST)
+# XXH3-128 of chunk 1's 50 field bytes (the payload digest among them), name and data:
+# computed here straight from the xxhash library, so a change to what the digest covers
+# fails these tests.
+CHUNK1_FIELDS_HEX = f"{FID_HEX} 00000001 00000002 0000000000000022 0009 {ZST_DIGEST_HEX}"
 CHUNK1_DIGEST_HEX = xxhash.xxh3_128_hexdigest(
     bytes.fromhex(CHUNK1_FIELDS_HEX) + b"hello.txt" + CHUNK1_DATA
 )
-TEXT_DIGEST_HEX = xxhash.xxh3_128_hexdigest(b"hello, post office\n" * 2)
-ZST_DIGEST_HEX = xxhash.xxh3_128_hexdigest(ZST)
 DIGEST0_HEX = "00" * 16
 
 # Chunk 1 of 2 and its ack, request id 2, byte for byte as the doc shows them: the
 # SELF_CHECKED flag, so the frame CRC-32 is 0.
 CHUNK_WIRE = bytes.fromhex(
-    "504f 01 01 0001 0000 0000000000000002 0000004c 00000000"  # frame header
+    "504f 01 01 0001 0000 0000000000000002 0000005c 00000000"  # frame header
     f"{CHUNK1_FIELDS_HEX} {CHUNK1_DIGEST_HEX}"
     f"{NAME_HEX} 706f7374206f66666963650a01002d9961"
 )
@@ -108,6 +109,7 @@ CHUNK_MSG = Chunk(
     total=2,
     size=34,
     name="hello.txt",
+    payload_digest=bytes.fromhex(ZST_DIGEST_HEX),
     digest=bytes.fromhex(CHUNK1_DIGEST_HEX),
     data=CHUNK1_DATA,
 )
@@ -270,6 +272,7 @@ def test_encode_chunk_matches_the_doc_and_takes_buffers(
         total=2,
         size=34,
         name="hello.txt",
+        payload_digest=bytes.fromhex(ZST_DIGEST_HEX),
         data=data,
         request_id=2,
     )
@@ -283,6 +286,7 @@ def test_a_chunk_without_self_checked_carries_a_crc_and_decodes_the_same() -> No
         total=2,
         size=34,
         name="hello.txt",
+        payload_digest=bytes.fromhex(ZST_DIGEST_HEX),
         data=CHUNK1_DATA,
         request_id=2,
         self_checked=False,
@@ -294,7 +298,7 @@ def test_a_chunk_without_self_checked_carries_a_crc_and_decodes_the_same() -> No
 
 def test_a_self_checked_chunk_with_a_bit_flipped_is_a_checksum_error_not_lost_framing() -> None:
     """No frame CRC: the chunk digest catches the flip, and the connection goes on."""
-    for at in (24 + 20, 24 + 50, len(CHUNK_WIRE) - 1):  # total, name, data
+    for at in (24 + 20, 24 + 40, 24 + 66, len(CHUNK_WIRE) - 1):  # total, payload digest, name, data
         wire = bytearray(CHUNK_WIRE)
         wire[at] ^= 0x01
         decoder = MessageDecoder()
@@ -315,8 +319,11 @@ def _chunk_payload(
     data: bytes = b"",
     digest: str | None = None,
 ) -> bytes:
-    """A CHUNK payload by hand: size 0, and the right digest unless `digest` is given."""
-    fields = bytes.fromhex(f"{FID_HEX} {index:08x} {total:08x} 0000000000000000 {len(name):04x}")
+    """A CHUNK payload by hand: size 0, payload digest 0, and the right digest unless
+    `digest` is given."""
+    fields = bytes.fromhex(
+        f"{FID_HEX} {index:08x} {total:08x} 0000000000000000 {len(name):04x} {DIGEST0_HEX}"
+    )
     if digest is None:
         digest = xxhash.xxh3_128_hexdigest(fields + name + data)
     return fields + bytes.fromhex(digest) + name + data
@@ -334,7 +341,7 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
     (
         _frame(0x01, FID_HEX),
         IngestProtocolError,
-        r"^chunk payload of 16 bytes, expected at least 50$",
+        r"^chunk payload of 16 bytes, expected at least 66$",
     ),
     (
         _frame(0x01, _chunk_payload(total=0)),
@@ -365,7 +372,7 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
     (
         _frame(0x01, _chunk_payload(name=b"abc")[:-1]),
         IngestProtocolError,
-        r"^chunk name of 3 bytes overruns the payload of 52 bytes$",
+        r"^chunk name of 3 bytes overruns the payload of 68 bytes$",
     ),
     (
         _frame(0x01, _chunk_payload(name=b"ab\xffc")),
@@ -550,7 +557,8 @@ def test_chunk_data_limit_default_is_8_mib() -> None:
         total=1,
         size=0,
         name="a",
-        digest=payload[34:50],
+        payload_digest=bytes(16),
+        digest=payload[50:66],
         data=data[1:],
     )
 
@@ -583,20 +591,20 @@ def test_bad_frame_poisons_the_decoder() -> None:
 def test_oversized_frame_is_refused_from_its_header() -> None:
     decoder = MessageDecoder(max_chunk_bytes=100)
     decoder.feed(_wire(0x01, bytes(100 + CHUNK_OVERHEAD_BYTES + 1), 7)[:24])
-    with pytest.raises(FrameTooLarge, match=r"^frame payload length 406 exceeds limit 405$"):
+    with pytest.raises(FrameTooLarge, match=r"^frame payload length 422 exceeds limit 421$"):
         decoder.next_event()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "limit"),
     [
-        ({}, MAX_CHUNK_BYTES + 50 + MAX_NAME_BYTES),
+        ({}, MAX_CHUNK_BYTES + 66 + MAX_NAME_BYTES),
         ({"max_chunk_bytes": 0}, CHUNK_OVERHEAD_BYTES),
         ({"max_payload_bytes": 1000}, 1000),
     ],
 )
 def test_frame_payload_limit(kwargs: dict[str, Any], limit: int) -> None:
-    """The default limit fits the largest valid chunk: 50-byte header, longest name, data."""
+    """The default limit fits the largest valid chunk: 66-byte header, longest name, data."""
     assert MAX_MESSAGE_BYTES == MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
     at_limit = MessageDecoder(**kwargs)
     at_limit.feed(_WIRE_HEADER.pack(b"PO", 1, 1, 0, 0, 0, limit, 0))
@@ -611,7 +619,7 @@ def test_frame_payload_limit(kwargs: dict[str, Any], limit: int) -> None:
 
 @pytest.mark.parametrize("limit", [-1, 16 * 1024 * 1024 - CHUNK_OVERHEAD_BYTES + 1])
 def test_chunk_limit_out_of_range_is_a_config_error(limit: int) -> None:
-    with pytest.raises(ConfigError, match=rf"^max_chunk_bytes {limit} out of range 0\.\.16776911$"):
+    with pytest.raises(ConfigError, match=rf"^max_chunk_bytes {limit} out of range 0\.\.16776895$"):
         MessageDecoder(max_chunk_bytes=limit)
 
 
@@ -661,24 +669,60 @@ ENCODE_ERRORS: list[tuple[Message, type[Exception], str]] = [
         r"^cannot encode ack: .*$",
     ),
     (
-        Chunk(file_id=FID, index=2**32, total=1, size=0, name="a", digest=bytes(16), data=b""),
+        Chunk(
+            file_id=FID,
+            index=2**32,
+            total=1,
+            size=0,
+            name="a",
+            payload_digest=bytes(16),
+            digest=bytes(16),
+            data=b"",
+        ),
         IngestProtocolError,
         r"^cannot encode chunk: .*$",
     ),
     (
-        Chunk(file_id=FID, index=0, total=1, size=0, name="a", digest=bytes(15), data=b""),
+        Chunk(
+            file_id=FID,
+            index=0,
+            total=1,
+            size=0,
+            name="a",
+            payload_digest=bytes(16),
+            digest=bytes(15),
+            data=b"",
+        ),
         IngestProtocolError,
         r"^digest of 15 bytes, expected 16$",
     ),
     (
-        Chunk(file_id=FID, index=0, total=1, size=0, name="\ud800", digest=bytes(16), data=b""),
+        Chunk(
+            file_id=FID,
+            index=0,
+            total=1,
+            size=0,
+            name="\ud800",
+            payload_digest=bytes(16),
+            digest=bytes(16),
+            data=b"",
+        ),
         BadNameError,
         r"^name '\\ud800' is not encodable as utf-8$",
     ),
     (
-        Chunk(file_id=FID, index=0, total=1, size=0, name="a", digest=bytes(16), data=bytes(2**24)),
+        Chunk(
+            file_id=FID,
+            index=0,
+            total=1,
+            size=0,
+            name="a",
+            payload_digest=bytes(16),
+            digest=bytes(16),
+            data=bytes(2**24),
+        ),
         FrameTooLarge,
-        r"^frame payload length 16777267 exceeds limit 16777216$",
+        r"^frame payload length 16777283 exceeds limit 16777216$",
     ),
     (
         Subscribe(file_ids=(FID,) * 65536),
@@ -702,7 +746,16 @@ def test_request_id_out_of_range_is_a_frame_error(message: Message) -> None:
 
 def test_encode_does_not_apply_decode_rules() -> None:
     """Tools build bad-but-framed chunks to probe a server; decode is the gate."""
-    bad = Chunk(file_id=FID, index=9, total=3, size=0, name="../x", digest=bytes(16), data=b"")
+    bad = Chunk(
+        file_id=FID,
+        index=9,
+        total=3,
+        size=0,
+        name="../x",
+        payload_digest=bytes(16),
+        digest=bytes(16),
+        data=b"",
+    )
     with pytest.raises(OutOfRangeError):
         _decode_all([encode(bad, 1)])
 
@@ -743,6 +796,7 @@ def chunks(draw: st.DrawFn) -> Chunk:
         total=total,
         size=draw(u64),
         name=draw(names),
+        payload_digest=draw(digests),
         data=data,
     )
 
@@ -898,7 +952,14 @@ def test_chunk_hash_check_can_be_left_to_the_caller() -> None:
     from postoffice.ingest.messages import Chunk
     from postoffice.ingest.protocol import SELF_CHECKED, decode, encode_chunk
 
-    fields = {"file_id": FileId(b"\x01" * 16), "index": 0, "total": 1, "size": 3, "name": "a.bin"}
+    fields = {
+        "file_id": FileId(b"\x01" * 16),
+        "index": 0,
+        "total": 1,
+        "size": 3,
+        "name": "a.bin",
+        "payload_digest": bytes(16),
+    }
     wire = bytearray(
         encode_chunk(
             **fields,  # type: ignore[arg-type]  # the literal dict's values

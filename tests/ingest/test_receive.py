@@ -33,6 +33,7 @@ def chunk_wire(data: bytes, *, index: int = 0, request_id: int = 1, checked: boo
         total=8,
         size=8 * len(data),
         name="big.bin",
+        payload_digest=bytes(16),
         data=data,
         request_id=request_id,
         self_checked=checked,

@@ -43,13 +43,20 @@ def one_chunk(name: str, content: bytes, *, file_id: FileId | None = None) -> Ch
         total=1,
         size=len(data),
         name=name,
+        payload_digest=xxhash.xxh3_128_digest(data),
         data=data,
     )
 
 
 def raw_one_chunk(name: str, data: bytes) -> Chunk:
     return new_chunk(
-        file_id=FileId(os.urandom(16)), index=0, total=1, size=len(data), name=name, data=data
+        file_id=FileId(os.urandom(16)),
+        index=0,
+        total=1,
+        size=len(data),
+        name=name,
+        payload_digest=xxhash.xxh3_128_digest(data),
+        data=data,
     )
 
 
@@ -237,3 +244,36 @@ def test_two_uploads_of_one_name_in_a_batch_the_last_wins(
     assert isinstance(outcomes[1], PublishedInfo)
     assert (outcomes[0].replaced, outcomes[1].replaced) == (False, True)
     assert (tmp_path / "files" / "same.txt").read_bytes() == b"second\n"
+
+
+def test_a_failing_record_append_takes_its_files_back_out(
+    store: ChunkStore,
+    tmp_path: Path,
+    pool: ThreadPoolExecutor | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A publish that is not recorded was not acknowledged, so it leaves nothing in files/:
+    a new name is gone again, and a replaced file is back."""
+    first = publish_batch(
+        [one_chunk("kept.txt", b"the published version\n")],
+        limits=limits(tmp_path),
+        store=store,
+        now=NOW,
+        pool=pool,
+    )
+    assert isinstance(first[0], PublishedInfo)
+
+    def broken(self: PublishedRecords, infos: object) -> None:
+        raise IngestStorageError(f"cannot append to {self.path}: No space left on device")
+
+    monkeypatch.setattr(PublishedRecords, "write_many", broken)
+    batch = [
+        one_chunk("kept.txt", b"a newer version\n"),
+        one_chunk("fresh.txt", b"never published\n"),
+        one_chunk("kept.txt", b"the newest version\n"),
+    ]
+    outcomes = publish_batch(batch, limits=limits(tmp_path), store=store, now=NOW, pool=pool)
+    assert all(isinstance(o, IngestStorageError) for o in outcomes)
+    assert entries(tmp_path / "files") == ["kept.txt"]
+    assert (tmp_path / "files" / "kept.txt").read_bytes() == b"the published version\n"
+    assert all(store.published(chunk.file_id) is None for chunk in batch)

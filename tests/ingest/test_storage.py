@@ -37,6 +37,10 @@ def chunk_data(index: int, length: int = 100) -> bytes:
     return bytes([index % 251]) * length
 
 
+#: The payload digest the chunks of these tests declare (the store only compares it).
+PAYLOAD_DIGEST = xxhash.xxh3_128_digest(b"the whole payload")
+
+
 def new_store(root: Path, *, fsync: bool = True, resident_bytes: int = 0) -> ChunkStore:
     store = ChunkStore(
         root / "patches", root / "published", fsync=fsync, resident_bytes=resident_bytes
@@ -55,6 +59,7 @@ def put(
     size: int | None = None,
     name: str = "report.log",
     now: float = NOW,
+    payload_digest: bytes = PAYLOAD_DIGEST,
 ) -> StoreResult:
     data = chunk_data(index) if data is None else data
     return store.store_chunk(
@@ -63,6 +68,7 @@ def put(
         total=total,
         size=total * 100 if size is None else size,
         name=name,
+        payload_digest=payload_digest,
         digest=xxhash.xxh3_128_digest(data),
         data=data,
         now=now,
@@ -91,6 +97,7 @@ class TestStoreChunk:
             "name": "report.log",
             "total": 4,
             "size": 400,
+            "payload_digest": PAYLOAD_DIGEST.hex(),
             "created": NOW,
         }
         assert sorted(p.name for p in folder.iterdir()) == ["ids.list", "meta.json", "patch_2.bin"]
@@ -160,6 +167,27 @@ class TestStoreChunk:
         with pytest.raises(ConflictError, match=rf"^chunk 1 of {HEX} {message}$"):
             put(store, 1, **change)  # type: ignore[arg-type]  # fields vary per case
         assert not (payload_dir(tmp_path) / "patch_1.bin").exists()
+
+    def test_another_content_conflicts_at_every_index_even_uncommitted_ones(
+        self, tmp_path: Path
+    ) -> None:
+        """One file id, one content: a second sender's chunk is refused at an index the
+        first sender has not sent yet, so their chunks never mix, and after a restart."""
+        store = new_store(tmp_path, fsync=False)
+        other = xxhash.xxh3_128_digest(b"another payload")
+        put(store, 0)
+        for index in (1, 2, 3, 0):
+            with pytest.raises(
+                ConflictError,
+                match=rf"^chunk {index} of {HEX} has payload digest {other.hex()[:12]}\.\.\.,"
+                rf" the payload has payload digest {PAYLOAD_DIGEST.hex()[:12]}\.\.\.$",
+            ):
+                put(store, index, payload_digest=other)
+        assert not (payload_dir(tmp_path) / "patch_1.bin").exists()
+        reopened = new_store(tmp_path, fsync=False)
+        with pytest.raises(ConflictError, match="payload digest"):
+            put(reopened, 1, payload_digest=other)
+        assert put(reopened, 1).committed == 2
 
     def test_chunks_over_the_declared_size_conflict(self, tmp_path: Path) -> None:
         store = new_store(tmp_path, fsync=False)

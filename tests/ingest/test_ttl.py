@@ -52,6 +52,7 @@ def upload(
             total=2,
             size=100,
             name=name,
+            payload_digest=xxhash.xxh3_128_digest(name.encode()),
             digest=xxhash.xxh3_128_digest(data),
             data=data,
             now=at,

@@ -96,13 +96,17 @@ def raw_chunk(
     name: str = "raw.bin",
     size: int | None = None,
     request_id: int = 1,
+    payload: bytes | None = None,
 ) -> bytes:
+    """A CHUNK frame of `payload` (its digest goes in the chunk; by default `data` is the
+    whole payload, as in a one-chunk upload)."""
     return encode_chunk(
         file_id=FileId(file_id),
         index=index,
         total=total,
         size=size if size is not None else len(data) * total,
         name=name,
+        payload_digest=xxhash.xxh3_128_digest(data if payload is None else payload),
         data=data,
         request_id=request_id,
     )
@@ -190,6 +194,7 @@ def test_out_of_order_duplicates_and_several_ports(serve: Serve, tmp_path: Path)
             name="hello.txt",
             size=len(payload),
             request_id=n + 1,
+            payload=payload,
         )
         reply = exchange(ports[n % len(ports)], wire + wire, 2)  # every chunk twice
         assert isinstance(reply[0][1], Ack)
@@ -210,20 +215,22 @@ def test_conflicting_bytes_and_corrupt_chunks_are_refused(serve: Serve, tmp_path
     half = len(payload) // 2
     pieces = [payload[:half], payload[half:]]
     size = len(payload)
-    first = exchange(port, raw_chunk(file_id, 0, 2, pieces[0], size=size), 1)
+    first = exchange(port, raw_chunk(file_id, 0, 2, pieces[0], size=size, payload=payload), 1)
     assert isinstance(first[0][1], Ack)
     other_bytes = bytes([pieces[0][0] ^ 1]) + pieces[0][1:]
-    other = exchange(port, raw_chunk(file_id, 0, 2, other_bytes, size=size, request_id=7), 1)
+    other = exchange(
+        port, raw_chunk(file_id, 0, 2, other_bytes, size=size, request_id=7, payload=payload), 1
+    )
     assert other[0][0] == 7
     reply = other[0][1]
     assert isinstance(reply, ErrorReply)
     assert reply.code is ErrorCode.CONFLICT
     # A chunk whose bytes do not match its digest: refused, the connection stays usable.
     # Self-checked (no frame CRC), then with a frame CRC that matches the corrupt payload.
-    bad = bytearray(raw_chunk(file_id, 1, 2, pieces[1], size=size, request_id=8))
+    bad = bytearray(raw_chunk(file_id, 1, 2, pieces[1], size=size, request_id=8, payload=payload))
     bad[-1] ^= 0xFF
     crc_framed = encode_parts(0x01, 0, 6, bytes(bad[24:]))
-    good = raw_chunk(file_id, 1, 2, pieces[1], size=size, request_id=9)
+    good = raw_chunk(file_id, 1, 2, pieces[1], size=size, request_id=9, payload=payload)
     replies = exchange(port, bytes(bad) + crc_framed + good, 3)
     assert [r[0] for r in replies] == [8, 6, 9]
     for _, reply in replies[:2]:

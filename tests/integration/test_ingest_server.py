@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 import zstandard
 
 from postoffice.ingest import assembler as assembler_module
@@ -17,7 +18,7 @@ from postoffice.ingest import singles as singles_module
 from postoffice.ingest.chunkdigest import new_chunk
 from postoffice.ingest.config import IngestConfig
 from postoffice.ingest.errors import AssemblyError, ConflictError, IngestStorageError
-from postoffice.ingest.messages import Chunk, FileId, UploadState
+from postoffice.ingest.messages import Ack, Chunk, FileId, UploadState
 from postoffice.ingest.server import IngestServer
 
 pytestmark = pytest.mark.integration
@@ -39,8 +40,26 @@ def one_chunk(name: str, content: bytes) -> Chunk:
     return make_chunk(FileId(os.urandom(16)), 0, 1, len(data), name, data)
 
 
-def make_chunk(file_id: FileId, index: int, total: int, size: int, name: str, data: bytes) -> Chunk:
-    return new_chunk(file_id=file_id, index=index, total=total, size=size, name=name, data=data)
+def make_chunk(
+    file_id: FileId,
+    index: int,
+    total: int,
+    size: int,
+    name: str,
+    data: bytes,
+    *,
+    payload: bytes | None = None,
+) -> Chunk:
+    """Chunk `index` of `payload` (for a one-chunk upload, `data` is the payload)."""
+    return new_chunk(
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        payload_digest=xxhash.xxh3_128_digest(data if payload is None else payload),
+        data=data,
+    )
 
 
 def count_decompressions(monkeypatch: pytest.MonkeyPatch, *, fail_first: bool) -> list[int]:
@@ -74,17 +93,24 @@ async def test_a_crashed_assembly_is_restarted(
     server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = count_decompressions(monkeypatch, fail_first=True)
-    chunk = one_chunk("retry.txt", b"survives a crash\n")
-    ack = await server.accept_chunk(chunk)
-    assert ack.complete
+    data = zstandard.ZstdCompressor().compress(b"survives a crash\n" * 100)
+    file_id = FileId(os.urandom(16))
+    half = len(data) // 2
+    acks = [
+        await server.accept_chunk(
+            make_chunk(file_id, i, 2, len(data), "retry.txt", piece, payload=data)
+        )
+        for i, piece in enumerate((data[:half], data[half:]))
+    ]
+    assert acks[-1].complete
     await wait_for(tmp_path / "files" / "retry.txt")
-    assert (tmp_path / "files" / "retry.txt").read_bytes() == b"survives a crash\n"
+    assert (tmp_path / "files" / "retry.txt").read_bytes() == b"survives a crash\n" * 100
     assert len(calls) == 2
     assert server.stats.assembly_failures == 1
     # The file is renamed into place before the published record is written and the
     # upload's state moves on, so the state may trail the file by a moment.
     async with asyncio.timeout(10):
-        while server.query(chunk.file_id).state is not UploadState.PUBLISHED:
+        while server.query(file_id).state is not UploadState.PUBLISHED:
             await asyncio.sleep(0.02)
 
 
@@ -126,7 +152,7 @@ async def test_one_assembly_even_when_the_last_chunks_land_together(
     pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
     file_id = FileId(os.urandom(16))
     chunks = [
-        make_chunk(file_id, i, len(pieces), len(data), "race.bin", piece)
+        make_chunk(file_id, i, len(pieces), len(data), "race.bin", piece, payload=data)
         for i, piece in enumerate(pieces)
     ]
     # Every chunk at once, twice: duplicates race the completing chunk.
@@ -167,7 +193,7 @@ async def test_assembly_streams_while_chunks_arrive(
     staging = assembly.staging_path(files, "stream.log", file_id, "tmp")
     for index, piece in enumerate(pieces[:-1]):
         ack = await server.accept_chunk(
-            make_chunk(file_id, index, len(pieces), len(data), "stream.log", piece)
+            make_chunk(file_id, index, len(pieces), len(data), "stream.log", piece, payload=data)
         )
         assert not ack.complete
     # Every chunk but the last is in: the output is being written already.
@@ -176,7 +202,9 @@ async def test_assembly_streams_while_chunks_arrive(
             await asyncio.sleep(0.01)
     assert not (files / "stream.log").exists()
     assert server.query(file_id).state is UploadState.UPLOADING
-    last = make_chunk(file_id, len(pieces) - 1, len(pieces), len(data), "stream.log", pieces[-1])
+    last = make_chunk(
+        file_id, len(pieces) - 1, len(pieces), len(data), "stream.log", pieces[-1], payload=data
+    )
     assert (await server.accept_chunk(last)).complete
     await wait_for(files / "stream.log")
     assert (files / "stream.log").read_bytes() == original
@@ -209,7 +237,9 @@ async def test_a_stalled_streaming_assembly_gives_up_and_the_last_chunk_restarts
     data = zstandard.ZstdCompressor(level=1).compress(original)
     half = len(data) // 2
     file_id = FileId(os.urandom(16))
-    await server.accept_chunk(make_chunk(file_id, 0, 2, len(data), "slow.log", data[:half]))
+    await server.accept_chunk(
+        make_chunk(file_id, 0, 2, len(data), "slow.log", data[:half], payload=data)
+    )
     assert file_id in server.assembler.running
     async with asyncio.timeout(10):
         while file_id in server.assembler.running:  # the streaming assembly gives up
@@ -217,7 +247,9 @@ async def test_a_stalled_streaming_assembly_gives_up_and_the_last_chunk_restarts
     files = tmp_path / "files"
     assert [p.name for p in files.iterdir()] == []  # its staging file went with it
     assert (
-        await server.accept_chunk(make_chunk(file_id, 1, 2, len(data), "slow.log", data[half:]))
+        await server.accept_chunk(
+            make_chunk(file_id, 1, 2, len(data), "slow.log", data[half:], payload=data)
+        )
     ).complete
     await wait_for(files / "slow.log")
     assert (files / "slow.log").read_bytes() == original
@@ -232,7 +264,7 @@ async def test_abort_while_streaming_leaves_nothing(server: IngestServer, tmp_pa
     staging = assembly.staging_path(files, "gone.log", file_id, "tmp")
     for index, piece in enumerate(pieces[:2]):
         await server.accept_chunk(
-            make_chunk(file_id, index, len(pieces), len(data), "gone.log", piece)
+            make_chunk(file_id, index, len(pieces), len(data), "gone.log", piece, payload=data)
         )
     async with asyncio.timeout(10):
         while not staging.exists():
@@ -276,7 +308,7 @@ async def test_the_same_one_chunk_upload_sent_twice_at_once_is_published_once(
 async def test_one_chunk_uploads_of_one_id_with_other_bytes_conflict(server: IngestServer) -> None:
     first = one_chunk("same.txt", b"one version")
     data = zstandard.ZstdCompressor().compress(b"another version")
-    other = make_chunk(first.file_id, 0, 1, len(data), "same.txt", data)
+    other = make_chunk(first.file_id, 0, 1, len(data), "same.txt", data, payload=data)
     results = await asyncio.gather(
         server.accept_chunk(first), server.accept_chunk(other), return_exceptions=True
     )
@@ -285,19 +317,24 @@ async def test_one_chunk_uploads_of_one_id_with_other_bytes_conflict(server: Ing
     assert isinstance(results[1], ConflictError)
 
 
-async def test_a_one_chunk_upload_that_fell_back_is_assembled_once(
+async def test_a_one_chunk_upload_whose_publish_fails_is_refused_then_published_once(
     server: IngestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = count_decompressions(monkeypatch, fail_first=True)
-    chunk = one_chunk("fallback.txt", b"stored the usual way\n" * 50)
-    # The second sender waits for the first, whose publish fails and goes the usual way.
-    acks = await asyncio.gather(server.accept_chunk(chunk), server.accept_chunk(chunk))
-    assert all(a.complete or a.duplicate or a.published for a in acks)
-    await wait_for(tmp_path / "files" / "fallback.txt")
-    assert (tmp_path / "files" / "fallback.txt").read_bytes() == b"stored the usual way\n" * 50
-    await asyncio.sleep(0.2)
-    assert len(calls) == 2  # the failed one-chunk publish, then one assembly
+    chunk = one_chunk("fallback.txt", b"published on the second try\n" * 50)
+    # The second sender waits for the first, whose publish fails: it tries its own.
+    results = await asyncio.gather(
+        server.accept_chunk(chunk), server.accept_chunk(chunk), return_exceptions=True
+    )
+    assert isinstance(results[0], IngestStorageError)
+    assert "No space left on device" in str(results[0])
+    assert isinstance(results[1], Ack)
+    assert results[1].complete
+    path = tmp_path / "files" / "fallback.txt"
+    assert path.read_bytes() == b"published on the second try\n" * 50
+    assert len(calls) == 2  # the failed publish, then the second sender's
     assert server.stats.published == 1
+    assert server.store.payloads() == []  # never stored as patches
 
 
 async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
@@ -308,7 +345,7 @@ async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
     pieces = pieces_of(data, 4096)
     file_id = FileId(os.urandom(16))
     chunks = [
-        make_chunk(file_id, i, len(pieces), len(data), "nudged.log", p)
+        make_chunk(file_id, i, len(pieces), len(data), "nudged.log", p, payload=data)
         for i, p in enumerate(pieces)
     ]
     # Stored behind the server's back: complete, and no assembly ever started.
@@ -320,6 +357,7 @@ async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
             total=chunk.total,
             size=chunk.size,
             name=chunk.name,
+            payload_digest=chunk.payload_digest,
             digest=chunk.digest,
             data=chunk.data,
             now=0.0,
@@ -331,11 +369,12 @@ async def test_a_resent_chunk_of_a_complete_upload_starts_its_lost_assembly(
     assert (tmp_path / "files" / "nudged.log").read_bytes() == original
 
 
-async def test_a_one_chunk_upload_whose_fsync_fails_goes_the_usual_road_alone(
+async def test_a_one_chunk_upload_whose_fsync_fails_is_refused_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Among one-chunk uploads published together, the one whose output fsync fails is
-    stored as a patch and assembled later; the others are published before their ACK."""
+    refused with STORAGE and leaves nothing; the others are published before their ACK,
+    and the refused one is published when it is sent again."""
     config = IngestConfig(
         sys_base=0, data_base=0, x=1, data_dir=tmp_path, fsync=True, cleanup_interval_s=3600
     )
@@ -356,22 +395,25 @@ async def test_a_one_chunk_upload_whose_fsync_fails_goes_the_usual_road_alone(
             [f"ok{i}.txt" for i in range(10)] + ["sick.txt"] + [f"ok{i}.txt" for i in range(10, 20)]
         )
         chunks = [one_chunk(name, name.encode() * 300) for name in names]
-        acks = await asyncio.gather(*(srv.accept_chunk(c) for c in chunks))
+        acks = await asyncio.gather(*(srv.accept_chunk(c) for c in chunks), return_exceptions=True)
         assert srv.singles.batches < len(chunks)  # they went in batches
         for name, chunk, ack in zip(names, chunks, acks, strict=True):
             if name == "sick.txt":
-                assert (ack.complete, ack.committed, ack.total) == (True, 1, 1)
-                assert srv.query(chunk.file_id).state is not UploadState.UNKNOWN
+                assert isinstance(ack, IngestStorageError)
+                assert srv.query(chunk.file_id).state is UploadState.UNKNOWN
+                assert not (tmp_path / "files" / name).exists()
             else:
+                assert isinstance(ack, Ack)
                 assert ack.complete
                 assert srv.query(chunk.file_id).state is UploadState.PUBLISHED
                 assert (tmp_path / "files" / name).read_bytes() == name.encode() * 300
         assert failures == ["sick.txt"]
         assert srv.stats.assembly_failures == 1
+        assert not [p for p in (tmp_path / "files").iterdir() if p.name.startswith(".")]
         sick = chunks[names.index("sick.txt")]
-        async with asyncio.timeout(10):
-            while srv.query(sick.file_id).state is not UploadState.PUBLISHED:
-                await asyncio.sleep(0.02)
+        again = await srv.accept_chunk(sick)
+        assert again.complete
+        assert srv.query(sick.file_id).state is UploadState.PUBLISHED
         assert (tmp_path / "files" / "sick.txt").read_bytes() == b"sick.txt" * 300
     finally:
         await srv.shutdown()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 import zstandard
 
 from postoffice.ingest import assembler as assembler_module
@@ -161,6 +162,7 @@ def chunk_wire(
         total=len(pieces),
         size=size,
         name=name,
+        payload_digest=xxhash.xxh3_128_digest(b"".join(pieces)),
         data=pieces[index],
         request_id=request_id,
     )

@@ -17,7 +17,7 @@ I/O shell on the server's event loop around assembly.py; the decompression runs 
 #   - a streaming assembly that waits STREAM_IDLE_S for its next chunk (or whose server
 #     drains) gives up without a trace (its staging file goes), and if the upload is
 #     complete by then, a fresh one starts at once.
-# One-chunk uploads never come here unless their publish fell back (singles.py).
+# One-chunk uploads never come here (singles.py), unless the server assembles via .part.
 #
 # Outcomes, each reported once through AssemblyReports: PUBLISHED (the record is
 # durable: PUBLISHED goes out, then the patches are removed), FAILED (the payload is bad
@@ -205,8 +205,10 @@ class Assemblies:
                         files_dir=config.files_path,
                         max_output_bytes=config.max_output_bytes,
                         max_window_log=config.max_window_log,
+                        max_output_ratio=config.max_output_ratio,
                         fsync=config.fsync,
                         syncer=store.syncer,
+                        record=store.mark_published,
                     )
                 )
             else:
@@ -218,12 +220,13 @@ class Assemblies:
                         files_dir=config.files_path,
                         max_output_bytes=config.max_output_bytes,
                         max_window_log=config.max_window_log,
+                        max_output_ratio=config.max_output_ratio,
                         via_part=config.assemble_via_part,
                         fsync=config.fsync,
                         syncer=store.syncer,
+                        record=store.mark_published,
                     )
                 )
-            await self.pool.submit(lambda: store.mark_published(done))
         except _StreamStalled as exc:
             log.info("streaming assembly gave up file_id=%s reason=%s", file_id_hex(file_id), exc)
             return _Outcome.GAVE_UP

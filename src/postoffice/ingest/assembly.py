@@ -35,6 +35,7 @@ I/O layer, blocking: the server runs it in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -49,11 +50,13 @@ import xxhash
 import zstandard
 
 from postoffice.ingest.durable import GroupSync, fsync_dir, os_errors
-from postoffice.ingest.errors import AssemblyError, OutputLimitError
+from postoffice.ingest.errors import AssemblyError, OutputLimitError, OutputRatioError
 from postoffice.ingest.messages import FileId, check_name, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.zstdframes import FrameWalker
+
+log = logging.getLogger(__name__)
 
 #: Read and write size: large enough that per-block Python overhead vanishes next to
 #: zstd's work, small enough that a bomb or a huge patch costs little memory.
@@ -68,6 +71,11 @@ WRITEBACK_BYTES: Final = 16 * 1024 * 1024
 FIRST_BLOCK_BYTES: Final = 64 * 1024
 #: NAME_MAX of common file systems: a staging name must fit it too.
 MAX_FILE_NAME_BYTES: Final = 255
+#: The ratio limit (decompressed to compressed bytes) applies once the output passes this
+#: many bytes, as the ratio checks of archive readers (Apache Tika's, POI's) have a
+#: threshold: a file of a few megabytes may compress as well as it likes (a log of one
+#: repeated line does 10000:1), while a bomb costs at most this much disk, for a moment.
+RATIO_GRACE_BYTES: Final = 16 * 1024 * 1024
 
 
 Piece: TypeAlias = Path | bytes | memoryview
@@ -114,10 +122,12 @@ def assemble(
     files_dir: Path,
     max_output_bytes: int,
     max_window_log: int,
+    max_output_ratio: int = 0,
     via_part: bool = False,
     fsync: bool = True,
     now: float | None = None,
     syncer: GroupSync | None = None,
+    record: Callable[[PublishedInfo], None] | None = None,
 ) -> PublishedInfo:
     """Decompress a payload into files_dir/<info.name>; see assemble_with_stats."""
     return assemble_with_stats(
@@ -127,10 +137,12 @@ def assemble(
         files_dir=files_dir,
         max_output_bytes=max_output_bytes,
         max_window_log=max_window_log,
+        max_output_ratio=max_output_ratio,
         via_part=via_part,
         fsync=fsync,
         now=now,
         syncer=syncer,
+        record=record,
     ).published
 
 
@@ -142,10 +154,12 @@ def assemble_with_stats(
     files_dir: Path,
     max_output_bytes: int,
     max_window_log: int,
+    max_output_ratio: int = 0,
     via_part: bool = False,
     fsync: bool = True,
     now: float | None = None,
     syncer: GroupSync | None = None,
+    record: Callable[[PublishedInfo], None] | None = None,
 ) -> AssemblyResult:
     """Join the pieces in order, zstd-decompress them and publish files_dir/<info.name>.
 
@@ -155,11 +169,19 @@ def assemble_with_stats(
     frames are accepted, as `zstd -d` does. `now` is the wall-clock publish time
     (default: time.time()); `syncer` shares the fsync of files_dir with concurrent
     publishes. The file appears whole or not at all; an existing file of that name is
-    replaced (`replaced=True`).
-    Raises AssemblyError for a payload that will never decompress (piece count or sizes
-    that disagree with `info`, not zstd, truncated, trailing bytes, a window over
-    2**max_window_log, output over max_output_bytes), BadNameError for a bad name, and
-    IngestStorageError when the disk fails (the patches are intact: retry later).
+    replaced (`replaced=True`). `record` (the store's mark_published) is called once the
+    file and its directory entry are durable: the commit point. If it (or that fsync)
+    fails, the file is taken back out and a file it replaced is put back, so a publish
+    that is not recorded leaves nothing in files_dir. `max_output_ratio` (0: none)
+    bounds the output, once past RATIO_GRACE_BYTES, to that many times the compressed
+    bytes read so far.
+    Raises AssemblyError for a payload that will never decompress or is not the one
+    declared (piece count, sizes or payload digest that disagree with `info`, not zstd,
+    truncated, trailing bytes, a window over 2**max_window_log, output over
+    max_output_bytes or over the ratio: OutputLimitError, OutputRatioError), BadNameError
+    for a bad name, and
+    IngestStorageError when the disk fails (the patches are intact: retry later), and
+    whatever `record` raises.
     """
     began = time.monotonic()
     staged = stage(
@@ -169,6 +191,7 @@ def assemble_with_stats(
         files_dir=files_dir,
         max_output_bytes=max_output_bytes,
         max_window_log=max_window_log,
+        max_output_ratio=max_output_ratio,
         via_part=via_part,
         fsync=fsync,
     )
@@ -176,11 +199,19 @@ def assemble_with_stats(
         if fsync:
             staged.sync()
         replaced = staged.place()
-        if fsync:
-            if syncer is not None:
-                syncer.sync(files_dir)
-            else:
-                fsync_dir(files_dir)
+        published = staged.published(replaced=replaced, now=now)
+        try:
+            if fsync:
+                if syncer is not None:
+                    syncer.sync(files_dir)
+                else:
+                    fsync_dir(files_dir)
+            if record is not None:
+                record(published)
+        except BaseException:
+            staged.unplace()
+            raise
+        staged.settle()
     finally:
         staged.discard()
     stats = AssemblyStats(
@@ -189,19 +220,22 @@ def assemble_with_stats(
         frames=staged.frames,
         seconds=time.monotonic() - began,
     )
-    return AssemblyResult(published=staged.published(replaced=replaced, now=now), stats=stats)
+    return AssemblyResult(published=published, stats=stats)
 
 
 @final
 class Staged:
     """A payload decompressed into its hidden staging file, still open and not durable.
 
-    `sync()` fsyncs it, `place()` renames it onto its final name; `discard()` (safe at any
+    `sync()` fsyncs it, `place()` renames it onto its final name; then either `settle()`
+    (the publish is recorded: forget the file it replaced) or `unplace()` (the publish
+    failed: take it back out, and put back the file it replaced). `discard()` (safe at any
     point, and again) closes the file and removes the staging file unless it was placed.
     """
 
     __slots__ = (
         "_fd",
+        "_previous",
         "bytes_in",
         "digest",
         "final_path",
@@ -224,6 +258,8 @@ class Staged:
         self.frames = 0
         self.digest = b""
         self.payload_digest = b""
+        # A second name of the file this publish replaces, until the publish is recorded.
+        self._previous: Path | None = None
 
     def __repr__(self) -> str:
         return f"<Staged {self.tmp.name} size={self.size} placed={self.placed}>"
@@ -236,14 +272,48 @@ class Staged:
     def place(self) -> bool:
         """Rename the staging file onto the final name; True if that replaced a file.
 
-        Raises IngestStorageError.
+        The replaced file keeps a hidden second name (a hard link, no copy) until
+        settle() or unplace(). Raises IngestStorageError.
         """
         self._close()
+        previous = staging_path(
+            self.final_path.parent, self.info.name, self.info.file_id, "previous"
+        )
         with os_errors("publish", self.final_path):
-            replaced = os.path.lexists(self.final_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(previous)  # a crash's leftover
+            try:
+                os.link(self.final_path, previous, follow_symlinks=False)
+            except FileNotFoundError:
+                replaced = False
+            else:
+                replaced = True
+                self._previous = previous
             os.replace(self.tmp, self.final_path)
         self.placed = True
         return replaced
+
+    def settle(self) -> None:
+        """The publish is recorded: drop the replaced file's second name."""
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(previous)
+
+    def unplace(self) -> None:
+        """The publish failed after place(): remove the file, and put back the one it
+        replaced. Best effort: a failure here is logged, the original error matters more."""
+        if not self.placed:
+            return
+        previous, self._previous = self._previous, None
+        self.placed = False
+        try:
+            if previous is not None:
+                os.replace(previous, self.final_path)
+            else:
+                os.unlink(self.final_path)
+        except OSError as exc:
+            log.warning("unpublish failed path=%s error=%r", self.final_path, exc)
 
     def discard(self) -> None:
         """Close the file and remove the staging file if it was not placed."""
@@ -278,6 +348,7 @@ def stage(
     files_dir: Path,
     max_output_bytes: int,
     max_window_log: int,
+    max_output_ratio: int = 0,
     via_part: bool = False,
     fsync: bool = True,
 ) -> Staged:
@@ -317,6 +388,7 @@ def stage(
                     sink,
                     max_window_log=max_window_log,
                     max_output_bytes=max_output_bytes,
+                    max_output_ratio=max_output_ratio,
                     hex_id=hex_id,
                     read_size=max(4096, min(BLOCK_BYTES, info.size)),
                 )
@@ -333,8 +405,17 @@ def stage(
         if via_part:
             with contextlib.suppress(OSError):
                 part.unlink(missing_ok=True)
+    payload_digest = source.digest.digest()
+    if info.payload_digest is not None and payload_digest != info.payload_digest:
+        # The chunks are not the content the upload declared: a sender's bug, or two
+        # senders' chunks under one id. Neither is published.
+        staged.discard()
+        raise AssemblyError(
+            f"payload {hex_id} hashes to payload digest {payload_digest.hex()},"
+            f" its chunks declared {info.payload_digest.hex()}"
+        )
     staged.digest = sink.digest.digest()
-    staged.payload_digest = source.digest.digest()
+    staged.payload_digest = payload_digest
     staged.bytes_in = source.bytes_read
     staged.frames = walker.frames
     return staged
@@ -346,10 +427,15 @@ def _decompress(
     *,
     max_window_log: int,
     max_output_bytes: int,
+    max_output_ratio: int,
     hex_id: str,
     read_size: int = BLOCK_BYTES,
 ) -> int:
-    """Decode every frame of `source` into `sink`; returns the bytes written."""
+    """Decode every frame of `source` into `sink`; returns the bytes written.
+
+    Each block is checked against the limits before it is written, so a bomb never puts
+    more than the limit on the disk (and the caller removes what it did put there).
+    """
     decompressor = zstandard.ZstdDecompressor(max_window_size=1 << max_window_log)
     bytes_out = 0
     try:
@@ -368,6 +454,16 @@ def _decompress(
                 if bytes_out > max_output_bytes:
                     raise OutputLimitError(
                         f"payload {hex_id}: decompressed output exceeds limit {max_output_bytes}"
+                    )
+                if (
+                    max_output_ratio
+                    and bytes_out > RATIO_GRACE_BYTES
+                    and bytes_out > max_output_ratio * source.bytes_read
+                ):
+                    raise OutputRatioError(
+                        f"payload {hex_id}: decompressed output exceeds ratio limit "
+                        f"{max_output_ratio}: {bytes_out} bytes from {source.bytes_read} "
+                        "compressed bytes"
                     )
                 sink.put(block[:size])
     except zstandard.ZstdError as exc:

@@ -11,7 +11,7 @@ from typing import Final
 import xxhash
 
 from postoffice.ingest.errors import BadNameError, ChecksumError, IngestProtocolError
-from postoffice.ingest.messages import DIGEST_SHOWN, FILE_ID_BYTES, Chunk, FileId
+from postoffice.ingest.messages import DIGEST_BYTES, DIGEST_SHOWN, FILE_ID_BYTES, Chunk, FileId
 
 __all__ = [
     "CHUNK_FIELDS",
@@ -22,18 +22,19 @@ __all__ = [
     "verify_chunk",
 ]
 
-CHUNK_FIELDS: Final = struct.Struct(">16sIIQH")
+CHUNK_FIELDS: Final = struct.Struct(">16sIIQH16s")
 """What a CHUNK payload starts with and the digest covers first: file id, index, total,
-size and name length (34 bytes)."""
+size, name length and payload digest (50 bytes)."""
 
 
 def chunk_fields(
-    *, file_id: bytes, index: int, total: int, size: int, name: str
+    *, file_id: bytes, index: int, total: int, size: int, name: str, payload_digest: bytes
 ) -> tuple[bytes, bytes]:
     """Return (the CHUNK_FIELDS bytes, the UTF-8 name) of a CHUNK.
 
     Checks only what the layout can carry. Raises BadNameError for a name UTF-8 cannot
-    encode, IngestProtocolError for a wrong-sized file id or a field out of range.
+    encode, IngestProtocolError for a wrong-sized file id or payload digest or a field
+    out of range.
     """
     try:
         name_bytes = name.encode("utf-8")
@@ -42,8 +43,12 @@ def chunk_fields(
     # struct's "16s" pads or truncates silently; a wrong-sized id must fail instead.
     if len(file_id) != FILE_ID_BYTES:
         raise IngestProtocolError(f"file id of {len(file_id)} bytes, expected {FILE_ID_BYTES}")
+    if len(payload_digest) != DIGEST_BYTES:
+        raise IngestProtocolError(
+            f"payload digest of {len(payload_digest)} bytes, expected {DIGEST_BYTES}"
+        )
     try:
-        fields = CHUNK_FIELDS.pack(file_id, index, total, size, len(name_bytes))
+        fields = CHUNK_FIELDS.pack(file_id, index, total, size, len(name_bytes), payload_digest)
     except struct.error as exc:
         raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
     return fields, name_bytes
@@ -51,7 +56,8 @@ def chunk_fields(
 
 def chunk_digest(fields: bytes, name: bytes, data: bytes | bytearray | memoryview) -> bytes:
     """XXH3-128 (seed 0, canonical bytes) of a CHUNK payload without its digest field:
-    the 34 bytes of file id, index, total, size and name length, the name, the data."""
+    the 50 bytes of file id, index, total, size, name length and payload digest, the
+    name, the data."""
     hasher = xxhash.xxh3_128(fields)
     hasher.update(name)
     hasher.update(data)
@@ -59,11 +65,23 @@ def chunk_digest(fields: bytes, name: bytes, data: bytes | bytearray | memoryvie
 
 
 def digest_for(
-    *, file_id: bytes, index: int, total: int, size: int, name: str, data: bytes | memoryview
+    *,
+    file_id: bytes,
+    index: int,
+    total: int,
+    size: int,
+    name: str,
+    payload_digest: bytes,
+    data: bytes | memoryview,
 ) -> bytes:
     """The chunk digest a CHUNK with these fields and data must carry."""
     fields, name_bytes = chunk_fields(
-        file_id=file_id, index=index, total=total, size=size, name=name
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        payload_digest=payload_digest,
     )
     return chunk_digest(fields, name_bytes, data)
 
@@ -75,12 +93,28 @@ def new_chunk(
     total: int,
     size: int,
     name: str,
+    payload_digest: bytes,
     data: bytes | memoryview,
 ) -> Chunk:
     """A Chunk with the digest its fields and data call for."""
-    digest = digest_for(file_id=file_id, index=index, total=total, size=size, name=name, data=data)
+    digest = digest_for(
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        payload_digest=payload_digest,
+        data=data,
+    )
     return Chunk(
-        file_id=file_id, index=index, total=total, size=size, name=name, digest=digest, data=data
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        payload_digest=payload_digest,
+        digest=digest,
+        data=data,
     )
 
 
@@ -97,6 +131,7 @@ def verify_chunk(chunk: Chunk) -> None:
         total=chunk.total,
         size=chunk.size,
         name=chunk.name,
+        payload_digest=chunk.payload_digest,
         data=chunk.data,
     )
     if actual != chunk.digest:

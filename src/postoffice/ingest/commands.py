@@ -64,6 +64,13 @@ class IngestControl(Protocol):
         """Use a new retention time; raises ConfigError for a bad value."""
         ...
 
+    def set_output_limits(
+        self, *, max_output_bytes: int | None = None, max_output_ratio: int | None = None
+    ) -> None:
+        """Bound the decompressed output of the assemblies that start from now on; raises
+        ConfigError for a bad value."""
+        ...
+
     def status(self) -> dict[str, object]:
         """x, ttl_s, data_ports, uploads_in_progress, uploads_total, chunks_total, ..."""
         ...
@@ -326,7 +333,7 @@ def cmd_cleanup(conn: ControlSession, args: list[bytes]) -> Reply | Deferred:
 
 
 #: CONFIG SET names.
-SETTABLE: Final = ("x", "ttl")
+SETTABLE: Final = ("x", "ttl", "max-output-bytes", "max-output-ratio")
 #: CONFIG GET names, read-only ones included.
 READ_ONLY: Final = ("sys-base", "data-base", "files-dir")
 
@@ -338,6 +345,8 @@ def config_items(config: IngestConfig) -> dict[str, str]:
     return {
         "x": str(config.x),
         "ttl": _number(config.ttl_s),
+        "max-output-bytes": str(config.max_output_bytes),
+        "max-output-ratio": str(config.max_output_ratio),
         "sys-base": str(config.sys_base),
         "data-base": str(config.data_base),
         "files-dir": str(config.files_path),
@@ -366,6 +375,16 @@ def _config_set(conn: ControlSession, name: str, raw: bytes) -> Reply | Deferred
         conn.control.set_ttl(ttl_s)
         log.info("control config set conn=%s ttl_s=%s", conn, _number(ttl_s))
         return OK
+    if name in ("max-output-bytes", "max-output-ratio"):
+        if not _INTEGER.fullmatch(raw):
+            raise ControlError(f"setting '{name}' must be an integer, got '{shown(raw)}'")
+        value = int(raw)
+        if name == "max-output-bytes":
+            conn.control.set_output_limits(max_output_bytes=value)
+        else:
+            conn.control.set_output_limits(max_output_ratio=value)
+        log.info("control config set conn=%s %s=%d", conn, name, value)
+        return OK
     if name in READ_ONLY:
         raise ControlError(f"setting '{name}' is read-only")
     raise ControlError(f"unknown setting '{name}', expected one of: {', '.join(SETTABLE)}")
@@ -377,6 +396,8 @@ _CONFIG_HELP: Final = (
     + ", ".join(SETTABLE + READ_ONLY),
     f"SET x <n> -- run n data ports (1..{MAX_DATA_PORTS}), draining the ones that close",
     "SET ttl <seconds> -- keep uploads, files and records this long",
+    "SET max-output-bytes <n> -- largest decompressed file, in bytes",
+    "SET max-output-ratio <n> -- largest decompressed/compressed ratio past 16 MiB (0: none)",
 )
 
 
@@ -462,7 +483,7 @@ TABLE: Final[dict[bytes, CommandSpec]] = {
             "config",
             -2,
             cmd_config,
-            "CONFIG GET pattern | SET x n | SET ttl seconds",
+            "CONFIG GET pattern | SET name value (CONFIG HELP lists them)",
             "read and change settings at run time",
             "async",
         ),

@@ -65,11 +65,20 @@ class IngestConfig:
     )
     max_chunk_bytes: int = 8 * 1024 * 1024
     max_output_bytes: int = setting(
-        64 * 1024**3,
-        help="Largest decompressed file accepted (bombs are refused).",
+        4 * 1024**3,
+        help="Largest decompressed file: a bigger one fails (CONFIG SET max-output-bytes).",
         unit="bytes",
         low=1,
         high=1 << 50,
+    )
+    max_output_ratio: int = setting(
+        100,
+        help=(
+            "Largest ratio of decompressed to compressed bytes once the output passes 16 MiB"
+            " (a zstd bomb fails; 0: no ratio limit; CONFIG SET max-output-ratio)."
+        ),
+        low=0,
+        high=1_000_000,
     )
     max_window_log: int = 27  # 128 MiB: zstd's own default ceiling for decompression
     max_connections: int = 1000

@@ -26,7 +26,13 @@ from typing import Final, Generic, Protocol, TypeVar, final
 from postoffice.core.connections import ConnectionManager
 from postoffice.core.framing import FrameError
 from postoffice.core.transport import BaseProtocol, ConnInput
-from postoffice.ingest.errors import ErrorCode, IngestError, ShuttingDownError, error_code
+from postoffice.ingest.errors import (
+    ErrorCode,
+    IngestError,
+    IngestLimitError,
+    ShuttingDownError,
+    error_code,
+)
 from postoffice.ingest.events import AckHub
 from postoffice.ingest.messages import (
     Ack,
@@ -48,6 +54,7 @@ from postoffice.ingest.receive import ReceivingDecoder, ReceivingProtocol
 
 __all__ = [
     "MAX_SUBSCRIBER_BACKLOG_BYTES",
+    "MAX_SUBSCRIPTIONS",
     "AckConnection",
     "AckPortHost",
     "DataConnection",
@@ -60,6 +67,9 @@ log = logging.getLogger(__name__)
 #: Past this many bytes queued for a slow ack subscriber, it is dropped: events must not
 #: pile up in memory for a client that stopped reading.
 MAX_SUBSCRIBER_BACKLOG_BYTES: Final = 8 * 1024 * 1024
+#: File ids one ack connection may watch at once: each costs the server a few hundred
+#: bytes, so without a bound a client could grow its memory 20 times faster than it sends.
+MAX_SUBSCRIPTIONS: Final = 65536
 
 
 class PortHost(Protocol):
@@ -308,6 +318,16 @@ class AckConnection(_FramedConnection[AckPortHost]):
     def handle(self, request_id: int, message: Message) -> None:
         match message:
             case Subscribe(file_ids=file_ids):
+                watching = len(self.watching)
+                watching += sum(fid not in self.watching for fid in set(file_ids))
+                if watching > MAX_SUBSCRIPTIONS:
+                    error = IngestLimitError(
+                        f"subscriptions of {watching} file ids on one connection exceed "
+                        f"limit {MAX_SUBSCRIPTIONS}"
+                    )
+                    self.host.message_refused(self.peer, error)
+                    self.send(ErrorReply(code=error_code(error), message=str(error)), request_id)
+                    return
                 self.host.acks.subscribe(self, file_ids)
                 self.send(Subscribed(file_ids=file_ids), request_id)
                 for file_id in file_ids:

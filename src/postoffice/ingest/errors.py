@@ -96,6 +96,10 @@ class OutputLimitError(AssemblyError):
     """The decompressed output would pass its size limit (a bomb, or too large a file)."""
 
 
+class OutputRatioError(OutputLimitError):
+    """The decompressed output passed its ratio limit to the compressed bytes (a bomb)."""
+
+
 # -- the control port's refusals (RESP error replies; `wire_code` is the prefix) -----------
 
 

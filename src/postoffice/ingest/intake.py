@@ -16,8 +16,9 @@ Ingest layer, on the server's event loop; the blocking stages run on its I/O thr
 #      chunk the patch road (2b);
 #   2a. one-chunk road: SinglePublishes verifies the digest, decompresses the chunk into
 #      its file in files/ and publishes it, in a batch with others (singles.py), and
-#      reports the outcome; its SingleOutcome says what to acknowledge, or, after a
-#      disk error, sends the chunk on the patch road;
+#      reports the outcome; its SingleOutcome says what to acknowledge (a disk error is
+#      refused with STORAGE: the chunk never goes the patch road, whose ACK COMPLETE
+#      would claim a publish that has not happened);
 #   2b. patch road, on an I/O thread: verify the digest (chunkdigest.py), then store it
 #      durably (ChunkStore.store_chunk: patch_<i>.bin written and fsynced, its line
 #      appended to ids.list and fsynced with the directory: the commit point);
@@ -48,7 +49,7 @@ from postoffice.ingest.errors import (
 from postoffice.ingest.messages import Ack, Chunk, FileId, file_id_hex
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.reports import FailedUpload
-from postoffice.ingest.singles import AlreadyPublished, SinglePublishes, StoreInstead
+from postoffice.ingest.singles import AlreadyPublished, SinglePublishes
 from postoffice.ingest.storage import ChunkStore, StoreResult
 
 __all__ = ["Intake", "IntakeReports"]
@@ -90,13 +91,10 @@ class Intake:
         self.reports = reports
         self.one_chunk_road = not config.assemble_via_part
         self.accepting = False
-        # One-chunk uploads whose publish fell back to the patch road: they stay on it, so
-        # a re-send cannot publish them a second time beside their assembly.
-        self.fell_back: set[FileId] = set()
 
     def __repr__(self) -> str:
         state = "accepting" if self.accepting else "closed"
-        return f"<Intake {state} fell_back={len(self.fell_back)}>"
+        return f"<Intake {state}>"
 
     def open(self) -> None:
         """Take chunks from now on."""
@@ -127,23 +125,28 @@ class Intake:
         failed = self.reports.failure(file_id)
         if failed is not None:
             raise _failed_upload(failed)
-        if self.store.published(file_id) is not None:
-            self.fell_back.discard(file_id)
+        done = self.store.published(file_id)
+        if done is not None:
+            if (done.payload_digest, done.name) != (chunk.payload_digest, chunk.name):
+                raise ConflictError(
+                    f"chunk {chunk.index} of {file_id_hex(file_id)} is not of the payload "
+                    f"published under that id (another name or payload digest)"
+                )
             return _already_published(chunk)
-        if (
-            chunk.total == 1
-            and self.one_chunk_road
-            and file_id not in self.fell_back
-            and self.store.info(file_id) is None
-        ):
+        pending = self.singles.pending.get(file_id)
+        if pending is not None and chunk.total != 1:
+            # Its one-chunk publish would drop what this chunk stored: another content.
+            raise ConflictError(
+                f"chunk {chunk.index} of {file_id_hex(file_id)} has total {chunk.total}, "
+                "the upload is being published as one chunk"
+            )
+        if chunk.total == 1 and self.one_chunk_road and self.store.info(file_id) is None:
             # 2a. the one-chunk road: published before it is acknowledged
             match await self.singles.publish(chunk):
                 case PublishedInfo():
                     return Ack(file_id=file_id, index=0, committed=1, total=1, complete=True)
                 case AlreadyPublished():
                     return _already_published(chunk)
-                case StoreInstead():
-                    self.fell_back.add(file_id)
                 case never:
                     assert_never(never)
         # 2b. the patch road: verify, then store durably, on an I/O thread
@@ -158,6 +161,7 @@ class Intake:
                 total=chunk.total,
                 size=chunk.size,
                 name=chunk.name,
+                payload_digest=chunk.payload_digest,
                 digest=chunk.digest,
                 data=chunk.data,
                 now=now,

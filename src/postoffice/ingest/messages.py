@@ -95,8 +95,10 @@ class UploadState(enum.IntEnum):
 class Chunk:
     """One piece of an upload's compressed payload (client -> data port).
 
-    `size` is the whole compressed payload's length (the sum of all chunk lengths) and
-    `digest` the chunk digest (chunk_digest) of this chunk's fields and `data`.
+    `size` is the whole compressed payload's length (the sum of all chunk lengths),
+    `payload_digest` the XXH3-128 of that whole payload (what names the upload's one
+    content: every chunk of an upload carries the same), and `digest` the chunk digest
+    (chunk_digest) of this chunk's fields and `data`.
     """
 
     file_id: FileId
@@ -104,6 +106,7 @@ class Chunk:
     total: int
     size: int
     name: str
+    payload_digest: bytes
     digest: bytes
     data: bytes | memoryview
 
@@ -111,8 +114,9 @@ class Chunk:
         # Never print up to 8 MiB of data into a log line.
         return (
             f"Chunk(file_id={self.file_id.hex()}, index={self.index}, total={self.total}, "
-            f"size={self.size}, name={self.name!r}, digest={self.digest.hex()[:DIGEST_SHOWN]}"
-            f"..., data=<{len(self.data)} bytes>)"
+            f"size={self.size}, name={self.name!r}, "
+            f"payload_digest={self.payload_digest.hex()[:DIGEST_SHOWN]}..., "
+            f"digest={self.digest.hex()[:DIGEST_SHOWN]}..., data=<{len(self.data)} bytes>)"
         )
 
 

@@ -38,7 +38,14 @@ from typing import Final
 
 from postoffice.ingest.durable import atomic_write, os_errors
 from postoffice.ingest.errors import BadNameError, UnreadablePayloadError
-from postoffice.ingest.messages import MAX_CHUNKS, FileId, check_name, file_id_hex, missing_ranges
+from postoffice.ingest.messages import (
+    DIGEST_BYTES,
+    MAX_CHUNKS,
+    FileId,
+    check_name,
+    file_id_hex,
+    missing_ranges,
+)
 
 __all__ = [
     "IDS_LIST",
@@ -71,6 +78,9 @@ class PayloadInfo:
     committed: frozenset[int]
     created: float
     updated: float
+    #: XXH3-128 of the whole payload, as its chunks declare it (None: a payload stored
+    #: by an earlier version, which did not declare one).
+    payload_digest: bytes | None = None
 
     @property
     def missing(self) -> tuple[tuple[int, int], ...]:
@@ -96,6 +106,7 @@ class Payload:
     name: str = ""
     total: int = 0
     size: int = 0
+    payload_digest: bytes | None = None
     created: float = 0.0
     updated: float = 0.0
     chunks: dict[int, bytes] = field(default_factory=dict)  # index -> digest of the chunk
@@ -127,12 +138,22 @@ class Payload:
             committed=frozenset(self.chunks),
             created=self.created,
             updated=self.updated,
+            payload_digest=self.payload_digest,
         )
 
 
-def encode_meta(*, hex_id: str, name: str, total: int, size: int, created: float) -> bytes:
+def encode_meta(
+    *, hex_id: str, name: str, total: int, size: int, payload_digest: bytes, created: float
+) -> bytes:
     """The bytes of a new payload's meta.json (read back by recover)."""
-    meta = {"file_id": hex_id, "name": name, "total": total, "size": size, "created": created}
+    meta = {
+        "file_id": hex_id,
+        "name": name,
+        "total": total,
+        "size": size,
+        "payload_digest": payload_digest.hex(),
+        "created": created,
+    }
     return json.dumps(meta, ensure_ascii=False).encode()
 
 
@@ -238,9 +259,14 @@ def _read_meta(payload: Payload, path: Path) -> None:
         ):
             raise UnreadablePayloadError(f"meta.json holds {meta!r}")
         check_name(name)
+        declared = meta.get("payload_digest")  # absent in directories of earlier versions
+        payload_digest = None if declared is None else bytes.fromhex(declared)
+        if payload_digest is not None and len(payload_digest) != DIGEST_BYTES:
+            raise UnreadablePayloadError(f"meta.json holds {meta!r}")
     except (OSError, ValueError, KeyError, TypeError, BadNameError) as exc:
         raise UnreadablePayloadError(f"meta.json unreadable: {exc!r}") from exc
     payload.name, payload.total, payload.size = name, total, size
+    payload.payload_digest = payload_digest
     payload.created = payload.updated = float(created)
 
 

@@ -53,9 +53,11 @@ from postoffice.ingest.messages import (
 # ------
 # Every message is one core frame: the frame type is the message type, the frame flags
 # are 0 except CHUNK's SELF_CHECKED bit, and the payload layout is fixed per type
-# (struct formats below). A CHUNK carries the XXH3-128 digest of its own payload (all of
-# it but the digest field), which is both its corruption check and the key that tells
-# an idempotent re-send from a conflicting one; with SELF_CHECKED its frame CRC-32 is 0
+# (struct formats below). A CHUNK carries the XXH3-128 digest of the upload's whole
+# payload (the one content its file id may have: chunks with another are CONFLICT) and
+# the XXH3-128 digest of its own payload (all of it but that digest field), which is
+# both its corruption check and the key that tells an idempotent re-send from a
+# conflicting one; with SELF_CHECKED its frame CRC-32 is 0
 # and not computed, so each byte is hashed once on each side. There
 # is no state machine here: `MessageDecoder` is `FrameDecoder` plus `decode`, and the
 # two failure kinds stay apart on purpose. A FrameError means framing is lost and the
@@ -82,7 +84,7 @@ __all__ = [
     "encode_chunk",
 ]
 
-_CHUNK: Final = struct.Struct(">16sIIQH16s")
+_CHUNK: Final = struct.Struct(">16sIIQH16s16s")
 _ACK: Final = struct.Struct(">16sIIIB")
 _STATUS: Final = struct.Struct(">16sBIIQH")
 _CHUNK_STORED: Final = struct.Struct(">16sIII")
@@ -96,7 +98,7 @@ SELF_CHECKED: Final = 0x0001
 """CHUNK frame flag: the frame CRC-32 is 0 and not checked; the chunk digest covers it."""
 
 CHUNK_OVERHEAD_BYTES: Final = _CHUNK.size + MAX_NAME_BYTES
-"""Largest CHUNK payload minus its data: header (50 bytes) plus the longest name."""
+"""Largest CHUNK payload minus its data: header (66 bytes) plus the longest name."""
 
 MAX_MESSAGE_BYTES: Final = MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
 """Default frame payload limit of a MessageDecoder: the largest valid CHUNK."""
@@ -173,6 +175,7 @@ def chunk_frame_parts(
     total: int,
     size: int,
     name: str,
+    payload_digest: bytes,
     data: bytes | bytearray | memoryview,
     request_id: int,
     digest: bytes | None = None,
@@ -189,7 +192,12 @@ def chunk_frame_parts(
     id out of range, FrameTooLarge past 16 MiB.
     """
     fields, name_bytes = chunk_fields(
-        file_id=file_id, index=index, total=total, size=size, name=name
+        file_id=file_id,
+        index=index,
+        total=total,
+        size=size,
+        name=name,
+        payload_digest=payload_digest,
     )
     if digest is None:
         digest = chunk_digest(fields, name_bytes, data)
@@ -218,6 +226,7 @@ def encode_chunk(
     total: int,
     size: int,
     name: str,
+    payload_digest: bytes,
     data: bytes | bytearray | memoryview,
     request_id: int,
     digest: bytes | None = None,
@@ -230,6 +239,7 @@ def encode_chunk(
         total=total,
         size=size,
         name=name,
+        payload_digest=payload_digest,
         data=data,
         request_id=request_id,
         digest=digest,
@@ -256,6 +266,7 @@ def encode(msg: Message, request_id: int = 0) -> bytes:
                     total=msg.total,
                     size=msg.size,
                     name=msg.name,
+                    payload_digest=msg.payload_digest,
                     digest=msg.digest,
                     data=msg.data,
                     request_id=request_id,
@@ -349,8 +360,8 @@ def _flags(kind: str, flags: int, known: int) -> int:
 
 def _decode_chunk(payload: bytes | bytearray, max_chunk_bytes: int, verify: bool = True) -> Chunk:
     _at_least("chunk", payload, _CHUNK.size)
-    fid, index, total, size, name_len, digest = cast(
-        "tuple[bytes, int, int, int, int, bytes]", _CHUNK.unpack_from(payload)
+    fid, index, total, size, name_len, payload_digest, digest = cast(
+        "tuple[bytes, int, int, int, int, bytes, bytes]", _CHUNK.unpack_from(payload)
     )
     if not 1 <= total <= MAX_CHUNKS:
         raise OutOfRangeError(f"chunk total {total} out of range 1..{MAX_CHUNKS}")
@@ -376,6 +387,7 @@ def _decode_chunk(payload: bytes | bytearray, max_chunk_bytes: int, verify: bool
         total=total,
         size=size,
         name=name,
+        payload_digest=payload_digest,
         digest=digest,
         data=memoryview(payload)[start:],  # no copy
     )

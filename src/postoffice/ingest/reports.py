@@ -197,11 +197,12 @@ class Reports:
         )
         self.events.emit("assembly_retry", file_id=hex_id, error=repr(error), retry_in_s=retry_in_s)
 
-    def fell_back(self, file_id: FileId, error: BaseException) -> None:
-        """A one-chunk publish met a disk error: the chunk goes the patch road instead."""
+    def publish_failed(self, file_id: FileId, error: BaseException) -> None:
+        """A one-chunk publish met a disk error: nothing was published or stored, and its
+        chunk is refused with STORAGE."""
         self.stats.assembly_failures += 1
         log.warning(
-            "one-chunk publish failed, storing the chunk instead file_id=%s error=%r",
+            "one-chunk publish failed, chunk refused file_id=%s error=%r",
             file_id_hex(file_id),
             error,
         )

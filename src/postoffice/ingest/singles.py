@@ -26,14 +26,18 @@ I/O shell on the server's event loop (SinglePublishes) around a blocking batch p
 # Failures stay with their chunks. A chunk that fails steps 1-3 (bad digest, bad name,
 # not zstd, a disk error on its file) gets its own outcome and leaves nothing behind; the
 # others go on. Steps 4 and 5 are shared, so their failure is the failure of every chunk
-# that reached them. A disk error sends a chunk the patch road (STORE_INSTEAD: stored,
-# then assembled with retries), a bad payload fails its upload.
+# that reached them, and each of those files is taken back out of files/ (a file it
+# replaced is put back): a publish that is not recorded leaves nothing. A disk error is
+# answered STORAGE (the chunk was not stored: the client sends it again), a bad payload
+# fails its upload. No chunk is stored as a patch instead: its ACK would say COMPLETE,
+# which for a one-chunk upload means published, while its assembly could still fail.
 #
 # Each chunk's outcome is reported once, when it is settled on the loop (the PUBLISHED
 # event and its kin, or FAILED), whoever waits for it; publish() then answers its sender
-# with a SingleOutcome. A second sender of the same chunk while it is being published
-# waits for that publish and is told what it did (ALREADY_PUBLISHED, STORE_INSTEAD, or
-# the upload's failure); only if that chunk was wrong in itself does it publish its own.
+# with a SingleOutcome or raises. A second sender of the same chunk while it is being
+# published waits for that publish and is told what it did (ALREADY_PUBLISHED, or the
+# upload's failure); if that chunk was wrong in itself, or met a disk error, it tries a
+# publish of its own.
 #
 # Bounds: a batch takes at most BATCH_FILES chunks, each at most BATCH_CHUNK_BYTES
 # compressed (larger ones are published alone, a pool job each, as before), and a batched
@@ -64,6 +68,7 @@ from postoffice.ingest.errors import (
     IngestError,
     IngestStorageError,
     OutputLimitError,
+    OutputRatioError,
 )
 from postoffice.ingest.messages import Chunk, FileId, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
@@ -77,14 +82,12 @@ __all__ = [
     "BATCH_CHUNK_BYTES",
     "BATCH_FILES",
     "BATCH_OUTPUT_BYTES",
-    "STORE_INSTEAD",
     "AlreadyPublished",
     "BatchLimits",
     "BatchOutcome",
     "SingleOutcome",
     "SinglePublishes",
     "SingleReports",
-    "StoreInstead",
     "publish_batch",
     "single_info",
 ]
@@ -125,6 +128,7 @@ class BatchLimits:
     max_output_bytes: int
     max_window_log: int
     fsync: bool
+    max_output_ratio: int = 0
 
 
 def publish_batch(
@@ -179,10 +183,14 @@ def publish_batch(
                 store.syncer.sync(limits.files_dir)
             store.mark_published_many(records)
         except Exception as exc:
-            for at, _, _ in placed:
+            # Not recorded, so not published: take the files back out, last placed first,
+            # so that a name placed twice gets back the file it had before the batch.
+            for at, item, _ in reversed(placed):
+                item.unplace()
                 outcomes[at] = exc
         else:
-            for (at, _, _), record in zip(placed, records, strict=True):
+            for (at, item, _), record in zip(placed, records, strict=True):
+                item.settle()
                 outcomes[at] = record
     finally:
         for item in staged:
@@ -205,7 +213,10 @@ def _stage_one(
             files_dir=limits.files_dir,
             max_output_bytes=cap,
             max_window_log=limits.max_window_log,
+            max_output_ratio=limits.max_output_ratio,
         )
+    except OutputRatioError as exc:
+        return None, exc  # a bomb: no larger cap would let it through
     except OutputLimitError as exc:
         return None, ALONE if cap < limits.max_output_bytes else exc
     except Exception as exc:
@@ -237,6 +248,7 @@ def single_info(chunk: Chunk, now: float) -> PayloadInfo:
         committed=frozenset({0}),
         created=now,
         updated=now,
+        payload_digest=chunk.payload_digest,
     )
 
 
@@ -246,19 +258,11 @@ class AlreadyPublished:
     """The same chunk, sent by another sender at the same moment, published the upload."""
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class StoreInstead:
-    """The publish met a disk error (or the same chunk's publish did): the chunk goes the
-    patch road, stored and then assembled with retries."""
-
-
 ALREADY_PUBLISHED: Final = AlreadyPublished()
-STORE_INSTEAD: Final = StoreInstead()
 
-SingleOutcome: TypeAlias = PublishedInfo | AlreadyPublished | StoreInstead
-"""What SinglePublishes.publish did with a chunk: published it (its durable record), found
-it published by another sender of the same chunk, or left it to the patch road."""
+SingleOutcome: TypeAlias = PublishedInfo | AlreadyPublished
+"""What SinglePublishes.publish did with a chunk: published it (its durable record), or
+found it published by another sender of the same chunk."""
 
 
 class SingleReports(Protocol):
@@ -276,7 +280,7 @@ class SingleReports(Protocol):
         self, file_id: FileId, *, name: str, total: int, size: int, error: AssemblyError
     ) -> None: ...
 
-    def fell_back(self, file_id: FileId, error: BaseException) -> None: ...
+    def publish_failed(self, file_id: FileId, error: BaseException) -> None: ...
 
 
 @final
@@ -295,6 +299,7 @@ class SinglePublishes:
             max_output_bytes=config.max_output_bytes,
             max_window_log=config.max_window_log,
             fsync=config.fsync,
+            max_output_ratio=config.max_output_ratio,
         )
         # File id -> (chunk digest, outcome) of every publish queued or running.
         self.pending: dict[FileId, tuple[bytes, asyncio.Future[SingleOutcome]]] = {}
@@ -321,7 +326,8 @@ class SinglePublishes:
         Cancelling the caller does not stop the publish. Raises ChecksumError and
         BadNameError (the chunk is wrong), ConflictError (the id is being published with
         other bytes), AssemblyError (the payload will never decompress: nothing is stored,
-        and the upload fails).
+        and the upload fails), IngestStorageError (a disk error: nothing was published or
+        stored, and the chunk may be sent again).
         """
         file_id = chunk.file_id
         while (pending := self.pending.get(file_id)) is not None:
@@ -336,13 +342,12 @@ class SinglePublishes:
                 match running.result():
                     case PublishedInfo() | AlreadyPublished():
                         return ALREADY_PUBLISHED
-                    case StoreInstead():
-                        return STORE_INSTEAD
                     case never:
                         assert_never(never)
             if isinstance(error, AssemblyError):
                 raise AssemblyError(f"upload {file_id_hex(file_id)} failed: {error}")
-            # That chunk itself was wrong (its digest, its name): this one may not be.
+            # That chunk itself was wrong (its digest, its name), or its publish met a disk
+            # error: this one may fare better.
         outcome: asyncio.Future[SingleOutcome] = asyncio.get_running_loop().create_future()
         outcome.add_done_callback(_observe)
         self.pending[file_id] = (chunk.digest, outcome)
@@ -409,18 +414,18 @@ class SinglePublishes:
 
         def publish() -> PublishedInfo:
             verify_chunk(chunk)
-            done = assemble(
+            return assemble(
                 info=single_info(chunk, now),
                 patches=[chunk.data],
                 files_dir=limits.files_dir,
                 max_output_bytes=limits.max_output_bytes,
                 max_window_log=limits.max_window_log,
+                max_output_ratio=limits.max_output_ratio,
                 fsync=limits.fsync,
                 now=now,
                 syncer=store.syncer,
+                record=store.mark_published,
             )
-            store.mark_published(done)
-            return done
 
         def finished(job: asyncio.Future[PublishedInfo]) -> None:
             try:
@@ -471,9 +476,13 @@ class SinglePublishes:
             raise outcome
         if isinstance(outcome, IngestError) and not isinstance(outcome, IngestStorageError):
             raise outcome  # the chunk itself is wrong (checksum, name)
-        # A disk error, or a bug: not the payload's fault, so the patch road may succeed.
-        reports.fell_back(file_id, outcome)
-        return STORE_INSTEAD
+        # A disk error, or a bug: not the payload's fault, and nothing was published.
+        reports.publish_failed(file_id, outcome)
+        if isinstance(outcome, IngestStorageError):
+            raise outcome
+        raise IngestStorageError(
+            f"chunk 0 of {file_id_hex(file_id)} not published: {outcome!r}"
+        ) from outcome
 
 
 def _observe(future: asyncio.Future[SingleOutcome]) -> None:

@@ -61,6 +61,7 @@ from postoffice.ingest.errors import (
 )
 from postoffice.ingest.messages import (
     DIGEST_BYTES,
+    DIGEST_SHOWN,
     FILE_ID_BYTES,
     MAX_CHUNKS,
     FileId,
@@ -204,6 +205,7 @@ class ChunkStore:
         total: int,
         size: int,
         name: str,
+        payload_digest: bytes,
         digest: bytes,
         data: bytes | memoryview,
         now: float,
@@ -211,16 +213,19 @@ class ChunkStore:
         """Make one chunk durable and commit it; idempotent for identical bytes.
 
         `digest` must be the chunk digest of `data` (verify_chunk checked it); `now` is
-        wall-clock seconds. The first chunk of a payload fixes its name, total and size.
-        Raises OutOfRangeError (index >= total, total of 0 or over MAX_CHUNKS),
-        BadNameError, ConflictError (the index is committed with other bytes; total, size
-        or name differ from the payload's; the chunks would exceed `size`),
-        IngestStorageError (the disk failed; nothing is committed) and
-        IngestProtocolError (a file id or digest of the wrong length).
+        wall-clock seconds. The first chunk of a payload fixes its name, total, size and
+        payload digest: one file id has one content. Raises OutOfRangeError (index >=
+        total, total of 0 or over MAX_CHUNKS), BadNameError, ConflictError (the index is
+        committed with other bytes; total, size, name or payload digest differ from the
+        payload's; the chunks would exceed `size`), IngestStorageError (the disk failed;
+        nothing is committed) and IngestProtocolError (a file id or digest of the wrong
+        length).
         """
-        if (len(file_id), len(digest)) != (FILE_ID_BYTES, DIGEST_BYTES):
+        lengths = (len(file_id), len(payload_digest), len(digest))
+        if lengths != (FILE_ID_BYTES, DIGEST_BYTES, DIGEST_BYTES):
             raise IngestProtocolError(
-                f"file id of {len(file_id)} bytes and digest of {len(digest)}, expected 16 and 16"
+                f"file id, payload digest and digest of {lengths[0]}, {lengths[1]} and "
+                f"{lengths[2]} bytes, expected 16, 16 and 16"
             )
         if total < 1:
             raise OutOfRangeError(f"total {total} is below 1")
@@ -241,7 +246,9 @@ class ChunkStore:
                 if payload.removed:
                     continue  # removed or published while we waited: look again
                 try:
-                    plan = self._reserve(payload, index, total, size, name, digest, data, now)
+                    plan = self._reserve(
+                        payload, index, total, size, name, payload_digest, digest, data, now
+                    )
                 finally:
                     if not payload.meta_written:
                         self._forget(payload)  # a refused first chunk leaves no placeholder
@@ -364,6 +371,7 @@ class ChunkStore:
         total: int,
         size: int,
         name: str,
+        payload_digest: bytes,
         digest: bytes,
         data: bytes | memoryview,
         now: float,
@@ -386,6 +394,13 @@ class ChunkStore:
                         f"chunk {index} of {hex_id} has {field} {theirs!r},"
                         f" the payload has {field} {ours!r}"
                     )
+            if payload.payload_digest not in (None, payload_digest):
+                # Another content under this id: refused whatever its index, so chunks of
+                # two senders never mix, even at indexes the first has not sent yet.
+                raise ConflictError(
+                    f"chunk {index} of {hex_id} has payload digest {_shown(payload_digest)},"
+                    f" the payload has payload digest {_shown(payload.payload_digest)}"
+                )
             known = payload.chunks.get(index)
             if known is not None:
                 if known != digest:
@@ -408,14 +423,32 @@ class ChunkStore:
                 f"{received + payload.reserved + len(data)} bytes, over its size {size}"
             )
         if not payload.meta_written:
-            self._create(payload, total=total, size=size, name=name, now=now)
+            self._create(
+                payload, total=total, size=size, name=name, payload_digest=payload_digest, now=now
+            )
         payload.writing[index] = (digest, threading.Event())
         payload.reserved += len(data)
         return None
 
-    def _create(self, payload: Payload, *, total: int, size: int, name: str, now: float) -> None:
+    def _create(
+        self,
+        payload: Payload,
+        *,
+        total: int,
+        size: int,
+        name: str,
+        payload_digest: bytes,
+        now: float,
+    ) -> None:
         """Write a new payload's directory and meta.json."""
-        meta = encode_meta(hex_id=payload.hex_id, name=name, total=total, size=size, created=now)
+        meta = encode_meta(
+            hex_id=payload.hex_id,
+            name=name,
+            total=total,
+            size=size,
+            payload_digest=payload_digest,
+            created=now,
+        )
         with os_errors("create", payload.path):
             payload.path.mkdir(exist_ok=True)
         atomic_write(
@@ -427,6 +460,7 @@ class ChunkStore:
         self._sync_dir(self.patches_dir)
         with self._lock:
             payload.name, payload.total, payload.size = name, total, size
+            payload.payload_digest = payload_digest
             payload.created = payload.updated = now
             payload.meta_written = True
 
@@ -636,3 +670,7 @@ class ChunkStore:
     def _sync_dir(self, path: Path) -> None:
         if self.fsync:
             self.syncer.sync(path)
+
+
+def _shown(digest: bytes | None) -> str:
+    return "none" if digest is None else f"{digest.hex()[:DIGEST_SHOWN]}..."

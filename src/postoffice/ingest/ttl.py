@@ -11,8 +11,10 @@ I/O layer: the server runs `cleanup_pass` in a thread, on a timer and on CLEANUP
 #                     chunk's time (`PayloadInfo.updated`)
 #   expired files     published files in files_dir, by their mtime
 #   expired records   published records (what lets a late SUBSCRIBE learn of a publish)
-#   stray files       hidden staging files (`.<name>.<file id>.tmp` or `.part`) that an
-#                     assembly left behind when the process died, after a short grace
+#   stray files       hidden staging files (`.<name>.<file id>.tmp`, `.part`, or
+#                     `.previous`: a replaced file's second name until its replacement is
+#                     recorded) that an assembly left behind when the process died, after
+#                     a short grace
 #
 # Anything a running assembly may be touching (its file id in `busy`, or a published name
 # that a busy upload is about to replace) is left alone, and so are payload directories
@@ -39,7 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Hidden staging names the assembler writes next to the final file. Upload names can
 #: never start with ".", so these never clash with a published file.
-_STAGING_NAME: Final = re.compile(r"\.(?P<name>.+)\.(?P<file_id>[0-9a-f]{32})\.(?:tmp|part)")
+_STAGING_NAME: Final = re.compile(
+    r"\.(?P<name>.+)\.(?P<file_id>[0-9a-f]{32})\.(?:tmp|part|previous)"
+)
 #: How long an unclaimed staging file may sit before it counts as stray: an assembly that
 #: is starting may not be in `busy` yet when the pass lists the directory.
 STRAY_GRACE_S: Final = 60.0

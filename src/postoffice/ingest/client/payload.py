@@ -394,6 +394,7 @@ def read_chunk_frame(
             total=prepared.total,
             size=prepared.payload_size,
             name=prepared.name,
+            payload_digest=prepared.payload_digest,
             data=prepared.data[offset : offset + length],
             request_id=request_id,
         )
@@ -419,6 +420,7 @@ def read_chunk_frame(
         total=prepared.total,
         size=prepared.payload_size,
         name=prepared.name,
+        payload_digest=prepared.payload_digest,
         data=data,
         request_id=request_id,
     )
