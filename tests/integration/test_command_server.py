@@ -257,7 +257,7 @@ def test_garbage_and_oversize_do_not_hurt_other_clients(serve: Serve) -> None:
         raw(server.port, b"*1\r\n$zz\r\n") == b"-ERR Protocol error: invalid bulk length b'zz'\r\n"
     )
     assert raw(server.port, b"*2\r\n$4\r\nECHO\r\n$5000\r\n") == (
-        b"-ERR Protocol error: bulk length 5000 exceeds limit 1000\r\n"
+        b"-ERR Protocol error: invalid bulk length (5000 exceeds limit 1000)\r\n"
     )
     assert raw(server.port, b"x" * 70000) == (
         b"-ERR Protocol error: inline request of 70000 bytes exceeds limit 65536\r\n"
