@@ -7,6 +7,7 @@ a well-behaved redis-py client is served all along, each reply within a bound.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from postoffice.core.resp import encode_command
 from tests.integration.conftest import ServerProcess, start_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -186,3 +188,73 @@ def test_ingest_control_port_refuses_huge_array_header(tmp_path: Path) -> None:
         }
     finally:
         server.stop()
+
+
+# -- globs -----------------------------------------------------------------------------------
+
+
+def command(*args: bytes) -> bytes:
+    return encode_command(list(args))
+
+
+def test_config_get_with_a_huge_glob_is_refused_at_once(plain: ServerProcess) -> None:
+    """A 4 MiB CONFIG GET pattern (once seconds of regex compiling) is refused from its
+    length; each attacker's next pattern differs, so no cache helps."""
+    port = plain.listeners["command"][1]
+    replies: list[bytes] = []
+    count = iter(range(1_000_000))
+
+    def one() -> None:
+        pattern = b"*" * (4 << 20) + b"%d" % next(count)
+        replies.append(exchange(port, command(b"CONFIG", b"GET", pattern) + command(b"QUIT")))
+
+    with probe(plain.listeners["command"]) as served:
+        made = attack(rounds=5, seconds=3.0, attackers=3, one=one)
+    served.check()
+    assert made >= 3
+    for reply in replies:
+        assert re.fullmatch(
+            rb"-ERR pattern of 419430\d+ bytes exceeds limit 256\r\n\+OK\r\n", reply
+        )
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A command server keeping keys in its own store directory, with 300 long keys."""
+    tmp = tmp_path_factory.mktemp("stored")
+    server = start_server(tmp, "command", *BASE, "--store-dir", str(tmp / "store"))
+    host, port = server.listeners["command"]
+    with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+        r.mset({b"a" * 1000 + b"%04d" % i: b"v" for i in range(300)})
+    yield server
+    server.stop()
+
+
+def test_scan_with_pathological_patterns_leaves_others_served(stored: ServerProcess) -> None:
+    """SCAN MATCH patterns built to make a matcher retry its stars, over the longest keys,
+    from three looping clients: each SCAN does bounded work and others are served."""
+    host, port = stored.listeners["command"]
+    patterns = [
+        b"*a" * 1000 + b"b",
+        b"*" + b"[ab]" * 500 + b"c*",
+        b"*?" * 1000 + b"b",
+        b"[" * 2048,
+    ]
+    pages: list[int] = []
+
+    def one() -> None:
+        with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+            for pattern in patterns:
+                _, keys = r.scan(0, match=pattern, count=10_000)
+                pages.append(len(keys))
+
+    with probe(stored.listeners["command"]) as served:
+        made = attack(rounds=20, seconds=3.0, attackers=3, one=one)
+    served.check()
+    assert made >= 3
+    assert set(pages) == {0}
+    with (
+        redis.Redis(host=host, port=port, socket_timeout=10) as r,
+        pytest.raises(redis.ResponseError, match=r"^pattern of 2049 bytes exceeds limit 2048$"),
+    ):
+        r.scan(0, match=b"*" * 2049)

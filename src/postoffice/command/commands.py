@@ -10,7 +10,6 @@ answer with a Deferred, so the loop never waits for them.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import platform
 import time
@@ -30,6 +29,7 @@ from postoffice.command.cluster import (
 )
 from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Answer, Deferred, Keyspace
+from postoffice.command.patterns import Glob
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     HELLO_BEFORE_AUTH,
@@ -51,6 +51,8 @@ from postoffice.core.resp import (
 REDIS_COMPAT_VERSION: Final = "7.0.0"  # what INFO reports as redis_version, for clients that ask
 MAX_ARGS: Final = 1 << 31  # "no upper bound" for commands of variable arity
 MAX_DEBUG_SLEEP_S: Final = 60.0  # DEBUG SLEEP holds a worker thread; keep it bounded
+#: A CONFIG GET pattern: setting names are under 32 bytes, so this leaves room to spare.
+MAX_CONFIG_PATTERN_BYTES: Final = 256
 
 
 class ClientView(Protocol):
@@ -339,11 +341,13 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
     sub = args[1].upper()
     if sub == b"GET" and len(args) >= 3:
         items = server.config_items()
-        found: dict[str, str] = {}
-        for pattern in args[2:]:
-            glob = _text(pattern).lower()
-            found.update({k: v for k, v in items.items() if fnmatch.fnmatchcase(k, glob)})
-        return Map(pairs=[(bulk(key), bulk(value)) for key, value in found.items()])
+        globs = [Glob.compile(p.lower(), limit=MAX_CONFIG_PATTERN_BYTES) for p in args[2:]]
+        found = [
+            (key, value)
+            for key, value in items.items()
+            if any(glob.matches(key.encode()) for glob in globs)
+        ]
+        return Map(pairs=[(bulk(key), bulk(value)) for key, value in found])
     if sub == b"SET" and len(args) >= 4 and len(args) % 2 == 0:
         pairs = [(_text(k).lower(), _text(v)) for k, v in zip(args[2::2], args[3::2], strict=True)]
         server.config_set(pairs)  # checked and applied here first: raises CommandError

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fnmatch
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
 from postoffice.command.errors import CommandError, StoreUnavailableError
+from postoffice.command.patterns import Glob
 from postoffice.core.errors import BrokenError, ClosedError, LimitExceeded, PostOfficeError
 from postoffice.core.resp import Array, Error, Reply, bulk
 from postoffice.store import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
@@ -28,7 +28,10 @@ from postoffice.store import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
 log = logging.getLogger(__name__)
 
 DEFAULT_SCAN_COUNT: Final = 10  # Redis's default COUNT
-_GLOB_CHARS: Final = b"*?[\\"
+#: Steps of glob matching one SCAN call may take (`Glob.cost`), about 10 ms at worst: past
+#: it the page ends early and its cursor resumes at the first key not examined. A page
+#: always examines one key at least, which costs at most 1024 x 2048 steps, so it moves on.
+MAX_MATCH_STEPS: Final = 1 << 21
 
 
 @final
@@ -246,28 +249,12 @@ class Cursors:
 
 def literal_prefix(pattern: bytes) -> bytes:
     """The part of a glob pattern before its first special character."""
-    cut = min((i for i, byte in enumerate(pattern) if byte in _GLOB_CHARS), default=len(pattern))
-    return pattern[:cut]
+    return Glob(pattern).prefix
 
 
 def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
-    """A matcher for Redis's glob: * ? [abc] [^abc] [a-z] and backslash escapes."""
-    translated = bytearray()
-    i = 0
-    while i < len(pattern):
-        byte = pattern[i : i + 1]
-        if byte == b"\\" and i + 1 < len(pattern):
-            translated += b"[" + pattern[i + 1 : i + 2] + b"]"
-            i += 2
-            continue
-        if byte == b"[" and pattern[i + 1 : i + 2] == b"^":
-            translated += b"[!"
-            i += 2
-            continue
-        translated += byte
-        i += 1
-    text = bytes(translated).decode("latin-1")
-    return lambda key: fnmatch.fnmatchcase(key.decode("latin-1"), text)
+    """A matcher for Redis's glob (see `patterns.Glob`); CommandError when too long."""
+    return Glob.compile(pattern).matches
 
 
 def _scan_options(args: list[bytes]) -> tuple[bytes | None, int]:
@@ -306,17 +293,33 @@ def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Answe
     pattern, count = _scan_options(args)
     if count == 0:
         return Array(items=(bulk(b"0"), Array(items=())))
-    prefix = literal_prefix(pattern) if pattern is not None else b""
-    matches: Callable[[bytes], bool] | None = None
-    if pattern is not None:
-        # Without glob characters the pattern names one key; else filter the page.
-        matches = pattern.__eq__ if prefix == pattern else glob_matcher(pattern)
+    glob = Glob.compile(pattern) if pattern is not None else None
+    prefix = glob.prefix if glob is not None else b""
 
     def page(keys: Sequence[bytes], resume: bytes | None) -> Reply:
-        shown = [key for key in keys if matches is None or matches(key)]
+        if glob is None:
+            shown = list(keys)
+        else:
+            shown, resume = _matching(glob, keys, resume)
         return Array(items=(bulk(cursors.issue(resume)), Array(items=tuple(map(bulk, shown)))))
 
     return keyspace.scan(prefix or None, start, count, page)
+
+
+def _matching(
+    glob: Glob, keys: Sequence[bytes], resume: bytes | None
+) -> tuple[list[bytes], bytes | None]:
+    """The keys of a page that match, and where the next page starts: at the first key not
+    examined when matching would pass MAX_MATCH_STEPS, else at `resume`."""
+    shown: list[bytes] = []
+    steps = 0
+    for i, key in enumerate(keys):
+        steps += glob.cost(len(key))
+        if steps > MAX_MATCH_STEPS and i:
+            return shown, key
+        if glob.matches(key):
+            shown.append(key)
+    return shown, resume
 
 
 def engine_refusal(exc: BaseException) -> CommandError:
