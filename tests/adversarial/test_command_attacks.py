@@ -258,3 +258,34 @@ def test_scan_with_pathological_patterns_leaves_others_served(stored: ServerProc
         pytest.raises(redis.ResponseError, match=r"^pattern of 2049 bytes exceeds limit 2048$"),
     ):
         r.scan(0, match=b"*" * 2049)
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+
+def test_mget_of_one_big_value_many_times_is_refused(stored: ServerProcess) -> None:
+    """`MGET big big ...` (a few KB sent, once gigabytes built) is refused once the reply
+    would pass max-reply-bytes, and the server's memory stays near that bound."""
+    host, port = stored.listeners["command"]
+    with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+        r.set(b"big", b"v" * (1 << 20))
+    errors: list[str] = []
+
+    def one() -> None:
+        with redis.Redis(host=host, port=port, socket_timeout=20) as r:
+            try:
+                r.mget([b"big"] * 1000)
+            except redis.ResponseError as exc:
+                errors.append(str(exc))
+
+    with probe(stored.listeners["command"]) as served:
+        made = attack(rounds=3, seconds=5.0, attackers=3, one=one)
+    served.check()
+    assert len(errors) == made >= 3
+    assert set(errors) == {
+        "reply of more than 67109904 bytes exceeds limit 67108864 (CONFIG SET max-reply-bytes)"
+    }
+    with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+        rss = int(r.info("memory")["used_memory_rss"])
+        assert r.mget([b"big", b"nope"]) == [b"v" * (1 << 20), None]
+    assert rss < 600 << 20, f"rss {rss >> 20} MiB"

@@ -119,13 +119,17 @@ class PagedKeyspace:
 
 
 class KeyspaceHolder:
-    def __init__(self, keyspace: PagedKeyspace) -> None:
+    def __init__(self, keyspace: PagedKeyspace, max_reply_bytes: int = 64 << 20) -> None:
         self.keyspace = keyspace
+        self.max_reply_bytes = max_reply_bytes
 
 
-def scan(keyspace: PagedKeyspace, *args: bytes) -> tuple[bytes, list[bytes]]:
+def scan(
+    keyspace: PagedKeyspace, *args: bytes, max_reply_bytes: int = 64 << 20
+) -> tuple[bytes, list[bytes]]:
     """SCAN's reply from `keyspace`: the next cursor's start key (b"" for 0), and the keys."""
-    reply = cmd_scan(KeyspaceHolder(keyspace), None, [b"SCAN", *args])  # type: ignore[arg-type]  # a fake keyspace
+    holder = KeyspaceHolder(keyspace, max_reply_bytes)
+    reply = cmd_scan(holder, None, [b"SCAN", *args])  # type: ignore[arg-type]  # a fake keyspace
     assert isinstance(reply, Array)
     assert reply.items is not None
     cursor, keys = reply.items
@@ -161,3 +165,13 @@ def test_scan_of_cheap_patterns_examines_the_whole_page() -> None:
     start, shown = scan(PagedKeyspace(keys), b"0", b"MATCH", b"*:0000?:*", b"COUNT", b"10000")
     assert start == b""
     assert shown == keys[:10]
+
+
+def test_scan_page_ends_before_the_reply_limit() -> None:
+    """A page whose keys would pass max-reply-bytes ends early; its cursor resumes at the
+    first key left out."""
+    keys = [b"k%04d" % i + b"x" * 1000 for i in range(1000)]
+    start, shown = scan(PagedKeyspace(keys), b"0", b"COUNT", b"1000", max_reply_bytes=65536)
+    assert 0 < len(shown) < 1000
+    assert sum(len(k) + 16 for k in shown) <= 65536
+    assert start == keys[len(shown)]

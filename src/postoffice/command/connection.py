@@ -326,7 +326,7 @@ class CommandConnection(BaseProtocol):
             )
         name = self.last_command = spec.name
         counts.calls[name] += 1
-        if server.config.rate_limit_per_s and not self._take_token():
+        if server.config.rate_limit_per_s and spec.rate_limited and not self._take_token():
             counts.rate_limited += 1
             err = RateLimitedError(
                 f"rate limit of {server.config.rate_limit_per_s:g} commands/s exceeded"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
-from postoffice.command.errors import CommandError, StoreUnavailableError
+from postoffice.command.errors import CommandError, ReplyTooLargeError, StoreUnavailableError
 from postoffice.command.patterns import Glob
 from postoffice.core.errors import BrokenError, ClosedError, LimitExceeded, PostOfficeError
 from postoffice.core.resp import Array, Error, Reply, bulk
@@ -121,8 +121,9 @@ class Keyspace(Protocol):
         """How many of `keys` exist (a key named twice counts twice)."""
         ...
 
-    def mget(self, keys: Sequence[bytes]) -> Answer:
-        """The values of `keys`, nil for each missing one."""
+    def mget(self, keys: Sequence[bytes], max_bytes: int) -> Answer:
+        """The values of `keys`, nil for each missing one; ReplyTooLargeError when the
+        reply would pass `max_bytes`, holding no more than about that much meanwhile."""
         ...
 
     def mset(self, pairs: Sequence[tuple[bytes, bytes]]) -> Answer:
@@ -145,6 +146,23 @@ class KeyspaceServer(Protocol):
 
     @property
     def keyspace(self) -> Keyspace | None: ...
+
+    @property
+    def max_reply_bytes(self) -> int:
+        """The largest reply one command may make."""
+        ...
+
+
+#: What a reply costs beyond its data, per item, at most: a bulk's `$<len>\r\n` and `\r\n`.
+REPLY_ITEM_BYTES: Final = 16
+
+
+def reply_too_large(size: int, limit: int, *, more: bool = False) -> ReplyTooLargeError:
+    """The refusal of a reply of `size` bytes (`more`: at least that many) over `limit`."""
+    shown = f"more than {size}" if more else str(size)
+    return ReplyTooLargeError(
+        f"reply of {shown} bytes exceeds limit {limit} (CONFIG SET max-reply-bytes)"
+    )
 
 
 def _keyspace(server: KeyspaceServer) -> Keyspace:
@@ -189,7 +207,7 @@ def cmd_exists(server: KeyspaceServer, client: object, args: list[bytes]) -> Ans
 
 def cmd_mget(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """MGET key [key ...]: the values, nil for a missing key."""
-    return _keyspace(server).mget(args[1:])
+    return _keyspace(server).mget(args[1:], server.max_reply_bytes)
 
 
 def cmd_mset(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
@@ -295,30 +313,38 @@ def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Answe
         return Array(items=(bulk(b"0"), Array(items=())))
     glob = Glob.compile(pattern) if pattern is not None else None
     prefix = glob.prefix if glob is not None else b""
+    max_bytes = server.max_reply_bytes
 
     def page(keys: Sequence[bytes], resume: bytes | None) -> Reply:
-        if glob is None:
-            shown = list(keys)
-        else:
-            shown, resume = _matching(glob, keys, resume)
+        shown, resume = _page_keys(glob, keys, resume, max_bytes)
         return Array(items=(bulk(cursors.issue(resume)), Array(items=tuple(map(bulk, shown)))))
 
     return keyspace.scan(prefix or None, start, count, page)
 
 
-def _matching(
-    glob: Glob, keys: Sequence[bytes], resume: bytes | None
+def _page_keys(
+    glob: Glob | None, keys: Sequence[bytes], resume: bytes | None, max_bytes: int
 ) -> tuple[list[bytes], bytes | None]:
-    """The keys of a page that match, and where the next page starts: at the first key not
-    examined when matching would pass MAX_MATCH_STEPS, else at `resume`."""
+    """The keys of a page to show, and where the next page starts.
+
+    The page ends early, and the next one starts at the first key it did not take, when
+    matching would pass MAX_MATCH_STEPS or the reply `max_bytes`; it takes one key at
+    least, so an iteration always moves on.
+    """
     shown: list[bytes] = []
     steps = 0
+    size = 2 * REPLY_ITEM_BYTES  # the outer array and the cursor
     for i, key in enumerate(keys):
-        steps += glob.cost(len(key))
-        if steps > MAX_MATCH_STEPS and i:
+        if glob is not None:
+            steps += glob.cost(len(key))
+            if steps > MAX_MATCH_STEPS and i:
+                return shown, key
+            if not glob.matches(key):
+                continue
+        size += len(key) + REPLY_ITEM_BYTES
+        if size > max_bytes and i:
             return shown, key
-        if glob.matches(key):
-            shown.append(key)
+        shown.append(key)
     return shown, resume
 
 
@@ -354,6 +380,7 @@ def settle(deferred: Deferred) -> Reply:
 
 
 __all__ = [
+    "REPLY_ITEM_BYTES",
     "Answer",
     "Cursors",
     "Deferred",
@@ -370,5 +397,6 @@ __all__ = [
     "engine_refusal",
     "glob_matcher",
     "literal_prefix",
+    "reply_too_large",
     "settle",
 ]
