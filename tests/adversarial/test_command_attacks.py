@@ -7,6 +7,7 @@ a well-behaved redis-py client is served all along, each reply within a bound.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -166,15 +167,16 @@ def test_a_flood_of_empty_arrays_is_skipped(plain: ServerProcess) -> None:
     assert plain.log().count("Traceback") == before
 
 
-def test_ingest_control_port_refuses_huge_array_header(tmp_path: Path) -> None:
-    """The ingest control port shares the parser: the same refusal, and it keeps serving."""
+def test_ingest_control_port_refuses_huge_headers_and_slows_guessing(tmp_path: Path) -> None:
+    """The ingest control port shares the parser and the AUTH throttle: the same refusal
+    for `*2147483647`, guesses answered ever slower, and it keeps serving."""
     from tests.integration.test_ingest import Ingest
 
     ingest = Ingest(tmp_path, x=1)
-    server = start_server(tmp_path, "ingest", *ingest.args())
+    server = start_server(tmp_path, "ingest", *ingest.args("--control-token", "s3cret"))
     try:
         control = ingest.sys_base + 2
-        with probe(("127.0.0.1", control), protocol=2) as served:
+        with probe(("127.0.0.1", control), protocol=2, password="s3cret") as served:
             replies: list[bytes] = []
             attack(
                 rounds=10,
@@ -182,10 +184,19 @@ def test_ingest_control_port_refuses_huge_array_header(tmp_path: Path) -> None:
                 attackers=3,
                 one=lambda: replies.append(exchange(control, HUGE_ARRAY)),
             )
+            with socket.create_connection(("127.0.0.1", control), timeout=5) as sock:
+                sock.sendall(b"".join(command(b"AUTH", b"guess%d" % i) for i in range(100)))
+                sock.settimeout(0.2)
+                got = b""
+                started = time.monotonic()
+                while time.monotonic() - started < 1.0:
+                    with contextlib.suppress(TimeoutError):
+                        got += sock.recv(65536)
         served.check()
         assert set(replies) == {
             b"-ERR Protocol error: invalid multibulk length (2147483647 exceeds limit 64)\r\n"
         }
+        assert 1 <= got.count(b"-WRONGPASS") <= 5  # delays 0, 0.05, 0.1, 0.2, 0.4
     finally:
         server.stop()
 
@@ -289,3 +300,59 @@ def test_mget_of_one_big_value_many_times_is_refused(stored: ServerProcess) -> N
         rss = int(r.info("memory")["used_memory_rss"])
         assert r.mget([b"big", b"nope"]) == [b"v" * (1 << 20), None]
     assert rss < 600 << 20, f"rss {rss >> 20} MiB"
+
+
+# -- settings and AUTH -----------------------------------------------------------------------
+
+
+def test_config_set_cannot_lock_clients_out(tmp_path: Path) -> None:
+    """A rate that would starve every client is refused; one merely low never holds up
+    the administrative commands, so the rate can always be set back."""
+    server = start_server(tmp_path, "command", *BASE, "--rate-limit", "1000")
+    try:
+        with redis.Redis(*server.listeners["command"], socket_timeout=10) as r:
+            with pytest.raises(redis.ResponseError, match=r"must be 0 \(off\) or at least 0.1"):
+                r.config_set("rate-limit", "1e-300")
+            assert r.config_set("rate-limit", "0.1") is True
+            assert r.ping() is True  # the burst's one token
+            with pytest.raises(redis.ResponseError, match=r"rate limit of 0.1 commands/s exceeded"):
+                r.ping()
+            assert r.info("stats")["rate_limited_commands"] >= 1
+            assert r.config_set("rate-limit", "0") is True
+            assert r.ping() is True
+    finally:
+        server.stop()
+
+
+def test_password_guessing_is_slowed_then_cut_off(tmp_path: Path) -> None:
+    """A thousand pipelined guesses (once answered in well under a second): the replies
+    come ever slower, the connection closes after ten, and others are served meanwhile."""
+    server = start_server(tmp_path, "command", *BASE, "--requirepass", "s3cret")
+    try:
+        port = server.listeners["command"][1]
+        guesses = b"".join(command(b"AUTH", b"guess%d" % i) for i in range(1000))
+        with (
+            probe(server.listeners["command"], password="s3cret") as served,
+            socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        ):
+            sock.sendall(guesses)
+            started = time.monotonic()
+            sock.settimeout(0.2)
+            got = b""
+            while time.monotonic() - started < 1.5:
+                with contextlib.suppress(TimeoutError):
+                    got += sock.recv(65536)
+        served.check()
+        # 1.5 s allows the first six replies at most (delays 0, 0.05, 0.1, 0.2, 0.4, 0.8).
+        assert 1 <= got.count(b"-WRONGPASS") <= 6
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"".join(command(b"AUTH", b"again%d" % i) for i in range(12)))
+            sock.settimeout(20)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.count(b"-WRONGPASS") == 10  # then the close
+        with redis.Redis(*server.listeners["command"], password="s3cret") as r:
+            assert r.info("stats")["auth_failures"] >= 11
+    finally:
+        server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from postoffice.command.remote import RemoteKeyspace
 from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
 from postoffice.core.errors import ConfigError
-from postoffice.core.resp import NIL, Array, Bulk, Error, encode_command
+from postoffice.core.resp import MAX_AUTH_FAILURES, NIL, Array, Bulk, Error, encode_command
 from postoffice.store import Response, Status
 from tests.fakes import FakeTransport
 
@@ -204,3 +204,67 @@ async def test_client_list_past_the_limit_is_refused(make: list[Harness]) -> Non
     assert reply.endswith(b" bytes exceeds limit 65536 (CONFIG SET max-reply-bytes)\r\n")
     assert clients[0].send(b"CONFIG", b"SET", b"max-reply-bytes", b"1048576") == b"+OK\r\n"
     assert clients[0].send(b"CLIENT", b"LIST").startswith(b"$")
+
+
+# -- AUTH throttling -------------------------------------------------------------------------
+
+
+class Timers:
+    """Stands in for the loop's call_later: the test runs each timer when it chooses."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self.pending.append((delay_s, callback))
+
+    def fire(self) -> float:
+        """Run the oldest timer; its delay."""
+        delay, callback = self.pending.pop(0)
+        callback()
+        return delay
+
+
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+
+
+async def test_failed_auths_are_answered_ever_later_then_closed(make: list[Harness]) -> None:
+    """Each wrong password's reply is held, twice as long as the one before, and nothing
+    else the client sent is read meanwhile; the tenth closes the connection."""
+    h = harness(make, requirepass="s3cret")
+    timers = Timers()
+    h.server.call_later = timers.call_later  # type: ignore[method-assign]  # the seam
+    client = h.connect()
+    delays: list[float] = []
+    noauth = b"-NOAUTH Authentication required.\r\n"
+    assert client.send(b"AUTH", b"typo") == WRONGPASS  # the first at once
+    for attempt in range(2, MAX_AUTH_FAILURES + 1):
+        client.conn.data_received(
+            encode_command([b"AUTH", b"guess%d" % attempt]) + encode_command([b"PING"])
+        )
+        assert client.transport.take() == b""  # held: no reply, no PING run
+        delays.append(timers.fire())
+        assert client.transport.take() == WRONGPASS + (
+            b"" if attempt == MAX_AUTH_FAILURES else noauth
+        )
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+    assert client.transport.closed
+    assert client.conn.close_reason == "too many failed AUTH attempts"
+    assert h.server.counts.auth_failures == MAX_AUTH_FAILURES
+    other = h.connect(4)
+    assert other.send(b"AUTH", b"s3cret") == b"+OK\r\n"  # another connection starts afresh
+    assert b"\r\nauth_failures:10\r\n" in other.send(b"INFO", b"stats")
+
+
+async def test_hello_with_a_wrong_password_is_throttled_too(make: list[Harness]) -> None:
+    h = harness(make, requirepass="s3cret")
+    timers = Timers()
+    h.server.call_later = timers.call_later  # type: ignore[method-assign]  # the seam
+    client = h.connect()
+    assert client.send(b"HELLO", b"3", b"AUTH", b"default", b"nope") == WRONGPASS
+    assert client.send(b"HELLO", b"3", b"AUTH", b"default", b"nope") == b""
+    assert timers.fire() == 0.05
+    assert client.transport.take() == WRONGPASS
+    assert client.send(b"HELLO", b"3", b"AUTH", b"default", b"s3cret").startswith(b"%")
+    assert h.server.counts.auth_failures == 2
+    assert client.send(b"AUTH", b"nope") == WRONGPASS  # a success started the count over

@@ -194,6 +194,10 @@ class CommandServer:
     def max_reply_bytes(self) -> int:
         return self.config.max_reply_bytes
 
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> object:
+        """Run `callback` on the loop in `delay_s` seconds (a connection's held reply)."""
+        return asyncio.get_running_loop().call_later(delay_s, callback)
+
     def clients(self) -> Iterable[CommandConnection]:
         """The connections still served: one closing (after QUIT or a kill, its last
         reply flushing) is gone for CLIENT LIST and KILL, as in Redis."""
