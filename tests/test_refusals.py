@@ -19,10 +19,6 @@ SCRIPT: list[tuple[tuple[bytes, ...], bytes]] = [
         (b"AUTH", b"wrong"),
         b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
     ),
-    (
-        (b"AUTH", b"admin", b"s3cret"),
-        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
-    ),
     ((b"AUTH", b"default", b"s3cret"), b"+OK\r\n"),
     ((b"PING",), b"+PONG\r\n"),
 ]
@@ -40,3 +36,17 @@ async def test_command_server_and_ingest_control_refuse_with_the_same_bytes() ->
     expected = [reply for _, reply in SCRIPT]
     assert command_replies == expected
     assert control_replies == expected
+
+
+async def test_an_unknown_user_is_refused_alike() -> None:
+    """A first failure is answered at once on both ports (later ones in a row are
+    throttled: tests/command and tests/ingest check that)."""
+    wrongpass = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    command = CommandHarness(requirepass="s3cret")
+    try:
+        conn, t = command.connect()
+        assert command_send(conn, t, b"AUTH", b"admin", b"s3cret") == wrongpass
+    finally:
+        command.server.pool.close()
+    control_conn, control_t = ControlHarness(token="s3cret").connect()
+    assert control_send(control_conn, control_t, b"AUTH", b"admin", b"s3cret") == wrongpass

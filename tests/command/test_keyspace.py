@@ -7,8 +7,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from postoffice.command.errors import CommandError
-from postoffice.command.keyspace import Cursors, glob_matcher, literal_prefix
+from postoffice.command.keyspace import (
+    MAX_MATCH_STEPS,
+    Answer,
+    Cursors,
+    PageMaker,
+    cmd_scan,
+    glob_matcher,
+    literal_prefix,
+)
+from postoffice.command.patterns import Glob
 from postoffice.command.remote import parse_address
+from postoffice.core.resp import Array, Bulk
 
 
 @pytest.mark.parametrize(
@@ -93,3 +103,75 @@ def test_literal_prefix(pattern: bytes, prefix: bytes) -> None:
 )
 def test_glob_matcher_follows_redis_globs(pattern: bytes, key: bytes, matches: bool) -> None:
     assert glob_matcher(pattern)(key) is matches
+
+
+class PagedKeyspace:
+    """A keyspace whose SCAN hands its keys to the page maker: what cmd_scan does with them."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys = keys
+        self.cursors = Cursors()
+
+    def scan(
+        self, prefix: bytes | None, start: bytes | None, limit: int, page: PageMaker
+    ) -> Answer:
+        return page(self.keys[:limit], None)
+
+
+class KeyspaceHolder:
+    def __init__(self, keyspace: PagedKeyspace, max_reply_bytes: int = 64 << 20) -> None:
+        self.keyspace = keyspace
+        self.max_reply_bytes = max_reply_bytes
+
+
+def scan(
+    keyspace: PagedKeyspace, *args: bytes, max_reply_bytes: int = 64 << 20
+) -> tuple[bytes, list[bytes]]:
+    """SCAN's reply from `keyspace`: the next cursor's start key (b"" for 0), and the keys."""
+    holder = KeyspaceHolder(keyspace, max_reply_bytes)
+    reply = cmd_scan(holder, None, [b"SCAN", *args])  # type: ignore[arg-type]  # a fake keyspace
+    assert isinstance(reply, Array)
+    assert reply.items is not None
+    cursor, keys = reply.items
+    assert isinstance(cursor, Bulk)
+    assert isinstance(keys, Array)
+    assert cursor.data is not None
+    start = keyspace.cursors.resolve(cursor.data)
+    return start or b"", [
+        key.data for key in keys.items or () if isinstance(key, Bulk) and key.data
+    ]
+
+
+def test_scan_refuses_a_pattern_over_the_limit() -> None:
+    with pytest.raises(CommandError, match=r"^pattern of 4194304 bytes exceeds limit 2048$"):
+        scan(PagedKeyspace([b"k"]), b"0", b"MATCH", b"*" * (4 << 20))
+
+
+def test_scan_stops_matching_where_the_work_bound_is_reached() -> None:
+    """A costly pattern examines only as many keys as MAX_MATCH_STEPS allows; the cursor
+    resumes at the first key not examined, so the iteration still sees every key."""
+    keys = [b"a" * 1020 + b"%04d" % i for i in range(100)]
+    pattern = b"*" + b"[ab]" * 500 + b"c*"
+    per_key = Glob.compile(pattern).cost(len(keys[0]))
+    examined = MAX_MATCH_STEPS // per_key
+    assert 0 < examined < 100
+    start, shown = scan(PagedKeyspace(keys), b"0", b"MATCH", pattern, b"COUNT", b"100")
+    assert shown == []
+    assert start == keys[examined]
+
+
+def test_scan_of_cheap_patterns_examines_the_whole_page() -> None:
+    keys = [b"user:%05d:name" % i for i in range(10_000)]
+    start, shown = scan(PagedKeyspace(keys), b"0", b"MATCH", b"*:0000?:*", b"COUNT", b"10000")
+    assert start == b""
+    assert shown == keys[:10]
+
+
+def test_scan_page_ends_before_the_reply_limit() -> None:
+    """A page whose keys would pass max-reply-bytes ends early; its cursor resumes at the
+    first key left out."""
+    keys = [b"k%04d" % i + b"x" * 1000 for i in range(1000)]
+    start, shown = scan(PagedKeyspace(keys), b"0", b"COUNT", b"1000", max_reply_bytes=65536)
+    assert 0 < len(shown) < 1000
+    assert sum(len(k) + 16 for k in shown) <= 65536
+    assert start == keys[len(shown)]

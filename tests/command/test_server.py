@@ -142,7 +142,7 @@ async def test_oversized_bulk_is_refused_with_a_clear_error() -> None:
     h = Harness(max_bulk_bytes=100)
     conn, t = h.connect()
     conn.data_received(b"*2\r\n$4\r\nECHO\r\n$101\r\n")
-    assert t.take() == b"-ERR Protocol error: bulk length 101 exceeds limit 100\r\n"
+    assert t.take() == b"-ERR Protocol error: invalid bulk length (101 exceeds limit 100)\r\n"
     assert t.closed
     h.server.pool.close()
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import time
+import tracemalloc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postoffice.core.resp import (
     HELLO_BEFORE_AUTH,
+    MAX_ARRAY_ITEMS,
     NEED_DATA,
     NIL,
     NOAUTH,
@@ -145,14 +151,16 @@ def test_malformed_input_raises(wire: bytes, error: type[Exception], message: st
 def test_array_over_limit_is_refused_before_reading_items() -> None:
     parser = RespParser(max_array_items=4)
     with pytest.raises(
-        RespLimitError, match=r"^Protocol error: multibulk length 5 exceeds limit 4$"
+        RespLimitError, match=r"^Protocol error: invalid multibulk length \(5 exceeds limit 4\)$"
     ):
         parse_all(b"*5\r\n", parser)
 
 
 def test_bulk_over_limit_is_refused_from_its_header() -> None:
     parser = RespParser(max_bulk_bytes=10)
-    with pytest.raises(RespLimitError, match=r"^Protocol error: bulk length 11 exceeds limit 10$"):
+    with pytest.raises(
+        RespLimitError, match=r"^Protocol error: invalid bulk length \(11 exceeds limit 10\)$"
+    ):
         parse_all(b"*1\r\n$11\r\n", parser)
 
 
@@ -160,10 +168,12 @@ def test_bulk_over_limit_is_refused_from_its_header() -> None:
 def test_limits_hold_for_whole_reads(pipelined: bool) -> None:
     """A request that arrives whole is held to the same limits as one that trickles in."""
     head = b"*1\r\n$4\r\nPING\r\n" if pipelined else b""
-    with pytest.raises(RespLimitError, match=r"^Protocol error: bulk length 5 exceeds limit 4$"):
+    with pytest.raises(
+        RespLimitError, match=r"^Protocol error: invalid bulk length \(5 exceeds limit 4\)$"
+    ):
         parse_all(head + b"*1\r\n$5\r\nHELLO\r\n", RespParser(max_bulk_bytes=4))
     with pytest.raises(
-        RespLimitError, match=r"^Protocol error: multibulk length 3 exceeds limit 2$"
+        RespLimitError, match=r"^Protocol error: invalid multibulk length \(3 exceeds limit 2\)$"
     ):
         parse_all(head + encode_command([b"SET", b"k", b"v"]), RespParser(max_array_items=2))
 
@@ -362,8 +372,11 @@ def test_feed_one_keeps_the_limits() -> None:
     with pytest.raises(RespLimitError, match="inline request of 9 bytes exceeds limit 8"):
         parser.next_event()
     for wire, message in [
-        (b"*1\r\n$5\r\nHELLO\r\n", "bulk length 5 exceeds limit 4"),
-        (b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n", "multibulk length 3 exceeds limit 2"),
+        (b"*1\r\n$5\r\nHELLO\r\n", r"invalid bulk length \(5 exceeds limit 4\)"),
+        (
+            b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n",
+            r"invalid multibulk length \(3 exceeds limit 2\)",
+        ),
     ]:
         parser = RespParser(max_inline_bytes=8, max_bulk_bytes=4, max_array_items=2)
         assert parser.feed_one(wire) is None
@@ -503,3 +516,118 @@ def test_hello_before_auth_is_a_noauth_naming_the_way_out() -> None:
         b"-NOAUTH HELLO must be called with the client already authenticated, "
         b"or with HELLO <proto> AUTH <user> <password>\r\n"
     )
+
+
+# -- hostile headers: nothing is set aside for a count before it is checked -----------------
+
+HUGE_HEADERS = [
+    b"*2147483647\r\n",
+    b"*4294967295\r\n",
+    b"*1\r\n*2147483647\r\n",
+    b"*1\r\n>2147483647\r\n",
+    b"*1\r\n~2147483647\r\n",
+    b"*1\r\n|2147483647\r\n",
+    b"*1\r\n%2147483647\r\n",
+    b"*1\r\n$1\r\naXY*2147483647\r\n",  # the C reader skips the two bytes after a bulk
+    b"*1\r\n$4\r\nPING\r\n*2147483647\r\n",
+    b"*2\r\n" + b"*65536\r\n" * 5000,  # every one within the limit, together far over it
+]
+
+
+def parse_cost(chunks: list[bytes]) -> tuple[int, float, str]:
+    """Parse `chunks` as reads of one connection: the peak of memory allocated (bytes, a
+    second run under tracemalloc, which slows Python several times over), the CPU seconds
+    the first run took, and how it ended (the protocol error, or "")."""
+    outcome = ""
+    # A collection of the whole test process's heap is not the input's cost: keep it out.
+    gc.disable()
+    started = time.thread_time()
+    try:
+        parse_split(chunks, RespParser())
+    except RespProtocolError as exc:
+        outcome = str(exc)
+    finally:
+        elapsed = time.thread_time() - started
+        gc.enable()
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(RespProtocolError):
+            parse_split(chunks, RespParser())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, elapsed, outcome
+
+
+@pytest.mark.parametrize("wire", HUGE_HEADERS)
+def test_huge_aggregate_headers_cost_nothing(wire: bytes) -> None:
+    """A count far over the limit is refused from its header, by whichever parser reads it,
+    before a list is set aside for it (the C reader once took seconds over *2147483647)."""
+    peak, elapsed, outcome = parse_cost([wire])
+    assert outcome.startswith("Protocol error: ")
+    assert peak < 1 << 20
+    assert elapsed < 0.1
+
+
+def test_huge_multibulk_length_gets_redis_reply() -> None:
+    with pytest.raises(
+        RespLimitError,
+        match=r"^Protocol error: invalid multibulk length \(2147483647 exceeds limit 65536\)$",
+    ):
+        parse_all(b"*2147483647\r\n", RespParser())
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        encode_command([b"MSET", *[b"k%d" % i for i in range(40)]]) * 20,  # counts of 2 digits
+        encode_command([b"SET", b"k", b"*99999 %|~>"]) * 50,  # header-like data
+        encode_command([b"SET", b"k", b"%12\r\n>99\r\n"]),
+    ],
+)
+def test_reads_with_larger_counts_or_header_like_data_still_parse(wire: bytes) -> None:
+    """What the C reader is not trusted with goes to the Python parser, with the same result."""
+    expected = [c.args for c in parse_split([wire[i : i + 1] for i in range(len(wire))])]
+    assert [c.args for c in parse_all(wire)] == expected
+
+
+def test_a_long_run_of_empty_arrays_is_skipped_without_recursion() -> None:
+    """`*0` and `*-1` are empty requests, skipped in a loop (500 of them once overflowed
+    the stack)."""
+    wire = b"*0\r\n*-1\r\n" * 50_000 + encode_command([b"PING"])
+    for feed in (parse_all, lambda data: parse_split([data[:7], data[7:]])):
+        assert [c.args for c in feed(wire)] == [[b"PING"]]
+
+
+# An input made of what a hostile client would send: headers of any count (the limit's
+# neighbours among them), nesting, RESP3 marks, CRLFs out of place and data, repeated up to
+# 64 KiB.
+_counts = st.one_of(
+    st.integers(min_value=-3, max_value=12),
+    st.sampled_from([MAX_ARRAY_ITEMS - 1, MAX_ARRAY_ITEMS, MAX_ARRAY_ITEMS + 1, 2**31 - 1]),
+    st.integers(min_value=-(2**63), max_value=2**64),
+)
+_token = st.one_of(
+    st.builds(
+        lambda mark, n: mark + b"%d\r\n" % n,
+        st.sampled_from(list(b"*$%~>|=")).map(lambda c: bytes([c])),
+        _counts,
+    ),
+    st.sampled_from([b"\r\n", b"\r", b"\n", b"PING", b" ", b"0"]),
+    st.binary(max_size=16),
+)
+hostile_input = st.builds(
+    lambda tokens, times: (b"".join(tokens) * times)[: 64 * 1024],
+    st.lists(_token, min_size=1, max_size=12),
+    st.integers(min_value=1, max_value=8000),
+)
+
+
+@given(hostile_input, st.integers(min_value=0, max_value=64 * 1024))
+@settings(max_examples=150, deadline=None)
+def test_any_input_costs_little_memory_and_time(data: bytes, cut: int) -> None:
+    """Each input of up to 64 KiB, whole or in two reads, costs at most 4 MiB and 100 ms
+    of CPU, and ends in commands, NEED_DATA or our ProtocolError."""
+    peak, elapsed, _ = parse_cost([data[:cut], data[cut:]])
+    assert peak <= 4 << 20, f"{peak} bytes for {len(data)} bytes of input"
+    assert elapsed < 0.1, f"{elapsed:.3f} s for {len(data)} bytes of input"

@@ -10,7 +10,7 @@ import asyncio
 from typing import Protocol
 
 from postoffice.command.errors import CommandError
-from postoffice.core.resp import OK, Integer, Reply, bulk
+from postoffice.core.resp import OK, Bulk, Integer, Reply, bulk
 
 
 class Cluster(Protocol):
@@ -45,7 +45,7 @@ class Cluster(Protocol):
         ...
 
 
-def client_list_reply(value: object) -> Reply:
+def client_list_reply(value: object) -> Bulk:
     """CLIENT LIST's reply from the workers' lines."""
     lines = _strings(value)
     return bulk("".join(line + "\n" for line in lines))

@@ -10,7 +10,6 @@ answer with a Deferred, so the loop never waits for them.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import platform
 import time
@@ -29,7 +28,8 @@ from postoffice.command.cluster import (
     killed_reply,
 )
 from postoffice.command.errors import CommandError
-from postoffice.command.keyspace import Answer, Deferred, Keyspace
+from postoffice.command.keyspace import Answer, Deferred, Keyspace, reply_too_large
+from postoffice.command.patterns import Glob
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     HELLO_BEFORE_AUTH,
@@ -37,6 +37,7 @@ from postoffice.core.resp import (
     OK,
     PONG,
     Array,
+    Bulk,
     Integer,
     Map,
     NoAuthError,
@@ -51,6 +52,14 @@ from postoffice.core.resp import (
 REDIS_COMPAT_VERSION: Final = "7.0.0"  # what INFO reports as redis_version, for clients that ask
 MAX_ARGS: Final = 1 << 31  # "no upper bound" for commands of variable arity
 MAX_DEBUG_SLEEP_S: Final = 60.0  # DEBUG SLEEP holds a worker thread; keep it bounded
+#: The administrative path: never refused by the rate limit, so a rate set too low (or a
+#: client that spent its budget) can always be put right, and a client can always log in,
+#: see what is going on and leave.
+NEVER_RATE_LIMITED: Final = frozenset(
+    {"auth", "hello", "quit", "client", "config", "info", "shutdown"}
+)
+#: A CONFIG GET pattern: setting names are under 32 bytes, so this leaves room to spare.
+MAX_CONFIG_PATTERN_BYTES: Final = 256
 
 
 class ClientView(Protocol):
@@ -75,6 +84,11 @@ class ServerView(Protocol):
 
     @property
     def requirepass(self) -> str | None: ...
+
+    @property
+    def max_reply_bytes(self) -> int:
+        """The largest reply one command may make."""
+        ...
 
     def clients(self) -> Iterable[ClientView]: ...
 
@@ -122,6 +136,7 @@ class CommandSpec:
     blocking: bool = field(init=False)  # runs in the worker pool
     noauth: bool = field(init=False)  # allowed before AUTH
     store: bool = field(init=False)  # answered by the keyspace (maybe later); pipelines freely
+    rate_limited: bool = field(init=False)  # counts against the client's rate limit
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen
@@ -130,6 +145,7 @@ class CommandSpec:
         set_(self, "blocking", "blocking" in self.flags)
         set_(self, "noauth", "noauth" in self.flags)
         set_(self, "store", "store" in self.flags)
+        set_(self, "rate_limited", self.name not in NEVER_RATE_LIMITED)
 
     def arity_ok(self, argc: int) -> bool:
         """Whether `argc` arguments (the name included) suit this command."""
@@ -267,11 +283,22 @@ def cmd_client(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
             wanted = {_int(arg, "client id") for part in args[3:] for arg in part.split()}
         elif argc != 2:
             raise CommandError("syntax error")
+        limit = server.max_reply_bytes
         if server.cluster is not None:
             ids = None if wanted is None else sorted(wanted)
-            return Deferred(server.cluster.client_lines(ids), client_list_reply)
-        chosen = [c for c in server.clients() if wanted is None or c.conn_id in wanted]
-        return bulk("".join(c.describe() + "\n" for c in chosen))
+            return Deferred(
+                server.cluster.client_lines(ids),
+                lambda lines: _capped(client_list_reply(lines), limit),
+            )
+        lines: list[str] = []
+        size = 0
+        for c in server.clients():
+            if wanted is None or c.conn_id in wanted:
+                lines.append(c.describe() + "\n")
+                size += len(lines[-1])
+                if size > limit:
+                    raise reply_too_large(size, limit, more=True)
+        return bulk("".join(lines))
     if sub == b"KILL" and argc >= 3:
         return _client_kill(server, client, args)
     if sub == b"HELP" and argc == 2:
@@ -339,11 +366,13 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
     sub = args[1].upper()
     if sub == b"GET" and len(args) >= 3:
         items = server.config_items()
-        found: dict[str, str] = {}
-        for pattern in args[2:]:
-            glob = _text(pattern).lower()
-            found.update({k: v for k, v in items.items() if fnmatch.fnmatchcase(k, glob)})
-        return Map(pairs=[(bulk(key), bulk(value)) for key, value in found.items()])
+        globs = [Glob.compile(p.lower(), limit=MAX_CONFIG_PATTERN_BYTES) for p in args[2:]]
+        found = [
+            (key, value)
+            for key, value in items.items()
+            if any(glob.matches(key.encode()) for glob in globs)
+        ]
+        return Map(pairs=[(bulk(key), bulk(value)) for key, value in found])
     if sub == b"SET" and len(args) >= 4 and len(args) % 2 == 0:
         pairs = [(_text(k).lower(), _text(v)) for k, v in zip(args[2::2], args[3::2], strict=True)]
         server.config_set(pairs)  # checked and applied here first: raises CommandError
@@ -375,14 +404,23 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
 def cmd_info(server: ServerView, client: ClientView, args: list[bytes]) -> Answer:
     """INFO [section ...]: server, clients, memory, stats, threads, commandstats."""
     wanted = [_text(a).lower() for a in args[1:]] or ["default"]
+    limit = server.max_reply_bytes
     if server.cluster is not None:
         return Deferred(
-            server.cluster.info(), lambda value: _info_reply(info_sections(value), wanted)
+            server.cluster.info(),
+            lambda value: _capped(_info_reply(info_sections(value), wanted), limit),
         )
-    return _info_reply(server.info(), wanted)
+    return _capped(_info_reply(server.info(), wanted), limit)
 
 
-def _info_reply(sections: Mapping[str, Mapping[str, object]], wanted: list[str]) -> Reply:
+def _capped(reply: Bulk, limit: int) -> Bulk:
+    """`reply`, or ReplyTooLargeError when its data passes `limit`."""
+    if reply.data is not None and len(reply.data) > limit:
+        raise reply_too_large(len(reply.data), limit)
+    return reply
+
+
+def _info_reply(sections: Mapping[str, Mapping[str, object]], wanted: list[str]) -> Bulk:
     if "all" in wanted or "everything" in wanted:
         names = list(sections)
     elif "default" in wanted:

@@ -16,6 +16,17 @@ from postoffice.store import DEFAULT_DURABILITY, Durability
 
 #: Worker processes at most: far more than cores on any machine this serves.
 MAX_WORKERS: Final = 64
+#: The floors of the protocol limits: an administrative command must always get through.
+MIN_BULK_BYTES: Final = 64
+MIN_ARRAY_ITEMS: Final = 16
+#: One reply at most, by default: room for a few of the store's largest values (16 MiB).
+MAX_REPLY_BYTES: Final = 64 * 1024 * 1024
+#: The reply limit's floor: INFO and CLIENT LIST of a busy server must fit.
+MIN_REPLY_BYTES: Final = 64 * 1024
+#: The slowest rate limit and the shortest idle timeout that are not 0 (off): below them
+#: a client could barely be served at all.
+MIN_RATE_LIMIT_PER_S: Final = 0.1
+MIN_IDLE_TIMEOUT_S: Final = 0.1
 
 #: The store server's durability default: an embedded store acknowledges alike.
 _STORE_DURABILITY: Final = DEFAULT_DURABILITY.value
@@ -48,10 +59,24 @@ class CommandConfig:
         high=365 * 86400,
     )
     max_inline_bytes: int = MAX_INLINE_BYTES
+    # The protocol limits apply before a command is known, so their floors leave room for
+    # every administrative command (CONFIG SET, HELLO 3 AUTH user pass SETNAME name).
     max_bulk_bytes: int = setting(
-        MAX_BULK_BYTES, help="Largest argument accepted.", unit="bytes", low=1, high=1 << 30
+        MAX_BULK_BYTES,
+        help="Largest argument accepted.",
+        unit="bytes",
+        low=MIN_BULK_BYTES,
+        high=1 << 30,
     )
     max_array_items: int = MAX_ARRAY_ITEMS
+    max_reply_bytes: int = setting(
+        MAX_REPLY_BYTES,
+        help="Largest reply one command may make; a larger one is an error (MGET, INFO, "
+        "CLIENT LIST) or a shorter page (SCAN).",
+        unit="bytes",
+        low=MIN_REPLY_BYTES,
+        high=1 << 32,
+    )
     rate_limit_per_s: float = setting(
         0.0,
         help="Commands per second per client (0: unlimited).",
@@ -114,8 +139,10 @@ class CommandConfig:
     def __post_init__(self) -> None:
         check_settings(self)  # the ranges and choices declared above
         check_range("max_inline_bytes", self.max_inline_bytes, 64, 1 << 30)
-        check_range("max_array_items", self.max_array_items, 1, 1 << 24)
+        check_range("max_array_items", self.max_array_items, MIN_ARRAY_ITEMS, 1 << 24)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
+        _zero_or_at_least("rate_limit_per_s", self.rate_limit_per_s, MIN_RATE_LIMIT_PER_S)
+        _zero_or_at_least("idle_timeout_s", self.idle_timeout_s, MIN_IDLE_TIMEOUT_S)
         if 0 < self.worker_timeout_s < 1:
             raise ConfigError(
                 f"setting 'worker_timeout_s' must be 0 (off) or at least 1, "
@@ -156,6 +183,11 @@ class CommandConfig:
     def burst(self) -> int:
         """Commands a client may send at once before the rate limit applies."""
         return self.rate_limit_burst or max(1, int(self.rate_limit_per_s))
+
+
+def _zero_or_at_least(name: str, value: float, low: float) -> None:
+    if 0 < value < low:
+        raise ConfigError(f"setting {name!r} must be 0 (off) or at least {low:g}, got {value:g}")
 
 
 def settings_json(config: CommandConfig) -> dict[str, object]:

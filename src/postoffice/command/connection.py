@@ -22,13 +22,16 @@ from postoffice.command.keyspace import Answer, Deferred, Durable, engine_refusa
 from postoffice.command.stats import CommandStats
 from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
 from postoffice.core.resp import (
+    AUTH_FAILURES_CLOSE,
     NEED_DATA,
     NOAUTH,
+    AuthThrottle,
     Dialect,
     Error,
     Reply,
     RespParser,
     RespRefusal,
+    WrongPassError,
     encode_resp,
     encode_resp3,
     encode_text,
@@ -58,6 +61,10 @@ class ConnectionHost(ServerView, Protocol):
 
     @property
     def counts(self) -> CommandStats: ...
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> object:
+        """Run `callback` on the loop in `delay_s` seconds."""
+        ...
 
 
 #: What a connection may owe: a reply ready but queued behind others (its wire bytes), a
@@ -92,6 +99,7 @@ class CommandConnection(BaseProtocol):
         self._watching = False  # the oldest owed Deferred has _store_replied as callback
         self._tokens = float(config.burst)
         self._refilled = self.created
+        self._auth = AuthThrottle()
 
     # -- BaseProtocol hooks ------------------------------------------------------------
 
@@ -329,7 +337,7 @@ class CommandConnection(BaseProtocol):
             )
         name = self.last_command = spec.name
         counts.calls[name] += 1
-        if server.config.rate_limit_per_s and not self._take_token():
+        if server.config.rate_limit_per_s and spec.rate_limited and not self._take_token():
             counts.rate_limited += 1
             err = RateLimitedError(
                 f"rate limit of {server.config.rate_limit_per_s:g} commands/s exceeded"
@@ -341,9 +349,40 @@ class CommandConnection(BaseProtocol):
         if spec.blocking:
             return self._offload(spec, args)
         try:
-            return spec.handler(server, self, args)
+            reply = spec.handler(server, self, args)
+            if spec.noauth and self._auth.failures and self.authenticated:
+                self._auth.passed()
+            return reply
+        except WrongPassError as exc:
+            return self._auth_failed(Error(code=exc.wire_code, message=str(exc)))
         except (CommandError, ConfigError, RespRefusal) as exc:
             return Error(code=exc.wire_code, message=str(exc))
+
+    def _auth_failed(self, refusal: Error) -> Reply:
+        """A failed AUTH: its reply is held (reading stops meanwhile), longer each time,
+        and after the last one allowed the connection closes."""
+        self.server.counts.auth_failures += 1
+        delay = self._auth.failed()
+        if self._auth.exhausted:
+            log.warning("auth failures conn=%s failures=%d: closing", self, self._auth.failures)
+            self.close_when_done(AUTH_FAILURES_CLOSE)
+        if not delay:
+            return refusal
+        self._busy = True
+        self.pause_reading()
+        self.server.call_later(delay, partial(self._held_reply, refusal))
+        return _PENDING
+
+    def _held_reply(self, reply: Reply) -> None:
+        """Send a reply held back (a failed AUTH's), then go on with what was read."""
+        self._busy = False
+        if self.transport is None:
+            return
+        self.write(self._encoder()(reply))
+        self.resume_reading()
+        outcome = self._run_buffered()
+        if outcome is not None:
+            self.batch_done(outcome)
 
     def _take_token(self) -> bool:
         config = self.server.config

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Final, final
 
 from postoffice.command.errors import CommandError, StoreUnavailableError
-from postoffice.command.keyspace import Answer, Cursors, Durable, PageMaker, engine_refusal
+from postoffice.command.keyspace import (
+    REPLY_ITEM_BYTES,
+    Answer,
+    Cursors,
+    Durable,
+    PageMaker,
+    engine_refusal,
+    reply_too_large,
+)
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.resp import NIL, OK, Array, Bulk, Integer, Reply
 from postoffice.store import (
@@ -196,16 +204,30 @@ class EmbeddedKeyspace:
         except PostOfficeError as exc:
             raise engine_refusal(exc) from None
 
-    def mget(self, keys: Sequence[bytes]) -> Answer:
-        """MGET: the values, nil for each missing key."""
+    def mget(self, keys: Sequence[bytes], max_bytes: int) -> Answer:
+        """MGET: the values, nil for each missing key; read until the reply would pass
+        `max_bytes`, then refused (ReplyTooLargeError)."""
         store = self._open()
         for key in keys:
             _check_key("get key", key)
+        items: list[Reply] = []
+        size = REPLY_ITEM_BYTES
         try:
-            values = [store.get(key) for key in keys]
+            for i, key in enumerate(keys):
+                value = store.get(key)
+                if value is None:
+                    items.append(NIL)
+                    size += REPLY_ITEM_BYTES
+                    continue
+                size += len(value) + REPLY_ITEM_BYTES
+                if size > max_bytes:
+                    raise reply_too_large(size, max_bytes, more=i + 1 < len(keys))
+                items.append(Bulk(data=value))
         except PostOfficeError as exc:
+            if isinstance(exc, CommandError):
+                raise
             raise engine_refusal(exc) from None
-        return Array(items=tuple(NIL if v is None else Bulk(data=v) for v in values))
+        return Array(items=items)
 
     def mset(self, pairs: Sequence[tuple[bytes, bytes]]) -> Answer:
         """MSET: one atomic batch; OK once durable."""

@@ -8,6 +8,7 @@ from postoffice.core.resp import RespLimitError, RespProtocolError
 __all__ = [
     "CommandError",
     "RateLimitedError",
+    "ReplyTooLargeError",
     "RespLimitError",
     "RespProtocolError",
     "StoreUnavailableError",
@@ -25,6 +26,12 @@ class RateLimitedError(CommandError, LimitExceeded):
     """The client sent commands faster than its rate limit allows."""
 
     wire_code = "RATELIMIT"
+
+
+class ReplyTooLargeError(CommandError, LimitExceeded):
+    """A command's reply would pass the server's `max_reply_bytes`; nothing was sent."""
+
+    wire_code = "ERR"
 
 
 class StoreUnavailableError(CommandError):

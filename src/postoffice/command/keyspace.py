@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fnmatch
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
-from postoffice.command.errors import CommandError, StoreUnavailableError
+from postoffice.command.errors import CommandError, ReplyTooLargeError, StoreUnavailableError
+from postoffice.command.patterns import Glob
 from postoffice.core.errors import BrokenError, ClosedError, LimitExceeded, PostOfficeError
 from postoffice.core.resp import Array, Error, Reply, bulk
 from postoffice.store import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
@@ -28,7 +28,10 @@ from postoffice.store import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
 log = logging.getLogger(__name__)
 
 DEFAULT_SCAN_COUNT: Final = 10  # Redis's default COUNT
-_GLOB_CHARS: Final = b"*?[\\"
+#: Steps of glob matching one SCAN call may take (`Glob.cost`), about 10 ms at worst: past
+#: it the page ends early and its cursor resumes at the first key not examined. A page
+#: always examines one key at least, which costs at most 1024 x 2048 steps, so it moves on.
+MAX_MATCH_STEPS: Final = 1 << 21
 
 
 @final
@@ -118,8 +121,9 @@ class Keyspace(Protocol):
         """How many of `keys` exist (a key named twice counts twice)."""
         ...
 
-    def mget(self, keys: Sequence[bytes]) -> Answer:
-        """The values of `keys`, nil for each missing one."""
+    def mget(self, keys: Sequence[bytes], max_bytes: int) -> Answer:
+        """The values of `keys`, nil for each missing one; ReplyTooLargeError when the
+        reply would pass `max_bytes`, holding no more than about that much meanwhile."""
         ...
 
     def mset(self, pairs: Sequence[tuple[bytes, bytes]]) -> Answer:
@@ -142,6 +146,23 @@ class KeyspaceServer(Protocol):
 
     @property
     def keyspace(self) -> Keyspace | None: ...
+
+    @property
+    def max_reply_bytes(self) -> int:
+        """The largest reply one command may make."""
+        ...
+
+
+#: What a reply costs beyond its data, per item, at most: a bulk's `$<len>\r\n` and `\r\n`.
+REPLY_ITEM_BYTES: Final = 16
+
+
+def reply_too_large(size: int, limit: int, *, more: bool = False) -> ReplyTooLargeError:
+    """The refusal of a reply of `size` bytes (`more`: at least that many) over `limit`."""
+    shown = f"more than {size}" if more else str(size)
+    return ReplyTooLargeError(
+        f"reply of {shown} bytes exceeds limit {limit} (CONFIG SET max-reply-bytes)"
+    )
 
 
 def _keyspace(server: KeyspaceServer) -> Keyspace:
@@ -186,7 +207,7 @@ def cmd_exists(server: KeyspaceServer, client: object, args: list[bytes]) -> Ans
 
 def cmd_mget(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
     """MGET key [key ...]: the values, nil for a missing key."""
-    return _keyspace(server).mget(args[1:])
+    return _keyspace(server).mget(args[1:], server.max_reply_bytes)
 
 
 def cmd_mset(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
@@ -246,28 +267,12 @@ class Cursors:
 
 def literal_prefix(pattern: bytes) -> bytes:
     """The part of a glob pattern before its first special character."""
-    cut = min((i for i, byte in enumerate(pattern) if byte in _GLOB_CHARS), default=len(pattern))
-    return pattern[:cut]
+    return Glob(pattern).prefix
 
 
 def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
-    """A matcher for Redis's glob: * ? [abc] [^abc] [a-z] and backslash escapes."""
-    translated = bytearray()
-    i = 0
-    while i < len(pattern):
-        byte = pattern[i : i + 1]
-        if byte == b"\\" and i + 1 < len(pattern):
-            translated += b"[" + pattern[i + 1 : i + 2] + b"]"
-            i += 2
-            continue
-        if byte == b"[" and pattern[i + 1 : i + 2] == b"^":
-            translated += b"[!"
-            i += 2
-            continue
-        translated += byte
-        i += 1
-    text = bytes(translated).decode("latin-1")
-    return lambda key: fnmatch.fnmatchcase(key.decode("latin-1"), text)
+    """A matcher for Redis's glob (see `patterns.Glob`); CommandError when too long."""
+    return Glob.compile(pattern).matches
 
 
 def _scan_options(args: list[bytes]) -> tuple[bytes | None, int]:
@@ -306,17 +311,41 @@ def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Answe
     pattern, count = _scan_options(args)
     if count == 0:
         return Array(items=(bulk(b"0"), Array(items=())))
-    prefix = literal_prefix(pattern) if pattern is not None else b""
-    matches: Callable[[bytes], bool] | None = None
-    if pattern is not None:
-        # Without glob characters the pattern names one key; else filter the page.
-        matches = pattern.__eq__ if prefix == pattern else glob_matcher(pattern)
+    glob = Glob.compile(pattern) if pattern is not None else None
+    prefix = glob.prefix if glob is not None else b""
+    max_bytes = server.max_reply_bytes
 
     def page(keys: Sequence[bytes], resume: bytes | None) -> Reply:
-        shown = [key for key in keys if matches is None or matches(key)]
+        shown, resume = _page_keys(glob, keys, resume, max_bytes)
         return Array(items=(bulk(cursors.issue(resume)), Array(items=tuple(map(bulk, shown)))))
 
     return keyspace.scan(prefix or None, start, count, page)
+
+
+def _page_keys(
+    glob: Glob | None, keys: Sequence[bytes], resume: bytes | None, max_bytes: int
+) -> tuple[list[bytes], bytes | None]:
+    """The keys of a page to show, and where the next page starts.
+
+    The page ends early, and the next one starts at the first key it did not take, when
+    matching would pass MAX_MATCH_STEPS or the reply `max_bytes`; it takes one key at
+    least, so an iteration always moves on.
+    """
+    shown: list[bytes] = []
+    steps = 0
+    size = 2 * REPLY_ITEM_BYTES  # the outer array and the cursor
+    for i, key in enumerate(keys):
+        if glob is not None:
+            steps += glob.cost(len(key))
+            if steps > MAX_MATCH_STEPS and i:
+                return shown, key
+            if not glob.matches(key):
+                continue
+        size += len(key) + REPLY_ITEM_BYTES
+        if size > max_bytes and i:
+            return shown, key
+        shown.append(key)
+    return shown, resume
 
 
 def engine_refusal(exc: BaseException) -> CommandError:
@@ -351,6 +380,7 @@ def settle(deferred: Deferred) -> Reply:
 
 
 __all__ = [
+    "REPLY_ITEM_BYTES",
     "Answer",
     "Cursors",
     "Deferred",
@@ -367,5 +397,6 @@ __all__ = [
     "engine_refusal",
     "glob_matcher",
     "literal_prefix",
+    "reply_too_large",
     "settle",
 ]

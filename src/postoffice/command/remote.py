@@ -15,12 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, final
 
 from postoffice.command.errors import CommandError, StoreUnavailableError
-from postoffice.command.keyspace import Answer, Cursors, Deferred, PageMaker
-from postoffice.core.errors import BrokenError
+from postoffice.command.keyspace import (
+    REPLY_ITEM_BYTES,
+    Answer,
+    Cursors,
+    Deferred,
+    PageMaker,
+    reply_too_large,
+)
+from postoffice.core.errors import BrokenError, PostOfficeError
 from postoffice.core.framing import FrameError
 from postoffice.core.resp import NIL, OK, Array, Bulk, Integer, Reply, bulk
 from postoffice.core.runtime import Backoff
@@ -204,9 +211,23 @@ class RemoteKeyspace:
         """EXISTS: a Deferred of how many exist."""
         return Deferred(self.submit_all([GetRequest(key=key) for key in keys]), _count_found)
 
-    def mget(self, keys: Sequence[bytes]) -> Answer:
-        """MGET: a Deferred of the values."""
-        return Deferred(self.submit_all([GetRequest(key=key) for key in keys]), _values)
+    def mget(self, keys: Sequence[bytes], max_bytes: int) -> Answer:
+        """MGET: a Deferred of the values, or of ReplyTooLargeError once they would pass
+        `max_bytes`.
+
+        Every GET is sent at once (so the MGET keeps its place among the client's store
+        commands), and each value is taken as its answer arrives, so no future holds it:
+        past `max_bytes` the values are dropped as they come, and the memory they hold
+        stays about `max_bytes` however large the values are.
+        """
+        client = self._open_client()
+        gathered = _Gathered(len(keys), max_bytes)
+        try:
+            for key in keys:
+                client.submit_get(key).add_done_callback(gathered.slot())
+        except (StoreProtocolError, FrameError, BrokenError) as exc:
+            raise self._refusal(exc) from None
+        return Deferred(gathered.done, _values)
 
     def mset(self, pairs: Sequence[tuple[bytes, bytes]]) -> Answer:
         """MSET: one atomic BATCH; a Deferred of OK."""
@@ -262,8 +283,51 @@ def _count_found(responses: list[Response]) -> Reply:
     return Integer(value=sum(_ok_or_raise(r).status is Status.OK for r in responses))
 
 
-def _values(responses: list[Response]) -> Reply:
-    return Array(items=tuple(_value(r) for r in responses))
+class _Gathered:
+    """MGET's answers as they arrive: each value kept, until they would pass `max_bytes`."""
+
+    def __init__(self, count: int, max_bytes: int) -> None:
+        self.done: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
+        self.max_bytes = max_bytes
+        self.size = REPLY_ITEM_BYTES
+        self.replies: list[Reply] = []
+        self._count = count
+        self._answered = 0
+        self._error: BaseException | None = None
+
+    def slot(self) -> Callable[[asyncio.Future[Response]], None]:
+        """The done callback of the next GET, in order."""
+        index = len(self.replies)
+        self.replies.append(NIL)
+        return lambda future: self._answer(index, future)
+
+    def _answer(self, index: int, future: asyncio.Future[Response]) -> None:
+        self._answered += 1
+        if future.cancelled():
+            self._error = self._error or CommandError("request cancelled")
+        elif (exc := future.exception()) is not None:
+            self._error = self._error or exc
+        else:
+            response = future.result()
+            self.size += len(response.body) + REPLY_ITEM_BYTES
+            if self.size > self.max_bytes:
+                self.replies.clear()  # whatever else comes is only counted
+            elif self.replies:
+                try:
+                    self.replies[index] = _value(response)
+                except PostOfficeError as err:
+                    self._error = self._error or err
+        if self._answered == self._count and not self.done.done():
+            if self._error is not None:
+                self.done.set_exception(self._error)
+            elif self.size > self.max_bytes:
+                self.done.set_exception(reply_too_large(self.size, self.max_bytes))
+            else:
+                self.done.set_result(self.replies)
+
+
+def _values(replies: list[Reply]) -> Reply:
+    return Array(items=replies)
 
 
 def _dbsize(response: Response) -> Reply:

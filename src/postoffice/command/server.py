@@ -48,6 +48,7 @@ CONFIG_NAMES: Final[dict[str, str]] = {
     "proto-max-bulk-len": "max_bulk_bytes",
     "proto-inline-max-size": "max_inline_bytes",
     "proto-max-multibulk-len": "max_array_items",
+    "max-reply-bytes": "max_reply_bytes",
 }
 #: Answered for clients (redis-benchmark asks for save and appendonly) but never changed.
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
@@ -188,6 +189,14 @@ class CommandServer:
     @property
     def requirepass(self) -> str | None:
         return self.config.requirepass
+
+    @property
+    def max_reply_bytes(self) -> int:
+        return self.config.max_reply_bytes
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> object:
+        """Run `callback` on the loop in `delay_s` seconds (a connection's held reply)."""
+        return asyncio.get_running_loop().call_later(delay_s, callback)
 
     def clients(self) -> Iterable[CommandConnection]:
         """The connections still served: one closing (after QUIT or a kill, its last

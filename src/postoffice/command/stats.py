@@ -25,6 +25,7 @@ class CommandStats:
     protocol_errors: int = _counter("protocol_errors")
     unknown_commands: int = _counter("unknown_commands")
     auth_refusals: int = _counter("auth_refusals")
+    auth_failures: int = _counter("auth_failures")  # wrong passwords (AUTH, HELLO AUTH)
     rate_limited: int = _counter("rate_limited_commands")
     calls: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Traffic of connections already gone: the live ones' is read from them. Not reset,

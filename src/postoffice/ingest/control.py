@@ -27,13 +27,16 @@ from typing import Final, final
 from postoffice.core.connections import ConnectionManager
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.resp import (
+    AUTH_FAILURES_CLOSE,
     NEED_DATA,
     NOAUTH,
+    AuthThrottle,
     Dialect,
     Error,
     Reply,
     RespParser,
     RespProtocolError,
+    WrongPassError,
     encode_resp,
     encode_resp3,
     encode_text,
@@ -76,6 +79,7 @@ class ControlConnection(BaseProtocol):
         self.protocol = 2  # RESP version of replies; HELLO 3 makes it 3
         self.name = ""
         self.running: str | None = None  # the deferred command in progress, if any
+        self._auth = AuthThrottle()
 
     # -- BaseProtocol hooks ------------------------------------------------------------
 
@@ -136,12 +140,29 @@ class ControlConnection(BaseProtocol):
             return Error(code="ERR", message=str(arity_error(spec.name)))
         try:
             return spec.handler(self, args)
+        except WrongPassError as exc:
+            return self._auth_failed(Error(code=exc.wire_code, message=str(exc)))
         except PostOfficeError as exc:
             return Error(code=exc.wire_code, message=str(exc))
         except Exception as exc:
             # A bug behind the seam: answer it, keep the connection (its framing is intact).
             log.exception("control command failed conn=%s command=%s", self, spec.name)
             return Error(code="ERR", message=f"internal error: {exc!r}")
+
+    def _auth_failed(self, refusal: Error) -> Reply | Deferred:
+        """A wrong token: the reply is held longer each time (as the command port's), and
+        the connection closes after the last failure allowed."""
+        delay = self._auth.failed()
+        if self._auth.exhausted:
+            self.close_when_done(AUTH_FAILURES_CLOSE)
+        if not delay:
+            return refusal
+
+        async def held() -> Reply:
+            await asyncio.sleep(delay)
+            return refusal
+
+        return Deferred(name="auth", work=held)
 
     def _start(self, deferred: Deferred) -> None:
         self.running = deferred.name

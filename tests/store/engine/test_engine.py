@@ -575,3 +575,22 @@ def test_background_flushes_race_readers_and_writers(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "index")
     with Store.open(tmp_path) as rebuilt:
         assert dict(rebuilt.scan(limit=10_000)) == final
+
+
+def test_rewriting_a_few_keys_under_never_keeps_the_undo_notes_bounded(tmp_path: Path) -> None:
+    """Under `never` nothing fsyncs while the same keys are rewritten (no index flush
+    either): past a few thousand undo notes a background fsync lets them go, so memory
+    levels off instead of growing with every write."""
+
+    with Store.open(tmp_path / "s", durability="never") as s:
+        for i in range(20_000):
+            s.put(b"k%d" % (i % 5), b"v" * 100)
+            if i % 1000 == 999:
+                for thread in threading.enumerate():
+                    if thread.name == "store-undo-sync":
+                        thread.join(10)
+        for thread in threading.enumerate():
+            if thread.name == "store-undo-sync":
+                thread.join(10)
+        assert len(s._undo) < 8192
+        assert s.get(b"k4") == b"v" * 100

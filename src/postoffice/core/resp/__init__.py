@@ -28,9 +28,12 @@ from postoffice.core.resp.parser import (
     RespParser,
 )
 from postoffice.core.resp.refusals import (
+    AUTH_FAILURES_CLOSE,
     HELLO_BEFORE_AUTH,
+    MAX_AUTH_FAILURES,
     NOAUTH,
     PROTOCOL_VERSIONS,
+    AuthThrottle,
     check_credentials,
     hello_protocol,
 )
@@ -54,9 +57,11 @@ from postoffice.core.resp.replies import (
 )
 
 __all__ = [
+    "AUTH_FAILURES_CLOSE",
     "EMPTY_ARRAY",
     "HELLO_BEFORE_AUTH",
     "MAX_ARRAY_ITEMS",
+    "MAX_AUTH_FAILURES",
     "MAX_BULK_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_INLINE_BYTES",
@@ -67,6 +72,7 @@ __all__ = [
     "PONG",
     "PROTOCOL_VERSIONS",
     "Array",
+    "AuthThrottle",
     "Bulk",
     "Command",
     "Dialect",

@@ -22,12 +22,19 @@ or the types). A read that ends inside a command keeps the commands before it an
 the tail to the Python parser. Anything else falls back to the Python parser for the whole
 read, which then reports the precise error. Like Redis, the two bytes after a bulk
 string's data are skipped, not checked, on this path.
+
+The C reader sets aside a list for every aggregate header it meets (`*n`, and RESP3's
+`%n`, `~n`, `>n`, `|n`, nested ones too) before any item arrives, and frees it item by
+item: `*2147483647` alone held the loop for seconds. So a read goes to it only when its
+headers are known to be small (see `_headers_fit`); the Python parser checks each header
+against the limits before it reads on.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import re
 from itertools import chain, repeat
 from typing import Final, NamedTuple, cast, final
 
@@ -39,6 +46,18 @@ MAX_INLINE_BYTES: Final = 64 * 1024  # one inline line, as Redis allows
 MAX_BULK_BYTES: Final = 8 * 1024 * 1024  # one argument; far above any command of ours
 MAX_ARRAY_ITEMS: Final = 64 * 1024  # arguments in one command
 MAX_HEADER_BYTES: Final = 32  # "*<n>\r\n" or "$<n>\r\n": 20 digits of a u64 fit easily
+
+# An aggregate header of 10 items or more: `*`, or a RESP3 aggregate the C reader also reads.
+# One class costs less on a short read; on a long one a search for the literal `*` (the
+# regex engine skips to it) and a memchr for each other mark cost less.
+_TWO_DIGITS: Final = re.compile(rb"[*%~>|]\d\d")
+_SHORT_READ: Final = 256
+_STAR_TWO_DIGITS: Final = re.compile(rb"\*\d\d")
+_OTHER_AGGREGATES: Final = tuple(
+    (ord(mark), re.compile(re.escape(mark) + rb"\d\d")) for mark in (b"%", b"~", b">", b"|")
+)
+# Every aggregate header of the C reader (its counts have no sign, no leading zero, no +).
+_AGGREGATE_COUNT: Final = re.compile(rb"[*%~>|](\d+)\r\n")
 
 # Decimal digits of every length below 10,000, for the encoded-size check of the C path.
 _DIGITS_BELOW: Final = 10_000
@@ -225,6 +244,12 @@ class RespParser:
         The commands join the ready queue. 0 means none could be trusted: the Python
         parser reads all of `data` (and finds the error, if there is one).
         """
+        if len(data) < _SHORT_READ:
+            fits = _TWO_DIGITS.search(data) is None or self._counts_fit(data)
+        else:
+            fits = self._headers_fit(data)
+        if not fits:
+            return 0
         reader = self._reader
         gets = reader.gets
         cmds: list[object]
@@ -259,6 +284,29 @@ class RespParser:
             self._reader = hiredis.Reader()  # the tail's start is in it: the Python parser has it
         self.ready.extend(cast(list[list[bytes]], cmds))  # the size checks proved the type
         return taken
+
+    def _headers_fit(self, data: bytes) -> bool:
+        """Whether the C reader may read `data`: what it sets aside for the aggregate
+        headers in it is at most a few list slots per byte, and none is over the limit.
+
+        Headers of one digit (the common case, found with one search for `*` and two
+        digits) cost at most 9 slots per 4-byte header. Otherwise every header-like run
+        is summed: the counts together may not pass the read's length (an array of n
+        items takes at least 3n bytes, so the read could not finish it anyway). Bytes of
+        data that look like a header only send the read to the Python parser.
+        """
+        if _STAR_TWO_DIGITS.search(data) is None:
+            for mark, two_digits in _OTHER_AGGREGATES:
+                if data.find(mark) >= 0 and two_digits.search(data) is not None:
+                    break
+            else:
+                return True
+        return self._counts_fit(data)
+
+    def _counts_fit(self, data: bytes) -> bool:
+        """`_headers_fit`'s exact check: every header-like count summed."""
+        counts = list(map(int, _AGGREGATE_COUNT.findall(data)))
+        return max(counts, default=0) <= self.max_array_items and sum(counts) <= len(data)
 
     def _one_size(self, cmd: object, data: bytes) -> int:
         """`_checked_size` of one command, unrolled, with each terminator checked in place."""
@@ -335,8 +383,9 @@ class RespParser:
             buf = self._buf
             while self._pos < len(buf):
                 if buf[self._pos] == 0x2A:  # "*"
-                    return self._whole_array() or self._array_header()
-                command = self._inline()
+                    command = self._whole_array() or self._array_header()
+                else:
+                    command = self._inline()
                 if command is not None:
                     return command
                 if self._need:
@@ -400,7 +449,9 @@ class RespParser:
             self._need = len(buf) - pos + 1
         return eol
 
-    def _array_header(self) -> Command | NeedData:
+    def _array_header(self) -> Command | NeedData | None:
+        """The array at `_pos`: a Command, NEED_DATA, or None for an empty one (skipped:
+        the caller's loop goes on, so a run of them costs no stack)."""
         eol = self._line_end("multibulk length")
         if eol < 0:
             return NEED_DATA
@@ -411,14 +462,15 @@ class RespParser:
             raise RespProtocolError(f"Protocol error: invalid multibulk length {raw!r}") from None
         if count > self.max_array_items:
             raise RespLimitError(
-                f"Protocol error: multibulk length {count} exceeds limit {self.max_array_items}"
+                f"Protocol error: invalid multibulk length "
+                f"({count} exceeds limit {self.max_array_items})"
             )
         self._pos = eol + 2
         self._need = 0
         if self.dialect is Dialect.UNKNOWN:
             self.dialect = Dialect.RESP
         if count <= 0:  # Redis treats "*0" and "*-1" as an empty request
-            return self.next_event()
+            return None
         self._remaining = count
         self._args = []
         return self._array_items()
@@ -449,7 +501,8 @@ class RespParser:
                     raise RespProtocolError(f"Protocol error: invalid bulk length {length}")
                 if length > self.max_bulk_bytes:
                     raise RespLimitError(
-                        f"Protocol error: bulk length {length} exceeds limit {self.max_bulk_bytes}"
+                        f"Protocol error: invalid bulk length "
+                        f"({length} exceeds limit {self.max_bulk_bytes})"
                     )
                 self._pos = eol + 2
                 self._bulk_len = length

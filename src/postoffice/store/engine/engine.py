@@ -64,8 +64,12 @@ DEFAULT_FLUSH_ENTRIES: Final = 16384
 DEFAULT_VALUE_CACHE_BYTES: Final = 64 * 1024 * 1024
 _CACHED_VALUE_MAX_BYTES: Final = 4096
 _PUT: Final = int(Kind.PUT)  # a plain int: the log packs it faster than the IntEnum
+# Undo notes wait for an fsync to cover them. Under `never` nothing else fsyncs while the
+# same few keys are rewritten (no index flush either), so past SOFT a background fsync
+# is started, and past MAX the writer fsyncs itself: the notes stay a few MB at most.
 _UNDO_MAX_ENTRIES: Final = 1 << 16
-_UNDO_CHECK_EVERY: Final = 4096  # entries added between looks for fsynced ones to drop
+_UNDO_SOFT_ENTRIES: Final = 4096
+_UNDO_CHECK_EVERY: Final = 1024  # entries added between looks for fsynced ones to drop
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +157,7 @@ class Store(Compaction):
         # (seq, key, location before) of every index change not yet fsynced; see the note.
         self._undo: collections.deque[tuple[int, bytes, Location | None]] = collections.deque()
         self._undo_check_at = _UNDO_CHECK_EVERY
+        self._syncing_soon = False  # a background fsync for the undo notes is running
         log_store.on_sync_failure = self._background_failure
         self.recovery = recovery
         #: Move a full memory layer into LMDB on a thread instead of in the write that
@@ -335,7 +340,25 @@ class Store(Compaction):
             durable = self._log.durable_seq
             while undo and undo[0][0] <= durable:
                 undo.popleft()
+        elif len(undo) >= _UNDO_SOFT_ENTRIES and not self._syncing_soon:
+            self._syncing_soon = True
+            threading.Thread(
+                target=self._sync_in_background,
+                args=(self._log.last_seq,),
+                name="store-undo-sync",
+                daemon=True,
+            ).start()
         self._undo_check_at = len(undo) + _UNDO_CHECK_EVERY
+
+    def _sync_in_background(self, ticket: int) -> None:
+        """Fsync up to `ticket` off the writer's thread, so the undo notes can be dropped."""
+        try:
+            self.sync(ticket)
+        except Exception as exc:  # the writes were rolled back; the next writer hears it
+            if not self._closing.is_set():
+                log.error("background fsync failed path=%s error=%s", self._path, exc)
+        finally:
+            self._syncing_soon = False
 
     def _roll_back(self) -> None:
         """After a failed log write or fsync: cut the log back to its last durable position
