@@ -201,6 +201,9 @@ def pub(
     help="Stop when no message came for this many seconds.  [default: never]",
 )
 @click.option("--type", "type_", default="", help="Only a channel of this type.")
+@click.option(
+    "--newest", is_flag=True, help="Start at the newest message, not the oldest still there."
+)
 def sub(
     channel: str,
     socket_path: Path | None,
@@ -208,14 +211,19 @@ def sub(
     count: int | None,
     timeout_s: float | None,
     type_: str,
+    newest: bool,
 ) -> None:
-    """Print each message of CHANNEL on its own line (creating the channel if need be)."""
+    """Print each message of CHANNEL on its own line (creating the channel if need be).
+
+    The first message is the oldest the channel still holds (with --newest, its newest:
+    the current state of /bus/directory or /bus/stats), then each one as it comes.
+    """
     out = sys.stdout.buffer
     with _client(socket_path, "postoffice bus sub") as client:
         subscriber = client.create_subscriber(channel, reliable=reliable, type=type_)
         seen = 0
         while count is None or seen < count:
-            message = subscriber.read()
+            message = subscriber.read(newest=newest and seen == 0)
             if message is None:
                 if not subscriber.wait(timeout_s):
                     break

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final, Self, final
 
 from postoffice.bus import wire
-from postoffice.bus.blocks import BusLocation, ChannelFds, SystemControlBlock
+from postoffice.bus.blocks import BusLocation, ChannelFds, SystemControlBlock, unix_address
 from postoffice.bus.channel import Channel
 from postoffice.bus.errors import (
     BusClosedError,
@@ -124,7 +124,8 @@ class Client:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout_s)
         try:
-            sock.connect(str(self.socket_path))
+            with unix_address(self.socket_path) as address:
+                sock.connect(address)
         except OSError as exc:
             sock.close()
             raise BusConnectionError(

@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import IO, Final, assert_never, final
 
 from postoffice.bus import memory, wire
-from postoffice.bus.blocks import BusLocation, SystemControlBlock, remove_session_files
+from postoffice.bus.blocks import (
+    BusLocation,
+    SystemControlBlock,
+    remove_session_files,
+    unix_address,
+)
 from postoffice.bus.config import BusConfig
 from postoffice.bus.connection import BusConnection
 from postoffice.bus.errors import (
@@ -131,7 +136,8 @@ class BusServer:
                 os.unlink(path)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                listener.bind(path)
+                with unix_address(self.socket_path) as address:
+                    listener.bind(address)
                 os.chmod(path, 0o600)
                 listener.listen(_LISTEN_BACKLOG)
                 listener.setblocking(False)
