@@ -21,6 +21,7 @@ PURE_MODULES = [
     "ingest/chunkdigest.py",
     "ingest/protocol.py",
     "bus/memory.py",
+    "bus/wire.py",
     "store/errors.py",
     "store/wire/__init__.py",
     "store/wire/messages.py",

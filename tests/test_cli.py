@@ -34,7 +34,7 @@ def test_main_help_announces_the_services_that_exist() -> None:
     assert result.exit_code == 0
     summary = " ".join(result.output.split("Options:")[0].split())
     services = _services()
-    assert services == ["command", "ingest", "store"]
+    assert services == ["bus", "command", "ingest", "store"]
     assert _announced(summary) == len(services)
     for name in [*services, "postoffice up"]:
         assert name in summary

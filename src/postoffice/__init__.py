@@ -1,4 +1,4 @@
-"""Post Office: three network services (command, ingest, store) on one shared asyncio core."""
+"""Post Office: four network services (command, ingest, store, bus) on one shared asyncio core."""
 
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def test_up_serves_and_stops_cleanly_on_sigterm(up: _Up) -> None:
     assert not (up.data_dir / "run" / "command.ready.json").exists()
     # Last started, first stopped: the store outlives the command server that uses it.
     stopped = re.findall(r"service stopped child=(\w+)", up.stderr.read_text())
-    assert stopped == ["ingest", "command", "store"]
+    assert stopped == ["bus", "ingest", "command", "store"]
     assert "store connection lost" not in up.stderr.read_text()
 
 

@@ -1,9 +1,10 @@
-"""The bus: shared-memory pub/sub channels; this is its channel library (the foundation
-the bus server and its clients stand on). Importing it raises BusUnavailableError when
-its C extension was not built."""
+"""The bus: shared-memory pub/sub channels. Its public API: the channel library, the
+control protocol's codec (`wire`) and the server's client (`Client`). Importing it raises
+BusUnavailableError when its C extension was not built."""
 
 from __future__ import annotations
 
+from postoffice.bus import wire
 from postoffice.bus.blocks import (
     DEFAULT_DIRECTORY,
     BusLocation,
@@ -16,11 +17,19 @@ from postoffice.bus.blocks import (
     remove_session_files,
 )
 from postoffice.bus.channel import Channel, ChannelStats, slots_needed
+from postoffice.bus.client import Client, default_socket_path
 from postoffice.bus.errors import (
     BusClosedError,
     BusConfigError,
+    BusConnectionError,
     BusError,
     BusLayoutError,
+    BusLimitError,
+    BusMismatchError,
+    BusNotFoundError,
+    BusProtocolError,
+    BusServerError,
+    BusStateError,
     BusStorageError,
     BusUnavailableError,
     BusUsageError,
@@ -33,14 +42,29 @@ from postoffice.bus.native import atomics
 from postoffice.bus.publisher import Publisher
 from postoffice.bus.subscriber import DropCallback, Message, Subscriber
 from postoffice.bus.triggers import Triggers, new_eventfd
+from postoffice.bus.wire import (
+    DIRECTORY_CHANNEL,
+    STATS_CHANNEL,
+    ChannelInfo,
+    ChannelStatsRecord,
+)
 
 __all__ = [
     "DEFAULT_DIRECTORY",
+    "DIRECTORY_CHANNEL",
+    "STATS_CHANNEL",
     "BusClosedError",
     "BusConfigError",
+    "BusConnectionError",
     "BusError",
     "BusLayoutError",
+    "BusLimitError",
     "BusLocation",
+    "BusMismatchError",
+    "BusNotFoundError",
+    "BusProtocolError",
+    "BusServerError",
+    "BusStateError",
     "BusStorageError",
     "BusUnavailableError",
     "BusUsageError",
@@ -48,9 +72,12 @@ __all__ = [
     "Channel",
     "ChannelCounters",
     "ChannelFds",
+    "ChannelInfo",
     "ChannelSpec",
     "ChannelStats",
+    "ChannelStatsRecord",
     "ChecksumError",
+    "Client",
     "DropCallback",
     "Message",
     "MessageSizeError",
@@ -61,8 +88,10 @@ __all__ = [
     "Triggers",
     "atomics",
     "create_channel",
+    "default_socket_path",
     "new_eventfd",
     "remove_channel_files",
     "remove_session_files",
     "slots_needed",
+    "wire",
 ]

@@ -6,9 +6,11 @@ from the descriptors it was given (or, for a buffer added by a resize, from its 
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, final
@@ -131,6 +133,29 @@ class ChannelFds:
                 os.close(fd)
             except OSError:
                 pass
+
+
+#: sun_path holds 108 bytes with its NUL: a longer socket path is reached through a
+#: descriptor of its directory (/proc/self/fd/N/name), which the kernel resolves.
+_SUN_PATH_BYTES: Final = 107
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for bind/connect that names `path` even past sun_path's 107 bytes.
+    Raises BusStorageError if the directory of a long path cannot be opened."""
+    text = str(path)
+    if len(os.fsencode(text)) <= _SUN_PATH_BYTES:
+        yield text
+        return
+    try:
+        dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise translate_os_error(exc, BusStorageError, f"open {path.parent}") from exc
+    try:
+        yield f"/proc/self/fd/{dir_fd}/{path.name}"
+    finally:
+        os.close(dir_fd)
 
 
 def _create_file(path: Path, size: int) -> int:

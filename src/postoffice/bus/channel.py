@@ -240,6 +240,22 @@ class Channel:
             self.scb.add(self.channel_id, "resizes", 1)
         return mapped
 
+    def redefine(self, *, type: str, flags: int) -> None:
+        """Rewrite the channel's type and flags in its CCB header: the server does so for
+        a channel a subscriber created, when its first publisher says what it is. Safe
+        then: no publisher has the channel yet, and subscribers read neither field after
+        they open it (a message says itself whether it carries a checksum). Raises
+        BusLayoutError for a type that does not fit or an unknown flag."""
+        self._check_open()
+        header = memory.CcbHeader(
+            channel_id=self.channel_id, num_slots=self.num_slots, flags=flags,
+            name=self.name, type=type,
+        ).pack()  # fmt: skip
+        self.ccb[memory.CCB_HEADER.size : len(header)] = header[memory.CCB_HEADER.size :]
+        atomics.store_release_u64(self.ccb, 8, memory.VERSION | flags << 32)
+        self.type = type
+        self.flags = flags
+
     # -- users -----------------------------------------------------------------------------
 
     def add_publisher(self, *, reliable: bool = False) -> int:

@@ -1,12 +1,15 @@
-"""The bus's errors, one tree under core.errors: layout, capacity, limits, lifecycle."""
+"""The bus's errors, one tree under core.errors: layout, capacity, limits, lifecycle, and
+the control protocol's refusals (each with the `wire_code` its error reply carries)."""
 
 from __future__ import annotations
 
 from postoffice.core.errors import (
+    BrokenError,
     ClosedError,
     ConfigError,
     LimitExceeded,
     PostOfficeError,
+    ProtocolError,
     StorageError,
 )
 
@@ -73,3 +76,48 @@ class BusUsageError(BusError):
     publisher, a second buffer while one is open."""
 
     wire_code = "USAGE"
+
+
+class BusProtocolError(BusError, ProtocolError):
+    """A bus control message is malformed: a bad frame type, field, length or string."""
+
+    wire_code = "PROTO"
+
+
+class BusLimitError(BusError, LimitExceeded):
+    """A request asks past one of the server's limits: too many clients or channels, a
+    channel too large, a name too long."""
+
+    wire_code = "LIMIT"
+
+
+class BusStateError(BusError):
+    """A request out of turn on its connection: a second Init, anything before Init."""
+
+    wire_code = "STATE"
+
+
+class BusNotFoundError(BusError):
+    """No such channel, or no such publisher or subscriber on it."""
+
+    wire_code = "NOT_FOUND"
+
+
+class BusMismatchError(BusError):
+    """A user's parameters disagree with its channel's: type, num_slots, slot size,
+    reliability of its publishers, fixed size, checksum."""
+
+    wire_code = "MISMATCH"
+
+
+class BusServerError(BusError):
+    """The bus server refused a request with a code this client does not know, or failed
+    inside (`ERR`)."""
+
+    wire_code = "ERR"
+
+
+class BusConnectionError(BusError, BrokenError):
+    """The bus server cannot be reached, or closed or broke the connection."""
+
+    wire_code = "BROKEN"

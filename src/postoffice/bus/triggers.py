@@ -14,6 +14,7 @@ import mmap
 import os
 import select
 import time
+from collections.abc import Callable
 from typing import Final, final
 
 from postoffice.bus import memory
@@ -82,11 +83,14 @@ class Triggers:
 
     The server hands them out (a subscriber's to every publisher, a reliable publisher's
     to every subscriber) and updates them as users come and go. A waiting bit whose
-    eventfd is not known here is left in the mask for a process that knows it.
+    eventfd is not known here is left in the mask for a process that knows it; if
+    `on_unknown` is set, it is called first (a client asks the server for the users that
+    came since), and the bits it made known are served.
     """
 
-    def __init__(self, ccb: mmap.mmap) -> None:
+    def __init__(self, ccb: mmap.mmap, on_unknown: Callable[[], None] | None = None) -> None:
         self._ccb = ccb
+        self.on_unknown = on_unknown
         self._subscribers: dict[int, int] = {}
         self._publishers: dict[int, int] = {}
         self._subscriber_mask = 0
@@ -116,16 +120,24 @@ class Triggers:
 
     def wake_subscribers(self) -> int:
         """After a publish: wake every waiting subscriber known here; how many."""
-        return self._wake(memory.CCB_SUBSCRIBERS_WAITING, self._subscriber_mask, self._subscribers)
+        return self._wake(memory.CCB_SUBSCRIBERS_WAITING, subscribers=True)
 
     def wake_publishers(self) -> int:
         """After a release: wake every waiting reliable publisher known here; how many."""
-        return self._wake(memory.CCB_PUBLISHERS_WAITING, self._publisher_mask, self._publishers)
+        return self._wake(memory.CCB_PUBLISHERS_WAITING, subscribers=False)
 
-    def _wake(self, offset: int, known: int, fds: dict[int, int]) -> int:
+    def _wake(self, offset: int, *, subscribers: bool) -> int:
         # A load first: the mask is almost always empty, and a load does not take the
         # cache line away from the sleepers the way an atomic write would.
-        waiting = _load(self._ccb, offset) & known
+        waiting = _load(self._ccb, offset)
+        if not waiting:
+            return 0
+        known = self._subscriber_mask if subscribers else self._publisher_mask
+        if waiting & ~known and self.on_unknown is not None:
+            self.on_unknown()
+            known = self._subscriber_mask if subscribers else self._publisher_mask
+        fds = self._subscribers if subscribers else self._publishers
+        waiting &= known
         if not waiting:
             return 0
         taken = _fetch_and(self._ccb, offset, ~waiting & memory.ALL_BITS) & waiting

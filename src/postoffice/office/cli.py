@@ -15,7 +15,13 @@ from postoffice.core.errors import PostOfficeError
 from postoffice.core.logs import kv
 from postoffice.core.runtime import run
 from postoffice.office.director import DEFAULT_STOP_TIMEOUT_S, STATUS_FILE, Director
-from postoffice.office.services import SERVICES, ChildStatus, run_dir, select_services
+from postoffice.office.services import (
+    SERVICES,
+    ChildStatus,
+    describe_address,
+    run_dir,
+    select_services,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -37,7 +43,7 @@ def services_table(statuses: Sequence[ChildStatus]) -> Table:
         listeners = list(status.listeners.items()) or [("-", ("-", 0))]
         for index, (name, (host, port)) in enumerate(listeners):
             first = index == 0
-            address = "-" if name == "-" else f"{host}:{port}"
+            address = "-" if name == "-" else describe_address(host, port)
             table.add_row(status.name if first else "", pid if first else "", name, address)
     return table
 
@@ -49,7 +55,7 @@ def restart_line(status: ChildStatus) -> str:
     phrase (`killed by SIGKILL`) or, after a failed relaunch, that failure's message.
     """
     addresses = ", ".join(
-        f"{name} {host}:{port}" for name, (host, port) in status.listeners.items()
+        f"{name} {describe_address(host, port)}" for name, (host, port) in status.listeners.items()
     )
     reason = status.last_exit or "unknown"
     return (

@@ -58,6 +58,7 @@ from postoffice.office.services import (
     ServiceFailedError,
     ServiceSpec,
     ServiceStartError,
+    describe_address,
     describe_exit,
     next_restart_delay,
     parse_ready,
@@ -357,7 +358,7 @@ class Director:
         child.state = ChildState.READY
         child.ready_at = asyncio.get_running_loop().time()
         self._publish()
-        shown = ",".join(f"{k}={h}:{p}" for k, (h, p) in listeners.items())
+        shown = ",".join(f"{k}={describe_address(h, p)}" for k, (h, p) in listeners.items())
         log.info(
             "service ready %s",
             kv(child=name, pid=child.process.pid, restarts=child.restarts, listeners=shown),

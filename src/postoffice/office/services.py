@@ -28,6 +28,7 @@ __all__ = [
     "ServiceFailedError",
     "ServiceSpec",
     "ServiceStartError",
+    "describe_address",
     "describe_exit",
     "next_restart_delay",
     "parse_ready",
@@ -89,7 +90,7 @@ def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = Non
 
 #: Every service `postoffice up` starts, in start order (a service may rely on earlier
 #: ones). Each keeps its own defaults (command 6380/6381, ingest 7000-7003 and 7100+,
-#: store 7400/7401);
+#: store 7400/7401, bus <data-dir>/run/bus.sock);
 #: the environment (`POSTOFFICE_COMMAND_PORT=0`, ...) reaches them unchanged.
 SERVICES: Final[tuple[ServiceSpec, ...]] = (
     ServiceSpec(
@@ -105,6 +106,11 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
     ServiceSpec(
         name="ingest",
         argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
+    ),
+    # No port: its ready file names its socket, <data-dir>/run/bus.sock, as port 0.
+    ServiceSpec(
+        name="bus",
+        argv=serve_argv("bus", lambda launch: ["--data-dir", str(launch.data_dir)]),
     ),
 )
 
@@ -155,6 +161,12 @@ def run_dir(data_dir: Path) -> Path:
 def ready_path(data_dir: Path, name: str) -> Path:
     """The ready file the child for service `name` announces its listeners in."""
     return run_dir(data_dir) / f"{name}.ready.json"
+
+
+def describe_address(host: str, port: int) -> str:
+    """A listener as people read it: `host:port`, or a Unix socket's path alone (port 0
+    and an absolute path, as the bus announces its socket)."""
+    return host if port == 0 and host.startswith("/") else f"{host}:{port}"
 
 
 def describe_exit(returncode: int) -> str:
