@@ -111,7 +111,7 @@ def test_a_block_that_is_not_a_ccb_is_refused() -> None:
     with pytest.raises(BusLayoutError, match=r"^not a ccb: magic 0x0000000000000000$"):
         memory.CcbHeader.unpack(bytes(len(good)), size)
     wrong_version = good[:8] + (9).to_bytes(4, "little") + good[12:]
-    with pytest.raises(BusLayoutError, match=r"^ccb version 9, expected 1$"):
+    with pytest.raises(BusLayoutError, match=r"^ccb version 9, expected 2$"):
         memory.CcbHeader.unpack(wrong_version, size)
     with pytest.raises(BusLayoutError, match=r"^ccb of 16 slots says \d+ bytes, the file has"):
         memory.CcbHeader.unpack(good, size - 64)

@@ -44,6 +44,11 @@ REQUESTS: list[tuple[int, bytes, wire.Request]] = [
         ),
     ),
     (
+        0x02,
+        b"\x04chat\x00" + struct.pack(">IIHH", 0, 0, 0x000C, 20),
+        wire.CreatePublisherRequest(channel="chat", checksum=True, metadata_bytes=20),
+    ),
+    (
         0x03,
         b"\x04chat\x00" + struct.pack(">IIHI", 0, 0, 0x0001, 3),
         wire.CreateSubscriberRequest(channel="chat", reliable=True, max_active=3),
@@ -188,8 +193,23 @@ BAD_REQUESTS: list[tuple[int, bytes, str]] = [
     (0x06, b"\x81" + b"x" * 129, r"^channel name is 129 bytes, the limit is 128$"),
     (
         0x02,
-        b"\x01c\x00" + struct.pack(">IIH", 0, 0, 0x0008),
-        r"^publisher options 0x0008 set reserved bits$",
+        b"\x01c\x00" + struct.pack(">IIH", 0, 0, 0x8000),
+        r"^publisher options 0x8000 set reserved bits$",
+    ),
+    (
+        0x02,
+        b"\x01c\x00" + struct.pack(">IIH", 0, 0, 0x0008) + b"\x00",
+        r"^CREATE_PUBLISHER payload of 14 bytes ends inside metadata size$",
+    ),
+    (
+        0x02,
+        b"\x01c\x00" + struct.pack(">IIHH", 0, 0, 0x0008, 257),
+        r"^metadata_bytes 257 outside 1\.\.256$",
+    ),
+    (
+        0x02,
+        b"\x01c\x00" + struct.pack(">IIHH", 0, 0, 0x0008, 0),
+        r"^metadata_bytes 0 outside 1\.\.256$",
     ),
     (
         0x03,
@@ -338,6 +358,7 @@ requests = st.one_of(
         reliable=st.booleans(),
         fixed_size=st.booleans(),
         checksum=st.booleans(),
+        metadata_bytes=st.integers(0, wire.MAX_METADATA_BYTES),
     ),
     st.builds(
         wire.CreateSubscriberRequest,

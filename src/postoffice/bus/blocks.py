@@ -70,8 +70,11 @@ class ChannelSpec:
     slot_size: int
     #: A fixed-size channel never grows: a larger message is refused.
     fixed_size: bool = False
-    #: Every message carries a CRC-32 of its payload, checked when it is read.
+    #: Every message carries a checksum (CRC-32 by default) of its metadata and
+    #: payload, checked when it is read.
     checksum: bool = False
+    #: Each slot's metadata capacity, 0..MAX_METADATA_BYTES.
+    metadata_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_slots <= memory.MAX_SLOTS:
@@ -105,6 +108,7 @@ class ChannelSpec:
             flags=self.flags,
             name=self.name,
             type=self.type,
+            metadata_bytes=self.metadata_bytes,
         )
 
 
@@ -205,9 +209,10 @@ def create_channel(location: BusLocation, spec: ChannelSpec) -> ChannelFds:
     descriptors. Raises BusStorageError (the files made so far are removed)."""
     made: list[Path] = []
     fds: list[int] = []
+    header = spec.header()
     try:
         for path, size in (
-            (location.ccb_path(spec.channel_id), memory.ccb_bytes(spec.num_slots)),
+            (location.ccb_path(spec.channel_id), header.size()),
             (location.bcb_path(spec.channel_id), memory.BCB_BYTES),
             (location.buffer_path(spec.channel_id, 0), spec.num_slots * spec.slot_size),
         ):
@@ -220,9 +225,9 @@ def create_channel(location: BusLocation, spec: ChannelSpec) -> ChannelFds:
             )
             atomics.store_release_u64(block, memory.bcb_slot_size_offset(0), spec.slot_size)
             atomics.store_release_u64(block, memory.BCB_NUM_BUFFERS, 1)
-        header = spec.header().pack()
-        with mmap.mmap(ccb, memory.ccb_bytes(spec.num_slots)) as block:
-            block[: len(header)] = header
+        packed = header.pack()
+        with mmap.mmap(ccb, header.size()) as block:
+            block[: len(packed)] = packed
             for subscriber in range(memory.MAX_SUBSCRIBERS):
                 atomics.store_release_u64(
                     block, memory.vchan_filter_offset(subscriber), memory.ALL_BITS

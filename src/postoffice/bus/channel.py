@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -37,6 +39,16 @@ _cas: Final = atomics.cas_u64
 _fetch_add: Final = atomics.fetch_add_u64
 _fetch_or: Final = atomics.fetch_or_u64
 _fetch_and: Final = atomics.fetch_and_u64
+
+
+#: A message checksum: (metadata, payload) -> a u32. Publisher and subscribers of a
+#: channel must use the same one.
+ChecksumFunction = Callable[[memoryview, memoryview], int]
+
+
+def crc32_checksum(metadata: memoryview, payload: memoryview) -> int:
+    """The default checksum: CRC-32 of the metadata followed by the payload."""
+    return zlib.crc32(payload, zlib.crc32(metadata))
 
 
 def slots_needed(publishers: int, subscribers: int, max_active_messages: int) -> int:
@@ -110,9 +122,12 @@ class Channel:
         self.type = header.type
         self.num_slots = header.num_slots
         self.flags = header.flags
+        self.metadata_bytes = header.metadata_bytes
         self.ccb = ccb
         self.bcb = bcb
         self.scb = scb
+        self._ccb_view = memoryview(ccb)
+        self._ccb_readonly = self._ccb_view.toreadonly()
         self._buffers: dict[int, MappedBuffer] = {}
         self.closed = False
 
@@ -155,6 +170,13 @@ class Channel:
     def checksum(self) -> bool:
         """Whether messages carry a CRC-32 of their payload."""
         return bool(self.flags & memory.FLAG_CHECKSUM)
+
+    def metadata(self, slot: int, size: int, *, writable: bool = False) -> memoryview:
+        """A view of the first `size` bytes of slot `slot`'s metadata area (read-only
+        unless `writable`); the caller releases it."""
+        start = memory.metadata_offset(self.num_slots, self.metadata_bytes, slot)
+        view = self._ccb_view if writable else self._ccb_readonly
+        return view[start : start + size]
 
     def num_buffers(self) -> int:
         """Buffer indexes handed out so far (the newest may still be being created)."""
@@ -249,7 +271,7 @@ class Channel:
         self._check_open()
         header = memory.CcbHeader(
             channel_id=self.channel_id, num_slots=self.num_slots, flags=flags,
-            name=self.name, type=type,
+            name=self.name, type=type, metadata_bytes=self.metadata_bytes,
         ).pack()  # fmt: skip
         self.ccb[memory.CCB_HEADER.size : len(header)] = header[memory.CCB_HEADER.size :]
         atomics.store_release_u64(self.ccb, 8, memory.VERSION | flags << 32)
@@ -463,6 +485,8 @@ class Channel:
             except BufferError:
                 busy.append(index)
         self._buffers = {i: b for i, b in self._buffers.items() if i in busy}
+        self._ccb_readonly.release()
+        self._ccb_view.release()
         for block in (self.ccb, self.bcb):
             try:
                 block.close()

@@ -21,7 +21,7 @@ from typing import Final, Self, final
 
 from postoffice.bus import wire
 from postoffice.bus.blocks import BusLocation, ChannelFds, SystemControlBlock, unix_address
-from postoffice.bus.channel import Channel
+from postoffice.bus.channel import Channel, ChecksumFunction, crc32_checksum
 from postoffice.bus.errors import (
     BusClosedError,
     BusConnectionError,
@@ -239,19 +239,28 @@ class Client:
         fixed_size: bool = False,
         checksum: bool = False,
         type: str = "",
+        metadata_bytes: int = 0,
+        checksum_function: ChecksumFunction = crc32_checksum,
     ) -> Publisher:
         """A publisher on channel `name`, created if need be (0: the channel's slot size
-        and num_slots, or the server's defaults). Raises BusMismatchError when the
-        parameters disagree with the channel's, TooManyUsersError, CapacityError,
-        BusLimitError, BusProtocolError (a field out of range: nothing sent)."""
+        and num_slots, or the server's defaults). With `checksum`, every message carries
+        `checksum_function(metadata, payload)` (CRC-32 by default); `metadata_bytes` is
+        the metadata each message may carry (the channel's; 0..256). Raises
+        BusMismatchError when the parameters disagree with the channel's,
+        TooManyUsersError, CapacityError, BusLimitError, BusProtocolError (a field out
+        of range: nothing sent)."""
         request = wire.CreatePublisherRequest(
             channel=name, type=type, slot_size=slot_size, num_slots=num_slots,
             reliable=reliable, fixed_size=fixed_size, checksum=checksum,
+            metadata_bytes=metadata_bytes,
         )  # fmt: skip
         reply, fds = self._call(request)
         grant = self._grant(reply, fds, publisher=True)
         mapped, own = self._map(name, grant, fds)
-        publisher = Publisher(mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own)
+        publisher = Publisher(
+            mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own,
+            checksum=checksum_function,
+        )  # fmt: skip
         mapped.users[(True, grant.user_id)] = publisher
         return publisher
 
@@ -265,10 +274,14 @@ class Client:
         slot_size: int = 0,
         num_slots: int = 0,
         on_drop: DropCallback | None = None,
+        checksum_function: ChecksumFunction = crc32_checksum,
+        drop_bad_checksums: bool = False,
     ) -> Subscriber:
         """A subscriber on channel `name`, which it creates if need be (with `slot_size`
         and `num_slots`, 0: the server's defaults; its first publisher then says what
-        the channel is). Raises as create_publisher does."""
+        the channel is). A message failing its checksum (`checksum_function`, as the
+        publisher's) raises ChecksumError on read, or with `drop_bad_checksums` counts
+        as a drop. Raises as create_publisher does."""
         request = wire.CreateSubscriberRequest(
             channel=name, type=type, slot_size=slot_size, num_slots=num_slots,
             reliable=reliable, max_active=max_active,
@@ -278,8 +291,9 @@ class Client:
         mapped, own = self._map(name, grant, fds)
         assert own is not None
         subscriber = Subscriber(
-            mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own, on_drop=on_drop
-        )
+            mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own,
+            on_drop=on_drop, checksum=checksum_function, drop_bad_checksums=drop_bad_checksums,
+        )  # fmt: skip
         mapped.users[(False, grant.user_id)] = subscriber
         return subscriber
 

@@ -51,8 +51,11 @@ MAX_NAME_BYTES: Final = 128
 MAX_TYPE_BYTES: Final = 64
 #: Messages one subscriber may hold at once.
 MAX_ACTIVE_MESSAGES: Final = 4096
+#: A message's metadata: a small area per slot in the CCB (four lines), so that even
+#: MAX_SLOTS slots keep the CCB at 16 MiB of metadata.
+MAX_METADATA_BYTES: Final = 256
 
-VERSION: Final = 1
+VERSION: Final = 2
 SCB_MAGIC: Final = int.from_bytes(b"POBUSSCB", "little")
 CCB_MAGIC: Final = int.from_bytes(b"POBUSCCB", "little")
 BCB_MAGIC: Final = int.from_bytes(b"POBUSBCB", "little")
@@ -88,8 +91,9 @@ def scb_counter(channel_id: int, field: str) -> int:
 
 # -- the Channel Control Block ----------------------------------------------------------
 
-#: magic u64, version u32, flags u32, channel_id u32, num_slots u32, ccb_bytes u64.
-CCB_HEADER: Final = struct.Struct("<QIIIIQ")
+#: magic u64, version u32, flags u32, channel_id u32, num_slots u32, ccb_bytes u64,
+#: metadata_bytes u32 (each slot's metadata capacity), reserved u32.
+CCB_HEADER: Final = struct.Struct("<QIIIIQII")
 CCB_NAME: Final = 64
 CCB_TYPE: Final = CCB_NAME + MAX_NAME_BYTES
 #: The last ordinal handed out (the first message is 1); alone on its line, every
@@ -140,10 +144,11 @@ SLOT_HOLDERS: Final = 8
 #: Bit per reliable subscriber that must still read the message.
 SLOT_UNREAD: Final = 16
 #: The plain fields a publisher writes before its store of seq, read under a hold:
-#: size u64, timestamp u64 (CLOCK_MONOTONIC ns), buffer index u32, vchan id i32,
-#: vchan ordinal u64, flags u32, checksum u32.
-SLOT_FIELDS: Final = struct.Struct("<QQIiQII")
+#: size u32, metadata size u32, timestamp u64 (CLOCK_MONOTONIC ns), buffer index u32,
+#: vchan id i32, vchan ordinal u64, flags u32, checksum u32.
+SLOT_FIELDS: Final = struct.Struct("<IIQIiQII")
 SLOT_SIZE: Final = 24
+SLOT_METADATA_SIZE: Final = 28
 SLOT_TIMESTAMP: Final = 32
 #: The vchan id of a message on no virtual channel.
 NO_VCHAN: Final = -1
@@ -157,9 +162,20 @@ def slot_offset(index: int) -> int:
     return CCB_SLOTS + index * SLOT_BYTES
 
 
-def ccb_bytes(num_slots: int) -> int:
-    """The size of a CCB with `num_slots` slots."""
-    return CCB_SLOTS + num_slots * SLOT_BYTES
+def metadata_stride(metadata_bytes: int) -> int:
+    """The bytes each slot's metadata area takes: its capacity rounded up to whole lines,
+    so that two slots' metadata never share a line."""
+    return -(-metadata_bytes // LINE_BYTES) * LINE_BYTES
+
+
+def metadata_offset(num_slots: int, metadata_bytes: int, index: int) -> int:
+    """The byte offset in the CCB of slot `index`'s metadata area (after the slots)."""
+    return CCB_SLOTS + num_slots * SLOT_BYTES + index * metadata_stride(metadata_bytes)
+
+
+def ccb_bytes(num_slots: int, metadata_bytes: int = 0) -> int:
+    """The size of a CCB with `num_slots` slots of `metadata_bytes` of metadata each."""
+    return CCB_SLOTS + num_slots * (SLOT_BYTES + metadata_stride(metadata_bytes))
 
 
 def pending_offset(publisher_id: int) -> int:
@@ -263,12 +279,21 @@ class CcbHeader:
     flags: int
     name: str
     type: str
+    metadata_bytes: int = 0
+
+    def size(self) -> int:
+        """The size of the CCB this header describes."""
+        return ccb_bytes(self.num_slots, self.metadata_bytes)
 
     def pack(self) -> bytes:
         """The CCB's first CCB_NEXT_ORDINAL bytes; BusLayoutError on a bad field."""
         check_channel_id(self.channel_id)
         if not 1 <= self.num_slots <= MAX_SLOTS:
             raise BusLayoutError(f"num_slots {self.num_slots} outside 1..{MAX_SLOTS}")
+        if not 0 <= self.metadata_bytes <= MAX_METADATA_BYTES:
+            raise BusLayoutError(
+                f"metadata_bytes {self.metadata_bytes} outside 0..{MAX_METADATA_BYTES}"
+            )
         if self.flags & ~KNOWN_FLAGS:
             raise BusLayoutError(f"unknown channel flags {self.flags:#x}")
         name = encode_text(self.name, MAX_NAME_BYTES, "channel name")
@@ -276,8 +301,8 @@ class CcbHeader:
             raise BusLayoutError("channel name is empty")
         kind = encode_text(self.type, MAX_TYPE_BYTES, "channel type")
         head = CCB_HEADER.pack(
-            CCB_MAGIC, VERSION, self.flags, self.channel_id, self.num_slots,
-            ccb_bytes(self.num_slots),
+            CCB_MAGIC, VERSION, self.flags, self.channel_id, self.num_slots, self.size(),
+            self.metadata_bytes, 0,
         )  # fmt: skip
         block = bytearray(CCB_NEXT_ORDINAL)
         block[: len(head)] = head
@@ -291,12 +316,20 @@ class CcbHeader:
         raises BusLayoutError for a block that is not a CCB of this version."""
         if size < CCB_SLOTS or len(block) < CCB_NEXT_ORDINAL:
             raise BusLayoutError(f"a ccb is at least {CCB_SLOTS} bytes, got {size}")
-        magic, version, flags, channel_id, num_slots, total = CCB_HEADER.unpack_from(block)
+        magic, version, flags, channel_id, num_slots, total, metadata, _ = CCB_HEADER.unpack_from(
+            block
+        )
         if magic != CCB_MAGIC:
             raise BusLayoutError(f"not a ccb: magic {magic:#018x}")
         if version != VERSION:
             raise BusLayoutError(f"ccb version {version}, expected {VERSION}")
-        if not 1 <= num_slots <= MAX_SLOTS or total != ccb_bytes(num_slots) or size < total:
+        if metadata > MAX_METADATA_BYTES:
+            raise BusLayoutError(f"ccb metadata_bytes {metadata} exceeds {MAX_METADATA_BYTES}")
+        if (
+            not 1 <= num_slots <= MAX_SLOTS
+            or total != ccb_bytes(num_slots, metadata)
+            or size < total
+        ):
             raise BusLayoutError(
                 f"ccb of {num_slots} slots says {total} bytes, the file has {size}"
             )
@@ -306,4 +339,5 @@ class CcbHeader:
             flags=flags,
             name=decode_text(block[CCB_NAME:CCB_TYPE]),
             type=decode_text(block[CCB_TYPE:CCB_NEXT_ORDINAL]),
+            metadata_bytes=metadata,
         )

@@ -7,11 +7,10 @@ server's socket. The protocol's ordering argument is in docs/design/bus-memory.m
 from __future__ import annotations
 
 import time
-import zlib
 from typing import Final, final
 
 from postoffice.bus import memory
-from postoffice.bus.channel import Channel, MappedBuffer
+from postoffice.bus.channel import Channel, ChecksumFunction, MappedBuffer, crc32_checksum
 from postoffice.bus.errors import (
     BusClosedError,
     BusConfigError,
@@ -41,6 +40,9 @@ class Publisher:
     holds: it gets None from `get_buffer` instead, and may `wait()` for a slot (its
     `eventfd` is written when one frees up). An unreliable one reuses the oldest slot
     nobody holds.
+
+    On a checksum channel each message carries `checksum(metadata, payload)` (CRC-32 by
+    default; its subscribers must use the same function).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class Publisher:
         *,
         triggers: Triggers,
         eventfd: int | None = None,
+        checksum: ChecksumFunction = crc32_checksum,
     ) -> None:
         channel.check_publisher(publisher_id)
         self.channel = channel
@@ -57,6 +60,7 @@ class Publisher:
         self.reliable = channel.is_reliable_publisher(publisher_id)
         self._triggers = triggers
         self._eventfd = eventfd
+        self._checksum = checksum
         self._owner = memory.BUSY_BIT | publisher_id
         self._pending = memory.pending_offset(publisher_id)
         self._waiting = WaitBit(channel.ccb, memory.CCB_PUBLISHERS_WAITING, publisher_id)
@@ -137,11 +141,24 @@ class Publisher:
         newer = self.channel.newest_buffer(size)
         self._buffer = newer if newer is not None else self.channel.grow(size)
 
-    def publish(self, length: int | None = None) -> int:
+    def check_metadata(self, metadata: bytes | bytearray | memoryview) -> None:
+        """Raise MessageSizeError if `metadata` does not fit the channel's per-message
+        metadata area."""
+        size = memoryview(metadata).nbytes
+        if size > self.channel.metadata_bytes:
+            raise MessageSizeError(
+                f"metadata of {size} bytes exceeds the {self.channel.metadata_bytes} bytes "
+                f"per message of channel {self.channel.name!r}"
+            )
+
+    def publish(
+        self, length: int | None = None, *, metadata: bytes | bytearray | memoryview = b""
+    ) -> int:
         """Publish the first `length` bytes of the view `get_buffer` gave (all of it for
-        None) and return the message's ordinal; the view is released. Raises
-        BusUsageError without a buffer, MessageSizeError for 0 bytes or more than the
-        view holds."""
+        None), with `metadata` copied into the slot's metadata area, and return the
+        message's ordinal; the view is released. Raises BusUsageError without a buffer,
+        MessageSizeError for 0 bytes or more than the view holds, or for metadata past
+        the channel's metadata size (the slot stays claimed: publish again)."""
         self._check_open()
         view = self._view
         if view is None or self._slot is None:
@@ -152,18 +169,23 @@ class Publisher:
             raise MessageSizeError("cannot publish an empty message: a message has 1 byte or more")
         if length > len(view):
             raise MessageSizeError(f"cannot publish {length} bytes from a buffer of {len(view)}")
+        self.check_metadata(metadata)
         ccb = self._ccb
-        checksum = 0
-        flags = 0
-        if self.channel.checksum:
-            checksum = zlib.crc32(view[:length])
-            flags = memory.SLOT_FLAG_CHECKSUM
+        meta_size = memoryview(metadata).nbytes
+        with self.channel.metadata(self._slot, meta_size, writable=True) as area:
+            area[:] = memoryview(metadata).cast("B")
+            checksum = 0
+            flags = 0
+            if self.channel.checksum:
+                with view[:length] as payload:
+                    checksum = self._checksum(area, payload) & 0xFFFF_FFFF
+                flags = memory.SLOT_FLAG_CHECKSUM
         view.release()
         self._view = None
         line = memory.slot_offset(self._slot)
         _pack_fields(
-            ccb, line + memory.SLOT_SIZE, length, time.monotonic_ns(), self._buffer.index,
-            memory.NO_VCHAN, 0, flags, checksum,
+            ccb, line + memory.SLOT_SIZE, length, meta_size, time.monotonic_ns(),
+            self._buffer.index, memory.NO_VCHAN, 0, flags, checksum,
         )  # fmt: skip
         # Who must read it before a reliable publisher may reuse the slot.
         _store(ccb, line + memory.SLOT_UNREAD, _load(ccb, memory.CCB_RELIABLE_SUBSCRIBERS))
@@ -190,14 +212,20 @@ class Publisher:
         self._triggers.wake_subscribers()
         return ordinal
 
-    def publish_bytes(self, data: bytes | bytearray | memoryview) -> int | None:
-        """Copy `data` into a slot and publish it: its ordinal, or None when a reliable
-        publisher has no slot. Raises as get_buffer and publish do."""
+    def publish_bytes(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        metadata: bytes | bytearray | memoryview = b"",
+    ) -> int | None:
+        """Copy `data` into a slot and publish it with `metadata`: its ordinal, or None
+        when a reliable publisher has no slot. Raises as get_buffer and publish do."""
+        self.check_metadata(metadata)
         view = self.get_buffer(len(data))
         if view is None:
             return None
         view[:] = data
-        return self.publish(len(data))
+        return self.publish(len(data), metadata=metadata)
 
     def fileno(self) -> int:
         """The eventfd to poll for a free slot (reliable publishers). From the first call

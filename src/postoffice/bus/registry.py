@@ -144,7 +144,15 @@ class Registry:
     # -- creating -------------------------------------------------------------------------
 
     def _create(
-        self, name: str, *, type_: str, num_slots: int, slot_size: int, flags: int, defined: bool
+        self,
+        name: str,
+        *,
+        type_: str,
+        num_slots: int,
+        slot_size: int,
+        flags: int,
+        defined: bool,
+        metadata_bytes: int = 0,
     ) -> ServerChannel:
         counted = sum(1 for n in self._channels if n not in self._reserved)
         if name not in self._reserved and counted >= self._max_channels:
@@ -160,7 +168,7 @@ class Registry:
         spec = ChannelSpec(
             channel_id=self._free_ids[-1], name=name, type=type_, num_slots=num_slots,
             slot_size=slot_size, fixed_size=bool(flags & memory.FLAG_FIXED_SIZE),
-            checksum=bool(flags & memory.FLAG_CHECKSUM),
+            checksum=bool(flags & memory.FLAG_CHECKSUM), metadata_bytes=metadata_bytes,
         )  # fmt: skip
         fds = create_channel(self.location, spec)
         try:
@@ -205,6 +213,7 @@ class Registry:
             target = self._create(
                 request.channel, type_=request.type, num_slots=request.num_slots,
                 slot_size=request.slot_size, flags=flags, defined=True,
+                metadata_bytes=request.metadata_bytes,
             )  # fmt: skip
         else:
             target = found
@@ -238,6 +247,11 @@ class Registry:
             raise BusMismatchError(
                 f"channel {name!r} has {channel.num_slots} slots, the publisher asks for "
                 f"{request.num_slots}"
+            )
+        if request.metadata_bytes != channel.metadata_bytes:
+            raise BusMismatchError(
+                f"channel {name!r} has {channel.metadata_bytes} bytes of metadata per message, "
+                f"the publisher asks for {request.metadata_bytes}"
             )
         if (target.defined or channel.type) and request.type != channel.type:
             raise BusMismatchError(

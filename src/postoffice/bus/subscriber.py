@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 import weakref
-import zlib
 from collections.abc import Callable
 from typing import Final, final
 
 from postoffice.bus import memory
-from postoffice.bus.channel import Channel
+from postoffice.bus.channel import Channel, ChecksumFunction, crc32_checksum
 from postoffice.bus.errors import BusClosedError, ChecksumError
 from postoffice.bus.native import atomics
 from postoffice.bus.triggers import Triggers, WaitBit, drain, poll_readable, readable, remaining
@@ -33,14 +32,16 @@ DropCallback = Callable[[int], None]
 @final
 class Message:
     """One message held by a subscriber. `data` is a read-only view of the payload in
-    shared memory, valid until `release()` (or until the Message is garbage): keep no
-    slice of it past that, since the slot is then reused."""
+    shared memory and `metadata` one of its metadata (empty when it has none), both
+    valid until `release()` (or until the Message is garbage): keep no slice of them
+    past that, since the slot is then reused."""
 
     __slots__ = (
         "__weakref__",
         "_subscriber",
         "buffer_index",
         "data",
+        "metadata",
         "ordinal",
         "released",
         "size",
@@ -60,6 +61,7 @@ class Message:
         buffer_index: int,
         vchan_id: int,
         data: memoryview,
+        metadata: memoryview,
     ) -> None:
         self._subscriber = subscriber
         self.slot = slot
@@ -69,15 +71,17 @@ class Message:
         self.buffer_index = buffer_index
         self.vchan_id = vchan_id
         self.data = data
+        self.metadata = metadata
         self.released = False
 
     def release(self) -> None:
-        """Let the slot go (once): the view is released, and a reliable publisher that
+        """Let the slot go (once): the views are released, and a reliable publisher that
         waits for a slot is woken."""
         if self.released:
             return
         self.released = True
         self.data.release()
+        self.metadata.release()
         self._subscriber._let_go(self.slot)
 
     def __enter__(self) -> Message:
@@ -102,6 +106,11 @@ class Subscriber:
     may hold). Messages come in ordinal order; an ordinal skipped because its slot was
     reused is a drop, counted in `drops` and the channel's statistics, and told to
     `on_drop`. `eventfd` is written by publishers when this subscriber waits.
+
+    A message that fails its checksum (`checksum`, CRC-32 by default, as its publisher
+    computed it) is passed over: the read raises ChecksumError, or with
+    `drop_bad_checksums` it is counted as a drop (and in `bad_checksums`) and the read
+    goes on to the next message.
     """
 
     def __init__(
@@ -112,6 +121,8 @@ class Subscriber:
         triggers: Triggers,
         eventfd: int,
         on_drop: DropCallback | None = None,
+        checksum: ChecksumFunction = crc32_checksum,
+        drop_bad_checksums: bool = False,
     ) -> None:
         channel.check_subscriber(subscriber_id)
         self.channel = channel
@@ -121,6 +132,8 @@ class Subscriber:
         self._triggers = triggers
         self._eventfd = eventfd
         self._on_drop = on_drop
+        self._checksum = checksum
+        self.drop_bad_checksums = drop_bad_checksums
         self._ccb = channel.ccb
         self._num_slots = channel.num_slots
         self._bit = 1 << subscriber_id
@@ -133,6 +146,7 @@ class Subscriber:
         self._polled = False
         self.closed = False
         self.drops = 0
+        self.bad_checksums = 0
         self.received = 0
 
     # -- reading ---------------------------------------------------------------------------
@@ -145,19 +159,27 @@ class Subscriber:
         self._check_open()
         if len(self._held) >= self.max_active_messages:
             self._release_oldest()
-        if newest:
-            slot, ordinal = self._newest()
-            if slot < 0 and self._ask_to_be_woken():
+        # Each pass either returns or passes over one message with a bad checksum (and
+        # the slots hold fewer than num_slots of those): bounded.
+        for _ in range(self._num_slots + 1):
+            if newest:
                 slot, ordinal = self._newest()
-            if slot < 0:
-                return None
-            return self._message(slot, ordinal, skipping=True)
-        status, slot, ordinal = self._scan(self.subscriber_id)
-        if status != _FOUND and self._ask_to_be_woken():
-            status, slot, ordinal = self._scan(self.subscriber_id)
-        if status != _FOUND:
-            return None
-        return self._message(slot, ordinal)
+                if slot < 0 and self._ask_to_be_woken():
+                    slot, ordinal = self._newest()
+                if slot < 0:
+                    return None
+                message = self._message(slot, ordinal, skipping=True)
+            else:
+                status, slot, ordinal = self._scan(self.subscriber_id)
+                if status != _FOUND and self._ask_to_be_woken():
+                    status, slot, ordinal = self._scan(self.subscriber_id)
+                if status != _FOUND:
+                    return None
+                message = self._message(slot, ordinal)
+            if message is not None:
+                return message
+            newest = False
+        return None
 
     def _ask_to_be_woken(self) -> bool:
         """Polled from outside (fileno()), a read that finds nothing sets the waiting bit
@@ -196,8 +218,15 @@ class Subscriber:
         )  # fmt: skip
         messages: list[Message] = []
         try:
-            for slot, ordinal in batch:
-                messages.append(self._message(slot, ordinal))
+            for position, (slot, ordinal) in enumerate(batch):
+                try:
+                    message = self._message(slot, ordinal)
+                except BaseException:
+                    for held_slot, _ in batch[position + 1 :]:
+                        self._let_go(held_slot)
+                    raise
+                if message is not None:
+                    messages.append(message)
         except BaseException:
             for message in messages:
                 message.release()
@@ -219,21 +248,25 @@ class Subscriber:
 
     def _message(
         self, slot: int, ordinal: int, *, advance: bool = True, skipping: bool = False
-    ) -> Message:
-        """Wrap a slot this subscriber holds; its fields are stable under the hold."""
+    ) -> Message | None:
+        """Wrap a slot this subscriber holds; its fields are stable under the hold. A
+        message that fails its checksum is let go and passed over: ChecksumError, or
+        None when such messages are counted as drops."""
         line = memory.slot_offset(slot)
-        size, timestamp, index, vchan, _, flags, checksum = _unpack_fields(
+        size, meta_size, timestamp, index, vchan, _, flags, checksum = _unpack_fields(
             self._ccb, line + memory.SLOT_SIZE
         )
         try:
             mapped = self.channel.buffer(index)
             start = slot * mapped.slot_size
             data = mapped.readonly[start : start + size]
-            if flags & memory.SLOT_FLAG_CHECKSUM and zlib.crc32(data) != checksum:
+            metadata = self.channel.metadata(slot, min(meta_size, self.channel.metadata_bytes))
+            intact = not flags & memory.SLOT_FLAG_CHECKSUM or (
+                self._checksum(metadata, data) & 0xFFFF_FFFF == checksum
+            )
+            if not intact:
                 data.release()
-                raise ChecksumError(
-                    f"message {ordinal} of channel {self.channel.name!r} fails its checksum"
-                )
+                metadata.release()
         except BaseException:
             self._let_go(slot)
             raise
@@ -242,9 +275,19 @@ class Subscriber:
                 self._dropped(ordinal - self.last_ordinal - 1)
             self._started = True
             self.last_ordinal = ordinal
+        if not intact:
+            self._let_go(slot)
+            if not self.drop_bad_checksums:
+                raise ChecksumError(
+                    f"message {ordinal} of channel {self.channel.name!r} fails its checksum"
+                )
+            if advance:
+                self.bad_checksums += 1
+                self._dropped(1)
+            return None
         message = Message(
             self, slot=slot, ordinal=ordinal, size=size, timestamp_ns=timestamp,
-            buffer_index=index, vchan_id=vchan, data=data,
+            buffer_index=index, vchan_id=vchan, data=data, metadata=metadata,
         )  # fmt: skip
         self._held[slot] = weakref.ref(message)
         self.received += 1

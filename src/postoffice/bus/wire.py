@@ -46,6 +46,8 @@ MAX_SLOT_BYTES: Final = 1 << 30
 MAX_ACTIVE: Final = 4096
 #: User ids of a channel: one bit each of a u64.
 MAX_USER_ID: Final = 63
+#: A message's metadata area (the layout's limit).
+MAX_METADATA_BYTES: Final = 256
 
 
 #: The server's own channels: every channel (on each change) and their statistics
@@ -94,11 +96,14 @@ class FdRole(enum.IntEnum):
 
 
 #: CREATE_PUBLISHER option bits; the rest are reserved (must be 0: a later version uses
-#: them to announce fields appended to the request, such as a multiplexer's name).
+#: them to announce more fields appended to the request). A set bit that announces a
+#: field (OPT_METADATA) puts that field after the fixed ones, in bit order.
 OPT_RELIABLE: Final = 0x0001
 OPT_FIXED_SIZE: Final = 0x0002
 OPT_CHECKSUM: Final = 0x0004
-PUBLISHER_OPTIONS: Final = OPT_RELIABLE | OPT_FIXED_SIZE | OPT_CHECKSUM
+#: A u16 metadata size (bytes per message, 1..MAX_METADATA_BYTES) follows.
+OPT_METADATA: Final = 0x0008
+PUBLISHER_OPTIONS: Final = OPT_RELIABLE | OPT_FIXED_SIZE | OPT_CHECKSUM | OPT_METADATA
 SUBSCRIBER_OPTIONS: Final = OPT_RELIABLE
 
 #: Channel flags in replies and records (the CCB's flags word).
@@ -142,6 +147,8 @@ class CreatePublisherRequest:
     reliable: bool = False
     fixed_size: bool = False
     checksum: bool = False
+    #: Bytes of metadata each message may carry (a new channel's; must match an old one's).
+    metadata_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,12 +368,15 @@ def _request_payload(request: Request) -> tuple[FrameType, bytes]:
             name = _str8(request.client_name, MAX_CLIENT_NAME_BYTES, "client name")
             return FrameType.INIT, name
         case CreatePublisherRequest():
+            metadata = _check(request.metadata_bytes, 0, MAX_METADATA_BYTES, "metadata_bytes")
             options = (
                 (OPT_RELIABLE if request.reliable else 0)
                 | (OPT_FIXED_SIZE if request.fixed_size else 0)
                 | (OPT_CHECKSUM if request.checksum else 0)
+                | (OPT_METADATA if metadata else 0)
             )
-            return FrameType.CREATE_PUBLISHER, _create(request, options)
+            extra = _U16.pack(metadata) if metadata else b""
+            return FrameType.CREATE_PUBLISHER, _create(request, options) + extra
         case CreateSubscriberRequest():
             options = OPT_RELIABLE if request.reliable else 0
             active = _U32.pack(_check(request.max_active, 1, MAX_ACTIVE, "max_active"))
@@ -581,11 +591,15 @@ def decode_request(frame: Frame) -> Request:
         case FrameType.CREATE_PUBLISHER:
             name, type_, slot_size, num_slots, options = _read_create(reader)
             _options(options, PUBLISHER_OPTIONS, "publisher")
+            metadata = 0
+            if options & OPT_METADATA:
+                (metadata,) = reader.unpack(_U16, "metadata size")
+                _check(metadata, 1, MAX_METADATA_BYTES, "metadata_bytes")
             request = CreatePublisherRequest(
                 channel=name, type=type_, slot_size=slot_size, num_slots=num_slots,
                 reliable=bool(options & OPT_RELIABLE),
                 fixed_size=bool(options & OPT_FIXED_SIZE),
-                checksum=bool(options & OPT_CHECKSUM),
+                checksum=bool(options & OPT_CHECKSUM), metadata_bytes=metadata,
             )  # fmt: skip
         case FrameType.CREATE_SUBSCRIBER:
             name, type_, slot_size, num_slots, options = _read_create(reader)
