@@ -10,6 +10,7 @@ pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import BusConfigError, ChannelSpec, ChecksumError, MessageSizeError, memory
 from tests.bus.fixtures import MakeRig
+from tests.bus.rig import Rig
 
 
 @pytest.mark.parametrize("size", [0, 1, 20, 64, 65, 200, memory.MAX_METADATA_BYTES])
@@ -151,3 +152,48 @@ def test_without_the_checksum_option_corruption_goes_unseen(make_rig: MakeRig) -
     message = subscriber.read()
     assert message is not None
     assert bytes(message.data) == b"Plain"
+
+
+# -- activation messages -----------------------------------------------------------------
+
+
+def test_an_activation_message_is_skipped_by_default_without_a_drop(make_rig: MakeRig) -> None:
+    rig = make_rig(checksum=True)
+    publisher = rig.publisher()
+    drops: list[int] = []
+    subscriber = rig.subscriber(on_drop=drops.append)
+    assert publisher.activate() == 1
+    assert publisher.publish_bytes(b"data") == 2
+    message = subscriber.read()
+    assert message is not None
+    assert (message.ordinal, bytes(message.data), message.activation) == (2, b"data", False)
+    message.release()
+    assert (subscriber.drops, drops) == (0, [])
+    assert all(rig.channel.slot_words(i)[1] == 0 for i in range(rig.channel.num_slots))
+
+
+def test_a_subscriber_that_asks_sees_the_activation_first(make_rig: MakeRig) -> None:
+    rig = make_rig()
+    reliable = rig.publisher(reliable=True)
+    subscriber = rig.subscriber(reliable=True)
+    subscriber.pass_activations = True
+    assert reliable.activate() == 1
+    reliable.publish_bytes(b"after")
+    first = subscriber.read()
+    assert first is not None
+    assert (first.ordinal, first.size, bytes(first.data), first.activation) == (1, 0, b"", True)
+    first.release()
+    second = subscriber.read()
+    assert second is not None
+    assert (bytes(second.data), second.activation) == (b"after", False)
+    second.release()
+    # Read by the reliable subscriber: the activation's slot is free for the publisher.
+    assert rig.channel.slot_words(0)[2] == 0
+
+
+def test_an_activation_does_not_make_empty_publishes_legal(rig: Rig) -> None:
+    publisher = rig.publisher()
+    view = publisher.get_buffer(1)
+    assert view is not None
+    with pytest.raises(MessageSizeError, match=r"^cannot publish an empty message"):
+        publisher.publish(0)

@@ -86,3 +86,38 @@ def test_metadata_and_checksums_cross_processes_and_corruption_is_caught(bus: Bu
             client.create_publisher("meta", reliable=True, checksum=True, metadata_bytes=10)
     reader.join(WAIT_S)
     assert reader.exitcode == 0
+
+
+# -- activation messages -----------------------------------------------------------------
+
+
+def _read_two(conn: Connection, socket_path: Path, pass_activations: bool) -> list[object]:
+    with Client(socket_path, name="reader") as client:
+        subscriber = client.create_subscriber(
+            "active", reliable=True, pass_activations=pass_activations
+        )
+        conn.send(("registered", None))
+        got: list[object] = []
+        while len(got) < (2 if pass_activations else 1):
+            message = subscriber.read()
+            if message is None:
+                assert subscriber.wait(WAIT_S), f"message {len(got)} did not come"
+                continue
+            with message:
+                got.append((message.ordinal, message.activation, bytes(message.data)))
+        return got
+
+
+def test_a_joining_publishers_activation_is_seen_only_by_who_asks(bus: Bus) -> None:
+    with bus.client("writer") as client:
+        publisher = client.create_publisher("active", num_slots=8, reliable=True, activate=True)
+        asking, asking_conn = fork(_read_two, bus.socket, True)
+        expect(asking_conn, "registered")
+        plain, plain_conn = fork(_read_two, bus.socket, False)
+        expect(plain_conn, "registered")
+        assert publisher.publish_bytes(b"hello") == 2
+        assert expect(asking_conn) == [(1, True, b""), (2, False, b"hello")]
+        assert expect(plain_conn) == [(2, False, b"hello")]
+    for process in (asking, plain):
+        process.join(WAIT_S)
+        assert process.exitcode == 0

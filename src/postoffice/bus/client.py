@@ -241,11 +241,14 @@ class Client:
         type: str = "",
         metadata_bytes: int = 0,
         checksum_function: ChecksumFunction = crc32_checksum,
+        activate: bool = False,
     ) -> Publisher:
         """A publisher on channel `name`, created if need be (0: the channel's slot size
         and num_slots, or the server's defaults). With `checksum`, every message carries
         `checksum_function(metadata, payload)` (CRC-32 by default); `metadata_bytes` is
-        the metadata each message may carry (the channel's; 0..256). Raises
+        the metadata each message may carry (the channel's; 0..256). With `activate`, the
+        publisher's first message is an activation message (Publisher.activate; not
+        sent when a reliable publisher finds no free slot). Raises
         BusMismatchError when the parameters disagree with the channel's,
         TooManyUsersError, CapacityError, BusLimitError, BusProtocolError (a field out
         of range: nothing sent)."""
@@ -262,6 +265,8 @@ class Client:
             checksum=checksum_function,
         )  # fmt: skip
         mapped.users[(True, grant.user_id)] = publisher
+        if activate:
+            publisher.activate()
         return publisher
 
     def create_subscriber(
@@ -276,12 +281,14 @@ class Client:
         on_drop: DropCallback | None = None,
         checksum_function: ChecksumFunction = crc32_checksum,
         drop_bad_checksums: bool = False,
+        pass_activations: bool = False,
     ) -> Subscriber:
         """A subscriber on channel `name`, which it creates if need be (with `slot_size`
         and `num_slots`, 0: the server's defaults; its first publisher then says what
         the channel is). A message failing its checksum (`checksum_function`, as the
         publisher's) raises ChecksumError on read, or with `drop_bad_checksums` counts
-        as a drop. Raises as create_publisher does."""
+        as a drop. Activation messages are passed over unless `pass_activations`.
+        Raises as create_publisher does."""
         request = wire.CreateSubscriberRequest(
             channel=name, type=type, slot_size=slot_size, num_slots=num_slots,
             reliable=reliable, max_active=max_active,
@@ -293,6 +300,7 @@ class Client:
         subscriber = Subscriber(
             mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own,
             on_drop=on_drop, checksum=checksum_function, drop_bad_checksums=drop_bad_checksums,
+            pass_activations=pass_activations,
         )  # fmt: skip
         mapped.users[(False, grant.user_id)] = subscriber
         return subscriber

@@ -153,8 +153,10 @@ SLOT_TIMESTAMP: Final = 32
 #: The vchan id of a message on no virtual channel.
 NO_VCHAN: Final = -1
 
-#: Slot flags.
+#: Slot flags: the message carries a checksum; it is an activation message (a
+#: publisher saying it joined: no payload, skipped by subscribers unless they ask).
 SLOT_FLAG_CHECKSUM: Final = 1
+SLOT_FLAG_ACTIVATION: Final = 2
 
 
 def slot_offset(index: int) -> int:

@@ -170,16 +170,36 @@ class Publisher:
         if length > len(view):
             raise MessageSizeError(f"cannot publish {length} bytes from a buffer of {len(view)}")
         self.check_metadata(metadata)
+        return self._commit(view, length, metadata, 0)
+
+    def activate(self) -> int | None:
+        """Publish an activation message (no payload, no metadata): it tells subscribers
+        that this publisher has joined, and they skip it unless they asked to see
+        activations. Its ordinal, or None when a reliable publisher has no slot now.
+        Raises as get_buffer does."""
+        if self.get_buffer(1) is None:
+            return None
+        assert self._view is not None
+        return self._commit(self._view, 0, b"", memory.SLOT_FLAG_ACTIVATION)
+
+    def _commit(
+        self,
+        view: memoryview,
+        length: int,
+        metadata: bytes | bytearray | memoryview,
+        flags: int,
+    ) -> int:
+        """Fill the claimed slot's fields and publish it: the ordinal."""
+        assert self._slot is not None
         ccb = self._ccb
         meta_size = memoryview(metadata).nbytes
         with self.channel.metadata(self._slot, meta_size, writable=True) as area:
             area[:] = memoryview(metadata).cast("B")
             checksum = 0
-            flags = 0
             if self.channel.checksum:
                 with view[:length] as payload:
                     checksum = self._checksum(area, payload) & 0xFFFF_FFFF
-                flags = memory.SLOT_FLAG_CHECKSUM
+                flags |= memory.SLOT_FLAG_CHECKSUM
         view.release()
         self._view = None
         line = memory.slot_offset(self._slot)

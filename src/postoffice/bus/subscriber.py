@@ -39,6 +39,7 @@ class Message:
     __slots__ = (
         "__weakref__",
         "_subscriber",
+        "activation",
         "buffer_index",
         "data",
         "metadata",
@@ -62,8 +63,11 @@ class Message:
         vchan_id: int,
         data: memoryview,
         metadata: memoryview,
+        activation: bool = False,
     ) -> None:
         self._subscriber = subscriber
+        #: An activation message: a publisher joined (no payload).
+        self.activation = activation
         self.slot = slot
         self.ordinal = ordinal
         self.size = size
@@ -110,7 +114,8 @@ class Subscriber:
     A message that fails its checksum (`checksum`, CRC-32 by default, as its publisher
     computed it) is passed over: the read raises ChecksumError, or with
     `drop_bad_checksums` it is counted as a drop (and in `bad_checksums`) and the read
-    goes on to the next message.
+    goes on to the next message. Activation messages (a publisher saying it joined) are
+    passed over too, without counting, unless `pass_activations`.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class Subscriber:
         on_drop: DropCallback | None = None,
         checksum: ChecksumFunction = crc32_checksum,
         drop_bad_checksums: bool = False,
+        pass_activations: bool = False,
     ) -> None:
         channel.check_subscriber(subscriber_id)
         self.channel = channel
@@ -134,6 +140,7 @@ class Subscriber:
         self._on_drop = on_drop
         self._checksum = checksum
         self.drop_bad_checksums = drop_bad_checksums
+        self.pass_activations = pass_activations
         self._ccb = channel.ccb
         self._num_slots = channel.num_slots
         self._bit = 1 << subscriber_id
@@ -159,8 +166,8 @@ class Subscriber:
         self._check_open()
         if len(self._held) >= self.max_active_messages:
             self._release_oldest()
-        # Each pass either returns or passes over one message with a bad checksum (and
-        # the slots hold fewer than num_slots of those): bounded.
+        # Each pass either returns or passes over one message (a bad checksum, an
+        # activation), and the slots hold at most num_slots of those: bounded.
         for _ in range(self._num_slots + 1):
             if newest:
                 slot, ordinal = self._newest()
@@ -251,7 +258,8 @@ class Subscriber:
     ) -> Message | None:
         """Wrap a slot this subscriber holds; its fields are stable under the hold. A
         message that fails its checksum is let go and passed over: ChecksumError, or
-        None when such messages are counted as drops."""
+        None when such messages are counted as drops. An activation message the
+        subscriber does not want is let go and passed over: None."""
         line = memory.slot_offset(slot)
         size, meta_size, timestamp, index, vchan, _, flags, checksum = _unpack_fields(
             self._ccb, line + memory.SLOT_SIZE
@@ -275,6 +283,12 @@ class Subscriber:
                 self._dropped(ordinal - self.last_ordinal - 1)
             self._started = True
             self.last_ordinal = ordinal
+        activation = bool(flags & memory.SLOT_FLAG_ACTIVATION)
+        if intact and activation and not self.pass_activations:
+            data.release()
+            metadata.release()
+            self._let_go(slot)
+            return None
         if not intact:
             self._let_go(slot)
             if not self.drop_bad_checksums:
@@ -288,6 +302,7 @@ class Subscriber:
         message = Message(
             self, slot=slot, ordinal=ordinal, size=size, timestamp_ns=timestamp,
             buffer_index=index, vchan_id=vchan, data=data, metadata=metadata,
+            activation=activation,
         )  # fmt: skip
         self._held[slot] = weakref.ref(message)
         self.received += 1
