@@ -97,7 +97,7 @@ def test_ccb_header_round_trips() -> None:
         ({"name": "a\0b"}, r"^channel name 'a\\x00b' holds a NUL byte$"),
         ({"type": "t" * 65}, r"^channel type is 65 bytes, the limit is 64$"),
         ({"num_slots": 0}, r"^num_slots 0 outside 1\.\.65536$"),
-        ({"flags": 8}, r"^unknown channel flags 0x8$"),
+        ({"flags": 16}, r"^unknown channel flags 0x10$"),
     ],
 )
 def test_bad_headers_are_refused(changes: dict[str, object], message: str) -> None:

@@ -55,6 +55,7 @@ REQUESTS: list[tuple[int, bytes, wire.Request]] = [
     ),
     (0x04, b"\x04chat\x05", wire.RemovePublisherRequest(channel="chat", user_id=5)),
     (0x05, b"\x04chat\x3f", wire.RemoveSubscriberRequest(channel="chat", user_id=63)),
+    (0x09, b"\x04chat\x02", wire.ReopenSubscriberRequest(channel="chat", user_id=2)),
     (0x06, b"\x04chat", wire.GetTriggersRequest(channel="chat")),
     (0x07, b"\x00", wire.GetChannelInfoRequest()),
     (0x08, b"\x01x", wire.GetChannelStatsRequest(channel="x")),
@@ -181,7 +182,7 @@ def test_reply_encodes_to_its_bytes(kind: int, payload: bytes, reply: wire.Reply
 
 
 BAD_REQUESTS: list[tuple[int, bytes, str]] = [
-    (0x09, b"", r"^unknown frame type 0x09$"),
+    (0x0A, b"", r"^unknown frame type 0x0a$"),
     (0x81, b"", r"^frame type 0x81 is not a request$"),
     (0x01, b"", r"^INIT payload of 0 bytes ends inside client name length$"),
     (0x01, b"\x05ab", r"^INIT payload of 3 bytes ends inside client name$"),
@@ -371,6 +372,7 @@ requests = st.one_of(
     ),
     st.builds(wire.RemovePublisherRequest, channel=names, user_id=users),
     st.builds(wire.RemoveSubscriberRequest, channel=names, user_id=users),
+    st.builds(wire.ReopenSubscriberRequest, channel=names, user_id=users),
     st.builds(wire.GetTriggersRequest, channel=names),
     st.builds(wire.GetChannelInfoRequest, channel=st.one_of(st.just(""), names)),
     st.builds(wire.GetChannelStatsRequest, channel=st.one_of(st.just(""), names)),

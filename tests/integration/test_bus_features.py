@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
-from postoffice.bus import BusMismatchError, ChecksumError, Client, MessageSizeError
+from postoffice.bus import BusMismatchError, ChecksumError, Client, MessageSizeError, wire
 from tests.integration.test_bus_server import WAIT_S, Bus, expect, fork
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -121,3 +121,88 @@ def test_a_joining_publishers_activation_is_seen_only_by_who_asks(bus: Bus) -> N
     for process in (asking, plain):
         process.join(WAIT_S)
         assert process.exitcode == 0
+
+
+# -- placeholders ------------------------------------------------------------------------
+
+
+def _placeholder_reader(
+    conn: Connection, socket_path: Path, reliable: bool, count: int
+) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    with Client(socket_path, name="early") as client:
+        subscriber = client.create_subscriber("later", reliable=reliable, max_active=2)
+        assert subscriber.channel.placeholder
+        conn.send(("registered", None))
+        got: list[tuple[int, bytes, bytes]] = []
+        while len(got) < count:
+            message = subscriber.read()
+            if message is None:
+                assert subscriber.wait(WAIT_S), f"message {len(got)} did not come"
+                continue
+            with message:
+                got.append((message.ordinal, bytes(message.data), bytes(message.metadata)))
+        return got, subscriber.channel.num_slots
+
+
+def test_subscribers_of_a_placeholder_follow_it_to_its_publishers_shape(bus: Bus) -> None:
+    """Two subscribers (one waiting, one reliable) make the channel before any publisher,
+    with the server's defaults; the publisher asks for 8 slots and metadata, which takes
+    new files: both move there, read everything, and are counted once."""
+    count = 40
+    waiting, waiting_conn = fork(_placeholder_reader, bus.socket, False, count)
+    expect(waiting_conn, "registered")
+    reliable, reliable_conn = fork(_placeholder_reader, bus.socket, True, count)
+    expect(reliable_conn, "registered")
+    with bus.client("writer") as client:
+        before = client.channel_info("later")[0]
+        assert (before.num_slots, before.flags & wire.CHANNEL_PLACEHOLDER) == (16, 4)
+        publisher = client.create_publisher(
+            "later", num_slots=8, reliable=True, checksum=True, metadata_bytes=32
+        )
+        info = client.channel_info("later")[0]
+        assert (info.num_slots, info.flags) == (8, wire.CHANNEL_CHECKSUM)
+        assert (info.subscribers, info.reliable_subscribers, info.publishers) == (2, 1, 1)
+        counters = client.scb.counters(info.channel_id)
+        assert (counters.subscribers, counters.reliable_subscribers, counters.remaps) == (2, 1, 1)
+        for n in range(count):
+            while publisher.publish_bytes(b"m%d" % n, metadata=b"n=%d" % n) is None:
+                assert publisher.wait(WAIT_S), f"no slot for message {n}"
+        expected = [(n + 1, b"m%d" % n, b"n=%d" % n) for n in range(count)]
+        assert expect(reliable_conn) == (expected, 8)
+        got, slots = expect(waiting_conn)
+        assert slots == 8
+        # Unreliable: it may miss some, but in order and no other.
+        assert got == sorted(got)
+        assert set(got) <= set(expected)
+        assert got[-1] == expected[-1]
+    for process in (waiting, reliable):
+        process.join(WAIT_S)
+        assert process.exitcode == 0
+
+
+def test_a_placeholder_publisher_of_the_same_shape_keeps_the_files(bus: Bus) -> None:
+    with bus.client("one") as client:
+        subscriber = client.create_subscriber("same", num_slots=8)
+        publisher = client.create_publisher("same", num_slots=8)
+        assert client.scb.counters(subscriber.channel.channel_id).remaps == 0
+        assert publisher.channel is subscriber.channel
+        publisher.publish_bytes(b"here")
+        message = subscriber.read()
+        assert message is not None
+        assert bytes(message.data) == b"here"
+        message.release()
+
+
+def test_a_placeholder_in_the_same_client_moves_its_subscriber_at_once(bus: Bus) -> None:
+    with bus.client("one") as client:
+        subscriber = client.create_subscriber("own", reliable=True)
+        publisher = client.create_publisher("own", num_slots=4, reliable=True)
+        assert subscriber.channel is publisher.channel
+        assert subscriber.channel.num_slots == 4
+        publisher.publish_bytes(b"direct")
+        message = subscriber.read()
+        assert message is not None
+        assert bytes(message.data) == b"direct"
+        message.release()
+        # The server's 8 files and this channel's three: the placeholder's are gone.
+        assert len(bus.files()) == 8 + 3

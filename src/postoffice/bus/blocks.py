@@ -75,6 +75,8 @@ class ChannelSpec:
     checksum: bool = False
     #: Each slot's metadata capacity, 0..MAX_METADATA_BYTES.
     metadata_bytes: int = 0
+    #: Made by a subscriber: its first publisher may reshape it.
+    placeholder: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_slots <= memory.MAX_SLOTS:
@@ -96,8 +98,10 @@ class ChannelSpec:
     @property
     def flags(self) -> int:
         """The CCB's flags word for this spec."""
-        return (memory.FLAG_FIXED_SIZE if self.fixed_size else 0) | (
-            memory.FLAG_CHECKSUM if self.checksum else 0
+        return (
+            (memory.FLAG_FIXED_SIZE if self.fixed_size else 0)
+            | (memory.FLAG_CHECKSUM if self.checksum else 0)
+            | (memory.FLAG_PLACEHOLDER if self.placeholder else 0)
         )
 
     def header(self) -> memory.CcbHeader:
@@ -276,6 +280,7 @@ class ChannelCounters:
     reliable_subscribers: int
     updates: int
     resizes: int
+    remaps: int
 
 
 @final
@@ -317,6 +322,10 @@ class SystemControlBlock:
             for name in memory.SCB_FIELDS
         }
         return ChannelCounters(**values)
+
+    def load(self, channel_id: int, name: str) -> int:
+        """One counter of one channel (a single atomic load)."""
+        return atomics.load_acquire_u64(self._block, memory.scb_counter(channel_id, name))
 
     def add(self, channel_id: int, name: str, delta: int) -> None:
         """Move counter `name` of a channel by `delta` (negative to lower it), then bump

@@ -324,18 +324,49 @@ class Channel:
         publishers = _load(self.ccb, memory.CCB_PUBLISHERS)
         if publishers & ~_load(self.ccb, memory.CCB_RELIABLE_PUBLISHERS):
             self._admit(publishers=0, subscribers=1, active=max_active_messages)
-        bit = 1 << free
-        _store(self.ccb, memory.active_limit_offset(free), max_active_messages)
-        _store(self.ccb, memory.vchan_filter_offset(free), memory.ALL_BITS)
-        _fetch_add(self.ccb, memory.CCB_ACTIVE_LIMIT, max_active_messages)
-        if reliable:
-            _fetch_or(self.ccb, memory.CCB_RELIABLE_SUBSCRIBERS, bit)
-        _fetch_or(self.ccb, memory.CCB_SUBSCRIBERS, bit)
+        self._register_subscriber(free, reliable, max_active_messages)
         if self.scb is not None:
             self.scb.add(self.channel_id, "subscribers", 1)
             if reliable:
                 self.scb.add(self.channel_id, "reliable_subscribers", 1)
         return free
+
+    def _register_subscriber(self, user: int, reliable: bool, max_active_messages: int) -> None:
+        # The per-user words before the mask bit: a publisher that sees the bit sees them.
+        bit = 1 << user
+        _store(self.ccb, memory.active_limit_offset(user), max_active_messages)
+        _store(self.ccb, memory.vchan_filter_offset(user), memory.ALL_BITS)
+        _fetch_add(self.ccb, memory.CCB_ACTIVE_LIMIT, max_active_messages)
+        if reliable:
+            _fetch_or(self.ccb, memory.CCB_RELIABLE_SUBSCRIBERS, bit)
+        _fetch_or(self.ccb, memory.CCB_SUBSCRIBERS, bit)
+
+    def restore_subscriber(
+        self, subscriber_id: int, *, reliable: bool, max_active_messages: int
+    ) -> None:
+        """Register subscriber `subscriber_id` again under the id it had: the server does so
+        in a placeholder's new files for the subscribers of its old ones. No admission
+        check and no SCB counting (they were counted when they came). Raises
+        BusConfigError for an id in use or out of range."""
+        self._check_open()
+        if not 0 <= subscriber_id < memory.MAX_SUBSCRIBERS or (
+            _load(self.ccb, memory.CCB_SUBSCRIBERS) >> subscriber_id & 1
+        ):
+            raise BusConfigError(f"subscriber id {subscriber_id} is in use or out of range")
+        self._register_subscriber(subscriber_id, reliable, max_active_messages)
+
+    def mark_replaced(self) -> None:
+        """Say in this (placeholder's) CCB that the channel has new files now."""
+        _fetch_or(self.ccb, memory.CCB_VERSION_FLAGS, memory.FLAG_REPLACED << 32)
+
+    def replaced(self) -> bool:
+        """Whether the server gave this placeholder channel new files (one load)."""
+        return bool(_load(self.ccb, memory.CCB_VERSION_FLAGS) >> 32 & memory.FLAG_REPLACED)
+
+    @property
+    def placeholder(self) -> bool:
+        """Whether the channel was made by a subscriber and had no publisher when mapped."""
+        return bool(self.flags & memory.FLAG_PLACEHOLDER)
 
     def _admit(self, *, publishers: int, subscribers: int, active: int) -> None:
         pubs = _load(self.ccb, memory.CCB_PUBLISHERS).bit_count() + publishers

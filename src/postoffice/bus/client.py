@@ -300,7 +300,7 @@ class Client:
         subscriber = Subscriber(
             mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own,
             on_drop=on_drop, checksum=checksum_function, drop_bad_checksums=drop_bad_checksums,
-            pass_activations=pass_activations,
+            pass_activations=pass_activations, on_replaced=self._reopener(name, grant.user_id),
         )  # fmt: skip
         mapped.users[(False, grant.user_id)] = subscriber
         return subscriber
@@ -327,8 +327,13 @@ class Client:
             ]
             if [index for index, _ in buffers] != list(range(len(buffers))):
                 raise BusProtocolError("a grant's buffers are not 0, 1, 2, ...")
-            mapped = self._mapped.get(name)
-            if mapped is None or mapped.channel.channel_id != grant.channel_id:
+            old = self._mapped.get(name)
+            mapped = old
+            if (
+                mapped is None
+                or mapped.channel.channel_id != grant.channel_id
+                or mapped.channel.replaced()
+            ):
                 channel_fds = ChannelFds(
                     ccb=fds[roles.index(wire.FdRole.CCB)],
                     bcb=fds[roles.index(wire.FdRole.BCB)],
@@ -341,10 +346,16 @@ class Client:
                 )
                 mapped.triggers.on_unknown = self._refresher(mapped)
                 self._mapped[name] = mapped
+                if old is not None and old.channel.channel_id == grant.channel_id:
+                    self._move(old, mapped)
             own: int | None = None
             publisher = grant.publisher
             for entry, fd in zip(grant.fds, fds, strict=True):
                 if entry.role is wire.FdRole.OWN_TRIGGER:
+                    known = mapped.own_fds.get((publisher, grant.user_id))
+                    if known is not None:  # a reopen: this user has its eventfd already
+                        own = known
+                        continue
                     own = fd
                     mapped.own_fds[(publisher, grant.user_id)] = fd
                     taken.add(fd)
@@ -359,6 +370,42 @@ class Client:
         finally:
             _close_all([fd for fd in fds if fd not in taken])
         return mapped, own
+
+    @staticmethod
+    def _move(old: _Mapped, new: _Mapped) -> None:
+        """A placeholder's new files are mapped: its users here move to them, with their
+        eventfds, and the old mapping goes."""
+        new.own_fds.update(old.own_fds)
+        new.trigger_fds.update(old.trigger_fds)
+        old.own_fds.clear()
+        old.trigger_fds.clear()
+        for (publisher, user), fd in new.own_fds.items():
+            if publisher:
+                new.triggers.set_publisher(user, fd)
+            else:
+                new.triggers.set_subscriber(user, fd)
+        for (role, user), fd in new.trigger_fds.items():
+            if role is wire.FdRole.SUBSCRIBER_TRIGGER:
+                new.triggers.set_subscriber(user, fd)
+            else:
+                new.triggers.set_publisher(user, fd)
+        for key, member in old.users.items():
+            if isinstance(member, Subscriber):
+                member.rebind(new.channel, new.triggers)
+            new.users[key] = member
+        old.users.clear()
+        try:
+            old.channel.close()
+        except BusStorageError as exc:  # a view still exported: it stays mapped
+            log.debug("placeholder kept mapped %s", kv(channel=old.name, error=exc))
+        old.fds.close()
+
+    def _reopener(self, name: str, user: int) -> Callable[[], None]:
+        def reopen() -> None:
+            reply, fds = self._call(wire.ReopenSubscriberRequest(channel=name, user_id=user))
+            self._map(name, self._grant(reply, fds, publisher=False), fds)
+
+        return reopen
 
     @staticmethod
     def _set_trigger(mapped: _Mapped, entry: wire.FdEntry, fd: int) -> None:

@@ -10,7 +10,7 @@ processes at high rates never share a cache line:
 
 - the System Control Block (SCB), one per session: a header line, then one line of
   counters per channel (publishers, reliable publishers, subscribers, reliable
-  subscribers, an update sequence, resizes), written by the server;
+  subscribers, an update sequence, resizes, remaps), written by the server;
 - the Channel Control Block (CCB), one per channel: identity, the ordinal counter,
   statistics, the user masks, the waiting masks, each publisher's pending ordinal, each
   subscriber's vchan filter and message limit, then the slot array, one line per slot;
@@ -80,6 +80,7 @@ SCB_FIELDS: Final = (
     "reliable_subscribers",
     "updates",
     "resizes",
+    "remaps",
 )
 
 
@@ -129,10 +130,18 @@ CCB_VCHAN_FILTERS: Final = CCB_PENDING + MAX_PUBLISHERS * WORD_BYTES
 CCB_ACTIVE_LIMITS: Final = CCB_VCHAN_FILTERS + MAX_SUBSCRIBERS * WORD_BYTES
 CCB_SLOTS: Final = CCB_ACTIVE_LIMITS + MAX_SUBSCRIBERS * WORD_BYTES
 
-#: Channel flags (the CCB header's flags word).
+#: Channel flags (the CCB header's flags word). A placeholder is a channel a subscriber
+#: made before any publisher: its first publisher may give it another shape (new files),
+#: and its subscribers then map those (the SCB's `remaps` counter tells them).
 FLAG_FIXED_SIZE: Final = 1
 FLAG_CHECKSUM: Final = 2
-KNOWN_FLAGS: Final = FLAG_FIXED_SIZE | FLAG_CHECKSUM
+FLAG_PLACEHOLDER: Final = 4
+#: Set (atomically) in a placeholder's old CCB once the server gave the channel new
+#: files: its subscribers then ask for those.
+FLAG_REPLACED: Final = 8
+KNOWN_FLAGS: Final = FLAG_FIXED_SIZE | FLAG_CHECKSUM | FLAG_PLACEHOLDER | FLAG_REPLACED
+#: The CCB word holding version (low half) and flags (high half).
+CCB_VERSION_FLAGS: Final = 8
 
 # -- a slot: one line ---------------------------------------------------------------------
 

@@ -34,13 +34,14 @@ from postoffice.bus.blocks import (
     create_channel,
     remove_channel_files,
 )
-from postoffice.bus.channel import Channel
+from postoffice.bus.channel import Channel, slots_needed
 from postoffice.bus.errors import (
     BusError,
     BusLimitError,
     BusMismatchError,
     BusNotFoundError,
     BusStorageError,
+    CapacityError,
 )
 from postoffice.bus.triggers import Triggers, new_eventfd
 from postoffice.core.errors import translate_os_error
@@ -169,6 +170,7 @@ class Registry:
             channel_id=self._free_ids[-1], name=name, type=type_, num_slots=num_slots,
             slot_size=slot_size, fixed_size=bool(flags & memory.FLAG_FIXED_SIZE),
             checksum=bool(flags & memory.FLAG_CHECKSUM), metadata_bytes=metadata_bytes,
+            placeholder=bool(flags & memory.FLAG_PLACEHOLDER),
         )  # fmt: skip
         fds = create_channel(self.location, spec)
         try:
@@ -209,6 +211,8 @@ class Registry:
             memory.FLAG_CHECKSUM if request.checksum else 0
         )
         found = self._channels.get(request.channel)
+        if found is not None and not found.defined and self._reshapes(found, request):
+            self._remap(found, request, flags)
         if found is None:
             target = self._create(
                 request.channel, type_=request.type, num_slots=request.num_slots,
@@ -221,6 +225,7 @@ class Registry:
         try:
             if found is not None and not target.defined:
                 target.channel.redefine(type=request.type, flags=flags)
+                target.defined = True
             if request.slot_size > target.slot_size():
                 self._check_buffer(request.channel, target.channel.num_slots, request.slot_size)
                 target.channel.grow(request.slot_size)
@@ -237,6 +242,106 @@ class Registry:
             target.triggers.set_publisher(user, fd)
         self._changed()
         return target, user
+
+    @staticmethod
+    def _reshapes(target: ServerChannel, request: wire.CreatePublisherRequest) -> bool:
+        """Whether a placeholder's first publisher needs files of another shape."""
+        channel = target.channel
+        return bool(
+            (request.num_slots and request.num_slots != channel.num_slots)
+            or request.metadata_bytes != channel.metadata_bytes
+        )
+
+    def _remap(
+        self, target: ServerChannel, request: wire.CreatePublisherRequest, flags: int
+    ) -> None:
+        """Give a placeholder new files of its first publisher's shape, with its
+        subscribers registered again under their ids (and counted once, as before), then
+        mark the old CCB replaced and wake them: each asks for the new files. Raises
+        BusMismatchError (a type), BusLimitError, CapacityError, BusStorageError; the
+        placeholder is then unchanged (its old files are gone only if new ones exist)."""
+        old = target.channel
+        name = target.name
+        if old.type and request.type != old.type:
+            raise BusMismatchError(
+                f"channel {name!r} has type {old.type!r}, the publisher's is {request.type!r}"
+            )
+        num_slots = request.num_slots or old.num_slots
+        slot_size = max(request.slot_size, target.slot_size())
+        self._check_buffer(name, num_slots, slot_size)
+        users = [
+            (user, old.is_reliable_subscriber(user), old.max_active_messages(user))
+            for user in sorted(target.subscriber_owner)
+        ]
+        if not request.reliable:
+            needed = slots_needed(1, len(users), sum(active for _, _, active in users))
+            if needed > num_slots:
+                raise CapacityError(
+                    f"unreliable channel {name!r} would have {num_slots} slots and needs "
+                    f"{needed}: publishers 1 + subscribers {len(users)} + max active "
+                    f"messages {needed - len(users) - 2} + 1"
+                )
+        spec = ChannelSpec(
+            channel_id=old.channel_id, name=name, type=request.type, num_slots=num_slots,
+            slot_size=slot_size, fixed_size=bool(flags & memory.FLAG_FIXED_SIZE),
+            checksum=bool(flags & memory.FLAG_CHECKSUM), metadata_bytes=request.metadata_bytes,
+        )  # fmt: skip
+        # The old files go first (the names are the channel id's); the old descriptors
+        # and every mapping of them stay valid, so a failure below leaves the placeholder
+        # working.
+        remove_channel_files(self.location, old.channel_id)
+        fds = create_channel(self.location, spec)
+        try:
+            channel = Channel.open(self.location, fds)
+            for user, reliable, active in users:
+                channel.restore_subscriber(user, reliable=reliable, max_active_messages=active)
+        except BaseException:
+            fds.close()
+            raise
+        channel.scb = self.scb
+        triggers = Triggers(channel.ccb)
+        for user, fd in target.subscriber_fds.items():
+            triggers.set_subscriber(user, fd)
+        old.mark_replaced()
+        old_fds = target.fds
+        target.channel, target.fds, target.triggers = channel, fds, triggers
+        target.defined = True
+        try:
+            old.close()
+        except BusError as exc:
+            log.warning("placeholder closed with views %s", kv(channel=name, error=exc))
+        old_fds.close()
+        self.scb.add(channel.channel_id, "remaps", 1)
+        for fd in target.subscriber_fds.values():
+            try:
+                os.eventfd_write(fd, 1)
+            except BlockingIOError:
+                pass  # at its maximum: a wake-up is pending anyway
+        log.info(
+            "placeholder remapped %s",
+            kv(channel=name, slots=num_slots, slot_size=slot_size, subscribers=len(users)),
+        )
+
+    def reopen_subscriber(self, client_id: int, name: str, user: int) -> ServerChannel:
+        """The channel of subscriber `user` of channel `name`, which `client_id`
+        registered (to grant its current files again). Raises BusNotFoundError."""
+        target = self.get(name)
+        if target.subscriber_owner.get(user) != client_id:
+            raise BusNotFoundError(f"no subscriber {user} of this client on channel {name!r}")
+        return target
+
+    def grant(
+        self, target: ServerChannel, *, publisher: bool, user: int
+    ) -> tuple[wire.GrantReply, list[Passed]]:
+        """The grant of an existing user: the reply and its descriptors (grant_fds)."""
+        passed = self.grant_fds(target, publisher=publisher, user=user)
+        channel = target.channel
+        reply = wire.GrantReply(
+            publisher=publisher, channel_id=channel.channel_id, user_id=user,
+            num_slots=channel.num_slots, slot_size=target.slot_size(), flags=channel.flags,
+            type=channel.type, fds=tuple(entry for entry, _ in passed),
+        )  # fmt: skip
+        return reply, passed
 
     def _check_publisher(
         self, target: ServerChannel, request: wire.CreatePublisherRequest, flags: int
@@ -290,7 +395,7 @@ class Registry:
         if target is None:
             target = self._create(
                 request.channel, type_=request.type, num_slots=request.num_slots,
-                slot_size=request.slot_size, flags=0, defined=False,
+                slot_size=request.slot_size, flags=memory.FLAG_PLACEHOLDER, defined=False,
             )  # fmt: skip
         else:
             channel = target.channel

@@ -273,6 +273,11 @@ class BusServer:
             case wire.GetChannelStatsRequest():
                 stats = tuple(registry.stats(t) for t in self._chosen(request.channel))
                 return wire.ChannelStatsReply(channels=stats), []
+            case wire.ReopenSubscriberRequest():
+                target = registry.reopen_subscriber(
+                    conn.client_id, request.channel, request.user_id
+                )
+                return registry.grant(target, publisher=False, user=request.user_id)
             case _:
                 assert_never(request)
 

@@ -129,10 +129,14 @@ class Subscriber:
         checksum: ChecksumFunction = crc32_checksum,
         drop_bad_checksums: bool = False,
         pass_activations: bool = False,
+        on_replaced: Callable[[], None] | None = None,
     ) -> None:
         channel.check_subscriber(subscriber_id)
         self.channel = channel
         self.subscriber_id = subscriber_id
+        #: Called when this subscriber's placeholder channel got new files (the client
+        #: asks the server for them and calls `rebind`).
+        self.on_replaced = on_replaced
         self.reliable = channel.is_reliable_subscriber(subscriber_id)
         self.max_active_messages = channel.max_active_messages(subscriber_id)
         self._triggers = triggers
@@ -143,6 +147,7 @@ class Subscriber:
         self.pass_activations = pass_activations
         self._ccb = channel.ccb
         self._num_slots = channel.num_slots
+        self._placeholder = channel.placeholder
         self._bit = 1 << subscriber_id
         self._keep = ~self._bit & memory.ALL_BITS
         self._waiting = WaitBit(channel.ccb, memory.CCB_SUBSCRIBERS_WAITING, subscriber_id)
@@ -155,6 +160,32 @@ class Subscriber:
         self.drops = 0
         self.bad_checksums = 0
         self.received = 0
+
+    def rebind(self, channel: Channel, triggers: Triggers) -> None:
+        """Move to `channel`, the new files of this subscriber's placeholder channel, where
+        the server registered it again under the same id. A placeholder never carried a
+        message, so nothing is held and the read position starts afresh. Raises
+        BusConfigError if the subscriber is not registered there."""
+        channel.check_subscriber(self.subscriber_id)
+        self.release_all()
+        self._waiting.disarm()
+        self.channel = channel
+        self._triggers = triggers
+        self._ccb = channel.ccb
+        self._num_slots = channel.num_slots
+        self._placeholder = channel.placeholder
+        self._waiting = WaitBit(channel.ccb, memory.CCB_SUBSCRIBERS_WAITING, self.subscriber_id)
+        self.last_ordinal = 0
+        self._started = False
+
+    def _moved(self) -> bool:
+        """While on a placeholder: whether it got new files, and then rebind (through
+        on_replaced); whether this subscriber moved."""
+        if not self._placeholder or self.on_replaced is None or not self.channel.replaced():
+            return False
+        old = self.channel
+        self.on_replaced()
+        return self.channel is not old
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -178,6 +209,8 @@ class Subscriber:
                 message = self._message(slot, ordinal, skipping=True)
             else:
                 status, slot, ordinal = self._scan(self.subscriber_id)
+                if status != _FOUND and self._moved():
+                    status, slot, ordinal = self._scan(self.subscriber_id)
                 if status != _FOUND and self._ask_to_be_woken():
                     status, slot, ordinal = self._scan(self.subscriber_id)
                 if status != _FOUND:
@@ -345,7 +378,9 @@ class Subscriber:
 
     def ready(self) -> bool:
         """Whether a message is ready to read (a look, no hold)."""
-        return self._scan(-1)[0] == _FOUND
+        if self._scan(-1)[0] == _FOUND:
+            return True
+        return self._moved() and self._scan(-1)[0] == _FOUND
 
     def fileno(self) -> int:
         """The eventfd to poll for messages. From the first call on, a `read()` that
@@ -361,9 +396,12 @@ class Subscriber:
         try:
             while True:
                 drain(self._eventfd)
-                self._waiting.arm()
+                armed = self._waiting
+                armed.arm()
                 if self.ready():
                     return True
+                if armed is not self._waiting:
+                    continue  # moved to a placeholder's new files: arm there
                 left = remaining(deadline)
                 if left == 0.0:
                     return False
@@ -379,9 +417,12 @@ class Subscriber:
         try:
             while True:
                 drain(self._eventfd)
-                self._waiting.arm()
+                armed = self._waiting
+                armed.arm()
                 if self.ready():
                     return
+                if armed is not self._waiting:
+                    continue  # moved to a placeholder's new files: arm there
                 await readable(self._eventfd)
         finally:
             if not self._polled:

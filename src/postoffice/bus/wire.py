@@ -69,6 +69,7 @@ class FrameType(enum.IntEnum):
     GET_TRIGGERS = 0x06
     GET_CHANNEL_INFO = 0x07
     GET_CHANNEL_STATS = 0x08
+    REOPEN_SUBSCRIBER = 0x09
     INIT_OK = 0x81
     PUBLISHER_OK = 0x82
     SUBSCRIBER_OK = 0x83
@@ -109,7 +110,9 @@ SUBSCRIBER_OPTIONS: Final = OPT_RELIABLE
 #: Channel flags in replies and records (the CCB's flags word).
 CHANNEL_FIXED_SIZE: Final = 0x0001
 CHANNEL_CHECKSUM: Final = 0x0002
-CHANNEL_FLAGS: Final = CHANNEL_FIXED_SIZE | CHANNEL_CHECKSUM
+#: Made by a subscriber, no publisher yet: its first publisher may give it new files.
+CHANNEL_PLACEHOLDER: Final = 0x0004
+CHANNEL_FLAGS: Final = CHANNEL_FIXED_SIZE | CHANNEL_CHECKSUM | CHANNEL_PLACEHOLDER
 
 _U8: Final = struct.Struct(">B")
 _U16: Final = struct.Struct(">H")
@@ -201,6 +204,15 @@ class GetChannelStatsRequest:
     channel: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReopenSubscriberRequest:
+    """The current files of the channel of one of this connection's subscribers (after
+    its placeholder channel was given new files by its first publisher)."""
+
+    channel: str
+    user_id: int
+
+
 Request = (
     InitRequest
     | CreatePublisherRequest
@@ -210,6 +222,7 @@ Request = (
     | GetTriggersRequest
     | GetChannelInfoRequest
     | GetChannelStatsRequest
+    | ReopenSubscriberRequest
 )
 
 
@@ -381,11 +394,13 @@ def _request_payload(request: Request) -> tuple[FrameType, bytes]:
             options = OPT_RELIABLE if request.reliable else 0
             active = _U32.pack(_check(request.max_active, 1, MAX_ACTIVE, "max_active"))
             return FrameType.CREATE_SUBSCRIBER, _create(request, options) + active
-        case RemovePublisherRequest() | RemoveSubscriberRequest():
+        case RemovePublisherRequest() | RemoveSubscriberRequest() | ReopenSubscriberRequest():
             kind = (
                 FrameType.REMOVE_PUBLISHER
                 if isinstance(request, RemovePublisherRequest)
                 else FrameType.REMOVE_SUBSCRIBER
+                if isinstance(request, RemoveSubscriberRequest)
+                else FrameType.REOPEN_SUBSCRIBER
             )
             user = _U8.pack(_check(request.user_id, 0, MAX_USER_ID, "user id"))
             return kind, _channel(request.channel, required=True) + user
@@ -610,13 +625,15 @@ def decode_request(frame: Frame) -> Request:
                 reliable=bool(options & OPT_RELIABLE),
                 max_active=_check(active, 1, MAX_ACTIVE, "max_active"),
             )  # fmt: skip
-        case FrameType.REMOVE_PUBLISHER | FrameType.REMOVE_SUBSCRIBER:
+        case FrameType.REMOVE_PUBLISHER | FrameType.REMOVE_SUBSCRIBER | FrameType.REOPEN_SUBSCRIBER:
             name = _read_channel(reader, required=True)
             user = _check(reader.u8("user id"), 0, MAX_USER_ID, "user id")
             if kind is FrameType.REMOVE_PUBLISHER:
                 request = RemovePublisherRequest(channel=name, user_id=user)
-            else:
+            elif kind is FrameType.REMOVE_SUBSCRIBER:
                 request = RemoveSubscriberRequest(channel=name, user_id=user)
+            else:
+                request = ReopenSubscriberRequest(channel=name, user_id=user)
         case FrameType.GET_TRIGGERS:
             request = GetTriggersRequest(channel=_read_channel(reader, required=True))
         case FrameType.GET_CHANNEL_INFO:
