@@ -71,6 +71,34 @@ def assert_within_budget(parse: Callable[[], object], size: int, peak_bytes: int
     assert elapsed < MAX_CPU_S, f"{elapsed:.3f} s of CPU for {size} bytes of input"
 
 
+def drain_events(
+    decoder: Decoder,
+    out: list[object],
+    *,
+    fatal: type[Exception] | tuple[type[Exception], ...],
+    refused: type[Exception] | tuple[type[Exception], ...],
+    show: Callable[[object], object] = lambda event: event,
+) -> bool:
+    """Take every event the bytes fed so far hold into `out`: each event (through `show`),
+    each `refused` error (the message is dropped, framing holds: read on), and a `fatal`
+    one (framing is lost: it must be raised again the same way). Return False after a
+    fatal error. Any other exception propagates."""
+    while True:
+        try:
+            event = decoder.next_event()
+        except fatal as exc:
+            out.append(("fatal", type(exc).__name__, str(exc)))
+            with pytest.raises(type(exc), match=f"^{re.escape(str(exc))}$"):
+                decoder.next_event()  # a lost framing fails the same way for good
+            return False
+        except refused as exc:
+            out.append(("refused", type(exc).__name__, str(exc)))
+            continue
+        if event is NEED_DATA:
+            return True
+        out.append(show(event))
+
+
 def drain(
     decoder: Decoder,
     chunks: Sequence[bytes],
@@ -79,27 +107,13 @@ def drain(
     refused: type[Exception] | tuple[type[Exception], ...],
     show: Callable[[object], object] = lambda event: event,
 ) -> list[object]:
-    """Feed `chunks` as reads of one connection and return what came out, in order: each
-    event (through `show`), each `refused` error (the message is dropped, framing holds:
-    read on), a `fatal` error (framing is lost: it must be raised again, then stop), and
-    last the bytes still buffered. Any other exception propagates."""
+    """Feed `chunks` as reads of one connection and return what came out, in order (see
+    `drain_events`), and last the bytes still buffered unless framing was lost."""
     out: list[object] = []
     for chunk in chunks:
         decoder.feed(chunk)
-        while True:
-            try:
-                event = decoder.next_event()
-            except fatal as exc:
-                out.append(("fatal", type(exc).__name__, str(exc)))
-                with pytest.raises(type(exc), match=f"^{re.escape(str(exc))}$"):
-                    decoder.next_event()  # a lost framing fails the same way for good
-                return out
-            except refused as exc:
-                out.append(("refused", type(exc).__name__, str(exc)))
-                continue
-            if event is NEED_DATA:
-                break
-            out.append(show(event))
+        if not drain_events(decoder, out, fatal=fatal, refused=refused, show=show):
+            return out
     out.append(("buffered", decoder.buffered_bytes))
     return out
 
@@ -223,4 +237,19 @@ def frame_pieces(
             st.integers(0, 64),
         ),
         st.binary(max_size=40),
+    )
+
+
+def good_frames(
+    types: st.SearchStrategy[int], payloads: st.SearchStrategy[bytes]
+) -> st.SearchStrategy[bytes]:
+    """Well-framed frames only (their payloads as hostile as `payloads`): repeated, a flood
+    no frame error cuts short, so every byte of it is decoded."""
+    return st.builds(
+        lambda type_, request_id, payload: (
+            header(type_, len(payload), request_id=request_id, crc=zlib.crc32(payload)) + payload
+        ),
+        types,
+        st.integers(1, 3),
+        payloads,
     )

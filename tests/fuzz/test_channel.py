@@ -4,6 +4,7 @@ deep as the bytes allow, within budget and alike however the bytes are cut."""
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 
 import pytest
@@ -26,6 +27,8 @@ from tests.fuzz.budget import (
     assert_within_budget,
     drain,
     frame_pieces,
+    good_frames,
+    header,
     joined,
     repeated,
 )
@@ -74,7 +77,7 @@ def messages(chunks: Sequence[bytes]) -> list[object]:
 
 
 @fuzz_settings
-@given(repeated(pieces), st.integers(0, 1 << 16))
+@given(repeated(pieces) | repeated(good_frames(kinds, payloads)), st.integers(0, 1 << 16))
 def test_any_input_costs_the_channel_decoder_little(data: bytes, cut: int) -> None:
     """64 KiB of channel frames, whole or in two reads, cost at most 4 MiB and 100 ms and
     end in messages, ChannelError or FrameError."""
@@ -112,3 +115,16 @@ def test_json_nested_past_the_recursion_limit_is_refused(payload: bytes) -> None
     not a RecursionError that escapes the link's reader."""
     with pytest.raises(ChannelError, match=r"^channel payload is not JSON: nested too deeply$"):
         decode_message(Frame(type=Kind.RESULT, flags=0, request_id=1, payload=payload))
+
+
+#: The most values a 64 KiB payload holds, in a list and as an object's keys.
+WORST = [
+    b'{"value":[' + b",".join([b"0"] * 30_000) + b"]}",
+    b'{"op":"x","args":' + json.dumps({f"k{i}": i for i in range(5000)}).encode() + b"}",
+]
+
+
+@pytest.mark.parametrize("payload", WORST, ids=["list", "object"])
+def test_the_largest_payloads_a_read_holds_cost_little(payload: bytes) -> None:
+    wire = header(Kind.CALL, len(payload), crc=zlib.crc32(payload)) + payload
+    assert_within_budget(lambda: messages([wire]), len(wire), MAX_PEAK_BYTES)

@@ -16,6 +16,7 @@ from tests.fuzz.budget import (
     assert_within_budget,
     drain,
     frame_pieces,
+    good_frames,
     joined,
     repeated,
     split,
@@ -40,7 +41,7 @@ def decode(frame: Frame) -> tuple[int, bytes]:
 pieces = frame_pieces(
     st.integers(0, 255), st.binary(max_size=160), limit=100, self_checked_flag=SELF_CHECKED
 )
-hostile = repeated(pieces)
+hostile = repeated(pieces) | repeated(good_frames(st.integers(0, 255), st.binary(max_size=160)))
 short = joined(pieces)
 limits = st.sampled_from(LIMITS)
 cuts = st.lists(st.integers(0, 1 << 16), max_size=12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from collections.abc import Sequence
 
 import pytest
@@ -39,6 +40,8 @@ from tests.fuzz.budget import (
     assert_within_budget,
     drain,
     frame_pieces,
+    good_frames,
+    header,
     joined,
     lengths,
     repeated,
@@ -102,7 +105,10 @@ def requests(chunks: Sequence[bytes]) -> list[object]:
 
 
 @fuzz_settings
-@given(repeated(request_pieces), st.integers(0, 1 << 16))
+@given(
+    repeated(request_pieces) | repeated(good_frames(request_types, request_payloads)),
+    st.integers(0, 1 << 16),
+)
 def test_any_input_costs_the_request_decoder_little(data: bytes, cut: int) -> None:
     """64 KiB of requests with counts and lengths at and past every limit, whole or in two
     reads, cost at most 4 MiB and 100 ms and end in requests, refusals or FrameError."""
@@ -193,7 +199,10 @@ def responses(chunks: Sequence[bytes]) -> list[object]:
 
 
 @fuzz_settings
-@given(repeated(response_pieces), st.integers(0, 1 << 16))
+@given(
+    repeated(response_pieces) | repeated(good_frames(response_types, response_payloads)),
+    st.integers(0, 1 << 16),
+)
 def test_any_input_costs_the_response_decoders_little(data: bytes, cut: int) -> None:
     """64 KiB of responses, scan pages and stats bodies at and past every limit, JSON nested
     as deep as the bytes allow, each body read by every body decoder: at most 4 MiB and
@@ -218,3 +227,45 @@ def test_stats_nested_past_the_recursion_limit_is_refused(body: bytes) -> None:
         StoreProtocolError, match=r"^stats body is not valid json: nested too deeply$"
     ):
         decode_stats_body(body)
+
+
+def framed(type_: int, payload: bytes) -> bytes:
+    return header(type_, len(payload), crc=zlib.crc32(payload)) + payload
+
+
+#: The most items a 64 KiB frame holds: a batch of one-byte deletes, a page of one-byte keys.
+_OPS = 8000
+_ITEMS = 9000
+WORST_REQUESTS = [
+    framed(
+        RequestType.BATCH,
+        u32(_OPS) + b"".join(struct.pack(">BHI", 2, 1, 0) + b"k" for _ in range(_OPS)),
+    ),
+    framed(RequestType.BATCH, u32(MAX_BATCH_OPS) + struct.pack(">BHI", 1, 1, 0) + b"k"),
+    framed(
+        RequestType.SCAN,
+        bytes([7]) + u32(MAX_SCAN_LIMIT) + (u16(MAX_BOUND_BYTES) + b"s" * MAX_BOUND_BYTES) * 3,
+    ),
+    framed(RequestType.GET, b"k" * 60_000),
+]
+WORST_RESPONSES = [
+    framed(
+        RESPONSE_TYPE,
+        b"\x00"
+        + u32(_ITEMS)
+        + b"\x00"
+        + b"".join(struct.pack(">HI", 1, 0) + b"k" for _ in range(_ITEMS)),
+    ),
+    framed(RESPONSE_TYPE, b"\x00" + json.dumps({f"k{i}": i for i in range(5000)}).encode()),
+    framed(RESPONSE_TYPE, b"\x00" + b"[" * 60_000),
+]
+
+
+@pytest.mark.parametrize("wire", WORST_REQUESTS, ids=["batch", "batch-count", "scan", "get"])
+def test_the_largest_requests_a_read_holds_cost_little(wire: bytes) -> None:
+    assert_within_budget(lambda: requests([wire]), len(wire), MAX_PEAK_BYTES)
+
+
+@pytest.mark.parametrize("wire", WORST_RESPONSES, ids=["scan", "stats", "nested"])
+def test_the_largest_responses_a_read_holds_cost_little(wire: bytes) -> None:
+    assert_within_budget(lambda: responses([wire]), len(wire), MAX_PEAK_BYTES)
