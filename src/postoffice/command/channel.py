@@ -96,6 +96,8 @@ def decode_message(frame: Frame) -> Message:
         body = json.loads(frame.payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ChannelError(f"channel payload is not JSON: {exc}") from None
+    except RecursionError:  # the scanner recurses once per level of nesting
+        raise ChannelError("channel payload is not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ChannelError(f"channel payload is a {type(body).__name__}, expected an object")
     match kind:

@@ -207,12 +207,15 @@ def _text(what: str, raw: bytes) -> str:
 
 
 def decode_stats_body(body: bytes) -> dict[str, object]:
-    """The statistics object in a STATS OK body; raises StoreProtocolError."""
+    """The statistics object in a STATS OK body; raises StoreProtocolError (not UTF-8, not
+    JSON, nested too deeply, not an object)."""
     text = _text("stats body", body)
     try:
         parsed: object = json.loads(text)
     except ValueError as exc:
         raise StoreProtocolError(f"stats body is not valid json: {exc}") from exc
+    except RecursionError as exc:  # the scanner recurses once per level of nesting
+        raise StoreProtocolError("stats body is not valid json: nested too deeply") from exc
     if not isinstance(parsed, dict):
         raise StoreProtocolError(f"stats body is a json {type(parsed).__name__}, expected object")
     return cast("dict[str, object]", parsed)
