@@ -81,7 +81,9 @@ _Seen = tuple[int, str, dict[tuple[bool, int], tuple[int, bool]]]
 @final
 class RegistryWatch:
     """What changed in a registry since the last look, as events in a fixed order:
-    new channels, new users, removed users, removed channels."""
+    new channels, new users, removed users, removed channels. A channel is known by its
+    name and id, a user by its id: look after every change (the server does, from the
+    registry's `on_change`), or a user removed and another given its id is missed."""
 
     def __init__(self) -> None:
         self._seen: dict[str, _Seen] = {}
