@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
-from postoffice.bus import Client, Subscriber, netwire
+from postoffice.bus import BusError, Client, Subscriber, netwire
 from postoffice.core import framing
 from postoffice.core.framing import NEED_DATA
 from tests.bus.rig import shm_directory
@@ -214,6 +215,9 @@ def test_bridge_killed_mid_stream_is_re_established_on_the_next_advertise(
     a.server.proc.kill()
     a.server.proc.wait(WAIT_S)
     a.server = None
+    for dead in a.clients:
+        with contextlib.suppress(BusError):
+            dead.close()
     a.clients.clear()
     wait_until("B's bridge publisher removed", lambda: b.users("ticks") == (0, 1))
     assert subscriber.read() is None
