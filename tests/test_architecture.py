@@ -22,6 +22,7 @@ PURE_MODULES = [
     "ingest/protocol.py",
     "bus/memory.py",
     "bus/wire.py",
+    "bus/netwire.py",
     "store/errors.py",
     "store/wire/__init__.py",
     "store/wire/messages.py",

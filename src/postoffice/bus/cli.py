@@ -40,19 +40,39 @@ def bus() -> None:
 
 @bus.command()
 @config_options(BusConfig)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Another server's discovery address (repeat for each).  [default: none]",
+)
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="A Python module to load as a plugin (repeat for each).  [default: none]",
+)
 @serve_options("bus")
 def serve(
     config_path: str | None,
     ready_file: str | None,
     log_level: str,
     log_json: bool,
+    peers: tuple[str, ...],
+    plugins: tuple[str, ...],
     **flags: object,
 ) -> None:
     """Run the bus server until SIGINT or SIGTERM (then remove every file and exit 0).
 
     Settings come from defaults < --config file < POSTOFFICE_BUS_* environment < flags.
-    The ready file names the socket as the listener `bus` (port 0).
+    The ready file names the socket as the listener `bus` (port 0), and unless --local
+    the discovery socket (`discovery`) and the bridge listener (`bridge`).
     """
+    # Repeated flags not given fall through to the environment and the file.
+    flags["peers"] = peers or None
+    flags["plugins"] = plugins or None
     from postoffice.bus.server import BusServer
     from postoffice.core.config import DATA_DIR_ENV
     from postoffice.core.runtime import serve_until_stopped

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -16,6 +18,24 @@ from postoffice.core.config import (
     setting,
 )
 from postoffice.core.errors import ConfigError
+
+_MODULE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _ipv4(key: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ConfigError(f"setting {key!r}: expected an IPv4 address, got {value!r}") from None
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (HOST an IPv4 address, PORT 1..65535) as a tuple. Raises ConfigError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"setting 'peers': expected HOST:PORT, got {text!r}")
+    return _ipv4("peers", host), int(port)
+
 
 #: The channels the server itself publishes (the directory and the statistics) take ids
 #: of the 1024 the SCB has room for.
@@ -42,9 +62,33 @@ class BusConfig:
     )
     data_dir: Path = setting(DEFAULT_DATA_DIR, help=f"State directory (also ${DATA_DIR_ENV}).")
     local: bool = setting(
-        False,
-        help="Serve this machine only (no discovery, no bridge: the only mode built so far).",
+        False, help="Serve this machine only: no discovery, no bridge to other servers."
     )
+    interface: str = setting(
+        "127.0.0.1",
+        help="IPv4 address discovery (UDP) and the bridge (TCP) listen on.",
+        metavar="ADDR",
+    )
+    discovery_port: int = setting(
+        0, help="UDP port of discovery (0: any free one, named in the ready file).", low=0,
+        high=65535,
+    )  # fmt: skip
+    bridge_port: int = setting(
+        0, help="TCP port bridges connect to (0: any free one).", low=0, high=65535
+    )
+    #: Where discovery datagrams go: every peer's discovery address, HOST:PORT.
+    peers: tuple[str, ...] = setting(
+        (), help="Discovery addresses of the other servers (--peer HOST:PORT).", flag=None
+    )
+    advertise_interval_s: float = setting(
+        5.0,
+        help="Seconds between two gratuitous advertisements of the local channels.",
+        unit="seconds",
+        low=0.05,
+        high=3600,
+    )
+    #: Python modules loaded at start, whose callbacks see the server's events.
+    plugins: tuple[str, ...] = setting((), help="Plugin modules (--plugin MODULE).", flag=None)
     max_clients: int = setting(
         1024, help="Client connections at once; more are refused.", low=1, high=65536
     )
@@ -100,6 +144,17 @@ class BusConfig:
                 f"({self.default_num_slots} x {self.default_slot_size}) exceeds "
                 f"'max_buffer_bytes' {self.max_buffer_bytes}"
             )
+        _ipv4("interface", self.interface)
+        for peer in self.peers:
+            parse_peer(peer)
+        for module in self.plugins:
+            if not _MODULE.fullmatch(module):
+                raise ConfigError(f"setting 'plugins': {module!r} is not a module name")
+
+    @property
+    def peer_addresses(self) -> tuple[tuple[str, int], ...]:
+        """The peers as (IPv4 address, port)."""
+        return tuple(parse_peer(peer) for peer in self.peers)
 
     @property
     def socket_path(self) -> Path:

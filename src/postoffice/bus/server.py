@@ -29,6 +29,7 @@ from postoffice.bus.blocks import (
     remove_session_files,
     unix_address,
 )
+from postoffice.bus.bridge import Network
 from postoffice.bus.config import BusConfig
 from postoffice.bus.connection import BusConnection
 from postoffice.bus.errors import (
@@ -37,6 +38,7 @@ from postoffice.bus.errors import (
     BusMismatchError,
     BusStorageError,
 )
+from postoffice.bus.plugins import PluginHost, ReadyEvent, RegistryWatch
 from postoffice.bus.publisher import Publisher
 from postoffice.bus.registry import SERVER_CLIENT, Passed, Registry, ServerChannel
 from postoffice.bus.wire import DIRECTORY_CHANNEL, RESERVED_PREFIX, STATS_CHANNEL
@@ -80,6 +82,10 @@ class BusServer:
         self._directory_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stale_removed = 0
+        #: Discovery and bridges (None with --local), plugins, and what they are told.
+        self.network: Network | None = None
+        self.plugins = PluginHost(config.plugins)
+        self._watch = RegistryWatch()
 
     def __repr__(self) -> str:
         session = None if self.location is None else self.location.session
@@ -87,8 +93,10 @@ class BusServer:
 
     @property
     def addresses(self) -> Mapping[str, tuple[str, int]]:
-        """The control socket, as a listener whose port is 0."""
-        return {"bus": (str(self.socket_path), 0)}
+        """The control socket, as a listener whose port is 0; discovery and the bridge
+        listener unless --local."""
+        network = {} if self.network is None else self.network.addresses
+        return {"bus": (str(self.socket_path), 0), **network}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -96,6 +104,7 @@ class BusServer:
         """Lock the socket, clean up stale sessions, create this one, listen."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self.plugins.load()
         shm_dir = self.config.shm_dir.absolute()
         if not shm_dir.is_dir():
             raise BusStorageError(f"shared-memory directory {shm_dir} does not exist")
@@ -119,9 +128,19 @@ class BusServer:
         for name in (DIRECTORY_CHANNEL, STATS_CHANNEL):
             self._own[name] = self._own_publisher(name)
         self._listen(loop)
+        if not self.config.local:
+            self.network = Network(self.config, lambda: self.registry, clock=self._clock)
+            await self.network.start()
         self._tasks.append(asyncio.ensure_future(self._publish_stats()))
         self._tasks.append(asyncio.ensure_future(self._sweep()))
         self._publish_directory()
+        self.plugins.ready(
+            ReadyEvent(
+                socket=str(self.socket_path), session=location.session,
+                addresses={} if self.network is None else self.network.addresses,
+            )
+        )  # fmt: skip
+        self._observe()
         log.info(
             "bus serving %s",
             kv(socket=self.socket_path, session=location.session, shm_dir=shm_dir,
@@ -157,6 +176,9 @@ class BusServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.network is not None:
+            await self.network.stop()
+            self.network = None
         if self._listener is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._listener.fileno())
@@ -324,7 +346,17 @@ class BusServer:
         target, user = self.registry.add_publisher(SERVER_CLIENT, request)
         return Publisher(target.channel, user, triggers=target.triggers)
 
+    def _observe(self) -> None:
+        """Tell the bridges and the plugins that channels or users changed."""
+        if self.network is not None:
+            self.network.changed()
+        if self.plugins.enabled and self._loop is not None:
+            events = self._watch.changes(self.registry)
+            if events:
+                self._loop.call_soon(self.plugins.dispatch, events)
+
     def _directory_changed(self) -> None:
+        self._observe()
         if self._directory_due or self._loop is None or not self._own:
             return
         self._directory_due = True

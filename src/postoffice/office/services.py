@@ -108,9 +108,10 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
     ),
     # No port: its ready file names its socket, <data-dir>/run/bus.sock, as port 0.
+    # --local: one machine and no peers, so no discovery socket or bridge listener.
     ServiceSpec(
         name="bus",
-        argv=serve_argv("bus", lambda launch: ["--data-dir", str(launch.data_dir)]),
+        argv=serve_argv("bus", lambda launch: ["--data-dir", str(launch.data_dir), "--local"]),
     ),
 )
 
