@@ -29,15 +29,16 @@ from postoffice.command.cluster import (
 )
 from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Answer, Deferred, Keyspace, reply_too_large
-from postoffice.command.patterns import Glob
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     HELLO_BEFORE_AUTH,
+    MAX_CONFIG_PATTERN_BYTES,
     NIL,
     OK,
     PONG,
     Array,
     Bulk,
+    Glob,
     Integer,
     Map,
     NoAuthError,
@@ -58,8 +59,6 @@ MAX_DEBUG_SLEEP_S: Final = 60.0  # DEBUG SLEEP holds a worker thread; keep it bo
 NEVER_RATE_LIMITED: Final = frozenset(
     {"auth", "hello", "quit", "client", "config", "info", "shutdown"}
 )
-#: A CONFIG GET pattern: setting names are under 32 bytes, so this leaves room to spare.
-MAX_CONFIG_PATTERN_BYTES: Final = 256
 
 
 class ClientView(Protocol):
