@@ -227,6 +227,30 @@ async def test_client_commands(harness: Harness) -> None:
     assert send(conn, t, b"CLIENT", b"NOPE").startswith(b"-ERR unknown subcommand")
 
 
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        ((b"CLIENT", b"SETNAME"), "client name"),
+        ((b"CLIENT", b"SETINFO", b"LIB-NAME"), "lib-name"),
+        ((b"CLIENT", b"SETINFO", b"lib-ver"), "lib-ver"),
+        ((b"HELLO", b"2", b"SETNAME"), "client name"),
+    ],
+)
+async def test_client_names_past_the_limit_are_refused(
+    harness: Harness, args: tuple[bytes, ...], what: str
+) -> None:
+    """A name of any argument's length (8 MiB) would be kept for the connection's life
+    and copied into every CLIENT LIST: past MAX_CLIENT_NAME_BYTES it is refused."""
+    conn, t = harness.connect()
+    limit = 256  # MAX_CLIENT_NAME_BYTES, as documented
+    assert send(conn, t, *args, b"n" * (limit + 1)) == (
+        f"-ERR {what} of {limit + 1} bytes exceeds limit {limit}\r\n".encode()
+    )
+    assert (conn.name, conn.lib_name, conn.lib_ver) == (b"", b"", b"")
+    assert send(conn, t, *args, b"n" * limit).startswith((b"+OK", b"*"))
+    assert b"n" * limit in (conn.name, conn.lib_name, conn.lib_ver)
+
+
 async def test_config_get_and_set_apply_at_run_time(harness: Harness) -> None:
     conn, t = harness.connect()
     assert (
