@@ -199,6 +199,10 @@ class CommandServer:
         """Run `callback` on the loop in `delay_s` seconds (a connection's held reply)."""
         return asyncio.get_running_loop().call_later(delay_s, callback)
 
+    def call_soon(self, callback: Callable[[], None]) -> object:
+        """Run `callback` on the loop's next turn (a connection's batch, going on)."""
+        return asyncio.get_running_loop().call_soon(callback)
+
     def clients(self) -> Iterable[CommandConnection]:
         """The connections still served: one closing (after QUIT or a kill, its last
         reply flushing) is gone for CLIENT LIST and KILL, as in Redis."""
