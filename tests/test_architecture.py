@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "postoffice"
 PURE_MODULES = [
     "core/framing.py",
     "core/resp/__init__.py",
+    "core/resp/globs.py",
     "core/resp/parser.py",
     "core/resp/refusals.py",
     "core/resp/replies.py",

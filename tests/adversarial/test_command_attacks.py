@@ -192,11 +192,19 @@ def test_ingest_control_port_refuses_huge_headers_and_slows_guessing(tmp_path: P
                 while time.monotonic() - started < 1.0:
                     with contextlib.suppress(TimeoutError):
                         got += sock.recv(65536)
+            # A CONFIG GET glob as long as an argument may be (once handed to fnmatch,
+            # which compiles and caches every new pattern) is refused from its length.
+            glob = b"*a" * 30_000 + b"b"
+            refused = exchange(
+                control,
+                command(b"AUTH", b"s3cret") + command(b"CONFIG", b"GET", glob) + command(b"QUIT"),
+            )
         served.check()
         assert set(replies) == {
             b"-ERR Protocol error: invalid multibulk length (2147483647 exceeds limit 64)\r\n"
         }
         assert 1 <= got.count(b"-WRONGPASS") <= 5  # delays 0, 0.05, 0.1, 0.2, 0.4
+        assert refused == b"+OK\r\n-ERR pattern of 60001 bytes exceeds limit 256\r\n+OK\r\n"
     finally:
         server.stop()
 
@@ -356,3 +364,155 @@ def test_password_guessing_is_slowed_then_cut_off(tmp_path: Path) -> None:
             assert r.info("stats")["auth_failures"] >= 11
     finally:
         server.stop()
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_long_client_names_are_refused(plain: ServerProcess) -> None:
+    """Names as long as an argument may be (8 MiB each, kept for the connection's life
+    and copied into every CLIENT LIST) are refused; the connection stays usable."""
+    port = plain.listeners["command"][1]
+    name = b"n" * (8 << 20)
+    replies: list[bytes] = []
+
+    def one() -> None:
+        replies.append(
+            exchange(
+                port,
+                command(b"CLIENT", b"SETNAME", name)
+                + command(b"CLIENT", b"SETINFO", b"LIB-NAME", name)
+                + command(b"HELLO", b"2", b"SETNAME", name)
+                + command(b"CLIENT", b"GETNAME")
+                + command(b"QUIT"),
+                timeout_s=10,
+            )
+        )
+
+    with probe(plain.listeners["command"]) as served:
+        made = attack(rounds=3, seconds=3.0, attackers=2, one=one)
+    served.check()
+    assert made >= 2
+    refusal = b" of 8388608 bytes exceeds limit 256\r\n"
+    assert set(replies) == {
+        b"-ERR client name"
+        + refusal
+        + b"-ERR lib-name"
+        + refusal
+        + b"-ERR client name"
+        + refusal
+        + b"$-1\r\n+OK\r\n"
+    }
+
+
+# -- the connection layer ----------------------------------------------------------------
+
+
+def test_a_slowloris_client_is_closed_on_the_command_port(tmp_path: Path) -> None:
+    """Clients trickling a command a byte at a time are answered and closed once the
+    request deadline passes (set low here with --request-timeout); others are served."""
+    server = start_server(tmp_path, "command", *BASE, "--request-timeout", "1")
+    port = server.listeners["command"][1]
+    try:
+        with probe(server.listeners["command"]) as served:
+            sockets = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+            partial = command(b"SET", b"k", b"v" * 100)[:-20]
+            started = time.monotonic()
+            got = [b""] * len(sockets)
+            closed = [False] * len(sockets)
+            sent = 0
+            while not all(closed) and time.monotonic() - started < 6.0:
+                for i, sock in enumerate(sockets):
+                    if closed[i]:
+                        continue
+                    with contextlib.suppress(OSError):
+                        if sent < len(partial):
+                            sock.sendall(partial[sent : sent + 1])
+                        sock.settimeout(0.05)
+                        try:
+                            chunk = sock.recv(4096)
+                        except TimeoutError:
+                            continue
+                        got[i] += chunk
+                        closed[i] = not chunk
+                sent += 1
+            elapsed = time.monotonic() - started
+            for sock in sockets:
+                sock.close()
+        served.check()
+        assert all(closed), got
+        assert set(got) == {b"-ERR request not received whole within 1 s\r\n"}
+        assert elapsed < 4.0  # the deadline, plus the sweep's second and the linger
+    finally:
+        server.stop()
+
+
+def test_pipelined_gets_of_a_big_value_never_read_cost_one_budget(
+    stored: ServerProcess,
+) -> None:
+    """Clients pipelining 200 GETs of a 1 MiB value and reading nothing: each batch
+    stops at the first write the peer does not take, so the server's memory does not
+    grow by the batch's 200 MiB (before, it built every reply, then joined them)."""
+    host, port = stored.listeners["command"]
+    with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+        r.set(b"big", b"v" * (1 << 20))
+        peak_before = int(r.info("memory")["used_memory_peak"])
+    flood = command(b"GET", b"big") * 200
+    holding: list[socket.socket] = []
+
+    def one() -> None:
+        sock = socket.create_connection((host, port), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(flood)
+        holding.append(sock)
+
+    with probe(stored.listeners["command"]) as served:
+        made = attack(rounds=2, seconds=3.0, attackers=2, one=one)
+        time.sleep(1.0)  # the server has read every flood and run what it will
+        with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+            peak = int(r.info("memory")["used_memory_peak"])
+            clients = r.client_list()
+    for sock in holding:
+        sock.close()
+    served.check()
+    assert made == 4
+    assert len(clients) >= 4  # the flooders are held, waiting for their peers to read
+    assert peak - peak_before < 64 << 20, f"peak grew {(peak - peak_before) >> 20} MiB"
+
+
+def test_a_pipeline_of_costly_commands_lets_others_in(stored: ServerProcess) -> None:
+    """A client pipelining 300 SCANs made to cost their whole match budget (about 10 ms
+    each: 3 s of work) hands the loop back between turns, so another client waits about
+    a turn, not the whole pipeline."""
+    host, port = stored.listeners["command"]
+    scan = command(b"SCAN", b"0", b"MATCH", b"*a" * 1000 + b"b", b"COUNT", b"10000")
+    count = 300
+    replies = [0]
+
+    def greedy() -> None:
+        with socket.create_connection((host, port), timeout=20) as sock:
+            sock.sendall(scan * count)
+            got = b""
+            deadline = time.monotonic() + 30
+            while got.count(b"*2\r\n") < count and time.monotonic() < deadline:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            replies[0] = got.count(b"*2\r\n")
+
+    thread = threading.Thread(target=greedy, daemon=True)
+    latencies: list[float] = []
+    with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+        r.ping()
+        thread.start()
+        time.sleep(0.2)  # the pipeline is being served
+        while thread.is_alive() and len(latencies) < 200:
+            started = time.monotonic()
+            assert r.ping() is True
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.01)
+    thread.join(30)
+    assert replies[0] == count
+    assert len(latencies) >= 5, "the pipeline ended before the other client got a turn"
+    assert max(latencies) < 0.5, f"a PING waited {max(latencies):.2f} s"

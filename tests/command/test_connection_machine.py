@@ -2,7 +2,8 @@
 
 Random reads (whole, pipelined and cut commands), a peer that stops and resumes reading,
 QUIT, shutdown and a lost transport, checked against a model of what must have been
-answered and which state the connection must be in.
+answered and which state the connection must be in. While the peer is not reading, what
+it sends waits unexecuted, and runs once it reads again.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class CommandConnectionMachine(RuleBasedStateMachine):
         self.quit = False  # QUIT was answered: the connection is closing
         self.shut = False  # shutdown asked
         self.write_paused = False
+        self.parked = False  # bytes arrived while the peer was not reading: they wait
+        self.shut_parked = False  # shutdown asked while parked: closes once writable
         self.timed_out = False
         self.lost = False
 
@@ -72,9 +75,16 @@ class CommandConnectionMachine(RuleBasedStateMachine):
         cut = max(1, min(cut, len(stream)))
         self.unsent = stream[cut:]
         self.conn.data_received(stream[:cut])
-        if self.closing:
+        if self.closing or self.shut_parked:
             return  # a closing connection drops what it reads
         self.pending += stream[:cut]
+        if self.write_paused:
+            self.parked = True  # nothing runs until the peer reads again
+            return
+        self._answer_pending()
+
+    def _answer_pending(self) -> None:
+        """The whole commands pending are run and answered, up to a QUIT."""
         while self.pending and not self.quit:
             for args, reply in _COMMANDS:
                 wire = encode_command(args)
@@ -97,12 +107,22 @@ class CommandConnectionMachine(RuleBasedStateMachine):
     def resume_writing(self) -> None:
         self.conn.resume_writing()
         self.write_paused = False
+        if self.parked:
+            self.parked = False
+            if self.shut_parked:  # what waited is dropped: the connection closes now
+                self.shut_parked = False
+                self.shut = True
+            else:
+                self._answer_pending()
 
     @precondition(lambda self: not self.lost)
     @rule()
     def shutdown(self) -> None:
         self.conn.shutdown_requested()
-        self.shut = True
+        if self.parked and not self.closing:
+            self.shut_parked = True  # the batch in progress ends once the peer reads
+        else:
+            self.shut = True
 
     @rule()
     def idle_sweep(self) -> None:
@@ -133,6 +153,7 @@ class CommandConnectionMachine(RuleBasedStateMachine):
             assert self.transport.closed
         elif self.write_paused:
             assert state is S.WRITING_RESPONSE
+            assert self.conn.in_flight is self.parked
         elif self.pending:
             assert state is S.READING_PAYLOAD
         else:
@@ -146,7 +167,7 @@ class CommandConnectionMachine(RuleBasedStateMachine):
     @invariant()
     def a_closing_connection_is_not_listed(self) -> None:
         listed = list(self.server.clients())
-        assert listed == ([] if self.lost or self.closing else [self.conn])
+        assert listed == ([] if self.lost or self.closing or self.shut_parked else [self.conn])
 
 
 CommandConnectionMachine.TestCase.settings = settings(

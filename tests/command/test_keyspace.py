@@ -16,9 +16,8 @@ from postoffice.command.keyspace import (
     glob_matcher,
     literal_prefix,
 )
-from postoffice.command.patterns import Glob
 from postoffice.command.remote import parse_address
-from postoffice.core.resp import Array, Bulk
+from postoffice.core.resp import Array, Bulk, Glob, PatternTooLongError
 
 
 @pytest.mark.parametrize(
@@ -143,7 +142,7 @@ def scan(
 
 
 def test_scan_refuses_a_pattern_over_the_limit() -> None:
-    with pytest.raises(CommandError, match=r"^pattern of 4194304 bytes exceeds limit 2048$"):
+    with pytest.raises(PatternTooLongError, match=r"^pattern of 4194304 bytes exceeds limit 2048$"):
         scan(PagedKeyspace([b"k"]), b"0", b"MATCH", b"*" * (4 << 20))
 
 

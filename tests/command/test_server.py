@@ -16,7 +16,7 @@ from postoffice.command.keyspace import Deferred, Durable, SyncWaiter
 from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
 from postoffice.core.errors import ConfigError, StorageError
-from postoffice.core.resp import NIL, OK, Bulk, Reply, encode_command
+from postoffice.core.resp import NIL, OK, Bulk, Map, Reply, bulk, encode_command, encode_resp
 from postoffice.core.transport import ConnState
 from postoffice.store.wire import Response, Status
 from tests.fakes import FakeTransport
@@ -227,6 +227,30 @@ async def test_client_commands(harness: Harness) -> None:
     assert send(conn, t, b"CLIENT", b"NOPE").startswith(b"-ERR unknown subcommand")
 
 
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        ((b"CLIENT", b"SETNAME"), "client name"),
+        ((b"CLIENT", b"SETINFO", b"LIB-NAME"), "lib-name"),
+        ((b"CLIENT", b"SETINFO", b"lib-ver"), "lib-ver"),
+        ((b"HELLO", b"2", b"SETNAME"), "client name"),
+    ],
+)
+async def test_client_names_past_the_limit_are_refused(
+    harness: Harness, args: tuple[bytes, ...], what: str
+) -> None:
+    """A name of any argument's length (8 MiB) would be kept for the connection's life
+    and copied into every CLIENT LIST: past MAX_CLIENT_NAME_BYTES it is refused."""
+    conn, t = harness.connect()
+    limit = 256  # MAX_CLIENT_NAME_BYTES, as documented
+    assert send(conn, t, *args, b"n" * (limit + 1)) == (
+        f"-ERR {what} of {limit + 1} bytes exceeds limit {limit}\r\n".encode()
+    )
+    assert (conn.name, conn.lib_name, conn.lib_ver) == (b"", b"", b"")
+    assert send(conn, t, *args, b"n" * limit).startswith((b"+OK", b"*"))
+    assert b"n" * limit in (conn.name, conn.lib_name, conn.lib_ver)
+
+
 async def test_config_get_and_set_apply_at_run_time(harness: Harness) -> None:
     conn, t = harness.connect()
     assert (
@@ -247,6 +271,55 @@ async def test_config_get_and_set_apply_at_run_time(harness: Harness) -> None:
         b"-ERR CONFIG SET failed"
     )
     assert send(conn, t, b"CONFIG", b"GET", b"save") == b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+
+
+async def test_connection_limits_are_settings_changed_at_run_time(harness: Harness) -> None:
+    """The connection layer's limits (output, request deadline, partial requests) have
+    CONFIG names, start at the core's defaults and apply to every client at once."""
+    conn, t = harness.connect()
+    names = (
+        b"output-hard-limit",
+        b"output-soft-limit",
+        b"output-soft-seconds",
+        b"request-timeout",
+        b"max-partial-size",
+    )
+    shown = send(conn, t, b"CONFIG", b"GET", *names)
+    assert shown == encode_resp(
+        Map(
+            pairs=[
+                (bulk("output-hard-limit"), bulk("67108864")),
+                (bulk("output-soft-limit"), bulk("16777216")),
+                (bulk("output-soft-seconds"), bulk("60")),
+                (bulk("request-timeout"), bulk("60")),
+                (bulk("max-partial-size"), bulk("268435456")),
+            ]
+        )
+    )
+    changes = [b"1048576", b"524288", b"2.5", b"0.5", b"0"]
+    pairs = [arg for pair in zip(names, changes, strict=True) for arg in pair]
+    assert send(conn, t, b"CONFIG", b"SET", *pairs) == b"+OK\r\n"
+    limits = harness.server.manager.limits
+    assert (
+        limits.output_hard_limit_bytes,
+        limits.output_soft_limit_bytes,
+        limits.output_soft_limit_s,
+        limits.request_timeout_s,
+        limits.max_partial_bytes,
+    ) == (1048576, 524288, 2.5, 0.5, 0)
+    # Below the transport's high-water mark an output limit could never be kept.
+    assert send(conn, t, b"CONFIG", b"SET", b"output-hard-limit", b"1000") == (
+        b"-ERR setting 'output_hard_limit_bytes' must be between 262144 and 1099511627776,"
+        b" got 1000\r\n"
+    )
+    assert harness.server.manager.limits.output_hard_limit_bytes == 1048576
+
+
+def test_connection_limits_out_of_range_are_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match=r"^setting 'output_soft_limit_bytes' must be"):
+        CommandConfig(output_soft_limit_bytes=4096)
+    with pytest.raises(ConfigError, match=r"^setting 'request_timeout_s' must be"):
+        CommandConfig(request_timeout_s=-1)
 
 
 async def test_config_set_requirepass_locks_new_clients(harness: Harness) -> None:

@@ -494,6 +494,24 @@ async def test_config_get_patterns(harness: Harness) -> None:
     assert send(conn, t, "CONFIG", "GET", "nothing") == b"*0\r\n"
 
 
+async def test_config_get_matches_redis_globs_not_shell_ones(harness: Harness) -> None:
+    """`[^...]` negates, as in Redis's globs (a shell glob would read `^` as a byte)."""
+    conn, t = harness.connect()
+    assert send(conn, t, "CONFIG", "GET", "t[^x]l") == encode_resp(
+        Map(pairs=[(bulk("ttl"), bulk("86400"))])
+    )
+
+
+async def test_config_get_refuses_a_pattern_over_the_length_limit(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, "CONFIG", "GET", "*" * 257) == err(
+        "pattern of 257 bytes exceeds limit 256"
+    )
+    assert send(conn, t, "CONFIG", "GET", "*" * 255 + "x") == encode_resp(
+        Map(pairs=[(bulk("x"), bulk("4"))])
+    )
+
+
 def test_config_items_show_fractional_ttl() -> None:
     assert config_items(IngestConfig(ttl_s=1.5))["ttl"] == "1.5"
 

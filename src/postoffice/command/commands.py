@@ -29,15 +29,16 @@ from postoffice.command.cluster import (
 )
 from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Answer, Deferred, Keyspace, reply_too_large
-from postoffice.command.patterns import Glob
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     HELLO_BEFORE_AUTH,
+    MAX_CONFIG_PATTERN_BYTES,
     NIL,
     OK,
     PONG,
     Array,
     Bulk,
+    Glob,
     Integer,
     Map,
     NoAuthError,
@@ -58,8 +59,11 @@ MAX_DEBUG_SLEEP_S: Final = 60.0  # DEBUG SLEEP holds a worker thread; keep it bo
 NEVER_RATE_LIMITED: Final = frozenset(
     {"auth", "hello", "quit", "client", "config", "info", "shutdown"}
 )
-#: A CONFIG GET pattern: setting names are under 32 bytes, so this leaves room to spare.
-MAX_CONFIG_PATTERN_BYTES: Final = 256
+
+#: A connection's name, lib-name or lib-ver: kept for the connection's life and shown in
+#: every CLIENT LIST line, so not an argument's 8 MiB. Redis sets no limit, but its
+#: clients' names are short; this leaves room for any real one.
+MAX_CLIENT_NAME_BYTES: Final = 256
 
 
 class ClientView(Protocol):
@@ -249,7 +253,11 @@ def cmd_hello(server: ServerView, client: ClientView, args: list[bytes]) -> Repl
     )
 
 
-def _client_name(raw: bytes) -> bytes:
+def _client_name(raw: bytes, what: str = "client name") -> bytes:
+    """`raw` as a connection's name (or lib-name, lib-ver); CommandError when it is longer
+    than MAX_CLIENT_NAME_BYTES or holds a space or a byte that is not printable ASCII."""
+    if len(raw) > MAX_CLIENT_NAME_BYTES:
+        raise CommandError(f"{what} of {len(raw)} bytes exceeds limit {MAX_CLIENT_NAME_BYTES}")
     if any(ch <= 0x20 or ch > 0x7E for ch in raw):
         raise CommandError("Client names cannot contain spaces, newlines or special characters.")
     return raw
@@ -269,9 +277,9 @@ def cmd_client(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
     if sub == b"SETINFO" and argc == 4:
         attr = args[2].upper()
         if attr == b"LIB-NAME":
-            client.lib_name = _client_name(args[3])
+            client.lib_name = _client_name(args[3], "lib-name")
         elif attr == b"LIB-VER":
-            client.lib_ver = _client_name(args[3])
+            client.lib_ver = _client_name(args[3], "lib-ver")
         else:
             raise CommandError(f"Unrecognized option '{_text(args[2])}'")
         return OK

@@ -7,6 +7,32 @@ Keyspace commands answered later (a `Deferred` of the remote keyspace, a `Durabl
 of the embedded one) wait in a queue with every reply behind them, in request order.
 """
 
+# Design
+# ------
+# The batch loop (`_run_buffered`) runs the commands a read brought, in order, until one
+# of these makes it stop where it is; each has one way back, and the next command is
+# always the one the parser (or `_held`) gives next, so replies keep request order:
+#
+#   a reply to come later      a blocking command in the pool (`_busy`), a held AUTH
+#                              failure, keyspace replies owed (`_stalled`): the callback
+#                              that answers them goes on
+#   the peer is not reading    replies are written every REPLY_BUDGET_BYTES, not once per
+#                              read; once a write leaves the transport past its high-water
+#                              mark (`write_blocked`) no further command runs until the
+#                              peer catches up (`_parked`; `on_writable` goes on). So a
+#                              pipelined flood of GETs of a large value holds about one
+#                              budget of replies beyond the transport's buffer, never the
+#                              whole read's, and the core's output limits can act
+#   its turn is over           after SLICE_COMMANDS commands, or SLICE_S seconds of them
+#                              (the clock read every CLOCK_EVERY commands, to keep it off
+#                              the hot path), the loop hands the event loop back to the
+#                              other clients (`_yielded`, reading paused) and goes on from
+#                              a `call_soon`, as Redis serves a client one read of 16 KiB
+#                              at a time
+#
+# Replies owed behind a durable write are held in memory until its fsync: past
+# REPLY_BUDGET_BYTES of them the loop stalls too, as the store server does.
+
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +62,12 @@ from postoffice.core.resp import (
     encode_resp3,
     encode_text,
 )
-from postoffice.core.transport import Admission, BaseProtocol, ConnInput
+from postoffice.core.transport import (
+    WRITE_HIGH_WATER_BYTES,
+    Admission,
+    BaseProtocol,
+    ConnInput,
+)
 from postoffice.core.workers import WorkerPool
 from postoffice.store import OwedReplies
 
@@ -45,6 +76,18 @@ log = logging.getLogger(__name__)
 _PENDING: Final = Error(code="PENDING", message="in the worker pool")  # never sent
 MAX_STORE_IN_FLIGHT: Final = 1024  # store commands of one client awaiting the store
 _IDLE: Final = ConnInput.IDLE
+#: Replies of one batch are written once they pass this many bytes: the transport's
+#: high-water mark, so a peer that does not read blocks the write side at the first one.
+REPLY_BUDGET_BYTES: Final = WRITE_HIGH_WATER_BYTES
+#: A client's turn: after this many commands of one batch, or this many seconds of them,
+#: the other clients are served before it goes on (Redis reads 16 KiB, about a thousand
+#: small commands, per client per turn).
+SLICE_COMMANDS: Final = 1024
+SLICE_S: Final = 0.01
+#: The clock is read once every this many commands of a batch: a command costs about a
+#: microsecond, and one that costs more is bounded in itself (SCAN's match steps, MGET's
+#: reply size), so a turn overruns SLICE_S by at most a few commands.
+CLOCK_EVERY: Final = 8
 
 
 class ConnectionHost(ServerView, Protocol):
@@ -64,6 +107,10 @@ class ConnectionHost(ServerView, Protocol):
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> object:
         """Run `callback` on the loop in `delay_s` seconds."""
+        ...
+
+    def call_soon(self, callback: Callable[[], None]) -> object:
+        """Run `callback` on the loop's next turn, after the callbacks ready now."""
         ...
 
 
@@ -97,6 +144,9 @@ class CommandConnection(BaseProtocol):
         self._held: list[bytes] | None = None  # a command waiting for the owed replies
         self._stalled = False  # reading paused until the owed replies are out
         self._watching = False  # the oldest owed Deferred has _store_replied as callback
+        self._owed_bytes = 0  # the wire bytes of the ready replies waiting in `_owed`
+        self._parked = False  # commands wait for the peer to read (`on_writable`)
+        self._yielded = False  # the batch goes on from a call_soon (`_next_turn`)
         self._tokens = float(config.burst)
         self._refilled = self.created
         self._auth = AuthThrottle()
@@ -115,10 +165,10 @@ class CommandConnection(BaseProtocol):
         and its reply written at once unless it is anything but an immediate reply.
         """
         parser = self.parser
-        if self._busy or self._stalled:
+        if self._busy or self._stalled or self._yielded:
             parser.feed(data)
             return None
-        if self._owed:
+        if self._owed or self.write_blocked:  # the batch loop waits for them in order
             parser.feed(data)
             return self._run_buffered()
         args = parser.feed_one(data)
@@ -138,8 +188,15 @@ class CommandConnection(BaseProtocol):
         itself gets its answer first, as from Redis); at once if none is running."""
         self.close_when_done(reason, linger=False)
 
+    def on_writable(self) -> None:
+        """The peer read enough of our replies: run the commands held back meanwhile."""
+        if self._parked:
+            self._parked = False
+            self._continue()
+
     def on_close(self) -> None:
         self._owed.clear()
+        self._owed_bytes = 0
         counts = self.server.counts
         counts.closed_bytes_in += self.bytes_in
         counts.closed_bytes_out += self.bytes_out
@@ -157,7 +214,14 @@ class CommandConnection(BaseProtocol):
         overtakes, and a HELLO or QUIT applies exactly where it was sent. Once the
         connection is to close, no further command starts. `answered` is the answer of
         a command `on_data` ran (nothing was owed before it).
+
+        It also stops, to go on later, while the peer is not reading (`_parked`) and at
+        the end of its turn (`_yielded`); see the module's design note.
         """
+        if self._yielded or self.write_blocked:
+            if not self._yielded:
+                self._parked = True
+            return None
         parser = self.parser
         next_event = parser.next_event
         ready = parser.ready
@@ -165,8 +229,12 @@ class CommandConnection(BaseProtocol):
         execute = self._execute
         owed = self._owed
         out: list[bytes] = []
+        out_bytes = 0
         encode: Callable[[Reply], bytes] | None = None
         protocol = 0
+        ran = 0
+        clock = self.manager.clock
+        started = clock()
         try:
             while True:
                 if answered is not None:
@@ -174,6 +242,14 @@ class CommandConnection(BaseProtocol):
                 else:
                     if self.closing:
                         break
+                    if (
+                        ran
+                        and ran % CLOCK_EVERY == 0
+                        and (ran >= SLICE_COMMANDS or clock() - started >= SLICE_S)
+                    ):
+                        self._send(out)
+                        self._yield()
+                        return None
                     if self._held is not None:
                         args, self._held = self._held, None
                     elif ready:  # split off by the C reader: no event object needed
@@ -192,6 +268,7 @@ class CommandConnection(BaseProtocol):
                         self._stall()
                         return None
                     reply = execute(args, spec)
+                    ran += 1
                 if reply is _PENDING:
                     self._send(out)
                     return None
@@ -217,9 +294,23 @@ class CommandConnection(BaseProtocol):
                         return None
                     continue
                 if owed:  # an immediate reply behind replies still owed: wait in line
-                    owed.owe(encode(reply))
+                    data = encode(reply)
+                    owed.owe(data)
+                    self._owed_bytes += len(data)
+                    if self._owed_bytes > REPLY_BUDGET_BYTES:
+                        self._send(out)
+                        self._stall()
+                        return None
                     continue
-                out.append(encode(reply))
+                data = encode(reply)
+                out.append(data)
+                out_bytes += len(data)
+                if out_bytes >= REPLY_BUDGET_BYTES:
+                    self._send(out)
+                    out_bytes = 0
+                    if self.write_blocked and parser.has_partial():
+                        self._parked = True  # on_writable goes on
+                        return None
         except RespProtocolError as exc:
             self.server.counts.protocol_errors += 1
             error = self._encoder()(Error(code=exc.wire_code, message=str(exc)))
@@ -235,6 +326,27 @@ class CommandConnection(BaseProtocol):
         if owed:
             return None
         return ConnInput.PARTIAL if parser.has_partial() else _IDLE
+
+    def _yield(self) -> None:
+        """End this client's turn: the batch goes on from the loop's next turn, and
+        nothing is read meanwhile."""
+        self._yielded = True
+        self.pause_reading()
+        self.server.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """A new turn: read again and go on with the batch."""
+        self._yielded = False
+        if self.transport is None:
+            return
+        self.resume_reading()
+        self._continue()
+
+    def _continue(self) -> None:
+        """Go on with the batch where it stopped."""
+        outcome = self._run_buffered()
+        if outcome is not None:
+            self.batch_done(outcome)
 
     def _stall(self) -> None:
         """Stop reading until the owed replies are out."""
@@ -284,6 +396,7 @@ class CommandConnection(BaseProtocol):
             for item in ready:
                 if type(item) is bytes:
                     out.append(item)
+                    self._owed_bytes -= len(item)
                 elif type(item) is Durable:
                     out.append(encode(failure or item.reply))
                 elif type(item) is Deferred:
@@ -294,7 +407,12 @@ class CommandConnection(BaseProtocol):
             if future is not None and not self._watching:
                 self._watching = True
                 future.add_done_callback(self._store_replied)
-            if self._stalled and self._held is None and len(owed) < MAX_STORE_IN_FLIGHT:
+            if (
+                self._stalled
+                and self._held is None
+                and len(owed) < MAX_STORE_IN_FLIGHT
+                and self._owed_bytes <= REPLY_BUDGET_BYTES
+            ):
                 self._resume()
             return
         self._resume()
@@ -304,9 +422,7 @@ class CommandConnection(BaseProtocol):
         if self._stalled:
             self._stalled = False
             self.resume_reading()
-        outcome = self._run_buffered()
-        if outcome is not None:
-            self.batch_done(outcome)
+        self._continue()
 
     def _send(self, out: list[bytes]) -> None:
         if out:
@@ -446,4 +562,11 @@ class CommandConnection(BaseProtocol):
         )
 
 
-__all__ = ["MAX_STORE_IN_FLIGHT", "CommandConnection", "ConnectionHost"]
+__all__ = [
+    "MAX_STORE_IN_FLIGHT",
+    "REPLY_BUDGET_BYTES",
+    "SLICE_COMMANDS",
+    "SLICE_S",
+    "CommandConnection",
+    "ConnectionHost",
+]

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
 from postoffice.command.errors import CommandError, ReplyTooLargeError, StoreUnavailableError
-from postoffice.command.patterns import Glob
 from postoffice.core.errors import BrokenError, ClosedError, LimitExceeded, PostOfficeError
-from postoffice.core.resp import Array, Error, Reply, bulk
+from postoffice.core.resp import Array, Error, Glob, Reply, bulk
 from postoffice.store import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
 
 log = logging.getLogger(__name__)
@@ -271,7 +270,8 @@ def literal_prefix(pattern: bytes) -> bytes:
 
 
 def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
-    """A matcher for Redis's glob (see `patterns.Glob`); CommandError when too long."""
+    """A matcher for Redis's glob (see `core.resp.globs`); PatternTooLongError when too
+    long."""
     return Glob.compile(pattern).matches
 
 

@@ -49,6 +49,11 @@ CONFIG_NAMES: Final[dict[str, str]] = {
     "proto-inline-max-size": "max_inline_bytes",
     "proto-max-multibulk-len": "max_array_items",
     "max-reply-bytes": "max_reply_bytes",
+    "output-hard-limit": "output_hard_limit_bytes",
+    "output-soft-limit": "output_soft_limit_bytes",
+    "output-soft-seconds": "output_soft_limit_s",
+    "request-timeout": "request_timeout_s",
+    "max-partial-size": "max_partial_bytes",
 }
 #: Answered for clients (redis-benchmark asks for save and appendonly) but never changed.
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
@@ -103,11 +108,7 @@ class CommandServer:
 
     @staticmethod
     def _limits(config: CommandConfig) -> ConnectionLimits:
-        return ConnectionLimits(
-            max_connections=config.clients_per_worker,
-            idle_timeout_s=config.idle_timeout_s,
-            max_request_bytes=max(config.max_bulk_bytes, config.max_inline_bytes),
-        )
+        return config.connection_limits()
 
     def __repr__(self) -> str:
         return f"<CommandServer {self.addresses.get('command')} clients={self.manager.active}>"
@@ -197,6 +198,10 @@ class CommandServer:
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> object:
         """Run `callback` on the loop in `delay_s` seconds (a connection's held reply)."""
         return asyncio.get_running_loop().call_later(delay_s, callback)
+
+    def call_soon(self, callback: Callable[[], None]) -> object:
+        """Run `callback` on the loop's next turn (a connection's batch, going on)."""
+        return asyncio.get_running_loop().call_soon(callback)
 
     def clients(self) -> Iterable[CommandConnection]:
         """The connections still served: one closing (after QUIT or a kill, its last

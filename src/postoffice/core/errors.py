@@ -153,3 +153,10 @@ class NoProtoError(RespRefusal):
     """HELLO asked for a RESP version other than 2 or 3."""
 
     wire_code = "NOPROTO"
+
+
+class PatternTooLongError(RespRefusal, LimitExceeded):
+    """A glob pattern (SCAN MATCH, CONFIG GET) longer than its command allows; the reply
+    is `-ERR <message>` and the connection stays."""
+
+    wire_code = "ERR"

@@ -7,7 +7,6 @@ connection itself (the I/O shell).
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,10 +18,12 @@ from postoffice import __version__
 from postoffice.core.resp import (
     EMPTY_ARRAY,
     HELLO_BEFORE_AUTH,
+    MAX_CONFIG_PATTERN_BYTES,
     NIL,
     OK,
     PONG,
     Array,
+    Glob,
     Integer,
     Map,
     NoAuthError,
@@ -409,9 +410,11 @@ def cmd_config(conn: ControlSession, args: list[bytes]) -> Reply | Deferred:
             raise arity_error("config|get")
         items = config_items(conn.control.config)
         found: dict[str, str] = {}
-        for pattern in args[2:]:
-            glob = pattern.decode("utf-8", "replace").lower()
-            found.update({k: v for k, v in items.items() if fnmatch.fnmatchcase(k, glob)})
+        # Redis's globs, linear in the name and refused past the length limit before
+        # anything is compiled (the command server's CONFIG GET keeps the same rules).
+        globs = [Glob.compile(p.lower(), limit=MAX_CONFIG_PATTERN_BYTES) for p in args[2:]]
+        for glob in globs:
+            found.update({k: v for k, v in items.items() if glob.matches(k.encode())})
         return Map(pairs=[(bulk(key), bulk(value)) for key, value in found.items()])
     if sub == b"SET":
         if len(args) != 4:

@@ -2,8 +2,8 @@
 
 Shared by the command server and every control port (ingest's among them). `parser`
 turns a connection's bytes into commands; `replies` holds the reply types and encodes
-them; `refusals` the AUTH and HELLO checks and their errors. Import the public names
-from here.
+them; `refusals` the AUTH and HELLO checks and their errors; `globs` the linear
+Redis glob matcher. Import the public names from here.
 """
 
 from __future__ import annotations
@@ -11,10 +11,16 @@ from __future__ import annotations
 from postoffice.core.errors import (
     NoAuthError,
     NoProtoError,
+    PatternTooLongError,
     RespLimitError,
     RespProtocolError,
     RespRefusal,
     WrongPassError,
+)
+from postoffice.core.resp.globs import (
+    MAX_CONFIG_PATTERN_BYTES,
+    MAX_PATTERN_BYTES,
+    Glob,
 )
 from postoffice.core.resp.parser import (
     MAX_ARRAY_ITEMS,
@@ -63,8 +69,10 @@ __all__ = [
     "MAX_ARRAY_ITEMS",
     "MAX_AUTH_FAILURES",
     "MAX_BULK_BYTES",
+    "MAX_CONFIG_PATTERN_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_INLINE_BYTES",
+    "MAX_PATTERN_BYTES",
     "NEED_DATA",
     "NIL",
     "NOAUTH",
@@ -77,11 +85,13 @@ __all__ = [
     "Command",
     "Dialect",
     "Error",
+    "Glob",
     "Integer",
     "Map",
     "NeedData",
     "NoAuthError",
     "NoProtoError",
+    "PatternTooLongError",
     "Reply",
     "RespLimitError",
     "RespParser",

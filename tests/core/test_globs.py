@@ -1,4 +1,4 @@
-"""Redis globs (postoffice.command.patterns): Redis's rules, linear cost, the length limit."""
+"""Redis globs (postoffice.core.resp.globs): Redis's rules, linear cost, the length limit."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postoffice.command.errors import CommandError
-from postoffice.command.patterns import MAX_PATTERN_BYTES, Glob
+from postoffice.core.resp import MAX_PATTERN_BYTES, Glob, PatternTooLongError
 
 
 def redis_match(pattern: bytes, subject: bytes) -> bool:
@@ -112,9 +111,9 @@ def test_prefix_is_the_literal_start(pattern: bytes, prefix: bytes) -> None:
 
 def test_a_pattern_over_the_limit_is_refused() -> None:
     Glob.compile(b"*" * MAX_PATTERN_BYTES)
-    with pytest.raises(CommandError, match=r"^pattern of 4194304 bytes exceeds limit 2048$"):
+    with pytest.raises(PatternTooLongError, match=r"^pattern of 4194304 bytes exceeds limit 2048$"):
         Glob.compile(b"*" * (4 << 20))
-    with pytest.raises(CommandError, match=r"^pattern of 9 bytes exceeds limit 8$"):
+    with pytest.raises(PatternTooLongError, match=r"^pattern of 9 bytes exceeds limit 8$"):
         Glob.compile(b"*" * 9, limit=8)
 
 

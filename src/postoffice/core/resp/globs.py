@@ -1,6 +1,6 @@
 """Redis glob patterns (SCAN MATCH, CONFIG GET), matched in time linear in the subject.
 
-Pure: bytes in, a Glob out; part of the command service's library.
+Pure: bytes in, a Glob out; core layer, for the command server and every control port.
 """
 
 # Design
@@ -23,11 +23,15 @@ from __future__ import annotations
 import re
 from typing import Final, final
 
-from postoffice.command.errors import CommandError
+from postoffice.core.errors import PatternTooLongError
 
 #: The longest pattern SCAN MATCH takes: a key is at most 1024 bytes, and each may need
 #: its escape.
 MAX_PATTERN_BYTES: Final = 2048
+#: The longest CONFIG GET pattern: setting names are under 32 bytes, so this leaves room
+#: to spare.
+MAX_CONFIG_PATTERN_BYTES: Final = 256
+
 
 _STAR: Final = 0x2A
 _QUESTION: Final = 0x3F
@@ -137,9 +141,9 @@ class Glob:
 
     @classmethod
     def compile(cls, pattern: bytes, *, limit: int = MAX_PATTERN_BYTES) -> Glob:
-        """The glob of `pattern`. Raises CommandError when it is longer than `limit`."""
+        """The glob of `pattern`. Raises PatternTooLongError when it is longer than `limit`."""
         if len(pattern) > limit:
-            raise CommandError(f"pattern of {len(pattern)} bytes exceeds limit {limit}")
+            raise PatternTooLongError(f"pattern of {len(pattern)} bytes exceeds limit {limit}")
         return cls(pattern)
 
     def __repr__(self) -> str:
@@ -169,4 +173,4 @@ class Glob:
         return True
 
 
-__all__ = ["MAX_PATTERN_BYTES", "Glob"]
+__all__ = ["MAX_CONFIG_PATTERN_BYTES", "MAX_PATTERN_BYTES", "Glob"]
