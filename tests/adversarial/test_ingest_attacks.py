@@ -596,3 +596,32 @@ def test_a_one_chunk_upload_is_published_before_its_ack_via_part(tmp_path: Path)
     finally:
         data.close()
         server.stop()
+
+
+def test_ack_connections_watching_the_most_are_dropped_past_the_server_limit(
+    ingest: Ingest,
+) -> None:
+    """Each watched file id costs the server about 370 bytes, and one connection may watch
+    65,536: a thousand such connections would have cost 24 GB. The server watches at most
+    262,144 in all; an honest client's SUBSCRIBE past that drops the connection watching
+    the most, and its upload goes through."""
+    greedy = [Raw(ingest.sys_base + 3) for _ in range(4)]
+    try:
+        for raw in greedy:
+            batches = [tuple(FileId(os.urandom(16)) for _ in range(1024)) for _ in range(64)]
+            raw.send(b"".join(encode(Subscribe(file_ids=b), n + 1) for n, b in enumerate(batches)))
+            assert all(isinstance(raw.next()[1], Subscribed) for _ in batches)
+        honest_upload(ingest, "past-the-watchers.bin")
+        dropped = 0
+        for raw in greedy:
+            raw.sock.settimeout(0.5)
+            try:
+                dropped += raw.sock.recv(65536) == b""
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                dropped += 1
+        assert dropped == 1
+    finally:
+        for raw in greedy:
+            raw.close()

@@ -48,7 +48,11 @@ from postoffice.core.runtime import Supervisor, serve_until_stopped
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
-from postoffice.ingest.connections import AckConnection, DataConnection
+from postoffice.ingest.connections import (
+    MAX_SERVER_SUBSCRIPTIONS,
+    AckConnection,
+    DataConnection,
+)
 from postoffice.ingest.control import ControlConnection
 from postoffice.ingest.errors import IngestError, ShuttingDownError, UnknownFileError
 from postoffice.ingest.events import AckHub, EventHub
@@ -116,7 +120,7 @@ class IngestServer:
         self.pool = WorkerPool(config.io_threads, name="ingest-io")
         self.stats = IngestStats()
         self.events = EventHub()
-        self.acks = AckHub()
+        self.acks = AckHub(limit=MAX_SERVER_SUBSCRIPTIONS)
         self.reports = Reports(stats=self.stats, events=self.events, acks=self.acks)
         self.assembler = Assemblies(
             config=config, store=self.store, pool=self.pool, reports=self.reports
