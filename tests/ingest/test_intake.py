@@ -14,6 +14,7 @@ import pytest
 import xxhash
 import zstandard
 
+from postoffice.core.errors import ConfigError
 from postoffice.core.framing import Frame
 from postoffice.ingest import reports as reports_module
 from postoffice.ingest.chunkdigest import new_chunk
@@ -505,3 +506,29 @@ def test_failed_uploads_remembered_are_bounded_oldest_first(
             error=AssemblyError("not a zstd frame"),
         )
     assert [reports.failure(fid) is not None for fid in ids] == [False, False, True, True, True]
+
+
+def test_the_connection_limits_of_the_data_and_ack_ports_come_from_the_settings(
+    tmp_path: Path,
+) -> None:
+    """They were the connection layer's defaults, with no way to change them."""
+    config = IngestConfig(
+        data_dir=tmp_path,
+        request_timeout_s=5,
+        max_partial_bytes=1 << 20,
+        output_hard_limit_bytes=1 << 20,
+        output_soft_limit_bytes=512 * 1024,
+        output_soft_limit_s=3,
+    )
+    server = IngestServer(config)
+    for manager in (server.data_manager, server.sys_manager):
+        limits = manager.limits
+        assert (limits.request_timeout_s, limits.max_partial_bytes) == (5, 1 << 20)
+        assert (limits.output_hard_limit_bytes, limits.output_soft_limit_bytes) == (
+            1 << 20,
+            512 * 1024,
+        )
+        assert limits.output_soft_limit_s == 3
+        assert limits.max_request_bytes == server.max_frame_payload
+    with pytest.raises(ConfigError, match=r"^setting 'output_hard_limit_bytes' must be"):
+        IngestConfig(output_hard_limit_bytes=1000)
