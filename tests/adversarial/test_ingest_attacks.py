@@ -9,6 +9,7 @@ served: a real IngestClient upload published byte for byte, or a control PING an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -282,20 +283,22 @@ def test_two_clients_racing_with_one_file_id_publish_exactly_one_content(
 
 
 def test_a_query_flood_on_a_huge_sparse_upload_does_not_stall_the_server(ingest: Ingest) -> None:
-    """A CHUNK with total 2**32-1 is OUT_OF_RANGE; one with total 2**24 (the limit) is
-    taken, and then a flood of QUERY for it: each STATUS costs what was committed, not a
-    walk over 2**24 indexes, so another client's PING is answered all along."""
+    """A CHUNK with total 2**32-1 is OUT_OF_RANGE; one with total 2**24 (the limit, its
+    chunks of the minimum length) is taken, and then a flood of QUERY for it: each STATUS
+    costs what was committed, not a walk over 2**24 indexes, so another client's PING is
+    answered all along."""
     file_id = FileId(os.urandom(16))
+    length = 16 * 1024  # the default minimum chunk length of an upload past 16 chunks
 
     def chunk(total: int, index: int, request_id: int) -> bytes:
         return encode_chunk(
             file_id=file_id,
             index=index,
             total=total,
-            size=total,
+            size=total * length,
             name="huge.bin",
             payload_digest=bytes(16),
-            data=b"x",
+            data=b"x" * length,
             request_id=request_id,
         )
 
@@ -399,3 +402,226 @@ def test_ack_port_bounds_subscriptions_and_a_client_that_never_reads(ingest: Ing
     finally:
         greedy.close()
         silent.close()
+
+
+# -- uploads in progress, tiny chunks, slow frames, failed ids --------------------------------
+
+
+def test_uploads_in_progress_and_tiny_chunks_are_bounded(tmp_path: Path) -> None:
+    """Each upload in progress costs a directory and two files, each chunk a file: an
+    attacker opening uploads past --max-uploads gets BUSY, one cutting an upload into
+    one-byte chunks gets OUT_OF_RANGE, and neither leaves more on disk than the limits;
+    a one-chunk upload and the control port are still served."""
+    place = Ingest(tmp_path, x=1)
+    server = start(tmp_path, place, "--max-uploads", "20")
+    attacker = Raw(place.data_base)
+    # The first half of a real zstd payload: each upload waits for its second chunk.
+    payload = zstandard.ZstdCompressor(level=1).compress(os.urandom(200))
+    try:
+        wire = b"".join(
+            encode_chunk(
+                file_id=FileId(os.urandom(16)),
+                index=0,
+                total=2,
+                size=len(payload),
+                name=f"open{n}.bin",
+                payload_digest=xxhash.xxh3_128_digest(payload),
+                data=payload[:100],
+                request_id=n + 1,
+            )
+            for n in range(40)
+        )
+        attacker.send(wire)
+        replies = dict(attacker.next() for _ in range(40))
+        acked = [r for r in replies.values() if isinstance(r, Ack)]
+        busy = [r for r in replies.values() if isinstance(r, ErrorReply)]
+        assert len(acked) == 20
+        assert len(busy) == 20
+        assert all(r.code is ErrorCode.BUSY for r in busy)
+        assert all(r.message.endswith("20 uploads in progress, limit 20") for r in busy)
+        patches = place.data_dir / "ingest" / "patches"
+        assert len(list(patches.iterdir())) == 20
+        # Tiny chunks: OUT_OF_RANGE from the header, nothing stored.
+        with place.control() as control:
+            control.config_set("max-uploads", 21)
+        tiny = FileId(os.urandom(16))
+        attacker.send(
+            b"".join(
+                encode_chunk(
+                    file_id=tiny,
+                    index=n,
+                    total=2**24,
+                    size=2**40,
+                    name="tiny.bin",
+                    payload_digest=bytes(16),
+                    data=b"y",
+                    request_id=100 + n,
+                )
+                for n in range(200)
+            )
+        )
+        refused = [attacker.next()[1] for _ in range(200)]
+        assert all(isinstance(r, ErrorReply) and r.code is ErrorCode.OUT_OF_RANGE for r in refused)
+        assert "below the minimum 16384" in refused[0].message  # type: ignore[union-attr]
+        assert len(list(patches.iterdir())) == 20
+        # Others are served: a one-chunk upload, and the control port.
+        honest_upload(place, "one-chunk.bin", size=20_000)
+        with place.control() as control:
+            assert control.ping()
+            assert control.config_get("max-uploads") == {"max-uploads": "21"}
+    finally:
+        attacker.close()
+        server.stop()
+
+
+def test_a_slowloris_data_connection_is_closed_while_an_honest_upload_completes(
+    tmp_path: Path,
+) -> None:
+    """Connections that announce a chunk and trickle its bytes held their slots and their
+    partial frames for ever; with --request-timeout 1 each gets ERROR and is closed, and
+    an honest upload goes through meanwhile."""
+    place = Ingest(tmp_path, x=1)
+    server = start(tmp_path, place, "--request-timeout", "1")
+    frame = encode_chunk(
+        file_id=FileId(os.urandom(16)),
+        index=0,
+        total=1,
+        size=1_000_000,
+        name="slow.bin",
+        payload_digest=bytes(16),
+        data=bytes(1_000_000),
+        request_id=7,
+    )
+    slow = [Raw(place.data_base) for _ in range(5)]
+    closed_after: list[float] = []
+    try:
+        began = time.monotonic()
+        for raw in slow:
+            raw.send(frame[:200])
+        done = threading.Event()
+
+        def trickle() -> None:
+            offset = 200
+            while not done.is_set() and time.monotonic() - began < 10 and offset < 400:
+                for raw in slow:
+                    with contextlib.suppress(OSError):
+                        raw.send(frame[offset : offset + 1])
+                offset += 1
+                time.sleep(0.1)
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        try:
+            honest_upload(place, "beside-the-slow-ones.bin")
+            for raw in slow:
+                raw.sock.settimeout(10)
+                request_id, reply = raw.next()
+                assert request_id == 0
+                assert isinstance(reply, ErrorReply)
+                assert reply.message == "request not received whole within 1 s"
+                assert raw.sock.recv(1) == b""  # closed
+                closed_after.append(time.monotonic() - began)
+        finally:
+            done.set()
+            trickler.join(timeout=10)
+    finally:
+        for raw in slow:
+            raw.close()
+        server.stop()
+    assert max(closed_after) < 8
+
+
+def test_garbage_under_a_known_file_id_does_not_lock_its_owner_out(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attacker who knows a file id sends garbage under it: the upload fails, and the
+    server refused that id until a restart, so its owner could never upload. Now the
+    owner's real client (another payload digest) publishes its file."""
+    file_id = FileId(os.urandom(16))
+    data = Raw(ingest.data_base)
+    try:
+        for request_id, total in ((1, 1), (2, 1)):
+            data.send(
+                encode_chunk(
+                    file_id=file_id,
+                    index=0,
+                    total=total,
+                    size=4,
+                    name="victim.bin",
+                    payload_digest=xxhash.xxh3_128_digest(b"junk"),
+                    data=b"junk",
+                    request_id=request_id,
+                )
+            )
+            _, reply = data.next()
+            assert isinstance(reply, ErrorReply)
+            assert reply.code is ErrorCode.ASSEMBLY
+        data.send(encode(Query(file_id=file_id), 3))
+        _, status = data.next()
+        assert isinstance(status, Status)
+        assert status.state.name == "FAILED"
+    finally:
+        data.close()
+    monkeypatch.setattr(payload_module, "derive_file_id", lambda *_: file_id)
+    honest_upload(ingest, "victim.bin")
+    monkeypatch.undo()
+
+
+def test_a_one_chunk_upload_is_published_before_its_ack_via_part(tmp_path: Path) -> None:
+    """With --via-part, a one-chunk upload was acknowledged COMPLETE once stored, before
+    its file existed: a client reading files/<name> on the ACK found nothing."""
+    place = Ingest(tmp_path, x=1)
+    server = start(tmp_path, place, "--via-part")
+    data = Raw(place.data_base)
+    try:
+        for n in range(20):
+            content = os.urandom(2000)
+            payload = zstandard.ZstdCompressor().compress(content)
+            data.send(
+                encode_chunk(
+                    file_id=FileId(os.urandom(16)),
+                    index=0,
+                    total=1,
+                    size=len(payload),
+                    name=f"quick{n}.bin",
+                    payload_digest=xxhash.xxh3_128_digest(payload),
+                    data=payload,
+                    request_id=n + 1,
+                )
+            )
+            _, ack = data.next()
+            assert isinstance(ack, Ack)
+            assert ack.complete
+            assert (place.files / f"quick{n}.bin").read_bytes() == content
+    finally:
+        data.close()
+        server.stop()
+
+
+def test_ack_connections_watching_the_most_are_dropped_past_the_server_limit(
+    ingest: Ingest,
+) -> None:
+    """Each watched file id costs the server about 370 bytes, and one connection may watch
+    65,536: a thousand such connections would have cost 24 GB. The server watches at most
+    262,144 in all; an honest client's SUBSCRIBE past that drops the connection watching
+    the most, and its upload goes through."""
+    greedy = [Raw(ingest.sys_base + 3) for _ in range(4)]
+    try:
+        for raw in greedy:
+            batches = [tuple(FileId(os.urandom(16)) for _ in range(1024)) for _ in range(64)]
+            raw.send(b"".join(encode(Subscribe(file_ids=b), n + 1) for n, b in enumerate(batches)))
+            assert all(isinstance(raw.next()[1], Subscribed) for _ in batches)
+        honest_upload(ingest, "past-the-watchers.bin")
+        dropped = 0
+        for raw in greedy:
+            raw.sock.settimeout(0.5)
+            try:
+                dropped += raw.sock.recv(65536) == b""
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                dropped += 1
+        assert dropped == 1
+    finally:
+        for raw in greedy:
+            raw.close()

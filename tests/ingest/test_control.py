@@ -82,6 +82,10 @@ class FakeControl:
         self.calls.append(f"set_ttl {ttl_s}")
         self.config = dataclasses.replace(self.config, ttl_s=ttl_s)
 
+    def set_max_uploads(self, max_uploads: int) -> None:
+        self.calls.append(f"set_max_uploads {max_uploads}")
+        self.config = dataclasses.replace(self.config, max_uploads=max_uploads)
+
     def set_output_limits(
         self, *, max_output_bytes: int | None = None, max_output_ratio: int | None = None
     ) -> None:
@@ -472,6 +476,7 @@ async def test_config_get_all(harness: Harness) -> None:
                 (bulk("ttl"), bulk("86400")),
                 (bulk("max-output-bytes"), bulk("4294967296")),
                 (bulk("max-output-ratio"), bulk("100")),
+                (bulk("max-uploads"), bulk("10000")),
                 (bulk("sys-base"), bulk("7000")),
                 (bulk("data-base"), bulk("7100")),
                 (bulk("files-dir"), bulk("/srv/po/files")),
@@ -552,6 +557,15 @@ async def test_config_set_output_limits(harness: Harness) -> None:
     )
 
 
+async def test_config_set_max_uploads(harness: Harness) -> None:
+    conn, t = harness.connect()
+    assert send(conn, t, "CONFIG", "SET", "Max-Uploads", "250") == b"+OK\r\n"
+    assert harness.control.calls == ["set_max_uploads 250"]
+    assert send(conn, t, "CONFIG", "GET", "max-uploads") == encode_resp(
+        Map(pairs=[(bulk("max-uploads"), bulk("250"))])
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "reply"),
     [
@@ -578,10 +592,18 @@ async def test_config_set_output_limits(harness: Harness) -> None:
             err("setting 'max-output-ratio' must be an integer, got '1e3'"),
         ),
         (
+            ("SET", "max-uploads", "0"),
+            err("setting 'max_uploads' must be between 1 and 10000000, got 0"),
+        ),
+        (
+            ("SET", "max-uploads", "many"),
+            err("setting 'max-uploads' must be an integer, got 'many'"),
+        ),
+        (
             ("SET", "colour", "red"),
             err(
                 "unknown setting 'colour', expected one of: x, ttl, max-output-bytes,"
-                " max-output-ratio"
+                " max-output-ratio, max-uploads"
             ),
         ),
         (("SET", "x"), err("wrong number of arguments for 'config|set' command")),
@@ -604,6 +626,7 @@ async def test_config_errors(harness: Harness, args: tuple[str, ...], reply: byt
     assert harness.control.config.ttl_s == 86400.0
     assert harness.control.config.max_output_bytes == 4 * 1024**3
     assert harness.control.config.max_output_ratio == 100
+    assert harness.control.config.max_uploads == 10_000
     assert not t.closed
 
 
@@ -612,7 +635,7 @@ async def test_config_help(harness: Harness) -> None:
     conn.data_received(b"CONFIG HELP\n")
     lines = t.take().decode().splitlines()
     assert lines[0] == "CONFIG <subcommand> [<arg> ...]. Subcommands are:"
-    assert len(lines) == 6
+    assert len(lines) == 7
 
 
 # -- dispatch errors ----------------------------------------------------------------------

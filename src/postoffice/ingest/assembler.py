@@ -21,7 +21,7 @@ I/O shell on the server's event loop around assembly.py; the decompression runs 
 #
 # Outcomes, each reported once through AssemblyReports: PUBLISHED (the record is
 # durable: PUBLISHED goes out, then the patches are removed), FAILED (the payload is bad
-# for good: dropped, FAILED goes out, and later chunks of that id are refused), RETRY (a
+# for good: dropped, FAILED goes out, and chunks of that id are refused for a while), RETRY (a
 # disk error or a bug: restarted after a backoff), GAVE_UP, GONE (aborted or expired
 # meanwhile).
 
@@ -63,7 +63,14 @@ class AssemblyReports(Protocol):
     ) -> None: ...
 
     def assembly_failed(
-        self, file_id: FileId, *, name: str, total: int, size: int, error: AssemblyError
+        self,
+        file_id: FileId,
+        *,
+        name: str,
+        total: int,
+        size: int,
+        payload_digest: bytes | None,
+        error: AssemblyError,
     ) -> None: ...
 
     def assembly_crashed(
@@ -235,7 +242,12 @@ class Assemblies:
         except AssemblyError as exc:
             # The payload will never decompress: drop its chunks, say so, refuse its id.
             self.reports.assembly_failed(
-                file_id, name=info.name, total=info.total, size=info.size, error=exc
+                file_id,
+                name=info.name,
+                total=info.total,
+                size=info.size,
+                payload_digest=info.payload_digest,
+                error=exc,
             )
             await self.pool.submit(lambda: store.remove(file_id))
             return _Outcome.FAILED

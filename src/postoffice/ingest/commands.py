@@ -65,6 +65,10 @@ class IngestControl(Protocol):
         """Use a new retention time; raises ConfigError for a bad value."""
         ...
 
+    def set_max_uploads(self, max_uploads: int) -> None:
+        """Bound the uploads in progress at once; raises ConfigError for a bad value."""
+        ...
+
     def set_output_limits(
         self, *, max_output_bytes: int | None = None, max_output_ratio: int | None = None
     ) -> None:
@@ -334,7 +338,7 @@ def cmd_cleanup(conn: ControlSession, args: list[bytes]) -> Reply | Deferred:
 
 
 #: CONFIG SET names.
-SETTABLE: Final = ("x", "ttl", "max-output-bytes", "max-output-ratio")
+SETTABLE: Final = ("x", "ttl", "max-output-bytes", "max-output-ratio", "max-uploads")
 #: CONFIG GET names, read-only ones included.
 READ_ONLY: Final = ("sys-base", "data-base", "files-dir")
 
@@ -348,6 +352,7 @@ def config_items(config: IngestConfig) -> dict[str, str]:
         "ttl": _number(config.ttl_s),
         "max-output-bytes": str(config.max_output_bytes),
         "max-output-ratio": str(config.max_output_ratio),
+        "max-uploads": str(config.max_uploads),
         "sys-base": str(config.sys_base),
         "data-base": str(config.data_base),
         "files-dir": str(config.files_path),
@@ -376,14 +381,16 @@ def _config_set(conn: ControlSession, name: str, raw: bytes) -> Reply | Deferred
         conn.control.set_ttl(ttl_s)
         log.info("control config set conn=%s ttl_s=%s", conn, _number(ttl_s))
         return OK
-    if name in ("max-output-bytes", "max-output-ratio"):
+    if name in ("max-output-bytes", "max-output-ratio", "max-uploads"):
         if not _INTEGER.fullmatch(raw):
             raise ControlError(f"setting '{name}' must be an integer, got '{shown(raw)}'")
         value = int(raw)
         if name == "max-output-bytes":
             conn.control.set_output_limits(max_output_bytes=value)
-        else:
+        elif name == "max-output-ratio":
             conn.control.set_output_limits(max_output_ratio=value)
+        else:
+            conn.control.set_max_uploads(value)
         log.info("control config set conn=%s %s=%d", conn, name, value)
         return OK
     if name in READ_ONLY:
@@ -399,6 +406,7 @@ _CONFIG_HELP: Final = (
     "SET ttl <seconds> -- keep uploads, files and records this long",
     "SET max-output-bytes <n> -- largest decompressed file, in bytes",
     "SET max-output-ratio <n> -- largest decompressed/compressed ratio past 16 MiB (0: none)",
+    "SET max-uploads <n> -- uploads in progress at once; chunks starting more get BUSY",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -14,9 +15,14 @@ from postoffice.core.config import (
     check_settings,
     setting,
 )
+from postoffice.core.connections import ConnectionLimits
 from postoffice.core.errors import ConfigError
 
 MAX_DATA_PORTS: Final = 64  # X: one listener each; far past what one process can feed
+#: Uploads of at most this many chunks may cut them as small as they like: such an upload
+#: costs a bounded number of inodes whatever its chunks hold (the minimum chunk's reason).
+SMALL_UPLOAD_CHUNKS: Final = 16
+_MIB: Final = 1024 * 1024
 SYS_PORTS: Final = 4  # health, telemetry, control, ack at sys-base + 0..3
 
 
@@ -81,6 +87,74 @@ class IngestConfig:
         high=1_000_000,
     )
     max_window_log: int = 27  # 128 MiB: zstd's own default ceiling for decompression
+    max_uploads: int = setting(
+        10_000,
+        help=(
+            "Uploads in progress at once (stored, not yet published); a chunk that would"
+            " start another is refused with BUSY (CONFIG SET max-uploads)."
+        ),
+        low=1,
+        high=10_000_000,
+    )
+    min_chunk_bytes: int = setting(
+        16 * 1024,
+        help=(
+            f"Smallest chunk of an upload of more than {SMALL_UPLOAD_CHUNKS} chunks, but for"
+            " its last (0: none); a shorter one is refused with OUT_OF_RANGE."
+        ),
+        flag="--min-chunk-size",
+        unit="bytes",
+        low=0,
+        high=8 * _MIB,
+    )
+    request_timeout_s: float = setting(
+        60.0,
+        help=(
+            "Close a data or ack connection whose frame has not arrived whole this many"
+            " seconds after its first byte (0: never)."
+        ),
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
+    max_partial_bytes: int = setting(
+        256 * _MIB,
+        help=(
+            "Bytes all partly received frames may hold together; the connection whose frame"
+            " would pass it is refused and closed (0: no limit)."
+        ),
+        flag="--max-partial-size",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    output_hard_limit_bytes: int = setting(
+        64 * _MIB,
+        help="Close a client whose unsent replies pass this many bytes (0: no limit).",
+        flag="--output-hard-limit",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    output_soft_limit_bytes: int = setting(
+        16 * _MIB,
+        help=(
+            "Close a client whose unsent replies stay over this many bytes for"
+            " --output-soft-seconds (0: no limit)."
+        ),
+        flag="--output-soft-limit",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    output_soft_limit_s: float = setting(
+        60.0,
+        help="How long a client's unsent replies may stay over --output-soft-limit.",
+        flag="--output-soft-seconds",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
     max_connections: int = 1000
     idle_timeout_s: float = 300.0
     max_in_flight: int = 8  # chunks per data connection being stored at once
@@ -109,12 +183,14 @@ class IngestConfig:
         if self.data_base:
             check_port("data_base", self.data_base + self.x - 1)
         check_range("max_chunk_bytes", self.max_chunk_bytes, 1024, 8 * 1024 * 1024)
+        check_range("min_chunk_bytes", self.min_chunk_bytes, 0, self.max_chunk_bytes)
         check_range("max_window_log", self.max_window_log, 10, 31)
         check_range("max_connections", self.max_connections, 1, 1_000_000)
         check_range("idle_timeout_s", self.idle_timeout_s, 0, 86400)
         check_range("max_in_flight", self.max_in_flight, 1, 1024)
         check_range("io_threads", self.io_threads, 1, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
+        self.connection_limits(0)  # the output limits are 0 or at least 256 KiB
         if self.control_token == "":
             raise ConfigError("setting 'control_token' must not be empty (leave it unset instead)")
         if self.sys_base and self.data_base:
@@ -125,6 +201,23 @@ class IngestConfig:
                     f"settings 'sys_base' {self.sys_base} and 'data_base' {self.data_base} "
                     f"overlap: data ports may grow to {MAX_DATA_PORTS}"
                 )
+
+    def connection_limits(self, max_request_bytes: int) -> ConnectionLimits:
+        """What the connection layer keeps for each data and ack connection, whose frames
+        carry at most `max_request_bytes` of payload (0: the layer's default). Raises
+        ConfigError."""
+        limits = ConnectionLimits(
+            max_connections=self.max_connections,
+            idle_timeout_s=self.idle_timeout_s,
+            output_hard_limit_bytes=self.output_hard_limit_bytes,
+            output_soft_limit_bytes=self.output_soft_limit_bytes,
+            output_soft_limit_s=self.output_soft_limit_s,
+            request_timeout_s=self.request_timeout_s,
+            max_partial_bytes=self.max_partial_bytes,
+        )
+        if max_request_bytes:
+            limits = dataclasses.replace(limits, max_request_bytes=max_request_bytes)
+        return limits
 
     @property
     def files_path(self) -> Path:

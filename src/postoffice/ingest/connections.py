@@ -53,6 +53,7 @@ from postoffice.ingest.protocol import NEED_DATA, MessageDecoder, encode
 from postoffice.ingest.receive import ReceivingDecoder, ReceivingProtocol
 
 __all__ = [
+    "MAX_SERVER_SUBSCRIPTIONS",
     "MAX_SUBSCRIBER_BACKLOG_BYTES",
     "MAX_SUBSCRIPTIONS",
     "AckConnection",
@@ -70,6 +71,10 @@ MAX_SUBSCRIBER_BACKLOG_BYTES: Final = 8 * 1024 * 1024
 #: File ids one ack connection may watch at once: each costs the server a few hundred
 #: bytes, so without a bound a client could grow its memory 20 times faster than it sends.
 MAX_SUBSCRIPTIONS: Final = 65536
+#: File ids watched by all ack connections together: each costs about 370 bytes, so a
+#: thousand connections at MAX_SUBSCRIPTIONS each would have cost the server 24 GB. Past
+#: it, the connection watching the most is dropped (AckHub.make_room).
+MAX_SERVER_SUBSCRIPTIONS: Final = 262_144
 
 
 class PortHost(Protocol):
@@ -318,13 +323,21 @@ class AckConnection(_FramedConnection[AckPortHost]):
     def handle(self, request_id: int, message: Message) -> None:
         match message:
             case Subscribe(file_ids=file_ids):
-                watching = len(self.watching)
-                watching += sum(fid not in self.watching for fid in set(file_ids))
+                acks = self.host.acks
+                added = sum(fid not in self.watching for fid in set(file_ids))
+                watching = len(self.watching) + added
+                error = None
                 if watching > MAX_SUBSCRIPTIONS:
                     error = IngestLimitError(
                         f"subscriptions of {watching} file ids on one connection exceed "
                         f"limit {MAX_SUBSCRIPTIONS}"
                     )
+                elif not acks.make_room(self, added):
+                    error = IngestLimitError(
+                        f"subscriptions of {acks.watched + added} file ids on the server "
+                        f"exceed limit {acks.limit}"
+                    )
+                if error is not None:
                     self.host.message_refused(self.peer, error)
                     self.send(ErrorReply(code=error_code(error), message=str(error)), request_id)
                     return

@@ -23,6 +23,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_FILE = 10  # no upload with that file id
     ASSEMBLY = 11  # the payload is complete but is not valid Zstandard, or is a bomb
     ABORTED = 12  # an operator aborted the upload
+    BUSY = 13  # the server has its most uploads in progress: a new one must wait
 
 
 class IngestError(PostOfficeError):
@@ -72,6 +73,12 @@ class IngestStorageError(IngestError, StorageError):
     """The chunk could not be made durable."""
 
     wire_code = "STORAGE"
+
+
+class TooManyUploadsError(IngestError, LimitExceeded):
+    """A chunk would start an upload while the server has max_uploads in progress."""
+
+    wire_code = "BUSY"
 
 
 class ShuttingDownError(IngestError):
@@ -124,6 +131,7 @@ _ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
     ErrorCode.UNKNOWN_FILE: UnknownFileError,
     ErrorCode.ASSEMBLY: AssemblyError,
     ErrorCode.ABORTED: IngestError,
+    ErrorCode.BUSY: TooManyUploadsError,
 }
 
 

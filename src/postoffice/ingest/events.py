@@ -71,28 +71,61 @@ class Subscriber(Protocol):
         """Send an event (request id 0), or drop the subscriber if it stopped reading."""
         ...
 
+    def abort(self, reason: str) -> None:
+        """Close at once (the hub dropped its subscriptions to make room for others)."""
+        ...
+
 
 @final
 class AckHub:
-    """Which ack-port subscribers watch which file ids."""
+    """Which ack-port subscribers watch which file ids, at most `limit` (subscriber, file
+    id) pairs in all (0: no limit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self._by_file: dict[FileId, set[Subscriber]] = {}
+        self._subscribers: set[Subscriber] = set()
+        self.limit = limit
+        #: (subscriber, file id) pairs watched now, all subscribers together.
+        self.watched = 0
+
+    def make_room(self, subscriber: Subscriber, added: int) -> bool:
+        """Make room for `added` more pairs of `subscriber`: while the hub would pass its
+        limit, drop the subscriber watching the most file ids (its connection is closed),
+        as Redis drops the client with the largest buffer. False, dropping nobody, when
+        `subscriber` watches the most itself: its SUBSCRIBE is the one to refuse."""
+        while self.limit and self.watched + added > self.limit:
+            largest = max(self._subscribers, key=lambda s: len(s.watching), default=None)
+            if largest is None or len(largest.watching) <= len(subscriber.watching):
+                return False
+            log.warning(
+                "ack subscriber dropped to make room watching=%d limit=%d",
+                len(largest.watching),
+                self.limit,
+            )
+            self.unsubscribe(largest)
+            largest.abort("the server watches too many file ids; this connection the most")
+        return True
 
     def subscribe(self, subscriber: Subscriber, file_ids: tuple[FileId, ...]) -> None:
         """Send `subscriber` the events of `file_ids` from now on."""
+        before = len(subscriber.watching)
         subscriber.watching.update(file_ids)
+        self.watched += len(subscriber.watching) - before
+        self._subscribers.add(subscriber)
         for file_id in file_ids:
             self._by_file.setdefault(file_id, set()).add(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        """Forget every subscription of `subscriber` (its connection closed)."""
+        """Forget every subscription of `subscriber` (its connection closed); idempotent."""
+        self._subscribers.discard(subscriber)
+        self.watched -= len(subscriber.watching)
         for file_id in subscriber.watching:
             watchers = self._by_file.get(file_id)
             if watchers is not None:
                 watchers.discard(subscriber)
                 if not watchers:
                     del self._by_file[file_id]
+        subscriber.watching.clear()
 
     def publish(self, file_id: FileId, message: Message) -> None:
         """Send `message` to every subscriber watching `file_id`."""

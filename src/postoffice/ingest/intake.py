@@ -10,10 +10,10 @@ Ingest layer, on the server's event loop; the blocking stages run on its I/O thr
 # decodes it: its data is a view of the frame, never copied) and calls `accept`, which
 # is the pipeline. Each stage hands on to the next and none calls back:
 #
-#   1. route: refuse it (the server drains, its data is longer than its size, its
-#      upload failed), or answer at once (its upload is published), or choose a road:
-#      a one-chunk upload not stored yet takes the one-chunk road (2a), any other
-#      chunk the patch road (2b);
+#   1. route: refuse it (the server drains, its data is longer than its size or cut too
+#      small, its upload failed), or answer at once (its upload is published), or choose
+#      a road: a one-chunk upload not stored yet takes the one-chunk road (2a), whether
+#      or not the server assembles via .part, any other chunk the patch road (2b);
 #   2a. one-chunk road: SinglePublishes verifies the digest, decompresses the chunk into
 #      its file in files/ and publishes it, in a batch with others (singles.py), and
 #      reports the outcome; its SingleOutcome says what to acknowledge (a disk error is
@@ -39,11 +39,12 @@ from typing import Protocol, assert_never, final
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
 from postoffice.ingest.chunkdigest import verify_chunk
-from postoffice.ingest.config import IngestConfig
+from postoffice.ingest.config import SMALL_UPLOAD_CHUNKS, IngestConfig
 from postoffice.ingest.errors import (
     AssemblyError,
     ConflictError,
     IngestStorageError,
+    OutOfRangeError,
     ShuttingDownError,
 )
 from postoffice.ingest.messages import Ack, Chunk, FileId, file_id_hex
@@ -65,6 +66,10 @@ class IntakeReports(Protocol):
     def payload_complete(self, file_id: FileId, name: str) -> None: ...
 
     def failure(self, file_id: FileId) -> FailedUpload | None: ...
+
+    def refusing(self, file_id: FileId, payload_digest: bytes) -> FailedUpload | None: ...
+
+    def forget_failure(self, file_id: FileId, failed: FailedUpload) -> None: ...
 
 
 @final
@@ -89,7 +94,7 @@ class Intake:
         self.singles = singles
         self.assemblies = assemblies
         self.reports = reports
-        self.one_chunk_road = not config.assemble_via_part
+        self.min_chunk_bytes = config.min_chunk_bytes
         self.accepting = False
 
     def __repr__(self) -> str:
@@ -109,7 +114,8 @@ class Intake:
 
         Raises ShuttingDownError, ConflictError, AssemblyError (its upload failed, or a
         one-chunk upload's payload will not decompress), ChecksumError, BadNameError,
-        OutOfRangeError and IngestStorageError (nothing is committed).
+        OutOfRangeError (also a chunk cut too small), TooManyUploadsError (it would start
+        an upload past max_uploads) and IngestStorageError (nothing is committed).
         """
         # 1. route
         file_id = chunk.file_id
@@ -122,9 +128,23 @@ class Intake:
                 f"chunk {chunk.index} of {file_id_hex(file_id)} brings the payload to "
                 f"{len(chunk.data)} bytes, over its size {chunk.size}"
             )
-        failed = self.reports.failure(file_id)
+        _check_chunk_length(chunk, self.min_chunk_bytes)
+        reports = self.reports
+        failed = reports.refusing(file_id, chunk.payload_digest)
         if failed is not None:
             raise _failed_upload(failed)
+        old = reports.failure(file_id)
+        if old is not None and self.store.info(file_id) is None:
+            # A fresh start of a failed upload (another content, or past the hold): its
+            # old failure is forgotten once it takes a chunk.
+            ack = await self._road(chunk)
+            reports.forget_failure(file_id, old)
+            return ack
+        return await self._road(chunk)
+
+    async def _road(self, chunk: Chunk) -> Ack:
+        """Steps 1 (the rest of the route) to 4 of `accept`, for a chunk not refused."""
+        file_id = chunk.file_id
         done = self.store.published(file_id)
         if done is not None:
             if (done.payload_digest, done.name) != (chunk.payload_digest, chunk.name):
@@ -140,8 +160,9 @@ class Intake:
                 f"chunk {chunk.index} of {file_id_hex(file_id)} has total {chunk.total}, "
                 "the upload is being published as one chunk"
             )
-        if chunk.total == 1 and self.one_chunk_road and self.store.info(file_id) is None:
-            # 2a. the one-chunk road: published before it is acknowledged
+        if chunk.total == 1 and self.store.info(file_id) is None:
+            # 2a. the one-chunk road: published before it is acknowledged, however the
+            # server assembles larger uploads (its ACK says the file is published)
             match await self.singles.publish(chunk):
                 case PublishedInfo():
                     return Ack(file_id=file_id, index=0, committed=1, total=1, complete=True)
@@ -171,7 +192,7 @@ class Intake:
             result = await self.pool.submit(verify_and_store)
         except IngestStorageError:
             # Its assembly may have failed and dropped the upload meanwhile.
-            failed = self.reports.failure(file_id)
+            failed = self.reports.refusing(file_id, chunk.payload_digest)
             if failed is not None:
                 raise _failed_upload(failed) from None
             raise
@@ -197,6 +218,33 @@ class Intake:
             total=result.total,
             duplicate=result.duplicate,
             complete=result.complete,
+        )
+
+
+def _check_chunk_length(chunk: Chunk, min_chunk_bytes: int) -> None:
+    """Refuse a chunk cut too small for an upload of its total (OutOfRangeError).
+
+    Each chunk stored costs an inode and a line of ids.list whatever it holds, so an
+    upload of 2**24 one-byte chunks would cost 16 million inodes for 16 MiB. Past
+    SMALL_UPLOAD_CHUNKS chunks, every chunk but the last must carry `min_chunk_bytes`,
+    and the total must fit the size at that length: stored chunks then cost at most one
+    inode per `min_chunk_bytes` received (S3's multipart rule, part size but the last).
+    """
+    total = chunk.total
+    if not min_chunk_bytes or total <= SMALL_UPLOAD_CHUNKS:
+        return
+    hex_id = file_id_hex(chunk.file_id)
+    if (total - 1) * min_chunk_bytes > chunk.size:
+        raise OutOfRangeError(
+            f"upload {hex_id} of {chunk.size} bytes cannot have {total} chunks: past "
+            f"{SMALL_UPLOAD_CHUNKS}, every chunk but the last holds at least "
+            f"{min_chunk_bytes} bytes"
+        )
+    if chunk.index < total - 1 and len(chunk.data) < min_chunk_bytes:
+        raise OutOfRangeError(
+            f"chunk {chunk.index} of {hex_id} holds {len(chunk.data)} bytes, below the "
+            f"minimum {min_chunk_bytes} for all but the last of more than "
+            f"{SMALL_UPLOAD_CHUNKS} chunks"
         )
 
 

@@ -10,16 +10,24 @@ Reports (counts, logs, telemetry and ack-port events of each outcome), FailedUpl
 # ack-port event, in that order. Those stages see Reports through small Protocols of
 # their own, so none of them imports the server or the others.
 #
-# Uploads whose assembly failed are remembered here (`failure`) until the process ends:
-# their chunks are dropped, and QUERY, a late SUBSCRIBE and a re-sent chunk still learn
-# of the failure.
+# Uploads whose assembly failed are remembered here (`failure`): their chunks are dropped,
+# and QUERY and a late SUBSCRIBE still learn of the failure. A record goes when the TTL
+# passes (`prune_failures`, from the cleanup pass), when MAX_FAILED_UPLOADS newer ones
+# came after it, or when a fresh upload of its id gets a chunk in. The failure refuses
+# chunks of its id (`refusing`) only for FAILED_HOLD_S and only those of the content
+# that failed: the chunks its sender had in flight. Anyone who knows a file id can make
+# its upload fail (garbage chunks under it), so a failure that refused the id for good
+# would let a stranger lock its owner out; a chunk of another payload digest, or any
+# chunk once the hold is over, starts the upload afresh, as after an ABORT.
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import final
+from typing import Final, final
 
 from postoffice.core.framing import FrameError
 from postoffice.ingest.errors import AssemblyError, ErrorCode, IngestError, error_code
@@ -27,9 +35,22 @@ from postoffice.ingest.events import AckHub, EventHub
 from postoffice.ingest.messages import Chunk, ChunkStored, Failed, FileId, Published, file_id_hex
 from postoffice.ingest.published import PublishedInfo
 
-__all__ = ["FailedUpload", "IngestStats", "Reports", "published_message"]
+__all__ = [
+    "FAILED_HOLD_S",
+    "MAX_FAILED_UPLOADS",
+    "FailedUpload",
+    "IngestStats",
+    "Reports",
+    "published_message",
+]
 
 log = logging.getLogger(__name__)
+
+#: How long a failed upload refuses chunks of the content that failed, in seconds: the
+#: chunks its sender had in flight arrive within it; after it a chunk starts afresh.
+FAILED_HOLD_S: Final = 10.0
+#: Failed uploads remembered at most (the oldest goes first): each costs its message.
+MAX_FAILED_UPLOADS: Final = 65_536
 
 
 @dataclass(slots=True, kw_only=True)
@@ -60,6 +81,8 @@ class FailedUpload:
     name: str
     total: int
     size: int
+    payload_digest: bytes | None  # the content that failed (None: not known)
+    failed_at: float  # wall-clock seconds
 
 
 def published_message(done: PublishedInfo) -> Published:
@@ -78,11 +101,19 @@ def published_message(done: PublishedInfo) -> Published:
 class Reports:
     """Reports every outcome once (see the design note); owns the failed uploads."""
 
-    def __init__(self, *, stats: IngestStats, events: EventHub, acks: AckHub) -> None:
+    def __init__(
+        self,
+        *,
+        stats: IngestStats,
+        events: EventHub,
+        acks: AckHub,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.stats = stats
         self.events = events
         self.acks = acks
-        self._failed: dict[FileId, FailedUpload] = {}
+        self.wall = wall  # the clock of failed_at and of the cleanup pass's TTL
+        self._failed: dict[FileId, FailedUpload] = {}  # oldest first
 
     def __repr__(self) -> str:
         return f"<Reports failed={len(self._failed)} {self.stats}>"
@@ -170,13 +201,31 @@ class Reports:
         self.acks.publish(file_id, published_message(done))
 
     def assembly_failed(
-        self, file_id: FileId, *, name: str, total: int, size: int, error: AssemblyError
+        self,
+        file_id: FileId,
+        *,
+        name: str,
+        total: int,
+        size: int,
+        payload_digest: bytes | None,
+        error: AssemblyError,
     ) -> None:
         """The upload will never decompress: remember it, count it, tell telemetry and
         subscribers. Its chunks are the caller's to drop."""
         self.stats.assembly_failures += 1
         failed = Failed(file_id=file_id, code=error_code(error), message=str(error))
-        self._failed[file_id] = FailedUpload(event=failed, name=name, total=total, size=size)
+        records = self._failed
+        records.pop(file_id, None)  # the newest goes last
+        records[file_id] = FailedUpload(
+            event=failed,
+            name=name,
+            total=total,
+            size=size,
+            payload_digest=payload_digest,
+            failed_at=self.wall(),
+        )
+        while len(records) > MAX_FAILED_UPLOADS:
+            del records[next(iter(records))]
         hex_id = file_id_hex(file_id)
         log.warning("assembly failed file_id=%s name=%s error=%r", hex_id, name, str(error))
         self.events.emit(
@@ -217,3 +266,30 @@ class Reports:
     def failure(self, file_id: FileId) -> FailedUpload | None:
         """The failed upload of this id, if its assembly failed."""
         return self._failed.get(file_id)
+
+    def refusing(self, file_id: FileId, payload_digest: bytes) -> FailedUpload | None:
+        """The failed upload that refuses a chunk of this id and payload digest: one of
+        the same content that failed less than FAILED_HOLD_S ago, else None."""
+        failed = self._failed.get(file_id)
+        if failed is None or failed.payload_digest not in (None, payload_digest):
+            return None
+        return failed if self.wall() - failed.failed_at < FAILED_HOLD_S else None
+
+    def forget_failure(self, file_id: FileId, failed: FailedUpload) -> None:
+        """A fresh upload of the id took a chunk: its old failure `failed` is no longer
+        news (a newer failure of the id is kept)."""
+        if self._failed.get(file_id) is failed:
+            del self._failed[file_id]
+
+    def prune_failures(self, *, ttl_s: float) -> int:
+        """Forget the failures older than `ttl_s`; return how many went."""
+        now = self.wall()
+        expired = [fid for fid, f in self._failed.items() if now - f.failed_at > ttl_s]
+        for file_id in expired:
+            del self._failed[file_id]
+        return len(expired)
+
+    @property
+    def failures(self) -> int:
+        """Failed uploads remembered now."""
+        return len(self._failed)

@@ -33,7 +33,7 @@ from typing import Final, TypeVar, final
 
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
-from postoffice.core.connections import ConnectionLimits, ConnectionManager
+from postoffice.core.connections import ConnectionManager
 from postoffice.core.framing import FrameError
 from postoffice.core.http import (
     Response,
@@ -48,7 +48,11 @@ from postoffice.core.runtime import Supervisor, serve_until_stopped
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
-from postoffice.ingest.connections import AckConnection, DataConnection
+from postoffice.ingest.connections import (
+    MAX_SERVER_SUBSCRIPTIONS,
+    AckConnection,
+    DataConnection,
+)
 from postoffice.ingest.control import ControlConnection
 from postoffice.ingest.errors import IngestError, ShuttingDownError, UnknownFileError
 from postoffice.ingest.events import AckHub, EventHub
@@ -106,12 +110,9 @@ class IngestServer:
             config.published_path,
             fsync=config.fsync,
             resident_bytes=RESIDENT_CHUNK_BYTES if streams else 0,
+            max_payloads=config.max_uploads,
         )
-        limits = ConnectionLimits(
-            max_connections=config.max_connections,
-            idle_timeout_s=config.idle_timeout_s,
-            max_request_bytes=self.max_frame_payload,
-        )
+        limits = config.connection_limits(self.max_frame_payload)
         self.data_manager = ConnectionManager(limits, clock=clock)
         self.sys_manager = ConnectionManager(
             dataclasses.replace(limits, idle_timeout_s=0), clock=clock
@@ -119,7 +120,7 @@ class IngestServer:
         self.pool = WorkerPool(config.io_threads, name="ingest-io")
         self.stats = IngestStats()
         self.events = EventHub()
-        self.acks = AckHub()
+        self.acks = AckHub(limit=MAX_SERVER_SUBSCRIPTIONS)
         self.reports = Reports(stats=self.stats, events=self.events, acks=self.acks)
         self.assembler = Assemblies(
             config=config, store=self.store, pool=self.pool, reports=self.reports
@@ -271,6 +272,13 @@ class IngestServer:
         """Use `ttl_s` from the next cleanup pass on; raises ConfigError when out of range."""
         self.config = dataclasses.replace(self.config, ttl_s=ttl_s)
         self.events.emit("ttl_changed", ttl_s=ttl_s)
+
+    def set_max_uploads(self, max_uploads: int) -> None:
+        """Refuse chunks that would start an upload past `max_uploads` from now on (those
+        in progress go on); raises ConfigError when out of range."""
+        self.config = dataclasses.replace(self.config, max_uploads=max_uploads)
+        self.store.max_payloads = max_uploads
+        self.events.emit("max_uploads_changed", max_uploads=max_uploads)
 
     def set_output_limits(
         self, *, max_output_bytes: int | None = None, max_output_ratio: int | None = None
@@ -450,6 +458,10 @@ class IngestServer:
                 busy=busy,
             )
         )
+        # Failure records are in memory only: forgotten on the loop, with the same TTL.
+        forgotten = self.reports.prune_failures(ttl_s=config.ttl_s)
+        if forgotten:
+            report = dataclasses.replace(report, expired_failures=forgotten)
         self.stats.cleanup_removed += report.total
         if report.total or report.errors:
             self.events.emit(
@@ -458,6 +470,7 @@ class IngestServer:
                 expired_files=list(report.expired_files),
                 expired_records=report.expired_records,
                 stray_files=list(report.stray_files),
+                expired_failures=report.expired_failures,
                 errors=list(report.errors),
             )
             log.info("cleanup removed=%d errors=%d", report.total, len(report.errors))
@@ -499,6 +512,7 @@ class IngestServer:
             "uploads_in_progress": len(self.store.payloads()),
             "assembling": len(self.busy),
             "data_ports": len(self._data_listeners),
+            "failed_uploads": self.reports.failures,
             "ack_subscriptions": self.acks.subscriptions,
             "event_streams": self.events.streams,
             "events": self.events.emitted,

@@ -277,7 +277,14 @@ class SingleReports(Protocol):
     ) -> None: ...
 
     def assembly_failed(
-        self, file_id: FileId, *, name: str, total: int, size: int, error: AssemblyError
+        self,
+        file_id: FileId,
+        *,
+        name: str,
+        total: int,
+        size: int,
+        payload_digest: bytes | None,
+        error: AssemblyError,
     ) -> None: ...
 
     def publish_failed(self, file_id: FileId, error: BaseException) -> None: ...
@@ -471,7 +478,12 @@ class SinglePublishes:
             return outcome
         if isinstance(outcome, AssemblyError):
             reports.assembly_failed(
-                file_id, name=chunk.name, total=chunk.total, size=chunk.size, error=outcome
+                file_id,
+                name=chunk.name,
+                total=chunk.total,
+                size=chunk.size,
+                payload_digest=chunk.payload_digest,
+                error=outcome,
             )
             raise outcome
         if isinstance(outcome, IngestError) and not isinstance(outcome, IngestStorageError):

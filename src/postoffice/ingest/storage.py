@@ -57,6 +57,7 @@ from postoffice.ingest.errors import (
     IngestProtocolError,
     IngestStorageError,
     OutOfRangeError,
+    TooManyUploadsError,
     UnknownFileError,
 )
 from postoffice.ingest.messages import (
@@ -117,8 +118,12 @@ class ChunkStore:
         *,
         fsync: bool = True,
         resident_bytes: int = 0,
+        max_payloads: int = 0,
     ) -> None:
         self.patches_dir = Path(patches_dir)
+        #: Payloads in progress at once (0: no limit); a chunk that would start another is
+        #: refused. Read under `_lock`, so it may be changed at any time.
+        self.max_payloads = max_payloads
         self.published_dir = Path(published_dir)
         self.fsync = fsync
         self.resident_limit = resident_bytes
@@ -217,7 +222,8 @@ class ChunkStore:
         payload digest: one file id has one content. Raises OutOfRangeError (index >=
         total, total of 0 or over MAX_CHUNKS), BadNameError, ConflictError (the index is
         committed with other bytes; total, size, name or payload digest differ from the
-        payload's; the chunks would exceed `size`), IngestStorageError (the disk failed;
+        payload's; the chunks would exceed `size`), TooManyUploadsError (it would start a
+        payload past `max_payloads`), IngestStorageError (the disk failed;
         nothing is committed) and IngestProtocolError (a file id or digest of the wrong
         length).
         """
@@ -237,7 +243,7 @@ class ChunkStore:
             raise OutOfRangeError(f"payload size {size} is negative")
         check_name(name)
         while True:
-            payload = self._payload_for(file_id)
+            payload = self._payload_for(file_id, index)
             if payload is None:
                 return StoreResult(
                     committed=total, total=total, duplicate=True, complete=False, published=True
@@ -349,7 +355,7 @@ class ChunkStore:
         if pending is not None:
             pending[1].set()
 
-    def _payload_for(self, file_id: FileId) -> Payload | None:
+    def _payload_for(self, file_id: FileId, index: int) -> Payload | None:
         with self._lock:
             if file_id in self._published:
                 return None
@@ -360,6 +366,14 @@ class ChunkStore:
                 )
             payload = self._payloads.get(file_id)
             if payload is None:
+                # Placeholders of first chunks being checked count too, so threads racing
+                # to start uploads cannot pass the limit together.
+                limit = self.max_payloads
+                if limit and len(self._payloads) >= limit:
+                    raise TooManyUploadsError(
+                        f"chunk {index} of {file_id_hex(file_id)} would start an upload: "
+                        f"{len(self._payloads)} uploads in progress, limit {limit}"
+                    )
                 payload = Payload(file_id, self.patches_dir / file_id_hex(file_id))
                 self._payloads[file_id] = payload
             return payload

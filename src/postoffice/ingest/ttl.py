@@ -62,15 +62,18 @@ class CleanupReport:
     expired_records: int = 0
     stray_files: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    expired_failures: int = 0  # failed uploads forgotten (the server's, not the pass's)
 
     @property
     def total(self) -> int:
-        """How many things were removed: uploads, files, records and stray files."""
+        """How many things were removed: uploads, files, records, stray files and
+        failures."""
         return (
             len(self.expired_uploads)
             + len(self.expired_files)
             + self.expired_records
             + len(self.stray_files)
+            + self.expired_failures
         )
 
 
