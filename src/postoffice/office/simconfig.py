@@ -175,8 +175,17 @@ def _read_ini(path: Path) -> dict[str, tuple[str, str]]:
         raise OfficeConfigError(
             f"duplicate section [{exc.section}] in {path} (line {exc.lineno})"
         ) from exc
+    except configparser.MissingSectionHeaderError as exc:
+        raise OfficeConfigError(
+            f"config file {path} line {exc.lineno}: {exc.line.strip()!r} is outside any section"
+        ) from exc
+    except configparser.ParsingError as exc:
+        source = text.splitlines()
+        lines = "; ".join(f"line {n}: {source[n - 1].strip()!r}" for n, _ in exc.errors)
+        raise OfficeConfigError(f"config file {path} is not valid INI: {lines}") from exc
     except configparser.Error as exc:
-        raise OfficeConfigError(f"config file {path} is not valid INI: {exc}") from exc
+        flat = " ".join(str(exc).split())
+        raise OfficeConfigError(f"config file {path} is not valid INI: {flat}") from exc
     by_section = {k.name: k.section for k in KEYS}
     found: dict[str, tuple[str, str]] = {}
     for section in parser.sections():
