@@ -53,6 +53,7 @@ def _add_services() -> None:
     from postoffice.command.cli import command
     from postoffice.ingest.cli import ingest
     from postoffice.office.cli import up
+    from postoffice.office.sim_cli import office
     from postoffice.store.cli import store
 
     main.add_command(_bus_group())
@@ -60,6 +61,7 @@ def _add_services() -> None:
     main.add_command(ingest)
     main.add_command(store)
     main.add_command(up)
+    main.add_command(office)
 
 
 _add_services()

@@ -1,4 +1,5 @@
-"""The office: the director behind `postoffice up` (and, later, the simulation and dashboard)."""
+"""The office: the director behind `postoffice up`, and the simulation (`postoffice office`:
+rules.py, engine.py, tally.py ...; its modules are used by the CLI, not through this API)."""
 
 from __future__ import annotations
 

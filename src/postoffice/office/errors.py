@@ -1,8 +1,9 @@
-"""Errors of the director: it cannot run, or a service it runs would not start."""
+"""Errors of the office: the director cannot run or a service would not start; a
+simulation config is bad, a run breaks an invariant, or its event log is unreadable."""
 
 from __future__ import annotations
 
-from postoffice.core.errors import BrokenError, PostOfficeError
+from postoffice.core.errors import BrokenError, ConfigError, PostOfficeError, StorageError
 
 
 class DirectorError(PostOfficeError):
@@ -19,3 +20,17 @@ class ServiceFailedError(ServiceStartError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OfficeConfigError(ConfigError):
+    """A simulation config is missing, unreadable, or has a bad key or value; the message
+    names the key."""
+
+
+class InvariantError(PostOfficeError):
+    """The simulation broke one of its own rules (tickets issued != served + not served +
+    in progress, say): the run ends with cause error."""
+
+
+class EventLogError(StorageError):
+    """A run's event log is missing, damaged, or holds what no run wrote."""
