@@ -41,6 +41,9 @@ from postoffice.ingest.published import PublishedRecords
 from postoffice.ingest.reports import FAILED_HOLD_S, IngestStats, Reports, published_message
 from postoffice.ingest.server import IngestServer
 
+#: A real IngestServer in this process: its I/O threads and disk, waited for by polling.
+pytestmark = pytest.mark.integration
+
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, **settings: Any) -> AsyncIterator[IngestServer]:
