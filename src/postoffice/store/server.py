@@ -479,8 +479,15 @@ class StoreServer:
                     ticket = store.batch_nowait([_op(op) for op in ops])
                     return (ticket if durable else 0), _OK, b""
                 case ScanRequest(prefix=prefix, start=start, end=end, limit=limit):
-                    items = store.scan(prefix=prefix, start=start, end=end, limit=limit + 1)
-                    return _scan_page(items, limit, self.config.max_scan_page_bytes)
+                    items, more = store.scan_page(
+                        prefix=prefix,
+                        start=start,
+                        end=end,
+                        limit=limit,
+                        max_bytes=min(self.config.max_scan_page_bytes, _SCAN_BODY_ROOM),
+                        item_bytes=_SCAN_ITEM_HEAD,
+                    )
+                    return _scan_page(items, more)
                 case PingRequest():
                     return 0, _OK, b""
                 case StatsRequest():
@@ -539,28 +546,20 @@ def _refusal(exc: PostOfficeError) -> tuple[Status, bytes]:
     return Status.STORAGE, str(exc).encode()
 
 
-def _scan_page(items: list[tuple[bytes, bytes]], limit: int, budget: int) -> _Outcome:
-    """A SCAN reply of up to `limit` of `items` (one more was asked for, to know whether
-    there are more), cut short (more = 1) before its items pass `budget` bytes (the
-    first item always goes, if it fits one frame)."""
-    budget = min(budget, _SCAN_BODY_ROOM)
-    used = 0
-    count = 0
-    for key, value in items[:limit]:
-        used += _SCAN_ITEM_HEAD + len(key) + len(value)
-        if used > (budget if count else _SCAN_BODY_ROOM):
-            break
-        count += 1
-    if count == 0 and items:
+def _scan_page(items: list[tuple[bytes, bytes]], more: bool) -> _Outcome:
+    """A SCAN reply of `items`, a page the engine already cut to the page budget (its first
+    item whatever its size: TOO_LARGE if that one does not fit a response frame)."""
+    if len(items) == 1:
         key, value = items[0]
-        return (
-            0,
-            Status.TOO_LARGE,
-            (
-                f"scan item {key[:64]!r} of {len(value)} bytes does not fit one response frame"
-            ).encode(),
-        )
-    return 0, _OK, encode_scan_body(items[:count], len(items) > count)
+        if _SCAN_ITEM_HEAD + len(key) + len(value) > _SCAN_BODY_ROOM:
+            return (
+                0,
+                Status.TOO_LARGE,
+                (
+                    f"scan item {key[:64]!r} of {len(value)} bytes does not fit one response frame"
+                ).encode(),
+            )
+    return 0, _OK, encode_scan_body(items, more)
 
 
 def _op(op: PutRequest | DeleteRequest) -> BatchOp:
