@@ -457,7 +457,11 @@ class StoreServer:
         self.addresses["store"] = bound_address(server)
         if config.metrics_port is not None:
             http = await serve_metrics(
-                self.registry, lambda: self._ready, host=config.host, port=config.metrics_port
+                self.registry,
+                lambda: self._ready,
+                host=config.host,
+                port=config.metrics_port,
+                limits=config.http_limits(),
             )
             self._listeners.append(http)
             self.addresses["metrics"] = bound_address(http)
