@@ -45,16 +45,38 @@ MAX_HEAD_BYTES: Final = 16 * 1024
 #: Pending connections the kernel queues for us: a scrape storm must not see resets.
 LISTEN_BACKLOG: Final = 1024
 
-#: The HTTP ports' limits: probes and scrapers need a handful of connections, each
-#: sends its request head at once, and a keep-alive scraper comes back within a minute.
-HTTP_LIMITS: Final = ConnectionLimits(
-    max_connections=512,
-    idle_timeout_s=60.0,
-    request_timeout_s=10.0,
-    output_hard_limit_bytes=0,
-    output_soft_limit_bytes=0,
-    max_partial_bytes=0,
-)
+#: The HTTP ports' default limits: probes and scrapers need a handful of connections,
+#: each sends its request head at once, and a keep-alive scraper comes back within a
+#: minute (nginx: worker_connections, keepalive_timeout, client_header_timeout).
+HTTP_MAX_CONNECTIONS: Final = 512
+HTTP_IDLE_TIMEOUT_S: Final = 60.0
+HTTP_REQUEST_TIMEOUT_S: Final = 10.0
+
+
+def http_limits(
+    *,
+    max_connections: int = HTTP_MAX_CONNECTIONS,
+    idle_timeout_s: float = HTTP_IDLE_TIMEOUT_S,
+    request_timeout_s: float = HTTP_REQUEST_TIMEOUT_S,
+) -> ConnectionLimits:
+    """The limits of an HTTP port, for `serve_http`'s and `serve_metrics`'s `limits`.
+
+    The hook a server's config uses to make them settings (the store's `--http-*` flags).
+    A timeout of 0 turns it off. The output and partial-request limits stay off: a
+    response is small or a stream, and a head is capped at MAX_HEAD_BYTES. Raises
+    ConfigError naming the value out of range.
+    """
+    return ConnectionLimits(
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
+        request_timeout_s=request_timeout_s,
+        output_hard_limit_bytes=0,
+        output_soft_limit_bytes=0,
+        max_partial_bytes=0,
+    )
+
+
+HTTP_LIMITS: Final = http_limits()
 
 #: What a connection over the limit or past the request deadline gets before the close:
 #: written raw, since h11 answers only a request it has read.

@@ -15,6 +15,12 @@ from postoffice.core.config import (
 )
 from postoffice.core.connections import ConnectionLimits
 from postoffice.core.framing import MAX_PAYLOAD_BYTES
+from postoffice.core.http import (
+    HTTP_IDLE_TIMEOUT_S,
+    HTTP_MAX_CONNECTIONS,
+    HTTP_REQUEST_TIMEOUT_S,
+    http_limits,
+)
 from postoffice.store.engine import DEFAULT_DURABILITY, Durability
 
 _MIB: Final = 1024 * 1024
@@ -26,10 +32,10 @@ class StoreConfig:
 
     The store lives in `<data_dir>/store`. `idle_timeout_s` of 0 disables the idle
     timeout; `metrics_port` of None disables HTTP metrics. The limits on what one client
-    may cost (output, request deadline, partial requests, SCAN page) are explained in
-    docs/security.md; 0 turns any of them off. A field declared with
-    `setting()` has a flag of `store serve`, its help, default and range made from the
-    declaration. Raises ConfigError naming the bad field.
+    may cost (output, request deadline, partial requests, SCAN page, the metrics port's
+    connections and timeouts) are explained in docs/security.md; 0 turns any of them
+    off. A field declared with `setting()` has a flag of `store serve`, its help, default
+    and range made from the declaration. Raises ConfigError naming the bad field.
     """
 
     host: str = setting("127.0.0.1", help="Address to listen on.")
@@ -115,6 +121,27 @@ class StoreConfig:
         low=1024,
         high=MAX_PAYLOAD_BYTES,
     )
+    http_max_connections: int = setting(
+        HTTP_MAX_CONNECTIONS,
+        help="Connections the metrics port serves at once; one more gets 503 and is closed.",
+        low=1,
+        high=100_000,
+    )
+    http_idle_timeout_s: float = setting(
+        HTTP_IDLE_TIMEOUT_S,
+        help="Close a metrics-port connection with no request for this many seconds (0: never).",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
+    http_request_timeout_s: float = setting(
+        HTTP_REQUEST_TIMEOUT_S,
+        help="A metrics-port request head must arrive whole this many seconds after its "
+        "first byte, else 408 and closed (0: no limit).",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
     max_in_flight: int = 1024  # replies owed per connection before it stops reading
     io_threads: int = 8
     shutdown_timeout_s: float = 10.0
@@ -125,6 +152,7 @@ class StoreConfig:
         check_range("io_threads", self.io_threads, 1, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
         self.connection_limits()  # the output limits are 0 or at least 256 KiB
+        self.http_limits()
 
     def connection_limits(self) -> ConnectionLimits:
         """What the connection layer keeps for each client. Raises ConfigError."""
@@ -137,6 +165,14 @@ class StoreConfig:
             output_soft_limit_s=self.output_soft_limit_s,
             request_timeout_s=self.request_timeout_s,
             max_partial_bytes=self.max_partial_bytes,
+        )
+
+    def http_limits(self) -> ConnectionLimits:
+        """What the metrics port keeps for each client. Raises ConfigError."""
+        return http_limits(
+            max_connections=self.http_max_connections,
+            idle_timeout_s=self.http_idle_timeout_s,
+            request_timeout_s=self.http_request_timeout_s,
         )
 
     @property

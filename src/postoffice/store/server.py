@@ -72,6 +72,14 @@ from postoffice.store.wire import (
 # WRITE_HIGH_WATER_BYTES, so a read full of GETs of large values stops at the first write
 # the peer does not take, instead of building every reply first. What a client that
 # still does not read may hold is then the core's output limits' business.
+# A read (GET, SCAN) behind a durable write of its connection still waiting for its fsync
+# must not show that write unless it succeeds. It is computed at once, as if the write
+# will succeed (nearly always true, and then its reply is already made), and owed with
+# what it asked (`redo`); nothing that writes runs behind it until it is sent, so the
+# connection's own writes never change what it should see. If a write before it fails,
+# its fsync rolls back every write not yet durable, and the read is computed again when
+# its turn comes: it then shows the store without them. Reads and other requests behind
+# it go on, so a pipeline of reads behind a write still costs one fsync.
 # A broken frame loses framing: its error reply goes out after the replies owed before
 # it, then the connection closes. A bad request inside a good frame gets an error reply
 # and the connection goes on.
@@ -81,9 +89,12 @@ log = logging.getLogger(__name__)
 # What a request comes to: the ticket of a durable write to wait for (0: none), a status
 # and the reply body.
 _Outcome = tuple[int, Status, bytes]
+# A read to compute again if a write before it fails: its type, flags and payload.
+_Redo = tuple[int, int, bytes]
 # A reply owed behind a durable write: its ticket (0: not a write), request id, wire
-# bytes, and when its read began (for the latency histogram).
-_Owed = tuple[int, int, bytes, float]
+# bytes, when its read began (for the latency histogram), and for a read behind a write
+# not yet durable, what to compute again (else None).
+_Owed = tuple[int, int, bytes, float, _Redo | None]
 
 #: A SCAN page's items must fit one frame with the status byte and the page head, and
 #: each item costs its head plus its key and value.
@@ -94,6 +105,11 @@ _SCAN_ITEM_HEAD: Final = 6
 _OWED_HIGH_WATER_BYTES: Final = 1024 * 1024
 _GET: Final = int(RequestType.GET)
 _PUT: Final = int(RequestType.PUT)
+_SCAN: Final = int(RequestType.SCAN)
+#: Requests that read the store: one behind a write not yet durable may be recomputed.
+_READS: Final = frozenset({_GET, _SCAN})
+#: Requests that change the store: none runs behind a read still owed a recheck.
+_WRITES: Final = frozenset({_PUT, int(RequestType.DELETE), int(RequestType.BATCH)})
 _OK: Final = Status.OK
 _NOT_FOUND: Final = Status.NOT_FOUND
 _NO_SUCH_KEY: Final = b"no such key"
@@ -120,6 +136,12 @@ class StoreConnection(BaseProtocol):
         self._broken: FrameError | None = None
         #: A whole request was read or a reply sent since the last `batch_done`.
         self._progress = False
+        #: Reads in `owed` computed behind a write not yet durable (see the design note).
+        self._reads_owed = 0
+        #: A write owed here failed since `owed` was last empty: its reads are recomputed.
+        self._write_failed = False
+        #: `_serve` stopped at a write behind such a read: `synced` goes on with it.
+        self._held = False
 
     def reject(self, reason: str) -> None:
         self.write(encode_error(CONNECTION_REPLY_ID, Status.BUSY, reason))
@@ -160,6 +182,9 @@ class StoreConnection(BaseProtocol):
                 return None  # their replies could not go out: on_writable or synced goes on
             served, reserved = self._serve(batch)
             del batch[:served]
+            if self._held:
+                self.pause_reading()  # `synced` resumes once the reads before it are sent
+                return None
             if reserved:
                 batch.clear()
                 self._broken = None
@@ -186,7 +211,8 @@ class StoreConnection(BaseProtocol):
         Returns how many of `batch` were executed, and whether it stopped at a request
         carrying the reserved id 0 (that one and those after it are not served: the
         connection is to be refused). It stops early, leaving the rest for later, when a
-        write of its replies blocks or the replies owed pass _OWED_HIGH_WATER_BYTES.
+        write of its replies blocks, the replies owed pass _OWED_HIGH_WATER_BYTES, or a
+        write comes behind a read owed behind a write not yet durable (`_held`).
         """
         server = self.server
         store = server.store
@@ -201,9 +227,13 @@ class StoreConnection(BaseProtocol):
         newest = 0  # the last durable write's ticket
         began = time.monotonic()
         reserved = False
+        self._held = False
         for type_, flags, request_id, payload in batch:
             if not request_id:
                 reserved = True
+                break
+            if self._reads_owed and type_ in _WRITES:
+                self._held = True
                 break
             served += 1
             counts[type_] += 1
@@ -252,11 +282,15 @@ class StoreConnection(BaseProtocol):
                 ticket, status, body = server.run(type_, flags, payload)
                 wire = encode_response(request_id, status, body)
             if ticket:
-                owed.owe((ticket, request_id, wire, began), ticket=ticket)
+                owed.owe((ticket, request_id, wire, began, None), ticket=ticket)
                 newest = ticket
                 self._owed_bytes += len(wire)
             elif owed:
-                owed.owe((0, request_id, wire, began))
+                redo: _Redo | None = None
+                if type_ in _READS and owed.waiting_for_sync:
+                    redo = (type_, flags, payload)
+                    self._reads_owed += 1
+                owed.owe((0, request_id, wire, began, redo))
                 self._owed_bytes += len(wire)
             else:
                 out.append(wire)
@@ -296,7 +330,7 @@ class StoreConnection(BaseProtocol):
         wire = encode_response(request_id, status, message.encode())
         self.close_when_done(message)
         if self.owed:
-            self.owed.owe((0, request_id, wire, time.monotonic()))
+            self.owed.owe((0, request_id, wire, time.monotonic(), None))
             self._owed_bytes += len(wire)
             return None
         self.write(wire)
@@ -307,8 +341,7 @@ class StoreConnection(BaseProtocol):
         fsync failed with `error`); return whether a later write is still owed."""
         owed = self.owed
         if self.transport is None:
-            owed.clear()
-            self._owed_bytes = 0
+            self.on_close()
             return False
         stats = self.server.stats
         owed.synced(covered)
@@ -319,19 +352,26 @@ class StoreConnection(BaseProtocol):
             now = time.monotonic()
             out: list[bytes] = []
             observe = stats.latency.observe
-            for ticket, request_id, wire, began in ready:
+            for ticket, request_id, wire, began, redo in ready:
                 self._owed_bytes -= len(wire)
                 if ticket and failure is not None:
                     stats.errors += 1
                     wire = encode_response(request_id, *failure)
+                    self._write_failed = True
+                elif redo is not None:
+                    self._reads_owed -= 1
+                    if self._write_failed:  # it may have seen a write now undone
+                        wire = encode_response(request_id, *self.server.run(*redo)[1:])
                 out.append(wire)
                 observe(now - began)
             self._progress = True
             self.write(out[0] if len(out) == 1 else b"".join(out))
         if owed:
-            if len(owed) < self.server.config.max_in_flight:
+            if len(owed) < self.server.config.max_in_flight and not self._held:
                 self.resume_reading()
             return True
+        self._write_failed = False
+        self._held = False
         self.resume_reading()
         # What was read meanwhile runs now; nothing new once the connection is to close.
         held = self._batch or self._broken or self.frames.buffered_bytes
@@ -354,6 +394,9 @@ class StoreConnection(BaseProtocol):
         self.owed.clear()
         self._owed_bytes = 0
         self._batch.clear()
+        self._reads_owed = 0
+        self._write_failed = False
+        self._held = False
 
 
 @final
@@ -414,7 +457,11 @@ class StoreServer:
         self.addresses["store"] = bound_address(server)
         if config.metrics_port is not None:
             http = await serve_metrics(
-                self.registry, lambda: self._ready, host=config.host, port=config.metrics_port
+                self.registry,
+                lambda: self._ready,
+                host=config.host,
+                port=config.metrics_port,
+                limits=config.http_limits(),
             )
             self._listeners.append(http)
             self.addresses["metrics"] = bound_address(http)
@@ -479,8 +526,15 @@ class StoreServer:
                     ticket = store.batch_nowait([_op(op) for op in ops])
                     return (ticket if durable else 0), _OK, b""
                 case ScanRequest(prefix=prefix, start=start, end=end, limit=limit):
-                    items = store.scan(prefix=prefix, start=start, end=end, limit=limit + 1)
-                    return _scan_page(items, limit, self.config.max_scan_page_bytes)
+                    items, more = store.scan_page(
+                        prefix=prefix,
+                        start=start,
+                        end=end,
+                        limit=limit,
+                        max_bytes=min(self.config.max_scan_page_bytes, _SCAN_BODY_ROOM),
+                        item_bytes=_SCAN_ITEM_HEAD,
+                    )
+                    return _scan_page(items, more)
                 case PingRequest():
                     return 0, _OK, b""
                 case StatsRequest():
@@ -539,28 +593,20 @@ def _refusal(exc: PostOfficeError) -> tuple[Status, bytes]:
     return Status.STORAGE, str(exc).encode()
 
 
-def _scan_page(items: list[tuple[bytes, bytes]], limit: int, budget: int) -> _Outcome:
-    """A SCAN reply of up to `limit` of `items` (one more was asked for, to know whether
-    there are more), cut short (more = 1) before its items pass `budget` bytes (the
-    first item always goes, if it fits one frame)."""
-    budget = min(budget, _SCAN_BODY_ROOM)
-    used = 0
-    count = 0
-    for key, value in items[:limit]:
-        used += _SCAN_ITEM_HEAD + len(key) + len(value)
-        if used > (budget if count else _SCAN_BODY_ROOM):
-            break
-        count += 1
-    if count == 0 and items:
+def _scan_page(items: list[tuple[bytes, bytes]], more: bool) -> _Outcome:
+    """A SCAN reply of `items`, a page the engine already cut to the page budget (its first
+    item whatever its size: TOO_LARGE if that one does not fit a response frame)."""
+    if len(items) == 1:
         key, value = items[0]
-        return (
-            0,
-            Status.TOO_LARGE,
-            (
-                f"scan item {key[:64]!r} of {len(value)} bytes does not fit one response frame"
-            ).encode(),
-        )
-    return 0, _OK, encode_scan_body(items[:count], len(items) > count)
+        if _SCAN_ITEM_HEAD + len(key) + len(value) > _SCAN_BODY_ROOM:
+            return (
+                0,
+                Status.TOO_LARGE,
+                (
+                    f"scan item {key[:64]!r} of {len(value)} bytes does not fit one response frame"
+                ).encode(),
+            )
+    return 0, _OK, encode_scan_body(items, more)
 
 
 def _op(op: PutRequest | DeleteRequest) -> BatchOp:

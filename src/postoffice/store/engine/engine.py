@@ -36,7 +36,7 @@ from postoffice.core.errors import ConfigError, os_errors
 from postoffice.store.engine.compaction import Compaction
 from postoffice.store.engine.index import Index, Location, Meta
 from postoffice.store.engine.logstore import Durability, LogStore
-from postoffice.store.engine.records import FLAG_BATCH, Kind, count_value
+from postoffice.store.engine.records import FLAG_BATCH, HEADER_BYTES, Kind, count_value
 from postoffice.store.engine.recovery import RecoveryReport, lock_dir, recover
 from postoffice.store.errors import (
     KeySizeError,
@@ -651,6 +651,41 @@ class Store(Compaction):
             found = self._index.scan(lo, end, pre, limit)
             read = self._log.read_value
             return [(key, read(loc[0], loc[1], loc[2], loc[3], key)) for key, loc in found]
+
+    def scan_page(
+        self,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 100,
+        *,
+        max_bytes: int,
+        item_bytes: int = 0,
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """`scan` that reads no more than the page it returns, and whether more follow.
+
+        The page stops before its items would pass `max_bytes`, each counted as its key,
+        its value and `item_bytes` (a reply's per-item head). The size of a value is known
+        from the index before it is read, so values past the budget are never read. The
+        first item is returned whatever its size, so a caller paging on always gets on.
+        Raises LogCorruptError, StoreClosedError, StoreStorageError.
+        """
+        pre = prefix or b""
+        lo = max(pre, start or b"")
+        with self._lock:
+            self._check_open()
+            found = self._index.scan(lo, end, pre, limit + 1)  # one more: are there more?
+            read = self._log.read_value
+            page: list[tuple[bytes, bytes]] = []
+            used = 0
+            for key, loc in found[:limit]:
+                # A record is its header, its key and its value: its length gives the
+                # value's size (a damaged one is caught by the read, if it is reached).
+                used += item_bytes + len(key) + max(loc[2] - HEADER_BYTES - len(key), 0)
+                if page and used > max_bytes:
+                    break
+                page.append((key, read(loc[0], loc[1], loc[2], loc[3], key)))
+            return page, len(found) > len(page)
 
     def scan_keys(
         self,
