@@ -351,7 +351,7 @@ class Client:
                 mapped = _Mapped(
                     name=name, channel=channel, fds=channel_fds, triggers=Triggers(channel.ccb)
                 )
-                mapped.triggers.on_unknown = self._refresher(mapped)
+                mapped.triggers.on_waiters = self._refresher(mapped)
                 self._mapped[name] = mapped
                 if old is not None and old.channel.channel_id == grant.channel_id:
                     self._move(old, mapped)
