@@ -69,15 +69,19 @@ class Rig:
             triggers.set_publisher(user, fd)
         return triggers
 
-    def register_publisher(self, *, reliable: bool = False) -> int:
-        user = self.channel.add_publisher(reliable=reliable)
+    def register_publisher(self, *, reliable: bool = False, vchan: int = -1) -> int:
+        user = self.channel.add_publisher(reliable=reliable, vchan=vchan)
         if reliable:
             self.publisher_fds[user] = new_eventfd()
             self.triggers().set_publisher(user, self.publisher_fds[user])
         return user
 
-    def register_subscriber(self, *, reliable: bool = False, max_active: int = 1) -> int:
-        user = self.channel.add_subscriber(reliable=reliable, max_active_messages=max_active)
+    def register_subscriber(
+        self, *, reliable: bool = False, max_active: int = 1, vchan: int = -1
+    ) -> int:
+        user = self.channel.add_subscriber(
+            reliable=reliable, max_active_messages=max_active, vchan=vchan
+        )
         self.subscriber_fds[user] = new_eventfd()
         self.triggers().set_subscriber(user, self.subscriber_fds[user])
         return user
@@ -109,8 +113,8 @@ class Rig:
         self.users.append(subscriber)
         return subscriber
 
-    def publisher(self, *, reliable: bool = False) -> Publisher:
-        return self.publisher_for(self.register_publisher(reliable=reliable))
+    def publisher(self, *, reliable: bool = False, vchan: int = -1) -> Publisher:
+        return self.publisher_for(self.register_publisher(reliable=reliable, vchan=vchan))
 
     def subscriber(
         self,
@@ -118,8 +122,9 @@ class Rig:
         reliable: bool = False,
         max_active: int = 1,
         on_drop: Callable[[int], None] | None = None,
+        vchan: int = -1,
     ) -> Subscriber:
-        user = self.register_subscriber(reliable=reliable, max_active=max_active)
+        user = self.register_subscriber(reliable=reliable, max_active=max_active, vchan=vchan)
         return self.subscriber_for(user, on_drop=on_drop)
 
     def reopen(self) -> Channel:

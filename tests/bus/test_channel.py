@@ -499,3 +499,22 @@ def test_bad_channel_specs_are_refused(fields: dict[str, object], message: str) 
     settings.update(fields)
     with pytest.raises(BusConfigError, match=message):
         ChannelSpec(**settings)  # type: ignore[arg-type]
+
+
+def test_a_polled_reliable_publisher_never_takes_a_slot_a_second_subscriber_owes(
+    make_rig: MakeRig,
+) -> None:
+    """The look after arming the wait bit counts every reliable subscriber, not the
+    first alone."""
+    rig = make_rig(num_slots=2)
+    publisher = rig.publisher(reliable=True)
+    first = rig.subscriber(reliable=True)
+    rig.subscriber(reliable=True)  # reads nothing
+    publisher.fileno()
+    for _ in range(2):
+        assert publisher.publish_bytes(b"m") is not None
+    for _ in range(2):
+        message = first.read()
+        assert message is not None
+        message.release()
+    assert publisher.get_buffer(1) is None

@@ -97,7 +97,7 @@ def test_ccb_header_round_trips() -> None:
         ({"name": "a\0b"}, r"^channel name 'a\\x00b' holds a NUL byte$"),
         ({"type": "t" * 65}, r"^channel type is 65 bytes, the limit is 64$"),
         ({"num_slots": 0}, r"^num_slots 0 outside 1\.\.65536$"),
-        ({"flags": 16}, r"^unknown channel flags 0x10$"),
+        ({"flags": 32}, r"^unknown channel flags 0x20$"),
     ],
 )
 def test_bad_headers_are_refused(changes: dict[str, object], message: str) -> None:
@@ -111,7 +111,7 @@ def test_a_block_that_is_not_a_ccb_is_refused() -> None:
     with pytest.raises(BusLayoutError, match=r"^not a ccb: magic 0x0000000000000000$"):
         memory.CcbHeader.unpack(bytes(len(good)), size)
     wrong_version = good[:8] + (9).to_bytes(4, "little") + good[12:]
-    with pytest.raises(BusLayoutError, match=r"^ccb version 9, expected 2$"):
+    with pytest.raises(BusLayoutError, match=r"^ccb version 9, expected 3$"):
         memory.CcbHeader.unpack(wrong_version, size)
     with pytest.raises(BusLayoutError, match=r"^ccb of 16 slots says \d+ bytes, the file has"):
         memory.CcbHeader.unpack(good, size - 64)

@@ -53,6 +53,16 @@ REQUESTS: list[tuple[int, bytes, wire.Request]] = [
         b"\x04chat\x00" + struct.pack(">IIHI", 0, 0, 0x0001, 3),
         wire.CreateSubscriberRequest(channel="chat", reliable=True, max_active=3),
     ),
+    (
+        0x02,
+        b"\x01v\x00" + struct.pack(">IIHH", 0, 0, 0x0018, 8) + b"\x03mux",
+        wire.CreatePublisherRequest(channel="v", metadata_bytes=8, mux="mux"),
+    ),
+    (
+        0x03,
+        b"\x01v\x00" + struct.pack(">IIHI", 0, 0, 0x0011, 1) + b"\x03mux",
+        wire.CreateSubscriberRequest(channel="v", reliable=True, mux="mux"),
+    ),
     (0x04, b"\x04chat\x05", wire.RemovePublisherRequest(channel="chat", user_id=5)),
     (0x05, b"\x04chat\x3f", wire.RemoveSubscriberRequest(channel="chat", user_id=63)),
     (0x09, b"\x04chat\x02", wire.ReopenSubscriberRequest(channel="chat", user_id=2)),
@@ -147,6 +157,27 @@ REPLIES: list[tuple[int, bytes, wire.Reply]] = [
         ),
     ),
     (
+        0x86,
+        b"\x00\x01\x01v\x00" + struct.pack(">HIIHBBBB", 5, 8, 64, 0x20, 1, 0, 0, 0) + b"\x01m",
+        wire.ChannelInfoReply(
+            channels=(
+                wire.ChannelInfo(
+                    name="v",
+                    type="",
+                    channel_id=5,
+                    num_slots=8,
+                    slot_size=64,
+                    flags=wire.CHANNEL_VIRTUAL,
+                    publishers=1,
+                    reliable_publishers=0,
+                    subscribers=0,
+                    reliable_subscribers=0,
+                    mux="m",
+                ),
+            )
+        ),
+    ),
+    (
         0x87,
         b"\x00\x01\x01a" + struct.pack(">HQQQQQIIBB", 5, 10, 100, 20, 1, 11, 2, 128, 1, 3),
         wire.ChannelStatsReply(
@@ -196,6 +227,16 @@ BAD_REQUESTS: list[tuple[int, bytes, str]] = [
         0x02,
         b"\x01c\x00" + struct.pack(">IIH", 0, 0, 0x8000),
         r"^publisher options 0x8000 set reserved bits$",
+    ),
+    (
+        0x02,
+        b"\x01c\x00" + struct.pack(">IIH", 0, 0, 0x0010) + b"\x00",
+        r"^mux name is empty$",
+    ),
+    (
+        0x03,
+        b"\x01c\x00" + struct.pack(">IIHI", 0, 0, 0x0010, 1),
+        r"^CREATE_SUBSCRIBER payload of 17 bytes ends inside mux name length$",
     ),
     (
         0x02,

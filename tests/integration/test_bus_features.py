@@ -3,6 +3,7 @@ metadata and checksums."""
 
 from __future__ import annotations
 
+import select
 import shutil
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -206,3 +207,34 @@ def test_a_placeholder_in_the_same_client_moves_its_subscriber_at_once(bus: Bus)
         message.release()
         # The server's 8 files and this channel's three: the placeholder's are gone.
         assert len(bus.files()) == 8 + 3
+
+
+# -- wake-ups after a user id is reused --------------------------------------------------
+
+
+def test_a_reused_publisher_id_is_woken_through_its_own_eventfd(bus: Bus) -> None:
+    """A subscriber that once woke publisher 0 must not wake a later publisher 0 (the id
+    reused) through the first one's eventfd."""
+    with bus.client("reader") as reader, bus.client("one") as one, bus.client("two") as two:
+        subscriber = reader.create_subscriber("reuse", reliable=True, num_slots=2)
+        first = one.create_publisher("reuse", reliable=True, num_slots=2)
+        first.fileno()
+        for _ in range(2):
+            assert first.publish_bytes(b"m") is not None
+        assert first.get_buffer(1) is None  # full: its waiting bit is armed
+        for _ in range(2):
+            message = subscriber.read()
+            assert message is not None
+            message.release()  # wakes publisher 0 (learning its eventfd)
+        assert select.select([first.fileno()], [], [], WAIT_S)[0]
+        one.remove_publisher(first)
+        second = two.create_publisher("reuse", reliable=True, num_slots=2)
+        assert second.publisher_id == first.publisher_id
+        second.fileno()
+        for _ in range(2):
+            assert second.publish_bytes(b"n") is not None
+        assert second.get_buffer(1) is None
+        message = subscriber.read()
+        assert message is not None
+        message.release()
+        assert select.select([second.fileno()], [], [], WAIT_S)[0], "publisher 0 not woken"

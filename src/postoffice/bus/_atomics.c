@@ -17,6 +17,8 @@
 #define SLOT_HOLDERS 8
 #define SLOT_UNREAD 16
 #define SLOT_TIMESTAMP 32
+#define SLOT_BUFFER_VCHAN 40 /* buffer index u32, then vchan id i32: one word */
+#define SLOT_VCHAN_ORDINAL 48
 #define BUSY_BIT (UINT64_C(1) << 63)
 #define MAX_USERS 64
 
@@ -253,29 +255,67 @@ static PyObject *py_claim_slot(PyObject *self, PyObject *args) {
 
 typedef struct {
     Py_ssize_t slot;
-    uint64_t ordinal;
+    uint64_t ordinal; /* the reader's own: the vchan ordinal when it reads one vchan */
+    uint64_t seq;     /* the slot's seq (the channel's ordinal), what a hold checks */
 } found_t;
 
-/* The published message with the smallest ordinal above `last`, or slot -1. */
+/* Where a scan looks: every message (vchan < 0), or one vchan's. In vchan mode,
+ * `pending` is the publishers' pending vchan ordinals and `vchan_of` their vchans. */
+typedef struct {
+    int64_t vchan;
+    Py_ssize_t pending;
+    Py_ssize_t vchan_of;
+} view_t;
+
+/* The vchan and vchan ordinal of the message whose seq was seen as `seq`, read without
+ * a hold: the words are stored atomically before seq, and a second load of seq that
+ * still shows `seq` proves they were that message's (a publisher rewrites them only
+ * after its CAS made seq BUSY; ordinals are never reused). 0 if the slot moved on. */
+static int vchan_fields(char *base, Py_ssize_t line, uint64_t seq, int64_t *vchan,
+                        uint64_t *ordinal) {
+    uint64_t packed = load(base, line + SLOT_BUFFER_VCHAN);
+    uint64_t vord = load(base, line + SLOT_VCHAN_ORDINAL);
+    if (load(base, line + SLOT_SEQ) != seq) return 0;
+    *vchan = (int64_t)(int32_t)(uint32_t)(packed >> 32);
+    *ordinal = vord;
+    return 1;
+}
+
+/* The published message with the smallest (own) ordinal above `last`, or slot -1. */
 static found_t lowest_above(char *base, Py_ssize_t slots, Py_ssize_t num_slots,
-                            uint64_t last) {
-    found_t best = {-1, 0};
+                            const view_t *view, uint64_t last) {
+    found_t best = {-1, 0, 0};
     for (Py_ssize_t i = 0; i < num_slots; i++) {
-        uint64_t seq = load(base, slot_at(slots, i) + SLOT_SEQ);
-        if ((seq & BUSY_BIT) || seq <= last) continue;
-        if (best.slot < 0 || seq < best.ordinal) {
+        Py_ssize_t line = slot_at(slots, i);
+        uint64_t seq = load(base, line + SLOT_SEQ);
+        if ((seq & BUSY_BIT) || seq == 0) continue;
+        uint64_t ordinal = seq;
+        if (view->vchan >= 0) {
+            int64_t vchan;
+            if (!vchan_fields(base, line, seq, &vchan, &ordinal) || vchan != view->vchan) {
+                continue;
+            }
+        }
+        if (ordinal <= last) continue;
+        if (best.slot < 0 || ordinal < best.ordinal) {
             best.slot = i;
-            best.ordinal = seq;
+            best.ordinal = ordinal;
+            best.seq = seq;
         }
     }
     return best;
 }
 
-/* Whether some publisher is publishing an ordinal in (last, below). */
-static int in_flight(char *base, Py_ssize_t pending, uint64_t last, uint64_t below) {
+/* Whether some publisher (of the vchan, in vchan mode) is publishing an ordinal in
+ * (last, below). Its pending word is loaded before its vchan word, which it stored
+ * before it could publish, so a pending ordinal is never matched to a stale vchan. */
+static int in_flight(char *base, const view_t *view, uint64_t last, uint64_t below) {
     for (Py_ssize_t p = 0; p < MAX_USERS; p++) {
-        uint64_t ordinal = load(base, pending + p * 8);
-        if (ordinal > last && ordinal < below) return 1;
+        uint64_t ordinal = load(base, view->pending + p * 8);
+        if (ordinal <= last || ordinal >= below) continue;
+        if (view->vchan < 0 || load(base, view->vchan_of + p * 8) == (uint64_t)view->vchan) {
+            return 1;
+        }
     }
     return 0;
 }
@@ -285,25 +325,45 @@ static int in_flight(char *base, Py_ssize_t pending, uint64_t last, uint64_t bel
  * second scan shows nothing new in it (the argument is in docs/design/bus-memory.md,
  * "ordinals"); an ordinal still being published means SCAN_IN_FLIGHT: not yet. */
 static int next_message(char *base, Py_ssize_t slots, Py_ssize_t num_slots,
-                        Py_ssize_t pending, uint64_t last, uint64_t bit, int reliable,
+                        const view_t *view, uint64_t last, uint64_t bit, int reliable,
                         found_t *out) {
     /* A hold fails only when the slot was reused after the scan saw it, which is a
      * publisher's progress; bound the retries all the same. */
     for (Py_ssize_t attempt = 0; attempt <= num_slots; attempt++) {
-        found_t found = lowest_above(base, slots, num_slots, last);
+        found_t found = lowest_above(base, slots, num_slots, view, last);
         while (found.slot >= 0 && found.ordinal != last + 1) {
-            if (in_flight(base, pending, last, found.ordinal)) return SCAN_IN_FLIGHT;
-            found_t again = lowest_above(base, slots, num_slots, last);
+            if (in_flight(base, view, last, found.ordinal)) return SCAN_IN_FLIGHT;
+            found_t again = lowest_above(base, slots, num_slots, view, last);
             if (again.slot >= 0 && again.ordinal == found.ordinal) break;
             found = again;
         }
         if (found.slot < 0) return SCAN_NONE;
-        if (bit == 0 || hold(base, slot_at(slots, found.slot), found.ordinal, bit, reliable)) {
+        if (bit == 0 || hold(base, slot_at(slots, found.slot), found.seq, bit, reliable)) {
             *out = found;
             return SCAN_FOUND;
         }
     }
     return SCAN_NONE;
+}
+
+/* Check the vchan arguments and the arrays they name. */
+static int checked_view(PyObject *obj, view_t *view, int vchan, Py_ssize_t pending,
+                        Py_ssize_t vchan_of) {
+    Py_buffer buffer;
+    if (vchan < -1) {
+        PyErr_Format(PyExc_ValueError, "vchan %d is not -1 or a vchan id", vchan);
+        return -1;
+    }
+    view->vchan = vchan;
+    view->pending = pending;
+    view->vchan_of = vchan_of;
+    if (checked_buffer(obj, &buffer, pending, MAX_USERS * 8) < 0) return -1;
+    PyBuffer_Release(&buffer);
+    if (vchan >= 0) {
+        if (checked_buffer(obj, &buffer, vchan_of, MAX_USERS * 8) < 0) return -1;
+        PyBuffer_Release(&buffer);
+    }
+    return 0;
 }
 
 static int user_bit(int user, uint64_t *bit) {
@@ -315,42 +375,47 @@ static int user_bit(int user, uint64_t *bit) {
     return 0;
 }
 
-/* next_message(buffer, slots, num_slots, pending, last, subscriber, reliable)
- *   -> (status, slot, ordinal). subscriber -1 peeks without holding. */
+/* next_message(buffer, slots, num_slots, pending, last, subscriber, reliable
+ *              [, vchan, vchan_of]) -> (status, slot, ordinal). subscriber -1 peeks
+ * without holding. With a vchan id, only that vchan's messages count, `last` and the
+ * ordinal are vchan ordinals, `pending` is the pending vchan ordinals' array and
+ * `vchan_of` the publishers' vchans'. */
 static PyObject *py_next_message(PyObject *self, PyObject *args) {
     PyObject *obj;
-    Py_ssize_t slots, num_slots, pending;
+    Py_ssize_t slots, num_slots, pending, vchan_of = 0;
     unsigned long long last;
-    int user, reliable;
+    int user, reliable, vchan = -1;
     Py_buffer view;
+    view_t scope;
     uint64_t bit;
-    if (!PyArg_ParseTuple(args, "OnnnO&ip:next_message", &obj, &slots, &num_slots, &pending,
-                          u64_arg, &last, &user, &reliable)) {
+    if (!PyArg_ParseTuple(args, "OnnnO&ip|in:next_message", &obj, &slots, &num_slots,
+                          &pending, u64_arg, &last, &user, &reliable, &vchan, &vchan_of)) {
         return NULL;
     }
     if (user_bit(user, &bit) < 0) return NULL;
+    if (checked_view(obj, &scope, vchan, pending, vchan_of) < 0) return NULL;
     if (checked_slots(obj, &view, slots, num_slots) < 0) return NULL;
-    PyBuffer_Release(&view);
-    if (checked_buffer(obj, &view, pending, MAX_USERS * 8) < 0) return NULL;
-    found_t found = {-1, 0};
-    int status = next_message(view.buf, slots, num_slots, pending, (uint64_t)last, bit,
+    found_t found = {-1, 0, 0};
+    int status = next_message(view.buf, slots, num_slots, &scope, (uint64_t)last, bit,
                               reliable, &found);
     PyBuffer_Release(&view);
     return Py_BuildValue("(inK)", status, found.slot, (unsigned long long)found.ordinal);
 }
 
-/* collect(buffer, slots, num_slots, pending, last, subscriber, reliable, max_count)
- *   -> (status, [(slot, ordinal), ...]): up to max_count messages after `last`, each
- * held, in ordinal order; status says why the batch ended (as next_message's). */
+/* collect(buffer, slots, num_slots, pending, last, subscriber, reliable, max_count
+ *         [, vchan, vchan_of]) -> (status, [(slot, ordinal), ...]): up to max_count
+ * messages after `last`, each held, in ordinal order; status says why the batch ended
+ * (as next_message's, whose vchan arguments these are). */
 static PyObject *py_collect(PyObject *self, PyObject *args) {
     PyObject *obj;
-    Py_ssize_t slots, num_slots, pending, max_count;
+    Py_ssize_t slots, num_slots, pending, max_count, vchan_of = 0;
     unsigned long long last;
-    int user, reliable;
+    int user, reliable, vchan = -1;
     Py_buffer view;
+    view_t scope;
     uint64_t bit;
-    if (!PyArg_ParseTuple(args, "OnnnO&ipn:collect", &obj, &slots, &num_slots, &pending,
-                          u64_arg, &last, &user, &reliable, &max_count)) {
+    if (!PyArg_ParseTuple(args, "OnnnO&ipn|in:collect", &obj, &slots, &num_slots, &pending,
+                          u64_arg, &last, &user, &reliable, &max_count, &vchan, &vchan_of)) {
         return NULL;
     }
     if (user_bit(user, &bit) < 0) return NULL;
@@ -358,9 +423,8 @@ static PyObject *py_collect(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "collect needs a subscriber id");
         return NULL;
     }
+    if (checked_view(obj, &scope, vchan, pending, vchan_of) < 0) return NULL;
     if (checked_slots(obj, &view, slots, num_slots) < 0) return NULL;
-    PyBuffer_Release(&view);
-    if (checked_buffer(obj, &view, pending, MAX_USERS * 8) < 0) return NULL;
     PyObject *batch = PyList_New(0);
     if (batch == NULL) {
         PyBuffer_Release(&view);
@@ -370,7 +434,7 @@ static PyObject *py_collect(PyObject *self, PyObject *args) {
     uint64_t after = (uint64_t)last;
     for (Py_ssize_t n = 0; n < max_count; n++) {
         found_t found;
-        status = next_message(view.buf, slots, num_slots, pending, after, bit, reliable,
+        status = next_message(view.buf, slots, num_slots, &scope, after, bit, reliable,
                               &found);
         if (status != SCAN_FOUND) break;
         PyObject *item = Py_BuildValue("(nK)", found.slot, (unsigned long long)found.ordinal);
@@ -397,19 +461,20 @@ static PyObject *py_collect(PyObject *self, PyObject *args) {
     return Py_BuildValue("(iN)", status, batch);
 }
 
-/* newest_message(buffer, slots, num_slots, last, subscriber, reliable) -> (slot, ordinal)
- * The published message with the highest ordinal above `last`, held; slot -1 if none.
- * A reliable subscriber skips the older ones on purpose, so its unread bit is cleared
- * on each of them (under a hold, so the slot cannot be reused while we clear it). */
+/* newest_message(buffer, slots, num_slots, last, subscriber, reliable [, vchan])
+ *   -> (slot, ordinal). The published message with the highest ordinal above `last`
+ * (of the vchan, in vchan ordinals, with a vchan id), held; slot -1 if none. A reliable
+ * subscriber skips the older ones on purpose, so its unread bit is cleared on each of
+ * them (under a hold, so the slot cannot be reused while we clear it). */
 static PyObject *py_newest_message(PyObject *self, PyObject *args) {
     PyObject *obj;
     Py_ssize_t slots, num_slots;
     unsigned long long last;
-    int user, reliable;
+    int user, reliable, vchan = -1;
     Py_buffer view;
     uint64_t bit;
-    if (!PyArg_ParseTuple(args, "OnnO&ip:newest_message", &obj, &slots, &num_slots, u64_arg,
-                          &last, &user, &reliable)) {
+    if (!PyArg_ParseTuple(args, "OnnO&ip|i:newest_message", &obj, &slots, &num_slots,
+                          u64_arg, &last, &user, &reliable, &vchan)) {
         return NULL;
     }
     if (user_bit(user, &bit) < 0) return NULL;
@@ -417,28 +482,51 @@ static PyObject *py_newest_message(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "newest_message needs a subscriber id");
         return NULL;
     }
+    if (vchan < -1) {
+        PyErr_Format(PyExc_ValueError, "vchan %d is not -1 or a vchan id", vchan);
+        return NULL;
+    }
     if (checked_slots(obj, &view, slots, num_slots) < 0) return NULL;
     char *base = view.buf;
-    found_t best = {-1, 0};
+    view_t scope = {vchan, 0, 0};
+    found_t best = {-1, 0, 0};
     for (Py_ssize_t attempt = 0; attempt <= num_slots && best.slot < 0; attempt++) {
-        found_t top = {-1, 0};
+        found_t top = {-1, 0, 0};
         for (Py_ssize_t i = 0; i < num_slots; i++) {
-            uint64_t seq = load(base, slot_at(slots, i) + SLOT_SEQ);
-            if ((seq & BUSY_BIT) || seq <= last) continue;
-            if (top.slot < 0 || seq > top.ordinal) {
+            Py_ssize_t line = slot_at(slots, i);
+            uint64_t seq = load(base, line + SLOT_SEQ);
+            if ((seq & BUSY_BIT) || seq == 0) continue;
+            uint64_t ordinal = seq;
+            int64_t found_vchan;
+            if (scope.vchan >= 0 && (!vchan_fields(base, line, seq, &found_vchan, &ordinal) ||
+                                     found_vchan != scope.vchan)) {
+                continue;
+            }
+            if (ordinal <= last) continue;
+            if (top.slot < 0 || ordinal > top.ordinal) {
                 top.slot = i;
-                top.ordinal = seq;
+                top.ordinal = ordinal;
+                top.seq = seq;
             }
         }
         if (top.slot < 0) break;
-        if (hold(base, slot_at(slots, top.slot), top.ordinal, bit, reliable)) best = top;
+        if (hold(base, slot_at(slots, top.slot), top.seq, bit, reliable)) best = top;
     }
     if (best.slot >= 0 && reliable) {
         for (Py_ssize_t i = 0; i < num_slots; i++) {
             Py_ssize_t line = slot_at(slots, i);
             uint64_t seq = load(base, line + SLOT_SEQ);
-            if ((seq & BUSY_BIT) || seq == 0 || seq >= best.ordinal) continue;
+            if ((seq & BUSY_BIT) || seq == 0 || i == best.slot) continue;
             if (!(load(base, line + SLOT_UNREAD) & bit)) continue;
+            /* Older in the reader's own order: on a vchan, two publishers may take
+             * vchan and channel ordinals in opposite orders, so compare vchan ordinals. */
+            uint64_t ordinal = seq;
+            int64_t found_vchan;
+            if (scope.vchan >= 0 && (!vchan_fields(base, line, seq, &found_vchan, &ordinal) ||
+                                     found_vchan != scope.vchan)) {
+                continue;
+            }
+            if (ordinal >= best.ordinal) continue;
             if (hold(base, line, seq, bit, 1)) {
                 __atomic_fetch_and(word(base, line + SLOT_HOLDERS), ~bit, __ATOMIC_SEQ_CST);
             }
@@ -448,17 +536,18 @@ static PyObject *py_newest_message(PyObject *self, PyObject *args) {
     return Py_BuildValue("(nK)", best.slot, (unsigned long long)best.ordinal);
 }
 
-/* find_timestamp(buffer, slots, num_slots, timestamp, subscriber) -> (slot, ordinal)
- * The published message stamped exactly `timestamp`, held; slot -1 if none is. */
+/* find_timestamp(buffer, slots, num_slots, timestamp, subscriber [, vchan])
+ *   -> (slot, ordinal). The published message stamped exactly `timestamp` (and on the
+ * vchan, given one: then the ordinal is its vchan ordinal), held; slot -1 if none is. */
 static PyObject *py_find_timestamp(PyObject *self, PyObject *args) {
     PyObject *obj;
     Py_ssize_t slots, num_slots;
     unsigned long long timestamp;
-    int user;
+    int user, vchan = -1;
     Py_buffer view;
     uint64_t bit;
-    if (!PyArg_ParseTuple(args, "OnnO&i:find_timestamp", &obj, &slots, &num_slots, u64_arg,
-                          &timestamp, &user)) {
+    if (!PyArg_ParseTuple(args, "OnnO&i|i:find_timestamp", &obj, &slots, &num_slots, u64_arg,
+                          &timestamp, &user, &vchan)) {
         return NULL;
     }
     if (user_bit(user, &bit) < 0) return NULL;
@@ -468,16 +557,18 @@ static PyObject *py_find_timestamp(PyObject *self, PyObject *args) {
     }
     if (checked_slots(obj, &view, slots, num_slots) < 0) return NULL;
     char *base = view.buf;
-    found_t found = {-1, 0};
+    found_t found = {-1, 0, 0};
     for (Py_ssize_t i = 0; i < num_slots && found.slot < 0; i++) {
         Py_ssize_t line = slot_at(slots, i);
         uint64_t seq = load(base, line + SLOT_SEQ);
         if ((seq & BUSY_BIT) || seq == 0) continue;
         /* The timestamp is a plain field, stable only under a hold: hold, then compare. */
         if (!hold(base, line, seq, bit, 0)) continue;
-        if (*(volatile uint64_t *)(base + line + SLOT_TIMESTAMP) == (uint64_t)timestamp) {
+        int64_t found_vchan = (int32_t)(uint32_t)(load(base, line + SLOT_BUFFER_VCHAN) >> 32);
+        if (*(volatile uint64_t *)(base + line + SLOT_TIMESTAMP) == (uint64_t)timestamp &&
+            (vchan < 0 || found_vchan == vchan)) {
             found.slot = i;
-            found.ordinal = seq;
+            found.ordinal = vchan < 0 ? seq : load(base, line + SLOT_VCHAN_ORDINAL);
         } else {
             __atomic_fetch_and(word(base, line + SLOT_HOLDERS), ~bit, __ATOMIC_SEQ_CST);
         }
@@ -575,6 +666,8 @@ PyMODINIT_FUNC PyInit__atomics(void) {
         PyModule_AddIntConstant(m, "SLOT_HOLDERS", SLOT_HOLDERS) < 0 ||
         PyModule_AddIntConstant(m, "SLOT_UNREAD", SLOT_UNREAD) < 0 ||
         PyModule_AddIntConstant(m, "SLOT_TIMESTAMP", SLOT_TIMESTAMP) < 0 ||
+        PyModule_AddIntConstant(m, "SLOT_BUFFER_VCHAN", SLOT_BUFFER_VCHAN) < 0 ||
+        PyModule_AddIntConstant(m, "SLOT_VCHAN_ORDINAL", SLOT_VCHAN_ORDINAL) < 0 ||
         PyModule_AddIntConstant(m, "MAX_USERS", MAX_USERS) < 0 ||
         PyModule_AddIntConstant(m, "SCAN_NONE", SCAN_NONE) < 0 ||
         PyModule_AddIntConstant(m, "SCAN_FOUND", SCAN_FOUND) < 0 ||

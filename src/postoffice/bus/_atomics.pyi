@@ -9,6 +9,8 @@ SLOT_SEQ: Final[int]
 SLOT_HOLDERS: Final[int]
 SLOT_UNREAD: Final[int]
 SLOT_TIMESTAMP: Final[int]
+SLOT_BUFFER_VCHAN: Final[int]
+SLOT_VCHAN_ORDINAL: Final[int]
 MAX_USERS: Final[int]
 SCAN_NONE: Final[int]
 SCAN_FOUND: Final[int]
@@ -32,6 +34,8 @@ def next_message(
     last: int,
     subscriber: int,
     reliable: bool,
+    vchan: int = -1,
+    vchan_of: int = 0,
     /,
 ) -> tuple[int, int, int]: ...
 def collect(
@@ -43,13 +47,22 @@ def collect(
     subscriber: int,
     reliable: bool,
     max_count: int,
+    vchan: int = -1,
+    vchan_of: int = 0,
     /,
 ) -> tuple[int, list[tuple[int, int]]]: ...
 def newest_message(
-    buffer: Buffer, slots: int, num_slots: int, last: int, subscriber: int, reliable: bool, /
+    buffer: Buffer,
+    slots: int,
+    num_slots: int,
+    last: int,
+    subscriber: int,
+    reliable: bool,
+    vchan: int = -1,
+    /,
 ) -> tuple[int, int]: ...
 def find_timestamp(
-    buffer: Buffer, slots: int, num_slots: int, timestamp: int, subscriber: int, /
+    buffer: Buffer, slots: int, num_slots: int, timestamp: int, subscriber: int, vchan: int = -1, /
 ) -> tuple[int, int]: ...
 def release_subscriber(buffer: Buffer, slots: int, num_slots: int, subscriber: int, /) -> int: ...
 def free_publisher(buffer: Buffer, slots: int, num_slots: int, owner: int, /) -> int: ...

@@ -77,6 +77,8 @@ class ChannelSpec:
     metadata_bytes: int = 0
     #: Made by a subscriber: its first publisher may reshape it.
     placeholder: bool = False
+    #: A multiplexer: its storage is shared by virtual channels (the CCB has their table).
+    mux: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_slots <= memory.MAX_SLOTS:
@@ -102,6 +104,7 @@ class ChannelSpec:
             (memory.FLAG_FIXED_SIZE if self.fixed_size else 0)
             | (memory.FLAG_CHECKSUM if self.checksum else 0)
             | (memory.FLAG_PLACEHOLDER if self.placeholder else 0)
+            | (memory.FLAG_MUX if self.mux else 0)
         )
 
     def header(self) -> memory.CcbHeader:
@@ -235,6 +238,10 @@ def create_channel(location: BusLocation, spec: ChannelSpec) -> ChannelFds:
             for subscriber in range(memory.MAX_SUBSCRIBERS):
                 atomics.store_release_u64(
                     block, memory.vchan_filter_offset(subscriber), memory.ALL_BITS
+                )
+            for publisher in range(memory.MAX_PUBLISHERS):
+                atomics.store_release_u64(
+                    block, memory.publisher_vchan_offset(publisher), memory.ALL_BITS
                 )
         return ChannelFds(ccb=ccb, bcb=bcb, buffers=(buffer,))
     except BaseException as exc:

@@ -171,6 +171,36 @@ class Channel:
         """Whether messages carry a CRC-32 of their payload."""
         return bool(self.flags & memory.FLAG_CHECKSUM)
 
+    @property
+    def mux(self) -> bool:
+        """Whether the channel is a multiplexer (its CCB ends with the vchan table)."""
+        return bool(self.flags & memory.FLAG_MUX)
+
+    def vchan_line(self, vchan_id: int) -> int:
+        """The byte offset of vchan `vchan_id`'s line; BusConfigError on a channel that
+        is no mux, BusLayoutError for an id out of range."""
+        if not self.mux:
+            raise BusConfigError(f"channel {self.name!r} is not a multiplexer")
+        return memory.vchan_offset(self.num_slots, self.metadata_bytes, vchan_id)
+
+    def vchan_last_ordinal(self, vchan_id: int) -> int:
+        """The last ordinal vchan `vchan_id` handed out (0: none yet)."""
+        return _load(self.ccb, self.vchan_line(vchan_id) + memory.VCHAN_NEXT_ORDINAL)
+
+    def subscriber_vchan(self, subscriber_id: int) -> int:
+        """The vchan subscriber `subscriber_id` reads, or NO_VCHAN for the whole channel."""
+        value = _load(self.ccb, memory.vchan_filter_offset(subscriber_id))
+        return memory.NO_VCHAN if value == memory.ALL_BITS else value
+
+    def publisher_vchan(self, publisher_id: int) -> int:
+        """The vchan publisher `publisher_id` publishes on, or NO_VCHAN."""
+        value = _load(self.ccb, memory.publisher_vchan_offset(publisher_id))
+        return memory.NO_VCHAN if value == memory.ALL_BITS else value
+
+    def _check_vchan(self, vchan: int) -> None:
+        if vchan != memory.NO_VCHAN:
+            self.vchan_line(vchan)
+
     def metadata(self, slot: int, size: int, *, writable: bool = False) -> memoryview:
         """A view of the first `size` bytes of slot `slot`'s metadata area (read-only
         unless `writable`); the caller releases it."""
@@ -280,10 +310,13 @@ class Channel:
 
     # -- users -----------------------------------------------------------------------------
 
-    def add_publisher(self, *, reliable: bool = False) -> int:
-        """Register a publisher; its id. Raises TooManyUsersError past 64 publishers and
-        CapacityError when an unreliable publisher breaks the admission rule."""
+    def add_publisher(self, *, reliable: bool = False, vchan: int = memory.NO_VCHAN) -> int:
+        """Register a publisher (on vchan `vchan` of a mux, or on the channel itself);
+        its id. Raises TooManyUsersError past 64 publishers, CapacityError when an
+        unreliable publisher breaks the admission rule, BusConfigError for a vchan on a
+        channel that is no mux, BusLayoutError for a vchan id out of range."""
         self._check_open()
+        self._check_vchan(vchan)
         mask = _load(self.ccb, memory.CCB_PUBLISHERS)
         free = _lowest_clear_bit(mask)
         if free is None:
@@ -295,6 +328,12 @@ class Channel:
         if not reliable or unreliable:
             self._admit(publishers=1, subscribers=0, active=0)
         _store(self.ccb, memory.pending_offset(free), 0)
+        _store(self.ccb, memory.pending_vchan_offset(free), 0)
+        _store(
+            self.ccb,
+            memory.publisher_vchan_offset(free),
+            memory.ALL_BITS if vchan == memory.NO_VCHAN else vchan,
+        )
         if reliable:
             _fetch_or(self.ccb, memory.CCB_RELIABLE_PUBLISHERS, 1 << free)
         _fetch_or(self.ccb, memory.CCB_PUBLISHERS, 1 << free)
@@ -304,11 +343,20 @@ class Channel:
                 self.scb.add(self.channel_id, "reliable_publishers", 1)
         return free
 
-    def add_subscriber(self, *, reliable: bool = False, max_active_messages: int = 1) -> int:
-        """Register a subscriber that may hold up to `max_active_messages` at once; its
-        id. Raises TooManyUsersError past 64 subscribers, CapacityError when the channel
-        has an unreliable publisher and too few slots for one more subscriber."""
+    def add_subscriber(
+        self,
+        *,
+        reliable: bool = False,
+        max_active_messages: int = 1,
+        vchan: int = memory.NO_VCHAN,
+    ) -> int:
+        """Register a subscriber that may hold up to `max_active_messages` at once, and
+        reads vchan `vchan` of a mux (or the whole channel); its id. Raises
+        TooManyUsersError past 64 subscribers, CapacityError when the channel has an
+        unreliable publisher and too few slots for one more subscriber, BusConfigError
+        and BusLayoutError as add_publisher does."""
         self._check_open()
+        self._check_vchan(vchan)
         if not 1 <= max_active_messages <= memory.MAX_ACTIVE_MESSAGES:
             raise BusConfigError(
                 f"max_active_messages must be 1..{memory.MAX_ACTIVE_MESSAGES}, "
@@ -324,25 +372,37 @@ class Channel:
         publishers = _load(self.ccb, memory.CCB_PUBLISHERS)
         if publishers & ~_load(self.ccb, memory.CCB_RELIABLE_PUBLISHERS):
             self._admit(publishers=0, subscribers=1, active=max_active_messages)
-        self._register_subscriber(free, reliable, max_active_messages)
+        self._register_subscriber(free, reliable, max_active_messages, vchan)
         if self.scb is not None:
             self.scb.add(self.channel_id, "subscribers", 1)
             if reliable:
                 self.scb.add(self.channel_id, "reliable_subscribers", 1)
         return free
 
-    def _register_subscriber(self, user: int, reliable: bool, max_active_messages: int) -> None:
-        # The per-user words before the mask bit: a publisher that sees the bit sees them.
+    def _register_subscriber(
+        self, user: int, reliable: bool, max_active_messages: int, vchan: int
+    ) -> None:
+        # The per-user words before the mask bits: a publisher that sees a bit sees them.
         bit = 1 << user
         _store(self.ccb, memory.active_limit_offset(user), max_active_messages)
-        _store(self.ccb, memory.vchan_filter_offset(user), memory.ALL_BITS)
+        whole = vchan == memory.NO_VCHAN
+        _store(self.ccb, memory.vchan_filter_offset(user), memory.ALL_BITS if whole else vchan)
         _fetch_add(self.ccb, memory.CCB_ACTIVE_LIMIT, max_active_messages)
+        if whole:
+            _fetch_or(self.ccb, memory.CCB_WHOLE_SUBSCRIBERS, bit)
+        else:
+            _fetch_or(self.ccb, self.vchan_line(vchan) + memory.VCHAN_SUBSCRIBERS, bit)
         if reliable:
             _fetch_or(self.ccb, memory.CCB_RELIABLE_SUBSCRIBERS, bit)
         _fetch_or(self.ccb, memory.CCB_SUBSCRIBERS, bit)
 
     def restore_subscriber(
-        self, subscriber_id: int, *, reliable: bool, max_active_messages: int
+        self,
+        subscriber_id: int,
+        *,
+        reliable: bool,
+        max_active_messages: int,
+        vchan: int = memory.NO_VCHAN,
     ) -> None:
         """Register subscriber `subscriber_id` again under the id it had: the server does so
         in a placeholder's new files for the subscribers of its old ones. No admission
@@ -353,7 +413,7 @@ class Channel:
             _load(self.ccb, memory.CCB_SUBSCRIBERS) >> subscriber_id & 1
         ):
             raise BusConfigError(f"subscriber id {subscriber_id} is in use or out of range")
-        self._register_subscriber(subscriber_id, reliable, max_active_messages)
+        self._register_subscriber(subscriber_id, reliable, max_active_messages, vchan)
 
     def mark_replaced(self) -> None:
         """Say in this (placeholder's) CCB that the channel has new files now."""
@@ -429,6 +489,11 @@ class Channel:
         reliable = _fetch_and(self.ccb, memory.CCB_RELIABLE_SUBSCRIBERS, keep) & bit
         _fetch_and(self.ccb, memory.CCB_SUBSCRIBERS, keep)
         _fetch_and(self.ccb, memory.CCB_SUBSCRIBERS_WAITING, keep)
+        vchan = self.subscriber_vchan(subscriber_id)
+        if vchan == memory.NO_VCHAN:
+            _fetch_and(self.ccb, memory.CCB_WHOLE_SUBSCRIBERS, keep)
+        else:
+            _fetch_and(self.ccb, self.vchan_line(vchan) + memory.VCHAN_SUBSCRIBERS, keep)
         limit = _load(self.ccb, memory.active_limit_offset(subscriber_id))
         _fetch_add(self.ccb, memory.CCB_ACTIVE_LIMIT, -limit % (1 << 64))
         _store(self.ccb, memory.active_limit_offset(subscriber_id), 0)
@@ -450,6 +515,7 @@ class Channel:
             self.ccb, memory.CCB_SLOTS, self.num_slots, memory.BUSY_BIT | publisher_id
         )
         _store(self.ccb, memory.pending_offset(publisher_id), 0)
+        _store(self.ccb, memory.pending_vchan_offset(publisher_id), 0)
         if triggers is not None:
             triggers.wake_subscribers()
         return count

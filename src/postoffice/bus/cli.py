@@ -19,6 +19,7 @@ from postoffice.bus.errors import BusConnectionError, BusError
 from postoffice.bus.wire import (
     CHANNEL_CHECKSUM,
     CHANNEL_FIXED_SIZE,
+    CHANNEL_MUX,
     ChannelInfo,
     ChannelStatsRecord,
 )
@@ -132,7 +133,8 @@ def _client(socket_path: Path | None, name: str) -> Iterator[Client]:
 @_socket
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per channel and line.")
 def ls(socket_path: Path | None, as_json: bool) -> None:
-    """List the channels: name, type, slots, slot size, publishers and subscribers."""
+    """List the channels (muxes, and each mux's virtual channels after it): name, type,
+    slots, slot size, publishers and subscribers."""
     with _client(socket_path, "postoffice bus ls") as client:
         infos = client.channel_info()
     if as_json:
@@ -148,9 +150,15 @@ def ls(socket_path: Path | None, as_json: bool) -> None:
     for info in infos:
         flags = ",".join(
             word
-            for bit, word in ((CHANNEL_FIXED_SIZE, "fixed"), (CHANNEL_CHECKSUM, "checksum"))
+            for bit, word in (
+                (CHANNEL_FIXED_SIZE, "fixed"),
+                (CHANNEL_CHECKSUM, "checksum"),
+                (CHANNEL_MUX, "mux"),
+            )
             if info.flags & bit
         )
+        if info.mux:
+            flags = f"vchan of {info.mux}"
         table.add_row(
             str(info.channel_id), info.name, info.type or "-", str(info.num_slots),
             str(info.slot_size), flags or "-",

@@ -242,24 +242,27 @@ class Client:
         metadata_bytes: int = 0,
         checksum_function: ChecksumFunction = crc32_checksum,
         activate: bool = False,
+        mux: str = "",
     ) -> Publisher:
         """A publisher on channel `name`, created if need be (0: the channel's slot size
         and num_slots, or the server's defaults). With `checksum`, every message carries
         `checksum_function(metadata, payload)` (CRC-32 by default); `metadata_bytes` is
         the metadata each message may carry (the channel's; 0..256). With `activate`, the
         publisher's first message is an activation message (Publisher.activate; not
-        sent when a reliable publisher finds no free slot). Raises
+        sent when a reliable publisher finds no free slot). With `mux`, `name` is a
+        virtual channel of that multiplexer (both made on first use; the channel
+        parameters are the mux's), and `publish` returns the vchan's ordinals. Raises
         BusMismatchError when the parameters disagree with the channel's,
         TooManyUsersError, CapacityError, BusLimitError, BusProtocolError (a field out
         of range: nothing sent)."""
         request = wire.CreatePublisherRequest(
             channel=name, type=type, slot_size=slot_size, num_slots=num_slots,
             reliable=reliable, fixed_size=fixed_size, checksum=checksum,
-            metadata_bytes=metadata_bytes,
+            metadata_bytes=metadata_bytes, mux=mux,
         )  # fmt: skip
         reply, fds = self._call(request)
         grant = self._grant(reply, fds, publisher=True)
-        mapped, own = self._map(name, grant, fds)
+        mapped, own = self._map(mux or name, grant, fds)
         publisher = Publisher(
             mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own,
             checksum=checksum_function,
@@ -282,25 +285,29 @@ class Client:
         checksum_function: ChecksumFunction = crc32_checksum,
         drop_bad_checksums: bool = False,
         pass_activations: bool = False,
+        mux: str = "",
     ) -> Subscriber:
         """A subscriber on channel `name`, which it creates if need be (with `slot_size`
         and `num_slots`, 0: the server's defaults; its first publisher then says what
         the channel is). A message failing its checksum (`checksum_function`, as the
         publisher's) raises ChecksumError on read, or with `drop_bad_checksums` counts
         as a drop. Activation messages are passed over unless `pass_activations`.
-        Raises as create_publisher does."""
+        With `mux`, `name` is a virtual channel of that multiplexer: the subscriber
+        reads only its messages, in its own ordinals (a subscriber of the mux itself
+        reads every vchan's). Raises as create_publisher does."""
         request = wire.CreateSubscriberRequest(
             channel=name, type=type, slot_size=slot_size, num_slots=num_slots,
-            reliable=reliable, max_active=max_active,
+            reliable=reliable, max_active=max_active, mux=mux,
         )  # fmt: skip
         reply, fds = self._call(request)
         grant = self._grant(reply, fds, publisher=False)
-        mapped, own = self._map(name, grant, fds)
+        mapped, own = self._map(mux or name, grant, fds)
         assert own is not None
         subscriber = Subscriber(
             mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own,
             on_drop=on_drop, checksum=checksum_function, drop_bad_checksums=drop_bad_checksums,
-            pass_activations=pass_activations, on_replaced=self._reopener(name, grant.user_id),
+            pass_activations=pass_activations,
+            on_replaced=self._reopener(mux or name, grant.user_id),
         )  # fmt: skip
         mapped.users[(False, grant.user_id)] = subscriber
         return subscriber
@@ -344,7 +351,7 @@ class Client:
                 mapped = _Mapped(
                     name=name, channel=channel, fds=channel_fds, triggers=Triggers(channel.ccb)
                 )
-                mapped.triggers.on_unknown = self._refresher(mapped)
+                mapped.triggers.on_waiters = self._refresher(mapped)
                 self._mapped[name] = mapped
                 if old is not None and old.channel.channel_id == grant.channel_id:
                     self._move(old, mapped)

@@ -54,8 +54,10 @@ MAX_ACTIVE_MESSAGES: Final = 4096
 #: A message's metadata: a small area per slot in the CCB (four lines), so that even
 #: MAX_SLOTS slots keep the CCB at 16 MiB of metadata.
 MAX_METADATA_BYTES: Final = 256
+#: Virtual channels of one multiplexer: a line each in the mux's CCB (64 KiB in all).
+MAX_VCHANS: Final = 1024
 
-VERSION: Final = 2
+VERSION: Final = 3
 SCB_MAGIC: Final = int.from_bytes(b"POBUSSCB", "little")
 CCB_MAGIC: Final = int.from_bytes(b"POBUSCCB", "little")
 BCB_MAGIC: Final = int.from_bytes(b"POBUSBCB", "little")
@@ -115,6 +117,9 @@ CCB_SUBSCRIBERS: Final = CCB_MASKS + 16
 CCB_RELIABLE_SUBSCRIBERS: Final = CCB_MASKS + 24
 #: Sum of the registered subscribers' max_active_messages (the admission rule's term).
 CCB_ACTIVE_LIMIT: Final = CCB_MASKS + 32
+#: The subscribers that read the whole channel (on a mux: every vchan); the others
+#: read one vchan each (their bit is in that vchan's line).
+CCB_WHOLE_SUBSCRIBERS: Final = CCB_MASKS + 40
 #: Who sleeps on its eventfd: a subscriber for a message, a reliable publisher for a
 #: slot. Written at every wait, so on a line of their own.
 CCB_WAITING: Final = 448
@@ -123,12 +128,16 @@ CCB_PUBLISHERS_WAITING: Final = CCB_WAITING + 8
 #: Per publisher: the ordinal it is publishing (0 when none), so that a subscriber can
 #: tell a message still being published from a dropped one.
 CCB_PENDING: Final = 512
-#: Per subscriber: its vchan filter (ALL_BITS: every vchan). Reserved for multiplexed
-#: channels: nothing honours it yet.
+#: Per subscriber: the vchan it reads (ALL_BITS: every message of the channel).
 CCB_VCHAN_FILTERS: Final = CCB_PENDING + MAX_PUBLISHERS * WORD_BYTES
 #: Per subscriber: its max_active_messages (0 when the id is free).
 CCB_ACTIVE_LIMITS: Final = CCB_VCHAN_FILTERS + MAX_SUBSCRIBERS * WORD_BYTES
-CCB_SLOTS: Final = CCB_ACTIVE_LIMITS + MAX_SUBSCRIBERS * WORD_BYTES
+#: Per publisher: the vchan it publishes on (ALL_BITS: none), fixed while registered.
+CCB_PUBLISHER_VCHANS: Final = CCB_ACTIVE_LIMITS + MAX_SUBSCRIBERS * WORD_BYTES
+#: Per publisher: the vchan ordinal it is publishing (0 when none), the vchan's
+#: counterpart of CCB_PENDING.
+CCB_PENDING_VCHAN: Final = CCB_PUBLISHER_VCHANS + MAX_PUBLISHERS * WORD_BYTES
+CCB_SLOTS: Final = CCB_PENDING_VCHAN + MAX_PUBLISHERS * WORD_BYTES
 
 #: Channel flags (the CCB header's flags word). A placeholder is a channel a subscriber
 #: made before any publisher: its first publisher may give it another shape (new files),
@@ -139,7 +148,10 @@ FLAG_PLACEHOLDER: Final = 4
 #: Set (atomically) in a placeholder's old CCB once the server gave the channel new
 #: files: its subscribers then ask for those.
 FLAG_REPLACED: Final = 8
-KNOWN_FLAGS: Final = FLAG_FIXED_SIZE | FLAG_CHECKSUM | FLAG_PLACEHOLDER | FLAG_REPLACED
+#: A multiplexer: its slots carry the messages of many virtual channels, and its CCB
+#: ends with the vchan table.
+FLAG_MUX: Final = 16
+KNOWN_FLAGS: Final = FLAG_FIXED_SIZE | FLAG_CHECKSUM | FLAG_PLACEHOLDER | FLAG_REPLACED | FLAG_MUX
 #: The CCB word holding version (low half) and flags (high half).
 CCB_VERSION_FLAGS: Final = 8
 
@@ -159,6 +171,11 @@ SLOT_FIELDS: Final = struct.Struct("<IIQIiQII")
 SLOT_SIZE: Final = 24
 SLOT_METADATA_SIZE: Final = 28
 SLOT_TIMESTAMP: Final = 32
+#: buffer index u32 and vchan id i32, one word: stored atomically (a scan of a vchan
+#: reads it without a hold, checked against seq before and after).
+SLOT_BUFFER_VCHAN: Final = 40
+#: The message's ordinal on its vchan, stored atomically for the same reason.
+SLOT_VCHAN_ORDINAL: Final = 48
 #: The vchan id of a message on no virtual channel.
 NO_VCHAN: Final = -1
 
@@ -184,9 +201,35 @@ def metadata_offset(num_slots: int, metadata_bytes: int, index: int) -> int:
     return CCB_SLOTS + num_slots * SLOT_BYTES + index * metadata_stride(metadata_bytes)
 
 
-def ccb_bytes(num_slots: int, metadata_bytes: int = 0) -> int:
-    """The size of a CCB with `num_slots` slots of `metadata_bytes` of metadata each."""
-    return CCB_SLOTS + num_slots * (SLOT_BYTES + metadata_stride(metadata_bytes))
+def ccb_bytes(num_slots: int, metadata_bytes: int = 0, *, mux: bool = False) -> int:
+    """The size of a CCB with `num_slots` slots of `metadata_bytes` of metadata each (and
+    the vchan table, for a mux)."""
+    table = MAX_VCHANS * LINE_BYTES if mux else 0
+    return CCB_SLOTS + num_slots * (SLOT_BYTES + metadata_stride(metadata_bytes)) + table
+
+
+#: A vchan's line in a mux's CCB: the last ordinal it handed out, and the mask of the
+#: subscribers that read it.
+VCHAN_NEXT_ORDINAL: Final = 0
+VCHAN_SUBSCRIBERS: Final = 8
+
+
+def vchan_offset(num_slots: int, metadata_bytes: int, vchan_id: int) -> int:
+    """The byte offset in a mux's CCB of vchan `vchan_id`'s line (after the metadata);
+    BusLayoutError for an id outside 0..MAX_VCHANS-1."""
+    if not 0 <= vchan_id < MAX_VCHANS:
+        raise BusLayoutError(f"vchan id {vchan_id} outside 0..{MAX_VCHANS - 1}")
+    return ccb_bytes(num_slots, metadata_bytes) + vchan_id * LINE_BYTES
+
+
+def publisher_vchan_offset(publisher_id: int) -> int:
+    """The byte offset of a publisher's vchan word."""
+    return CCB_PUBLISHER_VCHANS + publisher_id * WORD_BYTES
+
+
+def pending_vchan_offset(publisher_id: int) -> int:
+    """The byte offset of a publisher's pending vchan ordinal."""
+    return CCB_PENDING_VCHAN + publisher_id * WORD_BYTES
 
 
 def pending_offset(publisher_id: int) -> int:
@@ -294,7 +337,7 @@ class CcbHeader:
 
     def size(self) -> int:
         """The size of the CCB this header describes."""
-        return ccb_bytes(self.num_slots, self.metadata_bytes)
+        return ccb_bytes(self.num_slots, self.metadata_bytes, mux=bool(self.flags & FLAG_MUX))
 
     def pack(self) -> bytes:
         """The CCB's first CCB_NEXT_ORDINAL bytes; BusLayoutError on a bad field."""
@@ -338,7 +381,7 @@ class CcbHeader:
             raise BusLayoutError(f"ccb metadata_bytes {metadata} exceeds {MAX_METADATA_BYTES}")
         if (
             not 1 <= num_slots <= MAX_SLOTS
-            or total != ccb_bytes(num_slots, metadata)
+            or total != ccb_bytes(num_slots, metadata, mux=bool(flags & FLAG_MUX))
             or size < total
         ):
             raise BusLayoutError(

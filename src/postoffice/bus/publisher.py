@@ -6,6 +6,7 @@ server's socket. The protocol's ordering argument is in docs/design/bus-memory.m
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Final, final
 
@@ -26,7 +27,11 @@ _store: Final = atomics.store_release_u64
 _cas: Final = atomics.cas_u64
 _fetch_add: Final = atomics.fetch_add_u64
 _claim: Final = atomics.claim_slot
-_pack_fields: Final = memory.SLOT_FIELDS.pack_into
+#: The slot's plain fields around the vchan words, which are stored atomically.
+_HEAD: Final = struct.Struct("<IIQ")  # size, metadata size, timestamp
+_TAIL: Final = struct.Struct("<II")  # flags, checksum
+_pack_head: Final = _HEAD.pack_into
+_pack_tail: Final = _TAIL.pack_into
 
 
 @final
@@ -43,6 +48,10 @@ class Publisher:
 
     On a checksum channel each message carries `checksum(metadata, payload)` (CRC-32 by
     default; its subscribers must use the same function).
+
+    A publisher on a virtual channel (`vchan_id`, registered so) shares its mux's slots:
+    each message also takes the vchan's next ordinal, which `publish` returns, and only
+    the subscribers of that vchan or of the whole mux must read it.
     """
 
     def __init__(
@@ -63,6 +72,12 @@ class Publisher:
         self._checksum = checksum
         self._owner = memory.BUSY_BIT | publisher_id
         self._pending = memory.pending_offset(publisher_id)
+        self._pending_vchan = memory.pending_vchan_offset(publisher_id)
+        #: The vchan this publisher publishes on (NO_VCHAN: none).
+        self.vchan_id = channel.publisher_vchan(publisher_id)
+        self._vchan_line = (
+            channel.vchan_line(self.vchan_id) if self.vchan_id != memory.NO_VCHAN else -1
+        )
         self._waiting = WaitBit(channel.ccb, memory.CCB_PUBLISHERS_WAITING, publisher_id)
         self._ccb = channel.ccb
         self._num_slots = channel.num_slots
@@ -110,6 +125,14 @@ class Publisher:
             return 0
         return _load(self._ccb, memory.CCB_RELIABLE_SUBSCRIBERS)
 
+    def _readers(self) -> int:
+        """The reliable subscribers that must read this publisher's next message: of
+        the whole channel, and of its vchan."""
+        readers = _load(self._ccb, memory.CCB_WHOLE_SUBSCRIBERS)
+        if self._vchan_line >= 0:
+            readers |= _load(self._ccb, self._vchan_line + memory.VCHAN_SUBSCRIBERS)
+        return readers & _load(self._ccb, memory.CCB_RELIABLE_SUBSCRIBERS)
+
     def _claim(self) -> bool:
         slot = _claim(
             self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self._unread_mask()
@@ -120,7 +143,9 @@ class Publisher:
             if self._eventfd is not None:
                 drain(self._eventfd)
             self._waiting.arm()
-            slot = _claim(self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self.reliable)
+            slot = _claim(
+                self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self._unread_mask()
+            )
         if slot < 0:
             if self.reliable:
                 return False
@@ -156,9 +181,10 @@ class Publisher:
     ) -> int:
         """Publish the first `length` bytes of the view `get_buffer` gave (all of it for
         None), with `metadata` copied into the slot's metadata area, and return the
-        message's ordinal; the view is released. Raises BusUsageError without a buffer,
-        MessageSizeError for 0 bytes or more than the view holds, or for metadata past
-        the channel's metadata size (the slot stays claimed: publish again)."""
+        message's ordinal (its vchan ordinal, for a publisher on a vchan); the view is
+        released. Raises BusUsageError without a buffer, MessageSizeError for 0 bytes or
+        more than the view holds, or for metadata past the channel's metadata size (the
+        slot stays claimed: publish again)."""
         self._check_open()
         view = self._view
         if view is None or self._slot is None:
@@ -203,14 +229,21 @@ class Publisher:
         view.release()
         self._view = None
         line = memory.slot_offset(self._slot)
-        _pack_fields(
-            ccb, line + memory.SLOT_SIZE, length, meta_size, time.monotonic_ns(),
-            self._buffer.index, memory.NO_VCHAN, 0, flags, checksum,
-        )  # fmt: skip
+        _pack_head(ccb, line + memory.SLOT_SIZE, length, meta_size, time.monotonic_ns())
+        _pack_tail(ccb, line + memory.SLOT_VCHAN_ORDINAL + 8, flags, checksum)
         # Who must read it before a reliable publisher may reuse the slot.
-        _store(ccb, line + memory.SLOT_UNREAD, _load(ccb, memory.CCB_RELIABLE_SUBSCRIBERS))
-        # The ordinal: announce it as pending before taking it, so a subscriber that sees
-        # a later ordinal published can tell this one is on its way, not dropped.
+        _store(ccb, line + memory.SLOT_UNREAD, self._readers())
+        # The ordinals: announce each as pending before taking it, so a subscriber that
+        # sees a later ordinal published can tell this one is on its way, not dropped.
+        vchan_ordinal = 0
+        if self._vchan_line >= 0:
+            while True:
+                last = _load(ccb, self._vchan_line)
+                _store(ccb, self._pending_vchan, last + 1)
+                taken, _ = _cas(ccb, self._vchan_line, last, last + 1)
+                if taken:
+                    break
+            vchan_ordinal = last + 1
         while True:
             last = _load(ccb, memory.CCB_NEXT_ORDINAL)
             _store(ccb, self._pending, last + 1)
@@ -218,8 +251,18 @@ class Publisher:
             if taken:
                 break
         ordinal = last + 1
+        # The vchan words a scan reads without a hold, atomically and before seq.
+        _store(
+            ccb,
+            line + memory.SLOT_BUFFER_VCHAN,
+            self._buffer.index | (self.vchan_id & 0xFFFF_FFFF) << 32,
+        )
+        _store(ccb, line + memory.SLOT_VCHAN_ORDINAL, vchan_ordinal)
         _store(ccb, line + memory.SLOT_SEQ, ordinal)
         _store(ccb, self._pending, 0)
+        if self._vchan_line >= 0:
+            _store(ccb, self._pending_vchan, 0)
+            ordinal = vchan_ordinal
         self._slot = None
         _fetch_add(ccb, memory.CCB_MESSAGES, 1)
         _fetch_add(ccb, memory.CCB_BYTES_PUBLISHED, length)

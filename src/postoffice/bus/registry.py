@@ -43,6 +43,7 @@ from postoffice.bus.errors import (
     BusStorageError,
     CapacityError,
 )
+from postoffice.bus.native import atomics
 from postoffice.bus.triggers import Triggers, new_eventfd
 from postoffice.core.errors import translate_os_error
 from postoffice.core.logs import kv
@@ -75,6 +76,14 @@ class ServerChannel:
     subscriber_fds: dict[int, int] = field(default_factory=dict)
     publisher_fds: dict[int, int] = field(default_factory=dict)
     reliable_publishers: bool = False
+    #: A mux's virtual channels: name -> vchan id, and each user's vchan by
+    #: (publisher?, user id). A vchan lives while it has users.
+    vchans: dict[str, int] = field(default_factory=dict)
+    user_vchans: dict[tuple[bool, int], int] = field(default_factory=dict)
+
+    @property
+    def mux(self) -> bool:
+        return self.channel.mux
 
     @property
     def channel_id(self) -> int:
@@ -121,6 +130,8 @@ class Registry:
         self._default_slot_size = default_slot_size
         self._on_change = on_change
         self._channels: dict[str, ServerChannel] = {}
+        #: Every virtual channel's name -> its mux's name.
+        self._vchans: dict[str, str] = {}
         self._free_ids = list(range(memory.MAX_CHANNELS - 1, -1, -1))
         self._reserved: set[str] = set()
 
@@ -170,7 +181,7 @@ class Registry:
             channel_id=self._free_ids[-1], name=name, type=type_, num_slots=num_slots,
             slot_size=slot_size, fixed_size=bool(flags & memory.FLAG_FIXED_SIZE),
             checksum=bool(flags & memory.FLAG_CHECKSUM), metadata_bytes=metadata_bytes,
-            placeholder=bool(flags & memory.FLAG_PLACEHOLDER),
+            placeholder=bool(flags & memory.FLAG_PLACEHOLDER), mux=bool(flags & memory.FLAG_MUX),
         )  # fmt: skip
         fds = create_channel(self.location, spec)
         try:
@@ -210,6 +221,9 @@ class Registry:
         flags = (memory.FLAG_FIXED_SIZE if request.fixed_size else 0) | (
             memory.FLAG_CHECKSUM if request.checksum else 0
         )
+        if request.mux:
+            return self._add_virtual(client_id, request, flags)
+        self._check_not_virtual(request.channel)
         found = self._channels.get(request.channel)
         if found is not None and not found.defined and self._reshapes(found, request):
             self._remap(found, request, flags)
@@ -347,7 +361,7 @@ class Registry:
         self, target: ServerChannel, request: wire.CreatePublisherRequest, flags: int
     ) -> None:
         channel = target.channel
-        name = request.channel
+        name = target.name  # a vchan's publisher must agree with its mux
         if request.num_slots and request.num_slots != channel.num_slots:
             raise BusMismatchError(
                 f"channel {name!r} has {channel.num_slots} slots, the publisher asks for "
@@ -391,6 +405,9 @@ class Registry:
     ) -> tuple[ServerChannel, int]:
         """Register a subscriber (creating a provisional channel for an unknown name); the
         channel and the subscriber id. Raises as add_publisher does."""
+        if request.mux:
+            return self._add_virtual(client_id, request, 0)
+        self._check_not_virtual(request.channel)
         target = self._channels.get(request.channel)
         if target is None:
             target = self._create(
@@ -426,6 +443,123 @@ class Registry:
         self._changed()
         return target, user
 
+    # -- multiplexers ------------------------------------------------------------------
+
+    def _check_not_virtual(self, name: str) -> None:
+        mux = self._vchans.get(name)
+        if mux is not None:
+            raise BusMismatchError(
+                f"channel {name!r} is a virtual channel of mux {mux!r}: name its mux"
+            )
+
+    def _add_virtual(
+        self,
+        client_id: int,
+        request: wire.CreatePublisherRequest | wire.CreateSubscriberRequest,
+        flags: int,
+    ) -> tuple[ServerChannel, int]:
+        """Register a user of virtual channel `request.channel` on mux `request.mux`,
+        creating the mux (with the request's parameters) and the vchan on first use; the
+        mux and the user id. Raises BusMismatchError when a name is taken by the other
+        kind (a channel of its own, a mux, another mux's vchan) or the parameters
+        disagree with the mux's, BusLimitError past MAX_VCHANS vchans, and as
+        add_publisher does."""
+        name, mux_name = request.channel, request.mux
+        if name == mux_name:
+            raise BusMismatchError(f"virtual channel {name!r} cannot be its own mux")
+        if name in self._channels:
+            raise BusMismatchError(
+                f"channel {name!r} is not a virtual channel, but a vchan of mux {mux_name!r} "
+                "was asked for"
+            )
+        owner = self._vchans.get(name)
+        if owner is not None and owner != mux_name:
+            raise BusMismatchError(
+                f"virtual channel {name!r} is on mux {owner!r}, not {mux_name!r}"
+            )
+        self._check_not_virtual(mux_name)
+        publisher = isinstance(request, wire.CreatePublisherRequest)
+        metadata = request.metadata_bytes if isinstance(request, wire.CreatePublisherRequest) else 0
+        target = self._channels.get(mux_name)
+        if target is None:
+            target = self._create(
+                mux_name, type_=request.type, num_slots=request.num_slots,
+                slot_size=request.slot_size, flags=flags | memory.FLAG_MUX, defined=True,
+                metadata_bytes=metadata,
+            )  # fmt: skip
+        elif not target.mux:
+            raise BusMismatchError(f"channel {mux_name!r} is not a mux")
+        elif isinstance(request, wire.CreatePublisherRequest):
+            self._check_publisher(target, request, flags)
+        elif request.type and request.type != target.channel.type:
+            raise BusMismatchError(
+                f"mux {mux_name!r} has type {target.channel.type!r}, the subscriber's is "
+                f"{request.type!r}"
+            )
+        vchan = target.vchans.get(name)
+        try:
+            if vchan is None:
+                vchan = self._new_vchan(target, name)
+            if isinstance(request, wire.CreatePublisherRequest):
+                if request.slot_size > target.slot_size():
+                    self._check_buffer(mux_name, target.channel.num_slots, request.slot_size)
+                    target.channel.grow(request.slot_size)
+                user = target.channel.add_publisher(reliable=request.reliable, vchan=vchan)
+            else:
+                user = target.channel.add_subscriber(
+                    reliable=request.reliable, max_active_messages=request.max_active, vchan=vchan
+                )
+        except BaseException:
+            self._forget_vchan_if_unused(target, name)
+            self._remove_if_empty(target)
+            raise
+        target.user_vchans[(publisher, user)] = vchan
+        if isinstance(request, wire.CreatePublisherRequest):
+            target.reliable_publishers = request.reliable
+            target.publisher_owner[user] = client_id
+            if request.reliable:
+                fd = new_eventfd()
+                target.publisher_fds[user] = fd
+                target.triggers.set_publisher(user, fd)
+        else:
+            fd = new_eventfd()
+            target.subscriber_owner[user] = client_id
+            target.subscriber_fds[user] = fd
+            target.triggers.set_subscriber(user, fd)
+        self._changed()
+        return target, user
+
+    def _new_vchan(self, target: ServerChannel, name: str) -> int:
+        used = set(target.vchans.values())
+        free = next((v for v in range(memory.MAX_VCHANS) if v not in used), None)
+        if free is None:
+            raise BusLimitError(
+                f"mux {target.name!r} has {memory.MAX_VCHANS} virtual channels, the limit"
+            )
+        # A reused id starts afresh: nobody uses it (its last user went), so no
+        # publisher moves its counter and no subscriber reads its ordinals.
+        line = target.channel.vchan_line(free)
+        atomics.store_release_u64(target.channel.ccb, line + memory.VCHAN_NEXT_ORDINAL, 0)
+        atomics.store_release_u64(target.channel.ccb, line + memory.VCHAN_SUBSCRIBERS, 0)
+        target.vchans[name] = free
+        self._vchans[name] = target.name
+        log.info("vchan created %s", kv(mux=target.name, vchan=name, id=free))
+        return free
+
+    def _forget_vchan_if_unused(self, target: ServerChannel, name: str) -> None:
+        vchan = target.vchans.get(name)
+        if vchan is None or vchan in target.user_vchans.values():
+            return
+        del target.vchans[name]
+        self._vchans.pop(name, None)
+
+    def _release_vchan(self, target: ServerChannel, key: tuple[bool, int]) -> None:
+        vchan = target.user_vchans.pop(key, None)
+        if vchan is None:
+            return
+        name = next(n for n, v in target.vchans.items() if v == vchan)
+        self._forget_vchan_if_unused(target, name)
+
     def remove_publisher(self, client_id: int, name: str, user: int) -> None:
         """Unregister publisher `user` of channel `name`, which `client_id` registered:
         its unpublished slot is freed and waiting subscribers woken; the channel goes
@@ -450,6 +584,7 @@ class Registry:
     def _drop_publisher(self, target: ServerChannel, user: int) -> None:
         del target.publisher_owner[user]
         target.channel.remove_publisher(user, target.triggers)
+        self._release_vchan(target, (True, user))
         target.triggers.remove_publisher(user)
         fd = target.publisher_fds.pop(user, None)
         if fd is not None:
@@ -458,6 +593,7 @@ class Registry:
     def _drop_subscriber(self, target: ServerChannel, user: int) -> None:
         del target.subscriber_owner[user]
         target.channel.remove_subscriber(user, target.triggers)
+        self._release_vchan(target, (False, user))
         target.triggers.remove_subscriber(user)
         os.close(target.subscriber_fds.pop(user))
 
@@ -482,6 +618,9 @@ class Registry:
         if not target.empty or self._channels.get(target.name) is not target:
             return
         del self._channels[target.name]
+        for vchan in target.vchans:
+            self._vchans.pop(vchan, None)
+        target.vchans.clear()
         self._close(target)
         log.info("channel removed %s", kv(channel=target.name, id=target.channel_id))
 
@@ -581,6 +720,26 @@ class Registry:
         return passed
 
     # -- reports --------------------------------------------------------------------------
+
+    def vchan_infos(self, target: ServerChannel) -> list[wire.ChannelInfo]:
+        """One record per virtual channel of a mux (none for another channel), by id."""
+        channel = target.channel
+        records = []
+        for name, vchan in sorted(target.vchans.items(), key=lambda item: item[1]):
+            users = [key for key, v in target.user_vchans.items() if v == vchan]
+            pubs = [u for p, u in users if p]
+            subs = [u for p, u in users if not p]
+            record = wire.ChannelInfo(
+                name=name, type=channel.type, channel_id=channel.channel_id,
+                num_slots=channel.num_slots, slot_size=target.slot_size(),
+                flags=wire.CHANNEL_VIRTUAL, publishers=len(pubs),
+                reliable_publishers=sum(1 for u in pubs if u in target.publisher_fds),
+                subscribers=len(subs),
+                reliable_subscribers=sum(1 for u in subs if channel.is_reliable_subscriber(u)),
+                mux=target.name,
+            )  # fmt: skip
+            records.append(record)
+        return records
 
     def info(self, target: ServerChannel) -> wire.ChannelInfo:
         """What the channel is and who uses it."""

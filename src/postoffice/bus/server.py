@@ -290,7 +290,13 @@ class BusServer:
                 fds = tuple(entry for entry, _ in passed)
                 return wire.TriggersReply(channel_id=target.channel_id, fds=fds), passed
             case wire.GetChannelInfoRequest():
-                infos = tuple(registry.info(t) for t in self._chosen(request.channel))
+                records = []
+                for chosen in self._chosen(request.channel):
+                    records.append(registry.info(chosen))
+                    if not request.channel:
+                        records.extend(registry.vchan_infos(chosen))
+                # One reply holds MAX_RECORDS: with many vchans the last ones are left out.
+                infos = tuple(records[: wire.MAX_RECORDS])
                 return wire.ChannelInfoReply(channels=infos), []
             case wire.GetChannelStatsRequest():
                 stats = tuple(registry.stats(t) for t in self._chosen(request.channel))

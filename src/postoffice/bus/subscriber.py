@@ -49,6 +49,7 @@ class Message:
         "slot",
         "timestamp_ns",
         "vchan_id",
+        "vchan_ordinal",
     )
 
     def __init__(
@@ -64,6 +65,7 @@ class Message:
         data: memoryview,
         metadata: memoryview,
         activation: bool = False,
+        vchan_ordinal: int = 0,
     ) -> None:
         self._subscriber = subscriber
         #: An activation message: a publisher joined (no payload).
@@ -73,7 +75,10 @@ class Message:
         self.size = size
         self.timestamp_ns = timestamp_ns
         self.buffer_index = buffer_index
+        #: The message's virtual channel (NO_VCHAN: none) and its ordinal there; for a
+        #: subscriber of that vchan, `ordinal` is this one.
         self.vchan_id = vchan_id
+        self.vchan_ordinal = vchan_ordinal
         self.data = data
         self.metadata = metadata
         self.released = False
@@ -116,6 +121,10 @@ class Subscriber:
     `drop_bad_checksums` it is counted as a drop (and in `bad_checksums`) and the read
     goes on to the next message. Activation messages (a publisher saying it joined) are
     passed over too, without counting, unless `pass_activations`.
+
+    A subscriber of a virtual channel (registered so; `vchan_id`) reads only that
+    vchan's messages of its mux, in the vchan's own ordinals (`last_ordinal`, drops and
+    `Message.ordinal` are in those); a subscriber of the mux itself reads them all.
     """
 
     def __init__(
@@ -148,6 +157,12 @@ class Subscriber:
         self._ccb = channel.ccb
         self._num_slots = channel.num_slots
         self._placeholder = channel.placeholder
+        #: The vchan this subscriber reads (NO_VCHAN: every message of the channel).
+        self.vchan_id = channel.subscriber_vchan(subscriber_id)
+        self._vchan = self.vchan_id
+        self._pending = (
+            memory.CCB_PENDING if self._vchan == memory.NO_VCHAN else memory.CCB_PENDING_VCHAN
+        )
         self._bit = 1 << subscriber_id
         self._keep = ~self._bit & memory.ALL_BITS
         self._waiting = WaitBit(channel.ccb, memory.CCB_SUBSCRIBERS_WAITING, subscriber_id)
@@ -233,7 +248,7 @@ class Subscriber:
     def _newest(self) -> tuple[int, int]:
         found = atomics.newest_message(
             self._ccb, memory.CCB_SLOTS, self._num_slots, self.last_ordinal,
-            self.subscriber_id, self.reliable,
+            self.subscriber_id, self.reliable, self._vchan,
         )  # fmt: skip
         if self.reliable:
             # The skipped messages were marked read: their slots may be free for a
@@ -243,8 +258,8 @@ class Subscriber:
 
     def _scan(self, user: int) -> tuple[int, int, int]:
         return _next(
-            self._ccb, memory.CCB_SLOTS, self._num_slots, memory.CCB_PENDING,
-            self.last_ordinal, user, self.reliable,
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self._pending,
+            self.last_ordinal, user, self.reliable, self._vchan, memory.CCB_PUBLISHER_VCHANS,
         )  # fmt: skip
 
     def read_all(self) -> list[Message]:
@@ -253,8 +268,9 @@ class Subscriber:
         self._check_open()
         self.release_all()
         _, batch = atomics.collect(
-            self._ccb, memory.CCB_SLOTS, self._num_slots, memory.CCB_PENDING,
+            self._ccb, memory.CCB_SLOTS, self._num_slots, self._pending,
             self.last_ordinal, self.subscriber_id, self.reliable, self.max_active_messages,
+            self._vchan, memory.CCB_PUBLISHER_VCHANS,
         )  # fmt: skip
         messages: list[Message] = []
         try:
@@ -280,8 +296,9 @@ class Subscriber:
         if len(self._held) >= self.max_active_messages:
             self._release_oldest()
         slot, ordinal = atomics.find_timestamp(
-            self._ccb, memory.CCB_SLOTS, self._num_slots, timestamp_ns, self.subscriber_id
-        )
+            self._ccb, memory.CCB_SLOTS, self._num_slots, timestamp_ns, self.subscriber_id,
+            self._vchan,
+        )  # fmt: skip
         if slot < 0:
             return None
         return self._message(slot, ordinal, advance=False)
@@ -294,7 +311,7 @@ class Subscriber:
         None when such messages are counted as drops. An activation message the
         subscriber does not want is let go and passed over: None."""
         line = memory.slot_offset(slot)
-        size, meta_size, timestamp, index, vchan, _, flags, checksum = _unpack_fields(
+        size, meta_size, timestamp, index, vchan, vchan_ordinal, flags, checksum = _unpack_fields(
             self._ccb, line + memory.SLOT_SIZE
         )
         try:
@@ -335,7 +352,7 @@ class Subscriber:
         message = Message(
             self, slot=slot, ordinal=ordinal, size=size, timestamp_ns=timestamp,
             buffer_index=index, vchan_id=vchan, data=data, metadata=metadata,
-            activation=activation,
+            activation=activation, vchan_ordinal=vchan_ordinal,
         )  # fmt: skip
         self._held[slot] = weakref.ref(message)
         self.received += 1

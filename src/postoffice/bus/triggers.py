@@ -83,14 +83,16 @@ class Triggers:
 
     The server hands them out (a subscriber's to every publisher, a reliable publisher's
     to every subscriber) and updates them as users come and go. A waiting bit whose
-    eventfd is not known here is left in the mask for a process that knows it; if
-    `on_unknown` is set, it is called first (a client asks the server for the users that
-    came since), and the bits it made known are served.
+    eventfd is not known here is left in the mask for a process that knows it. If
+    `on_waiters` is set, it is called before any waiting bit is served (a client asks
+    the server for the users now if they changed since it last asked: users that came,
+    and ids that went and were given to others, whose old eventfds would wake nobody),
+    and the bits it made known are served.
     """
 
-    def __init__(self, ccb: mmap.mmap, on_unknown: Callable[[], None] | None = None) -> None:
+    def __init__(self, ccb: mmap.mmap, on_waiters: Callable[[], None] | None = None) -> None:
         self._ccb = ccb
-        self.on_unknown = on_unknown
+        self.on_waiters = on_waiters
         self._subscribers: dict[int, int] = {}
         self._publishers: dict[int, int] = {}
         self._subscriber_mask = 0
@@ -132,10 +134,11 @@ class Triggers:
         waiting = _load(self._ccb, offset)
         if not waiting:
             return 0
+        if self.on_waiters is not None:
+            # Not only for unknown bits: a known bit may be a reused id, whose eventfd
+            # here is its previous owner's. The hook costs one load while nothing changed.
+            self.on_waiters()
         known = self._subscriber_mask if subscribers else self._publisher_mask
-        if waiting & ~known and self.on_unknown is not None:
-            self.on_unknown()
-            known = self._subscriber_mask if subscribers else self._publisher_mask
         fds = self._subscribers if subscribers else self._publishers
         waiting &= known
         if not waiting:

@@ -104,15 +104,23 @@ OPT_FIXED_SIZE: Final = 0x0002
 OPT_CHECKSUM: Final = 0x0004
 #: A u16 metadata size (bytes per message, 1..MAX_METADATA_BYTES) follows.
 OPT_METADATA: Final = 0x0008
-PUBLISHER_OPTIONS: Final = OPT_RELIABLE | OPT_FIXED_SIZE | OPT_CHECKSUM | OPT_METADATA
-SUBSCRIBER_OPTIONS: Final = OPT_RELIABLE
+#: A str8 mux name (1..128 bytes) follows: the channel is a virtual channel of that mux.
+OPT_MUX: Final = 0x0010
+PUBLISHER_OPTIONS: Final = OPT_RELIABLE | OPT_FIXED_SIZE | OPT_CHECKSUM | OPT_METADATA | OPT_MUX
+SUBSCRIBER_OPTIONS: Final = OPT_RELIABLE | OPT_MUX
 
 #: Channel flags in replies and records (the CCB's flags word).
 CHANNEL_FIXED_SIZE: Final = 0x0001
 CHANNEL_CHECKSUM: Final = 0x0002
 #: Made by a subscriber, no publisher yet: its first publisher may give it new files.
 CHANNEL_PLACEHOLDER: Final = 0x0004
-CHANNEL_FLAGS: Final = CHANNEL_FIXED_SIZE | CHANNEL_CHECKSUM | CHANNEL_PLACEHOLDER
+#: A multiplexer: virtual channels share its slots and buffers.
+CHANNEL_MUX: Final = 0x0010
+#: A virtual channel (CHANNEL_INFO only): a str8 mux name follows its record.
+CHANNEL_VIRTUAL: Final = 0x0020
+CHANNEL_FLAGS: Final = (
+    CHANNEL_FIXED_SIZE | CHANNEL_CHECKSUM | CHANNEL_PLACEHOLDER | CHANNEL_MUX | CHANNEL_VIRTUAL
+)
 
 _U8: Final = struct.Struct(">B")
 _U16: Final = struct.Struct(">H")
@@ -152,6 +160,8 @@ class CreatePublisherRequest:
     checksum: bool = False
     #: Bytes of metadata each message may carry (a new channel's; must match an old one's).
     metadata_bytes: int = 0
+    #: The multiplexer whose virtual channel `channel` is ("": a channel of its own).
+    mux: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +175,8 @@ class CreateSubscriberRequest:
     num_slots: int = 0
     reliable: bool = False
     max_active: int = 1
+    #: The multiplexer whose virtual channel `channel` is ("": a channel of its own).
+    mux: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,6 +299,8 @@ class ChannelInfo:
     reliable_publishers: int
     subscribers: int
     reliable_subscribers: int
+    #: A virtual channel's multiplexer (flags then has CHANNEL_VIRTUAL); "" otherwise.
+    mux: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -387,13 +401,17 @@ def _request_payload(request: Request) -> tuple[FrameType, bytes]:
                 | (OPT_FIXED_SIZE if request.fixed_size else 0)
                 | (OPT_CHECKSUM if request.checksum else 0)
                 | (OPT_METADATA if metadata else 0)
+                | (OPT_MUX if request.mux else 0)
             )
             extra = _U16.pack(metadata) if metadata else b""
+            if request.mux:
+                extra += _str8(request.mux, MAX_CHANNEL_NAME_BYTES, "mux name")
             return FrameType.CREATE_PUBLISHER, _create(request, options) + extra
         case CreateSubscriberRequest():
-            options = OPT_RELIABLE if request.reliable else 0
+            options = (OPT_RELIABLE if request.reliable else 0) | (OPT_MUX if request.mux else 0)
             active = _U32.pack(_check(request.max_active, 1, MAX_ACTIVE, "max_active"))
-            return FrameType.CREATE_SUBSCRIBER, _create(request, options) + active
+            mux = _str8(request.mux, MAX_CHANNEL_NAME_BYTES, "mux name") if request.mux else b""
+            return FrameType.CREATE_SUBSCRIBER, _create(request, options) + active + mux
         case RemovePublisherRequest() | RemoveSubscriberRequest() | ReopenSubscriberRequest():
             kind = (
                 FrameType.REMOVE_PUBLISHER
@@ -498,6 +516,11 @@ def _info_record(info: ChannelInfo) -> bytes:
             info.reliable_publishers,
             info.subscribers,
             info.reliable_subscribers,
+        )
+        + (
+            _str8(info.mux, MAX_CHANNEL_NAME_BYTES, "mux name")
+            if info.flags & CHANNEL_VIRTUAL
+            else b""
         )
     )
 
@@ -610,20 +633,22 @@ def decode_request(frame: Frame) -> Request:
             if options & OPT_METADATA:
                 (metadata,) = reader.unpack(_U16, "metadata size")
                 _check(metadata, 1, MAX_METADATA_BYTES, "metadata_bytes")
+            mux = _read_mux(reader) if options & OPT_MUX else ""
             request = CreatePublisherRequest(
                 channel=name, type=type_, slot_size=slot_size, num_slots=num_slots,
                 reliable=bool(options & OPT_RELIABLE),
                 fixed_size=bool(options & OPT_FIXED_SIZE),
-                checksum=bool(options & OPT_CHECKSUM), metadata_bytes=metadata,
+                checksum=bool(options & OPT_CHECKSUM), metadata_bytes=metadata, mux=mux,
             )  # fmt: skip
         case FrameType.CREATE_SUBSCRIBER:
             name, type_, slot_size, num_slots, options = _read_create(reader)
             _options(options, SUBSCRIBER_OPTIONS, "subscriber")
             (active,) = reader.unpack(_U32, "max_active")
+            _check(active, 1, MAX_ACTIVE, "max_active")
+            mux = _read_mux(reader) if options & OPT_MUX else ""
             request = CreateSubscriberRequest(
                 channel=name, type=type_, slot_size=slot_size, num_slots=num_slots,
-                reliable=bool(options & OPT_RELIABLE),
-                max_active=_check(active, 1, MAX_ACTIVE, "max_active"),
+                reliable=bool(options & OPT_RELIABLE), max_active=active, mux=mux,
             )  # fmt: skip
         case FrameType.REMOVE_PUBLISHER | FrameType.REMOVE_SUBSCRIBER | FrameType.REOPEN_SUBSCRIBER:
             name = _read_channel(reader, required=True)
@@ -650,6 +675,13 @@ def _read_channel(reader: _Reader, *, required: bool) -> str:
     name = reader.str8(MAX_CHANNEL_NAME_BYTES, "channel name")
     if required and not name:
         raise BusProtocolError("channel name is empty")
+    return name
+
+
+def _read_mux(reader: _Reader) -> str:
+    name = reader.str8(MAX_CHANNEL_NAME_BYTES, "mux name")
+    if not name:
+        raise BusProtocolError("mux name is empty")
     return name
 
 
@@ -737,10 +769,11 @@ def _read_info(reader: _Reader) -> ChannelInfo:
     name = _read_channel(reader, required=True)
     type_ = reader.str8(MAX_TYPE_BYTES, "channel type")
     channel_id, slots, size, flags, pubs, rpubs, subs, rsubs = reader.unpack(_INFO_BODY, "info")
+    mux = _read_mux(reader) if flags & CHANNEL_VIRTUAL else ""
     return ChannelInfo(
         name=name, type=type_, channel_id=channel_id, num_slots=slots, slot_size=size,
         flags=flags, publishers=pubs, reliable_publishers=rpubs, subscribers=subs,
-        reliable_subscribers=rsubs,
+        reliable_subscribers=rsubs, mux=mux,
     )  # fmt: skip
 
 
