@@ -256,6 +256,7 @@ async def test_hello_without_version_keeps_the_protocol(harness: Harness) -> Non
         (("HELLO", "x"), err("unsupported protocol version 'x', expected 2 or 3", "NOPROTO")),
         (("HELLO", "3", "BOGUS"), err("syntax error in HELLO option 'BOGUS'")),
         (("HELLO", "3", "AUTH", "u"), err("syntax error in HELLO option 'AUTH'")),
+        (("HELLO", "3", "SETNAME", "n" * 257), err("client name of 257 bytes exceeds limit 256")),
     ],
 )
 async def test_hello_errors(harness: Harness, args: tuple[str, ...], reply: bytes) -> None:

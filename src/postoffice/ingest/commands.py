@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MAX_ARGS: Final = 1 << 31  # "no upper bound" for commands of variable arity
 MAX_SHOWN_CHARS: Final = 64  # of a client's argument quoted back in an error
+#: Longest name HELLO SETNAME takes, as the command server's CLIENT SETNAME: names are
+#: labels, and a connection should not pin a long one.
+MAX_CLIENT_NAME_BYTES: Final = 256
 MAX_LINE_RANGES: Final = 16  # missing ranges on one UPLOADS line; MISSING lists more
 
 
@@ -268,6 +271,10 @@ def cmd_hello(conn: ControlSession, args: list[bytes]) -> Reply:
             cmd_auth(conn, [b"AUTH", rest[1], rest[2]])
             rest = rest[3:]
         elif option == b"SETNAME" and len(rest) >= 2:
+            if len(rest[1]) > MAX_CLIENT_NAME_BYTES:
+                raise ControlError(
+                    f"client name of {len(rest[1])} bytes exceeds limit {MAX_CLIENT_NAME_BYTES}"
+                )
             conn.name = shown(rest[1])
             rest = rest[2:]
         else:
