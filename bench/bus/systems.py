@@ -84,7 +84,8 @@ class System(Protocol):
     each in its own child. A pair's two sides call `meet` the same number of times."""
 
     name: str
-    blocking_modes: tuple[bool, ...]
+    #: Whether it takes part in the ping-pongs (a variant may run the floods only).
+    pingpong: bool
 
     def prepare(self, scratch: Path, tag: str, shape: Shape) -> Any: ...
 
@@ -168,13 +169,15 @@ def _ours_take(subscriber: Subscriber, blocking: bool) -> None:
 
 
 class Ours:
-    """postoffice.bus channels: read() for ping-pong, read_all() for the one-way flood."""
+    """postoffice.bus channels: read() for ping-pong, read_all() for the one-way flood.
+    The flood's reader sleeps in wait() when a batch comes back empty, or with
+    `spinning_reader` calls read_all() again at once (as the iceoryx2 reader polls)."""
 
-    name = "ours"
-    blocking_modes = (False, True)
-
-    def __init__(self, location: BusLocation) -> None:
+    def __init__(self, location: BusLocation, *, spinning_reader: bool = False) -> None:
         self.location = location
+        self.spinning_reader = spinning_reader
+        self.name = "ours_spinning_reader" if spinning_reader else "ours"
+        self.pingpong = not spinning_reader
         self._next_channel = 0
 
     def _channel_id(self) -> int:
@@ -222,11 +225,12 @@ class Ours:
 
     def receive(self, setup: _OursSetup, count: int, ready: Barrier) -> tuple[float, int, int]:
         subscriber = setup.there.subscriber()
+        read_all, spinning = subscriber.read_all, self.spinning_reader
         meet(ready)
         got = timed = 0
         first = 0.0
         while got < count:
-            batch = subscriber.read_all()
+            batch = spin_until(lambda: read_all() or None) if spinning else read_all()
             if not batch:
                 if not subscriber.wait(PATIENCE_S):
                     raise PeerTimeout("no message within the wait")
@@ -254,7 +258,7 @@ class Zmq:
     """pyzmq: a PAIR socket for ping-pong, PUSH/PULL for the flood, over ipc://."""
 
     name = "pyzmq"
-    blocking_modes = (False, True)
+    pingpong = True
 
     def prepare(self, scratch: Path, tag: str, shape: Shape) -> _ZmqSetup:
         return _ZmqSetup(shape=shape, address=f"ipc://{scratch / f'zmq-{tag}.sock'}")
@@ -443,7 +447,7 @@ class Iceoryx2:
     publisher retries until delivered); blocking through an event service beside it."""
 
     name = "iceoryx2"
-    blocking_modes = (False, True)
+    pingpong = True
 
     def prepare(self, scratch: Path, tag: str, shape: Shape) -> _IoxSetup:
         sent = multiprocessing.get_context("fork").Event()
@@ -532,7 +536,7 @@ class Zenoh:
     through its shared memory (its default transport optimisation)."""
 
     name = "zenoh"
-    blocking_modes = (False, True)
+    pingpong = True
 
     def prepare(self, scratch: Path, tag: str, shape: Shape) -> _ZenohSetup:
         return _ZenohSetup(shape=shape, endpoint=f"unixsock-stream/{scratch / f'z-{tag}.sock'}",
@@ -664,7 +668,7 @@ class Floor:
     copy of the payload into shared memory per message, in one process (no reader)."""
 
     name = "floor"
-    blocking_modes = (False, True)
+    pingpong = True
 
     def prepare(self, scratch: Path, tag: str, shape: Shape) -> _FloorSetup:
         words = mmap.mmap(-1, 128)  # shared across fork; two words on their own lines
