@@ -19,6 +19,7 @@ from postoffice.bus import (
     Triggers,
     create_channel,
     new_eventfd,
+    new_retirement_pipe,
 )
 
 SHM = Path("/dev/shm")
@@ -41,6 +42,8 @@ class Rig:
     channel: Channel
     subscriber_fds: dict[int, int] = field(default_factory=dict)
     publisher_fds: dict[int, int] = field(default_factory=dict)
+    #: Retirement pipes (read end, write end) of the publishers that asked, by id.
+    retirement_fds: dict[int, tuple[int, int]] = field(default_factory=dict)
     users: list[Publisher | Subscriber] = field(default_factory=list)
     shared: Triggers | None = None
 
@@ -67,13 +70,20 @@ class Rig:
             triggers.set_subscriber(user, fd)
         for user, fd in self.publisher_fds.items():
             triggers.set_publisher(user, fd)
+        for user, (_, write_end) in self.retirement_fds.items():
+            triggers.set_retirer(user, write_end)
         return triggers
 
-    def register_publisher(self, *, reliable: bool = False, vchan: int = -1) -> int:
+    def register_publisher(
+        self, *, reliable: bool = False, vchan: int = -1, retirement: bool = False
+    ) -> int:
         user = self.channel.add_publisher(reliable=reliable, vchan=vchan)
         if reliable:
             self.publisher_fds[user] = new_eventfd()
             self.triggers().set_publisher(user, self.publisher_fds[user])
+        if retirement:
+            self.retirement_fds[user] = new_retirement_pipe()
+            self.triggers().set_retirer(user, self.retirement_fds[user][1])
         return user
 
     def register_subscriber(
@@ -93,6 +103,7 @@ class Rig:
             user,
             triggers=self.triggers(channel),
             eventfd=self.publisher_fds.get(user),
+            retirement=self.retirement_fds[user][0] if user in self.retirement_fds else None,
         )
         self.users.append(publisher)
         return publisher
@@ -113,8 +124,11 @@ class Rig:
         self.users.append(subscriber)
         return subscriber
 
-    def publisher(self, *, reliable: bool = False, vchan: int = -1) -> Publisher:
-        return self.publisher_for(self.register_publisher(reliable=reliable, vchan=vchan))
+    def publisher(
+        self, *, reliable: bool = False, vchan: int = -1, retirement: bool = False
+    ) -> Publisher:
+        user = self.register_publisher(reliable=reliable, vchan=vchan, retirement=retirement)
+        return self.publisher_for(user)
 
     def subscriber(
         self,
@@ -138,4 +152,7 @@ class Rig:
         self.fds.close()
         for fd in [*self.subscriber_fds.values(), *self.publisher_fds.values()]:
             os.close(fd)
+        for pair in self.retirement_fds.values():
+            for fd in pair:
+                os.close(fd)
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -49,6 +49,13 @@ REQUESTS: list[tuple[int, bytes, wire.Request]] = [
         wire.CreatePublisherRequest(channel="chat", checksum=True, metadata_bytes=20),
     ),
     (
+        0x02,
+        b"\x04chat\x00" + struct.pack(">IIHH", 0, 0, 0x0029, 4),
+        wire.CreatePublisherRequest(
+            channel="chat", reliable=True, metadata_bytes=4, retirement=True
+        ),
+    ),
+    (
         0x03,
         b"\x04chat\x00" + struct.pack(">IIHI", 0, 0, 0x0001, 3),
         wire.CreateSubscriberRequest(channel="chat", reliable=True, max_active=3),
@@ -296,7 +303,7 @@ def test_a_reply_frame_is_not_a_reply_when_it_is_a_request() -> None:
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        (b"\x01\x09\x00\x00", r"^fd entry 0 has unknown role 9$"),
+        (b"\x01\x0a\x00\x00", r"^fd entry 0 has unknown role 10$"),
         (b"\x02\x02\x00\x00", r"^TRIGGERS payload of 6 bytes ends inside fd entry 1$"),
     ],
 )

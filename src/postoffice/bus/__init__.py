@@ -40,6 +40,7 @@ from postoffice.bus.errors import (
 )
 from postoffice.bus.native import atomics
 from postoffice.bus.publisher import Publisher
+from postoffice.bus.retirement import new_pipe as new_retirement_pipe
 from postoffice.bus.subscriber import DropCallback, Message, Subscriber
 from postoffice.bus.triggers import Triggers, new_eventfd
 from postoffice.bus.wire import (
@@ -90,6 +91,7 @@ __all__ = [
     "create_channel",
     "default_socket_path",
     "new_eventfd",
+    "new_retirement_pipe",
     "remove_channel_files",
     "remove_session_files",
     "slots_needed",

@@ -468,8 +468,9 @@ class Channel:
 
     def release_subscriber(self, subscriber_id: int, triggers: Triggers | None = None) -> int:
         """Crash cleanup: take subscriber `subscriber_id`'s bit out of every slot's
-        holders and unread, then wake the reliable publishers that wait for a slot; how
-        many slots it held or still had to read."""
+        holders and unread, then report the messages that retired by it and wake the
+        reliable publishers that wait for a slot; how many slots it held or still had
+        to read."""
         self._check_open()
         if not 0 <= subscriber_id < memory.MAX_SUBSCRIBERS:
             raise BusConfigError(f"no subscriber {subscriber_id} on channel {self.name!r}")
@@ -477,6 +478,7 @@ class Channel:
             self.ccb, memory.CCB_SLOTS, self.num_slots, subscriber_id
         )
         if triggers is not None:
+            triggers.retire_all(self.num_slots)
             triggers.wake_publishers()
         return count
 

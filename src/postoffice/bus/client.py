@@ -82,6 +82,14 @@ def error_for(reply: wire.ErrorReply) -> BusError:
     return cls(reply.message)
 
 
+#: The descriptors of other users that a mapping keeps for its Triggers.
+_TRIGGER_ROLES: Final = (
+    wire.FdRole.SUBSCRIBER_TRIGGER,
+    wire.FdRole.PUBLISHER_TRIGGER,
+    wire.FdRole.RETIRER,
+)
+
+
 @final
 @dataclass(eq=False)
 class _Mapped:
@@ -95,6 +103,8 @@ class _Mapped:
     trigger_fds: dict[tuple[wire.FdRole, int], int] = field(default_factory=dict)
     #: Own eventfds of this client's users, by (publisher?, user id).
     own_fds: dict[tuple[bool, int], int] = field(default_factory=dict)
+    #: Read ends of the retirement pipes of this client's publishers that asked, by id.
+    retirement_fds: dict[int, int] = field(default_factory=dict)
     users: dict[tuple[bool, int], Publisher | Subscriber] = field(default_factory=dict)
     updates_seen: int = -1
 
@@ -243,6 +253,7 @@ class Client:
         checksum_function: ChecksumFunction = crc32_checksum,
         activate: bool = False,
         mux: str = "",
+        retirement: bool = False,
     ) -> Publisher:
         """A publisher on channel `name`, created if need be (0: the channel's slot size
         and num_slots, or the server's defaults). With `checksum`, every message carries
@@ -251,21 +262,28 @@ class Client:
         publisher's first message is an activation message (Publisher.activate; not
         sent when a reliable publisher finds no free slot). With `mux`, `name` is a
         virtual channel of that multiplexer (both made on first use; the channel
-        parameters are the mux's), and `publish` returns the vchan's ordinals. Raises
+        parameters are the mux's), and `publish` returns the vchan's ordinals. With
+        `retirement` (not with `mux`: BusConfigError), the publisher's
+        `retirement_fileno()` becomes readable when a message of its retires (nobody
+        holds it, no reliable subscriber must still read it), and `retired()` says
+        which. Raises
         BusMismatchError when the parameters disagree with the channel's,
         TooManyUsersError, CapacityError, BusLimitError, BusProtocolError (a field out
         of range: nothing sent)."""
         request = wire.CreatePublisherRequest(
             channel=name, type=type, slot_size=slot_size, num_slots=num_slots,
             reliable=reliable, fixed_size=fixed_size, checksum=checksum,
-            metadata_bytes=metadata_bytes, mux=mux,
+            metadata_bytes=metadata_bytes, mux=mux, retirement=retirement,
         )  # fmt: skip
         reply, fds = self._call(request)
         grant = self._grant(reply, fds, publisher=True)
         mapped, own = self._map(mux or name, grant, fds)
+        retire_fd = mapped.retirement_fds.get(grant.user_id)
+        if retirement and retire_fd is None:
+            raise BusProtocolError("a retirement grant without the retirement pipe")
         publisher = Publisher(
             mapped.channel, grant.user_id, triggers=mapped.triggers, eventfd=own,
-            checksum=checksum_function,
+            checksum=checksum_function, retirement=retire_fd,
         )  # fmt: skip
         mapped.users[(True, grant.user_id)] = publisher
         if activate:
@@ -366,7 +384,10 @@ class Client:
                     own = fd
                     mapped.own_fds[(publisher, grant.user_id)] = fd
                     taken.add(fd)
-                elif entry.role in (wire.FdRole.SUBSCRIBER_TRIGGER, wire.FdRole.PUBLISHER_TRIGGER):
+                elif entry.role is wire.FdRole.RETIREMENT and publisher:
+                    mapped.retirement_fds[grant.user_id] = fd
+                    taken.add(fd)
+                elif entry.role in _TRIGGER_ROLES:
                     self._set_trigger(mapped, entry, fd)
                     taken.add(fd)
             if own is not None:
@@ -391,9 +412,13 @@ class Client:
                 new.triggers.set_publisher(user, fd)
             else:
                 new.triggers.set_subscriber(user, fd)
+        new.retirement_fds.update(old.retirement_fds)
+        old.retirement_fds.clear()
         for (role, user), fd in new.trigger_fds.items():
             if role is wire.FdRole.SUBSCRIBER_TRIGGER:
                 new.triggers.set_subscriber(user, fd)
+            elif role is wire.FdRole.RETIRER:
+                new.triggers.set_retirer(user, fd)
             else:
                 new.triggers.set_publisher(user, fd)
         for key, member in old.users.items():
@@ -419,6 +444,8 @@ class Client:
         key = (entry.role, entry.id)
         if entry.role is wire.FdRole.SUBSCRIBER_TRIGGER:
             mapped.triggers.set_subscriber(entry.id, fd)
+        elif entry.role is wire.FdRole.RETIRER:
+            mapped.triggers.set_retirer(entry.id, fd)
         else:
             mapped.triggers.set_publisher(entry.id, fd)
         old = mapped.trigger_fds.get(key)
@@ -451,7 +478,7 @@ class Client:
             raise BusProtocolError(f"GET_TRIGGERS answered with {type(reply).__name__}")
         listed: set[tuple[wire.FdRole, int]] = set()
         for entry, fd in zip(reply.fds, fds, strict=True):
-            if entry.role in (wire.FdRole.SUBSCRIBER_TRIGGER, wire.FdRole.PUBLISHER_TRIGGER):
+            if entry.role in _TRIGGER_ROLES:
                 self._set_trigger(mapped, entry, fd)
                 listed.add((entry.role, entry.id))
             else:
@@ -460,6 +487,8 @@ class Client:
             role, user = key  # gone from the channel: forget its eventfd
             if role is wire.FdRole.SUBSCRIBER_TRIGGER:
                 mapped.triggers.remove_subscriber(user)
+            elif role is wire.FdRole.RETIRER:
+                mapped.triggers.remove_retirer(user)
             else:
                 mapped.triggers.remove_publisher(user)
             os.close(mapped.trigger_fds.pop(key))
@@ -506,6 +535,9 @@ class Client:
                 mapped.triggers.remove_subscriber(user_id)
             if own is not None:
                 os.close(own)
+            retire_fd = mapped.retirement_fds.pop(user_id, None) if publisher else None
+            if retire_fd is not None:
+                os.close(retire_fd)
             if not mapped.users:
                 self._unmap(mapped)
 
@@ -519,9 +551,16 @@ class Client:
         except BusStorageError as exc:  # a message still referenced: it stays mapped
             log.debug("channel kept mapped %s", kv(channel=mapped.name, error=exc))
         mapped.fds.close()
-        _close_all([*mapped.trigger_fds.values(), *mapped.own_fds.values()])
+        _close_all(
+            [
+                *mapped.trigger_fds.values(),
+                *mapped.own_fds.values(),
+                *mapped.retirement_fds.values(),
+            ]
+        )
         mapped.trigger_fds.clear()
         mapped.own_fds.clear()
+        mapped.retirement_fds.clear()
 
     # -- reports --------------------------------------------------------------------------
 

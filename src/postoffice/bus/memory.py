@@ -183,6 +183,17 @@ NO_VCHAN: Final = -1
 #: publisher saying it joined: no payload, skipped by subscribers unless they ask).
 SLOT_FLAG_CHECKSUM: Final = 1
 SLOT_FLAG_ACTIVATION: Final = 2
+#: The publisher wants to hear when the message retires (every holder let it go). The
+#: flags word (with the checksum, one u64 at SLOT_FLAGS) is then stored atomically and
+#: the bit is taken by CAS, so exactly one process reports the retirement.
+SLOT_FLAG_RETIRE: Final = 4
+#: The u64 of flags (low half) and checksum (high half).
+SLOT_FLAGS: Final = 56
+#: With SLOT_FLAG_RETIRE: flags bits 8..13 are the publisher id, bits 16..31 the low 16
+#: bits of the ordinal (which tell this message's bit from a later one's in the slot).
+RETIRE_PUBLISHER_SHIFT: Final = 8
+RETIRE_TAG_SHIFT: Final = 16
+RETIRE_TAG_MASK: Final = 0xFFFF
 
 
 def slot_offset(index: int) -> int:

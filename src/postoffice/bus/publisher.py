@@ -10,7 +10,7 @@ import struct
 import time
 from typing import Final, final
 
-from postoffice.bus import memory
+from postoffice.bus import memory, retirement
 from postoffice.bus.channel import Channel, ChecksumFunction, MappedBuffer, crc32_checksum
 from postoffice.bus.errors import (
     BusClosedError,
@@ -52,6 +52,11 @@ class Publisher:
     A publisher on a virtual channel (`vchan_id`, registered so) shares its mux's slots:
     each message also takes the vchan's next ordinal, which `publish` returns, and only
     the subscribers of that vchan or of the whole mux must read it.
+
+    Given `retirement` (the read end of its retirement pipe, whose write end every
+    user's Triggers knows), each message asks to be reported once no subscriber holds
+    it and no reliable subscriber must still read it: `retired()` then returns its
+    (slot, ordinal). A vchan publisher cannot ask (its ordinals are the vchan's).
     """
 
     def __init__(
@@ -62,8 +67,15 @@ class Publisher:
         triggers: Triggers,
         eventfd: int | None = None,
         checksum: ChecksumFunction = crc32_checksum,
+        retirement: int | None = None,
     ) -> None:
         channel.check_publisher(publisher_id)
+        if retirement is not None and channel.publisher_vchan(publisher_id) != memory.NO_VCHAN:
+            raise BusConfigError(
+                f"publisher {publisher_id} of channel {channel.name!r} is on a virtual "
+                "channel: retirement notifications are for plain channels and muxes only"
+            )
+        self._retirement = retirement
         self.channel = channel
         self.publisher_id = publisher_id
         self.reliable = channel.is_reliable_publisher(publisher_id)
@@ -155,6 +167,9 @@ class Publisher:
                 "for the admission rule)"
             )
         self._slot = slot
+        # The message this slot held may have retired unreported (its last releaser saw
+        # the slot claimed already, or an unreliable publisher took a slot still unread).
+        self._triggers.retire_replaced(slot)
         return True
 
     def _use_buffer_of(self, size: int) -> None:
@@ -217,6 +232,7 @@ class Publisher:
     ) -> int:
         """Fill the claimed slot's fields and publish it: the ordinal."""
         assert self._slot is not None
+        slot = self._slot
         ccb = self._ccb
         meta_size = memoryview(metadata).nbytes
         with self.channel.metadata(self._slot, meta_size, writable=True) as area:
@@ -230,7 +246,8 @@ class Publisher:
         self._view = None
         line = memory.slot_offset(self._slot)
         _pack_head(ccb, line + memory.SLOT_SIZE, length, meta_size, time.monotonic_ns())
-        _pack_tail(ccb, line + memory.SLOT_VCHAN_ORDINAL + 8, flags, checksum)
+        if self._retirement is None:
+            _pack_tail(ccb, line + memory.SLOT_FLAGS, flags, checksum)
         # Who must read it before a reliable publisher may reuse the slot.
         _store(ccb, line + memory.SLOT_UNREAD, self._readers())
         # The ordinals: announce each as pending before taking it, so a subscriber that
@@ -251,6 +268,12 @@ class Publisher:
             if taken:
                 break
         ordinal = last + 1
+        if self._retirement is not None:
+            # Atomically: a releaser of this slot's previous message may CAS this word.
+            word = retirement.flags_word(
+                flags, checksum, publisher_id=self.publisher_id, ordinal=ordinal
+            )
+            _store(ccb, line + memory.SLOT_FLAGS, word)
         # The vchan words a scan reads without a hold, atomically and before seq.
         _store(
             ccb,
@@ -273,6 +296,9 @@ class Publisher:
                 break
         self.published += 1
         self._triggers.wake_subscribers()
+        if self._retirement is not None:
+            # With no subscriber that must read it and none holding it yet, it retires now.
+            self._triggers.retire(slot)
         return ordinal
 
     def publish_bytes(
@@ -289,6 +315,19 @@ class Publisher:
             return None
         view[:] = data
         return self.publish(len(data), metadata=metadata)
+
+    def retirement_fileno(self) -> int:
+        """The read end of the retirement pipe, to poll (readable: `retired()` has more)."""
+        if self._retirement is None:
+            raise BusConfigError(f"publisher {self.publisher_id} did not ask for retirement")
+        return self._retirement
+
+    def retired(self) -> list[tuple[int, int]]:
+        """The (slot, ordinal) of each message retired since the last call, in the order
+        they retired."""
+        if self._retirement is None:
+            raise BusConfigError(f"publisher {self.publisher_id} did not ask for retirement")
+        return retirement.read_records(self._retirement)
 
     def fileno(self) -> int:
         """The eventfd to poll for a free slot (reliable publishers). From the first call
@@ -337,6 +376,9 @@ class Publisher:
         if slot < 0:
             return False
         self._slot = slot
+        # The message this slot held may have retired unreported (its last releaser saw
+        # the slot claimed already, or an unreliable publisher took a slot still unread).
+        self._triggers.retire_replaced(slot)
         return True
 
     def _require_waitable(self) -> None:

@@ -44,6 +44,7 @@ from postoffice.bus.errors import (
     CapacityError,
 )
 from postoffice.bus.native import atomics
+from postoffice.bus.retirement import new_pipe as new_retirement_pipe
 from postoffice.bus.triggers import Triggers, new_eventfd
 from postoffice.core.errors import translate_os_error
 from postoffice.core.logs import kv
@@ -75,6 +76,8 @@ class ServerChannel:
     publisher_owner: dict[int, int] = field(default_factory=dict)
     subscriber_fds: dict[int, int] = field(default_factory=dict)
     publisher_fds: dict[int, int] = field(default_factory=dict)
+    #: The retirement pipes (read end, write end) of the publishers that asked, by id.
+    retirement_fds: dict[int, tuple[int, int]] = field(default_factory=dict)
     reliable_publishers: bool = False
     #: A mux's virtual channels: name -> vchan id, and each user's vchan by
     #: (publisher?, user id). A vchan lives while it has users.
@@ -254,6 +257,10 @@ class Registry:
             fd = new_eventfd()
             target.publisher_fds[user] = fd
             target.triggers.set_publisher(user, fd)
+        if request.retirement:
+            pipe = new_retirement_pipe()
+            target.retirement_fds[user] = pipe
+            target.triggers.set_retirer(user, pipe[1])
         self._changed()
         return target, user
 
@@ -465,6 +472,11 @@ class Registry:
         disagree with the mux's, BusLimitError past MAX_VCHANS vchans, and as
         add_publisher does."""
         name, mux_name = request.channel, request.mux
+        if isinstance(request, wire.CreatePublisherRequest) and request.retirement:
+            raise BusMismatchError(
+                f"{name!r} is a virtual channel of mux {mux_name!r}: its publishers cannot "
+                "ask for retirement notifications (publish on the mux itself)"
+            )
         if name == mux_name:
             raise BusMismatchError(f"virtual channel {name!r} cannot be its own mux")
         if name in self._channels:
@@ -589,6 +601,9 @@ class Registry:
         fd = target.publisher_fds.pop(user, None)
         if fd is not None:
             os.close(fd)
+        target.triggers.remove_retirer(user)
+        for end in target.retirement_fds.pop(user, ()):
+            os.close(end)
 
     def _drop_subscriber(self, target: ServerChannel, user: int) -> None:
         del target.subscriber_owner[user]
@@ -630,6 +645,10 @@ class Registry:
             os.close(fd)
         target.subscriber_fds.clear()
         target.publisher_fds.clear()
+        for pipe in target.retirement_fds.values():
+            for end in pipe:
+                os.close(end)
+        target.retirement_fds.clear()
         try:
             target.channel.close()
         except BusError as exc:  # a view still exported: it stays mapped, files still go
@@ -667,6 +686,10 @@ class Registry:
             own = (target.publisher_fds if publisher else target.subscriber_fds).get(user)
             if own is not None:
                 passed.append((wire.FdEntry(role=wire.FdRole.OWN_TRIGGER, id=user), _dup(own)))
+            pipe = target.retirement_fds.get(user) if publisher else None
+            if pipe is not None:
+                entry = wire.FdEntry(role=wire.FdRole.RETIREMENT, id=user)
+                passed.append((entry, _dup(pipe[0])))
             if publisher:
                 passed.extend(self._trigger_fds(target, subscribers=True, publishers=False))
             else:
@@ -693,6 +716,10 @@ class Registry:
                 for user, fd in sorted(target.publisher_fds.items()):
                     entry = wire.FdEntry(role=wire.FdRole.PUBLISHER_TRIGGER, id=user)
                     passed.append((entry, _dup(fd)))
+            # Every user lets messages go (a publisher too: it takes over unreported slots).
+            for user, (_, write_end) in sorted(target.retirement_fds.items()):
+                entry = wire.FdEntry(role=wire.FdRole.RETIRER, id=user)
+                passed.append((entry, _dup(write_end)))
         except BaseException:
             close_passed(passed)
             raise

@@ -252,7 +252,8 @@ class Subscriber:
         )  # fmt: skip
         if self.reliable:
             # The skipped messages were marked read: their slots may be free for a
-            # reliable publisher now.
+            # reliable publisher now, and their messages retired.
+            self._triggers.retire_all(self._num_slots)
             self._triggers.wake_publishers()
         return found
 
@@ -376,6 +377,7 @@ class Subscriber:
         if self.channel.closed:
             return
         _fetch_and(self._ccb, memory.slot_offset(slot) + memory.SLOT_HOLDERS, self._keep)
+        self._triggers.retire(slot)
         self._triggers.wake_publishers()
 
     def _release_oldest(self) -> None:

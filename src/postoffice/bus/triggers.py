@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Final, final
 
-from postoffice.bus import memory
+from postoffice.bus import memory, retirement
 from postoffice.bus.errors import BusConfigError, BusStorageError
 from postoffice.bus.native import atomics
 from postoffice.core.errors import translate_os_error
@@ -97,6 +97,9 @@ class Triggers:
         self._publishers: dict[int, int] = {}
         self._subscriber_mask = 0
         self._publisher_mask = 0
+        self._retirers: dict[int, int] = {}
+        #: Retirements that could not be told (the publisher's pipe full or unknown here).
+        self.retirements_lost = 0
 
     def set_subscriber(self, subscriber_id: int, fd: int) -> None:
         """Wake subscriber `subscriber_id` through `fd` from now on."""
@@ -119,6 +122,41 @@ class Triggers:
         """Forget a publisher's eventfd (the caller still owns and closes it)."""
         self._publishers.pop(publisher_id, None)
         self._publisher_mask &= ~(1 << publisher_id)
+
+    def set_retirer(self, publisher_id: int, fd: int) -> None:
+        """Tell publisher `publisher_id` of its retired messages through the write end
+        `fd` of its retirement pipe from now on."""
+        _check_id(publisher_id)
+        self._retirers[publisher_id] = fd
+
+    def remove_retirer(self, publisher_id: int) -> None:
+        """Forget a publisher's retirement pipe (the caller still owns and closes it)."""
+        self._retirers.pop(publisher_id, None)
+
+    def retire(self, slot: int) -> bool:
+        """After slot `slot` was let go: report its message if it just retired."""
+        return self._report(slot, retirement.check(self._ccb, slot))
+
+    def retire_all(self, num_slots: int) -> int:
+        """After a cleanup or a skip that let many slots go: report every retired message."""
+        return sum(self.retire(slot) for slot in range(num_slots))
+
+    def retire_replaced(self, slot: int) -> bool:
+        """After claiming slot `slot`: report the message it replaces if still unreported."""
+        return self._report(slot, retirement.on_claim(self._ccb, slot))
+
+    def _report(self, slot: int, found: tuple[int, int] | None) -> bool:
+        if found is None:
+            return False
+        publisher, ordinal = found
+        fd = self._retirers.get(publisher)
+        if fd is None and self.on_waiters is not None:
+            self.on_waiters()  # a publisher that came since this process last asked
+            fd = self._retirers.get(publisher)
+        if fd is None or not retirement.write(fd, slot, ordinal):
+            self.retirements_lost += 1
+            return False
+        return True
 
     def wake_subscribers(self) -> int:
         """After a publish: wake every waiting subscriber known here; how many."""

@@ -94,6 +94,10 @@ class FdRole(enum.IntEnum):
     SUBSCRIBER_TRIGGER = 6
     #: A reliable publisher's eventfd; the id is its publisher id.
     PUBLISHER_TRIGGER = 7
+    #: The read end of the new publisher's retirement pipe; the id is its publisher id.
+    RETIREMENT = 8
+    #: The write end of a publisher's retirement pipe; the id is its publisher id.
+    RETIRER = 9
 
 
 #: CREATE_PUBLISHER option bits; the rest are reserved (must be 0: a later version uses
@@ -106,7 +110,11 @@ OPT_CHECKSUM: Final = 0x0004
 OPT_METADATA: Final = 0x0008
 #: A str8 mux name (1..128 bytes) follows: the channel is a virtual channel of that mux.
 OPT_MUX: Final = 0x0010
-PUBLISHER_OPTIONS: Final = OPT_RELIABLE | OPT_FIXED_SIZE | OPT_CHECKSUM | OPT_METADATA | OPT_MUX
+#: The publisher wants retirement notifications (no field follows; never with OPT_MUX).
+OPT_RETIREMENT: Final = 0x0020
+PUBLISHER_OPTIONS: Final = (
+    OPT_RELIABLE | OPT_FIXED_SIZE | OPT_CHECKSUM | OPT_METADATA | OPT_MUX | OPT_RETIREMENT
+)
 SUBSCRIBER_OPTIONS: Final = OPT_RELIABLE | OPT_MUX
 
 #: Channel flags in replies and records (the CCB's flags word).
@@ -162,6 +170,8 @@ class CreatePublisherRequest:
     metadata_bytes: int = 0
     #: The multiplexer whose virtual channel `channel` is ("": a channel of its own).
     mux: str = ""
+    #: Whether the publisher wants a retirement pipe (not on a virtual channel).
+    retirement: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -402,6 +412,7 @@ def _request_payload(request: Request) -> tuple[FrameType, bytes]:
                 | (OPT_CHECKSUM if request.checksum else 0)
                 | (OPT_METADATA if metadata else 0)
                 | (OPT_MUX if request.mux else 0)
+                | (OPT_RETIREMENT if request.retirement else 0)
             )
             extra = _U16.pack(metadata) if metadata else b""
             if request.mux:
@@ -639,6 +650,7 @@ def decode_request(frame: Frame) -> Request:
                 reliable=bool(options & OPT_RELIABLE),
                 fixed_size=bool(options & OPT_FIXED_SIZE),
                 checksum=bool(options & OPT_CHECKSUM), metadata_bytes=metadata, mux=mux,
+                retirement=bool(options & OPT_RETIREMENT),
             )  # fmt: skip
         case FrameType.CREATE_SUBSCRIBER:
             name, type_, slot_size, num_slots, options = _read_create(reader)
