@@ -1,12 +1,17 @@
-"""Unit tests of the ingest client's connections: the /info response parser, bytes only."""
+"""Unit tests of the ingest client's connections: the /info response parser (bytes only) and
+a failed write over a fake stream."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+from typing import cast
 
 import pytest
 
-from postoffice.ingest.client.links import MAX_INFO_BYTES, parse_info_response
+from postoffice.core.errors import BrokenError
+from postoffice.ingest.client.links import MAX_INFO_BYTES, Link, parse_info_response
 from postoffice.ingest.errors import IngestLimitError, IngestProtocolError
 
 
@@ -60,3 +65,42 @@ class TestInfoResponse:
     def test_bad_responses_are_refused(self, data: bytes, message: str) -> None:
         with pytest.raises(IngestProtocolError, match=message):
             parse_info_response(data)
+
+
+class _BrokenWriter:
+    """A stream writer whose peer is gone: every drain fails, as asyncio's does."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        raise ConnectionResetError("Connection lost")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_failed_write_raises_once_and_leaves_no_unretrieved_error() -> None:
+    """The call that failed to write raises BrokenError; its own reply future must not be
+    failed as well, or asyncio reports 'Future exception was never retrieved' later."""
+    writer = _BrokenWriter()
+
+    async def connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return asyncio.StreamReader(), cast(asyncio.StreamWriter, writer)
+
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    link = Link("127.0.0.1", (1,), connect=connect, timeout_s=5.0)
+    await link.ensure()
+    with pytest.raises(BrokenError, match=r"^cannot write to 127\.0\.0\.1:1: Connection lost$"):
+        await link.call(b"x" * 100_000, link.next_id())  # large: written and drained at once
+    assert writer.closed
+    await link.close()
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert unretrieved == []

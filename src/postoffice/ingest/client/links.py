@@ -264,6 +264,9 @@ class Link:
                     await writer.drain()
                 except OSError as exc:
                     error = BrokenError(f"cannot write to {self.host}:{self.port}: {exc}")
+                    # This call raises the error itself: its own future is not failed too,
+                    # or nobody would ever retrieve that exception.
+                    self._pending.pop(request_id, None)
                     self._drop(error, writer)
                     raise error from exc
             try:
