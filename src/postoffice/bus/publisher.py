@@ -20,7 +20,14 @@ from postoffice.bus.errors import (
     MessageSizeError,
 )
 from postoffice.bus.native import atomics
-from postoffice.bus.triggers import Triggers, WaitBit, drain, poll_readable, readable, remaining
+from postoffice.bus.triggers import (
+    FdWaiter,
+    Triggers,
+    WaitBit,
+    drain,
+    readable,
+    remaining,
+)
 
 _load: Final = atomics.load_acquire_u64
 _store: Final = atomics.store_release_u64
@@ -81,6 +88,7 @@ class Publisher:
         self.reliable = channel.is_reliable_publisher(publisher_id)
         self._triggers = triggers
         self._eventfd = eventfd
+        self._waiter: FdWaiter | None = None  # made by the first wait()
         self._checksum = checksum
         self._owner = memory.BUSY_BIT | publisher_id
         self._pending = memory.pending_offset(publisher_id)
@@ -343,6 +351,9 @@ class Publisher:
         self._require_waitable()
         assert self._eventfd is not None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waiter = self._waiter
+        if waiter is None or waiter.fd != self._eventfd:
+            waiter = self._waiter = FdWaiter(self._eventfd)
         try:
             while True:
                 if self._slot is not None or self._try_claim():
@@ -350,7 +361,7 @@ class Publisher:
                 left = remaining(deadline)
                 if left == 0.0:
                     return False
-                poll_readable(self._eventfd, left)
+                waiter.wait(left)
         finally:
             self._waiting.disarm()
 

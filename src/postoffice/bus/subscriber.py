@@ -16,7 +16,14 @@ from postoffice.bus import memory
 from postoffice.bus.channel import Channel, ChecksumFunction, crc32_checksum
 from postoffice.bus.errors import BusClosedError, ChecksumError
 from postoffice.bus.native import atomics
-from postoffice.bus.triggers import Triggers, WaitBit, drain, poll_readable, readable, remaining
+from postoffice.bus.triggers import (
+    FdWaiter,
+    Triggers,
+    WaitBit,
+    drain,
+    readable,
+    remaining,
+)
 
 _load: Final = atomics.load_acquire_u64
 _fetch_add: Final = atomics.fetch_add_u64
@@ -150,6 +157,7 @@ class Subscriber:
         self.max_active_messages = channel.max_active_messages(subscriber_id)
         self._triggers = triggers
         self._eventfd = eventfd
+        self._waiter: FdWaiter | None = None  # made by the first wait()
         self._on_drop = on_drop
         self._checksum = checksum
         self.drop_bad_checksums = drop_bad_checksums
@@ -411,10 +419,14 @@ class Subscriber:
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until a message is ready or `timeout_s` passes; whether one is."""
         self._check_open()
+        if self.ready():  # the common case of a busy channel: no wake-up to arrange
+            return True
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waiter = self._waiter
+        if waiter is None or waiter.fd != self._eventfd:
+            waiter = self._waiter = FdWaiter(self._eventfd)
         try:
             while True:
-                drain(self._eventfd)
                 armed = self._waiting
                 armed.arm()
                 if self.ready():
@@ -424,7 +436,10 @@ class Subscriber:
                 left = remaining(deadline)
                 if left == 0.0:
                     return False
-                poll_readable(self._eventfd, left)
+                # A wake-up is written only while the bit is armed; a count left from an
+                # earlier one just makes this poll return at once and the loop look again.
+                if waiter.wait(left):
+                    drain(self._eventfd)
         finally:
             if not self._polled:
                 self._waiting.disarm()

@@ -46,10 +46,28 @@ def drain(fd: int) -> bool:
 
 def poll_readable(fd: int, timeout_s: float | None) -> bool:
     """Block until `fd` is readable or `timeout_s` passes (None: forever)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000 + 0.999))
-    return bool(poller.poll(timeout_ms))
+    return FdWaiter(fd).wait(timeout_s)
+
+
+@final
+class FdWaiter:
+    """Blocks until one fd is readable, with one `select.poll` object made once: a new one
+    per sleep costs more than half a microsecond, on the path of every blocking read."""
+
+    __slots__ = ("_poll", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """Whether `fd` became readable before `timeout_s` passed (None: wait forever)."""
+        timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000 + 0.999))
+        return bool(self._poll.poll(timeout_ms))
+
+    def __repr__(self) -> str:
+        return f"<FdWaiter fd={self.fd}>"
 
 
 def remaining(deadline: float | None) -> float | None:
