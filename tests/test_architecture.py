@@ -23,6 +23,7 @@ PURE_MODULES = [
     "ingest/protocol.py",
     "bus/memory.py",
     "bus/wire.py",
+    "bus/fields.py",
     "bus/netwire.py",
     "store/errors.py",
     "store/wire/__init__.py",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final, assert_never
 
 from postoffice.bus.errors import BusProtocolError
+from postoffice.bus.fields import FieldReader, check_range, encode_str8
 from postoffice.core import framing
 from postoffice.core.errors import FrameError
 from postoffice.core.framing import NEED_DATA, Frame, FrameDecoder, MessageStream
@@ -134,36 +135,16 @@ BridgeEvent = Subscribed | BridgedMessage | BridgeError
 # -- encoding -------------------------------------------------------------------------
 
 
-def _text(value: str, limit: int, what: str) -> bytes:
-    data = value.encode("utf-8")
-    if len(data) > limit:
-        raise BusProtocolError(f"{what} is {len(data)} bytes, the limit is {limit}")
-    if b"\0" in data:
-        raise BusProtocolError(f"{what} holds a NUL byte")
-    return data
-
-
-def _str8(value: str, limit: int, what: str) -> bytes:
-    data = _text(value, limit, what)
-    return _U8.pack(len(data)) + data
-
-
 def _channel(value: str) -> bytes:
     if not value:
         raise BusProtocolError("channel name is empty")
-    return _str8(value, MAX_CHANNEL_NAME_BYTES, "channel name")
-
-
-def _check(value: int, low: int, high: int, what: str) -> int:
-    if not low <= value <= high:
-        raise BusProtocolError(f"{what} {value} outside {low}..{high}")
-    return value
+    return encode_str8(value, MAX_CHANNEL_NAME_BYTES, "channel name")
 
 
 def encode_datagram(message: Datagram) -> bytes:
     """One discovery datagram (a whole frame, request id 0). Raises BusProtocolError for
     a field out of range."""
-    _check(message.server_id, 1, (1 << 64) - 1, "server id")
+    check_range(message.server_id, 1, (1 << 64) - 1, "server id")
     head = _U64.pack(message.server_id) + _channel(message.channel)
     match message:
         case Query():
@@ -172,7 +153,7 @@ def encode_datagram(message: Datagram) -> bytes:
             flags = ADVERTISE_RELIABLE if message.reliable else 0
             kind, payload = DiscoveryType.ADVERTISE, head + _U8.pack(flags)
         case Subscribe():
-            port = _check(message.port, 1, 65535, "bridge port")
+            port = check_range(message.port, 1, 65535, "bridge port")
             kind, payload = DiscoveryType.SUBSCRIBE, head + _U16.pack(port)
         case _:
             assert_never(message)
@@ -191,10 +172,10 @@ def encode_bridge(event: BridgeEvent) -> bytes:
             )
             payload = (
                 _channel(event.channel)
-                + _str8(event.type, MAX_TYPE_BYTES, "type")
+                + encode_str8(event.type, MAX_TYPE_BYTES, "type")
                 + _SUBSCRIBED_TAIL.pack(
-                    _check(event.slot_size, 0, MAX_SLOT_BYTES, "slot size"),
-                    _check(event.num_slots, 0, MAX_NUM_SLOTS, "num_slots"),
+                    check_range(event.slot_size, 0, MAX_SLOT_BYTES, "slot size"),
+                    check_range(event.num_slots, 0, MAX_NUM_SLOTS, "num_slots"),
                     flags,
                 )
             )
@@ -214,7 +195,7 @@ def encode_bridge(event: BridgeEvent) -> bytes:
 def encode_message(ordinal: int, data: bytes | bytearray | memoryview) -> bytes:
     """A MESSAGE frame built straight from a message's bytes. Raises BusProtocolError for
     an empty or too large message, or an ordinal out of range."""
-    _check(ordinal, 1, (1 << 64) - 1, "ordinal")
+    check_range(ordinal, 1, (1 << 64) - 1, "ordinal")
     size = len(data)
     if not 1 <= size <= MAX_BRIDGED_MESSAGE_BYTES:
         raise BusProtocolError(
@@ -234,57 +215,11 @@ def _valid_code(code: str) -> bool:
 # -- decoding -------------------------------------------------------------------------
 
 
-class _Reader:
-    """Reads fields off a payload, every read bounds-checked."""
-
-    __slots__ = ("_data", "_pos", "_what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self._data = data
-        self._pos = 0
-        self._what = what
-
-    def take(self, count: int, field: str) -> bytes:
-        end = self._pos + count
-        if end > len(self._data):
-            raise BusProtocolError(
-                f"{self._what} payload of {len(self._data)} bytes ends inside {field}"
-            )
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def unpack(self, layout: struct.Struct, field: str) -> tuple[int, ...]:
-        values: tuple[int, ...] = layout.unpack(self.take(layout.size, field))
-        return values
-
-    def str8(self, limit: int, field: str) -> str:
-        (length,) = self.unpack(_U8, f"{field} length")
-        if length > limit:
-            raise BusProtocolError(f"{field} is {length} bytes, the limit is {limit}")
-        raw = self.take(length, field)
-        if b"\0" in raw:
-            raise BusProtocolError(f"{field} holds a NUL byte")
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BusProtocolError(f"{field} is not UTF-8: {exc.reason}") from exc
-
-    def channel(self) -> str:
-        name = self.str8(MAX_CHANNEL_NAME_BYTES, "channel name")
-        if not name:
-            raise BusProtocolError("channel name is empty")
-        return name
-
-    def rest(self) -> bytes:
-        chunk = self._data[self._pos :]
-        self._pos = len(self._data)
-        return chunk
-
-    def end(self) -> None:
-        extra = len(self._data) - self._pos
-        if extra:
-            raise BusProtocolError(f"{self._what} payload has {extra} bytes past its end")
+def _read_channel(reader: FieldReader) -> str:
+    name = reader.str8(MAX_CHANNEL_NAME_BYTES, "channel name")
+    if not name:
+        raise BusProtocolError("channel name is empty")
+    return name
 
 
 def _plain(frame: Frame) -> None:
@@ -317,11 +252,11 @@ def decode_datagram(data: bytes) -> Datagram:
         kind = DiscoveryType(frame.type)
     except ValueError:
         raise BusProtocolError(f"unknown discovery type 0x{frame.type:02x}") from None
-    reader = _Reader(frame.payload, kind.name)
+    reader = FieldReader(frame.payload, kind.name)
     (server_id,) = reader.unpack(_U64, "server id")
     if server_id == 0:
         raise BusProtocolError("server id 0 is reserved")
-    channel = reader.channel()
+    channel = _read_channel(reader)
     message: Datagram
     match kind:
         case DiscoveryType.QUERY:
@@ -352,15 +287,15 @@ def decode_bridge(frame: Frame) -> BridgeEvent:
         kind = BridgeType(frame.type)
     except ValueError:
         raise BusProtocolError(f"unknown bridge frame type 0x{frame.type:02x}") from None
-    reader = _Reader(frame.payload, kind.name)
+    reader = FieldReader(frame.payload, kind.name)
     event: BridgeEvent
     match kind:
         case BridgeType.SUBSCRIBED:
-            channel = reader.channel()
+            channel = _read_channel(reader)
             type_ = reader.str8(MAX_TYPE_BYTES, "type")
             slot_size, num_slots, flags = reader.unpack(_SUBSCRIBED_TAIL, "channel details")
-            _check(slot_size, 0, MAX_SLOT_BYTES, "slot size")
-            _check(num_slots, 0, MAX_NUM_SLOTS, "num_slots")
+            check_range(slot_size, 0, MAX_SLOT_BYTES, "slot size")
+            check_range(num_slots, 0, MAX_NUM_SLOTS, "num_slots")
             if flags & ~_SUBSCRIBED_FLAGS:
                 raise BusProtocolError(f"SUBSCRIBED flags 0x{flags:04x} set reserved bits")
             event = Subscribed(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar, assert_never
 
 from postoffice.bus.errors import BusProtocolError
+from postoffice.bus.fields import FieldReader, check_range, encode_str8, encode_text
 from postoffice.core import framing
 from postoffice.core.errors import FrameError
 from postoffice.core.framing import Frame, MessageStream
@@ -366,46 +367,26 @@ Reply = (
 # -- field writers --------------------------------------------------------------------
 
 
-def _text(value: str, limit: int, what: str) -> bytes:
-    data = value.encode("utf-8", "surrogatepass")
-    if len(data) > limit:
-        raise BusProtocolError(f"{what} is {len(data)} bytes, the limit is {limit}")
-    if b"\0" in data:
-        raise BusProtocolError(f"{what} holds a NUL byte")
-    return data
-
-
-def _str8(value: str, limit: int, what: str) -> bytes:
-    data = _text(value, limit, what)
-    return _U8.pack(len(data)) + data
-
-
 def _channel(value: str, *, required: bool) -> bytes:
     if required and not value:
         raise BusProtocolError("channel name is empty")
-    return _str8(value, MAX_CHANNEL_NAME_BYTES, "channel name")
-
-
-def _check(value: int, low: int, high: int, what: str) -> int:
-    if not low <= value <= high:
-        raise BusProtocolError(f"{what} {value} outside {low}..{high}")
-    return value
+    return encode_str8(value, MAX_CHANNEL_NAME_BYTES, "channel name")
 
 
 def _fd_table(entries: tuple[FdEntry, ...]) -> bytes:
     if len(entries) > MAX_FDS:
         raise BusProtocolError(f"{len(entries)} descriptors in one reply, the limit is {MAX_FDS}")
-    packed = [_FD_ENTRY.pack(int(e.role), _check(e.id, 0, 0xFFFF, "fd id")) for e in entries]
+    packed = [_FD_ENTRY.pack(int(e.role), check_range(e.id, 0, 0xFFFF, "fd id")) for e in entries]
     return _U8.pack(len(entries)) + b"".join(packed)
 
 
 def _request_payload(request: Request) -> tuple[FrameType, bytes]:
     match request:
         case InitRequest():
-            name = _str8(request.client_name, MAX_CLIENT_NAME_BYTES, "client name")
+            name = encode_str8(request.client_name, MAX_CLIENT_NAME_BYTES, "client name")
             return FrameType.INIT, name
         case CreatePublisherRequest():
-            metadata = _check(request.metadata_bytes, 0, MAX_METADATA_BYTES, "metadata_bytes")
+            metadata = check_range(request.metadata_bytes, 0, MAX_METADATA_BYTES, "metadata_bytes")
             options = (
                 (OPT_RELIABLE if request.reliable else 0)
                 | (OPT_FIXED_SIZE if request.fixed_size else 0)
@@ -416,12 +397,14 @@ def _request_payload(request: Request) -> tuple[FrameType, bytes]:
             )
             extra = _U16.pack(metadata) if metadata else b""
             if request.mux:
-                extra += _str8(request.mux, MAX_CHANNEL_NAME_BYTES, "mux name")
+                extra += encode_str8(request.mux, MAX_CHANNEL_NAME_BYTES, "mux name")
             return FrameType.CREATE_PUBLISHER, _create(request, options) + extra
         case CreateSubscriberRequest():
             options = (OPT_RELIABLE if request.reliable else 0) | (OPT_MUX if request.mux else 0)
-            active = _U32.pack(_check(request.max_active, 1, MAX_ACTIVE, "max_active"))
-            mux = _str8(request.mux, MAX_CHANNEL_NAME_BYTES, "mux name") if request.mux else b""
+            active = _U32.pack(check_range(request.max_active, 1, MAX_ACTIVE, "max_active"))
+            mux = (
+                encode_str8(request.mux, MAX_CHANNEL_NAME_BYTES, "mux name") if request.mux else b""
+            )
             return FrameType.CREATE_SUBSCRIBER, _create(request, options) + active + mux
         case RemovePublisherRequest() | RemoveSubscriberRequest() | ReopenSubscriberRequest():
             kind = (
@@ -431,7 +414,7 @@ def _request_payload(request: Request) -> tuple[FrameType, bytes]:
                 if isinstance(request, RemoveSubscriberRequest)
                 else FrameType.REOPEN_SUBSCRIBER
             )
-            user = _U8.pack(_check(request.user_id, 0, MAX_USER_ID, "user id"))
+            user = _U8.pack(check_range(request.user_id, 0, MAX_USER_ID, "user id"))
             return kind, _channel(request.channel, required=True) + user
         case GetTriggersRequest():
             return FrameType.GET_TRIGGERS, _channel(request.channel, required=True)
@@ -447,10 +430,10 @@ def _create(request: CreatePublisherRequest | CreateSubscriberRequest, options: 
     return b"".join(
         (
             _channel(request.channel, required=True),
-            _str8(request.type, MAX_TYPE_BYTES, "channel type"),
+            encode_str8(request.type, MAX_TYPE_BYTES, "channel type"),
             _CREATE_TAIL.pack(
-                _check(request.slot_size, 0, MAX_SLOT_BYTES, "slot_size"),
-                _check(request.num_slots, 0, MAX_NUM_SLOTS, "num_slots"),
+                check_range(request.slot_size, 0, MAX_SLOT_BYTES, "slot_size"),
+                check_range(request.num_slots, 0, MAX_NUM_SLOTS, "num_slots"),
                 options,
             ),
         )
@@ -460,7 +443,7 @@ def _create(request: CreatePublisherRequest | CreateSubscriberRequest, options: 
 def encode_request(request_id: int, request: Request) -> bytes:
     """The frame of `request` with `request_id` (1..2**64-1). Raises BusProtocolError for
     a field out of its range (nothing is sent)."""
-    _check(request_id, 1, framing.MAX_REQUEST_ID, "request id")
+    check_range(request_id, 1, framing.MAX_REQUEST_ID, "request id")
     kind, payload = _request_payload(request)
     return framing.encode_parts(kind, 0, request_id, payload)
 
@@ -471,29 +454,29 @@ def _reply_payload(reply: Reply) -> tuple[FrameType, bytes]:
             session = bytes.fromhex(reply.session)
             if len(session) != _SESSION_BYTES:
                 raise BusProtocolError(f"session id {reply.session!r} is not 8 bytes")
-            directory = _text(reply.directory, MAX_PATH_BYTES, "directory")
+            directory = encode_text(reply.directory, MAX_PATH_BYTES, "directory")
             body = (
                 session
-                + _U32.pack(_check(reply.client_id, 0, 0xFFFF_FFFF, "client id"))
+                + _U32.pack(check_range(reply.client_id, 0, 0xFFFF_FFFF, "client id"))
                 + _U16.pack(len(directory))
                 + directory
             )
             return FrameType.INIT_OK, body + _fd_table(reply.fds)
         case GrantReply():
             head = _GRANT_HEAD.pack(
-                _check(reply.channel_id, 0, 0xFFFF, "channel id"),
-                _check(reply.user_id, 0, MAX_USER_ID, "user id"),
-                _check(reply.num_slots, 1, MAX_NUM_SLOTS, "num_slots"),
-                _check(reply.slot_size, 1, MAX_SLOT_BYTES, "slot_size"),
-                _check(reply.flags, 0, CHANNEL_FLAGS, "channel flags"),
+                check_range(reply.channel_id, 0, 0xFFFF, "channel id"),
+                check_range(reply.user_id, 0, MAX_USER_ID, "user id"),
+                check_range(reply.num_slots, 1, MAX_NUM_SLOTS, "num_slots"),
+                check_range(reply.slot_size, 1, MAX_SLOT_BYTES, "slot_size"),
+                check_range(reply.flags, 0, CHANNEL_FLAGS, "channel flags"),
             )
             kind = FrameType.PUBLISHER_OK if reply.publisher else FrameType.SUBSCRIBER_OK
-            body = head + _str8(reply.type, MAX_TYPE_BYTES, "channel type")
+            body = head + encode_str8(reply.type, MAX_TYPE_BYTES, "channel type")
             return kind, body + _fd_table(reply.fds)
         case OkReply():
             return FrameType.OK, b""
         case TriggersReply():
-            head = _U16.pack(_check(reply.channel_id, 0, 0xFFFF, "channel id"))
+            head = _U16.pack(check_range(reply.channel_id, 0, 0xFFFF, "channel id"))
             return FrameType.TRIGGERS, head + _fd_table(reply.fds)
         case ChannelInfoReply():
             return FrameType.CHANNEL_INFO, _records(reply.channels, _info_record)
@@ -503,7 +486,7 @@ def _reply_payload(reply: Reply) -> tuple[FrameType, bytes]:
             if not _CODE.fullmatch(reply.code):
                 raise BusProtocolError(f"error code {reply.code!r} is not A-Z and _")
             message = reply.message.encode("utf-8", "replace")[:MAX_MESSAGE_BYTES]
-            return FrameType.ERROR, _str8(reply.code, 32, "error code") + message
+            return FrameType.ERROR, encode_str8(reply.code, 32, "error code") + message
         case _:
             assert_never(reply)
 
@@ -517,7 +500,7 @@ def _records(records: tuple[_R, ...], pack: Callable[[_R], bytes]) -> bytes:
 def _info_record(info: ChannelInfo) -> bytes:
     return (
         _channel(info.name, required=True)
-        + _str8(info.type, MAX_TYPE_BYTES, "channel type")
+        + encode_str8(info.type, MAX_TYPE_BYTES, "channel type")
         + _INFO_BODY.pack(
             info.channel_id,
             info.num_slots,
@@ -529,7 +512,7 @@ def _info_record(info: ChannelInfo) -> bytes:
             info.reliable_subscribers,
         )
         + (
-            _str8(info.mux, MAX_CHANNEL_NAME_BYTES, "mux name")
+            encode_str8(info.mux, MAX_CHANNEL_NAME_BYTES, "mux name")
             if info.flags & CHANNEL_VIRTUAL
             else b""
         )
@@ -557,58 +540,6 @@ def encode_reply(request_id: int, reply: Reply) -> bytes:
 # -- decoding -------------------------------------------------------------------------
 
 
-class _Reader:
-    """Reads fields off a payload, every read bounds-checked."""
-
-    __slots__ = ("_data", "_pos", "_what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self._data = data
-        self._pos = 0
-        self._what = what
-
-    def take(self, count: int, field: str) -> bytes:
-        end = self._pos + count
-        if end > len(self._data):
-            raise BusProtocolError(
-                f"{self._what} payload of {len(self._data)} bytes ends inside {field}"
-            )
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def unpack(self, layout: struct.Struct, field: str) -> tuple[int, ...]:
-        values: tuple[int, ...] = layout.unpack(self.take(layout.size, field))
-        return values
-
-    def u8(self, field: str) -> int:
-        return self.unpack(_U8, field)[0]
-
-    def text(self, length: int, limit: int, field: str) -> str:
-        if length > limit:
-            raise BusProtocolError(f"{field} is {length} bytes, the limit is {limit}")
-        raw = self.take(length, field)
-        if b"\0" in raw:
-            raise BusProtocolError(f"{field} holds a NUL byte")
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BusProtocolError(f"{field} is not UTF-8: {exc.reason}") from exc
-
-    def str8(self, limit: int, field: str) -> str:
-        return self.text(self.u8(f"{field} length"), limit, field)
-
-    def rest(self) -> bytes:
-        chunk = self._data[self._pos :]
-        self._pos = len(self._data)
-        return chunk
-
-    def end(self) -> None:
-        extra = len(self._data) - self._pos
-        if extra:
-            raise BusProtocolError(f"{self._what} payload has {extra} bytes past its end")
-
-
 def _known(frame: Frame, *, request: bool) -> FrameType:
     if frame.flags:
         raise BusProtocolError(f"frame flags 0x{frame.flags:04x}, expected 0")
@@ -632,7 +563,7 @@ def decode_request(frame: Frame) -> Request:
     """The request a frame carries. Raises BusProtocolError for an unknown type, non-zero
     flags, or a payload that is not that request's (short, long, a bad field)."""
     kind = _known(frame, request=True)
-    reader = _Reader(frame.payload, kind.name)
+    reader = FieldReader(frame.payload, kind.name)
     request: Request
     match kind:
         case FrameType.INIT:
@@ -643,7 +574,7 @@ def decode_request(frame: Frame) -> Request:
             metadata = 0
             if options & OPT_METADATA:
                 (metadata,) = reader.unpack(_U16, "metadata size")
-                _check(metadata, 1, MAX_METADATA_BYTES, "metadata_bytes")
+                check_range(metadata, 1, MAX_METADATA_BYTES, "metadata_bytes")
             mux = _read_mux(reader) if options & OPT_MUX else ""
             request = CreatePublisherRequest(
                 channel=name, type=type_, slot_size=slot_size, num_slots=num_slots,
@@ -656,7 +587,7 @@ def decode_request(frame: Frame) -> Request:
             name, type_, slot_size, num_slots, options = _read_create(reader)
             _options(options, SUBSCRIBER_OPTIONS, "subscriber")
             (active,) = reader.unpack(_U32, "max_active")
-            _check(active, 1, MAX_ACTIVE, "max_active")
+            check_range(active, 1, MAX_ACTIVE, "max_active")
             mux = _read_mux(reader) if options & OPT_MUX else ""
             request = CreateSubscriberRequest(
                 channel=name, type=type_, slot_size=slot_size, num_slots=num_slots,
@@ -664,7 +595,7 @@ def decode_request(frame: Frame) -> Request:
             )  # fmt: skip
         case FrameType.REMOVE_PUBLISHER | FrameType.REMOVE_SUBSCRIBER | FrameType.REOPEN_SUBSCRIBER:
             name = _read_channel(reader, required=True)
-            user = _check(reader.u8("user id"), 0, MAX_USER_ID, "user id")
+            user = check_range(reader.u8("user id"), 0, MAX_USER_ID, "user id")
             if kind is FrameType.REMOVE_PUBLISHER:
                 request = RemovePublisherRequest(channel=name, user_id=user)
             elif kind is FrameType.REMOVE_SUBSCRIBER:
@@ -683,30 +614,30 @@ def decode_request(frame: Frame) -> Request:
     return request
 
 
-def _read_channel(reader: _Reader, *, required: bool) -> str:
+def _read_channel(reader: FieldReader, *, required: bool) -> str:
     name = reader.str8(MAX_CHANNEL_NAME_BYTES, "channel name")
     if required and not name:
         raise BusProtocolError("channel name is empty")
     return name
 
 
-def _read_mux(reader: _Reader) -> str:
+def _read_mux(reader: FieldReader) -> str:
     name = reader.str8(MAX_CHANNEL_NAME_BYTES, "mux name")
     if not name:
         raise BusProtocolError("mux name is empty")
     return name
 
 
-def _read_create(reader: _Reader) -> tuple[str, str, int, int, int]:
+def _read_create(reader: FieldReader) -> tuple[str, str, int, int, int]:
     name = _read_channel(reader, required=True)
     type_ = reader.str8(MAX_TYPE_BYTES, "channel type")
     slot_size, num_slots, options = reader.unpack(_CREATE_TAIL, "channel parameters")
-    _check(slot_size, 0, MAX_SLOT_BYTES, "slot_size")
-    _check(num_slots, 0, MAX_NUM_SLOTS, "num_slots")
+    check_range(slot_size, 0, MAX_SLOT_BYTES, "slot_size")
+    check_range(num_slots, 0, MAX_NUM_SLOTS, "num_slots")
     return name, type_, slot_size, num_slots, options
 
 
-def _read_fds(reader: _Reader) -> tuple[FdEntry, ...]:
+def _read_fds(reader: FieldReader) -> tuple[FdEntry, ...]:
     count = reader.u8("fd count")
     if count > MAX_FDS:
         raise BusProtocolError(f"{count} descriptors in one reply, the limit is {MAX_FDS}")
@@ -723,7 +654,7 @@ def _read_fds(reader: _Reader) -> tuple[FdEntry, ...]:
 def decode_reply(frame: Frame) -> Reply:
     """The reply a frame carries. Raises BusProtocolError as decode_request does."""
     kind = _known(frame, request=False)
-    reader = _Reader(frame.payload, kind.name)
+    reader = FieldReader(frame.payload, kind.name)
     reply: Reply
     match kind:
         case FrameType.INIT_OK:
@@ -736,10 +667,10 @@ def decode_reply(frame: Frame) -> Reply:
             )
         case FrameType.PUBLISHER_OK | FrameType.SUBSCRIBER_OK:
             channel_id, user, num_slots, slot_size, flags = reader.unpack(_GRANT_HEAD, "grant")
-            _check(user, 0, MAX_USER_ID, "user id")
-            _check(num_slots, 1, MAX_NUM_SLOTS, "num_slots")
-            _check(slot_size, 1, MAX_SLOT_BYTES, "slot_size")
-            _check(flags, 0, CHANNEL_FLAGS, "channel flags")
+            check_range(user, 0, MAX_USER_ID, "user id")
+            check_range(num_slots, 1, MAX_NUM_SLOTS, "num_slots")
+            check_range(slot_size, 1, MAX_SLOT_BYTES, "slot_size")
+            check_range(flags, 0, CHANNEL_FLAGS, "channel flags")
             reply = GrantReply(
                 publisher=kind is FrameType.PUBLISHER_OK, channel_id=channel_id, user_id=user,
                 num_slots=num_slots, slot_size=slot_size, flags=flags,
@@ -770,14 +701,14 @@ def decode_reply(frame: Frame) -> Reply:
     return reply
 
 
-def _read_records(reader: _Reader, read: Callable[[_Reader], _R]) -> tuple[_R, ...]:
+def _read_records(reader: FieldReader, read: Callable[[FieldReader], _R]) -> tuple[_R, ...]:
     (count,) = reader.unpack(_U16, "record count")
     if count > MAX_RECORDS:
         raise BusProtocolError(f"{count} records, the limit is {MAX_RECORDS}")
     return tuple(read(reader) for _ in range(count))
 
 
-def _read_info(reader: _Reader) -> ChannelInfo:
+def _read_info(reader: FieldReader) -> ChannelInfo:
     name = _read_channel(reader, required=True)
     type_ = reader.str8(MAX_TYPE_BYTES, "channel type")
     channel_id, slots, size, flags, pubs, rpubs, subs, rsubs = reader.unpack(_INFO_BODY, "info")
@@ -789,7 +720,7 @@ def _read_info(reader: _Reader) -> ChannelInfo:
     )  # fmt: skip
 
 
-def _read_stats(reader: _Reader) -> ChannelStatsRecord:
+def _read_stats(reader: FieldReader) -> ChannelStatsRecord:
     name = _read_channel(reader, required=True)
     channel_id, messages, size, largest, drops, last, buffers, slot_size, pubs, subs = (
         reader.unpack(_STATS_BODY, "stats")
