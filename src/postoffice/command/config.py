@@ -9,7 +9,7 @@ from typing import Final
 
 from postoffice.command.remote import parse_address
 from postoffice.core.config import check_range, check_settings, load, setting
-from postoffice.core.connections import ConnectionLimits
+from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
@@ -29,14 +29,12 @@ MIN_REPLY_BYTES: Final = 64 * 1024
 MIN_RATE_LIMIT_PER_S: Final = 0.1
 MIN_IDLE_TIMEOUT_S: Final = 0.1
 
-#: The connection layer's defaults: the command server keeps the store server's.
-DEFAULT_LIMITS: Final = ConnectionLimits()
 #: The store server's durability default: an embedded store acknowledges alike.
 _STORE_DURABILITY: Final = DEFAULT_DURABILITY.value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CommandConfig:
+class CommandConfig(ClientLimitSettings):
     """Everything `postoffice command serve` can be told; see README for each flag.
 
     `idle_timeout_s` and `rate_limit_per_s` of 0 disable them; `metrics_port` of None
@@ -80,51 +78,7 @@ class CommandConfig:
         low=MIN_REPLY_BYTES,
         high=1 << 32,
     )
-    # The connection layer's limits (core/connections.py), with the store's flags: what a
-    # client that does not read its replies, or trickles its requests, may cost.
-    output_hard_limit_bytes: int = setting(
-        DEFAULT_LIMITS.output_hard_limit_bytes,
-        help="Close a client whose unsent replies pass this many bytes (0: no limit, else "
-        "at least 256 KiB).",
-        flag="--output-hard-limit",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
-    output_soft_limit_bytes: int = setting(
-        DEFAULT_LIMITS.output_soft_limit_bytes,
-        help="Close a client whose unsent replies stay over this many bytes for "
-        "--output-soft-seconds (0: no limit, else at least 256 KiB).",
-        flag="--output-soft-limit",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
-    output_soft_limit_s: float = setting(
-        DEFAULT_LIMITS.output_soft_limit_s,
-        help="How long a client's unsent replies may stay over --output-soft-limit.",
-        flag="--output-soft-seconds",
-        unit="seconds",
-        low=0,
-        high=86400,
-    )
-    request_timeout_s: float = setting(
-        DEFAULT_LIMITS.request_timeout_s,
-        help="Close a client whose request has not arrived whole this many seconds after "
-        "its first byte (0: never).",
-        unit="seconds",
-        low=0,
-        high=86400,
-    )
-    max_partial_bytes: int = setting(
-        DEFAULT_LIMITS.max_partial_bytes,
-        help="Bytes all partly received requests may hold together; the client whose "
-        "request would pass it is refused (0: no limit).",
-        flag="--max-partial-size",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
+    # The connection layer's per-client limits come from ClientLimitSettings.
     rate_limit_per_s: float = setting(
         0.0,
         help="Commands per second per client (0: unlimited).",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, final
 
 from postoffice.core.clock import MONOTONIC, Clock
-from postoffice.core.config import check_range
+from postoffice.core.config import check_range, setting
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,60 @@ class ConnectionLimits:
         check_range("output_soft_limit_s", self.output_soft_limit_s, 0, 86400)
         check_range("request_timeout_s", self.request_timeout_s, 0, 86400)
         check_range("max_partial_bytes", self.max_partial_bytes, 0, 1 << 40)
+
+
+_DEFAULTS: Final = ConnectionLimits()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientLimitSettings:
+    """The per-client limits of the connection layer as settings: one declaration (flag,
+    help, range, default from ConnectionLimits) that every server's config inherits, so the
+    command, store and ingest servers take them alike (docs/security.md)."""
+
+    output_hard_limit_bytes: int = setting(
+        _DEFAULTS.output_hard_limit_bytes,
+        help="Close a client whose unsent replies pass this many bytes (0: no limit, else "
+        "at least 256 KiB).",
+        flag="--output-hard-limit",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    output_soft_limit_bytes: int = setting(
+        _DEFAULTS.output_soft_limit_bytes,
+        help="Close a client whose unsent replies stay over this many bytes for "
+        "--output-soft-seconds (0: no limit, else at least 256 KiB).",
+        flag="--output-soft-limit",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
+    output_soft_limit_s: float = setting(
+        _DEFAULTS.output_soft_limit_s,
+        help="How long a client's unsent replies may stay over --output-soft-limit.",
+        flag="--output-soft-seconds",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
+    request_timeout_s: float = setting(
+        _DEFAULTS.request_timeout_s,
+        help="Close a client whose request has not arrived whole this many seconds after "
+        "its first byte (0: never).",
+        unit="seconds",
+        low=0,
+        high=86400,
+    )
+    max_partial_bytes: int = setting(
+        _DEFAULTS.max_partial_bytes,
+        help="Bytes all partly received requests may hold together; the client whose "
+        "request would pass it is refused (0: no limit).",
+        flag="--max-partial-size",
+        unit="bytes",
+        low=0,
+        high=1 << 40,
+    )
 
 
 class Managed(Protocol):
@@ -277,4 +331,4 @@ class ConnectionManager:
         )
 
 
-__all__ = ["ConnectionLimits", "ConnectionManager", "Managed"]
+__all__ = ["ClientLimitSettings", "ConnectionLimits", "ConnectionManager", "Managed"]

@@ -15,7 +15,7 @@ from postoffice.core.config import (
     check_settings,
     setting,
 )
-from postoffice.core.connections import ConnectionLimits
+from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
 
 MAX_DATA_PORTS: Final = 64  # X: one listener each; far past what one process can feed
@@ -27,7 +27,7 @@ SYS_PORTS: Final = 4  # health, telemetry, control, ack at sys-base + 0..3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IngestConfig:
+class IngestConfig(ClientLimitSettings):
     """Everything `postoffice ingest serve` can be told; see README and docs/protocols/ingest.md.
 
     `files_dir` of None means `<data_dir>/files`, `patches_dir` of None means
@@ -106,54 +106,6 @@ class IngestConfig:
         unit="bytes",
         low=0,
         high=8 * _MIB,
-    )
-    request_timeout_s: float = setting(
-        60.0,
-        help=(
-            "Close a data or ack connection whose frame has not arrived whole this many"
-            " seconds after its first byte (0: never)."
-        ),
-        unit="seconds",
-        low=0,
-        high=86400,
-    )
-    max_partial_bytes: int = setting(
-        256 * _MIB,
-        help=(
-            "Bytes all partly received frames may hold together; the connection whose frame"
-            " would pass it is refused and closed (0: no limit)."
-        ),
-        flag="--max-partial-size",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
-    output_hard_limit_bytes: int = setting(
-        64 * _MIB,
-        help="Close a client whose unsent replies pass this many bytes (0: no limit).",
-        flag="--output-hard-limit",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
-    output_soft_limit_bytes: int = setting(
-        16 * _MIB,
-        help=(
-            "Close a client whose unsent replies stay over this many bytes for"
-            " --output-soft-seconds (0: no limit)."
-        ),
-        flag="--output-soft-limit",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
-    output_soft_limit_s: float = setting(
-        60.0,
-        help="How long a client's unsent replies may stay over --output-soft-limit.",
-        flag="--output-soft-seconds",
-        unit="seconds",
-        low=0,
-        high=86400,
     )
     max_connections: int = 1000
     idle_timeout_s: float = 300.0

@@ -13,7 +13,7 @@ from postoffice.core.config import (
     check_settings,
     setting,
 )
-from postoffice.core.connections import ConnectionLimits
+from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.framing import MAX_PAYLOAD_BYTES
 from postoffice.core.http import (
     HTTP_IDLE_TIMEOUT_S,
@@ -27,7 +27,7 @@ _MIB: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StoreConfig:
+class StoreConfig(ClientLimitSettings):
     """Everything `postoffice store serve` can be told; see README and docs/protocols/store.md.
 
     The store lives in `<data_dir>/store`. `idle_timeout_s` of 0 disables the idle
@@ -70,48 +70,6 @@ class StoreConfig:
         unit="bytes",
         low=1024,
         high=MAX_PAYLOAD_BYTES,
-    )
-    output_hard_limit_bytes: int = setting(
-        64 * _MIB,
-        help="Close a client whose unsent replies pass this many bytes (0: no limit).",
-        flag="--output-hard-limit",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
-    output_soft_limit_bytes: int = setting(
-        16 * _MIB,
-        help="Close a client whose unsent replies stay over this many bytes for "
-        "--output-soft-seconds (0: no limit).",
-        flag="--output-soft-limit",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
-    )
-    output_soft_limit_s: float = setting(
-        60.0,
-        help="How long a client's unsent replies may stay over --output-soft-limit.",
-        flag="--output-soft-seconds",
-        unit="seconds",
-        low=0,
-        high=86400,
-    )
-    request_timeout_s: float = setting(
-        60.0,
-        help="Close a client whose request has not arrived whole this many seconds after "
-        "its first byte (0: never).",
-        unit="seconds",
-        low=0,
-        high=86400,
-    )
-    max_partial_bytes: int = setting(
-        256 * _MIB,
-        help="Bytes all partly received requests may hold together; the client whose "
-        "request would pass it is refused (0: no limit).",
-        flag="--max-partial-size",
-        unit="bytes",
-        low=0,
-        high=1 << 40,
     )
     max_scan_page_bytes: int = setting(
         _MIB,
