@@ -1,10 +1,11 @@
 """The bus: shared-memory pub/sub channels. Its public API: the channel library, the
-control protocol's codec (`wire`) and the server's client (`Client`). Importing it raises
-BusUnavailableError when its C extension was not built."""
+control protocol's codec (`wire`), the server's client (`Client`) and its asyncio helpers
+(`aio`). Importing it raises BusUnavailableError when its C extension was not built."""
 
 from __future__ import annotations
 
-from postoffice.bus import wire
+from postoffice.bus import aio, wire
+from postoffice.bus.aio import AsyncClient
 from postoffice.bus.blocks import (
     DEFAULT_DIRECTORY,
     BusLocation,
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_DIRECTORY",
     "DIRECTORY_CHANNEL",
     "STATS_CHANNEL",
+    "AsyncClient",
     "BusClosedError",
     "BusConfigError",
     "BusConnectionError",
@@ -87,6 +89,7 @@ __all__ = [
     "SystemControlBlock",
     "TooManyUsersError",
     "Triggers",
+    "aio",
     "atomics",
     "create_channel",
     "default_socket_path",
