@@ -1,4 +1,5 @@
-"""`postoffice bus ...`: run the bus server, list its channels, publish and subscribe."""
+"""`postoffice bus ...`: run the bus server, list its channels, publish, subscribe and
+measure."""
 
 from __future__ import annotations
 
@@ -260,3 +261,73 @@ def sub(
                 out.write(bytes(message.data) + b"\n")
             out.flush()
             seen += 1
+
+
+@bus.command(epilog=_EPILOG)
+@_socket
+@click.option(
+    "--size",
+    type=click.IntRange(min=20, max=1 << 30),
+    default=1024,
+    show_default=True,
+    help="Bytes per message (at least 20: the header each message carries).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1, max=10_000_000),
+    default=10_000,
+    show_default=True,
+    help="Messages in each phase (latency, then throughput).",
+)
+@click.option(
+    "--slots",
+    "num_slots",
+    type=click.IntRange(min=1, max=65536),
+    default=64,
+    show_default=True,
+    help="Slots of the channel the run makes.",
+)
+@click.option("--reliable", is_flag=True, help="A reliable publisher and subscriber.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no table.")
+def bench(
+    socket_path: Path | None,
+    size: int,
+    count: int,
+    num_slots: int,
+    reliable: bool,
+    as_json: bool,
+) -> None:
+    """Measure the bus of the running server: a new channel, this process publishing,
+    a child process subscribing. First COUNT messages one at a time (one-way latency,
+    publish to read: median and p99), then COUNT back to back (messages/s and GB/s until
+    the last one was read; an unreliable subscriber that falls behind counts drops).
+    The channel goes when the run ends."""
+    from postoffice.bus.benchmark import run
+
+    try:
+        result = run(socket_path, size=size, count=count, reliable=reliable, num_slots=num_slots)
+    except BusConnectionError as exc:
+        raise _Unavailable(str(exc)) from exc
+    except BusError as exc:
+        raise _Refused(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    mode = "reliable" if result.reliable else "unreliable"
+    table = Table(
+        title=f"bus bench: {result.count} x {result.size} bytes, {mode}, {result.num_slots} slots",
+        title_justify="left",
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("one-way latency, median", f"{result.latency_median_us:.1f} µs")
+    table.add_row("one-way latency, p99", f"{result.latency_p99_us:.1f} µs")
+    table.add_row("one-way latency, min .. max",
+                  f"{result.latency_min_us:.1f} .. {result.latency_max_us:.1f} µs")  # fmt: skip
+    table.add_row("messages/s", f"{result.messages_per_s:,.0f}")
+    table.add_row("GB/s", f"{result.gb_per_s:.3f}")
+    table.add_row("received (drops)", f"{result.received} ({result.drops})")
+    Console(width=100).print(table)
