@@ -4,6 +4,7 @@ against a real server, the other side a forked process with the blocking Client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 from collections.abc import Callable, Coroutine, Iterator
 from multiprocessing.connection import Connection
@@ -49,7 +50,11 @@ def payload(n: int) -> bytes:
     return b"message %06d;" % n * (1 + n % 7)
 
 
-def _publish(conn: Connection, socket_path: Path, count: int) -> int:
+def _publish(conn: Connection, socket_path: Path, count: int, *, hold: bool = False) -> int:
+    """Publish `count` messages reliably once told "go" (with `hold`, also register only
+    when told "register")."""
+    if hold:
+        assert conn.recv() == "register"
     with Client(socket_path, name="blocking writer") as client:
         publisher = client.create_publisher("aio", slot_size=128, num_slots=8, reliable=True)
         conn.send(("registered", None))
@@ -133,3 +138,36 @@ def test_an_asyncio_reliable_writer_waits_for_a_reader_in_another_process(
     assert expect(reader_conn) == [payload(n) for n in range(COUNT)]
     reader.join(WAIT_S)
     assert reader.exitcode == 0
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_an_asyncio_reader_that_came_first_follows_its_channel_to_the_publisher(
+    bus: Bus, loop: str
+) -> None:
+    """Subscribed before any publisher (a placeholder channel), the reader sleeps in
+    aio.messages while a writer process creates the channel for real and publishes."""
+
+    # Forked now, before the loop and its worker threads exist; it waits to be told.
+    writer, writer_conn = fork(functools.partial(_publish, hold=True), bus.socket, COUNT)
+
+    async def main() -> list[bytes]:
+        async with await AsyncClient.connect(bus.socket, name="early reader") as client:
+            subscriber = await client.create_subscriber("aio", reliable=True)
+            [info] = await client.channel_info("aio")
+            assert info.publishers == 0
+            writer_conn.send("register")
+            expect(writer_conn, "registered")
+            writer_conn.send("go")
+            got: list[bytes] = []
+            async with asyncio.timeout(WAIT_S * 3):
+                async for message in aio.messages(subscriber, timeout_s=WAIT_S):
+                    with message:
+                        got.append(bytes(message.data))
+                    if len(got) == COUNT:
+                        break
+            assert expect(writer_conn) == COUNT
+            writer.join(WAIT_S)
+            assert writer.exitcode == 0
+            return got
+
+    assert run(loop, main()) == [payload(n) for n in range(COUNT)]

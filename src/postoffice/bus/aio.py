@@ -25,8 +25,12 @@ from postoffice.bus.subscriber import Message, Subscriber
 # A loop keeps one reader per fd, so a second coroutine waiting on the same user would
 # silently replace the first one's callback and strand it. Such a wait is refused instead
 # (BusUsageError); waits on different users of one channel are fine (each has its own fd).
-# (`fileno()` is not called: it would make every empty read of the user arm its wake-up
-# from then on, the cost of an outside poll loop, which these helpers are not.)
+# `fileno()` is not called: it would make every empty read of the user arm its wake-up
+# from then on, the cost of an outside poll loop, which these helpers are not.
+#
+# One request does block the loop: a subscriber made before its channel had a publisher
+# asks the server for the channel's new files, from the read or wait that first sees them
+# (once per such subscriber, a round trip on the Unix socket).
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
