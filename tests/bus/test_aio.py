@@ -172,3 +172,20 @@ async def test_a_negative_timeout_is_refused(rig: Rig) -> None:
     subscriber = rig.subscriber()
     with pytest.raises(BusUsageError, match=r"^a wait's timeout is at least 0 seconds, got -1$"):
         await aio.wait(subscriber, -1)
+
+
+async def test_wait_on_a_closed_subscriber_raises_even_with_a_message_there(rig: Rig) -> None:
+    publisher = rig.publisher()
+    subscriber = rig.subscriber()
+    publisher.publish_bytes(b"unread")
+    subscriber.close()
+    with pytest.raises(BusClosedError, match=r"^subscriber 0 is closed$"):
+        await aio.wait(subscriber, 0)
+
+
+async def test_wait_on_a_closed_publisher_raises(make_rig: MakeRig) -> None:
+    rig = make_rig(num_slots=2)
+    publisher = rig.publisher(reliable=True)
+    publisher.close()
+    with pytest.raises(BusClosedError, match=r"^publisher 0 is closed$"):
+        await aio.wait(publisher, 0)

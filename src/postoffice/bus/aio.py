@@ -52,7 +52,9 @@ async def wait(user: Subscriber | Publisher, timeout_s: float | None = None) -> 
     if timeout_s is not None and not timeout_s >= 0:
         raise BusUsageError(f"a wait's timeout is at least 0 seconds, got {timeout_s}")
     if isinstance(user, Subscriber):
-        if user.ready():  # a busy channel: nothing to arrange
+        # ready() looks at the slots whether or not the subscriber is closed; a closed
+        # one goes on to wait_async, which refuses it.
+        if not (user.closed or user.channel.closed) and user.ready():
             return True
     elif user.wait(0):  # claims a free slot if there is one; refuses an unreliable one
         return True
