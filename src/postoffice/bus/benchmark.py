@@ -148,6 +148,9 @@ def run(
             start_ns = time.monotonic_ns()
             _throughput_phase(publisher, size, count)
             report = _expect(parent_end, "done", STALL_S + count * 0.001)
+        except BaseException:
+            child.kill()  # a run that failed here has nothing more to learn from it
+            raise
         finally:
             child.join(STALL_S)
             if child.is_alive():
