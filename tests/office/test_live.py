@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postoffice.office.engine import Roster, Simulation
-from postoffice.office.events import Cause, Event, RunEnded
+from postoffice.office.events import Cause, Event, RunEnded, TicketIssued
 from postoffice.office.live import LiveView, clock_text
 from postoffice.office.rules import DAY_MINUTES, Service, Visit
 from tests.office.fakes import ScriptedDirector, ScriptedOperator, ScriptedUser, roster
@@ -244,3 +244,26 @@ def test_the_live_day_totals_match_the_tally_at_every_day_end(
         run_provided += daily.provided
         assert report.totals.overall.provided == run_provided
         assert after.days[-1] is report
+
+
+def test_events_that_break_the_rules_stop_the_reports_not_the_view() -> None:
+    sim = Simulation(roster(users=20, operators=3, counters=3), seed=4)
+    view = LiveView()
+    events = sim.run_day()
+    first_ticket = next(i for i, e in enumerate(events) if isinstance(e, TicketIssued))
+    reports = view.apply(events[: first_ticket + 1] + events[first_ticket:])  # issued twice
+    assert reports == []
+    assert view.broken is not None
+    assert "ticket" in view.broken
+    assert view.snapshot().days == ()
+    assert view.snapshot().open is False
+
+
+def test_reports_can_come_from_the_driver_instead_of_the_view() -> None:
+    sim = Simulation(roster(users=20, operators=3, counters=3), seed=4)
+    view = LiveView(tally=False)
+    events = sim.run_day()
+    assert view.apply(events) == []
+    (report,) = LiveView().apply(events)
+    view.add_report(report)
+    assert view.snapshot().days == (report,)

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, final
 
+from postoffice.office.errors import InvariantError
 from postoffice.office.events import (
     BreakTaken,
     DayEnded,
@@ -182,15 +183,19 @@ class LiveSnapshot:
 class LiveView:
     """Folds a run's events, batch by batch (whole minutes, see the design note), into
     the state `snapshot` returns, and folds them into a Tally too for the daily reports.
-
-    Raises InvariantError (from the tally) when the events break the run's rules.
+    Events that break the run's rules stop the reports (`broken` says why), not the view.
     """
 
-    def __init__(self, *, run_id: str | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, *, run_id: str | None = None, seed: int | None = None, tally: bool = True
+    ) -> None:
+        """`tally`: fold the daily reports from the events here; False when the driver's
+        own reports come through `add_report` (the run folds its events once, not twice)."""
         self.run_id = run_id
         self.seed = seed
         self.paused = False
-        self._tally = Tally()
+        self.broken: str | None = None
+        self._tally: Tally | None = Tally() if tally else None
         self._days: deque[DayReport] = deque(maxlen=MAX_DAYS_KEPT)
         self._ended: RunEnded | None = None
         self._day = -1
@@ -237,7 +242,14 @@ class LiveView:
         closed_at = next((e.minute for e in events if isinstance(e, DayEnded)), None)
         reports: list[DayReport] = []
         for event in events:
-            report = self._tally.apply(event)
+            report = None
+            if self._tally is not None and self.broken is None:
+                try:
+                    report = self._tally.apply(event)
+                except InvariantError as exc:
+                    # The driver's own tally ends the run for it; the view goes on showing
+                    # what it can, without daily reports.
+                    self.broken = str(exc)
             self._fold(event, closed_at)
             if report is not None:
                 self._days.append(report)
@@ -245,6 +257,10 @@ class LiveView:
         if self._open and not self._closing:
             self._settle()
         return reports
+
+    def add_report(self, report: DayReport) -> None:
+        """A day's report made by the driver (with `tally=False`)."""
+        self._days.append(report)
 
     def _fold(self, event: Event, closed_at: int | None) -> None:
         match event:
