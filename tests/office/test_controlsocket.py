@@ -4,7 +4,7 @@ the client, the idle and the request limits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,31 +27,8 @@ from postoffice.office.controlsocket import ControlConnection, ControlServer
 from postoffice.office.engine import Simulation
 from postoffice.office.events import Cause, RunEnded
 from postoffice.office.live import LiveView
-from postoffice.office.simconfig import OfficeConfig
 from tests.fakes import FakeClock, FakeTransport
-from tests.office.fakes import roster
-
-
-@dataclass
-class FakeHandle:
-    """An OfficeHandle that records what it was asked."""
-
-    day: int = 1
-    minute: int = 0
-    added: list[int] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)
-
-    def add_users(self, count: int) -> None:
-        self.added.append(count)
-
-    def pause(self) -> None:
-        self.calls.append("pause")
-
-    def resume(self) -> None:
-        self.calls.append("resume")
-
-    def apply_config(self, config: OfficeConfig) -> None:
-        self.calls.append("apply_config")
+from tests.office.fakes import FakeHandle, roster
 
 
 @dataclass

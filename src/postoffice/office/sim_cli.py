@@ -18,6 +18,7 @@ from rich.table import Table
 from postoffice.core import config as core_config
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.runtime import run as run_loop
+from postoffice.office.control_cli import add_users, status
 from postoffice.office.errors import InvariantError
 from postoffice.office.events import Cause, Event, RunEnded
 from postoffice.office.inprocess import Driver, Outcome
@@ -58,7 +59,12 @@ _DATA_DIR = click.option(
 
 @click.group(name="office")
 def office() -> None:
-    """The post office simulation: run it, list past runs, report one again."""
+    """The post office simulation: run it, watch it (status), add users, list past runs,
+    report one again."""
+
+
+office.add_command(status)
+office.add_command(add_users)
 
 
 @office.command(name="run")
