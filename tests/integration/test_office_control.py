@@ -286,3 +286,43 @@ def test_the_socket_is_removed_when_the_run_ends(start: Callable[..., Run], data
     run = start(N_NANO_SECS="4000000", SIM_DURATION="1")
     assert run.proc.wait(30) == 0
     assert not control_path(data_dir / "var").exists()
+
+
+def test_a_second_run_leaves_the_first_ones_socket_alone(
+    start: Callable[..., Run], data_dir: Path
+) -> None:
+    first = start(N_NANO_SECS="4000000", SIM_DURATION="1000")
+    run_id = first.status()["run"]
+    second = subprocess.run(
+        [
+            *POSTOFFICE,
+            "office",
+            "run",
+            "--config",
+            "timeout",
+            "--in-process",
+            "--json",
+            "--data-dir",
+            str(data_dir / "var"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(N_NANO_SECS="0", SIM_DURATION="2"),
+        check=False,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "no control socket for this run" in second.stderr
+    assert "another simulation is running" in second.stderr
+    assert first.status()["run"] == run_id  # still the first run's socket
+
+
+def test_a_stale_socket_file_is_replaced(start: Callable[..., Run], data_dir: Path) -> None:
+    path = control_path(data_dir / "var")
+    path.parent.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # bound, never listening, then closed: what a kill -9 leaves
+    stale.close()
+    assert path.exists()
+    run = start(N_NANO_SECS="4000000", SIM_DURATION="1000")
+    assert run.status()["day"] in (0, 1, 2)

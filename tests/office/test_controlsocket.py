@@ -253,3 +253,12 @@ async def test_a_stopping_server_tells_its_clients() -> None:
         (0, ErrorReply(code="CLOSED", message="the simulation is stopping"))
     ]
     assert transport.closed
+
+
+async def test_a_client_that_does_not_read_its_replies_is_not_read_either() -> None:
+    rig = _rig()
+    conn, transport = rig.connect()
+    conn.pause_writing()  # the transport's buffer passed its high-water mark
+    assert transport.reading is False
+    conn.resume_writing()
+    assert transport.reading is True

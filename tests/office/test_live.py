@@ -38,25 +38,32 @@ def _scripted() -> Simulation:
     )
 
 
-def _run_to(sim: Simulation, view: LiveView, last: int) -> None:
-    """Step minutes up to `last`, folding each minute's events as the driver hands them."""
-    start = sim._minute  # the engine's next minute
-    for minute in range(start, last + 1):
-        events = sim.step(minute)
-        if events:
-            view.apply(events)
-        view.advance(minute)
+class _Stepper:
+    """Steps an open day minute by minute, folding each minute's events as the driver
+    hands them, and advancing the view's clock as the control server does."""
+
+    def __init__(self, sim: Simulation, view: LiveView) -> None:
+        self.sim, self.view, self.next = sim, view, 0
+
+    def to(self, last: int) -> None:
+        for minute in range(self.next, last + 1):
+            events = self.sim.step(minute)
+            if events:
+                self.view.apply(events)
+            self.view.advance(minute)
+        self.next = last + 1
 
 
 def test_a_hand_checked_day_as_the_live_view_sees_it() -> None:
     sim = _scripted()
     view = LiveView(run_id="r1", seed=0)
     view.apply(sim.start_day())
+    step = _Stepper(sim, view)
     before = view.snapshot()
     assert (before.day, before.minute, before.clock, before.open) == (1, 0, "08:00", True)
     assert [c.operator for c in before.counters] == [None, None]
 
-    _run_to(sim, view, 10)
+    step.to(10)
     # minute 0: both operators seated; minute 10: users 0 and 1 take tickets 1 and 2,
     # which counters 0 and 1 start at once (phase 7).
     now = view.snapshot()
@@ -70,20 +77,20 @@ def test_a_hand_checked_day_as_the_live_view_sees_it() -> None:
     assert now.services[L].queue == 0
     assert now.services[L].counters == 2
 
-    _run_to(sim, view, 12)
+    step.to(12)
     # user 2's ticket 3 waits: both counters are busy.
     now = view.snapshot()
     assert now.services[L].queue == 1
     assert (now.present, now.waiting, now.being_served) == (3, 1, 2)
 
-    _run_to(sim, view, 18)
+    step.to(18)
     # operator 0 is done with user 0 at 18 (8 minutes) and takes ticket 3; user 0 leaves.
     now = view.snapshot()
     assert [(c.operator, c.ticket) for c in now.counters] == [(0, 3), (1, 2)]
     assert now.services[L].queue == 0
     assert (now.present, now.waiting, now.being_served, now.served_today) == (2, 0, 2, 1)
 
-    _run_to(sim, view, 30)
+    step.to(30)
     # operator 1 finishes user 1 at 30 and takes its break at once; user 1's parcel
     # request is not offered, so user 1 leaves too.
     now = view.snapshot()
@@ -92,10 +99,10 @@ def test_a_hand_checked_day_as_the_live_view_sees_it() -> None:
     assert (now.breaks_today, now.provided_today, now.not_provided_today) == (1, 3, 1)
     assert (now.present, now.waiting, now.being_served, now.served_today) == (0, 0, 0, 3)
 
-    _run_to(sim, view, 46)
+    step.to(46)
     assert view.snapshot().on_break == ()  # back at 45, waiting for a counter
 
-    _run_to(sim, view, DAY_MINUTES - 1)
+    step.to(DAY_MINUTES - 1)
     reports = view.apply(sim.close_day())
     assert len(reports) == 1
     end = view.snapshot()

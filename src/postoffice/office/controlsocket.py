@@ -276,6 +276,17 @@ class ControlConnection(asyncio.Protocol):
         self.server.manager.release(self)
         self._transport = None
 
+    # A client that sends requests but does not read the replies would make the server
+    # buffer snapshots without end: while the transport's buffer is over its high-water
+    # mark, no more requests are read.
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
     # -- core.connections.Managed --------------------------------------------------------
 
     def can_idle_close(self) -> bool:

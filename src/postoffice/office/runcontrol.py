@@ -69,6 +69,9 @@ class Reloader:
         if not changes.live and not changes.restart:
             log.warning("config reloaded, no key changed path=%s", self.path)
 
+    def __repr__(self) -> str:
+        return f"<Reloader {self.path} n_nano_secs={self.config.n_nano_secs}>"
+
 
 @contextlib.asynccontextmanager
 async def controlled(
