@@ -262,3 +262,13 @@ async def test_a_client_that_does_not_read_its_replies_is_not_read_either() -> N
     assert transport.reading is False
     conn.resume_writing()
     assert transport.reading is True
+
+
+async def test_a_request_with_id_0_is_a_connection_error() -> None:
+    rig = _rig()
+    conn, transport = rig.connect()
+    conn.data_received(encode_parts(1, 0, 0, b"{}") + encode_request(1, Status()))
+    assert _replies(transport) == [
+        (0, ErrorReply(code="PROTO", message="control request id 0 is reserved"))
+    ]
+    assert transport.closed

@@ -256,7 +256,13 @@ class ControlConnection(asyncio.Protocol):
                 return
             except ControlProtocolError as exc:
                 self.server.errors += 1
-                self._send(stream.last_request_id or 0, _error(exc))
+                request_id = stream.last_request_id
+                if not request_id:
+                    # An error of id 0 is the connection's: it closes after it, as the
+                    # doc says, or a client could not tell what it answers.
+                    self._fail(exc)
+                    return
+                self._send(request_id, _error(exc))
                 continue
             if event is NEED_DATA:
                 break
