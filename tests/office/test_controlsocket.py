@@ -272,3 +272,24 @@ async def test_a_request_with_id_0_is_a_connection_error() -> None:
         (0, ErrorReply(code="PROTO", message="control request id 0 is reserved"))
     ]
     assert transport.closed
+
+
+def test_status_prints_the_snapshot_for_people() -> None:
+    from rich.console import Console
+
+    from postoffice.office.control_cli import print_status
+
+    rig = _rig()
+    rig.view.apply([RunEnded(days=1, cause=Cause.SIGNAL, detail="stopped by a signal")])
+    console = Console(width=120, record=True, highlight=False)
+    print_status(console, rig.view.snapshot().to_json())
+    text = console.export_text()
+    snap = rig.view.snapshot()
+    assert text.startswith(f"run r (seed 3): day 1, {snap.clock}, closed\n")
+    assert (
+        f"users: 8 in all, {snap.present} in the office, {snap.waiting} waiting,"
+        f" {snap.being_served} being served, {snap.served_today} served today"
+    ) in text
+    for service in ("parcels", "letters", "bank", "bills", "finance", "watches"):
+        assert service in text
+    assert "ended: signal after 1 days (stopped by a signal)" in text
