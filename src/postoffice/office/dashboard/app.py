@@ -53,7 +53,8 @@ class DashboardApp(App[None]):
     #clock { width: 1fr; text-style: bold; padding: 0 1; }
     #users { width: 2fr; padding: 0 1; }
     #middle { height: 1fr; }
-    #left, #right { width: 1fr; }
+    #left { width: 46; }
+    #right { width: 1fr; }
     DataTable { height: auto; max-height: 16; }
     #counters { max-height: 14; }
     #days { max-height: 8; }
@@ -101,7 +102,7 @@ class DashboardApp(App[None]):
             "counter", "service", "operator", "serving"
         )
         self.query_one("#services", DataTable).add_columns(
-            "service", "state", "pid", "address", "req/s", "latency p50/p99 ms", "conns"
+            "service", "state", "pid", "address", "req/s", "p50/p99 ms", "conns"
         )
         self.query_one("#days", DataTable).add_columns(
             "day", "served", "provided", "not provided", "avg wait", "avg service", "left waiting"
