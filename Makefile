@@ -20,8 +20,9 @@ bus-ext: setup
 
 # The real clients the README's quick start shows and the tests drive, as
 # command:Debian-package pairs. When one is missing they come from apt-get if we are
-# root; otherwise one line says what to install (the redis-cli tests are then skipped).
-CLIENTS := redis-cli:redis-tools nc:netcat-openbsd
+# root; otherwise one line says what to install (the redis-cli tests, and the browser
+# test of `dashboard --web` without chromium, are then skipped).
+CLIENTS := redis-cli:redis-tools nc:netcat-openbsd chromium:chromium chromedriver:chromium-driver
 
 tools:
 	@missing=""; for pair in $(CLIENTS); do \

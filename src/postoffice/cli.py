@@ -53,6 +53,7 @@ def _add_services() -> None:
     from postoffice.command.cli import command
     from postoffice.ingest.cli import ingest
     from postoffice.office.cli import up
+    from postoffice.office.dashboard.cli import dashboard
     from postoffice.office.sim_cli import office
     from postoffice.store.cli import store
 
@@ -62,6 +63,7 @@ def _add_services() -> None:
     main.add_command(store)
     main.add_command(up)
     main.add_command(office)
+    main.add_command(dashboard)
 
 
 _add_services()

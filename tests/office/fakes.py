@@ -1,4 +1,5 @@
-"""Scripted roles for the office engine's tests: each plays back the plans it was given."""
+"""Scripted roles for the office engine's tests (each plays back the plans it was given),
+and a handle that records what the control socket asked of it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 
 from postoffice.office.engine import Roster
 from postoffice.office.rules import Visit
+from postoffice.office.simconfig import OfficeConfig
 
 
 @dataclass
@@ -62,3 +64,25 @@ def roster(*, users: int, operators: int, counters: int, pauses: int = 2) -> Ros
         nof_worker_seats=counters,
         nof_pause=pauses,
     )
+
+
+@dataclass
+class FakeHandle:
+    """An OfficeHandle that records what it was asked."""
+
+    day: int = 1
+    minute: int = 0
+    added: list[int] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+
+    def add_users(self, count: int) -> None:
+        self.added.append(count)
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+
+    def apply_config(self, config: OfficeConfig) -> None:
+        self.calls.append("apply_config")

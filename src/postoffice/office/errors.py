@@ -1,9 +1,17 @@
 """Errors of the office: the director cannot run or a service would not start; a
-simulation config is bad, a run breaks an invariant, or its event log is unreadable."""
+simulation config is bad, a run breaks an invariant, its event log is unreadable, or a
+control socket request is bad or refused."""
 
 from __future__ import annotations
 
-from postoffice.core.errors import BrokenError, ConfigError, PostOfficeError, StorageError
+from postoffice.core.errors import (
+    BrokenError,
+    ConfigError,
+    LimitExceeded,
+    PostOfficeError,
+    ProtocolError,
+    StorageError,
+)
 
 
 class DirectorError(PostOfficeError):
@@ -34,3 +42,23 @@ class InvariantError(PostOfficeError):
 
 class EventLogError(StorageError):
     """A run's event log is missing, damaged, or holds what no run wrote."""
+
+
+class ControlProtocolError(ProtocolError):
+    """A control socket peer sent what the office control protocol does not allow."""
+
+
+class ControlLimitError(ControlProtocolError, LimitExceeded):
+    """A control socket peer passed a limit (frame size, clients, idle time)."""
+
+    wire_code = LimitExceeded.wire_code
+
+
+class ControlRefusedError(PostOfficeError):
+    """The simulation cannot do what a control request asks (its run has ended, say)."""
+
+    wire_code = "REFUSED"
+
+
+class NotRunningError(BrokenError):
+    """No simulation answers on the control socket under the data directory."""

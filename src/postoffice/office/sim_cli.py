@@ -18,10 +18,13 @@ from rich.table import Table
 from postoffice.core import config as core_config
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.runtime import run as run_loop
+from postoffice.office.control_cli import add_users, status
 from postoffice.office.errors import InvariantError
 from postoffice.office.events import Cause, Event, RunEnded
 from postoffice.office.inprocess import Driver, Outcome
+from postoffice.office.live import LiveView
 from postoffice.office.report import CsvWriter, print_day, print_end, report_json
+from postoffice.office.runcontrol import controlled
 from postoffice.office.runlog import RunLog, list_runs, read_events, read_meta
 from postoffice.office.simconfig import SHIPPED, load_config, shipped_config
 from postoffice.office.tally import DayReport, Tally
@@ -56,7 +59,12 @@ _DATA_DIR = click.option(
 
 @click.group(name="office")
 def office() -> None:
-    """The post office simulation: run it, list past runs, report one again."""
+    """The post office simulation: run it, watch it (status), add users, list past runs,
+    report one again."""
+
+
+office.add_command(status)
+office.add_command(add_users)
 
 
 @office.command(name="run")
@@ -95,7 +103,10 @@ def run_command(
     Ends with timeout (SIM_DURATION days), explode (more than EXPLODE_THRESHOLD users
     waiting at a day's end), signal (Ctrl-C or SIGTERM: the day closes at once) or error,
     then prints the cause and the final statistics. SIGUSR1 asks the users manager for
-    N_NEW_USERS more users. Exit status 0, or 1 after an error ending.
+    N_NEW_USERS more users; SIGHUP re-reads the config file and takes N_NANO_SECS,
+    EXPLODE_THRESHOLD and N_NEW_USERS at once. `postoffice office status|add-users` and
+    `postoffice dashboard` talk to the run over <data-dir>/run/office.sock.
+    Exit status 0, or 1 after an error ending.
     """
     path = Path(config_path)
     if not path.exists() and config_path in SHIPPED:
@@ -136,10 +147,13 @@ def run_command(
             f"run {log.run_id}: seed {chosen}, config {path}, events in {log.path}", soft_wrap=True
         )
 
+    view = LiveView(run_id=log.run_id, seed=chosen, tally=False)
+
     def on_day(events: list[Event], report: DayReport | None) -> None:
         log.append(events)
         if report is None:
             return
+        view.add_report(report)
         if csv is not None:
             csv.write(report)
         if as_json:
@@ -147,13 +161,16 @@ def run_command(
         else:
             print_day(console, report)
 
-    driver = Driver(config, seed=chosen, on_day=on_day)
+    driver = Driver(config, seed=chosen, on_day=on_day, on_events=view.apply)
 
     async def main(stop: asyncio.Event) -> Outcome:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, driver.add_users)
         try:
-            return await driver.run(stop)
+            async with controlled(
+                driver, view, data_dir=_data_dir(data_dir), config_path=path, config=config
+            ):
+                return await driver.run(stop)
         finally:
             loop.remove_signal_handler(signal.SIGUSR1)
 

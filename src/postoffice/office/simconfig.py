@@ -4,6 +4,7 @@ rules, each key overridable by a POSTOFFICE_OFFICE_<KEY> variable. Office layer.
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -15,7 +16,18 @@ from typing import Final
 from postoffice.office.engine import Roster
 from postoffice.office.errors import OfficeConfigError
 
-__all__ = ["ENV_PREFIX", "KEYS", "SHIPPED", "OfficeConfig", "load_config", "shipped_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "KEYS",
+    "LIVE_KEYS",
+    "SHIPPED",
+    "Change",
+    "ConfigChanges",
+    "OfficeConfig",
+    "compare_configs",
+    "load_config",
+    "shipped_config",
+]
 
 ENV_PREFIX: Final = "POSTOFFICE_OFFICE_"
 SHIPPED: Final = ("timeout", "explode")  # configs in postoffice/office/configs/
@@ -46,6 +58,9 @@ KEYS: Final = (
     _Key(section="users_manager", name="N_NEW_USERS", kind=int, low=0, high=1_000_000),
 )
 _SECTIONS: Final = tuple(dict.fromkeys(k.section for k in KEYS))
+#: The keys a running simulation takes at its next minute (SIGHUP); any other key
+#: shapes the roles it was built with, so a new value needs a new run.
+LIVE_KEYS: Final = ("N_NANO_SECS", "EXPLODE_THRESHOLD", "N_NEW_USERS")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,3 +240,45 @@ def _number(text: str, key: _Key, where: str) -> int | float:
             f" {_shown(key.high, key)}, got {stripped}"
         )
     return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One key whose value differs between two configs."""
+
+    key: str
+    old: int | float
+    new: int | float
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.old} -> {self.new}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigChanges:
+    """What differs from a running config: `live` keys (LIVE_KEYS) can be taken at once,
+    `restart` keys only by a new run; `config` is the running one with the live changes."""
+
+    live: tuple[Change, ...]
+    restart: tuple[Change, ...]
+    config: OfficeConfig
+
+
+def compare_configs(running: OfficeConfig, new: OfficeConfig) -> ConfigChanges:
+    """The keys whose values differ, in KEYS order, split into what a running simulation
+    can take (LIVE_KEYS) and what needs a restart; and `running` with the live ones set."""
+    live: list[Change] = []
+    restart: list[Change] = []
+    for key in KEYS:
+        old, value = getattr(running, key.name.lower()), getattr(new, key.name.lower())
+        if old != value:
+            (live if key.name in LIVE_KEYS else restart).append(
+                Change(key=key.name, old=old, new=value)
+            )
+    taken = dataclasses.replace(
+        running,
+        n_nano_secs=new.n_nano_secs,
+        explode_threshold=new.explode_threshold,
+        n_new_users=new.n_new_users,
+    )
+    return ConfigChanges(live=tuple(live), restart=tuple(restart), config=taken)
