@@ -1,7 +1,7 @@
 """The bus between machines: discovery datagrams and bridge messages on core frames.
 
-Pure sans-I/O (bus library layer): `discovery.py` and `bridge.py` encode and decode with
-it. The byte layout is docs/protocols/bus.md, "Between machines".
+Pure sans-I/O (bus library layer): `discovery.py` and the `bridge` package encode and
+decode with it. The byte layout is docs/protocols/bus.md, "Between machines".
 """
 
 from __future__ import annotations

@@ -1,0 +1,134 @@
+"""The publishing side of a bridge: a local subscriber whose messages leave as MESSAGE frames.
+
+Bus server layer, started by `network.Network` on a SUBSCRIBE for a channel published here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import final
+
+from postoffice.bus import netwire
+from postoffice.bus.bridge.link import HANDSHAKE_TIMEOUT_S, Link, LinkState, either
+from postoffice.bus.discovery import Address
+from postoffice.bus.errors import BusError, BusProtocolError
+from postoffice.bus.registry import ServerChannel
+from postoffice.bus.subscriber import Subscriber
+from postoffice.core.logs import kv
+
+log = logging.getLogger(__name__)
+
+
+@final
+class Transmitter:
+    """A local channel forwarded to one remote receiver at `remote` (its bridge port),
+    read by `subscriber`, a user registered for owner `client` (a bridge's negative id).
+
+    `run()` connects, sends SUBSCRIBED and forwards until the connection ends; it never
+    raises BusError (a failure is logged and ends the run)."""
+
+    def __init__(
+        self, *, channel: str, client: int, subscriber: Subscriber, remote: Address
+    ) -> None:
+        self.channel = channel
+        self.client = client
+        self.subscriber = subscriber
+        self.remote = remote
+        self.task: asyncio.Task[None] | None = None
+        self.link: Link | None = None
+        self.forwarded = 0
+        self.skipped = 0
+
+    def __repr__(self) -> str:
+        state = "connecting" if self.link is None else self.link.state.value
+        return (
+            f"<Transmitter {self.channel!r} to={self.remote} {state} "
+            f"forwarded={self.forwarded} skipped={self.skipped}>"
+        )
+
+    async def run(self, target: ServerChannel) -> None:
+        """Connect, announce the channel as `target` makes it, and forward."""
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    _, link = await loop.create_connection(
+                        lambda: Link(f"to {self.channel}", self._on_event, lambda _: None),
+                        host=self.remote[0], port=self.remote[1],
+                    )  # fmt: skip
+            except (OSError, TimeoutError) as exc:
+                log.warning(
+                    "bridge connect failed %s",
+                    kv(channel=self.channel, to=self.remote, error=exc),
+                )
+                return
+            self.link = link
+            link.state = LinkState.FORWARDING
+            channel = target.channel
+            link.write(
+                netwire.encode_bridge(
+                    netwire.Subscribed(
+                        channel=self.channel, type=channel.type, slot_size=target.slot_size(),
+                        num_slots=channel.num_slots, reliable=self.subscriber.reliable,
+                        fixed_size=channel.fixed_size, checksum=channel.checksum,
+                    )
+                )
+            )  # fmt: skip
+            log.info("bridge transmitting %s", kv(channel=self.channel, to=self.remote))
+            await self._forward(link)
+        except BusError as exc:
+            log.warning("bridge transmitter stopped %s", kv(channel=self.channel, error=exc))
+        finally:
+            if self.link is not None:
+                self.link.close()
+
+    async def _forward(self, link: Link) -> None:
+        subscriber = self.subscriber
+        while link.state is not LinkState.CLOSED:
+            if not link.writable.is_set():
+                # The peer reads slower than we publish: leave messages in the channel
+                # (a reliable publisher then waits for us).
+                await either(link.writable.wait(), link.closed)
+                continue
+            message = subscriber.read()
+            if message is None:
+                await either(subscriber.wait_async(), link.closed)
+                continue
+            with message:
+                if message.size > netwire.MAX_BRIDGED_MESSAGE_BYTES:
+                    self.skipped += 1
+                    log.warning(
+                        "bridged message too large %s",
+                        kv(channel=self.channel, ordinal=message.ordinal, bytes=message.size),
+                    )
+                    continue
+                link.write(netwire.encode_message(message.ordinal, message.data))
+            self.forwarded += 1
+        log.info(
+            "bridge transmitter ended %s",
+            kv(channel=self.channel, to=self.remote, forwarded=self.forwarded,
+               skipped=self.skipped),
+        )  # fmt: skip
+
+    def _on_event(self, link: Link, event: netwire.BridgeEvent) -> bool:
+        if isinstance(event, netwire.BridgeError):
+            log.warning(
+                "bridge refused by receiver %s",
+                kv(link=link.name, code=event.code, message=event.message),
+            )
+            link.close()
+        else:
+            link.fail(
+                BusProtocolError(f"a receiver sends nothing but ERROR, got {type(event).__name__}")
+            )
+        return False
+
+    def stop(self) -> None:
+        """Cancel the run (the caller still ends the transmitter)."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def close(self) -> None:
+        """Let go of every message held; the subscriber stops."""
+        self.subscriber.close()
