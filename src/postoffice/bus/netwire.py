@@ -29,6 +29,9 @@ MAX_BRIDGED_MESSAGE_BYTES: Final = MAX_BRIDGE_PAYLOAD_BYTES - 8
 #: Channel names and types: what a channel's control block holds.
 MAX_CHANNEL_NAME_BYTES: Final = 128
 MAX_TYPE_BYTES: Final = 64
+#: Held messages a transmitter may have sent and not seen in a RETIRED yet: it holds a
+#: slot of the source channel for each (a receiver refuses one more).
+MAX_HELD_MESSAGES: Final = 256
 #: Ordinals in one RETIRED frame (8 KiB): a receiver reports what retired since its last
 #: look, in as many frames as that takes.
 MAX_RETIRED_ORDINALS: Final = 1024

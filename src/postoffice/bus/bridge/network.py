@@ -24,6 +24,7 @@ from postoffice.bus.errors import (
     BusError,
     BusLimitError,
     BusNotFoundError,
+    BusProtocolError,
     BusStateError,
     BusStorageError,
 )
@@ -276,12 +277,15 @@ class Network:
         assert registry is not None
         client = self._client_id()
         try:
+            # On a reliable channel it may hold messages until the far side retires them.
+            reliable = target.reliable_publishers
             _, user = registry.add_subscriber(
                 client,
                 wire.CreateSubscriberRequest(
-                    channel=message.channel, reliable=target.reliable_publishers, max_active=1
+                    channel=message.channel, reliable=reliable,
+                    max_active=netwire.MAX_HELD_MESSAGES if reliable else 1,
                 ),
-            )
+            )  # fmt: skip
         except BusError as exc:
             self.refused += 1
             log.warning("bridge not started %s", kv(channel=message.channel, error=exc))
@@ -353,6 +357,8 @@ class Network:
                         link.close()
                         return False
                     return want.publish(link, event)
+                case netwire.Retired():
+                    raise BusProtocolError("a transmitter sends no RETIRED")
                 case netwire.BridgeError():
                     log.warning(
                         "bridge closed by transmitter %s",
@@ -383,12 +389,17 @@ class Network:
             wire.CreatePublisherRequest(
                 channel=event.channel, type=event.type, slot_size=event.slot_size,
                 reliable=event.reliable, fixed_size=event.fixed_size, checksum=event.checksum,
+                # A reliable channel's held messages are reported back as they retire.
+                retirement=event.reliable,
             ),
         )  # fmt: skip
+        pipe = target.retirement_fds.get(user)
+        read_end = None if pipe is None else pipe[0]
         publisher = Publisher(
-            target.channel, user, triggers=target.triggers, eventfd=target.publisher_fds.get(user)
-        )
-        want.attach(link, publisher, client)
+            target.channel, user, triggers=target.triggers,
+            eventfd=target.publisher_fds.get(user), retirement=read_end,
+        )  # fmt: skip
+        want.attach(link, publisher, client, read_end)
 
     def _receiver_closed(self, link: Link) -> None:
         self._incoming.discard(link)

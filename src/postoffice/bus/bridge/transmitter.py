@@ -1,6 +1,8 @@
 """The publishing side of a bridge: a local subscriber whose messages leave as MESSAGE frames.
 
-Bus server layer, started by `network.Network` on a SUBSCRIBE for a channel published here.
+Bus server layer, started by `network.Network` on a SUBSCRIBE for a channel published here;
+on a reliable channel it holds each message whose publisher watches retirement until the
+receiver reports it retired, so the retirement reaches that publisher from the far side.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ import asyncio
 import logging
 from typing import final
 
-from postoffice.bus import netwire
+from postoffice.bus import netwire, retirement
 from postoffice.bus.bridge.link import HANDSHAKE_TIMEOUT_S, Link, LinkState, either
 from postoffice.bus.discovery import Address
 from postoffice.bus.errors import BusError, BusProtocolError
 from postoffice.bus.registry import ServerChannel
-from postoffice.bus.subscriber import Subscriber
+from postoffice.bus.subscriber import Message, Subscriber
 from postoffice.core.logs import kv
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,10 @@ class Transmitter:
     read by `subscriber`, a user registered for owner `client` (a bridge's negative id).
 
     `run()` connects, sends SUBSCRIBED and forwards until the connection ends; it never
-    raises BusError (a failure is logged and ends the run)."""
+    raises BusError (a failure is logged and ends the run). A reliable subscriber
+    (registered with max active messages netwire.MAX_HELD_MESSAGES) keeps each message
+    that asks for retirement, sent as HELD_MESSAGE, until a RETIRED names it, and reads
+    no more while it holds that many; what it holds when the bridge ends is let go."""
 
     def __init__(
         self, *, channel: str, client: int, subscriber: Subscriber, remote: Address
@@ -39,12 +44,21 @@ class Transmitter:
         self.link: Link | None = None
         self.forwarded = 0
         self.skipped = 0
+        #: Held messages by source ordinal, each waiting for the receiver's RETIRED.
+        self._held: dict[int, Message] = {}
+        self._freed = asyncio.Event()
+        self.retired = 0
+
+    @property
+    def held(self) -> int:
+        """How many messages wait for the receiver's RETIRED."""
+        return len(self._held)
 
     def __repr__(self) -> str:
         state = "connecting" if self.link is None else self.link.state.value
         return (
             f"<Transmitter {self.channel!r} to={self.remote} {state} "
-            f"forwarded={self.forwarded} skipped={self.skipped}>"
+            f"forwarded={self.forwarded} held={self.held} skipped={self.skipped}>"
         )
 
     async def run(self, target: ServerChannel) -> None:
@@ -85,17 +99,23 @@ class Transmitter:
 
     async def _forward(self, link: Link) -> None:
         subscriber = self.subscriber
+        ccb = subscriber.channel.ccb
         while link.state is not LinkState.CLOSED:
             if not link.writable.is_set():
                 # The peer reads slower than we publish: leave messages in the channel
                 # (a reliable publisher then waits for us).
                 await either(link.writable.wait(), link.closed)
                 continue
+            if len(self._held) >= netwire.MAX_HELD_MESSAGES:
+                # Reading one more would let the subscriber release the oldest held one.
+                self._freed.clear()
+                await either(self._freed.wait(), link.closed)
+                continue
             message = subscriber.read()
             if message is None:
                 await either(subscriber.wait_async(), link.closed)
                 continue
-            with message:
+            try:
                 if message.size > netwire.MAX_BRIDGED_MESSAGE_BYTES:
                     self.skipped += 1
                     log.warning(
@@ -103,15 +123,37 @@ class Transmitter:
                         kv(channel=self.channel, ordinal=message.ordinal, bytes=message.size),
                     )
                     continue
-                link.write(netwire.encode_message(message.ordinal, message.data))
+                # Only a reliable subscriber's hold matters to a publisher that waits.
+                hold = subscriber.reliable and retirement.asked(ccb, message.slot, message.ordinal)
+                link.write(netwire.encode_message(message.ordinal, message.data, held=hold))
+                if hold:
+                    self._held[message.ordinal] = message
+            finally:
+                if message.ordinal not in self._held:
+                    message.release()
             self.forwarded += 1
         log.info(
             "bridge transmitter ended %s",
             kv(channel=self.channel, to=self.remote, forwarded=self.forwarded,
-               skipped=self.skipped),
+               retired=self.retired, held=self.held, skipped=self.skipped),
         )  # fmt: skip
 
+    def _retired(self, link: Link, ordinals: tuple[int, ...]) -> bool:
+        """Let go of the held messages the receiver reports retired: their publisher's
+        retirement pipe hears of each once no local holder is left either."""
+        for ordinal in ordinals:
+            message = self._held.pop(ordinal, None)
+            if message is None:
+                link.fail(BusProtocolError(f"RETIRED names ordinal {ordinal}, which is not held"))
+                return False
+            message.release()
+            self.retired += 1
+        self._freed.set()
+        return True
+
     def _on_event(self, link: Link, event: netwire.BridgeEvent) -> bool:
+        if isinstance(event, netwire.Retired):
+            return self._retired(link, event.ordinals)
         if isinstance(event, netwire.BridgeError):
             log.warning(
                 "bridge refused by receiver %s",
@@ -120,7 +162,9 @@ class Transmitter:
             link.close()
         else:
             link.fail(
-                BusProtocolError(f"a receiver sends nothing but ERROR, got {type(event).__name__}")
+                BusProtocolError(
+                    f"a receiver sends nothing but RETIRED and ERROR, got {type(event).__name__}"
+                )
             )
         return False
 
@@ -130,5 +174,7 @@ class Transmitter:
             self.task.cancel()
 
     def close(self) -> None:
-        """Let go of every message held; the subscriber stops."""
+        """Let go of every message held (each retires here, whatever became of it on the
+        far side); the subscriber stops."""
         self.subscriber.close()
+        self._held.clear()
