@@ -23,8 +23,6 @@ from postoffice.core.logs import kv
 
 log = logging.getLogger(__name__)
 
-#: A transmitter's connection and its SUBSCRIBED must arrive within this.
-HANDSHAKE_TIMEOUT_S: Final = 10.0
 #: Unsent bytes a transmitter lets its transport hold before it stops reading the
 #: channel (then a reliable publisher waits: TCP's backpressure reaches it).
 WRITE_HIGH_BYTES: Final = 1 << 20
@@ -94,6 +92,17 @@ class Link(asyncio.Protocol):
         self._stream.feed(data)
         if not self._blocked:
             self._drain()
+
+    def eof_received(self) -> bool | None:
+        # Whole frames left unread while blocked are the in-flight loss of any broken
+        # bridge; part of a frame means the peer stopped in the middle of one.
+        left = self._stream.buffered_bytes
+        if left and not self._blocked:
+            log.warning(
+                "bridge peer closed inside a frame %s",
+                kv(link=self.name, peer=self.peer, bytes=left),
+            )
+        return None  # close our side too
 
     def _drain(self) -> None:
         while self.state is not LinkState.CLOSED:

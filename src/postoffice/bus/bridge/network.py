@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Final, final
 
 from postoffice.bus import netwire, wire
-from postoffice.bus.bridge.link import HANDSHAKE_TIMEOUT_S, Link, LinkState
+from postoffice.bus.bridge.link import Link, LinkState
 from postoffice.bus.bridge.receiver import Receiver
 from postoffice.bus.bridge.transmitter import Transmitter
 from postoffice.bus.config import BusConfig
@@ -296,6 +296,7 @@ class Network:
         tx = Transmitter(
             channel=message.channel, client=client, subscriber=subscriber,
             remote=(source[0], message.port),
+            connect_timeout_s=self.config.bridge_handshake_timeout_s,
         )  # fmt: skip
         self._transmitters[key] = tx
         tx.task = asyncio.ensure_future(self._transmit(key, tx, target))
@@ -331,7 +332,9 @@ class Network:
         link = Link("from peer", self._receiver_event, self._receiver_closed)
         self._incoming.add(link)
         assert self._loop is not None
-        handle = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout, link)
+        handle = self._loop.call_later(
+            self.config.bridge_handshake_timeout_s, self._handshake_timeout, link
+        )
         link.closed.add_done_callback(lambda _: handle.cancel())
         if len(self._incoming) > MAX_BRIDGES:
             self._loop.call_soon(link.fail, BusLimitError(f"more than {MAX_BRIDGES} bridges"))
@@ -339,7 +342,9 @@ class Network:
 
     def _handshake_timeout(self, link: Link) -> None:
         if link.state is LinkState.HANDSHAKE:
-            link.fail(BusStateError(f"no SUBSCRIBED in {HANDSHAKE_TIMEOUT_S:g} s"))
+            link.fail(
+                BusStateError(f"no SUBSCRIBED in {self.config.bridge_handshake_timeout_s:g} s")
+            )
 
     def _receiver_event(self, link: Link, event: netwire.BridgeEvent) -> bool:
         try:

@@ -12,7 +12,7 @@ import logging
 from typing import final
 
 from postoffice.bus import netwire, retirement
-from postoffice.bus.bridge.link import HANDSHAKE_TIMEOUT_S, Link, LinkState, either
+from postoffice.bus.bridge.link import Link, LinkState, either
 from postoffice.bus.discovery import Address
 from postoffice.bus.errors import BusError, BusProtocolError
 from postoffice.bus.registry import ServerChannel
@@ -27,16 +27,24 @@ class Transmitter:
     """A local channel forwarded to one remote receiver at `remote` (its bridge port),
     read by `subscriber`, a user registered for owner `client` (a bridge's negative id).
 
-    `run()` connects, sends SUBSCRIBED and forwards until the connection ends; it never
-    raises BusError (a failure is logged and ends the run). A reliable subscriber
-    (registered with max active messages netwire.MAX_HELD_MESSAGES) keeps each message
-    that asks for retirement, sent as HELD_MESSAGE, until a RETIRED names it, and reads
-    no more while it holds that many; what it holds when the bridge ends is let go."""
+    `run()` connects (within `connect_timeout_s`), sends SUBSCRIBED and forwards until
+    the connection ends; it never raises BusError (a failure is logged and ends the
+    run). A reliable subscriber (registered with max active messages
+    netwire.MAX_HELD_MESSAGES) keeps each message that asks for retirement, sent as
+    HELD_MESSAGE, until a RETIRED names it, and reads no more while it holds that many;
+    what it holds when the bridge ends is let go."""
 
     def __init__(
-        self, *, channel: str, client: int, subscriber: Subscriber, remote: Address
+        self,
+        *,
+        channel: str,
+        client: int,
+        subscriber: Subscriber,
+        remote: Address,
+        connect_timeout_s: float,
     ) -> None:
         self.channel = channel
+        self.connect_timeout_s = connect_timeout_s
         self.client = client
         self.subscriber = subscriber
         self.remote = remote
@@ -66,7 +74,7 @@ class Transmitter:
         loop = asyncio.get_running_loop()
         try:
             try:
-                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                async with asyncio.timeout(self.connect_timeout_s):
                     _, link = await loop.create_connection(
                         lambda: Link(f"to {self.channel}", self._on_event, lambda _: None),
                         host=self.remote[0], port=self.remote[1],
