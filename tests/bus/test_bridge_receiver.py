@@ -92,3 +92,24 @@ async def test_more_held_messages_than_a_transmitter_may_hold_are_refused(
     with pytest.raises(BusLimitError, match=r"^more than 256 held messages not retired yet$"):
         receiver.publish(link, held(netwire.MAX_HELD_MESSAGES + 1))
     receiver.detach()
+
+
+async def test_a_burst_of_retirements_larger_than_a_default_pipe_loses_no_held_one(
+    make_rig: MakeRig,
+) -> None:
+    """Every message the bridge publishes writes a record when it retires; a reader that
+    lets thousands go at once (the loop not reading meanwhile) must not push the held
+    message's record out of a full pipe."""
+    rig = make_rig(num_slots=8192)
+    receiver, link, transport = attached(rig)
+    subscriber = rig.subscriber(reliable=True)
+    plain = 8000
+    for ordinal in range(1, plain + 1):
+        assert receiver.publish(link, netwire.BridgedMessage(ordinal=ordinal, data=b"p"))
+    assert receiver.publish(link, held(plain + 1))
+    for _ in range(plain + 1):
+        message = subscriber.read()
+        assert message is not None
+        message.release()
+    assert sent(await transport.next_write(timeout_s=5)) == [netwire.Retired(ordinals=(plain + 1,))]
+    receiver.detach()

@@ -8,6 +8,7 @@ reports the held messages that retired here back to the transmitter (RETIRED).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 from typing import Final, final
 
@@ -23,6 +24,16 @@ log = logging.getLogger(__name__)
 #: gets to it: every message of the bridge's publisher writes a record there, and a full
 #: pipe loses the ones that follow (a held message never reported stays held at the source).
 _COLLECT_EVERY: Final = 64
+
+
+def fit_pipe(fd: int, records: int) -> int:
+    """Make the pipe of `fd` hold at least `records` retirement records (the kernel's
+    default holds 5461); its size in bytes. Raises OSError when the kernel refuses."""
+    size: int = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    wanted = records * retirement.RECORD.size
+    if size < wanted:
+        size = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, wanted)
+    return size
 
 
 @final
@@ -67,6 +78,16 @@ class Receiver:
         link.state = LinkState.FORWARDING
         link.name = f"from {self.channel}"
         if retirement_fd is not None:
+            # Records waiting at once: each message here not retired at the last read
+            # (at most a slot each) and those published since (at most _COLLECT_EVERY).
+            records = publisher.channel.num_slots + _COLLECT_EVERY
+            try:
+                fit_pipe(retirement_fd, records)
+            except OSError as exc:
+                log.warning(
+                    "bridge retirement pipe kept small %s",
+                    kv(channel=self.channel, records=records, error=exc),
+                )
             self._retirement_fd = retirement_fd
             asyncio.get_running_loop().add_reader(retirement_fd, self._collect)
         log.info("bridge receiving %s", kv(channel=self.channel, peer=link.peer))
