@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -366,3 +367,26 @@ def test_arbitrary_bridge_bytes_give_events_or_our_protocol_errors(data: bytes) 
             pass
     except (FrameError, BusProtocolError):
         pass
+
+
+def _documented_block(title: str) -> bytes:
+    """The bytes of the annotated hex block that follows `title` in docs/protocols/bus.md
+    (each line: hex bytes, then the comment)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocols" / "bus.md").read_text()
+    after = text[text.index(title) :]
+    block = after[after.index("```") + 3 :]
+    block = block[: block.index("```")]
+    data = bytearray()
+    for line in block.strip().splitlines():
+        for token in line.split():
+            if len(token) != 2 or any(c not in "0123456789abcdef" for c in token):
+                break
+            data.append(int(token, 16))
+    return bytes(data)
+
+
+def test_the_documented_query_and_retired_blocks_are_what_the_codec_makes() -> None:
+    query = netwire.encode_datagram(netwire.Query(server_id=SERVER, channel="chat"))
+    assert _documented_block("QUERY for `chat` from server") == query
+    retired = netwire.encode_bridge(netwire.Retired(ordinals=(5, 6)))
+    assert _documented_block("RETIRED of ordinals 5 and 6") == retired
