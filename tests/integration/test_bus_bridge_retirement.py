@@ -13,7 +13,7 @@ pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import BusError, Message, Publisher
 from postoffice.bus.triggers import poll_readable
-from tests.integration.test_bus_bridge import WAIT_S, Bus, bridged, pair, read_n
+from tests.integration.test_bus_bridge import WAIT_S, Bus, bridged, pair, read_n, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -143,3 +143,25 @@ def test_what_a_bridge_held_retires_on_a_when_server_b_dies(pair: tuple[Bus, Bus
     b.clients.clear()
     # A new server on B's directory removes what the killed one left.
     b.start("--peer", f"127.0.0.1:{a.discovery[1]}")
+
+
+def test_a_bridge_whose_publishers_all_left_ends_so_an_unreliable_publisher_can_come(
+    pair: tuple[Bus, Bus],
+) -> None:
+    """The transmitter of a reliable channel may hold many messages; once the channel
+    has no publisher on A and nothing left to forward, it ends, so its hold no longer
+    counts against an unreliable publisher's admission, and the channel is bridged
+    again for the new publisher."""
+    a, b = pair
+    far = b.client().create_subscriber("relay")
+    client_a = a.client()
+    first = client_a.create_publisher("relay", reliable=True, slot_size=64, num_slots=16)
+    bridged(a, b, "relay")
+    assert first.publish_bytes(b"from the reliable one") == 1
+    assert read_n(far, 1) == [b"from the reliable one"]
+    client_a.remove_publisher(first)
+    wait_until("A's bridge subscriber removed", lambda: a.users("relay") == (0, 0))
+    second = client_a.create_publisher("relay", slot_size=64, num_slots=16)
+    bridged(a, b, "relay")
+    assert second.publish_bytes(b"from the unreliable one") is not None
+    assert read_n(far, 1) == [b"from the unreliable one"]

@@ -177,16 +177,17 @@ class Link(asyncio.Protocol):
         self._on_closed(self)
 
 
-async def either(waiting: Coroutine[Any, Any, object], closed: asyncio.Future[None]) -> None:
-    """Wait for `waiting` or for `closed`, whichever comes first."""
-    task = asyncio.ensure_future(waiting)
-    pair: list[asyncio.Future[Any]] = [task, closed]
+async def either(closed: asyncio.Future[None], *waiting: Coroutine[Any, Any, object]) -> None:
+    """Wait for the first of `waiting` to finish, or for `closed`; cancel the others."""
+    tasks = [asyncio.ensure_future(each) for each in waiting]
+    pending: list[asyncio.Future[Any]] = [*tasks, closed]
     try:
-        await asyncio.wait(pair, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        elif not task.cancelled():
-            task.result()
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            elif not task.cancelled():
+                task.result()

@@ -179,6 +179,8 @@ class Network:
             log.info("bridge wanted %s", kv(channel=name))
         for name in self._wants.keys() - now:
             self._unwant(self._wants[name])
+        for tx in self._transmitters.values():
+            tx.poke()
 
     def _unwant(self, want: Receiver) -> None:
         self._wants.pop(want.channel, None)
@@ -297,6 +299,7 @@ class Network:
             channel=message.channel, client=client, subscriber=subscriber,
             remote=(source[0], message.port),
             connect_timeout_s=self.config.bridge_handshake_timeout_s,
+            still_published=lambda: local_publisher(target),
         )  # fmt: skip
         self._transmitters[key] = tx
         tx.task = asyncio.ensure_future(self._transmit(key, tx, target))

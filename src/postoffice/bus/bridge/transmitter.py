@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import final
 
 from postoffice.bus import netwire, retirement
@@ -32,7 +33,10 @@ class Transmitter:
     run). A reliable subscriber (registered with max active messages
     netwire.MAX_HELD_MESSAGES) keeps each message that asks for retirement, sent as
     HELD_MESSAGE, until a RETIRED names it, and reads no more while it holds that many;
-    what it holds when the bridge ends is let go."""
+    what it holds when the bridge ends is let go. Once `still_published()` says the
+    channel has no publisher here (looked at when `poke()`d), and nothing is left to
+    forward or held, the run ends: a bridge of a channel nobody publishes is useless,
+    and its subscriber's hold would count against a new unreliable publisher."""
 
     def __init__(
         self,
@@ -42,9 +46,11 @@ class Transmitter:
         subscriber: Subscriber,
         remote: Address,
         connect_timeout_s: float,
+        still_published: Callable[[], bool],
     ) -> None:
         self.channel = channel
         self.connect_timeout_s = connect_timeout_s
+        self._still_published = still_published
         self.client = client
         self.subscriber = subscriber
         self.remote = remote
@@ -54,7 +60,8 @@ class Transmitter:
         self.skipped = 0
         #: Held messages by source ordinal, each waiting for the receiver's RETIRED.
         self._held: dict[int, Message] = {}
-        self._freed = asyncio.Event()
+        #: Set by a RETIRED and by poke(): look again at what to do.
+        self._changed = asyncio.Event()
         self.retired = 0
 
     @property
@@ -112,16 +119,23 @@ class Transmitter:
             if not link.writable.is_set():
                 # The peer reads slower than we publish: leave messages in the channel
                 # (a reliable publisher then waits for us).
-                await either(link.writable.wait(), link.closed)
+                await either(link.closed, link.writable.wait())
                 continue
+            # Cleared before looking, so a change from here on wakes the wait below.
+            self._changed.clear()
             if len(self._held) >= netwire.MAX_HELD_MESSAGES:
                 # Reading one more would let the subscriber release the oldest held one.
-                self._freed.clear()
-                await either(self._freed.wait(), link.closed)
+                await either(link.closed, self._changed.wait())
                 continue
             message = subscriber.read()
             if message is None:
-                await either(subscriber.wait_async(), link.closed)
+                if not self._held and not self._still_published():
+                    log.info(
+                        "bridge transmitter done %s",
+                        kv(channel=self.channel, reason="no publisher left"),
+                    )
+                    break
+                await either(link.closed, subscriber.wait_async(), self._changed.wait())
                 continue
             try:
                 if message.size > netwire.MAX_BRIDGED_MESSAGE_BYTES:
@@ -156,7 +170,7 @@ class Transmitter:
                 return False
             message.release()
             self.retired += 1
-        self._freed.set()
+        self._changed.set()
         return True
 
     def _on_event(self, link: Link, event: netwire.BridgeEvent) -> bool:
@@ -175,6 +189,10 @@ class Transmitter:
                 )
             )
         return False
+
+    def poke(self) -> None:
+        """The registry changed: look again whether the channel is still published."""
+        self._changed.set()
 
     def stop(self) -> None:
         """Cancel the run (the caller still ends the transmitter)."""
