@@ -1,8 +1,5 @@
-"""Bridges between bus servers: channels carried over TCP, found by UDP discovery.
-
-Bus server layer: `link` (one connection), `transmitter` and `receiver` (its two ends),
-`network` (discovery, the listener, and which bridges to have). Design:
-docs/design/bus-bridge.md.
+"""Bridges between bus servers (bus server layer): channels carried over TCP, found by
+UDP discovery; `link`, `transmitter`, `receiver`, `network`. See docs/design/bus-bridge.md.
 """
 
 from __future__ import annotations

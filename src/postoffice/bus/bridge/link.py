@@ -1,7 +1,5 @@
-"""One bridge TCP connection, either side: frames in, events out, flow control both ways.
-
-Bus server layer: the shell around `netwire`'s bridge stream that the transmitter and
-the receiver share; it knows no channel.
+"""One bridge TCP connection, either side (bus server layer): frames in, events out, flow
+control both ways; the shell the transmitter and the receiver share, knowing no channel.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The bus between servers: discovery, the bridge listener, and the bridges of one server.
-
-Bus server layer. `Network` answers discovery, decides what to fetch from the registry
-(reconcile, don't track), and starts transmitters and receivers; users it registers
-take negative client ids. Design: docs/design/bus-bridge.md.
+"""The bridges of one bus server (bus server layer): `Network` answers discovery, decides
+from the registry which channels to fetch, and starts transmitters and receivers.
 """
 
 from __future__ import annotations

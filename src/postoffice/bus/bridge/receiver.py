@@ -1,8 +1,5 @@
-"""The subscribing side of a bridge: a wanted channel, and the local publisher fed by MESSAGEs.
-
-Bus server layer, kept by `network.Network` for each channel its clients want from
-another server; on a reliable channel it watches its publisher's retirement pipe and
-reports the held messages that retired here back to the transmitter (RETIRED).
+"""The subscribing end of a bridge (bus server layer): a wanted channel, the local
+publisher its frames feed, and RETIRED sent back for held messages that retired here.
 """
 
 from __future__ import annotations

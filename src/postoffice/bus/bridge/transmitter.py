@@ -1,8 +1,5 @@
-"""The publishing side of a bridge: a local subscriber whose messages leave as MESSAGE frames.
-
-Bus server layer, started by `network.Network` on a SUBSCRIBE for a channel published here;
-on a reliable channel it holds each message whose publisher watches retirement until the
-receiver reports it retired, so the retirement reaches that publisher from the far side.
+"""The publishing end of a bridge (bus server layer): a local subscriber whose messages
+leave as frames, holding those whose publisher watches retirement until RETIRED.
 """
 
 from __future__ import annotations
