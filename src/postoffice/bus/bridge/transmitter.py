@@ -111,7 +111,6 @@ class Transmitter:
 
     async def _forward(self, link: Link) -> None:
         subscriber = self.subscriber
-        ccb = subscriber.channel.ccb
         while link.state is not LinkState.CLOSED:
             if not link.writable.is_set():
                 # The peer reads slower than we publish: leave messages in the channel
@@ -142,8 +141,11 @@ class Transmitter:
                         kv(channel=self.channel, ordinal=message.ordinal, bytes=message.size),
                     )
                     continue
-                # Only a reliable subscriber's hold matters to a publisher that waits.
-                hold = subscriber.reliable and retirement.asked(ccb, message.slot, message.ordinal)
+                # Held on reliable channels only: an unreliable publisher must always
+                # find a slot nobody holds.
+                hold = subscriber.reliable and retirement.asked(
+                    subscriber.channel.ccb, message.slot, message.ordinal
+                )
                 link.write(netwire.encode_message(message.ordinal, message.data, held=hold))
                 if hold:
                     self._held[message.ordinal] = message
