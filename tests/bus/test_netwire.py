@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -68,6 +69,16 @@ def test_datagrams_are_byte_exact_with_the_protocol_document() -> None:
     assert message.hex(" ") == (
         "50 4f 01 12 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 0d af 8b 86 aa "
         "00 00 00 00 00 00 00 05 68 65 6c 6c 6f"
+    )
+    held = netwire.encode_bridge(netwire.BridgedMessage(ordinal=5, data=b"hello", held=True))
+    assert held.hex(" ") == (
+        "50 4f 01 13 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 0d af 8b 86 aa "
+        "00 00 00 00 00 00 00 05 68 65 6c 6c 6f"
+    )
+    retired = netwire.encode_bridge(netwire.Retired(ordinals=(5, 6)))
+    assert retired.hex(" ") == (
+        "50 4f 01 14 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 10 4f 4f ab 2f "
+        "00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 06"
     )
 
 
@@ -181,6 +192,13 @@ BRIDGE: list[tuple[int, bytes, netwire.BridgeEvent]] = [
     ),
     (0x11, b"\x01x\x00" + bytes(10), netwire.Subscribed(channel="x")),
     (0x12, struct.pack(">Q", 5) + b"hello", netwire.BridgedMessage(ordinal=5, data=b"hello")),
+    (
+        0x13,
+        struct.pack(">Q", 5) + b"hello",
+        netwire.BridgedMessage(ordinal=5, data=b"hello", held=True),
+    ),
+    (0x14, struct.pack(">QQ", 5, 6), netwire.Retired(ordinals=(5, 6))),
+    (0x14, struct.pack(">Q", (1 << 64) - 1), netwire.Retired(ordinals=((1 << 64) - 1,))),
     (0x1F, b"\x05PROTO" + b"bad frame", netwire.BridgeError(code="PROTO", message="bad frame")),
     (0x1F, b"\x05STATE", netwire.BridgeError(code="STATE")),
 ]
@@ -196,7 +214,7 @@ def test_bridge_frame_decodes_and_encodes_to_the_documented_bytes(
 
 
 BAD_BRIDGE: list[tuple[int, bytes, str]] = [
-    (0x13, b"", r"^unknown bridge frame type 0x13$"),
+    (0x15, b"", r"^unknown bridge frame type 0x15$"),
     (0x01, b"", r"^unknown bridge frame type 0x01$"),
     (
         0x11,
@@ -214,6 +232,17 @@ BAD_BRIDGE: list[tuple[int, bytes, str]] = [
     (0x12, struct.pack(">Q", 0) + b"x", r"^ordinal 0 is reserved$"),
     (0x12, struct.pack(">Q", 1), r"^MESSAGE carries no bytes: a message has 1 or more$"),
     (0x12, b"\x00\x01", r"^MESSAGE payload of 2 bytes ends inside ordinal$"),
+    (0x13, struct.pack(">Q", 1), r"^HELD_MESSAGE carries no bytes: a message has 1 or more$"),
+    (0x13, struct.pack(">Q", 0) + b"x", r"^ordinal 0 is reserved$"),
+    (0x14, b"", r"^RETIRED carries 1\.\.1024 ordinals, not 0$"),
+    (
+        0x14,
+        struct.pack(">QQ", 5, 6)[:-1],
+        r"^RETIRED payload of 15 bytes is not a whole number of 8-byte ordinals$",
+    ),
+    (0x14, b"\x00\x00\x05", r"^RETIRED payload of 3 bytes is not a whole number of 8-byte"),
+    (0x14, struct.pack(">QQ", 5, 0), r"^ordinal 0 is reserved$"),
+    (0x14, struct.pack(">Q", 1) * 1025, r"^RETIRED carries 1\.\.1024 ordinals, not 1025$"),
     (0x1F, b"\x05proto", r"^error code 'proto' is not 1\.\.32 of A-Z and _$"),
     (0x1F, b"\x00", r"^error code '' is not 1\.\.32 of A-Z and _$"),
     (0x1F, b"\x01E" + bytes(1025), r"^error message is 1025 bytes, the limit is 1024$"),
@@ -232,6 +261,33 @@ def test_message_over_the_frame_limit_is_refused_before_it_is_sent() -> None:
         netwire.encode_message(1, too_big)
     with pytest.raises(BusProtocolError, match=r"^a bridged message is 1\.\.16777208 bytes"):
         netwire.encode_message(1, b"")
+
+
+@pytest.mark.parametrize(
+    ("ordinals", "error"),
+    [
+        ((), r"^RETIRED carries 1\.\.1024 ordinals, not 0$"),
+        ((1,) * 1025, r"^RETIRED carries 1\.\.1024 ordinals, not 1025$"),
+        ((3, 0), r"^ordinal 0 outside 1\.\.18446744073709551615$"),
+        ((1 << 64,), r"^ordinal 18446744073709551616 outside 1\.\."),
+    ],
+)
+def test_encoding_a_bad_retired_raises(ordinals: tuple[int, ...], error: str) -> None:
+    with pytest.raises(BusProtocolError, match=error):
+        netwire.encode_bridge(netwire.Retired(ordinals=ordinals))
+
+
+def test_truncated_retired_frame_waits_for_the_rest_then_decodes() -> None:
+    """A RETIRED cut anywhere is no event yet (the stream needs the rest), never an error."""
+    data = netwire.encode_retired([7, 8, 9])
+    for cut in range(len(data)):
+        stream = netwire.bridge_stream()
+        stream.feed(data[:cut])
+        assert stream.next_event() is NEED_DATA
+        stream.feed(data[cut:])
+        item = stream.next_event()
+        assert item is not NEED_DATA
+        assert item[1] == netwire.Retired(ordinals=(7, 8, 9))
 
 
 def test_bridge_stream_split_at_every_cut_point_gives_the_same_events() -> None:
@@ -275,7 +331,11 @@ events = st.one_of(
     ),
     st.builds(
         netwire.BridgedMessage, ordinal=st.integers(1, (1 << 64) - 1),
-        data=st.binary(min_size=1, max_size=300),
+        data=st.binary(min_size=1, max_size=300), held=st.booleans(),
+    ),
+    st.builds(
+        netwire.Retired,
+        ordinals=st.lists(st.integers(1, (1 << 64) - 1), min_size=1, max_size=40).map(tuple),
     ),
     st.builds(
         netwire.BridgeError, code=st.from_regex(r"[A-Z_]{1,32}", fullmatch=True),
@@ -307,3 +367,26 @@ def test_arbitrary_bridge_bytes_give_events_or_our_protocol_errors(data: bytes) 
             pass
     except (FrameError, BusProtocolError):
         pass
+
+
+def _documented_block(title: str) -> bytes:
+    """The bytes of the annotated hex block that follows `title` in docs/protocols/bus.md
+    (each line: hex bytes, then the comment)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocols" / "bus.md").read_text()
+    after = text[text.index(title) :]
+    block = after[after.index("```") + 3 :]
+    block = block[: block.index("```")]
+    data = bytearray()
+    for line in block.strip().splitlines():
+        for token in line.split():
+            if len(token) != 2 or any(c not in "0123456789abcdef" for c in token):
+                break
+            data.append(int(token, 16))
+    return bytes(data)
+
+
+def test_the_documented_query_and_retired_blocks_are_what_the_codec_makes() -> None:
+    query = netwire.encode_datagram(netwire.Query(server_id=SERVER, channel="chat"))
+    assert _documented_block("QUERY for `chat` from server") == query
+    retired = netwire.encode_bridge(netwire.Retired(ordinals=(5, 6)))
+    assert _documented_block("RETIRED of ordinals 5 and 6") == retired

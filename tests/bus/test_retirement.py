@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
-from postoffice.bus import BusConfigError
+from postoffice.bus import BusConfigError, retirement
 from postoffice.bus.triggers import poll_readable
 from tests.bus.fixtures import MakeRig
 from tests.bus.rig import Rig
@@ -115,3 +115,25 @@ def test_a_vchan_publisher_cannot_ask_for_retirement(make_rig: MakeRig) -> None:
     mux = make_rig(name="mux", num_slots=8, mux=True)
     with pytest.raises(BusConfigError, match="virtual channel"):
         mux.publisher(vchan=1, retirement=True)
+
+
+def test_a_holder_tells_a_message_that_asked_for_retirement_from_one_that_did_not(
+    rig: Rig,
+) -> None:
+    """What a bridge's transmitter looks at to decide whether to hold a message."""
+    watching = rig.publisher(reliable=True, retirement=True)
+    plain = rig.publisher(reliable=True)
+    subscriber = rig.subscriber(reliable=True, max_active=2)
+    assert watching.publish_bytes(b"watched") == 1
+    assert plain.publish_bytes(b"unwatched") == 2
+    first = subscriber.read()
+    second = subscriber.read()
+    assert first is not None
+    assert second is not None
+    assert retirement.asked(rig.channel.ccb, first.slot, first.ordinal)
+    assert not retirement.asked(rig.channel.ccb, second.slot, second.ordinal)
+    # Another ordinal in the same slot is another message: it did not ask.
+    assert not retirement.asked(rig.channel.ccb, first.slot, first.ordinal + 1)
+    first.release()
+    assert watching.retired() == [(first.slot, 1)]
+    second.release()

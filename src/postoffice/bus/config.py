@@ -87,6 +87,13 @@ class BusConfig:
         low=0.05,
         high=3600,
     )
+    bridge_handshake_timeout_s: float = setting(
+        10.0,
+        help="Seconds a bridge has to connect and send its SUBSCRIBED, either way.",
+        unit="seconds",
+        low=0.05,
+        high=3600,
+    )
     #: Python modules loaded at start, whose callbacks see the server's events.
     plugins: tuple[str, ...] = setting((), help="Plugin modules (--plugin MODULE).", flag=None)
     max_clients: int = setting(

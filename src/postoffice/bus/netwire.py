@@ -1,7 +1,7 @@
 """The bus between machines: discovery datagrams and bridge messages on core frames.
 
-Pure sans-I/O (bus library layer): `discovery.py` and `bridge.py` encode and decode with
-it. The byte layout is docs/protocols/bus.md, "Between machines".
+Pure sans-I/O (bus library layer): `discovery.py` and the `bridge` package encode and
+decode with it. The byte layout is docs/protocols/bus.md, "Between machines".
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ MAX_BRIDGED_MESSAGE_BYTES: Final = MAX_BRIDGE_PAYLOAD_BYTES - 8
 #: Channel names and types: what a channel's control block holds.
 MAX_CHANNEL_NAME_BYTES: Final = 128
 MAX_TYPE_BYTES: Final = 64
+#: Held messages a transmitter may have sent and not seen in a RETIRED yet: it holds a
+#: slot of the source channel for each (a receiver refuses one more).
+MAX_HELD_MESSAGES: Final = 256
+#: Ordinals in one RETIRED frame (8 KiB): a receiver reports what retired since its last
+#: look, in as many frames as that takes.
+MAX_RETIRED_ORDINALS: Final = 1024
 #: An ERROR's message, in bytes of UTF-8.
 MAX_ERROR_BYTES: Final = 1024
 #: A channel's slots and slot size (the shared-memory layout's limits).
@@ -49,6 +55,8 @@ class BridgeType(enum.IntEnum):
 
     SUBSCRIBED = 0x11
     MESSAGE = 0x12
+    HELD_MESSAGE = 0x13
+    RETIRED = 0x14
     ERROR = 0x1F
 
 
@@ -115,10 +123,21 @@ class Subscribed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BridgedMessage:
-    """One message of the channel: its ordinal at the source, and its bytes."""
+    """One message of the channel: its ordinal at the source, and its bytes. `held`
+    (a HELD_MESSAGE): the transmitter holds the source's copy, whose publisher asked
+    for retirement, until a RETIRED names this ordinal."""
 
     ordinal: int
     data: bytes
+    held: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retired:
+    """The receiver's report: these held messages (source ordinals, in the order they
+    retired) are held and unread by nobody on its side any more."""
+
+    ordinals: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +148,7 @@ class BridgeError:
     message: str = ""
 
 
-BridgeEvent = Subscribed | BridgedMessage | BridgeError
+BridgeEvent = Subscribed | BridgedMessage | Retired | BridgeError
 
 
 # -- encoding -------------------------------------------------------------------------
@@ -181,7 +200,9 @@ def encode_bridge(event: BridgeEvent) -> bytes:
             )
             return framing.encode_parts(BridgeType.SUBSCRIBED, 0, 0, payload)
         case BridgedMessage():
-            return encode_message(event.ordinal, event.data)
+            return encode_message(event.ordinal, event.data, held=event.held)
+        case Retired():
+            return encode_retired(event.ordinals)
         case BridgeError():
             if not _valid_code(event.code):
                 raise BusProtocolError(f"error code {event.code!r} is not 1..32 of A-Z and _")
@@ -192,16 +213,33 @@ def encode_bridge(event: BridgeEvent) -> bytes:
             assert_never(event)
 
 
-def encode_message(ordinal: int, data: bytes | bytearray | memoryview) -> bytes:
-    """A MESSAGE frame built straight from a message's bytes. Raises BusProtocolError for
-    an empty or too large message, or an ordinal out of range."""
+def encode_message(
+    ordinal: int, data: bytes | bytearray | memoryview, *, held: bool = False
+) -> bytes:
+    """A MESSAGE frame (HELD_MESSAGE with `held`) built straight from a message's bytes.
+    Raises BusProtocolError for an empty or too large message, or an ordinal out of
+    range."""
     check_range(ordinal, 1, (1 << 64) - 1, "ordinal")
     size = len(data)
     if not 1 <= size <= MAX_BRIDGED_MESSAGE_BYTES:
         raise BusProtocolError(
             f"a bridged message is 1..{MAX_BRIDGED_MESSAGE_BYTES} bytes, this one is {size}"
         )
-    return framing.encode_parts(BridgeType.MESSAGE, 0, 0, _U64.pack(ordinal) + bytes(data))
+    kind = BridgeType.HELD_MESSAGE if held else BridgeType.MESSAGE
+    return framing.encode_parts(kind, 0, 0, _U64.pack(ordinal) + bytes(data))
+
+
+def encode_retired(ordinals: tuple[int, ...] | list[int]) -> bytes:
+    """A RETIRED frame: 1..MAX_RETIRED_ORDINALS source ordinals. Raises
+    BusProtocolError for none, too many, or an ordinal out of range."""
+    if not 1 <= len(ordinals) <= MAX_RETIRED_ORDINALS:
+        raise BusProtocolError(
+            f"RETIRED carries 1..{MAX_RETIRED_ORDINALS} ordinals, not {len(ordinals)}"
+        )
+    payload = b"".join(
+        _U64.pack(check_range(ordinal, 1, (1 << 64) - 1, "ordinal")) for ordinal in ordinals
+    )
+    return framing.encode_parts(BridgeType.RETIRED, 0, 0, payload)
 
 
 def _valid_code(code: str) -> bool:
@@ -304,14 +342,16 @@ def decode_bridge(frame: Frame) -> BridgeEvent:
                 fixed_size=bool(flags & SUBSCRIBED_FIXED_SIZE),
                 checksum=bool(flags & SUBSCRIBED_CHECKSUM),
             )  # fmt: skip
-        case BridgeType.MESSAGE:
+        case BridgeType.MESSAGE | BridgeType.HELD_MESSAGE:
             (ordinal,) = reader.unpack(_U64, "ordinal")
             if ordinal == 0:
                 raise BusProtocolError("ordinal 0 is reserved")
             data = reader.rest()
             if not data:
-                raise BusProtocolError("MESSAGE carries no bytes: a message has 1 or more")
-            event = BridgedMessage(ordinal=ordinal, data=data)
+                raise BusProtocolError(f"{kind.name} carries no bytes: a message has 1 or more")
+            event = BridgedMessage(ordinal=ordinal, data=data, held=kind is BridgeType.HELD_MESSAGE)
+        case BridgeType.RETIRED:
+            event = Retired(ordinals=_read_ordinals(reader.rest()))
         case BridgeType.ERROR:
             code = reader.str8(_ERROR_CODE_BYTES, "error code")
             if not _valid_code(code):
@@ -326,6 +366,20 @@ def decode_bridge(frame: Frame) -> BridgeEvent:
             assert_never(kind)
     reader.end()
     return event
+
+
+def _read_ordinals(raw: bytes) -> tuple[int, ...]:
+    count, extra = divmod(len(raw), _U64.size)
+    if extra:
+        raise BusProtocolError(
+            f"RETIRED payload of {len(raw)} bytes is not a whole number of 8-byte ordinals"
+        )
+    if not 1 <= count <= MAX_RETIRED_ORDINALS:
+        raise BusProtocolError(f"RETIRED carries 1..{MAX_RETIRED_ORDINALS} ordinals, not {count}")
+    ordinals = tuple(value for (value,) in _U64.iter_unpack(raw))
+    if 0 in ordinals:
+        raise BusProtocolError("ordinal 0 is reserved")
+    return ordinals
 
 
 def bridge_stream() -> MessageStream[BridgeEvent]:

@@ -45,6 +45,13 @@ def take(ccb: mmap.mmap, slot: int, ordinal: int) -> int | None:
     return None
 
 
+def asked(ccb: mmap.mmap, slot: int, ordinal: int) -> bool:
+    """Whether message `ordinal`, which the caller holds in slot `slot`, asks to be
+    reported when it retires (a hold keeps anyone from taking its retire bit)."""
+    word = _load(ccb, memory.slot_offset(slot) + memory.SLOT_FLAGS)
+    return bool(word & memory.SLOT_FLAG_RETIRE) and _tag(word) == ordinal & memory.RETIRE_TAG_MASK
+
+
 def check(ccb: mmap.mmap, slot: int) -> tuple[int, int] | None:
     """After a release: if the slot's message is published, held by nobody and unread by
     nobody, take its retire bit; (publisher id, ordinal) to report, or None."""

@@ -1,26 +1,20 @@
-"""Bridges between bus servers: channels carried over TCP, found by UDP discovery.
-
-Bus server layer. `Network` is what a server that is not --local runs beside its Unix
-socket: the discovery socket, one TCP listener for incoming bridges, a gratuitous
-Advertise of every local channel to the peers every few seconds, and the bridges. A
-*transmitter* (on the publishing side) subscribes to a local channel and forwards each
-message as a MESSAGE frame; a *receiver* (on the subscribing side) registers a local
-publisher and publishes what arrives. Design: docs/design/bus-bridge.md.
+"""The bridges of one bus server (bus server layer): `Network` answers discovery, decides
+from the registry which channels to fetch, and starts transmitters and receivers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import secrets
-import socket
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Final, cast, final
+from collections.abc import Callable
+from typing import Final, final
 
 from postoffice.bus import netwire, wire
+from postoffice.bus.bridge.link import Link, LinkState
+from postoffice.bus.bridge.receiver import Receiver
+from postoffice.bus.bridge.transmitter import Transmitter
 from postoffice.bus.config import BusConfig
 from postoffice.bus.discovery import Address, Discovery
 from postoffice.bus.errors import (
@@ -35,22 +29,15 @@ from postoffice.bus.publisher import Publisher
 from postoffice.bus.registry import Registry, ServerChannel
 from postoffice.bus.subscriber import Subscriber
 from postoffice.core.clock import MONOTONIC, Clock
-from postoffice.core.errors import FrameError, translate_os_error
-from postoffice.core.framing import NEED_DATA
+from postoffice.core.errors import translate_os_error
 from postoffice.core.logs import kv
 
 log = logging.getLogger(__name__)
 
 #: Bridges at once, each way: every one holds a user of a channel and a connection.
 MAX_BRIDGES: Final = 256
-#: A transmitter's connection and its SUBSCRIBED must arrive within this.
-HANDSHAKE_TIMEOUT_S: Final = 10.0
 #: A receiver asks again (on the next Advertise) if no transmitter came in this long.
 SUBSCRIBE_PATIENCE_S: Final = 2.0
-#: Unsent bytes a transmitter lets its transport hold before it stops reading the
-#: channel (then a reliable publisher waits: TCP's backpressure reaches it).
-WRITE_HIGH_BYTES: Final = 1 << 20
-WRITE_LOW_BYTES: Final = 256 * 1024
 
 
 def is_bridge_client(client: int) -> bool:
@@ -69,182 +56,6 @@ def wanted(target: ServerChannel) -> bool:
     return not target.name.startswith(wire.RESERVED_PREFIX) and (
         any(c > 0 for c in target.subscriber_owner.values()) and not local_publisher(target)
     )
-
-
-class LinkState(enum.Enum):
-    """A bridge connection: waiting for SUBSCRIBED (receivers), forwarding, closed."""
-
-    HANDSHAKE = "handshake"
-    FORWARDING = "forwarding"
-    CLOSED = "closed"
-
-
-@final
-class _Link(asyncio.Protocol):
-    """One bridge TCP connection, either side: frames in, flow control out.
-
-    `on_event` gets each decoded event and returns False to stop taking more (a receiver
-    whose channel has no free slot); `resume()` goes on. A broken frame or a bad message
-    is answered with ERROR and the connection closed."""
-
-    def __init__(
-        self,
-        name: str,
-        on_event: Callable[[_Link, netwire.BridgeEvent], bool],
-        on_closed: Callable[[_Link], None],
-    ) -> None:
-        self.name = name
-        self._on_event = on_event
-        self._on_closed = on_closed
-        self._stream = netwire.bridge_stream()
-        self._transport: asyncio.Transport | None = None
-        self.state = LinkState.HANDSHAKE
-        self.peer: Address | None = None
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.closed = asyncio.get_running_loop().create_future()
-        self._blocked = False
-        self.frames_in = 0
-        self.frames_out = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"<BridgeLink {self.name} {self.peer} {self.state.value} in={self.frames_in} "
-            f"out={self.frames_out}>"
-        )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are no subclasses of asyncio's, but have its methods.
-        transport = cast(asyncio.Transport, transport)
-        self._transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        if peer is not None:
-            self.peer = (str(peer[0]), int(peer[1]))
-
-    def data_received(self, data: bytes) -> None:
-        self._stream.feed(data)
-        if not self._blocked:
-            self._drain()
-
-    def _drain(self) -> None:
-        while self.state is not LinkState.CLOSED:
-            try:
-                item = self._stream.next_event()
-            except (FrameError, BusProtocolError) as exc:
-                self.fail(BusProtocolError(str(exc)))
-                return
-            if item is NEED_DATA:
-                return
-            self.frames_in += 1
-            if not self._on_event(self, item[1]):
-                self._blocked = True
-                if self._transport is not None:
-                    self._transport.pause_reading()
-                return
-
-    def resume(self) -> None:
-        """Take events again after `on_event` said stop."""
-        if not self._blocked or self.state is LinkState.CLOSED:
-            return
-        self._blocked = False
-        if self._transport is not None:
-            self._transport.resume_reading()
-        self._drain()
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-    def write(self, data: bytes) -> None:
-        """Send one encoded frame."""
-        if self._transport is not None and self.state is not LinkState.CLOSED:
-            self._transport.write(data)
-            self.frames_out += 1
-
-    def fail(self, exc: BusError) -> None:
-        """Tell the peer why (ERROR with the error's code), then close."""
-        log.warning("bridge closed %s", kv(link=self.name, peer=self.peer, error=exc))
-        with contextlib.suppress(BusError):
-            self.write(
-                netwire.encode_bridge(netwire.BridgeError(code=exc.wire_code, message=str(exc)))
-            )
-        self.close()
-
-    def close(self) -> None:
-        """Close after what is written (the peer then sees the end of the stream)."""
-        if self._transport is not None and self.state is not LinkState.CLOSED:
-            self._transport.close()
-        elif self._transport is None:
-            self._lost()
-
-    def abort(self) -> None:
-        """Close at once, dropping what is unsent."""
-        if self._transport is not None:
-            self._transport.abort()
-        else:
-            self._lost()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost()
-
-    def _lost(self) -> None:
-        if self.state is LinkState.CLOSED:
-            return
-        self.state = LinkState.CLOSED
-        self.writable.set()
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self._on_closed(self)
-
-
-@final
-@dataclass(eq=False)
-class _Want:
-    """A channel this server's clients subscribe to and nobody here publishes."""
-
-    channel: str
-    link: _Link | None = None
-    publisher: Publisher | None = None
-    client: int = 0
-    subscribed_at: float | None = None
-    pending: netwire.BridgedMessage | None = None
-
-
-@final
-@dataclass(eq=False)
-class _Transmitter:
-    """A local channel forwarded to one remote receiver."""
-
-    channel: str
-    client: int
-    subscriber: Subscriber
-    remote: Address
-    task: asyncio.Task[None] | None = None
-    link: _Link | None = None
-    forwarded: int = 0
-    skipped: int = 0
-
-
-async def _either(waiting: Coroutine[Any, Any, object], closed: asyncio.Future[None]) -> None:
-    """Wait for `waiting` or for `closed`, whichever comes first."""
-    task = asyncio.ensure_future(waiting)
-    either: list[asyncio.Future[Any]] = [task, closed]
-    try:
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        elif not task.cancelled():
-            task.result()
 
 
 @final
@@ -270,9 +81,9 @@ class Network:
         )
         self._listener: asyncio.Server | None = None
         self.bridge_address: Address | None = None
-        self._wants: dict[str, _Want] = {}
-        self._transmitters: dict[tuple[str, str, int], _Transmitter] = {}
-        self._incoming: set[_Link] = set()
+        self._wants: dict[str, Receiver] = {}
+        self._transmitters: dict[tuple[str, str, int], Transmitter] = {}
+        self._incoming: set[Link] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._next_client = -1
         self._reconcile_due = False
@@ -360,13 +171,15 @@ class Network:
             return
         now = {t.name for t in registry.channels() if wanted(t)}
         for name in now - self._wants.keys():
-            self._wants[name] = _Want(channel=name)
+            self._wants[name] = Receiver(name)
             self.discovery.to_peers(netwire.Query(server_id=self.server_id, channel=name))
             log.info("bridge wanted %s", kv(channel=name))
         for name in self._wants.keys() - now:
             self._unwant(self._wants[name])
+        for tx in self._transmitters.values():
+            tx.poke()
 
-    def _unwant(self, want: _Want) -> None:
+    def _unwant(self, want: Receiver) -> None:
         self._wants.pop(want.channel, None)
         if want.link is not None:
             want.link.close()
@@ -453,8 +266,7 @@ class Network:
                 # The receiver asks again, so it lost the old connection: replace it.
                 log.info("bridge replaced %s", kv(channel=message.channel, to=key[1:]))
                 old.link.abort()
-            if old.task is not None:
-                old.task.cancel()
+            old.stop()
             self._end_transmitter(old)
         if len(self._transmitters) >= MAX_BRIDGES:
             self.refused += 1
@@ -464,12 +276,15 @@ class Network:
         assert registry is not None
         client = self._client_id()
         try:
+            # On a reliable channel it may hold messages until the far side retires them.
+            reliable = target.reliable_publishers
             _, user = registry.add_subscriber(
                 client,
                 wire.CreateSubscriberRequest(
-                    channel=message.channel, reliable=target.reliable_publishers, max_active=1
+                    channel=message.channel, reliable=reliable,
+                    max_active=netwire.MAX_HELD_MESSAGES if reliable else 1,
                 ),
-            )
+            )  # fmt: skip
         except BusError as exc:
             self.refused += 1
             log.warning("bridge not started %s", kv(channel=message.channel, error=exc))
@@ -477,9 +292,11 @@ class Network:
         subscriber = Subscriber(
             target.channel, user, triggers=target.triggers, eventfd=target.subscriber_fds[user]
         )
-        tx = _Transmitter(
+        tx = Transmitter(
             channel=message.channel, client=client, subscriber=subscriber,
             remote=(source[0], message.port),
+            connect_timeout_s=self.config.bridge_handshake_timeout_s,
+            still_published=lambda: local_publisher(target),
         )  # fmt: skip
         self._transmitters[key] = tx
         tx.task = asyncio.ensure_future(self._transmit(key, tx, target))
@@ -492,109 +309,44 @@ class Network:
     # -- transmitters ---------------------------------------------------------------------
 
     async def _transmit(
-        self, key: tuple[str, str, int], tx: _Transmitter, target: ServerChannel
+        self, key: tuple[str, str, int], tx: Transmitter, target: ServerChannel
     ) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            try:
-                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                    _, link = await loop.create_connection(
-                        lambda: _Link(f"to {tx.channel}", self._transmitter_event, lambda _: None),
-                        host=tx.remote[0], port=tx.remote[1],
-                    )  # fmt: skip
-            except (OSError, TimeoutError) as exc:
-                log.warning(
-                    "bridge connect failed %s", kv(channel=tx.channel, to=tx.remote, error=exc)
-                )
-                return
-            tx.link = link
-            link.state = LinkState.FORWARDING
-            channel = target.channel
-            link.write(
-                netwire.encode_bridge(
-                    netwire.Subscribed(
-                        channel=tx.channel, type=channel.type, slot_size=target.slot_size(),
-                        num_slots=channel.num_slots, reliable=tx.subscriber.reliable,
-                        fixed_size=channel.fixed_size, checksum=channel.checksum,
-                    )
-                )
-            )  # fmt: skip
-            log.info("bridge transmitting %s", kv(channel=tx.channel, to=tx.remote))
-            await self._forward(tx, link)
-        except BusError as exc:
-            log.warning("bridge transmitter stopped %s", kv(channel=tx.channel, error=exc))
+            await tx.run(target)
         finally:
-            if tx.link is not None:
-                tx.link.close()
             if self._transmitters.get(key) is tx:
                 self._end_transmitter(tx)
 
-    async def _forward(self, tx: _Transmitter, link: _Link) -> None:
-        subscriber = tx.subscriber
-        while link.state is not LinkState.CLOSED:
-            if not link.writable.is_set():
-                # The peer reads slower than we publish: leave messages in the channel
-                # (a reliable publisher then waits for us).
-                await _either(link.writable.wait(), link.closed)
-                continue
-            message = subscriber.read()
-            if message is None:
-                await _either(subscriber.wait_async(), link.closed)
-                continue
-            with message:
-                if message.size > netwire.MAX_BRIDGED_MESSAGE_BYTES:
-                    tx.skipped += 1
-                    log.warning(
-                        "bridged message too large %s",
-                        kv(channel=tx.channel, ordinal=message.ordinal, bytes=message.size),
-                    )
-                    continue
-                link.write(netwire.encode_message(message.ordinal, message.data))
-            tx.forwarded += 1
-        log.info(
-            "bridge transmitter ended %s",
-            kv(channel=tx.channel, to=tx.remote, forwarded=tx.forwarded, skipped=tx.skipped),
-        )
-
-    def _transmitter_event(self, link: _Link, event: netwire.BridgeEvent) -> bool:
-        if isinstance(event, netwire.BridgeError):
-            log.warning(
-                "bridge refused by receiver %s",
-                kv(link=link.name, code=event.code, message=event.message),
-            )
-            link.close()
-        else:
-            link.fail(
-                BusProtocolError(f"a receiver sends nothing but ERROR, got {type(event).__name__}")
-            )
-        return False
-
-    def _end_transmitter(self, tx: _Transmitter) -> None:
+    def _end_transmitter(self, tx: Transmitter) -> None:
         for key, value in list(self._transmitters.items()):
             if value is tx:
                 del self._transmitters[key]
-        tx.subscriber.close()
+        tx.close()
         registry = self._registry_of()
         if registry is not None:
             registry.drop_client(tx.client)
 
     # -- receivers ------------------------------------------------------------------------
 
-    def _incoming_link(self) -> _Link:
-        link = _Link("from peer", self._receiver_event, self._receiver_closed)
+    def _incoming_link(self) -> Link:
+        link = Link("from peer", self._receiver_event, self._receiver_closed)
         self._incoming.add(link)
         assert self._loop is not None
-        handle = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout, link)
+        handle = self._loop.call_later(
+            self.config.bridge_handshake_timeout_s, self._handshake_timeout, link
+        )
         link.closed.add_done_callback(lambda _: handle.cancel())
         if len(self._incoming) > MAX_BRIDGES:
             self._loop.call_soon(link.fail, BusLimitError(f"more than {MAX_BRIDGES} bridges"))
         return link
 
-    def _handshake_timeout(self, link: _Link) -> None:
+    def _handshake_timeout(self, link: Link) -> None:
         if link.state is LinkState.HANDSHAKE:
-            link.fail(BusStateError(f"no SUBSCRIBED in {HANDSHAKE_TIMEOUT_S:g} s"))
+            link.fail(
+                BusStateError(f"no SUBSCRIBED in {self.config.bridge_handshake_timeout_s:g} s")
+            )
 
-    def _receiver_event(self, link: _Link, event: netwire.BridgeEvent) -> bool:
+    def _receiver_event(self, link: Link, event: netwire.BridgeEvent) -> bool:
         try:
             match event:
                 case netwire.Subscribed():
@@ -605,7 +357,13 @@ class Network:
                 case netwire.BridgedMessage():
                     if link.state is not LinkState.FORWARDING:
                         raise BusStateError("MESSAGE before SUBSCRIBED")
-                    return self._publish(link, event)
+                    want = self._want_of(link)
+                    if want is None:
+                        link.close()
+                        return False
+                    return want.publish(link, event)
+                case netwire.Retired():
+                    raise BusProtocolError("a transmitter sends no RETIRED")
                 case netwire.BridgeError():
                     log.warning(
                         "bridge closed by transmitter %s",
@@ -618,10 +376,10 @@ class Network:
             return False
         return False
 
-    def _want_of(self, link: _Link) -> _Want | None:
+    def _want_of(self, link: Link) -> Receiver | None:
         return next((w for w in self._wants.values() if w.link is link), None)
 
-    def _attach(self, link: _Link, event: netwire.Subscribed) -> None:
+    def _attach(self, link: Link, event: netwire.Subscribed) -> None:
         want = self._wants.get(event.channel)
         if want is None:
             raise BusNotFoundError(f"channel {event.channel!r} is not wanted here")
@@ -636,63 +394,30 @@ class Network:
             wire.CreatePublisherRequest(
                 channel=event.channel, type=event.type, slot_size=event.slot_size,
                 reliable=event.reliable, fixed_size=event.fixed_size, checksum=event.checksum,
+                # A reliable channel's held messages are reported back as they retire.
+                retirement=event.reliable,
             ),
         )  # fmt: skip
-        want.publisher = Publisher(
-            target.channel, user, triggers=target.triggers, eventfd=target.publisher_fds.get(user)
-        )
-        want.client = client
-        want.link = link
-        link.state = LinkState.FORWARDING
-        link.name = f"from {event.channel}"
-        log.info("bridge receiving %s", kv(channel=event.channel, peer=link.peer))
+        pipe = target.retirement_fds.get(user)
+        read_end = None if pipe is None else pipe[0]
+        publisher = Publisher(
+            target.channel, user, triggers=target.triggers,
+            eventfd=target.publisher_fds.get(user), retirement=read_end,
+        )  # fmt: skip
+        want.attach(link, publisher, client, read_end)
 
-    def _publish(self, link: _Link, event: netwire.BridgedMessage) -> bool:
-        want = self._want_of(link)
-        if want is None or want.publisher is None:
-            link.close()
-            return False
-        if want.publisher.publish_bytes(event.data) is not None:
-            return True
-        # Every slot is unread by a reliable subscriber: stop reading the connection
-        # (the transmitter's writes back up, and its publisher waits) until one frees.
-        want.pending = event
-        assert self._loop is not None
-        task = self._loop.create_task(self._publish_later(link, want))
-        link.closed.add_done_callback(lambda _: task.cancel())
-        return False
-
-    async def _publish_later(self, link: _Link, want: _Want) -> None:
-        publisher, pending = want.publisher, want.pending
-        assert publisher is not None
-        assert pending is not None
-        try:
-            await publisher.wait_async()
-            publisher.publish_bytes(pending.data)
-        except BusError as exc:
-            link.fail(exc)
-            return
-        want.pending = None
-        link.resume()
-
-    def _receiver_closed(self, link: _Link) -> None:
+    def _receiver_closed(self, link: Link) -> None:
         self._incoming.discard(link)
         want = self._want_of(link)
         if want is not None:
             self._detach(want)
             log.info("bridge receiver ended %s", kv(channel=want.channel, peer=link.peer))
 
-    def _detach(self, want: _Want) -> None:
+    def _detach(self, want: Receiver) -> None:
         """Forget the want's bridge (its publisher removed): the next Advertise of the
         channel brings a new one."""
-        if want.publisher is not None:
-            want.publisher.close()
-            want.publisher = None
-        if want.client:
+        client = want.detach()
+        if client:
             registry = self._registry_of()
             if registry is not None:
-                registry.drop_client(want.client)
-            want.client = 0
-        want.link = None
-        want.subscribed_at = None
-        want.pending = None
+                registry.drop_client(client)
