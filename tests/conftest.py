@@ -18,6 +18,14 @@ Fixtures more than one package uses are registered here (`pytest_plugins`).
 
 from __future__ import annotations
 
+from hypothesis import settings
+
+# Hypothesis's per-example deadline measures the machine, not the code: on a loaded
+# two-core runner a slow example fails a property that holds. Examples stay bounded by
+# max_examples; the suite's own timeouts bound the time.
+settings.register_profile("postoffice", deadline=None)
+settings.load_profile("postoffice")
+
 #: The bus's channel fixtures (tests/bus/fixtures.py), used by its unit tests and by its
 #: real-process tests under tests/integration/.
 pytest_plugins = ("tests.bus.fixtures",)
