@@ -3,7 +3,13 @@ simulation config is bad, a run breaks an invariant, or its event log is unreada
 
 from __future__ import annotations
 
-from postoffice.core.errors import BrokenError, ConfigError, PostOfficeError, StorageError
+from postoffice.core.errors import (
+    BrokenError,
+    ConfigError,
+    PostOfficeError,
+    ProtocolError,
+    StorageError,
+)
 
 
 class DirectorError(PostOfficeError):
@@ -34,3 +40,13 @@ class InvariantError(PostOfficeError):
 
 class EventLogError(StorageError):
     """A run's event log is missing, damaged, or holds what no run wrote."""
+
+
+class RolesProtocolError(ProtocolError):
+    """Bytes between the multi-process run's director and a role process that are not
+    one of their messages."""
+
+
+class ChildLostError(BrokenError):
+    """A process of the multi-process run died, went silent or could not start: the run
+    ends with cause error, naming it."""

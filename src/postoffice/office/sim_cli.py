@@ -10,6 +10,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -25,6 +26,9 @@ from postoffice.office.report import CsvWriter, print_day, print_end, report_jso
 from postoffice.office.runlog import RunLog, list_runs, read_events, read_meta
 from postoffice.office.simconfig import SHIPPED, load_config, shipped_config
 from postoffice.office.tally import DayReport, Tally
+
+if TYPE_CHECKING:
+    from postoffice.office.procdriver import ProcessDriver
 
 __all__ = ["office"]
 
@@ -74,6 +78,20 @@ def office() -> None:
 )
 @click.option("--in-process", is_flag=True, help="Run every role in this process.")
 @click.option(
+    "--users-per-process",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
+    show_default=True,
+    help="Users each user process runs (without --in-process).",
+)
+@click.option(
+    "--operators-per-process",
+    type=click.IntRange(1, 100_000),
+    default=1,
+    show_default=True,
+    help="Operators each operator process runs (without --in-process).",
+)
+@click.option(
     "--csv",
     "csv_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -86,6 +104,8 @@ def run_command(
     config_path: str,
     seed: int | None,
     in_process: bool,
+    users_per_process: int,
+    operators_per_process: int,
     csv_dir: Path | None,
     as_json: bool,
     data_dir: Path | None,
@@ -96,6 +116,11 @@ def run_command(
     waiting at a day's end), signal (Ctrl-C or SIGTERM: the day closes at once) or error,
     then prints the cause and the final statistics. SIGUSR1 asks the users manager for
     N_NEW_USERS more users. Exit status 0, or 1 after an error ending.
+
+    Without --in-process the ticket issuer, the operators, the users manager and the
+    users run as processes of their own (K users, and K operators, to a process),
+    talking to this one over a private bus server; any of them dying ends the run with
+    cause error, and every process and shared-memory file of the run goes at its end.
     """
     path = Path(config_path)
     if not path.exists() and config_path in SHIPPED:
@@ -105,14 +130,19 @@ def run_command(
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc
     if not in_process:
-        raise click.ClickException("the multi-process mode is not built yet: run with --in-process")
+        from postoffice.office.procdriver import check_processes  # the bus's C extension
+
+        try:
+            check_processes(config, config.nof_users, users_per_process, operators_per_process)
+        except PostOfficeError as exc:
+            raise click.ClickException(str(exc)) from exc
     chosen = seed if seed is not None else secrets.randbelow(2**32)
     console = _console()
     meta: dict[str, object] = {
         "seed": chosen,
         "config_path": str(path),
         "config": config.as_ini(),
-        "mode": "in-process",
+        "mode": "in-process" if in_process else "multi-process",
     }
     try:
         log = RunLog.create(_data_dir(data_dir), seed=chosen, meta=meta)
@@ -147,7 +177,19 @@ def run_command(
         else:
             print_day(console, report)
 
-    driver = Driver(config, seed=chosen, on_day=on_day)
+    driver: Driver | ProcessDriver
+    if in_process:
+        driver = Driver(config, seed=chosen, on_day=on_day)
+    else:
+        from postoffice.office.procdriver import ProcessDriver
+
+        driver = ProcessDriver(
+            config,
+            seed=chosen,
+            on_day=on_day,
+            users_per_process=users_per_process,
+            operators_per_process=operators_per_process,
+        )
 
     async def main(stop: asyncio.Event) -> Outcome:
         loop = asyncio.get_running_loop()
