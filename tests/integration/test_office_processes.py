@@ -300,6 +300,9 @@ def test_the_director_killed_takes_every_child_with_it(paced: Callable[..., _Run
     run.wait_ready(users=10)
     run.kill()
     _until(lambda: not any(_alive(p) for p in run.children), "the orphans to die", 10)
+    assert run.run_dir is not None
+    _until(lambda: not run.run_dir.exists(), "the run directory to go", 10)  # type: ignore[union-attr]
+    assert _office_shm() == run.shm_before
 
 
 def test_paced_minutes_cost_almost_no_cpu_in_any_process(paced: Callable[..., _Run]) -> None:

@@ -796,7 +796,11 @@ class ProcessDriver:
                 f"operators{index}",
                 ["operators", "--index", str(index), "--first", str(first), "--count", str(count)],
             )
-        self._spawn("manager", ["manager"])
+        assert self._bus_server is not None
+        self._spawn(
+            "manager",
+            ["manager", "--bus-pid", str(self._bus_server.pid), "--shm-dir", str(self.shm_dir)],
+        )
         self._await_hellos(list(self.children))
         # Operator processes said hello in any order: the engine wants operators by id.
         self._operators.sort(key=lambda op: op.ident)

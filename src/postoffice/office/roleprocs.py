@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -78,6 +79,7 @@ CHANNEL_SLOTS: Final = 16  # messages in flight per direction; the director send
 SLOT_BYTES: Final = 4096  # a larger message (a big process's VISITS) grows the channel
 PUBLISH_WAIT_S: Final = 30.0  # a reader that frees no slot this long is stuck or gone
 _READ_BYTES: Final = 65536
+ORPHAN_WAIT_S: Final = 5.0  # for the bus server to stop before its directory is removed
 
 
 def process_name(role: str, index: int) -> str:
@@ -319,6 +321,22 @@ class _Manager:
                         self._reap(fd)
         finally:
             self._stop_children()
+            if os.getppid() != self.args.parent:
+                self._clean_up_after_director()
+
+    def _clean_up_after_director(self) -> None:
+        """The director died without stopping the run (kill -9): the children died with
+        it, and the bus server removes its files as it stops; what is left is the run's
+        two directories, which the director would have removed."""
+        with contextlib.suppress(OSError):
+            bus = os.pidfd_open(self.args.bus_pid)
+            try:
+                select.select([bus], [], [], ORPHAN_WAIT_S)  # the bus server's own cleanup
+            finally:
+                os.close(bus)
+        for directory in (self.args.run_dir, self.args.shm_dir):
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def _add(self, order: AddUsers) -> None:
         index = order.index
@@ -393,13 +411,17 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--p-serv-min", type=float, default=0.0)
     parser.add_argument("--p-serv-max", type=float, default=0.0)
     parser.add_argument("--n-requests", type=int, default=1)
+    parser.add_argument("--bus-pid", type=int, default=0)
+    parser.add_argument("--shm-dir", default="")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> None:
     """Run one role process (started by the multi-process director, never by hand)."""
     args = _arguments(argv)
-    die_with_parent(args.parent, signal.SIGKILL)
+    # The manager hears of the director's death (SIGTERM) to clean up after it; the
+    # other roles have nothing to clean up and just die.
+    die_with_parent(args.parent, signal.SIGTERM if args.role == "manager" else signal.SIGKILL)
     _quiet_signals()
     run_dir = Path(args.run_dir)
     pid = os.getpid()
