@@ -334,7 +334,7 @@ class _Manager:
                 select.select([bus], [], [], ORPHAN_WAIT_S)  # the bus server's own cleanup
             finally:
                 os.close(bus)
-        for directory in (self.args.run_dir, self.args.shm_dir):
+        for directory in (self.args.shm_dir, self.args.run_dir):
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
 

@@ -130,7 +130,7 @@ def run_command(
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc
     if not in_process:
-        from postoffice.office.procdriver import check_processes  # the bus's C extension
+        from postoffice.office.procs import check_processes  # needs the bus's C extension
 
         try:
             check_processes(config, config.nof_users, users_per_process, operators_per_process)
