@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -205,3 +207,12 @@ def test_socket_messages_round_trip(message: SocketMessage) -> None:
 def test_bad_socket_frames_are_refused(frame: Frame, error: str) -> None:
     with pytest.raises(RolesProtocolError, match=error):
         decode_socket(frame)
+
+
+def test_the_examples_of_the_protocol_document_are_what_the_code_sends() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "protocols" / "office-roles.md").read_text()
+    assert f"down  {encode_down(Issue(count=3)).hex(' ')}\n" in doc
+    assert f"up    {encode_up(Issued(first=42)).hex(' ')}\n" in doc
+    hello = encode_socket(Hello(role="issuer", index=0, pid=4242, first=0, count=0, skills=()))
+    payload = hello[24:].decode()
+    assert f"`{payload}` is {len(payload)} bytes" in doc
