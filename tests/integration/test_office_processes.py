@@ -348,3 +348,34 @@ def test_pause_holds_the_clock_without_cpu_and_resume_lets_it_go() -> None:
         assert outcome.ended.cause.value == "signal"
 
     asyncio.run(drive())
+
+
+def test_a_child_killed_while_the_clock_sleeps_is_noticed_at_once(
+    paced: Callable[..., _Run],
+) -> None:
+    run = paced(nano_secs=5_000_000_000)  # 5 s a minute: the clock sleeps between events
+    run.wait_ready(users=10)
+    time.sleep(0.5)
+    victim = run.pid_of("operators")
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    lines = run.finish()
+    assert time.monotonic() - killed_at < 3
+    end = next(line for line in lines if line["type"] == "end")
+    assert end["cause"] == "error"
+    assert f"pid {victim}) killed by SIGKILL" in str(end["detail"]), end
+    run.assert_nothing_left()
+
+
+def test_sigint_while_the_clock_sleeps_ends_the_run_at_once(paced: Callable[..., _Run]) -> None:
+    run = paced(nano_secs=5_000_000_000)  # 5 s a minute
+    run.wait_ready(users=10)
+    time.sleep(0.5)
+    run.proc.send_signal(signal.SIGINT)
+    signalled_at = time.monotonic()
+    lines = run.finish()
+    assert time.monotonic() - signalled_at < 5
+    end = next(line for line in lines if line["type"] == "end")
+    assert end["cause"] == "signal"
+    assert "during day 1 at minute 1" in str(end["detail"]), end  # minute 0 had run
+    run.assert_nothing_left()

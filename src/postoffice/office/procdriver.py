@@ -355,10 +355,18 @@ class ProcessDriver:
                 if delay > 0 and not stop.is_set():
                     self._wakeup.clear()
                     waker = asyncio.ensure_future(self._wakeup.wait())
+                    watcher = self._watch()
                     try:
-                        await asyncio.wait((stopper, waker), timeout=delay)
+                        await asyncio.wait(
+                            (stopper, waker, watcher),
+                            timeout=delay,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
                     finally:
                         waker.cancel()
+                        watcher.cancel()
+                    if watcher.done() and not watcher.cancelled():
+                        self.procs.check()  # a child's end raises here, while we sleep
                     if not stop.is_set() and time.monotonic() < (
                         self.started_at + (base + target) * self.config.n_nano_secs / 1e9
                     ):
@@ -395,11 +403,29 @@ class ProcessDriver:
         while self._paused and not stopper.done():
             self._resumed.clear()
             waiter = asyncio.ensure_future(self._resumed.wait())
+            watcher = self._watch()
             try:
-                await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((waiter, stopper, watcher), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
+                watcher.cancel()
+            if watcher.done() and not watcher.cancelled():
+                self.procs.check()
         self.started_at += time.monotonic() - held_at
+
+    def _watch(self) -> asyncio.Future[None]:
+        """A future done when anything happens among the processes (see procs.check)."""
+        loop = asyncio.get_running_loop()
+        seen: asyncio.Future[None] = loop.create_future()
+        fd = self.procs.fileno()
+
+        def readable() -> None:
+            if not seen.done():
+                seen.set_result(None)
+
+        loop.add_reader(fd, readable)
+        seen.add_done_callback(lambda _: loop.remove_reader(fd))
+        return seen
 
     def _emit(self, events: list[Event]) -> list[Event]:
         if events and self.on_events is not None:

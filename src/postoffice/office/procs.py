@@ -150,7 +150,9 @@ class RunProcesses:
         self._bus: Client | None = None
         self._bus_server: Child | None = None
         self._listener: socket.socket | None = None
-        self._poller = select.poll()
+        # epoll rather than poll: its own descriptor lets the event loop watch every
+        # child while the director sleeps between paced minutes (`fileno`, `check`).
+        self._poller = select.epoll()
         self._by_fd: dict[int, tuple[str, Child | None]] = {}
         self._readable: set[Child] = set()
         self._user_processes = 0
@@ -186,7 +188,7 @@ class RunProcesses:
         self._listener.listen(1024)
         self._listener.setblocking(False)
         self._by_fd[self._listener.fileno()] = ("listener", None)
-        self._poller.register(self._listener.fileno(), select.POLLIN)
+        self._poller.register(self._listener.fileno(), select.EPOLLIN)
         config = self.config
         self._spawn("issuer", ["issuer"])
         per = self.operators_per_process
@@ -266,8 +268,7 @@ class RunProcesses:
     def _poll(self, timeout_s: float | None) -> None:
         """Wait once for anything: an answer, a connection, a HELLO, a child's end.
         Raises ChildLostError for a child that died."""
-        timeout_ms = None if timeout_s is None else max(1, math.ceil(timeout_s * 1000))
-        for fd, _ in self._poller.poll(timeout_ms):
+        for fd, _ in self._poller.poll(-1 if timeout_s is None else timeout_s):
             kind, child = self._by_fd.get(fd, ("gone", None))
             if kind == "up":
                 assert child is not None
@@ -297,7 +298,7 @@ class RunProcesses:
             return
         child = Child(name="(connecting)", conn=conn)
         self._by_fd[conn.fileno()] = ("conn", child)
-        self._poller.register(conn.fileno(), select.POLLIN)
+        self._poller.register(conn.fileno(), select.EPOLLIN)
 
     def _receive(self, child: Child) -> None:
         assert child.conn is not None
@@ -385,7 +386,7 @@ class RunProcesses:
             raise ChildLostError(f"cannot open the channels of {child.label()}: {exc}") from exc
         fd = child.up.fileno()
         self._by_fd[fd] = ("up", child)
-        self._poller.register(fd, select.POLLIN)
+        self._poller.register(fd, select.EPOLLIN)
         self._on_hello(child, hello)
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -414,7 +415,7 @@ class RunProcesses:
             popen.wait()
             raise
         self._by_fd[child.pidfd] = ("pidfd", child)
-        self._poller.register(child.pidfd, select.POLLIN)
+        self._poller.register(child.pidfd, select.EPOLLIN)
         return child
 
     def _await_hellos(self, names: list[str]) -> None:
@@ -431,6 +432,23 @@ class RunProcesses:
                     f" in {READY_TIMEOUT_S:.0f} s"
                 )
             self._poll(left)
+            self._drain_readable()
+
+    def _drain_readable(self) -> None:
+        readable, self._readable = self._readable, set()
+        for child in readable:
+            self._drain(child)
+
+    def fileno(self) -> int:
+        """A descriptor readable when anything happens (an answer, a child's end): for
+        an event loop to watch while the director sleeps, then call `check`."""
+        return self._poller.fileno()
+
+    def check(self) -> None:
+        """Take in whatever happened, without waiting. Raises ChildLostError for a child
+        that died."""
+        self._poll(0)
+        self._drain_readable()
 
     def _start_bus(self) -> None:
         assert self.run_dir is not None
@@ -465,7 +483,7 @@ class RunProcesses:
         self._bus = Client(self.run_dir / BUS_SOCKET, name="office director")
         server.pidfd = os.pidfd_open(server.pid)
         self._by_fd[server.pidfd] = ("pidfd", server)
-        self._poller.register(server.pidfd, select.POLLIN)
+        self._poller.register(server.pidfd, select.EPOLLIN)
 
     def close(self) -> None:
         """Stop every process of the run and remove its files (idempotent): children
@@ -496,7 +514,7 @@ class RunProcesses:
             self._listener.close()
             self._listener = None
         self._by_fd.clear()
-        self._poller = select.poll()
+        self._poller.close()
         for directory in (self.run_dir, self.shm_dir):
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
