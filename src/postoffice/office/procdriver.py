@@ -25,6 +25,7 @@ to it over a private bus server and a Unix socket. Office layer."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import time
 from collections.abc import Callable
@@ -194,6 +195,8 @@ class ProcessDriver:
         self._issuer = RemoteIssuer(self)
         self._operators: list[RemoteOperator] = []
         self._news: dict[Child, _News] = {}
+        self._visits: dict[Child, collections.deque[Visits]] = {}  # answers not yet used
+        self._asked: dict[Child, int] = {}  # the last day each user process was asked
         self._pending_users = 0
         self._minutes = 0
         self._day = -1
@@ -476,14 +479,34 @@ class ProcessDriver:
     def _ask_morning(self, day: int) -> None:
         """Every user and operator process plans the day; wait for all answers."""
         self._flush_news()
-        asked = [*self.procs.user_children(), *self.procs.operator_children()]
-        for user in self._users:
-            user.visit = None
+        users, ops = self.procs.user_children(), self.procs.operator_children()
         message = DayStart(day=day)
-        for child in asked:
+        for child in users:
+            if self._asked.get(child, -1) < day:
+                self.procs.send(child, message)
+                self._asked[child] = day
+        for child in ops:
             child.answered = False
             self.procs.send(child, message)
-        self.procs.wait(asked, lambda: all(c.answered for c in asked), "its plans for the day")
+        visits = self._visits
+        self.procs.wait(
+            [*users, *ops],
+            lambda: all(visits.get(c) for c in users) and all(c.answered for c in ops),
+            "its plans for the day",
+        )
+        for user in self._users:
+            user.visit = None
+        for child in users:
+            for ident, arrival, requests in visits[child].popleft().visits:
+                self._own(child, ident).visit = Visit(arrival=arrival, requests=requests)
+        # A user's morning depends on nothing that happens during a day: ask for the next
+        # one now, so the user processes plan it while this day runs, not while the
+        # director waits for them.
+        if day + 1 < self.config.sim_duration:
+            ahead = DayStart(day=day + 1)
+            for child in users:
+                self.procs.send(child, ahead)
+                self._asked[child] = day + 1
 
     def ask_issuer(self, message: Down) -> Up:
         """Ask the ticket issuer and wait for its answer. Raises ChildLostError."""
@@ -503,10 +526,8 @@ class ProcessDriver:
 
     def _absorb(self, child: Child, message: Up) -> None:
         match message:
-            case Visits(visits=visits):
-                for user, arrival, requests in visits:
-                    self._own(child, user).visit = Visit(arrival=arrival, requests=requests)
-                child.answered = True
+            case Visits():
+                self._visits.setdefault(child, collections.deque()).append(message)
             case Plans(plans=plans):
                 for ident, due, took in plans:
                     op = self._operator_of(child, ident)
