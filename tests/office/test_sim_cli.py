@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,12 @@ def test_report_of_an_unknown_run_is_an_error(tmp_path: Path) -> None:
     result = _office(tmp_path, "report", "20250101T000000Z-s1")
     assert result.exit_code == 1
     assert "no run 20250101T000000Z-s1" in result.output
+
+
+def test_without_the_bus_the_multi_process_run_says_so_and_points_to_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "postoffice.office.procs", None)  # as if unbuildable
+    result = _office(tmp_path, "run", "--config", "timeout")
+    assert result.exit_code == 1
+    assert "--in-process runs without it" in result.output

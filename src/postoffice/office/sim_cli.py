@@ -130,12 +130,16 @@ def run_command(
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc
     if not in_process:
-        from postoffice.office.procs import check_processes  # needs the bus's C extension
-
         try:
+            # The run's processes talk over the bus, which needs its C extension.
+            from postoffice.office.procs import check_processes
+
             check_processes(config, config.nof_users, users_per_process, operators_per_process)
-        except PostOfficeError as exc:
-            raise click.ClickException(str(exc)) from exc
+        except (PostOfficeError, ImportError) as exc:
+            raise click.ClickException(
+                f"{exc}"
+                + ("; --in-process runs without it" if isinstance(exc, ImportError) else "")
+            ) from exc
     chosen = seed if seed is not None else secrets.randbelow(2**32)
     console = _console()
     meta: dict[str, object] = {
