@@ -275,7 +275,10 @@ def test_sigint_mid_run_ends_with_signal_and_leaves_nothing(paced: Callable[...,
     run.assert_nothing_left()
 
 
-@pytest.mark.parametrize(("role", "named"), [("users", "user process"), ("operators", "operator")])
+@pytest.mark.parametrize(
+    ("role", "named"),
+    [("users", "user process"), ("operators", "operator process"), ("issuer", "the issuer")],
+)
 def test_a_role_process_killed_ends_the_run_with_error_naming_it(
     paced: Callable[..., _Run], role: str, named: str
 ) -> None:
@@ -379,3 +382,24 @@ def test_sigint_while_the_clock_sleeps_ends_the_run_at_once(paced: Callable[...,
     assert end["cause"] == "signal"
     assert "during day 1 at minute 1" in str(end["detail"]), end  # minute 0 had run
     run.assert_nothing_left()
+
+
+def test_apply_config_takes_the_new_pace_at_the_next_minute() -> None:
+    config = _config(n_nano_secs=50_000_000, sim_duration=3)  # 72 s at this pace
+
+    async def drive() -> float:
+        driver = ProcessDriver(config, seed=4, on_day=lambda e, r: None)
+        seen = asyncio.Event()
+        driver.on_events = lambda events: seen.set()
+        task = asyncio.ensure_future(driver.run(asyncio.Event()))
+        await asyncio.wait_for(seen.wait(), 20)
+        driver.apply_config(replace(config, n_nano_secs=0, sim_duration=99, nof_users=1))
+        assert driver.config.sim_duration == 3  # only the live keys are taken
+        assert driver.config.n_nano_secs == 0
+        started = time.monotonic()
+        outcome = await asyncio.wait_for(task, 20)
+        assert outcome.ended.cause.value == "timeout"
+        assert outcome.ended.days == 3
+        return time.monotonic() - started
+
+    assert asyncio.run(drive()) < 10
