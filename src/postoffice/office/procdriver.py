@@ -156,7 +156,8 @@ class _News:
 class ProcessDriver:
     """Runs one simulation across processes; `run` returns once it has ended and every
     process and file of the run is gone. Also the running simulation's handle: add_users,
-    pause, resume, apply_config, on_events, day, minute."""
+    pause, resume, apply_config, on_events, day, minute, to be used from the thread of
+    the event loop that runs it (`on_ready` is told when the clock is about to start)."""
 
     def __init__(
         self,

@@ -88,7 +88,7 @@ HelloSink = Callable[["Child", Hello], None]
 
 
 @final
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Child:
     """A process of the run, as the director watches it."""
 
@@ -109,6 +109,8 @@ class Child:
     answer: Up | None = None
 
     def label(self) -> str:
+        """The child as the run's ending names it: `user process 3 (users 3..3, pid
+        1234)`, `the issuer (pid 99)`."""
         if self.name.startswith("users"):
             last = self.first + self.count - 1
             return f"user process {self.name[5:]} (users {self.first}..{last}, pid {self.pid})"
@@ -120,6 +122,10 @@ class Child:
         if self.name == "manager":
             return f"the users manager (pid {self.pid})"
         return f"the {self.name} (pid {self.pid})"
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready else "starting"
+        return f"<Child {self.name} pid={self.pid} {state} answered={self.answered}>"
 
 
 @final
@@ -247,8 +253,11 @@ class RunProcesses:
                 return
             left = deadline - time.monotonic()
             if left <= 0:
-                silent = ", ".join(c.label() for c in children)
-                raise ChildLostError(f"no answer from {silent} in {REPLY_TIMEOUT_S:.0f} s ({what})")
+                silent = ", ".join(c.label() for c in children[:3])
+                more = f" and {len(children) - 3} more" if len(children) > 3 else ""
+                raise ChildLostError(
+                    f"no answer from {silent}{more} in {REPLY_TIMEOUT_S:.0f} s ({what})"
+                )
             self._poll(left)
             todo = self._readable
             self._readable = set()
