@@ -130,18 +130,39 @@ def _report(tmp_path: Path, run: object) -> list[dict[str, object]]:
 @pytest.mark.parametrize(
     ("config", "seed", "per_process", "keys"),
     [
-        ("timeout", 1, "1", {"SIM_DURATION": "3"}),
-        ("timeout", 2, "4", {"SIM_DURATION": "3", "NOF_WORKERS": "6", "NOF_WORKER_SEATS": "4"}),
-        ("explode", 3, "1", {"NOF_USERS": "10", "SIM_DURATION": "3", "EXPLODE_THRESHOLD": "100"}),
-        ("explode", 4, "3", {"NOF_USERS": "25"}),
+        ("timeout", 1, ("1", "1"), {"SIM_DURATION": "3"}),
+        (
+            "timeout",
+            2,
+            ("4", "4"),
+            {"SIM_DURATION": "3", "NOF_WORKERS": "6", "NOF_WORKER_SEATS": "4"},
+        ),
+        (
+            "explode",
+            3,
+            ("1", "2"),
+            {"NOF_USERS": "10", "SIM_DURATION": "3", "EXPLODE_THRESHOLD": "100"},
+        ),
+        ("explode", 4, ("3", "1"), {"NOF_USERS": "25"}),
     ],
 )
 def test_processes_give_the_in_process_statistics_and_events(
-    tmp_path: Path, config: str, seed: int, per_process: str, keys: dict[str, str]
+    tmp_path: Path, config: str, seed: int, per_process: tuple[str, str], keys: dict[str, str]
 ) -> None:
+    """`per_process`: users and operators to a process."""
     keys = {"N_NANO_SECS": "0", **keys}
     before = _office_shm()
-    apart = _run(tmp_path, config, seed, "--users-per-process", per_process, **keys)
+    users, operators = per_process
+    apart = _run(
+        tmp_path,
+        config,
+        seed,
+        "--users-per-process",
+        users,
+        "--operators-per-process",
+        operators,
+        **keys,
+    )
     alone = _run(tmp_path, config, seed, "--in-process", **keys)
     assert apart[1:-1] == alone[1:-1]  # every day's statistics and the ending
     assert apart[-2]["type"] == "end"
