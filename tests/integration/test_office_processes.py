@@ -346,27 +346,34 @@ def test_paced_minutes_cost_almost_no_cpu_in_any_process(paced: Callable[..., _R
 
 
 def test_pause_holds_the_clock_without_cpu_and_resume_lets_it_go() -> None:
-    config = _config(n_nano_secs=5_000_000, sim_duration=50)  # 5 ms a minute
-    seen: list[tuple[int, int]] = []
+    config = _config(n_nano_secs=1_000_000, sim_duration=1000)  # 1 ms a minute: 2 days/s
+    batches: list[tuple[int, int]] = []
+
+    async def until(check: Callable[[], bool]) -> None:
+        for _ in range(200):  # 10 s
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("timed out")
 
     async def drive() -> None:
         stop = asyncio.Event()
         driver = ProcessDriver(config, seed=2, on_day=lambda e, r: None)
-        driver.on_events = lambda events: seen.append((driver.day, driver.minute))
+        driver.on_events = lambda events: batches.append((driver.day, driver.minute))
         task = asyncio.ensure_future(driver.run(stop))
-        while not seen:
-            await asyncio.wait_for(asyncio.sleep(0.05), 5)
-            assert not task.done(), task.result()
+        await until(lambda: len(batches) > 20 or task.done())
+        assert not task.done(), task.result()
         driver.pause()
-        await asyncio.sleep(0.1)
-        held = (driver.day, driver.minute)
+        await asyncio.sleep(0.1)  # the minute under way ends
+        assert driver.paused
+        held, count = (driver.day, driver.minute), len(batches)
         cpu = time.process_time()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # two days' worth of minutes
         assert (driver.day, driver.minute) == held
+        assert len(batches) == count
         assert time.process_time() - cpu < 0.1
         driver.resume()
-        await asyncio.sleep(0.5)
-        assert (driver.day, driver.minute) != held
+        await until(lambda: driver.day > held[0] + 1)
         stop.set()
         outcome = await asyncio.wait_for(task, 20)
         assert outcome.ended.cause.value == "signal"
@@ -424,3 +431,26 @@ def test_apply_config_takes_the_new_pace_at_the_next_minute() -> None:
         return time.monotonic() - started
 
     assert asyncio.run(drive()) < 10
+
+
+def test_on_events_gets_every_event_as_it_happens_then_the_ending() -> None:
+    config = _config(n_nano_secs=0, sim_duration=2)
+    by_day: list[Event] = []
+    live: list[list[Event]] = []
+    clock: list[tuple[int, int]] = []
+    driver = ProcessDriver(config, seed=6, on_day=lambda events, _: by_day.extend(events))
+
+    def on_events(events: list[Event]) -> None:
+        live.append(events)
+        clock.append((driver.day, driver.minute))
+
+    driver.on_events = on_events
+    outcome = asyncio.run(driver.run(asyncio.Event()))
+    assert live[-1] == [outcome.ended]
+    assert [e for batch in live[:-1] for e in batch] == by_day
+    assert len(live) > 2 * 3  # the days' starts and ends, and minutes between
+    assert clock[0] == (1, 0)
+    assert clock[-2] == (2, 480)  # the second day's close
+    assert (driver.day, driver.minute) == (2, 480)
+    minutes = [m for d, m in clock[:-1] if d == 1]
+    assert minutes == sorted(minutes)

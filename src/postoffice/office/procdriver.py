@@ -167,7 +167,7 @@ class ProcessDriver:
         on_day: DaySink,
         users_per_process: int = 1,
         operators_per_process: int = 1,
-        on_events: Callable[[list[Event]], None] | None = None,
+        on_events: Callable[[list[Event]], object] | None = None,
         on_ready: Callable[[ProcessDriver], None] | None = None,
     ) -> None:
         """Raises ValueError for a per-process count under 1, or OfficeConfigError when
@@ -201,7 +201,8 @@ class ProcessDriver:
         self._pending_users = 0
         self._minutes = 0
         self._day = -1
-        self._minute = 0
+        self._minute = 0  # the minute simulated last, or the day's closing minute
+        self._at = 0  # minutes of the run the clock has reached, for pacing
         self._paused = False
         self._resumed: asyncio.Event | None = None
         self._wakeup: asyncio.Event | None = None  # the pace or the pause changed
@@ -212,13 +213,19 @@ class ProcessDriver:
 
     @property
     def day(self) -> int:
-        """The current day (0-based; -1 before the first)."""
-        return self._day
+        """The current day, counted from 1 (0 before the first day starts)."""
+        return self._day + 1
 
     @property
     def minute(self) -> int:
-        """The minute of the current day the clock is at."""
+        """The minute of the day simulated last (0 to 479), or the closing minute (480,
+        or earlier after a signal) once the day has closed."""
         return self._minute
+
+    @property
+    def paused(self) -> bool:
+        """True while the clock is held."""
+        return self._paused
 
     def add_users(self, count: int | None = None) -> None:
         """The users manager's request: `count` (default N_NEW_USERS) users more from the
@@ -252,7 +259,7 @@ class ProcessDriver:
         minute; its other keys need a new run and are not used."""
         if self.started_at and config.n_nano_secs != self.config.n_nano_secs:
             # The clock goes on from where it is, at the new pace.
-            self.started_at = time.monotonic() - self._clock_minutes() * config.n_nano_secs / 1e9
+            self.started_at = time.monotonic() - self._at * config.n_nano_secs / 1e9
         self.config = dataclasses.replace(
             self.config,
             n_nano_secs=config.n_nano_secs,
@@ -261,9 +268,6 @@ class ProcessDriver:
         )
         if self._wakeup is not None:
             self._wakeup.set()
-
-    def _clock_minutes(self) -> int:
-        return self._minutes + self._minute
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -290,6 +294,8 @@ class ProcessDriver:
         finally:
             stopper.cancel()
             self.procs.close()
+        if self.on_events is not None:
+            self.on_events([ended])
         step_s = self.config.n_nano_secs / 1e9
         late = self._last_minute_at - (self.started_at + self._minutes * step_s)
         return Outcome(
@@ -317,7 +323,8 @@ class ProcessDriver:
                 events.extend(self._emit(sim.start_day()))
                 cut = await self._run_minutes(sim, events, stop, stopper)
                 self._issuer.refresh()  # the day ends with the issuer's own count
-                events.extend(self._emit(sim.close_day(at=DAY_MINUTES if cut is None else cut)))
+                self._minute = DAY_MINUTES if cut is None else cut
+                events.extend(self._emit(sim.close_day(at=self._minute)))
                 ended = self._close(day, events, cut)
                 if ended is not None:
                     return ended
@@ -379,25 +386,24 @@ class ProcessDriver:
                     now = int((time.monotonic() - self.started_at) / step_s) - base
                     return self._cut(base, min(max(now, sim.clock), target))
                 self._last_minute_at = time.monotonic()
+                self._at = base + target
             elif stop.is_set():
                 return self._cut(base, sim.clock)
             else:
                 # Let the loop run its other work (a signal's handler, a control socket)
                 # between minutes: unpaced, nothing else would yield.
                 await asyncio.sleep(0)
-            self._minute = target
             if upcoming is None:
-                self._minutes = base + DAY_MINUTES
-                self._minute = 0
+                self._minutes = self._at = base + DAY_MINUTES
                 return None
             found = sim.step(upcoming)
+            self._minute = upcoming
             self._flush_news()
             if found:
                 events.extend(self._emit(found))
 
     def _cut(self, base: int, minute: int) -> int:
-        self._minutes = base + minute
-        self._minute = 0
+        self._minutes = self._at = base + minute
         return minute
 
     async def _hold(self, stopper: asyncio.Future[Literal[True]]) -> None:
