@@ -1,7 +1,7 @@
-"""A real `postoffice office run --in-process` with a slow clock, watched and steered from
-outside: `office status` shows the clock moving, `office add-users` shows in the next
-day's users, SIGHUP changes N_NANO_SECS live, the control socket survives hostile bytes
-and holds the clock on pause."""
+"""A real `postoffice office run` (in one process, and as processes) with a slow
+clock, watched and steered from outside: `office status` shows the clock moving, `office
+add-users` shows in the next day's users, SIGHUP changes N_NANO_SECS live, the control
+socket survives hostile bytes and holds the clock on pause."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def _env(**office: str) -> dict[str, str]:
 class Run:
     """A running `office run` process and its control socket."""
 
-    def __init__(self, data_dir: Path, config: str | Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, data_dir: Path, config: str | Path, env: dict[str, str], *, in_process: bool
+    ) -> None:
         self.data_dir = data_dir
         self.err_path = data_dir / "run.err"
         with self.err_path.open("wb") as err:
@@ -58,7 +60,7 @@ class Run:
                     "run",
                     "--config",
                     str(config),
-                    "--in-process",
+                    "--in-process" if in_process else "--users-per-process=2",
                     "--seed",
                     "5",
                     "--json",
@@ -117,8 +119,8 @@ class Run:
 def start(data_dir: Path) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
-    def starter(config: str | Path = "timeout", **office: str) -> Run:
-        run = Run(data_dir, config, _env(**office))
+    def starter(config: str | Path = "timeout", *, in_process: bool = True, **office: str) -> Run:
+        run = Run(data_dir, config, _env(**office), in_process=in_process)
         runs.append(run)
         return run
 
@@ -142,8 +144,13 @@ def _minutes(day: int, minute: int) -> int:
     return day * 480 + minute
 
 
-def test_status_shows_the_clock_advancing(start: Callable[..., Run], data_dir: Path) -> None:
-    run = start(N_NANO_SECS="4000000", SIM_DURATION="1000")  # 4 ms a minute: ~2 s a day
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
+def test_status_shows_the_clock_advancing(
+    start: Callable[..., Run], data_dir: Path, in_process: bool
+) -> None:
+    run = start(
+        N_NANO_SECS="4000000", SIM_DURATION="1000", in_process=in_process
+    )  # 4 ms a minute: ~2 s a day
     first = _cli(data_dir, "status", "--json")
     assert first.returncode == 0, first.stderr
     before = json.loads(first.stdout)
@@ -171,10 +178,11 @@ def test_status_shows_the_clock_advancing(start: Callable[..., Run], data_dir: P
     assert len(after["counters"]) == 10  # NOF_WORKER_SEATS of timeout.ini
 
 
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
 def test_added_users_show_in_the_next_days_user_count(
-    start: Callable[..., Run], data_dir: Path
+    start: Callable[..., Run], data_dir: Path, in_process: bool
 ) -> None:
-    run = start(N_NANO_SECS="4000000", SIM_DURATION="1000")
+    run = start(N_NANO_SECS="4000000", SIM_DURATION="1000", in_process=in_process)
     added = _cli(data_dir, "add-users", "7")
     assert added.returncode == 0, added.stderr
     assert added.stdout.startswith("7 users more from day ")
@@ -195,13 +203,16 @@ def test_added_users_show_in_the_next_days_user_count(
     assert users["total"] == 22
 
 
-def test_sighup_changes_n_nano_secs_live(start: Callable[..., Run], data_dir: Path) -> None:
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
+def test_sighup_changes_n_nano_secs_live(
+    start: Callable[..., Run], data_dir: Path, in_process: bool
+) -> None:
     config = data_dir / "office.ini"
     text = shipped_config("timeout").read_text()
     slow = text.replace("N_NANO_SECS = 2500000", "N_NANO_SECS = 40000000")  # 40 ms a minute
     assert slow != text
     config.write_text(slow.replace("SIM_DURATION = 10", "SIM_DURATION = 1000"))
-    run = start(config)
+    run = start(config, in_process=in_process)
 
     def rate(window_s: float) -> float:
         first = _minutes(*run.clock())
@@ -231,8 +242,9 @@ def test_sighup_changes_n_nano_secs_live(start: Callable[..., Run], data_dir: Pa
     assert rate(0.5) > 4 * before  # the bad file changed nothing
 
 
-def test_pause_holds_the_clock_until_resume(start: Callable[..., Run]) -> None:
-    run = start(N_NANO_SECS="4000000", SIM_DURATION="1000")
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
+def test_pause_holds_the_clock_until_resume(start: Callable[..., Run], in_process: bool) -> None:
+    run = start(N_NANO_SECS="4000000", SIM_DURATION="1000", in_process=in_process)
     ok = run.client.pause()
     assert ok.fields["paused"] is True
     held = run.clock()

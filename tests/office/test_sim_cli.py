@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,10 +123,16 @@ def test_csv_holds_daily_and_total_rows(tmp_path: Path) -> None:
     assert int(last_day[0]["provided"]) == sum(daily_all)
 
 
-def test_without_in_process_the_run_says_that_mode_is_not_built(tmp_path: Path) -> None:
-    result = _office(tmp_path, "run", "--config", "timeout")
+def test_a_multi_process_run_needing_too_many_processes_is_refused_before_any_starts(
+    tmp_path: Path,
+) -> None:
+    env = {**FAST, "POSTOFFICE_OFFICE_NOF_USERS": "600"}
+    result = _office(tmp_path, "run", "--config", "timeout", env=env)
     assert result.exit_code == 1
-    assert "the multi-process mode is not built yet: run with --in-process" in result.output
+    assert (
+        "600 users and 10 operators need 611 role processes, more than 500: give each"
+        " process more users (--users-per-process) or operators (--operators-per-process)"
+    ) in " ".join(result.output.split())
 
 
 def test_a_bad_config_stops_the_run_naming_the_key(tmp_path: Path) -> None:
@@ -140,3 +147,12 @@ def test_report_of_an_unknown_run_is_an_error(tmp_path: Path) -> None:
     result = _office(tmp_path, "report", "20250101T000000Z-s1")
     assert result.exit_code == 1
     assert "no run 20250101T000000Z-s1" in result.output
+
+
+def test_without_the_bus_the_multi_process_run_says_so_and_points_to_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "postoffice.office.procs", None)  # as if unbuildable
+    result = _office(tmp_path, "run", "--config", "timeout")
+    assert result.exit_code == 1
+    assert "--in-process runs without it" in result.output

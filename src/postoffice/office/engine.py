@@ -31,7 +31,7 @@ what happened; the driver (inprocess.py) decides how fast minutes pass.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -56,6 +56,7 @@ from postoffice.office.rules import (
     Director,
     Operator,
     OperatorRole,
+    TicketDesk,
     TicketIssuer,
     User,
     UserRole,
@@ -97,13 +98,18 @@ class Simulation:
         director: CounterAssigner | None = None,
         users: Sequence[UserRole] | None = None,
         operators: Sequence[OperatorRole] | None = None,
+        issuer: TicketDesk | None = None,
+        make_user: Callable[[int], UserRole] | None = None,
     ) -> None:
-        """The roles are drawn from `seed` unless given (tests script them); given users
-        and operators must be numbered 0, 1, ... in order."""
+        """The roles are drawn from `seed` unless given (tests script them; the
+        multi-process director gives stand-ins for roles that live in other processes);
+        given users and operators must be numbered 0, 1, ... in order. `make_user(ident)`
+        makes each user the roster or `add_users` asks for (default: a rules.User)."""
         self.roster = roster
         self.seed = seed
         self.day = -1
-        self.issuer = TicketIssuer()
+        self.issuer: TicketDesk = issuer if issuer is not None else TicketIssuer()
+        self._make_user = make_user if make_user is not None else self._new_user
         self.director: CounterAssigner = director or Director(
             seed=seed, counters=roster.nof_worker_seats
         )
@@ -137,19 +143,24 @@ class Simulation:
             raise ValueError(f"cannot add {count} users")
         self._pending_users += count
 
-    def _add_users(self, count: int) -> None:
+    def _new_user(self, ident: int) -> UserRole:
         r = self.roster
-        first = len(self.users)
-        self.users.extend(
-            User(
-                seed=self.seed,
-                ident=i,
-                p_serv_min=r.p_serv_min,
-                p_serv_max=r.p_serv_max,
-                max_requests=r.n_requests,
-            )
-            for i in range(first, first + count)
+        return User(
+            seed=self.seed,
+            ident=ident,
+            p_serv_min=r.p_serv_min,
+            p_serv_max=r.p_serv_max,
+            max_requests=r.n_requests,
         )
+
+    def _add_users(self, count: int) -> None:
+        first = len(self.users)
+        self.users.extend(self._make_user(i) for i in range(first, first + count))
+
+    @property
+    def clock(self) -> int:
+        """The next minute of the open day to step (where a day cut short closes)."""
+        return self._minute
 
     # -- the day -----------------------------------------------------------------------
 
@@ -209,6 +220,21 @@ class Simulation:
             self.waiting[op.skill][op.ident] = 0
         self._seat_dirty.update(range(len(SERVICES)))
         return events
+
+    def next_minute(self) -> int | None:
+        """The first minute from the next one to step on at which anything can happen
+        (an arrival, a service end, a break falling due, a return from a break, or work
+        left by the day's start), or None when nothing more will happen today: stepping
+        only these minutes gives the same events as stepping every one."""
+        if not self._open:
+            return None
+        if self._seat_dirty or self._start_dirty:
+            return self._minute
+        # An operator in `_due` is serving (any other is settled in the minute it falls
+        # due), so its break waits for its service's end, which `_ends` holds.
+        found = [min(d) for d in (self._arrivals, self._ends, self._due_at, self._back_at) if d]
+        first = min(found, default=DAY_MINUTES)
+        return first if first < DAY_MINUTES else None
 
     def step(self, minute: int) -> list[Event]:
         """Run one minute of the open day (minutes strictly increasing, below
@@ -304,13 +330,23 @@ class Simulation:
 
     def _requests(self, users: list[int], minute: int, events: list[Event]) -> None:
         day, plans, progress, offered = self.day, self.plans, self.progress, self.offered
+        # The users' tickets are issued as one block (one question to the ticket issuer
+        # however many users ask in the minute), numbered in user order as one by one.
+        wanted = 0
+        for user in users:
+            requests = plans[user]
+            index = progress[user]
+            while index < len(requests) and not offered[requests[index]]:
+                index += 1
+            wanted += index < len(requests)
+        ticket = self.issuer.issue_block(wanted) - 1 if wanted else 0
         for user in users:
             requests = plans[user]
             index = progress[user]
             while index < len(requests):
                 service = requests[index]
                 if offered[service]:
-                    ticket = self.issuer.issue()
+                    ticket += 1
                     self.queue[service].append((ticket, user, index, minute))
                     self._start_dirty.add(service)
                     events.append(
@@ -374,12 +410,17 @@ class Simulation:
                 self._ends.setdefault(minute + took, []).append(counter)
         self._start_dirty.clear()
 
-    def close_day(self) -> list[Event]:
-        """Close the office after the last minute stepped: services under way finish,
-        waiting tickets are not served, unreached requests are not provided. Raises
-        RuntimeError if no day is open."""
+    def close_day(self, *, at: int | None = None) -> list[Event]:
+        """Close the office after the last minute stepped (or at minute `at`, not before
+        the next minute to step, when minutes with nothing to do were skipped): services
+        under way finish, waiting tickets are not served, unreached requests are not
+        provided. Raises RuntimeError if no day is open or `at` is out of turn."""
         if not self._open:
             raise RuntimeError("no day is open")
+        if at is not None:
+            if not self._minute <= at <= DAY_MINUTES:
+                raise RuntimeError(f"cannot close at minute {at} (next is {self._minute})")
+            self._minute = at
         closed_at = self._minute
         day = self.day
         events: list[Event] = []

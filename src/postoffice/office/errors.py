@@ -62,3 +62,13 @@ class ControlRefusedError(PostOfficeError):
 
 class NotRunningError(BrokenError):
     """No simulation answers on the control socket under the data directory."""
+
+
+class RolesProtocolError(ProtocolError):
+    """Bytes between the multi-process run's director and a role process that are not
+    one of their messages."""
+
+
+class ChildLostError(BrokenError):
+    """A process of the multi-process run died, went silent or could not start: the run
+    ends with cause error, naming it."""

@@ -36,6 +36,7 @@ __all__ = [
     "Operator",
     "OperatorRole",
     "Service",
+    "TicketDesk",
     "TicketIssuer",
     "User",
     "UserRole",
@@ -95,6 +96,20 @@ class CounterAssigner(Protocol):
 
     def assign_counters(self) -> tuple[int, ...]:
         """The service of each counter for the next day."""
+        ...
+
+
+class TicketDesk(Protocol):
+    """What the engine needs of the ticket issuer."""
+
+    @property
+    def issued(self) -> int:
+        """Tickets issued so far, by the issuer's own count."""
+        ...
+
+    def issue_block(self, count: int) -> int:
+        """Issue `count` tickets at once (count > 0): the first of them; the others follow
+        it one by one."""
         ...
 
 
@@ -171,6 +186,15 @@ class TicketIssuer:
         self.issued += 1
         return self.issued
 
+    def issue_block(self, count: int) -> int:
+        """Issue `count` tickets at once: the first; the others follow it. Raises
+        ValueError for a count under 1."""
+        if count < 1:
+            raise ValueError(f"cannot issue {count} tickets")
+        first = self.issued + 1
+        self.issued += count
+        return first
+
     def __repr__(self) -> str:
         return f"<TicketIssuer issued={self.issued}>"
 
@@ -215,13 +239,14 @@ class User:
 class Operator:
     """A worker with one skill for the run and at most `pauses` breaks over it."""
 
-    __slots__ = ("_rng", "ident", "pauses_left", "skill")
+    __slots__ = ("_before_draw", "_rng", "ident", "pauses_left", "skill")
 
     def __init__(self, *, seed: int, ident: int, pauses: int) -> None:
         self.ident = ident
         self._rng = role_stream(seed, "operator", ident)
         self.skill = self._rng.randrange(len(SERVICES))
         self.pauses_left = pauses
+        self._before_draw: tuple[object, ...] | None = None
 
     def plan_day(self) -> int | None:
         """The minute a break falls due today, or None: with breaks left, one is planned
@@ -243,6 +268,26 @@ class Operator:
         """How long serving one customer of `service` takes this time, in minutes."""
         low, high = _BOUNDS[service]
         return self._rng.randint(low, high)
+
+    def draw_ahead(self) -> int:
+        """Draw the next customer's service time (of its skill) before the customer comes,
+        remembering the stream as it was, so that `give_back` can undo the draw if no
+        customer comes today. Raises ValueError while an earlier draw is outstanding."""
+        if self._before_draw is not None:
+            raise ValueError(f"operator {self.ident} has a draw outstanding")
+        self._before_draw = self._rng.getstate()
+        return self.service_time(self.skill)
+
+    def draw_used(self) -> None:
+        """The draw made ahead went to a customer: it stays drawn."""
+        self._before_draw = None
+
+    def give_back(self) -> None:
+        """Undo an outstanding draw made ahead (none: nothing to do), so the stream goes
+        on exactly as if it had never been drawn."""
+        if self._before_draw is not None:
+            self._rng.setstate(self._before_draw)
+            self._before_draw = None
 
     def __repr__(self) -> str:
         label = Service(self.skill).label

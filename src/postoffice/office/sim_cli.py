@@ -10,6 +10,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -28,6 +29,9 @@ from postoffice.office.runcontrol import controlled
 from postoffice.office.runlog import RunLog, list_runs, read_events, read_meta
 from postoffice.office.simconfig import SHIPPED, load_config, shipped_config
 from postoffice.office.tally import DayReport, Tally
+
+if TYPE_CHECKING:
+    from postoffice.office.procdriver import ProcessDriver
 
 __all__ = ["office"]
 
@@ -82,6 +86,20 @@ office.add_command(add_users)
 )
 @click.option("--in-process", is_flag=True, help="Run every role in this process.")
 @click.option(
+    "--users-per-process",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
+    show_default=True,
+    help="Users each user process runs (without --in-process).",
+)
+@click.option(
+    "--operators-per-process",
+    type=click.IntRange(1, 100_000),
+    default=1,
+    show_default=True,
+    help="Operators each operator process runs (without --in-process).",
+)
+@click.option(
     "--csv",
     "csv_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -94,6 +112,8 @@ def run_command(
     config_path: str,
     seed: int | None,
     in_process: bool,
+    users_per_process: int,
+    operators_per_process: int,
     csv_dir: Path | None,
     as_json: bool,
     data_dir: Path | None,
@@ -107,6 +127,11 @@ def run_command(
     EXPLODE_THRESHOLD and N_NEW_USERS at once. `postoffice office status|add-users` and
     `postoffice dashboard` talk to the run over <data-dir>/run/office.sock.
     Exit status 0, or 1 after an error ending.
+
+    Without --in-process the ticket issuer, the operators, the users manager and the
+    users run as processes of their own (K users, and K operators, to a process),
+    talking to this one over a private bus server; any of them dying ends the run with
+    cause error, and every process and shared-memory file of the run goes at its end.
     """
     path = Path(config_path)
     if not path.exists() and config_path in SHIPPED:
@@ -116,14 +141,23 @@ def run_command(
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc
     if not in_process:
-        raise click.ClickException("the multi-process mode is not built yet: run with --in-process")
+        try:
+            # The run's processes talk over the bus, which needs its C extension.
+            from postoffice.office.procs import check_processes
+
+            check_processes(config, config.nof_users, users_per_process, operators_per_process)
+        except (PostOfficeError, ImportError) as exc:
+            raise click.ClickException(
+                f"{exc}"
+                + ("; --in-process runs without it" if isinstance(exc, ImportError) else "")
+            ) from exc
     chosen = seed if seed is not None else secrets.randbelow(2**32)
     console = _console()
     meta: dict[str, object] = {
         "seed": chosen,
         "config_path": str(path),
         "config": config.as_ini(),
-        "mode": "in-process",
+        "mode": "in-process" if in_process else "multi-process",
     }
     try:
         log = RunLog.create(_data_dir(data_dir), seed=chosen, meta=meta)
@@ -161,7 +195,20 @@ def run_command(
         else:
             print_day(console, report)
 
-    driver = Driver(config, seed=chosen, on_day=on_day, on_events=view.apply)
+    driver: Driver | ProcessDriver
+    if in_process:
+        driver = Driver(config, seed=chosen, on_day=on_day, on_events=view.apply)
+    else:
+        from postoffice.office.procdriver import ProcessDriver
+
+        driver = ProcessDriver(
+            config,
+            seed=chosen,
+            on_day=on_day,
+            users_per_process=users_per_process,
+            operators_per_process=operators_per_process,
+            on_events=view.apply,
+        )
 
     async def main(stop: asyncio.Event) -> Outcome:
         loop = asyncio.get_running_loop()
