@@ -7,7 +7,10 @@ this file therefore imports the bus only inside its fixtures.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +19,18 @@ if TYPE_CHECKING:
     from tests.bus.rig import Rig
 
 MakeRig = Callable[..., "Rig"]
+
+
+@pytest.fixture(autouse=True)
+def shm_directories_removed() -> Iterator[None]:
+    """The /dev/shm directories a test made go when it ends (a test that checks a server
+    left no files behind checks before this runs)."""
+    yield
+    # Only a test that imported the rig (and so the bus) can have made one.
+    rig = sys.modules.get("tests.bus.rig")
+    made: list[Path] = getattr(rig, "MADE", [])
+    while made:
+        shutil.rmtree(made.pop(), ignore_errors=True)
 
 
 @pytest.fixture

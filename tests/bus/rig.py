@@ -24,11 +24,17 @@ from postoffice.bus import (
 
 SHM = Path("/dev/shm")
 
+#: Every directory shm_directory made; the `shm_directories_removed` fixture (autouse,
+#: tests/bus/fixtures.py) removes them after each test, however the test ended.
+MADE: list[Path] = []
+
 
 def shm_directory() -> Path:
     """A fresh directory on the tmpfs (falls back to the temp dir off Linux tmpfs)."""
     base = SHM if SHM.is_dir() and os.access(SHM, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="po-bus-test-", dir=base))
+    made = Path(tempfile.mkdtemp(prefix="po-bus-test-", dir=base))
+    MADE.append(made)
+    return made
 
 
 @dataclass
