@@ -55,10 +55,12 @@ class DashboardApp(App[None]):
     #middle { height: 1fr; }
     #left { width: 46; }
     #right { width: 1fr; }
-    DataTable { height: auto; max-height: 16; }
-    #counters { max-height: 14; }
-    #days { max-height: 8; }
-    Sparkline { height: 2; margin: 0 1; }
+    DataTable { height: auto; max-height: 16; border: round $primary-darken-1; }
+    DataTable:focus { border: round $primary; }
+    #counters { max-height: 16; }
+    #days { max-height: 10; }
+    #plots { height: auto; border: round $primary-darken-1; }
+    Sparkline { height: 3; margin: 0 1; }
     .caption { padding: 0 1; color: $text-muted; }
     #ending { padding: 0 1; text-style: bold; }
     #note { padding: 0 1; color: $warning; }
@@ -88,10 +90,11 @@ class DashboardApp(App[None]):
             with Vertical(id="right"):
                 yield DataTable(id="services", cursor_type="none")
                 yield DataTable(id="days", cursor_type="none")
-                yield Static("users served per day", classes="caption")
-                yield Sparkline([], id="served-plot")
-                yield Static("average wait per day (minutes)", classes="caption")
-                yield Sparkline([], id="wait-plot")
+                with Vertical(id="plots"):
+                    yield Static("users served per day", classes="caption")
+                    yield Sparkline([], id="served-plot")
+                    yield Static("average wait per day (minutes)", classes="caption")
+                    yield Sparkline([], id="wait-plot")
         yield Static("", id="ending")
         yield Static("", id="note")
         yield Footer()
@@ -107,6 +110,14 @@ class DashboardApp(App[None]):
         self.query_one("#days", DataTable).add_columns(
             "day", "served", "provided", "not provided", "avg wait", "avg service", "left waiting"
         )
+        for selector, title in (
+            ("#queues", "queues"),
+            ("#counters", "counters"),
+            ("#services", "services of postoffice up"),
+            ("#days", "days, the latest first"),
+            ("#plots", f"over the last {PLOT_DAYS} days at most"),
+        ):
+            self.query_one(selector).border_title = title
         self.set_interval(self.refresh_s, self.refresh_data)
         self.call_later(self.refresh_data)
 
