@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
 
 from postoffice.office.dashboard.app import DashboardApp
@@ -327,3 +329,16 @@ def test_the_live_source_reads_the_director_document_and_ready_files(tmp_path: P
     assert (rows["store"].state, rows["store"].note) == ("down", "its process is gone")
     assert (rows["command"].state, rows["command"].note) == ("down", "cannot listen on 6380")
     assert rows["bus"].state == "down"
+
+
+def test_the_dashboard_looks_as_recorded(snap_compare: Callable[..., bool]) -> None:
+    """The whole screen against its recorded SVG (pytest --snapshot-update records it
+    again after a deliberate change of the layout)."""
+
+    async def settle(pilot: Pilot[None]) -> None:
+        assert isinstance(pilot.app, DashboardApp)
+        await _settled(pilot.app, pilot)
+
+    assert snap_compare(
+        DashboardApp(_source(), refresh_s=60), terminal_size=SIZE, run_before=settle
+    )
