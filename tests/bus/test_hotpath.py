@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import time
@@ -329,3 +330,88 @@ class TestPublisherPublishMany:
         # Four never-published slots go first; the fifth payload takes the old message's.
         assert plain.publish_many([b"p%d" % n for n in range(5)]) == 5
         assert retiring.retired() == [(message.slot, 1)]
+
+
+class TestBatchedRead:
+    def test_a_gap_inside_a_batch_is_counted_as_a_drop(self, rig: Rig) -> None:
+        publisher = rig.publisher()
+        reader = rig.subscriber(max_active=3)
+        holder = rig.subscriber()
+        for n in range(1, 9):
+            publisher.publish_bytes(b"m%d" % n)
+        first = reader.read()
+        assert first is not None
+        first.release()
+        for _ in range(2):
+            held = holder.read()
+            assert held is not None
+        # The holder keeps message 2; 9 and 10 reuse the oldest free slots: 1's and 3's.
+        publisher.publish_bytes(b"m9")
+        publisher.publish_bytes(b"m10")
+        messages = reader.read_all()
+        assert [(m.ordinal, bytes(m.data)) for m in messages] == [
+            (2, b"m2"),
+            (4, b"m4"),
+            (5, b"m5"),
+        ]
+        assert reader.drops == 1
+        assert reader.last_ordinal == 5
+
+    def test_an_activation_inside_a_batch_is_passed_over(self, rig: Rig) -> None:
+        publisher = rig.publisher()
+        joining = rig.publisher()
+        subscriber = rig.subscriber(max_active=4)
+        publisher.publish_bytes(b"a")
+        assert joining.activate() == 2
+        publisher.publish_bytes(b"b")
+        messages = subscriber.read_all()
+        assert [(m.ordinal, bytes(m.data)) for m in messages] == [(1, b"a"), (3, b"b")]
+        assert subscriber.drops == 0
+        assert subscriber.held == 2
+
+    def test_messages_of_a_batch_dropped_unreleased_let_their_slots_go(self, rig: Rig) -> None:
+        publisher = rig.publisher()
+        subscriber = rig.subscriber(max_active=4)
+        publisher.publish_many([b"1", b"2", b"3"])
+        messages = subscriber.read_all()
+        slots = [m.slot for m in messages]
+        assert all(rig.channel.slot_words(slot)[1] for slot in slots)
+        del messages
+        gc.collect()
+        assert [rig.channel.slot_words(slot)[1] for slot in slots] == [0, 0, 0]
+        assert subscriber.held == 0
+
+    def test_release_all_releases_every_view_made_or_not(self, rig: Rig) -> None:
+        publisher = rig.publisher()
+        subscriber = rig.subscriber(max_active=4)
+        publisher.publish_many([b"seen", b"unseen"])
+        seen, unseen = subscriber.read_all()
+        data = seen.data
+        assert bytes(data) == b"seen"
+        subscriber.release_all()
+        assert seen.released
+        assert unseen.released
+        for view in (data, unseen.data, unseen.metadata):
+            with pytest.raises(ValueError, match="released"):
+                bytes(view)
+        assert [rig.channel.slot_words(m.slot)[1] for m in (seen, unseen)] == [0, 0]
+
+    def test_a_read_finds_the_next_message_wherever_the_publishers_put_it(
+        self, make_rig: MakeRig
+    ) -> None:
+        """The look at the slot after the last one read is only a shortcut."""
+        rig = make_rig(num_slots=4)
+        publisher = rig.publisher(reliable=True)
+        subscriber = rig.subscriber(reliable=True, max_active=1)
+        seen = []
+        for n in range(10):
+            assert publisher.publish_bytes(b"%d" % n) is not None
+            if n % 3 == 2:  # let some pile up, so slots are reused out of turn
+                while (message := subscriber.read()) is not None:
+                    seen.append(bytes(message.data))
+                    message.release()
+        while (message := subscriber.read()) is not None:
+            seen.append(bytes(message.data))
+            message.release()
+        assert seen == [b"%d" % n for n in range(10)]
+        assert subscriber.drops == 0
