@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
-from postoffice.bus import MessageSizeError, atomics, memory, retirement
+from postoffice.bus import MessageSizeError, Triggers, atomics, memory, new_eventfd, retirement
 from tests.bus.fixtures import MakeRig
 from tests.bus.rig import Rig
 
@@ -415,3 +415,20 @@ class TestBatchedRead:
             message.release()
         assert seen == [b"%d" % n for n in range(10)]
         assert subscriber.drops == 0
+
+
+def test_a_wake_up_serves_every_waiting_bit_it_knows_lowest_and_highest(rig: Rig) -> None:
+    triggers = Triggers(rig.channel.ccb)
+    fds = {user: new_eventfd() for user in (0, 5, 63)}
+    try:
+        for user, fd in fds.items():
+            triggers.set_subscriber(user, fd)
+        waiting = 1 | 1 << 63 | 1 << 40  # 40: a subscriber this process cannot wake
+        atomics.store_release_u64(rig.channel.ccb, memory.CCB_SUBSCRIBERS_WAITING, waiting)
+        assert triggers.wake_subscribers() == 2
+        ready = select.select(list(fds.values()), [], [], 0)[0]
+        assert sorted(ready) == sorted([fds[0], fds[63]])
+        assert atomics.load_acquire_u64(rig.channel.ccb, memory.CCB_SUBSCRIBERS_WAITING) == 1 << 40
+    finally:
+        for fd in fds.values():
+            os.close(fd)
