@@ -201,8 +201,8 @@ class TestTakeAndRelease:
         buf = block()
         for slot, size in [(1, 3), (2, 4)]:
             atomics.commit(buf, claim(buf, slot), size, 0, 0, 0, NO_VCHAN_WORD, -1, P, 0, -1)
-        status, batch = atomics.take(buf, S, 4, P, 0, 5, False, 9, -1, 0, -1)
-        assert status == atomics.SCAN_NONE
+        status, batch, uniform = atomics.take(buf, S, 4, P, 0, 5, False, 9, -1, 0, -1)
+        assert (status, uniform) == (atomics.SCAN_NONE, 0)
         assert [(m[0], m[1], m[2], m[5], m[6]) for m in batch] == [
             (1, 1, 3, 0, -1),
             (2, 2, 4, 0, -1),
@@ -214,9 +214,31 @@ class TestTakeAndRelease:
         for slot in (3, 0):
             atomics.commit(buf, claim(buf, slot), 1, 0, 0, 0, NO_VCHAN_WORD, -1, P, 0, -1)
         for hint in (-1, 0, 1, 3):
-            status, batch = atomics.take(buf, S, 4, P, 0, 0, False, 1, -1, 0, hint)
+            status, batch, _ = atomics.take(buf, S, 4, P, 0, 0, False, 1, -1, 0, hint)
             assert (status, [m[:2] for m in batch]) == (atomics.SCAN_FOUND, [(3, 1)])
             atomics.release_slots(buf, S, 4, 0, [3])
+
+    @pytest.mark.parametrize(
+        ("second", "uniform"),
+        [
+            ((2, 0, 0), 0),  # the next ordinal, the same buffer, no flags: alike
+            ((3, 0, 0), -1),  # a gap
+            ((2, 1, 0), -1),  # another buffer
+            ((2, 0, memory.SLOT_FLAG_CHECKSUM), -1),
+            ((2, 0, memory.SLOT_FLAG_ACTIVATION), -1),
+        ],
+    )
+    def test_take_says_whether_a_batch_is_alike(
+        self, second: tuple[int, int, int], uniform: int
+    ) -> None:
+        buf = block()
+        for slot, (seq, buffer_index, slot_flags) in enumerate([(1, 0, 0), second]):
+            line = memory.slot_offset(slot)
+            memory.SLOT_FIELDS.pack_into(buf, line + memory.SLOT_SIZE, 1, 0, 0, buffer_index,
+                                         -1, 0, slot_flags, 0)  # fmt: skip
+            atomics.store_release_u64(buf, line + memory.SLOT_SEQ, seq)
+        _, batch, found = atomics.take(buf, S, 4, P, 0, 0, False, 9, -1, 0, 0)
+        assert ([m[1] for m in batch], found) == ([1, second[0]], uniform)
 
     def test_release_slots_lets_go_and_names_the_ones_asking_for_retirement(self) -> None:
         buf = block()
@@ -376,6 +398,25 @@ class TestBatchedRead:
         messages = subscriber.read_all()
         slots = [m.slot for m in messages]
         assert all(rig.channel.slot_words(slot)[1] for slot in slots)
+        del messages
+        gc.collect()
+        assert [rig.channel.slot_words(slot)[1] for slot in slots] == [0, 0, 0]
+        assert subscriber.held == 0
+
+    def test_a_batch_of_alike_messages_is_read_whole_and_let_go_when_garbage(
+        self, rig: Rig
+    ) -> None:
+        publisher = rig.publisher()
+        subscriber = rig.subscriber(max_active=4)
+        publisher.publish_bytes(b"first")
+        assert [bytes(m.data) for m in subscriber.read_all()] == [b"first"]
+        publisher.publish_many([b"a", b"bb", b"ccc"])
+        messages = subscriber.read_all()
+        assert [(m.ordinal, m.size, bytes(m.data), m.activation) for m in messages] == [
+            (2, 1, b"a", False), (3, 2, b"bb", False), (4, 3, b"ccc", False),
+        ]  # fmt: skip
+        assert (subscriber.received, subscriber.last_ordinal, subscriber.held) == (4, 4, 3)
+        slots = [m.slot for m in messages]
         del messages
         gc.collect()
         assert [rig.channel.slot_words(slot)[1] for slot in slots] == [0, 0, 0]

@@ -23,6 +23,8 @@
 #define SLOT_BUFFER_VCHAN 40 /* buffer index u32, then vchan id i32: one word */
 #define SLOT_VCHAN_ORDINAL 48
 #define SLOT_FLAGS 56 /* flags u32, then checksum u32: one word */
+#define SLOT_FLAG_CHECKSUM 1
+#define SLOT_FLAG_ACTIVATION 2
 #define SLOT_FLAG_RETIRE 4
 #define RETIRE_PUBLISHER_SHIFT 8
 #define RETIRE_TAG_SHIFT 16
@@ -942,13 +944,47 @@ static PyObject *py_publish_many(PyObject *self, PyObject *const *args, Py_ssize
                          (unsigned long long)ordinal);
 }
 
+/* A held message's fields as take returns them (built directly: a format string
+ * parsed per message cost a third of the call). */
+static PyObject *fields_tuple(Py_ssize_t slot, uint64_t ordinal, uint32_t size,
+                              uint32_t meta_size, uint64_t stamp, uint32_t index,
+                              int32_t vchan_id, uint64_t vchan_ordinal, uint32_t flags,
+                              uint32_t checksum) {
+    PyObject *item = PyTuple_New(10);
+    if (item == NULL) return NULL;
+    PyObject *values[10] = {
+        PyLong_FromSsize_t(slot),
+        PyLong_FromUnsignedLongLong(ordinal),
+        PyLong_FromUnsignedLong(size),
+        PyLong_FromUnsignedLong(meta_size),
+        PyLong_FromUnsignedLongLong(stamp),
+        PyLong_FromUnsignedLong(index),
+        PyLong_FromLong(vchan_id),
+        PyLong_FromUnsignedLongLong(vchan_ordinal),
+        PyLong_FromUnsignedLong(flags),
+        PyLong_FromUnsignedLong(checksum),
+    };
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < 10; i++) {
+        if (values[i] == NULL) failed = 1;
+        PyTuple_SET_ITEM(item, i, values[i]); /* a NULL item is fine for Py_DECREF */
+    }
+    if (failed) {
+        Py_DECREF(item);
+        return NULL;
+    }
+    return item;
+}
+
 /* take(buffer, slots, num_slots, pending, last, subscriber, reliable, max_count, vchan,
  *      vchan_of, hint) -> (status, [(slot, ordinal, size, meta_size, timestamp,
- *      buffer_index, vchan_id, vchan_ordinal, flags, checksum), ...]).
+ *      buffer_index, vchan_id, vchan_ordinal, flags, checksum), ...], uniform).
  * collect, with each message's slot fields read under its hold (where they are stable),
  * so that a read needs no other call: up to max_count messages after `last`, held, in
  * order. `hint` is the slot to look at first (-1: none); later ones look after the slot
- * before. */
+ * before. `uniform` is the buffer index of every message when they all are in one
+ * buffer, in consecutive ordinals, and none carries a checksum or is an activation
+ * (so the caller may wrap them all alike), else -1. */
 static PyObject *py_take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t slots, num_slots, pending, user, reliable, max_count, vchan, vchan_of, hint;
     unsigned long long last;
@@ -979,6 +1015,7 @@ static PyObject *py_take(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     int status = SCAN_NONE;
     uint64_t after = (uint64_t)last;
+    int64_t uniform = -1;
     for (Py_ssize_t n = 0; n < max_count; n++) {
         found_t found;
         status = next_message(base, slots, num_slots, &scope, after, bit, (int)reliable,
@@ -996,10 +1033,15 @@ static PyObject *py_take(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         memcpy(&vchan_ordinal, slot + SLOT_VCHAN_ORDINAL, 8);
         memcpy(&flags, slot + SLOT_FLAGS, 4);
         memcpy(&checksum, slot + SLOT_FLAGS + 4, 4);
-        PyObject *item = Py_BuildValue("(nKIIKIiKII)", found.slot,
-                                       (unsigned long long)found.ordinal, size, meta_size,
-                                       (unsigned long long)stamp, index, vchan_id,
-                                       (unsigned long long)vchan_ordinal, flags, checksum);
+        if (flags & (SLOT_FLAG_CHECKSUM | SLOT_FLAG_ACTIVATION)) {
+            uniform = -1;
+        } else if (n == 0) {
+            uniform = index;
+        } else if (uniform != (int64_t)index || found.ordinal != after + 1) {
+            uniform = -1; /* and -1 from here on: no index is -1 */
+        }
+        PyObject *item = fields_tuple(found.slot, found.ordinal, size, meta_size, stamp, index,
+                                      vchan_id, vchan_ordinal, flags, checksum);
         if (item == NULL || PyList_Append(batch, item) < 0) {
             /* Give the holds back: the caller never learns of them. */
             Py_XDECREF(item);
@@ -1021,7 +1063,7 @@ static PyObject *py_take(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         hint = (found.slot + 1) % num_slots;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(iN)", status, batch);
+    return Py_BuildValue("(iNL)", status, batch, (long long)uniform);
 }
 
 /* release_slots(buffer, slots, num_slots, subscriber, indexes) -> (waiting, retiring).

@@ -7,9 +7,11 @@ publisher from reusing its slot. The ordering argument is in docs/design/bus-mem
 
 from __future__ import annotations
 
+import operator
 import time
 import weakref
 from collections.abc import Callable
+from itertools import repeat
 from typing import Final, final
 
 from postoffice.bus import memory
@@ -35,6 +37,7 @@ _SLOTS: Final = memory.CCB_SLOTS
 _CHECKSUM: Final = memory.SLOT_FLAG_CHECKSUM
 _ACTIVATION: Final = memory.SLOT_FLAG_ACTIVATION
 _SPECIAL: Final = _CHECKSUM | _ACTIVATION
+_slot_of: Final = operator.itemgetter(0)
 
 #: A held message's slot fields, as `atomics.take` gives them: slot, ordinal, size,
 #: metadata size, timestamp, buffer index, vchan id, vchan ordinal, flags, checksum.
@@ -58,39 +61,65 @@ class Message:
     past that, since the slot is then reused. Both views are made on first use (a
     message whose payload is never looked at costs no view)."""
 
+    # The fields stay the tuple the read got from C: making a Message costs five stores,
+    # and each field is read through a property only when asked for.
     __slots__ = (
         "__weakref__",
         "_data",
+        "_fields",
         "_mapped",
-        "_meta_size",
         "_metadata",
         "_subscriber",
-        "activation",
-        "buffer_index",
-        "ordinal",
         "released",
-        "size",
-        "slot",
-        "timestamp_ns",
-        "vchan_id",
-        "vchan_ordinal",
     )
 
     def __init__(self, subscriber: Subscriber, mapped: MappedBuffer, fields: _Fields) -> None:
         self._subscriber = subscriber
         self._mapped = mapped
+        self._fields = fields
         self._data: memoryview | None = None
         self._metadata: memoryview | None = None
-        flags: int
-        (
-            self.slot, self.ordinal, self.size, self._meta_size, self.timestamp_ns,
-            self.buffer_index, self.vchan_id, self.vchan_ordinal, flags, _,
-        ) = fields  # fmt: skip
-        #: An activation message: a publisher joined (no payload). `vchan_id` is the
-        #: message's virtual channel (NO_VCHAN: none) and `vchan_ordinal` its ordinal
-        #: there; for a subscriber of that vchan, `ordinal` is this one.
-        self.activation = bool(flags & _ACTIVATION)
         self.released = False
+
+    @property
+    def slot(self) -> int:
+        """The slot holding the message."""
+        return self._fields[0]
+
+    @property
+    def ordinal(self) -> int:
+        """The message's ordinal (its vchan ordinal for a subscriber of one vchan)."""
+        return self._fields[1]
+
+    @property
+    def size(self) -> int:
+        """The payload's length in bytes."""
+        return self._fields[2]
+
+    @property
+    def timestamp_ns(self) -> int:
+        """When it was published: CLOCK_MONOTONIC, in ns (what `find` looks for)."""
+        return self._fields[4]
+
+    @property
+    def buffer_index(self) -> int:
+        """The channel buffer holding the payload."""
+        return self._fields[5]
+
+    @property
+    def vchan_id(self) -> int:
+        """The message's virtual channel (NO_VCHAN: none)."""
+        return self._fields[6]
+
+    @property
+    def vchan_ordinal(self) -> int:
+        """The message's ordinal on its virtual channel (0: none)."""
+        return self._fields[7]
+
+    @property
+    def activation(self) -> bool:
+        """Whether it is an activation message: a publisher joined (no payload)."""
+        return bool(self._fields[8] & _ACTIVATION)
 
     @property
     def data(self) -> memoryview:
@@ -100,8 +129,9 @@ class Message:
             if self.released:
                 view = _released_view()
             else:
-                start = self.slot * self._mapped.slot_size
-                view = self._mapped.readonly[start : start + self.size]
+                fields = self._fields
+                start = fields[0] * self._mapped.slot_size
+                view = self._mapped.readonly[start : start + fields[2]]
             self._data = view
         return view
 
@@ -114,7 +144,8 @@ class Message:
                 view = _released_view()
             else:
                 channel = self._subscriber.channel
-                view = channel.metadata(self.slot, min(self._meta_size, channel.metadata_bytes))
+                size = min(self._fields[3], channel.metadata_bytes)
+                view = channel.metadata(self._fields[0], size)
             self._metadata = view
         return view
 
@@ -262,11 +293,11 @@ class Subscriber:
                     return None
                 message = self._wrap(self._fields(slot, ordinal), skipping=True)
             else:
-                batch = self._take(1)
+                batch = self._take(1)[0]
                 if not batch and self._moved():
-                    batch = self._take(1)
+                    batch = self._take(1)[0]
                 if not batch and self._ask_to_be_woken():
-                    batch = self._take(1)
+                    batch = self._take(1)[0]
                 if not batch:
                     return None
                 message = self._wrap(batch[0])
@@ -304,13 +335,15 @@ class Subscriber:
             *_unpack_fields(self._ccb, memory.slot_offset(slot) + memory.SLOT_SIZE),
         )
 
-    def _take(self, count: int) -> list[_Fields]:
-        """Up to `count` messages after the last one read, held, with their fields."""
-        return _take(
+    def _take(self, count: int) -> tuple[list[_Fields], int]:
+        """Up to `count` messages after the last one read, held, with their fields, and
+        their buffer if they are alike (`atomics.take`'s `uniform`)."""
+        _, batch, uniform = _take(
             self._ccb, _SLOTS, self._num_slots, self._pending, self.last_ordinal,
             self.subscriber_id, self.reliable, count, self._vchan,
             memory.CCB_PUBLISHER_VCHANS, self._hint,
-        )[1]  # fmt: skip
+        )  # fmt: skip
+        return batch, uniform
 
     def _scan(self) -> int:
         """Whether a message is ready (a look, no hold): the scan's status."""
@@ -324,45 +357,40 @@ class Subscriber:
         read, in order, up to max_active_messages of them (one call into C)."""
         self._check_open()
         self.release_all()
-        batch = self._take(self.max_active_messages)
+        batch, uniform = self._take(self.max_active_messages)
+        if uniform >= 0 and self._started and batch[0][1] == self.last_ordinal + 1:
+            return self._wrap_alike(batch, uniform)
         messages: list[Message] = []
-        # The common message (the next ordinal, in the buffer of the one before, with no
-        # checksum or activation to look at) is wrapped inline; any other by _wrap,
-        # which also counts drops and moves the read position.
-        held, hold, collected = self._held, weakref.ref, self._collected
-        last, index, mapped = self.last_ordinal, -1, None
         try:
             for position, fields in enumerate(batch):
-                ordinal = fields[1]
-                if (
-                    mapped is None
-                    or ordinal != last + 1
-                    or fields[5] != index
-                    or fields[8] & _SPECIAL
-                ):
-                    self.last_ordinal = last
-                    try:
-                        message = self._wrap(fields)
-                    except BaseException:
-                        self._let_go_all([later[0] for later in batch[position + 1 :]])
-                        raise
-                    last = self.last_ordinal
-                    if message is None:
-                        continue
-                    index, mapped = message.buffer_index, message._mapped
-                else:
-                    message = Message(self, mapped, fields)
-                    held[fields[0]] = hold(message, collected)
-                    self.received += 1
-                    last = ordinal
-                messages.append(message)
+                try:
+                    message = self._wrap(fields)
+                except BaseException:
+                    self._let_go_all([later[0] for later in batch[position + 1 :]])
+                    raise
+                if message is not None:
+                    messages.append(message)
         except BaseException:
             for message in messages:
                 message.release()
             raise
-        if batch:
-            self.last_ordinal = last
-            self._hint = (batch[-1][0] + 1) % self._num_slots
+        return messages
+
+    def _wrap_alike(self, batch: list[_Fields], index: int) -> list[Message]:
+        """Wrap the common batch: the next ordinals, all in buffer `index`, with no
+        checksum or activation to look at and no drop to count. Wrapped in C's loops
+        (map): a Python loop per message cost as much as the rest of the read."""
+        try:
+            mapped = self.channel.buffer(index)
+        except BaseException:
+            self._let_go_all([fields[0] for fields in batch])
+            raise
+        messages = list(map(Message, repeat(self), repeat(mapped), batch))
+        refs = map(weakref.ref, messages, repeat(self._collected))
+        self._held.update(zip(map(_slot_of, batch), refs, strict=True))
+        self.received += len(messages)
+        self.last_ordinal = batch[-1][1]
+        self._hint = (batch[-1][0] + 1) % self._num_slots
         return messages
 
     def find(self, timestamp_ns: int) -> Message | None:
@@ -477,7 +505,9 @@ class Subscriber:
             for ref in held.values():
                 message = ref()
                 if message is not None and not message.released:
-                    message._forget()
+                    message.released = True
+                    if message._data is not None or message._metadata is not None:
+                        message._forget()
         finally:
             self._let_go_all(list(held))
 
