@@ -180,12 +180,17 @@ class TestPublishMany:
         assert load(buf, memory.slot_offset(0)) == BUSY | 4
         assert data == bytearray(8)
 
-    def test_it_returns_after_a_publish_that_finds_a_subscriber_waiting(self) -> None:
+    def test_it_reports_a_waiting_subscriber_once_after_the_batch(self) -> None:
         buf, data = block(), bytearray(4 * 8)
         atomics.store_release_u64(buf, memory.CCB_SUBSCRIBERS_WAITING, 0b1000)
         assert atomics.publish_many(buf, 4, BUSY, False, data, 8, 0, [b"1", b"2"], 0) == (
-            1, -1, 0b1000, 1,
+            2, -1, 0b1000, 2,
         )  # fmt: skip
+
+    def test_with_nothing_published_it_reports_no_waiting_subscriber(self) -> None:
+        buf, data = block(), bytearray(4 * 8)
+        atomics.store_release_u64(buf, memory.CCB_SUBSCRIBERS_WAITING, 0b1000)
+        assert atomics.publish_many(buf, 4, BUSY, False, data, 8, 0, [b""], 0) == (0, -1, 0, 0)
 
     def test_payloads_must_be_a_list_or_a_tuple(self) -> None:
         with pytest.raises(TypeError, match=r"^payloads must be a list or a tuple, got set$"):

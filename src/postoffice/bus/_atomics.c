@@ -857,10 +857,10 @@ static PyObject *py_commit(PyObject *self, PyObject *const *args, Py_ssize_t nar
  * checksum and no retirement. Stops before a payload it cannot take whole (not 1 to
  * slot_size bytes: the caller's slower path grows the channel or refuses it), when no
  * slot is free (claimed -1), when a claimed slot still carries a retirement request
- * (claimed: that slot, claimed and not yet written, for the caller to report and fill),
- * and after a publish that finds a subscriber waiting (its waiting mask, for the caller
- * to wake before it goes on). `next` is the index of the first payload not published,
- * `ordinal` the last one published (0: none). */
+ * (claimed: that slot, claimed and not yet written, for the caller to report and fill).
+ * `next` is the index of the first payload not published, `ordinal` the last one
+ * published (0: none), `waiting` the subscribers' waiting mask loaded after it (the
+ * caller wakes them when it is not 0: once per batch, not once per message). */
 static PyObject *py_publish_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t num_slots, reliable, slot_size, buffer_index, start;
     unsigned long long owner;
@@ -908,7 +908,7 @@ static PyObject *py_publish_many(PyObject *self, PyObject *const *args, Py_ssize
                   CCB_PENDING + publisher * 8, 0, -1};
     Py_ssize_t claimed = -1, next = start < 0 ? 0 : start;
     uint64_t waiting = 0, ordinal = 0;
-    for (; next < PySequence_Fast_GET_SIZE(payloads) && waiting == 0; next++) {
+    for (; next < PySequence_Fast_GET_SIZE(payloads); next++) {
         Py_buffer data;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(payloads, next), &data,
                                PyBUF_SIMPLE) < 0) {
@@ -936,8 +936,9 @@ static PyObject *py_publish_many(PyObject *self, PyObject *const *args, Py_ssize
         PyBuffer_Release(&data);
         uint64_t vchan_ordinal;
         ordinal = commit_slot(base, &c, &vchan_ordinal);
-        waiting = load(base, CCB_SUBSCRIBERS_WAITING);
     }
+    /* After the last publish: the wake-up argument needs the load after the progress. */
+    if (ordinal != 0) waiting = load(base, CCB_SUBSCRIBERS_WAITING);
     PyBuffer_Release(&buffer);
     PyBuffer_Release(&ccb);
     return Py_BuildValue("(nnKK)", next, claimed, (unsigned long long)waiting,

@@ -313,8 +313,9 @@ class Publisher:
     def publish_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int:
         """Publish each payload in turn, as `publish_bytes` without metadata would: how
         many were published from the start. Fewer than all only when a reliable
-        publisher runs out of slots: `wait()`, then publish the rest. A subscriber that
-        waits is woken after the message it waits for, not at the end of the batch.
+        publisher runs out of slots: `wait()`, then publish the rest. Subscribers that
+        wait are woken once the batch is published (or stops), not once per message, so
+        that a reader faster than the publisher does not sleep and wake for each.
         Raises as publish_bytes does, for the first payload it cannot publish (those
         before it are published)."""
         items = payloads if isinstance(payloads, list | tuple) else list(payloads)
