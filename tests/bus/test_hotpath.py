@@ -151,6 +151,17 @@ class TestPublishMany:
         assert bytes(data[:10]) == b"a" + bytes(7) + b"bb"
         assert [fields(buf, i)[0] for i in range(3)] == [1, 2, 1]
 
+    def test_it_takes_the_oldest_claimable_slots_first(self) -> None:
+        buf, data = block(), bytearray(4 * 8)
+        for slot, seq in enumerate([4, 2, 3, 1]):
+            atomics.store_release_u64(buf, memory.slot_offset(slot), seq)
+        atomics.store_release_u64(buf, memory.CCB_NEXT_ORDINAL, 4)
+        atomics.store_release_u64(buf, memory.slot_offset(1) + memory.SLOT_HOLDERS, 1)
+        assert atomics.publish_many(buf, 4, BUSY, False, data, 8, 0, [b"5", b"6", b"7"], 0)[0] == 3
+        # Slot 1 (ordinal 2) is held: 1, then 3, then 4 make way, in that order.
+        seqs = [load(buf, memory.slot_offset(i)) for i in range(4)]
+        assert seqs == [7, 2, 6, 5]
+
     def test_it_starts_at_the_index_given(self) -> None:
         buf, data = block(), bytearray(4 * 8)
         assert atomics.publish_many(buf, 4, BUSY, False, data, 8, 0, (b"x", b"y"), 1)[:2] == (2, -1)

@@ -850,11 +850,69 @@ static PyObject *py_commit(PyObject *self, PyObject *const *args, Py_ssize_t nar
                          (unsigned long long)vchan_ordinal, (unsigned long long)waiting);
 }
 
+/* The oldest claimable slots as one scan saw them, oldest first, for a batch to claim
+ * one after the other: one scan for up to MAX_CANDIDATES messages, not one each. */
+#define MAX_CANDIDATES 64
+typedef struct {
+    int count, next;
+    Py_ssize_t slot[MAX_CANDIDATES];
+    uint64_t seq[MAX_CANDIDATES];
+} candidates_t;
+
+/* Scan for the `want` (at most MAX_CANDIDATES) oldest slots claimable under
+ * unread_mask, as claim judges them; a slot is passed over on one load of seq when it is
+ * BUSY or not older than the youngest kept once `want` are kept. */
+static void find_candidates(char *base, Py_ssize_t num_slots, uint64_t unread_mask,
+                            candidates_t *found, Py_ssize_t want) {
+    int limit = want < MAX_CANDIDATES ? (int)want : MAX_CANDIDATES;
+    int count = 0;
+    for (Py_ssize_t i = 0; i < num_slots; i++) {
+        Py_ssize_t line = slot_at(CCB_SLOTS, i);
+        uint64_t seq = load(base, line + SLOT_SEQ);
+        if ((seq & BUSY_BIT) || (count == limit && seq >= found->seq[count - 1])) continue;
+        if (load(base, line + SLOT_HOLDERS) != 0) continue;
+        if (load(base, line + SLOT_UNREAD) & unread_mask) continue;
+        /* Insert in order of seq (after equals: never-published slots in index order). */
+        int at = count < limit ? count : limit - 1;
+        while (at > 0 && found->seq[at - 1] > seq) {
+            found->seq[at] = found->seq[at - 1];
+            found->slot[at] = found->slot[at - 1];
+            at--;
+        }
+        found->seq[at] = seq;
+        found->slot[at] = i;
+        if (count < limit) count++;
+    }
+    found->count = count;
+    found->next = 0;
+}
+
+/* Claim the next candidate still as the scan saw it, as claim does (CAS of seq from the
+ * value seen, then a look at holders); -1 when none is left. A slot whose seq moved was
+ * taken or republished, so its unread bits can only have been cleared since the scan. */
+static Py_ssize_t take_candidate(char *base, candidates_t *found, uint64_t owner) {
+    while (found->next < found->count) {
+        Py_ssize_t slot = found->slot[found->next];
+        uint64_t seq = found->seq[found->next];
+        found->next++;
+        Py_ssize_t line = slot_at(CCB_SLOTS, slot);
+        if (!cas(base, line + SLOT_SEQ, seq, owner)) continue;
+        if (load(base, line + SLOT_HOLDERS) != 0) {
+            store(base, line + SLOT_SEQ, seq); /* a subscriber got its hold in first */
+            continue;
+        }
+        return slot;
+    }
+    return -1;
+}
+
 /* publish_many(ccb, num_slots, owner, reliable, buffer, slot_size, buffer_index, payloads,
  *              start) -> (next, claimed, waiting, ordinal).
  * Publish payloads[start:] (a list or tuple of bytes-like objects), each copied into a
  * slot claimed as claim_slot does, as a plain publisher with no vchan, no metadata, no
- * checksum and no retirement. Stops before a payload it cannot take whole (not 1 to
+ * checksum and no retirement. The slots come from one scan per MAX_CANDIDATES messages
+ * (the oldest claimable then; a slot let go after that scan waits for the next one), and
+ * from claim when those are gone. Stops before a payload it cannot take whole (not 1 to
  * slot_size bytes: the caller's slower path grows the channel or refuses it), when no
  * slot is free (claimed -1), when a claimed slot still carries a retirement request
  * (claimed: that slot, claimed and not yet written, for the caller to report and fill).
@@ -908,6 +966,7 @@ static PyObject *py_publish_many(PyObject *self, PyObject *const *args, Py_ssize
                   CCB_PENDING + publisher * 8, 0, -1};
     Py_ssize_t claimed = -1, next = start < 0 ? 0 : start;
     uint64_t waiting = 0, ordinal = 0;
+    candidates_t ahead = {0, 0, {0}, {0}};
     for (; next < PySequence_Fast_GET_SIZE(payloads); next++) {
         Py_buffer data;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(payloads, next), &data,
@@ -920,7 +979,13 @@ static PyObject *py_publish_many(PyObject *self, PyObject *const *args, Py_ssize
             break;
         }
         uint64_t mask = reliable ? load(base, CCB_RELIABLE_SUBSCRIBERS) : 0;
-        Py_ssize_t slot = claim(base, CCB_SLOTS, num_slots, (uint64_t)owner, mask);
+        Py_ssize_t slot = take_candidate(base, &ahead, (uint64_t)owner);
+        if (slot < 0) {
+            Py_ssize_t left = PySequence_Fast_GET_SIZE(payloads) - next;
+            find_candidates(base, num_slots, mask, &ahead, left);
+            slot = take_candidate(base, &ahead, (uint64_t)owner);
+        }
+        if (slot < 0) slot = claim(base, CCB_SLOTS, num_slots, (uint64_t)owner, mask);
         if (slot < 0) {
             PyBuffer_Release(&data);
             break;
