@@ -438,6 +438,27 @@ class TestBatchedRead:
         assert [rig.channel.slot_words(slot)[1] for slot in slots] == [0, 0, 0]
         assert subscriber.held == 0
 
+    def test_the_garbage_of_a_batch_lets_go_of_exactly_its_slots(self, make_rig: MakeRig) -> None:
+        rig = make_rig(num_slots=80)
+        publisher = rig.publisher()
+        subscriber = rig.subscriber(max_active=64)
+        publisher.publish_bytes(b"start")
+        subscriber.read_all()
+        publisher.publish_many([b"%d" % n for n in range(64)])
+        messages = subscriber.read_all()
+        kept, dropped = messages[::2], messages[1::2]
+        dropped_slots = [m.slot for m in dropped]
+        del messages, dropped
+        gc.collect()
+        assert subscriber.held == 32
+        assert [rig.channel.slot_words(slot)[1] for slot in dropped_slots] == [0] * 32
+        kept[0].release()  # let go by hand: its reference is gone before any garbage
+        kept_slots = [m.slot for m in kept]
+        del kept
+        gc.collect()
+        assert subscriber.held == 0
+        assert [rig.channel.slot_words(slot)[1] for slot in kept_slots] == [0] * 32
+
     def test_release_all_releases_every_view_made_or_not(self, rig: Rig) -> None:
         publisher = rig.publisher()
         subscriber = rig.subscriber(max_active=4)

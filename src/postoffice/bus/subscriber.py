@@ -239,6 +239,10 @@ class Subscriber:
         #: Where the next message probably is: the slot after the last one read.
         self._hint = -1
         self._held: dict[int, weakref.ref[Message]] = {}
+        #: The slots of `_held` by their weak references' ids, made when a held Message
+        #: first becomes garbage (a dropped batch makes one callback per message) and
+        #: dropped whenever `_held` gains an entry.
+        self._slots_by_ref: dict[int, int] | None = None
         self._polled = False
         self.closed = False
         self.drops = 0
@@ -388,6 +392,7 @@ class Subscriber:
         messages = list(map(Message, repeat(self), repeat(mapped), batch))
         refs = map(weakref.ref, messages, repeat(self._collected))
         self._held.update(zip(map(_slot_of, batch), refs, strict=True))
+        self._slots_by_ref = None
         self.received += len(messages)
         self.last_ordinal = batch[-1][1]
         self._hint = (batch[-1][0] + 1) % self._num_slots
@@ -446,16 +451,21 @@ class Subscriber:
                 self._dropped(1)
             return None
         self._held[slot] = weakref.ref(message, self._collected)
+        self._slots_by_ref = None
         self.received += 1
         return message
 
     def _collected(self, ref: weakref.ref[Message]) -> None:
-        """A Message still held became garbage: let its slot go."""
-        for slot, held in self._held.items():
-            if held is ref:
-                del self._held[slot]
-                self._let_go_all((slot,))
-                return
+        """A Message still held became garbage: let its slot go. The slot is found
+        through `_slots_by_ref`, so a dropped batch costs one pass, not one per message."""
+        index = self._slots_by_ref
+        if index is None:
+            index = self._slots_by_ref = {id(held): slot for slot, held in self._held.items()}
+        slot = index.pop(id(ref), None)
+        if slot is None or self._held.get(slot) is not ref:
+            return  # let go already (the id may be a reference made since: not ours)
+        del self._held[slot]
+        self._let_go_all((slot,))
 
     def _dropped(self, count: int) -> None:
         self.drops += count
@@ -501,6 +511,7 @@ class Subscriber:
         if not held:
             return
         self._held = {}
+        self._slots_by_ref = None
         try:
             for ref in held.values():
                 message = ref()
