@@ -48,8 +48,10 @@ from systems import (
 from postoffice.bus import BusLocation
 
 FORK: Final = multiprocessing.get_context("fork")
-#: Our library, with the flood's reader sleeping in wait() and with it spinning.
-OURS: Final = ("ours", "ours_spinning_reader")
+#: Our library: the flood's publisher batching with publish_many() and its reader
+#: sleeping in wait(), the same with the reader spinning, and with one publish_bytes()
+#: per message (reader sleeping).
+OURS: Final = ("ours", "ours_spinning_reader", "ours_single_publish")
 SMALL: Final = 64
 LARGE: Final = 1 << 20
 #: The PyPI distribution each peer comes from (what `import` name it has).
@@ -234,7 +236,9 @@ def judge(figures: dict[str, Any], ratios: dict[str, Any]) -> list[dict[str, Any
         ("64 B one-way latency, blocking, median (us)", latency("pingpong_64B_blocking"),
          GOAL_BLOCKING_US, True),
     ]  # fmt: skip
-    for variant, how in zip(OURS, ("read_all + wait", "read_all, spinning"), strict=True):
+    hows = ("publish_many, read_all + wait", "publish_many, read_all spinning",
+            "publish_bytes, read_all + wait")  # fmt: skip
+    for variant, how in zip(OURS, hows, strict=True):
         goals += [
             (f"64 B messages/s, ours ({how}) / pyzmq",
              ratios.get(f"{variant}_over_pyzmq", {}).get("flood_64B.messages_per_s"),
@@ -255,6 +259,7 @@ def make_system(name: str, scratch: Path) -> System:
     systems: dict[str, Callable[[], System]] = {
         "ours": lambda: Ours(BusLocation.new(scratch)),
         "ours_spinning_reader": lambda: Ours(BusLocation.new(scratch), spinning_reader=True),
+        "ours_single_publish": lambda: Ours(BusLocation.new(scratch), single_publish=True),
         "iceoryx2": Iceoryx2, "pyzmq": Zmq, "zenoh": Zenoh, "floor": Floor,
     }  # fmt: skip
     return systems[name]()

@@ -169,15 +169,23 @@ def _ours_take(subscriber: Subscriber, blocking: bool) -> None:
 
 
 class Ours:
-    """postoffice.bus channels: read() for ping-pong, read_all() for the one-way flood.
-    The flood's reader sleeps in wait() when a batch comes back empty, or with
-    `spinning_reader` calls read_all() again at once (as the iceoryx2 reader polls)."""
+    """postoffice.bus channels: publish_bytes() and read() for ping-pong; for the one-way
+    flood, publish_many() of a batch as large as the channel and read_all(). The flood's
+    reader sleeps in wait() when a batch comes back empty, or with `spinning_reader`
+    calls read_all() again at once (as the iceoryx2 reader polls); with
+    `single_publish` the publisher calls publish_bytes() once per message instead."""
 
-    def __init__(self, location: BusLocation, *, spinning_reader: bool = False) -> None:
+    def __init__(
+        self, location: BusLocation, *, spinning_reader: bool = False, single_publish: bool = False
+    ) -> None:
         self.location = location
         self.spinning_reader = spinning_reader
-        self.name = "ours_spinning_reader" if spinning_reader else "ours"
-        self.pingpong = not spinning_reader
+        self.single_publish = single_publish
+        self.name = (
+            "ours_spinning_reader" if spinning_reader
+            else "ours_single_publish" if single_publish else "ours"
+        )  # fmt: skip
+        self.pingpong = not (spinning_reader or single_publish)
         self._next_channel = 0
 
     def _channel_id(self) -> int:
@@ -218,10 +226,22 @@ class Ours:
         publisher = setup.there.publisher()
         payload = bytes(setup.shape.payload)
         meet(ready)
-        for _ in range(count):
-            while publisher.publish_bytes(payload) is None:
+        if self.single_publish:
+            for _ in range(count):
+                while publisher.publish_bytes(payload) is None:
+                    if not publisher.wait(PATIENCE_S):
+                        raise PeerTimeout("no slot freed within the wait")
+            return
+        batch = [payload] * setup.shape.depth
+        left = count
+        while left:
+            chunk = batch if left >= len(batch) else batch[:left]
+            done = publisher.publish_many(chunk)
+            while done < len(chunk):
                 if not publisher.wait(PATIENCE_S):
                     raise PeerTimeout("no slot freed within the wait")
+                done += publisher.publish_many(chunk[done:])
+            left -= len(chunk)
 
     def receive(self, setup: _OursSetup, count: int, ready: Barrier) -> tuple[float, int, int]:
         subscriber = setup.there.subscriber()

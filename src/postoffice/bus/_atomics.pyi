@@ -1,5 +1,6 @@
 """Types of the bus's C extension (_atomics.c): u64 atomics and the slot scans."""
 
+from collections.abc import Sequence
 from typing import Final
 
 from typing_extensions import Buffer
@@ -9,6 +10,23 @@ SLOT_SEQ: Final[int]
 SLOT_HOLDERS: Final[int]
 SLOT_UNREAD: Final[int]
 SLOT_TIMESTAMP: Final[int]
+SLOT_SIZE: Final[int]
+SLOT_FLAGS: Final[int]
+SLOT_FLAG_RETIRE: Final[int]
+RETIRE_PUBLISHER_SHIFT: Final[int]
+RETIRE_TAG_SHIFT: Final[int]
+MAX_SLOTS: Final[int]
+CCB_NEXT_ORDINAL: Final[int]
+CCB_MESSAGES: Final[int]
+CCB_BYTES_PUBLISHED: Final[int]
+CCB_MAX_MESSAGE: Final[int]
+CCB_RELIABLE_SUBSCRIBERS: Final[int]
+CCB_WHOLE_SUBSCRIBERS: Final[int]
+CCB_SUBSCRIBERS_WAITING: Final[int]
+CCB_PUBLISHERS_WAITING: Final[int]
+CCB_PENDING: Final[int]
+CCB_SLOTS: Final[int]
+VCHAN_SUBSCRIBERS: Final[int]
 SLOT_BUFFER_VCHAN: Final[int]
 SLOT_VCHAN_ORDINAL: Final[int]
 MAX_USERS: Final[int]
@@ -36,6 +54,7 @@ def next_message(
     reliable: bool,
     vchan: int = -1,
     vchan_of: int = 0,
+    hint: int = -1,
     /,
 ) -> tuple[int, int, int]: ...
 def collect(
@@ -66,3 +85,46 @@ def find_timestamp(
 ) -> tuple[int, int]: ...
 def release_subscriber(buffer: Buffer, slots: int, num_slots: int, subscriber: int, /) -> int: ...
 def free_publisher(buffer: Buffer, slots: int, num_slots: int, owner: int, /) -> int: ...
+def commit(
+    buffer: Buffer,
+    line: int,
+    size: int,
+    meta_size: int,
+    flags: int,
+    checksum: int,
+    buffer_vchan: int,
+    vchan_line: int,
+    pending: int,
+    pending_vchan: int,
+    retire_publisher: int,
+    /,
+) -> tuple[int, int, int]: ...
+def publish_many(
+    buffer: Buffer,
+    num_slots: int,
+    owner: int,
+    reliable: bool,
+    payload_buffer: Buffer,
+    slot_size: int,
+    buffer_index: int,
+    payloads: Sequence[Buffer],
+    start: int,
+    /,
+) -> tuple[int, int, int, int]: ...
+def take(
+    buffer: Buffer,
+    slots: int,
+    num_slots: int,
+    pending: int,
+    last: int,
+    subscriber: int,
+    reliable: bool,
+    max_count: int,
+    vchan: int,
+    vchan_of: int,
+    hint: int,
+    /,
+) -> tuple[int, list[tuple[int, int, int, int, int, int, int, int, int, int]], int]: ...
+def release_slots(
+    buffer: Buffer, slots: int, num_slots: int, subscriber: int, indexes: Sequence[int], /
+) -> tuple[int, list[int]]: ...

@@ -6,9 +6,11 @@ server's socket. The protocol's ordering argument is in docs/design/bus-memory.m
 
 from __future__ import annotations
 
-import struct
 import time
+from collections.abc import Iterable, Sequence
 from typing import Final, final
+
+from typing_extensions import Buffer
 
 from postoffice.bus import memory, retirement
 from postoffice.bus.channel import Channel, ChecksumFunction, MappedBuffer, crc32_checksum
@@ -31,14 +33,13 @@ from postoffice.bus.triggers import (
 
 _load: Final = atomics.load_acquire_u64
 _store: Final = atomics.store_release_u64
-_cas: Final = atomics.cas_u64
-_fetch_add: Final = atomics.fetch_add_u64
 _claim: Final = atomics.claim_slot
-#: The slot's plain fields around the vchan words, which are stored atomically.
-_HEAD: Final = struct.Struct("<IIQ")  # size, metadata size, timestamp
-_TAIL: Final = struct.Struct("<II")  # flags, checksum
-_pack_head: Final = _HEAD.pack_into
-_pack_tail: Final = _TAIL.pack_into
+_commit: Final = atomics.commit
+_publish_many: Final = atomics.publish_many
+
+
+def _nbytes(data: Buffer) -> int:
+    return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 
 @final
@@ -64,6 +65,10 @@ class Publisher:
     user's Triggers knows), each message asks to be reported once no subscriber holds
     it and no reliable subscriber must still read it: `retired()` then returns its
     (slot, ordinal). A vchan publisher cannot ask (its ordinals are the vchan's).
+
+    `publish_bytes` and `publish_many` copy payloads in; a publisher on a plain channel
+    (no vchan, no checksum, no retirement) does the claim, the copy and the commit of
+    each in one C call, and `publish_many` does a whole batch so.
     """
 
     def __init__(
@@ -105,6 +110,10 @@ class Publisher:
         if newest is None:
             raise BusConfigError(f"channel {channel.name!r} has no buffer")
         self._buffer: MappedBuffer = newest
+        self._buffer_vchan = newest.index | (self.vchan_id & 0xFFFF_FFFF) << 32
+        self._retire_id = -1 if retirement is None else publisher_id
+        #: Whether a message needs nothing but a claim, a copy and a commit (C does all).
+        self._plain = self._vchan_line < 0 and retirement is None and not channel.checksum
         self._slot: int | None = None
         self._view: memoryview | None = None
         self._polled = False
@@ -145,14 +154,6 @@ class Publisher:
             return 0
         return _load(self._ccb, memory.CCB_RELIABLE_SUBSCRIBERS)
 
-    def _readers(self) -> int:
-        """The reliable subscribers that must read this publisher's next message: of
-        the whole channel, and of its vchan."""
-        readers = _load(self._ccb, memory.CCB_WHOLE_SUBSCRIBERS)
-        if self._vchan_line >= 0:
-            readers |= _load(self._ccb, self._vchan_line + memory.VCHAN_SUBSCRIBERS)
-        return readers & _load(self._ccb, memory.CCB_RELIABLE_SUBSCRIBERS)
-
     def _claim(self) -> bool:
         slot = _claim(
             self._ccb, memory.CCB_SLOTS, self._num_slots, self._owner, self._unread_mask()
@@ -188,11 +189,12 @@ class Publisher:
             )
         newer = self.channel.newest_buffer(size)
         self._buffer = newer if newer is not None else self.channel.grow(size)
+        self._buffer_vchan = self._buffer.index | (self.vchan_id & 0xFFFF_FFFF) << 32
 
     def check_metadata(self, metadata: bytes | bytearray | memoryview) -> None:
         """Raise MessageSizeError if `metadata` does not fit the channel's per-message
         metadata area."""
-        size = memoryview(metadata).nbytes
+        size = _nbytes(metadata)
         if size > self.channel.metadata_bytes:
             raise MessageSizeError(
                 f"metadata of {size} bytes exceeds the {self.channel.metadata_bytes} bytes "
@@ -238,76 +240,55 @@ class Publisher:
         metadata: bytes | bytearray | memoryview,
         flags: int,
     ) -> int:
-        """Fill the claimed slot's fields and publish it: the ordinal."""
+        """Fill the claimed slot's metadata and checksum, and publish it (one C call
+        stamps the fields, takes the ordinals, stores seq and counts): the ordinal."""
         assert self._slot is not None
         slot = self._slot
-        ccb = self._ccb
-        meta_size = memoryview(metadata).nbytes
-        with self.channel.metadata(self._slot, meta_size, writable=True) as area:
-            area[:] = memoryview(metadata).cast("B")
-            checksum = 0
-            if self.channel.checksum:
-                with view[:length] as payload:
-                    checksum = self._checksum(area, payload) & 0xFFFF_FFFF
-                flags |= memory.SLOT_FLAG_CHECKSUM
+        meta_size = _nbytes(metadata)
+        if meta_size:
+            with self.channel.metadata(slot, meta_size, writable=True) as area:
+                area[:] = memoryview(metadata).cast("B")
+        checksum = 0
+        if self.channel.checksum:
+            with (
+                self.channel.metadata(slot, meta_size) as area,
+                view[:length] as payload,
+            ):
+                checksum = self._checksum(area, payload) & 0xFFFF_FFFF
+            flags |= memory.SLOT_FLAG_CHECKSUM
         view.release()
         self._view = None
-        line = memory.slot_offset(self._slot)
-        _pack_head(ccb, line + memory.SLOT_SIZE, length, meta_size, time.monotonic_ns())
-        if self._retirement is None:
-            _pack_tail(ccb, line + memory.SLOT_FLAGS, flags, checksum)
-        # Who must read it before a reliable publisher may reuse the slot.
-        _store(ccb, line + memory.SLOT_UNREAD, self._readers())
-        # The ordinals: announce each as pending before taking it, so a subscriber that
-        # sees a later ordinal published can tell this one is on its way, not dropped.
-        vchan_ordinal = 0
-        if self._vchan_line >= 0:
-            while True:
-                last = _load(ccb, self._vchan_line)
-                _store(ccb, self._pending_vchan, last + 1)
-                taken, _ = _cas(ccb, self._vchan_line, last, last + 1)
-                if taken:
-                    break
-            vchan_ordinal = last + 1
-        while True:
-            last = _load(ccb, memory.CCB_NEXT_ORDINAL)
-            _store(ccb, self._pending, last + 1)
-            taken, _ = _cas(ccb, memory.CCB_NEXT_ORDINAL, last, last + 1)
-            if taken:
-                break
-        ordinal = last + 1
-        if self._retirement is not None:
-            # Atomically: a releaser of this slot's previous message may CAS this word.
-            word = retirement.flags_word(
-                flags, checksum, publisher_id=self.publisher_id, ordinal=ordinal
-            )
-            _store(ccb, line + memory.SLOT_FLAGS, word)
-        # The vchan words a scan reads without a hold, atomically and before seq.
-        _store(
-            ccb,
-            line + memory.SLOT_BUFFER_VCHAN,
-            self._buffer.index | (self.vchan_id & 0xFFFF_FFFF) << 32,
-        )
-        _store(ccb, line + memory.SLOT_VCHAN_ORDINAL, vchan_ordinal)
-        _store(ccb, line + memory.SLOT_SEQ, ordinal)
-        _store(ccb, self._pending, 0)
-        if self._vchan_line >= 0:
-            _store(ccb, self._pending_vchan, 0)
-            ordinal = vchan_ordinal
+        ordinal, vchan_ordinal, waiting = _commit(
+            self._ccb, memory.slot_offset(slot), length, meta_size, flags, checksum,
+            self._buffer_vchan, self._vchan_line, self._pending, self._pending_vchan,
+            self._retire_id,
+        )  # fmt: skip
         self._slot = None
-        _fetch_add(ccb, memory.CCB_MESSAGES, 1)
-        _fetch_add(ccb, memory.CCB_BYTES_PUBLISHED, length)
-        largest = _load(ccb, memory.CCB_MAX_MESSAGE)
-        while length > largest:
-            done, largest = _cas(ccb, memory.CCB_MAX_MESSAGE, largest, length)
-            if done:
-                break
         self.published += 1
-        self._triggers.wake_subscribers()
+        if waiting:
+            self._triggers.wake_subscribers()
         if self._retirement is not None:
             # With no subscriber that must read it and none holding it yet, it retires now.
             self._triggers.retire(slot)
-        return ordinal
+        return vchan_ordinal if self._vchan_line >= 0 else ordinal
+
+    def _publish_plain(self, payloads: Sequence[Buffer], start: int) -> tuple[int, int]:
+        """Publish payloads[start:] in C while it can (see `atomics.publish_many`): the
+        index of the first one not published and the last ordinal published (0: none).
+        A slot it claimed but left to Python (its old message's retirement is unreported)
+        is reported here and stays claimed for the next get_buffer."""
+        buffer = self._buffer
+        done, claimed, waiting, ordinal = _publish_many(
+            self._ccb, self._num_slots, self._owner, self.reliable, buffer.view,
+            buffer.slot_size, buffer.index, payloads, start,
+        )  # fmt: skip
+        self.published += done - start
+        if waiting:
+            self._triggers.wake_subscribers()
+        if claimed >= 0:
+            self._slot = claimed
+            self._triggers.retire_replaced(claimed)
+        return done, ordinal
 
     def publish_bytes(
         self,
@@ -317,12 +298,41 @@ class Publisher:
     ) -> int | None:
         """Copy `data` into a slot and publish it with `metadata`: its ordinal, or None
         when a reliable publisher has no slot. Raises as get_buffer and publish do."""
+        self._check_open()
+        if self._plain and self._slot is None and not _nbytes(metadata):
+            done, ordinal = self._publish_plain((data,), 0)
+            if done:
+                return ordinal
         self.check_metadata(metadata)
         view = self.get_buffer(len(data))
         if view is None:
             return None
         view[:] = data
         return self.publish(len(data), metadata=metadata)
+
+    def publish_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> int:
+        """Publish each payload in turn, as `publish_bytes` without metadata would: how
+        many were published from the start. Fewer than all only when a reliable
+        publisher runs out of slots: `wait()`, then publish the rest. Subscribers that
+        wait are woken once the batch is published (or stops), not once per message, so
+        that a reader faster than the publisher does not sleep and wake for each.
+        Raises as publish_bytes does, for the first payload it cannot publish (those
+        before it are published)."""
+        items = payloads if isinstance(payloads, list | tuple) else list(payloads)
+        self._check_open()
+        done = 0
+        while done < len(items):
+            if self._plain and self._slot is None:
+                after, _ = self._publish_plain(items, done)
+                if after > done:
+                    done = after
+                    continue
+            # The C path stopped before this payload (no free slot, a size that needs a
+            # larger buffer or is refused, a slot to report first): the general path.
+            if self.publish_bytes(items[done]) is None:
+                break
+            done += 1
+        return done
 
     def retirement_fileno(self) -> int:
         """The read end of the retirement pipe, to poll (readable: `retired()` has more)."""

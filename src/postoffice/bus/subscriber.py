@@ -7,13 +7,15 @@ publisher from reusing its slot. The ordering argument is in docs/design/bus-mem
 
 from __future__ import annotations
 
+import operator
 import time
 import weakref
 from collections.abc import Callable
+from itertools import repeat
 from typing import Final, final
 
 from postoffice.bus import memory
-from postoffice.bus.channel import Channel, ChecksumFunction, crc32_checksum
+from postoffice.bus.channel import Channel, ChecksumFunction, MappedBuffer, crc32_checksum
 from postoffice.bus.errors import BusClosedError, ChecksumError
 from postoffice.bus.native import atomics
 from postoffice.bus.triggers import (
@@ -25,15 +27,30 @@ from postoffice.bus.triggers import (
     remaining,
 )
 
-_load: Final = atomics.load_acquire_u64
 _fetch_add: Final = atomics.fetch_add_u64
-_fetch_and: Final = atomics.fetch_and_u64
 _next: Final = atomics.next_message
+_take: Final = atomics.take
+_release_slots: Final = atomics.release_slots
 _unpack_fields: Final = memory.SLOT_FIELDS.unpack_from
 _FOUND: Final = atomics.SCAN_FOUND
+_SLOTS: Final = memory.CCB_SLOTS
+_CHECKSUM: Final = memory.SLOT_FLAG_CHECKSUM
+_ACTIVATION: Final = memory.SLOT_FLAG_ACTIVATION
+_SPECIAL: Final = _CHECKSUM | _ACTIVATION
+_slot_of: Final = operator.itemgetter(0)
+
+#: A held message's slot fields, as `atomics.take` gives them: slot, ordinal, size,
+#: metadata size, timestamp, buffer index, vchan id, vchan ordinal, flags, checksum.
+_Fields = tuple[int, int, int, int, int, int, int, int, int, int]
 
 #: Told how many messages were dropped before the one being read.
 DropCallback = Callable[[int], None]
+
+
+def _released_view() -> memoryview:
+    view = memoryview(b"")
+    view.release()
+    return view
 
 
 @final
@@ -41,63 +58,111 @@ class Message:
     """One message held by a subscriber. `data` is a read-only view of the payload in
     shared memory and `metadata` one of its metadata (empty when it has none), both
     valid until `release()` (or until the Message is garbage): keep no slice of them
-    past that, since the slot is then reused."""
+    past that, since the slot is then reused. Both views are made on first use (a
+    message whose payload is never looked at costs no view)."""
 
+    # The fields stay the tuple the read got from C: making a Message costs five stores,
+    # and each field is read through a property only when asked for.
     __slots__ = (
         "__weakref__",
+        "_data",
+        "_fields",
+        "_mapped",
+        "_metadata",
         "_subscriber",
-        "activation",
-        "buffer_index",
-        "data",
-        "metadata",
-        "ordinal",
         "released",
-        "size",
-        "slot",
-        "timestamp_ns",
-        "vchan_id",
-        "vchan_ordinal",
     )
 
-    def __init__(
-        self,
-        subscriber: Subscriber,
-        *,
-        slot: int,
-        ordinal: int,
-        size: int,
-        timestamp_ns: int,
-        buffer_index: int,
-        vchan_id: int,
-        data: memoryview,
-        metadata: memoryview,
-        activation: bool = False,
-        vchan_ordinal: int = 0,
-    ) -> None:
+    def __init__(self, subscriber: Subscriber, mapped: MappedBuffer, fields: _Fields) -> None:
         self._subscriber = subscriber
-        #: An activation message: a publisher joined (no payload).
-        self.activation = activation
-        self.slot = slot
-        self.ordinal = ordinal
-        self.size = size
-        self.timestamp_ns = timestamp_ns
-        self.buffer_index = buffer_index
-        #: The message's virtual channel (NO_VCHAN: none) and its ordinal there; for a
-        #: subscriber of that vchan, `ordinal` is this one.
-        self.vchan_id = vchan_id
-        self.vchan_ordinal = vchan_ordinal
-        self.data = data
-        self.metadata = metadata
+        self._mapped = mapped
+        self._fields = fields
+        self._data: memoryview | None = None
+        self._metadata: memoryview | None = None
         self.released = False
+
+    @property
+    def slot(self) -> int:
+        """The slot holding the message."""
+        return self._fields[0]
+
+    @property
+    def ordinal(self) -> int:
+        """The message's ordinal (its vchan ordinal for a subscriber of one vchan)."""
+        return self._fields[1]
+
+    @property
+    def size(self) -> int:
+        """The payload's length in bytes."""
+        return self._fields[2]
+
+    @property
+    def timestamp_ns(self) -> int:
+        """When it was published: CLOCK_MONOTONIC, in ns (what `find` looks for)."""
+        return self._fields[4]
+
+    @property
+    def buffer_index(self) -> int:
+        """The channel buffer holding the payload."""
+        return self._fields[5]
+
+    @property
+    def vchan_id(self) -> int:
+        """The message's virtual channel (NO_VCHAN: none)."""
+        return self._fields[6]
+
+    @property
+    def vchan_ordinal(self) -> int:
+        """The message's ordinal on its virtual channel (0: none)."""
+        return self._fields[7]
+
+    @property
+    def activation(self) -> bool:
+        """Whether it is an activation message: a publisher joined (no payload)."""
+        return bool(self._fields[8] & _ACTIVATION)
+
+    @property
+    def data(self) -> memoryview:
+        """The payload, read-only (a released view once the message is released)."""
+        view = self._data
+        if view is None:
+            if self.released:
+                view = _released_view()
+            else:
+                fields = self._fields
+                start = fields[0] * self._mapped.slot_size
+                view = self._mapped.readonly[start : start + fields[2]]
+            self._data = view
+        return view
+
+    @property
+    def metadata(self) -> memoryview:
+        """The metadata, read-only (a released view once the message is released)."""
+        view = self._metadata
+        if view is None:
+            if self.released:
+                view = _released_view()
+            else:
+                channel = self._subscriber.channel
+                size = min(self._fields[3], channel.metadata_bytes)
+                view = channel.metadata(self._fields[0], size)
+            self._metadata = view
+        return view
+
+    def _forget(self) -> None:
+        """Mark released and release the views; the caller lets the slot go."""
+        self.released = True
+        if self._data is not None:
+            self._data.release()
+        if self._metadata is not None:
+            self._metadata.release()
 
     def release(self) -> None:
         """Let the slot go (once): the views are released, and a reliable publisher that
         waits for a slot is woken."""
         if self.released:
             return
-        self.released = True
-        self.data.release()
-        self.metadata.release()
+        self._forget()
         self._subscriber._let_go(self.slot)
 
     def __enter__(self) -> Message:
@@ -105,10 +170,6 @@ class Message:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
-
-    def __del__(self) -> None:
-        if not self.released:
-            self.release()
 
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
@@ -171,13 +232,17 @@ class Subscriber:
         self._pending = (
             memory.CCB_PENDING if self._vchan == memory.NO_VCHAN else memory.CCB_PENDING_VCHAN
         )
-        self._bit = 1 << subscriber_id
-        self._keep = ~self._bit & memory.ALL_BITS
         self._waiting = WaitBit(channel.ccb, memory.CCB_SUBSCRIBERS_WAITING, subscriber_id)
         #: The ordinal last read (0: none yet; the first read takes the oldest there is).
         self.last_ordinal = 0
         self._started = False
+        #: Where the next message probably is: the slot after the last one read.
+        self._hint = -1
         self._held: dict[int, weakref.ref[Message]] = {}
+        #: The slots of `_held` by their weak references' ids, made when a held Message
+        #: first becomes garbage (a dropped batch makes one callback per message) and
+        #: dropped whenever `_held` gains an entry.
+        self._slots_by_ref: dict[int, int] | None = None
         self._polled = False
         self.closed = False
         self.drops = 0
@@ -200,6 +265,7 @@ class Subscriber:
         self._waiting = WaitBit(channel.ccb, memory.CCB_SUBSCRIBERS_WAITING, self.subscriber_id)
         self.last_ordinal = 0
         self._started = False
+        self._hint = -1
 
     def _moved(self) -> bool:
         """While on a placeholder: whether it got new files, and then rebind (through
@@ -229,16 +295,16 @@ class Subscriber:
                     slot, ordinal = self._newest()
                 if slot < 0:
                     return None
-                message = self._message(slot, ordinal, skipping=True)
+                message = self._wrap(self._fields(slot, ordinal), skipping=True)
             else:
-                status, slot, ordinal = self._scan(self.subscriber_id)
-                if status != _FOUND and self._moved():
-                    status, slot, ordinal = self._scan(self.subscriber_id)
-                if status != _FOUND and self._ask_to_be_woken():
-                    status, slot, ordinal = self._scan(self.subscriber_id)
-                if status != _FOUND:
+                batch = self._take(1)[0]
+                if not batch and self._moved():
+                    batch = self._take(1)[0]
+                if not batch and self._ask_to_be_woken():
+                    batch = self._take(1)[0]
+                if not batch:
                     return None
-                message = self._message(slot, ordinal)
+                message = self._wrap(batch[0])
             if message is not None:
                 return message
             newest = False
@@ -255,7 +321,7 @@ class Subscriber:
 
     def _newest(self) -> tuple[int, int]:
         found = atomics.newest_message(
-            self._ccb, memory.CCB_SLOTS, self._num_slots, self.last_ordinal,
+            self._ccb, _SLOTS, self._num_slots, self.last_ordinal,
             self.subscriber_id, self.reliable, self._vchan,
         )  # fmt: skip
         if self.reliable:
@@ -265,30 +331,46 @@ class Subscriber:
             self._triggers.wake_publishers()
         return found
 
-    def _scan(self, user: int) -> tuple[int, int, int]:
-        return _next(
-            self._ccb, memory.CCB_SLOTS, self._num_slots, self._pending,
-            self.last_ordinal, user, self.reliable, self._vchan, memory.CCB_PUBLISHER_VCHANS,
+    def _fields(self, slot: int, ordinal: int) -> _Fields:
+        """The fields of a slot this subscriber holds (stable under the hold)."""
+        return (
+            slot,
+            ordinal,
+            *_unpack_fields(self._ccb, memory.slot_offset(slot) + memory.SLOT_SIZE),
+        )
+
+    def _take(self, count: int) -> tuple[list[_Fields], int]:
+        """Up to `count` messages after the last one read, held, with their fields, and
+        their buffer if they are alike (`atomics.take`'s `uniform`)."""
+        _, batch, uniform = _take(
+            self._ccb, _SLOTS, self._num_slots, self._pending, self.last_ordinal,
+            self.subscriber_id, self.reliable, count, self._vchan,
+            memory.CCB_PUBLISHER_VCHANS, self._hint,
         )  # fmt: skip
+        return batch, uniform
+
+    def _scan(self) -> int:
+        """Whether a message is ready (a look, no hold): the scan's status."""
+        return _next(
+            self._ccb, _SLOTS, self._num_slots, self._pending, self.last_ordinal, -1,
+            self.reliable, self._vchan, memory.CCB_PUBLISHER_VCHANS, self._hint,
+        )[0]  # fmt: skip
 
     def read_all(self) -> list[Message]:
         """Release every message held, then return the messages ready after the last one
-        read, in order, up to max_active_messages of them (one scan in C)."""
+        read, in order, up to max_active_messages of them (one call into C)."""
         self._check_open()
         self.release_all()
-        _, batch = atomics.collect(
-            self._ccb, memory.CCB_SLOTS, self._num_slots, self._pending,
-            self.last_ordinal, self.subscriber_id, self.reliable, self.max_active_messages,
-            self._vchan, memory.CCB_PUBLISHER_VCHANS,
-        )  # fmt: skip
+        batch, uniform = self._take(self.max_active_messages)
+        if uniform >= 0 and self._started and batch[0][1] == self.last_ordinal + 1:
+            return self._wrap_alike(batch, uniform)
         messages: list[Message] = []
         try:
-            for position, (slot, ordinal) in enumerate(batch):
+            for position, fields in enumerate(batch):
                 try:
-                    message = self._message(slot, ordinal)
+                    message = self._wrap(fields)
                 except BaseException:
-                    for held_slot, _ in batch[position + 1 :]:
-                        self._let_go(held_slot)
+                    self._let_go_all([later[0] for later in batch[position + 1 :]])
                     raise
                 if message is not None:
                     messages.append(message)
@@ -298,6 +380,24 @@ class Subscriber:
             raise
         return messages
 
+    def _wrap_alike(self, batch: list[_Fields], index: int) -> list[Message]:
+        """Wrap the common batch: the next ordinals, all in buffer `index`, with no
+        checksum or activation to look at and no drop to count. Wrapped in C's loops
+        (map): a Python loop per message cost as much as the rest of the read."""
+        try:
+            mapped = self.channel.buffer(index)
+        except BaseException:
+            self._let_go_all([fields[0] for fields in batch])
+            raise
+        messages = list(map(Message, repeat(self), repeat(mapped), batch))
+        refs = map(weakref.ref, messages, repeat(self._collected))
+        self._held.update(zip(map(_slot_of, batch), refs, strict=True))
+        self._slots_by_ref = None
+        self.received += len(messages)
+        self.last_ordinal = batch[-1][1]
+        self._hint = (batch[-1][0] + 1) % self._num_slots
+        return messages
+
     def find(self, timestamp_ns: int) -> Message | None:
         """The message stamped exactly `timestamp_ns` (a Message's `timestamp_ns`), if it
         is still in the channel; the read position does not move."""
@@ -305,36 +405,30 @@ class Subscriber:
         if len(self._held) >= self.max_active_messages:
             self._release_oldest()
         slot, ordinal = atomics.find_timestamp(
-            self._ccb, memory.CCB_SLOTS, self._num_slots, timestamp_ns, self.subscriber_id,
+            self._ccb, _SLOTS, self._num_slots, timestamp_ns, self.subscriber_id,
             self._vchan,
         )  # fmt: skip
         if slot < 0:
             return None
-        return self._message(slot, ordinal, advance=False)
+        return self._wrap(self._fields(slot, ordinal), advance=False)
 
-    def _message(
-        self, slot: int, ordinal: int, *, advance: bool = True, skipping: bool = False
+    def _wrap(
+        self, fields: _Fields, *, advance: bool = True, skipping: bool = False
     ) -> Message | None:
         """Wrap a slot this subscriber holds; its fields are stable under the hold. A
         message that fails its checksum is let go and passed over: ChecksumError, or
         None when such messages are counted as drops. An activation message the
         subscriber does not want is let go and passed over: None."""
-        line = memory.slot_offset(slot)
-        size, meta_size, timestamp, index, vchan, vchan_ordinal, flags, checksum = _unpack_fields(
-            self._ccb, line + memory.SLOT_SIZE
-        )
+        slot, ordinal, _, _, _, index, _, _, flags, checksum = fields
+        message = None
         try:
-            mapped = self.channel.buffer(index)
-            start = slot * mapped.slot_size
-            data = mapped.readonly[start : start + size]
-            metadata = self.channel.metadata(slot, min(meta_size, self.channel.metadata_bytes))
-            intact = not flags & memory.SLOT_FLAG_CHECKSUM or (
-                self._checksum(metadata, data) & 0xFFFF_FFFF == checksum
+            message = Message(self, self.channel.buffer(index), fields)
+            intact = not flags & _CHECKSUM or (
+                self._checksum(message.metadata, message.data) & 0xFFFF_FFFF == checksum
             )
-            if not intact:
-                data.release()
-                metadata.release()
         except BaseException:
+            if message is not None:
+                message._forget()
             self._let_go(slot)
             raise
         if advance:
@@ -342,14 +436,12 @@ class Subscriber:
                 self._dropped(ordinal - self.last_ordinal - 1)
             self._started = True
             self.last_ordinal = ordinal
-        activation = bool(flags & memory.SLOT_FLAG_ACTIVATION)
-        if intact and activation and not self.pass_activations:
-            data.release()
-            metadata.release()
+            self._hint = (slot + 1) % self._num_slots
+        if flags & _SPECIAL and not (intact and (self.pass_activations or not message.activation)):
+            message._forget()
             self._let_go(slot)
-            return None
-        if not intact:
-            self._let_go(slot)
+            if intact:
+                return None  # an activation nobody asked to see
             if not self.drop_bad_checksums:
                 raise ChecksumError(
                     f"message {ordinal} of channel {self.channel.name!r} fails its checksum"
@@ -358,14 +450,22 @@ class Subscriber:
                 self.bad_checksums += 1
                 self._dropped(1)
             return None
-        message = Message(
-            self, slot=slot, ordinal=ordinal, size=size, timestamp_ns=timestamp,
-            buffer_index=index, vchan_id=vchan, data=data, metadata=metadata,
-            activation=activation, vchan_ordinal=vchan_ordinal,
-        )  # fmt: skip
-        self._held[slot] = weakref.ref(message)
+        self._held[slot] = weakref.ref(message, self._collected)
+        self._slots_by_ref = None
         self.received += 1
         return message
+
+    def _collected(self, ref: weakref.ref[Message]) -> None:
+        """A Message still held became garbage: let its slot go. The slot is found
+        through `_slots_by_ref`, so a dropped batch costs one pass, not one per message."""
+        index = self._slots_by_ref
+        if index is None:
+            index = self._slots_by_ref = {id(held): slot for slot, held in self._held.items()}
+        slot = index.pop(id(ref), None)
+        if slot is None or self._held.get(slot) is not ref:
+            return  # let go already (the id may be a reference made since: not ours)
+        del self._held[slot]
+        self._let_go_all((slot,))
 
     def _dropped(self, count: int) -> None:
         self.drops += count
@@ -382,11 +482,20 @@ class Subscriber:
 
     def _let_go(self, slot: int) -> None:
         self._held.pop(slot, None)
-        if self.channel.closed:
+        self._let_go_all((slot,))
+
+    def _let_go_all(self, slots: list[int] | tuple[int, ...]) -> None:
+        """Let slots go in one C call, then report their messages that retired and wake
+        the reliable publishers that wait (the caller took them out of `_held`)."""
+        if self.channel.closed or not slots:
             return
-        _fetch_and(self._ccb, memory.slot_offset(slot) + memory.SLOT_HOLDERS, self._keep)
-        self._triggers.retire(slot)
-        self._triggers.wake_publishers()
+        waiting, retiring = _release_slots(
+            self._ccb, _SLOTS, self._num_slots, self.subscriber_id, slots
+        )
+        for slot in retiring:
+            self._triggers.retire(slot)
+        if waiting:
+            self._triggers.wake_publishers()
 
     def _release_oldest(self) -> None:
         slot, ref = next(iter(self._held.items()))
@@ -397,17 +506,29 @@ class Subscriber:
             self._let_go(slot)
 
     def release_all(self) -> None:
-        """Release every message this subscriber holds."""
-        while self._held:
-            self._release_oldest()
+        """Release every message this subscriber holds (the slots in one C call)."""
+        held = self._held
+        if not held:
+            return
+        self._held = {}
+        self._slots_by_ref = None
+        try:
+            for ref in held.values():
+                message = ref()
+                if message is not None and not message.released:
+                    message.released = True
+                    if message._data is not None or message._metadata is not None:
+                        message._forget()
+        finally:
+            self._let_go_all(list(held))
 
     # -- waiting ---------------------------------------------------------------------------
 
     def ready(self) -> bool:
         """Whether a message is ready to read (a look, no hold)."""
-        if self._scan(-1)[0] == _FOUND:
+        if self._scan() == _FOUND:
             return True
-        return self._moved() and self._scan(-1)[0] == _FOUND
+        return self._moved() and self._scan() == _FOUND
 
     def fileno(self) -> int:
         """The eventfd to poll for messages. From the first call on, a `read()` that

@@ -92,7 +92,14 @@ async def readable(fd: int) -> None:
 
 
 def _bits(mask: int) -> list[int]:
-    return [i for i in range(64) if mask >> i & 1]
+    """The set bits' positions, lowest first: one step per set bit (a wake-up usually
+    serves one), where a look at all 64 cost microseconds on every wake-up."""
+    bits = []
+    while mask:
+        low = mask & -mask
+        bits.append(low.bit_length() - 1)
+        mask ^= low
+    return bits
 
 
 @final
@@ -200,14 +207,15 @@ class Triggers:
         if not waiting:
             return 0
         taken = _fetch_and(self._ccb, offset, ~waiting & memory.ALL_BITS) & waiting
-        for user in _bits(taken):
+        users = _bits(taken)
+        for user in users:
             try:
                 os.eventfd_write(fds[user], 1)
             except BlockingIOError:
                 pass  # the counter is at its maximum: a wake-up is pending anyway
             except OSError as exc:
                 raise translate_os_error(exc, BusStorageError, f"wake user {user}") from exc
-        return len(_bits(taken))
+        return len(users)
 
     def __repr__(self) -> str:
         return (
