@@ -10,6 +10,7 @@ import click
 
 from postoffice.command.config import CommandConfig
 from postoffice.core.launch import config_options, serve_options, serve_service
+from postoffice.core.reload import Reloads
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def serve(
     worker_channel: int | None,
     **flags: object,
 ) -> None:
-    """Run the command server until SIGINT, SIGTERM or SHUTDOWN.
+    """Run the command server until SIGINT, SIGTERM or SHUTDOWN; SIGHUP reloads settings.
 
     Settings come from defaults < --config file < POSTOFFICE_COMMAND_* environment <
     these flags. Try it: `redis-cli -p 6380 ping` or `printf 'PING\\n' | nc 127.0.0.1 6380`.
@@ -61,15 +62,20 @@ def serve(
     from postoffice.command.server import CommandServer
     from postoffice.core.errors import StorageError
 
+    reloads: Reloads[CommandConfig] = Reloads()
+
     async def start(config: CommandConfig, stop: asyncio.Event, ready: str | None) -> None:
         if config.workers > 1:
             from postoffice.command.primary import Primary
 
             primary = Primary(config, log_level=log_level, log_json=log_json)
+            reloads.attach(primary)
             await primary.serve(stop, ready_file=ready)
             return
+        server = CommandServer(config)
+        reloads.attach(server)
         try:
-            await CommandServer(config).serve(stop, ready_file=ready)
+            await server.serve(stop, ready_file=ready)
         except StorageError as exc:  # the store directory is locked or unreadable
             raise click.ClickException(f"cannot open the store: {exc}") from exc
 
@@ -83,4 +89,5 @@ def serve(
         log_json=log_json,
         serve=start,
         adjust=(lambda c: dataclasses.replace(c, metrics_port=None)) if no_metrics else None,
+        reloads=reloads,
     )

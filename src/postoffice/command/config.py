@@ -48,9 +48,15 @@ class CommandConfig(ClientLimitSettings):
     metrics_port: int | None = setting(
         6381, help="HTTP port for /metrics, /healthz, /readyz.", low=0, high=65535
     )
-    threads: int = setting(4, help="Worker threads for blocking commands.", low=1, high=MAX_THREADS)
+    threads: int = setting(
+        4, help="Worker threads for blocking commands.", low=1, high=MAX_THREADS, live=True
+    )
     max_connections: int = setting(
-        10_000, help="Clients served at once; more are refused.", low=1, high=1_000_000
+        10_000,
+        help="Clients served at once; more are refused.",
+        low=1,
+        high=1_000_000,
+        live=True,
     )
     idle_timeout_s: float = setting(
         300.0,
@@ -58,6 +64,7 @@ class CommandConfig(ClientLimitSettings):
         unit="seconds",
         low=0,
         high=365 * 86400,
+        live=True,
     )
     max_inline_bytes: int = MAX_INLINE_BYTES
     # The protocol limits apply before a command is known, so their floors leave room for
@@ -68,6 +75,7 @@ class CommandConfig(ClientLimitSettings):
         unit="bytes",
         low=MIN_BULK_BYTES,
         high=1 << 30,
+        live=True,
     )
     max_array_items: int = MAX_ARRAY_ITEMS
     max_reply_bytes: int = setting(
@@ -77,6 +85,7 @@ class CommandConfig(ClientLimitSettings):
         unit="bytes",
         low=MIN_REPLY_BYTES,
         high=1 << 32,
+        live=True,
     )
     # The connection layer's per-client limits come from ClientLimitSettings.
     rate_limit_per_s: float = setting(
@@ -85,11 +94,21 @@ class CommandConfig(ClientLimitSettings):
         flag="--rate-limit",
         low=0,
         high=1e9,
+        live=True,
     )
     rate_limit_burst: int = setting(
-        0, help="Commands a client may send at once (0: as many as the rate).", low=0, high=1 << 30
+        0,
+        help="Commands a client may send at once (0: as many as the rate).",
+        low=0,
+        high=1 << 30,
+        live=True,
     )
-    requirepass: str | None = setting(None, help="Password clients must AUTH with.")
+    requirepass: str | None = setting(
+        None,
+        help="Password clients must AUTH with.",
+        live=True,
+        secret=True,
+    )
     tls_cert: Path | None = setting(
         None, help="PEM certificate: serve TLS instead of plain TCP.", path="existing-file"
     )

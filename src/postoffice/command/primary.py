@@ -460,6 +460,20 @@ class Primary:
         for worker, _ in answers:
             worker.sent_config = self.config
 
+    async def reconfigure(self, new: CommandConfig) -> None:
+        """A reload's live settings (core/reload.py), pushed to every worker as CONFIG
+        SET pushes them; a worker starting meanwhile catches up once it listens, one
+        restarted later gets them in its hello. Raises WorkerUnavailableError naming a
+        worker that did not take them in time (the others have)."""
+        before = set(config_pairs(self.config))
+        pairs = [pair for pair in config_pairs(new) if pair not in before]
+        self.config = new
+        if not pairs:
+            return
+        answers = await self._ask("config_set", {"pairs": [list(p) for p in pairs]}, "reload")
+        for worker, _ in answers:
+            worker.sent_config = new
+
     # -- HTTP --------------------------------------------------------------------------
 
     async def _metrics(self) -> Response:

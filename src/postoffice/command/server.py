@@ -239,7 +239,12 @@ class CommandServer:
         return items
 
     def config_set(self, pairs: list[tuple[str, str]]) -> None:
-        new = changed_config(self.config, pairs)
+        self.apply_config(changed_config(self.config, pairs))
+        log.info("config changed %s", " ".join(f"{k}={v}" for k, v in pairs if k != "requirepass"))
+
+    def apply_config(self, new: CommandConfig) -> None:
+        """Run with the settings `new` from now on: the pool's size, the connection
+        limits, and the protocol limits of every client's parser (CONFIG SET, SIGHUP)."""
         self.pool.resize(new.threads)
         self.manager.limits = self._limits(new)
         for conn in self.clients():
@@ -247,7 +252,10 @@ class CommandServer:
             conn.parser.max_inline_bytes = new.max_inline_bytes
             conn.parser.max_array_items = new.max_array_items
         self.config = new
-        log.info("config changed %s", " ".join(f"{k}={v}" for k, v in pairs if k != "requirepass"))
+
+    async def reconfigure(self, new: CommandConfig) -> None:
+        """A reload's live settings (core/reload.py); see `apply_config`."""
+        self.apply_config(new)
 
     def info(self) -> dict[str, dict[str, object]]:
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pathlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ import click
 from postoffice.core import config as core_config
 from postoffice.core import logs
 from postoffice.core.errors import ConfigError, PostOfficeError
+from postoffice.core.reload import Reloads
 from postoffice.core.runtime import announce_failure, raise_fd_limit, run
 
 C = TypeVar("C")
@@ -64,6 +66,7 @@ def serve_service(
     serve: Callable[[C, asyncio.Event, str | None], Coroutine[Any, Any, None]],
     adjust: Callable[[C], C] | None = None,
     shared_env: dict[str, str] | None = None,
+    reloads: Reloads[C] | None = None,
 ) -> None:
     """Set up logging, load the layered config, and run `serve(config, stop, ready_file)`.
 
@@ -71,19 +74,26 @@ def serve_service(
     (POSTOFFICE_DATA_DIR) < POSTOFFICE_<SECTION>_* < flags (`None` flags fall through).
     A bad setting, or any PostOfficeError that ends the run (a port that cannot be
     bound, say), is a one-line click error, also written to the ready file
-    (`runtime.announce_failure`) for whoever waits on it.
+    (`runtime.announce_failure`) for whoever waits on it. With `reloads` (whose server
+    `serve` attaches), SIGHUP reads the settings again the same way: the file as it is
+    then, the environment as it was at start, the same flags.
     """
     logs.setup(level=log_level, json=log_json, service=section)
-    try:
-        config = core_config.load(
+    environ = dict(os.environ)  # a reload sees the environment the process started with
+
+    def read() -> C:
+        loaded = core_config.load(
             config_cls,
             section=section,
             path=config_path,
+            env=environ,
             overrides=flags,
             shared_env=shared_env,
         )
-        if adjust is not None:
-            config = adjust(config)
+        return loaded if adjust is None else adjust(loaded)
+
+    try:
+        config = read()
     except ConfigError as exc:
         raise _failed(section, ready_file, exc) from exc
     raise_fd_limit()
@@ -91,8 +101,10 @@ def serve_service(
     async def main(stop: asyncio.Event) -> None:
         await serve(config, stop, ready_file)
 
+    if reloads is not None:
+        reloads.bind(read)
     try:
-        run(main)
+        run(main, on_hangup=None if reloads is None else reloads.hangup)
     except PostOfficeError as exc:
         # A setting, a busy port, a locked store: one line, no traceback.
         raise _failed(section, ready_file, exc) from exc

@@ -54,7 +54,11 @@ class StoreConfig(ClientLimitSettings):
         choices=[d.value for d in Durability],
     )
     max_connections: int = setting(
-        10_000, help="Clients served at once; more are refused.", low=1, high=1_000_000
+        10_000,
+        help="Clients served at once; more are refused.",
+        low=1,
+        high=1_000_000,
+        live=True,
     )
     idle_timeout_s: float = setting(
         300.0,
@@ -62,6 +66,7 @@ class StoreConfig(ClientLimitSettings):
         unit="seconds",
         low=0,
         high=86400,
+        live=True,
     )
     max_request_bytes: int = setting(
         MAX_PAYLOAD_BYTES,
@@ -70,6 +75,7 @@ class StoreConfig(ClientLimitSettings):
         unit="bytes",
         low=1024,
         high=MAX_PAYLOAD_BYTES,
+        live=True,
     )
     max_scan_page_bytes: int = setting(
         _MIB,
@@ -78,6 +84,7 @@ class StoreConfig(ClientLimitSettings):
         unit="bytes",
         low=1024,
         high=MAX_PAYLOAD_BYTES,
+        live=True,
     )
     http_max_connections: int = setting(
         HTTP_MAX_CONNECTIONS,

@@ -435,6 +435,13 @@ class StoreServer:
     def __repr__(self) -> str:
         return f"<StoreServer {self.addresses.get('store')} clients={self.manager.active}>"
 
+    async def reconfigure(self, new: StoreConfig) -> None:
+        """Run with the settings `new` from now on (a reload's live ones, core/reload.py):
+        the connection limits at once; the request size and the SCAN page for the
+        connections and requests that come next."""
+        self.manager.limits = new.connection_limits()
+        self.config = new
+
     async def startup(self) -> None:
         """Open the store (recovering it), start the pool and bind the ports."""
         config = self.config
