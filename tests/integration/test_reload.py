@@ -246,3 +246,47 @@ def test_ingest_reload_opens_data_ports_and_changes_the_ttl(serve: Serve, tmp_pa
     log = hangup(server, "config not reloaded, nothing changed")
     assert "setting 'x' must be between 1 and 64, got 999" in log
     assert len(ingest_info(server)["data_ports"]) == 3  # type: ignore[arg-type]  # a JSON list
+
+
+# -- CONFIG REWRITE -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_config_rewrite_then_restart_gives_the_same_settings(
+    serve: Serve, tmp_path: Path, clients: list[redis.Redis], workers: str
+) -> None:
+    config = tmp_path / "command.toml"
+    config.write_text(
+        "# kept by CONFIG REWRITE\n[command]\nmax_connections = 50\n\n[store]\nport = 1\n"
+    )
+    args = ("--config", str(config), "--port", "0", "--no-metrics", "--workers", workers)
+    server = serve("command", *args)
+    client = connect(server.port, clients)
+    assert client.config_set("maxclients", 60)
+    assert client.config_set("timeout", 33)
+    assert client.config_set("rate-limit", 500)
+    assert client.config_rewrite() in (True, b"OK")
+    text = config.read_text()
+    assert text.startswith("# kept by CONFIG REWRITE\n[command]\nmax_connections = 60\n")
+    assert "[store]\nport = 1\n" in text
+    before = client.config_get("*")
+    client.close()
+    assert server.stop() == 0
+    again = serve("command", *args)
+    after = connect(again.port, clients).config_get("*")
+    assert after["maxclients"] == "60"
+    assert {k: v for k, v in after.items() if k != "port"} == {
+        k: v for k, v in before.items() if k != "port"
+    }
+
+
+def test_config_rewrite_without_a_config_file_is_an_error(
+    serve: Serve, clients: list[redis.Redis]
+) -> None:
+    server = serve("command", "--port", "0", "--no-metrics")
+    client = connect(server.port, clients)
+    with pytest.raises(
+        redis.exceptions.ResponseError, match=r"^The server is running without a config file$"
+    ):
+        client.config_rewrite()
+    assert client.ping()

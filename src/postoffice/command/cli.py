@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from pathlib import Path
 
 import click
 
@@ -63,16 +64,19 @@ def serve(
     from postoffice.core.errors import StorageError
 
     reloads: Reloads[CommandConfig] = Reloads()
+    config_file = None if config_path is None else Path(config_path).absolute()
 
     async def start(config: CommandConfig, stop: asyncio.Event, ready: str | None) -> None:
         if config.workers > 1:
             from postoffice.command.primary import Primary
 
-            primary = Primary(config, log_level=log_level, log_json=log_json)
+            primary = Primary(
+                config, log_level=log_level, log_json=log_json, config_file=config_file
+            )
             reloads.attach(primary)
             await primary.serve(stop, ready_file=ready)
             return
-        server = CommandServer(config)
+        server = CommandServer(config, config_file=config_file)
         reloads.attach(server)
         try:
             await server.serve(stop, ready_file=ready)

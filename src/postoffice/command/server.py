@@ -15,6 +15,7 @@ import resource
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Final, final
 
 from postoffice.command.cluster import Cluster
@@ -31,6 +32,7 @@ from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import ConfigError
 from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
+from postoffice.core.rewrite import rewrite_config
 from postoffice.core.runtime import serve_until_stopped
 from postoffice.core.workers import WorkerPool
 
@@ -81,8 +83,11 @@ class CommandServer:
         clock: Clock = MONOTONIC,
         first_id: int = 1,
         id_step: int = 1,
+        config_file: Path | None = None,
     ) -> None:
         self.config = config
+        #: The --config file CONFIG REWRITE writes to; None: started without one.
+        self.config_file = config_file
         self.manager = ConnectionManager(
             self._limits(config), clock=clock, first_id=first_id, id_step=id_step
         )
@@ -242,6 +247,12 @@ class CommandServer:
         self.apply_config(changed_config(self.config, pairs))
         log.info("config changed %s", " ".join(f"{k}={v}" for k, v in pairs if k != "requirepass"))
 
+    def config_rewrite(self) -> asyncio.Future[object]:
+        """CONFIG REWRITE: the running settings written back to the --config file, in a
+        thread; the future fails with a CommandError when there is no file or the
+        write fails."""
+        return asyncio.ensure_future(rewrite_file(self.config_file, self.config))
+
     def apply_config(self, new: CommandConfig) -> None:
         """Run with the settings `new` from now on: the pool's size, the connection
         limits, and the protocol limits of every client's parser (CONFIG SET, SIGHUP)."""
@@ -353,6 +364,22 @@ def changed_config(config: CommandConfig, pairs: list[tuple[str, str]]) -> Comma
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]  # fields checked above
 
 
+#: CONFIG REWRITE's answer for a server started without --config, as Redis words it.
+NO_CONFIG_FILE: Final = "The server is running without a config file"
+
+
+async def rewrite_file(path: Path | None, config: CommandConfig) -> None:
+    """Write `config` back into the [command] section of `path` (core/rewrite.py), in a
+    thread; raises CommandError when `path` is None or the file cannot be written."""
+    if path is None:
+        raise CommandError(NO_CONFIG_FILE)
+    try:
+        await asyncio.to_thread(rewrite_config, path, "command", config)
+    except ConfigError as exc:
+        raise CommandError(f"Rewriting config file: {exc}") from exc
+    log.info("config rewritten path=%s", path)
+
+
 def _keyspace(config: CommandConfig) -> Keyspace | None:
     """The keyspace the settings name: remote, embedded, or none."""
     if config.store is not None:
@@ -386,4 +413,12 @@ def rss_bytes() -> int:
         return 0
 
 
-__all__ = ["CommandConnection", "CommandServer", "changed_config", "config_pairs", "rss_bytes"]
+__all__ = [
+    "NO_CONFIG_FILE",
+    "CommandConnection",
+    "CommandServer",
+    "changed_config",
+    "config_pairs",
+    "rewrite_file",
+    "rss_bytes",
+]

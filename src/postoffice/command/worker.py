@@ -67,6 +67,9 @@ class WorkerCluster:
     def reset_stats(self) -> asyncio.Future[object]:
         return self._ask("reset_stats", {}, "CONFIG RESETSTAT")
 
+    def config_rewrite(self) -> asyncio.Future[object]:
+        return self._ask("config_rewrite", {}, "CONFIG REWRITE")
+
 
 @final
 class WorkerCalls:
