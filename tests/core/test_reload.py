@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from postoffice.command.config import CommandConfig
-from postoffice.command.server import CONFIG_NAMES
+from postoffice.command.server import CONFIG_NAMES, changed_config
 from postoffice.core.config import check_settings, declared, load, setting
 from postoffice.core.connections import ClientLimitSettings
 from postoffice.core.errors import ConfigError, PostOfficeError
-from postoffice.core.reload import Change, Reloads, diff, plan, setting_name
+from postoffice.core.reload import Change, Reloads, apply_log_level, diff, plan, setting_name
 from postoffice.ingest.config import IngestConfig
 from postoffice.store.config import StoreConfig
 
@@ -252,3 +252,20 @@ class TestReloads:
         path.write_text("[demo]\nmax_connections = 5000\n")  # out of range: nothing changes
         assert await reloads.reload() is None
         assert server.config.max_connections == 300
+
+
+def test_log_level_is_a_live_setting_config_set_takes_in_any_case() -> None:
+    config = changed_config(CommandConfig(), [("loglevel", "debug")])
+    assert config.log_level == "DEBUG"
+    with pytest.raises(ConfigError, match=r"^setting 'log_level' must be one of 'CRITICAL'"):
+        changed_config(CommandConfig(), [("loglevel", "loud")])
+
+
+def test_apply_log_level_sets_the_root_level() -> None:
+    root = logging.getLogger()
+    before = root.level
+    try:
+        apply_log_level("warning")
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(before)

@@ -144,19 +144,23 @@ def test_command_workers_reload_reaches_every_worker(
     serve: Serve, tmp_path: Path, clients: list[redis.Redis]
 ) -> None:
     config = tmp_path / "command.toml"
-    config.write_text("[command]\nidle_timeout_s = 300\nrate_limit_per_s = 0\n")
+    config.write_text('[command]\nidle_timeout_s = 300\nrate_limit_per_s = 0\nlog_level = "INFO"\n')
     server = serve(
         "command", "--config", str(config), "--port", "0", "--no-metrics", "--workers", "2"
     )
-    config.write_text("[command]\nidle_timeout_s = 120\nrate_limit_per_s = 1000\n")
-    hangup(server, "config reloaded: rate-limit 0 -> 1000")
+    config.write_text(
+        '[command]\nidle_timeout_s = 120\nrate_limit_per_s = 1000\nlog_level = "WARNING"\n'
+    )
+    log = hangup(server, "config reloaded: log-level INFO -> WARNING")
+    assert "config reloaded: rate-limit 0 -> 1000" in log
     # Connections spread over both workers; every one answers with the new values.
     seen_ids: set[int] = set()
     for _ in range(12):
         client = connect(server.port, clients)
-        assert client.config_get("timeout", "rate-limit") == {
+        assert client.config_get("timeout", "rate-limit", "loglevel") == {
             "timeout": "120",
             "rate-limit": "1000",
+            "loglevel": "WARNING",
         }
         seen_ids.add(int(client.client_id()))
     workers = {conn_id % 2 for conn_id in seen_ids}  # worker i of 2 gives ids i+1, i+3, ...

@@ -29,7 +29,7 @@ def command() -> None:
 def serve(
     config_path: str | None,
     ready_file: str | None,
-    log_level: str,
+    log_level: str | None,
     log_json: bool,
     no_metrics: bool,
     worker_channel: int | None,
@@ -52,7 +52,7 @@ def serve(
     if worker_channel is not None:  # started by a primary: settings come over the channel
         from postoffice.command.worker import serve_worker
 
-        serve_worker(worker_channel, log_level=log_level, log_json=log_json)
+        serve_worker(worker_channel, log_level=log_level or "INFO", log_json=log_json)
         return
     if flags.get("store") is not None and flags.get("store_dir") is not None:
         raise click.UsageError("--store and --store-dir are mutually exclusive (pick one)")
@@ -71,7 +71,7 @@ def serve(
             from postoffice.command.primary import Primary
 
             primary = Primary(
-                config, log_level=log_level, log_json=log_json, config_file=config_file
+                config, log_level=config.log_level, log_json=log_json, config_file=config_file
             )
             reloads.attach(primary)
             await primary.serve(stop, ready_file=ready)

@@ -11,6 +11,7 @@ from postoffice.command.remote import parse_address
 from postoffice.core.config import check_range, check_settings, load, setting
 from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
+from postoffice.core.logs import LEVELS
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
 from postoffice.store import DEFAULT_DURABILITY, Durability
@@ -136,6 +137,13 @@ class CommandConfig(ClientLimitSettings):
         "every 100 ms.",
         flag="--durability",
         choices=[d.value for d in Durability],
+    )
+    log_level: str = setting(
+        "INFO",
+        help="Log level (also --log-level, which wins).",
+        flag=None,
+        choices=LEVELS,
+        live=True,
     )
     shutdown_timeout_s: float = 10.0
     workers: int = setting(

@@ -32,6 +32,7 @@ from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import ConfigError
 from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
+from postoffice.core.reload import apply_log_level
 from postoffice.core.rewrite import rewrite_config
 from postoffice.core.runtime import serve_until_stopped
 from postoffice.core.workers import WorkerPool
@@ -56,6 +57,7 @@ CONFIG_NAMES: Final[dict[str, str]] = {
     "output-soft-seconds": "output_soft_limit_s",
     "request-timeout": "request_timeout_s",
     "max-partial-size": "max_partial_bytes",
+    "loglevel": "log_level",
 }
 #: Answered for clients (redis-benchmark asks for save and appendonly) but never changed.
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
@@ -256,6 +258,8 @@ class CommandServer:
     def apply_config(self, new: CommandConfig) -> None:
         """Run with the settings `new` from now on: the pool's size, the connection
         limits, and the protocol limits of every client's parser (CONFIG SET, SIGHUP)."""
+        if new.log_level != self.config.log_level:
+            apply_log_level(new.log_level)
         self.pool.resize(new.threads)
         self.manager.limits = self._limits(new)
         for conn in self.clients():
@@ -395,6 +399,8 @@ def _keyspace(config: CommandConfig) -> Keyspace | None:
 def _convert(name: str, field: str, raw: str) -> object:
     if field == "requirepass":
         return raw or None
+    if field == "log_level":
+        return raw.upper()
     try:
         return float(raw) if field.endswith("_s") else int(raw)
     except ValueError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pathlib
 from collections.abc import Callable, Coroutine
@@ -43,7 +44,10 @@ def serve_options(section: str) -> Callable[[F], F]:
                 help="Write the bound addresses here as JSON once listening.",
             ),
             click.option(
-                "--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING..."
+                "--log-level",
+                default=None,
+                help="DEBUG, INFO, WARNING, ERROR or CRITICAL; a service with a log_level "
+                "setting also takes it from the file and environment.  [default: INFO]",
             ),
             click.option("--log-json", is_flag=True, help="Log one JSON object per line."),
         )
@@ -61,7 +65,7 @@ def serve_service(
     flags: dict[str, object],
     config_path: str | None,
     ready_file: str | None,
-    log_level: str,
+    log_level: str | None,
     log_json: bool,
     serve: Callable[[C, asyncio.Event, str | None], Coroutine[Any, Any, None]],
     adjust: Callable[[C], C] | None = None,
@@ -78,8 +82,11 @@ def serve_service(
     `serve` attaches), SIGHUP reads the settings again the same way: the file as it is
     then, the environment as it was at start, the same flags.
     """
-    logs.setup(level=log_level, json=log_json, service=section)
+    logs.setup(level=log_level or "INFO", json=log_json, service=section)
     environ = dict(os.environ)  # a reload sees the environment the process started with
+    leveled = any(f.name == "log_level" for f in dataclasses.fields(config_cls))  # type: ignore[arg-type]  # a dataclass
+    if leveled and log_level is not None:  # the flag is one more override of the setting
+        flags = {**flags, "log_level": log_level.upper()}
 
     def read() -> C:
         loaded = core_config.load(
@@ -94,6 +101,9 @@ def serve_service(
 
     try:
         config = read()
+        level = getattr(config, "log_level", None)
+        if isinstance(level, str):
+            logs.setup(level=level, json=log_json, service=section)
     except ConfigError as exc:
         raise _failed(section, ready_file, exc) from exc
     raise_fd_limit()

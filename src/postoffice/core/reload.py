@@ -104,6 +104,11 @@ def plan(running: C, loaded: C) -> Plan[C]:
     return Plan(config=config, applied=applied, restart=restart)
 
 
+def apply_log_level(level: str) -> None:
+    """Log at `level` (a name of core.logs.LEVELS) from now on, in this process."""
+    logging.getLogger().setLevel(level.upper())
+
+
 class Reconfigurable(Protocol[C]):
     """A running server as a reload sees it: its settings now, and how it takes new ones."""
 
@@ -125,6 +130,7 @@ class Reloads(Generic[C]):
     the live changes to the attached server, log each change, and log the others as
     needing a restart. A file that does not load, or a mix of values the settings reject,
     changes nothing and is logged with the reason. Reloads run one at a time, in order.
+    Every line is logged at WARNING or above, so a raised log level still shows them.
     """
 
     def __init__(self) -> None:
@@ -174,11 +180,23 @@ class Reloads(Generic[C]):
                 except PostOfficeError as exc:
                     log.error("config not reloaded: %s", exc)
                     return None
+            # At WARNING, as the restart-only ones: each line changes (or says it did not
+            # change) a running server, and a log level just raised must not hide it.
             for change in step.applied:
-                log.info("config reloaded: %s", change.describe())
+                log.warning("config reloaded: %s", change.describe())
             if not step.applied and not step.restart:
-                log.info("config reloaded: nothing changed")
+                log.warning("config reloaded: nothing changed")
             return step
 
 
-__all__ = ["HIDDEN", "Change", "Plan", "Reconfigurable", "Reloads", "diff", "plan", "setting_name"]
+__all__ = [
+    "HIDDEN",
+    "Change",
+    "Plan",
+    "Reconfigurable",
+    "Reloads",
+    "apply_log_level",
+    "diff",
+    "plan",
+    "setting_name",
+]

@@ -17,6 +17,7 @@ from postoffice.core.config import (
 )
 from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
+from postoffice.core.logs import LEVELS
 
 MAX_DATA_PORTS: Final = 64  # X: one listener each; far past what one process can feed
 #: Uploads of at most this many chunks may cut them as small as they like: such an upload
@@ -139,6 +140,13 @@ class IngestConfig(ClientLimitSettings):
     )
     control_token: str | None = setting(
         None, help="Token the control port requires (AUTH).", secret=True
+    )
+    log_level: str = setting(
+        "INFO",
+        help="Log level (also --log-level, which wins).",
+        flag=None,
+        choices=LEVELS,
+        live=True,
     )
     shutdown_timeout_s: float = 30.0
 

@@ -44,6 +44,7 @@ from postoffice.core.http import (
     serve_http,
 )
 from postoffice.core.listeners import bound_address, listen
+from postoffice.core.reload import apply_log_level
 from postoffice.core.runtime import Supervisor, serve_until_stopped
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
@@ -331,6 +332,8 @@ class IngestServer:
         self.data_manager.limits = limits
         self.sys_manager.limits = dataclasses.replace(limits, idle_timeout_s=0)
         self.intake.min_chunk_bytes = new.min_chunk_bytes
+        if new.log_level != old.log_level:
+            apply_log_level(new.log_level)
         self.config = new
         self.assembler.config = new
 

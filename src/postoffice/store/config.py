@@ -21,6 +21,7 @@ from postoffice.core.http import (
     HTTP_REQUEST_TIMEOUT_S,
     http_limits,
 )
+from postoffice.core.logs import LEVELS
 from postoffice.store.engine import DEFAULT_DURABILITY, Durability
 
 _MIB: Final = 1024 * 1024
@@ -106,6 +107,13 @@ class StoreConfig(ClientLimitSettings):
         unit="seconds",
         low=0,
         high=86400,
+    )
+    log_level: str = setting(
+        "INFO",
+        help="Log level (also --log-level, which wins).",
+        flag=None,
+        choices=LEVELS,
+        live=True,
     )
     max_in_flight: int = 1024  # replies owed per connection before it stops reading
     io_threads: int = 8
