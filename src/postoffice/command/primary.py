@@ -474,14 +474,20 @@ class Primary:
     async def reconfigure(self, new: CommandConfig) -> None:
         """A reload's live settings (core/reload.py), pushed to every worker as CONFIG
         SET pushes them; a worker starting meanwhile catches up once it listens, one
-        restarted later gets them in its hello. Raises WorkerUnavailableError naming a
-        worker that did not take them in time (the others have)."""
+        restarted later gets them in its hello. A worker that does not answer in time is
+        logged, not raised: the settings hold here and in the workers that answered."""
         before = set(config_pairs(self.config))
         pairs = [pair for pair in config_pairs(new) if pair not in before]
         self.config = new
         if not pairs:
             return
-        answers = await self._ask("config_set", {"pairs": [list(p) for p in pairs]}, "reload")
+        try:
+            answers = await self._ask("config_set", {"pairs": [list(p) for p in pairs]}, "reload")
+        except WorkerUnavailableError as exc:
+            log.error(
+                "reload not taken by every worker (a restarted one gets it) error=%r", str(exc)
+            )
+            return
         for worker, _ in answers:
             worker.sent_config = new
 
