@@ -215,7 +215,7 @@ def loaded(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         return config
 
     monkeypatch.setattr(core_config, "load", spy)
-    monkeypatch.setattr(launch, "run", lambda main: None)
+    monkeypatch.setattr(launch, "run", lambda main, **kwargs: None)
     monkeypatch.setattr(launch, "raise_fd_limit", lambda: None)
     monkeypatch.setattr(logs, "setup", lambda **kwargs: None)
     return configs

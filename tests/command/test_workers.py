@@ -244,6 +244,9 @@ class FakeCluster:
     def reset_stats(self) -> asyncio.Future[object]:
         return self._done("reset_stats", None, None)
 
+    def config_rewrite(self) -> asyncio.Future[object]:
+        return self._done("config_rewrite", None, None)
+
 
 def settled(answer: Answer) -> Reply:
     assert isinstance(answer, Deferred)
@@ -287,6 +290,15 @@ async def test_config_set_applies_here_then_in_the_others(
         cmd_config(harness.server, conn, [b"CONFIG", b"SET", b"timeout", b"x"])
     assert len(cluster.asked) == 1  # a bad value never leaves the worker
     assert settled(cmd_config(harness.server, conn, [b"CONFIG", b"RESETSTAT"])) == OK
+
+
+async def test_config_rewrite_is_left_to_the_primary(
+    clustered: tuple[Harness, FakeCluster],
+) -> None:
+    harness, cluster = clustered
+    conn, _ = harness.connect()
+    assert settled(cmd_config(harness.server, conn, [b"CONFIG", b"REWRITE"])) == OK
+    assert cluster.asked == [("config_rewrite", None)]
 
 
 async def test_info_renders_the_merged_sections(clustered: tuple[Harness, FakeCluster]) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from pathlib import Path
 
 import click
 
 from postoffice.command.config import CommandConfig
 from postoffice.core.launch import config_options, serve_options, serve_service
+from postoffice.core.reload import Reloads
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,13 @@ def command() -> None:
 def serve(
     config_path: str | None,
     ready_file: str | None,
-    log_level: str,
+    log_level: str | None,
     log_json: bool,
     no_metrics: bool,
     worker_channel: int | None,
     **flags: object,
 ) -> None:
-    """Run the command server until SIGINT, SIGTERM or SHUTDOWN.
+    """Run the command server until SIGINT, SIGTERM or SHUTDOWN; SIGHUP reloads settings.
 
     Settings come from defaults < --config file < POSTOFFICE_COMMAND_* environment <
     these flags. Try it: `redis-cli -p 6380 ping` or `printf 'PING\\n' | nc 127.0.0.1 6380`.
@@ -50,7 +52,7 @@ def serve(
     if worker_channel is not None:  # started by a primary: settings come over the channel
         from postoffice.command.worker import serve_worker
 
-        serve_worker(worker_channel, log_level=log_level, log_json=log_json)
+        serve_worker(worker_channel, log_level=log_level or "INFO", log_json=log_json)
         return
     if flags.get("store") is not None and flags.get("store_dir") is not None:
         raise click.UsageError("--store and --store-dir are mutually exclusive (pick one)")
@@ -61,15 +63,23 @@ def serve(
     from postoffice.command.server import CommandServer
     from postoffice.core.errors import StorageError
 
+    reloads: Reloads[CommandConfig] = Reloads()
+    config_file = None if config_path is None else Path(config_path).absolute()
+
     async def start(config: CommandConfig, stop: asyncio.Event, ready: str | None) -> None:
         if config.workers > 1:
             from postoffice.command.primary import Primary
 
-            primary = Primary(config, log_level=log_level, log_json=log_json)
+            primary = Primary(
+                config, log_level=config.log_level, log_json=log_json, config_file=config_file
+            )
+            reloads.attach(primary)
             await primary.serve(stop, ready_file=ready)
             return
+        server = CommandServer(config, config_file=config_file)
+        reloads.attach(server)
         try:
-            await CommandServer(config).serve(stop, ready_file=ready)
+            await server.serve(stop, ready_file=ready)
         except StorageError as exc:  # the store directory is locked or unreadable
             raise click.ClickException(f"cannot open the store: {exc}") from exc
 
@@ -83,4 +93,5 @@ def serve(
         log_json=log_json,
         serve=start,
         adjust=(lambda c: dataclasses.replace(c, metrics_port=None)) if no_metrics else None,
+        reloads=reloads,
     )

@@ -44,6 +44,11 @@ class Cluster(Protocol):
         """Zero the statistics of every other worker."""
         ...
 
+    def config_rewrite(self) -> asyncio.Future[object]:
+        """Have the primary write the server's settings back to its --config file; the
+        future fails with a CommandError when there is none or the write fails."""
+        ...
+
 
 def client_list_reply(value: object) -> Bulk:
     """CLIENT LIST's reply from the workers' lines."""

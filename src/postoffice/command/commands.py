@@ -10,6 +10,7 @@ answer with a Deferred, so the loop never waits for them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import time
@@ -103,6 +104,12 @@ class ServerView(Protocol):
     def config_items(self) -> Mapping[str, str]: ...
 
     def config_set(self, pairs: list[tuple[str, str]]) -> None: ...
+
+    def config_rewrite(self) -> asyncio.Future[object]:
+        """Write the running settings back to the --config file (in a thread); the
+        future fails with a CommandError when the server was started without one or
+        the write fails."""
+        ...
 
     def info(self) -> dict[str, dict[str, object]]: ...
 
@@ -370,7 +377,7 @@ def _client_kill(server: ServerView, client: ClientView, args: list[bytes]) -> A
 
 
 def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Answer:
-    """CONFIG GET pattern... | SET name value ... | RESETSTAT | HELP."""
+    """CONFIG GET pattern... | SET name value ... | REWRITE | RESETSTAT | HELP."""
     sub = args[1].upper()
     if sub == b"GET" and len(args) >= 3:
         items = server.config_items()
@@ -387,6 +394,12 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
         if server.cluster is not None:
             return Deferred(server.cluster.config_set(pairs), done_reply)
         return OK
+    if sub == b"REWRITE" and len(args) == 2:
+        # Under --workers the primary writes it: it holds the file's name and the
+        # settings as given (a worker's own have the fixed port and no metrics port).
+        if server.cluster is not None:
+            return Deferred(server.cluster.config_rewrite(), done_reply)
+        return Deferred(server.config_rewrite(), done_reply)
     if sub == b"RESETSTAT" and len(args) == 2:
         server.reset_stats()
         if server.cluster is not None:
@@ -400,6 +413,7 @@ def cmd_config(server: ServerView, client: ClientView, args: list[bytes]) -> Ans
                     "CONFIG <subcommand> [<arg> ...]. Subcommands are:",
                     "GET <pattern> [<pattern> ...] -- settings whose names match the patterns.",
                     "SET <name> <value> [<name> <value> ...] -- change settings at run time.",
+                    "REWRITE -- write the running settings back to the --config file.",
                     "RESETSTAT -- zero the statistics INFO reports.",
                 )
             )
@@ -551,7 +565,14 @@ TABLE: Final[dict[bytes, CommandSpec]] = {
         ),
         _spec("hello", -1, cmd_hello, "handshake (RESP2 only)", "connection", "noauth"),
         _spec("client", -2, cmd_client, "list, name, inspect and kill connections", "connection"),
-        _spec("config", -2, cmd_config, "read and change settings at run time", "server", "admin"),
+        _spec(
+            "config",
+            -2,
+            cmd_config,
+            "read and change settings at run time, and write them back to the --config file",
+            "server",
+            "admin",
+        ),
         _spec(
             "info", -1, cmd_info, "statistics: server, clients, memory, stats, threads", "server"
         ),

@@ -11,6 +11,7 @@ from postoffice.command.remote import parse_address
 from postoffice.core.config import check_range, check_settings, load, setting
 from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
+from postoffice.core.logs import LEVELS
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
 from postoffice.core.workers import MAX_THREADS
 from postoffice.store import DEFAULT_DURABILITY, Durability
@@ -48,9 +49,15 @@ class CommandConfig(ClientLimitSettings):
     metrics_port: int | None = setting(
         6381, help="HTTP port for /metrics, /healthz, /readyz.", low=0, high=65535
     )
-    threads: int = setting(4, help="Worker threads for blocking commands.", low=1, high=MAX_THREADS)
+    threads: int = setting(
+        4, help="Worker threads for blocking commands.", low=1, high=MAX_THREADS, live=True
+    )
     max_connections: int = setting(
-        10_000, help="Clients served at once; more are refused.", low=1, high=1_000_000
+        10_000,
+        help="Clients served at once; more are refused.",
+        low=1,
+        high=1_000_000,
+        live=True,
     )
     idle_timeout_s: float = setting(
         300.0,
@@ -58,6 +65,7 @@ class CommandConfig(ClientLimitSettings):
         unit="seconds",
         low=0,
         high=365 * 86400,
+        live=True,
     )
     max_inline_bytes: int = MAX_INLINE_BYTES
     # The protocol limits apply before a command is known, so their floors leave room for
@@ -68,6 +76,7 @@ class CommandConfig(ClientLimitSettings):
         unit="bytes",
         low=MIN_BULK_BYTES,
         high=1 << 30,
+        live=True,
     )
     max_array_items: int = MAX_ARRAY_ITEMS
     max_reply_bytes: int = setting(
@@ -77,6 +86,7 @@ class CommandConfig(ClientLimitSettings):
         unit="bytes",
         low=MIN_REPLY_BYTES,
         high=1 << 32,
+        live=True,
     )
     # The connection layer's per-client limits come from ClientLimitSettings.
     rate_limit_per_s: float = setting(
@@ -85,11 +95,21 @@ class CommandConfig(ClientLimitSettings):
         flag="--rate-limit",
         low=0,
         high=1e9,
+        live=True,
     )
     rate_limit_burst: int = setting(
-        0, help="Commands a client may send at once (0: as many as the rate).", low=0, high=1 << 30
+        0,
+        help="Commands a client may send at once (0: as many as the rate).",
+        low=0,
+        high=1 << 30,
+        live=True,
     )
-    requirepass: str | None = setting(None, help="Password clients must AUTH with.")
+    requirepass: str | None = setting(
+        None,
+        help="Password clients must AUTH with.",
+        live=True,
+        secret=True,
+    )
     tls_cert: Path | None = setting(
         None, help="PEM certificate: serve TLS instead of plain TCP.", path="existing-file"
     )
@@ -117,6 +137,13 @@ class CommandConfig(ClientLimitSettings):
         "every 100 ms.",
         flag="--durability",
         choices=[d.value for d in Durability],
+    )
+    log_level: str = setting(
+        "INFO",
+        help="Log level (also --log-level, which wins).",
+        flag=None,
+        choices=LEVELS,
+        live=True,
     )
     shutdown_timeout_s: float = 10.0
     workers: int = setting(

@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Final, final
 
 from postoffice.command.aggregate import (
@@ -36,7 +37,7 @@ from postoffice.command.commands import server_facts
 from postoffice.command.config import CommandConfig, settings_json
 from postoffice.command.errors import CommandError, WorkerUnavailableError
 from postoffice.command.link import Link
-from postoffice.command.server import changed_config, config_pairs, rss_bytes
+from postoffice.command.server import changed_config, config_pairs, rewrite_file, rss_bytes
 from postoffice.command.stats import INFO_COUNTERS, STATS_COUNTERS
 from postoffice.core import metrics
 from postoffice.core.errors import ConfigError
@@ -95,8 +96,16 @@ class Primary:
     not start with (a TLS pair that does not load).
     """
 
-    def __init__(self, config: CommandConfig, *, log_level: str, log_json: bool) -> None:
+    def __init__(
+        self,
+        config: CommandConfig,
+        *,
+        log_level: str,
+        log_json: bool,
+        config_file: Path | None = None,
+    ) -> None:
         self.config = config
+        self.config_file = config_file  # CONFIG REWRITE's file; None: started without one
         self.started = time.time()
         self.addresses: dict[str, tuple[str, int]] = {}
         self.workers = [_Worker(index=i) for i in range(config.workers)]
@@ -337,6 +346,8 @@ class Primary:
                 return self._info(worker)
             case "config_set":
                 return self._config_set(worker, args)
+            case "config_rewrite":
+                return rewrite_file(self.config_file, self.config)
             case "reset_stats":
                 self._retired.clear()
                 for each in self.workers:
@@ -459,6 +470,26 @@ class Primary:
         answers = await self._ask("config_set", {"pairs": raw}, "CONFIG SET", skip=origin)
         for worker, _ in answers:
             worker.sent_config = self.config
+
+    async def reconfigure(self, new: CommandConfig) -> None:
+        """A reload's live settings (core/reload.py), pushed to every worker as CONFIG
+        SET pushes them; a worker starting meanwhile catches up once it listens, one
+        restarted later gets them in its hello. A worker that does not answer in time is
+        logged, not raised: the settings hold here and in the workers that answered."""
+        before = set(config_pairs(self.config))
+        pairs = [pair for pair in config_pairs(new) if pair not in before]
+        self.config = new
+        if not pairs:
+            return
+        try:
+            answers = await self._ask("config_set", {"pairs": [list(p) for p in pairs]}, "reload")
+        except WorkerUnavailableError as exc:
+            log.error(
+                "reload not taken by every worker (a restarted one gets it) error=%r", str(exc)
+            )
+            return
+        for worker, _ in answers:
+            worker.sent_config = new
 
     # -- HTTP --------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import resource
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Final, final
 
 from postoffice.command.cluster import Cluster
@@ -31,6 +32,8 @@ from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import ConfigError
 from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
+from postoffice.core.reload import apply_log_level
+from postoffice.core.rewrite import rewrite_config
 from postoffice.core.runtime import serve_until_stopped
 from postoffice.core.workers import WorkerPool
 
@@ -54,6 +57,7 @@ CONFIG_NAMES: Final[dict[str, str]] = {
     "output-soft-seconds": "output_soft_limit_s",
     "request-timeout": "request_timeout_s",
     "max-partial-size": "max_partial_bytes",
+    "loglevel": "log_level",
 }
 #: Answered for clients (redis-benchmark asks for save and appendonly) but never changed.
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
@@ -81,8 +85,11 @@ class CommandServer:
         clock: Clock = MONOTONIC,
         first_id: int = 1,
         id_step: int = 1,
+        config_file: Path | None = None,
     ) -> None:
         self.config = config
+        #: The --config file CONFIG REWRITE writes to; None: started without one.
+        self.config_file = config_file
         self.manager = ConnectionManager(
             self._limits(config), clock=clock, first_id=first_id, id_step=id_step
         )
@@ -239,7 +246,20 @@ class CommandServer:
         return items
 
     def config_set(self, pairs: list[tuple[str, str]]) -> None:
-        new = changed_config(self.config, pairs)
+        self.apply_config(changed_config(self.config, pairs))
+        log.info("config changed %s", " ".join(f"{k}={v}" for k, v in pairs if k != "requirepass"))
+
+    def config_rewrite(self) -> asyncio.Future[object]:
+        """CONFIG REWRITE: the running settings written back to the --config file, in a
+        thread; the future fails with a CommandError when there is no file or the
+        write fails."""
+        return asyncio.ensure_future(rewrite_file(self.config_file, self.config))
+
+    def apply_config(self, new: CommandConfig) -> None:
+        """Run with the settings `new` from now on: the pool's size, the connection
+        limits, and the protocol limits of every client's parser (CONFIG SET, SIGHUP)."""
+        if new.log_level != self.config.log_level:
+            apply_log_level(new.log_level)
         self.pool.resize(new.threads)
         self.manager.limits = self._limits(new)
         for conn in self.clients():
@@ -247,7 +267,10 @@ class CommandServer:
             conn.parser.max_inline_bytes = new.max_inline_bytes
             conn.parser.max_array_items = new.max_array_items
         self.config = new
-        log.info("config changed %s", " ".join(f"{k}={v}" for k, v in pairs if k != "requirepass"))
+
+    async def reconfigure(self, new: CommandConfig) -> None:
+        """A reload's live settings (core/reload.py); see `apply_config`."""
+        self.apply_config(new)
 
     def info(self) -> dict[str, dict[str, object]]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -345,6 +368,22 @@ def changed_config(config: CommandConfig, pairs: list[tuple[str, str]]) -> Comma
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]  # fields checked above
 
 
+#: CONFIG REWRITE's answer for a server started without --config, as Redis words it.
+NO_CONFIG_FILE: Final = "The server is running without a config file"
+
+
+async def rewrite_file(path: Path | None, config: CommandConfig) -> None:
+    """Write `config` back into the [command] section of `path` (core/rewrite.py), in a
+    thread; raises CommandError when `path` is None or the file cannot be written."""
+    if path is None:
+        raise CommandError(NO_CONFIG_FILE)
+    try:
+        await asyncio.to_thread(rewrite_config, path, "command", config)
+    except ConfigError as exc:
+        raise CommandError(f"Rewriting config file: {exc}") from exc
+    log.info("config rewritten path=%s", path)
+
+
 def _keyspace(config: CommandConfig) -> Keyspace | None:
     """The keyspace the settings name: remote, embedded, or none."""
     if config.store is not None:
@@ -360,6 +399,8 @@ def _keyspace(config: CommandConfig) -> Keyspace | None:
 def _convert(name: str, field: str, raw: str) -> object:
     if field == "requirepass":
         return raw or None
+    if field == "log_level":
+        return raw.upper()
     try:
         return float(raw) if field.endswith("_s") else int(raw)
     except ValueError:
@@ -378,4 +419,12 @@ def rss_bytes() -> int:
         return 0
 
 
-__all__ = ["CommandConnection", "CommandServer", "changed_config", "config_pairs", "rss_bytes"]
+__all__ = [
+    "NO_CONFIG_FILE",
+    "CommandConnection",
+    "CommandServer",
+    "changed_config",
+    "config_pairs",
+    "rewrite_file",
+    "rss_bytes",
+]

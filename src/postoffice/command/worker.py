@@ -67,6 +67,9 @@ class WorkerCluster:
     def reset_stats(self) -> asyncio.Future[object]:
         return self._ask("reset_stats", {}, "CONFIG RESETSTAT")
 
+    def config_rewrite(self) -> asyncio.Future[object]:
+        return self._ask("config_rewrite", {}, "CONFIG REWRITE")
+
 
 @final
 class WorkerCalls:
@@ -137,8 +140,10 @@ async def run_worker(
     index = _optional_int(hello.get("index"), "index") or 0
     first_id = _optional_int(hello.get("first_id"), "first_id") or 1
     id_step = _optional_int(hello.get("id_step"), "id_step") or 1
-    logs.setup(level=log_level, json=log_json, service=f"command.worker{index}")
     config = settings_from_json(hello["settings"])
+    # The settings' level: a worker restarted after a reload or CONFIG SET loglevel logs
+    # as the others do, whatever its command line said.
+    logs.setup(level=config.log_level, json=log_json, service=f"command.worker{index}")
     server = CommandServer(config, first_id=first_id, id_step=id_step)
     server.cluster = WorkerCluster(link)
     server.shutdown_hook = lambda: link.notify("shutdown")

@@ -209,7 +209,10 @@ class Setting:
     True. `low`/`high` bound the value (inclusive; None: open), `choices` list the allowed
     strings: `check_settings` enforces both, and the help shows them. `default_text`
     says what a None default stands for (`<data-dir>/files`); `path` is how a Path field's
-    flag checks its argument; `metavar` names the argument in --help.
+    flag checks its argument; `metavar` names the argument in --help. `live` says that a
+    running server takes a new value when SIGHUP has it read its settings again
+    (core/reload.py); any other setting needs a restart. `secret` keeps the value out of
+    the logs.
     """
 
     help: str
@@ -221,6 +224,8 @@ class Setting:
     default_text: str | None = None
     path: PathKind = "dir"
     metavar: str | None = None
+    live: bool = False
+    secret: bool = False
 
 
 def setting(
@@ -235,11 +240,13 @@ def setting(
     default_text: str | None = None,
     path: PathKind = "dir",
     metavar: str | None = None,
+    live: bool = False,
+    secret: bool = False,
 ) -> T:
     """A dataclass field with `default` that declares its Setting (see there) in metadata.
 
     Use as `idle_timeout_s: float = setting(300.0, help=..., unit="seconds", low=0,
-    high=86400)`, and call `check_settings(self)` first in `__post_init__`.
+    high=86400, live=True)`, and call `check_settings(self)` first in `__post_init__`.
     """
     declared = Setting(
         help=help,
@@ -251,6 +258,8 @@ def setting(
         default_text=default_text,
         path=path,
         metavar=metavar,
+        live=live,
+        secret=secret,
     )
     field: T = dataclasses.field(default=default, metadata={SETTING: declared})
     return field

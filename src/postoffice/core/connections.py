@@ -81,6 +81,7 @@ class ClientLimitSettings:
         unit="bytes",
         low=0,
         high=1 << 40,
+        live=True,
     )
     output_soft_limit_bytes: int = setting(
         _DEFAULTS.output_soft_limit_bytes,
@@ -90,6 +91,7 @@ class ClientLimitSettings:
         unit="bytes",
         low=0,
         high=1 << 40,
+        live=True,
     )
     output_soft_limit_s: float = setting(
         _DEFAULTS.output_soft_limit_s,
@@ -98,6 +100,7 @@ class ClientLimitSettings:
         unit="seconds",
         low=0,
         high=86400,
+        live=True,
     )
     request_timeout_s: float = setting(
         _DEFAULTS.request_timeout_s,
@@ -106,6 +109,7 @@ class ClientLimitSettings:
         unit="seconds",
         low=0,
         high=86400,
+        live=True,
     )
     max_partial_bytes: int = setting(
         _DEFAULTS.max_partial_bytes,
@@ -115,6 +119,7 @@ class ClientLimitSettings:
         unit="bytes",
         low=0,
         high=1 << 40,
+        live=True,
     )
 
 

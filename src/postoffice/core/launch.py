@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import pathlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,6 +18,7 @@ import click
 from postoffice.core import config as core_config
 from postoffice.core import logs
 from postoffice.core.errors import ConfigError, PostOfficeError
+from postoffice.core.reload import Reloads
 from postoffice.core.runtime import announce_failure, raise_fd_limit, run
 
 C = TypeVar("C")
@@ -41,7 +44,10 @@ def serve_options(section: str) -> Callable[[F], F]:
                 help="Write the bound addresses here as JSON once listening.",
             ),
             click.option(
-                "--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING..."
+                "--log-level",
+                default=None,
+                help="DEBUG, INFO, WARNING, ERROR or CRITICAL; a service with a log_level "
+                "setting also takes it from the file and environment.  [default: INFO]",
             ),
             click.option("--log-json", is_flag=True, help="Log one JSON object per line."),
         )
@@ -59,11 +65,12 @@ def serve_service(
     flags: dict[str, object],
     config_path: str | None,
     ready_file: str | None,
-    log_level: str,
+    log_level: str | None,
     log_json: bool,
     serve: Callable[[C, asyncio.Event, str | None], Coroutine[Any, Any, None]],
     adjust: Callable[[C], C] | None = None,
     shared_env: dict[str, str] | None = None,
+    reloads: Reloads[C] | None = None,
 ) -> None:
     """Set up logging, load the layered config, and run `serve(config, stop, ready_file)`.
 
@@ -71,19 +78,32 @@ def serve_service(
     (POSTOFFICE_DATA_DIR) < POSTOFFICE_<SECTION>_* < flags (`None` flags fall through).
     A bad setting, or any PostOfficeError that ends the run (a port that cannot be
     bound, say), is a one-line click error, also written to the ready file
-    (`runtime.announce_failure`) for whoever waits on it.
+    (`runtime.announce_failure`) for whoever waits on it. With `reloads` (whose server
+    `serve` attaches), SIGHUP reads the settings again the same way: the file as it is
+    then, the environment as it was at start, the same flags.
     """
-    logs.setup(level=log_level, json=log_json, service=section)
-    try:
-        config = core_config.load(
+    logs.setup(level=log_level or "INFO", json=log_json, service=section)
+    environ = dict(os.environ)  # a reload sees the environment the process started with
+    leveled = any(f.name == "log_level" for f in dataclasses.fields(config_cls))  # type: ignore[arg-type]  # a dataclass
+    if leveled and log_level is not None:  # the flag is one more override of the setting
+        flags = {**flags, "log_level": log_level.upper()}
+
+    def read() -> C:
+        loaded = core_config.load(
             config_cls,
             section=section,
             path=config_path,
+            env=environ,
             overrides=flags,
             shared_env=shared_env,
         )
-        if adjust is not None:
-            config = adjust(config)
+        return loaded if adjust is None else adjust(loaded)
+
+    try:
+        config = read()
+        level = getattr(config, "log_level", None)
+        if isinstance(level, str):
+            logs.setup(level=level, json=log_json, service=section)
     except ConfigError as exc:
         raise _failed(section, ready_file, exc) from exc
     raise_fd_limit()
@@ -91,8 +111,10 @@ def serve_service(
     async def main(stop: asyncio.Event) -> None:
         await serve(config, stop, ready_file)
 
+    if reloads is not None:
+        reloads.bind(read)
     try:
-        run(main)
+        run(main, on_hangup=None if reloads is None else reloads.hangup)
     except PostOfficeError as exc:
         # A setting, a busy port, a locked store: one line, no traceback.
         raise _failed(section, ready_file, exc) from exc

@@ -54,10 +54,16 @@ def raise_fd_limit(wanted: int = DEFAULT_NOFILE) -> int:
     return soft
 
 
-def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
+def run(
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, T]],
+    *,
+    on_hangup: Callable[[], None] | None = None,
+) -> T:
     """Run `main(stop)` on uvloop; SIGINT and SIGTERM set `stop` (a second one is fatal).
 
-    `main` is expected to return once it has shut down gracefully after `stop` is set.
+    SIGHUP calls `on_hangup` (a reload of the settings); without one it is logged and
+    ignored, so a hangup never kills a server that has nothing to reload. `main` is
+    expected to return once it has shut down gracefully after `stop` is set.
     """
     import uvloop
 
@@ -75,9 +81,10 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
             log.info("signal=%s received, shutting down", signal.Signals(signum).name)
             stop.set()
 
-        signums = (signal.SIGINT, signal.SIGTERM)
-        for signum in signums:
+        signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for signum in signums[:2]:
             loop.add_signal_handler(signum, _on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup or _hangup_ignored)
         try:
             return await main(stop)
         finally:
@@ -87,6 +94,10 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
                 loop.remove_signal_handler(signum)
 
     return uvloop.run(_wrapper())
+
+
+def _hangup_ignored() -> None:
+    log.info("signal=SIGHUP received, nothing to reload in this process")
 
 
 @final

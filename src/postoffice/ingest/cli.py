@@ -12,6 +12,7 @@ import click
 
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.launch import config_options, serve_options, serve_service
+from postoffice.core.reload import Reloads
 from postoffice.ingest.config import IngestConfig
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ def serve(
     log_json: bool,
     **flags: object,
 ) -> None:
-    """Run the ingest server until SIGINT or SIGTERM (then drain and exit 0).
+    """Run the ingest server until SIGINT or SIGTERM (then drain and exit 0); SIGHUP
+    reloads the settings.
 
     Settings come from defaults < --config file < POSTOFFICE_INGEST_* environment <
     these flags. Upload with `postoffice ingest send FILE`.
@@ -42,8 +44,12 @@ def serve(
     from postoffice.core.config import DATA_DIR_ENV
     from postoffice.ingest.server import IngestServer
 
+    reloads: Reloads[IngestConfig] = Reloads()
+
     async def start(config: IngestConfig, stop: asyncio.Event, ready: str | None) -> None:
-        await IngestServer(config).serve(stop, ready_file=ready)
+        server = IngestServer(config)
+        reloads.attach(server)
+        await server.serve(stop, ready_file=ready)
 
     serve_service(
         section="ingest",
@@ -55,6 +61,7 @@ def serve(
         log_json=log_json,
         serve=start,
         shared_env={"data_dir": DATA_DIR_ENV},
+        reloads=reloads,
     )
 
 

@@ -17,6 +17,7 @@ from postoffice.core.config import (
 )
 from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
+from postoffice.core.logs import LEVELS
 
 MAX_DATA_PORTS: Final = 64  # X: one listener each; far past what one process can feed
 #: Uploads of at most this many chunks may cut them as small as they like: such an upload
@@ -49,13 +50,14 @@ class IngestConfig(ClientLimitSettings):
         low=0,
         high=65535,
     )
-    x: int = setting(4, help="Number of data ports.", low=1, high=MAX_DATA_PORTS)
+    x: int = setting(4, help="Number of data ports.", low=1, high=MAX_DATA_PORTS, live=True)
     ttl_s: float = setting(
         86400.0,
         help="Seconds before idle uploads and published files are removed.",
         unit="seconds",
         low=1,
         high=10 * 365 * 86400,
+        live=True,
     )
     data_dir: Path = setting(DEFAULT_DATA_DIR, help=f"State directory (also ${DATA_DIR_ENV}).")
     files_dir: Path | None = setting(
@@ -67,7 +69,12 @@ class IngestConfig(ClientLimitSettings):
         default_text="<data-dir>/ingest/patches",
     )
     cleanup_interval_s: float = setting(
-        60.0, help="Seconds between TTL cleanup passes.", unit="seconds", low=0.01, high=86400
+        60.0,
+        help="Seconds between TTL cleanup passes.",
+        unit="seconds",
+        low=0.01,
+        high=86400,
+        live=True,
     )
     max_chunk_bytes: int = 8 * 1024 * 1024
     max_output_bytes: int = setting(
@@ -76,6 +83,7 @@ class IngestConfig(ClientLimitSettings):
         unit="bytes",
         low=1,
         high=1 << 50,
+        live=True,
     )
     max_output_ratio: int = setting(
         100,
@@ -85,6 +93,7 @@ class IngestConfig(ClientLimitSettings):
         ),
         low=0,
         high=1_000_000,
+        live=True,
     )
     max_window_log: int = 27  # 128 MiB: zstd's own default ceiling for decompression
     max_uploads: int = setting(
@@ -95,6 +104,7 @@ class IngestConfig(ClientLimitSettings):
         ),
         low=1,
         high=10_000_000,
+        live=True,
     )
     min_chunk_bytes: int = setting(
         16 * 1024,
@@ -106,6 +116,7 @@ class IngestConfig(ClientLimitSettings):
         unit="bytes",
         low=0,
         high=8 * _MIB,
+        live=True,
     )
     max_connections: int = 1000
     idle_timeout_s: float = 300.0
@@ -127,7 +138,16 @@ class IngestConfig(ClientLimitSettings):
         low=0,
         high=256,
     )
-    control_token: str | None = setting(None, help="Token the control port requires (AUTH).")
+    control_token: str | None = setting(
+        None, help="Token the control port requires (AUTH).", secret=True
+    )
+    log_level: str = setting(
+        "INFO",
+        help="Log level (also --log-level, which wins).",
+        flag=None,
+        choices=LEVELS,
+        live=True,
+    )
     shutdown_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:

@@ -44,6 +44,7 @@ from postoffice.core.http import (
     serve_http,
 )
 from postoffice.core.listeners import bound_address, listen
+from postoffice.core.reload import apply_log_level
 from postoffice.core.runtime import Supervisor, serve_until_stopped
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
@@ -307,6 +308,34 @@ class IngestServer:
             max_output_bytes=config.max_output_bytes,
             max_output_ratio=config.max_output_ratio,
         )
+
+    async def reconfigure(self, new: IngestConfig) -> None:
+        """Run with the settings `new` from now on (a reload's live ones, core/reload.py),
+        each as its CONFIG SET does it; the data ports first, the one change that can
+        fail (a port that cannot be bound). Raises PostOfficeError then, the others not
+        made."""
+        old = self.config
+        if new.x != old.x:
+            await self.set_x(new.x)
+        if new.ttl_s != old.ttl_s:
+            self.set_ttl(new.ttl_s)
+        if new.max_uploads != old.max_uploads:
+            self.set_max_uploads(new.max_uploads)
+        if (new.max_output_bytes, new.max_output_ratio) != (
+            old.max_output_bytes,
+            old.max_output_ratio,
+        ):
+            self.set_output_limits(
+                max_output_bytes=new.max_output_bytes, max_output_ratio=new.max_output_ratio
+            )
+        limits = new.connection_limits(self.max_frame_payload)
+        self.data_manager.limits = limits
+        self.sys_manager.limits = dataclasses.replace(limits, idle_timeout_s=0)
+        self.intake.min_chunk_bytes = new.min_chunk_bytes
+        if new.log_level != old.log_level:
+            apply_log_level(new.log_level)
+        self.config = new
+        self.assembler.config = new
 
     def data_ports(self) -> list[int]:
         """The data ports listening now, in order."""

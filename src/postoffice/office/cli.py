@@ -86,7 +86,8 @@ def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: b
     """Start every service as a supervised child process and print where each listens.
 
     A child that exits is restarted after a growing delay. Ctrl-C or SIGTERM stops them
-    all (SIGKILL after 10 s) and exits 0. Children log to stderr; the table of services
+    all (SIGKILL after 10 s) and exits 0; SIGHUP is passed on to each child, which reads
+    its settings again. Children log to stderr; the table of services
     goes to stdout, and `<data-dir>/run/director.json` holds the same as JSON.
     """
     try:
@@ -129,6 +130,6 @@ def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: b
         on_restarted=restarted,
     )
     try:
-        run(director.run)
+        run(director.run, on_hangup=director.hangup)
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc

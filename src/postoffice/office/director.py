@@ -22,6 +22,9 @@ the backoff starts over once a child has stayed up `healthy_after_s`. A relaunch
 fails is treated like another crash. Every change of state rewrites
 `<data-dir>/run/director.json` atomically, for tests and the dashboard.
 
+SIGHUP to the director is passed on to every ready child, which reads its settings
+again; the director itself has none to reload.
+
 On stop, the live children are stopped in reverse start order, so a service is still
 there while those that rely on it drain (the command server's keys live in the store):
 each gets SIGTERM, then SIGKILL if it is still running after `stop_timeout_s`. Children
@@ -263,6 +266,25 @@ class Director:
         with contextlib.suppress(OSError):
             (run_dir(self.data_dir) / STATUS_FILE).unlink(missing_ok=True)
         self._release_lock()
+
+    def hangup(self) -> None:
+        """SIGHUP's work: pass it on to every ready child, which reads its own settings
+        again (core/reload.py), and log each. A child still starting is left alone: it
+        reads them anyway, and a SIGHUP before its handler is set would end it."""
+        for child in self._children:
+            process = child.process
+            if process is None or process.returncode is not None:
+                continue
+            if child.state is not ChildState.READY:
+                log.info(
+                    "SIGHUP not forwarded, service not ready %s",
+                    kv(child=child.spec.name, pid=process.pid, state=child.state.name.lower()),
+                )
+                continue
+            # Our own, not yet reaped child: its pid cannot have been reused.
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGHUP)
+            log.info("SIGHUP forwarded %s", kv(child=child.spec.name, pid=process.pid))
 
     # -- internals ----------------------------------------------------------------------
 

@@ -29,17 +29,22 @@ def serve(
     log_json: bool,
     **flags: object,
 ) -> None:
-    """Run the store server until SIGINT or SIGTERM (then drain and exit 0).
+    """Run the store server until SIGINT or SIGTERM (then drain and exit 0); SIGHUP
+    reloads the settings.
 
     Settings come from defaults < --config file < POSTOFFICE_STORE_* environment < flags.
     The protocol is in docs/protocols/store.md.
     """
     from postoffice.core.config import DATA_DIR_ENV
+    from postoffice.core.reload import Reloads
     from postoffice.store.errors import StoreLockedError
     from postoffice.store.server import StoreServer
 
+    reloads: Reloads[StoreConfig] = Reloads()
+
     async def start(config: StoreConfig, stop: asyncio.Event, ready: str | None) -> None:
         server = StoreServer(config)
+        reloads.attach(server)
         try:
             await server.serve(stop, ready_file=ready)
         except StoreLockedError as exc:  # a command server with --store-dir, or another store
@@ -56,6 +61,7 @@ def serve(
         log_json=log_json,
         serve=start,
         shared_env={"data_dir": DATA_DIR_ENV},
+        reloads=reloads,
     )
 
 

@@ -21,6 +21,7 @@ from postoffice.core.http import (
     HTTP_REQUEST_TIMEOUT_S,
     http_limits,
 )
+from postoffice.core.logs import LEVELS
 from postoffice.store.engine import DEFAULT_DURABILITY, Durability
 
 _MIB: Final = 1024 * 1024
@@ -54,7 +55,11 @@ class StoreConfig(ClientLimitSettings):
         choices=[d.value for d in Durability],
     )
     max_connections: int = setting(
-        10_000, help="Clients served at once; more are refused.", low=1, high=1_000_000
+        10_000,
+        help="Clients served at once; more are refused.",
+        low=1,
+        high=1_000_000,
+        live=True,
     )
     idle_timeout_s: float = setting(
         300.0,
@@ -62,6 +67,7 @@ class StoreConfig(ClientLimitSettings):
         unit="seconds",
         low=0,
         high=86400,
+        live=True,
     )
     max_request_bytes: int = setting(
         MAX_PAYLOAD_BYTES,
@@ -70,6 +76,7 @@ class StoreConfig(ClientLimitSettings):
         unit="bytes",
         low=1024,
         high=MAX_PAYLOAD_BYTES,
+        live=True,
     )
     max_scan_page_bytes: int = setting(
         _MIB,
@@ -78,6 +85,7 @@ class StoreConfig(ClientLimitSettings):
         unit="bytes",
         low=1024,
         high=MAX_PAYLOAD_BYTES,
+        live=True,
     )
     http_max_connections: int = setting(
         HTTP_MAX_CONNECTIONS,
@@ -99,6 +107,13 @@ class StoreConfig(ClientLimitSettings):
         unit="seconds",
         low=0,
         high=86400,
+    )
+    log_level: str = setting(
+        "INFO",
+        help="Log level (also --log-level, which wins).",
+        flag=None,
+        choices=LEVELS,
+        live=True,
     )
     max_in_flight: int = 1024  # replies owed per connection before it stops reading
     io_threads: int = 8

@@ -17,6 +17,7 @@ from postoffice.core.errors import LimitExceeded, PostOfficeError
 from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDecoder, FrameError
 from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
+from postoffice.core.reload import apply_log_level
 from postoffice.core.runtime import serve_until_stopped
 from postoffice.core.transport import WRITE_HIGH_WATER_BYTES, BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
@@ -434,6 +435,15 @@ class StoreServer:
 
     def __repr__(self) -> str:
         return f"<StoreServer {self.addresses.get('store')} clients={self.manager.active}>"
+
+    async def reconfigure(self, new: StoreConfig) -> None:
+        """Run with the settings `new` from now on (a reload's live ones, core/reload.py):
+        the connection limits at once; the request size and the SCAN page for the
+        connections and requests that come next."""
+        if new.log_level != self.config.log_level:
+            apply_log_level(new.log_level)
+        self.manager.limits = new.connection_limits()
+        self.config = new
 
     async def startup(self) -> None:
         """Open the store (recovering it), start the pool and bind the ports."""
