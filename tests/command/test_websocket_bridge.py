@@ -88,7 +88,9 @@ class TestOneCommand:
 
 
 class TestBridge:
-    async def test_each_reply_is_one_message_of_the_requests_kind(self, server: CommandServer) -> None:
+    async def test_each_reply_is_one_message_of_the_requests_kind(
+        self, server: CommandServer
+    ) -> None:
         channel = FakeChannel()
         bridge = CommandBridge(server, channel)
         bridge.on_message("PING")
@@ -105,7 +107,9 @@ class TestBridge:
         assert list(server.clients()) == []
         assert server.manager.active == 0
 
-    async def test_two_commands_in_a_message_get_the_error_and_1002(self, server: CommandServer) -> None:
+    async def test_two_commands_in_a_message_get_the_error_and_1002(
+        self, server: CommandServer
+    ) -> None:
         channel = FakeChannel()
         bridge = CommandBridge(server, channel)
         bridge.on_message("PING\r\nPING\r\n")
