@@ -3,6 +3,7 @@ whole messages to the handler, and the closes a bad peer gets (1009, 1002, 1007)
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,7 +19,7 @@ from postoffice.core.httpapi import (
     WebSocketChannel,
     WebSocketRoute,
 )
-from postoffice.core.websocket import handshake
+from postoffice.core.websocket import handshake, stream_opener
 from tests.fakes import FakeTransport
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3's example
@@ -204,3 +205,27 @@ class TestMessages:
         protocol.shutdown_requested()
         client.receive_data(transport.take())
         assert close_code(list(client.events())) == 1001
+
+
+async def _lines() -> AsyncIterator[bytes]:
+    yield b'{"event": "hello"}\n'
+    yield b'{"event": "published"}\n'
+
+
+async def test_a_stream_route_sends_one_line_per_text_message_then_closes() -> None:
+    routes: Routes = {
+        "/events": WebSocketRoute(opener=stream_opener(_lines), max_message_bytes=lambda: 10)
+    }
+    protocol = HttpProtocol(routes)
+    transport = FakeTransport(protocol, auto_lost=False)
+    protocol.connection_made(transport)
+    protocol.data_received(_upgrade("/events"))
+    assert transport.take().startswith(b"HTTP/1.1 101 ")
+    client = Connection(ConnectionType.CLIENT)
+    events: list[Event] = []
+    while not any(isinstance(e, CloseConnection) for e in events):  # the feed is a task
+        client.receive_data(await transport.next_write(timeout_s=5.0))
+        events += client.events()
+    texts = [e.data for e in events if isinstance(e, TextMessage)]
+    assert texts == ['{"event": "hello"}', '{"event": "published"}']
+    assert close_code(events) == 1000

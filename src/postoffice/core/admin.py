@@ -7,7 +7,7 @@ Core layer; each service builds its /stats, /clients and /config from these.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +15,7 @@ from postoffice.core.connections import Managed
 from postoffice.core.errors import ConfigError
 from postoffice.core.httpapi import (
     Endpoint,
+    Handler,
     HttpRequest,
     Response,
     error_response,
@@ -88,20 +89,20 @@ def admin_endpoints(
     stats: Callable[[], object],
     clients: Callable[[], object],
     config: Callable[[], object],
-    put_config: Callable[[dict[str, str]], Response] | None,
+    put_config: Callable[[dict[str, str]], Response | Awaitable[Response]] | None,
     password: Callable[[], str | None] | None = None,
 ) -> dict[str, Endpoint]:
     """/stats, /clients and /config (PUT only with `put_config`, which gets the body's
     settings once they parsed), each behind `password` when it gives one."""
 
-    def put(request: HttpRequest) -> Response:
+    def put(request: HttpRequest) -> Response | Awaitable[Response]:
         assert put_config is not None
         body = settings_body(request)
         if body.refusal is not None:
             return body.refusal
         return put_config(body.settings)
 
-    config_handlers = {"GET": lambda r: json_response(config())}
+    config_handlers: dict[str, Handler] = {"GET": lambda r: json_response(config())}
     if put_config is not None:
         config_handlers["PUT"] = put
     return {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final, final
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -36,6 +36,7 @@ from postoffice.core.httpapi import (
     HttpRequest,
     MessageHandler,
     Response,
+    WebSocketChannel,
     WebSocketOpener,
     error_response,
 )
@@ -236,10 +237,66 @@ class WebSocketSession:
             self._handler.resume_writing()
 
 
+@final
+class StreamFeed:
+    """A MessageHandler that sends a stream's chunks as text messages (a trailing line
+    end dropped: an NDJSON stream becomes one JSON document per message), and ignores
+    what the client sends. While the peer does not read, it stops taking chunks (the
+    stream's own queue decides what is dropped meanwhile)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], channel: WebSocketChannel) -> None:
+        self._chunks = chunks
+        self._channel = channel
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.sent = 0
+        self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._feed())
+
+    def __repr__(self) -> str:
+        return f"<StreamFeed {self._channel.peer} sent={self.sent}>"
+
+    async def _feed(self) -> None:
+        try:
+            async for chunk in self._chunks:
+                await self._writable.wait()
+                self._channel.send(chunk.rstrip(b"\n").decode(errors="replace"))
+                self.sent += 1
+            self._channel.close(1000, "end of stream")
+        finally:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def on_message(self, message: bytes | str) -> None:
+        """Nothing: the stream only goes one way."""
+
+    def on_close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+
+def stream_opener(chunks: Callable[[], AsyncIterator[bytes]]) -> WebSocketOpener:
+    """The opener of a WebSocket path that watches a stream (a fresh `chunks()` each)."""
+
+    def opener(request: HttpRequest, channel: WebSocketChannel) -> MessageHandler:
+        return StreamFeed(chunks(), channel)
+
+    return opener
+
+
 __all__ = [
     "MAX_CLOSE_REASON_BYTES",
     "WEBSOCKET_VERSION",
+    "StreamFeed",
     "WebSocketSession",
     "WsState",
     "handshake",
+    "stream_opener",
 ]
