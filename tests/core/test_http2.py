@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from h2.config import H2Configuration
@@ -30,7 +30,14 @@ from postoffice.core.http2 import (
     MAX_FRAME_BYTES,
     MAX_HEADER_LIST_BYTES,
 )
-from postoffice.core.httpapi import Endpoint, HttpRequest, Response, Routes, json_response
+from postoffice.core.httpapi import (
+    Endpoint,
+    HttpRequest,
+    Response,
+    Routes,
+    Stream,
+    json_response,
+)
 from tests.fakes import FakeTransport
 
 
@@ -43,7 +50,13 @@ async def _slow() -> Response:
     return Response(status=200, body=b"later\n")
 
 
+async def _two_lines() -> AsyncIterator[bytes]:
+    yield b"one\n"
+    yield b"two\n"
+
+
 ROUTES: Routes = {
+    "/events": lambda: Stream(chunks=_two_lines(), content_type="application/x-ndjson"),
     "/healthz": lambda: Response(status=200, body=b"ok\n"),
     "/big": lambda: Response(status=200, body=b"x" * 100_000),
     "/slow": _slow,
@@ -166,6 +179,26 @@ class TestRequests:
         conn.receive_data(transport.take())
         events = conn.receive_data(await transport.next_write())
         assert response(events, 1) == (200, b"later\n", True)
+
+    async def test_a_stream_route_sends_its_chunks_as_data_frames(self) -> None:
+        protocol, transport = connect()
+        conn = client()
+        conn.send_headers(1, headers("/events"), end_stream=True)
+        protocol.data_received(conn.data_to_send())
+        events = conn.receive_data(transport.take())
+        while response(events, 1)[2] is False:  # bounded by next_write's timeout
+            events += conn.receive_data(await transport.next_write(timeout_s=5.0))
+        assert response(events, 1) == (200, b"one\ntwo\n", True)
+
+    def test_idle_timeout_says_goaway_before_the_close(self) -> None:
+        protocol, transport = connect()
+        conn = client()
+        conn.send_headers(1, headers("/healthz"), end_stream=True)
+        exchange(protocol, transport, conn)
+        assert protocol.can_idle_close()
+        protocol.on_idle_timeout()
+        assert goaway(conn.receive_data(transport.take())).error_code == ErrorCodes.NO_ERROR
+        assert transport.closed
 
     def test_a_body_larger_than_the_clients_window_waits_for_window_updates(self) -> None:
         protocol, transport = connect()

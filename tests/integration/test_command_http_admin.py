@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 
@@ -330,3 +331,47 @@ async def test_websocket_binary_value_to_a_text_command_comes_back_binary(serve:
         assert await asyncio.wait_for(ws.recv(), _TIMEOUT_S) == b"+OK\r\n"
         await ws.send("GET b")
         assert await asyncio.wait_for(ws.recv(), _TIMEOUT_S) == b"$2\r\n\xff\x00\r\n"
+
+
+def _goaway_code(sock: socket.socket) -> int:
+    """Read frames until the GOAWAY; its error code (RFC 9113 section 6.8)."""
+    data = b""
+    sock.settimeout(_TIMEOUT_S)
+    while True:
+        while len(data) >= 9:
+            length = int.from_bytes(data[:3], "big")
+            if len(data) < 9 + length:
+                break
+            kind, payload = data[3], data[9 : 9 + length]
+            data = data[9 + length :]
+            if kind == 0x7:
+                return int.from_bytes(payload[4:8], "big")
+        block = sock.recv(65536)
+        assert block, "closed without a GOAWAY"
+        data += block
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        # A DATA frame on stream 0: PROTOCOL_ERROR.
+        (b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x", 0x1),
+        # A PING frame of 9 bytes (must be 8): FRAME_SIZE_ERROR.
+        (b"\x00\x00\x09\x06\x00\x00\x00\x00\x00" + b"\x00" * 9, 0x6),
+    ],
+)
+async def test_a_bad_http2_frame_gets_goaway_and_other_clients_are_served(
+    serve: Serve, frames: bytes, code: int
+) -> None:
+    server = serve("command", *BASE)
+    host, port = server.listeners["metrics"]
+    transport = httpx.AsyncHTTPTransport(http1=False, http2=True)
+    async with httpx.AsyncClient(
+        base_url=http_base(server), transport=transport, timeout=_TIMEOUT_S
+    ) as http:
+        assert (await http.get("/healthz")).status_code == 200  # a connection open before
+        with socket.create_connection((host, port), timeout=_TIMEOUT_S) as bad:
+            settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            bad.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + frames)
+            assert await asyncio.to_thread(_goaway_code, bad) == code
+        assert (await http.get("/stats")).status_code == 200  # the same connection goes on

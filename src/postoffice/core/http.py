@@ -309,6 +309,8 @@ class HttpProtocol(asyncio.Protocol):
         return not self._busy and self.partial_since is None
 
     def on_idle_timeout(self) -> None:
+        if self._upgraded is not None:
+            self._upgraded.shutdown_requested()  # HTTP/2: GOAWAY NO_ERROR before the close
         self._close()
 
     def shutdown_requested(self) -> None:
