@@ -375,3 +375,27 @@ async def test_a_bad_http2_frame_gets_goaway_and_other_clients_are_served(
             bad.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + frames)
             assert await asyncio.to_thread(_goaway_code, bad) == code
         assert (await http.get("/stats")).status_code == 200  # the same connection goes on
+
+
+def test_under_workers_the_admin_api_asks_every_worker(serve: Serve) -> None:
+    server = serve("command", *BASE, "--workers", "2", "--requirepass", "pw")
+    host, port = server.listeners["command"]
+    named = []
+    for i in range(6):  # SO_REUSEPORT spreads them over both workers
+        r = redis.Redis(host=host, port=port, socket_timeout=10, password="pw")
+        r.client_setname(f"c{i}")
+        named.append(r)
+    auth = {"authorization": "Bearer pw"}
+    with httpx.Client(base_url=http_base(server), timeout=_TIMEOUT_S, headers=auth) as http:
+        names = {c["name"] for c in http.get("/clients").json()}
+        assert {f"c{i}" for i in range(6)} <= names
+        info = http.get("/stats").json()
+        assert info["clients"]["connected_clients"] >= 6
+        assert http.get("/stats", headers={"authorization": "Bearer no"}).status_code == 403
+        changed = http.put("/config", json={"timeout": 99})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["workers"] == "2"
+        assert http.put("/config", json={"workers": 3}).status_code == 403
+        assert http.get("/ws").status_code == 404  # no clients of its own to bridge to
+    for r in named:  # each worker was told, whichever a client landed on
+        assert r.config_get("timeout") == {"timeout": "99"}
