@@ -140,7 +140,7 @@ def test_admin_paths_need_the_password_and_probes_do_not(serve: Serve) -> None:
         assert http.get("/metrics").status_code == 200
 
 
-def test_wrong_method_and_path_and_oversized_body(serve: Serve) -> None:
+def test_wrong_method_and_path_and_oversized_body_and_head(serve: Serve) -> None:
     server = serve("command", *BASE)
     with httpx.Client(base_url=http_base(server), timeout=_TIMEOUT_S) as http:
         wrong = http.post("/config", json={})
@@ -151,6 +151,9 @@ def test_wrong_method_and_path_and_oversized_body(serve: Serve) -> None:
         assert big.status_code == 413
         assert "exceeds limit 65536" in big.json()["message"]
         assert http.get("/stats").status_code == 200  # a new connection is served
+        huge = http.get("/stats", headers={"x-padding": "p" * 17_000})
+        assert huge.status_code == 431
+        assert http.get("/stats").status_code == 200
 
 
 # -- HTTP/2 --------------------------------------------------------------------------------
