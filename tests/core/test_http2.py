@@ -190,6 +190,18 @@ class TestRequests:
             events += conn.receive_data(await transport.next_write(timeout_s=5.0))
         assert response(events, 1) == (200, b"one\ntwo\n", True)
 
+    async def test_shutdown_answers_the_streams_in_flight_then_says_goaway(self) -> None:
+        protocol, transport = connect()
+        conn = client()
+        conn.send_headers(1, headers("/slow"), end_stream=True)
+        exchange(protocol, transport, conn)
+        protocol.shutdown_requested()
+        assert not transport.closed  # stream 1 is still owed its answer
+        events = conn.receive_data(await transport.next_write())
+        assert response(events, 1) == (200, b"later\n", True)
+        assert goaway(events).error_code == ErrorCodes.NO_ERROR
+        assert transport.closed
+
     def test_idle_timeout_says_goaway_before_the_close(self) -> None:
         protocol, transport = connect()
         conn = client()

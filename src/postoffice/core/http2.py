@@ -225,14 +225,20 @@ class Http2Session:
             self._forget(stream_id)
 
     def shutdown_requested(self) -> None:
-        """GOAWAY now; close once the streams in progress are answered."""
+        """Once the streams in progress are answered: GOAWAY (NO_ERROR), then close.
+
+        Not GOAWAY first: h2 refuses to send anything after it, so the answers owed
+        would be lost.
+        """
         if self._closed or self._going_away:
             return
         self._going_away = True
-        self._conn.close_connection(error_code=ErrorCodes.NO_ERROR)
-        self._flush()
         if not self._streams:
-            self._close()
+            self._goodbye()
+
+    def _goodbye(self) -> None:
+        self._conn.close_connection(error_code=ErrorCodes.NO_ERROR)
+        self._close()
 
     def can_idle_close(self) -> bool:
         return not self._streams
@@ -332,7 +338,11 @@ class Http2Session:
         if stream is None or self._closed:
             return
         stream.task = None
-        self._send_response(stream_id, response, head_only=head_only)
+        try:
+            self._send_response(stream_id, response, head_only=head_only)
+        except ProtocolError as exc:  # the stream ended meanwhile (reset, closed)
+            log.debug("http2 answer dropped %s", kv(peer=self._peer, stream=stream_id, error=exc))
+            self._forget(stream_id)
         self._flush()
 
     async def _stream(self, stream_id: int, stream: Stream, head_only: bool) -> None:
@@ -409,7 +419,7 @@ class Http2Session:
     def _done(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
         if self._going_away and not self._streams:
-            self._close()
+            self._goodbye()
 
     def _forget(self, stream_id: int) -> None:
         stream = self._streams.pop(stream_id, None)
