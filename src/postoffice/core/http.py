@@ -202,16 +202,6 @@ class HttpProtocol(asyncio.Protocol):
             state = "READING"
         return f"<HttpProtocol {self._peer} {state} requests={self._requests}>"
 
-    @property
-    def peer(self) -> str:
-        """The client's address, `host:port`."""
-        return self._peer
-
-    @property
-    def state(self) -> str:
-        """What the connection is doing, for /clients."""
-        return repr(self).split(" ")[2]
-
     # asyncio.Protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
