@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Final, final
 
+from postoffice.command.admin import primary_routes
 from postoffice.command.aggregate import (
     PrimaryUsage,
     Retired,
@@ -37,11 +38,17 @@ from postoffice.command.commands import server_facts
 from postoffice.command.config import CommandConfig, settings_json
 from postoffice.command.errors import CommandError, WorkerUnavailableError
 from postoffice.command.link import Link
-from postoffice.command.server import changed_config, config_pairs, rewrite_file, rss_bytes
+from postoffice.command.server import (
+    READ_ONLY_CONFIG,
+    changed_config,
+    config_pairs,
+    rewrite_file,
+    rss_bytes,
+)
 from postoffice.command.stats import INFO_COUNTERS, STATS_COUNTERS
 from postoffice.core import metrics
 from postoffice.core.errors import ConfigError
-from postoffice.core.http import Response, health_routes, serve_http
+from postoffice.core.http import Response, serve_http
 from postoffice.core.listeners import bound_address, make_socket
 from postoffice.core.runtime import Backoff, announce
 
@@ -139,7 +146,7 @@ class Primary:
         port = self._fix_port()
         self.addresses["command"] = (self.config.host, port)
         if self.config.metrics_port is not None:
-            routes = {"/metrics": self._metrics, **health_routes(self._ready)}
+            routes = primary_routes(self, self._metrics, self._ready)
             self._http = await serve_http(
                 routes, host=self.config.host, port=self.config.metrics_port
             )
@@ -492,6 +499,30 @@ class Primary:
             worker.sent_config = new
 
     # -- HTTP --------------------------------------------------------------------------
+    # The admin API (command/admin.py primary_routes) asks these; each raises
+    # WorkerUnavailableError naming a worker that did not answer.
+
+    async def info(self) -> dict[str, dict[str, object]]:
+        """INFO over every worker, as a client of the first worker sees it."""
+        return await self._info(self.workers[0])
+
+    async def client_lines(self) -> list[str]:
+        """CLIENT LIST over every worker."""
+        return await self._clients({})
+
+    def config_items(self) -> dict[str, str]:
+        """CONFIG GET's settings: the primary keeps what every worker was told."""
+        config = self.config
+        items = {"bind": config.host, "port": str(self.addresses["command"][1])}
+        items |= {"workers": str(config.workers), **READ_ONLY_CONFIG}
+        return items | dict(config_pairs(config))
+
+    async def config_set(self, pairs: list[tuple[str, str]]) -> None:
+        """CONFIG SET on every worker; raises what `changed_config` raises first."""
+        self.config = changed_config(self.config, pairs)
+        args: dict[str, object] = {"pairs": [list(p) for p in pairs]}
+        for worker, _ in await self._ask("config_set", args, "CONFIG SET"):
+            worker.sent_config = self.config
 
     async def _metrics(self) -> Response:
         try:

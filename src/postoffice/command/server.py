@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final, final
 
+from postoffice.command.admin import http_routes
 from postoffice.command.cluster import Cluster
 from postoffice.command.commands import server_facts
 from postoffice.command.config import CommandConfig
@@ -30,7 +31,7 @@ from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import ConfigError
-from postoffice.core.http import serve_metrics
+from postoffice.core.http import serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.reload import apply_log_level
 from postoffice.core.rewrite import rewrite_config
@@ -151,8 +152,8 @@ class CommandServer:
         self._listeners.append(server)
         self.addresses["command"] = bound_address(server)
         if config.metrics_port is not None:
-            http = await serve_metrics(
-                self.registry, lambda: self._ready, host=config.host, port=config.metrics_port
+            http = await serve_http(
+                http_routes(self, lambda: self._ready), host=config.host, port=config.metrics_port
             )
             self._listeners.append(http)
             self.addresses["metrics"] = bound_address(http)

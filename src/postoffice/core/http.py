@@ -1,30 +1,38 @@
-"""A tiny HTTP/1.1 server for health probes and `/metrics`: h11 inside an asyncio.Protocol.
+"""The HTTP ports' server: h11 inside an asyncio.Protocol, switching a connection to HTTP/2
+(core/http2.py) or WebSocket (core/websocket.py) when it asks; docs/protocols/http.md.
 
 Core layer: h11 is the pure parser, `HttpProtocol` the thin I/O shell around it.
-
-Design: a connection serves one request at a time. h11 emits `Request`, then
-`EndOfMessage`; the route runs on `EndOfMessage`. A route returning an awaitable runs as
-a task while reading is paused, and pipelined requests wait in h11's buffer until the
-response is written and `start_next_cycle` rearms the parser. Requests with a body, an
-oversized head or broken syntax get one error response and then the connection closes,
-since the rest of the stream can no longer be trusted to line up with requests.
-
-Limits, as nginx keeps them (worker_connections, keepalive_timeout, client_header_timeout):
-a `ConnectionManager` per listener admits at most `max_connections` (one over it gets a
-503 and is closed at once, so a flood of idle connections cannot take every descriptor
-of the process and with it the service's own port), closes a connection with no request
-in progress after `idle_timeout_s`, and one whose request head has not arrived whole
-`request_timeout_s` after its first byte (a 408).
 """
+
+# Design
+# ------
+# A connection serves one request at a time. h11 emits `Request`, `Data` (a body, only
+# where the route takes one, within its limit), then `EndOfMessage`; the route runs on
+# `EndOfMessage`. A route returning an awaitable runs as a task while reading is paused,
+# and pipelined requests wait in h11's buffer until the response is written and
+# `start_next_cycle` rearms the parser. An oversized head or body or broken syntax gets
+# one error response and then the connection closes, since the rest of the stream can
+# no longer be trusted to line up with requests.
+#
+# The first bytes are held while they may be the HTTP/2 preface; once they are, or once
+# a request upgrades (h2c, websocket), the connection is `Upgraded` and every later byte
+# goes to that session, which this shell only forwards to.
+#
+# Limits, as nginx keeps them (worker_connections, keepalive_timeout,
+# client_header_timeout): a `ConnectionManager` per listener admits at most
+# `max_connections` (one over it gets a 503 and is closed at once, so a flood of idle
+# connections cannot take every descriptor of the process and with it the service's own
+# port), closes a connection with no request in progress after `idle_timeout_s`, and one
+# whose request head has not arrived whole `request_timeout_s` after its first byte (a
+# 408).
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Final, TypeAlias, cast, final
+from typing import Final, Protocol, cast, final
 
 import h11
 from prometheus_client.registry import Collector
@@ -32,6 +40,19 @@ from prometheus_client.registry import Collector
 from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionLimits, ConnectionManager
 from postoffice.core.errors import BrokenError
+from postoffice.core.httpapi import (
+    HttpRequest,
+    Response,
+    Route,
+    Routes,
+    Stream,
+    WebSocketRoute,
+    answer,
+    body_limit,
+    check_auth,
+    text_response,
+    too_large,
+)
 from postoffice.core.listeners import describe_os_error
 from postoffice.core.logs import kv
 from postoffice.core.metrics import render
@@ -89,46 +110,10 @@ _TIMED_OUT: Final = (
     b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n"
 )
 
-_ALLOWED_METHODS: Final = (b"GET", b"HEAD")
-_ALLOW_HEADER: Final = b"GET, HEAD"
-_TEXT: Final = "text/plain; charset=utf-8"
+#: What a client that knows the port speaks HTTP/2 sends first (RFC 9113, section 3.4).
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Response:
-    """What a route answers: status code, body, and the body's content type."""
-
-    status: int
-    body: bytes
-    content_type: str = _TEXT
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stream:
-    """An endless or long response: its chunks are sent as they come (chunked encoding).
-
-    The connection closes when the iterator ends or the client goes away (the iterator is
-    then closed, so a subscriber can unsubscribe in its `finally`).
-    """
-
-    chunks: AsyncIterator[bytes]
-    content_type: str = _TEXT
-
-
-Route: TypeAlias = Callable[[], Response | Stream | Awaitable[Response]]
-
-_NOT_FOUND: Final = Response(status=404, body=b"not found\n")
-_NOT_ALLOWED: Final = Response(status=405, body=b"method not allowed\n")
-_TOO_LARGE: Final = Response(status=413, body=b"request bodies are not accepted\n")
 _INTERNAL_ERROR: Final = Response(status=500, body=b"internal server error\n")
-
-
-def _error_response(status: int) -> Response:
-    try:
-        phrase = HTTPStatus(status).phrase.lower()
-    except ValueError:
-        phrase = "bad request"
-    return Response(status=status, body=f"{phrase}\n".encode())
 
 
 def _head_bytes(request: h11.Request) -> int:
@@ -139,38 +124,53 @@ def _head_bytes(request: h11.Request) -> int:
     return size
 
 
-def _has_body(request: h11.Request) -> bool:
-    """Whether `request` announces a body: any Transfer-Encoding, or Content-Length > 0."""
+def _announced_body(request: h11.Request) -> int | None:
+    """The body `request` announces: its Content-Length, None for a chunked body (length
+    unknown), 0 for none."""
     for name, value in request.headers:  # h11 lower-cases names and validates the values
         if name == b"transfer-encoding":
-            return True
-        if name == b"content-length" and int(value) > 0:
-            return True
-    return False
+            return None
+        if name == b"content-length":
+            return int(value)
+    return 0
+
+
+class Upgraded(Protocol):
+    """What a connection becomes after the HTTP/1.1 part: an HTTP/2 or WebSocket session."""
+
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> None: ...
+    def connection_lost(self) -> None: ...
+    def shutdown_requested(self) -> None: ...
+    def can_idle_close(self) -> bool: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+    def describe(self) -> str: ...
 
 
 @final
 class HttpProtocol(asyncio.Protocol):
-    """One HTTP/1.1 connection answering GET and HEAD from `routes` (path -> route).
+    """One HTTP connection: HTTP/1.1 (h11), switched to HTTP/2 by the client preface or
+    an `Upgrade: h2c` request, or to a WebSocket by its handshake on a WebSocketRoute.
 
-    Routing ignores the query string. Unknown paths get 404, other methods 405 with an
-    Allow header, a route that raises gets 500 (logged with its traceback) and the
-    connection stays open. A head over MAX_HEAD_BYTES gets 431, malformed syntax 400, a
-    request body 413; each of these closes the connection after the response. With a
-    `manager`, a connection over its limit gets 503 and one whose head is late 408, each
-    then closed, and one idle past its timeout is closed.
+    Routing (core/httpapi.py `answer`) ignores the query string: unknown paths get 404,
+    a method the path does not take 405 with an Allow header, a route that raises 500
+    (logged with its traceback) and the connection stays open. A head over
+    MAX_HEAD_BYTES gets 431, malformed syntax 400, a body over the route's limit 413;
+    each of these closes the connection after the response. With a `manager`, a
+    connection over its limit gets 503 and one whose head is late 408, each then closed,
+    and one idle past its timeout is closed.
     """
 
-    def __init__(
-        self, routes: Mapping[str, Route], manager: ConnectionManager | None = None
-    ) -> None:
+    def __init__(self, routes: Routes, manager: ConnectionManager | None = None) -> None:
         self._routes: Final = routes
         self._manager = manager
         clock: Clock = MONOTONIC if manager is None else manager.clock
         self._clock = clock
         # What the manager reads (core.connections.Managed).
         self.conn_id = 0
-        self.last_active = clock()
+        self.created = clock()
+        self.last_active = self.created
         self.bytes_in = 0
         self.bytes_out = 0
         #: When the request head now arriving began (None: no request is arriving).
@@ -179,14 +179,21 @@ class HttpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer = "-"
         self._request: h11.Request | None = None
+        self._body = bytearray()
+        self._body_limit = 0
         self._task: asyncio.Future[None] | None = None
         self._busy = False
         self._closed = False
         self._requests = 0
+        #: Bytes read while they may still be the HTTP/2 preface (only at the start).
+        self._sniffed: bytes | None = b""
+        self._upgraded: Upgraded | None = None
 
     def __repr__(self) -> str:
         if self._closed:
             state = "CLOSED"
+        elif self._upgraded is not None:
+            state = self._upgraded.describe()
         elif self._busy:
             state = "BUSY"
         elif self._transport is None:
@@ -218,6 +225,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._closed:
             return
         self.bytes_in += len(data)
+        self.last_active = self._clock()
+        if self._upgraded is not None:
+            self._upgraded.data_received(data)
+            return
+        if self._sniffed is not None:
+            data = self._sniff(data)
+            if not data:
+                return
         if self.partial_since is None and not self._busy:
             self.partial_since = self._clock()
         self._conn.receive_data(data)
@@ -225,9 +240,29 @@ class HttpProtocol(asyncio.Protocol):
         if not self._busy and not self._conn.trailing_data[0]:
             self.partial_since = None  # every byte read belonged to a request now answered
 
+    def _sniff(self, data: bytes) -> bytes:
+        """The bytes for h11, or b"" while they may still be the HTTP/2 preface (then they
+        are kept) or once they were (the connection is HTTP/2 now)."""
+        assert self._sniffed is not None
+        seen = self._sniffed + data
+        if not H2_PREFACE.startswith(seen[: len(H2_PREFACE)]):
+            self._sniffed = None
+            return seen
+        if len(seen) < len(H2_PREFACE):
+            if self.partial_since is None:
+                self.partial_since = self._clock()
+            self._sniffed = seen
+            return b""
+        self._sniffed = None
+        self.partial_since = None
+        self._upgrade_h2(seen, upgrade=None)
+        return b""
+
     def eof_received(self) -> bool:
         """Let h11 see the EOF; keep the socket open so a running route can still answer."""
-        if not self._closed:
+        if self._upgraded is not None:
+            self._upgraded.eof_received()
+        elif not self._closed:
             self._conn.receive_data(b"")
             self._drain()
         return True
@@ -240,20 +275,38 @@ class HttpProtocol(asyncio.Protocol):
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._upgraded is not None:
+            self._upgraded.connection_lost()
         if exc is not None:
             log.debug("http connection lost %s", kv(peer=self._peer, error=exc))
+
+    def pause_writing(self) -> None:
+        if self._upgraded is not None:
+            self._upgraded.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._upgraded is not None:
+            self._upgraded.resume_writing()
 
     # what the connection manager asks (core.connections.Managed)
 
     def can_idle_close(self) -> bool:
         """Idle: no request arriving, none being answered."""
-        return not self._busy and self.partial_since is None and not self._closed
+        if self._closed:
+            return False
+        if self._upgraded is not None:
+            return self._upgraded.can_idle_close()
+        return not self._busy and self.partial_since is None
 
     def on_idle_timeout(self) -> None:
+        if self._upgraded is not None:
+            self._upgraded.shutdown_requested()  # HTTP/2: GOAWAY NO_ERROR before the close
         self._close()
 
     def shutdown_requested(self) -> None:
-        if not self._busy:
+        if self._upgraded is not None:
+            self._upgraded.shutdown_requested()
+        elif not self._busy:
             self._close()
 
     def abort(self, reason: str) -> None:
@@ -267,6 +320,8 @@ class HttpProtocol(asyncio.Protocol):
         since = self.partial_since
         if manager is None or since is None or self._busy or self._closed:
             return
+        if self._upgraded is not None:
+            return
         timeout = manager.limits.request_timeout_s
         if timeout > 0 and now - since > timeout:
             manager.request_timeouts += 1
@@ -279,7 +334,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _drain(self) -> None:
         """Handle h11 events until it needs more bytes, a route is running, or we close."""
-        while not self._busy and not self._closed:
+        while not self._busy and not self._closed and self._upgraded is None:
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -287,48 +342,84 @@ class HttpProtocol(asyncio.Protocol):
                     "http bad request %s",
                     kv(peer=self._peer, status=exc.error_status_hint, error=exc),
                 )
-                self._respond(_error_response(exc.error_status_hint), close=True)
+                self._respond(text_response(exc.error_status_hint), close=True)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
                 self._on_request(event)
+            elif isinstance(event, h11.Data):
+                self._on_body(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 self.partial_since = None
                 self._dispatch()
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
-            # Data never arrives: a request announcing a body is refused at its head.
 
     def _on_request(self, request: h11.Request) -> None:
         self._requests += 1
+        self._body.clear()
         if _head_bytes(request) > MAX_HEAD_BYTES:
             # h11 only caps an *incomplete* head; a complete one can arrive in one read.
             log.debug("http head too large %s", kv(peer=self._peer, limit=MAX_HEAD_BYTES))
-            self._respond(_error_response(431), close=True)
-        elif _has_body(request):
-            self._respond(_TOO_LARGE, close=True)
-        else:
-            self._request = request
+            self._respond(text_response(431), close=True)
+            return
+        method = request.method.decode("ascii")
+        path = request.target.partition(b"?")[0].decode("latin-1")
+        limit = body_limit(self._routes, method, path)
+        announced = _announced_body(request)
+        if (announced is None and limit == 0) or (announced is not None and announced > limit):
+            # Refused from the head: its body is never read, so nothing lines up after it.
+            self._respond(too_large(limit), close=True)
+            return
+        self._body_limit = limit
+        self._request = request
+
+    def _on_body(self, data: bytes) -> None:
+        if self._request is None:
+            return  # the head was refused and the connection is closing
+        self._body += data
+        if len(self._body) > self._body_limit:  # a chunked body, longer than allowed
+            self._request = None
+            self._respond(too_large(self._body_limit), close=True)
 
     def _dispatch(self) -> None:
-        request = self._request
+        raw = self._request
         self._request = None
-        if request is None:  # the head was refused and the connection is closing
+        if raw is None:  # the head was refused and the connection is closing
             return
-        head_only = request.method == b"HEAD"
-        if request.method not in _ALLOWED_METHODS:
-            self._respond(_NOT_ALLOWED, extra=((b"allow", _ALLOW_HEADER),))
-            return
-        path = request.target.partition(b"?")[0].decode("latin-1")
+        target = raw.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        request = HttpRequest(
+            method=raw.method.decode("ascii"),
+            path=path,
+            query=query,
+            headers=tuple(
+                (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw.headers
+            ),
+            body=bytes(self._body),
+        )
+        self._body.clear()
+        upgrade = {t.strip().lower() for t in (request.header("upgrade") or "").split(",")}
         route = self._routes.get(path)
-        if route is None:
-            self._respond(_NOT_FOUND, head_only=head_only)
+        if "websocket" in upgrade and isinstance(route, WebSocketRoute):
+            self._upgrade_websocket(route, request)
             return
+        if "h2c" in upgrade:
+            from postoffice.core.http2 import upgrade_settings
+
+            settings = upgrade_settings(request.header("http2-settings"))
+            if settings is not None:
+                self._upgrade_h2(b"", upgrade=request, settings=settings)
+                return
+        self._run(request)
+
+    def _run(self, request: HttpRequest) -> None:
+        head_only = request.method == "HEAD"
         try:
-            result = route()
+            result = answer(self._routes, request)
         except Exception:
-            log.exception("http route failed %s", kv(peer=self._peer, path=path))
+            log.exception("http route failed %s", kv(peer=self._peer, path=request.path))
             self._respond(_INTERNAL_ERROR, head_only=head_only)
             return
         if isinstance(result, Response):
@@ -342,7 +433,68 @@ class HttpProtocol(asyncio.Protocol):
         self._busy = True
         assert self._transport is not None
         self._transport.pause_reading()
-        self._task = asyncio.ensure_future(self._finish(result, path=path, head_only=head_only))
+        self._task = asyncio.ensure_future(
+            self._finish(result, path=request.path, head_only=head_only)
+        )
+
+    def _upgrade_h2(
+        self, preface: bytes, *, upgrade: HttpRequest | None, settings: str = ""
+    ) -> None:
+        """Become HTTP/2: from the preface (`preface` holds it and what followed) or from
+        an `Upgrade: h2c` request (answered 101, then on stream 1 over HTTP/2)."""
+        transport = self._transport
+        assert transport is not None
+        # Only here, on first use: a port that never sees HTTP/2 never loads h2.
+        from postoffice.core.http2 import Http2Session
+
+        session = Http2Session(
+            self._routes, transport, peer=self._peer, on_close=self._close, clock=self._clock
+        )
+        self._upgraded = session
+        if upgrade is None:
+            session.start(preface)
+            return
+        out = self._send(
+            h11.InformationalResponse(
+                status_code=101, headers=[(b"connection", b"Upgrade"), (b"upgrade", b"h2c")]
+            )
+        )
+        transport.write(out)
+        self.bytes_out += len(out)
+        rest, _ = self._conn.trailing_data
+        session.start_upgraded(settings, upgrade, rest)
+
+    def _upgrade_websocket(self, route: WebSocketRoute, request: HttpRequest) -> None:
+        """Answer a WebSocket handshake: 101 and a WebSocket session, or an error and the
+        connection stays HTTP."""
+        from postoffice.core.websocket import WebSocketSession, handshake
+
+        refusal = check_auth(route.password, request.header("authorization"))
+        accepted = handshake(request) if refusal is None else refusal
+        if isinstance(accepted, Response):
+            self._respond(accepted)
+            return
+        transport = self._transport
+        assert transport is not None
+        out = self._send(
+            h11.InformationalResponse(
+                status_code=101,
+                headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in accepted],
+            )
+        )
+        transport.write(out)
+        self.bytes_out += len(out)
+        rest, _ = self._conn.trailing_data
+        session = WebSocketSession(
+            transport,
+            peer=self._peer,
+            max_message_bytes=route.max_message_bytes,
+            on_close=self._close,
+        )
+        self._upgraded = session
+        session.open(route.opener, request)
+        if rest:
+            session.data_received(bytes(rest))
 
     async def _finish(self, pending: Awaitable[Response], *, path: str, head_only: bool) -> None:
         try:
@@ -387,13 +539,12 @@ class HttpProtocol(asyncio.Protocol):
         *,
         head_only: bool = False,
         close: bool = False,
-        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """Write `response` whole; close if asked or if h11 says the peer expects it."""
         headers = [
             (b"content-type", response.content_type.encode("latin-1")),
             (b"content-length", str(len(response.body)).encode("ascii")),
-            *extra,
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers),
         ]
         if close:
             headers.append((b"connection", b"close"))
@@ -451,7 +602,7 @@ async def serve_metrics(
 
 
 async def serve_http(
-    routes: Mapping[str, Route],
+    routes: Routes,
     *,
     host: str,
     port: int,
@@ -519,3 +670,24 @@ def health_routes(ready: Callable[[], bool]) -> dict[str, Route]:
         return Response(status=503, body=b"not ready\n")
 
     return {"/healthz": healthz, "/readyz": readyz}
+
+
+__all__ = [
+    "H2_PREFACE",
+    "HTTP_IDLE_TIMEOUT_S",
+    "HTTP_LIMITS",
+    "HTTP_MAX_CONNECTIONS",
+    "HTTP_REQUEST_TIMEOUT_S",
+    "LISTEN_BACKLOG",
+    "MAX_HEAD_BYTES",
+    "HttpProtocol",
+    "Response",
+    "Route",
+    "Stream",
+    "Upgraded",
+    "health_routes",
+    "http_limits",
+    "metrics_route",
+    "serve_http",
+    "serve_metrics",
+]

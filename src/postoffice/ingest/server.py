@@ -38,15 +38,16 @@ from postoffice.core.framing import FrameError
 from postoffice.core.http import (
     Response,
     Route,
-    Stream,
     health_routes,
     metrics_route,
     serve_http,
 )
+from postoffice.core.httpapi import Endpoint, WebSocketRoute
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.reload import apply_log_level
 from postoffice.core.runtime import Supervisor, serve_until_stopped
 from postoffice.core.workers import WorkerPool
+from postoffice.ingest.admin import admin_routes, events_route
 from postoffice.ingest.assembler import Assemblies
 from postoffice.ingest.config import MAX_DATA_PORTS, IngestConfig
 from postoffice.ingest.connections import (
@@ -512,7 +513,7 @@ class IngestServer:
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _health_routes(self) -> dict[str, Route]:
+    def _health_routes(self) -> dict[str, Route | Endpoint]:
         routes = health_routes(lambda: self._ready)
 
         def info() -> Response:
@@ -523,14 +524,12 @@ class IngestServer:
             )
 
         routes["/info"] = info
-        return routes
+        return {**routes, **admin_routes(self)}
 
-    def _telemetry_routes(self) -> dict[str, Route]:
+    def _telemetry_routes(self) -> dict[str, Route | WebSocketRoute]:
         return {
             "/metrics": metrics_route(self.registry),
-            "/events": lambda: Stream(
-                chunks=self.events.stream(), content_type="application/x-ndjson"
-            ),
+            "/events": events_route(self.events.stream),
         }
 
     def metrics(self) -> dict[str, int]:

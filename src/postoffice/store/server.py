@@ -15,12 +15,13 @@ from postoffice.core.clock import MONOTONIC, Clock
 from postoffice.core.connections import ConnectionManager
 from postoffice.core.errors import LimitExceeded, PostOfficeError
 from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDecoder, FrameError
-from postoffice.core.http import serve_metrics
+from postoffice.core.http import serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.reload import apply_log_level
 from postoffice.core.runtime import serve_until_stopped
 from postoffice.core.transport import WRITE_HIGH_WATER_BYTES, BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
+from postoffice.store.admin import http_routes
 from postoffice.store.config import StoreConfig
 from postoffice.store.engine.commit import GroupCommit, OwedReplies
 from postoffice.store.engine.engine import BatchOp, Delete, Put, Store, StoreStats
@@ -466,9 +467,8 @@ class StoreServer:
         self._listeners.append(server)
         self.addresses["store"] = bound_address(server)
         if config.metrics_port is not None:
-            http = await serve_metrics(
-                self.registry,
-                lambda: self._ready,
+            http = await serve_http(
+                http_routes(self, lambda: self._ready),
                 host=config.host,
                 port=config.metrics_port,
                 limits=config.http_limits(),
