@@ -13,7 +13,7 @@ command_args = st.lists(arg_bytes, min_size=1, max_size=8)
 #: Inline-safe words: printable, no whitespace (inline commands split on whitespace).
 inline_word = (
     st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=16)
-    .map(lambda s: (s[1:] or "x") if s.startswith("*") else s)
+    .map(lambda s: s.lstrip("*") or "x")  # a line starting with `*` is a RESP array
     .map(str.encode)
 )
 
