@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 from collections.abc import Callable, Coroutine, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -17,7 +16,7 @@ import uvloop
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import AsyncClient, Client, aio
-from tests.integration.test_bus_server import WAIT_S, Bus, expect, fork, until
+from tests.integration.test_bus_server import WAIT_S, Bus, expect, fork, served_bus, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -30,14 +29,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    rig = Bus(tmp_path)
-    rig.start()
-    yield rig
-    if rig.server is not None:
-        assert rig.server.stop() == 0, rig.server.log()
-    leftover = rig.files()
-    shutil.rmtree(rig.shm, ignore_errors=True)
-    assert leftover == [], "the server left files behind"
+    yield from served_bus(tmp_path)
 
 
 def run(loop: str, main: Coroutine[Any, Any, Any]) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from tests.integration.conftest import POSTOFFICE, env_without_postoffice
-from tests.integration.test_bus_server import Bus, until
+from tests.integration.test_bus_server import Bus, served_bus, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -26,14 +25,7 @@ FIELDS = {
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    rig = Bus(tmp_path)
-    rig.start()
-    yield rig
-    if rig.server is not None:
-        assert rig.server.stop() == 0, rig.server.log()
-    leftover = rig.files()
-    shutil.rmtree(rig.shm, ignore_errors=True)
-    assert leftover == [], "the server left files behind"
+    yield from served_bus(tmp_path)
 
 
 def bench(socket_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

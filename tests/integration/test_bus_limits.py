@@ -3,7 +3,6 @@ through a real server: the 65th is refused with a clear error, and the server se
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import Client, Publisher, Subscriber, TooManyUsersError
-from tests.integration.test_bus_server import WAIT_S, Bus
+from tests.integration.test_bus_server import WAIT_S, Bus, served_bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -23,14 +22,7 @@ SLOTS = 256
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    rig = Bus(tmp_path)
-    rig.start()
-    yield rig
-    if rig.server is not None:
-        assert rig.server.stop() == 0, rig.server.log()
-    leftover = rig.files()
-    shutil.rmtree(rig.shm, ignore_errors=True)
-    assert leftover == [], "the server left files behind"
+    yield from served_bus(tmp_path)
 
 
 def test_a_65th_subscriber_is_refused_and_a_freed_place_is_given_again(bus: Bus) -> None:

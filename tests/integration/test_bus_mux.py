@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import BusMismatchError, Client, wire
-from tests.integration.test_bus_server import WAIT_S, Bus, expect, fork
+from tests.integration.test_bus_server import WAIT_S, Bus, expect, fork, served_bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -22,14 +21,7 @@ PER_PUBLISHER = 300
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    rig = Bus(tmp_path)
-    rig.start()
-    yield rig
-    if rig.server is not None:
-        assert rig.server.stop() == 0, rig.server.log()
-    leftover = rig.files()
-    shutil.rmtree(rig.shm, ignore_errors=True)
-    assert leftover == [], "the server left files behind"
+    yield from served_bus(tmp_path)
 
 
 def _read(conn: Connection, socket_path: Path, vchan: str, count: int) -> list[tuple[int, str]]:

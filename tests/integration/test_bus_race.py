@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import struct
 import time
@@ -20,7 +19,7 @@ import pytest
 pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import Client, Message, Subscriber
-from tests.integration.test_bus_server import FORK, Bus, expect, fork
+from tests.integration.test_bus_server import FORK, Bus, expect, fork, served_bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -172,14 +171,7 @@ def _hold_and_die(conn: Connection, socket_path: Path) -> None:
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    rig = Bus(tmp_path)
-    rig.start()
-    yield rig
-    if rig.server is not None:
-        assert rig.server.stop() == 0, rig.server.log()
-    leftover = rig.files()
-    shutil.rmtree(rig.shm, ignore_errors=True)
-    assert leftover == [], "the server left files behind"
+    yield from served_bus(tmp_path)
 
 
 def test_publishing_on_32_channels_survives_subscribers_coming_and_going(bus: Bus) -> None:

@@ -4,7 +4,6 @@ of them killed while it holds the message."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -17,21 +16,14 @@ pytest.importorskip("postoffice.bus", exc_type=ImportError)
 
 from postoffice.bus import BusError, Client
 from postoffice.bus.triggers import poll_readable
-from tests.integration.test_bus_server import WAIT_S, Bus, expect, fork
+from tests.integration.test_bus_server import WAIT_S, Bus, expect, fork, served_bus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    rig = Bus(tmp_path)
-    rig.start()
-    yield rig
-    if rig.server is not None:
-        assert rig.server.stop() == 0, rig.server.log()
-    leftover = rig.files()
-    shutil.rmtree(rig.shm, ignore_errors=True)
-    assert leftover == [], "the server left files behind"
+    yield from served_bus(tmp_path)
 
 
 def _reader(conn: Connection, socket_path: Path, hang: bool) -> int:

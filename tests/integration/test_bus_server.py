@@ -89,8 +89,9 @@ class Bus:
         return done.stdout.decode()
 
 
-@pytest.fixture
-def bus(tmp_path: Path) -> Iterator[Bus]:
+def served_bus(tmp_path: Path) -> Iterator[Bus]:
+    """The body of the bus modules' `bus` fixture: a started server, stopped at the end,
+    which must exit 0 and leave no file behind."""
     rig = Bus(tmp_path)
     rig.start()
     yield rig
@@ -99,6 +100,11 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
     leftover = rig.files()
     shutil.rmtree(rig.shm, ignore_errors=True)
     assert leftover == [], "the server left files behind"
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[Bus]:
+    yield from served_bus(tmp_path)
 
 
 def fork(target: Callable[..., Any], *args: Any) -> tuple[Any, Connection]:
