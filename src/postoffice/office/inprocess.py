@@ -18,10 +18,47 @@ from postoffice.office.rules import DAY_MINUTES
 from postoffice.office.simconfig import OfficeConfig
 from postoffice.office.tally import DayReport, Tally
 
-__all__ = ["Driver", "Outcome"]
+__all__ = ["DaySink", "Driver", "Outcome", "end_of_day"]
 
 #: Called with each day's events and its report (None when folding them failed).
 DaySink = Callable[[list[Event], DayReport | None], None]
+
+
+def end_of_day(
+    tally: Tally,
+    day: int,
+    events: list[Event],
+    *,
+    cut: int | None,
+    config: OfficeConfig,
+    on_day: DaySink,
+) -> RunEnded | None:
+    """Fold day `day` (from 0) into `tally`, hand it to `on_day`, and say the ending it
+    makes, if any: error (an invariant broken), signal (the day was cut at minute `cut`)
+    or explode. Both drivers close their days with it."""
+    try:
+        report = None
+        for event in events:
+            report = tally.apply(event) or report
+    except InvariantError as exc:
+        on_day(events, None)
+        return RunEnded(days=day + 1, cause=Cause.ERROR, detail=str(exc))
+    on_day(events, report)
+    assert report is not None  # close_day always ends with a DayEnded
+    if cut is not None:
+        return RunEnded(
+            days=day + 1,
+            cause=Cause.SIGNAL,
+            detail=f"stopped by a signal during day {day + 1} at minute {cut}",
+        )
+    if report.waiting_users > config.explode_threshold:
+        return RunEnded(
+            days=day + 1,
+            cause=Cause.EXPLODE,
+            detail=f"{report.waiting_users} users still waiting at the end of day"
+            f" {day + 1}, more than EXPLODE_THRESHOLD {config.explode_threshold}",
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,29 +212,11 @@ class Driver:
             events.extend(closing)
             if on_events is not None:
                 on_events(closing)
-            try:
-                report = None
-                for event in events:
-                    report = self.tally.apply(event) or report
-            except InvariantError as exc:
-                self._on_day(events, None)
-                return RunEnded(days=day + 1, cause=Cause.ERROR, detail=str(exc))
-            self._on_day(events, report)
-            assert report is not None  # close_day always ends with a DayEnded
-            if cut is not None:
-                return RunEnded(
-                    days=day + 1,
-                    cause=Cause.SIGNAL,
-                    detail=f"stopped by a signal during day {day + 1} at minute {cut}",
-                )
-            threshold = self.config.explode_threshold
-            if report.waiting_users > threshold:
-                return RunEnded(
-                    days=day + 1,
-                    cause=Cause.EXPLODE,
-                    detail=f"{report.waiting_users} users still waiting at the end of day"
-                    f" {day + 1}, more than EXPLODE_THRESHOLD {threshold}",
-                )
+            ended = end_of_day(
+                self.tally, day, events, cut=cut, config=self.config, on_day=self._on_day
+            )
+            if ended is not None:
+                return ended
             if not step_s:
                 await asyncio.sleep(0)  # let a signal's handler run between days
             if stop.is_set() and day + 1 < self.config.sim_duration:

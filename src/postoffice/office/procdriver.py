@@ -34,9 +34,9 @@ from typing import Literal, final
 
 from postoffice.core.errors import PostOfficeError
 from postoffice.office.engine import Simulation
-from postoffice.office.errors import ChildLostError, InvariantError
+from postoffice.office.errors import ChildLostError
 from postoffice.office.events import Cause, Event, RunEnded
-from postoffice.office.inprocess import DaySink, Outcome
+from postoffice.office.inprocess import DaySink, Outcome, end_of_day
 from postoffice.office.procs import Child, RunProcesses, check_processes
 from postoffice.office.roles_wire import (
     Count,
@@ -325,7 +325,9 @@ class ProcessDriver:
                 self._issuer.refresh()  # the day ends with the issuer's own count
                 self._minute = DAY_MINUTES if cut is None else cut
                 events.extend(self._emit(sim.close_day(at=self._minute)))
-                ended = self._close(day, events, cut)
+                ended = end_of_day(
+                    self.tally, day, events, cut=cut, config=self.config, on_day=self._on_day
+                )
                 if ended is not None:
                     return ended
                 if stop.is_set() and day + 1 < self.config.sim_duration:
@@ -441,32 +443,6 @@ class ProcessDriver:
         if events and self.on_events is not None:
             self.on_events(events)
         return events
-
-    def _close(self, day: int, events: list[Event], cut: int | None) -> RunEnded | None:
-        """Fold the day, hand it on; the ending it makes, if any."""
-        try:
-            report = None
-            for event in events:
-                report = self.tally.apply(event) or report
-        except InvariantError as exc:
-            self._on_day(events, None)
-            return RunEnded(days=day + 1, cause=Cause.ERROR, detail=str(exc))
-        self._on_day(events, report)
-        assert report is not None  # close_day always ends with a DayEnded
-        if cut is not None:
-            return RunEnded(
-                days=day + 1,
-                cause=Cause.SIGNAL,
-                detail=f"stopped by a signal during day {day + 1} at minute {cut}",
-            )
-        if report.waiting_users > self.config.explode_threshold:
-            return RunEnded(
-                days=day + 1,
-                cause=Cause.EXPLODE,
-                detail=f"{report.waiting_users} users still waiting at the end of day"
-                f" {day + 1}, more than EXPLODE_THRESHOLD {self.config.explode_threshold}",
-            )
-        return None
 
     # -- talking to the role processes ---------------------------------------------------
 
