@@ -46,6 +46,7 @@ from postoffice.command.config import CommandConfig
 from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
 from postoffice.command.keyspace import Answer, Deferred, Durable, engine_refusal, settle
 from postoffice.command.stats import CommandStats
+from postoffice.command.tracing import command_span
 from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
 from postoffice.core.resp import (
     AUTH_FAILURES_CLOSE,
@@ -62,6 +63,7 @@ from postoffice.core.resp import (
     encode_resp3,
     encode_text,
 )
+from postoffice.core.tracing import active as active_tracing
 from postoffice.core.transport import (
     WRITE_HIGH_WATER_BYTES,
     Admission,
@@ -150,6 +152,7 @@ class CommandConnection(BaseProtocol):
         self._tokens = float(config.burst)
         self._refilled = self.created
         self._auth = AuthThrottle()
+        self._tracing = active_tracing()  # None while tracing is off: one test per command
 
     # -- BaseProtocol hooks ------------------------------------------------------------
 
@@ -465,7 +468,11 @@ class CommandConnection(BaseProtocol):
         if spec.blocking:
             return self._offload(spec, args)
         try:
-            reply = spec.handler(server, self, args)
+            tracing = self._tracing
+            if tracing is None:
+                reply = spec.handler(server, self, args)
+            else:
+                reply = command_span(tracing, spec, server, self, args)
             if spec.noauth and self._auth.failures and self.authenticated:
                 self._auth.passed()
             return reply

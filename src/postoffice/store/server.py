@@ -18,6 +18,8 @@ from postoffice.core.framing import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, FrameDeco
 from postoffice.core.http import serve_metrics
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.runtime import serve_until_stopped
+from postoffice.core.tracecontext import TraceContext
+from postoffice.core.tracing import active as active_tracing
 from postoffice.core.transport import WRITE_HIGH_WATER_BYTES, BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.config import StoreConfig
@@ -26,9 +28,11 @@ from postoffice.store.engine.engine import BatchOp, Delete, Put, Store, StoreSta
 from postoffice.store.engine.logstore import Durability
 from postoffice.store.errors import StoreClosedError, status_of
 from postoffice.store.stats import COUNTER_KEYS, HELP, ServerStats
+from postoffice.store.tracing import StoreTracing
 from postoffice.store.wire import (
     CONNECTION_REPLY_ID,
     MAX_KEY_BYTES,
+    TRACED_FLAG,
     BatchRequest,
     DeleteRequest,
     GetRequest,
@@ -48,6 +52,7 @@ from postoffice.store.wire import (
     encode_stats_body,
     response_head,
     split_put,
+    split_trace_context,
 )
 
 # Design
@@ -83,6 +88,9 @@ from postoffice.store.wire import (
 # A broken frame loses framing: its error reply goes out after the replies owed before
 # it, then the connection closes. A bad request inside a good frame gets an error reply
 # and the connection goes on.
+# A request carrying a trace context has a frame flag set, so it never takes the GET/PUT
+# fast path: `run` strips the context and, when tracing is on, wraps the request in a
+# span (store/tracing.py). With tracing off the context is checked and dropped.
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +439,9 @@ class StoreServer:
         self.durable = Durability(config.durability) is Durability.ALWAYS
         #: Group commit (see the module's design note); only under `always`.
         self.commit: GroupCommit | None = None
+        tracing = active_tracing()
+        #: Spans of traced requests; None while tracing is off.
+        self.tracing = None if tracing is None else StoreTracing(tracing)
 
     def __repr__(self) -> str:
         return f"<StoreServer {self.addresses.get('store')} clients={self.manager.active}>"
@@ -446,6 +457,7 @@ class StoreServer:
         store.write_behind = self.durable  # the committer writes, off the loop
         if self.durable:
             self.commit = GroupCommit(store, asyncio.get_running_loop())
+            self.commit.observer = self.tracing
             self.commit.start()
         self.store = store
         log.info("store opened path=%s recovery=%s", config.store_path, store.recovery)
@@ -498,11 +510,29 @@ class StoreServer:
         A durable write's outcome carries its ticket: its reply waits for `wait_for_sync`.
         """
         try:
+            if flags & TRACED_FLAG:
+                context, flags, payload = split_trace_context(flags, payload)
+                if context is not None and self.tracing is not None:
+                    return self._run_traced(context, type_, flags, payload, self.tracing)
             request = decode_request_parts(type_, flags, payload)
         except StoreProtocolError as exc:
             self.stats.errors += 1
             return 0, status_of(exc), str(exc).encode()
         return self._run(request)
+
+    def _run_traced(
+        self, context: TraceContext, type_: int, flags: int, payload: bytes, tracing: StoreTracing
+    ) -> _Outcome:
+        """`run` of a request that carried `context`, inside its span."""
+        span = tracing.begin(context, type_)
+        try:
+            request = decode_request_parts(type_, flags, payload)
+        except StoreProtocolError as exc:
+            tracing.failed(span, exc)
+            raise
+        outcome = self._run(request)
+        tracing.answered(span, *outcome)
+        return outcome
 
     def _run(self, request: Request) -> _Outcome:
         store = self.store
