@@ -129,7 +129,7 @@ def collector() -> Iterator[Collector]:
 
 
 def _pair(
-    serve: Serve, tmp_path: Path, *trace: str
+    serve: Serve, tmp_path: Path, *trace: str, workers: int = 1
 ) -> tuple[ServerProcess, ServerProcess, redis.Redis]:
     store = serve(
         "store", "--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path), *trace
@@ -142,6 +142,8 @@ def _pair(
         "0",
         "--store",
         f"127.0.0.1:{store.port}",
+        "--workers",
+        str(workers),
         *trace,
     )
     host, port = command.listeners["command"]
@@ -184,6 +186,19 @@ def test_a_command_and_its_store_request_share_one_trace_across_processes(
     assert served.kind == Span.SpanKind.SPAN_KIND_SERVER
     assert command.attributes == {"db.system": "redis-like", "db.operation.name": "SET"}
     assert all("secret-value" not in str(s.attributes) for s in spans)
+
+
+def test_each_worker_traces_its_commands_under_workers(
+    serve: Serve, tmp_path: Path, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary hands --trace to its workers with the other settings."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    _, _, r = _pair(serve, tmp_path, "--trace", collector.target, workers=2)
+    assert r.set("k", "v")
+    spans = collector.wait_for({("postoffice-command", "SET"), ("postoffice-store", "store PUT")})
+    command = next(s for s in spans if s.name == "SET")
+    served = next(s for s in spans if s.service == "postoffice-store" and s.name == "store PUT")
+    assert served.trace_id == command.trace_id
 
 
 def test_without_trace_nothing_is_sent(
