@@ -22,8 +22,10 @@ from postoffice.command.server import CommandServer
 from postoffice.core import tracing
 from postoffice.core.otel import Tracing
 from postoffice.core.resp import encode_command
+from postoffice.core.tracecontext import TraceContext
 from postoffice.store.config import StoreConfig
 from postoffice.store.server import StoreServer
+from postoffice.store.wire import GetRequest, encode_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -213,3 +215,22 @@ async def test_tracing_off_sends_no_context_and_starts_no_thread(tmp_path: Path)
     finally:
         await command.shutdown()
         await store.shutdown()
+
+
+async def test_the_store_follows_the_senders_sampled_flag(traced: Traced) -> None:
+    """A context whose sampled flag is clear is followed, not recorded (parent-based)."""
+    host, port = traced.store.addresses["store"]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        unsampled = TraceContext(trace_id=7, span_id=8, flags=0)
+        sampled = TraceContext(trace_id=9, span_id=10, flags=1)
+        writer.write(encode_request(GetRequest(key=b"a"), 1, trace=unsampled))
+        writer.write(encode_request(GetRequest(key=b"b"), 2, trace=sampled))
+        async with asyncio.timeout(10):
+            await reader.readexactly(2 * (24 + 1 + len(b"no such key")))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    spans = await _spans(traced.store_spans, {"store GET"})
+    assert [(s.context.trace_id if s.context else None) for s in spans] == [9]
