@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,17 +17,25 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from postoffice.command.config import CommandConfig
 from postoffice.command.server import CommandServer
 from postoffice.core import tracing
+from postoffice.core.framing import Frame, FrameDecoder
 from postoffice.core.otel import Tracing
 from postoffice.core.resp import encode_command
 from postoffice.core.tracecontext import TraceContext
 from postoffice.store.config import StoreConfig
 from postoffice.store.server import StoreServer
-from postoffice.store.wire import GetRequest, encode_request
+from postoffice.store.wire import (
+    GetRequest,
+    PutRequest,
+    Response,
+    Status,
+    decode_response,
+    encode_request,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -234,3 +244,41 @@ async def test_the_store_follows_the_senders_sampled_flag(traced: Traced) -> Non
             await writer.wait_closed()
     spans = await _spans(traced.store_spans, {"store GET"})
     assert [(s.context.trace_id if s.context else None) for s in spans] == [9]
+
+
+async def test_a_read_recomputed_after_a_failed_fsync_has_one_span(
+    traced: Traced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET behind a PUT whose fsync fails is answered again, without the write; it is
+    still one request, so one span."""
+    real_fsync = os.fsync
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def failing_once(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    host, port = traced.store.addresses["store"]
+    reader, writer = await asyncio.open_connection(host, port)
+    context = TraceContext(trace_id=11, span_id=12, flags=1)
+    try:
+        writer.write(encode_request(PutRequest(key=b"k", value=b"v"), 1, trace=context))
+        writer.write(encode_request(GetRequest(key=b"k"), 2, trace=context))
+        frames = FrameDecoder()
+        replies: list[Response] = []
+        async with asyncio.timeout(10):
+            while len(replies) < 2:
+                frames.feed(await reader.read(4096))
+                while isinstance(frame := frames.next_event(), Frame):
+                    replies.append(decode_response(frame))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    assert [r.status for r in replies] == [Status.STORAGE, Status.NOT_FOUND]
+    spans = await _spans(traced.store_spans, {"store PUT", "store GET", "store fsync"})
+    assert sorted(s.name for s in spans) == ["store GET", "store PUT", "store fsync"]
+    fsync = _one(spans, "store fsync")
+    assert fsync.status.status_code is StatusCode.ERROR

@@ -369,7 +369,9 @@ class StoreConnection(BaseProtocol):
                 elif redo is not None:
                     self._reads_owed -= 1
                     if self._write_failed:  # it may have seen a write now undone
-                        wire = encode_response(request_id, *self.server.run(*redo)[1:])
+                        # The same request again: its span is the one already made.
+                        again = self.server.run(*redo, traced=False)
+                        wire = encode_response(request_id, *again[1:])
                 out.append(wire)
                 observe(now - began)
             self._progress = True
@@ -504,15 +506,17 @@ class StoreServer:
 
     # -- requests ------------------------------------------------------------------------
 
-    def run(self, type_: int, flags: int, payload: bytes) -> _Outcome:
+    def run(self, type_: int, flags: int, payload: bytes, *, traced: bool = True) -> _Outcome:
         """Decode and serve a request off the GET/PUT fast path; every error is a status.
 
         A durable write's outcome carries its ticket: its reply waits for `wait_for_sync`.
+        A request carrying a trace context gets a span while tracing is on, unless not
+        `traced` (a read computed again).
         """
         try:
             if flags & TRACED_FLAG:
                 context, flags, payload = split_trace_context(flags, payload)
-                if context is not None and self.tracing is not None:
+                if context is not None and self.tracing is not None and traced:
                     return self._run_traced(context, type_, flags, payload, self.tracing)
             request = decode_request_parts(type_, flags, payload)
         except StoreProtocolError as exc:
