@@ -4,6 +4,7 @@ request the handler sends to the store server is its child."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from postoffice.command.commands import ClientView, CommandSpec, ServerView
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from postoffice.core.otel import Span, Tracing
+
+#: A command's handler run inside its span: `command_span` with its Tracing bound.
+TracedRun = Callable[[CommandSpec, ServerView, ClientView, list[bytes]], Answer]
 
 #: The db.system of our spans: the command protocol is Redis's, the server is not Redis.
 DB_SYSTEM: Final = "redis-like"
