@@ -348,11 +348,11 @@ async def test_flags_with_a_right_crc_are_a_bad_request_a_wrong_crc_closes(
     from postoffice.core.framing import HEADER, MAGIC, VERSION
 
     peer = await Peer.open(server)
-    peer.writer.write(encode_parts(0x02, 0x0001, 5, b"key"))  # flags set, CRC right
-    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x01, 0x0001, 0, 6, 0, 0))  # empty: CRC 0
+    peer.writer.write(encode_parts(0x02, 0x0002, 5, b"key"))  # unknown flag, CRC right
+    peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x01, 0x0002, 0, 6, 0, 0))  # empty: CRC 0
     flagged, empty = await peer.read(2)
     assert (flagged.request_id, flagged.status) == (5, Status.BAD_REQUEST)
-    assert flagged.body == b"frame flags 0x0001 set, expected 0"
+    assert flagged.body == b"frame flags 0x0002 set, expected 0 or 0x0001 (traced)"
     assert (empty.request_id, empty.status) == (6, Status.BAD_REQUEST)
     assert (await _call(peer, PingRequest())).status is Status.OK  # still open
     peer.writer.write(HEADER.pack(MAGIC, VERSION, 0x02, 0x0001, 0, 8, 3, 0) + b"key")

@@ -125,7 +125,13 @@ def test_request_types_match_the_table() -> None:
 BAD_REQUESTS: list[tuple[int, bytes, int, type[StoreProtocolError], str]] = [
     (0x09, b"", 0, StoreProtocolError, r"^unknown request type 0x09$"),
     (0x80, b"\x00", 0, StoreProtocolError, r"^unknown request type 0x80$"),
-    (0x01, b"", 1, StoreProtocolError, r"^frame flags 0x0001 set, expected 0$"),
+    (
+        0x01,
+        b"",
+        2,
+        StoreProtocolError,
+        r"^frame flags 0x0002 set, expected 0 or 0x0001 \(traced\)$",
+    ),
     (0x01, b"x", 0, StoreProtocolError, r"^ping payload of 1 bytes, expected 0$"),
     (0x07, b"xy", 0, StoreProtocolError, r"^stats payload of 2 bytes, expected 0$"),
     (0x02, b"", 0, StoreProtocolError, r"^get key is empty$"),

@@ -13,6 +13,7 @@ from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
 from postoffice.core.logs import LEVELS
 from postoffice.core.resp import MAX_ARRAY_ITEMS, MAX_BULK_BYTES, MAX_INLINE_BYTES
+from postoffice.core.tracing import parse_trace, trace_setting
 from postoffice.core.workers import MAX_THREADS
 from postoffice.store import DEFAULT_DURABILITY, Durability
 
@@ -165,8 +166,11 @@ class CommandConfig(ClientLimitSettings):
         metavar="SECONDS",
     )
 
+    trace: str | None = trace_setting()
+
     def __post_init__(self) -> None:
         check_settings(self)  # the ranges and choices declared above
+        parse_trace(self.trace)  # otlp://HOST:PORT or none
         check_range("max_inline_bytes", self.max_inline_bytes, 64, 1 << 30)
         check_range("max_array_items", self.max_array_items, MIN_ARRAY_ITEMS, 1 << 24)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)

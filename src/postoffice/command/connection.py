@@ -46,6 +46,7 @@ from postoffice.command.config import CommandConfig
 from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
 from postoffice.command.keyspace import Answer, Deferred, Durable, engine_refusal, settle
 from postoffice.command.stats import CommandStats
+from postoffice.command.tracing import TracedRun, command_span
 from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
 from postoffice.core.resp import (
     AUTH_FAILURES_CLOSE,
@@ -62,6 +63,7 @@ from postoffice.core.resp import (
     encode_resp3,
     encode_text,
 )
+from postoffice.core.tracing import active as active_tracing
 from postoffice.core.transport import (
     WRITE_HIGH_WATER_BYTES,
     Admission,
@@ -150,6 +152,12 @@ class CommandConnection(BaseProtocol):
         self._tokens = float(config.burst)
         self._refilled = self.created
         self._auth = AuthThrottle()
+        tracing = active_tracing()
+        # None while tracing is off: one test per command. A callable, not the Tracing
+        # itself, so this (optionally compiled) module names no OpenTelemetry class.
+        self._command_span: TracedRun | None = (
+            None if tracing is None else partial(command_span, tracing)
+        )
 
     # -- BaseProtocol hooks ------------------------------------------------------------
 
@@ -465,7 +473,11 @@ class CommandConnection(BaseProtocol):
         if spec.blocking:
             return self._offload(spec, args)
         try:
-            reply = spec.handler(server, self, args)
+            traced = self._command_span
+            if traced is None:
+                reply = spec.handler(server, self, args)
+            else:
+                reply = traced(spec, server, self, args)
             if spec.noauth and self._auth.failures and self.authenticated:
                 self._auth.passed()
             return reply

@@ -19,7 +19,7 @@ from postoffice.command.config import settings_from_json
 from postoffice.command.errors import CommandError
 from postoffice.command.link import Link
 from postoffice.command.server import CommandServer
-from postoffice.core import logs
+from postoffice.core import logs, tracing
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.runtime import raise_fd_limit, run
 
@@ -144,6 +144,7 @@ async def run_worker(
     # The settings' level: a worker restarted after a reload or CONFIG SET loglevel logs
     # as the others do, whatever its command line said.
     logs.setup(level=config.log_level, json=log_json, service=f"command.worker{index}")
+    tracing.setup(service="command", trace=config.trace)  # before the server takes it
     server = CommandServer(config, first_id=first_id, id_step=id_step)
     server.cluster = WorkerCluster(link)
     server.shutdown_hook = lambda: link.notify("shutdown")
@@ -173,6 +174,8 @@ def serve_worker(channel_fd: int, *, log_level: str, log_json: bool) -> None:
         run(lambda stop: run_worker(channel_fd, stop, log_level=log_level, log_json=log_json))
     except PostOfficeError as exc:
         raise click.ClickException(f"command worker cannot start: {exc}") from exc
+    finally:
+        tracing.shutdown()
 
 
 def _ignore(event: str, args: dict[str, object]) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from postoffice.core import config as core_config
-from postoffice.core import logs
+from postoffice.core import logs, tracing
 from postoffice.core.errors import ConfigError, PostOfficeError
 from postoffice.core.reload import Reloads
 from postoffice.core.runtime import announce_failure, raise_fd_limit, run
@@ -76,6 +76,7 @@ def serve_service(
 
     Settings come from defaults < the --config file < the variables of `shared_env`
     (POSTOFFICE_DATA_DIR) < POSTOFFICE_<SECTION>_* < flags (`None` flags fall through).
+    A service whose config has a `trace` setting gets tracing set up (core/tracing.py).
     A bad setting, or any PostOfficeError that ends the run (a port that cannot be
     bound, say), is a one-line click error, also written to the ready file
     (`runtime.announce_failure`) for whoever waits on it. With `reloads` (whose server
@@ -104,6 +105,8 @@ def serve_service(
         level = getattr(config, "log_level", None)
         if isinstance(level, str):
             logs.setup(level=level, json=log_json, service=section)
+        if hasattr(config, "trace"):  # the services that make spans declare the setting
+            tracing.setup(service=section, trace=config.trace)
     except ConfigError as exc:
         raise _failed(section, ready_file, exc) from exc
     raise_fd_limit()
@@ -118,6 +121,8 @@ def serve_service(
     except PostOfficeError as exc:
         # A setting, a busy port, a locked store: one line, no traceback.
         raise _failed(section, ready_file, exc) from exc
+    finally:
+        tracing.shutdown()  # the spans still queued go out before the process ends
 
 
 def _failed(section: str, ready_file: str | None, exc: PostOfficeError) -> click.ClickException:

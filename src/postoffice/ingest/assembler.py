@@ -43,6 +43,7 @@ from postoffice.ingest.errors import AssemblyError, UnknownFileError
 from postoffice.ingest.messages import FileId, file_id_hex
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.storage import ChunkStore
+from postoffice.ingest.tracing import IngestTracing
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class Assemblies:
         self._streaming = 0
         self._stream_pool: ThreadPoolExecutor | None = None
         self._backoff: dict[FileId, Backoff] = {}
+        #: The uploads' spans (the intake sets it when tracing is on), else None.
+        self.tracing: IngestTracing | None = None
 
     def __repr__(self) -> str:
         return f"<Assemblies running={len(self.running)} streaming={self._streaming}>"
@@ -202,6 +205,12 @@ class Assemblies:
             return _Outcome.GONE
         config = self.config
         began = time.monotonic()
+        tracing = self.tracing
+        record: Callable[[PublishedInfo], None] = store.mark_published
+        began_ns = 0
+        if tracing is not None:
+            began_ns = time.time_ns()
+            record = tracing.timed_record(file_id, record)
         try:
             if streaming:
                 waiter = self._piece_waiter(file_id)
@@ -215,7 +224,7 @@ class Assemblies:
                         max_output_ratio=config.max_output_ratio,
                         fsync=config.fsync,
                         syncer=store.syncer,
-                        record=store.mark_published,
+                        record=record,
                     )
                 )
             else:
@@ -231,15 +240,19 @@ class Assemblies:
                         via_part=config.assemble_via_part,
                         fsync=config.fsync,
                         syncer=store.syncer,
-                        record=store.mark_published,
+                        record=record,
                     )
                 )
         except _StreamStalled as exc:
             log.info("streaming assembly gave up file_id=%s reason=%s", file_id_hex(file_id), exc)
             return _Outcome.GAVE_UP
         except UnknownFileError:
+            if tracing is not None:
+                tracing.failed(file_id, "aborted or expired")
             return _Outcome.GONE  # aborted or expired while it was being assembled
         except AssemblyError as exc:
+            if tracing is not None:
+                tracing.failed(file_id, exc)
             # The payload will never decompress: drop its chunks, say so, refuse its id.
             self.reports.assembly_failed(
                 file_id,
@@ -261,6 +274,8 @@ class Assemblies:
             return _Outcome.RETRY
         self._backoff.pop(file_id, None)
         self.reports.published(done, time.monotonic() - began)
+        if tracing is not None:
+            tracing.published(done, began_ns)
         # The record is the commit point: the patches can go after the event, off the path.
         await self.pool.submit(lambda: store.remove_patches(file_id))
         return _Outcome.PUBLISHED

@@ -18,6 +18,7 @@ from postoffice.core.config import (
 from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
 from postoffice.core.logs import LEVELS
+from postoffice.core.tracing import parse_trace, trace_setting
 
 MAX_DATA_PORTS: Final = 64  # X: one listener each; far past what one process can feed
 #: Uploads of at most this many chunks may cut them as small as they like: such an upload
@@ -150,8 +151,11 @@ class IngestConfig(ClientLimitSettings):
     )
     shutdown_timeout_s: float = 30.0
 
+    trace: str | None = trace_setting()
+
     def __post_init__(self) -> None:
         check_settings(self)  # the ranges declared above
+        parse_trace(self.trace)  # otlp://HOST:PORT or none
         if self.data_base:
             check_port("data_base", self.data_base + self.x - 1)
         check_range("max_chunk_bytes", self.max_chunk_bytes, 1024, 8 * 1024 * 1024)

@@ -30,12 +30,15 @@ Ingest layer, on the server's event loop; the blocking stages run on its I/O thr
 #
 # `accept` must run to its end once it has begun: the report of a commit follows the
 # store, and a cancelled caller would lose it. Data connections never cancel it.
+# While tracing is on, an upload's spans (ingest/tracing.py) start with its first chunk
+# here and end with its publish in the assembly; off, `tracing` is None and costs a test.
 
 from __future__ import annotations
 
 import time
 from typing import Protocol, assert_never, final
 
+from postoffice.core.tracing import active as active_tracing
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
 from postoffice.ingest.chunkdigest import verify_chunk
@@ -52,6 +55,7 @@ from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.reports import FailedUpload
 from postoffice.ingest.singles import AlreadyPublished, SinglePublishes
 from postoffice.ingest.storage import ChunkStore, StoreResult
+from postoffice.ingest.tracing import IngestTracing
 
 __all__ = ["Intake", "IntakeReports"]
 
@@ -96,6 +100,10 @@ class Intake:
         self.reports = reports
         self.min_chunk_bytes = config.min_chunk_bytes
         self.accepting = False
+        tracing = active_tracing()
+        #: The uploads' spans, shared with the assemblies; None while tracing is off.
+        self.tracing = None if tracing is None else IngestTracing(tracing)
+        assemblies.tracing = self.tracing
 
     def __repr__(self) -> str:
         state = "accepting" if self.accepting else "closed"
@@ -163,7 +171,11 @@ class Intake:
         if chunk.total == 1 and self.store.info(file_id) is None:
             # 2a. the one-chunk road: published before it is acknowledged, however the
             # server assembles larger uploads (its ACK says the file is published)
-            match await self.singles.publish(chunk):
+            if self.tracing is None:
+                outcome = await self.singles.publish(chunk)
+            else:
+                outcome = await self.tracing.single(chunk, self.singles.publish(chunk))
+            match outcome:
                 case PublishedInfo():
                     return Ack(file_id=file_id, index=0, committed=1, total=1, complete=True)
                 case AlreadyPublished():
@@ -188,8 +200,11 @@ class Intake:
                 now=now,
             )
 
+        stored = self.pool.submit(verify_and_store)
+        if self.tracing is not None:
+            self.tracing.persisting(chunk, stored)
         try:
-            result = await self.pool.submit(verify_and_store)
+            result = await stored
         except IngestStorageError:
             # Its assembly may have failed and dropped the upload meanwhile.
             failed = self.reports.refusing(file_id, chunk.payload_digest)

@@ -14,6 +14,7 @@ from postoffice.core import logs
 from postoffice.core.errors import PostOfficeError
 from postoffice.core.logs import kv
 from postoffice.core.runtime import run
+from postoffice.core.tracing import parse_trace
 from postoffice.office.director import DEFAULT_STOP_TIMEOUT_S, STATUS_FILE, Director
 from postoffice.office.services import (
     SERVICES,
@@ -82,7 +83,20 @@ def restart_line(status: ChildStatus) -> str:
 )
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line (children too).")
-def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: bool) -> None:
+@click.option(
+    "--trace",
+    default=None,
+    metavar="otlp://HOST:PORT",
+    help="Pass --trace to the command, store and ingest servers: their OpenTelemetry spans "
+    "go to that OTLP/HTTP collector.  [default: off]",
+)
+def up(
+    data_dir: Path | None,
+    only: tuple[str, ...],
+    log_level: str,
+    log_json: bool,
+    trace: str | None,
+) -> None:
     """Start every service as a supervised child process and print where each listens.
 
     A child that exits is restarted after a growing delay. Ctrl-C or SIGTERM stops them
@@ -93,6 +107,7 @@ def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: b
     try:
         logs.setup(level=log_level, json=log_json, service="director")
         services = select_services(only)
+        parse_trace(trace)  # a bad one fails here, not in every child
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc
     for added in (spec for spec in services if only and spec.name not in only):
@@ -126,6 +141,7 @@ def up(data_dir: Path | None, only: tuple[str, ...], log_level: str, log_json: b
         data_dir=directory,
         log_level=log_level,
         log_json=log_json,
+        trace=trace,
         on_started=started,
         on_restarted=restarted,
     )

@@ -173,6 +173,7 @@ class Director:
         data_dir: Path,
         log_level: str = "INFO",
         log_json: bool = False,
+        trace: str | None = None,
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         healthy_after_s: float = DEFAULT_HEALTHY_AFTER_S,
@@ -183,6 +184,7 @@ class Director:
         self._children = [_Child(spec) for spec in services]
         self._log_level = log_level
         self._log_json = log_json
+        self._trace = trace  # each traced child's --trace
         self._ready_timeout_s = ready_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._healthy_after_s = healthy_after_s
@@ -342,6 +344,7 @@ class Director:
             ready_file=ready,
             log_level=self._log_level,
             log_json=self._log_json,
+            trace=self._trace,
             peers={c.spec.name: dict(c.listeners) for c in self._children if c.listeners},
         )
         argv = child.spec.argv(launch)

@@ -51,6 +51,8 @@ class Launch:
     ready_file: Path
     log_level: str = "INFO"
     log_json: bool = False
+    #: Where the services that trace send their spans (`--trace`), or None.
+    trace: str | None = None
     #: Where the services already ready listen: {service: {listener: (host, port)}}.
     peers: Mapping[str, Mapping[str, tuple[str, int]]] = field(default_factory=dict)
 
@@ -68,12 +70,15 @@ class ServiceSpec:
     needs: tuple[str, ...] = ()
 
 
-def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = None) -> ArgvBuilder:
+def serve_argv(
+    group: str, extra: Callable[[Launch], Sequence[str]] | None = None, *, traced: bool = False
+) -> ArgvBuilder:
     """An argv builder for `python -m postoffice <group> serve --ready-file ...`.
 
     The child runs with this interpreter, so the director and its children always share
     one installation. `extra` adds service-specific flags (a socket path under the data
-    dir, say); settings not given keep the service's own defaults from its config.py.
+    dir, say); settings not given keep the service's own defaults from its config.py. A
+    `traced` service gets the director's `--trace` when it has one.
     """
 
     def build(launch: Launch) -> list[str]:
@@ -81,6 +86,8 @@ def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = Non
         argv += ["--ready-file", str(launch.ready_file), "--log-level", launch.log_level]
         if launch.log_json:
             argv.append("--log-json")
+        if traced and launch.trace is not None:
+            argv += ["--trace", launch.trace]
         if extra is not None:
             argv += extra(launch)
         return argv
@@ -95,17 +102,17 @@ def serve_argv(group: str, extra: Callable[[Launch], Sequence[str]] | None = Non
 SERVICES: Final[tuple[ServiceSpec, ...]] = (
     ServiceSpec(
         name="store",
-        argv=serve_argv("store", lambda launch: ["--data-dir", str(launch.data_dir)]),
+        argv=serve_argv("store", lambda launch: ["--data-dir", str(launch.data_dir)], traced=True),
     ),
     # The command server keeps its keys in the store: without it, GET and SET would fail.
     ServiceSpec(
         name="command",
-        argv=serve_argv("command", lambda launch: _store_flag(launch)),
+        argv=serve_argv("command", lambda launch: _store_flag(launch), traced=True),
         needs=("store",),
     ),
     ServiceSpec(
         name="ingest",
-        argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)]),
+        argv=serve_argv("ingest", lambda launch: ["--data-dir", str(launch.data_dir)], traced=True),
     ),
     # No port: its ready file names its socket, <data-dir>/run/bus.sock, as port 0.
     # --local: one machine and no peers, so no discovery socket or bridge listener.

@@ -8,10 +8,11 @@ import asyncio
 import socket
 from collections.abc import Sequence
 from types import TracebackType
-from typing import cast, final
+from typing import TYPE_CHECKING, cast, final
 
 from postoffice.core.errors import BrokenError
-from postoffice.core.framing import FrameDecoder, FrameError
+from postoffice.core.framing import FrameDecoder, FrameError, FrameTooLarge
+from postoffice.core.tracing import active as active_tracing
 from postoffice.store.errors import StoreRequestError
 from postoffice.store.wire import (
     CONNECTION_REPLY_ID,
@@ -23,12 +24,14 @@ from postoffice.store.wire import (
     PingRequest,
     PutRequest,
     Request,
+    RequestType,
     Response,
     ScanPage,
     ScanRequest,
     StatsRequest,
     Status,
     StoreProtocolError,
+    add_trace_context,
     decode_delete_body,
     decode_error_body,
     decode_response,
@@ -39,6 +42,9 @@ from postoffice.store.wire import (
     encode_put,
     encode_request,
 )
+
+if TYPE_CHECKING:
+    from postoffice.core.otel import Span, Tracing
 
 DEFAULT_PORT = 7400
 _FRAMES_PER_PASS = 4096  # responses decoded per read_frames call
@@ -153,6 +159,9 @@ class AsyncClient(asyncio.Protocol):
     `data_received`, with no reader task and no coroutine per response. `submit` is the
     allocation-light primitive for proxies (the command server's store backend): it
     returns the future of the raw Response without checking its status.
+
+    While tracing is on, a request made inside a span (the command server's span of the
+    command it forwards) gets a client span of its own, whose context goes with it.
     """
 
     def __init__(self) -> None:
@@ -165,6 +174,7 @@ class AsyncClient(asyncio.Protocol):
         self._batch: list[tuple[int, int, int, bytes]] = []  # frames of one read
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._tracing = active_tracing()
 
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> AsyncClient:
@@ -289,6 +299,8 @@ class AsyncClient(asyncio.Protocol):
         loop = self._loop
         future: asyncio.Future[Response] = loop.create_future()
         self._waiting[request_id] = future
+        if self._tracing is not None:
+            wire = _traced(self._tracing, wire, future)
         # Corked: requests made in one loop iteration (a proxy's many clients, a gather)
         # leave in one send instead of a syscall each.
         if not self._outbox:
@@ -342,3 +354,43 @@ class AsyncClient(asyncio.Protocol):
     async def stats(self) -> dict[str, object]:
         """The server's statistics."""
         return decode_stats_body((await self.call(StatsRequest())).body)
+
+
+def _traced(tracing: Tracing, wire: bytes, future: asyncio.Future[Response]) -> bytes:
+    """`wire` carrying the context of a new client span, a child of the current span and
+    ended with `future`; `wire` as it was outside any span."""
+    parent = tracing.current()
+    if parent is None:
+        return wire
+    try:
+        name = f"store {RequestType(wire[3]).name}"
+    except ValueError:
+        name = "store request"
+    span = tracing.start(
+        name,
+        kind="client",
+        parent=parent,
+        attributes={"db.system": "postoffice-store", "db.operation.name": name[6:]},
+    )
+    context = tracing.context_of(span)
+    if context is not None:
+        try:
+            wire = add_trace_context(wire, context)
+        except FrameTooLarge:  # the 25 bytes do not fit: the request goes untraced
+            span.set_attribute("postoffice.store.untraced", True)
+    future.add_done_callback(lambda done: _ended(tracing, span, done))
+    return wire
+
+
+def _ended(tracing: Tracing, span: Span, future: asyncio.Future[Response]) -> None:
+    error: BaseException | str | None = None
+    if future.cancelled():
+        error = "cancelled"
+    elif future.exception() is not None:
+        error = future.exception()
+    else:
+        status = future.result().status
+        span.set_attribute("postoffice.store.status", status.name)
+        if status is not Status.OK and status is not Status.NOT_FOUND:
+            error = status.name
+    tracing.end(span, error=error)

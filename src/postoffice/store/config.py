@@ -22,6 +22,7 @@ from postoffice.core.http import (
     http_limits,
 )
 from postoffice.core.logs import LEVELS
+from postoffice.core.tracing import parse_trace, trace_setting
 from postoffice.store.engine import DEFAULT_DURABILITY, Durability
 
 _MIB: Final = 1024 * 1024
@@ -119,8 +120,11 @@ class StoreConfig(ClientLimitSettings):
     io_threads: int = 8
     shutdown_timeout_s: float = 10.0
 
+    trace: str | None = trace_setting()
+
     def __post_init__(self) -> None:
         check_settings(self)  # the ranges and choices declared above
+        parse_trace(self.trace)  # otlp://HOST:PORT or none
         check_range("max_in_flight", self.max_in_flight, 1, 100_000)
         check_range("io_threads", self.io_threads, 1, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)

@@ -19,6 +19,8 @@ from postoffice.core.http import serve_http
 from postoffice.core.listeners import bound_address, listen
 from postoffice.core.reload import apply_log_level
 from postoffice.core.runtime import serve_until_stopped
+from postoffice.core.tracecontext import TraceContext
+from postoffice.core.tracing import active as active_tracing
 from postoffice.core.transport import WRITE_HIGH_WATER_BYTES, BaseProtocol, ConnInput
 from postoffice.core.workers import WorkerPool
 from postoffice.store.admin import http_routes
@@ -28,9 +30,11 @@ from postoffice.store.engine.engine import BatchOp, Delete, Put, Store, StoreSta
 from postoffice.store.engine.logstore import Durability
 from postoffice.store.errors import StoreClosedError, status_of
 from postoffice.store.stats import COUNTER_KEYS, HELP, ServerStats
+from postoffice.store.tracing import StoreTracing
 from postoffice.store.wire import (
     CONNECTION_REPLY_ID,
     MAX_KEY_BYTES,
+    TRACED_FLAG,
     BatchRequest,
     DeleteRequest,
     GetRequest,
@@ -50,6 +54,7 @@ from postoffice.store.wire import (
     encode_stats_body,
     response_head,
     split_put,
+    split_trace_context,
 )
 
 # Design
@@ -85,6 +90,9 @@ from postoffice.store.wire import (
 # A broken frame loses framing: its error reply goes out after the replies owed before
 # it, then the connection closes. A bad request inside a good frame gets an error reply
 # and the connection goes on.
+# A request carrying a trace context has a frame flag set, so it never takes the GET/PUT
+# fast path: `run` strips the context and, when tracing is on, wraps the request in a
+# span (store/tracing.py). With tracing off the context is checked and dropped.
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +371,9 @@ class StoreConnection(BaseProtocol):
                 elif redo is not None:
                     self._reads_owed -= 1
                     if self._write_failed:  # it may have seen a write now undone
-                        wire = encode_response(request_id, *self.server.run(*redo)[1:])
+                        # The same request again: its span is the one already made.
+                        again = self.server.run(*redo, traced=False)
+                        wire = encode_response(request_id, *again[1:])
                 out.append(wire)
                 observe(now - began)
             self._progress = True
@@ -433,6 +443,9 @@ class StoreServer:
         self.durable = Durability(config.durability) is Durability.ALWAYS
         #: Group commit (see the module's design note); only under `always`.
         self.commit: GroupCommit | None = None
+        tracing = active_tracing()
+        #: Spans of traced requests; None while tracing is off.
+        self.tracing = None if tracing is None else StoreTracing(tracing)
 
     def __repr__(self) -> str:
         return f"<StoreServer {self.addresses.get('store')} clients={self.manager.active}>"
@@ -457,6 +470,7 @@ class StoreServer:
         store.write_behind = self.durable  # the committer writes, off the loop
         if self.durable:
             self.commit = GroupCommit(store, asyncio.get_running_loop())
+            self.commit.observer = self.tracing
             self.commit.start()
         self.store = store
         log.info("store opened path=%s recovery=%s", config.store_path, store.recovery)
@@ -502,17 +516,37 @@ class StoreServer:
 
     # -- requests ------------------------------------------------------------------------
 
-    def run(self, type_: int, flags: int, payload: bytes) -> _Outcome:
+    def run(self, type_: int, flags: int, payload: bytes, *, traced: bool = True) -> _Outcome:
         """Decode and serve a request off the GET/PUT fast path; every error is a status.
 
         A durable write's outcome carries its ticket: its reply waits for `wait_for_sync`.
+        A request carrying a trace context gets a span while tracing is on, unless not
+        `traced` (a read computed again).
         """
         try:
+            if flags & TRACED_FLAG:
+                context, flags, payload = split_trace_context(flags, payload)
+                if context is not None and self.tracing is not None and traced:
+                    return self._run_traced(context, type_, flags, payload, self.tracing)
             request = decode_request_parts(type_, flags, payload)
         except StoreProtocolError as exc:
             self.stats.errors += 1
             return 0, status_of(exc), str(exc).encode()
         return self._run(request)
+
+    def _run_traced(
+        self, context: TraceContext, type_: int, flags: int, payload: bytes, tracing: StoreTracing
+    ) -> _Outcome:
+        """`run` of a request that carried `context`, inside its span."""
+        span = tracing.begin(context, type_)
+        try:
+            request = decode_request_parts(type_, flags, payload)
+        except StoreProtocolError as exc:
+            tracing.failed(span, exc)
+            raise
+        outcome = self._run(request)
+        tracing.answered(span, *outcome)
+        return outcome
 
     def _run(self, request: Request) -> _Outcome:
         store = self.store

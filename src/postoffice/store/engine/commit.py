@@ -8,6 +8,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, final
 
@@ -29,13 +30,17 @@ from postoffice.store.engine.engine import Store
 # being synced, and also when it failed on the loop's write: so after each sync the
 # committer asks the store which tickets were rolled back since the last one and hands
 # them back first, each range with its error after the durable tickets before it.
+# When tracing is on (`GroupCommit.observer`), the thread also reads the clock around
+# each sync and hands the times back with it, so a span can show the fsync itself rather
+# than the hops around it; off, it reads no clock.
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Called on the loop with (the newest ticket now durable or failed, the error or None).
-Done = Callable[[int, BaseException | None], None]
+#: Called on the loop with (the newest ticket now durable or failed, the error or None,
+#: and when the sync began and ended in time.time_ns(), both 0 unless the sync is timed).
+Done = Callable[[int, BaseException | None, int, int], None]
 
 
 @final
@@ -50,6 +55,8 @@ class Committer:
         # code, no Python-level condition) because the loop asks once per iteration.
         self._asks: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._wanted = 0  # the newest ticket asked for (written by the loop only)
+        #: Read the clock around each sync (tracing is on); set before `start`.
+        self.timed = False
         self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
 
     def __repr__(self) -> str:
@@ -90,17 +97,19 @@ class Committer:
             if target <= finished:
                 continue
             error: BaseException | None = None
+            began = time.time_ns() if self.timed else 0
             try:
                 covered = self._store.sync(target)
             except Exception as exc:  # handed to the loop: those writes fail with it
                 covered, error = target, exc
-            results: list[tuple[int, BaseException | None]] = []
+            ended = time.time_ns() if began else 0
+            results: list[tuple[int, BaseException | None, int, int]] = []
             for lo, hi, failure in self._store.failures(finished, max(covered, target)):
                 if lo > finished:
-                    results.append((lo, None))  # durable: the roll back stopped there
-                results.append((hi, failure))
+                    results.append((lo, None, began, ended))  # durable: the roll back stopped
+                results.append((hi, failure, began, ended))
                 finished = max(finished, hi)
-            results.append((covered, error))
+            results.append((covered, error, began, ended))
             finished = max(finished, target)
             try:
                 for done in results:
@@ -108,6 +117,15 @@ class Committer:
             except RuntimeError:  # the loop is gone: nobody is waiting any more
                 log.debug("sync result dropped: event loop closed")
                 return
+
+
+class SyncObserver(Protocol):
+    """Told of every sync on the loop, before the waiters (the store server's tracing)."""
+
+    def fsynced(self, covered: int, error: BaseException | None, began: int, ended: int) -> None:
+        """Writes up to ticket `covered` are durable (or failed with `error`); the sync ran
+        from `began` to `ended` (time.time_ns())."""
+        ...
 
 
 class SyncWaiter(Protocol):
@@ -139,6 +157,8 @@ class GroupCommit:
         self._last_ticket = 0
         self._due = False
         self._committer: Committer | None = Committer(store, loop, self._synced)
+        #: Told of each sync with its times (set before `start`; None: nobody, no clock).
+        self.observer: SyncObserver | None = None
 
     def __repr__(self) -> str:
         return f"<GroupCommit waiters={len(self._waiters)} last={self._last_ticket}>"
@@ -146,6 +166,7 @@ class GroupCommit:
     def start(self) -> None:
         """Start the committer thread."""
         assert self._committer is not None
+        self._committer.timed = self.observer is not None
         self._committer.start()
 
     async def stop(self) -> None:
@@ -176,9 +197,11 @@ class GroupCommit:
             log.warning("write of appended records failed error=%r", str(exc))
         self._committer.request(self._last_ticket)
 
-    def _synced(self, covered: int, error: BaseException | None) -> None:
+    def _synced(self, covered: int, error: BaseException | None, began: int, ended: int) -> None:
         if error is not None and not isinstance(error, PostOfficeError):
             log.error("fsync crashed", exc_info=error)
+        if self.observer is not None:
+            self.observer.fsynced(covered, error, began, ended)
         waiting, self._waiters = self._waiters, {}
         for waiter in waiting:
             if waiter.synced(covered, error):

@@ -14,6 +14,7 @@ from postoffice.store.wire.messages import (
     MAX_SCAN_LIMIT,
     MAX_VALUE_BYTES,
     RESPONSE_TYPE,
+    TRACED_FLAG,
     BatchOp,
     BatchRequest,
     DeleteRequest,
@@ -30,12 +31,15 @@ from postoffice.store.wire.messages import (
 )
 from postoffice.store.wire.requests import (
     RequestDecoder,
+    add_trace_context,
     decode_request,
     decode_request_parts,
+    decode_traced_request,
     encode_get,
     encode_put,
     encode_request,
     split_put,
+    split_trace_context,
 )
 from postoffice.store.wire.responses import (
     ResponseDecoder,
@@ -57,7 +61,8 @@ from postoffice.store.wire.responses import (
 
 # Design
 # ------
-# Every request is one core frame whose type names the request and whose flags are 0.
+# Every request is one core frame whose type names the request and whose flags are 0,
+# or TRACED_FLAG: then a 25-byte trace context precedes the request's own payload.
 # Every response is one RESPONSE frame (type 0x80) echoing the request id: a status
 # byte, then a body whose layout depends on the request it answers (the response does
 # not repeat the request kind; the client knows what it asked). There is no state
@@ -79,6 +84,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "NEED_DATA",
     "RESPONSE_TYPE",
+    "TRACED_FLAG",
     "BatchOp",
     "BatchRequest",
     "DeleteRequest",
@@ -97,6 +103,7 @@ __all__ = [
     "Status",
     "StoreLimitError",
     "StoreProtocolError",
+    "add_trace_context",
     "decode_delete_body",
     "decode_empty_body",
     "decode_error_body",
@@ -107,6 +114,7 @@ __all__ = [
     "decode_response_parts",
     "decode_scan_body",
     "decode_stats_body",
+    "decode_traced_request",
     "encode_delete_body",
     "encode_error",
     "encode_get",
@@ -118,4 +126,5 @@ __all__ = [
     "next_start",
     "response_head",
     "split_put",
+    "split_trace_context",
 ]

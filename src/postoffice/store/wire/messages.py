@@ -42,6 +42,10 @@ ending at a longest key (that key + b"\\0") is still a valid start."""
 RESPONSE_TYPE: Final = 0x80
 """Frame type of every response."""
 
+TRACED_FLAG: Final = 0x0001
+"""Request frame flag: the payload starts with a trace context (TRACE_CONTEXT_BYTES: trace
+id, span id, trace flags), and the request's own payload follows it."""
+
 CONNECTION_REPLY_ID: Final = 0
 """The request id no request may carry: a response with it answers no request (BUSY for
 a refused connection, the error of an unreadable frame) and the connection then closes."""

@@ -11,12 +11,14 @@ from typing import Final, assert_never, cast, final
 
 from postoffice.core import framing
 from postoffice.core.framing import Frame
+from postoffice.core.tracecontext import TRACE_CONTEXT_BYTES, TraceContext
 from postoffice.store.errors import StoreLimitError, StoreProtocolError
 from postoffice.store.wire.messages import (
     MAX_BOUND_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     PUT_HEAD_BYTES,
+    TRACED_FLAG,
     BatchOp,
     BatchRequest,
     DeleteRequest,
@@ -108,8 +110,8 @@ def encode_put(key: bytes, value: bytes, request_id: int) -> bytes:
     return framing.encode_parts(RequestType.PUT, 0, request_id, payload)
 
 
-def encode_request(req: Request, request_id: int) -> bytes:
-    """Return the wire bytes of one request frame.
+def encode_request(req: Request, request_id: int, *, trace: TraceContext | None = None) -> bytes:
+    """Return the wire bytes of one request frame, carrying `trace` if given.
 
     Raises StoreProtocolError (empty key, scan limit out of range, request id 0, which
     is reserved for the server), StoreLimitError (key, value, bound or op count over its
@@ -142,7 +144,23 @@ def encode_request(req: Request, request_id: int) -> bytes:
             kind, payload = RequestType.STATS, b""
         case _:
             assert_never(req)
+    if trace is not None:
+        return framing.encode_parts(kind, TRACED_FLAG, request_id, trace.to_bytes() + payload)
     return framing.encode_parts(kind, 0, request_id, payload)
+
+
+def add_trace_context(wire: bytes, trace: TraceContext) -> bytes:
+    """The request frame `wire` (as the encoders make it) again, carrying `trace`.
+
+    Raises FrameTooLarge when the context would take its payload past the frame limit
+    (a request within 25 bytes of it cannot carry one) and StoreProtocolError when `wire`
+    is not an untraced request frame.
+    """
+    if len(wire) < framing.HEADER_BYTES or wire[4] or wire[5]:
+        raise StoreProtocolError("expected an encoded request frame without flags")
+    request_id = int.from_bytes(wire[8:16], "big")
+    payload = wire[framing.HEADER_BYTES :]
+    return framing.encode_parts(wire[3], TRACED_FLAG, request_id, trace.to_bytes() + payload)
 
 
 # --- decoding -------------------------------------------------------------------------
@@ -268,11 +286,44 @@ _DECODERS: Final[dict[int, Callable[[bytes], Request]]] = {
 def decode_request(frame: Frame) -> Request:
     """Return the request a well-formed frame carries.
 
-    Raises StoreProtocolError (unknown type, frame flags set, malformed payload, empty
-    key, scan limit out of range) and StoreLimitError (a key, value, bound or op count
-    over its limit). Both leave the connection usable: answer with the error's status.
+    A trace context (TRACED_FLAG) is checked and dropped: `decode_traced_request` keeps it.
+    Raises StoreProtocolError (unknown type, frame flags other than TRACED_FLAG set, a
+    malformed trace context or payload, empty key, scan limit out of range) and
+    StoreLimitError (a key, value, bound or op count over its limit). Both leave the
+    connection usable: answer with the error's status.
     """
     return decode_request_parts(frame.type, frame.flags, frame.payload)
+
+
+def split_trace_context(flags: int, payload: bytes) -> tuple[TraceContext | None, int, bytes]:
+    """The trace context a request carries (None without TRACED_FLAG), the frame's other
+    flags, and the request's own payload.
+
+    Raises StoreProtocolError for a context cut short or one with a zero trace or span id.
+    """
+    if not flags & TRACED_FLAG:
+        return None, flags, payload
+    if len(payload) < TRACE_CONTEXT_BYTES:
+        raise StoreProtocolError(
+            f"trace context of {len(payload)} bytes, expected {TRACE_CONTEXT_BYTES}"
+        )
+    trace_id = int.from_bytes(payload[:16], "big")
+    span_id = int.from_bytes(payload[16:24], "big")
+    if not trace_id:
+        raise StoreProtocolError("trace context has trace id 0, expected a non-zero id")
+    if not span_id:
+        raise StoreProtocolError("trace context has span id 0, expected a non-zero id")
+    context = TraceContext(trace_id=trace_id, span_id=span_id, flags=payload[24])
+    return context, flags & ~TRACED_FLAG, payload[TRACE_CONTEXT_BYTES:]
+
+
+def decode_traced_request(frame: Frame) -> tuple[TraceContext | None, Request]:
+    """The trace context a well-formed frame carries (or None) and its request.
+
+    Raises as `split_trace_context` and `decode_request` do.
+    """
+    context, flags, payload = split_trace_context(frame.flags, frame.payload)
+    return context, decode_request_parts(frame.type, flags, payload)
 
 
 def decode_request_parts(type_: int, flags: int, payload: bytes) -> Request:
@@ -280,8 +331,12 @@ def decode_request_parts(type_: int, flags: int, payload: bytes) -> Request:
     decoder = _DECODERS.get(type_)
     if decoder is None:
         raise StoreProtocolError(f"unknown request type 0x{type_:02x}")
+    if flags & TRACED_FLAG:  # a trace context is checked, then dropped
+        _, flags, payload = split_trace_context(flags, payload)
     if flags:
-        raise StoreProtocolError(f"frame flags 0x{flags:04x} set, expected 0")
+        raise StoreProtocolError(
+            f"frame flags 0x{flags:04x} set, expected 0 or 0x{TRACED_FLAG:04x} (traced)"
+        )
     return decoder(payload)
 
 
