@@ -76,6 +76,9 @@ GOOD = [
     (b"\n\r\nPING\n", [[b"PING"]], Dialect.TEXT),
     (b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n", [[b"PING"]], Dialect.RESP),
     (b"PING\nPING\r\n*1\r\n$4\r\nPING\r\n", [[b"PING"]] * 3, Dialect.TEXT),
+    # Empty arrays, then lines that are not arrays: inline commands, as in Redis (the C
+    # reader would make `%1` then `*0` a map with a list for its key, and fail).
+    (b"*0\r\n%1\r\n*0\r\n%1\r\n", [[b"%1"], [b"%1"]], Dialect.RESP),
     # Whole reads of several commands (the C reader's path), odd ones among them.
     (
         b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$4\r\n\r\n\r\r\r\n*1\r\n$4\r\nPING\r\n",
@@ -133,6 +136,8 @@ BAD = [
     ),
     (b"*1\r\n$4\r\nPING\r\n*1\r\n+PING\r\n", RespProtocolError, r"^Protocol error: expected '\$'"),
     (b"*1\r\n*1\r\n$1\r\nx\r\n", RespProtocolError, r"^Protocol error: expected '\$', got '\*'$"),
+    # A RESP3 map whose key is an array: the C reader cannot make it a dict key.
+    (b"*1\r\n%1\r\n*1\r\n%1\r\n", RespProtocolError, r"^Protocol error: expected '\$', got '%'$"),
     (b"*2\r\n$3\r\nGET\r\n:1\r\n", RespProtocolError, r"^Protocol error: expected '\$', got ':'$"),
     (b"*1\r\n$-1\r\n", RespProtocolError, r"^Protocol error: invalid bulk length -1$"),
 ]

@@ -269,7 +269,10 @@ class RespParser:
                 while (cmd := gets()) is not False:
                     cmds.append(cmd)
                 taken = self._checked_size(cmds, data)
-        except hiredis.HiredisError:
+        except (hiredis.HiredisError, TypeError):
+            # TypeError: a RESP3 map or set whose key is an aggregate (`%1` then `*1`)
+            # is built as a Python dict, and a list cannot be its key. Either way the
+            # Python parser reads the read and names the error.
             taken, cmds = -1, []
         tail = len(data) - taken
         if (
