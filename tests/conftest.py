@@ -18,6 +18,10 @@ Fixtures more than one package uses are registered here (`pytest_plugins`).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import settings
 
 # Hypothesis's per-example deadline measures the machine, not the code: on a loaded
@@ -29,3 +33,18 @@ settings.load_profile("postoffice")
 #: The bus's channel fixtures (tests/bus/fixtures.py), used by its unit tests and by its
 #: real-process tests under tests/integration/.
 pytest_plugins = ("tests.bus.fixtures",)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """The root logger as it was before the test: a CLI command run in-process installs
+    the servers' stderr handler (`postoffice.core.logs.setup`), and a later test, in
+    whatever order a worker gets it, would read that handler's lines in its output."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        # pytest's own capture handlers come and go with each phase: leave them to it.
+        if handler not in before and type(handler).__module__.startswith("postoffice."):
+            root.removeHandler(handler)
+    root.setLevel(level)

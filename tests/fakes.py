@@ -1,7 +1,7 @@
 """In-memory stand-ins for the network and the clock, so shells are tested without sockets.
 
 `FakeTransport` is the one fake transport, `FakeClock` (the core's) the fake clock, and
-`SyncGate` holds a store engine's fsyncs until a test lets them through.
+`SyncGate` holds a group commit's fsyncs until a test lets them through.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from postoffice.core.clock import FakeClock
-from postoffice.store.engine import Store
+from postoffice.store.engine.commit import Committer, GroupCommit
 
-__all__ = ["FakeClock", "FakeTransport", "SyncGate"]
+__all__ = ["FakeClock", "FakeTransport", "SyncGate", "committer_of"]
 
 
 class FakeTransport(asyncio.Transport):
@@ -135,16 +135,28 @@ class FakeTransport(asyncio.Transport):
 
 
 class SyncGate:
-    """Holds a store engine's sync calls until `opened` is set, and records their tickets."""
+    """Holds a group commit's syncs until `opened` is set, and records their tickets.
 
-    def __init__(self, store: Store | None) -> None:
-        assert store is not None
+    It wraps the committer's `sync` (its seam) rather than the store's method, so it holds
+    on the compiled build too, where the store's methods cannot be replaced.
+    """
+
+    def __init__(self, commit: GroupCommit | None) -> None:
+        committer = committer_of(commit)
         self.calls: list[int] = []
         self.opened = threading.Event()
-        self._sync = store.sync
-        store.sync = self._held  # type: ignore[method-assign]
+        self._sync = committer.sync
+        committer.sync = self._held
 
     def _held(self, ticket: int) -> int:
         self.calls.append(ticket)
         assert self.opened.wait(10), "the gate was never opened"
         return self._sync(ticket)
+
+
+def committer_of(commit: GroupCommit | None) -> Committer:
+    """The running committer of a durable server's group commit."""
+    assert commit is not None, "no group commit: the store is not durable"
+    committer = commit.committer
+    assert committer is not None, "group commit is stopped"
+    return committer

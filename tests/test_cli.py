@@ -43,3 +43,16 @@ def test_main_help_announces_the_services_that_exist() -> None:
 def test_package_docstring_announces_the_services_that_exist() -> None:
     doc = postoffice.__doc__ or ""
     assert _announced(doc) == len(_services())
+
+
+def test_every_subcommand_loads_under_its_own_name() -> None:
+    """The group imports a service's commands only when asked: each name it lists loads
+    the command of that name, and `--help` still lists every one."""
+    names = list(main.commands)
+    assert {"bus", "command", "ingest", "store", "up", "office", "dashboard", "sysinfo"} <= set(
+        names
+    )
+    for name in names:
+        assert main.commands[name].name == name
+    listed = CliRunner().invoke(main, ["--help"]).output.split("Commands:")[1]
+    assert [line.split()[0] for line in listed.strip().splitlines()] == sorted(names)

@@ -152,3 +152,18 @@ def test_every_integration_module_is_marked() -> None:
         if not any("pytest.mark.integration" in mark for mark in marks):
             unmarked.append(path.name)
     assert unmarked == []
+
+
+def test_integration_tests_live_only_where_make_integration_collects() -> None:
+    """`make integration` collects tests/integration and tests/adversarial only (the
+    other folders' modules are never imported there): a module elsewhere marked
+    `integration` would run in neither `make unit` nor `make integration`."""
+    misplaced = [
+        str(path.relative_to(TESTS))
+        for path in sorted(TESTS.rglob("test_*.py"))
+        if not path.is_relative_to(INTEGRATION)
+        and not path.is_relative_to(ADVERSARIAL)
+        and "pytest.mark.integration" in path.read_text()
+        and path.name != "test_hygiene.py"
+    ]
+    assert misplaced == []

@@ -311,7 +311,7 @@ def _readme_table(service: str) -> list[tuple[list[str], str]]:
         if not line.startswith("| `--"):
             continue
         cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
-        rows.append((re.findall(r"--[a-z][a-z-]*", cells[0]), cells[1]))
+        rows.append((re.findall(r"--[a-z][a-z0-9-]*", cells[0]), cells[1]))
     return rows
 
 

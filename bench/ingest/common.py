@@ -27,7 +27,7 @@ TUS_PATH: Final = "/uploads"
 PEER_SUBCOMMAND: Final = "_tus-server"
 
 LARGE_KINDS: Final = ("log", "random")
-CONTENDERS: Final = ("limit", "limit_py", "ours", "ours_via_part", "peer")
+CONTENDERS: Final = ("disk", "limit", "limit_py", "ours", "ours_framed", "ours_via_part", "peer")
 
 INSTALL_HINT: Final = (
     "install the benchmark-only peers into the venv with: "

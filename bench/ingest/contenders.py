@@ -57,6 +57,8 @@ class Run:
     disk_written_mb: float | None = None
     disk_busy_s: float | None = None
     disk_flushes: int | None = None
+    #: The machine's 1-minute load average when the run started (2 cores shared).
+    load_avg_1m: float | None = None
 
 
 T = TypeVar("T")
@@ -73,6 +75,7 @@ class Measured(Generic[T]):
     bench_cpu_s: float
     other_cpu_s: float
     disk: DiskCounters | None  # the work dir's disk counters' growth during the body
+    load_avg_1m: float
 
 
 #: The work dir's disk (set once by watch_disk): measured() reads its counters.
@@ -93,6 +96,7 @@ def measured(server: Server | None, body: Callable[[], T]) -> Measured[T]:
     if server is not None:
         server.check_alive()
     os.sync()
+    load = os.getloadavg()[0]
     server_cpu0 = cpu_seconds(server.pid) if server is not None else 0.0
     cpu0 = own_cpu_seconds()
     busy0 = machine_busy_seconds()
@@ -122,6 +126,7 @@ def measured(server: Server | None, body: Callable[[], T]) -> Measured[T]:
         bench_cpu_s=cpu,
         other_cpu_s=max(0.0, busy - cpu - (server_cpu or 0.0)),
         disk=disk,
+        load_avg_1m=load,
     )
 
 
@@ -152,6 +157,7 @@ def _make_run(
         disk_written_mb=None if seen.disk is None else round(seen.disk.written_bytes / MB, 1),
         disk_busy_s=None if seen.disk is None else round(seen.disk.busy_ms / 1000, 2),
         disk_flushes=None if seen.disk is None else seen.disk.flushes,
+        load_avg_1m=round(seen.load_avg_1m, 2),
     )
 
 
@@ -191,6 +197,38 @@ def run_limit(zstd_cli: str, work: Path, item: Input, round_no: int) -> Run:
     )
 
 
+def _dd_fsync(out: Path, size: int) -> None:
+    """`dd if=/dev/zero of=OUT bs=4M count=N conv=fsync`, then fsync the directory."""
+    done = subprocess.run(
+        [
+            "dd",
+            "if=/dev/zero",
+            f"of={out}",
+            "bs=4M",
+            f"count={-(-size // (4 * 1024 * 1024))}",
+            "conv=fsync",
+            "status=none",
+        ],
+        capture_output=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"dd exited {done.returncode}: {done.stderr.decode()[-300:]}")
+    fsync_path(out.parent, directory=True)
+
+
+def run_disk(work: Path, item: Input, round_no: int) -> Run:
+    """The disk's floor for the output's bytes: dd of as many zeros, conv=fsync."""
+    out = work / "disk" / item.plain.name
+    out.parent.mkdir(exist_ok=True)
+    seen = measured(None, lambda: _dd_fsync(out, item.size))
+    out.unlink()
+    return _make_run(
+        item.kind, "disk", round_no, seen, seconds=seen.seconds, output_bytes=item.size, files=1
+    )
+
+
 def run_limit_py(work: Path, item: Input, round_no: int) -> Run:
     """python-zstandard streaming decompression, fsync, rename: the peer's end work alone."""
     out = work / "limit_py" / item.plain.name
@@ -212,7 +250,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _run_async(coro: Coroutine[object, object, T]) -> T:
+def run_async(coro: Coroutine[object, object, T]) -> T:
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         return runner.run(coro)
 
@@ -248,10 +286,14 @@ def assembly_seconds(server: Server, name: str) -> float | None:
     return found[-1] if found else None
 
 
-def run_ours(server: Server, work: Path, item: Input, round_no: int) -> Run:
-    """Upload the .zst with IngestClient; time send() until PUBLISHED is verified."""
+def run_ours(
+    server: Server, work: Path, item: Input, round_no: int, *, framed: bool = False
+) -> Run:
+    """Upload the .zst (`framed`: the one of a frame per 4 MiB of content, which goes as
+    FRAMED chunks) with IngestClient; time send() until PUBLISHED is verified."""
     name = f"{item.kind}-r{round_no}.out"
-    seen = measured(server, lambda: _run_async(_ours_send(server, item.zst, name, work)))
+    source = item.zst_framed if framed and item.zst_framed is not None else item.zst
+    seen = measured(server, lambda: run_async(_ours_send(server, source, name, work)))
     seconds, size = seen.value
     if size != item.size:
         raise BenchError(f"{server.name} published {size} bytes, expected {item.size}")
@@ -260,7 +302,7 @@ def run_ours(server: Server, work: Path, item: Input, round_no: int) -> Run:
     out.unlink()
     return _make_run(
         item.kind,
-        server.name,
+        "ours_framed" if framed else server.name,
         round_no,
         seen,
         seconds=seconds,
@@ -335,7 +377,7 @@ def _check_small(files_dir: Path, paths: Sequence[Path], round_no: int) -> None:
 
 
 def run_ours_small(server: Server, paths: Sequence[Path], round_no: int) -> Run:
-    seen = measured(server, lambda: _run_async(_ours_send_many(server, paths, round_no)))
+    seen = measured(server, lambda: run_async(_ours_send_many(server, paths, round_no)))
     _check_small(server.files_dir, paths, round_no)
     count = len(paths)
     return _make_run(

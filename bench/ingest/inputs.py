@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, final
 
 import zstandard
-from common import IO_BYTES, MIB, SEED, SMALL_FILE_BYTES, ZSTD_LEVEL
+from common import CHUNK_BYTES, IO_BYTES, MIB, SEED, SMALL_FILE_BYTES, ZSTD_LEVEL
 
 
 @final
@@ -29,6 +31,10 @@ class Input:
     sha256: str
     make_s: float
     compress_s: float
+    #: The same content as one frame per CHUNK_BYTES of it, each with its content size
+    #: (what IngestClient makes of a plain file): sent FRAMED, one chunk per frame.
+    zst_framed: Path | None = None
+    zst_framed_size: int = 0
 
 
 _SERVICES: Final = ("api", "auth", "billing", "search", "ingest", "worker", "gateway", "cache")
@@ -185,6 +191,31 @@ def compress_file(src: Path, dst: Path) -> int:
     return dst.stat().st_size
 
 
+def compress_framed(src: Path, dst: Path, block: int) -> int:
+    """`src` as one Zstandard level 3 frame per `block` bytes (content size and checksum
+    in each), compressed on threads, into `dst`; its size."""
+    local = threading.local()
+
+    def compress(data: bytes) -> bytes:
+        compressor = getattr(local, "compressor", None)
+        if compressor is None:
+            compressor = local.compressor = zstandard.ZstdCompressor(
+                level=ZSTD_LEVEL, write_checksum=True, write_content_size=True
+            )
+        frame: bytes = compressor.compress(data)
+        return frame
+
+    with (
+        src.open("rb") as fin,
+        dst.open("wb") as fout,
+        concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+    ):
+        while blocks := [b for b in (fin.read(block) for _ in range(8)) if b]:
+            for frame in pool.map(compress, blocks):
+                fout.write(frame)
+    return dst.stat().st_size
+
+
 def make_large_input(work: Path, kind: str, size: int) -> Input:
     """The `kind` input of `size` bytes and its .zst, under `work/inputs`."""
     folder = work / "inputs"
@@ -198,6 +229,8 @@ def make_large_input(work: Path, kind: str, size: int) -> Input:
     zst = plain.with_name(plain.name + ".zst")
     zst_size = compress_file(plain, zst)
     done = time.monotonic()
+    zst_framed = plain.with_name(plain.name + ".framed.zst")
+    zst_framed_size = compress_framed(plain, zst_framed, CHUNK_BYTES)
     return Input(
         kind=kind,
         plain=plain,
@@ -207,6 +240,8 @@ def make_large_input(work: Path, kind: str, size: int) -> Input:
         sha256=sha,
         make_s=round(made - began, 2),
         compress_s=round(done - made, 2),
+        zst_framed=zst_framed,
+        zst_framed_size=zst_framed_size,
     )
 
 

@@ -37,6 +37,26 @@ def _paired_ratio(
     return _median(ratios)
 
 
+def _paired_write_rate(runs: Sequence[Run], workload: str) -> float | None:
+    """Median over rounds of ours_framed's disk write rate (all it wrote: patches and
+    output) over dd's: 1.0 is the disk's limit for the bytes written."""
+    rates = []
+    for mine in runs:
+        if mine.workload != workload or mine.contender != "ours_framed":
+            continue
+        floor = [
+            r
+            for r in runs
+            if r.workload == workload and r.contender == "disk" and r.round == mine.round
+        ]
+        if not floor or mine.disk_written_mb is None or floor[0].disk_written_mb is None:
+            continue
+        ours = mine.disk_written_mb / mine.seconds
+        dd = floor[0].disk_written_mb / floor[0].seconds
+        rates.append(round(ours / dd, 3))
+    return _median(rates)
+
+
 def summarise(runs: Sequence[Run], workloads: Sequence[str]) -> dict[str, object]:
     """Medians per workload and contender, and the paired ratios."""
     summary: dict[str, object] = {}
@@ -68,6 +88,7 @@ def summarise(runs: Sequence[Run], workloads: Sequence[str]) -> dict[str, object
                 "disk_flushes": _median(
                     [run.disk_flushes for run in picked if run.disk_flushes is not None]
                 ),
+                "load_avg_1m": [run.load_avg_1m for run in picked],
                 "rounds": len(picked),
             }
         ratios = {
@@ -80,6 +101,11 @@ def summarise(runs: Sequence[Run], workloads: Sequence[str]) -> dict[str, object
             "ours_via_part_over_limit": _paired_ratio(
                 mine, workload, "ours_via_part", "limit", field
             ),
+            "ours_framed_over_limit": _paired_ratio(mine, workload, "ours_framed", "limit", field),
+            "ours_framed_over_peer": _paired_ratio(mine, workload, "ours_framed", "peer", field),
+            "ours_framed_over_ours": _paired_ratio(mine, workload, "ours_framed", "ours", field),
+            "ours_framed_over_disk": _paired_ratio(mine, workload, "ours_framed", "disk", field),
+            "ours_framed_write_rate_over_disk": _paired_write_rate(mine, workload),
         }
         summary[workload] = {
             "unit": field,
@@ -104,6 +130,10 @@ def goals(summary: dict[str, object]) -> list[dict[str, object]]:
         targets = [("ours_over_peer", 4.0)]
         if workload != "small":
             targets.insert(0, ("ours_over_limit", 0.8))
+        if workload == "log":
+            targets += [("ours_framed_over_limit", 1.5), ("ours_framed_over_peer", 3.0)]
+        if workload == "random":
+            targets += [("ours_framed_write_rate_over_disk", 0.9)]
         for key, target in targets:
             value = ratio(workload, key)
             rows.append(

@@ -4,10 +4,15 @@ A standalone script (never imported by pytest). It makes a log-like and a random
 the same size, compresses each once with Zstandard (level 3), and then, round by round,
 publishes the decompressed file durably (fsync on) in four ways:
 
+- `disk`: `dd if=/dev/zero of=OUT bs=4M count=N conv=fsync`, the disk's floor for writing
+  the output's bytes;
 - `limit`: `zstd -d -f -o OUT IN` and an fsync of OUT, this machine's ceiling for the work;
 - `limit_py`: the same with python-zstandard streaming (what a Python server can reach);
-- `ours`: `postoffice ingest serve` (defaults: streaming assembly, fsync on), uploaded by
-  IngestClient, timed from the start of `send()` until the PUBLISHED event is verified;
+- `ours_framed`: `postoffice ingest serve` (defaults, fsync on), uploaded by IngestClient
+  from a .zst of one frame per 4 MiB of content (what the client makes of a plain file),
+  which goes as FRAMED chunks decompressed in parallel, timed from the start of `send()`
+  until the PUBLISHED event is verified;
+- `ours`: the same server, sent the single-frame .zst (streaming assembly);
 - `ours_via_part`: the same server started with `--via-part`;
 - `peer`: an aiohttp-tus server whose upload-done hook decompresses the upload into its
   final name and fsyncs it, driven by the tuspy client.
@@ -58,6 +63,7 @@ from common import (
 from contenders import (
     Run,
     measure_prepare,
+    run_disk,
     run_limit,
     run_limit_py,
     run_ours,
@@ -180,7 +186,7 @@ def human_line(run: Run, rounds: int) -> str:
     return (
         f"[{run.workload:<6} round {run.round}/{rounds}] {run.contender:<13} {figure} "
         f"({run.seconds:.2f} s{assembly}; bench cpu {run.bench_cpu_s:.1f} s{server}, "
-        f"other {run.other_cpu_s:.1f} s{disk})"
+        f"other {run.other_cpu_s:.1f} s{disk}; load {run.load_avg_1m})"
     )
 
 
@@ -195,9 +201,11 @@ def run_round(
 ) -> Iterator[Run]:
     """Every contender once per workload, in the order of parameters.order."""
     for item in large:
+        yield run_disk(work, item, round_no)
         if zstd_cli is not None:
             yield run_limit(zstd_cli, work, item, round_no)
         yield run_limit_py(work, item, round_no)
+        yield run_ours(servers["ours"], work, item, round_no, framed=True)
         yield run_ours(servers["ours"], work, item, round_no)
         yield run_ours(servers["ours_via_part"], work, item, round_no)
         yield run_peer(servers["peer"], work, peer_inputs.get(item.kind, item), round_no)
@@ -311,16 +319,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "parallel": PARALLEL,
             "small_concurrency": SMALL_CONCURRENCY,
             "zstd_level": ZSTD_LEVEL,
-            "order": "per round: for log then random, limit, limit_py, ours, ours_via_part, "
-            "peer; then small files, ours then peer",
+            "order": "per round: for log then random, disk, limit, limit_py, ours_framed, "
+            "ours, ours_via_part, peer; then small files, ours then peer",
             "mb": "10^6 bytes of published (decompressed) output",
+            "disk": "dd if=/dev/zero of=OUT bs=4M count=N conv=fsync; fsync the directory",
             "limit": "zstd -q -d -f -o OUT IN; fsync OUT and its directory",
             "limit_py": "python-zstandard copy_stream into a temp name; fsync; rename; "
             "fsync the directory",
             "ours": "postoffice ingest serve --sys-base B --data-base 0 --data-dir D "
             "(defaults: fsync on, streaming assembly); IngestClient(parallel=4, "
             "chunk_size=4 MiB).send(zst, name=...), timed until it returns",
-            "ours_via_part": "the same with --via-part",
+            "ours_framed": "the same server; IngestClient(parallel=4, chunk_size=4 MiB)"
+            ".send(framed zst, name=...): a .zst of one frame (content size, checksum) per "
+            "4 MiB of content, sent one FRAMED chunk per frame",
+            "ours_via_part": "the same as ours with --via-part",
             "peer": "aiohttp + aiohttp_tus.setup_tus, upload-done hook decompresses with "
             "python-zstandard into files/<name>, fsync, rename, fsync dir; tuspy "
             "Uploader(chunk_size=4 MiB).upload(), timed until it returns",
@@ -342,6 +354,7 @@ def _describe(item: Input) -> dict[str, object]:
     return {
         "bytes": item.size,
         "zst_bytes": item.zst_size,
+        "zst_framed_bytes": item.zst_framed_size,
         "ratio": round(item.size / item.zst_size, 2),
         "sha256": item.sha256,
         "make_s": item.make_s,

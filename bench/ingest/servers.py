@@ -91,8 +91,17 @@ def _wait(server: Server, ready: Callable[[], bool]) -> None:
     )
 
 
-def start_ours(work: Path, postoffice: str, name: str, *, via_part: bool) -> Server:
-    """`postoffice ingest serve` with default settings (fsync on) on free loopback ports."""
+def start_ours(
+    work: Path,
+    postoffice: str,
+    name: str,
+    *,
+    via_part: bool,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Server:
+    """`postoffice ingest serve` with default settings (fsync on) on free loopback ports;
+    `extra` arguments (a cluster node's) go at the end, `env` replaces the environment."""
     data_dir = work / "servers" / name
     data_dir.mkdir(parents=True)
     sys_base = free_port_block(4)
@@ -115,8 +124,11 @@ def start_ours(work: Path, postoffice: str, name: str, *, via_part: bool) -> Ser
     ]
     if via_part:
         argv.append("--via-part")
+    argv.extend(extra)
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=data_dir)
+        proc = subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=data_dir, env=env
+        )
     server = Server(
         name=name,
         proc=proc,

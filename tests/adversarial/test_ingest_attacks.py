@@ -228,7 +228,7 @@ def test_two_clients_racing_with_one_file_id_publish_exactly_one_content(
     rounds.append(("at once", 3_000))
     for number, (start, size) in enumerate(rounds):
         file_id = FileId(os.urandom(16))
-        monkeypatch.setattr(payload_module, "derive_file_id", lambda *_, fid=file_id: fid)
+        monkeypatch.setattr(payload_module, "derive_file_id", lambda *_, fid=file_id, **__: fid)
         name = f"contested-{number}.bin"
         sources = []
         for side in ("a", "b"):
@@ -562,7 +562,7 @@ def test_garbage_under_a_known_file_id_does_not_lock_its_owner_out(
         assert status.state.name == "FAILED"
     finally:
         data.close()
-    monkeypatch.setattr(payload_module, "derive_file_id", lambda *_: file_id)
+    monkeypatch.setattr(payload_module, "derive_file_id", lambda *_, **__: file_id)
     honest_upload(ingest, "victim.bin")
     monkeypatch.undo()
 

@@ -31,6 +31,11 @@ from postoffice.store.wire import (
 )
 from tests.integration.conftest import ServerProcess, start_server
 
+# Each attack is checked against another client's latency (served_within): alone, so no
+# parallel test's load counts against the server.
+pytestmark = pytest.mark.alone
+
+
 MIB = 1024 * 1024
 #: Keys this long that start alike share one LMDB bucket (the index keeps the first 448
 #: bytes as the bucket's key).

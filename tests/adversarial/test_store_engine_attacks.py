@@ -39,7 +39,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
 
 
 def _start(serve: Serve, data: Path) -> tuple[ServerProcess, Client]:
-    server = serve("store", "--port", "0", "--data-dir", str(data))
+    server = serve("store", "--port", "0", "--metrics-port", "0", "--data-dir", str(data))
     return server, Client(port=server.port, timeout_s=10)
 
 

@@ -112,9 +112,20 @@ class PagedKeyspace:
         self.cursors = Cursors()
 
     def scan(
-        self, prefix: bytes | None, start: bytes | None, limit: int, page: PageMaker
+        self,
+        prefix: bytes | None,
+        start: bytes | None,
+        limit: int,
+        page: PageMaker,
+        db: int = 0,
+        *,
+        kind: int | None = None,
     ) -> Answer:
         return page(self.keys[:limit], None)
+
+
+class Database0:
+    db = 0
 
 
 class KeyspaceHolder:
@@ -128,16 +139,16 @@ def scan(
 ) -> tuple[bytes, list[bytes]]:
     """SCAN's reply from `keyspace`: the next cursor's start key (b"" for 0), and the keys."""
     holder = KeyspaceHolder(keyspace, max_reply_bytes)
-    reply = cmd_scan(holder, None, [b"SCAN", *args])  # type: ignore[arg-type]  # a fake keyspace
+    reply = cmd_scan(holder, Database0(), [b"SCAN", *args])  # type: ignore[arg-type]  # a fake keyspace
     assert isinstance(reply, Array)
     assert reply.items is not None
     cursor, keys = reply.items
     assert isinstance(cursor, Bulk)
     assert isinstance(keys, Array)
     assert cursor.data is not None
-    start = keyspace.cursors.resolve(cursor.data)
+    start = keyspace.cursors.resolve(bytes(cursor.data))
     return start or b"", [
-        key.data for key in keys.items or () if isinstance(key, Bulk) and key.data
+        bytes(key.data) for key in keys.items or () if isinstance(key, Bulk) and key.data
     ]
 
 

@@ -146,7 +146,7 @@ async def test_remote_mget_past_the_limit_is_refused_without_holding_the_values(
     an error naming both sizes."""
     keyspace = RemoteKeyspace("127.0.0.1", 1)
     store = FakeStoreClient()
-    keyspace._client = store  # type: ignore[assignment]  # the fake link, as connected
+    keyspace.pool._links[0] = store  # type: ignore[call-overload]  # the fake link, as connected
     answer = keyspace.mget([b"big"] * 1000, 65536)
     assert isinstance(answer, Deferred)
     tracemalloc.start()
@@ -169,12 +169,15 @@ async def test_remote_mget_past_the_limit_is_refused_without_holding_the_values(
 async def test_remote_mget_within_the_limit_answers_in_order() -> None:
     keyspace = RemoteKeyspace("127.0.0.1", 1)
     store = FakeStoreClient()
-    keyspace._client = store  # type: ignore[assignment]  # the fake link, as connected
+    keyspace.pool._links[0] = store  # type: ignore[call-overload]  # the fake link, as connected
     answer = keyspace.mget([b"a", b"b", b"c"], 65536)
     assert isinstance(answer, Deferred)
-    for future, body in reversed(list(zip(store.futures, [b"1", b"", b"3"], strict=True))):
+    values, expiries = store.futures[:3], store.futures[3:]  # each key's value, then expiry
+    for future, body in reversed(list(zip(values, [b"1", b"", b"3"], strict=True))):
         status = Status.OK if body else Status.NOT_FOUND
         future.set_result(Response(request_id=1, status=status, body=body))
+    for future in expiries:
+        future.set_result(Response(request_id=1, status=Status.NOT_FOUND, body=b""))
     await asyncio.sleep(0)
     assert settle(answer) == Array(items=[Bulk(b"1"), NIL, Bulk(b"3")])
 

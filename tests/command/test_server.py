@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-import types
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from postoffice.command import commands
 from postoffice.command.config import CommandConfig
 from postoffice.command.keyspace import Deferred, Durable, SyncWaiter
 from postoffice.command.server import CommandConnection, CommandServer
@@ -58,14 +55,14 @@ def send(conn: CommandConnection, transport: FakeTransport, *args: bytes) -> byt
 
 
 class HeldSleep:
-    """Stands in for the clock DEBUG SLEEP sleeps on: the pool thread that runs it waits
-    until `released` is set, so a test decides when the blocking command ends."""
+    """Stands in for the sleep DEBUG SLEEP blocks on (the server's `sleep` seam): the pool
+    thread that runs it waits until `released` is set, so a test decides when the
+    blocking command ends."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, server: CommandServer) -> None:
         self.asked: list[float] = []
         self.released = threading.Event()
-        stand_in = types.SimpleNamespace(time=time.time, time_ns=time.time_ns, sleep=self.sleep)
-        monkeypatch.setattr(commands, "time", stand_in)
+        server.sleep = self.sleep
 
     def sleep(self, seconds: float) -> None:
         self.asked.append(seconds)
@@ -73,8 +70,8 @@ class HeldSleep:
 
 
 @pytest.fixture
-def held_sleep(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldSleep]:
-    held = HeldSleep(monkeypatch)
+def held_sleep(harness: Harness) -> Iterator[HeldSleep]:
+    held = HeldSleep(harness.server)
     yield held
     held.released.set()  # never leave a pool thread waiting
 
@@ -134,6 +131,34 @@ async def test_protocol_error_replies_then_closes(harness: Harness) -> None:
     conn, t = harness.connect()
     conn.data_received(b"*1\r\n$x\r\n")
     assert t.take() == b"-ERR Protocol error: invalid bulk length b'x'\r\n"
+    assert t.closed
+    assert harness.server.counts.protocol_errors == 1
+
+
+async def test_quoted_inline_arguments_in_both_dialects(harness: Harness) -> None:
+    conn, t = harness.connect()
+    conn.data_received(b"ECHO \"two words\\x21\"\r\nECHO 'it\\'s'\r\n")
+    assert t.take() == b"$10\r\ntwo words!\r\n$4\r\nit's\r\n"
+    text, tt = harness.connect(50001)
+    text.data_received(b'ECHO "a b"\n')
+    assert tt.take() == b"a b\n"
+
+
+@pytest.mark.parametrize(
+    ("end", "reply"),
+    [
+        (b"\r\n", b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+        (b"\n", b"ERR Protocol error: unbalanced quotes in request\n"),
+    ],
+)
+async def test_unbalanced_quotes_reply_then_close(
+    harness: Harness, end: bytes, reply: bytes
+) -> None:
+    """As Redis: the good line before is answered, the bad one closes, the rest is not run."""
+    conn, t = harness.connect()
+    conn.data_received(b"PING" + end + b'set """test-key""" test-value' + end + b"PING" + end)
+    pong = b"+PONG\r\n" if end == b"\r\n" else b"PONG\n"
+    assert t.take() == pong + reply
     assert t.closed
     assert harness.server.counts.protocol_errors == 1
 
@@ -419,7 +444,7 @@ class _HeldStore:
     def __init__(self) -> None:
         self.futures: list[asyncio.Future[Response]] = []
 
-    def get(self, key: bytes) -> Deferred:
+    def get(self, key: bytes, db: int = 0) -> Deferred:
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.futures.append(future)
         return Deferred(future, lambda response: Bulk(data=response.body))
@@ -506,12 +531,12 @@ class _HeldSync:
             if waiter.synced(covered, error):
                 self.waiting[waiter] = covered + 1
 
-    def set(self, key: bytes, value: bytes) -> Durable:
+    def set(self, key: bytes, value: bytes, db: int = 0) -> Durable:
         self.ticket += 1
         self.values[key] = value
         return Durable(self.ticket, OK, self)
 
-    def get(self, key: bytes) -> Reply:
+    def get(self, key: bytes, db: int = 0) -> Reply:
         value = self.values.get(key)
         return NIL if value is None else Bulk(data=value)
 

@@ -58,6 +58,7 @@ class TestOneCommand:
             (b"PING", b"PING\r\n"),
             (b"PING\n", b"PING\n"),
             (b"*1\r\n$4\r\nPING\r\n", b"*1\r\n$4\r\nPING\r\n"),
+            (b"ECHO 'a b'", b"ECHO 'a b'\r\n"),
         ],
     )
     def test_one_command_is_fed_as_the_port_would_read_it(
@@ -73,6 +74,7 @@ class TestOneCommand:
             (b"PING\r\nPING\r\n", "Protocol error: more than one command in message"),
             (b"*2\r\n$4\r\nECHO\r\n", "Protocol error: incomplete command in message"),
             (b"*1\r\n$5000\r\n", "Protocol error: invalid bulk length"),
+            (b'SET """k""" v', "Protocol error: unbalanced quotes in request"),
         ],
     )
     def test_anything_but_one_whole_command_is_refused(

@@ -215,6 +215,7 @@ class _Client:
     name = lib_name = lib_ver = b""
     authenticated = True
     protocol = 2
+    db = 0
 
     def describe(self) -> str:
         return "id=1"

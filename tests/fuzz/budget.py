@@ -73,6 +73,35 @@ def assert_within_budget(
     assert elapsed < cpu_s, f"{elapsed:.3f} s of CPU for {size} bytes of input"
 
 
+def best_cpu_s(parse: Callable[[], object], rounds: int = 3) -> float:
+    """The least CPU seconds `parse` took over `rounds` runs, with the collector held off."""
+    gc.disable()
+    try:
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.thread_time()
+            parse()
+            best = min(best, time.thread_time() - started)
+        return best
+    finally:
+        gc.enable()
+
+
+def assert_cost_grows_linearly(
+    parse_of: Callable[[int], Callable[[], object]], n: int, factor: int = 8, slack: float = 2.0
+) -> None:
+    """`parse_of(k)` parses an input of k units: `factor` times the input costs at most
+    `factor * slack` times the CPU. A cost that grows with the square of the input (a
+    buffer copied once per event, say) takes `factor` squared and fails; the check is a
+    ratio measured in one process, so a slow or busy machine does not move it."""
+    small = best_cpu_s(parse_of(n))
+    large = best_cpu_s(parse_of(n * factor))
+    assert large < small * factor * slack, (
+        f"{n * factor} units cost {large:.4f} s of CPU, {large / small:.1f} times"
+        f" the {small:.4f} s of {n}"
+    )
+
+
 def drain_events(
     decoder: Decoder,
     out: list[object],

@@ -621,3 +621,50 @@ class TestPieces:
                 max_window_log=27,
             )
         assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("via_part", [False, True])
+def test_a_tee_gets_every_output_block_in_order_after_its_write(
+    tmp_path: Path, via_part: bool
+) -> None:
+    content = text_bytes(60_000)  # several output blocks, so the writer thread is used
+    blob = compress(content)
+    info, patches = stored(tmp_path, split(blob, [len(blob) // 3, len(blob) // 3]))
+    staging = staging_path(tmp_path / "files", "out.bin", FID, "tmp")
+    teed: list[bytes] = []
+
+    def tee(block: memoryview) -> None:
+        teed.append(bytes(block))
+        # the block is on the disk before the tee has it
+        assert os.path.getsize(staging) >= sum(len(b) for b in teed)
+
+    assemble(
+        info=info,
+        patches=patches,
+        files_dir=tmp_path / "files",
+        max_output_bytes=64 * MIB,
+        max_window_log=27,
+        via_part=via_part,
+        tee=tee,
+    )
+    assert len(teed) > 2
+    assert b"".join(teed) == content == (tmp_path / "files" / "out.bin").read_bytes()
+
+
+def test_a_tee_that_fails_fails_the_assembly_and_publishes_nothing(tmp_path: Path) -> None:
+    blob = compress(text_bytes(60_000))
+    info, patches = stored(tmp_path, [blob])
+
+    def tee(block: memoryview) -> None:
+        raise ConnectionAbortedError("the object store is gone")
+
+    with pytest.raises(IngestStorageError, match="object store is gone"):
+        assemble(
+            info=info,
+            patches=patches,
+            files_dir=tmp_path / "files",
+            max_output_bytes=64 * MIB,
+            max_window_log=27,
+            tee=tee,
+        )
+    assert files_in(tmp_path) == []

@@ -177,6 +177,37 @@ def test_a_failed_fsync_fails_every_caller_counting_on_it(
     assert len(held.calls) == 3
 
 
+def test_callers_sharing_an_fsync_return_when_many_paths_are_tracked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past 1024 tracked paths an idle path is forgotten: every caller that counted on
+    its fsyncs returns, not only the first to forget it (the others found it gone)."""
+    syncer, held, condition, _ = _watched(monkeypatch)
+    # idle paths synced earlier, as many uploads' directories leave them on a busy server
+    for i in range(1100):
+        syncer._state[tmp_path / f"other-{i}"] = [1, 1, 0, -1]
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            syncer.sync(tmp_path)
+        except BaseException as exc:  # any error a caller meets fails the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads[0].start()
+    assert held.started.wait(_WAIT_S)
+    for thread in threads[1:]:
+        thread.start()
+    condition.until_waits(3)
+    held.released.set()
+    for thread in threads:
+        thread.join(_WAIT_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert len(held.calls) == 2
+
+
 def test_real_fsync_of_a_file_and_a_directory(tmp_path: Path) -> None:
     path = tmp_path / "ids.list"
     path.write_bytes(b"0 00\n")

@@ -30,6 +30,7 @@ from postoffice.ingest.errors import (
     IngestLimitError,
     IngestProtocolError,
     OutOfRangeError,
+    error_for,
 )
 from postoffice.ingest.messages import (
     MAX_CHUNK_BYTES,
@@ -114,6 +115,36 @@ CHUNK_MSG = Chunk(
     data=CHUNK1_DATA,
 )
 ACK_MSG = Ack(file_id=FID, index=1, committed=2, total=2, complete=True)
+
+# The FRAMED example of docs/protocols/ingest.md: the same 38 bytes sent as two chunks,
+# each "hello, post office\n" as a zstd frame of its own (level 3, content size 19, 28
+# bytes); chunk 1 holds content bytes 19..37 of 38.
+FRAME_HEX = "28b52ffd201399000068656c6c6f2c20706f7374206f66666963650a"
+FRAMED_ZST_DIGEST_HEX = xxhash.xxh3_128_hexdigest(bytes.fromhex(FRAME_HEX * 2))
+FRAMED1_FIELDS_HEX = f"{FID_HEX} 00000001 00000002 0000000000000038 0009 {FRAMED_ZST_DIGEST_HEX}"
+FRAMED1_CONTENT_HEX = "0000000000000026 0000000000000013"  # content size 38, offset 19
+FRAMED1_DIGEST_HEX = xxhash.xxh3_128_hexdigest(
+    bytes.fromhex(FRAMED1_FIELDS_HEX + FRAMED1_CONTENT_HEX)
+    + b"hello.txt"
+    + bytes.fromhex(FRAME_HEX)
+)
+FRAMED_CHUNK_WIRE = bytes.fromhex(
+    "504f 01 01 0003 0000 0000000000000002 00000077 00000000"  # flags SELF_CHECKED|FRAMED
+    f"{FRAMED1_FIELDS_HEX} {FRAMED1_DIGEST_HEX} {FRAMED1_CONTENT_HEX}"
+    f"{NAME_HEX} {FRAME_HEX}"
+)
+FRAMED_CHUNK_MSG = Chunk(
+    file_id=FID,
+    index=1,
+    total=2,
+    size=56,
+    name="hello.txt",
+    payload_digest=bytes.fromhex(FRAMED_ZST_DIGEST_HEX),
+    digest=bytes.fromhex(FRAMED1_DIGEST_HEX),
+    data=bytes.fromhex(FRAME_HEX),
+    content_size=38,
+    content_offset=19,
+)
 
 
 def _wire(type: int, payload: bytes | str, request_id: int = 0, flags: int = 0) -> bytes:
@@ -238,6 +269,7 @@ def test_wire_table_covers_every_message_type() -> None:
 DOC_EXAMPLES = [
     ("subscribe", encode(Subscribe(file_ids=(FID,)), 1)),
     ("chunk", CHUNK_WIRE),
+    ("framed-chunk", FRAMED_CHUNK_WIRE),
     ("ack", ACK_WIRE),
     (
         "published",
@@ -277,6 +309,32 @@ def test_encode_chunk_matches_the_doc_and_takes_buffers(
         request_id=2,
     )
     assert wire == CHUNK_WIRE
+
+
+def test_a_framed_chunk_carries_its_content_range_after_the_digest() -> None:
+    """The FRAMED flag adds content size and offset at offset 66; the digest covers them."""
+    assert _decode_all([FRAMED_CHUNK_WIRE]) == [(2, FRAMED_CHUNK_MSG)]
+    assert encode(FRAMED_CHUNK_MSG, 2) == FRAMED_CHUNK_WIRE
+    wire = encode_chunk(
+        file_id=FID,
+        index=1,
+        total=2,
+        size=56,
+        name="hello.txt",
+        payload_digest=bytes.fromhex(FRAMED_ZST_DIGEST_HEX),
+        data=bytes.fromhex(FRAME_HEX),
+        request_id=2,
+        content_size=38,
+        content_offset=19,
+    )
+    assert wire == FRAMED_CHUNK_WIRE
+
+
+def test_a_framed_chunk_whose_content_offset_was_changed_fails_its_digest() -> None:
+    wire = bytearray(FRAMED_CHUNK_WIRE)
+    wire[24 + 66 + 15] = 0x14  # content offset 19 -> 20
+    with pytest.raises(ChecksumError, match=r"^chunk digest mismatch: "):
+        _decode_all([bytes(wire)])
 
 
 def test_a_chunk_without_self_checked_carries_a_crc_and_decodes_the_same() -> None:
@@ -334,14 +392,30 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
     (_frame(0xFF, ""), IngestProtocolError, r"^unknown message type 0xff$"),
     (_frame(0x03, "", flags=1), IngestProtocolError, r"^frame flags 0x0001 set, expected 0$"),
     (
-        _frame(0x01, _chunk_payload(), flags=2),
+        _frame(0x01, _chunk_payload(), flags=4),
         IngestProtocolError,
-        r"^chunk frame flags 0x0002 set, expected 0x0000 or 0x0001$",
+        r"^chunk frame flags 0x0004 set, expected bits of 0x0003$",
     ),
     (
         _frame(0x01, FID_HEX),
         IngestProtocolError,
         r"^chunk payload of 16 bytes, expected at least 66$",
+    ),
+    (
+        _frame(0x01, _chunk_payload(), flags=2),
+        IngestProtocolError,
+        r"^framed chunk payload of 67 bytes, expected at least 82$",
+    ),
+    (
+        _frame(
+            0x01,
+            FRAMED_CHUNK_WIRE[24:90]
+            + bytes.fromhex("0000000000000026 0000000000000027")
+            + FRAMED_CHUNK_WIRE[106:],
+            flags=3,
+        ),
+        OutOfRangeError,
+        r"^chunk content offset 39 is past its content size 38$",
     ),
     (
         _frame(0x01, _chunk_payload(total=0)),
@@ -486,7 +560,7 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
         r"^status range 9-10 is not ascending, disjoint and below total 10$",
     ),
     (_frame(0x1F, "00"), IngestProtocolError, r"^error payload of 1 bytes, expected at least 2$"),
-    (_frame(0x1F, "0063"), IngestProtocolError, r"^unknown error code 99$"),
+    (_frame(0x1F, "0000"), IngestProtocolError, r"^error code 0 is not a code$"),
     (
         _frame(0x1F, "0002 c328"),
         IngestProtocolError,
@@ -522,7 +596,7 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
         IngestProtocolError,
         r"^failed payload of 16 bytes, expected at least 18$",
     ),
-    (_frame(0x34, f"{FID_HEX} 0000"), IngestProtocolError, r"^unknown error code 0$"),
+    (_frame(0x34, f"{FID_HEX} 0000"), IngestProtocolError, r"^error code 0 is not a code$"),
     (
         _frame(0x34, f"{FID_HEX} 000b ff"),
         IngestProtocolError,
@@ -535,6 +609,19 @@ DECODE_ERRORS: list[tuple[Frame, type[IngestError], str]] = [
 def test_decode_error(frame: Frame, error: type[IngestError], message: str) -> None:
     with pytest.raises(error, match=message):
         decode(frame)
+
+
+def test_a_code_this_side_does_not_know_is_a_refusal_not_a_broken_message() -> None:
+    """A newer server's code (99, 65535) decodes as CODE_<n>: the client treats it as
+    "refused, connection open", as the protocol page asks, and re-encodes it unchanged."""
+    for code in (15, 99, 0xFFFF):
+        reply = decode(_frame(0x1F, f"{code:04x} {_hex('later')}"))
+        assert isinstance(reply, ErrorReply)
+        assert (int(reply.code), reply.code.name, reply.message) == (code, f"CODE_{code}", "later")
+        assert reply.code == ErrorCode(code)
+        assert _decode_all([encode(reply, 7)]) == [(7, reply)]
+        assert type(error_for(reply.code, reply.message)) is IngestError
+    assert ErrorCode(14) is ErrorCode.MOVED
 
 
 def test_chunk_data_over_the_limit_is_refused_before_hashing() -> None:
@@ -591,20 +678,21 @@ def test_bad_frame_poisons_the_decoder() -> None:
 def test_oversized_frame_is_refused_from_its_header() -> None:
     decoder = MessageDecoder(max_chunk_bytes=100)
     decoder.feed(_wire(0x01, bytes(100 + CHUNK_OVERHEAD_BYTES + 1), 7)[:24])
-    with pytest.raises(FrameTooLarge, match=r"^frame payload length 422 exceeds limit 421$"):
+    with pytest.raises(FrameTooLarge, match=r"^frame payload length 438 exceeds limit 437$"):
         decoder.next_event()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "limit"),
     [
-        ({}, MAX_CHUNK_BYTES + 66 + MAX_NAME_BYTES),
+        ({}, MAX_CHUNK_BYTES + 82 + MAX_NAME_BYTES),
         ({"max_chunk_bytes": 0}, CHUNK_OVERHEAD_BYTES),
         ({"max_payload_bytes": 1000}, 1000),
     ],
 )
 def test_frame_payload_limit(kwargs: dict[str, Any], limit: int) -> None:
-    """The default limit fits the largest valid chunk: 66-byte header, longest name, data."""
+    """The default limit fits the largest valid chunk: 82-byte FRAMED header, longest
+    name, data."""
     assert MAX_MESSAGE_BYTES == MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
     at_limit = MessageDecoder(**kwargs)
     at_limit.feed(_WIRE_HEADER.pack(b"PO", 1, 1, 0, 0, 0, limit, 0))
@@ -619,7 +707,7 @@ def test_frame_payload_limit(kwargs: dict[str, Any], limit: int) -> None:
 
 @pytest.mark.parametrize("limit", [-1, 16 * 1024 * 1024 - CHUNK_OVERHEAD_BYTES + 1])
 def test_chunk_limit_out_of_range_is_a_config_error(limit: int) -> None:
-    with pytest.raises(ConfigError, match=rf"^max_chunk_bytes {limit} out of range 0\.\.16776895$"):
+    with pytest.raises(ConfigError, match=rf"^max_chunk_bytes {limit} out of range 0\.\.16776879$"):
         MessageDecoder(max_chunk_bytes=limit)
 
 
@@ -790,6 +878,8 @@ names = st.text(
 def chunks(draw: st.DrawFn) -> Chunk:
     total = draw(st.integers(1, MAX_CHUNKS))
     data = draw(st.binary(max_size=300))
+    content_size = draw(st.none() | u64)
+    content_offset = 0 if content_size is None else draw(st.integers(0, content_size))
     return new_chunk(
         file_id=draw(file_ids),
         index=draw(st.integers(0, total - 1)),
@@ -798,6 +888,8 @@ def chunks(draw: st.DrawFn) -> Chunk:
         name=draw(names),
         payload_digest=draw(digests),
         data=data,
+        content_size=content_size,
+        content_offset=content_offset,
     )
 
 

@@ -149,10 +149,10 @@ def test_a_frame_with_a_crc_to_check_takes_the_usual_road() -> None:
 def test_a_bad_directly_received_message_is_refused_and_framing_holds() -> None:
     data = os.urandom(512 * 1024)
     good = chunk_wire(data)
-    # Flags 0x0003: self-checked (so it is taken over) plus a bit CHUNK does not define.
+    # Flags 0x0005: self-checked (so it is taken over) plus a bit CHUNK does not define.
     flags_at = 4
     bad = bytearray(chunk_wire(data, request_id=7))
-    bad[flags_at : flags_at + 2] = (SELF_CHECKED | 0x0002).to_bytes(2, "big")
+    bad[flags_at : flags_at + 2] = (SELF_CHECKED | 0x0004).to_bytes(2, "big")
     decoder = ReceivingDecoder(max_chunk_bytes=LIMIT)
     wire = bytes(bad) + good
     at = 0
@@ -176,7 +176,7 @@ def test_a_bad_directly_received_message_is_refused_and_framing_holds() -> None:
                 break
             got.append(event)
         decoder.take_over()
-    assert errors == [(7, "chunk frame flags 0x0003 set, expected 0x0000 or 0x0001")]
+    assert errors == [(7, "chunk frame flags 0x0005 set, expected bits of 0x0003")]
     assert got == plain(good)
 
 

@@ -692,3 +692,63 @@ def test_a_published_record_holds_every_field_and_reads_back() -> None:
     line = published_module._format_record(info)
     assert list(json.loads(line)) == [f.name for f in dataclasses.fields(PublishedInfo)]
     assert published_module._parse_record(line) == info
+
+
+class TestFramed:
+    """A FRAMED upload's content size (meta.json) and offsets (ids.list) survive reopen."""
+
+    def _put(self, store: ChunkStore, index: int, offset: int, content_size: int | None) -> None:
+        data = chunk_data(index)
+        store.store_chunk(
+            file_id=FID,
+            index=index,
+            total=3,
+            size=300,
+            name="framed.log",
+            payload_digest=PAYLOAD_DIGEST,
+            digest=xxhash.xxh3_128_digest(data),
+            data=data,
+            now=NOW,
+            content_size=content_size,
+            content_offset=offset,
+        )
+
+    def test_offsets_and_content_size_survive_a_restart(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        self._put(store, 2, 7000, 9000)
+        self._put(store, 0, 0, 9000)
+        assert ids_lines(tmp_path) == [
+            f"2 {xxhash.xxh3_128_hexdigest(chunk_data(2))} 7000",
+            f"0 {xxhash.xxh3_128_hexdigest(chunk_data(0))} 0",
+        ]
+        meta = json.loads((payload_dir(tmp_path) / "meta.json").read_text())
+        assert meta["content_size"] == 9000
+        again = new_store(tmp_path)
+        info = again.info(FID)
+        assert info is not None
+        assert info.content_size == 9000
+        assert [again.content_offset(FID, i) for i in range(3)] == [0, None, 7000]
+
+    def test_a_plain_chunk_of_a_framed_upload_conflicts(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        self._put(store, 0, 0, 9000)
+        with pytest.raises(
+            ConflictError,
+            match=rf"^chunk 1 of {HEX} has content size None, the payload has content size 9000$",
+        ):
+            self._put(store, 1, 0, None)
+        with pytest.raises(ConflictError, match=r"has content size 8000, the payload has"):
+            self._put(store, 1, 3000, 8000)
+
+    def test_a_framed_line_without_its_offset_is_dropped_on_recovery(self, tmp_path: Path) -> None:
+        store = new_store(tmp_path)
+        self._put(store, 0, 0, 9000)
+        self._put(store, 1, 3000, 9000)
+        lines = ids_lines(tmp_path)
+        (payload_dir(tmp_path) / "ids.list").write_text(
+            f"{lines[0]}\n{lines[1].rsplit(' ', 1)[0]}\n"
+        )
+        again = new_store(tmp_path)
+        info = again.info(FID)
+        assert info is not None
+        assert info.committed == frozenset({0})

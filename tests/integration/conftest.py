@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,14 +12,45 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import pytest
 import redis
 
+from postoffice.command.config import CommandConfig
 from postoffice.core.runtime import raise_fd_limit
+from postoffice.ingest.config import IngestConfig
+from postoffice.store.config import StoreConfig
 
 POSTOFFICE = [sys.executable, "-c", "from postoffice.cli import main; main()"]
 READY_TIMEOUT_S = 20.0
+
+#: The tests that start an office run as processes: each run makes a `po-office-*`
+#: directory in /dev/shm, and tests/integration/test_office_processes.py checks that no
+#: run leaves one behind by comparing the whole of /dev/shm before and after. Under
+#: pytest-xdist (`--dist loadgroup`) this group runs on one worker, one test at a time.
+OFFICE_SHM = pytest.mark.xdist_group("office-shm")
+
+
+def _default_ports() -> frozenset[int]:
+    """The ports a server binds when no flag, file or variable names one (a port base
+    with the ports above it)."""
+    found: set[int] = set()
+    for config in (CommandConfig, StoreConfig, IngestConfig):
+        for each in dataclasses.fields(config):
+            default = each.default
+            if type(default) is not int or default <= 0:
+                continue
+            if each.name.endswith("port"):
+                found.add(default)
+            elif each.name.endswith("_base"):
+                found.update(range(default, default + 16))
+    return frozenset(found)
+
+
+#: A test server on one of these would collide with a parallel test's, or with a server a
+#: developer runs: start_server refuses it, naming the listener to give port 0.
+DEFAULT_PORTS: Final = _default_ports()
 
 
 @dataclass
@@ -64,15 +96,33 @@ def start_server(tmp_path: Path, service: str, *args: str) -> ServerProcess:
         )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not ready.exists():
-        if proc.poll() is not None:
+        if proc.poll() is not None:  # the ready file, if any, was written before the exit
+            if ready.exists():
+                break
             raise AssertionError(f"server exited {proc.returncode}: {log_path.read_text()}")
         if time.monotonic() > deadline:
             proc.kill()
+            proc.wait()
             raise AssertionError(f"server not ready in time: {log_path.read_text()}")
         time.sleep(0.02)
     info = json.loads(ready.read_text())
+    if "error" in info:  # the server wrote why it could not start, and exits
+        try:
+            proc.wait(READY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise AssertionError(f"server failed to start: {info['error']}: {log_path.read_text()}")
     listeners = {k: (v[0], int(v[1])) for k, v in info["listeners"].items()}
-    return ServerProcess(proc=proc, listeners=listeners, log_path=log_path, args=list(args))
+    server = ServerProcess(proc=proc, listeners=listeners, log_path=log_path, args=list(args))
+    fixed = {name: port for name, (_, port) in listeners.items() if port in DEFAULT_PORTS}
+    if fixed:
+        server.stop()
+        raise AssertionError(
+            f"{service} listens on its default ports {fixed}: tests run in parallel, so give "
+            "each listener port 0 (--port 0, --metrics-port 0) or turn it off (--no-metrics)"
+        )
+    return server
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,11 +27,18 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
 
 
 def _read_with_metadata(conn: Connection, socket_path: Path, count: int) -> list[object]:
+    """Read count messages; before the last, report what came and wait for the parent's
+    go-ahead, so the parent can corrupt the last one before it is read."""
     with Client(socket_path, name="reader") as client:
         subscriber = client.create_subscriber("meta", reliable=True, num_slots=8)
         conn.send(("registered", None))
         got: list[object] = []
+        waited = False
         while len(got) < count:
+            if len(got) == count - 1 and not waited:
+                conn.send(("read", list(got)))
+                assert conn.recv() == "go"
+                waited = True
             try:
                 message = subscriber.read()
             except ChecksumError as exc:
@@ -56,6 +63,7 @@ def test_metadata_and_checksums_cross_processes_and_corruption_is_caught(bus: Bu
             publisher.publish_bytes(b"x", metadata=b"m" * 101)
         assert publisher.publish_bytes(b"first", metadata=b"k=1") is not None
         assert publisher.publish_bytes(b"second", metadata=b"k" * 100) is not None
+        assert expect(conn, "read") == [(b"k=1", b"first"), (b"k" * 100, b"second")]
         # The third is corrupted in shared memory after its checksum was computed.
         view = publisher.get_buffer(5)
         assert view is not None
@@ -64,6 +72,7 @@ def test_metadata_and_checksums_cross_processes_and_corruption_is_caught(bus: Bu
         ordinal = publisher.publish(5, metadata=b"k=3")
         buffer = publisher.channel.buffer(0)
         buffer.view[slot * buffer.slot_size] = ord("T")
+        conn.send("go")
         assert expect(conn) == [
             (b"k=1", b"first"),
             (b"k" * 100, b"second"),

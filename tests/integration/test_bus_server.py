@@ -458,6 +458,7 @@ def test_a_frame_too_large_is_refused_at_its_header(bus: Bus) -> None:
         assert _closed(sock)
 
 
+@pytest.mark.alone  # the bystander's answer within 1 s
 def test_half_a_frame_is_closed_after_the_request_timeout_and_others_are_served(bus: Bus) -> None:
     with _raw(bus) as sock:
         sock.sendall(wire.encode_request(1, wire.InitRequest(client_name="slow"))[:10])

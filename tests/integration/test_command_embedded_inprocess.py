@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from postoffice.command.embedded import EmbeddedKeyspace
 from postoffice.command.server import CommandServer
 from postoffice.core.resp import encode_command
 from postoffice.store.errors import StoreStorageError
-from tests.fakes import SyncGate
+from tests.fakes import SyncGate, committer_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -71,7 +72,7 @@ def keyspace_of(server: CommandServer) -> EmbeddedKeyspace:
 
 
 async def test_an_ok_for_set_leaves_only_after_its_fsync(server: CommandServer) -> None:
-    gate = SyncGate(keyspace_of(server).store)
+    gate = SyncGate(keyspace_of(server).commit)
     peer = await Peer.open(server)
     peer.send([b"SET", b"k", b"v"], [b"GET", b"k"], [b"PING"])
     assert await peer.nothing_within(0.3)  # the fsync is held: no reply, not even the GET's
@@ -94,7 +95,7 @@ async def test_mset_and_del_wait_for_their_fsync_too(
     peer = await Peer.open(server)
     peer.send([b"SET", b"there", b"1"])
     assert await peer.read_exactly(b"+OK\r\n") == b"+OK\r\n"
-    gate = SyncGate(keyspace_of(server).store)
+    gate = SyncGate(keyspace_of(server).commit)
     peer.send(command)
     assert await peer.nothing_within(0.3)
     assert gate.calls
@@ -106,7 +107,7 @@ async def test_mset_and_del_wait_for_their_fsync_too(
 async def test_reads_are_answered_at_once_while_another_connection_waits(
     server: CommandServer,
 ) -> None:
-    gate = SyncGate(keyspace_of(server).store)
+    gate = SyncGate(keyspace_of(server).commit)
     writer = await Peer.open(server)
     reader = await Peer.open(server)
     writer.send([b"SET", b"k", b"v"])
@@ -124,7 +125,7 @@ async def test_reads_are_answered_at_once_while_another_connection_waits(
 
 async def test_one_fsync_answers_every_connection(server: CommandServer) -> None:
     keyspace = keyspace_of(server)
-    gate = SyncGate(keyspace.store)
+    gate = SyncGate(keyspace.commit)
     first = await Peer.open(server)
     first.send([b"SET", b"first", b"1"])
     while not gate.calls:  # the first sync is running (held)
@@ -151,9 +152,8 @@ async def test_one_fsync_answers_every_connection(server: CommandServer) -> None
 
 
 async def test_a_failed_fsync_fails_the_writes_it_covers(server: CommandServer) -> None:
-    store = keyspace_of(server).store
-    assert store is not None
-    real_sync = store.sync
+    committer = committer_of(keyspace_of(server).commit)
+    real_sync = committer.sync
     failures = [StoreStorageError("cannot fsync the log: disk on fire")]
 
     def sync(ticket: int) -> int:
@@ -161,7 +161,7 @@ async def test_a_failed_fsync_fails_the_writes_it_covers(server: CommandServer) 
             raise failures.pop()
         return real_sync(ticket)
 
-    store.sync = sync  # type: ignore[method-assign]
+    committer.sync = sync
     peer = await Peer.open(server)
     peer.send([b"SET", b"a", b"1"], [b"GET", b"a"])
     expected = (
@@ -182,7 +182,9 @@ async def test_interval_durability_answers_writes_at_once(tmp_path: Path) -> Non
     await srv.startup()
     try:
         keyspace = keyspace_of(srv)
-        assert keyspace.commit is None
+        commit = keyspace.commit  # writes go out once per loop iteration, with no fsync to wait for
+        assert commit is not None
+        assert commit.committer is None
         peer = await Peer.open(srv)
         peer.send([b"SET", b"k", b"v"], [b"GET", b"k"])
         assert await peer.read_exactly(b"+OK\r\n$1\r\nv\r\n") == b"+OK\r\n$1\r\nv\r\n"
@@ -190,3 +192,40 @@ async def test_interval_durability_answers_writes_at_once(tmp_path: Path) -> Non
     finally:
         await srv.shutdown()
     assert keyspace.store is None  # closed by the shutdown
+
+
+@pytest.mark.parametrize("durability", ["interval", "never"])
+async def test_pipelined_sets_are_written_once_per_read_not_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    """Without fsync too, a read's SETs go to the log in one write(2), and each OK leaves
+    only once its record is in the file."""
+    config = CommandConfig(
+        port=0, metrics_port=None, store_dir=tmp_path / "store", store_durability=durability
+    )
+    srv = CommandServer(config)
+    await srv.startup()
+    log_dir = tmp_path / "store" / "log"
+    writes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        writes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    try:
+        peer = await Peer.open(srv)
+        peer.send([b"SET", b"warm", b"up"])
+        assert await peer.read_exactly(b"+OK\r\n") == b"+OK\r\n"
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        n = 200
+        peer.send(*([b"SET", b"k%03d" % i, b"v" * 100] for i in range(n)))
+        assert await peer.read_exactly(b"+OK\r\n" * n) == b"+OK\r\n" * n
+        # Every record is in the file once its OK is read (the server shares this process).
+        assert sum(p.stat().st_size for p in log_dir.iterdir()) >= n * 100
+        # One write per read of the pipeline (a few reads at most), not one per SET.
+        assert 1 <= len(writes) <= 10
+        await peer.close()
+    finally:
+        monkeypatch.undo()
+        await srv.shutdown()

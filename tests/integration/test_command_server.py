@@ -246,14 +246,22 @@ def test_garbage_and_oversize_do_not_hurt_other_clients(serve: Serve) -> None:
     assert exchange(server.port, b"*99999999999\r\n").startswith(
         b"-ERR Protocol error: invalid multibulk length"
     )
+    unquoted = bytes(b for b in range(256) if b not in b"\"'")
     with RawClient.connect(server.port) as raw:
-        # Binary noise: its lines are unknown commands, each refused; the connection lives.
-        raw.send(bytes(range(256)) * 64 + b"\nPING\n")
+        # Binary noise without quotes: its lines are unknown commands, each refused; the
+        # connection lives.
+        raw.send(unquoted * 64 + b"\nPING\n")
         got = raw.read_until_done(lambda got: got.endswith(b"PONG\n"))
         assert b"ERR unknown command" in got
+    with RawClient.connect(server.port) as raw:
+        # With quotes, a line's quote does not close: a protocol error, as from Redis.
+        raw.send(bytes(range(256)) * 64 + b"\nPING\n")
+        got = raw.read_until_eof()
+        assert b"ERR Protocol error: unbalanced quotes in request\n" in got
+        assert not got.endswith(b"PONG\n")
     assert r.ping() is True
     assert r.echo("still here") == b"still here"
-    assert r.info("stats")["protocol_errors"] == 4
+    assert r.info("stats")["protocol_errors"] == 5
 
 
 def test_slow_reader_is_paused_and_others_are_served(serve: Serve) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from postoffice.store import Client as StoreClient
 from tests.integration.conftest import ServerProcess, free_port_block, run_redis_benchmark_set_get
 from tests.integration.rawclient import RawClient
 
@@ -113,14 +114,58 @@ def test_other_commands_keep_their_place_among_store_replies(serve: Serve, tmp_p
     pipe.echo("between")
     pipe.get("x")
     pipe.execute_command("CLIENT", "SETNAME", "piper")  # type: ignore[no-untyped-call]
-    pipe.execute_command("SET", "x", "2", "EX", "10")  # type: ignore[no-untyped-call]
+    pipe.execute_command("SET", "x", "2", "BOGUS")  # type: ignore[no-untyped-call]
     pipe.get("x")
     pipe.ping()
     results = pipe.execute(raise_on_error=False)
     assert results[:4] == [True, b"between", b"1", b"OK"]
     assert isinstance(results[4], redis.ResponseError)
-    assert "not supported" in str(results[4])
+    assert "syntax error" in str(results[4])
     assert results[5:] == [b"1", True]
+
+
+def wait_expiries_known(r: redis.Redis, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while r.info("keyspace")["store_expiries_known"] != 1:
+        assert time.monotonic() < deadline, "the command server never read the store's expiries"
+        time.sleep(0.02)
+
+
+def test_a_get_of_a_key_whose_expiry_has_not_passed_is_one_store_request(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """The expiries are known in memory, so GET reads no expiry key beside the value."""
+    store, _, r = pair(serve, tmp_path)
+    wait_expiries_known(r)
+    assert r.set("plain", "1") is True
+    assert r.set("later", "2", px=600_000) is True
+    with StoreClient("127.0.0.1", store.port, timeout_s=10) as counter:
+        before = counter.stats()["requests_get"]
+        pipe = r.pipeline(transaction=False)
+        for _ in range(200):
+            pipe.get("plain")
+            pipe.get("later")
+            pipe.get("missing")
+        assert pipe.execute() == [b"1", b"2", None] * 200
+        got = counter.stats()["requests_get"]
+    assert isinstance(before, int)
+    assert got == before + 600
+
+
+def test_an_expiry_set_before_the_command_server_started_is_known_to_it(
+    serve: Serve, tmp_path: Path
+) -> None:
+    store = serve("store", *store_args(tmp_path))
+    address = f"127.0.0.1:{store.port}"
+    first = connect(serve("command", *COMMAND, "--store", address))
+    wait_linked(first)
+    assert first.set("soon", "v", px=600_000) is True
+    second = connect(serve("command", *COMMAND, "--store", address))
+    wait_linked(second)
+    wait_expiries_known(second)
+    assert second.info("keyspace")["store_expiries"] == 1
+    assert second.get("soon") == b"v"
+    assert 0 < second.pttl("soon") <= 600_000
 
 
 def test_without_a_store_the_commands_say_how_to_get_one(serve: Serve) -> None:

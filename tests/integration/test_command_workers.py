@@ -186,11 +186,19 @@ def test_server_wide_commands_see_every_worker(serve: Serve) -> None:
         admin.config_set("workers", 4)
 
     host, metrics_port = server.listeners["metrics"]
-    active = admin.info("clients")["connected_clients"]
-    with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=5) as resp:
-        body = resp.read().decode()
+    body = ""
+
+    def metrics_count_what_info_counts() -> bool:
+        # The raw connections closed above leave their workers' counts when each worker
+        # reads their EOF, so the two reads agree once no close is still under way.
+        nonlocal body
+        active = admin.info("clients")["connected_clients"]
+        with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        return f"postoffice_command_connections_active {float(active)}" in body
+
+    wait_for("/metrics to count the connections INFO counts", metrics_count_what_info_counts)
     assert "postoffice_command_workers_listening 3.0" in body
-    assert f"postoffice_command_connections_active {float(active)}" in body
     with urllib.request.urlopen(f"http://{host}:{metrics_port}/readyz", timeout=5) as resp:
         assert resp.status == 200
 
@@ -215,6 +223,26 @@ def test_redis_benchmark_with_a_store_behind_every_worker(serve: Serve, tmp_path
     run_redis_benchmark_set_get(server.port, r)
     served = [int(str(w["commands"])) for w in roster(r).values()]
     assert all(count > 100 for count in served), served  # both workers carried the load
+
+
+def test_workers_on_one_store_see_each_others_expiries(serve: Serve, tmp_path: Path) -> None:
+    """Each worker writes the store, so none trusts its own view of the expiries: a SET
+    through one clears the expiry another gave the key, and a GET sees another's expiry."""
+    store = serve("store", "--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path / "s"))
+    server = serve("command", *BASE, "--workers", "2", "--store", f"127.0.0.1:{store.port}")
+    first, second = one_per_worker(server.port, 2).values()
+    for linked in (first, second):
+        wait_for("the store link", partial(sets_a_key, linked))
+    assert first.set("k", "old", ex=1000) is True
+    assert second.set("k", "new") is True
+    assert first.ttl("k") == -1
+    assert first.get("k") == b"new"
+    assert second.set("gone", "v") is True
+    assert second.get("gone") == b"v"
+    assert first.set("gone", "v", px=1) is True
+    passed = time.time() + 0.005
+    wait_for("the expiry to pass", lambda: time.time() > passed)
+    assert second.get("gone") is None  # read in its own right, not dropped by `first`
 
 
 def test_killed_worker_is_restarted_with_the_current_settings(serve: Serve) -> None:
@@ -293,7 +321,10 @@ def test_a_worker_that_does_not_answer_costs_an_error_not_a_hang(
 
 
 def test_a_hung_worker_is_killed_and_restarted(serve: Serve, stopped_worker: list[int]) -> None:
-    server = serve("command", *BASE, "--workers", "2", "--worker-timeout", "2")
+    # The watchdog also covers a worker's start: the timeout must exceed the slowest start
+    # (a process's imports take seconds on a loaded 2-core runner), or the replacement is
+    # itself killed as hung before it listens, and again, and the roster never settles.
+    server = serve("command", *BASE, "--workers", "2", "--worker-timeout", "6")
     per_worker = one_per_worker(server.port, 2)
     watcher = per_worker[0]
     pid = int(str(roster(watcher)["worker1"]["pid"]))
@@ -307,7 +338,7 @@ def test_a_hung_worker_is_killed_and_restarted(serve: Serve, stopped_worker: lis
             return False
         return entry["state"] == "listening" and entry["pid"] not in (0, pid)
 
-    wait_for("the hung worker to be replaced", replaced)
+    wait_for("the hung worker to be replaced", replaced, timeout_s=30)
     assert gone(pid)
     entry = roster(watcher)["worker1"]
     assert entry["restarts"] == 1

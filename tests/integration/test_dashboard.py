@@ -142,12 +142,15 @@ async def _until(pilot: Pilot[None], check: Callable[[], bool], what: str) -> No
         if check():
             return
         await pilot.pause(0.1)
-    raise AssertionError(f"the dashboard never showed {what}")
+    note = str(pilot.app.query_one("#note", Static).content)
+    raise AssertionError(f"the dashboard never showed {what} (its note: {note!r})")
 
 
 async def test_the_dashboard_attached_to_a_real_run_and_store(office: Office) -> None:
     office.start_store()
-    source = LiveSource(office.data_dir)
+    # The dashboard waits 2 s for the simulation's answer by default; a run starved by the
+    # parallel suite on 2 cores can take longer to answer a key's request.
+    source = LiveSource(office.data_dir, timeout_s=10.0)
     app = DashboardApp(source, refresh_s=0.2)
     async with app.run_test(size=(180, 50)) as pilot:
         await _until(pilot, lambda: "simulation: not running" in _static(app, "#clock"), "no run")

@@ -632,3 +632,40 @@ def test_bad_one_chunk_uploads_fail_alone_among_concurrent_good_ones(
     status = exchange(ingest.data_base, encode(Query(file_id=FileId(large_id)), 5), 1)[0][1]
     assert isinstance(status, Status)
     assert status.state is UploadState.PUBLISHED
+
+
+def test_a_framed_upload_round_trips_and_resumes_after_a_kill_9(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """The client compresses a plain file one frame per chunk (FRAMED); the server is
+    killed mid-upload, and the resumed upload publishes the file whole."""
+    ingest = Ingest(tmp_path)
+    first = serve("ingest", *ingest.args("--min-chunk-size", "0"))
+    source = make_file(tmp_path / "app.log", 6_000_000)  # incompressible: 46 frames
+    chunk = 128 * 1024
+    acked: list[int] = []
+
+    async def interrupted() -> None:
+        got_some = asyncio.Event()
+
+        def progress(done: int, total: int) -> None:
+            acked.append(done)
+            if done >= total // 3:
+                got_some.set()
+
+        async with ingest.client(chunk_size=chunk, parallel=2) as client:
+            task = asyncio.ensure_future(client.send(source, progress=progress))
+            await asyncio.wait_for(got_some.wait(), 20)
+            first.proc.send_signal(signal.SIGKILL)
+            with pytest.raises(Exception):  # noqa: B017,PT011  (the client sees the server die)
+                await task
+
+    asyncio.run(interrupted())
+    first.proc.wait(10)
+    assert [p.name for p in ingest.files.iterdir() if not p.name.startswith(".")] == []
+    serve("ingest", *ingest.args("--min-chunk-size", "0"))
+    result = asyncio.run(send(ingest, source, chunk_size=chunk))
+    assert result.skipped_chunks > 0
+    assert result.chunks == -(-6_000_000 // chunk)  # one frame per 128 KiB of content
+    assert (ingest.files / "app.log").read_bytes() == source.read_bytes()
+    assert [p.name for p in ingest.files.iterdir()] == ["app.log"]

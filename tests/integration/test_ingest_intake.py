@@ -535,3 +535,54 @@ def test_the_connection_limits_of_the_data_and_ack_ports_come_from_the_settings(
         assert limits.max_request_bytes == server.max_frame_payload
     with pytest.raises(ConfigError, match=r"^setting 'output_hard_limit_bytes' must be"):
         IngestConfig(output_hard_limit_bytes=1000)
+
+
+async def test_a_chunk_its_replication_refuses_is_not_committed(
+    server: IngestServer, tmp_path: Path
+) -> None:
+    """In cluster mode the object store's put comes before the commit: a put that fails
+    leaves nothing stored, and the chunk is refused with STORAGE."""
+    from postoffice.ingest.cluster import ClusterError
+
+    async def refuse(chunk: Chunk) -> None:
+        raise ClusterError(f"cannot put chunks/{file_id_hex(chunk.file_id)}/{chunk.index:08d}")
+
+    server.intake.replicate = refuse
+    chunk = one_chunk("kept.txt", b"not yet\n")
+    chunk = new_chunk(
+        file_id=chunk.file_id,
+        index=0,
+        total=2,
+        size=len(chunk.data) + 10,
+        name="kept.txt",
+        payload_digest=chunk.payload_digest,
+        data=chunk.data,
+    )
+    with pytest.raises(ClusterError, match="cannot put") as refused:
+        await server.accept_chunk(chunk)
+    assert refused.value.wire_code == "STORAGE"
+    assert server.store.info(chunk.file_id) is None
+    assert server.query(chunk.file_id).state is UploadState.UNKNOWN
+
+
+async def test_a_replicated_one_chunk_upload_is_put_before_its_commit_then_assembled(
+    server: IngestServer, tmp_path: Path
+) -> None:
+    """In cluster mode a one-chunk upload takes the patch road: put, committed, then
+    assembled (not published by the one-chunk road before its ACK)."""
+    seen: list[tuple[int, bool]] = []
+
+    async def put(chunk: Chunk) -> None:
+        seen.append((chunk.index, server.store.info(chunk.file_id) is None))
+
+    server.intake.replicate = put
+    chunk = one_chunk("single.txt", b"one chunk, replicated\n")
+    ack = await server.accept_chunk(chunk)
+    assert (ack.committed, ack.total, ack.complete) == (1, 1, True)
+    assert seen == [(0, True)]  # put while nothing of the upload was committed
+    for _ in range(200):
+        if server.store.published(chunk.file_id) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert (tmp_path / "files" / "single.txt").read_bytes() == b"one chunk, replicated\n"
+    assert not server.singles.pending

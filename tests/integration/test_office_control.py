@@ -24,10 +24,15 @@ from postoffice.office.control import ErrorReply, Status, encode_request
 from postoffice.office.controlsocket import ControlClient, control_path
 from postoffice.office.errors import NotRunningError
 from postoffice.office.simconfig import shipped_config
+from tests.integration.conftest import OFFICE_SHM
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 POSTOFFICE = [sys.executable, "-c", "from postoffice.cli import main; main()"]
+BOTH_WAYS = [
+    pytest.param(True, id="in-process"),
+    pytest.param(False, id="processes", marks=OFFICE_SHM),
+]
 
 
 @pytest.fixture
@@ -144,7 +149,7 @@ def _minutes(day: int, minute: int) -> int:
     return day * 480 + minute
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
+@pytest.mark.parametrize("in_process", BOTH_WAYS)
 def test_status_shows_the_clock_advancing(
     start: Callable[..., Run], data_dir: Path, in_process: bool
 ) -> None:
@@ -178,7 +183,7 @@ def test_status_shows_the_clock_advancing(
     assert len(after["counters"]) == 10  # NOF_WORKER_SEATS of timeout.ini
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
+@pytest.mark.parametrize("in_process", BOTH_WAYS)
 def test_added_users_show_in_the_next_days_user_count(
     start: Callable[..., Run], data_dir: Path, in_process: bool
 ) -> None:
@@ -203,7 +208,8 @@ def test_added_users_show_in_the_next_days_user_count(
     assert users["total"] == 22
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
+@pytest.mark.alone  # it reads the pace from the clock's rate: a starved run looks slow
+@pytest.mark.parametrize("in_process", BOTH_WAYS)
 def test_sighup_changes_n_nano_secs_live(
     start: Callable[..., Run], data_dir: Path, in_process: bool
 ) -> None:
@@ -242,7 +248,7 @@ def test_sighup_changes_n_nano_secs_live(
     assert rate(0.5) > 4 * before  # the bad file changed nothing
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "processes"])
+@pytest.mark.parametrize("in_process", BOTH_WAYS)
 def test_pause_holds_the_clock_until_resume(start: Callable[..., Run], in_process: bool) -> None:
     run = start(N_NANO_SECS="4000000", SIM_DURATION="1000", in_process=in_process)
     ok = run.client.pause()

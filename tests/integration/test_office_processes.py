@@ -24,8 +24,9 @@ from postoffice.office.inprocess import Driver
 from postoffice.office.procdriver import ProcessDriver
 from postoffice.office.simconfig import OfficeConfig, load_config, shipped_config
 from postoffice.office.tally import DayReport
+from tests.integration.conftest import OFFICE_SHM
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), OFFICE_SHM]
 
 POSTOFFICE = [sys.executable, "-c", "from postoffice.cli import main; main()"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

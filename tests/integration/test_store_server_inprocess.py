@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from postoffice.store.wire import (
     decode_stats_body,
     encode_request,
 )
-from tests.fakes import SyncGate
+from tests.fakes import SyncGate, committer_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -96,7 +97,7 @@ async def server(tmp_path: Path) -> AsyncIterator[StoreServer]:
 
 
 async def test_a_durable_put_is_answered_only_after_its_fsync(server: StoreServer) -> None:
-    gate = SyncGate(server.store)
+    gate = SyncGate(server.commit)
     peer = await Peer.open(server)
     peer.send(PutRequest(key=b"k", value=b"v"), GetRequest(key=b"k"), PingRequest())
     assert await peer.nothing_within(0.3)  # the fsync is held: no reply, not even the GET's
@@ -113,7 +114,7 @@ async def test_a_durable_put_is_answered_only_after_its_fsync(server: StoreServe
 
 
 async def test_one_fsync_answers_every_connection(server: StoreServer) -> None:
-    gate = SyncGate(server.store)
+    gate = SyncGate(server.commit)
     first = await Peer.open(server)
     first.send(PutRequest(key=b"first", value=b"1"))
     while not gate.calls:  # the first sync is running (held)
@@ -150,7 +151,7 @@ async def _call(peer: Peer, request: Request) -> Response:
 
 
 async def test_a_bad_frame_behind_owed_replies_waits_for_them(server: StoreServer) -> None:
-    gate = SyncGate(server.store)
+    gate = SyncGate(server.commit)
     peer = await Peer.open(server)
     peer.send(PutRequest(key=b"a", value=b"1"), extra=b"NOT A FRAME AT ALL, SORRY")
     assert await peer.nothing_within(0.3)
@@ -168,8 +169,8 @@ async def test_a_bad_frame_behind_owed_replies_waits_for_them(server: StoreServe
 async def test_a_failed_fsync_fails_the_writes_it_covers(server: StoreServer) -> None:
     from postoffice.store.errors import StoreStorageError
 
-    assert server.store is not None
-    real_sync = server.store.sync
+    committer = committer_of(server.commit)
+    real_sync = committer.sync
     failures = [StoreStorageError("cannot fsync the log: disk on fire")]
 
     def sync(ticket: int) -> int:
@@ -177,7 +178,7 @@ async def test_a_failed_fsync_fails_the_writes_it_covers(server: StoreServer) ->
             raise failures.pop()
         return real_sync(ticket)
 
-    server.store.sync = sync  # type: ignore[method-assign]
+    committer.sync = sync
     peer = await Peer.open(server)
     peer.send(PutRequest(key=b"a", value=b"1"), GetRequest(key=b"a"))
     failed, read = await peer.read(2)
@@ -195,7 +196,7 @@ async def test_replies_wait_in_order_up_to_the_in_flight_limit(tmp_path: Path) -
     srv = StoreServer(config)
     await srv.startup()
     try:
-        gate = SyncGate(srv.store)
+        gate = SyncGate(srv.commit)
         peer = await Peer.open(srv)
         puts = [PutRequest(key=b"k%02d" % i, value=b"%d" % i) for i in range(30)]
         peer.send(*puts, *(GetRequest(key=p.key) for p in puts))
@@ -361,3 +362,42 @@ async def test_flags_with_a_right_crc_are_a_bad_request_a_wrong_crc_closes(
     assert broken.body.startswith(b"payload checksum 0x")
     assert await peer.reader.read(1) == b""
     await peer.close()
+
+
+@pytest.mark.parametrize("durability", ["interval", "never"])
+async def test_without_fsync_a_reads_puts_are_written_once_and_answered_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    """Under `interval` and `never` no reply waits for an fsync, but a read's PUTs go to
+    the log in one write(2) (not one each), and no OK leaves before its record is in the
+    file."""
+    config = StoreConfig(port=0, metrics_port=None, data_dir=tmp_path, durability=durability)
+    srv = StoreServer(config)
+    await srv.startup()
+    writes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        writes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    try:
+        commit = srv.commit  # writes go out once per loop iteration, with no fsync to wait for
+        assert commit is not None
+        assert commit.committer is None
+        peer = await Peer.open(srv)
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        puts = [PutRequest(key=b"k%03d" % i, value=b"v" * 100) for i in range(200)]
+        peer.send(*puts, GetRequest(key=b"k199"))
+        replies = await peer.read(201)
+        assert [(r.request_id, r.status) for r in replies] == [
+            (i, Status.OK) for i in range(1, 202)
+        ]
+        assert replies[-1].body == b"v" * 100
+        log_dir = tmp_path / "store" / "log"
+        assert sum(p.stat().st_size for p in log_dir.iterdir()) >= 200 * 100
+        assert 1 <= len(writes) <= 10
+        await peer.close()
+    finally:
+        monkeypatch.undo()
+        await srv.shutdown()

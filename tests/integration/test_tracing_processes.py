@@ -191,13 +191,17 @@ def test_a_command_and_its_store_request_share_one_trace_across_processes(
 def test_each_worker_traces_its_commands_under_workers(
     serve: Serve, tmp_path: Path, collector: Collector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The primary hands --trace to its workers with the other settings."""
+    """The primary hands --trace to its workers with the other settings.
+
+    Under --workers no worker is the store's sole writer, so a SET also deletes the
+    key's expiry: it reaches the store as one BATCH, not a PUT.
+    """
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     _, _, r = _pair(serve, tmp_path, "--trace", collector.target, workers=2)
     assert r.set("k", "v")
-    spans = collector.wait_for({("postoffice-command", "SET"), ("postoffice-store", "store PUT")})
+    spans = collector.wait_for({("postoffice-command", "SET"), ("postoffice-store", "store BATCH")})
     command = next(s for s in spans if s.name == "SET")
-    served = next(s for s in spans if s.service == "postoffice-store" and s.name == "store PUT")
+    served = next(s for s in spans if s.service == "postoffice-store" and s.name == "store BATCH")
     assert served.trace_id == command.trace_id
 
 

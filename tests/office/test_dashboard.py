@@ -331,6 +331,38 @@ def test_the_live_source_reads_the_director_document_and_ready_files(tmp_path: P
     assert rows["bus"].state == "down"
 
 
+def test_the_live_source_shows_the_clusters_services_after_the_usual_ones(
+    tmp_path: Path,
+) -> None:
+    """`up --cluster` runs nats-servers, an S3 and ingest nodes under the director: each
+    gets a row, in the director's order, after the four services every `up` has."""
+    run = tmp_path / "var" / "run"
+    run.mkdir(parents=True)
+    services = {
+        "store": {"pid": os.getpid(), "state": "starting", "listeners": {}},
+        "nats1": {
+            "pid": os.getpid(),
+            "state": "ready",
+            "listeners": {"client": ["127.0.0.1", 7500], "route": ["127.0.0.1", 7503]},
+        },
+        "s3": {"pid": None, "state": "backoff", "listeners": {}, "last_exit": "exited with 1"},
+        "ingest-a": {"pid": os.getpid(), "state": "starting", "listeners": {}},
+    }
+    (run / "director.json").write_text(
+        json.dumps({"pid": os.getpid(), "data_dir": str(tmp_path / "var"), "services": services})
+    )
+    rows = LiveSource(tmp_path / "var").fetch().services
+    assert [(row.name, row.state, row.address, row.note) for row in rows] == [
+        ("store", "starting", "-", ""),
+        ("command", "down", "-", "not running"),
+        ("ingest", "down", "-", "not running"),
+        ("bus", "down", "-", "not running"),
+        ("nats1", "ready", "127.0.0.1:7500", ""),
+        ("s3", "backoff", "-", "exited with 1"),
+        ("ingest-a", "starting", "-", ""),
+    ]
+
+
 def test_the_dashboard_looks_as_recorded(snap_compare: Callable[..., bool]) -> None:
     """The whole screen against its recorded SVG (pytest --snapshot-update records it
     again after a deliberate change of the layout)."""

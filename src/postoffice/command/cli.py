@@ -81,7 +81,8 @@ def serve(
         try:
             await server.serve(stop, ready_file=ready)
         except StorageError as exc:  # the store directory is locked or unreadable
-            raise click.ClickException(f"cannot open the store: {exc}") from exc
+            # still a StorageError: serve_service prints it and writes it to the ready file
+            raise StorageError(f"cannot open the store: {exc}") from exc
 
     serve_service(
         section="command",

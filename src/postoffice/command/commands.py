@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from postoffice import __version__
-from postoffice.command import keyspace
+from postoffice.command import (
+    blocking,
+    databases,
+    expiry,
+    hashes,
+    keyspace,
+    lists,
+    ranges,
+    streams,
+    strings,
+    zsets,
+)
 from postoffice.command.cluster import (
     Cluster,
     client_list_reply,
@@ -28,6 +39,7 @@ from postoffice.command.cluster import (
     killed_one_reply,
     killed_reply,
 )
+from postoffice.command.encodings import EncodingLimits
 from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Answer, Deferred, Keyspace, reply_too_large
 from postoffice.core.resp import (
@@ -61,6 +73,11 @@ NEVER_RATE_LIMITED: Final = frozenset(
     {"auth", "hello", "quit", "client", "config", "info", "shutdown"}
 )
 
+#: The flags of the commands the connection runs itself (CommandSpec.special).
+_SPECIAL_FLAGS: Final = frozenset({"transaction", "blocks", "wakes"})
+#: The commands after which the clients blocked on their key look for an item.
+WAKING_COMMANDS: Final = frozenset({"lpush", "rpush"})
+
 #: A connection's name, lib-name or lib-ver: kept for the connection's life and shown in
 #: every CLIENT LIST line, so not an argument's 8 MiB. Redis sets no limit, but its
 #: clients' names are short; this leaves room for any real one.
@@ -76,6 +93,7 @@ class ClientView(Protocol):
     lib_ver: bytes
     authenticated: bool
     protocol: int  # 2 or 3: the RESP version of replies, set by HELLO
+    db: int  # the SELECTed database, 0..15
 
     def describe(self) -> str: ...
 
@@ -86,6 +104,10 @@ class ClientView(Protocol):
 
 class ServerView(Protocol):
     """What a handler may ask of the server."""
+
+    #: What DEBUG SLEEP blocks its worker thread with: time.sleep, or a test's stand-in
+    #: (an attribute, since a compiled build does not see a patched module global).
+    sleep: Callable[[float], None]
 
     @property
     def requirepass(self) -> str | None: ...
@@ -125,6 +147,11 @@ class ServerView(Protocol):
         """The other workers, with --workers N > 1; None for a server of one process."""
         ...
 
+    @property
+    def encoding_limits(self) -> EncodingLimits:
+        """CONFIG's hash and sorted-set encoding thresholds, as they are now."""
+        ...
+
 
 #: A handler answers at once, or later: a Deferred when a store server has to answer
 #: first, a Durable when an embedded write waits for its fsync.
@@ -148,6 +175,9 @@ class CommandSpec:
     noauth: bool = field(init=False)  # allowed before AUTH
     store: bool = field(init=False)  # answered by the keyspace (maybe later); pipelines freely
     rate_limited: bool = field(init=False)  # counts against the client's rate limit
+    #: The connection runs it itself, or runs something after it: MULTI/EXEC/DISCARD
+    #: ("transaction"), BLPOP/BRPOP ("blocks"), a list push that wakes them ("wakes").
+    special: bool = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen
@@ -157,6 +187,7 @@ class CommandSpec:
         set_(self, "noauth", "noauth" in self.flags)
         set_(self, "store", "store" in self.flags)
         set_(self, "rate_limited", self.name not in NEVER_RATE_LIMITED)
+        set_(self, "special", not self.flags.isdisjoint(_SPECIAL_FLAGS))
 
     def arity_ok(self, argc: int) -> bool:
         """Whether `argc` arguments (the name included) suit this command."""
@@ -181,6 +212,8 @@ def cmd_ping(server: ServerView, client: ClientView, args: list[bytes]) -> Reply
     """PING [message]."""
     if len(args) == 1:
         return PONG
+    if len(args) > 2:
+        raise CommandError("wrong number of arguments for 'ping' command")
     return bulk(args[1])
 
 
@@ -198,13 +231,6 @@ def cmd_time(server: ServerView, client: ClientView, args: list[bytes]) -> Reply
 def cmd_quit(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
     """QUIT: reply OK, then close."""
     client.close_when_done("client quit")
-    return OK
-
-
-def cmd_select(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
-    """SELECT 0: the only database there is."""
-    if _int(args[1]) != 0:
-        raise CommandError("DB index is out of range")
     return OK
 
 
@@ -480,7 +506,7 @@ def cmd_debug(server: ServerView, client: ClientView, args: list[bytes]) -> Repl
         raise CommandError("value is not a valid float") from None
     if not 0 <= seconds <= MAX_DEBUG_SLEEP_S:
         raise CommandError(f"sleep of {seconds} s is outside 0..{MAX_DEBUG_SLEEP_S:g}")
-    time.sleep(seconds)
+    server.sleep(seconds)
     return OK
 
 
@@ -531,6 +557,12 @@ def _command_info(spec: CommandSpec) -> Reply:
     )
 
 
+def cmd_by_connection(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
+    """MULTI, EXEC, DISCARD: the connection answers them (its transaction is its own), so
+    this runs only for a caller that is not one."""
+    raise CommandError(f"{_text(args[0]).upper()} is answered by a client connection only")
+
+
 def cmd_help(server: ServerView, client: ClientView, args: list[bytes]) -> Reply:
     """HELP: one line per command."""
     return Array(
@@ -551,6 +583,124 @@ def _spec(
     )
 
 
+#: The keyspace commands of command/strings.py, expiry.py and databases.py:
+#: (name, arity, handler, summary, group).
+_KEYSPACE_COMMANDS: Final[tuple[tuple[str, int, Handler, str, str], ...]] = (
+    ("incr", 2, strings.cmd_incr, "add one to an integer value", "string"),
+    ("decr", 2, strings.cmd_decr, "subtract one from an integer value", "string"),
+    ("incrby", 3, strings.cmd_incrby, "add an increment to an integer value", "string"),
+    ("decrby", 3, strings.cmd_decrby, "subtract a decrement from an integer value", "string"),
+    ("incrbyfloat", 3, strings.cmd_incrbyfloat, "add a float increment to a value", "string"),
+    ("append", 3, strings.cmd_append, "append to a value; the new length", "string"),
+    ("strlen", 2, strings.cmd_strlen, "the length of a value", "string"),
+    ("getset", 3, strings.cmd_getset, "set a value, reply the old one", "string"),
+    ("getdel", 2, strings.cmd_getdel, "reply a value and delete its key", "string"),
+    ("setnx", 3, strings.cmd_setnx, "set a value when the key is missing", "string"),
+    ("getex", -2, strings.cmd_getex, "reply a value and set or remove its expiry", "string"),
+    ("msetnx", -3, strings.cmd_msetnx, "set values when every key is missing", "string"),
+    ("getrange", 4, ranges.cmd_getrange, "the bytes of a value from start to end", "string"),
+    ("substr", 4, ranges.cmd_getrange, "GETRANGE by its old name", "string"),
+    ("setrange", 4, ranges.cmd_setrange, "overwrite a value from an offset on", "string"),
+    ("getbit", 3, ranges.cmd_getbit, "one bit of a value", "bitmap"),
+    ("setbit", 4, ranges.cmd_setbit, "set or clear one bit of a value", "bitmap"),
+    ("lcs", -3, ranges.cmd_lcs, "the longest common subsequence of two values", "string"),
+    ("setex", 4, strings.cmd_setex, "set a value with an expiry in seconds", "string"),
+    ("psetex", 4, strings.cmd_psetex, "set a value with an expiry in milliseconds", "string"),
+    ("expire", -3, expiry.cmd_expire, "set a key's time to live in seconds", "keyspace"),
+    ("pexpire", -3, expiry.cmd_pexpire, "set a key's time to live in milliseconds", "keyspace"),
+    ("expireat", -3, expiry.cmd_expireat, "set a key's expiry as unix seconds", "keyspace"),
+    ("pexpireat", -3, expiry.cmd_pexpireat, "set a key's expiry as unix ms", "keyspace"),
+    ("ttl", 2, expiry.cmd_ttl, "a key's time to live in seconds", "keyspace"),
+    ("pttl", 2, expiry.cmd_pttl, "a key's time to live in milliseconds", "keyspace"),
+    ("expiretime", 2, expiry.cmd_expiretime, "a key's expiry as unix seconds", "keyspace"),
+    ("pexpiretime", 2, expiry.cmd_pexpiretime, "a key's expiry as unix ms", "keyspace"),
+    ("persist", 2, expiry.cmd_persist, "remove a key's expiry", "keyspace"),
+    (
+        "type",
+        2,
+        databases.cmd_type,
+        "a key's type: string, list, set, zset, hash, stream or none",
+        "keyspace",
+    ),
+    ("rename", 3, databases.cmd_rename, "rename a key", "keyspace"),
+    ("renamenx", 3, databases.cmd_renamenx, "rename a key when the new name is free", "keyspace"),
+    ("unlink", -2, databases.cmd_unlink, "delete keys; how many existed", "keyspace"),
+    ("keys", 2, databases.cmd_keys, "every key matching a pattern", "keyspace"),
+    ("randomkey", 1, databases.cmd_randomkey, "a random key, or nil", "keyspace"),
+    ("move", 3, databases.cmd_move, "move a key to another database", "keyspace"),
+    ("lpush", -3, lists.cmd_lpush, "put items at a list's head", "list"),
+    ("rpush", -3, lists.cmd_rpush, "put items at a list's tail", "list"),
+    ("lrange", 4, lists.cmd_lrange, "a list's items from start to stop", "list"),
+    ("llen", 2, lists.cmd_llen, "a list's length", "list"),
+    ("lpop", -2, lists.cmd_lpop, "take items from a list's head", "list"),
+    ("rpop", -2, lists.cmd_rpop, "take items from a list's tail", "list"),
+    ("sadd", -3, lists.cmd_sadd, "add members to a set", "set"),
+    ("srem", -3, lists.cmd_srem, "remove members from a set", "set"),
+    ("smembers", 2, lists.cmd_smembers, "every member of a set", "set"),
+    ("scard", 2, lists.cmd_scard, "how many members a set has", "set"),
+    ("sismember", 3, lists.cmd_sismember, "whether a value is a member of a set", "set"),
+    ("srandmember", -2, lists.cmd_srandmember, "random members of a set", "set"),
+    ("hset", -4, hashes.cmd_hset, "set fields of a hash; how many are new", "hash"),
+    ("hmset", -4, hashes.cmd_hmset, "set fields of a hash", "hash"),
+    ("hsetnx", 4, hashes.cmd_hsetnx, "set a field of a hash when it is missing", "hash"),
+    ("hget", 3, hashes.cmd_hget, "the value of a field of a hash", "hash"),
+    ("hmget", -3, hashes.cmd_hmget, "the values of fields of a hash", "hash"),
+    ("hgetall", 2, hashes.cmd_hgetall, "every field and value of a hash", "hash"),
+    ("hkeys", 2, hashes.cmd_hkeys, "every field of a hash", "hash"),
+    ("hvals", 2, hashes.cmd_hvals, "every value of a hash", "hash"),
+    ("hlen", 2, hashes.cmd_hlen, "how many fields a hash has", "hash"),
+    ("hexists", 3, hashes.cmd_hexists, "whether a hash has a field", "hash"),
+    ("hstrlen", 3, hashes.cmd_hstrlen, "the length of a field's value", "hash"),
+    ("hdel", -3, hashes.cmd_hdel, "delete fields of a hash", "hash"),
+    ("hincrby", 4, hashes.cmd_hincrby, "add an increment to a field's integer value", "hash"),
+    (
+        "zadd",
+        -4,
+        zsets.cmd_zadd,
+        "add members to a sorted set, or change their scores",
+        "sorted-set",
+    ),
+    ("zincrby", 4, zsets.cmd_zincrby, "add an increment to a member's score", "sorted-set"),
+    ("zscore", 3, zsets.cmd_zscore, "the score of a member of a sorted set", "sorted-set"),
+    ("zcard", 2, zsets.cmd_zcard, "how many members a sorted set has", "sorted-set"),
+    ("zrem", -3, zsets.cmd_zrem, "remove members from a sorted set", "sorted-set"),
+    (
+        "zrange",
+        -4,
+        zsets.cmd_zrange,
+        "members of a sorted set by index, score or name",
+        "sorted-set",
+    ),
+    (
+        "zrevrange",
+        -4,
+        zsets.cmd_zrevrange,
+        "members of a sorted set by index, highest first",
+        "sorted-set",
+    ),
+    (
+        "zrangebyscore",
+        -4,
+        zsets.cmd_zrangebyscore,
+        "members of a sorted set by score",
+        "sorted-set",
+    ),
+    ("xadd", -5, streams.cmd_xadd, "append an entry to a stream; its id", "stream"),
+    ("xlen", 2, streams.cmd_xlen, "how many entries a stream has", "stream"),
+    ("xrange", -4, streams.cmd_xrange, "a stream's entries from one id to another", "stream"),
+    ("xrevrange", -4, streams.cmd_xrevrange, "a stream's entries, newest first", "stream"),
+    ("xdel", -3, streams.cmd_xdel, "delete entries of a stream", "stream"),
+    ("xgroup", -2, streams.cmd_xgroup, "create, move or destroy a consumer group", "stream"),
+    ("xreadgroup", -7, streams.cmd_xreadgroup, "read a stream as a consumer of a group", "stream"),
+    ("xack", -4, streams.cmd_xack, "acknowledge a group's pending entries", "stream"),
+    ("xinfo", -2, streams.cmd_xinfo, "XINFO STREAM key [FULL]: a stream's state", "stream"),
+    ("copy", -3, databases.cmd_copy, "copy a key, within or across databases", "keyspace"),
+    ("object", -2, databases.cmd_object, "OBJECT ENCODING | REFCOUNT of a key", "keyspace"),
+    ("swapdb", 3, databases.cmd_swapdb, "swap two databases", "server"),
+    ("flushdb", -1, databases.cmd_flushdb, "delete every key of the database", "server"),
+    ("flushall", -1, databases.cmd_flushall, "delete every key of every database", "server"),
+)
+
 #: Keyed by the upper-cased name as it arrives on the wire.
 TABLE: Final[dict[bytes, CommandSpec]] = {
     spec.name.upper().encode(): spec
@@ -559,7 +709,7 @@ TABLE: Final[dict[bytes, CommandSpec]] = {
         _spec("echo", 2, cmd_echo, "the message given", "connection", "fast"),
         _spec("time", 1, cmd_time, "the server's time: seconds and microseconds", "server", "fast"),
         _spec("quit", -1, cmd_quit, "reply OK and close the connection", "connection", "noauth"),
-        _spec("select", 2, cmd_select, "select database 0 (the only one)", "connection"),
+        _spec("select", 2, databases.cmd_select, "select the database (0..15)", "connection"),
         _spec(
             "auth", -2, cmd_auth, "authenticate with the server's password", "connection", "noauth"
         ),
@@ -579,6 +729,13 @@ TABLE: Final[dict[bytes, CommandSpec]] = {
         _spec("command", -1, cmd_command, "describe the commands", "server"),
         _spec("help", 1, cmd_help, "this list", "server"),
         _spec(
+            "function",
+            -2,
+            databases.cmd_function,
+            "FUNCTION FLUSH | LIST (none exist)",
+            "scripting",
+        ),
+        _spec(
             "debug",
             -2,
             cmd_debug,
@@ -586,9 +743,57 @@ TABLE: Final[dict[bytes, CommandSpec]] = {
             "server",
             "blocking",
         ),
-        _spec("shutdown", -1, cmd_shutdown, "stop the server gracefully", "server", "admin"),
+        _spec(
+            "shutdown",
+            -1,
+            cmd_shutdown,
+            "stop the server gracefully",
+            "server",
+            "admin",
+            "no-multi",
+        ),
+        _spec(
+            "multi",
+            1,
+            cmd_by_connection,
+            "start a transaction: the commands up to EXEC are queued",
+            "transactions",
+            "transaction",
+        ),
+        _spec(
+            "exec",
+            1,
+            cmd_by_connection,
+            "run the commands queued since MULTI as one step; an array of their replies",
+            "transactions",
+            "transaction",
+        ),
+        _spec(
+            "discard",
+            1,
+            cmd_by_connection,
+            "drop the commands queued since MULTI",
+            "transactions",
+            "transaction",
+        ),
+        _spec(
+            "blpop",
+            -3,
+            blocking.cmd_blpop,
+            "pop the head of the first non-empty list, waiting for a push up to a timeout",
+            "list",
+            "blocks",
+        ),
+        _spec(
+            "brpop",
+            -3,
+            blocking.cmd_brpop,
+            "pop the tail of the first non-empty list, waiting for a push up to a timeout",
+            "list",
+            "blocks",
+        ),
         _spec("get", 2, keyspace.cmd_get, "the value of a key, or nil", "string", "store"),
-        _spec("set", -3, keyspace.cmd_set, "store a value under a key", "string", "store"),
+        _spec("set", -3, strings.cmd_set, "store a value under a key", "string", "store"),
         _spec("del", -2, keyspace.cmd_del, "delete keys; how many existed", "keyspace", "store"),
         _spec("exists", -2, keyspace.cmd_exists, "how many keys exist", "keyspace", "store"),
         _spec("mget", -2, keyspace.cmd_mget, "the values of keys", "string", "store"),
@@ -596,7 +801,21 @@ TABLE: Final[dict[bytes, CommandSpec]] = {
         _spec(
             "scan", -2, keyspace.cmd_scan, "a page of keys and the next cursor", "keyspace", "store"
         ),
-        _spec("dbsize", 1, keyspace.cmd_dbsize, "how many keys the store holds", "server", "store"),
+        _spec(
+            "dbsize", 1, keyspace.cmd_dbsize, "how many keys the database holds", "server", "store"
+        ),
+        *(
+            _spec(
+                name,
+                arity,
+                handler,
+                summary,
+                group,
+                "store",
+                *(("wakes",) if name in WAKING_COMMANDS else ()),
+            )
+            for name, arity, handler, summary, group in _KEYSPACE_COMMANDS
+        ),
     )
 }
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from postoffice.command.encodings import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_VALUE, EncodingLimits
+from postoffice.command.pool import MAX_STORE_CONNECTIONS
 from postoffice.command.remote import parse_address
 from postoffice.core.config import check_range, check_settings, load, setting
 from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
@@ -30,6 +32,9 @@ MIN_REPLY_BYTES: Final = 64 * 1024
 #: a client could barely be served at all.
 MIN_RATE_LIMIT_PER_S: Final = 0.1
 MIN_IDLE_TIMEOUT_S: Final = 0.1
+#: The encoding thresholds' ceiling: they only name an encoding here, any value is harmless,
+#: and Redis's own is LONG_MAX; this one keeps the setting a sane number.
+MAX_ENCODING_THRESHOLD: Final = 1 << 30
 
 #: The store server's durability default: an embedded store acknowledges alike.
 _STORE_DURABILITY: Final = DEFAULT_DURABILITY.value
@@ -125,6 +130,14 @@ class CommandConfig(ClientLimitSettings):
         help="Serve GET/SET/DEL/MGET/MSET/EXISTS/SCAN/DBSIZE from the store server there.",
         metavar="HOST:PORT",
     )
+    store_connections: int = setting(
+        1,
+        help="With --store: pipelined connections to the store server; a request goes to "
+        "its key's one, so one key's requests keep their order.",
+        low=1,
+        high=MAX_STORE_CONNECTIONS,
+        metavar="N",
+    )
     store_dir: Path | None = setting(
         None,
         help="Serve those keys from the store in DIR, opened in this process (no store "
@@ -167,6 +180,12 @@ class CommandConfig(ClientLimitSettings):
     )
 
     trace: str | None = trace_setting()
+    # Redis's encoding thresholds (CONFIG SET hash-max-listpack-entries ...): when a hash
+    # or sorted set written from now on shows as a hashtable or skiplist.
+    hash_max_listpack_entries: int = DEFAULT_MAX_ENTRIES
+    hash_max_listpack_value: int = DEFAULT_MAX_VALUE
+    zset_max_listpack_entries: int = DEFAULT_MAX_ENTRIES
+    zset_max_listpack_value: int = DEFAULT_MAX_VALUE
 
     def __post_init__(self) -> None:
         check_settings(self)  # the ranges and choices declared above
@@ -174,6 +193,13 @@ class CommandConfig(ClientLimitSettings):
         check_range("max_inline_bytes", self.max_inline_bytes, 64, 1 << 30)
         check_range("max_array_items", self.max_array_items, MIN_ARRAY_ITEMS, 1 << 24)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
+        for name in (
+            "hash_max_listpack_entries",
+            "hash_max_listpack_value",
+            "zset_max_listpack_entries",
+            "zset_max_listpack_value",
+        ):
+            check_range(name, getattr(self, name), 0, MAX_ENCODING_THRESHOLD)
         _zero_or_at_least("rate_limit_per_s", self.rate_limit_per_s, MIN_RATE_LIMIT_PER_S)
         _zero_or_at_least("idle_timeout_s", self.idle_timeout_s, MIN_IDLE_TIMEOUT_S)
         if 0 < self.worker_timeout_s < 1:
@@ -226,6 +252,16 @@ class CommandConfig(ClientLimitSettings):
         setting and never fewer when the clients spread evenly.
         """
         return -(-self.max_connections // self.workers)
+
+    @property
+    def encoding_limits(self) -> EncodingLimits:
+        """The hash and sorted-set encoding thresholds, for the commands that use them."""
+        return EncodingLimits(
+            hash_max_entries=self.hash_max_listpack_entries,
+            hash_max_value=self.hash_max_listpack_value,
+            zset_max_entries=self.zset_max_listpack_entries,
+            zset_max_value=self.zset_max_listpack_value,
+        )
 
     @property
     def burst(self) -> int:

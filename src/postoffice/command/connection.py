@@ -2,7 +2,8 @@
 
 Bytes go to the pure RespParser; each command goes through the table in `commands`;
 replies of one batch of pipelined commands leave in one write. A `blocking` command runs
-in the worker pool while the connection stops reading, so replies keep request order.
+in the worker pool while the connection stops reading, so replies keep request order;
+BLPOP/BRPOP wait for a push (still reading), and MULTI queues commands until EXEC.
 Keyspace commands answered later (a `Deferred` of the remote keyspace, a `Durable` write
 of the embedded one) wait in a queue with every reply behind them, in request order.
 """
@@ -14,8 +15,14 @@ of the embedded one) wait in a queue with every reply behind them, in request or
 # always the one the parser (or `_held`) gives next, so replies keep request order:
 #
 #   a reply to come later      a blocking command in the pool (`_busy`), a held AUTH
-#                              failure, keyspace replies owed (`_stalled`): the callback
-#                              that answers them goes on
+#                              failure, a BLPOP waiting for a push (`_busy`, `_waiter`;
+#                              reading goes on, so a client that leaves is seen),
+#                              keyspace replies owed (`_stalled`): the callback that
+#                              answers them goes on
+#
+# Between MULTI and EXEC (`_transaction`) every command but EXEC, DISCARD, MULTI and QUIT
+# is checked and queued, not run; EXEC runs the queue in one call, so in one step of the
+# loop, and its one reply takes its place in request order like any other.
 #   the peer is not reading    replies are written every REPLY_BUDGET_BYTES, not once per
 #                              read; once a write leaves the transport past its high-water
 #                              mark (`write_blocked`) no further command runs until the
@@ -41,24 +48,30 @@ from collections.abc import Callable
 from functools import partial
 from typing import Final, Protocol, final
 
+from postoffice.command.blocking import BlockedClients, Waiter, parse_timeout
 from postoffice.command.commands import LOOKUP, CommandSpec, ServerView
 from postoffice.command.config import CommandConfig
 from postoffice.command.errors import CommandError, RateLimitedError, RespProtocolError
 from postoffice.command.keyspace import Answer, Deferred, Durable, engine_refusal, settle
 from postoffice.command.stats import CommandStats
 from postoffice.command.tracing import TracedRun, command_span
+from postoffice.command.transactions import EXECABORT, NOT_IN_MULTI, Transaction, exec_reply
 from postoffice.core.errors import ClosedError, ConfigError, PostOfficeError
 from postoffice.core.resp import (
     AUTH_FAILURES_CLOSE,
+    LARGE_BULK_BYTES,
     NEED_DATA,
     NOAUTH,
+    OK,
     AuthThrottle,
+    Bulk,
     Dialect,
     Error,
     Reply,
     RespParser,
     RespRefusal,
     WrongPassError,
+    bulk_parts,
     encode_resp,
     encode_resp3,
     encode_text,
@@ -86,6 +99,9 @@ REPLY_BUDGET_BYTES: Final = WRITE_HIGH_WATER_BYTES
 #: small commands, per client per turn).
 SLICE_COMMANDS: Final = 1024
 SLICE_S: Final = 0.01
+#: What a client blocked in BLPOP may send meanwhile before reading it pauses: it is
+#: read on (so a client that goes away is seen and unqueued at once) and held, up to this.
+BLOCKED_INPUT_BYTES: Final = 1024 * 1024
 #: The clock is read once every this many commands of a batch: a command costs about a
 #: microsecond, and one that costs more is bounded in itself (SCAN's match steps, MGET's
 #: reply size), so a turn overruns SLICE_S by at most a few commands.
@@ -107,6 +123,11 @@ class ConnectionHost(ServerView, Protocol):
     @property
     def counts(self) -> CommandStats: ...
 
+    @property
+    def blocked(self) -> BlockedClients:
+        """The clients blocked in BLPOP/BRPOP, which list pushes wake."""
+        ...
+
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> object:
         """Run `callback` on the loop in `delay_s` seconds."""
         ...
@@ -116,9 +137,10 @@ class ConnectionHost(ServerView, Protocol):
         ...
 
 
-#: What a connection may owe: a reply ready but queued behind others (its wire bytes), a
-#: store server's answer to come (Deferred), or a durable write's OK (Durable).
-_Owed = Deferred | Durable | bytes
+#: What a connection may owe: a reply ready but queued behind others (its wire bytes, or
+#: a large bulk's three parts, the value not copied), a store server's answer to come
+#: (Deferred), or a durable write's OK (Durable).
+_Owed = Deferred | Durable | bytes | tuple[bytes, bytes | memoryview, bytes]
 
 
 @final
@@ -139,6 +161,7 @@ class CommandConnection(BaseProtocol):
         self.lib_ver = b""
         self.authenticated = config.requirepass is None
         self.protocol = 2
+        self.db = 0  # SELECT's database
         self.last_command = "NULL"
         self._busy = False  # a command is in the worker pool
         # Keyspace replies still owed, with every reply behind them, in request order.
@@ -149,6 +172,10 @@ class CommandConnection(BaseProtocol):
         self._owed_bytes = 0  # the wire bytes of the ready replies waiting in `_owed`
         self._parked = False  # commands wait for the peer to read (`on_writable`)
         self._yielded = False  # the batch goes on from a call_soon (`_next_turn`)
+        self._transaction: Transaction | None = None  # MULTI's queue, until EXEC or DISCARD
+        self._waiter: Waiter | None = None  # blocked in BLPOP/BRPOP (`_busy` too)
+        self._blocked_input = 0  # bytes read while blocked
+        self._input_held = False  # reading paused: blocked, and BLOCKED_INPUT_BYTES read
         self._tokens = float(config.burst)
         self._refilled = self.created
         self._auth = AuthThrottle()
@@ -175,6 +202,11 @@ class CommandConnection(BaseProtocol):
         parser = self.parser
         if self._busy or self._stalled or self._yielded:
             parser.feed(data)
+            if self._waiter is not None:
+                self._blocked_input += len(data)
+                if self._blocked_input > BLOCKED_INPUT_BYTES:
+                    self._input_held = True
+                    self.pause_reading()
             return None
         if self._owed or self.write_blocked:  # the batch loop waits for them in order
             parser.feed(data)
@@ -185,7 +217,16 @@ class CommandConnection(BaseProtocol):
         reply = self._execute(args, LOOKUP.get(args[0]) or LOOKUP.get(args[0].upper()))
         if type(reply) is Durable or type(reply) is Deferred or reply is _PENDING:
             return self._run_buffered(reply)  # it goes on as if it had run it
-        self.write(self._encoder()(reply))
+        encode = self._encoder()
+        if (
+            type(reply) is Bulk
+            and (value := reply.data) is not None
+            and len(value) >= LARGE_BULK_BYTES
+            and encode is not encode_text
+        ):
+            self.write_parts(bulk_parts(value))  # from where the value lies: no copy
+            return _IDLE
+        self.write(encode(reply))
         return _IDLE
 
     def partial_bytes(self) -> int:
@@ -203,6 +244,10 @@ class CommandConnection(BaseProtocol):
             self._continue()
 
     def on_close(self) -> None:
+        if self._waiter is not None:  # a blocked client gone: nothing of it stays queued
+            self._waiter.cancel()
+            self._waiter = None
+        self._transaction = None
         self._owed.clear()
         self._owed_bytes = 0
         counts = self.server.counts
@@ -302,17 +347,37 @@ class CommandConnection(BaseProtocol):
                         return None
                     continue
                 if owed:  # an immediate reply behind replies still owed: wait in line
-                    data = encode(reply)
-                    owed.owe(data)
-                    self._owed_bytes += len(data)
+                    if (
+                        type(reply) is Bulk
+                        and (value := reply.data) is not None
+                        and len(value) >= LARGE_BULK_BYTES
+                        and encode is not encode_text
+                    ):  # a large value waits as it lies, not copied into its encoding
+                        parts = bulk_parts(value)
+                        owed.owe(parts)
+                        self._owed_bytes += len(value)
+                    else:
+                        data = encode(reply)
+                        owed.owe(data)
+                        self._owed_bytes += len(data)
                     if self._owed_bytes > REPLY_BUDGET_BYTES:
                         self._send(out)
                         self._stall()
                         return None
                     continue
-                data = encode(reply)
-                out.append(data)
-                out_bytes += len(data)
+                if (
+                    type(reply) is Bulk
+                    and (value := reply.data) is not None
+                    and len(value) >= LARGE_BULK_BYTES
+                    and encode is not encode_text
+                ):  # a large value goes out from where it lies, after what came before
+                    self._send(out)
+                    self.write_parts(bulk_parts(value))
+                    out_bytes = REPLY_BUDGET_BYTES
+                else:
+                    data = encode(reply)
+                    out.append(data)
+                    out_bytes += len(data)
                 if out_bytes >= REPLY_BUDGET_BYTES:
                     self._send(out)
                     out_bytes = 0
@@ -405,10 +470,24 @@ class CommandConnection(BaseProtocol):
                 if type(item) is bytes:
                     out.append(item)
                     self._owed_bytes -= len(item)
+                elif type(item) is tuple:
+                    self._send(out)
+                    self.write_parts(item)
+                    self._owed_bytes -= len(item[1])
                 elif type(item) is Durable:
                     out.append(encode(failure or item.reply))
                 elif type(item) is Deferred:
-                    out.append(encode(settle(item)))
+                    reply = settle(item)
+                    if (
+                        type(reply) is Bulk
+                        and (value := reply.data) is not None
+                        and len(value) >= LARGE_BULK_BYTES
+                        and encode is not encode_text
+                    ):  # the store's value written as it came, not joined
+                        self._send(out)
+                        self.write_parts(bulk_parts(value))
+                    else:
+                        out.append(encode(reply))
             self._send(out)
         if owed:
             future = owed.head_future()
@@ -443,21 +522,27 @@ class CommandConnection(BaseProtocol):
         return encode_resp3 if self.protocol == 3 else encode_resp
 
     def _execute(self, args: list[bytes], spec: CommandSpec | None) -> Answer:
-        """Run one command; `spec` is its entry in the table (None: unknown)."""
+        """Run one command; `spec` is its entry in the table (None: unknown).
+
+        Inside MULTI a command refused here (unknown, before AUTH, rate-limited, of the
+        wrong arity) makes EXEC answer EXECABORT, as Redis's does.
+        """
         server = self.server
         counts = server.counts
         self.requests += 1
         counts.commands += 1
         if not self.authenticated and (spec is None or not spec.noauth):
             counts.auth_refusals += 1
-            return NOAUTH
+            return self._refused(NOAUTH)
         if spec is None:
             counts.unknown_commands += 1
             shown = " ".join(f"'{a.decode('utf-8', 'replace')[:64]}'" for a in args[1:4])
-            return Error(
-                code="ERR",
-                message=f"unknown command '{args[0].decode('utf-8', 'replace')[:64]}', "
-                f"with args beginning with: {shown}",
+            return self._refused(
+                Error(
+                    code="ERR",
+                    message=f"unknown command '{args[0].decode('utf-8', 'replace')[:64]}', "
+                    f"with args beginning with: {shown}",
+                )
             )
         name = self.last_command = spec.name
         counts.calls[name] += 1
@@ -466,13 +551,17 @@ class CommandConnection(BaseProtocol):
             err = RateLimitedError(
                 f"rate limit of {server.config.rate_limit_per_s:g} commands/s exceeded"
             )
-            return Error(code=err.wire_code, message=str(err))
+            return self._refused(Error(code=err.wire_code, message=str(err)))
         argc = len(args)
         if argc < spec.min_args or argc > spec.max_args:
-            return Error(code="ERR", message=f"wrong number of arguments for '{name}' command")
+            return self._refused(
+                Error(code="ERR", message=f"wrong number of arguments for '{name}' command")
+            )
+        if spec.special or self._transaction is not None:
+            return self._special(spec, args)
         if spec.blocking:
             return self._offload(spec, args)
-        try:
+        try:  # `_call`, inlined: this is the hot path
             traced = self._command_span
             if traced is None:
                 reply = spec.handler(server, self, args)
@@ -485,6 +574,119 @@ class CommandConnection(BaseProtocol):
             return self._auth_failed(Error(code=exc.wire_code, message=str(exc)))
         except (CommandError, ConfigError, RespRefusal) as exc:
             return Error(code=exc.wire_code, message=str(exc))
+
+    def _call(self, spec: CommandSpec, args: list[bytes], *, in_exec: bool = False) -> Answer:
+        """Run `spec`'s handler (traced when tracing is on); a refusal becomes its error
+        reply. A wrong password is throttled, except inside EXEC, whose reply is one."""
+        server = self.server
+        try:
+            traced = self._command_span
+            if traced is None:
+                reply = spec.handler(server, self, args)
+            else:
+                reply = traced(spec, server, self, args)
+            if spec.noauth and self._auth.failures and self.authenticated:
+                self._auth.passed()
+            return reply
+        except WrongPassError as exc:
+            refusal = Error(code=exc.wire_code, message=str(exc))
+            return refusal if in_exec else self._auth_failed(refusal)
+        except (CommandError, ConfigError, RespRefusal) as exc:
+            return Error(code=exc.wire_code, message=str(exc))
+
+    def _refused(self, refusal: Error) -> Error:
+        """`refusal`, after marking an open transaction as aborted."""
+        if self._transaction is not None:
+            self._transaction.aborted = True
+        return refusal
+
+    # -- transactions and blocking pops ------------------------------------------------
+
+    def _special(self, spec: CommandSpec, args: list[bytes]) -> Answer:
+        """A command inside MULTI (queued), MULTI/EXEC/DISCARD, BLPOP/BRPOP, or a push."""
+        name = spec.name
+        transaction = self._transaction
+        if "transaction" in spec.flags:
+            if name == "multi":
+                if transaction is not None:
+                    return Error(code="ERR", message="MULTI calls can not be nested")
+                self._transaction = Transaction()
+                return OK
+            if name == "discard":
+                if transaction is None:
+                    return Error(code="ERR", message="DISCARD without MULTI")
+                self._transaction = None
+                return OK
+            return self._exec()
+        if transaction is not None and name != "quit":
+            if spec.blocking or "no-multi" in spec.flags:
+                return self._refused(Error(code="ERR", message=NOT_IN_MULTI))
+            try:
+                return transaction.queue(spec, args)
+            except CommandError as exc:
+                return Error(code=exc.wire_code, message=str(exc))
+        if "blocks" in spec.flags:
+            return self._block(spec, args)
+        reply = self._call(spec, args)
+        if "wakes" in spec.flags:
+            self.server.blocked.signal(self.db, args[1:2])
+        return reply
+
+    def _exec(self) -> Answer:
+        """EXEC: every queued command in one step on the loop, nothing of another client
+        between them; one array of their replies (later, if some are owed)."""
+        transaction = self._transaction
+        if transaction is None:
+            return Error(code="ERR", message="EXEC without MULTI")
+        self._transaction = None
+        if transaction.aborted:
+            return EXECABORT
+        answers: list[Answer] = []
+        woken: list[tuple[int, bytes]] = []
+        for spec, args in transaction.queued:
+            # BLPOP's handler is its form that does not block: it pops now or answers nil.
+            answers.append(self._call(spec, args, in_exec=True))
+            if "wakes" in spec.flags:
+                woken.append((self.db, args[1]))
+        blocked = self.server.blocked
+        for db, key in woken:  # after the whole transaction, as Redis serves them
+            blocked.signal(db, (key,))
+        return exec_reply(answers)
+
+    def _block(self, spec: CommandSpec, args: list[bytes]) -> Answer:
+        """BLPOP/BRPOP: pop now if an item is there, else wait for a push (or the
+        timeout) without running this client's further commands meanwhile."""
+        try:
+            timeout = parse_timeout(args[-1])
+            waiter = self.server.blocked.block(self.db, args[1:-1], left=spec.name == "blpop")
+        except CommandError as exc:
+            return Error(code=exc.wire_code, message=str(exc))
+        answer = waiter.start(timeout, self._unblocked)
+        if answer is not None:
+            return answer
+        # Still reading (not paused), so a client that goes away is seen and unqueued;
+        # what it sends meanwhile is buffered within the partial-request limits.
+        self._waiter = waiter
+        self._busy = True
+        return _PENDING
+
+    def _unblocked(self, answer: Answer) -> None:
+        """The blocked pop is answered (by a push, the timeout or an error): on the
+        loop's next turn, not inside the command that woke it."""
+        self.server.call_soon(partial(self._answer_blocked, answer))
+
+    def _answer_blocked(self, answer: Answer) -> None:
+        self._waiter = None
+        self._busy = False
+        self._blocked_input = 0
+        if self.transport is None:
+            return
+        if self._input_held:
+            self._input_held = False
+            self.resume_reading()
+        outcome = self._run_buffered(answer)
+        if outcome is not None:
+            self.batch_done(outcome)
 
     def _auth_failed(self, refusal: Error) -> Reply:
         """A failed AUTH: its reply is held (reading stops meanwhile), longer each time,
@@ -557,6 +759,12 @@ class CommandConnection(BaseProtocol):
 
     # -- ClientView --------------------------------------------------------------------
 
+    def _flags(self) -> str:
+        """CLIENT LIST's flags, as Redis's: b blocked, x inside MULTI, N neither."""
+        if self._waiter is not None:
+            return "b"
+        return "x" if self._transaction is not None else "N"
+
     def describe(self) -> str:
         """A CLIENT LIST line."""
         now = self.manager.clock()
@@ -566,7 +774,7 @@ class CommandConnection(BaseProtocol):
         return (
             f"id={self.conn_id} addr={self.peer} laddr={self.local} fd={fd}"
             f" name={self.name.decode()} age={int(now - self.created)}"
-            f" idle={int(now - self.last_active)} flags=N db=0"
+            f" idle={int(now - self.last_active)} flags={self._flags()} db=0"
             f" proto={self.parser.dialect.value}{self.protocol} qbuf={self.parser.buffered}"
             f" tot-net-in={self.bytes_in} tot-net-out={self.bytes_out}"
             f" tot-cmds={self.requests} cmd={self.last_command} user=default"

@@ -6,13 +6,17 @@ from postoffice.core.errors import LimitExceeded, PostOfficeError, ProtocolError
 from postoffice.core.resp import RespLimitError, RespProtocolError
 
 __all__ = [
+    "BusyGroupError",
     "CommandError",
+    "NoGroupError",
     "RateLimitedError",
     "ReplyTooLargeError",
     "RespLimitError",
     "RespProtocolError",
     "StoreUnavailableError",
+    "TransactionLimitError",
     "WorkerUnavailableError",
+    "WrongTypeError",
 ]
 
 
@@ -20,6 +24,24 @@ class CommandError(PostOfficeError):
     """A command was refused; the connection stays usable. The reply is `-ERR <message>`."""
 
     wire_code = "ERR"
+
+
+class WrongTypeError(CommandError):
+    """A command on one kind of value met a key holding another."""
+
+    wire_code = "WRONGTYPE"
+
+
+class NoGroupError(CommandError):
+    """A stream command named a consumer group (or a stream) that does not exist."""
+
+    wire_code = "NOGROUP"
+
+
+class BusyGroupError(CommandError):
+    """XGROUP CREATE named a consumer group that exists already."""
+
+    wire_code = "BUSYGROUP"
 
 
 class RateLimitedError(CommandError, LimitExceeded):
@@ -32,6 +54,10 @@ class ReplyTooLargeError(CommandError, LimitExceeded):
     """A command's reply would pass the server's `max_reply_bytes`; nothing was sent."""
 
     wire_code = "ERR"
+
+
+class TransactionLimitError(CommandError, LimitExceeded):
+    """A MULTI's queue went over a limit; its EXEC answers EXECABORT."""
 
 
 class StoreUnavailableError(CommandError):

@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
 from postoffice.command.errors import CommandError, ReplyTooLargeError, StoreUnavailableError
+from postoffice.command.layout import KIND_NAMES
+from postoffice.command.ops import Op
 from postoffice.core.errors import BrokenError, ClosedError, LimitExceeded, PostOfficeError
 from postoffice.core.resp import Array, Error, Glob, Reply, bulk
 from postoffice.store import MAX_SCAN_LIMIT  # COUNT's limit, in both modes
@@ -31,6 +34,17 @@ DEFAULT_SCAN_COUNT: Final = 10  # Redis's default COUNT
 #: it the page ends early and its cursor resumes at the first key not examined. A page
 #: always examines one key at least, which costs at most 1024 x 2048 steps, so it moves on.
 MAX_MATCH_STEPS: Final = 1 << 21
+# The active expiry, as Redis's: every SWEEP_INTERVAL_S look at SWEEP_SAMPLE keys that have
+# an expiry and remove the expired ones; go on while more than a quarter of a sample had
+# expired, at most SWEEP_ROUNDS samples a cycle, so one cycle's work stays bounded.
+SWEEP_INTERVAL_S: Final = 0.1
+SWEEP_SAMPLE: Final = 20
+SWEEP_ROUNDS: Final = 16
+
+
+def wall_clock_ms() -> int:
+    """Now, in unix milliseconds: what expiries are kept in (EXPIREAT is wall-clock)."""
+    return time.time_ns() // 1_000_000
 
 
 @final
@@ -79,6 +93,8 @@ class Durable:
 Answer = Reply | Deferred | Durable
 #: Makes a SCAN reply from the page's keys and where the next page starts (None: done).
 PageMaker = Callable[[Sequence[bytes], "bytes | None"], Reply]
+#: Makes a reply from a database's live keys (KEYS, RANDOMKEY).
+KeysMaker = Callable[[Sequence[bytes]], Reply]
 
 
 class Keyspace(Protocol):
@@ -104,40 +120,70 @@ class Keyspace(Protocol):
         """The INFO keyspace section."""
         ...
 
-    def get(self, key: bytes) -> Answer:
-        """The value of `key`, or nil."""
+    def get(self, key: bytes, db: int = 0) -> Answer:
+        """The value of `key` in database `db`, or nil."""
         ...
 
-    def set(self, key: bytes, value: bytes) -> Answer:
-        """Store `value` under `key`: OK."""
+    def set(self, key: bytes, value: bytes, db: int = 0) -> Answer:
+        """Store `value` under `key` (dropping any expiry): OK."""
         ...
 
-    def delete(self, keys: Sequence[bytes]) -> Answer:
+    def delete(self, keys: Sequence[bytes], db: int = 0) -> Answer:
         """Delete `keys`: how many existed."""
         ...
 
-    def exists(self, keys: Sequence[bytes]) -> Answer:
+    def exists(self, keys: Sequence[bytes], db: int = 0) -> Answer:
         """How many of `keys` exist (a key named twice counts twice)."""
         ...
 
-    def mget(self, keys: Sequence[bytes], max_bytes: int) -> Answer:
+    def mget(self, keys: Sequence[bytes], max_bytes: int, db: int = 0) -> Answer:
         """The values of `keys`, nil for each missing one; ReplyTooLargeError when the
         reply would pass `max_bytes`, holding no more than about that much meanwhile."""
         ...
 
-    def mset(self, pairs: Sequence[tuple[bytes, bytes]]) -> Answer:
-        """Store all `pairs` in one atomic batch: OK."""
+    def mset(self, pairs: Sequence[tuple[bytes, bytes]], db: int = 0) -> Answer:
+        """Store all `pairs` in one atomic batch (dropping their expiries): OK."""
         ...
 
-    def dbsize(self) -> Answer:
-        """How many keys there are."""
+    def dbsize(self, db: int = 0) -> Answer:
+        """How many keys database `db` holds."""
         ...
 
     def scan(
-        self, prefix: bytes | None, start: bytes | None, limit: int, page: PageMaker
+        self,
+        prefix: bytes | None,
+        start: bytes | None,
+        limit: int,
+        page: PageMaker,
+        db: int = 0,
+        *,
+        kind: int | None = None,
     ) -> Answer:
-        """Look at up to `limit` keys from `start` on, with `prefix`: `page(keys, next)`."""
+        """Look at up to `limit` keys of `db` from `start` on, with `prefix`, and show
+        those of `kind` (layout.STRING, LIST, SET; None: all): `page(keys, next)`."""
         ...
+
+    def run(self, op: Op) -> Answer:
+        """Run a read-modify-write command as one step for the keys it names."""
+        ...
+
+    def keys(self, db: int, prefix: bytes, finish: KeysMaker) -> Answer:
+        """Every live key of `db` that begins with `prefix`: `finish(keys)`."""
+        ...
+
+    def flush(self, db: int | None) -> Answer:
+        """Delete every key of `db` (None: of every database): OK."""
+        ...
+
+    def swap(self, first: int, second: int) -> Answer:
+        """Swap two databases' keys: OK."""
+        ...
+
+
+class KeyspaceClient(Protocol):
+    """What the handlers here need of the calling connection: its SELECTed database."""
+
+    db: int
 
 
 class KeyspaceServer(Protocol):
@@ -164,6 +210,11 @@ def reply_too_large(size: int, limit: int, *, more: bool = False) -> ReplyTooLar
     )
 
 
+def keyspace_of(server: KeyspaceServer) -> Keyspace:
+    """The server's keyspace; CommandError when it has none."""
+    return _keyspace(server)
+
+
 def _keyspace(server: KeyspaceServer) -> Keyspace:
     keyspace = server.keyspace
     if keyspace is None:
@@ -176,49 +227,40 @@ def _keyspace(server: KeyspaceServer) -> Keyspace:
 # -- handlers ------------------------------------------------------------------------------
 
 
-def cmd_get(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
+def cmd_get(server: KeyspaceServer, client: KeyspaceClient, args: list[bytes]) -> Answer:
     """GET key: the value, or nil."""
     keyspace = server.keyspace  # _keyspace inlined: this is the hot path
     if keyspace is None:
         keyspace = _keyspace(server)  # raises
-    return keyspace.get(args[1])
+    return keyspace.get(args[1], client.db)
 
 
-def cmd_set(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
-    """SET key value: stored (durably when the store's durability is `always`)."""
-    if len(args) > 3:
-        raise CommandError(
-            "SET options (EX, PX, EXAT, PXAT, NX, XX, KEEPTTL, GET) are not supported: "
-            "the store keeps values without expiry"
-        )
-    return _keyspace(server).set(args[1], args[2])
-
-
-def cmd_del(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
+def cmd_del(server: KeyspaceServer, client: KeyspaceClient, args: list[bytes]) -> Answer:
     """DEL key [key ...]: how many of the keys existed."""
-    return _keyspace(server).delete(args[1:])
+    return _keyspace(server).delete(args[1:], client.db)
 
 
-def cmd_exists(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
+def cmd_exists(server: KeyspaceServer, client: KeyspaceClient, args: list[bytes]) -> Answer:
     """EXISTS key [key ...]: how many of the keys exist (a key named twice counts twice)."""
-    return _keyspace(server).exists(args[1:])
+    return _keyspace(server).exists(args[1:], client.db)
 
 
-def cmd_mget(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
+def cmd_mget(server: KeyspaceServer, client: KeyspaceClient, args: list[bytes]) -> Answer:
     """MGET key [key ...]: the values, nil for a missing key."""
-    return _keyspace(server).mget(args[1:], server.max_reply_bytes)
+    return _keyspace(server).mget(args[1:], server.max_reply_bytes, client.db)
 
 
-def cmd_mset(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
+def cmd_mset(server: KeyspaceServer, client: KeyspaceClient, args: list[bytes]) -> Answer:
     """MSET key value [key value ...]: all stored at once, in one atomic batch."""
     if len(args) % 2 == 0:
         raise CommandError("wrong number of arguments for 'mset' command")
-    return _keyspace(server).mset([(args[i], args[i + 1]) for i in range(1, len(args), 2)])
+    pairs = [(args[i], args[i + 1]) for i in range(1, len(args), 2)]
+    return _keyspace(server).mset(pairs, client.db)
 
 
-def cmd_dbsize(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
-    """DBSIZE: how many keys the store holds."""
-    return _keyspace(server).dbsize()
+def cmd_dbsize(server: KeyspaceServer, client: KeyspaceClient, args: list[bytes]) -> Answer:
+    """DBSIZE: how many keys the SELECTed database holds."""
+    return _keyspace(server).dbsize(client.db)
 
 
 # -- SCAN ------------------------------------------------------------------------------------
@@ -275,9 +317,10 @@ def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
     return Glob.compile(pattern).matches
 
 
-def _scan_options(args: list[bytes]) -> tuple[bytes | None, int]:
+def _scan_options(args: list[bytes]) -> tuple[bytes | None, int, int | None]:
     pattern: bytes | None = None
     count = DEFAULT_SCAN_COUNT
+    kind: int | None = None
     i = 2
     while i < len(args):
         option = args[i].upper()
@@ -291,16 +334,19 @@ def _scan_options(args: list[bytes]) -> tuple[bytes | None, int]:
                 raise CommandError(f"COUNT must be an integer from 1 to {MAX_SCAN_LIMIT}")
             count = int(value)
         elif option == b"TYPE":
-            if value.lower() != b"string":  # the store holds strings only
+            named = [k for k, name in KIND_NAMES.items() if name.encode() == value.lower()]
+            if not named:  # a kind this server does not keep (hash, zset, stream ...)
                 count = 0
+            else:
+                kind = named[0]
         else:
             raise CommandError("syntax error")
         i += 2
-    return pattern, count
+    return pattern, count, kind
 
 
-def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Answer:
-    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE string]: a page of keys and the next cursor.
+def cmd_scan(server: KeyspaceServer, client: KeyspaceClient, args: list[bytes]) -> Answer:
+    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE kind]: a page of keys and the next cursor.
 
     As in Redis, COUNT is how many keys to look at, so a page filtered by MATCH may be
     short or empty while the cursor is not 0.
@@ -308,7 +354,7 @@ def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Answe
     keyspace = _keyspace(server)
     cursors = keyspace.cursors
     start = cursors.resolve(args[1])
-    pattern, count = _scan_options(args)
+    pattern, count, kind = _scan_options(args)
     if count == 0:
         return Array(items=(bulk(b"0"), Array(items=())))
     glob = Glob.compile(pattern) if pattern is not None else None
@@ -319,7 +365,7 @@ def cmd_scan(server: KeyspaceServer, client: object, args: list[bytes]) -> Answe
         shown, resume = _page_keys(glob, keys, resume, max_bytes)
         return Array(items=(bulk(cursors.issue(resume)), Array(items=tuple(map(bulk, shown)))))
 
-    return keyspace.scan(prefix or None, start, count, page)
+    return keyspace.scan(prefix or None, start, count, page, client.db, kind=kind)
 
 
 def _page_keys(
@@ -381,11 +427,16 @@ def settle(deferred: Deferred) -> Reply:
 
 __all__ = [
     "REPLY_ITEM_BYTES",
+    "SWEEP_INTERVAL_S",
+    "SWEEP_ROUNDS",
+    "SWEEP_SAMPLE",
     "Answer",
     "Cursors",
     "Deferred",
     "Durable",
+    "KeysMaker",
     "Keyspace",
+    "KeyspaceClient",
     "cmd_dbsize",
     "cmd_del",
     "cmd_exists",
@@ -393,10 +444,11 @@ __all__ = [
     "cmd_mget",
     "cmd_mset",
     "cmd_scan",
-    "cmd_set",
     "engine_refusal",
     "glob_matcher",
+    "keyspace_of",
     "literal_prefix",
     "reply_too_large",
     "settle",
+    "wall_clock_ms",
 ]

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Final, final
 
 from postoffice.command.admin import http_routes
+from postoffice.command.blocking import WORKERS_POLL_S, BlockedClients
 from postoffice.command.cluster import Cluster
 from postoffice.command.commands import server_facts
 from postoffice.command.config import CommandConfig
 from postoffice.command.connection import CommandConnection
+from postoffice.command.encodings import EncodingLimits
 from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Keyspace
+from postoffice.command.pool import STORE_COUNTERS
 from postoffice.command.remote import RemoteKeyspace, parse_address
 from postoffice.command.stats import INFO_COUNTERS, STATS_COUNTERS, CommandStats
 from postoffice.core import metrics
@@ -59,6 +62,15 @@ CONFIG_NAMES: Final[dict[str, str]] = {
     "request-timeout": "request_timeout_s",
     "max-partial-size": "max_partial_bytes",
     "loglevel": "log_level",
+    "hash-max-listpack-entries": "hash_max_listpack_entries",
+    "hash-max-listpack-value": "hash_max_listpack_value",
+    "zset-max-listpack-entries": "zset_max_listpack_entries",
+    "zset-max-listpack-value": "zset_max_listpack_value",
+    # Redis 7.0 still takes the names of before listpacks, as aliases of the same settings.
+    "hash-max-ziplist-entries": "hash_max_listpack_entries",
+    "hash-max-ziplist-value": "hash_max_listpack_value",
+    "zset-max-ziplist-entries": "zset_max_listpack_entries",
+    "zset-max-ziplist-value": "zset_max_listpack_value",
 }
 #: Answered for clients (redis-benchmark asks for save and appendonly) but never changed.
 READ_ONLY_CONFIG: Final[dict[str, str]] = {"save": "", "appendonly": "no", "databases": "1"}
@@ -100,7 +112,12 @@ class CommandServer:
         self.pool = WorkerPool(config.threads, name="command-worker")
         self.keyspace: Keyspace | None = _keyspace(config)
         self.started = time.time()
+        #: DEBUG SLEEP's sleep (ServerView.sleep): tests put a stand-in here.
+        self.sleep: Callable[[float], None] = time.sleep
         self.counts = CommandStats()
+        self.blocked = BlockedClients(
+            self, lambda delay_s, then: asyncio.get_running_loop().call_later(delay_s, then)
+        )
         self.addresses: dict[str, tuple[str, int]] = {}
         self.registry = metrics.new_registry()
         self.registry.register(
@@ -110,6 +127,12 @@ class CommandServer:
                 counters=STATS_COUNTERS,
             )
         )
+        if isinstance(self.keyspace, RemoteKeyspace):  # the store connections, by count
+            self.registry.register(
+                metrics.StatsCollector(
+                    "postoffice_command", self.keyspace.pool.stats, counters=STORE_COUNTERS
+                )
+            )
         self._listeners: list[asyncio.Server] = []
         self._shutdown = asyncio.Event()
         self._ready = False
@@ -136,6 +159,8 @@ class CommandServer:
     async def startup(self) -> None:
         """Start the pool, the sweeper and the listeners (phase two of init)."""
         context = self._ssl_context()
+        if self.cluster is not None:  # pushes through the other workers are not seen here
+            self.blocked.poll_s = WORKERS_POLL_S
         if self.keyspace is not None:  # first: a store that cannot open leaves nothing behind
             await self.keyspace.start()
         self.pool.start()
@@ -184,6 +209,7 @@ class CommandServer:
         self._ready = False
         for listener in self._listeners:
             listener.close()
+        self.blocked.release_all()  # blocked clients answered nil, so they can drain
         await self.manager.shutdown(deadline_s=self.config.shutdown_timeout_s)
         self.pool.close()
         if self.keyspace is not None:
@@ -202,6 +228,11 @@ class CommandServer:
     @property
     def max_reply_bytes(self) -> int:
         return self.config.max_reply_bytes
+
+    @property
+    def encoding_limits(self) -> EncodingLimits:
+        """CONFIG's hash and sorted-set encoding thresholds, as they are now."""
+        return self.config.encoding_limits
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> object:
         """Run `callback` on the loop in `delay_s` seconds (a connection's held reply)."""
@@ -388,7 +419,12 @@ async def rewrite_file(path: Path | None, config: CommandConfig) -> None:
 def _keyspace(config: CommandConfig) -> Keyspace | None:
     """The keyspace the settings name: remote, embedded, or none."""
     if config.store is not None:
-        return RemoteKeyspace(*parse_address(config.store))
+        # Worker processes each write the store: none may trust its own view of the expiries.
+        return RemoteKeyspace(
+            *parse_address(config.store),
+            connections=config.store_connections,
+            sole_writer=config.workers == 1,
+        )
     if config.store_dir is not None:
         # Only this mode loads the store engine (and LMDB) into the command server.
         from postoffice.command.embedded import EmbeddedKeyspace

@@ -84,6 +84,9 @@ before handing it on, so this bounds the memory one peer can pin per connection.
 MAX_TYPE: Final = 0xFF
 MAX_FLAGS: Final = 0xFFFF
 MAX_REQUEST_ID: Final = 0xFFFF_FFFF_FFFF_FFFF
+#: What a decoder's `self_checked_flag` may be: no flag, or exactly one of the 16 bits
+#: (built once here: mypyc fails on a generator unpacked into a tuple display).
+_ONE_FLAG_OR_NONE: Final = frozenset([0, *[1 << bit for bit in range(16)]])
 
 _MAGIC_BYTES: Final = len(MAGIC)
 # Payloads at least this long are copied out through a memoryview (one copy instead of
@@ -227,7 +230,7 @@ class FrameDecoder:
             raise ConfigError(
                 f"max_payload_bytes {max_payload_bytes} out of range 0..{MAX_PAYLOAD_BYTES}"
             )
-        if self_checked_flag not in (0, *(1 << bit for bit in range(16))):
+        if self_checked_flag not in _ONE_FLAG_OR_NONE:
             raise ConfigError(f"self_checked_flag 0x{self_checked_flag:x} is not one flag bit")
         self._max_payload_bytes = max_payload_bytes
         self._self_checked = self_checked_flag

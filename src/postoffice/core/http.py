@@ -335,6 +335,7 @@ class HttpProtocol(asyncio.Protocol):
     def _drain(self) -> None:
         """Handle h11 events until it needs more bytes, a route is running, or we close."""
         while not self._busy and not self._closed and self._upgraded is None:
+            unread = self._unread()
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -347,7 +348,9 @@ class HttpProtocol(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
-                self._on_request(event)
+                # The head's size on the wire: what this event took from h11's buffer.
+                consumed = None if unread is None else unread - (self._unread() or 0)
+                self._on_request(event, consumed)
             elif isinstance(event, h11.Data):
                 self._on_body(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -356,10 +359,19 @@ class HttpProtocol(asyncio.Protocol):
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
 
-    def _on_request(self, request: h11.Request) -> None:
+    def _unread(self) -> int | None:
+        """Bytes h11 holds unparsed, or None when this h11 does not say. h11 caps only an
+        incomplete head and has no public count of what an event consumed (`trailing_data`
+        copies the buffer, once per event), so its buffer's length is read: the one way to
+        measure a whole head as it came, whitespace padding included."""
+        buffer = getattr(self._conn, "_receive_buffer", None)
+        return len(buffer) if buffer is not None else None
+
+    def _on_request(self, request: h11.Request, wire_bytes: int | None = None) -> None:
         self._requests += 1
         self._body.clear()
-        if _head_bytes(request) > MAX_HEAD_BYTES:
+        size = wire_bytes if wire_bytes is not None else _head_bytes(request)
+        if size > MAX_HEAD_BYTES:
             # h11 only caps an *incomplete* head; a complete one can arrive in one read.
             log.debug("http head too large %s", kv(peer=self._peer, limit=MAX_HEAD_BYTES))
             self._respond(text_response(431), close=True)

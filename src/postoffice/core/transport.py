@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Sequence
 from typing import Final, Protocol, cast
 
 from mypy_extensions import mypyc_attr
@@ -447,6 +448,22 @@ class BaseProtocol(asyncio.Protocol):
             self.bytes_out += len(data)
             transport.write(data)
             if self._write_paused:  # past the high-water mark: are we past a limit?
+                self._check_output(transport, None)
+
+    def write_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """`write` of several buffers in one call, none copied into a joined one (a
+        large value is sent from where it lies); dropped once the connection is closed."""
+        transport = self.transport
+        cycle = self.cycle
+        if (
+            transport is not None
+            and cycle is not _CLOSING
+            and cycle is not _CLOSED
+            and not transport.is_closing()
+        ):
+            self.bytes_out += sum(map(len, parts))
+            transport.writelines(parts)
+            if self._write_paused:
                 self._check_output(transport, None)
 
     def _check_output(self, transport: asyncio.Transport, now: float | None) -> None:

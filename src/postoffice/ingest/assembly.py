@@ -28,9 +28,11 @@ I/O layer, blocking: the server runs it in a worker thread.
 # a tail, not for the whole file: 256 MiB of log output took 0.55-0.62 s with it, against
 # 0.73-0.86 s, a third of it in the final fsync, without); then fsync, os.replace onto
 # files_dir/<name> (the last publish of a name wins), fsync files_dir (shared with
-# concurrent publishes). Upload names never start with ".", so staging files never clash
-# with a published file, and a file under an upload name is never partial. On any
-# failure the .tmp and the .part are removed and the patches are left as they were.
+# concurrent publishes). A `tee` (a cluster node's multipart upload to S3) gets each
+# block on the writer thread after its write. Upload names never start with ".", so
+# staging files never clash with a published file, and a file under an upload name is
+# never partial. On any failure the .tmp and the .part are removed and the patches are
+# left as they were.
 
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from postoffice.ingest.durable import GroupSync, fsync_dir, os_errors
 from postoffice.ingest.errors import AssemblyError, OutputLimitError, OutputRatioError
 from postoffice.ingest.messages import FileId, check_name, file_id_hex
 from postoffice.ingest.patches import PayloadInfo
-from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.published import PublishedInfo, Recorder
 from postoffice.ingest.zstdframes import FrameWalker
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,8 @@ def assemble(
     fsync: bool = True,
     now: float | None = None,
     syncer: GroupSync | None = None,
-    record: Callable[[PublishedInfo], None] | None = None,
+    record: Recorder | None = None,
+    tee: Callable[[memoryview], None] | None = None,
 ) -> PublishedInfo:
     """Decompress a payload into files_dir/<info.name>; see assemble_with_stats."""
     return assemble_with_stats(
@@ -143,6 +146,7 @@ def assemble(
         now=now,
         syncer=syncer,
         record=record,
+        tee=tee,
     ).published
 
 
@@ -159,7 +163,8 @@ def assemble_with_stats(
     fsync: bool = True,
     now: float | None = None,
     syncer: GroupSync | None = None,
-    record: Callable[[PublishedInfo], None] | None = None,
+    record: Recorder | None = None,
+    tee: Callable[[memoryview], None] | None = None,
 ) -> AssemblyResult:
     """Join the pieces in order, zstd-decompress them and publish files_dir/<info.name>.
 
@@ -174,7 +179,9 @@ def assemble_with_stats(
     fails, the file is taken back out and a file it replaced is put back, so a publish
     that is not recorded leaves nothing in files_dir. `max_output_ratio` (0: none)
     bounds the output, once past RATIO_GRACE_BYTES, to that many times the compressed
-    bytes read so far.
+    bytes read so far. `tee`, if given, is handed each output block once it is written,
+    in order, on the thread that wrote it (it must copy what it keeps: the buffer is
+    reused after it returns); what it raises ends the assembly.
     Raises AssemblyError for a payload that will never decompress or is not the one
     declared (piece count, sizes or payload digest that disagree with `info`, not zstd,
     truncated, trailing bytes, a window over 2**max_window_log, output over
@@ -194,7 +201,33 @@ def assemble_with_stats(
         max_output_ratio=max_output_ratio,
         via_part=via_part,
         fsync=fsync,
+        tee=tee,
     )
+    published = publish_staged(
+        staged, files_dir=files_dir, fsync=fsync, syncer=syncer, record=record, now=now
+    )
+    stats = AssemblyStats(
+        bytes_in=staged.bytes_in,
+        bytes_out=staged.size,
+        frames=staged.frames,
+        seconds=time.monotonic() - began,
+    )
+    return AssemblyResult(published=published, stats=stats)
+
+
+def publish_staged(
+    staged: Staged,
+    *,
+    files_dir: Path,
+    fsync: bool = True,
+    syncer: GroupSync | None = None,
+    record: Recorder | None = None,
+    now: float | None = None,
+) -> PublishedInfo:
+    """Publish a staged file: fsync it, rename it onto its name, fsync files_dir (shared
+    through `syncer`), then `record` it: the commit point. A publish not recorded is
+    taken back (see assemble_with_stats). The staged file is discarded in any case.
+    Raises IngestStorageError and whatever `record` raises."""
     try:
         if fsync:
             staged.sync()
@@ -207,20 +240,14 @@ def assemble_with_stats(
                 else:
                     fsync_dir(files_dir)
             if record is not None:
-                record(published)
+                published = record(published) or published
         except BaseException:
             staged.unplace()
             raise
         staged.settle()
     finally:
         staged.discard()
-    stats = AssemblyStats(
-        bytes_in=staged.bytes_in,
-        bytes_out=staged.size,
-        frames=staged.frames,
-        seconds=time.monotonic() - began,
-    )
-    return AssemblyResult(published=published, stats=stats)
+    return published
 
 
 @final
@@ -351,6 +378,7 @@ def stage(
     max_output_ratio: int = 0,
     via_part: bool = False,
     fsync: bool = True,
+    tee: Callable[[memoryview], None] | None = None,
 ) -> Staged:
     """Decompress the pieces into the staging file of files_dir/<info.name>, unsynced.
 
@@ -382,7 +410,7 @@ def stage(
         with os_errors("assemble", tmp):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             staged = Staged(info=info, final_path=files_dir / name, tmp=tmp, fd=fd)
-            with _Sink(fd) as sink:
+            with _Sink(fd, tee) as sink:
                 staged.size = _decompress(
                     source,
                     sink,
@@ -396,6 +424,13 @@ def stage(
         if source.bytes_read != info.size:
             raise AssemblyError(
                 f"payload {hex_id} has size {info.size}, its patches hold {source.bytes_read} bytes"
+            )
+        if info.content_size is not None and staged.size != info.content_size:
+            # A FRAMED upload assembled as one stream (--via-part, one chunk): its chunks
+            # declared the content size, which the output must have.
+            raise AssemblyError(
+                f"payload {hex_id} declared content size {info.content_size}, "
+                f"it decompresses to {staged.size} bytes"
             )
     except BaseException:
         if staged is not None:
@@ -527,8 +562,9 @@ class _Sink:
     file writes release the GIL, so they run at the same time on 2 cores.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, tee: Callable[[memoryview], None] | None = None) -> None:
         self._fd = fd
+        self._tee = tee
         self.digest = xxhash.xxh3_128()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[Future[None], int]] = deque()  # (write, buffer index)
@@ -570,13 +606,20 @@ class _Sink:
         """Hash and write `block`, a view of the buffer last returned by buffer()."""
         self.digest.update(block)
         written, self._written = self._written, self._written + len(block)
+        write = _write_all if self._tee is None else self._write_and_tee
         if not written:
-            _write_all(self._fd, block, written)  # the first block: inline, no thread
+            write(self._fd, block, written)  # the first block: inline, no thread
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="assembly-write")
         used = (self._next - 1) % (PIPELINE_BLOCKS + 1)
-        self._pending.append((self._pool.submit(_write_all, self._fd, block, written), used))
+        self._pending.append((self._pool.submit(write, self._fd, block, written), used))
+
+    def _write_and_tee(self, fd: int, block: memoryview, written_before: int) -> None:
+        # in the same write, so the buffer is not reused before the tee has had it
+        _write_all(fd, block, written_before)
+        assert self._tee is not None
+        self._tee(block)
 
 
 @final

@@ -15,6 +15,7 @@ from postoffice.ingest.messages import DIGEST_BYTES, DIGEST_SHOWN, FILE_ID_BYTES
 
 __all__ = [
     "CHUNK_FIELDS",
+    "FRAMED_FIELDS",
     "chunk_digest",
     "chunk_fields",
     "digest_for",
@@ -26,11 +27,25 @@ CHUNK_FIELDS: Final = struct.Struct(">16sIIQH16s")
 """What a CHUNK payload starts with and the digest covers first: file id, index, total,
 size, name length and payload digest (50 bytes)."""
 
+FRAMED_FIELDS: Final = struct.Struct(">QQ")
+"""What a FRAMED CHUNK carries after its digest, and the digest covers next: the content
+size (the whole decompressed file) and this chunk's content offset (16 bytes)."""
+
 
 def chunk_fields(
-    *, file_id: bytes, index: int, total: int, size: int, name: str, payload_digest: bytes
+    *,
+    file_id: bytes,
+    index: int,
+    total: int,
+    size: int,
+    name: str,
+    payload_digest: bytes,
+    content_size: int | None = None,
+    content_offset: int = 0,
 ) -> tuple[bytes, bytes]:
-    """Return (the CHUNK_FIELDS bytes, the UTF-8 name) of a CHUNK.
+    """Return (the fields the digest covers before the name, the UTF-8 name) of a CHUNK:
+    the CHUNK_FIELDS bytes, followed for a FRAMED chunk (`content_size` not None) by its
+    FRAMED_FIELDS.
 
     Checks only what the layout can carry. Raises BadNameError for a name UTF-8 cannot
     encode, IngestProtocolError for a wrong-sized file id or payload digest or a field
@@ -49,6 +64,8 @@ def chunk_fields(
         )
     try:
         fields = CHUNK_FIELDS.pack(file_id, index, total, size, len(name_bytes), payload_digest)
+        if content_size is not None:
+            fields += FRAMED_FIELDS.pack(content_size, content_offset)
     except struct.error as exc:
         raise IngestProtocolError(f"cannot encode chunk: {exc}") from exc
     return fields, name_bytes
@@ -56,8 +73,8 @@ def chunk_fields(
 
 def chunk_digest(fields: bytes, name: bytes, data: bytes | bytearray | memoryview) -> bytes:
     """XXH3-128 (seed 0, canonical bytes) of a CHUNK payload without its digest field:
-    the 50 bytes of file id, index, total, size, name length and payload digest, the
-    name, the data."""
+    the 50 bytes of file id, index, total, size, name length and payload digest (and a
+    FRAMED chunk's 16 bytes of content size and offset), the name, the data."""
     hasher = xxhash.xxh3_128(fields)
     hasher.update(name)
     hasher.update(data)
@@ -73,6 +90,8 @@ def digest_for(
     name: str,
     payload_digest: bytes,
     data: bytes | memoryview,
+    content_size: int | None = None,
+    content_offset: int = 0,
 ) -> bytes:
     """The chunk digest a CHUNK with these fields and data must carry."""
     fields, name_bytes = chunk_fields(
@@ -82,6 +101,8 @@ def digest_for(
         size=size,
         name=name,
         payload_digest=payload_digest,
+        content_size=content_size,
+        content_offset=content_offset,
     )
     return chunk_digest(fields, name_bytes, data)
 
@@ -95,8 +116,11 @@ def new_chunk(
     name: str,
     payload_digest: bytes,
     data: bytes | memoryview,
+    content_size: int | None = None,
+    content_offset: int = 0,
 ) -> Chunk:
-    """A Chunk with the digest its fields and data call for."""
+    """A Chunk with the digest its fields and data call for (FRAMED when `content_size`
+    is given)."""
     digest = digest_for(
         file_id=file_id,
         index=index,
@@ -105,6 +129,8 @@ def new_chunk(
         name=name,
         payload_digest=payload_digest,
         data=data,
+        content_size=content_size,
+        content_offset=content_offset,
     )
     return Chunk(
         file_id=file_id,
@@ -115,6 +141,8 @@ def new_chunk(
         payload_digest=payload_digest,
         digest=digest,
         data=data,
+        content_size=content_size,
+        content_offset=content_offset,
     )
 
 
@@ -133,6 +161,8 @@ def verify_chunk(chunk: Chunk) -> None:
         name=chunk.name,
         payload_digest=chunk.payload_digest,
         data=chunk.data,
+        content_size=chunk.content_size,
+        content_offset=chunk.content_offset,
     )
     if actual != chunk.digest:
         raise ChecksumError(

@@ -72,6 +72,22 @@ def serve(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Ingest server address.")
 @click.option("--sys-base", type=int, default=7000, show_default=True, help="Its first port.")
 @click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A node of a cluster, at its health port (sys-base); repeat it or give a comma "
+    "list. In place of --host and --sys-base.",
+)
+@click.option(
+    "--failover",
+    "failover_s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to look for another node when the one sent to stops answering.",
+)
+@click.option(
     "--data-base",
     type=int,
     default=None,
@@ -105,6 +121,8 @@ def send(
     files: tuple[Path, ...],
     host: str,
     sys_base: int,
+    nodes: tuple[str, ...],
+    failover_s: float,
     data_base: int | None,
     ports: int | None,
     chunk_size: int,
@@ -115,13 +133,22 @@ def send(
     """Upload FILES: compress (an existing .zst goes as it is), chunk, send, verify.
 
     An interrupted upload resumes: sending the same file again sends only the chunks the
-    server does not have.
+    server does not have. With --node, the client follows an upload to the node that
+    owns it and fails over to the other nodes when one stops answering.
     """
     from rich.console import Console
 
     from postoffice.ingest.client import IngestClient
+    from postoffice.ingest.client.routing import parse_nodes
 
     console = Console(stderr=True)
+    try:
+        addresses = parse_nodes(nodes) if nodes else None
+    except PostOfficeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--node") from exc
+    if addresses is not None and data_base is not None and len(addresses) > 1:
+        raise click.BadParameter("not with several --node", param_hint="--data-base")
+    where = host if addresses is None else ", ".join(f"{h}:{p}" for h, p in addresses)
 
     async def main() -> int:
         async with IngestClient(
@@ -132,6 +159,8 @@ def send(
             chunk_size=chunk_size,
             parallel=parallel,
             timeout_s=timeout_s,
+            nodes=addresses,
+            failover_s=failover_s,
         ) as client:
             with progress_bar(console, disable=quiet) as bar:
                 for path in files:
@@ -149,7 +178,7 @@ def send(
     except PostOfficeError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(f"cannot reach the ingest server at {host}: {exc}") from exc
+        raise click.ClickException(f"cannot reach the ingest server at {where}: {exc}") from exc
 
 
 def _file_size(path: Path) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from postoffice.core.config import (
     DATA_DIR_ENV,
@@ -19,6 +20,9 @@ from postoffice.core.connections import ClientLimitSettings, ConnectionLimits
 from postoffice.core.errors import ConfigError
 from postoffice.core.logs import LEVELS
 from postoffice.core.tracing import parse_trace, trace_setting
+
+if TYPE_CHECKING:  # the cluster library (nats, obstore) is imported only in cluster mode
+    from postoffice.ingest.cluster.config import ClusterConfig
 
 MAX_DATA_PORTS: Final = 64  # X: one listener each; far past what one process can feed
 #: Uploads of at most this many chunks may cut them as small as they like: such an upload
@@ -139,6 +143,16 @@ class IngestConfig(ClientLimitSettings):
         low=0,
         high=256,
     )
+    decompress_threads: int = setting(
+        0,
+        help=(
+            "Threads that decompress the chunks of FRAMED uploads as they arrive, each"
+            " straight to its place in the file (0: one per CPU core)."
+        ),
+        low=0,
+        high=256,
+        live=True,
+    )
     control_token: str | None = setting(
         None, help="Token the control port requires (AUTH).", secret=True
     )
@@ -152,6 +166,34 @@ class IngestConfig(ClientLimitSettings):
     shutdown_timeout_s: float = 30.0
 
     trace: str | None = trace_setting()
+
+    cluster: str | None = setting(
+        None,
+        help=(
+            "Run as a node of an ingest cluster: the NATS JetStream servers it shares,"
+            " nats://HOST:PORT[,...] (needs --s3 and --bucket)."
+        ),
+        metavar="URLS",
+    )
+    s3: str | None = setting(
+        None,
+        help=(
+            "The S3-compatible object store of the cluster's bytes, http(s)://HOST[:PORT]"
+            " (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)."
+        ),
+        metavar="URL",
+    )
+    bucket: str | None = setting(None, help="The cluster's S3 bucket.", metavar="NAME")
+    node_name: str | None = setting(
+        None,
+        help="This node's name in the cluster (none: <hostname>-<health port>).",
+        metavar="NAME",
+    )
+    advertise: str | None = setting(
+        None,
+        help="The host other nodes and clients reach this node at (none: --host).",
+        metavar="HOST",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)  # the ranges declared above
@@ -167,6 +209,7 @@ class IngestConfig(ClientLimitSettings):
         check_range("io_threads", self.io_threads, 1, 256)
         check_range("shutdown_timeout_s", self.shutdown_timeout_s, 0, 3600)
         self.connection_limits(0)  # the output limits are 0 or at least 256 KiB
+        self._check_cluster()
         if self.control_token == "":
             raise ConfigError("setting 'control_token' must not be empty (leave it unset instead)")
         if self.sys_base and self.data_base:
@@ -177,6 +220,50 @@ class IngestConfig(ClientLimitSettings):
                     f"settings 'sys_base' {self.sys_base} and 'data_base' {self.data_base} "
                     f"overlap: data ports may grow to {MAX_DATA_PORTS}"
                 )
+
+    def _check_cluster(self) -> None:
+        """The cluster settings go together: --s3 and --bucket with --cluster, and none of
+        them (nor --node-name, --advertise) without it."""
+        if self.cluster is None:
+            given = [
+                name
+                for name in ("s3", "bucket", "node_name", "advertise")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ConfigError(
+                    f"setting {given[0]!r} needs 'cluster' (--cluster nats://HOST:PORT)"
+                )
+            return
+        for name, flag in (("s3", "--s3 URL"), ("bucket", "--bucket NAME")):
+            if not getattr(self, name):
+                raise ConfigError(f"setting 'cluster' needs {name!r} too ({flag})")
+        self.cluster_config()  # the URLs, the S3 URL and the bucket name parse
+        if self.node_name is not None:
+            from postoffice.ingest.cluster.errors import ClusterError
+            from postoffice.ingest.cluster.records import check_node_name
+
+            try:
+                check_node_name(self.node_name)
+            except ClusterError as exc:
+                raise ConfigError(f"setting 'node_name': {exc}") from None
+        if self.advertise == "":
+            raise ConfigError("setting 'advertise' must not be empty (leave it unset instead)")
+
+    def cluster_config(self) -> ClusterConfig:
+        """The cluster library's settings from these (S3 credentials and region from the
+        AWS_* environment). Raises ConfigError; only for a config with `cluster` set."""
+        from postoffice.ingest.cluster.config import ClusterConfig, parse_nats_urls
+
+        assert self.cluster is not None
+        assert self.s3 is not None
+        assert self.bucket is not None
+        return ClusterConfig(
+            nats_urls=parse_nats_urls(self.cluster),
+            s3_url=self.s3,
+            bucket=self.bucket,
+            region=ClusterConfig.region_from(),
+        )
 
     def connection_limits(self, max_request_bytes: int) -> ConnectionLimits:
         """What the connection layer keeps for each data and ack connection, whose frames
@@ -194,6 +281,17 @@ class IngestConfig(ClientLimitSettings):
         if max_request_bytes:
             limits = dataclasses.replace(limits, max_request_bytes=max_request_bytes)
         return limits
+
+    @property
+    def decompress_pool_size(self) -> int:
+        """Threads of the FRAMED decompression pool: decompress_threads, or the CPU cores
+        this process may run on."""
+        if self.decompress_threads:
+            return self.decompress_threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # not Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def files_path(self) -> Path:

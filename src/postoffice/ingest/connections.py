@@ -111,8 +111,10 @@ class DataPortHost(PortHost, Protocol):
         """The chunk's ACK once durable; raises the IngestError its ERROR reply says."""
         ...
 
-    def query(self, file_id: FileId) -> Status:
-        """The STATUS reply to a QUERY."""
+    def answer_query(self, file_id: FileId) -> Status | Awaitable[Status]:
+        """The STATUS reply to a QUERY, or an awaitable of it while a cluster decides who
+        owns the upload; raises (or the awaitable raises) the IngestError its ERROR reply
+        says (MOVED)."""
         ...
 
     def chunk_refused(self, chunk: Chunk, error: IngestError) -> None:
@@ -272,7 +274,17 @@ class DataConnection(_FramedConnection[DataPortHost]):
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             case Query(file_id=file_id):
-                self.send(self.host.query(file_id), request_id)
+                try:
+                    status = self.host.answer_query(file_id)
+                except IngestError as exc:
+                    self.send(ErrorReply(code=error_code(exc), message=str(exc)), request_id)
+                    return
+                if isinstance(status, Status):
+                    self.send(status, request_id)
+                    return
+                task = asyncio.ensure_future(self._answer_query(request_id, status))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             case Ping():
                 self.send(Pong(), request_id)
             case _:
@@ -283,6 +295,19 @@ class DataConnection(_FramedConnection[DataPortHost]):
                     ),
                     request_id,
                 )
+
+    async def _answer_query(self, request_id: int, status: Awaitable[Status]) -> None:
+        """Answer a QUERY once the cluster has decided who owns its upload."""
+        reply: Message
+        try:
+            reply = await status
+        except IngestError as exc:
+            reply = ErrorReply(code=error_code(exc), message=str(exc))
+        except Exception as exc:
+            log.exception("query failed conn=%s", self)
+            reply = ErrorReply(code=ErrorCode.STORAGE, message=f"internal error: {exc!r}")
+        if self.transport is not None:
+            self.send(reply, request_id)
 
     async def _accept(self, request_id: int, chunk: Chunk) -> None:
         try:

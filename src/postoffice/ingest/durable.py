@@ -164,8 +164,15 @@ class GroupSync:
                     state[2] = 0
                     state[1 if not failed else 3] = generation
                     self._cond.notify_all()
-            if not state[2] and state[1] == state[0] and len(self._state) > 1024:
-                del self._state[path]  # forget idle paths: payload directories come and go
+            if (
+                not state[2]
+                and state[1] == state[0]
+                and len(self._state) > 1024
+                and self._state.get(path) is state
+            ):
+                # forget idle paths: payload directories come and go. Another caller that
+                # shared this fsync may have forgotten it first, or a new one begun anew.
+                del self._state[path]
 
 
 def _fsync_path(path: Path) -> None:

@@ -24,6 +24,18 @@ class ErrorCode(enum.IntEnum):
     ASSEMBLY = 11  # the payload is complete but is not valid Zstandard, or is a bomb
     ABORTED = 12  # an operator aborted the upload
     BUSY = 13  # the server has its most uploads in progress: a new one must wait
+    MOVED = 14  # another node of a cluster owns the upload: its message names that node
+
+    @classmethod
+    def _missing_(cls, value: object) -> ErrorCode | None:
+        """A code a newer server may send (15 to 65535): a member named CODE_<n>, which a
+        client treats as "refused, connection open" as the protocol asks. 0 is no code."""
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 0xFFFF:
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"CODE_{value}"
+        member._value_ = value
+        return member
 
 
 class IngestError(PostOfficeError):
@@ -87,6 +99,14 @@ class ShuttingDownError(IngestError):
     wire_code = "SHUTTING_DOWN"
 
 
+class MovedError(IngestError):
+    """Another node of the cluster owns the upload: nothing was stored. The message is the
+    fixed text `moved <node> <host>:<health port> <data port>,...` (ownership.py writes
+    it, the client's routing.py parses it)."""
+
+    wire_code = "MOVED"
+
+
 class UnknownFileError(IngestError):
     """No upload is known under that file id."""
 
@@ -132,6 +152,7 @@ _ERRORS: Final[dict[ErrorCode, type[IngestError]]] = {
     ErrorCode.ASSEMBLY: AssemblyError,
     ErrorCode.ABORTED: IngestError,
     ErrorCode.BUSY: TooManyUploadsError,
+    ErrorCode.MOVED: MovedError,
 }
 
 

@@ -10,8 +10,9 @@ Ingest layer, on the server's event loop; the blocking stages run on its I/O thr
 # decodes it: its data is a view of the frame, never copied) and calls `accept`, which
 # is the pipeline. Each stage hands on to the next and none calls back:
 #
-#   1. route: refuse it (the server drains, its data is longer than its size or cut too
-#      small, its upload failed), or answer at once (its upload is published), or choose
+#   1. route: refuse it (the server drains, another node of a cluster owns its upload:
+#      MOVED, see ownership.py; its data is longer than its size or cut too small, its
+#      upload failed), or answer at once (its upload is published), or choose
 #      a road: a one-chunk upload not stored yet takes the one-chunk road (2a), whether
 #      or not the server assembles via .part, any other chunk the patch road (2b);
 #   2a. one-chunk road: SinglePublishes verifies the digest, decompresses the chunk into
@@ -21,7 +22,9 @@ Ingest layer, on the server's event loop; the blocking stages run on its I/O thr
 #      would claim a publish that has not happened);
 #   2b. patch road, on an I/O thread: verify the digest (chunkdigest.py), then store it
 #      durably (ChunkStore.store_chunk: patch_<i>.bin written and fsynced, its line
-#      appended to ids.list and fsynced with the directory: the commit point);
+#      appended to ids.list and fsynced with the directory: the commit point); in
+#      cluster mode (`replicate` set) the verified chunk is put into S3 between the two,
+#      so its ACK means both copies, and a one-chunk upload takes this road too;
 #   3. acknowledge: a new commit is reported once (CHUNK_STORED, chunk_stored) and the
 #      ACK built; a duplicate is only counted;
 #   4. assemble: the commit goes on to Assemblies.on_committed, which starts or feeds the
@@ -35,22 +38,28 @@ Ingest layer, on the server's event loop; the blocking stages run on its I/O thr
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol, assert_never, final
 
 from postoffice.core.tracing import active as active_tracing
 from postoffice.core.workers import WorkerPool
 from postoffice.ingest.assembler import Assemblies
+from postoffice.ingest.assembly import RATIO_GRACE_BYTES
 from postoffice.ingest.chunkdigest import verify_chunk
 from postoffice.ingest.config import SMALL_UPLOAD_CHUNKS, IngestConfig
 from postoffice.ingest.errors import (
     AssemblyError,
     ConflictError,
+    IngestLimitError,
     IngestStorageError,
+    MovedError,
     OutOfRangeError,
     ShuttingDownError,
 )
 from postoffice.ingest.messages import Ack, Chunk, FileId, file_id_hex
+from postoffice.ingest.ownership import Ownership, moved_message
 from postoffice.ingest.published import PublishedInfo
 from postoffice.ingest.reports import FailedUpload
 from postoffice.ingest.singles import AlreadyPublished, SinglePublishes
@@ -92,6 +101,7 @@ class Intake:
         singles: SinglePublishes,
         assemblies: Assemblies,
         reports: IntakeReports,
+        ownership: Ownership | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -100,6 +110,12 @@ class Intake:
         self.reports = reports
         self.min_chunk_bytes = config.min_chunk_bytes
         self.accepting = False
+        #: Who owns which upload in a cluster; None on a single node (one test per chunk).
+        self.ownership = ownership
+        #: In cluster mode (clustered.py), puts a verified chunk into the object store before
+        #: its local commit, raising ClusterError (STORAGE) to refuse it; a one-chunk upload
+        #: then takes the patch road too. None on a single node: one test per chunk.
+        self.replicate: Callable[[Chunk], Awaitable[None]] | None = None
         tracing = active_tracing()
         #: The uploads' spans, shared with the assemblies; None while tracing is off.
         self.tracing = None if tracing is None else IngestTracing(tracing)
@@ -123,12 +139,15 @@ class Intake:
         Raises ShuttingDownError, ConflictError, AssemblyError (its upload failed, or a
         one-chunk upload's payload will not decompress), ChecksumError, BadNameError,
         OutOfRangeError (also a chunk cut too small), TooManyUploadsError (it would start
-        an upload past max_uploads) and IngestStorageError (nothing is committed).
+        an upload past max_uploads), IngestStorageError (nothing is committed), MovedError
+        (another node owns its upload) and what the ownership's claim raises.
         """
         # 1. route
         file_id = chunk.file_id
         if not self.accepting:
             raise ShuttingDownError("server is shutting down, chunk not stored")
+        if self.ownership is not None:
+            await self._check_owner(chunk)
         if len(chunk.data) > chunk.size:
             # What the store refuses for any chunk, checked here for the one-chunk road,
             # which never reaches the store (the payload would fail its size in assembly).
@@ -137,6 +156,9 @@ class Intake:
                 f"{len(chunk.data)} bytes, over its size {chunk.size}"
             )
         _check_chunk_length(chunk, self.min_chunk_bytes)
+        if chunk.content_size is not None:
+            config = self.assemblies.config
+            _check_content_size(chunk, config.max_output_bytes, config.max_output_ratio)
         reports = self.reports
         failed = reports.refusing(file_id, chunk.payload_digest)
         if failed is not None:
@@ -149,6 +171,19 @@ class Intake:
             reports.forget_failure(file_id, old)
             return ack
         return await self._road(chunk)
+
+    async def _check_owner(self, chunk: Chunk) -> None:
+        """Refuse a chunk of an upload another node owns with MovedError; the first chunk
+        of an upload this node has not decided waits for the ownership's claim."""
+        ownership = self.ownership
+        assert ownership is not None
+        owner = ownership.owner(chunk.file_id)
+        if owner is None:
+            owner = await ownership.claim(chunk.file_id)
+            if not self.accepting:
+                raise ShuttingDownError("server is shutting down, chunk not stored")
+        if owner.node != ownership.node:
+            raise MovedError(moved_message(owner))
 
     async def _road(self, chunk: Chunk) -> Ack:
         """Steps 1 (the rest of the route) to 4 of `accept`, for a chunk not refused."""
@@ -168,7 +203,7 @@ class Intake:
                 f"chunk {chunk.index} of {file_id_hex(file_id)} has total {chunk.total}, "
                 "the upload is being published as one chunk"
             )
-        if chunk.total == 1 and self.store.info(file_id) is None:
+        if chunk.total == 1 and self.replicate is None and self.store.info(file_id) is None:
             # 2a. the one-chunk road: published before it is acknowledged, however the
             # server assembles larger uploads (its ACK says the file is published)
             if self.tracing is None:
@@ -186,8 +221,7 @@ class Intake:
         now = time.time()
         store = self.store
 
-        def verify_and_store() -> StoreResult:
-            verify_chunk(chunk)
+        def store_it() -> StoreResult:
             return store.store_chunk(
                 file_id=file_id,
                 index=chunk.index,
@@ -198,9 +232,18 @@ class Intake:
                 digest=chunk.digest,
                 data=chunk.data,
                 now=now,
+                content_size=chunk.content_size,
+                content_offset=chunk.content_offset,
             )
 
-        stored = self.pool.submit(verify_and_store)
+        def verify_and_store() -> StoreResult:
+            verify_chunk(chunk)
+            return store_it()
+
+        if self.replicate is None:
+            stored = self.pool.submit(verify_and_store)
+        else:
+            stored = asyncio.ensure_future(self._replicated(chunk, self.replicate, store_it))
         if self.tracing is not None:
             self.tracing.persisting(chunk, stored)
         try:
@@ -221,11 +264,18 @@ class Intake:
             reports.payload_complete(file_id, chunk.name)
         # 4. assemble
         if not result.duplicate:
-            self.assemblies.on_committed(file_id, complete=result.complete)
+            self.assemblies.on_committed(
+                file_id,
+                complete=result.complete,
+                index=chunk.index,
+                framed=chunk.content_size is not None,
+            )
         elif result.committed == result.total and not result.published:
             # A re-sent chunk of a complete upload (a resuming client's nudge): make sure
             # its assembly runs, should it have been lost.
-            self.assemblies.on_committed(file_id, complete=True)
+            self.assemblies.on_committed(
+                file_id, complete=True, framed=chunk.content_size is not None
+            )
         return Ack(
             file_id=file_id,
             index=chunk.index,
@@ -234,6 +284,17 @@ class Intake:
             duplicate=result.duplicate,
             complete=result.complete,
         )
+
+    async def _replicated(
+        self,
+        chunk: Chunk,
+        replicate: Callable[[Chunk], Awaitable[None]],
+        store_it: Callable[[], StoreResult],
+    ) -> StoreResult:
+        """Step 2b in cluster mode: verify, put into the object store, then commit."""
+        await self.pool.submit(lambda: verify_chunk(chunk))
+        await replicate(chunk)
+        return await self.pool.submit(store_it)
 
 
 def _check_chunk_length(chunk: Chunk, min_chunk_bytes: int) -> None:
@@ -260,6 +321,28 @@ def _check_chunk_length(chunk: Chunk, min_chunk_bytes: int) -> None:
             f"chunk {chunk.index} of {hex_id} holds {len(chunk.data)} bytes, below the "
             f"minimum {min_chunk_bytes} for all but the last of more than "
             f"{SMALL_UPLOAD_CHUNKS} chunks"
+        )
+
+
+def _check_content_size(chunk: Chunk, max_output_bytes: int, max_output_ratio: int) -> None:
+    """Refuse a FRAMED chunk whose upload declares more content than the output limits
+    allow (IngestLimitError): a bomb is refused before anything of it is stored."""
+    content_size = chunk.content_size
+    assert content_size is not None
+    hex_id = file_id_hex(chunk.file_id)
+    if content_size > max_output_bytes:
+        raise IngestLimitError(
+            f"upload {hex_id} declares content size {content_size}, over the output limit "
+            f"{max_output_bytes}"
+        )
+    if (
+        max_output_ratio
+        and content_size > RATIO_GRACE_BYTES
+        and content_size > max_output_ratio * chunk.size
+    ):
+        raise IngestLimitError(
+            f"upload {hex_id} declares content size {content_size} from {chunk.size} "
+            f"compressed bytes, over the ratio limit {max_output_ratio}"
         )
 
 

@@ -98,7 +98,10 @@ class Chunk:
     `size` is the whole compressed payload's length (the sum of all chunk lengths),
     `payload_digest` the XXH3-128 of that whole payload (what names the upload's one
     content: every chunk of an upload carries the same), and `digest` the chunk digest
-    (chunk_digest) of this chunk's fields and `data`.
+    (chunk_digest) of this chunk's fields and `data`. A FRAMED chunk (`content_size` not
+    None) holds exactly one zstd frame that carries its content size: `content_size` is
+    the whole decompressed file's length and `content_offset` where this chunk's output
+    starts in it, so the server can decompress chunks apart, in any order.
     """
 
     file_id: FileId
@@ -109,12 +112,19 @@ class Chunk:
     payload_digest: bytes
     digest: bytes
     data: bytes | memoryview
+    content_size: int | None = None
+    content_offset: int = 0
 
     def __repr__(self) -> str:
         # Never print up to 8 MiB of data into a log line.
+        framed = (
+            ""
+            if self.content_size is None
+            else f"content_size={self.content_size}, content_offset={self.content_offset}, "
+        )
         return (
             f"Chunk(file_id={self.file_id.hex()}, index={self.index}, total={self.total}, "
-            f"size={self.size}, name={self.name!r}, "
+            f"size={self.size}, name={self.name!r}, {framed}"
             f"payload_digest={self.payload_digest.hex()[:DIGEST_SHOWN]}..., "
             f"digest={self.digest.hex()[:DIGEST_SHOWN]}..., data=<{len(self.data)} bytes>)"
         )

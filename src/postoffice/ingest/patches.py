@@ -7,10 +7,12 @@ Ingest layer, blocking file I/O, called from ChunkStore on worker threads.
 # Design
 # ------
 # Layout (docs/protocols/ingest.md): patches_dir/<file id hex>/ holds meta.json (name,
-# total, size, created: written once, by the first chunk), patch_<i>.bin (chunk i as
-# received) and ids.list ("<index> <digest hex>\n" per committed chunk, the chunk's
-# XXH3-128 digest). meta.json is written atomically (unique tmp, fsync, rename, fsync the
-# directory). A patch is written in place and fsynced, then its ids.list line appended:
+# total, size, created, and a FRAMED upload's content size: written once, by the first
+# chunk), patch_<i>.bin (chunk i as received) and ids.list ("<index> <digest hex>\n" per
+# committed chunk, the chunk's XXH3-128 digest; "<index> <digest hex> <content offset>\n"
+# for a FRAMED upload, whose assembly needs each chunk's offset after a restart too).
+# meta.json is written atomically (unique tmp, fsync, rename, fsync the directory).
+# A patch is written in place and fsynced, then its ids.list line appended:
 # the line is the commit, so a patch torn by a crash has no line and is dropped, and
 # needs no tmp name. "Last update" is ids.list's mtime, set to the chunk's `now` on each
 # append, so it survives restarts without rewriting meta.json. (Lines of the first
@@ -64,7 +66,7 @@ META_JSON: Final = "meta.json"
 IDS_LIST: Final = "ids.list"
 
 _PATCH: Final = re.compile(r"patch_(0|[1-9][0-9]{0,9})\.bin")
-_ID_LINE: Final = re.compile(rb"(0|[1-9][0-9]{0,9}) ([0-9a-f]{32})\n")
+_ID_LINE: Final = re.compile(rb"(0|[1-9][0-9]{0,9}) ([0-9a-f]{32})(?: (0|[1-9][0-9]{0,19}))?\n")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +83,8 @@ class PayloadInfo:
     #: XXH3-128 of the whole payload, as its chunks declare it (None: a payload stored
     #: by an earlier version, which did not declare one).
     payload_digest: bytes | None = None
+    #: A FRAMED upload's decompressed size, as its chunks declare it; None: not FRAMED.
+    content_size: int | None = None
 
     @property
     def missing(self) -> tuple[tuple[int, int], ...]:
@@ -107,9 +111,11 @@ class Payload:
     total: int = 0
     size: int = 0
     payload_digest: bytes | None = None
+    content_size: int | None = None  # FRAMED uploads only
     created: float = 0.0
     updated: float = 0.0
     chunks: dict[int, bytes] = field(default_factory=dict)  # index -> digest of the chunk
+    offsets: dict[int, int] = field(default_factory=dict)  # FRAMED: index -> content offset
     received: int = 0  # bytes in committed patches
     reserved: int = 0  # bytes of patches being written right now
     writing: dict[int, tuple[bytes, threading.Event]] = field(default_factory=dict)
@@ -139,14 +145,22 @@ class Payload:
             created=self.created,
             updated=self.updated,
             payload_digest=self.payload_digest,
+            content_size=self.content_size,
         )
 
 
 def encode_meta(
-    *, hex_id: str, name: str, total: int, size: int, payload_digest: bytes, created: float
+    *,
+    hex_id: str,
+    name: str,
+    total: int,
+    size: int,
+    payload_digest: bytes,
+    created: float,
+    content_size: int | None = None,
 ) -> bytes:
     """The bytes of a new payload's meta.json (read back by recover)."""
-    meta = {
+    meta: dict[str, object] = {
         "file_id": hex_id,
         "name": name,
         "total": total,
@@ -154,6 +168,8 @@ def encode_meta(
         "payload_digest": payload_digest.hex(),
         "created": created,
     }
+    if content_size is not None:
+        meta["content_size"] = content_size
     return json.dumps(meta, ensure_ascii=False).encode()
 
 
@@ -195,11 +211,15 @@ def recover(file_id: FileId, path: Path, *, fsync: bool) -> Payload | None:
     return payload
 
 
-def append_id(payload: Payload, index: int, digest: bytes, now: float) -> None:
-    """Append chunk `index`'s commit line to ids.list (the caller holds op_lock and
-    fsyncs it); a failed append is truncated away next time. Raises IngestStorageError."""
+def append_id(
+    payload: Payload, index: int, digest: bytes, now: float, offset: int | None = None
+) -> None:
+    """Append chunk `index`'s commit line to ids.list (with its content `offset` for a
+    FRAMED upload; the caller holds op_lock and fsyncs it); a failed append is truncated
+    away next time. Raises IngestStorageError."""
     path = payload.path / IDS_LIST
-    line = f"{index} {digest.hex()}\n".encode()
+    tail = "" if offset is None else f" {offset}"
+    line = f"{index} {digest.hex()}{tail}\n".encode()
     with os_errors("append to", path):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -232,7 +252,11 @@ def _accept_line(payload: Payload, line: bytes, patches: set[int], kept: list[by
         reason = "repeated index"
     elif index not in patches:
         reason = f"patch_{index}.bin is missing"
+    elif (match[3] is None) != (payload.content_size is None):
+        reason = "content offset missing" if match[3] is None else "content offset unexpected"
     else:
+        if match[3] is not None:
+            payload.offsets[index] = int(match[3])
         payload.chunks[index] = bytes.fromhex(match[2].decode())
         payload.received += os.stat(payload.path / f"patch_{index}.bin").st_size
         kept.append(line)
@@ -263,10 +287,14 @@ def _read_meta(payload: Payload, path: Path) -> None:
         payload_digest = None if declared is None else bytes.fromhex(declared)
         if payload_digest is not None and len(payload_digest) != DIGEST_BYTES:
             raise UnreadablePayloadError(f"meta.json holds {meta!r}")
+        content_size = meta.get("content_size")  # FRAMED uploads only
+        if content_size is not None and not (_is_int(content_size) and content_size >= 0):
+            raise UnreadablePayloadError(f"meta.json holds {meta!r}")
     except (OSError, ValueError, KeyError, TypeError, BadNameError) as exc:
         raise UnreadablePayloadError(f"meta.json unreadable: {exc!r}") from exc
     payload.name, payload.total, payload.size = name, total, size
     payload.payload_digest = payload_digest
+    payload.content_size = content_size
     payload.created = payload.updated = float(created)
 
 

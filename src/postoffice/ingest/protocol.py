@@ -14,7 +14,13 @@ from typing import Final, TypeVar, assert_never, cast
 from postoffice.core import framing
 from postoffice.core.errors import ConfigError
 from postoffice.core.framing import NEED_DATA, Frame, NeedData
-from postoffice.ingest.chunkdigest import chunk_digest, chunk_fields, verify_chunk
+from postoffice.ingest.chunkdigest import (
+    CHUNK_FIELDS,
+    FRAMED_FIELDS,
+    chunk_digest,
+    chunk_fields,
+    verify_chunk,
+)
 from postoffice.ingest.errors import (
     BadNameError,
     ErrorCode,
@@ -58,7 +64,9 @@ from postoffice.ingest.messages import (
 # the XXH3-128 digest of its own payload (all of it but that digest field), which is
 # both its corruption check and the key that tells an idempotent re-send from a
 # conflicting one; with SELF_CHECKED its frame CRC-32 is 0
-# and not computed, so each byte is hashed once on each side. There
+# and not computed, so each byte is hashed once on each side. A CHUNK with the FRAMED
+# flag carries 16 more bytes after its digest (content size, content offset): its data is
+# one zstd frame the server may decompress apart from the others. There
 # is no state machine here: `MessageDecoder` is `FrameDecoder` plus `decode`, and the
 # two failure kinds stay apart on purpose. A FrameError means framing is lost and the
 # connection must close; an IngestError means one well-framed message was bad, so the
@@ -71,6 +79,7 @@ from postoffice.ingest.messages import (
 
 __all__ = [
     "CHUNK_OVERHEAD_BYTES",
+    "FRAMED",
     "MAX_MESSAGE_BYTES",
     "NEED_DATA",
     "SELF_CHECKED",
@@ -97,8 +106,15 @@ _RANGE: Final = struct.Struct(">II")
 SELF_CHECKED: Final = 0x0001
 """CHUNK frame flag: the frame CRC-32 is 0 and not checked; the chunk digest covers it."""
 
-CHUNK_OVERHEAD_BYTES: Final = _CHUNK.size + MAX_NAME_BYTES
-"""Largest CHUNK payload minus its data: header (66 bytes) plus the longest name."""
+FRAMED: Final = 0x0002
+"""CHUNK frame flag: the data is one zstd frame with its content size, and the header
+carries the content size and offset (16 bytes) after the digest."""
+
+_CHUNK_FLAGS: Final = SELF_CHECKED | FRAMED
+
+CHUNK_OVERHEAD_BYTES: Final = _CHUNK.size + FRAMED_FIELDS.size + MAX_NAME_BYTES
+"""Largest CHUNK payload minus its data: header (66 bytes, 82 when FRAMED) plus the
+longest name."""
 
 MAX_MESSAGE_BYTES: Final = MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
 """Default frame payload limit of a MessageDecoder: the largest valid CHUNK."""
@@ -180,9 +196,14 @@ def chunk_frame_parts(
     request_id: int,
     digest: bytes | None = None,
     self_checked: bool = True,
+    content_size: int | None = None,
+    content_offset: int = 0,
 ) -> tuple[bytes, bytes | bytearray | memoryview]:
     """Return one CHUNK frame as (everything before the data, the data itself), so a
     sender can write both without joining them; `data` is not copied.
+
+    With `content_size` the chunk is FRAMED: its data must be one zstd frame holding
+    bytes `content_offset ..` of a decompressed file of `content_size` bytes.
 
     `digest` defaults to the correct chunk_digest (give another to probe a server).
     With `self_checked` the frame has the SELF_CHECKED flag and a CRC-32 of 0; without
@@ -198,10 +219,14 @@ def chunk_frame_parts(
         size=size,
         name=name,
         payload_digest=payload_digest,
+        content_size=content_size,
+        content_offset=content_offset,
     )
     if digest is None:
         digest = chunk_digest(fields, name_bytes, data)
-    head = fields + _sized("digest", digest, DIGEST_BYTES) + name_bytes
+    # The digest field sits between the first 50 bytes and the FRAMED ones it covers.
+    split = CHUNK_FIELDS.size
+    head = fields[:split] + _sized("digest", digest, DIGEST_BYTES) + fields[split:] + name_bytes
     length = len(head) + len(data)
     if length > framing.MAX_PAYLOAD_BYTES:
         raise framing.FrameTooLarge(length, framing.MAX_PAYLOAD_BYTES, request_id=request_id)
@@ -209,10 +234,11 @@ def chunk_frame_parts(
         raise framing.FrameError(
             f"frame request id {request_id} out of range 0..{framing.MAX_REQUEST_ID}"
         )
+    framed = FRAMED if content_size is not None else 0
     if self_checked:
-        flags, crc = SELF_CHECKED, 0
+        flags, crc = SELF_CHECKED | framed, 0
     else:
-        flags, crc = 0, zlib.crc32(data, zlib.crc32(head))
+        flags, crc = framed, zlib.crc32(data, zlib.crc32(head))
     header = framing.HEADER.pack(
         framing.MAGIC, framing.VERSION, MsgType.CHUNK, flags, 0, request_id, length, crc
     )
@@ -231,6 +257,8 @@ def encode_chunk(
     request_id: int,
     digest: bytes | None = None,
     self_checked: bool = True,
+    content_size: int | None = None,
+    content_offset: int = 0,
 ) -> bytes:
     """Return one CHUNK frame as one bytes object; see chunk_frame_parts."""
     head, body = chunk_frame_parts(
@@ -244,6 +272,8 @@ def encode_chunk(
         request_id=request_id,
         digest=digest,
         self_checked=self_checked,
+        content_size=content_size,
+        content_offset=content_offset,
     )
     return b"".join((head, body))
 
@@ -270,6 +300,8 @@ def encode(msg: Message, request_id: int = 0) -> bytes:
                     digest=msg.digest,
                     data=msg.data,
                     request_id=request_id,
+                    content_size=msg.content_size,
+                    content_offset=msg.content_offset,
                 )
             case Query():
                 payload = _fid(msg.file_id)
@@ -344,10 +376,11 @@ def _text(what: str, raw: bytes | bytearray, error: type[IngestError] = IngestPr
 
 
 def _code(value: int) -> ErrorCode:
-    try:
-        return ErrorCode(value)
-    except ValueError as exc:
-        raise IngestProtocolError(f"unknown error code {value}") from exc
+    # a code this side does not know (a newer server's) is kept as CODE_<n>: refused,
+    # connection open; only 0 is no code at all
+    if value == 0:
+        raise IngestProtocolError("error code 0 is not a code")
+    return ErrorCode(value)
 
 
 def _flags(kind: str, flags: int, known: int) -> int:
@@ -358,11 +391,24 @@ def _flags(kind: str, flags: int, known: int) -> int:
     return flags
 
 
-def _decode_chunk(payload: bytes | bytearray, max_chunk_bytes: int, verify: bool = True) -> Chunk:
-    _at_least("chunk", payload, _CHUNK.size)
+def _decode_chunk(
+    payload: bytes | bytearray, max_chunk_bytes: int, verify: bool = True, framed: bool = False
+) -> Chunk:
+    head = _CHUNK.size + (FRAMED_FIELDS.size if framed else 0)
+    _at_least("framed chunk" if framed else "chunk", payload, head)
     fid, index, total, size, name_len, payload_digest, digest = cast(
         "tuple[bytes, int, int, int, int, bytes, bytes]", _CHUNK.unpack_from(payload)
     )
+    content_size: int | None = None
+    content_offset = 0
+    if framed:
+        content_size, content_offset = cast(
+            "tuple[int, int]", FRAMED_FIELDS.unpack_from(payload, _CHUNK.size)
+        )
+        if content_offset > content_size:
+            raise OutOfRangeError(
+                f"chunk content offset {content_offset} is past its content size {content_size}"
+            )
     if not 1 <= total <= MAX_CHUNKS:
         raise OutOfRangeError(f"chunk total {total} out of range 1..{MAX_CHUNKS}")
     if index >= total:
@@ -371,12 +417,12 @@ def _decode_chunk(payload: bytes | bytearray, max_chunk_bytes: int, verify: bool
         raise BadNameError("name is empty")
     if name_len > MAX_NAME_BYTES:
         raise BadNameError(f"name of {name_len} bytes exceeds limit {MAX_NAME_BYTES}")
-    start = _CHUNK.size + name_len
+    start = head + name_len
     if start > len(payload):
         raise IngestProtocolError(
             f"chunk name of {name_len} bytes overruns the payload of {len(payload)} bytes"
         )
-    name = check_name(_text("name", payload[_CHUNK.size : start], BadNameError))
+    name = check_name(_text("name", payload[head:start], BadNameError))
     if len(payload) - start > max_chunk_bytes:
         raise IngestLimitError(
             f"chunk data of {len(payload) - start} bytes exceeds limit {max_chunk_bytes}"
@@ -390,6 +436,8 @@ def _decode_chunk(payload: bytes | bytearray, max_chunk_bytes: int, verify: bool
         payload_digest=payload_digest,
         digest=digest,
         data=memoryview(payload)[start:],  # no copy
+        content_size=content_size,
+        content_offset=content_offset,
     )
     if verify:
         verify_chunk(chunk)
@@ -552,11 +600,11 @@ def decode_parts(
     if kind != MsgType.CHUNK and kind not in _DECODERS:
         raise IngestProtocolError(f"unknown message type 0x{kind:02x}")
     if kind == MsgType.CHUNK:
-        if flags & ~SELF_CHECKED:
+        if flags & ~_CHUNK_FLAGS:
             raise IngestProtocolError(
-                f"chunk frame flags 0x{flags:04x} set, expected 0x0000 or 0x0001"
+                f"chunk frame flags 0x{flags:04x} set, expected bits of 0x{_CHUNK_FLAGS:04x}"
             )
-        return _decode_chunk(payload, max_chunk_bytes, verify_chunks)
+        return _decode_chunk(payload, max_chunk_bytes, verify_chunks, bool(flags & FRAMED))
     if flags:
         raise IngestProtocolError(f"frame flags 0x{flags:04x} set, expected 0")
     return _DECODERS[kind](payload if isinstance(payload, bytes) else bytes(payload))

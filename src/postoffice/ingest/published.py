@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
@@ -40,7 +40,7 @@ from postoffice.ingest.durable import GroupSync, atomic_write, discard, os_error
 from postoffice.ingest.errors import BadNameError, IngestStorageError
 from postoffice.ingest.messages import DIGEST_BYTES, FILE_ID_BYTES, FileId, check_name, file_id_hex
 
-__all__ = ["PublishedInfo", "PublishedRecords"]
+__all__ = ["PublishedInfo", "PublishedRecords", "Recorder"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,12 @@ class PublishedInfo:
     payload_digest: bytes
     published_at: float
     replaced: bool
+
+
+Recorder = Callable[[PublishedInfo], "PublishedInfo | None"]
+"""A publish's commit point: records the publish, and returns the PublishedInfo as it
+stands (a cluster node knows better than the rename whether the name was taken), or None
+for the one given."""
 
 
 @final

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar, final
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from postoffice.core import metrics
 from postoffice.core.clock import MONOTONIC, Clock
@@ -56,7 +56,12 @@ from postoffice.ingest.connections import (
     DataConnection,
 )
 from postoffice.ingest.control import ControlConnection
-from postoffice.ingest.errors import IngestError, ShuttingDownError, UnknownFileError
+from postoffice.ingest.errors import (
+    IngestError,
+    MovedError,
+    ShuttingDownError,
+    UnknownFileError,
+)
 from postoffice.ingest.events import AckHub, EventHub
 from postoffice.ingest.intake import Intake
 from postoffice.ingest.messages import (
@@ -69,12 +74,16 @@ from postoffice.ingest.messages import (
     Status,
     UploadState,
 )
+from postoffice.ingest.ownership import Ownership, moved_message
 from postoffice.ingest.patches import PayloadInfo
 from postoffice.ingest.protocol import CHUNK_OVERHEAD_BYTES
 from postoffice.ingest.reports import IngestStats, Reports, published_message
 from postoffice.ingest.singles import SinglePublishes
 from postoffice.ingest.storage import ChunkStore
 from postoffice.ingest.ttl import CleanupReport, cleanup_pass
+
+if TYPE_CHECKING:  # imported in cluster mode only: it brings nats and obstore
+    from postoffice.ingest.clustered import ClusteredNode
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +110,20 @@ class IngestServer:
     Two-phase init: the constructor only sets memory up; `startup()` opens the store,
     binds every port and starts the background work. `serve(stop)` runs until `stop` is
     set, then drains: acceptors stop, chunks in flight and assemblies in progress finish.
+    `ownership` makes it a node of a cluster: chunks and QUERYs of uploads another node
+    owns are answered MOVED (ownership.py); without it, it is a single node.
     """
 
-    def __init__(self, config: IngestConfig, *, clock: Clock = MONOTONIC) -> None:
+    def __init__(
+        self,
+        config: IngestConfig,
+        *,
+        clock: Clock = MONOTONIC,
+        ownership: Ownership | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.ownership = ownership
         streams = config.stream_assemblies > 0 and not config.assemble_via_part
         self.store = ChunkStore(
             config.patches_path,
@@ -137,12 +155,15 @@ class IngestServer:
             singles=self.singles,
             assemblies=self.assembler,
             reports=self.reports,
+            ownership=ownership,
         )
         self.supervisor = Supervisor()
         self.addresses: dict[str, tuple[str, int]] = {}
         self._data_listeners: dict[int, asyncio.Server] = {}
         self._sys_listeners: list[asyncio.Server] = []
         self._ready = False
+        #: This node's side of the cluster in cluster mode (--cluster), else None.
+        self.cluster: ClusteredNode | None = None
         self._scale_lock = asyncio.Lock()
         self.registry = metrics.new_registry()
         self.registry.register(
@@ -198,6 +219,8 @@ class IngestServer:
             self.addresses[name] = bound_address(server)
         for index in range(config.x):
             await self._open_data_port(index)
+        if config.cluster is not None:
+            await self._join_cluster()
         self.intake.open()
         self.supervisor.start("cleanup", self._cleanup_forever)
         for info in recovered:
@@ -229,12 +252,47 @@ class IngestServer:
             await asyncio.wait(list(running.values()), timeout=deadline)
         await self.sys_manager.shutdown(deadline_s=1.0)
         await self.supervisor.stop()
+        if self.cluster is not None:
+            await self.cluster.close()
         self.pool.close()
         self.assembler.close()
         self.singles.close()
         self._data_listeners.clear()
         self._sys_listeners.clear()
         log.info("ingest stopped chunks=%d published=%d", self.stats.chunks, self.stats.published)
+
+    async def _join_cluster(self) -> None:
+        """Open the cluster (clustered.py) and wire its seams into the intake, the
+        assemblies and the events. Raises ClusterError naming NATS or S3."""
+        from postoffice.ingest.cluster import Owner
+        from postoffice.ingest.clustered import ClusteredNode, default_node_name
+
+        config = self.config
+        health_port = self.addresses["health"][1]
+        node = ClusteredNode(
+            config=config.cluster_config(),
+            files_dir=config.files_path,
+            store=self.store,
+            pool=self.pool,
+            assemblies=self.assembler,
+            acks=self.acks,
+            events=self.events,
+            known=lambda fid: self.final_event(fid, local=True) is not None,
+            failure=lambda fid: None if (f := self.reports.failure(fid)) is None else f.event,
+        )
+        me = Owner(
+            node=config.node_name or default_node_name(health_port),
+            host=config.advertise or config.host,
+            health_port=health_port,
+            data_ports=tuple(self.data_ports()),
+        )
+        await node.open(me)
+        self.cluster = node
+        assert node.ownership is not None  # open made it
+        self.join(node.ownership)
+        self.intake.replicate = node.replicate
+        self.assembler.record = node.record
+        self.assembler.outputs = node.outputs
 
     # -- data ports --------------------------------------------------------------------
 
@@ -336,11 +394,17 @@ class IngestServer:
         if new.log_level != old.log_level:
             apply_log_level(new.log_level)
         self.config = new
-        self.assembler.config = new
+        self.assembler.resize(new)
 
     def data_ports(self) -> list[int]:
         """The data ports listening now, in order."""
         return [self.addresses[f"data{i}"][1] for i in sorted(self._data_listeners)]
+
+    def join(self, ownership: Ownership) -> None:
+        """Become a node of a cluster: from now on `ownership` routes chunks and QUERYs. For
+        a cluster joined once the ports are bound, since a node advertises them."""
+        self.ownership = ownership
+        self.intake.ownership = ownership
 
     # -- what the connections ask (connections.DataPortHost, AckPortHost) --------------
 
@@ -360,8 +424,45 @@ class IngestServer:
         raises IngestError subclasses (conflict, storage, shutting down...)."""
         return self.intake.accept(chunk)
 
+    def answer_query(self, file_id: FileId) -> Status | Awaitable[Status]:
+        """The reply to a QUERY: `query`, on a single node. In a cluster, raises MovedError
+        for an upload another node owns, and hands back an awaitable of the STATUS while
+        the ownership decides (it raises the same); for an upload this node holds nothing
+        of, the awaitable looks in the cluster too (the upload's published record, its
+        chunks in S3, adopted)."""
+        ownership = self.ownership
+        if ownership is not None:
+            owner = ownership.owner(file_id)
+            if owner is None:
+                return self._query_claimed(file_id, ownership)
+            if owner.node != ownership.node:
+                raise MovedError(moved_message(owner))
+        return self._query_here(file_id)
+
+    def _query_here(self, file_id: FileId) -> Status | Awaitable[Status]:
+        status = self.query(file_id)
+        if self.cluster is not None and status.state is UploadState.UNKNOWN:
+            return self.cluster.query(file_id, self.query)
+        return status
+
+    async def _query_claimed(self, file_id: FileId, ownership: Ownership) -> Status:
+        """The STATUS of an upload this node has not decided yet: MOVED to its live owner,
+        this node's answer once the claim is ours (a dead owner's taken over), and for an
+        upload no node claims, what this node and the published records know, claiming
+        nothing."""
+        owner = await ownership.find(file_id)
+        if owner is None:
+            status = self.query(file_id)
+            if self.cluster is not None and status.state is UploadState.UNKNOWN:
+                return await self.cluster.query(file_id, self.query, adopt=False)
+            return status
+        if owner.node != ownership.node:
+            raise MovedError(moved_message(owner))
+        here = self._query_here(file_id)
+        return here if isinstance(here, Status) else await here
+
     def query(self, file_id: FileId) -> Status:
-        """What the server knows of an upload: state, progress and missing ranges."""
+        """What this server knows of an upload: state, progress and missing ranges."""
         done = self.store.published(file_id)
         if done is not None:
             return Status(
@@ -410,13 +511,19 @@ class IngestServer:
             missing=_missing(info),
         )
 
-    def final_event(self, file_id: FileId) -> Published | Failed | None:
-        """The final event of an upload that already ended, for late subscribers."""
+    def final_event(self, file_id: FileId, *, local: bool = False) -> Published | Failed | None:
+        """The final event of an upload that already ended, for late subscribers. In
+        cluster mode (unless `local`), another node's outcome too: the event it relayed,
+        or PUBLISHED pushed to the subscribers later from its published record."""
         done = self.store.published(file_id)
         if done is not None:
             return published_message(done)
         failed = self.reports.failure(file_id)
-        return None if failed is None else failed.event
+        if failed is not None:
+            return failed.event
+        if self.cluster is not None and not local:
+            return self.cluster.final_event(file_id)
+        return None
 
     def chunk_refused(self, chunk: Chunk, error: IngestError) -> None:
         """A chunk was answered with ERROR."""
@@ -448,6 +555,7 @@ class IngestServer:
             "published_total": stats.published,
             "bytes_in": stats.chunk_bytes,
             "connections": self.data_manager.active,
+            **({} if self.cluster is None else self.cluster.status()),
         }
 
     def uploads(self) -> list[PayloadInfo]:
@@ -465,14 +573,20 @@ class IngestServer:
         """Drop an upload's chunks and forget it; False when there is no such upload.
 
         Its subscribers get FAILED (ABORTED) now; afterwards the id is unknown, as if never
-        seen: QUERY answers UNKNOWN and a chunk sent again starts a fresh upload.
+        seen: QUERY answers UNKNOWN and a chunk sent again starts a fresh upload. In
+        cluster mode its chunks in S3 go first, or no node could forget it (raises
+        ClusterError then, the upload kept).
         """
         fid = FileId(file_id)
         if self.store.info(fid) is None:
             return False
+        if self.cluster is not None:
+            await self.cluster.joined.objects.delete_chunks(fid)
         removed = await self.blocking(lambda: self.store.remove(fid))
         if removed:
             self.reports.aborted(fid)
+        if self.cluster is not None and self.cluster.ownership is not None:
+            await self.cluster.ownership.release(fid)  # the id is free for any node again
         return removed
 
     async def cleanup_now(self) -> CleanupReport:
@@ -488,6 +602,11 @@ class IngestServer:
                 busy=busy,
             )
         )
+        if self.cluster is not None:
+            # An upload its owner let expire is nobody's: its chunks leave S3 and its claim
+            # is given back (else abandoned uploads would keep keys in NATS for ever).
+            for hex_id in report.expired_uploads:
+                self.cluster.forget(FileId(bytes.fromhex(hex_id)))
         # Failure records are in memory only: forgotten on the loop, with the same TTL.
         forgotten = self.reports.prune_failures(ttl_s=config.ttl_s)
         if forgotten:

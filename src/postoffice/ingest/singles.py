@@ -249,6 +249,7 @@ def single_info(chunk: Chunk, now: float) -> PayloadInfo:
         created=now,
         updated=now,
         payload_digest=chunk.payload_digest,
+        content_size=chunk.content_size,
     )
 
 

@@ -214,12 +214,16 @@ class ChunkStore:
         digest: bytes,
         data: bytes | memoryview,
         now: float,
+        content_size: int | None = None,
+        content_offset: int = 0,
     ) -> StoreResult:
         """Make one chunk durable and commit it; idempotent for identical bytes.
 
         `digest` must be the chunk digest of `data` (verify_chunk checked it); `now` is
-        wall-clock seconds. The first chunk of a payload fixes its name, total, size and
-        payload digest: one file id has one content. Raises OutOfRangeError (index >=
+        wall-clock seconds. The first chunk of a payload fixes its name, total, size,
+        payload digest and content size (a FRAMED upload's; None: not FRAMED, and every
+        chunk must agree): one file id has one content. A FRAMED chunk's `content_offset`
+        is kept with its commit (content_offset()). Raises OutOfRangeError (index >=
         total, total of 0 or over MAX_CHUNKS), BadNameError, ConflictError (the index is
         committed with other bytes; total, size, name or payload digest differ from the
         payload's; the chunks would exceed `size`), TooManyUploadsError (it would start a
@@ -253,7 +257,16 @@ class ChunkStore:
                     continue  # removed or published while we waited: look again
                 try:
                     plan = self._reserve(
-                        payload, index, total, size, name, payload_digest, digest, data, now
+                        payload,
+                        index,
+                        total,
+                        size,
+                        name,
+                        payload_digest,
+                        digest,
+                        data,
+                        now,
+                        content_size,
                     )
                 finally:
                     if not payload.meta_written:
@@ -263,7 +276,8 @@ class ChunkStore:
             if plan is not None:  # the same bytes are being written by another thread
                 plan.wait()
                 continue
-            return self._write_and_commit(payload, index, total, digest, data, now)
+            offset = None if content_size is None else content_offset
+            return self._write_and_commit(payload, index, total, digest, data, now, offset)
 
     def _write_and_commit(
         self,
@@ -273,6 +287,7 @@ class ChunkStore:
         digest: bytes,
         data: bytes | memoryview,
         now: float,
+        offset: int | None = None,
     ) -> StoreResult:
         """Write the patch outside the payload's lock, then commit it under the lock.
 
@@ -296,7 +311,7 @@ class ChunkStore:
                     )
                 if payload.ids_broken:
                     raise IngestStorageError(payload.ids_broken)
-                append_id(payload, index, digest, now)
+                append_id(payload, index, digest, now, offset)
             if self.fsync:
                 try:
                     self.syncer.sync(payload.path / IDS_LIST)
@@ -321,6 +336,8 @@ class ChunkStore:
                 elif keep:
                     self._unclaim_resident(len(data))
                 payload.chunks[index] = digest
+                if offset is not None:
+                    payload.offsets[index] = offset
                 payload.received += len(data)
                 payload.updated = now
                 committed = len(payload.chunks)
@@ -389,6 +406,7 @@ class ChunkStore:
         digest: bytes,
         data: bytes | memoryview,
         now: float,
+        content_size: int | None = None,
     ) -> StoreResult | threading.Event | None:
         """Check a chunk against the payload and reserve its index (under op_lock).
 
@@ -402,6 +420,7 @@ class ChunkStore:
                 ("total", payload.total, total),
                 ("size", payload.size, size),
                 ("name", payload.name, name),
+                ("content size", payload.content_size, content_size),
             ):
                 if ours != theirs:
                     raise ConflictError(
@@ -438,7 +457,13 @@ class ChunkStore:
             )
         if not payload.meta_written:
             self._create(
-                payload, total=total, size=size, name=name, payload_digest=payload_digest, now=now
+                payload,
+                total=total,
+                size=size,
+                name=name,
+                payload_digest=payload_digest,
+                now=now,
+                content_size=content_size,
             )
         payload.writing[index] = (digest, threading.Event())
         payload.reserved += len(data)
@@ -453,6 +478,7 @@ class ChunkStore:
         name: str,
         payload_digest: bytes,
         now: float,
+        content_size: int | None = None,
     ) -> None:
         """Write a new payload's directory and meta.json."""
         meta = encode_meta(
@@ -462,6 +488,7 @@ class ChunkStore:
             size=size,
             payload_digest=payload_digest,
             created=now,
+            content_size=content_size,
         )
         with os_errors("create", payload.path):
             payload.path.mkdir(exist_ok=True)
@@ -475,6 +502,7 @@ class ChunkStore:
         with self._lock:
             payload.name, payload.total, payload.size = name, total, size
             payload.payload_digest = payload_digest
+            payload.content_size = content_size
             payload.created = payload.updated = now
             payload.meta_written = True
 
@@ -494,6 +522,13 @@ class ChunkStore:
             return [
                 p.snapshot() for p in self._payloads.values() if p.meta_written and not p.removed
             ]
+
+    def content_offset(self, file_id: FileId, index: int) -> int | None:
+        """The content offset a committed chunk of a FRAMED upload declared, or None
+        (not committed, not FRAMED, or no such upload)."""
+        with self._lock:
+            payload = self._payloads.get(file_id)
+            return None if payload is None else payload.offsets.get(index)
 
     def patch_paths(self, file_id: FileId) -> list[Path]:
         """The patch files of a complete payload, in index order.

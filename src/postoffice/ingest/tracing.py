@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from postoffice.ingest.messages import Chunk, FileId, file_id_hex
-from postoffice.ingest.published import PublishedInfo
+from postoffice.ingest.published import PublishedInfo, Recorder
 
 if TYPE_CHECKING:
     from postoffice.core.otel import Attributes, Span, Tracing
@@ -106,18 +106,17 @@ class IngestTracing:
         self._finish(chunk.file_id, None)
         return outcome
 
-    def timed_record(
-        self, file_id: FileId, record: Callable[[PublishedInfo], None]
-    ) -> Callable[[PublishedInfo], None]:
+    def timed_record(self, file_id: FileId, record: Recorder) -> Recorder:
         """`record` (the publish's commit point, called on an assembly's thread), timed."""
         upload = self._uploads.get(file_id)
         if upload is None:
             return record
 
-        def timed(info: PublishedInfo) -> None:
+        def timed(info: PublishedInfo) -> PublishedInfo | None:
             began = time.time_ns()
-            record(info)
+            recorded = record(info)
             upload.publish_times = (began, time.time_ns())
+            return recorded
 
         return timed
 

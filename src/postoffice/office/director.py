@@ -76,6 +76,7 @@ __all__ = [
     "DEFAULT_STOP_TIMEOUT_S",
     "STATUS_FILE",
     "Director",
+    "death_signal_hook",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ _PR_SET_PDEATHSIG: Final = 1
 # -- the process side -------------------------------------------------------------------
 
 
-def _death_signal_hook() -> Callable[[], None] | None:
-    """A preexec_fn that makes the kernel SIGTERM the child when the director dies.
+def death_signal_hook() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGTERM the child when its parent dies (the
+    director, or the runner of a foreign server under it, office/natscluster.py).
 
     Without it a director killed by SIGKILL (or the OOM killer) would leave its children
     running, holding their ports, so the next `postoffice up` could not bind. The signal
@@ -193,7 +195,7 @@ class Director:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock: IO[bytes] | None = None
-        self._preexec = _death_signal_hook()
+        self._preexec = death_signal_hook()
         # Children see the same data dir whatever their own defaults say. A busy port
         # fails a child's start at once, with the port in its ready file, instead of
         # being retried until the ready timeout says nothing of why.
@@ -358,7 +360,7 @@ class Director:
                 stdin=subprocess.DEVNULL,
                 stdout=_STDERR_FD,
                 stderr=None,
-                env=self._env,
+                env={**self._env, **child.spec.env},
                 start_new_session=True,
                 preexec_fn=self._preexec,
             )

@@ -68,6 +68,8 @@ class ServiceSpec:
     name: str
     argv: ArgvBuilder
     needs: tuple[str, ...] = ()
+    #: Variables set in its environment over the director's (S3 credentials, say).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def serve_argv(

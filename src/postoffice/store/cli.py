@@ -49,7 +49,8 @@ def serve(
             await server.serve(stop, ready_file=ready)
         except StoreLockedError as exc:  # a command server with --store-dir, or another store
             server.pool.close()
-            raise click.ClickException(f"cannot open the store: {exc}") from exc
+            # a PostOfficeError: serve_service prints it and writes it to the ready file
+            raise StoreLockedError(f"cannot open the store: {exc}") from exc
 
     serve_service(
         section="store",

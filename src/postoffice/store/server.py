@@ -65,13 +65,15 @@ from postoffice.store.wire import (
 # and PUT, nearly all the traffic, go from the frame's fields straight to the engine
 # with no request objects, the others through `store.wire` and `StoreServer.run`.
 # Replies not held back leave in one write per read.
-# Under `--durability always` a write's reply is held in the connection's `owed` queue
-# with the write's ticket, and every reply behind it waits too. The first such write of
-# an event-loop iteration asks GroupCommit (store/engine/commit.py) to sync at the end of
-# the iteration: the appended writes go to the file in one write(2), the committer
+# A write's reply is held in the connection's `owed` queue with the write's ticket, and
+# every reply behind it waits too. The first such write of an event-loop iteration asks
+# GroupCommit (store/engine/commit.py) to sync at the end of the iteration: the appended
+# writes go to the file in one write(2), under `--durability always` the committer
 # thread fsyncs once for all of them, and then each waiting connection sends what it
-# owes up to the covered ticket. Past `max_in_flight` owed replies a connection stops
-# reading.
+# owes up to the covered ticket. Under `interval` and `never` the replies leave right
+# after that write: no write pays a write(2) of its own (one per PUT let go of the GIL
+# per PUT, for the index's flush thread to keep for a switch interval). Past
+# `max_in_flight` owed replies a connection stops reading.
 # A request is executed only when its reply can go somewhere: while the peer is not
 # reading our replies (`write_blocked`), or the replies owed behind a write already hold
 # _OWED_HIGH_WATER_BYTES, the frames already read wait in `_batch`, unexecuted, and
@@ -227,7 +229,6 @@ class StoreConnection(BaseProtocol):
         server = self.server
         store = server.store
         owed = self.owed
-        durable = server.durable
         stats = server.stats
         counts = stats.by_type
         out: list[bytes] = []
@@ -286,8 +287,6 @@ class StoreConnection(BaseProtocol):
                     wire = encode_response(request_id, *server.failure(exc))
                 else:
                     wire = response_head(request_id, _OK)
-                    if not durable:
-                        ticket = 0
             else:
                 ticket, status, body = server.run(type_, flags, payload)
                 wire = encode_response(request_id, status, body)
@@ -439,9 +438,10 @@ class StoreServer:
         )
         self._listeners: list[asyncio.Server] = []
         self._ready = False
-        #: Under `always` a write's reply waits for the fsync that covers it.
-        self.durable = Durability(config.durability) is Durability.ALWAYS
-        #: Group commit (see the module's design note); only under `always`.
+        # A write's reply waits for group commit: for the write(2) of its iteration's
+        # records, and under `always` for the fsync that covers them too.
+        self._fsync = Durability(config.durability) is Durability.ALWAYS
+        #: Group commit (see the module's design note).
         self.commit: GroupCommit | None = None
         tracing = active_tracing()
         #: Spans of traced requests; None while tracing is off.
@@ -467,11 +467,11 @@ class StoreServer:
         durability = Durability(config.durability)
         store = await self.pool.submit(lambda: Store.open(config.store_path, durability=durability))
         store.flush_in_background = True  # the event loop must not wait for LMDB
-        store.write_behind = self.durable  # the committer writes, off the loop
-        if self.durable:
-            self.commit = GroupCommit(store, asyncio.get_running_loop())
+        store.write_behind = True  # one write(2) per loop iteration, see GroupCommit
+        self.commit = GroupCommit(store, asyncio.get_running_loop(), fsync=self._fsync)
+        if self._fsync:  # without an fsync there is no fsync span to show
             self.commit.observer = self.tracing
-            self.commit.start()
+        self.commit.start()
         self.store = store
         log.info("store opened path=%s recovery=%s", config.store_path, store.recovery)
         self.manager.startup()
@@ -545,14 +545,15 @@ class StoreServer:
             tracing.failed(span, exc)
             raise
         outcome = self._run(request)
-        tracing.answered(span, *outcome)
+        ticket, status, body = outcome
+        # Without an fsync (`interval`, `never`) there is none to wait for in the span.
+        tracing.answered(span, ticket if self._fsync else 0, status, body)
         return outcome
 
     def _run(self, request: Request) -> _Outcome:
         store = self.store
         if store is None:
             return 0, Status.SHUTTING_DOWN, b"store is not open"
-        durable = self.durable
         try:
             match request:
                 case GetRequest(key=key):
@@ -562,13 +563,13 @@ class StoreServer:
                     return 0, _OK, value
                 case PutRequest(key=key, value=value):
                     ticket = store.put_nowait(key, value)
-                    return (ticket if durable else 0), _OK, b""
+                    return ticket, _OK, b""
                 case DeleteRequest(key=key):
                     existed, ticket = store.delete_nowait(key)
-                    return (ticket if durable else 0), _OK, encode_delete_body(existed)
+                    return ticket, _OK, encode_delete_body(existed)
                 case BatchRequest(ops=ops):
                     ticket = store.batch_nowait([_op(op) for op in ops])
-                    return (ticket if durable else 0), _OK, b""
+                    return ticket, _OK, b""
                 case ScanRequest(prefix=prefix, start=start, end=end, limit=limit):
                     items, more = store.scan_page(
                         prefix=prefix,
@@ -607,7 +608,7 @@ class StoreServer:
         The request goes to the committer at the end of this loop iteration, so one sync
         covers every write the iteration appended (all connections' reads of it).
         """
-        assert self.commit is not None  # a write has a ticket only under `always`
+        assert self.commit is not None  # a write has a ticket only while the store is open
         self.commit.wait(conn, ticket)
 
     def sync_failure(self, exc: BaseException) -> tuple[Status, bytes]:

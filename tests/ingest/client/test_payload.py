@@ -357,3 +357,122 @@ def test_chunk_frames_decode_to_the_file_slices(tmp_path: Path) -> None:
     assert {(c.total, c.size, c.name, c.file_id) for c in chunks} == {
         (prepared.total, len(payload), "r.bin", prepared.file_id)
     }
+
+
+# --- FRAMED payloads -----------------------------------------------------------------------
+
+
+def _frames_decode_to_their_slices(prepared: PreparedFile, content: bytes) -> None:
+    payload = prepared.payload.read_bytes()
+    assert prepared.frames is not None
+    assert prepared.content_size == len(content)
+    at = 0
+    for span in prepared.frames:
+        frame = payload[span.offset : span.offset + span.length]
+        params = zstandard.get_frame_parameters(frame)
+        assert params.content_size == span.content_length
+        assert span.content_offset == at
+        assert zstandard.ZstdDecompressor().decompress(frame) == content[at:][: span.content_length]
+        at += span.content_length
+    assert at == len(content)
+    assert sum(span.length for span in prepared.frames) == prepared.payload_size
+
+
+class TestFramed:
+    def test_a_plain_file_is_one_frame_per_chunk_size_of_content(self, tmp_path: Path) -> None:
+        data = random_bytes(300_000)
+        prepared = prepare(write(tmp_path / "r.bin", data), chunk_size=65536, work_dir=tmp_path)
+        assert prepared.total == 5
+        _frames_decode_to_their_slices(prepared, data)
+        assert prepared.file_id == derive_file_id(
+            "r.bin", xxhash.xxh3_128_digest(data), 65536, framed=True
+        )
+        assert prepared.file_id != derive_file_id("r.bin", xxhash.xxh3_128_digest(data), 65536)
+        sidecar = json.loads(prepared.payload.with_suffix(".json").read_text())
+        assert sidecar["frames"] == [[s.length, s.content_length] for s in prepared.frames or ()]
+
+    def test_framed_compression_is_deterministic_and_reused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        data = random_bytes(200_000) + b"some log line\n" * 20_000
+        src = write(tmp_path / "mixed.log", data)
+        first = prepare(src, chunk_size=65536, work_dir=tmp_path / "one")
+        assert first.frames is not None
+        assert prepare(src, chunk_size=65536, work_dir=tmp_path / "two").payload.read_bytes() == (
+            first.payload.read_bytes()
+        )
+
+        def no_compress(*args: object, **kwargs: object) -> None:
+            raise AssertionError("compressed again")
+
+        monkeypatch.setattr(payload_module, "_compress_framed", no_compress)
+        again = prepare(src, chunk_size=65536, work_dir=tmp_path / "one")
+        assert again == PreparedFile(**{**_fields(first), "reused": True})
+
+    def test_a_cut_below_the_minimum_chunk_goes_as_one_frame(self, tmp_path: Path) -> None:
+        """Past 16 chunks every chunk but the last needs 16 KiB: 40 frames of a repeated
+        line hold a few hundred bytes each, so the file is sent as one stream."""
+        data = b"the same line again\n" * 100_000
+        prepared = prepare(write(tmp_path / "same.log", data), chunk_size=50_000, work_dir=tmp_path)
+        assert prepared.frames is None
+        assert prepared.content_size is None
+        assert zstandard.ZstdDecompressor().decompress(prepared.payload.read_bytes()) == data
+
+    def test_framed_off_gives_one_frame(self, tmp_path: Path) -> None:
+        data = random_bytes(300_000)
+        prepared = prepare(
+            write(tmp_path / "r.bin", data), chunk_size=65536, work_dir=tmp_path, framed=False
+        )
+        assert prepared.frames is None
+        assert zstandard.get_frame_parameters(prepared.payload.read_bytes()).content_size == len(
+            data
+        )
+
+    def test_a_zst_of_frames_with_content_sizes_goes_framed(self, tmp_path: Path) -> None:
+        content = random_bytes(400_000)
+        compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
+        blob = b"".join(
+            compressor.compress(content[i : i + 100_000]) for i in range(0, 400_000, 100_000)
+        )
+        prepared = prepare(
+            write(tmp_path / "f.bin.zst", blob), chunk_size=1 << 20, work_dir=tmp_path
+        )
+        assert not prepared.owned
+        assert prepared.total == 4
+        _frames_decode_to_their_slices(prepared, content)
+
+    @pytest.mark.parametrize("kind", ["one frame", "no content size"])
+    def test_other_zst_files_go_as_one_stream(self, tmp_path: Path, kind: str) -> None:
+        content = random_bytes(400_000)
+        if kind == "one frame":
+            blob = zstandard.ZstdCompressor().compress(content)
+        else:
+            compressor = zstandard.ZstdCompressor(write_content_size=False)
+            blob = b"".join(
+                compressor.compress(content[i : i + 100_000]) for i in range(0, 400_000, 100_000)
+            )
+        prepared = prepare(write(tmp_path / "f.zst", blob), chunk_size=1 << 20, work_dir=tmp_path)
+        assert prepared.frames is None
+        assert prepared.total == 1
+
+    def test_framed_chunk_frames_carry_their_content_range(self, tmp_path: Path) -> None:
+        data = random_bytes(200_000)
+        prepared = prepare(write(tmp_path / "r.bin", data), chunk_size=65536, work_dir=tmp_path)
+        assert prepared.frames is not None
+        decoder = MessageDecoder()
+        fd = open_payload(prepared.payload)
+        try:
+            for index in range(prepared.total):
+                head, body = read_chunk_frame(prepared, fd, index, index + 1)
+                decoder.feed(head)
+                decoder.feed(body)
+        finally:
+            os.close(fd)
+        got = []
+        while not isinstance(event := decoder.next_event(), NeedData):
+            message = event[1]
+            assert isinstance(message, Chunk)
+            got.append((message.index, message.content_size, message.content_offset))
+        assert got == [
+            (i, len(data), span.content_offset) for i, span in enumerate(prepared.frames)
+        ]

@@ -117,6 +117,24 @@ def test_bad_client_arguments_are_refused(kwargs: dict[str, Any], message: str) 
         IngestClient(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"nodes": []}, r"^'nodes' lists 0 addresses, expected 1 to 64$"),
+        ({"nodes": [("h", p) for p in range(1000, 1065)]}, r"^'nodes' lists 65 addresses"),
+        (
+            {"nodes": [("a", 7000), ("b", 7010)], "ports": 2},
+            r"^'ports' names one node's data ports: not with several nodes$",
+        ),
+        ({"nodes": [("a", 7000), ("b", 65533)]}, r"'sys_base' must be between 0 and 65535"),
+        ({"nodes": [("a", 7000)], "failover_s": -1}, r"'failover_s' must be at least 0"),
+    ],
+)
+def test_bad_cluster_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        IngestClient(**kwargs)
+
+
 # --- the send pipeline against an in-memory server ------------------------------------------------
 
 
@@ -198,6 +216,7 @@ class FakeServer:
         self.connects: list[int] = []
         self.inject: dict[int, list[ErrorCode]] = {}  # index -> error codes to answer first
         self.inject_request_id_zero = False  # as the real server answers decode errors
+        self.moved_message = ""  # the message of an injected MOVED, when not empty
         self.hang_up_at: set[int] = set()  # close the connection when these chunks arrive
         self.wrong_digest = False
         self.wrong_payload_digest = False
@@ -286,7 +305,10 @@ class FakeServer:
         if codes:
             code = codes.pop(0)
             rid = 0 if self.inject_request_id_zero else request_id
-            conn.reply(ErrorReply(code=code, message=f"injected {code.name.lower()}"), rid)
+            message = f"injected {code.name.lower()}"
+            if code is ErrorCode.MOVED and self.moved_message:
+                message = self.moved_message
+            conn.reply(ErrorReply(code=code, message=message), rid)
             return
         fid = chunk.file_id
         if fid in self.published:
@@ -469,6 +491,45 @@ class TestSend:
                 await client.send(write(tmp_path / "a.bin", random_bytes(3000)))
         assert [i for _, i in server.received].count(0) == 4
 
+    async def test_a_moved_chunk_goes_again_to_the_owner_named(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        """The fake is the owner it names: the chunk goes again over its links."""
+        data = random_bytes(8000)
+        server.inject = {2: [ErrorCode.MOVED, ErrorCode.MOVED]}
+        server.moved_message = "moved fake 127.0.0.1:7000 7100,7101"
+        async with make_client(server, tmp_path) as client:
+            result = await client.send(write(tmp_path / "a.bin", data))
+        assert server.output == data
+        assert [i for _, i in server.received].count(2) == 3
+        assert result.sent_chunks == result.chunks
+
+    async def test_a_moved_loop_is_cut_after_five_redirects(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        server.inject = {0: [ErrorCode.MOVED] * 6}
+        server.moved_message = "moved fake 127.0.0.1:7000 7100,7101"
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(
+                IngestError,
+                match=r"^chunk 0 of a\.bin \(\w{32}\): moved more than 5 times, last to fake at "
+                r"127\.0\.0\.1:7000: the nodes disagree about its owner$",
+            ):
+                await client.send(write(tmp_path / "a.bin", random_bytes(3000)))
+        assert [i for _, i in server.received].count(0) == 6
+
+    async def test_a_moved_reply_that_does_not_parse_fails_the_send(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        server.inject = {0: [ErrorCode.MOVED]}
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(
+                IngestProtocolError,
+                match=r"^moved message 'injected moved' is not 'moved <node> <host>:<port> "
+                r"<ports>'$",
+            ):
+                await client.send(write(tmp_path / "a.bin", random_bytes(3000)))
+
     async def test_a_dropped_connection_is_reconnected(
         self, server: FakeServer, tmp_path: Path
     ) -> None:
@@ -586,7 +647,8 @@ class TestSend:
         payload = prepared.payload.read_bytes()
         server.meta[prepared.file_id] = (prepared.total, len(payload), "a.bin")
         server.chunks[prepared.file_id] = {
-            i: payload[i * 1024 : (i + 1) * 1024] for i in range(prepared.total)
+            i: payload[prepared.chunk_offset(i) :][: prepared.chunk_length(i)]
+            for i in range(prepared.total)
         }
         async with make_client(server, tmp_path) as client:
             result = await client.send(src)

@@ -315,3 +315,39 @@ def test_close_during_compaction_stops_it_and_keeps_data(tmp_path: Path) -> None
     assert not closer.is_alive()
     assert repr(s).endswith("CLOSED keys=1500 always>")
     _assert_survives_reopen(tmp_path, model, [b"k%05d" % i for i in range(1500)])
+
+
+def test_compaction_shrinks_the_index_file_it_emptied(tmp_path: Path) -> None:
+    """LMDB never gives freed pages back: after most keys go, compaction copies its file
+    without them, and the store reads (and reopens) the same keys."""
+    data = tmp_path / "index" / "data.mdb"
+    with Store.open(tmp_path, durability="never") as s:
+        for i in range(0, 60_000, 1000):
+            s.batch([Put(key=b"key-%06d" % j, value=b"v%d" % j) for j in range(i, i + 1000)])
+        for i in range(0, 60_000, 1000):
+            s.batch([Delete(key=b"key-%06d" % j) for j in range(i, i + 1000) if j % 100])
+        before = data.stat().st_size
+        s.compact()
+        after = data.stat().st_size
+        assert after * 4 < before, (before, after)
+        kept = {b"key-%06d" % j: b"v%d" % j for j in range(0, 60_000, 100)}
+        assert dict(s.scan(limit=1000)) == kept
+        s.put(b"key-new", b"n")
+    with Store.open(tmp_path, durability="never") as s:
+        assert not s.recovery.index_rebuilt
+        assert len(s.scan(limit=1000)) == 601
+        assert s.get(b"key-059900") == b"v59900"
+        assert s.get(b"key-new") == b"n"
+    assert not (tmp_path / "index.compact").exists()
+
+
+def test_compaction_leaves_an_index_file_without_much_free_space_alone(tmp_path: Path) -> None:
+    data = tmp_path / "index" / "data.mdb"
+    with Store.open(tmp_path, durability="never") as s:
+        for i in range(0, 30_000, 1000):
+            s.batch([Put(key=b"key-%06d" % j, value=b"v%d" % j) for j in range(i, i + 1000)])
+        s.compact()  # the first compaction flushes: LMDB's file then holds every key
+        assert data.stat().st_size > 256 * 4096
+        inode = data.stat().st_ino
+        s.compact()
+        assert data.stat().st_ino == inode

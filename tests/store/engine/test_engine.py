@@ -22,6 +22,7 @@ from postoffice.store.engine import (
     StoreClosedError,
     ValueSizeError,
 )
+from postoffice.store.engine import index as index_module
 from postoffice.store.engine.records import HEADER_BYTES
 
 
@@ -594,3 +595,34 @@ def test_rewriting_a_few_keys_under_never_keeps_the_undo_notes_bounded(tmp_path:
                 thread.join(10)
         assert len(s._undo) < 8192
         assert s.get(b"k4") == b"v" * 100
+
+
+def test_a_background_flush_pauses_between_steps_of_its_packing(tmp_path: Path) -> None:
+    """A flush lets go of the GIL every FLUSH_STEP_ENTRIES entries, so an event loop in the
+    same process never waits for the packing of a whole layer; every entry still lands."""
+    step = index_module.FLUSH_STEP_ENTRIES
+    entries = step * 4 + 100
+    s = Store.open(tmp_path, durability="never", flush_entries=entries)
+    s.flush_in_background = True
+    frozen_sizes: list[int] = []
+    s.flush_pause = lambda: frozen_sizes.append(len(s._index.frozen or {}))
+    for i in range(entries - 100):
+        s.put(b"k%06d" % i, b"v%d" % i)
+    for i in range(0, 200, 2):
+        s.delete(b"k%06d" % i)  # tombstones in the same layer
+    for i in range(entries - 100, entries):  # the last one fills the layer: a flush
+        s.put(b"k%06d" % i, b"v%d" % i)
+    flushers = [t for t in threading.enumerate() if t.name == "store-flush"]
+    assert len(flushers) == 1
+    flushers[0].join(timeout=60)
+    assert not flushers[0].is_alive()
+    assert frozen_sizes == [entries] * (entries // step)
+    assert s._index.frozen is None
+    s.close()
+    with Store.open(tmp_path) as again:
+        assert not again.recovery.index_rebuilt
+        assert again.recovery.replayed_records == 0  # close flushed nothing more
+        assert len(again) == entries - 100
+        assert again.get(b"k%06d" % 0) is None
+        assert again.get(b"k%06d" % 1) == b"v1"
+        assert again.get(b"k%06d" % (entries - 1)) == b"v%d" % (entries - 1)

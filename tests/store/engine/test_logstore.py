@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import threading
 from pathlib import Path
 
@@ -318,4 +319,149 @@ def test_a_sync_writes_only_what_its_ticket_needs(tmp_path: Path) -> None:
     assert store.sync(second[3]) == 2  # needs record 2: written, then fsynced
     assert seg_file.stat().st_size == first[2] + second[2]
     assert store.fsyncs == 2
+    store.close()
+
+
+def test_a_sealed_segment_is_mapped_once_for_every_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads of a sealed segment (compaction's) share one map, not one per record."""
+    store = _open(tmp_path, segment_bytes=4096)
+    store.start(0)
+    locs = [store.append_one(Kind.PUT, b"k%02d" % i, b"v" * 40)[:4] for i in range(40)]
+    store.roll()
+    sealed = [(i, loc) for i, loc in enumerate(locs) if loc[0] == 1]
+    assert len(sealed) > 10
+    maps: list[int] = []
+    real = mmap.mmap
+
+    def counting(fd: int, size: int, **kwargs: int) -> mmap.mmap:
+        maps.append(size)
+        return real(fd, size, **kwargs)
+
+    monkeypatch.setattr(mmap, "mmap", counting)
+    for i, loc in sealed:
+        assert store.read(*loc, b"k%02d" % i).value == b"v" * 40
+    assert store.read_value(*sealed[0][1], b"k00") == b"v" * 40
+    assert len(maps) == 1
+    store.close()
+
+
+def _flip(path: Path, at: int) -> None:
+    """Flip one bit of the file at `at`, underneath the store (its maps see it)."""
+    with path.open("r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x01]))
+
+
+def test_a_long_records_crc_is_checked_by_its_first_mapped_read_only(tmp_path: Path) -> None:
+    """The cost of checking a long record once per map, shown by a bit flipped after that
+    check: it goes unseen until the segment is mapped again; a short one's never does."""
+    store = _open(tmp_path)
+    store.start(0)
+    big = store.append_one(Kind.PUT, b"big", b"b" * 65536)
+    small = store.append_one(Kind.PUT, b"small", b"s" * 100)
+    store.roll()
+    assert store.read_value(*big, b"big") == b"b" * 65536  # maps the segment
+    assert store.read_value(*big, b"big") == b"b" * 65536  # checks the CRC, remembers it
+    seg = tmp_path / "00000001.seg"
+    _flip(seg, big[1] + big[2] - 10)
+    for _ in range(3):  # not checked again: the flipped byte is read as it is
+        assert store.read_value(*big, b"big") == b"b" * 65526 + b"c" + b"b" * 9
+        assert bytes(store.read_value_view(*big, b"big")) == b"b" * 65526 + b"c" + b"b" * 9
+    assert store.read_value(*small, b"small") == b"s" * 100
+    _flip(seg, small[1] + small[2] - 10)
+    for _ in range(2):  # a short one: every read checks
+        with pytest.raises(LogCorruptError, match=r" is corrupt$"):
+            store.read_value(*small, b"small")
+    store.close()
+
+
+def test_a_long_record_with_a_flipped_bit_fails_every_read(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    loc = store.append_one(Kind.PUT, b"key", b"v" * 65536)
+    store.close()
+    seg = tmp_path / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[-100] ^= 0x01
+    seg.write_bytes(bytes(data))
+    store = _open(tmp_path)
+    store.start(1)
+    store.roll()
+    for _ in range(3):  # never remembered as checked
+        with pytest.raises(
+            LogCorruptError, match=r"^record at segment 1 offset 0 length 65563 is corrupt$"
+        ):
+            store.read_value(*loc, b"key")
+        with pytest.raises(
+            LogCorruptError, match=r"^record at segment 1 offset 0 length 65563 is corrupt$"
+        ):
+            store.read_value_view(*loc, b"key")
+    store.close()
+
+
+def test_a_segment_cut_back_and_mapped_again_checks_its_long_records_again(
+    tmp_path: Path,
+) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    loc = store.append_one(Kind.PUT, b"key", b"v" * 65536)
+    assert store.read_value(*loc, b"key") == b"v" * 65536
+    assert store.read_value(*loc, b"key") == b"v" * 65536  # remembered for this map
+    _flip(tmp_path / "00000001.seg", loc[1] + loc[2] - 10)
+    assert store.read_value(*loc, b"key") != b"v" * 65536  # unchecked in this map
+    store._unmap(1)  # as a roll back or a remap of the growing segment does
+    with pytest.raises(LogCorruptError, match=r" is corrupt$"):  # maps it again: checked
+        store.read_value(*loc, b"key")
+    store.close()
+
+
+def test_a_batch_is_written_as_its_records_framed_back_to_back(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    store.append_one(Kind.PUT, b"first", b"1")
+    items = [(Kind.PUT, b"k%d" % i, bytes([i]) * (i * 5000), FLAG_BATCH) for i in range(4)]
+    items.append((Kind.BATCH_END, b"", count_value(4), 0))
+    locs, ticket = store.append(items)
+    assert ticket == 6
+    recs = [
+        encode_record(kind, seq, key, value, flags)
+        for seq, (kind, key, value, flags) in enumerate(items, start=2)
+    ]
+    start = locs[0][1]
+    offsets = [start + sum(len(r) for r in recs[:n]) for n in range(len(recs))]
+    assert locs == [
+        (1, at, len(rec), seq) for seq, (at, rec) in enumerate(zip(offsets, recs, strict=True), 2)
+    ]
+    expected = b"".join(recs)
+    store.close()
+    assert (tmp_path / "00000001.seg").read_bytes()[start:] == expected
+
+
+def test_read_through_a_segments_map_checks_the_record_as_the_first_read_did(
+    tmp_path: Path,
+) -> None:
+    store = _open(tmp_path)
+    store.start(0)
+    good = store.append_one(Kind.PUT, b"good", b"g" * 300)
+    bad = store.append_one(Kind.PUT, b"bad", b"b" * 300)
+    store.close()
+    seg = tmp_path / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[-5] ^= 0x02
+    seg.write_bytes(bytes(data))
+    store = _open(tmp_path)
+    store.start(2)
+    store.roll()
+    for _ in range(2):  # the first read maps the segment, the second reads the map
+        rec = store.read(*good, b"good")
+        assert (type(rec.key), type(rec.value)) == (bytes, bytes)
+        assert (rec.key, rec.value) == (b"good", b"g" * 300)
+        with pytest.raises(LogCorruptError, match=rf"^record at segment 1 offset {bad[1]} "):
+            store.read(*bad, b"bad")
+        with pytest.raises(LogCorruptError, match=r"^record at segment 1 offset 0 length "):
+            store.read(good[0], good[1], good[2], good[3] + 1, b"good")  # another seq
     store.close()

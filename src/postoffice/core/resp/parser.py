@@ -4,13 +4,18 @@ Shared by the command server and every control port (ingest's among them).
 
 Design: one parser serves both of the port's dialects. A request starting with `*` is a
 RESP array of bulk strings (redis-cli, redis-py). Anything else is an inline line, split on
-whitespace. The first request fixes the connection's dialect: a RESP array, or a line
-ending in CRLF (redis-benchmark's PING_INLINE, telnet), means RESP replies; a line ending
-in a bare LF (`printf 'PING\n' | nc`) means plain text replies (`PONG\n`).
+whitespace with Redis's quoting (`inline.split_inline`). The first request fixes the
+connection's dialect: a RESP array, or a line ending in CRLF (redis-benchmark's
+PING_INLINE, telnet), means RESP replies; a line ending in a bare LF
+(`printf 'PING\n' | nc`) means plain text replies (`PONG\n`).
 
 The parser is resumable: a partial array keeps its parsed arguments and the position of
 the next one, a partial line keeps how far it was scanned, and a large bulk string is
-collected as a list of chunks and joined once, so no byte is scanned twice.
+collected as a list of chunks and joined once, so no byte is scanned twice. A bulk string
+of PREALLOCATE_BULK_BYTES or more that is not all here goes straight into one buffer of
+its length as its bytes arrive (no chunks kept, no join), copied once more, whole, into
+the argument handed out: about twice its size at the peak where chunks, their join and
+the buffer they were joined into held three times.
 
 Speed: a read that starts with `*` while nothing is buffered (how every RESP client sends,
 pipelined or not) first goes through hiredis's C reader, which splits it into commands in
@@ -41,11 +46,15 @@ from typing import Final, NamedTuple, cast, final
 import hiredis
 
 from postoffice.core.errors import RespLimitError, RespProtocolError
+from postoffice.core.resp.inline import split_inline
 
 MAX_INLINE_BYTES: Final = 64 * 1024  # one inline line, as Redis allows
 MAX_BULK_BYTES: Final = 8 * 1024 * 1024  # one argument; far above any command of ours
 MAX_ARRAY_ITEMS: Final = 64 * 1024  # arguments in one command
 MAX_HEADER_BYTES: Final = 32  # "*<n>\r\n" or "$<n>\r\n": 20 digits of a u64 fit easily
+#: A partial bulk string this long or longer is read into a buffer of its own length;
+#: below it, a few chunks joined cost less than the buffer.
+PREALLOCATE_BULK_BYTES: Final = 64 * 1024
 
 # An aggregate header of 10 items or more: `*`, or a RESP3 aggregate the C reader also reads.
 # One class costs less on a short read; on a long one a search for the literal `*` (the
@@ -114,6 +123,8 @@ class RespParser:
         "_chunked",
         "_chunks",
         "_error",
+        "_large",
+        "_large_have",
         "_need",
         "_pos",
         "_reader",
@@ -146,6 +157,8 @@ class RespParser:
         self._remaining = 0  # arguments still to read in the current array
         self._args: list[bytes] = []
         self._bulk_len = -1  # length of the bulk whose header was read, else -1
+        self._large: bytearray | None = None  # a large bulk's data, filled as it comes
+        self._large_have = 0  # how much of `_large` is filled
         self._error: RespProtocolError | None = None
         self._reader = hiredis.Reader()
         #: Commands the C reader split off and nobody took yet, in order. `next_event`
@@ -154,20 +167,28 @@ class RespParser:
 
     @property
     def buffered(self) -> int:
-        """Bytes received and not yet parsed into commands."""
-        return len(self._buf) - self._pos + self._chunked
+        """Bytes held for what was received and not yet parsed into commands: a large
+        bulk's whole buffer, allocated at its header (so the partial-request budget
+        counts what a client's announced length makes us hold, not only what it sent)."""
+        held = len(self._buf) - self._pos + self._chunked
+        return held if self._large is None else held + len(self._large)
 
     def has_partial(self) -> bool:
         """Whether anything received is still to be handed out (a whole or part request)."""
         return (
             self._pos < len(self._buf)
             or self._chunked > 0
+            or self._large is not None
             or self._remaining > 0
             or bool(self.ready)
         )
 
     def feed(self, data: bytes) -> None:
         """Append bytes from the peer."""
+        if self._large is not None:
+            data = self._fill(data)
+            if not data:
+                return
         if (
             data
             and data[0] == 0x2A  # "*"
@@ -209,7 +230,12 @@ class RespParser:
                 ready = self.ready
                 return ready.pop() if self._take_arrays(data) and len(ready) == 1 else None
             end = len(data) - 1
-            if 0 < end <= self.max_inline_bytes and data.find(b"\n") == end:
+            if (
+                0 < end <= self.max_inline_bytes
+                and data.find(b"\n") == end
+                and b'"' not in data  # a quoted line goes the whole way, to name its error
+                and b"'" not in data
+            ):
                 crlf = data[end - 1] == 0x0D
                 args = data[: end - 1 if crlf else end].split()
                 if args:
@@ -218,6 +244,28 @@ class RespParser:
                     return args
         self.feed(data)
         return None
+
+    def _fill(self, data: bytes) -> bytes:
+        """Copy the start of `data` into the large bulk's buffer; what is past its end."""
+        large = cast(bytearray, self._large)
+        have = self._large_have
+        take = min(len(large) - have, len(data))
+        memoryview(large)[have : have + take] = memoryview(data)[:take]
+        self._large_have = have + take
+        return data[take:] if take < len(data) else b""
+
+    def _start_large(self, length: int) -> None:
+        """Move the bulk of `length` at `_pos` (only part of it here) into its own buffer."""
+        buf, start = self._buf, self._pos
+        have = len(buf) - start  # less than length + 2: else it would be read at once
+        take = min(have, length)
+        large = bytearray(length)
+        memoryview(large)[:take] = memoryview(buf)[start : start + take]
+        self._large = large
+        self._large_have = take
+        self._buf = buf[start + take :]  # a byte of the CRLF at most
+        self._pos = 0
+        self._need = 2
 
     def _take_arrays(self, data: bytes) -> bool:
         """`feed` of a read starting with `*` while nothing is buffered: the whole commands
@@ -509,9 +557,26 @@ class RespParser:
                     )
                 self._pos = eol + 2
                 self._bulk_len = length
+            large = self._large
+            if large is not None:  # its data is in `_large`, its CRLF at `_pos`
+                pos = self._pos
+                if self._large_have < length or pos + 2 > len(buf):
+                    return NEED_DATA
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise RespProtocolError("Protocol error: bulk string not followed by CRLF")
+                args.append(bytes(large))
+                self._large = None
+                self._large_have = 0
+                self._pos = pos + 2
+                self._bulk_len = -1
+                self._remaining -= 1
+                continue
             start = self._pos
             end = start + length
             if end + 2 > len(buf):
+                if length >= PREALLOCATE_BULK_BYTES:
+                    self._start_large(length)
+                    return NEED_DATA
                 self._need = length + 2
                 return NEED_DATA
             if buf[end : end + 2] != b"\r\n":
@@ -544,7 +609,7 @@ class RespParser:
                 f"{self.max_inline_bytes}"
             )
         crlf = eol > pos and buf[eol - 1] == 0x0D
-        args = buf[pos : eol - 1 if crlf else eol].split()
+        args = split_inline(buf[pos : eol - 1 if crlf else eol])
         self._pos = eol + 1
         self._scan = 0
         self._need = 0

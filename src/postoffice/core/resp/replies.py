@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
+#: A bulk reply this long or longer is written as three parts (header, the value where
+#: it lies, CRLF) instead of one copy of them joined: below it the copy costs less.
+LARGE_BULK_BYTES: Final = 64 * 1024
+
 
 def _one_line(text: str) -> bytes:
     # A RESP simple string or error cannot hold CR or LF.
@@ -55,7 +59,7 @@ class Bulk:
     it as frozen all the same (replies such as NIL are shared).
     """
 
-    data: bytes | None
+    data: bytes | memoryview | None
 
 
 @final
@@ -74,7 +78,21 @@ class Map:
     pairs: Sequence[tuple[Reply, Reply]]
 
 
-Reply = SimpleString | Error | Integer | Bulk | Array | Map
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Double:
+    """A floating-point number: `,value` in RESP3, a bulk string in RESP2; written as
+    Redis writes one (`%.17g`, `inf` and `-inf`)."""
+
+    value: float
+
+    @property
+    def text(self) -> bytes:
+        """The number as Redis spells it in either protocol."""
+        return b"%.17g" % self.value
+
+
+Reply = SimpleString | Error | Integer | Bulk | Array | Map | Double
 
 OK: Final = SimpleString(text="OK")
 PONG: Final = SimpleString(text="PONG")
@@ -87,17 +105,26 @@ def bulk(data: bytes | str) -> Bulk:
     return Bulk(data.encode() if isinstance(data, str) else data)
 
 
+def bulk_parts(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview, bytes]:
+    """A bulk string's RESP2/RESP3 encoding as (header, `data` itself, CRLF): no copy."""
+    return (b"$%d\r\n" % len(data), data, b"\r\n")
+
+
 def encode_resp(reply: Reply) -> bytes:
     """RESP2 bytes for `reply`."""
     if type(reply) is SimpleString:
         return reply.wire
     if isinstance(reply, Bulk):
         data = reply.data
-        return b"$-1\r\n" if data is None else b"$%d\r\n%b\r\n" % (len(data), data)
+        # %b takes any buffer: a value's memoryview (Store.get_view) as well as bytes.
+        return b"$-1\r\n" if data is None else b"$%d\r\n%b\r\n" % (len(data), data)  # type: ignore[str-format]
     if isinstance(reply, Integer):
         return b":%d\r\n" % reply.value
     if isinstance(reply, Error):
         return b"-" + _one_line(f"{reply.code} {reply.message}") + b"\r\n"
+    if isinstance(reply, Double):
+        text = reply.text
+        return b"$%d\r\n%b\r\n" % (len(text), text)
     if isinstance(reply, Map):
         flat = [encode_resp(part) for pair in reply.pairs for part in pair]
         return b"*%d\r\n" % len(flat) + b"".join(flat)
@@ -119,6 +146,8 @@ def encode_resp3(reply: Reply) -> bytes:
         return b"*%d\r\n" % len(items) + b"".join([encode_resp3(item) for item in items])
     if isinstance(reply, Bulk) and reply.data is None:
         return b"_\r\n"
+    if isinstance(reply, Double):
+        return b",%b\r\n" % reply.text
     return encode_resp(reply)
 
 
@@ -130,9 +159,12 @@ def encode_text(reply: Reply, indent: bytes = b"") -> bytes:
         data = reply.data
         if data is None:
             return indent + b"(nil)\n"
-        return indent + data.rstrip(b"\r\n").replace(b"\r\n", b"\n") + b"\n"
+        text = data if type(data) is bytes else bytes(data)
+        return indent + text.rstrip(b"\r\n").replace(b"\r\n", b"\n") + b"\n"
     if isinstance(reply, Integer):
         return indent + b"%d\n" % reply.value
+    if isinstance(reply, Double):
+        return indent + reply.text + b"\n"
     if isinstance(reply, Error):
         return indent + _one_line(f"{reply.code} {reply.message}") + b"\n"
     if isinstance(reply, Map):

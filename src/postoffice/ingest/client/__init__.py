@@ -2,8 +2,9 @@
 
 `IngestClient` (sender.py) is the Python API and `postoffice ingest send` is built on it;
 payload.py prepares a file (digests, file id, Zstandard copy, chunk plan), links.py holds
-the connections to the data ports, watches.py the ack port's side. It shares only the
-pure protocol (messages, protocol, errors) with the server.
+the connections to the data ports, watches.py the ack port's side, routing.py the choices
+among the nodes of a cluster (MOVED, failover). It shares only the pure protocol
+(messages, protocol, errors, the MOVED owner of ownership.py) with the server.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final, final
 
 from postoffice.core.errors import BrokenError, ClosedError, PostOfficeError
@@ -26,8 +27,12 @@ __all__ = [
     "SMALL_PIPELINE_DEPTH",
     "Connector",
     "Link",
+    "NodeLinks",
+    "ServerInfo",
     "fetch_data_ports",
+    "fetch_info",
     "open_tcp",
+    "parse_info",
     "parse_info_response",
 ]
 
@@ -54,11 +59,26 @@ Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.S
 """Opens a stream pair to (host, port): asyncio.open_connection, or an in-memory fake."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerInfo:
+    """What a client needs of `GET /info`: the data ports, and the ack port when the
+    response names it (`sys_ports.ack`)."""
+
+    data_ports: tuple[int, ...]
+    ack_port: int | None
+
+
 def parse_info_response(data: bytes) -> tuple[int, ...]:
-    """The data ports listed by a whole HTTP response to `GET /info`.
+    """The data ports listed by a whole HTTP response to `GET /info` (see parse_info)."""
+    return parse_info(data).data_ports
+
+
+def parse_info(data: bytes) -> ServerInfo:
+    """The data ports and ack port of a whole HTTP response to `GET /info`.
 
     Raises IngestLimitError past MAX_INFO_BYTES, IngestProtocolError for a status other
-    than 200, a malformed response, or a body without a non-empty `data_ports` list.
+    than 200, a malformed response, a body without a non-empty `data_ports` list, or a
+    `sys_ports.ack` that is not a port.
     """
     if len(data) > MAX_INFO_BYTES:
         raise IngestLimitError(
@@ -91,7 +111,11 @@ def parse_info_response(data: bytes) -> tuple[int, ...]:
         or not all(type(p) is int and 0 < p <= 65535 for p in ports)
     ):
         raise IngestProtocolError(f"/info data_ports is {ports!r}, expected a list of ports")
-    return tuple(ports)
+    sys_ports = doc.get("sys_ports")
+    ack = sys_ports.get("ack") if isinstance(sys_ports, dict) else None
+    if ack is not None and (type(ack) is not int or not 0 < ack <= 65535):
+        raise IngestProtocolError(f"/info sys_ports.ack is {ack!r}, expected a port")
+    return ServerInfo(data_ports=tuple(ports), ack_port=ack)
 
 
 def _content_length(header_lines: list[bytes]) -> int | None:
@@ -130,7 +154,15 @@ async def open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.
 async def fetch_data_ports(
     host: str, port: int, *, timeout_s: float, connect: Connector = open_tcp
 ) -> tuple[int, ...]:
-    """GET http://host:port/info and return its data ports (see parse_info_response).
+    """GET http://host:port/info and return its data ports (see fetch_info)."""
+    info = await fetch_info(host, port, timeout_s=timeout_s, connect=connect)
+    return info.data_ports
+
+
+async def fetch_info(
+    host: str, port: int, *, timeout_s: float, connect: Connector = open_tcp
+) -> ServerInfo:
+    """GET http://host:port/info and return its ports (see parse_info).
 
     Raises BrokenError when the health port cannot be reached or does not answer in time.
     """
@@ -161,7 +193,7 @@ async def fetch_data_ports(
                     pass
     except (OSError, TimeoutError) as exc:
         raise BrokenError(f"cannot read {where}: {exc or 'timed out'}") from exc
-    return parse_info_response(bytes(data))
+    return parse_info(bytes(data))
 
 
 @final
@@ -217,6 +249,14 @@ class Link:
     def connected(self) -> bool:
         """True while a connection is open."""
         return self._writer is not None
+
+    def retarget(self, host: str, ports: tuple[int, ...]) -> None:
+        """Connect to `host` and `ports` from the next `ensure` on (another node of a
+        cluster); the open connection, if any, is dropped now (its requests fail)."""
+        writer = self._writer
+        if writer is not None:
+            self._drop(BrokenError(f"connection to {self.host}:{self.port} retargeted"), writer)
+        self.host, self.ports, self.port = host, ports, ports[0]
 
     async def ensure(self) -> None:
         """Connect unless connected. Raises BrokenError, ClosedError after `close`."""
@@ -280,6 +320,11 @@ class Link:
                 raise error from exc
         finally:
             self._pending.pop(request_id, None)
+            # A drop fails every pending future, also that of a call that raised its own
+            # error before awaiting it (queued behind a write, or cancelled): the drop's
+            # error is then this call's to discard, or asyncio logs it as never retrieved.
+            if future.done() and not future.cancelled():
+                future.exception()
 
     def _write(self, writer: asyncio.StreamWriter, frame: bytes | tuple[bytes, ...]) -> None:
         """Write a frame: a small one is gathered with the others of this loop iteration;
@@ -366,6 +411,56 @@ class Link:
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
         try:
-            await writer.wait_closed()
+            async with asyncio.timeout(self._timeout_s):
+                await writer.wait_closed()
+        except TimeoutError:
+            # Bytes still unsent to a peer cut off by the network (no FIN, no RST) hold a
+            # closing transport open until TCP gives up, many minutes on: drop them.
+            writer.transport.abort()
         except OSError:
             pass
+
+
+@final
+class NodeLinks:
+    """One node of the ingest service as a client sees it: its address (host and health
+    port) and, once its data ports are known, `parallel` Links spread round-robin over
+    them (created by `open`)."""
+
+    def __init__(self, host: str, health_port: int) -> None:
+        self.host = host
+        self.health_port = health_port
+        self.data_ports: tuple[int, ...] = ()
+        #: Its ack port once its GET /info named it; else its health port + 3.
+        self.ack_port: int | None = None
+        self.links: list[Link] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<NodeLinks {self.host}:{self.health_port} data_ports={list(self.data_ports)} "
+            f"links={len(self.links)}>"
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, health port): how the node is listed and named in a MOVED reply."""
+        return self.host, self.health_port
+
+    def open(
+        self, data_ports: tuple[int, ...], *, parallel: int, connect: Connector, timeout_s: float
+    ) -> None:
+        """Make the node's links to `data_ports` (they connect on first use)."""
+        self.data_ports = ports = data_ports
+        self.links = [
+            Link(
+                self.host,
+                ports[i % len(ports) :] + ports[: i % len(ports)],  # round-robin start
+                connect=connect,
+                timeout_s=timeout_s,
+            )
+            for i in range(parallel)
+        ]
+
+    async def close(self) -> None:
+        """Close every link of the node."""
+        await asyncio.gather(*(link.close() for link in self.links))

@@ -7,12 +7,15 @@ network; `plan_chunks` turns the server's STATUS into the indexes still to send.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import io
 import json
 import os
 import secrets
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -28,6 +31,7 @@ from postoffice.ingest.errors import (
 )
 from postoffice.ingest.messages import (
     FILE_ID_BYTES,
+    MAX_CHUNK_BYTES,
     MAX_CHUNKS,
     FileId,
     Status,
@@ -50,8 +54,19 @@ from postoffice.ingest.protocol import chunk_frame_parts
 # payload digest, and the id's material); its content is not decompressed here, so its
 # size and content digest are only known from the server's PUBLISHED (zstd's own frame
 # checksum, when the file has one, vouches for the content there).
+#
+# FRAMED payloads: a plain file is compressed as one zstd frame per chunk_size bytes of
+# content, each recording its content size (written on threads: zstd drops the GIL), so
+# the server can decompress every chunk apart, on all its cores (docs/protocols/ingest.md,
+# "FRAMED chunks"); each chunk is then one frame, and its content offset is known. The
+# sidecar keeps the frame table for a restarted client. A file whose frames would break
+# the server's chunk-length rule (past 16 chunks, each but the last at least 16 KiB: a
+# very compressible file) is compressed as one frame instead, and sent as before. A .zst
+# made of several frames that all record their content size (what this client writes,
+# or `zstd` in several runs) is sent FRAMED as it is, one frame per chunk.
 
 __all__ = [
+    "FrameSpan",
     "PreparedFile",
     "chunk_count",
     "derive_file_id",
@@ -72,9 +87,28 @@ WORK_SUBDIR: Final = "postoffice-ingest"
 SUFFIX: Final = ".zst"
 
 _IO_BYTES: Final = 1024 * 1024  # block size for hashing and compressing
+#: The server's default minimum chunk length past SMALL_CHUNKS chunks (a FRAMED cut that
+#: breaks it falls back to one frame).
+MIN_CHUNK_BYTES: Final = 16 * 1024
+SMALL_CHUNKS: Final = 16
+#: Room left in a chunk for zstd's worst case on incompressible content (a block header
+#: per 128 KiB, the frame header and checksum), so a frame fits MAX_CHUNK_BYTES.
+_FRAME_SLACK: Final = 64 * 1024
+_ZSTD_CONTENT_UNKNOWN: Final = (1 << 64) - 1
 #: A .zst payload up to this size is kept in memory by prepare(), so the upload does
 #: not open and read the file again (small files are mostly that cost).
 KEEP_BYTES: Final = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrameSpan:
+    """One frame of a FRAMED payload: its bytes in the payload, and its output's offset
+    and length in the content."""
+
+    offset: int
+    length: int
+    content_offset: int
+    content_length: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,7 +120,9 @@ class PreparedFile:
     `payload_digest` is the XXH3-128 of the payload's bytes. `size` and `digest`
     (XXH3-128) are of the original content, known for a plain file; for a user's .zst
     they are None (the content is never decompressed on this side). `data` holds the
-    payload's bytes when prepare() kept them (a small .zst), else None.
+    payload's bytes when prepare() kept them (a small .zst), else None. `frames` is the
+    frame table of a FRAMED payload (one chunk per frame; `content_size` the whole
+    content's length), else None: chunks are then `chunk_size` slices of the payload.
     """
 
     path: Path
@@ -101,14 +137,26 @@ class PreparedFile:
     owned: bool
     reused: bool = False
     data: bytes | None = None
+    frames: tuple[FrameSpan, ...] | None = None
+    content_size: int | None = None
 
     @property
     def total(self) -> int:
         """Number of chunks."""
+        if self.frames is not None:
+            return len(self.frames)
         return chunk_count(self.payload_size, self.chunk_size)
+
+    def chunk_offset(self, index: int) -> int:
+        """Where chunk `index` starts in the payload."""
+        if self.frames is not None:
+            return self.frames[index].offset
+        return index * self.chunk_size
 
     def chunk_length(self, index: int) -> int:
         """Bytes in chunk `index` (the last one may be short, or empty for an empty payload)."""
+        if self.frames is not None:
+            return self.frames[index].length
         start = index * self.chunk_size
         return max(0, min(self.chunk_size, self.payload_size - start))
 
@@ -116,12 +164,19 @@ class PreparedFile:
 # --- pure helpers -------------------------------------------------------------------------
 
 
-def derive_file_id(name: str, digest: bytes, chunk_size: int) -> FileId:
+def derive_file_id(name: str, digest: bytes, chunk_size: int, *, framed: bool = False) -> FileId:
     """The upload's id: the same file (`digest` of its content, or of a .zst's bytes),
-    name and chunk size always give the same id, so an interrupted upload is found again
-    after a client restart."""
+    name, chunk size and way of cutting (FRAMED or not) always give the same id, so an
+    interrupted upload is found again after a client restart."""
     material = b"".join(
-        (FILE_ID_DOMAIN, name.encode("utf-8"), b"\0", digest, chunk_size.to_bytes(8, "big"))
+        (
+            FILE_ID_DOMAIN,
+            name.encode("utf-8"),
+            b"\0",
+            digest,
+            chunk_size.to_bytes(8, "big"),
+            b"framed" if framed else b"",
+        )
     )
     return FileId(hashlib.sha256(material).digest()[:FILE_ID_BYTES])
 
@@ -195,11 +250,20 @@ def is_zstd(path: Path) -> bool:
 
 
 def prepare(
-    path: Path, *, chunk_size: int, work_dir: Path | None = None, name: str | None = None
+    path: Path,
+    *,
+    chunk_size: int,
+    work_dir: Path | None = None,
+    name: str | None = None,
+    framed: bool = True,
 ) -> PreparedFile:
     """Hash `path`, derive its upload id, and find or make its Zstandard payload. Blocking.
 
-    `name` overrides the name derived from the path (see upload_name).
+    `name` overrides the name derived from the path (see upload_name). With `framed`, a
+    plain file is compressed as one frame per `chunk_size` bytes of content and a .zst of
+    several frames with content sizes is sent one frame per chunk (FRAMED), unless the
+    cut would break the server's chunk-length rule; without it, one frame cut in
+    `chunk_size` slices.
 
     Raises BadNameError for a name the server would refuse, StorageError when a file
     cannot be read or written (or changed while it was read).
@@ -214,10 +278,13 @@ def prepare(
                 payload_size, payload_digest, kept = _hash_open(fh)
         if zstd:
             zst_name = check_name(name) if name is not None else upload_name(path, zstd=True)
+            spans = _frame_table(path, payload_size) if framed and kept is None else None
             return PreparedFile(
                 path=path,
                 name=zst_name,
-                file_id=derive_file_id(zst_name, payload_digest, chunk_size),
+                file_id=derive_file_id(
+                    zst_name, payload_digest, chunk_size, framed=spans is not None
+                ),
                 size=None,
                 digest=None,
                 payload=path,
@@ -226,19 +293,26 @@ def prepare(
                 chunk_size=chunk_size,
                 owned=False,
                 data=kept,
+                frames=spans,
+                content_size=None if spans is None else _content_end(spans),
             )
         name = check_name(name) if name is not None else upload_name(path, zstd=False)
         size, digest = _hash_file(path)
-        file_id = derive_file_id(name, digest, chunk_size)
+        block = min(chunk_size, MAX_CHUNK_BYTES - _FRAME_SLACK)
+        # A file of one block is one chunk however it is compressed: keep it one frame.
+        framed = framed and size > block
+        file_id = derive_file_id(name, digest, chunk_size, framed=framed)
         folder = work_root(work_dir)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = folder / f"{file_id_hex(file_id)}{SUFFIX}"
         sidecar = target.with_suffix(".json")
         cached = _cached(target, sidecar, digest)
         reused = cached is not None
+        if cached is None and framed:
+            cached = _compress_framed(path, target, sidecar, size=size, digest=digest, block=block)
         if cached is None:
             cached = _compress(path, target, sidecar, size=size, digest=digest)
-        payload_size, payload_digest = cached
+        payload_size, payload_digest, spans = cached
         return PreparedFile(
             path=path,
             name=name,
@@ -251,6 +325,8 @@ def prepare(
             chunk_size=chunk_size,
             owned=True,
             reused=reused,
+            frames=spans,
+            content_size=None if spans is None else size,
         )
     except OSError as exc:
         raise translate_os_error(exc, StorageError, f"prepare {path}") from exc
@@ -280,9 +356,13 @@ def _hash_open(fh: io.RawIOBase) -> tuple[int, bytes, bytes | None]:
     return size, digest.digest(), None
 
 
-def _cached(target: Path, sidecar: Path, digest: bytes) -> tuple[int, bytes] | None:
-    """Size and digest of a compressed copy an earlier run left, if its sidecar vouches
-    for it."""
+_Compressed = tuple[int, bytes, tuple[FrameSpan, ...] | None]
+"""A compressed copy's size, payload digest and frame table (None: not FRAMED)."""
+
+
+def _cached(target: Path, sidecar: Path, digest: bytes) -> _Compressed | None:
+    """Size, digest and frames of a compressed copy an earlier run left, if its sidecar
+    vouches for it."""
     try:
         meta = json.loads(sidecar.read_text())
         actual = target.stat().st_size
@@ -295,10 +375,51 @@ def _cached(target: Path, sidecar: Path, digest: bytes) -> tuple[int, bytes] | N
         and isinstance(meta.get("payload_digest"), str)
     ):
         try:
-            return actual, bytes.fromhex(meta["payload_digest"])
+            spans = _spans_from(meta.get("frames"), actual)
+            return actual, bytes.fromhex(meta["payload_digest"]), spans
         except ValueError:
             return None
     return None
+
+
+def _spans_from(table: object, payload_size: int) -> tuple[FrameSpan, ...] | None:
+    """The frame table a sidecar keeps ([[length, content length], ...]), checked against
+    the payload's size; None when there is none. Raises ValueError for a bad one."""
+    if table is None:
+        return None
+    if not isinstance(table, list) or not table:
+        raise ValueError("bad frame table")
+    spans = []
+    offset = content = 0
+    for entry in table:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(isinstance(v, int) and v >= 0 for v in entry)
+        ):
+            raise ValueError("bad frame table")
+        spans.append(
+            FrameSpan(
+                offset=offset, length=entry[0], content_offset=content, content_length=entry[1]
+            )
+        )
+        offset += entry[0]
+        content += entry[1]
+    if offset != payload_size:
+        raise ValueError("frame table does not add up to the payload")
+    return tuple(spans)
+
+
+def _content_end(spans: tuple[FrameSpan, ...]) -> int:
+    last = spans[-1]
+    return last.content_offset + last.content_length
+
+
+def _cut_fits(lengths: list[int]) -> bool:
+    """Whether chunks of these lengths pass the server's default chunk-length rule."""
+    if any(length > MAX_CHUNK_BYTES for length in lengths):
+        return False
+    return len(lengths) <= SMALL_CHUNKS or min(lengths[:-1]) >= MIN_CHUNK_BYTES
 
 
 class _HashingWriter:
@@ -313,9 +434,7 @@ class _HashingWriter:
         return self._out.write(data)
 
 
-def _compress(
-    src: Path, target: Path, sidecar: Path, *, size: int, digest: bytes
-) -> tuple[int, bytes]:
+def _compress(src: Path, target: Path, sidecar: Path, *, size: int, digest: bytes) -> _Compressed:
     """Compress `src` into `target` (through a private temp name), then write the sidecar;
     returns the payload's size and digest.
 
@@ -350,16 +469,156 @@ def _compress(
     finally:
         tmp.unlink(missing_ok=True)
     payload_digest = hashing.digest.digest()
-    meta = {
+    _write_sidecar(sidecar, payload_size, payload_digest, digest, size, None)
+    return payload_size, payload_digest, None
+
+
+def _write_sidecar(
+    sidecar: Path,
+    payload_size: int,
+    payload_digest: bytes,
+    digest: bytes,
+    size: int,
+    spans: tuple[FrameSpan, ...] | None,
+) -> None:
+    meta: dict[str, object] = {
         "size": payload_size,
         "payload_digest": payload_digest.hex(),
         "digest_original": digest.hex(),
         "original_size": size,
     }
+    if spans is not None:
+        meta["frames"] = [[span.length, span.content_length] for span in spans]
     side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     side_tmp.write_text(json.dumps(meta))
     os.replace(side_tmp, sidecar)
-    return payload_size, payload_digest
+
+
+def _compress_framed(
+    src: Path, target: Path, sidecar: Path, *, size: int, digest: bytes, block: int
+) -> _Compressed | None:
+    """Compress `src` into `target` as one frame per `block` bytes of content, each with
+    its content size and checksum, on threads; returns its size, digest and frames, or
+    None (nothing written) when the frames would break the chunk-length rule.
+
+    Each frame depends only on its block, so the bytes are the same in every run.
+    """
+    threads = max(1, min(8, len(os.sched_getaffinity(0))))
+    local = threading.local()
+
+    def compress(data: bytes) -> bytes:
+        compressor = getattr(local, "compressor", None)
+        if compressor is None:
+            compressor = local.compressor = zstandard.ZstdCompressor(
+                level=ZSTD_LEVEL, write_checksum=True, write_content_size=True, threads=0
+            )
+        return compressor.compress(data)
+
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    content = xxhash.xxh3_128()
+    hashing = xxhash.xxh3_128()
+    spans: list[FrameSpan] = []
+    offset = seen = 0
+    try:
+        with (
+            src.open("rb") as fin,
+            tmp.open("wb") as fout,
+            concurrent.futures.ThreadPoolExecutor(threads) as pool,
+        ):
+            pending: collections.deque[tuple[int, concurrent.futures.Future[bytes]]] = (
+                collections.deque()
+            )
+
+            def drain(keep: int) -> None:
+                nonlocal offset
+                while len(pending) > keep:
+                    length, future = pending.popleft()
+                    frame = future.result()
+                    hashing.update(frame)
+                    fout.write(frame)
+                    spans.append(
+                        FrameSpan(
+                            offset=offset,
+                            length=len(frame),
+                            content_offset=spans[-1].content_offset + spans[-1].content_length
+                            if spans
+                            else 0,
+                            content_length=length,
+                        )
+                    )
+                    offset += len(frame)
+
+            while data := fin.read(block):
+                content.update(data)
+                seen += len(data)
+                pending.append((len(data), pool.submit(compress, data)))
+                drain(2 * threads)
+            drain(0)
+        if seen != size or content.digest() != digest:
+            raise StorageError(f"{src} changed while it was read: restart the upload")
+        if not spans or not _cut_fits([span.length for span in spans]):
+            return None
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    payload_digest = hashing.digest()
+    table = tuple(spans)
+    _write_sidecar(sidecar, offset, payload_digest, digest, size, table)
+    return offset, payload_digest, table
+
+
+def _frame_table(path: Path, payload_size: int) -> tuple[FrameSpan, ...] | None:
+    """The frames of a .zst when it can go FRAMED: two or more zstd frames, each with its
+    content size, cut as the chunk-length rule allows; else None (it goes as one stream).
+    Reads only the frame and block headers."""
+    spans: list[FrameSpan] = []
+    content = 0
+    with path.open("rb", buffering=0) as fh:
+        fd = fh.fileno()
+        offset = 0
+        while offset < payload_size:
+            head = os.pread(fd, 18, offset)
+            if len(head) < 6 or head[:4] != ZSTD_MAGIC:
+                return None  # skippable frames, garbage: the server judges it as a stream
+            descriptor = head[4]
+            single = descriptor >> 5 & 1
+            size_bytes = (single, 2, 4, 8)[descriptor >> 6]
+            if not size_bytes:
+                return None  # no content size
+            dict_bytes = (0, 1, 2, 4)[descriptor & 3]
+            field = 5 + (1 - single) + dict_bytes
+            frame_content = int.from_bytes(head[field : field + size_bytes], "little")
+            if size_bytes == 2:
+                frame_content += 256
+            if frame_content == _ZSTD_CONTENT_UNKNOWN:
+                return None
+            at = offset + field + size_bytes
+            while True:
+                block = os.pread(fd, 3, at)
+                if len(block) < 3:
+                    return None  # truncated
+                value = int.from_bytes(block, "little")
+                kind, length = value >> 1 & 3, value >> 3
+                at += 3 + (1 if kind == 1 else length)
+                if value & 1:
+                    break
+            if descriptor & 0x04:
+                at += 4  # the content checksum
+            if at > payload_size:
+                return None
+            spans.append(
+                FrameSpan(
+                    offset=offset,
+                    length=at - offset,
+                    content_offset=content,
+                    content_length=frame_content,
+                )
+            )
+            content += frame_content
+            offset = at
+    if len(spans) < 2 or not _cut_fits([span.length for span in spans]):
+        return None
+    return tuple(spans)
 
 
 def discard_work_copy(prepared: PreparedFile) -> None:
@@ -386,7 +645,9 @@ def read_chunk_frame(
     """Read chunk `index` and frame it: (frame head, data), written one after the other
     so the data is never copied. Blocking; raises StorageError."""
     length = prepared.chunk_length(index)
-    offset = index * prepared.chunk_size
+    offset = prepared.chunk_offset(index)
+    content_size = prepared.content_size if prepared.frames is not None else None
+    content_offset = prepared.frames[index].content_offset if prepared.frames is not None else 0
     if prepared.data is not None:  # kept in memory by prepare()
         head, _ = chunk_frame_parts(
             file_id=prepared.file_id,
@@ -397,6 +658,8 @@ def read_chunk_frame(
             payload_digest=prepared.payload_digest,
             data=prepared.data[offset : offset + length],
             request_id=request_id,
+            content_size=content_size,
+            content_offset=content_offset,
         )
         return head, prepared.data[offset : offset + length]
     parts: list[bytes] = []
@@ -423,5 +686,7 @@ def read_chunk_frame(
         payload_digest=prepared.payload_digest,
         data=data,
         request_id=request_id,
+        content_size=content_size,
+        content_offset=content_offset,
     )
     return head, data

@@ -70,10 +70,21 @@ class AckWatches:
 
     A send registers a `watch` before it subscribes and `unwatch`es it when done; final
     events (PUBLISHED, FAILED) for a watched id land in its watches. Raises nothing at
-    construction; `link.ensure()` connects.
+    construction; `connect()` connects: `reach(link)` when given (a client of a cluster
+    points the link at a live node's ack port, each of which delivers every upload's
+    final event), else the link's own `ensure`.
     """
 
-    def __init__(self, host: str, port: int, *, connect: Connector, timeout_s: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect: Connector,
+        timeout_s: float,
+        reach: Callable[[Link], Awaitable[None]] | None = None,
+    ) -> None:
+        self._reach = reach
         self.link = Link(
             host,
             (port,),
@@ -93,6 +104,10 @@ class AckWatches:
         watch = Watch(file_id)
         self._watches.setdefault(file_id, set()).add(watch)
         return watch
+
+    def watching(self, file_id: FileId) -> bool:
+        """Whether a send still watches `file_id`."""
+        return file_id in self._watches
 
     def unwatch(self, watch: Watch) -> None:
         """Stop a send's watch."""
@@ -140,14 +155,23 @@ class AckWatches:
         batch.done.set_result(None)
         await together
 
+    async def connect(self) -> None:
+        """Connect the ack link unless connected. Raises BrokenError, ClosedError after
+        close (or what `reach` raises)."""
+        if self._reach is None:
+            await self.link.ensure()
+        elif not self.link.connected:
+            await self._reach(self.link)
+
     async def ready(self) -> None:
-        """Connect the ack link if it dropped, subscribing again to every watched id.
+        """Connect the ack link if it dropped (to another node's, in a cluster),
+        subscribing again to every watched id.
 
         Raises BrokenError, the IngestError of an ERROR reply.
         """
         if self.link.connected:
             return
-        await self.link.ensure()
+        await self.connect()
         watched = tuple(self._watches)
         for start in range(0, len(watched), MAX_SUBSCRIBE_IDS):
             batch = watched[start : start + MAX_SUBSCRIBE_IDS]

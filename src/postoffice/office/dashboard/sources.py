@@ -210,6 +210,22 @@ class LiveSource:
             rows.append(
                 self._row(name, state, pid if isinstance(pid, int) else None, listeners, note)
             )
+        # Whatever else the director runs (`up --cluster`: its nats-servers, S3 and ingest
+        # nodes), in the director's order, after the services every `up` has.
+        known = {spec.name for spec in SERVICES}
+        for name, entry in entries.items() if isinstance(entries, dict) else ():
+            if name in known or not isinstance(entry, dict):
+                continue
+            pid = entry.get("pid")
+            rows.append(
+                self._row(
+                    str(name),
+                    str(entry.get("state", "down")),
+                    pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                    _listeners(entry.get("listeners")),
+                    str(entry.get("last_exit") or ""),
+                )
+            )
         return tuple(rows)
 
     def _row(
@@ -225,7 +241,8 @@ class LiveSource:
         if first is not None:
             host, port = first[1]
             address = host if port == 0 else f"{host}:{port}"
-        wanted = METRICS.get(name)
+        # A service named <kind>-<node> (`ingest-a`) is shown with its kind's metrics.
+        wanted = METRICS.get(name) or METRICS.get(name.split("-", 1)[0])
         if state not in ("ready", "up") or wanted is None or wanted.listener not in listeners:
             if state not in ("ready", "up"):
                 self._last.pop(name, None)

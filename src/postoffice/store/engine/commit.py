@@ -42,6 +42,9 @@ T = TypeVar("T")
 #: and when the sync began and ended in time.time_ns(), both 0 unless the sync is timed).
 Done = Callable[[int, BaseException | None, int, int], None]
 
+#: What the committer runs to make every write up to a ticket durable: `Store.sync`.
+Sync = Callable[[int], int]
+
 
 @final
 class Committer:
@@ -57,6 +60,9 @@ class Committer:
         self._wanted = 0  # the newest ticket asked for (written by the loop only)
         #: Read the clock around each sync (tracing is on); set before `start`.
         self.timed = False
+        #: The sync the thread runs: `store.sync`, or a wrapper a test puts here to hold or
+        #: fail syncs (replacing a method of the store would miss a compiled build).
+        self.sync: Sync = store.sync
         self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
 
     def __repr__(self) -> str:
@@ -99,7 +105,7 @@ class Committer:
             error: BaseException | None = None
             began = time.time_ns() if self.timed else 0
             try:
-                covered = self._store.sync(target)
+                covered = self.sync(target)
             except Exception as exc:  # handed to the loop: those writes fail with it
                 covered, error = target, exc
             ended = time.time_ns() if began else 0
@@ -148,26 +154,39 @@ class GroupCommit:
     `synced(covered, error)` once. Writes appended meanwhile go to the next sync, which the
     committer starts at once. So one fsync answers every connection's writes of an
     iteration, and no reply claims more than the disk holds.
+
+    With `fsync=False` (durability `interval` or `never`, where no reply waits for the
+    disk) there is no committer: the waiters hear `synced` right after that one write, so
+    an iteration's writes cost one write(2) instead of one each, and still no reply leaves
+    before its record is in the file (a kill -9 then loses none of them).
     """
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, store: Store, loop: asyncio.AbstractEventLoop, *, fsync: bool = True
+    ) -> None:
         self._store = store
         self._loop = loop
         self._waiters: dict[SyncWaiter, None] = {}
         self._last_ticket = 0
         self._due = False
-        self._committer: Committer | None = Committer(store, loop, self._synced)
+        self._fsync = fsync
+        self._committer: Committer | None = Committer(store, loop, self._synced) if fsync else None
         #: Told of each sync with its times (set before `start`; None: nobody, no clock).
         self.observer: SyncObserver | None = None
 
     def __repr__(self) -> str:
         return f"<GroupCommit waiters={len(self._waiters)} last={self._last_ticket}>"
 
+    @property
+    def committer(self) -> Committer | None:
+        """The thread's half (its `sync` is the seam to hold syncs); None once stopped."""
+        return self._committer
+
     def start(self) -> None:
-        """Start the committer thread."""
-        assert self._committer is not None
-        self._committer.timed = self.observer is not None
-        self._committer.start()
+        """Start the committer thread (none without fsync)."""
+        if self._committer is not None:
+            self._committer.timed = self.observer is not None
+            self._committer.start()
 
     async def stop(self) -> None:
         """Finish the syncs asked for, then end the committer (off the loop)."""
@@ -185,6 +204,9 @@ class GroupCommit:
 
     def _request(self) -> None:
         self._due = False
+        if not self._fsync:
+            self._write_only()
+            return
         if self._committer is None:
             return
         # The iteration's appends go to the file in one write from here, and the committer
@@ -196,6 +218,16 @@ class GroupCommit:
         except PostOfficeError as exc:
             log.warning("write of appended records failed error=%r", str(exc))
         self._committer.request(self._last_ticket)
+
+    def _write_only(self) -> None:
+        """Without fsync: write what was appended, then answer every waiter."""
+        error: PostOfficeError | None = None
+        try:
+            self._store.write_pending()
+        except PostOfficeError as exc:  # rolled back: these writes fail with it
+            log.warning("write of appended records failed error=%r", str(exc))
+            error = exc
+        self._synced(self._last_ticket, error, 0, 0)
 
     def _synced(self, covered: int, error: BaseException | None, began: int, ended: int) -> None:
         if error is not None and not isinstance(error, PostOfficeError):

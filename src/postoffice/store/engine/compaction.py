@@ -18,7 +18,8 @@ Blocking library layer; the compaction half of `engine.Store`, which mixes it in
 #           meanwhile already has a newer record, and a copy after it would bring the old value
 #           back on replay. So the log's order stays the truth: a key's last record is its state;
 #   end     flush the index (LMDB then points past the old segments, and the copies are on disk),
-#           then delete the old segments oldest first.
+#           then delete the old segments oldest first, and rewrite LMDB's file without its
+#           free pages if they are most of it (`Index.compact_file`).
 # A crash at any point leaves either all old segments (nothing was deleted; copies are just
 # later records of the same values) or a suffix of the log in which every live key has its last
 # record; a tombstone is only deleted together with, or after, every older segment.
@@ -164,4 +165,9 @@ class Compaction:
             self._flush()
             freed = self._log.remove_segments_before(boundary)
             self._counts["compactions"] += 1
+            # The index shed as many entries as the log shed records, but LMDB keeps its file
+            # at its largest: copy it without the free pages if they are most of it.
+            saved = self._index.compact_file()
+            if saved:
+                log.info("compacted index path=%s freed_bytes=%d", self._path, saved)
             return freed

@@ -26,7 +26,8 @@ import collections
 import logging
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -56,13 +57,16 @@ DEFAULT_INTERVAL_MS: Final = 100  # `interval` durability: the most a crash may 
 DEFAULT_INDEX_MAP_BYTES: Final = 1 << 32  # LMDB's map is sparse: this is address space only
 # Memory-layer entries written to LMDB per transaction. LMDB copies every page a
 # transaction touches, so random keys cost less per entry in bigger transactions (16384:
-# a third of 4096's cost); the layer is a few MB, and scans sort its matching keys.
+# a third of 4096's cost); the layer is a few MB, kept in order for scans (index.py).
 DEFAULT_FLUSH_ENTRIES: Final = 16384
 # Values kept in memory after a get, so the next get of a hot key skips the record's
 # unpacking, its CRC check and the copy out of the map (a get costs a third as much):
 # emptied when full, cheaper than tracking recency. Large values are never kept.
 DEFAULT_VALUE_CACHE_BYTES: Final = 64 * 1024 * 1024
 _CACHED_VALUE_MAX_BYTES: Final = 4096
+#: `get_view`'s records at least this long are read without a copy; smaller ones cost
+#: less to copy than a view costs to make and keep.
+VIEW_MIN_BYTES: Final = 64 * 1024
 _PUT: Final = int(Kind.PUT)  # a plain int: the log packs it faster than the IntEnum
 # Undo notes wait for an fsync to cover them. Under `never` nothing else fsyncs while the
 # same few keys are rewritten (no index flush either), so past SOFT a background fsync
@@ -70,6 +74,16 @@ _PUT: Final = int(Kind.PUT)  # a plain int: the log packs it faster than the Int
 _UNDO_MAX_ENTRIES: Final = 1 << 16
 _UNDO_SOFT_ENTRIES: Final = 4096
 _UNDO_CHECK_EVERY: Final = 1024  # entries added between looks for fsynced ones to drop
+#: How long a background index flush sleeps between two steps of packing (index.py's
+#: FLUSH_STEP_ENTRIES): a sleep, not a bare yield, so that the event loop, which lets go of
+#: the GIL at every callback, runs while the flush waits, and the flush takes a bounded
+#: share of the GIL (a flush of 16,384 entries then takes about 30 ms longer; the layer
+#: just grows meanwhile).
+FLUSH_PAUSE_S: Final = 0.001
+
+
+def _flush_pause() -> None:
+    time.sleep(FLUSH_PAUSE_S)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +178,8 @@ class Store(Compaction):
         #: filled it. A server wants this (no write waits tens of ms for LMDB); a
         #: single-threaded batch job does not (the thread costs it a third more CPU).
         self.flush_in_background = False
+        #: What a background flush calls between its steps (a seam: tests count the steps).
+        self.flush_pause: Callable[[], None] = _flush_pause
         #: The *_nowait writes leave their bytes in memory (readers see them at once) until
         #: `write_pending` or `sync`: a server that applies many requests per event-loop
         #: iteration then pays one write(2) for all of them. It must call `write_pending`
@@ -444,7 +460,7 @@ class Store(Compaction):
         written = False
         try:
             self.sync(meta.last_seq)  # LMDB must never lead the log
-            written = self._index.write_frozen(snapshot, meta)
+            written = self._index.write_frozen(snapshot, meta, self.flush_pause)
         except Exception as exc:  # the layer goes back into memory: nothing is lost
             if not self._closing.is_set():
                 log.error("index flush failed path=%s error=%s", self._path, exc)
@@ -621,17 +637,41 @@ class Store(Compaction):
             loc = self._index.get(key)
             if loc is None:
                 return None
-            # Read under the lock: neither close() nor compaction's segment removal can then
-            # close the file (or its map) between the index lookup and the read.
-            value = self._log.read_value(loc[0], loc[1], loc[2], loc[3], key)
-            size = len(key) + len(value)
-            if len(value) <= _CACHED_VALUE_MAX_BYTES and size <= self._value_cache_bytes:
-                if self._values_bytes + size > self._value_cache_bytes:
-                    self._values.clear()
-                    self._values_bytes = 0
-                self._values[key] = value
-                self._values_bytes += size
-            return value
+            return self._read(key, loc)
+
+    def _read(self, key: bytes, loc: Location) -> bytes:
+        """The value at `loc`, read from the log and cached when small; under `_lock`."""
+        # Read under the lock: neither close() nor compaction's segment removal can then
+        # close the file (or its map) between the index lookup and the read.
+        value = self._log.read_value(loc[0], loc[1], loc[2], loc[3], key)
+        size = len(key) + len(value)
+        if len(value) <= _CACHED_VALUE_MAX_BYTES and size <= self._value_cache_bytes:
+            if self._values_bytes + size > self._value_cache_bytes:
+                self._values.clear()
+                self._values_bytes = 0
+            self._values[key] = value
+            self._values_bytes += size
+        return value
+
+    def get_view(self, key: bytes) -> bytes | memoryview | None:
+        """`get`, but a value of at least VIEW_MIN_BYTES in a sealed segment comes without
+        a copy, as a read-only view of the segment's map (the command server writes it
+        to its client from there). Raises what `get` raises."""
+        if not key or len(key) > self._max_key:
+            self._check_key(key)
+        with self._lock:
+            if self._shut:
+                self._check_open()
+            self._counts["gets"] += 1
+            value = self._values.get(key)
+            if value is not None:
+                return value
+            loc = self._index.get(key)
+            if loc is None:
+                return None
+            if loc[2] >= VIEW_MIN_BYTES:
+                return self._log.read_value_view(loc[0], loc[1], loc[2], loc[3], key)
+            return self._read(key, loc)
 
     def scan(
         self,

@@ -35,10 +35,18 @@ without it); nothing here runs on an event loop.
 # Reads slice a read-only map of the segment instead of a pread. Sealed segments never
 # change; the current one grows, so its map covers what was written when it was made and
 # is made again after `_REMAP_BYTES` more (a pread in between).
+# Every read checks that the record is the one the index names (magic, kind, seq, key,
+# length). The CRC of a record of `_CHECK_ONCE_BYTES` or more is computed by its first
+# read through a map only; its offset is then remembered with the map (and forgotten with
+# it: a roll back or a compaction unmaps), since hashing 64 KiB cost three times the rest
+# of a get. A record that fails is never remembered, so it fails every read. Recovery,
+# compaction and `read` check every CRC they pass. Smaller records are checked on every
+# read: hashing them costs less than remembering them.
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
 import mmap
@@ -65,7 +73,6 @@ from postoffice.store.engine.records import (
     Kind,
     Record,
     ScanReport,
-    encode_record,
     parse_record,
     scan_segment,
 )
@@ -79,6 +86,9 @@ MAX_SEGMENT: Final = 99_999_999
 # The current segment is mapped again for reads once it has grown this much past its map;
 # reads of the bytes in between are a pread each.
 _REMAP_BYTES: Final = 1 << 20
+# Records this long or longer have their CRC checked once per map, not on every read
+# (see the design note); remembering one costs under 2 % of its size.
+_CHECK_ONCE_BYTES: Final = 4096
 # Rolled-back ranges of sequence numbers remembered, for the tickets in them.
 _FAILED_RANGES: Final = 64
 # Hot-path aliases (a global load instead of an attribute lookup).
@@ -178,6 +188,8 @@ class LogStore:
         # released before its map is closed.
         self._maps: dict[int, mmap.mmap] = {}
         self._views: dict[int, memoryview] = {}
+        # The offsets, per mapped segment, of the records whose CRC a read checked.
+        self._checked: dict[int, set[int]] = {}
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -361,19 +373,26 @@ class LogStore:
         with self._lock:
             if self._poisoned is not None or self._broken is not None:
                 self._check_writable()
-            parts: list[bytes] = []
-            spans: list[tuple[int, int, int]] = []  # offset within blob, length, seq
+            # Headers first (nothing changes if one cannot be packed), then each record
+            # straight into `_pending` once the batch is placed: the value's one copy before
+            # the write (a record of its own and a join of them took two more).
+            heads: list[bytes] = []
+            spans: list[tuple[int, int, int]] = []  # offset within the batch, length, seq
             at = 0
             seq = self._written_seq
             for kind, key, value, flags in items:
                 seq += 1
-                rec = encode_record(kind, seq, key, value, flags)
-                parts.append(rec)
-                spans.append((at, len(rec), seq))
-                at += len(rec)
-            blob = b"".join(parts)
-            base = self._place(len(blob))
-            self._pending += blob
+                head = _PACK_HEAD(MAGIC, kind, flags, seq, len(key), len(value))
+                heads.append(head + _PACK_CRC(_CRC32(value, _CRC32(key, _CRC32(head)))))
+                length = HEADER_BYTES + len(key) + len(value)
+                spans.append((at, length, seq))
+                at += length
+            base = self._place(at)
+            pending = self._pending
+            for head, (_, key, value, _) in zip(heads, items, strict=True):
+                pending += head
+                pending += key
+                pending += value
             self._written_seq = seq
             if not defer:
                 self._write_pending()
@@ -575,7 +594,8 @@ class LogStore:
         """The value of the PUT record of `key` with sequence number `seq` at a position.
 
         The hot path of every get: the header unpacked and the CRC computed straight from
-        the segment's map (a pread for bytes past it), and one copy, of the value. The
+        the segment's map (a pread for bytes past it; a long record's CRC once per map,
+        see the design note), and one copy, of the value. The
         record must be whole, intact, and the very one the index names (its seq and key):
         a position the log no longer holds, or holds another record at, is an error,
         never bytes. Raises LogCorruptError, StoreStorageError.
@@ -592,13 +612,72 @@ class LogStore:
             and found_seq == seq
             and start + value_len == end
             and view[offset + HEADER_BYTES : start] == key
-            and _CRC32(
-                view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + CRC_COVERS])
+            and (
+                _CRC32(
+                    view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + CRC_COVERS])
+                )
+                == crc
+                if length < _CHECK_ONCE_BYTES
+                else self._crc_holds_once(view, segment, offset, end, crc)
             )
-            == crc
         ):
             return view[start:end].tobytes()
         raise _corrupt(segment, offset, length)
+
+    def read_value_view(
+        self, segment: int, offset: int, length: int, seq: int, key: bytes
+    ) -> bytes | memoryview:
+        """`read_value`, with no copy of a value in a segment before the durable one: a
+        read-only view of the segment's map, checked alike. A roll back after a failed
+        write or fsync cuts only from the durable position on, so such a segment never
+        shrinks; one that compaction removes stays mapped until the last such view is gone
+        (`_unmap`). Values of the later segments come as bytes.
+        Raises LogCorruptError, StoreStorageError.
+        """
+        view = self._views.get(segment)
+        end = offset + length
+        if segment >= self._durable[0] or length < HEADER_BYTES:
+            return self.read_value(segment, offset, length, seq, key)
+        if view is None or end > len(view):  # read (and checked) once, mapping it
+            value = self.read_value(segment, offset, length, seq, key)
+            view = self._views.get(segment)
+            return value if view is None or end > len(view) else view[end - len(value) : end]
+        magic, kind, _, found_seq, key_len, value_len, crc = _UNPACK(view, offset)
+        start = offset + HEADER_BYTES + key_len
+        if (
+            magic == MAGIC
+            and kind == _PUT
+            and found_seq == seq
+            and start + value_len == end
+            and view[offset + HEADER_BYTES : start] == key
+            and (
+                _CRC32(
+                    view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + CRC_COVERS])
+                )
+                == crc
+                if length < _CHECK_ONCE_BYTES
+                else self._crc_holds_once(view, segment, offset, end, crc)
+            )
+        ):
+            return view[start:end]
+        raise _corrupt(segment, offset, length)
+
+    def _crc_holds_once(
+        self, view: memoryview, segment: int, offset: int, end: int, crc: int
+    ) -> bool:
+        """Whether the CRC of the long record at `offset` in a segment's map holds: checked
+        by an earlier read through this map, or now (see the design note)."""
+        checked = self._checked.get(segment)
+        if checked is not None and offset in checked:
+            return True
+        if (
+            _CRC32(view[offset + HEADER_BYTES : end], _CRC32(view[offset : offset + CRC_COVERS]))
+            != crc
+        ):
+            return False
+        if checked is not None:
+            checked.add(offset)
+        return True
 
     def _read_value_slow(
         self, segment: int, offset: int, length: int, seq: int, key: bytes
@@ -624,10 +703,15 @@ class LogStore:
                 # and pread what lies past the map in between.
                 if offset + length > size:  # never bytes from past a segment's end
                     raise _corrupt(segment, offset, length)
+                if mapped is not None and offset + length <= len(mapped):
+                    return mapped[offset : offset + length]
+                # A sealed segment is mapped once, whole (it was still growing if its map is
+                # short); the current one once it has grown by _REMAP_BYTES past its map.
                 if mapped is None or size - len(mapped) >= _REMAP_BYTES or segment != self._current:
                     self._unmap(segment)
                     mapped = self._maps[segment] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
                     self._views[segment] = memoryview(mapped)
+                    self._checked[segment] = set()
                     return mapped[offset : offset + length]
                 return os.pread(fd, length, offset)
             except OSError as exc:
@@ -635,12 +719,16 @@ class LogStore:
                 raise translate_os_error(exc, StoreStorageError, f"read {path}") from exc
 
     def _unmap(self, segment: int) -> None:
+        self._checked.pop(segment, None)
         view = self._views.pop(segment, None)
         if view is not None:
             view.release()
         mapped = self._maps.pop(segment, None)
         if mapped is not None:
-            mapped.close()
+            # A value view (read_value_view) still being sent keeps the map: it is then
+            # unmapped when the last view goes, not here.
+            with contextlib.suppress(BufferError):
+                mapped.close()
 
     def read(self, segment: int, offset: int, length: int, seq: int, key: bytes) -> Record:
         """Read and verify the record of `key` with sequence number `seq` at a position.
@@ -651,7 +739,16 @@ class LogStore:
             raise LogCorruptError(f"segment {segment} does not exist")
         if length < HEADER_BYTES or length > MAX_RECORD_BYTES or offset < 0:
             raise _corrupt(segment, offset, length)
-        buf = self._read_unmapped(segment, offset, length)
+        buf: bytes | memoryview | None = None
+        # Mapped already: a slice, no syscall. Under `_lock`, since a reader without the
+        # engine's lock (compaction) could otherwise find the view released by a remap
+        # in between; the slice itself outlives that (it keeps the map, see `_unmap`).
+        with self._lock:
+            view = self._views.get(segment)
+            if view is not None and offset + length <= len(view):
+                buf = view[offset : offset + length]
+        if buf is None:
+            buf = self._read_unmapped(segment, offset, length)
         parsed = parse_record(buf, 0, len(buf))
         if (
             parsed is None
@@ -665,8 +762,8 @@ class LogStore:
             kind=kind,
             flags=flags,
             seq=seq,
-            key=buf[HEADER_BYTES : HEADER_BYTES + key_len],
-            value=buf[HEADER_BYTES + key_len :],
+            key=bytes(buf[HEADER_BYTES : HEADER_BYTES + key_len]),
+            value=bytes(buf[HEADER_BYTES + key_len :]),
             segment=segment,
             offset=offset,
             length=length,

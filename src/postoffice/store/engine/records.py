@@ -84,7 +84,7 @@ def encode_record(kind: Kind, seq: int, key: bytes, value: bytes, flags: int = 0
 
 
 def parse_record(
-    buf: bytes | mmap.mmap, pos: int, size: int
+    buf: bytes | memoryview | mmap.mmap, pos: int, size: int
 ) -> tuple[Kind, int, int, int, int] | None:
     """Check the record at `pos`; return (kind, flags, seq, key_len, value_len) or None."""
     if size - pos < HEADER_BYTES:
