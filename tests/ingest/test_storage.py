@@ -313,13 +313,15 @@ class TestReopen:
         assert again.published(FID) == record
 
 
-def published_info(file_id: FileId = FID, published_at: float = NOW) -> PublishedInfo:
+def published_info(
+    file_id: FileId = FID, published_at: float = NOW, payload_digest: bytes = PAYLOAD_DIGEST
+) -> PublishedInfo:
     return PublishedInfo(
         file_id=file_id,
         name="report.log",
         size=12345,
         digest=xxhash.xxh3_128_digest(b"out"),
-        payload_digest=xxhash.xxh3_128_digest(b"in"),
+        payload_digest=payload_digest,
         published_at=published_at,
         replaced=False,
     )
@@ -354,6 +356,21 @@ class TestPublishAndRemove:
         assert result == StoreResult(
             committed=1, total=1, duplicate=True, complete=False, published=True
         )
+        assert not payload_dir(tmp_path).exists()
+        assert store.payloads() == []
+
+    def test_a_chunk_of_another_content_after_publish_is_refused(self, tmp_path: Path) -> None:
+        """A chunk that passed the intake's look at the records before the upload was
+        published, and reaches the store after, is refused, not taken for a duplicate."""
+        store = new_store(tmp_path, fsync=False)
+        put(store, 0, total=1, size=100)
+        store.mark_published(published_info())
+        store.remove_patches(FID)
+        other = xxhash.xxh3_128_digest(b"another payload")
+        with pytest.raises(ConflictError, match="not of the payload published"):
+            put(store, 0, total=1, size=100, payload_digest=other)
+        with pytest.raises(ConflictError, match="not of the payload published"):
+            put(store, 0, total=1, size=100, name="other.log")
         assert not payload_dir(tmp_path).exists()
         assert store.payloads() == []
 

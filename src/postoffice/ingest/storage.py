@@ -247,7 +247,7 @@ class ChunkStore:
             raise OutOfRangeError(f"payload size {size} is negative")
         check_name(name)
         while True:
-            payload = self._payload_for(file_id, index)
+            payload = self._payload_for(file_id, index, payload_digest, name)
             if payload is None:
                 return StoreResult(
                     committed=total, total=total, duplicate=True, complete=False, published=True
@@ -372,9 +372,22 @@ class ChunkStore:
         if pending is not None:
             pending[1].set()
 
-    def _payload_for(self, file_id: FileId, index: int) -> Payload | None:
+    def _payload_for(
+        self, file_id: FileId, index: int, payload_digest: bytes, name: str
+    ) -> Payload | None:
+        """The payload a chunk goes to (a placeholder for a new one), or None when the id
+        is published with this content. Raises ConflictError when it is published with
+        another: the caller checked the records before it came here, and the upload may
+        have been published since, so a late chunk of another content must not be taken
+        for a duplicate of the published one."""
         with self._lock:
-            if file_id in self._published:
+            done = self._published.get(file_id)
+            if done is not None:
+                if (done.payload_digest, done.name) != (payload_digest, name):
+                    raise ConflictError(
+                        f"chunk {index} of {file_id_hex(file_id)} is not of the payload "
+                        f"published under that id (another name or payload digest)"
+                    )
                 return None
             if file_id in self._unreadable:
                 raise IngestStorageError(
