@@ -96,6 +96,51 @@ async def test_a_claim_of_ours_is_released_once_and_a_stale_release_is_refused(
         assert await b.claims.claim(fid) == b.me, "a released id is free to claim"
 
 
+async def test_a_handed_over_claim_is_taken_over_at_once_while_its_owner_lives(
+    nats: NatsCluster, s3: MotoServer
+) -> None:
+    """A draining owner hands its upload over: the other nodes, which remembered it as the
+    owner, are told, and the next one to ask takes the claim over with the next epoch, its
+    owner still alive; a second hand-over, or one of a claim taken meanwhile, does nothing."""
+    config = cluster_config(nats.urls, s3)
+    async with cluster_nodes(
+        [
+            (config, owner("hand-a")),
+            (config, owner("hand-b", 7200)),
+            (config, owner("hand-c", 7300)),
+        ]
+    ) as (a, b, c):
+        told: list[FileId] = []
+        b.claims.on_handed_over = told.append
+        fid, other = new_file_id(), new_file_id()
+        assert await a.claims.claim(fid) == a.me
+        assert await a.claims.claim(other) == a.me
+        assert await b.claims.find(fid) == a.me, "a live owner is named before"
+        assert await a.claims.hand_over(fid) is True
+        assert not a.claims.owns(fid)
+        await wait_until(lambda: told == [fid], 5.0, "b is told of the hand-over")
+        assert b.nodes.table.alive("hand-a"), "the owner still lives"
+        got_b, got_c = await asyncio.gather(b.claims.find(fid), c.claims.claim(fid))
+        assert got_b == got_c, "both name one owner"
+        assert got_b in (b.me, c.me), "one of them took it over"
+        assert [b.claims.owns(fid), c.claims.owns(fid)].count(True) == 1
+        winner = b if got_b == b.me else c
+        assert winner.claims.epoch(fid) == 2
+        assert await a.claims.find(fid) == winner.me, "the old owner is sent there too"
+        assert await a.claims.hand_over(fid) is False, "not ours any more"
+        # a claim written over by another node is not handed over by its old owner
+        revision = a.claims.held()[other]
+        writer = await nats_client.connect(servers=[nats.nodes[2].url])
+        try:
+            kv = await writer.jetstream().key_value(OWNERS_BUCKET)
+            await kv.update(other.hex(), Claim(node="hand-c", epoch=2).encode(), last=revision)
+        finally:
+            await writer.close()
+        assert await a.claims.hand_over(other) is False
+        entry = await c.claims._kv.get(other.hex())
+        assert Claim.decode(entry.value or b"") == Claim(node="hand-c", epoch=2)
+
+
 async def test_a_dead_nodes_claims_are_taken_over_by_exactly_one_survivor(
     nats: NatsCluster, s3: MotoServer
 ) -> None:

@@ -21,7 +21,12 @@ from postoffice.core.errors import BrokenError
 from postoffice.ingest.client import IngestClient
 from postoffice.ingest.client.payload import open_payload, prepare, read_chunk_frame
 from postoffice.ingest.config import IngestConfig
-from postoffice.ingest.errors import ErrorCode, IngestError, IngestStorageError
+from postoffice.ingest.errors import (
+    ErrorCode,
+    IngestError,
+    IngestStorageError,
+    ShuttingDownError,
+)
 from postoffice.ingest.messages import (
     Ack,
     ErrorReply,
@@ -327,6 +332,33 @@ async def test_a_query_of_an_id_nobody_uploads_claims_nothing(
     file_id = FileId(os.urandom(16))
     assert isinstance(await on_c.ask(chunk_wire(file_id, 0, three_pieces(), 51)), Ack)
     assert cluster.table.owners == {file_id: "c"}
+
+
+async def test_a_draining_node_sends_queries_of_uploads_it_will_not_finish_elsewhere(
+    cluster: Cluster, peer: Callable[[IngestServer], Awaitable[Peer]]
+) -> None:
+    """Once a node drains, a QUERY of an upload it has not every chunk of (or of an id it
+    knows nothing of) is refused with SHUTTING_DOWN, which the client takes as "ask another
+    node"; an upload it publishes is still answered."""
+    a = cluster.servers["a"]
+    unfinished, finished = FileId(os.urandom(16)), FileId(os.urandom(16))
+    pieces = three_pieces()
+    port = await peer(a)
+    assert isinstance(await port.ask(chunk_wire(unfinished, 0, pieces, 1)), Ack)
+    assert isinstance(await port.ask(chunk_wire(finished, 0, [b"".join(pieces)], 2)), Ack)
+    assert a.query(finished).state is UploadState.PUBLISHED
+    before = a.answer_query(unfinished)
+    assert isinstance(before, Status)
+    assert before.state is UploadState.UPLOADING
+    stopping = asyncio.create_task(cluster.stop("a"))
+    await asyncio.sleep(0)  # the drain has begun
+    for file_id in (unfinished, FileId(os.urandom(16))):
+        with pytest.raises(ShuttingDownError, match=r"^node a is leaving: query [0-9a-f]{32}"):
+            a.answer_query(file_id)
+    done = a.answer_query(finished)
+    assert isinstance(done, Status)
+    assert done.state is UploadState.PUBLISHED
+    await stopping
 
 
 async def test_a_query_of_a_dead_owners_upload_takes_it_over(

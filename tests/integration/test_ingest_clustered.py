@@ -345,6 +345,38 @@ async def test_a_node_killed_mid_upload_is_taken_over_from_s3(
     assert await objects_of(shared.s3).get_file("big.log") == source.read_bytes()
 
 
+async def test_a_node_stopped_mid_upload_hands_it_over_as_it_drains(
+    shared: Shared, serve: Serve, tmp_path: Path
+) -> None:
+    """SIGTERM, not a crash: the draining node hands the upload it will not finish over,
+    so the other node takes it over from its claim at once (not a stale heartbeat later),
+    with every acknowledged chunk."""
+    a, b = Ingest(tmp_path / "a", x=1), Ingest(tmp_path / "b", x=1)
+    node_a: ServerProcess = serve("ingest", *node_args(a, shared.nats.urls, shared.s3, "drain-a"))
+    node_b: ServerProcess = serve("ingest", *node_args(b, shared.nats.urls, shared.s3, "drain-b"))
+    source = source_file(tmp_path, "drained.log", 2 * 1024 * 1024)
+    prepared = prepare(source, chunk_size=128 * 1024, work_dir=tmp_path / "work")
+    half = prepared.total // 2
+    assert half >= 2
+    async with peer(a.data_base) as data_a:
+        for index in range(half):
+            assert isinstance(await send_chunk(data_a, prepared, index), Ack)
+    node_a.proc.send_signal(signal.SIGTERM)
+    assert node_a.proc.wait(WAIT_S) == 0
+    assert "handed over uploads=1" in node_a.log()
+
+    async with peer(b.data_base) as data_b:
+        status = await query(data_b, prepared.file_id)
+    assert isinstance(status, Status), status
+    assert status.committed == half
+    assert status.missing == ((half, prepared.total - 1),)
+    assert "taken over from draining node=drain-a epoch=2" in node_b.log()
+    async with b.client(chunk_size=128 * 1024, timeout_s=WAIT_S) as client:
+        result = await client.send(source)
+    assert result.skipped_chunks == half
+    assert await objects_of(shared.s3).get_file("drained.log") == source.read_bytes()
+
+
 async def test_a_failing_s3_refuses_the_chunk_with_storage_and_commits_nothing(
     shared: Shared, serve: Serve, tmp_path: Path
 ) -> None:

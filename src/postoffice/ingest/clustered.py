@@ -230,11 +230,35 @@ class ClusteredNode:
             published=self.cluster.published,
             holds=lambda file_id: self.store.info(file_id) is not None,
         )
+        self.cluster.claims.on_handed_over = self.ownership.handed_over
         self.events.listeners.append(self.relay)
 
     def _claim_lost(self, file_id: FileId, reason: LostReason) -> None:
         if self.ownership is not None:
             self.ownership.lost(file_id, reason)
+
+    async def hand_over(self) -> int:
+        """Draining, once no chunk is in flight: hand every upload this node claims but
+        has not all the chunks of to the others, which take it over at once (its chunks
+        are in S3) instead of after this node has left. Uploads being assembled here stay
+        ours. Returns how many were handed over; a failure is logged, and that upload is
+        taken over once this node has gone, as before."""
+        cluster = self.cluster
+        if cluster is None or not cluster.connected:
+            return 0
+        handed = 0
+        for file_id in cluster.claims.held():
+            info = self.store.info(file_id)
+            if info is not None and info.complete:
+                continue
+            try:
+                if await cluster.claims.hand_over(file_id):
+                    handed += 1
+            except ClusterError as exc:
+                log.warning("file_id=%s not handed over: %s", file_id_hex(file_id), exc)
+        if handed:
+            log.info("node=%s handed over uploads=%d", cluster.me.node, handed)
+        return handed
 
     async def close(self) -> None:
         """Leave: the events still being published get a moment, then every task stops."""

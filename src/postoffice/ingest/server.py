@@ -73,6 +73,7 @@ from postoffice.ingest.messages import (
     Published,
     Status,
     UploadState,
+    file_id_hex,
 )
 from postoffice.ingest.ownership import Ownership, moved_message
 from postoffice.ingest.patches import PayloadInfo
@@ -162,6 +163,8 @@ class IngestServer:
         self._data_listeners: dict[int, asyncio.Server] = {}
         self._sys_listeners: list[asyncio.Server] = []
         self._ready = False
+        #: Set once shutdown begins: a cluster node then sends QUERYs elsewhere.
+        self._draining = False
         #: This node's side of the cluster in cluster mode (--cluster), else None.
         self.cluster: ClusteredNode | None = None
         self._scale_lock = asyncio.Lock()
@@ -240,12 +243,17 @@ class IngestServer:
     async def shutdown(self) -> None:
         """Stop acceptors, finish chunks in flight and assemblies in progress, close."""
         self._ready = False
+        self._draining = True
         self.intake.close()
         self.assembler.drain()
         for server in [*self._data_listeners.values(), *self._sys_listeners]:
             server.close()
         deadline = self.config.shutdown_timeout_s
         await self.data_manager.shutdown(deadline_s=deadline)
+        if self.cluster is not None:
+            # No chunk is in flight now: the uploads this node will not finish go to the
+            # others at once, while it still waits for its assemblies below.
+            await self.cluster.hand_over()
         running = self.assembler.running
         if running:
             log.info("waiting for assemblies count=%d", len(running))
@@ -432,12 +440,23 @@ class IngestServer:
         chunks in S3, adopted)."""
         ownership = self.ownership
         if ownership is not None:
+            if self._draining and not self._finishing_here(file_id):
+                # Draining: this node takes no chunk now, and hands its uploads over.
+                raise ShuttingDownError(
+                    f"node {ownership.node} is leaving: query {file_id_hex(file_id)} on another"
+                )
             owner = ownership.owner(file_id)
             if owner is None:
                 return self._query_claimed(file_id, ownership)
             if owner.node != ownership.node:
                 raise MovedError(moved_message(owner))
         return self._query_here(file_id)
+
+    def _finishing_here(self, file_id: FileId) -> bool:
+        """Whether this node has every chunk of the upload (it assembles and publishes it
+        while it drains) or has published it."""
+        info = self.store.info(file_id)
+        return (info is not None and info.complete) or self.store.published(file_id) is not None
 
     def _query_here(self, file_id: FileId) -> Status | Awaitable[Status]:
         status = self.query(file_id)

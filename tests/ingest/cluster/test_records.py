@@ -109,6 +109,15 @@ def test_a_claim_round_trips_and_a_takeover_counts_one_more_owner() -> None:
     assert claim.taken_over_by("n2") == Claim(node="n2", epoch=2)
 
 
+def test_a_handed_over_claim_round_trips_and_its_takeover_is_plain() -> None:
+    handed = Claim(node="n1", epoch=3).handed()
+    assert handed.encode() == b'{"epoch":3,"handed_over":true,"node":"n1"}'
+    assert Claim.decode(handed.encode()) == handed
+    assert handed.handed_over
+    assert handed.taken_over_by("n2") == Claim(node="n2", epoch=4)
+    assert not Claim.decode(b'{"node":"n1","epoch":3}').handed_over
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -117,6 +126,10 @@ def test_a_claim_round_trips_and_a_takeover_counts_one_more_owner() -> None:
         (b'{"node":"n1","epoch":true}', r"^claim field 'epoch' is True, expected int$"),
         (b'{"epoch":1}', r"^claim field 'node' is None, expected str$"),
         (b'{"node":"a b","epoch":1}', r"^node name 'a b' must be"),
+        (
+            b'{"node":"n1","epoch":1,"handed_over":1}',
+            r"^claim field 'handed_over' is 1, expected bool$",
+        ),
     ],
 )
 def test_a_bad_claim_is_refused(data: bytes, message: str) -> None:

@@ -585,6 +585,9 @@ class IngestClient:
                     check_redirect(f"query of {file_id_hex(file_id)}", hops, owner)
                     hops += 1
                     self._follow(run, owner)
+                case ErrorReply(code=ErrorCode.SHUTTING_DOWN, message=message) if self._failover:
+                    # The node drains and hands its uploads over: fail over to the others.
+                    raise BrokenError(f"query of {file_id_hex(file_id)}: {message}")
                 case ErrorReply(code=code, message=message):
                     raise error_for(code, f"query of {file_id_hex(file_id)}: {message}")
                 case _:

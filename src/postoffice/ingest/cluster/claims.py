@@ -76,6 +76,9 @@ class Claims:
         self._nodes = nodes
         self._config = config
         self._on_lost = on_lost
+        #: Told (on the event loop) of each upload another node hands over as it drains,
+        #: so whoever remembers that node as the owner asks again.
+        self.on_handed_over: Callable[[FileId], None] | None = None
         self._held: dict[FileId, int] = {}
         self._epochs: dict[FileId, int] = {}
         self._watch_task: asyncio.Task[None] | None = None
@@ -111,7 +114,7 @@ class Claims:
             if created is not None:
                 return self._hold(fid, created, 1)
             found = await self._read(key)
-            if found is not None:
+            if found is not None and not found[1].handed_over:
                 if found[1].node == self.me.node:
                     return self._hold(fid, found[0], found[1].epoch)
                 if await self._nodes.alive(found[1].node):
@@ -137,8 +140,9 @@ class Claims:
                 continue  # another node wrote the key, or anything else the bucket
             if again is not None:
                 log.info(
-                    "file_id=%s taken over from dead node=%s epoch=%d",
+                    "file_id=%s taken over from %s node=%s epoch=%d",
                     key,
+                    "draining" if again[1].handed_over else "dead",
                     again[1].node,
                     successor.epoch,
                 )
@@ -156,6 +160,8 @@ class Claims:
         if found is None:
             return None
         revision, claim = found
+        if claim.handed_over:
+            return await self.claim(file_id)  # its owner drains: taken over at once
         if claim.node == self.me.node:
             return self._hold(FileId(file_id), revision, claim.epoch)
         if await self._nodes.alive(claim.node):
@@ -244,6 +250,29 @@ class Claims:
             raise ClusterError(f"cannot release {file_key(fid)}: {exc!r}") from exc
         return True
 
+    async def hand_over(self, file_id: bytes) -> bool:
+        """Give up our claim on `file_id` for another node to take over at once (we drain):
+        the key, if still at the revision we wrote, is marked handed over, keeping its
+        epoch. True when marked; False when the claim was not ours (any more). Raises
+        ClusterError when NATS fails; the claim is then no longer held here either."""
+        fid = FileId(file_id)
+        key = file_key(fid)
+        revision = self._held.pop(fid, None)
+        epoch = self._epochs.pop(fid, None)
+        if revision is None or epoch is None:
+            return False
+        handed = Claim(node=self.me.node, epoch=epoch).handed()
+        for _ in range(MAX_CLAIM_ROUNDS):
+            # As a takeover writes (see _write): the stream's last sequence is checked too,
+            # so this write and a takeover proposed together cannot both land.
+            last_stream = await self._stream_last_sequence()
+            found = await self._read(key)
+            if found is None or found[0] != revision:
+                return False  # taken over or released meanwhile
+            if await self._write(key, handed, last_revision=revision, last_stream=last_stream):
+                return True
+        raise ClusterError(f"hand-over of {key} did not settle in {MAX_CLAIM_ROUNDS} rounds")
+
     # -- losing claims --------------------------------------------------------------------
 
     def lapse(self) -> None:
@@ -265,7 +294,16 @@ class Claims:
         except ClusterError:
             return
         held = self._held.get(fid)
-        if held is None or revision <= held:
+        if held is None:
+            if self.on_handed_over is not None and operation not in (KV_DEL, KV_PURGE):
+                try:
+                    claim = Claim.decode(value)
+                except ClusterError:
+                    return
+                if claim.handed_over and claim.node != self.me.node:
+                    self.on_handed_over(fid)
+            return
+        if revision <= held:
             return
         if operation not in (KV_DEL, KV_PURGE):
             try:

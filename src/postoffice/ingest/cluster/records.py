@@ -172,13 +172,19 @@ def decode_node(node: str, data: bytes) -> Owner:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Claim:
     """The value of an upload's key in po_ingest_owners: the owning node, and the epoch,
-    which counts the owners the upload has had (1 for its first, +1 per takeover)."""
+    which counts the owners the upload has had (1 for its first, +1 per takeover).
+    `handed_over` is written by an owner that drains (it stops): any node may then take the
+    upload over at once, as from a dead owner, without waiting for the owner to leave."""
 
     node: str
     epoch: int
+    handed_over: bool = False
 
     def encode(self) -> bytes:
-        return _dump({"node": self.node, "epoch": self.epoch})
+        value: dict[str, object] = {"node": self.node, "epoch": self.epoch}
+        if self.handed_over:
+            value["handed_over"] = True
+        return _dump(value)
 
     @classmethod
     def decode(cls, data: bytes) -> Claim:
@@ -188,11 +194,17 @@ class Claim:
         epoch = _int(value, "epoch", "claim")
         if epoch < 1:
             raise ClusterError(f"claim epoch {epoch}, expected 1 or more")
-        return cls(node=check_node_name(node), epoch=epoch)
+        handed_over = _bool(value, "handed_over", "claim") if "handed_over" in value else False
+        return cls(node=check_node_name(node), epoch=epoch, handed_over=handed_over)
 
     def taken_over_by(self, node: str) -> Claim:
-        """The claim a node writes when it takes this one over from a dead owner."""
+        """The claim a node writes when it takes this one over from a dead owner (or one
+        that handed it over)."""
         return Claim(node=node, epoch=self.epoch + 1)
+
+    def handed(self) -> Claim:
+        """This claim, handed over by its owner."""
+        return Claim(node=self.node, epoch=self.epoch, handed_over=True)
 
 
 @final

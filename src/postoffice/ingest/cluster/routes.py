@@ -117,6 +117,11 @@ class ClusterOwnership:
         which names the node that took it, or takes it back if nobody did."""
         self._others.pop(file_id, None)
 
+    def handed_over(self, file_id: FileId) -> None:
+        """Another node handed `file_id` over as it drains: forget it as the owner, so the
+        next request takes the upload over instead of being sent there."""
+        self._others.pop(file_id, None)
+
     async def release(self, file_id: FileId) -> None:
         """The upload is published or aborted: give its claim back."""
         self._others.pop(file_id, None)
