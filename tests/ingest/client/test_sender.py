@@ -215,6 +215,8 @@ class FakeServer:
         self.received: list[tuple[int, int]] = []  # (port, index) of every CHUNK
         self.connects: list[int] = []
         self.inject: dict[int, list[ErrorCode]] = {}  # index -> error codes to answer first
+        self.inject_query: list[ErrorCode] = []  # error codes to answer QUERYs with first
+        self.queries = 0
         self.inject_request_id_zero = False  # as the real server answers decode errors
         self.moved_message = ""  # the message of an injected MOVED, when not empty
         self.hang_up_at: set[int] = set()  # close the connection when these chunks arrive
@@ -248,6 +250,12 @@ class FakeServer:
             case Chunk():
                 self.chunk(conn, request_id, message)
             case Query(file_id=fid):
+                self.queries += 1
+                if self.inject_query:
+                    code = self.inject_query.pop(0)
+                    error = ErrorReply(code=code, message=f"injected {code.name.lower()}")
+                    conn.reply(error, request_id)
+                    return
                 conn.reply(self.status(fid), request_id)
             case Subscribe(file_ids=ids):
                 self.subscribes.append(ids)
@@ -503,6 +511,31 @@ class TestSend:
         assert server.output == data
         assert [i for _, i in server.received].count(2) == 3
         assert result.sent_chunks == result.chunks
+
+    async def test_a_query_answered_shutting_down_fails_over_in_a_cluster(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        """A cluster node that drains refuses the upload's QUERY with SHUTTING_DOWN: the
+        client asks the listed nodes in turn (the second is down here, and the first drains
+        through two of them) instead of failing the upload."""
+        data = random_bytes(8000)
+        server.inject_query = [ErrorCode.SHUTTING_DOWN, ErrorCode.SHUTTING_DOWN]
+        nodes = [("127.0.0.1", server.sys_base), ("127.0.0.1", server.sys_base + 1000)]
+        async with make_client(
+            server, tmp_path, ports=None, data_base=None, nodes=nodes, failover_s=10.0
+        ) as client:
+            result = await client.send(write(tmp_path / "a.bin", data))
+        assert server.output == data
+        assert server.queries == 3
+        assert result.sent_chunks == result.chunks
+
+    async def test_a_query_answered_shutting_down_fails_a_single_node_send(
+        self, server: FakeServer, tmp_path: Path
+    ) -> None:
+        server.inject_query = [ErrorCode.SHUTTING_DOWN]
+        async with make_client(server, tmp_path) as client:
+            with pytest.raises(IngestError, match=r"^query of \w{32}: injected shutting_down$"):
+                await client.send(write(tmp_path / "a.bin", random_bytes(8000)))
 
     async def test_a_moved_loop_is_cut_after_five_redirects(
         self, server: FakeServer, tmp_path: Path
