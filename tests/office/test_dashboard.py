@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
 
+from postoffice.office.control import Ok
 from postoffice.office.dashboard.app import DashboardApp
 from postoffice.office.dashboard.sources import (
     DashboardData,
@@ -374,3 +377,45 @@ def test_the_dashboard_looks_as_recorded(snap_compare: Callable[..., bool]) -> N
     assert snap_compare(
         DashboardApp(_source(), refresh_s=60), terminal_size=SIZE, run_before=settle
     )
+
+
+class _OneAtATime:
+    """A control client whose status request holds the connection until a second request
+    comes in or half a second passes, and that counts requests made while another waits
+    for its reply: the app fetches and acts from threads of their own over one connection."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.overlaps = 0
+        self.entered = threading.Event()
+        self.another = threading.Event()
+
+    def status(self) -> dict[str, object]:
+        self.inside += 1
+        self.entered.set()
+        self.another.wait(0.5)  # the reply on its way; a request made meanwhile overlaps
+        self.inside -= 1
+        return _snapshot(days=0, minute=1)
+
+    def add_users(self) -> Ok:
+        if self.inside:
+            self.overlaps += 1
+            self.another.set()
+        return Ok(message="5 users more from day 2")
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_live_source_sends_one_control_request_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = LiveSource(tmp_path / "var")
+    client = _OneAtATime()
+    monkeypatch.setattr(source, "_client", client)
+    fetching = threading.Thread(target=source.fetch)
+    fetching.start()
+    assert client.entered.wait(5)
+    assert source.add_users() == "5 users more from day 2"  # waits for the fetch's reply
+    fetching.join(5)
+    assert client.overlaps == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -170,6 +171,10 @@ class LiveSource:
     def __init__(self, data_dir: Path, *, timeout_s: float = 2.0) -> None:
         self.data_dir = data_dir
         self._client = ControlClient(control_path(data_dir), timeout_s=timeout_s)
+        # The app calls fetch and the key actions each in a thread of its own, and the
+        # client is one blocking connection: one request at a time, or a thread reads
+        # another's reply and the other waits out its timeout.
+        self._control = threading.Lock()
         # service -> (monotonic time, requests counter) of the last scrape, for the rate
         self._last: dict[str, tuple[float, float]] = {}
 
@@ -177,11 +182,12 @@ class LiveSource:
         """The snapshot and every service's row; what is not running is said so."""
         simulation: Mapping[str, object] | None = None
         note = ""
-        try:
-            simulation = self._client.status()
-        except PostOfficeError as exc:
-            self._client.close()
-            note = str(exc)
+        with self._control:
+            try:
+                simulation = self._client.status()
+            except PostOfficeError as exc:
+                self._client.close()
+                note = str(exc)
         return DashboardData(simulation=simulation, simulation_note=note, services=self._rows())
 
     def _rows(self) -> tuple[ServiceRow, ...]:
@@ -299,19 +305,23 @@ class LiveSource:
 
     def add_users(self) -> str:
         """Ask the simulation for N_NEW_USERS more users."""
-        return self._client.add_users().message
+        with self._control:
+            return self._client.add_users().message
 
     def pause(self) -> str:
         """Hold the simulated clock."""
-        return self._client.pause().message
+        with self._control:
+            return self._client.pause().message
 
     def resume(self) -> str:
         """Let the simulated clock go on."""
-        return self._client.resume().message
+        with self._control:
+            return self._client.resume().message
 
     def close(self) -> None:
         """Close the control connection."""
-        self._client.close()
+        with self._control:
+            self._client.close()
 
     def __repr__(self) -> str:
         return f"<LiveSource {self.data_dir}>"
