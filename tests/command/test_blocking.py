@@ -16,7 +16,8 @@ from postoffice.command.errors import CommandError
 from postoffice.command.keyspace import Durable
 from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
-from postoffice.core.resp import Integer, encode_command
+from postoffice.core.resp import Integer
+from tests.command.wire import say, taken, wire
 from tests.fakes import FakeTransport
 
 
@@ -68,23 +69,6 @@ async def keyed(tmp_path: Path) -> AsyncIterator[Keyed]:
     yield k
     k.server.pool.close()
     await k.server.keyspace.close()
-
-
-def wire(*commands: list[bytes]) -> bytes:
-    return b"".join(encode_command(c) for c in commands)
-
-
-async def say(conn: CommandConnection, t: FakeTransport, *commands: list[bytes]) -> bytes:
-    """Send `commands`; what is written once the loop has turned: a write's reply waits for
-    its record's write(2) at the end of the iteration, even with fsync `never`."""
-    conn.data_received(wire(*commands))
-    return await taken(t)
-
-
-async def taken(t: FakeTransport) -> bytes:
-    """What `t` was written once the loop has turned (a write's reply leaves then)."""
-    await asyncio.sleep(0)
-    return t.take()
 
 
 async def turn() -> None:

@@ -19,6 +19,7 @@ from postoffice.command.server import CommandConnection, CommandServer
 from postoffice.core.clock import FakeClock
 from postoffice.core.errors import StorageError
 from postoffice.core.resp import OK, PONG, Array, Bulk, Error, encode_command
+from tests.command.wire import say, taken, wire
 from tests.fakes import FakeTransport
 
 
@@ -48,23 +49,6 @@ async def keyed(tmp_path: Path) -> AsyncIterator[Keyed]:
     yield k
     k.server.pool.close()
     await k.server.keyspace.close()
-
-
-def wire(*commands: list[bytes]) -> bytes:
-    return b"".join(encode_command(c) for c in commands)
-
-
-async def say(conn: CommandConnection, t: FakeTransport, *commands: list[bytes]) -> bytes:
-    """Send `commands`; what is written once the loop has turned: a write's reply waits for
-    its record's write(2) at the end of the iteration, even with fsync `never`."""
-    conn.data_received(wire(*commands))
-    return await taken(t)
-
-
-async def taken(t: FakeTransport) -> bytes:
-    """What `t` was written once the loop has turned (a write's reply leaves then)."""
-    await asyncio.sleep(0)
-    return t.take()
 
 
 async def test_multi_queues_and_exec_answers_every_reply_in_order(keyed: Keyed) -> None:
